@@ -1,0 +1,60 @@
+"""The contract every protocol adapter fulfils, whatever its protocol and role.
+
+An adapter is an async context manager: ``__aenter__`` prepares (it must not fail because a
+device is down: a dead device is the normal case on a plant floor, handled by ``run`` with
+backoff), ``run()`` does the I/O until cancelled, ``__aexit__`` closes connections. Adapters that
+can be a bridge target also implement ``send``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from pydantic import BaseModel
+
+from gateway.bus import Bus
+from gateway.types import Message, PointSpec
+
+
+class AdapterContext:
+    """What the gateway hands every adapter."""
+
+    def __init__(self, bus: Bus, gateway_name: str) -> None:
+        self.bus = bus
+        self.gateway_name = gateway_name
+
+
+class Adapter(abc.ABC):
+    """I/O for one protocol in one role, for one configured device or endpoint."""
+
+    def __init__(self, name: str, config: Any, context: AdapterContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+
+    @property
+    def bus(self) -> Bus:
+        return self.context.bus
+
+    def points(self) -> list[PointSpec]:
+        """Points this adapter produces (sources); empty for pure sinks."""
+        return []
+
+    async def __aenter__(self) -> Adapter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Do the I/O until cancelled. Must survive peer failures by itself."""
+
+    async def send(self, message: Message, route: BaseModel) -> None:
+        """Deliver a bus message to this adapter's peer (bridge target role)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be a bridge target")
+
+    def status(self) -> dict[str, Any]:
+        """Counters and state for logs and ``gateway status``."""
+        return {}

@@ -1,0 +1,1 @@
+"""Built-in protocol plugins; each sub-package registers through the entry-point group."""

@@ -1,0 +1,160 @@
+"""Config model of one Modbus TCP device (a `devices:` entry with ``protocol: modbus``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config.common import Backoff, Deadband, Problem, Strict
+from gateway.types import Access
+from protocols.modbus.codec import ByteOrder, DataType, Table, register_count
+
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+
+
+class PollGroup(Strict):
+    interval: float = Field(gt=0, le=86400, description="seconds between polls")
+
+
+class ModbusPoint(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="point name, unique in the device")
+    table: Table = Field(Table.HOLDING, description="holding, input, coil or discrete")
+    address: int = Field(ge=0, le=65535, description="0-based protocol address")
+    type: DataType | None = Field(None, description="defaults to bool for bits, uint16 otherwise")
+    byte_order: ByteOrder | None = Field(None, description="defaults to the device's byte_order")
+    bit: int | None = Field(None, ge=0, le=15, description="bit of a register, for type bool")
+    length: int | None = Field(None, ge=1, le=125, description="registers of a string")
+    unit_id: int | None = Field(None, ge=0, le=255, description="defaults to the device's")
+    unit: str | None = Field(None, description="engineering unit after scaling (pint name)")
+    scale: float = Field(1.0, description="engineering = raw * scale + offset")
+    offset: float = 0.0
+    poll: str = Field("default", description="name of a poll group of the device")
+    deadband: Deadband | None = None
+    access: Access | None = Field(None, description="r or rw; defaults to r")
+    description: str = ""
+    low: float | None = Field(None, description="engineering low limit (also the write range)")
+    high: float | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_not_zero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("scale must not be 0 (it must be reversible for writes)")
+        return v
+
+    @property
+    def dtype(self) -> DataType:
+        if self.type is not None:
+            return self.type
+        return DataType.BOOL if self.table.is_bit else DataType.UINT16
+
+    @property
+    def count(self) -> int:
+        """Registers (or bits) this point occupies."""
+        if self.table.is_bit or self.bit is not None:
+            return 1
+        return register_count(self.dtype, self.length)
+
+    @property
+    def writable(self) -> bool:
+        return self.access is not None and self.access.writable
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusPoint:
+        dtype = self.dtype
+        if self.table.is_bit and dtype is not DataType.BOOL:
+            raise ValueError(f"a {self.table} point holds a bool, not {dtype}")
+        if self.bit is not None and (self.table.is_bit or dtype is not DataType.BOOL):
+            raise ValueError("bit selects one bit of a holding or input register, type bool")
+        if dtype is DataType.STRING and self.length is None:
+            raise ValueError("a string point needs length (registers, 2 characters each)")
+        if dtype is not DataType.STRING and self.length is not None:
+            raise ValueError("length applies to string points only")
+        if dtype is DataType.BOOL and not self.table.is_bit and self.bit is None:
+            raise ValueError("a bool in a register needs bit (0-15)")
+        if self.access is not None and self.access.writable and not self.table.writable:
+            raise ValueError(f"{self.table} points are read-only; access must be r")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.address + self.count > 65536:
+            raise ValueError(
+                f"address {self.address} + {self.count} registers runs past 65535"
+            )
+        return self
+
+
+class ModbusDevice(Strict):
+    """One Modbus TCP connection; points may address several unit ids behind it."""
+
+    protocol: Literal["modbus"] = "modbus"
+    host: str = Field(min_length=1)
+    port: int = Field(502, ge=1, le=65535)
+    unit_id: int = Field(1, ge=0, le=255, description="default unit id of the points")
+    timeout: float = Field(1.0, gt=0, le=60, description="seconds per request")
+    byte_order: ByteOrder = ByteOrder.ABCD
+    max_gap: int = Field(
+        8, ge=0, le=125, description="unused registers one read may span to save a request"
+    )
+    max_registers: int = Field(125, ge=1, le=125, description="registers per read request")
+    max_bits: int = Field(2000, ge=1, le=2000, description="bits per read request")
+    poll_groups: dict[str, PollGroup] = Field(
+        default_factory=lambda: {"default": PollGroup(interval=1.0)}
+    )
+    reconnect: Backoff = Field(default_factory=Backoff)
+    points: list[ModbusPoint] = Field(min_length=1)
+
+    def check(self) -> list[Problem]:
+        problems: list[Problem] = []
+        seen: dict[str, int] = {}
+        for i, p in enumerate(self.points):
+            if p.name in seen:
+                problems.append(
+                    Problem(
+                        ("points", i, "name"),
+                        f"{p.name!r} again",
+                        f"a point name not already used (points[{seen[p.name]}])",
+                    )
+                )
+            seen.setdefault(p.name, i)
+            if p.poll not in self.poll_groups:
+                problems.append(
+                    Problem(
+                        ("points", i, "poll"),
+                        repr(p.poll),
+                        f"one of the poll_groups: {', '.join(sorted(self.poll_groups))}",
+                    )
+                )
+        problems.extend(self._overlaps())
+        return problems
+
+    def _overlaps(self) -> list[Problem]:
+        """Two points on the same registers are a config mistake, except different bits."""
+        spans: list[tuple[int, Table, int, int, int | None, int]] = []
+        for i, p in enumerate(self.points):
+            unit = self.unit_id if p.unit_id is None else p.unit_id
+            spans.append((unit, p.table, p.address, p.address + p.count, p.bit, i))
+        spans.sort()
+        problems: list[Problem] = []
+        for a, b in zip(spans, spans[1:], strict=False):
+            same_space = a[0] == b[0] and a[1] == b[1]
+            if not same_space or b[2] >= a[3]:
+                continue
+            if a[4] is not None and b[4] is not None and a[4] != b[4]:
+                continue  # two different bits of one register
+            first, second = self.points[a[5]], self.points[b[5]]
+            problems.append(
+                Problem(
+                    ("points", b[5], "address"),
+                    f"{second.name!r} at {b[1]} {b[2]} overlaps {first.name!r} "
+                    f"({b[1]} {a[2]}..{a[3] - 1}, unit {a[0]})",
+                    "points that do not share registers",
+                )
+            )
+        return problems
+
+    def unit_of(self, point: ModbusPoint) -> int:
+        return self.unit_id if point.unit_id is None else point.unit_id
+
+    def order_of(self, point: ModbusPoint) -> ByteOrder:
+        return self.byte_order if point.byte_order is None else point.byte_order
