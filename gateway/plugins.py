@@ -62,7 +62,8 @@ class ProtocolSpec:
         """Modules the adapters need that cannot be found, without importing them."""
         import importlib.util
 
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+        # Only the top-level package: find_spec("a.b") would import "a".
+        return [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
 
     def adapter_class(self, role: str) -> type[Adapter]:
         """Import the adapter for ``role``; a missing library names the extra to install."""
@@ -114,17 +115,14 @@ def load_registry(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
     errors: dict[str, str] = {}
     sources: dict[str, list[str]] = {}
     for ep in entry_points:
-        dist = ep.dist.name if ep.dist is not None else "?"
-        sources.setdefault(ep.name, []).append(f"{ep.value} (from {dist})")
+        dist = ep.dist.name if ep.dist is not None else None
+        sources.setdefault(ep.name, []).append(f"{ep.value} (from {dist or 'unknown package'})")
         try:
             obj: Any = ep.load()
         except ImportError as exc:
             extras = _extras_of(ep)
-            hint = (
-                f"pip install '{dist}[{extras[0]}]'"
-                if extras
-                else f"reinstall {dist}"
-            )
+            package = dist or "the plugin's package"
+            hint = f"pip install '{package}[{extras[0]}]'" if extras else f"reinstall {package}"
             errors[ep.name] = (
                 f"protocol plugin {ep.name!r} failed to import ({exc}); install it with: {hint}"
             )

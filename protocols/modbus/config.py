@@ -136,10 +136,15 @@ class ModbusDevice(Strict):
             spans.append((unit, p.table, p.address, p.address + p.count, p.bit, i))
         spans.sort()
         problems: list[Problem] = []
-        for a, b in zip(spans, spans[1:], strict=False):
-            same_space = a[0] == b[0] and a[1] == b[1]
-            if not same_space or b[2] >= a[3]:
+        widest: tuple[int, Table, int, int, int | None, int] | None = None  # reaches furthest
+        for b in spans:
+            a = widest
+            if a is None or a[0] != b[0] or a[1] != b[1] or b[2] >= a[3]:
+                if a is None or a[0] != b[0] or a[1] != b[1] or b[3] > a[3]:
+                    widest = b
                 continue
+            if b[3] > a[3]:
+                widest = b
             if a[4] is not None and b[4] is not None and a[4] != b[4]:
                 continue  # two different bits of one register
             first, second = self.points[a[5]], self.points[b[5]]

@@ -1,0 +1,131 @@
+"""A bridge: one declared route from source devices to a target adapter.
+
+select (which points) -> transform (units) -> sink (the target adapter's ``send``).
+
+Each bridge has its own bus subscription, so a slow target only backs up its own queue. The
+queue drops the oldest message when full (live telemetry: the newest value wins) and counts it;
+the durable outbox of a later release replaces this for uplinks that must not lose anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from gateway.bus import Bus, OverflowPolicy, Subscription
+from gateway.types import Message, Sample, telemetry_topic
+
+if TYPE_CHECKING:
+    from gateway.adapter import Adapter
+    from gateway.config import BridgeConfig
+
+log = logging.getLogger(__name__)
+
+_KEEP = object()  # sentinel: point passes without conversion
+
+
+class PointTransform:
+    """Selects points by glob and converts units; decisions cached per point name."""
+
+    def __init__(self, points: tuple[str, ...], units: dict[str, str]) -> None:
+        self._globs = points or ("*",)
+        self._units = units
+        # point name -> None (filtered out) | (target unit | None)
+        self._plan: dict[tuple[str, str | None], tuple[str | None, Callable[[float], float] | None] | None] = {}
+
+    def _decide(
+        self, point: str, unit: str | None
+    ) -> tuple[str | None, Callable[[float], float] | None] | None:
+        if not any(fnmatch.fnmatchcase(point, g) for g in self._globs):
+            return None
+        for glob, target in self._units.items():
+            if fnmatch.fnmatchcase(point, glob):
+                if unit is None or unit == target:
+                    return (target if unit is None else unit, None)
+                from gateway.units import converter
+
+                return (target, converter(unit, target))
+        return (unit, None)
+
+    def apply(self, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+        out: list[Sample] = []
+        plan = self._plan
+        for s in samples:
+            key = (s.point, s.unit)
+            decision = plan.get(key, _KEEP)
+            if decision is _KEEP:
+                decision = plan[key] = self._decide(s.point, s.unit)
+            if decision is None:
+                continue
+            unit, conv = decision  # type: ignore[misc]
+            if conv is not None and isinstance(s.value, (int, float)) and not isinstance(
+                s.value, bool
+            ):
+                s = replace(s, value=conv(float(s.value)), unit=unit)
+            out.append(s)
+        return tuple(out)
+
+
+class Bridge:
+    def __init__(
+        self, config: BridgeConfig, bus: Bus, target: Adapter, *, queue_size: int = 10000
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.bus = bus
+        self.target = target
+        self.queue_size = queue_size
+        self.transform = PointTransform(tuple(config.points), dict(config.units))
+        self.forwarded = 0
+        self.failed = 0
+        self._subs: list[Subscription] = []
+
+    def subscribe(self) -> None:
+        """Subscribe before adapters start, so the first readings are not missed."""
+        for source in self.config.sources:
+            self._subs.append(
+                self.bus.subscribe(
+                    telemetry_topic(source),
+                    maxsize=self.queue_size,
+                    overflow=OverflowPolicy.DROP_OLDEST,
+                    name=f"bridge:{self.name}:{source}",
+                )
+            )
+
+    async def run(self) -> None:
+        if not self._subs:
+            self.subscribe()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for sub in self._subs:
+                    tg.create_task(self._pump(sub))
+        finally:
+            for sub in self._subs:
+                sub.close()
+
+    async def _pump(self, sub: Subscription) -> None:
+        route = self.config.route
+        async for message in sub:
+            samples = self.transform.apply(message.samples)
+            if not samples:
+                continue
+            if samples is not message.samples:
+                message = replace(message, samples=samples)
+            try:
+                await self.target.send(message, route)  # type: ignore[arg-type]
+                self.forwarded += 1
+            except Exception:  # one bad message must not stop the route
+                self.failed += 1
+                log.exception("bridge %s: target %s rejected a message", self.name, self.target.name)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "forwarded": self.forwarded,
+            "failed": self.failed,
+            "dropped": sum(s.counters.dropped for s in self._subs),
+            "queued": sum(len(s) for s in self._subs),
+        }

@@ -1,0 +1,170 @@
+"""``gateway`` command line: validate, run, plugins, schema, demo.
+
+Only light modules are imported at the top: ``gateway plugins`` and ``gateway validate`` must be
+quick and work where a protocol library is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+
+log = logging.getLogger("gateway")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        n = len(exc.problems)
+        print(f"{args.file}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+        return 1
+    points = sum(len(getattr(e.config, "points", []) or []) for e in config.devices.values())
+    print(
+        f"{args.file}: ok ({len(config.devices)} devices and endpoints, {points} points, "
+        f"{len(config.bridges)} bridges)"
+    )
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from gateway.plugins import load_registry
+
+    registry = load_registry()
+    rows = []
+    for name, spec in sorted(registry.specs.items()):
+        missing = spec.missing_requirements()
+        state = "ok" if not missing else f"needs {', '.join(missing)}: {spec.install_hint()}"
+        rows.append(
+            {
+                "name": name,
+                "roles": list(spec.roles),
+                "capabilities": list(spec.capabilities),
+                "target": spec.route_model is not None,
+                "package": spec.dist,
+                "status": state,
+                "description": spec.description,
+            }
+        )
+    if args.json:
+        print(json.dumps({"plugins": rows, "errors": registry.errors}, indent=2))
+    else:
+        print(f"{'protocol':<10} {'roles':<14} {'capabilities':<34} status")
+        for r in rows:
+            print(
+                f"{r['name']:<10} {','.join(r['roles']):<14} "
+                f"{','.join(r['capabilities']):<34} {r['status']}"
+            )
+        for name, err in sorted(registry.errors.items()):
+            print(f"{name:<10} {'-':<14} {'-':<34} error: {err}")
+    return 1 if registry.errors else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.config.schema import json_schema
+    from gateway.plugins import load_registry
+
+    print(json.dumps(json_schema(load_registry()), indent=2))
+    return 0
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.plugins import PluginError
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    _setup_logging(args.log_level or config.gateway.log_level)
+
+    async def main() -> None:
+        from gateway.runtime import Gateway
+
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        gateway = Gateway(config)
+        await gateway.run(stop)
+
+    try:
+        asyncio.run(main())
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level or "warning")
+    from gateway.demo import run_demo
+
+    return asyncio.run(run_demo(duration=args.duration, mqtt_port=args.mqtt_port))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Protocol Brain edge gateway"
+    )
+    parser.add_argument("--version", action="version", version=f"protocol-brain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a config file without connecting anything")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run the gateway from a config file until SIGINT/SIGTERM")
+    p.add_argument("file")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plugins", help="list installed protocols, roles and capabilities")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("demo", help="simulated Modbus device -> gateway -> embedded MQTT broker")
+    p.add_argument("--duration", type=float, default=None, help="seconds; default until Ctrl-C")
+    p.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

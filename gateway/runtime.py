@@ -1,0 +1,117 @@
+"""The running gateway: adapters and bridges on one event loop, and an orderly shutdown.
+
+Every adapter's ``run`` is supervised: if it raises (a bug, a library surprise), the error is
+logged and the adapter is restarted after a capped, jittered backoff, while everything else keeps
+running. Adapters are expected to survive ordinary peer failures on their own; the supervisor is
+the last line.
+
+Shutdown order matters for "nothing half-written": first the pure sources stop producing, then
+bridges drain what is queued into their targets (bounded by a timeout), then the remaining
+adapters stop, and finally every adapter's ``__aexit__`` runs in the reverse order of start, so
+sinks (an MQTT client publishing its offline status and waiting for acknowledgements) close last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.adapter import Adapter, AdapterContext
+from gateway.backoff import BackoffTimer
+from gateway.bridge import Bridge
+from gateway.bus import Bus
+from gateway.config import GatewayConfig
+from gateway.config.common import Backoff
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT = 5.0
+SUPERVISOR_BACKOFF = Backoff(initial=1.0, max=60.0)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, bus: Bus | None = None) -> None:
+        self.config = config
+        self.bus = bus or Bus()
+        self.context = AdapterContext(self.bus, config.gateway.name)
+        self.adapters: dict[str, Adapter] = {}
+        for name, entry in config.devices.items():
+            cls = entry.spec.adapter_class(entry.role)
+            self.adapters[name] = cls(name, entry.config, self.context)
+        self.bridges = [
+            Bridge(b, self.bus, self.adapters[b.target]) for b in config.bridges
+        ]
+        self._targets = {b.target for b in config.bridges}
+        self.started = asyncio.Event()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "adapters": {name: a.status() for name, a in self.adapters.items()},
+            "bridges": {b.name: b.status() for b in self.bridges},
+            "bus": {"published": self.bus.published, "unrouted": self.bus.unrouted},
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down in order."""
+        # Sinks are entered first so that they are exited last.
+        order = sorted(self.adapters.values(), key=lambda a: a.name not in self._targets)
+        async with contextlib.AsyncExitStack() as stack:
+            for adapter in order:
+                await stack.enter_async_context(adapter)
+            for bridge in self.bridges:
+                bridge.subscribe()
+            sources = {
+                n: asyncio.create_task(_supervise(n, a.run), name=f"adapter:{n}")
+                for n, a in self.adapters.items()
+            }
+            bridges = [
+                asyncio.create_task(_supervise(f"bridge {b.name}", b.run), name=f"bridge:{b.name}")
+                for b in self.bridges
+            ]
+            self.started.set()
+            log.info(
+                "gateway %s running: %d adapters, %d bridges",
+                self.config.gateway.name, len(self.adapters), len(self.bridges),
+            )
+            try:
+                await stop.wait()
+            finally:
+                log.info("gateway %s stopping", self.config.gateway.name)
+                await _cancel([t for n, t in sources.items() if n not in self._targets])
+                await self._drain()
+                await _cancel(bridges)
+                await _cancel([t for n, t in sources.items() if n in self._targets])
+        log.info("gateway %s stopped", self.config.gateway.name)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        while any(b.status()["queued"] for b in self.bridges):
+            if loop.time() > deadline:
+                log.warning("shutdown: bridges still had messages queued after %.0f s", DRAIN_TIMEOUT)
+                return
+            await asyncio.sleep(0.02)
+
+
+async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    backoff = BackoffTimer(SUPERVISOR_BACKOFF)
+    while True:
+        try:
+            await run()
+            log.error("%s stopped by itself; restarting", name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; restarting it, the rest of the gateway keeps running", name)
+        await asyncio.sleep(backoff.next_delay())
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t

@@ -1,0 +1,350 @@
+"""Modbus TCP client adapter: polls one device (one TCP connection, any unit ids behind it).
+
+Each poll group runs on its own fixed-rate schedule and reads the fewest requests the planner can
+make. Failures stay local: a timeout or exception marks only the points of that request bad; a lost
+connection marks every point of the device bad once and reconnects with capped, jittered
+exponential backoff. Nothing here can delay another device: every device has its own tasks and
+every request its own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from gateway.adapter import Adapter, AdapterContext
+from gateway.backoff import BackoffTimer
+from gateway.transform import DeadbandFilter, Scaling
+from gateway.types import Access, Message, PointSpec, Quality, Sample
+from protocols.modbus.codec import CodecError, DataType, Table, decode, encode, get_bit, set_bit
+from protocols.modbus.config import ModbusDevice, ModbusPoint
+from protocols.modbus.planner import ReadItem, ReadRequest, plan_reads
+
+log = logging.getLogger(__name__)
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+# Consecutive timeouts after which the connection is considered dead and re-opened: a single
+# slow answer is not worth a reconnect, a silent peer is.
+TIMEOUTS_BEFORE_RECONNECT = 3
+
+
+class ModbusWriteError(Exception):
+    """A write was refused by the device or could not be delivered."""
+
+
+@dataclass
+class _Point:
+    config: ModbusPoint
+    unit: int
+    scaling: Scaling
+    deadband: DeadbandFilter
+
+    def decode(self, raw: Sequence[int] | Sequence[bool], order: Any) -> bool | int | float | str:
+        cfg = self.config
+        if cfg.table.is_bit:
+            return bool(raw[0])
+        value = decode(raw, cfg.dtype, order, bit=cfg.bit, length=cfg.length)  # type: ignore[arg-type]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return self.scaling.apply(value)
+        return value
+
+
+class ModbusClientAdapter(Adapter):
+    config: ModbusDevice
+
+    def __init__(self, name: str, config: ModbusDevice, context: AdapterContext) -> None:
+        super().__init__(name, config, context)
+        self._points: list[_Point] = []
+        for p in config.points:
+            span = None if p.low is None or p.high is None else p.high - p.low
+            db = p.deadband
+            self._points.append(
+                _Point(
+                    p,
+                    config.unit_of(p),
+                    Scaling(p.scale, p.offset),
+                    DeadbandFilter(
+                        db.absolute if db else None, db.percent if db else None, span
+                    ),
+                )
+            )
+        self._by_name = {p.config.name: p for p in self._points}
+        self._plans: dict[str, list[ReadRequest]] = {}
+        for group in config.poll_groups:
+            items = [
+                ReadItem(p.unit, p.config.table, p.config.address, p.config.count, i)
+                for i, p in enumerate(self._points)
+                if p.config.poll == group
+            ]
+            if items:
+                self._plans[group] = plan_reads(
+                    items,
+                    max_gap=config.max_gap,
+                    max_registers=config.max_registers,
+                    max_bits=config.max_bits,
+                )
+        self._client: AsyncModbusTcpClient | None = None
+        self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._timeouts = 0
+        self._io_lock = asyncio.Lock()
+        self.counters = {
+            "polls": 0,
+            "requests": 0,
+            "errors": 0,
+            "timeouts": 0,
+            "reconnects": 0,
+            "samples": 0,
+            "writes": 0,
+        }
+        self.last_error: str | None = None
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def points(self) -> list[PointSpec]:
+        return [
+            PointSpec(
+                id=f"{self.name}/{p.config.name}",
+                name=p.config.name,
+                datatype=str(p.config.dtype),
+                unit=p.config.unit,
+                access=p.config.access or Access.READ,
+                description=p.config.description,
+                low=p.config.low,
+                high=p.config.high,
+            )
+            for p in self._points
+        ]
+
+    def requests_per_poll(self) -> dict[str, int]:
+        return {group: len(plan) for group, plan in self._plans.items()}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "connected": self._connected.is_set(),
+            "last_error": self.last_error,
+            **self.counters,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._connected.clear()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keep_connected())
+            for group, plan in self._plans.items():
+                interval = self.config.poll_groups[group].interval
+                tg.create_task(self._poll_forever(group, plan, interval))
+
+    async def _keep_connected(self) -> None:
+        cfg = self.config
+        backoff = BackoffTimer(cfg.reconnect)
+        first = True
+        while True:
+            client = AsyncModbusTcpClient(
+                cfg.host,
+                port=cfg.port,
+                timeout=cfg.timeout,
+                retries=0,
+                reconnect_delay=0,  # reconnecting is ours, with jitter and a cap
+                name=self.name,
+            )
+            try:
+                ok = await asyncio.wait_for(client.connect(), cfg.timeout + 1)
+            except (TimeoutError, OSError, ModbusException) as exc:
+                ok = False
+                self.last_error = f"connect failed: {exc}"
+            if not ok:
+                client.close()
+                self.last_error = self.last_error or "connect failed"
+                await self._mark_all_bad("unreachable")
+                delay = backoff.next_delay()
+                if first:
+                    log.warning(
+                        "%s: cannot connect to %s:%s; retrying with backoff",
+                        self.name, cfg.host, cfg.port,
+                    )
+                    first = False
+                await asyncio.sleep(delay)
+                self.counters["reconnects"] += 1
+                continue
+            if not first:
+                log.info("%s: connected to %s:%s", self.name, cfg.host, cfg.port)
+            first = False
+            backoff.reset()
+            self._client = client
+            self._timeouts = 0
+            self._lost.clear()
+            self._connected.set()
+            await self._lost.wait()
+            log.warning("%s: connection lost (%s); reconnecting", self.name, self.last_error)
+            first = True
+            self._close()
+            await self._mark_all_bad("connection lost")
+
+    async def _mark_all_bad(self, reason: str) -> None:
+        now = time.time()
+        samples = []
+        for p in self._points:
+            if p.deadband.accept(None, Quality.BAD):
+                samples.append(Sample(p.config.name, None, Quality.BAD, now, now, p.config.unit, reason))
+        if samples:
+            await self.bus.publish(Message.telemetry(self.name, tuple(samples)))
+
+    # -- polling --------------------------------------------------------------------------
+
+    async def _poll_forever(self, group: str, plan: list[ReadRequest], interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        next_t = loop.time()
+        while True:
+            await self._connected.wait()
+            samples = await self.poll(plan)
+            self.counters["polls"] += 1
+            if samples:
+                self.counters["samples"] += len(samples)
+                await self.bus.publish(Message.telemetry(self.name, tuple(samples)))
+            # Fixed rate: a late poll does not shift the schedule, missed ticks are skipped.
+            next_t += interval
+            now = loop.time()
+            if next_t < now:
+                next_t = now + interval - ((now - next_t) % interval)
+            await asyncio.sleep(next_t - now)
+
+    async def poll(self, plan: list[ReadRequest]) -> list[Sample]:
+        """Read every request of ``plan``; returns the samples that pass their deadband."""
+        out: list[Sample] = []
+        order_of = self.config.order_of
+        for req in plan:
+            values, reason = await self._read(req)
+            now = time.time()
+            for item in req.items:
+                p = self._points[item.key]
+                if values is None:
+                    value, quality = None, Quality.BAD
+                else:
+                    try:
+                        value = p.decode(req.slice(values, item), order_of(p.config))
+                        quality = Quality.GOOD
+                    except CodecError as exc:
+                        value, quality, reason = None, Quality.BAD, f"decode: {exc}"
+                if p.deadband.accept(value, quality):
+                    out.append(
+                        Sample(
+                            p.config.name, value, quality, now, now, p.config.unit,
+                            None if quality is Quality.GOOD else reason,
+                        )
+                    )
+        return out
+
+    async def _read(self, req: ReadRequest) -> tuple[Sequence[Any] | None, str | None]:
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return None, "not connected"
+        self.counters["requests"] += 1
+        try:
+            if req.table is Table.HOLDING:
+                rr = await client.read_holding_registers(req.address, count=req.count, device_id=req.unit)
+            elif req.table is Table.INPUT:
+                rr = await client.read_input_registers(req.address, count=req.count, device_id=req.unit)
+            elif req.table is Table.COIL:
+                rr = await client.read_coils(req.address, count=req.count, device_id=req.unit)
+            else:
+                rr = await client.read_discrete_inputs(req.address, count=req.count, device_id=req.unit)
+        except (ModbusException, OSError, TimeoutError) as exc:
+            return None, self._io_failed(exc)
+        self._timeouts = 0
+        if rr.isError():
+            self.counters["errors"] += 1
+            code = getattr(rr, "exception_code", 0)
+            reason = f"exception {code:02d} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+            self.last_error = f"{req.table} {req.address}+{req.count} unit {req.unit}: {reason}"
+            return None, reason
+        if req.table.is_bit:
+            return rr.bits[: req.count], None
+        return rr.registers, None
+
+    def _io_failed(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        timeout = isinstance(exc, TimeoutError) or "timeout" in text.lower() or "no response" in text.lower()
+        if timeout:
+            self.counters["timeouts"] += 1
+            self._timeouts += 1
+            reason = "timeout"
+            if self._timeouts >= TIMEOUTS_BEFORE_RECONNECT:
+                self._lost.set()
+        else:
+            self.counters["errors"] += 1
+            reason = "connection error"
+            self._lost.set()
+        self.last_error = f"{reason}: {text}"
+        return reason
+
+    # -- writes (used by write-back paths of later releases) -------------------------------
+
+    async def write(self, point: str, value: bool | int | float | str) -> None:
+        """Write one point: reverse scaling and byte order, then the right function code."""
+        p = self._by_name.get(point)
+        if p is None:
+            raise ModbusWriteError(f"{self.name} has no point {point!r}")
+        cfg = p.config
+        if not cfg.writable:
+            raise ModbusWriteError(f"{self.name}/{point} is not writable")
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise ModbusWriteError(f"{self.name} is unreachable")
+        self.counters["writes"] += 1
+        try:
+            if cfg.table is Table.COIL:
+                rr = await client.write_coil(cfg.address, bool(value), device_id=p.unit)
+            elif cfg.bit is not None:
+                async with self._io_lock:  # read-modify-write of one bit
+                    cur = await client.read_holding_registers(cfg.address, count=1, device_id=p.unit)
+                    if cur.isError():
+                        raise ModbusWriteError(f"reading {point} before setting its bit failed")
+                    reg = set_bit(cur.registers[0], cfg.bit, bool(value))
+                    if get_bit(reg, cfg.bit) != bool(value):
+                        raise ModbusWriteError("bit did not take")
+                    rr = await client.write_register(cfg.address, reg, device_id=p.unit)
+            else:
+                raw: bool | int | float | str = value
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    raw = p.scaling.invert(value)
+                    if cfg.dtype not in (DataType.FLOAT32, DataType.FLOAT64):
+                        raw = round(raw)
+                regs = encode(raw, cfg.dtype, self.config.order_of(cfg), length=cfg.length)
+                if len(regs) == 1:
+                    rr = await client.write_register(cfg.address, regs[0], device_id=p.unit)
+                else:
+                    rr = await client.write_registers(cfg.address, regs, device_id=p.unit)
+        except (ModbusException, OSError, TimeoutError) as exc:
+            raise ModbusWriteError(f"{self.name}/{point}: {self._io_failed(exc)}") from None
+        except CodecError as exc:
+            raise ModbusWriteError(f"{self.name}/{point}: {exc}") from None
+        if rr.isError():
+            code = getattr(rr, "exception_code", 0)
+            raise ModbusWriteError(
+                f"{self.name}/{point}: exception {code:02d} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+            )
