@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.bus import Bus, OverflowPolicy, Subscription
-from gateway.types import Message, Sample, telemetry_topic
+from gateway.types import Sample, telemetry_topic
 
 if TYPE_CHECKING:
     from gateway.adapter import Adapter
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_KEEP = object()  # sentinel: point passes without conversion
+# Per (point, unit): None = filtered out, else (unit after, converter or None).
+Decision = tuple[str | None, Callable[[float], float] | None] | None
 
 
 class PointTransform:
@@ -34,12 +35,9 @@ class PointTransform:
     def __init__(self, points: tuple[str, ...], units: dict[str, str]) -> None:
         self._globs = points or ("*",)
         self._units = units
-        # point name -> None (filtered out) | (target unit | None)
-        self._plan: dict[tuple[str, str | None], tuple[str | None, Callable[[float], float] | None] | None] = {}
+        self._plan: dict[tuple[str, str | None], Decision] = {}
 
-    def _decide(
-        self, point: str, unit: str | None
-    ) -> tuple[str | None, Callable[[float], float] | None] | None:
+    def _decide(self, point: str, unit: str | None) -> Decision:
         if not any(fnmatch.fnmatchcase(point, g) for g in self._globs):
             return None
         for glob, target in self._units.items():
@@ -56,14 +54,17 @@ class PointTransform:
         plan = self._plan
         for s in samples:
             key = (s.point, s.unit)
-            decision = plan.get(key, _KEEP)
-            if decision is _KEEP:
+            if key in plan:
+                decision = plan[key]
+            else:
                 decision = plan[key] = self._decide(s.point, s.unit)
             if decision is None:
                 continue
-            unit, conv = decision  # type: ignore[misc]
-            if conv is not None and isinstance(s.value, (int, float)) and not isinstance(
-                s.value, bool
+            unit, conv = decision
+            if (
+                conv is not None
+                and isinstance(s.value, (int, float))
+                and not isinstance(s.value, bool)
             ):
                 s = replace(s, value=conv(float(s.value)), unit=unit)
             out.append(s)
@@ -120,7 +121,9 @@ class Bridge:
                 self.forwarded += 1
             except Exception:  # one bad message must not stop the route
                 self.failed += 1
-                log.exception("bridge %s: target %s rejected a message", self.name, self.target.name)
+                log.exception(
+                    "bridge %s: target %s rejected a message", self.name, self.target.name
+                )
 
     def status(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway import __version__
 
@@ -49,7 +50,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from gateway.plugins import load_registry
 
     registry = load_registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, spec in sorted(registry.specs.items()):
         missing = spec.missing_requirements()
         state = "ok" if not missing else f"needs {', '.join(missing)}: {spec.install_hint()}"
@@ -127,9 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gateway", description="Protocol Brain edge gateway"
-    )
+    parser = argparse.ArgumentParser(prog="gateway", description="Protocol Brain edge gateway")
     parser.add_argument("--version", action="version", version=f"protocol-brain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -160,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args)
+        code = int(args.func(args))
     except KeyboardInterrupt:
         return 130
     return code

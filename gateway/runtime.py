@@ -41,9 +41,7 @@ class Gateway:
         for name, entry in config.devices.items():
             cls = entry.spec.adapter_class(entry.role)
             self.adapters[name] = cls(name, entry.config, self.context)
-        self.bridges = [
-            Bridge(b, self.bus, self.adapters[b.target]) for b in config.bridges
-        ]
+        self.bridges = [Bridge(b, self.bus, self.adapters[b.target]) for b in config.bridges]
         self._targets = {b.target for b in config.bridges}
         self.started = asyncio.Event()
 
@@ -74,7 +72,9 @@ class Gateway:
             self.started.set()
             log.info(
                 "gateway %s running: %d adapters, %d bridges",
-                self.config.gateway.name, len(self.adapters), len(self.bridges),
+                self.config.gateway.name,
+                len(self.adapters),
+                len(self.bridges),
             )
             try:
                 await stop.wait()
@@ -91,7 +91,9 @@ class Gateway:
         deadline = loop.time() + DRAIN_TIMEOUT
         while any(b.status()["queued"] for b in self.bridges):
             if loop.time() > deadline:
-                log.warning("shutdown: bridges still had messages queued after %.0f s", DRAIN_TIMEOUT)
+                log.warning(
+                    "shutdown: bridges still had messages queued after %.0f s", DRAIN_TIMEOUT
+                )
                 return
             await asyncio.sleep(0.02)
 

@@ -85,7 +85,9 @@ class Sample:
         source_ts: float | None = None,
     ) -> Sample:
         ts = time.time()
-        return Sample(point, value, quality, ts if source_ts is None else source_ts, ts, unit, reason)
+        return Sample(
+            point, value, quality, ts if source_ts is None else source_ts, ts, unit, reason
+        )
 
 
 _seq_counters: dict[str, itertools.count[int]] = {}
@@ -117,7 +119,9 @@ class Message:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @staticmethod
-    def telemetry(device: str, samples: tuple[Sample, ...], *, origin: str | None = None) -> Message:
+    def telemetry(
+        device: str, samples: tuple[Sample, ...], *, origin: str | None = None
+    ) -> Message:
         origin = origin or device
         return Message(
             topic=telemetry_topic(device),

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -23,7 +23,16 @@ from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.transform import DeadbandFilter, Scaling
 from gateway.types import Access, Message, PointSpec, Quality, Sample
-from protocols.modbus.codec import CodecError, DataType, Table, decode, encode, get_bit, set_bit
+from protocols.modbus.codec import (
+    ByteOrder,
+    CodecError,
+    DataType,
+    Table,
+    decoder,
+    encode,
+    get_bit,
+    set_bit,
+)
 from protocols.modbus.config import ModbusDevice, ModbusPoint
 from protocols.modbus.planner import ReadItem, ReadRequest, plan_reads
 
@@ -43,6 +52,10 @@ EXCEPTION_NAMES = {
 TIMEOUTS_BEFORE_RECONNECT = 3
 
 
+def exception_reason(code: int) -> str:
+    return f"exception {code:02d} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+
+
 class ModbusWriteError(Exception):
     """A write was refused by the device or could not be delivered."""
 
@@ -51,16 +64,23 @@ class ModbusWriteError(Exception):
 class _Point:
     config: ModbusPoint
     unit: int
+    order: ByteOrder
     scaling: Scaling
     deadband: DeadbandFilter
+    _decode: Callable[[Sequence[int]], bool | int | float | str] = field(init=False)
 
-    def decode(self, raw: Sequence[int] | Sequence[bool], order: Any) -> bool | int | float | str:
+    def __post_init__(self) -> None:
         cfg = self.config
-        if cfg.table.is_bit:
+        # Built once: decoding runs for every point of every poll.
+        self._decode = decoder(cfg.dtype, self.order, bit=cfg.bit, length=cfg.length)
+        self._numeric = cfg.dtype not in (DataType.BOOL, DataType.STRING)
+
+    def decode(self, raw: Sequence[Any]) -> bool | int | float | str:
+        if self.config.table.is_bit:
             return bool(raw[0])
-        value = decode(raw, cfg.dtype, order, bit=cfg.bit, length=cfg.length)  # type: ignore[arg-type]
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return self.scaling.apply(value)
+        value = self._decode(raw)
+        if self._numeric:
+            return self.scaling.apply(value)  # type: ignore[arg-type]
         return value
 
 
@@ -77,14 +97,13 @@ class ModbusClientAdapter(Adapter):
                 _Point(
                     p,
                     config.unit_of(p),
+                    config.order_of(p),
                     Scaling(p.scale, p.offset),
-                    DeadbandFilter(
-                        db.absolute if db else None, db.percent if db else None, span
-                    ),
+                    DeadbandFilter(db.absolute if db else None, db.percent if db else None, span),
                 )
             )
         self._by_name = {p.config.name: p for p in self._points}
-        self._plans: dict[str, list[ReadRequest]] = {}
+        self._plans: dict[str, list[ReadRequest[ReadItem]]] = {}
         for group in config.poll_groups:
             items = [
                 ReadItem(p.unit, p.config.table, p.config.address, p.config.count, i)
@@ -185,7 +204,9 @@ class ModbusClientAdapter(Adapter):
                 if first:
                     log.warning(
                         "%s: cannot connect to %s:%s; retrying with backoff",
-                        self.name, cfg.host, cfg.port,
+                        self.name,
+                        cfg.host,
+                        cfg.port,
                     )
                     first = False
                 await asyncio.sleep(delay)
@@ -210,13 +231,15 @@ class ModbusClientAdapter(Adapter):
         samples = []
         for p in self._points:
             if p.deadband.accept(None, Quality.BAD):
-                samples.append(Sample(p.config.name, None, Quality.BAD, now, now, p.config.unit, reason))
+                samples.append(
+                    Sample(p.config.name, None, Quality.BAD, now, now, p.config.unit, reason)
+                )
         if samples:
             await self.bus.publish(Message.telemetry(self.name, tuple(samples)))
 
     # -- polling --------------------------------------------------------------------------
 
-    async def _poll_forever(self, group: str, plan: list[ReadRequest], interval: float) -> None:
+    async def _poll_forever(self, group: str, plan: list[ReadRequest[ReadItem]], interval: float) -> None:
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         while True:
@@ -233,53 +256,63 @@ class ModbusClientAdapter(Adapter):
                 next_t = now + interval - ((now - next_t) % interval)
             await asyncio.sleep(next_t - now)
 
-    async def poll(self, plan: list[ReadRequest]) -> list[Sample]:
+    async def poll(self, plan: list[ReadRequest[ReadItem]]) -> list[Sample]:
         """Read every request of ``plan``; returns the samples that pass their deadband."""
         out: list[Sample] = []
-        order_of = self.config.order_of
         for req in plan:
             values, reason = await self._read(req)
             now = time.time()
             for item in req.items:
-                p = self._points[item.key]
+                p = self._points[cast(int, item.key)]
                 if values is None:
                     value, quality = None, Quality.BAD
                 else:
                     try:
-                        value = p.decode(req.slice(values, item), order_of(p.config))
+                        value = p.decode(req.slice(values, item))
                         quality = Quality.GOOD
                     except CodecError as exc:
                         value, quality, reason = None, Quality.BAD, f"decode: {exc}"
                 if p.deadband.accept(value, quality):
                     out.append(
                         Sample(
-                            p.config.name, value, quality, now, now, p.config.unit,
+                            p.config.name,
+                            value,
+                            quality,
+                            now,
+                            now,
+                            p.config.unit,
                             None if quality is Quality.GOOD else reason,
                         )
                     )
         return out
 
-    async def _read(self, req: ReadRequest) -> tuple[Sequence[Any] | None, str | None]:
+    async def _read(self, req: ReadRequest[ReadItem]) -> tuple[Sequence[Any] | None, str | None]:
         client = self._client
         if client is None or not self._connected.is_set():
             return None, "not connected"
         self.counters["requests"] += 1
         try:
             if req.table is Table.HOLDING:
-                rr = await client.read_holding_registers(req.address, count=req.count, device_id=req.unit)
+                rr = await client.read_holding_registers(
+                    req.address, count=req.count, device_id=req.unit
+                )
             elif req.table is Table.INPUT:
-                rr = await client.read_input_registers(req.address, count=req.count, device_id=req.unit)
+                rr = await client.read_input_registers(
+                    req.address, count=req.count, device_id=req.unit
+                )
             elif req.table is Table.COIL:
                 rr = await client.read_coils(req.address, count=req.count, device_id=req.unit)
             else:
-                rr = await client.read_discrete_inputs(req.address, count=req.count, device_id=req.unit)
+                rr = await client.read_discrete_inputs(
+                    req.address, count=req.count, device_id=req.unit
+                )
         except (ModbusException, OSError, TimeoutError) as exc:
             return None, self._io_failed(exc)
         self._timeouts = 0
         if rr.isError():
             self.counters["errors"] += 1
             code = getattr(rr, "exception_code", 0)
-            reason = f"exception {code:02d} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+            reason = exception_reason(code)
             self.last_error = f"{req.table} {req.address}+{req.count} unit {req.unit}: {reason}"
             return None, reason
         if req.table.is_bit:
@@ -288,7 +321,11 @@ class ModbusClientAdapter(Adapter):
 
     def _io_failed(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
-        timeout = isinstance(exc, TimeoutError) or "timeout" in text.lower() or "no response" in text.lower()
+        timeout = (
+            isinstance(exc, TimeoutError)
+            or "timeout" in text.lower()
+            or "no response" in text.lower()
+        )
         if timeout:
             self.counters["timeouts"] += 1
             self._timeouts += 1
@@ -321,7 +358,9 @@ class ModbusClientAdapter(Adapter):
                 rr = await client.write_coil(cfg.address, bool(value), device_id=p.unit)
             elif cfg.bit is not None:
                 async with self._io_lock:  # read-modify-write of one bit
-                    cur = await client.read_holding_registers(cfg.address, count=1, device_id=p.unit)
+                    cur = await client.read_holding_registers(
+                        cfg.address, count=1, device_id=p.unit
+                    )
                     if cur.isError():
                         raise ModbusWriteError(f"reading {point} before setting its bit failed")
                     reg = set_bit(cur.registers[0], cfg.bit, bool(value))
@@ -331,10 +370,8 @@ class ModbusClientAdapter(Adapter):
             else:
                 raw: bool | int | float | str = value
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    raw = p.scaling.invert(value)
-                    if cfg.dtype not in (DataType.FLOAT32, DataType.FLOAT64):
-                        raw = round(raw)
-                regs = encode(raw, cfg.dtype, self.config.order_of(cfg), length=cfg.length)
+                    raw = p.scaling.invert(value)  # encode rounds for integer types
+                regs = encode(raw, cfg.dtype, p.order, length=cfg.length)
                 if len(regs) == 1:
                     rr = await client.write_register(cfg.address, regs[0], device_id=p.unit)
                 else:
@@ -345,6 +382,4 @@ class ModbusClientAdapter(Adapter):
             raise ModbusWriteError(f"{self.name}/{point}: {exc}") from None
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
-            raise ModbusWriteError(
-                f"{self.name}/{point}: exception {code:02d} ({EXCEPTION_NAMES.get(code, 'unknown')})"
-            )
+            raise ModbusWriteError(f"{self.name}/{point}: {exception_reason(code)}")

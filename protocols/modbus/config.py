@@ -78,9 +78,7 @@ class ModbusPoint(Strict):
         if self.low is not None and self.high is not None and self.low > self.high:
             raise ValueError(f"low ({self.low}) is above high ({self.high})")
         if self.address + self.count > 65536:
-            raise ValueError(
-                f"address {self.address} + {self.count} registers runs past 65535"
-            )
+            raise ValueError(f"address {self.address} + {self.count} registers runs past 65535")
         return self
 
 

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (virtualenv + package) and run the demo: a simulated Modbus device, the gateway, and an
+# embedded MQTT broker. Nothing to install by hand. Extra arguments go to `gateway demo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/gateway demo "$@"
