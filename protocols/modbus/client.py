@@ -239,7 +239,9 @@ class ModbusClientAdapter(Adapter):
 
     # -- polling --------------------------------------------------------------------------
 
-    async def _poll_forever(self, group: str, plan: list[ReadRequest[ReadItem]], interval: float) -> None:
+    async def _poll_forever(
+        self, group: str, plan: list[ReadRequest[ReadItem]], interval: float
+    ) -> None:
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         while True:
