@@ -1,0 +1,356 @@
+"""Sans-IO Modbus TCP framing: bytes in, frames and requests out; requests and responses as bytes.
+
+No sockets and no asyncio here, in the style of h11: a :class:`FrameDecoder` is fed whatever the
+transport delivered (half a frame, three frames, one and a half) and hands back complete
+:class:`Frame` objects; :func:`parse_request` turns a frame's PDU into a small frozen request and
+the ``*_pdu`` builders turn answers into bytes. The simulator is the server side; the same pieces
+make a client (``encode_request`` + :func:`parse_response`), which the tests and load scripts use.
+
+Two kinds of failure, on purpose kept apart:
+
+* :class:`FrameError` -- the MBAP header itself is wrong (protocol id not 0, a length no Modbus
+  frame can have). The byte stream can no longer be trusted to be in step, so the only safe reply
+  is to close *that* connection. The decoder stays failed once it has raised.
+* :class:`ModbusError` -- the frame is fine but the request is not (unknown function, bad count,
+  address outside the table). It carries the exception code to answer with; the connection lives.
+
+Exception codes follow the Modbus application protocol v1.1b3, section 7: quantity checks
+(``ILLEGAL_DATA_VALUE``) come before address checks (``ILLEGAL_DATA_ADDRESS``); the address check
+needs the server's table sizes, so it is the server's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+MBAP_SIZE = 7  # transaction id, protocol id, length, unit id
+MAX_PDU_SIZE = 253
+MAX_READ_BITS = 2000
+MAX_READ_REGISTERS = 125
+MAX_WRITE_BITS = 1968
+MAX_WRITE_REGISTERS = 123
+COIL_ON = 0xFF00
+COIL_OFF = 0x0000
+
+_MBAP = struct.Struct(">HHHB")
+_ADDR_COUNT = struct.Struct(">BHH")  # function, address, count (or value)
+_WRITE_MULTI = struct.Struct(">BHHB")  # function, address, count, byte count
+
+
+class FunctionCode(IntEnum):
+    READ_COILS = 0x01
+    READ_DISCRETE_INPUTS = 0x02
+    READ_HOLDING_REGISTERS = 0x03
+    READ_INPUT_REGISTERS = 0x04
+    WRITE_SINGLE_COIL = 0x05
+    WRITE_SINGLE_REGISTER = 0x06
+    WRITE_MULTIPLE_COILS = 0x0F
+    WRITE_MULTIPLE_REGISTERS = 0x10
+
+    @property
+    def is_bit(self) -> bool:
+        return self in _BIT_FUNCTIONS
+
+
+_BIT_FUNCTIONS = frozenset(
+    {
+        FunctionCode.READ_COILS,
+        FunctionCode.READ_DISCRETE_INPUTS,
+        FunctionCode.WRITE_SINGLE_COIL,
+        FunctionCode.WRITE_MULTIPLE_COILS,
+    }
+)
+_READ_FUNCTIONS = frozenset(
+    {
+        FunctionCode.READ_COILS,
+        FunctionCode.READ_DISCRETE_INPUTS,
+        FunctionCode.READ_HOLDING_REGISTERS,
+        FunctionCode.READ_INPUT_REGISTERS,
+    }
+)
+
+
+class ExceptionCode(IntEnum):
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_DATA_ADDRESS = 0x02
+    ILLEGAL_DATA_VALUE = 0x03
+    SERVER_DEVICE_FAILURE = 0x04
+    GATEWAY_PATH_UNAVAILABLE = 0x0A
+    GATEWAY_TARGET_FAILED = 0x0B  # "gateway target device failed to respond"
+
+
+class FrameError(ValueError):
+    """The MBAP header is malformed: close the connection, the stream is out of step."""
+
+
+class ModbusError(Exception):
+    """A request the peer must be told is wrong; ``code`` is the Modbus exception code."""
+
+    def __init__(self, code: ExceptionCode, function: int | None = None) -> None:
+        self.code = code
+        self.function = function
+        name = code.name if isinstance(code, ExceptionCode) else str(code)
+        super().__init__(f"Modbus exception {int(code):#04x} {name}")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One complete Modbus TCP ADU: the MBAP fields that matter and the PDU bytes."""
+
+    transaction_id: int
+    unit_id: int
+    pdu: bytes
+
+    @property
+    def function(self) -> int:
+        return self.pdu[0]
+
+    def to_bytes(self) -> bytes:
+        return build_frame(self.transaction_id, self.unit_id, self.pdu)
+
+
+def build_frame(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:
+    """MBAP header + PDU."""
+    if not 1 <= len(pdu) <= MAX_PDU_SIZE:
+        raise ValueError(f"PDU of {len(pdu)} bytes (1..{MAX_PDU_SIZE})")
+    return _MBAP.pack(transaction_id & 0xFFFF, 0, len(pdu) + 1, unit_id & 0xFF) + pdu
+
+
+class FrameDecoder:
+    """Incremental MBAP deframer. ``receive_data`` then ``next_frame`` until it returns None."""
+
+    __slots__ = ("_buffer", "_error")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._error: FrameError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None when more bytes are needed.
+
+        Raises :class:`FrameError` on a malformed header, and again on every later call.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buffer
+        if len(buf) < MBAP_SIZE:
+            return None
+        tid, protocol, length, unit = _MBAP.unpack_from(buf)
+        if protocol != 0:
+            self._error = FrameError(f"protocol id {protocol}, expected 0 (Modbus)")
+            raise self._error
+        if not 2 <= length <= MAX_PDU_SIZE + 1:
+            self._error = FrameError(f"MBAP length {length}, expected 2..{MAX_PDU_SIZE + 1}")
+            raise self._error
+        end = MBAP_SIZE - 1 + length
+        if len(buf) < end:
+            return None
+        pdu = bytes(buf[MBAP_SIZE:end])
+        del buf[:end]
+        return Frame(tid, unit, pdu)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """``receive_data`` + every complete frame (raises :class:`FrameError` like next_frame)."""
+        self.receive_data(data)
+        return list(self)
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """Functions 01-04: ``count`` bits or registers from ``address``."""
+
+    function: FunctionCode
+    address: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSingleCoil:
+    address: int
+    value: bool
+    function: FunctionCode = FunctionCode.WRITE_SINGLE_COIL
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSingleRegister:
+    address: int
+    value: int
+    function: FunctionCode = FunctionCode.WRITE_SINGLE_REGISTER
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMultipleCoils:
+    address: int
+    values: tuple[bool, ...]
+    function: FunctionCode = FunctionCode.WRITE_MULTIPLE_COILS
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMultipleRegisters:
+    address: int
+    values: tuple[int, ...]
+    function: FunctionCode = FunctionCode.WRITE_MULTIPLE_REGISTERS
+
+
+Request = (
+    ReadRequest
+    | WriteSingleCoil
+    | WriteSingleRegister
+    | WriteMultipleCoils
+    | WriteMultipleRegisters
+)
+
+
+def parse_request(pdu: bytes) -> Request:
+    """Decode a request PDU; raises :class:`ModbusError` (01 or 03) for what must be refused."""
+    if not pdu:
+        raise ModbusError(ExceptionCode.ILLEGAL_FUNCTION)
+    code = pdu[0]
+    try:
+        function = FunctionCode(code)
+    except ValueError:
+        raise ModbusError(ExceptionCode.ILLEGAL_FUNCTION, code) from None
+    if function in _READ_FUNCTIONS:
+        address, count = _fixed_fields(pdu, function)
+        limit = MAX_READ_BITS if function.is_bit else MAX_READ_REGISTERS
+        if not 1 <= count <= limit:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+        return ReadRequest(function, address, count)
+    if function is FunctionCode.WRITE_SINGLE_COIL:
+        address, value = _fixed_fields(pdu, function)
+        if value not in (COIL_ON, COIL_OFF):
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+        return WriteSingleCoil(address, value == COIL_ON)
+    if function is FunctionCode.WRITE_SINGLE_REGISTER:
+        address, value = _fixed_fields(pdu, function)
+        return WriteSingleRegister(address, value)
+    if len(pdu) < _WRITE_MULTI.size:
+        raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+    _, address, count, byte_count = _WRITE_MULTI.unpack_from(pdu)
+    data = pdu[_WRITE_MULTI.size :]
+    if function is FunctionCode.WRITE_MULTIPLE_COILS:
+        if not 1 <= count <= MAX_WRITE_BITS or byte_count != (count + 7) // 8:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+        if len(data) != byte_count:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+        return WriteMultipleCoils(address, tuple(unpack_bits(data, count)))
+    if not 1 <= count <= MAX_WRITE_REGISTERS or byte_count != 2 * count or len(data) != byte_count:
+        raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+    return WriteMultipleRegisters(address, struct.unpack(f">{count}H", data))
+
+
+def _fixed_fields(pdu: bytes, function: FunctionCode) -> tuple[int, int]:
+    if len(pdu) != _ADDR_COUNT.size:
+        raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, function)
+    _, first, second = _ADDR_COUNT.unpack(pdu)
+    return first, second
+
+
+def encode_request(request: Request) -> bytes:
+    """The PDU of a request (client side); validates counts and values like a server would."""
+    match request:
+        case ReadRequest(function=function, address=address, count=count):
+            return _ADDR_COUNT.pack(function, address, count)
+        case WriteSingleCoil(address=address, value=value):
+            return _ADDR_COUNT.pack(request.function, address, COIL_ON if value else COIL_OFF)
+        case WriteSingleRegister(address=address, value=value):
+            return _ADDR_COUNT.pack(request.function, address, value)
+        case WriteMultipleCoils(address=address, values=values):
+            data = pack_bits(values)
+            head = _WRITE_MULTI.pack(request.function, address, len(values), len(data))
+            return head + data
+        case WriteMultipleRegisters(address=address, values=values):
+            head = _WRITE_MULTI.pack(request.function, address, len(values), 2 * len(values))
+            return head + struct.pack(f">{len(values)}H", *values)
+    raise TypeError(f"not a Modbus request: {request!r}")
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def pack_bits(bits: Sequence[int]) -> bytes:
+    """Bits to bytes, first bit in the least significant bit of the first byte."""
+    out = bytearray((len(bits) + 7) // 8)
+    for i, bit in enumerate(bits):
+        if bit:
+            out[i >> 3] |= 1 << (i & 7)
+    return bytes(out)
+
+
+def unpack_bits(data: bytes, count: int) -> list[bool]:
+    return [bool(data[i >> 3] & (1 << (i & 7))) for i in range(count)]
+
+
+def read_bits_pdu(function: int, bits: Sequence[int]) -> bytes:
+    """Response PDU of functions 01/02."""
+    data = pack_bits(bits)
+    return bytes((function, len(data))) + data
+
+
+def read_registers_pdu(function: int, values: Sequence[int]) -> bytes:
+    """Response PDU of functions 03/04."""
+    n = len(values)
+    return struct.pack(f">BB{n}H", function, 2 * n, *values)
+
+
+def write_response_pdu(request: Request) -> bytes:
+    """Response PDU of functions 05/06 (an echo) and 15/16 (address and quantity)."""
+    match request:
+        case WriteSingleCoil() | WriteSingleRegister():
+            return encode_request(request)
+        case (
+            WriteMultipleCoils(address=address, values=values)
+            | WriteMultipleRegisters(address=address, values=values)
+        ):
+            return _ADDR_COUNT.pack(request.function, address, len(values))
+    raise TypeError(f"not a write request: {request!r}")
+
+
+def exception_pdu(function: int, code: ExceptionCode) -> bytes:
+    return bytes((function | 0x80, code))
+
+
+def parse_response(request: Request, pdu: bytes) -> list[int] | list[bool] | None:
+    """Check a response PDU against its request (client side).
+
+    Returns the values read (ints for registers, bools for bits), None for a write; raises
+    :class:`ModbusError` for an exception response and :class:`FrameError` for a response that
+    does not match the request.
+    """
+    function = request.function
+    if len(pdu) == 2 and pdu[0] == function | 0x80:
+        try:
+            code = ExceptionCode(pdu[1])
+        except ValueError:
+            raise FrameError(f"unknown exception code {pdu[1]:#04x}") from None
+        raise ModbusError(code, function)
+    if not pdu or pdu[0] != function:
+        raise FrameError(f"response to function {pdu[:1].hex() or 'none'}, sent {function:#04x}")
+    if isinstance(request, ReadRequest):
+        size = (request.count + 7) // 8 if function.is_bit else 2 * request.count
+        if len(pdu) != 2 + size or pdu[1] != size:
+            raise FrameError(f"read response of {len(pdu)} bytes for {request}")
+        if function.is_bit:
+            return unpack_bits(pdu[2:], request.count)
+        return list(struct.unpack(f">{request.count}H", pdu[2:]))
+    if pdu != write_response_pdu(request):
+        raise FrameError(f"write response {pdu.hex()} does not echo {request}")
+    return None

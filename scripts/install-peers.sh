@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install the real peers the tests run against: mosquitto (MQTT broker), mosquitto-clients
+# (mosquitto_pub/_sub) and mbpoll (a Modbus master we did not write). Debian/Ubuntu packages.
+# Idempotent: when every binary is already there it only checks and exits.
+set -euo pipefail
+
+# binary -> package; mosquitto lives in /usr/sbin, which is not on every user's PATH
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+}
+
+missing=()
+have mosquitto || missing+=(mosquitto)
+have mosquitto_pub || missing+=(mosquitto-clients)
+have mbpoll || missing+=(mbpoll)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+fail() {
+    echo "install-peers: cannot install ${missing[*]}: $1" >&2
+    echo "install-peers: install them by hand, e.g.: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+}
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    fail "apt-get not found (this script knows Debian/Ubuntu packages only)"
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo)
+    else
+        fail "not root and sudo is not available"
+    fi
+fi
+
+echo "install-peers: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq || fail "apt-get update failed"
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || fail "apt-get install failed"
+
+for bin in mosquitto mosquitto_pub mbpoll; do
+    have "$bin" || fail "$bin still missing after apt-get install"
+done
+echo "install-peers: done" >&2

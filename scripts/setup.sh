@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Create .venv (Python >= 3.11) and install the project editable with its dev extras.
+# Quick when nothing changed: the install is skipped while pyproject.toml is the one installed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+python_ok() {
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
+}
+
+if [ ! -x .venv/bin/python ]; then
+    python="${PYTHON:-}"
+    if [ -z "$python" ]; then
+        for candidate in python3 python3.13 python3.12 python3.11; do
+            if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
+                python="$candidate"
+                break
+            fi
+        done
+    fi
+    if [ -z "$python" ] || ! python_ok "$python"; then
+        echo "setup: Python >= 3.11 is needed (set PYTHON=/path/to/python3.11)" >&2
+        exit 1
+    fi
+    echo "setup: creating .venv with $("$python" --version 2>&1)" >&2
+    "$python" -m venv .venv
+fi
+
+if ! python_ok .venv/bin/python; then
+    echo "setup: .venv has $(.venv/bin/python --version 2>&1); remove it and rerun" >&2
+    exit 1
+fi
+
+stamp=".venv/.protocol-brain-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
+    || ! .venv/bin/python -c 'import gateway, protocols' >/dev/null 2>&1; then
+    echo "setup: installing protocol-brain[dev] into .venv" >&2
+    log="$(mktemp)"
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' >"$log" 2>&1
+    then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "setup: pip install -e '.[dev]' failed" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    echo "$want" >"$stamp"
+fi

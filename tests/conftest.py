@@ -1,0 +1,151 @@
+"""Shared fixtures: real peers (mosquitto, the Modbus simulator) on 127.0.0.1 and free ports.
+
+Peers we did not write are never optional: when a binary is missing the test fails and says to
+run ``scripts/install-peers.sh``; a skipped interop test would hide exactly the breakage it is
+there to catch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from protocols.modbus.simulator import Simulator
+
+HOST = "127.0.0.1"
+INSTALL_HINT = "run scripts/install-peers.sh (installs mosquitto, mosquitto-clients, mbpoll)"
+
+T = TypeVar("T")
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def find_binary(name: str, *fallbacks: str) -> str:
+    """Path of a peer's binary, or a test failure that says how to install it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for path in fallbacks:
+        if Path(path).is_file():
+            return path
+    pytest.fail(f"{name} not found on PATH or in {', '.join(fallbacks) or '-'}: {INSTALL_HINT}")
+
+
+async def wait_for(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float = 5.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    interval: float = 0.02,
+    message: str | None = None,
+) -> T:
+    """Poll ``predicate`` (sync or async) until it returns something truthy; return that.
+
+    Fails the test with ``message`` (or the predicate's name) after ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if loop.time() >= deadline:
+            what = message or getattr(predicate, "__name__", repr(predicate))
+            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+class MosquittoBroker:
+    """A real mosquitto on 127.0.0.1; ``stop()`` and ``start()`` keep the same port."""
+
+    def __init__(self, binary: str, directory: Path, host: str = HOST) -> None:
+        self.binary = binary
+        self.host = host
+        self.port = free_port(host)
+        self.config = directory / "mosquitto.conf"
+        self.log = directory / "mosquitto.log"
+        self.config.write_text(
+            f"listener {self.port} {host}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while not port_open(self.host, self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log_text = self.log.read_text(errors="replace")[-2000:]
+                pytest.fail(f"mosquitto did not listen on {self.host}:{self.port}:\n{log_text}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __repr__(self) -> str:
+        return f"<MosquittoBroker {self.host}:{self.port} {'up' if self.running else 'down'}>"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A started mosquitto broker (anonymous, no persistence), stopped at teardown."""
+    broker = MosquittoBroker(find_binary("mosquitto", "/usr/sbin/mosquitto"), tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[Simulator]:
+    """A Modbus TCP simulator on 127.0.0.1 with no device yet: ``await simulator.add_device()``."""
+    async with Simulator(HOST) as sim:
+        yield sim
