@@ -37,6 +37,9 @@ from protocols.modbus.config import ModbusDevice, ModbusPoint
 from protocols.modbus.planner import ReadItem, ReadRequest, plan_reads
 
 log = logging.getLogger(__name__)
+# pymodbus logs every failed connect and retry itself; this adapter reports them once, with the
+# device name, so the library's own lines would only repeat ours.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -121,6 +124,9 @@ class ModbusClientAdapter(Adapter):
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._timeouts = 0
+        # Why the connection was dropped: the points of the requests still to come in the same
+        # poll report this cause ("timeout"), not a vague "not connected".
+        self._down_reason = "not connected"
         self._io_lock = asyncio.Lock()
         self.counters = {
             "polls": 0,
@@ -218,6 +224,7 @@ class ModbusClientAdapter(Adapter):
             backoff.reset()
             self._client = client
             self._timeouts = 0
+            self._down_reason = "not connected"
             self._lost.clear()
             self._connected.set()
             await self._lost.wait()
@@ -291,7 +298,7 @@ class ModbusClientAdapter(Adapter):
     async def _read(self, req: ReadRequest[ReadItem]) -> tuple[Sequence[Any] | None, str | None]:
         client = self._client
         if client is None or not self._connected.is_set():
-            return None, "not connected"
+            return None, self._down_reason
         self.counters["requests"] += 1
         try:
             if req.table is Table.HOLDING:
@@ -333,11 +340,15 @@ class ModbusClientAdapter(Adapter):
             self._timeouts += 1
             reason = "timeout"
             if self._timeouts >= TIMEOUTS_BEFORE_RECONNECT:
+                self._down_reason = reason
                 self._lost.set()
+                self._connected.clear()
         else:
             self.counters["errors"] += 1
             reason = "connection error"
+            self._down_reason = reason
             self._lost.set()
+            self._connected.clear()
         self.last_error = f"{reason}: {text}"
         return reason
 
