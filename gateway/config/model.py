@@ -1,0 +1,505 @@
+"""The config file as typed objects: `load_config` reads, validates and cross-checks it.
+
+Validation runs in three layers, and every layer reports all it finds before the file is refused:
+
+1. YAML (`yamlmarks`): syntax, repeated keys, positions of every key and value;
+2. schema: the top-level keys, the ``gateway`` section, each device or endpoint against the
+   config model of its protocol plugin, each bridge's own keys, and the options of a bridge
+   against the route model of its target's protocol;
+3. references and semantics: each plugin model's ``check()``, names used twice, bridges naming
+   undefined devices or a target that cannot receive, point globs that select nothing, units that
+   are unknown or cannot be converted from the point's unit.
+
+A plugin's model is third-party code: if it raises something else than a validation error, the
+crash is reported as a problem of that entry, never as a traceback of the loader.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from gateway.config.common import Path, Strict
+from gateway.config.errors import (
+    ConfigError,
+    Finding,
+    LocatedProblem,
+    Where,
+    choices,
+    describe,
+    listing,
+    locate,
+    show,
+    translate,
+    unknown_key,
+)
+from gateway.config.yamlmarks import START, Marks, parse_yaml
+from gateway.plugins import ProtocolSpec, Registry, load_registry
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = ("gateway", "devices", "endpoints", "bridges")
+SECTIONS = ("devices", "endpoints")
+ENTRY_KEYS = ("protocol", "role")  # taken out of an entry before the plugin's model sees it
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # device names appear in bus and MQTT topics
+_NAME = re.compile(NAME_PATTERN)
+TOP_EXPECTED = "a mapping with devices, endpoints and bridges"
+
+
+class GatewaySection(Strict):
+    """The optional ``gateway:`` section."""
+
+    name: str = Field(
+        "protocol-brain",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="name of this gateway; appears in MQTT topics as {gateway}",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class BridgeKeys(Strict):
+    """The keys every bridge has, whatever its target; the others are the target's options."""
+
+    name: str = Field(min_length=1, description="unique name of the bridge")
+    from_: str | list[str] = Field(
+        alias="from", description="device or endpoint name(s) whose points are bridged"
+    )
+    points: str | list[str] = Field(
+        default_factory=lambda: ["*"], description="globs over point names; default all"
+    )
+    to: str = Field(min_length=1, description="device or endpoint that receives the points")
+    units: dict[str, str] = Field(
+        default_factory=dict, description="point glob -> unit to convert matching points to"
+    )
+
+
+BRIDGE_KEYS = tuple(info.alias or name for name, info in BridgeKeys.model_fields.items())
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    name: str
+    sources: tuple[str, ...]
+    points: tuple[str, ...]
+    target: str
+    units: dict[str, str]
+    route: BaseModel | None
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    name: str
+    protocol: str
+    role: str
+    spec: ProtocolSpec
+    config: BaseModel
+    section: str  # "devices" or "endpoints"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: str
+    gateway: GatewaySection
+    devices: dict[str, DeviceEntry]  # devices and endpoints, in file order
+    bridges: list[BridgeConfig]
+
+
+def load_config(path: str | os.PathLike[str], registry: Registry | None = None) -> GatewayConfig:
+    """Read and validate a config file; `ConfigError` lists every problem found."""
+    filename = os.fspath(path)
+    try:
+        with open(filename, "rb") as f:
+            raw = f.read()
+    except IsADirectoryError:
+        raise _fail(filename, "a directory", "a YAML file") from None
+    except FileNotFoundError:
+        raise _fail(filename, "no such file", "an existing YAML file") from None
+    except PermissionError:
+        raise _fail(filename, "a file this user may not read", "a readable YAML file") from None
+    except OSError as exc:
+        raise _fail(filename, f"a file that cannot be read ({exc.strerror or exc})",
+                    "a readable YAML file") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = raw[exc.start : exc.end].hex(" ")
+        raise ConfigError([LocatedProblem(
+            filename, line, column, (), f"bytes that are not UTF-8 (0x{bad})", "UTF-8 text"
+        )]) from None
+    return load_config_text(text, filename, registry)
+
+
+def load_config_text(
+    text: str, filename: str = "<string>", registry: Registry | None = None
+) -> GatewayConfig:
+    """Validate config text; ``filename`` only names it in problems."""
+    document = parse_yaml(text)
+    if registry is None:
+        registry = load_registry()
+    loader = _Loader(filename, document.marks, registry)
+    for issue in document.issues:
+        loader.problems.append(LocatedProblem(
+            filename, issue.mark.line, issue.mark.column, issue.path, issue.found, issue.expected
+        ))
+    config = loader.load(document.data, had_yaml_issues=bool(document.issues))
+    if loader.problems or config is None:
+        raise ConfigError(loader.problems)
+    return config
+
+
+def _fail(filename: str, found: str, expected: str) -> ConfigError:
+    return ConfigError([LocatedProblem(filename, START.line, START.column, (), found, expected)])
+
+
+@dataclass
+class _Declared:
+    """A device or endpoint name as written, even when its entry is invalid."""
+
+    section: str
+    spec: ProtocolSpec | None = None
+    entry: DeviceEntry | None = None
+
+
+@dataclass
+class _Loader:
+    filename: str
+    marks: Marks
+    registry: Registry
+    problems: list[LocatedProblem] = field(default_factory=list)
+    declared: dict[str, _Declared] = field(default_factory=dict)
+
+    def add(self, finding: Finding) -> None:
+        self.problems.append(locate(self.filename, self.marks, finding))
+
+    def report(self, path: Path, found: str, expected: str, where: Where = "value") -> None:
+        self.add(Finding(path, found, expected, where))
+
+    def validate(
+        self,
+        model: type[BaseModel],
+        data: Any,
+        path: Path,
+        root_keys: tuple[str, ...] = (),
+        hints: Mapping[str, str] | None = None,
+    ) -> BaseModel | None:
+        """``model.model_validate(data)``; problems reported under ``path``."""
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for f in translate(exc.errors(include_url=False), data, model, prefix=path,
+                               root_keys=root_keys, hints=hints):
+                self.add(f)
+        except Exception as exc:  # a plugin's validator crashed: report, do not propagate
+            self.report(path, f"an error in the config model {model.__name__}: {exc!r}",
+                        "a config its protocol plugin can read (report this to its authors)")
+        return None
+
+    # -- top level ---------------------------------------------------------------------------
+
+    def load(self, data: Any, *, had_yaml_issues: bool) -> GatewayConfig | None:
+        if data is None:
+            if not had_yaml_issues:
+                self.report((), "an empty file", TOP_EXPECTED)
+            return None
+        if not isinstance(data, dict):
+            self.report((), describe(data), TOP_EXPECTED)
+            return None
+        for key in data:
+            if key not in TOP_KEYS:
+                self.report((key,), *unknown_key(key, TOP_KEYS), where="key")
+        raw_gateway = data.get("gateway")
+        gateway = self.validate(
+            GatewaySection, {} if raw_gateway is None else raw_gateway, ("gateway",)
+        )
+        devices: dict[str, DeviceEntry] = {}
+        for section in SECTIONS:
+            for name, entry in self.section(data, section).items():
+                devices[name] = entry
+        bridges = self.bridges(data.get("bridges"))
+        if self.problems or not isinstance(gateway, GatewaySection):
+            return None
+        return GatewayConfig(self.filename, gateway, devices, bridges)
+
+    # -- devices and endpoints ----------------------------------------------------------------
+
+    def section(self, data: dict[str, Any], section: str) -> dict[str, DeviceEntry]:
+        raw = data.get(section)
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.report((section,), describe(raw),
+                        "a mapping of names to entries like {protocol: modbus, host: ...}")
+            return {}
+        entries: dict[str, DeviceEntry] = {}
+        for name, body in raw.items():
+            path: Path = (section, name)
+            if name in self.declared:
+                other = self.declared[name].section
+                first = self.marks.key((other, name)).line
+                self.report(path, f"the name {name!r} again (first in {other} at line {first})",
+                            "names used once across devices and endpoints", "key")
+                continue
+            self.declared[name] = _Declared(section)
+            if not _NAME.match(name):
+                self.report(path, f"the name {name!r}",
+                            "a name of letters, digits, '_', '-' and '.' (it is used in topics)",
+                            "key")
+            entry = self.entry(section, name, body)
+            if entry is not None:
+                entries[name] = entry
+                self.declared[name].entry = entry
+        return entries
+
+    def entry(self, section: str, name: str, body: Any) -> DeviceEntry | None:
+        path: Path = (section, name)
+        installed = ", ".join(sorted(self.registry.specs)) or "none installed"
+        if not isinstance(body, dict):
+            self.report(path, describe(body), f"a mapping with protocol ({installed}) and its "
+                        "settings", "key" if body is None else "value")
+            return None
+        protocol = body.get("protocol")
+        if "protocol" not in body:
+            self.report(path, "no 'protocol' key", f"key 'protocol' (one of: {installed})", "key")
+            return None
+        if not isinstance(protocol, str):
+            self.report((*path, "protocol"), describe(protocol), f"one of: {installed}")
+            return None
+        spec = self.registry.specs.get(protocol)
+        if spec is None:
+            if protocol in self.registry.errors:
+                found = f"{protocol!r}, whose plugin did not load"
+                expected = self.registry.errors[protocol]
+            else:
+                found = f"unknown protocol {protocol!r}"
+                expected = choices(protocol, sorted(self.registry.specs), "an installed protocol")
+            self.report((*path, "protocol"), found, expected)
+            return None
+        self.declared[name].spec = spec
+        role = body.get("role", spec.roles[0] if spec.roles else "")
+        role_ok = isinstance(role, str) and role in spec.roles
+        if not role_ok:
+            self.report((*path, "role"), show(role),
+                        f"one of: {', '.join(spec.roles)} ({protocol} has no other role)")
+        settings = {k: v for k, v in body.items() if k != "role"}
+        if "protocol" not in spec.config_model.model_fields:
+            del settings["protocol"]
+        config = self.validate(spec.config_model, settings, path, ENTRY_KEYS)
+        if config is None or not self.checked(config, path) or not role_ok:
+            return None
+        return DeviceEntry(name, protocol, str(role), spec, config, section)
+
+    def checked(self, config: BaseModel, path: Path) -> bool:
+        """Run the model's ``check()`` (if it has one); True when it found nothing."""
+        check = getattr(config, "check", None)
+        if not callable(check):
+            return True
+        try:
+            problems = list(check())
+        except Exception as exc:
+            self.report(path, f"an error in {type(config).__name__}.check(): {exc!r}",
+                        "a config its protocol plugin can check (report this to its authors)")
+            return False
+        for problem in problems:
+            self.add(Finding.of(problem, path))
+        return not problems
+
+    # -- bridges --------------------------------------------------------------------------------
+
+    def bridges(self, raw: Any) -> list[BridgeConfig]:
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.report(("bridges",), describe(raw),
+                        "a list of bridges like - {name: ..., from: ..., to: ...}")
+            return []
+        out: list[BridgeConfig] = []
+        names: dict[str, int] = {}
+        for i, body in enumerate(raw):
+            bridge = self.bridge(i, body, names)
+            if bridge is not None:
+                out.append(bridge)
+        return out
+
+    def bridge(self, i: int, body: Any, names: dict[str, int]) -> BridgeConfig | None:
+        path: Path = ("bridges", i)
+        if not isinstance(body, dict):
+            self.report(path, describe(body), "a mapping with name, from, to and route options")
+            return None
+        own = {k: v for k, v in body.items() if k in BRIDGE_KEYS}
+        options = {k: v for k, v in body.items() if k not in BRIDGE_KEYS}
+        targets = self.targets()
+        hint = f" (one of: {listing(targets)})" if targets else ""
+        keys = self.validate(BridgeKeys, own, path, hints={
+            "to": f"key 'to' naming the device or endpoint to send to{hint}",
+            "from": "key 'from' naming the device(s) whose points to send",
+        })
+        target = own.get("to")
+        route = self.route(path, target, options)
+        if not isinstance(keys, BridgeKeys):
+            return None
+        ok = True
+        if keys.name in names:
+            first = names[keys.name]
+            line = self.marks.value(("bridges", first, "name")).line
+            self.report((*path, "name"), f"{keys.name!r} again",
+                        f"a bridge name not already used (bridges[{first}] at line {line})")
+            ok = False
+        names.setdefault(keys.name, i)
+        sources = self.sources(path, keys.from_)
+        points = (keys.points,) if isinstance(keys.points, str) else tuple(keys.points)
+        if sources is None or route is None:
+            return None
+        if keys.to in sources:
+            self.report((*path, "to"), f"{keys.to!r}, which is also a source of the bridge",
+                        "a target other than the sources")
+            ok = False
+        ok = self.selection(path, sources, points, keys.units) and ok
+        if not ok:
+            return None
+        return BridgeConfig(keys.name, sources, points, keys.to, dict(keys.units), route)
+
+    def targets(self) -> list[str]:
+        return [n for n, d in self.declared.items() if d.spec and d.spec.route_model]
+
+    def sources(self, path: Path, raw: str | list[str]) -> tuple[str, ...] | None:
+        if isinstance(raw, str):
+            items: list[tuple[Path, str]] = [((*path, "from"), raw)]
+        else:
+            items = [((*path, "from", j), s) for j, s in enumerate(raw)]
+            if not items:
+                self.report((*path, "from"), "an empty list",
+                            "at least one device or endpoint name")
+                return None
+        ok = True
+        for where, name in items:
+            if name not in self.declared:
+                self.report(where, repr(name),
+                            choices(name, list(self.declared), "a device or endpoint name"))
+                ok = False
+        return tuple(name for _, name in items) if ok else None
+
+    def route(self, path: Path, target: Any, options: dict[str, Any]) -> BaseModel | None:
+        """Validate the target options of a bridge with its target protocol's route model."""
+        if not isinstance(target, str):
+            return None  # no or a bad 'to': reported by BridgeKeys
+        declared = self.declared.get(target)
+        if declared is None:
+            self.report((*path, "to"), repr(target),
+                        choices(target, list(self.declared), "a device or endpoint name"))
+            return None
+        spec = declared.spec
+        if spec is None:
+            return None  # its entry is invalid; reported there
+        if spec.route_model is None:
+            can = sorted(n for n, s in self.registry.specs.items() if s.route_model is not None)
+            yes = f"{', '.join(can)} can be a bridge target" if can else "no protocol can"
+            self.report((*path, "to"), f"{target!r}, a {spec.name} {declared.section[:-1]}",
+                        f"a target whose protocol can receive ({yes}; {spec.name} cannot yet)")
+            return None
+        return self.validate(spec.route_model, options, path, BRIDGE_KEYS)
+
+    def selection(
+        self, path: Path, sources: tuple[str, ...], points: tuple[str, ...],
+        units: dict[str, str],
+    ) -> bool:
+        """Point globs that select nothing, and units that cannot apply to what they select."""
+        known = self.points_of(sources)
+        if known is None:  # a source without a point list (an MQTT subscription): unknowable
+            return self.units(path, units, [])
+        ok = True
+        names = list(dict.fromkeys(p.name for p in known))
+        for j, glob in enumerate(points):
+            if not fnmatch.filter(names, glob):
+                self.report((*path, "points", j),
+                            f"{glob!r}, which matches no point of {', '.join(sources)}",
+                            f"a glob matching some of: {listing(names)}")
+                ok = False
+        selected = [p for p in known if any(fnmatch.fnmatchcase(p.name, g) for g in points)]
+        chosen = list(dict.fromkeys(p.name for p in selected))
+        for glob in units:
+            if not any(fnmatch.fnmatchcase(n, glob) for n in chosen):
+                self.report((*path, "units", glob),
+                            f"{glob!r}, which matches no point the bridge selects",
+                            f"a glob matching some of: {listing(chosen)}", "key")
+                ok = False
+        return self.units(path, units, selected) and ok
+
+    def points_of(self, sources: tuple[str, ...]) -> list[_Point] | None:
+        """The points of all ``sources``, or None if one of them has no point list."""
+        out: list[_Point] = []
+        for source in sources:
+            entry = self.declared[source].entry
+            points = getattr(entry.config, "points", None) if entry is not None else None
+            if entry is None or not isinstance(points, list | tuple):
+                return None
+            for i, p in enumerate(points):
+                name, unit = getattr(p, "name", None), getattr(p, "unit", None)
+                if isinstance(name, str):
+                    where = (entry.section, source, "points", i, "unit")
+                    out.append(_Point(name, unit if isinstance(unit, str) else None, where))
+        return out
+
+    def units(self, path: Path, units: dict[str, str], selected: list[_Point]) -> bool:
+        if not units:
+            return True
+        from gateway.units import compatible, validate_unit
+
+        ok = True
+        valid: set[str] = set()
+        for glob, unit in units.items():
+            try:
+                validate_unit(unit)
+            except ValueError as exc:
+                self.report((*path, "units", glob), repr(unit), f"a known unit ({exc})")
+                ok = False
+            else:
+                valid.add(glob)
+        # The first glob matching a point decides its unit (as the bridge applies them).
+        wrong: dict[str, list[str]] = {}
+        for point in selected:
+            rule = next((g for g in units if fnmatch.fnmatchcase(point.name, g)), None)
+            if rule is None or rule not in valid or point.unit is None:
+                continue
+            try:
+                fits = compatible(point.unit, units[rule])
+            except ValueError as exc:
+                self.report(point.path, repr(point.unit),
+                            f"a known unit, to convert it to {units[rule]} ({exc})")
+                ok = False
+                continue
+            if not fits:
+                wrong.setdefault(rule, []).append(f"{point.name!r} ({point.unit})")
+        for glob, bad in wrong.items():
+            whose = "the points' units convert" if len(bad) > 1 else "the point's unit converts"
+            self.report((*path, "units", glob), f"{units[glob]!r} for {listing(bad)}",
+                        f"a unit {whose} to")
+            ok = False
+        return ok
+
+
+@dataclass(frozen=True)
+class _Point:
+    name: str
+    unit: str | None
+    path: Path  # of its unit, for a unit the bridge cannot convert
+
+
+__all__ = [
+    "BRIDGE_KEYS",
+    "BridgeConfig",
+    "BridgeKeys",
+    "DeviceEntry",
+    "GatewayConfig",
+    "GatewaySection",
+    "load_config",
+    "load_config_text",
+]

@@ -1,0 +1,417 @@
+"""Config loading: the good file becomes typed objects; each bad file is refused with its
+line, its key path and what was found / expected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel, Field, field_validator
+
+from gateway.config import (
+    Backoff,
+    ConfigError,
+    GatewayConfig,
+    LocatedProblem,
+    load_config,
+    load_config_text,
+)
+from gateway.config.schema import json_schema
+from gateway.config.yamlmarks import parse_yaml
+from gateway.plugins import ProtocolSpec, Registry, load_registry
+from protocols.modbus.config import ModbusDevice
+from protocols.mqtt.config import MqttEndpoint, MqttRoute
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_registry()
+
+
+def problems_of(name: str, registry: Registry) -> list[LocatedProblem]:
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / name, registry)
+    problems = info.value.problems
+    assert problems, "a ConfigError without problems"
+    return problems
+
+
+def the_problem(name: str, registry: Registry) -> LocatedProblem:
+    problems = problems_of(name, registry)
+    assert len(problems) == 1, "\n".join(map(str, problems))
+    return problems[0]
+
+
+def at(problems: list[LocatedProblem], dotted: str) -> LocatedProblem:
+    found = [p for p in problems if p.dotted == dotted]
+    assert len(found) == 1, f"{dotted} in:\n" + "\n".join(map(str, problems))
+    return found[0]
+
+
+# -- the good file ------------------------------------------------------------------------------
+
+
+def test_good_config_loads_into_typed_objects(registry: Registry) -> None:
+    config = load_config(CONFIGS / "good.yaml", registry)
+    assert isinstance(config, GatewayConfig)
+    assert config.path == str(CONFIGS / "good.yaml")
+    assert (config.gateway.name, config.gateway.log_level) == ("edge-1", "debug")
+
+    assert list(config.devices) == ["boiler", "chiller", "broker"]
+    boiler, chiller, broker = (config.devices[n] for n in ("boiler", "chiller", "broker"))
+    assert (boiler.section, broker.section) == ("devices", "endpoints")
+    assert (boiler.protocol, boiler.role, boiler.spec.name) == ("modbus", "client", "modbus")
+    assert isinstance(boiler.config, ModbusDevice)
+    assert [p.name for p in boiler.config.points][:2] == ["supply_temp", "return_temp"]
+    assert boiler.config.points[0].scale == 0.1
+    assert set(boiler.config.poll_groups) == {"default", "fast"}
+    # the merge key copies boiler; chiller's own port wins
+    assert isinstance(chiller.config, ModbusDevice)
+    assert (chiller.config.host, chiller.config.port) == ("127.0.0.1", 5021)
+    assert chiller.config.points == boiler.config.points
+    assert boiler.config.port == 5020
+    # the alias shares the anchored backoff
+    assert isinstance(broker.config, MqttEndpoint)
+    assert broker.config.reconnect == Backoff.model_validate({"initial": 1, "max": 10})
+    assert boiler.config.reconnect == broker.config.reconnect
+
+    temps, snapshot = config.bridges
+    assert temps.name == "temps"
+    assert temps.sources == ("boiler", "chiller")
+    assert temps.points == ("*_temp", "flow")
+    assert temps.target == "broker"
+    assert temps.units == {"*_temp": "degF"}
+    assert temps.route == MqttRoute(topic="plant/{device}/{point}", payload="sample", qos=0)
+    assert snapshot.sources == ("boiler",)
+    assert snapshot.points == ("*",)
+    assert snapshot.units == {}
+    assert isinstance(snapshot.route, MqttRoute)
+    assert (snapshot.route.payload, snapshot.route.qos) == ("device", 1)
+
+
+def test_the_shipped_example_loads(registry: Registry) -> None:
+    example = Path(__file__).parent.parent / "examples" / "modbus_to_mqtt.yaml"
+    config = load_config(example, registry)
+    assert [b.name for b in config.bridges] == ["boiler-telemetry", "boiler-snapshot"]
+
+
+def test_yaml_values_have_the_types_safe_load_gives() -> None:
+    text = (CONFIGS / "good.yaml").read_text()
+    assert parse_yaml(text).data == yaml.safe_load(text)
+    odd = "a: [1, 1.5, yes, ~, '2', 2001-12-14, 0x1F, .inf]\n"
+    assert parse_yaml(odd).data == yaml.safe_load(odd)
+
+
+def test_positions_of_keys_and_values() -> None:
+    doc = parse_yaml("devices:\n  plc1:\n    host: 10.0.0.1\n    points:\n      - {name: a}\n")
+    assert (doc.marks.keys[("devices", "plc1", "host")].line, doc.marks.keys[
+        ("devices", "plc1", "host")].column) == (3, 5)
+    assert doc.marks.values[("devices", "plc1", "host")].column == 11
+    name = doc.marks.values[("devices", "plc1", "points", 0, "name")]
+    assert (name.line, name.column) == (5, 16)
+    # a path that was not written falls back to its nearest ancestor
+    assert doc.marks.value(("devices", "plc1", "port")) == doc.marks.values[("devices", "plc1")]
+
+
+def test_keys_are_names_even_when_yaml_would_read_numbers_or_booleans() -> None:
+    assert parse_yaml("1: a\non: b\n").data == {"1": "a", "on": "b"}
+
+
+# -- one bad file per kind of mistake -----------------------------------------------------------
+
+
+def test_unknown_key_suggests_the_closest(registry: Registry) -> None:
+    problems = problems_of("unknown_key.yaml", registry)
+    p = at(problems, "devices.plc1.hots")
+    assert (p.line, p.column) == (4, 5)  # the key itself
+    assert p.found == "unknown key 'hots'"
+    assert "did you mean 'host'?" in p.expected
+    assert "port" in p.expected and "role" in p.expected
+    missing = at(problems, "devices.plc1")  # and host is then missing
+    assert missing.line == 2
+    assert missing.found == "no 'host' key"
+
+
+# file, line, column, dotted path, a phrase of found, a phrase of expected
+ONE_PROBLEM = [
+    ("wrong_type.yaml", 5, 11, "devices.plc1.port", "'abc' (a string)", "an integer"),
+    ("missing_key.yaml", 2, 3, "devices.plc1", "no 'host' key", "key 'host'"),
+    ("undefined_device.yaml", 13, 11, "bridges[0].from", "'plc9'", "one of: plc1, broker"),
+    ("address_range.yaml", 9, 18, "devices.plc1.points[1].address", "65536",
+     "a number <= 65535"),
+    # two bits of one register (points 2 and 3) do not overlap
+    ("overlap.yaml", 7, 32, "devices.plc1.points[1].address", "'level' at holding 11 overlaps "
+     "'flow'", "points that do not share registers"),
+    # MqttRoute checks its topic in a model validator: the problem is the whole bridge's
+    ("topic_placeholder.yaml", 12, 5, "bridges[0]", "'plant/{site}/{point}'",
+     "unknown placeholder {site}"),
+    ("topic_wildcard.yaml", 12, 5, "bridges[0]", "'plant/+/{point}'",
+     "cannot contain the wildcards + or #"),
+    ("unknown_protocol.yaml", 3, 15, "devices.plc1.protocol", "unknown protocol 'modbsu'",
+     "one of: modbus, mqtt (did you mean 'modbus'?)"),
+    ("duplicate_yaml_key.yaml", 7, 5, "devices.plc1.host",
+     "key 'host' appears twice (first at line 4)", "each key once"),
+    ("syntax_error.yaml", 6, 1, "", "invalid YAML: expected ',' or ']'", "well-formed YAML"),
+    ("bad_enum.yaml", 8, 15, "devices.plc1.points[0].type", "'float33'",
+     "one of 'bool', 'int16', 'uint16', 'int32'"),
+    ("poll_group.yaml", 9, 41, "devices.plc1.points[1].poll", "'slow'",
+     "one of the poll_groups: fast"),
+    ("string_length.yaml", 7, 9, "devices.plc1.points[1]", "{name: 'serial', address: 10",
+     "a string point needs length"),
+    ("empty.yaml", 1, 1, "", "an empty file", "a mapping with devices, endpoints and bridges"),
+    ("top_list.yaml", 1, 1, "", "a list", "a mapping with devices, endpoints and bridges"),
+    ("not_target.yaml", 15, 9, "bridges[0].to", "'plc2', a modbus device",
+     "mqtt can be a bridge target; modbus cannot yet"),
+    ("points_glob.yaml", 15, 24, "bridges[0].points[1]",
+     "'presure*', which matches no point of plc1", "some of: supply_temp, return_temp"),
+    ("duplicate_bridge.yaml", 15, 11, "bridges[1].name", "'up' again",
+     "a bridge name not already used (bridges[0] at line 12)"),
+    ("no_to.yaml", 12, 5, "bridges[0]", "no 'to' key",
+     "key 'to' naming the device or endpoint to send to (one of: broker)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "column", "dotted", "found", "expected"),
+    ONE_PROBLEM,
+    ids=[case[0].removesuffix(".yaml") for case in ONE_PROBLEM],
+)
+def test_bad_file_reports_its_problem(
+    registry: Registry, name: str, line: int, column: int, dotted: str, found: str,
+    expected: str,
+) -> None:
+    p = the_problem(name, registry)
+    assert (p.line, p.column) == (line, column), str(p)
+    assert p.dotted == dotted
+    assert found in p.found
+    assert expected in p.expected
+    assert "Value error" not in p.expected
+    prefix = f"{name}:{p.line}:{p.column}: " + (f"{dotted}: " if dotted else "")
+    assert str(p).endswith(f"{prefix}found {p.found}; expected {p.expected}")
+
+
+def test_protocol_whose_plugin_failed_names_the_extra() -> None:
+    broken = Registry(specs={}, errors={"modbsu": "install it with: pip install 'x[modbsu]'"})
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "unknown_protocol.yaml", broken)
+    (p,) = info.value.problems
+    assert "did not load" in p.found
+    assert "pip install 'x[modbsu]'" in p.expected
+
+
+def test_syntax_error_says_where_the_open_bracket_was(registry: Registry) -> None:
+    assert "started at line 5" in the_problem("syntax_error.yaml", registry).found
+
+
+def test_bad_and_unconvertible_units(registry: Registry) -> None:
+    problems = problems_of("bad_unit.yaml", registry)
+    assert len(problems) == 2, "\n".join(map(str, problems))
+    unknown = at(problems, "bridges[0].units.temp")
+    assert unknown.line == 17
+    assert unknown.found == "'furlongs_per_fortnight_squared_x'"
+    assert "known unit" in unknown.expected
+    wrong = at(problems, "bridges[0].units.flow")
+    assert wrong.line == 18
+    assert wrong.found == "'kPa' for 'flow' (l/min)"
+    assert "converts to" in wrong.expected
+
+
+def test_unknown_unit_on_a_converted_point_points_at_the_point() -> None:
+    text = (CONFIGS / "bad_unit.yaml").read_text().replace("unit: degC", "unit: degc_oops")
+    text = text.replace("temp: furlongs_per_fortnight_squared_x", "temp: degF")
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "units.yaml")
+    p = at(info.value.problems, "devices.plc1.points[0].unit")
+    assert p.line == 6
+    assert "to convert it to degF" in p.expected
+
+
+def test_units_glob_matching_no_selected_point() -> None:
+    text = (CONFIGS / "points_glob.yaml").read_text().replace(
+        '["*_temp", "presure*"]', '["supply_*"]'
+    ) + "    units: {return_temp: degF}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "units.yaml")
+    (p,) = info.value.problems
+    assert (p.line, p.dotted) == (17, "bridges[0].units.return_temp")
+    assert "matches no point the bridge selects" in p.found
+
+
+def test_every_problem_of_a_file_is_reported_in_line_order(registry: Registry) -> None:
+    problems = problems_of("many.yaml", registry)
+    by_path = {p.dotted: p for p in problems}
+    assert set(by_path) == {
+        "gateway.name",
+        "devices.plc1.port",
+        "devices.plc2.role",
+        "endpoints.plc1",
+        "uplinks",
+        "bridges[0].from",
+        "bridges[0].to",
+    }
+    assert by_path["gateway.name"].line == 3
+    assert by_path["devices.plc1.port"].found == "70000"
+    assert by_path["devices.plc2.role"].expected.startswith("one of: client")
+    assert by_path["endpoints.plc1"].line == 18
+    assert "first in devices at line 5" in by_path["endpoints.plc1"].found
+    assert by_path["uplinks"].found == "unknown key 'uplinks'"
+    assert "modbus cannot yet" in by_path["bridges[0].to"].expected
+    assert [p.line for p in problems] == sorted(p.line for p in problems)
+    lines = str(ConfigError(problems)).splitlines()
+    assert len(lines) == 7
+    assert lines[0].endswith("many.yaml:3:9: gateway.name: found 'edge 1'; "
+                             "expected a string matching ^[A-Za-z0-9_-]+$")
+
+
+# -- files that are not even YAML ---------------------------------------------------------------
+
+
+def test_unreadable_paths_are_config_errors(tmp_path: Path, registry: Registry) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml", registry)
+    with pytest.raises(ConfigError, match="found a directory"):
+        load_config(tmp_path, registry)
+
+
+def test_non_utf8_file_names_the_line(tmp_path: Path, registry: Registry) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("gateway:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, registry)
+    (p,) = info.value.problems
+    assert (p.line, p.column) == (2, 12)
+    assert "0xe9" in p.found and p.expected == "UTF-8 text"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "found"),
+    [
+        ("a: \x01\n", 1, "#x0001"),
+        ("[" * 3000, 1, "nested too deeply"),
+        ("a: &x [*x]\n", 1, "inside its own anchor"),
+        ("a: !include other.yaml\n", 1, "constructor for the tag '!include'"),
+        ("a: 1\n---\nb: 2\n", 2, "another document"),
+        ("devices: 3\n", 1, "3 (an integer)"),
+        ("devices:\n  plc1:\n", 2, "an empty value"),
+        ("devices:\n  plc1: {role: client}\n", 2, "no 'protocol' key"),
+        ("devices:\n  plc/1: {protocol: mqtt, host: h}\n", 2, "the name 'plc/1'"),
+        ("bridges: {}\n", 1, "a mapping"),
+        ("bridges:\n  - just a string\n", 2, "'just a string' (a string)"),
+    ],
+)
+def test_odd_documents_are_config_errors(text: str, line: int, found: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "odd.yaml")
+    assert any(p.line == line and found in p.found for p in info.value.problems), str(info.value)
+
+
+def test_bridge_keys_of_the_wrong_shape() -> None:
+    text = (
+        "devices:\n  plc1: {protocol: modbus, host: h, points: [{name: a, address: 0}]}\n"
+        "endpoints:\n  b: {protocol: mqtt, host: h, status_topic: 'x/{gat'}\n"
+        "bridges:\n"
+        "  - {name: x, from: [plc1, 3], to: b}\n"
+        "  - {name: y, from: 5, to: b}\n"
+        "  - {name: z, from: [], to: b}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "shapes.yaml")
+    lines = str(info.value).splitlines()
+    assert lines == [
+        "shapes.yaml:4:46: endpoints.b.status_topic: found 'x/{gat'; "
+        "expected '}' before end of string",
+        # the list member of `str | list[str]` fits: its error, not "expected a string" at from
+        "shapes.yaml:6:28: bridges[0].from[1]: found 3 (an integer); expected a string",
+        "shapes.yaml:7:21: bridges[1].from: found 5 (an integer); expected a string or a list",
+        "shapes.yaml:8:21: bridges[2].from: found an empty list; "
+        "expected at least one device or endpoint name",
+    ]
+
+
+def test_no_edit_of_the_good_file_escapes_as_another_exception(registry: Registry) -> None:
+    lines = (CONFIGS / "good.yaml").read_text().splitlines(keepends=True)
+    refused = 0
+    for i in range(len(lines)):
+        for text in ("".join(lines[:i] + lines[i + 1:]), "".join(lines[:i]),
+                     "".join(lines[:i]) + lines[i][: len(lines[i]) // 2]):
+            try:
+                load_config_text(text, "edited.yaml", registry)
+            except ConfigError as exc:
+                refused += 1
+                assert exc.problems and all(p.line >= 1 for p in exc.problems)
+    assert refused > len(lines)  # most edits break something, and say so
+
+
+# -- plugins that misbehave ---------------------------------------------------------------------
+
+
+class _Crashy(BaseModel):
+    protocol: str = "crashy"
+    host: str = Field(min_length=1)
+
+    @field_validator("host")
+    @classmethod
+    def _boom(cls, v: str) -> str:
+        raise NotImplementedError("not written yet")
+
+
+class _NoProtocolField(BaseModel):
+    host: str
+
+
+def test_a_crashing_plugin_model_is_a_problem_of_its_entry() -> None:
+    spec = ProtocolSpec("crashy", "crashes", _Crashy, {"client": "x:Y"})
+    registry = Registry({"crashy": spec}, {})
+    with pytest.raises(ConfigError) as info:
+        load_config_text("devices:\n  c:\n    protocol: crashy\n    host: h\n", "c.yaml", registry)
+    (p,) = info.value.problems
+    assert (p.line, p.dotted) == (3, "devices.c")
+    assert "NotImplementedError" in p.found
+
+
+def test_a_plugin_model_without_a_protocol_field_does_not_get_one() -> None:
+    spec = ProtocolSpec("plain", "plain", _NoProtocolField, {"client": "x:Y"})
+    registry = Registry({"plain": spec}, {})
+    text = "devices:\n  p:\n    protocol: plain\n    host: h\n"
+    config = load_config_text(text, "p.yaml", registry)
+    assert config.devices["p"].config == _NoProtocolField(host="h")
+
+
+# -- JSON Schema --------------------------------------------------------------------------------
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_json_schema_covers_every_protocol_and_route(registry: Registry) -> None:
+    schema = json_schema(registry)
+    json.dumps(schema)  # serializable
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    defs = schema["$defs"]
+    for ref in _refs(schema):
+        assert ref.startswith("#/$defs/") and ref.removeprefix("#/$defs/") in defs, ref
+    one_of = [defs[r["$ref"].removeprefix("#/$defs/")] for r in defs["entry"]["oneOf"]]
+    consts = {e["properties"]["protocol"]["const"] for e in one_of}
+    assert consts == set(registry.specs)
+    modbus = defs["modbus.entry"]
+    assert modbus["required"][0] == "protocol" and "host" in modbus["required"]
+    assert modbus["properties"]["role"]["enum"] == ["client"]
+    assert modbus["additionalProperties"] is False
+    bridge = defs["bridge"]
+    assert {"name", "from", "to", "points", "units", "topic", "payload", "qos"} <= set(
+        bridge["properties"]
+    )
+    assert {"name", "from", "to"} <= set(bridge["required"])
+    assert bridge["additionalProperties"] is False
+    assert set(schema["properties"]) == {"gateway", "devices", "endpoints", "bridges"}
