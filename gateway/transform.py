@@ -34,7 +34,10 @@ class Scaling:
         """Raw to engineering; the identity returns ``raw`` itself, so ints stay ints."""
         if self._identity:
             return raw
-        return raw * self.scale + self.offset
+        # 12 significant digits: far more than any register holds, and it drops the binary
+        # noise of decimal scales (raw 208 * 0.001 is 0.20800000000000002, published as 0.208).
+        value = raw * self.scale + self.offset
+        return float(f"{value:.12g}") if value == value else value
 
     def invert(self, eng: int | float) -> float:
         """Engineering to raw, for writes; integer registers still need rounding."""

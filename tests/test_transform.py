@@ -115,3 +115,11 @@ def test_deadband_reset() -> None:
 def test_deadband_rejects(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DeadbandFilter(**kwargs)
+
+
+def test_scaling_drops_binary_noise_of_decimal_scales() -> None:
+    from gateway.transform import Scaling
+
+    assert Scaling(0.001).apply(208) == 0.208  # plain float arithmetic gives 0.20800000000000002
+    assert Scaling(0.1, -40).apply(655) == 25.5
+    assert Scaling(0.1).invert(Scaling(0.1).apply(215)) == pytest.approx(215)
