@@ -147,10 +147,9 @@ ONE_PROBLEM = [
     # two bits of one register (points 2 and 3) do not overlap
     ("overlap.yaml", 7, 32, "devices.plc1.points[1].address", "'level' at holding 11 overlaps "
      "'flow'", "points that do not share registers"),
-    # MqttRoute checks its topic in a model validator: the problem is the whole bridge's
-    ("topic_placeholder.yaml", 12, 5, "bridges[0]", "'plant/{site}/{point}'",
+    ("topic_placeholder.yaml", 15, 12, "bridges[0].topic", "'plant/{site}/{point}'",
      "unknown placeholder {site}"),
-    ("topic_wildcard.yaml", 12, 5, "bridges[0]", "'plant/+/{point}'",
+    ("topic_wildcard.yaml", 15, 12, "bridges[0].topic", "'plant/+/{point}'",
      "cannot contain the wildcards + or #"),
     ("unknown_protocol.yaml", 3, 15, "devices.plc1.protocol", "unknown protocol 'modbsu'",
      "one of: modbus, mqtt (did you mean 'modbus'?)"),
@@ -228,7 +227,8 @@ def test_unknown_unit_on_a_converted_point_points_at_the_point() -> None:
         load_config_text(text, "units.yaml")
     p = at(info.value.problems, "devices.plc1.points[0].unit")
     assert p.line == 6
-    assert "to convert it to degF" in p.expected
+    assert p.found == "'degc_oops'"
+    assert "a known unit" in p.expected
 
 
 def test_units_glob_matching_no_selected_point() -> None:

@@ -36,6 +36,18 @@ class ModbusPoint(Strict):
     low: float | None = Field(None, description="engineering low limit (also the write range)")
     high: float | None = None
 
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from gateway.units import UnitError, validate_unit  # pint loads on first use only
+
+        try:
+            return validate_unit(v)
+        except UnitError:
+            raise ValueError("a known unit, such as degC, bar, kW, l/min or %") from None
+
     @field_validator("scale")
     @classmethod
     def _scale_not_zero(cls, v: float) -> float:

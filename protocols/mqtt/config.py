@@ -123,12 +123,18 @@ class MqttRoute(Strict):
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
 
-    @model_validator(mode="after")
-    def _topic_fits_payload(self) -> MqttRoute:
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
         try:
-            fields = check_publish_topic(self.topic)
+            check_publish_topic(v)
         except ValueError as exc:
             raise ValueError(f"bad topic template: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _topic_fits_payload(self) -> MqttRoute:
+        fields = template_fields(self.topic)
         if self.payload == "device" and "point" in fields:
             raise ValueError("payload 'device' sends one message per device: drop {point}")
         if self.payload != "device" and "point" not in fields:
