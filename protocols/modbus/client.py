@@ -70,6 +70,7 @@ class _Point:
     order: ByteOrder
     scaling: Scaling
     deadband: DeadbandFilter
+    always: bool  # publish every poll, not only changes
     _decode: Callable[[Sequence[int]], bool | int | float | str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +104,7 @@ class ModbusClientAdapter(Adapter):
                     config.order_of(p),
                     Scaling(p.scale, p.offset),
                     DeadbandFilter(db.absolute if db else None, db.percent if db else None, span),
+                    config.publish_of(p) == "always",
                 )
             )
         self._by_name = {p.config.name: p for p in self._points}
@@ -281,7 +283,8 @@ class ModbusClientAdapter(Adapter):
                         quality = Quality.GOOD
                     except CodecError as exc:
                         value, quality, reason = None, Quality.BAD, f"decode: {exc}"
-                if p.deadband.accept(value, quality):
+                # The filter runs even for "always" points so it tracks the last value sent.
+                if p.deadband.accept(value, quality) or p.always:
                     out.append(
                         Sample(
                             p.config.name,

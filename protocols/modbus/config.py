@@ -31,6 +31,9 @@ class ModbusPoint(Strict):
     offset: float = 0.0
     poll: str = Field("default", description="name of a poll group of the device")
     deadband: Deadband | None = None
+    publish: Literal["change", "always"] | None = Field(
+        None, description="change: only values past the deadband; always: every poll"
+    )
     access: Access | None = Field(None, description="r or rw; defaults to r")
     description: str = ""
     low: float | None = Field(None, description="engineering low limit (also the write range)")
@@ -108,6 +111,9 @@ class ModbusDevice(Strict):
     )
     max_registers: int = Field(125, ge=1, le=125, description="registers per read request")
     max_bits: int = Field(2000, ge=1, le=2000, description="bits per read request")
+    publish: Literal["change", "always"] = Field(
+        "change", description="default for the points: publish on change or on every poll"
+    )
     poll_groups: dict[str, PollGroup] = Field(
         default_factory=lambda: {"default": PollGroup(interval=1.0)}
     )
@@ -170,6 +176,9 @@ class ModbusDevice(Strict):
 
     def unit_of(self, point: ModbusPoint) -> int:
         return self.unit_id if point.unit_id is None else point.unit_id
+
+    def publish_of(self, point: ModbusPoint) -> str:
+        return self.publish if point.publish is None else point.publish
 
     def order_of(self, point: ModbusPoint) -> ByteOrder:
         return self.byte_order if point.byte_order is None else point.byte_order

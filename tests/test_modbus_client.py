@@ -1,0 +1,192 @@
+"""The Modbus client adapter in-process against the simulator (itself checked with mbpoll)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import HOST, wait_for
+
+from gateway.adapter import AdapterContext
+from gateway.bus import Bus, Subscription
+from gateway.types import Message, Quality, Sample
+from protocols.modbus.client import ModbusClientAdapter, ModbusWriteError
+from protocols.modbus.codec import ByteOrder, DataType
+from protocols.modbus.config import ModbusDevice
+from protocols.modbus.simulator import SimulatedDevice, Simulator
+
+
+def device_config(port: int, points: list[dict[str, Any]], **extra: Any) -> ModbusDevice:
+    return ModbusDevice.model_validate(
+        {
+            "host": HOST,
+            "port": port,
+            "timeout": 0.3,
+            "reconnect": {"initial": 0.05, "max": 0.2},
+            "poll_groups": {"default": {"interval": 0.1}},
+            "points": points,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+async def device(simulator: Simulator) -> SimulatedDevice:
+    return await simulator.add_device(unit_ids=(1, 7), size=200)
+
+
+class Running:
+    def __init__(self, adapter: ModbusClientAdapter, sub: Subscription) -> None:
+        self.adapter = adapter
+        self.sub = sub
+        self.seen: list[Message] = []
+
+    def drain(self) -> list[Message]:
+        while (m := self.sub.get_nowait()) is not None:
+            self.seen.append(m)
+        return self.seen
+
+    def latest(self, point: str) -> Sample | None:
+        for m in reversed(self.drain()):
+            for s in m.samples:
+                if s.point == point:
+                    return s
+        return None
+
+    def count(self, point: str) -> int:
+        return sum(1 for m in self.drain() for s in m.samples if s.point == point)
+
+
+@pytest.fixture
+async def run_adapter() -> AsyncIterator[Any]:
+    tasks: list[asyncio.Task[None]] = []
+    adapters: list[ModbusClientAdapter] = []
+
+    async def start(config: ModbusDevice) -> Running:
+        bus = Bus()
+        sub = bus.subscribe("telemetry/dev", maxsize=10000)
+        adapter = ModbusClientAdapter("dev", config, AdapterContext(bus, "test"))
+        await adapter.__aenter__()
+        adapters.append(adapter)
+        tasks.append(asyncio.create_task(adapter.run()))
+        return Running(adapter, sub)
+
+    yield start
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for a in adapters:
+        await a.__aexit__(None, None, None)
+
+
+async def test_reads_are_planned_into_few_requests(
+    device: SimulatedDevice, run_adapter: Any
+) -> None:
+    points = [
+        {"name": f"r{i}", "address": i * 2, "type": "uint16"}
+        for i in range(10)  # gaps of 1
+    ] + [
+        {"name": "far", "address": 150},
+        {"name": "c0", "table": "coil", "address": 0},
+        {"name": "c9", "table": "coil", "address": 4},
+        {"name": "other_unit", "address": 0, "unit_id": 7},
+    ]
+    for i in range(10):
+        device.set_registers("holding", i * 2, [100 + i])
+    device.set_registers("holding", 150, [5])
+    device.set_registers("holding", 0, [77], unit=7)
+    device.set_bits("coil", 4, [True])
+    r = await run_adapter(device_config(device.port, points, max_gap=4))
+    # holding 0..18 in one read, 150 alone, the coils in one, unit 7 in one
+    assert r.adapter.requests_per_poll() == {"default": 4}
+    await wait_for(lambda: r.latest("other_unit"))
+    assert [r.latest(f"r{i}").value for i in range(10)] == [100 + i for i in range(10)]  # type: ignore[union-attr]
+    assert r.latest("far").value == 5  # type: ignore[union-attr]
+    assert r.latest("c9").value is True and r.latest("c0").value is False  # type: ignore[union-attr]
+    assert r.latest("other_unit").value == 77  # type: ignore[union-attr]
+    before = device.requests
+    await asyncio.sleep(0.5)
+    polls = (device.requests - before) / 4
+    assert 3 <= polls <= 7  # 0.1 s interval, 4 requests each
+
+
+async def test_publish_on_change_versus_always(device: SimulatedDevice, run_adapter: Any) -> None:
+    points = [
+        {"name": "quiet", "address": 0},
+        {"name": "chatty", "address": 1, "publish": "always"},
+        {"name": "banded", "address": 2, "deadband": {"absolute": 10}},
+    ]
+    r = await run_adapter(device_config(device.port, points))
+    await wait_for(lambda: r.count("chatty") >= 5)
+    assert r.count("quiet") == 1
+    device.set_registers("holding", 2, [5])  # below the deadband of 10
+    await asyncio.sleep(0.3)
+    assert r.count("banded") == 1
+    device.set_registers("holding", 2, [11])
+    await wait_for(lambda: r.latest("banded").value == 11)  # type: ignore[union-attr]
+    device.set_registers("holding", 0, [3])
+    await wait_for(lambda: r.count("quiet") == 2)
+
+
+async def test_exception_response_marks_only_its_points_bad(
+    device: SimulatedDevice, run_adapter: Any
+) -> None:
+    points = [
+        {"name": "ok", "address": 0},
+        {"name": "missing", "address": 199, "type": "uint32"},  # runs past the 200 registers
+    ]
+    r = await run_adapter(device_config(device.port, points, max_gap=0))
+    missing = await wait_for(lambda: r.latest("missing"))
+    assert missing.quality is Quality.BAD
+    assert missing.reason == "exception 02 (illegal data address)"
+    assert r.latest("ok").quality is Quality.GOOD  # type: ignore[union-attr]
+    assert r.adapter.status()["connected"] is True
+
+
+async def test_unreachable_device_is_bad_then_recovers(
+    simulator: Simulator, run_adapter: Any
+) -> None:
+    dev = await simulator.add_device()
+    port = dev.port
+    await simulator.stop_device(dev)
+    dev.set_registers("holding", 0, [9])
+    r = await run_adapter(device_config(port, [{"name": "x", "address": 0}]))
+    bad = await wait_for(lambda: r.latest("x"))
+    assert bad.quality is Quality.BAD and bad.reason == "unreachable"
+    await simulator.start_device(dev)
+    good = await wait_for(
+        lambda: (s := r.latest("x")) and s.quality is Quality.GOOD and s, timeout=5
+    )
+    assert good.value == 9
+
+
+async def test_writes_reverse_scaling_and_byte_order(
+    device: SimulatedDevice, run_adapter: Any
+) -> None:
+    points = [
+        {"name": "setpoint", "address": 10, "type": "int16", "scale": 0.1, "access": "rw"},
+        {"name": "flow", "address": 20, "type": "float32", "byte_order": "CDAB", "access": "rw"},
+        {"name": "pump", "table": "coil", "address": 3, "access": "rw"},
+        {"name": "flag", "address": 30, "type": "bool", "bit": 4, "access": "rw"},
+        {"name": "ro", "address": 40},
+    ]
+    r = await run_adapter(device_config(device.port, points))
+    await wait_for(lambda: r.adapter.status()["connected"])
+    device.set_registers("holding", 30, [0b1])
+    await r.adapter.write("setpoint", -21.5)
+    assert device.get_registers("holding", 10) == [(-215) & 0xFFFF]
+    await r.adapter.write("flow", 12.5)
+    assert device.get_registers("holding", 20, 2) == device.set_value(
+        "holding", 100, 12.5, DataType.FLOAT32, ByteOrder.CDAB
+    )
+    await r.adapter.write("pump", True)
+    assert device.get_bits("coil", 3) == [True]
+    await r.adapter.write("flag", True)
+    assert device.get_registers("holding", 30) == [0b10001]  # the other bit kept
+    with pytest.raises(ModbusWriteError, match="not writable"):
+        await r.adapter.write("ro", 1)
+    with pytest.raises(ModbusWriteError, match="does not fit"):
+        await r.adapter.write("setpoint", 5000.0)  # raw 50000 overflows int16
+    await wait_for(lambda: (s := r.latest("setpoint")) and s.value == -21.5)
