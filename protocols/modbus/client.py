@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -252,7 +253,10 @@ class ModbusClientAdapter(Adapter):
         self, group: str, plan: list[ReadRequest[ReadItem]], interval: float
     ) -> None:
         loop = asyncio.get_running_loop()
-        next_t = loop.time()
+        # The first poll runs at once; the schedule after it gets a random phase, so that
+        # hundreds of devices with one interval spread over it instead of all polling, and all
+        # publishing, in the same millisecond every period.
+        next_t = loop.time() - random.uniform(0, interval)
         while True:
             await self._connected.wait()
             samples = await self.poll(plan)

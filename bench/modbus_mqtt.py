@@ -1,0 +1,228 @@
+"""Modbus TCP -> gateway -> real mosquitto, at EMQ Neuron's published load.
+
+    python bench/modbus_mqtt.py --devices 500 --registers 30 --interval 1 --duration 60
+
+Three processes besides this one: the Modbus simulator (all devices, one port each), mosquitto,
+and `gateway run` on a generated config. Every register is a point published on every poll
+(`publish: always`), so tags/s is the polling load, not what happened to change. This process
+subscribes to the broker and counts tags and poll-to-publish latency (the sample's source
+timestamp, taken when the Modbus response arrived, to the moment the broker delivered it here).
+
+Prints its figures; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def gateway_config(ports: list[int], registers: int, interval: float, mqtt_port: int, payload: str) -> str:
+    lines = ["gateway: {name: bench}", "devices:"]
+    points = ", ".join(f"{{name: r{i}, address: {i}}}" for i in range(registers))
+    for n, port in enumerate(ports):
+        lines += [
+            f"  d{n}:",
+            "    protocol: modbus",
+            "    host: 127.0.0.1",
+            f"    port: {port}",
+            "    timeout: 1.0",
+            "    publish: always",
+            f"    poll_groups: {{default: {{interval: {interval}}}}}",
+            f"    points: [{points}]",
+        ]
+    topic = "bench/{device}" if payload == "device" else "bench/{device}/{point}"
+    lines += [
+        "endpoints:",
+        f"  broker: {{protocol: mqtt, host: 127.0.0.1, port: {mqtt_port}, max_queued: 100000}}",
+        "bridges:",
+        f"  - {{name: up, from: [{', '.join(f'd{n}' for n in range(len(ports)))}], to: broker,"
+        f" topic: '{topic}', payload: {payload}, qos: 0}}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Counter:
+    def __init__(self, port: int, payload: str) -> None:
+        self.payload = payload
+        self.tags = 0
+        self.latencies: list[float] = []
+        self.measuring = False
+        self.lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-counter")
+        self.client.on_message = self.on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("bench/#", qos=0)
+        self.client.loop_start()
+
+    def on_message(self, client: object, userdata: object, msg: paho.MQTTMessage) -> None:
+        if not self.measuring:
+            return
+        now = time.time()
+        data = json.loads(msg.payload)
+        if self.payload == "device":
+            n = len(data["values"])
+            ts = data["ts"]
+        elif self.payload == "sample":
+            n, ts = 1, data["ts"]
+        else:
+            n, ts = 1, None
+        with self.lock:
+            self.tags += n
+            if ts is not None:
+                sent = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+                self.latencies.append(now - sent)
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, default=500)
+    parser.add_argument("--registers", type=int, default=30)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--payload", choices=["device", "sample", "value"], default="device")
+    args = parser.parse_args()
+
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():
+        raise SystemExit("mosquitto not found: run scripts/install-peers.sh")
+    workdir = Path(tempfile.mkdtemp(prefix="pb-bench-"))
+    mqtt_port = free_port()
+    (workdir / "mosquitto.conf").write_text(
+        f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 100000\n"
+    )
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        broker = subprocess.Popen(
+            [mosquitto, "-c", str(workdir / "mosquitto.conf")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        )
+        procs.append(broker)
+        wait_port(mqtt_port)
+
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "protocols.modbus.simulator", "--devices", str(args.devices),
+             "--registers", str(max(args.registers, 8)), "--base-port", "0", "--animate"],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        procs.append(sim)
+        assert sim.stdout is not None
+        ready = json.loads(sim.stdout.readline())
+        ports: list[int] = ready["ports"]
+
+        config = workdir / "gateway.yaml"
+        config.write_text(gateway_config(ports, args.registers, args.interval, mqtt_port, args.payload))
+        counter = Counter(mqtt_port, args.payload)
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", str(config), "--log-level", "info"],
+            cwd=ROOT, text=True, stderr=open(workdir / "gateway.log", "w"),
+        )
+        procs.append(gw)
+        gw_ps, sim_ps = psutil.Process(gw.pid), psutil.Process(sim.pid)
+
+        print(f"{args.devices} devices x {args.registers} registers every {args.interval} s, "
+              f"payload {args.payload}; warming up {args.warmup} s, measuring {args.duration} s",
+              file=sys.stderr)
+        time.sleep(args.warmup)
+        gw_cpu0, sim_cpu0 = sum(gw_ps.cpu_times()[:2]), sum(sim_ps.cpu_times()[:2])
+        counter.measuring = True
+        t0 = time.monotonic()
+        peak_rss = 0
+        while time.monotonic() - t0 < args.duration:
+            time.sleep(0.5)
+            peak_rss = max(peak_rss, gw_ps.memory_info().rss)
+            if gw.poll() is not None:
+                raise SystemExit(f"gateway exited with {gw.returncode}; see {workdir / 'gateway.log'}")
+        counter.measuring = False
+        wall = time.monotonic() - t0
+        gw_cpu = sum(gw_ps.cpu_times()[:2]) - gw_cpu0
+        sim_cpu = sum(sim_ps.cpu_times()[:2]) - sim_cpu0
+        counter.stop()
+
+        t_stop = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        try:
+            gw_rc: int | None = gw.wait(60)
+        except subprocess.TimeoutExpired:
+            gw_rc = None
+        shutdown_s = time.monotonic() - t_stop
+        expected = args.devices * args.registers / args.interval
+        result = {
+            "devices": args.devices,
+            "registers": args.registers,
+            "interval_s": args.interval,
+            "payload": args.payload,
+            "duration_s": round(wall, 1),
+            "tags_expected_per_s": round(expected),
+            "tags_per_s": round(counter.tags / wall),
+            "gateway_cpu_pct_of_one_core": round(100 * gw_cpu / wall, 1),
+            "gateway_peak_rss_mb": round(peak_rss / 2**20, 1),
+            "latency_p50_ms": round(1000 * percentile(counter.latencies, 0.5), 1),
+            "latency_p99_ms": round(1000 * percentile(counter.latencies, 0.99), 1),
+            "simulator_cpu_pct_of_one_core": round(100 * sim_cpu / wall, 1),
+            "gateway_exit_code": gw_rc,
+            "gateway_shutdown_s": round(shutdown_s, 2),
+            "cores": os.cpu_count(),
+        }
+        for k, v in result.items():
+            print(f"  {k:<32} {v}", file=sys.stderr)
+        print(json.dumps(result))
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    main()
