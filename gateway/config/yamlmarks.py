@@ -192,10 +192,23 @@ class _Converter:
         return []
 
 
+# libyaml's parser is ~10x faster (500 devices x 30 points: 0.4 s instead of 4 s) and builds the
+# same nodes with the same marks; the pure-Python one is the fallback where it is missing.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_yaml(text: str) -> Document:
     """Compose ``text`` and convert it; every problem comes back in ``Document.issues``."""
+    doc = _parse(text, _Loader)
+    if doc.data is None and doc.issues and _Loader is not yaml.SafeLoader:
+        # A broken file: parse again in Python, whose messages are the clearer ones.
+        return _parse(text, yaml.SafeLoader)
+    return doc
+
+
+def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> Document:
     try:
-        loader = yaml.SafeLoader(text)
+        loader = loader_class(text)
     except yaml.YAMLError as exc:
         return Document(None, Marks(), [_yaml_issue(exc, text)])
     try:
