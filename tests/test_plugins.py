@@ -64,7 +64,8 @@ def test_unknown_protocol_lists_installed() -> None:
 
 def test_missing_adapter_library_names_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = load_registry().get("modbus")
-    monkeypatch.setitem(sys.modules, "pymodbus", None)  # import of pymodbus now fails
+    for name in [m for m in sys.modules if m.split(".")[0] == "pymodbus"] + ["pymodbus"]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing pymodbus now fails
     monkeypatch.delitem(sys.modules, "protocols.modbus.client", raising=False)
     with pytest.raises(PluginError, match=r"pip install 'protocol-brain\[modbus\]'"):
         spec.adapter_class("client")
