@@ -1,0 +1,993 @@
+"""MQTT client adapter: paho-mqtt 2.x driven by the gateway's asyncio loop, the aiomqtt way.
+
+How paho is driven
+------------------
+paho is a callback library with its own network loop. We never start that loop (no thread):
+paho tells us about its socket through ``on_socket_open`` / ``on_socket_close`` /
+``on_socket_register_write`` / ``on_socket_unregister_write`` and we hand the socket to asyncio
+(``loop.add_reader`` -> ``loop_read``, ``loop.add_writer`` -> ``loop_write``, a 1 s timer ->
+``loop_misc`` for keepalive). Publishing therefore never writes inline: ``publish`` queues a packet
+and registers the writer, and one ``loop_write`` per loop iteration sends everything queued.
+
+The one blocking paho call is ``reconnect()`` (DNS, TCP connect, TLS handshake, bounded by
+``connect_timeout``); it runs in the default executor so a dead or slow broker never stalls the
+gateway. While it runs, the socket callbacks fire on the executor thread, so every socket callback
+goes through `_in_loop`, which hops to the loop thread. Nothing else touches paho while a connect
+is in flight (``send`` queues while disconnected).
+
+paho callbacks only resolve futures (CONNACK, SUBACK, disconnect), update counters, or
+``put_nowait``: acknowledgements wake the flusher through an `asyncio.Event`, and each received
+message goes to ``bus.publish_nowait`` (the bus's subscription queues are the bounded queues, with
+their declared overflow policy; another queue in between would only add a second policy to
+explain). paho's errors become `MqttError` at this boundary, with a message that says what to do.
+
+Outgoing flow control
+---------------------
+paho's own in-flight limit scans every outstanding message on each PUBACK, which is quadratic at
+thousands of messages per second, so it is switched off (``max_inflight_messages_set(0)``) and the
+adapter keeps its own window: at most `MqttAdapter.max_inflight` QoS 1/2 publishes not yet
+acknowledged, and at most `MqttAdapter.max_write_backlog` bytes written but not yet accepted by the
+socket (which is what bounds QoS 0). ``send`` publishes directly while connected, the outbox is
+empty and the window has room; otherwise it appends to the outbox, which the flusher drains in
+order as the window opens. So memory stays bounded when the broker is slow as well as when it is
+gone, and order is kept across outages.
+
+The outbox (`MemoryOutbox`) is bounded (``max_queued`` MQTT publishes, not bus messages: a bus
+message in ``value`` mode is one publish per sample) and drops the oldest when full, counting each
+drop. A durable outbox can replace it: it needs the same ``put`` / ``popleft`` / ``__len__`` /
+``dropped``, and would delete a row on acknowledgement rather than on hand-off (``_on_publish``
+gets the message id).
+
+After a connection loss, paho re-sends its unacknowledged QoS 1/2 publishes itself on the next
+CONNACK (older, so first), then the birth message goes out, then the outbox. QoS 0 publishes that
+were handed to paho but not yet on the wire are lost with the connection (at most once, as MQTT
+defines QoS 0; so are bytes in the kernel's buffers).
+
+paho is also slow in exactly the places a gateway is busy (one ``send()`` per packet, three
+``recv()`` per PUBACK, and a ReasonCode plus a Properties object built for every acknowledgement
+and every QoS 0 packet written), which capped it near 10,000 publishes/s on a 2-core box, below
+the 15,000/s the gateway must sustain. `_Client` narrows those few spots; see its docstring.
+
+Birth and will
+--------------
+The will (``{"state":"offline"}``, retained, QoS 1) on ``status_topic`` is registered with the
+CONNECT, so a broker publishes it if the gateway dies. On each connect a retained
+``{"state":"online","ts":...}`` birth replaces it. A clean shutdown publishes a retained
+``{"state":"offline","ts":...}`` itself, waits up to `MqttAdapter.drain_timeout` for outstanding
+publishes to be acknowledged, and sends DISCONNECT, so the broker discards the will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel
+
+from gateway.adapter import Adapter, AdapterContext
+from gateway.backoff import BackoffTimer
+from gateway.bus import topic_matches
+from gateway.types import Message, MessageKind, Sample, next_sequence
+from protocols.mqtt import codec
+from protocols.mqtt.config import MqttEndpoint, MqttRoute
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MemoryOutbox", "MqttAdapter", "MqttError", "Outgoing"]
+
+_SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+_NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # shared, never mutated
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+
+# One publish waiting for the broker: topic, payload, qos, retain.
+Outgoing = tuple[str, bytes, int, bool]
+
+
+class MqttError(Exception):
+    """An MQTT connection or protocol problem, in words that say what to check."""
+
+
+class MemoryOutbox:
+    """Bounded FIFO of publishes waiting for the broker; when full, the oldest is dropped."""
+
+    __slots__ = ("maxlen", "dropped", "_items")
+
+    def __init__(self, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.maxlen = maxlen
+        self.dropped = 0
+        self._items: collections.deque[Outgoing] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Outgoing) -> bool:
+        """Append; False if the oldest item had to be dropped to make room."""
+        items = self._items
+        items.append(item)
+        if len(items) > self.maxlen:
+            items.popleft()
+            self.dropped += 1
+            return False
+        return True
+
+    def popleft(self) -> Outgoing:
+        return self._items.popleft()
+
+    def clear(self) -> int:
+        """Forget everything; returns how many items were discarded."""
+        n = len(self._items)
+        self._items.clear()
+        return n
+
+
+class _Client(paho.Client):
+    """paho with coalesced socket I/O and cheap acknowledgements.
+
+    Stock paho makes one ``send()`` per MQTT packet and reads each packet's header a byte at a
+    time (three ``recv()`` per PUBACK). At 15,000 publishes/s those system calls dominate, so
+    this subclass replaces paho's three socket primitives (``_sock_send``, ``_sock_recv``,
+    ``_sock_close``: tiny private methods, unchanged since paho 1.x; the dependency is pinned
+    below 3): sends append to a write buffer that ``loop_write`` flushes with one ``send()``,
+    reads are served from a 64 KiB read buffer, and closing first tries once, without
+    blocking, to send what is still buffered (a DISCONNECT, typically). ``_ssl_wrap_socket``
+    closes the socket of a failed TLS handshake, which paho leaks, and ``_sock_recv`` keeps
+    the error that paho would reduce to "connection lost" (`socket_error`).
+
+    It also skips what the adapter never reads: ``_handle_pubackcomp`` decodes an MQTT 3.1.1
+    PUBACK/PUBCOMP (just a message id) without building a ReasonCode and a Properties object,
+    and ``loop_write`` hides ``on_publish`` while paho writes, since paho would build both
+    objects for every QoS 0 packet written only to report it. QoS 0 therefore never reaches
+    ``on_publish``: the adapter counts it when handed over and bounds it by ``write_backlog``.
+    Everything else is paho's own state machine, and MQTT 5 goes through paho unchanged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._wbuf = bytearray()
+        self._rbuf = b""
+        self._rpos = 0
+        # paho turns a failed recv() into "connection lost" and drops the reason; keep it.
+        self.socket_error: OSError | None = None
+        super().__init__(*args, **kwargs)
+
+    def read_pending(self) -> bool:
+        """Received bytes not yet handed to paho (the socket may not look readable)."""
+        if self._rpos < len(self._rbuf):
+            return True
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        rbuf, pos = self._rbuf, self._rpos
+        if pos >= len(rbuf):
+            sock = self._sock
+            if sock is None:
+                raise ConnectionError("socket is closed")
+            try:
+                rbuf = sock.recv(65536)
+            except ssl.SSLWantReadError:
+                raise BlockingIOError from None
+            except ssl.SSLWantWriteError:
+                self._call_socket_register_write()
+                raise BlockingIOError from None
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                self.socket_error = exc
+                raise
+            if len(rbuf) <= bufsize:  # includes b"": end of stream
+                self._rbuf, self._rpos = b"", 0
+                return rbuf
+            pos = 0
+            self._rbuf = rbuf
+        end = pos + bufsize
+        self._rpos = end
+        return rbuf[pos:end]
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if self._sock is None:
+            raise ConnectionError("socket is closed")
+        self._wbuf += buf
+        return len(buf)
+
+    def want_write(self) -> bool:
+        return bool(self._out_packet) or bool(self._wbuf)
+
+    @property
+    def write_backlog(self) -> int:
+        """Bytes accepted by ``publish`` and not yet by the socket."""
+        return len(self._wbuf)
+
+    def loop_write(self) -> MQTTErrorCode:
+        # Only QoS 0 packets report through on_publish while writing (acknowledgements arrive
+        # by reading), and the adapter does not track those: see the class docstring.
+        on_publish, self._on_publish = self._on_publish, None
+        try:
+            rc = super().loop_write()
+        finally:
+            self._on_publish = on_publish
+        self._flush()
+        if self._wbuf:
+            self._call_socket_register_write()
+        else:
+            self._call_socket_unregister_write()
+        return rc
+
+    def _flush(self) -> None:
+        wbuf, sock = self._wbuf, self._sock
+        if not wbuf or sock is None:
+            return
+        try:
+            sent = sock.send(wbuf)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            # The peer is gone; reading will notice and paho reports the loss from there.
+            wbuf.clear()
+            return
+        del wbuf[:sent]
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        # MQTT 3.1.1 acknowledgements are just a message id; paho builds a ReasonCode and a
+        # Properties object for each one, which costs more than the rest of a publish.
+        packet = self._in_packet["packet"]
+        if self._protocol == MQTTProtocolVersion.MQTTv5 or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
+        return _SUCCESS
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        # paho's version leaves the socket open when the handshake fails (an untrusted
+        # certificate, every retry). The adapter's contexts check the host name themselves
+        # (check_hostname, or nothing at all with tls.insecure), so this is all paho's does.
+        context = self._ssl_context
+        if context is None:
+            raise ValueError("TLS requested without an SSL context")
+        ssl_sock = context.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+    def _sock_close(self) -> None:
+        sock = self._sock
+        if sock is not None and self._wbuf:
+            try:
+                sock.setblocking(False)
+                sock.send(self._wbuf)  # one try, never blocking: a DISCONNECT is 2 bytes
+            except (OSError, ValueError):
+                pass
+        self._wbuf.clear()
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+
+def _describe_socket_error(exc: OSError) -> str:
+    """Why a socket failed, with a hint for the TLS alerts people actually meet."""
+    if isinstance(exc, ssl.SSLError):
+        code = str(exc.reason or exc)
+        if "CERTIFICATE_REQUIRED" in code:
+            return f"TLS alert {code}: the broker wants a client certificate, set tls.cert_file"
+        if "BAD_CERTIFICATE" in code or "UNKNOWN_CA" in code:
+            return f"TLS alert {code}: the broker rejected our client certificate"
+        return f"TLS error {code}"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _state_payload(state: str, *, ts: bool = True) -> bytes:
+    body: dict[str, str] = {"state": state}
+    if ts:
+        body["ts"] = codec.format_ts(time.time())
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class MqttAdapter(Adapter):
+    """Publishes bridged bus messages to an MQTT broker and turns subscriptions into bus messages.
+
+    ``async with MqttAdapter(name, endpoint, context) as mqtt:`` prepares the client (never
+    connects); ``await mqtt.run()`` connects, reconnects with backoff, and serves until cancelled;
+    ``await mqtt.send(message, route)`` publishes (or queues while disconnected).
+    """
+
+    config: MqttEndpoint
+
+    #: QoS 1/2 publishes handed to paho and not yet acknowledged
+    max_inflight: int = 1000
+    #: bytes handed to paho and not yet accepted by the socket (what bounds QoS 0)
+    max_write_backlog: int = 1 << 20
+    #: on shutdown, how long to wait for outstanding publishes to be acknowledged
+    drain_timeout: float = 2.0
+    #: TCP connect + TLS handshake, and then CONNACK, each within this many seconds
+    connect_timeout: float = 10.0
+    #: how long to wait for the broker's SUBACK before going on without it
+    subscribe_timeout: float = 10.0
+    #: at most one warning per this many seconds about undecodable payloads
+    bad_payload_log_interval: float = 10.0
+
+    def __init__(self, name: str, config: MqttEndpoint, context: AdapterContext) -> None:
+        super().__init__(name, config, context)
+        gateway = context.gateway_name
+        self.gateway = gateway
+        self.client_id = config.client_id or f"protocol-brain-{gateway}-{name}"
+        self.status_topic = config.status_topic.format(gateway=codec.escape_level(gateway))
+        self.address = f"{config.host}:{config.effective_port}"
+        self._outbox = MemoryOutbox(config.max_queued)
+        self._inflight: set[int] = set()  # paho mids of QoS 1/2 publishes not yet acknowledged
+        self._internal_mids: set[int] = set()  # birth / offline: not counted as data
+        self._client: _Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._fd = -1
+        self._sock: Any = None
+        self._misc_timer: asyncio.TimerHandle | None = None
+        self._connect_fut: asyncio.Future[None] | None = None
+        self._disconnected: asyncio.Future[str] | None = None
+        self._connect_job: asyncio.Future[Any] | None = None
+        self._sub_futs: dict[int, asyncio.Future[list[Any]]] = {}
+        self._wake = asyncio.Event()
+        self._ready_event = asyncio.Event()
+        self._connected = False  # CONNACK received, connection not lost
+        self._ready = False  # connected, birth sent, subscriptions requested: send directly
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._drop_logged = False
+        self._payload_modes: dict[str, str] = {}
+        self._last_bad_log = 0.0
+        self._bad_since_log = 0
+        self.last_error: str | None = None
+        # counters
+        self.published = 0
+        self.acknowledged = 0
+        self.lost = 0  # publishes paho refused (its queue full, or QoS 0 with no connection)
+        self.reconnects = 0
+        self.received = 0
+        self.bad_payloads = 0
+        self.encode_errors = 0
+        self._connections = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> MqttAdapter:
+        """Prepare the paho client: identity, credentials, TLS, will. No network I/O."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        cfg = self.config
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=True,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,  # reconnecting is run()'s job, with our backoff
+        )
+        client.max_inflight_messages_set(0)  # our own window, see the module docstring
+        client.max_queued_messages_set(0)
+        client.connect_timeout = self.connect_timeout
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            client.tls_set_context(self._ssl_context())
+            if cfg.tls.insecure:
+                client.tls_insecure_set(True)
+        client.will_set(self.status_topic, _state_payload("offline", ts=False), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        client.connect_async(cfg.host, cfg.effective_port, cfg.keepalive)  # no I/O yet
+        self._client = client
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        tls = self.config.tls
+        assert tls is not None
+        try:
+            ctx = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file is not None:
+                ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise MqttError(f"MQTT endpoint {self.name!r}: cannot load TLS files: {exc}") from None
+        if tls.insecure:
+            log.warning(
+                "MQTT endpoint %r: tls.insecure is set, the broker's certificate is NOT checked "
+                "(anyone on the path can impersonate %s)",
+                self.name,
+                self.address,
+            )
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff after any loss; until cancelled or closed."""
+        if self._client is None:
+            raise RuntimeError("use 'async with adapter:' before 'await adapter.run()'")
+        backoff = BackoffTimer(self.config.reconnect)
+        try:
+            while not self._closing:
+                try:
+                    await self._connect_once()
+                except MqttError as exc:
+                    if self._closing:
+                        break
+                    self.last_error = str(exc)
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "MQTT %s: %s; retry %d in %.2f s", self.name, exc, backoff.attempts, delay
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+                reason = await self._serve_connection()
+                if self._closing:
+                    break
+                self.last_error = f"connection lost: {reason}"
+                delay = backoff.next_delay()
+                log.warning(
+                    "MQTT %s: connection to %s lost (%s); reconnecting in %.2f s",
+                    self.name,
+                    self.address,
+                    reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        finally:
+            await self.close()
+
+    async def wait_connected(self) -> None:
+        """Until connected with the birth message sent and subscriptions acknowledged."""
+        await self._ready_event.wait()
+
+    # --- connecting ---------------------------------------------------------------------------
+
+    async def _connect_once(self) -> None:
+        """One connection attempt up to CONNACK; MqttError if it fails."""
+        loop, client = self._loop, self._client
+        assert loop is not None and client is not None
+        self._connect_fut = loop.create_future()
+        self._disconnected = loop.create_future()
+        client.socket_error = None
+        job = loop.run_in_executor(None, client.reconnect)
+        self._connect_job = job
+        try:
+            # shielded: a cancelled run() must still let close() wait for the thread to finish
+            rc = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # OSError, ssl errors, CertificateError (a ValueError)
+            raise MqttError(self._describe_connect_error(exc)) from None
+        if rc != _SUCCESS:
+            self._drop_socket()
+            raise MqttError(f"cannot connect to {self.address}: {paho.error_string(rc)}")
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self._connect_fut
+        except TimeoutError:
+            self._drop_socket()
+            raise MqttError(
+                f"{self.address} accepted TCP but sent no CONNACK within {self.connect_timeout} s"
+            ) from None
+
+    def _describe_connect_error(self, exc: BaseException) -> str:
+        addr = self.address
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            hint = (
+                "set tls.ca_file to the CA that signed it"
+                if "hostname" not in str(exc).lower() and "match" not in str(exc).lower()
+                else "connect with the host name or IP address the certificate was issued for"
+            )
+            return f"TLS certificate of {addr} rejected: {exc.verify_message or exc} ({hint})"
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS handshake with {addr} failed: {exc.reason or exc}"
+        if isinstance(exc, ConnectionRefusedError):
+            return f"connection to {addr} refused (is the broker running?)"
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve broker host {self.config.host!r}: {exc.strerror}"
+        if isinstance(exc, TimeoutError):
+            return f"timed out connecting to {addr}"
+        if isinstance(exc, OSError):
+            return f"cannot connect to {addr}: {exc.strerror or exc}"
+        return f"cannot connect to {addr}: {exc}"
+
+    async def _serve_connection(self) -> str:
+        """Birth, subscriptions, then flush the outbox until the connection is lost."""
+        client, disconnected = self._client, self._disconnected
+        assert client is not None and disconnected is not None
+        self._connections += 1
+        if self._connections > 1:
+            self.reconnects += 1
+        self.last_error = None
+        log.info("MQTT %s: connected to %s as %s", self.name, self.address, self.client_id)
+        self._publish_internal(_state_payload("online"))
+        await self._subscribe_all(disconnected)
+        if disconnected.done():
+            return disconnected.result()
+        self._ready = True
+        self._drop_logged = False
+        self._ready_event.set()
+        wake = self._wake
+        while not disconnected.done():
+            self._flush()
+            wake.clear()
+            if self._ready and self._outbox and self._has_room(1):
+                continue
+            await wake.wait()
+        return disconnected.result()
+
+    async def _subscribe_all(self, disconnected: asyncio.Future[str]) -> None:
+        subs = self.config.subscriptions
+        client, loop = self._client, self._loop
+        if not subs or client is None or loop is None:
+            return
+        topics: list[tuple[str, int]] = [(s.topic, s.qos) for s in subs]
+        rc, mid = client.subscribe(topics)
+        if rc != _SUCCESS or mid is None:
+            return  # connection already gone: on_disconnect has resolved `disconnected`
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._sub_futs[mid] = fut
+        try:
+            await asyncio.wait(
+                (fut, disconnected),
+                timeout=self.subscribe_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            self._sub_futs.pop(mid, None)
+        if not fut.done():
+            if not disconnected.done():
+                log.warning(
+                    "MQTT %s: no SUBACK from %s within %s s",
+                    self.name,
+                    self.address,
+                    self.subscribe_timeout,
+                )
+            fut.cancel()
+            return
+        for sub, code in zip(subs, fut.result(), strict=False):
+            if getattr(code, "is_failure", False):
+                log.warning(
+                    "MQTT %s: broker refused subscription to %r: %s", self.name, sub.topic, code
+                )
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    async def send(self, message: Message, route: BaseModel) -> None:
+        """Publish one bus message as ``route`` says; queued while disconnected or congested."""
+        if not isinstance(route, MqttRoute):
+            raise TypeError(f"MQTT endpoint {self.name!r} needs an MqttRoute, got {route!r}")
+        try:
+            pairs = codec.encode(message, route, self.gateway)
+        except codec.TopicError as exc:
+            self.encode_errors += 1
+            log.warning("MQTT %s: cannot publish %s: %s", self.name, message.topic, exc)
+            return
+        qos = route.qos
+        retain = route.retain
+        if self._ready and not self._outbox and self._has_room(len(pairs)):
+            publish = self._publish
+            for topic, payload in pairs:
+                publish(topic, payload, qos, retain)
+            return
+        self._enqueue(((topic, payload, qos, retain) for topic, payload in pairs))
+
+    def _enqueue(self, items: Iterable[Outgoing]) -> None:
+        outbox = self._outbox
+        before = outbox.dropped
+        for item in items:
+            outbox.put(item)
+        if outbox.dropped != before and not self._drop_logged:
+            self._drop_logged = True
+            log.warning(
+                "MQTT %s: outbox full (max_queued=%d) while %s; dropping the oldest messages "
+                "(counted in status 'dropped'; logged once per outage)",
+                self.name,
+                outbox.maxlen,
+                "connected but congested" if self._connected else f"{self.address} is unreachable",
+            )
+        if self._ready:
+            self._wake.set()
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        client = self._client
+        assert client is not None
+        try:
+            info = client.publish(topic, payload, qos, retain)
+        except ValueError as exc:  # invalid topic, payload too large
+            self.encode_errors += 1
+            log.warning("MQTT %s: cannot publish to %r: %s", self.name, topic, exc)
+            return
+        rc = info.rc
+        if rc == _SUCCESS:
+            if qos:
+                self._inflight.add(info.mid)
+            self.published += 1
+        elif rc == _NO_CONN and qos:  # paho keeps it and re-sends it after reconnecting
+            self._inflight.add(info.mid)
+            self.published += 1
+        else:
+            self.lost += 1
+
+    def _has_room(self, n: int) -> bool:
+        client = self._client
+        return (
+            len(self._inflight) + n <= self.max_inflight
+            and client is not None
+            and client.write_backlog < self.max_write_backlog
+        )
+
+    def _flush(self) -> None:
+        """Hand queued publishes to paho, in order, as far as the window allows."""
+        outbox = self._outbox
+        publish = self._publish
+        has_room = self._has_room
+        while outbox and self._ready and has_room(1):
+            publish(*outbox.popleft())
+
+    def _publish_internal(self, payload: bytes) -> None:
+        client = self._client
+        assert client is not None
+        info = client.publish(self.status_topic, payload, qos=1, retain=True)
+        if info.rc == _SUCCESS:
+            self._inflight.add(info.mid)
+            self._internal_mids.add(info.mid)
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Publish the retained offline state, drain (<= drain_timeout), DISCONNECT, close.
+
+        Idempotent; called by ``__aexit__`` and when ``run()`` ends.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self._ready = False
+        self._wake.set()
+        loop, client = self._loop, self._client
+        try:
+            if loop is None or client is None:
+                return
+            job = self._connect_job
+            if job is not None and not job.done():  # a connect thread is still running
+                await asyncio.wait((job,), timeout=self.connect_timeout + 1)
+            if job is not None and job.done() and not job.cancelled():
+                job.exception()  # retrieved: run() may have been cancelled while it ran
+            if self._connected:
+                await self._drain(loop)
+            discarded = self._outbox.clear()
+            if discarded:
+                log.warning(
+                    "MQTT %s: shutting down with %d publishes not delivered", self.name, discarded
+                )
+            if self._connected:
+                disconnected = self._disconnected
+                client.disconnect()
+                if disconnected is not None:
+                    await asyncio.wait((disconnected,), timeout=1.0)
+            self._drop_socket()
+            self._connection_lost("adapter closed")  # wakes a run() still waiting on it
+            log.info("MQTT %s: disconnected from %s", self.name, self.address)
+        finally:
+            self._connected = False
+            self._ready_event.clear()
+            self._cancel_misc_timer()
+            if client is not None:  # no callbacks into a closed adapter (paho's __del__ too)
+                client.on_socket_open = None
+                client.on_socket_close = None
+                client.on_socket_register_write = None
+                client.on_socket_unregister_write = None
+            self._closed.set()
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        deadline = loop.time() + self.drain_timeout
+        disconnected = self._disconnected
+        wake = self._wake
+        offline_sent = False
+        while self._connected and (disconnected is None or not disconnected.done()):
+            outbox = self._outbox
+            while outbox and self._has_room(1):
+                self._publish(*outbox.popleft())
+            if not outbox and not offline_sent:
+                self._publish_internal(_state_payload("offline"))
+                offline_sent = True
+            if offline_sent and not self._inflight:
+                return  # the offline PUBACK also means everything before it was written
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            wake.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await wake.wait()
+            except TimeoutError:
+                break
+        if not offline_sent and self._connected:
+            self._publish_internal(_state_payload("offline"))  # at least try
+        if self._inflight:
+            log.warning(
+                "MQTT %s: %d publishes not acknowledged within %.1f s at shutdown",
+                self.name,
+                len(self._inflight),
+                self.drain_timeout,
+            )
+
+    def _drop_socket(self) -> None:
+        """Close paho's socket without DISCONNECT (the broker will publish the will)."""
+        client = self._client
+        if client is not None and client.socket() is not None:
+            # paho has no public "abort"; _sock_close runs our on_socket_close and closes it.
+            client._sock_close()
+        self._detach_fd()
+
+    # --- paho socket callbacks (may run on the connect thread: hop to the loop) ------------------
+
+    def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._attach, sock)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._detach, sock)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._add_writer, sock)
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._remove_writer, sock)
+
+    def _attach(self, sock: Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        self._detach_fd()
+        self._fd = fd
+        self._sock = sock
+        loop.add_reader(fd, self._on_readable)
+        self._schedule_misc()
+
+    def _detach(self, sock: Any) -> None:
+        if sock is self._sock:
+            self._detach_fd()
+
+    def _detach_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        self._sock = None
+        self._cancel_misc_timer()
+        if fd >= 0 and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+
+    def _add_writer(self, sock: Any) -> None:
+        if sock is self._sock and self._loop is not None:
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _remove_writer(self, sock: Any) -> None:
+        if sock is self._sock and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+
+    def _on_readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            # Buffered bytes (ours, or TLS's) are invisible to select(): read until drained.
+            while client.loop_read() == _SUCCESS and client.read_pending():
+                pass
+        except Exception:
+            log.exception("MQTT %s: error reading from %s; reconnecting", self.name, self.address)
+            self._abort_connection("read error")
+
+    def _on_writable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.loop_write()
+        except Exception:
+            log.exception("MQTT %s: error writing to %s; reconnecting", self.name, self.address)
+            self._abort_connection("write error")
+            return
+        if self._outbox:  # the write backlog shrank: the flusher may go on
+            self._wake.set()
+
+    def _schedule_misc(self) -> None:
+        if self._loop is not None:
+            self._misc_timer = self._loop.call_later(1.0, self._on_misc)
+
+    def _cancel_misc_timer(self) -> None:
+        timer, self._misc_timer = self._misc_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _on_misc(self) -> None:
+        self._misc_timer = None
+        client = self._client
+        if client is None or self._fd < 0:
+            return
+        try:
+            client.loop_misc()  # keepalive: PINGREQ, and a dead peer detected
+        except Exception:
+            log.exception("MQTT %s: keepalive error", self.name)
+            self._abort_connection("keepalive error")
+            return
+        if self._fd >= 0 and self._misc_timer is None:
+            self._schedule_misc()
+
+    def _abort_connection(self, reason: str) -> None:
+        self._drop_socket()
+        self._connection_lost(reason)
+
+    # --- paho protocol callbacks (loop thread) -------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        fut = self._connect_fut
+        if getattr(reason_code, "is_failure", False):
+            text = str(reason_code)
+            hint = ""
+            if getattr(reason_code, "value", 0) in (134, 135) or text in (
+                "Not authorized",
+                "Bad user name or password",
+            ):
+                hint = " (check username and password)"
+            error = MqttError(f"{self.address} refused the connection: {text}{hint}")
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+            return
+        self._connected = True
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        reason = str(reason_code)
+        error = self._client.socket_error if self._client is not None else None
+        if error is not None:
+            reason = _describe_socket_error(error)
+        self._connection_lost(reason)
+
+    def _connection_lost(self, reason: str) -> None:
+        self._connected = False
+        self._ready = False
+        self._ready_event.clear()
+        fut = self._connect_fut
+        if fut is not None and not fut.done():
+            fut.set_exception(
+                MqttError(f"{self.address} closed the connection before CONNACK ({reason})")
+            )
+            fut.exception()  # retrieved here: the waiter may have given up already
+        disconnected = self._disconnected
+        if disconnected is not None and not disconnected.done():
+            disconnected.set_result(reason)
+        self._wake.set()
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        inflight = self._inflight
+        if mid not in inflight:
+            return
+        inflight.discard(mid)
+        if self._internal_mids and mid in self._internal_mids:
+            self._internal_mids.discard(mid)
+        else:
+            self.acknowledged += 1
+        self._wake.set()
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        fut = self._sub_futs.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(list(reason_codes))
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.received += 1
+        try:
+            topic = msg.topic
+            value = codec.decode(topic, msg.payload, self._payload_mode(topic))  # type: ignore[arg-type]
+        except (codec.PayloadError, UnicodeDecodeError) as exc:
+            self._bad_payload(exc)
+            return
+        sample = Sample.now(point=topic, value=value)
+        self.bus.publish_nowait(
+            Message(
+                topic=f"mqtt/{self.name}/{topic}",
+                kind=MessageKind.TELEMETRY,
+                samples=(sample,),
+                origin=self.name,
+                seq=next_sequence(self.name),
+                device=self.name,
+            )
+        )
+
+    def _payload_mode(self, topic: str) -> str:
+        mode = self._payload_modes.get(topic)
+        if mode is None:
+            mode = "json"
+            for sub in self.config.subscriptions:
+                if topic_matches(sub.topic, topic):
+                    mode = sub.payload
+                    break
+            if len(self._payload_modes) >= 10_000:  # topics come from the broker: stay bounded
+                self._payload_modes.clear()
+            self._payload_modes[topic] = mode
+        return mode
+
+    def _bad_payload(self, exc: Exception) -> None:
+        self.bad_payloads += 1
+        self._bad_since_log += 1
+        now = time.monotonic()
+        if now - self._last_bad_log >= self.bad_payload_log_interval:
+            more = self._bad_since_log - 1
+            log.warning(
+                "MQTT %s: %s%s",
+                self.name,
+                exc,
+                f" ({more} more bad payloads since the last report)" if more else "",
+            )
+            self._last_bad_log = now
+            self._bad_since_log = 0
+
+    # --- status -------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "connected": self._connected,
+            "broker": self.address,
+            "client_id": self.client_id,
+            "published": self.published,
+            "acknowledged": self.acknowledged,
+            "inflight": len(self._inflight),
+            "queued": len(self._outbox),
+            "dropped": self._outbox.dropped,
+            "lost": self.lost,
+            "encode_errors": self.encode_errors,
+            "reconnects": self.reconnects,
+            "received": self.received,
+            "bad_payloads": self.bad_payloads,
+            "last_error": self.last_error,
+        }
