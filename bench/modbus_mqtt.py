@@ -51,7 +51,9 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
-def gateway_config(ports: list[int], registers: int, interval: float, mqtt_port: int, payload: str) -> str:
+def gateway_config(
+    ports: list[int], registers: int, interval: float, mqtt_port: int, payload: str
+) -> str:
     lines = ["gateway: {name: bench}", "devices:"]
     points = ", ".join(f"{{name: r{i}, address: {i}}}" for i in range(registers))
     for n, port in enumerate(ports):
@@ -142,15 +144,29 @@ def main() -> None:
     try:
         broker = subprocess.Popen(
             [mosquitto, "-c", str(workdir / "mosquitto.conf")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         procs.append(broker)
         wait_port(mqtt_port)
 
         sim = subprocess.Popen(
-            [sys.executable, "-m", "protocols.modbus.simulator", "--devices", str(args.devices),
-             "--registers", str(max(args.registers, 8)), "--base-port", "0", "--animate"],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "protocols.modbus.simulator",
+                "--devices",
+                str(args.devices),
+                "--registers",
+                str(max(args.registers, 8)),
+                "--base-port",
+                "0",
+                "--animate",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         procs.append(sim)
         assert sim.stdout is not None
@@ -158,18 +174,24 @@ def main() -> None:
         ports: list[int] = ready["ports"]
 
         config = workdir / "gateway.yaml"
-        config.write_text(gateway_config(ports, args.registers, args.interval, mqtt_port, args.payload))
+        config.write_text(
+            gateway_config(ports, args.registers, args.interval, mqtt_port, args.payload)
+        )
         counter = Counter(mqtt_port, args.payload)
         gw = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", str(config), "--log-level", "info"],
-            cwd=ROOT, text=True, stderr=open(workdir / "gateway.log", "w"),
+            cwd=ROOT,
+            text=True,
+            stderr=open(workdir / "gateway.log", "w"),
         )
         procs.append(gw)
         gw_ps, sim_ps = psutil.Process(gw.pid), psutil.Process(sim.pid)
 
-        print(f"{args.devices} devices x {args.registers} registers every {args.interval} s, "
-              f"payload {args.payload}; warming up {args.warmup} s, measuring {args.duration} s",
-              file=sys.stderr)
+        print(
+            f"{args.devices} devices x {args.registers} registers every {args.interval} s, "
+            f"payload {args.payload}; warming up {args.warmup} s, measuring {args.duration} s",
+            file=sys.stderr,
+        )
         time.sleep(args.warmup)
         gw_cpu0, sim_cpu0 = sum(gw_ps.cpu_times()[:2]), sum(sim_ps.cpu_times()[:2])
         counter.measuring = True
@@ -179,7 +201,9 @@ def main() -> None:
             time.sleep(0.5)
             peak_rss = max(peak_rss, gw_ps.memory_info().rss)
             if gw.poll() is not None:
-                raise SystemExit(f"gateway exited with {gw.returncode}; see {workdir / 'gateway.log'}")
+                raise SystemExit(
+                    f"gateway exited with {gw.returncode}; see {workdir / 'gateway.log'}"
+                )
         counter.measuring = False
         wall = time.monotonic() - t0
         gw_cpu = sum(gw_ps.cpu_times()[:2]) - gw_cpu0

@@ -210,25 +210,24 @@ class Bus:
             self._routes[topic] = subs
         return subs
 
-    def publish_nowait(self, message: Message) -> int:
-        """Deliver without waiting (a full ``block`` queue counts a drop). Returns deliveries."""
+    def _targets(self, message: Message) -> tuple[Subscription, ...]:
         self.published += 1
         subs = self._route(message.topic)
         if not subs:
             self.unrouted += 1
+        return subs
+
+    def publish_nowait(self, message: Message) -> int:
+        """Deliver without waiting (a full ``block`` queue counts a drop). Returns deliveries."""
         delivered = 0
-        for sub in subs:
+        for sub in self._targets(message):
             delivered += sub.offer(message)
         return delivered
 
     async def publish(self, message: Message) -> int:
         """Deliver, waiting for room in ``block`` subscriptions. Returns deliveries."""
-        self.published += 1
-        subs = self._route(message.topic)
-        if not subs:
-            self.unrouted += 1
         delivered = 0
-        for sub in subs:
+        for sub in self._targets(message):
             if sub.overflow is OverflowPolicy.BLOCK:
                 await sub.put(message)
                 delivered += 1
