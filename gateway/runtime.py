@@ -29,6 +29,7 @@ from gateway.config.common import Backoff
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 5.0
+CANCEL_TIMEOUT = 10.0
 SUPERVISOR_BACKOFF = Backoff(initial=1.0, max=60.0)
 
 
@@ -111,9 +112,24 @@ async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
         await asyncio.sleep(backoff.next_delay())
 
 
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = CANCEL_TIMEOUT) -> None:
+    """Cancel and wait, cancelling again while a task keeps running.
+
+    One cancel is not always enough: on Python 3.11 ``asyncio.wait_for`` (pymodbus waits for
+    every response with it) swallows a cancellation that arrives as its inner future
+    completes, and the task goes on polling. Under load that race is common.
+    """
+    pending = {t for t in tasks if not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pending:
+        for t in pending:
+            t.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=0.2)
+        if pending and loop.time() > deadline:
+            names = ", ".join(sorted(t.get_name() for t in pending)[:10])
+            log.error("shutdown: %d tasks ignore cancellation: %s", len(pending), names)
+            return
     for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            log.error("%s ended with %r", t.get_name(), t.exception())
