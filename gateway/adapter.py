@@ -9,12 +9,26 @@ can be a bridge target also implement ``send``.
 from __future__ import annotations
 
 import abc
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel
 
 from gateway.bus import Bus
 from gateway.types import Message, PointSpec
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    On Python 3.11, ``asyncio.wait_for`` drops a ``cancel()`` that arrives just as its inner
+    future completes (pymodbus waits for every response with it). The task then runs on, and
+    inside a TaskGroup it is never cancelled again. The request is still counted by
+    ``Task.cancelling()``, so a loop that calls this after each library call stops as asked.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class AdapterContext:

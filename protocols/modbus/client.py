@@ -20,7 +20,7 @@ from typing import Any, cast
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from gateway.adapter import Adapter, AdapterContext
+from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.transform import DeadbandFilter, Scaling
 from gateway.types import Access, Message, PointSpec, Quality, Sample
@@ -205,6 +205,7 @@ class ModbusClientAdapter(Adapter):
             except (TimeoutError, OSError, ModbusException) as exc:
                 ok = False
                 self.last_error = f"connect failed: {exc}"
+            raise_if_cancelling()
             if not ok:
                 client.close()
                 self.last_error = self.last_error or "connect failed"
@@ -260,6 +261,7 @@ class ModbusClientAdapter(Adapter):
         while True:
             await self._connected.wait()
             samples = await self.poll(plan)
+            raise_if_cancelling()
             self.counters["polls"] += 1
             if samples:
                 self.counters["samples"] += len(samples)
@@ -276,6 +278,7 @@ class ModbusClientAdapter(Adapter):
         out: list[Sample] = []
         for req in plan:
             values, reason = await self._read(req)
+            raise_if_cancelling()
             now = time.time()
             for item in req.items:
                 p = self._points[cast(int, item.key)]

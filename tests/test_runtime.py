@@ -1,0 +1,89 @@
+import asyncio
+
+import pytest
+
+from gateway import runtime
+from gateway.adapter import raise_if_cancelling
+from gateway.config.common import Backoff
+
+
+async def test_swallowed_cancellation_is_raised_again() -> None:
+    reached = []
+
+    async def worker() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # what a library's wait_for race does
+        raise_if_cancelling()
+        reached.append("after")
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
+    assert reached == []
+
+
+async def test_cancel_retries_a_task_that_swallows_the_first_cancel() -> None:
+    async def stubborn() -> None:
+        for _ in range(3):  # swallows two cancels, then gives in
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(runtime._cancel([task], timeout=5), 5)
+    assert task.cancelled()
+
+
+async def test_cancel_gives_up_with_an_error_instead_of_hanging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    done = False
+
+    async def immortal() -> None:
+        while not done:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    task = asyncio.create_task(immortal(), name="immortal")
+    await asyncio.sleep(0)
+    await asyncio.wait_for(runtime._cancel([task], timeout=0.5), 5)
+    assert "ignore cancellation: immortal" in caplog.text
+    done = True  # let it end so the event loop closes cleanly
+    task.cancel()
+    await asyncio.wait_for(task, 1)
+
+
+async def test_supervisor_restarts_a_failing_adapter(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime, "SUPERVISOR_BACKOFF", Backoff(initial=0.01, max=0.02))
+    runs = []
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("library surprise")
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(runtime._supervise("flaky", flaky))
+    for _ in range(100):
+        if len(runs) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(runs) == 3
+    assert "flaky failed; restarting it" in caplog.text
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
