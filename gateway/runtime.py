@@ -112,7 +112,7 @@ async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
         await asyncio.sleep(backoff.next_delay())
 
 
-async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = CANCEL_TIMEOUT) -> None:
+async def _cancel(tasks: list[asyncio.Task[None]], patience: float = CANCEL_TIMEOUT) -> None:
     """Cancel and wait, cancelling again while a task keeps running.
 
     One cancel is not always enough: on Python 3.11 ``asyncio.wait_for`` (pymodbus waits for
@@ -121,7 +121,7 @@ async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = CANCEL_TIMEO
     """
     pending = {t for t in tasks if not t.done()}
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + patience
     while pending:
         for t in pending:
             t.cancel()

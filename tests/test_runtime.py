@@ -40,7 +40,7 @@ async def test_cancel_retries_a_task_that_swallows_the_first_cancel() -> None:
 
     task = asyncio.create_task(stubborn())
     await asyncio.sleep(0)
-    await asyncio.wait_for(runtime._cancel([task], timeout=5), 5)
+    await asyncio.wait_for(runtime._cancel([task], patience=5), 5)
     assert task.cancelled()
 
 
@@ -58,7 +58,7 @@ async def test_cancel_gives_up_with_an_error_instead_of_hanging(
 
     task = asyncio.create_task(immortal(), name="immortal")
     await asyncio.sleep(0)
-    await asyncio.wait_for(runtime._cancel([task], timeout=0.5), 5)
+    await asyncio.wait_for(runtime._cancel([task], patience=0.5), 5)
     assert "ignore cancellation: immortal" in caplog.text
     done = True  # let it end so the event loop closes cleanly
     task.cancel()
