@@ -193,7 +193,9 @@ def main() -> None:
             file=sys.stderr,
         )
         time.sleep(args.warmup)
+        me = psutil.Process()
         gw_cpu0, sim_cpu0 = sum(gw_ps.cpu_times()[:2]), sum(sim_ps.cpu_times()[:2])
+        me_cpu0 = sum(me.cpu_times()[:2])
         counter.measuring = True
         t0 = time.monotonic()
         peak_rss = 0
@@ -208,6 +210,7 @@ def main() -> None:
         wall = time.monotonic() - t0
         gw_cpu = sum(gw_ps.cpu_times()[:2]) - gw_cpu0
         sim_cpu = sum(sim_ps.cpu_times()[:2]) - sim_cpu0
+        me_cpu = sum(me.cpu_times()[:2]) - me_cpu0
         counter.stop()
 
         t_stop = time.monotonic()
@@ -231,6 +234,8 @@ def main() -> None:
             "latency_p50_ms": round(1000 * percentile(counter.latencies, 0.5), 1),
             "latency_p99_ms": round(1000 * percentile(counter.latencies, 0.99), 1),
             "simulator_cpu_pct_of_one_core": round(100 * sim_cpu / wall, 1),
+            # The measuring subscriber shares the 2 cores; when it lags, latency includes it.
+            "subscriber_cpu_pct_of_one_core": round(100 * me_cpu / wall, 1),
             "gateway_exit_code": gw_rc,
             "gateway_shutdown_s": round(shutdown_s, 2),
             "cores": os.cpu_count(),
