@@ -110,7 +110,13 @@ class Bridge:
 
     async def _pump(self, sub: Subscription) -> None:
         route = self.config.route
+        n = 0
         async for message in sub:
+            n += 1
+            if n % 64 == 0:
+                # get() and a non-blocking send() do not suspend while the queue is full:
+                # yield now and then so a backlog does not starve the pollers.
+                await asyncio.sleep(0)
             samples = self.transform.apply(message.samples)
             if not samples:
                 continue

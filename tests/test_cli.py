@@ -1,0 +1,88 @@
+"""The `gateway` command as a user runs it: a real subprocess, its exit code and output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def gateway(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GATEWAY, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def test_validate_accepts_the_shipped_example() -> None:
+    out = gateway("validate", "examples/modbus_to_mqtt.yaml")
+    assert out.returncode == 0, out.stderr
+    assert "ok (2 devices and endpoints, 7 points, 2 bridges)" in out.stdout
+
+
+def test_validate_reports_every_problem_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "devices:\n"
+        "  plc:\n"
+        "    protocol: modbus\n"
+        "    host: 10.0.0.1\n"
+        "    points: [{name: t, address: 70000}]\n"
+        "bridges:\n"
+        "  - {name: b, from: plc, to: nowhere}\n"
+    )
+    out = gateway("validate", str(bad))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert f"{bad}:5:" in out.stderr and "devices.plc.points[0].address" in out.stderr
+    assert f"{bad}:7:" in out.stderr and "bridges[0].to: found 'nowhere'" in out.stderr
+    assert "2 problems" in out.stderr
+
+
+def test_validate_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    out = gateway("validate", str(tmp_path / "nope.yaml"))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "nope.yaml" in out.stderr
+
+
+def test_run_refuses_a_bad_file_before_connecting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("devices: [1, 2]\n")
+    out = gateway("run", str(bad))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "bad.yaml:1:" in out.stderr
+
+
+def test_schema_is_json_schema_covering_the_protocols() -> None:
+    out = gateway("schema")
+    assert out.returncode == 0
+    schema = json.loads(out.stdout)
+    text = json.dumps(schema)
+    assert "2020-12" in schema.get("$schema", "")
+    assert '"modbus"' in text and '"mqtt"' in text
+    assert "poll_groups" in text and "status_topic" in text
+
+
+def test_plugins_lists_roles_and_capabilities() -> None:
+    out = gateway("plugins")
+    assert out.returncode == 0
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    assert "client" in lines["modbus"] and "read,poll,write" in lines["modbus"]
+    assert "publish" in lines["mqtt"] and lines["mqtt"].rstrip().endswith("ok")
+
+
+def test_demo_shows_readings_that_made_the_round_trip() -> None:
+    out = gateway("demo", "--duration", "4", "--mqtt-port", str(free_port()), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    readings = [line for line in out.stdout.splitlines() if "plant/boiler/" in line]
+    points = {line.split()[1] for line in readings}
+    assert {"plant/boiler/temperature", "plant/boiler/cycles", "plant/boiler/pressure"} <= points
+    assert "stopped:" in out.stdout
