@@ -70,6 +70,11 @@ class Gateway:
                 asyncio.create_task(_supervise(f"bridge {b.name}", b.run), name=f"bridge:{b.name}")
                 for b in self.bridges
             ]
+            reporter = (
+                asyncio.create_task(self._report(self.config.gateway.status_interval))
+                if self.config.gateway.status_interval > 0
+                else None
+            )
             self.started.set()
             log.info(
                 "gateway %s running: %d adapters, %d bridges",
@@ -81,11 +86,34 @@ class Gateway:
                 await stop.wait()
             finally:
                 log.info("gateway %s stopping", self.config.gateway.name)
+                if reporter is not None:
+                    await _cancel([reporter])
                 await _cancel([t for n, t in sources.items() if n not in self._targets])
                 await self._drain()
                 await _cancel(bridges)
                 await _cancel([t for n, t in sources.items() if n in self._targets])
         log.info("gateway %s stopped", self.config.gateway.name)
+
+    def summary(self) -> str:
+        """One line for the log: what is connected, what flowed, what was dropped."""
+        adapters = [a.status() for a in self.adapters.values()]
+        down = [n for n, a in self.adapters.items() if a.status().get("connected") is False]
+        bridges = [b.status() for b in self.bridges]
+        text = (
+            f"{len(adapters) - len(down)}/{len(adapters)} connected, "
+            f"{self.bus.published} bus messages, "
+            f"{sum(b['forwarded'] for b in bridges)} forwarded, "
+            f"{sum(b['dropped'] for b in bridges)} dropped in bridges, "
+            f"{sum(int(a.get('dropped', 0)) for a in adapters)} dropped in adapters"
+        )
+        if down:
+            text += f"; down: {', '.join(down[:10])}" + (" ..." if len(down) > 10 else "")
+        return text
+
+    async def _report(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            log.info("status: %s", self.summary())
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

@@ -263,3 +263,24 @@ async def test_slow_device_times_out_without_delaying_the_other(
     assert during >= 7, f"meter published {during} values in 2 s while the pump was slow"
     pump.delay = 0.0
     await wait_for(lambda: (mqtt.last("site/pump/temp") or {}).get("quality") == "good", timeout=10)
+
+
+async def test_status_line_names_the_device_that_is_down(
+    tmp_path: Path, mosquitto: MosquittoBroker, simulator: Simulator, plant: tuple[SimulatedDevice, SimulatedDevice]
+) -> None:
+    pump, meter = plant
+    config = write_config(tmp_path / "gw.yaml", mosquitto, pump, meter)
+    config.write_text(config.read_text().replace("gateway: {name: e2e}", "gateway: {name: e2e, status_interval: 0.5}"))
+    await simulator.stop_device(pump)
+    proc = await asyncio.create_subprocess_exec(*GATEWAY, "run", str(config), stderr=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.sleep(2.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+    stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+    status = [line for line in stderr.splitlines() if "status:" in line]
+    assert status, stderr
+    assert "2/3 connected" in status[-1] and "down: pump" in status[-1]
+    assert "cannot connect to 127.0.0.1" in stderr  # reported once, by the adapter, not a traceback
+    assert "Traceback" not in stderr

@@ -62,6 +62,9 @@ class GatewaySection(Strict):
         description="name of this gateway; appears in MQTT topics as {gateway}",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    status_interval: float = Field(
+        60.0, ge=0, description="seconds between status lines in the log; 0 turns them off"
+    )
 
 
 class BridgeKeys(Strict):
