@@ -109,8 +109,10 @@ def test_yaml_values_have_the_types_safe_load_gives() -> None:
 
 def test_positions_of_keys_and_values() -> None:
     doc = parse_yaml("devices:\n  plc1:\n    host: 10.0.0.1\n    points:\n      - {name: a}\n")
-    assert (doc.marks.keys[("devices", "plc1", "host")].line, doc.marks.keys[
-        ("devices", "plc1", "host")].column) == (3, 5)
+    assert (
+        doc.marks.keys[("devices", "plc1", "host")].line,
+        doc.marks.keys[("devices", "plc1", "host")].column,
+    ) == (3, 5)
     assert doc.marks.values[("devices", "plc1", "host")].column == 11
     name = doc.marks.values[("devices", "plc1", "points", 0, "name")]
     assert (name.line, name.column) == (5, 16)
@@ -142,36 +144,107 @@ ONE_PROBLEM = [
     ("wrong_type.yaml", 5, 11, "devices.plc1.port", "'abc' (a string)", "an integer"),
     ("missing_key.yaml", 2, 3, "devices.plc1", "no 'host' key", "key 'host'"),
     ("undefined_device.yaml", 13, 11, "bridges[0].from", "'plc9'", "one of: plc1, broker"),
-    ("address_range.yaml", 9, 18, "devices.plc1.points[1].address", "65536",
-     "a number <= 65535"),
+    ("address_range.yaml", 9, 18, "devices.plc1.points[1].address", "65536", "a number <= 65535"),
     # two bits of one register (points 2 and 3) do not overlap
-    ("overlap.yaml", 7, 32, "devices.plc1.points[1].address", "'level' at holding 11 overlaps "
-     "'flow'", "points that do not share registers"),
-    ("topic_placeholder.yaml", 15, 12, "bridges[0].topic", "'plant/{site}/{point}'",
-     "unknown placeholder {site}"),
-    ("topic_wildcard.yaml", 15, 12, "bridges[0].topic", "'plant/+/{point}'",
-     "cannot contain the wildcards + or #"),
-    ("unknown_protocol.yaml", 3, 15, "devices.plc1.protocol", "unknown protocol 'modbsu'",
-     "one of: modbus, mqtt (did you mean 'modbus'?)"),
-    ("duplicate_yaml_key.yaml", 7, 5, "devices.plc1.host",
-     "key 'host' appears twice (first at line 4)", "each key once"),
+    (
+        "overlap.yaml",
+        7,
+        32,
+        "devices.plc1.points[1].address",
+        "'level' at holding 11 overlaps 'flow'",
+        "points that do not share registers",
+    ),
+    (
+        "topic_placeholder.yaml",
+        15,
+        12,
+        "bridges[0].topic",
+        "'plant/{site}/{point}'",
+        "unknown placeholder {site}",
+    ),
+    (
+        "topic_wildcard.yaml",
+        15,
+        12,
+        "bridges[0].topic",
+        "'plant/+/{point}'",
+        "cannot contain the wildcards + or #",
+    ),
+    (
+        "unknown_protocol.yaml",
+        3,
+        15,
+        "devices.plc1.protocol",
+        "unknown protocol 'modbsu'",
+        "one of: modbus, mqtt (did you mean 'modbus'?)",
+    ),
+    (
+        "duplicate_yaml_key.yaml",
+        7,
+        5,
+        "devices.plc1.host",
+        "key 'host' appears twice (first at line 4)",
+        "each key once",
+    ),
     ("syntax_error.yaml", 6, 1, "", "invalid YAML: expected ',' or ']'", "well-formed YAML"),
-    ("bad_enum.yaml", 8, 15, "devices.plc1.points[0].type", "'float33'",
-     "one of 'bool', 'int16', 'uint16', 'int32'"),
-    ("poll_group.yaml", 9, 41, "devices.plc1.points[1].poll", "'slow'",
-     "one of the poll_groups: fast"),
-    ("string_length.yaml", 7, 9, "devices.plc1.points[1]", "{name: 'serial', address: 10",
-     "a string point needs length"),
+    (
+        "bad_enum.yaml",
+        8,
+        15,
+        "devices.plc1.points[0].type",
+        "'float33'",
+        "one of 'bool', 'int16', 'uint16', 'int32'",
+    ),
+    (
+        "poll_group.yaml",
+        9,
+        41,
+        "devices.plc1.points[1].poll",
+        "'slow'",
+        "one of the poll_groups: fast",
+    ),
+    (
+        "string_length.yaml",
+        7,
+        9,
+        "devices.plc1.points[1]",
+        "{name: 'serial', address: 10",
+        "a string point needs length",
+    ),
     ("empty.yaml", 1, 1, "", "an empty file", "a mapping with devices, endpoints and bridges"),
     ("top_list.yaml", 1, 1, "", "a list", "a mapping with devices, endpoints and bridges"),
-    ("not_target.yaml", 15, 9, "bridges[0].to", "'plc2', a modbus device",
-     "mqtt can be a bridge target; modbus cannot yet"),
-    ("points_glob.yaml", 15, 24, "bridges[0].points[1]",
-     "'presure*', which matches no point of plc1", "some of: supply_temp, return_temp"),
-    ("duplicate_bridge.yaml", 15, 11, "bridges[1].name", "'up' again",
-     "a bridge name not already used (bridges[0] at line 12)"),
-    ("no_to.yaml", 12, 5, "bridges[0]", "no 'to' key",
-     "key 'to' naming the device or endpoint to send to (one of: broker)"),
+    (
+        "not_target.yaml",
+        15,
+        9,
+        "bridges[0].to",
+        "'plc2', a modbus device",
+        "mqtt can be a bridge target; modbus cannot yet",
+    ),
+    (
+        "points_glob.yaml",
+        15,
+        24,
+        "bridges[0].points[1]",
+        "'presure*', which matches no point of plc1",
+        "some of: supply_temp, return_temp",
+    ),
+    (
+        "duplicate_bridge.yaml",
+        15,
+        11,
+        "bridges[1].name",
+        "'up' again",
+        "a bridge name not already used (bridges[0] at line 12)",
+    ),
+    (
+        "no_to.yaml",
+        12,
+        5,
+        "bridges[0]",
+        "no 'to' key",
+        "key 'to' naming the device or endpoint to send to (one of: broker)",
+    ),
 ]
 
 
@@ -181,7 +254,12 @@ ONE_PROBLEM = [
     ids=[case[0].removesuffix(".yaml") for case in ONE_PROBLEM],
 )
 def test_bad_file_reports_its_problem(
-    registry: Registry, name: str, line: int, column: int, dotted: str, found: str,
+    registry: Registry,
+    name: str,
+    line: int,
+    column: int,
+    dotted: str,
+    found: str,
     expected: str,
 ) -> None:
     p = the_problem(name, registry)
@@ -264,8 +342,9 @@ def test_every_problem_of_a_file_is_reported_in_line_order(registry: Registry) -
     assert [p.line for p in problems] == sorted(p.line for p in problems)
     lines = str(ConfigError(problems)).splitlines()
     assert len(lines) == 7
-    assert lines[0].endswith("many.yaml:3:9: gateway.name: found 'edge 1'; "
-                             "expected a string matching ^[A-Za-z0-9_-]+$")
+    assert lines[0].endswith(
+        "many.yaml:3:9: gateway.name: found 'edge 1'; expected a string matching ^[A-Za-z0-9_-]+$"
+    )
 
 
 # -- files that are not even YAML ---------------------------------------------------------------
@@ -337,8 +416,11 @@ def test_no_edit_of_the_good_file_escapes_as_another_exception(registry: Registr
     lines = (CONFIGS / "good.yaml").read_text().splitlines(keepends=True)
     refused = 0
     for i in range(len(lines)):
-        for text in ("".join(lines[:i] + lines[i + 1:]), "".join(lines[:i]),
-                     "".join(lines[:i]) + lines[i][: len(lines[i]) // 2]):
+        for text in (
+            "".join(lines[:i] + lines[i + 1 :]),
+            "".join(lines[:i]),
+            "".join(lines[:i]) + lines[i][: len(lines[i]) // 2],
+        ):
             try:
                 load_config_text(text, "edited.yaml", registry)
             except ConfigError as exc:

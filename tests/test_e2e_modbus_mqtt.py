@@ -266,13 +266,22 @@ async def test_slow_device_times_out_without_delaying_the_other(
 
 
 async def test_status_line_names_the_device_that_is_down(
-    tmp_path: Path, mosquitto: MosquittoBroker, simulator: Simulator, plant: tuple[SimulatedDevice, SimulatedDevice]
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    simulator: Simulator,
+    plant: tuple[SimulatedDevice, SimulatedDevice],
 ) -> None:
     pump, meter = plant
     config = write_config(tmp_path / "gw.yaml", mosquitto, pump, meter)
-    config.write_text(config.read_text().replace("gateway: {name: e2e}", "gateway: {name: e2e, status_interval: 0.5}"))
+    config.write_text(
+        config.read_text().replace(
+            "gateway: {name: e2e}", "gateway: {name: e2e, status_interval: 0.5}"
+        )
+    )
     await simulator.stop_device(pump)
-    proc = await asyncio.create_subprocess_exec(*GATEWAY, "run", str(config), stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY, "run", str(config), stderr=asyncio.subprocess.PIPE
+    )
     try:
         await asyncio.sleep(2.0)
     finally:

@@ -25,38 +25,136 @@ D = DataType
 # by hand (float32 1.0 is 3F 80 00 00, -2.5 is C0 20 00 00, pi is 40 49 0F DB; float64 pi is
 # 40 09 21 FB 54 44 2D 18), never from the codec.
 KNOWN: list[tuple[DataType, bool | int | float | str, dict[ByteOrder, list[int]]]] = [
-    (D.FLOAT32, 1.0, {ABCD: [0x3F80, 0x0000], BADC: [0x803F, 0x0000],
-                      CDAB: [0x0000, 0x3F80], DCBA: [0x0000, 0x803F]}),
-    (D.FLOAT32, -2.5, {ABCD: [0xC020, 0x0000], BADC: [0x20C0, 0x0000],
-                       CDAB: [0x0000, 0xC020], DCBA: [0x0000, 0x20C0]}),
-    (D.FLOAT32, 3.1415927410125732, {ABCD: [0x4049, 0x0FDB], BADC: [0x4940, 0xDB0F],
-                                     CDAB: [0x0FDB, 0x4049], DCBA: [0xDB0F, 0x4940]}),
-    (D.INT32, -2, {ABCD: [0xFFFF, 0xFFFE], BADC: [0xFFFF, 0xFEFF],
-                   CDAB: [0xFFFE, 0xFFFF], DCBA: [0xFEFF, 0xFFFF]}),
-    (D.INT32, 0x01020304, {ABCD: [0x0102, 0x0304], BADC: [0x0201, 0x0403],
-                           CDAB: [0x0304, 0x0102], DCBA: [0x0403, 0x0201]}),
-    (D.UINT32, 0x01020304, {ABCD: [0x0102, 0x0304], BADC: [0x0201, 0x0403],
-                            CDAB: [0x0304, 0x0102], DCBA: [0x0403, 0x0201]}),
-    (D.UINT32, 0xFF00AA55, {ABCD: [0xFF00, 0xAA55], BADC: [0x00FF, 0x55AA],
-                            CDAB: [0xAA55, 0xFF00], DCBA: [0x55AA, 0x00FF]}),
-    (D.INT64, 0x0102030405060708, {ABCD: [0x0102, 0x0304, 0x0506, 0x0708],
-                                   BADC: [0x0201, 0x0403, 0x0605, 0x0807],
-                                   CDAB: [0x0708, 0x0506, 0x0304, 0x0102],
-                                   DCBA: [0x0807, 0x0605, 0x0403, 0x0201]}),
-    (D.INT64, -2, {ABCD: [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], BADC: [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF],
-                   CDAB: [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF], DCBA: [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF]}),
-    (D.UINT64, 0x0102030405060708, {ABCD: [0x0102, 0x0304, 0x0506, 0x0708],
-                                    BADC: [0x0201, 0x0403, 0x0605, 0x0807],
-                                    CDAB: [0x0708, 0x0506, 0x0304, 0x0102],
-                                    DCBA: [0x0807, 0x0605, 0x0403, 0x0201]}),
-    (D.FLOAT64, 1.0, {ABCD: [0x3FF0, 0, 0, 0], BADC: [0xF03F, 0, 0, 0],
-                      CDAB: [0, 0, 0, 0x3FF0], DCBA: [0, 0, 0, 0xF03F]}),
-    (D.FLOAT64, -2.5, {ABCD: [0xC004, 0, 0, 0], BADC: [0x04C0, 0, 0, 0],
-                       CDAB: [0, 0, 0, 0xC004], DCBA: [0, 0, 0, 0x04C0]}),
-    (D.FLOAT64, math.pi, {ABCD: [0x4009, 0x21FB, 0x5444, 0x2D18],
-                          BADC: [0x0940, 0xFB21, 0x4454, 0x182D],
-                          CDAB: [0x2D18, 0x5444, 0x21FB, 0x4009],
-                          DCBA: [0x182D, 0x4454, 0xFB21, 0x0940]}),
+    (
+        D.FLOAT32,
+        1.0,
+        {
+            ABCD: [0x3F80, 0x0000],
+            BADC: [0x803F, 0x0000],
+            CDAB: [0x0000, 0x3F80],
+            DCBA: [0x0000, 0x803F],
+        },
+    ),
+    (
+        D.FLOAT32,
+        -2.5,
+        {
+            ABCD: [0xC020, 0x0000],
+            BADC: [0x20C0, 0x0000],
+            CDAB: [0x0000, 0xC020],
+            DCBA: [0x0000, 0x20C0],
+        },
+    ),
+    (
+        D.FLOAT32,
+        3.1415927410125732,
+        {
+            ABCD: [0x4049, 0x0FDB],
+            BADC: [0x4940, 0xDB0F],
+            CDAB: [0x0FDB, 0x4049],
+            DCBA: [0xDB0F, 0x4940],
+        },
+    ),
+    (
+        D.INT32,
+        -2,
+        {
+            ABCD: [0xFFFF, 0xFFFE],
+            BADC: [0xFFFF, 0xFEFF],
+            CDAB: [0xFFFE, 0xFFFF],
+            DCBA: [0xFEFF, 0xFFFF],
+        },
+    ),
+    (
+        D.INT32,
+        0x01020304,
+        {
+            ABCD: [0x0102, 0x0304],
+            BADC: [0x0201, 0x0403],
+            CDAB: [0x0304, 0x0102],
+            DCBA: [0x0403, 0x0201],
+        },
+    ),
+    (
+        D.UINT32,
+        0x01020304,
+        {
+            ABCD: [0x0102, 0x0304],
+            BADC: [0x0201, 0x0403],
+            CDAB: [0x0304, 0x0102],
+            DCBA: [0x0403, 0x0201],
+        },
+    ),
+    (
+        D.UINT32,
+        0xFF00AA55,
+        {
+            ABCD: [0xFF00, 0xAA55],
+            BADC: [0x00FF, 0x55AA],
+            CDAB: [0xAA55, 0xFF00],
+            DCBA: [0x55AA, 0x00FF],
+        },
+    ),
+    (
+        D.INT64,
+        0x0102030405060708,
+        {
+            ABCD: [0x0102, 0x0304, 0x0506, 0x0708],
+            BADC: [0x0201, 0x0403, 0x0605, 0x0807],
+            CDAB: [0x0708, 0x0506, 0x0304, 0x0102],
+            DCBA: [0x0807, 0x0605, 0x0403, 0x0201],
+        },
+    ),
+    (
+        D.INT64,
+        -2,
+        {
+            ABCD: [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE],
+            BADC: [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF],
+            CDAB: [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF],
+            DCBA: [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF],
+        },
+    ),
+    (
+        D.UINT64,
+        0x0102030405060708,
+        {
+            ABCD: [0x0102, 0x0304, 0x0506, 0x0708],
+            BADC: [0x0201, 0x0403, 0x0605, 0x0807],
+            CDAB: [0x0708, 0x0506, 0x0304, 0x0102],
+            DCBA: [0x0807, 0x0605, 0x0403, 0x0201],
+        },
+    ),
+    (
+        D.FLOAT64,
+        1.0,
+        {
+            ABCD: [0x3FF0, 0, 0, 0],
+            BADC: [0xF03F, 0, 0, 0],
+            CDAB: [0, 0, 0, 0x3FF0],
+            DCBA: [0, 0, 0, 0xF03F],
+        },
+    ),
+    (
+        D.FLOAT64,
+        -2.5,
+        {
+            ABCD: [0xC004, 0, 0, 0],
+            BADC: [0x04C0, 0, 0, 0],
+            CDAB: [0, 0, 0, 0xC004],
+            DCBA: [0, 0, 0, 0x04C0],
+        },
+    ),
+    (
+        D.FLOAT64,
+        math.pi,
+        {
+            ABCD: [0x4009, 0x21FB, 0x5444, 0x2D18],
+            BADC: [0x0940, 0xFB21, 0x4454, 0x182D],
+            CDAB: [0x2D18, 0x5444, 0x21FB, 0x4009],
+            DCBA: [0x182D, 0x4454, 0xFB21, 0x0940],
+        },
+    ),
     (D.INT16, -1, {ABCD: [0xFFFF], BADC: [0xFFFF], CDAB: [0xFFFF], DCBA: [0xFFFF]}),
     (D.INT16, -2, {ABCD: [0xFFFE], BADC: [0xFEFF], CDAB: [0xFFFE], DCBA: [0xFEFF]}),
     (D.INT16, 0x1234, {ABCD: [0x1234], BADC: [0x3412], CDAB: [0x1234], DCBA: [0x3412]}),
@@ -147,7 +245,13 @@ ROUND_TRIPS = [
     *[
         (D.FLOAT32, v)  # all exactly representable in float32
         for v in (
-            0.0, -0.0, 0.5, -2.5, 16777216.0, math.inf, -math.inf,
+            0.0,
+            -0.0,
+            0.5,
+            -2.5,
+            16777216.0,
+            math.inf,
+            -math.inf,
             3.4028234663852886e38,  # largest float32
             -3.4028234663852886e38,
             1.1754943508222875e-38,  # smallest normal
@@ -157,8 +261,18 @@ ROUND_TRIPS = [
     *[
         (D.FLOAT64, v)
         for v in (
-            0.0, -0.0, 0.1, -2.5, math.pi, 1e300, -1e-300, math.inf, -math.inf,
-            1.7976931348623157e308, 2.2250738585072014e-308, 5e-324,
+            0.0,
+            -0.0,
+            0.1,
+            -2.5,
+            math.pi,
+            1e300,
+            -1e-300,
+            math.inf,
+            -math.inf,
+            1.7976931348623157e308,
+            2.2250738585072014e-308,
+            5e-324,
         )
     ],
     *[(D.BOOL, v) for v in (True, False)],
@@ -185,9 +299,7 @@ def test_nan_round_trip(dtype: DataType, order: ByteOrder) -> None:
 
 
 @pytest.mark.parametrize("order", list(ByteOrder))
-@pytest.mark.parametrize(
-    "text", ["", "A", "AB", "Pump 3", "ÄÖÜ ß", "x" * 20, "with\x00inside"]
-)
+@pytest.mark.parametrize("text", ["", "A", "AB", "Pump 3", "ÄÖÜ ß", "x" * 20, "with\x00inside"])
 def test_string_round_trip(text: str, order: ByteOrder) -> None:
     assert decode(encode(text, D.STRING, order, length=10), D.STRING, order, length=10) == text
 
@@ -206,9 +318,7 @@ def test_float32_rounds_to_nearest_float32() -> None:
         (True, D.UINT16, [1]),
     ],
 )
-def test_integer_types_round_floats(
-    value: float, dtype: DataType, registers: list[int]
-) -> None:
+def test_integer_types_round_floats(value: float, dtype: DataType, registers: list[int]) -> None:
     assert encode(value, dtype) == registers
 
 
@@ -290,8 +400,15 @@ def test_decode_rejects(
 
 @pytest.mark.parametrize(
     ("register", "bit", "expected"),
-    [(0b1010, 0, False), (0b1010, 1, True), (0b1010, 3, True), (0x8000, 15, True),
-     (0x7FFF, 15, False), (0xFFFF, 7, True), (0, 0, False)],
+    [
+        (0b1010, 0, False),
+        (0b1010, 1, True),
+        (0b1010, 3, True),
+        (0x8000, 15, True),
+        (0x7FFF, 15, False),
+        (0xFFFF, 7, True),
+        (0, 0, False),
+    ],
 )
 def test_bit_in_register(register: int, bit: int, expected: bool) -> None:
     assert get_bit(register, bit) is expected
@@ -333,10 +450,18 @@ def test_set_bit_rejects(register: int, bit: int, message: str) -> None:
 @pytest.mark.parametrize(
     ("dtype", "length", "count"),
     [
-        (D.BOOL, None, 1), (D.INT16, None, 1), (D.UINT16, None, 1),
-        (D.INT32, None, 2), (D.UINT32, None, 2), (D.FLOAT32, None, 2),
-        (D.INT64, None, 4), (D.UINT64, None, 4), (D.FLOAT64, None, 4),
-        (D.STRING, 1, 1), (D.STRING, 8, 8), (D.STRING, 125, 125),
+        (D.BOOL, None, 1),
+        (D.INT16, None, 1),
+        (D.UINT16, None, 1),
+        (D.INT32, None, 2),
+        (D.UINT32, None, 2),
+        (D.FLOAT32, None, 2),
+        (D.INT64, None, 4),
+        (D.UINT64, None, 4),
+        (D.FLOAT64, None, 4),
+        (D.STRING, 1, 1),
+        (D.STRING, 8, 8),
+        (D.STRING, 125, 125),
     ],
 )
 def test_register_count(dtype: DataType, length: int | None, count: int) -> None:

@@ -50,27 +50,59 @@ def test_scaling_equality_ignores_cache() -> None:
 # (filter arguments, [(value, quality, accepted?), ...]) played in order on one filter
 SEQUENCES: list[tuple[dict[str, float], list[tuple[Value, Quality, bool]]]] = [
     ({}, [(1, GOOD, True), (1, GOOD, False), (2, GOOD, True), (2.0, GOOD, False), (1, GOOD, True)]),
-    ({"absolute": 0.5}, [(10, GOOD, True), (10.5, GOOD, False), (10.6, GOOD, True),
-                         (10.2, GOOD, False), (11.2, GOOD, True), (10.6, GOOD, True)]),
+    (
+        {"absolute": 0.5},
+        [
+            (10, GOOD, True),
+            (10.5, GOOD, False),
+            (10.6, GOOD, True),
+            (10.2, GOOD, False),
+            (11.2, GOOD, True),
+            (10.6, GOOD, True),
+        ],
+    ),
     # drift adds up against the last *accepted* value
-    ({"absolute": 1.0}, [(0.0, GOOD, True), (0.6, GOOD, False), (0.9, GOOD, False),
-                         (1.2, GOOD, True)]),
+    (
+        {"absolute": 1.0},
+        [(0.0, GOOD, True), (0.6, GOOD, False), (0.9, GOOD, False), (1.2, GOOD, True)],
+    ),
     ({"absolute": 0.0}, [(5, GOOD, True), (5, GOOD, False), (5.001, GOOD, True)]),
     # percent of the last accepted value
-    ({"percent": 10}, [(100, GOOD, True), (109, GOOD, False), (111, GOOD, True),
-                       (100, GOOD, False), (99.8, GOOD, True)]),
+    (
+        {"percent": 10},
+        [
+            (100, GOOD, True),
+            (109, GOOD, False),
+            (111, GOOD, True),
+            (100, GOOD, False),
+            (99.8, GOOD, True),
+        ],
+    ),
     ({"percent": 10}, [(-50, GOOD, True), (-54, GOOD, False), (-56, GOOD, True)]),
     ({"percent": 5}, [(0, GOOD, True), (0.001, GOOD, True)]),  # 5 % of 0 is 0
     # percent of the span
-    ({"percent": 10, "span": 50}, [(0, GOOD, True), (5, GOOD, False), (5.5, GOOD, True),
-                                   (1, GOOD, False), (0.4, GOOD, True)]),
+    (
+        {"percent": 10, "span": 50},
+        [(0, GOOD, True), (5, GOOD, False), (5.5, GOOD, True), (1, GOOD, False), (0.4, GOOD, True)],
+    ),
     # absolute OR percent: whichever is passed first
-    ({"absolute": 100, "percent": 1, "span": 1000}, [(0, GOOD, True), (9, GOOD, False),
-                                                     (11, GOOD, True)]),
+    (
+        {"absolute": 100, "percent": 1, "span": 1000},
+        [(0, GOOD, True), (9, GOOD, False), (11, GOOD, True)],
+    ),
     ({"absolute": 2, "percent": 50}, [(100, GOOD, True), (103, GOOD, True)]),
     # a change of quality is always sent, with or without a value change
-    ({"absolute": 10}, [(1, GOOD, True), (1, BAD, True), (1, BAD, False), (2, BAD, False),
-                        (2, UNCERTAIN, True), (2, GOOD, True)]),
+    (
+        {"absolute": 10},
+        [
+            (1, GOOD, True),
+            (1, BAD, True),
+            (1, BAD, False),
+            (2, BAD, False),
+            (2, UNCERTAIN, True),
+            (2, GOOD, True),
+        ],
+    ),
     ({}, [(None, BAD, True), (None, BAD, False), (3, GOOD, True), (None, BAD, True)]),
     # non-numbers: any difference
     ({"absolute": 10}, [("a", GOOD, True), ("a", GOOD, False), ("b", GOOD, True)]),

@@ -17,8 +17,29 @@ def test_import_does_not_load_pint() -> None:
 
 
 ENGINEERING = [
-    "degC", "degF", "K", "%", "percent", "kW", "kWh", "bar", "psi", "Pa", "m3/h", "l/min",
-    "rpm", "A", "V", "Hz", "m^3/h", "m**3/h", "cm2", "L/s", "°C", "kg/m3", " mbar ",
+    "degC",
+    "degF",
+    "K",
+    "%",
+    "percent",
+    "kW",
+    "kWh",
+    "bar",
+    "psi",
+    "Pa",
+    "m3/h",
+    "l/min",
+    "rpm",
+    "A",
+    "V",
+    "Hz",
+    "m^3/h",
+    "m**3/h",
+    "cm2",
+    "L/s",
+    "°C",
+    "kg/m3",
+    " mbar ",
 ]
 
 

@@ -396,7 +396,8 @@ def _prune_members(findings: list[Finding], members: set[int]) -> list[Finding]:
     that fits the shape of the value; the shallower one only says the other member did not."""
     deep = [findings[i].path for i in members]
     return [
-        f for i, f in enumerate(findings)
+        f
+        for i, f in enumerate(findings)
         if i not in members
         or not any(len(d) > len(f.path) and d[: len(f.path)] == f.path for d in deep)
     ]

@@ -127,17 +127,22 @@ def load_config(path: str | os.PathLike[str], registry: Registry | None = None) 
     except PermissionError:
         raise _fail(filename, "a file this user may not read", "a readable YAML file") from None
     except OSError as exc:
-        raise _fail(filename, f"a file that cannot be read ({exc.strerror or exc})",
-                    "a readable YAML file") from None
+        raise _fail(
+            filename, f"a file that cannot be read ({exc.strerror or exc})", "a readable YAML file"
+        ) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         bad = raw[exc.start : exc.end].hex(" ")
-        raise ConfigError([LocatedProblem(
-            filename, line, column, (), f"bytes that are not UTF-8 (0x{bad})", "UTF-8 text"
-        )]) from None
+        raise ConfigError(
+            [
+                LocatedProblem(
+                    filename, line, column, (), f"bytes that are not UTF-8 (0x{bad})", "UTF-8 text"
+                )
+            ]
+        ) from None
     return load_config_text(text, filename, registry)
 
 
@@ -150,9 +155,16 @@ def load_config_text(
         registry = load_registry()
     loader = _Loader(filename, document.marks, registry)
     for issue in document.issues:
-        loader.problems.append(LocatedProblem(
-            filename, issue.mark.line, issue.mark.column, issue.path, issue.found, issue.expected
-        ))
+        loader.problems.append(
+            LocatedProblem(
+                filename,
+                issue.mark.line,
+                issue.mark.column,
+                issue.path,
+                issue.found,
+                issue.expected,
+            )
+        )
     config = loader.load(document.data, had_yaml_issues=bool(document.issues))
     if loader.problems or config is None:
         raise ConfigError(loader.problems)
@@ -198,12 +210,21 @@ class _Loader:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            for f in translate(exc.errors(include_url=False), data, model, prefix=path,
-                               root_keys=root_keys, hints=hints):
+            for f in translate(
+                exc.errors(include_url=False),
+                data,
+                model,
+                prefix=path,
+                root_keys=root_keys,
+                hints=hints,
+            ):
                 self.add(f)
         except Exception as exc:  # a plugin's validator crashed: report, do not propagate
-            self.report(path, f"an error in the config model {model.__name__}: {exc!r}",
-                        "a config its protocol plugin can read (report this to its authors)")
+            self.report(
+                path,
+                f"an error in the config model {model.__name__}: {exc!r}",
+                "a config its protocol plugin can read (report this to its authors)",
+            )
         return None
 
     # -- top level ---------------------------------------------------------------------------
@@ -239,8 +260,11 @@ class _Loader:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
-            self.report((section,), describe(raw),
-                        "a mapping of names to entries like {protocol: modbus, host: ...}")
+            self.report(
+                (section,),
+                describe(raw),
+                "a mapping of names to entries like {protocol: modbus, host: ...}",
+            )
             return {}
         entries: dict[str, DeviceEntry] = {}
         for name, body in raw.items():
@@ -248,14 +272,21 @@ class _Loader:
             if name in self.declared:
                 other = self.declared[name].section
                 first = self.marks.key((other, name)).line
-                self.report(path, f"the name {name!r} again (first in {other} at line {first})",
-                            "names used once across devices and endpoints", "key")
+                self.report(
+                    path,
+                    f"the name {name!r} again (first in {other} at line {first})",
+                    "names used once across devices and endpoints",
+                    "key",
+                )
                 continue
             self.declared[name] = _Declared(section)
             if not _NAME.match(name):
-                self.report(path, f"the name {name!r}",
-                            "a name of letters, digits, '_', '-' and '.' (it is used in topics)",
-                            "key")
+                self.report(
+                    path,
+                    f"the name {name!r}",
+                    "a name of letters, digits, '_', '-' and '.' (it is used in topics)",
+                    "key",
+                )
             entry = self.entry(section, name, body)
             if entry is not None:
                 entries[name] = entry
@@ -266,8 +297,12 @@ class _Loader:
         path: Path = (section, name)
         installed = ", ".join(sorted(self.registry.specs)) or "none installed"
         if not isinstance(body, dict):
-            self.report(path, describe(body), f"a mapping with protocol ({installed}) and its "
-                        "settings", "key" if body is None else "value")
+            self.report(
+                path,
+                describe(body),
+                f"a mapping with protocol ({installed}) and its settings",
+                "key" if body is None else "value",
+            )
             return None
         protocol = body.get("protocol")
         if "protocol" not in body:
@@ -290,8 +325,11 @@ class _Loader:
         role = body.get("role", spec.roles[0] if spec.roles else "")
         role_ok = isinstance(role, str) and role in spec.roles
         if not role_ok:
-            self.report((*path, "role"), show(role),
-                        f"one of: {', '.join(spec.roles)} ({protocol} has no other role)")
+            self.report(
+                (*path, "role"),
+                show(role),
+                f"one of: {', '.join(spec.roles)} ({protocol} has no other role)",
+            )
         settings = {k: v for k, v in body.items() if k != "role"}
         if "protocol" not in spec.config_model.model_fields:
             del settings["protocol"]
@@ -308,8 +346,11 @@ class _Loader:
         try:
             problems = list(check())
         except Exception as exc:
-            self.report(path, f"an error in {type(config).__name__}.check(): {exc!r}",
-                        "a config its protocol plugin can check (report this to its authors)")
+            self.report(
+                path,
+                f"an error in {type(config).__name__}.check(): {exc!r}",
+                "a config its protocol plugin can check (report this to its authors)",
+            )
             return False
         for problem in problems:
             self.add(Finding.of(problem, path))
@@ -321,8 +362,11 @@ class _Loader:
         if raw is None:
             return []
         if not isinstance(raw, list):
-            self.report(("bridges",), describe(raw),
-                        "a list of bridges like - {name: ..., from: ..., to: ...}")
+            self.report(
+                ("bridges",),
+                describe(raw),
+                "a list of bridges like - {name: ..., from: ..., to: ...}",
+            )
             return []
         out: list[BridgeConfig] = []
         names: dict[str, int] = {}
@@ -341,10 +385,15 @@ class _Loader:
         options = {k: v for k, v in body.items() if k not in BRIDGE_KEYS}
         targets = self.targets()
         hint = f" (one of: {listing(targets)})" if targets else ""
-        keys = self.validate(BridgeKeys, own, path, hints={
-            "to": f"key 'to' naming the device or endpoint to send to{hint}",
-            "from": "key 'from' naming the device(s) whose points to send",
-        })
+        keys = self.validate(
+            BridgeKeys,
+            own,
+            path,
+            hints={
+                "to": f"key 'to' naming the device or endpoint to send to{hint}",
+                "from": "key 'from' naming the device(s) whose points to send",
+            },
+        )
         target = own.get("to")
         route = self.route(path, target, options)
         if not isinstance(keys, BridgeKeys):
@@ -353,8 +402,11 @@ class _Loader:
         if keys.name in names:
             first = names[keys.name]
             line = self.marks.value(("bridges", first, "name")).line
-            self.report((*path, "name"), f"{keys.name!r} again",
-                        f"a bridge name not already used (bridges[{first}] at line {line})")
+            self.report(
+                (*path, "name"),
+                f"{keys.name!r} again",
+                f"a bridge name not already used (bridges[{first}] at line {line})",
+            )
             ok = False
         names.setdefault(keys.name, i)
         sources = self.sources(path, keys.from_)
@@ -362,8 +414,11 @@ class _Loader:
         if sources is None or route is None:
             return None
         if keys.to in sources:
-            self.report((*path, "to"), f"{keys.to!r}, which is also a source of the bridge",
-                        "a target other than the sources")
+            self.report(
+                (*path, "to"),
+                f"{keys.to!r}, which is also a source of the bridge",
+                "a target other than the sources",
+            )
             ok = False
         ok = self.selection(path, sources, points, keys.units) and ok
         if not ok:
@@ -379,14 +434,18 @@ class _Loader:
         else:
             items = [((*path, "from", j), s) for j, s in enumerate(raw)]
             if not items:
-                self.report((*path, "from"), "an empty list",
-                            "at least one device or endpoint name")
+                self.report(
+                    (*path, "from"), "an empty list", "at least one device or endpoint name"
+                )
                 return None
         ok = True
         for where, name in items:
             if name not in self.declared:
-                self.report(where, repr(name),
-                            choices(name, list(self.declared), "a device or endpoint name"))
+                self.report(
+                    where,
+                    repr(name),
+                    choices(name, list(self.declared), "a device or endpoint name"),
+                )
                 ok = False
         return tuple(name for _, name in items) if ok else None
 
@@ -396,8 +455,11 @@ class _Loader:
             return None  # no or a bad 'to': reported by BridgeKeys
         declared = self.declared.get(target)
         if declared is None:
-            self.report((*path, "to"), repr(target),
-                        choices(target, list(self.declared), "a device or endpoint name"))
+            self.report(
+                (*path, "to"),
+                repr(target),
+                choices(target, list(self.declared), "a device or endpoint name"),
+            )
             return None
         spec = declared.spec
         if spec is None:
@@ -405,13 +467,19 @@ class _Loader:
         if spec.route_model is None:
             can = sorted(n for n, s in self.registry.specs.items() if s.route_model is not None)
             yes = f"{', '.join(can)} can be a bridge target" if can else "no protocol can"
-            self.report((*path, "to"), f"{target!r}, a {spec.name} {declared.section[:-1]}",
-                        f"a target whose protocol can receive ({yes}; {spec.name} cannot yet)")
+            self.report(
+                (*path, "to"),
+                f"{target!r}, a {spec.name} {declared.section[:-1]}",
+                f"a target whose protocol can receive ({yes}; {spec.name} cannot yet)",
+            )
             return None
         return self.validate(spec.route_model, options, path, BRIDGE_KEYS)
 
     def selection(
-        self, path: Path, sources: tuple[str, ...], points: tuple[str, ...],
+        self,
+        path: Path,
+        sources: tuple[str, ...],
+        points: tuple[str, ...],
         units: dict[str, str],
     ) -> bool:
         """Point globs that select nothing, and units that cannot apply to what they select."""
@@ -422,17 +490,22 @@ class _Loader:
         names = list(dict.fromkeys(p.name for p in known))
         for j, glob in enumerate(points):
             if not fnmatch.filter(names, glob):
-                self.report((*path, "points", j),
-                            f"{glob!r}, which matches no point of {', '.join(sources)}",
-                            f"a glob matching some of: {listing(names)}")
+                self.report(
+                    (*path, "points", j),
+                    f"{glob!r}, which matches no point of {', '.join(sources)}",
+                    f"a glob matching some of: {listing(names)}",
+                )
                 ok = False
         selected = [p for p in known if any(fnmatch.fnmatchcase(p.name, g) for g in points)]
         chosen = list(dict.fromkeys(p.name for p in selected))
         for glob in units:
             if not any(fnmatch.fnmatchcase(n, glob) for n in chosen):
-                self.report((*path, "units", glob),
-                            f"{glob!r}, which matches no point the bridge selects",
-                            f"a glob matching some of: {listing(chosen)}", "key")
+                self.report(
+                    (*path, "units", glob),
+                    f"{glob!r}, which matches no point the bridge selects",
+                    f"a glob matching some of: {listing(chosen)}",
+                    "key",
+                )
                 ok = False
         return self.units(path, units, selected) and ok
 
@@ -475,16 +548,20 @@ class _Loader:
             try:
                 fits = compatible(point.unit, units[rule])
             except ValueError as exc:
-                self.report(point.path, repr(point.unit),
-                            f"a known unit, to convert it to {units[rule]} ({exc})")
+                self.report(
+                    point.path,
+                    repr(point.unit),
+                    f"a known unit, to convert it to {units[rule]} ({exc})",
+                )
                 ok = False
                 continue
             if not fits:
                 wrong.setdefault(rule, []).append(f"{point.name!r} ({point.unit})")
         for glob, bad in wrong.items():
             whose = "the points' units convert" if len(bad) > 1 else "the point's unit converts"
-            self.report((*path, "units", glob), f"{units[glob]!r} for {listing(bad)}",
-                        f"a unit {whose} to")
+            self.report(
+                (*path, "units", glob), f"{units[glob]!r} for {listing(bad)}", f"a unit {whose} to"
+            )
             ok = False
         return ok
 

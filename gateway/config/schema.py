@@ -38,14 +38,18 @@ def _model_schema(model: type[BaseModel], namespace: str, defs: dict[str, Any]) 
     return schema
 
 
-def _entry_schema(name: str, spec_model: type[BaseModel], roles: tuple[str, ...],
-                  defs: dict[str, Any]) -> dict[str, Any]:
+def _entry_schema(
+    name: str, spec_model: type[BaseModel], roles: tuple[str, ...], defs: dict[str, Any]
+) -> dict[str, Any]:
     schema = _model_schema(spec_model, name, defs)
     props: dict[str, Any] = dict(schema.get("properties", {}))
     props["protocol"] = {"const": name, "description": f"protocol plugin {name!r}"}
     if roles:
-        props["role"] = {"enum": list(roles), "default": roles[0],
-                         "description": "adapter role; default the first"}
+        props["role"] = {
+            "enum": list(roles),
+            "default": roles[0],
+            "description": "adapter role; default the first",
+        }
     schema["properties"] = props
     required = [r for r in schema.get("required", []) if r not in ENTRY_KEYS]
     schema["required"] = ["protocol", *required]
@@ -80,9 +84,7 @@ def _bridge_schema(registry: Registry, defs: dict[str, Any]) -> dict[str, Any]:
 def json_schema(registry: Registry) -> dict[str, Any]:
     """The JSON Schema of a whole config file with the protocols of ``registry``."""
     defs: dict[str, Any] = {}
-    entries = [
-        {"$ref": f"#/$defs/{name}.entry"} for name in sorted(registry.specs)
-    ]
+    entries = [{"$ref": f"#/$defs/{name}.entry"} for name in sorted(registry.specs)]
     for name, spec in sorted(registry.specs.items()):
         defs[f"{name}.entry"] = _entry_schema(name, spec.config_model, spec.roles, defs)
     defs["entry"] = {

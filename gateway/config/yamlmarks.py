@@ -114,12 +114,20 @@ class _Converter:
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
         if id(node) in self.active:
-            self.issue(path, _mark_of(node), "an alias used inside its own anchor",
-                       "a value that does not contain itself")
+            self.issue(
+                path,
+                _mark_of(node),
+                "an alias used inside its own anchor",
+                "a value that does not contain itself",
+            )
             return None
         if node.tag not in PLAIN_COLLECTION_TAGS:
-            self.issue(path, _mark_of(node), f"the tag {node.tag!r}",
-                       "a plain YAML list or mapping (no tags)")
+            self.issue(
+                path,
+                _mark_of(node),
+                f"the tag {node.tag!r}",
+                "a plain YAML list or mapping (no tags)",
+            )
         self.active.add(id(node))
         try:
             if isinstance(node, SequenceNode):
@@ -135,8 +143,12 @@ class _Converter:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc)
-            self.issue(path, _mark_of(node), f"{node.value!r} ({problem})",
-                       "a plain YAML value (no custom tags)")
+            self.issue(
+                path,
+                _mark_of(node),
+                f"{node.value!r} ({problem})",
+                "a plain YAML value (no custom tags)",
+            )
             return None
 
     def key_of(self, node: Node, path: Path) -> str | None:
@@ -169,9 +181,12 @@ class _Converter:
                 continue
             key_mark = _mark_of(key_node)
             if key in own_marks:
-                self.issue((*path, key), key_mark,
-                           f"key {key!r} appears twice (first at line {own_marks[key].line})",
-                           "each key once in a mapping")
+                self.issue(
+                    (*path, key),
+                    key_mark,
+                    f"key {key!r} appears twice (first at line {own_marks[key].line})",
+                    "each key once in a mapping",
+                )
             else:
                 own_marks[key] = key_mark
             # A repeated key keeps the last value (as yaml.safe_load does) and its position.
@@ -187,8 +202,12 @@ class _Converter:
             isinstance(item, MappingNode) for item in node.value
         ):
             return [item for item in node.value if isinstance(item, MappingNode)]
-        self.issue(path, _mark_of(node), "a merge key ('<<') with something else than a mapping",
-                   "'<<: *anchor' naming a mapping, or a list of them")
+        self.issue(
+            path,
+            _mark_of(node),
+            "a merge key ('<<') with something else than a mapping",
+            "'<<: *anchor' naming a mapping, or a list of them",
+        )
         return []
 
 
@@ -224,10 +243,18 @@ def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> Document:
         try:
             data = converter.convert(root, ())
         except _TooLarge:
-            return Document(None, Marks(), [YamlIssue(
-                (), START, f"more than {MAX_NODES} values once aliases are expanded",
-                "a config that does not multiply aliases",
-            )])
+            return Document(
+                None,
+                Marks(),
+                [
+                    YamlIssue(
+                        (),
+                        START,
+                        f"more than {MAX_NODES} values once aliases are expanded",
+                        "a config that does not multiply aliases",
+                    )
+                ],
+            )
         except RecursionError:
             return Document(None, Marks(), [_too_deep()])
         return Document(data, converter.marks, converter.issues)
@@ -241,8 +268,12 @@ def _yaml_issue(exc: yaml.YAMLError, text: str) -> YamlIssue:
     if isinstance(exc, yaml.reader.ReaderError):
         char = exc.character
         shown = f"{char!r}" if isinstance(char, str) else f"#x{char:04x}"
-        return YamlIssue((), _position_mark(text, exc.position),
-                         f"the character {shown} ({exc.reason})", "printable text")
+        return YamlIssue(
+            (),
+            _position_mark(text, exc.position),
+            f"the character {shown} ({exc.reason})",
+            "printable text",
+        )
     return YamlIssue((), START, f"invalid YAML: {exc}", "well-formed YAML")
 
 
@@ -262,13 +293,19 @@ def _syntax_issue(exc: yaml.MarkedYAMLError) -> YamlIssue:
     context = exc.context or ""
     if problem.startswith("but found ") and context.startswith("expected "):
         # ComposerError and friends: "expected a single document ..., but found another ..."
-        return YamlIssue((), where, f"invalid YAML: {problem.removeprefix('but found ')}",
-                         context.removeprefix("expected "))
+        return YamlIssue(
+            (),
+            where,
+            f"invalid YAML: {problem.removeprefix('but found ')}",
+            context.removeprefix("expected "),
+        )
     found = f"invalid YAML: {problem}"
     if context:
         found += f" ({context}"
-        if exc.context_mark is not None and exc.problem_mark is not None and (
-            exc.context_mark.line != exc.problem_mark.line
+        if (
+            exc.context_mark is not None
+            and exc.problem_mark is not None
+            and (exc.context_mark.line != exc.problem_mark.line)
         ):
             found += f" started at line {exc.context_mark.line + 1}"
         found += ")"
