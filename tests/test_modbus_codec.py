@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 
@@ -47,7 +48,7 @@ KNOWN: list[tuple[DataType, bool | int | float | str, dict[ByteOrder, list[int]]
     ),
     (
         D.FLOAT32,
-        3.1415927410125732,
+        3.1415927,  # float32 pi (0x40490FDB) in its shortest decimal form
         {
             ABCD: [0x4049, 0x0FDB],
             BADC: [0x4940, 0xDB0F],
@@ -286,7 +287,10 @@ def test_round_trip(dtype: DataType, value: bool | int | float, order: ByteOrder
     assert len(registers) == register_count(dtype)
     assert all(0 <= r <= 0xFFFF for r in registers)
     back = decode(registers, dtype, order)
-    assert back == value
+    if dtype is D.FLOAT32:  # the same float32, in its shortest decimal form
+        assert struct.pack(">f", back) == struct.pack(">f", value)
+    else:
+        assert back == value
     if isinstance(value, float):
         assert math.copysign(1.0, back) == math.copysign(1.0, value)  # -0.0 stays negative
 
@@ -482,3 +486,13 @@ def test_decoder_is_precompiled_once() -> None:
 def test_plain_strings_name_type_and_order() -> None:
     assert decode([0x0000, 0x3F80], "float32", "CDAB") == 1.0  # type: ignore[arg-type]
     assert encode("AB", "string", "BADC") == [0x4241]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("widened", "shown"),
+    [(1.1546930074691772, 1.154693), (68.94191284179688, 68.94191), (0.10000000149011612, 0.1)],
+)
+def test_float32_decodes_to_its_shortest_decimal(widened: float, shown: float) -> None:
+    registers = encode(widened, D.FLOAT32)
+    assert decode(registers, D.FLOAT32) == shown
+    assert struct.pack(">f", shown) == struct.pack(">f", widened)

@@ -163,6 +163,22 @@ def decoder(
     return fn
 
 
+def shortest_float32(value: float, raw: bytes, value_struct: struct.Struct) -> float:
+    """The shortest decimal that is the same float32: 1.154693, not 1.1546930074691772.
+
+    A float32 widened to a Python float prints with float64's digits, which the device never
+    had; the shortest round-trip form (at most 9 significant digits) is exact and readable.
+    """
+    if value != value or value in (math.inf, -math.inf):
+        return value
+    pack = value_struct.pack
+    for digits in (6, 7, 8):
+        candidate = float(f"{value:.{digits}g}")
+        if pack(candidate) == raw:
+            return candidate
+    return float(f"{value:.9g}")
+
+
 def _make_decoder(
     dtype: DataType, order: ByteOrder, bit: int | None, length: int | None
 ) -> Decoder:
@@ -174,6 +190,17 @@ def _make_decoder(
     fmt, count = _NUMERIC[dtype]
     regs, value_struct = _structs(fmt, count, order)
     pack, unpack = regs.pack, value_struct.unpack
+
+    if dtype is DataType.FLOAT32:
+
+        def decode_float32(registers: Sequence[int]) -> Decoded:
+            try:
+                raw = pack(*registers)
+            except struct.error:
+                raise _register_error(registers, count, dtype) from None
+            return shortest_float32(unpack(raw)[0], raw, value_struct)
+
+        return decode_float32
 
     def decode_numeric(registers: Sequence[int]) -> Decoded:
         try:
