@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from gateway.bus import Bus
 from gateway.types import Message, PointSpec
+
+if TYPE_CHECKING:
+    from gateway.bridge import Bridge
+    from gateway.commands import CommandRouter
 
 
 def raise_if_cancelling() -> None:
@@ -34,9 +38,12 @@ def raise_if_cancelling() -> None:
 class AdapterContext:
     """What the gateway hands every adapter."""
 
-    def __init__(self, bus: Bus, gateway_name: str) -> None:
+    def __init__(self, bus: Bus, gateway_name: str, router: CommandRouter | None = None) -> None:
+        from gateway.commands import CommandRouter
+
         self.bus = bus
         self.gateway_name = gateway_name
+        self.router = router if router is not None else CommandRouter(bus)
 
 
 class Adapter(abc.ABC):
@@ -54,6 +61,13 @@ class Adapter(abc.ABC):
     def points(self) -> list[PointSpec]:
         """Points this adapter produces (sources); empty for pure sinks."""
         return []
+
+    def attach(self, bridge: Bridge) -> None:
+        """Called before start for every bridge that targets this adapter.
+
+        A target that serves points (an OPC UA or Modbus server) reads ``bridge.points()`` to
+        build its address space and calls ``bridge.write(...)`` when a client writes."""
+        return None
 
     async def __aenter__(self) -> Adapter:
         return self

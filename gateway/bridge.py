@@ -1,6 +1,8 @@
-"""A bridge: one declared route from source devices to a target adapter.
+"""A bridge: one declared route from source devices to a target adapter, and back.
 
-select (which points) -> transform (units) -> sink (the target adapter's ``send``).
+Up: select (which points) -> transform (units) -> sink (the target adapter's ``send``).
+Down: a target that serves the points (an OPC UA server) writes through ``Bridge.write``, which
+undoes the unit conversion and hands the write to the command router and its safety rules.
 
 Each bridge has its own bus subscription, so a slow target only backs up its own queue. The
 queue drops the oldest message when full (live telemetry: the newest value wins) and counts it;
@@ -17,7 +19,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.bus import Bus, OverflowPolicy, Subscription
-from gateway.types import Sample, telemetry_topic
+from gateway.commands import CommandRouter, WriteResult, WriteStatus
+from gateway.types import PointSpec, Sample, Value, telemetry_topic
 
 if TYPE_CHECKING:
     from gateway.adapter import Adapter
@@ -49,6 +52,13 @@ class PointTransform:
                 return (target, converter(unit, target))
         return (unit, None)
 
+    def selects(self, point: str) -> bool:
+        return any(fnmatch.fnmatchcase(point, g) for g in self._globs)
+
+    def target_unit(self, point: str, unit: str | None) -> str | None:
+        decision = self._decide(point, unit)
+        return None if decision is None else decision[0]
+
     def apply(self, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
         out: list[Sample] = []
         plan = self._plan
@@ -73,9 +83,18 @@ class PointTransform:
 
 class Bridge:
     def __init__(
-        self, config: BridgeConfig, bus: Bus, target: Adapter, *, queue_size: int = 10000
+        self,
+        config: BridgeConfig,
+        bus: Bus,
+        target: Adapter,
+        *,
+        router: CommandRouter | None = None,
+        sources: dict[str, list[PointSpec]] | None = None,
+        queue_size: int = 10000,
     ) -> None:
         self.config = config
+        self.router = router
+        self._sources = sources or {}
         self.name = config.name
         self.bus = bus
         self.target = target
@@ -84,6 +103,48 @@ class Bridge:
         self.forwarded = 0
         self.failed = 0
         self._subs: list[Subscription] = []
+
+    def points(self) -> dict[str, list[PointSpec]]:
+        """The points this bridge carries, per source device, as the target sees them:
+        filtered by the bridge's globs, in the bridge's units (range converted too)."""
+        out: dict[str, list[PointSpec]] = {}
+        for device in self.config.sources:
+            specs = []
+            for p in self._sources.get(device, []):
+                if not self.transform.selects(p.name):
+                    continue
+                unit = self.transform.target_unit(p.name, p.unit)
+                if unit != p.unit and p.unit is not None and unit is not None:
+                    from gateway.units import converter
+
+                    conv = converter(p.unit, unit)
+                    low = None if p.low is None else conv(p.low)
+                    high = None if p.high is None else conv(p.high)
+                    if low is not None and high is not None and low > high:
+                        low, high = high, low
+                    p = replace(p, unit=unit, low=low, high=high)
+                specs.append(p)
+            out[device] = specs
+        return out
+
+    async def write(self, device: str, point: str, value: Value, *, origin: str) -> WriteResult:
+        """A write from the target side: back to source units, then the router's safety rules."""
+        if self.router is None or device not in self.config.sources:
+            return WriteResult(
+                WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {device}"
+            )
+        if not self.transform.selects(point):
+            return WriteResult(
+                WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {point}"
+            )
+        spec = next((p for p in self._sources.get(device, []) if p.name == point), None)
+        if spec is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            unit = self.transform.target_unit(point, spec.unit)
+            if unit is not None and spec.unit is not None and unit != spec.unit:
+                from gateway.units import converter
+
+                value = converter(unit, spec.unit)(float(value))
+        return await self.router.write(device, point, value, origin=origin)
 
     def subscribe(self) -> None:
         """Subscribe before adapters start, so the first readings are not missed."""

@@ -43,6 +43,9 @@ class ProtocolSpec:
     adapters: dict[str, str]
     # Pydantic model of a bridge target's options when this protocol is the sink, if it can be.
     route_model: type[BaseModel] | None = None
+    # Per-role overrides, for protocols whose client and server take different settings.
+    role_models: dict[str, type[BaseModel]] = field(default_factory=dict)
+    route_models: dict[str, type[BaseModel] | None] = field(default_factory=dict)
     capabilities: tuple[str, ...] = ()
     extra: str | None = None  # pip extra that installs the protocol library
     requires: tuple[str, ...] = ()  # importable modules the adapters need
@@ -52,6 +55,14 @@ class ProtocolSpec:
     @property
     def roles(self) -> tuple[str, ...]:
         return tuple(self.adapters)
+
+    def model_for(self, role: str) -> type[BaseModel]:
+        """The config model of a `devices:` entry in ``role``."""
+        return self.role_models.get(role, self.config_model)
+
+    def route_model_for(self, role: str) -> type[BaseModel] | None:
+        """The bridge-target options when an entry in ``role`` is a bridge's ``to``."""
+        return self.route_models.get(role, self.route_model)
 
     def install_hint(self) -> str:
         if self.extra:

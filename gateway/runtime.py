@@ -23,6 +23,7 @@ from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.bridge import Bridge
 from gateway.bus import Bus
+from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
 
@@ -37,12 +38,21 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *, bus: Bus | None = None) -> None:
         self.config = config
         self.bus = bus or Bus()
-        self.context = AdapterContext(self.bus, config.gateway.name)
+        self.router = CommandRouter(self.bus)
+        self.context = AdapterContext(self.bus, config.gateway.name, self.router)
         self.adapters: dict[str, Adapter] = {}
         for name, entry in config.devices.items():
             cls = entry.spec.adapter_class(entry.role)
             self.adapters[name] = cls(name, entry.config, self.context)
-        self.bridges = [Bridge(b, self.bus, self.adapters[b.target]) for b in config.bridges]
+        sources = {name: a.points() for name, a in self.adapters.items()}
+        for name, points in sources.items():
+            self.router.declare(name, points)
+        self.bridges = [
+            Bridge(b, self.bus, self.adapters[b.target], router=self.router, sources=sources)
+            for b in config.bridges
+        ]
+        for bridge in self.bridges:
+            bridge.target.attach(bridge)
         self._targets = {b.target for b in config.bridges}
         self.started = asyncio.Event()
 
@@ -51,6 +61,7 @@ class Gateway:
             "adapters": {name: a.status() for name, a in self.adapters.items()},
             "bridges": {b.name: b.status() for b in self.bridges},
             "bus": {"published": self.bus.published, "unrouted": self.bus.unrouted},
+            "writes": self.router.status(),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -92,6 +103,7 @@ class Gateway:
                 await self._drain()
                 await _cancel(bridges)
                 await _cancel([t for n, t in sources.items() if n in self._targets])
+                self.router.close()
         log.info("gateway %s stopped", self.config.gateway.name)
 
     def summary(self) -> str:

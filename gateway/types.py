@@ -60,6 +60,7 @@ class PointSpec:
     description: str = ""
     low: float | None = None  # engineering limits (EURange); also the write range check
     high: float | None = None
+    write_rate: float | None = None  # writes per second allowed; None: the gateway default
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,6 +182,11 @@ class _Declared:
     section: str
     spec: ProtocolSpec | None = None
     entry: DeviceEntry | None = None
+    role: str = ""
+
+    @property
+    def route_model(self) -> type[BaseModel] | None:
+        return None if self.spec is None else self.spec.route_model_for(self.role)
 
 
 @dataclass
@@ -331,9 +336,12 @@ class _Loader:
                 f"one of: {', '.join(spec.roles)} ({protocol} has no other role)",
             )
         settings = {k: v for k, v in body.items() if k != "role"}
-        if "protocol" not in spec.config_model.model_fields:
+        if role_ok:
+            self.declared[name].role = str(role)
+        model = spec.model_for(str(role)) if role_ok else spec.config_model
+        if "protocol" not in model.model_fields:
             del settings["protocol"]
-        config = self.validate(spec.config_model, settings, path, ENTRY_KEYS)
+        config = self.validate(model, settings, path, ENTRY_KEYS)
         if config is None or not self.checked(config, path) or not role_ok:
             return None
         return DeviceEntry(name, protocol, str(role), spec, config, section)
@@ -426,7 +434,7 @@ class _Loader:
         return BridgeConfig(keys.name, sources, points, keys.to, dict(keys.units), route)
 
     def targets(self) -> list[str]:
-        return [n for n, d in self.declared.items() if d.spec and d.spec.route_model]
+        return [n for n, d in self.declared.items() if d.route_model is not None]
 
     def sources(self, path: Path, raw: str | list[str]) -> tuple[str, ...] | None:
         if isinstance(raw, str):
@@ -464,16 +472,23 @@ class _Loader:
         spec = declared.spec
         if spec is None:
             return None  # its entry is invalid; reported there
-        if spec.route_model is None:
-            can = sorted(n for n, s in self.registry.specs.items() if s.route_model is not None)
+        route_model = declared.route_model
+        if route_model is None:
+            can = sorted(
+                f"{n} ({role})" if role else n
+                for n, s in self.registry.specs.items()
+                for role in ("", *s.route_models)
+                if (s.route_models.get(role) if role else s.route_model) is not None
+            )
             yes = f"{', '.join(can)} can be a bridge target" if can else "no protocol can"
+            what = f"{spec.name} {declared.role}" if spec.route_models else spec.name
             self.report(
                 (*path, "to"),
-                f"{target!r}, a {spec.name} {declared.section[:-1]}",
-                f"a target whose protocol can receive ({yes}; {spec.name} cannot yet)",
+                f"{target!r}, a {what} {declared.section[:-1]}",
+                f"a target whose protocol can receive ({yes}; {what} cannot yet)",
             )
             return None
-        return self.validate(spec.route_model, options, path, BRIDGE_KEYS)
+        return self.validate(route_model, options, path, BRIDGE_KEYS)
 
     def selection(
         self,

@@ -39,9 +39,14 @@ def _model_schema(model: type[BaseModel], namespace: str, defs: dict[str, Any]) 
 
 
 def _entry_schema(
-    name: str, spec_model: type[BaseModel], roles: tuple[str, ...], defs: dict[str, Any]
+    name: str,
+    spec_model: type[BaseModel],
+    roles: tuple[str, ...],
+    defs: dict[str, Any],
+    *,
+    role_required: bool = False,
 ) -> dict[str, Any]:
-    schema = _model_schema(spec_model, name, defs)
+    schema = _model_schema(spec_model, f"{name}.{roles[0]}" if role_required else name, defs)
     props: dict[str, Any] = dict(schema.get("properties", {}))
     props["protocol"] = {"const": name, "description": f"protocol plugin {name!r}"}
     if roles:
@@ -52,7 +57,7 @@ def _entry_schema(
         }
     schema["properties"] = props
     required = [r for r in schema.get("required", []) if r not in ENTRY_KEYS]
-    schema["required"] = ["protocol", *required]
+    schema["required"] = ["protocol", *(["role"] if role_required else []), *required]
     schema["additionalProperties"] = False
     return schema
 
@@ -61,10 +66,14 @@ def _bridge_schema(registry: Registry, defs: dict[str, Any]) -> dict[str, Any]:
     schema = _model_schema(BridgeKeys, "bridge", defs)
     props: dict[str, Any] = dict(schema.get("properties", {}))
     options: dict[str, list[dict[str, Any]]] = {}
-    for name, spec in sorted(registry.specs.items()):
-        if spec.route_model is None:
-            continue
-        route = _model_schema(spec.route_model, name, defs)
+    targets = [
+        (f"{name}.{role}" if role else name, model)
+        for name, spec in sorted(registry.specs.items())
+        for role, model in [("", spec.route_model), *spec.route_models.items()]
+        if model is not None
+    ]
+    for name, route_model in targets:
+        route = _model_schema(route_model, name, defs)
         for key, sub in route.get("properties", {}).items():
             if key in BRIDGE_KEYS:
                 continue  # the loader takes these as the bridge's own keys
@@ -84,9 +93,18 @@ def _bridge_schema(registry: Registry, defs: dict[str, Any]) -> dict[str, Any]:
 def json_schema(registry: Registry) -> dict[str, Any]:
     """The JSON Schema of a whole config file with the protocols of ``registry``."""
     defs: dict[str, Any] = {}
-    entries = [{"$ref": f"#/$defs/{name}.entry"} for name in sorted(registry.specs)]
+    entries = []
     for name, spec in sorted(registry.specs.items()):
-        defs[f"{name}.entry"] = _entry_schema(name, spec.config_model, spec.roles, defs)
+        if not spec.role_models:
+            defs[f"{name}.entry"] = _entry_schema(name, spec.config_model, spec.roles, defs)
+            entries.append({"$ref": f"#/$defs/{name}.entry"})
+            continue
+        for i, role in enumerate(spec.roles):  # one entry per role; all but the default say so
+            key = f"{name}.{role}.entry"
+            defs[key] = _entry_schema(
+                name, spec.model_for(role), (role,), defs, role_required=i > 0
+            )
+            entries.append({"$ref": f"#/$defs/{key}"})
     defs["entry"] = {
         "type": "object",
         "description": "A connection; 'protocol' picks the plugin that validates the rest.",

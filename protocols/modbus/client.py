@@ -22,6 +22,7 @@ from pymodbus.exceptions import ModbusException
 
 from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
+from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.transform import DeadbandFilter, Scaling
 from gateway.types import Access, Message, PointSpec, Quality, Sample
 from protocols.modbus.codec import (
@@ -31,7 +32,6 @@ from protocols.modbus.codec import (
     Table,
     decoder,
     encode,
-    get_bit,
     set_bit,
 )
 from protocols.modbus.config import ModbusDevice, ModbusPoint
@@ -60,7 +60,7 @@ def exception_reason(code: int) -> str:
     return f"exception {code:02d} ({EXCEPTION_NAMES.get(code, 'unknown')})"
 
 
-class ModbusWriteError(Exception):
+class ModbusWriteError(WriteRefused):
     """A write was refused by the device or could not be delivered."""
 
 
@@ -123,6 +123,15 @@ class ModbusClientAdapter(Adapter):
                     max_registers=config.max_registers,
                     max_bits=config.max_bits,
                 )
+        # One-request plans to read a point back right after writing it.
+        self._readback = {
+            p.config.name: plan_reads(
+                [ReadItem(p.unit, p.config.table, p.config.address, p.config.count, i)],
+                max_gap=0,
+            )
+            for i, p in enumerate(self._points)
+            if p.config.writable
+        }
         self._client: AsyncModbusTcpClient | None = None
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
@@ -155,6 +164,7 @@ class ModbusClientAdapter(Adapter):
                 description=p.config.description,
                 low=p.config.low,
                 high=p.config.high,
+                write_rate=p.config.write_rate,
             )
             for p in self._points
         ]
@@ -183,6 +193,8 @@ class ModbusClientAdapter(Adapter):
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._keep_connected())
+            if self._readback:
+                tg.create_task(serve_commands(self.bus, self.name, self.write_and_read_back))
             for group, plan in self._plans.items():
                 interval = self.config.poll_groups[group].interval
                 tg.create_task(self._poll_forever(group, plan, interval))
@@ -364,17 +376,29 @@ class ModbusClientAdapter(Adapter):
 
     # -- writes (used by write-back paths of later releases) -------------------------------
 
+    async def write_and_read_back(self, point: str, value: Any) -> None:
+        """The command handler: write, then read the point back so the new value goes up now
+        (through the deadband, like any poll) instead of at the next poll."""
+        await self.write(point, value)
+        samples = await self.poll(self._readback[point])
+        if samples:
+            await self.bus.publish(Message.telemetry(self.name, tuple(samples)))
+
     async def write(self, point: str, value: bool | int | float | str) -> None:
         """Write one point: reverse scaling and byte order, then the right function code."""
         p = self._by_name.get(point)
         if p is None:
-            raise ModbusWriteError(f"{self.name} has no point {point!r}")
+            raise ModbusWriteError(WriteStatus.UNKNOWN_POINT, f"{self.name} has no point {point!r}")
         cfg = p.config
         if not cfg.writable:
-            raise ModbusWriteError(f"{self.name}/{point} is not writable")
+            raise ModbusWriteError(WriteStatus.NOT_WRITABLE, f"{self.name}/{point} is not writable")
+        if value is None or isinstance(value, (dict, list)):
+            raise ModbusWriteError(WriteStatus.BAD_VALUE, f"{value!r} cannot be written to {point}")
         client = self._client
         if client is None or not self._connected.is_set():
-            raise ModbusWriteError(f"{self.name} is unreachable")
+            raise ModbusWriteError(
+                WriteStatus.UNREACHABLE, f"{self.name} is unreachable ({self._down_reason})"
+            )
         self.counters["writes"] += 1
         try:
             if cfg.table is Table.COIL:
@@ -385,10 +409,11 @@ class ModbusClientAdapter(Adapter):
                         cfg.address, count=1, device_id=p.unit
                     )
                     if cur.isError():
-                        raise ModbusWriteError(f"reading {point} before setting its bit failed")
+                        raise ModbusWriteError(
+                            WriteStatus.DEVICE_ERROR,
+                            f"reading {point} before setting its bit failed",
+                        )
                     reg = set_bit(cur.registers[0], cfg.bit, bool(value))
-                    if get_bit(reg, cfg.bit) != bool(value):
-                        raise ModbusWriteError("bit did not take")
                     rr = await client.write_register(cfg.address, reg, device_id=p.unit)
             else:
                 raw: bool | int | float | str = value
@@ -400,9 +425,13 @@ class ModbusClientAdapter(Adapter):
                 else:
                     rr = await client.write_registers(cfg.address, regs, device_id=p.unit)
         except (ModbusException, OSError, TimeoutError) as exc:
-            raise ModbusWriteError(f"{self.name}/{point}: {self._io_failed(exc)}") from None
-        except CodecError as exc:
-            raise ModbusWriteError(f"{self.name}/{point}: {exc}") from None
+            reason = self._io_failed(exc)
+            status = WriteStatus.TIMEOUT if reason == "timeout" else WriteStatus.UNREACHABLE
+            raise ModbusWriteError(status, f"{self.name}/{point}: {reason}") from None
+        except (CodecError, ValueError, TypeError) as exc:
+            raise ModbusWriteError(WriteStatus.BAD_VALUE, f"{self.name}/{point}: {exc}") from None
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
-            raise ModbusWriteError(f"{self.name}/{point}: {exception_reason(code)}")
+            raise ModbusWriteError(
+                WriteStatus.DEVICE_ERROR, f"{self.name}/{point}: {exception_reason(code)}"
+            )

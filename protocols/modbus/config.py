@@ -35,6 +35,9 @@ class ModbusPoint(Strict):
         None, description="change: only values past the deadband; always: every poll"
     )
     access: Access | None = Field(None, description="r or rw; defaults to r")
+    write_rate: float | None = Field(
+        None, gt=0, description="writes per second allowed (default 20), a safety limit"
+    )
     description: str = ""
     low: float | None = Field(None, description="engineering low limit (also the write range)")
     high: float | None = None
