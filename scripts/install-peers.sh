@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real peers the tests run against: mosquitto (MQTT broker), mosquitto-clients
-# (mosquitto_pub/_sub) and mbpoll (a Modbus master we did not write). Debian/Ubuntu packages.
+# (mosquitto_pub/_sub) and mbpoll (a Modbus master we did not write) from Debian/Ubuntu
+# packages, and node-opcua (an OPC UA stack we did not write) from npm into tests/interop/node.
 # Idempotent: when every binary is already there it only checks and exits.
 set -euo pipefail
 
@@ -13,8 +14,22 @@ missing=()
 have mosquitto || missing+=(mosquitto)
 have mosquitto_pub || missing+=(mosquitto-clients)
 have mbpoll || missing+=(mbpoll)
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
+
+npm_peers() {
+    # npm ci is exact (package-lock.json) and skipped while node_modules matches the lock.
+    local dir=tests/interop/node
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] \
+        || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        echo "install-peers: npm ci in $dir" >&2
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+            || { echo "install-peers: npm ci failed in $dir" >&2; exit 1; }
+    fi
+}
 
 if [ ${#missing[@]} -eq 0 ]; then
+    npm_peers
     exit 0
 fi
 
@@ -43,7 +58,8 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || fail "apt-get install failed"
 
-for bin in mosquitto mosquitto_pub mbpoll; do
+for bin in mosquitto mosquitto_pub mbpoll node npm; do
     have "$bin" || fail "$bin still missing after apt-get install"
 done
+npm_peers
 echo "install-peers: done" >&2

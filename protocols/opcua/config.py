@@ -1,0 +1,161 @@
+"""Config models of the OPC UA plugin: the client role (a source) and the server role (a target).
+
+Security is on by default in both roles: the server offers only signed and encrypted endpoints
+unless ``allow_none`` is set, and the client checks the server certificate unless
+``verify_server`` is turned off (which is logged as a warning).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from gateway.config.common import Backoff, Deadband, Problem, Strict
+from gateway.types import Access
+
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+
+Policy = Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+Mode = Literal["Sign", "SignAndEncrypt"]
+ALL_POLICIES: tuple[Policy, ...] = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+
+
+class Endpoint(Strict):
+    policy: Policy
+    mode: Mode = "SignAndEncrypt"
+
+
+def _all_endpoints() -> list[Endpoint]:
+    return [Endpoint(policy=p, mode=m) for p in ALL_POLICIES for m in ("SignAndEncrypt", "Sign")]
+
+
+class ServerSecurity(Strict):
+    endpoints: list[Endpoint] = Field(
+        default_factory=_all_endpoints, description="secure endpoints offered (default: all six)"
+    )
+    allow_none: bool = Field(False, description="also offer the unsecured None endpoint")
+    certificate: str | None = Field(
+        None, description="application certificate (DER or PEM); generated on first run if unset"
+    )
+    private_key: str | None = Field(None, description="its private key (PEM)")
+    pki_dir: str = Field(
+        ".protocol-brain/pki/{name}",
+        description="where a generated certificate and the trust list live ({name}: endpoint)",
+    )
+    trusted_clients: str | None = Field(
+        None, description="folder of trusted client certificates; default {pki_dir}/trusted"
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> ServerSecurity:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
+
+
+class User(Strict):
+    username: str = Field(min_length=1)
+    password_hash: str = Field(
+        pattern=r"^scrypt\$", description="from `gateway hash-password`; never a plain password"
+    )
+    access: Literal["read", "write"] = Field("write", description="read: may not write")
+
+
+class OpcuaServer(Strict):
+    """The gateway as an OPC UA server: bridged points appear as variables."""
+
+    protocol: Literal["opcua"] = "opcua"
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(4840, ge=0, le=65535)
+    path: str = Field("/protocol-brain", description="endpoint path in the URL")
+    application_uri: str = Field("urn:protocol-brain:{gateway}")
+    namespace: str = Field("urn:protocol-brain:{gateway}", description="namespace of our nodes")
+    security: ServerSecurity = Field(default_factory=ServerSecurity)
+    users: list[User] = Field(default_factory=list)
+    anonymous: bool = Field(False, description="allow clients without a user (read only)")
+    write_timeout: float = Field(5.0, gt=0, le=60, description="seconds to wait for the device")
+
+
+class OpcuaServerRoute(Strict):
+    """Bridge target options when the target is the OPC UA server."""
+
+    folder: str = Field("{device}", description="object under Objects holding the variables")
+    writable: bool = Field(True, description="let clients write points declared rw")
+
+
+class ClientSecurity(Strict):
+    policy: Policy | Literal["None"] = "Basic256Sha256"
+    mode: Mode | Literal["None"] = "SignAndEncrypt"
+    certificate: str | None = Field(None, description="our certificate; generated if unset")
+    private_key: str | None = None
+    pki_dir: str = ".protocol-brain/pki/{name}"
+    trusted_servers: str | None = Field(
+        None, description="folder of trusted server certificates; default {pki_dir}/trusted"
+    )
+    verify_server: bool = Field(
+        True, description="check the server certificate against trusted_servers"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClientSecurity:
+        if (self.policy == "None") != (self.mode == "None"):
+            raise ValueError("policy None goes with mode None, and only with it")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
+
+
+class Subscription(Strict):
+    publishing_interval: float = Field(0.5, gt=0, description="seconds")
+    queue_size: int = Field(10, ge=1, description="values kept per item between publishes")
+    batch_size: int = Field(500, ge=1, le=10000, description="monitored items per request")
+
+
+class OpcuaPoint(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    node_id: str | None = Field(None, description='e.g. "ns=2;s=Boiler.Temp" or "i=2258"')
+    browse_path: str | None = Field(
+        None, description='from Objects, e.g. "2:Plant/2:Boiler/2:Temp"'
+    )
+    sampling_interval: float | None = Field(None, ge=0, description="seconds; default the server's")
+    deadband: Deadband | None = None
+    unit: str | None = None
+    access: Access | None = None
+    description: str = ""
+    low: float | None = None
+    high: float | None = None
+    write_rate: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> OpcuaPoint:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError("give exactly one of node_id and browse_path")
+        if self.deadband and self.deadband.absolute and self.deadband.percent:
+            raise ValueError("OPC UA takes one deadband: absolute or percent")
+        return self
+
+
+class OpcuaClient(Strict):
+    """The gateway as an OPC UA client: a remote server's variables become points."""
+
+    protocol: Literal["opcua"] = "opcua"
+    url: str = Field(pattern=r"^opc\.tcp://", description="opc.tcp://host:port/path")
+    security: ClientSecurity = Field(default_factory=ClientSecurity)
+    username: str | None = None
+    password: str | None = None
+    timeout: float = Field(4.0, gt=0, le=60, description="seconds per request")
+    subscription: Subscription = Field(default_factory=Subscription)
+    reconnect: Backoff = Field(default_factory=Backoff)
+    points: list[OpcuaPoint] = Field(min_length=1)
+
+    def check(self) -> list[Problem]:
+        seen: dict[str, int] = {}
+        problems = []
+        for i, p in enumerate(self.points):
+            if p.name in seen:
+                problems.append(
+                    Problem(("points", i, "name"), f"{p.name!r} again", "a point name used once")
+                )
+            seen.setdefault(p.name, i)
+        return problems
