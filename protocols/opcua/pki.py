@@ -1,0 +1,279 @@
+"""Application certificates and trust lists, shared by the OPC UA client and server adapters.
+
+Layout of a PKI folder (the usual OPC UA one, so operators recognise it)::
+
+    {pki_dir}/own/cert.der           our application certificate (generated on first run)
+    {pki_dir}/own/private/key.pem    its private key (mode 0600)
+    {pki_dir}/trusted/               peer certificates we accept (DER or PEM), or their CAs
+    {pki_dir}/rejected/              peers we refused, saved so an operator can move one to trusted
+
+Trust is decided per connection by `TrustList`, which asyncua calls as its
+``certificate_validator``: a peer is trusted when its exact certificate is in the trusted folder
+(the common case: self-signed application certificates), or when it chains to a CA certificate
+there. The folder is re-read when it changes, so trusting a peer needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+from asyncua.common.utils import ServiceError
+from asyncua.ua.status_codes import StatusCodes
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+CERT_FILE = Path("own/cert.der")
+KEY_FILE = Path("own/private/key.pem")
+VALID_DAYS = 5 * 365
+CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+
+
+def pki_path(template: str, name: str) -> Path:
+    """Render a configured ``pki_dir`` (``{name}``: the endpoint or device); relative paths are
+    relative to the current working directory."""
+    return Path(template.replace("{name}", name)).expanduser()
+
+
+def trusted_dir(pki_dir: Path, configured: str | None) -> Path:
+    """The folder of trusted peer certificates (``configured`` or ``{pki_dir}/trusted``), created
+    if missing."""
+    folder = Path(configured).expanduser() if configured else pki_dir / "trusted"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def rejected_dir(pki_dir: Path) -> Path:
+    folder = pki_dir / "rejected"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+async def ensure_certificate(
+    pki_dir: Path, application_uri: str, hostname: str
+) -> tuple[Path, Path]:
+    """Return ``(certificate, private_key)`` paths, generating a self-signed pair on first run.
+
+    An existing pair is reused as long as it is still valid and names ``application_uri``
+    (clients check that the certificate matches the URI the application announces); otherwise
+    a new certificate is made for the existing key. Key generation runs in a thread: RSA-2048
+    takes long enough to stall the event loop.
+    """
+    return await asyncio.to_thread(_ensure_certificate, pki_dir, application_uri, hostname)
+
+
+def _ensure_certificate(pki_dir: Path, application_uri: str, hostname: str) -> tuple[Path, Path]:
+    cert_path, key_path = pki_dir / CERT_FILE, pki_dir / KEY_FILE
+    if key_path.is_file():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{key_path}: OPC UA needs an RSA private key")
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        cert_path.unlink(missing_ok=True)  # a certificate for another key is useless
+    if cert_path.is_file() and _reusable(load_certificate(cert_path), key, application_uri):
+        return cert_path, key_path
+    cert = _self_signed(key, application_uri, hostname)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    log.info("generated application certificate %s for %s", cert_path, application_uri)
+    return cert_path, key_path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _reusable(cert: x509.Certificate, key: rsa.RSAPrivateKey, application_uri: str) -> bool:
+    if cert.public_key() != key.public_key():
+        return False
+    now = datetime.datetime.now(datetime.UTC)
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc - datetime.timedelta(days=1):
+        return False
+    return application_uri in _uris(cert)
+
+
+def _uris(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _self_signed(key: rsa.RSAPrivateKey, application_uri: str, hostname: str) -> x509.Certificate:
+    # OPC 10000-6 6.2.2: the application URI in subjectAltName, the usages below, and both
+    # client and server auth so that one certificate serves either role.
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, application_uri[:64]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Protocol Brain"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(application_uri)]
+    alt_names.append(x509.DNSName(hostname))
+    if hostname != "localhost":
+        alt_names.append(x509.DNSName("localhost"))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))  # tolerate small clock skew
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=True,
+                data_encipherment=True,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def load_certificate(path: Path) -> x509.Certificate:
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+class TrustList:
+    """Validates peer certificates against a folder; an asyncua ``certificate_validator``.
+
+    ``peer`` is the role of the other side (``"client"`` for a server's trust list), only used
+    in log lines. Untrusted certificates are copied to ``rejected`` when given.
+    """
+
+    def __init__(
+        self,
+        trusted: Path,
+        *,
+        rejected: Path | None = None,
+        peer: Literal["client", "server"] = "client",
+    ) -> None:
+        self.trusted = trusted
+        self.rejected = rejected
+        self.peer = peer
+        self.accepted = 0
+        self.refused = 0
+        self._stamp: tuple[tuple[str, float, int], ...] | None = None
+        self._certs: list[x509.Certificate] = []
+        self._ders: set[bytes] = set()
+
+    def _reload(self) -> None:
+        # Re-read only when a file was added, removed or replaced.
+        files = sorted(
+            p for p in self.trusted.glob("*") if p.suffix.lower() in CERT_SUFFIXES and p.is_file()
+        )
+        stamp = tuple((p.name, p.stat().st_mtime, p.stat().st_size) for p in files)
+        if stamp == self._stamp:
+            return
+        certs = []
+        for p in files:
+            try:
+                certs.append(load_certificate(p))
+            except ValueError:
+                log.warning("trust list %s: %s is not a certificate, ignored", self.trusted, p.name)
+        self._certs = certs
+        self._ders = {c.public_bytes(serialization.Encoding.DER) for c in certs}
+        self._stamp = stamp
+
+    def is_trusted(self, cert: x509.Certificate) -> bool:
+        """The exact certificate is in the folder, or it was issued by a CA that is."""
+        if self.trusted.is_dir():
+            self._reload()
+        else:
+            self._certs, self._ders, self._stamp = [], set(), None
+        if cert.public_bytes(serialization.Encoding.DER) in self._ders:
+            return True
+        return any(_issued_by(cert, ca) for ca in self._certs)
+
+    def check(self, cert: x509.Certificate) -> None:
+        """Raise ``ServiceError`` with the OPC UA status that says why ``cert`` is refused."""
+        now = datetime.datetime.now(datetime.UTC)
+        subject = cert.subject.rfc4514_string()
+        if not self.is_trusted(cert):
+            self.refused += 1
+            self._save_rejected(cert)
+            log.warning(
+                "refused untrusted %s certificate %s; to accept it, put it in %s",
+                self.peer,
+                subject,
+                self.trusted,
+            )
+            raise ServiceError(StatusCodes.BadCertificateUntrusted)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            self.refused += 1
+            log.warning("refused %s certificate %s: outside its validity", self.peer, subject)
+            raise ServiceError(StatusCodes.BadCertificateTimeInvalid)
+        self.accepted += 1
+
+    def _save_rejected(self, cert: x509.Certificate) -> None:
+        if self.rejected is None:
+            return
+        name = f"{cert.fingerprint(hashes.SHA256()).hex()}.der"
+        try:
+            self.rejected.mkdir(parents=True, exist_ok=True)
+            (self.rejected / name).write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        except OSError as exc:  # a full disk must not turn a refusal into a crash
+            log.warning("could not save rejected certificate: %s", exc)
+
+    async def __call__(self, cert: x509.Certificate, app_description: object) -> None:
+        self.check(cert)
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    if cert.issuer != ca.subject or cert.issuer == cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def load_trust_store(
+    pki_dir: Path, configured: str | None, *, peer: Literal["client", "server"]
+) -> TrustList:
+    """The trust list of one endpoint or device: its trusted folder, and ``{pki_dir}/rejected``."""
+    return TrustList(trusted_dir(pki_dir, configured), rejected=rejected_dir(pki_dir), peer=peer)
