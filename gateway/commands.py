@@ -140,6 +140,8 @@ class CommandRouter:
             return WriteResult(
                 WriteStatus.BAD_VALUE, f"{device}/{point} takes a number, not a bool"
             )
+        if spec.datatype == "bool" and not isinstance(value, bool) and value not in (0, 1):
+            return WriteResult(WriteStatus.BAD_VALUE, f"{device}/{point} takes true or false")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
                 return WriteResult(WriteStatus.BAD_VALUE, f"{value} is not a finite number")
@@ -210,6 +212,9 @@ class CommandRouter:
             seq=next_sequence(origin),
             correlation_id=cid,
             device=device,
+            # The device side drops a command it gets after this: the caller has been told
+            # "timeout" by then, and a write applied later would be a surprise.
+            meta={"deadline": time.time() + ack_timeout},
         )
         try:
             if self.bus.publish_nowait(message) == 0:
@@ -257,8 +262,13 @@ async def serve_commands(
     """
     with bus.subscribe(command_topic(device), maxsize=1000, name=f"commands:{device}") as sub:
         async for command in sub:
+            deadline = command.meta.get("deadline")
             for sample in command.samples:
                 try:
+                    if deadline is not None and time.time() > deadline:
+                        raise WriteRefused(
+                            WriteStatus.TIMEOUT, "expired while waiting for the device; not written"
+                        )
                     await write(sample.point, sample.value)
                     status, reason = WriteStatus.GOOD, ""
                 except WriteRefused as exc:

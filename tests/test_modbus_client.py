@@ -190,3 +190,52 @@ async def test_writes_reverse_scaling_and_byte_order(
     with pytest.raises(ModbusWriteError, match="does not fit"):
         await r.adapter.write("setpoint", 5000.0)  # raw 50000 overflows int16
     await wait_for(lambda: (s := r.latest("setpoint")) and s.value == -21.5)
+
+
+async def test_writes_through_the_router_reach_the_register_and_read_back(
+    simulator: Simulator, run_adapter: Any
+) -> None:
+    dev = await simulator.add_device()
+    points = [
+        {
+            "name": "sp",
+            "address": 5,
+            "type": "int16",
+            "scale": 0.1,
+            "unit": "degC",
+            "access": "rw",
+            "low": -50,
+            "high": 150,
+        },
+        {"name": "ro", "address": 6},
+    ]
+    config = device_config(dev.port, points, poll_groups={"default": {"interval": 30}})
+    r = await run_adapter(config)
+    router = r.adapter.context.router
+    router.declare("dev", r.adapter.points())
+    assert r.adapter.points()[0].datatype == "float64"  # a scaled int16 publishes floats
+    await wait_for(lambda: r.adapter.status()["connected"])
+    await wait_for(lambda: r.latest("sp"))
+
+    result = await router.write("dev", "sp", 42.5, origin="test")
+    assert result.ok, result
+    assert dev.get_registers("holding", 5) == [425]
+    # Read back at once: the new value is on the bus long before the 30 s poll.
+    await wait_for(lambda: r.latest("sp").value == 42.5, timeout=1)  # type: ignore[union-attr]
+
+    refused = await router.write("dev", "sp", 151, origin="test")
+    assert refused.status == "out_of_range" and dev.get_registers("holding", 5) == [425]
+    refused = await router.write("dev", "ro", 1, origin="test")
+    assert refused.status == "not_writable" and dev.get_registers("holding", 6) == [0]
+
+    await simulator.stop_device(dev)
+    await wait_for(lambda: not r.adapter.status()["connected"], timeout=5)
+    t0 = asyncio.get_running_loop().time()
+    down = await router.write("dev", "sp", 10, origin="test")
+    assert down.status == "unreachable"
+    assert asyncio.get_running_loop().time() - t0 < 1.0  # refused at once, not after a timeout
+    await simulator.start_device(dev)
+    await wait_for(lambda: r.adapter.status()["connected"], timeout=5)
+    await asyncio.sleep(0.3)
+    assert dev.get_registers("holding", 5) == [425]  # the refused write was not applied later
+    router.close()

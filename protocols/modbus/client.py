@@ -158,7 +158,7 @@ class ModbusClientAdapter(Adapter):
             PointSpec(
                 id=f"{self.name}/{p.config.name}",
                 name=p.config.name,
-                datatype=str(p.config.dtype),
+                datatype=self._engineering_type(p),
                 unit=p.config.unit,
                 access=p.config.access or Access.READ,
                 description=p.config.description,
@@ -168,6 +168,13 @@ class ModbusClientAdapter(Adapter):
             )
             for p in self._points
         ]
+
+    @staticmethod
+    def _engineering_type(p: _Point) -> str:
+        """The type of the published value: a scaled integer register carries a float."""
+        if p._numeric and (p.config.scale != 1 or p.config.offset != 0):
+            return "float64" if p.config.dtype is not DataType.FLOAT32 else "float32"
+        return str(p.config.dtype)
 
     def requests_per_poll(self) -> dict[str, int]:
         return {group: len(plan) for group, plan in self._plans.items()}
