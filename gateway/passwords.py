@@ -1,0 +1,59 @@
+"""Password hashes for the users of our servers, so that no config holds a plain password.
+
+Format: ``scrypt$<n>$<r>$<p>$<salt, base64>$<hash, base64>``. The cost parameters travel with
+the hash, so raising them later keeps old hashes verifiable. n=2**14, r=8 (16 MiB, ~50 ms) is
+the common interactive-login setting: slow for a guesser, fine for a session handshake.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+N, R, P = 2**14, 8, 1
+SALT_BYTES = 16
+HASH_BYTES = 32
+PREFIX = "scrypt"
+_MAX_N = 2**20  # refuse absurd costs from a tampered config rather than exhaust memory
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        dklen=length,
+        maxmem=256 * r * n + 1024 * 1024,  # 128*r*n is needed; OpenSSL's 32 MiB default is not
+    )
+
+
+def hash_password(password: str) -> str:
+    """A new hash of ``password`` with a random salt."""
+    salt = os.urandom(SALT_BYTES)
+    digest = _scrypt(password, salt, N, R, P, HASH_BYTES)
+    b64 = base64.b64encode
+    return f"{PREFIX}${N}${R}${P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches ``stored`` (False for a malformed hash, never an error)."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != PREFIX:
+        return False
+    try:
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+        salt = base64.b64decode(parts[4], validate=True)
+        expected = base64.b64decode(parts[5], validate=True)
+    except ValueError:
+        return False
+    if not (1 < n <= _MAX_N and n & (n - 1) == 0 and 0 < r <= 32 and 0 < p <= 16 and expected):
+        return False
+    try:
+        actual = _scrypt(password, salt, n, r, p, len(expected))
+    except (ValueError, MemoryError):
+        return False
+    return hmac.compare_digest(actual, expected)
