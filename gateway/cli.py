@@ -87,6 +87,26 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print a scrypt hash for a `users:` entry; the password never goes into the config."""
+    import getpass
+
+    from gateway.passwords import hash_password
+
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the two passwords differ", file=sys.stderr)
+            return 1
+    if not password:
+        print("error: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -147,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser(
+        "hash-password", help="hash a password for a users: entry (reads stdin or prompts)"
+    )
+    p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("demo", help="simulated Modbus device -> gateway -> embedded MQTT broker")
     p.add_argument("--duration", type=float, default=None, help="seconds; default until Ctrl-C")

@@ -86,3 +86,23 @@ def test_demo_shows_readings_that_made_the_round_trip() -> None:
     points = {line.split()[1] for line in readings}
     assert {"plant/boiler/temperature", "plant/boiler/cycles", "plant/boiler/pressure"} <= points
     assert "stopped:" in out.stdout
+
+
+def test_hash_password_reads_stdin_and_verifies() -> None:
+    from gateway.passwords import verify_password
+
+    out = subprocess.run(
+        [*GATEWAY, "hash-password"], input="s3cret\n", capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    stored = out.stdout.strip()
+    assert stored.startswith("scrypt$")
+    assert verify_password("s3cret", stored) and not verify_password("s3cret ", stored)
+    empty = subprocess.run([*GATEWAY, "hash-password"], input="\n", capture_output=True, text=True)
+    assert empty.returncode == 1 and "empty password" in empty.stderr
+
+
+def test_opcua_examples_validate() -> None:
+    for name in ("modbus_to_opcua.yaml", "opcua_to_mqtt.yaml"):
+        out = gateway("validate", f"examples/{name}")
+        assert out.returncode == 0, out.stderr
