@@ -18,6 +18,9 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 
 Policy = Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 Mode = Literal["Sign", "SignAndEncrypt"]
+PointType = Literal[
+    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
+]
 ALL_POLICIES: tuple[Policy, ...] = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 
 
@@ -118,7 +121,14 @@ class OpcuaPoint(Strict):
     browse_path: str | None = Field(
         None, description='from Objects, e.g. "2:Plant/2:Boiler/2:Temp"'
     )
-    sampling_interval: float | None = Field(None, ge=0, description="seconds; default the server's")
+    type: PointType | None = Field(
+        None,
+        description="value type on the bus (and of writes); default: from the node's DataType "
+        "once connected, float64 until then",
+    )
+    sampling_interval: float | None = Field(
+        None, ge=0, description="seconds; default: the publishing interval"
+    )
     deadband: Deadband | None = None
     unit: str | None = None
     access: Access | None = None
