@@ -76,7 +76,8 @@ class PointTransform:
                 and isinstance(s.value, (int, float))
                 and not isinstance(s.value, bool)
             ):
-                s = replace(s, value=conv(float(s.value)), unit=unit)
+                # 12 significant digits: drops the float noise of the conversion itself.
+                s = replace(s, value=float(f"{conv(float(s.value)):.12g}"), unit=unit)
             out.append(s)
         return tuple(out)
 
