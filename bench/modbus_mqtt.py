@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,43 +28,25 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    modbus_devices_yaml,
+    mosquitto_binary,
+    percentile,
+    start_gateway,
+    start_simulator,
+    stop,
+    wait_port,
+)
 
 
 def gateway_config(
     ports: list[int], registers: int, interval: float, mqtt_port: int, payload: str
 ) -> str:
-    lines = ["gateway: {name: bench}", "devices:"]
-    points = ", ".join(f"{{name: r{i}, address: {i}}}" for i in range(registers))
-    for n, port in enumerate(ports):
-        lines += [
-            f"  d{n}:",
-            "    protocol: modbus",
-            "    host: 127.0.0.1",
-            f"    port: {port}",
-            "    timeout: 1.0",
-            "    publish: always",
-            f"    poll_groups: {{default: {{interval: {interval}}}}}",
-            f"    points: [{points}]",
-        ]
+    lines = ["gateway: {name: bench, status_interval: 0}"]
+    lines += modbus_devices_yaml(ports, registers, interval, ", publish: always")
     topic = "bench/{device}" if payload == "device" else "bench/{device}/{point}"
     lines += [
         "endpoints:",
@@ -114,13 +94,6 @@ class Counter:
         self.client.disconnect()
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=500)
@@ -131,9 +104,7 @@ def main() -> None:
     parser.add_argument("--payload", choices=["device", "sample", "value"], default="device")
     args = parser.parse_args()
 
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(mosquitto).exists():
-        raise SystemExit("mosquitto not found: run scripts/install-peers.sh")
+    mosquitto = mosquitto_binary()
     workdir = Path(tempfile.mkdtemp(prefix="pb-bench-"))
     mqtt_port = free_port()
     (workdir / "mosquitto.conf").write_text(
@@ -151,39 +122,15 @@ def main() -> None:
         procs.append(broker)
         wait_port(mqtt_port)
 
-        sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "protocols.modbus.simulator",
-                "--devices",
-                str(args.devices),
-                "--registers",
-                str(max(args.registers, 8)),
-                "--base-port",
-                "0",
-                "--animate",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
+        sim, ports = start_simulator(args.devices, max(args.registers, 8), "--animate")
         procs.append(sim)
-        assert sim.stdout is not None
-        ready = json.loads(sim.stdout.readline())
-        ports: list[int] = ready["ports"]
 
         config = workdir / "gateway.yaml"
         config.write_text(
             gateway_config(ports, args.registers, args.interval, mqtt_port, args.payload)
         )
         counter = Counter(mqtt_port, args.payload)
-        gw = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", str(config), "--log-level", "info"],
-            cwd=ROOT,
-            text=True,
-            stderr=open(workdir / "gateway.log", "w"),
-        )
+        gw = start_gateway(config, workdir / "gateway.log")
         procs.append(gw)
         gw_ps, sim_ps = psutil.Process(gw.pid), psutil.Process(sim.pid)
 
@@ -194,8 +141,7 @@ def main() -> None:
         )
         time.sleep(args.warmup)
         me = psutil.Process()
-        gw_cpu0, sim_cpu0 = sum(gw_ps.cpu_times()[:2]), sum(sim_ps.cpu_times()[:2])
-        me_cpu0 = sum(me.cpu_times()[:2])
+        gw_cpu0, sim_cpu0, me_cpu0 = cpu_seconds(gw_ps), cpu_seconds(sim_ps), cpu_seconds(me)
         counter.measuring = True
         t0 = time.monotonic()
         peak_rss = 0
@@ -208,9 +154,9 @@ def main() -> None:
                 )
         counter.measuring = False
         wall = time.monotonic() - t0
-        gw_cpu = sum(gw_ps.cpu_times()[:2]) - gw_cpu0
-        sim_cpu = sum(sim_ps.cpu_times()[:2]) - sim_cpu0
-        me_cpu = sum(me.cpu_times()[:2]) - me_cpu0
+        gw_cpu = cpu_seconds(gw_ps) - gw_cpu0
+        sim_cpu = cpu_seconds(sim_ps) - sim_cpu0
+        me_cpu = cpu_seconds(me) - me_cpu0
         counter.stop()
 
         t_stop = time.monotonic()
@@ -244,13 +190,7 @@ def main() -> None:
             print(f"  {k:<32} {v}", file=sys.stderr)
         print(json.dumps(result))
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(procs)
 
 
 if __name__ == "__main__":

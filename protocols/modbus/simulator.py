@@ -591,11 +591,29 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--animate", action="store_true", help="change values (demo_points)")
     parser.add_argument("--period", type=float, default=1.0, help="animation period, seconds")
+    parser.add_argument(
+        "--count-all",
+        action="store_true",
+        help="every holding register counts up by one each period (every point changes)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.devices < 1 or not 0 <= args.registers <= 65536:
         parser.error("--devices must be >= 1 and --registers 0..65536")
     return args
+
+
+async def _count_all(devices: Sequence[SimulatedDevice], period: float) -> None:
+    """Add one to every holding register of every unit, every ``period`` on a fixed grid."""
+    loop = asyncio.get_running_loop()
+    start, tick = loop.time(), 0
+    while True:
+        tick += 1
+        await asyncio.sleep(max(0.0, start + tick * period - loop.time()))
+        for device in devices:
+            for unit in device.unit_ids:
+                regs = device.tables(unit).tables[Table.HOLDING]
+                regs[:] = [(v + 1) & 0xFFFF for v in regs]
 
 
 async def _serve(args: argparse.Namespace) -> dict[str, float]:
@@ -619,10 +637,15 @@ async def _serve(args: argparse.Namespace) -> dict[str, float]:
                     device.set_bits(table, 0, (a % 2 == 0 for a in range(n)), unit=unit)
         if args.animate:
             sim.animate(points=demo_points(args.registers), period=args.period)
+        counting = (
+            asyncio.create_task(_count_all(sim.devices, args.period)) if args.count_all else None
+        )
         ready = {"ports": [d.port for d in sim.devices], "host": args.host, "pid": os.getpid()}
         print(json.dumps(ready), flush=True)
         started, cpu_started = time.monotonic(), _cpu_seconds()
         await stop.wait()
+        if counting is not None:
+            counting.cancel()
         serving = {
             "requests": sim.requests,
             "serve_s": round(time.monotonic() - started, 3),
