@@ -1,0 +1,806 @@
+"""The gateway as an OPC UA server: bridged points become variables, client writes go back to
+the devices through the bridge and its safety rules.
+
+Address space: our namespace, under Objects one folder per device (``route.folder``; ``/``
+nests), one variable per point with NodeId ``ns=<ns>;s=<device>.<point>``, its DataType,
+Description, AccessLevel and, for numbers, the EngineeringUnits and EURange properties. A value
+is ``BadWaitingForInitialData`` until the first sample arrives.
+
+Values (the hot path): `send` keeps, per point, asyncua's ``AttributeValue`` of the Value
+attribute, sets a new ``DataValue`` on it and awaits the monitored items' data-change callbacks
+itself. That is what ``Server.write_attribute_value`` does, without its node lookup, type check
+and ``dataclasses.replace``; see the README's benchmark figures for the cost per update.
+
+Status of a bad sample, from ``Sample.reason``: "timeout" -> BadTimeout; "not connected" (never
+got through) -> BadNoCommunication; "connection lost", "connection error", "unreachable" and
+other connection trouble -> BadCommunicationError; anything else (a Modbus exception, a value
+that does not decode) -> BadDeviceFailure. An uncertain sample is Uncertain. A bad value is
+null, as OPC UA requires, so a client never sees a stale number marked Good.
+
+Writes: asyncua handles a Write request in ``InternalSession.write``, which calls a
+synchronous setter path inside ``AttributeService.write``. We give the server our own session
+class (through ``InternalServer.create_session``): its ``write`` takes the items that address
+our variables, awaits ``Bridge.write`` for each (concurrently) and answers with the status the
+device round trip produced, Good only after the device acknowledged; every other item goes
+through asyncua unchanged. A write is never queued: it succeeds now or is refused now.
+
+Security: the secure endpoints from the config, the None endpoint only with ``allow_none``.
+The peer certificate of a secure channel must be in the trust list; asyncua only checks the
+certificate a client repeats in CreateSession, and only if it does, so we check the channel's own
+certificate when the session is activated (a client that leaves it out gets no session either).
+Users log in with a name and a password checked against its scrypt hash; anonymous clients,
+when allowed, may read, browse and subscribe but not write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import socket
+import struct
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
+from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.internal_session import InternalSession
+from asyncua.server.user_managers import UserManager
+from cryptography import x509
+
+from gateway.adapter import Adapter, AdapterContext
+from gateway.commands import WriteResult, WriteStatus
+from gateway.passwords import verify_password
+from gateway.types import Message, PointSpec, Quality, Sample, Value
+from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
+from protocols.opcua.pki import TrustList, ensure_certificate, load_trust_store, pki_path
+from protocols.opcua.units import eu_information
+
+if TYPE_CHECKING:
+    from gateway.bridge import Bridge
+
+log = logging.getLogger(__name__)
+
+Codes = ua.StatusCodes
+VT = ua.VariantType
+
+# point datatype -> OPC UA built-in type (the VariantType number is also the DataType NodeId)
+VARIANT_TYPES: dict[str, ua.VariantType] = {
+    "bool": VT.Boolean,
+    "int16": VT.Int16,
+    "uint16": VT.UInt16,
+    "int32": VT.Int32,
+    "uint32": VT.UInt32,
+    "int64": VT.Int64,
+    "uint64": VT.UInt64,
+    "float32": VT.Float,
+    "float64": VT.Double,
+    "string": VT.String,
+}
+INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
+    VT.SByte: (-(2**7), 2**7 - 1),
+    VT.Byte: (0, 2**8 - 1),
+    VT.Int16: (-(2**15), 2**15 - 1),
+    VT.UInt16: (0, 2**16 - 1),
+    VT.Int32: (-(2**31), 2**31 - 1),
+    VT.UInt32: (0, 2**32 - 1),
+    VT.Int64: (-(2**63), 2**63 - 1),
+    VT.UInt64: (0, 2**64 - 1),
+}
+NUMBERS = frozenset((*INT_RANGES, VT.Float, VT.Double))
+
+SECURITY_POLICIES: dict[tuple[str, str], ua.SecurityPolicyType] = {
+    ("Basic256Sha256", "Sign"): ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ("Basic256Sha256", "SignAndEncrypt"): ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ("Aes128_Sha256_RsaOaep", "Sign"): ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ("Aes128_Sha256_RsaOaep", "SignAndEncrypt"): (
+        ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt
+    ),
+    ("Aes256_Sha256_RsaPss", "Sign"): ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ("Aes256_Sha256_RsaPss", "SignAndEncrypt"): (
+        ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt
+    ),
+}
+
+WRITE_STATUS: dict[WriteStatus, int] = {
+    WriteStatus.GOOD: Codes.Good,
+    WriteStatus.UNKNOWN_POINT: Codes.BadNodeIdUnknown,
+    WriteStatus.NOT_WRITABLE: Codes.BadNotWritable,
+    WriteStatus.OUT_OF_RANGE: Codes.BadOutOfRange,
+    WriteStatus.BAD_VALUE: Codes.BadTypeMismatch,
+    WriteStatus.RATE_LIMITED: Codes.BadTooManyOperations,
+    WriteStatus.UNREACHABLE: Codes.BadCommunicationError,
+    WriteStatus.TIMEOUT: Codes.BadTimeout,
+    WriteStatus.DEVICE_ERROR: Codes.BadDeviceFailure,
+}
+
+# Shared, never mutated: one StatusCode object per code instead of one per update.
+_STATUS: dict[int, ua.StatusCode] = {}
+
+
+def status(code: int) -> ua.StatusCode:
+    found = _STATUS.get(code)
+    if found is None:
+        found = _STATUS[code] = ua.StatusCode(code)
+    return found
+
+
+class SharedValue(ua.DataValue):
+    """A DataValue that nobody mutates, so copies of it may be the value itself.
+
+    asyncua deep-copies the value for every monitored item on every change (``copy.deepcopy``
+    of a DataValue costs ~30 µs, most of an update's cost). Ours are made fresh for each sample
+    and never changed afterwards, so sharing them is safe.
+    """
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedValue:
+        return self
+
+
+def _variant(value: Any, vtype: ua.VariantType) -> ua.Variant:
+    """``ua.Variant(value, vtype)`` for a scalar already of the right Python type, without
+    the type guessing of ``Variant.__post_init__`` (a third of an update's cost)."""
+    variant = _new(ua.Variant)
+    variant.Value = value
+    variant.VariantType = vtype
+    variant.Dimensions = None
+    variant.is_array = False
+    return variant
+
+
+_new = object.__new__
+
+
+def sample_status(sample: Sample) -> ua.StatusCode:
+    """The StatusCode of a sample; see the module docstring for the bad reasons."""
+    if sample.quality is Quality.GOOD:
+        return status(Codes.Good)
+    if sample.quality is Quality.UNCERTAIN:
+        return status(Codes.Uncertain)
+    reason = (sample.reason or "").lower()
+    if "timeout" in reason or "timed out" in reason:
+        return status(Codes.BadTimeout)
+    if "not connected" in reason:
+        return status(Codes.BadNoCommunication)
+    if any(w in reason for w in ("connect", "unreachable", "refused", "reset", "closed")):
+        return status(Codes.BadCommunicationError)
+    return status(Codes.BadDeviceFailure)
+
+
+def _coercer(vtype: ua.VariantType) -> Callable[[Any], Any]:
+    if vtype is VT.Boolean:
+        return bool
+    if vtype in INT_RANGES:
+        return lambda v: v if type(v) is int else int(round(v))
+    if vtype in (VT.Float, VT.Double):
+        return float
+    return str
+
+
+@dataclass(slots=True)
+class _Var:
+    """One served point: where its value lives in asyncua and how to write it back."""
+
+    nodeid: ua.NodeId
+    device: str
+    spec: PointSpec
+    bridge: Bridge
+    vtype: ua.VariantType
+    coerce: Callable[[Any], Any]
+    writable: bool
+    attr: AttributeValue | None = None
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def _float32(x: float) -> float:
+    """The shortest decimal that is the same float32 (a Float 0.1 arrives as 0.1000000015)."""
+    packed = struct.pack("<f", x)
+    for digits in range(6, 10):
+        y = float(f"{x:.{digits}g}")
+        if struct.pack("<f", y) == packed:
+            return y
+    return x
+
+
+def accept_value(var: _Var, variant: ua.Variant) -> Value:
+    """A client's Variant as the point's Python value; raises `_Refused`.
+
+    Clients should send the variable's own DataType, but many send Double for any number;
+    another numeric type is accepted when the value converts exactly (an integral value that
+    fits the integer type, any number for a float).
+    """
+    vt, value = variant.VariantType, variant.Value
+    if variant.is_array or value is None:
+        raise _Refused(Codes.BadTypeMismatch, f"{vt.name} array or null for a scalar")
+    if var.vtype is VT.Boolean or var.vtype is VT.String:
+        if vt is not var.vtype:
+            raise _Refused(Codes.BadTypeMismatch, f"{vt.name} for a {var.vtype.name}")
+        return bool(value) if vt is VT.Boolean else str(value)
+    if vt not in NUMBERS:
+        raise _Refused(Codes.BadTypeMismatch, f"{vt.name} for a {var.vtype.name}")
+    number = _float32(value) if vt is VT.Float else value
+    if var.vtype in INT_RANGES:
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise _Refused(Codes.BadTypeMismatch, f"{number} for a {var.vtype.name}")
+            number = int(number)
+        low, high = INT_RANGES[var.vtype]
+        if not low <= number <= high:
+            raise _Refused(Codes.BadOutOfRange, f"{number} does not fit a {var.vtype.name}")
+        return int(number)
+    return float(number)
+
+
+# -- address space -------------------------------------------------------------------------
+
+
+def _render(template: str, **names: str) -> str:
+    for key, value in names.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+class _Builder:
+    """Creates our folders and variables directly in asyncua's address space.
+
+    asyncua's AddNodes service checks every new node against all references of its parent,
+    which makes a folder of n variables cost O(n²): 10,000 points took 15 s to start. Our
+    nodes are new by construction (fresh namespace, unique NodeIds), so the builder makes the
+    same ``NodeData`` entries, attributes and both directions of each reference itself.
+    """
+
+    def __init__(self, aspace: AddressSpace, idx: int) -> None:
+        self.aspace = aspace
+        self.idx = idx
+        self.folders: dict[str, ua.NodeId] = {}
+        self._described: dict[ua.NodeId, ua.ReferenceDescription] = {}
+
+    def folder(self, path: str) -> ua.NodeId:
+        parent = ua.NodeId(ua.ObjectIds.ObjectsFolder)
+        so_far = ""
+        for part in (p for p in path.split("/") if p):
+            so_far = f"{so_far}/{part}" if so_far else part
+            found = self.folders.get(so_far)
+            if found is None:
+                found = self.folders[so_far] = ua.NodeId(so_far, self.idx)
+                extra = {ua.AttributeIds.EventNotifier: _const(0, VT.Byte)}
+                self._node(found, ua.NodeClass.Object, part, part, ua.ObjectIds.FolderType, extra)
+                self._link(parent, found, ua.ObjectIds.Organizes)
+            parent = found
+        return parent
+
+    def variable(self, var: _Var, parent: ua.NodeId) -> AttributeValue:
+        """Add ``var`` under ``parent``; returns the attribute its values go to."""
+        spec = var.spec
+        access = ua.AccessLevel.CurrentRead.mask if spec.access.readable else 0
+        if var.writable:
+            access |= ua.AccessLevel.CurrentWrite.mask
+        eu = eu_information(spec.unit) if var.vtype in NUMBERS else None
+        has_range = var.vtype in NUMBERS and spec.low is not None and spec.high is not None
+        analog = eu is not None or has_range
+        kind = ua.ObjectIds.BaseAnalogType if analog else ua.ObjectIds.BaseDataVariableType
+        waiting = ua.DataValue(ua.Variant(None, VT.Null), status(Codes.BadWaitingForInitialData))
+        value = AttributeValue(waiting)
+        self._node(
+            var.nodeid,
+            ua.NodeClass.Variable,
+            spec.name,
+            spec.description or spec.name,
+            kind,
+            self._variable_attributes(ua.NodeId(var.vtype.value), access, value),
+        )
+        self._link(parent, var.nodeid, ua.ObjectIds.Organizes)
+        if eu is not None:
+            self._property(var.nodeid, "EngineeringUnits", eu, ua.ObjectIds.EUInformation)
+        if has_range:
+            eurange = ua.Range(Low=float(spec.low or 0.0), High=float(spec.high or 0.0))
+            self._property(var.nodeid, "EURange", eurange, ua.ObjectIds.Range)
+        return value
+
+    def _property(self, owner: ua.NodeId, name: str, value: Any, datatype: int) -> None:
+        nodeid = ua.NodeId(f"{owner.Identifier}.{name}", self.idx)
+        read = ua.AccessLevel.CurrentRead.mask
+        attrs = self._variable_attributes(
+            ua.NodeId(datatype), read, _attr(value, VT.ExtensionObject)
+        )
+        # standard property names live in namespace 0
+        self._node(nodeid, ua.NodeClass.Variable, name, name, ua.ObjectIds.PropertyType, attrs, 0)
+        self._link(owner, nodeid, ua.ObjectIds.HasProperty)
+
+    @staticmethod
+    def _variable_attributes(
+        datatype: ua.NodeId, access: int, value: AttributeValue
+    ) -> dict[ua.AttributeIds, AttributeValue]:
+        A = ua.AttributeIds
+        return {
+            A.Value: value,
+            A.DataType: _const(datatype, VT.NodeId),
+            A.ValueRank: _const(ua.ValueRank.Scalar, VT.Int32),
+            A.AccessLevel: _const(access, VT.Byte),
+            A.UserAccessLevel: _const(access, VT.Byte),
+            A.MinimumSamplingInterval: _const(0.0, VT.Double),
+            A.Historizing: _const(False, VT.Boolean),
+        }
+
+    def _node(
+        self,
+        nodeid: ua.NodeId,
+        node_class: ua.NodeClass,
+        name: str,
+        description: str,
+        type_definition: int,
+        extra: dict[ua.AttributeIds, AttributeValue],
+        browse_ns: int | None = None,
+    ) -> None:
+        if nodeid in self.aspace:
+            raise ValueError(f"node {nodeid.to_string()} exists already")
+        A = ua.AttributeIds
+        node = NodeData(nodeid)
+        node.attributes = {
+            A.NodeId: _attr(nodeid, VT.NodeId),
+            A.NodeClass: _const(node_class, VT.Int32),
+            A.BrowseName: _attr(
+                ua.QualifiedName(name, self.idx if browse_ns is None else browse_ns),
+                VT.QualifiedName,
+            ),
+            A.DisplayName: _attr(ua.LocalizedText(name), VT.LocalizedText),
+            A.Description: _attr(ua.LocalizedText(description), VT.LocalizedText),
+            A.WriteMask: _const(0, VT.UInt32),
+            A.UserWriteMask: _const(0, VT.UInt32),
+            **extra,
+        }
+        type_id = ua.NodeId(type_definition)
+        node.references.append(self._reference(type_id, ua.ObjectIds.HasTypeDefinition, True))
+        self.aspace[nodeid] = node
+
+    def _link(self, parent: ua.NodeId, child: ua.NodeId, reference: int) -> None:
+        self.aspace[parent].references.append(self._reference(child, reference, True))
+        self.aspace[child].references.append(self._reference(parent, reference, False))
+
+    def _reference(
+        self, target: ua.NodeId, reference: int, forward: bool
+    ) -> ua.ReferenceDescription:
+        """What asyncua's AddReferences would store: the target's names, class and type."""
+        about = self._described.get(target)
+        if about is None:
+            node = self.aspace[target]
+            A = ua.AttributeIds
+            typedef = next(
+                (
+                    r.NodeId
+                    for r in node.references
+                    if r.IsForward
+                    and r.ReferenceTypeId == ua.NodeId(ua.ObjectIds.HasTypeDefinition)
+                ),
+                ua.NodeId(),
+            )
+            about = ua.ReferenceDescription(
+                NodeId=target,
+                BrowseName=_value_of(node, A.BrowseName),
+                DisplayName=_value_of(node, A.DisplayName),
+                NodeClass=ua.NodeClass(_value_of(node, A.NodeClass)),
+                TypeDefinition=typedef,
+            )
+            if about.NodeClass not in (
+                ua.NodeClass.Variable,
+            ):  # variables change; types and folders are few
+                self._described[target] = about
+        return ua.ReferenceDescription(
+            ReferenceTypeId=ua.NodeId(reference),
+            IsForward=forward,
+            NodeId=target,
+            BrowseName=about.BrowseName,
+            DisplayName=about.DisplayName,
+            NodeClass=about.NodeClass,
+            TypeDefinition=about.TypeDefinition,
+        )
+
+
+def _attr(value: Any, vtype: ua.VariantType) -> AttributeValue:
+    return AttributeValue(ua.DataValue(ua.Variant(value, vtype)))
+
+
+_CONSTANTS: dict[tuple[Any, ua.VariantType], ua.DataValue] = {}
+
+
+def _const(value: Any, vtype: ua.VariantType) -> AttributeValue:
+    """An attribute whose value many nodes share (access levels, masks, data types): one
+    DataValue for all of them, fewer objects for a start-up that makes 400,000 of them."""
+    found = _CONSTANTS.get((value, vtype))
+    if found is None:
+        found = _CONSTANTS[(value, vtype)] = ua.DataValue(ua.Variant(value, vtype))
+    return AttributeValue(found)
+
+
+def _value_of(node: NodeData, attribute: ua.AttributeIds) -> Any:
+    found = node.attributes[attribute].value
+    return None if found is None or found.Value is None else found.Value.Value
+
+
+# -- sessions, users, permissions ----------------------------------------------------------
+
+
+READ_ONLY_SERVICES = frozenset(
+    ua.NodeId(t)
+    for t in USER_TYPES
+    if t
+    not in (
+        ua.ObjectIds.WriteRequest_Encoding_DefaultBinary,
+        ua.ObjectIds.CallRequest_Encoding_DefaultBinary,
+    )
+)
+ALL_USER_SERVICES = frozenset(ua.NodeId(t) for t in USER_TYPES)
+
+
+ANONYMOUS = User(role=UserRole.Anonymous)
+
+
+class _Permissions(PermissionRuleset):
+    """Users may use every session service, anonymous clients all but Write and Call; nobody
+    from outside may add or delete nodes (no remote Admin role is ever handed out)."""
+
+    def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
+        if user.role is UserRole.Admin:
+            return True
+        allowed = ALL_USER_SERVICES if user.role is UserRole.User else READ_ONLY_SERVICES
+        return action_type_id in allowed
+
+
+class _Users(UserManager):
+    def __init__(self, config: OpcuaServer) -> None:
+        self.hashes = {u.username: u.password_hash for u in config.users}
+        self.anonymous = config.anonymous
+        self.refused = 0
+
+    def get_user(
+        self,
+        iserver: InternalServer,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username is None:
+            return User(role=UserRole.Anonymous) if self.anonymous else None
+        stored = self.hashes.get(username)
+        # A wrong name costs as much as a wrong password, so names cannot be probed by timing.
+        ok = verify_password(password or "", stored or _DUMMY_HASH) and stored is not None
+        if not ok:
+            self.refused += 1
+            log.warning("OPC UA login refused for user %r", username)
+            return None
+        return User(role=UserRole.User, name=username)
+
+
+_DUMMY_HASH = (
+    "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+)
+
+
+class _Session(InternalSession):
+    adapter: OpcuaServerAdapter
+
+    def activate_session(
+        self, params: ua.ActivateSessionParameters, peer_certificate: bytes | None
+    ) -> ua.ActivateSessionResult:
+        if peer_certificate:  # None on the None endpoint, which checks nothing
+            trust = self.adapter.trust
+            assert trust is not None, "sessions exist only after the server started"
+            trust.check(x509.load_der_x509_certificate(peer_certificate))
+        return super().activate_session(params, peer_certificate)
+
+    async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
+        return await self.adapter.client_write(self, params, super().write)
+
+
+class _InternalServer(InternalServer):
+    def __init__(self, adapter: OpcuaServerAdapter, user_manager: UserManager) -> None:
+        super().__init__(user_manager=user_manager)
+        self.adapter = adapter
+
+    def create_session(
+        self, name: str, user: User = ANONYMOUS, external: bool = False
+    ) -> InternalSession:
+        if not external:
+            return super().create_session(name, user, external)
+        session = _Session(self, self.aspace, self.subscription_service, name, user, external)
+        session.adapter = self.adapter
+        self.adapter.sessions.add(session)
+        return session
+
+
+# -- the adapter ---------------------------------------------------------------------------
+
+
+class OpcuaServerAdapter(Adapter):
+    """Serves the points of every bridge that targets it."""
+
+    config: OpcuaServer
+
+    def __init__(self, name: str, config: OpcuaServer, context: AdapterContext) -> None:
+        super().__init__(name, config, context)
+        self.bridges: list[Bridge] = []
+        self.vars: dict[ua.NodeId, _Var] = {}
+        # id(route) -> device -> point -> _Var: a bridge's samples reach only its own nodes
+        self._tables: dict[int, dict[str, dict[str, _Var]]] = {}
+        self.sessions: weakref.WeakSet[InternalSession] = weakref.WeakSet()
+        self.server: Server | None = None
+        self.trust: TrustList | None = None
+        self._users: _Users | None = None
+        self.endpoint_url = self._url()
+        self.namespace_index = 0
+        self.updates = 0
+        self.writes_ok = 0
+        self.writes_refused: dict[str, int] = {}
+        self._read_only = frozenset(u.username for u in config.users if u.access == "read")
+        self._ts_cache: tuple[float, datetime] = (0.0, datetime.fromtimestamp(0, UTC))
+
+    def attach(self, bridge: Bridge) -> None:
+        self.bridges.append(bridge)
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> OpcuaServerAdapter:
+        cfg = self.config
+        gateway = self.context.gateway_name
+        self._users = _Users(cfg)
+        server = Server(iserver=_InternalServer(self, self._users))
+        server.iserver.allow_remote_admin = False
+        await server.init()
+        app_uri = _render(cfg.application_uri, gateway=gateway, name=self.name)
+        await server.set_application_uri(app_uri)
+        server.set_server_name(f"Protocol Brain {gateway} ({self.name})")
+        server.product_uri = "urn:protocol-brain"
+        server.set_endpoint(self.endpoint_url)
+        server.socket_address = (cfg.host, cfg.port)
+        await self._security(server, app_uri)
+        self.namespace_index = await server.register_namespace(
+            _render(cfg.namespace, gateway=gateway, name=self.name)
+        )
+        self._build(server.iserver)
+        await server.start()
+        self.server = server
+        log.info(
+            "%s: OPC UA server on %s with %d variables (%s)",
+            self.name,
+            self.endpoint_url,
+            len(self.vars),
+            ", ".join(self._endpoint_names()),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop()
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # asyncua serves from its own tasks; nothing to poll
+
+    def _url(self) -> str:
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        if ":" in host:
+            host = f"[{host}]"
+        path = self.config.path if self.config.path.startswith("/") else f"/{self.config.path}"
+        return f"opc.tcp://{host}:{self.config.port}{path}"
+
+    def _endpoint_names(self) -> list[str]:
+        sec = self.config.security
+        names = [f"{e.policy}/{e.mode}" for e in sec.endpoints]
+        return (["None"] if sec.allow_none else []) + names
+
+    async def _security(self, server: Server, app_uri: str) -> None:
+        sec = self.config.security
+        pki_dir = pki_path(sec.pki_dir, self.name)
+        if sec.certificate is not None and sec.private_key is not None:
+            cert, key = Path(sec.certificate), Path(sec.private_key)
+        else:
+            cert, key = await ensure_certificate(pki_dir, app_uri, socket.gethostname())
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+        self.trust = load_trust_store(pki_dir, sec.trusted_clients, peer="client")
+        policies = [SECURITY_POLICIES[(e.policy, e.mode)] for e in sec.endpoints]
+        if sec.allow_none:
+            log.warning(
+                "%s: the unsecured None endpoint is on (allow_none): every value and every "
+                "write crosses the network unsigned and unencrypted, and no client certificate "
+                "is checked; never use this in production",
+                self.name,
+            )
+            policies.insert(0, ua.SecurityPolicyType.NoSecurity)
+        server.set_security_policy(policies, permission_ruleset=_Permissions())
+        tokens: list[type] = [ua.UserNameIdentityToken]
+        if self.config.anonymous:
+            tokens.insert(0, ua.AnonymousIdentityToken)
+        elif not self.config.users:
+            log.warning("%s: no users and anonymous: false, so no client can log in", self.name)
+        server.set_identity_tokens(tokens)
+
+    def _build(self, iserver: InternalServer) -> None:
+        # Hundreds of thousands of new objects would trigger full garbage collections of an
+        # ever larger heap over and over (4 of 6 s for 10,000 points); none are garbage yet.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._build_nodes(_Builder(iserver.aspace, self.namespace_index))
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _build_nodes(self, builder: _Builder) -> None:
+        for bridge in self.bridges:
+            route = bridge.config.route
+            if not isinstance(route, OpcuaServerRoute):
+                route = OpcuaServerRoute()
+            table = self._tables.setdefault(id(bridge.config.route), {})
+            for device, specs in bridge.points().items():
+                folder = builder.folder(
+                    _render(route.folder, device=device, gateway=self.context.gateway_name)
+                )
+                points = table.setdefault(device, {})
+                for spec in specs:
+                    var = self._var(bridge, route, device, spec)
+                    if var.nodeid in self.vars:
+                        log.warning(
+                            "%s: %s/%s is served by an earlier bridge; bridge %s skips it",
+                            self.name,
+                            device,
+                            spec.name,
+                            bridge.name,
+                        )
+                        continue
+                    var.attr = builder.variable(var, folder)
+                    self.vars[var.nodeid] = points[spec.name] = var
+
+    def _var(self, bridge: Bridge, route: OpcuaServerRoute, device: str, spec: PointSpec) -> _Var:
+        vtype = VARIANT_TYPES.get(spec.datatype, VT.Double)
+        if vtype in INT_RANGES and bridge.transform.target_unit(spec.name, None) is not None:
+            vtype = VT.Double  # the bridge converts its unit: 21 degC is 69.8 degF
+        return _Var(
+            nodeid=ua.NodeId(f"{device}.{spec.name}", self.namespace_index),
+            device=device,
+            spec=spec,
+            bridge=bridge,
+            vtype=vtype,
+            coerce=_coercer(vtype),
+            writable=route.writable and spec.access.writable,
+        )
+
+    # -- values (hot path)
+
+    async def send(self, message: Message, route: Any) -> None:
+        table = self._tables.get(id(route))
+        points = table.get(message.device or "") if table is not None else None
+        if not points:
+            return
+        now = datetime.now(UTC)
+        good = status(Codes.Good)
+        for sample in message.samples:
+            var = points.get(sample.point)
+            if var is None:
+                continue
+            code = good if sample.quality is Quality.GOOD else sample_status(sample)
+            value = sample.value
+            if value is None or code.value & 0x80000000:
+                variant = ua.Variant(None, VT.Null)
+            else:
+                try:
+                    variant = _variant(var.coerce(value), var.vtype)
+                except (TypeError, ValueError, OverflowError):
+                    variant, code = ua.Variant(None, VT.Null), status(Codes.BadTypeMismatch)
+            dv = SharedValue(variant, code, self._source_time(sample.source_ts), now)
+            attr = var.attr
+            assert attr is not None
+            attr.value = dv
+            if attr.datachange_callbacks:
+                for handle, callback in list(attr.datachange_callbacks.items()):
+                    await callback(handle, dv)
+            self.updates += 1
+
+    def _source_time(self, ts: float) -> datetime:
+        # The samples of one poll share a timestamp: convert it once.
+        cached_ts, cached = self._ts_cache
+        if ts != cached_ts:
+            cached = datetime.fromtimestamp(ts, UTC)
+            self._ts_cache = (ts, cached)
+        return cached
+
+    # -- writes
+
+    async def client_write(
+        self,
+        session: InternalSession,
+        params: ua.WriteParameters,
+        others: Callable[[ua.WriteParameters], Any],
+    ) -> list[ua.StatusCode]:
+        """Answer a Write request: our variables through the bridges, the rest via asyncua."""
+        items = params.NodesToWrite
+        ours = [i for i, wv in enumerate(items) if wv.NodeId in self.vars]
+        if not ours:
+            result: list[ua.StatusCode] = await others(params)
+            return result
+        results: list[ua.StatusCode] = [status(Codes.Good)] * len(items)
+        theirs = [i for i in range(len(items)) if i not in set(ours)]
+        if theirs:
+            answered = await others(ua.WriteParameters(NodesToWrite=[items[i] for i in theirs]))
+            for i, code in zip(theirs, answered, strict=True):
+                results[i] = code
+        codes = await asyncio.gather(*(self._write_one(session, items[i]) for i in ours))
+        for i, code in zip(ours, codes, strict=True):
+            results[i] = status(code)
+        return results
+
+    async def _write_one(self, session: InternalSession, wv: ua.WriteValue) -> int:
+        var = self.vars[wv.NodeId]
+        try:
+            value = self._check_write(session.user, var, wv)
+        except _Refused as refused:
+            log.warning(
+                "%s: write %s/%s refused: %s", self.name, var.device, var.spec.name, refused
+            )
+            return self._count(refused.code)
+        host, port = (list(session.name) + ["?", "?"])[:2] if session.name else ("?", "?")
+        origin = f"opcua:{session.user.name or 'anonymous'}@{host}:{port}"
+        try:
+            result = await asyncio.wait_for(
+                var.bridge.write(var.device, var.spec.name, value, origin=origin),
+                self.config.write_timeout,
+            )
+        except TimeoutError:
+            result = WriteResult(WriteStatus.TIMEOUT, f"no answer in {self.config.write_timeout} s")
+        except Exception:  # a bug behind the bridge must not fail the other items of the request
+            log.exception("%s: write %s/%s failed", self.name, var.device, var.spec.name)
+            return self._count(Codes.BadInternalError)
+        return self._count(WRITE_STATUS.get(result.status, Codes.BadInternalError))
+
+    def _check_write(self, user: User, var: _Var, wv: ua.WriteValue) -> Value:
+        if wv.AttributeId != ua.AttributeIds.Value or not var.writable:
+            raise _Refused(Codes.BadNotWritable, "not writable")
+        if user.role is UserRole.Anonymous or (
+            user.role is UserRole.User and user.name in self._read_only
+        ):
+            raise _Refused(Codes.BadUserAccessDenied, f"user {user.name!r} may only read")
+        if wv.IndexRange:
+            raise _Refused(Codes.BadWriteNotSupported, "index ranges on a scalar")
+        dv = wv.Value
+        if dv is None or dv.Value is None:
+            raise _Refused(Codes.BadTypeMismatch, "no value")
+        if dv.StatusCode is not None and not dv.StatusCode.is_good():
+            raise _Refused(Codes.BadWriteNotSupported, "writing a status code")
+        return accept_value(var, dv.Value)
+
+    def _count(self, code: int) -> int:
+        if code == Codes.Good:
+            self.writes_ok += 1
+        else:
+            name = status(code).name
+            self.writes_refused[name] = self.writes_refused.get(name, 0) + 1
+        return code
+
+    # -- status
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint_url,
+            "sessions": sum(1 for s in self.sessions if s.is_activated()),
+            "variables": len(self.vars),
+            "updates": self.updates,
+            "writes_ok": self.writes_ok,
+            "writes_refused": dict(self.writes_refused),
+            "logins_refused": self._users.refused if self._users is not None else 0,
+            "certificates_refused": self.trust.refused if self.trust is not None else 0,
+        }

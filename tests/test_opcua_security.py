@@ -1,0 +1,226 @@
+"""Security of the OPC UA server: endpoints, the application certificate, the client trust
+list, users and passwords, with asyncua's client and node-opcua's (a peer we did not write)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from conftest import HOST, free_port, wait_for
+from cryptography import x509
+from test_opcua_server import (
+    SECRET_HASH,
+    Plant,
+    _good,
+    one,
+    plant_gateway,
+    run_node_client,
+    write,
+)
+
+from gateway.adapter import AdapterContext
+from gateway.bus import Bus
+from gateway.passwords import hash_password
+from protocols.modbus.codec import ByteOrder, DataType, encode
+from protocols.modbus.simulator import Simulator
+from protocols.opcua.config import OpcuaServer
+from protocols.opcua.pki import CERT_FILE, ensure_certificate, load_certificate
+from protocols.opcua.server import OpcuaServerAdapter
+
+READER_HASH = hash_password("look")
+SECURE = f"""users:
+      - {{username: op, password_hash: '{SECRET_HASH}', access: write}}
+      - {{username: viewer, password_hash: '{READER_HASH}', access: read}}
+    security:
+      endpoints: [{{policy: Basic256Sha256, mode: SignAndEncrypt}}]
+      pki_dir: PKI"""
+CLIENT_URI = "urn:protocol-brain:test-client"
+
+
+def server_only(tmp_path: Path, **settings: object) -> OpcuaServerAdapter:
+    config = OpcuaServer.model_validate(
+        {
+            "host": HOST,
+            "port": free_port(),
+            "security": {"pki_dir": str(tmp_path / "pki" / "{name}")},
+            **settings,
+        }
+    )
+    return OpcuaServerAdapter("opcua", config, AdapterContext(Bus(), "sec"))
+
+
+async def endpoints(url: str) -> list[ua.EndpointDescription]:
+    result: list[ua.EndpointDescription] = await Client(url).connect_and_get_server_endpoints()
+    return result
+
+
+async def secure_client(plant: Plant, pki: Path, user: str | None, password: str | None) -> Client:
+    """A Basic256Sha256 SignAndEncrypt client with its own certificate (not yet trusted)."""
+    cert, key = await ensure_certificate(pki, CLIENT_URI, "localhost")
+    client = Client(plant.url)
+    client.application_uri = CLIENT_URI
+    await client.set_security(
+        SecurityPolicyBasic256Sha256,
+        certificate=str(cert),
+        private_key=str(key),
+        mode=ua.MessageSecurityMode.SignAndEncrypt,
+    )
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password or "")
+    return client
+
+
+def trust(plant: Plant, tmp_path: Path, certificate: Path) -> None:
+    trusted = tmp_path / "pki" / "trusted"
+    assert trusted.is_dir()  # made by the server on start
+    shutil.copy(certificate, trusted / certificate.name)
+
+
+@pytest.fixture
+async def secure_plant(simulator: Simulator, tmp_path: Path) -> AsyncIterator[Plant]:
+    async with plant_gateway(simulator, tmp_path, server=SECURE) as plant:
+        yield plant
+
+
+async def test_certificate_generated_on_first_run_and_reused(tmp_path: Path) -> None:
+    first = server_only(tmp_path, anonymous=True)
+    async with first:
+        generated = tmp_path / "pki" / "opcua" / CERT_FILE
+        assert generated.is_file()
+        served = (await endpoints(first.endpoint_url))[0].ServerCertificate
+        assert served == generated.read_bytes()
+        san = load_certificate(generated).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        assert uris == ["urn:protocol-brain:sec"]
+    again = server_only(tmp_path, anonymous=True)
+    async with again:
+        assert (await endpoints(again.endpoint_url))[0].ServerCertificate == served
+
+
+async def test_none_endpoint_only_when_allowed(tmp_path: Path) -> None:
+    default = server_only(tmp_path, anonymous=True)
+    async with default:
+        found = await endpoints(default.endpoint_url)
+    modes = {(e.SecurityPolicyUri.split("#")[-1], e.SecurityMode.name) for e in found}
+    assert modes == {
+        (policy, mode)
+        for policy in ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+        for mode in ("Sign", "SignAndEncrypt")
+    }
+    # anonymous: true offers anonymous tokens, on secure endpoints only
+    tokens = {t.TokenType for e in found for t in e.UserIdentityTokens}
+    assert tokens == {ua.UserTokenType.Anonymous, ua.UserTokenType.UserName}
+
+    with_none = server_only(tmp_path, security={"allow_none": True, "pki_dir": str(tmp_path)})
+    async with with_none:
+        found = await endpoints(with_none.endpoint_url)
+        # users only (anonymous: false): an anonymous session on None is refused
+        with pytest.raises(ua.UaStatusCodeError):
+            async with Client(with_none.endpoint_url):
+                pass
+    assert ua.MessageSecurityMode.None_ in {e.SecurityMode for e in found}
+    assert len(found) == 7
+    assert {t.TokenType for e in found for t in e.UserIdentityTokens} == {ua.UserTokenType.UserName}
+
+
+async def test_untrusted_client_certificate_is_rejected(
+    secure_plant: Plant, tmp_path: Path
+) -> None:
+    client = await secure_client(secure_plant, tmp_path / "client", "op", "secret")
+    with pytest.raises(ua.uaerrors.BadCertificateUntrusted):
+        async with client:
+            pass
+    rejected = list((tmp_path / "pki" / "rejected").glob("*.der"))
+    assert len(rejected) == 1  # where an operator finds it, to move it to trusted
+    assert secure_plant.server.status()["certificates_refused"] >= 1
+
+    trust(secure_plant, tmp_path, tmp_path / "client" / CERT_FILE)
+    client = await secure_client(secure_plant, tmp_path / "client", "op", "secret")
+    async with client:
+        temp = secure_plant.node_id("temp")
+        dv = await wait_for(lambda: _good(client, temp), message="a Good value")
+        assert dv.Value.Value == 21.5
+        assert await write(client, secure_plant.node_id("level"), ua.Variant(50.0)) == "Good"
+    assert secure_plant.device.get_registers("holding", 20) == [500]
+
+
+async def test_users_passwords_and_read_only_access(secure_plant: Plant, tmp_path: Path) -> None:
+    cert, _ = await ensure_certificate(tmp_path / "client", CLIENT_URI, "localhost")
+    trust(secure_plant, tmp_path, cert)
+    for user, password in (("op", "wrong"), ("nobody", "secret"), (None, None)):
+        client = await secure_client(secure_plant, tmp_path / "client", user, password)
+        with pytest.raises(ua.UaStatusCodeError) as refused:
+            async with client:
+                pass
+        assert type(refused.value).__name__ in (
+            "BadUserAccessDenied",
+            "BadIdentityTokenRejected",
+            "BadIdentityTokenInvalid",
+        ), (user, refused.value)
+    assert secure_plant.server.status()["logins_refused"] == 2
+
+    viewer = await secure_client(secure_plant, tmp_path / "client", "viewer", "look")
+    async with viewer:
+        temp = secure_plant.node_id("temp")
+        assert (await wait_for(lambda: _good(viewer, temp), message="viewer reads")).Value
+        level = secure_plant.node_id("level")
+        assert await write(viewer, level, ua.Variant(50.0)) == "BadUserAccessDenied"
+    assert secure_plant.device.get_registers("holding", 20) == [425]
+
+
+async def test_node_opcua_secure_with_user_and_trust_list(
+    secure_plant: Plant, tmp_path: Path
+) -> None:
+    plant = secure_plant
+    await wait_for(lambda: plant.server.status()["updates"] >= 6, message="first values")
+    security = {"policy": "Basic256Sha256", "mode": "SignAndEncrypt"}
+    user = {"username": "op", "password": "secret"}
+    trusted_pki = tmp_path / "node-trusted"
+    code, lines = await run_node_client({"pki": str(trusted_pki), "certificateOnly": True})
+    assert code == 0
+    trust(plant, tmp_path, Path(one(lines, "certificate")))
+
+    plan = {
+        "pki": str(trusted_pki),
+        "url": plant.url,
+        "security": security,
+        "user": user,
+        "browse": f"ns={plant.ns};s=Plant/pump",
+        "read": [plant.node_id("setpoint")],
+        "subscribe": {"nodes": [plant.node_id("temp")], "count": 1, "timeout": 5000},
+        "write": [
+            {"nodeId": plant.node_id("setpoint"), "dataType": "Float", "value": 212},
+            {"nodeId": plant.node_id("setpoint"), "dataType": "Float", "value": 400},
+            {"nodeId": plant.node_id("temp"), "dataType": "Double", "value": 1},
+        ],
+    }
+    code, lines = await run_node_client(plan)
+    assert code == 0, lines
+    assert len(one(lines, "browse")) == 6
+    (setpoint,) = one(lines, "read")
+    assert setpoint["value"] == 122 and setpoint["status"] == "Good"
+    assert setpoint["properties"]["EngineeringUnits"]["unitId"] == 4604232
+    assert one(lines, "change")["value"] == 21.5
+    assert [w["status"] for w in one(lines, "write")] == [
+        "Good",
+        "BadOutOfRange",
+        "BadNotWritable",
+    ]
+    # 212 degF = 100 degC on the device
+    assert plant.device.get_registers("holding", 10, 2) == encode(
+        100.0, DataType.FLOAT32, ByteOrder.CDAB
+    )
+
+    # the same plan with a certificate nobody trusted
+    plan["pki"] = str(tmp_path / "node-stranger")
+    code, lines = await run_node_client(plan)
+    assert code == 1
+    assert "connected" not in {k for line in lines for k in line}
+    assert lines[-1]["status"] in ("BadCertificateUntrusted", "BadSecurityChecksFailed"), lines
