@@ -109,9 +109,7 @@ def main() -> None:
         procs.append(sim)
         opcua_port = free_port()
         config = workdir / "gateway.yaml"
-        config.write_text(
-            config_text(ports, opcua_port, workdir / "pki", hash_password(PASSWORD))
-        )
+        config.write_text(config_text(ports, opcua_port, workdir / "pki", hash_password(PASSWORD)))
         gw = start_gateway(config, workdir / "gateway.log")
         procs.append(gw)
         wait_port(opcua_port, 60)
@@ -120,8 +118,10 @@ def main() -> None:
         gw.send_signal(signal.SIGTERM)
         gw.wait(30)
         for case, figures in result.items():
-            print(f"  {case:<18} " + "  ".join(f"{k}={v}" for k, v in figures.items()),
-                  file=sys.stderr)
+            print(
+                f"  {case:<18} " + "  ".join(f"{k}={v}" for k, v in figures.items()),
+                file=sys.stderr,
+            )
         print(json.dumps({"opcua_to_modbus_write": result, "cores": os.cpu_count()}))
     finally:
         stop(procs)

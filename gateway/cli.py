@@ -144,7 +144,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "warning")
     from gateway.demo import run_demo
 
-    return asyncio.run(run_demo(duration=args.duration, mqtt_port=args.mqtt_port))
+    return asyncio.run(
+        run_demo(duration=args.duration, mqtt_port=args.mqtt_port, opcua_port=args.opcua_port)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulated Modbus device -> gateway -> embedded MQTT broker")
     p.add_argument("--duration", type=float, default=None, help="seconds; default until Ctrl-C")
     p.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port")
+    p.add_argument("--opcua-port", type=int, default=4840, help="OPC UA server port")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_demo)
     return parser

@@ -35,6 +35,8 @@ devices:
       - {{name: pressure, table: input, address: 0, type: float32, unit: bar, poll: fast,
          deadband: {{absolute: 0.01}}}}
       - {{name: pump_running, table: coil, address: 0, poll: fast}}
+      - {{name: setpoint, table: holding, address: 10, type: float32, unit: degC, access: rw,
+         low: 0, high: 90, poll: fast}}
 endpoints:
   broker:
     protocol: mqtt
@@ -47,6 +49,16 @@ endpoints:
     port: {mqtt_port}
     status_topic: "demo/{{gateway}}/watcher"
     subscriptions: [{{topic: "plant/#", qos: 1}}]
+  opcua:                       # the same device as an OPC UA server, writes go back to Modbus
+    protocol: opcua
+    role: server
+    host: 127.0.0.1
+    port: {opcua_port}
+    security:
+      allow_none: true         # demo only: lets any client in without certificates
+      pki_dir: "{pki_dir}"
+    anonymous: true            # demo only: read without a user
+    users: [{{username: demo, password_hash: "{demo_hash}", access: write}}]
 bridges:
   - name: boiler-up
     from: boiler
@@ -55,7 +67,18 @@ bridges:
     topic: "plant/{{device}}/{{point}}"
     payload: sample
     qos: 1
+  - name: boiler-opcua
+    from: boiler
+    to: opcua
+    folder: Boiler
 """
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _port_free(port: int) -> bool:
@@ -67,22 +90,40 @@ def _port_free(port: int) -> bool:
     return True
 
 
-async def run_demo(duration: float | None = None, mqtt_port: int = 1883) -> int:
+async def run_demo(
+    duration: float | None = None, mqtt_port: int = 1883, opcua_port: int = 4840
+) -> int:
     from gateway.broker import EmbeddedBroker
     from gateway.cli import install_stop_signals
     from gateway.config import load_config_text
+    from gateway.passwords import hash_password
     from gateway.runtime import Gateway
+    from protocols.modbus.codec import DataType
     from protocols.modbus.simulator import Simulator
 
     out = sys.stdout
     if not _port_free(mqtt_port):
         print(f"port {mqtt_port} is taken (a broker already running?); using a free port", file=out)
         mqtt_port = 0
+    if opcua_port == 0:
+        opcua_port = _free_port()
+    elif not _port_free(opcua_port):
+        print(f"port {opcua_port} is taken; serving OPC UA on a free port", file=out)
+        opcua_port = _free_port()
     async with EmbeddedBroker("127.0.0.1", mqtt_port) as broker, Simulator() as sim:
         device = await sim.add_device(port=0, name="boiler")
         sim.animate(device, period=1.0)
-        text = DEMO_CONFIG.format(modbus_port=device.port, mqtt_port=broker.port)
-        config_path = Path(tempfile.gettempdir()) / "protocol-brain-demo.yaml"
+        device.set_value("holding", 10, 60.0, DataType.FLOAT32)
+        workdir = Path(tempfile.gettempdir()) / "protocol-brain-demo"
+        workdir.mkdir(exist_ok=True)
+        text = DEMO_CONFIG.format(
+            modbus_port=device.port,
+            mqtt_port=broker.port,
+            opcua_port=opcua_port,
+            pki_dir=workdir / "pki",
+            demo_hash=hash_password("demo"),
+        )
+        config_path = workdir / "demo.yaml"
         config_path.write_text(text)
         config = load_config_text(text, str(config_path))
         gateway = Gateway(config)
@@ -92,6 +133,8 @@ async def run_demo(duration: float | None = None, mqtt_port: int = 1883) -> int:
             "Protocol Brain demo\n"
             f"  Modbus device (simulated)  127.0.0.1:{device.port}, unit 1\n"
             f"  MQTT broker (embedded)     127.0.0.1:{broker.port}\n"
+            f"  OPC UA server              opc.tcp://127.0.0.1:{opcua_port}/protocol-brain"
+            " (None endpoint, anonymous read; user demo / demo may write Boiler/setpoint)\n"
             f"  config                     {config_path}\n"
             "Watch it yourself:\n"
             f"  mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'plant/#' -v\n"

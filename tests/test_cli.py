@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import free_port
+import pytest
+from conftest import free_port, port_open, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -106,3 +107,46 @@ def test_opcua_examples_validate() -> None:
     for name in ("modbus_to_opcua.yaml", "opcua_to_mqtt.yaml"):
         out = gateway("validate", f"examples/{name}")
         assert out.returncode == 0, out.stderr
+
+
+async def test_demo_serves_the_device_over_opcua_with_write_back() -> None:
+    import asyncio
+
+    from asyncua import Client, ua
+
+    opcua_port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY, "demo", "--duration", "20", "--mqtt-port", str(free_port()),
+        "--opcua-port", str(opcua_port), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        while b"Readings that reached" not in await asyncio.wait_for(proc.stdout.readline(), 30):
+            pass
+        await wait_for(lambda: port_open("127.0.0.1", opcua_port), timeout=20)
+        client = Client(f"opc.tcp://127.0.0.1:{opcua_port}/protocol-brain", timeout=10)
+        client.set_user("demo")
+        client.set_password("demo")
+        async with client:
+            ns = await client.get_namespace_index("urn:protocol-brain:demo")
+            temp = client.get_node(f"ns={ns};s=boiler.temperature")
+            for _ in range(50):
+                dv = await temp.read_data_value(raise_on_bad_status=False)
+                if dv.StatusCode.is_good():
+                    break
+                await asyncio.sleep(0.1)
+            assert 14 < dv.Value.Value < 26  # degC: the OPC UA bridge converts no units
+            setpoint = client.get_node(f"ns={ns};s=boiler.setpoint")
+            await setpoint.write_value(ua.DataValue(ua.Variant(55.0, ua.VariantType.Float)))
+            with pytest.raises(ua.UaStatusCodeError) as refused:
+                await setpoint.write_value(ua.DataValue(ua.Variant(95.0, ua.VariantType.Float)))
+            assert refused.value.code == ua.StatusCodes.BadOutOfRange
+            for _ in range(50):
+                if (await setpoint.read_value()) == 55.0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await setpoint.read_value() == 55.0
+    finally:
+        proc.terminate()
+        await proc.wait()
