@@ -3,15 +3,20 @@ list, users and passwords, with asyncua's client and node-opcua's (a peer we did
 
 from __future__ import annotations
 
+import datetime
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from asyncua import Client, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from conftest import HOST, free_port, wait_for
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from test_opcua_server import (
     SECRET_HASH,
     Plant,
@@ -28,7 +33,12 @@ from gateway.passwords import hash_password
 from protocols.modbus.codec import ByteOrder, DataType, encode
 from protocols.modbus.simulator import Simulator
 from protocols.opcua.config import OpcuaServer
-from protocols.opcua.pki import CERT_FILE, ensure_certificate, load_certificate
+from protocols.opcua.pki import (
+    CERT_FILE,
+    ensure_certificate,
+    load_certificate,
+    load_trust_store,
+)
 from protocols.opcua.server import OpcuaServerAdapter
 
 READER_HASH = hash_password("look")
@@ -224,3 +234,44 @@ async def test_node_opcua_secure_with_user_and_trust_list(
     assert code == 1
     assert "connected" not in {k for line in lines for k in line}
     assert lines[-1]["status"] in ("BadCertificateUntrusted", "BadSecurityChecksFailed"), lines
+
+
+def _certificate(
+    subject: str, key: rsa.RSAPrivateKey, issuer: tuple[str, rsa.RSAPrivateKey] | None, ca: bool
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name, issuer_key = issuer or (subject, key)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def test_trust_list_takes_exact_certificates_and_ca_issued_ones(tmp_path: Path) -> None:
+    ca_key, leaf_key, other_key = (rsa.generate_private_key(65537, 2048) for _ in range(3))
+    ca = _certificate("Plant CA", ca_key, None, ca=True)
+    issued = _certificate("hmi-1", leaf_key, ("Plant CA", ca_key), ca=False)
+    forged = _certificate("hmi-2", other_key, ("Plant CA", other_key), ca=False)  # CA's name only
+    stranger = _certificate("laptop", other_key, None, ca=False)
+
+    trust = load_trust_store(tmp_path, None, peer="client")
+    assert not trust.is_trusted(issued)
+    (trust.trusted / "ca.der").write_bytes(ca.public_bytes(serialization.Encoding.DER))
+    assert trust.is_trusted(issued)  # re-read: trusting needs no restart
+    assert not trust.is_trusted(forged)
+    assert not trust.is_trusted(stranger)
+    with pytest.raises(ServiceError) as refused:
+        trust.check(stranger)
+    assert refused.value.code == ua.StatusCodes.BadCertificateUntrusted
+    assert len(list((tmp_path / "rejected").glob("*.der"))) == 1
+
+    (trust.trusted / "laptop.pem").write_bytes(stranger.public_bytes(serialization.Encoding.PEM))
+    trust.check(stranger)  # an exact certificate, PEM this time
+    assert (trust.accepted, trust.refused) == (1, 1)

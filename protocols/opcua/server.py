@@ -9,7 +9,9 @@ is ``BadWaitingForInitialData`` until the first sample arrives.
 Values (the hot path): `send` keeps, per point, asyncua's ``AttributeValue`` of the Value
 attribute, sets a new ``DataValue`` on it and awaits the monitored items' data-change callbacks
 itself. That is what ``Server.write_attribute_value`` does, without its node lookup, type check
-and ``dataclasses.replace``; see the README's benchmark figures for the cost per update.
+and ``dataclasses.replace``. Measured with 10,000 points at 10,000 updates/s: about 2-4 µs of
+server CPU per update with nobody subscribed, about 25 µs when a client monitors every point
+(asyncua's monitored-item bookkeeping and the Publish encoding, which we do not touch).
 
 Status of a bad sample, from ``Sample.reason``: "timeout" -> BadTimeout; "not connected" (never
 got through) -> BadNoCommunication; "connection lost", "connection error", "unreachable" and
@@ -17,8 +19,9 @@ other connection trouble -> BadCommunicationError; anything else (a Modbus excep
 that does not decode) -> BadDeviceFailure. An uncertain sample is Uncertain. A bad value is
 null, as OPC UA requires, so a client never sees a stale number marked Good.
 
-Writes: asyncua handles a Write request in ``InternalSession.write``, which calls a
-synchronous setter path inside ``AttributeService.write``. We give the server our own session
+Writes: asyncua handles a Write request in ``InternalSession.write``, which hands it to
+``AttributeService.write`` and on to the address space's synchronous setters; nothing there can
+wait for a device. We give the server our own session
 class (through ``InternalServer.create_session``): its ``write`` takes the items that address
 our variables, awaits ``Bridge.write`` for each (concurrently) and answers with the status the
 device round trip produced, Good only after the device acknowledged; every other item goes
@@ -539,6 +542,7 @@ class OpcuaServerAdapter(Adapter):
         self.server: Server | None = None
         self.trust: TrustList | None = None
         self._users: _Users | None = None
+        self._frozen = False
         self.endpoint_url = self._url()
         self.namespace_index = 0
         self.updates = 0
@@ -585,6 +589,9 @@ class OpcuaServerAdapter(Adapter):
         server, self.server = self.server, None
         if server is not None:
             await server.stop()
+        if self._frozen:
+            gc.unfreeze()  # our nodes may be collected again (and whatever else was frozen)
+            self._frozen = False
 
     async def run(self) -> None:
         await asyncio.Event().wait()  # asyncua serves from its own tasks; nothing to poll
@@ -631,8 +638,17 @@ class OpcuaServerAdapter(Adapter):
         server.set_identity_tokens(tokens)
 
     def _build(self, iserver: InternalServer) -> None:
-        # Hundreds of thousands of new objects would trigger full garbage collections of an
-        # ever larger heap over and over (4 of 6 s for 10,000 points); none are garbage yet.
+        """Build our nodes, then take the whole address space out of the garbage collector's
+        sight.
+
+        An address space is millions of long-lived objects (1.9 million for 10,000 points). Built
+        with the collector on, full collections of an ever larger heap run over and over (4 of
+        6 s for 10,000 points). Left tracked afterwards, every full collection walks all of
+        them (1.2 s, the event loop stalled, Modbus timeouts firing), and at 10,000 updates/s
+        one comes every few seconds. ``gc.freeze()`` moves what exists now to the permanent
+        generation, which collections skip; `__aexit__` gives it back.
+        """
+        gc.collect()  # what is garbage now would otherwise be frozen for good
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -640,6 +656,8 @@ class OpcuaServerAdapter(Adapter):
         finally:
             if enabled:
                 gc.enable()
+        gc.freeze()
+        self._frozen = True
 
     def _build_nodes(self, builder: _Builder) -> None:
         for bridge in self.bridges:
