@@ -176,7 +176,7 @@ ONE_PROBLEM = [
         15,
         "devices.plc1.protocol",
         "unknown protocol 'modbsu'",
-        "one of: modbus, mqtt (did you mean 'modbus'?)",
+        "one of: modbus, mqtt, opcua (did you mean 'modbus'?)",
     ),
     (
         "duplicate_yaml_key.yaml",
@@ -219,7 +219,7 @@ ONE_PROBLEM = [
         9,
         "bridges[0].to",
         "'plc2', a modbus device",
-        "mqtt can be a bridge target; modbus cannot yet",
+        "mqtt, opcua (server) can be a bridge target; modbus cannot yet",
     ),
     (
         "points_glob.yaml",

@@ -250,11 +250,24 @@ class ModbusClientAdapter(Adapter):
             self._down_reason = "not connected"
             self._lost.clear()
             self._connected.set()
-            await self._lost.wait()
+            await self._watch(client)
             log.warning("%s: connection lost (%s); reconnecting", self.name, self.last_error)
             first = True
             self._close()
             await self._mark_all_bad("connection lost")
+
+    async def _watch(self, client: AsyncModbusTcpClient) -> None:
+        """Until the connection is lost: a failed request says so, and so does a device that
+        closes it between polls (noticed within a second, not at the next slow poll)."""
+        while not self._lost.is_set():
+            try:
+                await asyncio.wait_for(self._lost.wait(), 1.0)
+            except TimeoutError:
+                if not client.connected:
+                    self._down_reason = "connection closed by the device"
+                    self.last_error = self._down_reason
+                    self._connected.clear()
+                    self._lost.set()
 
     async def _mark_all_bad(self, reason: str) -> None:
         now = time.time()
