@@ -275,3 +275,18 @@ def test_trust_list_takes_exact_certificates_and_ca_issued_ones(tmp_path: Path) 
     (trust.trusted / "laptop.pem").write_bytes(stranger.public_bytes(serialization.Encoding.PEM))
     trust.check(stranger)  # an exact certificate, PEM this time
     assert (trust.accepted, trust.refused) == (1, 1)
+
+
+async def test_configured_certificate_pem_under_any_name(tmp_path: Path) -> None:
+    cert, key = await ensure_certificate(tmp_path / "made", "urn:protocol-brain:sec", "localhost")
+    pem = tmp_path / "server.crt"  # PEM, though the name says nothing
+    pem.write_bytes(load_certificate(cert).public_bytes(serialization.Encoding.PEM))
+    adapter = server_only(
+        tmp_path,
+        anonymous=True,
+        security={"certificate": str(pem), "private_key": str(key), "pki_dir": str(tmp_path)},
+    )
+    async with adapter:
+        found = await endpoints(adapter.endpoint_url)
+    assert {e.ServerCertificate for e in found} == {cert.read_bytes()}
+    assert not (tmp_path / CERT_FILE).exists()  # nothing generated

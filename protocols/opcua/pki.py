@@ -74,9 +74,7 @@ async def ensure_certificate(
 def _ensure_certificate(pki_dir: Path, application_uri: str, hostname: str) -> tuple[Path, Path]:
     cert_path, key_path = pki_dir / CERT_FILE, pki_dir / KEY_FILE
     if key_path.is_file():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError(f"{key_path}: OPC UA needs an RSA private key")
+        key = load_private_key(key_path)
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         key_path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +173,18 @@ def load_certificate(path: Path) -> x509.Certificate:
     if data.lstrip().startswith(b"-----BEGIN"):
         return x509.load_pem_x509_certificate(data)
     return x509.load_der_x509_certificate(data)
+
+
+def load_private_key(path: Path) -> rsa.RSAPrivateKey:
+    """An unencrypted RSA key, PEM or DER whatever the file is called."""
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        key = serialization.load_pem_private_key(data, password=None)
+    else:
+        key = serialization.load_der_private_key(data, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{path}: OPC UA needs an RSA private key")
+    return key
 
 
 class TrustList:

@@ -62,7 +62,14 @@ from gateway.commands import WriteResult, WriteStatus
 from gateway.passwords import verify_password
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
-from protocols.opcua.pki import TrustList, ensure_certificate, load_trust_store, pki_path
+from protocols.opcua.pki import (
+    TrustList,
+    ensure_certificate,
+    load_certificate,
+    load_private_key,
+    load_trust_store,
+    pki_path,
+)
 from protocols.opcua.units import eu_information
 
 if TYPE_CHECKING:
@@ -617,8 +624,9 @@ class OpcuaServerAdapter(Adapter):
             cert, key = Path(sec.certificate), Path(sec.private_key)
         else:
             cert, key = await ensure_certificate(pki_dir, app_uri, socket.gethostname())
-        await server.load_certificate(str(cert))
-        await server.load_private_key(str(key))
+        # PEM or DER by content, not by file name (a PEM ".crt" is common)
+        server.iserver.certificate = load_certificate(cert)
+        server.iserver.private_key = load_private_key(key)
         self.trust = load_trust_store(pki_dir, sec.trusted_clients, peer="client")
         policies = [SECURITY_POLICIES[(e.policy, e.mode)] for e in sec.endpoints]
         if sec.allow_none:
@@ -752,7 +760,8 @@ class OpcuaServerAdapter(Adapter):
             result: list[ua.StatusCode] = await others(params)
             return result
         results: list[ua.StatusCode] = [status(Codes.Good)] * len(items)
-        theirs = [i for i in range(len(items)) if i not in set(ours)]
+        mine = set(ours)
+        theirs = [i for i in range(len(items)) if i not in mine]
         if theirs:
             answered = await others(ua.WriteParameters(NodesToWrite=[items[i] for i in theirs]))
             for i, code in zip(theirs, answered, strict=True):
