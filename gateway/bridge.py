@@ -123,12 +123,22 @@ class Bridge:
                     high = None if p.high is None else conv(p.high)
                     if low is not None and high is not None and low > high:
                         low, high = high, low
-                    p = replace(p, unit=unit, low=low, high=high)
+                    # 21 degC is 69.8 degF: a converted integer point carries floats.
+                    datatype = "float64" if p.datatype not in ("float32", "float64") else p.datatype
+                    p = replace(p, unit=unit, low=low, high=high, datatype=datatype)
                 specs.append(p)
             out[device] = specs
         return out
 
-    async def write(self, device: str, point: str, value: Value, *, origin: str) -> WriteResult:
+    async def write(
+        self,
+        device: str,
+        point: str,
+        value: Value,
+        *,
+        origin: str,
+        ack_timeout: float | None = None,
+    ) -> WriteResult:
         """A write from the target side: back to source units, then the router's safety rules."""
         if self.router is None or device not in self.config.sources:
             return WriteResult(
@@ -145,7 +155,7 @@ class Bridge:
                 from gateway.units import converter
 
                 value = converter(unit, spec.unit)(float(value))
-        return await self.router.write(device, point, value, origin=origin)
+        return await self.router.write(device, point, value, origin=origin, ack_timeout=ack_timeout)
 
     def subscribe(self) -> None:
         """Subscribe before adapters start, so the first readings are not missed."""

@@ -22,7 +22,10 @@ import pytest
 from protocols.modbus.simulator import Simulator
 
 HOST = "127.0.0.1"
-INSTALL_HINT = "run scripts/install-peers.sh (installs mosquitto, mosquitto-clients, mbpoll)"
+INSTALL_HINT = (
+    "run scripts/install-peers.sh (installs mosquitto, mosquitto-clients, mbpoll, node-opcua)"
+)
+NODE_DIR = Path(__file__).parent / "interop" / "node"
 
 T = TypeVar("T")
 
@@ -52,6 +55,16 @@ def find_binary(name: str, *fallbacks: str) -> str:
         if Path(path).is_file():
             return path
     pytest.fail(f"{name} not found on PATH or in {', '.join(fallbacks) or '-'}: {INSTALL_HINT}")
+
+
+def node_binary() -> str:
+    """Node.js, with node-opcua installed for the interop scripts, or a test failure."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail(f"node not found on PATH: {INSTALL_HINT}")
+    if not (NODE_DIR / "node_modules" / "node-opcua").is_dir():
+        pytest.fail(f"node-opcua missing in {NODE_DIR}/node_modules: {INSTALL_HINT}")
+    return node
 
 
 async def wait_for(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HOST, free_port, wait_for
+from conftest import HOST, NODE_DIR, free_port, node_binary, wait_for
 
 from gateway.adapter import AdapterContext
 from gateway.bus import Bus
@@ -30,9 +30,7 @@ from gateway.types import Message, Quality, Sample
 from protocols.opcua.client import OpcuaClientAdapter
 from protocols.opcua.config import OpcuaClient
 
-NODE_DIR = Path(__file__).parent / "interop" / "node"
 SERVER_JS = NODE_DIR / "opcua_server.js"
-INSTALL_HINT = "run scripts/install-peers.sh (installs node and node-opcua in tests/interop/node)"
 NODES = {
     "Temp": "ns=1;s=Plant.Boiler.Temp",
     "Counter": "ns=1;s=Plant.Boiler.Counter",
@@ -44,13 +42,6 @@ NODES = {
 FAST = {"initial": 0.05, "max": 0.5}  # reconnect backoff for tests
 
 
-def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(f"node not found on PATH: {INSTALL_HINT}")
-    if not (NODE_DIR / "node_modules" / "node-opcua").is_dir():
-        pytest.fail(f"node-opcua missing in {NODE_DIR}/node_modules: {INSTALL_HINT}")
-    return node
 
 
 class NodeOpcuaServer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
-from conftest import HOST, free_port, wait_for
+from conftest import HOST, NODE_DIR, free_port, node_binary, wait_for
 
 from gateway.adapter import AdapterContext
 from gateway.bus import Bus
@@ -32,8 +31,6 @@ from protocols.opcua.config import OpcuaServer
 from protocols.opcua.server import OpcuaServerAdapter
 from protocols.opcua.units import eu_information
 
-NODE_DIR = Path(__file__).parent / "interop" / "node"
-NODE_HINT = "run scripts/install-peers.sh (installs node and node-opcua into tests/interop/node)"
 NAMESPACE = "urn:protocol-brain:plant"
 SECRET_HASH = hash_password("secret")
 WRITER = (
@@ -163,13 +160,6 @@ async def read(client: Client, node_id: str) -> ua.DataValue:
     return result
 
 
-def node_binary() -> str:
-    found = shutil.which("node")
-    if found is None:
-        pytest.fail(f"node not found on PATH: {NODE_HINT}")
-    if not (NODE_DIR / "node_modules" / "node-opcua").is_dir():
-        pytest.fail(f"node-opcua missing in {NODE_DIR}/node_modules: {NODE_HINT}")
-    return found
 
 
 async def run_node_client(plan: dict[str, Any], limit: float = 20) -> tuple[int, list[Any]]:

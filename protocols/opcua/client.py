@@ -73,8 +73,8 @@ from protocols.opcua.pki import (
     load_trust_store,
     pki_path,
 )
-from protocols.opcua.server import INT_RANGES
-from protocols.opcua.server import VARIANT_TYPES as DECLARED_TYPES
+from protocols.opcua.types import INT_RANGES
+from protocols.opcua.types import VARIANT_TYPES as DECLARED_TYPES
 
 log = logging.getLogger(__name__)
 

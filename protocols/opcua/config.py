@@ -21,7 +21,11 @@ Mode = Literal["Sign", "SignAndEncrypt"]
 PointType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
 ]
-ALL_POLICIES: tuple[Policy, ...] = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+ALL_POLICIES: tuple[Policy, ...] = (
+    "Basic256Sha256",
+    "Aes128_Sha256_RsaOaep",
+    "Aes256_Sha256_RsaPss",
+)
 
 
 class Endpoint(Strict):

@@ -58,7 +58,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography import x509
 
 from gateway.adapter import Adapter, AdapterContext
-from gateway.commands import WriteResult, WriteStatus
+from gateway.commands import WriteStatus
 from gateway.passwords import verify_password
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
@@ -70,6 +70,7 @@ from protocols.opcua.pki import (
     load_trust_store,
     pki_path,
 )
+from protocols.opcua.types import INT_RANGES, NUMBERS, VARIANT_TYPES
 from protocols.opcua.units import eu_information
 
 if TYPE_CHECKING:
@@ -80,30 +81,6 @@ log = logging.getLogger(__name__)
 Codes = ua.StatusCodes
 VT = ua.VariantType
 
-# point datatype -> OPC UA built-in type (the VariantType number is also the DataType NodeId)
-VARIANT_TYPES: dict[str, ua.VariantType] = {
-    "bool": VT.Boolean,
-    "int16": VT.Int16,
-    "uint16": VT.UInt16,
-    "int32": VT.Int32,
-    "uint32": VT.UInt32,
-    "int64": VT.Int64,
-    "uint64": VT.UInt64,
-    "float32": VT.Float,
-    "float64": VT.Double,
-    "string": VT.String,
-}
-INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
-    VT.SByte: (-(2**7), 2**7 - 1),
-    VT.Byte: (0, 2**8 - 1),
-    VT.Int16: (-(2**15), 2**15 - 1),
-    VT.UInt16: (0, 2**16 - 1),
-    VT.Int32: (-(2**31), 2**31 - 1),
-    VT.UInt32: (0, 2**32 - 1),
-    VT.Int64: (-(2**63), 2**63 - 1),
-    VT.UInt64: (0, 2**64 - 1),
-}
-NUMBERS = frozenset((*INT_RANGES, VT.Float, VT.Double))
 
 SECURITY_POLICIES: dict[tuple[str, str], ua.SecurityPolicyType] = {
     ("Basic256Sha256", "Sign"): ua.SecurityPolicyType.Basic256Sha256_Sign,
@@ -694,8 +671,6 @@ class OpcuaServerAdapter(Adapter):
 
     def _var(self, bridge: Bridge, route: OpcuaServerRoute, device: str, spec: PointSpec) -> _Var:
         vtype = VARIANT_TYPES.get(spec.datatype, VT.Double)
-        if vtype in INT_RANGES and bridge.transform.target_unit(spec.name, None) is not None:
-            vtype = VT.Double  # the bridge converts its unit: 21 degC is 69.8 degF
         return _Var(
             nodeid=ua.NodeId(f"{device}.{spec.name}", self.namespace_index),
             device=device,
@@ -783,12 +758,15 @@ class OpcuaServerAdapter(Adapter):
         host, port = (list(session.name) + ["?", "?"])[:2] if session.name else ("?", "?")
         origin = f"opcua:{session.user.name or 'anonymous'}@{host}:{port}"
         try:
-            result = await asyncio.wait_for(
-                var.bridge.write(var.device, var.spec.name, value, origin=origin),
-                self.config.write_timeout,
+            # The router times the device out itself, and the command carries the same deadline,
+            # so a write reported as timed out is never applied later.
+            result = await var.bridge.write(
+                var.device,
+                var.spec.name,
+                value,
+                origin=origin,
+                ack_timeout=self.config.write_timeout,
             )
-        except TimeoutError:
-            result = WriteResult(WriteStatus.TIMEOUT, f"no answer in {self.config.write_timeout} s")
         except Exception:  # a bug behind the bridge must not fail the other items of the request
             log.exception("%s: write %s/%s failed", self.name, var.device, var.spec.name)
             return self._count(Codes.BadInternalError)
