@@ -17,13 +17,13 @@ from test_opcua_client import NODES, NodeOpcuaServer, peer, shared_pki  # noqa: 
 GATEWAY = [sys.executable, "-m", "gateway"]
 
 
-def config(peer: NodeOpcuaServer, broker: MosquittoBroker, pki: Path) -> str:
+def config(server: NodeOpcuaServer, broker: MosquittoBroker, pki: Path) -> str:
     return f"""
 gateway: {{name: edge-7}}
 devices:
   filler:
     protocol: opcua
-    url: {peer.url}
+    url: {server.url}
     security: {{policy: "None", mode: "None", pki_dir: "{pki}"}}
     reconnect: {{initial: 0.1, max: 0.5}}
     subscription: {{publishing_interval: 0.1}}
