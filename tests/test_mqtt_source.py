@@ -1,0 +1,271 @@
+"""MQTT as a source: payloads on the points' topics fill points (JSON, SenML, text).
+
+The codec is tested sans-IO; the end-to-end tests run a whole in-process gateway with a real
+mosquitto (values published with ``mosquitto_pub``) bridged to the gateway's OPC UA server, read
+and written by asyncua's client; writes are read back from the broker with ``mosquitto_sub``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from conftest import HOST, MosquittoBroker, find_binary, free_port, wait_for
+from pydantic import ValidationError
+from test_opcua_server import running_gateway
+
+from gateway.passwords import hash_password
+from gateway.runtime import Gateway
+from gateway.types import Quality
+from protocols.mqtt.client import MqttAdapter
+from protocols.mqtt.codec import PayloadError, PointDecoder, parse_time
+from protocols.mqtt.config import MqttEndpoint, MqttPoint
+
+T0 = 1_714_564_800.25  # 2024-05-01T12:00:00.250Z
+
+
+def decoder(*points: dict[str, Any]) -> PointDecoder:
+    return PointDecoder([MqttPoint.model_validate(p) for p in points], "dev")
+
+
+# --- codec --------------------------------------------------------------------------------------
+
+
+def test_json_bare_value_object_field_and_timestamps() -> None:
+    d = decoder(
+        {"name": "a", "topic": "t/a"},
+        {"name": "b", "topic": "t/obj", "field": "data.temp", "unit": "degC"},
+        {"name": "c", "topic": "t/obj", "field": "data.on", "type": "bool"},
+        {"name": "d", "topic": "t/d", "type": "int16"},
+    )
+    samples, errors = d.decode("t/a", b"21.5", received=5.0)
+    assert errors == [] and [(s.point, s.value, s.source_ts, s.gateway_ts) for s in samples] == [
+        ("a", 21.5, 5.0, 5.0)
+    ]
+    payload = json.dumps({"ts": "2024-05-01T12:00:00.250Z", "data": {"temp": 20, "on": 1}})
+    samples, errors = d.decode("t/obj", payload.encode(), received=9.0)
+    assert errors == []
+    assert [(s.point, s.value, s.unit, s.source_ts) for s in samples] == [
+        ("b", 20.0, "degC", T0),
+        ("c", True, None, T0),
+    ]
+    assert isinstance(samples[0].value, float)
+    samples, _ = d.decode("t/a", json.dumps({"value": 3, "time": T0 * 1000}).encode())
+    assert samples[0].value == 3.0 and samples[0].source_ts == pytest.approx(T0)
+    samples, _ = d.decode("t/d", b"7")
+    assert samples[0].value == 7 and isinstance(samples[0].value, int)
+    assert d.decode("elsewhere", b"1") == ([], [])
+
+
+def test_parse_time() -> None:
+    assert parse_time(T0) == T0
+    assert parse_time(T0 * 1000) == pytest.approx(T0)
+    assert parse_time("2024-05-01T12:00:00.250+00:00") == T0
+    assert parse_time("2024-05-01T12:00:00.250") == T0  # no zone: UTC
+    assert parse_time("yesterday") is None and parse_time(None) is None
+    assert parse_time(True) is None
+
+
+def test_senml_records_base_fields_and_wildcards() -> None:
+    d = decoder(
+        {"name": "temp", "topic": "s/+/pack", "format": "senml", "senml_name": "urn:dev:1:temp"},
+        {"name": "hum", "topic": "s/+/pack", "format": "senml", "senml_name": "urn:dev:1:hum"},
+        {"name": "only", "topic": "s/one", "format": "senml", "unit": "degC"},
+    )
+    pack = [
+        {"bn": "urn:dev:1:", "bt": T0 - 0.25, "n": "temp", "u": "Cel", "v": 23.5, "t": 0.25},
+        {"n": "hum", "v": 40},
+    ]
+    samples, errors = d.decode("s/x/pack", json.dumps(pack).encode(), received=1.0)
+    assert errors == []
+    assert [(s.point, s.value, s.source_ts, s.unit) for s in samples] == [
+        ("temp", 23.5, T0, None),  # the declared unit (none), not SenML's "Cel"
+        ("hum", 40.0, T0 - 0.25, None),
+    ]
+    samples, _ = d.decode("s/one", b'[{"n": "t", "v": 1.5}]')
+    assert (samples[0].value, samples[0].unit) == (1.5, "degC")
+    assert abs(samples[0].source_ts - samples[0].gateway_ts) < 1  # no time: now (RFC 8428)
+    # relative times (< 2**28) count from now
+    samples, _ = d.decode("s/one", b'[{"n": "t", "v": 1, "t": -10}]')
+    assert abs(samples[0].source_ts - (samples[0].gateway_ts - 10)) < 1
+    _samples, errors = d.decode("s/one", b'[{"n": "a", "v": 1}, {"n": "b", "v": 2}]')
+    assert "set senml_name" in str(errors[0])
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b"\xff", "not UTF-8"),
+        (b'{"other": 1}', "without the key 'value'"),
+        (b'"warm"', "not a number"),
+        (b"[1, 2]", "not a scalar"),
+        (b"70000", "does not fit int16"),
+        (b"1.5", "not an integer"),
+    ],
+)
+def test_bad_payloads_are_errors_not_samples(payload: bytes, why: str) -> None:
+    d = decoder({"name": "a", "topic": "t", "type": "int16"})
+    samples, errors = d.decode("t", payload)
+    assert samples == [] and len(errors) == 1
+    assert isinstance(errors[0], PayloadError) and why in str(errors[0])
+
+
+def test_point_config_rules() -> None:
+    with pytest.raises(ValidationError, match="needs a command_topic"):
+        MqttPoint(name="a", topic="t", access="rw")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="only unambiguous for format senml"):
+        MqttPoint(name="a", topic="t/+")
+    with pytest.raises(ValidationError, match="cannot contain the wildcards"):
+        MqttPoint(name="a", topic="t", access="rw", command_topic="c/+")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="field goes with format json"):
+        MqttPoint(name="a", topic="t", format="senml", field="x")
+    endpoint = MqttEndpoint.model_validate(
+        {"host": "h", "points": [{"name": "a", "topic": "t"}, {"name": "a", "topic": "t"}]}
+    )
+    assert len(endpoint.check()) == 2  # the name twice, and the same topic and field twice
+
+
+# --- end to end: MQTT -> OPC UA server, writes back to MQTT -------------------------------------
+
+
+def gateway_config(broker: MosquittoBroker, opcua_port: int, pki: Path) -> str:
+    op = hash_password("secret")
+    return f"""
+gateway: {{name: edge}}
+endpoints:
+  sensors:
+    protocol: mqtt
+    host: {broker.host}
+    port: {broker.port}
+    reconnect: {{initial: 0.05, max: 0.2}}
+    points:
+      - {{name: temp, topic: plant/boiler/temp, unit: degC}}
+      - {{name: flow, topic: plant/boiler/state, field: flow.now, unit: "L/min"}}
+      - {{name: hum, topic: "senml/+/pack", format: senml, senml_name: "urn:dev:7:hum"}}
+      - {{name: setpoint, topic: plant/boiler/setpoint, unit: degC, access: rw,
+          command_topic: plant/boiler/setpoint/set, low: 0, high: 90}}
+  opcua:
+    protocol: opcua
+    role: server
+    host: {HOST}
+    port: {opcua_port}
+    anonymous: true
+    security: {{allow_none: true, pki_dir: "{pki}"}}
+    users: [{{username: op, password_hash: "{op}", access: write}}]
+bridges:
+  - {{name: up, from: sensors, to: opcua, units: {{temp: degF, setpoint: degF}}}}
+"""
+
+
+@contextlib.asynccontextmanager
+async def source_gateway(
+    broker: MosquittoBroker, tmp_path: Path
+) -> AsyncIterator[tuple[Gateway, MqttAdapter]]:
+    """The gateway of `gateway_config`, running, with its MQTT source connected."""
+    text = gateway_config(broker, free_port(), tmp_path / "pki")
+    async with running_gateway(text) as gateway:
+        mqtt = gateway.adapters["sensors"]
+        assert isinstance(mqtt, MqttAdapter)
+        await asyncio.wait_for(mqtt.wait_connected(), 10)
+        yield gateway, mqtt
+
+
+async def pub(broker: MosquittoBroker, topic: str, payload: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        find_binary("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port),
+        "-q", "1", "-t", topic, "-m", payload,
+    )  # fmt: skip
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def read(client: Client, node_id: str) -> ua.DataValue:
+    value: ua.DataValue = await client.get_node(node_id).read_data_value(raise_on_bad_status=False)
+    return value
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+async def test_mqtt_payloads_reach_opcua_and_writes_come_back(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with source_gateway(mosquitto, tmp_path) as (gateway, mqtt):
+        server = gateway.adapters["opcua"]
+        url, ns = server.endpoint_url, server.namespace_index  # type: ignore[attr-defined]
+
+        def node(point: str) -> str:
+            return f"ns={ns};s=sensors.{point}"
+
+        await pub(mosquitto, "plant/boiler/temp", json.dumps({"value": 21.5, "ts": T0}))
+        state = {"ts": "2024-05-01T12:00:00.250Z", "flow": {"now": 12.5}}
+        await pub(mosquitto, "plant/boiler/state", json.dumps(state))
+        senml = [{"bn": "urn:dev:7:", "bt": T0, "n": "hum", "v": 41}, {"n": "other", "v": 1}]
+        await pub(mosquitto, "senml/dev7/pack", json.dumps(senml))
+
+        async with Client(url) as client:
+
+            async def good(point: str, value: float) -> bool:
+                dv = await read(client, node(point))
+                return dv.StatusCode.is_good() and dv.Value.Value == pytest.approx(value)
+
+            await wait_for(lambda: good("temp", 70.7), timeout=10, message="temp in degF")
+            dv = await read(client, node("temp"))
+            assert dv.SourceTimestamp == utc(T0)
+            await wait_for(lambda: good("flow", 12.5), timeout=10, message="flow")
+            assert (await read(client, node("flow"))).SourceTimestamp == utc(T0)
+            await wait_for(lambda: good("hum", 41.0), timeout=10, message="SenML hum")
+            assert (await read(client, node("hum"))).SourceTimestamp == utc(T0)
+
+            # A malformed payload is counted; the point keeps its last good value.
+            before = mqtt.status()["bad_payloads"]
+            await pub(mosquitto, "plant/boiler/temp", "{broken")
+            await wait_for(lambda: mqtt.status()["bad_payloads"] == before + 1, timeout=10)
+            dv = await read(client, node("temp"))
+            assert dv.StatusCode.is_good() and dv.Value.Value == pytest.approx(70.7)
+
+        # An OPC UA write (degF) -> the command topic (degC), acknowledged by the broker.
+        sub = await asyncio.create_subprocess_exec(
+            find_binary("mosquitto_sub"), "-h", mosquitto.host, "-p", str(mosquitto.port),
+            "-q", "1", "-t", "plant/boiler/setpoint/set", "-C", "1", "-W", "15", "-v",
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        await asyncio.sleep(0.5)  # let mosquitto_sub subscribe
+        writer = Client(url)
+        writer.set_user("op")
+        writer.set_password("secret")
+        async with writer:
+            variant = ua.Variant(122.0, ua.VariantType.Double)
+            await writer.get_node(node("setpoint")).write_value(ua.DataValue(variant))
+            out, _ = await asyncio.wait_for(sub.communicate(), 20)
+            assert out.decode().strip() == "plant/boiler/setpoint/set 50.0"
+            with pytest.raises(ua.UaStatusCodeError):  # 212 degF = 100 degC > high 90
+                variant = ua.Variant(212.0, ua.VariantType.Double)
+                await writer.get_node(node("setpoint")).write_value(ua.DataValue(variant))
+        assert mqtt.status()["writes"] == 1
+
+
+async def test_broker_down_writes_fail_now_and_points_go_bad(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with source_gateway(mosquitto, tmp_path) as (gateway, mqtt):
+        await pub(mosquitto, "plant/boiler/temp", "20")
+        seen = gateway.bus.subscribe("telemetry/sensors", maxsize=100, name="test")
+        mosquitto.stop()
+        bad = await asyncio.wait_for(seen.get(), 10)
+        assert {s.quality for s in bad.samples} == {Quality.BAD}
+        assert {s.point for s in bad.samples} == {"temp", "flow", "hum", "setpoint"}
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        result = await gateway.router.write("sensors", "setpoint", 40.0, origin="test")
+        assert result.status == "unreachable" and loop.time() - t0 < 1.0
+        seen.close()
