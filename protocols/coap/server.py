@@ -1,0 +1,425 @@
+"""The gateway as a CoAP server (aiocoap): each bridged point is a resource, and each device too.
+
+Resources. A point lives at ``route.path`` (default ``{device}/{point}``) and a device at
+``route.device_path`` (default ``{device}``: all its points as one SenML pack, which aiocoap
+sends block-wise (RFC 7959) when it outgrows one datagram). ``/.well-known/core`` (RFC 6690) lists
+them with ``rt`` (``protocol-brain.point.<datatype>`` or ``protocol-brain.device``), ``if``
+(``core.s`` for a read-only point, ``core.a`` for a writable one, ``core.b`` for a device),
+``ct`` (the content formats a GET can ask for with Accept) and ``obs``.
+
+GET negotiates by Accept: SenML JSON (110) when there is none, else 110, 112 (SenML CBOR),
+50 (JSON ``{"point": value}``), 60 (CBOR) or, for a point, 0 (text/plain); anything else is
+4.06 Not Acceptable. Observe (RFC 7641) notifies on every change of value or quality.
+
+Bad quality. SenML has no record without a value (RFC 8428), so a point whose last sample is
+bad (or that has none yet) answers 5.03 Service Unavailable with the reason as diagnostic
+payload; an observation ends with that notification (RFC 7641 section 3.2) and the client
+re-registers later, as ours does. A device pack leaves bad points out, and is 5.03 when none is
+left.
+
+Writes. PUT on a point goes through ``Bridge.write``, that is the command router's safety rules
+and the device's acknowledgement: 2.04 Changed only once the device acknowledged. The request's
+Content-Format (text/plain when absent) decodes the payload; the status mapping is `WRITE_CODES`.
+
+Security: with ``security.oscore`` the site is wrapped in aiocoap's OSCORE site wrapper
+(RFC 8613) and, with ``security.require`` (the default), any unprotected request is 4.01.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiocoap
+import aiocoap.resource as resource
+from aiocoap import Code
+from aiocoap.numbers.contentformat import ContentFormat
+
+from gateway.adapter import Adapter
+from gateway.commands import WriteStatus
+from gateway.payloads import Format, PayloadError, decode, encode, format_of
+from gateway.types import Message, PointSpec, Quality, Sample, Value
+from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
+
+if TYPE_CHECKING:
+    from aiocoap.credentials import CredentialsMap
+
+    from gateway.bridge import Bridge
+
+log = logging.getLogger(__name__)
+
+#: How a refused or failed write is answered (RFC 7252 section 5.9, RFC 8516 for 4.29).
+WRITE_CODES: dict[WriteStatus, Code] = {
+    WriteStatus.GOOD: Code.CHANGED,  # 2.04
+    WriteStatus.UNKNOWN_POINT: Code.NOT_FOUND,  # 4.04
+    WriteStatus.NOT_WRITABLE: Code.METHOD_NOT_ALLOWED,  # 4.05
+    WriteStatus.OUT_OF_RANGE: Code.FORBIDDEN,  # 4.03
+    WriteStatus.BAD_VALUE: Code.BAD_REQUEST,  # 4.00
+    WriteStatus.RATE_LIMITED: Code.TOO_MANY_REQUESTS,  # 4.29
+    WriteStatus.UNREACHABLE: Code.SERVICE_UNAVAILABLE,  # 5.03
+    WriteStatus.TIMEOUT: Code.GATEWAY_TIMEOUT,  # 5.04
+    WriteStatus.DEVICE_ERROR: Code.BAD_GATEWAY,  # 5.02
+}
+
+POINT_FORMATS = (Format.SENML_JSON, Format.SENML_CBOR, Format.JSON, Format.CBOR, Format.TEXT)
+DEVICE_FORMATS = POINT_FORMATS[:-1]
+INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
+
+
+def diagnostic(code: Code, reason: str) -> aiocoap.Message:
+    """An error response with its reason as diagnostic payload (RFC 7252 section 5.5.2)."""
+    return aiocoap.Message(code=code, payload=reason.encode(), content_format=ContentFormat.TEXT)
+
+
+class _Refused(Exception):
+    def __init__(self, code: Code, reason: str) -> None:
+        super().__init__(reason)
+        self.response = diagnostic(code, reason)
+
+
+def coerce(value: Value, datatype: str) -> Value:
+    """A decoded value in the point's type; `_Refused` (4.00) when it cannot be one."""
+    if datatype == "string":
+        return value if isinstance(value, str) else _refuse_type(value, "text")
+    if datatype == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        return _refuse_type(value, "true or false")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _refuse_type(value, "a number")
+    if datatype in INTEGER_TYPES:
+        if isinstance(value, float):
+            if not value.is_integer():
+                return _refuse_type(value, "an integer")
+            return int(value)
+        return value
+    return float(value)
+
+
+def _refuse_type(value: Value, expected: str) -> Value:
+    raise _Refused(Code.BAD_REQUEST, f"{value!r} is not {expected}")
+
+
+def negotiate(request: aiocoap.Message, offered: tuple[Format, ...]) -> Format:
+    """The Format a GET asks for with Accept (SenML JSON when none); 4.06 when not offered."""
+    accept = request.opt.accept
+    if accept is None:
+        return Format.SENML_JSON
+    number = int(accept)
+    if number in offered:
+        return Format(number)
+    raise _Refused(
+        Code.NOT_ACCEPTABLE,
+        f"content format {number} not offered; ask for one of {' '.join(map(str, offered))}",
+    )
+
+
+def write_context_dir(oscore: Oscore, name: str) -> Path:
+    """The OSCORE context folder aiocoap reads: settings.json from the config (rewritten when the
+    config changes, which also starts the sequence numbers again), sequence.json left alone."""
+    base = Path(oscore.state_dir.format(name=name))
+    base.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "sender-id_hex": oscore.sender_id,
+        "recipient-id_hex": oscore.recipient_id,
+        "secret_hex": oscore.master_secret,
+        "salt_hex": oscore.master_salt,
+        "algorithm": oscore.algorithm,
+    }
+    if oscore.id_context is not None:
+        settings["id-context_hex"] = oscore.id_context
+    text = json.dumps(settings, indent=2, sort_keys=True)
+    path = base / "settings.json"
+    if not path.exists() or path.read_text() != text:
+        # New key material: a stale sequence/replay state from other keys must not be reused.
+        (base / "sequence.json").unlink(missing_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(text)
+    return base
+
+
+def oscore_credentials(oscore: Oscore, name: str, target: str) -> CredentialsMap:
+    """aiocoap credentials that bind ``target`` (a URI pattern, or ``:name`` on a server) to the
+    OSCORE context of ``oscore``."""
+    from aiocoap.credentials import CredentialsMap
+
+    credentials = CredentialsMap()
+    credentials.load_from_dict(
+        {target: {"oscore": {"basedir": str(write_context_dir(oscore, name)) + "/"}}}
+    )
+    return credentials
+
+
+class _Guarded(resource.ObservableResource):
+    """A resource that refuses unprotected requests when the server requires OSCORE."""
+
+    def __init__(self, server: CoapServerAdapter) -> None:
+        super().__init__()
+        self.server = server
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        self.server.requests += 1
+        try:
+            self.server.guard(request)
+            response: aiocoap.Message = await super().render(request)
+        except _Refused as refused:
+            self.server.refused += 1
+            return refused.response
+        return response
+
+
+class _PointResource(_Guarded):
+    def __init__(
+        self,
+        server: CoapServerAdapter,
+        bridge: Bridge,
+        device: str,
+        spec: PointSpec,
+        writable: bool,
+    ) -> None:
+        super().__init__(server)
+        self.bridge = bridge
+        self.device = device
+        self.spec = spec
+        self.writable = writable
+        self.sample: Sample | None = None
+        self.rt = f"protocol-brain.point.{spec.datatype}"
+        self.if_ = "core.a" if writable else "core.s"
+        self.ct = " ".join(str(int(f)) for f in POINT_FORMATS)
+
+    def get_link_description(self) -> dict[str, Any]:
+        link: dict[str, Any] = super().get_link_description()
+        if self.spec.description:
+            link["title"] = self.spec.description
+        return link
+
+    def update(self, sample: Sample) -> bool:
+        old, self.sample = self.sample, sample
+        return old is None or old.value != sample.value or old.quality != sample.quality
+
+    async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+        fmt = negotiate(request, POINT_FORMATS)
+        sample = self.sample
+        if sample is None or sample.value is None or sample.quality is Quality.BAD:
+            reason = "no value yet" if sample is None else f"bad: {sample.reason or 'no value'}"
+            raise _Refused(Code.SERVICE_UNAVAILABLE, reason)
+        return self.server.content(encode([sample], fmt, base_name=f"{self.device}/"), fmt)
+
+    async def render_put(self, request: aiocoap.Message) -> aiocoap.Message:
+        name = f"{self.device}/{self.spec.name}"
+        if not self.writable:
+            raise _Refused(Code.METHOD_NOT_ALLOWED, f"{name} is not writable")
+        number = request.opt.content_format
+        try:
+            fmt = Format.TEXT if number is None else format_of(int(number))
+        except PayloadError as exc:
+            raise _Refused(Code.UNSUPPORTED_CONTENT_FORMAT, str(exc)) from None
+        try:
+            records = decode(request.payload, fmt)
+        except PayloadError as exc:
+            raise _Refused(Code.BAD_REQUEST, str(exc)) from None
+        mine = [r for r in records if r[0] in (None, self.spec.name, name)]
+        if len(records) == 1:
+            mine = records
+        if len(mine) != 1:
+            raise _Refused(Code.BAD_REQUEST, f"expected one value for {name}, got {len(records)}")
+        value = coerce(mine[0][1], self.spec.datatype)
+        result = await self.bridge.write(
+            self.device,
+            self.spec.name,
+            value,
+            origin=f"coap:{request.remote.hostinfo}",
+            ack_timeout=self.server.config.write_timeout,
+        )
+        self.server.writes[result.status] = self.server.writes.get(result.status, 0) + 1
+        code = WRITE_CODES.get(result.status, Code.INTERNAL_SERVER_ERROR)
+        if result.ok:
+            return aiocoap.Message(code=code)
+        return diagnostic(code, result.reason or str(result.status))
+
+
+class _DeviceResource(_Guarded):
+    rt = "protocol-brain.device"
+    if_ = "core.b"
+    ct = " ".join(str(int(f)) for f in DEVICE_FORMATS)
+
+    def __init__(self, server: CoapServerAdapter, device: str) -> None:
+        super().__init__(server)
+        self.device = device
+        self.points: dict[str, _PointResource] = {}
+
+    async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+        fmt = negotiate(request, DEVICE_FORMATS)
+        samples = [
+            p.sample
+            for p in self.points.values()
+            if p.sample is not None and p.sample.value is not None
+            and p.sample.quality is not Quality.BAD
+        ]  # fmt: skip
+        if not samples:
+            raise _Refused(Code.SERVICE_UNAVAILABLE, f"{self.device} has no good value")
+        return self.server.content(encode(samples, fmt, base_name=f"{self.device}/"), fmt)
+
+
+class _WellKnownCore(resource.WKCResource):
+    def __init__(self, server: CoapServerAdapter, site: resource.Site) -> None:
+        super().__init__(site.get_resources_as_linkheader, impl_info=None)
+        self.server = server
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        try:
+            self.server.guard(request)
+        except _Refused as refused:
+            return refused.response
+        response: aiocoap.Message = await super().render(request)
+        return response
+
+
+class CoapServerAdapter(Adapter):
+    """Serves the points of the bridges that target it as CoAP resources."""
+
+    config: CoapServer
+
+    def __init__(self, name: str, config: CoapServer, context: Any) -> None:
+        super().__init__(name, config, context)
+        self._bridges: list[Bridge] = []
+        # id(route) -> device -> point -> resource: a bridge's samples reach only its resources
+        self._tables: dict[int, dict[str, dict[str, _PointResource]]] = {}
+        self._devices: dict[str, _DeviceResource] = {}
+        self.site = resource.Site()
+        self._context: aiocoap.Context | None = None
+        self.requests = 0
+        self.refused = 0
+        self.notifications = 0
+        self.writes: dict[str, int] = {}
+
+    # -- address space
+
+    def attach(self, bridge: Bridge) -> None:
+        self._bridges.append(bridge)
+
+    def _build(self) -> None:
+        used: set[tuple[str, ...]] = set()
+        for bridge in self._bridges:
+            route = bridge.config.route
+            if not isinstance(route, CoapServerRoute):
+                route = CoapServerRoute()
+            table = self._tables.setdefault(id(bridge.config.route), {})
+            for device, specs in bridge.points().items():
+                dev_path = self._path(route.device_path, device=device)
+                dev = self._devices.get(device)
+                if dev is None and dev_path not in used:
+                    dev = self._devices[device] = _DeviceResource(self, device)
+                    self._add(dev_path, dev, used)
+                for spec in specs:
+                    path = self._path(route.path, device=device, point=spec.name)
+                    writable = route.writable and spec.access.writable
+                    res = _PointResource(self, bridge, device, spec, writable)
+                    if self._add(path, res, used):
+                        table.setdefault(device, {})[spec.name] = res
+                        if dev is not None:
+                            dev.points[spec.name] = res
+
+    def _path(self, template: str, **names: str) -> tuple[str, ...]:
+        text = template.format(gateway=self.context.gateway_name, **names)
+        return tuple(part for part in text.split("/") if part)
+
+    def _add(self, path: tuple[str, ...], res: Any, used: set[tuple[str, ...]]) -> bool:
+        if not path or path in used or path[0] == ".well-known":
+            log.warning(
+                "%s: resource /%s skipped: empty, reserved or used", self.name, "/".join(path)
+            )
+            return False
+        used.add(path)
+        self.site.add_resource(path, res)
+        return True
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> CoapServerAdapter:
+        self._build()
+        self.site.add_resource((".well-known", "core"), _WellKnownCore(self, self.site))
+        site: Any = self.site
+        credentials = None
+        oscore = self.config.security.oscore
+        if oscore is not None:
+            from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+
+            credentials = oscore_credentials(oscore, self.name, ":client")
+            site = OscoreSiteWrapper(self.site, credentials)
+        self._context = await aiocoap.Context.create_server_context(
+            site,
+            bind=(self.config.host, self.config.port),
+            server_credentials=credentials,
+            transports=["udp6"],
+        )
+        log.info(
+            "%s: CoAP server on %s:%d, %d resources%s",
+            self.name,
+            self.config.host,
+            self.config.port,
+            sum(len(points) for table in self._tables.values() for points in table.values()),
+            ", OSCORE" if oscore is not None else "",
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._context is not None:
+            with contextlib.suppress(Exception):
+                await self._context.shutdown()
+            self._context = None
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    def guard(self, request: aiocoap.Message) -> None:
+        security = self.config.security
+        if security.oscore is None or not security.require:
+            return
+        from aiocoap.transports.oscore import OSCOREAddress
+
+        if not isinstance(request.remote, OSCOREAddress):
+            raise _Refused(Code.UNAUTHORIZED, "OSCORE required")
+
+    def content(self, payload: bytes, fmt: Format) -> aiocoap.Message:
+        response = aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=int(fmt))
+        response.opt.max_age = self.config.max_age
+        return response
+
+    # -- values
+
+    async def send(self, message: Message, route: Any) -> None:
+        table = self._tables.get(id(route))
+        points = table.get(message.device or "") if table is not None else None
+        if not points:
+            return
+        changed = False
+        for sample in message.samples:
+            res = points.get(sample.point)
+            if res is None:
+                continue
+            if isinstance(sample.value, float) and not math.isfinite(sample.value):
+                sample = Sample(sample.point, None, Quality.BAD, sample.source_ts,
+                                sample.gateway_ts, sample.unit, "not a finite number")  # fmt: skip
+            if res.update(sample):
+                changed = True
+                self.notifications += 1
+                res.updated_state()
+        dev = self._devices.get(message.device or "")
+        if changed and dev is not None:
+            dev.updated_state()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "refused": self.refused,
+            "notifications": self.notifications,
+            "writes": dict(self.writes),
+        }
