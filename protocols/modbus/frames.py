@@ -78,6 +78,7 @@ class ExceptionCode(IntEnum):
     ILLEGAL_DATA_ADDRESS = 0x02
     ILLEGAL_DATA_VALUE = 0x03
     SERVER_DEVICE_FAILURE = 0x04
+    SERVER_DEVICE_BUSY = 0x06
     GATEWAY_PATH_UNAVAILABLE = 0x0A
     GATEWAY_TARGET_FAILED = 0x0B  # "gateway target device failed to respond"
 

@@ -1,0 +1,606 @@
+"""The gateway as a Modbus TCP server: bridged points served as a register map, client writes sent
+back to the devices through the bridge and its safety rules.
+
+The map (the ``map:`` of each bridge that targets the server, see `server_config`) places each
+point at an address of one of the four tables of one unit id, with a type, a byte order and a
+scale/offset, as a Modbus device would hold it.
+
+Values: `send` encodes each sample into a register image when it arrives (raw = (value - offset)
+/ scale, rounded for integer types, in the entry's byte order), so a read is two slices of
+plain lists and no encoding: reads are answered in ``data_received``, with no task per request,
+like the project's simulator. Next to the values each table keeps one status byte per address:
+unmapped, good, or the exception code a read touching it gets.
+
+Exceptions (Modbus application protocol v1.1b3, section 7):
+
+* 01 illegal function: a function other than 01/02/03/04/05/06/15/16 (input registers and
+  discrete inputs have no write function, so they cannot be written at all);
+* 02 illegal data address: any address of the request is not in the map (or past 65535); a
+  write to a point that is not writable (declared ``r``, or the route has ``writable: false``);
+* 03 illegal data value: a bad count (frames.parse_request), a write that covers only part of a
+  multi-register value (a float32 must be written whole, with function 16), registers that do not
+  decode to a value, or a value the write rules refuse as out of range or of the wrong type;
+* 04 server device failure: a read touching a point whose latest sample is bad for another reason
+  than the device being unreachable (a device exception, a value that does not fit the entry's
+  type); a write the device refused;
+* 06 server device busy: the point's write rate limit refused the write;
+* 0A gateway path unavailable: a unit id the server does not serve;
+* 0B gateway target device failed to respond: a read touching a point with no value yet, or
+  whose latest sample is bad because the device is unreachable (timeout, connection trouble);
+  a write the device did not acknowledge in time, or could not be delivered.
+
+An uncertain sample is served as its value (Modbus has no quality). Writes answer only after the
+device acknowledged (`Bridge.write`); a request writing several entries writes them in address
+order and stops at the first refusal, whose exception is the answer (those before it stay
+written: Modbus has no partial success to report). A connection handles its requests in order:
+while a write waits for the device, that connection's later requests wait too (reading is
+paused), other connections are served. A malformed MBAP header closes only its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.adapter import Adapter, AdapterContext
+from gateway.commands import WriteStatus
+from gateway.types import Message, PointSpec, Quality, Sample, Value
+from protocols.modbus.codec import (
+    ByteOrder,
+    CodecError,
+    DataType,
+    Table,
+    decoder,
+    encode,
+    set_bit,
+)
+from protocols.modbus.frames import (
+    ExceptionCode,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    ModbusError,
+    ReadRequest,
+    Request,
+    WriteMultipleCoils,
+    WriteMultipleRegisters,
+    WriteSingleCoil,
+    WriteSingleRegister,
+    build_frame,
+    exception_pdu,
+    parse_request,
+    read_bits_pdu,
+    read_registers_pdu,
+    write_response_pdu,
+)
+from protocols.modbus.server_config import MapEntry, ModbusServer, ModbusServerRoute
+from protocols.modbus.simulator import _FUNCTION_TABLE as FUNCTION_TABLE
+
+if TYPE_CHECKING:
+    from gateway.bridge import Bridge
+
+log = logging.getLogger(__name__)
+
+SIZE = 65536
+UNMAPPED = 0xFF  # status byte of an address no entry covers
+GOOD = 0
+WAITING = ExceptionCode.GATEWAY_TARGET_FAILED  # no sample yet
+_ZEROS = bytes(SIZE)
+
+WRITE_EXCEPTIONS: dict[WriteStatus, ExceptionCode] = {
+    WriteStatus.UNKNOWN_POINT: ExceptionCode.ILLEGAL_DATA_ADDRESS,
+    WriteStatus.NOT_WRITABLE: ExceptionCode.ILLEGAL_DATA_ADDRESS,
+    WriteStatus.OUT_OF_RANGE: ExceptionCode.ILLEGAL_DATA_VALUE,
+    WriteStatus.BAD_VALUE: ExceptionCode.ILLEGAL_DATA_VALUE,
+    WriteStatus.RATE_LIMITED: ExceptionCode.SERVER_DEVICE_BUSY,
+    WriteStatus.UNREACHABLE: ExceptionCode.GATEWAY_TARGET_FAILED,
+    WriteStatus.TIMEOUT: ExceptionCode.GATEWAY_TARGET_FAILED,
+    WriteStatus.DEVICE_ERROR: ExceptionCode.SERVER_DEVICE_FAILURE,
+}
+_UNREACHABLE_WORDS = (
+    "timeout",
+    "timed out",
+    "connect",
+    "unreachable",
+    "refused",
+    "reset",
+    "closed",
+)
+_INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
+
+
+def bad_code(sample: Sample) -> ExceptionCode:
+    """The exception a read of a bad sample gets: 0B if the device is unreachable, else 04."""
+    reason = (sample.reason or "").lower()
+    if any(word in reason for word in _UNREACHABLE_WORDS):
+        return ExceptionCode.GATEWAY_TARGET_FAILED
+    return ExceptionCode.SERVER_DEVICE_FAILURE
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    """One map entry bound to the point it serves."""
+
+    config: MapEntry
+    device: str
+    spec: PointSpec
+    bridge: Bridge
+    unit: int
+    order: ByteOrder
+    writable: bool
+    state: int = WAITING  # GOOD or the exception code of its latest sample
+    decode: Callable[[Sequence[int]], Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.decode = decoder(cfg.dtype, self.order, bit=cfg.bit, length=cfg.length)
+
+    @property
+    def table(self) -> Table:
+        return self.config.table
+
+    @property
+    def address(self) -> int:
+        return self.config.address
+
+    @property
+    def count(self) -> int:
+        return self.config.count
+
+    def raw(self, value: Value) -> float | int | str:
+        """Engineering value -> what the registers hold (before encoding)."""
+        cfg = self.config
+        if cfg.dtype is DataType.STRING:
+            return str(value)
+        if isinstance(value, str) or value is None:
+            raise CodecError(f"{cfg.dtype} needs a number, got {value!r}")
+        if cfg.scale == 1.0 and cfg.offset == 0.0:
+            return value
+        return (value - cfg.offset) / cfg.scale
+
+    def engineering(self, raw: Any) -> Value:
+        """What a client wrote (decoded) -> the point's value, in the bridge's units."""
+        cfg = self.config
+        datatype = self.spec.datatype
+        if isinstance(raw, str):
+            return raw
+        if isinstance(raw, bool) or cfg.dtype is DataType.BOOL:
+            return bool(raw) if datatype == "bool" else int(raw)
+        value: float | int = raw
+        if cfg.scale != 1.0 or cfg.offset != 0.0:
+            value = float(f"{raw * cfg.scale + cfg.offset:.12g}")  # drop the float noise
+        if datatype == "bool" and value in (0, 1):
+            return bool(value)
+        if datatype in _INTEGER_TYPES and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
+class _Table:
+    """One table of one unit: values, a status byte per address, the entry at each address."""
+
+    __slots__ = ("values", "status", "owners", "bits")
+
+    def __init__(self, table: Table) -> None:
+        self.values: list[int] = [0] * SIZE
+        self.status = bytearray([UNMAPPED]) * SIZE
+        self.owners: dict[int, _Entry] = {}
+        # registers shared by bool entries on different bits: address -> those entries
+        self.bits: dict[int, list[_Entry]] = {}
+
+    def add(self, entry: _Entry) -> str | None:
+        """Place ``entry``; why not, if its addresses are taken."""
+        start, end = entry.address, entry.address + entry.count
+        for address in range(start, end):
+            other = self.owners.get(address)
+            if other is None:
+                continue
+            if entry.config.bit is None or other.config.bit is None:
+                return f"{entry.table} {address} is taken by {other.device}/{other.spec.name}"
+            if any(e.config.bit == entry.config.bit for e in self.bits[address]):
+                return f"bit {entry.config.bit} of {entry.table} {address} is taken"
+        for address in range(start, end):
+            self.owners.setdefault(address, entry)
+            self.status[address] = WAITING
+        if entry.config.bit is not None:
+            self.bits.setdefault(start, []).append(entry)
+        return None
+
+    def update(self, entry: _Entry, sample: Sample) -> None:
+        """Store a sample of ``entry``'s point (encoded) and its status."""
+        start, end = entry.address, entry.address + entry.count
+        state: int = GOOD
+        if sample.quality is Quality.BAD or sample.value is None:
+            state = bad_code(sample) if sample.quality is Quality.BAD else WAITING
+        else:
+            try:
+                self.values[start:end] = self._encode(entry, sample.value)
+            except (CodecError, TypeError, ValueError, OverflowError) as exc:
+                if entry.state != ExceptionCode.SERVER_DEVICE_FAILURE:
+                    log.warning(
+                        "%s/%s = %r cannot be served as %s at %s %d: %s",
+                        entry.device,
+                        entry.spec.name,
+                        sample.value,
+                        entry.config.dtype,
+                        entry.table,
+                        start,
+                        exc,
+                    )
+                state = ExceptionCode.SERVER_DEVICE_FAILURE
+        entry.state = state
+        if entry.config.bit is not None:  # the register is as bad as its worst bit
+            state = next((e.state for e in self.bits[start] if e.state), GOOD)
+        self.status[start:end] = bytes((state,)) * (end - start)
+
+    def _encode(self, entry: _Entry, value: Value) -> list[int]:
+        cfg = entry.config
+        if entry.table.is_bit:
+            return [bool(value)]
+        if cfg.bit is not None:
+            return [set_bit(self.values[entry.address], cfg.bit, bool(value))]
+        if cfg.dtype is DataType.BOOL:
+            return [int(bool(value))]
+        return encode(entry.raw(value), cfg.dtype, entry.order, length=cfg.length)
+
+    def read(self, function: int, address: int, count: int) -> bytes:
+        end = address + count
+        status = self.status[address:end]
+        if end > SIZE or status != _ZEROS[:count]:
+            if end > SIZE or UNMAPPED in status:
+                raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, function)
+            raise ModbusError(ExceptionCode(next(s for s in status if s)), function)
+        if function <= 2:
+            return read_bits_pdu(function, self.values[address:end])
+        return read_registers_pdu(function, self.values[address:end])
+
+    def entries(self, function: int, address: int, values: Sequence[int]) -> list[_Entry]:
+        """The entries a write of ``values`` at ``address`` covers, each one whole."""
+        found: list[_Entry] = []
+        end = address + len(values)
+        if end > SIZE:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, function)
+        at = address
+        while at < end:
+            entry = self.owners.get(at)
+            if entry is None:
+                raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, function)
+            if entry.address != at or at + entry.count > end:
+                # a multi-register value must be written whole
+                raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, function)
+            found.extend(self.bits.get(at, [entry]))
+            at += entry.count
+        return found
+
+
+@dataclass
+class _Write:
+    """One point to write, and the value."""
+
+    entry: _Entry
+    value: Value
+
+
+class _Unit:
+    """The four tables of one unit id (created when a map first uses them)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[Table, _Table] = {}
+
+    def table(self, table: Table) -> _Table:
+        found = self.tables.get(table)
+        if found is None:
+            found = self.tables[table] = _Table(table)
+        return found
+
+    def read(self, request: ReadRequest) -> bytes:
+        table = self.tables.get(FUNCTION_TABLE[request.function])
+        if table is None:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, request.function)
+        return table.read(request.function, request.address, request.count)
+
+    def plan_write(self, request: Request) -> list[_Write]:
+        """The points a write request sets and their values; raises `ModbusError` for what must
+        be refused before anything is written."""
+        function = request.function
+        table = self.tables.get(FUNCTION_TABLE[function])
+        if table is None:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, function)
+        match request:
+            case (
+                WriteSingleCoil(address=address, value=value)
+                | WriteSingleRegister(address=address, value=value)
+            ):
+                values: Sequence[int] = (value,)
+            case (
+                WriteMultipleCoils(address=address, values=values)
+                | WriteMultipleRegisters(address=address, values=values)
+            ):
+                pass
+            case _:
+                raise ModbusError(ExceptionCode.ILLEGAL_FUNCTION, function)
+        writes: list[_Write] = []
+        for entry in table.entries(function, address, values):
+            start = entry.address - address
+            registers = values[start : start + entry.count]
+            if entry.config.bit is not None:
+                bit = entry.config.bit
+                if (registers[0] ^ table.values[entry.address]) >> bit & 1 == 0:
+                    continue  # a register shared by bits: write only the bits that change
+            if not entry.writable:
+                raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, function)
+            try:
+                raw = bool(registers[0]) if entry.table.is_bit else entry.decode(registers)
+                writes.append(_Write(entry, entry.engineering(raw)))
+            except (CodecError, ValueError, OverflowError):
+                raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, function) from None
+        return writes
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    exceptions: dict[str, int] = field(default_factory=dict)  # "02" -> count
+    writes_ok: int = 0
+    writes_refused: dict[str, int] = field(default_factory=dict)  # WriteStatus -> count
+    frame_errors: int = 0
+    connections_total: int = 0
+    connections_refused: int = 0
+
+
+class ModbusServerAdapter(Adapter):
+    """Serves the register maps of every bridge that targets it."""
+
+    config: ModbusServer
+
+    def __init__(self, name: str, config: ModbusServer, context: AdapterContext) -> None:
+        super().__init__(name, config, context)
+        self.units: dict[int, _Unit] = {u: _Unit() for u in config.unit_ids}
+        # id(route) -> device -> point -> its entries: a bridge's samples reach its own map only
+        self._routes: dict[int, dict[str, dict[str, list[_Entry]]]] = {}
+        self.entries: list[_Entry] = []
+        self.map_errors: list[str] = []
+        self.counters = Counters()
+        self.port = config.port
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    # -- the map
+
+    def attach(self, bridge: Bridge) -> None:
+        route = bridge.config.route
+        if not isinstance(route, ModbusServerRoute):
+            self._map_error(f"bridge {bridge.name} has no map")
+            return
+        unit_id = self.config.unit_ids[0] if route.unit_id is None else route.unit_id
+        unit = self.units.get(unit_id)
+        if unit is None:
+            self._map_error(
+                f"bridge {bridge.name}: unit id {unit_id} is not one of the server's "
+                f"unit_ids {self.config.unit_ids}"
+            )
+            return
+        points = bridge.points()
+        table = self._routes.setdefault(id(route), {})
+        for i, cfg in enumerate(route.map):
+            where = f"bridge {bridge.name} map[{i}] ({cfg.point})"
+            found = self._resolve(cfg.point, points)
+            if isinstance(found, str):
+                self._map_error(f"{where}: {found}")
+                continue
+            device, spec = found
+            entry = _Entry(
+                cfg,
+                device,
+                spec,
+                bridge,
+                unit_id,
+                route.order_of(cfg),
+                writable=route.writable and spec.access.writable and cfg.table.writable,
+            )
+            taken = unit.table(cfg.table).add(entry)
+            if taken is not None:
+                self._map_error(f"{where}: {taken}")
+                continue
+            self.entries.append(entry)
+            table.setdefault(device, {}).setdefault(spec.name, []).append(entry)
+
+    @staticmethod
+    def _resolve(point: str, points: dict[str, list[PointSpec]]) -> tuple[str, PointSpec] | str:
+        """(device, spec) of a map entry's ``point``, or why it names none."""
+        device, _, name = point.rpartition("/")
+        devices = [device] if device else list(points)
+        found = [(d, p) for d in devices for p in points.get(d, []) if p.name == name]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            return f"several sources have {name!r}: write it as device/{name}"
+        return f"the bridge carries no point {point!r}"
+
+    def _map_error(self, text: str) -> None:
+        log.error("%s: %s; not served", self.name, text)
+        self.map_errors.append(text)
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> ModbusServerAdapter:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.config.host, self.config.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "%s: Modbus TCP server on %s:%d, unit ids %s, %d map entries",
+            self.name,
+            self.config.host,
+            self.port,
+            ", ".join(map(str, self.units)),
+            len(self.entries),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for connection in list(self._connections):
+            connection.abort()
+        if server is not None:
+            await server.wait_closed()
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # the connections serve from the loop's callbacks
+
+    # -- values
+
+    async def send(self, message: Message, route: Any) -> None:
+        devices = self._routes.get(id(route))
+        points = devices.get(message.device or "") if devices is not None else None
+        if not points:
+            return
+        for sample in message.samples:
+            for entry in points.get(sample.point, ()):
+                self.units[entry.unit].tables[entry.table].update(entry, sample)
+
+    # -- requests
+
+    def handle(self, frame: Frame, origin: str) -> bytes | Coroutine[Any, Any, bytes]:
+        """A response frame, or for a write a coroutine that returns it once acknowledged."""
+        self.counters.requests += 1
+        function = frame.function
+        try:
+            unit = self.units.get(frame.unit_id)
+            if unit is None:
+                raise ModbusError(ExceptionCode.GATEWAY_PATH_UNAVAILABLE, function)
+            request = parse_request(frame.pdu)
+            if isinstance(request, ReadRequest):
+                pdu = unit.read(request)
+            else:
+                writes = unit.plan_write(request)
+                return self._write(frame, request, writes, f"{origin}/unit{frame.unit_id}")
+        except ModbusError as exc:
+            pdu = self._exception(function, exc.code)
+        return build_frame(frame.transaction_id, frame.unit_id, pdu)
+
+    async def _write(
+        self, frame: Frame, request: Request, writes: list[_Write], origin: str
+    ) -> bytes:
+        pdu = write_response_pdu(request)
+        for write in writes:
+            entry = write.entry
+            try:
+                result = await entry.bridge.write(
+                    entry.device,
+                    entry.spec.name,
+                    write.value,
+                    origin=origin,
+                    ack_timeout=self.config.write_timeout,
+                )
+            except Exception:  # a bug behind the bridge: the client is told, the server lives
+                log.exception("%s: write %s/%s failed", self.name, entry.device, entry.spec.name)
+                pdu = self._exception(request.function, ExceptionCode.SERVER_DEVICE_FAILURE)
+                break
+            if not result.ok:
+                refused = self.counters.writes_refused
+                refused[result.status] = refused.get(result.status, 0) + 1
+                code = WRITE_EXCEPTIONS.get(result.status, ExceptionCode.SERVER_DEVICE_FAILURE)
+                pdu = self._exception(request.function, code)
+                break
+            self.counters.writes_ok += 1
+        return build_frame(frame.transaction_id, frame.unit_id, pdu)
+
+    def _exception(self, function: int, code: int) -> bytes:
+        key = f"{code:02X}"
+        exceptions = self.counters.exceptions
+        exceptions[key] = exceptions.get(key, 0) + 1
+        return exception_pdu(function, ExceptionCode(code))
+
+    # -- status
+
+    def status(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "port": self.port,
+            "connections": len(self._connections),
+            "connections_total": c.connections_total,
+            "connections_refused": c.connections_refused,
+            "requests": c.requests,
+            "exceptions": dict(c.exceptions),
+            "frame_errors": c.frame_errors,
+            "writes_ok": c.writes_ok,
+            "writes_refused": dict(c.writes_refused),
+            "map_entries": len(self.entries),
+            "map_errors": len(self.map_errors),
+        }
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: frames answered in order, reads at once, writes when acked."""
+
+    def __init__(self, server: ModbusServerAdapter) -> None:
+        self._server = server
+        self._decoder = FrameDecoder()
+        self._transport: asyncio.Transport | None = None
+        self._writing: asyncio.Task[None] | None = None
+        self._origin = "modbus"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        server = self._server
+        if len(server._connections) >= server.config.max_connections:
+            server.counters.connections_refused += 1
+            log.warning("%s: connection refused, %d open", server.name, len(server._connections))
+            transport.abort()
+            return
+        self._transport = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self._origin = f"modbus:{peer[0]}:{peer[1]}"
+        server._connections.add(self)
+        server.counters.connections_total += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        self._transport = None
+        if self._writing is not None:
+            self._writing.cancel()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+        self._serve()
+
+    def _serve(self) -> None:
+        """Answer every complete frame, until a write has to wait for its device."""
+        transport = self._transport
+        server = self._server
+        try:
+            while transport is not None and self._writing is None:
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    return
+                response = server.handle(frame, self._origin)
+                if isinstance(response, bytes):
+                    transport.write(response)
+                    continue
+                transport.pause_reading()  # back-pressure: this client waits for its write
+                self._writing = asyncio.ensure_future(self._finish(response))
+        except FrameError as exc:
+            server.counters.frame_errors += 1
+            log.info("%s: closing %s: %s", server.name, self._origin, exc)
+            self.abort()
+
+    async def _finish(self, response: Coroutine[Any, Any, bytes]) -> None:
+        answer = await response
+        self._writing = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(answer)
+        transport.resume_reading()
+        self._serve()

@@ -1,0 +1,165 @@
+"""Config models of the Modbus TCP server role: the listener (`ModbusServer`, an endpoint with
+``role: server``) and the register map of a bridge that targets it (`ModbusServerRoute`).
+
+A map entry places one bridged point at an address of one of the four tables, with the type,
+byte order, scale and offset a Modbus client expects there. The same point may appear more than
+once (say as a float32 and as a scaled int16). Entries of one route must not share registers
+(different ``bit`` of one register excepted); this is checked when the config is loaded, and
+reported at the entry's ``address`` (``bridges[0].map[3].address``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+from gateway.config.common import Problem, Strict
+from protocols.modbus.codec import ByteOrder, DataType, Table, register_count
+
+POINT_PATTERN = r"^([A-Za-z0-9_][A-Za-z0-9_.\-]*/)?[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+
+
+class ModbusServer(Strict):
+    """The gateway as a Modbus TCP server: bridged points served as a register map."""
+
+    protocol: Literal["modbus"] = "modbus"
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(502, ge=0, le=65535, description="TCP port (502 needs privileges)")
+    unit_ids: list[int] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="unit ids answered; a request for another gets exception 0A",
+    )
+    max_connections: int = Field(
+        64, ge=1, le=10000, description="clients served at once; more are refused"
+    )
+    write_timeout: float = Field(
+        5.0, gt=0, le=60, description="seconds a write waits for the device's acknowledgement"
+    )
+
+    @field_validator("unit_ids")
+    @classmethod
+    def _units(cls, v: list[int]) -> list[int]:
+        if any(not 0 <= u <= 255 for u in v):
+            raise ValueError("unit ids 0..255")
+        if len(set(v)) != len(v):
+            raise ValueError("each unit id once")
+        return v
+
+
+class MapEntry(Strict):
+    """One point at one place of the register map."""
+
+    point: str = Field(
+        pattern=POINT_PATTERN,
+        description='"name", or "device/name" when the bridge has several sources',
+    )
+    table: Table = Field(Table.HOLDING, description="holding, input, coil or discrete")
+    address: int = Field(ge=0, le=65535, description="0-based protocol address")
+    type: DataType | None = Field(None, description="defaults to bool for bits, uint16 otherwise")
+    byte_order: ByteOrder | None = Field(None, description="defaults to the route's byte_order")
+    bit: int | None = Field(None, ge=0, le=15, description="bit of a register, for type bool")
+    length: int | None = Field(None, ge=1, le=125, description="registers of a string")
+    scale: float = Field(1.0, description="engineering = raw * scale + offset (as a device)")
+    offset: float = 0.0
+
+    @field_validator("scale")
+    @classmethod
+    def _reversible(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("a scale other than 0 (raw = (value - offset) / scale)")
+        return v
+
+    @property
+    def dtype(self) -> DataType:
+        if self.type is not None:
+            return self.type
+        return DataType.BOOL if self.table.is_bit else DataType.UINT16
+
+    @property
+    def count(self) -> int:
+        """Bits or registers the entry occupies."""
+        if self.table.is_bit or self.dtype is DataType.BOOL:
+            return 1
+        return register_count(self.dtype, self.length)
+
+    @model_validator(mode="after")
+    def _fits_table(self) -> MapEntry:
+        dtype = self.dtype
+        if self.table.is_bit and dtype is not DataType.BOOL:
+            raise ValueError(f"type bool in a {self.table} table (it holds bits), not {dtype}")
+        if self.bit is not None and (self.table.is_bit or dtype is not DataType.BOOL):
+            raise ValueError("bit only with type bool in a holding or input register")
+        if dtype is DataType.BOOL and not self.table.is_bit and self.bit is None:
+            raise ValueError("a bit (0-15) for a bool in a register")
+        if (dtype is DataType.STRING) != (self.length is not None):
+            raise ValueError("length with type string, and only with it")
+        if self.address + self.count > 65536:
+            raise ValueError(f"an entry that ends by 65535 ({self.count} from {self.address})")
+        return self
+
+
+class ModbusServerRoute(Strict):
+    """Bridge target options when the target is the Modbus server: where each point is served."""
+
+    unit_id: int | None = Field(
+        None, ge=0, le=255, description="unit id of this map; default the server's first"
+    )
+    byte_order: ByteOrder = Field(ByteOrder.ABCD, description="default byte order of the map")
+    writable: bool = Field(True, description="let clients write points declared rw")
+    map: list[MapEntry] = Field(min_length=1, description="the register map")
+
+    @model_validator(mode="after")
+    def _no_overlaps(self) -> ModbusServerRoute:
+        # The loader runs check() for devices, not for bridge options: raise its problems as
+        # validation errors at their own paths so that they are reported the same way.
+        problems = self.check()
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("map_overlap", p.expected),
+                        loc=p.path,
+                        input=self.map[int(p.path[1])].address,
+                    )
+                    for p in problems
+                ],
+            )
+        return self
+
+    def order_of(self, entry: MapEntry) -> ByteOrder:
+        return self.byte_order if entry.byte_order is None else entry.byte_order
+
+    def check(self) -> list[Problem]:
+        """Entries that share registers (two bits of one register may)."""
+        problems: list[Problem] = []
+        spans = sorted((e.table, e.address, e.address + e.count, i) for i, e in enumerate(self.map))
+        reach: dict[Table, tuple[int, int]] = {}  # table -> (end, index) of the furthest so far
+        bits: dict[tuple[Table, int, int], int] = {}  # (table, address, bit) -> first index
+        for table, start, end, i in spans:
+            entry, far = self.map[i], reach.get(table)
+            clash: int | None = None
+            if entry.bit is not None:
+                clash = bits.setdefault((table, start, entry.bit), i)
+                clash = None if clash == i else clash
+            if clash is None and far is not None and start < far[0]:
+                # two entries with bits reach here only for one register: different bits
+                if entry.bit is None or self.map[far[1]].bit is None:
+                    clash = far[1]
+            if clash is not None:
+                other = self.map[clash]
+                problems.append(
+                    Problem(
+                        ("map", i, "address"),
+                        str(entry.address),
+                        f"an address not used by map[{clash}] ({other.point!r}, {table} "
+                        f"{other.address}..{other.address + other.count - 1})",
+                    )
+                )
+            if far is None or end > far[0]:
+                reach[table] = (end, i)
+        problems.sort(key=lambda p: p.path)
+        return problems
