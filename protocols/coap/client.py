@@ -1,0 +1,304 @@
+"""The gateway as a CoAP client (aiocoap): a device's resources become points.
+
+Each point is read on its own task, either by Observe (RFC 7641) or by a GET every ``poll``
+seconds; requests are confirmable, so aiocoap retransmits them (RFC 7252 section 4.2) until
+``timeout``. An observation is registered again when it ends (the server sent an error or
+cancelled it) and when no notification came for the response's Max-Age plus a margin (RFC 7641
+section 3.3.1: a restarted server has forgotten its observers and stays silent). While a
+point cannot be read it is published once with bad quality and the reason, and retried with
+backoff.
+
+Values: the response's Content-Format (or the point's ``format``) decodes the payload with
+`gateway.payloads`; ``senml_name`` or ``field`` picks one value out of a pack or an object.
+Writes PUT the value in the point's format (text/plain for ``auto``, JSON ``{field: value}``
+with ``field``, SenML with ``senml_name``), then read the resource back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiocoap
+from aiocoap import Code
+
+from gateway.adapter import Adapter
+from gateway.backoff import BackoffTimer, sleep_backoff
+from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.payloads import Format, PayloadError, decode, encode, format_of
+from gateway.types import Message, PointSpec, Quality, Sample, Value
+from protocols.coap.config import CoapClient, CoapPoint
+from protocols.coap.server import oscore_credentials
+
+log = logging.getLogger(__name__)
+
+OBSERVE_MARGIN = 3.0  # seconds past Max-Age before an observation counts as lost
+INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
+
+#: How the server's answer to a PUT is acked to the command router.
+PUT_STATUS: dict[Code, WriteStatus] = {
+    Code.BAD_REQUEST: WriteStatus.BAD_VALUE,
+    Code.UNSUPPORTED_CONTENT_FORMAT: WriteStatus.BAD_VALUE,
+    Code.FORBIDDEN: WriteStatus.OUT_OF_RANGE,
+    Code.NOT_FOUND: WriteStatus.UNKNOWN_POINT,
+    Code.METHOD_NOT_ALLOWED: WriteStatus.NOT_WRITABLE,
+    Code.TOO_MANY_REQUESTS: WriteStatus.RATE_LIMITED,
+    Code.SERVICE_UNAVAILABLE: WriteStatus.UNREACHABLE,
+    Code.GATEWAY_TIMEOUT: WriteStatus.TIMEOUT,
+}
+
+
+class ReadError(Exception):
+    """A response that carries no usable value; the message is the sample's reason."""
+
+
+def as_type(value: Value, datatype: str) -> Value:
+    """A decoded value as the point's type on the bus."""
+    try:
+        if datatype == "string":
+            return str(value)
+        if datatype == "bool":
+            return value if isinstance(value, bool) else bool(float(value))  # type: ignore[arg-type]
+        if datatype in INTEGER_TYPES:
+            return int(float(value))  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ReadError(f"{value!r} is not a {datatype}") from None
+
+
+def pick(point: CoapPoint, records: list[tuple[str | None, Value, float | None, str | None]]) -> (
+    tuple[Value, float | None, str | None]
+):  # fmt: skip
+    """The point's value (and time and unit) among the decoded records."""
+    wanted = point.senml_name or point.field
+    if wanted is not None:
+        found = [r for r in records if r[0] == wanted]
+    elif len(records) == 1:
+        found = records
+    else:
+        found = [r for r in records if r[0] is not None and r[0].rsplit("/", 1)[-1] == point.name]
+    if not found:
+        names = ", ".join(str(r[0]) for r in records[:5])
+        raise ReadError(f"no value named {wanted or point.name!r} (found {names})")
+    _, value, when, unit = found[-1]
+    return value, when, unit
+
+
+class CoapClientAdapter(Adapter):
+    """Reads (observes or polls) and writes one CoAP server's resources."""
+
+    config: CoapClient
+
+    def __init__(self, name: str, config: CoapClient, context: Any) -> None:
+        super().__init__(name, config, context)
+        self._points = {p.name: p for p in config.points}
+        self._bad: set[str] = set()
+        self._ctx: aiocoap.Context | None = None
+        self.base = config.url.rstrip("/")
+        self.notifications = 0
+        self.registrations = 0
+
+    def points(self) -> list[PointSpec]:
+        return [
+            PointSpec(
+                id=f"{self.name}/{p.name}",
+                name=p.name,
+                datatype=p.type,
+                unit=p.unit,
+                access=p.access,
+                description=p.description,
+                low=p.low,
+                high=p.high,
+                write_rate=p.write_rate,
+            )
+            for p in self.config.points
+        ]
+
+    async def __aenter__(self) -> CoapClientAdapter:
+        self._ctx = await aiocoap.Context.create_client_context()
+        oscore = self.config.security.oscore
+        if oscore is not None:
+            self._ctx.client_credentials = oscore_credentials(oscore, self.name, f"{self.base}/*")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ctx is not None:
+            with contextlib.suppress(Exception):
+                await self._ctx.shutdown()
+            self._ctx = None
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(serve_commands(self.bus, self.name, self.write_and_read_back))
+            for point in self.config.points:
+                tg.create_task(self._observe(point) if point.observing else self._poll(point))
+
+    # -- reading
+
+    def _uri(self, point: CoapPoint) -> str:
+        return f"{self.base}/{point.path.lstrip('/')}"
+
+    async def _request(self, request: aiocoap.Message) -> aiocoap.Message:
+        assert self._ctx is not None
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                response: aiocoap.Message = await self._ctx.request(request).response
+        except TimeoutError:
+            raise ReadError(f"no response in {self.config.timeout:g} s") from None
+        except aiocoap.error.Error as exc:
+            raise ReadError(str(exc) or type(exc).__name__) from None
+        return response
+
+    def _sample(self, point: CoapPoint, response: aiocoap.Message) -> Sample:
+        if not response.code.is_successful():
+            reason = response.payload.decode(errors="replace")
+            raise ReadError(f"{response.code.dotted} {reason}".strip())
+        if point.format != "auto":
+            fmt = format_of(point.format)
+        else:
+            number = response.opt.content_format
+            fmt = Format.TEXT if number is None else format_of(int(number))
+        value, when, unit = pick(point, decode(response.payload, fmt))
+        now = time.time()
+        return Sample(
+            point.name, as_type(value, point.type), Quality.GOOD, when or now, now,
+            point.unit or unit,
+        )  # fmt: skip
+
+    async def _publish(self, sample: Sample) -> None:
+        if sample.quality is Quality.BAD:
+            if sample.point in self._bad:
+                return  # once per outage
+            self._bad.add(sample.point)
+            log.warning("%s: %s is bad: %s", self.name, sample.point, sample.reason)
+        else:
+            self._bad.discard(sample.point)
+        await self.bus.publish(Message.telemetry(self.name, (sample,)))
+
+    async def _read(self, point: CoapPoint, response: aiocoap.Message) -> None:
+        try:
+            sample = self._sample(point, response)
+        except (ReadError, PayloadError) as exc:
+            await self._bad_sample(point, str(exc))
+            raise ReadError(str(exc)) from None
+        await self._publish(sample)
+
+    async def _bad_sample(self, point: CoapPoint, reason: str) -> None:
+        now = time.time()
+        await self._publish(Sample(point.name, None, Quality.BAD, now, now, point.unit, reason))
+
+    async def _poll(self, point: CoapPoint) -> None:
+        assert point.poll is not None
+        while True:
+            with contextlib.suppress(ReadError):
+                await self._get(point)
+            await asyncio.sleep(point.poll)
+
+    async def _get(self, point: CoapPoint) -> None:
+        try:
+            response = await self._request(aiocoap.Message(code=Code.GET, uri=self._uri(point)))
+        except ReadError as exc:
+            await self._bad_sample(point, str(exc))
+            raise
+        await self._read(point, response)
+
+    async def _observe(self, point: CoapPoint) -> None:
+        backoff = BackoffTimer(self.config.reconnect)
+        while True:
+            try:
+                await self._observe_once(point, backoff)
+            except ReadError as exc:
+                log.info("%s: observing %s: %s; again soon", self.name, point.path, exc)
+                await sleep_backoff(backoff)
+
+    async def _observe_once(self, point: CoapPoint, backoff: BackoffTimer) -> None:
+        """One registration, until it ends or goes silent (then return to register again)."""
+        assert self._ctx is not None
+        request = self._ctx.request(aiocoap.Message(code=Code.GET, uri=self._uri(point), observe=0))
+        try:
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    first: aiocoap.Message = await request.response
+            except TimeoutError:
+                await self._bad_sample(point, f"no response in {self.config.timeout:g} s")
+                raise ReadError("timeout") from None
+            except aiocoap.error.Error as exc:
+                await self._bad_sample(point, str(exc) or type(exc).__name__)
+                raise ReadError(str(exc)) from None
+            self.registrations += 1
+            await self._read(point, first)
+            backoff.reset()
+            if first.opt.observe is None:
+                # Not observable: the response was a plain GET's. Read it again after Max-Age.
+                await asyncio.sleep(first.opt.max_age or 60)
+                return
+            await self._notifications(point, request, first)
+        finally:
+            if not request.observation.cancelled:
+                request.observation.cancel()
+
+    async def _notifications(self, point: CoapPoint, request: Any, first: aiocoap.Message) -> None:
+        silence = (first.opt.max_age or 60) + OBSERVE_MARGIN
+        stream = aiter(request.observation)
+        while True:
+            try:
+                async with asyncio.timeout(silence):
+                    response = await anext(stream)
+            except TimeoutError:
+                log.info("%s: no notification for %s in %g s", self.name, point.path, silence)
+                return
+            except StopAsyncIteration:
+                return
+            except aiocoap.error.Error as exc:
+                raise ReadError(f"observation ended: {exc}") from None
+            self.notifications += 1
+            silence = (response.opt.max_age or 60) + OBSERVE_MARGIN
+            await self._read(point, response)
+
+    # -- writing
+
+    async def write_and_read_back(self, name: str, value: Value) -> None:
+        point = self._points.get(name)
+        if point is None:
+            raise WriteRefused(WriteStatus.UNKNOWN_POINT, f"{self.name} has no point {name!r}")
+        if not point.access.writable:
+            raise WriteRefused(WriteStatus.NOT_WRITABLE, f"{self.name}/{name} is not writable")
+        fmt, payload = self._payload(point, value)
+        request = aiocoap.Message(
+            code=Code.PUT, uri=self._uri(point), payload=payload, content_format=int(fmt)
+        )
+        try:
+            response = await self._request(request)
+        except ReadError as exc:
+            status = WriteStatus.TIMEOUT if "no response" in str(exc) else WriteStatus.UNREACHABLE
+            raise WriteRefused(status, str(exc)) from None
+        if not response.code.is_successful():
+            reason = f"{response.code.dotted} {response.payload.decode(errors='replace')}".strip()
+            raise WriteRefused(PUT_STATUS.get(response.code, WriteStatus.DEVICE_ERROR), reason)
+        with contextlib.suppress(ReadError):
+            await self._get(point)
+
+    def _payload(self, point: CoapPoint, value: Value) -> tuple[Format, bytes]:
+        if point.format != "auto":
+            fmt = format_of(point.format)
+        elif point.senml_name is not None:
+            fmt = Format.SENML_JSON
+        elif point.field is not None:
+            fmt = Format.JSON
+        else:
+            fmt = Format.TEXT
+        name = point.senml_name or point.field or point.name
+        try:
+            return fmt, encode([Sample.now(name, value)], fmt)
+        except PayloadError as exc:
+            raise WriteRefused(WriteStatus.BAD_VALUE, str(exc)) from None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "registrations": self.registrations,
+            "notifications": self.notifications,
+            "bad": sorted(self._bad),
+        }
