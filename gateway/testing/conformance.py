@@ -1,0 +1,444 @@
+"""The conformance checks every protocol plugin passes, as a pytest class to subclass.
+
+A plugin's test module subclasses `ProtocolConformance` once per role, names the class
+``Test...`` so pytest collects it, and supplies the few things only the plugin knows::
+
+    class TestLdjsonClient(ProtocolConformance):
+        spec = SPEC
+        role = "client"
+
+        def config(self, peer: Device | None) -> dict[str, Any]:
+            port = peer.port if peer is not None else self.closed_port()
+            return {"host": "127.0.0.1", "port": port, "points": [...]}
+
+        @contextlib.asynccontextmanager
+        async def peer(self) -> AsyncIterator[Device]:
+            async with Device() as device:
+                yield device
+
+The checks are generic: the spec is well formed and registered under its name, importing it
+imports no protocol library, the config models validate the example config, an adapter enters
+and runs while its peer is down (and says so: disconnected status or bad samples), it stops
+within `cancel_limit` seconds of a cancel, ``status()`` is JSON, a source's points are
+`PointSpec` with known datatypes, with the peer up a source publishes good telemetry for every
+point and a write to each ``rw`` point is acknowledged through ``serve_commands``, and a target
+accepts a telemetry message in ``send``.
+
+Every check is a plain (synchronous) test that runs its own event loop with ``asyncio.run``, so
+the kit works whatever asyncio plugin mode the plugin's own pytest uses. A check that does not
+apply (no peer given, no writable point, not a target) is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+from pydantic import BaseModel
+
+from gateway.adapter import Adapter, AdapterContext
+from gateway.bus import Bus, Subscription
+from gateway.commands import CommandRouter
+from gateway.plugins import API_VERSION, ENTRY_POINT_GROUP, ProtocolSpec
+from gateway.types import Message, PointSpec, Quality, Sample, Value, telemetry_topic
+
+__all__ = ["DATATYPES", "ProtocolConformance", "closed_port"]
+
+T = TypeVar("T")
+
+#: The point datatypes the bus knows.
+DATATYPES = frozenset(
+    {"bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"}
+    | {"string"}
+)
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now: a peer that is down."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ProtocolConformance:
+    """Subclass as ``Test<Something>`` and fill in `spec`, `role`, `config` and `peer`."""
+
+    #: the plugin's spec, as its entry point names it
+    spec: ClassVar[ProtocolSpec]
+    #: the role under test (one subclass per role)
+    role: ClassVar[str] = "client"
+    #: False for an adapter with no peer to lose (a server): the peer-down checks only ask
+    #: that it enters and runs
+    has_peer: ClassVar[bool] = True
+    #: seconds a source has to publish good values for all its points once the peer is up
+    telemetry_timeout: ClassVar[float] = 20.0
+    #: seconds run() is left alone with its peer down before it is judged
+    down_period: ClassVar[float] = 1.5
+    #: seconds within which run() must end after a cancel
+    cancel_limit: ClassVar[float] = 2.0
+
+    tmp_path: Path
+
+    # --- what the plugin supplies ------------------------------------------------------------
+
+    def config(self, peer: Any | None) -> dict[str, Any]:
+        """The config of one ``devices:``/``endpoints:`` entry in `role` (without
+        ``protocol``), talking to ``peer``; with ``peer`` None, to a peer that is down
+        (`closed_port` gives a port nobody listens on). `tmp_path` is a fresh folder."""
+        raise NotImplementedError("a conformance class must define config(peer)")
+
+    def peer(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """An async context manager that starts the peer (device, broker, server) and yields
+        what `config` needs to reach it. Without one, the peer-up checks are skipped."""
+        raise NotImplementedError
+
+    async def stimulate(self, peer: Any, adapter: Adapter) -> None:
+        """Make the peer produce values (publish, change a variable); called about every
+        0.2 s while waiting for telemetry. Polled and subscribed peers need nothing."""
+        return None
+
+    def route(self) -> dict[str, Any]:
+        """Bridge options for a target role (the route model must accept them)."""
+        return {}
+
+    def write_value(self, point: PointSpec) -> Value:
+        """A value to write to ``point`` in the write round trip: inside low..high."""
+        if point.datatype == "bool":
+            return True
+        if point.datatype == "string":
+            return "conformance"
+        low = 0.0 if point.low is None else point.low
+        high = low + 10.0 if point.high is None else point.high
+        middle = (low + high) / 2
+        return math.floor(middle) if point.datatype.startswith(("int", "uint")) else middle
+
+    async def check_written(self, peer: Any, point: PointSpec, value: Value) -> None:
+        """Assert that the peer received the write (optional, after a good acknowledgement)."""
+        return None
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    @pytest.fixture(autouse=True)
+    def _conformance_tmp_path(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+
+    closed_port = staticmethod(closed_port)
+
+    @property
+    def device_name(self) -> str:
+        return f"conf-{self.spec.name}"
+
+    def adapter(self, peer: Any | None, bus: Bus | None = None) -> Adapter:
+        """An adapter of `role` for ``config(peer)``, on its own bus."""
+        model = self.spec.model_for(self.role)
+        config = model.model_validate(self.config(peer))
+        cls = self.spec.adapter_class(self.role)
+        return cls(self.device_name, config, AdapterContext(bus or Bus(), "conformance"))
+
+    def is_target(self) -> bool:
+        return self.spec.route_model_for(self.role) is not None
+
+    def _has_peer_factory(self) -> bool:
+        return type(self).peer is not ProtocolConformance.peer
+
+    def _need_peer(self) -> None:
+        if not self._has_peer_factory():
+            pytest.skip(f"{type(self).__name__} defines no peer()")
+
+    @staticmethod
+    def run_async(body: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:  # noqa: ASYNC109
+        async def main() -> T:
+            async with asyncio.timeout(timeout):
+                return await body()
+
+        return asyncio.run(main())
+
+    @contextlib.asynccontextmanager
+    async def running(self, adapter: Adapter) -> AsyncIterator[asyncio.Task[None]]:
+        """``async with adapter``, ``run()`` as a task, cancelled (and checked) at the end."""
+        async with adapter:
+            task = asyncio.create_task(adapter.run(), name=f"conformance:{adapter.name}")
+            try:
+                yield task
+            finally:
+                await self._stop(task)
+
+    async def _stop(self, task: asyncio.Task[None]) -> float:
+        """Cancel ``task``; how long it took. Fails if it raised or ignored the cancel."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=self.cancel_limit)
+        took = loop.time() - t0
+        if not done:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 10)
+            pytest.fail(f"run() was still running {self.cancel_limit} s after cancel()")
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                raise AssertionError(f"run() raised {exc!r}") from exc
+            pytest.fail("run() returned by itself instead of running until cancelled")
+        return took
+
+    # --- the spec -----------------------------------------------------------------------------
+
+    def test_spec_is_well_formed(self) -> None:
+        spec = self.spec
+        assert isinstance(spec, ProtocolSpec), f"spec is a {type(spec).__name__}"
+        assert spec.api_version == API_VERSION, f"api_version {spec.api_version} != {API_VERSION}"
+        assert spec.name and spec.name.isidentifier(), f"name {spec.name!r} is not an identifier"
+        assert spec.description, "the spec needs a one-line description"
+        assert self.role in spec.roles, f"role {self.role!r} not in {spec.roles}"
+        for role in spec.roles:
+            cls = spec.adapter_class(role)
+            assert isinstance(cls, type) and issubclass(cls, Adapter), (
+                f"{spec.adapters[role]} is not an Adapter subclass"
+            )
+            assert issubclass(spec.model_for(role), BaseModel)
+        for model in (*spec.role_models.values(), spec.route_model, *spec.route_models.values()):
+            assert model is None or issubclass(model, BaseModel)
+        assert all(isinstance(c, str) for c in spec.capabilities)
+
+    def _entry_point(self) -> importlib.metadata.EntryPoint:
+        found = [
+            ep
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+            if ep.name == self.spec.name
+        ]
+        if not found:
+            pytest.fail(
+                f"no entry point {self.spec.name!r} in group {ENTRY_POINT_GROUP!r}: register "
+                f'{self.spec.name} = "your_package:SPEC" and install the package'
+            )
+        assert len(found) == 1, f"{len(found)} plugins register {self.spec.name!r}"
+        return found[0]
+
+    def test_entry_point_names_the_spec(self) -> None:
+        loaded = self._entry_point().load()
+        assert isinstance(loaded, ProtocolSpec)
+        assert loaded.name == self.spec.name
+        assert loaded.adapters == self.spec.adapters
+
+    def test_spec_import_is_light(self) -> None:
+        """Importing the spec must not import the protocol library nor the adapters, so that
+        ``gateway plugins`` and ``gateway validate`` work where the library is missing."""
+        module = self._entry_point().value.split(":")[0].strip()
+        heavy = {m.split(".")[0] for m in self.spec.requires}
+        heavy |= {target.split(":")[0] for target in self.spec.adapters.values()}
+        heavy.discard(module)
+        code = (
+            "import importlib, json, sys\n"
+            f"importlib.import_module({module!r})\n"
+            f"heavy = {sorted(heavy)!r}\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m in heavy or "
+            "any(m.startswith(h + '.') for h in heavy if '.' not in h))))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported = json.loads(done.stdout.strip().splitlines()[-1])
+        assert not imported, f"importing {module} imported {imported}"
+
+    def test_config_models_accept_the_example(self) -> None:
+        model = self.spec.model_for(self.role)
+        config = model.model_validate(self.config(None))
+        check = getattr(config, "check", None)
+        problems = check() if callable(check) else []
+        assert not problems, problems
+        route = self.spec.route_model_for(self.role)
+        if route is not None:
+            route.model_validate(self.route())
+
+    # --- peer down ----------------------------------------------------------------------------
+
+    def test_enter_and_run_with_the_peer_down(self) -> None:
+        async def body() -> None:
+            bus = Bus()
+            seen = bus.subscribe(telemetry_topic(self.device_name), maxsize=10000, name="conf")
+            adapter = self.adapter(None, bus)
+            json.dumps(adapter.status())
+            async with asyncio.timeout(10):
+                entered = adapter.__aenter__()
+                await entered
+            try:
+                task = asyncio.create_task(adapter.run())
+                await asyncio.sleep(self.down_period)
+                if task.done():
+                    await self._stop(task)  # raises what run() raised
+                json.dumps(adapter.status())
+                if self.has_peer:
+                    bad = [
+                        s for m in _drain(seen) for s in m.samples if s.quality is not Quality.GOOD
+                    ]
+                    status = adapter.status()
+                    assert status.get("connected") is False or bad, (
+                        "with its peer down the adapter should report status connected=False "
+                        f"or publish samples of bad quality; status: {status}"
+                    )
+                took = await self._stop(task)
+                assert took < self.cancel_limit
+            finally:
+                await adapter.__aexit__(None, None, None)
+
+        self.run_async(body)
+
+    # --- points -------------------------------------------------------------------------------
+
+    def test_points_are_point_specs(self) -> None:
+        adapter = self.adapter(None)
+        points = adapter.points()
+        assert isinstance(points, list)
+        names = [p.name for p in points]
+        assert len(names) == len(set(names)), f"point names repeat: {names}"
+        for p in points:
+            assert isinstance(p, PointSpec), f"{p!r} is not a PointSpec"
+            assert p.datatype in DATATYPES, f"{p.name}: datatype {p.datatype!r} not in {DATATYPES}"
+            assert p.id == f"{adapter.name}/{p.name}", f"{p.name}: id {p.id!r}"
+            if p.low is not None and p.high is not None:
+                assert p.low <= p.high, f"{p.name}: low > high"
+
+    # --- peer up ------------------------------------------------------------------------------
+
+    def test_source_publishes_telemetry(self) -> None:
+        self._need_peer()
+        if not self.adapter(None).points():
+            pytest.skip("not a source: no points")
+
+        async def body() -> None:
+            async with self.peer() as peer:
+                await self._until_all_good(peer)
+
+        self.run_async(body, self.telemetry_timeout + 30)
+
+    async def _until_all_good(
+        self, peer: Any, bus: Bus | None = None
+    ) -> tuple[Adapter, dict[str, Sample]]:
+        bus = bus or Bus()
+        seen = bus.subscribe(telemetry_topic(self.device_name), maxsize=100000, name="conf")
+        adapter = self.adapter(peer, bus)
+        wanted = {p.name for p in adapter.points()}
+        good: dict[str, Sample] = {}
+        async with self.running(adapter) as task:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.telemetry_timeout
+            while not wanted <= good.keys():
+                assert not task.done(), "run() ended"
+                if loop.time() > deadline:
+                    pytest.fail(
+                        f"no good value in {self.telemetry_timeout} s for "
+                        f"{sorted(wanted - good.keys())}; status: {adapter.status()}"
+                    )
+                await self.stimulate(peer, adapter)
+                for message in _drain(seen):
+                    assert message.kind == "telemetry" and message.device == adapter.name
+                    for s in message.samples:
+                        assert isinstance(s, Sample) and s.point in wanted, s
+                        assert s.source_ts > 0 and s.gateway_ts > 0, f"{s} has no timestamps"
+                        if s.quality is Quality.GOOD:
+                            good[s.point] = s
+                await asyncio.sleep(0.2)
+            json.dumps(adapter.status())
+        return adapter, good
+
+    def test_write_round_trip(self) -> None:
+        self._need_peer()
+        writable = [p for p in self.adapter(None).points() if p.access.writable]
+        if not writable:
+            pytest.skip("no writable point")
+
+        async def body() -> None:
+            async with self.peer() as peer:
+                bus = Bus()
+                router = CommandRouter(bus)
+                adapter = self.adapter(peer, bus)
+                router.declare(adapter.name, adapter.points())
+                seen = bus.subscribe(telemetry_topic(self.device_name), maxsize=100000, name="c")
+                async with self.running(adapter):
+                    await self._connected(adapter, peer, seen)
+                    for point in writable:
+                        value = self.write_value(point)
+                        result = await router.write(adapter.name, point.name, value, origin="c")
+                        assert result.ok, f"write {point.name} = {value!r}: {result}"
+                        await self.check_written(peer, point, value)
+                router.close()
+
+        self.run_async(body, self.telemetry_timeout + 30)
+
+    async def _connected(self, adapter: Adapter, peer: Any, seen: Subscription) -> None:
+        """Until the adapter says it is connected, or one good sample arrived."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.telemetry_timeout
+        while loop.time() < deadline:
+            if adapter.status().get("connected") is True:
+                return
+            if any(s.quality is Quality.GOOD for m in _drain(seen) for s in m.samples):
+                return
+            await self.stimulate(peer, adapter)
+            await asyncio.sleep(0.1)
+        pytest.fail(f"not connected after {self.telemetry_timeout} s: {adapter.status()}")
+
+    def test_run_stops_promptly_with_the_peer_up(self) -> None:
+        self._need_peer()
+
+        async def body() -> None:
+            async with self.peer() as peer:
+                adapter = self.adapter(peer)
+                async with adapter:
+                    task = asyncio.create_task(adapter.run())
+                    await asyncio.sleep(1.0)
+                    json.dumps(adapter.status())
+                    took = await self._stop(task)
+                    assert took < self.cancel_limit
+
+        self.run_async(body)
+
+    # --- targets ------------------------------------------------------------------------------
+
+    def test_target_accepts_telemetry(self) -> None:
+        route_model = self.spec.route_model_for(self.role)
+        if route_model is None:
+            pytest.skip(f"role {self.role!r} is not a bridge target")
+        route = route_model.model_validate(self.route())
+
+        async def body() -> None:
+            now = time.time()
+            message = Message.telemetry(
+                "conformance-device",
+                (
+                    Sample("temp", 21.5, Quality.GOOD, now, now, "degC"),
+                    Sample("on", True, Quality.GOOD, now, now),
+                    Sample("lost", None, Quality.BAD, now, now, reason="timeout"),
+                ),
+            )
+            peer_cm = self.peer() if self._has_peer_factory() else contextlib.nullcontext()
+            async with peer_cm as peer:
+                adapter = self.adapter(peer)
+                async with self.running(adapter):
+                    await asyncio.sleep(0.3)
+                    await adapter.send(message, route)
+                    json.dumps(adapter.status())
+
+        self.run_async(body)
+
+
+def _drain(sub: Subscription) -> list[Message]:
+    """Every message queued on a bus subscription, without waiting."""
+    out = []
+    while (message := sub.get_nowait()) is not None:
+        out.append(message)
+    return out
