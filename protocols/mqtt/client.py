@@ -80,7 +80,16 @@ from pydantic import BaseModel
 from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.bus import topic_matches
-from gateway.types import Message, MessageKind, Sample, next_sequence
+from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.types import (
+    Message,
+    MessageKind,
+    PointSpec,
+    Quality,
+    Sample,
+    Value,
+    next_sequence,
+)
 from protocols.mqtt import codec
 from protocols.mqtt.config import MqttEndpoint, MqttRoute
 
@@ -355,6 +364,10 @@ class MqttAdapter(Adapter):
         self._closed = asyncio.Event()
         self._drop_logged = False
         self._payload_modes: dict[str, str] = {}
+        self._points = codec.PointDecoder(list(config.points), name)
+        self._point_by_name = {p.name: p for p in config.points}
+        self._write_futs: dict[int, asyncio.Future[None]] = {}
+        self._points_bad = False  # bad samples published for this outage already
         self._last_bad_log = 0.0
         self._bad_since_log = 0
         self.last_error: str | None = None
@@ -366,6 +379,7 @@ class MqttAdapter(Adapter):
         self.received = 0
         self.bad_payloads = 0
         self.encode_errors = 0
+        self.writes = 0
         self._connections = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -428,10 +442,37 @@ class MqttAdapter(Adapter):
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
+    def points(self) -> list[PointSpec]:
+        """The configured ``points:`` (the endpoint as a source); empty for a pure target."""
+        return [
+            PointSpec(
+                id=f"{self.name}/{p.name}",
+                name=p.name,
+                datatype=p.datatype,
+                unit=p.unit,
+                access=p.access,
+                description=p.description,
+                low=p.low,
+                high=p.high,
+                write_rate=p.write_rate,
+            )
+            for p in self.config.points
+        ]
+
     async def run(self) -> None:
-        """Connect, serve, reconnect with backoff after any loss; until cancelled or closed."""
+        """Connect, serve, reconnect with backoff after any loss; until cancelled or closed.
+
+        With writable points, commands are served alongside (`write`)."""
         if self._client is None:
             raise RuntimeError("use 'async with adapter:' before 'await adapter.run()'")
+        if any(p.access.writable for p in self.config.points):
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(serve_commands(self.bus, self.name, self.write))
+                tg.create_task(self._run_connection())
+        else:
+            await self._run_connection()
+
+    async def _run_connection(self) -> None:
         backoff = BackoffTimer(self.config.reconnect)
         try:
             while not self._closing:
@@ -441,6 +482,7 @@ class MqttAdapter(Adapter):
                     if self._closing:
                         break
                     self.last_error = str(exc)
+                    self._points_lost("broker unreachable")
                     delay = backoff.next_delay()
                     log.warning(
                         "MQTT %s: %s; retry %d in %.2f s", self.name, exc, backoff.attempts, delay
@@ -452,6 +494,7 @@ class MqttAdapter(Adapter):
                 if self._closing:
                     break
                 self.last_error = f"connection lost: {reason}"
+                self._points_lost(f"connection lost: {reason}")
                 delay = backoff.next_delay()
                 log.warning(
                     "MQTT %s: connection to %s lost (%s); reconnecting in %.2f s",
@@ -533,6 +576,7 @@ class MqttAdapter(Adapter):
         if disconnected.done():
             return disconnected.result()
         self._ready = True
+        self._points_bad = False
         self._drop_logged = False
         self._ready_event.set()
         wake = self._wake
@@ -545,11 +589,12 @@ class MqttAdapter(Adapter):
         return disconnected.result()
 
     async def _subscribe_all(self, disconnected: asyncio.Future[str]) -> None:
-        subs = self.config.subscriptions
         client, loop = self._client, self._loop
-        if not subs or client is None or loop is None:
+        topics: list[tuple[str, int]] = [(s.topic, s.qos) for s in self.config.subscriptions]
+        subscribed = {t for t, _ in topics}
+        topics += [(t, 1) for t in self._points.topics() if t not in subscribed]
+        if not topics or client is None or loop is None:
             return
-        topics: list[tuple[str, int]] = [(s.topic, s.qos) for s in subs]
         rc, mid = client.subscribe(topics)
         if rc != _SUCCESS or mid is None:
             return  # connection already gone: on_disconnect has resolved `disconnected`
@@ -573,10 +618,10 @@ class MqttAdapter(Adapter):
                 )
             fut.cancel()
             return
-        for sub, code in zip(subs, fut.result(), strict=False):
+        for (topic, _qos), code in zip(topics, fut.result(), strict=False):
             if getattr(code, "is_failure", False):
                 log.warning(
-                    "MQTT %s: broker refused subscription to %r: %s", self.name, sub.topic, code
+                    "MQTT %s: broker refused subscription to %r: %s", self.name, topic, code
                 )
 
     # --- publishing ---------------------------------------------------------------------------
@@ -660,6 +705,72 @@ class MqttAdapter(Adapter):
         if info.rc == _SUCCESS:
             self._inflight.add(info.mid)
             self._internal_mids.add(info.mid)
+
+    # --- writes (points with access rw) ----------------------------------------------------------
+
+    async def write(self, point: str, value: Value) -> None:
+        """Publish a write to the point's ``command_topic`` (QoS 1, a bare JSON value) and
+        return once the broker acknowledged it (PUBACK).
+
+        Plain MQTT has no device acknowledgement, so the PUBACK is as far as a write can be
+        confirmed: good means "the broker has it", not "the device applied it". A broker that
+        is not connected refuses the write at once (UNREACHABLE): writes are never queued."""
+        spec = self._point_by_name.get(point)
+        if spec is None or spec.command_topic is None:
+            reason = f"{self.name}/{point} has no command_topic"
+            raise WriteRefused(WriteStatus.NOT_WRITABLE, reason)
+        try:
+            value = codec.convert(value, spec.datatype)
+        except ValueError as exc:
+            raise WriteRefused(WriteStatus.BAD_VALUE, str(exc)) from None
+        client, loop, disconnected = self._client, self._loop, self._disconnected
+        if not self._ready or client is None or loop is None or disconnected is None:
+            raise WriteRefused(WriteStatus.UNREACHABLE, f"broker {self.address} is not connected")
+        info = client.publish(spec.command_topic, codec.json_value(value).encode(), 1, False)
+        if info.rc != _SUCCESS:
+            raise WriteRefused(WriteStatus.UNREACHABLE, paho.error_string(info.rc))
+        acked: asyncio.Future[None] = loop.create_future()
+        self._write_futs[info.mid] = acked
+        self._inflight.add(info.mid)
+        self._internal_mids.add(info.mid)  # not counted as bridged data
+        try:
+            await asyncio.wait(
+                (acked, disconnected),
+                timeout=self.config.write_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            self._write_futs.pop(info.mid, None)
+        if not acked.done():
+            self._forget_write(info.mid)
+            if disconnected.done():
+                raise WriteRefused(WriteStatus.UNREACHABLE, "connection to the broker lost")
+            raise WriteRefused(
+                WriteStatus.TIMEOUT, f"no PUBACK within {self.config.write_timeout:g} s"
+            )
+        self.writes += 1
+
+    def _forget_write(self, mid: int) -> None:
+        """Drop a write paho has not had acknowledged: paho would re-send it after a
+        reconnect, and a setpoint applied late, after the writer was told it failed, is worse
+        than one refused."""
+        client = self._client
+        if client is not None:
+            with client._out_message_mutex:
+                client._out_messages.pop(mid, None)
+        self._inflight.discard(mid)
+        self._internal_mids.discard(mid)
+
+    def _points_lost(self, reason: str) -> None:
+        """Once per outage: every source point is bad (its last value is no longer current)."""
+        if self._points_bad or not self.config.points:
+            return
+        self._points_bad = True
+        now = time.time()
+        samples = tuple(
+            Sample(p.name, None, Quality.BAD, now, now, p.unit, reason) for p in self.config.points
+        )
+        self.bus.publish_nowait(Message.telemetry(self.name, samples))
 
     # --- shutdown -----------------------------------------------------------------------------
 
@@ -909,6 +1020,9 @@ class MqttAdapter(Adapter):
         inflight.discard(mid)
         if self._internal_mids and mid in self._internal_mids:
             self._internal_mids.discard(mid)
+            fut = self._write_futs.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
         else:
             self.acknowledged += 1
         self._wake.set()
@@ -922,8 +1036,16 @@ class MqttAdapter(Adapter):
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self.received += 1
+        topic = msg.topic
+        if self._points.points and self._points.points_for(topic):
+            samples, errors = self._points.decode(topic, bytes(msg.payload))
+            if errors:
+                self._bad_payload(errors[0])
+            if samples:
+                self.bus.publish_nowait(Message.telemetry(self.name, tuple(samples)))
+            if not any(topic_matches(s.topic, topic) for s in self.config.subscriptions):
+                return
         try:
-            topic = msg.topic
             value = codec.decode(topic, msg.payload, self._payload_mode(topic))  # type: ignore[arg-type]
         except (codec.PayloadError, UnicodeDecodeError) as exc:
             self._bad_payload(exc)
@@ -989,5 +1111,6 @@ class MqttAdapter(Adapter):
             "reconnects": self.reconnects,
             "received": self.received,
             "bad_payloads": self.bad_payloads,
+            "writes": self.writes,
             "last_error": self.last_error,
         }

@@ -48,10 +48,11 @@ from typing import Literal
 from urllib.parse import unquote
 
 from gateway.types import Message, Quality, Sample, Value
-from protocols.mqtt.config import MqttRoute
+from protocols.mqtt.config import MqttPoint, MqttRoute
 
 __all__ = [
     "PayloadError",
+    "PointDecoder",
     "TopicError",
     "decode",
     "encode",
@@ -295,3 +296,181 @@ def decode(topic: str, payload: bytes, mode: PayloadMode = "json") -> Value:
         )
     value: Value = data
     return value
+
+
+# --- points (the endpoint as a source) ----------------------------------------------------------
+
+_INT_RANGES = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+# One SenML record: name (bn+n), value, time (absolute, epoch seconds), unit.
+Record = tuple[str | None, Value, float | None, str | None]
+
+
+def parse_time(value: object) -> float | None:
+    """A payload's timestamp as epoch seconds: a number (seconds, or milliseconds when it
+    is too large to be seconds) or an ISO 8601 string; None if absent or unreadable."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        ts = float(value)
+        return ts / 1000.0 if ts > 1e11 else ts
+    if isinstance(value, str):
+        from datetime import UTC, datetime
+
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    return None
+
+
+def convert(value: Value, datatype: str) -> Value:
+    """``value`` as ``datatype``; ValueError if it does not fit."""
+    if datatype == "string":
+        return value if isinstance(value, str) else json_value(value)
+    if datatype == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{value!r} is not a bool")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a number")
+    if datatype in _INT_RANGES:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value!r} is not an integer")
+        low, high = _INT_RANGES[datatype]
+        if not low <= int(value) <= high:
+            raise ValueError(f"{value!r} does not fit {datatype}")
+        return int(value)
+    return float(value)
+
+
+def senml_records(topic: str, payload: bytes) -> list[Record]:
+    """The records of a SenML JSON pack (RFC 8428), base fields resolved, by the shared
+    `gateway.payloads` codec; its errors become this module's `PayloadError`."""
+    from gateway import payloads
+
+    try:
+        return payloads.decode(payload, payloads.Format.SENML_JSON)
+    except payloads.PayloadError as exc:
+        raise PayloadError(topic, f"bad SenML: {exc}") from None
+
+
+def _json(topic: str, payload: bytes) -> object:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(topic, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(topic, f"invalid JSON ({exc.msg} at char {exc.pos})") from None
+
+
+def _dig(topic: str, data: object, field: str) -> object:
+    for key in field.split("."):
+        if not isinstance(data, dict) or key not in data:
+            raise PayloadError(topic, f"JSON without the key {field!r}")
+        data = data[key]
+    return data
+
+
+class PointDecoder:
+    """Turns payloads received on the points' topics into samples. Sans-IO.
+
+    Every point names a topic (exact, or a filter for SenML points picked by record name), a
+    format and where its value is in the payload. One payload may fill several points (several
+    fields of one JSON object, several records of a SenML pack); it is parsed once.
+    """
+
+    def __init__(self, points: list[MqttPoint], device: str) -> None:
+        self.points = points
+        self.device = device
+        self._exact: dict[str, list[MqttPoint]] = {}
+        self._wildcard = [p for p in points if p.wildcard]
+        for p in points:
+            if not p.wildcard:
+                self._exact.setdefault(p.topic, []).append(p)
+
+    def topics(self) -> list[str]:
+        """Topic filters to subscribe to, each once."""
+        return list(dict.fromkeys(p.topic for p in self.points))
+
+    def points_for(self, topic: str) -> list[MqttPoint]:
+        from gateway.bus import topic_matches
+
+        found = self._exact.get(topic, [])
+        if self._wildcard:
+            found = found + [p for p in self._wildcard if topic_matches(p.topic, topic)]
+        return found
+
+    def decode(
+        self, topic: str, payload: bytes, received: float | None = None
+    ) -> tuple[list[Sample], list[PayloadError]]:
+        """Samples for the points this payload fills, and why the others could not be read.
+
+        A point whose value is missing or unreadable is not published (it keeps its last
+        value): one malformed payload says nothing about the device's health."""
+        points = self.points_for(topic)
+        received = time.time() if received is None else received
+        samples: list[Sample] = []
+        errors: list[PayloadError] = []
+        parsed: dict[str, object] = {}
+        for p in points:
+            try:
+                value, ts, unit = self._read(topic, payload, p, parsed)
+                value = convert(value, p.datatype)
+            except PayloadError as exc:
+                errors.append(exc)
+                continue
+            except ValueError as exc:
+                errors.append(PayloadError(topic, f"point {p.name}: {exc}"))
+                continue
+            samples.append(
+                Sample(p.name, value, _GOOD, received if ts is None else ts, received, unit)
+            )
+        return samples, errors
+
+    def _read(
+        self, topic: str, payload: bytes, p: MqttPoint, parsed: dict[str, object]
+    ) -> tuple[Value, float | None, str | None]:
+        if p.format == "text":
+            return decode(topic, payload, "text"), None, p.unit
+        if p.format == "senml":
+            if "senml" not in parsed:
+                parsed["senml"] = senml_records(topic, payload)
+            records: list[Record] = parsed["senml"]  # type: ignore[assignment]
+            if p.senml_name is None:
+                if len(records) != 1:
+                    raise PayloadError(topic, f"{len(records)} SenML records; set senml_name")
+                record = records[0]
+            else:
+                found = [r for r in records if r[0] == p.senml_name]
+                if not found:
+                    raise PayloadError(topic, f"no SenML record named {p.senml_name!r}")
+                record = found[-1]  # the latest of a series
+            # The declared unit wins: SenML's unit names ("Cel") are not pint's ("degC").
+            _name, value, ts, _unit = record
+            return value, ts, p.unit
+        if "json" not in parsed:
+            parsed["json"] = _json(topic, payload)
+        data = parsed["json"]
+        ts = None
+        if isinstance(data, dict):
+            ts = parse_time(data.get("ts", data.get("time")))
+            data = _dig(topic, data, p.field or "value")
+        elif p.field is not None:
+            raise PayloadError(topic, f"expected a JSON object with {p.field!r}")
+        if not isinstance(data, _SCALARS) or data is None:
+            raise PayloadError(topic, f"point {p.name}: {data!r} is not a scalar value")
+        return data, ts, p.unit

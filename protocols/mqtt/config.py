@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config.common import Backoff, Strict
+from gateway.config.common import Backoff, Problem, Strict
+from gateway.types import Access
 
 TEMPLATE_FIELDS = frozenset({"gateway", "device", "point", "kind"})
 
@@ -75,6 +76,86 @@ class Subscription(Strict):
         return v
 
 
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+PointType = Literal[
+    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
+]
+
+
+class MqttPoint(Strict):
+    """A point filled from received payloads: the endpoint is then a source as well as a target.
+
+    ``topic`` is an exact topic, or a filter with ``+``/``#`` only for SenML points, where the
+    record name (``senml_name``) says which point a record is, whatever topic it came on.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    topic: str = Field(min_length=1, description="topic to subscribe to")
+    format: Literal["json", "senml", "text"] = Field(
+        "json", description="json: a bare JSON value or an object; senml: RFC 8428 JSON; text"
+    )
+    field: str | None = Field(
+        None,
+        description='dotted key of the value in a JSON object (default "value"); a bare JSON '
+        "value is the value itself",
+    )
+    senml_name: str | None = Field(
+        None, description="SenML record whose bn+n equals this (default: the only record)"
+    )
+    type: PointType | None = Field(
+        None, description="value type on the bus; default float64 (string for format text)"
+    )
+    unit: str | None = None
+    access: Access = Access.READ
+    command_topic: str | None = Field(
+        None, description="where writes are published (QoS 1, a bare JSON value); rw needs it"
+    )
+    description: str = ""
+    low: float | None = None
+    high: float | None = None
+    write_rate: float | None = Field(None, gt=0)
+
+    @field_validator("topic")
+    @classmethod
+    def _filter(cls, v: str) -> str:
+        from gateway.bus import validate_pattern
+
+        validate_pattern(v)
+        return v
+
+    @field_validator("command_topic")
+    @classmethod
+    def _command_topic(cls, v: str | None) -> str | None:
+        if v is not None and check_publish_topic(v):
+            raise ValueError("command_topic is a plain topic, without placeholders")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttPoint:
+        if self.access.writable and self.command_topic is None:
+            raise ValueError(f"access {self.access.value} needs a command_topic to publish to")
+        wildcard = "+" in self.topic.split("/") or "#" in self.topic.split("/")
+        if wildcard and (self.format != "senml" or self.senml_name is None):
+            raise ValueError(
+                "a topic with + or # is only unambiguous for format senml with a senml_name"
+            )
+        if self.senml_name is not None and self.format != "senml":
+            raise ValueError("senml_name goes with format senml")
+        if self.field is not None and self.format != "json":
+            raise ValueError("field goes with format json")
+        return self
+
+    @property
+    def datatype(self) -> str:
+        if self.type is not None:
+            return self.type
+        return "string" if self.format == "text" else "float64"
+
+    @property
+    def wildcard(self) -> bool:
+        return "+" in self.topic.split("/") or "#" in self.topic.split("/")
+
+
 class MqttEndpoint(Strict):
     protocol: Literal["mqtt"] = "mqtt"
     host: str = Field(min_length=1)
@@ -91,6 +172,34 @@ class MqttEndpoint(Strict):
     reconnect: Backoff = Field(default_factory=Backoff)
     max_queued: int = Field(10000, ge=1, description="messages buffered while disconnected")
     subscriptions: list[Subscription] = Field(default_factory=list)
+    points: list[MqttPoint] = Field(
+        default_factory=list, description="points filled from received payloads (a source)"
+    )
+    write_timeout: float = Field(
+        5.0, gt=0, le=60, description="seconds to wait for the broker's PUBACK of a write"
+    )
+
+    def check(self) -> list[Problem]:
+        problems = []
+        names: set[str] = set()
+        keys: set[tuple[str, str | None, str | None]] = set()
+        for i, p in enumerate(self.points):
+            if p.name in names:
+                problems.append(
+                    Problem(("points", i, "name"), f"{p.name!r} again", "a point name used once")
+                )
+            names.add(p.name)
+            key = (p.topic, p.field, p.senml_name)
+            if key in keys:
+                problems.append(
+                    Problem(
+                        ("points", i, "topic"),
+                        f"{p.topic!r} with the same field/senml_name as an earlier point",
+                        "one point per topic and field (or SenML name)",
+                    )
+                )
+            keys.add(key)
+        return problems
 
     @field_validator("status_topic")
     @classmethod
