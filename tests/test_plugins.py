@@ -86,6 +86,6 @@ def test_listing_plugins_imports_no_heavy_module() -> None:
     assert first == "[]"
     listing = json.loads(rest)
     names = {p["name"]: p for p in listing["plugins"]}
-    assert names["modbus"]["roles"] == ["client"]
+    assert names["modbus"]["roles"] == ["client", "server"]
     assert "publish" in names["mqtt"]["capabilities"]
     assert names["modbus"]["status"] == "ok"
