@@ -1,5 +1,6 @@
 """Every built-in protocol passes the plugin conformance kit (gateway.testing), with real peers:
-the Modbus simulator, mosquitto, and node-opcua; the OPC UA server has no peer to lose."""
+the Modbus simulator, mosquitto, node-opcua and libcoap's coap-server; the server roles (OPC UA,
+Modbus, CoAP) have no peer to lose."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from conftest import HOST, MosquittoBroker, find_binary, free_port, wait_for
+from test_coap_client import coap_put, coap_server
 from test_opcua_client import NODES, NodeOpcuaServer
 
 from gateway.adapter import Adapter
 from gateway.testing import ProtocolConformance
 from gateway.types import PointSpec, Value
+from protocols.coap import SPEC as COAP
 from protocols.modbus import SPEC as MODBUS
 from protocols.modbus.simulator import SimulatedDevice, Simulator
 from protocols.mqtt import SPEC as MQTT
@@ -134,3 +137,48 @@ class TestOpcuaServer(ProtocolConformance):
             "anonymous": True,
             "security": {"allow_none": True, "pki_dir": str(self.tmp_path / "pki")},
         }
+
+
+class TestModbusServer(ProtocolConformance):
+    spec = MODBUS
+    role = "server"
+    has_peer = False  # it is the server: nothing to lose
+
+    def config(self, peer: None) -> dict[str, Any]:
+        return {"host": HOST, "port": free_port()}
+
+    def route(self) -> dict[str, Any]:
+        return {"map": [{"point": "temp", "address": 0, "type": "float32"}]}
+
+
+class TestCoapClient(ProtocolConformance):
+    spec = COAP
+    role = "client"
+
+    def config(self, peer: int | None) -> dict[str, Any]:
+        port = peer if peer is not None else self.closed_port()
+        return {
+            "url": f"coap://{HOST}:{port}",
+            "timeout": 1,
+            "reconnect": FAST,
+            "points": [
+                {"name": "clock", "path": "time", "type": "string"},
+                {"name": "sp", "path": "/sp", "poll": 0.2, "access": "rw", "low": 0, "high": 100},
+            ],
+        }
+
+    @contextlib.asynccontextmanager
+    async def peer(self) -> AsyncIterator[int]:
+        port = free_port()
+        async with coap_server(port):
+            await coap_put(port, "/sp", "12.5")
+            yield port
+
+
+class TestCoapServer(ProtocolConformance):
+    spec = COAP
+    role = "server"
+    has_peer = False
+
+    def config(self, peer: None) -> dict[str, Any]:
+        return {"host": HOST, "port": free_port()}
