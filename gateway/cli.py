@@ -149,6 +149,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+# Commands that live next to the feature they drive; each module has register(subparsers) and
+# must stay light to import (heavy imports go inside the command function).
+FEATURE_COMMANDS = ("gateway.shadow.cli", "gateway.uplink.cli")
+
+
+def _register_feature_commands(sub: Any) -> None:
+    import importlib
+
+    for name in FEATURE_COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that feature is not in this build
+            raise
+        module.register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Protocol Brain edge gateway")
     parser.add_argument("--version", action="version", version=f"protocol-brain {__version__}")
@@ -181,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opcua-port", type=int, default=4840, help="OPC UA server port")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_demo)
+    _register_feature_commands(sub)
     return parser
 
 

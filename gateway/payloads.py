@@ -256,7 +256,7 @@ def _parse_text(text: str) -> Value:
 
 def _scalar(value: Any, where: str) -> Value:
     if value is None or isinstance(value, (bool, int, str)):
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise PayloadError(f"{where}: {value} is not a finite number")
