@@ -1,0 +1,450 @@
+"""Device shadows and point history in SQLite (sqlite-utils, WAL): no network, no asyncio.
+
+The document
+------------
+One document per device, shaped like an AWS IoT Device Shadow::
+
+    {"state": {"reported": {...}, "desired": {...}, "delta": {...}},
+     "metadata": {"reported": {key: {"timestamp": t}}, "desired": {key: {"timestamp": t}}},
+     "errors": {key: {"status": ..., "reason": ..., "value": ..., "timestamp": t}},
+     "version": n, "timestamp": t}
+
+- An update merges into ``reported`` or ``desired``: nested objects merge key by key, and a
+  ``null`` value deletes the key (AWS semantics). Each key written gets a fresh metadata timestamp.
+- ``delta`` is never stored: it is computed as the desired keys whose value differs from the
+  reported one (numbers compare with a relative tolerance of 1e-6, so a value that went through a
+  float32 register or a scale factor still counts as reached).
+- ``version`` grows by one on every accepted change. An update that names a ``version`` is
+  applied only if it equals the stored one, otherwise `VersionConflict` (optimistic concurrency):
+  the check and the write happen in one ``BEGIN IMMEDIATE`` transaction, so of two writers that
+  read the same version exactly one wins, even across processes (the CLI and a running gateway).
+- ``errors`` records a desired value the gateway could not write (refused by the write path's
+  safety rules or by the device). The desired value stays, so the delta stays too; the error is
+  cleared when desired changes for that key or the device reports the desired value.
+- Reported updates that change nothing (same value, same quality) are not written at all, so a
+  device polled ten times a second does not bump the version ten times a second.
+
+History
+-------
+One row per change of a point's reported value or quality (``history`` table, indexed by device,
+point and time), so a steady value costs one row, not one per poll. `prune` applies retention by
+age (``max_age`` seconds) and by size (at most ``max_rows`` rows per point, the newest kept).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+__all__ = [
+    "HistoryRow",
+    "ShadowDocument",
+    "ShadowError",
+    "ShadowStore",
+    "VersionConflict",
+    "compute_delta",
+    "merge",
+]
+
+REL_TOL = 1e-6
+
+
+class ShadowError(Exception):
+    """A shadow request that cannot be applied (bad shape)."""
+
+
+class VersionConflict(ShadowError):
+    """An update carried a version other than the stored one."""
+
+    def __init__(self, device: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"version conflict on {device}: the update is for version {expected}, "
+            f"the shadow is at version {actual}"
+        )
+        self.device = device
+        self.expected = expected
+        self.actual = actual
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    numbers = (int, float)
+    if (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
+        return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-9)
+    return type(a) is type(b) and bool(a == b)
+
+
+def compute_delta(desired: Mapping[str, Any], reported: Mapping[str, Any]) -> dict[str, Any]:
+    """Desired keys whose value differs from the reported one (nested objects key by key)."""
+    delta: dict[str, Any] = {}
+    for key, want in desired.items():
+        have = reported.get(key)
+        if isinstance(want, dict) and isinstance(have, dict):
+            sub = compute_delta(want, have)
+            if sub:
+                delta[key] = sub
+        elif key not in reported or not _same(want, have):
+            delta[key] = want
+    return delta
+
+
+def merge(
+    target: dict[str, Any], update: Mapping[str, Any], meta: dict[str, Any], now: float
+) -> bool:
+    """Merge ``update`` into ``target`` (``null`` deletes); timestamps into ``meta``. Changed?"""
+    changed = False
+    for key, value in update.items():
+        if value is None:
+            if key in target:
+                del target[key]
+                meta.pop(key, None)
+                changed = True
+        elif isinstance(value, dict):
+            sub = target.get(key)
+            if not isinstance(sub, dict):
+                sub = target[key] = {}
+                changed = True
+            sub_meta = meta.get(key)
+            if not isinstance(sub_meta, dict) or "timestamp" in sub_meta:
+                sub_meta = meta[key] = {}
+            changed = merge(sub, value, sub_meta, now) or changed
+            if not sub:
+                del target[key]
+                meta.pop(key, None)
+        else:
+            if key not in target or not _same(target[key], value):
+                changed = True
+            target[key] = value
+            meta[key] = {"timestamp": now}
+    return changed
+
+
+@dataclass
+class ShadowDocument:
+    device: str
+    reported: dict[str, Any] = field(default_factory=dict)
+    desired: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"reported": {}, "desired": {}}
+    )
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    quality: dict[str, str] = field(default_factory=dict)
+    version: int = 0
+    timestamp: float = 0.0
+    desired_rev: int = 0  # grows when desired changes: what a running gateway polls for
+
+    @property
+    def delta(self) -> dict[str, Any]:
+        return compute_delta(self.desired, self.reported)
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The AWS-shaped document (plus ``errors`` and ``quality``)."""
+        state: dict[str, Any] = {"reported": self.reported, "desired": self.desired}
+        delta = self.delta
+        if delta:
+            state["delta"] = delta
+        out: dict[str, Any] = {
+            "state": state,
+            "metadata": self.metadata,
+            "version": self.version,
+            "timestamp": self.timestamp,
+        }
+        if self.errors:
+            out["errors"] = self.errors
+        if self.quality:
+            out["quality"] = self.quality
+        return out
+
+    def _body(self) -> str:
+        return json.dumps(
+            {
+                "reported": self.reported,
+                "desired": self.desired,
+                "metadata": self.metadata,
+                "errors": self.errors,
+                "quality": self.quality,
+            },
+            separators=(",", ":"),
+        )
+
+    @staticmethod
+    def _from_row(row: Mapping[str, Any]) -> ShadowDocument:
+        body = json.loads(row["body"])
+        return ShadowDocument(
+            device=row["device"],
+            reported=body["reported"],
+            desired=body["desired"],
+            metadata=body["metadata"],
+            errors=body["errors"],
+            quality=body.get("quality", {}),
+            version=row["version"],
+            timestamp=row["timestamp"],
+            desired_rev=row["desired_rev"],
+        )
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    ts: float
+    value: Any
+    quality: str
+
+
+class ShadowStore:
+    """The shadows and the history in one SQLite file; safe for several processes (WAL).
+
+    One instance belongs to one thread (the service runs it in a single-thread executor).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_age: float | None = None,
+        max_rows: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.max_age = max_age
+        self.max_rows = max_rows
+        self.clock = clock
+        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        if path != ":memory:":
+            self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        if "shadows" not in self.db.table_names():
+            self.db.table("shadows").create(
+                {
+                    "device": str,
+                    "version": int,
+                    "desired_rev": int,
+                    "timestamp": float,
+                    "body": str,
+                },
+                pk="device",
+                if_not_exists=True,
+            )
+        if "history" not in self.db.table_names():
+            self.db.table("history").create(
+                {"id": int, "device": str, "point": str, "ts": float, "value": str, "quality": str},
+                pk="id",
+                if_not_exists=True,
+            )
+            self.db.table("history").create_index(
+                ["device", "point", "ts"], if_not_exists=True, index_name="history_point_ts"
+            )
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _load(self, conn: sqlite3.Connection, device: str) -> ShadowDocument:
+        cur = conn.execute(
+            "SELECT device, version, desired_rev, timestamp, body FROM shadows WHERE device = ?",
+            (device,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return ShadowDocument(device)
+        names = [d[0] for d in cur.description]
+        return ShadowDocument._from_row(dict(zip(names, row, strict=True)))
+
+    def _save(self, conn: sqlite3.Connection, doc: ShadowDocument) -> None:
+        conn.execute(
+            "INSERT INTO shadows (device, version, desired_rev, timestamp, body) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET version = excluded.version,"
+            " desired_rev = excluded.desired_rev, timestamp = excluded.timestamp,"
+            " body = excluded.body",
+            (doc.device, doc.version, doc.desired_rev, doc.timestamp, doc._body()),
+        )
+
+    # -- documents ------------------------------------------------------------------------------
+
+    def get(self, device: str) -> ShadowDocument:
+        """The device's shadow (version 0 and empty if it has none yet)."""
+        return self._load(self.db.conn, device)
+
+    def devices(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT device FROM shadows ORDER BY device")]
+
+    def desired_revisions(self) -> dict[str, int]:
+        """device -> desired revision: cheap to poll for desired changes made elsewhere."""
+        return {r[0]: r[1] for r in self.db.execute("SELECT device, desired_rev FROM shadows")}
+
+    def update(
+        self,
+        device: str,
+        *,
+        desired: Mapping[str, Any] | None = None,
+        reported: Mapping[str, Any] | None = None,
+        version: int | None = None,
+    ) -> ShadowDocument:
+        """Merge a state update; `VersionConflict` if ``version`` is given and stale."""
+        for name, part in (("desired", desired), ("reported", reported)):
+            if part is not None and not isinstance(part, Mapping):
+                raise ShadowError(f"state.{name} must be an object, got {type(part).__name__}")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise ShadowError(f"version must be an integer, got {version!r}")
+        now = self.clock()
+        with self._transaction() as conn:
+            doc = self._load(conn, device)
+            if version is not None and version != doc.version:
+                raise VersionConflict(device, version, doc.version)
+            changed = False
+            if desired:
+                if merge(doc.desired, desired, doc.metadata.setdefault("desired", {}), now):
+                    doc.desired_rev += 1
+                    changed = True
+                    for key in desired:
+                        doc.errors.pop(key, None)
+            if reported:
+                changed = (
+                    merge(doc.reported, reported, doc.metadata.setdefault("reported", {}), now)
+                    or changed
+                )
+            self._clear_reached_errors(doc)
+            if changed or desired or reported or not doc.exists:
+                doc.version += 1
+                doc.timestamp = now
+                self._save(conn, doc)
+        return doc
+
+    @staticmethod
+    def _clear_reached_errors(doc: ShadowDocument) -> None:
+        if doc.errors:
+            delta = doc.delta
+            for key in [k for k in doc.errors if k not in delta]:
+                del doc.errors[key]
+
+    def report(
+        self, device: str, samples: Mapping[str, tuple[Any, str, float]]
+    ) -> ShadowDocument | None:
+        """Device readings ``point -> (value, quality, ts)``: reported state and history.
+
+        Good samples set the reported value; every sample sets the point's quality. Only
+        changes are written (one history row per changed point). None if nothing changed.
+        """
+        now = self.clock()
+        with self._transaction() as conn:
+            doc = self._load(conn, device)
+            meta = doc.metadata.setdefault("reported", {})
+            rows: list[tuple[str, str, float, str, str]] = []
+            for point, (value, quality, ts) in samples.items():
+                good = quality == "good"
+                value_changed = good and (
+                    point not in doc.reported or not _same(doc.reported[point], value)
+                )
+                if not value_changed and doc.quality.get(point, "good") == quality:
+                    continue
+                if good:
+                    doc.reported[point] = value
+                    meta[point] = {"timestamp": ts or now}
+                if quality == "good":
+                    doc.quality.pop(point, None)
+                else:
+                    doc.quality[point] = quality
+                rows.append((device, point, ts or now, json.dumps(value), quality))
+            if not rows:
+                return None
+            conn.executemany(
+                "INSERT INTO history (device, point, ts, value, quality) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._clear_reached_errors(doc)
+            doc.version += 1
+            doc.timestamp = now
+            self._save(conn, doc)
+        return doc
+
+    def set_error(
+        self, device: str, key: str, value: Any, status: str, reason: str
+    ) -> ShadowDocument:
+        """Record that the desired ``value`` of ``key`` could not be written (no version bump:
+        the state did not change)."""
+        now = self.clock()
+        with self._transaction() as conn:
+            doc = self._load(conn, device)
+            doc.errors[key] = {"value": value, "status": status, "reason": reason, "timestamp": now}
+            self._save(conn, doc)
+        return doc
+
+    def clear_error(self, device: str, key: str) -> None:
+        with self._transaction() as conn:
+            doc = self._load(conn, device)
+            if doc.errors.pop(key, None) is not None:
+                self._save(conn, doc)
+
+    # -- history --------------------------------------------------------------------------------
+
+    def history(
+        self,
+        device: str,
+        point: str,
+        *,
+        last: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[HistoryRow]:
+        """Rows oldest first: the ``last`` N, or those with ``since <= ts <= until``."""
+        where = "device = ? AND point = ?"
+        args: list[Any] = [device, point]
+        if since is not None:
+            where += " AND ts >= ?"
+            args.append(since)
+        if until is not None:
+            where += " AND ts <= ?"
+            args.append(until)
+        sql = f"SELECT ts, value, quality FROM history WHERE {where} ORDER BY ts DESC, id DESC"
+        if last is not None:
+            sql += " LIMIT ?"
+            args.append(last)
+        rows = [HistoryRow(r[0], json.loads(r[1]), r[2]) for r in self.db.execute(sql, args)]
+        rows.reverse()
+        return rows
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply retention (by age, then by rows per point); returns the rows deleted."""
+        now = self.clock() if now is None else now
+        deleted = 0
+        with self._transaction() as conn:
+            if self.max_age is not None:
+                cur = conn.execute("DELETE FROM history WHERE ts < ?", (now - self.max_age,))
+                deleted += cur.rowcount
+            if self.max_rows is not None:
+                cur = conn.execute(
+                    "DELETE FROM history WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() "
+                    "OVER (PARTITION BY device, point ORDER BY ts DESC, id DESC) AS n "
+                    "FROM history) WHERE n > ?)",
+                    (self.max_rows,),
+                )
+                deleted += cur.rowcount
+        return deleted
