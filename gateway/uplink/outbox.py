@@ -1,0 +1,482 @@
+"""Durable outbox: northbound publishes kept in SQLite until the broker has them. No network here.
+
+Life of a row
+-------------
+``append`` stores a batch (one transaction per call: one ``send()`` of the adapter, however many
+publishes it makes) and gives every publish an id, increasing for the life of the file; the
+``stamp`` callback may write that id into the payload so that consumers can drop duplicates.
+``take`` hands out rows in id order (so in order per device) and moves a cursor; ``ack`` deletes
+them once the broker acknowledged (QoS 1/2) or once they were handed to the socket (QoS 0).
+Acknowledgements are batched: ``ack`` only notes the ids and the next ``commit`` (or ``append``)
+deletes them in one transaction; a crash in between re-sends those few, which is what the id
+is for. ``Outbox(path)`` on an existing file starts the cursor at 0: everything still there is
+replayed, oldest first.
+
+Rows just appended are also kept in memory (`_tail`) while the cursor has caught up, so the live
+path never reads back what it has just written; a backlog is read from the file in batches.
+
+Bounds
+------
+``max_rows``, ``max_bytes`` (topic + payload bytes) and ``max_age`` (seconds). When a batch does
+not fit, ``policy`` decides: ``reject_new`` refuses the new publishes, ``drop_oldest`` deletes the
+oldest rows (even ones handed out and not yet acknowledged) to make room. A full disk
+(``database or disk is full``) follows the same policy: the transaction is rolled back,
+``drop_oldest`` frees the oldest rows and tries once more, and whatever still does not fit is
+counted. Every drop is counted by reason (``full``, ``expired``, ``disk_full``) and the counters
+are kept in the file (table ``meta``) so ``gateway status`` can read them.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from gateway.config.common import Strict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Outbox", "OutboxConfig", "OutboxFull", "Row", "read_status"]
+
+Policy = Literal["reject_new", "drop_oldest"]
+DROP_REASONS = ("full", "expired", "disk_full")
+_TAIL_MAX = 50_000  # rows kept in memory for the live path
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class OutboxConfig(Strict):
+    """``outbox:`` of an MQTT endpoint: where and how northbound publishes wait for the broker."""
+
+    enabled: bool = Field(True, description="false: an in-memory buffer (lost on restart)")
+    path: str = Field(
+        ".protocol-brain/outbox-{name}.db",
+        description="SQLite file, relative to the working directory; {name} is the endpoint",
+    )
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL: survives power loss; NORMAL: faster, survives a crash"
+    )
+    max_bytes: int = Field(256 << 20, ge=1024, description="topic + payload bytes kept at most")
+    max_rows: int = Field(1_000_000, ge=1, description="publishes kept at most")
+    max_age: float = Field(7 * 86400.0, gt=0, description="seconds; older publishes are dropped")
+    policy: Policy = Field("drop_oldest", description="when full: reject_new or drop_oldest")
+    drain_rate: float | None = Field(
+        2000.0, gt=0, description="backlog publishes/s after an outage; null: unlimited"
+    )
+
+    def file_for(self, name: str) -> Path:
+        return Path(self.path.format(name=name))
+
+
+class OutboxFull(Exception):
+    """Not raised by the outbox itself; for callers that want to turn a refusal into one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    ts: float
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.topic) + len(self.payload)
+
+
+Item = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
+
+
+def _is_disk_full(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "full" in text  # "database or disk is full"
+
+
+class Outbox:
+    """Publishes waiting for the broker, in SQLite (WAL). Not thread-safe: one event loop."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: OutboxConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        name: str = "outbox",
+    ) -> None:
+        self.config = config or OutboxConfig()
+        self.path = Path(path)
+        self.name = name
+        self._clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.config.synchronous}")
+        db.executescript(_SCHEMA)
+        self._db = db
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        for key, value in db.execute("SELECT key, value FROM meta"):
+            if key in self.dropped:
+                self.dropped[key] = int(value)
+        rows, size, last = db.execute(
+            "SELECT count(*), coalesce(sum(size), 0), coalesce(max(id), 0) FROM outbox"
+        ).fetchone()
+        self.rows: int = rows
+        self.bytes: int = size
+        self._next_id: int = max(last, self._meta("last_id")) + 1
+        self._cursor = 0  # every row with id > cursor is still to be handed out
+        self._tail: collections.deque[Row] = collections.deque()
+        self._tail_valid = rows == 0  # the tail holds every row after the cursor
+        self._taken: dict[int, int] = {}  # id -> size of rows handed out, not acknowledged
+        self._acked: list[int] = []
+        self._pending_acked: list[int] = []  # acknowledged ids deleted in the open transaction
+        self._dirty = False  # drop counters changed since they were last stored
+        self._last_expiry = 0.0
+        self.disk_full = False
+        self.appended = 0
+        self.acknowledged = 0
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def append(
+        self, items: Sequence[Item], stamp: Callable[[int, bytes], bytes] | None = None
+    ) -> int:
+        """Store ``items`` in one transaction; returns how many were kept (the rest counted)."""
+        if not items:
+            return 0
+        now = self._clock()
+        rows = []
+        next_id = self._next_id
+        for topic, payload, qos, retain in items:
+            if stamp is not None:
+                payload = stamp(next_id, payload)
+            rows.append(Row(next_id, now, topic, payload, qos, retain))
+            next_id += 1
+        self._next_id = next_id
+        need_rows = len(rows)
+        need_bytes = sum(r.size for r in rows)
+        dropped = dict(self.dropped)
+        try:
+            self._begin()
+            self._expire(now)
+            rows = self._make_room(rows, need_rows, need_bytes)
+            self._insert(rows)
+            self._commit()
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            self.dropped = dropped
+            self._reload()
+            if not _is_disk_full(exc):
+                raise
+            rows = self._disk_full(rows, exc)
+        else:
+            if self.disk_full:
+                log.warning("outbox %s: writing again (%s)", self.name, self.path)
+            self.disk_full = False
+        if rows:
+            self.rows += len(rows)
+            self.bytes += sum(r.size for r in rows)
+            self.appended += len(rows)
+            if self._tail_valid and len(self._tail) + len(rows) <= _TAIL_MAX:
+                self._tail.extend(rows)
+            else:
+                self._tail_valid = False
+                self._tail.clear()
+        return len(rows)
+
+    def _insert(self, rows: Sequence[Row]) -> None:
+        if rows:
+            self._db.executemany(
+                "INSERT INTO outbox (id, ts, topic, payload, qos, retain, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.id, r.ts, r.topic, r.payload, r.qos, int(r.retain), r.size) for r in rows],
+            )
+            self._set_meta("last_id", rows[-1].id)
+
+    def _make_room(self, rows: list[Row], need_rows: int, need_bytes: int) -> list[Row]:
+        cfg = self.config
+        over_rows = self.rows + need_rows - cfg.max_rows
+        over_bytes = self.bytes + need_bytes - cfg.max_bytes
+        if over_rows <= 0 and over_bytes <= 0:
+            return rows
+        if cfg.policy == "reject_new":
+            kept: list[Row] = []
+            free_rows, free_bytes = cfg.max_rows - self.rows, cfg.max_bytes - self.bytes
+            for r in rows:
+                if free_rows >= 1 and free_bytes >= r.size:
+                    kept.append(r)
+                    free_rows -= 1
+                    free_bytes -= r.size
+            self._count("full", len(rows) - len(kept))
+            return kept
+        # drop_oldest; a batch larger than the whole outbox keeps its newest part
+        while rows and (need_rows > cfg.max_rows or need_bytes > cfg.max_bytes):
+            first = rows.pop(0)
+            need_rows -= 1
+            need_bytes -= first.size
+            self._count("full", 1)
+        over_rows = self.rows + need_rows - cfg.max_rows
+        over_bytes = self.bytes + need_bytes - cfg.max_bytes
+        self._delete_oldest(lambda n, b, _ts: n < over_rows or b < over_bytes, "full")
+        return rows
+
+    def _expire(self, now: float) -> None:
+        if now - self._last_expiry < 1.0:
+            return
+        self._last_expiry = now
+        cutoff = now - self.config.max_age
+        self._delete_oldest(lambda _n, _b, ts: ts < cutoff, "expired")
+
+    def _delete_oldest(self, more: Callable[[int, int, float], bool], reason: str) -> None:
+        """Delete the oldest rows while ``more(rows_deleted, bytes_deleted, row_ts)``."""
+        n = freed = 0
+        ids: list[int] = []
+        done = False
+        while not done:
+            batch = self._db.execute(
+                "SELECT id, ts, size FROM outbox WHERE id > ? ORDER BY id LIMIT 1024",
+                (ids[-1] if ids else 0,),
+            ).fetchall()
+            if not batch:
+                break
+            for row_id, ts, size in batch:
+                if not more(n, freed, ts):
+                    done = True
+                    break
+                ids.append(row_id)
+                n += 1
+                freed += size
+        if not ids:
+            return
+        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        self._forget(ids, n, freed)
+        self._count(reason, n)
+
+    def _forget(self, ids: list[int], n: int, freed: int) -> None:
+        """Bookkeeping after rows left the file by a drop (ids ascending)."""
+        self.rows -= n
+        self.bytes -= freed
+        for i in ids:
+            self._taken.pop(i, None)
+        last = ids[-1]
+        tail = self._tail
+        while tail and tail[0].id <= last:
+            tail.popleft()
+
+    def _disk_full(self, rows: list[Row], exc: sqlite3.OperationalError) -> list[Row]:
+        if not self.disk_full:
+            log.error(
+                "outbox %s: %s (%s); policy %s applies until space returns",
+                self.name,
+                exc,
+                self.path,
+                self.config.policy,
+            )
+        self.disk_full = True
+        if self.config.policy == "drop_oldest" and self.rows:
+            dropped = dict(self.dropped)
+            try:
+                self._begin()
+                target = max(len(rows), self.rows // 100)
+                self._delete_oldest(lambda n, _b, _ts: n < target, "disk_full")
+                self._insert(rows)
+                self._commit()
+                return rows
+            except sqlite3.OperationalError:
+                self._rollback()
+                self.dropped = dropped
+                self._reload()
+        self.dropped["disk_full"] += len(rows)
+        self._dirty = True
+        return []
+
+    def _reload(self) -> None:
+        """After a failed transaction that changed the bookkeeping: count again from the file."""
+        self.rows, self.bytes = self._db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM outbox"
+        ).fetchone()
+        self._tail.clear()
+        self._tail_valid = False
+
+    # --- reading and acknowledging --------------------------------------------------------------
+
+    def take(self, n: int) -> list[Row]:
+        """Up to ``n`` rows not handed out yet, oldest first; they count as in flight."""
+        if n <= 0:
+            return []
+        out: list[Row]
+        if self._tail_valid:
+            tail = self._tail
+            out = [tail.popleft() for _ in range(min(n, len(tail)))]
+        else:
+            out = [
+                Row(i, ts, topic, bytes(payload), qos, bool(retain))
+                for i, ts, topic, payload, qos, retain in self._db.execute(
+                    "SELECT id, ts, topic, payload, qos, retain FROM outbox WHERE id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (self._cursor, n),
+                )
+            ]
+            if len(out) < n:  # caught up: from now on the tail has everything
+                self._tail_valid = True
+                self._tail.clear()
+        if out:
+            self._cursor = out[-1].id
+            taken = self._taken
+            for r in out:
+                taken[r.id] = r.size
+        return out
+
+    def pending(self) -> bool:
+        """Rows not handed out yet."""
+        if self._tail_valid:
+            return bool(self._tail)
+        return self.rows > len(self._taken)
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """The broker has these (or the socket, for QoS 0); deleted at the next `commit`."""
+        self._acked.extend(ids)
+
+    def commit(self) -> None:
+        """Delete the acknowledged rows (one transaction) and store changed counters."""
+        if not self._acked and not self._dirty:
+            return
+        try:
+            self._begin()
+            self._commit()
+        except sqlite3.OperationalError as exc:
+            self._rollback()  # the acknowledgements stay noted: tried again next time
+            if not _is_disk_full(exc):
+                raise
+
+    def rewind(self) -> None:
+        """Hand everything out again (rows in flight included), oldest first."""
+        self._cursor = 0
+        self._taken.clear()
+        self._tail.clear()
+        self._tail_valid = False
+
+    # --- status ------------------------------------------------------------------------------
+
+    @property
+    def total_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def oldest_ts(self) -> float | None:
+        row = self._db.execute("SELECT ts FROM outbox ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
+
+    def status(self) -> dict[str, Any]:
+        oldest = self.oldest_ts()
+        return {
+            "path": str(self.path),
+            "backlog": self.rows,
+            "backlog_bytes": self.bytes,
+            "oldest_age_s": None if oldest is None else round(self._clock() - oldest, 3),
+            "dropped": self.total_dropped,
+            "dropped_by_reason": dict(self.dropped),
+            "disk_full": self.disk_full,
+            "policy": self.config.policy,
+            "drain_rate": self.config.drain_rate,
+            "synchronous": self.config.synchronous,
+        }
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self._db.close()
+
+    # --- transactions and counters -----------------------------------------------------------
+
+    def _count(self, reason: str, n: int) -> None:
+        if n > 0:
+            self.dropped[reason] += n
+            self._dirty = True
+
+    def _begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        if self._acked:  # piggy-back pending acknowledgements on this transaction
+            acked, self._acked = self._acked, []
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in acked])
+            self._pending_acked = acked
+        else:
+            self._pending_acked = []
+
+    def _commit(self) -> None:
+        if self._dirty:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self.dropped.items()
+            )
+        self._db.execute("COMMIT")
+        self._dirty = False
+        acked = self._pending_acked
+        if acked:
+            self._pending_acked = []
+            taken = self._taken
+            for i in acked:
+                size = taken.pop(i, None)
+                if size is not None:
+                    self.rows -= 1
+                    self.bytes -= size
+                    self.acknowledged += 1
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._acked = self._pending_acked + self._acked
+        self._pending_acked = []
+        self._dirty = True
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def read_status(path: str | os.PathLike[str], now: float | None = None) -> dict[str, Any]:
+    """Backlog, oldest age and drop counters of an outbox file, read-only (``gateway status``)."""
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True)
+    try:
+        rows, size = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
+        oldest = db.execute("SELECT ts FROM outbox ORDER BY id LIMIT 1").fetchone()
+        dropped = dict.fromkeys(DROP_REASONS, 0)
+        for key, value in db.execute("SELECT key, value FROM meta"):
+            if key in dropped:
+                dropped[key] = int(value)
+    finally:
+        db.close()
+    now = time.time() if now is None else now
+    return {
+        "path": str(path),
+        "backlog": rows,
+        "backlog_bytes": size,
+        "oldest_age_s": None if oldest is None else round(now - float(oldest[0]), 3),
+        "dropped": sum(dropped.values()),
+        "dropped_by_reason": dropped,
+    }

@@ -1,0 +1,169 @@
+"""The durable outbox on its own: order, acknowledgement, replay, bounds, policies, disk full."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.uplink.outbox import Outbox, OutboxConfig, read_status
+
+
+def items(n: int, start: int = 0, topic: str = "t") -> list[tuple[str, bytes, int, bool]]:
+    return [(topic, str(start + i).encode(), 1, False) for i in range(n)]
+
+
+def payloads(rows: list) -> list[int]:  # type: ignore[type-arg]
+    return [int(r.payload) for r in rows]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_order_ack_and_replay_after_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    assert box.append(items(5)) == 5
+    assert box.append(items(5, 5)) == 5
+    first = box.take(3)
+    assert payloads(first) == [0, 1, 2]
+    assert payloads(box.take(100)) == [3, 4, 5, 6, 7, 8, 9]
+    box.ack(r.id for r in first)
+    box.commit()
+    assert box.rows == 7
+    box.close()
+
+    again = Outbox(path)  # a restart: everything not acknowledged comes back, oldest first
+    assert again.rows == 7
+    rows = again.take(100)
+    assert payloads(rows) == [3, 4, 5, 6, 7, 8, 9]
+    assert rows[0].id == 4  # ids go on from the file, never reused
+    assert again.append(items(1, 10)) == 1
+    assert again.take(10)[0].id == 11
+    assert again.integrity_check() == "ok"
+    again.close()
+
+
+def test_stamp_writes_the_id_into_the_payload(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.append(items(2), stamp=lambda i, p: b"%d:" % i + p)
+    assert [r.payload for r in box.take(2)] == [b"1:0", b"2:1"]
+    box.close()
+
+
+def test_backlog_read_from_file_then_live_tail(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    box.append(items(10))
+    box.close()
+    box = Outbox(path)
+    assert payloads(box.take(4)) == [0, 1, 2, 3]
+    box.append(items(3, 10))
+    assert payloads(box.take(100)) == [4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert not box.pending()
+    box.append(items(1, 13))
+    assert box.pending()
+    assert payloads(box.take(5)) == [13]
+    box.close()
+
+
+@pytest.mark.parametrize("limit", ["rows", "bytes"])
+def test_drop_oldest_keeps_the_newest_and_counts(tmp_path: Path, limit: str) -> None:
+    # each row is 1 (topic) + 2 (payload) bytes
+    cfg = OutboxConfig(max_rows=5) if limit == "rows" else OutboxConfig(max_bytes=1024)
+    n = 5 if limit == "rows" else 1024 // 3
+    box = Outbox(tmp_path / "o.db", cfg)
+    box.append([("t", b"%02d" % (i % 100), 1, False) for i in range(n)])
+    box.append([("t", b"xx", 1, False)] * 3)
+    assert box.rows == n
+    assert box.dropped["full"] == 3
+    rows = box.take(n)
+    assert rows[-1].payload == b"xx"
+    assert rows[0].id == 4
+    box.close()
+    assert read_status(tmp_path / "o.db")["dropped_by_reason"]["full"] == 3
+
+
+def test_reject_new_refuses_and_counts(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", OutboxConfig(max_rows=5, policy="reject_new"))
+    assert box.append(items(4)) == 4
+    assert box.append(items(3, 4)) == 1
+    assert box.dropped["full"] == 2
+    assert payloads(box.take(10)) == [0, 1, 2, 3, 4]
+    box.close()
+
+
+def test_drop_oldest_may_drop_rows_in_flight(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", OutboxConfig(max_rows=3))
+    box.append(items(3))
+    taken = box.take(2)
+    box.append(items(2, 3))
+    box.ack(r.id for r in taken)  # acknowledgement of rows already dropped: harmless
+    box.commit()
+    assert box.rows == 3
+    assert payloads(box.take(10)) == [2, 3, 4]
+    box.close()
+
+
+def test_max_age_expires_old_rows(tmp_path: Path) -> None:
+    clock = Clock()
+    box = Outbox(tmp_path / "o.db", OutboxConfig(max_age=60), clock=clock)
+    box.append(items(3))
+    clock.now += 30
+    box.append(items(2, 3))
+    clock.now += 45  # the first three are 75 s old now
+    box.append(items(1, 5))
+    assert box.dropped["expired"] == 3
+    assert payloads(box.take(10)) == [3, 4, 5]
+    status = box.status()
+    assert status["backlog"] == 3 and status["oldest_age_s"] == 45.0
+    box.close()
+
+
+@pytest.mark.parametrize("policy", ["reject_new", "drop_oldest"])
+def test_disk_full_applies_the_policy_and_recovers(tmp_path: Path, policy: str) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path, OutboxConfig(policy=policy))  # type: ignore[arg-type]
+    big = [("t", b"x" * 2000, 1, False)] * 20
+    box.append(big)
+    box.commit()
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count={pages}")
+    box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    kept = 0
+    for _ in range(20):
+        kept += box.append(big)
+    assert box.disk_full or box.total_dropped
+    assert box.total_dropped > 0
+    assert box.total_dropped + box.rows == 20 + 20 * 20
+    box._db.execute("PRAGMA max_page_count=1073741823")  # space returns
+    assert box.append(big) == 20
+    assert not box.disk_full
+    assert box.integrity_check() == "ok"
+    box.close()
+    status = read_status(path)
+    assert status["dropped"] > 0 and status["backlog"] == box.rows
+
+
+def test_synchronous_normal_and_read_status(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", OutboxConfig(synchronous="NORMAL"))
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert box._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    box.append(items(3))
+    status = read_status(tmp_path / "o.db")
+    assert status["backlog"] == 3 and status["dropped"] == 0
+    box.close()
+
+
+def test_file_is_plain_sqlite(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.append(items(2))
+    box.close()
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 2
