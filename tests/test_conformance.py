@@ -28,6 +28,7 @@ FAST = {"initial": 0.05, "max": 0.3}
 class TestModbusClient(ProtocolConformance):
     spec = MODBUS
     role = "client"
+    writes = True
 
     def config(self, peer: SimulatedDevice | None) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class TestModbusClient(ProtocolConformance):
 class TestMqttClient(ProtocolConformance):
     spec = MQTT
     role = "client"
+    writes = True
 
     def config(self, peer: MosquittoBroker | None) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class TestMqttClient(ProtocolConformance):
 class TestOpcuaClient(ProtocolConformance):
     spec = OPCUA
     role = "client"
+    writes = True
 
     def config(self, peer: NodeOpcuaServer | None) -> dict[str, Any]:
         url = peer.url if peer is not None else f"opc.tcp://{HOST}:{self.closed_port()}/peer"
@@ -128,6 +131,7 @@ class TestOpcuaClient(ProtocolConformance):
 class TestOpcuaServer(ProtocolConformance):
     spec = OPCUA
     role = "server"
+    source = False
     has_peer = False  # it is the server: nothing to lose
 
     def config(self, peer: None) -> dict[str, Any]:
@@ -142,6 +146,7 @@ class TestOpcuaServer(ProtocolConformance):
 class TestModbusServer(ProtocolConformance):
     spec = MODBUS
     role = "server"
+    source = False
     has_peer = False  # it is the server: nothing to lose
 
     def config(self, peer: None) -> dict[str, Any]:
@@ -154,6 +159,7 @@ class TestModbusServer(ProtocolConformance):
 class TestCoapClient(ProtocolConformance):
     spec = COAP
     role = "client"
+    writes = True
 
     def config(self, peer: int | None) -> dict[str, Any]:
         port = peer if peer is not None else self.closed_port()
@@ -178,6 +184,7 @@ class TestCoapClient(ProtocolConformance):
 class TestCoapServer(ProtocolConformance):
     spec = COAP
     role = "server"
+    source = False
     has_peer = False
 
     def config(self, peer: None) -> dict[str, Any]:

@@ -26,7 +26,8 @@ accepts a telemetry message in ``send``.
 
 Every check is a plain (synchronous) test that runs its own event loop with ``asyncio.run``, so
 the kit works whatever asyncio plugin mode the plugin's own pytest uses. A check that does not
-apply (no peer given, no writable point, not a target) is skipped, saying why.
+apply (no peer given, `writes` or `source` declared False, not a target) is removed from the
+subclass when it is defined: nothing is skipped at run time, and the declarations are checked.
 """
 
 from __future__ import annotations
@@ -88,6 +89,33 @@ class ProtocolConformance:
     down_period: ClassVar[float] = 1.5
     #: seconds within which run() must end after a cancel
     cancel_limit: ClassVar[float] = 2.0
+    #: whether the role produces points (its telemetry is checked; False: it must have none)
+    source: ClassVar[bool] = True
+    #: whether the example config has writable points (their round trip is checked)
+    writes: ClassVar[bool] = False
+
+    # Checks that cannot apply to a subclass are removed when it is defined, not skipped at run
+    # time: every collected check asserts something. The declarations above are checked too.
+    _PEER_UP_CHECKS = (
+        "test_source_publishes_telemetry",
+        "test_write_round_trip",
+        "test_run_stops_promptly_with_the_peer_up",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        drop: set[str] = set()
+        if cls.peer is ProtocolConformance.peer:
+            drop.update(cls._PEER_UP_CHECKS)
+        if not cls.source:
+            drop.add("test_source_publishes_telemetry")
+        if not cls.writes:
+            drop.add("test_write_round_trip")
+        spec = getattr(cls, "spec", None)
+        if spec is not None and spec.route_model_for(cls.role) is None:
+            drop.add("test_target_accepts_telemetry")
+        for name in drop:
+            setattr(cls, name, None)  # pytest collects callables only
 
     tmp_path: Path
 
@@ -154,8 +182,8 @@ class ProtocolConformance:
         return type(self).peer is not ProtocolConformance.peer
 
     def _need_peer(self) -> None:
-        if not self._has_peer_factory():
-            pytest.skip(f"{type(self).__name__} defines no peer()")
+        # Peer-up checks are removed from classes without peer(); this guards direct calls.
+        assert self._has_peer_factory(), f"{type(self).__name__} defines no peer()"
 
     @staticmethod
     def run_async(body: Callable[[], Awaitable[T]], timeout: float = 60.0) -> T:  # noqa: ASYNC109
@@ -303,6 +331,8 @@ class ProtocolConformance:
         adapter = self.adapter(None)
         points = adapter.points()
         assert isinstance(points, list)
+        if not self.source:
+            assert points == [], "declared source = False but the adapter has points"
         names = [p.name for p in points]
         assert len(names) == len(set(names)), f"point names repeat: {names}"
         for p in points:
@@ -316,8 +346,7 @@ class ProtocolConformance:
 
     def test_source_publishes_telemetry(self) -> None:
         self._need_peer()
-        if not self.adapter(None).points():
-            pytest.skip("not a source: no points")
+        assert self.adapter(None).points(), "declared a source (source = True) with no points"
 
         async def body() -> None:
             async with self.peer() as peer:
@@ -358,8 +387,7 @@ class ProtocolConformance:
     def test_write_round_trip(self) -> None:
         self._need_peer()
         writable = [p for p in self.adapter(None).points() if p.access.writable]
-        if not writable:
-            pytest.skip("no writable point")
+        assert writable, "declared writes = True but the example config has no rw point"
 
         async def body() -> None:
             async with self.peer() as peer:
@@ -411,8 +439,7 @@ class ProtocolConformance:
 
     def test_target_accepts_telemetry(self) -> None:
         route_model = self.spec.route_model_for(self.role)
-        if route_model is None:
-            pytest.skip(f"role {self.role!r} is not a bridge target")
+        assert route_model is not None  # the check is removed for roles that are not targets
         route = route_model.model_validate(self.route())
 
         async def body() -> None:

@@ -16,6 +16,7 @@ from gateway.types import PointSpec, Value
 class TestLdjsonClient(ProtocolConformance):
     spec = SPEC
     role = "client"
+    writes = True
 
     def config(self, peer: Device | None) -> dict[str, Any]:
         return {
