@@ -375,6 +375,16 @@ class Outbox:
         self._tail.clear()
         self._tail_valid = False
 
+    @property
+    def cursor(self) -> int:
+        """Id of the last row handed out (0: none yet)."""
+        return self._cursor
+
+    @property
+    def last_id(self) -> int:
+        """Id of the newest row ever appended to this file."""
+        return self._next_id - 1
+
     # --- status ------------------------------------------------------------------------------
 
     @property

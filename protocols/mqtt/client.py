@@ -90,6 +90,7 @@ from gateway.types import (
     Value,
     next_sequence,
 )
+from gateway.uplink.outbox import Outbox, Row
 from protocols.mqtt import codec
 from protocols.mqtt.config import MqttEndpoint, MqttRoute
 
@@ -344,6 +345,14 @@ class MqttAdapter(Adapter):
         self.status_topic = config.status_topic.format(gateway=codec.escape_level(gateway))
         self.address = f"{config.host}:{config.effective_port}"
         self._outbox = MemoryOutbox(config.max_queued)
+        # the durable outbox (config.outbox enabled): opened by __aenter__
+        self._store: Outbox | None = None
+        self._mid_rows: dict[int, int] = {}  # paho mid -> outbox row id, QoS 1/2 in flight
+        self._drain_mark = 0  # outbox rows up to this id are backlog: sent at drain_rate
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        self._drops_logged = 0
+        self._drop_log_at = 0.0
         self._inflight: set[int] = set()  # paho mids of QoS 1/2 publishes not yet acknowledged
         self._internal_mids: set[int] = set()  # birth / offline: not counted as data
         self._client: _Client | None = None
@@ -417,6 +426,16 @@ class MqttAdapter(Adapter):
         client.on_socket_unregister_write = self._on_socket_unregister_write
         client.connect_async(cfg.host, cfg.effective_port, cfg.keepalive)  # no I/O yet
         self._client = client
+        if cfg.outbox is not None and cfg.outbox.enabled and self._store is None:
+            self._store = Outbox(cfg.outbox.file_for(self.name), cfg.outbox, name=self.name)
+            self._drops_logged = self._store.total_dropped
+            if self._store.rows:
+                log.info(
+                    "MQTT %s: %d publishes from before the restart wait in %s",
+                    self.name,
+                    self._store.rows,
+                    self._store.path,
+                )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -578,15 +597,31 @@ class MqttAdapter(Adapter):
         self._ready = True
         self._points_bad = False
         self._drop_logged = False
+        store = self._store
+        if store is not None:
+            self._drain_mark = store.last_id
+            self._tokens, self._tokens_at = 0.0, time.monotonic()
         self._ready_event.set()
         wake = self._wake
         while not disconnected.done():
             self._flush()
             wake.clear()
-            if self._ready and self._outbox and self._has_room(1):
+            if self._ready and self._queued() and self._has_room(1):
+                delay = self._drain_delay()
+                if delay <= 0:
+                    continue
+                try:
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
                 continue
             await wake.wait()
         return disconnected.result()
+
+    def _queued(self) -> bool:
+        store = self._store
+        return store.pending() if store is not None else bool(self._outbox)
 
     async def _subscribe_all(self, disconnected: asyncio.Future[str]) -> None:
         client, loop = self._client, self._loop
@@ -638,6 +673,13 @@ class MqttAdapter(Adapter):
             return
         qos = route.qos
         retain = route.retain
+        store = self._store
+        if store is not None:
+            store.append([(t, p, qos, retain) for t, p in pairs], self._stamp)
+            self._log_drops(store)
+            if self._ready:
+                self._flush()
+            return
         if self._ready and not self._outbox and self._has_room(len(pairs)):
             publish = self._publish
             for topic, payload in pairs:
@@ -682,6 +724,97 @@ class MqttAdapter(Adapter):
         else:
             self.lost += 1
 
+    def _stamp(self, row_id: int, payload: bytes) -> bytes:
+        """Write the outbox id into a JSON object payload: ``"id":"{gateway}/{endpoint}/{n}"``."""
+        if payload[:1] != b"{":
+            return payload  # a bare value (payload: value) has nowhere to carry an id
+        stamp = b'{"id":"%s/%s/%d"' % (self.gateway.encode(), self.name.encode(), row_id)
+        return stamp + (b"}" if payload.strip() == b"{}" else b"," + payload[1:])
+
+    def _log_drops(self, store: Outbox) -> None:
+        total = store.total_dropped
+        if total == self._drops_logged:
+            return
+        now = time.monotonic()
+        if now - self._drop_log_at < 10.0 and self._drop_log_at:
+            return
+        log.warning(
+            "MQTT %s: outbox dropped %d publishes (%s; policy %s; %d in all since the file was "
+            "created)",
+            self.name,
+            total - self._drops_logged,
+            ", ".join(f"{k} {v}" for k, v in store.dropped.items() if v),
+            store.config.policy,
+            total,
+        )
+        self._drops_logged = total
+        self._drop_log_at = now
+
+    def _drain_delay(self) -> float:
+        """Seconds until the next backlog publish may go (drain_rate); 0: now."""
+        store = self._store
+        if store is None or store.config.drain_rate is None or self._tokens >= 1:
+            return 0.0
+        if store.cursor >= self._drain_mark:
+            return 0.0
+        return (1 - self._tokens) / store.config.drain_rate
+
+    def _allowance(self, store: Outbox) -> int:
+        """How many rows may be taken now: unlimited for live rows, drain_rate for backlog."""
+        rate = store.config.drain_rate
+        if rate is None or store.cursor >= self._drain_mark:
+            return self.max_inflight
+        now = time.monotonic()
+        self._tokens = min(max(rate / 10, 1.0), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        n = int(self._tokens)
+        # never take live rows at the backlog's pace, nor backlog past the cap
+        return min(n, self._drain_mark - store.cursor) if n else 0
+
+    def _flush_store(self, store: Outbox) -> None:
+        client = self._client
+        assert client is not None
+        mid_rows = self._mid_rows
+        inflight = self._inflight
+        acked: list[int] = []
+        while self._has_room(1):
+            room = self.max_inflight - len(inflight)
+            n = min(room, self._allowance(store), 1000)
+            backlog = store.cursor < self._drain_mark
+            rows = store.take(n) if n > 0 else []
+            if not rows:
+                break
+            if backlog:
+                self._tokens -= len(rows)
+            for row in rows:
+                mid = self._publish_row(client, row)
+                if mid is None:
+                    acked.append(row.id)  # handed to the socket (QoS 0) or refused for good
+                else:
+                    mid_rows[mid] = row.id
+            if not self._has_room(1):
+                break
+        if acked:
+            store.ack(acked)
+        store.commit()
+
+    def _publish_row(self, client: _Client, row: Row) -> int | None:
+        try:
+            info = client.publish(row.topic, row.payload, row.qos, row.retain)
+        except ValueError as exc:  # invalid topic, payload too large: it never will go
+            self.encode_errors += 1
+            log.warning("MQTT %s: cannot publish to %r: %s", self.name, row.topic, exc)
+            return None
+        rc = info.rc
+        if rc == _SUCCESS or (rc == _NO_CONN and row.qos):
+            self.published += 1
+            if row.qos:
+                self._inflight.add(info.mid)
+                return int(info.mid)
+            return None
+        self.lost += 1
+        return None
+
     def _has_room(self, n: int) -> bool:
         client = self._client
         return (
@@ -692,6 +825,10 @@ class MqttAdapter(Adapter):
 
     def _flush(self) -> None:
         """Hand queued publishes to paho, in order, as far as the window allows."""
+        if self._store is not None:
+            if self._ready:
+                self._flush_store(self._store)
+            return
         outbox = self._outbox
         publish = self._publish
         has_room = self._has_room
@@ -797,6 +934,17 @@ class MqttAdapter(Adapter):
             if self._connected:
                 await self._drain(loop)
             discarded = self._outbox.clear()
+            store, self._store = self._store, None
+            if store is not None:
+                store.commit()
+                if store.rows:
+                    log.warning(
+                        "MQTT %s: %d publishes kept in %s for the next start",
+                        self.name,
+                        store.rows,
+                        store.path,
+                    )
+                store.close()
             if discarded:
                 log.warning(
                     "MQTT %s: shutting down with %d publishes not delivered", self.name, discarded
@@ -829,7 +977,10 @@ class MqttAdapter(Adapter):
             outbox = self._outbox
             while outbox and self._has_room(1):
                 self._publish(*outbox.popleft())
-            if not outbox and not offline_sent:
+            store = self._store
+            if store is not None:
+                self._flush_store(store)
+            if not self._queued() and not offline_sent:
                 self._publish_internal(_state_payload("offline"))
                 offline_sent = True
             if offline_sent and not self._inflight:
@@ -935,7 +1086,7 @@ class MqttAdapter(Adapter):
             log.exception("MQTT %s: error writing to %s; reconnecting", self.name, self.address)
             self._abort_connection("write error")
             return
-        if self._outbox:  # the write backlog shrank: the flusher may go on
+        if self._queued():  # the write backlog shrank: the flusher may go on
             self._wake.set()
 
     def _schedule_misc(self) -> None:
@@ -1018,6 +1169,9 @@ class MqttAdapter(Adapter):
         if mid not in inflight:
             return
         inflight.discard(mid)
+        row = self._mid_rows.pop(mid, None) if self._mid_rows else None
+        if row is not None and self._store is not None:
+            self._store.ack((row,))
         if self._internal_mids and mid in self._internal_mids:
             self._internal_mids.discard(mid)
             fut = self._write_futs.pop(mid, None)
@@ -1104,8 +1258,8 @@ class MqttAdapter(Adapter):
             "published": self.published,
             "acknowledged": self.acknowledged,
             "inflight": len(self._inflight),
-            "queued": len(self._outbox),
-            "dropped": self._outbox.dropped,
+            "queued": len(self._outbox) if self._store is None else self._store.rows,
+            "dropped": self._outbox.dropped if self._store is None else self._store.total_dropped,
             "lost": self.lost,
             "encode_errors": self.encode_errors,
             "reconnects": self.reconnects,
@@ -1113,4 +1267,5 @@ class MqttAdapter(Adapter):
             "bad_payloads": self.bad_payloads,
             "writes": self.writes,
             "last_error": self.last_error,
+            "outbox": None if self._store is None else self._store.status(),
         }

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.config.common import Backoff, Problem, Strict
 from gateway.types import Access
+from gateway.uplink.outbox import OutboxConfig
 
 TEMPLATE_FIELDS = frozenset({"gateway", "device", "point", "kind"})
 
@@ -170,7 +171,13 @@ class MqttEndpoint(Strict):
         description="retained birth ('online') and last will ('offline') of the gateway",
     )
     reconnect: Backoff = Field(default_factory=Backoff)
-    max_queued: int = Field(10000, ge=1, description="messages buffered while disconnected")
+    max_queued: int = Field(
+        10000, ge=1, description="publishes buffered in memory while disconnected (no outbox)"
+    )
+    outbox: OutboxConfig | None = Field(
+        None,
+        description="durable outbox (SQLite) for every publish; null: in memory (max_queued)",
+    )
     subscriptions: list[Subscription] = Field(default_factory=list)
     points: list[MqttPoint] = Field(
         default_factory=list, description="points filled from received payloads (a source)"
