@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
@@ -26,6 +26,9 @@ from gateway.bus import Bus
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
+
+if TYPE_CHECKING:
+    from gateway.shadow.service import ShadowService
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,13 @@ class Gateway:
         for bridge in self.bridges:
             bridge.target.attach(bridge)
         self._targets = {b.target for b in config.bridges}
+        # The device shadow (``shadow:`` in the config): reported/desired/delta per device.
+        # Bridges and transforms may read ``gateway.shadow.state(device)`` as context.
+        self.shadow: ShadowService | None = None
+        if config.shadow is not None:
+            from gateway.shadow.service import ShadowService
+
+            self.shadow = ShadowService(config.shadow, self.bus, self.router, self.adapters)
         self.started = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
@@ -62,6 +72,7 @@ class Gateway:
             "bridges": {b.name: b.status() for b in self.bridges},
             "bus": {"published": self.bus.published, "unrouted": self.bus.unrouted},
             "writes": self.router.status(),
+            **({"shadow": self.shadow.status()} if self.shadow is not None else {}),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -73,6 +84,11 @@ class Gateway:
                 await stack.enter_async_context(adapter)
             for bridge in self.bridges:
                 bridge.subscribe()
+            if self.shadow is not None:  # entered last: closed before the adapters
+                await stack.enter_async_context(self.shadow)
+                shadow = [asyncio.create_task(_supervise("shadow", self.shadow.run), name="shadow")]
+            else:
+                shadow = []
             sources = {
                 n: asyncio.create_task(_supervise(n, a.run), name=f"adapter:{n}")
                 for n, a in self.adapters.items()
@@ -100,6 +116,7 @@ class Gateway:
                 if reporter is not None:
                     await _cancel([reporter])
                 await _cancel([t for n, t in sources.items() if n not in self._targets])
+                await _cancel(shadow)
                 await self._drain()
                 await _cancel(bridges)
                 await _cancel([t for n, t in sources.items() if n in self._targets])

@@ -45,7 +45,7 @@ from gateway.plugins import ProtocolSpec, Registry, load_registry
 
 log = logging.getLogger(__name__)
 
-TOP_KEYS = ("gateway", "devices", "endpoints", "bridges")
+TOP_KEYS = ("gateway", "devices", "endpoints", "bridges", "shadow")
 SECTIONS = ("devices", "endpoints")
 ENTRY_KEYS = ("protocol", "role")  # taken out of an entry before the plugin's model sees it
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # device names appear in bus and MQTT topics
@@ -83,6 +83,41 @@ class BridgeKeys(Strict):
     )
 
 
+class ShadowMqtt(Strict):
+    """Where the shadow is served over MQTT (AWS IoT-style topics)."""
+
+    endpoint: str = Field(min_length=1, description="name of an MQTT endpoint (role client)")
+    prefix: str = Field(
+        "things",
+        pattern=r"^[^#+]+$",
+        description="topics are {prefix}/{device}/shadow/get, .../update, .../update/delta, ...",
+    )
+    qos: Literal[0, 1, 2] = 1
+
+
+class ShadowHistory(Strict):
+    """Retention of the reported-value history (per point)."""
+
+    max_age: float | None = Field(7 * 86400.0, gt=0, description="seconds; null keeps all")
+    max_rows: int | None = Field(100_000, ge=1, description="rows per point; null keeps all")
+
+
+class ShadowSection(Strict):
+    """The optional ``shadow:`` section: device shadows (reported/desired/delta) and history."""
+
+    path: str = Field(
+        "shadow.db", min_length=1, description="SQLite file; relative to the config file"
+    )
+    devices: list[str] | None = Field(
+        None, description="devices that have a shadow; default every device with points"
+    )
+    poll_interval: float = Field(
+        0.5, gt=0, description="seconds between checks for desired changes made by other processes"
+    )
+    mqtt: ShadowMqtt | None = None
+    history: ShadowHistory = Field(default_factory=ShadowHistory)
+
+
 BRIDGE_KEYS = tuple(info.alias or name for name, info in BridgeKeys.model_fields.items())
 
 
@@ -112,6 +147,7 @@ class GatewayConfig:
     gateway: GatewaySection
     devices: dict[str, DeviceEntry]  # devices and endpoints, in file order
     bridges: list[BridgeConfig]
+    shadow: ShadowSection | None = None
 
 
 def load_config(path: str | os.PathLike[str], registry: Registry | None = None) -> GatewayConfig:
@@ -254,9 +290,61 @@ class _Loader:
             for name, entry in self.section(data, section).items():
                 devices[name] = entry
         bridges = self.bridges(data.get("bridges"))
+        shadow = self.shadow(data.get("shadow"), devices) if "shadow" in data else None
         if self.problems or not isinstance(gateway, GatewaySection):
             return None
-        return GatewayConfig(self.filename, gateway, devices, bridges)
+        return GatewayConfig(self.filename, gateway, devices, bridges, shadow)
+
+    # -- shadow -------------------------------------------------------------------------------
+
+    def shadow(self, raw: Any, devices: dict[str, DeviceEntry]) -> ShadowSection | None:
+        """The ``shadow:`` section; its MQTT endpoint also gets the request subscriptions."""
+        section = self.validate(ShadowSection, {} if raw is None else raw, ("shadow",))
+        if not isinstance(section, ShadowSection):
+            return None
+        for i, name in enumerate(section.devices or []):
+            if name not in self.declared:
+                self.report(
+                    ("shadow", "devices", i),
+                    repr(name),
+                    choices(name, list(self.declared), "a device name"),
+                )
+        if not os.path.isabs(section.path) and self.filename != "<string>":
+            path = os.path.join(os.path.dirname(os.path.abspath(self.filename)), section.path)
+            section = section.model_copy(update={"path": path})
+        mqtt = section.mqtt
+        if mqtt is None:
+            return section
+        where: Path = ("shadow", "mqtt", "endpoint")
+        entry = devices.get(mqtt.endpoint)
+        if mqtt.endpoint not in self.declared:
+            self.report(
+                where,
+                repr(mqtt.endpoint),
+                choices(mqtt.endpoint, list(self.declared), "an MQTT endpoint"),
+            )
+        elif entry is not None and (entry.protocol != "mqtt" or entry.role != "client"):
+            self.report(
+                where,
+                f"{mqtt.endpoint!r}, a {entry.protocol} {entry.role}",
+                "an MQTT client endpoint",
+            )
+        elif entry is not None:
+            from gateway.shadow import request_filters
+
+            config = entry.config.model_dump()
+            have = {s["topic"] for s in config.get("subscriptions", [])}
+            config["subscriptions"] = list(config.get("subscriptions", [])) + [
+                {"topic": t, "qos": 1, "payload": "text"}
+                for t in request_filters(mqtt.prefix)
+                if t not in have
+            ]
+            updated = self.validate(type(entry.config), config, where)
+            if updated is not None:
+                devices[mqtt.endpoint] = DeviceEntry(
+                    entry.name, entry.protocol, entry.role, entry.spec, updated, entry.section
+                )
+        return section
 
     # -- devices and endpoints ----------------------------------------------------------------
 
@@ -595,6 +683,9 @@ __all__ = [
     "DeviceEntry",
     "GatewayConfig",
     "GatewaySection",
+    "ShadowHistory",
+    "ShadowMqtt",
+    "ShadowSection",
     "load_config",
     "load_config_text",
 ]

@@ -1,0 +1,329 @@
+"""The shadow at run time: device readings -> reported, desired -> device writes, MQTT topics.
+
+Flow
+----
+- **Reported** follows the devices: the service subscribes to ``telemetry/#`` on the bus; good
+  samples set ``state.reported.<point>``, every sample sets the point's quality (``quality``
+  lists points that are not good), and each change is one history row. Readings never carry a
+  version: they are applied whatever the version is.
+- **Desired** changes come from MQTT (``{prefix}/{device}/shadow/update``), from
+  `ShadowService.update` in-process, or from another process writing the same SQLite file
+  (``gateway shadow set``), which the service notices by polling the desired revisions every
+  ``poll_interval`` seconds (one small query). Each desired change is followed by a device
+  write through ``router.write(device, point, value, origin="shadow")`` for every key in the
+  delta, so the normal write path and all its safety rules apply (writable, range, rate).
+- **Delta** clears by itself when the device reports the desired value (the delta is computed,
+  never stored). A refused or failed write leaves desired and delta as they are and records the
+  refusal under ``errors.<key>`` (``status`` as `WriteStatus`, ``reason``, ``value``,
+  ``timestamp``); a later desired change for the key, or the device reaching the value, clears
+  it. A desired key that is not a point of the device is refused the same way (unknown_point).
+- Desired changes made while the gateway was not running are not written at start: a setpoint
+  applied late is worse than none (see `gateway.commands`). Set it again to apply it.
+
+MQTT (AWS IoT layout)
+---------------------
+With ``shadow.mqtt`` the config loader adds the subscriptions ``{prefix}/+/shadow/get`` and
+``{prefix}/+/shadow/update`` (payload text) to the named MQTT endpoint; the adapter turns them into
+bus messages ``mqtt/{endpoint}/{topic}``, which this service reads. Answers go out on
+``.../get/accepted`` / ``.../get/rejected`` (404 when no shadow exists), ``.../update/accepted`` /
+``.../update/rejected`` (400 bad request, 409 version conflict) and ``.../update/delta`` (after an
+accepted update whose delta is not empty). Reported state is the device's to set, so an update
+with ``state.reported`` is rejected with 400.
+
+SQLite is blocking: every store call runs on one dedicated thread (the connection stays in
+that thread's hands), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from gateway.bus import Bus, Subscription
+from gateway.commands import CommandRouter
+from gateway.config.model import ShadowSection
+from gateway.shadow import shadow_topic
+from gateway.shadow.store import ShadowDocument, ShadowError, ShadowStore, VersionConflict
+from gateway.types import Message
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PRUNE_INTERVAL = 60.0
+
+
+class ShadowService:
+    """Connects a `ShadowStore` to the bus, the write path and (optionally) MQTT.
+
+    ``async with service:`` opens the store and subscribes; ``await service.run()`` serves until
+    cancelled. `state` gives bridges and transforms the last known document of a device without
+    waiting (``gateway.shadow.state("pump").desired.get("speed")``).
+    """
+
+    def __init__(
+        self,
+        config: ShadowSection,
+        bus: Bus,
+        router: CommandRouter,
+        adapters: Mapping[str, Any],
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.router = router
+        self.adapters = adapters
+        points = {d for d, _ in router.points}
+        self.devices = set(config.devices) if config.devices is not None else points
+        self.store: ShadowStore | None = None
+        self.documents: dict[str, ShadowDocument] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._telemetry: Subscription | None = None
+        self._requests: Subscription | None = None
+        self._seen: dict[str, int] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self.counters = {"reported": 0, "updates": 0, "rejected": 0, "writes": 0, "refused": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ShadowService:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadow-store")
+        history = self.config.history
+        self.store = await self._call(
+            partial(
+                ShadowStore,
+                self.config.path,
+                max_age=history.max_age,
+                max_rows=history.max_rows,
+            )
+        )
+        self._seen = await self._call(self.store.desired_revisions)
+        self._telemetry = self.bus.subscribe("telemetry/#", maxsize=10000, name="shadow:telemetry")
+        mqtt = self.config.mqtt
+        if mqtt is not None:
+            pattern = f"mqtt/{mqtt.endpoint}/{mqtt.prefix}/+/shadow/+"
+            self._requests = self.bus.subscribe(pattern, maxsize=1000, name="shadow:requests")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sub in (self._telemetry, self._requests):
+            if sub is not None:
+                sub.close()
+        for task in list(self._writes):
+            task.cancel()
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=1.0)
+        if self.store is not None:
+            await self._call(self.store.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._follow_telemetry())
+            tg.create_task(self._poll_desired())
+            tg.create_task(self._prune())
+            if self._requests is not None:
+                tg.create_task(self._serve_requests(self._requests))
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn)
+
+    def _store(self) -> ShadowStore:
+        if self.store is None:
+            raise RuntimeError("use 'async with ShadowService(...)' first")
+        return self.store
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def state(self, device: str) -> ShadowDocument | None:
+        """The last document this service saw for ``device`` (no I/O; may lag the file)."""
+        return self.documents.get(device)
+
+    async def get(self, device: str) -> ShadowDocument:
+        doc = await self._call(partial(self._store().get, device))
+        self.documents[device] = doc
+        return doc
+
+    async def update(
+        self, device: str, desired: Mapping[str, Any], version: int | None = None
+    ) -> ShadowDocument:
+        """Change desired state (`VersionConflict` if ``version`` is stale); write the delta."""
+        doc = await self._call(
+            partial(self._store().update, device, desired=desired, version=version)
+        )
+        self.counters["updates"] += 1
+        self.documents[device] = doc
+        self._seen[device] = doc.desired_rev
+        self._apply(doc)
+        return doc
+
+    # -- reported -------------------------------------------------------------------------------
+
+    async def _follow_telemetry(self) -> None:
+        assert self._telemetry is not None
+        store = self._store()
+        async for message in self._telemetry:
+            device = message.device or message.origin
+            if device not in self.devices or not message.samples:
+                continue
+            samples = {
+                s.point: (s.value, s.quality.value, s.source_ts or s.gateway_ts)
+                for s in message.samples
+            }
+            try:
+                doc = await self._call(partial(store.report, device, samples))
+            except Exception:
+                log.exception("shadow: cannot record readings of %s", device)
+                continue
+            if doc is not None:
+                self.counters["reported"] += 1
+                self.documents[device] = doc
+
+    # -- desired --------------------------------------------------------------------------------
+
+    async def _poll_desired(self) -> None:
+        store = self._store()
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            revisions = await self._call(store.desired_revisions)
+            for device, rev in revisions.items():
+                if self._seen.get(device) != rev:
+                    self._seen[device] = rev
+                    doc = await self.get(device)
+                    log.info("shadow: desired state of %s changed elsewhere", device)
+                    self._apply(doc)
+
+    def _apply(self, doc: ShadowDocument) -> None:
+        """Write every key of the delta to the device, each in its own task."""
+        for key, value in doc.delta.items():
+            task = asyncio.get_running_loop().create_task(
+                self._write(doc.device, key, value), name=f"shadow-write:{doc.device}/{key}"
+            )
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write(self, device: str, key: str, value: Any) -> None:
+        store = self._store()
+        self.counters["writes"] += 1
+        if isinstance(value, dict | list):
+            status, reason = "bad_value", f"{device}/{key}: a point takes a scalar value"
+        else:
+            result = await self.router.write(device, key, value, origin="shadow")
+            if result.ok:
+                await self._call(partial(store.clear_error, device, key))
+                return
+            status, reason = str(result.status), result.reason
+        self.counters["refused"] += 1
+        doc = await self._call(partial(store.set_error, device, key, value, status, reason))
+        self.documents[device] = doc
+
+    async def _prune(self) -> None:
+        store = self._store()
+        while True:
+            deleted = await self._call(store.prune)
+            if deleted:
+                log.debug("shadow: history retention deleted %d rows", deleted)
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    # -- MQTT -----------------------------------------------------------------------------------
+
+    async def _serve_requests(self, requests: Subscription) -> None:
+        mqtt = self.config.mqtt
+        assert mqtt is not None
+        base = f"mqtt/{mqtt.endpoint}/{mqtt.prefix}/"
+        async for message in requests:
+            parts = message.topic[len(base) :].split("/")
+            if len(parts) != 3 or parts[1] != "shadow" or parts[2] not in ("get", "update"):
+                continue
+            device, action = parts[0], parts[2]
+            try:
+                await self._request(device, action, message)
+            except Exception:
+                log.exception("shadow: %s request for %s failed", action, device)
+
+    async def _request(self, device: str, action: str, message: Message) -> None:
+        text = message.samples[0].value if message.samples else ""
+        body: Any = {}
+        if isinstance(text, str) and text.strip():
+            try:
+                body = json.loads(text)
+            except json.JSONDecodeError as exc:
+                self._reject(device, action, None, 400, f"invalid JSON: {exc.msg}")
+                return
+        token = body.get("clientToken") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            self._reject(device, action, token, 400, "the request must be a JSON object")
+            return
+        if device not in self.devices:
+            self._reject(device, action, token, 404, f"no shadow for {device!r}")
+            return
+        if action == "get":
+            doc = await self.get(device)
+            self._publish(shadow_topic(self._prefix, device, "get/accepted"), doc.to_json(), token)
+            return
+        state = body.get("state")
+        if not isinstance(state, dict) or set(state) - {"desired", "reported"}:
+            self._reject(device, action, token, 400, "expected {'state': {'desired': {...}}}")
+            return
+        if "reported" in state:
+            self._reject(device, action, token, 400, "reported state comes from the device")
+            return
+        desired = state.get("desired")
+        if not isinstance(desired, dict):
+            self._reject(device, action, token, 400, "state.desired must be an object")
+            return
+        try:
+            doc = await self.update(device, desired, body.get("version"))
+        except VersionConflict:
+            self._reject(device, action, token, 409, "Version conflict")
+            return
+        except ShadowError as exc:
+            self._reject(device, action, token, 400, str(exc))
+            return
+        meta = {k: doc.metadata["desired"].get(k) for k in desired if k in doc.metadata["desired"]}
+        accepted = {
+            "state": {"desired": desired},
+            "metadata": {"desired": meta},
+            "version": doc.version,
+            "timestamp": doc.timestamp,
+        }
+        self._publish(shadow_topic(self._prefix, device, "update/accepted"), accepted, token)
+        delta = doc.delta
+        if delta:
+            out = {"state": delta, "version": doc.version, "timestamp": doc.timestamp}
+            self._publish(shadow_topic(self._prefix, device, "update/delta"), out, None)
+
+    @property
+    def _prefix(self) -> str:
+        assert self.config.mqtt is not None
+        return self.config.mqtt.prefix
+
+    def _reject(self, device: str, action: str, token: Any, code: int, text: str) -> None:
+        self.counters["rejected"] += 1
+        log.info("shadow: %s of %s rejected: %s %s", action, device, code, text)
+        body = {"code": code, "message": text, "timestamp": time.time()}
+        self._publish(shadow_topic(self._prefix, device, f"{action}/rejected"), body, token)
+
+    def _publish(self, topic: str, body: dict[str, Any], token: Any) -> None:
+        mqtt = self.config.mqtt
+        assert mqtt is not None
+        if token is not None:
+            body = {**body, "clientToken": token}
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        adapter = self.adapters[mqtt.endpoint]
+        publish = getattr(adapter, "publish", None)
+        if callable(publish):
+            publish(topic, payload, mqtt.qos, False)
+        else:
+            # Stop-gap until the MQTT adapter has a public publish(topic, payload, qos, retain):
+            # its outbox takes (topic, payload, qos, retain) and is flushed in order.
+            adapter._enqueue([(topic, payload, mqtt.qos, False)])
+
+    def status(self) -> dict[str, Any]:
+        return {**self.counters, "devices": len(self.devices), "writing": len(self._writes)}

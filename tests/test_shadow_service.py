@@ -1,0 +1,144 @@
+"""The shadow in a whole in-process gateway: a Modbus device on the simulator, MQTT on mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from conftest import HOST, MosquittoBroker, find_binary, wait_for
+from test_e2e_modbus_mqtt import Collector
+from test_opcua_server import running_gateway
+
+from gateway.shadow.service import ShadowService
+from gateway.shadow.store import ShadowStore
+from protocols.modbus.codec import DataType
+from protocols.modbus.simulator import Simulator
+
+
+def config(modbus_port: int, db: Path, mqtt: MosquittoBroker | None = None) -> str:
+    endpoints = shadow_mqtt = ""
+    if mqtt is not None:
+        endpoints = f"""
+endpoints:
+  broker: {{protocol: mqtt, host: {HOST}, port: {mqtt.port}, reconnect: {{initial: 0.05, max: 0.2}}}}
+"""
+        shadow_mqtt = '  mqtt: {endpoint: broker, prefix: "site/things"}\n'
+    return f"""
+gateway: {{name: shadow-test, status_interval: 0}}
+devices:
+  pump:
+    protocol: modbus
+    host: {HOST}
+    port: {modbus_port}
+    timeout: 0.3
+    reconnect: {{initial: 0.05, max: 0.2}}
+    poll_groups: {{fast: {{interval: 0.05}}}}
+    points:
+      - {{name: temp, table: input, address: 0, type: int16, scale: 0.1, unit: degC, poll: fast}}
+      - {{name: speed, table: holding, address: 10, type: int16, access: rw, low: 0, high: 100,
+         poll: fast}}
+{endpoints}
+shadow:
+  path: {db}
+  poll_interval: 0.1
+  history: {{max_age: 3600, max_rows: 1000}}
+{shadow_mqtt}"""
+
+
+def shadow_of(gateway: Any) -> ShadowService:
+    assert isinstance(gateway.shadow, ShadowService)
+    return gateway.shadow
+
+
+async def test_reported_desired_delta_and_refusal(simulator: Simulator, tmp_path: Path) -> None:
+    device = await simulator.add_device(name="pump")
+    device.set_value("input", 0, 215, DataType.INT16)
+    device.set_registers("holding", 10, [5])
+    db = tmp_path / "shadow.db"
+    async with running_gateway(config(device.port, db)) as gateway:
+        shadow = shadow_of(gateway)
+
+        def reported() -> dict[str, Any]:
+            doc = shadow.state("pump")
+            return doc.reported if doc is not None else {}
+
+        await wait_for(lambda: reported().get("speed") == 5, message="reported speed 5")
+        assert reported()["temp"] == 21.5
+        device.set_value("input", 0, 230, DataType.INT16)
+        await wait_for(lambda: reported().get("temp") == 23.0, message="reported follows")
+
+        doc = await shadow.update("pump", {"speed": 42})
+        assert doc.delta == {"speed": 42}
+        await wait_for(lambda: device.get_registers("holding", 10) == [42], message="written")
+        await wait_for(lambda: reported().get("speed") == 42, message="reported 42")
+        doc = await shadow.get("pump")
+        assert doc.delta == {} and doc.errors == {}
+
+        doc = await shadow.update("pump", {"speed": 500})  # above high: 100
+        await wait_for(lambda: "speed" in (shadow.state("pump") or doc).errors, message="refusal")
+        doc = await shadow.get("pump")
+        assert doc.errors["speed"]["status"] == "out_of_range"
+        assert doc.errors["speed"]["value"] == 500
+        assert doc.desired["speed"] == 500 and doc.delta == {"speed": 500}
+        assert device.get_registers("holding", 10) == [42]
+
+        # Another process (the CLI) changes desired in the file: the gateway picks it up.
+        other = ShadowStore(str(db))
+        other.update("pump", desired={"speed": 7})
+        other.close()
+        await wait_for(lambda: device.get_registers("holding", 10) == [7], message="polled")
+        await wait_for(lambda: not (shadow.state("pump") or doc).delta, message="delta clears")
+        assert (shadow.state("pump") or doc).errors == {}
+
+    history = ShadowStore(str(db)).history("pump", "speed")
+    assert [r.value for r in history][:1] == [5] and 42 in [r.value for r in history]
+
+
+async def mosquitto_pub(broker: MosquittoBroker, topic: str, payload: dict[str, Any]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        find_binary("mosquitto_pub", "/usr/bin/mosquitto_pub"),
+        "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic,
+        "-m", json.dumps(payload),
+    )  # fmt: skip
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_mqtt_topics(
+    simulator: Simulator, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    device = await simulator.add_device(name="pump")
+    device.set_registers("holding", 10, [5])
+    collector = Collector(mosquitto, "site/things/#")
+    base = "site/things/pump/shadow"
+    try:
+        async with running_gateway(config(device.port, tmp_path / "s.db", mosquitto)) as gateway:
+            shadow = shadow_of(gateway)
+            await wait_for(lambda: (shadow.state("pump") or None) is not None, message="report")
+            await wait_for(lambda: gateway.adapters["broker"].status()["connected"])
+            await asyncio.sleep(0.3)  # the adapter's SUBACK
+            version = (await shadow.get("pump")).version
+
+            await mosquitto_pub(mosquitto, f"{base}/get", {"clientToken": "g1"})
+            got = await wait_for(lambda: collector.last(f"{base}/get/accepted"), message="get")
+            assert got["clientToken"] == "g1" and got["state"]["reported"]["speed"] == 5
+
+            body = {"state": {"desired": {"speed": 33}}, "clientToken": "u1"}
+            await mosquitto_pub(mosquitto, f"{base}/update", body)
+            accepted = await wait_for(lambda: collector.last(f"{base}/update/accepted"))
+            assert accepted["clientToken"] == "u1"
+            assert accepted["state"] == {"desired": {"speed": 33}}
+            assert "timestamp" in accepted["metadata"]["desired"]["speed"]
+            delta = await wait_for(lambda: collector.last(f"{base}/update/delta"))
+            assert delta["state"] == {"speed": 33}
+            await wait_for(lambda: device.get_registers("holding", 10) == [33], message="write")
+
+            stale = {"state": {"desired": {"speed": 34}}, "version": version, "clientToken": "u2"}
+            await mosquitto_pub(mosquitto, f"{base}/update", stale)
+            rejected = await wait_for(lambda: collector.last(f"{base}/update/rejected"))
+            assert rejected["code"] == 409 and rejected["clientToken"] == "u2"
+            assert device.get_registers("holding", 10) == [33]
+            assert (await shadow.get("pump")).desired == {"speed": 33}
+    finally:
+        collector.close()
