@@ -141,3 +141,73 @@ def test_history_retention_by_age_and_rows(tmp_path: Path, clock: Clock) -> None
     u = store.history("pump", "u")
     assert [r.value for r in u] == [15, 16, 17, 18, 19]  # by rows: the newest 5
     assert deleted == 15 + 15
+
+
+# -- CLI: gateway shadow get/set/history against a store file ---------------------------------
+
+
+def _cli_config(tmp_path: Path, shadow: bool = True) -> Path:
+    path = tmp_path / "gw.yaml"
+    text = (
+        "devices:\n  pump: {protocol: modbus, host: 127.0.0.1, points: [{name: s, address: 0}]}\n"
+    )
+    if shadow:
+        text += "shadow: {path: shadow.db}\n"  # relative to the config file
+    path.write_text(text)
+    return path
+
+
+def test_cli_get_set_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from gateway.cli import main
+
+    cfg = str(_cli_config(tmp_path))
+    assert main(["shadow", "get", "pump", "--config", cfg]) == 1
+    assert "no shadow store" in capsys.readouterr().err
+    assert main(["shadow", "set", "pump", "speed=42", "mode=auto", "--config", cfg]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["state"]["desired"] == {"speed": 42, "mode": "auto"} and doc["version"] == 1
+    assert main(["shadow", "set", "pump", "mode=null", "--version", "1", "--config", cfg]) == 0
+    capsys.readouterr()
+    assert main(["shadow", "set", "pump", "speed=1", "--version", "1", "--config", cfg]) == 1
+    assert "version conflict" in capsys.readouterr().err
+    assert main(["shadow", "get", "pump", "--config", cfg]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["state"]["desired"] == {"speed": 42} and doc["state"]["delta"] == {"speed": 42}
+    assert main(["shadow", "get", "boiler", "--config", cfg]) == 1
+    assert "no shadow for 'boiler'" in capsys.readouterr().err
+
+    store = ShadowStore(str(tmp_path / "shadow.db"))
+    for i in range(5):
+        store.report("pump", {"speed": (i, "good", 1_700_000_000.0 + i)})
+    assert main(["shadow", "history", "pump", "speed", "--last", "2", "--config", cfg]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "2023-11-14T22:13:23.000+00:00  3  good",
+        "2023-11-14T22:13:24.000+00:00  4  good",
+    ]
+    args = ["--since", "2023-11-14T22:13:21Z", "--until", "1700000002", "--json"]
+    assert main(["shadow", "history", "pump", "speed", *args, "--config", cfg]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["value"] for r in rows] == [1, 2]
+
+
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    cfg = str(_cli_config(tmp_path, shadow=False))
+    assert main(["shadow", "get", "pump", "--config", cfg]) == 1
+    assert "has no shadow: section" in capsys.readouterr().err
+    assert main(["shadow", "set", "pump", "speed", "--config", cfg]) == 1
+    assert main(["shadow", "get", "pump", "--config", str(tmp_path / "nope.yaml")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    cfg = str(_cli_config(tmp_path))
+    assert main(["shadow", "set", "pump", "speed", "--config", cfg]) == 1
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    (tmp_path / "shadow.db").write_text("not a database" * 100)
+    assert main(["shadow", "get", "pump", "--config", cfg]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open the shadow store") and "Traceback" not in err
+    args = ["--since", "yesterday", "--config", cfg]
+    assert main(["shadow", "history", "pump", "speed", *args]) == 1
