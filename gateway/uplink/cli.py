@@ -1,0 +1,57 @@
+"""``gateway status CONFIG``: the outbox of every MQTT endpoint, read from its file.
+
+Reads the SQLite files directly (read-only), so it works while the gateway runs or after it
+died. Paths are relative to the working directory, as the gateway resolves them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.uplink.outbox import OutboxConfig, read_status
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    rows: list[dict[str, Any]] = []
+    for name, entry in sorted(config.devices.items()):
+        outbox = getattr(entry.config, "outbox", None)
+        if not isinstance(outbox, OutboxConfig) or not outbox.enabled:
+            continue
+        path = outbox.file_for(name)
+        row: dict[str, Any] = {"endpoint": name, "drain_rate": outbox.drain_rate}
+        if path.exists():
+            row.update(read_status(path))
+        else:
+            row.update(path=str(path), backlog=0, oldest_age_s=None, dropped=0, missing=True)
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"outboxes": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"{args.file}: no endpoint with a durable outbox")
+        return 0
+    print(f"{'endpoint':<16} {'backlog':>9} {'oldest_s':>10} {'dropped':>8} {'drain/s':>8} path")
+    for r in rows:
+        age = "-" if r["oldest_age_s"] is None else f"{r['oldest_age_s']:.1f}"
+        rate = "-" if r["drain_rate"] is None else f"{r['drain_rate']:g}"
+        print(
+            f"{r['endpoint']:<16} {r['backlog']:>9} {age:>10} {r['dropped']:>8} {rate:>8} "
+            f"{r['path']}{' (not created yet)' if r.get('missing') else ''}"
+        )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("status", help="outbox backlog, oldest age, drops of a config")
+    p.add_argument("file", help="the gateway's YAML config")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
