@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 Value: TypeAlias = bool | int | float | str | None
 
@@ -48,6 +48,25 @@ class Access(StrEnum):
         return self in (Access.WRITE, Access.READ_WRITE)
 
 
+class PointConfig(Protocol):
+    """The fields every protocol's point config has in common (see `PointSpec.of`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def unit(self) -> str | None: ...
+    @property
+    def access(self) -> Access | None: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def low(self) -> float | None: ...
+    @property
+    def high(self) -> float | None: ...
+    @property
+    def write_rate(self) -> float | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PointSpec:
     """What a point is, independent of the protocol that reads it."""
@@ -61,6 +80,21 @@ class PointSpec:
     low: float | None = None  # engineering limits (EURange); also the write range check
     high: float | None = None
     write_rate: float | None = None  # writes per second allowed; None: the gateway default
+
+    @staticmethod
+    def of(device: str, point: PointConfig, datatype: str) -> PointSpec:
+        """The spec of a configured point of ``device`` (access defaults to read-only)."""
+        return PointSpec(
+            id=f"{device}/{point.name}",
+            name=point.name,
+            datatype=datatype,
+            unit=point.unit,
+            access=point.access or Access.READ,
+            description=point.description,
+            low=point.low,
+            high=point.high,
+            write_rate=point.write_rate,
+        )
 
 
 @dataclass(frozen=True, slots=True)

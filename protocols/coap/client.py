@@ -103,17 +103,7 @@ class CoapClientAdapter(Adapter):
 
     def points(self) -> list[PointSpec]:
         return [
-            PointSpec(
-                id=f"{self.name}/{p.name}",
-                name=p.name,
-                datatype=p.type,
-                unit=p.unit,
-                access=p.access,
-                description=p.description,
-                low=p.low,
-                high=p.high,
-                write_rate=p.write_rate,
-            )
+            PointSpec.of(self.name, p, p.type)
             for p in self.config.points
         ]
 

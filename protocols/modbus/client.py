@@ -24,7 +24,7 @@ from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.transform import DeadbandFilter, Scaling
-from gateway.types import Access, Message, PointSpec, Quality, Sample
+from gateway.types import Message, PointSpec, Quality, Sample
 from protocols.modbus.codec import (
     ByteOrder,
     CodecError,
@@ -155,17 +155,7 @@ class ModbusClientAdapter(Adapter):
 
     def points(self) -> list[PointSpec]:
         return [
-            PointSpec(
-                id=f"{self.name}/{p.config.name}",
-                name=p.config.name,
-                datatype=self._engineering_type(p),
-                unit=p.config.unit,
-                access=p.config.access or Access.READ,
-                description=p.config.description,
-                low=p.config.low,
-                high=p.config.high,
-                write_rate=p.config.write_rate,
-            )
+            PointSpec.of(self.name, p.config, self._engineering_type(p))
             for p in self._points
         ]
 

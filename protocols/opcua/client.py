@@ -64,7 +64,7 @@ from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.transform import DeadbandFilter
-from gateway.types import Access, Message, PointSpec, Quality, Sample, Value
+from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua.config import OpcuaClient, OpcuaPoint
 from protocols.opcua.pki import (
     TrustList,
@@ -290,17 +290,7 @@ class OpcuaClientAdapter(Adapter):
 
     def _spec(self, p: _Point, datatype: str) -> PointSpec:
         cfg = p.config
-        return PointSpec(
-            id=f"{self.name}/{cfg.name}",
-            name=cfg.name,
-            datatype=datatype,
-            unit=cfg.unit,
-            access=cfg.access or Access.READ,
-            description=cfg.description,
-            low=cfg.low,
-            high=cfg.high,
-            write_rate=cfg.write_rate,
-        )
+        return PointSpec.of(self.name, cfg, datatype)
 
     def points(self) -> list[PointSpec]:
         return self._specs
