@@ -152,3 +152,9 @@ async def test_demo_serves_the_device_over_opcua_with_write_back() -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def test_schema_covers_the_shadow_section() -> None:
+    schema = json.loads(gateway("schema").stdout)
+    shadow = json.dumps(schema["properties"]["shadow"]) + json.dumps(schema["$defs"])
+    assert "poll_interval" in shadow and "max_rows" in shadow

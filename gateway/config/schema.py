@@ -22,6 +22,7 @@ from gateway.config.model import (
     NAME_PATTERN,
     BridgeKeys,
     GatewaySection,
+    ShadowSection,
 )
 from gateway.plugins import Registry
 
@@ -128,6 +129,7 @@ def json_schema(registry: Registry) -> dict[str, Any]:
             "devices": {**section, "description": "connections that produce points"},
             "endpoints": {**section, "description": "brokers and servers that consume points"},
             "bridges": {"type": "array", "items": {"$ref": "#/$defs/bridge"}},
+            "shadow": _model_schema(ShadowSection, "shadow", defs),
         },
         "$defs": defs,
     }
