@@ -282,14 +282,21 @@ async def test_status_line_names_the_device_that_is_down(
     proc = await asyncio.create_subprocess_exec(
         *GATEWAY, "run", str(config), stderr=asyncio.subprocess.PIPE
     )
+    seen: list[str] = []
     try:
-        await asyncio.sleep(2.0)
+        assert proc.stderr is not None
+        # Wait for the line itself: under load the gateway may take seconds to start.
+        async with asyncio.timeout(30):
+            while not any("status:" in ln and "down: pump" in ln for ln in seen):
+                line = await proc.stderr.readline()
+                assert line, "gateway exited early: " + "".join(seen)
+                seen.append(line.decode())
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 15)
-    stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
-    status = [line for line in stderr.splitlines() if "status:" in line]
-    assert status, stderr
-    assert "2/3 connected" in status[-1] and "down: pump" in status[-1]
+    seen.append((await proc.stderr.read()).decode())  # type: ignore[union-attr]
+    stderr = "".join(seen)
+    status = [line for line in stderr.splitlines() if "status:" in line and "down: pump" in line]
+    assert "2/3 connected" in status[-1]
     assert "cannot connect to 127.0.0.1" in stderr  # reported once, by the adapter, not a traceback
     assert "Traceback" not in stderr
