@@ -496,4 +496,4 @@ def test_json_schema_covers_every_protocol_and_route(registry: Registry) -> None
     )
     assert {"name", "from", "to"} <= set(bridge["required"])
     assert bridge["additionalProperties"] is False
-    assert set(schema["properties"]) == {"gateway", "devices", "endpoints", "bridges"}
+    assert set(schema["properties"]) == {"gateway", "devices", "endpoints", "bridges", "shadow"}
