@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from gateway.bus import Bus, Subscription
 from gateway.commands import CommandRouter
@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PRUNE_INTERVAL = 60.0
+
+
+class _Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
 
 
 class ShadowService:
@@ -317,13 +321,8 @@ class ShadowService:
             body = {**body, "clientToken": token}
         payload = json.dumps(body, separators=(",", ":")).encode()
         adapter = self.adapters[mqtt.endpoint]
-        publish = getattr(adapter, "publish", None)
-        if callable(publish):
-            publish(topic, payload, mqtt.qos, False)
-        else:
-            # Stop-gap until the MQTT adapter has a public publish(topic, payload, qos, retain):
-            # its outbox takes (topic, payload, qos, retain) and is flushed in order.
-            adapter._enqueue([(topic, payload, mqtt.qos, False)])
+        # The config loader made sure the endpoint is an MQTT client, which has publish().
+        cast(_Publisher, adapter).publish(topic, payload, mqtt.qos, False)
 
     def status(self) -> dict[str, Any]:
         return {**self.counters, "devices": len(self.devices), "writing": len(self._writes)}

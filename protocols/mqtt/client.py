@@ -463,20 +463,7 @@ class MqttAdapter(Adapter):
 
     def points(self) -> list[PointSpec]:
         """The configured ``points:`` (the endpoint as a source); empty for a pure target."""
-        return [
-            PointSpec(
-                id=f"{self.name}/{p.name}",
-                name=p.name,
-                datatype=p.datatype,
-                unit=p.unit,
-                access=p.access,
-                description=p.description,
-                low=p.low,
-                high=p.high,
-                write_rate=p.write_rate,
-            )
-            for p in self.config.points
-        ]
+        return [PointSpec.of(self.name, p, p.datatype) for p in self.config.points]
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff after any loss; until cancelled or closed.
@@ -686,6 +673,11 @@ class MqttAdapter(Adapter):
                 publish(topic, payload, qos, retain)
             return
         self._enqueue(((topic, payload, qos, retain) for topic, payload in pairs))
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish one message outside any bridge (shadow replies and the like). While the
+        broker is away it waits in the in-memory buffer, like bridge traffic without an outbox."""
+        self._enqueue([(topic, payload, qos, retain)])
 
     def _enqueue(self, items: Iterable[Outgoing]) -> None:
         outbox = self._outbox
