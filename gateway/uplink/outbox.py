@@ -81,6 +81,13 @@ class OutboxConfig(Strict):
     drain_rate: float | None = Field(
         2000.0, gt=0, description="backlog publishes/s after an outage; null: unlimited"
     )
+    drain_order: Literal["strict", "live_first"] = Field(
+        "strict",
+        description=(
+            "strict: live publishes wait behind the backlog (order per device kept);"
+            " live_first: live publishes go at once while the backlog drains beside them"
+        ),
+    )
 
     def file_for(self, name: str) -> Path:
         return Path(self.path.format(name=name))
@@ -344,6 +351,34 @@ class Outbox:
             taken = self._taken
             for r in out:
                 taken[r.id] = r.size
+        return out
+
+    def skip_to(self, mark: int) -> None:
+        """Move the cursor past ``mark`` without handing those rows out: they are read later
+        with `take_range` (live_first draining). Rows after ``mark`` stay in the tail."""
+        if mark <= self._cursor:
+            return
+        self._cursor = mark
+        tail = self._tail
+        while tail and tail[0].id <= mark:
+            tail.popleft()
+
+    def take_range(self, after: int, upto: int, n: int) -> list[Row]:
+        """Up to ``n`` rows with ``after < id <= upto``, oldest first, read from the file (the
+        backlog lane of a live_first drain); they count as in flight like `take`'s."""
+        if n <= 0 or after >= upto:
+            return []
+        out = [
+            Row(i, ts, topic, bytes(payload), qos, bool(retain))
+            for i, ts, topic, payload, qos, retain in self._db.execute(
+                "SELECT id, ts, topic, payload, qos, retain FROM outbox WHERE id > ? AND id <= ? "
+                "ORDER BY id LIMIT ?",
+                (after, upto, n),
+            )
+        ]
+        taken = self._taken
+        for r in out:
+            taken[r.id] = r.size
         return out
 
     def pending(self) -> bool:

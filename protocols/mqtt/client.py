@@ -349,6 +349,7 @@ class MqttAdapter(Adapter):
         self._store: Outbox | None = None
         self._mid_rows: dict[int, int] = {}  # paho mid -> outbox row id, QoS 1/2 in flight
         self._drain_mark = 0  # outbox rows up to this id are backlog: sent at drain_rate
+        self._backlog_cursor = 0  # live_first: last backlog row handed out (its own lane)
         self._tokens = 0.0
         self._tokens_at = 0.0
         self._drops_logged = 0
@@ -588,6 +589,11 @@ class MqttAdapter(Adapter):
         if store is not None:
             self._drain_mark = store.last_id
             self._tokens, self._tokens_at = 0.0, time.monotonic()
+            if store.config.drain_order == "live_first":
+                # Two lanes: rows appended from now on go out at once through the cursor, the
+                # backlog (the rest, not yet handed out) follows at drain_rate beside them.
+                self._backlog_cursor = store.cursor
+                store.skip_to(self._drain_mark)
         self._ready_event.set()
         wake = self._wake
         while not disconnected.done():
@@ -608,7 +614,15 @@ class MqttAdapter(Adapter):
 
     def _queued(self) -> bool:
         store = self._store
-        return store.pending() if store is not None else bool(self._outbox)
+        if store is None:
+            return bool(self._outbox)
+        return store.pending() or self._backlog_left(store)
+
+    def _backlog_left(self, store: Outbox) -> bool:
+        """Backlog rows not handed out yet (either lane discipline)."""
+        if store.config.drain_order == "live_first":
+            return self._backlog_cursor < self._drain_mark
+        return store.cursor < self._drain_mark
 
     async def _subscribe_all(self, disconnected: asyncio.Future[str]) -> None:
         client, loop = self._client, self._loop
@@ -747,21 +761,48 @@ class MqttAdapter(Adapter):
         store = self._store
         if store is None or store.config.drain_rate is None or self._tokens >= 1:
             return 0.0
-        if store.cursor >= self._drain_mark:
+        if not self._backlog_left(store):
             return 0.0
         return (1 - self._tokens) / store.config.drain_rate
 
     def _allowance(self, store: Outbox) -> int:
-        """How many rows may be taken now: unlimited for live rows, drain_rate for backlog."""
+        """How many rows may be taken now from the cursor: unlimited for live rows, drain_rate
+        for backlog (strict order: the backlog comes through the cursor first)."""
+        if store.cursor >= self._drain_mark:
+            return self.max_inflight
+        n = self._backlog_tokens(store)
+        # never take live rows at the backlog's pace, nor backlog past the cap
+        return min(n, self._drain_mark - store.cursor) if n else 0
+
+    def _backlog_tokens(self, store: Outbox) -> int:
         rate = store.config.drain_rate
-        if rate is None or store.cursor >= self._drain_mark:
+        if rate is None:
             return self.max_inflight
         now = time.monotonic()
         self._tokens = min(max(rate / 10, 1.0), self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
-        n = int(self._tokens)
-        # never take live rows at the backlog's pace, nor backlog past the cap
-        return min(n, self._drain_mark - store.cursor) if n else 0
+        return int(self._tokens)
+
+    def _flush_backlog_lane(self, store: Outbox, client: _Client, acked: list[int]) -> None:
+        """live_first: hand out backlog rows beside the live ones, at drain_rate."""
+        if self._backlog_cursor >= self._drain_mark or not self._has_room(1):
+            return
+        room = self.max_inflight - len(self._inflight)
+        n = min(room, self._backlog_tokens(store), 1000)
+        if n <= 0:
+            return
+        rows = store.take_range(self._backlog_cursor, self._drain_mark, n)
+        if not rows:  # what is left was dropped or expired meanwhile
+            self._backlog_cursor = self._drain_mark
+            return
+        self._backlog_cursor = rows[-1].id
+        self._tokens -= len(rows)
+        for row in rows:
+            mid = self._publish_row(client, row)
+            if mid is None:
+                acked.append(row.id)
+            else:
+                self._mid_rows[mid] = row.id
 
     def _flush_store(self, store: Outbox) -> None:
         client = self._client
@@ -786,6 +827,8 @@ class MqttAdapter(Adapter):
                     mid_rows[mid] = row.id
             if not self._has_room(1):
                 break
+        if store.config.drain_order == "live_first":
+            self._flush_backlog_lane(store, client, acked)
         if acked:
             store.ack(acked)
         store.commit()
