@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -116,6 +117,8 @@ async def run_demo(
         device.set_value("holding", 10, 60.0, DataType.FLOAT32)
         workdir = Path(tempfile.gettempdir()) / "protocol-brain-demo"
         workdir.mkdir(exist_ok=True)
+        # The MQTT outbox of the demo lives with its config, not in the user's folder.
+        os.environ.setdefault("PROTOCOL_BRAIN_STATE_DIR", str(workdir / "state"))
         text = DEMO_CONFIG.format(
             modbus_port=device.port,
             mqtt_port=broker.port,

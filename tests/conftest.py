@@ -31,6 +31,12 @@ NODE_DIR = Path(__file__).parent / "interop" / "node"
 T = TypeVar("T")
 
 
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test keeps gateway state (outbox files...) in its own folder, subprocesses too."""
+    monkeypatch.setenv("PROTOCOL_BRAIN_STATE_DIR", str(tmp_path / "state"))
+
+
 def free_port(host: str = HOST) -> int:
     """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

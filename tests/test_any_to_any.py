@@ -220,7 +220,8 @@ async def enter(plant: dict[str, Any], source: str, celsius: float, ts: float) -
         pub = find_binary("mosquitto_pub", "/usr/bin/mosquitto_pub")
         payload = json.dumps({"value": celsius, "ts": ts})
         proc = await asyncio.create_subprocess_exec(
-            pub, "-h", broker.host, "-p", str(broker.port), "-t", "in/t", "-m", payload
+            # retained: reaches the gateway even if its subscription is a moment late
+            pub, "-h", broker.host, "-p", str(broker.port), "-t", "in/t", "-m", payload, "-r"
         )
         assert await proc.wait() == 0
 

@@ -102,7 +102,10 @@ async def publish_to(port: int, topic: str, payload: str, *extra: str) -> None:
 
 
 def endpoint(port: int, **kw: Any) -> MqttEndpoint:
+    """These tests are about the in-memory path (max_queued, exact payloads without an id):
+    no durable outbox unless a test asks for one (tests/test_outbox.py and the uplink tests)."""
     kw.setdefault("reconnect", FAST_BACKOFF)
+    kw.setdefault("outbox", None)
     return MqttEndpoint(host=HOST, port=port, **kw)
 
 

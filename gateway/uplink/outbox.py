@@ -68,8 +68,11 @@ class OutboxConfig(Strict):
 
     enabled: bool = Field(True, description="false: an in-memory buffer (lost on restart)")
     path: str = Field(
-        ".protocol-brain/outbox-{name}.db",
-        description="SQLite file, relative to the working directory; {name} is the endpoint",
+        "{state}/outbox-{name}.db",
+        description=(
+            "SQLite file; {name} is the endpoint, {state} the state folder"
+            " ($PROTOCOL_BRAIN_STATE_DIR, else .protocol-brain in the working directory)"
+        ),
     )
     synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL: survives power loss; NORMAL: faster, survives a crash"
@@ -90,7 +93,12 @@ class OutboxConfig(Strict):
     )
 
     def file_for(self, name: str) -> Path:
-        return Path(self.path.format(name=name))
+        return Path(self.path.format(name=name, state=state_dir()))
+
+
+def state_dir() -> str:
+    """Where the gateway keeps its files unless the config names a path."""
+    return os.environ.get("PROTOCOL_BRAIN_STATE_DIR") or ".protocol-brain"
 
 
 class OutboxFull(Exception):

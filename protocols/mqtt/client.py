@@ -689,8 +689,15 @@ class MqttAdapter(Adapter):
         self._enqueue(((topic, payload, qos, retain) for topic, payload in pairs))
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Publish one message outside any bridge (shadow replies and the like). While the
-        broker is away it waits in the in-memory buffer, like bridge traffic without an outbox."""
+        """Publish one message outside any bridge (shadow replies and the like), through the
+        same outbox as bridge traffic: durable when the endpoint has one."""
+        store = self._store
+        if store is not None:
+            store.append([(topic, payload, qos, retain)], self._stamp)
+            self._log_drops(store)
+            if self._ready:
+                self._flush()
+            return
         self._enqueue([(topic, payload, qos, retain)])
 
     def _enqueue(self, items: Iterable[Outgoing]) -> None:

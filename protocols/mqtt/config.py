@@ -175,7 +175,7 @@ class MqttEndpoint(Strict):
         10000, ge=1, description="publishes buffered in memory while disconnected (no outbox)"
     )
     outbox: OutboxConfig | None = Field(
-        None,
+        default_factory=OutboxConfig,
         description="durable outbox (SQLite) for every publish; null: in memory (max_queued)",
     )
     subscriptions: list[Subscription] = Field(default_factory=list)
