@@ -159,9 +159,9 @@ class Readers:
 @pytest.fixture
 async def plant(
     simulator: Simulator,
-    peer: NodeOpcuaServer,
+    peer: NodeOpcuaServer,  # noqa: F811 (the fixture imported above)
     mosquitto: MosquittoBroker,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> AsyncIterator[dict[str, Any]]:
     device = await simulator.add_device()
     coap_port = free_port()
