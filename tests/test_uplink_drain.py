@@ -59,9 +59,9 @@ class Recorder:
 
 @pytest.mark.parametrize("order", ["strict", "live_first"])
 async def test_drain_after_an_outage(
-    broker: MosquittoBroker,
+    broker: MosquittoBroker,  # noqa: F811 (the fixture imported above)
     tmp_path: Path,
-    order: str,  # noqa: F811
+    order: str,
 ) -> None:
     sub = Recorder(broker.port)
     config = endpoint(broker.port, tmp_path / "o.db", drain_rate=RATE, drain_order=order)
