@@ -616,7 +616,17 @@ class MqttAdapter(Adapter):
         store = self._store
         if store is None:
             return bool(self._outbox)
+        if store.config.drain_order == "live_first":
+            # The backlog lane counts only while it has room in its share of the window;
+            # otherwise the flusher must wait for acknowledgements, not spin.
+            return store.pending() or (
+                self._backlog_left(store) and len(self._inflight) < self._backlog_window()
+            )
         return store.pending() or self._backlog_left(store)
+
+    def _backlog_window(self) -> int:
+        """live_first: in-flight publishes the backlog may fill (a quarter of the window)."""
+        return max(1, self.max_inflight // 4)
 
     def _backlog_left(self, store: Outbox) -> bool:
         """Backlog rows not handed out yet (either lane discipline)."""
@@ -794,7 +804,9 @@ class MqttAdapter(Adapter):
         """live_first: hand out backlog rows beside the live ones, at drain_rate."""
         if self._backlog_cursor >= self._drain_mark or not self._has_room(1):
             return
-        room = self.max_inflight - len(self._inflight)
+        # The backlog may fill a quarter of the window at most: live rows always find room, and
+        # no more than that many backlog publishes are ahead of them on the connection.
+        room = self._backlog_window() - len(self._inflight)
         n = min(room, self._backlog_tokens(store), 1000)
         if n <= 0:
             return
