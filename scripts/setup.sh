@@ -37,6 +37,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
     || ! .venv/bin/python -c 'import gateway, protocols' >/dev/null 2>&1; then
     echo "setup: installing protocol-brain[dev] into .venv" >&2
     log="$(mktemp)"
+    # torch first, pinned: this pin takes the machine's CPU build; any other way of asking for
+    # torch (a range, a dependency) may resolve to the CUDA build and gigabytes of packages.
+    if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1 \
+        && ! .venv/bin/python -m pip install -q --disable-pip-version-check 'torch==2.13.0' \
+            >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "setup: pip install torch==2.13.0 failed" >&2
+        exit 1
+    fi
     if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' >"$log" 2>&1
     then
         cat "$log" >&2
