@@ -151,7 +151,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Commands that live next to the feature they drive; each module has register(subparsers) and
 # must stay light to import (heavy imports go inside the command function).
-FEATURE_COMMANDS = ("gateway.shadow.cli", "gateway.uplink.cli")
+FEATURE_COMMANDS = (
+    "gateway.shadow.cli",
+    "gateway.uplink.cli",
+    "gateway.translator.cli",
+    "gateway.anomaly.cli",
+    "gateway.optimizer.cli",
+)
 
 
 def _register_feature_commands(sub: Any) -> None:
