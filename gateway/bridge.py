@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
-from gateway.types import PointSpec, Sample, Value, telemetry_topic
+from gateway.types import Message, PointSpec, Sample, Value, telemetry_topic
 
 if TYPE_CHECKING:
     from gateway.adapter import Adapter
+    from gateway.anomaly.stage import AnomalyStage
     from gateway.config import BridgeConfig
+    from gateway.translator.transform import Translate
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +103,20 @@ class Bridge:
         self.target = target
         self.queue_size = queue_size
         self.transform = PointTransform(tuple(config.points), dict(config.units))
+        self.translate: Translate | None = None
+        if config.translate is not None:
+            from gateway.translator.transform import Translate
+
+            self.translate = Translate(config.translate, bus)
         self.forwarded = 0
         self.failed = 0
         self._subs: list[Subscription] = []
+        # ``anomaly:``: numpy and ONNX Runtime are imported only by bridges that score.
+        self.anomaly: AnomalyStage | None = None
+        if config.anomaly is not None:
+            from gateway.anomaly.stage import AnomalyStage
+
+            self.anomaly = AnomalyStage(config.anomaly, bus, config.name)
 
     def points(self) -> dict[str, list[PointSpec]]:
         """The points this bridge carries, per source device, as the target sees them:
@@ -126,6 +139,12 @@ class Bridge:
                     # 21 degC is 69.8 degF: a converted integer point carries floats.
                     datatype = "float64" if p.datatype not in ("float32", "float64") else p.datatype
                     p = replace(p, unit=unit, low=low, high=high, datatype=datatype)
+                if self.translate is not None:
+                    # The target sees the translated names; auto-mode names appear at run time.
+                    name = self.translate.target_name(p.name)
+                    if name is None:
+                        continue
+                    p = replace(p, name=name, id=f"{device}/{name}")
                 specs.append(p)
             out[device] = specs
         return out
@@ -140,6 +159,13 @@ class Bridge:
         ack_timeout: float | None = None,
     ) -> WriteResult:
         """A write from the target side: back to source units, then the router's safety rules."""
+        if self.translate is not None:
+            source_point = self.translate.source_name(point)
+            if source_point is None:
+                return WriteResult(
+                    WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {point}"
+                )
+            point = source_point
         if self.router is None or device not in self.config.sources:
             return WriteResult(
                 WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {device}"
@@ -190,13 +216,21 @@ class Bridge:
                 # yield now and then so a backlog does not starve the pollers.
                 await asyncio.sleep(0)
             samples = self.transform.apply(message.samples)
+            if self.translate is not None and samples:
+                device = message.device or message.topic.rpartition("/")[2]
+                samples = self.translate.apply(device, samples)
             if not samples:
                 continue
             if samples is not message.samples:
                 message = replace(message, samples=samples)
+            events: list[Message] = []
+            if self.anomaly is not None:
+                message, events = self.anomaly.process(message)
             try:
                 await self.target.send(message, route)  # type: ignore[arg-type]
                 self.forwarded += 1
+                for event in events:  # alarm raised or cleared: the target carries it too
+                    await self.target.send(event, route)  # type: ignore[arg-type]
             except Exception:  # one bad message must not stop the route
                 self.failed += 1
                 log.exception(
@@ -209,4 +243,5 @@ class Bridge:
             "failed": self.failed,
             "dropped": sum(s.counters.dropped for s in self._subs),
             "queued": sum(len(s) for s in self._subs),
+            **({"anomaly": self.anomaly.status()} if self.anomaly is not None else {}),
         }

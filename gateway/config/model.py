@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from gateway.anomaly.options import AnomalyOptions
 from gateway.config.common import Path, Strict
 from gateway.config.errors import (
     ConfigError,
@@ -42,6 +43,7 @@ from gateway.config.errors import (
 )
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.plugins import ProtocolSpec, Registry, load_registry
+from gateway.translator.config import TranslateConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,14 @@ class BridgeKeys(Strict):
         default_factory=lambda: ["*"], description="globs over point names; default all"
     )
     to: str = Field(min_length=1, description="device or endpoint that receives the points")
+    anomaly: AnomalyOptions | None = Field(
+        None, description="score every numeric sample of the sources; alarm events"
+    )
     units: dict[str, str] = Field(
         default_factory=dict, description="point glob -> unit to convert matching points to"
+    )
+    translate: TranslateConfig | None = Field(
+        None, description="rename points by an approved map, or classify new ones (auto)"
     )
 
 
@@ -129,6 +137,8 @@ class BridgeConfig:
     target: str
     units: dict[str, str]
     route: BaseModel | None
+    translate: TranslateConfig | None = None
+    anomaly: AnomalyOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -519,7 +529,16 @@ class _Loader:
         ok = self.selection(path, sources, points, keys.units) and ok
         if not ok:
             return None
-        return BridgeConfig(keys.name, sources, points, keys.to, dict(keys.units), route)
+        return BridgeConfig(
+            keys.name,
+            sources,
+            points,
+            keys.to,
+            dict(keys.units),
+            route,
+            keys.translate,
+            anomaly=keys.anomaly,
+        )
 
     def targets(self) -> list[str]:
         return [n for n, d in self.declared.items() if d.route_model is not None]

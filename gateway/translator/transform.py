@@ -1,0 +1,128 @@
+"""The ``translate`` bridge transform: the last step of a bridge, after points and units.
+
+``map`` mode renames the points of an approved map and drops the rest. ``auto`` mode also
+classifies any point it has not seen before (say a new JSON field on an MQTT topic): with a class
+probability at or above the threshold the point goes on as ``<BrickClass>.<name>`` (the canonical
+namespace; the name keeps two points of one class apart), below it the sample is published on
+``<review_topic>/<device>`` as an event carrying the model's top suggestions, and not forwarded.
+Each new name is classified once; the decision is cached, so the per-sample cost is a dict look-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.types import Message, MessageKind, Sample
+
+if TYPE_CHECKING:
+    from gateway.bus import Bus
+    from gateway.translator.config import TranslateConfig
+
+log = logging.getLogger(__name__)
+
+
+class Translate:
+    def __init__(
+        self,
+        config: TranslateConfig,
+        bus: Bus | None = None,
+        *,
+        base_dir: str | Path = ".",
+        classifier: Callable[[list[str]], list[list[tuple[str, float]]]] | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.map = dict(config.map)
+        self.auto = config.mode == "auto"
+        self._base_dir = Path(base_dir)
+        self._classifier = classifier
+        self._decided: dict[str, str | None] = {}
+        self.suggestions: dict[str, list[tuple[str, float]]] = {}
+        self.reviewed = 0
+
+    def target_name(self, name: str) -> str | None:
+        """The name the target sees for a source point known now (None: not forwarded yet)."""
+        if name in self.map:
+            return self.map[name]
+        return self._decided.get(name) if self.auto else None
+
+    def source_name(self, name: str) -> str | None:
+        """The source point behind a target-side name (for writes), or None."""
+        for src, tgt in self.map.items():
+            if tgt == name:
+                return src
+        if self.auto:
+            for src, decided in self._decided.items():
+                if decided == name:
+                    return src
+        return None
+
+    def _classify(self, names: list[str]) -> list[list[tuple[str, float]]]:
+        if self._classifier is None:
+            self._classifier = self._load()
+        return self._classifier(names)
+
+    def _load(self) -> Callable[[list[str]], list[list[tuple[str, float]]]]:
+        from gateway.translator.model import FewShot, load, top_k
+        from gateway.translator.pointlist import read_labeled
+        from gateway.translator.tokenize import Point
+
+        translator = load()
+        adapt: Any = None
+        if self.config.examples:
+            adapt = FewShot.fit(translator, read_labeled(self._base_dir / self.config.examples))
+
+        def classify(names: list[str]) -> list[list[tuple[str, float]]]:
+            points = [Point(n) for n in names]
+            pred = adapt.predict(points) if adapt is not None else translator.predict(points)
+            return top_k(pred.probs, translator.classes, 3)
+
+        return classify
+
+    def _decide(self, names: list[str]) -> None:
+        for name, top in zip(names, self._classify(names), strict=True):
+            cls, score = top[0]
+            self.suggestions[name] = top
+            if score >= self.config.threshold:
+                self._decided[name] = f"{cls}.{name}"
+                log.info("translate: %s -> %s (%.2f)", name, cls, score)
+            else:
+                self._decided[name] = None
+                log.info("translate: %s needs review (best %s %.2f)", name, cls, score)
+
+    def apply(self, device: str, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+        if self.auto:
+            new = [s.point for s in samples if s.point not in self.map]
+            new = [n for n in dict.fromkeys(new) if n not in self._decided]
+            if new:
+                self._decide(new)
+        out: list[Sample] = []
+        review: list[Sample] = []
+        for s in samples:
+            name: str | None = self.map.get(s.point)
+            if name is None and self.auto:
+                name = self._decided.get(s.point)
+                if name is None:
+                    review.append(s)
+                    continue
+            if name is None:
+                continue
+            out.append(s if name == s.point else replace(s, point=name))
+        if review:
+            self.reviewed += len(review)
+            if self.bus is not None:
+                self.bus.publish_nowait(
+                    Message(
+                        topic=f"{self.config.review_topic}/{device}",
+                        kind=MessageKind.EVENT,
+                        samples=tuple(review),
+                        origin="translator",
+                        device=device,
+                        meta={"suggestions": {s.point: self.suggestions[s.point] for s in review}},
+                    )
+                )
+        return tuple(out)
