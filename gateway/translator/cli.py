@@ -1,0 +1,193 @@
+"""``gateway classify``, ``gateway suggest`` and ``gateway translator train|evaluate``.
+
+Light at import (the CLI builds its parser on every command): numpy, ONNX Runtime and torch are
+imported inside the commands. Bad input files give one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+EXIT_INPUT = 2
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("classify", help="Brick class of each point in a CSV point list")
+    p.add_argument("input", metavar="IN.csv", help="header with name (description, unit, ...)")
+    p.add_argument("--examples", metavar="LABELED.csv", help="name,brick_class from this site")
+    p.add_argument("--top", type=int, default=3, metavar="K", help="classes per point (3)")
+    p.add_argument("--out", metavar="OUT.csv", help="default: standard output")
+    p.add_argument("--model", help="an ONNX model other than the shipped one")
+    p.set_defaults(func=_guard(cmd_classify))
+
+    s = subparsers.add_parser("suggest", help="propose a source -> target point map (a bridge)")
+    s.add_argument("--source", required=True, metavar="SRC", help=_SOURCE_HELP)
+    s.add_argument("--target", required=True, metavar="TGT", help="same kinds as --source")
+    s.add_argument("--out", required=True, metavar="bridge.yaml")
+    s.add_argument("--from", dest="from_device", default="SOURCE_DEVICE", help="bridge from:")
+    s.add_argument("--to", dest="to_device", default="TARGET_ENDPOINT", help="bridge to:")
+    s.add_argument(
+        "--threshold", type=float, default=0.5, help="mappings below it are marked REVIEW (0.5)"
+    )
+    s.add_argument("--examples", metavar="LABELED.csv", help="name,brick_class (few-shot)")
+    s.add_argument("--model", help="an ONNX model other than the shipped one")
+    s.set_defaults(func=_guard(cmd_suggest))
+
+    t = subparsers.add_parser("translator", help="train or evaluate the semantic translator")
+    sub = t.add_subparsers(dest="translator_command", required=True)
+    tr = sub.add_parser("train", help="train on the generated corpus, export ONNX (needs [train])")
+    tr.add_argument("--steps", type=int, help="optimizer steps (default 7000)")
+    tr.add_argument("--batch", type=int, help="samples per step (default 128)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    tr.add_argument("--out", metavar="DIR", help="default: the package's models/translator")
+    tr.set_defaults(func=_guard(cmd_train))
+
+    ev = sub.add_parser("evaluate", help="few-shot top-1/top-5/macro-F1 vs a rapidfuzz baseline")
+    ev.add_argument("--data", required=True, metavar="LABELED.csv", help="name,brick_class")
+    ev.add_argument("--shots", default="0,10,50", help="comma-separated (0,10,50)")
+    ev.add_argument("--seeds", type=int, default=5)
+    ev.add_argument("--model", help="an ONNX model other than the shipped one")
+    ev.set_defaults(func=_guard(cmd_evaluate))
+
+
+_SOURCE_HELP = (
+    "a .csv point list, a .yaml register map or config (FILE.yaml#device), a .txt/.jsonl MQTT "
+    "topic sample, opc.tcp://host:port (live browse) or mqtt://host:port/filter?seconds=N"
+)
+
+
+class _Fail(Exception):
+    pass
+
+
+def _guard(body: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from gateway.translator.model import ModelError
+        from gateway.translator.pointlist import InputError
+
+        try:
+            return int(body(args))
+        except (InputError, ModelError, _Fail, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+
+    return run
+
+
+def _translator(args: argparse.Namespace) -> Any:
+    from gateway.translator.model import DEFAULT_MODEL, Translator
+
+    return Translator(args.model or DEFAULT_MODEL)
+
+
+def _adapted(translator: Any, examples: str | None) -> Any:
+    if not examples:
+        return translator
+    from gateway.translator.model import FewShot
+    from gateway.translator.pointlist import read_labeled
+
+    return FewShot.fit(translator, read_labeled(examples))
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from gateway.translator.model import top_k
+    from gateway.translator.pointlist import read_points
+
+    if args.top < 1:
+        raise _Fail("--top must be at least 1")
+    points = read_points(args.input)
+    translator = _translator(args)
+    pred = _adapted(translator, args.examples).predict(points)
+    ranked = top_k(pred.probs, translator.classes, args.top)
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        w = csv.writer(out)
+        w.writerow(["name", "class", "score", "alternatives"])
+        for p, top in zip(points, ranked, strict=True):
+            alts = ";".join(f"{c}:{s:.3f}" for c, s in top[1:])
+            w.writerow([p.name, top[0][0], f"{top[0][1]:.3f}", alts])
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.out:
+        print(f"{args.out}: {len(points)} points classified", file=sys.stderr)
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from gateway.translator.sources import read_source
+    from gateway.translator.suggest import bridge_yaml, match
+
+    sources = read_source(args.source)
+    targets = read_source(args.target)
+    translator = _translator(args)
+    model = _adapted(translator, args.examples)
+    matches = match(
+        translator,
+        [p.name for p in sources],
+        model.predict(sources),
+        [p.name for p in targets],
+        model.predict(targets),
+    )
+    text = bridge_yaml(
+        matches,
+        source=args.source,
+        target=args.target,
+        from_device=args.from_device,
+        to_device=args.to_device,
+        threshold=args.threshold,
+    )
+    Path(args.out).write_text(text, encoding="utf-8")
+    confident = sum(1 for m in matches if m.target is not None and m.confidence >= args.threshold)
+    print(
+        f"{args.out}: {confident} of {len(matches)} mappings confident, "
+        f"{len(matches) - confident} marked REVIEW; nothing applied (approved: false)"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise _Fail("training needs torch: pip install 'protocol-brain[train]'") from None
+    from models.translator.train import TrainConfig, run
+
+    cfg = TrainConfig(seed=args.seed, threads=args.threads)
+    if args.steps:
+        cfg.steps = args.steps
+    if args.batch:
+        cfg.batch = args.batch
+    meta = run(cfg, Path(args.out)) if args.out else run(cfg)
+    summary = {k: v for k, v in meta.items() if k != "classes"}
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gateway.translator.evaluate import evaluate
+    from gateway.translator.pointlist import read_labeled
+
+    try:
+        shots = [int(s) for s in args.shots.split(",") if s.strip()]
+    except ValueError:
+        raise _Fail(f"--shots: expected comma-separated integers, got {args.shots!r}") from None
+    if not shots or min(shots) < 0 or args.seeds < 1:
+        raise _Fail("--shots needs counts >= 0 and --seeds at least 1")
+    data = read_labeled(args.data)
+    result = evaluate(_translator(args), data, shots, args.seeds)
+    print(f"{args.data}: {len(data)} labeled points, {len({c for _, c in data})} classes")
+    print(f"{'shots':>5}  {'who':<9} {'top1':>6} {'top5':>6} {'macroF1':>7}")
+    for k, row in result.items():
+        for who, m in row.items():
+            print(f"{k:>5}  {who:<9} {m['top1']:6.3f} {m['top5']:6.3f} {m['macro_f1']:7.3f}")
+    print(json.dumps({"data": args.data, "n": len(data), "seeds": args.seeds, "shots": result}))
+    return 0

@@ -1,0 +1,159 @@
+"""Run the shipped translator with ONNX Runtime and adapt it to a site with a few examples.
+
+`Translator.predict` gives, per point, a distribution over the Brick classes and a unit-length
+embedding. `FewShot` adapts it without training: the classes the user's examples use become more
+likely (a site uses a few dozen of the ~800 classes), and a nearest-neighbour memory over the
+examples' embeddings votes for the class of the most similar examples. Both are numpy only, so
+adding examples costs one forward pass over them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.translator.tokenize import Point, encode
+from gateway.translator.vocab import MODEL_DIR, canonical
+
+DEFAULT_MODEL = MODEL_DIR / "translator.onnx"
+CHUNK = 256  # points per ONNX Runtime call: big enough to amortize, small enough to pad little
+
+Floats = npt.NDArray[np.float32]
+
+
+class ModelError(Exception):
+    """The model file is missing or unreadable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    probs: Floats  # (N, classes)
+    embeddings: Floats  # (N, d), unit length
+
+
+class Translator:
+    """The ONNX model and its class list; one session, one intra-op thread by default."""
+
+    def __init__(self, path: Path | str = DEFAULT_MODEL, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        meta_path = path.with_name("meta.json")
+        if not path.exists():
+            raise ModelError(f"no translator model at {path} (run: gateway translator train)")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            self._session: Any = ort.InferenceSession(
+                str(path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ModelError(f"cannot load the translator model {path}: {exc}") from None
+        from gateway.translator.vocab import brick_classes
+
+        self.classes: list[str] = list(meta.get("classes") or [c.name for c in brick_classes()])
+        self.index = {c: i for i, c in enumerate(self.classes)}
+        self.meta: dict[str, Any] = meta
+
+    def predict(self, points: Sequence[Point]) -> Prediction:
+        n = len(points)
+        probs = np.zeros((n, len(self.classes)), dtype=np.float32)
+        emb: Floats | None = None
+        # Sorting by length keeps the padding of each chunk small.
+        order = sorted(range(n), key=lambda i: len(points[i].name) + len(points[i].description))
+        for start in range(0, n, CHUNK):
+            idx = order[start : start + CHUNK]
+            logits, e = self._session.run(None, encode([points[i] for i in idx]).feeds())
+            logits = logits - logits.max(1, keepdims=True)
+            p = np.exp(logits)
+            probs[idx] = p / p.sum(1, keepdims=True)
+            if emb is None:
+                emb = np.zeros((n, e.shape[1]), dtype=np.float32)
+            emb[idx] = e
+        if emb is None:
+            emb = np.zeros((0, 1), dtype=np.float32)
+        return Prediction(probs, emb)
+
+
+@lru_cache(maxsize=4)
+def load(path: str = str(DEFAULT_MODEL)) -> Translator:
+    """One shared translator per model file (sessions are thread-safe for run)."""
+    return Translator(path)
+
+
+class FewShot:
+    """A translator adapted to one site by labeled examples (``name,brick_class``).
+
+    p = (1 - a) * prior_boost(p_model) + a * p_memory, where prior_boost multiplies the classes
+    the examples use by ``1 + boost`` and renormalizes, p_memory is a softmax over the examples'
+    cosine similarities (one score per class: its most similar example), and ``a`` grows with the
+    best similarity, so a point that looks like a known example follows it and a new kind of
+    point falls back on the model.
+    """
+
+    def __init__(
+        self,
+        translator: Translator,
+        labels: Sequence[str],
+        memory: Floats | None,
+        *,
+        boost: float = 10.0,
+        temperature: float = 0.05,
+    ) -> None:
+        self.t = translator
+        self.boost = boost
+        self.temperature = temperature
+        known = [canonical(c) for c in labels]
+        unknown = sorted({c for c in known if c not in translator.index})
+        if unknown:
+            raise ValueError(f"unknown Brick class(es) in the examples: {', '.join(unknown[:5])}")
+        self.labels = np.array([translator.index[c] for c in known], dtype=np.int64)
+        self.memory = memory if len(known) else None
+        self.seen = np.zeros(len(translator.classes), dtype=np.float32)
+        self.seen[self.labels] = 1.0
+
+    @classmethod
+    def fit(cls, translator: Translator, examples: Sequence[tuple[Point, str]]) -> FewShot:
+        """Embed the examples once; `predict` then costs one model pass plus a matrix product."""
+        memory = translator.predict([p for p, _ in examples]).embeddings if examples else None
+        return cls(translator, [c for _, c in examples], memory)
+
+    def predict(self, points: Sequence[Point]) -> Prediction:
+        return self.adapt(self.t.predict(points))
+
+    def adapt(self, pred: Prediction) -> Prediction:
+        """The model's prediction, adapted to the site."""
+        n = pred.probs.shape[0]
+        if self.memory is None or not n:
+            return pred
+        p = pred.probs * (1.0 + self.boost * self.seen)
+        p /= p.sum(1, keepdims=True)
+        sims = pred.embeddings @ self.memory.T  # (N, M)
+        per_class = np.full((n, len(self.t.classes)), -np.inf, dtype=np.float32)
+        for j, label in enumerate(self.labels):
+            np.maximum(per_class[:, label], sims[:, j], out=per_class[:, label])
+        best = per_class.max(1, keepdims=True)
+        mem = np.exp((per_class - best) / self.temperature)
+        mem /= mem.sum(1, keepdims=True)
+        a = np.clip((best - 0.5) / 0.4, 0.0, 0.9)
+        return Prediction(((1 - a) * p + a * mem).astype(np.float32), pred.embeddings)
+
+
+def top_k(probs: Floats, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """The k most likely classes of each row, best first."""
+    k = max(1, min(k, probs.shape[1]))
+    idx = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    out = []
+    for row, cand in zip(probs, idx, strict=True):
+        cand = cand[np.argsort(-row[cand])]
+        out.append([(classes[j], float(row[j])) for j in cand])
+    return out

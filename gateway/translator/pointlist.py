@@ -1,0 +1,91 @@
+"""Point lists the translator reads: CSV files (points, labeled examples) with one-line errors.
+
+A user's file is checked up front (exists, UTF-8, has a header with the needed columns, has rows)
+so the CLI can say what is wrong in one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from gateway.translator.tokenize import Point
+from gateway.translator.vocab import brick_classes, canonical
+
+
+class InputError(Exception):
+    """A user's input file is unusable; the message is one line, fit for the CLI."""
+
+
+def read_table(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header; column names are matched case-insensitively."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a CSV file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise InputError(f"{path}: empty file, expected a header with {', '.join(required)}")
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(
+            f"{path}: no column {', '.join(missing)} in the header "
+            f"(found: {', '.join(header) or 'nothing'})"
+        )
+    rows = []
+    try:
+        for row in reader:
+            clean = {
+                (k or "").strip().lower(): (v or "").strip()
+                for k, v in row.items()
+                if isinstance(v, str)
+            }
+            if any(clean.get(c) for c in required):
+                rows.append(clean)
+    except csv.Error as exc:
+        raise InputError(f"{path}: bad CSV at line {reader.line_num}: {exc}") from None
+    if not rows:
+        raise InputError(f"{path}: no rows after the header")
+    return rows
+
+
+def point_of(row: dict[str, str]) -> Point:
+    return Point(
+        row.get("name", ""),
+        row.get("description", ""),
+        row.get("unit", ""),
+        row.get("datatype", ""),
+    )
+
+
+def read_points(path: str | Path) -> list[Point]:
+    """``name`` plus optional ``description``, ``unit``, ``datatype``; other columns ignored."""
+    return [point_of(r) for r in read_table(path, ("name",))]
+
+
+def read_labeled(path: str | Path) -> list[tuple[Point, str]]:
+    """``name,brick_class`` rows; classes must be Brick point classes (aliases are resolved)."""
+    rows = read_table(path, ("name", "brick_class"))
+    known = {c.name for c in brick_classes()}
+    out = []
+    for i, r in enumerate(rows, start=2):
+        cls = canonical(r["brick_class"])
+        if cls not in known:
+            raise InputError(f"{path}: row {i}: {r['brick_class']!r} is not a Brick point class")
+        if not r.get("name"):
+            raise InputError(f"{path}: row {i}: empty name")
+        out.append((point_of(r), cls))
+    return out

@@ -1,0 +1,130 @@
+"""Match one system's points to another's and write the proposal as a bridge for review.
+
+Matching is one cross-attention step: each source point (the query) attends over all candidate
+target points (the keys) with logits from (a) the Bhattacharyya overlap of the two class
+distributions and (b) the cosine of the two embeddings; the attention weight of a target is the
+confidence of that mapping. Targets are then assigned one-to-one, most confident first, so two
+sources never land on the same target. Nothing is applied: the bridge is written with
+``approved: false``, which `gateway validate` rejects until the user has reviewed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from gateway.translator.model import Floats, Prediction, Translator
+
+TEMPERATURE = 0.05  # attention temperature over the combined similarity
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    source: str
+    target: str | None
+    confidence: float
+    source_class: str
+    target_class: str | None
+
+
+def attention(src: Prediction, tgt: Prediction) -> Floats:
+    """(S, T) attention weights of each source over the targets (rows sum to 1)."""
+    overlap = np.sqrt(src.probs) @ np.sqrt(tgt.probs).T
+    cosine = src.embeddings @ tgt.embeddings.T
+    logits = (0.7 * overlap + 0.3 * cosine) / TEMPERATURE
+    logits -= logits.max(1, keepdims=True)
+    w = np.exp(logits)
+    weights: Floats = w / w.sum(1, keepdims=True)
+    return weights
+
+
+def match(
+    translator: Translator,
+    sources: Sequence[str],
+    src: Prediction,
+    targets: Sequence[str],
+    tgt: Prediction,
+) -> list[Match]:
+    """One target (or none) per source, one source per target, best pairs first."""
+    w = attention(src, tgt)
+    cls_s = src.probs.argmax(1)
+    cls_t = tgt.probs.argmax(1)
+    taken_s: set[int] = set()
+    taken_t: set[int] = set()
+    chosen: dict[int, tuple[int, float]] = {}
+    for flat in np.argsort(-w, axis=None):
+        i, j = divmod(int(flat), w.shape[1])
+        if i in taken_s or j in taken_t:
+            continue
+        taken_s.add(i)
+        taken_t.add(j)
+        chosen[i] = (j, float(w[i, j]))
+        if len(taken_s) == len(sources) or len(taken_t) == len(targets):
+            break
+    out = []
+    for i, name in enumerate(sources):
+        sc = translator.classes[int(cls_s[i])]
+        if i in chosen:
+            j, conf = chosen[i]
+            out.append(Match(name, targets[j], conf, sc, translator.classes[int(cls_t[j])]))
+        else:
+            out.append(Match(name, None, 0.0, sc, None))
+    return out
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def bridge_yaml(
+    matches: Sequence[Match],
+    *,
+    source: str,
+    target: str,
+    from_device: str,
+    to_device: str,
+    threshold: float,
+    name: str = "translated",
+) -> str:
+    """The bridge text: confident mappings active, the others commented out for review."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Suggested by `gateway suggest` on {stamp}",
+        f"#   source: {source}",
+        f"#   target: {target}",
+        "# Nothing here is applied until you review it: check every mapping (the comment gives",
+        "# the confidence and the Brick classes seen on both sides), fix or delete wrong ones,",
+        f"# uncomment the REVIEW lines you accept (confidence under {threshold:g}), set",
+        "# `from`/`to` to your devices, then `approved: true`, and paste the bridge into your",
+        "# config. `gateway validate` rejects it while `approved` is false.",
+        "bridges:",
+        f"  - name: {name}",
+        f"    from: {from_device}",
+        f"    to: {to_device}",
+        "    translate:",
+        "      mode: map",
+        "      approved: false",
+        "      map:",
+    ]
+    n_review = 0
+    for m in sorted(matches, key=lambda m: -m.confidence):
+        classes = m.source_class if m.target_class in (None, m.source_class) else (
+            f"{m.source_class} -> {m.target_class}"
+        )
+        if m.target is None:
+            lines.append(f"        # REVIEW {_quote(m.source)}: no target left  # {classes}")
+            n_review += 1
+            continue
+        entry = f"{_quote(m.source)}: {_quote(m.target)}"
+        note = f"{m.confidence:.2f} {classes}"
+        if m.confidence >= threshold:
+            lines.append(f"        {entry}  # {note}")
+        else:
+            lines.append(f"        # REVIEW {entry}  # {note}")
+            n_review += 1
+    if len(matches) == n_review:
+        lines.append("        {}  # no confident mapping; see the REVIEW lines")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,163 @@
+"""Train the translator on the generated corpus, export it to ONNX and quantize it to int8.
+
+``gateway translator train`` calls `run`. The shipped model is what the default settings give on
+one CPU thread; the int8 model replaces the float one only if it keeps the synthetic held-out
+accuracy within half a point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.translator.tokenize import BUCKETS, GRAMS, Batch, Point, encode
+from gateway.translator.vocab import MODEL_DIR, brick_classes
+from models.translator.corpus import Renderer
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 7000
+    batch: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    threads: int = 1
+    d: int = 96
+    d_gram: int = 64
+    layers: int = 2
+    heads: int = 4
+    ff: int = 192
+    label_smoothing: float = 0.1
+
+
+def _tensors(batch: Batch) -> tuple[Any, ...]:
+    import torch
+
+    return tuple(torch.from_numpy(a) for a in (batch.ids, batch.seg, batch.pos, batch.rpos))
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> tuple[Any, list[float]]:
+    """Returns the trained network (eval mode) and the loss of every step."""
+    import torch
+    from tqdm import tqdm
+
+    from models.translator.net import TranslatorNet
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    renderer = Renderer(seed=cfg.seed)
+    n_classes = len(renderer.classes)
+    net = TranslatorNet(
+        n_classes, d_gram=cfg.d_gram, d=cfg.d, layers=cfg.layers, heads=cfg.heads, ff=cfg.ff
+    )
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01)
+    warmup = max(1, cfg.steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    losses: list[float] = []
+    net.train()
+    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, mininterval=1.0)
+    for _ in bar:
+        samples = list(renderer.stream(cfg.batch))
+        x = _tensors(encode([p for p, _ in samples]))
+        y = torch.tensor([k for _, k in samples])
+        logits, _ = net(*x)
+        loss = loss_fn(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    net.eval()
+    return net, losses
+
+
+def export_onnx(net: Any, path: Path) -> None:
+    import torch
+
+    example = _tensors(encode([Point("AHU1_SAT"), Point("Zone Temp", "room", "degF", "float")]))
+    torch.onnx.export(
+        net,
+        example,
+        str(path),
+        input_names=["ids", "seg", "pos", "rpos"],
+        output_names=["logits", "embedding"],
+        dynamic_axes={
+            "ids": {0: "batch", 1: "pieces"},
+            "seg": {0: "batch", 1: "pieces"},
+            "pos": {0: "batch", 1: "pieces"},
+            "rpos": {0: "batch", 1: "pieces"},
+            "logits": {0: "batch"},
+            "embedding": {0: "batch"},
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def synthetic_accuracy(model_path: Path, points: list[Point], labels: list[int]) -> float:
+    from gateway.translator.model import Translator
+
+    probs = Translator(model_path).predict(points).probs
+    return float(np.mean(probs.argmax(1) == np.array(labels)))
+
+
+def run(cfg: TrainConfig, out_dir: Path = MODEL_DIR, *, progress: bool = True) -> dict[str, Any]:
+    """Train, export, maybe quantize; writes ``translator.onnx`` and ``meta.json`` to out_dir."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    net, losses = train(cfg, progress=progress)
+    train_s = time.monotonic() - start
+    fp32 = out_dir / "translator.fp32.onnx"
+    int8 = out_dir / "translator.int8.onnx"
+    final = out_dir / "translator.onnx"
+    import torch
+
+    # Kept outside the package: lets the export be redone without training again.
+    torch.save(net.state_dict(), Path(tempfile.gettempdir()) / "translator-checkpoint.pt")
+    export_onnx(net, fp32)
+    quantize(fp32, int8)
+    held_out = list(Renderer(seed=10_000 + cfg.seed).stream(4000))
+    points, labels = [p for p, _ in held_out], [k for _, k in held_out]
+    acc_fp32 = synthetic_accuracy(fp32, points, labels)
+    acc_int8 = synthetic_accuracy(int8, points, labels)
+    use_int8 = acc_int8 >= acc_fp32 - 0.005
+    (int8 if use_int8 else fp32).replace(final)
+    (fp32 if use_int8 else int8).unlink()
+    meta = {
+        "classes": [c.name for c in brick_classes()],
+        "buckets": BUCKETS,
+        "grams": GRAMS,
+        "config": asdict(cfg),
+        "weights": "int8" if use_int8 else "float32",
+        "synthetic_top1": {"float32": round(acc_fp32, 4), "int8": round(acc_int8, 4)},
+        "final_loss": round(float(np.mean(losses[-100:])), 4),
+        "train_seconds": round(train_s, 1),
+        "bytes": final.stat().st_size,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return meta
