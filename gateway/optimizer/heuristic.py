@@ -2,8 +2,8 @@
 
 `AimdPolicy` is the fallback of the uplink when no model is configured: the batch grows
 additively while the round-trip time says the link is queueing (RTT well above the least seen,
-or acknowledgements timing out) and halves once the RTT is back near that least, the way TCP
-treats its window but turned around (a narrow link wants fewer, larger publishes).
+or acknowledgements timing out) and halves once the RTT is back within 1.2 times that least,
+the way TCP treats its window but turned around (a narrow link wants fewer, larger publishes).
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ class AimdPolicy:
         )
         if queueing:
             self.batch = min(float(self.max_batch), self.batch + self.step)
-        else:
+        elif rtt <= 1.2 * self.min_rtt:  # clearly free again (between the two: hold)
             self.batch = max(float(self.min_batch), self.batch / 2)
         batch = int(self.batch)
         return Decision(
             deadline=self.deadline,
             max_batch=batch,
-            compress=batch >= 16,
+            compress=batch >= 4,
             qos=1,
             window=self.window,
         )

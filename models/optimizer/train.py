@@ -23,7 +23,7 @@ from gateway.optimizer.features import FEATURES
 from models.optimizer import traces as tr
 from models.optimizer.episodes import TrainSource
 
-__all__ = ["export_onnx", "train"]
+__all__ = ["export_onnx", "ppo", "train"]
 
 
 def _progress(total: int, desc: str, quiet: bool) -> Any:
@@ -45,15 +45,8 @@ def train(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Train, export ``out`` (.onnx) and its .json; returns the JSON written."""
-    import torch
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    from models.optimizer.env import UplinkEnv
     from models.optimizer.evaluate import fixed_grid, grid_search
 
-    torch.set_num_threads(1)
     weights = weights or RewardWeights()
     train_traces: list[tr.Trace] = []
     held_out: list[str] = []
@@ -61,6 +54,57 @@ def train(
         train_traces, held = tr.split(tr.load_dir(fcc_dir), holdout, seed=0)
         held_out = [t.name for t in held]
     started = time.time()
+    model = ppo(train_traces, steps=steps, seed=seed, n_envs=n_envs, weights=weights, quiet=quiet)
+    trained_s = time.time() - started
+
+    source = TrainSource(train_traces, seed=seed + 7919)
+    grid_eps = [source.draw() for _ in range(grid_episodes)]
+    bar = _progress(len(fixed_grid()), "grid search (best fixed)", quiet)
+    best, best_cost = grid_search(grid_eps, weights, progress=bar.update)
+    bar.close()
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model.policy, out)
+    meta = {
+        "format": 1,
+        "features": list(FEATURES),
+        "actions": tables(),
+        "weights": weights.model_dump(),
+        "best_fixed": {**best.as_dict(), "train_cost_per_sample": round(best_cost, 5)},
+        "trained": {
+            "steps": steps,
+            "n_envs": n_envs,
+            "seed": seed,
+            "fcc_traces": len(train_traces),
+            "held_out_fcc": held_out,
+            "synth_share": 0.5 if train_traces else 1.0,
+            "grid_episodes": grid_episodes,
+            "seconds": round(trained_s, 1),
+        },
+    }
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return meta
+
+
+def ppo(
+    train_traces: list[tr.Trace],
+    *,
+    steps: int,
+    seed: int = 0,
+    n_envs: int = 8,
+    weights: RewardWeights | None = None,
+    quiet: bool = False,
+) -> Any:
+    """A PPO model trained on episodes drawn from ``train_traces`` + synthetic ones."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from models.optimizer.env import UplinkEnv
+
+    torch.set_num_threads(1)
 
     def make(i: int) -> Any:
         return lambda: UplinkEnv(TrainSource(train_traces, seed=seed * 100 + i), weights)
@@ -95,36 +139,7 @@ def train(
             self.bar.close()
 
     model.learn(total_timesteps=steps, callback=Bar())
-    trained_s = time.time() - started
-
-    source = TrainSource(train_traces, seed=seed + 7919)
-    grid_eps = [source.draw() for _ in range(grid_episodes)]
-    bar = _progress(len(fixed_grid()), "grid search (best fixed)", quiet)
-    best, best_cost = grid_search(grid_eps, weights, progress=bar.update)
-    bar.close()
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model.policy, out)
-    meta = {
-        "format": 1,
-        "features": list(FEATURES),
-        "actions": tables(),
-        "weights": weights.model_dump(),
-        "best_fixed": {**best.as_dict(), "train_cost_per_sample": round(best_cost, 5)},
-        "trained": {
-            "steps": steps,
-            "n_envs": n_envs,
-            "seed": seed,
-            "fcc_traces": len(train_traces),
-            "held_out_fcc": held_out,
-            "synth_share": 0.5 if train_traces else 1.0,
-            "grid_episodes": grid_episodes,
-            "seconds": round(trained_s, 1),
-        },
-    }
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    return meta
+    return model
 
 
 def export_onnx(policy: Any, path: Path) -> None:

@@ -81,6 +81,8 @@ from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.bus import topic_matches
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.optimizer.batch import encode_batch
+from gateway.optimizer.uplink import UplinkOptimizer
 from gateway.types import (
     Message,
     MessageKind,
@@ -349,6 +351,13 @@ class MqttAdapter(Adapter):
         self._store: Outbox | None = None
         self._mid_rows: dict[int, int] = {}  # paho mid -> outbox row id, QoS 1/2 in flight
         self._drain_mark = 0  # outbox rows up to this id are backlog: sent at drain_rate
+        # the packet optimizer (config.optimizer): rows taken from the outbox wait in
+        # _staging until the decision in force flushes them as one publish (a batch)
+        self._opt: UplinkOptimizer | None = None
+        self._staging: collections.deque[Row] = collections.deque()
+        self._urgent: set[int] = set()  # row ids of alarms (EVENT messages): QoS 1, at once
+        self._mid_batches: dict[int, list[int]] = {}  # paho mid -> outbox row ids of a batch
+        self._batch_topic = ""
         self._backlog_cursor = 0  # live_first: last backlog row handed out (its own lane)
         self._tokens = 0.0
         self._tokens_at = 0.0
@@ -430,6 +439,11 @@ class MqttAdapter(Adapter):
         if cfg.outbox is not None and cfg.outbox.enabled and self._store is None:
             self._store = Outbox(cfg.outbox.file_for(self.name), cfg.outbox, name=self.name)
             self._drops_logged = self._store.total_dropped
+            if cfg.optimizer is not None and self._opt is None:
+                self._opt = UplinkOptimizer(cfg.optimizer, name=self.name)
+                self._batch_topic = cfg.optimizer.batch_topic.format(
+                    gateway=codec.escape_level(self.gateway)
+                )
             if self._store.rows:
                 log.info(
                     "MQTT %s: %d publishes from before the restart wait in %s",
@@ -599,6 +613,16 @@ class MqttAdapter(Adapter):
         while not disconnected.done():
             self._flush()
             wake.clear()
+            if self._opt is not None:  # staged rows wait for their deadline, not for room
+                wait = self._opt_wait()
+                if self._ready and self._backlog_left(self._store) if self._store else False:
+                    wait = min(wait, max(0.005, self._drain_delay()))
+                try:
+                    async with asyncio.timeout(wait):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+                continue
             if self._ready and self._queued() and self._has_room(1):
                 delay = self._drain_delay()
                 if delay <= 0:
@@ -686,6 +710,22 @@ class MqttAdapter(Adapter):
         retain = route.retain
         store = self._store
         if store is not None:
+            opt = self._opt
+            if opt is not None:
+                opt.note_arrivals(len(pairs))
+                if message.kind is MessageKind.EVENT:  # alarms: QoS 1 at least, never batched
+                    qos = max(qos, 1)
+                    urgent = self._urgent
+
+                    def stamp(row_id: int, payload: bytes) -> bytes:
+                        urgent.add(row_id)
+                        return self._stamp(row_id, payload)
+
+                    store.append([(t, p, qos, retain) for t, p in pairs], stamp)
+                    self._log_drops(store)
+                    if self._ready:
+                        self._flush()
+                    return
             store.append([(t, p, qos, retain) for t, p in pairs], self._stamp)
             self._log_drops(store)
             if self._ready:
@@ -881,13 +921,115 @@ class MqttAdapter(Adapter):
         """Hand queued publishes to paho, in order, as far as the window allows."""
         if self._store is not None:
             if self._ready:
-                self._flush_store(self._store)
+                if self._opt is not None:
+                    self._flush_optimized(self._store)
+                else:
+                    self._flush_store(self._store)
             return
         outbox = self._outbox
         publish = self._publish
         has_room = self._has_room
         while outbox and self._ready and has_room(1):
             publish(*outbox.popleft())
+
+    # --- the packet optimizer ---------------------------------------------------------------------
+
+    def _opt_wait(self) -> float:
+        """Seconds until the staged rows fall due or the next decision, whichever first."""
+        opt = self._opt
+        assert opt is not None
+        wait = opt.due_in()
+        if self._staging:
+            due = self._staging[0].ts + opt.decision.deadline - time.time()
+            wait = min(wait, due)
+        return max(0.005, wait)
+
+    def _flush_optimized(self, store: Outbox, *, force: bool = False) -> None:
+        """Cut the outbox into publishes as the decision in force says.
+
+        Rows go from the outbox (in id order, at drain_rate for the backlog) to ``_staging``;
+        a batch leaves when ``max_batch`` rows wait or the oldest is ``deadline`` old, while
+        fewer than ``window`` telemetry publishes wait for a PUBACK. An alarm row flushes what
+        is before it (order is kept) and goes alone, QoS 1, whatever the window. Rows stay in
+        the file until their publish is acknowledged (QoS 0: handed to the socket).
+        """
+        opt, client = self._opt, self._client
+        assert opt is not None and client is not None
+        staging = self._staging
+        now = time.time()
+        d = opt.maybe_decide(
+            backlog=len(staging) + max(0, store.last_id - store.cursor),
+            backlog_age=now - staging[0].ts if staging else 0.0,
+            inflight=len(self._inflight),
+            connected=self._ready,
+        )
+        cap = max(1000, 4 * d.max_batch)
+        if len(staging) < cap:
+            n = min(cap - len(staging), self._allowance(store))
+            rows = store.take(n) if n > 0 else []
+            if rows and store.cursor <= self._drain_mark:
+                self._tokens -= len(rows)
+            staging.extend(rows)
+        acked: list[int] = []
+        urgent = self._urgent
+        while staging and self._ready:
+            if client.write_backlog >= self.max_write_backlog:
+                break
+            first_urgent = next((i for i, r in enumerate(staging) if r.id in urgent), -1)
+            due = force or first_urgent >= 0 or len(staging) >= d.max_batch
+            if not due and now - staging[0].ts < d.deadline:
+                break
+            if first_urgent == 0:
+                row = staging.popleft()
+                urgent.discard(row.id)
+                self._send_rows(client, [row], row.qos, False, acked)
+                continue
+            if d.qos and len(self._mid_batches) >= d.window and not force:
+                if first_urgent < 0:
+                    break
+            n = d.max_batch if first_urgent < 0 else min(d.max_batch, first_urgent)
+            chunk = [staging.popleft() for _ in range(min(n, len(staging)))]
+            self._send_rows(client, chunk, d.qos, d.compress, acked)
+        if acked:
+            store.ack(acked)
+        store.commit()
+
+    def _send_rows(
+        self, client: _Client, rows: list[Row], qos: int, compress: bool, acked: list[int]
+    ) -> None:
+        """One publish: a lone row as it is (retained, QoS 2 and alarm rows always), else a
+        batch (gateway.optimizer.batch) on the batch topic."""
+        opt = self._opt
+        assert opt is not None
+        while rows:
+            lone = [r for r in rows[:1] if r.retain or r.qos == 2 or r.id in self._urgent]
+            if lone or (len(rows) == 1 and not compress):
+                row = rows.pop(0)
+                self._urgent.discard(row.id)
+                row_qos = row.qos if (row.retain or row.qos != 1 or lone) else qos
+                sent = Row(row.id, row.ts, row.topic, row.payload, row_qos, row.retain)
+                self._track(client, [row.id], sent, opt, acked)
+                continue
+            cut = next(
+                (i for i, r in enumerate(rows) if r.retain or r.qos == 2), len(rows)
+            )
+            batch, rows[:] = rows[:cut], rows[cut:]
+            payload = encode_batch([(r.topic, r.payload) for r in batch], compress=compress)
+            sent = Row(batch[-1].id, batch[-1].ts, self._batch_topic, payload, qos, False)
+            self._track(client, [r.id for r in batch], sent, opt, acked)
+
+    def _track(
+        self, client: _Client, ids: list[int], row: Row, opt: UplinkOptimizer, acked: list[int]
+    ) -> None:
+        mid = self._publish_row(client, row)
+        size = len(row.topic) + len(row.payload)
+        if mid is None:
+            acked.extend(ids)
+            opt.note_unacked(len(ids))
+            opt.note_delivered(size)
+        else:
+            self._mid_batches[mid] = ids
+            opt.note_sent(mid, size, len(ids))
 
     def _publish_internal(self, payload: bytes) -> None:
         client = self._client
@@ -1033,8 +1175,11 @@ class MqttAdapter(Adapter):
                 self._publish(*outbox.popleft())
             store = self._store
             if store is not None:
-                self._flush_store(store)
-            if not self._queued() and not offline_sent:
+                if self._opt is not None:
+                    self._flush_optimized(store, force=True)
+                else:
+                    self._flush_store(store)
+            if not self._queued() and not self._staging and not offline_sent:
                 self._publish_internal(_state_payload("offline"))
                 offline_sent = True
             if offline_sent and not self._inflight:
@@ -1226,6 +1371,12 @@ class MqttAdapter(Adapter):
         row = self._mid_rows.pop(mid, None) if self._mid_rows else None
         if row is not None and self._store is not None:
             self._store.ack((row,))
+        if self._mid_batches:
+            rows = self._mid_batches.pop(mid, None)
+            if rows is not None and self._store is not None:
+                self._store.ack(rows)
+                if self._opt is not None:
+                    self._opt.note_ack(mid)
         if self._internal_mids and mid in self._internal_mids:
             self._internal_mids.discard(mid)
             fut = self._write_futs.pop(mid, None)
@@ -1322,4 +1473,5 @@ class MqttAdapter(Adapter):
             "writes": self.writes,
             "last_error": self.last_error,
             "outbox": None if self._store is None else self._store.status(),
+            "optimizer": None if self._opt is None else self._opt.status(),
         }

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.common import Backoff, Problem, Strict
+from gateway.optimizer.config import OptimizerConfig
 from gateway.types import Access
 from gateway.uplink.outbox import OutboxConfig
 
@@ -185,9 +186,26 @@ class MqttEndpoint(Strict):
     write_timeout: float = Field(
         5.0, gt=0, le=60, description="seconds to wait for the broker's PUBACK of a write"
     )
+    optimizer: OptimizerConfig | None = Field(
+        None,
+        description=(
+            "uplink packet optimizer: batches, compression, telemetry QoS and in-flight window"
+            " decided every interval (docs/optimizer.md); needs the durable outbox, strict order"
+        ),
+    )
 
     def check(self) -> list[Problem]:
         problems = []
+        if self.optimizer is not None and (
+            self.outbox is None or not self.outbox.enabled or self.outbox.drain_order != "strict"
+        ):
+            problems.append(
+                Problem(
+                    ("optimizer",),
+                    "an optimizer without a durable outbox in strict order",
+                    "outbox enabled with drain_order: strict (batches are cut from its rows)",
+                )
+            )
         names: set[str] = set()
         keys: set[tuple[str, str | None, str | None]] = set()
         for i, p in enumerate(self.points):

@@ -1,0 +1,262 @@
+"""Uplink packet optimizer: simulator arithmetic, env contract, determinism, batch format,
+heuristic, shipped policy, and the ``gateway optimizer`` commands (small generated traces)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.cli import main
+from gateway.optimizer.actions import ACTION_DIMS, Decision, decode, encode
+from gateway.optimizer.batch import BatchError, decode_batch, encode_batch
+from gateway.optimizer.config import RewardWeights
+from gateway.optimizer.features import FEATURES, LinkStats, observation
+from gateway.optimizer.heuristic import IMMEDIATE, AimdPolicy
+from gateway.optimizer.policy import OnnxPolicy, PolicyError, builtin_path, load_policy
+from models.optimizer import traces as tr
+from models.optimizer.episodes import TrainSource
+from models.optimizer.sim import LinkModel, UplinkSim, compression_ratio, publish_bytes
+from models.optimizer.workload import Workload
+
+QUIET = LinkModel(base_rtt=0.1, drop_rate=0.0)
+
+
+def run(sim: UplinkSim, d: Decision) -> float:
+    cost = 0.0
+    while not sim.done:
+        cost += sim.step(d)
+    return cost
+
+
+def constant(mbps: float, seconds: float, dt: float = 0.1) -> np.ndarray:
+    return np.full(int(round(seconds / dt)), mbps * 1e6)
+
+
+# --- reward arithmetic on hand-made traces ----------------------------------------------------
+
+
+def test_one_sample_costs_what_the_model_says() -> None:
+    """8 Mbit/s, RTT 100 ms, one sample at 0.05 s: sent at the 0.1 s tick after a 0.26 s radio
+    promotion, delivered half an RTT after its last byte; then an RTT to the PUBACK, then the
+    11.576 s tail. Every term computed by hand."""
+    link = QUIET
+    w = RewardWeights()
+    sim = UplinkSim(constant(8, 20), Workload(np.array([0.05]), np.array([])), w, link=link)
+    cost = run(sim, IMMEDIATE)
+    wire = publish_bytes(1, False) + link.seg_overhead
+    busy = wire / 1e6  # 8 Mbit/s = 1e6 bytes/s
+    sent_at = 0.1 + link.promo_time + busy
+    latency = sent_at + link.base_rtt / 2 - 0.05
+    last_active = sent_at + link.base_rtt  # the PUBACK
+    energy = (
+        link.promo_power * link.promo_time
+        + (link.tx_base + link.tx_per_mbps * 8) * busy
+        + link.tail_power * (last_active + link.tail_time - 0.4)  # tail from the next tick on
+    )
+    t = sim.totals
+    assert t.tel_latency == [] and t.samples == 1  # record=False keeps no lists
+    assert math.isclose(t.energy, energy, rel_tol=1e-9)
+    assert t.bytes_up == wire and t.bytes_down == link.ack_bytes
+    want = w.latency * latency + w.energy * energy + w.bytes * (wire + link.ack_bytes) / 1000
+    assert math.isclose(cost, want, rel_tol=1e-9)
+    assert math.isclose(t.cost, cost)
+
+
+def test_alarm_deadline_miss_is_charged() -> None:
+    """40 kbit/s: an alarm queued behind 60 samples sent one by one misses its deadline."""
+    w = RewardWeights()
+    load = Workload(np.full(60, 0.01), np.array([0.15]))
+    sim = UplinkSim(constant(0.04, 30), load, w, link=QUIET, record=True)
+    run(sim, Decision(0.0, 1, False, 1, 64))
+    assert sim.totals.deadline_misses == 1
+    assert sim.totals.alarm_latency[0] > w.alarm_deadline
+    fast = UplinkSim(constant(0.04, 30), load, w, link=QUIET, record=True)
+    run(fast, Decision(0.0, 64, True, 1, 64))  # one compressed batch ahead of it instead
+    assert fast.totals.deadline_misses == 0
+    assert fast.totals.cost < sim.totals.cost - w.deadline_miss
+
+
+def test_outage_loses_qos0_but_not_qos1() -> None:
+    bw = constant(1, 40)
+    bw[100:200] = 0.0  # 10 s without bandwidth: the connection drops after 3 s
+    load = Workload(np.arange(0.0, 38.0, 0.1), np.array([]))
+    lost = {}
+    for qos in (0, 1):
+        sim = UplinkSim(bw, load, link=QUIET, record=True)
+        run(sim, Decision(0.0, 4, False, qos, 16))
+        lost[qos] = sim.totals.lost
+        if qos:
+            assert len(sim.totals.tel_latency) == sim.totals.samples  # all delivered
+    assert lost[0] > 0 and lost[1] == 0
+
+
+def test_batching_and_compression_save_bytes() -> None:
+    load = Workload(np.sort(np.random.default_rng(0).uniform(0, 20, 2000)), np.array([]))
+    per = {}
+    for d in (IMMEDIATE, Decision(0.5, 64, False, 1, 16), Decision(0.5, 64, True, 1, 16)):
+        sim = UplinkSim(constant(5, 25), load, link=QUIET)
+        run(sim, d)
+        per[d] = (sim.totals.bytes_up + sim.totals.bytes_down) / sim.totals.samples
+    a, b, c = per.values()
+    assert a > 1.4 * b and b > 3 * c  # headers and acks shared; then zlib on similar rows
+    assert compression_ratio(64) < 0.3 < compression_ratio(1)
+
+
+# --- env contract and determinism -------------------------------------------------------------
+
+
+def test_env_passes_gymnasium_checker() -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    from models.optimizer.env import UplinkEnv
+
+    env = UplinkEnv(TrainSource([], seed=1, length=30.0))
+    check_env(env, skip_render_check=True)
+    assert env.observation_space.shape == (len(FEATURES),)
+    assert tuple(env.action_space.nvec) == ACTION_DIMS
+
+
+def test_env_is_deterministic_with_a_seed() -> None:
+    from models.optimizer.env import UplinkEnv
+
+    def rollout(seed: int) -> list[float]:
+        env = UplinkEnv(TrainSource([], length=30.0))
+        obs, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        out = [float(obs.sum())]
+        done = False
+        while not done:
+            obs, reward, term, trunc, _ = env.step(env.action_space.sample())
+            out += [float(reward), float(obs.sum())]
+            done = term or trunc
+        return out
+
+    assert rollout(3) == rollout(3)
+    assert rollout(3) != rollout(4)
+
+
+def test_augment_and_generators_make_valid_traces(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    base = tr.Trace("t", np.arange(0, 100, 5.0), np.full(20, 2.0))
+    for t in (tr.augment(base, rng), tr.synth_markov(rng, 120), tr.synth_walk(rng, 120)):
+        assert (t.mbps >= 0).all() and (np.diff(t.times) > 0).all()
+        assert (t.mbps == 0).any() or t.mbps.min() < t.mbps.max()
+        tr.write_trace(t, tmp_path / t.name)
+        back = tr.load_trace(tmp_path / t.name)
+        assert np.allclose(back.mbps, t.mbps, atol=1e-6)
+    train, held = tr.split([tr.Trace(f"n{i}", base.times, base.mbps) for i in range(8)], 0.25)
+    assert len(held) == 2 and not {t.name for t in train} & {t.name for t in held}
+
+
+# --- runtime pieces ---------------------------------------------------------------------------
+
+
+def test_batch_round_trip_keeps_order_and_bytes() -> None:
+    items = [("a/b", b'{"id":"g/e/1","value":1}'), ("a/c", b"\xff\x00raw"), ("a/b", b"2")]
+    for compress in (False, True):
+        payload = encode_batch(items, compress=compress)
+        assert (payload[:1] == b"\x78") == compress
+        assert decode_batch(payload) == items
+    with pytest.raises(BatchError):
+        decode_batch(b'{"value":1}')
+
+
+def test_actions_round_trip() -> None:
+    d = decode([len(n) - 1 for n in map(range, ACTION_DIMS)])
+    assert encode(d) == tuple(n - 1 for n in ACTION_DIMS)
+    assert len(observation(LinkStats())) == len(FEATURES)
+
+
+def test_heuristic_grows_batches_when_rtt_grows() -> None:
+    h = AimdPolicy()
+    calm = [h.decide(LinkStats(rtt=0.05)).max_batch for _ in range(5)]
+    busy = [h.decide(LinkStats(rtt=0.5, backlog=100)).max_batch for _ in range(5)]
+    assert calm[-1] == 1 and busy == sorted(busy) and busy[-1] > 16
+    back = [h.decide(LinkStats(rtt=0.05)).max_batch for _ in range(8)]
+    assert back[-1] == 1
+
+
+def test_shipped_policy_loads_and_decides() -> None:
+    p = load_policy("builtin")
+    assert isinstance(p, OnnxPolicy)
+    narrow = p.decide(
+        LinkStats(
+            backlog=3000,
+            backlog_age=8,
+            rtt=4.0,
+            timeouts=5,
+            goodput=2000,
+            arrival_rate=300,
+            inflight=16,
+        )
+    )
+    assert isinstance(narrow, Decision)
+    assert p.meta["best_fixed"]["max_batch"] in (1, 4, 16, 64, 256)
+
+
+def test_policy_with_other_tables_is_refused(tmp_path: Path) -> None:
+    onnx = tmp_path / "p.onnx"
+    onnx.write_bytes(builtin_path().read_bytes())
+    meta = json.loads(builtin_path().with_suffix(".json").read_text())
+    meta["actions"]["max_batch"] = [1, 2, 3, 4, 5]
+    onnx.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="other features or action tables"):
+        OnnxPolicy(onnx)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def test_evaluate_prints_one_json_line_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "traces"
+    assert main(["optimizer", "traces", "--out", str(d), "--count", "2", "--duration", "60"]) == 0
+    capsys.readouterr()
+    code = main(
+        [
+            "optimizer",
+            "evaluate",
+            "--traces",
+            str(d),
+            "--length",
+            "40",
+            "--policies",
+            "immediate,heuristic,learned",
+        ]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    report = json.loads(out[-1])
+    assert set(report["policies"]) == {"immediate", "heuristic", "learned"}
+    for fig in report["policies"].values():
+        assert fig["mean_reward"] <= 0 and fig["samples"] > 0
+        assert fig["qos1_lost"] == 0 and fig["bytes_per_sample"] > 0
+        assert fig["telemetry_latency_p99_s"] >= fig["telemetry_latency_p50_s"]
+    assert set(report["gain_of_learned"]) == {"over_immediate", "over_heuristic"}
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"0.0\t1.0\n1.0\tnope\n", "not two numbers"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"0.0 1.0 2.0\n", "expected 'time<TAB>Mbit/s'"),
+    ],
+)
+def test_bad_traces_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, needle: str
+) -> None:
+    (tmp_path / "bad").write_bytes(content)
+    assert main(["optimizer", "evaluate", "--traces", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_missing_folder_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["optimizer", "evaluate", "--traces", str(tmp_path / "none")]) == 2
+    assert "not a folder" in capsys.readouterr().err
