@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from gateway.translator.tokenize import Point
 from gateway.translator.vocab import BrickClass, aliases, brick_classes
@@ -594,10 +594,10 @@ class Renderer:
             dtype = r.choice(BINARY_TYPES if binary else ANALOG_TYPES)
         return desc, unit, dtype
 
-    def stream(self, n: int) -> Iterator[tuple[Point, int]]:
-        """``n`` samples, classes drawn uniformly."""
+    def stream(self, n: int, only: Sequence[int] = ()) -> Iterator[tuple[Point, int]]:
+        """``n`` samples, classes drawn uniformly (from ``only`` when given: tiny corpora)."""
         for _ in range(n):
-            k = self.r.randrange(len(self.classes))
+            k = self.r.choice(only) if only else self.r.randrange(len(self.classes))
             yield self.sample(k), k
 
 

@@ -1,0 +1,161 @@
+"""Translator: tokenizer, corpus, training on a tiny corpus, shipped model, few-shot, scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.translator.evaluate import Baseline, scores
+from gateway.translator.model import DEFAULT_MODEL, FewShot, Translator, load, top_k
+from gateway.translator.tokenize import GRAMS, Point, encode, pieces
+from gateway.translator.vocab import brick_classes, canonical, same_class
+from models.translator.corpus import Renderer
+
+
+def test_pieces_split_vendor_names() -> None:
+    assert pieces("SDH.PXCM-08.AH2.SF-VFD:PRESENT_VALUE") == [
+        "sdh", "pxcm", "#", "ah", "#", "sf", "vfd", "present", "value",
+    ]
+    assert pieces("Return Air CO2 Sensordac1UIP36") == [
+        "return", "air", "co2", "sensordac", "#", "uip", "#",
+    ]
+    assert pieces("ZoneTempSP") == ["zone", "temp", "sp"]
+    assert pieces("") == []
+
+
+def test_encode_pads_to_the_longest_point() -> None:
+    batch = encode([Point("AHU1_SAT"), Point("a_b_c_d_e", "zone air", "degF", "float")])
+    assert batch.ids.shape == (2, 9, GRAMS)
+    assert list(batch.seg[0]) == [1, 1, 1] + [0] * 6
+    assert list(batch.seg[1]) == [1] * 5 + [3, 4, 2, 2]
+    assert list(batch.rpos[1][:5]) == [4, 3, 2, 1, 0]
+    assert (batch.ids[0, 3:] == 0).all() and (batch.ids[0, :3, 0] > 0).all()
+
+
+def test_vocabulary_and_aliases() -> None:
+    names = {c.name for c in brick_classes()}
+    assert len(names) == 793 and "Supply_Air_Temperature_Sensor" in names
+    assert canonical("Discharge_Air_Temperature_Sensor") == "Supply_Air_Temperature_Sensor"
+    assert same_class("Room_Air_Temperature_Sensor", "Zone_Air_Temperature_Sensor")
+    assert not same_class("Zone_Air_Temperature_Sensor", "Supply_Air_Temperature_Sensor")
+
+
+def test_corpus_is_seeded_and_varied() -> None:
+    a = [(p.name, k) for p, k in Renderer(seed=3).stream(300)]
+    b = [(p.name, k) for p, k in Renderer(seed=3).stream(300)]
+    assert a == b
+    names = {n for n, _ in a}
+    assert len(names) > 290  # almost every rendering differs
+    assert len({k for _, k in a}) > 200
+    # one class, many spellings
+    r = Renderer(seed=1)
+    k = r.index["Supply_Air_Temperature_Sensor"]
+    spellings = {r.sample(k).name for _ in range(200)}
+    assert len(spellings) > 150
+
+
+def test_tiny_training_loss_falls_and_exports(tmp_path: Path) -> None:
+    from models.translator.train import TrainConfig, export_onnx, train
+
+    only = (
+        "Supply_Air_Temperature_Sensor",
+        "Return_Air_Temperature_Sensor",
+        "Zone_Air_Temperature_Sensor",
+        "Run_Status",
+        "Valve_Position_Command",
+        "CO2_Sensor",
+    )
+    cfg = TrainConfig(
+        steps=80, batch=32, lr=5e-3, d=32, d_gram=16, heads=2, ff=64, layers=1, only=only
+    )
+    net, losses = train(cfg, progress=False)
+    assert len(losses) == 80
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.3
+    path = tmp_path / "tiny.onnx"
+    export_onnx(net, path)
+    pred = Translator(path).predict([Point("AHU1_SAT"), Point("ZN-T"), Point("")])
+    assert pred.probs.shape == (3, 793)
+    assert np.allclose(pred.probs.sum(1), 1, atol=1e-4)
+    assert np.allclose(np.linalg.norm(pred.embeddings, axis=1), 1, atol=1e-3)
+
+
+def test_shipped_model_is_small_and_loads_offline() -> None:
+    assert DEFAULT_MODEL.exists()
+    assert DEFAULT_MODEL.stat().st_size <= 5 * 1024 * 1024
+    t = load()
+    assert len(t.classes) == 793
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("AHU1_SAT", "Supply_Air_Temperature_Sensor"),
+        ("AHU-2 Return Air Temp", "Return_Air_Temperature_Sensor"),
+        ("OAT", "Outside_Air_Temperature_Sensor"),
+        ("VAV_2_14_ZN_T", "Zone_Air_Temperature_Sensor"),
+        ("CHWS_TEMP", "Leaving_Chilled_Water_Temperature_Sensor"),
+        ("Zone CO2", "CO2_Sensor"),
+    ],
+)
+def test_shipped_model_classifies_known_names(name: str, expected: str) -> None:
+    t = load()
+    top = top_k(t.predict([Point(name)]).probs, t.classes, 3)[0]
+    assert any(same_class(c, expected) for c, _ in top), top
+
+
+def test_shipped_model_top1_on_clear_names() -> None:
+    t = load()
+    names = {
+        "AHU1_SAT": "Supply_Air_Temperature_Sensor",
+        "RTU3.RAT": "Return_Air_Temperature_Sensor",
+        "AHU2_MAT": "Mixed_Air_Temperature_Sensor",
+        "BLDG_OAT": "Outside_Air_Temperature_Sensor",
+    }
+    probs = t.predict([Point(n) for n in names]).probs
+    hits = sum(t.classes[int(i)] == c for i, c in zip(probs.argmax(1), names.values(), strict=True))
+    assert hits >= 3
+
+
+def test_few_shot_memory_teaches_a_site_convention() -> None:
+    t = load()
+    # An opaque site code the model cannot know: the examples teach it.
+    examples = [
+        (Point(f"QX{n}_ZQW7"), "Hot_Water_Differential_Pressure_Sensor") for n in (1, 2, 3)
+    ] + [(Point(f"QX{n}_PLK9"), "Run_Status") for n in (1, 2)]
+    query = [Point("QX9_ZQW7"), Point("QX8_PLK9")]
+    before = t.predict(query).probs.argmax(1)
+    adapted = FewShot.fit(t, examples).predict(query)
+    after = [t.classes[int(i)] for i in adapted.probs.argmax(1)]
+    assert after == ["Hot_Water_Differential_Pressure_Sensor", "Run_Status"]
+    assert t.classes[int(before[0])] != "Hot_Water_Differential_Pressure_Sensor"
+    assert np.allclose(adapted.probs.sum(1), 1, atol=1e-4)
+
+
+def test_few_shot_rejects_unknown_classes() -> None:
+    with pytest.raises(ValueError, match="Not_A_Class"):
+        FewShot.fit(load(), [(Point("x"), "Not_A_Class")])
+
+
+def test_scores_top1_top5_macro_f1() -> None:
+    truth = ["A_Sensor", "A_Sensor", "B_Sensor", "Zone_Air_Temperature_Sensor"]
+    ranked = [
+        ["A_Sensor", "B_Sensor"],
+        ["B_Sensor", "A_Sensor"],
+        ["B_Sensor"],
+        ["Room_Air_Temperature_Sensor"],  # Room and Zone count as the same
+    ]
+    s = scores(truth, ranked)
+    assert s["top1"] == 0.75
+    assert s["top5"] == 1.0
+    # A: p=1, r=0.5 -> 2/3; B: p=0.5, r=1 -> 2/3; Zone: 1
+    assert s["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def test_baseline_uses_examples() -> None:
+    b = Baseline(["Supply_Air_Temperature_Sensor", "Run_Status"])
+    zero = b.rank([Point("supply air temperature")])
+    assert zero[0][0] == "Supply_Air_Temperature_Sensor"
+    shot = b.rank([Point("FAN_RUN_7")], [(Point("FAN_RUN_1"), "Run_Status")])
+    assert shot[0][0] == "Run_Status"

@@ -1,0 +1,310 @@
+"""gateway classify / suggest / translator evaluate, the translate transform and its bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import load_config_text
+from gateway.translator.config import TranslateConfig
+from gateway.translator.transform import Translate
+from gateway.types import Message, MessageKind, Sample
+from models.translator.corpus import Renderer
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("name\nTempérature\n".encode("latin-1"))
+    return {
+        "empty": _write(tmp_path / "empty.csv", ""),
+        "header only": _write(tmp_path / "header.csv", "name,unit\n"),
+        "no name column": _write(tmp_path / "cols.csv", "point,unit\nAHU1_SAT,degF\n"),
+        "not utf-8": bad,
+        "missing": tmp_path / "nope.csv",
+    }
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "empty file"),
+        ("header only", "no rows"),
+        ("no name column", "no column name"),
+        ("not utf-8", "not UTF-8"),
+        ("missing", "no such file"),
+    ],
+)
+def test_classify_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    path = _bad_inputs(tmp_path)[case]
+    assert main(["classify", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["empty", "no name column", "not utf-8", "missing"])
+def test_suggest_bad_input_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    good = _write(tmp_path / "good.csv", "name\nAHU1_SAT\n")
+    bad = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "b.yaml"
+    for src, tgt in ((bad, good), (good, bad)):
+        assert main(["suggest", "--source", str(src), "--target", str(tgt), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_classify_writes_ranked_csv(tmp_path: Path) -> None:
+    src = _write(
+        tmp_path / "in.csv",
+        "id,name,description,unit\n1,AHU1_SAT,,degF\n2,RTU3.RAT,return air temp,\n",
+    )
+    out = tmp_path / "out.csv"
+    assert main(["classify", str(src), "--top", "4", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["name"] for r in rows] == ["AHU1_SAT", "RTU3.RAT"]
+    assert list(rows[0]) == ["name", "class", "score", "alternatives"]
+    assert rows[0]["class"] == "Supply_Air_Temperature_Sensor"
+    alts = rows[0]["alternatives"].split(";")
+    assert len(alts) == 3
+    scores = [float(rows[0]["score"])] + [float(a.rsplit(":", 1)[1]) for a in alts]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+
+
+def test_classify_with_examples_follows_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _write(tmp_path / "in.csv", "name\nQX9_ZQW7\n")
+    ex = _write(
+        tmp_path / "ex.csv",
+        "name,brick_class\nQX1_ZQW7,Hot_Water_Differential_Pressure_Sensor\n"
+        "QX2_ZQW7,Hot_Water_Differential_Pressure_Sensor\n",
+    )
+    assert main(["classify", str(src), "--examples", str(ex)]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert rows[0]["class"] == "Hot_Water_Differential_Pressure_Sensor"
+    bad = _write(tmp_path / "bad.csv", "name,brick_class\nX,Nonsense_Class\n")
+    assert main(["classify", str(src), "--examples", str(bad)]) == 2
+    assert "not a Brick point class" in capsys.readouterr().err
+
+
+def test_evaluate_prints_model_and_baseline_per_shot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    r = Renderer(seed=77)
+    names = ["Supply_Air_Temperature_Sensor", "Run_Status", "Zone_Air_Temperature_Sensor"]
+    lines = ["name,brick_class"]
+    for c in names:
+        lines += [f"{r.sample(r.index[c]).name.replace(',', ' ')},{c}" for _ in range(12)]
+    data = _write(tmp_path / "lab.csv", "\n".join(lines) + "\n")
+    assert main(["translator", "evaluate", "--data", str(data), "--shots", "0,5", "--seeds", "2"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert result["n"] == 36 and set(result["shots"]) == {"0", "5"}
+    for k in ("0", "5"):
+        for who in ("model", "baseline"):
+            m = result["shots"][k][who]
+            assert set(m) == {"top1", "top5", "macro_f1"}
+            assert 0 <= m["top1"] <= m["top5"] <= 1
+    assert result["shots"]["0"]["model"]["top1"] > result["shots"]["0"]["baseline"]["top1"]
+    assert main(["translator", "evaluate", "--data", str(data), "--shots", "x"]) == 2
+
+
+def _suggest(tmp_path: Path, src: str, tgt: str) -> str:
+    out = tmp_path / "bridge.yaml"
+    args = ["suggest", "--source", src, "--target", tgt, "--out", str(out)]
+    assert main(args + ["--from", "plc", "--to", "broker"]) == 0
+    return out.read_text(encoding="utf-8")
+
+
+CONFIG = """
+devices:
+  plc:
+    protocol: modbus
+    host: 127.0.0.1
+    port: 5020
+    points:
+      - {name: AHU1_SAT, address: 0, unit: degC}
+      - {name: AHU1_RAT, address: 1, unit: degC}
+      - {name: AHU1_SF_STS, table: coil, address: 0}
+endpoints:
+  broker:
+    protocol: mqtt
+    host: 127.0.0.1
+    port: 1883
+"""
+
+
+def test_suggest_from_a_register_map_writes_a_bridge_validate_accepts_once_approved(
+    tmp_path: Path,
+) -> None:
+    regmap = _write(tmp_path / "plant.yaml", CONFIG)
+    target = _write(
+        tmp_path / "target.csv",
+        "name\nsupply_air_temperature\nreturn_air_temperature\nsupply_fan_status\n",
+    )
+    text = _suggest(tmp_path, f"{regmap}#plc", str(target))
+    assert "approved: false" in text
+    assert '"AHU1_SAT": "supply_air_temperature"' in text
+    assert '"AHU1_RAT": "return_air_temperature"' in text
+    config = CONFIG + text.split("\n", 8)[-1].replace("  - name: translated", "  - name: t\n    topic: x/{point}")
+    # Not approved: the config is rejected, with the reason.
+    with pytest.raises(Exception, match="not approved"):
+        load_config_text(config, "c.yaml")
+    approved = load_config_text(config.replace("approved: false", "approved: true"), "c.yaml")
+    bridge = approved.bridges[0]
+    assert bridge.translate is not None
+    assert bridge.translate.map["AHU1_SAT"] == "supply_air_temperature"
+
+
+def test_suggest_marks_unsure_mappings_for_review(tmp_path: Path) -> None:
+    src = _write(tmp_path / "s.csv", "name\nAHU1_SAT\nXQZ_77\n")
+    tgt = _write(tmp_path / "t.csv", "name\nDischarge Air Temp\nOccupancy Count\n")
+    text = _suggest(tmp_path, str(src), str(tgt))
+    assert '        "AHU1_SAT": "Discharge Air Temp"  # ' in text
+    review = [ln for ln in text.splitlines() if "REVIEW" in ln and "XQZ_77" in ln]
+    assert len(review) == 1 and review[0].lstrip().startswith("#")
+
+
+def test_suggest_from_an_mqtt_sample(tmp_path: Path) -> None:
+    sample = _write(
+        tmp_path / "sample.txt",
+        'site/ahu1 {"sat": 13.2, "rat": 22.1, "fan": {"sts": 1}}\nsite/ahu1/oat 7.5\n',
+    )
+    tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\nOAT\nAHU1_SF_STS\n")
+    text = _suggest(tmp_path, str(sample), str(tgt))
+    for key in ('"sat"', '"rat"', '"fan.sts"', '"site/ahu1/oat"'):
+        assert key in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_suggest_browses_a_live_opcua_server(tmp_path: Path) -> None:
+    import threading
+
+    from asyncua import Server
+
+    port = _free_port()
+    ready = threading.Event()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/")
+        ns = await server.register_namespace("urn:test")
+        ahu = await server.nodes.objects.add_object(ns, "AHU1")
+        await ahu.add_variable(ns, "SupplyAirTemp", 13.0)
+        await ahu.add_variable(ns, "ReturnAirTemp", 22.0)
+        async with server:
+            ready.set()
+            await asyncio.to_thread(stop.wait)
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    assert ready.wait(20)
+    try:
+        tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\n")
+        text = _suggest(tmp_path, f"opc.tcp://127.0.0.1:{port}/", str(tgt))
+    finally:
+        stop.set()
+        thread.join(10)
+    assert '"SupplyAirTemp": "AHU1_SAT"' in text
+    assert '"ReturnAirTemp": "AHU1_RAT"' in text
+
+
+def _fake(scores: dict[str, tuple[str, float]]):  # type: ignore[no-untyped-def]
+    calls: list[list[str]] = []
+
+    def classify(names: list[str]) -> list[list[tuple[str, float]]]:
+        calls.append(names)
+        return [[scores[n]] for n in names]
+
+    return classify, calls
+
+
+def test_translate_map_renames_and_drops_the_rest() -> None:
+    t = Translate(TranslateConfig(map={"a": "supply_temp"}))
+    out = t.apply("plc", (Sample("a", 1.0), Sample("b", 2.0)))
+    assert [(s.point, s.value) for s in out] == [("supply_temp", 1.0)]
+    assert t.source_name("supply_temp") == "a" and t.source_name("b") is None
+
+
+def test_translate_auto_routes_confident_keys_and_reviews_the_rest() -> None:
+    from gateway.bus import Bus
+
+    bus = Bus()
+    sub = bus.subscribe("translator/review/#", maxsize=10, name="test")
+    classify, calls = _fake(
+        {"sat": ("Supply_Air_Temperature_Sensor", 0.9), "zz9": ("Run_Status", 0.2)}
+    )
+    t = Translate(
+        TranslateConfig(mode="auto", map={"known": "k"}), bus, classifier=classify
+    )
+    samples = (Sample("known", 1), Sample("sat", 13.0), Sample("zz9", 5))
+    out = t.apply("ahu1", samples)
+    assert [s.point for s in out] == ["k", "Supply_Air_Temperature_Sensor.sat"]
+    msg = sub.get_nowait()
+    assert msg.topic == "translator/review/ahu1" and msg.kind is MessageKind.EVENT
+    assert [s.point for s in msg.samples] == ["zz9"]
+    assert msg.meta["suggestions"]["zz9"][0][0] == "Run_Status"
+    t.apply("ahu1", samples)  # decisions are cached: no second classification
+    assert calls == [["sat", "zz9"]]
+    assert t.source_name("Supply_Air_Temperature_Sensor.sat") == "sat"
+
+
+def test_translate_auto_with_the_shipped_model() -> None:
+    t = Translate(TranslateConfig(mode="auto", threshold=0.3))
+    out = t.apply("ahu1", (Sample("AHU1_SAT", 13.0),))
+    assert [s.point for s in out] == ["Supply_Air_Temperature_Sensor.AHU1_SAT"]
+
+
+def test_bridge_applies_translate_last() -> None:
+    from gateway.bridge import Bridge
+    from gateway.bus import Bus
+    from gateway.config import BridgeConfig
+
+    sent: list[Message] = []
+
+    class Target:
+        name = "t"
+
+        async def send(self, message: Message, route: object) -> None:
+            sent.append(message)
+
+    async def scenario() -> None:
+        bus = Bus()
+        cfg = BridgeConfig(
+            "b", ("plc",), ("*",), "t", {}, None, TranslateConfig(map={"AHU1_SAT": "sat"})
+        )
+        bridge = Bridge(cfg, bus, Target())  # type: ignore[arg-type]
+        bridge.subscribe()
+        task = asyncio.create_task(bridge.run())
+        await bus.publish(
+            Message.telemetry("plc", (Sample("AHU1_SAT", 13.0), Sample("other", 1.0)))
+        )
+        for _ in range(100):
+            if sent:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert [s.point for s in sent[0].samples] == ["sat"]
