@@ -23,7 +23,19 @@ oldest rows (even ones handed out and not yet acknowledged) to make room. A full
 (``database or disk is full``) follows the same policy: the transaction is rolled back,
 ``drop_oldest`` frees the oldest rows and tries once more, and whatever still does not fit is
 counted. Every drop is counted by reason (``full``, ``expired``, ``disk_full``) and the counters
-are kept in the file (table ``meta``) so ``gateway status`` can read them.
+are kept in the file (table ``meta``) so ``gateway status`` can read them (while the disk is
+full they can only be written once space returns; the log has them at once).
+
+A full disk and the WAL
+-----------------------
+In WAL mode every write, a delete too, first needs room in the log, and the log only starts
+again from its beginning after a checkpoint, which copies pages into the database file and may
+have to grow it. On a disk that is full to the last byte neither can happen: the outbox could
+not even drop its oldest rows. So it keeps a spare file beside the database (``-reserve``,
+2 MiB, with the log checkpointed every ~1 MiB) and deletes it the first time the disk fills;
+that room lets ``drop_oldest`` checkpoint and delete. While the disk stays full, each append
+under ``drop_oldest`` first deletes as many bytes of the oldest rows as it adds, so the file
+does not grow. The spare file comes back once the disk has room for it twice over.
 """
 
 from __future__ import annotations
@@ -49,6 +61,8 @@ __all__ = ["Outbox", "OutboxConfig", "OutboxFull", "Row", "read_status"]
 Policy = Literal["reject_new", "drop_oldest"]
 DROP_REASONS = ("full", "expired", "disk_full")
 _TAIL_MAX = 50_000  # rows kept in memory for the live path
+_RESERVE_BYTES = 2 << 20  # the spare file given back when the disk fills
+_WAL_PAGES = 256  # checkpoint every ~1 MiB of log (well inside the reserve)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
@@ -146,6 +160,7 @@ class Outbox:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.config.synchronous}")
+        db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
         db.executescript(_SCHEMA)
         self._db = db
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -167,6 +182,9 @@ class Outbox:
         self._dirty = False  # drop counters changed since they were last stored
         self._last_expiry = 0.0
         self.disk_full = False
+        self._space_checked = 0.0
+        self._reserve = self.path.with_name(self.path.name + "-reserve")
+        self._make_reserve()
         self.appended = 0
         self.acknowledged = 0
 
@@ -190,10 +208,17 @@ class Outbox:
         need_rows = len(rows)
         need_bytes = sum(r.size for r in rows)
         dropped = dict(self.dropped)
+        if self.disk_full and self._space_returned():
+            self.disk_full = False
+            self._make_reserve()
+            log.warning("outbox %s: the disk has room again (%s)", self.name, self.path)
         try:
             self._begin()
             self._expire(now)
             rows = self._make_room(rows, need_rows, need_bytes)
+            if self.disk_full and self.config.policy == "drop_oldest":
+                # each new byte takes an old one's place, so the file need not grow
+                self._delete_oldest(lambda _n, b, _ts: b < need_bytes, "disk_full")
             self._insert(rows)
             self._commit()
         except sqlite3.OperationalError as exc:
@@ -204,9 +229,10 @@ class Outbox:
                 raise
             rows = self._disk_full(rows, exc)
         else:
-            if self.disk_full:
+            if self.disk_full and self.config.policy == "reject_new":
+                # reject_new tries every append, so the first that fits says space is back
+                self.disk_full = False
                 log.warning("outbox %s: writing again (%s)", self.name, self.path)
-            self.disk_full = False
         if rows:
             self.rows += len(rows)
             self.bytes += sum(r.size for r in rows)
@@ -307,9 +333,12 @@ class Outbox:
                 self.config.policy,
             )
         self.disk_full = True
+        self._release_reserve()
         if self.config.policy == "drop_oldest" and self.rows:
             dropped = dict(self.dropped)
             try:
+                # the reserve's room lets the log go into the file and start again (module doc)
+                self._db.execute("PRAGMA wal_checkpoint(RESTART)")
                 self._begin()
                 target = max(len(rows), self.rows // 100)
                 self._delete_oldest(lambda n, _b, _ts: n < target, "disk_full")
@@ -323,6 +352,34 @@ class Outbox:
         self.dropped["disk_full"] += len(rows)
         self._dirty = True
         return []
+
+    def _make_reserve(self) -> None:
+        try:
+            if not self._reserve.exists():
+                with open(self._reserve, "wb") as f:
+                    os.posix_fallocate(f.fileno(), 0, _RESERVE_BYTES)
+        except OSError:  # no room for it (yet): the outbox works without, only less well
+            self._release_reserve()
+
+    def _release_reserve(self) -> None:
+        try:
+            self._reserve.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("outbox %s: cannot remove %s: %s", self.name, self._reserve, exc)
+
+    def _space_returned(self) -> bool:
+        """Room for the reserve twice over (checked at most once a second)."""
+        now = time.monotonic()
+        if now - self._space_checked < 1.0:
+            return False
+        self._space_checked = now
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize >= 2 * _RESERVE_BYTES
 
     def _reload(self) -> None:
         """After a failed transaction that changed the bookkeeping: count again from the file."""
