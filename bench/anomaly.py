@@ -1,0 +1,127 @@
+"""Anomaly scoring throughput on one core: samples scored per second by the bridge stage, alone
+and inside a running bridge (bus -> bridge pump -> stage -> target). A sample is one numeric
+value; a message of a device with ``--points`` points is scored in one window evaluation.
+
+``python bench/anomaly.py [--model student|teacher|PATH] [--points 8] [--devices 4]
+[--messages 20000]``; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from gateway.anomaly.options import AnomalyOptions
+from gateway.anomaly.stage import AnomalyStage
+from gateway.bridge import Bridge
+from gateway.bus import Bus
+from gateway.config.model import BridgeConfig
+from gateway.types import Message, Sample
+
+CALIBRATION = 400
+
+
+def make_messages(devices: int, points: int, rows: int, seed: int = 0) -> list[Message]:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(1, 100, (devices, points))
+    out = []
+    for i in range(rows):
+        for d in range(devices):
+            values = base[d] + rng.normal(0, 1, points)
+            samples = tuple(
+                Sample(f"p{j}", float(v), source_ts=1000.0 + i) for j, v in enumerate(values)
+            )
+            out.append(Message.telemetry(f"dev{d}", samples))
+    return out
+
+
+class NullTarget:
+    name = "null"
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.expect = 0
+        self.done = asyncio.Event()
+
+    async def send(self, message: Message, route: Any) -> None:
+        self.sent += 1
+        if self.sent >= self.expect:
+            self.done.set()
+
+    def attach(self, bridge: Any) -> None:
+        pass
+
+
+def bench_stage(options: AnomalyOptions, calib: list[Message], run: list[Message]) -> float:
+    stage = AnomalyStage(options, Bus(), "bench")
+    for m in calib:
+        stage.process(m)
+    start = time.perf_counter()
+    for m in run:
+        stage.process(m)
+    elapsed = time.perf_counter() - start
+    return stage.samples / elapsed
+
+
+async def bench_bridge(options: AnomalyOptions, calib: list[Message], run: list[Message]) -> float:
+    bus = Bus()
+    devices = tuple(sorted({m.device or "" for m in run}))
+    config = BridgeConfig("bench", devices, ("*",), "null", {}, None, anomaly=options)
+    target = NullTarget()
+    bridge = Bridge(config, bus, target, queue_size=len(calib) + len(run) + 10)  # type: ignore[arg-type]
+    bridge.subscribe()
+    task = asyncio.create_task(bridge.run())
+    target.expect = len(calib)
+    for m in calib:
+        await bus.publish(m)
+    await target.done.wait()
+    assert bridge.anomaly is not None
+    before = bridge.anomaly.samples
+    target.done.clear()
+    target.expect = len(calib) + len(run)  # alarm events would come on top: none expected
+    start = time.perf_counter()
+    for m in run:
+        bus.publish_nowait(m)
+    await target.done.wait()
+    elapsed = time.perf_counter() - start
+    task.cancel()
+    return (bridge.anomaly.samples - before) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="student")
+    parser.add_argument("--points", type=int, default=8)
+    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--messages", type=int, default=20000)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
+    options = AnomalyOptions(model=args.model, calibration=CALIBRATION)
+    rows = CALIBRATION + args.messages // args.devices
+    messages = make_messages(args.devices, args.points, rows)
+    calib, run = messages[: CALIBRATION * args.devices], messages[CALIBRATION * args.devices :]
+    stage = bench_stage(options, calib, run)
+    print(f"stage alone:   {stage:,.0f} samples/s")
+    bridged = asyncio.run(bench_bridge(options, calib, run))
+    print(f"inside bridge: {bridged:,.0f} samples/s")
+    result = {
+        "model": args.model,
+        "points_per_message": args.points,
+        "devices": args.devices,
+        "messages": len(run),
+        "stage_samples_per_s": round(stage),
+        "bridge_samples_per_s": round(bridged),
+        "target_samples_per_s": 20000,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``gateway anomaly train|evaluate``: the anomaly model from the shell.
+
+Light at import (the CLI builds its parser on every command): numpy, ONNX Runtime and torch are
+imported inside the commands. Bad input (a missing file, missing columns, text that is not
+UTF-8 or not numbers) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("anomaly", help="train or evaluate the local anomaly model")
+    sub = p.add_subparsers(dest="anomaly_command", required=True)
+
+    t = sub.add_parser("train", help="train teacher and student on clean CSV data (SKAB format)")
+    t.add_argument("--data", required=True, type=Path, metavar="DIR")
+    t.add_argument("--out", type=Path, metavar="DIR", help="default: the shipped model folder")
+    t.add_argument("--teacher-steps", type=int, default=3000)
+    t.add_argument("--student-steps", type=int, default=3000)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="SKAB protocol: F1/FAR/MAR of teacher, student, T²")
+    e.add_argument("--data", required=True, type=Path, metavar="DIR")
+    e.add_argument("--models", type=Path, metavar="DIR", help="default: the shipped models")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        return _fail("training needs torch: pip install 'protocol-brain[train]'")
+    from gateway.anomaly.model import MODELS
+    from models.anomaly.data import DataError
+    from models.anomaly.train import train
+
+    try:
+        result = train(
+            args.data,
+            args.out or MODELS,
+            teacher_steps=args.teacher_steps,
+            student_steps=args.student_steps,
+            seed=args.seed,
+        )
+    except (DataError, ValueError) as exc:
+        return _fail(str(exc))
+    print(
+        json.dumps(
+            {
+                "teacher": str(result.teacher),
+                "student": str(result.student),
+                "teacher_params": result.teacher_params,
+                "student_params": result.student_params,
+                "teacher_bytes": result.teacher_bytes,
+                "student_bytes": result.student_bytes,
+                "windows": result.windows,
+                "teacher_loss": round(result.teacher_loss, 5),
+                "student_loss": round(result.student_loss, 5),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gateway.anomaly.model import MODELS, ModelError, OnnxScorer
+    from models.anomaly.data import DataError
+    from models.anomaly.evaluate import evaluate_model, hotelling, load_labelled
+
+    folder = args.models or MODELS
+    try:
+        series = load_labelled(args.data)
+        teacher = OnnxScorer(folder / "teacher.onnx")
+        student = OnnxScorer(folder / "student.onnx")
+    except (DataError, ModelError) as exc:
+        return _fail(str(exc))
+    rows = sum(len(s.values) for s in series)
+    print(f"{len(series)} files, {rows} rows, first 400 rows of each for calibration")
+    result: dict[str, Any] = {}
+    for name, tally in (
+        ("teacher", evaluate_model(teacher, series)),
+        ("student", evaluate_model(student, series)),
+        ("hotelling_t2", hotelling(series)),
+    ):
+        size = None if name == "hotelling_t2" else (teacher if name == "teacher" else student).size
+        result[name] = tally.figures(size)
+        f = result[name]
+        print(
+            f"{name:<13} F1 {f['f1']:.3f}  FAR {f['far']:.3f}  MAR {f['mar']:.3f}  "
+            f"{f['us_per_sample']:.2f} us/sample" + (f"  {size} bytes" if size else "")
+        )
+    t_f1 = result["teacher"]["f1"]
+    result["student_to_teacher_f1"] = round(result["student"]["f1"] / t_f1, 4) if t_f1 else None
+    result["size_ratio"] = round(student.size / teacher.size, 4)
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,196 @@
+"""The numbers of anomaly scoring, shared by the gateway stage, training and evaluation.
+
+A device is a matrix of readings, one column per numeric point. Scoring has three steps:
+
+1. **Standardise** each point with the mean and spread of the device's own calibration period
+   (``Calibration``), so one shipped model serves pumps, valves and tanks alike.
+2. **Reconstruct** a sliding window of each point with the autoencoder (`OnnxScorer`); the
+   window's mean squared error is that point's raw score. The model is univariate and shared by
+   all points, so a device may have any number of points.
+3. **Combine**: each point's error is divided by its typical error on the calibration period,
+   the device score is the mean over points, smoothed over a few samples; the alarm threshold is
+   a high quantile of the calibration period's smoothed scores times a margin.
+
+Slow points (temperatures) wander far from a short calibration period without anything being
+wrong. A point whose calibration readings are smooth (lag-1 autocorrelation above
+``SLOW_AUTOCORR``) is scored on its deviation from a slow running mean instead of its level, so
+drift is tolerated while a sudden change still counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.float32]
+
+WINDOW = 32
+SMOOTH = 10  # samples the device score is averaged over
+QUANTILE = 0.99
+MARGIN = 1.5
+SLOW_AUTOCORR = 0.9
+SLOW_TAU = 60.0  # samples: time constant of the running mean a slow point is compared with
+CLIP = 10.0
+
+
+class WindowModel(Protocol):
+    """Anything that maps windows ``[N, 1, W]`` (float32) to their errors ``[N]``."""
+
+    window: int
+
+    def errors(self, windows: Array) -> Array: ...
+
+
+def lag1_autocorr(x: npt.NDArray[Any]) -> float:
+    d = x - x.mean()
+    var = float((d * d).mean())
+    if var <= 0.0:
+        return 0.0
+    return float((d[1:] * d[:-1]).mean() / var)
+
+
+def running_mean(x: npt.NDArray[Any], tau: float, start: float) -> npt.NDArray[np.float64]:
+    """Exponential running mean of ``x`` (one column), starting from ``start``."""
+    a = 1.0 / tau
+    out = np.empty(len(x), dtype=np.float64)
+    m = start
+    for i, v in enumerate(x.tolist()):
+        m += a * (v - m)
+        out[i] = m
+    return out
+
+
+@dataclass
+class Calibration:
+    """What normal looks like for one device, learned on its clean period."""
+
+    mean: npt.NDArray[np.float64]
+    scale: npt.NDArray[np.float64]
+    slow: npt.NDArray[np.bool_]
+    slow_mean: npt.NDArray[np.float64]  # of a slow point's deviation from its running mean
+    slow_scale: npt.NDArray[np.float64]
+    error_scale: npt.NDArray[np.float64]
+    threshold: float
+    smooth: int = SMOOTH
+
+    @property
+    def points(self) -> int:
+        return len(self.mean)
+
+
+class Preprocessor:
+    """Calibration-period standardisation, stateful for slow points (their running mean)."""
+
+    def __init__(self, cal: Calibration, start: npt.NDArray[np.float64] | None = None) -> None:
+        self.cal = cal
+        self._ema = (cal.mean.copy() if start is None else start.copy()).astype(np.float64)
+
+    def transform(self, values: npt.NDArray[Any]) -> Array:
+        """Rows ``[T, C]`` of raw readings -> standardised rows (updates the running means)."""
+        cal = self.cal
+        x = np.asarray(values, dtype=np.float64)
+        z = (x - cal.mean) / cal.scale
+        if cal.slow.any():
+            for c in np.flatnonzero(cal.slow):
+                ema = running_mean(x[:, c], SLOW_TAU, float(self._ema[c]))
+                self._ema[c] = ema[-1]
+                z[:, c] = (x[:, c] - ema - cal.slow_mean[c]) / cal.slow_scale[c]
+        return np.clip(z, -CLIP, CLIP).astype(np.float32)
+
+
+def sliding_errors(model: WindowModel, z: Array, batch: int = 8192) -> Array:
+    """Per-point window errors for standardised rows ``[T, C]``: ``[T - W + 1, C]``."""
+    w = model.window
+    t, c = z.shape
+    if t < w:
+        return np.zeros((0, c), dtype=np.float32)
+    win = np.lib.stride_tricks.sliding_window_view(z, w, axis=0)  # [T-W+1, C, W]
+    flat = np.ascontiguousarray(win.reshape(-1, 1, w))
+    out = np.concatenate([model.errors(flat[i : i + batch]) for i in range(0, len(flat), batch)])
+    return out.reshape(t - w + 1, c)
+
+
+def moving_average(x: npt.NDArray[Any], k: int) -> npt.NDArray[np.float64]:
+    """Trailing mean over ``k`` samples (fewer at the start)."""
+    x = np.asarray(x, dtype=np.float64)
+    if k <= 1:
+        return x
+    c = np.cumsum(np.concatenate([[0.0], x]))
+    idx = np.arange(len(x))
+    lo = np.maximum(0, idx - k + 1)
+    out: npt.NDArray[np.float64] = (c[idx + 1] - c[lo]) / (idx + 1 - lo)
+    return out
+
+
+def device_scores(errors: Array, error_scale: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Point errors ``[N, C]`` -> one raw device score per row (mean of normalised errors)."""
+    out: npt.NDArray[np.float64] = (errors.astype(np.float64) / error_scale).mean(axis=1)
+    return out
+
+
+def standardiser(values: npt.NDArray[Any], *, drift: bool = True) -> Calibration:
+    """The standardisation part of a calibration (no model needed): mean, spread, slow points."""
+    x = np.asarray(values, dtype=np.float64)
+    mean = x.mean(axis=0)
+    # A constant point would divide by zero; its floor follows its magnitude.
+    scale = np.maximum(x.std(axis=0), 1e-6 + 1e-3 * np.abs(mean))
+    c = x.shape[1]
+    slow = np.array(
+        [drift and lag1_autocorr(x[:, j]) > SLOW_AUTOCORR for j in range(c)], dtype=bool
+    )
+    slow_mean, slow_scale = np.zeros(c), np.ones(c)
+    for j in np.flatnonzero(slow):
+        # The running mean lags a steady trend by a constant: its statistics are taken after
+        # the first ``SLOW_TAU`` samples, once that lag has built up.
+        hp = (x[:, j] - running_mean(x[:, j], SLOW_TAU, float(x[0, j])))[int(SLOW_TAU) :]
+        hp = hp if len(hp) >= 10 else x[:, j] - x[:, j].mean()
+        slow_mean[j] = float(hp.mean())
+        slow_scale[j] = max(float(hp.std()), 1e-6 + 1e-3 * abs(float(mean[j])))
+    return Calibration(mean, scale, slow, slow_mean, slow_scale, np.ones(c), float("inf"))
+
+
+def calibrate(
+    model: WindowModel,
+    values: npt.NDArray[Any],
+    *,
+    smooth: int = SMOOTH,
+    quantile: float = QUANTILE,
+    margin: float = MARGIN,
+    drift: bool = True,
+) -> Calibration:
+    """Fit a device's calibration on clean readings ``[T, C]`` (T well above the window)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or len(x) < model.window + smooth:
+        raise ValueError(
+            f"calibration needs at least {model.window + smooth} rows of readings, got {len(x)}"
+        )
+    cal = standardiser(x, drift=drift)
+    cal.smooth = smooth
+    pre = Preprocessor(cal, start=x[0].copy())
+    errors = sliding_errors(model, pre.transform(x))
+    cal.error_scale = np.maximum(errors.astype(np.float64).mean(axis=0), 1e-6)
+    scores = moving_average(device_scores(errors, cal.error_scale), smooth)
+    cal.threshold = float(np.quantile(scores, quantile) * margin)
+    return cal
+
+
+def score_series(
+    model: WindowModel, cal: Calibration, values: npt.NDArray[Any], calibration_rows: int
+) -> npt.NDArray[np.float64]:
+    """Smoothed device scores for rows ``calibration_rows..`` of a whole series ``[T, C]``."""
+    pre = Preprocessor(cal, start=np.asarray(values[0], dtype=np.float64))
+    z = pre.transform(values)
+    errors = sliding_errors(model, z)
+    raw = device_scores(errors, cal.error_scale)
+    smooth = moving_average(raw, cal.smooth)
+    # errors[i] belongs to the window ending at row i + W - 1.
+    first = calibration_rows - (model.window - 1)
+    return smooth[first:]
+
+
+def as_matrix(rows: Sequence[Sequence[float]]) -> Array:
+    return np.asarray(rows, dtype=np.float32)

@@ -1,0 +1,192 @@
+"""The anomaly stage at run time: one alarm per fault, not one per sample.
+
+The full path: the Modbus simulator is a pump whose registers the test drives with generated
+readings (normal, a fault, normal, a second fault, normal); the gateway polls it, a bridge with
+``anomaly:`` scores every reading and publishes to mosquitto, and the shadow records the score.
+A bus-level test checks the same with exact control over every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from anomaly_data import series
+from conftest import HOST, MosquittoBroker, wait_for
+from test_e2e_modbus_mqtt import Collector
+
+from gateway.anomaly.options import AnomalyOptions
+from gateway.anomaly.stage import AnomalyStage, anomaly_topic, event_topic
+from gateway.bus import Bus
+from gateway.config import load_config_text
+from gateway.runtime import Gateway
+from gateway.types import Message, MessageKind, Sample
+from protocols.modbus.codec import DataType
+from protocols.modbus.simulator import Simulator
+
+FAULTS = [(300, 380), (520, 600)]
+ROWS = 720
+CALIBRATION = 150
+
+
+def messages(device: str = "pump") -> list[Message]:
+    values, _ = series(ROWS, seed=5, faults=FAULTS)
+    names = ("flow", "pressure", "temperature", "current")
+    out = []
+    for i, row in enumerate(values):
+        samples = tuple(
+            Sample(n, float(v), source_ts=1000.0 + i) for n, v in zip(names, row, strict=True)
+        )
+        out.append(Message.telemetry(device, samples))
+    return out
+
+
+def test_the_stage_raises_one_alarm_per_fault_and_clears_it() -> None:
+    bus = Bus()
+    events = bus.subscribe("event/#", maxsize=1000, name="events")
+    scores = bus.subscribe("telemetry/+/anomaly", maxsize=10000, name="scores")
+    stage = AnomalyStage(AnomalyOptions(calibration=CALIBRATION), bus, "b")
+    returned: list[tuple[int, Message]] = []
+    scored = []
+    for i, message in enumerate(messages()):
+        out, evs = stage.process(message)
+        returned += [(i, e) for e in evs]
+        if i >= CALIBRATION:
+            assert isinstance(out.meta["anomaly_score"], float)
+            assert set(out.meta["anomaly_points"]) == {"flow", "pressure", "temperature", "current"}
+            scored.append(out.meta["anomaly"])
+        else:
+            assert "anomaly_score" not in out.meta
+    raised = [(i, e) for i, e in returned if e.samples[0].value is True]
+    cleared = [(i, e) for i, e in returned if e.samples[0].value is False]
+    assert len(raised) == len(FAULTS), [(i, e.meta) for i, e in returned]
+    assert len(cleared) == len(FAULTS)
+    for (start, _end), (i, event) in zip(FAULTS, raised, strict=True):
+        assert start <= i < start + 20  # found within 20 samples of the fault's start
+        assert event.kind is MessageKind.EVENT and event.topic == event_topic("pump")
+        assert event.meta["event"] == "anomaly"
+    for (_start, end), (i, _) in zip(FAULTS, cleared, strict=True):
+        assert end <= i < end + 60
+    assert len(events) == 2 * len(FAULTS)  # the same events went on the bus
+    assert len(scores) == ROWS - CALIBRATION
+    assert scores.get_nowait().topic == anomaly_topic("pump")
+    assert stage.status()["alarms"] == len(FAULTS)
+    assert stage.status()["scored_samples"] == 4 * (ROWS - CALIBRATION)
+
+
+def test_a_fixed_threshold_and_a_named_calibration_period() -> None:
+    bus = Bus()
+    options = AnomalyOptions.model_validate(
+        {"calibration_period": [1000.0 + 100, 1000.0 + 250], "threshold": 50.0}
+    )
+    stage = AnomalyStage(options, bus, "b")
+    for message in messages()[:260]:
+        stage.process(message)
+    dev = stage.devices["pump"]
+    assert dev.cal is not None and dev.cal.threshold == 50.0
+    values, _ = series(ROWS, seed=5, faults=FAULTS)
+    # calibrated on the rows of the period only
+    assert np.allclose(dev.cal.mean, values[100:251].mean(axis=0))
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="start must be before end"):
+        AnomalyOptions.model_validate({"calibration_period": ["2024-01-02", "2024-01-01"]})
+    with pytest.raises(ValueError):
+        AnomalyOptions.model_validate({"window": 30})
+    with pytest.raises(ValueError):
+        AnomalyOptions.model_validate({"treshold": 3})
+
+
+CONFIG = """
+gateway: {{name: gw, status_interval: 0}}
+devices:
+  pump:
+    protocol: modbus
+    host: {host}
+    port: {port}
+    poll_groups: {{fast: {{interval: 0.01}}}}
+    points:
+      - {{name: flow, address: 0, type: float32, poll: fast}}
+      - {{name: pressure, address: 2, type: float32, poll: fast}}
+      - {{name: temperature, address: 4, type: float32, poll: fast}}
+      - {{name: current, address: 6, type: float32, poll: fast}}
+endpoints:
+  broker:
+    protocol: mqtt
+    host: {broker_host}
+    port: {broker_port}
+    client_id: anomaly-gw
+    outbox: null
+bridges:
+  - name: up
+    from: pump
+    to: broker
+    topic: "gw/{{device}}/{{point}}"
+    payload: value
+    anomaly: {{model: student, calibration: {calibration}}}
+shadow:
+  path: {shadow}
+"""
+
+
+async def test_gateway_with_a_modbus_pump_alarms_once_per_fault(
+    simulator: Simulator, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    device = await simulator.add_device()
+    values, _ = series(ROWS, seed=5, faults=FAULTS)
+    text = CONFIG.format(
+        host=HOST,
+        port=device.port,
+        broker_host=mosquitto.host,
+        broker_port=mosquitto.port,
+        calibration=CALIBRATION,
+        shadow=tmp_path / "shadow.db",
+    )
+    for j, v in enumerate(values[0]):  # the first poll reads a real row, not zeros
+        device.set_value("holding", 2 * j, float(v), DataType.FLOAT32)
+    gateway = Gateway(load_config_text(text, str(tmp_path / "gw.yaml")))
+    mqtt = Collector(mosquitto, "gw/#")
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    bridge = gateway.bridges[0]
+    assert bridge.anomaly is not None
+    polls: list[int] = []
+
+    def scored() -> int:
+        return bridge.anomaly.devices["pump"].scored if "pump" in bridge.anomaly.devices else 0  # type: ignore[union-attr]
+
+    async def drive() -> None:
+        # Wait until the gateway has read a row before writing the next (the deadband sends
+        # changed values only, so each row is one message).
+        for row in values[1:]:
+            for j, v in enumerate(row):
+                device.set_value("holding", 2 * j, float(v), DataType.FLOAT32)
+            before = bridge.forwarded
+            await wait_for(lambda b=before: bridge.forwarded >= b + 1, timeout=10)
+            polls.append(bridge.forwarded)
+
+    try:
+        await asyncio.wait_for(gateway.started.wait(), 20)
+        await drive()
+        await wait_for(lambda: len(mqtt.on("gw/pump/anomaly")) >= 2 * len(FAULTS), timeout=10)
+        await asyncio.sleep(0.5)
+        alarms: list[Any] = mqtt.on("gw/pump/anomaly")
+        assert alarms == [True, False] * len(FAULTS), alarms
+        assert bridge.anomaly.status()["alarms"] == len(FAULTS)
+        assert scored() >= ROWS - CALIBRATION - 10  # a row may be read twice or skipped
+        assert gateway.shadow is not None
+        doc = await wait_for(lambda: gateway.shadow.state("pump"), timeout=5)  # type: ignore[union-attr]
+        await wait_for(
+            lambda: "anomaly_score" in gateway.shadow.state("pump").reported,  # type: ignore[union-attr]
+            timeout=5,
+        )
+        assert doc is not None
+        assert isinstance(gateway.shadow.state("pump").reported["anomaly_score"], float)  # type: ignore[union-attr]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        mqtt.close()
