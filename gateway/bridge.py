@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
+from gateway.computed import ComputedPoints
 from gateway.types import Message, PointSpec, Sample, Value, telemetry_topic
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ class Bridge:
             from gateway.translator.transform import Translate
 
             self.translate = Translate(config.translate, bus)
+        # ``computed:``: reads the shadow once the runtime hands it over (``computed.state``).
+        self.computed = ComputedPoints(list(config.computed)) if config.computed else None
         self.forwarded = 0
         self.failed = 0
         self._subs: list[Subscription] = []
@@ -146,6 +149,8 @@ class Bridge:
                         continue
                     p = replace(p, name=name, id=f"{device}/{name}")
                 specs.append(p)
+            if self.computed is not None:
+                specs.extend(self.computed.specs(device))
             out[device] = specs
         return out
 
@@ -219,6 +224,9 @@ class Bridge:
             if self.translate is not None and samples:
                 device = message.device or message.topic.rpartition("/")[2]
                 samples = self.translate.apply(device, samples)
+            if self.computed is not None:
+                device = message.device or message.topic.rpartition("/")[2]
+                samples += self.computed.apply(device, message.samples)
             if not samples:
                 continue
             if samples is not message.samples:
@@ -244,4 +252,5 @@ class Bridge:
             "dropped": sum(s.counters.dropped for s in self._subs),
             "queued": sum(len(s) for s in self._subs),
             **({"anomaly": self.anomaly.status()} if self.anomaly is not None else {}),
+            **({"computed": self.computed.status()} if self.computed is not None else {}),
         }

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from gateway.anomaly.options import AnomalyOptions
 from gateway.config.common import Path, Strict
+from gateway.config.computed import ComputedPoint
 from gateway.config.errors import (
     ConfigError,
     Finding,
@@ -42,6 +43,7 @@ from gateway.config.errors import (
     unknown_key,
 )
 from gateway.config.yamlmarks import START, Marks, parse_yaml
+from gateway.expressions import compile_expression
 from gateway.plugins import ProtocolSpec, Registry, load_registry
 from gateway.translator.config import TranslateConfig
 
@@ -88,6 +90,10 @@ class BridgeKeys(Strict):
     )
     translate: TranslateConfig | None = Field(
         None, description="rename points by an approved map, or classify new ones (auto)"
+    )
+    computed: list[ComputedPoint] = Field(
+        default_factory=list,
+        description="points computed from the device's points and shadow (gateway.computed)",
     )
 
 
@@ -139,6 +145,7 @@ class BridgeConfig:
     route: BaseModel | None
     translate: TranslateConfig | None = None
     anomaly: AnomalyOptions | None = None
+    computed: tuple[ComputedPoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -527,6 +534,7 @@ class _Loader:
             )
             ok = False
         ok = self.selection(path, sources, points, keys.units) and ok
+        ok = self.computed(path, sources, keys.computed) and ok
         if not ok:
             return None
         return BridgeConfig(
@@ -538,7 +546,34 @@ class _Loader:
             route,
             keys.translate,
             anomaly=keys.anomaly,
+            computed=tuple(keys.computed),
         )
+
+    def computed(self, path: Path, sources: tuple[str, ...], items: list[ComputedPoint]) -> bool:
+        """Computed names used twice or taken by a point; inputs that no source has."""
+        known = self.points_of(sources)
+        names = None if known is None else {p.name for p in known}
+        ok = True
+        seen: set[str] = set()
+        for j, item in enumerate(items):
+            where = (*path, "computed", j)
+            if item.name in seen or (names is not None and item.name in names):
+                self.report(
+                    (*where, "name"),
+                    f"{item.name!r}, already a point of the bridge",
+                    "a name no source point and no other computed point has",
+                )
+                ok = False
+            seen.add(item.name)
+            missing = [] if names is None else sorted(compile_expression(item.expr).points - names)
+            if missing:
+                self.report(
+                    (*where, "expr"),
+                    f"{item.expr!r}, which names {', '.join(missing)}",
+                    f"names of points of {', '.join(sources)}: {listing(sorted(names or ()))}",
+                )
+                ok = False
+        return ok
 
     def targets(self) -> list[str]:
         return [n for n, d in self.declared.items() if d.route_model is not None]
