@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,11 @@ class Gateway:
                 if self.config.gateway.status_interval > 0
                 else None
             )
+            # What exists now (an OPC UA address space: millions of objects) lives as long as
+            # the gateway: out of the collector's sight, full collections stay short.
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
             self.started.set()
             log.info(
                 "gateway %s running: %d adapters, %d bridges",

@@ -17,18 +17,61 @@ class PollGroup(Strict):
     interval: float = Field(gt=0, le=86400, description="seconds between polls")
 
 
-class ModbusPoint(Strict):
-    name: str = Field(pattern=NAME_PATTERN, description="point name, unique in the device")
+class RegisterLayout(Strict):
+    """Where a value sits in the Modbus tables and how it is encoded: shared by the points of a
+    device (client) and the entries of a served register map (server)."""
+
     table: Table = Field(Table.HOLDING, description="holding, input, coil or discrete")
     address: int = Field(ge=0, le=65535, description="0-based protocol address")
     type: DataType | None = Field(None, description="defaults to bool for bits, uint16 otherwise")
     byte_order: ByteOrder | None = Field(None, description="defaults to the device's byte_order")
     bit: int | None = Field(None, ge=0, le=15, description="bit of a register, for type bool")
     length: int | None = Field(None, ge=1, le=125, description="registers of a string")
-    unit_id: int | None = Field(None, ge=0, le=255, description="defaults to the device's")
-    unit: str | None = Field(None, description="engineering unit after scaling (pint name)")
     scale: float = Field(1.0, description="engineering = raw * scale + offset")
     offset: float = 0.0
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_not_zero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("scale must not be 0 (it must be reversible for writes)")
+        return v
+
+    @property
+    def dtype(self) -> DataType:
+        if self.type is not None:
+            return self.type
+        return DataType.BOOL if self.table.is_bit else DataType.UINT16
+
+    @property
+    def count(self) -> int:
+        """Registers (or bits) this value occupies."""
+        if self.table.is_bit or self.bit is not None:
+            return 1
+        return register_count(self.dtype, self.length)
+
+    def layout_problem(self) -> str | None:
+        """What makes this layout impossible, or None."""
+        dtype = self.dtype
+        if self.table.is_bit and dtype is not DataType.BOOL:
+            return f"a {self.table} table holds bools, not {dtype}"
+        if self.bit is not None and (self.table.is_bit or dtype is not DataType.BOOL):
+            return "bit selects one bit of a holding or input register, type bool"
+        if dtype is DataType.STRING and self.length is None:
+            return "a string point needs length (registers, 2 characters each)"
+        if dtype is not DataType.STRING and self.length is not None:
+            return "length applies to string points only"
+        if dtype is DataType.BOOL and not self.table.is_bit and self.bit is None:
+            return "a bool in a register needs bit (0-15)"
+        if self.address + self.count > 65536:
+            return f"address {self.address} + {self.count} registers runs past 65535"
+        return None
+
+
+class ModbusPoint(RegisterLayout):
+    name: str = Field(pattern=NAME_PATTERN, description="point name, unique in the device")
+    unit_id: int | None = Field(None, ge=0, le=255, description="defaults to the device's")
+    unit: str | None = Field(None, description="engineering unit after scaling (pint name)")
     poll: str = Field("default", description="name of a poll group of the device")
     deadband: Deadband | None = None
     publish: Literal["change", "always"] | None = Field(
@@ -54,49 +97,19 @@ class ModbusPoint(Strict):
         except UnitError:
             raise ValueError("a known unit, such as degC, bar, kW, l/min or %") from None
 
-    @field_validator("scale")
-    @classmethod
-    def _scale_not_zero(cls, v: float) -> float:
-        if v == 0:
-            raise ValueError("scale must not be 0 (it must be reversible for writes)")
-        return v
-
-    @property
-    def dtype(self) -> DataType:
-        if self.type is not None:
-            return self.type
-        return DataType.BOOL if self.table.is_bit else DataType.UINT16
-
-    @property
-    def count(self) -> int:
-        """Registers (or bits) this point occupies."""
-        if self.table.is_bit or self.bit is not None:
-            return 1
-        return register_count(self.dtype, self.length)
-
     @property
     def writable(self) -> bool:
         return self.access is not None and self.access.writable
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusPoint:
-        dtype = self.dtype
-        if self.table.is_bit and dtype is not DataType.BOOL:
-            raise ValueError(f"a {self.table} point holds a bool, not {dtype}")
-        if self.bit is not None and (self.table.is_bit or dtype is not DataType.BOOL):
-            raise ValueError("bit selects one bit of a holding or input register, type bool")
-        if dtype is DataType.STRING and self.length is None:
-            raise ValueError("a string point needs length (registers, 2 characters each)")
-        if dtype is not DataType.STRING and self.length is not None:
-            raise ValueError("length applies to string points only")
-        if dtype is DataType.BOOL and not self.table.is_bit and self.bit is None:
-            raise ValueError("a bool in a register needs bit (0-15)")
+        problem = self.layout_problem()
+        if problem is not None:
+            raise ValueError(problem)
         if self.access is not None and self.access.writable and not self.table.writable:
             raise ValueError(f"{self.table} points are read-only; access must be r")
         if self.low is not None and self.high is not None and self.low > self.high:
             raise ValueError(f"low ({self.low}) is above high ({self.high})")
-        if self.address + self.count > 65536:
-            raise ValueError(f"address {self.address} + {self.count} registers runs past 65535")
         return self
 
 

@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from protocols.modbus.codec import Table
+
 MBAP_SIZE = 7  # transaction id, protocol id, length, unit id
 MAX_PDU_SIZE = 253
 MAX_READ_BITS = 2000
@@ -95,6 +97,19 @@ class ModbusError(Exception):
         self.function = function
         name = code.name if isinstance(code, ExceptionCode) else str(code)
         super().__init__(f"Modbus exception {int(code):#04x} {name}")
+
+
+# The table each function reads or writes: for whoever serves requests (simulator, server).
+FUNCTION_TABLE: dict[FunctionCode, Table] = {
+    FunctionCode.READ_COILS: Table.COIL,
+    FunctionCode.READ_DISCRETE_INPUTS: Table.DISCRETE,
+    FunctionCode.READ_HOLDING_REGISTERS: Table.HOLDING,
+    FunctionCode.READ_INPUT_REGISTERS: Table.INPUT,
+    FunctionCode.WRITE_SINGLE_COIL: Table.COIL,
+    FunctionCode.WRITE_SINGLE_REGISTER: Table.HOLDING,
+    FunctionCode.WRITE_MULTIPLE_COILS: Table.COIL,
+    FunctionCode.WRITE_MULTIPLE_REGISTERS: Table.HOLDING,
+}
 
 
 @dataclass(frozen=True, slots=True)

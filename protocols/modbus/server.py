@@ -58,6 +58,7 @@ from protocols.modbus.codec import (
     set_bit,
 )
 from protocols.modbus.frames import (
+    FUNCTION_TABLE,
     ExceptionCode,
     Frame,
     FrameDecoder,
@@ -77,7 +78,6 @@ from protocols.modbus.frames import (
     write_response_pdu,
 )
 from protocols.modbus.server_config import MapEntry, ModbusServer, ModbusServerRoute
-from protocols.modbus.simulator import _FUNCTION_TABLE as FUNCTION_TABLE
 
 if TYPE_CHECKING:
     from gateway.bridge import Bridge

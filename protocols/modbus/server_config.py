@@ -16,7 +16,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from gateway.config.common import Problem, Strict
-from protocols.modbus.codec import ByteOrder, DataType, Table, register_count
+from protocols.modbus.codec import ByteOrder, Table
+from protocols.modbus.config import RegisterLayout
 
 POINT_PATTERN = r"^([A-Za-z0-9_][A-Za-z0-9_.\-]*/)?[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 
@@ -49,55 +50,20 @@ class ModbusServer(Strict):
         return v
 
 
-class MapEntry(Strict):
+class MapEntry(RegisterLayout):
     """One point at one place of the register map."""
 
     point: str = Field(
         pattern=POINT_PATTERN,
         description='"name", or "device/name" when the bridge has several sources',
     )
-    table: Table = Field(Table.HOLDING, description="holding, input, coil or discrete")
-    address: int = Field(ge=0, le=65535, description="0-based protocol address")
-    type: DataType | None = Field(None, description="defaults to bool for bits, uint16 otherwise")
     byte_order: ByteOrder | None = Field(None, description="defaults to the route's byte_order")
-    bit: int | None = Field(None, ge=0, le=15, description="bit of a register, for type bool")
-    length: int | None = Field(None, ge=1, le=125, description="registers of a string")
-    scale: float = Field(1.0, description="engineering = raw * scale + offset (as a device)")
-    offset: float = 0.0
-
-    @field_validator("scale")
-    @classmethod
-    def _reversible(cls, v: float) -> float:
-        if v == 0:
-            raise ValueError("a scale other than 0 (raw = (value - offset) / scale)")
-        return v
-
-    @property
-    def dtype(self) -> DataType:
-        if self.type is not None:
-            return self.type
-        return DataType.BOOL if self.table.is_bit else DataType.UINT16
-
-    @property
-    def count(self) -> int:
-        """Bits or registers the entry occupies."""
-        if self.table.is_bit or self.dtype is DataType.BOOL:
-            return 1
-        return register_count(self.dtype, self.length)
 
     @model_validator(mode="after")
     def _fits_table(self) -> MapEntry:
-        dtype = self.dtype
-        if self.table.is_bit and dtype is not DataType.BOOL:
-            raise ValueError(f"type bool in a {self.table} table (it holds bits), not {dtype}")
-        if self.bit is not None and (self.table.is_bit or dtype is not DataType.BOOL):
-            raise ValueError("bit only with type bool in a holding or input register")
-        if dtype is DataType.BOOL and not self.table.is_bit and self.bit is None:
-            raise ValueError("a bit (0-15) for a bool in a register")
-        if (dtype is DataType.STRING) != (self.length is not None):
-            raise ValueError("length with type string, and only with it")
-        if self.address + self.count > 65536:
-            raise ValueError(f"an entry that ends by 65535 ({self.count} from {self.address})")
+        problem = self.layout_problem()
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 

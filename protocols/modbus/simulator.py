@@ -49,11 +49,11 @@ from typing import Literal
 
 from protocols.modbus.codec import ByteOrder, DataType, Table, encode, register_count
 from protocols.modbus.frames import (
+    FUNCTION_TABLE,
     ExceptionCode,
     Frame,
     FrameDecoder,
     FrameError,
-    FunctionCode,
     ModbusError,
     ReadRequest,
     Request,
@@ -72,17 +72,6 @@ from protocols.modbus.frames import (
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 1000
-
-_FUNCTION_TABLE: dict[FunctionCode, Table] = {
-    FunctionCode.READ_COILS: Table.COIL,
-    FunctionCode.READ_DISCRETE_INPUTS: Table.DISCRETE,
-    FunctionCode.READ_HOLDING_REGISTERS: Table.HOLDING,
-    FunctionCode.READ_INPUT_REGISTERS: Table.INPUT,
-    FunctionCode.WRITE_SINGLE_COIL: Table.COIL,
-    FunctionCode.WRITE_SINGLE_REGISTER: Table.HOLDING,
-    FunctionCode.WRITE_MULTIPLE_COILS: Table.COIL,
-    FunctionCode.WRITE_MULTIPLE_REGISTERS: Table.HOLDING,
-}
 
 
 class UnitTables:
@@ -106,7 +95,7 @@ class UnitTables:
     def execute(self, request: Request) -> bytes:
         """Apply one request; the response PDU, or :class:`ModbusError` (02) out of the table."""
         function = request.function
-        table = self.tables[_FUNCTION_TABLE[function]]
+        table = self.tables[FUNCTION_TABLE[function]]
         match request:
             case ReadRequest(address=address, count=count):
                 end = address + count

@@ -526,7 +526,6 @@ class OpcuaServerAdapter(Adapter):
         self.server: Server | None = None
         self.trust: TrustList | None = None
         self._users: _Users | None = None
-        self._frozen = False
         self.endpoint_url = self._url()
         self.namespace_index = 0
         self.updates = 0
@@ -573,9 +572,6 @@ class OpcuaServerAdapter(Adapter):
         server, self.server = self.server, None
         if server is not None:
             await server.stop()
-        if self._frozen:
-            gc.unfreeze()  # our nodes may be collected again (and whatever else was frozen)
-            self._frozen = False
 
     async def run(self) -> None:
         await asyncio.Event().wait()  # asyncua serves from its own tasks; nothing to poll
@@ -630,8 +626,9 @@ class OpcuaServerAdapter(Adapter):
         with the collector on, full collections of an ever larger heap run over and over (4 of
         6 s for 10,000 points). Left tracked afterwards, every full collection walks all of
         them (1.2 s, the event loop stalled, Modbus timeouts firing), and at 10,000 updates/s
-        one comes every few seconds. ``gc.freeze()`` moves what exists now to the permanent
-        generation, which collections skip; `__aexit__` gives it back.
+        one comes every few seconds. The gateway runtime calls ``gc.freeze()`` once every
+        adapter has started, which moves what exists then to the permanent generation that
+        collections skip (`gateway.runtime.Gateway.run`).
         """
         gc.collect()  # what is garbage now would otherwise be frozen for good
         enabled = gc.isenabled()
@@ -641,8 +638,6 @@ class OpcuaServerAdapter(Adapter):
         finally:
             if enabled:
                 gc.enable()
-        gc.freeze()
-        self._frozen = True
 
     def _build_nodes(self, builder: _Builder) -> None:
         for bridge in self.bridges:
