@@ -44,8 +44,8 @@ def measure(policy: Policy, n: int) -> dict[str, float]:
         policy.decide(s)
         times.append((time.perf_counter() - t0) * 1e6)
     return {
-        "p50_us": round(percentile(times, 50), 1),
-        "p99_us": round(percentile(times, 99), 1),
+        "p50_us": round(percentile(times, 0.5), 1),
+        "p99_us": round(percentile(times, 0.99), 1),
         "max_us": round(max(times), 1),
     }
 

@@ -260,3 +260,31 @@ def test_bad_traces_are_one_line_and_exit_2(
 def test_missing_folder_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["optimizer", "evaluate", "--traces", str(tmp_path / "none")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_endpoint_optimizer_needs_a_strict_durable_outbox() -> None:
+    from protocols.mqtt.config import MqttEndpoint
+
+    ok = MqttEndpoint(host="h", optimizer={"model": "heuristic", "interval": 0.5})
+    assert ok.optimizer is not None and ok.check() == []
+    assert ok.optimizer.weights.loss == RewardWeights().loss
+    for outbox in (None, {"drain_order": "live_first"}):
+        bad = MqttEndpoint(host="h", optimizer={}, outbox=outbox)
+        assert [p.path for p in bad.check()] == [("optimizer",)]
+
+
+def test_uplink_optimizer_falls_back_and_measures(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.optimizer.config import OptimizerConfig
+    from gateway.optimizer.uplink import UplinkOptimizer
+
+    now = [0.0]
+    opt = UplinkOptimizer(OptimizerConfig(model="/nonexistent/p.onnx"), clock=lambda: now[0])
+    assert opt.policy.name == "heuristic" and "not loaded" in caplog.text
+    opt.note_arrivals(50)
+    opt.note_sent(7, 1000, 10)
+    now[0] = 0.4
+    opt.note_ack(7)
+    d = opt.maybe_decide(backlog=5, backlog_age=0.1, inflight=0, connected=True)
+    assert opt.stats.rtt == pytest.approx(0.4) and opt.stats.arrival_rate == pytest.approx(25.0)
+    assert opt.maybe_decide(backlog=0, backlog_age=0, inflight=0, connected=True) is d
+    assert opt.decisions == 1  # the next one is due an interval later

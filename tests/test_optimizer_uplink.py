@@ -110,10 +110,10 @@ async def test_batches_grow_when_the_link_narrows_and_nothing_is_lost(
                     return start, time.monotonic()
 
                 wide = await phase(3.0)
-                proxy.rate = 6_000  # bytes/s: below what one publish per sample would need
+                proxy.rate = 1_500  # bytes/s: below what even 10-row compressed batches need
                 narrow_from = time.monotonic()
-                await asyncio.sleep(1.0)  # the policy sees the RTT grow
-                narrow = (narrow_from + 1.0, (await phase(3.0))[1])
+                # measured once the window has filled and the policy has seen the RTT grow
+                narrow = (narrow_from + 2.0, (await phase(4.0))[1])
                 await mqtt.send(
                     Message(
                         topic="events/press",
@@ -139,7 +139,8 @@ async def test_batches_grow_when_the_link_narrows_and_nothing_is_lost(
                     message="the outbox empty after the acknowledgements",
                 )
                 status = mqtt.status()
-        assert narrow_rows > 2 * wide_rows, (wide_rows, narrow_rows, status["optimizer"])
+        timeline = [(round(t - wide[0], 1), n) for t, n in mqtt._opt.batches]
+        assert narrow_rows > 2 * wide_rows, (wide_rows, narrow_rows, status["optimizer"], timeline)
         with collector.lock:
             rows, publishes = list(collector.rows), list(collector.publishes)
         ids = [int(doc["id"].rsplit("/", 1)[1]) for _, doc in rows]
