@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +24,16 @@ from gateway.computed import ComputedPoints
 from gateway.types import Message, PointSpec, Sample, Value, telemetry_topic
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from gateway.adapter import Adapter
     from gateway.anomaly.stage import AnomalyStage
     from gateway.config import BridgeConfig
     from gateway.translator.transform import Translate
 
 log = logging.getLogger(__name__)
+
+ANOMALY_BATCH = 64  # messages scored in one model call when they queue up
 
 # Per (point, unit): None = filtered out, else (unit after, converter or None).
 Decision = tuple[str | None, Callable[[float], float] | None] | None
@@ -214,36 +218,55 @@ class Bridge:
     async def _pump(self, sub: Subscription) -> None:
         route = self.config.route
         n = 0
-        async for message in sub:
-            n += 1
-            if n % 64 == 0:
-                # get() and a non-blocking send() do not suspend while the queue is full:
-                # yield now and then so a backlog does not starve the pollers.
-                await asyncio.sleep(0)
-            samples = self.transform.apply(message.samples)
-            if self.translate is not None and samples:
-                device = message.device or message.topic.rpartition("/")[2]
-                samples = self.translate.apply(device, samples)
-            if self.computed is not None:
-                device = message.device or message.topic.rpartition("/")[2]
-                samples += self.computed.apply(device, message.samples)
-            if not samples:
-                continue
-            if samples is not message.samples:
-                message = replace(message, samples=samples)
-            events: list[Message] = []
+        async for first in sub:
+            batch = [first]
             if self.anomaly is not None:
-                message, events = self.anomaly.process(message)
-            try:
-                await self.target.send(message, route)  # type: ignore[arg-type]
-                self.forwarded += 1
-                for event in events:  # alarm raised or cleared: the target carries it too
-                    await self.target.send(event, route)  # type: ignore[arg-type]
-            except Exception:  # one bad message must not stop the route
-                self.failed += 1
-                log.exception(
-                    "bridge %s: target %s rejected a message", self.name, self.target.name
-                )
+                # What queued up meanwhile is scored in one model call.
+                while len(batch) < ANOMALY_BATCH and (more := sub.get_nowait()) is not None:
+                    batch.append(more)
+            ready: list[Message] = []
+            for message in batch:
+                n += 1
+                if n % 64 == 0:
+                    # get() and a non-blocking send() do not suspend while the queue is full:
+                    # yield now and then so a backlog does not starve the pollers.
+                    await asyncio.sleep(0)
+                prepared = self._prepare(message)
+                if prepared is not None:
+                    ready.append(prepared)
+            if self.anomaly is None:
+                for message in ready:
+                    await self._send(message, (), route)
+            else:
+                for message, events in self.anomaly.process_batch(ready):
+                    await self._send(message, events, route)
+
+    def _prepare(self, message: Message) -> Message | None:
+        """Select, convert, translate, compute; None when nothing of the message is left."""
+        samples = self.transform.apply(message.samples)
+        if self.translate is not None and samples:
+            device = message.device or message.topic.rpartition("/")[2]
+            samples = self.translate.apply(device, samples)
+        if self.computed is not None:
+            device = message.device or message.topic.rpartition("/")[2]
+            samples += self.computed.apply(device, message.samples)
+        if not samples:
+            return None
+        if samples is not message.samples:
+            message = replace(message, samples=samples)
+        return message
+
+    async def _send(
+        self, message: Message, events: Sequence[Message], route: BaseModel | None
+    ) -> None:
+        try:
+            await self.target.send(message, route)  # type: ignore[arg-type]
+            self.forwarded += 1
+            for event in events:  # an alarm raised or cleared: the target carries it too
+                await self.target.send(event, route)  # type: ignore[arg-type]
+        except Exception:  # one bad message must not stop the route
+            self.failed += 1
+            log.exception("bridge %s: target %s rejected a message", self.name, self.target.name)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -85,11 +85,11 @@ def test_a_fixed_threshold_and_a_named_calibration_period() -> None:
     stage = AnomalyStage(options, bus, "b")
     for message in messages()[:260]:
         stage.process(message)
-    dev = stage.devices["pump"]
-    assert dev.cal is not None and dev.cal.threshold == 50.0
+    cal = stage.devices["pump"].scorer.cal
+    assert cal is not None and cal.threshold == 50.0
     values, _ = series(ROWS, seed=5, faults=FAULTS)
     # calibrated on the rows of the period only
-    assert np.allclose(dev.cal.mean, values[100:251].mean(axis=0))
+    assert np.allclose(cal.mean, values[100:251].mean(axis=0))
 
 
 def test_options_are_checked() -> None:
@@ -190,3 +190,18 @@ async def test_gateway_with_a_modbus_pump_alarms_once_per_fault(
         stop.set()
         await asyncio.wait_for(task, 20)
         mqtt.close()
+
+
+def test_batches_score_exactly_like_one_message_at_a_time() -> None:
+    one = AnomalyStage(AnomalyOptions(calibration=CALIBRATION), Bus(), "one")
+    many = AnomalyStage(AnomalyOptions(calibration=CALIBRATION), Bus(), "many")
+    stream = messages("a") + messages("b")  # two devices, interleaved below
+    stream = [m for pair in zip(stream[:ROWS], stream[ROWS:], strict=True) for m in pair]
+    singles = [one.process(m) for m in stream]
+    batched = [r for i in range(0, len(stream), 37) for r in many.process_batch(stream[i : i + 37])]
+    assert len(singles) == len(batched) == 2 * ROWS
+    for (m1, e1), (m2, e2) in zip(singles, batched, strict=True):
+        s1, s2 = m1.meta.get("anomaly_score"), m2.meta.get("anomaly_score")
+        assert (s1 is None and s2 is None) or s1 == pytest.approx(s2, rel=1e-5)
+        assert [e.meta for e in e1] == [e.meta for e in e2]
+    assert one.alarms == many.alarms == 2 * len(FAULTS)

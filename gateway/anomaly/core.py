@@ -8,18 +8,21 @@ A device is a matrix of readings, one column per numeric point. Scoring has thre
    window's mean squared error is that point's raw score. The model is univariate and shared by
    all points, so a device may have any number of points.
 3. **Combine**: each point's error is divided by its typical error on the calibration period,
-   the device score is the mean over points, smoothed over a few samples; the alarm threshold is
-   a high quantile of the calibration period's smoothed scores times a margin.
+   the device score is the largest of them (a fault often shows in one sensor only; a mean
+   would dilute it by the number of points), smoothed over a few samples; the alarm threshold
+   is a high quantile of the calibration period's smoothed scores times a margin.
 
 Slow points (temperatures) wander far from a short calibration period without anything being
-wrong. A point whose calibration readings are smooth (lag-1 autocorrelation above
-``SLOW_AUTOCORR``) is scored on its deviation from a slow running mean instead of its level, so
-drift is tolerated while a sudden change still counts.
+wrong. A point whose calibration readings are mostly slow variation (a moving average over
+``SLOW_SPAN`` samples keeps more than ``SLOW_SHARE`` of their variance; white noise would keep
+1 / SLOW_SPAN, a cycle of a minute at one sample per second about a third) is scored on its deviation from a slow running mean instead of its level, so
+drift is tolerated while a sudden change still counts. The running mean follows a point by at
+most ``FOLLOW`` of its usual deviations per step, so it tracks drift but not a fault's jump (a
+mean that caught up with a long fault would raise a second alarm when the fault ends).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,9 +35,11 @@ WINDOW = 32
 SMOOTH = 10  # samples the device score is averaged over
 QUANTILE = 0.99
 MARGIN = 1.5
-SLOW_AUTOCORR = 0.9
+SLOW_SPAN = 30
+SLOW_SHARE = 0.5
 SLOW_TAU = 60.0  # samples: time constant of the running mean a slow point is compared with
 CLIP = 10.0
+FOLLOW = 3.0
 
 
 class WindowModel(Protocol):
@@ -45,21 +50,26 @@ class WindowModel(Protocol):
     def errors(self, windows: Array) -> Array: ...
 
 
-def lag1_autocorr(x: npt.NDArray[Any]) -> float:
+def slow_share(x: npt.NDArray[Any], span: int = SLOW_SPAN) -> float:
+    """Share of the variance of ``x`` that a moving average over ``span`` samples keeps."""
     d = x - x.mean()
     var = float((d * d).mean())
-    if var <= 0.0:
+    if var <= 0.0 or len(x) < 2 * span:
         return 0.0
-    return float((d[1:] * d[:-1]).mean() / var)
+    smooth = np.convolve(d, np.ones(span) / span, mode="valid")
+    return float((smooth * smooth).mean() / var)
 
 
-def running_mean(x: npt.NDArray[Any], tau: float, start: float) -> npt.NDArray[np.float64]:
-    """Exponential running mean of ``x`` (one column), starting from ``start``."""
+def running_mean(
+    x: npt.NDArray[Any], tau: float, start: float, limit: float = float("inf")
+) -> npt.NDArray[np.float64]:
+    """Exponential running mean of ``x`` (one column) from ``start``; a reading further than
+    ``limit`` from the mean moves it as if it were ``limit`` away."""
     a = 1.0 / tau
     out = np.empty(len(x), dtype=np.float64)
     m = start
     for i, v in enumerate(x.tolist()):
-        m += a * (v - m)
+        m += a * min(max(v - m, -limit), limit)
         out[i] = m
     return out
 
@@ -96,7 +106,8 @@ class Preprocessor:
         z = (x - cal.mean) / cal.scale
         if cal.slow.any():
             for c in np.flatnonzero(cal.slow):
-                ema = running_mean(x[:, c], SLOW_TAU, float(self._ema[c]))
+                limit = abs(cal.slow_mean[c]) + FOLLOW * cal.slow_scale[c]
+                ema = running_mean(x[:, c], SLOW_TAU, float(self._ema[c]), limit)
                 self._ema[c] = ema[-1]
                 z[:, c] = (x[:, c] - ema - cal.slow_mean[c]) / cal.slow_scale[c]
         return np.clip(z, -CLIP, CLIP).astype(np.float32)
@@ -127,8 +138,8 @@ def moving_average(x: npt.NDArray[Any], k: int) -> npt.NDArray[np.float64]:
 
 
 def device_scores(errors: Array, error_scale: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Point errors ``[N, C]`` -> one raw device score per row (mean of normalised errors)."""
-    out: npt.NDArray[np.float64] = (errors.astype(np.float64) / error_scale).mean(axis=1)
+    """Point errors ``[N, C]`` -> one raw device score per row (largest normalised error)."""
+    out: npt.NDArray[np.float64] = (errors.astype(np.float64) / error_scale).max(axis=1)
     return out
 
 
@@ -139,17 +150,19 @@ def standardiser(values: npt.NDArray[Any], *, drift: bool = True) -> Calibration
     # A constant point would divide by zero; its floor follows its magnitude.
     scale = np.maximum(x.std(axis=0), 1e-6 + 1e-3 * np.abs(mean))
     c = x.shape[1]
-    slow = np.array(
-        [drift and lag1_autocorr(x[:, j]) > SLOW_AUTOCORR for j in range(c)], dtype=bool
-    )
+    slow = np.array([drift and slow_share(x[:, j]) > SLOW_SHARE for j in range(c)], dtype=bool)
     slow_mean, slow_scale = np.zeros(c), np.ones(c)
     for j in np.flatnonzero(slow):
         # The running mean lags a steady trend by a constant: its statistics are taken after
         # the first ``SLOW_TAU`` samples, once that lag has built up.
-        hp = (x[:, j] - running_mean(x[:, j], SLOW_TAU, float(x[0, j])))[int(SLOW_TAU) :]
-        hp = hp if len(hp) >= 10 else x[:, j] - x[:, j].mean()
-        slow_mean[j] = float(hp.mean())
-        slow_scale[j] = max(float(hp.std()), 1e-6 + 1e-3 * abs(float(mean[j])))
+        floor = 1e-6 + 1e-3 * abs(float(mean[j]))
+        limit = float("inf")
+        for _ in range(2):  # the second pass follows with the limit the first one measured
+            hp = x[:, j] - running_mean(x[:, j], SLOW_TAU, float(x[0, j]), limit)
+            hp = hp[int(SLOW_TAU) :] if len(hp) >= SLOW_TAU + 10 else hp - hp.mean()
+            slow_mean[j] = float(hp.mean())
+            slow_scale[j] = max(float(hp.std()), floor)
+            limit = abs(slow_mean[j]) + FOLLOW * slow_scale[j]
     return Calibration(mean, scale, slow, slow_mean, slow_scale, np.ones(c), float("inf"))
 
 
@@ -190,7 +203,3 @@ def score_series(
     # errors[i] belongs to the window ending at row i + W - 1.
     first = calibration_rows - (model.window - 1)
     return smooth[first:]
-
-
-def as_matrix(rows: Sequence[Sequence[float]]) -> Array:
-    return np.asarray(rows, dtype=np.float32)

@@ -3,7 +3,8 @@
 Per device: the first ``calibration`` messages (or the messages inside ``calibration_period``)
 are the clean period; when it is over the device is calibrated (`core.calibrate`) and its alarm
 threshold set. From then on each message adds one row to the device's window, one ONNX call
-scores all its points at once, and:
+scores all its points at once (`process_batch` scores what queued up in the bridge, all
+devices, in one call), and:
 
 - the message goes on with ``meta["anomaly_score"]`` (the device score), ``meta["anomaly"]``
   (alarm active) and ``meta["anomaly_points"]`` (each point's normalised error);
@@ -21,20 +22,13 @@ not scored (the device must be recalibrated to include them).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from gateway.anomaly.alarm import Hysteresis, Transition
-from gateway.anomaly.core import (
-    QUANTILE,
-    Calibration,
-    Preprocessor,
-    calibrate,
-    device_scores,
-)
+from gateway.anomaly.alarm import Transition
+from gateway.anomaly.device import DeviceScorer, Scored
 from gateway.anomaly.model import OnnxScorer, shipped
 from gateway.anomaly.options import AnomalyOptions
 from gateway.bus import Bus
@@ -61,13 +55,10 @@ def _numeric(value: object) -> bool:
 @dataclass
 class _Device:
     points: list[str]
-    rows: list[list[float]] = field(default_factory=list)
+    scorer: DeviceScorer
+    rows: list[list[float]] = field(default_factory=list)  # the clean period, until calibrated
     last: list[float] = field(default_factory=list)
-    cal: Calibration | None = None
-    pre: Preprocessor | None = None
-    window: np.ndarray[Any, np.dtype[np.float32]] | None = None  # [C, 1, W], newest last
-    scores: deque[float] = field(default_factory=deque)
-    alarm: Hysteresis | None = None
+    calibrated: bool = False
     scored: int = 0
 
 
@@ -81,26 +72,61 @@ class AnomalyStage:
         self.samples = 0
         self.alarms = 0
 
+    def _new_device(self, points: list[str]) -> _Device:
+        o = self.options
+        scorer = DeviceScorer(
+            self.model,
+            smooth=o.smooth,
+            margin=o.margin,
+            threshold=o.threshold,
+            clear_ratio=o.clear_ratio,
+            hold=o.hold,
+        )
+        return _Device(points, scorer)
+
     # -- per message ----------------------------------------------------------------------------
 
     def process(self, message: Message) -> tuple[Message, list[Message]]:
         """Score one telemetry message: (the message with its score, events to send)."""
-        device_name = message.device or message.origin
-        values = {s.point: float(s.value) for s in message.samples if _numeric(s.value)}  # type: ignore[arg-type]
-        if not values:
-            return message, []
-        dev = self.devices.get(device_name)
-        if dev is None:
-            dev = self.devices[device_name] = _Device(list(values))
-            dev.last = [values[p] for p in dev.points]
-        row = [values.get(p, dev.last[i]) for i, p in enumerate(dev.points)]
-        dev.last = row
-        if dev.cal is None:
-            if self._calibrating(message, dev, row):
-                return message, []
-            self._calibrate(device_name, dev)
-            return message, []
-        return self._score(device_name, dev, row, message)
+        return self.process_batch([message])[0]
+
+    def process_batch(self, messages: list[Message]) -> list[tuple[Message, list[Message]]]:
+        """Score messages in order, all calibrated devices' windows in one model call."""
+        out: list[tuple[Message, list[Message]]] = [(m, []) for m in messages]
+        pending: dict[str, list[tuple[int, list[float]]]] = {}
+        for i, message in enumerate(messages):
+            name = message.device or message.origin
+            values: dict[str, Any] = {
+                s.point: s.value for s in message.samples if _numeric(s.value)
+            }
+            if not values:
+                continue
+            dev = self.devices.get(name)
+            if dev is None:
+                dev = self.devices[name] = self._new_device(list(values))
+                dev.last = [float(values[p]) for p in dev.points]
+            row = [float(values.get(p, dev.last[j])) for j, p in enumerate(dev.points)]
+            dev.last = row
+            if dev.calibrated:
+                pending.setdefault(name, []).append((i, row))
+            elif not self._calibrating(message, dev, row):
+                self._calibrate(name, dev)
+        if not pending:
+            return out
+        windows = [
+            self.devices[name].scorer.windows(np.asarray([r for _, r in items]))
+            for name, items in pending.items()
+        ]
+        errors = self.model.errors(np.ascontiguousarray(np.concatenate(windows)))
+        at = 0
+        for name, items in pending.items():
+            dev = self.devices[name]
+            n = len(items) * len(dev.points)
+            results = dev.scorer.finish(errors[at : at + n])
+            at += n
+            for (i, row), result in zip(items, results, strict=True):
+                out[i] = self._publish(name, dev, row, result, messages[i])
+        return out
 
     def _calibrating(self, message: Message, dev: _Device, row: list[float]) -> bool:
         """Collect clean rows; False when the clean period is over."""
@@ -118,72 +144,50 @@ class AnomalyStage:
         return len(dev.rows) < self.model.window + self.options.smooth
 
     def _calibrate(self, device: str, dev: _Device) -> None:
-        o = self.options
-        rows = np.asarray(dev.rows, dtype=np.float64)
-        cal = calibrate(self.model, rows, smooth=o.smooth, quantile=QUANTILE, margin=o.margin)
-        if o.threshold is not None:
-            cal.threshold = o.threshold
-        dev.cal = cal
-        dev.pre = Preprocessor(cal, start=rows[0])
-        z = dev.pre.transform(rows)  # warms the running means up, fills the window
-        w = self.model.window
-        dev.window = np.ascontiguousarray(z[-w:].T[:, None, :])
-        dev.scores = deque(maxlen=o.smooth)
-        dev.alarm = Hysteresis(cal.threshold, clear_ratio=o.clear_ratio, hold=o.hold)
-        dev.rows = []
+        cal = dev.scorer.calibrate(np.asarray(dev.rows, dtype=np.float64))
+        dev.calibrated = True
         log.info(
             "anomaly %s: %s calibrated on %d samples of %d points, threshold %.3g",
             self.name,
             device,
-            len(rows),
+            len(dev.rows),
             len(dev.points),
             cal.threshold,
         )
+        dev.rows = []
 
-    def _score(
-        self, device: str, dev: _Device, row: list[float], message: Message
+    def _publish(
+        self, device: str, dev: _Device, row: list[float], result: Scored, message: Message
     ) -> tuple[Message, list[Message]]:
-        assert dev.cal is not None and dev.pre is not None and dev.window is not None
-        assert dev.alarm is not None
-        z = dev.pre.transform(np.asarray([row], dtype=np.float64))[0]
-        win = dev.window
-        win[:, 0, :-1] = win[:, 0, 1:]
-        win[:, 0, -1] = z
-        errors = self.model.errors(win)
-        normalised = errors / dev.cal.error_scale
-        raw = float(device_scores(errors[None, :], dev.cal.error_scale)[0])
-        dev.scores.append(raw)
-        score = sum(dev.scores) / len(dev.scores)
+        """The score on the message, the score for the shadow, an event on a transition."""
         dev.scored += 1
         self.samples += len(row)
-        change = dev.alarm.update(score)
+        score = result.score
         meta = {
             **message.meta,
             "anomaly_score": score,
-            "anomaly": dev.alarm.active,
-            "anomaly_points": dict(zip(dev.points, normalised.tolist(), strict=True)),
+            "anomaly": result.active,
+            "anomaly_points": dict(zip(dev.points, result.points.tolist(), strict=True)),
         }
         message = replace(message, meta=meta)
         origin = f"anomaly:{self.name}"
-        ts = max((s.source_ts for s in message.samples), default=0.0)
+        ts = max((s.source_ts for s in message.samples), default=0.0) or None
         report = Message(
             topic=anomaly_topic(device),
             kind=MessageKind.TELEMETRY,
-            samples=(Sample.now(SCORE_POINT, round(score, 6), source_ts=ts or None),),
+            samples=(Sample.now(SCORE_POINT, round(score, 6), source_ts=ts),),
             origin=origin,
             device=device,
         )
         self.bus.publish_nowait(report)
+        change = result.change
         if change is None:
             return message, []
+        threshold = dev.scorer.cal.threshold if dev.scorer.cal is not None else float("nan")
         if change is Transition.RAISED:
             self.alarms += 1
             log.warning(
-                "anomaly %s: %s alarm (score %.3g > %.3g)",
-                self.name,
-                device,
-                score,
-                dev.cal.threshold,
+                "anomaly %s: %s alarm (score %.3g > %.3g)", self.name, device, score, threshold
             )
         else:
             log.info("anomaly %s: %s alarm cleared (score %.3g)", self.name, device, score)
@@ -191,14 +195,14 @@ class AnomalyStage:
             topic=event_topic(device),
             kind=MessageKind.EVENT,
             samples=(
-                Sample.now(ALARM_POINT, change is Transition.RAISED, source_ts=ts or None),
-                Sample.now(SCORE_POINT, round(score, 6), source_ts=ts or None),
+                Sample.now(ALARM_POINT, change is Transition.RAISED, source_ts=ts),
+                Sample.now(SCORE_POINT, round(score, 6), source_ts=ts),
             ),
             origin=origin,
             device=device,
             meta={
                 "event": "anomaly" if change is Transition.RAISED else "anomaly_cleared",
-                "threshold": dev.cal.threshold,
+                "threshold": threshold,
             },
         )
         self.bus.publish_nowait(event)
@@ -210,6 +214,8 @@ class AnomalyStage:
         return {
             "scored_samples": self.samples,
             "alarms": self.alarms,
-            "active": sorted(n for n, d in self.devices.items() if d.alarm and d.alarm.active),
-            "calibrating": sorted(n for n, d in self.devices.items() if d.cal is None),
+            "active": sorted(
+                n for n, d in self.devices.items() if d.scorer.alarm and d.scorer.alarm.active
+            ),
+            "calibrating": sorted(n for n, d in self.devices.items() if not d.calibrated),
         }

@@ -1,8 +1,12 @@
 """SKAB's outlier-detection protocol: per file, fit and calibrate on the first 400 rows, score
 the rest; F1, FAR and MAR over all scored points of all files. numpy and ONNX Runtime only.
 
+A point counts as flagged while the device's alarm is active: the rows are fed one at a time
+to the same `DeviceScorer` the gateway's bridge stage uses (default options), so the figures
+are those of the alarm an operator would see.
+
 The baseline is Hotelling's T² on the standardised sensors, fit on the same 400 rows, with its
-threshold at the 99th percentile of its training scores.
+threshold at the 99th percentile of its training scores (flagged point by point).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gateway.anomaly.core import WindowModel, calibrate, score_series
+from gateway.anomaly.core import WindowModel
+from gateway.anomaly.device import DeviceScorer
+from gateway.anomaly.options import AnomalyOptions
 from models.anomaly.data import CALIBRATION_ROWS, DataError, Series, csv_files, read_series
 
 Pred = npt.NDArray[np.int8]
@@ -65,13 +71,21 @@ def evaluate_model(model: WindowModel, series: list[Series], **kw: Any) -> Tally
     for s in series:
         assert s.anomaly is not None
         start = time.perf_counter()
-        cal = calibrate(model, s.values[:CALIBRATION_ROWS], **kw)
-        scores = score_series(model, cal, s.values, CALIBRATION_ROWS)
+        pred = alarm_states(model, s.values, **kw)
         tally.seconds += time.perf_counter() - start
         tally.samples += s.values.size
-        pred = (scores > cal.threshold).astype(np.int8)
         tally.add(s.path.name, pred, s.anomaly[CALIBRATION_ROWS:])
     return tally
+
+
+def alarm_states(model: WindowModel, values: npt.NDArray[np.float64], **kw: Any) -> Pred:
+    """Calibrate on the first rows, then 1 while the alarm is active, row by row."""
+    o = AnomalyOptions()
+    options = {"smooth": o.smooth, "margin": o.margin, "clear_ratio": o.clear_ratio, "hold": o.hold}
+    scorer = DeviceScorer(model, **{**options, **kw})
+    scorer.calibrate(values[:CALIBRATION_ROWS])
+    rows = values[CALIBRATION_ROWS:]
+    return np.array([scorer.score(rows[i : i + 1])[0].active for i in range(len(rows))], np.int8)
 
 
 def hotelling(series: list[Series], quantile: float = 0.99) -> Tally:

@@ -1,0 +1,102 @@
+"""One device's scorer: calibration, windows, smoothing and alarm state, without the bus.
+
+The bridge stage uses it for every device, and ``gateway anomaly evaluate`` runs the same code
+over a CSV file, so the evaluated figures are those of the alarm the gateway raises. Scoring
+is split in two (``windows`` then ``finish``) so that the stage can put the windows of many
+devices and messages into one model call.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.anomaly.alarm import Hysteresis, Transition
+from gateway.anomaly.core import (
+    MARGIN,
+    QUANTILE,
+    SMOOTH,
+    Array,
+    Calibration,
+    Preprocessor,
+    WindowModel,
+    calibrate,
+)
+
+
+@dataclass(frozen=True)
+class Scored:
+    score: float  # smoothed device score
+    points: Array  # each point's error over its calibration typical error
+    change: Transition | None
+    active: bool
+
+
+class DeviceScorer:
+    def __init__(
+        self,
+        model: WindowModel,
+        *,
+        smooth: int = SMOOTH,
+        margin: float = MARGIN,
+        threshold: float | None = None,
+        clear_ratio: float = 0.8,
+        hold: int = 10,
+    ) -> None:
+        self.model = model
+        self.smooth = smooth
+        self.margin = margin
+        self.fixed_threshold = threshold
+        self.clear_ratio = clear_ratio
+        self.hold = hold
+        self.cal: Calibration | None = None
+        self.alarm: Hysteresis | None = None
+        self._pre: Preprocessor | None = None
+        self._window: npt.NDArray[np.float32] | None = None  # [C, 1, W], newest last
+        self._scores: deque[float] = deque(maxlen=smooth)
+        self._pending = 0
+
+    def calibrate(self, rows: npt.NDArray[Any]) -> Calibration:
+        """Learn normal from clean rows ``[T, C]`` and set the threshold (unless fixed)."""
+        x = np.asarray(rows, dtype=np.float64)
+        cal = calibrate(self.model, x, smooth=self.smooth, quantile=QUANTILE, margin=self.margin)
+        if self.fixed_threshold is not None:
+            cal.threshold = self.fixed_threshold
+        self.cal = cal
+        self._pre = Preprocessor(cal, start=x[0])
+        z = self._pre.transform(x)  # warms the running means up and fills the window
+        w = self.model.window
+        self._window = np.ascontiguousarray(z[-w:].T[:, None, :])
+        self.alarm = Hysteresis(cal.threshold, clear_ratio=self.clear_ratio, hold=self.hold)
+        return cal
+
+    def windows(self, rows: npt.NDArray[Any]) -> Array:
+        """Standardise new rows ``[k, C]``; their windows ``[k * C, 1, W]`` for the model."""
+        assert self._pre is not None and self._window is not None and self.alarm is not None
+        z = self._pre.transform(rows)
+        w = self.model.window
+        history = np.concatenate([self._window[:, 0, 1:].T, z])  # [W - 1 + k, C]
+        win = np.lib.stride_tricks.sliding_window_view(history, w, axis=0)  # [k, C, W]
+        self._window = np.ascontiguousarray(history[-w:].T[:, None, :])
+        self._pending = len(z)
+        return win.reshape(-1, 1, w)
+
+    def finish(self, errors: Array) -> list[Scored]:
+        """The model's errors for the last ``windows`` call -> one result per row, in order."""
+        assert self.cal is not None and self.alarm is not None
+        k = self._pending
+        normalised = (errors.reshape(k, -1) / self.cal.error_scale).astype(np.float32)
+        out = []
+        for row in normalised:
+            self._scores.append(float(row.max()))  # as core.device_scores
+            score = sum(self._scores) / len(self._scores)
+            change = self.alarm.update(score)
+            out.append(Scored(score, row, change, self.alarm.active))
+        return out
+
+    def score(self, rows: npt.NDArray[Any]) -> list[Scored]:
+        return self.finish(self.model.errors(np.ascontiguousarray(self.windows(rows))))
