@@ -33,6 +33,14 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--grid-episodes", type=int, default=16, help="episodes of the best-fixed search"
     )
+    t.add_argument("--lr", type=float, default=1e-4, help="PPO learning rate")
+    t.add_argument("--ent-coef", type=float, default=0.0, help="PPO entropy bonus")
+    t.add_argument(
+        "--start-bias",
+        type=float,
+        default=4.0,
+        help="logits towards the best fixed decision at the start (0: uniform)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -91,6 +99,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             n_envs=args.envs,
             grid_episodes=args.grid_episodes,
             quiet=args.quiet,
+            learning_rate=args.lr,
+            ent_coef=args.ent_coef,
+            start_bias=args.start_bias,
         )
     except TraceError as exc:
         return _fail(str(exc))

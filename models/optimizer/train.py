@@ -25,8 +25,6 @@ from models.optimizer.episodes import TrainSource
 
 __all__ = ["export_onnx", "ppo", "train"]
 
-START_BIAS = 4.0  # logits added to the start decision's indexes (about 0.9 per knob)
-
 
 def _progress(total: int, desc: str, quiet: bool) -> Any:
     from tqdm import tqdm
@@ -45,6 +43,9 @@ def train(
     grid_episodes: int = 16,
     weights: RewardWeights | None = None,
     quiet: bool = False,
+    learning_rate: float = 1e-4,
+    ent_coef: float = 0.0,
+    start_bias: float = 4.0,
 ) -> dict[str, Any]:
     """Train, export ``out`` (.onnx) and its .json; returns the JSON written."""
     from models.optimizer.evaluate import fixed_grid, grid_search
@@ -63,8 +64,9 @@ def train(
     bar.close()
     model = ppo(
         train_traces,
-        learning_rate=1e-4,
-        ent_coef=0.0,
+        learning_rate=learning_rate,
+        ent_coef=ent_coef,
+        start_bias=start_bias,
         steps=steps,
         seed=seed,
         n_envs=n_envs,
@@ -92,6 +94,9 @@ def train(
             "synth_share": 0.5 if train_traces else 1.0,
             "grid_episodes": grid_episodes,
             "seconds": round(trained_s, 1),
+            "learning_rate": learning_rate,
+            "ent_coef": ent_coef,
+            "start_bias": start_bias,
         },
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
@@ -111,6 +116,7 @@ def ppo(
     learning_rate: float = 3e-4,
     start: Decision | None = None,
     ent_coef: float = 0.01,
+    start_bias: float = 4.0,
 ) -> Any:
     """A PPO model trained on episodes drawn from ``train_traces`` + synthetic ones.
 
@@ -156,10 +162,10 @@ def ppo(
 
     if start is not None:
         with torch.no_grad():
-            bias = model.policy.action_net.bias
+            bias: Any = model.policy.action_net.bias
             offset = 0
             for index, n in zip(encode(start), ACTION_DIMS, strict=True):
-                bias[offset + index] += START_BIAS
+                bias[offset + index] += start_bias
                 offset += n
 
     class Bar(BaseCallback):
