@@ -35,8 +35,7 @@ class Recorder:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id="drain-sub", clean_session=False)
         c.on_connect = lambda cl, *_: cl.subscribe("plant/#", qos=1)
         c.on_message = self._on_message
-        # Back before the gateway (0.1 s): mosquitto 2.0 did not always keep what arrived for
-        # this persistent session between its restart and our reconnect.
+        # Back before the gateway (0.1 s), so the drain is seen as it happens.
         c.reconnect_delay_set(0.02, 0.05)
         c.connect(HOST, port)
         c.loop_start()
