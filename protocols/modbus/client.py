@@ -154,10 +154,7 @@ class ModbusClientAdapter(Adapter):
     # -- metadata -------------------------------------------------------------------------
 
     def points(self) -> list[PointSpec]:
-        return [
-            PointSpec.of(self.name, p.config, self._engineering_type(p))
-            for p in self._points
-        ]
+        return [PointSpec.of(self.name, p.config, self._engineering_type(p)) for p in self._points]
 
     @staticmethod
     def _engineering_type(p: _Point) -> str:
