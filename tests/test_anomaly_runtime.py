@@ -205,3 +205,21 @@ def test_batches_score_exactly_like_one_message_at_a_time() -> None:
         assert (s1 is None and s2 is None) or s1 == pytest.approx(s2, rel=1e-5)
         assert [e.meta for e in e1] == [e.meta for e in e2]
     assert one.alarms == many.alarms == 2 * len(FAULTS)
+
+
+def test_a_bridge_with_a_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+
+    text = f"""
+devices:
+  pump: {{protocol: modbus, host: 127.0.0.1, port: 5020, points: [{{name: flow, address: 0}}]}}
+endpoints:
+  broker: {{protocol: mqtt, host: 127.0.0.1, port: 1883, client_id: x}}
+bridges:
+  - {{name: up, from: pump, to: broker, anomaly: {{model: {tmp_path}/none.onnx}}}}
+"""
+    with pytest.raises(ConfigError, match="none.onnx' is not 'student', 'teacher' or a file"):
+        load_config_text(text, "gw.yaml")
+    config = load_config_text(text.replace(f"{tmp_path}/none.onnx", "teacher"), "gw.yaml")
+    options = config.bridges[0].anomaly
+    assert options is not None and options.model == "teacher" and options.calibration == 400

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--data", required=True, type=Path, metavar="DIR")
     t.add_argument("--out", type=Path, metavar="DIR", help="default: the shipped model folder")
     t.add_argument("--teacher-steps", type=int, default=3000)
-    t.add_argument("--student-steps", type=int, default=3000)
+    t.add_argument("--student-steps", type=int, default=6000)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
 

@@ -15,10 +15,11 @@ A device is a matrix of readings, one column per numeric point. Scoring has thre
 Slow points (temperatures) wander far from a short calibration period without anything being
 wrong. A point whose calibration readings are mostly slow variation (a moving average over
 ``SLOW_SPAN`` samples keeps more than ``SLOW_SHARE`` of their variance; white noise would keep
-1 / SLOW_SPAN, a cycle of a minute at one sample per second about a third) is scored on its deviation from a slow running mean instead of its level, so
-drift is tolerated while a sudden change still counts. The running mean follows a point by at
-most ``FOLLOW`` of its usual deviations per step, so it tracks drift but not a fault's jump (a
-mean that caught up with a long fault would raise a second alarm when the fault ends).
+1 / SLOW_SPAN, a cycle of a minute at one sample per second about a third) is scored on its
+deviation from a slow running mean instead of its level, so drift is tolerated while a sudden
+change still counts. The running mean follows a point by at most ``FOLLOW`` of its usual
+deviations per step, so it tracks drift but not a fault's jump (a mean that caught up with a
+long fault would raise a second alarm when the fault ends).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Calibration:
     error_scale: npt.NDArray[np.float64]
     threshold: float
     smooth: int = SMOOTH
+    recent: tuple[float, ...] = ()  # the last raw scores of the calibration (smoothing seed)
 
     @property
     def points(self) -> int:
@@ -186,7 +188,9 @@ def calibrate(
     pre = Preprocessor(cal, start=x[0].copy())
     errors = sliding_errors(model, pre.transform(x))
     cal.error_scale = np.maximum(errors.astype(np.float64).mean(axis=0), 1e-6)
-    scores = moving_average(device_scores(errors, cal.error_scale), smooth)
+    raw = device_scores(errors, cal.error_scale)
+    cal.recent = tuple(raw[-smooth:].tolist())
+    scores = moving_average(raw, smooth)
     cal.threshold = float(np.quantile(scores, quantile) * margin)
     return cal
 

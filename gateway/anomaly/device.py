@@ -72,6 +72,7 @@ class DeviceScorer:
         w = self.model.window
         self._window = np.ascontiguousarray(z[-w:].T[:, None, :])
         self.alarm = Hysteresis(cal.threshold, clear_ratio=self.clear_ratio, hold=self.hold)
+        self._scores = deque(cal.recent, maxlen=self.smooth)  # smoothing goes on seamlessly
         return cal
 
     def windows(self, rows: npt.NDArray[Any]) -> Array:

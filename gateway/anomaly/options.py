@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,8 +40,10 @@ class AnomalyOptions(BaseModel):
     hold: int = Field(10, ge=1, description="... for this many consecutive samples")
 
     @model_validator(mode="after")
-    def _period(self) -> AnomalyOptions:
+    def _check(self) -> AnomalyOptions:
         period = self.calibration_period
         if period is not None and period[0] >= period[1]:
             raise ValueError("calibration_period: start must be before end")
+        if self.model not in ("student", "teacher") and not os.path.isfile(self.model):
+            raise ValueError(f"model: {self.model!r} is not 'student', 'teacher' or a file")
         return self

@@ -173,7 +173,7 @@ def train(
     out: Path,
     *,
     teacher_steps: int = 3000,
-    student_steps: int = 3000,
+    student_steps: int = 6000,
     batch: int = 256,
     seed: int = 0,
     teacher_widths: tuple[int, int, int] | None = None,
