@@ -54,40 +54,6 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     assert "Error saving" not in b.log.read_text(errors="replace"), "mosquitto lost its state"
 
 
-class Subscriber:
-    """Counts distinct ids and checks per-device order of the values (counting up by one)."""
-
-    def __init__(self, port: int, client_id: str) -> None:
-        self.ids: set[str] = set()
-        self.last: dict[str, int] = {}
-        self.errors: list[str] = []
-        self.lock = threading.Lock()
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        c.on_connect = lambda cl, *_: cl.subscribe("plant/#", qos=1)
-        c.on_message = self._on_message
-        c.reconnect_delay_set(0.1, 0.5)
-        c.connect(HOST, port)
-        c.loop_start()
-        self.client = c
-
-    def _on_message(self, client: Any, userdata: Any, msg: paho.MQTTMessage) -> None:
-        body = json.loads(msg.payload)
-        device = msg.topic.split("/")[1]
-        with self.lock:
-            if body["id"] in self.ids:
-                return  # a duplicate after a replay: what the id is for
-            self.ids.add(body["id"])
-            value = int(body["value"])
-            expected = self.last.get(device, -1) + 1
-            if value != expected and len(self.errors) < 10:
-                self.errors.append(f"{device}: got {value}, expected {expected}")
-            self.last[device] = value
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def endpoint(port: int, path: Path, **outbox: Any) -> MqttEndpoint:
     return MqttEndpoint(
         host=HOST,
