@@ -331,6 +331,19 @@ ATTRIBUTES = [
 ]
 SEPARATORS = ["_", "_", ".", "-", " ", "", "/", ":", "__"]
 
+# Real names qualify generic points by the service or place they belong to ("CLG VLV" is a
+# Valve_Position_Command of a cooling coil), words the Brick class itself does not carry.
+SERVICE_QUALIFIERS = [
+    "cooling", "heating", "chilled water", "hot water", "preheat", "reheat", "condenser water",
+    "primary", "secondary", "bypass", "isolation", "outside air", "return air", "supply air",
+    "exhaust", "steam", "lead", "lag", "stage 1", "stage 2", "min", "max",
+]
+SERVICE_WORDS = {"valve", "damper", "pump", "coil", "fan", "position", "speed", "motor", "drive"}
+PLACE_QUALIFIERS = [
+    "north", "south", "east", "west", "main", "lobby", "corridor", "1st floor", "2nd floor",
+    "basement", "roof", "level 3", "wing b", "office", "lab", "conference", "kitchen",
+]
+
 _VOWELS = re.compile(r"(?<=.)[aeiou]")
 
 
@@ -370,6 +383,7 @@ class Renderer:
             by_canonical.setdefault(canon, []).append(alias)
         self.alias_names = by_canonical
         self.index = {c.name: i for i, c in enumerate(self.classes)}
+        self.known_names = {c.name.lower() for c in self.classes} | {a.lower() for a in aliases()}
 
     # -- the point itself -------------------------------------------------------------------
     def _word(self, w: str) -> str:
@@ -442,6 +456,21 @@ class Renderer:
             return None
         return f"{tag}{sep}{loop}{suffix}"
 
+    def _qualified(self, core: list[str], words: list[str]) -> list[str]:
+        """Sometimes prefix a service or place the class does not name, unless that would spell
+        another Brick class (``Cooling_`` + ``Temperature_Setpoint`` is a class of its own)."""
+        r = self.r
+        if SERVICE_WORDS & set(words) and r.random() < 0.3:
+            q = r.choice(SERVICE_QUALIFIERS)
+        elif r.random() < 0.06:
+            q = r.choice(PLACE_QUALIFIERS)
+        else:
+            return core
+        spelled = "_".join(w.capitalize() for w in q.split() + words)
+        if spelled.lower() in self.known_names:
+            return core
+        return q.split() + core
+
     def _point(self, cls: BrickClass) -> tuple[list[str], str | None]:
         """The words for the point itself, or an ISA tag string."""
         r = self.r
@@ -458,6 +487,7 @@ class Renderer:
             return [w for w in words], None  # the class name itself, spelled out
         kind = words[-1] if words[-1] in TYPE_WORDS else ""
         core = words[:-1] if kind else words
+        core = self._qualified(core, words)
         if kind == "limit" and len(core) > 1 and core[-1] == "setpoint":
             core = core[:-1]
             kind = "setpoint limit"
