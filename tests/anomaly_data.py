@@ -19,7 +19,8 @@ def series(
     t = np.arange(rows)
     flow = 30 + rng.normal(0, 0.5, rows)
     pressure = 2 + 0.1 * np.sin(t / 9.0) + rng.normal(0, 0.03, rows)
-    temperature = 60 + 0.004 * t + np.cumsum(rng.normal(0, 0.01, rows))  # slow, drifts
+    temperature = 60 + 0.004 * t + np.cumsum(rng.normal(0, 0.002, rows))  # slow, drifts
+    temperature += rng.normal(0, 0.02, rows)
     current = 1.5 + 0.02 * (flow - 30) + rng.normal(0, 0.01, rows)
     values = np.stack([flow, pressure, temperature, current], axis=1)
     label = np.zeros(rows, dtype=int)

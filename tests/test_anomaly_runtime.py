@@ -27,9 +27,9 @@ from gateway.types import Message, MessageKind, Sample
 from protocols.modbus.codec import DataType
 from protocols.modbus.simulator import Simulator
 
-FAULTS = [(300, 380), (520, 600)]
-ROWS = 720
-CALIBRATION = 150
+FAULTS = [(550, 630), (740, 820)]
+ROWS = 900
+CALIBRATION = 400
 
 
 def messages(device: str = "pump") -> list[Message]:

@@ -187,6 +187,11 @@ def calibrate(
     cal.smooth = smooth
     pre = Preprocessor(cal, start=x[0].copy())
     errors = sliding_errors(model, pre.transform(x))
+    # A slow point's running mean starts at its first reading and needs SLOW_TAU samples to
+    # settle: normal is learned after that (when the period is long enough to afford it).
+    settle = int(SLOW_TAU) if cal.slow.any() else 0
+    if len(errors) - settle >= max(2 * smooth, 50):
+        errors = errors[settle:]
     cal.error_scale = np.maximum(errors.astype(np.float64).mean(axis=0), 1e-6)
     raw = device_scores(errors, cal.error_scale)
     cal.recent = tuple(raw[-smooth:].tolist())
