@@ -230,6 +230,27 @@ def test_suggest_browses_a_live_opcua_server(tmp_path: Path) -> None:
     assert '"ReturnAirTemp": "AHU1_RAT"' in text
 
 
+def test_suggest_samples_a_live_mqtt_broker(tmp_path: Path, mosquitto) -> None:  # type: ignore[no-untyped-def]
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    infos = [
+        pub.publish("site/ahu1", json.dumps({"SupplyAirTemp": 13.1, "FanStatus": 1}), retain=True),
+        pub.publish("other/x", "1", retain=True),
+    ]
+    for info in infos:
+        info.wait_for_publish(5)
+    pub.loop_stop()
+    pub.disconnect()
+    tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_SF_STS\n")
+    text = _suggest(tmp_path, f"mqtt://127.0.0.1:{mosquitto.port}/site/#?seconds=1", str(tgt))
+    assert '"SupplyAirTemp": "AHU1_SAT"' in text
+    assert '"FanStatus"' in text and "other/x" not in text
+
+
 def _fake(scores: dict[str, tuple[str, float]]):  # type: ignore[no-untyped-def]
     calls: list[list[str]] = []
 

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from gateway.translator.pointlist import InputError, read_points
 from gateway.translator.tokenize import Point
@@ -125,9 +125,15 @@ def sample_mqtt(url: str) -> list[Point]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    u = urlparse(url)
-    topic = u.path.lstrip("/") or "#"
-    seconds = float(parse_qs(u.query).get("seconds", [MQTT_SECONDS])[0])
+    # Not urlparse alone: a topic filter's '#' would be read as a URL fragment.
+    scheme_host, _, tail = url.partition("://")[2].partition("/")
+    topic, _, query = tail.partition("?")
+    topic = unquote(topic) or "#"
+    u = urlparse(f"mqtt://{scheme_host}")
+    try:
+        seconds = float(parse_qs(query).get("seconds", [MQTT_SECONDS])[0])
+    except ValueError:
+        raise InputError(f"{url}: seconds must be a number") from None
     seen: dict[str, Point] = {}
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
