@@ -111,8 +111,10 @@ def bridge_yaml(
     ]
     n_review = 0
     for m in sorted(matches, key=lambda m: -m.confidence):
-        classes = m.source_class if m.target_class in (None, m.source_class) else (
-            f"{m.source_class} -> {m.target_class}"
+        classes = (
+            m.source_class
+            if m.target_class in (None, m.source_class)
+            else (f"{m.source_class} -> {m.target_class}")
         )
         if m.target is None:
             lines.append(f"        # REVIEW {_quote(m.source)}: no target left  # {classes}")
