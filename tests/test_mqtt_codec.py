@@ -307,17 +307,3 @@ def test_our_sample_payload_reads_back() -> None:
     m = message(sample("temp", 21.5, unit="degC"))
     ((topic, payload),) = encode(m, SAMPLE, "gw1")
     assert decode(topic, payload, "json") == 21.5
-
-
-def test_encode_is_fast_enough() -> None:
-    """15,000 samples/s must cost well under a core: allow 20 us per sample (measured ~1-3)."""
-    import time
-
-    m = message(*(sample(f"p{i}", 20.0 + i, unit="degC") for i in range(30)))
-    for route in (VALUE, SAMPLE, DEVICE):
-        encode(m, route, "gw1")  # warm the caches
-        start = time.perf_counter()
-        for _ in range(200):
-            encode(m, route, "gw1")
-        per_sample = (time.perf_counter() - start) / (200 * 30)
-        assert per_sample < 20e-6, (route.payload, per_sample)
