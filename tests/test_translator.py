@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from gateway.translator.evaluate import Baseline, scores
-from gateway.translator.model import DEFAULT_MODEL, FewShot, Translator, load, top_k
+from gateway.translator.fewshot import FewShot
+from gateway.translator.model import DEFAULT_MODEL, Translator, load, top_k
 from gateway.translator.tokenize import GRAMS, Point, encode, pieces
 from gateway.translator.vocab import brick_classes, canonical, same_class
 from models.translator.corpus import Renderer
@@ -16,10 +17,24 @@ from models.translator.corpus import Renderer
 
 def test_pieces_split_vendor_names() -> None:
     assert pieces("SDH.PXCM-08.AH2.SF-VFD:PRESENT_VALUE") == [
-        "sdh", "pxcm", "#", "ah", "#", "sf", "vfd", "present", "value",
+        "sdh",
+        "pxcm",
+        "#",
+        "ah",
+        "#",
+        "sf",
+        "vfd",
+        "present",
+        "value",
     ]
     assert pieces("Return Air CO2 Sensordac1UIP36") == [
-        "return", "air", "co2", "sensordac", "#", "uip", "#",
+        "return",
+        "air",
+        "co2",
+        "sensordac",
+        "#",
+        "uip",
+        "#",
     ]
     assert pieces("ZoneTempSP") == ["zone", "temp", "sp"]
     assert pieces("") == []
@@ -95,7 +110,10 @@ def test_shipped_model_is_small_and_loads_offline() -> None:
         ("AHU-2 Return Air Temp", {"Return_Air_Temperature_Sensor"}),
         ("OAT", {"Outside_Air_Temperature_Sensor"}),
         ("VAV_2_14_ZN_T", {"Zone_Air_Temperature_Sensor"}),
-        ("CHWS_TEMP", {"Leaving_Chilled_Water_Temperature_Sensor", "Chilled_Water_Temperature_Sensor"}),
+        (
+            "CHWS_TEMP",
+            {"Leaving_Chilled_Water_Temperature_Sensor", "Chilled_Water_Temperature_Sensor"},
+        ),
         ("Zone CO2", {"CO2_Sensor", "Zone_CO2_Level_Sensor"}),
         ("FCU_3_CLG_VLV", {"Valve_Position_Command", "Valve_Command"}),
     ],
@@ -160,3 +178,29 @@ def test_baseline_uses_examples() -> None:
     assert zero[0][0] == "Supply_Air_Temperature_Sensor"
     shot = b.rank([Point("FAN_RUN_7")], [(Point("FAN_RUN_1"), "Run_Status")])
     assert shot[0][0] == "Run_Status"
+
+
+def test_few_shot_head_improves_a_synthetic_site() -> None:
+    from gateway.translator.evaluate import scores
+    from models.translator.sites import site
+
+    t = load()
+    data = site(7, points=160, classes=12, novel=0.5)  # one convention, codes the model never saw
+    train, test = data[:40], data[40:]
+    truth = [c for _, c in test]
+    points = [p for p, _ in test]
+
+    def top1(probs: np.ndarray) -> float:
+        return scores(truth, [[t.classes[int(i)]] for i in probs.argmax(1)])["top1"]
+
+    zero = top1(t.predict(points).probs)
+    adapted = FewShot.fit(t, train)
+    assert adapted.w.any()  # the head learned something from the examples
+    few = top1(adapted.predict(points).probs)
+    assert few > zero + 0.1
+    # classes no example shows keep their zero-shot ranking among themselves
+    base = t.predict(points[:5]).probs
+    after = adapted.predict(points[:5]).probs
+    unseen = np.setdiff1d(np.arange(len(t.classes)), adapted.seen)[:50]
+    ratio = after[:, unseen] / base[:, unseen]
+    assert np.allclose(ratio, ratio[:, :1], rtol=1e-3)

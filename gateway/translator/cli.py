@@ -91,7 +91,7 @@ def _translator(args: argparse.Namespace) -> Any:
 def _adapted(translator: Any, examples: str | None) -> Any:
     if not examples:
         return translator
-    from gateway.translator.model import FewShot
+    from gateway.translator.fewshot import FewShot
     from gateway.translator.pointlist import read_labeled
 
     return FewShot.fit(translator, read_labeled(examples))

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gateway.translator.model import FewShot, Prediction, Translator
+from gateway.translator.fewshot import FewShot
+from gateway.translator.model import Prediction, Translator
 from gateway.translator.tokenize import Point, pieces
 from gateway.translator.vocab import canonical, scoring_key
 
@@ -103,8 +104,13 @@ def evaluate(
             train, test = order[:k], order[k:]
             examples = [(points[i], labels[i]) for i in train]
             truth = [labels[i] for i in test]
-            adapted = FewShot(translator, [labels[i] for i in train], base.embeddings[train])
-            pred = adapted.adapt(_subset(base, test))
+            adapted = FewShot(
+                translator,
+                [points[i] for i in train],
+                [labels[i] for i in train],
+                _subset(base, train),
+            )
+            pred = adapted.adapt(_subset(base, test), [points[i] for i in test])
             runs["model"].append(scores(truth, _ranked(pred, translator.classes)))
             ranked = baseline.rank([points[i] for i in test], examples)
             runs["baseline"].append(scores(truth, ranked))

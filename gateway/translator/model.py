@@ -1,10 +1,7 @@
-"""Run the shipped translator with ONNX Runtime and adapt it to a site with a few examples.
+"""Run the shipped translator with ONNX Runtime.
 
 `Translator.predict` gives, per point, a distribution over the Brick classes and a unit-length
-embedding. `FewShot` adapts it without training: the classes the user's examples use become more
-likely (a site uses a few dozen of the ~800 classes), and a nearest-neighbour memory over the
-examples' embeddings votes for the class of the most similar examples. Both are numpy only, so
-adding examples costs one forward pass over them.
+embedding; `gateway.translator.fewshot` adapts it to a site with a few labeled examples.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.translator.tokenize import Point, encode
-from gateway.translator.vocab import MODEL_DIR, canonical
+from gateway.translator.vocab import MODEL_DIR
 
 DEFAULT_MODEL = MODEL_DIR / "translator.onnx"
 CHUNK = 256  # points per ONNX Runtime call: big enough to amortize, small enough to pad little
@@ -88,64 +85,6 @@ class Translator:
 def load(path: str = str(DEFAULT_MODEL)) -> Translator:
     """One shared translator per model file (sessions are thread-safe for run)."""
     return Translator(path)
-
-
-class FewShot:
-    """A translator adapted to one site by labeled examples (``name,brick_class``).
-
-    p = (1 - a) * prior_boost(p_model) + a * p_memory, where prior_boost multiplies the classes
-    the examples use by ``1 + boost`` and renormalizes, p_memory is a softmax over the examples'
-    cosine similarities (one score per class: its most similar example), and ``a`` grows with the
-    best similarity, so a point that looks like a known example follows it and a new kind of
-    point falls back on the model.
-    """
-
-    def __init__(
-        self,
-        translator: Translator,
-        labels: Sequence[str],
-        memory: Floats | None,
-        *,
-        boost: float = 10.0,
-        temperature: float = 0.05,
-    ) -> None:
-        self.t = translator
-        self.boost = boost
-        self.temperature = temperature
-        known = [canonical(c) for c in labels]
-        unknown = sorted({c for c in known if c not in translator.index})
-        if unknown:
-            raise ValueError(f"unknown Brick class(es) in the examples: {', '.join(unknown[:5])}")
-        self.labels = np.array([translator.index[c] for c in known], dtype=np.int64)
-        self.memory = memory if len(known) else None
-        self.seen = np.zeros(len(translator.classes), dtype=np.float32)
-        self.seen[self.labels] = 1.0
-
-    @classmethod
-    def fit(cls, translator: Translator, examples: Sequence[tuple[Point, str]]) -> FewShot:
-        """Embed the examples once; `predict` then costs one model pass plus a matrix product."""
-        memory = translator.predict([p for p, _ in examples]).embeddings if examples else None
-        return cls(translator, [c for _, c in examples], memory)
-
-    def predict(self, points: Sequence[Point]) -> Prediction:
-        return self.adapt(self.t.predict(points))
-
-    def adapt(self, pred: Prediction) -> Prediction:
-        """The model's prediction, adapted to the site."""
-        n = pred.probs.shape[0]
-        if self.memory is None or not n:
-            return pred
-        p = pred.probs * (1.0 + self.boost * self.seen)
-        p /= p.sum(1, keepdims=True)
-        sims = pred.embeddings @ self.memory.T  # (N, M)
-        per_class = np.full((n, len(self.t.classes)), -np.inf, dtype=np.float32)
-        for j, label in enumerate(self.labels):
-            np.maximum(per_class[:, label], sims[:, j], out=per_class[:, label])
-        best = per_class.max(1, keepdims=True)
-        mem = np.exp((per_class - best) / self.temperature)
-        mem /= mem.sum(1, keepdims=True)
-        a = np.clip((best - 0.5) / 0.4, 0.0, 0.9)
-        return Prediction(((1 - a) * p + a * mem).astype(np.float32), pred.embeddings)
 
 
 def top_k(probs: Floats, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:

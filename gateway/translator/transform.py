@@ -67,7 +67,8 @@ class Translate:
         return self._classifier(names)
 
     def _load(self) -> Callable[[list[str]], list[list[tuple[str, float]]]]:
-        from gateway.translator.model import FewShot, load, top_k
+        from gateway.translator.fewshot import FewShot
+        from gateway.translator.model import load, top_k
         from gateway.translator.pointlist import read_labeled
         from gateway.translator.tokenize import Point
 

@@ -1,0 +1,157 @@
+"""Few-shot adaptation: a small head fitted on a site's labeled examples, on top of the model.
+
+The shipped model knows Brick and the usual abbreviations, not one building's habits. Given a
+handful of labeled points, `FewShot` fits, in numpy and in milliseconds, a log-linear correction
+to the model's class distribution:
+
+    logit(c | x) = log p_model(c | x) + seen(c) * (beta + b_c + w_c . f(x))
+
+where f(x) is the point's model embedding together with the name's pieces and piece pairs as the
+site writes them (``zn``, ``zn t``: the naming convention, what Scrabble/Zodiac learn), and
+seen(c) is 1 for the classes the examples use. Classes no example shows keep the model's relative
+probabilities; ``beta`` is a fixed prior boost of the classes the site is known to use (x11; a
+leave-one-out fit of it did worse on synthetic sites). b and w are fitted by L2-regularized
+maximum likelihood (Adam, fixed steps, from zero, so with no signal the head stays the prior). A
+nearest-neighbour vote over the examples' embeddings is blended in for near-copies of an example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.translator.model import Floats, Prediction, Translator
+from gateway.translator.tokenize import Point, pieces
+from gateway.translator.vocab import canonical
+
+BETA = float(np.log(11.0))  # seen classes x11 a priori: a site uses few of the ~800
+L2 = 0.01  # weight decay on b and w (chosen on synthetic sites, models/translator/sites.py)
+STEPS = 150
+LEARNING_RATE = 0.1
+TOKEN_WEIGHT = 1.0  # scale of the name features against the unit-length embedding
+MEMORY_TEMPERATURE = 0.05
+
+
+def _features(p: Point) -> list[str]:
+    ps = [x for x in pieces(p.name) if x != "#"]
+    feats = set(ps)
+    feats.update(f"{a} {b}" for a, b in zip(ps, ps[1:], strict=False))
+    feats.update(f"d:{x}" for x in pieces(p.description) if x != "#")
+    if p.unit:
+        feats.add(f"u:{p.unit.strip().lower()}")
+    return sorted(feats)
+
+
+class FewShot:
+    """A translator adapted to one site by labeled examples (``name,brick_class``)."""
+
+    def __init__(
+        self,
+        translator: Translator,
+        points: Sequence[Point],
+        labels: Sequence[str],
+        base: Prediction,
+        *,
+        l2: float = L2,
+        steps: int = STEPS,
+        token_weight: float = TOKEN_WEIGHT,
+        memory: bool = True,
+        beta: float = BETA,
+    ) -> None:
+        self.t = translator
+        known = [canonical(c) for c in labels]
+        unknown = sorted({c for c in known if c not in translator.index})
+        if unknown:
+            raise ValueError(f"unknown Brick class(es) in the examples: {', '.join(unknown[:5])}")
+        self.token_weight = token_weight
+        self.use_memory = memory
+        y_full = np.array([translator.index[c] for c in known], dtype=np.int64)
+        self.seen = np.unique(y_full)  # (S,) class ids the head corrects
+        n, s = len(known), len(self.seen)
+        self.vocab: dict[str, int] = {}
+        for p in points:
+            for f in _features(p):
+                self.vocab.setdefault(f, len(self.vocab))
+        self.memory = base.embeddings
+        self.memory_labels = y_full
+        self.beta = beta
+        self.w = np.zeros((base.embeddings.shape[1] + len(self.vocab), s), dtype=np.float32)
+        self.b = np.zeros(s, dtype=np.float32)
+        if n:
+            y = np.searchsorted(self.seen, y_full)
+            logp = np.log(np.maximum(base.probs, 1e-12))
+            self._fit(logp, self._x(points, base.embeddings), y, l2, steps)
+
+    @classmethod
+    def fit(cls, translator: Translator, examples: Sequence[tuple[Point, str]]) -> FewShot:
+        """One model pass over the examples, then the head's fit (numpy, milliseconds)."""
+        points = [p for p, _ in examples]
+        return cls(translator, points, [c for _, c in examples], translator.predict(points))
+
+    def _x(self, points: Sequence[Point], emb: Floats) -> Floats:
+        tok = np.zeros((len(points), len(self.vocab)), dtype=np.float32)
+        for i, p in enumerate(points):
+            ids = [j for f in _features(p) if (j := self.vocab.get(f)) is not None]
+            if ids:
+                tok[i, ids] = self.token_weight / np.sqrt(len(ids))
+        return np.concatenate([emb, tok], axis=1)
+
+    def _fit(
+        self, logp: Floats, x: Floats, y: npt.NDArray[np.int64], l2: float, steps: int
+    ) -> None:
+        n = len(y)
+        onehot = np.zeros((n, len(self.seen)), dtype=np.float32)
+        onehot[np.arange(n), y] = 1.0
+        params = [self.w, self.b]
+        m = [np.zeros_like(q) for q in params]
+        v = [np.zeros_like(q) for q in params]
+        for step in range(1, steps + 1):
+            delta = x @ self.w + self.b + self.beta
+            z = logp.copy()
+            z[:, self.seen] += delta
+            z -= z.max(1, keepdims=True)
+            pz = np.exp(z)
+            pz /= pz.sum(1, keepdims=True)
+            g = (pz[:, self.seen] - onehot) / n
+            grads = [x.T @ g + l2 * self.w, g.sum(0) + l2 * self.b]
+            for q, gq, mq, vq in zip(params, grads, m, v, strict=True):
+                mq *= 0.9
+                mq += 0.1 * gq
+                vq *= 0.999
+                vq += 0.001 * gq * gq
+                mhat = mq / (1 - 0.9**step)
+                vhat = vq / (1 - 0.999**step)
+                q -= LEARNING_RATE * mhat / (np.sqrt(vhat) + 1e-8)
+
+    def predict(self, points: Sequence[Point]) -> Prediction:
+        return self.adapt(self.t.predict(points), points)
+
+    def adapt(self, pred: Prediction, points: Sequence[Point]) -> Prediction:
+        """The model's prediction for ``points``, adapted to the site."""
+        n = pred.probs.shape[0]
+        if not n or not len(self.memory_labels):
+            return pred
+        z = np.log(np.maximum(pred.probs, 1e-12))
+        z[:, self.seen] += self._x(points, pred.embeddings) @ self.w + self.b + self.beta
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        if self.use_memory:
+            p = self._blend_memory(p, pred.embeddings)
+        return Prediction(p.astype(np.float32), pred.embeddings)
+
+    def _blend_memory(self, p: Floats, emb: Floats) -> Floats:
+        """A near-copy of an example (cosine near 1) follows that example's class."""
+        n = p.shape[0]
+        sims = emb @ self.memory.T
+        per_class = np.full((n, p.shape[1]), -np.inf, dtype=np.float32)
+        for j, label in enumerate(self.memory_labels):
+            np.maximum(per_class[:, label], sims[:, j], out=per_class[:, label])
+        best = per_class.max(1, keepdims=True)
+        mem = np.exp((per_class - best) / MEMORY_TEMPERATURE)
+        mem /= mem.sum(1, keepdims=True)
+        a = np.clip((best - 0.5) / 0.4, 0.0, 0.9)
+        out: Floats = (1 - a) * p + a * mem
+        return out
