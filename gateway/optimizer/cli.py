@@ -54,6 +54,16 @@ def register(subparsers: Any) -> None:
     e.add_argument("--seed", type=int, default=1000, help="workload and RTT of trace i: seed + i")
     e.set_defaults(func=cmd_evaluate)
 
+    h = sub.add_parser(
+        "headroom",
+        help="the most any policy could gain over the best fixed one (a simulator bound)",
+    )
+    h.add_argument("--traces", required=True, metavar="DIR")
+    h.add_argument("--model", default="builtin", help="whose policy.json names the best fixed")
+    h.add_argument("--length", type=float, default=300.0, help="seconds of each trace used")
+    h.add_argument("--seed", type=int, default=1000, help="workload and RTT of trace i: seed + i")
+    h.set_defaults(func=cmd_headroom)
+
     g = sub.add_parser(
         "traces", help="write evaluation traces (synthetic mobile, or a held-out split)"
     )
@@ -142,6 +152,40 @@ def cmd_traces(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"{args.out}: {exc.strerror or exc}")
     print(f"{args.count} {args.kind} traces in {args.out}")
+    return 0
+
+
+def cmd_headroom(args: argparse.Namespace) -> int:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return _fail("the bound needs the [ml] extra (numpy)")
+    from gateway.optimizer.heuristic import FixedPolicy
+    from gateway.optimizer.policy import OnnxPolicy, PolicyError, builtin_path
+    from models.optimizer import traces as tr
+    from models.optimizer.episodes import eval_episodes
+    from models.optimizer.evaluate import run_episode
+    from models.optimizer.headroom import headroom
+
+    try:
+        traces = tr.load_dir(args.traces)
+        meta = OnnxPolicy(builtin_path() if args.model == "builtin" else args.model).meta
+    except (tr.TraceError, PolicyError) as exc:
+        return _fail(str(exc))
+    from gateway.optimizer.actions import Decision
+    from gateway.optimizer.config import RewardWeights
+
+    weights = RewardWeights(**meta["weights"])
+    bf = meta["best_fixed"]
+    best = Decision(bf["deadline"], bf["max_batch"], bf["compress"], bf["qos"], bf["window"])
+    episodes = eval_episodes(traces, seed=args.seed, length=args.length)
+    runs = [run_episode(FixedPolicy(best), ep, weights)[1] for ep in episodes]
+    report = {
+        "traces": len(traces),
+        "best_fixed": best.as_dict(),
+        **headroom(episodes, runs, weights),
+    }
+    print(json.dumps(report))
     return 0
 
 
