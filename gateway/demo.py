@@ -68,10 +68,14 @@ bridges:
     topic: "plant/{{device}}/{{point}}"
     payload: sample
     qos: 1
+    computed:                  # from this reading and the shadow's last values
+      - {{name: setpoint_error, expr: "temperature - setpoint", unit: K}}
   - name: boiler-opcua
     from: boiler
     to: opcua
     folder: Boiler
+shadow:                        # reported/desired state and history per device
+  path: shadow.db
 """
 
 
@@ -142,6 +146,8 @@ async def run_demo(
             "Watch it yourself:\n"
             f"  mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'plant/#' -v\n"
             f"  mbpoll -m tcp -p {device.port} -0 -t 4:float -B -r 0 -c 1 127.0.0.1\n"
+            f"  gateway shadow get boiler --config {config_path}\n"
+            f"  gateway shadow set boiler setpoint=65 --config {config_path}\n"
             "Readings that reached the broker and came back (Ctrl-C to stop):",
             file=out,
             flush=True,
