@@ -71,6 +71,44 @@ def test_corpus_is_seeded_and_varied() -> None:
     assert len(spellings) > 150
 
 
+def test_class_prior_favours_common_points() -> None:
+    from models.translator.prior import class_weights
+
+    classes = brick_classes()
+    w = dict(zip((c.name for c in classes), class_weights(classes), strict=True))
+    assert abs(np.mean(list(w.values())) - 1) < 1e-9
+    assert w["Supply_Air_Temperature_Sensor"] > 10 * w["Derivative_Gain_Parameter"]
+    assert w["Valve_Position_Command"] > w["Air_Temperature_Integral_Time_Parameter"]
+    r = Renderer(seed=2)
+    drawn = [r.classes[k].name for _, k in r.stream(4000, prior=1.0)]
+    uniform = [r.classes[k].name for _, k in Renderer(seed=2).stream(4000)]
+    staple = "Zone_Air_Temperature_Sensor"
+    assert drawn.count(staple) > 3 * max(1, uniform.count(staple))
+
+
+def test_descriptive_names_read_like_typed_text() -> None:
+    r = Renderer(seed=4)
+    cls = r.classes[r.index["Supply_Air_Temperature_Sensor"]]
+    names = [r._descriptive(cls) for _ in range(300)]
+    assert any(" " in n and n == n.lower() for n in names)
+    assert any("discharge" in n.lower() for n in names)
+    spelled = [n for n in names if "tem" in n.lower() or "tmp" in n.lower()]
+    assert len(spelled) > 0.9 * len(names)  # the quantity stays readable
+    assert any("sensor" not in n.lower() for n in names)
+
+
+def test_soft_targets_put_smoothing_on_ancestors() -> None:
+    from models.translator.train import TrainConfig, soft_targets
+
+    classes = brick_classes()
+    t = soft_targets(len(classes), TrainConfig()).numpy()
+    assert np.allclose(t.sum(1), 1, atol=1e-5)
+    names = [c.name for c in classes]
+    i = names.index("Air_Temperature_Setpoint")
+    assert t[i, i] > 0.89
+    assert t[i, names.index("Temperature_Setpoint")] > 10 * t[i, names.index("CO2_Sensor")]
+
+
 def test_tiny_training_loss_falls_and_exports(tmp_path: Path) -> None:
     from models.translator.train import TrainConfig, export_onnx, train
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import random
 import re
+from bisect import bisect
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
 
 from gateway.translator.tokenize import Point
 from gateway.translator.vocab import BrickClass, aliases, brick_classes
+from models.translator.prior import class_weights
 
 # Word -> abbreviations seen in BAS/BMS point names (the full word is always possible too).
 WORDS: dict[str, list[str]] = {
@@ -309,39 +312,237 @@ TYPE_WORDS = {
 
 EQUIPMENT: dict[str, list[str]] = {
     "air": [
-        "AHU", "AH", "VAV", "FCU", "RTU", "MAU", "DOAS", "ERV", "HRU", "UH", "CUH", "SF", "RF",
-        "EF", "FC", "VVT", "TU", "CAV", "ACU", "CRAC", "HP", "SAF", "RAF",
+        "AHU",
+        "AH",
+        "VAV",
+        "FCU",
+        "RTU",
+        "MAU",
+        "DOAS",
+        "ERV",
+        "HRU",
+        "UH",
+        "CUH",
+        "SF",
+        "RF",
+        "EF",
+        "FC",
+        "VVT",
+        "TU",
+        "CAV",
+        "ACU",
+        "CRAC",
+        "HP",
+        "SAF",
+        "RAF",
     ],
     "water": [
-        "CH", "CHLR", "CHL", "BLR", "B", "P", "CHWP", "HWP", "CWP", "CT", "HX", "PMP", "CHWS",
-        "HWS", "PUMP", "CDWP",
+        "CH",
+        "CHLR",
+        "CHL",
+        "BLR",
+        "B",
+        "P",
+        "CHWP",
+        "HWP",
+        "CWP",
+        "CT",
+        "HX",
+        "PMP",
+        "CHWS",
+        "HWS",
+        "PUMP",
+        "CDWP",
     ],
     "elec": ["MTR", "EM", "PNL", "MCC", "LP", "DP", "SWBD", "ELEC", "UPS", "GEN", "PM", "MSB"],
     "light": ["LTG", "LC", "LP", "LZ", "LIGHT", "LT", "LCP"],
     "any": ["ZN", "Z", "RM", "FL", "FLR", "BLDG", "SYS", "PLANT", "UNIT", "U", "DEV", "EQ"],
 }
 CONTROLLERS = [
-    "PXCM-{n2}", "NAE{n}", "DDC{n}", "N2-{n}", "dac{n}", "UIP{n2}", "AI{n}", "AV-{n}", "BO{n}",
-    "NCE{n}", "CX{n}", "DEV{n3}", "FEC{n2}", "UI{n2}", "BI-{n}", "MS{n}", "VMA{n}", "NX{n}",
-    "JACE{n}", "CPU{n}", "IO{n2}", "UO{n}", "PLC{n}", "ctl{n}", "{n3}",
+    "PXCM-{n2}",
+    "NAE{n}",
+    "DDC{n}",
+    "N2-{n}",
+    "dac{n}",
+    "UIP{n2}",
+    "AI{n}",
+    "AV-{n}",
+    "BO{n}",
+    "NCE{n}",
+    "CX{n}",
+    "DEV{n3}",
+    "FEC{n2}",
+    "UI{n2}",
+    "BI-{n}",
+    "MS{n}",
+    "VMA{n}",
+    "NX{n}",
+    "JACE{n}",
+    "CPU{n}",
+    "IO{n2}",
+    "UO{n}",
+    "PLC{n}",
+    "ctl{n}",
+    "{n3}",
 ]
 ATTRIBUTES = [
-    ":PRESENT_VALUE", ".PV", ".Value", "/present-value", ":TREND", ".pv", " PV", "_PV", ".value",
-    ":PV", "/value", ".Present_Value", "#value",
+    ":PRESENT_VALUE",
+    ".PV",
+    ".Value",
+    "/present-value",
+    ":TREND",
+    ".pv",
+    " PV",
+    "_PV",
+    ".value",
+    ":PV",
+    "/value",
+    ".Present_Value",
+    "#value",
 ]
 SEPARATORS = ["_", "_", ".", "-", " ", "", "/", ":", "__"]
 
 # Real names qualify generic points by the service or place they belong to ("CLG VLV" is a
 # Valve_Position_Command of a cooling coil), words the Brick class itself does not carry.
 SERVICE_QUALIFIERS = [
-    "cooling", "heating", "chilled water", "hot water", "preheat", "reheat", "condenser water",
-    "primary", "secondary", "bypass", "isolation", "outside air", "return air", "supply air",
-    "exhaust", "steam", "lead", "lag", "stage 1", "stage 2", "min", "max",
+    "cooling",
+    "heating",
+    "chilled water",
+    "hot water",
+    "preheat",
+    "reheat",
+    "condenser water",
+    "primary",
+    "secondary",
+    "bypass",
+    "isolation",
+    "outside air",
+    "return air",
+    "supply air",
+    "exhaust",
+    "steam",
+    "lead",
+    "lag",
+    "stage 1",
+    "stage 2",
+    "min",
+    "max",
 ]
 SERVICE_WORDS = {"valve", "damper", "pump", "coil", "fan", "position", "speed", "motor", "drive"}
 PLACE_QUALIFIERS = [
-    "north", "south", "east", "west", "main", "lobby", "corridor", "1st floor", "2nd floor",
-    "basement", "roof", "level 3", "wing b", "office", "lab", "conference", "kitchen",
+    "north",
+    "south",
+    "east",
+    "west",
+    "main",
+    "lobby",
+    "corridor",
+    "1st floor",
+    "2nd floor",
+    "basement",
+    "roof",
+    "level 3",
+    "wing b",
+    "office",
+    "lab",
+    "conference",
+    "kitchen",
+]
+
+# Plain-word synonyms operators use in descriptive names (Brick says supply, they say discharge).
+SYNONYMS: dict[str, list[str]] = {
+    "supply": ["discharge", "supply", "leaving", "sup", "disch"],
+    "discharge": ["supply", "discharge", "disch"],
+    "leaving": ["supply", "leaving", "outlet", "lvg"],
+    "entering": ["return", "entering", "inlet", "ent"],
+    "return": ["return", "ret", "entering"],
+    "outside": ["outdoor", "outside", "ambient", "oa"],
+    "zone": ["room", "space", "zone", "zn"],
+    "room": ["zone", "space", "room", "rm"],
+    "temperature": ["temp", "temperature", "temp.", "tmp"],
+    "setpoint": ["set point", "setpoint", "sp", "stpt", "set-point", "setpt", "target", "spt"],
+    "command": ["cmd", "command", "control", "output", "signal"],
+    "status": ["status", "state", "sts", "feedback", "indication"],
+    "alarm": ["alarm", "alm", "alert", "alarm status"],
+    "position": ["position", "pos", "%", "percent open", "opening"],
+    "valve": ["valve", "vlv"],
+    "damper": ["damper", "dmpr"],
+    "power": ["power", "kw", "real power"],
+    "energy": ["energy", "kwh", "consumption", "usage"],
+    "humidity": ["humidity", "rh"],
+    "pressure": ["pressure", "press"],
+    "flow": ["flow", "flow rate", "volume"],
+    "speed": ["speed", "spd", "vfd speed"],
+    "occupancy": ["occupancy", "occupied", "presence"],
+    "luminance": ["light level", "lux", "luminance"],
+    "lighting": ["lights", "lighting", "light"],
+    "cooling": ["cooling", "clg", "cool"],
+    "heating": ["heating", "htg", "heat"],
+    "run": ["run", "running"],
+    "on": ["on/off", "on"],
+    "start": ["start/stop", "start"],
+    "electric": ["electrical", "electric", ""],
+    "chilled": ["chilled", "chw", "cold"],
+    "sensor": ["sensor", "sensor", "reading", "measurement", "value"],
+}
+# Equipment and places written before descriptive names; they do not change the point's class.
+DESC_EQUIPMENT: dict[str, list[str]] = {
+    "air": [
+        "fcu",
+        "fan coil",
+        "fan coil unit",
+        "ahu",
+        "air handler",
+        "air handling unit",
+        "vav",
+        "vav box",
+        "rtu",
+        "rooftop unit",
+        "unit ventilator",
+        "doas",
+        "crac",
+        "heat pump",
+    ],
+    "water": [
+        "chiller",
+        "boiler",
+        "pump",
+        "chw pump",
+        "hw pump",
+        "cooling tower",
+        "heat exchanger",
+        "plant",
+        "chw loop",
+        "hw loop",
+    ],
+    "elec": [
+        "meter",
+        "sub meter",
+        "submeter",
+        "electric meter",
+        "power meter",
+        "panel",
+        "main panel",
+        "mcc",
+        "ups",
+        "lighting panel",
+        "feeder",
+    ],
+    "light": ["lighting panel", "light", "lighting zone", "lights", "lighting controller"],
+    "any": ["zone", "room", "floor", "building", "system", "unit", "controller"],
+}
+DESC_PLACES = [
+    "room #",
+    "rm #",
+    "floor #",
+    "level #",
+    "#th floor",
+    "north wing",
+    "south wing",
+    "bldg #",
+    "suite #",
+    "lab #",
+    "office #",
 ]
 
 _VOWELS = re.compile(r"(?<=.)[aeiou]")
@@ -384,6 +585,7 @@ class Renderer:
         self.alias_names = by_canonical
         self.index = {c.name: i for i, c in enumerate(self.classes)}
         self.known_names = {c.name.lower() for c in self.classes} | {a.lower() for a in aliases()}
+        self._cum: list[float] | None = None
 
     # -- the point itself -------------------------------------------------------------------
     def _word(self, w: str) -> str:
@@ -445,8 +647,13 @@ class Renderer:
             tag = letter + r.choice(["IC", "C", "RC", "IC"])
             suffix = r.choice(["_SP", ".SP", "-SP", "_SETPT", ".SV"])
         elif kind == "alarm":
-            hl = "H" if {"high", "max", "maximum"} & set(words) else "L" if {
-                "low", "min", "minimum"} & set(words) else r.choice(["H", "L", ""])
+            hl = (
+                "H"
+                if {"high", "max", "maximum"} & set(words)
+                else "L"
+                if {"low", "min", "minimum"} & set(words)
+                else r.choice(["H", "L", ""])
+            )
             tag = letter + "A" + hl
             suffix = r.choice(["", "_ALM", ".ALM"])
         elif kind == "command":
@@ -471,14 +678,18 @@ class Renderer:
             return core
         return q.split() + core
 
+    def _class_words(self, cls: BrickClass) -> list[str]:
+        """The class name's words, sometimes those of one of its aliases (``Discharge_*``)."""
+        name = cls.name
+        alts = self.alias_names.get(name)
+        if alts and self.r.random() < 0.3:
+            name = self.r.choice(alts)
+        return [w.lower() for w in name.split("_")]
+
     def _point(self, cls: BrickClass) -> tuple[list[str], str | None]:
         """The words for the point itself, or an ISA tag string."""
         r = self.r
-        name = cls.name
-        alts = self.alias_names.get(name)
-        if alts and r.random() < 0.3:
-            name = r.choice(alts)
-        words = [w.lower() for w in name.split("_")]
+        words = self._class_words(cls)
         if len(words) <= 4 and r.random() < 0.25:
             tag = self._isa(words)
             if tag is not None:
@@ -510,8 +721,19 @@ class Renderer:
         e = r.choice(EQUIPMENT[dom])
         f, n = r.randint(1, 12), r.randint(1, 40)
         pattern = r.choice(
-            ["{e}{n}", "{e}-{n}", "{e}_{n}", "{e}{f}-{n}", "{e}_{f}_{n}", "{e}{f}{n:02d}",
-             "{e} {n}", "{e}.{n}", "{e}", "{e}{n}{x}", "{e}-{f}{n:02d}"]
+            [
+                "{e}{n}",
+                "{e}-{n}",
+                "{e}_{n}",
+                "{e}{f}-{n}",
+                "{e}_{f}_{n}",
+                "{e}{f}{n:02d}",
+                "{e} {n}",
+                "{e}.{n}",
+                "{e}",
+                "{e}{n}{x}",
+                "{e}-{f}{n:02d}",
+            ]
         )
         return pattern.format(e=e, n=n, f=f, x=r.choice("ABCDEFGH"))
 
@@ -519,8 +741,15 @@ class Renderer:
         r = self.r
         letters = "".join(r.choice("ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(r.randint(2, 5)))
         return r.choice(
-            [letters, f"{letters}{r.randint(1, 20)}", f"BLDG{r.randint(1, 60)}", f"B{_num(r)}",
-             f"{letters}-{r.randint(1, 9)}", str(r.randint(100, 999)), letters.capitalize()]
+            [
+                letters,
+                f"{letters}{r.randint(1, 20)}",
+                f"BLDG{r.randint(1, 60)}",
+                f"B{_num(r)}",
+                f"{letters}-{r.randint(1, 9)}",
+                str(r.randint(100, 999)),
+                letters.capitalize(),
+            ]
         )
 
     def _room(self) -> str:
@@ -528,9 +757,15 @@ class Renderer:
         n = r.randint(1, 9) * 100 + r.randint(0, 40)
         return r.choice(
             [
-                f"RM{n}", f"R{n}", str(n), f"F{n // 100}.R{n}",
-                f"B{r.randint(1, 30)}.F{n // 100}.R{n}", f"Rm {n}", f"{n}{r.choice('ABCD')}",
-                f"L{n // 100}", f"FL{n // 100}",
+                f"RM{n}",
+                f"R{n}",
+                str(n),
+                f"F{n // 100}.R{n}",
+                f"B{r.randint(1, 30)}.F{n // 100}.R{n}",
+                f"Rm {n}",
+                f"{n}{r.choice('ABCD')}",
+                f"L{n // 100}",
+                f"FL{n // 100}",
             ]
         )
 
@@ -564,20 +799,77 @@ class Renderer:
                 out.append(w)
         text = " ".join(out)
         if r.random() < 0.4:
-            text = r.choice(["1st", "2nd", "3rd", "4th", "Floor 2", "Main", "North", "East"]) + (
-                " Floor " if r.random() < 0.5 else " "
-            ) + text
+            text = (
+                r.choice(["1st", "2nd", "3rd", "4th", "Floor 2", "Main", "North", "East"])
+                + (" Floor " if r.random() < 0.5 else " ")
+                + text
+            )
         if r.random() < 0.5:
             glue = "" if r.random() < 0.6 else r.choice([" ", "-", "_"])
             text += glue + _fill(r.choice(CONTROLLERS), r) + _fill(r.choice(CONTROLLERS), r)
         return text
 
+    def _descriptive(self, cls: BrickClass) -> str:
+        """Words as operators type them ('fcu 3 supply air temp sp', 'Chiller 2 Leaving Water
+        Temperature'): synonyms, an equipment or place prefix that does not change the class,
+        plurals, the type word dropped or spelled out."""
+        r = self.r
+        words = self._class_words(cls)
+        out: list[str] = []
+        for i, w in enumerate(words):
+            last = i == len(words) - 1
+            if last and w == "sensor" and r.random() < 0.5:
+                continue
+            if w == "air" and r.random() < 0.2:
+                continue
+            forms = SYNONYMS.get(w)
+            if forms and r.random() < 0.45:
+                out.extend(r.choice(forms).split())
+            elif w in WORDS and r.random() < 0.15:
+                out.append(r.choice(WORDS[w]))
+            else:
+                out.append(w)
+        if out and r.random() < 0.08 and len(out[-1]) > 3 and out[-1][-1] != "s":
+            out[-1] += "s"
+        prefix: list[str] = []
+        if r.random() < 0.6:
+            prefix.extend(r.choice(DESC_EQUIPMENT[_domain(words)]).split())
+            if r.random() < 0.7:
+                n = _num(r)
+                if r.random() < 0.5:
+                    prefix[-1] += r.choice(["", "-", "_"]) + n
+                else:
+                    prefix.append(n)
+        if r.random() < 0.25:
+            prefix = r.choice(DESC_PLACES).replace("#", _num(r)).split() + prefix
+        if prefix and r.random() < 0.15:
+            tokens = out + prefix
+        else:
+            tokens = prefix + out
+        if r.random() < 0.08:
+            q = _quantity(words)
+            if q:
+                tokens.append("(" + r.choice(UNITS[q]) + ")")
+        style = r.random()
+        if style < 0.5:
+            tokens = [t.lower() for t in tokens]
+        elif style < 0.8:
+            tokens = [
+                t.upper() if len(t) <= 3 and not t.isalpha() else t.capitalize() for t in tokens
+            ]
+        elif style < 0.9:
+            tokens = [t.upper() for t in tokens]
+        sep = r.choice([" ", " ", " ", " ", " ", "_", "-", "."])
+        return sep.join(tokens)
+
     def sample(self, k: int) -> Point:
         cls = self.classes[k]
         r = self.r
         words = [w.lower() for w in cls.name.split("_")]
-        if r.random() < 0.14:
+        if r.random() < 0.12:
             name = self._free_text(cls)
+        elif r.random() < 0.17:
+            name = self._descriptive(cls)
         else:
             point, tag = self._point(cls)
             sep = r.choice(SEPARATORS)
@@ -624,10 +916,21 @@ class Renderer:
             dtype = r.choice(BINARY_TYPES if binary else ANALOG_TYPES)
         return desc, unit, dtype
 
-    def stream(self, n: int, only: Sequence[int] = ()) -> Iterator[tuple[Point, int]]:
-        """``n`` samples, classes drawn uniformly (from ``only`` when given: tiny corpora)."""
+    def stream(
+        self, n: int, only: Sequence[int] = (), *, prior: float = 0.0
+    ) -> Iterator[tuple[Point, int]]:
+        """``n`` samples, classes drawn uniformly (from ``only`` when given: tiny corpora), or with
+        probability ``prior`` by how common the class is in buildings (`prior.class_weights`)."""
+        if prior and self._cum is None:
+            self._cum = list(accumulate(class_weights(self.classes)))
         for _ in range(n):
-            k = self.r.choice(only) if only else self.r.randrange(len(self.classes))
+            if only:
+                k = self.r.choice(only)
+            elif prior and self.r.random() < prior:
+                assert self._cum is not None
+                k = bisect(self._cum, self.r.random() * self._cum[-1])
+            else:
+                k = self.r.randrange(len(self.classes))
             yield self.sample(k), k
 
 

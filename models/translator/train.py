@@ -36,6 +36,8 @@ class TrainConfig:
     heads: int = 4
     ff: int = 192
     label_smoothing: float = 0.1
+    parent_smoothing: float = 0.5  # share of label_smoothing given to the class's Brick ancestors
+    prior: float = 0.6  # share of samples whose class is drawn by `prior.class_weights`
     only: tuple[str, ...] = ()  # train on these classes only (tests: a tiny corpus)
 
 
@@ -43,6 +45,32 @@ def _tensors(batch: Batch) -> tuple[Any, ...]:
     import torch
 
     return tuple(torch.from_numpy(a) for a in (batch.ids, batch.seg, batch.pos, batch.rpos))
+
+
+def soft_targets(n_classes: int, cfg: TrainConfig) -> Any:
+    """(C, C) target rows: 1 - eps on the class, eps * parent_smoothing spread over its Brick
+    ancestors (a parent is a near miss, ``Temperature_Setpoint`` for ``Air_Temperature_Setpoint``),
+    the rest of eps uniform over all classes."""
+    import torch
+
+    classes = brick_classes()[:n_classes]
+    index = {c.name: i for i, c in enumerate(classes)}
+    eps = cfg.label_smoothing
+    t = torch.full((n_classes, n_classes), eps / n_classes)
+    for i, c in enumerate(classes):
+        seen: set[int] = set()
+        todo = list(c.parents)
+        while todo:
+            j = index.get(todo.pop())
+            if j is not None and j not in seen:
+                seen.add(j)
+                todo.extend(classes[j].parents)
+        share = eps * cfg.parent_smoothing if seen else 0.0
+        t[i] *= (eps - share) / eps if eps else 0.0
+        for j in seen:
+            t[i, j] += share / len(seen)
+        t[i, i] += 1.0 - eps
+    return t
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> tuple[Any, list[float]]:
@@ -68,17 +96,17 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> tuple[Any, list[float]]
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    targets = soft_targets(n_classes, cfg)
     only = [renderer.index[c] for c in cfg.only]
     losses: list[float] = []
     net.train()
     bar = tqdm(range(cfg.steps), desc="train", disable=not progress, mininterval=1.0)
     for _ in bar:
-        samples = list(renderer.stream(cfg.batch, only))
+        samples = list(renderer.stream(cfg.batch, only, prior=cfg.prior))
         x = _tensors(encode([p for p, _ in samples]))
         y = torch.tensor([k for _, k in samples])
         logits, _ = net(*x)
-        loss = loss_fn(logits, y)
+        loss = -(targets[y] * torch.log_softmax(logits, -1)).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
