@@ -26,6 +26,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--teacher-steps", type=int, default=3000)
     t.add_argument("--student-steps", type=int, default=6000)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--keep-float", action="store_true", help="also write student-float.onnx (before int8)"
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="SKAB protocol: F1/FAR/MAR of teacher, student, T²")
@@ -55,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             teacher_steps=args.teacher_steps,
             student_steps=args.student_steps,
             seed=args.seed,
+            keep_float=args.keep_float,
         )
     except (DataError, ValueError) as exc:
         return _fail(str(exc))
