@@ -42,10 +42,10 @@ from gateway.config.errors import (
     translate,
     unknown_key,
 )
+from gateway.config.translate import TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
 from gateway.plugins import ProtocolSpec, Registry, load_registry
-from gateway.translator.config import TranslateConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,48 +1,7 @@
-"""The ``translate:`` key of a bridge: rename points by an approved map, or classify new ones.
+"""The ``translate:`` key of a bridge. The model lives with the config loader
+(`gateway.config.translate`), which imports it while it initialises; this name stays for the
+translator's own code."""
 
-Light (pydantic only): the config loader imports it; the model is loaded when a bridge runs.
-"""
+from gateway.config.translate import TranslateConfig
 
-from __future__ import annotations
-
-from typing import Literal
-
-from pydantic import Field, model_validator
-
-from gateway.config.common import Strict
-
-
-class TranslateConfig(Strict):
-    """``mode: map`` renames the mapped points and drops the others; ``mode: auto`` also
-    classifies points it has never seen and forwards the confident ones as
-    ``<BrickClass>.<name>``, sending the others to ``review_topic`` on the bus."""
-
-    mode: Literal["map", "auto"] = Field("map", description="map: the map only; auto: + model")
-    approved: bool = Field(
-        True, description="false in a suggested bridge until the user has reviewed the map"
-    )
-    map: dict[str, str] = Field(
-        default_factory=dict, description="source point name -> name the target sees"
-    )
-    threshold: float = Field(
-        0.6, gt=0, le=1, description="auto: class probability needed to forward a new point"
-    )
-    review_topic: str = Field(
-        "translator/review",
-        pattern=r"^[^#+]+$",
-        description="auto: bus topic prefix for points below the threshold ({topic}/{device})",
-    )
-    examples: str | None = Field(
-        None, description="auto: CSV of name,brick_class from this site (few-shot)"
-    )
-
-    @model_validator(mode="after")
-    def _approved(self) -> TranslateConfig:
-        if not self.approved:
-            raise ValueError(
-                "this mapping is a suggestion that is not approved yet: review the map, then "
-                "set approved: true"
-            )
-        if self.mode == "map" and not self.map:
-            raise ValueError("mode map needs a non-empty map (or use mode: auto)")
-        return self
+__all__ = ["TranslateConfig"]
