@@ -1,49 +1,6 @@
-"""The ``anomaly:`` option of a bridge (pydantic only: the config loader imports it)."""
+"""The ``anomaly:`` option of a bridge; the model lives with the config loader
+(`gateway.config.anomaly`), which imports it while it initialises."""
 
-from __future__ import annotations
+from gateway.config.anomaly import AnomalyOptions
 
-import os
-from datetime import datetime
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-
-class AnomalyOptions(BaseModel):
-    """Score every numeric sample of the bridge's sources; alarm events with hysteresis."""
-
-    # Like gateway.config.common.Strict, which cannot be imported here: the config package
-    # imports this module while it initialises.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-    model: str = Field(
-        "student",
-        min_length=1,
-        description="'student' (int8, shipped), 'teacher' (shipped) or a path to an .onnx file",
-    )
-    window: int | None = Field(
-        None, ge=8, multiple_of=8, description="samples per point in one evaluation; default 32"
-    )
-    threshold: float | None = Field(
-        None, gt=0, description="fixed alarm threshold; default: set by calibration"
-    )
-    calibration: int = Field(
-        400, ge=50, description="first N messages per device that calibrate it (normal period)"
-    )
-    calibration_period: tuple[datetime, datetime] | None = Field(
-        None, description="[start, end] (ISO 8601) of a clean period to calibrate on instead"
-    )
-    smooth: int = Field(10, ge=1, description="samples the device score is averaged over")
-    margin: float = Field(1.5, gt=0, description="threshold = 99th percentile x margin")
-    clear_ratio: float = Field(
-        0.8, gt=0, le=1, description="the alarm clears below threshold x clear_ratio ..."
-    )
-    hold: int = Field(10, ge=1, description="... for this many consecutive samples")
-
-    @model_validator(mode="after")
-    def _check(self) -> AnomalyOptions:
-        period = self.calibration_period
-        if period is not None and period[0] >= period[1]:
-            raise ValueError("calibration_period: start must be before end")
-        if self.model not in ("student", "teacher") and not os.path.isfile(self.model):
-            raise ValueError(f"model: {self.model!r} is not 'student', 'teacher' or a file")
-        return self
+__all__ = ["AnomalyOptions"]

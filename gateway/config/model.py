@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from gateway.anomaly.options import AnomalyOptions
+from gateway.config.anomaly import AnomalyOptions
 from gateway.config.common import Path, Strict
 from gateway.config.computed import ComputedPoint
 from gateway.config.errors import (

@@ -1,0 +1,47 @@
+"""The ``anomaly:`` option of a bridge (config only; scored by `gateway.anomaly.stage`)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from pydantic import Field, model_validator
+
+from gateway.config.common import Strict
+
+
+class AnomalyOptions(Strict):
+    """Score every numeric sample of the bridge's sources; alarm events with hysteresis."""
+
+    model: str = Field(
+        "student",
+        min_length=1,
+        description="'student' (int8, shipped), 'teacher' (shipped) or a path to an .onnx file",
+    )
+    window: int | None = Field(
+        None, ge=8, multiple_of=8, description="samples per point in one evaluation; default 32"
+    )
+    threshold: float | None = Field(
+        None, gt=0, description="fixed alarm threshold; default: set by calibration"
+    )
+    calibration: int = Field(
+        400, ge=50, description="first N messages per device that calibrate it (normal period)"
+    )
+    calibration_period: tuple[datetime, datetime] | None = Field(
+        None, description="[start, end] (ISO 8601) of a clean period to calibrate on instead"
+    )
+    smooth: int = Field(10, ge=1, description="samples the device score is averaged over")
+    margin: float = Field(1.5, gt=0, description="threshold = 99th percentile x margin")
+    clear_ratio: float = Field(
+        0.8, gt=0, le=1, description="the alarm clears below threshold x clear_ratio ..."
+    )
+    hold: int = Field(10, ge=1, description="... for this many consecutive samples")
+
+    @model_validator(mode="after")
+    def _check(self) -> AnomalyOptions:
+        period = self.calibration_period
+        if period is not None and period[0] >= period[1]:
+            raise ValueError("calibration_period: start must be before end")
+        if self.model not in ("student", "teacher") and not os.path.isfile(self.model):
+            raise ValueError(f"model: {self.model!r} is not 'student', 'teacher' or a file")
+        return self
