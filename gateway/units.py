@@ -70,8 +70,14 @@ def converter(from_unit: str, to_unit: str) -> Callable[[float], float]:
 
     try:
         b, one, far = (quantity(Fraction(x), src).to(dst).magnitude for x in (0, 1, 1000))
-    except Exception as exc:  # pint's errors for units it cannot take part in arithmetic
-        raise UnitError(f"cannot convert {from_unit} to {to_unit}: {exc}") from None
+    except Exception:
+        # Logarithmic units cannot take Fractions once numpy is installed (pint hands them to
+        # np.log); floats through pint still work. Other errors: units pint cannot convert.
+        try:
+            through_pint(1.0)
+        except Exception as exc:
+            raise UnitError(f"cannot convert {from_unit} to {to_unit}: {exc}") from None
+        return through_pint
     if not all(isinstance(v, Fraction) for v in (b, one, far)) or far != 1000 * (one - b) + b:
         return through_pint  # not affine (logarithmic units)
     return _affine(one - b, b)
