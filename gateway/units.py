@@ -36,6 +36,7 @@ class UnitError(ValueError):
 # m3 -> m**3, cm2 -> cm**2: only for length units, so a typo like "degF2" stays an error
 _LENGTH_POWER = re.compile(r"(?<![A-Za-z_])(mm|cm|dm|m|km|in|ft|yd)([23])(?![\w.])")
 _registry: pint.UnitRegistry[Any] | None = None
+_float_registry: pint.UnitRegistry[Any] | None = None
 _registry_lock = threading.Lock()
 
 
@@ -70,14 +71,13 @@ def converter(from_unit: str, to_unit: str) -> Callable[[float], float]:
 
     try:
         b, one, far = (quantity(Fraction(x), src).to(dst).magnitude for x in (0, 1, 1000))
-    except Exception:
-        # Logarithmic units cannot take Fractions once numpy is installed (pint hands them to
-        # np.log); floats through pint still work. Other errors: units pint cannot convert.
-        try:
-            through_pint(1.0)
-        except Exception as exc:
+    except Exception as exc:
+        # Logarithmic units: once numpy is installed pint computes their logs with np.log,
+        # which takes no Fraction, so they go through a float registry instead.
+        floats = _float_converter(from_unit, to_unit)
+        if floats is None:
             raise UnitError(f"cannot convert {from_unit} to {to_unit}: {exc}") from None
-        return through_pint
+        return floats
     if not all(isinstance(v, Fraction) for v in (b, one, far)) or far != 1000 * (one - b) + b:
         return through_pint  # not affine (logarithmic units)
     return _affine(one - b, b)
@@ -116,6 +116,31 @@ def _parse(name: str) -> Any:
     except Exception as exc:  # pint's parser raises a zoo of types for malformed text
         detail = f": {exc}" if str(exc) else ""
         raise UnitError(f"{name!r} is not a unit{detail}") from None
+
+
+def _float_converter(from_unit: str, to_unit: str) -> Callable[[float], float] | None:
+    """Conversion through a float pint registry (built on first use), or None if it fails."""
+    global _float_registry
+    import pint
+
+    with _registry_lock:
+        if _float_registry is None:
+            _float_registry = pint.UnitRegistry()
+    ureg = _float_registry
+    spell = [
+        _LENGTH_POWER.sub(r"\1**\2", u.strip().replace("%", "percent"))
+        for u in (from_unit, to_unit)
+    ]
+    try:
+        src, dst = (ureg.parse_units(u) for u in spell)
+        ureg.Quantity(1.0, src).to(dst)
+    except Exception:
+        return None
+
+    def through_pint(x: float) -> float:
+        return float(ureg.Quantity(x, src).to(dst).magnitude)
+
+    return through_pint
 
 
 def _ureg() -> pint.UnitRegistry[Any]:
