@@ -221,7 +221,16 @@ async def enter(plant: dict[str, Any], source: str, celsius: float, ts: float) -
         payload = json.dumps({"value": celsius, "ts": ts})
         proc = await asyncio.create_subprocess_exec(
             # retained: reaches the gateway even if its subscription is a moment late
-            pub, "-h", broker.host, "-p", str(broker.port), "-t", "in/t", "-m", payload, "-r"
+            pub,
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-t",
+            "in/t",
+            "-m",
+            payload,
+            "-r",
         )
         assert await proc.wait() == 0
 

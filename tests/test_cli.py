@@ -118,9 +118,17 @@ async def test_demo_serves_the_device_over_opcua_with_write_back() -> None:
 
     opcua_port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        *GATEWAY, "demo", "--duration", "20", "--mqtt-port", str(free_port()),
-        "--opcua-port", str(opcua_port), cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *GATEWAY,
+        "demo",
+        "--duration",
+        "20",
+        "--mqtt-port",
+        str(free_port()),
+        "--opcua-port",
+        str(opcua_port),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None

@@ -44,7 +44,9 @@ bridges:
 
 
 async def test_opcua_values_reach_the_unified_namespace(
-    peer: NodeOpcuaServer, mosquitto: MosquittoBroker, tmp_path: Path  # noqa: F811
+    peer: NodeOpcuaServer,  # noqa: F811 (the fixture imported above)
+    mosquitto: MosquittoBroker,
+    tmp_path: Path,
 ) -> None:
     mqtt = Collector(mosquitto, "acme/#")
     path = tmp_path / "gw.yaml"

@@ -42,8 +42,6 @@ NODES = {
 FAST = {"initial": 0.05, "max": 0.5}  # reconnect backoff for tests
 
 
-
-
 class NodeOpcuaServer:
     """The node-opcua peer as a child process; ``kill()`` and ``start()`` keep port and ids."""
 

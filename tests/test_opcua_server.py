@@ -160,8 +160,6 @@ async def read(client: Client, node_id: str) -> ua.DataValue:
     return result
 
 
-
-
 async def run_node_client(plan: dict[str, Any], limit: float = 20) -> tuple[int, list[Any]]:
     """Run tests/interop/node/opcua_client.js with ``plan``; (exit code, its JSON lines)."""
     proc = await asyncio.create_subprocess_exec(

@@ -85,7 +85,9 @@ def test_classify_writes_ranked_csv(tmp_path: Path) -> None:
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
 
 
-def test_classify_with_examples_follows_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_classify_with_examples_follows_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = _write(tmp_path / "in.csv", "name\nQX9_ZQW7\n")
     ex = _write(
         tmp_path / "ex.csv",
@@ -109,7 +111,9 @@ def test_evaluate_prints_model_and_baseline_per_shot(
     for c in names:
         lines += [f"{r.sample(r.index[c]).name.replace(',', ' ')},{c}" for _ in range(12)]
     data = _write(tmp_path / "lab.csv", "\n".join(lines) + "\n")
-    assert main(["translator", "evaluate", "--data", str(data), "--shots", "0,5", "--seeds", "2"]) == 0
+    assert (
+        main(["translator", "evaluate", "--data", str(data), "--shots", "0,5", "--seeds", "2"]) == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     assert result["n"] == 36 and set(result["shots"]) == {"0", "5"}
@@ -159,7 +163,9 @@ def test_suggest_from_a_register_map_writes_a_bridge_validate_accepts_once_appro
     assert "approved: false" in text
     assert '"AHU1_SAT": "supply_air_temperature"' in text
     assert '"AHU1_RAT": "return_air_temperature"' in text
-    config = CONFIG + text.split("\n", 8)[-1].replace("  - name: translated", "  - name: t\n    topic: x/{point}")
+    config = CONFIG + text.split("\n", 8)[-1].replace(
+        "  - name: translated", "  - name: t\n    topic: x/{point}"
+    )
     # Not approved: the config is rejected, with the reason.
     with pytest.raises(Exception, match="not approved"):
         load_config_text(config, "c.yaml")
@@ -276,9 +282,7 @@ def test_translate_auto_routes_confident_keys_and_reviews_the_rest() -> None:
     classify, calls = _fake(
         {"sat": ("Supply_Air_Temperature_Sensor", 0.9), "zz9": ("Run_Status", 0.2)}
     )
-    t = Translate(
-        TranslateConfig(mode="auto", map={"known": "k"}), bus, classifier=classify
-    )
+    t = Translate(TranslateConfig(mode="auto", map={"known": "k"}), bus, classifier=classify)
     samples = (Sample("known", 1), Sample("sat", 13.0), Sample("zz9", 5))
     out = t.apply("ahu1", samples)
     assert [s.point for s in out] == ["k", "Supply_Air_Temperature_Sensor.sat"]

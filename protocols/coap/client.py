@@ -102,10 +102,7 @@ class CoapClientAdapter(Adapter):
         self.registrations = 0
 
     def points(self) -> list[PointSpec]:
-        return [
-            PointSpec.of(self.name, p, p.type)
-            for p in self.config.points
-        ]
+        return [PointSpec.of(self.name, p, p.type) for p in self.config.points]
 
     async def __aenter__(self) -> CoapClientAdapter:
         self._ctx = await aiocoap.Context.create_client_context()

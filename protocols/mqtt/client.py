@@ -1010,9 +1010,7 @@ class MqttAdapter(Adapter):
                 sent = Row(row.id, row.ts, row.topic, row.payload, row_qos, row.retain)
                 self._track(client, [row.id], sent, opt, acked)
                 continue
-            cut = next(
-                (i for i, r in enumerate(rows) if r.retain or r.qos == 2), len(rows)
-            )
+            cut = next((i for i, r in enumerate(rows) if r.retain or r.qos == 2), len(rows))
             batch, rows[:] = rows[:cut], rows[cut:]
             payload = encode_batch([(r.topic, r.payload) for r in batch], compress=compress)
             sent = Row(batch[-1].id, batch[-1].ts, self._batch_topic, payload, qos, False)
