@@ -45,6 +45,27 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
+def modbus_device_yaml(
+    port: int,
+    *,
+    name: str = "pump",
+    poll_groups: str = "{fast: {interval: 0.1}}",
+    reconnect: bool = True,
+) -> str:
+    """One Modbus device on the simulator, as the lines under ``devices:`` up to its ``points:``
+    (which the test writes itself): 0.3 s timeout, quick reconnects."""
+    lines = [
+        f"  {name}:",
+        "    protocol: modbus",
+        f"    host: {HOST}",
+        f"    port: {port}",
+        "    timeout: 0.3",
+        *(["    reconnect: {initial: 0.05, max: 0.2}"] if reconnect else []),
+        f"    poll_groups: {poll_groups}",
+    ]
+    return "\n".join(lines)
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

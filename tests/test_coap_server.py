@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import cbor2
-from conftest import HOST, find_binary, free_port, wait_for
+from conftest import HOST, find_binary, free_port, modbus_device_yaml, wait_for
 from test_opcua_server import running_gateway
 
 from gateway.runtime import Gateway
@@ -27,13 +27,7 @@ def config(modbus_port: int, coap_port: int, server: str = "") -> str:
     return f"""
 gateway: {{name: plant}}
 devices:
-  pump:
-    protocol: modbus
-    host: {HOST}
-    port: {modbus_port}
-    timeout: 0.3
-    reconnect: {{initial: 0.05, max: 0.2}}
-    poll_groups: {{fast: {{interval: 0.1}}}}
+{modbus_device_yaml(modbus_port)}
     points:
       - {{name: temp, table: input, address: 0, type: int16, scale: 0.1, unit: degC, poll: fast,
          description: oil temperature}}

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
-from conftest import HOST, NODE_DIR, free_port, node_binary, wait_for
+from conftest import HOST, NODE_DIR, free_port, modbus_device_yaml, node_binary, wait_for
 
 from gateway.adapter import AdapterContext
 from gateway.bus import Bus
@@ -64,13 +64,7 @@ def plant_config(
     return f"""
 gateway: {{name: plant}}
 devices:
-  pump:
-    protocol: modbus
-    host: {HOST}
-    port: {modbus_port}
-    timeout: 0.3
-    reconnect: {{initial: 0.05, max: 0.2}}
-    poll_groups: {{fast: {{interval: 0.1}}}}
+{modbus_device_yaml(modbus_port)}
     points:{POINTS}
 endpoints:
   opcua:

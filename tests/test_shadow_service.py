@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import HOST, MosquittoBroker, find_binary, wait_for
+from conftest import HOST, MosquittoBroker, find_binary, modbus_device_yaml, wait_for
 from test_e2e_modbus_mqtt import Collector
 from test_opcua_server import running_gateway
 
@@ -28,13 +28,7 @@ endpoints:
     return f"""
 gateway: {{name: shadow-test, status_interval: 0}}
 devices:
-  pump:
-    protocol: modbus
-    host: {HOST}
-    port: {modbus_port}
-    timeout: 0.3
-    reconnect: {{initial: 0.05, max: 0.2}}
-    poll_groups: {{fast: {{interval: 0.05}}}}
+{modbus_device_yaml(modbus_port, poll_groups="{fast: {interval: 0.05}}")}
     points:
       - {{name: temp, table: input, address: 0, type: int16, scale: 0.1, unit: degC, poll: fast}}
       - {{name: speed, table: holding, address: 10, type: int16, access: rw, low: 0, high: 100,
