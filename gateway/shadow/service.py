@@ -197,7 +197,7 @@ class ShadowService:
             await asyncio.sleep(self.config.poll_interval)
             revisions = await self._call(store.desired_revisions)
             for device, rev in revisions.items():
-                if self._seen.get(device) != rev:
+                if self._seen.get(device, 0) != rev:  # 0: a new document, desired unset
                     self._seen[device] = rev
                     doc = await self.get(device)
                     log.info("shadow: desired state of %s changed elsewhere", device)
