@@ -107,7 +107,7 @@ class ComputedPoints:
             out.append(
                 Sample.now(
                     point.name,
-                    float(result),
+                    float(f"{float(result):.12g}"),  # no float noise (as unit conversion)
                     quality,
                     unit=point.unit,
                     source_ts=newest or None,
