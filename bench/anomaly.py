@@ -4,7 +4,7 @@ bridge pump -> stage -> target), which scores what queued up in one call. A samp
 value; a message of a device with ``--points`` points is scored in one window evaluation.
 
 ``python bench/anomaly.py [--model student|teacher|PATH] [--points 8] [--devices 4]
-[--messages 20000]``; the last line is one JSON object.
+[--messages 20000] [--refresh TAU]``; the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -104,10 +104,12 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=8)
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--refresh", type=float, default=None, help="level refresh time constant")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
-    options = AnomalyOptions(model=args.model, calibration=CALIBRATION)
+    extra = {} if args.refresh is None else {"refresh": args.refresh}
+    options = AnomalyOptions(model=args.model, calibration=CALIBRATION, **extra)
     rows = CALIBRATION + args.messages // args.devices
     messages = make_messages(args.devices, args.points, rows)
     calib, run = messages[: CALIBRATION * args.devices], messages[CALIBRATION * args.devices :]

@@ -34,6 +34,13 @@ def register(subparsers: Any) -> None:
     e = sub.add_parser("evaluate", help="SKAB protocol: F1/FAR/MAR of teacher, student, T²")
     e.add_argument("--data", required=True, type=Path, metavar="DIR")
     e.add_argument("--models", type=Path, metavar="DIR", help="default: the shipped models")
+    e.add_argument(
+        "--refresh",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="level refresh time constant in samples (default: the anomaly: option's)",
+    )
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -94,10 +101,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     rows = sum(len(s.values) for s in series)
     print(f"{len(series)} files, {rows} rows, first 400 rows of each for calibration")
+    options = {} if args.refresh is None else {"refresh": args.refresh}
     result: dict[str, Any] = {}
     for name, tally in (
-        ("teacher", evaluate_model(teacher, series)),
-        ("student", evaluate_model(student, series)),
+        ("teacher", evaluate_model(teacher, series, **options)),
+        ("student", evaluate_model(student, series, **options)),
         ("hotelling_t2", hotelling(series)),
     ):
         size = None if name == "hotelling_t2" else (teacher if name == "teacher" else student).size

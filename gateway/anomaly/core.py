@@ -99,13 +99,15 @@ class Preprocessor:
 
     def __init__(self, cal: Calibration, start: npt.NDArray[np.float64] | None = None) -> None:
         self.cal = cal
+        self.mean = cal.mean.copy()  # a level refresh (`refresh.LevelRefresh`) moves these
+        self.scale = cal.scale.copy()
         self._ema = (cal.mean.copy() if start is None else start.copy()).astype(np.float64)
 
     def transform(self, values: npt.NDArray[Any]) -> Array:
         """Rows ``[T, C]`` of raw readings -> standardised rows (updates the running means)."""
         cal = self.cal
         x = np.asarray(values, dtype=np.float64)
-        z = (x - cal.mean) / cal.scale
+        z = (x - self.mean) / self.scale
         if cal.slow.any():
             for c in np.flatnonzero(cal.slow):
                 limit = abs(cal.slow_mean[c]) + FOLLOW * cal.slow_scale[c]

@@ -26,6 +26,7 @@ from gateway.anomaly.core import (
     WindowModel,
     calibrate,
 )
+from gateway.anomaly.refresh import LevelRefresh
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class DeviceScorer:
         threshold: float | None = None,
         clear_ratio: float = 0.8,
         hold: int = 10,
+        refresh: float = 0.0,
     ) -> None:
         self.model = model
         self.smooth = smooth
@@ -53,6 +55,10 @@ class DeviceScorer:
         self.fixed_threshold = threshold
         self.clear_ratio = clear_ratio
         self.hold = hold
+        self.refresh_tau = refresh  # 0: the level stays as calibrated
+        self.refresh: LevelRefresh | None = None
+        self._raw: npt.NDArray[np.float64] = np.zeros((0, 0))
+        self._first = 0
         self.cal: Calibration | None = None
         self.alarm: Hysteresis | None = None
         self._pre: Preprocessor | None = None
@@ -69,6 +75,8 @@ class DeviceScorer:
         self.cal = cal
         self._pre = Preprocessor(cal, start=x[0])
         z = self._pre.transform(x)  # warms the running means up and fills the window
+        if self.refresh_tau > 0:
+            self.refresh = LevelRefresh(self._pre.mean, self._pre.scale, cal.slow, self.refresh_tau)
         w = self.model.window
         self._window = np.ascontiguousarray(z[-w:].T[:, None, :])
         self.alarm = Hysteresis(cal.threshold, clear_ratio=self.clear_ratio, hold=self.hold)
@@ -78,7 +86,7 @@ class DeviceScorer:
     def windows(self, rows: npt.NDArray[Any]) -> Array:
         """Standardise new rows ``[k, C]``; their windows ``[k * C, 1, W]`` for the model."""
         assert self._pre is not None and self._window is not None and self.alarm is not None
-        z = self._pre.transform(rows)
+        z = self._standardise(np.asarray(rows, dtype=np.float64))
         w = self.model.window
         history = np.concatenate([self._window[:, 0, 1:].T, z])  # [W - 1 + k, C]
         win = np.lib.stride_tricks.sliding_window_view(history, w, axis=0)  # [k, C, W]
@@ -86,16 +94,32 @@ class DeviceScorer:
         self._pending = len(z)
         return win.reshape(-1, 1, w)
 
+    def _standardise(self, x: npt.NDArray[np.float64]) -> Array:
+        assert self._pre is not None
+        r = self.refresh
+        if r is None:
+            return self._pre.transform(x)
+        parts = []
+        for lo, hi in r.segments(len(x)):
+            r.level_for(r.next + lo)
+            parts.append(self._pre.transform(x[lo:hi]))
+        self._raw, self._first = x, r.next
+        r.next += len(x)
+        return np.concatenate(parts) if parts else self._pre.transform(x)
+
     def finish(self, errors: Array) -> list[Scored]:
         """The model's errors for the last ``windows`` call -> one result per row, in order."""
         assert self.cal is not None and self.alarm is not None
         k = self._pending
         normalised = (errors.reshape(k, -1) / self.cal.error_scale).astype(np.float32)
         out = []
-        for row in normalised:
+        r, alarm = self.refresh, self.alarm
+        for i, row in enumerate(normalised):
             self._scores.append(float(row.max()))  # as core.device_scores
             score = sum(self._scores) / len(self._scores)
-            change = self.alarm.update(score)
+            change = alarm.update(score)
+            if r is not None and not alarm.active and score < alarm.clear_level:
+                r.learn(self._first + i, self._raw[i])
             out.append(Scored(score, row, change, self.alarm.active))
         return out
 

@@ -81,6 +81,7 @@ class AnomalyStage:
             threshold=o.threshold,
             clear_ratio=o.clear_ratio,
             hold=o.hold,
+            refresh=o.refresh,
         )
         return _Device(points, scorer)
 

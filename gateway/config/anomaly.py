@@ -36,6 +36,12 @@ class AnomalyOptions(Strict):
         0.8, gt=0, le=1, description="the alarm clears below threshold x clear_ratio ..."
     )
     hold: int = Field(10, ge=1, description="... for this many consecutive samples")
+    refresh: float = Field(
+        0,
+        ge=0,
+        description="time constant (samples) of the level and spread learned while no alarm is"
+        " active and the score is low; 0: keep the calibration's",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AnomalyOptions:

@@ -81,7 +81,13 @@ def evaluate_model(model: WindowModel, series: list[Series], **kw: Any) -> Tally
 def alarm_states(model: WindowModel, values: npt.NDArray[np.float64], **kw: Any) -> Pred:
     """Calibrate on the first rows, then 1 while the alarm is active, row by row."""
     o = AnomalyOptions()
-    options = {"smooth": o.smooth, "margin": o.margin, "clear_ratio": o.clear_ratio, "hold": o.hold}
+    options = {
+        "smooth": o.smooth,
+        "margin": o.margin,
+        "clear_ratio": o.clear_ratio,
+        "hold": o.hold,
+        "refresh": o.refresh,
+    }
     scorer = DeviceScorer(model, **{**options, **kw})
     scorer.calibrate(values[:CALIBRATION_ROWS])
     rows = values[CALIBRATION_ROWS:]

@@ -110,9 +110,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--margin", type=float, default=None, help="default: the anomaly: option's")
     ap.add_argument("--smooth", type=int, default=None, help="default: the anomaly: option's")
+    ap.add_argument("--refresh", type=float, default=None, help="default: the anomaly: option's")
     ap.add_argument("--only", choices=("student", "teacher", "t2"), action="append")
     args = ap.parse_args()
-    options = {k: v for k, v in (("margin", args.margin), ("smooth", args.smooth)) if v is not None}
+    given = (("margin", args.margin), ("smooth", args.smooth), ("refresh", args.refresh))
+    options = {k: v for k, v in given if v is not None}
     runs = [read_series(p, labelled=False) for p in csv_files(args.data)]
     clean: list[Case] = []
     faulty: list[Case] = []
