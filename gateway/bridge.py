@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
-from gateway.computed import ComputedPoints
+from gateway.computed import ComputedPoints, ShadowState
 from gateway.types import Message, PointSpec, Sample, Value, telemetry_topic
 
 if TYPE_CHECKING:
@@ -113,8 +113,12 @@ class Bridge:
             from gateway.translator.transform import Translate
 
             self.translate = Translate(config.translate, bus)
-        # ``computed:``: reads the shadow once the runtime hands it over (``computed.state``).
+        # ``computed:``: reads the shadow once the runtime hands it over (`use_shadow`).
         self.computed = ComputedPoints(list(config.computed)) if config.computed else None
+        # A target's topic template with {shadow.reported.<key>}: each message carries its
+        # device's shadow document in meta["shadow"] (a reference, no copy).
+        self._route_reads_shadow = "{shadow." in str(getattr(config.route, "topic", ""))
+        self._shadow_state: ShadowState | None = None
         self.forwarded = 0
         self.failed = 0
         self._subs: list[Subscription] = []
@@ -241,6 +245,12 @@ class Bridge:
                 for message, events in self.anomaly.process_batch(ready):
                     await self._send(message, events, route)
 
+    def use_shadow(self, state: ShadowState) -> None:
+        """The runtime's shadow, for computed points and shadow placeholders in routes."""
+        self._shadow_state = state
+        if self.computed is not None:
+            self.computed.state = state
+
     def _prepare(self, message: Message) -> Message | None:
         """Select, convert, translate, compute; None when nothing of the message is left."""
         samples = self.transform.apply(message.samples)
@@ -254,6 +264,9 @@ class Bridge:
             return None
         if samples is not message.samples:
             message = replace(message, samples=samples)
+        if self._route_reads_shadow and self._shadow_state is not None:
+            device = message.device or message.topic.rpartition("/")[2]
+            message = replace(message, meta={**message.meta, "shadow": self._shadow_state(device)})
         return message
 
     async def _send(

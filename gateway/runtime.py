@@ -59,15 +59,14 @@ class Gateway:
             bridge.target.attach(bridge)
         self._targets = {b.target for b in config.bridges}
         # The device shadow (``shadow:`` in the config): reported/desired/delta per device.
-        # Bridges read ``gateway.shadow.state(device)`` as context (computed points).
+        # Bridges read ``gateway.shadow.state(device)`` as context (computed points, topics).
         self.shadow: ShadowService | None = None
         if config.shadow is not None:
             from gateway.shadow.service import ShadowService
 
             self.shadow = ShadowService(config.shadow, self.bus, self.router, self.adapters)
             for bridge in self.bridges:
-                if bridge.computed is not None:
-                    bridge.computed.state = self.shadow.state
+                bridge.use_shadow(self.shadow.state)
         self.started = asyncio.Event()
 
     def status(self) -> dict[str, Any]:

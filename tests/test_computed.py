@@ -4,6 +4,7 @@ simulator device, real mosquitto)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,54 @@ def test_config_names_unknown_inputs_and_clashes(tmp_path: Path) -> None:
         load_config_text(plant(1502, 1883, tmp_path / "s.db", odd), "plant.yaml")
     good = load_config_text(plant(1502, 1883, tmp_path / "s.db", COMPUTED), "plant.yaml")
     assert [c.name for c in good.bridges[0].computed] == ["head", "lift"]
+
+
+def test_topic_placeholders_read_the_shadow() -> None:
+    from gateway.types import Message
+    from protocols.mqtt.codec import encode
+    from protocols.mqtt.config import MqttRoute
+
+    route = MqttRoute(topic="plant/{shadow.desired.site}/{device}/{shadow.reported.mode}/{point}")
+    message = Message.telemetry("pump", (Sample.now("outlet", 3.0),))
+    assert encode(message, route, "gw")[0][0] == "plant/unknown/pump/unknown/outlet"
+    doc = ShadowDocument("pump", reported={"mode": "auto"}, desired={"site": "hall/2"})
+    with_doc = replace(message, meta={"shadow": doc})
+    topic = encode(with_doc, route, "gw")[0][0]
+    assert topic == "plant/hall%2F2/pump/auto/outlet"  # a value is one level, escaped
+    per_device = MqttRoute(topic="plant/{shadow.desired.site}/{device}", payload="device")
+    assert encode(with_doc, per_device, "gw")[0][0] == "plant/hall%2F2/pump"
+
+
+@pytest.mark.parametrize(
+    ("topic", "why"),
+    [
+        ("plant/{shadow.metadata.x}/{point}", "shadow.reported.<key>"),
+        ("plant/{shadow.reported}/{point}", "shadow.reported.<key>"),
+        ("plant/{shadow.reported.x.y}/{point}", "shadow.reported.<key>"),
+        ("plant/{site}/{point}", "unknown placeholder"),
+    ],
+)
+def test_topic_shadow_placeholders_are_checked(topic: str, why: str) -> None:
+    from protocols.mqtt.config import MqttRoute
+
+    with pytest.raises(ValueError, match=why):
+        MqttRoute(topic=topic)
+
+
+async def test_a_topic_level_from_the_shadow_in_a_whole_gateway(
+    simulator: Simulator, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    device = await simulator.add_device(name="pump")
+    device.set_value("holding", 1, 300, DataType.INT16)
+    collector = Collector(mosquitto, "site/#")
+    text = plant(device.port, mosquitto.port, tmp_path / "s.db", COMPUTED).replace(
+        'topic: "plant/{device}/{point}"', 'topic: "site/{shadow.desired.area}/{device}/{point}"'
+    )
+    try:
+        async with running_gateway(text) as gateway:
+            await wait_for(lambda: collector.last("site/unknown/pump/outlet") == 300, timeout=10)
+            assert gateway.shadow is not None
+            await gateway.shadow.update("pump", {"area": "north"})  # metadata-like desired key
+            await wait_for(lambda: collector.last("site/north/pump/outlet") == 300, timeout=10)
+    finally:
+        collector.close()

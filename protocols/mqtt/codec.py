@@ -43,8 +43,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from gateway.types import Message, Quality, Sample, Value
@@ -105,13 +105,55 @@ _TOPIC_CACHE_MAX = 100_000
 _topic_cache: dict[tuple[str, str, str, str, str | None], str] = {}
 
 
+class _ShadowSection:
+    """``{shadow.reported.site}``: one section of a shadow document, values escaped."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any] | None) -> None:
+        self._values = values or {}
+
+    def __getattr__(self, key: str) -> str:
+        value = self._values.get(key)
+        return "unknown" if value is None else escape_level(str(value)) or "unknown"
+
+
+class _ShadowView:
+    __slots__ = ("desired", "reported")
+
+    def __init__(self, doc: Any) -> None:
+        self.reported = _ShadowSection(getattr(doc, "reported", None))
+        self.desired = _ShadowSection(getattr(doc, "desired", None))
+
+
+def uses_shadow(template: str) -> bool:
+    """Whether a topic template reads the device's shadow (then it is not cached)."""
+    return "{shadow." in template
+
+
 def render_topic(
-    template: str, *, gateway: str, device: str, point: str | None = None, kind: str
+    template: str,
+    *,
+    gateway: str,
+    device: str,
+    point: str | None = None,
+    kind: str,
+    shadow: Any = None,
 ) -> str:
-    """Fill a topic template; every value is escaped with `escape_level`. Cached.
+    """Fill a topic template; every value is escaped with `escape_level`. Cached, except for
+    templates with ``{shadow.reported.<key>}`` / ``{shadow.desired.<key>}``, which read
+    ``shadow`` (the device's `ShadowDocument`, or None: "unknown" for every key).
 
     ``point`` is None for templates without ``{point}`` (payload ``device``).
     """
+    if uses_shadow(template):
+        return template.format(
+            gateway=escape_level(gateway),
+            device=escape_level(device),
+            point="" if point is None else escape_level(point),
+            kind=escape_level(kind),
+            shadow=_ShadowView(shadow),
+        )
     key = (template, gateway, device, kind, point)
     topic = _topic_cache.get(key)
     if topic is None:
@@ -227,6 +269,10 @@ def _encode_device(message: Message, device: str) -> bytes:
     return (text + "}").encode()
 
 
+def _value_payload(s: Sample) -> bytes:
+    return b"null" if s.quality is _BAD else json_value(s.value).encode()
+
+
 def encode(message: Message, route: MqttRoute, gateway: str) -> list[tuple[str, bytes]]:
     """The ``(topic, payload)`` publishes for one bus message on ``route``.
 
@@ -239,6 +285,25 @@ def encode(message: Message, route: MqttRoute, gateway: str) -> list[tuple[str, 
     device = message.device or message.origin
     kind = message.kind.value
     mode = route.payload
+    if uses_shadow(template):
+        shadow = message.meta.get("shadow")
+        topics = [
+            render_topic(
+                template,
+                gateway=gateway,
+                device=device,
+                point=None if mode == "device" else s.point,
+                kind=kind,
+                shadow=shadow,
+            )
+            for s in (samples[:1] if mode == "device" else samples)
+        ]
+        if mode == "device":
+            return [(topics[0], _encode_device(message, device))]
+        return [
+            (t, _encode_sample(s) if mode == "sample" else _value_payload(s))
+            for t, s in zip(topics, samples, strict=True)
+        ]
     if mode == "value" or mode == "sample":
         value_mode = mode == "value"
         out = []
@@ -251,10 +316,8 @@ def encode(message: Message, route: MqttRoute, gateway: str) -> list[tuple[str, 
                 )
             if not value_mode:
                 out.append((topic, _encode_sample(s)))
-            elif s.quality is _BAD:
-                out.append((topic, b"null"))
             else:
-                out.append((topic, json_value(s.value).encode()))
+                out.append((topic, _value_payload(s)))
         return out
     if mode == "device":
         topic = render_topic(template, gateway=gateway, device=device, kind=kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Literal
 
@@ -15,12 +16,24 @@ from gateway.uplink.outbox import OutboxConfig
 TEMPLATE_FIELDS = frozenset({"gateway", "device", "point", "kind"})
 
 
+# {shadow.reported.<key>} / {shadow.desired.<key>}: the device's shadow (the bridge attaches it)
+SHADOW_FIELD = re.compile(r"^shadow\.(reported|desired)\.[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def template_fields(template: str) -> set[str]:
     """Placeholders of a ``str.format`` template; ValueError if it is malformed."""
     fields: set[str] = set()
     for _literal, name, spec, conv in string.Formatter().parse(template):
         if name is None:
             continue
+        if name and SHADOW_FIELD.match(name):
+            fields.add(name)
+            continue
+        if name and name.split(".")[0] == "shadow":
+            raise ValueError(
+                f"placeholder {{{name}}} in {template!r}: the shadow is read as"
+                " {shadow.reported.<key>} or {shadow.desired.<key>}"
+            )
         if not name or not name.isidentifier():
             raise ValueError(f"placeholder {{{name}}} in {template!r} is not a name")
         if spec or conv:
@@ -32,11 +45,12 @@ def template_fields(template: str) -> set[str]:
 def check_publish_topic(template: str) -> set[str]:
     """Validate a topic template for publishing; returns its placeholders."""
     fields = template_fields(template)
-    unknown = fields - TEMPLATE_FIELDS
+    unknown = {f for f in fields - TEMPLATE_FIELDS if not SHADOW_FIELD.match(f)}
     if unknown:
         raise ValueError(
             f"unknown placeholder {{{sorted(unknown)[0]}}}; "
             f"use {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))}"
+            " or {shadow.reported.<key>} / {shadow.desired.<key>}"
         )
     if "+" in template or "#" in template:
         raise ValueError("a topic to publish to cannot contain the wildcards + or #")
@@ -245,7 +259,11 @@ class MqttRoute(Strict):
     """Bridge target options when the target is an MQTT endpoint."""
 
     topic: str = Field(
-        "{gateway}/{device}/{point}", description="topic template: {gateway} {device} {point}"
+        "{gateway}/{device}/{point}",
+        description=(
+            "topic template: {gateway} {device} {point}, and {shadow.reported.<key>} /"
+            " {shadow.desired.<key>} from the device's shadow"
+        ),
     )
     payload: Literal["value", "sample", "device"] = Field(
         "sample",
