@@ -209,10 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CommandError(Exception):
+    """A command's failure, said in one line: ``error: <message>`` on stderr, exit ``code``.
+
+    Feature commands (shadow, translator, anomaly, optimizer) raise it for bad input instead of
+    each printing and returning its own exit code."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args))
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         return 130
     return code

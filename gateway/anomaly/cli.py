@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from gateway.cli import CommandError
 
 __all__ = ["register"]
 
@@ -44,16 +45,11 @@ def register(subparsers: Any) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError:
-        return _fail("training needs torch: pip install 'protocol-brain[train]'")
+        raise CommandError("training needs torch: pip install 'protocol-brain[train]'") from None
     from gateway.anomaly.model import MODELS
     from models.anomaly.data import DataError
     from models.anomaly.train import train
@@ -68,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             keep_float=args.keep_float,
         )
     except (DataError, ValueError) as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     print(
         json.dumps(
             {
@@ -98,7 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         teacher = OnnxScorer(folder / "teacher.onnx")
         student = OnnxScorer(folder / "student.onnx")
     except (DataError, ModelError) as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     rows = sum(len(s.values) for s in series)
     print(f"{len(series)} files, {rows} rows, first 400 rows of each for calibration")
     options = {} if args.refresh is None else {"refresh": args.refresh}

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
+
+from gateway.cli import CommandError
 
 __all__ = ["register"]
 
@@ -83,22 +84,17 @@ def register(subparsers: Any) -> None:
     g.set_defaults(func=cmd_traces)
 
 
-def _fail(text: str) -> int:
-    print(f"error: {text}", file=sys.stderr)
-    return 2
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         import stable_baselines3  # noqa: F401
         import torch  # noqa: F401
     except ImportError as exc:
-        return _fail(f"training needs the [train] extra ({exc.name} is missing)")
+        raise CommandError(f"training needs the [train] extra ({exc.name} is missing)") from None
     from models.optimizer.traces import TraceError
     from models.optimizer.train import train
 
     if args.steps < 256 * args.envs:
-        return _fail(f"--steps must be at least {256 * args.envs} (one rollout)")
+        raise CommandError(f"--steps must be at least {256 * args.envs} (one rollout)")
     try:
         meta = train(
             args.out,
@@ -114,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             start_bias=args.start_bias,
         )
     except TraceError as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     print(
         json.dumps(
             {
@@ -136,7 +132,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
         os.makedirs(args.out, exist_ok=True)
         if args.kind == "holdout":
             if not args.fcc:
-                return _fail("--kind holdout needs --fcc DIR")
+                raise CommandError("--kind holdout needs --fcc DIR")
             _, held = tr.split(tr.load_dir(args.fcc), args.holdout, seed=0)
             for t in held:
                 tr.write_trace(t, os.path.join(args.out, t.name))
@@ -148,9 +144,9 @@ def cmd_traces(args: argparse.Namespace) -> int:
             t = gen(rng, args.duration, name=f"{args.kind}_{args.seed}_{i:03d}")
             tr.write_trace(t, os.path.join(args.out, t.name))
     except tr.TraceError as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     except OSError as exc:
-        return _fail(f"{args.out}: {exc.strerror or exc}")
+        raise CommandError(f"{args.out}: {exc.strerror or exc}") from None
     print(f"{args.count} {args.kind} traces in {args.out}")
     return 0
 
@@ -159,7 +155,7 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     try:
         import numpy  # noqa: F401
     except ImportError:
-        return _fail("the bound needs the [ml] extra (numpy)")
+        raise CommandError("the bound needs the [ml] extra (numpy)") from None
     from gateway.optimizer.heuristic import FixedPolicy
     from gateway.optimizer.policy import OnnxPolicy, PolicyError, builtin_path
     from models.optimizer import traces as tr
@@ -171,7 +167,7 @@ def cmd_headroom(args: argparse.Namespace) -> int:
         traces = tr.load_dir(args.traces)
         meta = OnnxPolicy(builtin_path() if args.model == "builtin" else args.model).meta
     except (tr.TraceError, PolicyError) as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     from gateway.optimizer.actions import Decision
     from gateway.optimizer.config import RewardWeights
 
@@ -193,7 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         import numpy  # noqa: F401
     except ImportError:
-        return _fail("evaluation needs the [ml] extra (numpy, onnxruntime)")
+        raise CommandError("evaluation needs the [ml] extra (numpy, onnxruntime)") from None
     from gateway.optimizer.actions import Decision
     from gateway.optimizer.heuristic import IMMEDIATE, AimdPolicy, FixedPolicy, Policy
     from gateway.optimizer.policy import OnnxPolicy, PolicyError, builtin_path
@@ -204,16 +200,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     wanted = POLICIES if args.policies == "all" else tuple(args.policies.split(","))
     unknown = [p for p in wanted if p not in POLICIES]
     if unknown:
-        return _fail(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
+        raise CommandError(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
     try:
         traces = tr.load_dir(args.traces)
     except tr.TraceError as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     path = builtin_path() if args.model == "builtin" else args.model
     try:
         learned = OnnxPolicy(path)
     except PolicyError as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     from gateway.optimizer.config import RewardWeights
 
     weights = RewardWeights(**learned.meta["weights"])

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from gateway.cli import CommandError
 
 __all__ = ["register"]
 
@@ -44,22 +45,20 @@ def register(subparsers: Any) -> None:
     h.set_defaults(func=cmd_history)
 
 
-class _Fail(Exception):
-    pass
-
-
 def _store_path(config_file: str, *, must_exist: bool) -> str:
     from gateway.config import ConfigError, load_config
 
     try:
         config = load_config(config_file)
     except ConfigError as exc:
-        raise _Fail(str(exc)) from None
+        raise CommandError(str(exc), 1) from None
     if config.shadow is None:
-        raise _Fail(f"{config_file} has no shadow: section")
+        raise CommandError(f"{config_file} has no shadow: section", 1)
     path = config.shadow.path
     if must_exist and not os.path.exists(path):
-        raise _Fail(f"no shadow store at {path} yet (the gateway creates it when it runs)")
+        raise CommandError(
+            f"no shadow store at {path} yet (the gateway creates it when it runs)", 1
+        )
     return path
 
 
@@ -70,15 +69,7 @@ def _open(args: argparse.Namespace, *, must_exist: bool) -> Any:
     try:
         return ShadowStore(path)
     except Exception as exc:  # sqlite3 errors: not a database, no permission, ...
-        raise _Fail(f"cannot open the shadow store {path}: {exc}") from None
-
-
-def _run(args: argparse.Namespace, body: Any) -> int:
-    try:
-        return int(body(args))
-    except _Fail as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"cannot open the shadow store {path}: {exc}", 1) from None
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -86,11 +77,13 @@ def cmd_get(args: argparse.Namespace) -> int:
         store = _open(args, must_exist=True)
         doc = store.get(args.device)
         if not doc.exists:
-            raise _Fail(f"no shadow for {args.device!r} (devices: {', '.join(store.devices())})")
+            raise CommandError(
+                f"no shadow for {args.device!r} (devices: {', '.join(store.devices())})", 1
+            )
         print(json.dumps(doc.to_json(), indent=2))
         return 0
 
-    return _run(args, body)
+    return int(body(args))
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, Any]:
@@ -99,7 +92,7 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise _Fail(f"{pair!r}: expected KEY=VALUE")
+            raise CommandError(f"{pair!r}: expected KEY=VALUE", 1)
         try:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -116,11 +109,11 @@ def cmd_set(args: argparse.Namespace) -> int:
         try:
             doc = store.update(args.device, desired=desired, version=args.version)
         except ShadowError as exc:
-            raise _Fail(str(exc)) from None
+            raise CommandError(str(exc), 1) from None
         print(json.dumps(doc.to_json(), indent=2))
         return 0
 
-    return _run(args, body)
+    return int(body(args))
 
 
 def parse_time(text: str | None) -> float | None:
@@ -133,7 +126,7 @@ def parse_time(text: str | None) -> float | None:
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise _Fail(f"{text!r}: expected epoch seconds or an ISO 8601 time") from None
+        raise CommandError(f"{text!r}: expected epoch seconds or an ISO 8601 time", 1) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
@@ -142,9 +135,9 @@ def parse_time(text: str | None) -> float | None:
 def cmd_history(args: argparse.Namespace) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.last is not None and (args.since or args.until):
-            raise _Fail("use either --last or --since/--until")
+            raise CommandError("use either --last or --since/--until", 1)
         if args.last is not None and args.last < 1:
-            raise _Fail("--last must be at least 1")
+            raise CommandError("--last must be at least 1", 1)
         since, until = parse_time(args.since), parse_time(args.until)
         store = _open(args, must_exist=True)
         rows = store.history(args.device, args.point, last=args.last, since=since, until=until)
@@ -156,4 +149,4 @@ def cmd_history(args: argparse.Namespace) -> int:
                 print(f"{ts}  {json.dumps(r.value)}  {r.quality}")
         return 0
 
-    return _run(args, body)
+    return int(body(args))

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import CommandError
+
 __all__ = ["register"]
 
 EXIT_INPUT = 2
@@ -64,10 +66,6 @@ _SOURCE_HELP = (
 )
 
 
-class _Fail(Exception):
-    pass
-
-
 def _guard(body: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         from gateway.translator.model import ModelError
@@ -75,9 +73,8 @@ def _guard(body: Any) -> Any:
 
         try:
             return int(body(args))
-        except (InputError, ModelError, _Fail, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_INPUT
+        except (InputError, ModelError, ValueError) as exc:
+            raise CommandError(str(exc), EXIT_INPUT) from None
 
     return run
 
@@ -102,7 +99,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from gateway.translator.pointlist import read_points
 
     if args.top < 1:
-        raise _Fail("--top must be at least 1")
+        raise CommandError("--top must be at least 1")
     points = read_points(args.input)
     translator = _translator(args)
     pred = _adapted(translator, args.examples).predict(points)
@@ -158,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise _Fail("training needs torch: pip install 'protocol-brain[train]'") from None
+        raise CommandError("training needs torch: pip install 'protocol-brain[train]'") from None
     from models.translator.train import TrainConfig, run
 
     cfg = TrainConfig(seed=args.seed, threads=args.threads)
@@ -179,9 +176,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         shots = [int(s) for s in args.shots.split(",") if s.strip()]
     except ValueError:
-        raise _Fail(f"--shots: expected comma-separated integers, got {args.shots!r}") from None
+        raise CommandError(
+            f"--shots: expected comma-separated integers, got {args.shots!r}"
+        ) from None
     if not shots or min(shots) < 0 or args.seeds < 1:
-        raise _Fail("--shots needs counts >= 0 and --seeds at least 1")
+        raise CommandError("--shots needs counts >= 0 and --seeds at least 1")
     data = read_labeled(args.data)
     result = evaluate(_translator(args), data, shots, args.seeds)
     print(f"{args.data}: {len(data)} labeled points, {len({c for _, c in data})} classes")
