@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from gateway.anomaly.options import AnomalyOptions
 from gateway.anomaly.stage import AnomalyStage
 from gateway.bridge import ANOMALY_BATCH, Bridge
 from gateway.bus import Bus
+from gateway.config.anomaly import AnomalyOptions
 from gateway.config.model import BridgeConfig
 from gateway.types import Message, Sample
 

@@ -18,10 +18,10 @@ from anomaly_data import series
 from conftest import HOST, MosquittoBroker, wait_for
 from test_e2e_modbus_mqtt import Collector
 
-from gateway.anomaly.options import AnomalyOptions
 from gateway.anomaly.stage import AnomalyStage, anomaly_topic, event_topic
 from gateway.bus import Bus
 from gateway.config import load_config_text
+from gateway.config.anomaly import AnomalyOptions
 from gateway.runtime import Gateway
 from gateway.types import Message, MessageKind, Sample
 from protocols.modbus.codec import DataType

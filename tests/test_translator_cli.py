@@ -12,7 +12,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import load_config_text
-from gateway.translator.config import TranslateConfig
+from gateway.config.translate import TranslateConfig
 from gateway.translator.transform import Translate
 from gateway.types import Message, MessageKind, Sample
 from models.translator.corpus import Renderer

@@ -30,8 +30,8 @@ import numpy as np
 from gateway.anomaly.alarm import Transition
 from gateway.anomaly.device import DeviceScorer, Scored
 from gateway.anomaly.model import OnnxScorer, shipped
-from gateway.anomaly.options import AnomalyOptions
 from gateway.bus import Bus
+from gateway.config.anomaly import AnomalyOptions
 from gateway.types import Message, MessageKind, Sample
 
 log = logging.getLogger(__name__)

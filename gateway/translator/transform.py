@@ -20,7 +20,7 @@ from gateway.types import Message, MessageKind, Sample
 
 if TYPE_CHECKING:
     from gateway.bus import Bus
-    from gateway.translator.config import TranslateConfig
+    from gateway.config.translate import TranslateConfig
 
 log = logging.getLogger(__name__)
 

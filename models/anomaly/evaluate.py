@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from gateway.anomaly.core import WindowModel
 from gateway.anomaly.device import DeviceScorer
-from gateway.anomaly.options import AnomalyOptions
+from gateway.config.anomaly import AnomalyOptions
 from models.anomaly.data import CALIBRATION_ROWS, DataError, Series, csv_files, read_series
 
 Pred = npt.NDArray[np.int8]
