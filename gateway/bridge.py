@@ -253,19 +253,17 @@ class Bridge:
 
     def _prepare(self, message: Message) -> Message | None:
         """Select, convert, translate, compute; None when nothing of the message is left."""
+        device = message.device or message.topic.rpartition("/")[2]
         samples = self.transform.apply(message.samples)
         if self.translate is not None and samples:
-            device = message.device or message.topic.rpartition("/")[2]
             samples = self.translate.apply(device, samples)
         if self.computed is not None:
-            device = message.device or message.topic.rpartition("/")[2]
             samples += self.computed.apply(device, message.samples)
         if not samples:
             return None
         if samples is not message.samples:
             message = replace(message, samples=samples)
         if self._route_reads_shadow and self._shadow_state is not None:
-            device = message.device or message.topic.rpartition("/")[2]
             message = replace(message, meta={**message.meta, "shadow": self._shadow_state(device)})
         return message
 
