@@ -218,8 +218,31 @@ endpoints:
 bridges:
   - {{name: up, from: pump, to: broker, anomaly: {{model: {tmp_path}/none.onnx}}}}
 """
-    with pytest.raises(ConfigError, match="none.onnx' is not 'student', 'teacher' or a file"):
+    with pytest.raises(ConfigError, match="none.onnx', which is not a file"):
         load_config_text(text, "gw.yaml")
     config = load_config_text(text.replace(f"{tmp_path}/none.onnx", "teacher"), "gw.yaml")
     options = config.bridges[0].anomaly
     assert options is not None and options.model == "teacher" and options.calibration == 400
+
+
+def test_a_model_file_is_found_next_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.config import load_config
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "pump.onnx").write_bytes(b"onnx")
+    (site / "gw.yaml").write_text(
+        """
+devices:
+  pump: {protocol: modbus, host: 127.0.0.1, port: 5020, points: [{name: flow, address: 0}]}
+endpoints:
+  broker: {protocol: mqtt, host: 127.0.0.1, port: 1883, client_id: x}
+bridges:
+  - {name: up, from: pump, to: broker, anomaly: {model: pump.onnx}}
+"""
+    )
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    options = load_config(site / "gw.yaml").bridges[0].anomaly
+    assert options is not None and options.model == str(site / "pump.onnx")

@@ -175,6 +175,29 @@ def test_suggest_from_a_register_map_writes_a_bridge_validate_accepts_once_appro
     assert bridge.translate.map["AHU1_SAT"] == "supply_air_temperature"
 
 
+def test_translate_examples_are_read_next_to_the_config_and_checked_on_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.config import ConfigError, load_config
+
+    site = tmp_path / "site"
+    site.mkdir()
+    _write(site / "labeled.csv", "name,brick_class\nAHU1_SAT,Supply_Air_Temperature_Sensor\n")
+    bridge = "bridges:\n  - {name: t, from: plc, to: broker, topic: 'x/{point}',\n"
+    bridge += "     translate: {mode: auto, examples: labeled.csv}}\n"
+    config = _write(site / "gw.yaml", CONFIG + bridge)
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    translate = load_config(config).bridges[0].translate
+    assert translate is not None and translate.examples == str(site / "labeled.csv")
+    # A bad examples file is a config error now, not a failure at the first new point name.
+    _write(site / "labeled.csv", "name,brick_class\nAHU1_SAT,Not_A_Class\n")
+    with pytest.raises(ConfigError, match="'Not_A_Class' is not a Brick point class"):
+        load_config(config)
+    (site / "labeled.csv").unlink()
+    with pytest.raises(ConfigError, match=r"bridges\[0\]\.translate\.examples"):
+        load_config(config)
+
+
 def test_suggest_marks_unsure_mappings_for_review(tmp_path: Path) -> None:
     src = _write(tmp_path / "s.csv", "name\nAHU1_SAT\nXQZ_77\n")
     tgt = _write(tmp_path / "t.csv", "name\nDischarge Air Temp\nOccupancy Count\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 from pydantic import Field, model_validator
@@ -16,7 +15,8 @@ class AnomalyOptions(Strict):
     model: str = Field(
         "student",
         min_length=1,
-        description="'student' (int8, shipped), 'teacher' (shipped) or a path to an .onnx file",
+        description="'student' (int8, shipped), 'teacher' (shipped) or a path to an .onnx file"
+        " (relative to the config file)",
     )
     window: int | None = Field(
         None, ge=8, multiple_of=8, description="samples per point in one evaluation; default 32"
@@ -48,6 +48,4 @@ class AnomalyOptions(Strict):
         period = self.calibration_period
         if period is not None and period[0] >= period[1]:
             raise ValueError("calibration_period: start must be before end")
-        if self.model not in ("student", "teacher") and not os.path.isfile(self.model):
-            raise ValueError(f"model: {self.model!r} is not 'student', 'teacher' or a file")
         return self

@@ -326,9 +326,7 @@ class _Loader:
                     repr(name),
                     choices(name, list(self.declared), "a device name"),
                 )
-        if not os.path.isabs(section.path) and self.filename != "<string>":
-            path = os.path.join(os.path.dirname(os.path.abspath(self.filename)), section.path)
-            section = section.model_copy(update={"path": path})
+        section = section.model_copy(update={"path": self.local(section.path)})
         mqtt = section.mqtt
         if mqtt is None:
             return section
@@ -535,7 +533,9 @@ class _Loader:
             ok = False
         ok = self.selection(path, sources, points, keys.units) and ok
         ok = self.computed(path, sources, keys.computed) and ok
-        if not ok:
+        translate = self.translate_files(path, keys.translate)
+        anomaly = self.anomaly_files(path, keys.anomaly)
+        if not ok or (keys.translate and not translate) or (keys.anomaly and not anomaly):
             return None
         return BridgeConfig(
             keys.name,
@@ -544,10 +544,47 @@ class _Loader:
             keys.to,
             dict(keys.units),
             route,
-            keys.translate,
-            anomaly=keys.anomaly,
+            translate,
+            anomaly=anomaly,
             computed=tuple(keys.computed),
         )
+
+    def local(self, name: str) -> str:
+        """A path from the config: relative ones are relative to the config file."""
+        name = os.path.expanduser(name)
+        if os.path.isabs(name) or self.filename == "<string>":
+            return name
+        return os.path.join(os.path.dirname(os.path.abspath(self.filename)), name)
+
+    def translate_files(
+        self, path: Path, options: TranslateConfig | None
+    ) -> TranslateConfig | None:
+        """``examples:`` found next to the config and readable now, not at the first new key."""
+        if options is None or options.examples is None:
+            return options
+        from gateway.translator.pointlist import InputError, read_labeled
+
+        examples = self.local(options.examples)
+        try:
+            read_labeled(examples)
+        except InputError as exc:
+            self.report((*path, "translate", "examples"), str(exc), "a CSV of name,brick_class")
+            return None
+        return options.model_copy(update={"examples": examples})
+
+    def anomaly_files(self, path: Path, options: AnomalyOptions | None) -> AnomalyOptions | None:
+        """A model given as a path must be a file (relative to the config file)."""
+        if options is None or options.model in ("student", "teacher"):
+            return options
+        model = self.local(options.model)
+        if not os.path.isfile(model):
+            self.report(
+                (*path, "anomaly", "model"),
+                f"{options.model!r}, which is not a file ({model})",
+                "'student', 'teacher' or the path of an .onnx file",
+            )
+            return None
+        return options.model_copy(update={"model": model})
 
     def computed(self, path: Path, sources: tuple[str, ...], items: list[ComputedPoint]) -> bool:
         """Computed names used twice or taken by a point; inputs that no source has."""

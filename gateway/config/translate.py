@@ -33,7 +33,9 @@ class TranslateConfig(Strict):
         description="auto: bus topic prefix for points below the threshold ({topic}/{device})",
     )
     examples: str | None = Field(
-        None, description="auto: CSV of name,brick_class from this site (few-shot)"
+        None,
+        description="auto: CSV of name,brick_class from this site (few-shot); relative to the"
+        " config file",
     )
 
     @model_validator(mode="after")

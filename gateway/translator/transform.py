@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.types import Message, MessageKind, Sample
@@ -31,14 +30,12 @@ class Translate:
         config: TranslateConfig,
         bus: Bus | None = None,
         *,
-        base_dir: str | Path = ".",
         classifier: Callable[[list[str]], list[list[tuple[str, float]]]] | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
         self.map = dict(config.map)
         self.auto = config.mode == "auto"
-        self._base_dir = Path(base_dir)
         self._classifier = classifier
         self._decided: dict[str, str | None] = {}
         self.suggestions: dict[str, list[tuple[str, float]]] = {}
@@ -75,7 +72,7 @@ class Translate:
         translator = load()
         adapt: Any = None
         if self.config.examples:
-            adapt = FewShot.fit(translator, read_labeled(self._base_dir / self.config.examples))
+            adapt = FewShot.fit(translator, read_labeled(self.config.examples))
 
         def classify(names: list[str]) -> list[list[tuple[str, float]]]:
             points = [Point(n) for n in names]
