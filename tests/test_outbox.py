@@ -51,6 +51,26 @@ def test_order_ack_and_replay_after_reopen(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_caught_up_take_moves_the_cursor_to_the_last_id(tmp_path: Path) -> None:
+    # Regression: a file whose rows were all delivered reopened with cursor 0 < last_id, and
+    # the MQTT uplink, waiting for the cursor to pass the backlog, spun at 100 % CPU.
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    box.append(items(4))
+    box.ack(r.id for r in box.take(10))
+    box.commit()
+    box.close()
+    again = Outbox(path)
+    assert (again.rows, again.cursor, again.last_id) == (0, 0, 4)
+    assert again.take(10) == [] and again.cursor == 4
+    again.append(items(2, 4))
+    assert [r.id for r in again.take(1)] == [5] and again.cursor == 5
+    again.rewind()  # a reconnect: both unacknowledged rows go again, then the cursor is at the end
+    assert payloads(again.take(10)) == [4, 5] and again.cursor == 6
+    assert again.take(10) == [] and again.cursor == 6
+    again.close()
+
+
 def test_stamp_writes_the_id_into_the_payload(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
     box.append(items(2), stamp=lambda i, p: b"%d:" % i + p)

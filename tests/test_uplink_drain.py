@@ -123,3 +123,42 @@ async def test_drain_after_an_outage(
         # the backlog really drained beside live data, not before it
         first_live = arrival.index(live[0])
         assert any(v < backlog_end for v in arrival[first_live:])
+
+
+@pytest.mark.parametrize("order", ["strict", "live_first"])
+async def test_restart_on_a_delivered_file_sends_new_samples(
+    broker: MosquittoBroker,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+    order: str,
+) -> None:
+    """A restart on a file whose rows were all delivered (its cursor starts behind `last_id`:
+    the state behind a demo that hung at 100 % CPU, see test_outbox): new samples go out and
+    the event loop keeps running. This did not reproduce the hang itself."""
+    sub = Recorder(broker.port)
+    config = endpoint(broker.port, tmp_path / "o.db", drain_rate=RATE, drain_order=order)
+    sent = 0
+    for _ in range(2):  # a run that delivers everything, then a restart on the same file
+        mqtt = MqttAdapter("up", config, AdapterContext(Bus(), "gw"))
+        async with mqtt:
+            task = asyncio.create_task(mqtt.run())
+            await mqtt.wait_connected()
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            for _ in range(5):
+                await mqtt.send(Message.telemetry("d0", (Sample.now("v", sent),)), ROUTE)
+                sent += 1
+            await wait_for(lambda n=sent: len(sub.seen) >= n, timeout=10, interval=0.05)
+            await asyncio.sleep(0.3)
+            assert ticks >= 10, "the event loop was starved"
+            for t in (ticker, task):
+                t.cancel()
+            await asyncio.gather(ticker, task, return_exceptions=True)
+    sub.close()
+    assert sorted(v for v, _, _ in sub.seen.values()) == list(range(sent))

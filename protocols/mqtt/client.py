@@ -626,6 +626,7 @@ class MqttAdapter(Adapter):
             if self._ready and self._queued() and self._has_room(1):
                 delay = self._drain_delay()
                 if delay <= 0:
+                    await asyncio.sleep(0)  # more to send now; let the rest of the loop run
                     continue
                 try:
                     async with asyncio.timeout(delay):
@@ -1403,11 +1404,15 @@ class MqttAdapter(Adapter):
             if not any(topic_matches(s.topic, topic) for s in self.config.subscriptions):
                 return
         try:
-            value = codec.decode(topic, msg.payload, self._payload_mode(topic))  # type: ignore[arg-type]
+            sample = codec.decode_sample(
+                topic,
+                msg.payload,
+                self._payload_mode(topic),  # type: ignore[arg-type]
+                time.time(),
+            )
         except (codec.PayloadError, UnicodeDecodeError) as exc:
             self._bad_payload(exc)
             return
-        sample = Sample.now(point=topic, value=value)
         self.bus.publish_nowait(
             Message(
                 topic=f"mqtt/{self.name}/{topic}",
