@@ -166,7 +166,7 @@ async def run_demo(
                         shown = json.dumps(value.get("value"))
                         extra = f" {value.get('unit', '')} [{value.get('quality')}]"
                     else:
-                        shown, extra = json.dumps(value), ""
+                        shown, extra = json.dumps(value), f" {s.unit}" if s.unit else ""
                     stamp = time.strftime("%H:%M:%S")
                     print(f"  {stamp}  {s.point:<28} {shown}{extra}", file=out, flush=True)
 

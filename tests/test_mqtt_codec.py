@@ -12,6 +12,7 @@ from protocols.mqtt.codec import (
     PayloadError,
     TopicError,
     decode,
+    decode_sample,
     encode,
     escape_level,
     format_ts,
@@ -307,3 +308,22 @@ def test_our_sample_payload_reads_back() -> None:
     m = message(sample("temp", 21.5, unit="degC"))
     ((topic, payload),) = encode(m, SAMPLE, "gw1")
     assert decode(topic, payload, "json") == 21.5
+
+
+def test_our_sample_payload_reads_back_whole() -> None:
+    bad = sample("temp", 21.5, Quality.BAD, unit="degC", reason="timeout")
+    ((topic, payload),) = encode(message(bad), SAMPLE, "gw1")
+    got = decode_sample(topic, payload, "json", received=TS + 9)
+    assert (got.point, got.value, got.quality, got.unit, got.reason) == (
+        topic,
+        21.5,
+        Quality.BAD,
+        "degC",
+        "timeout",
+    )
+    assert got.source_ts == pytest.approx(TS) and got.gateway_ts == TS + 9
+    # Someone else's object: an unknown quality is not trusted; no ts means "when received".
+    odd = decode_sample("t", b'{"value": 1, "quality": "fine"}', "json", received=5.0)
+    assert (odd.quality, odd.source_ts, odd.unit) == (Quality.UNCERTAIN, 5.0, None)
+    plain = decode_sample("t", b"3", "json", received=5.0)
+    assert (plain.value, plain.quality, plain.source_ts) == (3, Quality.GOOD, 5.0)

@@ -32,8 +32,9 @@ Speed: this runs for every sample the gateway publishes (15,000/s in the benchma
 topics are cached per (template, gateway, device, kind, point) and timestamps per second; scalar
 values are serialised without going through ``json.dumps``.
 
-Subscribing (``decode``) turns one received payload into a `Value`: ``json`` parses it (an object
-with a ``"value"`` key gives that value, which is how our own ``sample`` payloads read back),
+Subscribing (``decode_sample``) turns one received payload into a `Sample`: ``json`` parses it (an
+object with a ``"value"`` key gives that value, with its quality, timestamp and unit: how our own
+``sample`` payloads read back),
 ``text`` decodes UTF-8, ``raw`` gives the bytes as lowercase hex (a `Value` has no bytes type).
 Anything else raises `PayloadError` naming the topic.
 """
@@ -332,14 +333,25 @@ _SCALARS = (bool, int, float, str, type(None))
 
 def decode(topic: str, payload: bytes, mode: PayloadMode = "json") -> Value:
     """The value carried by one received payload; `PayloadError` if it has none."""
+    return decode_sample(topic, payload, mode, 0.0).value
+
+
+def decode_sample(
+    topic: str, payload: bytes | bytearray, mode: PayloadMode, received: float
+) -> Sample:
+    """One received payload as a sample of the point named after its topic.
+
+    Our own ``sample`` payloads read back whole: besides ``value``, a JSON object's ``quality``
+    (an unknown one reads as uncertain), ``ts``, ``unit`` and ``reason`` are kept, so a bad
+    reading relayed by another gateway stays bad. Anything else is good, stamped ``received``."""
     if mode == "raw":
-        return bytes(payload).hex()
+        return Sample(topic, bytes(payload).hex(), _GOOD, received, received)
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError(topic, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     if mode == "text":
-        return text
+        return Sample(topic, text, _GOOD, received, received)
     if mode != "json":
         raise ValueError(f"unknown payload mode {mode!r}")
     if not text.strip():
@@ -348,9 +360,11 @@ def decode(topic: str, payload: bytes, mode: PayloadMode = "json") -> Value:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(topic, f"invalid JSON ({exc.msg} at char {exc.pos})") from None
+    meta: dict[str, object] = {}
     if isinstance(data, dict):
         if "value" not in data:
             raise PayloadError(topic, "JSON object without a 'value' key")
+        meta = data
         data = data["value"]
     if not isinstance(data, _SCALARS):
         raise PayloadError(
@@ -358,7 +372,22 @@ def decode(topic: str, payload: bytes, mode: PayloadMode = "json") -> Value:
             f"expected a JSON scalar or an object with a scalar 'value', got {type(data).__name__}",
         )
     value: Value = data
-    return value
+    if not meta:
+        return Sample(topic, value, _GOOD, received, received)
+    quality = meta.get("quality", "good")
+    unit, reason = meta.get("unit"), meta.get("reason")
+    return Sample(
+        topic,
+        value,
+        _QUALITIES.get(quality, Quality.UNCERTAIN) if isinstance(quality, str) else _GOOD,
+        parse_time(meta.get("ts")) or received,
+        received,
+        unit if isinstance(unit, str) else None,
+        reason if isinstance(reason, str) else None,
+    )
+
+
+_QUALITIES = {q.value: q for q in Quality}
 
 
 # --- points (the endpoint as a source) ----------------------------------------------------------
