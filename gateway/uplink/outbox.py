@@ -411,15 +411,15 @@ class Outbox:
             if len(out) < n:  # caught up: from now on the tail has everything
                 self._tail_valid = True
                 self._tail.clear()
+        if out:
+            self._cursor = out[-1].id
+            taken = self._taken
+            for r in out:
+                taken[r.id] = r.size
         if len(out) < n:
             # Nothing is left to hand out, not even ids of rows long deleted: a caller waiting
             # for the cursor to reach `last_id` (the MQTT backlog) must see it there.
             self._cursor = self._next_id - 1
-        if out:
-            self._cursor = max(self._cursor, out[-1].id)
-            taken = self._taken
-            for r in out:
-                taken[r.id] = r.size
         return out
 
     def skip_to(self, mark: int) -> None:
