@@ -115,6 +115,7 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
+    from gateway.paths import use_config_state_dir
     from gateway.plugins import PluginError
 
     try:
@@ -122,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    use_config_state_dir(args.file)
     _setup_logging(args.log_level or config.gateway.log_level)
 
     async def main() -> None:

@@ -1,7 +1,8 @@
 """``gateway status CONFIG``: the outbox of every MQTT endpoint, read from its file.
 
 Reads the SQLite files directly (read-only), so it works while the gateway runs or after it
-died. Paths are relative to the working directory, as the gateway resolves them.
+died. Paths are resolved as ``gateway run`` resolves them (``{state}``:
+``$PROTOCOL_BRAIN_STATE_DIR``, else ``.protocol-brain`` next to the config file).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
+    from gateway.paths import use_config_state_dir
     from gateway.uplink.outbox import OutboxConfig, read_status
 
     try:
@@ -21,6 +23,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    use_config_state_dir(args.file)
     rows: list[dict[str, Any]] = []
     for name, entry in sorted(config.devices.items()):
         outbox = getattr(entry.config, "outbox", None)

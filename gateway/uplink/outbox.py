@@ -53,6 +53,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from gateway.config.common import Strict
+from gateway.paths import state_path
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class OutboxConfig(Strict):
         "{state}/outbox-{name}.db",
         description=(
             "SQLite file; {name} is the endpoint, {state} the state folder"
-            " ($PROTOCOL_BRAIN_STATE_DIR, else .protocol-brain in the working directory)"
+            " ($PROTOCOL_BRAIN_STATE_DIR, else .protocol-brain next to the config file)"
         ),
     )
     synchronous: Literal["FULL", "NORMAL"] = Field(
@@ -107,12 +108,7 @@ class OutboxConfig(Strict):
     )
 
     def file_for(self, name: str) -> Path:
-        return Path(self.path.format(name=name, state=state_dir()))
-
-
-def state_dir() -> str:
-    """Where the gateway keeps its files unless the config names a path."""
-    return os.environ.get("PROTOCOL_BRAIN_STATE_DIR") or ".protocol-brain"
+        return state_path(self.path, name)
 
 
 class OutboxFull(Exception):

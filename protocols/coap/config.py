@@ -36,8 +36,11 @@ class Oscore(Strict):
     id_context: str | None = Field(None, pattern=HEX, description="hex; optional")
     algorithm: Algorithm = "AES-CCM-16-64-128"
     state_dir: str = Field(
-        ".protocol-brain/oscore/{name}",
-        description="sequence numbers and replay window; keep it, never copy it ({name}: entry)",
+        "{state}/oscore/{name}",
+        description=(
+            "sequence numbers and replay window; keep it, never copy it"
+            " ({state}: the state folder, {name}: entry)"
+        ),
     )
 
     @model_validator(mode="after")

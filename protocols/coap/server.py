@@ -42,6 +42,7 @@ from aiocoap.numbers.contentformat import ContentFormat
 
 from gateway.adapter import Adapter
 from gateway.commands import WriteStatus
+from gateway.paths import state_path
 from gateway.payloads import Format, PayloadError, decode, encode, format_of
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
@@ -124,7 +125,7 @@ def negotiate(request: aiocoap.Message, offered: tuple[Format, ...]) -> Format:
 def write_context_dir(oscore: Oscore, name: str) -> Path:
     """The OSCORE context folder aiocoap reads: settings.json from the config (rewritten when the
     config changes, which also starts the sequence numbers again), sequence.json left alone."""
-    base = Path(oscore.state_dir.format(name=name))
+    base = state_path(oscore.state_dir, name)
     base.mkdir(parents=True, exist_ok=True)
     settings = {
         "sender-id_hex": oscore.sender_id,

@@ -47,8 +47,11 @@ class ServerSecurity(Strict):
     )
     private_key: str | None = Field(None, description="its private key (PEM)")
     pki_dir: str = Field(
-        ".protocol-brain/pki/{name}",
-        description="where a generated certificate and the trust list live ({name}: endpoint)",
+        "{state}/pki/{name}",
+        description=(
+            "where a generated certificate and the trust list live"
+            " ({state}: the state folder, {name}: endpoint)"
+        ),
     )
     trusted_clients: str | None = Field(
         None, description="folder of trusted client certificates; default {pki_dir}/trusted"
@@ -96,7 +99,7 @@ class ClientSecurity(Strict):
     mode: Mode | Literal["None"] = "SignAndEncrypt"
     certificate: str | None = Field(None, description="our certificate; generated if unset")
     private_key: str | None = None
-    pki_dir: str = ".protocol-brain/pki/{name}"
+    pki_dir: str = "{state}/pki/{name}"
     trusted_servers: str | None = Field(
         None, description="folder of trusted server certificates; default {pki_dir}/trusted"
     )

@@ -1,0 +1,32 @@
+"""Where the gateway keeps its own files (outboxes, OPC UA certificates, OSCORE sequence numbers).
+
+Path templates in the config may use ``{state}``, the state folder, and ``{name}``, the device or
+endpoint. The state folder is ``$PROTOCOL_BRAIN_STATE_DIR``; ``gateway run`` and ``gateway status``
+default it to ``.protocol-brain`` next to the config file, so a service started from ``/`` keeps
+its state with its config, not in ``/.protocol-brain``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STATE_ENV = "PROTOCOL_BRAIN_STATE_DIR"
+STATE_FOLDER = ".protocol-brain"
+
+
+def state_dir() -> str:
+    """The state folder: ``$PROTOCOL_BRAIN_STATE_DIR``, else ``.protocol-brain`` in the cwd."""
+    return os.environ.get(STATE_ENV) or STATE_FOLDER
+
+
+def use_config_state_dir(config_file: str | os.PathLike[str]) -> None:
+    """Default the state folder to ``.protocol-brain`` next to the config (an explicit
+    ``$PROTOCOL_BRAIN_STATE_DIR`` wins)."""
+    folder = Path(os.path.abspath(config_file)).parent / STATE_FOLDER
+    os.environ.setdefault(STATE_ENV, str(folder))
+
+
+def state_path(template: str, name: str) -> Path:
+    """A configured path template with ``{state}`` and ``{name}`` filled in."""
+    return Path(template.replace("{state}", state_dir()).replace("{name}", name)).expanduser()
