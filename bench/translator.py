@@ -46,7 +46,7 @@ def main() -> None:
                 "points_per_s_median": round(sorted(rates)[len(rates) // 2]),
                 "threads": 1,
                 "model_bytes": size,
-                "weights": translator.meta.get("weights"),
+                "members": [m.get("weights") for m in translator.meta.get("members", [])],
             }
         )
     )

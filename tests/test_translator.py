@@ -134,6 +134,43 @@ def test_tiny_training_loss_falls_and_exports(tmp_path: Path) -> None:
     assert np.allclose(np.linalg.norm(pred.embeddings, axis=1), 1, atol=1e-3)
 
 
+def test_ensemble_averages_its_members(tmp_path: Path) -> None:
+    """The merged graph gives the mean of the members' distributions, and an embedding whose
+    cosines are the mean of the members' cosines."""
+    from models.translator.ensemble import merge
+    from models.translator.train import TrainConfig, export_onnx, train
+
+    only = ("Supply_Air_Temperature_Sensor", "Run_Status", "CO2_Sensor", "Valve_Position_Command")
+    paths = []
+    for seed in (0, 1):
+        cfg = TrainConfig(
+            steps=30, batch=16, d=32, d_gram=16, heads=2, ff=64, layers=1, only=only, seed=seed
+        )
+        net, _ = train(cfg, progress=False)
+        paths.append(tmp_path / f"m{seed}.onnx")
+        export_onnx(net, paths[-1])
+    merge(paths, tmp_path / "both.onnx")
+    pts = [Point("AHU1_SAT"), Point("FAN_STS"), Point("co2 level"), Point("CHW VLV")]
+    a, b = (Translator(p).predict(pts) for p in paths)
+    both = Translator(tmp_path / "both.onnx").predict(pts)
+    assert not np.allclose(a.probs, b.probs, atol=1e-3)  # two different members
+    assert np.allclose(both.probs, (a.probs + b.probs) / 2, atol=1e-5)
+    assert np.allclose(np.linalg.norm(both.embeddings, axis=1), 1, atol=1e-4)
+    cos = (a.embeddings @ a.embeddings.T + b.embeddings @ b.embeddings.T) / 2
+    assert np.allclose(both.embeddings @ both.embeddings.T, cos, atol=1e-4)
+
+
+def test_train_command_ships_one_merged_model(tmp_path: Path) -> None:
+    from models.translator.train import TrainConfig, run
+
+    only = ("Supply_Air_Temperature_Sensor", "Run_Status", "CO2_Sensor")
+    cfg = TrainConfig(steps=20, batch=16, d=32, d_gram=16, heads=2, ff=64, layers=1, only=only)
+    meta = run(cfg, tmp_path, members=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "translator.onnx"]
+    assert [m["seed"] for m in meta["members"]] == [0, 1]
+    assert Translator(tmp_path / "translator.onnx").predict([Point("SAT")]).probs.shape == (1, 793)
+
+
 def test_shipped_model_is_small_and_loads_offline() -> None:
     assert DEFAULT_MODEL.exists()
     assert DEFAULT_MODEL.stat().st_size <= 5 * 1024 * 1024

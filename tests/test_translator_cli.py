@@ -207,6 +207,21 @@ def test_suggest_marks_unsure_mappings_for_review(tmp_path: Path) -> None:
     assert len(review) == 1 and review[0].lstrip().startswith("#")
 
 
+def test_a_lone_unrelated_target_is_not_a_confident_match() -> None:
+    """With one target, plain attention would give it weight 1 whatever it is; the "no match" key
+    keeps an unrelated pair unconfident while a real match stays confident."""
+    from gateway.translator.model import load
+    from gateway.translator.suggest import attention
+    from gateway.translator.tokenize import Point
+
+    t = load()
+    src = t.predict([Point("AHU1_SAT"), Point("XQZ_77")])
+    w = attention(src, t.predict([Point("Discharge Air Temp")]))
+    assert w[0, 0] > 0.9
+    assert w[1, 0] < 0.5
+    assert w[0, 0] - w[1, 0] > 0.5
+
+
 def test_suggest_from_an_mqtt_sample(tmp_path: Path) -> None:
     sample = _write(
         tmp_path / "sample.txt",

@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--batch", type=int, help="samples per step (default 128)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    tr.add_argument(
+        "--members", type=int, default=2, help="networks averaged in the shipped model (default 2)"
+    )
     tr.add_argument("--out", metavar="DIR", help="default: the package's models/translator")
     tr.set_defaults(func=_guard(cmd_train))
 
@@ -156,6 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ImportError:
         raise CommandError("training needs torch: pip install 'protocol-brain[train]'") from None
+    from gateway.translator.vocab import MODEL_DIR
     from models.translator.train import TrainConfig, run
 
     cfg = TrainConfig(seed=args.seed, threads=args.threads)
@@ -163,7 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.steps = args.steps
     if args.batch:
         cfg.batch = args.batch
-    meta = run(cfg, Path(args.out)) if args.out else run(cfg)
+    if args.members < 1:
+        raise CommandError("--members must be at least 1")
+    out = Path(args.out) if args.out else MODEL_DIR
+    meta = run(cfg, out, members=args.members)
     summary = {k: v for k, v in meta.items() if k != "classes"}
     print(json.dumps(summary))
     return 0

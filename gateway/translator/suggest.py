@@ -2,7 +2,9 @@
 
 Matching is one cross-attention step: each source point (the query) attends over all candidate
 target points (the keys) with logits from (a) the Bhattacharyya overlap of the two class
-distributions and (b) the cosine of the two embeddings; the attention weight of a target is the
+distributions and (b) the cosine of the two embeddings, plus one "no match" key of fixed
+similarity (a dustbin, as in SuperGlue), so a source unlike every target keeps its weight there
+instead of spreading it over whatever targets exist; the attention weight of a target is the
 confidence of that mapping. Targets are then assigned one-to-one, most confident first, so two
 sources never land on the same target. Nothing is applied: the bridge is written with
 ``approved: false``, which `gateway validate` rejects until the user has reviewed it.
@@ -19,6 +21,9 @@ import numpy as np
 from gateway.translator.model import Floats, Prediction, Translator
 
 TEMPERATURE = 0.05  # attention temperature over the combined similarity
+# Similarity of the "no match" key: about what the best unrelated target reaches (median best
+# other-class similarity 0.28 between two synthetic sites, models/translator/sites.py).
+NO_MATCH = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +36,16 @@ class Match:
 
 
 def attention(src: Prediction, tgt: Prediction) -> Floats:
-    """(S, T) attention weights of each source over the targets (rows sum to 1)."""
+    """(S, T) attention weights of each source over the targets; a row sums to less than 1 by
+    the weight of "no match"."""
     overlap = np.sqrt(src.probs) @ np.sqrt(tgt.probs).T
     cosine = src.embeddings @ tgt.embeddings.T
-    logits = (0.7 * overlap + 0.3 * cosine) / TEMPERATURE
+    sim = 0.7 * overlap + 0.3 * cosine
+    logits = np.concatenate([sim, np.full((sim.shape[0], 1), NO_MATCH, sim.dtype)], 1)
+    logits = logits / TEMPERATURE
     logits -= logits.max(1, keepdims=True)
     w = np.exp(logits)
-    weights: Floats = w / w.sum(1, keepdims=True)
+    weights: Floats = (w / w.sum(1, keepdims=True))[:, :-1]
     return weights
 
 

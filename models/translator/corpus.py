@@ -82,8 +82,9 @@ WORDS: dict[str, list[str]] = {
     "override": ["ovrd", "ovr", "ovrrd", "ovrde", "or", "man", "hoa"],
     "load": ["ld", "lod"],
     "lighting": ["ltg", "light", "lt", "lgt", "lite", "lights"],
-    "luminance": ["lum", "lux", "lumin"],
-    "illuminance": ["lux", "illum", "lx", "lum"],
+    # Lux is the unit of illuminance (light on a surface); luminance is cd/m2 (a surface's glow).
+    "luminance": ["lum", "lumin", "bright"],
+    "illuminance": ["lux", "illum", "lx", "lux lvl"],
     "filter": ["filt", "fltr", "flt", "fil"],
     "coil": ["cl", "coil", "cil"],
     "building": ["bldg", "bld", "bldng", "b"],
@@ -258,7 +259,8 @@ PHRASES: dict[tuple[str, ...], list[str]] = {
     ("fan", "speed"): ["fan spd", "fspd", "spd", "fan vfd", "fan %"],
     ("occupancy", "status"): ["occ sts", "occ", "occupied", "occ st"],
     ("occupancy", "sensor"): ["occ sensor", "occ", "pir", "occ sns", "motion"],
-    ("luminance", "sensor"): ["lux", "lum", "light level"],
+    ("luminance", "sensor"): ["lum", "lumin", "brightness"],
+    ("illuminance", "sensor"): ["lux", "light level", "lux level", "lx"],
     ("energy", "usage"): ["kwh", "energy", "consumption", "usage"],
 }
 
@@ -291,7 +293,7 @@ UNITS: dict[str, list[str]] = {
     "frequency": ["Hz"],
     "dioxide": ["ppm"],
     "position": ["%", "pct"],
-    "luminance": ["lux", "lx", "cd/m2"],
+    "luminance": ["cd/m2", "nit"],
     "illuminance": ["lux", "lx"],
     "level": ["%", "m", "ft"],
     "time": ["s", "sec", "min", "h"],
@@ -474,7 +476,8 @@ SYNONYMS: dict[str, list[str]] = {
     "flow": ["flow", "flow rate", "volume"],
     "speed": ["speed", "spd", "vfd speed"],
     "occupancy": ["occupancy", "occupied", "presence"],
-    "luminance": ["light level", "lux", "luminance"],
+    "luminance": ["luminance", "brightness"],
+    "illuminance": ["light level", "lux", "illuminance", "lux level"],
     "lighting": ["lights", "lighting", "light"],
     "cooling": ["cooling", "clg", "cool"],
     "heating": ["heating", "htg", "heat"],
@@ -570,6 +573,34 @@ def _fill(template: str, r: random.Random) -> str:
         template.replace("{n3}", str(r.randint(100, 9999)))
         .replace("{n2}", f"{r.randint(0, 99):02d}")
         .replace("{n}", str(r.randint(1, 40)))
+    )
+
+
+def _meaningful() -> frozenset[str]:
+    """Every word and abbreviation the corpus gives a meaning to: never drawn as a site code."""
+    out: set[str] = set()
+    for key, forms in list(WORDS.items()) + list(PHRASES.items()):
+        out.update(key if isinstance(key, tuple) else [key])
+        out.update(f.lower() for form in forms for f in form.split())
+    out.update(k.lower() for k in ISA_LETTER)
+    return frozenset(out)
+
+
+_MEANINGFUL = _meaningful()
+_CODE_LETTERS = "bcdfghjklmnpqrstvwxzaeiou"
+
+
+def site_code(r: random.Random) -> str:
+    """An id written with a site's own letters (``RMI015``, ``scc2``, ``Qx-14``): teaches the
+    model that an unknown code next to a number names a place or device, not a point class."""
+    while True:
+        letters = "".join(r.choice(_CODE_LETTERS) for _ in range(r.randint(2, 4)))
+        if letters not in _MEANINGFUL:
+            break
+    letters = r.choice([letters.upper(), letters.lower(), letters.capitalize()])
+    n = r.choice([str(r.randint(1, 9)), f"{r.randint(0, 999):03d}", str(r.randint(10, 9999))])
+    return r.choice(["{c}{n}", "{c}{n}", "{c} {n}", "{c}-{n}", "{c}{n}{x}"]).format(
+        c=letters, n=n, x=r.choice("ABCD")
     )
 
 
@@ -766,6 +797,7 @@ class Renderer:
                 f"{n}{r.choice('ABCD')}",
                 f"L{n // 100}",
                 f"FL{n // 100}",
+                site_code(r),
             ]
         )
 
@@ -807,6 +839,9 @@ class Renderer:
         if r.random() < 0.5:
             glue = "" if r.random() < 0.6 else r.choice([" ", "-", "_"])
             text += glue + _fill(r.choice(CONTROLLERS), r) + _fill(r.choice(CONTROLLERS), r)
+        elif r.random() < 0.4:
+            code = site_code(r)
+            text = f"{text} {code}" if r.random() < 0.7 else f"{code} {text}"
         return text
 
     def _descriptive(self, cls: BrickClass) -> str:
@@ -842,6 +877,8 @@ class Renderer:
                     prefix.append(n)
         if r.random() < 0.25:
             prefix = r.choice(DESC_PLACES).replace("#", _num(r)).split() + prefix
+        elif r.random() < 0.2:
+            prefix = [site_code(r).replace(" ", "")] + prefix
         if prefix and r.random() < 0.15:
             tokens = out + prefix
         else:

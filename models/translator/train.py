@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,38 +155,65 @@ def synthetic_accuracy(model_path: Path, points: list[Point], labels: list[int])
     return float(np.mean(probs.argmax(1) == np.array(labels)))
 
 
-def run(cfg: TrainConfig, out_dir: Path = MODEL_DIR, *, progress: bool = True) -> dict[str, Any]:
-    """Train, export, maybe quantize; writes ``translator.onnx`` and ``meta.json`` to out_dir."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run_member(
+    cfg: TrainConfig, final: Path, held_out: list[tuple[Point, int]], *, progress: bool = True
+) -> dict[str, Any]:
+    """Train one network, export it, keep int8 if it holds the synthetic held-out top-1."""
     start = time.monotonic()
     net, losses = train(cfg, progress=progress)
     train_s = time.monotonic() - start
-    fp32 = out_dir / "translator.fp32.onnx"
-    int8 = out_dir / "translator.int8.onnx"
-    final = out_dir / "translator.onnx"
+    fp32 = final.with_suffix(".fp32.onnx")
+    int8 = final.with_suffix(".int8.onnx")
     import torch
 
     # Kept outside the package: lets the export be redone without training again.
-    torch.save(net.state_dict(), Path(tempfile.gettempdir()) / "translator-checkpoint.pt")
+    checkpoint = Path(tempfile.gettempdir()) / f"translator-checkpoint-{cfg.seed}.pt"
+    torch.save(net.state_dict(), checkpoint)
     export_onnx(net, fp32)
     quantize(fp32, int8)
-    held_out = list(Renderer(seed=10_000 + cfg.seed).stream(4000))
     points, labels = [p for p, _ in held_out], [k for _, k in held_out]
     acc_fp32 = synthetic_accuracy(fp32, points, labels)
     acc_int8 = synthetic_accuracy(int8, points, labels)
     use_int8 = acc_int8 >= acc_fp32 - 0.005
     (int8 if use_int8 else fp32).replace(final)
     (fp32 if use_int8 else int8).unlink()
+    return {
+        "seed": cfg.seed,
+        "weights": "int8" if use_int8 else "float32",
+        "synthetic_top1": {"float32": round(acc_fp32, 4), "int8": round(acc_int8, 4)},
+        "final_loss": round(float(np.mean(losses[-100:])), 4),
+        "train_seconds": round(train_s, 1),
+    }
+
+
+def run(
+    cfg: TrainConfig, out_dir: Path = MODEL_DIR, *, members: int = 2, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``members`` networks (seeds seed, seed+1, ...), merge them into one averaging ONNX
+    graph (`ensemble.merge`); writes ``translator.onnx`` and ``meta.json`` to out_dir."""
+    from models.translator.ensemble import merge
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    held_out = list(Renderer(seed=10_000 + cfg.seed).stream(4000))
+    final = out_dir / "translator.onnx"
+    parts = [out_dir / f"translator.member{k}.onnx" for k in range(members)]
+    info = [
+        run_member(replace(cfg, seed=cfg.seed + k), part, held_out, progress=progress)
+        for k, part in enumerate(parts)
+    ]
+    merge(parts, final)
+    for part in parts:
+        part.unlink()
+    points, labels = [p for p, _ in held_out], [k for _, k in held_out]
     meta = {
         "classes": [c.name for c in brick_classes()],
         "buckets": BUCKETS,
         "grams": GRAMS,
         "config": asdict(cfg),
-        "weights": "int8" if use_int8 else "float32",
-        "synthetic_top1": {"float32": round(acc_fp32, 4), "int8": round(acc_int8, 4)},
-        "final_loss": round(float(np.mean(losses[-100:])), 4),
-        "train_seconds": round(train_s, 1),
+        "members": info,
+        "synthetic_top1": round(synthetic_accuracy(final, points, labels), 4),
+        "train_seconds": round(sum(m["train_seconds"] for m in info), 1),
         "bytes": final.stat().st_size,
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
