@@ -222,6 +222,14 @@ def test_a_lone_unrelated_target_is_not_a_confident_match() -> None:
     assert w[0, 0] - w[1, 0] > 0.5
 
 
+def test_suggest_does_not_force_a_leftover_target_on_an_unrelated_source(tmp_path: Path) -> None:
+    src = _write(tmp_path / "s.csv", "name\nAHU1_SAT\nXQZ_77\n")
+    tgt = _write(tmp_path / "t.csv", "name\nDischarge Air Temp\nOccupancy Count\n")
+    text = _suggest(tmp_path, str(src), str(tgt))
+    assert '# REVIEW "XQZ_77": no matching target' in text
+    assert "Occupancy Count" not in text
+
+
 def test_suggest_from_an_mqtt_sample(tmp_path: Path) -> None:
     sample = _write(
         tmp_path / "sample.txt",

@@ -56,14 +56,17 @@ def match(
     targets: Sequence[str],
     tgt: Prediction,
 ) -> list[Match]:
-    """One target (or none) per source, one source per target, best pairs first."""
+    """One target (or none) per source, one source per target, best pairs first; a pair weaker
+    than the source's "no match" weight is not made, so its target stays free for others."""
     w = attention(src, tgt)
+    no_match = 1.0 - w.sum(1)
     cls_s = src.probs.argmax(1)
     cls_t = tgt.probs.argmax(1)
     taken_s: set[int] = set()
     taken_t: set[int] = set()
     chosen: dict[int, tuple[int, float]] = {}
-    for flat in np.argsort(-w, axis=None):
+    strong = np.flatnonzero(w > no_match[:, None])  # pairs that beat "no match"
+    for flat in strong[np.argsort(-w.ravel()[strong], kind="stable")]:
         i, j = divmod(int(flat), w.shape[1])
         if i in taken_s or j in taken_t:
             continue
@@ -125,7 +128,7 @@ def bridge_yaml(
             else (f"{m.source_class} -> {m.target_class}")
         )
         if m.target is None:
-            lines.append(f"        # REVIEW {_quote(m.source)}: no target left  # {classes}")
+            lines.append(f"        # REVIEW {_quote(m.source)}: no matching target  # {classes}")
             n_review += 1
             continue
         entry = f"{_quote(m.source)}: {_quote(m.target)}"
