@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.paths import STATE_ENV
+
 DEMO_CONFIG = """\
 # The config `gateway demo` runs (ports filled in when it starts).
 gateway: {{name: demo}}
@@ -122,7 +124,7 @@ async def run_demo(
         workdir = Path(tempfile.gettempdir()) / "protocol-brain-demo"
         workdir.mkdir(exist_ok=True)
         # The MQTT outbox of the demo lives with its config, not in the user's folder.
-        os.environ.setdefault("PROTOCOL_BRAIN_STATE_DIR", str(workdir / "state"))
+        os.environ.setdefault(STATE_ENV, str(workdir / "state"))
         text = DEMO_CONFIG.format(
             modbus_port=device.port,
             mqtt_port=broker.port,

@@ -63,6 +63,7 @@ from cryptography import x509
 from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.paths import state_path
 from gateway.transform import DeadbandFilter
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua.config import OpcuaClient, OpcuaPoint
@@ -71,7 +72,6 @@ from protocols.opcua.pki import (
     ensure_certificate,
     load_certificate,
     load_trust_store,
-    pki_path,
 )
 from protocols.opcua.types import INT_RANGES
 from protocols.opcua.types import VARIANT_TYPES as DECLARED_TYPES
@@ -406,7 +406,7 @@ class OpcuaClientAdapter(Adapter):
         sec = cfg.security
         if sec.policy == "None":
             return client
-        pki_dir = pki_path(sec.pki_dir, self.name)
+        pki_dir = state_path(sec.pki_dir, self.name)
         if sec.certificate is not None and sec.private_key is not None:
             cert, key = Path(sec.certificate), Path(sec.private_key)
             uris = _certificate_uris(load_certificate(cert))
@@ -473,7 +473,7 @@ class OpcuaClientAdapter(Adapter):
             if name.startswith("BadCertificate") or code == SC.BadSecurityChecksFailed:
                 return "security refused", (
                     f"server refused our certificate or security settings ({name}); the server "
-                    f"may need ours in its trust list ({pki_path(sec.pki_dir, self.name)}/own)"
+                    f"may need ours in its trust list ({state_path(sec.pki_dir, self.name)}/own)"
                 )
             return name, f"{name}: {exc}"
         if isinstance(exc, TimeoutError):

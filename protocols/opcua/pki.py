@@ -30,20 +30,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.paths import state_path
-
 log = logging.getLogger(__name__)
 
 CERT_FILE = Path("own/cert.der")
 KEY_FILE = Path("own/private/key.pem")
 VALID_DAYS = 5 * 365
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
-
-
-def pki_path(template: str, name: str) -> Path:
-    """Render a configured ``pki_dir`` (``{state}``: the state folder, ``{name}``: the endpoint
-    or device); relative paths are relative to the current working directory."""
-    return state_path(template, name)
 
 
 def trusted_dir(pki_dir: Path, configured: str | None) -> Path:

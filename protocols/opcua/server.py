@@ -60,6 +60,7 @@ from cryptography import x509
 from gateway.adapter import Adapter, AdapterContext
 from gateway.commands import WriteStatus
 from gateway.passwords import verify_password
+from gateway.paths import state_path
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
 from protocols.opcua.pki import (
@@ -68,7 +69,6 @@ from protocols.opcua.pki import (
     load_certificate,
     load_private_key,
     load_trust_store,
-    pki_path,
 )
 from protocols.opcua.types import INT_RANGES, NUMBERS, VARIANT_TYPES
 from protocols.opcua.units import eu_information
@@ -592,7 +592,7 @@ class OpcuaServerAdapter(Adapter):
 
     async def _security(self, server: Server, app_uri: str) -> None:
         sec = self.config.security
-        pki_dir = pki_path(sec.pki_dir, self.name)
+        pki_dir = state_path(sec.pki_dir, self.name)
         if sec.certificate is not None and sec.private_key is not None:
             cert, key = Path(sec.certificate), Path(sec.private_key)
         else:
