@@ -85,6 +85,47 @@ def test_classify_writes_ranked_csv(tmp_path: Path) -> None:
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
 
 
+def test_classify_site_prior_reads_the_whole_list_unless_switched_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = _write(tmp_path / "short.csv", "name\nVAV0_ZNT\nRTU3.RAT\n")
+    zones = "".join(f"VAV{i}_ZNT\n" for i in range(30))
+    long = _write(tmp_path / "long.csv", "name\n" + zones)
+
+    def first(path: Path, *flags: str) -> tuple[str, float]:
+        assert main(["classify", str(path), *flags]) == 0
+        rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+        assert rows[0]["name"] == "VAV0_ZNT"
+        return rows[0]["class"], float(rows[0]["score"])
+
+    alone_short, alone_long = first(short, "--no-site-prior"), first(long, "--no-site-prior")
+    # each point on its own: the rest of the file does not matter (up to the int8 model's
+    # per-batch activation scale, a few thousandths)
+    assert alone_short[0] == alone_long[0] == "Zone_Air_Temperature_Sensor"
+    assert abs(alone_short[1] - alone_long[1]) < 0.01
+    # one site's list of thirty zone temperatures makes each of them surer
+    listed = first(long)
+    assert listed[0] == "Zone_Air_Temperature_Sensor" and listed[1] > alone_long[1] + 0.05
+
+
+def test_classify_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    big = _write(tmp_path / "big.csv", "name\n" + "".join(f"AHU{i}_SAT\n" for i in range(3000)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "classify", str(big)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"name,class")
+    proc.stdout.close()  # as `| head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_classify_with_examples_follows_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

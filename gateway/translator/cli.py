@@ -27,6 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top", type=int, default=3, metavar="K", help="classes per point (3)")
     p.add_argument("--out", metavar="OUT.csv", help="default: standard output")
     p.add_argument("--model", help="an ONNX model other than the shipped one")
+    _prior_flag(p)
     p.set_defaults(func=_guard(cmd_classify))
 
     s = subparsers.add_parser("suggest", help="propose a source -> target point map (a bridge)")
@@ -40,6 +41,7 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument("--examples", metavar="LABELED.csv", help="name,brick_class (few-shot)")
     s.add_argument("--model", help="an ONNX model other than the shipped one")
+    _prior_flag(s)
     s.set_defaults(func=_guard(cmd_suggest))
 
     t = subparsers.add_parser("translator", help="train or evaluate the semantic translator")
@@ -60,7 +62,17 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--shots", default="0,10,50", help="comma-separated (0,10,50)")
     ev.add_argument("--seeds", type=int, default=5)
     ev.add_argument("--model", help="an ONNX model other than the shipped one")
+    _prior_flag(ev)
     ev.set_defaults(func=_guard(cmd_evaluate))
+
+
+def _prior_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-site-prior",
+        dest="site_prior",
+        action="store_false",
+        help="score each point on its own (for a list that mixes many unrelated sites)",
+    )
 
 
 _SOURCE_HELP = (
@@ -88,13 +100,13 @@ def _translator(args: argparse.Namespace) -> Any:
     return Translator(args.model or DEFAULT_MODEL)
 
 
-def _adapted(translator: Any, examples: str | None) -> Any:
-    if not examples:
-        return translator
-    from gateway.translator.fewshot import FewShot
+def _predict(args: argparse.Namespace, translator: Any, points: list[Any]) -> Any:
+    """One site's list through the site prior and, with --examples, the few-shot head."""
     from gateway.translator.pointlist import read_labeled
+    from gateway.translator.site import predict_site
 
-    return FewShot.fit(translator, read_labeled(examples))
+    examples = read_labeled(args.examples) if args.examples else []
+    return predict_site(translator, points, examples, prior=args.site_prior)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -105,7 +117,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         raise CommandError("--top must be at least 1")
     points = read_points(args.input)
     translator = _translator(args)
-    pred = _adapted(translator, args.examples).predict(points)
+    pred = _predict(args, translator, points)
     ranked = top_k(pred.probs, translator.classes, args.top)
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
@@ -129,13 +141,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     sources = read_source(args.source)
     targets = read_source(args.target)
     translator = _translator(args)
-    model = _adapted(translator, args.examples)
     matches = match(
         translator,
         [p.name for p in sources],
-        model.predict(sources),
+        _predict(args, translator, sources),
         [p.name for p in targets],
-        model.predict(targets),
+        _predict(args, translator, targets),
     )
     text = bridge_yaml(
         matches,
@@ -189,7 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not shots or min(shots) < 0 or args.seeds < 1:
         raise CommandError("--shots needs counts >= 0 and --seeds at least 1")
     data = read_labeled(args.data)
-    result = evaluate(_translator(args), data, shots, args.seeds)
+    result = evaluate(_translator(args), data, shots, args.seeds, prior=args.site_prior)
     print(f"{args.data}: {len(data)} labeled points, {len({c for _, c in data})} classes")
     print(f"{'shots':>5}  {'who':<9} {'top1':>6} {'top5':>6} {'macroF1':>7}")
     for k, row in result.items():

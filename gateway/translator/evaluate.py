@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from gateway.translator.fewshot import FewShot
 from gateway.translator.model import Prediction, Translator
+from gateway.translator.siteprior import with_site_prior
 from gateway.translator.tokenize import Point, pieces
 from gateway.translator.vocab import canonical, scoring_key
 
@@ -88,11 +89,17 @@ def evaluate(
     data: Sequence[tuple[Point, str]],
     shots: Sequence[int],
     seeds: int,
+    *,
+    prior: bool = True,
 ) -> dict[str, Any]:
-    """Average scores per shot count over seeds; the model runs once over all points."""
+    """Average scores per shot count over seeds; the model runs once over all points. With
+    ``prior`` the site prior comes from every point's name (the file is one site's list, as
+    ``classify`` would see it with the examples); labels are used only as examples."""
     points = [p for p, _ in data]
     labels = [c for _, c in data]
     base = translator.predict(points)
+    if prior:
+        base = with_site_prior(base)
     baseline = Baseline(translator.classes)
     result: dict[str, Any] = {}
     for k in shots:
