@@ -158,12 +158,16 @@ def test_evaluate_prints_model_and_baseline_per_shot(
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     assert result["n"] == 36 and set(result["shots"]) == {"0", "5"}
+    assert result["site_prior"] is True
     for k in ("0", "5"):
         for who in ("model", "baseline"):
             m = result["shots"][k][who]
             assert set(m) == {"top1", "top5", "macro_f1"}
             assert 0 <= m["top1"] <= m["top5"] <= 1
     assert result["shots"]["0"]["model"]["top1"] > result["shots"]["0"]["baseline"]["top1"]
+    args = ["translator", "evaluate", "--data", str(data), "--shots", "0", "--no-site-prior"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["site_prior"] is False
     assert main(["translator", "evaluate", "--data", str(data), "--shots", "x"]) == 2
 
 

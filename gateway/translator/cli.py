@@ -206,5 +206,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for k, row in result.items():
         for who, m in row.items():
             print(f"{k:>5}  {who:<9} {m['top1']:6.3f} {m['top5']:6.3f} {m['macro_f1']:7.3f}")
-    print(json.dumps({"data": args.data, "n": len(data), "seeds": args.seeds, "shots": result}))
+    summary = {"data": args.data, "n": len(data), "seeds": args.seeds}
+    print(json.dumps({**summary, "site_prior": args.site_prior, "shots": result}))
     return 0
