@@ -32,6 +32,11 @@ STEPS = 150
 LEARNING_RATE = 0.1
 TOKEN_WEIGHT = 1.0  # scale of the name features against the unit-length embedding
 MEMORY_TEMPERATURE = 0.05
+# The vote's weight grows from 0 at this cosine to 0.9 at MEMORY_ONSET + 0.9 * MEMORY_SPAN. A
+# sibling of an example (its setpoint, its alarm) sits at moderate cosines and must not follow
+# it: onset 0.5 / span 0.4 pulled such points into the example's class (sites.sibling_site).
+MEMORY_ONSET = 0.7
+MEMORY_SPAN = 0.3
 
 
 def _features(p: Point) -> list[str]:
@@ -152,6 +157,6 @@ class FewShot:
         best = per_class.max(1, keepdims=True)
         mem = np.exp((per_class - best) / MEMORY_TEMPERATURE)
         mem /= mem.sum(1, keepdims=True)
-        a = np.clip((best - 0.5) / 0.4, 0.0, 0.9)
+        a = np.clip((best - MEMORY_ONSET) / MEMORY_SPAN, 0.0, 0.9)
         out: Floats = (1 - a) * p + a * mem
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import string
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,3 +84,25 @@ def site(
     for k in pick.choices(used, weights, k=points):
         out.append((r.sample(k), r.classes[k].name))
     return out
+
+
+def sibling_site(seed: int, points: int = 500, stems: int = 15) -> list[tuple[Point, str]]:
+    """Like `site`, but the site's classes come in families of 2-4 that share all words but the
+    last (``Supply_Air_Temperature_Sensor`` / ``_Setpoint`` / ``_Alarm``), as a building's
+    sensor, setpoint and alarm of one quantity do; class frequencies Zipf-like (exponent 0.7).
+    Few-shot examples then often show a sibling of a point's class but not the class itself."""
+    r = SiteRenderer(seed)
+    families: dict[str, list[int]] = defaultdict(list)
+    for k, c in enumerate(r.classes):
+        words = c.name.split("_")
+        if len(words) > 1:
+            families["_".join(words[:-1])].append(k)
+    pool = sorted(stem for stem, ks in families.items() if len(ks) >= 2)
+    pick = random.Random(seed + 1)
+    used: list[int] = []
+    for stem in pick.sample(pool, stems):
+        ks = families[stem]
+        used += pick.sample(ks, min(len(ks), pick.randint(2, 4)))
+    pick.shuffle(used)
+    weights = [1.0 / (rank + 1) ** 0.7 for rank in range(len(used))]
+    return [(r.sample(k), r.classes[k].name) for k in pick.choices(used, weights, k=points)]
