@@ -73,17 +73,14 @@ def _open(args: argparse.Namespace, *, must_exist: bool) -> Any:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    def body(args: argparse.Namespace) -> int:
-        store = _open(args, must_exist=True)
-        doc = store.get(args.device)
-        if not doc.exists:
-            raise CommandError(
-                f"no shadow for {args.device!r} (devices: {', '.join(store.devices())})", 1
-            )
-        print(json.dumps(doc.to_json(), indent=2))
-        return 0
-
-    return int(body(args))
+    store = _open(args, must_exist=True)
+    doc = store.get(args.device)
+    if not doc.exists:
+        raise CommandError(
+            f"no shadow for {args.device!r} (devices: {', '.join(store.devices())})", 1
+        )
+    print(json.dumps(doc.to_json(), indent=2))
+    return 0
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, Any]:
@@ -101,19 +98,16 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    def body(args: argparse.Namespace) -> int:
-        from gateway.shadow.store import ShadowError
+    from gateway.shadow.store import ShadowError
 
-        desired = parse_pairs(args.pairs)
-        store = _open(args, must_exist=False)
-        try:
-            doc = store.update(args.device, desired=desired, version=args.version)
-        except ShadowError as exc:
-            raise CommandError(str(exc), 1) from None
-        print(json.dumps(doc.to_json(), indent=2))
-        return 0
-
-    return int(body(args))
+    desired = parse_pairs(args.pairs)
+    store = _open(args, must_exist=False)
+    try:
+        doc = store.update(args.device, desired=desired, version=args.version)
+    except ShadowError as exc:
+        raise CommandError(str(exc), 1) from None
+    print(json.dumps(doc.to_json(), indent=2))
+    return 0
 
 
 def parse_time(text: str | None) -> float | None:
@@ -133,20 +127,17 @@ def parse_time(text: str | None) -> float | None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    def body(args: argparse.Namespace) -> int:
-        if args.last is not None and (args.since or args.until):
-            raise CommandError("use either --last or --since/--until", 1)
-        if args.last is not None and args.last < 1:
-            raise CommandError("--last must be at least 1", 1)
-        since, until = parse_time(args.since), parse_time(args.until)
-        store = _open(args, must_exist=True)
-        rows = store.history(args.device, args.point, last=args.last, since=since, until=until)
-        for r in rows:
-            if args.json:
-                print(json.dumps({"ts": r.ts, "value": r.value, "quality": r.quality}))
-            else:
-                ts = datetime.fromtimestamp(r.ts, UTC).isoformat(timespec="milliseconds")
-                print(f"{ts}  {json.dumps(r.value)}  {r.quality}")
-        return 0
-
-    return int(body(args))
+    if args.last is not None and (args.since or args.until):
+        raise CommandError("use either --last or --since/--until", 1)
+    if args.last is not None and args.last < 1:
+        raise CommandError("--last must be at least 1", 1)
+    since, until = parse_time(args.since), parse_time(args.until)
+    store = _open(args, must_exist=True)
+    rows = store.history(args.device, args.point, last=args.last, since=since, until=until)
+    for r in rows:
+        if args.json:
+            print(json.dumps({"ts": r.ts, "value": r.value, "quality": r.quality}))
+        else:
+            ts = datetime.fromtimestamp(r.ts, UTC).isoformat(timespec="milliseconds")
+            print(f"{ts}  {json.dumps(r.value)}  {r.quality}")
+    return 0

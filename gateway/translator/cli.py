@@ -100,24 +100,22 @@ def _translator(args: argparse.Namespace) -> Any:
     return Translator(args.model or DEFAULT_MODEL)
 
 
-def _predict(args: argparse.Namespace, translator: Any, points: list[Any]) -> Any:
-    """One site's list through the site prior and, with --examples, the few-shot head."""
+def _examples(args: argparse.Namespace) -> list[Any]:
     from gateway.translator.pointlist import read_labeled
-    from gateway.translator.site import predict_site
 
-    examples = read_labeled(args.examples) if args.examples else []
-    return predict_site(translator, points, examples, prior=args.site_prior)
+    return read_labeled(args.examples) if args.examples else []
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from gateway.translator.model import top_k
     from gateway.translator.pointlist import read_points
+    from gateway.translator.site import predict_site
 
     if args.top < 1:
         raise CommandError("--top must be at least 1")
     points = read_points(args.input)
     translator = _translator(args)
-    pred = _predict(args, translator, points)
+    pred = predict_site(translator, points, _examples(args), prior=args.site_prior)
     ranked = top_k(pred.probs, translator.classes, args.top)
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
@@ -135,18 +133,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
+    from gateway.translator.site import predict_site
     from gateway.translator.sources import read_source
     from gateway.translator.suggest import bridge_yaml, match
 
     sources = read_source(args.source)
     targets = read_source(args.target)
     translator = _translator(args)
+    examples = _examples(args)  # read once, used for both lists
     matches = match(
         translator,
         [p.name for p in sources],
-        _predict(args, translator, sources),
+        predict_site(translator, sources, examples, prior=args.site_prior),
         [p.name for p in targets],
-        _predict(args, translator, targets),
+        predict_site(translator, targets, examples, prior=args.site_prior),
     )
     text = bridge_yaml(
         matches,
