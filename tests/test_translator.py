@@ -341,3 +341,58 @@ def test_few_shot_memory_does_not_pull_a_sibling_class_into_an_examples_class() 
     # points whose class no example shows keep most of their zero-shot accuracy (0.76 -> 0.68;
     # with the vote starting at cosine 0.5 they fell to 0.38)
     assert few[unseen].mean() > zero[unseen].mean() - 0.15
+
+
+def _kinds(counts: list[int], confidence: list[float]) -> Prediction:
+    """Points in tight groups (one embedding direction per kind) with a given top probability."""
+    rng = np.random.default_rng(0)
+    emb, probs = [], []
+    for k, (n, conf) in enumerate(zip(counts, confidence, strict=True)):
+        for _ in range(n):
+            v = np.zeros(8)
+            v[k] = 1.0
+            v += rng.normal(0, 0.05, 8)
+            emb.append(v / np.linalg.norm(v))
+            probs.append([conf, 1 - conf])
+    return Prediction(np.array(probs, np.float32), np.array(emb, np.float32))
+
+
+def test_pick_covers_the_kinds_of_point_before_repeating_one() -> None:
+    from gateway.translator.pick import pick
+
+    pred = _kinds([40, 5, 3], [0.6, 0.6, 0.6])
+    first = pick(pred, 3)
+    kinds = [0 if i < 40 else 1 if i < 45 else 2 for i in first]
+    assert kinds == [0, 1, 2]  # biggest kind first, then every other kind once
+    assert pick(pred, 3) == first  # deterministic
+    assert len(pick(pred, 100)) == 48 and pick(pred, 0) == []
+
+
+def test_pick_asks_first_where_the_model_is_unsure() -> None:
+    from gateway.translator.pick import pick
+
+    pred = _kinds([10, 10], [0.99, 0.4])  # same size, the second kind is uncertain
+    assert pick(pred, 1)[0] >= 10
+
+
+def test_pick_samples_candidates_on_a_long_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.translator.pick as pk
+
+    pred = _kinds([30, 30, 30], [0.6, 0.6, 0.6])
+    full = pk.pick(pred, 3)
+    monkeypatch.setattr(pk, "CANDIDATES", 20)
+    sampled = pk.pick(pred, 3)
+    assert sorted(i // 30 for i in sampled) == sorted(i // 30 for i in full) == [0, 1, 2]
+
+
+def test_picked_examples_teach_a_synthetic_site_more_than_random_ones() -> None:
+    from gateway.translator.evaluate import evaluate
+    from models.translator.sites import site
+
+    t = load()
+    data = site(300, points=300, classes=30)
+    rand = evaluate(t, data, [10], 3)["10"]["model"]["top1"]
+    picked = evaluate(t, data, [10], 3, select="pick")["10"]["model"]["top1"]
+    assert picked > rand + 0.05  # measured 0.757 -> 0.883
+    with pytest.raises(ValueError, match="select"):
+        evaluate(t, data, [10], 1, select="best")

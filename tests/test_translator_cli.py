@@ -168,7 +168,55 @@ def test_evaluate_prints_model_and_baseline_per_shot(
     args = ["translator", "evaluate", "--data", str(data), "--shots", "0", "--no-site-prior"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["site_prior"] is False
+    assert (
+        main(["translator", "evaluate", "--data", str(data), "--shots", "5", "--select", "pick"])
+        == 0
+    )
+    picked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert picked["select"] == "pick" and result["select"] == "random"
     assert main(["translator", "evaluate", "--data", str(data), "--shots", "x"]) == 2
+
+
+def test_pick_writes_points_to_label_that_classify_then_learns_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.translator.sites import site
+
+    data = site(301, points=120, classes=12)
+    src = tmp_path / "in.csv"
+    with src.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "unit"])
+        w.writerows([p.name, "degF"] for p, _ in data)
+    picked = tmp_path / "label.csv"
+    assert main(["translator", "pick", str(src), "--count", "8", "--out", str(picked)]) == 0
+    assert "fill in brick_class" in capsys.readouterr().err
+    rows = list(csv.DictReader(picked.open(encoding="utf-8")))
+    assert len(rows) == 8 and len({r["name"] for r in rows}) == 8
+    assert all(r["brick_class"] == "" and r["suggestion"] and r["unit"] == "degF" for r in rows)
+    # unlabeled rows are refused, not taken as the model's guess
+    assert main(["classify", str(src), "--examples", str(picked)]) == 2
+    assert "empty brick_class" in capsys.readouterr().err
+    truth = {p.name: c for p, c in data}
+    with picked.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "brick_class", "unit"])
+        w.writerows([r["name"], truth[r["name"]], r["unit"]] for r in rows)
+
+    def right() -> list[bool]:
+        out = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+        return [r["class"] == truth[r["name"]] for r in out]
+
+    assert main(["classify", str(src)]) == 0
+    alone = right()
+    assert main(["classify", str(src), "--examples", str(picked)]) == 0
+    taught = right()
+    assert sum(taught) > sum(alone)
+    labeled = {r["name"] for r in rows}
+    assert all(ok for (p, _), ok in zip(data, taught, strict=True) if p.name in labeled)
+    assert main(["translator", "pick", str(src), "--count", "0"]) == 2
+    assert main(["translator", "pick", str(tmp_path / "nope.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 def _suggest(tmp_path: Path, src: str, tgt: str) -> str:

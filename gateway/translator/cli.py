@@ -10,6 +10,8 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +64,22 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--shots", default="0,10,50", help="comma-separated (0,10,50)")
     ev.add_argument("--seeds", type=int, default=5)
     ev.add_argument("--model", help="an ONNX model other than the shipped one")
+    ev.add_argument(
+        "--select",
+        choices=("random", "pick"),
+        default="random",
+        help="examples drawn at random (default) or chosen as `translator pick` would",
+    )
     _prior_flag(ev)
     ev.set_defaults(func=_guard(cmd_evaluate))
+
+    pk = sub.add_parser("pick", help="which points of a list to label first (for --examples)")
+    pk.add_argument("input", metavar="IN.csv", help="header with name (description, unit, ...)")
+    pk.add_argument("--count", type=int, default=50, help="points to label (50)")
+    pk.add_argument("--out", metavar="LABELED.csv", help="default: standard output")
+    pk.add_argument("--model", help="an ONNX model other than the shipped one")
+    _prior_flag(pk)
+    pk.set_defaults(func=_guard(cmd_pick))
 
 
 def _prior_flag(p: argparse.ArgumentParser) -> None:
@@ -106,6 +122,17 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     return read_labeled(args.examples) if args.examples else []
 
 
+@contextmanager
+def _csv_out(path: str | None) -> Iterator[Any]:
+    """A CSV writer on ``path``, or on standard output without one."""
+    out = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
+    try:
+        yield csv.writer(out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from gateway.translator.model import top_k
     from gateway.translator.pointlist import read_points
@@ -117,16 +144,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     translator = _translator(args)
     pred = predict_site(translator, points, _examples(args), prior=args.site_prior)
     ranked = top_k(pred.probs, translator.classes, args.top)
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
-    try:
-        w = csv.writer(out)
+    with _csv_out(args.out) as w:
         w.writerow(["name", "class", "score", "alternatives"])
         for p, top in zip(points, ranked, strict=True):
             alts = ";".join(f"{c}:{s:.3f}" for c, s in top[1:])
             w.writerow([p.name, top[0][0], f"{top[0][1]:.3f}", alts])
-    finally:
-        if out is not sys.stdout:
-            out.close()
     if args.out:
         print(f"{args.out}: {len(points)} points classified", file=sys.stderr)
     return 0
@@ -200,12 +222,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not shots or min(shots) < 0 or args.seeds < 1:
         raise CommandError("--shots needs counts >= 0 and --seeds at least 1")
     data = read_labeled(args.data)
-    result = evaluate(_translator(args), data, shots, args.seeds, prior=args.site_prior)
+    result = evaluate(
+        _translator(args), data, shots, args.seeds, prior=args.site_prior, select=args.select
+    )
     print(f"{args.data}: {len(data)} labeled points, {len({c for _, c in data})} classes")
     print(f"{'shots':>5}  {'who':<9} {'top1':>6} {'top5':>6} {'macroF1':>7}")
     for k, row in result.items():
         for who, m in row.items():
             print(f"{k:>5}  {who:<9} {m['top1']:6.3f} {m['top5']:6.3f} {m['macro_f1']:7.3f}")
     summary = {"data": args.data, "n": len(data), "seeds": args.seeds}
-    print(json.dumps({**summary, "site_prior": args.site_prior, "shots": result}))
+    options = {"site_prior": args.site_prior, "select": args.select}
+    print(json.dumps({**summary, **options, "shots": result}))
+    return 0
+
+
+PICK_COLUMNS = ["name", "brick_class", "suggestion", "score", "description", "unit", "datatype"]
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from gateway.translator.model import top_k
+    from gateway.translator.pick import pick
+    from gateway.translator.pointlist import read_points
+    from gateway.translator.site import predict_site
+
+    if args.count < 1:
+        raise CommandError("--count must be at least 1")
+    points = read_points(args.input)
+    translator = _translator(args)
+    pred = predict_site(translator, points, prior=args.site_prior)
+    chosen = pick(pred, args.count)
+    guesses = top_k(pred.probs[chosen], translator.classes, 1)
+    with _csv_out(args.out) as w:
+        # brick_class is left empty on purpose: the user's label, not the model's guess, is
+        # what teaches the few-shot head (an unfilled row is an error in --examples).
+        w.writerow(PICK_COLUMNS)
+        for i, top in zip(chosen, guesses, strict=True):
+            p = points[i]
+            guess, score = top[0]
+            w.writerow([p.name, "", guess, f"{score:.3f}", p.description, p.unit, p.datatype])
+    if args.out:
+        print(
+            f"{args.out}: {len(chosen)} of {len(points)} points to label; fill in brick_class "
+            f"(the suggestion is the model's guess), then pass the file as --examples",
+            file=sys.stderr,
+        )
     return 0

@@ -1,8 +1,10 @@
 """Few-shot evaluation of the translator against a string-similarity baseline on the same splits.
 
 For each shot count k and seed, k labeled points are drawn as the site's examples and the rest
-are scored. Top-1/top-5 count a hit when the predicted class is the label or its Room/Zone twin
-(see `vocab.same_class`); macro-F1 averages the F1 of every class in the scored labels.
+are scored. With ``select="pick"`` the k examples are the ones `pick.pick` would ask the user to
+label instead of a random draw (deterministic, so one run whatever the seeds). Top-1/top-5
+count a hit when the predicted class is the label or its Room/Zone twin (see
+`vocab.same_class`); macro-F1 averages the F1 of every class in the scored labels.
 
 The baseline is rapidfuzz's WRatio between the point name and the candidates: the class names
 (underscores as spaces) at zero shots, plus the examples' names (standing for their class) when
@@ -20,6 +22,7 @@ import numpy.typing as npt
 
 from gateway.translator.fewshot import FewShot
 from gateway.translator.model import Prediction, Translator
+from gateway.translator.pick import pick
 from gateway.translator.siteprior import with_site_prior
 from gateway.translator.tokenize import Point, pieces
 from gateway.translator.vocab import canonical, scoring_key
@@ -75,6 +78,9 @@ class Baseline:
         return out
 
 
+SELECT = ("random", "pick")
+
+
 def _ranked(pred: Prediction, classes: Sequence[str], k: int = 5) -> list[list[str]]:
     idx = np.argsort(-pred.probs, axis=1)[:, :k]
     return [[classes[j] for j in row] for row in idx]
@@ -91,10 +97,13 @@ def evaluate(
     seeds: int,
     *,
     prior: bool = True,
+    select: str = "random",
 ) -> dict[str, Any]:
     """Average scores per shot count over seeds; the model runs once over all points. With
     ``prior`` the site prior comes from every point's name (the file is one site's list, as
     ``classify`` would see it with the examples); labels are used only as examples."""
+    if select not in SELECT:
+        raise ValueError(f"select: expected one of {', '.join(SELECT)}, got {select!r}")
     points = [p for p, _ in data]
     labels = [c for _, c in data]
     base = translator.predict(points)
@@ -106,9 +115,14 @@ def evaluate(
         if k >= len(data):
             raise ValueError(f"{k} shots leave no point to evaluate ({len(data)} labeled)")
         runs: dict[str, list[dict[str, float]]] = {"model": [], "baseline": []}
-        for seed in range(seeds if k else 1):  # zero shots: every seed is the same split
-            order = np.random.default_rng(seed).permutation(len(data))
-            train, test = order[:k], order[k:]
+        # Zero shots or picked examples: every seed is the same split.
+        for seed in range(seeds if k and select == "random" else 1):
+            if select == "pick":
+                train = np.array(pick(base, k), dtype=np.int64)
+                test = np.setdiff1d(np.arange(len(data)), train)
+            else:
+                order = np.random.default_rng(seed).permutation(len(data))
+                train, test = order[:k], order[k:]
             examples = [(points[i], labels[i]) for i in train]
             truth = [labels[i] for i in test]
             adapted = FewShot(

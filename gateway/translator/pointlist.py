@@ -82,6 +82,8 @@ def read_labeled(path: str | Path) -> list[tuple[Point, str]]:
     known = {c.name for c in brick_classes()}
     out = []
     for i, r in enumerate(rows, start=2):
+        if not r.get("brick_class"):
+            raise InputError(f"{path}: row {i}: empty brick_class (label the point or drop it)")
         cls = canonical(r["brick_class"])
         if cls not in known:
             raise InputError(f"{path}: row {i}: {r['brick_class']!r} is not a Brick point class")
