@@ -375,6 +375,15 @@ def test_pick_asks_first_where_the_model_is_unsure() -> None:
     assert pick(pred, 1)[0] >= 10
 
 
+def test_pick_skips_what_the_labeled_points_already_cover() -> None:
+    from gateway.translator.pick import pick
+
+    pred = _kinds([40, 5, 3], [0.6, 0.6, 0.6])
+    assert pick(pred, 1)[0] < 40
+    after = pick(pred, 2, labeled=pred.embeddings[:1])  # kind 0 is labeled
+    assert [0 if i < 40 else 1 if i < 45 else 2 for i in after] == [1, 2]
+
+
 def test_pick_samples_candidates_on_a_long_list(monkeypatch: pytest.MonkeyPatch) -> None:
     import gateway.translator.pick as pk
 

@@ -214,6 +214,13 @@ def test_pick_writes_points_to_label_that_classify_then_learns_from(
     assert sum(taught) > sum(alone)
     labeled = {r["name"] for r in rows}
     assert all(ok for (p, _), ok in zip(data, taught, strict=True) if p.name in labeled)
+    more = tmp_path / "more.csv"
+    args = ["translator", "pick", str(src), "--count", "8", "--examples", str(picked)]
+    assert main([*args, "--out", str(more)]) == 0
+    again = {r["name"] for r in csv.DictReader(more.open(encoding="utf-8"))}
+    assert len(again) == 8 and not again & labeled  # the next picks, never a labeled one
+    assert main([*args, "--out", str(picked)]) == 2
+    assert "overwrite" in capsys.readouterr().err
     assert main(["translator", "pick", str(src), "--count", "0"]) == 2
     assert main(["translator", "pick", str(tmp_path / "nope.csv")]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -76,6 +76,9 @@ def register(subparsers: Any) -> None:
     pk = sub.add_parser("pick", help="which points of a list to label first (for --examples)")
     pk.add_argument("input", metavar="IN.csv", help="header with name (description, unit, ...)")
     pk.add_argument("--count", type=int, default=50, help="points to label (50)")
+    pk.add_argument(
+        "--examples", metavar="LABELED.csv", help="points labeled so far: pick the next ones"
+    )
     pk.add_argument("--out", metavar="LABELED.csv", help="default: standard output")
     pk.add_argument("--model", help="an ONNX model other than the shipped one")
     _prior_flag(pk)
@@ -241,16 +244,17 @@ PICK_COLUMNS = ["name", "brick_class", "suggestion", "score", "description", "un
 
 def cmd_pick(args: argparse.Namespace) -> int:
     from gateway.translator.model import top_k
-    from gateway.translator.pick import pick
     from gateway.translator.pointlist import read_points
-    from gateway.translator.site import predict_site
+    from gateway.translator.site import pick_site
 
     if args.count < 1:
         raise CommandError("--count must be at least 1")
+    if args.out and args.examples and Path(args.out).resolve() == Path(args.examples).resolve():
+        raise CommandError("--out would overwrite the --examples file; write the picks elsewhere")
     points = read_points(args.input)
     translator = _translator(args)
-    pred = predict_site(translator, points, prior=args.site_prior)
-    chosen = pick(pred, args.count)
+    examples = _examples(args)
+    chosen, pred = pick_site(translator, points, args.count, examples, prior=args.site_prior)
     guesses = top_k(pred.probs[chosen], translator.classes, 1)
     with _csv_out(args.out) as w:
         # brick_class is left empty on purpose: the user's label, not the model's guess, is
@@ -263,7 +267,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     if args.out:
         print(
             f"{args.out}: {len(chosen)} of {len(points)} points to label; fill in brick_class "
-            f"(the suggestion is the model's guess), then pass the file as --examples",
+            "(the suggestion is the model's guess), then use the rows as --examples",
             file=sys.stderr,
         )
     return 0

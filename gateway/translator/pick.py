@@ -24,8 +24,15 @@ CANDIDATES = 4000  # larger lists choose among a seeded sample of their points
 BLOCK = 1024
 
 
-def pick(pred: Prediction, count: int, *, seed: int = 0) -> list[int]:
-    """Indices of ``count`` points of one site's list to label, most useful first."""
+def pick(
+    pred: Prediction,
+    count: int,
+    *,
+    labeled: npt.NDArray[np.float32] | None = None,
+    seed: int = 0,
+) -> list[int]:
+    """Indices of ``count`` points of one site's list to label, most useful first. ``labeled``
+    holds the embeddings of points labeled already: what they cover counts as covered."""
     n = pred.probs.shape[0]
     count = min(count, n)
     if count <= 0:
@@ -35,13 +42,15 @@ def pick(pred: Prediction, count: int, *, seed: int = 0) -> list[int]:
     cands: npt.NDArray[np.int64] = np.arange(n)
     if n > CANDIDATES:
         cands = np.sort(np.random.default_rng(seed).choice(n, CANDIDATES, replace=False))
+    cover = np.zeros(n, dtype=np.float32)
+    if labeled is not None and len(labeled):
+        cover = np.maximum(emb @ np.asarray(labeled, np.float32).T - FLOOR, 0.0).max(axis=1)
     heap: list[tuple[float, int]] = []
     for lo in range(0, len(cands), BLOCK):
         block = cands[lo : lo + BLOCK]
-        gains = weight @ _reach(emb, block)
+        gains = weight @ np.maximum(_reach(emb, block) - cover[:, None], 0.0)
         heap.extend((-float(g), int(j)) for g, j in zip(gains, block, strict=True))
     heapq.heapify(heap)
-    cover = np.zeros(n, dtype=np.float32)
     chosen: list[int] = []
     while len(chosen) < count:
         _, j = heapq.heappop(heap)
