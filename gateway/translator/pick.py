@@ -21,7 +21,7 @@ from gateway.translator.model import Prediction
 FLOOR = 0.5  # below this cosine a label says nothing about a point (the memory starts at 0.7)
 BASE_WEIGHT = 0.2
 CANDIDATES = 4000  # larger lists choose among a seeded sample of their points
-BLOCK = 1024
+BLOCK = 256  # candidates scored per matrix product: n x 256 floats at a time
 
 
 def pick(
