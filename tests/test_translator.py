@@ -392,6 +392,7 @@ def test_pick_samples_candidates_on_a_long_list(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(pk, "CANDIDATES", 20)
     sampled = pk.pick(pred, 3)
     assert sorted(i // 30 for i in sampled) == sorted(i // 30 for i in full) == [0, 1, 2]
+    assert len(set(pk.pick(pred, 50))) == 20  # no more picks than candidates
 
 
 def test_picked_examples_teach_a_synthetic_site_more_than_random_ones() -> None:

@@ -34,14 +34,14 @@ def pick(
     """Indices of ``count`` points of one site's list to label, most useful first. ``labeled``
     holds the embeddings of points labeled already: what they cover counts as covered."""
     n = pred.probs.shape[0]
-    count = min(count, n)
+    cands: npt.NDArray[np.int64] = np.arange(n)
+    if n > CANDIDATES:
+        cands = np.sort(np.random.default_rng(seed).choice(n, CANDIDATES, replace=False))
+    count = min(count, len(cands))
     if count <= 0:
         return []
     emb = np.ascontiguousarray(pred.embeddings, dtype=np.float32)
     weight = (BASE_WEIGHT + 1.0 - pred.probs.max(axis=1)).astype(np.float32)
-    cands: npt.NDArray[np.int64] = np.arange(n)
-    if n > CANDIDATES:
-        cands = np.sort(np.random.default_rng(seed).choice(n, CANDIDATES, replace=False))
     cover = np.zeros(n, dtype=np.float32)
     if labeled is not None and len(labeled):
         cover = np.maximum(emb @ np.asarray(labeled, np.float32).T - FLOOR, 0.0).max(axis=1)
