@@ -157,8 +157,13 @@ async def run_demo(
 
         stop = asyncio.Event()
         install_stop_signals(stop)
-        if duration is not None:
-            asyncio.get_running_loop().call_later(duration, stop.set)
+
+        async def stop_after(seconds: float) -> None:
+            # Counted from when the gateway runs: starting the OPC UA server alone can take
+            # seconds on a loaded box, and a short demo would then show nothing.
+            await gateway.started.wait()
+            await asyncio.sleep(seconds)
+            stop.set()
 
         async def show() -> None:
             async for message in watched:
@@ -172,13 +177,16 @@ async def run_demo(
                     stamp = time.strftime("%H:%M:%S")
                     print(f"  {stamp}  {s.point:<28} {shown}{extra}", file=out, flush=True)
 
-        printer = asyncio.create_task(show())
+        helpers = [asyncio.create_task(show())]
+        if duration is not None:
+            helpers.append(asyncio.create_task(stop_after(duration)))
         try:
             await gateway.run(stop)
         finally:
-            printer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await printer
+            for task in helpers:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         status = gateway.status()
         published = status["adapters"]["broker"].get("published", 0)
         print(f"stopped: {published} MQTT messages published", file=out)
