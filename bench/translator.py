@@ -1,4 +1,5 @@
-"""Translator speed: points per second that `gateway classify` labels on one core.
+"""Translator speed: points per second that `gateway classify` labels on one core, and the
+seconds `gateway translator pick` takes to choose 50 of them (after the model pass).
 
 Fresh generated names (so nothing is cached from an earlier run), tokenization included, ONNX
 Runtime with one intra-op thread, the process pinned to one CPU where the OS allows it.
@@ -13,6 +14,7 @@ import os
 import time
 
 from gateway.translator.model import DEFAULT_MODEL, Translator
+from gateway.translator.pick import pick
 from models.translator.corpus import Renderer
 
 
@@ -26,16 +28,19 @@ def main() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     translator = Translator(args.model, threads=1)
     translator.predict([p for p, _ in Renderer(seed=1).stream(512)])  # warm-up
-    rates = []
+    rates, picks = [], []
     for r in range(args.repeat):
         points = [p for p, _ in Renderer(seed=100 + r).stream(args.points)]
         from gateway.translator import tokenize
 
         tokenize._cache.clear()  # each run pays for its own tokenization
         start = time.perf_counter()
-        translator.predict(points)
+        pred = translator.predict(points)
         rates.append(args.points / (time.perf_counter() - start))
-        print(f"run {r + 1}: {rates[-1]:,.0f} points/s")
+        start = time.perf_counter()
+        pick(pred, 50)
+        picks.append(time.perf_counter() - start)
+        print(f"run {r + 1}: {rates[-1]:,.0f} points/s; pick 50 in {picks[-1]:.2f} s")
     size = os.path.getsize(args.model)
     print(
         json.dumps(
@@ -44,6 +49,7 @@ def main() -> None:
                 "points": args.points,
                 "points_per_s": round(max(rates)),
                 "points_per_s_median": round(sorted(rates)[len(rates) // 2]),
+                "pick_50_s": round(min(picks), 2),
                 "threads": 1,
                 "model_bytes": size,
                 "members": [m.get("weights") for m in translator.meta.get("members", [])],
