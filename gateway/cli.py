@@ -118,6 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.paths import use_config_state_dir
     from gateway.plugins import PluginError
+    from gateway.uplink.lock import OutboxInUse
 
     try:
         config = load_config(args.file)
@@ -137,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except PluginError as exc:
+    except (PluginError, OutboxInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -146,10 +147,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "warning")
     from gateway.demo import run_demo
+    from gateway.uplink.lock import OutboxInUse
 
-    return asyncio.run(
-        run_demo(duration=args.duration, mqtt_port=args.mqtt_port, opcua_port=args.opcua_port)
-    )
+    try:
+        return asyncio.run(
+            run_demo(duration=args.duration, mqtt_port=args.mqtt_port, opcua_port=args.opcua_port)
+        )
+    except OutboxInUse as exc:  # only with $PROTOCOL_BRAIN_STATE_DIR shared by two demos
+        raise CommandError(str(exc), 1) from None
 
 
 # Commands that live next to the feature they drive; each module has register(subparsers) and

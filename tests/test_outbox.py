@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from gateway.paths import STATE_ENV
 from gateway.uplink.outbox import Outbox, OutboxConfig, read_status
 
 
@@ -192,3 +196,50 @@ def test_file_is_plain_sqlite(tmp_path: Path) -> None:
     box.close()
     with sqlite3.connect(tmp_path / "o.db") as db:
         assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 2
+
+
+def test_an_outbox_file_has_one_owner_at_a_time(tmp_path: Path) -> None:
+    from gateway.uplink.outbox import OutboxInUse
+
+    path = tmp_path / "o.db"
+    first = Outbox(path)
+    first.append([("t", b"kept", 1, False)])
+    with pytest.raises(
+        OutboxInUse, match=rf"in use by another gateway process \(pid {os.getpid()}\)"
+    ):
+        Outbox(path)
+    first.close()
+    again = Outbox(path)  # the lock goes with the owner
+    assert [r.payload for r in again.take(10)] == [b"kept"]
+    again.close()
+
+
+def test_a_second_gateway_on_the_same_outbox_says_so_and_the_first_runs_on(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "devices:\n"
+        "  plc: {protocol: modbus, host: 127.0.0.1, port: 9, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: 127.0.0.1, port: 9}\n"
+        "bridges:\n"
+        "  - {name: up, from: plc, to: broker}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != STATE_ENV}
+    cmd = [sys.executable, "-m", "gateway", "run", str(config)]
+    first = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / ".protocol-brain" / "outbox-broker.db.lock"
+        deadline = time.monotonic() + 30
+        while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert second.stderr.startswith("error: ") and "Traceback" not in second.stderr
+        assert f"in use by another gateway process (pid {first.pid})" in second.stderr
+        assert first.poll() is None  # the first one is not disturbed
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    assert first.returncode == 0

@@ -54,10 +54,11 @@ from pydantic import Field
 
 from gateway.config.common import Strict
 from gateway.paths import state_path
+from gateway.uplink.lock import FileLock, OutboxInUse
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Outbox", "OutboxConfig", "OutboxFull", "Row", "read_status"]
+__all__ = ["Outbox", "OutboxConfig", "OutboxFull", "OutboxInUse", "Row", "read_status"]
 
 Policy = Literal["reject_new", "drop_oldest"]
 DROP_REASONS = ("full", "expired", "disk_full")
@@ -153,6 +154,14 @@ class Outbox:
         self.name = name
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(self.path)  # raises OutboxInUse if another process has the file
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.config.synchronous}")
@@ -518,6 +527,7 @@ class Outbox:
             self.commit()
         finally:
             self._db.close()
+            self._lock.release()
 
     # --- transactions and counters -----------------------------------------------------------
 
