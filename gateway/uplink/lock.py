@@ -2,8 +2,9 @@
 
 Two gateways on one outbox would each replay and send the other's rows, and under
 ``drop_oldest`` delete rows the other has not delivered. A second opener gets `OutboxInUse`
-with the holder's pid; the MQTT adapter's supervisor logs it and retries, so the gateway keeps
-running and takes the file over once the first process exits (the kernel drops its lock).
+with the holder's pid at once; the MQTT adapter opens its outbox while the gateway starts, so a
+second gateway on the same state stops with that one line and the first runs on. The kernel
+drops the lock when its owner exits, even on SIGKILL, so a restart after a crash is not blocked.
 """
 
 from __future__ import annotations
