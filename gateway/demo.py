@@ -121,75 +121,77 @@ async def run_demo(
     workdir.mkdir(exist_ok=True)
     # The demo's MQTT outbox is its own, for this run only: not in the user's folder, and not
     # shared with another demo running beside it (an outbox belongs to one process).
-    with tempfile.TemporaryDirectory(prefix="state-", dir=workdir) as state_dir:
+    async with contextlib.AsyncExitStack() as stack:
+        state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="state-", dir=workdir))
         os.environ.setdefault(STATE_ENV, state_dir)
-        async with EmbeddedBroker("127.0.0.1", mqtt_port) as broker, Simulator() as sim:
-            device = await sim.add_device(port=0, name="boiler")
-            sim.animate(device, period=1.0)
-            device.set_value("holding", 10, 60.0, DataType.FLOAT32)
-            text = DEMO_CONFIG.format(
-                modbus_port=device.port,
-                mqtt_port=broker.port,
-                opcua_port=opcua_port,
-                pki_dir=workdir / "pki",
-                demo_hash=hash_password("demo"),
-            )
-            config_path = workdir / "demo.yaml"
-            config_path.write_text(text)
-            config = load_config_text(text, str(config_path))
-            gateway = Gateway(config)
-            watched = gateway.bus.subscribe("mqtt/watch/#", maxsize=1000, name="demo-printer")
+        broker = await stack.enter_async_context(EmbeddedBroker("127.0.0.1", mqtt_port))
+        sim = await stack.enter_async_context(Simulator())
+        device = await sim.add_device(port=0, name="boiler")
+        sim.animate(device, period=1.0)
+        device.set_value("holding", 10, 60.0, DataType.FLOAT32)
+        text = DEMO_CONFIG.format(
+            modbus_port=device.port,
+            mqtt_port=broker.port,
+            opcua_port=opcua_port,
+            pki_dir=workdir / "pki",
+            demo_hash=hash_password("demo"),
+        )
+        config_path = workdir / "demo.yaml"
+        config_path.write_text(text)
+        config = load_config_text(text, str(config_path))
+        gateway = Gateway(config)
+        watched = gateway.bus.subscribe("mqtt/watch/#", maxsize=1000, name="demo-printer")
 
-            print(
-                "Protocol Brain demo\n"
-                f"  Modbus device (simulated)  127.0.0.1:{device.port}, unit 1\n"
-                f"  MQTT broker (embedded)     127.0.0.1:{broker.port}\n"
-                f"  OPC UA server              opc.tcp://127.0.0.1:{opcua_port}/protocol-brain"
-                " (None endpoint, anonymous read; user demo / demo may write Boiler/setpoint)\n"
-                f"  config                     {config_path}\n"
-                "Watch it yourself:\n"
-                f"  mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'plant/#' -v\n"
-                f"  mbpoll -m tcp -p {device.port} -0 -t 4:float -B -r 0 -c 1 127.0.0.1\n"
-                f"  gateway shadow get boiler --config {config_path}\n"
-                f"  gateway shadow set boiler setpoint=65 --config {config_path}\n"
-                "Readings that reached the broker and came back (Ctrl-C to stop):",
-                file=out,
-                flush=True,
-            )
+        print(
+            "Protocol Brain demo\n"
+            f"  Modbus device (simulated)  127.0.0.1:{device.port}, unit 1\n"
+            f"  MQTT broker (embedded)     127.0.0.1:{broker.port}\n"
+            f"  OPC UA server              opc.tcp://127.0.0.1:{opcua_port}/protocol-brain"
+            " (None endpoint, anonymous read; user demo / demo may write Boiler/setpoint)\n"
+            f"  config                     {config_path}\n"
+            "Watch it yourself:\n"
+            f"  mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'plant/#' -v\n"
+            f"  mbpoll -m tcp -p {device.port} -0 -t 4:float -B -r 0 -c 1 127.0.0.1\n"
+            f"  gateway shadow get boiler --config {config_path}\n"
+            f"  gateway shadow set boiler setpoint=65 --config {config_path}\n"
+            "Readings that reached the broker and came back (Ctrl-C to stop):",
+            file=out,
+            flush=True,
+        )
 
-            stop = asyncio.Event()
-            install_stop_signals(stop)
+        stop = asyncio.Event()
+        install_stop_signals(stop)
 
-            async def stop_after(seconds: float) -> None:
-                # Counted from when the gateway runs: starting the OPC UA server alone can take
-                # seconds on a loaded box, and a short demo would then show nothing.
-                await gateway.started.wait()
-                await asyncio.sleep(seconds)
-                stop.set()
+        async def stop_after(seconds: float) -> None:
+            # Counted from when the gateway runs: starting the OPC UA server alone can take
+            # seconds on a loaded box, and a short demo would then show nothing.
+            await gateway.started.wait()
+            await asyncio.sleep(seconds)
+            stop.set()
 
-            async def show() -> None:
-                async for message in watched:
-                    for s in message.samples:
-                        value = s.value
-                        if isinstance(value, dict):
-                            shown = json.dumps(value.get("value"))
-                            extra = f" {value.get('unit', '')} [{value.get('quality')}]"
-                        else:
-                            shown, extra = json.dumps(value), f" {s.unit}" if s.unit else ""
-                        stamp = time.strftime("%H:%M:%S")
-                        print(f"  {stamp}  {s.point:<28} {shown}{extra}", file=out, flush=True)
+        async def show() -> None:
+            async for message in watched:
+                for s in message.samples:
+                    value = s.value
+                    if isinstance(value, dict):
+                        shown = json.dumps(value.get("value"))
+                        extra = f" {value.get('unit', '')} [{value.get('quality')}]"
+                    else:
+                        shown, extra = json.dumps(value), f" {s.unit}" if s.unit else ""
+                    stamp = time.strftime("%H:%M:%S")
+                    print(f"  {stamp}  {s.point:<28} {shown}{extra}", file=out, flush=True)
 
-            helpers = [asyncio.create_task(show())]
-            if duration is not None:
-                helpers.append(asyncio.create_task(stop_after(duration)))
-            try:
-                await gateway.run(stop)
-            finally:
-                for task in helpers:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            status = gateway.status()
-            published = status["adapters"]["broker"].get("published", 0)
-            print(f"stopped: {published} MQTT messages published", file=out)
+        helpers = [asyncio.create_task(show())]
+        if duration is not None:
+            helpers.append(asyncio.create_task(stop_after(duration)))
+        try:
+            await gateway.run(stop)
+        finally:
+            for task in helpers:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        status = gateway.status()
+        published = status["adapters"]["broker"].get("published", 0)
+        print(f"stopped: {published} MQTT messages published", file=out)
     return 0

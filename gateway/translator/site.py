@@ -23,17 +23,7 @@ def predict_site(
 ) -> Prediction:
     """Class distributions for ``points``, one site's list. With ``prior`` the examples' names
     count in the site prior too (their labels only in the few-shot head)."""
-    example_points = [p for p, _ in examples]
-    pred = translator.predict([*points, *example_points])
-    if prior:
-        pred = with_site_prior(pred)
-    n = len(points)
-    own = Prediction(pred.probs[:n], pred.embeddings[:n])
-    if not examples:
-        return own
-    shown = Prediction(pred.probs[n:], pred.embeddings[n:])
-    head = FewShot(translator, example_points, [c for _, c in examples], shown)
-    return head.adapt(own, points)
+    return _adapt(translator, points, examples, *_site_pass(translator, points, examples, prior))
 
 
 def pick_site(
@@ -47,9 +37,40 @@ def pick_site(
     """Indices of the ``count`` points of ``points`` to label next, and the site's prediction.
     With ``examples`` (labeled so far) the uncertainty is the adapted model's, what they cover
     counts as covered, and a point whose name they label is never picked again."""
-    pred = predict_site(translator, points, examples, prior=prior)
+    own, shown = _site_pass(translator, points, examples, prior)
+    pred = _adapt(translator, points, examples, own, shown)
     done = {p.name for p, _ in examples}
     todo = np.array([i for i, p in enumerate(points) if p.name not in done], dtype=np.int64)
-    labeled = translator.predict([p for p, _ in examples]).embeddings if examples else None
+    labeled = shown.embeddings if examples else None
     got = pick(Prediction(pred.probs[todo], pred.embeddings[todo]), count, labeled=labeled)
     return [int(todo[j]) for j in got], pred
+
+
+def _site_pass(
+    translator: Translator,
+    points: Sequence[Point],
+    examples: Sequence[tuple[Point, str]],
+    prior: bool,
+) -> tuple[Prediction, Prediction]:
+    """One model pass over the list and the examples' names (with the site prior over both):
+    the list's prediction, then the examples'."""
+    pred = translator.predict([*points, *(p for p, _ in examples)])
+    if prior:
+        pred = with_site_prior(pred)
+    n = len(points)
+    own = Prediction(pred.probs[:n], pred.embeddings[:n])
+    return own, Prediction(pred.probs[n:], pred.embeddings[n:])
+
+
+def _adapt(
+    translator: Translator,
+    points: Sequence[Point],
+    examples: Sequence[tuple[Point, str]],
+    own: Prediction,
+    shown: Prediction,
+) -> Prediction:
+    """The list's prediction through the few-shot head fitted on the examples (if any)."""
+    if not examples:
+        return own
+    head = FewShot(translator, [p for p, _ in examples], [c for _, c in examples], shown)
+    return head.adapt(own, points)
