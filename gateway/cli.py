@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.paths import use_config_state_dir
     from gateway.plugins import PluginError
-    from gateway.uplink.lock import OutboxInUse
+    from gateway.runtime import StartError
 
     try:
         config = load_config(args.file)
@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except (PluginError, OutboxInUse) as exc:
+    except (PluginError, StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -38,6 +38,19 @@ CANCEL_TIMEOUT = 10.0
 SUPERVISOR_BACKOFF = Backoff(initial=1.0, max=60.0)
 
 
+class StartError(RuntimeError):
+    """A part of the gateway could not start: its configuration cannot work on this machine
+    (a port in use, an unreadable certificate, a state file that cannot be opened).
+
+    Raised from ``Gateway.run`` before anything runs; ``gateway run`` prints it as one line.
+    A dead *device* is not a start error: adapters retry those in ``run``.
+    """
+
+    def __init__(self, part: str, cause: BaseException) -> None:
+        super().__init__(f"{part} could not start: {str(cause) or type(cause).__name__}")
+        self.part = part
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, *, bus: Bus | None = None) -> None:
         self.config = config
@@ -84,11 +97,11 @@ class Gateway:
         order = sorted(self.adapters.values(), key=lambda a: a.name not in self._targets)
         async with contextlib.AsyncExitStack() as stack:
             for adapter in order:
-                await stack.enter_async_context(adapter)
+                await _enter(stack, adapter, f"device {adapter.name!r}")
             for bridge in self.bridges:
                 bridge.subscribe()
             if self.shadow is not None:  # entered last: closed before the adapters
-                await stack.enter_async_context(self.shadow)
+                await _enter(stack, self.shadow, "the shadow store")
                 shadow = [asyncio.create_task(_supervise("shadow", self.shadow.run), name="shadow")]
             else:
                 shadow = []
@@ -162,6 +175,15 @@ class Gateway:
                 )
                 return
             await asyncio.sleep(0.02)
+
+
+async def _enter(
+    stack: contextlib.AsyncExitStack, part: contextlib.AbstractAsyncContextManager[Any], what: str
+) -> None:
+    try:
+        await stack.enter_async_context(part)
+    except Exception as exc:  # the parts entered before it are closed by the stack on the way out
+        raise StartError(what, exc) from exc
 
 
 async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,39 @@ def test_run_refuses_a_bad_file_before_connecting(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "bad.yaml:1:" in out.stderr
+
+
+def test_run_names_the_part_that_cannot_start_in_one_line(tmp_path: Path) -> None:
+    # A valid file that cannot work on this machine: the server port is taken (here by a
+    # plain socket) or a certificate is missing. Each is one line naming the device, exit 1.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    busy = tmp_path / "busy.yaml"
+    busy.write_text(
+        f"devices:\n  plc: {{protocol: modbus, role: server, host: 127.0.0.1, port: {port}}}\n"
+    )
+    cert = tmp_path / "tls.yaml"
+    cert.write_text(
+        "devices:\n"
+        f"  plc: {{protocol: modbus, role: server, host: 127.0.0.1, port: {free_port()}}}\n"
+        "endpoints:\n"
+        f"  cloud: {{protocol: mqtt, host: 127.0.0.1, port: 9, tls: {{ca_file: {tmp_path}/no.pem}}}}\n"
+        "bridges:\n"
+        "  - {name: up, from: plc, to: cloud}\n"
+    )
+    try:
+        out = gateway("run", str(busy))
+    finally:
+        taken.close()
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: device 'plc' could not start: "), out.stderr
+    assert "address already in use" in out.stderr and "Traceback" not in out.stderr
+    out = gateway("run", str(cert))
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: device 'cloud' could not start: "), out.stderr
+    assert "cannot load TLS files" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_schema_is_json_schema_covering_the_protocols() -> None:
