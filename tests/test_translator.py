@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -295,6 +296,32 @@ def test_site_prior_is_the_smoothed_mean_prediction_of_the_list() -> None:
     assert alone.probs[0].argmax() == 1  # on its own a point keeps its best class
     empty = with_site_prior(Prediction(probs[:0], emb[:0]))
     assert empty.probs.shape == (0, 3)
+
+
+def test_an_example_that_is_also_in_the_list_counts_once_in_the_site_prior() -> None:
+    # classify IN.csv --examples LABELED.csv, where LABELED.csv labels some rows of IN.csv
+    from gateway.translator.site import _site_pass
+
+    rng = np.random.default_rng(0)
+    table = {f"p{i}": rng.dirichlet(np.ones(5)).astype(np.float32) for i in range(12)}
+
+    class Fixed:  # a translator whose distribution depends on the name only
+        def predict(self, points: list[Point]) -> Prediction:
+            probs = np.array([table[p.name] for p in points], dtype=np.float32).reshape(-1, 5)
+            return Prediction(probs, np.zeros((len(points), 2), dtype=np.float32))
+
+    points = [Point(name) for name in table]
+    listed = [(points[0], "A"), (points[1], "B")]
+    outside = [(Point("p11"), "A")]
+    fixed = cast(Translator, Fixed())
+    alone = Fixed().predict(points)
+    weights = site_weights(alone.probs)
+    own, shown = _site_pass(fixed, points, listed, prior=True)
+    assert np.allclose(own.probs, reweight(alone, weights).probs)
+    assert np.allclose(shown.probs, own.probs[:2])
+    # an example from outside the list is one more point of the site
+    own, _ = _site_pass(fixed, points[:11], outside, prior=True)
+    assert np.allclose(own.probs, reweight(alone, weights).probs[:11])
 
 
 def test_site_prior_helps_a_synthetic_site_zero_shot() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from gateway.translator.fewshot import FewShot
 from gateway.translator.model import Prediction, Translator
 from gateway.translator.pick import pick
-from gateway.translator.siteprior import with_site_prior
+from gateway.translator.siteprior import reweight, site_weights
 from gateway.translator.tokenize import Point
 
 
@@ -55,9 +55,13 @@ def _site_pass(
     """One model pass over the list and the examples' names (with the site prior over both):
     the list's prediction, then the examples'."""
     pred = translator.predict([*points, *(p for p, _ in examples)])
-    if prior:
-        pred = with_site_prior(pred)
     n = len(points)
+    if prior:
+        # An example that is also in the list (classify IN.csv --examples IN-labeled.csv) is
+        # one point of the site: counted once in the prior, not twice.
+        listed = {p.name for p in points}
+        keep = np.array([True] * n + [p.name not in listed for p, _ in examples], dtype=bool)
+        pred = reweight(pred, site_weights(pred.probs[keep]))
     own = Prediction(pred.probs[:n], pred.embeddings[:n])
     return own, Prediction(pred.probs[n:], pred.embeddings[n:])
 
