@@ -147,13 +147,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "warning")
     from gateway.demo import run_demo
-    from gateway.uplink.lock import OutboxInUse
+    from gateway.runtime import StartError
 
     try:
         return asyncio.run(
             run_demo(duration=args.duration, mqtt_port=args.mqtt_port, opcua_port=args.opcua_port)
         )
-    except OutboxInUse as exc:  # only with $PROTOCOL_BRAIN_STATE_DIR shared by two demos
+    except StartError as exc:  # a port taken between the demo's check and the bind
         raise CommandError(str(exc), 1) from None
 
 

@@ -119,11 +119,12 @@ async def run_demo(
         opcua_port = _free_port()
     workdir = Path(tempfile.gettempdir()) / "protocol-brain-demo"
     workdir.mkdir(exist_ok=True)
-    # The demo's MQTT outbox is its own, for this run only: not in the user's folder, and not
-    # shared with another demo running beside it (an outbox belongs to one process).
+    # The demo's config, shadow store and MQTT outbox are its own, for this run only: not in
+    # the user's folder, and not shared with another demo running beside it (an outbox belongs
+    # to one process). Only the OPC UA certificates (slow to make) are kept for the next run.
     async with contextlib.AsyncExitStack() as stack:
-        state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="state-", dir=workdir))
-        os.environ.setdefault(STATE_ENV, state_dir)
+        run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="run-", dir=workdir)))
+        os.environ.setdefault(STATE_ENV, str(run_dir / "state"))
         broker = await stack.enter_async_context(EmbeddedBroker("127.0.0.1", mqtt_port))
         sim = await stack.enter_async_context(Simulator())
         device = await sim.add_device(port=0, name="boiler")
@@ -136,7 +137,7 @@ async def run_demo(
             pki_dir=workdir / "pki",
             demo_hash=hash_password("demo"),
         )
-        config_path = workdir / "demo.yaml"
+        config_path = run_dir / "demo.yaml"
         config_path.write_text(text)
         config = load_config_text(text, str(config_path))
         gateway = Gateway(config)

@@ -62,17 +62,28 @@ def test_run_refuses_a_bad_file_before_connecting(tmp_path: Path) -> None:
     assert "bad.yaml:1:" in out.stderr
 
 
-def test_run_names_the_part_that_cannot_start_in_one_line(tmp_path: Path) -> None:
-    # A valid file that cannot work on this machine: the server port is taken (here by a
-    # plain socket) or a certificate is missing. Each is one line naming the device, exit 1.
+@pytest.mark.parametrize("protocol", ["modbus", "opcua"])
+def test_run_names_a_server_whose_port_is_taken_in_one_line(tmp_path: Path, protocol: str) -> None:
+    # A valid file that cannot work on this machine: one line naming the device, exit 1.
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
     busy = tmp_path / "busy.yaml"
     busy.write_text(
-        f"devices:\n  plc: {{protocol: modbus, role: server, host: 127.0.0.1, port: {port}}}\n"
+        f"devices:\n  plc: {{protocol: {protocol}, role: server, host: 127.0.0.1, port: {port}}}\n"
     )
+    try:
+        out = gateway("run", str(busy))
+    finally:
+        taken.close()
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: device 'plc' could not start: "), out.stderr
+    assert "address already in use" in last and "Traceback" not in out.stderr
+
+
+def test_run_names_an_unreadable_certificate_in_one_line(tmp_path: Path) -> None:
     cert = tmp_path / "tls.yaml"
     cert.write_text(
         "devices:\n"
@@ -82,13 +93,6 @@ def test_run_names_the_part_that_cannot_start_in_one_line(tmp_path: Path) -> Non
         "bridges:\n"
         "  - {name: up, from: plc, to: cloud}\n"
     )
-    try:
-        out = gateway("run", str(busy))
-    finally:
-        taken.close()
-    assert out.returncode == 1
-    assert out.stderr.startswith("error: device 'plc' could not start: "), out.stderr
-    assert "address already in use" in out.stderr and "Traceback" not in out.stderr
     out = gateway("run", str(cert))
     assert out.returncode == 1
     assert out.stderr.startswith("error: device 'cloud' could not start: "), out.stderr

@@ -78,6 +78,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class _MessageOnly(logging.Filter):
+    """asyncua logs a failed start (a port in use) with its traceback, then raises the error;
+    the gateway reports that error in one line (``runtime.StartError``), so keep the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 Codes = ua.StatusCodes
 VT = ua.VariantType
 
@@ -557,7 +567,12 @@ class OpcuaServerAdapter(Adapter):
             _render(cfg.namespace, gateway=gateway, name=self.name)
         )
         self._build(server.iserver)
-        await server.start()
+        quiet = _MessageOnly()
+        logging.getLogger("asyncua.server.server").addFilter(quiet)
+        try:
+            await server.start()
+        finally:
+            logging.getLogger("asyncua.server.server").removeFilter(quiet)
         self.server = server
         log.info(
             "%s: OPC UA server on %s with %d variables (%s)",
