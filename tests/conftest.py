@@ -190,3 +190,27 @@ async def simulator() -> AsyncIterator[Simulator]:
     """A Modbus TCP simulator on 127.0.0.1 with no device yet: ``await simulator.add_device()``."""
     async with Simulator(HOST) as sim:
         yield sim
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (the tests run as root in CI: the install scripts use apt-get)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.fail(f"could not mount a small tmpfs (needs root): {exc}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def resize(mount: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)

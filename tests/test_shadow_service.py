@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import HOST, MosquittoBroker, find_binary, modbus_device_yaml, wait_for
 from test_e2e_modbus_mqtt import Collector
 from test_opcua_server import running_gateway
@@ -136,3 +138,47 @@ async def test_mqtt_topics(
             assert (await shadow.get("pump")).desired == {"speed": 33}
     finally:
         collector.close()
+
+
+async def test_a_full_disk_under_the_shadow_is_said_once_and_readings_go_on(
+    simulator: Simulator, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = await simulator.add_device(name="pump")
+    device.set_value("input", 0, 100, DataType.INT16)
+    device.set_registers("holding", 10, [5])
+    async with running_gateway(config(device.port, small_disk / "shadow.db")) as gateway:
+        shadow = shadow_of(gateway)
+        seen = gateway.bus.subscribe("telemetry/#", maxsize=100000, name="test")
+
+        def reported(point: str) -> Any:
+            doc = shadow.state("pump")
+            return doc.reported.get(point) if doc is not None else None
+
+        await wait_for(lambda: reported("temp") == 10.0, message="recorded before the disk fills")
+        filler = small_disk / "filler"
+        with filler.open("wb") as f, contextlib.suppress(OSError):
+            while True:  # every byte of the tmpfs: the next history row cannot be written
+                f.write(b"\0" * 65536)
+                f.flush()
+        value = 100
+
+        def change() -> int:  # a new reading is a new history row
+            nonlocal value
+            value += 1
+            device.set_value("input", 0, value, DataType.INT16)
+            return shadow.counters["record_errors"]
+
+        await wait_for(lambda: change() >= 20, timeout=30, message="20 failed recordings")
+        before = seen.counters.offered
+        await wait_for(
+            lambda: change() >= 0 and seen.counters.offered > before + 5, message="readings flow on"
+        )
+        failed = [r for r in caplog.records if "cannot record readings" in r.getMessage()]
+        assert len(failed) == 1, [r.getMessage() for r in failed]  # once, not per reading
+        assert "full" in failed[0].getMessage() and failed[0].exc_info is None
+
+        filler.unlink()
+        device.set_value("input", 0, 555, DataType.INT16)
+        await wait_for(lambda: reported("temp") == 55.5, message="recording again")
+        assert any("recording readings again" in r.getMessage() for r in caplog.records)
+    assert gateway.status()["shadow"]["record_errors"] >= 20

@@ -25,7 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import HOST, MosquittoBroker, find_binary, wait_for
+from conftest import HOST, MosquittoBroker, find_binary, resize, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.uplink.outbox import Outbox, read_status
@@ -326,30 +326,6 @@ async def test_sigkill_mid_burst_then_restart_delivers_everything_accepted(
     assert last > accepted  # the restarted gateway went on numbering after the old ids
     assert sub.missing(last) == []
     assert sub.errors == []
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs (the tests run as root in CI: the install scripts use apt-get)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.fail(f"could not mount a small tmpfs (needs root): {exc}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def resize(mount: Path, size: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_new"])

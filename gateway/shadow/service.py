@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -90,7 +91,15 @@ class ShadowService:
         self._requests: Subscription | None = None
         self._seen: dict[str, int] = {}
         self._writes: set[asyncio.Task[None]] = set()
-        self.counters = {"reported": 0, "updates": 0, "rejected": 0, "writes": 0, "refused": 0}
+        self.counters = {
+            "reported": 0,
+            "updates": 0,
+            "rejected": 0,
+            "writes": 0,
+            "refused": 0,
+            "record_errors": 0,
+        }
+        self._failing = False  # recording readings fails (a full disk): logged once, counted
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -182,12 +191,34 @@ class ShadowService:
             }
             try:
                 doc = await self._call(partial(store.report, device, samples))
-            except Exception:
-                log.exception("shadow: cannot record readings of %s", device)
+            except Exception as exc:
+                self._record_failed(device, exc)
                 continue
+            if self._failing:
+                self._failing = False
+                log.warning("shadow: recording readings again (%s)", self.config.path)
             if doc is not None:
                 self.counters["reported"] += 1
                 self.documents[device] = doc
+
+    def _record_failed(self, device: str, exc: Exception) -> None:
+        # A full disk fails every reading: one line when it starts, one when it ends, and a
+        # counter, instead of a traceback per reading filling the log (and the disk) further.
+        # The readings themselves still reach the bridges; only their shadow copy is missed.
+        self.counters["record_errors"] += 1
+        if self._failing:
+            return
+        self._failing = True
+        if isinstance(exc, sqlite3.Error):
+            log.error(
+                "shadow: cannot record readings of %s in %s: %s; readings still flow, the "
+                "shadow misses them until this is fixed (counted as record_errors)",
+                device,
+                self.config.path,
+                exc,
+            )
+        else:  # not the disk: a bug worth its traceback
+            log.exception("shadow: cannot record readings of %s", device)
 
     # -- desired --------------------------------------------------------------------------------
 
