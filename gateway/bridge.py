@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
 from gateway.computed import ComputedPoints, ShadowState
+from gateway.streak import FailureStreak
 from gateway.types import Message, PointSpec, Sample, Value, telemetry_topic
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class Bridge:
         self._shadow_state: ShadowState | None = None
         self.forwarded = 0
         self.failed = 0
+        self._sending = FailureStreak(
+            log, f"bridge {self.name}"
+        )  # a target down: not a log line per message
         self._subs: list[Subscription] = []
         # ``anomaly:``: numpy and ONNX Runtime are imported only by bridges that score.
         self.anomaly: AnomalyStage | None = None
@@ -275,9 +279,11 @@ class Bridge:
             self.forwarded += 1
             for event in events:  # an alarm raised or cleared: the target carries it too
                 await self.target.send(event, route)  # type: ignore[arg-type]
-        except Exception:  # one bad message must not stop the route
+        except Exception as exc:  # one bad message must not stop the route
             self.failed += 1
-            log.exception("bridge %s: target %s rejected a message", self.name, self.target.name)
+            self._sending.failed(f"target {self.target.name} rejected a message: {exc!r}")
+            return
+        self._sending.succeeded()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -1,6 +1,7 @@
 import asyncio
 
 import pytest
+from conftest import wait_for
 
 from gateway import runtime
 from gateway.adapter import raise_if_cancelling
@@ -87,3 +88,43 @@ async def test_supervisor_restarts_a_failing_adapter(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_target_that_rejects_every_message_is_logged_once_per_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.bridge import Bridge
+    from gateway.bus import Bus
+    from gateway.config import BridgeConfig
+    from gateway.types import Message, Sample
+
+    down = True
+    sent: list[Message] = []
+
+    class Target:
+        name = "broker"
+
+        async def send(self, message: Message, route: object) -> None:
+            if down:
+                raise ConnectionError("broker unreachable")
+            sent.append(message)
+
+    bus = Bus()
+    bridge = Bridge(BridgeConfig("up", ("plc",), ("*",), "broker", {}, None), bus, Target())  # type: ignore[arg-type]
+    bridge.subscribe()
+    task = asyncio.create_task(bridge.run())
+    try:
+        for i in range(50):
+            await bus.publish(Message.telemetry("plc", (Sample("t", float(i)),)))
+        await wait_for(lambda: bridge.failed == 50, message="50 rejected")
+        down = False
+        await bus.publish(Message.telemetry("plc", (Sample("t", 99.0),)))
+        await wait_for(lambda: sent, message="sent once the target takes it")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.bridge"]
+    assert len([m for m in said if "rejected a message" in m]) == 1, said
+    assert "broker unreachable" in said[0]
+    assert any("works again after 50 failures" in m for m in said), said
+    assert bridge.status()["failed"] == 50 and bridge.status()["forwarded"] == 1

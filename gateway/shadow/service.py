@@ -51,6 +51,7 @@ from gateway.commands import CommandRouter
 from gateway.config.model import ShadowSection
 from gateway.shadow import shadow_topic
 from gateway.shadow.store import ShadowDocument, ShadowError, ShadowStore, VersionConflict
+from gateway.streak import FailureStreak
 from gateway.types import Message
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class ShadowService:
             "refused": 0,
             "record_errors": 0,
         }
-        self._failing = False  # recording readings fails (a full disk): logged once, counted
+        self._recording = FailureStreak(log, "shadow")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -194,31 +195,21 @@ class ShadowService:
             except Exception as exc:
                 self._record_failed(device, exc)
                 continue
-            if self._failing:
-                self._failing = False
-                log.warning("shadow: recording readings again (%s)", self.config.path)
+            self._recording.succeeded()
             if doc is not None:
                 self.counters["reported"] += 1
                 self.documents[device] = doc
 
     def _record_failed(self, device: str, exc: Exception) -> None:
-        # A full disk fails every reading: one line when it starts, one when it ends, and a
-        # counter, instead of a traceback per reading filling the log (and the disk) further.
+        # A full disk fails every reading: the streak logs its start and end, not each one.
         # The readings themselves still reach the bridges; only their shadow copy is missed.
         self.counters["record_errors"] += 1
-        if self._failing:
-            return
-        self._failing = True
-        if isinstance(exc, sqlite3.Error):
-            log.error(
-                "shadow: cannot record readings of %s in %s: %s; readings still flow, the "
-                "shadow misses them until this is fixed (counted as record_errors)",
-                device,
-                self.config.path,
-                exc,
-            )
-        else:  # not the disk: a bug worth its traceback
-            log.exception("shadow: cannot record readings of %s", device)
+        disk = isinstance(exc, sqlite3.Error)  # the message says it all; else a bug: traceback
+        self._recording.failed(
+            f"cannot record readings of {device} in {self.config.path}: {exc}; readings still "
+            "flow, the shadow misses them",
+            traceback=not disk,
+        )
 
     # -- desired --------------------------------------------------------------------------------
 
