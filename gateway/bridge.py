@@ -122,9 +122,8 @@ class Bridge:
         self._shadow_state: ShadowState | None = None
         self.forwarded = 0
         self.failed = 0
-        self._sending = FailureStreak(
-            log, f"bridge {self.name}"
-        )  # a target down: not a log line per message
+        # a target that rejects everything is logged when that starts and ends, not per message
+        self._sending = FailureStreak(log, f"bridge {self.name}")
         self._subs: list[Subscription] = []
         # ``anomaly:``: numpy and ONNX Runtime are imported only by bridges that score.
         self.anomaly: AnomalyStage | None = None
