@@ -39,7 +39,10 @@ _BINARY: Mapping[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
+    # In floats: Python's int ** int is exact, so 9 ** 9 ** 9 would compute for hours on the
+    # event loop; a float power overflows at once (OverflowError, the point is skipped), and a
+    # negative base with a fractional power is an error instead of a complex number.
+    ast.Pow: math.pow,
 }
 _COMPARE: Mapping[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Lt: operator.lt,

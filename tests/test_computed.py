@@ -4,6 +4,7 @@ simulator device, real mosquitto)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,24 @@ def env(values: dict[str, Any]) -> Any:
 def test_expressions_compute(text: str, values: dict[str, Any], expected: Any) -> None:
     expr = compile_expression(text)
     assert expr(env(values)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "values", "error"),
+    [
+        ("9 ** 9 ** 9 ** 9", {}, OverflowError),  # as ints: hours of work on the event loop
+        ("a ** b", {"a": 10, "b": 100000}, OverflowError),  # point values, same
+        ("a ** 0.5", {"a": -4}, ValueError),  # not a complex number
+    ],
+)
+def test_a_power_fails_at_once_instead_of_blocking(
+    text: str, values: dict[str, Any], error: type[Exception]
+) -> None:
+    expr = compile_expression(text)
+    started = time.monotonic()
+    with pytest.raises(error):
+        expr(env(values))
+    assert time.monotonic() - started < 1.0
 
 
 def test_expressions_know_their_inputs() -> None:
