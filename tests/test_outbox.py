@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -243,3 +244,32 @@ def test_a_second_gateway_on_the_same_outbox_says_so_and_the_first_runs_on(
         first.terminate()
         first.wait(timeout=30)
     assert first.returncode == 0
+
+
+def test_status_names_a_damaged_outbox_file_and_reads_the_others(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "endpoints:\n"
+        "  a: {protocol: mqtt, host: 127.0.0.1, port: 9}\n"
+        "  b: {protocol: mqtt, host: 127.0.0.1, port: 9}\n"
+        "  c: {protocol: mqtt, host: 127.0.0.1, port: 9}\n"
+    )
+    state = tmp_path / ".protocol-brain"
+    state.mkdir()
+    (state / "outbox-a.db").write_bytes(b"")  # what a crash on a full disk can leave
+    (state / "outbox-b.db").write_bytes(b"\xff" * 4096)  # not SQLite at all
+    box = Outbox(state / "outbox-c.db")
+    box.append([("t", b"x", 1, False)])
+    box.close()
+    env = {k: v for k, v in os.environ.items() if k != STATE_ENV}
+    cmd = [sys.executable, "-m", "gateway", "status", str(config)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    errors = out.stderr.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors), errors
+    assert "outbox-a.db: cannot read" in errors[0] and "outbox-b.db: cannot read" in errors[1]
+    line_c = next(line for line in out.stdout.splitlines() if line.startswith("c "))
+    assert line_c.split()[1] == "1"  # the healthy outbox's backlog is still reported
+    out = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=60)
+    rows = {r["endpoint"]: r for r in json.loads(out.stdout)["outboxes"]}
+    assert out.returncode == 1 and rows["c"]["backlog"] == 1 and "error" in rows["a"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from typing import Any
 
@@ -32,25 +33,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         path = outbox.file_for(name)
         row: dict[str, Any] = {"endpoint": name, "drain_rate": outbox.drain_rate}
         if path.exists():
-            row.update(read_status(path))
+            try:
+                row.update(read_status(path))
+            except sqlite3.Error as exc:  # damaged (a crash, a full disk) or not an outbox
+                row.update(path=str(path), backlog=None, oldest_age_s=None, dropped=None)
+                row["error"] = f"cannot read: {exc}"
         else:
             row.update(path=str(path), backlog=0, oldest_age_s=None, dropped=0, missing=True)
         rows.append(row)
+    failed = 1 if any("error" in r for r in rows) else 0
     if args.json:
         print(json.dumps({"outboxes": rows}, indent=2))
-        return 0
+        return failed
     if not rows:
         print(f"{args.file}: no endpoint with a durable outbox")
         return 0
     print(f"{'endpoint':<16} {'backlog':>9} {'oldest_s':>10} {'dropped':>8} {'drain/s':>8} path")
     for r in rows:
+        if "error" in r:
+            print(f"{r['endpoint']:<16} {'-':>9} {'-':>10} {'-':>8} {'-':>8} {r['path']}")
+            print(f"error: {r['endpoint']}: {r['path']}: {r['error']}", file=sys.stderr)
+            continue
         age = "-" if r["oldest_age_s"] is None else f"{r['oldest_age_s']:.1f}"
         rate = "-" if r["drain_rate"] is None else f"{r['drain_rate']:g}"
         print(
             f"{r['endpoint']:<16} {r['backlog']:>9} {age:>10} {r['dropped']:>8} {rate:>8} "
             f"{r['path']}{' (not created yet)' if r.get('missing') else ''}"
         )
-    return 0
+    return failed
 
 
 def register(subparsers: Any) -> None:
