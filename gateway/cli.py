@@ -242,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # tools do, and keep the interpreter's final flush from raising a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except OSError as exc:  # the system refused a file or the output (a full disk): one line
+        print(f"error: {exc}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush too
+        return 1
     return code
 
 

@@ -99,6 +99,16 @@ def test_run_names_an_unreadable_certificate_in_one_line(tmp_path: Path) -> None
     assert "cannot load TLS files" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("args", [["schema"], ["validate", "examples/modbus_to_mqtt.yaml"]])
+def test_output_on_a_full_disk_is_one_line(args: list[str]) -> None:
+    with open("/dev/full", "w") as full:  # every write: ENOSPC
+        out = subprocess.run(
+            [*GATEWAY, *args], stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60
+        )
+    assert out.returncode == 1
+    assert out.stderr == "error: [Errno 28] No space left on device\n", out.stderr
+
+
 def test_schema_is_json_schema_covering_the_protocols() -> None:
     out = gateway("schema")
     assert out.returncode == 0
