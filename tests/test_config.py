@@ -497,3 +497,21 @@ def test_json_schema_covers_every_protocol_and_route(registry: Registry) -> None
     assert {"name", "from", "to"} <= set(bridge["required"])
     assert bridge["additionalProperties"] is False
     assert set(schema["properties"]) == {"gateway", "devices", "endpoints", "bridges", "shadow"}
+
+
+def test_nan_and_infinite_numbers_are_refused() -> None:
+    text = (
+        "gateway: {status_interval: 1e400}\n"
+        "devices:\n"
+        "  plc:\n"
+        "    protocol: modbus\n"
+        "    host: 127.0.0.1\n"
+        "    points:\n"
+        "      - {name: t, address: 0, scale: .nan, low: .inf}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config_text(text, "c.yaml")
+    said = str(err.value)
+    assert "c.yaml:1:28: gateway.status_interval: found '1e400'; expected a finite number" in said
+    assert "c.yaml:7:38: devices.plc.points[0].scale: found nan; expected a finite number" in said
+    assert "devices.plc.points[0].low: found inf; expected a finite number" in said

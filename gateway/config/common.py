@@ -22,7 +22,8 @@ class Problem:
 class Strict(BaseModel):
     """Base for config models: unknown keys are errors, values are not coerced silently."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # allow_inf_nan: a .nan scale or an .inf interval in YAML is a mistake, never a setting
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
     def check(self) -> list[Problem]:
         """Cross-field checks that need the whole model (overlaps, references)."""
