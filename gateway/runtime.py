@@ -97,11 +97,15 @@ class Gateway:
         order = sorted(self.adapters.values(), key=lambda a: a.name not in self._targets)
         async with contextlib.AsyncExitStack() as stack:
             for adapter in order:
-                await _enter(stack, adapter, f"device {adapter.name!r}")
+                entry = self.config.devices.get(adapter.name)
+                kind = (
+                    "endpoint" if entry is not None and entry.section == "endpoints" else "device"
+                )
+                await _enter(stack, adapter, f"{kind} {adapter.name!r}")
             for bridge in self.bridges:
                 bridge.subscribe()
             if self.shadow is not None:  # entered last: closed before the adapters
-                await _enter(stack, self.shadow, "the shadow store")
+                await _enter(stack, self.shadow, f"the shadow store {self.shadow.config.path}")
                 shadow = [asyncio.create_task(_supervise("shadow", self.shadow.run), name="shadow")]
             else:
                 shadow = []

@@ -95,8 +95,9 @@ def test_run_names_an_unreadable_certificate_in_one_line(tmp_path: Path) -> None
     )
     out = gateway("run", str(cert))
     assert out.returncode == 1
-    assert out.stderr.startswith("error: device 'cloud' could not start: "), out.stderr
-    assert "cannot load TLS files" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: endpoint 'cloud' could not start: "), out.stderr
+    assert f"tls.ca_file {tmp_path}/no.pem: no such file" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("args", [["schema"], ["validate", "examples/modbus_to_mqtt.yaml"]])

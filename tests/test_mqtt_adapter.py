@@ -618,8 +618,14 @@ async def test_client_certificate_when_the_broker_requires_one(
         assert "client certificate" in without_cert.status()["last_error"]
 
 
-async def test_unreadable_tls_files_fail_at_enter() -> None:
+async def test_unreadable_tls_files_fail_at_enter(tmp_path: Path) -> None:
     mqtt = adapter(free_port(), tls={"ca_file": "/nonexistent/ca.pem"})
+    with pytest.raises(MqttError, match="tls.ca_file /nonexistent/ca.pem: no such file"):
+        async with mqtt:
+            pass
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate")
+    mqtt = adapter(free_port(), tls={"ca_file": str(garbage)})
     with pytest.raises(MqttError, match="cannot load TLS files"):
         async with mqtt:
             pass

@@ -157,6 +157,9 @@ class Outbox:
         self._lock = FileLock(self.path)  # raises OutboxInUse if another process has the file
         try:
             self._open()
+        except sqlite3.Error as exc:  # damaged, not SQLite, a directory: say which file
+            self._lock.release()
+            raise sqlite3.DatabaseError(f"{self.path}: {exc}") from exc
         except BaseException:
             self._lock.release()
             raise

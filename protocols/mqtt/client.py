@@ -63,6 +63,7 @@ import asyncio
 import collections
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -459,6 +460,10 @@ class MqttAdapter(Adapter):
     def _ssl_context(self) -> ssl.SSLContext:
         tls = self.config.tls
         assert tls is not None
+        files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file}
+        for key, path in files.items():  # ssl's own error does not say which file it was
+            if path is not None and not os.path.isfile(path):
+                raise MqttError(f"MQTT endpoint {self.name!r}: tls.{key} {path}: no such file")
         try:
             ctx = ssl.create_default_context(cafile=tls.ca_file)
             if tls.cert_file is not None:
