@@ -32,6 +32,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
         "no name column": _write(tmp_path / "cols.csv", "point,unit\nAHU1_SAT,degF\n"),
         "not utf-8": bad,
         "missing": tmp_path / "nope.csv",
+        "ragged row": _write(tmp_path / "ragged.csv", "name,unit\nAHU1_SAT,degF\nA,1,2,3\n"),
+        "name twice": _write(tmp_path / "twice.csv", "name,Name\nAHU1_SAT,x\n"),
+        "unclosed quote": _write(tmp_path / "quote.csv", 'name\nAHU1_SAT\n"VAV_2\nVAV_3\n'),
     }
 
 
@@ -43,6 +46,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
         ("no name column", "no column name"),
         ("not utf-8", "not UTF-8"),
         ("missing", "no such file"),
+        ("ragged row", "line 3: 4 fields, the header has 2"),
+        ("name twice", "column name appears twice"),
+        ("unclosed quote", "line 3: the name runs over several lines"),
     ],
 )
 def test_classify_bad_input_is_one_line_and_exit_2(
@@ -65,6 +71,61 @@ def test_suggest_bad_input_exit_2(
         assert main(["suggest", "--source", str(src), "--target", str(tgt), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_classify_ignores_empty_trailing_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _write(tmp_path / "in.csv", "name,unit,\nAHU1_SAT,degF,\nVAV_2_14_ZNT,,,\n")
+    assert main(["classify", str(src)]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [r["name"] for r in rows] == ["AHU1_SAT", "VAV_2_14_ZNT"]
+
+
+def _unwritable(tmp_path: Path, case: str) -> Path:
+    return {
+        "no folder": tmp_path / "nodir" / "x.out",
+        "a directory": tmp_path,
+        "under /proc": Path("/proc/x.out"),
+    }[case]
+
+
+def _writing_commands(tmp_path: Path) -> dict[str, list[str]]:
+    good = _write(tmp_path / "good.csv", "name\nAHU1_SAT\nVAV_2_14_ZNT\n")
+    return {
+        "classify": ["classify", str(good)],
+        "pick": ["translator", "pick", str(good), "--count", "1"],
+        "suggest": ["suggest", "--source", str(good), "--target", str(good)],
+    }
+
+
+@pytest.mark.parametrize("command", ["classify", "pick", "suggest"])
+@pytest.mark.parametrize("case", ["no folder", "a directory", "under /proc"])
+def test_an_unwritable_out_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, case: str
+) -> None:
+    out = _unwritable(tmp_path, case)
+    assert main([*_writing_commands(tmp_path)[command], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out}: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["classify", "suggest"])
+def test_out_on_a_full_disk_leaves_no_partial_file(
+    tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    import contextlib
+
+    args = _writing_commands(tmp_path)[command]
+    with (small_disk / "filler").open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    out = small_disk / "out"
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {out}: No space left on device\n"
     assert not out.exists()
 
 
@@ -339,6 +400,147 @@ def test_suggest_from_an_mqtt_sample(tmp_path: Path) -> None:
     text = _suggest(tmp_path, str(sample), str(tgt))
     for key in ('"sat"', '"rat"', '"fan.sts"', '"site/ahu1/oat"'):
         assert key in text
+
+
+def _suggest_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], src: str) -> str:
+    """The one line `suggest --source src` prints; nothing is written."""
+    tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\n")
+    out = tmp_path / "bridge.yaml"
+    assert main(["suggest", "--source", src, "--target", str(tgt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    named = src.partition("#")[0]  # the file, without a #device
+    assert err.startswith(f"error: --source {named}") and err.count("\n") == 1, err
+    assert not out.exists()
+    return err
+
+
+@pytest.mark.parametrize(
+    "text, device, message",
+    [
+        ("devices:\n  a:\n    points: 5\n", "", "devices.a.points must be a list of points"),
+        ("points: {name: x}\n", "", "points must be a list of points"),
+        ("devices:\n  1: {points: [{name: x}]}\n", "#zz", "no device 'zz' (has: 1)"),
+        ("[" * 10000, "", "nested too deeply"),
+        ("a: [\n", "", "invalid YAML"),
+        ("- {name: x}\n", "#plc", "no devices: section"),
+    ],
+)
+def test_suggest_a_bad_register_map_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, device: str, message: str
+) -> None:
+    regmap = _write(tmp_path / "map.yaml", text)
+    assert message in _suggest_fails(tmp_path, capsys, f"{regmap}{device}")
+
+
+def test_suggest_a_register_map_device_named_by_a_number(tmp_path: Path) -> None:
+    regmap = _write(tmp_path / "map.yaml", "devices:\n  1: {points: [{name: AHU1_SAT}]}\n")
+    tgt = _write(tmp_path / "t.csv", "name\nsupply_air_temperature\n")
+    assert '"AHU1_SAT": "supply_air_temperature"' in _suggest(tmp_path, f"{regmap}#1", str(tgt))
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("mqtt://127.0.0.1:1/site/#?seconds=inf", "seconds must be a positive finite number"),
+        ("mqtt://127.0.0.1:1/site/#?seconds=-1", "seconds must be a positive finite number"),
+        ("mqtt://127.0.0.1:1/site/#?seconds=nan", "seconds must be a positive finite number"),
+        ("mqtt://127.0.0.1:1/site/#?seconds=7200", "seconds must be at most 3600"),
+        ("mqtt://127.0.0.1:1/site/#?secs=5", "unknown option secs"),
+        ("mqtt://127.0.0.1:99999/site", "the port must be a number from 1 to 65535"),
+        ("mqtt://127.0.0.1:0/site", "the port must be a number from 1 to 65535"),
+        ("mqtt://:1883/site", "the URL needs a host"),
+        ("mqtt://127.0.0.1:1/a/#/b", "not a valid MQTT topic filter: '#' must be the last"),
+        ("mqtt://127.0.0.1:1/a/b+", "not a valid MQTT topic filter: wildcards must fill"),
+        ("opc.tcp://", "the URL needs a host (opc.tcp://host:port)"),
+        ("opc.tcp://127.0.0.1:70000/", "the port must be a number from 1 to 65535"),
+    ],
+)
+def test_suggest_a_bad_url_is_refused_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, message: str
+) -> None:
+    # port 1: nothing listens there, so an unchecked URL would fail differently
+    assert message in _suggest_fails(tmp_path, capsys, url)
+
+
+def test_suggest_a_directory_source_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    assert "is a directory" in _suggest_fails(tmp_path, capsys, str(folder))
+
+
+@pytest.mark.parametrize("threshold", ["-1", "5", "nan"])
+def test_suggest_threshold_is_a_fraction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threshold: str
+) -> None:
+    good = str(_write(tmp_path / "good.csv", "name\nAHU1_SAT\n"))
+    args = ["suggest", "--source", good, "--target", good, "--out", str(tmp_path / "b.yaml")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--threshold", threshold])
+    assert exit_.value.code == 2
+    assert "--threshold: must be a number from 0 to 1" in capsys.readouterr().err
+
+
+def test_suggest_writes_names_as_yaml_reads_them(tmp_path: Path) -> None:
+    import yaml
+
+    # a JSON key with a line break: a point name that must not break out of its line
+    sample = _write(tmp_path / "s.txt", 'site/ahu1 {"sat": 1, "odd\\nname: \\"x": 2}\n')
+    tgt = _write(tmp_path / "t.csv", 'name\n"AHU1_SAT: ""main"""\n')
+    out = tmp_path / "bridge.yaml"
+    args = ["suggest", "--source", str(sample), "--target", str(tgt), "--out", str(out)]
+    assert main([*args, "--from", "a: b", "--to", '"x']) == 0
+    text = out.read_text(encoding="utf-8")
+    bridge = yaml.safe_load(text)["bridges"][0]
+    assert (bridge["from"], bridge["to"]) == ("a: b", '"x')
+    assert bridge["translate"]["map"] == {"sat": 'AHU1_SAT: "main"'}
+    assert '# REVIEW "odd\\nname: \\"x": no matching target' in text
+
+
+def test_suggest_from_a_json_lines_sample(tmp_path: Path) -> None:
+    lines = [
+        {"topic": "site/ahu1", "payload": {"sat": 13.2, "fan": {"sts": 1}}},
+        {"topic": "site/ahu1/rat", "payload": 22.1},
+        {"topic": "site/ahu2", "payload": json.dumps({"oat": 7.5})},  # the published text
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines) + "site/ahu1/mat 15\n"
+    sample = _write(tmp_path / "sample.jsonl", text)
+    tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\nOAT\n")
+    bridge = _suggest(tmp_path, str(sample), str(tgt))
+    for key in ('"sat"', '"fan.sts"', '"site/ahu1/rat"', '"oat"', '"site/ahu1/mat"'):
+        assert key in bridge
+    assert "{" not in bridge.split("map:")[1].replace("{}", "")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"payload": 1}', 'line 2: a JSON line needs a "topic"'),
+        ("{oops", "line 2: not valid JSON"),
+    ],
+)
+def test_suggest_a_bad_json_line_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, message: str
+) -> None:
+    sample = _write(tmp_path / "s.jsonl", '{"topic": "a/b"}\n' + line + "\n")
+    assert message in _suggest_fails(tmp_path, capsys, str(sample))
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (Path(__file__).parents[1] / "models/anomaly/student.onnx", "not a translator model"),
+        (Path(__file__).parent, "is a directory"),
+    ],
+)
+def test_classify_refuses_a_model_that_is_not_the_translator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: Path, message: str
+) -> None:
+    good = _write(tmp_path / "good.csv", "name\nAHU1_SAT\n")
+    assert main(["classify", str(good), "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {model}") and message in err and err.count("\n") == 1
 
 
 def _free_port() -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import CommandError
+from gateway.cliargs import fraction, output_file
 
 __all__ = ["register"]
 
@@ -39,7 +40,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--from", dest="from_device", default="SOURCE_DEVICE", help="bridge from:")
     s.add_argument("--to", dest="to_device", default="TARGET_ENDPOINT", help="bridge to:")
     s.add_argument(
-        "--threshold", type=float, default=0.5, help="mappings below it are marked REVIEW (0.5)"
+        "--threshold", type=fraction, default=0.5, help="mappings below it are marked REVIEW (0.5)"
     )
     s.add_argument("--examples", metavar="LABELED.csv", help="name,brick_class (few-shot)")
     s.add_argument("--model", help="an ONNX model other than the shipped one")
@@ -126,14 +127,27 @@ def _examples(args: argparse.Namespace) -> list[Any]:
 
 
 @contextmanager
+def _written(path: str) -> Iterator[Any]:
+    """``path`` open to write; if writing fails (disk full), the partial file is removed and
+    the failure is one line naming it."""
+    out = output_file(path)
+    try:
+        with out:
+            yield out
+    except OSError as exc:
+        if Path(path).is_file():  # not a device such as /dev/full
+            Path(path).unlink()
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@contextmanager
 def _csv_out(path: str | None) -> Iterator[Any]:
     """A CSV writer on ``path``, or on standard output without one."""
-    out = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
-    try:
+    if not path:
+        yield csv.writer(sys.stdout)
+        return
+    with _written(path) as out:
         yield csv.writer(out)
-    finally:
-        if out is not sys.stdout:
-            out.close()
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -159,11 +173,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     from gateway.translator.site import predict_site
-    from gateway.translator.sources import read_source
     from gateway.translator.suggest import bridge_yaml, match
 
-    sources = read_source(args.source)
-    targets = read_source(args.target)
+    sources = _source("--source", args.source)
+    targets = _source("--target", args.target)
     translator = _translator(args)
     examples = _examples(args)  # read once, used for both lists
     matches = match(
@@ -181,13 +194,25 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         to_device=args.to_device,
         threshold=args.threshold,
     )
-    Path(args.out).write_text(text, encoding="utf-8")
+    with _written(args.out) as out:  # opened only now: a failure above leaves no file
+        out.write(text)
     confident = sum(1 for m in matches if m.target is not None and m.confidence >= args.threshold)
     print(
         f"{args.out}: {confident} of {len(matches)} mappings confident, "
         f"{len(matches) - confident} marked REVIEW; nothing applied (approved: false)"
     )
     return 0
+
+
+def _source(option: str, spec: str) -> list[Any]:
+    """The points of --source or --target; a problem names the option as well as the file."""
+    from gateway.translator.pointlist import InputError
+    from gateway.translator.sources import read_source
+
+    try:
+        return read_source(spec)
+    except InputError as exc:
+        raise CommandError(f"{option} {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

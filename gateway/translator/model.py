@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gateway.translator.tokenize import Point, encode
+from gateway.translator.tokenize import FEEDS, Point, encode
 from gateway.translator.vocab import MODEL_DIR
 
 DEFAULT_MODEL = MODEL_DIR / "translator.onnx"
@@ -45,8 +45,15 @@ class Translator:
         meta_path = path.with_name("meta.json")
         if not path.exists():
             raise ModelError(f"no translator model at {path} (run: gateway translator train)")
+        if path.is_dir():
+            raise ModelError(f"{path} is a directory, not an ONNX model file")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{meta_path}: cannot read the model's class list: {exc}") from None
+        if not isinstance(meta, dict):
+            raise ModelError(f"{meta_path}: expected a JSON object with the model's classes")
+        try:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -54,12 +61,15 @@ class Translator:
                 str(path), opts, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise ModelError(f"cannot load the translator model {path}: {exc}") from None
+            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:<why>"
+            why = str(exc).rpartition("failed:")[2].strip() or str(exc)
+            raise ModelError(f"cannot load the translator model {path}: {why}") from None
         from gateway.translator.vocab import brick_classes
 
         self.classes: list[str] = list(meta.get("classes") or [c.name for c in brick_classes()])
         self.index = {c: i for i, c in enumerate(self.classes)}
         self.meta: dict[str, Any] = meta
+        _check_signature(path, self._session, len(self.classes))
 
     def predict(self, points: Sequence[Point]) -> Prediction:
         n = len(points)
@@ -79,6 +89,28 @@ class Translator:
         if emb is None:
             emb = np.zeros((0, 1), dtype=np.float32)
         return Prediction(probs, emb)
+
+
+def _check_signature(path: Path, session: Any, classes: int) -> None:
+    """Refuse another ONNX model (an anomaly model, say) now, in words, rather than with ONNX
+    Runtime's complaint about missing inputs at the first prediction."""
+    inputs = [i.name for i in session.get_inputs()]
+    if sorted(inputs) != sorted(FEEDS):
+        raise ModelError(
+            f"{path}: not a translator model (its inputs are {', '.join(inputs) or 'none'}; "
+            f"a translator's are {', '.join(FEEDS)})"
+        )
+    outputs = session.get_outputs()
+    if len(outputs) != 2:
+        raise ModelError(
+            f"{path}: not a translator model ({len(outputs)} outputs; a translator has 2, "
+            "class scores and an embedding)"
+        )
+    width = outputs[0].shape[-1] if outputs[0].shape else None
+    if isinstance(width, int) and width != classes:
+        raise ModelError(
+            f"{path}: the model scores {width} classes but its class list (meta.json) has {classes}"
+        )
 
 
 @lru_cache(maxsize=4)

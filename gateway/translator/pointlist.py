@@ -37,29 +37,55 @@ def read_table(path: str | Path, required: tuple[str, ...]) -> list[dict[str, st
         ) from None
     if not text.strip():
         raise InputError(f"{path}: empty file, expected a header with {', '.join(required)}")
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+        _check_header(path, header, required)
+        rows = []
+        line = reader.line_num + 1  # where the next record starts
+        for fields in reader:
+            row = _row(path, line, header, fields, required)
+            if any(row.get(c) for c in required):
+                rows.append(row)
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise InputError(f"{path}: bad CSV at line {reader.line_num}: {exc}") from None
+    if not rows:
+        raise InputError(f"{path}: no rows after the header")
+    return rows
+
+
+def _check_header(path: Path, header: list[str], required: tuple[str, ...]) -> None:
     missing = [c for c in required if c not in header]
     if missing:
         raise InputError(
             f"{path}: no column {', '.join(missing)} in the header "
             f"(found: {', '.join(header) or 'nothing'})"
         )
-    rows = []
-    try:
-        for row in reader:
-            clean = {
-                (k or "").strip().lower(): (v or "").strip()
-                for k, v in row.items()
-                if isinstance(v, str)
-            }
-            if any(clean.get(c) for c in required):
-                rows.append(clean)
-    except csv.Error as exc:
-        raise InputError(f"{path}: bad CSV at line {reader.line_num}: {exc}") from None
-    if not rows:
-        raise InputError(f"{path}: no rows after the header")
-    return rows
+    named = [h for h in header if h]  # blank names: trailing commas, harmless
+    twice = sorted({h for h in named if named.count(h) > 1})
+    if twice:
+        raise InputError(f"{path}: column {', '.join(twice)} appears twice in the header")
+
+
+def _row(
+    path: Path, line: int, header: list[str], fields: list[str], required: tuple[str, ...]
+) -> dict[str, str]:
+    """One record as {column: value}; a record that cannot be the row it looks like is an
+    error naming its line, rather than a point with a shifted or merged name."""
+    extra = fields[len(header) :]
+    if any(f.strip() for f in extra):  # trailing empty fields are harmless
+        raise InputError(
+            f"{path}: line {line}: {len(fields)} fields, the header has {len(header)} "
+            "(a comma inside a value needs quotes)"
+        )
+    row = {h: f.strip() for h, f in zip(header, fields, strict=False) if h}
+    for c in required:
+        if "\n" in row.get(c, "") or "\r" in row.get(c, ""):
+            raise InputError(
+                f"{path}: line {line}: the {c} runs over several lines (a quote not closed?)"
+            )
+    return row
 
 
 def point_of(row: dict[str, str]) -> Point:

@@ -8,6 +8,7 @@ source is asked for.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -18,7 +19,10 @@ from gateway.translator.pointlist import InputError, read_points
 from gateway.translator.tokenize import Point
 
 OPCUA_DEPTH = 8  # folders below Objects that a browse walks
+OPCUA_PORT = 4840
+MQTT_PORT = 1883
 MQTT_SECONDS = 10.0
+MQTT_MAX_SECONDS = 3600.0  # a sample, not a recording: an hour is already generous
 
 
 def read_source(spec: str) -> list[Point]:
@@ -28,6 +32,8 @@ def read_source(spec: str) -> list[Point]:
     if spec.startswith(("mqtt://", "tcp://")):
         return sample_mqtt(spec)
     path, _, device = spec.partition("#")
+    if Path(path).is_dir():
+        raise InputError(f"{path}: is a directory; {_KINDS}")
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
         return read_points(path)
@@ -35,11 +41,13 @@ def read_source(spec: str) -> list[Point]:
         return read_register_map(path, device or None)
     if suffix in (".txt", ".jsonl", ".log", ".mqtt"):
         return read_mqtt_sample(path)
-    raise InputError(
-        f"{spec}: unknown source; give a .csv point list, a .yaml register map or config "
-        "(FILE.yaml#device), a .txt/.jsonl MQTT sample, opc.tcp://host:port or "
-        "mqtt://host:port/topic-filter?seconds=N"
-    )
+    raise InputError(f"{spec}: unknown source; {_KINDS}")
+
+
+_KINDS = (
+    "give a .csv point list, a .yaml register map or config (FILE.yaml#device), a .txt/.jsonl "
+    "MQTT sample, opc.tcp://host:port or mqtt://host:port/topic-filter?seconds=N"
+)
 
 
 def _read_text(path: str) -> str:
@@ -56,12 +64,7 @@ def _read_text(path: str) -> str:
 def read_register_map(path: str, device: str | None = None) -> list[Point]:
     """Points of a YAML register map: a gateway config (``devices.<name>.points``, all devices
     or ``FILE#device``), a mapping with ``points:``, or a bare list of points."""
-    import yaml
-
-    try:
-        doc = yaml.safe_load(_read_text(path))
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = _read_yaml(path)
     entries: list[Any] = []
     if isinstance(doc, dict) and isinstance(doc.get("devices"), dict):
         devices = doc["devices"]
@@ -69,9 +72,11 @@ def read_register_map(path: str, device: str | None = None) -> list[Point]:
             raise InputError(f"{path}: no device {device!r} (has: {', '.join(devices)})")
         for name, dev in devices.items():
             if device in (None, name) and isinstance(dev, dict):
-                entries.extend(dev.get("points") or [])
-    elif isinstance(doc, dict) and isinstance(doc.get("points"), list):
-        entries = doc["points"]
+                entries.extend(_point_list(path, f"devices.{name}.points", dev.get("points")))
+    elif device is not None:
+        raise InputError(f"{path}: no devices: section to take #{device} from")
+    elif isinstance(doc, dict):
+        entries = _point_list(path, "points", doc.get("points"))
     elif isinstance(doc, list):
         entries = doc
     points = [
@@ -89,11 +94,39 @@ def read_register_map(path: str, device: str | None = None) -> list[Point]:
     return points
 
 
+def _read_yaml(path: str) -> Any:
+    """The document, read as `gateway validate` reads a config: keys are names (strings), and
+    broken, too deeply nested or alias-bomb files are one line, the first problem found."""
+    from gateway.config.errors import LocatedProblem
+    from gateway.config.yamlmarks import parse_yaml
+
+    doc = parse_yaml(_read_text(path))
+    if doc.issues:
+        first = min(doc.issues, key=lambda i: i.mark)
+        line, column = first.mark.line, first.mark.column
+        raise InputError(
+            str(LocatedProblem(path, line, column, first.path, first.found, first.expected))
+        )
+    return doc.data
+
+
+def _point_list(path: str, where: str, value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InputError(f"{path}: {where} must be a list of points, not {type(value).__name__}")
+    return value
+
+
 def _payload_points(topic: str, payload: str) -> list[Point]:
     try:
         value = json.loads(payload) if payload else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or absurdly nested): the topic is the point
         value = None
+    return _value_points(topic, value)
+
+
+def _value_points(topic: str, value: Any) -> list[Point]:
     if isinstance(value, dict):  # one point per JSON field; nested one level as a.b
         out: list[Point] = []
         for k, v in value.items():
@@ -106,18 +139,90 @@ def _payload_points(topic: str, payload: str) -> list[Point]:
 
 
 def read_mqtt_sample(path: str) -> list[Point]:
-    """Lines of ``topic`` or ``topic payload`` (as ``mosquitto_sub -v`` prints them)."""
+    """Lines of ``topic`` or ``topic payload`` (as ``mosquitto_sub -v`` prints them), or JSON
+    objects ``{"topic": ..., "payload": ...}`` (a JSON Lines capture)."""
     seen: dict[str, Point] = {}
-    for line in _read_text(path).splitlines():
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        topic, _, payload = line.partition(" ")
-        for p in _payload_points(topic, payload.strip()):
+        if line.startswith("{"):  # no real topic starts with '{': a JSON line
+            topic, value = _json_message(path, number, line)
+            # a payload given as the text that was published reads as in a mosquitto line
+            text = isinstance(value, str)
+            found = _payload_points(topic, value) if text else _value_points(topic, value)
+        else:
+            topic, _, payload = line.partition(" ")
+            found = _payload_points(topic, payload.strip())
+        for p in found:
             seen.setdefault(p.name, p)
     if not seen:
         raise InputError(f"{path}: no topics in the sample")
     return list(seen.values())
+
+
+def _json_message(path: str, number: int, line: str) -> tuple[str, Any]:
+    """The topic and payload of one JSON line."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}: line {number}: JSON nested too deeply") from None
+    topic = obj.get("topic") if isinstance(obj, dict) else None
+    if not isinstance(topic, str) or not topic:
+        raise InputError(
+            f'{path}: line {number}: a JSON line needs a "topic" (and optionally "payload")'
+        )
+    return topic, obj.get("payload")
+
+
+def _host_port(url: str, netloc: str, default_port: int, form: str) -> tuple[str, int]:
+    """Host and port of ``scheme://netloc``; InputError naming ``url`` when either is bad."""
+    u = urlparse(f"x://{netloc}")
+    try:
+        port = u.port
+    except ValueError:
+        port = 0
+    if not u.hostname:
+        raise InputError(f"{url}: the URL needs a host ({form})")
+    if port is None:
+        return u.hostname, default_port
+    if not 1 <= port <= 65535:
+        raise InputError(f"{url}: the port must be a number from 1 to 65535")
+    return u.hostname, port
+
+
+def _mqtt_url(url: str) -> tuple[str, int, str, float]:
+    """Host, port, topic filter and seconds of ``mqtt://host:port/filter?seconds=N``, checked
+    before connecting (paho would fail on them later, in its own thread)."""
+    from gateway.bus import validate_pattern
+    from gateway.cliargs import positive_float
+
+    form = "mqtt://host:port/topic-filter?seconds=N"
+    # Not urlparse: a topic filter's '#' would be read as a URL fragment.
+    address, _, query = url.partition("://")[2].partition("?")
+    netloc, _, raw_topic = address.partition("/")
+    host, port = _host_port(url, netloc, MQTT_PORT, form)
+    topic = unquote(raw_topic) or "#"
+    try:
+        validate_pattern(topic)
+    except ValueError as exc:
+        raise InputError(f"{url}: not a valid MQTT topic filter: {exc}") from None
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = set(options) - {"seconds"}
+    if unknown:
+        raise InputError(f"{url}: unknown option {', '.join(sorted(unknown))} ({form})")
+    seconds = MQTT_SECONDS
+    if "seconds" in options:
+        text = options["seconds"][-1]
+        try:
+            seconds = positive_float(text)
+        except argparse.ArgumentTypeError as exc:
+            raise InputError(f"{url}: seconds {exc}") from None
+        if seconds > MQTT_MAX_SECONDS:
+            raise InputError(f"{url}: seconds must be at most {MQTT_MAX_SECONDS:g}, got {text}")
+    return host, port, topic, seconds
 
 
 def sample_mqtt(url: str) -> list[Point]:
@@ -125,33 +230,34 @@ def sample_mqtt(url: str) -> list[Point]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    # Not urlparse alone: a topic filter's '#' would be read as a URL fragment.
-    scheme_host, _, tail = url.partition("://")[2].partition("/")
-    topic, _, query = tail.partition("?")
-    topic = unquote(topic) or "#"
-    u = urlparse(f"mqtt://{scheme_host}")
-    try:
-        seconds = float(parse_qs(query).get("seconds", [MQTT_SECONDS])[0])
-    except ValueError:
-        raise InputError(f"{url}: seconds must be a number") from None
+    host, port, topic, seconds = _mqtt_url(url)
     seen: dict[str, Point] = {}
+    refused: list[str] = []
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
         payload = msg.payload.decode("utf-8", "replace")
         for p in _payload_points(msg.topic, payload):
             seen.setdefault(p.name, p)
 
+    def on_connect(c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+        else:
+            c.subscribe(topic)
+
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     client.on_message = on_message
-    client.on_connect = lambda c, *_: c.subscribe(topic)
+    client.on_connect = on_connect
     try:
-        client.connect(u.hostname or "127.0.0.1", u.port or 1883)
+        client.connect(host, port)
     except OSError as exc:
         raise InputError(f"{url}: cannot connect: {exc}") from None
     client.loop_start()
     time.sleep(seconds)
     client.loop_stop()
     client.disconnect()
+    if refused:
+        raise InputError(f"{url}: the broker refused the connection: {refused[0]}")
     if not seen:
         raise InputError(f"{url}: nothing arrived on {topic} in {seconds:g} s")
     return list(seen.values())
@@ -161,6 +267,7 @@ def browse_opcua(url: str) -> list[Point]:
     """Variables under the server's Objects folder, with description and engineering unit."""
     import asyncio
 
+    _host_port(url, urlparse(url).netloc, OPCUA_PORT, "opc.tcp://host:port")
     try:
         return asyncio.run(_browse(url))
     except InputError:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import yaml
 
 from gateway.translator.model import Floats, Prediction, Translator
 
@@ -86,8 +87,23 @@ def match(
     return out
 
 
-def _quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+_NO_WRAP = 2**30  # one line however long the value
+
+
+def _scalar(value: str, *, quoted: bool = False) -> str:
+    """``value`` as a one-line YAML scalar that reads back as the same string: plain where YAML
+    allows it, else double-quoted (escapes for quotes, line breaks, control characters)."""
+    if not quoted:
+        plain = yaml.safe_dump(value, width=_NO_WRAP, allow_unicode=True)
+        plain = plain.removesuffix("\n").removesuffix("\n...")
+        if "\n" not in plain:
+            return plain
+    text: str = yaml.safe_dump(value, default_style='"', width=_NO_WRAP, allow_unicode=True)
+    return text.removesuffix("\n")
+
+
+def _quote(value: str) -> str:
+    return _scalar(value, quoted=True)
 
 
 def bridge_yaml(
@@ -104,17 +120,17 @@ def bridge_yaml(
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# Suggested by `gateway suggest` on {stamp}",
-        f"#   source: {source}",
-        f"#   target: {target}",
+        f"#   source: {_scalar(source)}",
+        f"#   target: {_scalar(target)}",
         "# Nothing here is applied until you review it: check every mapping (the comment gives",
         "# the confidence and the Brick classes seen on both sides), fix or delete wrong ones,",
         f"# uncomment the REVIEW lines you accept (confidence under {threshold:g}), set",
         "# `from`/`to` to your devices, then `approved: true`, and paste the bridge into your",
         "# config. `gateway validate` rejects it while `approved` is false.",
         "bridges:",
-        f"  - name: {name}",
-        f"    from: {from_device}",
-        f"    to: {to_device}",
+        f"  - name: {_scalar(name)}",
+        f"    from: {_scalar(from_device)}",
+        f"    to: {_scalar(to_device)}",
         "    translate:",
         "      mode: map",
         "      approved: false",

@@ -84,6 +84,9 @@ class Point:
     datatype: str = ""
 
 
+FEEDS = ("ids", "seg", "pos", "rpos")  # the model's inputs, in Batch's order
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     ids: npt.NDArray[np.int64]  # (B, T, GRAMS) n-gram ids, 0 = padding
@@ -92,7 +95,7 @@ class Batch:
     rpos: npt.NDArray[np.int64]  # (B, T) position from the end of the name (0 elsewhere)
 
     def feeds(self) -> dict[str, npt.NDArray[np.int64]]:
-        return {"ids": self.ids, "seg": self.seg, "pos": self.pos, "rpos": self.rpos}
+        return dict(zip(FEEDS, (self.ids, self.seg, self.pos, self.rpos), strict=True))
 
 
 def _name_pieces(name: str) -> list[str]:
