@@ -211,3 +211,54 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert err.startswith("error: cannot open the shadow store") and "Traceback" not in err
     args = ["--since", "yesterday", "--config", cfg]
     assert main(["shadow", "history", "pump", "speed", *args]) == 1
+
+
+def test_cli_set_refuses_what_the_gateway_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(
+        "devices:\n"
+        "  pump:\n"
+        "    protocol: modbus\n"
+        "    host: 127.0.0.1\n"
+        "    points:\n"
+        "      - {name: flow, address: 0}\n"
+        "      - {name: speed, table: holding, address: 1, access: rw, low: 0, high: 100}\n"
+        "shadow: {path: shadow.db}\n"
+    )
+
+    def shadow(*args: str) -> tuple[int, str]:
+        code = main(["shadow", *args, "--config", str(cfg)])
+        return code, capsys.readouterr().err
+
+    for pair, said in [
+        ("flow=5", "pump/flow is not writable"),
+        ("speed=500", "500 is above pump/speed's high 100.0"),
+        ("speed=NaN", "NaN is not a finite number"),
+        ("speed=1e999", "1e999 is not a finite number"),
+    ]:
+        code, err = shadow("set", "pump", pair)
+        assert code == 1 and said in err, (pair, err)
+    code, err = shadow("set", "boiler", "speed=5")
+    assert code == 1 and "'boiler' has no shadow" in err and "devices: pump" in err
+    assert (
+        not (tmp_path / "shadow.db").exists()
+        or ShadowStore(str(tmp_path / "shadow.db")).get("pump").desired == {}
+    )  # nothing refused was stored
+    code, err = shadow("set", "pump", "speed=40", "area=north")
+    assert code == 0 and "note: area is not a point of pump" in err and "speed" not in err
+    assert ShadowStore(str(tmp_path / "shadow.db")).get("pump").desired == {
+        "speed": 40,
+        "area": "north",
+    }
+    for args, said in [
+        (("boiler", "speed"), "no shadow for 'boiler'"),
+        (("pump", "nosuch"), "no history of pump/nosuch: it was never reported"),
+        (("pump", "speed", "--since", "nan"), "expected epoch seconds"),
+        (("pump", "speed", "--since", "2030-01-01", "--until", "2020-01-01"), "is after --until"),
+    ]:
+        code, err = shadow("history", *args)
+        assert code == 1 and said in err, (args, err)

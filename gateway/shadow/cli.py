@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,13 +96,44 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
             out[key] = text
+        if isinstance(out[key], float) and not math.isfinite(out[key]):  # NaN, 1e999
+            raise CommandError(f"{pair!r}: {text} is not a finite number", 1)
     return out
+
+
+def check_desired(config_file: str, device: str, desired: dict[str, Any]) -> list[str]:
+    """Refuse now what the gateway would refuse to write (CommandError); returns the keys that
+    are not points of the device (kept as metadata, e.g. a site for topics)."""
+    from gateway.config import load_config
+    from gateway.runtime import Gateway
+
+    gateway = Gateway(load_config(config_file))  # builds the points as `run` does; no I/O
+    assert gateway.shadow is not None  # _store_path checked the shadow: section
+    if device not in gateway.shadow.devices:
+        known = ", ".join(sorted(gateway.shadow.devices)) or "none"
+        raise CommandError(f"{device!r} has no shadow in {config_file} (devices: {known})", 1)
+    metadata = []
+    for key, value in desired.items():
+        if (device, key) not in gateway.router.points:
+            metadata.append(key)
+        elif value is not None:  # null deletes the key
+            result = gateway.router.check(device, key, value)
+            if not result.ok:
+                raise CommandError(f"{key}={json.dumps(value)}: {result.reason}", 1)
+    return metadata
 
 
 def cmd_set(args: argparse.Namespace) -> int:
     from gateway.shadow.store import ShadowError
 
     desired = parse_pairs(args.pairs)
+    _store_path(args.config, must_exist=False)  # the config and its shadow: section first
+    for key in check_desired(args.config, args.device, desired):
+        print(
+            f"note: {key} is not a point of {args.device}: kept in desired as metadata, "
+            "never written to the device",
+            file=sys.stderr,
+        )
     store = _open(args, must_exist=False)
     try:
         doc = store.update(args.device, desired=desired, version=args.version)
@@ -114,9 +147,13 @@ def parse_time(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise CommandError(f"{text!r}: expected epoch seconds or an ISO 8601 time", 1)
+        return seconds
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -132,8 +169,22 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.last is not None and args.last < 1:
         raise CommandError("--last must be at least 1", 1)
     since, until = parse_time(args.since), parse_time(args.until)
+    if since is not None and until is not None and since > until:
+        raise CommandError(f"--since {args.since} is after --until {args.until}", 1)
     store = _open(args, must_exist=True)
     rows = store.history(args.device, args.point, last=args.last, since=since, until=until)
+    if not rows:  # say why there is nothing: a name that is not there, or just no change
+        doc = store.get(args.device)
+        if not doc.exists:
+            known = ", ".join(store.devices())
+            raise CommandError(f"no shadow for {args.device!r} (devices: {known})", 1)
+        if args.point not in doc.reported and args.point not in doc.quality:
+            points = ", ".join(sorted(doc.reported)) or "none yet"
+            raise CommandError(
+                f"no history of {args.device}/{args.point}: it was never reported "
+                f"(reported points: {points})",
+                1,
+            )
     for r in rows:
         if args.json:
             print(json.dumps({"ts": r.ts, "value": r.value, "quality": r.quality}))
