@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
+from gateway.cliargs import port, positive_float
 
 log = logging.getLogger("gateway")
 
@@ -95,7 +96,11 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     from gateway.passwords import hash_password
 
     if not sys.stdin.isatty():
-        password = sys.stdin.readline().rstrip("\n")
+        try:
+            password = sys.stdin.buffer.readline().decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            print("error: the password is not UTF-8 text", file=sys.stderr)
+            return 1
     else:
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
@@ -208,9 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("demo", help="simulated Modbus device -> gateway -> embedded MQTT broker")
-    p.add_argument("--duration", type=float, default=None, help="seconds; default until Ctrl-C")
-    p.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port")
-    p.add_argument("--opcua-port", type=int, default=4840, help="OPC UA server port")
+    p.add_argument(
+        "--duration", type=positive_float, default=None, help="seconds; default until Ctrl-C"
+    )
+    p.add_argument("--mqtt-port", type=port, default=1883, help="embedded broker port")
+    p.add_argument("--opcua-port", type=port, default=4840, help="OPC UA server port")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_demo)
     _register_feature_commands(sub)

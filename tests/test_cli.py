@@ -150,6 +150,19 @@ def test_hash_password_reads_stdin_and_verifies() -> None:
     assert verify_password("s3cret", stored) and not verify_password("s3cret ", stored)
     empty = subprocess.run([*GATEWAY, "hash-password"], input="\n", capture_output=True, text=True)
     assert empty.returncode == 1 and "empty password" in empty.stderr
+    binary = subprocess.run(
+        [*GATEWAY, "hash-password"], input=b"\xff\xfe\x00bad\n", capture_output=True
+    )
+    assert binary.returncode == 1 and binary.stderr == b"error: the password is not UTF-8 text\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--duration", "nan"), ("--duration", "-1"), ("--mqtt-port", "70000")]
+)
+def test_demo_refuses_bad_options_before_starting(option: str, value: str) -> None:
+    out = gateway("demo", option, value, timeout=20)
+    assert out.returncode == 2 and f"argument {option}: must be" in out.stderr
+    assert "Traceback" not in out.stderr and "Protocol Brain demo" not in out.stdout
 
 
 def test_every_shipped_example_validates() -> None:
