@@ -39,20 +39,29 @@ def hash_password(password: str) -> str:
     return f"{PREFIX}${N}${R}${P}${b64(salt).decode()}${b64(digest).decode()}"
 
 
-def verify_password(password: str, stored: str) -> bool:
-    """Whether ``password`` matches ``stored`` (False for a malformed hash, never an error)."""
+def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
+    """``(n, r, p, salt, hash)`` of a stored hash; ValueError saying what is wrong with it."""
     parts = stored.split("$")
     if len(parts) != 6 or parts[0] != PREFIX:
-        return False
+        raise ValueError("not scrypt$N$r$p$salt$hash (make one with `gateway hash-password`)")
     try:
         n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        raise ValueError("N, r and p must be integers") from None
+    try:
         salt = base64.b64decode(parts[4], validate=True)
         expected = base64.b64decode(parts[5], validate=True)
     except ValueError:
-        return False
+        raise ValueError("the salt and the hash must be base64") from None
     if not (1 < n <= _MAX_N and n & (n - 1) == 0 and 0 < r <= 32 and 0 < p <= 16 and expected):
-        return False
+        raise ValueError(f"cost parameters out of range (N a power of 2 up to {_MAX_N})")
+    return n, r, p, salt, expected
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches ``stored`` (False for a malformed hash, never an error)."""
     try:
+        n, r, p, salt, expected = parse_hash(stored)
         actual = _scrypt(password, salt, n, r, p, len(expected))
     except (ValueError, MemoryError):
         return False

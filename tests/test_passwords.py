@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from gateway.passwords import hash_password, verify_password
 from protocols.opcua.config import User
 
@@ -37,3 +39,27 @@ def test_malformed_or_tampered_hashes_are_false_not_errors() -> None:
     assert not verify_password("pw", f"scrypt${2**30}${r}${p}${salt}${digest}")  # absurd cost
     other_salt = hash_password("pw").split("$")[4]
     assert not verify_password("pw", f"scrypt${n}${r}${p}${other_salt}${digest}")
+
+
+def test_a_damaged_hash_in_the_config_is_a_config_error() -> None:
+    from gateway.config import ConfigError, load_config_text
+
+    good = hash_password("pw")
+    _, n, r, p, salt, digest = good.split("$")
+    template = (
+        "endpoints:\n"
+        "  ua:\n"
+        "    protocol: opcua\n"
+        "    role: server\n"
+        "    users: [{{username: op, password_hash: '{h}'}}]\n"
+    )
+    load_config_text(template.format(h=good), "ok.yaml")
+    for damaged, why in [
+        (f"scrypt$abc${r}${p}${salt}${digest}", "N, r and p must be integers"),
+        (f"scrypt${n}${r}${p}$!!${digest}", "must be base64"),
+        (f"scrypt${n}${r}${p}${salt}", "not scrypt$N$r$p$salt$hash"),
+        (f"scrypt$1000${r}${p}${salt}${digest}", "cost parameters out of range"),
+    ]:
+        with pytest.raises(ConfigError, match="password_hash") as err:
+            load_config_text(template.format(h=damaged), "bad.yaml")
+        assert why in str(err.value), str(err.value)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.config.common import Backoff, Deadband, Problem, Strict
+from gateway.passwords import parse_hash
 from gateway.types import Access
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -70,6 +71,13 @@ class User(Strict):
         pattern=r"^scrypt\$", description="from `gateway hash-password`; never a plain password"
     )
     access: Literal["read", "write"] = Field("write", description="read: may not write")
+
+    @field_validator("password_hash")
+    @classmethod
+    def _well_formed(cls, value: str) -> str:
+        # A damaged hash would only ever refuse the user's login, without saying why.
+        parse_hash(value)
+        return value
 
 
 class OpcuaServer(Strict):
