@@ -4,6 +4,7 @@ line, its key path and what was found / expected."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +356,16 @@ def test_unreadable_paths_are_config_errors(tmp_path: Path, registry: Registry) 
         load_config(tmp_path / "missing.yaml", registry)
     with pytest.raises(ConfigError, match="found a directory"):
         load_config(tmp_path, registry)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # open() would wait for a writer forever
+    for special in (fifo, Path("/dev/zero")):  # /dev/zero: a read would never end
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_config(special, registry)
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:
+        f.truncate(17 * 1024 * 1024)
+    with pytest.raises(ConfigError, match="a config under"):
+        load_config(big, registry)
 
 
 def test_non_utf8_file_names_the_line(tmp_path: Path, registry: Registry) -> None:

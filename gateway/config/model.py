@@ -20,6 +20,7 @@ import fnmatch
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,6 +51,7 @@ from gateway.plugins import ProtocolSpec, Registry, load_registry
 log = logging.getLogger(__name__)
 
 TOP_KEYS = ("gateway", "devices", "endpoints", "bridges", "shadow")
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # far above any real config; a bigger file is a mistake
 SECTIONS = ("devices", "endpoints")
 ENTRY_KEYS = ("protocol", "role")  # taken out of an entry before the plugin's model sees it
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # device names appear in bus and MQTT topics
@@ -171,6 +173,15 @@ def load_config(path: str | os.PathLike[str], registry: Registry | None = None) 
     """Read and validate a config file; `ConfigError` lists every problem found."""
     filename = os.fspath(path)
     try:
+        # A FIFO would block open() until a writer comes, /dev/zero would never end: only a
+        # regular file of a sane size is read.
+        info = os.stat(filename)
+        if not stat.S_ISDIR(info.st_mode) and not stat.S_ISREG(info.st_mode):
+            raise _fail(filename, "not a regular file (a pipe or a device)", "a YAML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise _fail(
+                filename, f"{info.st_size} bytes", f"a config under {MAX_CONFIG_BYTES} bytes"
+            )
         with open(filename, "rb") as f:
             raw = f.read()
     except IsADirectoryError:
