@@ -526,3 +526,33 @@ def test_nan_and_infinite_numbers_are_refused() -> None:
     assert "c.yaml:1:28: gateway.status_interval: found '1e400'; expected a finite number" in said
     assert "c.yaml:7:38: devices.plc.points[0].scale: found nan; expected a finite number" in said
     assert "devices.plc.points[0].low: found inf; expected a finite number" in said
+
+
+def test_an_optimizer_model_path_is_relative_to_the_config_and_must_exist(tmp_path: Path) -> None:
+    import shutil
+
+    from gateway.optimizer.policy import builtin_path
+
+    site = tmp_path / "site"
+    (site / "models").mkdir(parents=True)
+    text = (
+        "endpoints:\n"
+        "  cloud:\n"
+        "    protocol: mqtt\n"
+        "    host: 127.0.0.1\n"
+        "    optimizer: {{model: {model}}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config_text(text.format(model="models/p.onnx"), str(site / "gw.yaml"))
+    said = str(err.value)
+    assert "endpoints.cloud.optimizer.model: found 'models/p.onnx', but there is no file" in said
+    assert str(site / "models" / "p.onnx") in said  # where it looked: next to the config
+    shutil.copy(builtin_path(), site / "models" / "p.onnx")
+    with pytest.raises(ConfigError, match=r"no file .*p\.json"):  # the .json goes beside it
+        load_config_text(text.format(model="models/p.onnx"), str(site / "gw.yaml"))
+    shutil.copy(builtin_path().with_suffix(".json"), site / "models" / "p.json")
+    config = load_config_text(text.format(model="models/p.onnx"), str(site / "gw.yaml"))
+    assert config.devices["cloud"].config.optimizer.model == str(site / "models" / "p.onnx")  # type: ignore[attr-defined]
+    for word in ("builtin", "heuristic", "off"):  # a bare off is false in YAML: still the word
+        config = load_config_text(text.format(model=word), str(site / "gw.yaml"))
+        assert config.devices["cloud"].config.optimizer.model == word  # type: ignore[attr-defined]

@@ -51,7 +51,12 @@ from gateway.plugins import ProtocolSpec, Registry, load_registry
 log = logging.getLogger(__name__)
 
 TOP_KEYS = ("gateway", "devices", "endpoints", "bridges", "shadow")
-MAX_CONFIG_BYTES = 16 * 1024 * 1024  # far above any real config; a bigger file is a mistake
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MODEL_WORDS = (
+    "builtin",
+    "heuristic",
+    "off",
+)  # optimizer models that are not paths  # far above any real config; a bigger file is a mistake
 SECTIONS = ("devices", "endpoints")
 ENTRY_KEYS = ("protocol", "role")  # taken out of an entry before the plugin's model sees it
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # device names appear in bus and MQTT topics
@@ -458,7 +463,28 @@ class _Loader:
         config = self.validate(model, settings, path, ENTRY_KEYS)
         if config is None or not self.checked(config, path) or not role_ok:
             return None
+        config = self.optimizer_files(path, config)
         return DeviceEntry(name, protocol, str(role), spec, config, section)
+
+    def optimizer_files(self, path: Path, config: BaseModel) -> BaseModel:
+        """An uplink optimizer ``model:`` given as a path: relative to the config file, and a
+        file with its .json beside it now, not a warning and a fallback at run time."""
+        from gateway.optimizer.config import OptimizerConfig
+
+        options = getattr(config, "optimizer", None)
+        if not isinstance(options, OptimizerConfig) or options.model in MODEL_WORDS:
+            return config
+        model = self.local(options.model)
+        meta = os.path.splitext(model)[0] + ".json"
+        missing = model if not os.path.isfile(model) else meta if not os.path.isfile(meta) else None
+        if missing is not None:
+            self.report(
+                (*path, "optimizer", "model"),
+                f"{options.model!r}, but there is no file {missing}",
+                "builtin, heuristic, off or the path of a policy .onnx with its .json beside it",
+            )
+            return config
+        return config.model_copy(update={"optimizer": options.model_copy(update={"model": model})})
 
     def checked(self, config: BaseModel, path: Path) -> bool:
         """Run the model's ``check()`` (if it has one); True when it found nothing."""

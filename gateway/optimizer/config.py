@@ -13,9 +13,9 @@ relative rise of the (negative) mean reward towards zero.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from gateway.config.common import Strict
 
@@ -54,3 +54,9 @@ class OptimizerConfig(Strict):
     fallback: Literal["heuristic", "off"] = Field(
         "heuristic", description="what decides if the model cannot be loaded"
     )
+
+    @field_validator("model", "fallback", mode="before")
+    @classmethod
+    def _off_is_a_word(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false: `model: off` means the word, as documented.
+        return "off" if value is False else value
