@@ -383,6 +383,8 @@ def test_non_utf8_file_names_the_line(tmp_path: Path, registry: Registry) -> Non
     [
         ("a: \x01\n", 1, "#x0001"),
         ("[" * 3000, 1, "nested too deeply"),
+        ("a: " + "[" * 30000 + "]" * 30000, 1, "nested too deeply"),  # libyaml: SIGSEGV before
+        ("a: '" + "[" * 30000 + "'", 1, "unknown key 'a'"),  # brackets in a string: text
         ("a: &x [*x]\n", 1, "inside its own anchor"),
         ("a: !include other.yaml\n", 1, "constructor for the tag '!include'"),
         ("a: 1\n---\nb: 2\n", 2, "another document"),

@@ -33,6 +33,7 @@ Key = str | int
 Path = tuple[Key, ...]
 
 MAX_NODES = 200_000
+MAX_FLOW_DEPTH = 1_000  # libyaml recurses in C: 30,000 nested [ crash the process (SIGSEGV)
 MERGE_TAG = "tag:yaml.org,2002:merge"
 PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 
@@ -225,7 +226,39 @@ def parse_yaml(text: str) -> Document:
     return doc
 
 
+def flow_depth(text: str, limit: int = MAX_FLOW_DEPTH) -> int:
+    """How deep ``[`` and ``{`` nest outside quotes and comments, counted up to ``limit + 1``."""
+    if text.count("[") + text.count("{") <= limit:  # the usual config: no scan needed
+        return 0
+    depth = deepest = 0
+    quote = ""
+    comment = False
+    previous = "\n"
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if ch == quote and previous != "\\":
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and previous in " \t\n":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+        previous = ch
+    return deepest
+
+
 def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> Document:
+    if flow_depth(text) > MAX_FLOW_DEPTH:
+        return Document(None, Marks(), [_too_deep()])
     try:
         loader = loader_class(text)
     except yaml.YAMLError as exc:
