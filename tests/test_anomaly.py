@@ -157,3 +157,114 @@ def test_evaluate_rejects_unreadable_input(
     (tmp_path / "empty").mkdir()
     code, err = _evaluate(tmp_path / "empty", capsys)
     assert code == 2 and "no .csv files" in err
+
+
+def _one_sensor(path: Path, rows: int = 1200, labels: list[str] | None = None) -> Path:
+    """A SKAB-style file of a device with one sensor: ``datetime;S1;anomaly;changepoint``."""
+    rng = np.random.default_rng(5)
+    lines = ["datetime;S1;anomaly;changepoint"]
+    for i in range(rows):
+        fault = 800 <= i < 900
+        label = labels[i] if labels else str(int(fault))
+        lines.append(f"2024-01-01 00:{i // 60:02d}:{i % 60:02d};{rng.normal(5 * fault, 1):.5f}")
+        lines[-1] += f";{label};0"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _rejected(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """argparse's refusal of an option value: exit 2 and its one-line reason."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_evaluate_scores_a_device_with_one_sensor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _one_sensor(tmp_path / "one" / "x.csv")
+    assert main(["anomaly", "evaluate", "--data", str(path.parent)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("1 files, 1200 rows")
+    report = json.loads(out[-1])
+    for name in ("teacher", "student", "hotelling_t2"):
+        assert report[name]["f1"] > 0.5, report  # the shift of 5 spreads is found
+
+
+def test_evaluate_names_the_line_and_the_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "head").mkdir()
+    (tmp_path / "head" / "h.csv").write_text("datetime;S1;anomaly;changepoint\n")
+    code, err = _evaluate(tmp_path / "head", capsys)
+    assert code == 2 and "h.csv: no data rows" in err
+
+    labels = ["0"] * 1200
+    labels[900] = "abc"  # line 902: the header is line 1
+    code, err = _evaluate(_one_sensor(tmp_path / "text" / "t.csv", labels=labels), capsys)
+    assert code == 2 and "t.csv: line 902: anomaly must be 0 or 1, got 'abc'" in err
+    for bad in ("2", "-1", "300"):
+        labels[900] = bad
+        code, err = _evaluate(_one_sensor(tmp_path / bad / "b.csv", labels=labels), capsys)
+        assert code == 2 and f"line 902: anomaly must be 0 or 1, got '{bad}'" in err
+        assert len(err.splitlines()) == 1
+
+
+def test_evaluate_reads_a_file_with_a_byte_order_mark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _one_sensor(tmp_path / "bom" / "x.csv")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheets export UTF-8
+    assert main(["anomaly", "evaluate", "--data", str(path.parent)]) == 0
+    assert "hotelling_t2" in capsys.readouterr().out
+
+
+def test_evaluate_says_a_model_path_is_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _one_sensor(tmp_path / "data" / "x.csv").parent
+    models = tmp_path / "models"
+    (models / "teacher.onnx").mkdir(parents=True)
+    (models / "student.onnx").write_bytes(STUDENT.read_bytes())
+    args = ["anomaly", "evaluate", "--data", str(data), "--models"]
+    assert main([*args, str(models)]) == 2
+    assert "teacher.onnx: is a directory" in capsys.readouterr().err
+    assert main([*args, str(models / "student.onnx")]) == 2
+    assert "student.onnx: not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_option_values_are_checked_before_any_work(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = ["anomaly", "train", "--data", str(tmp_path), "--out", str(tmp_path / "m")]
+    for option in ("--teacher-steps", "--student-steps"):
+        assert "must be a positive integer" in _rejected([*train, option, value], capsys)
+    evaluate = ["anomaly", "evaluate", "--data", str(tmp_path), "--refresh", value]
+    if value == "0":  # refresh: 0 is off
+        assert main(evaluate) == 2  # ... and the empty folder is what is wrong
+        assert "no .csv files" in capsys.readouterr().err
+    else:
+        assert "--refresh: must be a finite number of 0 or more" in _rejected(evaluate, capsys)
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_refuses_an_output_it_cannot_write_and_a_short_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _one_sensor(tmp_path / "data" / "x.csv").parent
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    args = ["anomaly", "train", "--data", str(data), "--teacher-steps", "1", "--student-steps"]
+    for out in (blocker, blocker / "sub"):
+        assert main([*args, "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: cannot create the output folder {out}")
+        assert len(err.splitlines()) == 1  # said before training, no progress bar
+
+    _one_sensor(tmp_path / "short" / "s.csv", rows=5)
+    args[3] = str(tmp_path / "short")
+    assert main([*args, "1", "--out", str(tmp_path / "m")]) == 2
+    assert "s.csv: 5 rows; training needs at least 32" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import CommandError
+from gateway.cliargs import check_output_dir, nonnegative_float, nonnegative_int, positive_int
 
 __all__ = ["register"]
 
@@ -24,9 +25,9 @@ def register(subparsers: Any) -> None:
     t = sub.add_parser("train", help="train teacher and student on clean CSV data (SKAB format)")
     t.add_argument("--data", required=True, type=Path, metavar="DIR")
     t.add_argument("--out", type=Path, metavar="DIR", help="default: the shipped model folder")
-    t.add_argument("--teacher-steps", type=int, default=3000)
-    t.add_argument("--student-steps", type=int, default=6000)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--teacher-steps", type=positive_int, default=3000)
+    t.add_argument("--student-steps", type=positive_int, default=6000)
+    t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument(
         "--keep-float", action="store_true", help="also write student-float.onnx (before int8)"
     )
@@ -37,10 +38,10 @@ def register(subparsers: Any) -> None:
     e.add_argument("--models", type=Path, metavar="DIR", help="default: the shipped models")
     e.add_argument(
         "--refresh",
-        type=float,
+        type=nonnegative_float,
         default=None,
         metavar="TAU",
-        help="level refresh time constant in samples (default: the anomaly: option's)",
+        help="level refresh time constant in samples, 0: off (default: the anomaly: option's)",
     )
     e.set_defaults(func=cmd_evaluate)
 
@@ -54,10 +55,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.anomaly.data import DataError
     from models.anomaly.train import train
 
+    out = check_output_dir(args.out or MODELS)  # before minutes of training
     try:
         result = train(
             args.data,
-            args.out or MODELS,
+            out,
             teacher_steps=args.teacher_steps,
             student_steps=args.student_steps,
             seed=args.seed,
@@ -89,10 +91,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.anomaly.evaluate import evaluate_model, hotelling, load_labelled
 
     folder = args.models or MODELS
+    if not folder.is_dir():
+        raise CommandError(
+            f"{folder}: not a folder (--models: where teacher.onnx and student.onnx are)"
+        )
     try:
         series = load_labelled(args.data)
-        teacher = OnnxScorer(folder / "teacher.onnx")
-        student = OnnxScorer(folder / "student.onnx")
+        teacher = OnnxScorer(_model_file(folder / "teacher.onnx"))
+        student = OnnxScorer(_model_file(folder / "student.onnx"))
     except (DataError, ModelError) as exc:
         raise CommandError(str(exc)) from None
     rows = sum(len(s.values) for s in series)
@@ -116,3 +122,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result["size_ratio"] = round(student.size / teacher.size, 4)
     print(json.dumps(result))
     return 0
+
+
+def _model_file(path: Path) -> Path:
+    # OnnxScorer would call a directory "no such model file", which sends one looking for it
+    if path.is_dir():
+        raise CommandError(f"{path}: is a directory, not a model file")
+    return path

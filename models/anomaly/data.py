@@ -7,6 +7,7 @@ Read with the standard library and numpy only: evaluation runs where torch is no
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,8 @@ class Series:
 def read_series(path: Path, *, labelled: bool) -> Series:
     """One CSV; ``labelled`` requires the ``anomaly`` and ``changepoint`` columns."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        # utf-8-sig: spreadsheet exports start with a byte order mark that would hide "datetime"
+        with open(path, encoding="utf-8-sig", newline="") as f:
             rows = list(csv.reader(f, delimiter=";"))
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
@@ -51,30 +53,37 @@ def read_series(path: Path, *, labelled: bool) -> Series:
     sensors = tuple(h for h in header if h not in (TIME, *LABELS))
     if not sensors:
         raise DataError(f"{path}: no sensor columns besides {', '.join(header)}")
-    cols = [header.index(s) for s in sensors]
     body = rows[1:]
-    try:
-        values = np.array([[float(r[i]) for i in cols] for r in body], dtype=np.float64)
-        anomaly = (
-            np.array([float(r[header.index("anomaly")]) for r in body]).astype(np.int8)
-            if "anomaly" in header
-            else None
-        )
-    except (ValueError, IndexError) as exc:
-        line = _bad_line(body, cols) + 2
-        raise DataError(f"{path}: line {line}: not a number or a short row ({exc})") from None
-    if values.ndim != 2 or not np.isfinite(values).all():
-        raise DataError(f"{path}: sensor values must be finite numbers")
-    return Series(path, sensors, values, anomaly)
-
-
-def _bad_line(body: list[list[str]], cols: list[int]) -> int:
+    if not body:
+        raise DataError(f"{path}: no data rows, only the header")
+    cols = [header.index(s) for s in sensors]
+    label = header.index("anomaly") if "anomaly" in header else None
+    values = np.empty((len(body), len(cols)), dtype=np.float64)
+    anomaly = np.zeros(len(body), dtype=np.int8)
     for n, r in enumerate(body):
+        line = n + 2  # the header is line 1
         try:
-            [float(r[i]) for i in cols]
-        except (ValueError, IndexError):
-            return n
-    return 0
+            values[n] = [float(r[i]) for i in cols]
+            if label is not None:
+                anomaly[n] = _label(r[label], path, line)
+        except (ValueError, IndexError) as exc:
+            raise DataError(f"{path}: line {line}: not a number or a short row ({exc})") from None
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad):
+        raise DataError(f"{path}: line {bad[0] + 2}: sensor values must be finite numbers")
+    return Series(path, sensors, values, anomaly if label is not None else None)
+
+
+def _label(text: str, path: Path, line: int) -> int:
+    """An ``anomaly`` cell: 0 or 1 (SKAB writes 0.0 and 1.0); any other value would be scored
+    as a wrong truth without a word."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value not in (0.0, 1.0):
+        raise DataError(f"{path}: line {line}: anomaly must be 0 or 1, got {text!r}")
+    return int(value)
 
 
 def csv_files(root: Path) -> list[Path]:

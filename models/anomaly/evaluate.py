@@ -103,7 +103,8 @@ def hotelling(series: list[Series], quantile: float = 0.99) -> Tally:
         mean, std = train.mean(axis=0), train.std(axis=0)
         std = np.where(std > 0, std, 1.0)
         z = (s.values - mean) / std
-        inv = np.linalg.pinv(np.cov(z[:CALIBRATION_ROWS].T))
+        # atleast_2d: with one sensor np.cov gives a scalar, which pinv refuses
+        inv = np.linalg.pinv(np.atleast_2d(np.cov(z[:CALIBRATION_ROWS].T)))
         t2 = np.einsum("ij,jk,ik->i", z, inv, z)
         threshold = np.quantile(t2[:CALIBRATION_ROWS], quantile)
         pred = (t2[CALIBRATION_ROWS:] > threshold).astype(np.int8)

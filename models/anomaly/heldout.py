@@ -102,15 +102,22 @@ def merged(tallies: list[Tally]) -> Tally:
 
 def main() -> None:
     from gateway.anomaly.model import OnnxScorer, shipped
+    from gateway.cliargs import nonnegative_float, nonnegative_int, positive_float, positive_int
     from models.anomaly.evaluate import evaluate_model, hotelling
 
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--data", required=True, type=Path, metavar="DIR", help="clean SKAB CSVs")
     ap.add_argument("--models", type=Path, default=None, help="default: the shipped models")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--margin", type=float, default=None, help="default: the anomaly: option's")
-    ap.add_argument("--smooth", type=int, default=None, help="default: the anomaly: option's")
-    ap.add_argument("--refresh", type=float, default=None, help="default: the anomaly: option's")
+    ap.add_argument("--seed", type=nonnegative_int, default=0)
+    ap.add_argument(
+        "--margin", type=positive_float, default=None, help="default: the anomaly: option's"
+    )
+    ap.add_argument(
+        "--smooth", type=positive_int, default=None, help="default: the anomaly: option's"
+    )
+    ap.add_argument(
+        "--refresh", type=nonnegative_float, default=None, help="0: off (default: the option's)"
+    )
     ap.add_argument("--only", choices=("student", "teacher", "t2"), action="append")
     args = ap.parse_args()
     given = (("margin", args.margin), ("smooth", args.smooth), ("refresh", args.refresh))

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.anomaly.core import WINDOW, Preprocessor, standardiser
-from models.anomaly.data import CALIBRATION_ROWS, csv_files, read_series
+from models.anomaly.data import CALIBRATION_ROWS, DataError, csv_files, read_series
 
 SHIFT_SD = 3.0  # standard deviation of the level shifts the teacher learns to undo
 AFTER = 800  # rows after a random calibration chunk that are standardised with its statistics
@@ -39,12 +39,16 @@ class TrainResult:
     student_loss: float
 
 
-def clean_segments(data: Path) -> list[npt.NDArray[np.float64]]:
-    """Clean readings of every CSV under ``data`` (labelled files: their calibration rows)."""
+def clean_segments(data: Path, window: int = WINDOW) -> list[npt.NDArray[np.float64]]:
+    """Clean readings of every CSV under ``data`` (labelled files: their calibration rows);
+    each needs at least one ``window`` of rows, said here with the file's name."""
     out = []
     for path in csv_files(data):
         s = read_series(path, labelled=False)
-        out.append(s.values[:CALIBRATION_ROWS] if s.anomaly is not None else s.values)
+        seg = s.values[:CALIBRATION_ROWS] if s.anomaly is not None else s.values
+        if len(seg) < window:  # no window to learn from: say which file, not numpy's shape error
+            raise DataError(f"{path}: {len(seg)} rows; training needs at least {window}")
+        out.append(seg)
     return out
 
 
@@ -190,10 +194,11 @@ def train(
 
     from models.anomaly.nets import STUDENT_WIDTHS, TEACHER_WIDTHS, WindowAE, parameters, prune
 
+    out.mkdir(parents=True, exist_ok=True)  # before minutes of training, not after
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    windows = training_windows(clean_segments(data), rng, window=window)
+    windows = training_windows(clean_segments(data, window), rng, window=window)
     x_all = torch.from_numpy(windows)
 
     def sample(step: int) -> torch.Tensor:
@@ -225,7 +230,6 @@ def train(
     s_loss = _fit(student, distil, student_steps, "student (distil)")
     student.eval()
 
-    out.mkdir(parents=True, exist_ok=True)
     teacher_path, student_path = out / "teacher.onnx", out / "student.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         float_student = Path(tmp) / "student-float.onnx"
