@@ -262,6 +262,126 @@ def test_missing_folder_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "not a folder" in capsys.readouterr().err
 
 
+def _rejected(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """argparse's refusal of an option value: exit 2 and its one-line reason."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "1", "nan", "inf", "1e12"])
+def test_trace_seconds_are_checked(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["optimizer", "traces", "--out", str(tmp_path / "t"), "--duration", value]
+    assert "--duration: must be from 2 to 86400 seconds" in _rejected(argv, capsys)
+    for command in ("evaluate", "headroom"):
+        argv = ["optimizer", command, "--traces", str(tmp_path), "--length", value]
+        assert "--length: must be from 20 to 86400 seconds" in _rejected(argv, capsys)
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_trace_count_is_checked(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["optimizer", "traces", "--out", str(tmp_path / "t"), "--count", value]
+    assert "--count: must be a positive integer" in _rejected(argv, capsys)
+
+
+@pytest.mark.parametrize("value", ["nan", "2", "-1", "0", "1"])
+def test_holdout_is_a_share_of_the_traces(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    traces = ["optimizer", "traces", "--out", str(tmp_path), "--kind", "holdout"]
+    train = ["optimizer", "train", "--out", str(tmp_path / "p.onnx")]
+    for argv in (traces, train):
+        err = _rejected([*argv, "--fcc", str(tmp_path), "--holdout", value], capsys)
+        assert "--holdout: must be above 0 and below 1" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--envs", "0", "positive integer"),
+        ("--envs", "-1", "positive integer"),
+        ("--grid-episodes", "0", "positive integer"),
+        ("--grid-episodes", "-1", "positive integer"),
+        ("--lr", "-1", "positive finite number"),
+        ("--lr", "nan", "positive finite number"),
+        ("--steps", "0", "positive integer"),
+    ],
+)
+def test_train_options_are_checked(
+    option: str, value: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["optimizer", "train", "--out", str(tmp_path / "p.onnx"), option, value]
+    assert f"{option}: must be a {needle}" in _rejected(argv, capsys)
+
+
+def test_train_refuses_an_output_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("stable_baselines3")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    (tmp_path / "dir.onnx").mkdir()
+    (tmp_path / "j" / "p.json").mkdir(parents=True)
+    for out, needle in [
+        (blocker / "p.onnx", f"cannot create the output folder {blocker}"),
+        (tmp_path / "dir.onnx", "dir.onnx is a directory"),
+        (tmp_path / "j" / "p.onnx", "p.json is a directory"),
+        (tmp_path / "p.json", "must end in .onnx"),
+    ]:
+        assert main(["optimizer", "train", "--quiet", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1  # no grid search started
+
+
+def _policy_copy(
+    folder: Path, edit: tuple[str, str, object] | None = None, onnx: Path | None = None
+) -> Path:
+    """The shipped policy.onnx (or ``onnx``) and its .json with one field set (or deleted, with
+    a value of None): ``edit`` is (section, field, value)."""
+    meta = json.loads(builtin_path().with_suffix(".json").read_text())
+    if edit is not None:
+        section, field, value = edit
+        if value is None:
+            del meta[section][field]
+        else:
+            meta[section][field] = value
+    folder.mkdir(parents=True)
+    (folder / "policy.json").write_text(json.dumps(meta))
+    (folder / "policy.onnx").write_bytes((onnx or builtin_path()).read_bytes())
+    return folder / "policy.onnx"
+
+
+def test_a_broken_policy_is_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    tr.write_trace(tr.synth_walk(np.random.default_rng(1), 60, name="w"), traces / "w")
+    missing = _policy_copy(tmp_path / "missing")
+    missing.unlink()
+    anomaly = Path(__file__).resolve().parents[1] / "models" / "anomaly" / "student.onnx"
+    cases = [
+        (_policy_copy(tmp_path / "text", ("weights", "latency", "x")), "weights.latency: Input"),
+        (_policy_copy(tmp_path / "noqos", ("best_fixed", "qos", None)), "missing 'qos'"),
+        (_policy_copy(tmp_path / "qos7", ("best_fixed", "qos", 7)), "not in the action tables"),
+        (_policy_copy(tmp_path / "anomaly", onnx=anomaly), "not an optimizer policy"),
+        (missing, "policy.onnx: no such file"),
+    ]
+    for model, needle in cases:
+        for command in ("evaluate", "headroom"):
+            argv = ["optimizer", command, "--traces", str(traces), "--length", "20"]
+            assert main([*argv, "--model", str(model)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert needle in err and len(err.splitlines()) == 1, (command, err)
+            assert str(model.parent) in err
+
+
 def test_endpoint_optimizer_needs_a_strict_durable_outbox() -> None:
     from protocols.mqtt.config import MqttEndpoint
 

@@ -8,14 +8,67 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli import CommandError
+from gateway.cliargs import (
+    check_output_dir,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+
+if TYPE_CHECKING:
+    from gateway.optimizer.actions import Decision
+    from gateway.optimizer.config import RewardWeights
+    from gateway.optimizer.policy import OnnxPolicy
 
 __all__ = ["register"]
 
 POLICIES = ("immediate", "best_fixed", "hindsight_fixed", "heuristic", "learned")
+DAY = 86_400.0  # seconds: the longest trace or episode; more is a typo, not a study
+
+
+def _seconds(least: float) -> Callable[[str], float]:
+    """An argparse type: seconds from ``least`` to a day."""
+
+    def seconds(text: str) -> float:
+        value = _or_nan(positive_float, text)  # one message for every refusal: the range
+        if not least <= value <= DAY:
+            raise argparse.ArgumentTypeError(
+                f"must be from {least:g} to {DAY:g} seconds, got {text!r}"
+            )
+        return value
+
+    return seconds
+
+
+def _or_nan(parse: Callable[[str], float], text: str) -> float:
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError:
+        return math.nan
+
+
+# An episode shorter than the workload's longest poll period (10 s) may have no sample to
+# score; a trace needs two samples, one a second.
+episode_seconds = _seconds(20.0)
+trace_seconds = _seconds(2.0)
+
+
+def _share(text: str) -> float:
+    """A share of the traces held out, above 0 and below 1: the split holds out at least one
+    trace whatever the share, and all of them would leave none to train on."""
+    value = _or_nan(fraction, text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and below 1, got {text!r}")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -24,21 +77,21 @@ def register(subparsers: Any) -> None:
 
     t = sub.add_parser("train", help="PPO training; exports policy.onnx + policy.json")
     t.add_argument("--out", default="policy.onnx", help="where the .onnx goes (.json beside it)")
-    t.add_argument("--steps", type=int, default=500_000)
+    t.add_argument("--steps", type=positive_int, default=500_000)
     t.add_argument(
         "--fcc", metavar="DIR", help="trace folder to mix in (its held-out split kept out)"
     )
-    t.add_argument("--holdout", type=float, default=0.25, help="share of --fcc kept out")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--envs", type=int, default=8)
+    t.add_argument("--holdout", type=_share, default=0.25, help="share of --fcc kept out")
+    t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument("--envs", type=positive_int, default=8)
     t.add_argument(
-        "--grid-episodes", type=int, default=16, help="episodes of the best-fixed search"
+        "--grid-episodes", type=positive_int, default=16, help="episodes of the best-fixed search"
     )
-    t.add_argument("--lr", type=float, default=1e-4, help="PPO learning rate")
-    t.add_argument("--ent-coef", type=float, default=0.0, help="PPO entropy bonus")
+    t.add_argument("--lr", type=positive_float, default=1e-4, help="PPO learning rate")
+    t.add_argument("--ent-coef", type=nonnegative_float, default=0.0, help="PPO entropy bonus")
     t.add_argument(
         "--start-bias",
-        type=float,
+        type=nonnegative_float,
         default=4.0,
         help="logits towards the best fixed decision at the start (0: uniform)",
     )
@@ -51,8 +104,12 @@ def register(subparsers: Any) -> None:
         "--policies", default="all", help=f"all, or a comma list of {','.join(POLICIES)}"
     )
     e.add_argument("--model", default="builtin", help="builtin or a path to a policy.onnx")
-    e.add_argument("--length", type=float, default=300.0, help="seconds of each trace used")
-    e.add_argument("--seed", type=int, default=1000, help="workload and RTT of trace i: seed + i")
+    e.add_argument(
+        "--length", type=episode_seconds, default=300.0, help="seconds of each trace used"
+    )
+    e.add_argument(
+        "--seed", type=nonnegative_int, default=1000, help="workload and RTT of trace i: seed + i"
+    )
     e.set_defaults(func=cmd_evaluate)
 
     h = sub.add_parser(
@@ -61,8 +118,12 @@ def register(subparsers: Any) -> None:
     )
     h.add_argument("--traces", required=True, metavar="DIR")
     h.add_argument("--model", default="builtin", help="whose policy.json names the best fixed")
-    h.add_argument("--length", type=float, default=300.0, help="seconds of each trace used")
-    h.add_argument("--seed", type=int, default=1000, help="workload and RTT of trace i: seed + i")
+    h.add_argument(
+        "--length", type=episode_seconds, default=300.0, help="seconds of each trace used"
+    )
+    h.add_argument(
+        "--seed", type=nonnegative_int, default=1000, help="workload and RTT of trace i: seed + i"
+    )
     h.set_defaults(func=cmd_headroom)
 
     g = sub.add_parser(
@@ -76,11 +137,11 @@ def register(subparsers: Any) -> None:
         help="walk: the evaluation generator; markov: the training one; "
         "holdout: copy the held-out split of --fcc",
     )
-    g.add_argument("--count", type=int, default=20)
-    g.add_argument("--seed", type=int, default=7)
-    g.add_argument("--duration", type=float, default=600.0)
+    g.add_argument("--count", type=positive_int, default=20)
+    g.add_argument("--seed", type=nonnegative_int, default=7)
+    g.add_argument("--duration", type=trace_seconds, default=600.0, help="seconds per trace")
     g.add_argument("--fcc", metavar="DIR")
-    g.add_argument("--holdout", type=float, default=0.25)
+    g.add_argument("--holdout", type=_share, default=0.25, help="share of --fcc held out")
     g.set_defaults(func=cmd_traces)
 
 
@@ -95,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.steps < 256 * args.envs:
         raise CommandError(f"--steps must be at least {256 * args.envs} (one rollout)")
+    _check_model_out(Path(args.out))
     try:
         meta = train(
             args.out,
@@ -121,6 +183,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _check_model_out(out: Path) -> None:
+    """Refuse before the grid search and PPO an --out that could not be written after them."""
+    for path in (out, out.with_suffix(".json")):
+        if path.is_dir():
+            raise CommandError(f"--out {out}: {path} is a directory")
+    if out.suffix != ".onnx":  # else the .json would overwrite it, or land beside a .json
+        raise CommandError(f"--out {out}: must end in .onnx (the .json goes beside it)")
+    folder = check_output_dir(out.parent)
+    if not os.access(folder, os.W_OK):
+        raise CommandError(f"cannot write in the output folder {folder}: permission denied")
 
 
 def cmd_traces(args: argparse.Namespace) -> int:
@@ -157,7 +231,6 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     except ImportError:
         raise CommandError("the bound needs the [ml] extra (numpy)") from None
     from gateway.optimizer.heuristic import FixedPolicy
-    from gateway.optimizer.policy import OnnxPolicy, PolicyError, builtin_path
     from models.optimizer import traces as tr
     from models.optimizer.episodes import eval_episodes
     from models.optimizer.evaluate import run_episode
@@ -165,15 +238,9 @@ def cmd_headroom(args: argparse.Namespace) -> int:
 
     try:
         traces = tr.load_dir(args.traces)
-        meta = OnnxPolicy(builtin_path() if args.model == "builtin" else args.model).meta
-    except (tr.TraceError, PolicyError) as exc:
+    except tr.TraceError as exc:
         raise CommandError(str(exc)) from None
-    from gateway.optimizer.actions import Decision
-    from gateway.optimizer.config import RewardWeights
-
-    weights = RewardWeights(**meta["weights"])
-    bf = meta["best_fixed"]
-    best = Decision(bf["deadline"], bf["max_batch"], bf["compress"], bf["qos"], bf["window"])
+    _, weights, best = _learned(args.model)
     episodes = eval_episodes(traces, seed=args.seed, length=args.length)
     runs = [run_episode(FixedPolicy(best), ep, weights)[1] for ep in episodes]
     report = {
@@ -190,9 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import numpy  # noqa: F401
     except ImportError:
         raise CommandError("evaluation needs the [ml] extra (numpy, onnxruntime)") from None
-    from gateway.optimizer.actions import Decision
     from gateway.optimizer.heuristic import IMMEDIATE, AimdPolicy, FixedPolicy, Policy
-    from gateway.optimizer.policy import OnnxPolicy, PolicyError, builtin_path
     from models.optimizer import traces as tr
     from models.optimizer.episodes import eval_episodes
     from models.optimizer.evaluate import gain, grid_search, run_episode, summarize
@@ -205,16 +270,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         traces = tr.load_dir(args.traces)
     except tr.TraceError as exc:
         raise CommandError(str(exc)) from None
-    path = builtin_path() if args.model == "builtin" else args.model
-    try:
-        learned = OnnxPolicy(path)
-    except PolicyError as exc:
-        raise CommandError(str(exc)) from None
-    from gateway.optimizer.config import RewardWeights
-
-    weights = RewardWeights(**learned.meta["weights"])
-    bf = learned.meta["best_fixed"]
-    best_fixed = Decision(bf["deadline"], bf["max_batch"], bf["compress"], bf["qos"], bf["window"])
+    learned, weights, best_fixed = _learned(args.model)
     episodes = eval_episodes(traces, seed=args.seed, length=args.length)
     policies: dict[str, Policy] = {}
     for name in wanted:
@@ -256,3 +312,76 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report["gain_note"] = "relative cost reduction per sample = relative rise of mean reward"
     print(json.dumps(report))
     return 0
+
+
+def _learned(model: str) -> tuple[OnnxPolicy, RewardWeights, Decision]:
+    """The policy ``--model`` names (builtin or a .onnx with its .json beside), its reward
+    weights and best fixed decision; anything unusable in them is one line naming the file."""
+    from gateway.optimizer.policy import OnnxPolicy, PolicyError, builtin_path
+
+    path = builtin_path() if model == "builtin" else Path(model)
+    # OnnxPolicy reads the .json first; a missing .onnx is the mistake to name
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "no such file"
+        raise CommandError(f"{path}: {what} (--model: builtin or a policy .onnx)")
+    try:
+        policy = OnnxPolicy(path)
+    except PolicyError as exc:
+        raise CommandError(str(exc)) from None
+    weights, best = _settings(policy.meta, path.with_suffix(".json"))
+    _check_actor(policy, path)
+    return policy, weights, best
+
+
+def _settings(meta: dict[str, Any], meta_path: Path) -> tuple[RewardWeights, Decision]:
+    """The reward weights and best fixed decision a policy.json records."""
+    from pydantic import ValidationError
+
+    from gateway.optimizer.actions import Decision, encode
+    from gateway.optimizer.config import RewardWeights
+
+    try:
+        weights = RewardWeights(**meta["weights"])
+        bf = meta["best_fixed"]
+        best = Decision(bf["deadline"], bf["max_batch"], bf["compress"], bf["qos"], bf["window"])
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise CommandError(f"{meta_path}: {_meta_problem(exc)}") from None
+    try:
+        encode(best)
+    except ValueError:
+        raise CommandError(
+            f"{meta_path}: best_fixed is not in the action tables ({best})"
+        ) from None
+    return weights, best
+
+
+def _check_actor(policy: OnnxPolicy, path: Path) -> None:
+    """One decision on a zero observation: the graph must be an actor of these action tables
+    (another ONNX model loads as well, and fails only when it is run)."""
+    from gateway.optimizer.actions import ACTION_DIMS
+    from gateway.optimizer.features import FEATURES
+
+    try:
+        width = len(policy.logits([0.0] * len(FEATURES)))
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise CommandError(f"{path}: not an optimizer policy ({_first_line(exc)})") from None
+    if width != sum(ACTION_DIMS):
+        raise CommandError(
+            f"{path}: not an optimizer policy ({width} outputs, not {sum(ACTION_DIMS)})"
+        )
+
+
+def _meta_problem(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # its own text takes several lines
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in ("weights", *first["loc"]))
+        return f"{where}: {first['msg']}"
+    if isinstance(exc, KeyError):
+        return f"missing {exc.args[0]!r} (weights, best_fixed and its five settings)"
+    return "weights and best_fixed must be JSON objects"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
