@@ -40,6 +40,17 @@ class TrainConfig:
     prior: float = 0.6  # share of samples whose class is drawn by `prior.class_weights`
     only: tuple[str, ...] = ()  # train on these classes only (tests: a tiny corpus)
 
+    def check(self) -> None:
+        """ValueError naming the first setting no training can use, before any work: a batch
+        of -1 fails in a reshape, 0 threads in torch, and steps of 0 or less export an
+        untrained model."""
+        for name in ("steps", "batch", "threads", "d", "d_gram", "layers", "heads", "ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"training setting {name} must be a positive integer, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"training setting lr must be a positive number, got {self.lr}")
+
 
 def _tensors(batch: Batch) -> tuple[Any, ...]:
     import torch
@@ -191,10 +202,14 @@ def run(
 ) -> dict[str, Any]:
     """Train ``members`` networks (seeds seed, seed+1, ...), merge them into one averaging ONNX
     graph (`ensemble.merge`); writes ``translator.onnx`` and ``meta.json`` to out_dir."""
+    from gateway.cliargs import check_output_dir
     from models.translator.ensemble import merge
 
+    cfg.check()
+    if members < 1:
+        raise ValueError(f"members must be at least 1, got {members}")
+    check_output_dir(out_dir)  # a folder that cannot be made fails now, not after training
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
-    out_dir.mkdir(parents=True, exist_ok=True)
     held_out = list(Renderer(seed=10_000 + cfg.seed).stream(4000))
     final = out_dir / "translator.onnx"
     parts = [out_dir / f"translator.member{k}.onnx" for k in range(members)]
