@@ -681,3 +681,24 @@ def test_bridge_applies_translate_last() -> None:
 
     asyncio.run(scenario())
     assert [s.point for s in sent[0].samples] == ["sat"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--steps", "0"], ["--batch", "-1"], ["--threads", "0"], ["--members", "0"], ["--seed", "x"]],
+)
+def test_train_refuses_bad_settings_before_training(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["translator", "train", *args])
+    assert exit_.value.code == 2
+    assert f"argument {args[0]}: must be" in capsys.readouterr().err
+
+
+def test_train_refuses_an_out_it_cannot_create_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = _write(tmp_path / "taken", "a file, not a folder")
+    assert main(["translator", "train", "--steps", "1", "--out", str(taken)]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err

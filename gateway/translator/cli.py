@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import CommandError
-from gateway.cliargs import fraction, output_file
+from gateway.cliargs import (
+    check_output_dir,
+    fraction,
+    nonnegative_int,
+    output_file,
+    positive_int,
+)
 
 __all__ = ["register"]
 
@@ -50,12 +56,15 @@ def register(subparsers: Any) -> None:
     t = subparsers.add_parser("translator", help="train or evaluate the semantic translator")
     sub = t.add_subparsers(dest="translator_command", required=True)
     tr = sub.add_parser("train", help="train on the generated corpus, export ONNX (needs [train])")
-    tr.add_argument("--steps", type=int, help="optimizer steps (default 7000)")
-    tr.add_argument("--batch", type=int, help="samples per step (default 128)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    tr.add_argument("--steps", type=positive_int, help="optimizer steps (default 7000)")
+    tr.add_argument("--batch", type=positive_int, help="samples per step (default 128)")
+    tr.add_argument("--seed", type=nonnegative_int, default=0)
+    tr.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     tr.add_argument(
-        "--members", type=int, default=2, help="networks averaged in the shipped model (default 2)"
+        "--members",
+        type=positive_int,
+        default=2,
+        help="networks averaged in the shipped model (default 2)",
     )
     tr.add_argument("--out", metavar="DIR", help="default: the package's models/translator")
     tr.set_defaults(func=_guard(cmd_train))
@@ -224,13 +233,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.translator.train import TrainConfig, run
 
     cfg = TrainConfig(seed=args.seed, threads=args.threads)
-    if args.steps:
+    if args.steps is not None:
         cfg.steps = args.steps
-    if args.batch:
+    if args.batch is not None:
         cfg.batch = args.batch
-    if args.members < 1:
-        raise CommandError("--members must be at least 1")
-    out = Path(args.out) if args.out else MODEL_DIR
+    out = check_output_dir(Path(args.out) if args.out else MODEL_DIR)
     meta = run(cfg, out, members=args.members)
     summary = {k: v for k, v in meta.items() if k != "classes"}
     print(json.dumps(summary))
