@@ -208,6 +208,18 @@ def test_policy_with_other_tables_is_refused(tmp_path: Path) -> None:
         OnnxPolicy(onnx)
 
 
+def test_a_policy_file_that_is_not_there_is_named_before_its_json(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match=r"nope\.onnx: no such file"):
+        load_policy(str(tmp_path / "nope.onnx"))
+    with pytest.raises(PolicyError, match="a directory"):
+        OnnxPolicy(tmp_path)
+    onnx = tmp_path / "p.onnx"
+    onnx.write_bytes(builtin_path().read_bytes())
+    onnx.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(PolicyError, match="not a policy description"):
+        OnnxPolicy(onnx)
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 

@@ -36,6 +36,8 @@ class OnnxPolicy:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
+        if not path.is_file():  # the model first: its .json is only missing because it is
+            raise PolicyError(f"{path}: {'a directory' if path.is_dir() else 'no such file'}")
         meta_path = path.with_suffix(".json")
         try:
             self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -43,6 +45,8 @@ class OnnxPolicy:
             raise PolicyError(f"{meta_path}: no such file (it goes beside the .onnx)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PolicyError(f"{meta_path}: {exc}") from None
+        if not isinstance(self.meta, dict):
+            raise PolicyError(f"{meta_path}: not a policy description (a JSON object)")
         if self.meta.get("features") != list(FEATURES) or self.meta.get("actions") != tables():
             raise PolicyError(f"{path}: trained for other features or action tables")
         try:
@@ -82,7 +86,4 @@ def load_policy(model: str) -> Policy:
         return AimdPolicy()
     if model == "off":
         return FixedPolicy(IMMEDIATE, "immediate")
-    path = builtin_path() if model == "builtin" else Path(model)
-    if not path.exists():
-        raise PolicyError(f"{path}: no such model file")
-    return OnnxPolicy(path)
+    return OnnxPolicy(builtin_path() if model == "builtin" else Path(model))
