@@ -87,6 +87,8 @@ def test_shipped_models_load_offline_and_react_to_a_level_shift() -> None:
 def test_a_missing_or_bad_model_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no such model file"):
         OnnxScorer(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match="a directory, not a model file"):
+        OnnxScorer(tmp_path)
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="not a loadable ONNX model"):
         OnnxScorer(tmp_path / "bad.onnx")
@@ -230,7 +232,7 @@ def test_evaluate_says_a_model_path_is_a_directory(
     (models / "student.onnx").write_bytes(STUDENT.read_bytes())
     args = ["anomaly", "evaluate", "--data", str(data), "--models"]
     assert main([*args, str(models)]) == 2
-    assert "teacher.onnx: is a directory" in capsys.readouterr().err
+    assert "teacher.onnx: a directory, not a model file" in capsys.readouterr().err
     assert main([*args, str(models / "student.onnx")]) == 2
     assert "student.onnx: not a folder" in capsys.readouterr().err
 

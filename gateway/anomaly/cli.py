@@ -97,8 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     try:
         series = load_labelled(args.data)
-        teacher = OnnxScorer(_model_file(folder / "teacher.onnx"))
-        student = OnnxScorer(_model_file(folder / "student.onnx"))
+        teacher = OnnxScorer(folder / "teacher.onnx")
+        student = OnnxScorer(folder / "student.onnx")
     except (DataError, ModelError) as exc:
         raise CommandError(str(exc)) from None
     rows = sum(len(s.values) for s in series)
@@ -122,10 +122,3 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result["size_ratio"] = round(student.size / teacher.size, 4)
     print(json.dumps(result))
     return 0
-
-
-def _model_file(path: Path) -> Path:
-    # OnnxScorer would call a directory "no such model file", which sends one looking for it
-    if path.is_dir():
-        raise CommandError(f"{path}: is a directory, not a model file")
-    return path

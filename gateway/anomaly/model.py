@@ -40,7 +40,8 @@ class OnnxScorer:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such model file")
+            what = "a directory, not a model file" if self.path.is_dir() else "no such model file"
+            raise ModelError(f"{self.path}: {what}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
