@@ -13,16 +13,18 @@ import logging
 
 
 class FailureStreak:
-    def __init__(self, log: logging.Logger, what: str) -> None:
+    def __init__(self, log: logging.Logger, what: str, *, level: int = logging.ERROR) -> None:
         self.log = log
         self.what = what  # who fails, as the log line starts: "shadow", "bridge up"
+        self.level = level  # of the first line (a client's bad request is not our error)
         self.in_run = 0  # failures since the last success (callers keep their own totals)
 
     def failed(self, message: str, *, traceback: bool = True) -> None:
         """Call from an ``except`` block; ``message`` says what failed and why."""
         self.in_run += 1
         if self.in_run == 1:
-            self.log.error(
+            self.log.log(
+                self.level,
                 "%s: %s (until it works again, further failures are counted, not logged)",
                 self.what,
                 message,

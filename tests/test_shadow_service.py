@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,11 @@ async def test_reported_desired_delta_and_refusal(simulator: Simulator, tmp_path
     assert [r.value for r in history][:1] == [5] and 42 in [r.value for r in history]
 
 
-async def mosquitto_pub(broker: MosquittoBroker, topic: str, payload: dict[str, Any]) -> None:
+async def mosquitto_pub(broker: MosquittoBroker, topic: str, payload: dict[str, Any] | str) -> None:
+    text = payload if isinstance(payload, str) else json.dumps(payload)
     proc = await asyncio.create_subprocess_exec(
         find_binary("mosquitto_pub", "/usr/bin/mosquitto_pub"),
-        "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic,
-        "-m", json.dumps(payload),
+        "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", text,
     )  # fmt: skip
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 
@@ -182,3 +183,51 @@ async def test_a_full_disk_under_the_shadow_is_said_once_and_readings_go_on(
         await wait_for(lambda: reported("temp") == 55.5, message="recording again")
         assert any("shadow: works again" in r.getMessage() for r in caplog.records)
     assert gateway.status()["shadow"]["record_errors"] >= 20
+
+
+async def test_bad_mqtt_requests_get_a_reply_and_one_log_line(
+    simulator: Simulator,
+    mosquitto: MosquittoBroker,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    device = await simulator.add_device(name="pump")
+    device.set_registers("holding", 10, [5])
+    collector = Collector(mosquitto, "site/things/pump/shadow/update/+")  # the replies
+    base = "site/things/pump/shadow"
+    many = json.dumps({"state": {"desired": {f"k{i}": i for i in range(600)}}})
+    bad = [
+        ('{"state": {"desired": {"speed": NaN}}}', 400, "NaN is not a number JSON allows"),
+        ('{"state": {"desired": {"speed": 1e999}}}', 400, "1e999 is not a finite number"),
+        ("[" * 5000, 400, "nested too deeply"),
+        ("[" * 70000, 413, "over 65536 bytes"),
+        ('{"state": {"desired": {"speed": 1' + "0" * 5000 + "}}}", 400, "invalid JSON"),
+        (many, 400, "at most 500 keys"),
+    ]
+    try:
+        async with running_gateway(config(device.port, tmp_path / "s.db", mosquitto)) as gateway:
+            shadow = shadow_of(gateway)
+            await wait_for(lambda: gateway.adapters["broker"].status()["connected"])
+            await asyncio.sleep(0.3)  # the adapter's SUBACK
+            for i, (payload, code, said) in enumerate(bad):
+                await mosquitto_pub(mosquitto, f"{base}/update", payload)
+                await wait_for(
+                    lambda i=i: len(collector.on(f"{base}/update/rejected")) == i + 1,  # type: ignore[misc]
+                    message=said,
+                )
+                reply = collector.last(f"{base}/update/rejected")
+                assert reply["code"] == code and said in reply["message"], reply
+            assert (await shadow.get("pump")).desired == {}  # nothing refused was stored
+            rejected = [r for r in caplog.records if "rejected" in r.getMessage()]
+            assert len(rejected) == 1 and not rejected[0].exc_info  # one line for the run
+            # metadata keys (not points) are recorded, not written down the write path
+            for speed in (40, 41):
+                body = {"state": {"desired": {"speed": speed, "area": "north"}}}
+                await mosquitto_pub(mosquitto, f"{base}/update", body)
+                await wait_for(lambda s=speed: device.get_registers("holding", 10) == [s])  # type: ignore[misc]
+            doc = await shadow.get("pump")
+            assert doc.errors["area"]["status"] == "unknown_point"
+            assert not [r for r in caplog.records if "unknown_point" in r.getMessage()]
+    finally:
+        collector.close()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -47,7 +48,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar, cast
 
 from gateway.bus import Bus, Subscription
-from gateway.commands import CommandRouter
+from gateway.commands import CommandRouter, WriteStatus
 from gateway.config.model import ShadowSection
 from gateway.shadow import shadow_topic
 from gateway.shadow.store import ShadowDocument, ShadowError, ShadowStore, VersionConflict
@@ -58,6 +59,40 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PRUNE_INTERVAL = 60.0
+# Limits on one MQTT request, in the spirit of AWS IoT's (8 kB state, 6 levels): a device's
+# desired state is a few setpoints, and one 20,000-key update kept the store busy for minutes.
+MAX_REQUEST_BYTES = 65_536
+MAX_DESIRED_KEYS = 500
+MAX_DEPTH = 6
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads`` that refuses what a shadow cannot echo back as JSON (NaN, Infinity,
+    1e999) or cannot parse safely (absurd nesting, huge integers): ValueError saying why."""
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):
+            raise ValueError(f"{number} is not a finite number")
+        return value
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a number JSON allows")
+
+    try:
+        return json.loads(text, parse_float=finite, parse_constant=refuse)
+    except json.JSONDecodeError as exc:
+        raise ValueError(exc.msg) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
 
 
 class _Publisher(Protocol):
@@ -101,6 +136,7 @@ class ShadowService:
             "record_errors": 0,
         }
         self._recording = FailureStreak(log, "shadow")
+        self._rejections = FailureStreak(log, "shadow", level=logging.INFO)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -236,6 +272,17 @@ class ShadowService:
 
     async def _write(self, device: str, key: str, value: Any) -> None:
         store = self._store()
+        if (device, key) not in self.router.points:
+            # Metadata (a site for topics, say): recorded as unknown_point once per value, not
+            # sent down the write path (a warning per key on every later update).
+            known = self.documents.get(device)
+            previous = known.errors.get(key) if known is not None else None
+            if previous is None or previous.get("value") != value:
+                reason = f"{device} has no point {key!r}: kept as metadata"
+                status = str(WriteStatus.UNKNOWN_POINT)
+                doc = await self._call(partial(store.set_error, device, key, value, status, reason))
+                self.documents[device] = doc
+            return
         self.counters["writes"] += 1
         if isinstance(value, dict | list):
             status, reason = "bad_value", f"{device}/{key}: a point takes a scalar value"
@@ -277,10 +324,13 @@ class ShadowService:
         text = message.samples[0].value if message.samples else ""
         body: Any = {}
         if isinstance(text, str) and text.strip():
+            if len(text) > MAX_REQUEST_BYTES:
+                self._reject(device, action, None, 413, f"over {MAX_REQUEST_BYTES} bytes")
+                return
             try:
-                body = json.loads(text)
-            except json.JSONDecodeError as exc:
-                self._reject(device, action, None, 400, f"invalid JSON: {exc.msg}")
+                body = strict_json(text)
+            except ValueError as exc:
+                self._reject(device, action, None, 400, f"invalid JSON: {exc}")
                 return
         token = body.get("clientToken") if isinstance(body, dict) else None
         if not isinstance(body, dict):
@@ -304,6 +354,10 @@ class ShadowService:
         if not isinstance(desired, dict):
             self._reject(device, action, token, 400, "state.desired must be an object")
             return
+        if len(desired) > MAX_DESIRED_KEYS or _depth(desired) > MAX_DEPTH:
+            why = f"state.desired: at most {MAX_DESIRED_KEYS} keys, nested at most {MAX_DEPTH} deep"
+            self._reject(device, action, token, 400, why)
+            return
         try:
             doc = await self.update(device, desired, body.get("version"))
         except VersionConflict:
@@ -319,6 +373,7 @@ class ShadowService:
             "version": doc.version,
             "timestamp": doc.timestamp,
         }
+        self._rejections.succeeded()
         self._publish(shadow_topic(self._prefix, device, "update/accepted"), accepted, token)
         delta = doc.delta
         if delta:
@@ -331,8 +386,8 @@ class ShadowService:
         return self.config.mqtt.prefix
 
     def _reject(self, device: str, action: str, token: Any, code: int, text: str) -> None:
-        self.counters["rejected"] += 1
-        log.info("shadow: %s of %s rejected: %s %s", action, device, code, text)
+        self.counters["rejected"] += 1  # a client sending garbage in a loop: not a log line each
+        self._rejections.failed(f"{action} of {device} rejected: {code} {text}", traceback=False)
         body = {"code": code, "message": text, "timestamp": time.time()}
         self._publish(shadow_topic(self._prefix, device, f"{action}/rejected"), body, token)
 
