@@ -23,11 +23,17 @@ log = logging.getLogger("gateway")
 
 
 def _setup_logging(level: str) -> None:
+    from gateway.streak import throttle_noisy_loggers
+
+    chosen = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=chosen,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    throttle_noisy_loggers()  # a flood of bad packets is a line every 10 s, not one each
+    if chosen > logging.DEBUG:  # asyncua says 'add_node: ... does not exists' per node at start
+        logging.getLogger("asyncua.server.address_space").setLevel(logging.WARNING)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -128,3 +128,36 @@ async def test_a_target_that_rejects_every_message_is_logged_once_per_run(
     assert "broker unreachable" in said[0]
     assert any("works again after 50 failures" in m for m in said), said
     assert bridge.status()["failed"] == 50 and bridge.status()["forwarded"] == 1
+
+
+def test_throttle_keeps_one_record_per_interval_without_its_traceback() -> None:
+    import logging
+
+    from gateway.streak import Throttle
+
+    now = [0.0]
+    throttle = Throttle(10.0, clock=lambda: now[0])
+    logger = logging.getLogger("test.throttle")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger.addHandler(Keep())
+    logger.addFilter(throttle)
+    logger.propagate = False
+    for i in range(100):
+        try:
+            raise ValueError(f"bad peer {i}")
+        except ValueError:
+            logger.exception("Exception raised while processing message from %s", "client")
+        now[0] += 0.01
+    assert len(records) == 1 and records[0].exc_info is None
+    assert records[0].getMessage() == (
+        "Exception raised while processing message from client (ValueError('bad peer 0'))"
+    )
+    now[0] += 10.0
+    logger.error("Exception raised while processing message from %s", "100%")
+    assert len(records) == 2
+    assert records[1].getMessage().endswith("from 100% [99 more like it in the last 10 s]")
