@@ -8,8 +8,13 @@ registers through the bridge, the write rules and the reverse scaling.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -29,6 +34,7 @@ from protocols.modbus.frames import (
     WriteMultipleRegisters,
     WriteSingleRegister,
     build_frame,
+    encode_request,
 )
 from protocols.modbus.server import ModbusServerAdapter, bad_code
 from protocols.modbus.simulator import SimulatedDevice, Simulator
@@ -60,6 +66,7 @@ endpoints:
     host: 127.0.0.1
     port: {server_port}
     unit_ids: [1, 2]
+{server}
 bridges:
   - name: serve
     from: plc
@@ -88,7 +95,8 @@ class Plant:
 
 
 @contextlib.asynccontextmanager
-async def plant(simulator: Simulator) -> AsyncIterator[Plant]:
+async def plant(simulator: Simulator, server: str = "") -> AsyncIterator[Plant]:
+    """The gateway serving the simulated device; ``server``: more lines of the server's config."""
     device = await simulator.add_device(size=40, name="plc")
     device.set_registers(Table.HOLDING, 0, [42])
     device.set_value(Table.HOLDING, 1, -153, DataType.INT16)  # -15.3 degC
@@ -97,7 +105,7 @@ async def plant(simulator: Simulator) -> AsyncIterator[Plant]:
     device.set_value(Table.HOLDING, 6, -3.25, DataType.FLOAT32, ByteOrder.CDAB)
     device.set_value(Table.HOLDING, 8, 70000, DataType.UINT32)
     device.set_bits(Table.COIL, 0, [True])
-    text = CONFIG.format(device_port=device.port, server_port=free_port())
+    text = CONFIG.format(device_port=device.port, server_port=free_port(), server=server)
     async with running_gateway(text) as gateway:
         server = gateway.adapters["mb"]
         assert isinstance(server, ModbusServerAdapter)
@@ -251,6 +259,143 @@ async def test_device_down_reads_and_writes_get_0b(simulator: Simulator) -> None
         assert await mbpoll_read(p.port, "-0", "-r", "0", "-t", "4") == {0: "42"}
 
 
+def burst_and_reset(port: int, requests: int) -> bytes:
+    """Send ``requests`` reads in one write, read the first bytes back, close with a reset."""
+    pdu = encode_request(ReadRequest(HOLDING, 0, 3))
+    data = b"".join(build_frame(i & 0xFFFF, 1, pdu) for i in range(requests))
+    with socket.create_connection((HOST, port)) as sock:
+        sock.sendall(data)
+        first = sock.recv(5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return first
+
+
+async def test_a_client_resetting_with_requests_queued_does_not_flood_the_log(
+    simulator: Simulator, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # without the CLI's throttle (another test may have left it): the server's own doing
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
+    async with plant(simulator) as p:
+        caplog.set_level(logging.DEBUG, logger="asyncio")
+        caplog.clear()
+        for requests in (250, 500, 5000):  # from a thread: the server answers meanwhile
+            assert await asyncio.to_thread(burst_and_reset, p.port, requests)
+        await wait_for(lambda: p.server.status()["connections"] == 0, message="all closed")
+        # before: "socket.send() raised exception." once per response after the reset
+        assert len(caplog.records) <= 5, [r.getMessage() for r in caplog.records[:5]]
+        assert await mbpoll_read(p.port, "-0", "-r", "0", "-t", "4") == {0: "42"}
+
+
+@contextlib.asynccontextmanager
+async def polling(port: int) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """A client reading every 50 ms; what it yields stops it and says how many reads it made
+    (each one answered: a failed read fails the test)."""
+    client = await RawClient.connect(port)
+    stop = asyncio.Event()
+
+    async def poll() -> int:
+        reads = 0
+        while not stop.is_set():
+            assert await client.call(ReadRequest(HOLDING, 0, 1)) == [42]
+            reads += 1
+            await asyncio.sleep(0.05)
+        return reads
+
+    task = asyncio.create_task(poll())
+
+    async def finish() -> int:
+        stop.set()
+        return await task
+
+    try:
+        yield finish
+    finally:
+        stop.set()
+        task.cancel()
+        await client.close()
+
+
+def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+EVICT_AFTER = 1.0
+LIMITED = f"    max_connections: {{}}\n    idle_evict_after: {EVICT_AFTER}\n    idle_timeout: {{}}"
+
+
+async def test_idle_connections_make_room_for_a_new_client(
+    simulator: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with plant(simulator, LIMITED.format(4, 0)) as p:
+        idle = [await RawClient.connect(p.port) for _ in range(4)]
+        try:
+            await wait_for(lambda: p.server.status()["connections"] == 4, message="4 open")
+            for _ in range(3):  # none idle for EVICT_AFTER yet: refused, logged once
+                newcomer = await RawClient.connect(p.port)
+                assert await newcomer.closed()
+                await newcomer.close()
+            assert p.server.status()["connections_refused"] == 3
+            assert len(lines(caplog, "refused")) == 1
+            await asyncio.sleep(EVICT_AFTER + 0.2)
+            newcomers = [await RawClient.connect(p.port) for _ in range(3)]
+            idle += newcomers
+            for client in newcomers:
+                assert await client.call(ReadRequest(HOLDING, 0, 1)) == [42]
+            for client in idle[:3]:  # those idle longest made room, in order
+                assert await client.closed()
+            # a SCADA client reconnecting: the last of the idle sockets makes room for it
+            assert await mbpoll_read(p.port, "-0", "-r", "0", "-t", "4") == {0: "42"}
+            assert await idle[3].closed()
+            status = p.server.status()
+            assert status["connections_evicted"] == 4 and status["connections_refused"] == 3
+            assert len(lines(caplog, "to admit")) == 1
+            assert len(lines(caplog, "new connections: works again after 3 failures")) == 1
+        finally:
+            for client in idle:
+                await client.close()
+
+
+async def test_an_active_connection_is_not_evicted(simulator: Simulator) -> None:
+    async with plant(simulator, LIMITED.format(2, 0)) as p, polling(p.port) as reads:
+        idle = await RawClient.connect(p.port)
+        try:
+            await asyncio.sleep(EVICT_AFTER + 0.2)
+            newcomer = await RawClient.connect(p.port)
+            assert await newcomer.call(ReadRequest(HOLDING, 0, 1)) == [42]
+            assert await idle.closed()
+            # the poller and a newcomer that just arrived: both active, the next is refused
+            late = await RawClient.connect(p.port)
+            assert await late.closed()
+            await late.close()
+            await asyncio.sleep(EVICT_AFTER + 0.2)  # the newcomer goes idle: it makes room
+            late = await RawClient.connect(p.port)
+            assert await late.call(ReadRequest(HOLDING, 0, 1)) == [42]
+            assert await newcomer.closed()
+            await late.close()
+            await newcomer.close()
+            assert await reads() > 10  # never interrupted
+            status = p.server.status()
+            assert status["connections_evicted"] == 2 and status["connections_refused"] == 1
+        finally:
+            await idle.close()
+
+
+async def test_an_idle_connection_is_closed_after_idle_timeout(simulator: Simulator) -> None:
+    async with plant(simulator, LIMITED.format(64, 0.5)) as p, polling(p.port) as reads:
+        idle = await RawClient.connect(p.port)
+        try:
+            assert await idle.call(ReadRequest(HOLDING, 0, 1)) == [42]
+            started = time.monotonic()
+            assert await idle.closed()
+            assert time.monotonic() - started >= 0.4
+            await asyncio.sleep(0.3)
+            assert await reads() > 5  # the active one stays
+            status = p.server.status()
+            assert status["connections_idle_closed"] == 1 and status["connections"] == 1
+        finally:
+            await idle.close()
+
+
 def test_bad_sample_codes() -> None:
     assert bad_code(Sample("x", None, Quality.BAD, reason="timeout")) == 0x0B
     assert bad_code(Sample("x", None, Quality.BAD, reason="connection lost")) == 0x0B
@@ -323,3 +468,19 @@ def test_a_map_naming_a_point_the_bridge_lacks_is_not_served() -> None:
     assert isinstance(server, ModbusServerAdapter)
     assert len(server.entries) == 1 and len(server.map_errors) == 1
     assert "nope" in server.map_errors[0]
+
+
+def test_idle_timeout_zero_or_null_disables_it_a_negative_one_is_refused() -> None:
+    for value, expected in (("null", None), ("0", 0.0), ("30", 30.0)):
+        text = ROUTE.format(entries="      - {point: a, address: 0}")
+        server = Gateway(load_config_text(text.replace("1502", f"1502, idle_timeout: {value}")))
+        adapter = server.adapters["mb"]
+        assert isinstance(adapter, ModbusServerAdapter)
+        assert adapter.config.idle_timeout == expected and adapter.config.idle_evict_after == 10
+    text = ROUTE.format(entries="      - {point: a, address: 0}").replace(
+        "1502", "1502, idle_timeout: -1, idle_evict_after: 0"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text)
+    found = {p.dotted for p in info.value.problems}
+    assert found == {"endpoints.mb.idle_timeout", "endpoints.mb.idle_evict_after"}

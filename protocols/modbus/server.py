@@ -35,6 +35,14 @@ order and stops at the first refusal, whose exception is the answer (those befor
 written: Modbus has no partial success to report). A connection handles its requests in order:
 while a write waits for the device, that connection's later requests wait too (reading is
 paused), other connections are served. A malformed MBAP header closes only its connection.
+
+Connections: a client that resets its connection has its queued requests dropped, unanswered (so
+that asyncio does not log a failed send per response). A connection with no complete request for
+``idle_timeout`` seconds is closed. When ``max_connections`` are open, a newcomer takes the slot
+of the connection idle longest if that one has had no request for ``idle_evict_after`` seconds
+(as many PLCs do: a SCADA client that reconnects is not locked out by the sockets it left
+behind); otherwise it is refused. Refusals and such evictions are logged once per run, and
+counted.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.adapter import Adapter, AdapterContext
 from gateway.commands import WriteStatus
+from gateway.streak import FailureStreak
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.modbus.codec import (
     ByteOrder,
@@ -349,6 +358,8 @@ class Counters:
     frame_errors: int = 0
     connections_total: int = 0
     connections_refused: int = 0
+    connections_evicted: int = 0  # closed to make room for a newcomer
+    connections_idle_closed: int = 0  # closed after idle_timeout
 
 
 class ModbusServerAdapter(Adapter):
@@ -367,6 +378,9 @@ class ModbusServerAdapter(Adapter):
         self.port = config.port
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        # a client that cannot get in, or one closed for it, is a warning, not our error
+        self._refusals = FailureStreak(log, f"{name}: new connections", level=logging.WARNING)
+        self._evictions = FailureStreak(log, f"{name}: connection slots", level=logging.WARNING)
 
     # -- the map
 
@@ -512,6 +526,46 @@ class ModbusServerAdapter(Adapter):
             self.counters.writes_ok += 1
         return build_frame(frame.transaction_id, frame.unit_id, pdu)
 
+    # -- connections
+
+    def admit(self, newcomer: _Connection) -> bool:
+        """Whether ``newcomer`` gets a slot: a free one, or that of the connection idle longest."""
+        connections = self._connections
+        if len(connections) < self.config.max_connections:
+            self._evictions.succeeded()
+        else:
+            idlest = self._idlest()
+            if idlest is None:
+                self.counters.connections_refused += 1
+                self._refusals.failed(
+                    f"{newcomer.origin} refused: all {len(connections)} connections had a "
+                    f"request in the last {self.config.idle_evict_after:g} s",
+                    traceback=False,
+                )
+                return False
+            victim, idle = idlest
+            self.counters.connections_evicted += 1
+            self._evictions.failed(
+                f"all {len(connections)} taken, closed {victim.origin} (no request for "
+                f"{idle:.1f} s) to admit {newcomer.origin}",
+                traceback=False,
+            )
+            victim.abort()
+            connections.discard(victim)  # its connection_lost comes later, from the loop
+        self._refusals.succeeded()
+        connections.add(newcomer)
+        self.counters.connections_total += 1
+        return True
+
+    def _idlest(self) -> tuple[_Connection, float] | None:
+        """The connection idle longest and for how long, if at least ``idle_evict_after``."""
+        now = asyncio.get_running_loop().time()
+        idle = [(now - c.idle_since, c) for c in self._connections if c.idle_since is not None]
+        if not idle:
+            return None
+        seconds, victim = max(idle, key=lambda pair: pair[0])
+        return (victim, seconds) if seconds >= self.config.idle_evict_after else None
+
     def _exception(self, function: int, code: int) -> bytes:
         key = f"{code:02X}"
         exceptions = self.counters.exceptions
@@ -527,6 +581,8 @@ class ModbusServerAdapter(Adapter):
             "connections": len(self._connections),
             "connections_total": c.connections_total,
             "connections_refused": c.connections_refused,
+            "connections_evicted": c.connections_evicted,
+            "connections_idle_closed": c.connections_idle_closed,
             "requests": c.requests,
             "exceptions": dict(c.exceptions),
             "frame_errors": c.frame_errors,
@@ -542,62 +598,87 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: ModbusServerAdapter) -> None:
         self._server = server
+        self._loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
         self._writing: asyncio.Task[None] | None = None
-        self._origin = "modbus"
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.origin = "modbus"
+        # loop time of the latest complete request (or answered write, or connecting); None
+        # while a write waits for its device: that connection is busy, not idle
+        self.idle_since: float | None = self._loop.time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        server = self._server
-        if len(server._connections) >= server.config.max_connections:
-            server.counters.connections_refused += 1
-            log.warning("%s: connection refused, %d open", server.name, len(server._connections))
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.origin = f"modbus:{peer[0]}:{peer[1]}"
+        if not self._server.admit(self):
             transport.abort()
             return
         self._transport = transport
-        peer = transport.get_extra_info("peername") or ("?", 0)
-        self._origin = f"modbus:{peer[0]}:{peer[1]}"
-        server._connections.add(self)
-        server.counters.connections_total += 1
+        timeout = self._server.config.idle_timeout
+        if timeout:
+            self._idle_timer = self._loop.call_later(timeout, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
-        self._transport = None
+        self._transport = None  # stops _serve: requests still queued are not answered
         if self._writing is not None:
             self._writing.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
 
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+    def _check_idle(self) -> None:
+        """Close the connection after idle_timeout without a request; else check again then."""
+        timeout = self._server.config.idle_timeout or 0.0
+        since = self._loop.time() if self.idle_since is None else self.idle_since
+        left = since + timeout - self._loop.time()
+        if left > 0:
+            self._idle_timer = self._loop.call_later(left, self._check_idle)
+            return
+        self._idle_timer = None
+        self._server.counters.connections_idle_closed += 1
+        log.info("%s: closing %s: no request for %g s", self._server.name, self.origin, timeout)
+        self.abort()
 
     def data_received(self, data: bytes) -> None:
         self._decoder.receive_data(data)
         self._serve()
 
     def _serve(self) -> None:
-        """Answer every complete frame, until a write has to wait for its device."""
-        transport = self._transport
+        """Answer every complete frame, until a write has to wait for its device or the
+        connection closes (a client that pipelined hundreds of requests and reset would
+        otherwise get a send, and asyncio a warning, per remaining response)."""
         server = self._server
         try:
-            while transport is not None and self._writing is None:
+            while self._writing is None:
+                transport = self._transport
+                if transport is None or transport.is_closing():
+                    return
                 frame = self._decoder.next_frame()
                 if frame is None:
                     return
-                response = server.handle(frame, self._origin)
+                self.idle_since = self._loop.time()
+                response = server.handle(frame, self.origin)
                 if isinstance(response, bytes):
                     transport.write(response)
                     continue
+                self.idle_since = None
                 transport.pause_reading()  # back-pressure: this client waits for its write
                 self._writing = asyncio.ensure_future(self._finish(response))
         except FrameError as exc:
             server.counters.frame_errors += 1
-            log.info("%s: closing %s: %s", server.name, self._origin, exc)
+            log.info("%s: closing %s: %s", server.name, self.origin, exc)
             self.abort()
 
     async def _finish(self, response: Coroutine[Any, Any, bytes]) -> None:
         answer = await response
         self._writing = None
+        self.idle_since = self._loop.time()
         transport = self._transport
         if transport is None or transport.is_closing():
             return

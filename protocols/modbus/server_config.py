@@ -34,7 +34,23 @@ class ModbusServer(Strict):
         description="unit ids answered; a request for another gets exception 0A",
     )
     max_connections: int = Field(
-        64, ge=1, le=10000, description="clients served at once; more are refused"
+        64,
+        ge=1,
+        le=10000,
+        description="clients served at once; when all are taken, a newcomer takes the slot of "
+        "the connection idle longest (see idle_evict_after), or is refused if none is",
+    )
+    idle_evict_after: float = Field(
+        10.0,
+        gt=0,
+        description="seconds without a request after which a connection may be closed to make "
+        "room for a newcomer when max_connections are open; busier ones are never closed",
+    )
+    idle_timeout: float | None = Field(
+        300.0,
+        ge=0,
+        description="seconds without a request after which a connection is closed; 0 or null: "
+        "never",
     )
     write_timeout: float = Field(
         5.0, gt=0, le=60, description="seconds a write waits for the device's acknowledgement"
