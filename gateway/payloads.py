@@ -19,7 +19,11 @@ added to ``t``, ``bu`` is the default ``u``, ``bv``/``bs`` are added to ``v``/``
 field stays in force until a later record changes it. A resolved time below 2**28 is relative to
 now (section 4.5.3). ``bver`` above 10, and any unknown field ending in ``_`` (must-understand),
 are refused. A record needs a value (``v``, ``vs``, ``vb`` or ``s``); ``vd`` (binary data) has no
-place on the bus and is refused.
+place on the bus and is refused. A resolved time outside `TIME_RANGE` (1970 to 2200) is refused:
+no clock reads it, and targets that store dates would fail on it later.
+
+Numbers must be finite: NaN, infinities (``1e999`` included) and integers beyond a float's range
+are refused in every format, so are JSON nested deeper than Python can parse.
 
 In JSON and CBOR objects, nested objects are flattened with dots (``{"a": {"b": 1}}`` gives
 ``a.b``) and arrays inside an object are skipped; a top-level array is refused (it is probably
@@ -45,12 +49,14 @@ __all__ = [
     "decode",
     "encode",
     "format_of",
+    "load_json",
 ]
 
 Decoded: TypeAlias = tuple[str | None, Value, float | None, str | None]
 
 SENML_VERSION = 10
 RELATIVE_LIMIT = 2**28  # SenML: a resolved time below this is relative to now
+TIME_RANGE = (0.0, 7_258_118_400.0)  # Unix seconds of 1970-01-01 and 2200-01-01
 
 
 class PayloadError(ValueError):
@@ -202,14 +208,79 @@ def decode(payload: bytes, fmt: Format | int | str) -> list[Decoded]:
         return [(None, _parse_text(_utf8(payload)), None, None)]
     if fmt in (Format.JSON, Format.SENML_JSON):
         try:
-            data = json.loads(_utf8(payload))
+            data = load_json(_utf8(payload))
         except json.JSONDecodeError as exc:
             raise PayloadError(f"not JSON: {exc}") from None
     else:
         data = _load_cbor(payload)
-    if fmt in (Format.JSON, Format.CBOR):
-        return _from_object(data, fmt)
+    try:
+        if fmt in (Format.JSON, Format.CBOR):
+            return _from_object(data, fmt)
+    except RecursionError:  # _flatten, on objects nested nearly as deep as the parser allows
+        raise PayloadError(_TOO_DEEP) from None
     return _from_senml(data, cbor=fmt is Format.SENML_CBOR)
+
+
+_TOO_DEEP = "nested too deeply"
+
+
+def load_json(text: str) -> Any:
+    """JSON text as Python data: `json.JSONDecodeError` when it is not JSON (callers word that
+    their way), `PayloadError` when it is not JSON of finite numbers that Python can parse.
+
+    ``json.loads`` alone takes NaN, Infinity and 1e999 (inf), raises a bare ValueError for an
+    integer of over 4300 digits and RecursionError for deep nesting (``[`` * 100000): a caller
+    that expects only a payload's errors would be taken down by those.
+    """
+    try:
+        return json.loads(
+            text, parse_constant=_json_constant, parse_float=_json_float, parse_int=_json_int
+        )
+    except RecursionError:
+        raise PayloadError(_TOO_DEEP) from None
+
+
+def _json_constant(name: str) -> Any:
+    raise PayloadError(f"{name} is not a finite number")
+
+
+def _json_float(text: str) -> float:
+    number = float(text)
+    require_finite(number, text)
+    return number
+
+
+def _json_int(text: str) -> int:
+    # Past 310 characters no float holds it (and int() refuses it past 4300 digits).
+    number = int(text) if len(text) <= 310 else math.inf
+    require_finite(number, text)
+    return int(number)
+
+
+def require_finite(number: float, shown: object, where: str = "") -> None:
+    """`PayloadError` showing ``shown`` (after ``where``) unless a float holds ``number``.
+
+    Integers count too: one beyond 1.8e308 fails ``float()`` wherever the value goes next."""
+    try:
+        if math.isfinite(number):
+            return
+    except OverflowError:  # an int too large for a float
+        pass
+    raise PayloadError(f"{where}{_clip(shown)} is not a finite number")
+
+
+def _clip(shown: object) -> str:
+    """A value for an error message: the reason must stay readable for a 60,000-digit number."""
+    text = shown if isinstance(shown, str) else repr(shown)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def check_time(when: float, what: str, shown: object = None) -> None:
+    """`PayloadError` naming ``what`` (and showing ``shown``, else ``when``) unless ``when``
+    (Unix seconds) lies in `TIME_RANGE`."""
+    if not TIME_RANGE[0] <= when < TIME_RANGE[1]:
+        value = _clip(when if shown is None else shown)
+        raise PayloadError(f"{what} {value} is not between 1970-01-01 and 2200-01-01")
 
 
 def _utf8(payload: bytes) -> str:
@@ -241,25 +312,23 @@ def _parse_text(text: str) -> Value:
         return True
     if lowered in _FALSE:
         return False
+    number: int | float
     try:
-        return int(word)
-    except ValueError:
-        pass
-    try:
-        number = float(word)
-    except ValueError:
-        return word
-    if not math.isfinite(number):
-        raise PayloadError(f"{word!r} is not a finite number")
+        number = int(word)
+    except ValueError:  # not an integer, or over 4300 digits (float() reads those as inf)
+        try:
+            number = float(word)
+        except ValueError:
+            return word
+    require_finite(number, word)
     return number
 
 
 def _scalar(value: Any, where: str) -> Value:
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, str)):
         return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise PayloadError(f"{where}: {value} is not a finite number")
+    if isinstance(value, (int, float)):
+        require_finite(value, value, f"{where}: ")
         return value
     raise PayloadError(f"{where}: a {type(value).__name__} is not a value")
 
@@ -323,6 +392,7 @@ def _from_senml(data: Any, *, cbor: bool) -> list[Decoded]:
         when = base_time + (_number(record, "t", where) if "t" in record else 0.0)
         if when < RELATIVE_LIMIT:
             when += now
+        check_time(when, f"{where}: time (bt + t)")
         unit = _typed(record, "u", str, where) if "u" in record else base_unit
         out.append((name or None, value, when, unit))
     return out
@@ -351,8 +421,7 @@ def _number(record: dict[str, Any], key: str, where: str) -> float:
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PayloadError(f"{where}: {key} must be a number, not {value!r}")
-    if not math.isfinite(value):
-        raise PayloadError(f"{where}: {key} is not a finite number")
+    require_finite(value, key, f"{where}: ")
     return value
 
 

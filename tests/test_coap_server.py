@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import cbor2
+import pytest
 from conftest import HOST, find_binary, free_port, modbus_device_yaml, wait_for
 from test_opcua_server import running_gateway
 
@@ -164,6 +165,26 @@ async def test_refused_writes_and_bad_requests(simulator: Simulator) -> None:
             assert await p.coap("-A", "0", path="/pump/level") == (0, "42.5")
         assert p.device.get_registers("holding", 20, 1) == [425]
         assert p.server.status()["writes"] == {"out_of_range": 1}
+
+
+async def test_payloads_past_pythons_limits_are_bad_requests(
+    simulator: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RecursionError and OverflowError answered 5.00, with a traceback in the log, before.
+    async with plant(simulator) as p:
+        cases = [
+            ("[" * 3000, "50", "4.00 nested too deeply"),
+            ("1" * 60_000, "0", "4.00 11111111111111111111... (60000 characters) is not a"),
+            ("1" * 400, "0", "4.00 11111111111111111111... (400 characters) is not a"),
+            ('{"level": NaN}', "50", "4.00 NaN is not a finite number"),
+            ("inf", "0", "4.00 inf is not a finite number"),
+        ]
+        for payload, fmt, answer in cases:
+            _, out = await p.coap("-m", "put", "-e", payload, "-t", fmt, path="/pump/level")
+            assert out.startswith(answer), (payload[:10], out[:200])
+        assert await p.coap("-A", "0", path="/pump/level") == (0, "42.5")
+    assert p.device.get_registers("holding", 20, 1) == [425]
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
 
 
 async def test_cbor_formats(simulator: Simulator) -> None:

@@ -286,6 +286,12 @@ def test_decode_json(payload: bytes, value: object) -> None:
         (b"[1, 2]", "got list"),
         (b'{"value": {"a": 1}}', "got dict"),
         (b"\xff\xfe", "not UTF-8"),
+        (b"[" * 100_000, "nested too deeply"),  # RecursionError before
+        (b"1" + b"0" * 5000, "is not a finite number"),  # ValueError (4300 digits) before
+        (b'{"value": NaN}', "NaN is not a finite number"),
+        (b"-Infinity", "-Infinity is not a finite number"),
+        (b'{"value": 1e999}', "1e999 is not a finite number"),
+        (b'{"value": 1, "ts": 1e300}', "ts 1e+300 is not between 1970"),
     ],
 )
 def test_decode_json_errors_name_the_topic(payload: bytes, why: str) -> None:

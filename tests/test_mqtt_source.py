@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 from asyncua import Client, ua
 from conftest import HOST, MosquittoBroker, find_binary, free_port, wait_for
@@ -119,6 +120,51 @@ def test_bad_payloads_are_errors_not_samples(payload: bytes, why: str) -> None:
     assert isinstance(errors[0], PayloadError) and why in str(errors[0])
 
 
+@pytest.mark.parametrize(
+    ("point", "payload", "why"),
+    [
+        ({"field": "temperature"}, b'{"temperature": NaN}', "NaN is not a finite number"),
+        ({}, b"Infinity", "Infinity is not a finite number"),
+        ({}, b'{"value": 1e999}', "1e999 is not a finite number"),
+        ({"format": "senml"}, b'[{"n": "t", "v": -Infinity}]', "-Infinity is not a finite"),
+        ({"format": "senml"}, b'[{"n": "t", "v": 1e999}]', "1e999 is not a finite number"),
+        ({"format": "text", "type": "float64"}, b"nan", "'t': nan is not a finite number"),
+        ({"format": "text", "type": "float64"}, b"1e999", "1e999 is not a finite number"),
+        # Python's limits: RecursionError and ValueError escaped the decoder before
+        ({}, b"[" * 100_000, "invalid JSON (nested too deeply)"),
+        ({"format": "senml"}, b"[" * 100_000, "bad SenML: nested too deeply"),
+        ({}, b"1" * 5000, "(5000 characters) is not a finite number"),
+        # timestamps no clock reads: an OPC UA target failed on them later (OverflowError)
+        ({"field": "temperature"}, b'{"temperature": 21.5, "ts": 1e300}', "ts 1e+300 is not"),
+        ({}, b'{"value": 21.5, "ts": -1e18}', "ts -1e+18 is not between 1970-01-01"),
+        ({}, b'{"value": 21.5, "time": 9e12}', "time 9000000000000.0 is not between"),  # ms
+        ({}, b'{"value": 1, "ts": "9999-01-01T00:00:00Z"}', "ts 9999-01-01T00:00:00Z is not"),
+        ({"format": "senml"}, b'[{"n": "t", "v": 1, "t": 1e300}]', r"time (bt + t) 1e+300"),
+    ],
+)
+def test_non_finite_numbers_nesting_and_absurd_times_are_errors(
+    point: dict[str, Any], payload: bytes, why: str
+) -> None:
+    d = decoder({"name": "a", "topic": "t", **point})
+    samples, errors = d.decode("t", payload)
+    assert samples == [] and len(errors) == 1
+    assert isinstance(errors[0], PayloadError) and why in str(errors[0])
+
+
+def test_sane_times_and_numeric_text_are_read() -> None:
+    d = decoder(
+        {"name": "a", "topic": "t"},
+        {"name": "x", "topic": "x", "format": "text", "type": "float64"},
+        {"name": "s", "topic": "s", "format": "text"},
+    )
+    samples, _ = d.decode("t", json.dumps({"value": 1, "ts": T0 * 1000}).encode())
+    assert samples[0].source_ts == pytest.approx(T0)  # milliseconds, within range
+    samples, _ = d.decode("x", b" 21.5\n")
+    assert samples[0].value == 21.5
+    samples, _ = d.decode("s", b"NaN")
+    assert samples[0].value == "NaN"  # a string point: text, not a number
+
+
 def test_point_config_rules() -> None:
     with pytest.raises(ValidationError, match="needs a command_topic"):
         MqttPoint(name="a", topic="t", access="rw")  # type: ignore[arg-type]
@@ -179,10 +225,10 @@ async def source_gateway(
         yield gateway, mqtt
 
 
-async def pub(broker: MosquittoBroker, topic: str, payload: str) -> None:
+async def pub(broker: MosquittoBroker, topic: str, payload: str, *options: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         find_binary("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port),
-        "-q", "1", "-t", topic, "-m", payload,
+        "-q", "1", "-t", topic, "-m", payload, *options,
     )  # fmt: skip
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 
@@ -269,3 +315,45 @@ async def test_broker_down_writes_fail_now_and_points_go_bad(
         result = await gateway.router.write("sensors", "setpoint", 40.0, origin="test")
         assert result.status == "unreachable" and loop.time() - t0 < 1.0
         seen.close()
+
+
+async def test_retained_unparsable_payload_does_not_drop_the_connection(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    # Retained: the broker hands it over on every (re)subscription. The RecursionError it raised
+    # escaped into paho's loop, which dropped the connection: a reconnect loop, 3.6 a second.
+    await pub(mosquitto, "plant/boiler/temp", "[" * 100_000, "-r")
+    async with source_gateway(mosquitto, tmp_path) as (gateway, mqtt):
+        seen = gateway.bus.subscribe("telemetry/sensors", maxsize=100, name="test")
+        await wait_for(lambda: mqtt.status()["bad_payloads"] >= 1, timeout=10)
+        await asyncio.sleep(2.0)
+        status = mqtt.status()
+        assert status["connected"] and status["reconnects"] == 0
+        assert status["bad_payloads"] == 1 and status["last_error"] is None
+        await pub(mosquitto, "plant/boiler/temp", "21.5")
+        while True:
+            message = await asyncio.wait_for(seen.get(), 10)
+            if any(s.point == "temp" and s.value == 21.5 for s in message.samples):
+                break
+        seen.close()
+
+
+def test_no_exception_escapes_into_the_network_loop(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+
+    config = MqttEndpoint.model_validate({"host": HOST, "points": [{"name": "a", "topic": "t"}]})
+    mqtt = MqttAdapter("src", config, AdapterContext(Bus(), "gw"))
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("a bug in reading")
+
+    mqtt._points.decode = broken  # type: ignore[method-assign]
+    message = paho.MQTTMessage(topic=b"t")
+    message.payload = b"1"
+    for _ in range(3):
+        mqtt._on_message(mqtt._client, None, message)  # type: ignore[arg-type]
+    assert mqtt.status()["bad_payloads"] == 3 and mqtt.status()["received"] == 3
+    logged = [r for r in caplog.records if "a bug in reading" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # once per log interval
+    assert "unexpected RuntimeError" in logged[0].getMessage()

@@ -180,11 +180,42 @@ def test_senml_round_trip_all_types() -> None:
         (b'[{"n":5,"v":1}]', 110, "n must be a str"),
         (b'[{"n":"a","vb":1}]', 110, "vb must be a bool"),
         (cbor2.dumps([{99: 1}]), 112, "unknown SenML CBOR label 99"),
+        # Python's own limits: RecursionError, ValueError and OverflowError before.
+        (b"[" * 3000, 50, "nested too deeply"),
+        (b"[" * 100_000, 110, "nested too deeply"),
+        (b'{"a": 1' + b"0" * 5000 + b"}", 50, r"10000000000000000000\.\.\. \(5001 characters\)"),
+        (b"1" * 60_000, 0, r"^11111111111111111111\.\.\. \(60000 characters\) is not a finite"),
+        (b"1" * 400, 0, "not a finite number"),  # an int, but no float holds it
+        (b"-1" + b"0" * 400, 50, "not a finite number"),
+        (cbor2.dumps({"a": 10**400}), 60, "a: 1000.* is not a finite number"),
+        (b'{"a": NaN}', 50, "NaN is not a finite number"),
+        (b'{"a": [Infinity]}', 50, "Infinity is not a finite number"),  # even where skipped
+        (b'{"a": 1e999}', 50, "1e999 is not a finite number"),
+        (b'[{"n":"a","v":-1e999}]', 110, "-1e999 is not a finite number"),
+        (b"-inf", 0, "not a finite number"),
+        (b'[{"n":"a","v":1,"t":1e300}]', 110, r"record 0: time \(bt \+ t\) 1e\+300 is not betw"),
+        (b'[{"bt":-1e18,"n":"a","v":1}]', 110, "time .* is not between 1970-01-01 and 2200"),
+        (b'[{"bt":1e10,"n":"a","v":1}]', 110, "not between"),  # 2286
     ],
 )
 def test_bad_input(payload: bytes, fmt: int, reason: str) -> None:
     with pytest.raises(PayloadError, match=reason):
         decode(payload, fmt)
+
+
+def test_objects_nested_to_the_parser_limit_are_refused_or_read() -> None:
+    depth = 2000  # deeper than the default recursion limit: json.loads refuses it
+    with pytest.raises(PayloadError, match="nested too deeply"):
+        decode(b'{"a":' * depth + b"1" + b"}" * depth, 50)
+    [(name, value, _, _)] = decode(b'{"a":' * 50 + b"1" + b"}" * 50, 50)
+    assert name == ".".join(["a"] * 50) and value == 1
+
+
+def test_times_within_range_are_kept() -> None:
+    [(_, _, when, _)] = decode(b'[{"n":"a","v":1,"t":7258118399}]', 110)  # 2199-12-31
+    assert when == 7258118399
+    [(_, value, _, _)] = decode(b"1" * 300, 0)  # a large int a float still holds
+    assert value == int("1" * 300)
 
 
 def test_payload_error_is_value_error() -> None:

@@ -1399,6 +1399,14 @@ class MqttAdapter(Adapter):
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self.received += 1
+        try:
+            self._read_message(msg)
+        except Exception as exc:
+            # Last line of defence: paho takes an exception out of a callback for a read error
+            # and drops the connection, and a retained message would then drop every reconnect.
+            self._bad_payload(exc, unexpected=True)
+
+    def _read_message(self, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
         if self._points.points and self._points.points_for(topic):
             samples, errors = self._points.decode(topic, bytes(msg.payload))
@@ -1442,17 +1450,22 @@ class MqttAdapter(Adapter):
             self._payload_modes[topic] = mode
         return mode
 
-    def _bad_payload(self, exc: Exception) -> None:
+    def _bad_payload(self, exc: Exception, *, unexpected: bool = False) -> None:
+        """Count a payload that could not be read; log at most once per log interval.
+
+        ``unexpected``: not a `PayloadError` but a bug in reading it, logged with its traceback."""
         self.bad_payloads += 1
         self._bad_since_log += 1
         now = time.monotonic()
         if now - self._last_bad_log >= self.bad_payload_log_interval:
             more = self._bad_since_log - 1
             log.warning(
-                "MQTT %s: %s%s",
+                "MQTT %s: %s%s%s",
                 self.name,
+                f"unexpected {type(exc).__name__} reading a message: " if unexpected else "",
                 exc,
                 f" ({more} more bad payloads since the last report)" if more else "",
+                exc_info=exc if unexpected else None,
             )
             self._last_bad_log = now
             self._bad_since_log = 0

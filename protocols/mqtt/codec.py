@@ -356,10 +356,7 @@ def decode_sample(
         raise ValueError(f"unknown payload mode {mode!r}")
     if not text.strip():
         raise PayloadError(topic, "empty payload, expected JSON")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(topic, f"invalid JSON ({exc.msg} at char {exc.pos})") from None
+    data = _load(topic, text)
     meta: dict[str, object] = {}
     if isinstance(data, dict):
         if "value" not in data:
@@ -380,7 +377,7 @@ def decode_sample(
         topic,
         value,
         _QUALITIES.get(quality, Quality.UNCERTAIN) if isinstance(quality, str) else _GOOD,
-        parse_time(meta.get("ts")) or received,
+        _source_time(topic, meta, "ts") or received,
         received,
         unit if isinstance(unit, str) else None,
         reason if isinstance(reason, str) else None,
@@ -450,12 +447,16 @@ def convert(value: Value, datatype: str) -> Value:
 def senml_records(topic: str, payload: bytes) -> list[Record]:
     """The records of a SenML JSON pack (RFC 8428), base fields resolved, by the shared
     `gateway.payloads` codec; its errors become this module's `PayloadError`."""
+    return _shared(topic, payload, "senml+json", "bad SenML: ")
+
+
+def _shared(topic: str, payload: bytes, fmt: str, prefix: str = "") -> list[Record]:
     from gateway import payloads
 
     try:
-        return payloads.decode(payload, payloads.Format.SENML_JSON)
+        return payloads.decode(payload, fmt)
     except payloads.PayloadError as exc:
-        raise PayloadError(topic, f"bad SenML: {exc}") from None
+        raise PayloadError(topic, f"{prefix}{exc}") from None
 
 
 def _json(topic: str, payload: bytes) -> object:
@@ -463,10 +464,33 @@ def _json(topic: str, payload: bytes) -> object:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError(topic, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    return _load(topic, text)
+
+
+def _load(topic: str, text: str) -> object:
+    """JSON by the shared loader, which refuses NaN, infinities and nesting too deep to parse."""
+    from gateway import payloads
+
     try:
-        return json.loads(text)
+        return payloads.load_json(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(topic, f"invalid JSON ({exc.msg} at char {exc.pos})") from None
+    except payloads.PayloadError as exc:
+        raise PayloadError(topic, f"invalid JSON ({exc})") from None
+
+
+def _source_time(topic: str, data: Mapping[str, object], key: str) -> float | None:
+    """The payload's timestamp (`parse_time`), refused when it is not between 1970 and 2200:
+    a target that stores dates (OPC UA) would otherwise drop the reading later, silently."""
+    from gateway import payloads
+
+    ts = parse_time(data.get(key))
+    if ts is not None:
+        try:
+            payloads.check_time(ts, key, data[key])
+        except payloads.PayloadError as exc:
+            raise PayloadError(topic, str(exc)) from None
+    return ts
 
 
 def _dig(topic: str, data: object, field: str) -> object:
@@ -537,7 +561,10 @@ class PointDecoder:
         self, topic: str, payload: bytes, p: MqttPoint, parsed: dict[str, object]
     ) -> tuple[Value, float | None, str | None]:
         if p.format == "text":
-            return decode(topic, payload, "text"), None, p.unit
+            if p.datatype == "string":
+                return decode(topic, payload, "text"), None, p.unit
+            # A number (or true/false/on/off) as the shared text format reads it: finite only.
+            return _shared(topic, payload, "text")[0][1], None, p.unit
         if p.format == "senml":
             if "senml" not in parsed:
                 parsed["senml"] = senml_records(topic, payload)
@@ -559,7 +586,7 @@ class PointDecoder:
         data = parsed["json"]
         ts = None
         if isinstance(data, dict):
-            ts = parse_time(data.get("ts", data.get("time")))
+            ts = _source_time(topic, data, "ts" if "ts" in data else "time")
             data = _dig(topic, data, p.field or "value")
         elif p.field is not None:
             raise PayloadError(topic, f"expected a JSON object with {p.field!r}")
