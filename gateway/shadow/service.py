@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PRUNE_INTERVAL = 60.0
-# Limits on one MQTT request, in the spirit of AWS IoT's (8 kB state, 6 levels): a device's
+# Limits on one MQTT request, in the spirit of AWS IoT's on shadow size and depth: a device's
 # desired state is a few setpoints, and one 20,000-key update kept the store busy for minutes.
 MAX_REQUEST_BYTES = 65_536
 MAX_DESIRED_KEYS = 500
