@@ -239,3 +239,23 @@ async def test_writes_through_the_router_reach_the_register_and_read_back(
     await asyncio.sleep(0.3)
     assert dev.get_registers("holding", 5) == [425]  # the refused write was not applied later
     router.close()
+
+
+async def test_a_device_that_accepts_but_never_answers_is_not_connected(run_adapter: Any) -> None:
+    # A frozen device (SIGSTOP, a hung stack) still accepts TCP connections: its kernel does.
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1024):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        r = await run_adapter(device_config(port, [{"name": "x", "address": 0}]))
+        await wait_for(lambda: r.adapter.status()["timeouts"] >= 1, timeout=5)
+        for _ in range(20):  # through timeouts and reconnects, never up
+            assert not r.adapter.status()["connected"]
+            await asyncio.sleep(0.05)
+        assert "timeout" in (r.adapter.status()["last_error"] or "")
+    finally:
+        server.close()

@@ -136,6 +136,7 @@ class ModbusClientAdapter(Adapter):
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._timeouts = 0
+        self._silent = False  # the last request timed out (kept across reconnects)
         # Why the connection was dropped: the points of the requests still to come in the same
         # poll report this cause ("timeout"), not a vague "not connected".
         self._down_reason = "not connected"
@@ -167,8 +168,11 @@ class ModbusClientAdapter(Adapter):
         return {group: len(plan) for group, plan in self._plans.items()}
 
     def status(self) -> dict[str, Any]:
+        # Connected means answering: a frozen device still accepts TCP connections (its
+        # kernel does), so between reconnects it looked up while every request timed out.
+        # A timeout counts until the next answer, across reconnects.
         return {
-            "connected": self._connected.is_set(),
+            "connected": self._connected.is_set() and not self._silent,
             "last_error": self.last_error,
             **self.counters,
         }
@@ -347,6 +351,7 @@ class ModbusClientAdapter(Adapter):
         except (ModbusException, OSError, TimeoutError) as exc:
             return None, self._io_failed(exc)
         self._timeouts = 0
+        self._silent = False
         if rr.isError():
             self.counters["errors"] += 1
             code = getattr(rr, "exception_code", 0)
@@ -367,6 +372,7 @@ class ModbusClientAdapter(Adapter):
         if timeout:
             self.counters["timeouts"] += 1
             self._timeouts += 1
+            self._silent = True
             reason = "timeout"
             if self._timeouts >= TIMEOUTS_BEFORE_RECONNECT:
                 self._down_reason = reason
@@ -437,6 +443,7 @@ class ModbusClientAdapter(Adapter):
             raise ModbusWriteError(status, f"{self.name}/{point}: {reason}") from None
         except (CodecError, ValueError, TypeError) as exc:
             raise ModbusWriteError(WriteStatus.BAD_VALUE, f"{self.name}/{point}: {exc}") from None
+        self._silent = False  # it answered
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
             raise ModbusWriteError(
