@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from gateway.cli import CommandError
 from gateway.cliargs import (
     check_output_dir,
-    fraction,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -39,21 +38,17 @@ def _seconds(least: float) -> Callable[[str], float]:
     """An argparse type: seconds from ``least`` to a day."""
 
     def seconds(text: str) -> float:
-        value = _or_nan(positive_float, text)  # one message for every refusal: the range
-        if not least <= value <= DAY:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not least <= value <= DAY:  # NaN too: one message for every refusal, the range
             raise argparse.ArgumentTypeError(
                 f"must be from {least:g} to {DAY:g} seconds, got {text!r}"
             )
         return value
 
     return seconds
-
-
-def _or_nan(parse: Callable[[str], float], text: str) -> float:
-    try:
-        return parse(text)
-    except argparse.ArgumentTypeError:
-        return math.nan
 
 
 # An episode shorter than the workload's longest poll period (10 s) may have no sample to
@@ -65,8 +60,11 @@ trace_seconds = _seconds(2.0)
 def _share(text: str) -> float:
     """A share of the traces held out, above 0 and below 1: the split holds out at least one
     trace whatever the share, and all of them would leave none to train on."""
-    value = _or_nan(fraction, text)
-    if not 0.0 < value < 1.0:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be above 0 and below 1, got {text!r}")
     return value
 

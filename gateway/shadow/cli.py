@@ -13,9 +13,12 @@ import math
 import os
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli import CommandError
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 __all__ = ["register"]
 
@@ -47,7 +50,8 @@ def register(subparsers: Any) -> None:
     h.set_defaults(func=cmd_history)
 
 
-def _store_path(config_file: str, *, must_exist: bool) -> str:
+def _config(config_file: str) -> GatewayConfig:
+    """The config, which must have a shadow: section."""
     from gateway.config import ConfigError, load_config
 
     try:
@@ -56,18 +60,18 @@ def _store_path(config_file: str, *, must_exist: bool) -> str:
         raise CommandError(str(exc), 1) from None
     if config.shadow is None:
         raise CommandError(f"{config_file} has no shadow: section", 1)
+    return config
+
+
+def _open(config: GatewayConfig, *, must_exist: bool) -> Any:
+    from gateway.shadow.store import ShadowStore
+
+    assert config.shadow is not None  # _config checked it
     path = config.shadow.path
     if must_exist and not os.path.exists(path):
         raise CommandError(
             f"no shadow store at {path} yet (the gateway creates it when it runs)", 1
         )
-    return path
-
-
-def _open(args: argparse.Namespace, *, must_exist: bool) -> Any:
-    from gateway.shadow.store import ShadowStore
-
-    path = _store_path(args.config, must_exist=must_exist)
     try:
         return ShadowStore(path)
     except Exception as exc:  # sqlite3 errors: not a database, no permission, ...
@@ -75,7 +79,7 @@ def _open(args: argparse.Namespace, *, must_exist: bool) -> Any:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    store = _open(args, must_exist=True)
+    store = _open(_config(args.config), must_exist=True)
     doc = store.get(args.device)
     if not doc.exists:
         raise CommandError(
@@ -101,17 +105,16 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def check_desired(config_file: str, device: str, desired: dict[str, Any]) -> list[str]:
+def check_desired(config: GatewayConfig, device: str, desired: dict[str, Any]) -> list[str]:
     """Refuse now what the gateway would refuse to write (CommandError); returns the keys that
     are not points of the device (kept as metadata, e.g. a site for topics)."""
-    from gateway.config import load_config
     from gateway.runtime import Gateway
 
-    gateway = Gateway(load_config(config_file))  # builds the points as `run` does; no I/O
-    assert gateway.shadow is not None  # _store_path checked the shadow: section
+    gateway = Gateway(config)  # builds the points as `run` does; no I/O
+    assert gateway.shadow is not None  # _config checked the shadow: section
     if device not in gateway.shadow.devices:
         known = ", ".join(sorted(gateway.shadow.devices)) or "none"
-        raise CommandError(f"{device!r} has no shadow in {config_file} (devices: {known})", 1)
+        raise CommandError(f"{device!r} has no shadow in {config.path} (devices: {known})", 1)
     metadata = []
     for key, value in desired.items():
         if (device, key) not in gateway.router.points:
@@ -127,14 +130,14 @@ def cmd_set(args: argparse.Namespace) -> int:
     from gateway.shadow.store import ShadowError
 
     desired = parse_pairs(args.pairs)
-    _store_path(args.config, must_exist=False)  # the config and its shadow: section first
-    for key in check_desired(args.config, args.device, desired):
+    config = _config(args.config)
+    for key in check_desired(config, args.device, desired):
         print(
             f"note: {key} is not a point of {args.device}: kept in desired as metadata, "
             "never written to the device",
             file=sys.stderr,
         )
-    store = _open(args, must_exist=False)
+    store = _open(config, must_exist=False)
     try:
         doc = store.update(args.device, desired=desired, version=args.version)
     except ShadowError as exc:
@@ -171,7 +174,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     since, until = parse_time(args.since), parse_time(args.until)
     if since is not None and until is not None and since > until:
         raise CommandError(f"--since {args.since} is after --until {args.until}", 1)
-    store = _open(args, must_exist=True)
+    store = _open(_config(args.config), must_exist=True)
     rows = store.history(args.device, args.point, last=args.last, since=since, until=until)
     if not rows:  # say why there is nothing: a name that is not there, or just no change
         doc = store.get(args.device)

@@ -61,6 +61,7 @@ from gateway.adapter import Adapter, AdapterContext
 from gateway.commands import WriteStatus
 from gateway.passwords import verify_password
 from gateway.paths import state_path
+from gateway.streak import Throttle
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
 from protocols.opcua.pki import (
@@ -77,15 +78,6 @@ if TYPE_CHECKING:
     from gateway.bridge import Bridge
 
 log = logging.getLogger(__name__)
-
-
-class _MessageOnly(logging.Filter):
-    """asyncua logs a failed start (a port in use) with its traceback, then raises the error;
-    the gateway reports that error in one line (``runtime.StartError``), so keep the message."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text = None, None
-        return True
 
 
 Codes = ua.StatusCodes
@@ -567,7 +559,9 @@ class OpcuaServerAdapter(Adapter):
             _render(cfg.namespace, gateway=gateway, name=self.name)
         )
         self._build(server.iserver)
-        quiet = _MessageOnly()
+        # asyncua logs a failed start (a port in use) with its traceback, then raises the
+        # error, which the gateway reports in one line (runtime.StartError): keep the message.
+        quiet = Throttle(interval=0.0)
         logging.getLogger("asyncua.server.server").addFilter(quiet)
         try:
             await server.start()
