@@ -75,6 +75,7 @@ class Throttle(logging.Filter):
 NOISY = (
     "asyncua.server.binary_server_asyncio",
     "asyncua.server.uaprocessor",  # a line per client connection closed
+    "protocols.opcua.transport",  # a line per oversized chunk refused
     "coap-server",
     "asyncio",
 )

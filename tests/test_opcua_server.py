@@ -485,9 +485,8 @@ async def test_node_opcua_client_without_security(simulator: Simulator, tmp_path
         assert len({c["value"] for c in changes}) >= 2
 
 
-async def test_adapter_alone_serves_no_points(tmp_path: Path) -> None:
-    """An OPC UA server with no bridge still starts (its address space is just the standard
-    one) and reports its state."""
+def _server_alone(tmp_path: Path) -> OpcuaServerAdapter:
+    """An anonymous OPC UA server adapter of gateway 'solo' with no bridge."""
     config = OpcuaServer.model_validate(
         {
             "host": HOST,
@@ -496,7 +495,13 @@ async def test_adapter_alone_serves_no_points(tmp_path: Path) -> None:
             "security": {"allow_none": True, "pki_dir": str(tmp_path / "pki")},
         }
     )
-    adapter = OpcuaServerAdapter("alone", config, AdapterContext(Bus(), "solo"))
+    return OpcuaServerAdapter("alone", config, AdapterContext(Bus(), "solo"))
+
+
+async def test_adapter_alone_serves_no_points(tmp_path: Path) -> None:
+    """An OPC UA server with no bridge still starts (its address space is just the standard
+    one) and reports its state."""
+    adapter = _server_alone(tmp_path)
     async with adapter, Client(adapter.endpoint_url) as client:
         assert await client.get_namespace_index("urn:protocol-brain:solo") == 1
         status = adapter.status()
@@ -530,3 +535,19 @@ def test_engineering_units(unit: str, unit_id: int, display: str) -> None:
     namespace = "" if unit_id == -1 else "http://www.opcfoundation.org/UA/units/un/cefact"
     assert eu.NamespaceUri == namespace
     assert eu_information(None) is None
+
+
+async def test_an_oversized_chunk_is_refused_at_its_header(tmp_path: Path) -> None:
+    """A peer announcing a chunk far above the receive buffer is cut off at once (it was
+    buffered until its timer ran out); the server keeps serving other clients."""
+    adapter = _server_alone(tmp_path)
+    async with adapter:
+        reader, writer = await asyncio.open_connection(HOST, adapter.config.port)
+        writer.write(b"HELF" + (200_000_000).to_bytes(4, "little") + b"\0" * 4096)
+        await writer.drain()
+        start = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        assert time.monotonic() - start < 2
+        writer.close()
+        async with Client(adapter.endpoint_url) as client:
+            assert await client.get_namespace_index("urn:protocol-brain:solo") == 1

@@ -63,6 +63,7 @@ from gateway.passwords import verify_password
 from gateway.paths import state_path
 from gateway.streak import Throttle
 from gateway.types import Message, PointSpec, Quality, Sample, Value
+from protocols.opcua import transport
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
 from protocols.opcua.pki import (
     TrustList,
@@ -563,6 +564,7 @@ class OpcuaServerAdapter(Adapter):
         # error, which the gateway reports in one line (runtime.StartError): keep the message.
         quiet = Throttle(interval=0.0)
         logging.getLogger("asyncua.server.server").addFilter(quiet)
+        transport.install()
         try:
             await server.start()
         finally:
