@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -50,6 +49,7 @@ from typing import Any, Protocol, TypeVar, cast
 from gateway.bus import Bus, Subscription
 from gateway.commands import CommandRouter, WriteStatus
 from gateway.config.model import ShadowSection
+from gateway.payloads import load_json
 from gateway.shadow import shadow_topic
 from gateway.shadow.store import ShadowDocument, ShadowError, ShadowStore, VersionConflict
 from gateway.streak import FailureStreak
@@ -64,27 +64,6 @@ PRUNE_INTERVAL = 60.0
 MAX_REQUEST_BYTES = 65_536
 MAX_DESIRED_KEYS = 500
 MAX_DEPTH = 6
-
-
-def strict_json(text: str) -> Any:
-    """``json.loads`` that refuses what a shadow cannot echo back as JSON (NaN, Infinity,
-    1e999) or cannot parse safely (absurd nesting, huge integers): ValueError saying why."""
-
-    def finite(number: str) -> float:
-        value = float(number)
-        if not math.isfinite(value):
-            raise ValueError(f"{number} is not a finite number")
-        return value
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not a number JSON allows")
-
-    try:
-        return json.loads(text, parse_float=finite, parse_constant=refuse)
-    except json.JSONDecodeError as exc:
-        raise ValueError(exc.msg) from None
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 def _depth(value: Any) -> int:
@@ -328,8 +307,9 @@ class ShadowService:
                 self._reject(device, action, None, 413, f"over {MAX_REQUEST_BYTES} bytes")
                 return
             try:
-                body = strict_json(text)
-            except ValueError as exc:
+                # NaN, 1e999 and huge integers refused: the document is echoed back as JSON.
+                body = load_json(text)
+            except ValueError as exc:  # json.JSONDecodeError or PayloadError
                 self._reject(device, action, None, 400, f"invalid JSON: {exc}")
                 return
         token = body.get("clientToken") if isinstance(body, dict) else None
