@@ -99,7 +99,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print a scrypt hash for a `users:` entry; the password never goes into the config."""
     import getpass
 
-    from gateway.passwords import hash_password
+    from gateway.passwords import MIN_PASSWORD, hash_password
 
     if not sys.stdin.isatty():
         try:
@@ -114,6 +114,9 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
             return 1
     if not password:
         print("error: empty password", file=sys.stderr)
+        return 1
+    if len(password) < MIN_PASSWORD:
+        print(f"error: a password needs at least {MIN_PASSWORD} characters", file=sys.stderr)
         return 1
     print(hash_password(password))
     return 0

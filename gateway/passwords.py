@@ -31,6 +31,10 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> 
     )
 
 
+# NIST SP 800-63B's minimum for a password a user chooses; `hash-password` refuses shorter ones.
+MIN_PASSWORD = 8
+
+
 def hash_password(password: str) -> str:
     """A new hash of ``password`` with a random salt."""
     salt = os.urandom(SALT_BYTES)

@@ -142,14 +142,18 @@ def test_hash_password_reads_stdin_and_verifies() -> None:
     from gateway.passwords import verify_password
 
     out = subprocess.run(
-        [*GATEWAY, "hash-password"], input="s3cret\n", capture_output=True, text=True, cwd=ROOT
+        [*GATEWAY, "hash-password"], input="s3cret-pw\n", capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr
     stored = out.stdout.strip()
     assert stored.startswith("scrypt$")
-    assert verify_password("s3cret", stored) and not verify_password("s3cret ", stored)
+    assert verify_password("s3cret-pw", stored) and not verify_password("s3cret-pw ", stored)
     empty = subprocess.run([*GATEWAY, "hash-password"], input="\n", capture_output=True, text=True)
     assert empty.returncode == 1 and "empty password" in empty.stderr
+    short = subprocess.run(
+        [*GATEWAY, "hash-password"], input="s3cret\n", capture_output=True, text=True
+    )
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr and not short.stdout
     binary = subprocess.run(
         [*GATEWAY, "hash-password"], input=b"\xff\xfe\x00bad\n", capture_output=True
     )
