@@ -34,14 +34,14 @@ BATCH_TOPIC = "protocol-brain/gw1/batch"
 class Collector:
     """Everything the broker delivers, unbatched, in arrival order."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, extra: str = "") -> None:
         self.rows: list[tuple[str, dict[str, Any]]] = []
         self.publishes: list[tuple[str, int, int]] = []  # topic, rows, qos
         self.lock = threading.Lock()
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id="collector")
         client.on_message = self._on_message
         client.connect(HOST, port)
-        client.subscribe([("plant/#", 1), (BATCH_TOPIC, 1)])
+        client.subscribe([("plant/#", 1), (BATCH_TOPIC, 1)] + ([(extra, 1)] if extra else []))
         client.loop_start()
         self.client = client
 
@@ -153,6 +153,33 @@ async def test_batches_grow_when_the_link_narrows_and_nothing_is_lost(
         alarm = [p for p in publishes if p[0] == "plant/press/alarm"]
         assert alarm == [("plant/press/alarm", 1, 1)]  # alone, QoS 1
         assert any(is_batch_topic == BATCH_TOPIC for is_batch_topic, _, _ in publishes)
+    finally:
+        collector.close()
+
+
+async def test_a_shadow_reply_is_not_hidden_in_a_batch(mosquitto: MosquittoBroker) -> None:
+    """Publishes outside any bridge (shadow replies) go alone on their own topic while the
+    optimizer batches telemetry: a client waiting on .../get/accepted never reads the batch."""
+    collector = Collector(mosquitto.port, extra="things/#")
+    try:
+        endpoint = MqttEndpoint(
+            host=HOST, port=mosquitto.port, optimizer={"model": "builtin", "interval": 0.25}
+        )
+        mqtt = MqttAdapter("up", endpoint, AdapterContext(Bus(), "gw1"))
+        async with running(mqtt):
+            await wait_for(lambda: mqtt.status()["connected"], timeout=10, message="connected")
+            for i in range(5):
+                await mqtt.send(telemetry("press", 10, 10 * i), ROUTE)
+            mqtt.publish("things/press/shadow/get/accepted", b'{"state": {"desired": {}}}')
+            await mqtt.send(telemetry("press", 10, 50), ROUTE)
+            await wait_for(lambda: len(collector.rows) >= 61, timeout=10, message="61 rows")
+        with collector.lock:
+            publishes, rows = list(collector.publishes), list(collector.rows)
+        reply = [p for p in publishes if p[0].startswith("things/")]
+        assert reply == [("things/press/shadow/get/accepted", 1, 1)]
+        docs = [doc for topic, doc in rows if topic == "things/press/shadow/get/accepted"]
+        assert [doc["state"] for doc in docs] == [{"desired": {}}]  # (the outbox adds an id)
+        assert any(topic == BATCH_TOPIC for topic, _, _ in publishes)  # telemetry was batched
     finally:
         collector.close()
 

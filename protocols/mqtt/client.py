@@ -716,26 +716,12 @@ class MqttAdapter(Adapter):
         retain = route.retain
         store = self._store
         if store is not None:
-            opt = self._opt
-            if opt is not None:
-                opt.note_arrivals(len(pairs))
-                if message.kind is MessageKind.EVENT:  # alarms: QoS 1 at least, never batched
+            alarm = message.kind is MessageKind.EVENT
+            if self._opt is not None:
+                self._opt.note_arrivals(len(pairs))
+                if alarm:  # QoS 1 at least, never batched
                     qos = max(qos, 1)
-                    urgent = self._urgent
-
-                    def stamp(row_id: int, payload: bytes) -> bytes:
-                        urgent.add(row_id)
-                        return self._stamp(row_id, payload)
-
-                    store.append([(t, p, qos, retain) for t, p in pairs], stamp)
-                    self._log_drops(store)
-                    if self._ready:
-                        self._flush()
-                    return
-            store.append([(t, p, qos, retain) for t, p in pairs], self._stamp)
-            self._log_drops(store)
-            if self._ready:
-                self._flush()
+            self._store_rows(store, [(t, p, qos, retain) for t, p in pairs], alone=alarm)
             return
         if self._ready and not self._outbox and self._has_room(len(pairs)):
             publish = self._publish
@@ -746,15 +732,30 @@ class MqttAdapter(Adapter):
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish one message outside any bridge (shadow replies and the like), through the
-        same outbox as bridge traffic: durable when the endpoint has one."""
+        same outbox as bridge traffic: durable when the endpoint has one. With the optimizer it
+        goes alone, at once, on its own topic: a client waiting for a shadow reply does not
+        read the batch topic."""
         store = self._store
         if store is not None:
-            store.append([(topic, payload, qos, retain)], self._stamp)
-            self._log_drops(store)
-            if self._ready:
-                self._flush()
+            self._store_rows(store, [(topic, payload, qos, retain)], alone=True)
             return
         self._enqueue([(topic, payload, qos, retain)])
+
+    def _store_rows(self, store: Outbox, rows: list[Outgoing], *, alone: bool) -> None:
+        """Append to the outbox and flush; ``alone``: with the optimizer, each row is sent on
+        its own, before the rows after it are batched (alarms, replies)."""
+        stamp = self._stamp
+        if alone and self._opt is not None:
+            urgent = self._urgent
+
+            def stamp(row_id: int, payload: bytes) -> bytes:
+                urgent.add(row_id)
+                return self._stamp(row_id, payload)
+
+        store.append(rows, stamp)
+        self._log_drops(store)
+        if self._ready:
+            self._flush()
 
     def _enqueue(self, items: Iterable[Outgoing]) -> None:
         outbox = self._outbox
