@@ -6,7 +6,10 @@ import asyncio
 import csv
 import json
 import socket
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -550,7 +553,9 @@ def _free_port() -> int:
         return port
 
 
-def test_suggest_browses_a_live_opcua_server(tmp_path: Path) -> None:
+@contextmanager
+def _opcua_server(setup: Callable[[Any, int], Awaitable[None]]) -> Iterator[int]:
+    """An asyncua server on a free port, set up by ``setup(server, port)``; yields the port."""
     import threading
 
     from asyncua import Server
@@ -563,10 +568,7 @@ def test_suggest_browses_a_live_opcua_server(tmp_path: Path) -> None:
         server = Server()
         await server.init()
         server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/")
-        ns = await server.register_namespace("urn:test")
-        ahu = await server.nodes.objects.add_object(ns, "AHU1")
-        await ahu.add_variable(ns, "SupplyAirTemp", 13.0)
-        await ahu.add_variable(ns, "ReturnAirTemp", 22.0)
+        await setup(server, port)
         async with server:
             ready.set()
             await asyncio.to_thread(stop.wait)
@@ -575,13 +577,44 @@ def test_suggest_browses_a_live_opcua_server(tmp_path: Path) -> None:
     thread.start()
     assert ready.wait(20)
     try:
-        tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\n")
-        text = _suggest(tmp_path, f"opc.tcp://127.0.0.1:{port}/", str(tgt))
+        yield port
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_suggest_browses_a_live_opcua_server(tmp_path: Path) -> None:
+    async def setup(server: Any, _port: int) -> None:
+        ns = await server.register_namespace("urn:test")
+        ahu = await server.nodes.objects.add_object(ns, "AHU1")
+        await ahu.add_variable(ns, "SupplyAirTemp", 13.0)
+        await ahu.add_variable(ns, "ReturnAirTemp", 22.0)
+
+    with _opcua_server(setup) as port:
+        tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\n")
+        text = _suggest(tmp_path, f"opc.tcp://127.0.0.1:{port}/", str(tgt))
     assert '"SupplyAirTemp": "AHU1_SAT"' in text
     assert '"ReturnAirTemp": "AHU1_RAT"' in text
+
+
+def test_suggest_from_an_opcua_server_without_a_none_endpoint_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from asyncua import ua
+
+    from protocols.opcua.pki import ensure_certificate
+
+    async def setup(server: Any, _port: int) -> None:
+        cert, key = await ensure_certificate(tmp_path / "pki", "urn:test:secure", "localhost")
+        await server.set_application_uri("urn:test:secure")
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+
+    with _opcua_server(setup) as port:
+        err = _suggest_fails(tmp_path, capsys, f"opc.tcp://127.0.0.1:{port}/")
+    assert "needs a server endpoint with security policy None" in err
+    assert "offers only secure ones" in err
 
 
 def test_suggest_samples_a_live_mqtt_broker(tmp_path: Path, mosquitto) -> None:  # type: ignore[no-untyped-def]

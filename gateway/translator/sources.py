@@ -267,6 +267,8 @@ def browse_opcua(url: str) -> list[Point]:
     """Variables under the server's Objects folder, with description and engineering unit."""
     import asyncio
 
+    from asyncua.ua.uaerrors import UaError
+
     _host_port(url, urlparse(url).netloc, OPCUA_PORT, "opc.tcp://host:port")
     try:
         return asyncio.run(_browse(url))
@@ -274,6 +276,15 @@ def browse_opcua(url: str) -> list[Point]:
         raise
     except (OSError, TimeoutError) as exc:
         raise InputError(f"{url}: cannot browse: {exc or type(exc).__name__}") from None
+    except UaError as exc:
+        # asyncua's client picks the endpoint whose policy matches its own (None here: the
+        # browse has no certificate or user options); a server without one refuses it.
+        if not str(exc).startswith("No matching endpoints"):
+            raise
+        raise InputError(
+            f"{url}: cannot browse: the browse needs a server endpoint with security policy "
+            "None, and the server offers only secure ones"
+        ) from None
 
 
 async def _browse(url: str) -> list[Point]:
