@@ -405,6 +405,35 @@ def test_suggest_from_an_mqtt_sample(tmp_path: Path) -> None:
         assert key in text
 
 
+def test_suggest_reads_a_gateway_sample_payload_as_one_point_named_by_its_topic(
+    tmp_path: Path,
+) -> None:
+    from gateway.translator.sources import read_mqtt_sample
+    from gateway.translator.tokenize import Point
+
+    sample = {"id": "gw/cloud/812", "value": 21.5, "quality": "good", "ts": 1700000000.0}
+    lines = [
+        "site/ahu1/sat " + json.dumps({**sample, "unit": "degC"}),
+        json.dumps({"topic": "site/ahu1/rat", "payload": {"value": 22.1, "timestamp": 1}}),
+        'site/ahu2 {"temperature": 21.5, "humidity": 40}',  # telemetry: a point per field
+        'site/ahu3 {"value": 1, "setpoint": 2}',  # value is one field among others
+    ]
+    path = _write(tmp_path / "sample.txt", "\n".join(lines) + "\n")
+    assert read_mqtt_sample(str(path)) == [
+        Point("site/ahu1/sat", unit="degC"),
+        Point("site/ahu1/rat"),
+        Point("temperature"),
+        Point("humidity"),
+        Point("value"),
+        Point("setpoint"),
+    ]
+    tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\n")
+    text = _suggest(tmp_path, str(path), str(tgt))
+    assert '"site/ahu1/sat"' in text and '"site/ahu1/rat"' in text
+    for field in ("id", "quality", "ts", "unit", "timestamp"):
+        assert f'"{field}"' not in text
+
+
 def _suggest_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], src: str) -> str:
     """The one line `suggest --source src` prints; nothing is written."""
     tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\n")

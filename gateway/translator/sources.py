@@ -126,7 +126,15 @@ def _payload_points(topic: str, payload: str) -> list[Point]:
     return _value_points(topic, value)
 
 
+# Keys that describe a sample rather than name a point: a gateway ``sample`` payload
+# ({"value": 21.5, "quality": "good", "ts": ..., "unit": "degC"}) is one point, its topic.
+_SAMPLE_KEYS = frozenset({"id", "quality", "ts", "unit", "time", "timestamp", "reason"})
+
+
 def _value_points(topic: str, value: Any) -> list[Point]:
+    if isinstance(value, dict) and "value" in value and set(value) - {"value"} <= _SAMPLE_KEYS:
+        unit = value.get("unit")
+        return [Point(topic, unit=unit if isinstance(unit, str) else "")]
     if isinstance(value, dict):  # one point per JSON field; nested one level as a.b
         out: list[Point] = []
         for k, v in value.items():
