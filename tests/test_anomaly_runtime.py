@@ -9,6 +9,7 @@ A bus-level test checks the same with exact control over every message.
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,47 @@ bridges:
     monkeypatch.chdir(tmp_path)  # not the config's folder
     options = load_config(site / "gw.yaml").bridges[0].anomaly
     assert options is not None and options.model == str(site / "pump.onnx")
+
+
+GATEWAY_WITH_ANOMALY = """
+devices:
+  pump: {protocol: modbus, host: 127.0.0.1, port: 5020, points: [{name: flow, address: 0}]}
+endpoints:
+  broker: {protocol: mqtt, host: 127.0.0.1, port: 1883, client_id: x}
+bridges:
+  - {name: up, from: pump, to: broker, anomaly: {model: teacher}}
+"""
+
+
+def test_gateway_run_without_onnxruntime_is_one_line_naming_the_bridge_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+    from gateway.runtime import StartError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    config = load_config_text(GATEWAY_WITH_ANOMALY, "gw.yaml")
+    with pytest.raises(StartError, match="pip install 'protocol-brain\\[ml\\]'"):
+        Gateway(config)
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(GATEWAY_WITH_ANOMALY)
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "error: bridge 'up' could not start: anomaly scoring needs onnxruntime: "
+        "pip install 'protocol-brain[ml]'"
+    )
+    assert not any("Traceback" in line for line in err)
+
+
+def test_a_model_file_that_does_not_load_is_a_start_error_naming_the_bridge(
+    tmp_path: Path,
+) -> None:
+    from gateway.runtime import StartError
+
+    bad = tmp_path / "pump.onnx"
+    bad.write_bytes(b"onnx")
+    config = load_config_text(GATEWAY_WITH_ANOMALY.replace("teacher", str(bad)), "gw.yaml")
+    with pytest.raises(StartError, match="bridge 'up' could not start: .*not a loadable ONNX"):
+        Gateway(config)

@@ -17,10 +17,12 @@ from gateway.anomaly.core import Array
 MODELS = Path(__file__).resolve().parent.parent.parent / "models" / "anomaly"
 STUDENT = MODELS / "student.onnx"
 TEACHER = MODELS / "teacher.onnx"
+NEEDS_ONNXRUNTIME = "anomaly scoring needs onnxruntime: pip install 'protocol-brain[ml]'"
 
 
 class ModelError(Exception):
-    """The model file is missing or is not an anomaly window model."""
+    """The model file is missing or is not an anomaly window model, or ONNX Runtime is not
+    installed."""
 
 
 def shipped(name: str) -> Path:
@@ -36,7 +38,10 @@ class OnnxScorer:
     def __init__(
         self, path: str | os.PathLike[str], *, window: int | None = None, threads: int = 1
     ) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ModuleNotFoundError:
+            raise ModelError(NEEDS_ONNXRUNTIME) from None
 
         self.path = Path(path)
         if not self.path.is_file():

@@ -29,9 +29,10 @@ import numpy as np
 
 from gateway.anomaly.alarm import Transition
 from gateway.anomaly.device import DeviceScorer, Scored
-from gateway.anomaly.model import OnnxScorer, shipped
+from gateway.anomaly.model import ModelError, OnnxScorer, shipped
 from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
+from gateway.runtime import StartError
 from gateway.types import Message, MessageKind, Sample
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,10 @@ class AnomalyStage:
         self.options = options
         self.bus = bus
         self.name = name
-        self.model = OnnxScorer(shipped(options.model), window=options.window)
+        try:
+            self.model = OnnxScorer(shipped(options.model), window=options.window)
+        except ModelError as exc:  # no onnxruntime, or a file that is not a window model
+            raise StartError(f"bridge {name!r}", exc) from None
         self.devices: dict[str, _Device] = {}
         self.samples = 0
         self.alarms = 0
