@@ -93,6 +93,31 @@ async def test_observes_libcoap_time_and_reregisters_after_restart() -> None:
         assert adapter.registrations >= 2
 
 
+async def test_a_closed_port_is_bad_with_the_url_and_the_cause() -> None:
+    port = free_port()  # nothing listens: the kernel answers ICMP port unreachable
+    url = f"coap://{HOST}:{port}"
+    cfg = {
+        "url": url,
+        "timeout": 2,
+        "reconnect": {"initial": 0.1, "max": 0.5},
+        "points": [
+            {"name": "polled", "path": "/polled", "poll": 0.2, "access": "rw"},
+            {"name": "observed", "path": "observed"},
+        ],
+    }
+    async with client(cfg) as (adapter, seen):
+        await wait_for(lambda: bad(seen, "polled") and bad(seen, "observed"), timeout=5)
+        for point in ("polled", "observed"):
+            reason = bad(seen, point)[0]
+            expected = f"{url}/{point}: network error: [Errno 111] Connection refused"
+            assert reason is not None and reason.startswith(expected), reason
+        assert adapter.status()["bad"] == ["observed", "polled"]
+        with pytest.raises(WriteRefused) as refused:
+            await adapter.write_and_read_back("polled", 1.0)
+        assert refused.value.status is WriteStatus.UNREACHABLE
+        assert f"{url}/polled: network error: [Errno 111]" in str(refused.value)
+
+
 async def test_polls_and_writes_libcoap_resource() -> None:
     port = free_port()
     cfg = {

@@ -133,11 +133,25 @@ class CoapClientAdapter(Adapter):
         try:
             async with asyncio.timeout(self.config.timeout):
                 response: aiocoap.Message = await self._ctx.request(request).response
-        except TimeoutError:
-            raise ReadError(f"no response in {self.config.timeout:g} s") from None
-        except aiocoap.error.Error as exc:
-            raise ReadError(str(exc) or type(exc).__name__) from None
+        except (TimeoutError, aiocoap.error.Error) as exc:
+            raise ReadError(self._failure(request.get_request_uri(), exc)) from None
         return response
+
+    def _failure(self, uri: str, exc: Exception) -> str:
+        """The reason a request to ``uri`` failed, for the sample and the log: what and why.
+
+        aiocoap's text for a NetworkError is only "Network error: NetworkError"; the cause (the
+        OSError: connection refused, host unreachable) is in its args and ``__cause__``.
+        """
+        if isinstance(exc, TimeoutError):
+            return f"{uri}: no response in {self.config.timeout:g} s"
+        if isinstance(exc, aiocoap.error.NetworkError):
+            cause = exc.args[0] if exc.args else exc.__cause__
+            what = (
+                "name resolution" if isinstance(exc, aiocoap.error.ResolutionError) else "network"
+            )
+            return f"{uri}: {what} error: {cause or 'no cause given'}"
+        return f"{uri}: {str(exc) or type(exc).__name__}"
 
     def _sample(self, point: CoapPoint, response: aiocoap.Message) -> Sample:
         if not response.code.is_successful():
@@ -204,17 +218,16 @@ class CoapClientAdapter(Adapter):
     async def _observe_once(self, point: CoapPoint, backoff: BackoffTimer) -> None:
         """One registration, until it ends or goes silent (then return to register again)."""
         assert self._ctx is not None
-        request = self._ctx.request(aiocoap.Message(code=Code.GET, uri=self._uri(point), observe=0))
+        uri = self._uri(point)
+        request = self._ctx.request(aiocoap.Message(code=Code.GET, uri=uri, observe=0))
         try:
             try:
                 async with asyncio.timeout(self.config.timeout):
                     first: aiocoap.Message = await request.response
-            except TimeoutError:
-                await self._bad_sample(point, f"no response in {self.config.timeout:g} s")
-                raise ReadError("timeout") from None
-            except aiocoap.error.Error as exc:
-                await self._bad_sample(point, str(exc) or type(exc).__name__)
-                raise ReadError(str(exc)) from None
+            except (TimeoutError, aiocoap.error.Error) as exc:
+                reason = self._failure(uri, exc)
+                await self._bad_sample(point, reason)
+                raise ReadError(reason) from None
             self.registrations += 1
             await self._read(point, first)
             backoff.reset()
@@ -240,7 +253,9 @@ class CoapClientAdapter(Adapter):
             except StopAsyncIteration:
                 return
             except aiocoap.error.Error as exc:
-                raise ReadError(f"observation ended: {exc}") from None
+                raise ReadError(
+                    f"observation ended: {self._failure(self._uri(point), exc)}"
+                ) from None
             self.notifications += 1
             silence = (response.opt.max_age or 60) + OBSERVE_MARGIN
             await self._read(point, response)
