@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -288,6 +289,48 @@ def test_pick_writes_points_to_label_that_classify_then_learns_from(
     assert main(["translator", "pick", str(src), "--count", "0"]) == 2
     assert main(["translator", "pick", str(tmp_path / "nope.csv")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module, command",
+    [
+        ("onnxruntime", "classify"),
+        ("onnxruntime", "suggest"),
+        ("onnxruntime", "pick"),
+        ("onnxruntime", "evaluate"),
+        ("rapidfuzz", "evaluate"),
+    ],
+)
+def test_a_missing_library_is_one_line_naming_the_pip_install(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    command: str,
+) -> None:
+    points = str(_write(tmp_path / "p.csv", "name\nAHU1_SAT\n"))
+    labeled = str(
+        _write(tmp_path / "l.csv", "name,brick_class\nAHU1_SAT,Supply_Air_Temperature_Sensor\n")
+    )
+    argv = {
+        "classify": ["classify", points],
+        "suggest": [
+            "suggest",
+            "--source",
+            points,
+            "--target",
+            points,
+            "--out",
+            str(tmp_path / "b.yaml"),
+        ],
+        "pick": ["translator", "pick", points],
+        "evaluate": ["translator", "evaluate", "--data", labeled, "--shots", "0", "--seeds", "1"],
+    }[command]
+    monkeypatch.setitem(sys.modules, module, None)  # import of it fails as if not installed
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: needs {module}: pip install 'protocol-brain[ml]'\n"
+    assert captured.out == ""
 
 
 def _suggest(tmp_path: Path, src: str, tgt: str) -> str:

@@ -110,15 +110,35 @@ _SOURCE_HELP = (
 )
 
 
+# The extra that installs each optional library the commands import (pyproject.toml).
+_EXTRAS = {
+    "numpy": "ml",
+    "onnxruntime": "ml",
+    "rapidfuzz": "ml",
+    "asyncua": "opcua",
+    "paho": "mqtt",
+    "torch": "train",
+    "onnx": "train",
+}
+
+
 def _guard(body: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from gateway.translator.model import ModelError
-        from gateway.translator.pointlist import InputError
-
         try:
-            return int(body(args))
-        except (InputError, ModelError, ValueError) as exc:
-            raise CommandError(str(exc), EXIT_INPUT) from None
+            from gateway.translator.model import ModelError
+            from gateway.translator.pointlist import InputError
+
+            try:
+                return int(body(args))
+            except (InputError, ModelError, ValueError) as exc:
+                raise CommandError(str(exc), EXIT_INPUT) from None
+        except ModuleNotFoundError as exc:
+            module = (exc.name or "").partition(".")[0]
+            if module not in _EXTRAS:
+                raise
+            raise CommandError(
+                f"needs {module}: pip install 'protocol-brain[{_EXTRAS[module]}]'", EXIT_INPUT
+            ) from None
 
     return run
 
@@ -245,6 +265,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import rapidfuzz  # noqa: F401  (the baseline's; missing, say so before the model's minutes)
+
     from gateway.translator.evaluate import evaluate
     from gateway.translator.pointlist import read_labeled
 
