@@ -233,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The extra that installs each optional library a command may import (pyproject.toml).
+EXTRAS = {
+    "numpy": "ml",
+    "onnxruntime": "ml",
+    "rapidfuzz": "ml",
+    "asyncua": "opcua",
+    "paho": "mqtt",
+    "torch": "train",
+    "onnx": "train",
+}
+
+
 class CommandError(Exception):
     """A command's failure, said in one line: ``error: <message>`` on stderr, exit ``code``.
 
@@ -253,6 +265,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:  # an optional library: say which extra brings it
+        module = (exc.name or "").partition(".")[0]
+        if module not in EXTRAS:
+            raise
+        print(
+            f"error: needs {module}: pip install 'protocol-brain[{EXTRAS[module]}]'",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:
         # The reader closed the pipe (`gateway classify big.csv | head`): stop quietly, as Unix
         # tools do, and keep the interpreter's final flush from raising a second time.

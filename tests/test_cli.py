@@ -232,3 +232,14 @@ def test_schema_covers_the_shadow_section() -> None:
     schema = json.loads(gateway("schema").stdout)
     shadow = json.dumps(schema["properties"]["shadow"]) + json.dumps(schema["$defs"])
     assert "poll_interval" in shadow and "max_rows" in shadow
+
+
+def test_any_command_names_the_extra_of_a_missing_library(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.cli import main
+
+    monkeypatch.setitem(sys.modules, "numpy", None)  # import of it fails as if not installed
+    argv = ["optimizer", "traces", "--kind", "walk", "--count", "1", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == "error: needs numpy: pip install 'protocol-brain[ml]'\n"

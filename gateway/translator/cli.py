@@ -110,35 +110,15 @@ _SOURCE_HELP = (
 )
 
 
-# The extra that installs each optional library the commands import (pyproject.toml).
-_EXTRAS = {
-    "numpy": "ml",
-    "onnxruntime": "ml",
-    "rapidfuzz": "ml",
-    "asyncua": "opcua",
-    "paho": "mqtt",
-    "torch": "train",
-    "onnx": "train",
-}
-
-
 def _guard(body: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        try:
-            from gateway.translator.model import ModelError
-            from gateway.translator.pointlist import InputError
+        from gateway.translator.model import ModelError
+        from gateway.translator.pointlist import InputError
 
-            try:
-                return int(body(args))
-            except (InputError, ModelError, ValueError) as exc:
-                raise CommandError(str(exc), EXIT_INPUT) from None
-        except ModuleNotFoundError as exc:
-            module = (exc.name or "").partition(".")[0]
-            if module not in _EXTRAS:
-                raise
-            raise CommandError(
-                f"needs {module}: pip install 'protocol-brain[{_EXTRAS[module]}]'", EXIT_INPUT
-            ) from None
+        try:
+            return int(body(args))
+        except (InputError, ModelError, ValueError) as exc:
+            raise CommandError(str(exc), EXIT_INPUT) from None
 
     return run
 
