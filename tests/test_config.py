@@ -425,6 +425,44 @@ def test_bridge_keys_of_the_wrong_shape() -> None:
     ]
 
 
+def test_one_wrong_key_does_not_hide_the_other_problems_of_its_section(tmp_path: Path) -> None:
+    # Before, a bridge whose own keys (to, translate, ...) or target options did not validate
+    # was dropped before its from, name, points and anomaly were checked; a shadow section
+    # before its devices; an endpoint before its optimizer model file.
+    text = (
+        "devices:\n"
+        "  boiler: {protocol: modbus, host: h, points: [{name: temp, address: 0}]}\n"
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: h}\n"
+        "  cloud: {protocol: mqtt, host: h, port: 0, optimizer: {model: p.onnx}}\n"
+        "shadow: {poll_interval: 0, devices: [boilr]}\n"
+        "bridges:\n"
+        "  - {name: up, from: boilr, to: brokr, translate: {mode: map}}\n"
+        "  - {name: two, from: boiler, to: broker, qos: 5, points: [nope*],"
+        " anomaly: {model: none.onnx}}\n"
+        "  - {name: up, from: boiler, to: broker, anomaly: {window: 3}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, str(tmp_path / "all.yaml"))
+    problems = info.value.problems
+    assert [p.dotted for p in problems] == [
+        "endpoints.cloud.port",
+        "endpoints.cloud.optimizer.model",
+        "shadow.poll_interval",
+        "shadow.devices[0]",
+        "bridges[0].from",
+        "bridges[0].to",
+        "bridges[0].translate",
+        "bridges[1].qos",
+        "bridges[1].points[0]",
+        "bridges[1].anomaly.model",
+        "bridges[2].name",
+        "bridges[2].anomaly.window",
+    ], str(info.value)
+    assert "did you mean 'boiler'?" in at(problems, "bridges[0].from").expected
+    assert at(problems, "bridges[2].name").found == "'up' again"
+
+
 def test_no_edit_of_the_good_file_escapes_as_another_exception(registry: Registry) -> None:
     lines = (CONFIGS / "good.yaml").read_text().splitlines(keepends=True)
     refused = 0

@@ -17,15 +17,16 @@ crash is reported as a problem of that entry, never as a traceback of the loader
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, PydanticUserError, TypeAdapter, ValidationError
 
 from gateway.config.anomaly import AnomalyOptions
 from gateway.config.common import Path, Strict
@@ -244,6 +245,43 @@ def _fail(filename: str, found: str, expected: str) -> ConfigError:
     return ConfigError([LocatedProblem(filename, START.line, START.column, (), found, expected)])
 
 
+def _valid_fields(
+    model: type[BaseModel], data: Any, names: Collection[str] | None = None
+) -> dict[str, Any]:
+    """The fields of ``data`` (or only ``names``) that are valid on their own, by field name;
+    one that is not written has its default.
+
+    When `_Loader.validate` refused a section (and reported why), the cross-checks still run on
+    these, so that one wrong key does not hide the problems of the others. Only the fields'
+    types and constraints are checked here, not the model's own validators: the values serve
+    the cross-checks of a section that is refused anyway."""
+    if not isinstance(data, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if names is not None and name not in names:
+            continue
+        key = info.alias or name
+        try:
+            if key in data:
+                out[name] = _field_adapter(model, name).validate_python(data[key])
+            elif not info.is_required():
+                out[name] = info.get_default(call_default_factory=True)
+        except Exception:  # invalid (reported already), or a plugin's own code crashed
+            continue
+    return out
+
+
+@functools.cache
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    info = model.model_fields[name]
+    kind: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    try:
+        return TypeAdapter(kind, config=model.model_config)
+    except PydanticUserError:  # a model (or dataclass) field: it has a config of its own
+        return TypeAdapter(kind)
+
+
 @dataclass
 class _Declared:
     """A device or endpoint name as written, even when its entry is invalid."""
@@ -332,20 +370,25 @@ class _Loader:
 
     def shadow(self, raw: Any, devices: dict[str, DeviceEntry]) -> ShadowSection | None:
         """The ``shadow:`` section; its MQTT endpoint also gets the request subscriptions."""
-        section = self.validate(ShadowSection, {} if raw is None else raw, ("shadow",))
-        if not isinstance(section, ShadowSection):
-            return None
-        for i, name in enumerate(section.devices or []):
+        data = {} if raw is None else raw
+        section = self.validate(ShadowSection, data, ("shadow",))
+        got = dict(section) if section is not None else _valid_fields(ShadowSection, data)
+        for i, name in enumerate(got.get("devices") or []):
             if name not in self.declared:
                 self.report(
                     ("shadow", "devices", i),
                     repr(name),
                     choices(name, list(self.declared), "a device name"),
                 )
-        section = section.model_copy(update={"path": self.local(section.path)})
-        mqtt = section.mqtt
-        if mqtt is None:
-            return section
+        mqtt = got.get("mqtt")
+        if isinstance(mqtt, ShadowMqtt):
+            self.shadow_endpoint(mqtt, devices)
+        if not isinstance(section, ShadowSection):
+            return None
+        return section.model_copy(update={"path": self.local(section.path)})
+
+    def shadow_endpoint(self, mqtt: ShadowMqtt, devices: dict[str, DeviceEntry]) -> None:
+        """The shadow's MQTT endpoint must be an MQTT client; it subscribes to the requests."""
         where: Path = ("shadow", "mqtt", "endpoint")
         entry = devices.get(mqtt.endpoint)
         if mqtt.endpoint not in self.declared:
@@ -375,7 +418,6 @@ class _Loader:
                 devices[mqtt.endpoint] = DeviceEntry(
                     entry.name, entry.protocol, entry.role, entry.spec, updated, entry.section
                 )
-        return section
 
     # -- devices and endpoints ----------------------------------------------------------------
 
@@ -461,19 +503,21 @@ class _Loader:
         if "protocol" not in model.model_fields:
             del settings["protocol"]
         config = self.validate(model, settings, path, ENTRY_KEYS)
+        got = dict(config) if config is not None else _valid_fields(model, settings, ["optimizer"])
+        optimizer = self.optimizer_files(path, got.get("optimizer"))
         if config is None or not self.checked(config, path) or not role_ok:
             return None
-        config = self.optimizer_files(path, config)
+        if optimizer is not None:
+            config = config.model_copy(update={"optimizer": optimizer})
         return DeviceEntry(name, protocol, str(role), spec, config, section)
 
-    def optimizer_files(self, path: Path, config: BaseModel) -> BaseModel:
+    def optimizer_files(self, path: Path, options: Any) -> Any:
         """An uplink optimizer ``model:`` given as a path: relative to the config file, and a
         file with its .json beside it now, not a warning and a fallback at run time."""
         from gateway.optimizer.config import OptimizerConfig
 
-        options = getattr(config, "optimizer", None)
         if not isinstance(options, OptimizerConfig) or options.model in MODEL_WORDS:
-            return config
+            return options
         model = self.local(options.model)
         meta = os.path.splitext(model)[0] + ".json"
         missing = model if not os.path.isfile(model) else meta if not os.path.isfile(meta) else None
@@ -483,8 +527,8 @@ class _Loader:
                 f"{options.model!r}, but there is no file {missing}",
                 "builtin, heuristic, off or the path of a policy .onnx with its .json beside it",
             )
-            return config
-        return config.model_copy(update={"optimizer": options.model_copy(update={"model": model})})
+            return options
+        return options.model_copy(update={"model": model})
 
     def checked(self, config: BaseModel, path: Path) -> bool:
         """Run the model's ``check()`` (if it has one); True when it found nothing."""
@@ -542,37 +586,44 @@ class _Loader:
                 "from": "key 'from' naming the device(s) whose points to send",
             },
         )
-        target = own.get("to")
-        route = self.route(path, target, options)
-        if not isinstance(keys, BridgeKeys):
-            return None
-        ok = True
-        if keys.name in names:
-            first = names[keys.name]
+        # A wrong key must not hide the problems of the others: the cross-checks run on every
+        # key that is valid on its own.
+        got = dict(keys) if keys is not None else _valid_fields(BridgeKeys, own)
+        route = self.route(path, own.get("to"), options)
+        ok = route is not None
+        name = got.get("name")
+        if name in names:
+            first = names[name]
             line = self.marks.value(("bridges", first, "name")).line
             self.report(
                 (*path, "name"),
-                f"{keys.name!r} again",
+                f"{name!r} again",
                 f"a bridge name not already used (bridges[{first}] at line {line})",
             )
             ok = False
-        names.setdefault(keys.name, i)
-        sources = self.sources(path, keys.from_)
-        points = (keys.points,) if isinstance(keys.points, str) else tuple(keys.points)
-        if sources is None or route is None:
-            return None
-        if keys.to in sources:
+        if name is not None:
+            names.setdefault(name, i)
+        sources = self.sources(path, got["from_"]) if "from_" in got else None
+        if sources is not None and got.get("to") in sources:
             self.report(
                 (*path, "to"),
-                f"{keys.to!r}, which is also a source of the bridge",
+                f"{got['to']!r}, which is also a source of the bridge",
                 "a target other than the sources",
             )
             ok = False
-        ok = self.selection(path, sources, points, keys.units) and ok
-        ok = self.computed(path, sources, keys.computed) and ok
-        translate = self.translate_files(path, keys.translate)
-        anomaly = self.anomaly_files(path, keys.anomaly)
-        if not ok or (keys.translate and not translate) or (keys.anomaly and not anomaly):
+        raw_points = got.get("points")
+        points = (raw_points,) if isinstance(raw_points, str) else tuple(raw_points or ())
+        units = got.get("units", {})
+        if sources is not None and "points" in got:
+            ok = self.selection(path, sources, points, units) and ok
+        else:
+            ok = self.units(path, units, []) and ok
+        ok = self.computed(path, sources, got.get("computed", [])) and ok
+        translate = self.translate_files(path, got.get("translate"))
+        anomaly = self.anomaly_files(path, got.get("anomaly"))
+        if not isinstance(keys, BridgeKeys) or sources is None or not ok:
+            return None
+        if (keys.translate and not translate) or (keys.anomaly and not anomaly):
             return None
         return BridgeConfig(
             keys.name,
@@ -623,10 +674,14 @@ class _Loader:
             return None
         return options.model_copy(update={"model": model})
 
-    def computed(self, path: Path, sources: tuple[str, ...], items: list[ComputedPoint]) -> bool:
-        """Computed names used twice or taken by a point; inputs that no source has."""
-        known = self.points_of(sources)
+    def computed(
+        self, path: Path, sources: tuple[str, ...] | None, items: list[ComputedPoint]
+    ) -> bool:
+        """Computed names used twice or taken by a point; inputs that no source has (when the
+        sources are known)."""
+        known = None if sources is None else self.points_of(sources)
         names = None if known is None else {p.name for p in known}
+        owners = ", ".join(sources or ())
         ok = True
         seen: set[str] = set()
         for j, item in enumerate(items):
@@ -644,7 +699,7 @@ class _Loader:
                 self.report(
                     (*where, "expr"),
                     f"{item.expr!r}, which names {', '.join(missing)}",
-                    f"names of points of {', '.join(sources)}: {listing(sorted(names or ()))}",
+                    f"names of points of {owners}: {listing(sorted(names or ()))}",
                 )
                 ok = False
         return ok
