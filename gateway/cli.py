@@ -38,18 +38,19 @@ def _setup_logging(level: str) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
+    from gateway.text import counted
 
     try:
         config = load_config(args.file)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        n = len(exc.problems)
-        print(f"{args.file}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+        print(f"{args.file}: {counted(len(exc.problems), 'problem')}", file=sys.stderr)
         return 1
     points = sum(len(getattr(e.config, "points", []) or []) for e in config.devices.values())
+    devices = counted(len(config.devices), "device or endpoint", "devices and endpoints")
     print(
-        f"{args.file}: ok ({len(config.devices)} devices and endpoints, {points} points, "
-        f"{len(config.bridges)} bridges)"
+        f"{args.file}: ok ({devices}, {counted(points, 'point')}, "
+        f"{counted(len(config.bridges), 'bridge')})"
     )
     return 0
 

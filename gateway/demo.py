@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from gateway.paths import STATE_ENV
+from gateway.text import counted
 
 DEMO_CONFIG = """\
 # The config `gateway demo` runs (ports filled in when it starts).
@@ -194,5 +195,5 @@ async def run_demo(
                     await task
         status = gateway.status()
         published = status["adapters"]["broker"].get("published", 0)
-        print(f"stopped: {published} MQTT messages published", file=out)
+        print(f"stopped: {counted(published, 'MQTT message')} published", file=out)
     return 0

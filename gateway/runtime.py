@@ -27,6 +27,7 @@ from gateway.bus import Bus
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
+from gateway.text import counted
 
 if TYPE_CHECKING:
     from gateway.shadow.service import ShadowService
@@ -155,7 +156,7 @@ class Gateway:
         bridges = [b.status() for b in self.bridges]
         text = (
             f"{len(adapters) - len(down)}/{len(adapters)} connected, "
-            f"{self.bus.published} bus messages, "
+            f"{counted(self.bus.published, 'bus message')}, "
             f"{sum(b['forwarded'] for b in bridges)} forwarded, "
             f"{sum(b['dropped'] for b in bridges)} dropped in bridges, "
             f"{sum(int(a.get('dropped', 0)) for a in adapters)} dropped in adapters"

@@ -189,7 +189,7 @@ def test_evaluate_scores_a_device_with_one_sensor(
     path = _one_sensor(tmp_path / "one" / "x.csv")
     assert main(["anomaly", "evaluate", "--data", str(path.parent)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[0].startswith("1 files, 1200 rows")
+    assert out[0].startswith("1 file, 1200 rows")
     report = json.loads(out[-1])
     for name in ("teacher", "student", "hotelling_t2"):
         assert report[name]["f1"] > 0.5, report  # the shift of 5 spreads is found

@@ -46,6 +46,29 @@ def test_validate_reports_every_problem_without_traceback(tmp_path: Path) -> Non
     assert "2 problems" in out.stderr
 
 
+def test_validate_counts_one_of_a_kind_in_the_singular(tmp_path: Path) -> None:
+    one = tmp_path / "one.yaml"
+    one.write_text(
+        "devices:\n"
+        "  plc: {protocol: modbus, host: 10.0.0.1, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: 10.0.0.2}\n"
+        "bridges:\n"
+        "  - {name: b, from: plc, to: broker, topic: 'x/{point}'}\n"
+    )
+    out = gateway("validate", str(one))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{one}: ok (2 devices and endpoints, 1 point, 1 bridge)"
+    alone = tmp_path / "alone.yaml"
+    alone.write_text("endpoints:\n  broker: {protocol: mqtt, host: 10.0.0.2}\n")
+    out = gateway("validate", str(alone))
+    assert out.stdout.strip() == f"{alone}: ok (1 device or endpoint, 0 points, 0 bridges)"
+    alone.write_text("endpoints:\n  broker: {protocol: mqtt, host: h, port: 0}\n")
+    out = gateway("validate", str(alone))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == f"{alone}: 1 problem"
+
+
 def test_validate_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     out = gateway("validate", str(tmp_path / "nope.yaml"))
     assert out.returncode == 1

@@ -596,3 +596,24 @@ def test_an_optimizer_model_path_is_relative_to_the_config_and_must_exist(tmp_pa
     for word in ("builtin", "heuristic", "off"):  # a bare off is false in YAML: still the word
         config = load_config_text(text.format(model=word), str(site / "gw.yaml"))
         assert config.devices["cloud"].config.optimizer.model == word  # type: ignore[attr-defined]
+
+
+def test_counts_in_problems_are_singular_for_one() -> None:
+    from pydantic import ValidationError
+
+    from gateway.config.errors import translate
+
+    class Lists(BaseModel):
+        pair: list[int] = Field(min_length=2)
+        single: list[int] = Field(max_length=1)
+        code: str = Field(max_length=1)
+
+    data = {"pair": [1], "single": [1, 2], "code": "ab"}
+    with pytest.raises(ValidationError) as info:
+        Lists.model_validate(data)
+    said = {f.path: (f.found, f.expected) for f in translate(info.value.errors(), data, Lists)}
+    assert said == {
+        ("pair",): ("1 item", "at least 2 items"),
+        ("single",): ("2 items", "at most 1 item"),
+        ("code",): ("'ab'", "a string of at most 1 character"),
+    }

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.cli import CommandError
 from gateway.cliargs import check_output_dir, nonnegative_float, nonnegative_int, positive_int
+from gateway.text import counted
 
 __all__ = ["register"]
 
@@ -102,7 +103,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (DataError, ModelError) as exc:
         raise CommandError(str(exc)) from None
     rows = sum(len(s.values) for s in series)
-    print(f"{len(series)} files, {rows} rows, first 400 rows of each for calibration")
+    print(
+        f"{counted(len(series), 'file')}, {counted(rows, 'row')}, "
+        "first 400 rows of each for calibration"
+    )
     options = {} if args.refresh is None else {"refresh": args.refresh}
     result: dict[str, Any] = {}
     for name, tally in (

@@ -26,6 +26,7 @@ from pydantic_core import ErrorDetails
 
 from gateway.config.common import Path, Problem
 from gateway.config.yamlmarks import Marks
+from gateway.text import counted
 
 MAX_SHOWN = 60  # characters of a value quoted in a message
 MAX_CHOICES = 24  # names listed in "expected one of: ..."
@@ -326,13 +327,14 @@ def _found_expected(err: ErrorDetails) -> tuple[str, str]:
             return "an empty string", "a non-empty string"
         return show(value), f"a string of at least {n} characters"
     if kind == "string_too_long":
-        return show(value), f"a string of at most {ctx.get('max_length')} characters"
+        return show(value), f"a string of at most {counted(ctx.get('max_length', 0), 'character')}"
     if kind == "too_short":
         n = ctx.get("min_length", 1)
-        found = "an empty list" if not value else f"{ctx.get('actual_length')} items"
-        return found, f"at least {n} item{'s' if n != 1 else ''}"
+        found = "an empty list" if not value else counted(ctx.get("actual_length", 0), "item")
+        return found, f"at least {counted(n, 'item')}"
     if kind == "too_long":
-        return f"{ctx.get('actual_length')} items", f"at most {ctx.get('max_length')} items"
+        most = counted(ctx.get("max_length", 0), "item")
+        return counted(ctx.get("actual_length", 0), "item"), f"at most {most}"
     if kind == "string_pattern_mismatch":
         return show(value), f"a string matching {ctx.get('pattern')}"
     if kind in ("value_error", "assertion_error"):

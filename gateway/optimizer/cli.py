@@ -22,6 +22,7 @@ from gateway.cliargs import (
     positive_float,
     positive_int,
 )
+from gateway.text import counted
 
 if TYPE_CHECKING:
     from gateway.optimizer.actions import Decision
@@ -208,7 +209,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
             _, held = tr.split(tr.load_dir(args.fcc), args.holdout, seed=0)
             for t in held:
                 tr.write_trace(t, os.path.join(args.out, t.name))
-            print(f"{len(held)} held-out traces in {args.out}")
+            print(f"{counted(len(held), 'held-out trace')} in {args.out}")
             return 0
         gen = tr.synth_walk if args.kind == "walk" else tr.synth_markov
         for i in range(args.count):
@@ -219,7 +220,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(f"{args.out}: {exc.strerror or exc}") from None
-    print(f"{args.count} {args.kind} traces in {args.out}")
+    print(f"{counted(args.count, args.kind + ' trace')} in {args.out}")
     return 0
 
 
