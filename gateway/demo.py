@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gateway.paths import STATE_ENV
+from gateway.paths import use_config_state_dir
 from gateway.text import counted
 
 DEMO_CONFIG = """\
@@ -123,9 +122,13 @@ async def run_demo(
     # The demo's config, shadow store and MQTT outbox are its own, for this run only: not in
     # the user's folder, and not shared with another demo running beside it (an outbox belongs
     # to one process). Only the OPC UA certificates (slow to make) are kept for the next run.
+    # The state folder is the one `gateway run` would use for this config (.protocol-brain next
+    # to it, unless $PROTOCOL_BRAIN_STATE_DIR says otherwise), so `gateway status CONFIG` finds
+    # the outboxes while the demo runs.
     async with contextlib.AsyncExitStack() as stack:
         run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="run-", dir=workdir)))
-        os.environ.setdefault(STATE_ENV, str(run_dir / "state"))
+        config_path = run_dir / "demo.yaml"
+        use_config_state_dir(config_path)
         broker = await stack.enter_async_context(EmbeddedBroker("127.0.0.1", mqtt_port))
         sim = await stack.enter_async_context(Simulator())
         device = await sim.add_device(port=0, name="boiler")
@@ -138,7 +141,6 @@ async def run_demo(
             pki_dir=workdir / "pki",
             demo_hash=hash_password("demo"),
         )
-        config_path = run_dir / "demo.yaml"
         config_path.write_text(text)
         config = load_config_text(text, str(config_path))
         gateway = Gateway(config)
@@ -156,6 +158,7 @@ async def run_demo(
             f"  mbpoll -m tcp -p {device.port} -0 -t 4:float -B -r 0 -c 1 127.0.0.1\n"
             f"  gateway shadow get boiler --config {config_path}\n"
             f"  gateway shadow set boiler setpoint=65 --config {config_path}\n"
+            f"  gateway status {config_path}\n"
             "Readings that reached the broker and came back (Ctrl-C to stop):",
             file=out,
             flush=True,

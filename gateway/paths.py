@@ -1,9 +1,10 @@
 """Where the gateway keeps its own files (outboxes, OPC UA certificates, OSCORE sequence numbers).
 
 Path templates in the config may use ``{state}``, the state folder, and ``{name}``, the device or
-endpoint. The state folder is ``$PROTOCOL_BRAIN_STATE_DIR``; ``gateway run`` and ``gateway status``
-default it to ``.protocol-brain`` next to the config file, so a service started from ``/`` keeps
-its state with its config, not in ``/.protocol-brain``.
+endpoint. The state folder is ``$PROTOCOL_BRAIN_STATE_DIR``; ``gateway run``, ``gateway status`` and
+``gateway demo`` default it to ``.protocol-brain`` next to the config file, so a service started
+from ``/`` keeps its state with its config, not in ``/.protocol-brain``, and ``gateway status``
+finds it.
 """
 
 from __future__ import annotations

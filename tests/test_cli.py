@@ -251,6 +251,55 @@ async def test_demo_serves_the_device_over_opcua_with_write_back() -> None:
         await proc.wait()
 
 
+async def test_the_status_command_the_demo_prints_finds_its_outboxes() -> None:
+    import asyncio
+    import os
+
+    from gateway.paths import STATE_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != STATE_ENV}  # as a user runs them
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY,
+        "demo",
+        "--duration",
+        "30",
+        "--mqtt-port",
+        str(free_port()),
+        "--opcua-port",
+        "0",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        status: list[str] = []
+        line = ""
+        while "plant/boiler/" not in line:  # a reading made the round trip: outboxes are open
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            if line.strip().startswith("gateway status "):
+                status = line.split()
+        assert status, "the demo does not print its status command"
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [*GATEWAY, *status[1:], "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr
+        rows = {r["endpoint"]: r for r in json.loads(out.stdout)["outboxes"]}
+        assert set(rows) == {"broker", "watch"}
+        for row in rows.values():
+            assert not row.get("missing"), row  # read from the demo's own outbox files
+            assert row["backlog"] is not None
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
 def test_schema_covers_the_shadow_section() -> None:
     schema = json.loads(gateway("schema").stdout)
     shadow = json.dumps(schema["properties"]["shadow"]) + json.dumps(schema["$defs"])
