@@ -12,15 +12,18 @@ the durable outbox of a later release replaces this for uplinks that must not lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
+import importlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
 from gateway.computed import ComputedPoints, ShadowState
+from gateway.extras import missing_library
 from gateway.streak import FailureStreak
 from gateway.types import Message, PointSpec, Sample, Value, telemetry_topic
 
@@ -90,6 +93,22 @@ class PointTransform:
         return tuple(out)
 
 
+@contextlib.contextmanager
+def _needs_extras(bridge: str) -> Iterator[None]:
+    """An optional library that a stage of ``bridge`` needs is missing: a StartError naming the
+    bridge and the pip install that brings it (``gateway run`` prints it as one line), not a
+    ModuleNotFoundError."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        needs = missing_library(exc)
+        if needs is None:
+            raise
+        from gateway.runtime import StartError
+
+        raise StartError(f"bridge {bridge!r}", ModuleNotFoundError(needs, name=exc.name)) from None
+
+
 class Bridge:
     def __init__(
         self,
@@ -114,6 +133,12 @@ class Bridge:
             from gateway.translator.transform import Translate
 
             self.translate = Translate(config.translate, bus)
+            if config.translate.mode == "auto":
+                # Its classifier is loaded at the first new point, in the bridge's task: the
+                # libraries it needs must be there now.
+                with _needs_extras(self.name):
+                    for module in ("gateway.translator.fewshot", "onnxruntime"):
+                        importlib.import_module(module)
         # ``computed:``: reads the shadow once the runtime hands it over (`use_shadow`).
         self.computed = ComputedPoints(list(config.computed)) if config.computed else None
         # A target's topic template with {shadow.reported.<key>}: each message carries its
@@ -128,7 +153,8 @@ class Bridge:
         # ``anomaly:``: numpy and ONNX Runtime are imported only by bridges that score.
         self.anomaly: AnomalyStage | None = None
         if config.anomaly is not None:
-            from gateway.anomaly.stage import AnomalyStage
+            with _needs_extras(self.name):
+                from gateway.anomaly.stage import AnomalyStage
 
             self.anomaly = AnomalyStage(config.anomaly, bus, config.name)
 

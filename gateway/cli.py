@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.cliargs import port, positive_float
+from gateway.extras import missing_library
 
 log = logging.getLogger("gateway")
 
@@ -234,18 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The extra that installs each optional library a command may import (pyproject.toml).
-EXTRAS = {
-    "numpy": "ml",
-    "onnxruntime": "ml",
-    "rapidfuzz": "ml",
-    "asyncua": "opcua",
-    "paho": "mqtt",
-    "torch": "train",
-    "onnx": "train",
-}
-
-
 class CommandError(Exception):
     """A command's failure, said in one line: ``error: <message>`` on stderr, exit ``code``.
 
@@ -267,13 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as exc:  # an optional library: say which extra brings it
-        module = (exc.name or "").partition(".")[0]
-        if module not in EXTRAS:
+        needs = missing_library(exc)
+        if needs is None:
             raise
-        print(
-            f"error: needs {module}: pip install 'protocol-brain[{EXTRAS[module]}]'",
-            file=sys.stderr,
-        )
+        print(f"error: {needs}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader closed the pipe (`gateway classify big.csv | head`): stop quietly, as Unix

@@ -1,4 +1,7 @@
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import wait_for
@@ -161,3 +164,46 @@ def test_throttle_keeps_one_record_per_interval_without_its_traceback() -> None:
     logger.error("Exception raised while processing message from %s", "100%")
     assert len(records) == 2
     assert records[1].getMessage().endswith("from 100% [99 more like it in the last 10 s]")
+
+
+GATEWAY_WITHOUT = """\
+import sys
+sys.modules[sys.argv[1]] = None  # `import <it>` fails as if it were not installed
+from gateway.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("stage", "missing"),
+    [
+        ("translate: {mode: auto}", "numpy"),
+        ("translate: {mode: auto}", "onnxruntime"),
+        ("anomaly: {model: student}", "numpy"),
+    ],
+)
+def test_gateway_run_without_a_library_a_bridge_needs_says_so_in_one_line(
+    tmp_path: Path, stage: str, missing: str
+) -> None:
+    # Before, translate auto failed at its first new point, in the bridge's task: a
+    # ModuleNotFoundError traceback in the log on every restart, the gateway running on.
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "devices:\n"
+        "  pump: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: 127.0.0.1, port: 1}\n"
+        "bridges:\n"
+        f"  - {{name: up, from: pump, to: broker, topic: 'x/{{point}}', {stage}}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", GATEWAY_WITHOUT, missing, "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: bridge 'up' could not start: needs {missing}: pip install 'protocol-brain[ml]'"
+    )
+    assert "Traceback" not in out.stderr
