@@ -273,3 +273,69 @@ def test_status_names_a_damaged_outbox_file_and_reads_the_others(tmp_path: Path)
     out = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=60)
     rows = {r["endpoint"]: r for r in json.loads(out.stdout)["outboxes"]}
     assert out.returncode == 1 and rows["c"]["backlog"] == 1 and "error" in rows["a"]
+
+
+# -- bench/outbox_replay.py ---------------------------------------------------------------------
+
+BENCH_REPLAY = Path(__file__).resolve().parent.parent / "bench" / "outbox_replay.py"
+
+
+def test_the_replay_bench_defaults_to_a_short_run() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("outbox_replay", BENCH_REPLAY)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args([])
+    # Draining is most of the run: the default was 1,000,000 at a 20,000/s cap, which the
+    # 2-core machine does not reach (about 7,000/s): more than 110 s.
+    assert args.messages / args.drain_rate <= 30
+    assert args.drain_rate == OutboxConfig().drain_rate  # the cap a user gets
+    long = bench.parse_args(["--messages", "1000000", "--drain-rate", "10000"])
+    assert (long.messages, long.drain_rate) == (1_000_000, 10_000)
+
+
+def _replay_bench(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(BENCH_REPLAY), *args],
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its temporary folder goes here
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_the_replay_bench_prints_json_last_and_removes_its_folder(tmp_path: Path) -> None:
+    proc = _replay_bench(tmp_path, "--messages", "2000", "--drain-rate", "4000", "--live", "50")
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["messages"], result["drained"]) == (2000, 2000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_replay_bench_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
+    import signal
+
+    import psutil
+
+    proc = _replay_bench(tmp_path, "--messages", "200000")
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("pb-bench-replay-*/outbox-up.db")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(1.0)  # filling or draining: either way it must clean up
+        brokers = [p for p in psutil.Process(proc.pid).children() if "mosquitto" in p.name()]
+        assert brokers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the temporary folder is gone
+    assert not any(b.is_running() and b.status() != psutil.STATUS_ZOMBIE for b in brokers)
