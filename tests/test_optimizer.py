@@ -269,6 +269,15 @@ def test_bad_traces_are_one_line_and_exit_2(
     assert needle in err and len(err.splitlines()) == 1
 
 
+def test_trace_comments_bom_and_start_offset_are_read(tmp_path: Path) -> None:
+    # A trace cut from a longer log starts late and may say where it came from.
+    (tmp_path / "t").write_bytes(
+        b"\xef\xbb\xbf# mobile, bus route 7\n100.0\t5.0\n\n# gap\n101.5\t0\n"
+    )
+    t = tr.load_trace(tmp_path / "t")
+    assert t.times.tolist() == [0.0, 1.5] and t.mbps.tolist() == [5.0, 0.0]
+
+
 def test_missing_folder_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["optimizer", "evaluate", "--traces", str(tmp_path / "none")]) == 2
     assert "not a folder" in capsys.readouterr().err

@@ -1,10 +1,11 @@
 """Bandwidth traces: loading, splitting, augmenting, and two synthetic mobile generators.
 
-A trace is ``time_seconds<TAB>Mbit_per_s`` per line. The FCC traces are fixed broadband; the
-policy is judged on mobile links, so training mixes augmented FCC traces (time and bandwidth
-scaled, noise, inserted outages) with `synth_markov` (LTE-like levels with fades, handovers and
-outages). `synth_walk` is a different generator (a random walk of log-bandwidth with tunnels and
-periodic handover dips) used only to make evaluation traces, with its own seeds.
+A trace is ``time_seconds<TAB>Mbit_per_s`` per line (blank lines and ``#`` comments ignored).
+The FCC traces are fixed broadband; the policy is judged on mobile links, so training mixes
+augmented FCC traces (time and bandwidth scaled, noise, inserted outages) with `synth_markov`
+(LTE-like levels with fades, handovers and outages). `synth_walk` is a different generator (a
+random walk of log-bandwidth with tunnels and periodic handover dips) used only to make
+evaluation traces, with its own seeds.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Trace:
 def load_trace(path: str | os.PathLike[str]) -> Trace:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a BOM from a spreadsheet export is fine
     except FileNotFoundError:
         raise TraceError(f"{p}: no such file") from None
     except UnicodeDecodeError:
@@ -65,8 +66,8 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     times: list[float] = []
     rates: list[float] = []
     for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue  # blank lines and '#' comments (a trace's provenance) carry no sample
         parts = line.split()
         if len(parts) != 2:
             raise TraceError(f"{p}:{lineno}: expected 'time<TAB>Mbit/s', found {line[:40]!r}")
