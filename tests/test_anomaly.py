@@ -214,6 +214,44 @@ def test_evaluate_names_the_line_and_the_problem(
         assert len(err.splitlines()) == 1
 
 
+def test_missing_readings_keep_the_last_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.anomaly.data import read_series
+
+    values, label = series(600, seed=4)
+    path = write_csv(tmp_path / "gaps" / "g.csv", values, label)
+    lines = path.read_text().splitlines()
+
+    def blank(line: int, col: int, text: str) -> None:
+        cells = lines[line].split(";")
+        cells[col] = text
+        lines[line] = ";".join(cells)
+
+    blank(1, 2, "")  # the first reading of Pressure: takes the first one present
+    for line in (11, 12):
+        blank(line, 1, "")  # Flow missing on two rows
+    blank(13, 3, "NaN")
+    path.write_text("\n".join(lines) + "\n")
+    s = read_series(path, labelled=True)
+    assert s.held == 4 and np.isfinite(s.values).all()
+    assert s.values[0, 1] == pytest.approx(values[1, 1], abs=1e-4)
+    assert s.values[10, 0] == s.values[11, 0] == pytest.approx(values[9, 0], abs=1e-4)
+    assert s.values[12, 2] == pytest.approx(values[11, 2], abs=1e-4)
+    assert main(["anomaly", "evaluate", "--data", str(path.parent)]) == 0
+    assert "4 missing readings held at the last value" in capsys.readouterr().out
+
+    for line in range(1, len(lines)):
+        blank(line, 4, "")
+    path.write_text("\n".join(lines) + "\n")
+    code, err = _evaluate(path.parent, capsys)
+    assert code == 2 and "g.csv: column 'Current' has no readings" in err
+    blank(20, 4, "inf")
+    path.write_text("\n".join(lines) + "\n")
+    code, err = _evaluate(path.parent, capsys)
+    assert code == 2 and "line 21: sensor values must be finite numbers" in err
+
+
 def test_evaluate_reads_a_file_with_a_byte_order_mark(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

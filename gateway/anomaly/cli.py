@@ -103,9 +103,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (DataError, ModelError) as exc:
         raise CommandError(str(exc)) from None
     rows = sum(len(s.values) for s in series)
+    held = sum(s.held for s in series)
     print(
         f"{counted(len(series), 'file')}, {counted(rows, 'row')}, "
         "first 400 rows of each for calibration"
+        + (f"; {counted(held, 'missing reading')} held at the last value" if held else "")
     )
     options = {} if args.refresh is None else {"refresh": args.refresh}
     result: dict[str, Any] = {}

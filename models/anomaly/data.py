@@ -2,6 +2,9 @@
 labelled experiments) ``anomaly`` and ``changepoint`` columns.
 
 Read with the standard library and numpy only: evaluation runs where torch is not installed.
+A missing reading (an empty cell, ``nan``, ``NA``) keeps the sensor's last value, as a point
+missing from a message does in the gateway's anomaly stage; a gap at the start takes the first
+reading.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Series:
     sensors: tuple[str, ...]
     values: npt.NDArray[np.float64]  # [rows, sensors]
     anomaly: npt.NDArray[np.int8] | None  # [rows], None when unlabelled
+    held: int = 0  # missing readings filled with the sensor's last value
 
 
 def read_series(path: Path, *, labelled: bool) -> Series:
@@ -63,15 +67,38 @@ def read_series(path: Path, *, labelled: bool) -> Series:
     for n, r in enumerate(body):
         line = n + 2  # the header is line 1
         try:
-            values[n] = [float(r[i]) for i in cols]
+            values[n] = [_reading(r[i]) for i in cols]
             if label is not None:
                 anomaly[n] = _label(r[label], path, line)
         except (ValueError, IndexError) as exc:
             raise DataError(f"{path}: line {line}: not a number or a short row ({exc})") from None
-    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    bad = np.flatnonzero(np.isinf(values).any(axis=1))
     if len(bad):
         raise DataError(f"{path}: line {bad[0] + 2}: sensor values must be finite numbers")
-    return Series(path, sensors, values, anomaly if label is not None else None)
+    held = _hold_last(values, sensors, path)
+    return Series(path, sensors, values, anomaly if label is not None else None, held)
+
+
+_MISSING = {"", "nan", "na", "n/a", "null", "none"}
+
+
+def _reading(text: str) -> float:
+    return math.nan if text.strip().lower() in _MISSING else float(text)
+
+
+def _hold_last(values: npt.NDArray[np.float64], sensors: tuple[str, ...], path: Path) -> int:
+    """Fill missing readings (NaN) in place with the sensor's last one; the count filled."""
+    gaps = np.isnan(values)
+    if not gaps.any():
+        return 0
+    for j in np.flatnonzero(gaps.all(axis=0)):
+        raise DataError(f"{path}: column {sensors[j]!r} has no readings")
+    rows = np.arange(len(values))[:, None]
+    last = np.maximum.accumulate(np.where(gaps, -1, rows), axis=0)  # row of the last reading
+    first = np.argmax(~gaps, axis=0)
+    last = np.where(last < 0, first, last)
+    values[:] = np.take_along_axis(values, last, axis=0)
+    return int(gaps.sum())
 
 
 def _label(text: str, path: Path, line: int) -> int:
