@@ -9,9 +9,13 @@ that a missing library is reported with the extra that installs it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
+import inspect
 import logging
+import re
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +29,18 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "protocol_brain.protocols"
 API_VERSION = 1
+# The distribution of the gateway itself: its plugins are the built-in protocols.
+BUILTIN_DIST = "protocol-brain"
+
+
+def _canonical(dist: str) -> str:
+    # PEP 503: "Protocol_Brain" and "protocol-brain" are one distribution.
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def _is_builtin(dist: str | None) -> bool:
+    """Whether ``dist`` (a distribution name) is the gateway's own, whose protocols are built in."""
+    return dist is not None and _canonical(dist) == BUILTIN_DIST
 
 
 class PluginError(Exception):
@@ -64,10 +80,28 @@ class ProtocolSpec:
         """The bridge-target options when an entry in ``role`` is a bridge's ``to``."""
         return self.route_models.get(role, self.route_model)
 
-    def install_hint(self) -> str:
+    @property
+    def origin(self) -> str:
+        """The plugin in words, for messages: its protocol and the distribution it comes from."""
+        return f"protocol {self.name!r}" + (f" (from {self.dist})" if self.dist else "")
+
+    def install_hint(self, module: str | None = None) -> str:
+        """The line that installs what the adapters need (``module``: the one found missing).
+
+        With ``extra``: the plugin's own distribution with that extra (``protocol-brain[...]``
+        for a built-in). Without: the missing modules, and the plugin that needs them.
+        """
+        package = self.dist or _distribution_of(self.adapters.values())
         if self.extra:
-            return f"pip install 'protocol-brain[{self.extra}]'"
-        return f"install the package that provides protocol {self.name!r}"
+            if package is None:
+                return f"install protocol {self.name!r}'s package with its extra {self.extra!r}"
+            return f"pip install '{package}[{self.extra}]'"
+        modules = [module] if module else self.missing_requirements() or list(self.requires)
+        if not modules:
+            return f"install the package that provides protocol {self.name!r}"
+        named = ("module " if len(modules) == 1 else "modules ") + ", ".join(map(repr, modules))
+        needed_by = f" (needed by {package})" if package and not _is_builtin(package) else ""
+        return f"install the package that provides {named}{needed_by}"
 
     def missing_requirements(self) -> list[str]:
         """Modules the adapters need that cannot be found, without importing them."""
@@ -77,23 +111,74 @@ class ProtocolSpec:
         return [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
 
     def adapter_class(self, role: str) -> type[Adapter]:
-        """Import the adapter for ``role``; a missing library names the extra to install."""
+        """Import the adapter for ``role``.
+
+        Raises `PluginError`, one line naming the plugin and the cause, when it cannot be had: a
+        missing library (with the line that installs it), an adapter module that does not exist
+        or fails to import (a syntax error, a NameError), a class that is not there, or one
+        that is not a concrete `Adapter` subclass.
+        """
+        from gateway.adapter import Adapter
+
         try:
             target = self.adapters[role]
         except KeyError:
             raise PluginError(
                 f"protocol {self.name!r} has no {role!r} role (it has: {', '.join(self.roles)})"
             ) from None
-        module_name, _, attr = target.partition(":")
+        module_name, colon, attr = target.partition(":")
+        what = f"{self.origin}: adapter {target!r} for role {role!r}"
+        if not colon or not module_name or not attr:
+            raise PluginError(f"{what} is not a 'module:Class' string")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                raise PluginError(f"{what}: there is no module {module_name!r}") from None
+            if exc.name and _top(exc.name) != _top(module_name):  # a library, not plugin code
+                raise PluginError(
+                    f"{self.origin} needs {exc.name}: {self.install_hint(exc.name)}"
+                ) from None
+            raise PluginError(f"{what}: module failed to import: {_describe(exc)}") from exc
+        except Exception as exc:  # a broken adapter module: say where, in one line
+            raise PluginError(f"{what}: module failed to import: {_describe(exc)}") from exc
+        obj: Any = module
+        for part in attr.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise PluginError(f"{what}: {module_name} has no {attr!r}") from None
+        if not (isinstance(obj, type) and issubclass(obj, Adapter)):
+            kind = "class" if isinstance(obj, type) else type(obj).__name__
             raise PluginError(
-                f"protocol {self.name!r} needs {exc.name or 'a missing module'}: "
-                f"{self.install_hint()}"
-            ) from None
-        cls: type[Adapter] = getattr(module, attr)
-        return cls
+                f"{what}: {attr} is a {kind}, not a subclass of gateway.adapter.Adapter"
+            )
+        if inspect.isabstract(obj):
+            missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+            raise PluginError(f"{what}: {attr} does not implement {missing}")
+        return obj
+
+
+def _top(module: str) -> str:
+    return module.partition(".")[0]
+
+
+def _distribution_of(targets: Iterable[str]) -> str | None:
+    """The installed distribution whose package holds these ``"module:Class"`` adapters."""
+    where = importlib.metadata.packages_distributions()
+    found = {dist for top in {_top(t) for t in targets} for dist in where.get(top, [])}
+    return found.pop() if len(found) == 1 else None
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (file:line)`` of an exception raised while importing plugin code."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError):
+        return text  # its message already names the file and line
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        text += f" ({frames[-1].filename}:{frames[-1].lineno})"
+    return text
 
 
 @dataclass
@@ -101,7 +186,9 @@ class Registry:
     """The protocols installed here, by name."""
 
     specs: dict[str, ProtocolSpec]
-    errors: dict[str, str]  # plugin name -> why it could not be loaded
+    # protocol name -> why a plugin of that name is not used; a built-in's name can be in both
+    # (the built-in in specs, the refused plugin of another package that registers it here).
+    errors: dict[str, str]
 
     def get(self, name: str) -> ProtocolSpec:
         try:
@@ -119,53 +206,73 @@ def _extras_of(ep: importlib.metadata.EntryPoint) -> list[str]:
 
 
 def load_registry(entry_points: Iterable[importlib.metadata.EntryPoint] | None = None) -> Registry:
-    """Load every plugin spec. Duplicate names are refused: neither copy is used."""
+    """Load every plugin spec.
+
+    A protocol name is one plugin. A built-in's name stays the built-in's: another package that
+    registers it is refused (and not imported), so no install can switch a built-in off. Two
+    plugins of other packages with one name are both refused: neither copy is used.
+    """
     if entry_points is None:
         entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    claims: dict[str, list[tuple[importlib.metadata.EntryPoint, str | None]]] = {}
+    for ep in entry_points:
+        claims.setdefault(ep.name, []).append((ep, ep.dist.name if ep.dist is not None else None))
     specs: dict[str, ProtocolSpec] = {}
     errors: dict[str, str] = {}
-    sources: dict[str, list[str]] = {}
-    for ep in entry_points:
-        dist = ep.dist.name if ep.dist is not None else None
-        sources.setdefault(ep.name, []).append(f"{ep.value} (from {dist or 'unknown package'})")
-        try:
-            obj: Any = ep.load()
-        except ImportError as exc:
-            extras = _extras_of(ep)
-            package = dist or "the plugin's package"
-            hint = f"pip install '{package}[{extras[0]}]'" if extras else f"reinstall {package}"
-            errors[ep.name] = (
-                f"protocol plugin {ep.name!r} failed to import ({exc}); install it with: {hint}"
+    for name, found in claims.items():
+        problems: list[str] = []
+        builtin = [(ep, dist) for ep, dist in found if _is_builtin(dist)]
+        if builtin and len(builtin) < len(found):
+            problems += [
+                f"protocol plugin {name!r} from {dist or 'an unknown package'} ({ep.value}) is "
+                f"refused: {name!r} is a built-in protocol of {BUILTIN_DIST}, which is used. "
+                f"Uninstall {dist or 'that package'} or give its protocol another name."
+                for ep, dist in found
+                if not _is_builtin(dist)
+            ]
+            found = builtin
+        if len(found) > 1:
+            where = "; ".join(
+                f"{ep.value} (from {dist or 'unknown package'})" for ep, dist in found
             )
-            continue
-        except Exception as exc:  # a broken plugin must not take the others down
-            errors[ep.name] = f"protocol plugin {ep.name!r} failed to load: {exc!r}"
-            continue
-        if not isinstance(obj, ProtocolSpec):
-            errors[ep.name] = (
-                f"protocol plugin {ep.name!r} ({ep.value}) is a {type(obj).__name__}, "
-                "not a ProtocolSpec"
+            count = "two" if len(found) == 2 else str(len(found))
+            problems.insert(
+                0, f"{count} plugins register protocol {name!r}: {where}. Uninstall one of them."
             )
-            continue
-        if obj.api_version != API_VERSION:
-            errors[ep.name] = (
-                f"protocol plugin {ep.name!r} is written for plugin API {obj.api_version}, "
-                f"this gateway speaks {API_VERSION}"
-            )
-            continue
-        if obj.name != ep.name:
-            errors[ep.name] = (
-                f"protocol plugin entry point {ep.name!r} names a spec called {obj.name!r}"
-            )
-            continue
-        specs[ep.name] = ProtocolSpec(**{**obj.__dict__, "dist": dist})
-    for name, where in sources.items():
-        if len(where) > 1:
-            specs.pop(name, None)
-            errors[name] = (
-                f"two plugins register protocol {name!r}: {'; '.join(where)}. "
-                "Uninstall one of them."
-            )
+        else:
+            loaded = _load(*found[0])
+            if isinstance(loaded, ProtocolSpec):
+                specs[name] = loaded
+            else:
+                problems.insert(0, loaded)
+        if problems:
+            errors[name] = " ".join(problems)
     for name, err in errors.items():
         log.debug("plugin %s: %s", name, err)
     return Registry(specs, errors)
+
+
+def _load(ep: importlib.metadata.EntryPoint, dist: str | None) -> ProtocolSpec | str:
+    """The spec an entry point names, or why it cannot be used."""
+    try:
+        obj: Any = ep.load()
+    except ImportError as exc:
+        extras = _extras_of(ep)
+        package = dist or "the plugin's package"
+        hint = f"pip install '{package}[{extras[0]}]'" if extras else f"reinstall {package}"
+        return f"protocol plugin {ep.name!r} failed to import ({exc}); install it with: {hint}"
+    except Exception as exc:  # a broken plugin must not take the others down
+        return f"protocol plugin {ep.name!r} failed to load: {exc!r}"
+    if not isinstance(obj, ProtocolSpec):
+        return (
+            f"protocol plugin {ep.name!r} ({ep.value}) is a {type(obj).__name__}, "
+            "not a ProtocolSpec"
+        )
+    if obj.api_version != API_VERSION:
+        return (
+            f"protocol plugin {ep.name!r} is written for plugin API {obj.api_version}, "
+            f"this gateway speaks {API_VERSION}"
+        )
+    if obj.name != ep.name:
+        return f"protocol plugin entry point {ep.name!r} names a spec called {obj.name!r}"
+    return dataclasses.replace(obj, dist=dist)

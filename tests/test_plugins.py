@@ -1,16 +1,97 @@
 import json
+import os
 import subprocess
 import sys
-from importlib.metadata import EntryPoint
+import textwrap
+from collections.abc import Iterator
+from importlib.metadata import Distribution, EntryPoint
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from gateway.plugins import ENTRY_POINT_GROUP, PluginError, load_registry
+from gateway.plugins import ENTRY_POINT_GROUP, PluginError, ProtocolSpec, load_registry
 
 
 def ep(name: str, value: str, dist: str = "some-plugin") -> EntryPoint:
     return EntryPoint(name, value, ENTRY_POINT_GROUP)._for(SimpleNamespace(name=dist))  # type: ignore[arg-type]
+
+
+SPEC_MODULE = """
+from pydantic import BaseModel
+
+from gateway.plugins import ProtocolSpec
+
+
+class Device(BaseModel):
+    host: str = "127.0.0.1"
+
+
+SPEC = ProtocolSpec(
+    name={name!r},
+    description="a third-party protocol",
+    config_model=Device,
+    adapters={{"client": {adapter!r}}},
+    requires={requires!r},
+    extra={extra!r},
+)
+"""
+
+GOOD_ADAPTER = """
+from gateway.adapter import Adapter
+
+
+class A(Adapter):
+    async def run(self) -> None:
+        return None
+"""
+
+
+def install_plugin(
+    site: Path,
+    package: str,
+    *,
+    dist: str = "audit-jsonfile-protocol",
+    name: str = "audit",
+    adapter: str = "",
+    adapter_module: str = GOOD_ADAPTER,
+    requires: tuple[str, ...] = (),
+    extra: str | None = None,
+) -> list[EntryPoint]:
+    """A third-party plugin as pip would leave it in ``site``: its package and its dist-info."""
+    (site / package).mkdir(parents=True)
+    spec = SPEC_MODULE.format(
+        name=name, adapter=adapter or f"{package}.adapter:A", requires=requires, extra=extra
+    )
+    (site / package / "__init__.py").write_text(spec)
+    (site / package / "adapter.py").write_text(textwrap.dedent(adapter_module))
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{name} = {package}:SPEC\n")
+    (info / "top_level.txt").write_text(f"{package}\n")
+    return list(Distribution.at(info).entry_points.select(group=ENTRY_POINT_GROUP))
+
+
+def run_gateway(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``gateway ARGS`` in a process that has the plugins installed in ``site``."""
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on sys.path for this test's plugins (their packages are forgotten after it)."""
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    (tmp_path / "site").mkdir()
+    yield tmp_path / "site"
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
 
 
 def test_builtins_register_through_the_entry_point_group() -> None:
@@ -22,18 +103,47 @@ def test_builtins_register_through_the_entry_point_group() -> None:
     assert registry.get("mqtt").route_model is not None
 
 
-def test_two_plugins_with_one_name_are_refused() -> None:
+def test_two_third_party_plugins_with_one_name_are_both_refused() -> None:
     registry = load_registry(
         [
-            ep("modbus", "protocols.modbus:SPEC", "protocol-brain"),
-            ep("modbus", "protocols.modbus:SPEC", "evil-modbus"),
+            ep("ldjson", "protocols.modbus:SPEC", "one-ldjson"),
+            ep("ldjson", "protocols.modbus:SPEC", "other-ldjson"),
         ]
     )
-    assert "modbus" not in registry.specs
-    assert "two plugins register protocol 'modbus'" in registry.errors["modbus"]
-    assert "evil-modbus" in registry.errors["modbus"]
+    assert "ldjson" not in registry.specs
+    assert "two plugins register protocol 'ldjson'" in registry.errors["ldjson"]
+    assert "one-ldjson" in registry.errors["ldjson"]
+    assert "other-ldjson" in registry.errors["ldjson"]
     with pytest.raises(PluginError, match="two plugins"):
-        registry.get("modbus")
+        registry.get("ldjson")
+
+
+def test_a_third_party_plugin_cannot_take_a_builtin_name() -> None:
+    registry = load_registry(
+        [
+            ep("modbus", "no_such_evil_module:SPEC", "evil-modbus"),  # refused, never imported
+            ep("modbus", "protocols.modbus:SPEC", "protocol-brain"),
+            ep("modbus", "protocols.mqtt:SPEC", "other-modbus"),
+        ]
+    )
+    assert registry.get("modbus").dist == "protocol-brain"
+    assert "client" in registry.get("modbus").roles
+    err = registry.errors["modbus"]
+    assert "\n" not in err
+    assert "'modbus' from evil-modbus (no_such_evil_module:SPEC) is refused" in err
+    assert "'modbus' from other-modbus" in err
+    assert "built-in protocol of protocol-brain" in err
+    assert "two plugins" not in err and "failed to import" not in err
+
+
+def test_gateway_plugins_keeps_the_builtin_and_names_the_intruder(site: Path) -> None:
+    install_plugin(site, "evil_modbus", dist="evil-modbus", name="modbus")
+    done = run_gateway(site, "plugins")
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("modbus")]
+    assert len(rows) == 2, done.stdout
+    assert rows[0].rstrip().endswith("ok") and "client,server" in rows[0]
+    assert "evil-modbus" in rows[1] and "is a built-in protocol of protocol-brain" in rows[1]
 
 
 def test_plugin_that_fails_to_import_names_the_extra() -> None:
@@ -89,3 +199,120 @@ def test_listing_plugins_imports_no_heavy_module() -> None:
     assert names["modbus"]["roles"] == ["client", "server"]
     assert "publish" in names["mqtt"]["capabilities"]
     assert names["modbus"]["status"] == "ok"
+
+
+def test_third_party_install_hint_names_its_own_distribution(site: Path) -> None:
+    eps = install_plugin(site, "audit_hint", requires=("vendor_sdk_xyz",), extra="vendor")
+    spec = load_registry(eps).get("audit")
+    assert spec.dist == "audit-jsonfile-protocol"
+    assert spec.missing_requirements() == ["vendor_sdk_xyz"]
+    assert spec.install_hint() == "pip install 'audit-jsonfile-protocol[vendor]'"
+    bare = ProtocolSpec(**{**spec.__dict__, "extra": None})
+    assert "protocol-brain" not in bare.install_hint()
+    assert "'vendor_sdk_xyz'" in bare.install_hint()
+    assert "audit-jsonfile-protocol" in bare.install_hint()
+    # The conformance kit uses the spec as imported, without the entry point's distribution.
+    unlisted = ProtocolSpec(**{**spec.__dict__, "dist": None})
+    assert unlisted.install_hint() == "pip install 'audit-jsonfile-protocol[vendor]'"
+
+
+def test_builtin_install_hint_keeps_the_gateway_package() -> None:
+    from protocols.modbus import SPEC
+
+    assert load_registry().get("modbus").install_hint() == "pip install 'protocol-brain[modbus]'"
+    assert SPEC.install_hint() == "pip install 'protocol-brain[modbus]'"
+
+
+def test_gateway_plugins_names_the_plugins_distribution(site: Path) -> None:
+    install_plugin(site, "audit_cli", requires=("vendor_sdk_xyz",), extra="vendor")
+    done = run_gateway(site, "plugins")
+    line = next(line for line in done.stdout.splitlines() if line.startswith("audit"))
+    assert "needs vendor_sdk_xyz: pip install 'audit-jsonfile-protocol[vendor]'" in line, line
+
+
+def test_missing_library_of_a_third_party_adapter_names_its_distribution(site: Path) -> None:
+    eps = install_plugin(
+        site, "audit_lib", adapter_module="import vendor_sdk_xyz\n", extra="vendor"
+    )
+    with pytest.raises(PluginError) as err:
+        load_registry(eps).get("audit").adapter_class("client")
+    assert str(err.value) == (
+        "protocol 'audit' (from audit-jsonfile-protocol) needs vendor_sdk_xyz: "
+        "pip install 'audit-jsonfile-protocol[vendor]'"
+    )
+
+
+BROKEN_ADAPTERS = {
+    "missing_class": (
+        "{pkg}.adapter:Nope",
+        GOOD_ADAPTER,
+        "adapter '{pkg}.adapter:Nope' for role 'client': {pkg}.adapter has no 'Nope'",
+    ),
+    "name_error": (
+        "",
+        "import os\nx = undefined_name\n",
+        "module failed to import: NameError: name 'undefined_name' is not defined"
+        " ({site}/{pkg}/adapter.py:2)",
+    ),
+    "syntax_error": ("", "def broken(:\n", "module failed to import: SyntaxError: "),
+    "not_an_adapter": ("", "class A:\n    pass\n", "A is a class, not a subclass of "),
+    "a_function": ("", "def A():\n    pass\n", "A is a function, not a subclass of "),
+    "abstract": (
+        "",
+        "from gateway.adapter import Adapter\nclass A(Adapter):\n    pass\n",
+        "A does not implement run",
+    ),
+    "no_module": ("{pkg}.nowhere:A", GOOD_ADAPTER, "there is no module '{pkg}.nowhere'"),
+    "own_module_missing": (
+        "",
+        "from {pkg} import helpers\n",
+        "module failed to import: ImportError: cannot import name 'helpers'",
+    ),
+    "not_module_class": ("{pkg}.adapter", GOOD_ADAPTER, "is not a 'module:Class' string"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_ADAPTERS))
+def test_a_broken_adapter_is_one_plugin_error_naming_the_plugin(site: Path, case: str) -> None:
+    pkg = f"audit_{case}"
+    adapter, module, expected = (x.format(pkg=pkg, site=site) for x in BROKEN_ADAPTERS[case])
+    eps = install_plugin(site, pkg, adapter=adapter, adapter_module=module)
+    spec = load_registry(eps).get("audit")
+    with pytest.raises(PluginError) as err:
+        spec.adapter_class("client")
+    message = str(err.value)
+    assert message.startswith("protocol 'audit' (from audit-jsonfile-protocol): adapter "), message
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_a_working_third_party_adapter_resolves(site: Path) -> None:
+    from gateway.adapter import Adapter
+
+    eps = install_plugin(site, "audit_good")
+    cls = load_registry(eps).get("audit").adapter_class("client")
+    assert issubclass(cls, Adapter) and cls.__module__ == "audit_good.adapter"
+
+
+def test_gateway_run_with_a_broken_adapter_says_one_line(site: Path, tmp_path: Path) -> None:
+    install_plugin(site, "audit_run", adapter="audit_run.adapter:Nope")
+    config = tmp_path / "plant.yaml"
+    config.write_text("gateway: {name: edge}\ndevices:\n  dev1: {protocol: audit}\n")
+    done = run_gateway(site, "run", str(config))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "error: protocol 'audit' (from audit-jsonfile-protocol): adapter "
+        "'audit_run.adapter:Nope' for role 'client': audit_run.adapter has no 'Nope'"
+    ), done.stderr
+
+
+def test_the_import_lines_of_the_plugin_guide_work() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    lines = [
+        line.strip()
+        for line in guide.splitlines()
+        if line.strip().startswith(("from gateway", "import gateway"))
+    ]
+    assert len(lines) >= 4, lines
+    for line in lines:
+        exec(line, {})  # noqa: S102 - the guide's own import lines
