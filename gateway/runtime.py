@@ -130,10 +130,10 @@ class Gateway:
             stack.callback(gc.unfreeze)
             self.started.set()
             log.info(
-                "gateway %s running: %d adapters, %d bridges",
+                "gateway %s running: %s, %s",
                 self.config.gateway.name,
-                len(self.adapters),
-                len(self.bridges),
+                counted(len(self.adapters), "adapter"),
+                counted(len(self.bridges), "bridge"),
             )
             try:
                 await stop.wait()

@@ -428,7 +428,7 @@ async def test_close_without_ever_connecting_is_quick(caplog: pytest.LogCaptureF
         await mqtt.send(message(sample("x", 1)), route)
         await asyncio.sleep(0.1)
     assert time.monotonic() - start < 3
-    assert "1 publishes not delivered" in caplog.text
+    assert "1 publish not delivered" in caplog.text
 
 
 # --- subscriptions -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from gateway.anomaly.model import ModelError, OnnxScorer, shipped
 from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
 from gateway.runtime import StartError
+from gateway.text import counted
 from gateway.types import Message, MessageKind, Sample
 
 log = logging.getLogger(__name__)
@@ -152,11 +153,11 @@ class AnomalyStage:
         cal = dev.scorer.calibrate(np.asarray(dev.rows, dtype=np.float64))
         dev.calibrated = True
         log.info(
-            "anomaly %s: %s calibrated on %d samples of %d points, threshold %.3g",
+            "anomaly %s: %s calibrated on %s of %s, threshold %.3g",
             self.name,
             device,
-            len(dev.rows),
-            len(dev.points),
+            counted(len(dev.rows), "sample"),
+            counted(len(dev.points), "point"),
             cal.threshold,
         )
         dev.rows = []

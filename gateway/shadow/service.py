@@ -53,6 +53,7 @@ from gateway.payloads import load_json
 from gateway.shadow import shadow_topic
 from gateway.shadow.store import ShadowDocument, ShadowError, ShadowStore, VersionConflict
 from gateway.streak import FailureStreak
+from gateway.text import counted
 from gateway.types import Message
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ class ShadowService:
         while True:
             deleted = await self._call(store.prune)
             if deleted:
-                log.debug("shadow: history retention deleted %d rows", deleted)
+                log.debug("shadow: history retention deleted %s", counted(deleted, "row"))
             await asyncio.sleep(PRUNE_INTERVAL)
 
     # -- MQTT -----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from gateway.adapter import Adapter
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
 from gateway.payloads import Format, PayloadError, decode, encode, format_of
+from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
 
@@ -362,11 +363,14 @@ class CoapServerAdapter(Adapter):
             transports=["udp6"],
         )
         log.info(
-            "%s: CoAP server on %s:%d, %d resources%s",
+            "%s: CoAP server on %s:%d, %s%s",
             self.name,
             self.config.host,
             self.config.port,
-            sum(len(points) for table in self._tables.values() for points in table.values()),
+            counted(
+                sum(len(points) for table in self._tables.values() for points in table.values()),
+                "resource",
+            ),
             ", OSCORE" if oscore is not None else "",
         )
         return self

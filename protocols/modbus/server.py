@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.adapter import Adapter, AdapterContext
 from gateway.commands import WriteStatus
 from gateway.streak import FailureStreak
+from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.modbus.codec import (
     ByteOrder,
@@ -447,12 +448,12 @@ class ModbusServerAdapter(Adapter):
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
-            "%s: Modbus TCP server on %s:%d, unit ids %s, %d map entries",
+            "%s: Modbus TCP server on %s:%d, unit ids %s, %s",
             self.name,
             self.config.host,
             self.port,
             ", ".join(map(str, self.units)),
-            len(self.entries),
+            counted(len(self.entries), "map entry", "map entries"),
         )
         return self
 

@@ -84,6 +84,7 @@ from gateway.bus import topic_matches
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.optimizer.batch import encode_batch
 from gateway.optimizer.uplink import UplinkOptimizer
+from gateway.text import counted
 from gateway.types import (
     Message,
     MessageKind,
@@ -108,6 +109,10 @@ _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 # One publish waiting for the broker: topic, payload, qos, retain.
 Outgoing = tuple[str, bytes, int, bool]
+
+
+def _publishes(n: int) -> str:
+    return counted(n, "publish", "publishes")
 
 
 class MqttError(Exception):
@@ -447,9 +452,9 @@ class MqttAdapter(Adapter):
                 )
             if self._store.rows:
                 log.info(
-                    "MQTT %s: %d publishes from before the restart wait in %s",
+                    "MQTT %s: %s from before the restart wait in %s",
                     self.name,
-                    self._store.rows,
+                    _publishes(self._store.rows),
                     self._store.path,
                 )
         return self
@@ -809,10 +814,9 @@ class MqttAdapter(Adapter):
         if now - self._drop_log_at < 10.0 and self._drop_log_at:
             return
         log.warning(
-            "MQTT %s: outbox dropped %d publishes (%s; policy %s; %d in all since the file was "
-            "created)",
+            "MQTT %s: outbox dropped %s (%s; policy %s; %d in all since the file was created)",
             self.name,
-            total - self._drops_logged,
+            _publishes(total - self._drops_logged),
             ", ".join(f"{k} {v}" for k, v in store.dropped.items() if v),
             store.config.policy,
             total,
@@ -1140,15 +1144,17 @@ class MqttAdapter(Adapter):
                 store.commit()
                 if store.rows:
                     log.warning(
-                        "MQTT %s: %d publishes kept in %s for the next start",
+                        "MQTT %s: %s kept in %s for the next start",
                         self.name,
-                        store.rows,
+                        _publishes(store.rows),
                         store.path,
                     )
                 store.close()
             if discarded:
                 log.warning(
-                    "MQTT %s: shutting down with %d publishes not delivered", self.name, discarded
+                    "MQTT %s: shutting down with %s not delivered",
+                    self.name,
+                    _publishes(discarded),
                 )
             if self._connected:
                 disconnected = self._disconnected
@@ -1202,9 +1208,9 @@ class MqttAdapter(Adapter):
             self._publish_internal(_state_payload("offline"))  # at least try
         if self._inflight:
             log.warning(
-                "MQTT %s: %d publishes not acknowledged within %.1f s at shutdown",
+                "MQTT %s: %s not acknowledged within %.1f s at shutdown",
                 self.name,
-                len(self._inflight),
+                _publishes(len(self._inflight)),
                 self.drain_timeout,
             )
 

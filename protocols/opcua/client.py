@@ -64,6 +64,7 @@ from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.paths import state_path
+from gateway.text import counted
 from gateway.transform import DeadbandFilter
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua.config import OpcuaClient, OpcuaPoint
@@ -653,10 +654,10 @@ class OpcuaClientAdapter(Adapter):
                 )
             )
             log.warning(
-                "%s: %d of %d points cannot be monitored, e.g. %s: %s",
+                "%s: %d of %s cannot be monitored, e.g. %s: %s",
                 self.name,
                 len(failed),
-                len(self._points),
+                counted(len(self._points), "point"),
                 failed[0].name,
                 failed[0].error,
             )

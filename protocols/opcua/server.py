@@ -62,6 +62,7 @@ from gateway.commands import WriteStatus
 from gateway.passwords import verify_password
 from gateway.paths import state_path
 from gateway.streak import Throttle
+from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua import transport
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
@@ -571,10 +572,10 @@ class OpcuaServerAdapter(Adapter):
             logging.getLogger("asyncua.server.server").removeFilter(quiet)
         self.server = server
         log.info(
-            "%s: OPC UA server on %s with %d variables (%s)",
+            "%s: OPC UA server on %s with %s (%s)",
             self.name,
             self.endpoint_url,
-            len(self.vars),
+            counted(len(self.vars), "variable"),
             ", ".join(self._endpoint_names()),
         )
         return self
