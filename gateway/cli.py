@@ -134,7 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.paths import use_config_state_dir
     from gateway.plugins import PluginError
-    from gateway.runtime import StartError
+    from gateway.runtime import StartError, stuck_tasks
+    from gateway.text import counted
 
     try:
         config = load_config(args.file)
@@ -151,6 +152,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         install_stop_signals(stop)
         gateway = Gateway(config)
         await gateway.run(stop)
+        stuck = await stuck_tasks()
+        if stuck:
+            # asyncio.run would wait for them for ever and SIGTERM no longer reaches us.
+            logging.getLogger("gateway").error(
+                "exiting although %s still running: %s",
+                counted(len(stuck), "task"),
+                ", ".join(stuck[:10]),
+            )
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
     try:
         asyncio.run(main())

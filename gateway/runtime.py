@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,9 @@ from gateway.bus import Bus
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
+from gateway.streak import FailureStreak
 from gateway.text import counted
+from gateway.types import Message, Quality, Sample
 
 if TYPE_CHECKING:
     from gateway.shadow.service import ShadowService
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 5.0
 CANCEL_TIMEOUT = 10.0
+# An adapter's __aenter__ binds, loads certificates and builds address spaces; one that has not
+# finished in this time (a plugin awaiting a peer that never answers) would hold the whole
+# gateway in start-up, deaf to SIGTERM. Large OPC UA address spaces take seconds, not minutes.
+START_TIMEOUT = 120.0
 SUPERVISOR_BACKOFF = Backoff(initial=1.0, max=60.0)
 
 
@@ -61,7 +68,11 @@ class Gateway:
         self.adapters: dict[str, Adapter] = {}
         for name, entry in config.devices.items():
             cls = entry.spec.adapter_class(entry.role)
-            self.adapters[name] = cls(name, entry.config, self.context)
+            try:
+                self.adapters[name] = cls(name, entry.config, self.context)
+            except Exception as exc:  # a plugin's constructor: its bug, one line naming it
+                kind = "endpoint" if entry.section == "endpoints" else "device"
+                raise StartError(f"{kind} {name!r} ({entry.protocol})", exc) from exc
         sources = {name: a.points() for name, a in self.adapters.items()}
         for name, points in sources.items():
             self.router.declare(name, points)
@@ -102,16 +113,22 @@ class Gateway:
                 kind = (
                     "endpoint" if entry is not None and entry.section == "endpoints" else "device"
                 )
-                await _enter(stack, adapter, f"{kind} {adapter.name!r}")
+                if not await _enter(stack, adapter, f"{kind} {adapter.name!r}", stop):
+                    log.info("gateway %s: stopped while starting", self.config.gateway.name)
+                    return
             for bridge in self.bridges:
                 bridge.subscribe()
             if self.shadow is not None:  # entered last: closed before the adapters
-                await _enter(stack, self.shadow, f"the shadow store {self.shadow.config.path}")
+                where = f"the shadow store {self.shadow.config.path}"
+                if not await _enter(stack, self.shadow, where, stop):
+                    return
                 shadow = [asyncio.create_task(_supervise("shadow", self.shadow.run), name="shadow")]
             else:
                 shadow = []
             sources = {
-                n: asyncio.create_task(_supervise(n, a.run), name=f"adapter:{n}")
+                n: asyncio.create_task(
+                    _supervise(n, a.run, on_failure=self._points_lost(a)), name=f"adapter:{n}"
+                )
                 for n, a in self.adapters.items()
             }
             bridges = [
@@ -166,9 +183,37 @@ class Gateway:
         return text
 
     async def _report(self, interval: float) -> None:
+        streak = FailureStreak(log, "status report")
         while True:
             await asyncio.sleep(interval)
-            log.info("status: %s", self.summary())
+            try:
+                line = self.summary()
+            except Exception as exc:  # an adapter's status() bug must not end the reports
+                streak.failed(f"an adapter's status() failed: {exc!r}")
+                continue
+            streak.succeeded()
+            log.info("status: %s", line)
+
+    def _points_lost(self, adapter: Adapter) -> Callable[[BaseException], Awaitable[None]]:
+        """What the supervisor does when ``adapter``'s run fails: its readable points go Bad,
+        so a bridge target shows the failure instead of the last Good value."""
+
+        async def mark_bad(exc: BaseException) -> None:
+            now = time.time()
+            why = f"adapter failed: {type(exc).__name__}"
+            try:
+                points = adapter.points()
+            except Exception:
+                return
+            samples = tuple(
+                Sample(p.name, None, Quality.BAD, now, now, p.unit, why)
+                for p in points
+                if p.access.readable
+            )
+            if samples:
+                await self.bus.publish(Message.telemetry(adapter.name, samples))
+
+        return mark_bad
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,25 +228,106 @@ class Gateway:
 
 
 async def _enter(
-    stack: contextlib.AsyncExitStack, part: contextlib.AbstractAsyncContextManager[Any], what: str
-) -> None:
+    stack: contextlib.AsyncExitStack,
+    part: contextlib.AbstractAsyncContextManager[Any],
+    what: str,
+    stop: asyncio.Event,
+) -> bool:
+    """Enter ``part`` onto ``stack``; False if ``stop`` was set first (SIGTERM during start).
+    A part that fails, or has not started within START_TIMEOUT, is a StartError; the parts
+    entered before it are closed by the stack on the way out."""
+    entering = asyncio.ensure_future(part.__aenter__())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await stack.enter_async_context(part)
-    except Exception as exc:  # the parts entered before it are closed by the stack on the way out
+        await asyncio.wait(
+            {entering, stopping}, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED"
+        )
+    finally:
+        stopping.cancel()
+    if not entering.done():
+        await _cancel([entering], patience=5.0)
+        if stop.is_set():
+            return False
+        raise StartError(what, TimeoutError(f"did not finish starting in {START_TIMEOUT:.0f} s"))
+    if entering.cancelled():
+        raise StartError(what, RuntimeError("its start was cancelled"))
+    exc = entering.exception()
+    if exc is not None:
         raise StartError(what, exc) from exc
+    stack.push_async_exit(_quiet_exit(part, what))
+    return True
 
 
-async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+def _quiet_exit(
+    part: contextlib.AbstractAsyncContextManager[Any], what: str
+) -> Callable[..., Awaitable[bool]]:
+    """``part.__aexit__`` for the exit stack; a failure to close is one line and the next part
+    still closes (an adapter's bug in __aexit__ must not lose the others' last writes)."""
+
+    async def exit_(*exc_info: Any) -> bool:
+        try:
+            await part.__aexit__(*exc_info)
+        except Exception as exc:
+            log.error("%s did not close cleanly: %s", what, f"{type(exc).__name__}: {exc}")
+        return False
+
+    return exit_
+
+
+async def _supervise(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    *,
+    on_failure: Callable[[BaseException], Awaitable[None]] | None = None,
+) -> None:
+    """Run ``run`` for ever, restarting it after a failure with a backoff that starts over
+    once a run has lasted longer than the longest delay. The first failure is logged with its
+    traceback, later ones in one line each."""
     backoff = BackoffTimer(SUPERVISOR_BACKOFF)
+    loop = asyncio.get_running_loop()
+    failures = 0
     while True:
+        started = loop.time()
         try:
             await run()
-            log.error("%s stopped by itself; restarting", name)
+            failure: BaseException = RuntimeError("stopped by itself")
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("%s failed; restarting it, the rest of the gateway keeps running", name)
-        await asyncio.sleep(backoff.next_delay())
+        except Exception as exc:
+            failure = exc
+        if loop.time() - started > SUPERVISOR_BACKOFF.max:
+            backoff.reset()
+        failures += 1
+        delay = backoff.next_delay()
+        why = f"{type(failure).__name__}: {failure}"
+        if failures == 1:
+            log.error(
+                "%s failed; restarting it in %.1f s, the rest of the gateway keeps running: %s",
+                name,
+                delay,
+                why,
+                exc_info=failure if failure.__traceback__ is not None else None,
+            )
+        else:
+            log.error(
+                "%s failed again (%d times); restarting in %.1f s: %s", name, failures, delay, why
+            )
+        if on_failure is not None:
+            try:
+                await on_failure(failure)
+            except Exception:
+                log.debug("%s: could not mark its points bad", name, exc_info=True)
+        await asyncio.sleep(delay)
+
+
+async def stuck_tasks(patience: float = 5.0) -> list[str]:
+    """After the gateway has stopped: cancel the tasks still running (libraries' helpers) and
+    return the names of those that ignore it. ``asyncio.run`` would wait for them for ever,
+    so ``gateway run`` exits without them (everything of ours is closed by then)."""
+    me = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    await _cancel(left, patience)
+    return sorted(t.get_name() for t in left if not t.done())
 
 
 async def _cancel(tasks: list[asyncio.Task[None]], patience: float = CANCEL_TIMEOUT) -> None:

@@ -8,6 +8,7 @@ from conftest import wait_for
 
 from gateway import runtime
 from gateway.adapter import raise_if_cancelling
+from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
 
 
@@ -207,3 +208,190 @@ def test_gateway_run_without_a_library_a_bridge_needs_says_so_in_one_line(
         f"error: bridge 'up' could not start: needs {missing}: pip install 'protocol-brain[ml]'"
     )
     assert "Traceback" not in out.stderr
+
+
+class _Part:
+    """An adapter-like async context manager whose start or close misbehaves."""
+
+    def __init__(self, name: str, *, hang: bool = False, fail_exit: bool = False) -> None:
+        self.name, self.hang, self.fail_exit = name, hang, fail_exit
+        self.closed = False
+
+    async def __aenter__(self) -> "_Part":
+        if self.hang:
+            await asyncio.Event().wait()  # a plugin awaiting a peer that never answers
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.closed = True
+        if self.fail_exit:
+            raise RuntimeError("close bug")
+
+
+async def test_a_start_that_hangs_times_out_or_gives_way_to_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import contextlib
+
+    monkeypatch.setattr(runtime, "START_TIMEOUT", 0.2)
+    async with contextlib.AsyncExitStack() as stack:
+        with pytest.raises(runtime.StartError, match="device 'x' could not start: did not finish"):
+            await asyncio.wait_for(runtime._enter(stack, _Part("x", hang=True), "device 'x'",
+                                                  asyncio.Event()), 5)  # fmt: skip
+    monkeypatch.setattr(runtime, "START_TIMEOUT", 60.0)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.1, stop.set)  # SIGTERM during start
+    async with contextlib.AsyncExitStack() as stack:
+        entered = await asyncio.wait_for(runtime._enter(stack, _Part("x", hang=True), "x", stop), 5)
+    assert entered is False
+
+
+async def test_a_part_that_fails_to_close_does_not_stop_the_others_closing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import contextlib
+
+    first, broken = _Part("first"), _Part("broken", fail_exit=True)
+    async with contextlib.AsyncExitStack() as stack:
+        for part in (first, broken):
+            assert await runtime._enter(stack, part, f"device {part.name!r}", asyncio.Event())
+    assert first.closed and broken.closed  # no exception left the stack
+    assert "device 'broken' did not close cleanly: RuntimeError: close bug" in caplog.text
+
+
+async def test_supervisor_logs_one_traceback_then_one_line_and_calls_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime, "SUPERVISOR_BACKOFF", Backoff(initial=0.01, max=0.02))
+    failed: list[BaseException] = []
+
+    async def broken() -> None:
+        raise ValueError("plugin read bug")
+
+    async def on_failure(exc: BaseException) -> None:
+        failed.append(exc)
+
+    task = asyncio.create_task(runtime._supervise("plc", broken, on_failure=on_failure))
+    await wait_for(lambda: len(failed) >= 3, message="three failures")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    records = [r for r in caplog.records if r.name == "gateway.runtime"]
+    assert records[0].exc_info is not None and "plugin read bug" in records[0].getMessage()
+    assert all(r.exc_info is None for r in records[1:])
+    assert "plc failed again (2 times)" in records[1].getMessage()
+
+
+async def test_a_crashed_source_marks_its_points_bad(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from gateway.types import Quality
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "devices:\n"
+        "  plc: {protocol: modbus, host: 127.0.0.1, port: 1,\n"
+        "        points: [{name: t, address: 0}, {name: sp, address: 1, access: rw}]}\n"
+    )
+    gw = runtime.Gateway(load_config(path))
+
+    async def crash() -> None:
+        raise RuntimeError("plugin bug")
+
+    gw.adapters["plc"].run = crash  # type: ignore[method-assign]
+    sub = gw.bus.subscribe("telemetry/plc")
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        message = await asyncio.wait_for(sub.get(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    assert {s.point for s in message.samples} == {"t", "sp"}
+    assert all(s.quality is Quality.BAD for s in message.samples)
+    assert message.samples[0].reason == "adapter failed: RuntimeError"
+
+
+def test_gateway_run_exits_even_if_a_task_ignores_cancellation(tmp_path: Path) -> None:
+    script = """\
+import asyncio, logging, sys
+from gateway import runtime
+from gateway.cli import main
+
+async def immortal():
+    while True:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()
+
+real_run = runtime.Gateway.run
+async def run(self, stop):
+    asyncio.get_running_loop().create_task(immortal(), name="immortal")
+    asyncio.get_running_loop().call_later(0.5, stop.set)
+    await real_run(self, stop)
+runtime.Gateway.run = run
+runtime.CANCEL_TIMEOUT = 0.5
+sys.exit(main(["run", sys.argv[1]]))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(_plc_file(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "exiting although 1 task still running: immortal" in out.stderr
+
+
+def _plc_file(tmp_path: Path) -> Path:
+    """A gateway with one Modbus device nobody answers for (port 1)."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "devices:\n"
+        "  plc: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
+    )
+    return path
+
+
+def _plc_config(tmp_path: Path) -> GatewayConfig:
+    from gateway.config import load_config
+
+    return load_config(_plc_file(tmp_path))
+
+
+def test_an_adapter_constructor_that_raises_is_one_start_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _plc_config(tmp_path)
+
+    class Boom:
+        def __init__(self, *args: object) -> None:
+            raise ValueError("bad init")
+
+    spec = config.devices["plc"].spec
+    monkeypatch.setattr(type(spec), "adapter_class", lambda self, role: Boom)
+    with pytest.raises(
+        runtime.StartError, match=r"device 'plc' \(modbus\) could not start: bad init"
+    ):
+        runtime.Gateway(config)
+
+
+async def test_a_status_bug_does_not_end_the_status_reports(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="gateway.runtime")
+    gw = runtime.Gateway(_plc_config(tmp_path))
+    calls = []
+
+    def status() -> dict[str, object]:
+        calls.append(1)
+        if len(calls) <= 3:
+            raise RuntimeError("status bug")
+        return {"connected": True}
+
+    gw.adapters["plc"].status = status  # type: ignore[method-assign]
+    task = asyncio.create_task(gw._report(0.01))
+    await wait_for(lambda: "status: 1/1 connected" in caplog.text, message="a report again")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    failed = [r for r in caplog.records if "status() failed" in r.getMessage()]
+    assert len(failed) == 1 and "RuntimeError('status bug')" in failed[0].getMessage()
