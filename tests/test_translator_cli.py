@@ -133,6 +133,26 @@ def test_out_on_a_full_disk_leaves_no_partial_file(
     assert not out.exists()
 
 
+def test_counts_of_one_are_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = _write(tmp_path / "one.csv", "name\nAHU1_SAT\n")
+    target = _write(tmp_path / "t.csv", "name\nDischarge Air Temp\n")
+    labeled = _write(
+        tmp_path / "lab.csv", "name,brick_class\nAHU1_SAT,Supply_Air_Temperature_Sensor\n"
+    )
+    out = tmp_path / "out.csv"
+    assert main(["classify", str(one), "--out", str(out)]) == 0
+    assert capsys.readouterr().err == f"{out}: 1 point classified\n"
+    assert main(["translator", "pick", str(one), "--count", "1", "--out", str(out)]) == 0
+    assert capsys.readouterr().err.startswith(f"{out}: 1 of 1 point to label;")
+    bridge = tmp_path / "bridge.yaml"
+    args = ["suggest", "--source", str(one), "--target", str(target), "--out", str(bridge)]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"{bridge}: 1 of 1 mapping confident, 0 marked")
+    args = ["translator", "evaluate", "--data", str(labeled), "--shots", "0", "--seeds", "1"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"{labeled}: 1 labeled point, 1 class\n")
+
+
 def test_classify_writes_ranked_csv(tmp_path: Path) -> None:
     src = _write(
         tmp_path / "in.csv",

@@ -23,6 +23,7 @@ from gateway.cliargs import (
     output_file,
     positive_int,
 )
+from gateway.text import counted
 
 __all__ = ["register"]
 
@@ -176,7 +177,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             alts = ";".join(f"{c}:{s:.3f}" for c, s in top[1:])
             w.writerow([p.name, top[0][0], f"{top[0][1]:.3f}", alts])
     if args.out:
-        print(f"{args.out}: {len(points)} points classified", file=sys.stderr)
+        print(f"{args.out}: {counted(len(points), 'point')} classified", file=sys.stderr)
     return 0
 
 
@@ -207,7 +208,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         out.write(text)
     confident = sum(1 for m in matches if m.target is not None and m.confidence >= args.threshold)
     print(
-        f"{args.out}: {confident} of {len(matches)} mappings confident, "
+        f"{args.out}: {confident} of {counted(len(matches), 'mapping')} confident, "
         f"{len(matches) - confident} marked REVIEW; nothing applied (approved: false)"
     )
     return 0
@@ -262,7 +263,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         _translator(args), data, shots, args.seeds, prior=args.site_prior, select=args.select
     )
-    print(f"{args.data}: {len(data)} labeled points, {len({c for _, c in data})} classes")
+    classes = counted(len({c for _, c in data}), "class", "classes")
+    print(f"{args.data}: {counted(len(data), 'labeled point')}, {classes}")
     print(f"{'shots':>5}  {'who':<9} {'top1':>6} {'top5':>6} {'macroF1':>7}")
     for k, row in result.items():
         for who, m in row.items():
@@ -300,8 +302,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
             w.writerow([p.name, "", guess, f"{score:.3f}", p.description, p.unit, p.datatype])
     if args.out:
         print(
-            f"{args.out}: {len(chosen)} of {len(points)} points to label; fill in brick_class "
-            "(the suggestion is the model's guess), then use the rows as --examples",
+            f"{args.out}: {len(chosen)} of {counted(len(points), 'point')} to label; fill in "
+            "brick_class (the suggestion is the model's guess), then use the rows as --examples",
             file=sys.stderr,
         )
     return 0
