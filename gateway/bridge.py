@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import importlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -94,19 +93,21 @@ class PointTransform:
 
 
 @contextlib.contextmanager
-def _needs_extras(bridge: str) -> Iterator[None]:
-    """An optional library that a stage of ``bridge`` needs is missing: a StartError naming the
-    bridge and the pip install that brings it (``gateway run`` prints it as one line), not a
-    ModuleNotFoundError."""
+def _stage_starts(bridge: str) -> Iterator[None]:
+    """A stage of ``bridge`` cannot start (an optional library missing, a model or examples
+    file that cannot be used): a StartError naming the bridge (``gateway run`` prints it as one
+    line; for a library, with the pip install that brings it), not a traceback."""
+    from gateway.runtime import StartError
+
     try:
         yield
     except ModuleNotFoundError as exc:
         needs = missing_library(exc)
         if needs is None:
             raise
-        from gateway.runtime import StartError
-
         raise StartError(f"bridge {bridge!r}", ModuleNotFoundError(needs, name=exc.name)) from None
+    except Exception as exc:
+        raise StartError(f"bridge {bridge!r}", exc) from None
 
 
 class Bridge:
@@ -133,12 +134,10 @@ class Bridge:
             from gateway.translator.transform import Translate
 
             self.translate = Translate(config.translate, bus)
-            if config.translate.mode == "auto":
-                # Its classifier is loaded at the first new point, in the bridge's task: the
-                # libraries it needs must be there now.
-                with _needs_extras(self.name):
-                    for module in ("gateway.translator.fewshot", "onnxruntime"):
-                        importlib.import_module(module)
+            # auto: the classifier (model, few-shot examples) is loaded now, not at the first
+            # new point inside the bridge's task, where a failure would only be logged.
+            with _stage_starts(self.name):
+                self.translate.prepare()
         # ``computed:``: reads the shadow once the runtime hands it over (`use_shadow`).
         self.computed = ComputedPoints(list(config.computed)) if config.computed else None
         # A target's topic template with {shadow.reported.<key>}: each message carries its
@@ -153,7 +152,7 @@ class Bridge:
         # ``anomaly:``: numpy and ONNX Runtime are imported only by bridges that score.
         self.anomaly: AnomalyStage | None = None
         if config.anomaly is not None:
-            with _needs_extras(self.name):
+            with _stage_starts(self.name):
                 from gateway.anomaly.stage import AnomalyStage
 
             self.anomaly = AnomalyStage(config.anomaly, bus, config.name)

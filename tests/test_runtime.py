@@ -395,3 +395,31 @@ async def test_a_status_bug_does_not_end_the_status_reports(
     await asyncio.gather(task, return_exceptions=True)
     failed = [r for r in caplog.records if "status() failed" in r.getMessage()]
     assert len(failed) == 1 and "RuntimeError('status bug')" in failed[0].getMessage()
+
+
+def test_a_translate_model_that_cannot_load_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the classifier was loaded at the first new point, inside the bridge's task: the
+    # gateway started, then logged a traceback on every bridge restart and forwarded nothing.
+    from gateway.config import load_config
+    from gateway.translator import model
+
+    def broken(path: str = "") -> model.Translator:
+        raise model.ModelError("cannot load the translator model translator.onnx: truncated")
+
+    monkeypatch.setattr(model, "load", broken)
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "devices:\n"
+        "  pump: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: 127.0.0.1, port: 1}\n"
+        "bridges:\n"
+        "  - {name: up, from: pump, to: broker, topic: 'x/{point}', translate: {mode: auto}}\n"
+    )
+    with pytest.raises(runtime.StartError) as caught:
+        runtime.Gateway(load_config(path))
+    assert str(caught.value) == (
+        "bridge 'up' could not start: cannot load the translator model translator.onnx: truncated"
+    )

@@ -41,6 +41,12 @@ class Translate:
         self.suggestions: dict[str, list[tuple[str, float]]] = {}
         self.reviewed = 0
 
+    def prepare(self) -> None:
+        """Load the classifier now (auto mode), so that a model or examples file that cannot be
+        used stops the start instead of failing at the first new point."""
+        if self.auto and self._classifier is None:
+            self._classifier = self._load()
+
     def target_name(self, name: str) -> str | None:
         """The name the target sees for a source point known now (None: not forwarded yet)."""
         if name in self.map:
