@@ -175,6 +175,20 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _bridge_file(tmp_path: Path, stage: str) -> Path:
+    """A Modbus device bridged to a broker (neither answers) through ``stage``."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "devices:\n"
+        "  pump: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: 127.0.0.1, port: 1}\n"
+        "bridges:\n"
+        f"  - {{name: up, from: pump, to: broker, topic: 'x/{{point}}', {stage}}}\n"
+    )
+    return path
+
+
 @pytest.mark.parametrize(
     ("stage", "missing"),
     [
@@ -188,15 +202,7 @@ def test_gateway_run_without_a_library_a_bridge_needs_says_so_in_one_line(
 ) -> None:
     # Before, translate auto failed at its first new point, in the bridge's task: a
     # ModuleNotFoundError traceback in the log on every restart, the gateway running on.
-    path = tmp_path / "gw.yaml"
-    path.write_text(
-        "devices:\n"
-        "  pump: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
-        "endpoints:\n"
-        "  broker: {protocol: mqtt, host: 127.0.0.1, port: 1}\n"
-        "bridges:\n"
-        f"  - {{name: up, from: pump, to: broker, topic: 'x/{{point}}', {stage}}}\n"
-    )
+    path = _bridge_file(tmp_path, stage)
     out = subprocess.run(
         [sys.executable, "-c", GATEWAY_WITHOUT, missing, "run", str(path)],
         capture_output=True,
@@ -409,15 +415,7 @@ def test_a_translate_model_that_cannot_load_stops_the_start(
         raise model.ModelError("cannot load the translator model translator.onnx: truncated")
 
     monkeypatch.setattr(model, "load", broken)
-    path = tmp_path / "gw.yaml"
-    path.write_text(
-        "devices:\n"
-        "  pump: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
-        "endpoints:\n"
-        "  broker: {protocol: mqtt, host: 127.0.0.1, port: 1}\n"
-        "bridges:\n"
-        "  - {name: up, from: pump, to: broker, topic: 'x/{point}', translate: {mode: auto}}\n"
-    )
+    path = _bridge_file(tmp_path, "translate: {mode: auto}")
     with pytest.raises(runtime.StartError) as caught:
         runtime.Gateway(load_config(path))
     assert str(caught.value) == (
