@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from gateway.bus import Bus
-from gateway.types import Message, PointSpec
+from gateway.types import Message, PointSpec, Quality, Sample
 
 if TYPE_CHECKING:
     from gateway.bridge import Bridge
@@ -82,6 +83,20 @@ class Adapter(abc.ABC):
     async def send(self, message: Message, route: BaseModel) -> None:
         """Deliver a bus message to this adapter's peer (bridge target role)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be a bridge target")
+
+    async def points_lost(self, reason: str) -> None:
+        """Every readable point is Bad with ``reason``: the runtime calls it when ``run()``
+        failed, so targets do not keep showing the last Good value while it restarts. An
+        adapter that suppresses repeated values overrides it to mark them through that filter,
+        so that the first reading after the restart is published even if it did not change."""
+        now = time.time()
+        samples = tuple(
+            Sample(p.name, None, Quality.BAD, now, now, p.unit, reason)
+            for p in self.points()
+            if p.access.readable
+        )
+        if samples:
+            await self.bus.publish(Message.telemetry(self.name, samples))
 
     def status(self) -> dict[str, Any]:
         """Counters and state for logs and ``gateway status``."""

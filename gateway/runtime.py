@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,6 @@ from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
 from gateway.streak import FailureStreak
 from gateway.text import counted
-from gateway.types import Message, Quality, Sample
 
 if TYPE_CHECKING:
     from gateway.shadow.service import ShadowService
@@ -195,26 +193,14 @@ class Gateway:
             streak.succeeded()
             log.info("status: %s", line)
 
-    def _points_lost(self, adapter: Adapter) -> Callable[[BaseException], Awaitable[None]]:
-        """What the supervisor does when ``adapter``'s run fails: its readable points go Bad,
-        so a bridge target shows the failure instead of the last Good value."""
+    @staticmethod
+    def _points_lost(adapter: Adapter) -> Callable[[BaseException], Awaitable[None]]:
+        """What the supervisor does when ``adapter``'s run fails: its points go Bad."""
 
-        async def mark_bad(exc: BaseException) -> None:
-            now = time.time()
-            why = f"adapter failed: {type(exc).__name__}"
-            try:
-                points = adapter.points()
-            except Exception:
-                return
-            samples = tuple(
-                Sample(p.name, None, Quality.BAD, now, now, p.unit, why)
-                for p in points
-                if p.access.readable
-            )
-            if samples:
-                await self.bus.publish(Message.telemetry(adapter.name, samples))
+        async def lost(exc: BaseException) -> None:
+            await adapter.points_lost(f"adapter failed: {type(exc).__name__}")
 
-        return mark_bad
+        return lost
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

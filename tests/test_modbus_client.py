@@ -259,3 +259,21 @@ async def test_a_device_that_accepts_but_never_answers_is_not_connected(run_adap
         assert "timeout" in (r.adapter.status()["last_error"] or "")
     finally:
         server.close()
+
+
+async def test_points_lost_goes_through_the_deadband_so_an_unchanged_value_comes_back(
+    device: SimulatedDevice, run_adapter: Any
+) -> None:
+    # The runtime calls points_lost when run() failed; after the restart the register has not
+    # changed, and the on-change filter must still send it, or targets would stay Bad.
+    device.set_registers("holding", 0, [42])
+    r = await run_adapter(device_config(device.port, [{"name": "sp", "address": 0}]))
+    await wait_for(lambda: r.latest("sp"), message="first reading")
+    await r.adapter.points_lost("adapter failed: RuntimeError")
+    bad = r.latest("sp")
+    assert bad is not None and bad.quality is Quality.BAD
+    assert bad.reason == "adapter failed: RuntimeError"
+    await wait_for(
+        lambda: (s := r.latest("sp")) is not None and s.quality is Quality.GOOD and s.value == 42,
+        message="the unchanged value sent again as Good",
+    )

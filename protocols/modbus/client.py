@@ -260,6 +260,11 @@ class ModbusClientAdapter(Adapter):
                     self._connected.clear()
                     self._lost.set()
 
+    async def points_lost(self, reason: str) -> None:
+        """``run()`` failed (the runtime restarts it): every point Bad, through the deadband,
+        so the first reading after the restart is sent even if unchanged."""
+        await self._mark_all_bad(reason)
+
     async def _mark_all_bad(self, reason: str) -> None:
         now = time.time()
         samples = []

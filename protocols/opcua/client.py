@@ -734,6 +734,11 @@ class OpcuaClientAdapter(Adapter):
             source_ts = ts.timestamp() if ts is not None else now
             append(Sample(p.config.name, value, quality, source_ts, now, p.config.unit, reason))
 
+    async def points_lost(self, reason: str) -> None:
+        """``run()`` failed (the runtime restarts it): every point Bad, resetting the local
+        deadbands, so the values the restarted subscription reports are sent."""
+        await self._mark_all_bad(reason)
+
     async def _mark_all_bad(self, reason: str) -> None:
         """Every point bad, once per outage (not again for each failed retry)."""
         if self._all_bad:
