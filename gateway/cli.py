@@ -78,14 +78,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"plugins": rows, "errors": registry.errors}, indent=2))
     else:
-        print(f"{'protocol':<10} {'roles':<14} {'capabilities':<34} status")
-        for r in rows:
-            print(
-                f"{r['name']:<10} {','.join(r['roles']):<14} "
-                f"{','.join(r['capabilities']):<34} {r['status']}"
-            )
-        for name, err in sorted(registry.errors.items()):
-            print(f"{name:<10} {'-':<14} {'-':<34} error: {err}")
+        # Each column as wide as its longest entry: a plugin's name can be of any length.
+        table = [["protocol", "roles", "capabilities", "status"]]
+        table += [
+            [r["name"], ",".join(r["roles"]), ",".join(r["capabilities"]), r["status"]]
+            for r in rows
+        ]
+        table += [
+            [name, "-", "-", f"error: {err}"] for name, err in sorted(registry.errors.items())
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(3)]
+        for row in table:
+            print(" ".join(f"{cell:<{w}}" for cell, w in zip(row[:3], widths, strict=True)), row[3])
     return 1 if registry.errors else 0
 
 
@@ -210,39 +214,99 @@ def _register_feature_commands(sub: Any) -> None:
         module.register(sub)
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="Protocol Brain edge gateway")
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Protocol Brain edge gateway: bridges Modbus TCP, OPC UA, CoAP and MQTT "
+        "devices and endpoints, declared in one YAML config.",
+    )
     parser.add_argument("--version", action="version", version=f"protocol-brain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate", help="check a config file without connecting anything")
-    p.add_argument("file")
+    p = sub.add_parser(
+        "validate",
+        help="check a config file without connecting anything",
+        description="Check a config file without connecting to anything. Every problem is "
+        "reported at once, with file, line and column, the key path, what was found and what "
+        "was expected; exit 1 if there is any.",
+    )
+    p.add_argument("file", help="the gateway's YAML config")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("run", help="run the gateway from a config file until SIGINT/SIGTERM")
-    p.add_argument("file")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p = sub.add_parser(
+        "run",
+        help="run the gateway from a config file until SIGINT/SIGTERM",
+        description="Run the gateway from a config file: poll and subscribe to its devices and "
+        "serve or publish their points through its endpoints and bridges, until SIGINT or "
+        "SIGTERM, then shut down cleanly. The state folder ({state} in its paths: outboxes, "
+        "certificates) is .protocol-brain next to the config unless $PROTOCOL_BRAIN_STATE_DIR "
+        "says otherwise.",
+    )
+    p.add_argument("file", help="the gateway's YAML config")
+    p.add_argument(
+        "--log-level", choices=LOG_LEVELS, help="default: the config's gateway.log_level (info)"
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("plugins", help="list installed protocols, roles and capabilities")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "plugins",
+        help="list installed protocols, roles and capabilities",
+        description="List the protocols installed (built in or from plugin packages) with "
+        "their roles and capabilities, and for one whose library is missing, the pip install "
+        "line that brings it. Exit 1 if a plugin could not be loaded.",
+    )
+    p.add_argument("--json", action="store_true", help="print the list and load errors as JSON")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the config file (for editors)",
+        description="Print the JSON Schema of the config file, the installed protocols "
+        "included, for completion and checking in an editor.",
+    )
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser(
-        "hash-password", help="hash a password for a users: entry (reads stdin or prompts)"
+        "hash-password",
+        help="hash a password for a users: entry (reads stdin or prompts)",
+        description="Print a scrypt hash of a password for the password_hash of an OPC UA "
+        "server's users: entry, so that the password never goes into the config. Reads one "
+        "line from standard input when it is not a terminal, else prompts twice; a password "
+        "needs at least 8 characters.",
     )
     p.set_defaults(func=cmd_hash_password)
 
-    p = sub.add_parser("demo", help="simulated Modbus device -> gateway -> embedded MQTT broker")
-    p.add_argument(
-        "--duration", type=positive_float, default=None, help="seconds; default until Ctrl-C"
+    p = sub.add_parser(
+        "demo",
+        help="a simulated Modbus device through the gateway to MQTT and OPC UA, with a shadow",
+        description="A simulated Modbus boiler polled by the gateway, published to an embedded "
+        "MQTT broker and served by the gateway's OPC UA server (writes go back to the device), "
+        "with a device shadow. Prints the readings that made the round trip through the broker "
+        "and the commands to watch it with. Its config, shadow and outboxes are in a temporary "
+        "folder removed when it stops.",
     )
-    p.add_argument("--mqtt-port", type=port, default=1883, help="embedded broker port")
-    p.add_argument("--opcua-port", type=port, default=4840, help="OPC UA server port")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--duration",
+        type=positive_float,
+        default=None,
+        help="seconds to run once the gateway is up; default until Ctrl-C",
+    )
+    p.add_argument(
+        "--mqtt-port",
+        type=port,
+        default=1883,
+        help="embedded broker port (default %(default)s; a free one if taken)",
+    )
+    p.add_argument(
+        "--opcua-port",
+        type=port,
+        default=4840,
+        help="OPC UA server port (default %(default)s; a free one if taken)",
+    )
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="default: warning")
     p.set_defaults(func=cmd_demo)
     _register_feature_commands(sub)
     return parser

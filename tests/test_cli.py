@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,78 @@ def test_plugins_lists_roles_and_capabilities() -> None:
     lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
     assert "client" in lines["modbus"] and "read,poll,write" in lines["modbus"]
     assert "publish" in lines["mqtt"] and lines["mqtt"].rstrip().endswith("ok")
+
+
+def test_plugins_table_is_as_wide_as_the_longest_protocol_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    import gateway.plugins
+    from gateway.cli import main
+    from gateway.plugins import Registry, load_registry
+
+    registry = load_registry()
+    long = dataclasses.replace(registry.get("mqtt"), name="industrial-ethernet-ip")
+    specs = {**registry.specs, long.name: long}
+    errors = {"a-very-long-broken-plugin": "failed to import"}
+    monkeypatch.setattr(gateway.plugins, "load_registry", lambda: Registry(specs, errors))
+    assert main(["plugins"]) == 1  # the broken plugin
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + len(specs) + 1
+    # Every column starts where the header's does, whatever the length of a name.
+    starts = [lines[0].index(title) for title in ("roles", "capabilities", "status")]
+    assert starts[0] == len("a-very-long-broken-plugin") + 1
+    for line in lines[1:]:
+        assert all(line[at - 1] == " " and line[at] != " " for at in starts), lines
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ("gateway",)
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every parser of the command line, top-level and nested, with its command words."""
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_command_option_and_argument_says_what_it_is() -> None:
+    from gateway.cli import build_parser
+
+    missing = []
+    commands = dict(_parsers(build_parser()))
+    for command, parser in commands.items():
+        parser.format_help()  # a bad %-placeholder in a help string would fail here
+        if not parser.description:
+            missing.append(f"{command}: no description")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                listed = {choice.dest: choice.help for choice in action._choices_actions}
+                missing += [
+                    f"{command} {sub}: no help" for sub in action.choices if not listed.get(sub)
+                ]
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(
+                    f"{command} {'/'.join(action.option_strings) or action.dest}: no help"
+                )
+    assert missing == []
+    # The walk reaches the feature commands and the nested ones.
+    assert {"gateway validate", "gateway shadow get", "gateway translator train"} <= set(commands)
+    assert {"gateway optimizer evaluate", "gateway anomaly train", "gateway status"} <= set(
+        commands
+    )
+
+
+def test_demo_help_names_what_it_serves() -> None:
+    from gateway.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = next(choice.help for choice in commands._choices_actions if choice.dest == "demo")
+    for text in (listed, commands.choices["demo"].description):
+        assert "MQTT" in text and "OPC UA" in text and "shadow" in text, text
 
 
 def test_demo_shows_readings_that_made_the_round_trip() -> None:

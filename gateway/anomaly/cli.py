@@ -20,22 +20,64 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("anomaly", help="train or evaluate the local anomaly model")
+    p = subparsers.add_parser(
+        "anomaly",
+        help="train or evaluate the local anomaly model",
+        description="The anomaly model the gateway scores samples with: train the teacher "
+        "autoencoder and its int8 student on clean SKAB-format data, or evaluate them by "
+        "SKAB's protocol.",
+    )
     sub = p.add_subparsers(dest="anomaly_command", required=True)
 
-    t = sub.add_parser("train", help="train teacher and student on clean CSV data (SKAB format)")
-    t.add_argument("--data", required=True, type=Path, metavar="DIR")
+    t = sub.add_parser(
+        "train",
+        help="train teacher and student on clean CSV data (SKAB format)",
+        description="Train the teacher autoencoder on clean readings (files without labels, "
+        "and the calibration rows of labelled ones), distil it into the pruned int8 student "
+        "and export both as ONNX; prints one JSON object. It writes into the package's model "
+        "folder by default, replacing the shipped models: pass --out DIR to keep them. Needs "
+        "the [train] extra (torch).",
+    )
+    t.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="SKAB-format CSVs (';', datetime, sensors): a file or a folder",
+    )
     t.add_argument("--out", type=Path, metavar="DIR", help="default: the shipped model folder")
-    t.add_argument("--teacher-steps", type=positive_int, default=3000)
-    t.add_argument("--student-steps", type=positive_int, default=6000)
-    t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument(
+        "--teacher-steps",
+        type=positive_int,
+        default=3000,
+        help="teacher training steps (%(default)s)",
+    )
+    t.add_argument(
+        "--student-steps",
+        type=positive_int,
+        default=6000,
+        help="student distillation steps (%(default)s)",
+    )
+    t.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (%(default)s)")
     t.add_argument(
         "--keep-float", action="store_true", help="also write student-float.onnx (before int8)"
     )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="SKAB protocol: F1/FAR/MAR of teacher, student, T²")
-    e.add_argument("--data", required=True, type=Path, metavar="DIR")
+    e = sub.add_parser(
+        "evaluate",
+        help="SKAB protocol: F1/FAR/MAR of teacher, student, T²",
+        description="Score labelled SKAB-format CSVs by SKAB's protocol (the first 400 rows of "
+        "each calibrate): F1, false-alarm and missed-alarm rates of the teacher, the student "
+        "and a Hotelling T² baseline. The last line is one JSON object.",
+    )
+    e.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="labelled SKAB-format CSVs (anomaly, changepoint columns): a file or a folder",
+    )
     e.add_argument("--models", type=Path, metavar="DIR", help="default: the shipped models")
     e.add_argument(
         "--refresh",

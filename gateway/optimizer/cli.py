@@ -70,65 +70,119 @@ def _share(text: str) -> float:
     return value
 
 
+TRACES_HELP = "a folder of traces (seconds<TAB>Mbit/s lines)"
+
+
+def _episode_options(p: argparse.ArgumentParser) -> None:
+    """--length and --seed: the simulated episodes evaluate and headroom run on the traces."""
+    p.add_argument(
+        "--length",
+        type=episode_seconds,
+        default=300.0,
+        help="seconds of each trace used (%(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=1000,
+        help="workload and RTT of trace i: seed + i (%(default)s)",
+    )
+
+
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("optimizer", help="uplink packet optimizer: train, evaluate, traces")
+    p = subparsers.add_parser(
+        "optimizer",
+        help="uplink packet optimizer: train, evaluate, traces",
+        description="The uplink packet optimizer's send policy, in its simulator: train it, "
+        "compare it with fixed and heuristic policies on bandwidth traces, bound what any "
+        "policy could gain, or write traces.",
+    )
     sub = p.add_subparsers(dest="optimizer_command", required=True)
 
-    t = sub.add_parser("train", help="PPO training; exports policy.onnx + policy.json")
-    t.add_argument("--out", default="policy.onnx", help="where the .onnx goes (.json beside it)")
-    t.add_argument("--steps", type=positive_int, default=500_000)
+    t = sub.add_parser(
+        "train",
+        help="PPO training; exports policy.onnx + policy.json",
+        description="Train the send policy with PPO on synthetic mobile traces, plus a folder "
+        "of FCC broadband traces if given (its held-out split kept out), and export it as "
+        "ONNX with a .json beside it (reward weights, best fixed decision); prints one JSON "
+        "object. Needs the [train] extra.",
+    )
+    t.add_argument(
+        "--out",
+        default="policy.onnx",
+        help="where the .onnx goes, the .json beside it (%(default)s)",
+    )
+    t.add_argument(
+        "--steps",
+        type=positive_int,
+        default=500_000,
+        help="environment steps, all environments together (%(default)s)",
+    )
     t.add_argument(
         "--fcc", metavar="DIR", help="trace folder to mix in (its held-out split kept out)"
     )
-    t.add_argument("--holdout", type=_share, default=0.25, help="share of --fcc kept out")
-    t.add_argument("--seed", type=nonnegative_int, default=0)
-    t.add_argument("--envs", type=positive_int, default=8)
     t.add_argument(
-        "--grid-episodes", type=positive_int, default=16, help="episodes of the best-fixed search"
+        "--holdout", type=_share, default=0.25, help="share of --fcc kept out (%(default)s)"
     )
-    t.add_argument("--lr", type=positive_float, default=1e-4, help="PPO learning rate")
-    t.add_argument("--ent-coef", type=nonnegative_float, default=0.0, help="PPO entropy bonus")
+    t.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (%(default)s)")
+    t.add_argument(
+        "--envs", type=positive_int, default=8, help="parallel environments (%(default)s)"
+    )
+    t.add_argument(
+        "--grid-episodes",
+        type=positive_int,
+        default=16,
+        help="episodes of the best-fixed search (%(default)s)",
+    )
+    t.add_argument(
+        "--lr", type=positive_float, default=1e-4, help="PPO learning rate (%(default)s)"
+    )
+    t.add_argument(
+        "--ent-coef", type=nonnegative_float, default=0.0, help="PPO entropy bonus (%(default)s)"
+    )
     t.add_argument(
         "--start-bias",
         type=nonnegative_float,
         default=4.0,
-        help="logits towards the best fixed decision at the start (0: uniform)",
+        help="logits towards the best fixed decision at the start, 0: uniform (%(default)s)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="every policy on every trace; last line one JSON object")
-    e.add_argument("--traces", required=True, metavar="DIR")
+    e = sub.add_parser(
+        "evaluate",
+        help="every policy on every trace; last line one JSON object",
+        description="Run each policy (immediate, best fixed, hindsight best fixed, the AIMD "
+        "heuristic, the learned one) on every trace of a folder in the simulator: reward, "
+        "telemetry and alarm latency, deadline misses, bytes and energy per sample, loss. The "
+        "last line is one JSON object.",
+    )
+    e.add_argument("--traces", required=True, metavar="DIR", help=TRACES_HELP)
     e.add_argument(
         "--policies", default="all", help=f"all, or a comma list of {','.join(POLICIES)}"
     )
     e.add_argument("--model", default="builtin", help="builtin or a path to a policy.onnx")
-    e.add_argument(
-        "--length", type=episode_seconds, default=300.0, help="seconds of each trace used"
-    )
-    e.add_argument(
-        "--seed", type=nonnegative_int, default=1000, help="workload and RTT of trace i: seed + i"
-    )
+    _episode_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     h = sub.add_parser(
         "headroom",
         help="the most any policy could gain over the best fixed one (a simulator bound)",
+        description="Bound, in the simulator, the most any send policy could gain over the "
+        "best fixed one on a folder of traces; prints one JSON object.",
     )
-    h.add_argument("--traces", required=True, metavar="DIR")
+    h.add_argument("--traces", required=True, metavar="DIR", help=TRACES_HELP)
     h.add_argument("--model", default="builtin", help="whose policy.json names the best fixed")
-    h.add_argument(
-        "--length", type=episode_seconds, default=300.0, help="seconds of each trace used"
-    )
-    h.add_argument(
-        "--seed", type=nonnegative_int, default=1000, help="workload and RTT of trace i: seed + i"
-    )
+    _episode_options(h)
     h.set_defaults(func=cmd_headroom)
 
     g = sub.add_parser(
-        "traces", help="write evaluation traces (synthetic mobile, or a held-out split)"
+        "traces",
+        help="write evaluation traces (synthetic mobile, or a held-out split)",
+        description="Write bandwidth traces to a folder: synthetic mobile ones, or a copy of "
+        "the held-out split of an FCC folder (the traces optimizer train keeps out).",
     )
-    g.add_argument("--out", required=True, metavar="DIR")
+    g.add_argument("--out", required=True, metavar="DIR", help="the folder to write them in")
     g.add_argument(
         "--kind",
         choices=["walk", "markov", "holdout"],
@@ -136,11 +190,18 @@ def register(subparsers: Any) -> None:
         help="walk: the evaluation generator; markov: the training one; "
         "holdout: copy the held-out split of --fcc",
     )
-    g.add_argument("--count", type=positive_int, default=20)
-    g.add_argument("--seed", type=nonnegative_int, default=7)
-    g.add_argument("--duration", type=trace_seconds, default=600.0, help="seconds per trace")
-    g.add_argument("--fcc", metavar="DIR")
-    g.add_argument("--holdout", type=_share, default=0.25, help="share of --fcc held out")
+    g.add_argument("--count", type=positive_int, default=20, help="synthetic traces (%(default)s)")
+    g.add_argument("--seed", type=nonnegative_int, default=7, help="random seed (%(default)s)")
+    g.add_argument(
+        "--duration",
+        type=trace_seconds,
+        default=600.0,
+        help="seconds per synthetic trace (%(default)s)",
+    )
+    g.add_argument("--fcc", metavar="DIR", help="FCC trace folder, for --kind holdout")
+    g.add_argument(
+        "--holdout", type=_share, default=0.25, help="share of --fcc held out (%(default)s)"
+    )
     g.set_defaults(func=cmd_traces)
 
 

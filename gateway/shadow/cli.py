@@ -23,29 +23,56 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
+CONFIG_HELP = "the gateway's YAML config (with a shadow: section)"
+TIME_HELP = "epoch seconds or ISO 8601 (UTC if no zone)"
+
+
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("shadow", help="read or change device shadows (reported/desired)")
+    p = subparsers.add_parser(
+        "shadow",
+        help="read or change device shadows (reported/desired)",
+        description="Read or change the device shadows a config's shadow: section keeps in its "
+        "SQLite store. A running gateway notices a change of desired state within "
+        "shadow.poll_interval and writes it to the device through the write rules.",
+    )
     sub = p.add_subparsers(dest="shadow_command", required=True)
 
-    g = sub.add_parser("get", help="print a device's shadow document (JSON)")
-    g.add_argument("device")
-    g.add_argument("--config", required=True, metavar="FILE")
+    g = sub.add_parser(
+        "get",
+        help="print a device's shadow document (JSON)",
+        description="Print a device's shadow document as JSON: reported, desired and delta "
+        "state, per-key metadata, version and timestamp (and errors and quality if any).",
+    )
+    g.add_argument("device", help="a device with a shadow")
+    g.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     g.set_defaults(func=cmd_get)
 
-    s = sub.add_parser("set", help="change desired state: KEY=VALUE (JSON; null deletes)")
-    s.add_argument("device")
-    s.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
-    s.add_argument("--config", required=True, metavar="FILE")
+    s = sub.add_parser(
+        "set",
+        help="change desired state: KEY=VALUE (JSON; null deletes)",
+        description="Change a device's desired state and print the new document. A VALUE is "
+        "read as JSON (42, true, null), else as a string; null deletes the key. A value the "
+        "write rules would refuse is refused now; a key that is not a point of the device is "
+        "kept as metadata and never written to it.",
+    )
+    s.add_argument("device", help="a device with a shadow")
+    s.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="desired values (JSON or text)")
+    s.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--version", type=int, help="apply only if the shadow is at this version")
     s.set_defaults(func=cmd_set)
 
-    h = sub.add_parser("history", help="reported values of one point, oldest first")
-    h.add_argument("device")
-    h.add_argument("point")
-    h.add_argument("--config", required=True, metavar="FILE")
+    h = sub.add_parser(
+        "history",
+        help="reported values of one point, oldest first",
+        description="Print the reported values of one point of a device, oldest first, with "
+        "time and quality: all the history kept, the last N, or those in a time range.",
+    )
+    h.add_argument("device", help="a device with a shadow")
+    h.add_argument("point", help="one of its points")
+    h.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
     h.add_argument("--last", type=int, metavar="N", help="the last N values")
-    h.add_argument("--since", metavar="T", help="epoch seconds or ISO 8601 (UTC if no zone)")
-    h.add_argument("--until", metavar="T", help="epoch seconds or ISO 8601 (UTC if no zone)")
+    h.add_argument("--since", metavar="T", help=f"from this time: {TIME_HELP}")
+    h.add_argument("--until", metavar="T", help=f"up to this time: {TIME_HELP}")
     h.add_argument("--json", action="store_true", help="one JSON object per line")
     h.set_defaults(func=cmd_history)
 

@@ -30,51 +30,109 @@ __all__ = ["register"]
 EXIT_INPUT = 2
 
 
+MODEL_HELP = "an ONNX model other than the shipped one"
+POINTS_HELP = "header with name (description, unit, ...)"
+
+
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("classify", help="Brick class of each point in a CSV point list")
-    p.add_argument("input", metavar="IN.csv", help="header with name (description, unit, ...)")
-    p.add_argument("--examples", metavar="LABELED.csv", help="name,brick_class from this site")
-    p.add_argument("--top", type=int, default=3, metavar="K", help="classes per point (3)")
+    p = subparsers.add_parser(
+        "classify",
+        help="Brick class of each point in a CSV point list",
+        description="Classify each point of a CSV point list into Brick classes with the "
+        "semantic translator: a CSV of name, class, score and the next classes. The file is "
+        "read as one site's list; labeled points of the site (--examples) teach it the site.",
+    )
+    p.add_argument("input", metavar="IN.csv", help=POINTS_HELP)
+    p.add_argument(
+        "--examples", metavar="LABELED.csv", help="name,brick_class from this site (few-shot)"
+    )
+    p.add_argument(
+        "--top", type=int, default=3, metavar="K", help="classes per point (%(default)s)"
+    )
     p.add_argument("--out", metavar="OUT.csv", help="default: standard output")
-    p.add_argument("--model", help="an ONNX model other than the shipped one")
+    p.add_argument("--model", help=MODEL_HELP)
     _prior_flag(p)
     p.set_defaults(func=_guard(cmd_classify))
 
-    s = subparsers.add_parser("suggest", help="propose a source -> target point map (a bridge)")
+    s = subparsers.add_parser(
+        "suggest",
+        help="propose a source -> target point map (a bridge)",
+        description="Propose a bridge that maps the points of a source to those of a target, "
+        "matched by the translator. It is written with approved: false, mappings below "
+        "--threshold commented out as REVIEW: gateway validate refuses it until you have "
+        "reviewed it and set approved: true. Nothing is applied.",
+    )
     s.add_argument("--source", required=True, metavar="SRC", help=_SOURCE_HELP)
     s.add_argument("--target", required=True, metavar="TGT", help="same kinds as --source")
-    s.add_argument("--out", required=True, metavar="bridge.yaml")
-    s.add_argument("--from", dest="from_device", default="SOURCE_DEVICE", help="bridge from:")
-    s.add_argument("--to", dest="to_device", default="TARGET_ENDPOINT", help="bridge to:")
+    s.add_argument("--out", required=True, metavar="bridge.yaml", help="the bridge to write")
     s.add_argument(
-        "--threshold", type=fraction, default=0.5, help="mappings below it are marked REVIEW (0.5)"
+        "--from",
+        dest="from_device",
+        default="SOURCE_DEVICE",
+        help="the bridge's from: (default %(default)s)",
+    )
+    s.add_argument(
+        "--to",
+        dest="to_device",
+        default="TARGET_ENDPOINT",
+        help="the bridge's to: (default %(default)s)",
+    )
+    s.add_argument(
+        "--threshold",
+        type=fraction,
+        default=0.5,
+        help="mappings below it are marked REVIEW (%(default)s)",
     )
     s.add_argument("--examples", metavar="LABELED.csv", help="name,brick_class (few-shot)")
-    s.add_argument("--model", help="an ONNX model other than the shipped one")
+    s.add_argument("--model", help=MODEL_HELP)
     _prior_flag(s)
     s.set_defaults(func=_guard(cmd_suggest))
 
-    t = subparsers.add_parser("translator", help="train or evaluate the semantic translator")
+    t = subparsers.add_parser(
+        "translator",
+        help="train or evaluate the semantic translator, pick points to label",
+        description="The semantic translator's model: train it, evaluate it on labeled points, "
+        "or pick which points of a list to label first.",
+    )
     sub = t.add_subparsers(dest="translator_command", required=True)
-    tr = sub.add_parser("train", help="train on the generated corpus, export ONNX (needs [train])")
+    tr = sub.add_parser(
+        "train",
+        help="train on the generated corpus, export ONNX (needs [train])",
+        description="Train the translator on the corpus it generates itself and export it as "
+        "ONNX; prints one JSON object. It writes into the package's models/translator by "
+        "default, replacing the shipped model: pass --out DIR to keep it. Needs the [train] "
+        "extra (torch).",
+    )
     tr.add_argument("--steps", type=positive_int, help="optimizer steps (default 7000)")
     tr.add_argument("--batch", type=positive_int, help="samples per step (default 128)")
-    tr.add_argument("--seed", type=nonnegative_int, default=0)
-    tr.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    tr.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (%(default)s)")
+    tr.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads (default %(default)s)"
+    )
     tr.add_argument(
         "--members",
         type=positive_int,
         default=2,
-        help="networks averaged in the shipped model (default 2)",
+        help="networks averaged in the shipped model (default %(default)s)",
     )
     tr.add_argument("--out", metavar="DIR", help="default: the package's models/translator")
     tr.set_defaults(func=_guard(cmd_train))
 
-    ev = sub.add_parser("evaluate", help="few-shot top-1/top-5/macro-F1 vs a rapidfuzz baseline")
+    ev = sub.add_parser(
+        "evaluate",
+        help="few-shot top-1/top-5/macro-F1 vs a rapidfuzz baseline",
+        description="Evaluate on labeled points: top-1, top-5 and macro-F1 of the model and of "
+        "a rapidfuzz name-matching baseline, given 0, 10, 50... labeled examples from the same "
+        "file (the rest scored), averaged over seeds. The last line is one JSON object.",
+    )
     ev.add_argument("--data", required=True, metavar="LABELED.csv", help="name,brick_class")
-    ev.add_argument("--shots", default="0,10,50", help="comma-separated (0,10,50)")
-    ev.add_argument("--seeds", type=int, default=5)
-    ev.add_argument("--model", help="an ONNX model other than the shipped one")
+    ev.add_argument(
+        "--shots", default="0,10,50", help="example counts, comma-separated (%(default)s)"
+    )
+    ev.add_argument(
+        "--seeds", type=int, default=5, help="random draws per example count (%(default)s)"
+    )
+    ev.add_argument("--model", help=MODEL_HELP)
     ev.add_argument(
         "--select",
         choices=("random", "pick"),
@@ -84,14 +142,20 @@ def register(subparsers: Any) -> None:
     _prior_flag(ev)
     ev.set_defaults(func=_guard(cmd_evaluate))
 
-    pk = sub.add_parser("pick", help="which points of a list to label first (for --examples)")
-    pk.add_argument("input", metavar="IN.csv", help="header with name (description, unit, ...)")
-    pk.add_argument("--count", type=int, default=50, help="points to label (50)")
+    pk = sub.add_parser(
+        "pick",
+        help="which points of a list to label first (for --examples)",
+        description="Choose which points of a list to label first (those that cover the "
+        "site's kinds of point, the uncertain ones first): a CSV with an empty brick_class "
+        "column to fill in, then to pass to classify or suggest as --examples.",
+    )
+    pk.add_argument("input", metavar="IN.csv", help=POINTS_HELP)
+    pk.add_argument("--count", type=int, default=50, help="points to label (%(default)s)")
     pk.add_argument(
         "--examples", metavar="LABELED.csv", help="points labeled so far: pick the next ones"
     )
     pk.add_argument("--out", metavar="LABELED.csv", help="default: standard output")
-    pk.add_argument("--model", help="an ONNX model other than the shipped one")
+    pk.add_argument("--model", help=MODEL_HELP)
     _prior_flag(pk)
     pk.set_defaults(func=_guard(cmd_pick))
 

@@ -64,7 +64,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("status", help="outbox backlog, oldest age, drops of a config")
+    p = subparsers.add_parser(
+        "status",
+        help="outbox backlog, oldest age, drops of a config",
+        description="Show the durable outbox of every MQTT endpoint of a config: backlog, age "
+        "of the oldest message, drops, drain rate and file. The files are read read-only, as "
+        "gateway run finds them, so it works while the gateway runs or after it stopped. Exit "
+        "1 if a file cannot be read.",
+    )
     p.add_argument("file", help="the gateway's YAML config")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="print the outboxes as JSON")
     p.set_defaults(func=cmd_status)
