@@ -1,13 +1,20 @@
-"""What the benchmarks share: free ports, peer processes, CPU accounting, percentiles."""
+"""What the benchmarks share: free ports, peer processes, CPU accounting, percentiles, and a
+clean end (`run_bench`, `bench_folder`): whether a run completes, fails or is stopped by Ctrl-C
+or SIGTERM, its peer processes are stopped and its temporary folder removed."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -68,7 +75,11 @@ def start_simulator(
         cwd=ROOT,
     )
     assert sim.stdout is not None
-    return sim, list(json.loads(sim.stdout.readline())["ports"])
+    try:
+        return sim, list(json.loads(sim.stdout.readline())["ports"])
+    except BaseException:  # interrupted or failed before the caller could stop it
+        stop([sim])
+        raise
 
 
 def start_gateway(config: Path, log: Path) -> subprocess.Popen[str]:
@@ -121,3 +132,43 @@ def modbus_devices_yaml(
             f"    points: [{points}]",
         ]
     return lines
+
+
+def run_bench(main: Callable[[], object]) -> int:
+    """Run a benchmark's ``main`` so that SIGTERM unwinds it as Ctrl-C does: the ``finally``
+    clauses stop its peer processes and its `bench_folder` is removed; then one line on stderr
+    and exit code 130 (0 when ``main`` completes)."""
+    pid = os.getpid()
+
+    def interrupt(signum: int, frame: object) -> None:
+        if os.getpid() != pid:  # a forked worker (multiprocessing.Pool): end as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: peer processes stopped, temporary folder removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+@contextmanager
+def bench_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder for one run (config, logs, certificates), removed when the run ends,
+    however it ends. A run that fails prints the end of each log in it first, since the log
+    goes with the folder."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        folder = Path(name)
+        try:
+            yield folder
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            for log in sorted(folder.rglob("*.log")):
+                lines = log.read_text(errors="replace").splitlines()[-20:]
+                print(f"--- the end of {log.name} ---", *lines, sep="\n", file=sys.stderr)
+            raise

@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,9 +28,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    bench_folder,
     cpu_seconds,
     free_port,
     modbus_devices_yaml,
+    run_bench,
     start_gateway,
     start_simulator,
     stop,
@@ -101,51 +102,51 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4, help="observer processes")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="pb-bench-coap-"))
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        sim, ports = start_simulator(1, args.resources, "--count-all")
-        procs.append(sim)
-        coap_port = free_port()
-        config = workdir / "gateway.yaml"
-        config.write_text(config_text(ports[0], args.resources, coap_port))
-        gw = start_gateway(config, workdir / "gateway.log")
-        procs.append(gw)
-        time.sleep(3.0)  # the gateway loads and polls once
-        gw_ps = psutil.Process(gw.pid)
-        per_process = [args.observers // args.processes] * args.processes
-        per_process[0] += args.observers - sum(per_process)
-        jobs = [
-            (coap_port, n, args.resources, args.warmup, args.duration) for n in per_process if n
-        ]
-        with multiprocessing.Pool(len(jobs)) as pool:
-            pending = pool.map_async(observer_process, jobs)
-            time.sleep(5.0 + args.warmup)  # registration, then the observers' own warm-up
-            cpu0, t0 = cpu_seconds(gw_ps), time.monotonic()
-            results = pending.get(timeout=args.duration + args.warmup + 120)
-            wall = time.monotonic() - t0
-            cpu = cpu_seconds(gw_ps) - cpu0
-        measured = sum(m for m, _, _ in results)
-        registered = sum(r for _, r, _ in results)
-        failed = sum(f for _, _, f in results)
-        gw.send_signal(signal.SIGTERM)
-        gw.wait(30)
-        result = {
-            "observers": args.observers,
-            "resources": args.resources,
-            "observations": registered,
-            "registrations_failed": failed,
-            "expected_notifications_per_s": registered,
-            "notifications_per_s": round(measured / args.duration),
-            "gateway_cpu_pct_of_one_core": round(100 * cpu / wall, 1),
-            "cores": os.cpu_count(),
-        }
-        for k, v in result.items():
-            print(f"  {k:<30} {v}", file=sys.stderr)
-        print(json.dumps(result))
-    finally:
-        stop(procs)
+    with bench_folder("pb-bench-coap-") as workdir:
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            sim, ports = start_simulator(1, args.resources, "--count-all")
+            procs.append(sim)
+            coap_port = free_port()
+            config = workdir / "gateway.yaml"
+            config.write_text(config_text(ports[0], args.resources, coap_port))
+            gw = start_gateway(config, workdir / "gateway.log")
+            procs.append(gw)
+            time.sleep(3.0)  # the gateway loads and polls once
+            gw_ps = psutil.Process(gw.pid)
+            per_process = [args.observers // args.processes] * args.processes
+            per_process[0] += args.observers - sum(per_process)
+            jobs = [
+                (coap_port, n, args.resources, args.warmup, args.duration) for n in per_process if n
+            ]
+            with multiprocessing.Pool(len(jobs)) as pool:
+                pending = pool.map_async(observer_process, jobs)
+                time.sleep(5.0 + args.warmup)  # registration, then the observers' own warm-up
+                cpu0, t0 = cpu_seconds(gw_ps), time.monotonic()
+                results = pending.get(timeout=args.duration + args.warmup + 120)
+                wall = time.monotonic() - t0
+                cpu = cpu_seconds(gw_ps) - cpu0
+            measured = sum(m for m, _, _ in results)
+            registered = sum(r for _, r, _ in results)
+            failed = sum(f for _, _, f in results)
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(30)
+            result = {
+                "observers": args.observers,
+                "resources": args.resources,
+                "observations": registered,
+                "registrations_failed": failed,
+                "expected_notifications_per_s": registered,
+                "notifications_per_s": round(measured / args.duration),
+                "gateway_cpu_pct_of_one_core": round(100 * cpu / wall, 1),
+                "cores": os.cpu_count(),
+            }
+            for k, v in result.items():
+                print(f"  {k:<30} {v}", file=sys.stderr)
+            print(json.dumps(result))
+        finally:
+            stop(procs)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_bench(main))

@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -30,11 +29,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    bench_folder,
     cpu_seconds,
     free_port,
     modbus_devices_yaml,
     mosquitto_binary,
     percentile,
+    run_bench,
     start_gateway,
     start_simulator,
     stop,
@@ -105,93 +106,93 @@ def main() -> None:
     args = parser.parse_args()
 
     mosquitto = mosquitto_binary()
-    workdir = Path(tempfile.mkdtemp(prefix="pb-bench-"))
-    mqtt_port = free_port()
-    (workdir / "mosquitto.conf").write_text(
-        f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 100000\n"
-    )
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        broker = subprocess.Popen(
-            [mosquitto, "-c", str(workdir / "mosquitto.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
+    with bench_folder("pb-bench-") as workdir:
+        mqtt_port = free_port()
+        (workdir / "mosquitto.conf").write_text(
+            f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 100000\n"
         )
-        procs.append(broker)
-        wait_port(mqtt_port)
-
-        sim, ports = start_simulator(args.devices, max(args.registers, 8), "--animate")
-        procs.append(sim)
-
-        config = workdir / "gateway.yaml"
-        config.write_text(
-            gateway_config(ports, args.registers, args.interval, mqtt_port, args.payload)
-        )
-        counter = Counter(mqtt_port, args.payload)
-        gw = start_gateway(config, workdir / "gateway.log")
-        procs.append(gw)
-        gw_ps, sim_ps = psutil.Process(gw.pid), psutil.Process(sim.pid)
-
-        print(
-            f"{args.devices} devices x {args.registers} registers every {args.interval} s, "
-            f"payload {args.payload}; warming up {args.warmup} s, measuring {args.duration} s",
-            file=sys.stderr,
-        )
-        time.sleep(args.warmup)
-        me = psutil.Process()
-        gw_cpu0, sim_cpu0, me_cpu0 = cpu_seconds(gw_ps), cpu_seconds(sim_ps), cpu_seconds(me)
-        counter.measuring = True
-        t0 = time.monotonic()
-        peak_rss = 0
-        while time.monotonic() - t0 < args.duration:
-            time.sleep(0.5)
-            peak_rss = max(peak_rss, gw_ps.memory_info().rss)
-            if gw.poll() is not None:
-                raise SystemExit(
-                    f"gateway exited with {gw.returncode}; see {workdir / 'gateway.log'}"
-                )
-        counter.measuring = False
-        wall = time.monotonic() - t0
-        gw_cpu = cpu_seconds(gw_ps) - gw_cpu0
-        sim_cpu = cpu_seconds(sim_ps) - sim_cpu0
-        me_cpu = cpu_seconds(me) - me_cpu0
-        counter.stop()
-
-        t_stop = time.monotonic()
-        gw.send_signal(signal.SIGTERM)
+        procs: list[subprocess.Popen[str]] = []
         try:
-            gw_rc: int | None = gw.wait(60)
-        except subprocess.TimeoutExpired:
-            gw_rc = None
-        shutdown_s = time.monotonic() - t_stop
-        expected = args.devices * args.registers / args.interval
-        result = {
-            "devices": args.devices,
-            "registers": args.registers,
-            "interval_s": args.interval,
-            "payload": args.payload,
-            "duration_s": round(wall, 1),
-            "tags_expected_per_s": round(expected),
-            "tags_per_s": round(counter.tags / wall),
-            "gateway_cpu_pct_of_one_core": round(100 * gw_cpu / wall, 1),
-            "gateway_peak_rss_mb": round(peak_rss / 2**20, 1),
-            "latency_p50_ms": round(1000 * percentile(counter.latencies, 0.5), 1),
-            "latency_p99_ms": round(1000 * percentile(counter.latencies, 0.99), 1),
-            "simulator_cpu_pct_of_one_core": round(100 * sim_cpu / wall, 1),
-            # The measuring subscriber shares the 2 cores; when it lags, latency includes it.
-            "subscriber_cpu_pct_of_one_core": round(100 * me_cpu / wall, 1),
-            "gateway_exit_code": gw_rc,
-            "gateway_shutdown_s": round(shutdown_s, 2),
-            "cores": os.cpu_count(),
-        }
-        for k, v in result.items():
-            print(f"  {k:<32} {v}", file=sys.stderr)
-        print(json.dumps(result))
-    finally:
-        stop(procs)
+            broker = subprocess.Popen(
+                [mosquitto, "-c", str(workdir / "mosquitto.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            procs.append(broker)
+            wait_port(mqtt_port)
+
+            sim, ports = start_simulator(args.devices, max(args.registers, 8), "--animate")
+            procs.append(sim)
+
+            config = workdir / "gateway.yaml"
+            config.write_text(
+                gateway_config(ports, args.registers, args.interval, mqtt_port, args.payload)
+            )
+            counter = Counter(mqtt_port, args.payload)
+            gw = start_gateway(config, workdir / "gateway.log")
+            procs.append(gw)
+            gw_ps, sim_ps = psutil.Process(gw.pid), psutil.Process(sim.pid)
+
+            print(
+                f"{args.devices} devices x {args.registers} registers every {args.interval} s, "
+                f"payload {args.payload}; warming up {args.warmup} s, measuring {args.duration} s",
+                file=sys.stderr,
+            )
+            time.sleep(args.warmup)
+            me = psutil.Process()
+            gw_cpu0, sim_cpu0, me_cpu0 = cpu_seconds(gw_ps), cpu_seconds(sim_ps), cpu_seconds(me)
+            counter.measuring = True
+            t0 = time.monotonic()
+            peak_rss = 0
+            while time.monotonic() - t0 < args.duration:
+                time.sleep(0.5)
+                peak_rss = max(peak_rss, gw_ps.memory_info().rss)
+                if gw.poll() is not None:
+                    raise SystemExit(
+                        f"gateway exited with {gw.returncode} (the end of its log is above)"
+                    )
+            counter.measuring = False
+            wall = time.monotonic() - t0
+            gw_cpu = cpu_seconds(gw_ps) - gw_cpu0
+            sim_cpu = cpu_seconds(sim_ps) - sim_cpu0
+            me_cpu = cpu_seconds(me) - me_cpu0
+            counter.stop()
+
+            t_stop = time.monotonic()
+            gw.send_signal(signal.SIGTERM)
+            try:
+                gw_rc: int | None = gw.wait(60)
+            except subprocess.TimeoutExpired:
+                gw_rc = None
+            shutdown_s = time.monotonic() - t_stop
+            expected = args.devices * args.registers / args.interval
+            result = {
+                "devices": args.devices,
+                "registers": args.registers,
+                "interval_s": args.interval,
+                "payload": args.payload,
+                "duration_s": round(wall, 1),
+                "tags_expected_per_s": round(expected),
+                "tags_per_s": round(counter.tags / wall),
+                "gateway_cpu_pct_of_one_core": round(100 * gw_cpu / wall, 1),
+                "gateway_peak_rss_mb": round(peak_rss / 2**20, 1),
+                "latency_p50_ms": round(1000 * percentile(counter.latencies, 0.5), 1),
+                "latency_p99_ms": round(1000 * percentile(counter.latencies, 0.99), 1),
+                "simulator_cpu_pct_of_one_core": round(100 * sim_cpu / wall, 1),
+                # The measuring subscriber shares the 2 cores; when it lags, latency includes it.
+                "subscriber_cpu_pct_of_one_core": round(100 * me_cpu / wall, 1),
+                "gateway_exit_code": gw_rc,
+                "gateway_shutdown_s": round(shutdown_s, 2),
+                "cores": os.cpu_count(),
+            }
+            for k, v in result.items():
+                print(f"  {k:<32} {v}", file=sys.stderr)
+            print(json.dumps(result))
+        finally:
+            stop(procs)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_bench(main))

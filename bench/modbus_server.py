@@ -20,7 +20,6 @@ import json
 import multiprocessing as mp
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,12 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import (  # noqa: E402
+    bench_folder,
     cpu_seconds,
     free_port,
     modbus_devices_yaml,
     percentile,
+    run_bench,
     start_gateway,
     start_simulator,
     stop,
@@ -123,43 +124,48 @@ def main() -> None:
     parser.add_argument("--registers", type=int, default=100)
     args = parser.parse_args()
 
-    procs = []
-    sim, ports = start_simulator(1, args.registers)
-    procs.append(sim)
-    try:
-        server_port = free_port()
-        work = Path(tempfile.mkdtemp(prefix="bench-modbus-server-"))
-        config = work / "gateway.yaml"
-        config.write_text(config_text(ports[0], server_port, args.registers))
-        gateway = start_gateway(config, work / "gateway.log")
-        procs.append(gateway)
-        wait_port(server_port)
-        wait_served(server_port, args.registers)
+    procs: list[Any] = []
+    clients: list[Any] = []
+    with bench_folder("pb-bench-modbus-server-") as work:
+        try:
+            sim, ports = start_simulator(1, args.registers)
+            procs.append(sim)
+            server_port = free_port()
+            config = work / "gateway.yaml"
+            config.write_text(config_text(ports[0], server_port, args.registers))
+            gateway = start_gateway(config, work / "gateway.log")
+            procs.append(gateway)
+            wait_port(server_port)
+            wait_served(server_port, args.registers)
 
-        ctx = mp.get_context("spawn")
-        queue: mp.Queue[object] = ctx.Queue()
-        go = ctx.Event()
-        clients = [
-            ctx.Process(
-                target=client_process,
-                args=(server_port, args.registers, args.seconds, go, queue),
-            )
-            for _ in range(args.clients)
-        ]
-        for c in clients:
-            c.start()
-        for _ in clients:  # every client connected and waiting
-            assert queue.get(timeout=60) == "ready"
-        gw = psutil.Process(gateway.pid)
-        cpu_before, wall_before = cpu_seconds(gw), time.perf_counter()
-        go.set()
-        results: list[list[float]] = [queue.get(timeout=args.seconds + 60) for _ in clients]  # type: ignore[misc]
-        cpu = cpu_seconds(gw) - cpu_before
-        wall = time.perf_counter() - wall_before
-        for c in clients:
-            c.join()
-    finally:
-        stop(procs)
+            ctx = mp.get_context("spawn")
+            queue: mp.Queue[object] = ctx.Queue()
+            go = ctx.Event()
+            clients = [
+                ctx.Process(
+                    target=client_process,
+                    args=(server_port, args.registers, args.seconds, go, queue),
+                )
+                for _ in range(args.clients)
+            ]
+            for c in clients:
+                c.start()
+            for _ in clients:  # every client connected and waiting
+                assert queue.get(timeout=60) == "ready"
+            gw = psutil.Process(gateway.pid)
+            cpu_before, wall_before = cpu_seconds(gw), time.perf_counter()
+            go.set()
+            results: list[list[float]] = [queue.get(timeout=args.seconds + 60) for _ in clients]  # type: ignore[misc]
+            cpu = cpu_seconds(gw) - cpu_before
+            wall = time.perf_counter() - wall_before
+            for c in clients:
+                c.join()
+        finally:
+            for c in clients:  # still waiting for the start when the run failed or was stopped
+                if c.is_alive():
+                    c.terminate()
+                    c.join()
+            stop(procs)
 
     latencies = [x for r in results for x in r]
     requests = len(latencies)
@@ -187,4 +193,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_bench(main))

@@ -19,12 +19,18 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, node_binary, percentile  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    bench_folder,
+    free_port,
+    node_binary,
+    percentile,
+    run_bench,
+)
 
 WINDOW = 10.0
 
@@ -121,8 +127,8 @@ def run_size(items: int, duration: float) -> dict[str, float]:
                 break
         else:
             raise SystemExit("node-opcua server did not start")
-        pki = Path(tempfile.mkdtemp(prefix="pb-bench-items-"))
-        return asyncio.run(measure(url, items, duration, pki))
+        with bench_folder("pb-bench-items-") as pki:
+            return asyncio.run(measure(url, items, duration, pki))
     finally:
         server.terminate()
         server.wait(15)
@@ -142,4 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_bench(main))

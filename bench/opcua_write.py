@@ -20,14 +20,15 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    bench_folder,
     free_port,
     modbus_devices_yaml,
+    run_bench,
     start_gateway,
     start_simulator,
     stop,
@@ -102,30 +103,32 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
     from gateway.passwords import hash_password
 
-    workdir = Path(tempfile.mkdtemp(prefix="pb-bench-write-"))
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        sim, ports = start_simulator(4, 16)
-        procs.append(sim)
-        opcua_port = free_port()
-        config = workdir / "gateway.yaml"
-        config.write_text(config_text(ports, opcua_port, workdir / "pki", hash_password(PASSWORD)))
-        gw = start_gateway(config, workdir / "gateway.log")
-        procs.append(gw)
-        wait_port(opcua_port, 60)
-        time.sleep(1.0)  # first polls: the devices are connected
-        result = asyncio.run(measure(f"opc.tcp://127.0.0.1:{opcua_port}/protocol-brain"))
-        gw.send_signal(signal.SIGTERM)
-        gw.wait(30)
-        for case, figures in result.items():
-            print(
-                f"  {case:<18} " + "  ".join(f"{k}={v}" for k, v in figures.items()),
-                file=sys.stderr,
+    with bench_folder("pb-bench-write-") as workdir:
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            sim, ports = start_simulator(4, 16)
+            procs.append(sim)
+            opcua_port = free_port()
+            config = workdir / "gateway.yaml"
+            config.write_text(
+                config_text(ports, opcua_port, workdir / "pki", hash_password(PASSWORD))
             )
-        print(json.dumps({"opcua_to_modbus_write": result, "cores": os.cpu_count()}))
-    finally:
-        stop(procs)
+            gw = start_gateway(config, workdir / "gateway.log")
+            procs.append(gw)
+            wait_port(opcua_port, 60)
+            time.sleep(1.0)  # first polls: the devices are connected
+            result = asyncio.run(measure(f"opc.tcp://127.0.0.1:{opcua_port}/protocol-brain"))
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(30)
+            for case, figures in result.items():
+                print(
+                    f"  {case:<18} " + "  ".join(f"{k}={v}" for k, v in figures.items()),
+                    file=sys.stderr,
+                )
+            print(json.dumps({"opcua_to_modbus_write": result, "cores": os.cpu_count()}))
+        finally:
+            stop(procs)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_bench(main))

@@ -19,10 +19,8 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -31,7 +29,15 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, mosquitto_binary, percentile, stop, wait_port  # noqa: E402
+from _common import (  # noqa: E402
+    bench_folder,
+    free_port,
+    mosquitto_binary,
+    percentile,
+    run_bench,
+    stop,
+    wait_port,
+)
 
 from gateway.adapter import AdapterContext  # noqa: E402
 from gateway.bus import Bus  # noqa: E402
@@ -118,10 +124,6 @@ async def replay(port: int, path: Path, n: int, rate: float, live: int, sub: Cou
     return started
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM unwinds as Ctrl-C does: the cleanup below runs
-
-
 def run(workdir: Path, args: argparse.Namespace) -> dict[str, object]:
     port = free_port()
     (workdir / "mosquitto.conf").write_text(
@@ -181,20 +183,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main() -> int:
+def main() -> None:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with tempfile.TemporaryDirectory(prefix="pb-bench-replay-") as workdir:
-            result = run(Path(workdir), args)
-    except KeyboardInterrupt:
-        print("interrupted: mosquitto stopped, temporary folder removed", file=sys.stderr)
-        return 130
+    with bench_folder("pb-bench-replay-") as workdir:
+        result = run(workdir, args)
     for k, v in result.items():
         print(f"  {k:<18} {v}", file=sys.stderr)
     print(json.dumps(result))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_bench(main))
