@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_bench  # noqa: E402
 
 from gateway.uplink.outbox import Outbox, OutboxConfig
 
@@ -47,6 +51,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10)
     args = ap.parse_args()
     result: dict[str, Any] = {"messages": args.messages, "batch": args.batch}
+    # In the working directory, not /tmp: fsync costs are those of a real disk, and /tmp
+    # may be a RAM disk. Removed however the run ends (run_bench turns SIGTERM into Ctrl-C).
     with tempfile.TemporaryDirectory(dir=".") as d:
         for sync in ("FULL", "NORMAL"):
             result[sync] = run(sync, args.messages, args.batch, Path(d))
@@ -55,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_bench(main))

@@ -1,4 +1,5 @@
-"""``gateway demo``: a simulated Modbus device -> the gateway -> an embedded MQTT broker.
+"""``gateway demo``: a simulated Modbus device -> the gateway -> an embedded MQTT broker, the
+same device served as an OPC UA server, and a device shadow.
 
 Nothing to install by hand: the device is the project's simulator and the broker is an embedded
 Python broker (fine for a demo; production points at mosquitto or another real broker). The demo

@@ -60,7 +60,9 @@ def test_no_bench_makes_a_folder_it_does_not_remove() -> None:
     for script in sorted(BENCH.glob("*.py")):
         text = script.read_text()
         assert "mkdtemp" not in text, f"{script.name}: use _common.bench_folder"
-        if "bench_folder(" in text and script.name != "_common.py":
+        if (
+            "bench_folder(" in text or "TemporaryDirectory(" in text
+        ) and script.name != "_common.py":
             # SIGTERM must unwind to the folder's removal, as Ctrl-C does
             assert "sys.exit(run_bench(main))" in text, script.name
 

@@ -10,6 +10,7 @@ import csv
 import io
 from pathlib import Path
 
+from gateway.text import counted
 from gateway.translator.tokenize import Point
 from gateway.translator.vocab import brick_classes, canonical
 
@@ -76,7 +77,7 @@ def _row(
     extra = fields[len(header) :]
     if any(f.strip() for f in extra):  # trailing empty fields are harmless
         raise InputError(
-            f"{path}: line {line}: {len(fields)} fields, the header has {len(header)} "
+            f"{path}: line {line}: {counted(len(fields), 'field')}, the header has {len(header)} "
             "(a comma inside a value needs quotes)"
         )
     row = {h: f.strip() for h, f in zip(header, fields, strict=False) if h}
