@@ -134,6 +134,14 @@ def modbus_devices_yaml(
     return lines
 
 
+def print_result(result: dict[str, object]) -> None:
+    """The figures one per line on stderr, then, as the last line on stdout, one JSON object."""
+    width = max((len(k) for k in result), default=0)
+    for k, v in result.items():
+        print(f"  {k:<{width}} {v}", file=sys.stderr)
+    print(json.dumps(result))
+
+
 def run_bench(main: Callable[[], object]) -> int:
     """Run a benchmark's ``main`` so that SIGTERM unwinds it as Ctrl-C does: the ``finally``
     clauses stop its peer processes and its `bench_folder` is removed; then one line on stderr

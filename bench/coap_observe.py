@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import signal
@@ -32,6 +31,7 @@ from _common import (  # noqa: E402
     cpu_seconds,
     free_port,
     modbus_devices_yaml,
+    print_result,
     run_bench,
     start_gateway,
     start_simulator,
@@ -141,9 +141,7 @@ def main() -> None:
                 "gateway_cpu_pct_of_one_core": round(100 * cpu / wall, 1),
                 "cores": os.cpu_count(),
             }
-            for k, v in result.items():
-                print(f"  {k:<30} {v}", file=sys.stderr)
-            print(json.dumps(result))
+            print_result(result)
         finally:
             stop(procs)
 

@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     modbus_devices_yaml,
     mosquitto_binary,
     percentile,
+    print_result,
     run_bench,
     start_gateway,
     start_simulator,
@@ -187,9 +188,7 @@ def main() -> None:
                 "gateway_shutdown_s": round(shutdown_s, 2),
                 "cores": os.cpu_count(),
             }
-            for k, v in result.items():
-                print(f"  {k:<32} {v}", file=sys.stderr)
-            print(json.dumps(result))
+            print_result(result)
         finally:
             stop(procs)
 

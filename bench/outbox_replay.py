@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
     free_port,
     mosquitto_binary,
     percentile,
+    print_result,
     run_bench,
     stop,
     wait_port,
@@ -187,9 +188,7 @@ def main() -> None:
     args = parse_args()
     with bench_folder("pb-bench-replay-") as workdir:
         result = run(workdir, args)
-    for k, v in result.items():
-        print(f"  {k:<18} {v}", file=sys.stderr)
-    print(json.dumps(result))
+    print_result(result)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -72,6 +74,24 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``proc`` for the test's body, killed on the way out if it still runs: a failing test
+    leaves no process behind."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def sigterm(proc: subprocess.Popen[str], timeout: float) -> str:
+    """Stop ``proc`` as a service manager would (SIGTERM), wait for it; its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout)[1]
 
 
 def find_binary(name: str, *fallbacks: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import reaped, sigterm
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -85,17 +85,11 @@ def test_sigterm_stops_the_peers_and_removes_the_folder(tmp_path: Path) -> None:
         sys.exit(run_bench(main))
         """,
     )
-    proc = _run(script, tmp_path / "tmp")
-    try:
+    with reaped(_run(script, tmp_path / "tmp")) as proc:
         assert proc.stdout is not None
         peer = psutil.Process(int(proc.stdout.readline()))
         assert len(list((tmp_path / "tmp").iterdir())) == 1
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = sigterm(proc, 30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "the end of gateway.log" not in err
     assert list((tmp_path / "tmp").iterdir()) == []

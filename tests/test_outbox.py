@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import reaped, sigterm
 
 from gateway.paths import STATE_ENV
 from gateway.uplink.outbox import Outbox, OutboxConfig, read_status
@@ -316,12 +317,9 @@ def test_the_replay_bench_prints_json_last_and_removes_its_folder(tmp_path: Path
 
 
 def test_the_replay_bench_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
-    import signal
-
     import psutil
 
-    proc = _replay_bench(tmp_path, "--messages", "200000")
-    try:
+    with reaped(_replay_bench(tmp_path, "--messages", "200000")) as proc:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob("pb-bench-replay-*/outbox-up.db")):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -329,12 +327,7 @@ def test_the_replay_bench_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
         time.sleep(1.0)  # filling or draining: either way it must clean up
         brokers = [p for p in psutil.Process(proc.pid).children() if "mosquitto" in p.name()]
         assert brokers
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = sigterm(proc, 60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # the temporary folder is gone
