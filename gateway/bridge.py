@@ -154,8 +154,13 @@ class Bridge:
         if config.anomaly is not None:
             with _stage_starts(self.name):
                 from gateway.anomaly.stage import AnomalyStage
+                from gateway.anomaly.store import store_path
 
-            self.anomaly = AnomalyStage(config.anomaly, bus, config.name)
+            # Calibrations are kept in the state folder, so a restart does not learn normal
+            # again from whatever the devices do then.
+            self.anomaly = AnomalyStage(
+                config.anomaly, bus, config.name, store=store_path(config.name)
+            )
 
     def points(self) -> dict[str, list[PointSpec]]:
         """The points this bridge carries, per source device, as the target sees them:
@@ -246,6 +251,8 @@ class Bridge:
         finally:
             for sub in self._subs:
                 sub.close()
+            if self.anomaly is not None:
+                self.anomaly.close()
 
     async def _pump(self, sub: Subscription) -> None:
         route = self.config.route

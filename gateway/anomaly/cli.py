@@ -1,4 +1,4 @@
-"""``gateway anomaly train|evaluate``: the anomaly model from the shell.
+"""``gateway anomaly train|evaluate|status|recalibrate``: the anomaly model from the shell.
 
 Light at import (the CLI builds its parser on every command): numpy, ONNX Runtime and torch are
 imported inside the commands. Bad input (a missing file, missing columns, text that is not
@@ -88,6 +88,30 @@ def register(subparsers: Any) -> None:
     )
     e.set_defaults(func=cmd_evaluate)
 
+    st = sub.add_parser(
+        "status",
+        help="the calibrations a config's gateway keeps",
+        description="Show, for every bridge with anomaly: of a config, the calibration kept "
+        "per device in the state folder (when, on how many readings, threshold, whether its "
+        "alarm was active when last written). Works while the gateway runs or after it stopped.",
+    )
+    st.add_argument("file", help="the gateway's YAML config")
+    st.add_argument("--json", action="store_true", help="print the calibrations as JSON")
+    st.set_defaults(func=cmd_status)
+
+    r = sub.add_parser(
+        "recalibrate",
+        help="forget kept calibrations: devices calibrate again at the next start",
+        description="Remove the calibrations a config's gateway keeps, so the devices learn "
+        "normal again from their next clean period (after a repair, a new sensor, a process "
+        "change). Run it while that gateway is stopped: a running gateway holds the file and "
+        "this command refuses.",
+    )
+    r.add_argument("file", help="the gateway's YAML config")
+    r.add_argument("--bridge", action="append", metavar="NAME", help="only this bridge (repeat)")
+    r.add_argument("--device", action="append", metavar="NAME", help="only this device (repeat)")
+    r.set_defaults(func=cmd_recalibrate)
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     try:
@@ -169,4 +193,94 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result["student_to_teacher_f1"] = round(result["student"]["f1"] / t_f1, 4) if t_f1 else None
     result["size_ratio"] = round(student.size / teacher.size, 4)
     print(json.dumps(result))
+    return 0
+
+
+def _scoring_bridges(file: str, only: list[str] | None = None) -> list[str]:
+    """Names of the config's bridges with ``anomaly:`` (state folder set as gateway run does)."""
+    from gateway.config import ConfigError, load_config
+    from gateway.paths import use_config_state_dir
+
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    use_config_state_dir(file)
+    names = [b.name for b in config.bridges if b.anomaly is not None]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise CommandError(
+            f"{file}: no bridge with anomaly: named {', '.join(unknown)}"
+            f" (has: {', '.join(names) or 'none'})"
+        )
+    if not names:
+        raise CommandError(f"{file}: no bridge has an anomaly: option")
+    return [n for n in names if not only or n in only]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.anomaly.store import read_records, store_path
+
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    for bridge in _scoring_bridges(args.file):
+        path = store_path(bridge)
+        if not path.exists():
+            rows.append({"bridge": bridge, "path": str(path), "device": None})
+            continue
+        try:
+            records = read_records(path)
+        except ValueError as exc:
+            failed = 1
+            rows.append({"bridge": bridge, "path": str(path), "device": None, "error": str(exc)})
+            continue
+        for device, r in sorted(records.items()):
+            rows.append(
+                {
+                    "bridge": bridge,
+                    "path": str(path),
+                    "device": device,
+                    "calibrated_at": r.calibrated_at,
+                    "readings": r.rows,
+                    "points": r.points,
+                    "threshold": r.cal.threshold,
+                    "alarm": r.alarm,
+                }
+            )
+    if args.json:
+        print(json.dumps({"calibrations": rows}, indent=2))
+        return failed
+    head = ("bridge", "device", "calibrated", "readings", "threshold")
+    print("{:<16} {:<16} {:<19} {:>8} {:>9} alarm".format(*head))
+    for row in rows:
+        if row["device"] is None:
+            what = f"cannot read: {row['error']}" if "error" in row else "nothing kept yet"
+            print(f"{row['bridge']:<16} {'-':<16} {what}  ({row['path']})")
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["calibrated_at"]))
+        print(
+            f"{row['bridge']:<16} {row['device']:<16} {when:<19} {row['readings']:>8} "
+            f"{row['threshold']:>9.3g} {'active' if row['alarm'] else '-'}"
+        )
+    return failed
+
+
+def cmd_recalibrate(args: argparse.Namespace) -> int:
+    from gateway.anomaly.store import forget, store_path
+    from gateway.uplink.lock import OutboxInUse
+
+    for bridge in _scoring_bridges(args.file, args.bridge):
+        path = store_path(bridge)
+        try:
+            gone = forget(path, args.device)
+        except OutboxInUse as exc:
+            raise CommandError(f"{exc}: stop that gateway first", code=1) from None
+        except (ValueError, OSError) as exc:
+            raise CommandError(f"{path}: {exc}", code=1) from None
+        if gone:
+            print(f"bridge {bridge}: {', '.join(gone)} will calibrate again at the next start")
+        else:
+            print(f"bridge {bridge}: no kept calibration to forget")
     return 0

@@ -72,16 +72,49 @@ class DeviceScorer:
         cal = calibrate(self.model, x, smooth=self.smooth, quantile=QUANTILE, margin=self.margin)
         if self.fixed_threshold is not None:
             cal.threshold = self.fixed_threshold
+        self._begin(cal, x)
+        return cal
+
+    def restore(
+        self,
+        cal: Calibration,
+        rows: npt.NDArray[Any],
+        *,
+        level: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+        active: bool = False,
+    ) -> None:
+        """Go on from a stored calibration: ``rows`` (at least a window of fresh readings) fill
+        the window instead of calibrating; ``level`` is what the refresh had learned, ``active``
+        whether the alarm was on (it then clears as usual, and is not raised again)."""
+        self._begin(cal, np.asarray(rows, dtype=np.float64), level)
+        assert self.alarm is not None
+        self.alarm.active = active
+
+    def level(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+        """The level and spread the refresh has learned (None without a refresh)."""
+        if self.refresh is None or self._pre is None:
+            return None
+        return self._pre.mean.copy(), self._pre.scale.copy()
+
+    def _begin(
+        self,
+        cal: Calibration,
+        x: npt.NDArray[np.float64],
+        level: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+    ) -> None:
         self.cal = cal
         self._pre = Preprocessor(cal, start=x[0])
+        if level is not None and self.refresh_tau > 0:
+            self._pre.mean[:], self._pre.scale[:] = level
         z = self._pre.transform(x)  # warms the running means up and fills the window
         if self.refresh_tau > 0:
-            self.refresh = LevelRefresh(self._pre.mean, self._pre.scale, cal.slow, self.refresh_tau)
+            self.refresh = LevelRefresh(
+                self._pre.mean, self._pre.scale, cal.slow, self.refresh_tau, floor=cal.scale
+            )
         w = self.model.window
         self._window = np.ascontiguousarray(z[-w:].T[:, None, :])
         self.alarm = Hysteresis(cal.threshold, clear_ratio=self.clear_ratio, hold=self.hold)
         self._scores = deque(cal.recent, maxlen=self.smooth)  # smoothing goes on seamlessly
-        return cal
 
     def windows(self, rows: npt.NDArray[Any]) -> Array:
         """Standardise new rows ``[k, C]``; their windows ``[k * C, 1, W]`` for the model."""

@@ -34,13 +34,16 @@ class LevelRefresh:
         scale: npt.NDArray[np.float64],
         slow: npt.NDArray[np.bool_],
         tau: float,
+        *,
+        floor: npt.NDArray[np.float64] | None = None,
     ) -> None:
         if tau <= 0:
             raise ValueError("tau must be positive")
         self.mean = mean
         self.scale = scale
         self.var = scale**2
-        self.floor = scale.copy()
+        # the spread never falls below the calibration's (a restored level starts above it)
+        self.floor = (scale if floor is None else floor).copy()
         self.alpha = 1.0 / tau
         self.fast = ~slow
         self.next = 0  # index of the next row to be standardised

@@ -17,12 +17,18 @@ devices, in one call), and:
 
 A point missing from a message keeps its last value; points that appear after calibration are
 not scored (the device must be recalibrated to include them).
+
+Calibrations are kept across restarts (`store`): a device whose stored calibration still fits
+(same model, options and points) skips its clean period and is scored again once a window of
+fresh readings has arrived, with its alarm state as it was.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,7 @@ import numpy as np
 from gateway.anomaly.alarm import Transition
 from gateway.anomaly.device import DeviceScorer, Scored
 from gateway.anomaly.model import ModelError, OnnxScorer, shipped
+from gateway.anomaly.store import CalibrationStore, Record, fingerprint
 from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
 from gateway.runtime import StartError
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SCORE_POINT = "anomaly_score"
 ALARM_POINT = "anomaly"
+SAVE_EVERY = 600  # scored rows between saves of a device's refreshed level
 
 
 def anomaly_topic(device: str) -> str:
@@ -62,10 +70,16 @@ class _Device:
     last: list[float] = field(default_factory=list)
     calibrated: bool = False
     scored: int = 0
+    stored: Record | None = None  # a stored calibration to go on from, until restored
+    calibrated_rows: int = 0
+    calibrated_at: float = 0.0
 
 
 class AnomalyStage:
-    def __init__(self, options: AnomalyOptions, bus: Bus, name: str) -> None:
+    def __init__(
+        self, options: AnomalyOptions, bus: Bus, name: str, *, store: Path | None = None
+    ) -> None:
+        """``store``: the file that keeps calibrations across restarts (None: memory only)."""
         self.options = options
         self.bus = bus
         self.name = name
@@ -76,6 +90,10 @@ class AnomalyStage:
         self.devices: dict[str, _Device] = {}
         self.samples = 0
         self.alarms = 0
+        self.fingerprint = fingerprint(self.model.path.read_bytes(), self.model.window, options)
+        self._store = CalibrationStore(store) if store is not None else None
+        self._stored: dict[str, Record] | None = None  # read at the first message
+        self.restored: list[str] = []
 
     def _new_device(self, points: list[str]) -> _Device:
         o = self.options
@@ -89,6 +107,55 @@ class AnomalyStage:
             refresh=o.refresh,
         )
         return _Device(points, scorer)
+
+    def _stored_for(self, device: str, points: list[str]) -> Record | None:
+        """The stored calibration ``device`` can go on from, if any (logged either way)."""
+        record = self._open().get(device)
+        if record is None:
+            return None
+        why = record.mismatch(self.fingerprint, points)
+        if why is not None:
+            log.info("anomaly %s: %s calibrates again: %s", self.name, device, why)
+            return None
+        return record.ordered(points)
+
+    # -- keeping calibrations -------------------------------------------------------------------
+
+    def _open(self) -> dict[str, Record]:
+        """The stored records, the file taken at first use (again after a bridge restart)."""
+        if self._stored is None:
+            self._stored = self._store.open() if self._store is not None else {}
+        return self._stored
+
+    def _records(self) -> dict[str, Record]:
+        out = dict(self._open())
+        for name, dev in self.devices.items():
+            scorer = dev.scorer
+            if not dev.calibrated or scorer.cal is None or scorer.alarm is None:
+                continue
+            out[name] = Record(
+                self.fingerprint,
+                dev.points,
+                scorer.cal,
+                dev.calibrated_rows,
+                dev.calibrated_at,
+                scorer.level(),
+                scorer.alarm.active,
+            )
+        return out
+
+    def save(self) -> bool:
+        """Write every calibrated device's record (False: not kept, already logged)."""
+        if self._store is None:
+            return False
+        return self._store.save(self._records())
+
+    def close(self) -> None:
+        """Save and let go of the file (the bridge stops)."""
+        if self._store is not None and self._stored is not None:
+            self.save()
+            self._store.close()
+            self._stored = None
 
     # -- per message ----------------------------------------------------------------------------
 
@@ -111,6 +178,7 @@ class AnomalyStage:
             if dev is None:
                 dev = self.devices[name] = self._new_device(list(values))
                 dev.last = [float(values[p]) for p in dev.points]
+                dev.stored = self._stored_for(name, dev.points)
             row = [float(values.get(p, dev.last[j])) for j, p in enumerate(dev.points)]
             dev.last = row
             if dev.calibrated:
@@ -136,6 +204,9 @@ class AnomalyStage:
 
     def _calibrating(self, message: Message, dev: _Device, row: list[float]) -> bool:
         """Collect clean rows; False when the clean period is over."""
+        if dev.stored is not None:  # only a window of fresh readings is needed
+            dev.rows.append(row)
+            return len(dev.rows) < self.model.window
         period = self.options.calibration_period
         if period is None:
             dev.rows.append(row)
@@ -150,17 +221,35 @@ class AnomalyStage:
         return len(dev.rows) < self.model.window + self.options.smooth
 
     def _calibrate(self, device: str, dev: _Device) -> None:
-        cal = dev.scorer.calibrate(np.asarray(dev.rows, dtype=np.float64))
+        rows = np.asarray(dev.rows, dtype=np.float64)
+        dev.rows = []
         dev.calibrated = True
+        stored, dev.stored = dev.stored, None
+        if stored is not None:
+            dev.scorer.restore(stored.cal, rows, level=stored.level, active=stored.alarm)
+            dev.calibrated_rows, dev.calibrated_at = stored.rows, stored.calibrated_at
+            self.restored.append(device)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stored.calibrated_at))
+            log.info(
+                "anomaly %s: %s goes on with its calibration of %s, threshold %.3g%s",
+                self.name,
+                device,
+                when,
+                stored.cal.threshold,
+                " (alarm active)" if stored.alarm else "",
+            )
+            return
+        cal = dev.scorer.calibrate(rows)
+        dev.calibrated_rows, dev.calibrated_at = len(rows), time.time()
         log.info(
             "anomaly %s: %s calibrated on %s of %s, threshold %.3g",
             self.name,
             device,
-            counted(len(dev.rows), "sample"),
+            counted(len(rows), "sample"),
             counted(len(dev.points), "point"),
             cal.threshold,
         )
-        dev.rows = []
+        self.save()
 
     def _publish(
         self, device: str, dev: _Device, row: list[float], result: Scored, message: Message
@@ -188,6 +277,8 @@ class AnomalyStage:
         self.bus.publish_nowait(report)
         change = result.change
         if change is None:
+            if dev.scorer.refresh is not None and dev.scored % SAVE_EVERY == 0:
+                self.save()  # the level it has learned
             return message, []
         threshold = dev.scorer.cal.threshold if dev.scorer.cal is not None else float("nan")
         if change is Transition.RAISED:
@@ -212,6 +303,7 @@ class AnomalyStage:
             },
         )
         self.bus.publish_nowait(event)
+        self.save()  # a restart goes on with the alarm as it is now
         return message, [event]
 
     # -- status ---------------------------------------------------------------------------------
@@ -223,5 +315,8 @@ class AnomalyStage:
             "active": sorted(
                 n for n, d in self.devices.items() if d.scorer.alarm and d.scorer.alarm.active
             ),
-            "calibrating": sorted(n for n, d in self.devices.items() if not d.calibrated),
+            "calibrating": sorted(
+                n for n, d in self.devices.items() if not d.calibrated and d.stored is None
+            ),
+            "restored": sorted(self.restored),
         }

@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover - not on POSIX: no lock, as before
 log = logging.getLogger(__name__)
 
 
+OUTBOX_HINT = "give each gateway its own state folder ($PROTOCOL_BRAIN_STATE_DIR) or outbox path"
+
+
 class OutboxInUse(RuntimeError):
     """The outbox file is held by another process (or another open outbox in this one)."""
 
@@ -28,7 +31,7 @@ class OutboxInUse(RuntimeError):
 class FileLock:
     """An exclusive ``flock`` on ``<path>.lock`` holding the owner's pid, or an error at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, hint: str = OUTBOX_HINT) -> None:
         self.path = path.with_name(path.name + ".lock")
         self._fd: int | None = None
         if fcntl is None:
@@ -44,8 +47,7 @@ class FileLock:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise OutboxInUse(
-                f"{path}: in use by another gateway process (pid {holder}); give each gateway "
-                "its own state folder ($PROTOCOL_BRAIN_STATE_DIR) or outbox path"
+                f"{path}: in use by another gateway process (pid {holder}); {hint}"
             ) from None
         try:
             os.ftruncate(fd, 0)
