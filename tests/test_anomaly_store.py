@@ -128,10 +128,10 @@ def test_a_calibration_of_other_options_or_points_is_not_used(
     calibrated(path)
     caplog.set_level(logging.INFO, logger="gateway.anomaly.stage")
 
-    other = stage(path, margin=2.0)
+    other = stage(path, smooth=5)
     feed(other, messages()[:100])
     assert other.status()["calibrating"] == ["pump"] and other.status()["restored"] == []
-    assert "pump calibrates again: margin changed" in caplog.text
+    assert "pump calibrates again: smooth changed since it was calibrated" in caplog.text
     other.close()
 
     values, _ = series(100, seed=5)
@@ -142,6 +142,19 @@ def test_a_calibration_of_other_options_or_points_is_not_used(
     renamed.close()
     # The old record stays until the device has a new calibration to replace it.
     assert read_records(path)["pump"].points == list(NAMES)
+
+
+def test_a_new_margin_or_fixed_threshold_applies_to_the_kept_calibration(tmp_path: Path) -> None:
+    path = tmp_path / "up.json"
+    first = calibrated(path)
+    threshold = first.devices["pump"].scorer.cal.threshold  # type: ignore[union-attr]
+    for options, expected in (({"margin": 3.0}, threshold * 2), ({"threshold": 7.5}, 7.5)):
+        s = stage(path, **options)
+        feed(s, messages()[:40])
+        assert s.status()["restored"] == ["pump"]  # no new clean period needed
+        alarm = s.devices["pump"].scorer.alarm
+        assert alarm is not None and alarm.threshold == pytest.approx(expected)
+        s.close()
 
 
 def test_points_in_another_order_use_the_same_calibration(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ devices and messages into one model call.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ class DeviceScorer:
         self._raw: npt.NDArray[np.float64] = np.zeros((0, 0))
         self._first = 0
         self.cal: Calibration | None = None
+        self.normal = float("nan")  # high quantile of the calibration's smoothed scores
         self.alarm: Hysteresis | None = None
         self._pre: Preprocessor | None = None
         self._window: npt.NDArray[np.float32] | None = None  # [C, 1, W], newest last
@@ -69,23 +70,35 @@ class DeviceScorer:
     def calibrate(self, rows: npt.NDArray[Any]) -> Calibration:
         """Learn normal from clean rows ``[T, C]`` and set the threshold (unless fixed)."""
         x = np.asarray(rows, dtype=np.float64)
-        cal = calibrate(self.model, x, smooth=self.smooth, quantile=QUANTILE, margin=self.margin)
-        if self.fixed_threshold is not None:
-            cal.threshold = self.fixed_threshold
+        cal = calibrate(self.model, x, smooth=self.smooth, quantile=QUANTILE, margin=1.0)
+        self.normal = cal.threshold
+        cal.threshold = self.threshold_for(self.normal)
         self._begin(cal, x)
         return cal
+
+    def threshold_for(self, normal: float) -> float:
+        """The alarm threshold for a calibration whose smoothed scores reach ``normal`` (their
+        high quantile): the fixed threshold if one is set, else ``normal`` x margin."""
+        if self.fixed_threshold is not None:
+            return self.fixed_threshold
+        return normal * self.margin
 
     def restore(
         self,
         cal: Calibration,
         rows: npt.NDArray[Any],
         *,
+        normal: float,
         level: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
         active: bool = False,
     ) -> None:
         """Go on from a stored calibration: ``rows`` (at least a window of fresh readings) fill
-        the window instead of calibrating; ``level`` is what the refresh had learned, ``active``
-        whether the alarm was on (it then clears as usual, and is not raised again)."""
+        the window instead of calibrating; ``normal`` is the calibration's high score quantile
+        (the threshold follows today's margin or fixed threshold), ``level`` what the refresh
+        had learned, ``active`` whether the alarm was on (it then clears as usual, and is not
+        raised again)."""
+        self.normal = normal
+        cal = replace(cal, threshold=self.threshold_for(normal))
         self._begin(cal, np.asarray(rows, dtype=np.float64), level)
         assert self.alarm is not None
         self.alarm.active = active

@@ -139,6 +139,7 @@ class AnomalyStage:
                 scorer.cal,
                 dev.calibrated_rows,
                 dev.calibrated_at,
+                scorer.normal,
                 scorer.level(),
                 scorer.alarm.active,
             )
@@ -226,7 +227,9 @@ class AnomalyStage:
         dev.calibrated = True
         stored, dev.stored = dev.stored, None
         if stored is not None:
-            dev.scorer.restore(stored.cal, rows, level=stored.level, active=stored.alarm)
+            dev.scorer.restore(
+                stored.cal, rows, normal=stored.normal, level=stored.level, active=stored.alarm
+            )
             dev.calibrated_rows, dev.calibrated_at = stored.rows, stored.calibrated_at
             self.restored.append(device)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stored.calibrated_at))
@@ -235,7 +238,7 @@ class AnomalyStage:
                 self.name,
                 device,
                 when,
-                stored.cal.threshold,
+                dev.scorer.alarm.threshold if dev.scorer.alarm is not None else float("nan"),
                 " (alarm active)" if stored.alarm else "",
             )
             return

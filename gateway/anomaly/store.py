@@ -61,8 +61,6 @@ def fingerprint(model_bytes: bytes, window: int, options: AnomalyOptions) -> dic
         "model": hashlib.sha256(model_bytes).hexdigest()[:16],
         "window": window,
         "smooth": options.smooth,
-        "margin": options.margin,
-        "threshold": options.threshold,
         "calibration": options.calibration if period is None else None,
         "calibration_period": None if period is None else [p.isoformat() for p in period],
     }
@@ -77,6 +75,7 @@ class Record:
     cal: Calibration
     rows: int  # readings the calibration was learned on
     calibrated_at: float  # unix time
+    normal: float  # high quantile of its smoothed scores: threshold = normal x margin
     level: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None  # refresh
     alarm: bool = False  # active when written
 
@@ -111,7 +110,14 @@ class Record:
         )
         level = None if self.level is None else (self.level[0][idx], self.level[1][idx])
         return Record(
-            self.fingerprint, list(points), cal, self.rows, self.calibrated_at, level, self.alarm
+            self.fingerprint,
+            list(points),
+            cal,
+            self.rows,
+            self.calibrated_at,
+            self.normal,
+            level,
+            self.alarm,
         )
 
 
@@ -132,6 +138,7 @@ def to_json(r: Record) -> dict[str, Any]:
         "points": r.points,
         "rows": r.rows,
         "calibrated_at": r.calibrated_at,
+        "normal": r.normal,
         "alarm": r.alarm,
         **{k: getattr(c, k).tolist() for k in _ARRAYS},
         "slow": c.slow.tolist(),
@@ -152,9 +159,9 @@ def from_json(d: Any) -> Record:
     n = len(points)
     arrays = {k: _floats(d[k], n, k) for k in _ARRAYS}
     slow = np.asarray(d["slow"], dtype=bool)
-    threshold = float(d["threshold"])
-    if slow.shape != (n,) or math.isnan(threshold):
-        raise ValueError("slow/threshold: malformed")
+    threshold, normal = float(d["threshold"]), float(d["normal"])
+    if slow.shape != (n,) or math.isnan(threshold) or not math.isfinite(normal):
+        raise ValueError("slow/threshold/normal: malformed")
     cal = Calibration(
         arrays["mean"],
         arrays["scale"],
@@ -177,6 +184,7 @@ def from_json(d: Any) -> Record:
         cal,
         int(d["rows"]),
         float(d["calibrated_at"]),
+        normal,
         level,
         bool(d["alarm"]),
     )
