@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli import CommandError
 from gateway.cliargs import (
@@ -24,6 +24,9 @@ from gateway.cliargs import (
     positive_int,
 )
 from gateway.text import counted
+
+if TYPE_CHECKING:
+    from gateway.translator.browse import BrowseOptions
 
 __all__ = ["register"]
 
@@ -65,6 +68,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--source", required=True, metavar="SRC", help=_SOURCE_HELP)
     s.add_argument("--target", required=True, metavar="TGT", help="same kinds as --source")
     s.add_argument("--out", required=True, metavar="bridge.yaml", help="the bridge to write")
+    _browse_flags(s)
     s.add_argument(
         "--from",
         dest="from_device",
@@ -160,6 +164,41 @@ def register(subparsers: Any) -> None:
     pk.set_defaults(func=_guard(cmd_pick))
 
 
+def _browse_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--browse",
+        action="store_true",
+        help="connect to each FILE.yaml#device live with its settings in that config (OPC UA "
+        "client: security, certificate, trust list, user; MQTT endpoint: TLS, user) instead of "
+        "reading its points:",
+    )
+    p.add_argument(
+        "--browse-seconds",
+        type=_sample_seconds,
+        metavar="N",
+        help="with --browse, seconds to sample an MQTT endpoint (default 10, as mqtt://)",
+    )
+    p.add_argument(
+        "--browse-topic",
+        type=_topic_filter,
+        metavar="FILTER",
+        help="with --browse, the topic filter to sample an MQTT endpoint on (default #)",
+    )
+
+
+# Checked by argparse, imported only when used: the sources module brings numpy.
+def _sample_seconds(text: str) -> float:
+    from gateway.translator.sources import sample_seconds
+
+    return sample_seconds(text)
+
+
+def _topic_filter(text: str) -> str:
+    from gateway.translator.sources import topic_filter
+
+    return topic_filter(text)
+
+
 def _prior_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-site-prior",
@@ -170,8 +209,9 @@ def _prior_flag(p: argparse.ArgumentParser) -> None:
 
 
 _SOURCE_HELP = (
-    "a .csv point list, a .yaml register map or config (FILE.yaml#device), a .txt/.jsonl MQTT "
-    "topic sample, opc.tcp://host:port (live browse) or mqtt://host:port/filter?seconds=N"
+    "a .csv point list, a .yaml register map or config (FILE.yaml#device; live with --browse), "
+    "a .txt/.jsonl MQTT topic sample, opc.tcp://host:port (live browse, security None) or "
+    "mqtt://host:port/filter?seconds=N"
 )
 
 
@@ -249,8 +289,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from gateway.translator.site import predict_site
     from gateway.translator.suggest import bridge_yaml, match
 
-    sources = _source("--source", args.source)
-    targets = _source("--target", args.target)
+    browse = _browse_options(args)
+    sources = _source("--source", args.source, browse)
+    targets = _source("--target", args.target, browse)
     translator = _translator(args)
     examples = _examples(args)  # read once, used for both lists
     matches = match(
@@ -262,8 +303,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     )
     text = bridge_yaml(
         matches,
-        source=args.source,
-        target=args.target,
+        source=_label(args.source, browse),
+        target=_label(args.target, browse),
         from_device=args.from_device,
         to_device=args.to_device,
         threshold=args.threshold,
@@ -278,13 +319,41 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _source(option: str, spec: str) -> list[Any]:
+def _browse_options(args: argparse.Namespace) -> BrowseOptions | None:
+    """`BrowseOptions` with --browse, else None; the --browse-* flags only go with it."""
+    from gateway.translator.browse import BrowseOptions
+    from gateway.translator.sources import config_device
+
+    if not args.browse:
+        if args.browse_seconds is not None or args.browse_topic is not None:
+            raise CommandError("--browse-seconds and --browse-topic go with --browse")
+        return None
+    if config_device(args.source) is None and config_device(args.target) is None:
+        raise CommandError(
+            "--browse connects to a device of a config: give --source or --target as "
+            "FILE.yaml#device"
+        )
+    defaults = BrowseOptions()
+    return BrowseOptions(
+        seconds=args.browse_seconds or defaults.seconds, topic=args.browse_topic or defaults.topic
+    )
+
+
+def _label(spec: str, browse: BrowseOptions | None) -> str:
+    """What the bridge's header says a side was read from."""
+    from gateway.translator.sources import config_device
+
+    live = browse is not None and config_device(spec) is not None
+    return f"{spec} (browsed live)" if live else spec
+
+
+def _source(option: str, spec: str, browse: BrowseOptions | None = None) -> list[Any]:
     """The points of --source or --target; a problem names the option as well as the file."""
     from gateway.translator.pointlist import InputError
     from gateway.translator.sources import read_source
 
     try:
-        return read_source(spec)
+        return read_source(spec, browse)
     except InputError as exc:
         raise CommandError(f"{option} {exc}") from None
 

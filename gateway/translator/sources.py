@@ -1,6 +1,7 @@
 """Where `gateway suggest` gets point lists: CSV, a Modbus register map (YAML), a live OPC UA
 browse (``opc.tcp://...``), an MQTT topic sample file, or a live MQTT subscription
-(``mqtt://host:port/filter?seconds=N``).
+(``mqtt://host:port/filter?seconds=N``); with ``--browse``, a live browse or sample through a
+device of a gateway config (``FILE.yaml#device``, gateway/translator/browse.py).
 
 Every reader returns plain `Point`s; protocol libraries are imported only when that kind of
 source is asked for.
@@ -10,27 +11,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from gateway.translator.pointlist import InputError, read_points
 from gateway.translator.tokenize import Point
+
+if TYPE_CHECKING:
+    from gateway.config.yamlmarks import Document
+    from gateway.translator.browse import BrowseOptions
 
 OPCUA_DEPTH = 8  # folders below Objects that a browse walks
 OPCUA_PORT = 4840
 MQTT_PORT = 1883
 MQTT_SECONDS = 10.0
 MQTT_MAX_SECONDS = 3600.0  # a sample, not a recording: an hour is already generous
+LOGIN_HINT = "the broker wants a user: describe it in a config and use FILE.yaml#device --browse"
 
 
-def read_source(spec: str) -> list[Point]:
-    """The points of one --source/--target argument."""
+def read_source(spec: str, browse: BrowseOptions | None = None) -> list[Point]:
+    """The points of one --source/--target argument; with ``browse``, a ``FILE.yaml#device``
+    is connected to live instead of having its ``points:`` read."""
     if spec.startswith("opc.tcp://"):
         return browse_opcua(spec)
     if spec.startswith(("mqtt://", "tcp://")):
         return sample_mqtt(spec)
+    named = config_device(spec)
+    if browse is not None and named is not None:
+        from gateway.translator.browse import browse_device
+
+        return browse_device(*named, browse)
     path, _, device = spec.partition("#")
     if Path(path).is_dir():
         raise InputError(f"{path}: is a directory; {_KINDS}")
@@ -42,6 +55,14 @@ def read_source(spec: str) -> list[Point]:
     if suffix in (".txt", ".jsonl", ".log", ".mqtt"):
         return read_mqtt_sample(path)
     raise InputError(f"{spec}: unknown source; {_KINDS}")
+
+
+def config_device(spec: str) -> tuple[str, str] | None:
+    """``(file, device)`` of a ``FILE.yaml#device`` argument, else None."""
+    path, _, device = spec.partition("#")
+    if device and Path(path).suffix.lower() in (".yaml", ".yml"):
+        return path, device
+    return None
 
 
 _KINDS = (
@@ -62,19 +83,18 @@ def _read_text(path: str) -> str:
 
 
 def read_register_map(path: str, device: str | None = None) -> list[Point]:
-    """Points of a YAML register map: a gateway config (``devices.<name>.points``, all devices
-    or ``FILE#device``), a mapping with ``points:``, or a bare list of points."""
-    doc = _read_yaml(path)
+    """Points of a YAML register map: a gateway config (``devices.<name>.points``, all devices,
+    or ``FILE#name``, a device or an endpoint), a mapping with ``points:``, or a bare list of
+    points."""
+    doc = read_yaml(path).data
     entries: list[Any] = []
-    if isinstance(doc, dict) and isinstance(doc.get("devices"), dict):
-        devices = doc["devices"]
-        if device is not None and device not in devices:
-            raise InputError(f"{path}: no device {device!r} (has: {', '.join(devices)})")
-        for name, dev in devices.items():
-            if device in (None, name) and isinstance(dev, dict):
+    if device is not None:
+        section, dev = config_entry(path, doc, device)
+        entries = _point_list(path, f"{section}.{device}.points", dev.get("points"))
+    elif isinstance(doc, dict) and isinstance(doc.get("devices"), dict):
+        for name, dev in doc["devices"].items():
+            if isinstance(dev, dict):
                 entries.extend(_point_list(path, f"devices.{name}.points", dev.get("points")))
-    elif device is not None:
-        raise InputError(f"{path}: no devices: section to take #{device} from")
     elif isinstance(doc, dict):
         entries = _point_list(path, "points", doc.get("points"))
     elif isinstance(doc, list):
@@ -94,7 +114,7 @@ def read_register_map(path: str, device: str | None = None) -> list[Point]:
     return points
 
 
-def _read_yaml(path: str) -> Any:
+def read_yaml(path: str) -> Document:
     """The document, read as `gateway validate` reads a config: keys are names (strings), and
     broken, too deeply nested or alias-bomb files are one line, the first problem found."""
     from gateway.config.errors import LocatedProblem
@@ -107,7 +127,26 @@ def _read_yaml(path: str) -> Any:
         raise InputError(
             str(LocatedProblem(path, line, column, first.path, first.found, first.expected))
         )
-    return doc.data
+    return doc
+
+
+def config_entry(path: str, doc: Any, name: str) -> tuple[str, dict[str, Any]]:
+    """``(section, entry)`` of device or endpoint ``name`` in a gateway config."""
+    sections = {
+        section: doc[section]
+        for section in ("devices", "endpoints")
+        if isinstance(doc, dict) and isinstance(doc.get(section), dict)
+    }
+    if not sections:
+        raise InputError(f"{path}: no devices: section to take #{name} from")
+    for section, entries in sections.items():
+        if name in entries:
+            entry = entries[name]
+            if not isinstance(entry, dict):
+                raise InputError(f"{path}: {section}.{name} is not a mapping of settings")
+            return section, entry
+    have = ", ".join(n for entries in sections.values() for n in entries)
+    raise InputError(f"{path}: no device {name!r} (has: {have})")
 
 
 def _point_list(path: str, where: str, value: Any) -> list[Any]:
@@ -201,46 +240,77 @@ def _host_port(url: str, netloc: str, default_port: int, form: str) -> tuple[str
     return u.hostname, port
 
 
-def _mqtt_url(url: str) -> tuple[str, int, str, float]:
-    """Host, port, topic filter and seconds of ``mqtt://host:port/filter?seconds=N``, checked
-    before connecting (paho would fail on them later, in its own thread)."""
-    from gateway.bus import validate_pattern
+def sample_seconds(text: str) -> float:
+    """How long to sample a broker: a positive number of seconds, at most an hour."""
     from gateway.cliargs import positive_float
 
+    seconds = positive_float(text)
+    if seconds > MQTT_MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MQTT_MAX_SECONDS:g}, got {text}")
+    return seconds
+
+
+def topic_filter(text: str) -> str:
+    """An MQTT topic filter, checked before connecting (paho would fail on it later, in its own
+    thread)."""
+    from gateway.bus import validate_pattern
+
+    try:
+        validate_pattern(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a valid MQTT topic filter: {exc}") from None
+    return text
+
+
+def _mqtt_url(url: str) -> tuple[str, int, str, float]:
+    """Host, port, topic filter and seconds of ``mqtt://host:port/filter?seconds=N``."""
     form = "mqtt://host:port/topic-filter?seconds=N"
     # Not urlparse: a topic filter's '#' would be read as a URL fragment.
     address, _, query = url.partition("://")[2].partition("?")
     netloc, _, raw_topic = address.partition("/")
     host, port = _host_port(url, netloc, MQTT_PORT, form)
-    topic = unquote(raw_topic) or "#"
     try:
-        validate_pattern(topic)
-    except ValueError as exc:
-        raise InputError(f"{url}: not a valid MQTT topic filter: {exc}") from None
+        topic = topic_filter(unquote(raw_topic) or "#")
+    except argparse.ArgumentTypeError as exc:
+        raise InputError(f"{url}: {exc}") from None
     options = parse_qs(query, keep_blank_values=True)
     unknown = set(options) - {"seconds"}
     if unknown:
         raise InputError(f"{url}: unknown option {', '.join(sorted(unknown))} ({form})")
     seconds = MQTT_SECONDS
     if "seconds" in options:
-        text = options["seconds"][-1]
         try:
-            seconds = positive_float(text)
+            seconds = sample_seconds(options["seconds"][-1])
         except argparse.ArgumentTypeError as exc:
             raise InputError(f"{url}: seconds {exc}") from None
-        if seconds > MQTT_MAX_SECONDS:
-            raise InputError(f"{url}: seconds must be at most {MQTT_MAX_SECONDS:g}, got {text}")
     return host, port, topic, seconds
 
 
 def sample_mqtt(url: str) -> list[Point]:
     """Subscribe to ``mqtt://host:port/filter?seconds=N`` and collect what arrives."""
+    host, port, topic, seconds = _mqtt_url(url)
+    return sample_broker(url, host, port, topic, seconds)
+
+
+def sample_broker(
+    where: str,
+    host: str,
+    port: int,
+    topic: str,
+    seconds: float,
+    prepare: Callable[[Any], None] | None = None,
+    explain: Callable[[BaseException], str] | None = None,
+    login_hint: str = LOGIN_HINT,
+) -> list[Point]:
+    """Points of what arrives on ``topic`` in ``seconds``. ``prepare`` sets up the paho client
+    before it connects (user, TLS), ``explain`` words a failed connect and ``login_hint`` a
+    refused login. Nothing is published."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    host, port, topic, seconds = _mqtt_url(url)
     seen: dict[str, Point] = {}
-    refused: list[str] = []
+    refused: list[Any] = []
+    over = threading.Event()  # refused: no need to wait out the seconds
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
         payload = msg.payload.decode("utf-8", "replace")
@@ -249,25 +319,34 @@ def sample_mqtt(url: str) -> list[Point]:
 
     def on_connect(c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            refused.append(str(reason))
+            refused.append(reason)
+            over.set()
         else:
             c.subscribe(topic)
 
+    # paho's own client id (random): the device's id would make the broker drop the running
+    # gateway's connection to let this one in.
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     client.on_message = on_message
     client.on_connect = on_connect
+    if prepare is not None:
+        prepare(client)
     try:
         client.connect(host, port)
-    except OSError as exc:
-        raise InputError(f"{url}: cannot connect: {exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: ssl's CertificateError is one too
+        why = explain(exc) if explain is not None else f"cannot connect: {exc}"
+        raise InputError(f"{where}: {why}") from None
     client.loop_start()
-    time.sleep(seconds)
+    over.wait(seconds)
     client.loop_stop()
     client.disconnect()
     if refused:
-        raise InputError(f"{url}: the broker refused the connection: {refused[0]}")
+        # 134/135 (MQTT 5) are what 3.1.1's 4 and 5 become in paho's reason codes
+        login = getattr(refused[0], "value", 0) in (134, 135)
+        hint = f" ({login_hint})" if login else ""
+        raise InputError(f"{where}: the broker refused the connection: {refused[0]}{hint}")
     if not seen:
-        raise InputError(f"{url}: nothing arrived on {topic} in {seconds:g} s")
+        raise InputError(f"{where}: nothing arrived on {topic} in {seconds:g} s")
     return list(seen.values())
 
 
@@ -296,27 +375,33 @@ def browse_opcua(url: str) -> list[Point]:
 
 
 async def _browse(url: str) -> list[Point]:
-    from asyncua import ua
     from asyncua.client.client import Client
 
-    out: list[Point] = []
     async with Client(url, timeout=10) as client:
-        seen: set[Any] = set()
+        return await walk_objects(client, url)
 
-        async def walk(node: Any, depth: int) -> None:
-            for child in await node.get_children():
-                if child.nodeid in seen or child.nodeid.NamespaceIndex == 0:
-                    continue
-                seen.add(child.nodeid)
-                cls = await child.read_node_class()
-                if cls == ua.NodeClass.Variable:
-                    out.append(await _variable(child))
-                elif cls == ua.NodeClass.Object and depth < OPCUA_DEPTH:
-                    await walk(child, depth + 1)
 
-        await walk(client.nodes.objects, 0)
+async def walk_objects(client: Any, where: str) -> list[Point]:
+    """Variables under the Objects folder of a connected asyncua client."""
+    from asyncua import ua
+
+    out: list[Point] = []
+    seen: set[Any] = set()
+
+    async def walk(node: Any, depth: int) -> None:
+        for child in await node.get_children():
+            if child.nodeid in seen or child.nodeid.NamespaceIndex == 0:
+                continue
+            seen.add(child.nodeid)
+            cls = await child.read_node_class()
+            if cls == ua.NodeClass.Variable:
+                out.append(await _variable(child))
+            elif cls == ua.NodeClass.Object and depth < OPCUA_DEPTH:
+                await walk(child, depth + 1)
+
+    await walk(client.nodes.objects, 0)
     if not out:
-        raise InputError(f"{url}: no variables found under Objects")
+        raise InputError(f"{where}: no variables found under Objects")
     return out
 
 
