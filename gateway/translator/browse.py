@@ -126,8 +126,8 @@ def _onboarding_model() -> type[OpcuaClient]:
 
 
 async def _browse_opcua(where: str, name: str, config: OpcuaClient, gateway: str) -> list[Point]:
-    # The adapter's private connection steps, reused rather than copied: see the report of
-    # this change for making them public (OpcuaClientAdapter.new_client / explain).
+    # The adapter's own connection steps, reused rather than copied (they are private today:
+    # public `new_client`, `explain` and `close` on OpcuaClientAdapter would suit this caller).
     from gateway.adapter import AdapterContext
     from gateway.bus import Bus
     from protocols.opcua.client import OpcuaClientAdapter, _Session
