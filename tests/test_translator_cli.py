@@ -827,3 +827,18 @@ def test_train_refuses_an_out_it_cannot_create_before_training(
     taken = _write(tmp_path / "taken", "a file, not a folder")
     assert main(["translator", "train", "--steps", "1", "--out", str(taken)]) == 2
     assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_suggest_names_the_config_devices_in_from_and_to(tmp_path: Path) -> None:
+    regmap = _write(tmp_path / "plant.yaml", CONFIG)
+    target = _write(tmp_path / "scada.yaml", "devices:\n  hmi: {points: [{name: sat}]}\n")
+    out = tmp_path / "bridge.yaml"
+    args = ["suggest", "--source", f"{regmap}#plc", "--target", f"{target}#hmi"]
+    assert main([*args, "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "from: plc" in text and "to: hmi" in text  # no placeholder to replace by hand
+    csv_target = _write(tmp_path / "t.csv", "name\nsat\n")
+    args = ["suggest", "--source", f"{regmap}#plc", "--target", str(csv_target)]
+    assert main([*args, "--out", str(out), "--to", "broker"]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "from: plc" in text and "to: broker" in text

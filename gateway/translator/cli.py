@@ -72,14 +72,14 @@ def register(subparsers: Any) -> None:
     s.add_argument(
         "--from",
         dest="from_device",
-        default="SOURCE_DEVICE",
-        help="the bridge's from: (default %(default)s)",
+        help="the bridge's from: (default: the device of a FILE.yaml#device source, else "
+        "SOURCE_DEVICE)",
     )
     s.add_argument(
         "--to",
         dest="to_device",
-        default="TARGET_ENDPOINT",
-        help="the bridge's to: (default %(default)s)",
+        help="the bridge's to: (default: the device of a FILE.yaml#device target, else "
+        "TARGET_ENDPOINT)",
     )
     s.add_argument(
         "--threshold",
@@ -305,8 +305,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         matches,
         source=_label(args.source, browse),
         target=_label(args.target, browse),
-        from_device=args.from_device,
-        to_device=args.to_device,
+        from_device=args.from_device or _config_entry(args.source) or "SOURCE_DEVICE",
+        to_device=args.to_device or _config_entry(args.target) or "TARGET_ENDPOINT",
         threshold=args.threshold,
     )
     with _written(args.out) as out:  # opened only now: a failure above leaves no file
@@ -317,6 +317,14 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         f"{len(matches) - confident} marked REVIEW; nothing applied (approved: false)"
     )
     return 0
+
+
+def _config_entry(spec: str) -> str | None:
+    """``device`` of a ``FILE.yaml#device`` argument: the bridge's from:/to: then names it."""
+    path, _, device = spec.partition("#")
+    if device and Path(path).suffix.lower() in (".yaml", ".yml"):
+        return device
+    return None
 
 
 def _browse_options(args: argparse.Namespace) -> BrowseOptions | None:
