@@ -37,21 +37,39 @@ def _setup_logging(level: str) -> None:
         logging.getLogger("asyncua.server.address_space").setLevel(logging.WARNING)
 
 
+def _print_warnings(lines: Sequence[str]) -> None:
+    """The config's warnings (a refused plugin package, ...) before logging is set up."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.text import counted
 
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, check_adapters=True)
     except ConfigError as exc:
+        _print_warnings(exc.warnings)
         print(str(exc), file=sys.stderr)
         print(f"{args.file}: {counted(len(exc.problems), 'problem')}", file=sys.stderr)
         return 1
+    _print_warnings(config.warnings)
     points = sum(len(getattr(e.config, "points", []) or []) for e in config.devices.values())
     devices = counted(len(config.devices), "device or endpoint", "devices and endpoints")
+    off = [
+        counted(len(names), one, many)
+        for names, one, many in (
+            (config.disabled, "device or endpoint", "devices and endpoints"),
+            (config.disabled_bridges, "bridge", "bridges"),
+        )
+        if names
+    ]
     print(
         f"{args.file}: ok ({devices}, {counted(points, 'point')}, "
-        f"{counted(len(config.bridges), 'bridge')})"
+        f"{counted(len(config.bridges), 'bridge')}"
+        + (f"; disabled: {', '.join(off)}" if off else "")
+        + ")"
     )
     return 0
 
@@ -144,10 +162,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
     except ConfigError as exc:
+        _print_warnings(exc.warnings)
         print(str(exc), file=sys.stderr)
         return 1
     use_config_state_dir(args.file)
     _setup_logging(args.log_level or config.gateway.log_level)
+    for line in config.warnings:  # once, at warning level: the run goes on
+        log.warning("%s", line)
 
     async def main() -> None:
         from gateway.runtime import Gateway

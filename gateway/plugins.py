@@ -44,7 +44,14 @@ def _is_builtin(dist: str | None) -> bool:
 
 
 class PluginError(Exception):
-    """A plugin cannot be loaded or used; the message says what to do."""
+    """A plugin cannot be loaded or used; the message says what to do.
+
+    ``missing`` names the library module that is not installed when that is the only cause
+    (the plugin itself is fine): ``gateway validate`` says so as a warning, not a problem."""
+
+    def __init__(self, message: str, *, missing: str | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,11 @@ class ProtocolSpec:
         return self.route_models.get(role, self.route_model)
 
     @property
+    def builtin(self) -> bool:
+        """Whether this is one of the gateway's own protocols."""
+        return _is_builtin(self.dist)
+
+    @property
     def origin(self) -> str:
         """The plugin in words, for messages: its protocol and the distribution it comes from."""
         return f"protocol {self.name!r}" + (f" (from {self.dist})" if self.dist else "")
@@ -110,6 +122,26 @@ class ProtocolSpec:
         # Only the top-level package: find_spec("a.b") would import "a".
         return [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
 
+    def needs(self, module: str) -> PluginError:
+        """The error of an adapter that cannot run because ``module`` is not installed."""
+        return PluginError(
+            f"{self.origin} needs {module}: {self.install_hint(module)}", missing=module
+        )
+
+    def check_adapter(self, role: str, *, load: bool = True) -> None:
+        """Raise the `PluginError` that `adapter_class` would, as far as can be told here.
+
+        First the ``requires`` modules, found without importing them; then, with ``load``,
+        the adapter itself is imported (which imports its library). ``gateway validate``
+        checks a plugin this way; it does not load the built-ins' adapters, which ship with
+        the gateway and only make it slower to import.
+        """
+        missing = self.missing_requirements()
+        if missing:
+            raise self.needs(missing[0])
+        if load:
+            self.adapter_class(role)
+
     def adapter_class(self, role: str) -> type[Adapter]:
         """Import the adapter for ``role``.
 
@@ -136,9 +168,7 @@ class ProtocolSpec:
             if exc.name == module_name:
                 raise PluginError(f"{what}: there is no module {module_name!r}") from None
             if exc.name and _top(exc.name) != _top(module_name):  # a library, not plugin code
-                raise PluginError(
-                    f"{self.origin} needs {exc.name}: {self.install_hint(exc.name)}"
-                ) from None
+                raise self.needs(exc.name) from None
             raise PluginError(f"{what}: module failed to import: {_describe(exc)}") from exc
         except Exception as exc:  # a broken adapter module: say where, in one line
             raise PluginError(f"{what}: module failed to import: {_describe(exc)}") from exc
@@ -253,26 +283,24 @@ def load_registry(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
 
 
 def _load(ep: importlib.metadata.EntryPoint, dist: str | None) -> ProtocolSpec | str:
-    """The spec an entry point names, or why it cannot be used."""
+    """The spec an entry point names, or why it cannot be used (one line naming its package)."""
+    plugin = f"protocol plugin {ep.name!r} from {dist or 'an unknown package'}"
     try:
         obj: Any = ep.load()
     except ImportError as exc:
         extras = _extras_of(ep)
         package = dist or "the plugin's package"
         hint = f"pip install '{package}[{extras[0]}]'" if extras else f"reinstall {package}"
-        return f"protocol plugin {ep.name!r} failed to import ({exc}); install it with: {hint}"
+        return f"{plugin} failed to import ({exc}); install it with: {hint}"
     except Exception as exc:  # a broken plugin must not take the others down
-        return f"protocol plugin {ep.name!r} failed to load: {exc!r}"
+        return f"{plugin} failed to load: {exc!r}"
     if not isinstance(obj, ProtocolSpec):
-        return (
-            f"protocol plugin {ep.name!r} ({ep.value}) is a {type(obj).__name__}, "
-            "not a ProtocolSpec"
-        )
+        return f"{plugin} ({ep.value}) is a {type(obj).__name__}, not a ProtocolSpec"
     if obj.api_version != API_VERSION:
         return (
-            f"protocol plugin {ep.name!r} is written for plugin API {obj.api_version}, "
+            f"{plugin} is written for plugin API {obj.api_version}, "
             f"this gateway speaks {API_VERSION}"
         )
     if obj.name != ep.name:
-        return f"protocol plugin entry point {ep.name!r} names a spec called {obj.name!r}"
+        return f"{plugin}: its entry point {ep.name!r} names a spec called {obj.name!r}"
     return dataclasses.replace(obj, dist=dist)

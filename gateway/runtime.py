@@ -145,11 +145,13 @@ class Gateway:
             gc.freeze()
             stack.callback(gc.unfreeze)
             self.started.set()
+            off = [*self.config.disabled, *(f"bridge {b}" for b in self.config.disabled_bridges)]
             log.info(
-                "gateway %s running: %s, %s",
+                "gateway %s running: %s, %s%s",
                 self.config.gateway.name,
                 counted(len(self.adapters), "adapter"),
                 counted(len(self.bridges), "bridge"),
+                f"; not started (enabled: false): {', '.join(off)}" if off else "",
             )
             try:
                 await stop.wait()

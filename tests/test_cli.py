@@ -389,3 +389,44 @@ def test_any_command_names_the_extra_of_a_missing_library(
     argv = ["optimizer", "traces", "--kind", "walk", "--count", "1", "--out", str(tmp_path)]
     assert main(argv) == 2
     assert capsys.readouterr().err == "error: needs numpy: pip install 'protocol-brain[ml]'\n"
+
+
+def test_validate_reports_disabled_ends_second_entries_and_periods_in_one_run(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "devices:\n"
+        "  plc: {protocol: modbus, host: h, points: [{name: t, address: 0}]}\n"
+        "  spare: {protocol: modbus, enabled: false, host: h, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: h}\n"
+        "  plc: {protocol: mqtt, host: h, port: 0}\n"
+        "bridges:\n"
+        "  - {name: up, from: [plc, spare], to: broker, topic: 'x/{point}',\n"
+        "     anomaly: {calibration_period: [2024-05-01T00:00:00]}}\n"
+    )
+    out = gateway("validate", str(bad))
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"{bad}:6:3: endpoints.plc: found the name 'plc' again (first in devices at line 2); "
+        "expected names used once across devices and endpoints",
+        f"{bad}:6:40: endpoints.plc.port: found 0; expected a number >= 1",
+        f"{bad}:8:28: bridges[0].from[1]: found 'spare', which is disabled (enabled: false at "
+        "line 3); expected an enabled device or endpoint, or enabled: false on bridge 'up' too",
+        f"{bad}:9:36: bridges[0].anomaly.calibration_period: found [2024-05-01 00:00:00]; "
+        "expected two times [start, end] (ISO 8601, e.g. [2024-05-01T00:00:00, "
+        "2024-05-08T00:00:00]), not one",
+        f"{bad}: 4 problems",
+    ]
+    fixed = bad.read_text().replace("{name: up,", "{name: up, enabled: false,")
+    fixed = fixed.replace("  plc: {protocol: mqtt, host: h, port: 0}\n", "").replace(
+        "[2024-05-01T00:00:00]", "[2024-05-01T00:00:00, 2024-05-02T00:00:00]"
+    )
+    bad.write_text(fixed)
+    out = gateway("validate", str(bad))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        f"{bad}: ok (2 devices and endpoints, 1 point, 0 bridges; disabled: 1 device or "
+        "endpoint, 1 bridge)"
+    )

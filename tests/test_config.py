@@ -27,6 +27,7 @@ from protocols.modbus.config import ModbusDevice
 from protocols.mqtt.config import MqttEndpoint, MqttRoute
 
 CONFIGS = Path(__file__).parent / "configs"
+ADAPTER = "protocols.modbus.client:ModbusClientAdapter"  # a real one, for a made-up spec
 
 
 @pytest.fixture(scope="module")
@@ -498,7 +499,7 @@ class _NoProtocolField(BaseModel):
 
 
 def test_a_crashing_plugin_model_is_a_problem_of_its_entry() -> None:
-    spec = ProtocolSpec("crashy", "crashes", _Crashy, {"client": "x:Y"})
+    spec = ProtocolSpec("crashy", "crashes", _Crashy, {"client": ADAPTER})
     registry = Registry({"crashy": spec}, {})
     with pytest.raises(ConfigError) as info:
         load_config_text("devices:\n  c:\n    protocol: crashy\n    host: h\n", "c.yaml", registry)
@@ -508,7 +509,7 @@ def test_a_crashing_plugin_model_is_a_problem_of_its_entry() -> None:
 
 
 def test_a_plugin_model_without_a_protocol_field_does_not_get_one() -> None:
-    spec = ProtocolSpec("plain", "plain", _NoProtocolField, {"client": "x:Y"})
+    spec = ProtocolSpec("plain", "plain", _NoProtocolField, {"client": ADAPTER})
     registry = Registry({"plain": spec}, {})
     text = "devices:\n  p:\n    protocol: plain\n    host: h\n"
     config = load_config_text(text, "p.yaml", registry)
@@ -617,3 +618,168 @@ def test_counts_in_problems_are_singular_for_one() -> None:
         ("single",): ("2 items", "at most 1 item"),
         ("code",): ("'ab'", "a string of at most 1 character"),
     }
+
+
+# -- enabled: false -----------------------------------------------------------------------------
+
+PUMP = "  pump: {protocol: modbus, host: h, points: [{name: t, address: 0, unit: degC}]}\n"
+BROKER = "endpoints:\n  broker: {protocol: mqtt, host: h}\n"
+
+
+def test_a_disabled_device_is_checked_then_left_out(registry: Registry) -> None:
+    text = (
+        f"devices:\n{PUMP}"
+        "  spare: {protocol: modbus, enabled: false, host: h, points: [{name: t, address: 0}]}\n"
+        f"{BROKER}"
+        "bridges:\n"
+        "  - {name: up, from: pump, to: broker, topic: 'x/{point}'}\n"
+        "  - {name: spare-up, enabled: false, from: spare, to: broker, topic: 'x/{point}'}\n"
+    )
+    config = load_config_text(text, "gw.yaml", registry)
+    assert list(config.devices) == ["pump", "broker"]
+    assert [b.name for b in config.bridges] == ["up"]
+    assert (config.disabled, config.disabled_bridges) == (("spare",), ("spare-up",))
+    assert config.warnings == ()
+    # Still checked: its settings, and the disabled bridge's too.
+    bad = text.replace("host: h, points", "host: h, port: 70000, points").replace(
+        "to: broker, topic: 'x/{point}'}\n", "to: broker, topic: 'x/{point}', qos: 7}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(bad, "gw.yaml", registry)
+    assert [p.dotted for p in info.value.problems] == [
+        "devices.pump.port",
+        "devices.spare.port",
+        "bridges[0].qos",
+        "bridges[1].qos",
+    ]
+
+
+def test_enabled_is_true_or_false(registry: Registry) -> None:
+    text = f"devices:\n{PUMP.replace('modbus,', 'modbus, enabled: maybe,')}"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml", registry)
+    (p,) = info.value.problems
+    assert (p.dotted, p.found, p.expected) == (
+        "devices.pump.enabled",
+        "'maybe' (a string)",
+        "true or false",
+    )
+
+
+def test_a_bridge_from_or_to_a_disabled_device_must_be_disabled_too(registry: Registry) -> None:
+    text = (
+        f"devices:\n{PUMP}"
+        "  spare: {protocol: modbus, enabled: false, host: h, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n  broker: {protocol: mqtt, host: h, enabled: false}\n"
+        "  other: {protocol: mqtt, host: h}\n"
+        "bridges:\n"
+        "  - {name: up, from: [pump, spare], to: other, topic: 'x/{point}'}\n"
+        "  - {name: out, from: pump, to: broker, topic: 'x/{point}'}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml", registry)
+    source, target = info.value.problems
+    assert (source.line, source.dotted) == (8, "bridges[0].from[1]")
+    assert source.found == "'spare', which is disabled (enabled: false at line 3)"
+    assert source.expected == (
+        "an enabled device or endpoint, or enabled: false on bridge 'up' too"
+    )
+    assert (target.dotted, target.found) == (
+        "bridges[1].to",
+        "'broker', which is disabled (enabled: false at line 5)",
+    )
+    assert "enabled: false on bridge 'out' too" in target.expected
+    both = text.replace("{name: up,", "{name: up, enabled: false,").replace(
+        "{name: out,", "{name: out, enabled: false,"
+    )
+    config = load_config_text(both, "gw.yaml", registry)
+    assert config.bridges == [] and config.disabled_bridges == ("up", "out")
+
+
+def test_a_disabled_device_of_a_protocol_that_is_not_there_is_a_warning() -> None:
+    registry = load_registry()
+    failed = "protocol plugin 'ldjson' from ldjson-protocol failed to import (No module named x)"
+    broken = Registry(registry.specs, {"ldjson": failed})
+    text = (
+        f"devices:\n{PUMP}"
+        "  old: {protocol: ldjson, enabled: false, whatever: 1}\n"
+        "  older: {protocol: modbsu, enabled: false}\n"
+    )
+    config = load_config_text(text, "gw.yaml", broken)
+    assert list(config.devices) == ["pump"] and config.disabled == ("old", "older")
+    plugin, old, older = config.warnings
+    assert plugin == failed  # once: the device's own line does not repeat it
+    assert old.startswith("gw.yaml:3:19: devices.old.protocol: 'ldjson', whose plugin did not ")
+    assert "disabled (enabled: false), so it is not started" in old and failed not in old
+    assert older.startswith("gw.yaml:4:21: devices.older.protocol: unknown protocol 'modbsu'")
+    assert "(did you mean 'modbus'?)" in older
+    # Enabled, it is a problem that quotes the plugin's error, and no warning says it again.
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text.replace("ldjson, enabled: false", "ldjson"), "gw.yaml", broken)
+    (p,) = info.value.problems
+    assert (p.dotted, p.expected) == ("devices.old.protocol", failed)
+    assert len(info.value.warnings) == 1 and info.value.warnings[0].startswith("gw.yaml:4:21:")
+
+
+def test_a_refused_plugin_that_no_entry_uses_is_a_warning(registry: Registry) -> None:
+    refused = "protocol plugin 'modbus' from evil-modbus (evil:SPEC) is refused: ..."
+    config = load_config_text(
+        f"devices:\n{PUMP}", "gw.yaml", Registry(registry.specs, {"modbus": refused})
+    )
+    assert config.warnings == (refused,)
+    assert config.devices["pump"].spec.dist == "protocol-brain"
+
+
+def test_the_shadow_of_a_disabled_device(registry: Registry) -> None:
+    text = (
+        f"devices:\n{PUMP}"
+        "  spare: {protocol: modbus, enabled: false, host: h, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n  broker: {protocol: mqtt, host: h, enabled: false}\n"
+        "shadow: {devices: [pump, spare]}\n"
+    )
+    shadow = load_config_text(text, "gw.yaml", registry).shadow
+    assert shadow is not None and shadow.devices == ["pump"]  # none while it is off
+    with pytest.raises(ConfigError) as info:
+        load_config_text(
+            text.replace("spare]}", "spare], mqtt: {endpoint: broker}}"), "gw.yaml", registry
+        )
+    (p,) = info.value.problems
+    assert (p.dotted, p.expected) == ("shadow.mqtt.endpoint", "an enabled MQTT client endpoint")
+    assert "disabled (enabled: false at line 5)" in p.found
+
+
+def test_a_name_used_twice_has_its_second_entry_checked_too(registry: Registry) -> None:
+    text = f"devices:\n{PUMP}endpoints:\n  pump: {{protocol: mqtt, hots: h, port: 0}}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml", registry)
+    assert [(p.dotted, p.found) for p in info.value.problems] == [
+        ("endpoints.pump", "the name 'pump' again (first in devices at line 2)"),
+        ("endpoints.pump", "no 'host' key"),
+        ("endpoints.pump.hots", "unknown key 'hots'"),
+        ("endpoints.pump.port", "0"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("period", "given"),
+    [("['2024-05-01T00:00:00']", "one"), ("2024-05-01", "one"), ("[]", "none"), ("[1, 2, 3]", "3")],
+)
+def test_a_calibration_period_is_two_times(registry: Registry, period: str, given: str) -> None:
+    text = (
+        f"devices:\n{PUMP}{BROKER}bridges:\n"
+        f"  - {{name: up, from: pump, to: broker, anomaly: {{calibration_period: {period}}}}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml", registry)
+    (p,) = info.value.problems
+    assert p.dotted == "bridges[0].anomaly.calibration_period"
+    assert p.expected == (
+        "two times [start, end] (ISO 8601, e.g. [2024-05-01T00:00:00, 2024-05-08T00:00:00]), "
+        f"not {given}"
+    )
+
+
+def test_the_schema_knows_enabled(registry: Registry) -> None:
+    schema = json_schema(registry)
+    assert schema["$defs"]["modbus.client.entry"]["properties"]["enabled"]["type"] == "boolean"
+    assert schema["$defs"]["bridge"]["properties"]["enabled"]["default"] is True

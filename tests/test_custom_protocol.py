@@ -62,3 +62,38 @@ def test_the_example_passes_the_conformance_kit(plugin_path: Path, tmp_path: Pat
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_validate_checks_the_installed_plugins_adapter(plugin_path: Path, tmp_path: Path) -> None:
+    config = tmp_path / "plant.yaml"
+    config.write_text(
+        "devices:\n"
+        "  scale: {protocol: ldjson, host: 127.0.0.1, port: 7000, points: [{name: w}]}\n"
+        "  spare: {protocol: ldjson, enabled: false, host: 127.0.0.1, port: 7001,"
+        " points: [{name: w}]}\n"
+    )
+
+    def validate(site: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "validate", str(config)],
+            capture_output=True, text=True, timeout=60, check=False, env=env_with(site),
+        )  # fmt: skip
+
+    done = validate(plugin_path)
+    assert (done.returncode, done.stderr) == (0, "")  # its adapter was imported and is one
+    assert done.stdout.strip() == (
+        f"{config}: ok (1 device or endpoint, 1 point, 0 bridges; disabled: 1 device or endpoint)"
+    )
+    # The same plugin with its adapter class renamed: validate says what run would.
+    broken = tmp_path / "site"
+    shutil.copytree(plugin_path, broken)
+    adapter = broken / "ldjson_protocol" / "adapter.py"
+    adapter.write_text(adapter.read_text().replace("class LdjsonAdapter(", "class Renamed("))
+    done = validate(broken)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == (
+        f"{config}:2:21: devices.scale.protocol: found protocol 'ldjson' (from ldjson-protocol): "
+        "adapter 'ldjson_protocol.adapter:LdjsonAdapter' for role 'client': "
+        "ldjson_protocol.adapter has no 'LdjsonAdapter'; expected a plugin whose adapter can be "
+        "imported (fix or reinstall ldjson-protocol, or set enabled: false on this entry)"
+    )

@@ -3,13 +3,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from importlib.metadata import Distribution, EntryPoint
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import reaped, sigterm
 
+from gateway.config import ConfigError, load_config_text
 from gateway.plugins import ENTRY_POINT_GROUP, PluginError, ProtocolSpec, load_registry
 
 
@@ -73,14 +76,46 @@ def install_plugin(
     return list(Distribution.at(info).entry_points.select(group=ENTRY_POINT_GROUP))
 
 
+def with_site(site: Path) -> dict[str, str]:
+    """The environment of a process that has the plugins installed in ``site``."""
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def run_gateway(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``gateway ARGS`` in a process that has the plugins installed in ``site``."""
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True, text=True, timeout=60, check=False, env=with_site(site),
     )  # fmt: skip
+
+
+def run_until_running(site: Path, config: Path) -> tuple[int, str]:
+    """``gateway run CONFIG`` until its log says it runs, then SIGTERM: exit code and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=with_site(site),
+    )  # fmt: skip
+    with reaped(proc):
+        timer = threading.Timer(60, proc.kill)  # never hang the test on a gateway that hangs
+        timer.start()
+        assert proc.stderr is not None
+        said = []
+        for line in proc.stderr:
+            said.append(line)
+            if " running: " in line:
+                said.append(sigterm(proc, 30))
+                break
+        timer.cancel()
+        return proc.wait(), "".join(said)
+
+
+def break_spec(site: Path, package: str) -> None:
+    """The plugin's spec module now fails to import, as when a library it imports is missing."""
+    (site / package / "__init__.py").write_text("import vendor_sdk_xyz\n")
+
+
+PLC = "  plc: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
 
 
 @pytest.fixture
@@ -316,3 +351,135 @@ def test_the_import_lines_of_the_plugin_guide_work() -> None:
     assert len(lines) >= 4, lines
     for line in lines:
         exec(line, {})  # noqa: S102 - the guide's own import lines
+
+
+def test_plugin_load_errors_name_the_distribution() -> None:
+    registry = load_registry(
+        [
+            ep("bogus", "json:dumps", "bogus-dist"),
+            ep("zz", "no_such_zz_module:SPEC", "zz-dist"),
+            ep("modbus2", "protocols.modbus:SPEC", "m2-dist"),
+        ]
+    )
+    assert registry.errors["bogus"] == (
+        "protocol plugin 'bogus' from bogus-dist (json:dumps) is a function, not a ProtocolSpec"
+    )
+    assert registry.errors["zz"].startswith("protocol plugin 'zz' from zz-dist failed to import")
+    assert registry.errors["modbus2"] == (
+        "protocol plugin 'modbus2' from m2-dist: its entry point 'modbus2' names a spec called "
+        "'modbus'"
+    )
+
+
+def test_validate_and_run_say_once_which_plugin_package_was_refused(
+    site: Path, tmp_path: Path
+) -> None:
+    # Before, only `gateway plugins` said it; run and validate logged it at debug level.
+    install_plugin(site, "evil_modbus", dist="evil-modbus", name="modbus")
+    install_plugin(site, "audit_refused")
+    break_spec(site, "audit_refused")
+    config = tmp_path / "plant.yaml"
+    config.write_text(f"devices:\n{PLC}")
+    done = run_gateway(site, "validate", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: protocol plugin 'modbus' from evil-modbus (evil_modbus:SPEC) is refused: "
+        "'modbus' is a built-in protocol of protocol-brain, which is used. Uninstall "
+        "evil-modbus or give its protocol another name.",
+        "warning: protocol plugin 'audit' from audit-jsonfile-protocol failed to import (No "
+        "module named 'vendor_sdk_xyz'); install it with: reinstall audit-jsonfile-protocol",
+    ]
+    assert done.stdout.strip() == f"{config}: ok (1 device or endpoint, 1 point, 0 bridges)"
+    code, log = run_until_running(site, config)
+    assert code == 0, log
+    warnings = [line for line in log.splitlines() if " WARNING " in line]
+    assert len(warnings) == 2, log
+    assert "protocol plugin 'modbus' from evil-modbus (evil_modbus:SPEC) is refused" in warnings[0]
+    assert "protocol plugin 'audit' from audit-jsonfile-protocol failed to import" in warnings[1]
+    assert "running: 1 adapter, 0 bridges" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("broken", ["spec", "adapter"])
+def test_a_disabled_device_of_a_broken_plugin_does_not_stop_the_gateway(
+    site: Path, tmp_path: Path, broken: str
+) -> None:
+    pkg = f"audit_off_{broken}"
+    install_plugin(site, pkg, adapter=f"{pkg}.adapter:Nope" if broken == "adapter" else "")
+    if broken == "spec":
+        break_spec(site, pkg)
+    config = tmp_path / "plant.yaml"
+    config.write_text(f"devices:\n{PLC}  dev1: {{protocol: audit, enabled: false}}\n")
+    done = run_gateway(site, "validate", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"{config}: ok (1 device or endpoint, 1 point, 0 bridges; disabled: 1 device or endpoint)"
+    )
+    code, log = run_until_running(site, config)
+    assert code == 0, log
+    assert "running: 1 adapter, 0 bridges; not started (enabled: false): dev1" in log
+    assert "Traceback" not in log and "error" not in log.lower()
+    # Enabled, the same file is refused, by validate and run alike.
+    config.write_text(f"devices:\n{PLC}  dev1: {{protocol: audit}}\n")
+    assert run_gateway(site, "validate", str(config)).returncode == 1
+    assert run_gateway(site, "run", str(config)).returncode == 1
+
+
+def test_validate_refuses_a_broken_adapter_in_the_words_of_run(site: Path, tmp_path: Path) -> None:
+    install_plugin(site, "audit_check", adapter="audit_check.adapter:Nope")
+    config = tmp_path / "plant.yaml"
+    config.write_text(f"devices:\n{PLC}  dev1: {{protocol: audit}}\n")
+    refused = run_gateway(site, "run", str(config))
+    said = refused.stderr.strip().removeprefix("error: ")
+    assert said.startswith("protocol 'audit' (from audit-jsonfile-protocol): adapter "), said
+    done = run_gateway(site, "validate", str(config))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"{config}:3:20: devices.dev1.protocol: found {said}; expected a plugin whose adapter "
+        "can be imported (fix or reinstall audit-jsonfile-protocol, or set enabled: false on "
+        "this entry)",
+        f"{config}: 1 problem",
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_ADAPTERS))
+def test_every_broken_adapter_is_a_problem_of_the_entry(site: Path, case: str) -> None:
+    pkg = f"audit_cfg_{case}"
+    adapter, module, _ = (x.format(pkg=pkg, site=site) for x in BROKEN_ADAPTERS[case])
+    registry = load_registry(install_plugin(site, pkg, adapter=adapter, adapter_module=module))
+    with pytest.raises(PluginError) as run_says:
+        registry.get("audit").adapter_class("client")
+    text = "devices:\n  a: {protocol: audit}\n  b: {protocol: audit}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml", registry, check_adapters=True)
+    (p,) = info.value.problems  # once for the protocol, not for each device
+    assert (p.dotted, p.found) == ("devices.a.protocol", str(run_says.value))
+    # A disabled entry's adapter is not needed: not checked.
+    quiet = text.replace("audit}", "audit, enabled: false}")
+    assert load_config_text(quiet, "gw.yaml", registry, check_adapters=True).disabled == ("a", "b")
+
+
+@pytest.mark.parametrize("how", ["import", "requires"])
+def test_validate_warns_when_a_plugins_library_is_missing(
+    site: Path, tmp_path: Path, how: str
+) -> None:
+    pkg = f"audit_lib_{how}"
+    if how == "import":  # found by importing the adapter, as run does
+        install_plugin(site, pkg, adapter_module="import vendor_sdk_xyz\n", extra="vendor")
+    else:  # declared in requires: found without importing the adapter, which would raise
+        install_plugin(
+            site,
+            pkg,
+            adapter_module="raise RuntimeError('imported')\n",
+            requires=("vendor_sdk_xyz",),
+            extra="vendor",
+        )
+    config = tmp_path / "plant.yaml"
+    config.write_text(f"devices:\n{PLC}  dev1: {{protocol: audit}}\n")
+    done = run_gateway(site, "validate", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"warning: {config}:3:20: devices.dev1.protocol: protocol 'audit' (from "
+        "audit-jsonfile-protocol) needs vendor_sdk_xyz: pip install "
+        "'audit-jsonfile-protocol[vendor]' (gateway run refuses this entry until it is "
+        "installed)"
+    ]

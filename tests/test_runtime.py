@@ -175,6 +175,16 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _gateway_without(missing: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``gateway ARGS`` in a process where importing ``missing`` fails."""
+    return subprocess.run(
+        [sys.executable, "-c", GATEWAY_WITHOUT, missing, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _bridge_file(tmp_path: Path, stage: str) -> Path:
     """A Modbus device bridged to a broker (neither answers) through ``stage``."""
     path = tmp_path / "gw.yaml"
@@ -202,18 +212,31 @@ def test_gateway_run_without_a_library_a_bridge_needs_says_so_in_one_line(
 ) -> None:
     # Before, translate auto failed at its first new point, in the bridge's task: a
     # ModuleNotFoundError traceback in the log on every restart, the gateway running on.
-    path = _bridge_file(tmp_path, stage)
-    out = subprocess.run(
-        [sys.executable, "-c", GATEWAY_WITHOUT, missing, "run", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _gateway_without(missing, "run", str(_bridge_file(tmp_path, stage)))
     assert out.returncode == 1, out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
         f"error: bridge 'up' could not start: needs {missing}: pip install 'protocol-brain[ml]'"
     )
     assert "Traceback" not in out.stderr
+
+
+def test_validate_warns_and_run_refuses_without_a_protocol_library(tmp_path: Path) -> None:
+    # Before, validate said "ok" on a box where run could not start the device.
+    path = _plc_file(tmp_path)
+    said = (
+        "protocol 'modbus' (from protocol-brain) needs pymodbus: "
+        "pip install 'protocol-brain[modbus]'"
+    )
+    out = _gateway_without("pymodbus", "validate", str(path))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        f"warning: {path}:2:19: devices.plc.protocol: {said} (gateway run refuses this entry "
+        "until it is installed)"
+    ]
+    out = _gateway_without("pymodbus", "run", str(path))
+    assert out.returncode == 1
+    # Once: run does not warn first. (Blocked this way, the import fails at pymodbus.client.)
+    assert out.stderr.replace("pymodbus.client", "pymodbus") == f"error: {said}\n"
 
 
 class _Part:
@@ -421,3 +444,32 @@ def test_a_translate_model_that_cannot_load_stops_the_start(
     assert str(caught.value) == (
         "bridge 'up' could not start: cannot load the translator model translator.onnx: truncated"
     )
+
+
+async def test_a_disabled_device_and_bridge_are_not_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.config import load_config
+
+    path = _plc_file(tmp_path)
+    path.write_text(
+        path.read_text() + "  spare: {protocol: modbus, enabled: false, host: 127.0.0.1, port: 1,"
+        " points: [{name: t, address: 0}]}\n"
+        "endpoints:\n  broker: {protocol: mqtt, host: 127.0.0.1, port: 1}\n"
+        "bridges:\n"
+        "  - {name: up, from: plc, to: broker, topic: 'x/{point}'}\n"
+        "  - {name: spare-up, enabled: false, from: spare, to: broker, topic: 'x/{point}'}\n"
+    )
+    caplog.set_level("INFO", logger="gateway.runtime")
+    gw = runtime.Gateway(load_config(path))
+    assert set(gw.adapters) == {"plc", "broker"}
+    assert [b.name for b in gw.bridges] == ["up"]
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    await asyncio.wait_for(gw.started.wait(), 30)
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    assert (
+        "gateway protocol-brain running: 2 adapters, 1 bridge; not started (enabled: false): "
+        "spare, bridge spare-up"
+    ) in caplog.messages

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.config.common import Strict
 
@@ -42,6 +43,21 @@ class AnomalyOptions(Strict):
         description="time constant (samples) of the level and spread learned while no alarm is"
         " active and the score is low; 0: keep the calibration's",
     )
+
+    @field_validator("calibration_period", mode="before")
+    @classmethod
+    def _two_times(cls, value: Any) -> Any:
+        """[start] alone (or one time, or three) says so, not "field required" of an item."""
+        if value is None or isinstance(value, dict):
+            return value  # the default, or a mapping: pydantic says "a list"
+        count = len(value) if isinstance(value, list | tuple) else 1
+        if count != 2 or isinstance(value, str):
+            given = "none" if count == 0 else "one" if count == 1 else str(count)
+            raise ValueError(
+                "two times [start, end] (ISO 8601, e.g. [2024-05-01T00:00:00, "
+                f"2024-05-08T00:00:00]), not {given}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> AnomalyOptions:

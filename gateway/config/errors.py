@@ -62,18 +62,25 @@ class LocatedProblem:
         return format_path(self.path)
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}: "
-        if self.path:
-            where += f"{self.dotted}: "
+        where = place(self.file, self.line, self.column, self.path)
         return f"{where}found {self.found}; expected {self.expected}"
 
 
-class ConfigError(Exception):
-    """Everything wrong with one config file; ``str()`` gives one problem per line."""
+def place(file: str, line: int, column: int, path: Path) -> str:
+    """``file:line:column: key.path: ``, the start of a problem's or a warning's line."""
+    return f"{file}:{line}:{column}: " + (f"{format_path(path)}: " if path else "")
 
-    def __init__(self, problems: Iterable[LocatedProblem]) -> None:
+
+class ConfigError(Exception):
+    """Everything wrong with one config file; ``str()`` gives one problem per line.
+
+    ``warnings`` are the lines the file's load also had to say (a plugin package that was
+    refused, a disabled device that could not be checked), shown with the problems."""
+
+    def __init__(self, problems: Iterable[LocatedProblem], warnings: Iterable[str] = ()) -> None:
         unique = dict.fromkeys(problems)  # drop exact repeats, keep order
         self.problems: list[LocatedProblem] = sorted(unique, key=lambda p: (p.line, p.column))
+        self.warnings: tuple[str, ...] = tuple(warnings)
         super().__init__(str(self))
 
     def __str__(self) -> str:

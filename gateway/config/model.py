@@ -8,7 +8,20 @@ Validation runs in three layers, and every layer reports all it finds before the
    against the route model of its target's protocol;
 3. references and semantics: each plugin model's ``check()``, names used twice, bridges naming
    undefined devices or a target that cannot receive, point globs that select nothing, units that
-   are unknown or cannot be converted from the point's unit.
+   are unknown or cannot be converted from the point's unit; and that a third-party plugin's
+   adapter class can be imported (`ProtocolSpec.check_adapter`, as ``gateway run`` would).
+
+Some things are said as warnings, not problems: they do not stop the gateway. A plugin package
+that was refused (a built-in's name, a spec module that fails to import) and that no entry
+uses; a protocol library that is not installed (``gateway run`` refuses the entry, but the file
+is right); a disabled entry (``enabled: false``) whose protocol is not installed, whose
+settings therefore cannot be checked.
+
+``enabled: false`` switches an entry off without deleting it. It is not started and is left
+out of `GatewayConfig.devices`; its settings are still checked when its protocol is installed,
+and only the protocol's availability is not required (the point: switch off the device of a
+broken or missing plugin). A bridge from or to a disabled entry is a problem unless the bridge
+has ``enabled: false`` too: a data flow is never switched off silently.
 
 A plugin's model is third-party code: if it raises something else than a validation error, the
 crash is reported as a problem of that entry, never as a traceback of the loader.
@@ -16,6 +29,7 @@ crash is reported as a problem of that entry, never as a traceback of the loader
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import logging
@@ -40,6 +54,7 @@ from gateway.config.errors import (
     describe,
     listing,
     locate,
+    place,
     show,
     translate,
     unknown_key,
@@ -47,7 +62,7 @@ from gateway.config.errors import (
 from gateway.config.translate import TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
-from gateway.plugins import ProtocolSpec, Registry, load_registry
+from gateway.plugins import PluginError, ProtocolSpec, Registry, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +74,9 @@ MODEL_WORDS = (
     "off",
 )  # optimizer models that are not paths  # far above any real config; a bigger file is a mistake
 SECTIONS = ("devices", "endpoints")
-ENTRY_KEYS = ("protocol", "role")  # taken out of an entry before the plugin's model sees it
+# Taken out of an entry before the plugin's model sees it (protocol and enabled are left in
+# for a model that has such a field).
+ENTRY_KEYS = ("protocol", "role", "enabled")
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"  # device names appear in bus and MQTT topics
 _NAME = re.compile(NAME_PATTERN)
 TOP_EXPECTED = "a mapping with devices, endpoints and bridges"
@@ -79,10 +96,25 @@ class GatewaySection(Strict):
     )
 
 
+class EntryKeys(Strict):
+    """The keys of a device or endpoint that are the gateway's, not its protocol's (besides
+    ``protocol`` and ``role``)."""
+
+    enabled: bool = Field(
+        True,
+        description="false: not started; still checked if its protocol is installed; bridges "
+        "from or to it need enabled: false too",
+    )
+
+
 class BridgeKeys(Strict):
     """The keys every bridge has, whatever its target; the others are the target's options."""
 
     name: str = Field(min_length=1, description="unique name of the bridge")
+    enabled: bool = Field(
+        True,
+        description="false: the bridge does not run (still checked; may name disabled devices)",
+    )
     from_: str | list[str] = Field(
         alias="from", description="device or endpoint name(s) whose points are bridged"
     )
@@ -170,13 +202,25 @@ class DeviceEntry:
 class GatewayConfig:
     path: str
     gateway: GatewaySection
-    devices: dict[str, DeviceEntry]  # devices and endpoints, in file order
-    bridges: list[BridgeConfig]
+    devices: dict[str, DeviceEntry]  # enabled devices and endpoints, in file order
+    bridges: list[BridgeConfig]  # enabled bridges
     shadow: ShadowSection | None = None
+    disabled: tuple[str, ...] = ()  # devices and endpoints with enabled: false
+    disabled_bridges: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # lines to show (validate) or log (run) at warning level
 
 
-def load_config(path: str | os.PathLike[str], registry: Registry | None = None) -> GatewayConfig:
-    """Read and validate a config file; `ConfigError` lists every problem found."""
+def load_config(
+    path: str | os.PathLike[str],
+    registry: Registry | None = None,
+    *,
+    check_adapters: bool = False,
+) -> GatewayConfig:
+    """Read and validate a config file; `ConfigError` lists every problem found.
+
+    ``check_adapters`` (``gateway validate``): also what ``gateway run`` would refuse about
+    the adapters of the enabled entries (`_Loader.adapter`). ``gateway run`` itself leaves it
+    to the runtime, which imports them anyway and says the same `PluginError` once."""
     filename = os.fspath(path)
     try:
         # A FIFO would block open() until a writer comes, /dev/zero would never end: only a
@@ -213,17 +257,21 @@ def load_config(path: str | os.PathLike[str], registry: Registry | None = None) 
                 )
             ]
         ) from None
-    return load_config_text(text, filename, registry)
+    return load_config_text(text, filename, registry, check_adapters=check_adapters)
 
 
 def load_config_text(
-    text: str, filename: str = "<string>", registry: Registry | None = None
+    text: str,
+    filename: str = "<string>",
+    registry: Registry | None = None,
+    *,
+    check_adapters: bool = False,
 ) -> GatewayConfig:
     """Validate config text; ``filename`` only names it in problems."""
     document = parse_yaml(text)
     if registry is None:
         registry = load_registry()
-    loader = _Loader(filename, document.marks, registry)
+    loader = _Loader(filename, document.marks, registry, check_adapters=check_adapters)
     for issue in document.issues:
         loader.problems.append(
             LocatedProblem(
@@ -236,9 +284,10 @@ def load_config_text(
             )
         )
     config = loader.load(document.data, had_yaml_issues=bool(document.issues))
+    warnings = loader.all_warnings()
     if loader.problems or config is None:
-        raise ConfigError(loader.problems)
-    return config
+        raise ConfigError(loader.problems, warnings)
+    return dataclasses.replace(config, warnings=warnings)
 
 
 def _fail(filename: str, found: str, expected: str) -> ConfigError:
@@ -290,6 +339,7 @@ class _Declared:
     spec: ProtocolSpec | None = None
     entry: DeviceEntry | None = None
     role: str = ""
+    enabled: bool = True
 
     @property
     def route_model(self) -> type[BaseModel] | None:
@@ -301,14 +351,29 @@ class _Loader:
     filename: str
     marks: Marks
     registry: Registry
+    check_adapters: bool = False
     problems: list[LocatedProblem] = field(default_factory=list)
     declared: dict[str, _Declared] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    # protocols whose registry error a problem already quotes: not said again as a warning
+    quoted: set[str] = field(default_factory=set)
+    adapters_checked: set[tuple[str, str]] = field(default_factory=set)
+    disabled_bridges: list[str] = field(default_factory=list)
 
     def add(self, finding: Finding) -> None:
         self.problems.append(locate(self.filename, self.marks, finding))
 
     def report(self, path: Path, found: str, expected: str, where: Where = "value") -> None:
         self.add(Finding(path, found, expected, where))
+
+    def warn(self, path: Path, text: str) -> None:
+        mark = self.marks.value(path)
+        self.warnings.append(place(self.filename, mark.line, mark.column, path) + text)
+
+    def all_warnings(self) -> tuple[str, ...]:
+        """The refused plugin packages that no problem names already, then the file's own."""
+        plugins = [err for name, err in self.registry.errors.items() if name not in self.quoted]
+        return (*plugins, *self.warnings)
 
     def validate(
         self,
@@ -364,7 +429,16 @@ class _Loader:
         shadow = self.shadow(data.get("shadow"), devices) if "shadow" in data else None
         if self.problems or not isinstance(gateway, GatewaySection):
             return None
-        return GatewayConfig(self.filename, gateway, devices, bridges, shadow)
+        disabled = tuple(name for name, d in self.declared.items() if not d.enabled)
+        return GatewayConfig(
+            self.filename,
+            gateway,
+            devices,
+            bridges,
+            shadow,
+            disabled=disabled,
+            disabled_bridges=tuple(self.disabled_bridges),
+        )
 
     # -- shadow -------------------------------------------------------------------------------
 
@@ -385,7 +459,11 @@ class _Loader:
             self.shadow_endpoint(mqtt, devices)
         if not isinstance(section, ShadowSection):
             return None
-        return section.model_copy(update={"path": self.local(section.path)})
+        update: dict[str, Any] = {"path": self.local(section.path)}
+        if section.devices is not None:  # a disabled device has no shadow while it is off
+            off = {name for name, d in self.declared.items() if not d.enabled}
+            update["devices"] = [name for name in section.devices if name not in off]
+        return section.model_copy(update=update)
 
     def shadow_endpoint(self, mqtt: ShadowMqtt, devices: dict[str, DeviceEntry]) -> None:
         """The shadow's MQTT endpoint must be an MQTT client; it subscribes to the requests."""
@@ -396,6 +474,10 @@ class _Loader:
                 where,
                 repr(mqtt.endpoint),
                 choices(mqtt.endpoint, list(self.declared), "an MQTT endpoint"),
+            )
+        elif not self.declared[mqtt.endpoint].enabled:
+            self.report(
+                where, self.disabled_found(mqtt.endpoint), "an enabled MQTT client endpoint"
             )
         elif entry is not None and (entry.protocol != "mqtt" or entry.role != "client"):
             self.report(
@@ -435,6 +517,7 @@ class _Loader:
         entries: dict[str, DeviceEntry] = {}
         for name, body in raw.items():
             path: Path = (section, name)
+            declared = _Declared(section)
             if name in self.declared:
                 other = self.declared[name].section
                 first = self.marks.key((other, name)).line
@@ -444,8 +527,9 @@ class _Loader:
                     "names used once across devices and endpoints",
                     "key",
                 )
+                self.entry(path, body, declared)  # checked all the same, then left out
                 continue
-            self.declared[name] = _Declared(section)
+            self.declared[name] = declared
             if not _NAME.match(name):
                 self.report(
                     path,
@@ -453,14 +537,15 @@ class _Loader:
                     "a name of letters, digits, '_', '-' and '.' (it is used in topics)",
                     "key",
                 )
-            entry = self.entry(section, name, body)
-            if entry is not None:
-                entries[name] = entry
-                self.declared[name].entry = entry
+            declared.entry = self.entry(path, body, declared)
+            if declared.entry is not None and declared.enabled:
+                entries[name] = declared.entry
         return entries
 
-    def entry(self, section: str, name: str, body: Any) -> DeviceEntry | None:
-        path: Path = (section, name)
+    def entry(self, path: Path, body: Any, declared: _Declared) -> DeviceEntry | None:
+        """One device or endpoint; what is learnt of it (even when invalid) goes to
+        ``declared``, for the bridges' checks."""
+        section, name = str(path[0]), str(path[1])
         installed = ", ".join(sorted(self.registry.specs)) or "none installed"
         if not isinstance(body, dict):
             self.report(
@@ -470,6 +555,9 @@ class _Loader:
                 "key" if body is None else "value",
             )
             return None
+        if "enabled" in body:
+            switch = self.validate(EntryKeys, {"enabled": body["enabled"]}, path)
+            declared.enabled = switch is None or bool(getattr(switch, "enabled", True))
         protocol = body.get("protocol")
         if "protocol" not in body:
             self.report(path, "no 'protocol' key", f"key 'protocol' (one of: {installed})", "key")
@@ -485,9 +573,19 @@ class _Loader:
             else:
                 found = f"unknown protocol {protocol!r}"
                 expected = choices(protocol, sorted(self.registry.specs), "an installed protocol")
-            self.report((*path, "protocol"), found, expected)
+            if not declared.enabled:  # switched off: what can be checked without it was
+                # A plugin that did not load has a warning of its own (all_warnings).
+                hint = "" if protocol in self.registry.errors else f" (expected {expected})"
+                self.warn(
+                    (*path, "protocol"),
+                    f"{found}{hint}; the entry is disabled (enabled: false), so it is not "
+                    "started, and its settings are not checked until its protocol is installed",
+                )
+            else:
+                self.quoted.add(protocol)
+                self.report((*path, "protocol"), found, expected)
             return None
-        self.declared[name].spec = spec
+        declared.spec = spec
         role = body.get("role", spec.roles[0] if spec.roles else "")
         role_ok = isinstance(role, str) and role in spec.roles
         if not role_ok:
@@ -496,12 +594,16 @@ class _Loader:
                 show(role),
                 f"one of: {', '.join(spec.roles)} ({protocol} has no other role)",
             )
-        settings = {k: v for k, v in body.items() if k != "role"}
         if role_ok:
-            self.declared[name].role = str(role)
+            declared.role = str(role)
+            if declared.enabled and self.check_adapters:
+                self.adapter(path, spec, str(role))
         model = spec.model_for(str(role)) if role_ok else spec.config_model
-        if "protocol" not in model.model_fields:
-            del settings["protocol"]
+        settings = {
+            k: v
+            for k, v in body.items()
+            if k not in ENTRY_KEYS or (k != "role" and k in model.model_fields)
+        }
         config = self.validate(model, settings, path, ENTRY_KEYS)
         got = dict(config) if config is not None else _valid_fields(model, settings, ["optimizer"])
         optimizer = self.optimizer_files(path, got.get("optimizer"))
@@ -510,6 +612,33 @@ class _Loader:
         if optimizer is not None:
             config = config.model_copy(update={"optimizer": optimizer})
         return DeviceEntry(name, protocol, str(role), spec, config, section)
+
+    def adapter(self, path: Path, spec: ProtocolSpec, role: str) -> None:
+        """What ``gateway run`` would refuse about the adapter of ``spec`` in ``role``, said
+        once per protocol and role: a broken plugin is a problem, a library that is not
+        installed a warning (the file is right; the box lacks a package)."""
+        if (spec.name, role) in self.adapters_checked:
+            return
+        self.adapters_checked.add((spec.name, role))
+        try:
+            spec.check_adapter(role, load=not spec.builtin)
+        except PluginError as exc:
+            where = (*path, "protocol")
+            if exc.missing is not None:
+                self.warn(where, f"{exc} (gateway run refuses this entry until it is installed)")
+            else:
+                self.report(
+                    where,
+                    str(exc),
+                    f"a plugin whose adapter can be imported (fix or reinstall "
+                    f"{spec.dist or 'the plugin'}, or set enabled: false on this entry)",
+                )
+
+    def disabled_found(self, name: str) -> str:
+        """What was found, for a reference to the disabled entry ``name``."""
+        declared = self.declared[name]
+        line = self.marks.value((declared.section, name, "enabled")).line
+        return f"{name!r}, which is disabled (enabled: false at line {line})"
 
     def optimizer_files(self, path: Path, options: Any) -> Any:
         """An uplink optimizer ``model:`` given as a path: relative to the config file, and a
@@ -603,6 +732,11 @@ class _Loader:
             ok = False
         if name is not None:
             names.setdefault(name, i)
+        # The bridge as messages name it while it is enabled; None: it is disabled. A bridge
+        # from or to a disabled entry must be disabled too: said at each such name.
+        live = None if got.get("enabled", True) is False else (name or f"bridges[{i}]")
+        if live is not None:
+            ok = self.enabled_ends(path, got, live) and ok
         sources = self.sources(path, got["from_"]) if "from_" in got else None
         if sources is not None and got.get("to") in sources:
             self.report(
@@ -621,6 +755,10 @@ class _Loader:
         ok = self.computed(path, sources, got.get("computed", [])) and ok
         translate = self.translate_files(path, got.get("translate"))
         anomaly = self.anomaly_files(path, got.get("anomaly"))
+        if live is None:  # checked all the same, then left out
+            if isinstance(name, str):
+                self.disabled_bridges.append(name)
+            return None
         if not isinstance(keys, BridgeKeys) or sources is None or not ok:
             return None
         if (keys.translate and not translate) or (keys.anomaly and not anomaly):
@@ -707,16 +845,26 @@ class _Loader:
     def targets(self) -> list[str]:
         return [n for n, d in self.declared.items() if d.route_model is not None]
 
-    def sources(self, path: Path, raw: str | list[str]) -> tuple[str, ...] | None:
-        if isinstance(raw, str):
-            items: list[tuple[Path, str]] = [((*path, "from"), raw)]
-        else:
-            items = [((*path, "from", j), s) for j, s in enumerate(raw)]
-            if not items:
+    def enabled_ends(self, path: Path, got: dict[str, Any], bridge: str) -> bool:
+        """False, and reported at each, when the enabled ``bridge`` names disabled entries."""
+        ends = [*_from_items(path, got.get("from_", [])), ((*path, "to"), got.get("to"))]
+        ok = True
+        for where, name in ends:
+            declared = self.declared.get(name) if isinstance(name, str) else None
+            if declared is not None and not declared.enabled:
                 self.report(
-                    (*path, "from"), "an empty list", "at least one device or endpoint name"
+                    where,
+                    self.disabled_found(str(name)),
+                    f"an enabled device or endpoint, or enabled: false on bridge {bridge!r} too",
                 )
-                return None
+                ok = False
+        return ok
+
+    def sources(self, path: Path, raw: str | list[str]) -> tuple[str, ...] | None:
+        items = _from_items(path, raw)
+        if not items:
+            self.report((*path, "from"), "an empty list", "at least one device or endpoint name")
+            return None
         ok = True
         for where, name in items:
             if name not in self.declared:
@@ -850,6 +998,13 @@ class _Loader:
             )
             ok = False
         return ok
+
+
+def _from_items(path: Path, raw: str | list[str]) -> list[tuple[Path, str]]:
+    """The names of a bridge's ``from`` (one, or a list), each with its key path."""
+    if isinstance(raw, str):
+        return [((*path, "from"), raw)]
+    return [((*path, "from", j), name) for j, name in enumerate(raw)]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from gateway.config.model import (
     ENTRY_KEYS,
     NAME_PATTERN,
     BridgeKeys,
+    EntryKeys,
     GatewaySection,
     ShadowSection,
 )
@@ -56,6 +57,7 @@ def _entry_schema(
             "default": roles[0],
             "description": "adapter role; default the first",
         }
+    props.update(_model_schema(EntryKeys, "entry", defs)["properties"])
     schema["properties"] = props
     required = [r for r in schema.get("required", []) if r not in ENTRY_KEYS]
     schema["required"] = ["protocol", *(["role"] if role_required else []), *required]
