@@ -9,6 +9,7 @@ A bus-level test checks the same with exact control over every message.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,32 @@ def test_a_model_file_that_does_not_load_is_a_start_error_naming_the_bridge(
     config = load_config_text(GATEWAY_WITH_ANOMALY.replace("teacher", str(bad)), "gw.yaml")
     with pytest.raises(StartError, match="bridge 'up' could not start: .*not a loadable ONNX"):
         Gateway(config)
+
+
+def test_points_and_exclude_choose_what_is_scored(caplog: pytest.LogCaptureFixture) -> None:
+    """An operator's setpoint step is not a fault: excluded, it raises no alarm."""
+    values, _ = series(ROWS, seed=5)
+    names = ("flow", "pressure", "temperature", "current")
+    stream = []
+    for i, row in enumerate(values):
+        setpoint = 1000.0 if i < 600 else 1500.0
+        samples = [
+            Sample(n, float(v), source_ts=1000.0 + i) for n, v in zip(names, row, strict=True)
+        ]
+        stream.append(Message.telemetry("pump", (*samples, Sample("speed_sp", setpoint))))
+
+    def alarms(**options: object) -> tuple[AnomalyStage, int]:
+        stage = AnomalyStage(AnomalyOptions.model_validate(options), Bus(), "b")
+        raised = sum(1 for m in stream for e in stage.process(m)[1] if e.samples[0].value is True)
+        return stage, raised
+
+    everything, raised = alarms()
+    assert everything.devices["pump"].points == [*names, "speed_sp"] and raised == 1
+    without, raised = alarms(exclude=["*_sp"])
+    assert without.devices["pump"].points == list(names) and raised == 0
+    chosen, _ = alarms(points=["flow", "press*"])
+    assert chosen.devices["pump"].points == ["flow", "pressure"]
+    caplog.set_level(logging.WARNING)
+    nothing, raised = alarms(points=["level"])
+    assert nothing.devices == {} and raised == 0
+    assert caplog.text.count("no numeric point of pump is selected") == 1

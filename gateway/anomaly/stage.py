@@ -25,6 +25,7 @@ fresh readings has arrived, with its alarm state as it was.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -94,6 +95,18 @@ class AnomalyStage:
         self._store = CalibrationStore(store) if store is not None else None
         self._stored: dict[str, Record] | None = None  # read at the first message
         self.restored: list[str] = []
+        self._selected: dict[str, bool] = {}  # point name -> scored (points/exclude globs)
+        self._unselected: set[str] = set()  # devices with numeric points, none selected
+
+    def _selects(self, point: str) -> bool:
+        known = self._selected.get(point)
+        if known is None:
+            o = self.options
+            known = any(fnmatch.fnmatchcase(point, g) for g in o.points) and not any(
+                fnmatch.fnmatchcase(point, g) for g in o.exclude
+            )
+            self._selected[point] = known
+        return known
 
     def _new_device(self, points: list[str]) -> _Device:
         o = self.options
@@ -171,9 +184,20 @@ class AnomalyStage:
         for i, message in enumerate(messages):
             name = message.device or message.origin
             values: dict[str, Any] = {
-                s.point: s.value for s in message.samples if _numeric(s.value)
+                s.point: s.value
+                for s in message.samples
+                if _numeric(s.value) and self._selects(s.point)
             }
             if not values:
+                if name not in self.devices and name not in self._unselected:
+                    if any(_numeric(s.value) for s in message.samples):
+                        self._unselected.add(name)
+                        log.warning(
+                            "anomaly %s: no numeric point of %s is selected by points/exclude;"
+                            " it is not scored",
+                            self.name,
+                            name,
+                        )
                 continue
             dev = self.devices.get(name)
             if dev is None:

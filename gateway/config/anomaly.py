@@ -31,6 +31,15 @@ class AnomalyOptions(Strict):
     calibration_period: tuple[datetime, datetime] | None = Field(
         None, description="[start, end] (ISO 8601) of a clean period to calibrate on instead"
     )
+    points: list[str] = Field(
+        default_factory=lambda: ["*"],
+        min_length=1,
+        description="globs of the point names scored (default: every numeric point); a "
+        "setpoint or command changes when an operator says so, not when something breaks",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="globs of point names not scored, e.g. ['*_sp']"
+    )
     smooth: int = Field(10, ge=1, description="samples the device score is averaged over")
     margin: float = Field(1.5, gt=0, description="threshold = 99th percentile x margin")
     clear_ratio: float = Field(
