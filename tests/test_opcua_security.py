@@ -209,6 +209,7 @@ async def test_node_opcua_secure_with_user_and_trust_list(
             {"nodeId": plant.node_id("setpoint"), "dataType": "Float", "value": 212},
             {"nodeId": plant.node_id("setpoint"), "dataType": "Float", "value": 400},
             {"nodeId": plant.node_id("temp"), "dataType": "Double", "value": 1},
+            {"nodeId": plant.node_id("nope"), "dataType": "Double", "value": 1},
         ],
     }
     code, lines = await run_node_client(plan)
@@ -222,6 +223,7 @@ async def test_node_opcua_secure_with_user_and_trust_list(
         "Good",
         "BadOutOfRange",
         "BadNotWritable",
+        "BadNodeIdUnknown",
     ]
     # 212 degF = 100 degC on the device
     assert plant.device.get_registers("holding", 10, 2) == encode(

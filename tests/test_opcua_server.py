@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -439,6 +440,113 @@ async def _bad(client: Client, node_id: str) -> bool:
     return bool(dv.StatusCode.is_bad())
 
 
+# -- unknown nodes and who may write what ----------------------------------------------------
+
+VIEWER_HASH = hash_password("look")
+EVERYONE = (
+    "anonymous: true\n"
+    f"    users: [{{username: op, password_hash: '{SECRET_HASH}'}},\n"
+    f"            {{username: viewer, password_hash: '{VIEWER_HASH}', access: read}}]\n"
+    "    security: {allow_none: true, pki_dir: PKI}"
+)
+# Server/ServerDiagnostics/EnabledFlag: writable (AccessLevel), but by no client's user
+ENABLED_FLAG = "i=2294"
+
+
+async def write_many(client: Client, items: list[tuple[str, ua.AttributeIds, Any]]) -> list[str]:
+    """One Write request; the status name of each item."""
+    params = ua.WriteParameters(
+        NodesToWrite=[
+            ua.WriteValue(
+                NodeId=ua.NodeId.from_string(node_id),
+                AttributeId=attribute,
+                Value=ua.DataValue(ua.Variant(value)),
+            )
+            for node_id, attribute, value in items
+        ]
+    )
+    return [code.name for code in await client.uaclient.write(params)]
+
+
+async def test_unknown_nodes_and_access_for_each_kind_of_user(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """A node that does not exist is BadNodeIdUnknown to every service and every user (asyncua
+    said BadUserAccessDenied to a Write, BadNodeIdInvalid to a Browse); BadUserAccessDenied
+    only where another user could write; UserAccessLevel is the user's own."""
+    async with plant_gateway(simulator, tmp_path, server=EVERYONE) as plant:
+        await wait_for(lambda: plant.server.status()["updates"] >= 6, message="first values")
+        nope, level = plant.node_id("nope"), plant.node_id("level")
+        V = ua.AttributeIds.Value
+        items = [
+            (nope, V, 1.0),
+            ("i=99999", V, 1.0),
+            (plant.node_id("temp"), V, 1.0),  # read only
+            ("i=2256", V, 1.0),  # ServerStatus: read only
+            (level, ua.AttributeIds.DisplayName, ua.LocalizedText("x")),  # never writable
+            (f"ns={plant.ns};s=Plant", V, 1.0),  # a folder has no Value
+            (level, V, 50.0),
+            (ENABLED_FLAG, V, True),
+        ]
+        unknown_id = ua.NodeId.from_string(nope)
+        for user, password, may_write in (
+            (None, None, False),
+            ("viewer", "look", False),
+            ("op", "secret", True),
+        ):
+            client = writer(plant.url) if user == "op" else Client(plant.url)
+            if user == "viewer":
+                client.set_user(user)
+                client.set_password(password or "")
+            async with client:
+                assert await write_many(client, items) == [
+                    "BadNodeIdUnknown",
+                    "BadNodeIdUnknown",
+                    "BadNotWritable",
+                    "BadNotWritable",
+                    "BadNotWritable",
+                    "BadAttributeIdInvalid",
+                    "Good" if may_write else "BadUserAccessDenied",
+                    "BadUserAccessDenied",
+                ], user
+                assert (await read(client, nope)).StatusCode.name == "BadNodeIdUnknown"
+                browsed = await client.uaclient.browse(
+                    ua.BrowseParameters(NodesToBrowse=[ua.BrowseDescription(NodeId=unknown_id)])
+                )
+                assert browsed[0].StatusCode.name == "BadNodeIdUnknown"
+                path = ua.BrowsePath(
+                    StartingNode=unknown_id,
+                    RelativePath=ua.RelativePath(
+                        Elements=[ua.RelativePathElement(TargetName=ua.QualifiedName("x", 1))]
+                    ),
+                )
+                (translated,) = await client.uaclient.translate_browsepaths_to_nodeids([path])
+                assert translated.StatusCode.name == "BadNodeIdUnknown"
+                user_level = await client.get_node(level).read_attribute(
+                    ua.AttributeIds.UserAccessLevel
+                )
+                assert user_level.Value.Value == (3 if may_write else 1), user
+                access_level = await client.get_node(level).read_attribute(
+                    ua.AttributeIds.AccessLevel
+                )
+                assert access_level.Value.Value == 3
+                if user == "op":  # anonymous clients may not Call at all
+                    server = ua.NodeId(ua.ObjectIds.Server)
+                    calls = await client.uaclient.call(
+                        [
+                            ua.CallMethodRequest(ObjectId=unknown_id, MethodId=unknown_id),
+                            ua.CallMethodRequest(ObjectId=server, MethodId=unknown_id),
+                        ]
+                    )
+                    assert [c.StatusCode.name for c in calls] == [
+                        "BadNodeIdUnknown",
+                        "BadMethodInvalid",
+                    ]
+        # only op's write reached the device: 50 % is raw 500
+        assert plant.device.get_registers("holding", 20) == [500]
+        assert plant.server.status()["writes_ok"] == 1
+
+
 # -- a peer we did not write -----------------------------------------------------------------
 
 
@@ -450,9 +558,13 @@ async def test_node_opcua_client_without_security(simulator: Simulator, tmp_path
             "url": plant.url,
             "browse": f"ns={plant.ns};s=Plant/pump",
             "read": [plant.node_id("temp"), plant.node_id("setpoint")],
+            "probe": [plant.node_id("nope"), "i=99999", plant.node_id("setpoint")],
             "subscribe": {"nodes": [plant.node_id("count")], "count": 2, "timeout": 5000},
             "write": [
                 {"nodeId": plant.node_id("setpoint"), "dataType": "Float", "value": 212},
+                {"nodeId": plant.node_id("nope"), "dataType": "Float", "value": 212},
+                {"nodeId": plant.node_id("temp"), "dataType": "Double", "value": 1},
+                {"nodeId": "i=2256", "dataType": "Double", "value": 1},  # ServerStatus
             ],
         }
 
@@ -466,8 +578,21 @@ async def test_node_opcua_client_without_security(simulator: Simulator, tmp_path
             code, lines = await run_node_client(plan)
         finally:
             bumper.cancel()
-        # anonymous clients may read and subscribe, but not write
-        assert code == 1 and lines[-1]["status"] == "BadUserAccessDenied", lines
+        # anonymous clients may read and subscribe, but not write; a node that does not
+        # exist is unknown to them as to anybody, one nobody may write is not writable
+        assert code == 0, lines
+        assert [w["status"] for w in one(lines, "write")] == [
+            "BadUserAccessDenied",
+            "BadNodeIdUnknown",
+            "BadNotWritable",
+            "BadNotWritable",
+        ]
+        nope, other_nope, writable = one(lines, "probe")
+        for unknown in (nope, other_nope):
+            assert (unknown["read"], unknown["browse"]) == ("BadNodeIdUnknown",) * 2, unknown
+        assert writable["read"] == writable["browse"] == "Good"
+        # the setpoint is writable (AccessLevel), but not by this client (UserAccessLevel)
+        assert (writable["accessLevel"], writable["userAccessLevel"]) == (3, 1)
 
         browsed = {b["displayName"]: b for b in one(lines, "browse")}
         assert set(browsed) == {"temp", "setpoint", "level", "count", "enable", "model"}
@@ -551,3 +676,39 @@ async def test_an_oversized_chunk_is_refused_at_its_header(tmp_path: Path) -> No
         writer.close()
         async with Client(adapter.endpoint_url) as client:
             assert await client.get_namespace_index("urn:protocol-brain:solo") == 1
+
+
+async def test_the_chunk_guard_adds_no_copy_of_what_is_buffered(tmp_path: Path) -> None:
+    """A chunk arriving in many reads: the guard reads headers where they lie instead of
+    joining asyncua's buffer and the new bytes again (asyncua's own copy is the only one left);
+    a header split across two reads is still checked."""
+    adapter = _server_alone(tmp_path)
+    async with adapter:
+        assert adapter.server is not None and adapter.server.bserver is not None
+        clients = adapter.server.bserver.clients
+        _, first = await asyncio.open_connection(HOST, adapter.config.port)
+        await wait_for(lambda: len(clients) == 1, message="the connection accepted")
+        (proto,) = clients
+        # 50,012 bytes of a 60,000-byte chunk (under the 65,535-byte receive buffer)
+        proto.data_received(b"MSGF" + (60_000).to_bytes(4, "little") + bytes(50_004))
+        buffered = len(proto._buffer)
+        assert buffered == 50_012
+        tracemalloc.start()
+        try:
+            proto.data_received(b"y" * 100)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert len(proto._buffer) == buffered + 100
+        assert peak < 1.5 * buffered, peak  # asyncua's copy: 50 KB; with a second, 100 KB
+
+        _, second = await asyncio.open_connection(HOST, adapter.config.port)
+        await wait_for(lambda: len(clients) == 2, message="the second connection accepted")
+        split = clients[1]
+        split.data_received(b"HE")
+        assert split.transport is not None and not split.transport.is_closing()
+        split.data_received(b"LF" + (200_000_000).to_bytes(4, "little"))
+        assert split.transport is None or split.transport.is_closing()
+        assert proto.transport is not None and not proto.transport.is_closing()
+        first.close()
+        second.close()

@@ -25,14 +25,23 @@ wait for a device. We give the server our own session
 class (through ``InternalServer.create_session``): its ``write`` takes the items that address
 our variables, awaits ``Bridge.write`` for each (concurrently) and answers with the status the
 device round trip produced, Good only after the device acknowledged; every other item goes
-through asyncua unchanged. A write is never queued: it succeeds now or is refused now.
+through asyncua, once past the checks below. A write is never queued: it succeeds now or is
+refused now.
+
+Unknown nodes: asyncua answers a write it would not do with BadUserAccessDenied, a node that does
+not exist or that nobody may write included, and a Browse, TranslateBrowsePaths or Call naming a
+node that does not exist with BadNodeIdInvalid (a NodeId that is malformed). Our session answers
+those as OPC UA Part 4 does: BadNodeIdUnknown, BadAttributeIdInvalid, BadNotWritable,
+BadMethodInvalid, and BadUserAccessDenied only where the node is writable but not by this user.
 
 Security: the secure endpoints from the config, the None endpoint only with ``allow_none``.
 The peer certificate of a secure channel must be in the trust list; asyncua only checks the
 certificate a client repeats in CreateSession, and only if it does, so we check the channel's own
 certificate when the session is activated (a client that leaves it out gets no session either).
 Users log in with a name and a password checked against its scrypt hash; anonymous clients,
-when allowed, may read, browse and subscribe but not write.
+when allowed, may read, browse and subscribe but not write (each item of their Write requests is
+refused, so that they too learn which nodes do not exist). The UserAccessLevel a client reads is
+that of its own user: without CurrentWrite for anonymous and read-only users.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
@@ -410,10 +419,14 @@ _CONSTANTS: dict[tuple[Any, ua.VariantType], ua.DataValue] = {}
 def _const(value: Any, vtype: ua.VariantType) -> AttributeValue:
     """An attribute whose value many nodes share (access levels, masks, data types): one
     DataValue for all of them, fewer objects for a start-up that makes 400,000 of them."""
+    return AttributeValue(_shared(value, vtype))
+
+
+def _shared(value: Any, vtype: ua.VariantType) -> ua.DataValue:
     found = _CONSTANTS.get((value, vtype))
     if found is None:
         found = _CONSTANTS[(value, vtype)] = ua.DataValue(ua.Variant(value, vtype))
-    return AttributeValue(found)
+    return found
 
 
 def _value_of(node: NodeData, attribute: ua.AttributeIds) -> Any:
@@ -424,14 +437,8 @@ def _value_of(node: NodeData, attribute: ua.AttributeIds) -> Any:
 # -- sessions, users, permissions ----------------------------------------------------------
 
 
-READ_ONLY_SERVICES = frozenset(
-    ua.NodeId(t)
-    for t in USER_TYPES
-    if t
-    not in (
-        ua.ObjectIds.WriteRequest_Encoding_DefaultBinary,
-        ua.ObjectIds.CallRequest_Encoding_DefaultBinary,
-    )
+ANONYMOUS_SERVICES = frozenset(
+    ua.NodeId(t) for t in USER_TYPES if t != ua.ObjectIds.CallRequest_Encoding_DefaultBinary
 )
 ALL_USER_SERVICES = frozenset(ua.NodeId(t) for t in USER_TYPES)
 
@@ -440,13 +447,14 @@ ANONYMOUS = User(role=UserRole.Anonymous)
 
 
 class _Permissions(PermissionRuleset):
-    """Users may use every session service, anonymous clients all but Write and Call; nobody
-    from outside may add or delete nodes (no remote Admin role is ever handed out)."""
+    """Users may use every session service, anonymous clients all but Call (their writes are
+    refused item by item, `OpcuaServerAdapter.client_write`); nobody from outside may add or
+    delete nodes (no remote Admin role is ever handed out)."""
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
         if user.role is UserRole.Admin:
             return True
-        allowed = ALL_USER_SERVICES if user.role is UserRole.User else READ_ONLY_SERVICES
+        allowed = ALL_USER_SERVICES if user.role is UserRole.User else ANONYMOUS_SERVICES
         return action_type_id in allowed
 
 
@@ -494,6 +502,52 @@ class _Session(InternalSession):
 
     async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
         return await self.adapter.client_write(self, params, super().write)
+
+    async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        results = await super().read(params)
+        if not self.adapter.may_write(self.user):
+            _without_write_access(params, results)
+        return results
+
+    async def browse(self, params: ua.BrowseParameters) -> list[ua.BrowseResult]:
+        results = await super().browse(params)
+        return self._unknown([d.NodeId for d in params.NodesToBrowse], results)
+
+    async def translate_browsepaths_to_nodeids(
+        self, params: list[ua.BrowsePath]
+    ) -> list[ua.BrowsePathResult]:
+        results = await super().translate_browsepaths_to_nodeids(params)
+        return self._unknown([p.StartingNode for p in params], results)
+
+    async def call(self, params: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
+        results = self._unknown([m.ObjectId for m in params], await super().call(params))
+        for result in results:  # the object exists: its method does not
+            if result.StatusCode.value == Codes.BadNodeIdInvalid:
+                result.StatusCode = status(Codes.BadMethodInvalid)
+        return results
+
+    def _unknown(self, nodes: list[ua.NodeId], results: list[_R]) -> list[_R]:
+        """asyncua says BadNodeIdInvalid (malformed) where the node does not exist."""
+        for node, result in zip(nodes, results, strict=True):
+            if result.StatusCode.value == Codes.BadNodeIdInvalid and node not in self.aspace:
+                result.StatusCode = status(Codes.BadNodeIdUnknown)
+        return results
+
+
+_R = TypeVar("_R", ua.BrowseResult, ua.BrowsePathResult, ua.CallMethodResult)
+_CURRENT_WRITE = ua.AccessLevel.CurrentWrite.mask
+
+
+def _without_write_access(params: ua.ReadParameters, results: list[ua.DataValue]) -> None:
+    """The UserAccessLevel of a user who may write nothing has no CurrentWrite bit (the nodes
+    store the AccessLevel there, which is right only for those who may write)."""
+    for i, item in enumerate(params.NodesToRead):
+        if item.AttributeId != ua.AttributeIds.UserAccessLevel:
+            continue
+        variant = results[i].Value
+        level = variant.Value if variant is not None else None
+        if isinstance(level, int) and level & _CURRENT_WRITE:
+            results[i] = _shared(level & ~_CURRENT_WRITE, VT.Byte)
 
 
 class _InternalServer(InternalServer):
@@ -735,15 +789,19 @@ class OpcuaServerAdapter(Adapter):
         params: ua.WriteParameters,
         others: Callable[[ua.WriteParameters], Any],
     ) -> list[ua.StatusCode]:
-        """Answer a Write request: our variables through the bridges, the rest via asyncua."""
+        """Answer a Write request: our variables through the bridges, what asyncua would answer
+        wrongly here, the rest via asyncua."""
         items = params.NodesToWrite
-        ours = [i for i, wv in enumerate(items) if wv.NodeId in self.vars]
-        if not ours:
-            result: list[ua.StatusCode] = await others(params)
-            return result
         results: list[ua.StatusCode] = [status(Codes.Good)] * len(items)
-        mine = set(ours)
-        theirs = [i for i in range(len(items)) if i not in mine]
+        ours: list[int] = []
+        theirs: list[int] = []
+        for i, wv in enumerate(items):
+            if wv.NodeId in self.vars:
+                ours.append(i)
+            elif (refused := self._refuse_other(session, wv)) is not None:
+                results[i] = status(refused)
+            else:
+                theirs.append(i)
         if theirs:
             answered = await others(ua.WriteParameters(NodesToWrite=[items[i] for i in theirs]))
             for i, code in zip(theirs, answered, strict=True):
@@ -752,6 +810,30 @@ class OpcuaServerAdapter(Adapter):
         for i, code in zip(ours, codes, strict=True):
             results[i] = status(code)
         return results
+
+    def _refuse_other(self, session: InternalSession, wv: ua.WriteValue) -> int | None:
+        """The status of a write to a node that is not one of our variables, or None to let
+        asyncua try it (only a Value that this user could write)."""
+        node = session.aspace.get(wv.NodeId)
+        if node is None:
+            return Codes.BadNodeIdUnknown
+        if wv.AttributeId not in node.attributes:
+            return Codes.BadAttributeIdInvalid
+        # asyncua writes other attributes only for its Admin role, which no remote client has
+        if wv.AttributeId != ua.AttributeIds.Value:
+            return Codes.BadNotWritable
+        if not (_value_of(node, ua.AttributeIds.AccessLevel) or 0) & _CURRENT_WRITE:
+            return Codes.BadNotWritable
+        user_level = _value_of(node, ua.AttributeIds.UserAccessLevel) or 0
+        if not self.may_write(session.user) or not user_level & _CURRENT_WRITE:
+            return Codes.BadUserAccessDenied
+        return None
+
+    def may_write(self, user: User) -> bool:
+        """Whether ``user`` may write at all (anonymous and read-only users may not)."""
+        return user.role is UserRole.Admin or (
+            user.role is UserRole.User and user.name not in self._read_only
+        )
 
     async def _write_one(self, session: InternalSession, wv: ua.WriteValue) -> int:
         var = self.vars[wv.NodeId]
@@ -782,9 +864,7 @@ class OpcuaServerAdapter(Adapter):
     def _check_write(self, user: User, var: _Var, wv: ua.WriteValue) -> Value:
         if wv.AttributeId != ua.AttributeIds.Value or not var.writable:
             raise _Refused(Codes.BadNotWritable, "not writable")
-        if user.role is UserRole.Anonymous or (
-            user.role is UserRole.User and user.name in self._read_only
-        ):
+        if not self.may_write(user):
             raise _Refused(Codes.BadUserAccessDenied, f"user {user.name!r} may only read")
         if wv.IndexRange:
             raise _Refused(Codes.BadWriteNotSupported, "index ranges on a scalar")

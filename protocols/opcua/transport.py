@@ -22,10 +22,9 @@ _HEADER = struct.Struct("<3scI")  # message type, chunk type, size of the whole 
 
 class GuardedProtocol(binary_server_asyncio.OPCUAProtocol):
     def data_received(self, data: bytes) -> None:
-        pending = self._buffer + data if self._buffer else data
+        buffered = self._buffer
         at = 0
-        while at + _HEADER.size <= len(pending):
-            size = _HEADER.unpack_from(pending, at)[2]
+        while (size := _size_at(buffered, data, at)) is not None:
             if size > self.limits.max_recv_buffer:
                 log.warning(
                     "closing OPC UA connection from %s: it announced a %d-byte chunk, above "
@@ -42,6 +41,24 @@ class GuardedProtocol(binary_server_asyncio.OPCUAProtocol):
                 break  # malformed: asyncua's own check closes the connection
             at += size
         super().data_received(data)
+
+
+def _size_at(buffered: bytes, data: bytes, at: int) -> int | None:
+    """The size in the chunk header at offset ``at`` of ``buffered + data``, or None if its 8
+    bytes have not all arrived.
+
+    Without joining the two: asyncua joins them already (its buffer grows by a copy per read),
+    a second copy here doubled that cost for a large chunk arriving in many reads. Only a
+    header split across two reads is joined, 8 bytes."""
+    held = len(buffered)
+    if at + _HEADER.size <= held:
+        return int(_HEADER.unpack_from(buffered, at)[2])
+    if at >= held:
+        if at - held + _HEADER.size > len(data):
+            return None
+        return int(_HEADER.unpack_from(data, at - held)[2])
+    head = buffered[at:] + data[: at + _HEADER.size - held]
+    return int(_HEADER.unpack(head)[2]) if len(head) == _HEADER.size else None
 
 
 def install() -> None:

@@ -14,12 +14,14 @@
 //     "browse": "ns=2;s=Plant",              node whose children to list
 //     "read": ["ns=2;s=pump.temp"],          value, DataType, AccessLevel, Description, and
 //                                            the HasProperty children (EngineeringUnits, EURange)
+//     "probe": ["ns=2;s=nope"],              per node: the status of a Value read and of a Browse,
+//                                            its AccessLevel and UserAccessLevel (unknown nodes too)
 //     "subscribe": {"nodes": [...], "count": 2, "timeout": 5000, "interval": 100},
 //     "write": [{"nodeId": "...", "dataType": "Double", "value": 212}]
 //   }
 //
 // stdout, one JSON object per line, in this order as far as the plan goes:
-//   {"certificate": path}  {"connected": true}  {"browse": [...]}  {"read": [...]}
+//   {"certificate": path}  {"connected": true}  {"browse": [...]}  {"read": [...]}  {"probe": [...]}
 //   {"change": {...}} per data change  {"write": [{"nodeId", "status"}]}  {"done": true}
 // On failure: {"error": message, "status": "BadCertificateUntrusted"?} and exit code 1.
 "use strict";
@@ -123,6 +125,23 @@ async function readNode(session, nodeId) {
     };
 }
 
+async function probe(session, nodeIds) {
+    const out = [];
+    for (const nodeId of nodeIds) {
+        const attrs = [AttributeIds.Value, AttributeIds.AccessLevel, AttributeIds.UserAccessLevel];
+        const dvs = await session.read(attrs.map((attributeId) => ({ nodeId, attributeId })));
+        const browsed = await session.browse({ nodeId, browseDirection: BrowseDirection.Forward });
+        out.push({
+            nodeId,
+            read: dvs[0].statusCode.name,
+            browse: browsed.statusCode.name,
+            accessLevel: dvs[1].value.value,
+            userAccessLevel: dvs[2].value.value,
+        });
+    }
+    return out;
+}
+
 async function subscribe(session, spec) {
     const subscription = await session.createSubscription2({
         requestedPublishingInterval: spec.interval || 100,
@@ -217,6 +236,7 @@ async function main() {
             for (const nodeId of plan.read) out.push(await readNode(session, nodeId));
             print({ read: out });
         }
+        if (plan.probe) print({ probe: await probe(session, plan.probe) });
         if (plan.subscribe) await subscribe(session, plan.subscribe);
         if (plan.write) print({ write: await write(session, plan.write) });
         print({ done: true });
