@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 from conftest import HOST, NODE_DIR, free_port, node_binary, wait_for
 
+from gateway import runtime
 from gateway.adapter import AdapterContext
 from gateway.bus import Bus
 from gateway.commands import WriteRefused, WriteStatus
 from gateway.config import load_config_text
+from gateway.config.common import Backoff
 from gateway.runtime import Gateway
 from gateway.types import Message, Quality, Sample
 from protocols.opcua.client import OpcuaClientAdapter
@@ -138,6 +140,10 @@ class NodeOpcuaServer:
 
     async def get(self, name: str) -> Any:
         return (await self.command(get=name))["value"]
+
+    async def sessions(self) -> int:
+        """How many sessions the server holds open now."""
+        return int((await self.command(sessions=True))["sessions"])
 
     async def kill(self) -> None:
         """SIGKILL: the server vanishes without closing anything, like a crash or power loss."""
@@ -489,6 +495,69 @@ async def test_server_restart_points_go_bad_then_resubscribe_without_missing_a_c
         status = adapter.status()
         assert status["connected"] and status["reconnects"] >= 1 and status["items"] == 2
     assert "connection lost" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["subscription", "commands"])
+async def test_a_crashed_run_leaves_no_session_open_on_the_server(
+    peer: NodeOpcuaServer, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """run() fails twice (a bug in the task that watches the subscription, or in the one that
+    serves commands, which cancels the other) and the runtime restarts it: each old session
+    is closed on the server before the next is opened (they stayed open, kept alive by the
+    old clients' watchdogs), and none is left once the adapter has exited."""
+    monkeypatch.setattr(runtime, "SUPERVISOR_BACKOFF", Backoff(initial=0.05, max=0.2))
+    config = client_config(
+        peer.url,
+        [
+            {"name": "temp", "node_id": NODES["Temp"]},
+            {"name": "setpoint", "node_id": NODES["Setpoint"], "access": "rw"},
+        ],
+    )
+    bus = Bus()
+    adapter = OpcuaClientAdapter("plc", config, AdapterContext(bus, "gw"))
+    seen = Collector(bus)
+    crashes = 0
+
+    def crash() -> None:
+        nonlocal crashes
+        if crashes < 2:
+            crashes += 1
+            raise RuntimeError(f"a bug ({where})")
+
+    if where == "subscription":
+        watch = adapter._watch
+
+        async def crashing_watch(session: Any) -> str:
+            crash()
+            return await watch(session)
+
+        monkeypatch.setattr(adapter, "_watch", crashing_watch)
+    else:
+
+        async def crashing_commands(*args: Any) -> None:
+            # subscribed: the other task is watching the session now
+            await wait_for(lambda: adapter.status()["items"] == 2, 10)
+            crash()
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr("protocols.opcua.client.serve_commands", crashing_commands)
+
+    async with adapter:
+        task = asyncio.create_task(
+            runtime._supervise("plc", adapter.run, on_failure=adapter.points_lost)
+        )
+        try:
+            await wait_for(lambda: crashes == 2, 15, message="two crashes")
+            await wait_for(lambda: adapter.status()["connected"], 15, message="connected again")
+            await peer.set("Temp", 31.0)
+            await wait_for(good_value(seen, "temp", 31.0), 10)
+            assert await peer.sessions() == 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert await peer.sessions() == 0
+    seen.close()
 
 
 async def test_hung_server_is_detected_and_a_pending_write_times_out(

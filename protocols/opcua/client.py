@@ -307,9 +307,7 @@ class OpcuaClientAdapter(Adapter):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aexit__(self, *exc: object) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await self._close(session)
+        await self._end_session(self._session)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -349,13 +347,21 @@ class OpcuaClientAdapter(Adapter):
                 log.info("%s: connected to %s", self.name, url)
             quiet = False
             backoff.reset()
-            reason = await self._watch(session)
-            self._connected = False
+            try:
+                reason = await self._watch(session)
+            except BaseException:
+                # A crash here, or a cancel because the command task crashed, ends run(), and
+                # the runtime starts it again: this session must not stay open on the server
+                # beside the next one (its client's watchdog would keep it alive for good).
+                # Closed in this task, not in run()'s: on Python 3.11 a TaskGroup whose child
+                # failed leaves its parent task "cancelling", which `_close` would take for a
+                # cancel of its own.
+                await self._end_session(session)
+                raise
             self._down_reason = reason
             self.last_error = reason
             log.warning("%s: %s (%s); reconnecting", self.name, reason, url)
-            self._session = None
-            await self._close(session)
+            await self._end_session(session)
             await self._mark_all_bad("connection lost")
             quiet = True
             self.counters["reconnects"] += 1
@@ -382,9 +388,7 @@ class OpcuaClientAdapter(Adapter):
             self._connected = True  # writes may go from here on
             await self._subscribe(session)
         except BaseException:
-            self._connected = False
-            self._session = None
-            await self._close(session)
+            await self._end_session(session)
             raise
         self._all_bad = False
         self.last_error = None
@@ -439,6 +443,14 @@ class OpcuaClientAdapter(Adapter):
         )
         raise_if_cancelling()
         return client
+
+    async def _end_session(self, session: _Session | None) -> None:
+        """No session from here on (writes are refused as unreachable); close ``session``,
+        on the server too."""
+        self._connected = False
+        self._session = None
+        if session is not None:
+            await self._close(session)
 
     async def _close(self, session: _Session) -> None:
         if session.closed:

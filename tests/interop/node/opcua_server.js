@@ -20,6 +20,7 @@
 // stdin, one JSON object per line:
 //   {"set": "Temp", "value": 21.5, "ts": 1600000000000, "status": "UncertainLastUsableValue"}
 //   {"get": "Counter"}   -> {"name": "Counter", "value": 12}
+//   {"sessions": true}   -> {"sessions": 1, "channels": 1}   (open sessions, secure channels)
 // --security on offers only Basic256Sha256 SignAndEncrypt (client certificates are accepted
 // automatically: the tests are about our client checking the server, not the other way round).
 "use strict";
@@ -189,6 +190,10 @@ async function main() {
             cmd = JSON.parse(line);
         } catch (err) {
             print({ error: `not JSON: ${line}` });
+            return;
+        }
+        if (cmd.sessions) {
+            print({ sessions: server.currentSessionCount, channels: server.currentChannelCount });
             return;
         }
         const name = cmd.set || cmd.get;
