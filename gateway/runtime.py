@@ -274,9 +274,11 @@ async def _supervise(
     traceback, later ones in one line each."""
     backoff = BackoffTimer(SUPERVISOR_BACKOFF)
     loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
     failures = 0
     while True:
         started = loop.time()
+        requests = me.cancelling() if me is not None else 0
         try:
             await run()
             failure: BaseException = RuntimeError("stopped by itself")
@@ -284,6 +286,11 @@ async def _supervise(
             raise
         except Exception as exc:
             failure = exc
+        # Python 3.11: a TaskGroup in run() whose child failed leaves the cancel request it
+        # made of this task counted, and the next run (raise_if_cancelling, a library's close)
+        # would take the restart for a shutdown. A real shutdown cancels again until we stop.
+        while me is not None and me.cancelling() > requests:
+            me.uncancel()
         if loop.time() - started > SUPERVISOR_BACKOFF.max:
             backoff.reset()
         failures += 1

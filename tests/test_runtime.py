@@ -94,6 +94,35 @@ async def test_supervisor_restarts_a_failing_adapter(
         await task
 
 
+async def test_a_run_whose_task_group_failed_is_restarted_not_taken_for_a_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python 3.11: a TaskGroup whose child fails leaves its parent task's cancel request
+    counted. The next run, in the same supervisor task, checks ``Task.cancelling()`` (as
+    ``raise_if_cancelling`` and libraries' close paths do) and must not see a shutdown."""
+    from gateway.adapter import raise_if_cancelling
+
+    monkeypatch.setattr(runtime, "SUPERVISOR_BACKOFF", Backoff(initial=0.01, max=0.02))
+    runs = []
+
+    async def fails() -> None:
+        raise RuntimeError("device said no")
+
+    async def adapter_run() -> None:
+        runs.append(1)
+        raise_if_cancelling()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(fails())
+            tg.create_task(asyncio.sleep(10))
+
+    task = asyncio.create_task(runtime._supervise("plc", adapter_run))
+    await wait_for(lambda: len(runs) >= 4, timeout=5)
+    assert not task.done()  # still supervising, after three failures
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_a_target_that_rejects_every_message_is_logged_once_per_run(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
