@@ -126,28 +126,24 @@ def _onboarding_model() -> type[OpcuaClient]:
 
 
 async def _browse_opcua(where: str, name: str, config: OpcuaClient, gateway: str) -> list[Point]:
-    # The adapter's own connection steps, reused rather than copied (they are private today:
-    # public `new_client`, `explain` and `close` on OpcuaClientAdapter would suit this caller).
+    # The adapter's own connection (security, certificate, trust list, user), not a copy.
+    from asyncua.ua.uaerrors import UaError
+
     from gateway.adapter import AdapterContext
     from gateway.bus import Bus
-    from protocols.opcua.client import OpcuaClientAdapter, _Session
+    from protocols.opcua.client import ConnectFailed, OpcuaClientAdapter
 
     adapter = OpcuaClientAdapter(name, config, AdapterContext(Bus(), gateway))
-    session: _Session | None = None
     try:
         with _quiet("protocols.opcua.pki"):  # its "refused untrusted" line is our error below
-            session = _Session(await adapter._new_client())
-            await asyncio.wait_for(session.client.connect(), config.timeout * 2)
-            return await walk_objects(session.client, where)
-    except InputError:
-        raise
-    except Exception as exc:
-        refused_by_us = adapter._trust is not None and adapter._trust.refused > 0
-        _, detail = adapter._explain(exc, refused_by_us=refused_by_us)
-        raise InputError(f"{where}: cannot browse {config.url}: {detail}") from None
-    finally:
-        if session is not None:
-            await adapter._close(session)
+            async with adapter.connected() as client:
+                try:
+                    return await walk_objects(client, where)
+                except (OSError, TimeoutError, UaError) as exc:  # the server went away
+                    why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                    raise InputError(f"{where}: browse of {config.url} broke off: {why}") from None
+    except ConnectFailed as exc:
+        raise InputError(f"{where}: cannot browse {config.url}: {exc}") from None
 
 
 @contextmanager

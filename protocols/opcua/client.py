@@ -40,12 +40,13 @@ operator to move). Turning it off logs a warning once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -227,6 +228,10 @@ class _Point:
         return self.config.name
 
 
+class ConnectFailed(Exception):
+    """`OpcuaClientAdapter.connected` could not connect; the message says why and what to do."""
+
+
 class _Session:
     """One connection's state; callbacks of an old client find their session closed."""
 
@@ -393,6 +398,25 @@ class OpcuaClientAdapter(Adapter):
         self._all_bad = False
         self.last_error = None
         return session
+
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[Client]:
+        """A client connected exactly as ``run()`` connects (security policy and mode, our
+        certificate, the server trust list, the user), for one-off use such as onboarding's
+        browse; disconnected on exit. A failure is `ConnectFailed` with the words ``run()``
+        would log (how to trust a rejected server certificate, a refused user...)."""
+        session: _Session | None = None
+        try:
+            try:
+                session = _Session(await self._new_client())
+                await asyncio.wait_for(session.client.connect(), self.config.timeout * 2)
+            except Exception as exc:
+                refused_by_us = self._trust is not None and self._trust.refused > 0
+                raise ConnectFailed(self._explain(exc, refused_by_us=refused_by_us)[1]) from None
+            yield session.client
+        finally:
+            if session is not None:
+                await self._close(session)
 
     async def _new_client(self) -> Client:
         cfg = self.config
