@@ -329,8 +329,13 @@ def test_status_and_recalibrate_from_the_command_line(
     holder = CalibrationStore(store_path("up"))
     holder.open()  # a running gateway holds the file
     out = cli("anomaly", "recalibrate", str(config), cwd=tmp_path)
-    assert out.returncode == 1 and "stop that gateway first" in out.stderr
+    assert out.returncode == 1, out.stderr
+    assert f"held by a running gateway (pid {os.getpid()}); stop it" in out.stderr
     holder.close()
+
+    out = cli("anomaly", "recalibrate", str(config), "--device", "tnak", cwd=tmp_path)
+    assert out.returncode == 2 and "no kept calibration for tnak (kept: pump, tank)" in out.stderr
+    assert list(read_records(store_path("up"))) == ["pump", "tank"]  # nothing forgotten
 
     out = cli("anomaly", "recalibrate", str(config), "--device", "tank", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

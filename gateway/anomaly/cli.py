@@ -268,15 +268,34 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_recalibrate(args: argparse.Namespace) -> int:
-    from gateway.anomaly.store import forget, store_path
+    from gateway.anomaly.store import forget, read_records, store_path
     from gateway.uplink.lock import OutboxInUse
 
-    for bridge in _scoring_bridges(args.file, args.bridge):
+    bridges = _scoring_bridges(args.file, args.bridge)
+    if args.device:
+        kept: set[str] = set()
+        for bridge in bridges:
+            path = store_path(bridge)
+            try:
+                kept |= set(read_records(path)) if path.exists() else set()
+            except ValueError as exc:
+                raise CommandError(f"{path}: {exc}", code=1) from None
+        unknown = sorted(set(args.device) - kept)
+        if unknown:  # a typo would otherwise forget nothing and say so as if all was well
+            raise CommandError(
+                f"no kept calibration for {', '.join(unknown)}"
+                f" (kept: {', '.join(sorted(kept)) or 'none'})"
+            )
+    for bridge in bridges:
         path = store_path(bridge)
         try:
             gone = forget(path, args.device)
         except OutboxInUse as exc:
-            raise CommandError(f"{exc}: stop that gateway first", code=1) from None
+            raise CommandError(
+                f"bridge {bridge}: its calibrations are held by a running gateway (pid "
+                f"{exc.holder}); stop it, then run this again",
+                code=1,
+            ) from None
         except (ValueError, OSError) as exc:
             raise CommandError(f"{path}: {exc}", code=1) from None
         if gone:

@@ -27,6 +27,10 @@ OUTBOX_HINT = "give each gateway its own state folder ($PROTOCOL_BRAIN_STATE_DIR
 class OutboxInUse(RuntimeError):
     """The outbox file is held by another process (or another open outbox in this one)."""
 
+    def __init__(self, message: str, holder: str = "unknown") -> None:
+        super().__init__(message)
+        self.holder = holder  # the pid written by the process that holds the lock
+
 
 class FileLock:
     """An exclusive ``flock`` on ``<path>.lock`` holding the owner's pid, or an error at once."""
@@ -47,7 +51,7 @@ class FileLock:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise OutboxInUse(
-                f"{path}: in use by another gateway process (pid {holder}); {hint}"
+                f"{path}: in use by another gateway process (pid {holder}); {hint}", holder
             ) from None
         try:
             os.ftruncate(fd, 0)
