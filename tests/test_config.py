@@ -620,6 +620,14 @@ def test_counts_in_problems_are_singular_for_one() -> None:
     }
 
 
+def only_problem(text: str, registry: Registry) -> LocatedProblem:
+    """The one problem of config ``text`` (as gw.yaml)."""
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml", registry)
+    (p,) = info.value.problems
+    return p
+
+
 # -- enabled: false -----------------------------------------------------------------------------
 
 PUMP = "  pump: {protocol: modbus, host: h, points: [{name: t, address: 0, unit: degC}]}\n"
@@ -656,9 +664,7 @@ def test_a_disabled_device_is_checked_then_left_out(registry: Registry) -> None:
 
 def test_enabled_is_true_or_false(registry: Registry) -> None:
     text = f"devices:\n{PUMP.replace('modbus,', 'modbus, enabled: maybe,')}"
-    with pytest.raises(ConfigError) as info:
-        load_config_text(text, "gw.yaml", registry)
-    (p,) = info.value.problems
+    p = only_problem(text, registry)
     assert (p.dotted, p.found, p.expected) == (
         "devices.pump.enabled",
         "'maybe' (a string)",
@@ -769,9 +775,7 @@ def test_a_calibration_period_is_two_times(registry: Registry, period: str, give
         f"devices:\n{PUMP}{BROKER}bridges:\n"
         f"  - {{name: up, from: pump, to: broker, anomaly: {{calibration_period: {period}}}}}\n"
     )
-    with pytest.raises(ConfigError) as info:
-        load_config_text(text, "gw.yaml", registry)
-    (p,) = info.value.problems
+    p = only_problem(text, registry)
     assert p.dotted == "bridges[0].anomaly.calibration_period"
     assert p.expected == (
         "two times [start, end] (ISO 8601, e.g. [2024-05-01T00:00:00, 2024-05-08T00:00:00]), "
@@ -783,3 +787,79 @@ def test_the_schema_knows_enabled(registry: Registry) -> None:
     schema = json_schema(registry)
     assert schema["$defs"]["modbus.client.entry"]["properties"]["enabled"]["type"] == "boolean"
     assert schema["$defs"]["bridge"]["properties"]["enabled"]["default"] is True
+
+
+# -- point globs where the points are known ------------------------------------------------------
+
+SUBSCRIBED = "  site: {protocol: mqtt, host: h, subscriptions: [{topic: 'site/#'}]}\n"
+
+
+@pytest.mark.parametrize("points", ["", ", points: ['AHU*']"])
+def test_a_source_with_subscriptions_has_no_static_list_to_check_globs_against(
+    registry: Registry, points: str
+) -> None:
+    """Its points are found at run time (each key of each received payload)."""
+    text = f"{BROKER}{SUBSCRIBED}bridges:\n  - {{name: up, from: site, to: broker{points}}}\n"
+    config = load_config_text(text, "gw.yaml", registry)
+    assert [(b.name, b.sources) for b in config.bridges] == [("up", ("site",))]
+
+
+def test_a_source_without_points_or_subscriptions_still_selects_nothing(
+    registry: Registry,
+) -> None:
+    text = f"{BROKER}  empty: {{protocol: mqtt, host: h}}\nbridges:\n  - {{name: up, from: empty, to: broker}}\n"
+    p = only_problem(text, registry)
+    assert (p.dotted, p.found) == ("bridges[0].points[0]", "'*', which matches no point of empty")
+
+
+PUMP_SP = (
+    "  pump: {protocol: modbus, host: h, points: [{name: temp, address: 0},"
+    " {name: speed_sp, address: 1}, {name: flow, address: 2}]}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "dotted", "glob"),
+    [
+        ("{points: ['nomatch*']}", "bridges[0].anomaly.points[0]", "nomatch*"),
+        ("{points: [temp], exclude: ['*_sp', '*_SP']}", "bridges[0].anomaly.exclude[1]", "*_SP"),
+        # scored after the bridge's own globs: a point it does not carry is not there
+        ("{points: ['flow']}", "bridges[0].anomaly.points[0]", "flow"),
+    ],
+)
+def test_anomaly_globs_that_match_no_point_the_bridge_carries(
+    registry: Registry, options: str, dotted: str, glob: str
+) -> None:
+    text = (
+        f"devices:\n{PUMP_SP}{BROKER}bridges:\n"
+        f"  - {{name: up, from: pump, to: broker, points: ['temp', 'speed*'], anomaly: {options}}}\n"
+    )
+    p = only_problem(text, registry)
+    assert (p.dotted, p.line) == (dotted, 6)
+    assert p.found == f"{glob!r}, which matches no point bridge 'up' carries"
+    assert p.expected == "a glob matching some of: temp, speed_sp"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "anomaly: {points: [supply, kw], exclude: [sp]}, translate: {map: {temp: supply, speed_sp: sp}},"
+        " computed: [{name: kw, expr: 'flow * 2'}]",
+        # auto: names of new points are decided at run time
+        "anomaly: {points: ['Supply*']}, translate: {mode: auto}",
+    ],
+)
+def test_anomaly_globs_see_translated_and_computed_names(registry: Registry, extra: str) -> None:
+    text = (
+        f"devices:\n{PUMP_SP}{BROKER}bridges:\n"
+        f"  - {{name: up, from: pump, to: broker, points: ['temp', 'speed*'], {extra}}}\n"
+    )
+    assert load_config_text(text, "gw.yaml", registry).bridges[0].anomaly is not None
+
+
+def test_anomaly_globs_of_a_subscribed_source_are_not_checked(registry: Registry) -> None:
+    text = (
+        f"{BROKER}{SUBSCRIBED}bridges:\n"
+        "  - {name: up, from: site, to: broker, anomaly: {points: ['nomatch*']}}\n"
+    )
+    assert load_config_text(text, "gw.yaml", registry).bridges[0].anomaly is not None

@@ -753,6 +753,8 @@ class _Loader:
         else:
             ok = self.units(path, units, []) and ok
         ok = self.computed(path, sources, got.get("computed", [])) and ok
+        if sources is not None:
+            ok = self.anomaly_points(path, sources, got) and ok
         translate = self.translate_files(path, got.get("translate"))
         anomaly = self.anomaly_files(path, got.get("anomaly"))
         if live is None:  # checked all the same, then left out
@@ -920,16 +922,8 @@ class _Loader:
         known = self.points_of(sources)
         if known is None:  # a source without a point list (an MQTT subscription): unknowable
             return self.units(path, units, [])
-        ok = True
         names = list(dict.fromkeys(p.name for p in known))
-        for j, glob in enumerate(points):
-            if not fnmatch.filter(names, glob):
-                self.report(
-                    (*path, "points", j),
-                    f"{glob!r}, which matches no point of {', '.join(sources)}",
-                    f"a glob matching some of: {listing(names)}",
-                )
-                ok = False
+        ok = self.globs((*path, "points"), points, names, f"of {', '.join(sources)}")
         selected = [p for p in known if any(fnmatch.fnmatchcase(p.name, g) for g in points)]
         chosen = list(dict.fromkeys(p.name for p in selected))
         for glob in units:
@@ -943,13 +937,56 @@ class _Loader:
                 ok = False
         return self.units(path, units, selected) and ok
 
+    def globs(self, path: Path, globs: Collection[str], names: list[str], whose: str) -> bool:
+        """False, and reported at each, when a glob of ``globs`` matches none of ``names``."""
+        ok = True
+        for j, glob in enumerate(globs):
+            if not fnmatch.filter(names, glob):
+                self.report(
+                    (*path, j),
+                    f"{glob!r}, which matches no point {whose}",
+                    f"a glob matching some of: {listing(names)}",
+                )
+                ok = False
+        return ok
+
+    def anomaly_points(self, path: Path, sources: tuple[str, ...], got: dict[str, Any]) -> bool:
+        """``anomaly: points/exclude`` globs that match no point the bridge carries (scored
+        after the bridge's globs, translate and computed points), where those are known."""
+        options = got.get("anomaly")
+        translate = got.get("translate")
+        known = self.points_of(sources)
+        if not isinstance(options, AnomalyOptions) or known is None:
+            return True
+        if isinstance(translate, TranslateConfig) and translate.mode == "auto":
+            return True  # names of new points are decided at run time
+        raw = got.get("points") or ("*",)
+        selects = (raw,) if isinstance(raw, str) else tuple(raw)
+        names = [
+            n
+            for n in dict.fromkeys(p.name for p in known)
+            if any(fnmatch.fnmatchcase(n, g) for g in selects)
+        ]
+        if isinstance(translate, TranslateConfig):
+            names = [translate.map[n] for n in names if n in translate.map]
+        names += [c.name for c in got.get("computed", []) if isinstance(c, ComputedPoint)]
+        if not names:
+            return True  # the bridge carries nothing: its own globs or translate say so
+        whose = f"bridge {got.get('name') or f'bridges[{path[-1]}]'!r} carries"
+        where = (*path, "anomaly")
+        ok = self.globs((*where, "points"), options.points, names, whose)
+        return self.globs((*where, "exclude"), options.exclude, names, whose) and ok
+
     def points_of(self, sources: tuple[str, ...]) -> list[_Point] | None:
-        """The points of all ``sources``, or None if one of them has no point list."""
+        """The points of all ``sources``, or None if one of them has no complete point list
+        (none, or points found at run time from ``subscriptions``, as an MQTT endpoint's)."""
         out: list[_Point] = []
         for source in sources:
             entry = self.declared[source].entry
             points = getattr(entry.config, "points", None) if entry is not None else None
             if entry is None or not isinstance(points, list | tuple):
+                return None
+            if getattr(entry.config, "subscriptions", None):
                 return None
             for i, p in enumerate(points):
                 name, unit = getattr(p, "name", None), getattr(p, "unit", None)
