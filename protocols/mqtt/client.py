@@ -386,7 +386,7 @@ class MqttAdapter(Adapter):
         self._connected = False  # CONNACK received, connection not lost
         self._ready = False  # connected, birth sent, subscriptions requested: send directly
         self._closing = False
-        self._closed = asyncio.Event()
+        self._close_task: asyncio.Future[None] | None = None
         self._drop_logged = False
         self._payload_modes: dict[str, str] = {}
         self._points = codec.PointDecoder(list(config.points), name)
@@ -983,7 +983,8 @@ class MqttAdapter(Adapter):
             staging.extend(rows)
         acked: list[int] = []
         urgent = self._urgent
-        while staging and self._ready:
+        # force: the drain at close, after _ready went False (connected, or it would not run)
+        while staging and (self._ready or force):
             if client.write_backlog >= self.max_write_backlog:
                 break
             first_urgent = next((i for i, r in enumerate(staging) if r.id in urgent), -1)
@@ -1119,14 +1120,21 @@ class MqttAdapter(Adapter):
     async def close(self) -> None:
         """Publish the retained offline state, drain (<= drain_timeout), DISCONNECT, close.
 
-        Idempotent; called by ``__aexit__`` and when ``run()`` ends.
+        Idempotent; called by ``__aexit__`` and when ``run()`` ends. The close runs as a task
+        of its own that a cancelled caller does not cut short: the runtime cancels ``run()``
+        again while its ``finally`` is still closing (every 0.2 s), and a drain cut there
+        would leave no offline message, no DISCONNECT (the broker publishes the will) and
+        the outbox file not closed. The next caller (``__aexit__``) waits for the same task.
         """
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
-        self._ready = False
-        self._wake.set()
+        task = self._close_task
+        if task is None:
+            self._closing = True
+            self._ready = False
+            self._wake.set()
+            task = self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(task)
+
+    async def _close(self) -> None:
         loop, client = self._loop, self._client
         try:
             if loop is None or client is None:
@@ -1173,7 +1181,6 @@ class MqttAdapter(Adapter):
                 client.on_socket_close = None
                 client.on_socket_register_write = None
                 client.on_socket_unregister_write = None
-            self._closed.set()
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         deadline = loop.time() + self.drain_timeout
