@@ -27,10 +27,14 @@ from test_opcua_client import NodeOpcuaServer
 from test_opcua_security import SECURE
 from test_opcua_server import Plant, plant_gateway
 
+from gateway.adapter import AdapterContext
+from gateway.bus import Bus
 from gateway.cli import main
+from gateway.config import load_config
 from gateway.translator.browse import BrowseOptions, browse_device
 from gateway.translator.tokenize import Point
 from protocols.modbus.simulator import Simulator
+from protocols.opcua.client import OpcuaClientAdapter
 from protocols.opcua.pki import CERT_FILE, ensure_certificate
 
 GATEWAY = "onboard"
@@ -80,6 +84,12 @@ async def refused(capsys: pytest.CaptureFixture[str], source: str, *extra: str) 
     return err
 
 
+def add_points(config: Path, entries: list[str]) -> str:
+    """``config`` with ``entries`` (YAML list items) as the points of its last device."""
+    config.write_text(config.read_text() + "    points:\n" + "\n".join(entries) + "\n")
+    return str(config)
+
+
 def _csv(path: Path, *names: str) -> Path:
     path.write_text("name\n" + "\n".join(names) + "\n", encoding="utf-8")
     return path
@@ -113,7 +123,7 @@ async def test_browse_with_security_and_a_user_yields_variables_with_units(
     points = await asyncio.to_thread(browse_device, str(config), "plc", BrowseOptions())
     by_name = {p.name: p for p in points}
     assert set(by_name) == {"temp", "setpoint", "level", "count", "enable", "model"}
-    assert by_name["temp"] == Point("temp", "oil temperature", "°C")
+    assert by_name["temp"] == Point("temp", "oil temperature", "°C", address="ns=1;s=pump.temp")
     assert by_name["setpoint"].unit == "°F"  # the bridge converts it: the served unit
     assert by_name["level"].unit == "%"
 
@@ -157,6 +167,18 @@ async def test_suggest_writes_a_bridge_from_the_browsed_device(
     assert "from: plc" in text and "approved: false" in text
     for name in ("temp", "setpoint", "level", "count", "enable", "model"):
         assert f'"{name}"' in text  # every browsed variable is mapped or marked REVIEW
+
+    # The device's points come with the bridge, commented out, with the node ids the server
+    # gave: pasted under the device, the config is valid and every node id reads.
+    snippet = [line[1:] for line in text.split("# devices:\n", 1)[1].splitlines()]
+    entries = [line for line in snippet if line.strip().startswith("- {name:")]
+    assert len(entries) == 6, snippet
+    loaded = load_config(add_points(Path(source.partition("#")[0]), entries))
+    plc = loaded.devices["plc"].config
+    adapter = OpcuaClientAdapter("plc", plc, AdapterContext(Bus(), GATEWAY))
+    async with adapter.connected() as client:
+        for point in plc.points:  # type: ignore[attr-defined]
+            await client.get_node(point.node_id).read_value()  # raises for a wrong node id
 
 
 # -- node-opcua's server ----------------------------------------------------------------------

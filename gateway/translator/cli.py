@@ -287,7 +287,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     from gateway.translator.site import predict_site
-    from gateway.translator.suggest import bridge_yaml, match
+    from gateway.translator.suggest import bridge_yaml, match, points_yaml
 
     browse = _browse_options(args)
     sources = _source("--source", args.source, browse)
@@ -301,14 +301,17 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         [p.name for p in targets],
         predict_site(translator, targets, examples, prior=args.site_prior),
     )
+    from_device = args.from_device or _config_entry(args.source) or "SOURCE_DEVICE"
     text = bridge_yaml(
         matches,
         source=_label(args.source, browse),
         target=_label(args.target, browse),
-        from_device=args.from_device or _config_entry(args.source) or "SOURCE_DEVICE",
+        from_device=from_device,
         to_device=args.to_device or _config_entry(args.target) or "TARGET_ENDPOINT",
         threshold=args.threshold,
     )
+    if any(p.address for p in sources):  # browsed: the device still needs its points
+        text += points_yaml(from_device, sources)
     with _written(args.out) as out:  # opened only now: a failure above leaves no file
         out.write(text)
     confident = sum(1 for m in matches if m.target is not None and m.confidence >= args.threshold)

@@ -377,7 +377,9 @@ def browse_opcua(url: str) -> list[Point]:
 async def _browse(url: str) -> list[Point]:
     from asyncua.client.client import Client
 
-    async with Client(url, timeout=10) as client:
+    client = Client(url, timeout=10)
+    client.session_timeout = 60_000  # asyncua asks for an hour and warns when a server says less
+    async with client:
         return await walk_objects(client, url)
 
 
@@ -419,4 +421,4 @@ async def _variable(node: Any) -> Point:
         unit = eu.DisplayName.Text or ""
     except Exception:  # most variables have no EngineeringUnits property
         pass
-    return Point(name, desc, unit)
+    return Point(name, desc, unit, address=node.nodeid.to_string())

@@ -12,6 +12,7 @@ sources never land on the same target. Nothing is applied: the bridge is written
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import numpy as np
 import yaml
 
 from gateway.translator.model import Floats, Prediction, Translator
+from gateway.translator.tokenize import Point
 
 TEMPERATURE = 0.05  # attention temperature over the combined similarity
 # Similarity of the "no match" key: about what the best unrelated target reaches (median best
@@ -156,4 +158,26 @@ def bridge_yaml(
             n_review += 1
     if len(matches) == n_review:
         lines.append("        {}  # no confident mapping; see the REVIEW lines")
+    return "\n".join(lines) + "\n"
+
+
+def points_yaml(device: str, points: Sequence[Point]) -> str:
+    """The browsed ``points:`` of an OPC UA client device, commented out: the map's names only
+    read data once the device declares them with their node ids (the browse knows those)."""
+    counts = Counter(p.name for p in points)
+    lines = [
+        "",
+        f"# The points the browse found on {_scalar(device)}, for its `points:` in your config",
+        "# (node ids as the server gave them; keep the ones the map uses):",
+    ]
+    twice = sorted(n for n, c in counts.items() if c > 1)
+    if twice:
+        lines.append(
+            f"# REVIEW names found more than once ({', '.join(twice)}): give each a name of its"
+            " own here and in the map"
+        )
+    lines += ["# devices:", f"#   {_scalar(device)}:", "#     points:"]
+    for p in points:
+        if p.address:
+            lines.append(f"#       - {{name: {_quote(p.name)}, node_id: {_quote(p.address)}}}")
     return "\n".join(lines) + "\n"

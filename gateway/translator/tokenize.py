@@ -82,6 +82,7 @@ class Point:
     description: str = ""
     unit: str = ""
     datatype: str = ""
+    address: str = ""  # where a browse found it (an OPC UA node id); not read by the model
 
 
 FEEDS = ("ids", "seg", "pos", "rpos")  # the model's inputs, in Batch's order
