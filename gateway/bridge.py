@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -264,13 +265,14 @@ class Bridge:
                 while len(batch) < ANOMALY_BATCH and (more := sub.get_nowait()) is not None:
                     batch.append(more)
             ready: list[Message] = []
+            reviews: list[Message] = []  # translate: points held back for the first time
             for message in batch:
                 n += 1
                 if n % 64 == 0:
                     # get() and a non-blocking send() do not suspend while the queue is full:
                     # yield now and then so a backlog does not starve the pollers.
                     await asyncio.sleep(0)
-                prepared = self._prepare(message)
+                prepared = self._prepare(message, reviews)
                 if prepared is not None:
                     ready.append(prepared)
             if self.anomaly is None:
@@ -279,6 +281,8 @@ class Bridge:
             else:
                 for message, events in self.anomaly.process_batch(ready):
                     await self._send(message, events, route)
+            for event in reviews:
+                self._review(event)
 
     def use_shadow(self, state: ShadowState) -> None:
         """The runtime's shadow, for computed points and shadow placeholders in routes."""
@@ -286,12 +290,15 @@ class Bridge:
         if self.computed is not None:
             self.computed.state = state
 
-    def _prepare(self, message: Message) -> Message | None:
-        """Select, convert, translate, compute; None when nothing of the message is left."""
+    def _prepare(self, message: Message, reviews: list[Message]) -> Message | None:
+        """Select, convert, translate, compute; None when nothing of the message is left.
+        A translate review event for the target is appended to ``reviews``."""
         device = message.device or message.topic.rpartition("/")[2]
         samples = self.transform.apply(message.samples)
         if self.translate is not None and samples:
-            samples = self.translate.apply(device, samples)
+            samples, review = self.translate.route(device, samples)
+            if review is not None:
+                reviews.append(review)
         if self.computed is not None:
             samples += self.computed.apply(device, message.samples)
         if not samples:
@@ -315,6 +322,25 @@ class Bridge:
             self._sending.failed(f"target {self.target.name} rejected a message: {exc!r}")
             return
         self._sending.succeeded()
+
+    def _review(self, event: Message) -> None:
+        """Points held back by translate, for whoever approves them: a target that publishes
+        (an MQTT endpoint's ``publish``) gets one JSON document per point on the review topic,
+        ``<review_topic>/<device>``, QoS 1. Not through the route: its topic template would
+        file the held-back value among the forwarded points. A server target has no place for
+        them (they stay on the bus)."""
+        publish = getattr(self.target, "publish", None)
+        if not callable(publish):
+            return
+        from gateway.translator.transform import review_document
+
+        try:
+            for sample in event.samples:
+                doc = review_document(event, sample)
+                publish(event.topic, json.dumps(doc, separators=(",", ":")).encode(), 1, False)
+        except Exception as exc:
+            self.failed += 1
+            self._sending.failed(f"target {self.target.name} rejected a review event: {exc!r}")
 
     def status(self) -> dict[str, Any]:
         return {

@@ -6,13 +6,19 @@ probability at or above the threshold the point goes on as ``<BrickClass>.<name>
 namespace; the name keeps two points of one class apart), below it the sample is published on
 ``<review_topic>/<device>`` as an event carrying the model's top suggestions, and not forwarded.
 Each new name is classified once; the decision is cached, so the per-sample cost is a dict look-up.
+
+The bridge also hands the target a review event the first time a device's point is held back
+(`Translate.route`), so that whoever approves the suggestions sees them where the data goes: an
+MQTT target publishes `review_document` of each point on ``<review_topic>/<device>``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.types import Message, MessageKind, Sample
@@ -40,6 +46,7 @@ class Translate:
         self._decided: dict[str, str | None] = {}
         self.suggestions: dict[str, list[tuple[str, float]]] = {}
         self.reviewed = 0
+        self._announced: set[tuple[str, str]] = set()  # (device, point) handed to the target
 
     def prepare(self) -> None:
         """Load the classifier now (auto mode), so that a model or examples file that cannot be
@@ -99,6 +106,14 @@ class Translate:
                 log.info("translate: %s needs review (best %s %.2f)", name, cls, score)
 
     def apply(self, device: str, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+        """The samples forwarded (renamed); held-back ones go to the bus as review events."""
+        return self.route(device, samples)[0]
+
+    def route(
+        self, device: str, samples: tuple[Sample, ...]
+    ) -> tuple[tuple[Sample, ...], Message | None]:
+        """`apply`, and the review event for the bridge's target: the points of ``device``
+        held back for the first time (None when there are none)."""
         if self.auto:
             new = [s.point for s in samples if s.point not in self.map]
             new = [n for n in dict.fromkeys(new) if n not in self._decided]
@@ -116,17 +131,44 @@ class Translate:
             if name is None:
                 continue
             out.append(s if name == s.point else replace(s, point=name))
-        if review:
-            self.reviewed += len(review)
-            if self.bus is not None:
-                self.bus.publish_nowait(
-                    Message(
-                        topic=f"{self.config.review_topic}/{device}",
-                        kind=MessageKind.EVENT,
-                        samples=tuple(review),
-                        origin="translator",
-                        device=device,
-                        meta={"suggestions": {s.point: self.suggestions[s.point] for s in review}},
-                    )
-                )
-        return tuple(out)
+        if not review:
+            return tuple(out), None
+        self.reviewed += len(review)
+        if self.bus is not None:
+            self.bus.publish_nowait(self._review_event(device, review))
+        first = [s for s in review if (device, s.point) not in self._announced]
+        self._announced.update((device, s.point) for s in first)
+        return tuple(out), self._review_event(device, first) if first else None
+
+    def _review_event(self, device: str, review: list[Sample]) -> Message:
+        return Message(
+            topic=f"{self.config.review_topic}/{device}",
+            kind=MessageKind.EVENT,
+            samples=tuple(review),
+            origin="translator",
+            device=device,
+            meta={
+                "suggestions": {s.point: self.suggestions[s.point] for s in review},
+                "threshold": self.config.threshold,
+            },
+        )
+
+
+def review_document(event: Message, sample: Sample) -> dict[str, Any]:
+    """What an integrator reads about one held-back point of a review event: the device, the
+    point, its value and time, and the model's best classes with their probabilities."""
+    value = sample.value
+    if isinstance(value, float) and not math.isfinite(value):
+        value = None  # JSON has no spelling for it
+    ts = sample.source_ts or sample.gateway_ts
+    return {
+        "device": event.device,
+        "point": sample.point,
+        "value": value,
+        "ts": datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+        "threshold": event.meta.get("threshold"),
+        "suggestions": [
+            {"class": cls, "score": round(score, 4)}
+            for cls, score in event.meta["suggestions"][sample.point]
+        ],
+    }

@@ -1,0 +1,99 @@
+"""``translate: {mode: auto}`` at run time, end to end: an MQTT source on a real mosquitto, an
+in-process gateway, and an MQTT target. A confident key goes on renamed; a key held back for
+review reaches the broker on the review topic, once, with the model's suggestions."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import MosquittoBroker, wait_for
+from test_e2e_modbus_mqtt import Collector
+from test_mqtt_source import pub
+from test_opcua_server import running_gateway
+
+from gateway.bridge import Bridge
+from gateway.bus import Bus
+from gateway.config import BridgeConfig
+from gateway.config.translate import TranslateConfig
+from gateway.types import Message, Sample
+from protocols.mqtt.client import MqttAdapter
+
+
+def config(broker: MosquittoBroker) -> str:
+    at = f"host: {broker.host}, port: {broker.port}"
+    keys = [f"{{name: {k}, topic: site/ahu1, field: {k}}}" for k in ("AHU1_SAT", "XQZ_77")]
+    return (
+        "gateway: {name: edge}\n"
+        "endpoints:\n"
+        f"  ahu: {{protocol: mqtt, {at}, points: [{', '.join(keys)}]}}\n"
+        f"  cloud: {{protocol: mqtt, {at}}}\n"
+        "bridges:\n"
+        "  - name: up\n"
+        "    from: ahu\n"
+        "    to: cloud\n"
+        '    topic: "out/{device}/{point}"\n'
+        "    payload: value\n"
+        "    translate: {mode: auto, threshold: 0.6, review_topic: translator/review}\n"
+    )
+
+
+async def test_review_suggestions_reach_the_mqtt_target(mosquitto: MosquittoBroker) -> None:
+    collector = Collector(mosquitto)
+    try:
+        async with running_gateway(config(mosquitto)) as gateway:
+            for adapter in gateway.adapters.values():
+                assert isinstance(adapter, MqttAdapter)
+                await adapter.wait_connected()
+            await pub(mosquitto, "site/ahu1", json.dumps({"AHU1_SAT": 21.6, "XQZ_77": 5}))
+            renamed = "out/ahu/Supply_Air_Temperature_Sensor.AHU1_SAT"
+            await wait_for(lambda: collector.on(renamed), 10, message="the confident key")
+            (review,) = await wait_for(lambda: collector.on("translator/review/ahu"), 10)
+            assert review["device"] == "ahu" and review["point"] == "XQZ_77"
+            assert review["value"] == 5 and review["threshold"] == 0.6
+            assert review["ts"].endswith("Z")
+            suggestions = review["suggestions"]
+            assert len(suggestions) == 3 and all(set(s) == {"class", "score"} for s in suggestions)
+            scores = [s["score"] for s in suggestions]
+            assert scores == sorted(scores, reverse=True) and scores[0] < 0.6
+
+            # Held back again: on the bus each time, to the target only the first time.
+            await pub(mosquitto, "site/ahu1", json.dumps({"AHU1_SAT": 21.7, "XQZ_77": 6}))
+            await wait_for(lambda: 21.7 in collector.on(renamed), 10)
+        topics = {topic for _, topic, _ in collector.messages}
+        assert len(collector.on("translator/review/ahu")) == 1
+        assert not any(t.startswith("out/") and "XQZ_77" in t for t in topics)
+    finally:
+        collector.close()
+
+
+class Recorder:
+    """A target that only records what it is sent (no publish()): a server, say."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    async def send(self, message: Message, route: object) -> None:
+        self.sent.append(message)
+
+
+async def test_a_target_without_publish_gets_no_held_back_value() -> None:
+    """The review event does not go through the route: it would file the held-back value
+    among the forwarded points."""
+    bus = Bus()
+    translate = TranslateConfig(mode="auto", map={"known": "k"})
+    target = Recorder()
+    bridge = Bridge(
+        BridgeConfig("up", ("ahu",), ("*",), "t", {}, None, translate),
+        bus,
+        target,  # type: ignore[arg-type]
+    )
+    assert bridge.translate is not None
+    reviews: list[Message] = []
+    message = Message.telemetry("ahu", (Sample("known", 1.0), Sample("XQZ_77", 5)))
+    prepared = bridge._prepare(message, reviews)
+    assert prepared is not None and [s.point for s in prepared.samples] == ["k"]
+    assert [[s.point for s in r.samples] for r in reviews] == [["XQZ_77"]]
+    bridge._review(reviews[0])
+    assert target.sent == [] and bridge.failed == 0
