@@ -357,3 +357,49 @@ def test_no_exception_escapes_into_the_network_loop(caplog: pytest.LogCaptureFix
     logged = [r for r in caplog.records if "a bug in reading" in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None  # once per log interval
     assert "unexpected RuntimeError" in logged[0].getMessage()
+
+
+def test_a_partial_update_is_good_and_only_a_payload_with_none_of_the_keys_is_bad(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+
+    points = [
+        {"name": "temp", "topic": "plant/ahu1", "field": "ZN_T"},
+        {"name": "setpoint", "topic": "plant/ahu1", "field": "ZN_T_SP"},
+        {"name": "fan", "topic": "plant/ahu1", "field": "fan.on", "type": "bool"},
+    ]
+    d = decoder(*points)
+    samples, errors = d.decode("plant/ahu1", b'{"ZN_T": 21.5}')  # only what changed
+    assert errors == [] and [(s.point, s.value) for s in samples] == [("temp", 21.5)]
+    samples, errors = d.decode("plant/ahu1", b'{"other": 1}')
+    assert samples == [] and len(errors) == 1
+    assert "JSON without any of the keys 'ZN_T', 'ZN_T_SP', 'fan.on'" in str(errors[0])
+    # a key that is there with an unreadable value is still that point's error
+    samples, errors = d.decode("plant/ahu1", b'{"ZN_T": [1], "ZN_T_SP": 22}')
+    assert [s.point for s in samples] == ["setpoint"] and len(errors) == 1
+    assert "point temp: [1] is not a scalar value" in str(errors[0])
+    # SenML: a pack with some of the declared records
+    s = decoder(
+        {"name": "t", "topic": "s/p", "format": "senml", "senml_name": "temp"},
+        {"name": "h", "topic": "s/p", "format": "senml", "senml_name": "hum"},
+    )
+    assert s.decode("s/p", b'[{"n": "hum", "v": 40}]')[1] == []
+    assert "no SenML record named any of 'temp', 'hum'" in str(
+        s.decode("s/p", b'[{"n": "x", "v": 1}]')[1][0]
+    )
+
+    # the adapter: no warning and no bad payload for the partial update, one for the other
+    config = MqttEndpoint.model_validate({"host": HOST, "points": points})
+    mqtt = MqttAdapter("src", config, AdapterContext(Bus(), "gw"))
+    for payload in (b'{"ZN_T": 21.5}', b'{"ZN_T_SP": 22, "fan": {"on": true}}', b'{"x": 1}'):
+        message = paho.MQTTMessage(topic=b"plant/ahu1")
+        message.payload = payload
+        mqtt._on_message(mqtt._client, None, message)  # type: ignore[arg-type]
+    assert mqtt.status()["bad_payloads"] == 1 and mqtt.status()["received"] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "MQTT src: bad payload on 'plant/ahu1': JSON without any of the keys"
+        " 'ZN_T', 'ZN_T_SP', 'fan.on'"
+    ]

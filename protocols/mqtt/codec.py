@@ -493,12 +493,28 @@ def _source_time(topic: str, data: Mapping[str, object], key: str) -> float | No
     return ts
 
 
+class _Missing(PayloadError):
+    """The payload does not carry this point (a JSON key, a SenML record): a partial update."""
+
+    def __init__(self, topic: str, reason: str, many: str, name: str) -> None:
+        super().__init__(topic, reason)
+        self.many = many  # the reason when several are missing, before their names
+        self.name = name
+
+
 def _dig(topic: str, data: object, field: str) -> object:
     for key in field.split("."):
         if not isinstance(data, dict) or key not in data:
-            raise PayloadError(topic, f"JSON without the key {field!r}")
+            raise _Missing(
+                topic, f"JSON without the key {field!r}", "JSON without any of the keys", field
+            )
         data = data[key]
     return data
+
+
+def _quoted(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
 class PointDecoder:
@@ -536,16 +552,22 @@ class PointDecoder:
         """Samples for the points this payload fills, and why the others could not be read.
 
         A point whose value is missing or unreadable is not published (it keeps its last
-        value): one malformed payload says nothing about the device's health."""
+        value): one malformed payload says nothing about the device's health. A payload that
+        carries only some of the points (a device publishing what changed) is a partial update,
+        not an error; one that carries none of them is one error naming what it lacks."""
         points = self.points_for(topic)
         received = time.time() if received is None else received
         samples: list[Sample] = []
         errors: list[PayloadError] = []
+        missing: list[_Missing] = []
         parsed: dict[str, object] = {}
         for p in points:
             try:
                 value, ts, unit = self._read(topic, payload, p, parsed)
                 value = convert(value, p.datatype)
+            except _Missing as exc:
+                missing.append(exc)
+                continue
             except PayloadError as exc:
                 errors.append(exc)
                 continue
@@ -555,6 +577,11 @@ class PointDecoder:
             samples.append(
                 Sample(p.name, value, _GOOD, received if ts is None else ts, received, unit)
             )
+        if missing and not samples and not errors:  # nothing of ours in it: a bad payload
+            names = list(dict.fromkeys(m.name for m in missing))
+            first = missing[0]
+            reason = first.reason if len(names) == 1 else f"{first.many} {_quoted(names)}"
+            errors.append(PayloadError(topic, reason))
         return samples, errors
 
     def _read(
@@ -576,7 +603,12 @@ class PointDecoder:
             else:
                 found = [r for r in records if r[0] == p.senml_name]
                 if not found:
-                    raise PayloadError(topic, f"no SenML record named {p.senml_name!r}")
+                    raise _Missing(
+                        topic,
+                        f"no SenML record named {p.senml_name!r}",
+                        "no SenML record named any of",
+                        p.senml_name,
+                    )
                 record = found[-1]  # the latest of a series
             # The declared unit wins: SenML's unit names ("Cel") are not pint's ("degC").
             _name, value, ts, _unit = record
