@@ -30,7 +30,8 @@ class TranslateConfig(Strict):
     review_topic: str = Field(
         "translator/review",
         pattern=r"^[^#+]+$",
-        description="auto: bus topic prefix for points below the threshold ({topic}/{device})",
+        description="auto: topic prefix for points below the threshold ({topic}/{device}): on"
+        " the bus, and on the broker of an MQTT target (once per point, with suggestions)",
     )
     examples: str | None = Field(
         None,
