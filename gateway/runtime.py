@@ -168,9 +168,11 @@ class Gateway:
         log.info("gateway %s stopped", self.config.gateway.name)
 
     def summary(self) -> str:
-        """One line for the log: what is connected, what flowed, what was dropped."""
-        adapters = [a.status() for a in self.adapters.values()]
-        down = [n for n, a in self.adapters.items() if a.status().get("connected") is False]
+        """One line for the log: what is connected, what flowed, what was dropped; the anomaly
+        scorers' alarms and each uplink optimizer's policy where they are configured."""
+        statuses = {n: a.status() for n, a in self.adapters.items()}
+        adapters = list(statuses.values())
+        down = [n for n, a in statuses.items() if a.get("connected") is False]
         bridges = [b.status() for b in self.bridges]
         text = (
             f"{len(adapters) - len(down)}/{len(adapters)} connected, "
@@ -181,6 +183,19 @@ class Gateway:
         )
         if down:
             text += f"; down: {', '.join(down[:10])}" + (" ..." if len(down) > 10 else "")
+        scored = [b["anomaly"] for b in bridges if b.get("anomaly")]
+        if scored:
+            active = sorted({d for a in scored for d in a["active"]})
+            alarms = counted(sum(a["alarms"] for a in scored), "alarm")
+            which = f" ({', '.join(active[:3])}{' ...' if len(active) > 3 else ''})"
+            calibrating = sum(len(a["calibrating"]) for a in scored)
+            text += f"; anomaly: {alarms}, {len(active)} active{which if active else ''}, "
+            text += f"{calibrating} calibrating"
+        for name, status in statuses.items():
+            opt = status.get("optimizer")
+            if opt:
+                decisions = counted(opt["decisions"], "decision")
+                text += f"; optimizer {name}: {opt['in_force']}, {decisions}"
         return text
 
     async def _report(self, interval: float) -> None:

@@ -2,6 +2,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_for
@@ -502,3 +503,67 @@ async def test_a_disabled_device_and_bridge_are_not_started(
         "gateway protocol-brain running: 2 adapters, 1 bridge; not started (enabled: false): "
         "spare, bridge spare-up"
     ) in caplog.messages
+
+
+def _uplink_file(tmp_path: Path, model: str) -> Path:
+    """A Modbus device bridged to a batching MQTT endpoint (neither answers: port 1)."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "devices:\n"
+        "  pump: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
+        "endpoints:\n"
+        "  cloud: {protocol: mqtt, host: 127.0.0.1, port: 1, outbox: {drain_order: strict},"
+        f" optimizer: {{model: '{model}'}}}}\n"
+        "  plain: {protocol: mqtt, host: 127.0.0.1, port: 1}\n"
+        "bridges:\n"
+        "  - {name: up, from: pump, to: cloud, topic: 'x/{point}'}\n"
+        "  - {name: copy, from: pump, to: plain, topic: 'y/{point}'}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("model", "in_force", "short"),
+    [
+        ("heuristic", "heuristic", "heuristic"),
+        ("builtin", "builtin policy", "builtin"),
+        ("bad.onnx", "heuristic (fallback: ", "heuristic (fallback)"),
+    ],
+)
+async def test_the_optimizer_in_force_is_logged_at_start_and_in_the_status_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, model: str, in_force: str, short: str
+) -> None:
+    from gateway.config import load_config
+
+    caplog.set_level("INFO")
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    (tmp_path / "bad.json").write_text("{}")
+    gw = runtime.Gateway(load_config(_uplink_file(tmp_path, model)))
+    async with gw.adapters["cloud"], gw.adapters["plain"]:
+        started = [m for m in caplog.messages if "uplink optimizer:" in m]
+        assert len(started) == 1 and started[0].startswith(
+            f"MQTT cloud: uplink optimizer: {in_force}"
+        )
+        if model == "bad.onnx":
+            assert "bad.onnx: trained for other features or action tables" in started[0]
+        line = gw.summary()
+    assert line.endswith(f"; optimizer cloud: {short}, 0 decisions"), line
+    assert "anomaly" not in line and "optimizer plain" not in line
+
+
+async def test_the_status_line_counts_the_anomaly_alarms(tmp_path: Path) -> None:
+    from gateway.config import load_config
+
+    gw = runtime.Gateway(load_config(_uplink_file(tmp_path, "off")))
+    scored = [
+        {"alarms": 3, "active": ["pump"], "calibrating": ["fan"], "restored": []},
+        {"alarms": 1, "active": ["pump", "oven"], "calibrating": [], "restored": []},
+    ]
+    for bridge, anomaly in zip(gw.bridges, scored, strict=True):
+        status = bridge.status
+
+        def with_anomaly(status: Any = status, anomaly: Any = anomaly) -> dict[str, Any]:
+            return {**status(), "anomaly": anomaly}  # Bridge.status() with an anomaly stage
+
+        bridge.status = with_anomaly  # type: ignore[method-assign]
+    assert "; anomaly: 4 alarms, 2 active (oven, pump), 1 calibrating" in gw.summary()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,11 @@ class UplinkOptimizer:
     ) -> None:
         self.config = config
         self.clock = clock
+        #: which policy decides, for the start-up log: "builtin policy", "heuristic",
+        #: "heuristic (fallback: <why the model was not loaded>)"
+        self.in_force = ""
+        #: the same in a word or two, for status() and the periodic status line
+        self.label = ""
         self.policy = self._load(config, name)
         self.decision: Decision = IMMEDIATE
         self.stats = LinkStats()
@@ -48,12 +54,11 @@ class UplinkOptimizer:
         self.decide_seconds = 0.0
         self.batches: collections.deque[tuple[float, int]] = collections.deque(maxlen=10_000)
 
-    @staticmethod
-    def _load(config: OptimizerConfig, name: str) -> Policy:
+    def _load(self, config: OptimizerConfig, name: str) -> Policy:
         from gateway.optimizer.policy import PolicyError, load_policy
 
         try:
-            return load_policy(config.model)
+            policy = load_policy(config.model)
         except PolicyError as exc:
             fallback: Policy = (
                 AimdPolicy()
@@ -67,7 +72,16 @@ class UplinkOptimizer:
                 exc,
                 fallback.name,
             )
+            self.in_force = f"{config.fallback} (fallback: {exc})"
+            self.label = f"{config.fallback} (fallback)"
             return fallback
+        if config.model in ("builtin", "heuristic", "off"):
+            self.label = config.model
+            self.in_force = "builtin policy" if config.model == "builtin" else config.model
+        else:
+            self.label = os.path.basename(config.model)
+            self.in_force = f"policy {config.model}"
+        return policy
 
     # --- what the uplink reports ----------------------------------------------------------------
 
@@ -143,6 +157,7 @@ class UplinkOptimizer:
         recent = [n for _, n in list(self.batches)[-200:]]
         return {
             "policy": self.policy.name,
+            "in_force": self.label,
             "decision": self.decision.as_dict(),
             "decisions": self.decisions,
             "decide_ms_mean": round(1000 * self.decide_seconds / max(1, self.decisions), 4),

@@ -447,6 +447,7 @@ class MqttAdapter(Adapter):
             self._drops_logged = self._store.total_dropped
             if cfg.optimizer is not None and self._opt is None:
                 self._opt = UplinkOptimizer(cfg.optimizer, name=self.name)
+                log.info("MQTT %s: uplink optimizer: %s", self.name, self._opt.in_force)
                 self._batch_topic = cfg.optimizer.batch_topic.format(
                     gateway=codec.escape_level(self.gateway)
                 )
