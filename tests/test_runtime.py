@@ -506,19 +506,16 @@ async def test_a_disabled_device_and_bridge_are_not_started(
 
 
 def _uplink_file(tmp_path: Path, model: str) -> Path:
-    """A Modbus device bridged to a batching MQTT endpoint (neither answers: port 1)."""
-    path = tmp_path / "gw.yaml"
-    path.write_text(
-        "devices:\n"
-        "  pump: {protocol: modbus, host: 127.0.0.1, port: 1, points: [{name: t, address: 0}]}\n"
-        "endpoints:\n"
-        "  cloud: {protocol: mqtt, host: 127.0.0.1, port: 1, outbox: {drain_order: strict},"
+    """`_bridge_file` with a batching endpoint ``cloud`` and a plain one beside it."""
+    path = _bridge_file(tmp_path, "qos: 1")
+    text = path.read_text().replace(
+        "broker: {protocol: mqtt, host: 127.0.0.1, port: 1}",
+        "cloud: {protocol: mqtt, host: 127.0.0.1, port: 1, outbox: {drain_order: strict},"
         f" optimizer: {{model: '{model}'}}}}\n"
-        "  plain: {protocol: mqtt, host: 127.0.0.1, port: 1}\n"
-        "bridges:\n"
-        "  - {name: up, from: pump, to: cloud, topic: 'x/{point}'}\n"
-        "  - {name: copy, from: pump, to: plain, topic: 'y/{point}'}\n"
+        "  plain: {protocol: mqtt, host: 127.0.0.1, port: 1}",
     )
+    text = text.replace("to: broker", "to: cloud")
+    path.write_text(text + "  - {name: copy, from: pump, to: plain, topic: 'y/{point}'}\n")
     return path
 
 
