@@ -794,14 +794,12 @@ def test_the_schema_knows_enabled(registry: Registry) -> None:
 SUBSCRIBED = "  site: {protocol: mqtt, host: h, subscriptions: [{topic: 'site/#'}]}\n"
 
 
-@pytest.mark.parametrize("points", ["", ", points: ['AHU*']"])
-def test_a_source_with_subscriptions_has_no_static_list_to_check_globs_against(
-    registry: Registry, points: str
-) -> None:
-    """Its points are found at run time (each key of each received payload)."""
-    text = f"{BROKER}{SUBSCRIBED}bridges:\n  - {{name: up, from: site, to: broker{points}}}\n"
-    config = load_config_text(text, "gw.yaml", registry)
-    assert [(b.name, b.sources) for b in config.bridges] == [("up", ("site",))]
+def test_a_source_with_only_subscriptions_is_not_a_bridge_source(registry: Registry) -> None:
+    """Its messages go on the bus as mqtt/<endpoint>/<topic>; bridges carry telemetry points."""
+    text = f"{BROKER}{SUBSCRIBED}bridges:\n  - {{name: up, from: site, to: broker}}\n"
+    p = only_problem(text, registry)
+    assert (p.dotted, p.found) == ("bridges[0].from", "site, which declares no points")
+    assert "subscriptions: go on the bus as mqtt/<endpoint>/<topic>, not to bridges" in p.expected
 
 
 def test_a_source_without_points_or_subscriptions_still_selects_nothing(
@@ -809,7 +807,7 @@ def test_a_source_without_points_or_subscriptions_still_selects_nothing(
 ) -> None:
     text = f"{BROKER}  empty: {{protocol: mqtt, host: h}}\nbridges:\n  - {{name: up, from: empty, to: broker}}\n"
     p = only_problem(text, registry)
-    assert (p.dotted, p.found) == ("bridges[0].points[0]", "'*', which matches no point of empty")
+    assert (p.dotted, p.found) == ("bridges[0].from", "empty, which declares no points")
 
 
 PUMP_SP = (
@@ -853,13 +851,5 @@ def test_anomaly_globs_see_translated_and_computed_names(registry: Registry, ext
     text = (
         f"devices:\n{PUMP_SP}{BROKER}bridges:\n"
         f"  - {{name: up, from: pump, to: broker, points: ['temp', 'speed*'], {extra}}}\n"
-    )
-    assert load_config_text(text, "gw.yaml", registry).bridges[0].anomaly is not None
-
-
-def test_anomaly_globs_of_a_subscribed_source_are_not_checked(registry: Registry) -> None:
-    text = (
-        f"{BROKER}{SUBSCRIBED}bridges:\n"
-        "  - {name: up, from: site, to: broker, anomaly: {points: ['nomatch*']}}\n"
     )
     assert load_config_text(text, "gw.yaml", registry).bridges[0].anomaly is not None

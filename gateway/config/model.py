@@ -923,6 +923,16 @@ class _Loader:
         if known is None:  # a source without a point list (an MQTT subscription): unknowable
             return self.units(path, units, [])
         names = list(dict.fromkeys(p.name for p in known))
+        if not names:
+            self.report(
+                (*path, "from"),
+                f"{', '.join(sources)}, which {'declare' if len(sources) > 1 else 'declares'}"
+                " no points",
+                "a source with points: (a bridge carries a device's points; an MQTT endpoint's"
+                " subscriptions: go on the bus as mqtt/<endpoint>/<topic>, not to bridges: give"
+                " it points: with a topic, and a field for a JSON key)",
+            )
+            return self.units(path, units, []) and False
         ok = self.globs((*path, "points"), points, names, f"of {', '.join(sources)}")
         selected = [p for p in known if any(fnmatch.fnmatchcase(p.name, g) for g in points)]
         chosen = list(dict.fromkeys(p.name for p in selected))
@@ -978,15 +988,14 @@ class _Loader:
         return self.globs((*where, "exclude"), options.exclude, names, whose) and ok
 
     def points_of(self, sources: tuple[str, ...]) -> list[_Point] | None:
-        """The points of all ``sources``, or None if one of them has no complete point list
-        (none, or points found at run time from ``subscriptions``, as an MQTT endpoint's)."""
+        """The points of all ``sources``, or None if one of them has no point list. An MQTT
+        endpoint's ``subscriptions`` do not count: they go on the bus as ``mqtt/<name>/<topic>``,
+        which bridges do not carry."""
         out: list[_Point] = []
         for source in sources:
             entry = self.declared[source].entry
             points = getattr(entry.config, "points", None) if entry is not None else None
             if entry is None or not isinstance(points, list | tuple):
-                return None
-            if getattr(entry.config, "subscriptions", None):
                 return None
             for i, p in enumerate(points):
                 name, unit = getattr(p, "name", None), getattr(p, "unit", None)
