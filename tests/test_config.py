@@ -802,6 +802,41 @@ def test_a_source_with_only_subscriptions_is_not_a_bridge_source(registry: Regis
     assert "subscriptions: go on the bus as mqtt/<endpoint>/<topic>, not to bridges" in p.expected
 
 
+def test_the_refusal_names_the_keys_option(registry: Registry) -> None:
+    text = f"{BROKER}{SUBSCRIBED}bridges:\n  - {{name: up, from: site, to: broker}}\n"
+    assert "a subscription with points: keys" in only_problem(text, registry).expected
+
+
+KEYED = "  site: {protocol: mqtt, host: h, subscriptions: [{topic: 'site/#', points: keys}]}\n"
+
+
+def test_a_source_with_a_keys_subscription_is_a_bridge_source(registry: Registry) -> None:
+    """Its points are JSON keys named at run time: globs (the bridge's, its units', its
+    anomaly scorer's) cannot be checked against them, so none is refused."""
+    text = (
+        f"{BROKER}{KEYED}bridges:\n"
+        "  - name: up\n    from: site\n    to: broker\n    points: ['AHU*']\n"
+        "    units: {'*_T': degC}\n    anomaly: {points: ['*_SAT'], exclude: ['*_SP']}\n"
+    )
+    config = load_config_text(text, "gw.yaml", registry)
+    (bridge,) = config.bridges
+    assert (bridge.sources, bridge.points) == (("site",), ("AHU*",))
+    site = config.devices["site"].config
+    assert isinstance(site, MqttEndpoint) and site.points_at_run_time
+    (sub,) = site.subscriptions
+    assert sub.points == "keys"
+
+
+def test_points_keys_reads_json_only(registry: Registry) -> None:
+    text = (
+        "endpoints:\n  site: {protocol: mqtt, host: h, subscriptions:"
+        " [{topic: 'site/#', points: keys, payload: text}]}\n"
+    )
+    p = only_problem(text, registry)
+    assert p.dotted.startswith("endpoints.site.subscriptions[0]")
+    assert "points: keys reads JSON payloads" in f"{p.found} {p.expected}"
+
+
 def test_a_source_without_points_or_subscriptions_still_selects_nothing(
     registry: Registry,
 ) -> None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 
 from gateway.types import Message, MessageKind, Quality, Sample
 from protocols.mqtt.codec import (
+    KeyDecoder,
     PayloadError,
     TopicError,
     decode,
     decode_sample,
     encode,
     escape_level,
+    flatten,
     format_ts,
     json_value,
     render_topic,
@@ -333,3 +336,88 @@ def test_our_sample_payload_reads_back_whole() -> None:
     assert (odd.quality, odd.source_ts, odd.unit) == (Quality.UNCERTAIN, 5.0, None)
     plain = decode_sample("t", b"3", "json", received=5.0)
     assert (plain.value, plain.quality, plain.source_ts) == (3, Quality.GOOD, 5.0)
+
+
+# -- points: keys --------------------------------------------------------------------------------
+
+
+def keyed(payload: object, topic: str = "plant/ahu1", **kw: Any) -> tuple[dict[str, object], str]:
+    """What a keys decoder makes of one JSON payload: {point: value}, and its error text."""
+    decoder = kw.pop("decoder", None) or KeyDecoder(["plant/#"], **kw)
+    samples, errors = decoder.decode(topic, json.dumps(payload).encode(), 5.0)
+    assert len(errors) <= 1
+    return {s.point: s.value for s in samples}, str(errors[0]) if errors else ""
+
+
+def test_flatten_dots_nested_keys_and_skips_arrays_and_nulls() -> None:
+    data = {"a": 1, "b": {"c": True, "d": {"e": "on"}, "f": [1, 2]}, "g": None, "h": 2.5}
+    assert list(flatten(data)) == [("a", 1), ("b.c", True), ("b.d.e", "on"), ("h", 2.5)]
+
+
+def test_keys_of_an_object_are_points_stamped_by_its_own_time() -> None:
+    decoder = KeyDecoder(["plant/#"])
+    payload = b'{"AHU1_SAT": 21.6, "fan": {"on": true, "mode": "auto"}, "ts": "' + TS_ISO.encode()
+    samples, errors = decoder.decode("plant/ahu1", payload + b'"}', 5.0)
+    assert errors == []
+    assert [(s.point, s.value) for s in samples] == [
+        ("AHU1_SAT", 21.6),
+        ("fan.on", True),
+        ("fan.mode", "auto"),
+    ]
+    assert {(s.source_ts, s.gateway_ts, s.quality) for s in samples} == {(TS, 5.0, Quality.GOOD)}
+    # without ts, time is the timestamp; without either, the time it was received
+    assert keyed({"x": 1, "time": 1714564800})[0] == {"x": 1}
+    samples, _ = decoder.decode("plant/ahu1", b'{"x": 1}', 5.0)
+    assert samples[0].source_ts == 5.0
+
+
+def test_a_bare_value_is_named_by_the_topics_last_level() -> None:
+    assert keyed(21.5, "plant/ahu1/SAT") == ({"SAT": 21.5}, "")
+    assert keyed("on", "plant/pump") == ({"pump": "on"}, "")
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ([1, 2], "no number, bool or string in it"),
+        (None, "no number, bool or string in it"),
+        ({"a": None, "b": []}, "no number, bool or string in it"),
+        ({"ts": TS_ISO}, "no number, bool or string in it"),
+    ],
+)
+def test_a_payload_with_nothing_to_read_is_bad(payload: object, reason: str) -> None:
+    assert keyed(payload) == ({}, f"bad payload on 'plant/ahu1': {reason}")
+
+
+def test_keys_that_are_not_point_names_are_skipped_with_one_error() -> None:
+    values, error = keyed({"ok": 1, "a b": 2, "$x": 3, "c": {"d/e": 4}})
+    assert values == {"ok": 1}
+    assert error == (
+        "bad payload on 'plant/ahu1': keys that are not point names skipped: 'a b', '$x', 'c.d/e'"
+    )
+    assert keyed(5, "plant/a b") == (
+        {},
+        "bad payload on 'plant/a b': keys that are not point names skipped: 'a b'",
+    )
+
+
+def test_declared_points_keep_their_names() -> None:
+    assert keyed({"AHU1_SAT": 1, "new": 2}, reserved={"AHU1_SAT"}) == ({"new": 2}, "")
+    assert keyed({"AHU1_SAT": 1}, reserved={"AHU1_SAT"}) == ({}, "")
+
+
+def test_new_names_past_the_limit_are_dropped_known_ones_flow() -> None:
+    decoder = KeyDecoder(["plant/#"], limit=2)
+    assert keyed({"a": 1, "b": 2}, decoder=decoder) == ({"a": 1, "b": 2}, "")
+    values, error = keyed({"a": 3, "c": 4, "d": 5}, decoder=decoder)
+    assert values == {"a": 3}
+    assert error.endswith("2 distinct point names already, new keys dropped: 'c', 'd'")
+    assert decoder.names == {"a", "b"}
+
+
+def test_keys_payload_errors() -> None:
+    decoder = KeyDecoder(["plant/#"])
+    assert decoder.matches("plant/ahu1") and not decoder.matches("site/ahu1")
+    for payload, why in [(b"{", "invalid JSON"), (b"\xff", "not UTF-8"), (b'{"ts": 1e15}', "ts")]:
+        samples, (error,) = decoder.decode("plant/ahu1", payload, 5.0)
+        assert samples == [] and why in str(error)

@@ -403,3 +403,49 @@ def test_a_partial_update_is_good_and_only_a_payload_with_none_of_the_keys_is_ba
         "MQTT src: bad payload on 'plant/ahu1': JSON without any of the keys"
         " 'ZN_T', 'ZN_T_SP', 'fan.on'"
     ]
+
+
+def test_a_keys_subscription_is_telemetry_beside_declared_points(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``points: keys``: each JSON payload is one telemetry message of the endpoint (what
+    bridges carry), one sample per key; a declared point on the same topic keeps its name and
+    reads as before; a key that is not a point name is one bad payload."""
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+
+    config = MqttEndpoint.model_validate(
+        {
+            "host": HOST,
+            "points": [{"name": "ZN_T", "topic": "plant/ahu1", "field": "zone.t"}],
+            "subscriptions": [{"topic": "plant/#", "points": "keys"}, {"topic": "raw/#"}],
+        }
+    )
+    assert config.points_at_run_time
+    bus = Bus()
+    mqtt = MqttAdapter("src", config, AdapterContext(bus, "gw"))
+    seen = bus.subscribe("#")
+    for topic, payload in [
+        (b"plant/ahu1", b'{"AHU1_SAT": 21.6, "zone": {"t": 22}, "ZN_T": 9, "bad key": 1}'),
+        (b"raw/x", b"7"),
+    ]:
+        message = paho.MQTTMessage(topic=topic)
+        message.payload = payload
+        mqtt._on_message(mqtt._client, None, message)  # type: ignore[arg-type]
+    got = []
+    while (m := seen.get_nowait()) is not None:
+        got.append((m.topic, [(s.point, s.value) for s in m.samples]))
+    assert got == [
+        ("telemetry/src", [("ZN_T", 22.0)]),  # the declared point, as today
+        ("telemetry/src", [("AHU1_SAT", 21.6), ("zone.t", 22)]),  # ZN_T is the point's name
+        ("mqtt/src/raw/x", [("raw/x", 7)]),  # a plain subscription, as today
+    ]
+    assert mqtt.status()["bad_payloads"] == 1
+    assert "keys that are not point names skipped: 'bad key'" in caplog.text
+
+
+def test_points_keys_goes_with_json_payloads() -> None:
+    with pytest.raises(ValidationError, match="points: keys reads JSON payloads"):
+        MqttEndpoint.model_validate(
+            {"host": HOST, "subscriptions": [{"topic": "a/#", "points": "keys", "payload": "raw"}]}
+        )

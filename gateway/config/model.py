@@ -920,7 +920,7 @@ class _Loader:
     ) -> bool:
         """Point globs that select nothing, and units that cannot apply to what they select."""
         known = self.points_of(sources)
-        if known is None:  # a source without a point list (an MQTT subscription): unknowable
+        if known is None:  # points named at run time (MQTT points: keys): unknowable
             return self.units(path, units, [])
         names = list(dict.fromkeys(p.name for p in known))
         if not names:
@@ -930,7 +930,8 @@ class _Loader:
                 " no points",
                 "a source with points: (a bridge carries a device's points; an MQTT endpoint's"
                 " subscriptions: go on the bus as mqtt/<endpoint>/<topic>, not to bridges: give"
-                " it points: with a topic, and a field for a JSON key)",
+                " it points: with a topic, and a field for a JSON key, or a subscription with"
+                " points: keys, whose JSON keys become points at run time)",
             )
             return self.units(path, units, []) and False
         ok = self.globs((*path, "points"), points, names, f"of {', '.join(sources)}")
@@ -988,14 +989,17 @@ class _Loader:
         return self.globs((*where, "exclude"), options.exclude, names, whose) and ok
 
     def points_of(self, sources: tuple[str, ...]) -> list[_Point] | None:
-        """The points of all ``sources``, or None if one of them has no point list. An MQTT
-        endpoint's ``subscriptions`` do not count: they go on the bus as ``mqtt/<name>/<topic>``,
-        which bridges do not carry."""
+        """The points of all ``sources``, or None if one of them has no point list or names
+        points only at run time (``points_at_run_time``: an MQTT subscription with ``points:
+        keys``). An MQTT endpoint's other ``subscriptions`` do not count: they go on the bus as
+        ``mqtt/<name>/<topic>``, which bridges do not carry."""
         out: list[_Point] = []
         for source in sources:
             entry = self.declared[source].entry
             points = getattr(entry.config, "points", None) if entry is not None else None
             if entry is None or not isinstance(points, list | tuple):
+                return None
+            if getattr(entry.config, "points_at_run_time", False) is True:
                 return None
             for i, p in enumerate(points):
                 name, unit = getattr(p, "name", None), getattr(p, "unit", None)

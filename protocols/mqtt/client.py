@@ -344,6 +344,9 @@ class MqttAdapter(Adapter):
     subscribe_timeout: float = 10.0
     #: at most one warning per this many seconds about undecodable payloads
     bad_payload_log_interval: float = 10.0
+    #: distinct point names ``points: keys`` subscriptions may create; new keys past it are
+    #: dropped (counted as bad payloads) so that a broker cannot grow memory without limit
+    max_key_points: int = 10_000
 
     def __init__(self, name: str, config: MqttEndpoint, context: AdapterContext) -> None:
         super().__init__(name, config, context)
@@ -391,6 +394,11 @@ class MqttAdapter(Adapter):
         self._payload_modes: dict[str, str] = {}
         self._points = codec.PointDecoder(list(config.points), name)
         self._point_by_name = {p.name: p for p in config.points}
+        self._keys = codec.KeyDecoder(
+            [s.topic for s in config.subscriptions if s.points == "keys"],
+            limit=self.max_key_points,
+            reserved=self._point_by_name,
+        )
         self._write_futs: dict[int, asyncio.Future[None]] = {}
         self._points_bad = False  # bad samples published for this outage already
         self._last_bad_log = 0.0
@@ -1422,15 +1430,20 @@ class MqttAdapter(Adapter):
             self._bad_payload(exc, unexpected=True)
 
     def _read_message(self, msg: paho.MQTTMessage) -> None:
+        """Declared points and ``points: keys`` subscriptions become the endpoint's telemetry
+        (both, when a topic has both); other subscriptions one sample on mqtt/<name>/<topic>."""
         topic = msg.topic
-        if self._points.points and self._points.points_for(topic):
-            samples, errors = self._points.decode(topic, bytes(msg.payload))
+        decoders = [d for d in (self._points, self._keys) if self._takes(d, topic)]
+        for decoder in decoders:
+            samples, errors = decoder.decode(topic, bytes(msg.payload))
             if errors:
                 self._bad_payload(errors[0])
             if samples:
                 self.bus.publish_nowait(Message.telemetry(self.name, tuple(samples)))
-            if not any(topic_matches(s.topic, topic) for s in self.config.subscriptions):
-                return
+        if decoders and not any(
+            s.points is None and topic_matches(s.topic, topic) for s in self.config.subscriptions
+        ):
+            return
         try:
             sample = codec.decode_sample(
                 topic,
@@ -1452,12 +1465,18 @@ class MqttAdapter(Adapter):
             )
         )
 
+    @staticmethod
+    def _takes(decoder: codec.PointDecoder | codec.KeyDecoder, topic: str) -> bool:
+        if isinstance(decoder, codec.KeyDecoder):
+            return bool(decoder.filters) and decoder.matches(topic)
+        return bool(decoder.points) and bool(decoder.points_for(topic))
+
     def _payload_mode(self, topic: str) -> str:
         mode = self._payload_modes.get(topic)
         if mode is None:
             mode = "json"
             for sub in self.config.subscriptions:
-                if topic_matches(sub.topic, topic):
+                if sub.points is None and topic_matches(sub.topic, topic):
                     mode = sub.payload
                     break
             if len(self._payload_modes) >= 10_000:  # topics come from the broker: stay bounded

@@ -43,21 +43,24 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import unquote
 
 from gateway.types import Message, Quality, Sample, Value
-from protocols.mqtt.config import MqttPoint, MqttRoute
+from protocols.mqtt.config import NAME_PATTERN, MqttPoint, MqttRoute
 
 __all__ = [
+    "KeyDecoder",
     "PayloadError",
     "PointDecoder",
     "TopicError",
     "decode",
     "encode",
     "escape_level",
+    "flatten",
     "format_ts",
     "json_value",
     "render_topic",
@@ -625,3 +628,94 @@ class PointDecoder:
         if not isinstance(data, _SCALARS) or data is None:
             raise PayloadError(topic, f"point {p.name}: {data!r} is not a scalar value")
         return data, ts, p.unit
+
+
+# --- keys (a subscription with points: keys) ----------------------------------------------------
+
+_POINT_NAME = re.compile(NAME_PATTERN)
+
+
+def flatten(data: Mapping[str, object], prefix: str = "") -> Iterator[tuple[str, Value]]:
+    """The scalars of a JSON object by dotted key: ``{"a": {"b": 1}}`` gives ``("a.b", 1)``.
+    Numbers, bools and strings only: arrays and nulls are skipped."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from flatten(value, f"{name}.")
+        elif isinstance(value, (bool, int, float, str)):
+            yield name, value
+
+
+class KeyDecoder:
+    """Payloads on ``points: keys`` subscriptions as samples, one per key. Sans-IO.
+
+    A JSON object gives a sample per number, bool or string (`flatten`: nested keys dotted,
+    arrays and nulls skipped), named by its key; a bare JSON value gives one sample named by the
+    topic's last level. A top-level ``ts`` (or, without one, ``time``) that reads as a time
+    (`parse_time`) is the samples' source timestamp and not a point, as for declared points.
+
+    Skipped, and reported as one `PayloadError` per payload: names that are not point names
+    (``NAME_PATTERN``), and new names past ``limit`` distinct ones (names come from the
+    broker: memory stays bounded; names already seen keep flowing). Names in ``reserved`` (the
+    endpoint's declared points, which read their own fields) are skipped quietly.
+    """
+
+    def __init__(
+        self, filters: Collection[str], *, limit: int = 10_000, reserved: Collection[str] = ()
+    ) -> None:
+        self.filters = list(filters)
+        self.limit = limit
+        self.reserved = frozenset(reserved)
+        self.names: set[str] = set()  # distinct names published so far, at most `limit`
+
+    def matches(self, topic: str) -> bool:
+        from gateway.bus import topic_matches
+
+        return any(topic_matches(f, topic) for f in self.filters)
+
+    def decode(
+        self, topic: str, payload: bytes, received: float | None = None
+    ) -> tuple[list[Sample], list[PayloadError]]:
+        """Samples of the keys this payload carries, and at most one error: why it could not
+        be read (not JSON, an absurd time), what was skipped, or that it carries nothing."""
+        received = time.time() if received is None else received
+        ts: float | None = None
+        try:
+            data = _json(topic, payload)
+            if isinstance(data, dict):
+                key = "ts" if "ts" in data else "time"
+                ts = _source_time(topic, data, key)
+        except PayloadError as exc:
+            return [], [exc]
+        if isinstance(data, dict):
+            items = dict(flatten({k: v for k, v in data.items() if ts is None or k != key}))
+        elif isinstance(data, (bool, int, float, str)):
+            items = {topic.rsplit("/", 1)[-1]: data}
+        else:
+            items = {}
+        stamp = received if ts is None else ts
+        samples: list[Sample] = []
+        bad: list[str] = []
+        over: list[str] = []
+        for name, value in items.items():
+            if name in self.reserved:
+                continue
+            if name not in self.names:
+                if not _POINT_NAME.match(name):
+                    bad.append(name)
+                    continue
+                if len(self.names) >= self.limit:
+                    over.append(name)
+                    continue
+                self.names.add(name)
+            samples.append(Sample(name, value, _GOOD, stamp, received))
+        reasons = []
+        if bad:
+            reasons.append(f"keys that are not point names skipped: {_quoted(bad)}")
+        if over:
+            reasons.append(
+                f"{self.limit} distinct point names already, new keys dropped: {_quoted(over)}"
+            )
+        if not reasons and not samples and not (items.keys() & self.reserved):
+            reasons.append("no number, bool or string in it")
+        return samples, [PayloadError(topic, "; ".join(reasons))] if reasons else []

@@ -77,11 +77,25 @@ class Tls(Strict):
 
 
 class Subscription(Strict):
-    """A topic the gateway subscribes to; each message becomes a bus message."""
+    """A topic the gateway subscribes to; each message becomes a bus message.
+
+    By default a message is one sample named after its topic on the bus topic
+    ``mqtt/<endpoint>/<topic>``, which bridges do not carry. With ``points: keys`` each JSON
+    payload is instead one telemetry message of the endpoint (``telemetry/<endpoint>``, what
+    bridges carry): one point per key, named by the key (`codec.KeyDecoder`)."""
 
     topic: str = Field(min_length=1)
     qos: Literal[0, 1, 2] = 1
     payload: Literal["json", "text", "raw"] = "json"
+    points: Literal["keys"] | None = Field(
+        None,
+        description=(
+            "keys: every number, bool or string of a JSON object is a point of the endpoint"
+            " named by its key (nested keys dotted, a bare value named by the topic's last"
+            " level), published as the endpoint's telemetry, which bridges carry; null: the"
+            " message is one sample on mqtt/<endpoint>/<topic>"
+        ),
+    )
 
     @field_validator("topic")
     @classmethod
@@ -90,6 +104,12 @@ class Subscription(Strict):
 
         validate_pattern(v)
         return v
+
+    @model_validator(mode="after")
+    def _keys_are_json(self) -> Subscription:
+        if self.points == "keys" and self.payload != "json":
+            raise ValueError("points: keys reads JSON payloads: drop payload or set it to json")
+        return self
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -247,6 +267,11 @@ class MqttEndpoint(Strict):
         if fields - {"gateway"}:
             raise ValueError("status_topic may only use {gateway}")
         return v
+
+    @property
+    def points_at_run_time(self) -> bool:
+        """A ``points: keys`` subscription names points only when payloads arrive."""
+        return any(s.points == "keys" for s in self.subscriptions)
 
     @property
     def effective_port(self) -> int:
