@@ -449,3 +449,51 @@ def test_points_keys_goes_with_json_payloads() -> None:
         MqttEndpoint.model_validate(
             {"host": HOST, "subscriptions": [{"topic": "a/#", "points": "keys", "payload": "raw"}]}
         )
+
+
+async def test_points_learned_from_keys_go_bad_with_the_broker_and_after_a_crash(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """A consumer must not keep a learned key's last value as Good when it is no longer
+    current: broker lost (once per outage) and run() crashed (the runtime's points_lost)."""
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+
+    config = MqttEndpoint.model_validate(
+        {
+            "host": mosquitto.host,
+            "port": mosquitto.port,
+            "outbox": None,
+            "reconnect": {"initial": 0.05, "max": 0.2},
+            "subscriptions": [{"topic": "plant/#", "points": "keys"}],
+        }
+    )
+    bus = Bus()
+    seen = bus.subscribe("telemetry/src", maxsize=100, name="test")
+    async with MqttAdapter("src", config, AdapterContext(bus, "gw")) as mqtt:
+        task = asyncio.create_task(mqtt.run())
+        try:
+            await wait_for(lambda: mqtt.status().get("connected") is True, timeout=10)
+            await pub(mosquitto, "plant/ahu1", '{"AHU1_SAT": 21.6, "fan": {"on": true}}')
+            good = await asyncio.wait_for(seen.get(), 10)
+            assert {(s.point, s.quality) for s in good.samples} == {
+                ("AHU1_SAT", Quality.GOOD),
+                ("fan.on", Quality.GOOD),
+            }
+            await mqtt.points_lost("adapter failed: RuntimeError")
+            crashed = await asyncio.wait_for(seen.get(), 10)
+            assert {(s.point, s.quality) for s in crashed.samples} == {
+                ("AHU1_SAT", Quality.BAD),
+                ("fan.on", Quality.BAD),
+            }
+            mosquitto.stop()
+            lost = await asyncio.wait_for(seen.get(), 10)
+            assert {(s.point, s.quality) for s in lost.samples} == {
+                ("AHU1_SAT", Quality.BAD),
+                ("fan.on", Quality.BAD),
+            }
+            assert {s.reason for s in lost.samples} != {"adapter failed: RuntimeError"}
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1115,14 +1115,30 @@ class MqttAdapter(Adapter):
 
     def _points_lost(self, reason: str) -> None:
         """Once per outage: every source point is bad (its last value is no longer current)."""
-        if self._points_bad or not self.config.points:
+        if self._points_bad:
             return
-        self._points_bad = True
+        samples = self._bad_samples(reason)
+        if samples:
+            self._points_bad = True
+            self.bus.publish_nowait(Message.telemetry(self.name, samples))
+
+    async def points_lost(self, reason: str) -> None:
+        """After a crash of ``run()``: as the base, with the points learned from ``points:
+        keys`` subscriptions too (not ``_points_lost``: its once-per-outage flag is the
+        connection's, and a later real outage must still be reported)."""
+        samples = self._bad_samples(reason)
+        if samples:
+            await self.bus.publish(Message.telemetry(self.name, samples))
+
+    def _bad_samples(self, reason: str) -> tuple[Sample, ...]:
+        """Bad samples of every point this endpoint feeds: declared, and learned from keys."""
         now = time.time()
-        samples = tuple(
-            Sample(p.name, None, Quality.BAD, now, now, p.unit, reason) for p in self.config.points
+        declared = [(p.name, p.unit) for p in self.config.points if p.access.readable]
+        learned = [(name, None) for name in sorted(self._keys.names)]
+        return tuple(
+            Sample(name, None, Quality.BAD, now, now, unit, reason)
+            for name, unit in declared + learned
         )
-        self.bus.publish_nowait(Message.telemetry(self.name, samples))
 
     # --- shutdown -----------------------------------------------------------------------------
 
