@@ -294,18 +294,23 @@ async def _supervise(
     while True:
         started = loop.time()
         requests = me.cancelling() if me is not None else 0
+        # Each run in a task of its own: on Python 3.11 a TaskGroup in run() whose child failed
+        # leaves the cancel request it made of its parent counted, and a next run in the same
+        # task (raise_if_cancelling, a library's close) would take the restart for a shutdown.
+        # Cancelling this task cancels the run's task too.
+        attempt = asyncio.ensure_future(run())
+        if me is not None and isinstance(attempt, asyncio.Task):
+            attempt.set_name(f"{me.get_name()}/run")
         try:
-            await run()
+            await attempt
             failure: BaseException = RuntimeError("stopped by itself")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             failure = exc
-        # Python 3.11: a TaskGroup in run() whose child failed leaves the cancel request it
-        # made of this task counted, and the next run (raise_if_cancelling, a library's close)
-        # would take the restart for a shutdown. A real shutdown cancels again until we stop.
-        while me is not None and me.cancelling() > requests:
-            me.uncancel()
+        if me is not None and me.cancelling() > requests:
+            # Cancelled while the run failed (the failure came out instead): a shutdown.
+            raise asyncio.CancelledError
         if loop.time() - started > SUPERVISOR_BACKOFF.max:
             backoff.reset()
         failures += 1
