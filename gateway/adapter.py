@@ -89,14 +89,19 @@ class Adapter(abc.ABC):
         failed, so targets do not keep showing the last Good value while it restarts. An
         adapter that suppresses repeated values overrides it to mark them through that filter,
         so that the first reading after the restart is published even if it did not change."""
+        samples = self.lost_samples(reason)
+        if samples:
+            await self.bus.publish(Message.telemetry(self.name, samples))
+
+    def lost_samples(self, reason: str) -> tuple[Sample, ...]:
+        """A Bad sample with ``reason`` for every readable point (an adapter whose points are
+        also found at run time adds those)."""
         now = time.time()
-        samples = tuple(
+        return tuple(
             Sample(p.name, None, Quality.BAD, now, now, p.unit, reason)
             for p in self.points()
             if p.access.readable
         )
-        if samples:
-            await self.bus.publish(Message.telemetry(self.name, samples))
 
     def status(self) -> dict[str, Any]:
         """Counters and state for logs and ``gateway status``."""

@@ -25,7 +25,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,29 +96,9 @@ class Record:
         if points == self.points:
             return self
         idx = [self.points.index(p) for p in points]
-        c = self.cal
-        cal = Calibration(
-            c.mean[idx],
-            c.scale[idx],
-            c.slow[idx],
-            c.slow_mean[idx],
-            c.slow_scale[idx],
-            c.error_scale[idx],
-            c.threshold,
-            c.smooth,
-            c.recent,
-        )
+        per_point = {k: getattr(self.cal, k)[idx] for k in (*_ARRAYS, "slow")}
         level = None if self.level is None else (self.level[0][idx], self.level[1][idx])
-        return Record(
-            self.fingerprint,
-            list(points),
-            cal,
-            self.rows,
-            self.calibrated_at,
-            self.normal,
-            level,
-            self.alarm,
-        )
+        return replace(self, points=list(points), cal=replace(self.cal, **per_point), level=level)
 
 
 _ARRAYS = ("mean", "scale", "slow_mean", "slow_scale", "error_scale")

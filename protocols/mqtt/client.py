@@ -1117,28 +1117,20 @@ class MqttAdapter(Adapter):
         """Once per outage: every source point is bad (its last value is no longer current)."""
         if self._points_bad:
             return
-        samples = self._bad_samples(reason)
+        samples = self.lost_samples(reason)
         if samples:
             self._points_bad = True
             self.bus.publish_nowait(Message.telemetry(self.name, samples))
 
-    async def points_lost(self, reason: str) -> None:
-        """After a crash of ``run()``: as the base, with the points learned from ``points:
-        keys`` subscriptions too (not ``_points_lost``: its once-per-outage flag is the
-        connection's, and a later real outage must still be reported)."""
-        samples = self._bad_samples(reason)
-        if samples:
-            await self.bus.publish(Message.telemetry(self.name, samples))
-
-    def _bad_samples(self, reason: str) -> tuple[Sample, ...]:
-        """Bad samples of every point this endpoint feeds: declared, and learned from keys."""
+    def lost_samples(self, reason: str) -> tuple[Sample, ...]:
+        """The declared points' Bad samples, and those of the points learned from ``points:
+        keys`` subscriptions (the runtime's ``points_lost`` after a crash uses it too)."""
         now = time.time()
-        declared = [(p.name, p.unit) for p in self.config.points if p.access.readable]
-        learned = [(name, None) for name in sorted(self._keys.names)]
-        return tuple(
-            Sample(name, None, Quality.BAD, now, now, unit, reason)
-            for name, unit in declared + learned
+        learned = tuple(
+            Sample(name, None, Quality.BAD, now, now, None, reason)
+            for name in sorted(self._keys.names)
         )
+        return super().lost_samples(reason) + learned
 
     # --- shutdown -----------------------------------------------------------------------------
 
