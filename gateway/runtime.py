@@ -181,6 +181,9 @@ class Gateway:
             f"{sum(b['dropped'] for b in bridges)} dropped in bridges, "
             f"{sum(int(a.get('dropped', 0)) for a in adapters)} dropped in adapters"
         )
+        missed = sum(int(a.get("polls_missed", 0)) for a in adapters)
+        if missed:  # a poll slower than its interval: readings never taken
+            text += f", {counted(missed, 'poll')} skipped late"
         if down:
             text += f"; down: {', '.join(down[:10])}" + (" ..." if len(down) > 10 else "")
         scored = [b["anomaly"] for b in bridges if b.get("anomaly")]

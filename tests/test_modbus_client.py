@@ -277,3 +277,45 @@ async def test_points_lost_goes_through_the_deadband_so_an_unchanged_value_comes
         lambda: (s := r.latest("sp")) is not None and s.quality is Quality.GOOD and s.value == 42,
         message="the unchanged value sent again as Good",
     )
+
+
+async def test_a_poll_slower_than_its_interval_counts_and_logs_the_skipped_ticks(
+    simulator: Simulator, run_adapter: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    # Ticks skipped by a late poll are readings never taken: before, nothing said so.
+    monkeypatch.setattr("protocols.modbus.client._LatePolls.EVERY", 0.5)
+    slow = await simulator.add_device(unit_ids=(1,), size=10, delay=0.25)
+    config = device_config(slow.port, [{"name": "x", "address": 0}], timeout=1.0)
+    with caplog.at_level("WARNING", logger="protocols.modbus.client"):
+        r = await run_adapter(config)
+        await wait_for(lambda: r.adapter.status()["polls"] >= 6, timeout=10)
+        status = r.adapter.status()
+        # each 0.25 s poll of a 0.1 s schedule skips two or three ticks
+        assert status["polls_missed"] >= 2 * (status["polls"] - 2)
+        late = [m for m in caplog.messages if "is late" in m]
+        assert len(late) == 1, caplog.messages
+        assert "poll group default (every 0.1 s)" in late[0]
+        await wait_for(lambda: any("more ticks skipped in the last" in m for m in caplog.messages))
+        slow.delay = 0.0
+        await wait_for(lambda: any("keeps time again" in m for m in caplog.messages), timeout=5)
+        missed = r.adapter.status()["polls_missed"]
+        polls = r.adapter.status()["polls"]
+        await wait_for(lambda: r.adapter.status()["polls"] >= polls + 5)
+        assert r.adapter.status()["polls_missed"] == missed
+
+
+async def test_ticks_while_the_device_is_down_are_not_late_polls(
+    simulator: Simulator, run_adapter: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = await simulator.add_device(unit_ids=(1,), size=10)
+    with caplog.at_level("WARNING", logger="protocols.modbus.client"):
+        r = await run_adapter(device_config(device.port, [{"name": "x", "address": 0}]))
+        await wait_for(lambda: r.adapter.status()["polls"] >= 3, timeout=5)
+        await simulator.stop_device(device)
+        await wait_for(lambda: r.adapter.status()["reconnects"] >= 2, timeout=5)
+        await asyncio.sleep(0.5)  # five ticks of the schedule pass while it is down
+        polls = r.adapter.status()["polls"]
+        await simulator.start_device(device)
+        await wait_for(lambda: r.adapter.status()["polls"] >= polls + 5, timeout=5)
+    assert r.adapter.status()["polls_missed"] == 0
+    assert not [m for m in caplog.messages if "is late" in m]

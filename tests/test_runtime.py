@@ -566,3 +566,19 @@ async def test_the_status_line_counts_the_anomaly_alarms(tmp_path: Path) -> None
 
         bridge.status = with_anomaly  # type: ignore[method-assign]
     assert "; anomaly: 4 alarms, 2 active (oven, pump), 1 calibrating" in gw.summary()
+
+
+async def test_the_status_line_counts_polls_skipped_late(tmp_path: Path) -> None:
+    from gateway.config import load_config
+
+    gw = runtime.Gateway(load_config(_uplink_file(tmp_path, "off")))
+    assert "skipped late" not in gw.summary()
+    adapters = list(gw.adapters.values())
+    for adapter, missed in zip(adapters, (3, 4), strict=False):
+        status = adapter.status
+
+        def late(status: Any = status, missed: int = missed) -> dict[str, Any]:
+            return {**status(), "polls_missed": missed}  # a Modbus client that fell behind
+
+        adapter.status = late  # type: ignore[method-assign]
+    assert ", 7 polls skipped late" in gw.summary()

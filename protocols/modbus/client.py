@@ -23,6 +23,7 @@ from pymodbus.exceptions import ModbusException
 from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.text import counted
 from gateway.transform import DeadbandFilter, Scaling
 from gateway.types import Message, PointSpec, Quality, Sample
 from protocols.modbus.codec import (
@@ -54,6 +55,51 @@ EXCEPTION_NAMES = {
 # Consecutive timeouts after which the connection is considered dead and re-opened: a single
 # slow answer is not worth a reconnect, a silent peer is.
 TIMEOUTS_BEFORE_RECONNECT = 3
+
+
+class _LatePolls:
+    """Says in the log that a poll group misses ticks: at its first miss, then at most once a
+    minute with the count since the last line, and once it has kept time for a minute."""
+
+    EVERY = 60.0
+
+    def __init__(self, device: str, group: str, interval: float) -> None:
+        self.what = f"device {device}: poll group {group} (every {interval:g} s)"
+        self.logged_at: float | None = None  # loop time of the last line; None: keeping time
+        self.last_miss = 0.0
+        self.since = 0  # missed ticks not yet logged
+
+    def missed(self, n: int, now: float) -> None:
+        self.last_miss = now
+        if self.logged_at is None:
+            log.warning(
+                "%s is late: %s skipped (a poll took longer than the interval: the device "
+                "answers slowly or the gateway is overloaded; readings are taken less often)",
+                self.what,
+                counted(n, "tick"),
+            )
+            self.logged_at, self.since = now, 0
+            return
+        self.since += n
+        if now - self.logged_at >= self.EVERY:
+            self._flush(now)
+
+    def on_time(self, now: float) -> None:
+        if self.logged_at is not None and now - self.last_miss >= self.EVERY:
+            self._flush(now)
+            log.warning("%s keeps time again", self.what)
+            self.logged_at = None
+
+    def _flush(self, now: float) -> None:
+        assert self.logged_at is not None
+        if self.since:
+            log.warning(
+                "%s: %s skipped in the last %.0f s",
+                self.what,
+                counted(self.since, "more tick"),
+                now - self.logged_at,
+            )
+        self.logged_at, self.since = now, 0
 
 
 def exception_reason(code: int) -> str:
@@ -143,6 +189,7 @@ class ModbusClientAdapter(Adapter):
         self._io_lock = asyncio.Lock()
         self.counters = {
             "polls": 0,
+            "polls_missed": 0,  # ticks of a poll group's schedule skipped because it was late
             "requests": 0,
             "errors": 0,
             "timeouts": 0,
@@ -286,7 +333,11 @@ class ModbusClientAdapter(Adapter):
         # hundreds of devices with one interval spread over it instead of all polling, and all
         # publishing, in the same millisecond every period.
         next_t = loop.time() - random.uniform(0, interval)
+        late = _LatePolls(self.name, group, interval)
+        first = True
         while True:
+            # Ticks that pass while the device is down are not late polls: the points are Bad.
+            counts = self._connected.is_set() and not first
             await self._connected.wait()
             samples = await self.poll(plan)
             raise_if_cancelling()
@@ -294,11 +345,19 @@ class ModbusClientAdapter(Adapter):
             if samples:
                 self.counters["samples"] += len(samples)
                 await self.bus.publish(Message.telemetry(self.name, tuple(samples)))
-            # Fixed rate: a late poll does not shift the schedule, missed ticks are skipped.
+            # Fixed rate: a late poll does not shift the schedule, missed ticks are skipped
+            # (counted and logged: a reading never taken is lost without any other trace).
             next_t += interval
             now = loop.time()
             if next_t < now:
-                next_t = now + interval - ((now - next_t) % interval)
+                missed = int((now - next_t) // interval) + 1
+                next_t += missed * interval
+                if counts:
+                    self.counters["polls_missed"] += missed
+                    late.missed(missed, now)
+            else:
+                late.on_time(now)
+            first = False
             await asyncio.sleep(next_t - now)
 
     async def poll(self, plan: list[ReadRequest[ReadItem]]) -> list[Sample]:
