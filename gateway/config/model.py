@@ -154,6 +154,12 @@ class ShadowHistory(Strict):
 
     max_age: float | None = Field(7 * 86400.0, gt=0, description="seconds; null keeps all")
     max_rows: int | None = Field(100_000, ge=1, description="rows per point; null keeps all")
+    min_free: int = Field(
+        64 << 20,
+        ge=0,
+        description="bytes; below this much free space on the store's filesystem no history "
+        "is written (reported state still is), so that the MQTT outbox keeps the room; 0: off",
+    )
 
 
 class ShadowSection(Strict):

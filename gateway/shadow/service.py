@@ -129,6 +129,7 @@ class ShadowService:
                 self.config.path,
                 max_age=history.max_age,
                 max_rows=history.max_rows,
+                min_free=history.min_free,
             )
         )
         self._seen = await self._call(self.store.desired_revisions)
@@ -383,4 +384,11 @@ class ShadowService:
         cast(_Publisher, adapter).publish(topic, payload, mqtt.qos, False)
 
     def status(self) -> dict[str, Any]:
-        return {**self.counters, "devices": len(self.devices), "writing": len(self._writes)}
+        store = self.store
+        return {
+            **self.counters,
+            "devices": len(self.devices),
+            "writing": len(self._writes),
+            "history_paused": store is not None and store.history_paused,
+            "history_skipped": store.history_skipped if store is not None else 0,
+        }

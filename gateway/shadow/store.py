@@ -39,12 +39,26 @@ and `prune` only touches points over ``max_rows``, deleting their oldest excess 
 finds nothing when there is nothing to delete). Its cost is the rows deleted plus a seek per
 point. The counts assume that only this store writes history to the file (the gateway; the CLI
 only reads history), which is how the file is used.
+
+Free space: the outbox first
+----------------------------
+The MQTT outbox usually lives on the same filesystem, and when the disk fills it gives back a
+spare file so that it can keep its newest rows; a shadow that goes on recording history takes that
+room at once, and northbound readings are lost for local history. So with ``min_free`` set, the
+store looks at the free space of its filesystem (``os.statvfs``, at most once a second): below
+``min_free`` it stops adding history rows (counted in `history_skipped`, a log line when it
+stops and one when it starts again) while the document, which does not grow, still follows
+every reading. It starts again at ``min_free`` plus an eighth, so that it does not flap at the
+floor. The log (WAL) is checkpointed every ~1 MiB and cut back to 2 MiB after a checkpoint, so
+that neither a paused store nor a large retention run leaves a big log on the disk.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -53,6 +67,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlite_utils
+
+from gateway.text import counted
 
 __all__ = [
     "HistoryRow",
@@ -64,7 +80,12 @@ __all__ = [
     "merge",
 ]
 
+log = logging.getLogger(__name__)
+
 REL_TOL = 1e-6
+SPACE_CHECK_INTERVAL = 1.0  # s between looks at the free space (statvfs)
+_WAL_PAGES = 256  # checkpoint every ~1 MiB of log
+_WAL_KEEP_BYTES = 2 << 20  # the log file is cut back to this after a checkpoint
 
 
 class ShadowError(Exception):
@@ -211,6 +232,10 @@ class ShadowDocument:
         )
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
 @dataclass(frozen=True)
 class HistoryRow:
     ts: float
@@ -230,17 +255,27 @@ class ShadowStore:
         *,
         max_age: float | None = None,
         max_rows: int | None = None,
+        min_free: int = 0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
         self.max_age = max_age
         self.max_rows = max_rows
+        self.min_free = min_free  # bytes; 0: history is written whatever the free space
         self.clock = clock
+        self.monotonic = monotonic
+        self.history_paused = False  # below min_free: no history rows
+        self.history_skipped = 0  # history rows not written because of min_free
+        self._skipped_in_pause = 0
+        self._space_checked: float | None = None
         conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         if path != ":memory:":
             self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+        self.db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
         if "shadows" not in self.db.table_names():
             self.db.table("shadows").create(
                 {
@@ -369,6 +404,7 @@ class ShadowStore:
         changes are written (one history row per changed point). None if nothing changed.
         """
         now = self.clock()
+        keep_history = self._room_for_history()
         with self._transaction() as conn:
             doc = self._load(conn, device)
             meta = doc.metadata.setdefault("reported", {})
@@ -390,16 +426,64 @@ class ShadowStore:
                 rows.append((device, point, ts or now, json.dumps(value), quality))
             if not rows:
                 return None
-            conn.executemany(
-                "INSERT INTO history (device, point, ts, value, quality) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+            if keep_history:
+                conn.executemany(
+                    "INSERT INTO history (device, point, ts, value, quality) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
             self._clear_reached_errors(doc)
             doc.version += 1
             doc.timestamp = now
             self._save(conn, doc)
-        self._counted(device, [r[1] for r in rows])
+        if keep_history:
+            self._counted(device, [r[1] for r in rows])
+        else:
+            self.history_skipped += len(rows)
+            self._skipped_in_pause += len(rows)
         return doc
+
+    def _room_for_history(self) -> bool:
+        """False while the filesystem has less than ``min_free`` bytes free (see the module's
+        docstring); looks at most once every `SPACE_CHECK_INTERVAL` seconds."""
+        if self.min_free <= 0 or self.path == ":memory:":
+            return True
+        now = self.monotonic()
+        if self._space_checked is not None and now - self._space_checked < SPACE_CHECK_INTERVAL:
+            return not self.history_paused
+        self._space_checked = now
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            return not self.history_paused
+        free = st.f_bavail * st.f_frsize
+        if not self.history_paused and free < self.min_free:
+            self.history_paused = True
+            self._skipped_in_pause = 0
+            log.warning(
+                "shadow: history paused: %s free on the filesystem of %s, under "
+                "shadow.history.min_free (%s); the MQTT outbox has priority on that room. "
+                "Reported state still follows the readings; history starts again at %s free",
+                _mib(free),
+                self.path,
+                _mib(self.min_free),
+                _mib(self._resume_at),
+            )
+        elif self.history_paused and free >= self._resume_at:
+            self.history_paused = False
+            log.warning(
+                "shadow: history recorded again: %s free on the filesystem of %s; %s not "
+                "recorded while paused",
+                _mib(free),
+                self.path,
+                counted(self._skipped_in_pause, "history row"),
+            )
+        return not self.history_paused
+
+    @property
+    def _resume_at(self) -> int:
+        return self.min_free + self.min_free // 8
 
     def _counted(self, device: str, points: list[str]) -> None:
         """Rows of ``points`` committed to history: keep the per-point counts."""
