@@ -138,6 +138,37 @@ def test_drop_oldest_may_drop_rows_in_flight(tmp_path: Path) -> None:
     box.close()
 
 
+_CLOCK_STEP = """
+import logging, sys, time
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+real, step = time.time, [0.0]
+time.time = lambda: real() + step[0]  # before the import: as if the system clock stepped
+from gateway.uplink.outbox import Outbox, OutboxConfig
+box = Outbox(sys.argv[1], OutboxConfig(max_age=3600))
+box.append([("t", b"%d" % i, 1, False) for i in range(100)])
+step[0] = 8 * 86400.0  # NTP reached after an outage on a box without a real-time clock
+time.sleep(1.1)  # expiry runs at most once a second
+box.append([("t", b"new", 1, False)])
+print(box.rows, box.dropped["expired"], round(box.status()["oldest_age_s"]))
+box.close()
+"""
+
+
+def test_a_step_of_the_system_clock_does_not_expire_the_backlog(tmp_path: Path) -> None:
+    # A Pi boots on a stale clock and NTP steps it forward when the network (and the broker)
+    # comes back: on the wall clock the whole backlog was suddenly 8 days old and expired.
+    run = subprocess.run(
+        [sys.executable, "-c", _CLOCK_STEP, str(tmp_path / "o.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["101", "0", "1"]
+    assert "the system clock stepped +691200 s" in run.stderr
+
+
 def test_max_age_expires_old_rows(tmp_path: Path) -> None:
     clock = Clock()
     box = Outbox(tmp_path / "o.db", OutboxConfig(max_age=60), clock=clock)

@@ -36,6 +36,14 @@ not even drop its oldest rows. So it keeps a spare file beside the database (``-
 that room lets ``drop_oldest`` checkpoint and delete. While the disk stays full, each append
 under ``drop_oldest`` first deletes as many bytes of the oldest rows as it adds, so the file
 does not grow. The spare file comes back once the disk has room for it twice over.
+
+Time
+----
+Rows are stamped, and ``max_age`` expires them, on a `SteadyClock`: the wall clock read once,
+then advanced by the monotonic clock. A box without a real-time clock (a Raspberry Pi) boots on
+a stale time and steps it forward once NTP can reach a server, which is when an outage ends; on
+the wall clock that step would age the whole backlog at once and expire it just before it could
+be sent. A step is logged; rows kept across a restart are aged on the wall clock of then.
 """
 
 from __future__ import annotations
@@ -58,7 +66,15 @@ from gateway.uplink.lock import FileLock, OutboxInUse
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Outbox", "OutboxConfig", "OutboxFull", "OutboxInUse", "Row", "read_status"]
+__all__ = [
+    "Outbox",
+    "OutboxConfig",
+    "OutboxFull",
+    "OutboxInUse",
+    "Row",
+    "SteadyClock",
+    "read_status",
+]
 
 Policy = Literal["reject_new", "drop_oldest"]
 DROP_REASONS = ("full", "expired", "disk_full")
@@ -133,6 +149,23 @@ class Row:
 Item = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
 
 
+class SteadyClock:
+    """Epoch seconds that follow the monotonic clock: the system clock's steps do not move it
+    (slewing, NTP's usual small corrections, does move both)."""
+
+    STEP = 60.0  # seconds of difference from the wall clock that count as a step (logged)
+
+    def __init__(self) -> None:
+        self._base = time.time() - time.monotonic()
+
+    def __call__(self) -> float:
+        return self._base + time.monotonic()
+
+    def step(self) -> float:
+        """How far the wall clock has stepped since this clock started (+: forward)."""
+        return time.time() - self()
+
+
 def _is_disk_full(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "full" in text  # "database or disk is full"
@@ -146,13 +179,14 @@ class Outbox:
         path: str | os.PathLike[str],
         config: OutboxConfig | None = None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         name: str = "outbox",
     ) -> None:
         self.config = config or OutboxConfig()
         self.path = Path(path)
         self.name = name
-        self._clock = clock
+        self._clock = SteadyClock() if clock is None else clock
+        self._stepped = 0.0  # the wall clock's step last logged
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(self.path)  # raises OutboxInUse if another process has the file
         try:
@@ -292,6 +326,16 @@ class Outbox:
         if now - self._last_expiry < 1.0:
             return
         self._last_expiry = now
+        if isinstance(self._clock, SteadyClock):
+            step = self._clock.step()
+            if abs(step - self._stepped) > SteadyClock.STEP:
+                self._stepped = step
+                log.warning(
+                    "outbox %s: the system clock stepped %+.0f s; the backlog's ages and "
+                    "max_age keep to the outbox's own clock until the gateway restarts",
+                    self.name,
+                    step,
+                )
         cutoff = now - self.config.max_age
         self._delete_oldest(lambda _n, _b, ts: ts < cutoff, "expired")
 
@@ -496,6 +540,10 @@ class Outbox:
     def last_id(self) -> int:
         """Id of the newest row ever appended to this file."""
         return self._next_id - 1
+
+    def now(self) -> float:
+        """The outbox's clock, which stamps its rows (`SteadyClock` unless one was given)."""
+        return self._clock()
 
     # --- status ------------------------------------------------------------------------------
 

@@ -959,8 +959,9 @@ class MqttAdapter(Adapter):
         opt = self._opt
         assert opt is not None
         wait = opt.due_in()
-        if self._staging:
-            due = self._staging[0].ts + opt.decision.deadline - time.time()
+        if self._staging and self._store is not None:
+            # rows are stamped on the outbox's clock, which the system clock's steps do not move
+            due = self._staging[0].ts + opt.decision.deadline - self._store.now()
             wait = min(wait, due)
         return max(0.005, wait)
 
@@ -976,7 +977,7 @@ class MqttAdapter(Adapter):
         opt, client = self._opt, self._client
         assert opt is not None and client is not None
         staging = self._staging
-        now = time.time()
+        now = store.now()
         d = opt.maybe_decide(
             backlog=len(staging) + max(0, store.last_id - store.cursor),
             backlog_age=now - staging[0].ts if staging else 0.0,
