@@ -255,9 +255,10 @@ def test_evaluate_prints_one_json_line_last(
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        (b"0.0\t1.0\n1.0\tnope\n", "not two numbers"),
+        (b"0.0\t1.0\n1.0\tnope\n", "fewer than two samples (1 line not two numbers"),
         (b"\xff\xfe\x00", "not UTF-8"),
-        (b"0.0 1.0 2.0\n", "expected 'time<TAB>Mbit/s'"),
+        (b"0.0 1.0 2.0\n", "fewer than two samples"),
+        (b"1.0\t1.0\n0.0\t1.0\n", "line 2: times go backwards"),
     ],
 )
 def test_bad_traces_are_one_line_and_exit_2(

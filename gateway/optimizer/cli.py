@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -318,19 +319,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except ImportError:
         raise CommandError("evaluation needs the [ml] extra (numpy, onnxruntime)") from None
     from gateway.optimizer.heuristic import IMMEDIATE, AimdPolicy, FixedPolicy, Policy
+    from models.optimizer import evaluate as ev
     from models.optimizer import traces as tr
     from models.optimizer.episodes import eval_episodes
     from models.optimizer.evaluate import gain, grid_search, run_episode, summarize
 
-    wanted = POLICIES if args.policies == "all" else tuple(args.policies.split(","))
-    unknown = [p for p in wanted if p not in POLICIES]
-    if unknown:
-        raise CommandError(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
     try:
-        traces = tr.load_dir(args.traces)
-    except tr.TraceError as exc:
+        wanted = ev.parse_policies(args.policies, POLICIES)
+        scan = tr.scan_dir(args.traces)
+    except ValueError as exc:  # tr.TraceError is one
         raise CommandError(str(exc)) from None
+    traces = scan.traces
     learned, weights, best_fixed = _learned(args.model)
+    trace_checks, lines = ev.check_traces(scan, args.length)
+    for line in lines:  # after the model: a bad --model stays a one-line error
+        print(line, file=sys.stderr)
     episodes = eval_episodes(traces, seed=args.seed, length=args.length)
     policies: dict[str, Policy] = {}
     for name in wanted:
@@ -349,6 +352,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "traces": len(traces),
         "seconds_per_trace": args.length,
         "weights": weights.model_dump(),
+        **trace_checks,
         "policies": {},
     }
     for name, policy in policies.items():

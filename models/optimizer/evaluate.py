@@ -5,6 +5,12 @@ p50/p99 latency of telemetry and of alarms (over all samples of all episodes; sa
 undelivered at the end count with their age then), bytes and radio energy per sample, loss
 rate, QoS 1 samples lost, alarm deadline misses. Gains are relative cost reductions
 (``1 - cost_learned / cost_other``): "x % higher mean reward" with rewards <= 0.
+
+`check_traces` says which traces an evaluation would misread without failing: times that look
+like milliseconds (a 300 s episode then sees one sample, a constant link, and the figures look
+about ten times better), traces looped many times to fill an episode, and what reading them
+skipped or repaired. It warns rather than refuses or rescales: the run still says something,
+and the JSON carries the warnings beside the figures they qualify.
 """
 
 from __future__ import annotations
@@ -18,10 +24,94 @@ import numpy as np
 from gateway.optimizer.actions import BATCHES, DEADLINES, Decision
 from gateway.optimizer.config import RewardWeights
 from gateway.optimizer.heuristic import Policy
+from gateway.text import counted
 from models.optimizer.episodes import Episode
 from models.optimizer.sim import Totals
+from models.optimizer.traces import Scan, Trace
 
-__all__ = ["fixed_grid", "grid_search", "run_episode", "summarize"]
+__all__ = [
+    "check_traces",
+    "fixed_grid",
+    "grid_search",
+    "parse_policies",
+    "run_episode",
+    "summarize",
+    "trace_warnings",
+]
+
+MS_STEP = 60.0  # s: a median step this long is far more likely milliseconds than a log
+FEW_SAMPLES = 5  # an episode that sees fewer trace samples is a near-constant link
+LOOPED_MANY = 2.0  # a trace looped this many times to fill an episode is a warning
+
+
+def parse_policies(text: str, known: Sequence[str]) -> tuple[str, ...]:
+    """``all`` or a comma list of ``known`` names, spaces and case ignored, each once in the
+    order given; ``all`` anywhere in the list means every policy. ValueError names the first
+    unknown one."""
+    names = [part.strip().lower() for part in text.split(",")]
+    names = [name for name in names if name]
+    if not names:
+        raise ValueError(f"no policy named; choose from all, {', '.join(known)}")
+    if "all" in names:
+        return tuple(known)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown policy {unknown[0]!r}; choose from all, {', '.join(known)}")
+    return tuple(dict.fromkeys(names))
+
+
+def trace_warnings(trace: Trace, length: float) -> tuple[list[str], list[str]]:
+    """(warnings, notes) about how an episode of ``length`` seconds will read ``trace``:
+    warnings where the figures are probably not what the trace meant, notes otherwise."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    median = float(np.median(np.diff(trace.times)))
+    seen = int(np.count_nonzero(trace.times < length))
+    if median >= MS_STEP:
+        warnings.append(
+            f"median step {median:g} s: times look like milliseconds; the format wants "
+            f"seconds (a {length:g} s episode sees {counted(seen, 'sample')} of it)"
+        )
+    elif seen < FEW_SAMPLES and trace.duration >= length:
+        warnings.append(
+            f"a {length:g} s episode sees only {counted(seen, 'sample')} of it "
+            f"(median step {median:g} s): nearly a constant link"
+        )
+    if trace.duration < length:
+        loops = length / max(trace.duration, 1e-9)
+        text = (
+            f"lasts {trace.duration:g} s, shorter than a {length:g} s episode: "
+            f"looped {loops:.3g} times"
+        )
+        (warnings if loops >= LOOPED_MANY else notes).append(text)
+    return warnings, notes
+
+
+def check_traces(scan: Scan, length: float) -> tuple[dict[str, Any], list[str]]:
+    """What an evaluation of ``scan`` with episodes of ``length`` s should say about its
+    traces: (JSON fields for the report, lines for stderr). Warnings and notes name the file."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    for t in scan.traces:
+        warned, noted = trace_warnings(t, length)
+        warnings += [f"{t.name}: {w}" for w in warned]
+        notes += [f"{t.name}: {n}" for n in (*t.notes, *noted)]
+    longer = sum(t.duration > length for t in scan.traces)
+    lines = [f"skipped {name}: {why}" for name, why in scan.skipped.items()]
+    lines += [f"warning: {w}" for w in warnings] + [f"note: {n}" for n in notes]
+    if longer:
+        lines.append(
+            f"note: {counted(longer, 'trace')} longer than {length:g} s: each episode uses "
+            f"the first {length:g} s (--length)"
+        )
+    fields = {
+        "traces_skipped": len(scan.skipped),
+        "skipped_files": dict(scan.skipped),
+        "warnings": warnings,
+        "notes": notes,
+        "traces_longer_than_episode": longer,
+    }
+    return fields, lines
 
 
 def run_episode(
