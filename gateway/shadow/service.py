@@ -32,6 +32,16 @@ with ``state.reported`` is rejected with 400.
 
 SQLite is blocking: every store call runs on one dedicated thread (the connection stays in
 that thread's hands), never on the event loop.
+
+Keeping up
+----------
+Readings wait in the bus subscription (`TELEMETRY_QUEUE` messages, drop-oldest). Each time the
+service wakes up it takes every reading queued (up to `MAX_BATCH`) and the store records them
+in one transaction (`ShadowStore.report_many`: one commit and one sync instead of one per
+message, and the pages they share written once), so a backlog is worked off faster than it
+builds. If the store still cannot keep up, the queue drops its oldest readings: the log says so
+once when drops start (how many, and why) and once when the queue has room again, and the status
+counts them (``dropped``), so that a shadow falling behind is never silent.
 """
 
 from __future__ import annotations
@@ -60,6 +70,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PRUNE_INTERVAL = 60.0
+TELEMETRY_QUEUE = 10_000  # readings waiting for the store; drop-oldest beyond
+MAX_BATCH = 500  # readings recorded in one transaction (the CLI waits at most that long)
 # Limits on one MQTT request, in the spirit of AWS IoT's on shadow size and depth: a device's
 # desired state is a few setpoints, and one 20,000-key update kept the store busy for minutes.
 MAX_REQUEST_BYTES = 65_536
@@ -116,6 +128,9 @@ class ShadowService:
             "record_errors": 0,
         }
         self._recording = FailureStreak(log, "shadow")
+        self._dropped_seen = 0  # the telemetry queue's drops when last looked at
+        self._dropping_since = 0  # its drops when the current run of drops started
+        self._dropping = False
         self._rejections = FailureStreak(log, "shadow", level=logging.INFO)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -133,7 +148,9 @@ class ShadowService:
             )
         )
         self._seen = await self._call(self.store.desired_revisions)
-        self._telemetry = self.bus.subscribe("telemetry/#", maxsize=10000, name="shadow:telemetry")
+        self._telemetry = self.bus.subscribe(
+            "telemetry/#", maxsize=TELEMETRY_QUEUE, name="shadow:telemetry"
+        )
         mqtt = self.config.mqtt
         if mqtt is not None:
             pattern = f"mqtt/{mqtt.endpoint}/{mqtt.prefix}/+/shadow/+"
@@ -197,25 +214,64 @@ class ShadowService:
     # -- reported -------------------------------------------------------------------------------
 
     async def _follow_telemetry(self) -> None:
-        assert self._telemetry is not None
+        queue = self._telemetry
+        assert queue is not None
         store = self._store()
-        async for message in self._telemetry:
-            device = message.device or message.origin
-            if device not in self.devices or not message.samples:
+        async for first in queue:
+            batch: list[tuple[str, dict[str, tuple[Any, str, float]]]] = []
+            message: Message | None = first
+            while message is not None:
+                device = message.device or message.origin
+                if device in self.devices and message.samples:
+                    samples = {
+                        s.point: (s.value, s.quality.value, s.source_ts or s.gateway_ts)
+                        for s in message.samples
+                    }
+                    batch.append((device, samples))
+                message = queue.get_nowait() if len(batch) < MAX_BATCH else None
+            self._watch_drops(queue)
+            if not batch:
                 continue
-            samples = {
-                s.point: (s.value, s.quality.value, s.source_ts or s.gateway_ts)
-                for s in message.samples
-            }
             try:
-                doc = await self._call(partial(store.report, device, samples))
-            except Exception as exc:
-                self._record_failed(device, exc)
-                continue
-            self._recording.succeeded()
-            if doc is not None:
-                self.counters["reported"] += 1
-                self.documents[device] = doc
+                results = await self._call(partial(store.report_many, batch))
+            except Exception as exc:  # a lone reading's database error (or a bug)
+                results = [exc] * len(batch)
+            for (device, _), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    try:  # the streak logs the traceback of the exception being handled
+                        raise result
+                    except Exception as exc:
+                        self._record_failed(device, exc)
+                    continue
+                self._recording.succeeded()
+                if result is not None:
+                    self.counters["reported"] += 1
+                    self.documents[device] = result
+            self._watch_drops(queue)  # again: what queued up while the store was busy
+
+    def _watch_drops(self, queue: Subscription) -> None:
+        """Log once when the queue starts dropping readings and once when it has room again."""
+        dropped = queue.counters.dropped
+        if dropped > self._dropped_seen:
+            if not self._dropping:
+                self._dropping = True
+                self._dropping_since = self._dropped_seen
+                log.warning(
+                    "shadow: %s dropped: the shadow store %s cannot keep up with the readings "
+                    "(%s queued); reported state and history miss them (counted in the "
+                    "status, shadow.dropped, until the queue has room again)",
+                    counted(dropped - self._dropped_seen, "reading"),
+                    self.config.path,
+                    len(queue),
+                )
+            self._dropped_seen = dropped
+        elif self._dropping and len(queue) < queue.maxsize // 2:
+            self._dropping = False
+            log.warning(
+                "shadow: keeps up again (%s queued); %s dropped while it could not",
+                len(queue),
+                counted(dropped - self._dropping_since, "reading"),
+            )
 
     def _record_failed(self, device: str, exc: Exception) -> None:
         # A full disk fails every reading: the streak logs its start and end, not each one.
@@ -391,4 +447,7 @@ class ShadowService:
             "writing": len(self._writes),
             "history_paused": store is not None and store.history_paused,
             "history_skipped": store.history_skipped if store is not None else 0,
+            # readings the store could not keep up with (the telemetry queue's drop-oldest)
+            "dropped": self._telemetry.counters.dropped if self._telemetry is not None else 0,
+            "queued": len(self._telemetry) if self._telemetry is not None else 0,
         }

@@ -49,8 +49,9 @@ store looks at the free space of its filesystem (``os.statvfs``, at most once a 
 ``min_free`` it stops adding history rows (counted in `history_skipped`, a log line when it
 stops and one when it starts again) while the document, which does not grow, still follows
 every reading. It starts again at ``min_free`` plus an eighth, so that it does not flap at the
-floor. The log (WAL) is checkpointed every ~1 MiB and cut back to 2 MiB after a checkpoint, so
-that neither a paused store nor a large retention run leaves a big log on the disk.
+floor. The log (WAL) is cut back to 4 MiB after a checkpoint (SQLite's, every 1000 pages), so
+that a large retention run does not leave a big log on the disk; while paused, the log takes at
+most those 4 MiB. (Checkpointing more often cost a fsync every few readings on a large table.)
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,8 +85,7 @@ log = logging.getLogger(__name__)
 
 REL_TOL = 1e-6
 SPACE_CHECK_INTERVAL = 1.0  # s between looks at the free space (statvfs)
-_WAL_PAGES = 256  # checkpoint every ~1 MiB of log
-_WAL_KEEP_BYTES = 2 << 20  # the log file is cut back to this after a checkpoint
+_WAL_KEEP_BYTES = 4 << 20  # the log file is cut back to this after a checkpoint
 
 
 class ShadowError(Exception):
@@ -274,7 +274,6 @@ class ShadowStore:
         if path != ":memory:":
             self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
         self.db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
         if "shadows" not in self.db.table_names():
             self.db.table("shadows").create(
@@ -312,10 +311,11 @@ class ShadowStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT too; SQLite may have rolled back itself
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _load(self, conn: sqlite3.Connection, device: str) -> ShadowDocument:
         cur = conn.execute(
@@ -406,42 +406,106 @@ class ShadowStore:
         now = self.clock()
         keep_history = self._room_for_history()
         with self._transaction() as conn:
-            doc = self._load(conn, device)
-            meta = doc.metadata.setdefault("reported", {})
-            rows: list[tuple[str, str, float, str, str]] = []
-            for point, (value, quality, ts) in samples.items():
-                good = quality == "good"
-                value_changed = good and (
-                    point not in doc.reported or not _same(doc.reported[point], value)
-                )
-                if not value_changed and doc.quality.get(point, "good") == quality:
-                    continue
-                if good:
-                    doc.reported[point] = value
-                    meta[point] = {"timestamp": ts or now}
-                if quality == "good":
-                    doc.quality.pop(point, None)
-                else:
-                    doc.quality[point] = quality
-                rows.append((device, point, ts or now, json.dumps(value), quality))
-            if not rows:
-                return None
-            if keep_history:
-                conn.executemany(
-                    "INSERT INTO history (device, point, ts, value, quality) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-            self._clear_reached_errors(doc)
-            doc.version += 1
-            doc.timestamp = now
-            self._save(conn, doc)
-        if keep_history:
-            self._counted(device, [r[1] for r in rows])
-        else:
-            self.history_skipped += len(rows)
-            self._skipped_in_pause += len(rows)
+            doc, points = self._report(conn, device, samples, now, keep_history)
+        self._recorded(device, points, keep_history)
         return doc
+
+    def report_many(
+        self, batch: Sequence[tuple[str, Mapping[str, tuple[Any, str, float]]]]
+    ) -> list[ShadowDocument | None | Exception]:
+        """`report` for each ``(device, samples)``, all in one transaction (one commit, one
+        sync, the shared pages written once); a result per item, in order.
+
+        An item that fails is rolled back alone (a savepoint) and its exception is its result;
+        the others are kept. A database error (a full disk) fails the whole transaction, so
+        then each item is tried in a transaction of its own, as `report` does, and gets its own
+        result.
+        """
+        now = self.clock()
+        keep_history = self._room_for_history()
+        results: list[ShadowDocument | None | Exception] = []
+        recorded: list[tuple[str, list[str]]] = []
+        try:
+            with self._transaction() as conn:
+                for device, samples in batch:
+                    conn.execute("SAVEPOINT reading")
+                    try:
+                        doc, points = self._report(conn, device, samples, now, keep_history)
+                    except sqlite3.Error:
+                        raise  # the file's trouble, not this item's: one by one, below
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO reading")
+                        results.append(exc)
+                    else:
+                        results.append(doc)
+                        recorded.append((device, points))
+                    conn.execute("RELEASE reading")
+        except sqlite3.Error:
+            if len(batch) <= 1:
+                raise
+            alone: list[ShadowDocument | None | Exception] = []
+            for device, samples in batch:
+                try:
+                    alone.append(self.report(device, samples))
+                except Exception as exc:
+                    alone.append(exc)
+            return alone
+        for device, points in recorded:
+            self._recorded(device, points, keep_history)
+        return results
+
+    def _report(
+        self,
+        conn: sqlite3.Connection,
+        device: str,
+        samples: Mapping[str, tuple[Any, str, float]],
+        now: float,
+        keep_history: bool,
+    ) -> tuple[ShadowDocument | None, list[str]]:
+        """`report` inside a transaction: the document (None if unchanged), the points with a
+        history row."""
+        doc = self._load(conn, device)
+        meta = doc.metadata.setdefault("reported", {})
+        rows: list[tuple[str, str, float, str, str]] = []
+        for point, (value, quality, ts) in samples.items():
+            good = quality == "good"
+            value_changed = good and (
+                point not in doc.reported or not _same(doc.reported[point], value)
+            )
+            if not value_changed and doc.quality.get(point, "good") == quality:
+                continue
+            if good:
+                doc.reported[point] = value
+                meta[point] = {"timestamp": ts or now}
+            if quality == "good":
+                doc.quality.pop(point, None)
+            else:
+                doc.quality[point] = quality
+            rows.append((device, point, ts or now, json.dumps(value), quality))
+        if not rows:
+            return None, []
+        if keep_history:
+            conn.executemany(
+                "INSERT INTO history (device, point, ts, value, quality) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        self._clear_reached_errors(doc)
+        doc.version += 1
+        doc.timestamp = now
+        self._save(conn, doc)
+        return doc, [r[1] for r in rows]
+
+    def _recorded(self, device: str, points: list[str], kept: bool) -> None:
+        """After the commit: the per-point row counts, or the rows skipped under min_free."""
+        if not kept:
+            self.history_skipped += len(points)
+            self._skipped_in_pause += len(points)
+            return
+        counts = self._counts
+        if counts is not None:
+            for point in points:
+                key = (device, point)
+                counts[key] = counts.get(key, 0) + 1
 
     def _room_for_history(self) -> bool:
         """False while the filesystem has less than ``min_free`` bytes free (see the module's
@@ -484,14 +548,6 @@ class ShadowStore:
     @property
     def _resume_at(self) -> int:
         return self.min_free + self.min_free // 8
-
-    def _counted(self, device: str, points: list[str]) -> None:
-        """Rows of ``points`` committed to history: keep the per-point counts."""
-        counts = self._counts
-        if counts is not None:
-            for point in points:
-                key = (device, point)
-                counts[key] = counts.get(key, 0) + 1
 
     def set_error(
         self, device: str, key: str, value: Any, status: str, reason: str
