@@ -433,3 +433,97 @@ def test_picked_examples_teach_a_synthetic_site_more_than_random_ones() -> None:
     assert picked > rand + 0.05  # measured 0.757 -> 0.883
     with pytest.raises(ValueError, match="select"):
         evaluate(t, data, [10], 1, select="best")
+
+
+def test_class_labels_read_in_any_spelling() -> None:
+    want = "Return_Air_CO2_Sensor"
+    for written in (
+        "return_air_co2_sensor",
+        " Return Air CO2 Sensor ",
+        "return-air-co2-sensor",
+        "brick:Return_Air_CO2_Sensor",
+        "BRICK:return air co2 sensor",
+        "http://brickschema.org/schema/Brick#Return_Air_CO2_Sensor",
+        "https://brickschema.org/schema/Brick#Return_Air_CO2_Sensor",
+        "<https://brickschema.org/schema/Brick#Return_Air_CO2_Sensor>",
+    ):
+        assert canonical(written) == want, written
+    assert canonical("discharge air temperature sensor") == "Supply_Air_Temperature_Sensor"
+    # not a class of ours: its prefix goes, the rest stays as written
+    assert canonical("brick:Lighting_Correlated_Color_Temperature_Sensor") == (
+        "Lighting_Correlated_Color_Temperature_Sensor"
+    )
+    assert canonical("https://example.com/x#Foo") == "https://example.com/x#Foo"
+
+
+def _reference_baseline(
+    baseline: Baseline, points: list[Point], test: np.ndarray, train: np.ndarray, labels: list[str]
+) -> list[list[str]]:
+    """The baseline computed straight, as evaluate did before it prepared the names once:
+    one cdist of the split's points against the class texts and its examples' names."""
+    from rapidfuzz import fuzz, process
+
+    from gateway.translator.evaluate import _text
+
+    choices = baseline.class_text + [_text(points[i].name) for i in train]
+    names = baseline.classes + [labels[i] for i in train]
+    sim = process.cdist([_text(points[i].name) for i in test], choices, scorer=fuzz.WRatio)
+    out = []
+    for row in sim:
+        ranked: list[str] = []
+        for j in np.argsort(-row, kind="stable"):
+            if names[j] not in ranked:
+                ranked.append(names[j])
+            if len(ranked) == 5:
+                break
+        out.append(ranked)
+    return out
+
+
+def test_evaluate_splits_rank_as_the_straight_computation() -> None:
+    from gateway.translator.evaluate import Names
+    from gateway.translator.fewshot import features
+    from models.translator.sites import site
+
+    data = site(11, points=160, classes=20)
+    points = [p for p, _ in data]
+    labels = [c for _, c in data]
+    t = load()
+    baseline = Baseline(t.classes)
+    names = Names(points, baseline)
+    base = t.predict(points)
+    for seed, k in ((0, 0), (1, 10), (2, 50)):
+        order = np.random.default_rng(seed).permutation(len(points))
+        train, test = order[:k], order[k:]
+        want = _reference_baseline(baseline, points, test, train, labels)
+        assert names.rank(test, train, [labels[i] for i in train]) == want
+        # the head's features computed once give the same adaptation as per call
+        if k:
+            head = FewShot(
+                t,
+                [points[i] for i in train],
+                [labels[i] for i in train],
+                Prediction(base.probs[train], base.embeddings[train]),
+            )
+            sub = Prediction(base.probs[test], base.embeddings[test])
+            rest = [points[i] for i in test]
+            once = head.adapt(sub, rest, feats=[features(p) for p in rest])
+            assert np.array_equal(once.probs, head.adapt(sub, rest).probs)
+
+
+def test_evaluate_says_what_runs_and_refuses_too_many_shots() -> None:
+    from gateway.translator.evaluate import evaluate
+    from models.translator.sites import site
+
+    data = site(12, points=40, classes=8)
+    said: list[str] = []
+    result = evaluate(load(), data, [0, 5], 2, progress=said.append)
+    assert set(result) == {"0", "5"}
+    assert said == [
+        "model and baseline over 40 points",
+        "0 shots, split 1 of 1",
+        "5 shots, split 1 of 2",
+        "5 shots, split 2 of 2",
+    ]
+    with pytest.raises(ValueError, match="40 shots leave no point to evaluate"):
+        evaluate(load(), data, [0, 40], 1)

@@ -225,7 +225,23 @@ def test_classify_with_examples_follows_them(
     assert rows[0]["class"] == "Hot_Water_Differential_Pressure_Sensor"
     bad = _write(tmp_path / "bad.csv", "name,brick_class\nX,Nonsense_Class\n")
     assert main(["classify", str(src), "--examples", str(bad)]) == 2
-    assert "not a Brick point class" in capsys.readouterr().err
+    assert "no point has a Brick point class we know" in capsys.readouterr().err
+    # labels in other spellings are read; a class we do not know is left out with a warning
+    ex = _write(
+        tmp_path / "ex2.csv",
+        "name,brick_class\nQX1_ZQW7,hot water differential pressure sensor\n"
+        "QX2_ZQW7,<http://brickschema.org/schema/Brick#Hot_Water_Differential_Pressure_Sensor>\n"
+        "QX3_ZQW7,Lighting_Correlated_Color_Temperature_Sensor\n",
+    )
+    assert main(["classify", str(src), "--examples", str(ex)]) == 0
+    out, err = capsys.readouterr()
+    assert list(csv.DictReader(out.splitlines()))[0]["class"] == (
+        "Hot_Water_Differential_Pressure_Sensor"
+    )
+    assert err == (
+        f"{ex}: left out 1 point whose brick_class is not a Brick point class we know: "
+        "'Lighting_Correlated_Color_Temperature_Sensor'\n"
+    )
 
 
 def test_evaluate_prints_model_and_baseline_per_shot(
@@ -842,3 +858,100 @@ def test_suggest_names_the_config_devices_in_from_and_to(tmp_path: Path) -> None
     assert main([*args, "--out", str(out), "--to", "broker"]) == 0
     text = out.read_text(encoding="utf-8")
     assert "from: plc" in text and "to: broker" in text
+
+
+def _labeled_site(tmp_path: Path, label: Callable[[str], str] = str, sep: str = ",") -> Path:
+    r = Renderer(seed=78)
+    names = ["Supply_Air_Temperature_Sensor", "Run_Status", "Zone_Air_Temperature_Sensor"]
+    lines = [f"name{sep}brick_class"]
+    for c in names:
+        lines += [f"{r.sample(r.index[c]).name.replace(sep, ' ')}{sep}{label(c)}" for _ in range(8)]
+    return _write(tmp_path / "lab.csv", "\n".join(lines) + "\n")
+
+
+def _evaluate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[dict[str, Any], str]:
+    assert main(["translator", "evaluate", *args]) == 0
+    out, err = capsys.readouterr()
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def test_evaluate_reads_labels_in_any_spelling_and_leaves_out_unknown_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = _labeled_site(tmp_path)
+    want, err = _evaluate(capsys, "--data", str(plain), "--shots", "0,5", "--seeds", "2")
+    assert want["n"] == 24 and want["left_out"] == {"unknown_label": 0}
+    assert want["skipped"] == {}
+    assert "evaluate: 5 shots, split 2 of 2\n" in err  # progress on stderr, JSON last on stdout
+    spellings = [
+        lambda c: c.lower(),
+        lambda c: c.replace("_", " "),
+        lambda c: f"http://brickschema.org/schema/Brick#{c}",
+        lambda c: f"<https://brickschema.org/schema/Brick#{c}>",
+    ]
+    for spelled in spellings:
+        path = _labeled_site(tmp_path, spelled)
+        got, _ = _evaluate(capsys, "--data", str(path), "--shots", "0,5", "--seeds", "2")
+        assert got["shots"] == want["shots"]
+    # classes we do not know: left out, said on stderr and counted; the rest is evaluated
+    with plain.open("a", encoding="utf-8") as f:
+        f.write("LCCT_1,Lighting_Correlated_Color_Temperature_Sensor\n")
+        f.write("LCCT_2,Lighting_Correlated_Color_Temperature_Sensor\nX_9,Typo_Sensr\n")
+    got, err = _evaluate(capsys, "--data", str(plain), "--shots", "0,5", "--seeds", "2")
+    assert got["shots"] == want["shots"] and got["n"] == 24
+    assert got["left_out"] == {"unknown_label": 3}
+    assert err.startswith(
+        f"{plain}: left out 3 points whose brick_class is not a Brick point class we know: "
+        "'Lighting_Correlated_Color_Temperature_Sensor' (2), 'Typo_Sensr'\n"
+    )
+
+
+def test_evaluate_skips_shot_counts_too_large_for_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _labeled_site(tmp_path)
+    want, _ = _evaluate(capsys, "--data", str(data), "--shots", "0,5", "--seeds", "2")
+    got, err = _evaluate(capsys, "--data", str(data), "--shots", "0,5,50", "--seeds", "2")
+    assert got["shots"] == want["shots"]
+    why = "50 shots leave no point to evaluate (24 labeled)"
+    assert got["skipped"] == {"50": why}
+    assert f"{data}: skipped: {why}\n" in err
+    args = ["translator", "evaluate", "--data", str(data), "--shots", "24,50"]
+    assert main(args) == 2
+    assert "no shot count leaves a point to evaluate" in capsys.readouterr().err
+
+
+def test_classify_keeps_rows_without_a_name_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _write(
+        tmp_path / "in.csv",
+        "name,description,unit\nAHU1_SAT,supply air temp,\n,orphan description,\n\n"
+        "AHU1_RAT,return air temp,\n,,\n,,degF\nAHU1_MAT,,\n",
+    )
+    out = tmp_path / "out.csv"
+    assert main(["classify", str(src), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    # a row per input row with a field filled (blank lines are no rows, as in CSV tools)
+    assert [r["name"] for r in rows] == ["AHU1_SAT", "", "AHU1_RAT", "", "AHU1_MAT"]
+    assert [bool(r["class"]) for r in rows] == [True, False, True, False, True]
+    assert capsys.readouterr().err == (
+        f"{src}: 2 rows without a name (line 3, 7) not classified: written with an empty "
+        f"class\n{out}: 3 points classified\n"
+    )
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_point_lists_separated_by_semicolons_or_tabs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sep: str
+) -> None:
+    src = _write(tmp_path / "in.csv", f"name{sep}unit\nAHU1_SAT{sep}degF\nRTU3,RAT{sep}\n")
+    assert main(["classify", str(src)]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [r["name"] for r in rows] == ["AHU1_SAT", "RTU3,RAT"]
+    data = _labeled_site(tmp_path, sep=sep)
+    got, _ = _evaluate(capsys, "--data", str(data), "--shots", "0", "--seeds", "1")
+    assert got["n"] == 24
+    bad = _write(tmp_path / "bad.csv", f"point{sep}unit\nAHU1_SAT{sep}degF\n")
+    assert main(["classify", str(bad)]) == 2
+    assert "no column name in the header (found: point, unit)" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from gateway.text import counted
 
 if TYPE_CHECKING:
     from gateway.translator.browse import BrowseOptions
+    from gateway.translator.pointlist import Labeled
 
 __all__ = ["register"]
 
@@ -235,9 +236,19 @@ def _translator(args: argparse.Namespace) -> Any:
 
 
 def _examples(args: argparse.Namespace) -> list[Any]:
-    from gateway.translator.pointlist import read_labeled
+    """The --examples points; those of a class we do not know are left out, said on stderr."""
+    if not args.examples:
+        return []
+    return _labeled(args.examples).points
 
-    return read_labeled(args.examples) if args.examples else []
+
+def _labeled(path: str) -> Labeled:
+    from gateway.translator.pointlist import read_labeled_known
+
+    labeled = read_labeled_known(path)
+    if note := labeled.note(path):
+        print(note, file=sys.stderr)
+    return labeled
 
 
 @contextmanager
@@ -266,20 +277,35 @@ def _csv_out(path: str | None) -> Iterator[Any]:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from gateway.translator.model import top_k
-    from gateway.translator.pointlist import read_points
+    from gateway.translator.pointlist import read_point_rows
     from gateway.translator.site import predict_site
 
     if args.top < 1:
         raise CommandError("--top must be at least 1")
-    points = read_points(args.input)
+    rows = read_point_rows(args.input)
+    points = [p for _, p in rows if p.name]
     translator = _translator(args)
     pred = predict_site(translator, points, _examples(args), prior=args.site_prior)
-    ranked = top_k(pred.probs, translator.classes, args.top)
+    ranked = iter(top_k(pred.probs, translator.classes, args.top))
     with _csv_out(args.out) as w:
+        # One output row per input row, so that the two line up; a row without a name (a
+        # description or unit only) has nothing to classify and keeps an empty class.
         w.writerow(["name", "class", "score", "alternatives"])
-        for p, top in zip(points, ranked, strict=True):
+        for _, p in rows:
+            if not p.name:
+                w.writerow(["", "", "", ""])
+                continue
+            top = next(ranked)
             alts = ";".join(f"{c}:{s:.3f}" for c, s in top[1:])
             w.writerow([p.name, top[0][0], f"{top[0][1]:.3f}", alts])
+    unnamed = [line for line, p in rows if not p.name]
+    if unnamed:
+        lines = ", ".join(map(str, unnamed[:5])) + (", ..." if len(unnamed) > 5 else "")
+        print(
+            f"{args.input}: {counted(len(unnamed), 'row')} without a name (line {lines}) "
+            "not classified: written with an empty class",
+            file=sys.stderr,
+        )
     if args.out:
         print(f"{args.out}: {counted(len(points), 'point')} classified", file=sys.stderr)
     return 0
@@ -392,8 +418,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import rapidfuzz  # noqa: F401  (the baseline's; missing, say so before the model's minutes)
 
-    from gateway.translator.evaluate import evaluate
-    from gateway.translator.pointlist import read_labeled
+    from gateway.translator.evaluate import evaluate, too_few
 
     try:
         shots = [int(s) for s in args.shots.split(",") if s.strip()]
@@ -403,9 +428,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ) from None
     if not shots or min(shots) < 0 or args.seeds < 1:
         raise CommandError("--shots needs counts >= 0 and --seeds at least 1")
-    data = read_labeled(args.data)
+    labeled = _labeled(args.data)
+    data = labeled.points
+    skipped = too_few(shots, len(data))
+    for why in skipped.values():
+        print(f"{args.data}: skipped: {why}", file=sys.stderr)
+    shots = [k for k in shots if str(k) not in skipped]
+    if not shots:
+        raise CommandError(f"{args.data}: no shot count leaves a point to evaluate", EXIT_INPUT)
     result = evaluate(
-        _translator(args), data, shots, args.seeds, prior=args.site_prior, select=args.select
+        _translator(args),
+        data,
+        shots,
+        args.seeds,
+        prior=args.site_prior,
+        select=args.select,
+        progress=lambda what: print(f"evaluate: {what}", file=sys.stderr, flush=True),
     )
     classes = counted(len({c for _, c in data}), "class", "classes")
     print(f"{args.data}: {counted(len(data), 'labeled point')}, {classes}")
@@ -413,9 +451,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for k, row in result.items():
         for who, m in row.items():
             print(f"{k:>5}  {who:<9} {m['top1']:6.3f} {m['top5']:6.3f} {m['macro_f1']:7.3f}")
+    # n counts the points the figures are over: those of a known class (left_out says how
+    # many were not); skipped names the shot counts too large for the file, with why.
     summary = {"data": args.data, "n": len(data), "seeds": args.seeds}
     options = {"site_prior": args.site_prior, "select": args.select}
-    print(json.dumps({**summary, **options, "shots": result}))
+    left_out = {"unknown_label": len(labeled.unknown)}
+    print(
+        json.dumps(
+            {**summary, **options, "shots": result, "left_out": left_out, "skipped": skipped}
+        )
+    )
     return 0
 
 

@@ -39,7 +39,9 @@ MEMORY_ONSET = 0.7
 MEMORY_SPAN = 0.3
 
 
-def _features(p: Point) -> list[str]:
+def features(p: Point) -> list[str]:
+    """The head's name features of a point (besides its embedding): pieces, piece pairs,
+    description pieces, unit."""
     ps = [x for x in pieces(p.name) if x != "#"]
     feats = set(ps)
     feats.update(f"{a} {b}" for a, b in zip(ps, ps[1:], strict=False))
@@ -76,8 +78,9 @@ class FewShot:
         self.seen = np.unique(y_full)  # (S,) class ids the head corrects
         n, s = len(known), len(self.seen)
         self.vocab: dict[str, int] = {}
-        for p in points:
-            for f in _features(p):
+        feats = [features(p) for p in points]
+        for fs in feats:
+            for f in fs:
                 self.vocab.setdefault(f, len(self.vocab))
         self.memory = base.embeddings
         self.memory_labels = y_full
@@ -87,7 +90,7 @@ class FewShot:
         if n:
             y = np.searchsorted(self.seen, y_full)
             logp = np.log(np.maximum(base.probs, 1e-12))
-            self._fit(logp, self._x(points, base.embeddings), y, l2, steps)
+            self._fit(logp, self._x(feats, base.embeddings), y, l2, steps)
 
     @classmethod
     def fit(cls, translator: Translator, examples: Sequence[tuple[Point, str]]) -> FewShot:
@@ -95,10 +98,10 @@ class FewShot:
         points = [p for p, _ in examples]
         return cls(translator, points, [c for _, c in examples], translator.predict(points))
 
-    def _x(self, points: Sequence[Point], emb: Floats) -> Floats:
-        tok = np.zeros((len(points), len(self.vocab)), dtype=np.float32)
-        for i, p in enumerate(points):
-            ids = [j for f in _features(p) if (j := self.vocab.get(f)) is not None]
+    def _x(self, feats: Sequence[Sequence[str]], emb: Floats) -> Floats:
+        tok = np.zeros((len(feats), len(self.vocab)), dtype=np.float32)
+        for i, fs in enumerate(feats):
+            ids = [j for f in fs if (j := self.vocab.get(f)) is not None]
             if ids:
                 tok[i, ids] = self.token_weight / np.sqrt(len(ids))
         return np.concatenate([emb, tok], axis=1)
@@ -133,13 +136,22 @@ class FewShot:
     def predict(self, points: Sequence[Point]) -> Prediction:
         return self.adapt(self.t.predict(points), points)
 
-    def adapt(self, pred: Prediction, points: Sequence[Point]) -> Prediction:
-        """The model's prediction for ``points``, adapted to the site."""
+    def adapt(
+        self,
+        pred: Prediction,
+        points: Sequence[Point],
+        *,
+        feats: Sequence[Sequence[str]] | None = None,
+    ) -> Prediction:
+        """The model's prediction for ``points``, adapted to the site; ``feats``, the points'
+        `features` when the caller has them already (evaluate adapts the same points often)."""
         n = pred.probs.shape[0]
         if not n or not len(self.memory_labels):
             return pred
         z = np.log(np.maximum(pred.probs, 1e-12))
-        z[:, self.seen] += self._x(points, pred.embeddings) @ self.w + self.b + self.beta
+        if feats is None:
+            feats = [features(p) for p in points]
+        z[:, self.seen] += self._x(feats, pred.embeddings) @ self.w + self.b + self.beta
         z -= z.max(1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(1, keepdims=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,9 +41,30 @@ def aliases() -> dict[str, str]:
 
 
 def canonical(name: str) -> str:
-    """A class name as the model predicts it: aliases resolved, ``brick:`` prefix dropped."""
-    name = name.strip().removeprefix("brick:").removeprefix("https://brickschema.org/schema/Brick#")
-    return aliases().get(name, name)
+    """A class name as the model predicts it: aliases resolved; written any way a labeled file
+    may write it: in any case, with spaces, hyphens or underscores (``return air co2 sensor``),
+    as ``brick:X`` or a Brick URI (``http(s)://brickschema.org/schema/Brick#X``, in ``<>`` as
+    Turtle writes it). A name that is no Brick point class comes back without its prefix, as
+    written otherwise."""
+    name = name.strip().removeprefix("<").removesuffix(">").strip()
+    prefix, hash_, local = name.rpartition("#")
+    if hash_ and "brick" in prefix.lower():
+        name = local
+    elif name[:6].lower() == "brick:":
+        name = name[6:]
+    return _spellings().get(_spelling(name), name)
+
+
+def _spelling(name: str) -> str:
+    return re.sub(r"[\s_-]+", "_", name.strip().lower())
+
+
+@lru_cache(maxsize=1)
+def _spellings() -> dict[str, str]:
+    """Normalised spelling (`_spelling`) of every class and alias -> canonical class."""
+    out = {_spelling(a): c for a, c in aliases().items()}
+    out.update((_spelling(c.name), c.name) for c in brick_classes())
+    return out
 
 
 def same_class(a: str, b: str) -> bool:
