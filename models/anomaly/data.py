@@ -1,16 +1,25 @@
 """SKAB-format CSV files: ``;``-separated, a ``datetime`` column, sensor columns, and (in
-labelled experiments) ``anomaly`` and ``changepoint`` columns.
+labelled experiments) an ``anomaly`` column; SKAB's ``changepoint`` column is read past.
 
 Read with the standard library and numpy only: evaluation runs where torch is not installed.
 A missing reading (an empty cell, ``nan``, ``NA``) keeps the sensor's last value, as a point
 missing from a message does in the gateway's anomaly stage; a gap at the start takes the first
 reading.
+
+What is tolerated, because exports produce it and nothing is lost by reading past it: blank
+lines, header names in any case (``Datetime``, ``Anomaly``), and columns that are no sensor
+(`index_column`): a column named ``""``, ``Unnamed: N`` (pandas' name for an unnamed header)
+or ``index`` that is blank on every row (a ``;`` at the end of each line) or holds a row index
+(whole numbers, increasing) is left aside, and named in ``Series.ignored``. Such a column with
+readings of another kind is scored as a sensor. Anything else that is not a number (text, a
+decimal comma) is refused with the file, line and column.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +29,7 @@ import numpy.typing as npt
 LABELS = ("anomaly", "changepoint")
 TIME = "datetime"
 CALIBRATION_ROWS = 400  # SKAB's protocol: fit on the first 400 rows of each file
+_INDEX_NAME = re.compile(r"(unnamed: \d+|index|)")  # lower-cased, stripped
 
 
 class DataError(Exception):
@@ -33,57 +43,96 @@ class Series:
     values: npt.NDArray[np.float64]  # [rows, sensors]
     anomaly: npt.NDArray[np.int8] | None  # [rows], None when unlabelled
     held: int = 0  # missing readings filled with the sensor's last value
+    ignored: tuple[str, ...] = ()  # columns left aside: blank or a row index
 
 
 def read_series(path: Path, *, labelled: bool) -> Series:
-    """One CSV; ``labelled`` requires the ``anomaly`` and ``changepoint`` columns."""
+    """One CSV; ``labelled`` requires the ``anomaly`` column."""
     try:
         # utf-8-sig: spreadsheet exports start with a byte order mark that would hide "datetime"
         with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f, delimiter=";"))
+            # (line number, cells); blank lines (one at the end, say) carry nothing
+            rows = [(n, r) for n, r in enumerate(csv.reader(f, delimiter=";"), 1) if _filled(r)]
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not rows:
         raise DataError(f"{path}: empty file")
-    header = [h.strip() for h in rows[0]]
-    missing = [c for c in (TIME, *LABELS) if c not in header and (labelled or c == TIME)]
+    header = [h.strip() for h in rows[0][1]]
+    where = {h.lower(): i for i, h in reversed(list(enumerate(header)))}  # first of a name
+    required = (TIME, "anomaly") if labelled else (TIME,)
+    missing = [c for c in required if c not in where]
     if missing:
         raise DataError(
             f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(expected ';'-separated datetime, sensor columns, anomaly, changepoint)"
+            f"(expected ';'-separated datetime, sensor columns, anomaly; changepoint optional)"
         )
-    sensors = tuple(h for h in header if h not in (TIME, *LABELS))
-    if not sensors:
-        raise DataError(f"{path}: no sensor columns besides {', '.join(header)}")
     body = rows[1:]
     if not body:
         raise DataError(f"{path}: no data rows, only the header")
-    cols = [header.index(s) for s in sensors]
-    label = header.index("anomaly") if "anomaly" in header else None
+    others = [i for i, h in enumerate(header) if h.lower() not in (TIME, *LABELS)]
+    ignored = [i for i in others if index_column(header[i], [_cell(r, i) for _, r in body])]
+    cols = [i for i in others if i not in ignored]
+    sensors = tuple(header[i] for i in cols)
+    if not sensors:
+        raise DataError(f"{path}: no sensor columns besides {', '.join(header)}")
+    label = where.get("anomaly")
     values = np.empty((len(body), len(cols)), dtype=np.float64)
     anomaly = np.zeros(len(body), dtype=np.int8)
-    for n, r in enumerate(body):
-        line = n + 2  # the header is line 1
-        try:
-            values[n] = [_reading(r[i]) for i in cols]
-            if label is not None:
-                anomaly[n] = _label(r[label], path, line)
-        except (ValueError, IndexError) as exc:
-            raise DataError(f"{path}: line {line}: not a number or a short row ({exc})") from None
+    last = max(cols if label is None else [*cols, label])  # the last cell read on a row
+    for n, (line, r) in enumerate(body):
+        if last >= len(r):
+            raise DataError(f"{path}: line {line}: {len(r)} cells, the header has {len(header)}")
+        for j, i in enumerate(cols):
+            values[n, j] = _reading(r[i], path, line, header[i])
+        if label is not None:
+            anomaly[n] = _label(r[label], path, line)
     bad = np.flatnonzero(np.isinf(values).any(axis=1))
     if len(bad):
-        raise DataError(f"{path}: line {bad[0] + 2}: sensor values must be finite numbers")
+        raise DataError(f"{path}: line {body[bad[0]][0]}: sensor values must be finite numbers")
     held = _hold_last(values, sensors, path)
-    return Series(path, sensors, values, anomaly if label is not None else None, held)
+    labels = anomaly if label is not None else None
+    return Series(path, sensors, values, labels, held, tuple(repr(header[i]) for i in ignored))
+
+
+def index_column(name: str, cells: list[str]) -> bool:
+    """Whether a column is no sensor: named ``""``, ``Unnamed: N`` or ``index`` (any case) and
+    blank on every row, or holding whole numbers that increase from row to row (a row index,
+    as pandas writes one). A column of another name is always a sensor."""
+    if not _INDEX_NAME.fullmatch(name.strip().lower()):
+        return False
+    if all(not c.strip() for c in cells):
+        return True
+    try:
+        numbers = [int(c) for c in cells]
+    except ValueError:
+        return False
+    return all(b > a for a, b in zip(numbers, numbers[1:], strict=False))
+
+
+def _filled(row: list[str]) -> bool:
+    return any(c.strip() for c in row)
+
+
+def _cell(row: list[str], i: int) -> str:
+    return row[i] if i < len(row) else ""
 
 
 _MISSING = {"", "nan", "na", "n/a", "null", "none"}
+_DECIMAL_COMMA = re.compile(r"\s*[-+]?\d*,\d+\s*")
 
 
-def _reading(text: str) -> float:
-    return math.nan if text.strip().lower() in _MISSING else float(text)
+def _reading(text: str, path: Path, line: int, column: str) -> float:
+    if text.strip().lower() in _MISSING:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        hint = " (a decimal comma? write 0.5, not 0,5)" if _DECIMAL_COMMA.fullmatch(text) else ""
+        raise DataError(
+            f"{path}: line {line}: column {column!r}: {text!r} is not a number{hint}"
+        ) from None
 
 
 def _hold_last(values: npt.NDArray[np.float64], sensors: tuple[str, ...], path: Path) -> int:
@@ -114,12 +163,13 @@ def _label(text: str, path: Path, line: int) -> int:
 
 
 def csv_files(root: Path) -> list[Path]:
-    """The CSV files under ``root`` (a file or a folder, searched recursively), sorted."""
+    """The CSV files under ``root`` (a file or a folder, searched recursively; ``.csv`` in any
+    case), sorted."""
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder")
-    files = sorted(root.rglob("*.csv"))
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".csv" and p.is_file())
     if not files:
         raise DataError(f"{root}: no .csv files")
     return files
