@@ -124,6 +124,11 @@ def test_unlabelled_and_short_files_are_left_out_with_a_note(
     values, label = series(900, seed=4, faults=FAULTS)
     write_csv(root / "valve" / "short.csv", values[:400], label[:400])
     got, err = _run(root, capsys)
+    assert expected.pop("left_out") == {}
+    assert got.pop("left_out") == {
+        "unlabelled": ["anomaly-free/anomaly-free.csv"],
+        "short": ["valve/short.csv"],
+    }
     assert got == expected
     assert "left out: " in err and "anomaly-free.csv: missing column anomaly" in err
     assert "short.csv: 400 rows; needs more than 400" in err
@@ -172,8 +177,27 @@ def test_f1_is_undefined_without_labelled_anomalies_or_alarms() -> None:
     t = evaluate.Tally()
     t.add("clean", np.zeros(5, np.int8), np.zeros(5, np.int8))
     assert t.f1 is None
+    assert t.figures(None)["f1"] is None  # null in the JSON, "n/a" in the text line
     t.add("alarm", np.ones(5, np.int8), np.zeros(5, np.int8))
     assert t.f1 == 0.0
+
+
+def test_an_all_normal_folder_reports_f1_as_undefined(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No labelled anomaly: F1 is 0 with a false alarm (precision 0), undefined without (was 0.0)
+    values, _ = series(900, seed=6)
+    write_csv(tmp_path / "clean.csv", values, np.zeros(len(values), np.int8))
+    assert main(["anomaly", "evaluate", "--data", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    for name in ("teacher", "student", "hotelling_t2"):
+        figures = report[name]
+        assert figures["f1"] == (None if figures["far"] == 0 else 0.0), figures
+        line = next(x for x in out.splitlines() if x.startswith(name))
+        assert ("F1 n/a" in line) is (figures["f1"] is None), line
+    assert any(report[n]["f1"] is None for n in ("teacher", "student")), report
+    assert report["student_to_teacher_f1"] is None
 
 
 def test_a_malformed_file_names_its_line_and_column(

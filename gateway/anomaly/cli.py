@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from gateway.anomaly.model import MODELS, ModelError, OnnxScorer
     from models.anomaly.data import DataError
-    from models.anomaly.evaluate import evaluate_model, hotelling, load_labelled
+    from models.anomaly.evaluate import evaluate_model, hotelling, load
 
     folder = args.models or MODELS
     if not folder.is_dir():
@@ -163,7 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{folder}: not a folder (--models: where teacher.onnx and student.onnx are)"
         )
     try:
-        series = load_labelled(args.data)
+        loaded = load(args.data)
+        series = loaded.series
         teacher = OnnxScorer(folder / "teacher.onnx")
         student = OnnxScorer(folder / "student.onnx")
     except (DataError, ModelError) as exc:
@@ -185,13 +186,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         size = None if name == "hotelling_t2" else (teacher if name == "teacher" else student).size
         result[name] = tally.figures(size)
         f = result[name]
+        f1 = "n/a" if f["f1"] is None else f"{f['f1']:.3f}"
         print(
-            f"{name:<13} F1 {f['f1']:.3f}  FAR {f['far']:.3f}  MAR {f['mar']:.3f}  "
+            f"{name:<13} F1 {f1}  FAR {f['far']:.3f}  MAR {f['mar']:.3f}  "
             f"{f['us_per_sample']:.2f} us/sample" + (f"  {size} bytes" if size else "")
         )
     t_f1 = result["teacher"]["f1"]
-    result["student_to_teacher_f1"] = round(result["student"]["f1"] / t_f1, 4) if t_f1 else None
+    s_f1 = result["student"]["f1"]
+    result["student_to_teacher_f1"] = round(s_f1 / t_f1, 4) if t_f1 and s_f1 is not None else None
     result["size_ratio"] = round(student.size / teacher.size, 4)
+    # files the protocol could not score (no anomaly column, too short), by reason
+    result["left_out"] = loaded.left_out
     print(json.dumps(result))
     return 0
 

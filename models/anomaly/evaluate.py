@@ -77,8 +77,8 @@ class Tally:
 
     def figures(self, size: int | None) -> dict[str, Any]:
         out: dict[str, Any] = {
-            # 0.0 where F1 is undefined (`f1` is None): `gateway anomaly evaluate` formats it
-            "f1": round(self.f1 or 0.0, 4),
+            # null where F1 is undefined: no anomaly labelled among the scored rows, no alarm
+            "f1": None if self.f1 is None else round(self.f1, 4),
             "far": round(self.fp / max(1, self.fp + self.tn), 4),
             "mar": round(self.fn / max(1, self.fn + self.tp), 4),
             # per sensor reading, calibration rows included (see docs/anomaly.md)
