@@ -181,6 +181,11 @@ class Gateway:
             f"{sum(b['dropped'] for b in bridges)} dropped in bridges, "
             f"{sum(int(a.get('dropped', 0)) for a in adapters)} dropped in adapters"
         )
+        if self.shadow is not None:  # readings the shadow could not keep up with, not recorded
+            shadow = self.shadow.status()
+            text += f", {shadow['dropped']} dropped in the shadow"
+            if shadow["history_paused"]:
+                text += " (history paused: disk below shadow.history.min_free)"
         missed = sum(int(a.get("polls_missed", 0)) for a in adapters)
         if missed:  # a poll slower than its interval: readings never taken
             text += f", {counted(missed, 'poll')} skipped late"

@@ -582,3 +582,21 @@ async def test_the_status_line_counts_polls_skipped_late(tmp_path: Path) -> None
 
         adapter.status = late  # type: ignore[method-assign]
     assert ", 7 polls skipped late" in gw.summary()
+
+
+async def test_the_status_line_counts_what_the_shadow_dropped(tmp_path: Path) -> None:
+    from gateway.config import load_config
+
+    path = _uplink_file(tmp_path, "off")
+    path.write_text(path.read_text() + f"shadow: {{path: '{tmp_path / 's.db'}'}}\n")
+    gw = runtime.Gateway(load_config(path))
+    assert gw.shadow is not None
+    assert ", 0 dropped in the shadow" in gw.summary()
+    status = gw.shadow.status
+
+    def behind() -> dict[str, Any]:  # a store that fell behind on a disk below its floor
+        return {**status(), "dropped": 7, "history_paused": True}
+
+    gw.shadow.status = behind  # type: ignore[method-assign]
+    line = gw.summary()
+    assert ", 7 dropped in the shadow (history paused: disk below shadow.history.min_free)" in line
