@@ -1,12 +1,17 @@
 """Modbus TCP -> gateway -> real mosquitto, at EMQ Neuron's published load.
 
     python bench/modbus_mqtt.py --devices 500 --registers 30 --interval 1 --duration 60
+    python bench/modbus_mqtt.py --devices 100 --registers 10 --changing --shadow  # disk writes
 
 Three processes besides this one: the Modbus simulator (all devices, one port each), mosquitto,
 and `gateway run` on a generated config. Every register is a point published on every poll
 (`publish: always`), so tags/s is the polling load, not what happened to change. This process
 subscribes to the broker and counts tags and poll-to-publish latency (the sample's source
 timestamp, taken when the Modbus response arrived, to the moment the broker delivered it here).
+It also reads the bytes the gateway process wrote to disk (Linux: outbox, shadow, log), per tag:
+on an SD card that is the wear. ``--shadow`` adds a device shadow with history;
+``--changing`` publishes on change (the default deadband) instead of every poll, so that the
+shadow's history, which keeps changes only, sees every animated register change.
 
 Prints its figures; the last line is one JSON object.
 """
@@ -45,19 +50,36 @@ from _common import (  # noqa: E402
 
 
 def gateway_config(
-    ports: list[int], registers: int, interval: float, mqtt_port: int, payload: str
+    ports: list[int],
+    registers: int,
+    interval: float,
+    mqtt_port: int,
+    payload: str,
+    *,
+    shadow: bool = False,
+    changing: bool = False,
+    synchronous: str = "FULL",
 ) -> str:
     lines = ["gateway: {name: bench, status_interval: 0}"]
-    lines += modbus_devices_yaml(ports, registers, interval, ", publish: always")
+    publish = "" if changing else ", publish: always"
+    lines += modbus_devices_yaml(ports, registers, interval, publish)
+    if shadow:
+        lines += ["shadow: {path: shadow.db}"]
     topic = "bench/{device}" if payload == "device" else "bench/{device}/{point}"
     lines += [
         "endpoints:",
-        f"  broker: {{protocol: mqtt, host: 127.0.0.1, port: {mqtt_port}, max_queued: 100000}}",
+        f"  broker: {{protocol: mqtt, host: 127.0.0.1, port: {mqtt_port}, max_queued: 100000,",
+        f"           outbox: {{synchronous: {synchronous}}}}}",
         "bridges:",
         f"  - {{name: up, from: [{', '.join(f'd{n}' for n in range(len(ports)))}], to: broker,"
         f" topic: '{topic}', payload: {payload}, qos: 0}}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def written_bytes(process: psutil.Process) -> int:
+    """Bytes the process caused to be written to storage (Linux's write_bytes)."""
+    return int(process.io_counters().write_bytes)
 
 
 class Counter:
@@ -104,6 +126,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--payload", choices=["device", "sample", "value"], default="device")
+    parser.add_argument("--shadow", action="store_true", help="a device shadow with history")
+    parser.add_argument(
+        "--changing", action="store_true", help="publish on change instead of every poll"
+    )
+    parser.add_argument(
+        "--synchronous",
+        choices=["FULL", "NORMAL"],
+        default="FULL",
+        help="the outbox's fsync policy (FULL: one per transaction; NORMAL: at checkpoints)",
+    )
     args = parser.parse_args()
 
     mosquitto = mosquitto_binary()
@@ -129,7 +161,16 @@ def main() -> None:
 
             config = workdir / "gateway.yaml"
             config.write_text(
-                gateway_config(ports, args.registers, args.interval, mqtt_port, args.payload)
+                gateway_config(
+                    ports,
+                    args.registers,
+                    args.interval,
+                    mqtt_port,
+                    args.payload,
+                    shadow=args.shadow,
+                    changing=args.changing,
+                    synchronous=args.synchronous,
+                )
             )
             counter = Counter(mqtt_port, args.payload)
             gw = start_gateway(config, workdir / "gateway.log")
@@ -144,6 +185,7 @@ def main() -> None:
             time.sleep(args.warmup)
             me = psutil.Process()
             gw_cpu0, sim_cpu0, me_cpu0 = cpu_seconds(gw_ps), cpu_seconds(sim_ps), cpu_seconds(me)
+            written0 = written_bytes(gw_ps)
             counter.measuring = True
             t0 = time.monotonic()
             peak_rss = 0
@@ -157,6 +199,7 @@ def main() -> None:
             counter.measuring = False
             wall = time.monotonic() - t0
             gw_cpu = cpu_seconds(gw_ps) - gw_cpu0
+            written = written_bytes(gw_ps) - written0
             sim_cpu = cpu_seconds(sim_ps) - sim_cpu0
             me_cpu = cpu_seconds(me) - me_cpu0
             counter.stop()
@@ -179,6 +222,11 @@ def main() -> None:
                 "tags_per_s": round(counter.tags / wall),
                 "gateway_cpu_pct_of_one_core": round(100 * gw_cpu / wall, 1),
                 "gateway_peak_rss_mb": round(peak_rss / 2**20, 1),
+                "shadow": args.shadow,
+                "outbox_synchronous": args.synchronous,
+                "publish": "on change" if args.changing else "always",
+                "disk_written_kb_per_s": round(written / wall / 1000, 1),
+                "disk_written_bytes_per_tag": round(written / max(counter.tags, 1)),
                 "latency_p50_ms": round(1000 * percentile(counter.latencies, 0.5), 1),
                 "latency_p99_ms": round(1000 * percentile(counter.latencies, 0.99), 1),
                 "simulator_cpu_pct_of_one_core": round(100 * sim_cpu / wall, 1),

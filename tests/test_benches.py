@@ -158,6 +158,11 @@ def test_a_forked_worker_stopped_by_its_pool_ends_quietly(tmp_path: Path) -> Non
             "modbus_mqtt.py",
             ["--devices", "1", "--registers", "2", "--duration", "1", "--warmup", "1"],
         ),
+        (
+            "modbus_mqtt.py",
+            ["--devices", "1", "--registers", "2", "--duration", "1", "--warmup", "1"]
+            + ["--shadow", "--changing"],
+        ),
     ],
 )
 def test_a_short_run_prints_json_last_and_leaves_nothing(

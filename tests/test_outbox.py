@@ -77,6 +77,51 @@ def test_a_caught_up_take_moves_the_cursor_to_the_last_id(tmp_path: Path) -> Non
     again.close()
 
 
+def test_acknowledgements_ride_on_the_next_append(tmp_path: Path) -> None:
+    # Each transaction costs pages and an fsync whatever it holds: a steady flow made two per
+    # publish (its append, then the delete of its acknowledgement), 6.4 kB written per tag.
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    reader = sqlite3.connect(path)
+
+    def commits() -> int:  # changes when another connection commits
+        return int(reader.execute("PRAGMA data_version").fetchone()[0])
+
+    box.append(items(3))
+    box.ack(r.id for r in box.take(10))
+    before = commits()
+    box.commit(within=60)  # a transaction just ended: the acknowledgements wait
+    assert commits() == before and box.rows == 3
+    assert box.commit_due(60) == pytest.approx(60, abs=5)
+    box.append(items(1, 3))  # one transaction: the new row in, the three acknowledged out
+    assert commits() == before + 1 and box.rows == 1
+    assert reader.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1
+    assert box.commit_due(60) is None
+    box.ack(r.id for r in box.take(10))
+    box.commit(within=0.0)  # idle: on their own after all
+    assert commits() == before + 2 and box.rows == 0
+    reader.close()
+    box.close()
+
+
+def test_ids_go_on_after_the_table_empties_in_an_append_that_kept_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path, OutboxConfig(max_rows=2, policy="reject_new"))
+    box.append(items(2))
+    box.ack(r.id for r in box.take(10))
+    box.commit(within=60)
+    assert box.append(items(3, 2)) == 0  # refused (full until the acks commit), acks deleted
+    assert box.rows == 0
+    box.close()
+    again = Outbox(path)  # an empty table: only meta knows the ids already given out
+    assert again.last_id >= 2
+    again.append(items(1, 9))
+    assert again.take(1)[0].id > 2
+    again.close()
+
+
 def test_stamp_writes_the_id_into_the_payload(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
     box.append(items(2), stamp=lambda i, p: b"%d:" % i + p)

@@ -115,13 +115,17 @@ class Uplink:
 
 
 def outbox_last_id(db: Path) -> int:
-    """The newest id the outbox gave a stored message, read-only (``meta.last_id``)."""
+    """The newest id the outbox gave a stored message, read-only: the newest row's, or
+    ``meta.last_id`` once rows were deleted down to none (the outbox writes it only then)."""
     con = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        row = con.execute("SELECT value FROM meta WHERE key = 'last_id'").fetchone()
+        row = con.execute(
+            "SELECT max(coalesce((SELECT max(id) FROM outbox), 0),"
+            " coalesce((SELECT value FROM meta WHERE key = 'last_id'), 0))"
+        ).fetchone()
     finally:
         con.close()
-    return 0 if row is None else int(row[0])
+    return int(row[0])
 
 
 DEVICES = 10

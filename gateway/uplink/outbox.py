@@ -214,7 +214,10 @@ class Outbox:
         ).fetchone()
         self.rows: int = rows
         self.bytes: int = size
-        self._next_id: int = max(last, self._meta("last_id")) + 1
+        self._stored_last = self._meta("last_id")  # what meta holds (see `_commit`)
+        self._next_id: int = max(last, self._stored_last) + 1
+        self._inserted = False  # the open transaction inserted rows
+        self._last_txn = 0.0  # monotonic time the last transaction ended (or failed to)
         self._cursor = 0  # every row with id > cursor is still to be handed out
         self._tail: collections.deque[Row] = collections.deque()
         self._tail_valid = rows == 0  # the tail holds every row after the cursor
@@ -293,7 +296,7 @@ class Outbox:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(r.id, r.ts, r.topic, r.payload, r.qos, int(r.retain), r.size) for r in rows],
             )
-            self._set_meta("last_id", rows[-1].id)
+            self._inserted = True
 
     def _make_room(self, rows: list[Row], need_rows: int, need_bytes: int) -> list[Row]:
         cfg = self.config
@@ -512,17 +515,31 @@ class Outbox:
         """The broker has these (or the socket, for QoS 0); deleted at the next `commit`."""
         self._acked.extend(ids)
 
-    def commit(self) -> None:
-        """Delete the acknowledged rows (one transaction) and store changed counters."""
+    def commit(self, *, within: float = 0.0) -> None:
+        """Delete the acknowledged rows (one transaction) and store changed counters.
+
+        ``within`` > 0: not if a transaction ended less than ``within`` seconds ago; the next
+        append carries them, or a call after `commit_due` seconds. Each transaction costs the
+        disk a few pages and an fsync whatever it holds, so acknowledgements that ride on the
+        next append halve the writes of a steady flow; a crash re-sends them (ids)."""
         if not self._acked and not self._dirty:
+            return
+        if within > 0 and time.monotonic() - self._last_txn < within:
             return
         try:
             self._begin()
             self._commit()
         except sqlite3.OperationalError as exc:
             self._rollback()  # the acknowledgements stay noted: tried again next time
+            self._last_txn = time.monotonic()  # not again at once (`commit_due`)
             if not _is_disk_full(exc):
                 raise
+
+    def commit_due(self, within: float) -> float | None:
+        """Seconds until `commit(within=within)` would commit; None when nothing waits."""
+        if not self._acked and not self._dirty:
+            return None
+        return max(0.0, self._last_txn + within - time.monotonic())
 
     def rewind(self) -> None:
         """Hand everything out again (rows in flight included), oldest first."""
@@ -589,6 +606,7 @@ class Outbox:
 
     def _begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
+        self._inserted = False
         if self._acked:  # piggy-back pending acknowledgements on this transaction
             acked, self._acked = self._acked, []
             self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in acked])
@@ -601,7 +619,16 @@ class Outbox:
             self._db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self.dropped.items()
             )
+        # Ids increase for the life of the file, so an empty table must still know the last
+        # one. A transaction that inserted keeps rows at least that new, so only one that did
+        # not (it may delete the newest) writes it: one page less in every append.
+        last = self._next_id - 1
+        if not self._inserted and last > self._stored_last:
+            self._set_meta("last_id", last)
         self._db.execute("COMMIT")
+        self._last_txn = time.monotonic()
+        if not self._inserted and last > self._stored_last:
+            self._stored_last = last
         self._dirty = False
         acked = self._pending_acked
         if acked:

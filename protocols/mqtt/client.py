@@ -102,6 +102,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MemoryOutbox", "MqttAdapter", "MqttError", "Outgoing"]
 
+# Acknowledged outbox rows are deleted with the next append, or this long after the last
+# transaction at most: a transaction of their own would double the disk writes of a steady flow.
+ACK_COMMIT_S = 0.5
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # shared, never mutated
@@ -653,7 +656,18 @@ class MqttAdapter(Adapter):
                 except TimeoutError:
                     pass
                 continue
-            await wake.wait()
+            store = self._store
+            if store is not None:  # the flush above commits only while connected
+                store.commit(within=ACK_COMMIT_S)
+            due = store.commit_due(ACK_COMMIT_S) if store is not None else None
+            if due is None:
+                await wake.wait()
+                continue
+            try:  # acknowledged rows are deleted with the next append, or after this at most
+                async with asyncio.timeout(due):
+                    await wake.wait()
+            except TimeoutError:
+                pass
         return disconnected.result()
 
     def _queued(self) -> bool:
@@ -910,7 +924,7 @@ class MqttAdapter(Adapter):
             self._flush_backlog_lane(store, client, acked)
         if acked:
             store.ack(acked)
-        store.commit()
+        store.commit(within=ACK_COMMIT_S)
 
     def _publish_row(self, client: _Client, row: Row) -> int | None:
         try:
@@ -1014,7 +1028,7 @@ class MqttAdapter(Adapter):
             self._send_rows(client, chunk, d.qos, d.compress, acked)
         if acked:
             store.ack(acked)
-        store.commit()
+        store.commit(within=ACK_COMMIT_S)
 
     def _send_rows(
         self, client: _Client, rows: list[Row], qos: int, compress: bool, acked: list[int]
