@@ -169,3 +169,18 @@ def test_a_spaced_mixed_case_policy_list_runs(
     _write(tmp_path / "a")
     code, report, _ = _evaluate(tmp_path, capsys, "--policies", "Immediate, HEURISTIC,immediate")
     assert code == 0 and list(report["policies"]) == ["immediate", "heuristic"]
+
+
+def test_headroom_says_what_evaluate_says_about_the_traces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(tmp_path / "sub" / "ms_trace", seconds=60, step=1000.0)
+    _write(tmp_path / "ok", seconds=60)
+    argv = ["optimizer", "headroom", "--traces", str(tmp_path), "--length", "20"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["traces"] == 2  # the subfolder too
+    (warning,) = report["warnings"]
+    assert warning.startswith("sub/ms_trace: median step 1000 s: times look like milliseconds")
+    assert f"warning: {warning}" in err

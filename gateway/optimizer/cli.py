@@ -294,18 +294,23 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     from gateway.optimizer.heuristic import FixedPolicy
     from models.optimizer import traces as tr
     from models.optimizer.episodes import eval_episodes
-    from models.optimizer.evaluate import run_episode
+    from models.optimizer.evaluate import check_traces, run_episode
     from models.optimizer.headroom import headroom
 
     try:
-        traces = tr.load_dir(args.traces)
+        scan = tr.scan_dir(args.traces)
     except tr.TraceError as exc:
         raise CommandError(str(exc)) from None
+    traces = scan.traces
     _, weights, best = _learned(args.model)
+    trace_checks, lines = check_traces(scan, args.length)  # as evaluate says them
+    for line in lines:
+        print(line, file=sys.stderr)
     episodes = eval_episodes(traces, seed=args.seed, length=args.length)
     runs = [run_episode(FixedPolicy(best), ep, weights)[1] for ep in episodes]
     report = {
         "traces": len(traces),
+        **trace_checks,
         "best_fixed": best.as_dict(),
         **headroom(episodes, runs, weights),
     }
