@@ -217,6 +217,7 @@ class Outbox:
         self._stored_last = self._meta("last_id")  # what meta holds (see `_commit`)
         self._next_id: int = max(last, self._stored_last) + 1
         self._inserted = False  # the open transaction inserted rows
+        self._acked_size = (0, 0)  # rows, bytes of the acknowledged rows it deletes
         self._last_txn = 0.0  # monotonic time the last transaction ended (or failed to)
         self._cursor = 0  # every row with id > cursor is still to be handed out
         self._tail: collections.deque[Row] = collections.deque()
@@ -300,13 +301,14 @@ class Outbox:
 
     def _make_room(self, rows: list[Row], need_rows: int, need_bytes: int) -> list[Row]:
         cfg = self.config
-        over_rows = self.rows + need_rows - cfg.max_rows
-        over_bytes = self.bytes + need_bytes - cfg.max_bytes
+        held_rows, held_bytes = self._held()
+        over_rows = held_rows + need_rows - cfg.max_rows
+        over_bytes = held_bytes + need_bytes - cfg.max_bytes
         if over_rows <= 0 and over_bytes <= 0:
             return rows
         if cfg.policy == "reject_new":
             kept: list[Row] = []
-            free_rows, free_bytes = cfg.max_rows - self.rows, cfg.max_bytes - self.bytes
+            free_rows, free_bytes = cfg.max_rows - held_rows, cfg.max_bytes - held_bytes
             for r in rows:
                 if free_rows >= 1 and free_bytes >= r.size:
                     kept.append(r)
@@ -320,8 +322,9 @@ class Outbox:
             need_rows -= 1
             need_bytes -= first.size
             self._count("full", 1)
-        over_rows = self.rows + need_rows - cfg.max_rows
-        over_bytes = self.bytes + need_bytes - cfg.max_bytes
+        held_rows, held_bytes = self._held()
+        over_rows = held_rows + need_rows - cfg.max_rows
+        over_bytes = held_bytes + need_bytes - cfg.max_bytes
         self._delete_oldest(lambda n, b, _ts: n < over_rows or b < over_bytes, "full")
         return rows
 
@@ -395,7 +398,7 @@ class Outbox:
                 # the reserve's room lets the log go into the file and start again (module doc)
                 self._db.execute("PRAGMA wal_checkpoint(RESTART)")
                 self._begin()
-                target = max(len(rows), self.rows // 100)
+                target = max(len(rows), self._held()[0] // 100)
                 self._delete_oldest(lambda n, _b, _ts: n < target, "disk_full")
                 self._insert(rows)
                 self._commit()
@@ -607,12 +610,22 @@ class Outbox:
     def _begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         self._inserted = False
+        self._acked_size = (0, 0)
         if self._acked:  # piggy-back pending acknowledgements on this transaction
             acked, self._acked = self._acked, []
             self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in acked])
             self._pending_acked = acked
+            # rows and bytes count them until the commit; the bounds must not (`_held`)
+            sizes = [s for s in map(self._taken.get, acked) if s is not None]
+            self._acked_size = (len(sizes), sum(sizes))
         else:
             self._pending_acked = []
+
+    def _held(self) -> tuple[int, int]:
+        """Rows and bytes in the file within the open transaction: without the acknowledged
+        rows it deletes, which `rows` and `bytes` still count until it commits."""
+        n, size = self._acked_size
+        return self.rows - n, self.bytes - size
 
     def _commit(self) -> None:
         if self._dirty:
@@ -620,12 +633,14 @@ class Outbox:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self.dropped.items()
             )
         # Ids increase for the life of the file, so an empty table must still know the last
-        # one. A transaction that inserted keeps rows at least that new, so only one that did
-        # not (it may delete the newest) writes it: one page less in every append.
+        # one stored. A transaction that inserted keeps the rows it inserted, so only one that
+        # did not (it may delete the newest) writes it: one page less in every append. (Ids of
+        # rows refused in an append were never stored or sent; a restart may give them again.)
         last = self._next_id - 1
         if not self._inserted and last > self._stored_last:
             self._set_meta("last_id", last)
         self._db.execute("COMMIT")
+        self._acked_size = (0, 0)
         self._last_txn = time.monotonic()
         if not self._inserted and last > self._stored_last:
             self._stored_last = last
@@ -646,6 +661,7 @@ class Outbox:
             self._db.execute("ROLLBACK")
         self._acked = self._pending_acked + self._acked
         self._pending_acked = []
+        self._acked_size = (0, 0)
         self._dirty = True
 
     def _meta(self, key: str) -> int:

@@ -59,7 +59,7 @@ class Tally:
     seconds: float = 0.0
     samples: int = 0  # sensor readings, calibration rows included
     rows: int = 0  # rows, calibration rows included
-    per_file: dict[str, float] = field(default_factory=dict)
+    per_file: dict[str, float] = field(default_factory=dict)  # path -> F1 (0.0: none to find)
 
     def add(self, name: str, pred: Pred, truth: Pred) -> None:
         tp = int(((pred == 1) & (truth == 1)).sum())
@@ -167,7 +167,7 @@ def evaluate_model(
         tally.seconds += seconds
         tally.samples += s.values.size
         tally.rows += len(s.values)
-        tally.add(s.path.name, pred, s.anomaly[CALIBRATION_ROWS:])
+        tally.add(str(s.path), pred, s.anomaly[CALIBRATION_ROWS:])
         if total > PROGRESS_ROWS:
             name = getattr(model, "path", type(model).__name__)
             note(
@@ -245,5 +245,5 @@ def hotelling(series: list[Series], quantile: float = 0.99) -> Tally:
         tally.seconds += time.perf_counter() - start
         tally.samples += s.values.size
         tally.rows += len(s.values)
-        tally.add(s.path.name, pred, s.anomaly[CALIBRATION_ROWS:])
+        tally.add(str(s.path), pred, s.anomaly[CALIBRATION_ROWS:])
     return tally

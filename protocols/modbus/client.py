@@ -336,7 +336,8 @@ class ModbusClientAdapter(Adapter):
         late = _LatePolls(self.name, group, interval)
         first = True
         while True:
-            # Ticks that pass while the device is down are not late polls: the points are Bad.
+            # Ticks that pass while the connection is down (reconnecting) are not late polls:
+            # the points are Bad then. A device that answers slowly or times out makes them.
             counts = self._connected.is_set() and not first
             await self._connected.wait()
             samples = await self.poll(plan)

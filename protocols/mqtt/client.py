@@ -635,10 +635,16 @@ class MqttAdapter(Adapter):
         while not disconnected.done():
             self._flush()
             wake.clear()
+            store = self._store
+            if store is not None:  # acknowledgements the flush left waiting for an append
+                store.commit(within=ACK_COMMIT_S)
+            due = store.commit_due(ACK_COMMIT_S) if store is not None else None
             if self._opt is not None:  # staged rows wait for their deadline, not for room
                 wait = self._opt_wait()
                 if self._ready and self._backlog_left(self._store) if self._store else False:
                     wait = min(wait, max(0.005, self._drain_delay()))
+                if due is not None:
+                    wait = min(wait, max(0.005, due))
                 try:
                     async with asyncio.timeout(wait):
                         await wake.wait()
@@ -656,10 +662,6 @@ class MqttAdapter(Adapter):
                 except TimeoutError:
                     pass
                 continue
-            store = self._store
-            if store is not None:  # the flush above commits only while connected
-                store.commit(within=ACK_COMMIT_S)
-            due = store.commit_due(ACK_COMMIT_S) if store is not None else None
             if due is None:
                 await wake.wait()
                 continue
