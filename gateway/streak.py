@@ -21,8 +21,9 @@ class FailureStreak:
         self.level = level  # of the first line (a client's bad request is not our error)
         self.in_run = 0  # failures since the last success (callers keep their own totals)
 
-    def failed(self, message: str, *, traceback: bool = True) -> None:
-        """Call from an ``except`` block; ``message`` says what failed and why."""
+    def failed(self, message: str, *, traceback: bool | BaseException = True) -> None:
+        """Call from an ``except`` block (or give the exception: ``traceback=exc``);
+        ``message`` says what failed and why."""
         self.in_run += 1
         if self.in_run == 1:
             self.log.log(

@@ -13,7 +13,7 @@ from anomaly_data import series, write_csv
 from gateway.anomaly.core import calibrate, score_series
 from gateway.anomaly.model import STUDENT, TEACHER, ModelError, OnnxScorer
 from gateway.cli import main
-from models.anomaly.evaluate import evaluate_model, hotelling, load_labelled
+from models.anomaly.evaluate import evaluate_model, hotelling, load
 from models.anomaly.train import train
 
 FAULTS = [(550, 700)]
@@ -44,7 +44,7 @@ def trained(folders: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 def test_training_finds_the_injected_faults(folders: tuple[Path, Path], trained: Path) -> None:
-    data = load_labelled(folders[1])
+    data = load(folders[1]).series
     teacher = OnnxScorer(trained / "teacher.onnx")
     student = OnnxScorer(trained / "student.onnx")
     assert student.size < teacher.size
@@ -65,7 +65,7 @@ def test_training_finds_the_injected_faults(folders: tuple[Path, Path], trained:
 
 
 def test_baseline_is_computed_on_the_same_files(folders: tuple[Path, Path]) -> None:
-    figures = hotelling(load_labelled(folders[1])).figures(None)
+    figures = hotelling(load(folders[1]).series).figures(None)
     assert 0.0 < figures["f1"] <= 1.0
     assert set(figures) == {"f1", "far", "mar", "us_per_sample", "us_per_row"}
 

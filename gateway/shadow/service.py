@@ -238,10 +238,7 @@ class ShadowService:
                 results = [exc] * len(batch)
             for (device, _), result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
-                    try:  # the streak logs the traceback of the exception being handled
-                        raise result
-                    except Exception as exc:
-                        self._record_failed(device, exc)
+                    self._record_failed(device, result)
                     continue
                 self._recording.succeeded()
                 if result is not None:
@@ -281,7 +278,7 @@ class ShadowService:
         self._recording.failed(
             f"cannot record readings of {device} in {self.config.path}: {exc}; readings still "
             "flow, the shadow misses them",
-            traceback=not disk,
+            traceback=False if disk else exc,
         )
 
     # -- desired --------------------------------------------------------------------------------

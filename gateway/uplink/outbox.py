@@ -637,24 +637,23 @@ class Outbox:
         # did not (it may delete the newest) writes it: one page less in every append. (Ids of
         # rows refused in an append were never stored or sent; a restart may give them again.)
         last = self._next_id - 1
-        if not self._inserted and last > self._stored_last:
+        write_last = not self._inserted and last > self._stored_last
+        if write_last:
             self._set_meta("last_id", last)
         self._db.execute("COMMIT")
-        self._acked_size = (0, 0)
         self._last_txn = time.monotonic()
-        if not self._inserted and last > self._stored_last:
+        if write_last:
             self._stored_last = last
         self._dirty = False
-        acked = self._pending_acked
-        if acked:
-            self._pending_acked = []
-            taken = self._taken
-            for i in acked:
-                size = taken.pop(i, None)
-                if size is not None:
-                    self.rows -= 1
-                    self.bytes -= size
-                    self.acknowledged += 1
+        # the acknowledged rows it deleted (`_begin` counted the ones still handed out)
+        n, size = self._acked_size
+        self.rows -= n
+        self.bytes -= size
+        self.acknowledged += n
+        self._acked_size = (0, 0)
+        for i in self._pending_acked:
+            self._taken.pop(i, None)
+        self._pending_acked = []
 
     def _rollback(self) -> None:
         if self._db.in_transaction:

@@ -125,10 +125,6 @@ def load(data: Path, note: Note = stderr) -> Loaded:
     return Loaded(series, left_out)
 
 
-def load_labelled(data: Path, note: Note = stderr) -> list[Series]:
-    return load(data, note).series
-
-
 def _name(path: Path, root: Path) -> str:
     return path.name if path == root else str(path.relative_to(root))
 

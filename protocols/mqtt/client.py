@@ -636,7 +636,7 @@ class MqttAdapter(Adapter):
             self._flush()
             wake.clear()
             store = self._store
-            if store is not None:  # acknowledgements the flush left waiting for an append
+            if store is not None:  # acknowledgements no append has carried (`ACK_COMMIT_S`)
                 store.commit(within=ACK_COMMIT_S)
             due = store.commit_due(ACK_COMMIT_S) if store is not None else None
             if self._opt is not None:  # staged rows wait for their deadline, not for room
@@ -925,8 +925,7 @@ class MqttAdapter(Adapter):
         if store.config.drain_order == "live_first":
             self._flush_backlog_lane(store, client, acked)
         if acked:
-            store.ack(acked)
-        store.commit(within=ACK_COMMIT_S)
+            store.ack(acked)  # deleted with the next append, or by run's commit
 
     def _publish_row(self, client: _Client, row: Row) -> int | None:
         try:
@@ -1029,8 +1028,7 @@ class MqttAdapter(Adapter):
             chunk = [staging.popleft() for _ in range(min(n, len(staging)))]
             self._send_rows(client, chunk, d.qos, d.compress, acked)
         if acked:
-            store.ack(acked)
-        store.commit(within=ACK_COMMIT_S)
+            store.ack(acked)  # deleted with the next append, or by run's commit
 
     def _send_rows(
         self, client: _Client, rows: list[Row], qos: int, compress: bool, acked: list[int]
