@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 SCORE_POINT = "anomaly_score"
 ALARM_POINT = "anomaly"
 SAVE_EVERY = 600  # scored rows between saves of a device's refreshed level
+# point names whose points/exclude verdict is kept; names can come from data (MQTT
+# points: keys), so past this the cache starts again rather than grow without limit
+SELECTED_CACHE_MAX = 4096
 
 
 def anomaly_topic(device: str) -> str:
@@ -105,6 +108,8 @@ class AnomalyStage:
             known = any(fnmatch.fnmatchcase(point, g) for g in o.points) and not any(
                 fnmatch.fnmatchcase(point, g) for g in o.exclude
             )
+            if len(self._selected) >= SELECTED_CACHE_MAX:
+                self._selected.clear()
             self._selected[point] = known
         return known
 

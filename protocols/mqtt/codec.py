@@ -505,9 +505,22 @@ class _Missing(PayloadError):
         self.name = name
 
 
-def _dig(topic: str, data: object, field: str) -> object:
-    for key in field.split("."):
-        if not isinstance(data, dict) or key not in data:
+_JSON_KINDS = {bool: "bool", int: "number", float: "number", str: "string", list: "array"}
+
+
+def _dig(topic: str, data: object, field: str, point: str) -> object:
+    """The value at the dotted ``field``. A missing key is a partial update (`_Missing`); a
+    path through a value that is not an object is not: the payload has the wrong shape."""
+    keys = field.split(".")
+    for i, key in enumerate(keys):
+        if not isinstance(data, dict):
+            kind = "null" if data is None else _JSON_KINDS.get(type(data), type(data).__name__)
+            raise PayloadError(
+                topic,
+                f"point {point}: field {field!r} goes through {'.'.join(keys[:i])!r},"
+                f" a JSON {kind}, not an object",
+            )
+        if key not in data:
             raise _Missing(
                 topic, f"JSON without the key {field!r}", "JSON without any of the keys", field
             )
@@ -622,7 +635,7 @@ class PointDecoder:
         ts = None
         if isinstance(data, dict):
             ts = _source_time(topic, data, "ts" if "ts" in data else "time")
-            data = _dig(topic, data, p.field or "value")
+            data = _dig(topic, data, p.field or "value", p.name)
         elif p.field is not None:
             raise PayloadError(topic, f"expected a JSON object with {p.field!r}")
         if not isinstance(data, _SCALARS) or data is None:
