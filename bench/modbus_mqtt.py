@@ -2,6 +2,7 @@
 
     python bench/modbus_mqtt.py --devices 500 --registers 30 --interval 1 --duration 60
     python bench/modbus_mqtt.py --devices 100 --registers 10 --changing --shadow  # disk writes
+    python bench/modbus_mqtt.py --devices 100 --registers 10 --changing --write-delay 0.5
 
 Three processes besides this one: the Modbus simulator (all devices, one port each), mosquitto,
 and `gateway run` on a generated config. Every register is a point published on every poll
@@ -59,6 +60,7 @@ def gateway_config(
     shadow: bool = False,
     changing: bool = False,
     synchronous: str = "FULL",
+    write_delay: float = 0.0,
 ) -> str:
     lines = ["gateway: {name: bench, status_interval: 0}"]
     publish = "" if changing else ", publish: always"
@@ -69,7 +71,7 @@ def gateway_config(
     lines += [
         "endpoints:",
         f"  broker: {{protocol: mqtt, host: 127.0.0.1, port: {mqtt_port}, max_queued: 100000,",
-        f"           outbox: {{synchronous: {synchronous}}}}}",
+        f"           outbox: {{synchronous: {synchronous}, write_delay: {write_delay}}}}}",
         "bridges:",
         f"  - {{name: up, from: [{', '.join(f'd{n}' for n in range(len(ports)))}], to: broker,"
         f" topic: '{topic}', payload: {payload}, qos: 0}}",
@@ -136,6 +138,12 @@ def main() -> None:
         default="FULL",
         help="the outbox's fsync policy (FULL: one per transaction; NORMAL: at checkpoints)",
     )
+    parser.add_argument(
+        "--write-delay",
+        type=float,
+        default=0.0,
+        help="the outbox's write_delay: seconds of publishes written in one transaction",
+    )
     args = parser.parse_args()
 
     mosquitto = mosquitto_binary()
@@ -170,6 +178,7 @@ def main() -> None:
                     shadow=args.shadow,
                     changing=args.changing,
                     synchronous=args.synchronous,
+                    write_delay=args.write_delay,
                 )
             )
             counter = Counter(mqtt_port, args.payload)
@@ -224,6 +233,7 @@ def main() -> None:
                 "gateway_peak_rss_mb": round(peak_rss / 2**20, 1),
                 "shadow": args.shadow,
                 "outbox_synchronous": args.synchronous,
+                "outbox_write_delay_s": args.write_delay,
                 "publish": "on change" if args.changing else "always",
                 "disk_written_kb_per_s": round(written / wall / 1000, 1),
                 "disk_written_bytes_per_tag": round(written / max(counter.tags, 1)),

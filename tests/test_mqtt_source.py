@@ -497,3 +497,28 @@ async def test_points_learned_from_keys_go_bad_with_the_broker_and_after_a_crash
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def test_max_keys_bounds_the_points_a_keys_subscription_creates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+
+    config = MqttEndpoint.model_validate(
+        {"host": HOST, "max_keys": 3, "subscriptions": [{"topic": "plant/#", "points": "keys"}]}
+    )
+    bus = Bus()
+    mqtt = MqttAdapter("src", config, AdapterContext(bus, "gw"))
+    seen = bus.subscribe("#")
+    for payload in [b'{"a": 1, "b": 2}', b'{"c": 3, "d": 4, "e": 5}', b'{"a": 6}']:
+        message = paho.MQTTMessage(topic=b"plant/ahu1")
+        message.payload = payload
+        mqtt._on_message(mqtt._client, None, message)  # type: ignore[arg-type]
+    got = []
+    while (m := seen.get_nowait()) is not None:
+        got.append([(s.point, s.value) for s in m.samples])
+    assert got == [[("a", 1), ("b", 2)], [("c", 3)], [("a", 6)]]  # d and e: past the 3
+    assert mqtt.status()["bad_payloads"] == 1
+    with pytest.raises(ValidationError, match="max_keys"):
+        MqttEndpoint.model_validate({"host": HOST, "max_keys": 0})

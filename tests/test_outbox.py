@@ -424,3 +424,44 @@ def test_the_replay_bench_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # the temporary folder is gone
     assert not any(b.is_running() and b.status() != psutil.STATUS_ZOMBIE for b in brokers)
+
+
+def big_items(n: int, start: int = 0) -> list[tuple[str, bytes, int, bool]]:
+    return [("t", str(start + i).encode().ljust(1000, b" "), 1, False) for i in range(n)]
+
+
+def test_a_drained_file_is_given_back_to_the_disk_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    for k in range(20):  # an outage: 20,000 rows of 1 kB
+        box.append(big_items(1000, 1000 * k))
+    box.shrink(every=0)  # a full backlog: nothing to give back
+    grown = path.stat().st_size
+    assert grown > 20e6 and box.shrunk == 0
+    rows = box.take(19_990)
+    box.ack(r.id for r in rows)
+    box.commit()
+    assert box.rows == 10 and path.stat().st_size == grown  # SQLite keeps the free pages
+    assert box.shrink(every=0)
+    assert path.stat().st_size < 1e6 and box.shrunk == 1
+    assert box.integrity_check() == "ok"
+    assert [int(r.payload) for r in box.take(100)] == list(range(19_990, 20_000))
+    assert box.append(items(1)) == 1
+    assert box.last_id == 20_001  # ids go on
+    assert not box.shrink(every=0)  # nothing left to give back
+    box.close()
+    again = Outbox(path)
+    assert [r.id for r in again.take(100)] == list(range(19_991, 20_002))
+    again.close()
+
+
+def test_shrink_checks_at_most_once_per_interval(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    box.append(big_items(10_000))
+    box.shrink()  # the first check runs, with the backlog still there
+    box.ack(r.id for r in box.take(10_000))
+    box.commit()
+    assert not box.shrink()  # within a minute of the last check: not looked at
+    assert box.shrink(every=0)
+    box.close()

@@ -44,6 +44,14 @@ then advanced by the monotonic clock. A box without a real-time clock (a Raspber
 a stale time and steps it forward once NTP can reach a server, which is when an outage ends; on
 the wall clock that step would age the whole backlog at once and expire it just before it could
 be sent. A step is logged; rows kept across a restart are aged on the wall clock of then.
+
+Size on disk
+------------
+SQLite reuses the pages of deleted rows but never gives them back by itself, so a file that
+grew during an outage would stay at its largest. ``shrink`` (the adapter calls it once the
+backlog is sent; it checks at most once a minute) rewrites the file (``VACUUM``) when at least
+8 MiB inside it are free, four times what its rows take, and at most 10,000 rows are left:
+that copies only those rows.
 """
 
 from __future__ import annotations
@@ -81,6 +89,11 @@ DROP_REASONS = ("full", "expired", "disk_full")
 _TAIL_MAX = 50_000  # rows kept in memory for the live path
 _RESERVE_BYTES = 2 << 20  # the spare file given back when the disk fills
 _WAL_PAGES = 256  # checkpoint every ~1 MiB of log (well inside the reserve)
+# `shrink`: a drained backlog leaves its pages free inside the file; past this many bytes of
+# them, and with few rows left to copy, they are given back to the disk (checked this often)
+SHRINK_FREE_BYTES = 8 << 20
+SHRINK_MAX_ROWS = 10_000
+SHRINK_EVERY_S = 60.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
@@ -108,6 +121,16 @@ class OutboxConfig(Strict):
     )
     synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL: survives power loss; NORMAL: faster, survives a crash"
+    )
+    write_delay: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description=(
+            "seconds: publishes arriving within this time are written in one transaction"
+            " (less written to the disk, e.g. an SD card); a crash or power cut loses at most"
+            " this much; alarms and replies are written at once"
+        ),
     )
     max_bytes: int = Field(256 << 20, ge=1024, description="topic + payload bytes kept at most")
     max_rows: int = Field(1_000_000, ge=1, description="publishes kept at most")
@@ -233,6 +256,8 @@ class Outbox:
         self._make_reserve()
         self.appended = 0
         self.acknowledged = 0
+        self._shrink_checked = -float("inf")
+        self.shrunk = 0  # times `shrink` gave pages back
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -543,6 +568,38 @@ class Outbox:
         if not self._acked and not self._dirty:
             return None
         return max(0.0, self._last_txn + within - time.monotonic())
+
+    def shrink(self, every: float | None = None) -> bool:
+        """Give the free pages of a drained file back to the disk (see the module docstring);
+        checks at most once per ``every`` seconds (`SHRINK_EVERY_S`). True if it shrank."""
+        now = time.monotonic()
+        if now - self._shrink_checked < (SHRINK_EVERY_S if every is None else every):
+            return False
+        self._shrink_checked = now
+        if self.rows > SHRINK_MAX_ROWS or self.disk_full:
+            return False
+        db = self._db
+        page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        free = int(db.execute("PRAGMA freelist_count").fetchone()[0]) * page
+        if free < max(SHRINK_FREE_BYTES, 4 * self.bytes):  # the copy costs what is left
+            return False
+        before = self.path.stat().st_size
+        try:
+            self.commit()  # the acknowledged rows go first: fewer to copy
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:  # no room for the copy: the file stays
+            log.warning("outbox %s: could not shrink %s: %s", self.name, self.path, exc)
+            return False
+        self.shrunk += 1
+        log.info(
+            "outbox %s: %s shrunk from %.1f to %.1f MB after its backlog drained",
+            self.name,
+            self.path,
+            before / 1e6,
+            self.path.stat().st_size / 1e6,
+        )
+        return True
 
     def rewind(self) -> None:
         """Hand everything out again (rows in flight included), oldest first."""

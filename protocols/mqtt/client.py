@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import os
@@ -105,6 +106,9 @@ __all__ = ["MemoryOutbox", "MqttAdapter", "MqttError", "Outgoing"]
 # Acknowledged outbox rows are deleted with the next append, or this long after the last
 # transaction at most: a transaction of their own would double the disk writes of a steady flow.
 ACK_COMMIT_S = 0.5
+# outbox.write_delay: rows waiting for their transaction are written at once past this many,
+# so that memory stays bounded at any rate
+WRITE_ROWS_MAX = 5_000
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # shared, never mutated
@@ -347,10 +351,6 @@ class MqttAdapter(Adapter):
     subscribe_timeout: float = 10.0
     #: at most one warning per this many seconds about undecodable payloads
     bad_payload_log_interval: float = 10.0
-    #: distinct point names ``points: keys`` subscriptions may create; new keys past it are
-    #: dropped (counted as bad payloads) so that a broker cannot grow memory without limit
-    max_key_points: int = 10_000
-
     def __init__(self, name: str, config: MqttEndpoint, context: AdapterContext) -> None:
         super().__init__(name, config, context)
         gateway = context.gateway_name
@@ -361,6 +361,10 @@ class MqttAdapter(Adapter):
         self._outbox = MemoryOutbox(config.max_queued)
         # the durable outbox (config.outbox enabled): opened by __aenter__
         self._store: Outbox | None = None
+        # outbox.write_delay: rows accepted by send() that wait for their one transaction
+        self._unwritten: list[Outgoing] = []
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._ack_commit_s = ACK_COMMIT_S
         self._mid_rows: dict[int, int] = {}  # paho mid -> outbox row id, QoS 1/2 in flight
         self._drain_mark = 0  # outbox rows up to this id are backlog: sent at drain_rate
         # the packet optimizer (config.optimizer): rows taken from the outbox wait in
@@ -399,7 +403,7 @@ class MqttAdapter(Adapter):
         self._point_by_name = {p.name: p for p in config.points}
         self._keys = codec.KeyDecoder(
             [s.topic for s in config.subscriptions if s.points == "keys"],
-            limit=self.max_key_points,
+            limit=config.max_keys,
             reserved=self._point_by_name,
         )
         self._write_futs: dict[int, asyncio.Future[None]] = {}
@@ -455,6 +459,8 @@ class MqttAdapter(Adapter):
         self._client = client
         if cfg.outbox is not None and cfg.outbox.enabled and self._store is None:
             self._store = Outbox(cfg.outbox.file_for(self.name), cfg.outbox, name=self.name)
+            # acknowledgements ride on the delayed appends rather than in a transaction between
+            self._ack_commit_s = max(ACK_COMMIT_S, 1.5 * cfg.outbox.write_delay)
             self._drops_logged = self._store.total_dropped
             if cfg.optimizer is not None and self._opt is None:
                 self._opt = UplinkOptimizer(cfg.optimizer, name=self.name)
@@ -637,8 +643,10 @@ class MqttAdapter(Adapter):
             wake.clear()
             store = self._store
             if store is not None:  # acknowledgements no append has carried (`ACK_COMMIT_S`)
-                store.commit(within=ACK_COMMIT_S)
-            due = store.commit_due(ACK_COMMIT_S) if store is not None else None
+                store.commit(within=self._ack_commit_s)
+                if not self._backlog_left(store):  # its pages back to the disk, once drained
+                    store.shrink()
+            due = store.commit_due(self._ack_commit_s) if store is not None else None
             if self._opt is not None:  # staged rows wait for their deadline, not for room
                 wait = self._opt_wait()
                 if self._ready and self._backlog_left(self._store) if self._store else False:
@@ -773,13 +781,52 @@ class MqttAdapter(Adapter):
 
     def _store_rows(self, store: Outbox, rows: list[Outgoing], *, alone: bool) -> None:
         """Append to the outbox and flush; ``alone``: with the optimizer, each row is sent on
-        its own, before the rows after it are batched (alarms, replies)."""
+        its own, before the rows after it are batched (alarms, replies). With
+        ``outbox.write_delay`` other rows wait in memory for one transaction with the rows
+        after them; ``alone`` rows take the waiting ones with them, in order, at once."""
+        delay = store.config.write_delay
+        if delay > 0 and not alone:
+            self._unwritten.extend(rows)
+            if len(self._unwritten) >= WRITE_ROWS_MAX:
+                self._write_unwritten()
+            elif self._write_timer is None and self._loop is not None:
+                self._write_timer = self._loop.call_later(delay, self._write_timer_due)
+            return
+        waiting = len(self._unwritten)
+        if waiting:
+            rows = self._take_unwritten() + rows
+        self._append(store, rows, alone_from=waiting if alone else len(rows))
+
+    def _take_unwritten(self) -> list[Outgoing]:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        rows, self._unwritten = self._unwritten, []
+        return rows
+
+    def _write_unwritten(self) -> None:
+        """Write the rows ``outbox.write_delay`` holds (timer, size bound, close)."""
+        rows = self._take_unwritten()
+        if rows and self._store is not None:
+            self._append(self._store, rows, alone_from=len(rows))
+
+    def _write_timer_due(self) -> None:
+        self._write_timer = None
+        try:
+            self._write_unwritten()
+        except Exception:  # a timer callback has no caller to tell: say it here
+            log.exception("MQTT %s: writing delayed publishes to the outbox failed", self.name)
+
+    def _append(self, store: Outbox, rows: list[Outgoing], *, alone_from: int) -> None:
+        """One transaction; rows from index ``alone_from`` on go alone (optimizer)."""
         stamp = self._stamp
-        if alone and self._opt is not None:
+        if alone_from < len(rows) and self._opt is not None:
             urgent = self._urgent
+            index = itertools.count()
 
             def stamp(row_id: int, payload: bytes) -> bytes:
-                urgent.add(row_id)
+                if next(index) >= alone_from:
+                    urgent.add(row_id)
                 return self._stamp(row_id, payload)
 
         store.append(rows, stamp)
@@ -1169,6 +1216,8 @@ class MqttAdapter(Adapter):
     async def _close(self) -> None:
         loop, client = self._loop, self._client
         try:
+            if self._store is not None:  # outbox.write_delay: what send() accepted is kept
+                self._write_unwritten()
             if loop is None or client is None:
                 return
             job = self._connect_job
@@ -1541,7 +1590,11 @@ class MqttAdapter(Adapter):
             "published": self.published,
             "acknowledged": self.acknowledged,
             "inflight": len(self._inflight),
-            "queued": len(self._outbox) if self._store is None else self._store.rows,
+            "queued": (
+                len(self._outbox)
+                if self._store is None
+                else self._store.rows + len(self._unwritten)
+            ),
             "dropped": self._outbox.dropped if self._store is None else self._store.total_dropped,
             "lost": self.lost,
             "encode_errors": self.encode_errors,

@@ -209,6 +209,14 @@ class MqttEndpoint(Strict):
     max_queued: int = Field(
         10000, ge=1, description="publishes buffered in memory while disconnected (no outbox)"
     )
+    max_keys: int = Field(
+        10_000,
+        gt=0,
+        description=(
+            "distinct point names 'points: keys' subscriptions may create; new keys past it"
+            " are dropped (counted as bad payloads), so a broker cannot grow memory without limit"
+        ),
+    )
     outbox: OutboxConfig | None = Field(
         default_factory=OutboxConfig,
         description="durable outbox (SQLite) for every publish; null: in memory (max_queued)",
