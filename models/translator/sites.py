@@ -11,11 +11,16 @@ from __future__ import annotations
 import random
 import string
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gateway.translator.tokenize import Point
 from models.translator.corpus import Renderer
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsLenAndGetItem
+
+_T = TypeVar("_T")
 
 
 class _StickyRandom(random.Random):
@@ -26,14 +31,15 @@ class _StickyRandom(random.Random):
         self.stickiness = stickiness
         self.memo: dict[tuple[Any, ...], Any] = {}
 
-    def choice(self, seq: Sequence[Any]) -> Any:
+    def choice(self, seq: SupportsLenAndGetItem[_T]) -> _T:
         try:
-            key = tuple(seq)
+            # typeshed calls it indexable only; a seq that tuple() cannot iterate is caught below
+            key = tuple(cast("Iterable[_T]", seq))
         except TypeError:
             return super().choice(seq)
         got = self.memo.get(key)
         if got is not None and self.random() < self.stickiness:
-            return got
+            return cast("_T", got)  # an element of these very options
         pick = super().choice(seq)
         self.memo.setdefault(key, pick)
         return pick

@@ -159,7 +159,8 @@ def oscore_credentials(oscore: Oscore, name: str, target: str) -> CredentialsMap
     return credentials
 
 
-class _Guarded(resource.ObservableResource):
+# aiocoap ships no type information, so its base classes are Any to mypy
+class _Guarded(resource.ObservableResource):  # type: ignore[misc]
     """A resource that refuses unprotected requests when the server requires OSCORE."""
 
     def __init__(self, server: CoapServerAdapter) -> None:
@@ -270,7 +271,7 @@ class _DeviceResource(_Guarded):
         return self.server.content(encode(samples, fmt, base_name=f"{self.device}/"), fmt)
 
 
-class _WellKnownCore(resource.WKCResource):
+class _WellKnownCore(resource.WKCResource):  # type: ignore[misc]  # aiocoap: untyped base
     def __init__(self, server: CoapServerAdapter, site: resource.Site) -> None:
         super().__init__(site.get_resources_as_linkheader, impl_info=None)
         self.server = server

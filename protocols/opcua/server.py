@@ -56,14 +56,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from asyncua import Server, ua
+from asyncua import ua
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
 from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
+from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 
 from gateway.adapter import Adapter, AdapterContext
@@ -91,7 +95,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-Codes = ua.StatusCodes
+Codes = StatusCodes
 VT = ua.VariantType
 
 
@@ -127,8 +131,14 @@ _STATUS: dict[int, ua.StatusCode] = {}
 def status(code: int) -> ua.StatusCode:
     found = _STATUS.get(code)
     if found is None:
-        found = _STATUS[code] = ua.StatusCode(code)
+        found = _STATUS[code] = ua.StatusCode(cast("ua.UInt32", code))
     return found
+
+
+def _node_id(identifier: int | str, namespace: int = 0) -> ua.NodeId:
+    """``ua.NodeId(identifier, namespace)``: asyncua annotates the fields with its own int and
+    str subclasses (``ua.Int32``, ``ua.Int16``) but stores and compares plain ones alike."""
+    return ua.NodeId(cast("ua.Int32 | ua.String", identifier), cast("ua.Int16", namespace))
 
 
 class SharedValue(ua.DataValue):
@@ -269,16 +279,16 @@ class _Builder:
         self._described: dict[ua.NodeId, ua.ReferenceDescription] = {}
 
     def folder(self, path: str) -> ua.NodeId:
-        parent = ua.NodeId(ua.ObjectIds.ObjectsFolder)
+        parent = _node_id(ObjectIds.ObjectsFolder)
         so_far = ""
         for part in (p for p in path.split("/") if p):
             so_far = f"{so_far}/{part}" if so_far else part
             found = self.folders.get(so_far)
             if found is None:
-                found = self.folders[so_far] = ua.NodeId(so_far, self.idx)
-                extra = {ua.AttributeIds.EventNotifier: _const(0, VT.Byte)}
-                self._node(found, ua.NodeClass.Object, part, part, ua.ObjectIds.FolderType, extra)
-                self._link(parent, found, ua.ObjectIds.Organizes)
+                found = self.folders[so_far] = _node_id(so_far, self.idx)
+                extra = {AttributeIds.EventNotifier: _const(0, VT.Byte)}
+                self._node(found, ua.NodeClass.Object, part, part, ObjectIds.FolderType, extra)
+                self._link(parent, found, ObjectIds.Organizes)
             parent = found
         return parent
 
@@ -291,7 +301,7 @@ class _Builder:
         eu = eu_information(spec.unit) if var.vtype in NUMBERS else None
         has_range = var.vtype in NUMBERS and spec.low is not None and spec.high is not None
         analog = eu is not None or has_range
-        kind = ua.ObjectIds.BaseAnalogType if analog else ua.ObjectIds.BaseDataVariableType
+        kind = ObjectIds.BaseAnalogType if analog else ObjectIds.BaseDataVariableType
         waiting = ua.DataValue(ua.Variant(None, VT.Null), status(Codes.BadWaitingForInitialData))
         value = AttributeValue(waiting)
         self._node(
@@ -300,31 +310,32 @@ class _Builder:
             spec.name,
             spec.description or spec.name,
             kind,
-            self._variable_attributes(ua.NodeId(var.vtype.value), access, value),
+            self._variable_attributes(_node_id(var.vtype.value), access, value),
         )
-        self._link(parent, var.nodeid, ua.ObjectIds.Organizes)
+        self._link(parent, var.nodeid, ObjectIds.Organizes)
         if eu is not None:
-            self._property(var.nodeid, "EngineeringUnits", eu, ua.ObjectIds.EUInformation)
+            self._property(var.nodeid, "EngineeringUnits", eu, ObjectIds.EUInformation)
         if has_range:
             eurange = ua.Range(Low=float(spec.low or 0.0), High=float(spec.high or 0.0))
-            self._property(var.nodeid, "EURange", eurange, ua.ObjectIds.Range)
+            self._property(var.nodeid, "EURange", eurange, ObjectIds.Range)
         return value
 
     def _property(self, owner: ua.NodeId, name: str, value: Any, datatype: int) -> None:
-        nodeid = ua.NodeId(f"{owner.Identifier}.{name}", self.idx)
+        assert isinstance(owner.Identifier, str), "our variables have string NodeIds"
+        nodeid = _node_id(f"{owner.Identifier}.{name}", self.idx)
         read = ua.AccessLevel.CurrentRead.mask
         attrs = self._variable_attributes(
-            ua.NodeId(datatype), read, _attr(value, VT.ExtensionObject)
+            _node_id(datatype), read, _attr(value, VT.ExtensionObject)
         )
         # standard property names live in namespace 0
-        self._node(nodeid, ua.NodeClass.Variable, name, name, ua.ObjectIds.PropertyType, attrs, 0)
-        self._link(owner, nodeid, ua.ObjectIds.HasProperty)
+        self._node(nodeid, ua.NodeClass.Variable, name, name, ObjectIds.PropertyType, attrs, 0)
+        self._link(owner, nodeid, ObjectIds.HasProperty)
 
     @staticmethod
     def _variable_attributes(
         datatype: ua.NodeId, access: int, value: AttributeValue
-    ) -> dict[ua.AttributeIds, AttributeValue]:
-        A = ua.AttributeIds
+    ) -> dict[AttributeIds, AttributeValue]:
+        A = AttributeIds
         return {
             A.Value: value,
             A.DataType: _const(datatype, VT.NodeId),
@@ -342,12 +353,12 @@ class _Builder:
         name: str,
         description: str,
         type_definition: int,
-        extra: dict[ua.AttributeIds, AttributeValue],
+        extra: dict[AttributeIds, AttributeValue],
         browse_ns: int | None = None,
     ) -> None:
         if nodeid in self.aspace:
             raise ValueError(f"node {nodeid.to_string()} exists already")
-        A = ua.AttributeIds
+        A = AttributeIds
         node = NodeData(nodeid)
         node.attributes = {
             A.NodeId: _attr(nodeid, VT.NodeId),
@@ -362,8 +373,8 @@ class _Builder:
             A.UserWriteMask: _const(0, VT.UInt32),
             **extra,
         }
-        type_id = ua.NodeId(type_definition)
-        node.references.append(self._reference(type_id, ua.ObjectIds.HasTypeDefinition, True))
+        type_id = _node_id(type_definition)
+        node.references.append(self._reference(type_id, ObjectIds.HasTypeDefinition, True))
         self.aspace[nodeid] = node
 
     def _link(self, parent: ua.NodeId, child: ua.NodeId, reference: int) -> None:
@@ -377,13 +388,12 @@ class _Builder:
         about = self._described.get(target)
         if about is None:
             node = self.aspace[target]
-            A = ua.AttributeIds
+            A = AttributeIds
             typedef = next(
                 (
                     r.NodeId
                     for r in node.references
-                    if r.IsForward
-                    and r.ReferenceTypeId == ua.NodeId(ua.ObjectIds.HasTypeDefinition)
+                    if r.IsForward and r.ReferenceTypeId == _node_id(ObjectIds.HasTypeDefinition)
                 ),
                 ua.NodeId(),
             )
@@ -399,7 +409,7 @@ class _Builder:
             ):  # variables change; types and folders are few
                 self._described[target] = about
         return ua.ReferenceDescription(
-            ReferenceTypeId=ua.NodeId(reference),
+            ReferenceTypeId=_node_id(reference),
             IsForward=forward,
             NodeId=target,
             BrowseName=about.BrowseName,
@@ -429,7 +439,7 @@ def _shared(value: Any, vtype: ua.VariantType) -> ua.DataValue:
     return found
 
 
-def _value_of(node: NodeData, attribute: ua.AttributeIds) -> Any:
+def _value_of(node: NodeData, attribute: AttributeIds) -> Any:
     found = node.attributes[attribute].value
     return None if found is None or found.Value is None else found.Value.Value
 
@@ -438,9 +448,9 @@ def _value_of(node: NodeData, attribute: ua.AttributeIds) -> Any:
 
 
 ANONYMOUS_SERVICES = frozenset(
-    ua.NodeId(t) for t in USER_TYPES if t != ua.ObjectIds.CallRequest_Encoding_DefaultBinary
+    _node_id(t) for t in USER_TYPES if t != ObjectIds.CallRequest_Encoding_DefaultBinary
 )
-ALL_USER_SERVICES = frozenset(ua.NodeId(t) for t in USER_TYPES)
+ALL_USER_SERVICES = frozenset(_node_id(t) for t in USER_TYPES)
 
 
 ANONYMOUS = User(role=UserRole.Anonymous)
@@ -542,7 +552,7 @@ def _without_write_access(params: ua.ReadParameters, results: list[ua.DataValue]
     """The UserAccessLevel of a user who may write nothing has no CurrentWrite bit (the nodes
     store the AccessLevel there, which is right only for those who may write)."""
     for i, item in enumerate(params.NodesToRead):
-        if item.AttributeId != ua.AttributeIds.UserAccessLevel:
+        if item.AttributeId != AttributeIds.UserAccessLevel:
             continue
         variant = results[i].Value
         level = variant.Value if variant is not None else None
@@ -590,7 +600,10 @@ class OpcuaServerAdapter(Adapter):
         self.writes_ok = 0
         self.writes_refused: dict[str, int] = {}
         self._read_only = frozenset(u.username for u in config.users if u.access == "read")
-        self._ts_cache: tuple[float, datetime] = (0.0, datetime.fromtimestamp(0, UTC))
+        self._ts_cache: tuple[float, ua.DateTime] = (
+            0.0,
+            cast("ua.DateTime", datetime.fromtimestamp(0, UTC)),
+        )
 
     def attach(self, bridge: Bridge) -> None:
         self.bridges.append(bridge)
@@ -676,7 +689,10 @@ class OpcuaServerAdapter(Adapter):
                 self.name,
             )
             policies.insert(0, ua.SecurityPolicyType.NoSecurity)
-        server.set_security_policy(policies, permission_ruleset=_Permissions())
+        # asyncua annotates SimpleRoleRuleset but only calls check_validity, which every
+        # PermissionRuleset has
+        rules = _Permissions()
+        server.set_security_policy(policies, permission_ruleset=rules)  # type: ignore[arg-type]
         tokens: list[type] = [ua.UserNameIdentityToken]
         if self.config.anonymous:
             tokens.insert(0, ua.AnonymousIdentityToken)
@@ -733,7 +749,7 @@ class OpcuaServerAdapter(Adapter):
     def _var(self, bridge: Bridge, route: OpcuaServerRoute, device: str, spec: PointSpec) -> _Var:
         vtype = VARIANT_TYPES.get(spec.datatype, VT.Double)
         return _Var(
-            nodeid=ua.NodeId(f"{device}.{spec.name}", self.namespace_index),
+            nodeid=_node_id(f"{device}.{spec.name}", self.namespace_index),
             device=device,
             spec=spec,
             bridge=bridge,
@@ -749,7 +765,8 @@ class OpcuaServerAdapter(Adapter):
         points = table.get(message.device or "") if table is not None else None
         if not points:
             return
-        now = datetime.now(UTC)
+        # asyncua annotates DataValue times as its datetime subclass; it takes plain ones
+        now = cast("ua.DateTime", datetime.now(UTC))
         good = status(Codes.Good)
         for sample in message.samples:
             var = points.get(sample.point)
@@ -773,11 +790,11 @@ class OpcuaServerAdapter(Adapter):
                     await callback(handle, dv)
             self.updates += 1
 
-    def _source_time(self, ts: float) -> datetime:
+    def _source_time(self, ts: float) -> ua.DateTime:
         # The samples of one poll share a timestamp: convert it once.
         cached_ts, cached = self._ts_cache
         if ts != cached_ts:
-            cached = datetime.fromtimestamp(ts, UTC)
+            cached = cast("ua.DateTime", datetime.fromtimestamp(ts, UTC))
             self._ts_cache = (ts, cached)
         return cached
 
@@ -820,11 +837,11 @@ class OpcuaServerAdapter(Adapter):
         if wv.AttributeId not in node.attributes:
             return Codes.BadAttributeIdInvalid
         # asyncua writes other attributes only for its Admin role, which no remote client has
-        if wv.AttributeId != ua.AttributeIds.Value:
+        if wv.AttributeId != AttributeIds.Value:
             return Codes.BadNotWritable
-        if not (_value_of(node, ua.AttributeIds.AccessLevel) or 0) & _CURRENT_WRITE:
+        if not (_value_of(node, AttributeIds.AccessLevel) or 0) & _CURRENT_WRITE:
             return Codes.BadNotWritable
-        user_level = _value_of(node, ua.AttributeIds.UserAccessLevel) or 0
+        user_level = _value_of(node, AttributeIds.UserAccessLevel) or 0
         if not self.may_write(session.user) or not user_level & _CURRENT_WRITE:
             return Codes.BadUserAccessDenied
         return None
@@ -862,7 +879,7 @@ class OpcuaServerAdapter(Adapter):
         return self._count(WRITE_STATUS.get(result.status, Codes.BadInternalError))
 
     def _check_write(self, user: User, var: _Var, wv: ua.WriteValue) -> Value:
-        if wv.AttributeId != ua.AttributeIds.Value or not var.writable:
+        if wv.AttributeId != AttributeIds.Value or not var.writable:
             raise _Refused(Codes.BadNotWritable, "not writable")
         if not self.may_write(user):
             raise _Refused(Codes.BadUserAccessDenied, f"user {user.name!r} may only read")
