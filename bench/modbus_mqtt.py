@@ -66,7 +66,7 @@ def gateway_config(
     publish = "" if changing else ", publish: always"
     lines += modbus_devices_yaml(ports, registers, interval, publish)
     if shadow:
-        lines += ["shadow: {path: shadow.db}"]
+        lines += [f"shadow: {{path: shadow.db, write_delay: {write_delay}}}"]
     topic = "bench/{device}" if payload == "device" else "bench/{device}/{point}"
     lines += [
         "endpoints:",
@@ -142,7 +142,7 @@ def main() -> None:
         "--write-delay",
         type=float,
         default=0.0,
-        help="the outbox's write_delay: seconds of publishes written in one transaction",
+        help="write_delay of the outbox (and the shadow): seconds written in one transaction",
     )
     args = parser.parse_args()
 

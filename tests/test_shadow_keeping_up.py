@@ -110,3 +110,62 @@ async def test_drops_are_said_once_when_they_start_and_end_and_counted(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     assert caplog.records[0].levelno == logging.WARNING
+
+
+async def test_write_delay_records_the_readings_of_its_window_together(tmp_path: Path) -> None:
+    bus = Bus()
+    config = ShadowSection(path=str(tmp_path / "s.db"), devices=["pump"], write_delay=0.5)
+    router: Any = SimpleNamespace(points=set())
+    async with ShadowService(config, bus, router, {}) as shadow:
+        assert shadow.store is not None
+        task = asyncio.create_task(shadow.run())
+        try:
+            bus.publish_nowait(reading(0))
+            await wait_for(lambda: shadow.counters["reported"] == 1, message="the first")
+            said = commits(shadow.store)
+            for i in range(1, 21):  # within the delay after the first transaction
+                bus.publish_nowait(reading(i))
+                await asyncio.sleep(0.005)
+            assert shadow.counters["reported"] == 1  # waiting
+            await wait_for(lambda: shadow.counters["reported"] == 21, message="all 21")
+            assert said == ["COMMIT"]  # the 20 in one transaction
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        doc = shadow.state("pump")
+        assert doc is not None and doc.reported["t"] == 20
+
+
+async def test_readings_still_queued_at_shutdown_are_recorded(tmp_path: Path) -> None:
+    bus = Bus()
+    path = tmp_path / "s.db"
+    config = ShadowSection(
+        path=str(path), devices=["pump"], write_delay=5.0, history={"max_age": None}
+    )  # the readings are stamped in 1970
+    router: Any = SimpleNamespace(points=set())
+    async with ShadowService(config, bus, router, {}) as shadow:
+        task = asyncio.create_task(shadow.run())
+        try:
+            bus.publish_nowait(reading(1))
+            await wait_for(lambda: shadow.counters["reported"] == 1, message="the first")
+            for i in range(2, 12):  # the service sleeps out its delay: these wait
+                bus.publish_nowait(reading(i))
+            await asyncio.sleep(0.1)
+            assert shadow.counters["reported"] == 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    store = ShadowStore(str(path))
+    try:
+        assert store.get("pump").reported["t"] == 11
+        assert [r.value for r in store.history("pump", "t")] == list(range(1, 12))
+    finally:
+        store.close()
+
+
+def test_shadow_write_delay_is_checked() -> None:
+    assert ShadowSection(write_delay=0.1).write_delay == 0.1
+    with pytest.raises(ValueError, match="write_delay"):
+        ShadowSection(write_delay=-1)

@@ -174,6 +174,13 @@ class ShadowSection(Strict):
     poll_interval: float = Field(
         0.5, gt=0, description="seconds between checks for desired changes made by other processes"
     )
+    write_delay: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="seconds readings wait to be recorded together (one transaction: less "
+        "written to the disk, e.g. an SD card); reported state lags by as much",
+    )
     mqtt: ShadowMqtt | None = None
     history: ShadowHistory = Field(default_factory=ShadowHistory)
 

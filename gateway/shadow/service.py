@@ -69,6 +69,7 @@ from gateway.types import Message
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Reported = tuple[str, dict[str, tuple[Any, str, float]]]  # device, point -> value, quality, ts
 PRUNE_INTERVAL = 60.0
 TELEMETRY_QUEUE = 10_000  # readings waiting for the store; drop-oldest beyond
 MAX_BATCH = 500  # readings recorded in one transaction (the CLI waits at most that long)
@@ -158,6 +159,15 @@ class ShadowService:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._telemetry is not None and self.store is not None:
+            try:  # what is still queued (write_delay holds up to that much) is recorded
+                queue = self._telemetry
+                for _ in range(len(queue) // MAX_BATCH + 1):  # not what arrives meanwhile
+                    if not (batch := self._take_batch(queue.get_nowait())):
+                        break
+                    await self._record(batch)
+            except Exception:  # the file closes below all the same
+                log.exception("shadow: recording the last readings at shutdown failed")
         for sub in (self._telemetry, self._requests):
             if sub is not None:
                 sub.close()
@@ -216,35 +226,48 @@ class ShadowService:
     async def _follow_telemetry(self) -> None:
         queue = self._telemetry
         assert queue is not None
-        store = self._store()
+        delay = self.config.write_delay
         async for first in queue:
-            batch: list[tuple[str, dict[str, tuple[Any, str, float]]]] = []
-            message: Message | None = first
-            while message is not None:
-                device = message.device or message.origin
-                if device in self.devices and message.samples:
-                    samples = {
-                        s.point: (s.value, s.quality.value, s.source_ts or s.gateway_ts)
-                        for s in message.samples
-                    }
-                    batch.append((device, samples))
-                message = queue.get_nowait() if len(batch) < MAX_BATCH else None
+            batch = self._take_batch(first)
             self._watch_drops(queue)
             if not batch:
                 continue
-            try:
-                results = await self._call(partial(store.report_many, batch))
-            except Exception as exc:  # a lone reading's database error (or a bug)
-                results = [exc] * len(batch)
-            for (device, _), result in zip(batch, results, strict=True):
-                if isinstance(result, Exception):
-                    self._record_failed(device, result)
-                    continue
-                self._recording.succeeded()
-                if result is not None:
-                    self.counters["reported"] += 1
-                    self.documents[device] = result
+            await self._record(batch)
             self._watch_drops(queue)  # again: what queued up while the store was busy
+            if delay > 0 and len(batch) < MAX_BATCH:  # no backlog: let readings gather
+                await asyncio.sleep(delay)
+
+    def _take_batch(self, first: Message | None) -> list[Reported]:
+        """``first`` and the readings queued after it, up to `MAX_BATCH` of shadow devices."""
+        queue = self._telemetry
+        assert queue is not None
+        batch: list[Reported] = []
+        message = first
+        while message is not None:
+            device = message.device or message.origin
+            if device in self.devices and message.samples:
+                samples = {
+                    s.point: (s.value, s.quality.value, s.source_ts or s.gateway_ts)
+                    for s in message.samples
+                }
+                batch.append((device, samples))
+            message = queue.get_nowait() if len(batch) < MAX_BATCH else None
+        return batch
+
+    async def _record(self, batch: list[Reported]) -> None:
+        """One transaction for ``batch``; a failed reading is counted and logged, not raised."""
+        try:
+            results = await self._call(partial(self._store().report_many, batch))
+        except Exception as exc:  # a lone reading's database error (or a bug)
+            results = [exc] * len(batch)
+        for (device, _), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                self._record_failed(device, result)
+                continue
+            self._recording.succeeded()
+            if result is not None:
+                self.counters["reported"] += 1
+                self.documents[device] = result
 
     def _watch_drops(self, queue: Subscription) -> None:
         """Log once when the queue starts dropping readings and once when it has room again."""
