@@ -1,4 +1,4 @@
-"""``gateway anomaly train|evaluate|status|recalibrate``: the anomaly model from the shell.
+"""``gateway anomaly train|evaluate|status|recalibrate|carry``: the anomaly model from the shell.
 
 Light at import (the CLI builds its parser on every command): numpy, ONNX Runtime and torch are
 imported inside the commands. Bad input (a missing file, missing columns, text that is not
@@ -93,7 +93,8 @@ def register(subparsers: Any) -> None:
         help="the calibrations a config's gateway keeps",
         description="Show, for every bridge with anomaly: of a config, the calibration kept "
         "per device in the state folder (when, on how many readings, threshold, whether its "
-        "alarm was active when last written). Works while the gateway runs or after it stopped.",
+        "alarm was active when last written), and the calibrations kept for bridges the config "
+        "does not have (renamed or removed). Works while the gateway runs or after it stopped.",
     )
     st.add_argument("file", help="the gateway's YAML config")
     st.add_argument("--json", action="store_true", help="print the calibrations as JSON")
@@ -111,6 +112,20 @@ def register(subparsers: Any) -> None:
     r.add_argument("--bridge", action="append", metavar="NAME", help="only this bridge (repeat)")
     r.add_argument("--device", action="append", metavar="NAME", help="only this device (repeat)")
     r.set_defaults(func=cmd_recalibrate)
+
+    c = sub.add_parser(
+        "carry",
+        help="give a renamed bridge the calibrations kept under its old name",
+        description="Calibrations are kept under the bridge's name: after a bridge is renamed in "
+        "the config, this moves those kept under the old name (see `gateway anomaly status`) to "
+        "the new one, so its devices go on with them at the next start instead of calibrating "
+        "again. A device's record under the old name replaces one under the new name. Run it "
+        "while the gateway is stopped.",
+    )
+    c.add_argument("file", help="the gateway's YAML config")
+    c.add_argument("--from", dest="source", required=True, metavar="OLD", help="the old name")
+    c.add_argument("--to", dest="target", required=True, metavar="NEW", help="a bridge of FILE")
+    c.set_defaults(func=cmd_carry)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -201,8 +216,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scoring_bridges(file: str, only: list[str] | None = None) -> list[str]:
-    """Names of the config's bridges with ``anomaly:`` (state folder set as gateway run does)."""
+def _scoring_bridges(
+    file: str, only: list[str] | None = None, *, known: list[str] | None = None
+) -> list[str]:
+    """Names of the config's bridges with ``anomaly:`` (state folder set as gateway run does);
+    ``known`` gets every bridge name of the config, switched off ones too."""
     from gateway.config import ConfigError, load_config
     from gateway.paths import use_config_state_dir
 
@@ -212,6 +230,8 @@ def _scoring_bridges(file: str, only: list[str] | None = None) -> list[str]:
         raise CommandError(str(exc)) from None
     use_config_state_dir(file)
     names = [b.name for b in config.bridges if b.anomaly is not None]
+    if known is not None:
+        known += [*names, *config.disabled_bridges]
     unknown = sorted(set(only or []) - set(names))
     if unknown:
         raise CommandError(
@@ -226,11 +246,22 @@ def _scoring_bridges(file: str, only: list[str] | None = None) -> list[str]:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from gateway.anomaly.store import read_records, store_path
+    from gateway.anomaly.store import orphaned, read_records, store_path
 
     rows: list[dict[str, Any]] = []
     failed = 0
-    for bridge in _scoring_bridges(args.file):
+    known: list[str] = []
+    bridges = _scoring_bridges(args.file, known=known)
+    # a renamed (or removed) bridge's calibrations: nothing reads them any more
+    orphans = []
+    for name, path in orphaned(store_path(bridges[0]).parent, known).items():
+        try:
+            devices = sorted(read_records(path))
+        except ValueError as exc:
+            orphans.append({"bridge": name, "path": str(path), "devices": [], "error": str(exc)})
+            continue
+        orphans.append({"bridge": name, "path": str(path), "devices": devices})
+    for bridge in bridges:
         path = store_path(bridge)
         if not path.exists():
             rows.append({"bridge": bridge, "path": str(path), "device": None})
@@ -255,7 +286,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 }
             )
     if args.json:
-        print(json.dumps({"calibrations": rows}, indent=2))
+        print(json.dumps({"calibrations": rows, "orphaned": orphans}, indent=2))
         return failed
     head = ("bridge", "device", "calibrated", "readings", "threshold")
     print("{:<16} {:<16} {:<19} {:>8} {:>9} alarm".format(*head))
@@ -268,6 +299,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"{row['bridge']:<16} {row['device']:<16} {when:<19} {row['readings']:>8} "
             f"{row['threshold']:>9.3g} {'active' if row['alarm'] else '-'}"
+        )
+    if orphans:
+        print("\nkept for bridges not in the config (renamed or removed); nothing uses them:")
+        for o in orphans:
+            what = f"cannot read: {o['error']}" if "error" in o else ", ".join(o["devices"])
+            print(f"{o['bridge']:<16} {what or 'no device'}  ({o['path']})")
+        print(
+            f"a renamed bridge: gateway anomaly carry {args.file} --from OLD --to NEW"
+            " (gateway stopped); else delete the file"
         )
     return failed
 
@@ -307,4 +347,34 @@ def cmd_recalibrate(args: argparse.Namespace) -> int:
             print(f"bridge {bridge}: {', '.join(gone)} will calibrate again at the next start")
         else:
             print(f"bridge {bridge}: no kept calibration to forget")
+    return 0
+
+
+def cmd_carry(args: argparse.Namespace) -> int:
+    from gateway.anomaly.store import carry, store_path
+    from gateway.uplink.lock import OutboxInUse
+
+    (target,) = _scoring_bridges(args.file, [args.target])
+    source, dest = store_path(args.source), store_path(target)
+    if source == dest:
+        raise CommandError(f"--from and --to name the same file ({dest})")
+    try:
+        moved, replaced = carry(source, dest)
+    except OutboxInUse as exc:
+        raise CommandError(
+            f"calibrations of {args.source} or {target} are held by a running gateway"
+            f" (pid {exc.holder}); stop it, then run this again",
+            code=1,
+        ) from None
+    except ValueError as exc:
+        raise CommandError(f"{exc} (see gateway anomaly status {args.file})") from None
+    except OSError as exc:
+        raise CommandError(f"{dest}: {exc}", code=1) from None
+    if not moved:
+        print(f"{source} kept no calibration; removed")
+        return 0
+    print(
+        f"bridge {target}: {', '.join(moved)} will go on with the calibration kept for"
+        f" {args.source}" + (f" (replacing its own for {', '.join(replaced)})" if replaced else "")
+    )
     return 0

@@ -20,7 +20,10 @@ not scored (the device must be recalibrated to include them).
 
 Calibrations are kept across restarts (`store`): a device whose stored calibration still fits
 (same model, options and points) skips its clean period and is scored again once a window of
-fresh readings has arrived, with its alarm state as it was.
+fresh readings has arrived, with its alarm state as it was. Calibrations are kept under the
+bridge's name: a bridge that finds none of its own while the state folder keeps some of a
+bridge this process does not run (renamed in the config, most likely) says so once, naming
+them, instead of calibrating again from scratch in silence.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,7 @@ import numpy as np
 from gateway.anomaly.alarm import Transition
 from gateway.anomaly.device import DeviceScorer, Scored
 from gateway.anomaly.model import ModelError, OnnxScorer, shipped
-from gateway.anomaly.store import CalibrationStore, Record, fingerprint
+from gateway.anomaly.store import CalibrationStore, Record, devices_in, fingerprint, orphaned
 from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
 from gateway.runtime import StartError
@@ -52,6 +56,9 @@ SAVE_EVERY = 600  # scored rows between saves of a device's refreshed level
 # point names whose points/exclude verdict is kept; names can come from data (MQTT
 # points: keys), so past this the cache starts again rather than grow without limit
 SELECTED_CACHE_MAX = 4096
+# The stages of this process: all bridges are built before any scores, so at a bridge's first
+# message this says which calibration files belong to a bridge of the running config.
+_STAGES: weakref.WeakSet[AnomalyStage] = weakref.WeakSet()
 
 
 def anomaly_topic(device: str) -> str:
@@ -98,6 +105,8 @@ class AnomalyStage:
         self._store = CalibrationStore(store) if store is not None else None
         self._stored: dict[str, Record] | None = None  # read at the first message
         self.restored: list[str] = []
+        self._orphans_told = False
+        _STAGES.add(self)
         self._selected: dict[str, bool] = {}  # point name -> scored (points/exclude globs)
         self._unselected: set[str] = set()  # devices with numeric points, none selected
 
@@ -143,7 +152,39 @@ class AnomalyStage:
         """The stored records, the file taken at first use (again after a bridge restart)."""
         if self._stored is None:
             self._stored = self._store.open() if self._store is not None else {}
+            if not self._stored and not self._orphans_told:
+                self._orphans_told = True
+                self._tell_orphans()
         return self._stored
+
+    def _tell_orphans(self) -> None:
+        """Nothing kept under this bridge's name: warn if the folder keeps calibrations of
+        bridges this process does not run (a rename loses them without a word otherwise)."""
+        if self._store is None or not self._store.usable:
+            return
+        folder = self._store.path.parent
+        running = [
+            s.name for s in _STAGES if s._store is not None and s._store.path.parent == folder
+        ]
+        others = orphaned(folder, running)
+        if not others:
+            return
+        old = next(iter(others)) if len(others) == 1 else "OLD"
+        files = ", ".join(str(p) for p in others.values())
+        log.warning(
+            "anomaly %s: no calibration kept under this bridge's name, but %s keeps some of %s"
+            " not run by this gateway (renamed, removed or switched off): %s. This bridge's"
+            " devices calibrate again, without alarms until they have. If it was renamed, stop"
+            " the gateway and run: gateway anomaly carry CONFIG --from %s --to %s; otherwise"
+            " delete %s",
+            self.name,
+            folder,
+            "a bridge" if len(others) == 1 else "bridges",
+            "; ".join(f"{name} ({devices_in(path)})" for name, path in others.items()),
+            old,
+            self.name,
+            files,
+        )
 
     def _records(self) -> dict[str, Record]:
         out = dict(self._open())

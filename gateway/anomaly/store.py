@@ -14,6 +14,12 @@ and for the same points; otherwise the device calibrates again and the log says 
 that cannot be read is set aside (``.bad``) and logged; one that cannot be written (a full disk)
 is logged, and scoring goes on from memory. One process per file (an advisory lock, as for the
 outbox): a second gateway on the same state folder scores without keeping calibrations.
+
+Files are named by bridge, so a bridge renamed in the config finds nothing under its new name
+and its devices calibrate again. The stage cannot tell a rename from a new bridge, so it says
+what it sees: no file of its own, and files of bridges the gateway does not run (`orphaned`),
+with their devices; `gateway anomaly status` lists them and `gateway anomaly carry` moves one
+to the new name (`carry`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,10 +52,33 @@ FOLDER = "anomaly"
 HINT = "give each gateway its own state folder ($PROTOCOL_BRAIN_STATE_DIR)"
 
 
+def file_name(bridge: str) -> str:
+    """The name of ``bridge``'s calibration file (any bridge name gives a plain file name)."""
+    return (re.sub(r"[^A-Za-z0-9._-]", "_", bridge) or "_") + ".json"
+
+
 def store_path(bridge: str) -> Path:
-    """Where ``bridge`` keeps its calibrations (any bridge name gives a plain file name)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", bridge) or "_"
-    return Path(state_dir()) / FOLDER / f"{safe}.json"
+    """Where ``bridge`` keeps its calibrations."""
+    return Path(state_dir()) / FOLDER / file_name(bridge)
+
+
+def orphaned(folder: Path, bridges: Iterable[str]) -> dict[str, Path]:
+    """The calibration files in ``folder`` that belong to none of ``bridges``, by the bridge
+    name they were kept under: a renamed or removed bridge's, which nothing reads any more."""
+    own = {file_name(b) for b in bridges}
+    try:
+        files = sorted(folder.glob("*.json"))
+    except OSError:
+        return {}
+    return {p.name.removesuffix(".json"): p for p in files if p.name not in own and p.is_file()}
+
+
+def devices_in(path: Path) -> str:
+    """The devices a file keeps, for a message ("pump, tank"; why not, if unreadable)."""
+    try:
+        return ", ".join(sorted(read_records(path))) or "no device"
+    except ValueError as exc:
+        return f"unreadable: {exc}"
 
 
 def fingerprint(model_bytes: bytes, window: int, options: AnomalyOptions) -> dict[str, Any]:
@@ -183,6 +213,13 @@ def read_records(path: Path) -> dict[str, Record]:
         raise ValueError(f"malformed record ({type(exc).__name__}: {exc})") from None
 
 
+def _records_of(path: Path) -> dict[str, Record]:
+    try:
+        return read_records(path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
 class CalibrationStore:
     """One bridge's file: opened (locked, read) once, written whole on every save."""
 
@@ -275,3 +312,27 @@ def forget(path: Path, devices: list[str] | None) -> list[str]:
         return gone
     finally:
         lock.release()
+
+
+def carry(source: Path, target: Path) -> tuple[list[str], list[str]]:
+    """Move the records of ``source`` (a renamed bridge's file) into ``target`` and remove
+    ``source``: (the devices carried, those of them that replaced a record of ``target``).
+    OutboxInUse if a running gateway holds either file; ValueError if one cannot be read."""
+    if not source.is_file():
+        raise ValueError(f"{source}: no such file")
+    source_lock = FileLock(source, hint=HINT)
+    try:
+        target_lock = FileLock(target, hint=HINT)
+        try:
+            records, kept = (
+                _records_of(path) if path.exists() else {} for path in (source, target)
+            )
+            if not CalibrationStore(target).save({**kept, **records}):
+                raise OSError(f"{target}: cannot write")
+            source.unlink()
+        finally:
+            target_lock.release()
+    finally:
+        source_lock.release()
+    source_lock.path.unlink(missing_ok=True)
+    return sorted(records), sorted(set(records) & set(kept))
