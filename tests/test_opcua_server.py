@@ -155,12 +155,15 @@ async def read(client: Client, node_id: str) -> ua.DataValue:
     return result
 
 
-async def run_node_client(plan: dict[str, Any], limit: float = 20) -> tuple[int, list[Any]]:
-    """Run tests/interop/node/opcua_client.js with ``plan``; (exit code, its JSON lines)."""
+async def run_node(
+    args: tuple[str, ...], plan: dict[str, Any], limit: float = 20
+) -> tuple[int, list[Any], bytes]:
+    """Run node with ``args`` in tests/interop/node, ``plan`` as JSON on stdin; (exit code,
+    the JSON lines it printed, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         node_binary(),
-        "opcua_client.js",
-        cwd=NODE_DIR,
+        *args,
+        cwd=NODE_DIR,  # where require() finds node-opcua
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -171,11 +174,16 @@ async def run_node_client(plan: dict[str, Any], limit: float = 20) -> tuple[int,
         proc.kill()
         await proc.wait()
         pytest.fail(f"node-opcua client did not finish in {limit} s")
-    lines = [json.loads(line) for line in out.splitlines() if line.startswith(b"{")]
     assert proc.returncode is not None
-    if proc.returncode != 0 and not any("error" in line for line in lines):
+    return proc.returncode, [json.loads(ln) for ln in out.splitlines() if ln.startswith(b"{")], err
+
+
+async def run_node_client(plan: dict[str, Any], limit: float = 20) -> tuple[int, list[Any]]:
+    """Run tests/interop/node/opcua_client.js with ``plan``; (exit code, its JSON lines)."""
+    rc, lines, err = await run_node(("opcua_client.js",), plan, limit)
+    if rc != 0 and not any("error" in line for line in lines):
         pytest.fail(f"node-opcua client failed: {err.decode(errors='replace')[-2000:]}")
-    return proc.returncode, lines
+    return rc, lines
 
 
 def one(lines: list[Any], key: str) -> Any:
@@ -530,18 +538,17 @@ async def test_unknown_nodes_and_access_for_each_kind_of_user(
                     ua.AttributeIds.AccessLevel
                 )
                 assert access_level.Value.Value == 3
-                if user == "op":  # anonymous clients may not Call at all
-                    server = ua.NodeId(ua.ObjectIds.Server)
-                    calls = await client.uaclient.call(
-                        [
-                            ua.CallMethodRequest(ObjectId=unknown_id, MethodId=unknown_id),
-                            ua.CallMethodRequest(ObjectId=server, MethodId=unknown_id),
-                        ]
-                    )
-                    assert [c.StatusCode.name for c in calls] == [
-                        "BadNodeIdUnknown",
-                        "BadMethodInvalid",
+                server = ua.NodeId(ua.ObjectIds.Server)
+                calls = await client.uaclient.call(
+                    [
+                        ua.CallMethodRequest(ObjectId=unknown_id, MethodId=unknown_id),
+                        ua.CallMethodRequest(ObjectId=server, MethodId=unknown_id),
                     ]
+                )
+                assert [c.StatusCode.name for c in calls] == [
+                    "BadNodeIdUnknown",
+                    "BadMethodInvalid",
+                ], user
         # only op's write reached the device: 50 % is raw 500
         assert plant.device.get_registers("holding", 20) == [500]
         assert plant.server.status()["writes_ok"] == 1

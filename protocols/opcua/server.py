@@ -31,17 +31,21 @@ refused now.
 Unknown nodes: asyncua answers a write it would not do with BadUserAccessDenied, a node that does
 not exist or that nobody may write included, and a Browse, TranslateBrowsePaths or Call naming a
 node that does not exist with BadNodeIdInvalid (a NodeId that is malformed). Our session answers
-those as OPC UA Part 4 does: BadNodeIdUnknown, BadAttributeIdInvalid, BadNotWritable,
-BadMethodInvalid, and BadUserAccessDenied only where the node is writable but not by this user.
+those as OPC UA Part 4 does: BadNodeIdUnknown, BadAttributeIdInvalid (an attribute the node does
+not have, our variables' included), BadNotWritable (one it has but nobody may write),
+BadMethodInvalid, and BadUserAccessDenied only where the node is writable, or the method
+callable, but not by this user.
 
 Security: the secure endpoints from the config, the None endpoint only with ``allow_none``.
 The peer certificate of a secure channel must be in the trust list; asyncua only checks the
 certificate a client repeats in CreateSession, and only if it does, so we check the channel's own
 certificate when the session is activated (a client that leaves it out gets no session either).
 Users log in with a name and a password checked against its scrypt hash; anonymous clients,
-when allowed, may read, browse and subscribe but not write (each item of their Write requests is
-refused, so that they too learn which nodes do not exist). The UserAccessLevel a client reads is
-that of its own user: without CurrentWrite for anonymous and read-only users.
+when allowed, may read, browse and subscribe but not write or call methods. Their Write and Call
+requests are refused item by item (BadUserAccessDenied), not with a service fault: Part 4 gives
+operation-level errors per item, and so they too learn which nodes do not exist. The
+UserAccessLevel a client reads is that of its own user: without CurrentWrite for anonymous and
+read-only users.
 """
 
 from __future__ import annotations
@@ -447,25 +451,26 @@ def _value_of(node: NodeData, attribute: AttributeIds) -> Any:
 # -- sessions, users, permissions ----------------------------------------------------------
 
 
-ANONYMOUS_SERVICES = frozenset(
-    _node_id(t) for t in USER_TYPES if t != ObjectIds.CallRequest_Encoding_DefaultBinary
-)
-ALL_USER_SERVICES = frozenset(_node_id(t) for t in USER_TYPES)
+SESSION_SERVICES = frozenset(_node_id(t) for t in USER_TYPES)
 
 
 ANONYMOUS = User(role=UserRole.Anonymous)
 
 
 class _Permissions(PermissionRuleset):
-    """Users may use every session service, anonymous clients all but Call (their writes are
-    refused item by item, `OpcuaServerAdapter.client_write`); nobody from outside may add or
-    delete nodes (no remote Admin role is ever handed out)."""
+    """Every session may use every session service; what a user may do with it is decided per
+    item (anonymous Write and Call items are refused in `OpcuaServerAdapter.client_write` and
+    `_Session.call`), since a service fault would refuse the items that are not the user's
+    fault too. Nobody from outside may add or delete nodes (no remote Admin role is ever
+    handed out)."""
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
-        if user.role is UserRole.Admin:
-            return True
-        allowed = ALL_USER_SERVICES if user.role is UserRole.User else ANONYMOUS_SERVICES
-        return action_type_id in allowed
+        return user.role is UserRole.Admin or action_type_id in SESSION_SERVICES
+
+
+def _may_call(user: User) -> bool:
+    """Whether ``user`` may call methods (anonymous clients may not)."""
+    return user.role is UserRole.Admin or user.role is UserRole.User
 
 
 class _Users(UserManager):
@@ -530,11 +535,23 @@ class _Session(InternalSession):
         return self._unknown([p.StartingNode for p in params], results)
 
     async def call(self, params: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
-        results = self._unknown([m.ObjectId for m in params], await super().call(params))
-        for result in results:  # the object exists: its method does not
-            if result.StatusCode.value == Codes.BadNodeIdInvalid:
-                result.StatusCode = status(Codes.BadMethodInvalid)
-        return results
+        refused = [self._refuse_call(m) for m in params]
+        allowed = [m for m, r in zip(params, refused, strict=True) if r is None]
+        answered = iter(await super().call(allowed) if allowed else [])
+        return [r if r is not None else next(answered) for r in refused]
+
+    def _refuse_call(self, method: ua.CallMethodRequest) -> ua.CallMethodResult | None:
+        """The result of a call that must not run, or None to let asyncua run it."""
+        target = self.aspace.get(method.MethodId)
+        if method.ObjectId not in self.aspace:
+            code = Codes.BadNodeIdUnknown
+        elif target is None or _value_of(target, AttributeIds.NodeClass) != ua.NodeClass.Method:
+            code = Codes.BadMethodInvalid
+        elif not _may_call(self.user):
+            code = Codes.BadUserAccessDenied
+        else:
+            return None
+        return ua.CallMethodResult(StatusCode=status(code))
 
     def _unknown(self, nodes: list[ua.NodeId], results: list[_R]) -> list[_R]:
         """asyncua says BadNodeIdInvalid (malformed) where the node does not exist."""
@@ -544,7 +561,7 @@ class _Session(InternalSession):
         return results
 
 
-_R = TypeVar("_R", ua.BrowseResult, ua.BrowsePathResult, ua.CallMethodResult)
+_R = TypeVar("_R", ua.BrowseResult, ua.BrowsePathResult)
 _CURRENT_WRITE = ua.AccessLevel.CurrentWrite.mask
 
 
@@ -855,7 +872,7 @@ class OpcuaServerAdapter(Adapter):
     async def _write_one(self, session: InternalSession, wv: ua.WriteValue) -> int:
         var = self.vars[wv.NodeId]
         try:
-            value = self._check_write(session.user, var, wv)
+            value = self._check_write(session, var, wv)
         except _Refused as refused:
             log.warning(
                 "%s: write %s/%s refused: %s", self.name, var.device, var.spec.name, refused
@@ -878,9 +895,12 @@ class OpcuaServerAdapter(Adapter):
             return self._count(Codes.BadInternalError)
         return self._count(WRITE_STATUS.get(result.status, Codes.BadInternalError))
 
-    def _check_write(self, user: User, var: _Var, wv: ua.WriteValue) -> Value:
+    def _check_write(self, session: InternalSession, var: _Var, wv: ua.WriteValue) -> Value:
+        if wv.AttributeId not in session.aspace[var.nodeid].attributes:
+            raise _Refused(Codes.BadAttributeIdInvalid, f"no attribute {wv.AttributeId}")
         if wv.AttributeId != AttributeIds.Value or not var.writable:
             raise _Refused(Codes.BadNotWritable, "not writable")
+        user = session.user
         if not self.may_write(user):
             raise _Refused(Codes.BadUserAccessDenied, f"user {user.name!r} may only read")
         if wv.IndexRange:
