@@ -284,3 +284,21 @@ async def test_the_file_grown_in_an_outage_shrinks_once_the_backlog_has_drained(
     finally:
         broker.stop()
     assert any("shrunk from" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_publish_made_while_the_adapter_closes_is_not_held_back(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    with Subscriber(mosquitto.port) as sub:
+        mqtt = adapter(mosquitto.port, tmp_path / "o.db", write_delay=5.0)
+        drain = mqtt._drain
+
+        async def drain_while_a_bridge_sends(loop: asyncio.AbstractEventLoop) -> None:
+            await mqtt.send(telemetry(1), ROUTE)  # a bridge still sending during the close
+            await drain(loop)
+
+        mqtt._drain = drain_while_a_bridge_sends  # type: ignore[method-assign]
+        async with running(mqtt):
+            await mqtt.send(telemetry(0), ROUTE)  # waits for its delay
+        await wait_for(lambda: len(sub.ids()) == 2, timeout=5, message="both rows")
+    assert sub.ids() == [1, 2]

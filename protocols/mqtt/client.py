@@ -351,6 +351,7 @@ class MqttAdapter(Adapter):
     subscribe_timeout: float = 10.0
     #: at most one warning per this many seconds about undecodable payloads
     bad_payload_log_interval: float = 10.0
+
     def __init__(self, name: str, config: MqttEndpoint, context: AdapterContext) -> None:
         super().__init__(name, config, context)
         gateway = context.gateway_name
@@ -785,7 +786,7 @@ class MqttAdapter(Adapter):
         ``outbox.write_delay`` other rows wait in memory for one transaction with the rows
         after them; ``alone`` rows take the waiting ones with them, in order, at once."""
         delay = store.config.write_delay
-        if delay > 0 and not alone:
+        if delay > 0 and not alone and not self._closing:  # closing: nothing may wait
             self._unwritten.extend(rows)
             if len(self._unwritten) >= WRITE_ROWS_MAX:
                 self._write_unwritten()
