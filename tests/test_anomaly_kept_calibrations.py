@@ -132,6 +132,8 @@ def test_status_lists_orphaned_calibrations_and_carry_moves_them_to_the_new_name
     assert code == 2 and f"{store_path('uq')}: no such file" in err
     code, _, err = run("carry", str(config), "--from", "up", "--to", "spare", capsys=capsys)
     assert code == 2 and "no bridge with anomaly: named spare" in err
+    code, _, err = run("carry", str(config), "--from", "pump-up", "--to", "pump-up", capsys=capsys)
+    assert code == 2 and "bridge pump-up still scores" in err  # its calibrations are in use
 
     code, out, err = run("carry", str(config), "--from", "up", "--to", "pump-up", capsys=capsys)
     assert code == 0, err

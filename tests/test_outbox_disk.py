@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -141,7 +142,7 @@ async def test_a_burst_is_one_transaction_and_arrives_whole_and_in_order(
     mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
     with Subscriber(mosquitto.port) as sub:
-        async with counted_uplink(mosquitto.port, tmp_path / "o.db", write_delay=1.0) as (
+        async with counted_uplink(mosquitto.port, tmp_path / "o.db", write_delay=4.0) as (
             mqtt,
             appends,
         ):
@@ -149,9 +150,10 @@ async def test_a_burst_is_one_transaction_and_arrives_whole_and_in_order(
                 await mqtt.send(telemetry(i), ROUTE)
                 await asyncio.sleep(0.002)
             assert appends == [] and mqtt.status()["queued"] == 40  # waiting, and counted
-            await wait_for(lambda: len(sub.ids()) == 40, timeout=10, message="40 rows")
+            await wait_for(lambda: len(sub.ids()) == 40, timeout=15, message="40 rows")
             assert appends == [40]
-            await wait_for(lambda: mqtt.status()["outbox"]["backlog"] == 0, timeout=5)
+            # acknowledgements wait for the next append, 1.5 x write_delay at most
+            await wait_for(lambda: mqtt.status()["outbox"]["backlog"] == 0, timeout=15)
     assert sub.ids() == list(range(1, 41))
 
 
@@ -302,3 +304,23 @@ async def test_a_publish_made_while_the_adapter_closes_is_not_held_back(
             await mqtt.send(telemetry(0), ROUTE)  # waits for its delay
         await wait_for(lambda: len(sub.ids()) == 2, timeout=5, message="both rows")
     assert sub.ids() == [1, 2]
+
+
+async def test_held_rows_that_cannot_be_written_are_counted_and_the_close_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mqtt = adapter(free_port(), tmp_path / "o.db", write_delay=5.0)
+    async with running(mqtt, connected=False):
+        for i in range(3):
+            await mqtt.send(telemetry(i), ROUTE)
+        store = mqtt._store
+        assert store is not None
+
+        def failing(items: Any, stamp: Any = None) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        store.append = failing  # type: ignore[method-assign]
+    assert mqtt._store is None  # closed all the same: the file and its lock are released
+    assert mqtt.status()["lost"] == 3
+    assert "3 publishes held by write_delay could not be written" in caplog.text
+    Outbox(tmp_path / "o.db").close()  # nobody holds the file

@@ -114,7 +114,7 @@ async def test_drops_are_said_once_when_they_start_and_end_and_counted(
 
 async def test_write_delay_records_the_readings_of_its_window_together(tmp_path: Path) -> None:
     bus = Bus()
-    config = ShadowSection(path=str(tmp_path / "s.db"), devices=["pump"], write_delay=0.5)
+    config = ShadowSection(path=str(tmp_path / "s.db"), devices=["pump"], write_delay=3.0)
     router: Any = SimpleNamespace(points=set())
     async with ShadowService(config, bus, router, {}) as shadow:
         assert shadow.store is not None
@@ -127,7 +127,7 @@ async def test_write_delay_records_the_readings_of_its_window_together(tmp_path:
                 bus.publish_nowait(reading(i))
                 await asyncio.sleep(0.005)
             assert shadow.counters["reported"] == 1  # waiting
-            await wait_for(lambda: shadow.counters["reported"] == 21, message="all 21")
+            await wait_for(lambda: shadow.counters["reported"] == 21, timeout=10, message="all 21")
             assert said == ["COMMIT"]  # the 20 in one transaction
         finally:
             task.cancel()
@@ -169,3 +169,24 @@ def test_shadow_write_delay_is_checked() -> None:
     assert ShadowSection(write_delay=0.1).write_delay == 0.1
     with pytest.raises(ValueError, match="write_delay"):
         ShadowSection(write_delay=-1)
+
+
+async def test_write_delay_ends_early_once_a_batch_is_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "MAX_BATCH", 5)
+    bus = Bus()
+    config = ShadowSection(path=str(tmp_path / "s.db"), devices=["pump"], write_delay=10.0)
+    router: Any = SimpleNamespace(points=set())
+    async with ShadowService(config, bus, router, {}) as shadow:
+        task = asyncio.create_task(shadow.run())
+        try:
+            bus.publish_nowait(reading(1))
+            await wait_for(lambda: shadow.counters["reported"] == 1, message="the first")
+            for i in range(2, 7):  # a batch's worth: the queue must not wait 10 s and overflow
+                bus.publish_nowait(reading(i))
+            await wait_for(lambda: shadow.counters["reported"] == 6, timeout=5, message="all 6")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -354,7 +354,13 @@ def cmd_carry(args: argparse.Namespace) -> int:
     from gateway.anomaly.store import carry, store_path
     from gateway.uplink.lock import OutboxInUse
 
+    scoring = _scoring_bridges(args.file)
     (target,) = _scoring_bridges(args.file, [args.target])
+    if args.source in scoring:  # its calibrations are in use: moving them would lose them
+        raise CommandError(
+            f"{args.file}: bridge {args.source} still scores with anomaly:; carry moves the"
+            " calibrations of a bridge no longer in the config (renamed or removed)"
+        )
     source, dest = store_path(args.source), store_path(target)
     if source == dest:
         raise CommandError(f"--from and --to name the same file ({dest})")

@@ -235,7 +235,18 @@ class ShadowService:
             await self._record(batch)
             self._watch_drops(queue)  # again: what queued up while the store was busy
             if delay > 0 and len(batch) < MAX_BATCH:  # no backlog: let readings gather
-                await asyncio.sleep(delay)
+                await self._gather(queue, delay)
+
+    @staticmethod
+    async def _gather(queue: Subscription, delay: float) -> None:
+        """Wait ``delay`` seconds, or less once a batch's worth is queued (the queue takes all
+        telemetry, not only the shadow's devices, and drops its oldest when full)."""
+        end = time.monotonic() + delay
+        while True:  # the bus has no "this many queued" event; a 50 ms look is cheap
+            left = end - time.monotonic()
+            if left <= 0 or len(queue) >= MAX_BATCH:
+                return
+            await asyncio.sleep(min(left, 0.05))
 
     def _take_batch(self, first: Message | None) -> list[Reported]:
         """``first`` and the readings queued after it, up to `MAX_BATCH` of shadow devices."""

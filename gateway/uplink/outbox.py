@@ -50,13 +50,14 @@ Size on disk
 SQLite reuses the pages of deleted rows but never gives them back by itself, so a file that
 grew during an outage would stay at its largest. ``shrink`` (the adapter calls it once the
 backlog is sent; it checks at most once a minute) rewrites the file (``VACUUM``) when at least
-8 MiB inside it are free, four times what its rows take, and at most 10,000 rows are left:
-that copies only those rows.
+8 MiB inside it are free, four times what its rows take, and at most 10,000 rows (2 MiB) are
+left: the copy is small, since it runs on the event loop's thread.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import sqlite3
@@ -93,6 +94,7 @@ _WAL_PAGES = 256  # checkpoint every ~1 MiB of log (well inside the reserve)
 # them, and with few rows left to copy, they are given back to the disk (checked this often)
 SHRINK_FREE_BYTES = 8 << 20
 SHRINK_MAX_ROWS = 10_000
+SHRINK_MAX_BYTES = 2 << 20  # what the copy may carry: it runs on the event loop's thread
 SHRINK_EVERY_S = 60.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -576,7 +578,7 @@ class Outbox:
         if now - self._shrink_checked < (SHRINK_EVERY_S if every is None else every):
             return False
         self._shrink_checked = now
-        if self.rows > SHRINK_MAX_ROWS or self.disk_full:
+        if self.rows > SHRINK_MAX_ROWS or self.bytes > SHRINK_MAX_BYTES or self.disk_full:
             return False
         db = self._db
         page = int(db.execute("PRAGMA page_size").fetchone()[0])
@@ -590,6 +592,8 @@ class Outbox:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError as exc:  # no room for the copy: the file stays
             log.warning("outbox %s: could not shrink %s: %s", self.name, self.path, exc)
+            with contextlib.suppress(sqlite3.Error):  # the log the copy grew goes back
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return False
         self.shrunk += 1
         log.info(

@@ -806,17 +806,28 @@ class MqttAdapter(Adapter):
         return rows
 
     def _write_unwritten(self) -> None:
-        """Write the rows ``outbox.write_delay`` holds (timer, size bound, close)."""
+        """Write the rows ``outbox.write_delay`` holds (timer, size bound, close). A failure
+        is logged and the rows counted as lost: the timer and the close have no caller to
+        tell, and the close must go on."""
         rows = self._take_unwritten()
-        if rows and self._store is not None:
+        if not rows:
+            return
+        try:
+            if self._store is None:
+                raise RuntimeError("the outbox is closed")
             self._append(self._store, rows, alone_from=len(rows))
+        except Exception:
+            self.lost += len(rows)
+            log.exception(
+                "MQTT %s: %s held by write_delay could not be written to the outbox (counted "
+                "in status 'lost')",
+                self.name,
+                _publishes(len(rows)),
+            )
 
     def _write_timer_due(self) -> None:
         self._write_timer = None
-        try:
-            self._write_unwritten()
-        except Exception:  # a timer callback has no caller to tell: say it here
-            log.exception("MQTT %s: writing delayed publishes to the outbox failed", self.name)
+        self._write_unwritten()
 
     def _append(self, store: Outbox, rows: list[Outgoing], *, alone_from: int) -> None:
         """One transaction; rows from index ``alone_from`` on go alone (optimizer)."""

@@ -509,12 +509,17 @@ _JSON_KINDS = {bool: "bool", int: "number", float: "number", str: "string", list
 
 
 def _dig(topic: str, data: object, field: str, point: str) -> object:
-    """The value at the dotted ``field``. A missing key is a partial update (`_Missing`); a
-    path through a value that is not an object is not: the payload has the wrong shape."""
+    """The value at the dotted ``field``. A missing key, or null where an object belongs, is a
+    partial update (`_Missing`); a path through a number, string or array is not: the payload
+    has the wrong shape."""
     keys = field.split(".")
     for i, key in enumerate(keys):
+        if data is None and i > 0:  # an object said null (a device switched off): missing
+            raise _Missing(
+                topic, f"JSON without the key {field!r}", "JSON without any of the keys", field
+            )
         if not isinstance(data, dict):
-            kind = "null" if data is None else _JSON_KINDS.get(type(data), type(data).__name__)
+            kind = _JSON_KINDS.get(type(data), type(data).__name__)
             raise PayloadError(
                 topic,
                 f"point {point}: field {field!r} goes through {'.'.join(keys[:i])!r},"
