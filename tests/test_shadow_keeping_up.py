@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -112,51 +113,49 @@ async def test_drops_are_said_once_when_they_start_and_end_and_counted(
     assert caplog.records[0].levelno == logging.WARNING
 
 
-async def test_write_delay_records_the_readings_of_its_window_together(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def delayed_shadow(path: Path, delay: float) -> AsyncIterator[tuple[ShadowService, Bus]]:
+    """A running shadow of device pump with ``write_delay``, its first reading recorded (so
+    the service is sleeping out its delay); cancelled, then closed, at exit. History keeps
+    every row: the readings are stamped in 1970."""
     bus = Bus()
-    config = ShadowSection(path=str(tmp_path / "s.db"), devices=["pump"], write_delay=3.0)
-    router: Any = SimpleNamespace(points=set())
-    async with ShadowService(config, bus, router, {}) as shadow:
-        assert shadow.store is not None
-        task = asyncio.create_task(shadow.run())
-        try:
-            bus.publish_nowait(reading(0))
-            await wait_for(lambda: shadow.counters["reported"] == 1, message="the first")
-            said = commits(shadow.store)
-            for i in range(1, 21):  # within the delay after the first transaction
-                bus.publish_nowait(reading(i))
-                await asyncio.sleep(0.005)
-            assert shadow.counters["reported"] == 1  # waiting
-            await wait_for(lambda: shadow.counters["reported"] == 21, timeout=10, message="all 21")
-            assert said == ["COMMIT"]  # the 20 in one transaction
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        doc = shadow.state("pump")
-        assert doc is not None and doc.reported["t"] == 20
-
-
-async def test_readings_still_queued_at_shutdown_are_recorded(tmp_path: Path) -> None:
-    bus = Bus()
-    path = tmp_path / "s.db"
     config = ShadowSection(
-        path=str(path), devices=["pump"], write_delay=5.0, history={"max_age": None}
-    )  # the readings are stamped in 1970
+        path=str(path), devices=["pump"], write_delay=delay, history={"max_age": None}
+    )
     router: Any = SimpleNamespace(points=set())
     async with ShadowService(config, bus, router, {}) as shadow:
         task = asyncio.create_task(shadow.run())
         try:
             bus.publish_nowait(reading(1))
             await wait_for(lambda: shadow.counters["reported"] == 1, message="the first")
-            for i in range(2, 12):  # the service sleeps out its delay: these wait
-                bus.publish_nowait(reading(i))
-            await asyncio.sleep(0.1)
-            assert shadow.counters["reported"] == 1
+            yield shadow, bus
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_write_delay_records_the_readings_of_its_window_together(tmp_path: Path) -> None:
+    async with delayed_shadow(tmp_path / "s.db", 3.0) as (shadow, bus):
+        assert shadow.store is not None
+        said = commits(shadow.store)
+        for i in range(2, 22):  # within the delay after the first transaction
+            bus.publish_nowait(reading(i))
+            await asyncio.sleep(0.005)
+        assert shadow.counters["reported"] == 1  # waiting
+        await wait_for(lambda: shadow.counters["reported"] == 21, timeout=10, message="all 21")
+        assert said == ["COMMIT"]  # the 20 in one transaction
+        doc = shadow.state("pump")
+        assert doc is not None and doc.reported["t"] == 21
+
+
+async def test_readings_still_queued_at_shutdown_are_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with delayed_shadow(path, 5.0) as (shadow, bus):
+        for i in range(2, 12):  # the service sleeps out its delay: these wait
+            bus.publish_nowait(reading(i))
+        await asyncio.sleep(0.1)
+        assert shadow.counters["reported"] == 1
     store = ShadowStore(str(path))
     try:
         assert store.get("pump").reported["t"] == 11
@@ -175,18 +174,7 @@ async def test_write_delay_ends_early_once_a_batch_is_queued(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(service_module, "MAX_BATCH", 5)
-    bus = Bus()
-    config = ShadowSection(path=str(tmp_path / "s.db"), devices=["pump"], write_delay=10.0)
-    router: Any = SimpleNamespace(points=set())
-    async with ShadowService(config, bus, router, {}) as shadow:
-        task = asyncio.create_task(shadow.run())
-        try:
-            bus.publish_nowait(reading(1))
-            await wait_for(lambda: shadow.counters["reported"] == 1, message="the first")
-            for i in range(2, 7):  # a batch's worth: the queue must not wait 10 s and overflow
-                bus.publish_nowait(reading(i))
-            await wait_for(lambda: shadow.counters["reported"] == 6, timeout=5, message="all 6")
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with delayed_shadow(tmp_path / "s.db", 10.0) as (shadow, bus):
+        for i in range(2, 7):  # a batch's worth: the queue must not wait 10 s and overflow
+            bus.publish_nowait(reading(i))
+        await wait_for(lambda: shadow.counters["reported"] == 6, timeout=5, message="all 6")
