@@ -1228,8 +1228,7 @@ class MqttAdapter(Adapter):
     async def _close(self) -> None:
         loop, client = self._loop, self._client
         try:
-            if self._store is not None:  # outbox.write_delay: what send() accepted is kept
-                self._write_unwritten()
+            self._write_unwritten()  # outbox.write_delay: what send() accepted is kept
             if loop is None or client is None:
                 return
             job = self._connect_job
