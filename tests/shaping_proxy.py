@@ -3,7 +3,9 @@
 Client -> server bytes go through a serial link of ``rate`` bytes/s (changeable while it runs)
 and arrive ``delay`` seconds after their last byte left; server -> client bytes are delayed
 only. Reads are never refused, so a slow link shows up as queueing delay (a growing RTT), the
-way a cellular modem's deep buffers do.
+way a cellular modem's deep buffers do. Leaving the proxy delivers what it has already read,
+then closes each side, as a link that is switched off gracefully would: cutting bytes still
+on the wire (a DISCONNECT, say) would make the broker publish a will the client never left.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class ShapingProxy:
         self.bytes_up = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.Task[None]] = set()
+        self._queues: list[asyncio.Queue[tuple[float, bytes]]] = []
         self._link_free = 0.0
 
     async def __aenter__(self) -> ShapingProxy:
@@ -34,16 +38,24 @@ class ShapingProxy:
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.close()
+        loop = asyncio.get_running_loop()
+        for q in self._queues:  # an end of stream behind what each direction still carries
+            q.put_nowait((loop.time(), b""))
+        if self._writers:
+            await asyncio.wait(list(self._writers), timeout=self.delay + 2.0)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: object, *, writer: bool = False) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if writer:
+            self._writers.add(task)
+            task.add_done_callback(self._writers.discard)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -53,10 +65,11 @@ class ShapingProxy:
             return
         up_q: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         down_q: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._queues += [up_q, down_q]
         self._spawn(self._read(reader, up_q, shaped=True))
-        self._spawn(self._write(up_q, up_w))
+        self._spawn(self._write(up_q, up_w), writer=True)
         self._spawn(self._read(up_r, down_q, shaped=False))
-        self._spawn(self._write(down_q, writer))
+        self._spawn(self._write(down_q, writer), writer=True)
 
     async def _read(
         self, reader: asyncio.StreamReader, q: asyncio.Queue[tuple[float, bytes]], *, shaped: bool

@@ -61,6 +61,28 @@ class StatusWatcher:
         self.client.disconnect()
 
 
+def retained_status(broker: MosquittoBroker) -> dict[str, Any]:
+    """What a client connecting now is told the gateway's state is (the retained message)."""
+    got: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def on_message(client: Any, userdata: Any, msg: paho.MQTTMessage) -> None:
+        got.append(json.loads(msg.payload))
+        done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="status-latecomer")
+    client.on_message = on_message
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(STATUS, 1)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        assert done.wait(5), "no retained status"
+        return got[0]
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 @pytest.fixture
 async def counter(simulator: Simulator) -> AsyncIterator[SimulatedDevice]:
     device = await simulator.add_device(name="meter")
@@ -145,6 +167,7 @@ async def test_sigint_always_shuts_the_batching_uplink_down_in_order(
                 lambda: watcher.last().get("state") == "offline" and watcher.last(), timeout=5
             )
             assert "ts" in offline, f"run {run}: the broker's will, not our offline message"
+            assert "ts" in await asyncio.to_thread(retained_status, mosquitto), f"run {run}"
     finally:
         watcher.close()
 
@@ -183,5 +206,7 @@ async def test_a_close_slower_than_the_runtime_recancel_still_finishes(
             lambda: watcher.last().get("state") == "offline" and watcher.last(), timeout=5
         )
         assert "ts" in offline, "the broker's will, not the adapter's offline message"
+        # the DISCONNECT crossed the slow link too: the broker kept our state, not its will
+        assert "ts" in await asyncio.to_thread(retained_status, mosquitto)
     finally:
         watcher.close()
