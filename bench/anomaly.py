@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,11 @@ from gateway.bridge import ANOMALY_BATCH, Bridge
 from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
 from gateway.config.model import BridgeConfig
+from gateway.paths import STATE_ENV
 from gateway.types import Message, Sample
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bench_folder, run_bench  # noqa: E402
 
 CALIBRATION = 400
 
@@ -108,29 +114,33 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
-    extra = {} if args.refresh is None else {"refresh": args.refresh}
-    options = AnomalyOptions(model=args.model, calibration=CALIBRATION, **extra)
-    rows = CALIBRATION + args.messages // args.devices
-    messages = make_messages(args.devices, args.points, rows)
-    calib, run = messages[: CALIBRATION * args.devices], messages[CALIBRATION * args.devices :]
-    stage = bench_stage(options, calib, run, 1)
-    print(f"stage, one message per call: {stage:,.0f} samples/s")
-    batched = bench_stage(options, calib, run, ANOMALY_BATCH)
-    print(f"stage, {ANOMALY_BATCH} messages per call: {batched:,.0f} samples/s")
-    bridged = asyncio.run(bench_bridge(options, calib, run))
-    print(f"inside a bridge (bus -> stage -> target): {bridged:,.0f} samples/s")
-    result = {
-        "model": args.model,
-        "points_per_message": args.points,
-        "devices": args.devices,
-        "messages": len(run),
-        "stage_samples_per_s": round(stage),
-        "stage_batched_samples_per_s": round(batched),
-        "bridge_samples_per_s": round(bridged),
-        "target_samples_per_s": 20000,
-    }
-    print(json.dumps(result))
+    # The stage keeps calibrations in the state folder (.protocol-brain in the current one by
+    # default): the bench's are throwaway, so they go to a folder removed at the end.
+    with bench_folder("pb-bench-anomaly-") as folder:
+        os.environ.setdefault(STATE_ENV, str(folder))
+        extra = {} if args.refresh is None else {"refresh": args.refresh}
+        options = AnomalyOptions(model=args.model, calibration=CALIBRATION, **extra)
+        rows = CALIBRATION + args.messages // args.devices
+        messages = make_messages(args.devices, args.points, rows)
+        calib, run = messages[: CALIBRATION * args.devices], messages[CALIBRATION * args.devices :]
+        stage = bench_stage(options, calib, run, 1)
+        print(f"stage, one message per call: {stage:,.0f} samples/s")
+        batched = bench_stage(options, calib, run, ANOMALY_BATCH)
+        print(f"stage, {ANOMALY_BATCH} messages per call: {batched:,.0f} samples/s")
+        bridged = asyncio.run(bench_bridge(options, calib, run))
+        print(f"inside a bridge (bus -> stage -> target): {bridged:,.0f} samples/s")
+        result = {
+            "model": args.model,
+            "points_per_message": args.points,
+            "devices": args.devices,
+            "messages": len(run),
+            "stage_samples_per_s": round(stage),
+            "stage_batched_samples_per_s": round(batched),
+            "bridge_samples_per_s": round(bridged),
+            "target_samples_per_s": 20000,
+        }
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_bench(main))

@@ -170,13 +170,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in config.warnings:  # once, at warning level: the run goes on
         log.warning("%s", line)
 
+    config_file = os.path.abspath(args.file)
+
     async def main() -> None:
+        from gateway import livestatus
         from gateway.runtime import Gateway
+        from gateway.sdnotify import Notifier, start_watchdog
 
         stop = asyncio.Event()
         install_stop_signals(stop)
-        gateway = Gateway(config)
-        await gateway.run(stop)
+        # Under a systemd Type=notify unit: READY=1 once started, STATUS= lines, STOPPING=1,
+        # and WATCHDOG=1 from a task on this loop (a blocked loop stops the pings).
+        notifier = Notifier.from_environ()
+        watchdog = start_watchdog(notifier)
+        try:
+            gateway = Gateway(
+                config,
+                notifier=notifier,
+                status_file=livestatus.status_path(config.gateway.name),
+                config_file=config_file,
+            )
+            await gateway.run(stop)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
+            notifier.close()
         stuck = await stuck_tasks()
         if stuck:
             # asyncio.run would wait for them for ever and SIGTERM no longer reaches us.
@@ -200,14 +219,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "warning")
+    from gateway.broker import BrokerError
+    from gateway.config import ConfigError
     from gateway.demo import run_demo
+    from gateway.plugins import PluginError
     from gateway.runtime import StartError
 
     try:
         return asyncio.run(
             run_demo(duration=args.duration, mqtt_port=args.mqtt_port, opcua_port=args.opcua_port)
         )
-    except StartError as exc:  # a port taken between the demo's check and the bind
+    # A port taken between the demo's check and the bind, or a library of an extra missing
+    # (amqtt for the broker, a protocol's): one line, as `gateway run` says it.
+    except (BrokerError, ConfigError, PluginError, StartError) as exc:
         raise CommandError(str(exc), 1) from None
 
 

@@ -13,7 +13,7 @@ bridges:
 A computed point is evaluated for a message of its device when the message carries at least
 one of the points it names (so it follows fresh readings, and a point polled every 10 s does
 not hold back one polled every 100 ms). A named point missing from the message is taken from
-the device's shadow (``reported``: its last good value), which is what makes the shadow
+the device's shadow (``reported``: its last good or uncertain value), which is what makes the shadow
 context for bridges; ``shadow.reported.<key>`` and ``shadow.desired.<key>`` read it directly.
 When a value is missing everywhere, or the arithmetic fails (a division by zero), the point is
 skipped for that message and counted; the rest of the message goes on.

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from gateway import livestatus
 from gateway.paths import use_config_state_dir
 from gateway.text import counted
 
@@ -82,6 +84,18 @@ shadow:                        # reported/desired state and history per device
 """
 
 
+def gateway_command() -> str:
+    """The `gateway` command as this process was started, runnable from any shell.
+
+    ./scripts/demo.sh runs .venv/bin/gateway, which is not on the PATH of the shell a user
+    copies the printed commands into: name the script by its absolute path, or the interpreter.
+    """
+    script = Path(sys.argv[0])
+    if script.name == "gateway" and script.is_file():
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m gateway"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,9 +158,14 @@ async def run_demo(
         )
         config_path.write_text(text)
         config = load_config_text(text, str(config_path))
-        gateway = Gateway(config)
+        gateway = Gateway(
+            config,
+            status_file=livestatus.status_path(config.gateway.name),
+            config_file=str(config_path),
+        )
         watched = gateway.bus.subscribe("mqtt/watch/#", maxsize=1000, name="demo-printer")
 
+        cmd, config_arg = gateway_command(), shlex.quote(str(config_path))
         print(
             "Protocol Brain demo\n"
             f"  Modbus device (simulated)  127.0.0.1:{device.port}, unit 1\n"
@@ -157,9 +176,9 @@ async def run_demo(
             "Watch it yourself:\n"
             f"  mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'plant/#' -v\n"
             f"  mbpoll -m tcp -p {device.port} -0 -t 4:float -B -r 0 -c 1 127.0.0.1\n"
-            f"  gateway shadow get boiler --config {config_path}\n"
-            f"  gateway shadow set boiler setpoint=65 --config {config_path}\n"
-            f"  gateway status {config_path}\n"
+            f"  {cmd} shadow get boiler --config {config_arg}\n"
+            f"  {cmd} shadow set boiler setpoint=65 --config {config_arg}\n"
+            f"  {cmd} status {config_arg}\n"
             "Readings that reached the broker and came back (Ctrl-C to stop):",
             file=out,
             flush=True,

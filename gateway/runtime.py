@@ -17,9 +17,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway import livestatus
 from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.bridge import Bridge
@@ -27,6 +30,7 @@ from gateway.bus import Bus
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
+from gateway.sdnotify import Notifier
 from gateway.streak import FailureStreak
 from gateway.text import counted
 
@@ -59,8 +63,25 @@ class StartError(RuntimeError):
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, *, bus: Bus | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        bus: Bus | None = None,
+        notifier: Notifier | None = None,
+        status_file: Path | None = None,
+        config_file: str = "",
+    ) -> None:
         self.config = config
+        # ``gateway run`` keeps its status in a file for ``gateway status`` (gateway.livestatus).
+        self.status_file = status_file
+        self.config_file = config_file
+        self._status_streak = FailureStreak(
+            log, f"status file {status_file}", level=logging.WARNING
+        )
+        self._started_at = time.time()
+        # systemd's notify socket (``gateway run`` under a Type=notify unit); by default none.
+        self.notifier = notifier or Notifier(None)
         self.bus = bus or Bus()
         self.router = CommandRouter(self.bus)
         self.context = AdapterContext(self.bus, config.gateway.name, self.router)
@@ -113,6 +134,7 @@ class Gateway:
                     "endpoint" if entry is not None and entry.section == "endpoints" else "device"
                 )
                 if not await _enter(stack, adapter, f"{kind} {adapter.name!r}", stop):
+                    self.notifier.stopping("stopping (stopped while starting)")
                     log.info("gateway %s: stopped while starting", self.config.gateway.name)
                     return
             for bridge in self.bridges:
@@ -120,6 +142,7 @@ class Gateway:
             if self.shadow is not None:  # entered last: closed before the adapters
                 where = f"the shadow store {self.shadow.config.path}"
                 if not await _enter(stack, self.shadow, where, stop):
+                    self.notifier.stopping("stopping (stopped while starting)")
                     return
                 shadow = [asyncio.create_task(_supervise("shadow", self.shadow.run), name="shadow")]
             else:
@@ -146,16 +169,25 @@ class Gateway:
             stack.callback(gc.unfreeze)
             self.started.set()
             off = [*self.config.disabled, *(f"bridge {b}" for b in self.config.disabled_bridges)]
+            running = (
+                f"running: {counted(len(self.adapters), 'adapter')}, "
+                f"{counted(len(self.bridges), 'bridge')}"
+            )
             log.info(
-                "gateway %s running: %s, %s%s",
+                "gateway %s %s%s",
                 self.config.gateway.name,
-                counted(len(self.adapters), "adapter"),
-                counted(len(self.bridges), "bridge"),
+                running,
                 f"; not started (enabled: false): {', '.join(off)}" if off else "",
             )
+            # Ready: every adapter entered (servers listening, clients set up; a client's
+            # device is connected in its run(), so a dead device does not hold this back),
+            # bridges subscribed, every task created. The readings come after.
+            self.notifier.ready(running)
+            await self._write_status("running")
             try:
                 await stop.wait()
             finally:
+                self.notifier.stopping("stopping")
                 log.info("gateway %s stopping", self.config.gateway.name)
                 if reporter is not None:
                     await _cancel([reporter])
@@ -166,14 +198,17 @@ class Gateway:
                 await _cancel([t for n, t in sources.items() if n in self._targets])
                 self.router.close()
         log.info("gateway %s stopped", self.config.gateway.name)
+        await self._write_status("stopped")
 
-    def summary(self) -> str:
+    def summary(self, status: dict[str, Any] | None = None) -> str:
         """One line for the log: what is connected, what flowed, what was dropped; the anomaly
-        scorers' alarms and each uplink optimizer's policy where they are configured."""
-        statuses = {n: a.status() for n, a in self.adapters.items()}
+        scorers' alarms and each uplink optimizer's policy where they are configured. From
+        ``status`` (`status`'s dict) when the caller has it already."""
+        status = self.status() if status is None else status
+        statuses: dict[str, dict[str, Any]] = status["adapters"]
         adapters = list(statuses.values())
         down = [n for n, a in statuses.items() if a.get("connected") is False]
-        bridges = [b.status() for b in self.bridges]
+        bridges: list[dict[str, Any]] = list(status["bridges"].values())
         text = (
             f"{len(adapters) - len(down)}/{len(adapters)} connected, "
             f"{counted(self.bus.published, 'bus message')}, "
@@ -181,8 +216,8 @@ class Gateway:
             f"{sum(b['dropped'] for b in bridges)} dropped in bridges, "
             f"{sum(int(a.get('dropped', 0)) for a in adapters)} dropped in adapters"
         )
-        if self.shadow is not None:  # readings the shadow could not keep up with, not recorded
-            shadow = self.shadow.status()
+        if "shadow" in status:  # readings the shadow could not keep up with, not recorded
+            shadow = status["shadow"]
             text += f", {shadow['dropped']} dropped in the shadow"
             if shadow["history_paused"]:
                 text += " (history paused: disk below shadow.history.min_free)"
@@ -211,12 +246,41 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             try:
-                line = self.summary()
+                status = self.status()
+                line = self.summary(status)
             except Exception as exc:  # an adapter's status() bug must not end the reports
                 streak.failed(f"an adapter's status() failed: {exc!r}")
                 continue
             streak.succeeded()
             log.info("status: %s", line)
+            self.notifier.status(line)
+            await self._write_status("running", status, line)
+
+    async def _write_status(
+        self, state: str, status: dict[str, Any] | None = None, line: str | None = None
+    ) -> None:
+        """Rewrite the status file, if this gateway keeps one; a disk that refuses it is
+        logged (once per run of failures) and the gateway goes on. The write runs in a thread:
+        an SD card busy with the outbox can hold a write for seconds, and the event loop (and
+        with it the systemd watchdog's pings) must not wait for it."""
+        if self.status_file is None:
+            return
+        try:
+            status = self.status() if status is None else status
+            snapshot = livestatus.snapshot(
+                gateway=self.config.gateway.name,
+                config=self.config_file,
+                started=self._started_at,
+                state=state,
+                summary=self.summary(status) if line is None else line,
+                status=status,
+                interval=self.config.gateway.status_interval,
+            )
+            await asyncio.to_thread(livestatus.write, self.status_file, snapshot)
+        except Exception as exc:  # a full disk, or an adapter's status() bug: not fatal
+            self._status_streak.failed(f"not written: {exc!r}", traceback=False)
+        else:
+            self._status_streak.succeeded()
 
     @staticmethod
     def _points_lost(adapter: Adapter) -> Callable[[BaseException], Awaitable[None]]:

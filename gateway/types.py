@@ -27,6 +27,14 @@ class Quality(StrEnum):
     BAD = "bad"
 
 
+class OutOfRange(StrEnum):
+    """What a reading outside its point's low..high gets (see `gateway.limits`)."""
+
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+    KEEP = "keep"  # the quality the reading had
+
+
 class MessageKind(StrEnum):
     TELEMETRY = "telemetry"
     COMMAND = "command"
@@ -77,7 +85,7 @@ class PointSpec:
     unit: str | None = None
     access: Access = Access.READ
     description: str = ""
-    low: float | None = None  # engineering limits (EURange); also the write range check
+    low: float | None = None  # engineering limits (EURange): readings and writes are checked
     high: float | None = None
     write_rate: float | None = None  # writes per second allowed; None: the gateway default
 

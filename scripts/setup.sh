@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Create .venv (Python >= 3.11) and install the project editable with its dev extras.
-# Quick when nothing changed: the install is skipped while pyproject.toml is the one installed.
+# Create .venv (Python >= 3.11) and install the project editable: scripts/setup.sh [dev|all]
+# dev (the default, for the tests): everything, torch and the training stack included;
+# all (for the demo): the protocols, the embedded broker and the shipped models, no torch.
+# Quick when nothing changed: the install is skipped while pyproject.toml is the one installed
+# with these extras (or with dev, which holds all).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+extra="${1:-dev}"
+case "$extra" in
+    dev | all) ;;
+    *) echo "setup: usage: scripts/setup.sh [dev|all]" >&2; exit 2 ;;
+esac
 
 python_ok() {
     "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
@@ -31,15 +39,24 @@ if ! python_ok .venv/bin/python; then
     exit 1
 fi
 
+# The stamp holds pyproject.toml's hash and the extras installed ("HASH dev" or "HASH all"; a
+# bare hash was written by the dev-only setup before).
 stamp=".venv/.protocol-brain-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
-    || ! .venv/bin/python -c 'import gateway, protocols' >/dev/null 2>&1; then
-    echo "setup: installing protocol-brain[dev] into .venv" >&2
+installed="$(cat "$stamp" 2>/dev/null || true)"
+up_to_date() {
+    case "$installed" in
+        "$want" | "$want dev") return 0 ;;
+        "$want all") [ "$extra" = all ] ;;
+        *) return 1 ;;
+    esac
+}
+if ! up_to_date || ! .venv/bin/python -c 'import gateway, protocols' >/dev/null 2>&1; then
+    echo "setup: installing protocol-brain[$extra] into .venv" >&2
     log="$(mktemp)"
     # torch first, pinned: this pin takes the machine's CPU build; any other way of asking for
     # torch (a range, a dependency) may resolve to the CUDA build and gigabytes of packages.
-    if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1 \
+    if [ "$extra" = dev ] && ! .venv/bin/python -c 'import torch' >/dev/null 2>&1 \
         && ! .venv/bin/python -m pip install -q --disable-pip-version-check 'torch==2.13.0' \
             >"$log" 2>&1; then
         cat "$log" >&2
@@ -47,13 +64,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
         echo "setup: pip install torch==2.13.0 failed" >&2
         exit 1
     fi
-    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' >"$log" 2>&1
-    then
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra]" \
+        >"$log" 2>&1; then
         cat "$log" >&2
         rm -f "$log"
-        echo "setup: pip install -e '.[dev]' failed" >&2
+        echo "setup: pip install -e '.[$extra]' failed" >&2
         exit 1
     fi
     rm -f "$log"
-    echo "$want" >"$stamp"
+    echo "$want $extra" >"$stamp"
 fi

@@ -302,6 +302,25 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_status_of_a_file_kept_before_any_device_calibrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "plant.yaml"
+    config.write_text(CLI_CONFIG)
+    monkeypatch.setenv("PROTOCOL_BRAIN_STATE_DIR", str(tmp_path / ".protocol-brain"))
+    store = CalibrationStore(store_path("up"))
+    store.open()
+    assert store.save({})  # what a run that stopped while every device calibrated leaves
+    store.close()
+    out = cli("anomaly", "status", str(config), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "nothing kept yet" in out.stdout.splitlines()[1]
+    out = cli("anomaly", "status", str(config), "--json", cwd=tmp_path)
+    assert json.loads(out.stdout)["calibrations"] == [
+        {"bridge": "up", "path": str(store_path("up")), "device": None}
+    ]
+
+
 def test_status_and_recalibrate_from_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -163,6 +163,7 @@ def test_a_forked_worker_stopped_by_its_pool_ends_quietly(tmp_path: Path) -> Non
             ["--devices", "1", "--registers", "2", "--duration", "1", "--warmup", "1"]
             + ["--shadow", "--changing"],
         ),
+        ("translator_memory.py", ["--points", "120", "--shots", "0,10", "--seeds", "1"]),
     ],
 )
 def test_a_short_run_prints_json_last_and_leaves_nothing(
@@ -174,3 +175,23 @@ def test_a_short_run_prints_json_last_and_leaves_nothing(
     assert isinstance(json.loads(out.strip().splitlines()[-1]), dict)
     assert list((tmp_path / "tmp").iterdir()) == []
     assert _left_running(tmp_path / "tmp") == []
+
+
+def test_the_anomaly_bench_keeps_no_state_in_the_current_folder(tmp_path: Path) -> None:
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BRAIN_STATE_DIR"}
+    args = ["--devices", "1", "--points", "4", "--messages", "50"]
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "anomaly.py"), *args],
+        cwd=cwd,
+        env={**env, "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert isinstance(json.loads(out.stdout.strip().splitlines()[-1]), dict)
+    assert list(cwd.iterdir()) == []  # no .protocol-brain/anomaly/bench.json, no .lock
+    assert list(tmp.glob("pb-bench-anomaly-*")) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -225,6 +226,16 @@ def test_demo_help_names_what_it_serves() -> None:
         assert "MQTT" in text and "OPC UA" in text and "shadow" in text, text
 
 
+def test_anomaly_help_names_every_anomaly_command() -> None:
+    from gateway.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = next(c.help for c in commands._choices_actions if c.dest == "anomaly")
+    for name in ("train", "evaluate", "status", "recalibrate", "carry"):
+        assert name in listed and name in commands.choices["anomaly"].description, name
+
+
 def test_demo_shows_readings_that_made_the_round_trip() -> None:
     out = gateway("demo", "--duration", "4", "--mqtt-port", str(free_port()), timeout=60)
     assert out.returncode == 0, out.stderr
@@ -233,6 +244,31 @@ def test_demo_shows_readings_that_made_the_round_trip() -> None:
     points = {line.split()[1] for line in readings}
     assert {"plant/boiler/temperature", "plant/boiler/cycles", "plant/boiler/pressure"} <= points
     assert "stopped:" in out.stdout
+
+
+def test_demo_without_amqtt_says_so_in_one_line() -> None:
+    blocked = (
+        "import sys; sys.modules['amqtt'] = None; from gateway.cli import main; "
+        f"sys.exit(main(['demo', '--duration', '1', '--mqtt-port', '{free_port()}', "
+        "'--opcua-port', '0']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 1
+    assert (
+        out.stderr == "error: the embedded broker needs amqtt: pip install 'protocol-brain[demo]'\n"
+    )
+
+
+def test_demo_names_the_gateway_command_as_it_can_be_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.demo import gateway_command
+
+    script = Path(sys.executable).parent / "gateway"  # the virtualenv's console script
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    assert gateway_command() == str(script)
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "gateway" / "__main__.py"), "demo"])
+    assert gateway_command() == f"{sys.executable} -m gateway"
 
 
 def test_hash_password_reads_stdin_and_verifies() -> None:
@@ -352,19 +388,23 @@ async def test_the_status_command_the_demo_prints_finds_its_outboxes() -> None:
         line = ""
         while "plant/boiler/" not in line:  # a reading made the round trip: outboxes are open
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            if line.strip().startswith("gateway status "):
-                status = line.split()
+            words = shlex.split(line)
+            if words[1:2] == ["status"] or words[2:4] == ["gateway", "status"]:
+                status = words
         assert status, "the demo does not print its status command"
+        # Run as printed, from a shell whose PATH lacks the virtualenv (a fresh terminal).
         out = await asyncio.to_thread(
             subprocess.run,
-            [*GATEWAY, *status[1:], "--json"],
+            [*status, "--json"],
             capture_output=True,
             text=True,
             timeout=60,
-            env=env,
+            env={**env, "PATH": "/usr/bin:/bin"},
         )
         assert out.returncode == 0, out.stderr
-        rows = {r["endpoint"]: r for r in json.loads(out.stdout)["outboxes"]}
+        doc = json.loads(out.stdout)
+        assert doc["gateway"]["state"] == "running" and doc["gateway"]["pid"] == proc.pid
+        rows = {r["endpoint"]: r for r in doc["outboxes"]}
         assert set(rows) == {"broker", "watch"}
         for row in rows.values():
             assert not row.get("missing"), row  # read from the demo's own outbox files

@@ -888,3 +888,38 @@ def test_anomaly_globs_see_translated_and_computed_names(registry: Registry, ext
         f"  - {{name: up, from: pump, to: broker, points: ['temp', 'speed*'], {extra}}}\n"
     )
     assert load_config_text(text, "gw.yaml", registry).bridges[0].anomaly is not None
+
+
+def test_validate_warns_about_tls_and_certificate_files_that_are_not_here(
+    tmp_path: Path, registry: Registry
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA bundle")
+    missing = tmp_path / "nope"
+    text = (
+        "endpoints:\n"
+        f"  broker: {{protocol: mqtt, host: h, tls: {{ca_file: {missing}/ca.pem,"
+        f" cert_file: {ca}, key_file: {missing}/key.pem}}}}\n"
+        "  opcua: {protocol: opcua, role: server,"
+        f" security: {{certificate: {missing}/cert.der, private_key: {ca}}}}}\n"
+        "devices:\n"
+        "  plc: {protocol: opcua, url: 'opc.tcp://h:4840', points: [{name: t, node_id: 'i=1'}],"
+        f" security: {{certificate: {missing}/c.der, private_key: {missing}/k.pem}}}}\n"
+        "  spare: {protocol: opcua, url: 'opc.tcp://h:4840', points: [{name: t, node_id: 'i=1'}],"
+        f" security: {{policy: None, mode: None, certificate: {missing}/c.der,"
+        f" private_key: {missing}/k.pem}}}}\n"
+    )
+    # gateway run opens them itself and says which one is missing: only validate warns
+    assert load_config_text(text, "gw.yaml", registry).warnings == ()
+    warnings = load_config_text(text, "gw.yaml", registry, check_adapters=True).warnings
+    keys = [w.split(": ")[1] for w in warnings]
+    assert keys == [
+        "devices.plc.security.certificate",
+        "devices.plc.security.private_key",
+        "endpoints.broker.tls.ca_file",
+        "endpoints.broker.tls.key_file",
+        "endpoints.opcua.security.certificate",
+    ]  # not spare: with policy None the client loads no certificate
+    ca_line = warnings[2]
+    assert ca_line.startswith("gw.yaml:2:")
+    assert f"tls.ca_file {missing}/ca.pem: no such file on this machine" in ca_line

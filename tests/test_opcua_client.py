@@ -669,6 +669,34 @@ async def test_untrusted_server_certificate_is_refused_and_retried(
         await wait_for(good_value(seen, "temp", 20.0), 20)
 
 
+async def test_an_untrusted_server_certificate_is_warned_about_once_across_retries(
+    secure_peer: NodeOpcuaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="protocols.opcua")
+    pki = tmp_path / "client-pki"
+
+    def refusals(level: int) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == level
+            and ("refused untrusted server certificate" in r.getMessage()
+                 or "refused the server certificate" in r.getMessage())
+        ]  # fmt: skip
+
+    async with running(secure_config(secure_peer, pki)) as (adapter, _):
+        await wait_for(lambda: adapter.status()["reconnects"] >= 4, 30)
+        assert not adapter.status()["connected"]
+        [warning] = refusals(logging.WARNING)
+        assert str(pki / "trusted") in warning
+        assert len(refusals(logging.DEBUG)) >= 3  # the repeats, counted at debug level
+        # Trusted, it connects; refused again later, it would be said again.
+        rejected = list((pki / "rejected").iterdir())
+        shutil.copy(rejected[0], pki / "trusted" / rejected[0].name)
+        await wait_for(lambda: adapter.status()["connected"], 20)
+        assert adapter._trust is not None and adapter._trust.warned == {}
+
+
 async def test_verify_server_off_connects_and_warns(
     secure_peer: NodeOpcuaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -252,6 +252,29 @@ def test_evaluate_prints_one_json_line_last(
     assert set(report["gain_of_learned"]) == {"over_immediate", "over_heuristic"}
 
 
+def test_a_long_evaluate_says_how_far_it_is_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.optimizer import cli as optimizer_cli
+
+    d = tmp_path / "traces"
+    assert main(["optimizer", "traces", "--out", str(d), "--count", "2", "--duration", "60"]) == 0
+    capsys.readouterr()
+    argv = ["optimizer", "evaluate", "--traces", str(d), "--length", "20", "--policies"]
+    policies = "immediate,hindsight_fixed"
+    assert main([*argv, policies]) == 0
+    quiet = capsys.readouterr()
+    assert "fixed decisions tried" not in quiet.err  # a short run says no more than its notes
+    monkeypatch.setattr(optimizer_cli, "PROGRESS_SECONDS", 10.0, raising=False)
+    assert main([*argv, policies]) == 0
+    loud = capsys.readouterr()
+    assert loud.out == quiet.out  # the same figures
+    lines = loud.err.splitlines()
+    assert "hindsight_fixed: fixed decisions tried on 2 episodes: 280/280 in " in lines[-3]
+    assert lines[-2].startswith("immediate 1/2: 2 episodes in ")
+    assert lines[-1].startswith("hindsight_fixed 2/2: 2 episodes in ")
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [

@@ -481,6 +481,26 @@ def test_validate_warns_when_a_plugins_library_is_missing(
     assert done.stderr.splitlines() == [
         f"warning: {config}:3:20: devices.dev1.protocol: protocol 'audit' (from "
         "audit-jsonfile-protocol) needs vendor_sdk_xyz: pip install "
-        "'audit-jsonfile-protocol[vendor]' (gateway run refuses this entry until it is "
-        "installed)"
+        "'audit-jsonfile-protocol[vendor]' (gateway run will not start while an enabled "
+        "entry needs it; enabled: false on this entry runs the rest)"
     ]
+
+
+def test_a_plugin_whose_points_are_dicts_is_told_so(site: Path, tmp_path: Path) -> None:
+    install_plugin(site, "audit_dicts")
+    (site / "audit_dicts" / "__init__.py").write_text(
+        SPEC_MODULE.format(
+            name="audit", adapter="audit_dicts.adapter:A", requires=(), extra=None
+        ).replace('host: str = "127.0.0.1"', 'host: str = "127.0.0.1"\n    points: list[dict] = []')
+    )
+    config = tmp_path / "plant.yaml"
+    config.write_text(
+        "devices:\n  d1: {protocol: audit, points: [{name: t, unit: degC}]}\n"
+        "endpoints:\n  broker: {protocol: mqtt, host: 127.0.0.1}\n"
+        "bridges:\n  - {name: up, from: d1, to: broker, topic: 'x/{point}'}\n"
+    )
+    done = run_gateway(site, "validate", str(config))
+    assert done.returncode == 1
+    assert "bridges[0].from: found d1, whose points are not models with name and unit" in (
+        done.stderr
+    )

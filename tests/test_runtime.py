@@ -262,8 +262,8 @@ def test_validate_warns_and_run_refuses_without_a_protocol_library(tmp_path: Pat
     out = _gateway_without("pymodbus", "validate", str(path))
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [
-        f"warning: {path}:2:19: devices.plc.protocol: {said} (gateway run refuses this entry "
-        "until it is installed)"
+        f"warning: {path}:2:19: devices.plc.protocol: {said} (gateway run will not start "
+        "while an enabled entry needs it; enabled: false on this entry runs the rest)"
     ]
     out = _gateway_without("pymodbus", "run", str(path))
     assert out.returncode == 1

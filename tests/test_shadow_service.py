@@ -229,5 +229,23 @@ async def test_bad_mqtt_requests_get_a_reply_and_one_log_line(
             doc = await shadow.get("pump")
             assert doc.errors["area"]["status"] == "unknown_point"
             assert not [r for r in caplog.records if "unknown_point" in r.getMessage()]
+            # ... and left out of the delta: never written, it is not wanted from the device
+            await wait_for(lambda: (shadow.state("pump") or doc).reported.get("speed") == 41)
+            doc = await shadow.get("pump")
+            assert doc.delta == {} and "delta" not in doc.to_json()["state"]
+            body = {"state": {"desired": {"speed": 500, "area": "south"}}}  # 500: out of range
+            await mosquitto_pub(mosquitto, f"{base}/update", body)
+            await wait_for(lambda: len(collector.on(f"{base}/update/delta")) == 2)
+            deltas = [d["state"] for d in collector.on(f"{base}/update/delta")]
+            assert deltas == [{"speed": 40}, {"speed": 41}]  # never area: it is no point
+
+            def last_delta() -> Any:
+                return collector.last(f"{base}/update/delta")["state"]
+
+            await wait_for(lambda: last_delta().get("speed") == 500, message="delta")
+            assert last_delta() == {"speed": 500}  # a refused point stays, metadata does not
+            await wait_for(lambda: "speed" in (shadow.state("pump") or doc).errors)
+            doc = await shadow.get("pump")
+            assert doc.delta == {"speed": 500} and doc.errors["area"]["value"] == "south"
     finally:
         collector.close()

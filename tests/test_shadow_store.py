@@ -112,6 +112,28 @@ def test_reports_only_write_changes_and_keep_quality(store: ShadowStore) -> None
     assert [r.quality for r in store.history("pump", "t")] == ["good", "bad", "good"]
 
 
+def test_uncertain_readings_are_reported_and_kept_in_history(store: ShadowStore) -> None:
+    """A reading outside low..high is uncertain but still the device's value: an excursion's
+    values must reach reported and history, not only the change of quality."""
+    store.report("pump", {"t": (99.0, "good", 1.0)})
+    doc = store.report("pump", {"t": (101.0, "uncertain", 2.0)})
+    assert doc is not None and doc.reported == {"t": 101.0} and doc.quality == {"t": "uncertain"}
+    doc = store.report("pump", {"t": (104.5, "uncertain", 3.0)})  # the peak of the excursion
+    assert doc is not None and doc.reported == {"t": 104.5}
+    assert store.report("pump", {"t": (104.5, "uncertain", 4.0)}) is None  # unchanged
+    doc = store.report("pump", {"t": (65535, "bad", 5.0)})  # a bad reading's value is not kept
+    assert doc is not None and doc.reported == {"t": 104.5} and doc.quality == {"t": "bad"}
+    store.report("pump", {"t": (98.0, "good", 6.0)})
+    history = [(r.value, r.quality) for r in store.history("pump", "t")]
+    assert history == [
+        (99.0, "good"),
+        (101.0, "uncertain"),
+        (104.5, "uncertain"),
+        (65535, "bad"),
+        (98.0, "good"),
+    ]
+
+
 def test_errors_stay_until_desired_changes_or_is_reached(store: ShadowStore) -> None:
     store.update("pump", desired={"speed": 999})
     store.set_error("pump", "speed", 999, "out_of_range", "999 is above 100")
@@ -119,6 +141,27 @@ def test_errors_stay_until_desired_changes_or_is_reached(store: ShadowStore) -> 
     assert doc.errors["speed"]["status"] == "out_of_range" and doc.delta == {"speed": 999}
     doc = store.update("pump", desired={"speed": 50})
     assert doc.errors == {}
+
+
+def test_a_key_that_is_no_point_is_metadata_and_not_in_the_delta(store: ShadowStore) -> None:
+    store.update("pump", desired={"speed": 999, "area": "north", "mode": 2})
+    assert store.get("pump").delta == {"speed": 999, "area": "north", "mode": 2}
+    store.set_error("pump", "area", "north", "unknown_point", "pump has no point 'area'")
+    # a real point whose write failed is still wanted, whatever the reason
+    store.set_error("pump", "speed", 999, "out_of_range", "999 is above 100")
+    store.set_error("pump", "mode", 2, "not_writable", "mode is read-only")
+    doc = store.get("pump")
+    assert doc.delta == {"speed": 999, "mode": 2}
+    assert doc.to_json()["state"]["delta"] == {"speed": 999, "mode": 2}
+    assert doc.unreached == {"speed": 999, "area": "north", "mode": 2}
+    assert doc.desired["area"] == "north" and doc.errors["area"]["status"] == "unknown_point"
+    # kept as metadata: a report of another key does not clear its error
+    doc = store.report("pump", {"speed": (999, "good", 1000.0)})
+    assert doc is not None and doc.delta == {"mode": 2} and "area" in doc.errors
+    # a new value is wanted again until it is recorded
+    assert store.update("pump", desired={"area": "south"}).delta == {"area": "south", "mode": 2}
+    store.set_error("pump", "mode", 2, "device_error", "exception 4")
+    assert store.get("pump").delta == {"area": "south", "mode": 2}
 
 
 def test_history_queries(store: ShadowStore) -> None:

@@ -22,10 +22,12 @@ __all__ = ["register"]
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "anomaly",
-        help="train or evaluate the local anomaly model",
+        help="train or evaluate the anomaly model; status, recalibrate or carry the "
+        "calibrations a gateway keeps",
         description="The anomaly model the gateway scores samples with: train the teacher "
         "autoencoder and its int8 student on clean SKAB-format data, or evaluate them by "
-        "SKAB's protocol.",
+        "SKAB's protocol. And the calibrations a config's gateway keeps per device: show them "
+        "(status), forget them (recalibrate), or move them to a renamed bridge (carry).",
     )
     sub = p.add_subparsers(dest="anomaly_command", required=True)
 
@@ -272,6 +274,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             failed = 1
             rows.append({"bridge": bridge, "path": str(path), "device": None, "error": str(exc)})
             continue
+        if not records:  # written by a run that stopped before any device had calibrated
+            rows.append({"bridge": bridge, "path": str(path), "device": None})
         for device, r in sorted(records.items()):
             rows.append(
                 {

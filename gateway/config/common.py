@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.types import OutOfRange
 
 Path = tuple[str | int, ...]
 
@@ -29,6 +32,24 @@ class Strict(BaseModel):
         """Cross-field checks that need the whole model (overlaps, references)."""
         return []
 
+    def run_warnings(self) -> list[tuple[Path, str]]:
+        """What ``gateway run`` would refuse on this machine although the file may be right
+        for the machine it runs on (a TLS file that is not here): (key path, text) pairs that
+        ``gateway validate`` prints as warnings, not problems."""
+        return []
+
+
+def missing_files(files: dict[Path, str | None]) -> list[tuple[Path, str]]:
+    """`Strict.run_warnings` for the files of ``files`` (key path -> configured path) that do
+    not exist. Checked as ``gateway run`` opens them: as written, a relative path from the
+    working folder (no ``{state}`` template: these keys do not take one)."""
+    return [
+        (where, f"{'.'.join(map(str, where))} {name}: no such file on this machine "
+                "(gateway run refuses to start this entry without it)")
+        for where, name in files.items()
+        if name is not None and not os.path.isfile(name)
+    ]  # fmt: skip
+
 
 class Backoff(Strict):
     """Capped exponential backoff with full jitter between reconnect attempts."""
@@ -52,3 +73,27 @@ class Deadband(Strict):
 
     absolute: float | None = Field(None, ge=0)
     percent: float | None = Field(None, ge=0, le=100)
+
+
+class PointLimits(Strict):
+    """The engineering limits of a point, the same keys for every protocol's points.
+
+    ``low``/``high`` are the point's EURange: the range check of writes, the span of percent
+    deadbands, and the range its readings are checked against (`gateway.limits`)."""
+
+    low: float | None = Field(None, description="engineering low limit (also the write range)")
+    high: float | None = Field(None, description="engineering high limit (also the write range)")
+    # Default None: uncertain for read-only points; keep for writable ones, whose low..high
+    # configs have long used as the write range only (a setpoint that reads 0 while idle).
+    out_of_range: OutOfRange | None = Field(
+        None,
+        description="a reading outside low..high: uncertain or bad quality (the value is "
+        "kept as read), or keep its quality; default uncertain for read-only points, keep for "
+        "writable ones (their low..high is their write range)",
+    )
+
+    @model_validator(mode="after")
+    def _low_not_above_high(self) -> PointLimits:
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        return self

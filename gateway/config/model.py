@@ -15,7 +15,11 @@ Some things are said as warnings, not problems: they do not stop the gateway. A 
 that was refused (a built-in's name, a spec module that fails to import) and that no entry
 uses; a protocol library that is not installed (``gateway run`` refuses the entry, but the file
 is right); a disabled entry (``enabled: false``) whose protocol is not installed, whose
-settings therefore cannot be checked.
+settings therefore cannot be checked. ``gateway validate`` only (``check_adapters``; ``gateway
+run`` says these itself when it starts the entry): files a model's ``run_warnings()`` names that
+are not on this machine (MQTT TLS files, OPC UA certificates: the file may be checked on
+another machine), and a target whose ``write_warning(n)`` says that anyone may write the ``n``
+points its bridges let clients write (a CoAP server without OSCORE).
 
 ``enabled: false`` switches an entry off without deleting it. It is not started and is left
 out of `GatewayConfig.devices`; its settings are still checked when its protocol is installed,
@@ -92,7 +96,11 @@ class GatewaySection(Strict):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_interval: float = Field(
-        60.0, ge=0, description="seconds between status lines in the log; 0 turns them off"
+        60.0,
+        ge=0,
+        description="seconds between status lines in the log, systemd's STATUS and the status "
+        "file gateway status reads; 0 turns them off (the file is then written at start and "
+        "stop only)",
     )
 
 
@@ -371,6 +379,8 @@ class _Loader:
     # protocols whose registry error a problem already quotes: not said again as a warning
     quoted: set[str] = field(default_factory=set)
     adapters_checked: set[tuple[str, str]] = field(default_factory=set)
+    # target -> the (device, point) its enabled bridges let clients write (`write_warnings`)
+    writable: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     disabled_bridges: list[str] = field(default_factory=list)
 
     def add(self, finding: Finding) -> None:
@@ -440,6 +450,8 @@ class _Loader:
                 devices[name] = entry
         bridges = self.bridges(data.get("bridges"))
         shadow = self.shadow(data.get("shadow"), devices) if "shadow" in data else None
+        if self.check_adapters:
+            self.write_warnings(devices)
         if self.problems or not isinstance(gateway, GatewaySection):
             return None
         disabled = tuple(name for name, d in self.declared.items() if not d.enabled)
@@ -624,6 +636,8 @@ class _Loader:
             return None
         if optimizer is not None:
             config = config.model_copy(update={"optimizer": optimizer})
+        if self.check_adapters and declared.enabled:
+            self.run_warnings(path, config)
         return DeviceEntry(name, protocol, str(role), spec, config, section)
 
     def adapter(self, path: Path, spec: ProtocolSpec, role: str) -> None:
@@ -638,7 +652,11 @@ class _Loader:
         except PluginError as exc:
             where = (*path, "protocol")
             if exc.missing is not None:
-                self.warn(where, f"{exc} (gateway run refuses this entry until it is installed)")
+                self.warn(
+                    where,
+                    f"{exc} (gateway run will not start while an enabled entry needs it; "
+                    "enabled: false on this entry runs the rest)",
+                )
             else:
                 self.report(
                     where,
@@ -646,6 +664,19 @@ class _Loader:
                     f"a plugin whose adapter can be imported (fix or reinstall "
                     f"{spec.dist or 'the plugin'}, or set enabled: false on this entry)",
                 )
+
+    def run_warnings(self, path: Path, config: BaseModel) -> None:
+        """``gateway validate``: what ``gateway run`` would refuse on this machine only (a TLS
+        file that is not here), from the model's ``run_warnings()`` (`Strict.run_warnings`)."""
+        hook = getattr(config, "run_warnings", None)
+        if not callable(hook):
+            return
+        try:
+            found = list(hook())
+        except Exception:  # a plugin's own code: a warning is not worth a crash
+            return
+        for where, text in found:
+            self.warn((*path, *where), text)
 
     def disabled_found(self, name: str) -> str:
         """What was found, for a reference to the disabled entry ``name``."""
@@ -770,6 +801,8 @@ class _Loader:
             ok = self.anomaly_points(path, sources, got) and ok
         translate = self.translate_files(path, got.get("translate"))
         anomaly = self.anomaly_files(path, got.get("anomaly"))
+        if live and sources and route is not None and getattr(route, "writable", True) is True:
+            self.note_writable(str(got.get("to")), sources, points or ("*",))
         if live is None:  # checked all the same, then left out
             if isinstance(name, str):
                 self.disabled_bridges.append(name)
@@ -789,6 +822,30 @@ class _Loader:
             anomaly=anomaly,
             computed=tuple(keys.computed),
         )
+
+    def note_writable(self, target: str, sources: tuple[str, ...], globs: tuple[str, ...]) -> None:
+        """Remember the points declared writable (access w or rw) that a bridge to ``target``
+        selects. A point whose access is learnt at run time is not counted here."""
+        for source in sources:
+            for point in self.points_of((source,)) or []:
+                if point.writable and any(fnmatch.fnmatchcase(point.name, g) for g in globs):
+                    self.writable.setdefault(target, set()).add((source, point.name))
+
+    def write_warnings(self, devices: dict[str, DeviceEntry]) -> None:
+        """``gateway validate``: what a target says at start about the points anyone may write
+        through it (a CoAP server without OSCORE): its config's ``write_warning(n)``, if it has
+        one, gives the line. ``gateway run`` leaves it to the adapter, which logs it once."""
+        for name, points in self.writable.items():
+            entry = devices.get(name)
+            hook = getattr(entry.config, "write_warning", None) if entry is not None else None
+            if entry is None or not callable(hook):
+                continue
+            try:
+                text = hook(len(points))
+            except Exception:  # a plugin's own code: a warning is not worth a crash
+                continue
+            if isinstance(text, str):
+                self.warn((entry.section, name), text)
 
     def local(self, name: str) -> str:
         """A path from the config: relative ones are relative to the config file."""
@@ -936,6 +993,15 @@ class _Loader:
         if known is None:  # points named at run time (MQTT points: keys): unknowable
             return self.units(path, units, [])
         names = list(dict.fromkeys(p.name for p in known))
+        unnamed = [s for s in sources if self.unnamed_points(s)]
+        if not names and unnamed:
+            self.report(
+                (*path, "from"),
+                f"{', '.join(unnamed)}, whose points are not models with name and unit",
+                "a source whose config's points are objects with name and unit attributes"
+                " (pydantic models, not dicts: see docs/plugins.md)",
+            )
+            return self.units(path, units, []) and False
         if not names:
             self.report(
                 (*path, "from"),
@@ -1001,6 +1067,15 @@ class _Loader:
         ok = self.globs((*where, "points"), options.points, names, whose)
         return self.globs((*where, "exclude"), options.exclude, names, whose) and ok
 
+    def unnamed_points(self, source: str) -> bool:
+        """Whether the config of ``source`` lists points without a ``name`` attribute (a
+        plugin's points as plain dicts): `points_of` cannot see them."""
+        entry = self.declared[source].entry
+        points = getattr(entry.config, "points", None) if entry is not None else None
+        return isinstance(points, list | tuple) and any(
+            not isinstance(getattr(p, "name", None), str) for p in points
+        )
+
     def points_of(self, sources: tuple[str, ...]) -> list[_Point] | None:
         """The points of all ``sources``, or None if one of them has no point list or names
         points only at run time (``points_at_run_time``: an MQTT subscription with ``points:
@@ -1018,7 +1093,10 @@ class _Loader:
                 name, unit = getattr(p, "name", None), getattr(p, "unit", None)
                 if isinstance(name, str):
                     where = (entry.section, source, "points", i, "unit")
-                    out.append(_Point(name, unit if isinstance(unit, str) else None, where))
+                    access = getattr(p, "access", None)
+                    writable = getattr(access, "writable", False) is True
+                    unit = unit if isinstance(unit, str) else None
+                    out.append(_Point(name, unit, where, writable))
         return out
 
     def units(self, path: Path, units: dict[str, str], selected: list[_Point]) -> bool:
@@ -1075,6 +1153,7 @@ class _Point:
     name: str
     unit: str | None
     path: Path  # of its unit, for a unit the bridge cannot convert
+    writable: bool = False  # declared access w or rw
 
 
 __all__ = [

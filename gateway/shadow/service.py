@@ -3,9 +3,9 @@
 Flow
 ----
 - **Reported** follows the devices: the service subscribes to ``telemetry/#`` on the bus; good
-  samples set ``state.reported.<point>``, every sample sets the point's quality (``quality``
-  lists points that are not good), and each change is one history row. Readings never carry a
-  version: they are applied whatever the version is.
+  and uncertain samples set ``state.reported.<point>``, every sample sets the point's quality
+  (``quality`` lists points that are not good), and each change is one history row. Readings
+  never carry a version: they are applied whatever the version is.
 - **Desired** changes come from MQTT (``{prefix}/{device}/shadow/update``), from
   `ShadowService.update` in-process, or from another process writing the same SQLite file
   (``gateway shadow set``), which the service notices by polling the desired revisions every
@@ -331,7 +331,8 @@ class ShadowService:
 
     def _apply(self, doc: ShadowDocument) -> None:
         """Write every key of the delta to the device, each in its own task."""
-        for key, value in doc.delta.items():
+        # unreached, not delta: a metadata key is checked again (once a point, it is written)
+        for key, value in doc.unreached.items():
             task = asyncio.get_running_loop().create_task(
                 self._write(doc.device, key, value), name=f"shadow-write:{doc.device}/{key}"
             )
@@ -444,7 +445,10 @@ class ShadowService:
         }
         self._rejections.succeeded()
         self._publish(shadow_topic(self._prefix, device, "update/accepted"), accepted, token)
-        delta = doc.delta
+        # Not the keys that are no point of the device (metadata): its unknown_point error may
+        # not be recorded yet (that write is a task of its own).
+        points = self.router.points
+        delta = {k: v for k, v in doc.delta.items() if (device, k) in points}
         if delta:
             out = {"state": delta, "version": doc.version, "timestamp": doc.timestamp}
             self._publish(shadow_topic(self._prefix, device, "update/delta"), out, None)

@@ -20,7 +20,9 @@ One document per device, shaped like an AWS IoT Device Shadow::
   read the same version exactly one wins, even across processes (the CLI and a running gateway).
 - ``errors`` records a desired value the gateway could not write (refused by the write path's
   safety rules or by the device). The desired value stays, so the delta stays too; the error is
-  cleared when desired changes for that key or the device reports the desired value.
+  cleared when desired changes for that key or the device reports the desired value. Except for
+  a key that is no point of the device (error ``unknown_point``): that is metadata (a site or
+  area for topics), never written, so it is left out of ``delta`` (it stays in ``unreached``).
 - Reported updates that change nothing (same value, same quality) are not written at all, so a
   device polled ten times a second does not bump the version ten times a second.
 
@@ -70,6 +72,10 @@ from typing import Any
 import sqlite_utils
 
 from gateway.text import counted
+
+#: The error status of a desired key that is no point of its device (`WriteStatus.UNKNOWN_POINT`,
+#: not imported: the store stays free of the asyncio side): metadata, left out of the delta.
+UNKNOWN_POINT = "unknown_point"
 
 __all__ = [
     "HistoryRow",
@@ -179,8 +185,19 @@ class ShadowDocument:
     desired_rev: int = 0  # grows when desired changes: what a running gateway polls for
 
     @property
-    def delta(self) -> dict[str, Any]:
+    def unreached(self) -> dict[str, Any]:
+        """Desired keys whose value the device has not reported, metadata keys included."""
         return compute_delta(self.desired, self.reported)
+
+    @property
+    def delta(self) -> dict[str, Any]:
+        """`unreached`, less the keys recorded as no point of the device (metadata): what is
+        still to be written."""
+        return {
+            key: value
+            for key, value in self.unreached.items()
+            if (self.errors.get(key) or {}).get("status") != UNKNOWN_POINT
+        }
 
     @property
     def exists(self) -> bool:
@@ -391,7 +408,7 @@ class ShadowStore:
     @staticmethod
     def _clear_reached_errors(doc: ShadowDocument) -> None:
         if doc.errors:
-            delta = doc.delta
+            delta = doc.unreached
             for key in [k for k in doc.errors if k not in delta]:
                 del doc.errors[key]
 
@@ -400,8 +417,9 @@ class ShadowStore:
     ) -> ShadowDocument | None:
         """Device readings ``point -> (value, quality, ts)``: reported state and history.
 
-        Good samples set the reported value; every sample sets the point's quality. Only
-        changes are written (one history row per changed point). None if nothing changed.
+        Good and uncertain samples set the reported value; every sample sets the point's
+        quality. Only changes are written (one history row per changed point). None if nothing
+        changed.
         """
         now = self.clock()
         keep_history = self._room_for_history()
@@ -468,13 +486,15 @@ class ShadowStore:
         meta = doc.metadata.setdefault("reported", {})
         rows: list[tuple[str, str, float, str, str]] = []
         for point, (value, quality, ts) in samples.items():
-            good = quality == "good"
-            value_changed = good and (
+            # An uncertain reading (one outside the point's low..high) is still what the
+            # device says: it is reported and kept, flagged in ``quality``. A bad one is not.
+            usable = quality != "bad" and value is not None
+            value_changed = usable and (
                 point not in doc.reported or not _same(doc.reported[point], value)
             )
             if not value_changed and doc.quality.get(point, "good") == quality:
                 continue
-            if good:
+            if usable:
                 doc.reported[point] = value
                 meta[point] = {"timestamp": ts or now}
             if quality == "good":

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.translator.fewshot import FewShot, features
-from gateway.translator.model import Prediction, Translator
+from gateway.translator.model import ROWS, Floats, Prediction, Translator
 from gateway.translator.pick import pick
 from gateway.translator.siteprior import with_site_prior
 from gateway.translator.tokenize import Point, pieces
@@ -92,18 +92,19 @@ class Names:
         """The ``k`` best classes of the points ``test``, the points ``shown`` (labeled
         ``labels``) standing for their class after the class names."""
         cols = _wratio(self.unique, [self.unique[j] for j in self.inverse[shown]])
-        rows = self.inverse[test]
-        sim = np.concatenate([self.class_sim[rows], cols[rows]], axis=1)
         choices = self.baseline.classes + list(labels)
         out = []
-        for order in np.argsort(-sim, axis=1, kind="stable"):
-            ranked: list[str] = []
-            for j in order:
-                if choices[j] not in ranked:
-                    ranked.append(choices[j])
-                if len(ranked) == k:
-                    break
-            out.append(ranked)
+        for lo in range(0, len(test), ROWS):  # per-row work, ROWS points at a time
+            rows = self.inverse[test[lo : lo + ROWS]]
+            sim = np.concatenate([self.class_sim[rows], cols[rows]], axis=1)
+            for order in np.argsort(-sim, axis=1, kind="stable"):
+                ranked: list[str] = []
+                for j in order:
+                    if choices[j] not in ranked:
+                        ranked.append(choices[j])
+                    if len(ranked) == k:
+                        break
+                out.append(ranked)
         return out
 
 
@@ -122,8 +123,8 @@ def _wratio(queries: Sequence[str], choices: Sequence[str]) -> npt.NDArray[np.fl
 SELECT = ("random", "pick")
 
 
-def _ranked(pred: Prediction, classes: Sequence[str], k: int = 5) -> list[list[str]]:
-    idx = np.argsort(-pred.probs, axis=1)[:, :k]
+def _ranked(probs: Floats, classes: Sequence[str], k: int = 5) -> list[list[str]]:
+    idx = np.argsort(-probs, axis=1)[:, :k]
     return [[classes[j] for j in row] for row in idx]
 
 
@@ -165,7 +166,7 @@ def evaluate(
     labels = [c for _, c in data]
     base = translator.predict(points)
     if prior:
-        base = with_site_prior(base)
+        base = with_site_prior(base, in_place=True)  # fresh from the model
     names = Names(points, Baseline(translator.classes))
     feats = [features(p) for p in points]  # the head's features, once per point
     result: dict[str, Any] = {}
@@ -188,10 +189,14 @@ def evaluate(
                 [labels[i] for i in train],
                 _subset(base, train),
             )
-            pred = adapted.adapt(
-                _subset(base, test), [points[i] for i in test], feats=[feats[i] for i in test]
-            )
-            runs["model"].append(scores(truth, _ranked(pred, translator.classes)))
+            # Ranked a block of scored points at a time: the adapted distributions of all of
+            # them (N x 793) are never held at once.
+            ranked = []
+            for _, probs in adapted.adapted_rows(
+                base, [points[i] for i in test], feats=[feats[i] for i in test], rows=test
+            ):
+                ranked += _ranked(probs, translator.classes)
+            runs["model"].append(scores(truth, ranked))
             ranked = names.rank(test, train, [labels[i] for i in train])
             runs["baseline"].append(scores(truth, ranked))
         result[str(k)] = {

@@ -17,12 +17,12 @@ nearest-neighbour vote over the examples' embeddings is blended in for near-copi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from gateway.translator.model import Floats, Prediction, Translator
+from gateway.translator.model import ROWS, Floats, Prediction, Translator
 from gateway.translator.tokenize import Point, pieces
 from gateway.translator.vocab import canonical
 
@@ -142,27 +142,63 @@ class FewShot:
         points: Sequence[Point],
         *,
         feats: Sequence[Sequence[str]] | None = None,
+        in_place: bool = False,
     ) -> Prediction:
         """The model's prediction for ``points``, adapted to the site; ``feats``, the points'
-        `features` when the caller has them already (evaluate adapts the same points often)."""
+        `features` when the caller has them already (evaluate adapts the same points often).
+        ``in_place`` writes the result over ``pred.probs`` (a block is read before it is
+        written): for a prediction nothing else holds."""
         n = pred.probs.shape[0]
         if not n or not len(self.memory_labels):
             return pred
-        z = np.log(np.maximum(pred.probs, 1e-12))
+        probs = pred.probs if in_place else np.empty_like(pred.probs)
+        for lo, p in self.adapted_rows(pred, points, feats=feats):
+            probs[lo : lo + len(p)] = p
+        return Prediction(probs, pred.embeddings)
+
+    def adapted_rows(
+        self,
+        pred: Prediction,
+        points: Sequence[Point],
+        *,
+        feats: Sequence[Sequence[str]] | None = None,
+        rows: npt.NDArray[np.int64] | None = None,
+    ) -> Iterator[tuple[int, Floats]]:
+        """`adapt`'s distributions, ``ROWS`` points at a time: (first row, their (r, classes)
+        rows), so that a caller who only ranks them never holds N x classes of them. With
+        ``rows`` the points are those rows of ``pred`` (evaluate's scored points, without a
+        copy of their distributions). The head's and the memory's matrix products run once
+        over all points, as `adapt` always ran them; only per-row work is blocked, so every
+        number is what one pass over all points gives."""
+        emb = pred.embeddings if rows is None else pred.embeddings[rows]
+        n = len(emb)
+        if not n:
+            return
+        if not len(self.memory_labels):  # no examples: the model's own distributions
+            for lo in range(0, n, ROWS):
+                hi = min(n, lo + ROWS)
+                yield lo, pred.probs[lo:hi] if rows is None else pred.probs[rows[lo:hi]]
+            return
         if feats is None:
             feats = [features(p) for p in points]
-        z[:, self.seen] += self._x(feats, pred.embeddings) @ self.w + self.b + self.beta
-        z -= z.max(1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(1, keepdims=True)
-        if self.use_memory:
-            p = self._blend_memory(p, pred.embeddings)
-        return Prediction(p.astype(np.float32), pred.embeddings)
+        delta = self._x(feats, emb) @ self.w + self.b + self.beta  # (N, seen classes)
+        sims = emb @ self.memory.T if self.use_memory else None  # (N, examples)
+        for lo in range(0, n, ROWS):
+            hi = min(n, lo + ROWS)
+            probs = pred.probs[lo:hi] if rows is None else pred.probs[rows[lo:hi]]
+            z = np.log(np.maximum(probs, 1e-12))
+            z[:, self.seen] += delta[lo:hi]
+            z -= z.max(1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(1, keepdims=True)
+            if sims is not None:
+                p = self._blend_memory(p, sims[lo:hi])
+            yield lo, p.astype(np.float32, copy=False)
 
-    def _blend_memory(self, p: Floats, emb: Floats) -> Floats:
-        """A near-copy of an example (cosine near 1) follows that example's class."""
+    def _blend_memory(self, p: Floats, sims: Floats) -> Floats:
+        """A near-copy of an example (cosine near 1) follows that example's class; ``sims``,
+        the points' cosines to the examples."""
         n = p.shape[0]
-        sims = emb @ self.memory.T
         per_class = np.full((n, p.shape[1]), -np.inf, dtype=np.float32)
         for j, label in enumerate(self.memory_labels):
             np.maximum(per_class[:, label], sims[:, j], out=per_class[:, label])

@@ -61,7 +61,8 @@ def _site_pass(
         # one point of the site: counted once in the prior, not twice.
         listed = {p.name for p in points}
         keep = np.array([True] * n + [p.name not in listed for p, _ in examples], dtype=bool)
-        pred = reweight(pred, site_weights(pred.probs[keep]))
+        kept = pred.probs if keep.all() else pred.probs[keep]  # no copy when all count
+        pred = reweight(pred, site_weights(kept), in_place=True)  # fresh from the model
     own = Prediction(pred.probs[:n], pred.embeddings[:n])
     return own, Prediction(pred.probs[n:], pred.embeddings[n:])
 
@@ -77,4 +78,4 @@ def _adapt(
     if not examples:
         return own
     head = FewShot(translator, [p for p, _ in examples], [c for _, c in examples], shown)
-    return head.adapt(own, points)
+    return head.adapt(own, points, in_place=True)  # own: rows of a fresh model pass

@@ -32,13 +32,19 @@ def site_weights(probs: Floats, alpha: float = ALPHA) -> Floats:
     return weights
 
 
-def reweight(pred: Prediction, weights: Floats) -> Prediction:
-    """``pred`` with its class distributions multiplied by ``weights`` and renormalised."""
-    p: Floats = pred.probs * weights.astype(np.float32, copy=False)
+def reweight(pred: Prediction, weights: Floats, *, in_place: bool = False) -> Prediction:
+    """``pred`` with its class distributions multiplied by ``weights`` and renormalised.
+    ``in_place`` overwrites ``pred.probs`` (same numbers, no second N x classes matrix): for
+    a prediction nothing else holds, as one fresh from the model."""
+    w = weights.astype(np.float32, copy=False)
+    p: Floats = np.multiply(pred.probs, w, out=pred.probs) if in_place else pred.probs * w
     p /= p.sum(1, keepdims=True)
     return Prediction(p, pred.embeddings)
 
 
-def with_site_prior(pred: Prediction, alpha: float = ALPHA) -> Prediction:
-    """``pred`` (one site's whole list) re-weighted by its own site prior."""
-    return reweight(pred, site_weights(pred.probs, alpha))
+def with_site_prior(
+    pred: Prediction, alpha: float = ALPHA, *, in_place: bool = False
+) -> Prediction:
+    """``pred`` (one site's whole list) re-weighted by its own site prior (see `reweight` for
+    ``in_place``)."""
+    return reweight(pred, site_weights(pred.probs, alpha), in_place=in_place)

@@ -12,12 +12,14 @@ sources never land on the same target. Nothing is applied: the bridge is written
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 import yaml
 
 from gateway.translator.model import Floats, Prediction, Translator
@@ -41,15 +43,84 @@ class Match:
 def attention(src: Prediction, tgt: Prediction) -> Floats:
     """(S, T) attention weights of each source over the targets; a row sums to less than 1 by
     the weight of "no match"."""
-    overlap = np.sqrt(src.probs) @ np.sqrt(tgt.probs).T
-    cosine = src.embeddings @ tgt.embeddings.T
-    sim = 0.7 * overlap + 0.3 * cosine
+    return _attention(np.sqrt(src.probs), src.embeddings, np.sqrt(tgt.probs), tgt.embeddings)
+
+
+def _attention(src_root: Floats, src_emb: Floats, tgt_root: Floats, tgt_emb: Floats) -> Floats:
+    """`attention` from the square roots of the class distributions (the targets' are taken
+    once for all the blocks of sources)."""
+    # In place where it can be (the same numbers): 0.7 * overlap + 0.3 * cosine, and so on.
+    sim = src_root @ tgt_root.T
+    sim *= 0.7
+    cosine = src_emb @ tgt_emb.T
+    cosine *= 0.3
+    sim += cosine
+    del cosine
     logits = np.concatenate([sim, np.full((sim.shape[0], 1), NO_MATCH, sim.dtype)], 1)
-    logits = logits / TEMPERATURE
+    del sim
+    logits /= TEMPERATURE
     logits -= logits.max(1, keepdims=True)
-    w = np.exp(logits)
-    weights: Floats = (w / w.sum(1, keepdims=True))[:, :-1]
+    w = np.exp(logits, out=logits)
+    w /= w.sum(1, keepdims=True)
+    weights: Floats = w[:, :-1]
     return weights
+
+
+# Memory: the weights of every source over every target (S x T) are never held. They are
+# computed BLOCK_CELLS at a time (a block of sources against all targets), and each source keeps
+# only its CANDIDATES strongest targets that beat its "no match"; a source that has used them
+# up (all taken by stronger pairs) while it has more gets its next ones from its block computed
+# again, the same way (so with the same numbers). The pairs are then taken in the order of one
+# sort of all of them, strongest first (ties: source, then target, in list order): the merge
+# of the per-source lists gives that order without the list of all pairs.
+BLOCK_CELLS = 1 << 22  # source x target weights per block (16 MB of float32, a few such live)
+CANDIDATES = 32  # strongest targets kept per source at first; each refill keeps 4x more
+
+
+class _Weights:
+    """The attention weights of the sources over the targets, a block of sources at a time."""
+
+    def __init__(self, src: Prediction, tgt: Prediction) -> None:
+        self.src = src  # its square roots a block at a time: one S x classes matrix less
+        self.tgt_root = np.sqrt(tgt.probs)
+        self.tgt_emb = tgt.embeddings
+        n, t = len(src.probs), len(tgt.probs)
+        self.rows = max(1, BLOCK_CELLS // max(1, t))  # sources per block
+        self.blocks = range(0, n, self.rows)
+
+    def block(self, lo: int) -> tuple[Floats, Floats]:
+        """The weights of sources ``lo`` to ``lo + rows`` (always the same block boundaries,
+        so the same numbers each time), and their "no match" weights."""
+        hi = lo + self.rows
+        root = np.sqrt(self.src.probs[lo:hi])
+        w = _attention(root, self.src.embeddings[lo:hi], self.tgt_root, self.tgt_emb)
+        no_match: Floats = 1.0 - w.sum(1)
+        return w, no_match
+
+
+def _strongest(
+    w: Floats, valid: npt.NDArray[np.bool_], count: npt.NDArray[np.int64]
+) -> tuple[list[tuple[npt.NDArray[np.int32], Floats]], npt.NDArray[np.bool_]]:
+    """For each row, its ``count`` strongest ``valid`` columns (with their weights), strongest
+    first, ties by column; and whether the row has more valid columns than those."""
+    out = []
+    n_valid = valid.sum(1)
+    for r in range(w.shape[0]):
+        k = int(min(count[r], n_valid[r]))
+        if not k:
+            out.append((np.zeros(0, np.int32), np.zeros(0, w.dtype)))
+            continue
+        cols = np.flatnonzero(valid[r])
+        ws = w[r, cols]
+        if k < len(cols):
+            kth = np.partition(ws, len(ws) - k)[len(ws) - k]  # the k-th strongest weight
+            above = ws > kth
+            ties = np.flatnonzero(ws == kth)[: k - int(above.sum())]  # the first columns
+            keep = np.sort(np.concatenate([np.flatnonzero(above), ties]))
+            cols, ws = cols[keep], ws[keep]
+        order = np.lexsort((cols, -ws))
+        out.append((cols[order].astype(np.int32), ws[order]))  # 8 bytes a candidate
+    return out, n_valid > count
 
 
 def match(
@@ -61,23 +132,81 @@ def match(
 ) -> list[Match]:
     """One target (or none) per source, one source per target, best pairs first; a pair weaker
     than the source's "no match" weight is not made, so its target stays free for others."""
-    w = attention(src, tgt)
-    no_match = 1.0 - w.sum(1)
+    n_s, n_t = len(src.probs), len(tgt.probs)
     cls_s = src.probs.argmax(1)
     cls_t = tgt.probs.argmax(1)
+    weights = _Weights(src, tgt)
+    lists: dict[int, tuple[npt.NDArray[np.int32], Floats]] = {}  # live sources' candidates
+    more: dict[int, bool] = {}  # source -> it has candidates past its list
+    done: dict[int, tuple[float, int]] = {}  # source -> its last pair passed over (weight, j)
+    version = np.zeros(n_s, dtype=np.int64)  # heap entries of an older list are stale
+    want = np.full(n_s, CANDIDATES, dtype=np.int64)
+    # (-weight, source, target, position in its list, list version)
+    heap: list[tuple[float, int, int, int, int]] = []
+    pending: list[tuple[float, int, int]] = []  # sources out of candidates: their last pair
     taken_s: set[int] = set()
     taken_t: set[int] = set()
     chosen: dict[int, tuple[int, float]] = {}
-    strong = np.flatnonzero(w > no_match[:, None])  # pairs that beat "no match"
-    for flat in strong[np.argsort(-w.ravel()[strong], kind="stable")]:
-        i, j = divmod(int(flat), w.shape[1])
-        if i in taken_s or j in taken_t:
+
+    def fill(lo: int, who: npt.NDArray[np.int64]) -> None:
+        """New candidate lists for the sources ``who`` of the block at ``lo``: their strong
+        pairs with a free target that come after the last pair each passed over."""
+        w, no_match = weights.block(lo)
+        rows = who - lo
+        whole = len(rows) == len(w)  # the whole block (rows are in order): no copy
+        sub = w if whole else w[rows]
+        valid = sub > (no_match if whole else no_match[rows])[:, None]
+        if taken_t:
+            valid[:, sorted(taken_t)] = False
+        for r, i in enumerate(who):
+            if (last := done.get(int(i))) is not None:
+                wb, jb = last
+                valid[r] &= (sub[r] < wb) | ((sub[r] == wb) & (np.arange(n_t) > jb))
+        got, over = _strongest(sub, valid, want[who])
+        for (cols, ws), i, m in zip(got, who, over, strict=True):
+            i = int(i)
+            version[i] += 1
+            more[i] = bool(m)
+            lists.pop(i, None)
+            if len(cols):
+                lists[i] = (cols, ws)
+                heapq.heappush(heap, (-float(ws[0]), i, int(cols[0]), 0, int(version[i])))
+
+    for lo in weights.blocks:
+        fill(lo, np.arange(lo, min(n_s, lo + weights.rows)))
+    while (heap or pending) and len(taken_s) < n_s and len(taken_t) < n_t:
+        if pending and (not heap or heap[0][:3] > pending[0]):
+            # A pending source's pairs still to come are all weaker than its last one, and
+            # the next pair may be one of them: compute its block again and give every live
+            # source of that block a list 4x deeper, less the targets taken since (a block
+            # costs the same for one source or all; deepening only the pending ones cost 8x
+            # the block computations on 20,000 points).
+            blocks = sorted({i - i % weights.rows for _, i, _ in pending})
+            pending.clear()
+            for lo in blocks:
+                live = [i for i in range(lo, min(n_s, lo + weights.rows)) if i in lists or more[i]]
+                who = np.array(live, dtype=np.int64)
+                want[who] *= 4
+                fill(lo, who)
             continue
-        taken_s.add(i)
-        taken_t.add(j)
-        chosen[i] = (j, float(w[i, j]))
-        if len(taken_s) == len(sources) or len(taken_t) == len(targets):
-            break
+        negw, i, j, at, ver = heapq.heappop(heap)
+        if ver != version[i]:
+            continue  # the list it came from was replaced
+        done[i] = (-negw, j)
+        if j not in taken_t:
+            taken_s.add(i)
+            taken_t.add(j)
+            chosen[i] = (j, -negw)
+            del lists[i]
+            more[i] = False
+            continue
+        cols, ws = lists[i]
+        if at + 1 < len(cols):
+            heapq.heappush(heap, (-float(ws[at + 1]), i, int(cols[at + 1]), at + 1, ver))
+        else:
+            del lists[i]
+            if more[i]:
+                heapq.heappush(pending, (negw, i, j))
     out = []
     for i, name in enumerate(sources):
         sc = translator.classes[int(cls_s[i])]

@@ -1,8 +1,9 @@
-"""``gateway status CONFIG``: the outbox of every MQTT endpoint, read from its file.
+"""``gateway status CONFIG``: the running gateway's status, and the outbox of every MQTT endpoint.
 
-Reads the SQLite files directly (read-only), so it works while the gateway runs or after it
-died. Paths are resolved as ``gateway run`` resolves them (``{state}``:
-``$PROTOCOL_BRAIN_STATE_DIR``, else ``.protocol-brain`` next to the config file).
+The gateway's part is the file ``gateway run`` rewrites every status interval
+(`gateway.livestatus`); the outboxes are read from their SQLite files directly (read-only). Both
+work while the gateway runs or after it died. Paths are resolved as ``gateway run`` resolves them
+(``{state}``: ``$PROTOCOL_BRAIN_STATE_DIR``, else ``.protocol-brain`` next to the config file).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     use_config_state_dir(args.file)
+    gateway, gateway_error = _gateway_status(config.gateway.name)
     rows: list[dict[str, Any]] = []
     for name, entry in sorted(config.devices.items()):
         outbox = getattr(entry.config, "outbox", None)
@@ -41,13 +43,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             row.update(path=str(path), backlog=0, oldest_age_s=None, dropped=0, missing=True)
         rows.append(row)
-    failed = 1 if any("error" in r for r in rows) else 0
+    failed = 1 if gateway_error or any("error" in r for r in rows) else 0
     if args.json:
-        print(json.dumps({"outboxes": rows}, indent=2))
+        doc: dict[str, Any] = {"gateway": gateway, "outboxes": rows}
+        if gateway_error:
+            doc["gateway_error"] = gateway_error
+        print(json.dumps(doc, indent=2, default=str))
         return failed
+    if gateway_error:
+        print(f"error: {gateway_error}", file=sys.stderr)
+    else:
+        for line in _gateway_lines(config.gateway.name, gateway):
+            print(line)
     if not rows:
         print(f"{args.file}: no endpoint with a durable outbox")
-        return 0
+        return failed
     print(f"{'endpoint':<16} {'backlog':>9} {'oldest_s':>10} {'dropped':>8} {'drain/s':>8} path")
     for r in rows:
         if "error" in r:
@@ -63,15 +73,64 @@ def cmd_status(args: argparse.Namespace) -> int:
     return failed
 
 
+def _gateway_status(name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The gateway's status file (None if there is none), and an error if it cannot be read."""
+    from gateway import livestatus
+
+    path = livestatus.status_path(name)
+    try:
+        return livestatus.read(path), None
+    except (OSError, ValueError) as exc:
+        return None, f"gateway {name}: {path}: cannot read: {exc}"
+
+
+def _gateway_lines(name: str, status: dict[str, Any] | None) -> list[str]:
+    """What ``gateway status`` prints about the gateway itself."""
+    from gateway import livestatus
+    from gateway.text import duration
+
+    if status is None:
+        path = livestatus.status_path(name)
+        return [f"gateway {name}: never run with this state folder ({path} does not exist)"]
+    ago = f"written {duration(status['age_s'])} ago"
+    state = status["state"]
+    if state == "running":
+        up = duration(status["written"] + status["age_s"] - status["started"])
+        head = f"gateway {name}: running, pid {status['pid']}, up {up}; status {ago}"
+        if status["stale"]:
+            head += (
+                f" (expected every {status['interval_s']:g} s: the gateway may be stuck, or its"
+                " disk refuses the file)"
+            )
+    elif state == "stopped":
+        head = f"gateway {name}: stopped (clean shutdown); last status {ago}"
+    else:
+        head = (
+            f"gateway {name}: not running: pid {status['pid']} is gone without a clean shutdown"
+            f" (killed, crashed or the machine restarted); last status {ago}"
+        )
+    running = state == "running"
+    lines = [head, f"  {'' if running else 'last status line: '}{status['summary']}"]
+    adapters = status.get("status", {}).get("adapters", {})
+    for adapter, info in sorted(adapters.items()):
+        if isinstance(info, dict) and info.get("connected") is False:
+            why = info.get("last_error") or info.get("reason")
+            down = "down" if running else "was down"
+            lines.append(f"  {down}: {adapter}" + (f" ({why})" if why else ""))
+    return lines
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "status",
-        help="outbox backlog, oldest age, drops of a config",
-        description="Show the durable outbox of every MQTT endpoint of a config: backlog, age "
-        "of the oldest message, drops, drain rate and file. The files are read read-only, as "
+        help="whether the gateway runs, what is down, and its outboxes",
+        description="Show whether the gateway of a config runs, its last status line and which "
+        "devices and endpoints are down (from the file gateway run rewrites every "
+        "gateway.status_interval), then the durable outbox of every MQTT endpoint: backlog, "
+        "age of the oldest message, drops, drain rate and file. Files are read read-only, as "
         "gateway run finds them, so it works while the gateway runs or after it stopped. Exit "
         "1 if a file cannot be read.",
     )
     p.add_argument("file", help="the gateway's YAML config")
-    p.add_argument("--json", action="store_true", help="print the outboxes as JSON")
+    p.add_argument("--json", action="store_true", help="print the gateway and outboxes as JSON")
     p.set_defaults(func=cmd_status)

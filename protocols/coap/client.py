@@ -28,6 +28,7 @@ from aiocoap import Code
 from gateway.adapter import Adapter
 from gateway.backoff import BackoffTimer, sleep_backoff
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.limits import Limits
 from gateway.payloads import Format, PayloadError, decode, encode, format_of
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapClient, CoapPoint
@@ -95,6 +96,7 @@ class CoapClientAdapter(Adapter):
     def __init__(self, name: str, config: CoapClient, context: Any) -> None:
         super().__init__(name, config, context)
         self._points = {p.name: p for p in config.points}
+        self._limits = {p.name: Limits.of(p) for p in config.points}
         self._bad: set[str] = set()
         self._ctx: aiocoap.Context | None = None
         self.base = config.url.rstrip("/")
@@ -162,15 +164,19 @@ class CoapClientAdapter(Adapter):
         else:
             number = response.opt.content_format
             fmt = Format.TEXT if number is None else format_of(int(number))
-        value, when, unit = pick(point, decode(response.payload, fmt))
+        raw, when, unit = pick(point, decode(response.payload, fmt))
         now = time.time()
-        return Sample(
-            point.name, as_type(value, point.type), Quality.GOOD, when or now, now,
-            point.unit or unit,
-        )  # fmt: skip
+        value = as_type(raw, point.type)
+        quality, reason = Quality.GOOD, None
+        limits = self._limits.get(point.name)
+        if limits is not None:
+            quality, reason = limits.check(value, quality, reason)
+        return Sample(point.name, value, quality, when or now, now, point.unit or unit, reason)
 
     async def _publish(self, sample: Sample) -> None:
-        if sample.quality is Quality.BAD:
+        # A failed read is published once per outage; a reading marked Bad for being out of
+        # range (it has a value) is published like any other reading.
+        if sample.quality is Quality.BAD and sample.value is None:
             if sample.point in self._bad:
                 return  # once per outage
             self._bad.add(sample.point)

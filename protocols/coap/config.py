@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gateway.config.common import Backoff, Problem, Strict
+from gateway.config.common import Backoff, PointLimits, Problem, Strict
+from gateway.text import counted
 from gateway.types import Access
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -67,6 +68,22 @@ class CoapServer(Strict):
     max_age: int = Field(5, ge=0, description="Max-Age of GET responses, seconds")
     security: ServerSecurity = Field(default_factory=ServerSecurity)
 
+    def write_warning(self, writable: int) -> str | None:
+        """What to say when ``writable`` points can be written through this server by anyone
+        (no OSCORE, or ``require: false``); None when none can. The server logs it at start,
+        ``gateway validate`` prints it (the config loader calls this by name)."""
+        security = self.security
+        if writable <= 0 or (security.oscore is not None and security.require):
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        how = "without OSCORE" if security.oscore is None else "with OSCORE not required"
+        fix = "add OSCORE (security:)" if security.oscore is None else "set security.require: true"
+        return (
+            f"CoAP server {how}: anyone who can reach {host}:{self.port} can write "
+            f"{counted(writable, 'point')} (a PUT needs no authentication); {fix} or set "
+            "writable: false on the bridges to it, see docs/coap-security.md"
+        )
+
 
 class CoapServerRoute(Strict):
     """Bridge target options when the target is the CoAP server."""
@@ -80,7 +97,7 @@ class ClientSecurity(Strict):
     oscore: Oscore | None = Field(None, description="protect every request with OSCORE")
 
 
-class CoapPoint(Strict):
+class CoapPoint(PointLimits):
     name: str = Field(pattern=NAME_PATTERN)
     path: str = Field(min_length=1, description='resource path on the server, e.g. "sensors/temp"')
     observe: bool | None = Field(None, description="observe (RFC 7641); default unless poll")
@@ -92,8 +109,6 @@ class CoapPoint(Strict):
     unit: str | None = None
     access: Access = Access.READ
     description: str = ""
-    low: float | None = None
-    high: float | None = None
     write_rate: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")

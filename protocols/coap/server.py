@@ -23,6 +23,8 @@ Content-Format (text/plain when absent) decodes the payload; the status mapping 
 
 Security: with ``security.oscore`` the site is wrapped in aiocoap's OSCORE site wrapper
 (RFC 8613) and, with ``security.require`` (the default), any unprotected request is 4.01.
+Without it anyone who reaches the server may PUT: the defaults stay (``::``, ``writable``), but a
+server with writable points and no required OSCORE says so in a warning at start.
 """
 
 from __future__ import annotations
@@ -374,6 +376,13 @@ class CoapServerAdapter(Adapter):
             ),
             ", OSCORE" if oscore is not None else "",
         )
+        writable = sum(
+            res.writable for table in self._tables.values() for points in table.values()
+            for res in points.values()
+        )  # fmt: skip
+        warning = self.config.write_warning(writable)
+        if warning is not None:
+            log.warning("%s: %s", self.name, warning)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -23,6 +23,7 @@ from pymodbus.exceptions import ModbusException
 from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.limits import Limits
 from gateway.text import counted
 from gateway.transform import DeadbandFilter, Scaling
 from gateway.types import Message, PointSpec, Quality, Sample
@@ -118,6 +119,7 @@ class _Point:
     scaling: Scaling
     deadband: DeadbandFilter
     always: bool  # publish every poll, not only changes
+    limits: Limits | None  # low..high check of readings; None: nothing to check
     _decode: Callable[[Sequence[int]], bool | int | float | str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +154,7 @@ class ModbusClientAdapter(Adapter):
                     Scaling(p.scale, p.offset),
                     DeadbandFilter(db.absolute if db else None, db.percent if db else None, span),
                     config.publish_of(p) == "always",
+                    Limits.of(p),
                 )
             )
         self._by_name = {p.config.name: p for p in self._points}
@@ -370,27 +373,21 @@ class ModbusClientAdapter(Adapter):
             now = time.time()
             for item in req.items:
                 p = self._points[cast(int, item.key)]
+                why: str | None
                 if values is None:
-                    value, quality = None, Quality.BAD
+                    value, quality, why = None, Quality.BAD, reason
                 else:
                     try:
                         value = p.decode(req.slice(values, item))
-                        quality = Quality.GOOD
+                        quality, why = Quality.GOOD, None
+                        if p.limits is not None:
+                            quality, why = p.limits.check(value, quality, why)
                     except CodecError as exc:
-                        value, quality, reason = None, Quality.BAD, f"decode: {exc}"
-                # The filter runs even for "always" points so it tracks the last value sent.
+                        value, quality, why = None, Quality.BAD, f"decode: {exc}"
+                # The filter runs even for "always" points so it tracks the last value sent;
+                # after the range check, so that a change of quality alone is sent.
                 if p.deadband.accept(value, quality) or p.always:
-                    out.append(
-                        Sample(
-                            p.config.name,
-                            value,
-                            quality,
-                            now,
-                            now,
-                            p.config.unit,
-                            None if quality is Quality.GOOD else reason,
-                        )
-                    )
+                    out.append(Sample(p.config.name, value, quality, now, now, p.config.unit, why))
         return out
 
     async def _read(self, req: ReadRequest[ReadItem]) -> tuple[Sequence[Any] | None, str | None]:

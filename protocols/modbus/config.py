@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config.common import Backoff, Deadband, Problem, Strict
+from gateway.config.common import Backoff, Deadband, PointLimits, Problem, Strict
 from gateway.types import Access
 from protocols.modbus.codec import ByteOrder, DataType, Table, register_count
 
@@ -68,7 +68,7 @@ class RegisterLayout(Strict):
         return None
 
 
-class ModbusPoint(RegisterLayout):
+class ModbusPoint(RegisterLayout, PointLimits):
     name: str = Field(pattern=NAME_PATTERN, description="point name, unique in the device")
     unit_id: int | None = Field(None, ge=0, le=255, description="defaults to the device's")
     unit: str | None = Field(None, description="engineering unit after scaling (pint name)")
@@ -82,8 +82,6 @@ class ModbusPoint(RegisterLayout):
         None, gt=0, description="writes per second allowed (default 20), a safety limit"
     )
     description: str = ""
-    low: float | None = Field(None, description="engineering low limit (also the write range)")
-    high: float | None = None
 
     @field_validator("unit")
     @classmethod
@@ -108,8 +106,6 @@ class ModbusPoint(RegisterLayout):
             raise ValueError(problem)
         if self.access is not None and self.access.writable and not self.table.writable:
             raise ValueError(f"{self.table} points are read-only; access must be r")
-        if self.low is not None and self.high is not None and self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
         return self
 
 

@@ -49,6 +49,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from gateway.limits import Limits
 from gateway.types import Message, Quality, Sample, Value
 from protocols.mqtt.config import NAME_PATTERN, MqttPoint, MqttRoute
 
@@ -551,6 +552,7 @@ class PointDecoder:
         self.device = device
         self._exact: dict[str, list[MqttPoint]] = {}
         self._wildcard = [p for p in points if p.wildcard]
+        self._limits = {p.name: Limits.of(p) for p in points}
         for p in points:
             if not p.wildcard:
                 self._exact.setdefault(p.topic, []).append(p)
@@ -595,9 +597,12 @@ class PointDecoder:
             except ValueError as exc:
                 errors.append(PayloadError(topic, f"point {p.name}: {exc}"))
                 continue
-            samples.append(
-                Sample(p.name, value, _GOOD, received if ts is None else ts, received, unit)
-            )
+            quality, reason = _GOOD, None
+            limits = self._limits[p.name]
+            if limits is not None:
+                quality, reason = limits.check(value, quality, reason)
+            stamp = received if ts is None else ts
+            samples.append(Sample(p.name, value, quality, stamp, received, unit, reason))
         if missing and not samples and not errors:  # nothing of ours in it: a bad payload
             names = list(dict.fromkeys(m.name for m in missing))
             first = missing[0]

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config.common import Backoff, Problem, Strict
+from gateway.config.common import Backoff, Path, PointLimits, Problem, Strict, missing_files
 from gateway.optimizer.config import OptimizerConfig
 from gateway.types import Access
 from gateway.uplink.outbox import OutboxConfig
@@ -59,6 +59,10 @@ def check_publish_topic(template: str) -> set[str]:
     if "" in template.split("/") and template != "/":
         raise ValueError("topic has an empty level ('//' or a leading or trailing '/')")
     return fields
+
+
+# the files the client opens at start (`gateway run` refuses the endpoint when one is missing)
+TLS_FILES = ("ca_file", "cert_file", "key_file")
 
 
 class Tls(Strict):
@@ -118,7 +122,7 @@ PointType = Literal[
 ]
 
 
-class MqttPoint(Strict):
+class MqttPoint(PointLimits):
     """A point filled from received payloads: the endpoint is then a source as well as a target.
 
     ``topic`` is an exact topic, or a filter with ``+``/``#`` only for SenML points, where the
@@ -147,8 +151,6 @@ class MqttPoint(Strict):
         None, description="where writes are published (QoS 1, a bare JSON value); rw needs it"
     )
     description: str = ""
-    low: float | None = None
-    high: float | None = None
     write_rate: float | None = Field(None, gt=0)
 
     @field_validator("topic")
@@ -235,6 +237,12 @@ class MqttEndpoint(Strict):
             " decided every interval (docs/optimizer.md); needs the durable outbox, strict order"
         ),
     )
+
+    def run_warnings(self) -> list[tuple[Path, str]]:
+        tls = self.tls
+        if tls is None:
+            return []
+        return missing_files({("tls", key): getattr(tls, key) for key in TLS_FILES})
 
     def check(self) -> list[Problem]:
         problems = []

@@ -34,7 +34,8 @@ schedule, outside our backoff and our view of the points' quality.
 Security. ``verify_server`` (the default) hands asyncua the trust list of ``protocols.opcua.pki``
 as its certificate validator: the session is refused before our user credentials are sent if
 the server's certificate is not in the trusted folder (a copy lands in ``rejected`` for an
-operator to move). Turning it off logs a warning once.
+operator to move). Turning it off logs a warning once. The trust list warns once per refused
+certificate (the retries with it go to debug level) until it accepts that certificate.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from cryptography import x509
 from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.limits import Limits
 from gateway.paths import state_path
 from gateway.text import counted
 from gateway.transform import DeadbandFilter
@@ -222,6 +224,7 @@ class _Point:
     local: DeadbandFilter | None = None  # only when the server refused the deadband filter
     monitored: bool = False
     error: str | None = field(default=None)  # why this point alone cannot be monitored
+    limits: Limits | None = None  # low..high check of readings; None: nothing to check
 
     @property
     def name(self) -> str:
@@ -253,7 +256,7 @@ class OpcuaClientAdapter(Adapter):
 
     def __init__(self, name: str, config: OpcuaClient, context: AdapterContext) -> None:
         super().__init__(name, config, context)
-        self._points = [_Point(p, i) for i, p in enumerate(config.points)]
+        self._points = [_Point(p, i, limits=Limits.of(p)) for i, p in enumerate(config.points)]
         self._by_name = {p.name: p for p in self._points}
         for p in self._points:
             if p.config.node_id is not None:
@@ -764,6 +767,8 @@ class OpcuaClientAdapter(Adapter):
             else:
                 quality, reason = Quality.BAD, status_name(code)
                 value = None
+            if p.limits is not None:
+                quality, reason = p.limits.check(value, quality, reason)
             if p.local is not None and not p.local.accept(value, quality):
                 continue
             ts = dv.SourceTimestamp or dv.ServerTimestamp

@@ -11,7 +11,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config.common import Backoff, Deadband, Problem, Strict
+from gateway.config.common import (
+    Backoff,
+    Deadband,
+    Path,
+    PointLimits,
+    Problem,
+    Strict,
+    missing_files,
+)
 from gateway.passwords import parse_hash
 from gateway.types import Access
 
@@ -94,6 +102,15 @@ class OpcuaServer(Strict):
     anonymous: bool = Field(False, description="allow clients without a user (read only)")
     write_timeout: float = Field(5.0, gt=0, le=60, description="seconds to wait for the device")
 
+    def run_warnings(self) -> list[tuple[Path, str]]:
+        sec = self.security
+        return missing_files(
+            {
+                ("security", "certificate"): sec.certificate,
+                ("security", "private_key"): sec.private_key,
+            }
+        )
+
 
 class OpcuaServerRoute(Strict):
     """Bridge target options when the target is the OPC UA server."""
@@ -130,7 +147,7 @@ class Subscription(Strict):
     batch_size: int = Field(500, ge=1, le=10000, description="monitored items per request")
 
 
-class OpcuaPoint(Strict):
+class OpcuaPoint(PointLimits):
     name: str = Field(pattern=NAME_PATTERN)
     node_id: str | None = Field(None, description='e.g. "ns=2;s=Boiler.Temp" or "i=2258"')
     browse_path: str | None = Field(
@@ -148,8 +165,6 @@ class OpcuaPoint(Strict):
     unit: str | None = None
     access: Access | None = None
     description: str = ""
-    low: float | None = None
-    high: float | None = None
     write_rate: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -173,6 +188,17 @@ class OpcuaClient(Strict):
     subscription: Subscription = Field(default_factory=Subscription)
     reconnect: Backoff = Field(default_factory=Backoff)
     points: list[OpcuaPoint] = Field(min_length=1)
+
+    def run_warnings(self) -> list[tuple[Path, str]]:
+        sec = self.security
+        if sec.policy == "None":  # no certificate is loaded
+            return []
+        return missing_files(
+            {
+                ("security", "certificate"): sec.certificate,
+                ("security", "private_key"): sec.private_key,
+            }
+        )
 
     def check(self) -> list[Problem]:
         seen: dict[str, int] = {}

@@ -36,6 +36,7 @@ CERT_FILE = Path("own/cert.der")
 KEY_FILE = Path("own/private/key.pem")
 VALID_DAYS = 5 * 365
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+WARNED_MAX = 256  # refused certificates remembered as warned about (`TrustList.warned`)
 
 
 def trusted_dir(pki_dir: Path, configured: str | None) -> Path:
@@ -200,6 +201,9 @@ class TrustList:
         self.peer = peer
         self.accepted = 0
         self.refused = 0
+        # Refused certificates already warned about (SHA-256 -> refusals since): a peer retries
+        # with the same certificate every few seconds, and the operator needs the line once.
+        self.warned: dict[bytes, int] = {}
         self._stamp: tuple[tuple[str, float, int], ...] | None = None
         self._certs: list[x509.Certificate] = []
         self._ders: set[bytes] = set()
@@ -236,26 +240,40 @@ class TrustList:
         """Raise ``ServiceError`` with the OPC UA status that says why ``cert`` is refused."""
         now = datetime.datetime.now(datetime.UTC)
         subject = cert.subject.rfc4514_string()
+        thumbprint = cert.fingerprint(hashes.SHA256())
         if not self.is_trusted(cert):
-            self.refused += 1
-            self._save_rejected(cert)
-            log.warning(
-                "refused untrusted %s certificate %s; to accept it, put it in %s",
-                self.peer,
-                subject,
-                self.trusted,
+            self._save_rejected(cert, thumbprint)
+            self._refuse(
+                thumbprint,
+                f"refused untrusted {self.peer} certificate {subject}",
+                f"; to accept it, put it in {self.trusted}",
             )
             raise ServiceError(StatusCodes.BadCertificateUntrusted)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            self.refused += 1
-            log.warning("refused %s certificate %s: outside its validity", self.peer, subject)
+            self._refuse(
+                thumbprint, f"refused {self.peer} certificate {subject}", ": outside its validity"
+            )
             raise ServiceError(StatusCodes.BadCertificateTimeInvalid)
         self.accepted += 1
+        self.warned.pop(thumbprint, None)  # accepted: a later refusal is news again
 
-    def _save_rejected(self, cert: x509.Certificate) -> None:
+    def _refuse(self, thumbprint: bytes, what: str, why: str) -> None:
+        """Count a refusal; warn the first time for this certificate, then at debug level."""
+        self.refused += 1
+        repeats = self.warned.get(thumbprint)
+        if repeats is None:
+            if len(self.warned) >= WARNED_MAX:  # many peers (a scan): forget, do not grow
+                self.warned.clear()
+            self.warned[thumbprint] = 0
+            log.warning("%s%s", what, why)
+        else:
+            self.warned[thumbprint] = repeats + 1
+            log.debug("%s again (%d times since the warning)", what, repeats + 1)
+
+    def _save_rejected(self, cert: x509.Certificate, thumbprint: bytes) -> None:
         if self.rejected is None:
             return
-        name = f"{cert.fingerprint(hashes.SHA256()).hex()}.der"
+        name = f"{thumbprint.hex()}.der"
         try:
             self.rejected.mkdir(parents=True, exist_ok=True)
             (self.rejected / name).write_bytes(cert.public_bytes(serialization.Encoding.DER))

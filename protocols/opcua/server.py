@@ -19,6 +19,13 @@ other connection trouble -> BadCommunicationError; anything else (a Modbus excep
 that does not decode) -> BadDeviceFailure. An uncertain sample is Uncertain. A bad value is
 null, as OPC UA requires, so a client never sees a stale number marked Good.
 
+A reading outside its point's low..high (`gateway.limits`: a reason "above high 100" or
+"below low 0") is UncertainEngineeringUnitsExceeded, the code OPC UA Part 8 (Data Access) gives
+a value outside the range defined for it, with the value as read. One the point marks bad
+(``out_of_range: bad``) is BadOutOfRange, value null: Part 8 has no Bad code for it, and Part
+4's "the value was out of range" says what happened where BadDeviceFailure or BadSensorFailure
+would claim a failure nobody saw.
+
 Writes: asyncua handles a Write request in ``InternalSession.write``, which hands it to
 ``AttributeService.write`` and on to the address space's synchronous setters; nothing there can
 wait for a device. We give the server our own session
@@ -76,6 +83,7 @@ from cryptography import x509
 
 from gateway.adapter import Adapter, AdapterContext
 from gateway.commands import WriteStatus
+from gateway.limits import exceeded
 from gateway.passwords import verify_password
 from gateway.paths import state_path
 from gateway.streak import Throttle
@@ -178,7 +186,11 @@ def sample_status(sample: Sample) -> ua.StatusCode:
     if sample.quality is Quality.GOOD:
         return status(Codes.Good)
     if sample.quality is Quality.UNCERTAIN:
+        if exceeded(sample.reason):
+            return status(Codes.UncertainEngineeringUnitsExceeded)
         return status(Codes.Uncertain)
+    if exceeded(sample.reason):
+        return status(Codes.BadOutOfRange)
     reason = (sample.reason or "").lower()
     if "timeout" in reason or "timed out" in reason:
         return status(Codes.BadTimeout)

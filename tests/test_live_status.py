@@ -1,0 +1,213 @@
+"""`gateway status` says whether the gateway runs and what is down (gateway.livestatus).
+
+The end-to-end tests run a real `gateway run` with a Modbus device that is down (nothing listens
+on its port) and a broker-less MQTT endpoint, and read its status from another process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import HOST, free_port, modbus_device_yaml, reaped, sigterm
+
+from gateway import livestatus
+from gateway.text import duration
+
+
+def running_snapshot(**changes: object) -> dict[str, object]:
+    snap = livestatus.snapshot(
+        gateway="gw",
+        config="/etc/gw.yaml",
+        started=time.time() - 100,
+        state="running",
+        summary="1/2 connected",
+        status={"adapters": {"plc": {"connected": False, "last_error": "timeout"}}},
+        interval=10.0,
+    )
+    snap.update(changes)
+    return snap
+
+
+def test_a_written_status_reads_back_with_its_age(tmp_path: Path) -> None:
+    path = tmp_path / "status" / "gw.json"
+    livestatus.write(path, running_snapshot())
+    got = livestatus.read(path, now=time.time() + 3)
+    assert got is not None
+    assert got["state"] == "running" and got["pid"] == os.getpid() and not got["stale"]
+    assert 2.9 < got["age_s"] < 4 and got["summary"] == "1/2 connected"
+    assert [p.name for p in path.parent.iterdir()] == ["gw.json"]  # no temporary file left
+
+
+def test_a_running_file_whose_process_is_gone_reads_as_gone(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    path = tmp_path / "gw.json"
+    livestatus.write(path, running_snapshot(pid=int(dead.stdout)))
+    got = livestatus.read(path)
+    assert got is not None and got["state"] == "gone" and not got["stale"]
+    livestatus.write(path, running_snapshot(pid=int(dead.stdout), state="stopped"))
+    got = livestatus.read(path)
+    assert got is not None and got["state"] == "stopped"  # a clean shutdown says so itself
+
+
+def test_a_running_file_not_rewritten_for_two_intervals_is_stale(tmp_path: Path) -> None:
+    path = tmp_path / "gw.json"
+    livestatus.write(path, running_snapshot())
+    written = json.loads(path.read_text())["written"]
+    grace = livestatus.STALE_GRACE_S
+    fresh = livestatus.read(path, now=written + 20 + grace - 0.5)
+    stale = livestatus.read(path, now=written + 20 + grace + 0.5)
+    assert fresh is not None and not fresh["stale"]
+    assert stale is not None and stale["stale"]
+    livestatus.write(path, running_snapshot(interval_s=0))  # no reports: age says nothing
+    assert not (livestatus.read(path, now=written + 1e6) or {})["stale"]
+
+
+def test_missing_and_foreign_files(tmp_path: Path) -> None:
+    assert livestatus.read(tmp_path / "none.json") is None
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a status file"):
+        livestatus.read(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text('{"written": "yesterday"}')
+    with pytest.raises(ValueError, match="not a status file"):
+        livestatus.read(tmp_path / "y.json")
+    (tmp_path / "z.json").write_text('{"written": 1.0}')  # what a reader needs is missing
+    with pytest.raises(ValueError, match="not a status file"):
+        livestatus.read(tmp_path / "z.json")
+
+
+def test_a_refused_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "gw.json"
+    path.mkdir()  # renaming a file over a folder fails, as a read-only disk would
+    with pytest.raises(OSError):
+        livestatus.write(path, running_snapshot())
+    assert [p.name for p in tmp_path.iterdir()] == ["gw.json"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.04, "0.0 s"),
+        (9.96, "10.0 s"),
+        (42.5, "42 s"),
+        (200, "3 min 20 s"),
+        (7500, "2 h 5 min"),
+        (3 * 86400 + 4 * 3600 + 5, "3 d 4 h"),
+    ],
+)
+def test_duration_reads_at_a_glance(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
+
+
+# -- the running gateway ------------------------------------------------------------------------
+
+
+def write_config(tmp_path: Path, interval: float) -> Path:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"gateway: {{name: plant-7, status_interval: {interval}}}\n"
+        "devices:\n"
+        f"{modbus_device_yaml(free_port(), name='plc')}\n"
+        "    points:\n"
+        "      - {name: temp, table: holding, address: 0, type: int16, poll: fast}\n"
+        "endpoints:\n"
+        f"  cloud: {{protocol: mqtt, host: {HOST}, port: {free_port()}}}\n"
+        "bridges:\n"
+        "  - {name: up, from: plc, to: cloud}\n"
+    )
+    return config
+
+
+def status(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "status", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def wait_for_state(config: Path, state: str, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = status(config, "--json")
+        doc = json.loads(out.stdout)["gateway"] if out.stdout else None
+        if doc is not None and doc["state"] == state:
+            return dict(doc)
+        assert time.monotonic() < deadline, (state, doc, out.stderr)
+        time.sleep(0.1)
+
+
+def test_status_of_a_running_then_stopped_gateway(tmp_path: Path) -> None:
+    config = write_config(tmp_path, interval=0.5)
+    first = status(config)
+    assert first.returncode == 0, first.stderr
+    assert "gateway plant-7: never run with this state folder" in first.stdout
+    cmd = [sys.executable, "-m", "gateway", "run", str(config)]
+    with reaped(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)) as proc:
+        doc = wait_for_state(config, "running")
+        assert doc["pid"] == proc.pid and doc["interval_s"] == 0.5
+        # The device is down from the start: the status says which, and why.
+        deadline = time.monotonic() + 20
+        while "down: plc (" not in (text := status(config).stdout):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        assert f"gateway plant-7: running, pid {proc.pid}, up " in text
+        assert "connected" in text.splitlines()[1]  # the status line the log has
+        before = wait_for_state(config, "running")["written"]
+        time.sleep(1.2)
+        assert wait_for_state(config, "running")["written"] > before  # rewritten each interval
+        err = sigterm(proc, timeout=30)
+        assert proc.returncode == 0, err
+    doc = wait_for_state(config, "stopped", timeout=1)
+    text = status(config).stdout
+    assert text.startswith("gateway plant-7: stopped (clean shutdown)")
+    assert "  was down: plc (" in text and "\n  down: " not in text  # as of the last status
+    assert doc["config"] == str(config)
+
+
+def test_status_of_a_killed_gateway_says_it_is_gone(tmp_path: Path) -> None:
+    config = write_config(tmp_path, interval=0)  # no status lines: written at start and stop
+    cmd = [sys.executable, "-m", "gateway", "run", str(config)]
+    with reaped(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)) as proc:
+        doc = wait_for_state(config, "running")
+        assert doc["pid"] == proc.pid
+        proc.kill()
+        proc.wait()
+    out = status(config)
+    assert out.returncode == 0
+    assert out.stdout.startswith(f"gateway plant-7: not running: pid {proc.pid} is gone"), out
+
+
+def test_status_says_it_cannot_read_a_damaged_status_file(tmp_path: Path) -> None:
+    """Not "never run", and not exit 0, when the file is there but unreadable."""
+    config = write_config(tmp_path, interval=1)
+    config.write_text(config.read_text().split("endpoints:")[0])  # no outbox to report on
+    damaged = Path(os.environ["PROTOCOL_BRAIN_STATE_DIR"]) / "status" / "plant-7.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text("{not json")
+    out = status(config)
+    assert out.returncode == 1 and "never run" not in out.stdout, out
+    assert out.stderr.startswith("error: gateway plant-7: ") and "cannot read" in out.stderr
+    out = status(config, "--json")
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["gateway"] is None and "cannot read" in doc["gateway_error"]
+
+
+def test_uptime_counts_to_now_when_the_file_is_only_written_at_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path, interval=0)
+    path = Path(os.environ["PROTOCOL_BRAIN_STATE_DIR"]) / "status" / "plant-7.json"
+    snap = running_snapshot(gateway="plant-7", interval_s=0)
+    snap.update(started=time.time() - 3700, written=time.time() - 3600)
+    livestatus.write(path, snap)
+    assert ", up 1 h 1 min; status written 1 h 0 min ago" in status(config).stdout
