@@ -63,7 +63,8 @@ def snapshot(
     status: dict[str, Any],
     interval: float,
 ) -> dict[str, Any]:
-    """What the file holds. ``state`` is ``running`` or ``stopped`` (a clean shutdown)."""
+    """What the file holds. ``state``: ``starting``, ``running``, ``stopped`` (a clean stop)
+    or ``failed`` (could not start, or ended on an error; ``summary`` says why)."""
     return {
         "gateway": gateway,
         "pid": os.getpid(),
@@ -94,8 +95,9 @@ def read(path: Path, now: float | None = None) -> dict[str, Any] | None:
     """The file's snapshot with ``age_s`` and a ``state`` the reader can trust, or None if the
     file does not exist.
 
-    ``state``: ``running``; ``stopped`` (a clean shutdown wrote it); ``gone`` (the file says
-    running but no process has its pid: killed, crashed, or the machine restarted). ``stale``
+    ``state``: ``starting``; ``running``; ``stopped`` (a clean shutdown wrote it); ``failed``;
+    ``gone`` (the file says starting or running but no process has its pid: killed, crashed,
+    or the machine restarted). ``stale``
     is true when a running gateway has not rewritten the file for over two intervals: its event
     loop is stuck, or the disk refuses the file. A file that is not a snapshot raises ValueError.
     """
@@ -113,7 +115,7 @@ def read(path: Path, now: float | None = None) -> dict[str, Any] | None:
         raise ValueError(f"{path}: not a status file")
     data["age_s"] = max(0.0, (time.time() if now is None else now) - data["written"])
     pid = data.get("pid")
-    if data.get("state") == "running" and not (isinstance(pid, int) and pid_alive(pid)):
+    if data["state"] in ("starting", "running") and not (isinstance(pid, int) and pid_alive(pid)):
         data["state"] = "gone"
     interval = data.get("interval_s")
     data["stale"] = (

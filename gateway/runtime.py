@@ -79,6 +79,7 @@ class Gateway:
         self._status_streak = FailureStreak(
             log, f"status file {status_file}", level=logging.WARNING
         )
+        self._adapter_streaks: dict[str, FailureStreak] = {}
         self._started_at = time.time()
         # systemd's notify socket (``gateway run`` under a Type=notify unit); by default none.
         self.notifier = notifier or Notifier(None)
@@ -116,7 +117,7 @@ class Gateway:
 
     def status(self) -> dict[str, Any]:
         return {
-            "adapters": {name: a.status() for name, a in self.adapters.items()},
+            "adapters": {name: self._adapter_status(name, a) for name, a in self.adapters.items()},
             "bridges": {b.name: b.status() for b in self.bridges},
             "bus": {"published": self.bus.published, "unrouted": self.bus.unrouted},
             "writes": self.router.status(),
@@ -124,7 +125,22 @@ class Gateway:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then shut down in order."""
+        """Run until ``stop`` is set, then shut down in order.
+
+        The status file says ``starting`` from the first moment, ``failed`` (with the reason)
+        if the gateway cannot start or ends on an error, and ``stopped`` after any clean stop,
+        one during start-up included: never what an earlier run left there."""
+        await self._write_status(
+            "starting", {}, f"starting {counted(len(self.adapters), 'adapter')}"
+        )
+        try:
+            await self._run(stop)
+        except Exception as exc:
+            await self._write_status("failed", {}, str(exc) or type(exc).__name__)
+            raise
+        await self._write_status("stopped")
+
+    async def _run(self, stop: asyncio.Event) -> None:
         # Sinks are entered first so that they are exited last.
         order = sorted(self.adapters.values(), key=lambda a: a.name not in self._targets)
         async with contextlib.AsyncExitStack() as stack:
@@ -198,7 +214,6 @@ class Gateway:
                 await _cancel([t for n, t in sources.items() if n in self._targets])
                 self.router.close()
         log.info("gateway %s stopped", self.config.gateway.name)
-        await self._write_status("stopped")
 
     def summary(self, status: dict[str, Any] | None = None) -> str:
         """One line for the log: what is connected, what flowed, what was dropped; the anomaly
@@ -248,8 +263,8 @@ class Gateway:
             try:
                 status = self.status()
                 line = self.summary(status)
-            except Exception as exc:  # an adapter's status() bug must not end the reports
-                streak.failed(f"an adapter's status() failed: {exc!r}")
+            except Exception as exc:  # a bug of ours must not end the reports
+                streak.failed(f"the status report failed: {exc!r}")
                 continue
             streak.succeeded()
             log.info("status: %s", line)
@@ -281,6 +296,20 @@ class Gateway:
             self._status_streak.failed(f"not written: {exc!r}", traceback=False)
         else:
             self._status_streak.succeeded()
+
+    def _adapter_status(self, name: str, adapter: Adapter) -> dict[str, Any]:
+        """``adapter.status()``; a failing one (a plugin's bug) is shown as such, and the
+        status line, the status file and the other adapters' status go on without it."""
+        streak = self._adapter_streaks.get(name)
+        if streak is None:
+            streak = self._adapter_streaks[name] = FailureStreak(log, f"{name}: status()")
+        try:
+            status = adapter.status()
+        except Exception as exc:
+            streak.failed(f"failed: {exc!r}")
+            return {"status_error": f"status() failed: {exc!r}"}
+        streak.succeeded()
+        return status
 
     @staticmethod
     def _points_lost(adapter: Adapter) -> Callable[[BaseException], Awaitable[None]]:

@@ -6,18 +6,22 @@ on its port) and a broker-less MQTT endpoint, and read its status from another p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import HOST, free_port, modbus_device_yaml, reaped, sigterm
+from conftest import HOST, free_port, modbus_device_yaml, reaped, sigterm, wait_for
 
-from gateway import livestatus
+from gateway import livestatus, runtime
+from gateway.config import load_config
 from gateway.text import duration
+from gateway.uplink.cli import _gateway_lines
 
 
 def running_snapshot(**changes: object) -> dict[str, object]:
@@ -211,3 +215,94 @@ def test_uptime_counts_to_now_when_the_file_is_only_written_at_start(tmp_path: P
     snap.update(started=time.time() - 3700, written=time.time() - 3600)
     livestatus.write(path, snap)
     assert ", up 1 h 1 min; status written 1 h 0 min ago" in status(config).stdout
+
+
+def test_a_gateway_that_cannot_start_says_so_instead_of_the_last_run(tmp_path: Path) -> None:
+    """A port taken by another process: `gateway run` fails, and the status file, which an
+    earlier run left saying "stopped", now says it failed and why."""
+    config = write_config(tmp_path, interval=1)
+    path = Path(os.environ["PROTOCOL_BRAIN_STATE_DIR"]) / "status" / "plant-7.json"
+    livestatus.write(path, running_snapshot(gateway="plant-7", state="stopped", pid=1))
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = config.read_text().replace(
+            "endpoints:\n",
+            f"endpoints:\n  mbs: {{protocol: modbus, role: server, host: {HOST}, port: {port}}}\n",
+        )
+        config.write_text(text)
+        run = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode != 0 and "could not start" in run.stderr, run.stderr
+    doc = wait_for_state(config, "failed", timeout=1)
+    assert doc["pid"] not in (1, os.getpid())  # the failed run's own
+    assert "endpoint 'mbs'" in str(doc["summary"])
+    lines = status(config).stdout.splitlines()
+    assert lines[0].startswith("gateway plant-7: not running: it failed; status written ")
+    assert lines[1].startswith("  why: endpoint 'mbs' could not start: "), lines
+
+
+async def test_the_file_says_starting_then_stopped_when_stopped_during_start(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a device still starts (a plugin awaiting a peer): the file said
+    "starting" meanwhile, not what the last run left there, and says "stopped" after."""
+    path = tmp_path / "status" / "plant-7.json"
+    livestatus.write(path, running_snapshot(gateway="plant-7", pid=1))  # an earlier run, killed
+    gw = runtime.Gateway(load_config(write_config(tmp_path, interval=1)), status_file=path)
+    entering = asyncio.Event()
+
+    async def hang() -> None:
+        entering.set()
+        await asyncio.Event().wait()
+
+    gw.adapters["plc"].__aenter__ = hang  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    await asyncio.wait_for(entering.wait(), 10)
+    doc = livestatus.read(path)
+    assert doc is not None and doc["state"] == "starting" and doc["pid"] == os.getpid()
+    lines = _gateway_lines("plant-7", doc)
+    assert lines[0].startswith(f"gateway plant-7: starting, pid {os.getpid()}, for "), lines
+    assert lines[1] == "  starting 2 adapters"
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    doc = livestatus.read(path)
+    assert doc is not None and doc["state"] == "stopped"
+
+
+async def test_an_adapter_whose_status_fails_does_not_stop_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plugin's status() bug: that adapter is shown as such, every other part as usual, and
+    the file is still rewritten each interval."""
+    path = tmp_path / "status" / "plant-7.json"
+    gw = runtime.Gateway(load_config(write_config(tmp_path, interval=0.2)), status_file=path)
+
+    def broken() -> dict[str, object]:
+        raise KeyError("plugin bug")
+
+    gw.adapters["plc"].status = broken  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        await wait_for(lambda: (livestatus.read(path) or {}).get("state") == "running")
+        first = livestatus.read(path)
+        assert first is not None
+        await wait_for(lambda: (livestatus.read(path) or {})["written"] > first["written"])
+        doc = livestatus.read(path)
+        assert doc is not None
+        adapters = doc["status"]["adapters"]
+        assert adapters["plc"] == {"status_error": "status() failed: KeyError('plugin bug')"}
+        assert adapters["cloud"]["connected"] is False  # the others as usual
+        assert "  plc: status() failed: KeyError('plugin bug')" in _gateway_lines("plant-7", doc)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    # logged once for the run of failures, not every interval
+    assert caplog.text.count("plc: status(): failed: KeyError") == 1, caplog.text

@@ -5,6 +5,7 @@ them. The tests bind their own AF_UNIX datagram socket, as systemd does, and poi
 from __future__ import annotations
 
 import asyncio
+import configparser
 import logging
 import os
 import shutil
@@ -331,3 +332,19 @@ async def test_watchdog_task_pings_only_while_its_loop_turns(listener: NotifyLis
 async def test_ping_watchdog_without_a_watchdog_returns_at_once() -> None:
     await asyncio.wait_for(ping_watchdog(Notifier(None)), 1)
     await asyncio.wait_for(ping_watchdog(Notifier("/nonexistent/x.sock")), 1)
+
+
+def test_the_example_unit_gives_the_gateway_the_time_its_own_timeouts_need() -> None:
+    """systemd must not kill a start or a stop that the gateway itself still allows."""
+    from gateway import runtime
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    unit.read(Path(__file__).parents[1] / "examples" / "protocol-brain.service")
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert service["ExecStart"].split()[1:3] == ["run", "/etc/protocol-brain/gateway.yaml"]
+    assert float(service["TimeoutStartSec"]) > runtime.START_TIMEOUT
+    assert float(service["TimeoutStopSec"]) > runtime.DRAIN_TIMEOUT + 2 * runtime.CANCEL_TIMEOUT
+    state = service["Environment"].removeprefix("PROTOCOL_BRAIN_STATE_DIR=")
+    assert state == f"/var/lib/{service['StateDirectory']}" == service["WorkingDirectory"]

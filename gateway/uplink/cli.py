@@ -102,18 +102,26 @@ def _gateway_lines(name: str, status: dict[str, Any] | None) -> list[str]:
                 f" (expected every {status['interval_s']:g} s: the gateway may be stuck, or its"
                 " disk refuses the file)"
             )
+    elif state == "starting":
+        up = duration(status["written"] + status["age_s"] - status["started"])
+        head = f"gateway {name}: starting, pid {status['pid']}, for {up}"
     elif state == "stopped":
         head = f"gateway {name}: stopped (clean shutdown); last status {ago}"
+    elif state == "failed":
+        head = f"gateway {name}: not running: it failed; status {ago}"
     else:
         head = (
             f"gateway {name}: not running: pid {status['pid']} is gone without a clean shutdown"
             f" (killed, crashed or the machine restarted); last status {ago}"
         )
-    running = state == "running"
-    lines = [head, f"  {'' if running else 'last status line: '}{status['summary']}"]
+    running = state in ("starting", "running")
+    label = "" if running else "why: " if state == "failed" else "last status line: "
+    lines = [head, f"  {label}{status['summary']}"]
     adapters = status.get("status", {}).get("adapters", {})
     for adapter, info in sorted(adapters.items()):
-        if isinstance(info, dict) and info.get("connected") is False:
+        if isinstance(info, dict) and "status_error" in info:  # a plugin's status() bug
+            lines.append(f"  {adapter}: {info['status_error']}")
+        elif isinstance(info, dict) and info.get("connected") is False:
             why = info.get("last_error") or info.get("reason")
             down = "down" if running else "was down"
             lines.append(f"  {down}: {adapter}" + (f" ({why})" if why else ""))
