@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from gateway.bus import Bus
 from gateway.config import load_config_text
 from gateway.config.anomaly import AnomalyOptions
 from gateway.runtime import Gateway
-from gateway.types import Message, MessageKind, Sample
+from gateway.types import Message, MessageKind, Quality, Sample
 from protocols.modbus.codec import DataType
 from protocols.modbus.simulator import Simulator
 
@@ -92,6 +93,64 @@ def test_a_fixed_threshold_and_a_named_calibration_period() -> None:
     values, _ = series(ROWS, seed=5, faults=FAULTS)
     # calibrated on the rows of the period only
     assert np.allclose(cal.mean, values[100:251].mean(axis=0))
+
+
+def test_only_good_readings_calibrate(caplog: pytest.LogCaptureFixture) -> None:
+    """An excursion above a point's high (Uncertain, value kept) and a failed read (Bad, no
+    value: the last one is carried on) during the clean period are left out of it; the period
+    waits for Good rows instead. Scoring afterwards takes every reading."""
+    caplog.set_level(logging.INFO, logger="gateway.anomaly.stage")
+    stream = messages()
+    excursion = range(100, 150)
+    for i in excursion:  # flow far above its high: no normal to learn from
+        m = stream[i]
+        samples = tuple(
+            replace(s, value=1000.0, quality=Quality.UNCERTAIN, reason="above high 50")
+            if s.point == "flow"
+            else s
+            for s in m.samples
+        )
+        stream[i] = replace(m, samples=samples)
+    m = stream[200]  # pressure's read failed; flow's value is still carried from 199
+    stream[200] = replace(
+        m,
+        samples=tuple(
+            replace(s, value=None, quality=Quality.BAD, reason="timeout")
+            if s.point == "pressure"
+            else s
+            for s in m.samples
+        ),
+    )
+    stage = AnomalyStage(AnomalyOptions(calibration=CALIBRATION), Bus(), "b")
+    left_out = [*excursion, 200]
+    for i, message in enumerate(stream):
+        out, _ = stage.process(message)
+        assert ("anomaly_score" in out.meta) == (i >= CALIBRATION + len(left_out))
+    values, _ = series(ROWS, seed=5, faults=FAULTS)
+    kept = [i for i in range(CALIBRATION + len(left_out)) if i not in left_out]
+    cal = stage.devices["pump"].scorer.cal
+    assert cal is not None and np.allclose(cal.mean, values[kept].mean(axis=0))
+    assert "pump calibrated on 400 samples of 4 points, threshold " in caplog.text
+    assert "(51 readings not Good left out)" in caplog.text
+    assert "left out of its calibration" not in caplog.text  # 51 < 400: no warning
+
+
+def test_a_point_stuck_out_of_range_while_calibrating_is_named_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stage = AnomalyStage(AnomalyOptions(calibration=50), Bus(), "b")
+    for message in messages()[:200]:
+        samples = tuple(
+            replace(s, quality=Quality.UNCERTAIN) if s.point == "current" else s
+            for s in message.samples
+        )
+        stage.process(replace(message, samples=samples))
+    assert stage.status()["calibrating"] == ["pump"]
+    warned = [r.getMessage() for r in caplog.records if "left out of its" in r.getMessage()]
+    assert warned == [
+        "anomaly b: pump: 50 readings left out of its calibration: current not Good (out of"
+        " range, uncertain or failed); it calibrates on Good readings only"
+    ]
 
 
 def test_options_are_checked() -> None:

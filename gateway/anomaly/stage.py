@@ -1,10 +1,10 @@
 """The bridge stage: score every numeric sample of the bridge's source devices.
 
 Per device: the first ``calibration`` messages (or the messages inside ``calibration_period``)
-are the clean period; when it is over the device is calibrated (`core.calibrate`) and its alarm
-threshold set. From then on each message adds one row to the device's window, one ONNX call
-scores all its points at once (`process_batch` scores what queued up in the bridge, all
-devices, in one call), and:
+whose readings are all Good are the clean period; when it is over the device is calibrated
+(`core.calibrate`) and its alarm threshold set. From then on each message adds one row to the
+device's window, one ONNX call scores all its points at once (`process_batch` scores what
+queued up in the bridge, all devices, in one call), and:
 
 - the message goes on with ``meta["anomaly_score"]`` (the device score), ``meta["anomaly"]``
   (alarm active) and ``meta["anomaly_points"]`` (each point's normalised error);
@@ -46,7 +46,7 @@ from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
 from gateway.runtime import StartError
 from gateway.text import counted
-from gateway.types import Message, MessageKind, Sample
+from gateway.types import Message, MessageKind, Quality, Sample
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,10 @@ class _Device:
     stored: Record | None = None  # a stored calibration to go on from, until restored
     calibrated_rows: int = 0
     calibrated_at: float = 0.0
+    # Calibrating: points whose latest reading is not Good (out of range, a device's own
+    # Uncertain, a failed read), and how many readings were left out for that.
+    unclean: set[str] = field(default_factory=set)
+    left_out: int = 0
 
 
 class AnomalyStage:
@@ -254,7 +258,7 @@ class AnomalyStage:
             dev.last = row
             if dev.calibrated:
                 pending.setdefault(name, []).append((i, row))
-            elif not self._calibrating(message, dev, row):
+            elif not self._calibrating(message, name, dev, row, self._clean(message, values, dev)):
                 self._calibrate(name, dev)
         if not pending:
             return out
@@ -273,23 +277,52 @@ class AnomalyStage:
                 out[i] = self._publish(name, dev, row, result, messages[i])
         return out
 
-    def _calibrating(self, message: Message, dev: _Device, row: list[float]) -> bool:
+    def _clean(self, message: Message, values: dict[str, Any], dev: _Device) -> bool:
+        """Whether the row ``message`` completes is fit to calibrate on: the latest reading of
+        every point Good. A reading outside the point's low..high, a device's Uncertain, or a
+        failed read (its last value carried on) is not what normal looks like."""
+        for s in message.samples:
+            if s.point in values or (s.value is None and self._selects(s.point)):
+                if s.quality == Quality.GOOD:
+                    dev.unclean.discard(s.point)
+                else:
+                    dev.unclean.add(s.point)
+        return not dev.unclean
+
+    def _calibrating(
+        self, message: Message, device: str, dev: _Device, row: list[float], clean: bool
+    ) -> bool:
         """Collect clean rows; False when the clean period is over."""
-        if dev.stored is not None:  # only a window of fresh readings is needed
+        if dev.stored is not None:  # only a window of fresh readings (to score from) is needed
             dev.rows.append(row)
             return len(dev.rows) < self.model.window
         period = self.options.calibration_period
         if period is None:
-            dev.rows.append(row)
+            self._collect(device, dev, row, clean)
             return len(dev.rows) < self.options.calibration
         ts = max((s.source_ts or s.gateway_ts) for s in message.samples)
         start, end = (p.timestamp() for p in period)
         if ts < start:
             return True
         if ts <= end:
-            dev.rows.append(row)
+            self._collect(device, dev, row, clean)
             return True
         return len(dev.rows) < self.model.window + self.options.smooth
+
+    def _collect(self, device: str, dev: _Device, row: list[float], clean: bool) -> None:
+        if clean:
+            dev.rows.append(row)
+            return
+        dev.left_out += 1
+        if dev.left_out == self.options.calibration:  # once: a point stuck out of range
+            log.warning(
+                "anomaly %s: %s: %s left out of its calibration: %s not Good (out of range,"
+                " uncertain or failed); it calibrates on Good readings only",
+                self.name,
+                device,
+                counted(dev.left_out, "reading"),
+                ", ".join(sorted(dev.unclean)[:5]) or "a point",
+            )
 
     def _calibrate(self, device: str, dev: _Device) -> None:
         rows = np.asarray(dev.rows, dtype=np.float64)
@@ -315,12 +348,13 @@ class AnomalyStage:
         cal = dev.scorer.calibrate(rows)
         dev.calibrated_rows, dev.calibrated_at = len(rows), time.time()
         log.info(
-            "anomaly %s: %s calibrated on %s of %s, threshold %.3g",
+            "anomaly %s: %s calibrated on %s of %s, threshold %.3g%s",
             self.name,
             device,
             counted(len(rows), "sample"),
             counted(len(dev.points), "point"),
             cal.threshold,
+            f" ({counted(dev.left_out, 'reading')} not Good left out)" if dev.left_out else "",
         )
         self.save()
 
