@@ -922,4 +922,18 @@ def test_validate_warns_about_tls_and_certificate_files_that_are_not_here(
     ]  # not spare: with policy None the client loads no certificate
     ca_line = warnings[2]
     assert ca_line.startswith("gw.yaml:2:")
-    assert f"tls.ca_file {missing}/ca.pem: no such file on this machine" in ca_line
+    assert f"tls.ca_file {missing}/ca.pem: no such file on this machine (gateway run" in ca_line
+
+
+def test_a_missing_relative_file_says_which_folder_it_was_looked_for_in(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gateway run opens it from its own working folder (a unit's WorkingDirectory), which
+    need not be where validate runs: the warning names the folder it looked in."""
+    monkeypatch.chdir(tmp_path)
+    text = "endpoints:\n  broker: {protocol: mqtt, host: h, tls: {ca_file: certs/ca.pem}}\n"
+    (warning,) = load_config_text(text, "gw.yaml", registry, check_adapters=True).warnings
+    assert (
+        f"tls.ca_file certs/ca.pem: no such file on this machine (looked for in {tmp_path},"
+        " the working folder) (gateway run refuses" in warning
+    )

@@ -44,11 +44,17 @@ def missing_files(files: dict[Path, str | None]) -> list[tuple[Path, str]]:
     not exist. Checked as ``gateway run`` opens them: as written, a relative path from the
     working folder (no ``{state}`` template: these keys do not take one)."""
     return [
-        (where, f"{'.'.join(map(str, where))} {name}: no such file on this machine "
-                "(gateway run refuses to start this entry without it)")
+        (where, f"{'.'.join(map(str, where))} {name}: no such file on this machine"
+                f"{_relative_to(name)} (gateway run refuses to start this entry without it)")
         for where, name in files.items()
         if name is not None and not os.path.isfile(name)
     ]  # fmt: skip
+
+
+def _relative_to(name: str) -> str:
+    """Where a relative path was looked for: gateway run looks from its own working folder
+    (a systemd unit's WorkingDirectory), which need not be the one validate runs in."""
+    return "" if os.path.isabs(name) else f" (looked for in {os.getcwd()}, the working folder)"
 
 
 class Backoff(Strict):
