@@ -223,9 +223,10 @@ class Gateway:
         statuses: dict[str, dict[str, Any]] = status["adapters"]
         adapters = list(statuses.values())
         down = [n for n, a in statuses.items() if a.get("connected") is False]
+        unknown = [n for n, a in statuses.items() if "status_error" in a]  # see _adapter_status
         bridges: list[dict[str, Any]] = list(status["bridges"].values())
         text = (
-            f"{len(adapters) - len(down)}/{len(adapters)} connected, "
+            f"{len(adapters) - len(down) - len(unknown)}/{len(adapters)} connected, "
             f"{counted(self.bus.published, 'bus message')}, "
             f"{sum(b['forwarded'] for b in bridges)} forwarded, "
             f"{sum(b['dropped'] for b in bridges)} dropped in bridges, "
@@ -241,6 +242,8 @@ class Gateway:
             text += f", {counted(missed, 'poll')} skipped late"
         if down:
             text += f"; down: {', '.join(down[:10])}" + (" ..." if len(down) > 10 else "")
+        if unknown:
+            text += f"; status() failed: {', '.join(unknown[:10])}"
         scored = [b["anomaly"] for b in bridges if b.get("anomaly")]
         if scored:
             active = sorted({d for a in scored for d in a["active"]})
