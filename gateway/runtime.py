@@ -33,6 +33,7 @@ from gateway.config.common import Backoff
 from gateway.sdnotify import Notifier
 from gateway.streak import FailureStreak
 from gateway.text import counted
+from gateway.uplink.lock import FileLock, OutboxInUse
 
 if TYPE_CHECKING:
     from gateway.shadow.service import ShadowService
@@ -46,6 +47,7 @@ CANCEL_TIMEOUT = 10.0
 # gateway in start-up. An OPC UA address space of 10,000 points builds in about 2 s here; the
 # limit leaves room for 100 times that on a slow box. SIGTERM during start stops at once anyway.
 START_TIMEOUT = 300.0
+FIRST_REPORT_S = 5.0  # the first status line and file after READY, at the latest
 SUPERVISOR_BACKOFF = Backoff(initial=1.0, max=60.0)
 
 
@@ -130,15 +132,36 @@ class Gateway:
         The status file says ``starting`` from the first moment, ``failed`` (with the reason)
         if the gateway cannot start or ends on an error, and ``stopped`` after any clean stop,
         one during start-up included: never what an earlier run left there."""
-        await self._write_status(
-            "starting", {}, f"starting {counted(len(self.adapters), 'adapter')}"
-        )
+        lock = self._lock_status_file()
         try:
-            await self._run(stop)
-        except Exception as exc:
-            await self._write_status("failed", {}, str(exc) or type(exc).__name__)
-            raise
-        await self._write_status("stopped")
+            await self._write_status(
+                "starting", {}, f"starting {counted(len(self.adapters), 'adapter')}"
+            )
+            try:
+                await self._run(stop)
+            except Exception as exc:
+                await self._write_status("failed", {}, str(exc) or type(exc).__name__)
+                raise
+            await self._write_status("stopped")
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock_status_file(self) -> FileLock | None:
+        """The status file is this run's alone: a second ``gateway run`` of the same gateway
+        (refused a moment later by the outbox lock or a port in use, or running beside it)
+        must not write over what the running one says. Without the lock, no status file."""
+        if self.status_file is None:
+            return None
+        try:
+            self.status_file.parent.mkdir(parents=True, exist_ok=True)
+            return FileLock(self.status_file, hint="gateway status shows that one")
+        except OutboxInUse as exc:
+            log.warning("status file not written by this run: %s", exc)
+            self.status_file = None
+        except OSError as exc:  # a read-only or full disk: _write_status says so each time
+            log.debug("status folder: %s", exc)
+        return None
 
     async def _run(self, stop: asyncio.Event) -> None:
         # Sinks are entered first so that they are exited last.
@@ -261,8 +284,12 @@ class Gateway:
 
     async def _report(self, interval: float) -> None:
         streak = FailureStreak(log, "status report")
+        # The first report soon after start: the one written at READY predates every
+        # connection, and would say "down" for a whole interval (60 s by default).
+        wait = min(interval, FIRST_REPORT_S)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+            wait = interval
             try:
                 status = self.status()
                 line = self.summary(status)

@@ -306,3 +306,41 @@ async def test_an_adapter_whose_status_fails_does_not_stop_the_file(
         await asyncio.wait_for(task, 30)
     # logged once for the run of failures, not every interval
     assert caplog.text.count("plc: status(): failed: KeyError") == 1, caplog.text
+
+
+def test_a_refused_second_run_leaves_the_running_gateways_status_alone(tmp_path: Path) -> None:
+    """The same gateway started twice: the second is refused (the MQTT outbox is the first's)
+    and must not write "failed" over the running one's file."""
+    config = write_config(tmp_path, interval=30)
+    cmd = [sys.executable, "-m", "gateway", "run", str(config)]
+    with reaped(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)) as first:
+        assert wait_for_state(config, "running")["pid"] == first.pid
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "could not start" in second.stderr, second.stderr
+        assert f"status file not written by this run: {tmp_path}" in second.stderr
+        assert f"(pid {first.pid}); gateway status shows that one" in second.stderr
+        doc = wait_for_state(config, "running", timeout=1)
+        assert doc["pid"] == first.pid
+        assert status(config).stdout.startswith(f"gateway plant-7: running, pid {first.pid}")
+        sigterm(first, timeout=30)
+    assert wait_for_state(config, "stopped", timeout=1)["pid"] == first.pid
+
+
+async def test_the_first_status_comes_soon_after_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default 60 s interval, the file written at READY (every client still
+    connecting) would stand for a minute; the first report comes after FIRST_REPORT_S."""
+    monkeypatch.setattr(runtime, "FIRST_REPORT_S", 0.3)
+    path = tmp_path / "status" / "plant-7.json"
+    gw = runtime.Gateway(load_config(write_config(tmp_path, interval=60)), status_file=path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        await wait_for(lambda: (livestatus.read(path) or {}).get("state") == "running")
+        first = livestatus.read(path)
+        assert first is not None
+        await wait_for(lambda: (livestatus.read(path) or {})["written"] > first["written"], 3)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
