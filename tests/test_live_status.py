@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import HOST, free_port, modbus_device_yaml, reaped, sigterm, wait_for
@@ -276,6 +277,17 @@ async def test_the_file_says_starting_then_stopped_when_stopped_during_start(
     assert doc is not None and doc["state"] == "stopped"
 
 
+async def rewritten_while_running(path: Path, within: float = 5.0) -> dict[str, Any]:
+    """The status file once it says running and has been written again since."""
+    await wait_for(lambda: (livestatus.read(path) or {}).get("state") == "running")
+    first = livestatus.read(path)
+    assert first is not None
+    await wait_for(lambda: (livestatus.read(path) or {})["written"] > first["written"], within)
+    doc = livestatus.read(path)
+    assert doc is not None and doc["state"] == "running"
+    return doc
+
+
 async def test_an_adapter_whose_status_fails_does_not_stop_the_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -291,12 +303,7 @@ async def test_an_adapter_whose_status_fails_does_not_stop_the_file(
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
     try:
-        await wait_for(lambda: (livestatus.read(path) or {}).get("state") == "running")
-        first = livestatus.read(path)
-        assert first is not None
-        await wait_for(lambda: (livestatus.read(path) or {})["written"] > first["written"])
-        doc = livestatus.read(path)
-        assert doc is not None
+        doc = await rewritten_while_running(path)
         adapters = doc["status"]["adapters"]
         assert adapters["plc"] == {"status_error": "status() failed: KeyError('plugin bug')"}
         assert adapters["cloud"]["connected"] is False  # the others as usual
@@ -337,10 +344,7 @@ async def test_the_first_status_comes_soon_after_start(
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
     try:
-        await wait_for(lambda: (livestatus.read(path) or {}).get("state") == "running")
-        first = livestatus.read(path)
-        assert first is not None
-        await wait_for(lambda: (livestatus.read(path) or {})["written"] > first["written"], 3)
+        await rewritten_while_running(path, within=3)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
