@@ -21,6 +21,13 @@ Writes. PUT on a point goes through ``Bridge.write``, that is the command router
 and the device's acknowledgement: 2.04 Changed only once the device acknowledged. The request's
 Content-Format (text/plain when absent) decodes the payload; the status mapping is `WRITE_CODES`.
 
+Learned types. A source may learn a point's type only once connected (an OPC UA device point
+without ``type:`` is float64 until the client reads the node's DataType, then re-declares it).
+The resources follow: a sample whose value does not fit the served type (a bool or a text for a
+number) re-reads the bridges' point specs, at most once a second per device, and
+``/.well-known/core`` re-reads them for every request, so PUT parses by, and ``rt`` lists, the
+learned type.
+
 Security: with ``security.oscore`` the site is wrapped in aiocoap's OSCORE site wrapper
 (RFC 8613) and, with ``security.require`` (the default), any unprotected request is 4.01.
 Without it anyone who reaches the server may PUT: the defaults stay (``::``, ``writable``), but a
@@ -46,6 +53,7 @@ from gateway.adapter import Adapter
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
 from gateway.payloads import Format, PayloadError, decode, encode, format_of
+from gateway.retype import RetypeGate, misfits
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
@@ -205,6 +213,11 @@ class _PointResource(_Guarded):
             link["title"] = self.spec.description
         return link
 
+    def retype(self, spec: PointSpec) -> None:
+        """Serve ``spec`` (the same point, its type learned since): PUT parses by it."""
+        self.spec = spec
+        self.rt = f"protocol-brain.point.{spec.datatype}"
+
     def update(self, sample: Sample) -> bool:
         old, self.sample = self.sample, sample
         return old is None or old.value != sample.value or old.quality != sample.quality
@@ -283,6 +296,7 @@ class _WellKnownCore(resource.WKCResource):  # type: ignore[misc]  # aiocoap: un
             self.server.guard(request)
         except _Refused as refused:
             return refused.response
+        self.server.retype()  # rt lists the types learned since the start
         response: aiocoap.Message = await super().render(request)
         return response
 
@@ -298,6 +312,7 @@ class CoapServerAdapter(Adapter):
         # id(route) -> device -> point -> resource: a bridge's samples reach only its resources
         self._tables: dict[int, dict[str, dict[str, _PointResource]]] = {}
         self._devices: dict[str, _DeviceResource] = {}
+        self._retype_gate = RetypeGate()
         self.site = resource.Site()
         self._context: aiocoap.Context | None = None
         self.requests = 0
@@ -331,6 +346,20 @@ class CoapServerAdapter(Adapter):
                         table.setdefault(device, {})[spec.name] = res
                         if dev is not None:
                             dev.points[spec.name] = res
+
+    def retype(self, device: str | None = None) -> None:
+        """Take the bridges' current point specs (of ``device``, or all): a source may learn a
+        point's type after the start and re-declare it (see the module docstring)."""
+        for bridge in self._bridges:
+            table = self._tables.get(id(bridge.config.route), {})
+            for name, specs in bridge.points().items():
+                resources = table.get(name)
+                if resources is None or (device is not None and name != device):
+                    continue
+                for spec in specs:
+                    res = resources.get(spec.name)
+                    if res is not None and res.bridge is bridge and res.spec != spec:
+                        res.retype(spec)
 
     def _path(self, template: str, **names: str) -> tuple[str, ...]:
         text = template.format(gateway=self.context.gateway_name, **names)
@@ -420,6 +449,10 @@ class CoapServerAdapter(Adapter):
             res = points.get(sample.point)
             if res is None:
                 continue
+            if sample.value is not None and misfits(sample.value, res.spec.datatype):
+                device = message.device or ""
+                if self._retype_gate.due(device):
+                    self.retype(device)
             if isinstance(sample.value, float) and not math.isfinite(sample.value):
                 sample = Sample(sample.point, None, Quality.BAD, sample.source_ts,
                                 sample.gateway_ts, sample.unit, "not a finite number")  # fmt: skip

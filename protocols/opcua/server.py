@@ -26,6 +26,12 @@ a value outside the range defined for it, with the value as read. One the point 
 4's "the value was out of range" says what happened where BadDeviceFailure or BadSensorFailure
 would claim a failure nobody saw.
 
+Learned types: a source may learn a point's type only once connected (an OPC UA device point
+without ``type:`` is float64 until the client reads the node's DataType, then re-declares it).
+A sample whose value does not fit its variable's type (a bool or a text for a Double) re-reads
+the bridges' point specs, at most once a second per device, and a variable whose type changed
+gets the new DataType, and its values and writes the new Variant type.
+
 Writes: asyncua handles a Write request in ``InternalSession.write``, which hands it to
 ``AttributeService.write`` and on to the address space's synchronous setters; nothing there can
 wait for a device. We give the server our own session
@@ -86,6 +92,7 @@ from gateway.commands import WriteStatus
 from gateway.limits import exceeded
 from gateway.passwords import verify_password
 from gateway.paths import state_path
+from gateway.retype import RetypeGate, misfits
 from gateway.streak import Throttle
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
@@ -617,6 +624,8 @@ class OpcuaServerAdapter(Adapter):
         super().__init__(name, config, context)
         self.bridges: list[Bridge] = []
         self.vars: dict[ua.NodeId, _Var] = {}
+        self._aspace: AddressSpace | None = None
+        self._retype_gate = RetypeGate()
         # id(route) -> device -> point -> _Var: a bridge's samples reach only its own nodes
         self._tables: dict[int, dict[str, dict[str, _Var]]] = {}
         self.sessions: weakref.WeakSet[InternalSession] = weakref.WeakSet()
@@ -745,6 +754,7 @@ class OpcuaServerAdapter(Adapter):
         enabled = gc.isenabled()
         gc.disable()
         try:
+            self._aspace = iserver.aspace
             self._build_nodes(_Builder(iserver.aspace, self.namespace_index))
         finally:
             if enabled:
@@ -787,6 +797,33 @@ class OpcuaServerAdapter(Adapter):
             writable=route.writable and spec.access.writable,
         )
 
+    # -- learned types
+
+    def retype(self, device: str | None = None) -> None:
+        """Take the bridges' current point specs (of ``device``, or all) and give a variable
+        whose type changed its new DataType (see "Learned types" in the module docstring)."""
+        for bridge in self.bridges:
+            table = self._tables.get(id(bridge.config.route), {})
+            for name, specs in bridge.points().items():
+                points = table.get(name)
+                if points is None or (device is not None and name != device):
+                    continue
+                for spec in specs:
+                    var = points.get(spec.name)
+                    if var is not None and var.bridge is bridge and var.spec != spec:
+                        self._retype_var(var, spec)
+
+    def _retype_var(self, var: _Var, spec: PointSpec) -> None:
+        var.spec = spec
+        vtype = VARIANT_TYPES.get(spec.datatype, VT.Double)
+        if vtype is var.vtype:
+            return
+        log.info("%s: %s/%s is now %s", self.name, var.device, spec.name, vtype.name)
+        var.vtype, var.coerce = vtype, _coercer(vtype)
+        if self._aspace is not None:
+            node = self._aspace[var.nodeid]
+            node.attributes[AttributeIds.DataType] = _const(_node_id(vtype.value), VT.NodeId)
+
     # -- values (hot path)
 
     async def send(self, message: Message, route: Any) -> None:
@@ -806,6 +843,10 @@ class OpcuaServerAdapter(Adapter):
             if value is None or code.value & 0x80000000:
                 variant = ua.Variant(None, VT.Null)
             else:
+                if misfits(value, var.spec.datatype):  # a type learned since the start?
+                    device = message.device or ""
+                    if self._retype_gate.due(device):
+                        self.retype(device)
                 try:
                     variant = _variant(var.coerce(value), var.vtype)
                 except (TypeError, ValueError, OverflowError):
