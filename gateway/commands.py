@@ -109,6 +109,48 @@ class WriteCounters:
     refused: dict[str, int] = field(default_factory=dict)
 
 
+NUMERIC_TYPES = frozenset(
+    {"int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"}
+)
+
+
+def value_problem(datatype: str, value: object) -> str | None:
+    """Why ``value`` cannot be written to a point of ``datatype``, or None when its kind fits
+    (a number for the numeric types, true/false or 0/1 for bool, a string for string). The
+    range is the router's next check; the width of an integer type is the device's.
+
+    `CommandRouter.check` applies this to every write (and so to ``gateway shadow set``),
+    so a value of the wrong kind is refused before it reaches a device adapter."""
+    if datatype == "bool":
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+            return None
+        return f"bool takes true or false (or 0/1), got {_kind(value)}"
+    if datatype == "string":
+        return None if isinstance(value, str) else f"string needs a string, got {_kind(value)}"
+    if isinstance(value, bool):
+        return f"{datatype} takes a number, not a bool"
+    if datatype in NUMERIC_TYPES and not isinstance(value, (int, float)):
+        return f"{datatype} needs a number, got {_kind(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    return None
+
+
+def _kind(value: object) -> str:
+    """``value`` as a message names it: ``the string 'fast'``, ``the list [1, 2]``."""
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return f"the list {value!r}"
+    if isinstance(value, dict):
+        return f"the object {value!r}"
+    return repr(value)
+
+
 class CommandRouter:
     """Checks writes against the points' declarations and routes them to the device adapters."""
 
@@ -136,15 +178,10 @@ class CommandRouter:
             return WriteResult(WriteStatus.UNKNOWN_POINT, f"{device} has no point {point!r}")
         if not spec.access.writable:
             return WriteResult(WriteStatus.NOT_WRITABLE, f"{device}/{point} is not writable")
-        if isinstance(value, bool) and spec.datatype != "bool":
-            return WriteResult(
-                WriteStatus.BAD_VALUE, f"{device}/{point} takes a number, not a bool"
-            )
-        if spec.datatype == "bool" and not isinstance(value, bool) and value not in (0, 1):
-            return WriteResult(WriteStatus.BAD_VALUE, f"{device}/{point} takes true or false")
+        problem = value_problem(spec.datatype, value)
+        if problem is not None:
+            return WriteResult(WriteStatus.BAD_VALUE, f"{device}/{point}: {problem}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and not math.isfinite(value):
-                return WriteResult(WriteStatus.BAD_VALUE, f"{value} is not a finite number")
             if spec.low is not None and value < spec.low:
                 return WriteResult(
                     WriteStatus.OUT_OF_RANGE, f"{value} is below {device}/{point}'s low {spec.low}"

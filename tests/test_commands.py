@@ -122,3 +122,61 @@ async def test_a_command_that_waited_past_its_deadline_is_not_written(plant) -> 
     await asyncio.sleep(0.4)  # the slow handler finishes
     assert ("setpoint", 20) not in written  # dropped by the device side, not applied late
     assert ("setpoint", 13) in written
+
+
+@pytest.mark.parametrize(
+    ("point", "value", "phrase"),
+    [
+        ("setpoint", "fast", "plc/setpoint: float64 needs a number, got the string 'fast'"),
+        ("setpoint", "nan", "float64 needs a number, got the string 'nan'"),
+        ("setpoint", [1, 2], "float64 needs a number, got the list [1, 2]"),
+        ("setpoint", {"v": 1}, "float64 needs a number, got the object"),
+        ("slow", "12", "uint16 needs a number, got the string '12'"),
+        ("label", 42, "plc/label: string needs a string, got 42"),
+        ("label", True, "string needs a string, got true"),
+        ("run", "on", "bool takes true or false (or 0/1), got the string 'on'"),
+    ],
+)
+async def test_a_value_of_the_wrong_kind_is_refused_before_the_device(
+    point: str, value: Value, phrase: str
+) -> None:
+    bus = Bus()
+    router = CommandRouter(bus, timeout=0.5)
+    router.declare(
+        "plc", [*POINTS, PointSpec("plc/label", "label", "string", None, Access.READ_WRITE)]
+    )
+    commands = bus.subscribe("command/plc", maxsize=10, name="test")
+    result = await router.write("plc", point, value, origin="test")
+    assert result.status is WriteStatus.BAD_VALUE and phrase in result.reason, result.reason
+    assert router.check("plc", point, value) == result  # one rule for check and write
+    assert len(commands) == 0  # never sent to the adapter
+    assert router.check("plc", "label", "ok").ok and router.check("plc", "setpoint", 5).ok
+    router.close()
+
+
+@pytest.mark.parametrize("pair", ["speed=fast", "speed=[1,2]", "speed=nan", "label=42"])
+def test_shadow_set_refuses_a_value_of_the_wrong_kind(
+    pair: str, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+    from gateway.shadow.store import ShadowStore
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(
+        "devices:\n"
+        "  pump:\n"
+        "    protocol: modbus\n"
+        "    host: 127.0.0.1\n"
+        "    points:\n"
+        "      - {name: speed, table: holding, address: 1, type: float32, access: rw,\n"
+        "         low: 0, high: 3000}\n"
+        "      - {name: label, table: holding, address: 10, type: string, length: 4,\n"
+        "         access: rw}\n"
+        "shadow: {path: shadow.db}\n"
+    )
+    code = main(["shadow", "set", "pump", pair, "--config", str(cfg)])
+    err = capsys.readouterr().err
+    key = pair.partition("=")[0]
+    assert code == 1 and f"pump/{key}: " in err and "needs a" in err, err
+    db = tmp_path / "shadow.db"
+    assert not db.exists() or ShadowStore(str(db)).get("pump").desired == {}

@@ -937,3 +937,59 @@ def test_a_missing_relative_file_says_which_folder_it_was_looked_for_in(
         f"tls.ca_file certs/ca.pem: no such file on this machine (looked for in {tmp_path},"
         " the working folder) (gateway run refuses" in warning
     )
+
+
+# -- point keys checked the same way for every protocol -------------------------------------------
+
+POINT_OF = {  # a device of each protocol whose points take the keys below; {point} is the point
+    "modbus": "{{protocol: modbus, host: 127.0.0.1, points: [{{name: p, address: 0{point}}}]}}",
+    "opcua": "{{protocol: opcua, url: 'opc.tcp://h:4840', points: [{{name: p, node_id: 'i=2258'"
+    "{point}}}]}}",
+    "coap": "{{protocol: coap, url: 'coap://h', points: [{{name: p, path: a{point}}}]}}",
+    "mqtt": "{{protocol: mqtt, host: 127.0.0.1, points: [{{name: p, topic: a/b{point}}}]}}",
+}
+
+
+def _one_point(protocol: str, keys: str) -> str:
+    section = "endpoints" if protocol == "mqtt" else "devices"
+    return f"{section}:\n  d: {POINT_OF[protocol].format(point=', ' + keys)}\n"
+
+
+@pytest.mark.parametrize("protocol", sorted(POINT_OF))
+def test_an_unknown_unit_is_refused_on_every_protocols_points(protocol: str) -> None:
+    load_config_text(_one_point(protocol, "unit: degC"), "gw.yaml")  # a known one loads
+    with pytest.raises(ConfigError) as info:
+        load_config_text(_one_point(protocol, "unit: blorps"), "gw.yaml")
+    section = "endpoints" if protocol == "mqtt" else "devices"
+    (p,) = info.value.problems
+    assert p.dotted == f"{section}.d.points[0].unit", str(p)
+    assert p.found == "'blorps'" and "a known unit" in p.expected, str(p)
+
+
+@pytest.mark.parametrize("node_id", ["garbage", "ns=x;i=3", "ns=2;q=1", "g=not-a-guid"])
+def test_a_malformed_opcua_node_id_is_refused_at_its_key(node_id: str) -> None:
+    text = (
+        "devices:\n"
+        "  plc:\n"
+        "    protocol: opcua\n"
+        "    url: opc.tcp://h:4840\n"
+        "    points:\n"
+        "      - {name: t, node_id: 'ns=2;s=Boiler.Temp'}\n"
+        f"      - {{name: u, node_id: '{node_id}'}}\n"
+    )
+    load_config_text(text.replace(node_id, "i=2258"), "gw.yaml")  # well-formed ones load
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml")
+    (p,) = info.value.problems
+    assert p.dotted == "devices.plc.points[1].node_id" and p.line == 7, str(p)
+    assert p.found == repr(node_id) and "a node id such as" in p.expected, str(p)
+
+
+@pytest.mark.parametrize("protocol", sorted(POINT_OF))
+def test_low_above_high_is_said_at_low(protocol: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(_one_point(protocol, "low: 15, high: 4"), "gw.yaml")
+    (p,) = info.value.problems
+    section = "endpoints" if protocol == "mqtt" else "devices"
+    assert p.dotted == f"{section}.d.points[0].low", str(p)
+    assert str(p).endswith("found 15.0; expected a number not above high (4.0)"), str(p)

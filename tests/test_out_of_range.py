@@ -171,7 +171,9 @@ def test_every_protocols_points_take_out_of_range(protocol: str) -> None:
     # low above high now fails for every protocol: every reading would be out of range
     with pytest.raises(ConfigError) as upside_down:
         load_config_text(one_point(protocol, "description: d").replace("high: 10", "high: -1"), "g")
-    assert "low (0.0) is above high (-1.0)" in str(upside_down.value)
+    assert ".dev.points[0].low: found 0.0; expected a number not above high (-1.0)" in str(
+        upside_down.value
+    )
 
 
 def test_the_schema_has_out_of_range_for_every_protocols_points() -> None:

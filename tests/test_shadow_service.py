@@ -249,3 +249,38 @@ async def test_bad_mqtt_requests_get_a_reply_and_one_log_line(
             assert doc.delta == {"speed": 500} and doc.errors["area"]["value"] == "south"
     finally:
         collector.close()
+
+
+async def test_a_get_takes_any_payload(
+    simulator: Simulator, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """docs/shadow.md: ``shadow/get`` takes any or empty payload; the body is not parsed as a
+    request (only a clientToken of a JSON object is echoed)."""
+    device = await simulator.add_device(name="pump")
+    device.set_registers("holding", 10, [5])
+    collector = Collector(mosquitto, "site/things/+/shadow/get/+")  # the replies
+    base = "site/things/pump/shadow"
+    try:
+        async with running_gateway(config(device.port, tmp_path / "s.db", mosquitto)) as gateway:
+            shadow = shadow_of(gateway)
+            await wait_for(lambda: shadow.state("pump") is not None, message="report")
+            await wait_for(lambda: gateway.adapters["broker"].status()["connected"])
+            await asyncio.sleep(0.3)  # the adapter's SUBACK
+            payloads = ["x", "[1, 2]", "{not json", "42", "", '{"clientToken": "g2"}']
+            for i, payload in enumerate(payloads):
+                await mosquitto_pub(mosquitto, f"{base}/get", payload)
+                await wait_for(
+                    lambda i=i: len(collector.on(f"{base}/get/accepted")) == i + 1,  # type: ignore[misc]
+                    message=f"get with {payload!r}",
+                )
+                got = collector.last(f"{base}/get/accepted")
+                assert got["state"]["reported"]["speed"] == 5, (payload, got)
+            assert got["clientToken"] == "g2"
+            assert collector.on(f"{base}/get/rejected") == []
+            await mosquitto_pub(mosquitto, "site/things/boiler/shadow/get", "x")
+            rejected = await wait_for(
+                lambda: collector.last("site/things/boiler/shadow/get/rejected")
+            )
+            assert rejected["code"] == 404
+    finally:
+        collector.close()

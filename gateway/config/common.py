@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.types import OutOfRange
 
@@ -101,5 +103,29 @@ class PointLimits(Strict):
     @model_validator(mode="after")
     def _low_not_above_high(self) -> PointLimits:
         if self.low is not None and self.high is not None and self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+            # An error on the point's ``low`` key (a plain ValueError would be on the whole
+            # point): "points[2].low: found 15.0; expected a number not above high (4.0)".
+            error = PydanticCustomError(
+                "value_error", "a number not above high ({high})", {"high": self.high}
+            )
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [InitErrorDetails(type=error, loc=("low",), input=self.low)],
+            )
         return self
+
+
+def _known_unit(name: str | None) -> str | None:
+    if name is None:
+        return name
+    from gateway.units import UnitError, validate_unit  # pint loads on first use only
+
+    try:
+        return validate_unit(name)
+    except UnitError:
+        raise ValueError("a known unit, such as degC, bar, kW, l/min or %") from None
+
+
+#: The ``unit:`` of a point, for every protocol: a unit name pint knows (it is published as
+#: is and converted by the bridges' ``units:``), or None.
+Unit = Annotated[str | None, AfterValidator(_known_unit)]

@@ -392,7 +392,11 @@ class ShadowService:
     async def _request(self, device: str, action: str, message: Message) -> None:
         text = message.samples[0].value if message.samples else ""
         body: Any = {}
-        if isinstance(text, str) and text.strip():
+        if action == "get":
+            # A get takes any payload (docs/shadow.md): only a clientToken, when the payload
+            # is a JSON object that has one, is used (echoed); anything else is ignored.
+            body = _lenient_body(text)
+        elif isinstance(text, str) and text.strip():
             if len(text) > MAX_REQUEST_BYTES:
                 self._reject(device, action, None, 413, f"over {MAX_REQUEST_BYTES} bytes")
                 return
@@ -486,3 +490,15 @@ class ShadowService:
             "dropped": self._telemetry.counters.dropped if self._telemetry is not None else 0,
             "queued": len(self._telemetry) if self._telemetry is not None else 0,
         }
+
+
+def _lenient_body(text: Any) -> dict[str, Any]:
+    """The JSON object of a get request's payload, or {} when it is none (not JSON, not an
+    object, too large): a get is answered whatever its payload."""
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_REQUEST_BYTES:
+        return {}
+    try:
+        body = load_json(text)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

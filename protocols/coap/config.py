@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gateway.config.common import Backoff, PointLimits, Problem, Strict
+from gateway.config.common import Backoff, PointLimits, Problem, Strict, Unit
 from gateway.text import counted
 from gateway.types import Access
 
@@ -106,7 +106,7 @@ class CoapPoint(PointLimits):
     field: str | None = Field(None, description="JSON/CBOR key of the value (dots for nesting)")
     senml_name: str | None = Field(None, description="SenML name (bn+n) of the value")
     type: PointType = Field("float64", description="value type on the bus and of writes")
-    unit: str | None = None
+    unit: Unit = Field(None, description="engineering unit (pint name)")
     access: Access = Access.READ
     description: str = ""
     write_rate: float | None = Field(None, gt=0)

@@ -8,7 +8,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config.common import Backoff, Path, PointLimits, Problem, Strict, missing_files
+from gateway.config.common import (
+    Backoff,
+    Path,
+    PointLimits,
+    Problem,
+    Strict,
+    Unit,
+    missing_files,
+)
 from gateway.optimizer.config import OptimizerConfig
 from gateway.types import Access
 from gateway.uplink.outbox import OutboxConfig
@@ -145,7 +153,7 @@ class MqttPoint(PointLimits):
     type: PointType | None = Field(
         None, description="value type on the bus; default float64 (string for format text)"
     )
-    unit: str | None = None
+    unit: Unit = Field(None, description="engineering unit (pint name)")
     access: Access = Access.READ
     command_topic: str | None = Field(
         None, description="where writes are published (QoS 1, a bare JSON value); rw needs it"

@@ -18,6 +18,7 @@ from gateway.config.common import (
     PointLimits,
     Problem,
     Strict,
+    Unit,
     missing_files,
 )
 from gateway.passwords import parse_hash
@@ -162,10 +163,32 @@ class OpcuaPoint(PointLimits):
         None, ge=0, description="seconds; default: the publishing interval"
     )
     deadband: Deadband | None = None
-    unit: str | None = None
+    unit: Unit = Field(None, description="engineering unit (pint name)")
     access: Access | None = None
     description: str = ""
     write_rate: float | None = Field(None, gt=0)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id_syntax(cls, v: str | None) -> str | None:
+        """The client parses it with asyncua at start; a malformed one would only fail then.
+        asyncua is imported here, lazily: this module loads without it (the check is then
+        skipped and the client, which needs asyncua anyway, reports it)."""
+        if v is None:
+            return v
+        try:
+            from asyncua.ua import NodeId
+            from asyncua.ua.uaerrors import UaError
+        except ImportError:
+            return v
+        try:
+            NodeId.from_string(v)
+        except (ValueError, UaError):
+            raise ValueError(
+                'a node id such as "ns=2;s=Boiler.Temp" or "i=2258" (an optional ns=N; '
+                "then i=, s=, g= or b= and the identifier)"
+            ) from None
+        return v
 
     @model_validator(mode="after")
     def _one_address(self) -> OpcuaPoint:
