@@ -82,6 +82,7 @@ class Gateway:
             log, f"status file {status_file}", level=logging.WARNING
         )
         self._adapter_streaks: dict[str, FailureStreak] = {}
+        self._status_held = ""  # the status file is another process's (see _lock_status_file)
         self._started_at = time.time()
         # systemd's notify socket (``gateway run`` under a Type=notify unit); by default none.
         self.notifier = notifier or Notifier(None)
@@ -156,8 +157,8 @@ class Gateway:
         try:
             self.status_file.parent.mkdir(parents=True, exist_ok=True)
             return FileLock(self.status_file, hint="gateway status shows that one")
-        except OutboxInUse as exc:
-            log.warning("status file not written by this run: %s", exc)
+        except OutboxInUse as exc:  # said once this run is up: a refused start says one line
+            self._status_held = str(exc)
             self.status_file = None
         except OSError as exc:  # a read-only or full disk: _write_status says so each time
             log.debug("status folder: %s", exc)
@@ -222,6 +223,8 @@ class Gateway:
             # device is connected in its run(), so a dead device does not hold this back),
             # bridges subscribed, every task created. The readings come after.
             self.notifier.ready(running)
+            if self._status_held:
+                log.warning("status file not written by this run: %s", self._status_held)
             await self._write_status("running")
             try:
                 await stop.wait()
