@@ -163,6 +163,13 @@ class CommandRouter:
         self._pending: dict[str, asyncio.Future[WriteResult]] = {}
         self._acks: Subscription | None = None
         self._ack_task: asyncio.Task[None] | None = None
+        self._on_declare: list[Callable[[str], None]] = []
+
+    def on_declare(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(device)`` when a device's points are declared again: a source that
+        learns a point's type once connected (an OPC UA device) re-declares it, and the server
+        targets built at start take the new type (see `gateway.retype`)."""
+        self._on_declare.append(callback)
 
     def declare(self, device: str, points: list[PointSpec]) -> None:
         for p in points:
@@ -170,6 +177,11 @@ class CommandRouter:
             if p.access.writable:
                 rate = DEFAULT_WRITE_RATE if p.write_rate is None else p.write_rate
                 self.limiters[(device, p.name)] = RateLimiter(rate)
+        for callback in self._on_declare:
+            try:
+                callback(device)
+            except Exception:  # a target's bug must not stop the source declaring
+                log.exception("after %s declared its points", device)
 
     def check(self, device: str, point: str, value: Value) -> WriteResult:
         """The safety rules, without writing: what `write` would refuse, and why."""

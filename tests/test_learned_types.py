@@ -33,6 +33,11 @@ devices:
     points:
       - {{name: en, node_id: "{NODES["Enabled"]}", access: rw}}
       - {{name: label, node_id: "{NODES["Label"]}", access: rw}}
+  tank:  # numbers only: nothing but the declaration says Level is an Int16
+    protocol: opcua
+    url: {peer_url}
+    security: {{policy: None, mode: None}}
+    points: [{{name: level, node_id: "{NODES["Level"]}", access: rw}}]
 endpoints:
   coap: {{protocol: coap, role: server, host: {HOST}, port: {coap_port}, write_timeout: 5}}
   opcua:
@@ -45,8 +50,8 @@ endpoints:
     users: [{{username: op, password_hash: '{SECRET_HASH}'}}]
     security: {{allow_none: true, pki_dir: {pki}}}
 bridges:
-  - {{name: c, from: boiler, to: coap}}
-  - {{name: o, from: boiler, to: opcua}}
+  - {{name: c, from: [boiler, tank], to: coap}}
+  - {{name: o, from: [boiler, tank], to: opcua}}
 """
 
 
@@ -68,8 +73,8 @@ class Boiler:
         assert isinstance(adapter, OpcuaServerAdapter)
         return adapter
 
-    def node_id(self, point: str) -> str:
-        return f"ns={self.opcua.namespace_index};s=boiler.{point}"
+    def node_id(self, point: str, device: str = "boiler") -> str:
+        return f"ns={self.opcua.namespace_index};s={device}.{point}"
 
     async def coap_client(self, *args: str, path: str) -> tuple[int, str]:
         """Run coap-client; its exit status and output (stdout and stderr)."""
@@ -124,6 +129,7 @@ async def test_coap_well_known_core_lists_the_learned_types(
         links = {link.split(">")[0].lstrip("<"): link for link in out.split(",")}
         assert 'rt="protocol-brain.point.bool"' in links["/boiler/en"], out
         assert 'rt="protocol-brain.point.string"' in links["/boiler/label"], out
+        assert 'rt="protocol-brain.point.int16"' in links["/tank/level"], out  # still a number
 
 
 async def test_node_opcua_client_reads_and_writes_the_learned_types(
@@ -135,7 +141,7 @@ async def test_node_opcua_client_reads_and_writes_the_learned_types(
             "pki": str(tmp_path / "node-pki"),
             "url": b.opcua.endpoint_url,
             "user": {"username": "op", "password": "secret"},
-            "read": [b.node_id("label"), b.node_id("en")],
+            "read": [b.node_id("label"), b.node_id("en"), b.node_id("level", "tank")],
             "write": [
                 {"nodeId": b.node_id("en"), "dataType": "Boolean", "value": True},
                 {"nodeId": b.node_id("label"), "dataType": "String", "value": "hello"},
@@ -143,7 +149,7 @@ async def test_node_opcua_client_reads_and_writes_the_learned_types(
         }
         code, lines = await run_node_client(plan)
         assert code == 0, lines
-        label, en = one(lines, "read")
+        label, en, level = one(lines, "read")
         assert (label["value"], label["dataType"], label["status"]) == (
             "boiler one",
             "String",
@@ -152,6 +158,8 @@ async def test_node_opcua_client_reads_and_writes_the_learned_types(
         assert label["dataTypeId"] == "ns=0;i=12", label  # String
         assert (en["value"], en["dataType"], en["status"]) == (False, "Boolean", "Good")
         assert en["dataTypeId"] == "ns=0;i=1", en  # Boolean
+        # an integer fits a Double too: only the declaration can tell the server
+        assert (level["value"], level["dataTypeId"], level["status"]) == (10, "ns=0;i=4", "Good")
         assert [w["status"] for w in one(lines, "write")] == ["Good", "Good"]
         assert await peer.get("Enabled") is True
         assert await peer.get("Label") == "hello"

@@ -23,10 +23,9 @@ Content-Format (text/plain when absent) decodes the payload; the status mapping 
 
 Learned types. A source may learn a point's type only once connected (an OPC UA device point
 without ``type:`` is float64 until the client reads the node's DataType, then re-declares it).
-The resources follow: a sample whose value does not fit the served type (a bool or a text for a
-number) re-reads the bridges' point specs, at most once a second per device, and
-``/.well-known/core`` re-reads them for every request, so PUT parses by, and ``rt`` lists, the
-learned type.
+The router tells the resources when a device declares its points again
+(`CommandRouter.on_declare`); they take the bridges' current specs, so PUT parses by, and
+``rt`` lists, the learned type.
 
 Security: with ``security.oscore`` the site is wrapped in aiocoap's OSCORE site wrapper
 (RFC 8613) and, with ``security.require`` (the default), any unprotected request is 4.01.
@@ -53,7 +52,6 @@ from gateway.adapter import Adapter
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
 from gateway.payloads import Format, PayloadError, decode, encode, format_of
-from gateway.retype import RetypeGate, misfits
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
@@ -296,7 +294,6 @@ class _WellKnownCore(resource.WKCResource):  # type: ignore[misc]  # aiocoap: un
             self.server.guard(request)
         except _Refused as refused:
             return refused.response
-        self.server.retype()  # rt lists the types learned since the start
         response: aiocoap.Message = await super().render(request)
         return response
 
@@ -312,7 +309,7 @@ class CoapServerAdapter(Adapter):
         # id(route) -> device -> point -> resource: a bridge's samples reach only its resources
         self._tables: dict[int, dict[str, dict[str, _PointResource]]] = {}
         self._devices: dict[str, _DeviceResource] = {}
-        self._retype_gate = RetypeGate()
+        context.router.on_declare(self.retype)  # a type a source learns once connected
         self.site = resource.Site()
         self._context: aiocoap.Context | None = None
         self.requests = 0
@@ -449,10 +446,6 @@ class CoapServerAdapter(Adapter):
             res = points.get(sample.point)
             if res is None:
                 continue
-            if sample.value is not None and misfits(sample.value, res.spec.datatype):
-                device = message.device or ""
-                if self._retype_gate.due(device):
-                    self.retype(device)
             if isinstance(sample.value, float) and not math.isfinite(sample.value):
                 sample = Sample(sample.point, None, Quality.BAD, sample.source_ts,
                                 sample.gateway_ts, sample.unit, "not a finite number")  # fmt: skip

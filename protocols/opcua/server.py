@@ -28,9 +28,9 @@ would claim a failure nobody saw.
 
 Learned types: a source may learn a point's type only once connected (an OPC UA device point
 without ``type:`` is float64 until the client reads the node's DataType, then re-declares it).
-A sample whose value does not fit its variable's type (a bool or a text for a Double) re-reads
-the bridges' point specs, at most once a second per device, and a variable whose type changed
-gets the new DataType, and its values and writes the new Variant type.
+The router tells the server when a device declares its points again
+(`CommandRouter.on_declare`); a variable whose type changed gets the new DataType, and its
+values and writes the new Variant type.
 
 Writes: asyncua handles a Write request in ``InternalSession.write``, which hands it to
 ``AttributeService.write`` and on to the address space's synchronous setters; nothing there can
@@ -92,7 +92,6 @@ from gateway.commands import WriteStatus
 from gateway.limits import exceeded
 from gateway.passwords import verify_password
 from gateway.paths import state_path
-from gateway.retype import RetypeGate, misfits
 from gateway.streak import Throttle
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
@@ -625,7 +624,7 @@ class OpcuaServerAdapter(Adapter):
         self.bridges: list[Bridge] = []
         self.vars: dict[ua.NodeId, _Var] = {}
         self._aspace: AddressSpace | None = None
-        self._retype_gate = RetypeGate()
+        context.router.on_declare(self.retype)  # a type a source learns once connected
         # id(route) -> device -> point -> _Var: a bridge's samples reach only its own nodes
         self._tables: dict[int, dict[str, dict[str, _Var]]] = {}
         self.sessions: weakref.WeakSet[InternalSession] = weakref.WeakSet()
@@ -843,10 +842,6 @@ class OpcuaServerAdapter(Adapter):
             if value is None or code.value & 0x80000000:
                 variant = ua.Variant(None, VT.Null)
             else:
-                if misfits(value, var.spec.datatype):  # a type learned since the start?
-                    device = message.device or ""
-                    if self._retype_gate.due(device):
-                        self.retype(device)
                 try:
                     variant = _variant(var.coerce(value), var.vtype)
                 except (TypeError, ValueError, OverflowError):
