@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from gateway.optimizer.actions import decode
 from gateway.optimizer.features import observation
@@ -24,7 +28,8 @@ def mean_cost(act: object, episodes: list) -> float:  # type: ignore[type-arg]
     return float(np.mean(costs))
 
 
-def test_short_training_beats_random() -> None:
+def test_short_training_beats_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     model = ppo(
         [],
         steps=12_288,
@@ -42,3 +47,4 @@ def test_short_training_beats_random() -> None:
     trained = mean_cost(lambda o: model.predict(o, deterministic=True)[0], episodes)
     random = mean_cost(lambda o: [rng.integers(n) for n in nvec], episodes)
     assert trained < 0.9 * random, (trained, random)
+    assert not list(tmp_path.glob("SB3-*"))  # no empty SB3-<time> log folder left in /tmp

@@ -128,6 +128,7 @@ def ppo(
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from models.optimizer.env import UplinkEnv
@@ -159,6 +160,9 @@ def ppo(
         seed=seed,
         verbose=0,
     )
+
+    # SB3's default logger makes an empty /tmp/SB3-<time> folder per run even when silent.
+    model.set_logger(Logger(folder=None, output_formats=[]))
 
     if start is not None:
         with torch.no_grad():
