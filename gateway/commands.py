@@ -2,8 +2,9 @@
 
 Whoever wants a device written (an OPC UA client writing a variable, an MQTT command, a CoAP
 PUT, a shadow's desired state) calls `CommandRouter.write`. The router checks, in this order,
-that the point exists, is declared writable, that the value is in the point's range and that the
-point's rate limit allows another write; it logs and counts every attempt. Only then does it
+that the point exists, is declared writable, that the value is of the point's kind (a number,
+true/false, a string: `value_problem`) and in its range, and that the point's rate limit allows
+another write; it logs and counts every attempt. Only then does it
 publish a COMMAND message on ``command/{device}`` and wait for the device adapter's ACK (same
 correlation id) on ``ack/{device}``. The caller gets a `WriteResult` that says why a write
 failed, so each protocol can map it onto its own status (BadOutOfRange, 4.03, exception 03...).
@@ -168,7 +169,7 @@ class CommandRouter:
     def on_declare(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(device)`` when a device's points are declared again: a source that
         learns a point's type once connected (an OPC UA device) re-declares it, and the server
-        targets built at start take the new type (see `gateway.retype`)."""
+        targets built at start take the new type."""
         self._on_declare.append(callback)
 
     def declare(self, device: str, points: list[PointSpec]) -> None:

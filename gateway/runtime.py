@@ -83,6 +83,7 @@ class Gateway:
         )
         self._adapter_streaks: dict[str, FailureStreak] = {}
         self._status_held = ""  # the status file is another process's (see _lock_status_file)
+        self._status_write: asyncio.Future[None] | None = None  # the write in its thread
         self._started_at = time.time()
         # systemd's notify socket (``gateway run`` under a Type=notify unit); by default none.
         self.notifier = notifier or Notifier(None)
@@ -130,9 +131,10 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order.
 
-        The status file says ``starting`` from the first moment, ``failed`` (with the reason)
-        if the gateway cannot start or ends on an error, and ``stopped`` after any clean stop,
-        one during start-up included: never what an earlier run left there."""
+        From here on the status file says ``starting``, then ``running``, ``failed`` (with the
+        reason) if a part cannot start or the run ends on an error, and ``stopped`` after any
+        clean stop, one during start-up included. (A config or plugin refused before ``run``
+        leaves the file as it was.)"""
         lock = self._lock_status_file()
         try:
             await self._write_status(
@@ -324,7 +326,17 @@ class Gateway:
                 status=status,
                 interval=self.config.gateway.status_interval,
             )
-            await asyncio.to_thread(livestatus.write, self.status_file, snapshot)
+            # One write at a time, in order: a write whose reporter was cancelled goes on in
+            # its thread, and must land before the "stopped" that follows it, not after.
+            previous = self._status_write
+            if previous is not None and not previous.done():
+                await asyncio.wait((previous,))
+            write = asyncio.ensure_future(
+                asyncio.to_thread(livestatus.write, self.status_file, snapshot)
+            )
+            write.add_done_callback(_retrieved)  # its OSError is logged by whoever awaits it
+            self._status_write = write
+            await asyncio.shield(write)
         except Exception as exc:  # a full disk, or an adapter's status() bug: not fatal
             self._status_streak.failed(f"not written: {exc!r}", traceback=False)
         else:
@@ -363,6 +375,12 @@ class Gateway:
                 )
                 return
             await asyncio.sleep(0.02)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen: a caller cancelled while awaiting it cannot."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _enter(

@@ -153,6 +153,40 @@ def test_a_point_stuck_out_of_range_while_calibrating_is_named_once(
     ]
 
 
+def test_a_failing_point_outside_the_row_does_not_hold_calibration_back() -> None:
+    """A register that always fails (Bad, no value) never enters the row, so it must not keep
+    the device from calibrating on the points that do."""
+    stage = AnomalyStage(AnomalyOptions(calibration=60), Bus(), "b")
+    for message in messages()[:100]:
+        spare = Sample("spare", None, Quality.BAD, message.samples[0].source_ts, reason="exc 02")
+        stage.process(replace(message, samples=(*message.samples, spare)))
+    dev = stage.devices["pump"]
+    assert dev.points == ["flow", "pressure", "temperature", "current"]
+    assert dev.calibrated and dev.left_out == 0
+
+
+def test_a_calibration_period_with_too_few_good_rows_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    options = AnomalyOptions.model_validate({"calibration_period": [1000.0, 1000.0 + 100]})
+    stage = AnomalyStage(options, Bus(), "b")
+    for i, message in enumerate(messages()[:300]):
+        samples = tuple(
+            replace(s, quality=Quality.UNCERTAIN) if s.point == "flow" and 5 < i else s
+            for s in message.samples
+        )
+        stage.process(replace(message, samples=samples))
+    assert stage.status()["calibrating"] == ["pump"]
+    warned = [
+        r.getMessage() for r in caplog.records if "calibration_period is over" in r.getMessage()
+    ]
+    assert warned == [
+        "anomaly b: pump: its calibration_period is over with 6 Good rows of the 42 it needs"
+        " (95 readings left out as not Good: flow); it is not scored until it is recalibrated"
+        " with another period"
+    ]
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="start must be before end"):
         AnomalyOptions.model_validate({"calibration_period": ["2024-01-02", "2024-01-01"]})

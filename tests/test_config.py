@@ -956,14 +956,25 @@ def _one_point(protocol: str, keys: str) -> str:
 
 
 @pytest.mark.parametrize("protocol", sorted(POINT_OF))
-def test_an_unknown_unit_is_refused_on_every_protocols_points(protocol: str) -> None:
+def test_an_unknown_unit_is_refused_on_modbus_and_warned_on_the_others(
+    protocol: str, registry: Registry
+) -> None:
+    """A Modbus point's scaling is written for its unit: pint must know it. On the others a
+    unit is also a site's label (%RH, NTU), passed on as written: validate warns."""
     load_config_text(_one_point(protocol, "unit: degC"), "gw.yaml")  # a known one loads
-    with pytest.raises(ConfigError) as info:
-        load_config_text(_one_point(protocol, "unit: blorps"), "gw.yaml")
+    text = _one_point(protocol, "unit: blorps")
     section = "endpoints" if protocol == "mqtt" else "devices"
-    (p,) = info.value.problems
-    assert p.dotted == f"{section}.d.points[0].unit", str(p)
-    assert p.found == "'blorps'" and "a known unit" in p.expected, str(p)
+    if protocol == "modbus":
+        with pytest.raises(ConfigError) as info:
+            load_config_text(text, "gw.yaml")
+        (p,) = info.value.problems
+        assert p.dotted == f"{section}.d.points[0].unit", str(p)
+        assert p.found == "'blorps'" and "a known unit" in p.expected, str(p)
+        return
+    config = load_config_text(text, "gw.yaml", registry, check_adapters=True)
+    assert config.devices["d"].config.points[0].unit == "blorps"
+    (warning,) = config.warnings
+    assert f": {section}.d.points[0].unit: 'blorps' is not a unit pint knows: " in warning
 
 
 @pytest.mark.parametrize("node_id", ["garbage", "ns=x;i=3", "ns=2;q=1", "g=not-a-guid"])

@@ -338,15 +338,54 @@ async def test_the_first_status_comes_soon_after_start(
     """With the default 60 s interval, the file written at READY (every client still
     connecting) would stand for a minute; the first report comes after FIRST_REPORT_S."""
     monkeypatch.setattr(runtime, "FIRST_REPORT_S", 0.3)
+    states = recorded_writes(monkeypatch)
     path = tmp_path / "status" / "plant-7.json"
     gw = runtime.Gateway(load_config(write_config(tmp_path, interval=60)), status_file=path)
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
-    try:
-        await rewritten_while_running(path, within=3)
+    try:  # starting, running at READY, then the first report's running
+        await wait_for(lambda: states.count("running") >= 2, 5)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+    assert states == ["starting", "running", "running", "stopped"]
+
+
+def recorded_writes(monkeypatch: pytest.MonkeyPatch, slow_running: float = 0.0) -> list[str]:
+    """The states the gateway writes, in the order they land (the reports' running ones
+    ``slow_running`` seconds late, as on a busy SD card)."""
+    states: list[str] = []
+    real = livestatus.write
+
+    def write(path: Path, snapshot: dict[str, Any]) -> None:
+        if snapshot["state"] == "running" and "running" in states:
+            time.sleep(slow_running)
+        real(path, snapshot)
+        states.append(snapshot["state"])
+
+    monkeypatch.setattr(livestatus, "write", write)
+    return states
+
+
+async def test_a_slow_status_write_cut_short_by_the_stop_lands_before_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reporter is cancelled at the stop while its write still runs in its thread: that
+    write must not land after "stopped" and make a clean stop read as a crash."""
+    monkeypatch.setattr(runtime, "FIRST_REPORT_S", 0.1)
+    states = recorded_writes(monkeypatch, slow_running=2.0)
+    path = tmp_path / "status" / "plant-7.json"
+    gw = runtime.Gateway(load_config(write_config(tmp_path, interval=60)), status_file=path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    await wait_for(lambda: states == ["starting", "running"], 10)
+    await asyncio.sleep(0.3)  # the first report's write is in its thread now
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    await asyncio.sleep(2.2)  # anything still running in a thread has landed
+    assert states == ["starting", "running", "running", "stopped"]
+    doc = livestatus.read(path)
+    assert doc is not None and doc["state"] == "stopped"
 
 
 async def test_a_run_beside_the_holder_of_the_file_says_so_once_up_and_leaves_it(

@@ -88,6 +88,12 @@ class _Device:
     # Uncertain, a failed read), and how many readings were left out for that.
     unclean: set[str] = field(default_factory=set)
     left_out: int = 0
+    period_short_told: bool = False
+
+    @property
+    def point_set(self) -> frozenset[str]:
+        """The points of the row: only their readings decide whether a row is clean."""
+        return frozenset(self.points)
 
 
 class AnomalyStage:
@@ -281,8 +287,9 @@ class AnomalyStage:
         """Whether the row ``message`` completes is fit to calibrate on: the latest reading of
         every point Good. A reading outside the point's low..high, a device's Uncertain, or a
         failed read (its last value carried on) is not what normal looks like."""
+        row = dev.point_set
         for s in message.samples:
-            if s.point in values or (s.value is None and self._selects(s.point)):
+            if s.point in row and (s.point in values or s.value is None):
                 if s.quality == Quality.GOOD:
                     dev.unclean.discard(s.point)
                 else:
@@ -307,7 +314,21 @@ class AnomalyStage:
         if ts <= end:
             self._collect(device, dev, row, clean)
             return True
-        return len(dev.rows) < self.model.window + self.options.smooth
+        short = len(dev.rows) < self.model.window + self.options.smooth
+        if short and not dev.period_short_told:  # it would wait for ever, silently
+            dev.period_short_told = True
+            log.warning(
+                "anomaly %s: %s: its calibration_period is over with %s of the %s it"
+                " needs (%s left out as not Good%s); it is not scored until it is recalibrated"
+                " with another period",
+                self.name,
+                device,
+                counted(len(dev.rows), "Good row"),
+                self.model.window + self.options.smooth,
+                counted(dev.left_out, "reading"),
+                f": {', '.join(sorted(dev.unclean)[:5])}" if dev.unclean else "",
+            )
+        return short
 
     def _collect(self, device: str, dev: _Device, row: list[float], clean: bool) -> None:
         if clean:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -35,9 +36,10 @@ class Strict(BaseModel):
         return []
 
     def run_warnings(self) -> list[tuple[Path, str]]:
-        """What ``gateway run`` would refuse on this machine although the file may be right
-        for the machine it runs on (a TLS file that is not here): (key path, text) pairs that
-        ``gateway validate`` prints as warnings, not problems."""
+        """What ``gateway validate`` prints as warnings, not problems: (key path, text) pairs.
+        Things ``gateway run`` would refuse on this machine although the file may be right
+        for the machine it runs on (a TLS file that is not here), and things it accepts but
+        the integrator should know (a unit pint does not know)."""
         return []
 
 
@@ -126,6 +128,30 @@ def _known_unit(name: str | None) -> str | None:
         raise ValueError("a known unit, such as degC, bar, kW, l/min or %") from None
 
 
-#: The ``unit:`` of a point, for every protocol: a unit name pint knows (it is published as
-#: is and converted by the bridges' ``units:``), or None.
+#: A Modbus point's ``unit:``: a unit name pint knows (the scaling is written for it), or None.
 Unit = Annotated[str | None, AfterValidator(_known_unit)]
+
+
+def unknown_units(points: Sequence[Any]) -> list[tuple[Path, str]]:
+    """`Strict.run_warnings` for the points whose ``unit:`` pint does not know. On OPC UA,
+    CoAP and MQTT points a unit is also a label a device or a site uses (``%RH``, ``NTU``):
+    it is published as written, and only a bridge's ``units:`` conversion needs pint to know
+    it (an error there), so validate warns instead of refusing the config."""
+    from gateway.units import UnitError, validate_unit  # pint loads on first use only
+
+    out: list[tuple[Path, str]] = []
+    for i, point in enumerate(points):
+        unit = getattr(point, "unit", None)
+        if unit is None:
+            continue
+        try:
+            validate_unit(unit)
+        except UnitError:
+            out.append(
+                (
+                    ("points", i, "unit"),
+                    f"{unit!r} is not a unit pint knows: published as written, and a bridge's"
+                    " units: cannot convert it",
+                )
+            )
+    return out

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gateway.config.common import Backoff, PointLimits, Problem, Strict, Unit
+from gateway.config.common import Backoff, Path, PointLimits, Problem, Strict, unknown_units
 from gateway.text import counted
 from gateway.types import Access
 
@@ -106,7 +106,9 @@ class CoapPoint(PointLimits):
     field: str | None = Field(None, description="JSON/CBOR key of the value (dots for nesting)")
     senml_name: str | None = Field(None, description="SenML name (bn+n) of the value")
     type: PointType = Field("float64", description="value type on the bus and of writes")
-    unit: Unit = Field(None, description="engineering unit (pint name)")
+    unit: str | None = Field(
+        None, description="engineering unit (a pint name converts; other text is passed on)"
+    )
     access: Access = Access.READ
     description: str = ""
     write_rate: float | None = Field(None, gt=0)
@@ -137,6 +139,9 @@ class CoapClient(Strict):
     reconnect: Backoff = Field(default_factory=Backoff)
     security: ClientSecurity = Field(default_factory=ClientSecurity)
     points: list[CoapPoint] = Field(min_length=1)
+
+    def run_warnings(self) -> list[tuple[Path, str]]:
+        return unknown_units(self.points)
 
     def check(self) -> list[Problem]:
         seen: set[str] = set()

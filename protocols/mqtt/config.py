@@ -14,8 +14,8 @@ from gateway.config.common import (
     PointLimits,
     Problem,
     Strict,
-    Unit,
     missing_files,
+    unknown_units,
 )
 from gateway.optimizer.config import OptimizerConfig
 from gateway.types import Access
@@ -153,7 +153,9 @@ class MqttPoint(PointLimits):
     type: PointType | None = Field(
         None, description="value type on the bus; default float64 (string for format text)"
     )
-    unit: Unit = Field(None, description="engineering unit (pint name)")
+    unit: str | None = Field(
+        None, description="engineering unit (a pint name converts; other text is passed on)"
+    )
     access: Access = Access.READ
     command_topic: str | None = Field(
         None, description="where writes are published (QoS 1, a bare JSON value); rw needs it"
@@ -248,9 +250,10 @@ class MqttEndpoint(Strict):
 
     def run_warnings(self) -> list[tuple[Path, str]]:
         tls = self.tls
-        if tls is None:
-            return []
-        return missing_files({("tls", key): getattr(tls, key) for key in TLS_FILES})
+        files: dict[Path, str | None] = (
+            {} if tls is None else {("tls", key): getattr(tls, key) for key in TLS_FILES}
+        )
+        return missing_files(files) + unknown_units(self.points)
 
     def check(self) -> list[Problem]:
         problems = []

@@ -18,8 +18,8 @@ from gateway.config.common import (
     PointLimits,
     Problem,
     Strict,
-    Unit,
     missing_files,
+    unknown_units,
 )
 from gateway.passwords import parse_hash
 from gateway.types import Access
@@ -163,7 +163,9 @@ class OpcuaPoint(PointLimits):
         None, ge=0, description="seconds; default: the publishing interval"
     )
     deadband: Deadband | None = None
-    unit: Unit = Field(None, description="engineering unit (pint name)")
+    unit: str | None = Field(
+        None, description="engineering unit (a pint name converts; other text is passed on)"
+    )
     access: Access | None = None
     description: str = ""
     write_rate: float | None = Field(None, gt=0)
@@ -214,9 +216,10 @@ class OpcuaClient(Strict):
 
     def run_warnings(self) -> list[tuple[Path, str]]:
         sec = self.security
+        units = unknown_units(self.points)
         if sec.policy == "None":  # no certificate is loaded
-            return []
-        return missing_files(
+            return units
+        return units + missing_files(
             {
                 ("security", "certificate"): sec.certificate,
                 ("security", "private_key"): sec.private_key,
