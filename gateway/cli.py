@@ -183,13 +183,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         # and WATCHDOG=1 from a task on this loop (a blocked loop stops the pings).
         notifier = Notifier.from_environ()
         watchdog = start_watchdog(notifier)
+        status_file = livestatus.status_path(config.gateway.name)
         try:
-            gateway = Gateway(
-                config,
-                notifier=notifier,
-                status_file=livestatus.status_path(config.gateway.name),
-                config_file=config_file,
-            )
+            try:
+                gateway = Gateway(
+                    config, notifier=notifier, status_file=status_file, config_file=config_file
+                )
+            except (PluginError, StartError) as exc:  # run() would have said "failed" itself
+                livestatus.record_refused(
+                    status_file, gateway=config.gateway.name, config=config_file, reason=str(exc)
+                )
+                raise
             await gateway.run(stop)
         finally:
             if watchdog is not None:

@@ -78,6 +78,35 @@ def snapshot(
     }
 
 
+def record_refused(path: Path, *, gateway: str, config: str, reason: str) -> None:
+    """A run refused before it could start (a plugin or a model that cannot load): the file
+    says ``failed`` and why, instead of what an earlier run left there. Not when a running
+    gateway of the same name holds the file, and silently when the disk refuses it (the
+    refusal itself is on stderr)."""
+    from gateway.uplink.lock import FileLock, OutboxInUse
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+    except (OutboxInUse, OSError):
+        return
+    try:
+        snap = snapshot(
+            gateway=gateway,
+            config=config,
+            started=time.time(),
+            state="failed",
+            summary=reason,
+            status={},
+            interval=0.0,
+        )
+        write(path, snap)
+    except OSError:
+        pass
+    finally:
+        lock.release()
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with ``pid`` exists here (another user's counts as alive)."""
     if pid <= 0:

@@ -133,8 +133,8 @@ class Gateway:
 
         From here on the status file says ``starting``, then ``running``, ``failed`` (with the
         reason) if a part cannot start or the run ends on an error, and ``stopped`` after any
-        clean stop, one during start-up included. (A config or plugin refused before ``run``
-        leaves the file as it was.)"""
+        clean stop, one during start-up included. (``gateway run`` records a plugin or model
+        refused before ``run`` as failed too: `livestatus.record_refused`.)"""
         lock = self._lock_status_file()
         try:
             await self._write_status(

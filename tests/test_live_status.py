@@ -248,6 +248,32 @@ def test_a_gateway_that_cannot_start_says_so_instead_of_the_last_run(tmp_path: P
     assert lines[1].startswith("  why: endpoint 'mbs' could not start: "), lines
 
 
+def test_a_run_refused_before_it_starts_says_failed_too(tmp_path: Path) -> None:
+    """A bridge's anomaly model that does not load stops the gateway while it is being built,
+    before run(): the status file still says failed and why, not the last run's "stopped"."""
+    config = write_config(tmp_path, interval=1)
+    (tmp_path / "bad.onnx").write_bytes(b"onnx")
+    config.write_text(
+        config.read_text().replace(
+            "  - {name: up, from: plc, to: cloud}\n",
+            "  - {name: up, from: plc, to: cloud, anomaly: {model: bad.onnx}}\n",
+        )
+    )
+    path = Path(os.environ["PROTOCOL_BRAIN_STATE_DIR"]) / "status" / "plant-7.json"
+    livestatus.write(path, running_snapshot(gateway="plant-7", state="stopped", pid=1))
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("error: bridge 'up' could not start: "), run.stderr
+    lines = status(config).stdout.splitlines()
+    assert lines[0].startswith("gateway plant-7: not running: it failed; status written "), lines
+    assert lines[1].startswith("  why: bridge 'up' could not start: "), lines
+
+
 async def test_the_file_says_starting_then_stopped_when_stopped_during_start(
     tmp_path: Path,
 ) -> None:
