@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
@@ -351,3 +351,29 @@ class Bridge:
             **({"anomaly": self.anomaly.status()} if self.anomaly is not None else {}),
             **({"computed": self.computed.status()} if self.computed is not None else {}),
         }
+
+
+class Served(Protocol):
+    """What a server target keeps per point it serves (a CoAP resource, an OPC UA variable)."""
+
+    bridge: Bridge
+    spec: PointSpec
+
+
+S = TypeVar("S", bound=Served)
+
+
+def respecified(
+    bridges: Sequence[Bridge], tables: dict[int, dict[str, dict[str, S]]], device: str
+) -> Iterator[tuple[S, PointSpec]]:
+    """The points a server target serves for ``device`` whose spec the device has declared
+    anew (an OPC UA client's types, read once connected), each with its new spec. ``tables``:
+    the target's id(route) -> device -> point -> what it serves."""
+    for bridge in bridges:
+        served = tables.get(id(bridge.config.route), {}).get(device)
+        if not served:
+            continue
+        for spec in bridge.points().get(device, ()):
+            item = served.get(spec.name)
+            if item is not None and item.bridge is bridge and item.spec != spec:
+                yield item, spec

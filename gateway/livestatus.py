@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.paths import state_dir
+from gateway.uplink.lock import FileLock, OutboxInUse
 
 FOLDER = "status"
 STALE_GRACE_S = 5.0  # a loaded box may write a little late
@@ -78,16 +79,20 @@ def snapshot(
     }
 
 
+def lock(path: Path) -> FileLock:
+    """This process's hold on the status file at ``path``: one gateway process writes it.
+    Raises OutboxInUse (with the holder's pid) or OSError (a disk that refuses the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path, hint="gateway status shows that one")
+
+
 def record_refused(path: Path, *, gateway: str, config: str, reason: str) -> None:
     """A run refused before it could start (a plugin or a model that cannot load): the file
     says ``failed`` and why, instead of what an earlier run left there. Not when a running
     gateway of the same name holds the file, and silently when the disk refuses it (the
     refusal itself is on stderr)."""
-    from gateway.uplink.lock import FileLock, OutboxInUse
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path)
+        held = lock(path)
     except (OutboxInUse, OSError):
         return
     try:
@@ -104,7 +109,7 @@ def record_refused(path: Path, *, gateway: str, config: str, reason: str) -> Non
     except OSError:
         pass
     finally:
-        lock.release()
+        held.release()
 
 
 def pid_alive(pid: int) -> bool:

@@ -157,8 +157,7 @@ class Gateway:
         if self.status_file is None:
             return None
         try:
-            self.status_file.parent.mkdir(parents=True, exist_ok=True)
-            return FileLock(self.status_file, hint="gateway status shows that one")
+            return livestatus.lock(self.status_file)
         except OutboxInUse as exc:  # said once this run is up: a refused start says one line
             self._status_held = str(exc)
             self.status_file = None

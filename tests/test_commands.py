@@ -152,31 +152,3 @@ async def test_a_value_of_the_wrong_kind_is_refused_before_the_device(
     assert len(commands) == 0  # never sent to the adapter
     assert router.check("plc", "label", "ok").ok and router.check("plc", "setpoint", 5).ok
     router.close()
-
-
-@pytest.mark.parametrize("pair", ["speed=fast", "speed=[1,2]", "speed=nan", "label=42"])
-def test_shadow_set_refuses_a_value_of_the_wrong_kind(
-    pair: str, tmp_path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from gateway.cli import main
-    from gateway.shadow.store import ShadowStore
-
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(
-        "devices:\n"
-        "  pump:\n"
-        "    protocol: modbus\n"
-        "    host: 127.0.0.1\n"
-        "    points:\n"
-        "      - {name: speed, table: holding, address: 1, type: float32, access: rw,\n"
-        "         low: 0, high: 3000}\n"
-        "      - {name: label, table: holding, address: 10, type: string, length: 4,\n"
-        "         access: rw}\n"
-        "shadow: {path: shadow.db}\n"
-    )
-    code = main(["shadow", "set", "pump", pair, "--config", str(cfg)])
-    err = capsys.readouterr().err
-    key = pair.partition("=")[0]
-    assert code == 1 and f"pump/{key}: " in err and "needs a" in err, err
-    db = tmp_path / "shadow.db"
-    assert not db.exists() or ShadowStore(str(db)).get("pump").desired == {}

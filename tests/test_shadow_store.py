@@ -256,21 +256,27 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shadow", "history", "pump", "speed", *args]) == 1
 
 
+def pump_config(tmp_path: Path, *points: str) -> Path:
+    """A config with one Modbus device, pump, with ``points`` (YAML flow mappings), and a
+    shadow in tmp_path/shadow.db."""
+    cfg = tmp_path / "gw.yaml"
+    lines = "".join(f"      - {p}\n" for p in points)
+    cfg.write_text(
+        "devices:\n  pump:\n    protocol: modbus\n    host: 127.0.0.1\n    points:\n"
+        f"{lines}shadow: {{path: shadow.db}}\n"
+    )
+    return cfg
+
+
 def test_cli_set_refuses_what_the_gateway_would_refuse(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from gateway.cli import main
 
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(
-        "devices:\n"
-        "  pump:\n"
-        "    protocol: modbus\n"
-        "    host: 127.0.0.1\n"
-        "    points:\n"
-        "      - {name: flow, address: 0}\n"
-        "      - {name: speed, table: holding, address: 1, access: rw, low: 0, high: 100}\n"
-        "shadow: {path: shadow.db}\n"
+    cfg = pump_config(
+        tmp_path,
+        "{name: flow, address: 0}",
+        "{name: speed, table: holding, address: 1, access: rw, low: 0, high: 100}",
     )
 
     def shadow(*args: str) -> tuple[int, str]:
@@ -305,3 +311,22 @@ def test_cli_set_refuses_what_the_gateway_would_refuse(
     ]:
         code, err = shadow("history", *args)
         assert code == 1 and said in err, (args, err)
+
+
+@pytest.mark.parametrize("pair", ["speed=fast", "speed=[1,2]", "speed=nan", "label=42"])
+def test_shadow_set_refuses_a_value_of_the_wrong_kind(
+    pair: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    cfg = pump_config(
+        tmp_path,
+        "{name: speed, table: holding, address: 1, type: float32, access: rw, low: 0, high: 3000}",
+        "{name: label, table: holding, address: 10, type: string, length: 4, access: rw}",
+    )
+    code = main(["shadow", "set", "pump", pair, "--config", str(cfg)])
+    err = capsys.readouterr().err
+    key = pair.partition("=")[0]
+    assert code == 1 and f"pump/{key}: " in err and "needs a" in err, err
+    db = tmp_path / "shadow.db"
+    assert not db.exists() or ShadowStore(str(db)).get("pump").desired == {}

@@ -90,11 +90,6 @@ class _Device:
     left_out: int = 0
     period_short_told: bool = False
 
-    @property
-    def point_set(self) -> frozenset[str]:
-        """The points of the row: only their readings decide whether a row is clean."""
-        return frozenset(self.points)
-
 
 class AnomalyStage:
     def __init__(
@@ -287,9 +282,8 @@ class AnomalyStage:
         """Whether the row ``message`` completes is fit to calibrate on: the latest reading of
         every point Good. A reading outside the point's low..high, a device's Uncertain, or a
         failed read (its last value carried on) is not what normal looks like."""
-        row = dev.point_set
-        for s in message.samples:
-            if s.point in row and (s.point in values or s.value is None):
+        for s in message.samples:  # only the row's points decide
+            if s.point in dev.points and (s.point in values or s.value is None):
                 if s.quality == Quality.GOOD:
                     dev.unclean.discard(s.point)
                 else:

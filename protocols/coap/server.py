@@ -49,6 +49,7 @@ from aiocoap import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
 from gateway.adapter import Adapter
+from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
 from gateway.payloads import Format, PayloadError, decode, encode, format_of
@@ -344,19 +345,11 @@ class CoapServerAdapter(Adapter):
                         if dev is not None:
                             dev.points[spec.name] = res
 
-    def retype(self, device: str | None = None) -> None:
-        """Take the bridges' current point specs (of ``device``, or all): a source may learn a
-        point's type after the start and re-declare it (see the module docstring)."""
-        for bridge in self._bridges:
-            table = self._tables.get(id(bridge.config.route), {})
-            for name, specs in bridge.points().items():
-                resources = table.get(name)
-                if resources is None or (device is not None and name != device):
-                    continue
-                for spec in specs:
-                    res = resources.get(spec.name)
-                    if res is not None and res.bridge is bridge and res.spec != spec:
-                        res.retype(spec)
+    def retype(self, device: str) -> None:
+        """Serve ``device``'s points as it has declared them again (its types learned once
+        connected, see the module docstring): PUT parses by, and ``rt`` lists, the new type."""
+        for res, spec in respecified(self._bridges, self._tables, device):
+            res.retype(spec)
 
     def _path(self, template: str, **names: str) -> tuple[str, ...]:
         text = template.format(gateway=self.context.gateway_name, **names)

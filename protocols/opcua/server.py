@@ -88,6 +88,7 @@ from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 
 from gateway.adapter import Adapter, AdapterContext
+from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.limits import exceeded
 from gateway.passwords import verify_password
@@ -798,19 +799,11 @@ class OpcuaServerAdapter(Adapter):
 
     # -- learned types
 
-    def retype(self, device: str | None = None) -> None:
-        """Take the bridges' current point specs (of ``device``, or all) and give a variable
-        whose type changed its new DataType (see "Learned types" in the module docstring)."""
-        for bridge in self.bridges:
-            table = self._tables.get(id(bridge.config.route), {})
-            for name, specs in bridge.points().items():
-                points = table.get(name)
-                if points is None or (device is not None and name != device):
-                    continue
-                for spec in specs:
-                    var = points.get(spec.name)
-                    if var is not None and var.bridge is bridge and var.spec != spec:
-                        self._retype_var(var, spec)
+    def retype(self, device: str) -> None:
+        """Give ``device``'s variables whose type it has declared anew their new DataType
+        (see "Learned types" in the module docstring)."""
+        for var, spec in respecified(self.bridges, self._tables, device):
+            self._retype_var(var, spec)
 
     def _retype_var(self, var: _Var, spec: PointSpec) -> None:
         var.spec = spec
