@@ -264,7 +264,7 @@ class Bridge:
                 # What queued up meanwhile is scored in one model call.
                 while len(batch) < ANOMALY_BATCH and (more := sub.get_nowait()) is not None:
                     batch.append(more)
-            ready: list[Message] = []
+            staged: list[tuple[Message, int]] = []
             reviews: list[Message] = []  # translate: points held back for the first time
             for message in batch:
                 n += 1
@@ -272,15 +272,17 @@ class Bridge:
                     # get() and a non-blocking send() do not suspend while the queue is full:
                     # yield now and then so a backlog does not starve the pollers.
                     await asyncio.sleep(0)
-                prepared = self._prepare(message, reviews)
-                if prepared is not None:
-                    ready.append(prepared)
-            if self.anomaly is None:
-                for message in ready:
-                    await self._send(message, (), route)
-            else:
-                for message, events in self.anomaly.process_batch(ready):
-                    await self._send(message, events, route)
+                if (prepared := self._prepare(message)) is not None:
+                    staged.append(prepared)
+            # Scored before translate: under the source's own point names (as `points`/
+            # `exclude` and a kept calibration know them), held-back points included.
+            scored = (
+                self.anomaly.process_batch([m for m, _ in staged])
+                if self.anomaly is not None
+                else [(m, []) for m, _ in staged]
+            )
+            for (message, events), (_, plain) in zip(scored, staged, strict=True):
+                await self._send(self._translated(message, plain, reviews), events, route)
             for event in reviews:
                 self._review(event)
 
@@ -290,15 +292,12 @@ class Bridge:
         if self.computed is not None:
             self.computed.state = state
 
-    def _prepare(self, message: Message, reviews: list[Message]) -> Message | None:
-        """Select, convert, translate, compute; None when nothing of the message is left.
-        A translate review event for the target is appended to ``reviews``."""
+    def _prepare(self, message: Message) -> tuple[Message, int] | None:
+        """Select, convert, compute; None when nothing of the message is left. With the
+        number of its samples that are the source's own (the computed ones follow them)."""
         device = message.device or message.topic.rpartition("/")[2]
         samples = self.transform.apply(message.samples)
-        if self.translate is not None and samples:
-            samples, review = self.translate.route(device, samples)
-            if review is not None:
-                reviews.append(review)
+        plain = len(samples)
         if self.computed is not None:
             samples += self.computed.apply(device, message.samples)
         if not samples:
@@ -307,14 +306,29 @@ class Bridge:
             message = replace(message, samples=samples)
         if self._route_reads_shadow and self._shadow_state is not None:
             message = replace(message, meta={**message.meta, "shadow": self._shadow_state(device)})
-        return message
+        return message, plain
+
+    def _translated(self, message: Message, plain: int, reviews: list[Message]) -> Message | None:
+        """``message`` with its first ``plain`` samples routed by translate (computed points
+        keep their names); None when nothing is left. A review event for the target is
+        appended to ``reviews``."""
+        if self.translate is None or not plain:
+            return message
+        device = message.device or message.topic.rpartition("/")[2]
+        routed, review = self.translate.route(device, message.samples[:plain])
+        if review is not None:
+            reviews.append(review)
+        samples = routed + message.samples[plain:]
+        return replace(message, samples=samples) if samples else None
 
     async def _send(
-        self, message: Message, events: Sequence[Message], route: BaseModel | None
+        self, message: Message | None, events: Sequence[Message], route: BaseModel | None
     ) -> None:
+        """``message`` (None: all of it held back) and then the alarm ``events`` it raised."""
         try:
-            await self.target.send(message, route)  # type: ignore[arg-type]
-            self.forwarded += 1
+            if message is not None:
+                await self.target.send(message, route)  # type: ignore[arg-type]
+                self.forwarded += 1
             for event in events:  # an alarm raised or cleared: the target carries it too
                 await self.target.send(event, route)  # type: ignore[arg-type]
         except Exception as exc:  # one bad message must not stop the route

@@ -48,6 +48,9 @@ CANCEL_TIMEOUT = 10.0
 # limit leaves room for 100 times that on a slow box. SIGTERM during start stops at once anyway.
 START_TIMEOUT = 300.0
 FIRST_REPORT_S = 5.0  # the first status line and file after READY, at the latest
+# With the log's status lines off (status_interval 0) the status file is still kept current:
+# written only at start and stop, it would say "down: everything" (its READY snapshot) all run.
+QUIET_STATUS_S = 60.0
 SUPERVISOR_BACKOFF = Backoff(initial=1.0, max=60.0)
 
 
@@ -198,11 +201,7 @@ class Gateway:
                 asyncio.create_task(_supervise(f"bridge {b.name}", b.run), name=f"bridge:{b.name}")
                 for b in self.bridges
             ]
-            reporter = (
-                asyncio.create_task(self._report(self.config.gateway.status_interval))
-                if self.config.gateway.status_interval > 0
-                else None
-            )
+            reporter = asyncio.create_task(self._report(self.config.gateway.status_interval))
             # What exists now (an OPC UA address space: millions of objects) lives as long as
             # the gateway: out of the collector's sight, full collections stay short.
             gc.collect()
@@ -232,8 +231,7 @@ class Gateway:
             finally:
                 self.notifier.stopping("stopping")
                 log.info("gateway %s stopping", self.config.gateway.name)
-                if reporter is not None:
-                    await _cancel([reporter])
+                await _cancel([reporter])
                 await _cancel([t for n, t in sources.items() if n not in self._targets])
                 await _cancel(shadow)
                 await self._drain()
@@ -286,8 +284,18 @@ class Gateway:
                 text += f"; optimizer {name}: {opt['in_force']}, {decisions}"
         return text
 
+    @property
+    def status_every(self) -> float:
+        """Seconds between status reports: the configured interval, or `QUIET_STATUS_S` for
+        the file alone when the log's status lines are off."""
+        return self.config.gateway.status_interval or QUIET_STATUS_S
+
     async def _report(self, interval: float) -> None:
+        """Every ``interval`` s: the status line in the log, systemd's STATUS and the status
+        file; with ``interval`` 0, STATUS and the file every `QUIET_STATUS_S`, no log line."""
         streak = FailureStreak(log, "status report")
+        lines = interval > 0
+        interval = interval or QUIET_STATUS_S
         # The first report soon after start: the one written at READY predates every
         # connection, and would say "down" for a whole interval (60 s by default).
         wait = min(interval, FIRST_REPORT_S)
@@ -301,7 +309,8 @@ class Gateway:
                 streak.failed(f"the status report failed: {exc!r}")
                 continue
             streak.succeeded()
-            log.info("status: %s", line)
+            if lines:
+                log.info("status: %s", line)
             self.notifier.status(line)
             await self._write_status("running", status, line)
 
@@ -323,7 +332,7 @@ class Gateway:
                 state=state,
                 summary=self.summary(status) if line is None else line,
                 status=status,
-                interval=self.config.gateway.status_interval,
+                interval=self.status_every,
             )
             # One write at a time, in order: a write whose reporter was cancelled goes on in
             # its thread, and must land before the "stopped" that follows it, not after.

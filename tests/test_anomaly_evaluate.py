@@ -215,6 +215,47 @@ def test_a_malformed_file_names_its_line_and_column(
     assert "a.csv: line 4: column 'Flow':" in err and "a decimal comma?" in err
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ("header_twice", "a.csv: column 'Flow' appears twice in the header"),
+        ("values_past_header", "a.csv: line 5: "),
+    ],
+)
+def test_a_column_named_twice_or_values_past_the_header_are_refused(
+    edit: str, said: str, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Either would score the wrong readings without a word: which 'Flow' is the sensor, and
+    which cells of a row that has more than the header names?"""
+
+    def change(lines: list[str]) -> str:
+        if edit == "header_twice":
+            cells = lines[0].split(";")
+            cells[2] = cells[1]
+            lines[0] = ";".join(cells)
+        else:
+            lines[4] += ";5;6"
+        return "\n".join(lines) + "\n"
+
+    path = _edited(tmp_path / "d" / "a.csv", reference, change)
+    assert main(["anomaly", "evaluate", "--data", str(path.parent)]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_hidden_files_are_not_data(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A macOS ``._a.csv`` (binary) or any hidden file beside the data is left out, as the
+    optimizer's trace folders do."""
+    expected, _ = _run(reference, capsys)
+    folder = tmp_path / "h"
+    _edited(folder / "a.csv", reference, lambda lines: "\n".join(lines) + "\n")
+    (folder / "._a.csv").write_bytes(b"\x00\x05\x16\x07\xff\xfe Mac OS X")
+    _edited(folder / ".old" / "b.csv", reference, lambda lines: "\n".join(lines[:3]) + "\n")
+    got, _ = _run(folder, capsys)
+    assert got == expected
+
+
 class CountingModel:
     """A shipped model that counts its calls."""
 

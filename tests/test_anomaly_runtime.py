@@ -20,11 +20,14 @@ import pytest
 from anomaly_data import series
 from conftest import HOST, MosquittoBroker, wait_for
 from test_e2e_modbus_mqtt import Collector
+from test_translate_runtime import Recorder
 
 from gateway.anomaly.stage import AnomalyStage, anomaly_topic, event_topic
+from gateway.bridge import Bridge
 from gateway.bus import Bus
-from gateway.config import load_config_text
+from gateway.config import BridgeConfig, load_config_text
 from gateway.config.anomaly import AnomalyOptions
+from gateway.config.translate import TranslateConfig
 from gateway.runtime import Gateway
 from gateway.types import Message, MessageKind, Quality, Sample
 from protocols.modbus.codec import DataType
@@ -300,6 +303,43 @@ def test_batches_score_exactly_like_one_message_at_a_time() -> None:
         assert (s1 is None and s2 is None) or s1 == pytest.approx(s2, rel=1e-5)
         assert [e.meta for e in e1] == [e.meta for e in e2]
     assert one.alarms == many.alarms == 2 * len(FAULTS)
+
+
+@pytest.mark.parametrize("mapped", [("flow",), ("valve",)])  # the pump has no valve
+async def test_translate_on_the_same_bridge_does_not_narrow_what_is_scored(
+    mapped: tuple[str, ...],
+) -> None:
+    """The bridge scores its source's points under their own names before translate routes
+    them: points translate drops or holds back are scored too, and an alarm reaches the
+    target even when none of the message's points is forwarded."""
+    bus = Bus()
+    target = Recorder()
+    translate = TranslateConfig(mode="map", map={p: f"{p}_renamed" for p in mapped})
+    config = BridgeConfig(
+        "up", ("pump",), ("*",), "t", {}, None, translate, AnomalyOptions(calibration=CALIBRATION)
+    )
+    bridge = Bridge(config, bus, target)  # type: ignore[arg-type]
+    bridge.subscribe()
+    task = asyncio.create_task(bridge.run())
+    try:
+        for message in messages():
+            await bus.publish(message)
+        stage = bridge.anomaly
+        assert stage is not None
+        await wait_for(lambda: stage.status()["scored_samples"] == 4 * (ROWS - CALIBRATION), 30)
+        await asyncio.sleep(0.1)  # the last message's send
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    events = [m for m in target.sent if m.kind is MessageKind.EVENT]
+    forwarded = [m for m in target.sent if m.kind is not MessageKind.EVENT]
+    assert [e.samples[0].value for e in events] == [True, False] * len(FAULTS)
+    names = {f"{p}_renamed" for p in mapped if p != "valve"}
+    assert {s.point for m in forwarded for s in m.samples} == names
+    scored = [m for m in forwarded if "anomaly_points" in m.meta]
+    assert len(scored) == (ROWS - CALIBRATION if names else 0)
+    for m in scored:
+        assert set(m.meta["anomaly_points"]) == {"flow", "pressure", "temperature", "current"}
 
 
 def test_a_bridge_with_a_missing_model_file_is_a_config_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -375,6 +376,29 @@ async def test_the_first_status_comes_soon_after_start(
         stop.set()
         await asyncio.wait_for(task, 30)
     assert states == ["starting", "running", "running", "stopped"]
+
+
+async def test_status_interval_zero_turns_off_the_log_lines_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """status_interval 0 silences the log's status lines; the file must still be refreshed,
+    or `gateway status` shows the READY snapshot (everything down) for the whole run."""
+    monkeypatch.setattr(runtime, "FIRST_REPORT_S", 0.2)
+    monkeypatch.setattr(runtime, "QUIET_STATUS_S", 0.4)
+    states = recorded_writes(monkeypatch)
+    path = tmp_path / "status" / "plant-7.json"
+    gw = runtime.Gateway(load_config(write_config(tmp_path, interval=0)), status_file=path)
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO, logger="gateway.runtime")
+    task = asyncio.create_task(gw.run(stop))
+    try:  # starting, running at READY, then reports at 0.2 s and every 0.4 s
+        await wait_for(lambda: states.count("running") >= 3, 5)
+        doc = livestatus.read(path)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert doc is not None and doc["state"] == "running" and doc["interval_s"] == 0.4
+    assert not [r for r in caplog.records if r.getMessage().startswith("status: ")]
 
 
 def recorded_writes(monkeypatch: pytest.MonkeyPatch, slow_running: float = 0.0) -> list[str]:

@@ -94,7 +94,9 @@ async def test_a_target_without_publish_gets_no_held_back_value() -> None:
     assert bridge.translate is not None
     reviews: list[Message] = []
     message = Message.telemetry("ahu", (Sample("known", 1.0), Sample("XQZ_77", 5)))
-    prepared = bridge._prepare(message, reviews)
+    staged = bridge._prepare(message)
+    assert staged is not None
+    prepared = bridge._translated(*staged, reviews)
     assert prepared is not None and [s.point for s in prepared.samples] == ["k"]
     assert [[s.point for s in r.samples] for r in reviews] == [["XQZ_77"]]
     bridge._review(reviews[0])

@@ -99,8 +99,8 @@ class GatewaySection(Strict):
         60.0,
         ge=0,
         description="seconds between status lines in the log, systemd's STATUS and the status "
-        "file gateway status reads (the first comes 5 s after start, or sooner); 0 turns them "
-        "off (the file is then written at start and stop only)",
+        "file gateway status reads (the first comes 5 s after start, or sooner); 0 turns the "
+        "log's lines off, and STATUS and the file are then refreshed every 60 s",
     )
 
 

@@ -12,7 +12,8 @@ lines, header names in any case (``Datetime``, ``Anomaly``), and columns that ar
 or ``index`` that is blank on every row (a ``;`` at the end of each line) or holds a row index
 (whole numbers, increasing) is left aside, and named in ``Series.ignored``. Such a column with
 readings of another kind is scored as a sensor. Anything else that is not a number (text, a
-decimal comma) is refused with the file, line and column.
+decimal comma) is refused with the file, line and column, and so are a column named twice and
+a row with values past the header's columns.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from models.files import data_files
 
 LABELS = ("anomaly", "changepoint")
 TIME = "datetime"
@@ -60,7 +63,12 @@ def read_series(path: Path, *, labelled: bool) -> Series:
     if not rows:
         raise DataError(f"{path}: empty file")
     header = [h.strip() for h in rows[0][1]]
-    where = {h.lower(): i for i, h in reversed(list(enumerate(header)))}  # first of a name
+    seen: set[str] = set()
+    for h in header:
+        if h and h.lower() in seen:  # which of the two would be the sensor?
+            raise DataError(f"{path}: column {h!r} appears twice in the header")
+        seen.add(h.lower())
+    where = {h.lower(): i for i, h in enumerate(header)}
     required = (TIME, "anomaly") if labelled else (TIME,)
     missing = [c for c in required if c not in where]
     if missing:
@@ -82,7 +90,8 @@ def read_series(path: Path, *, labelled: bool) -> Series:
     anomaly = np.zeros(len(body), dtype=np.int8)
     last = max(cols if label is None else [*cols, label])  # the last cell read on a row
     for n, (line, r) in enumerate(body):
-        if last >= len(r):
+        # Empty cells past the header's (a trailing ';') are harmless; values there are not.
+        if last >= len(r) or any(c.strip() for c in r[len(header) :]):
             raise DataError(f"{path}: line {line}: {len(r)} cells, the header has {len(header)}")
         for j, i in enumerate(cols):
             values[n, j] = _reading(r[i], path, line, header[i])
@@ -164,12 +173,12 @@ def _label(text: str, path: Path, line: int) -> int:
 
 def csv_files(root: Path) -> list[Path]:
     """The CSV files under ``root`` (a file or a folder, searched recursively; ``.csv`` in any
-    case), sorted."""
+    case; hidden files and folders left out, as `data_files` says), sorted."""
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: no such file or folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".csv" and p.is_file())
+    files = [p for _, p in data_files(root) if p.suffix.lower() == ".csv"]
     if not files:
         raise DataError(f"{root}: no .csv files")
     return files

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.text import counted
+from models.files import data_files
 
 __all__ = [
     "Trace",
@@ -189,15 +190,7 @@ def scan_dir(path: str | os.PathLike[str]) -> Scan:
     p = Path(path)
     if not p.is_dir():
         raise TraceError(f"{p}: not a folder")
-    files: list[tuple[str, Path]] = []
-    for file in p.rglob("*"):
-        parts = file.relative_to(p).parts
-        if any(part.startswith(".") for part in parts) or not file.is_file():
-            continue
-        if file.name.upper().startswith(("README", "LICENSE")):
-            continue
-        files.append(("/".join(parts), file))
-    files.sort()  # by the name: trace i's workload and RTT come from seed + i
+    files = data_files(p)  # sorted by the name: trace i's workload and RTT come from seed + i
     if not files:
         raise TraceError(f"{p}: no trace files")
     traces: list[Trace] = []
