@@ -82,13 +82,12 @@ class PointTransform:
             if decision is None:
                 continue
             unit, conv = decision
-            if (
-                conv is not None
-                and isinstance(s.value, (int, float))
-                and not isinstance(s.value, bool)
-            ):
-                # 12 significant digits: drops the float noise of the conversion itself.
-                s = replace(s, value=float(f"{conv(float(s.value)):.12g}"), unit=unit)
+            if conv is not None:
+                if isinstance(s.value, (int, float)) and not isinstance(s.value, bool):
+                    # 12 significant digits: drops the float noise of the conversion itself.
+                    s = replace(s, value=float(f"{conv(float(s.value)):.12g}"), unit=unit)
+                elif s.value is None:  # a failed read: in the unit the good ones arrive in
+                    s = replace(s, unit=unit)
             out.append(s)
         return tuple(out)
 

@@ -195,14 +195,18 @@ class CommandRouter:
         if problem is not None:
             return WriteResult(WriteStatus.BAD_VALUE, f"{device}/{point}: {problem}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # In the device's unit, said so: a bridge may have converted the writer's value.
+            unit = f" {spec.unit}" if spec.unit else ""
+            shown = f"{value:.6g}{unit}" if isinstance(value, float) else f"{value}{unit}"
             if spec.low is not None and value < spec.low:
                 return WriteResult(
-                    WriteStatus.OUT_OF_RANGE, f"{value} is below {device}/{point}'s low {spec.low}"
+                    WriteStatus.OUT_OF_RANGE,
+                    f"{shown} is below {device}/{point}'s low {spec.low}{unit}",
                 )
             if spec.high is not None and value > spec.high:
                 return WriteResult(
                     WriteStatus.OUT_OF_RANGE,
-                    f"{value} is above {device}/{point}'s high {spec.high}",
+                    f"{shown} is above {device}/{point}'s high {spec.high}{unit}",
                 )
         return GOOD
 

@@ -15,11 +15,14 @@ one of the points it names (so it follows fresh readings, and a point polled eve
 not hold back one polled every 100 ms). A named point missing from the message is taken from
 the device's shadow (``reported``: its last good or uncertain value), which is what makes the shadow
 context for bridges; ``shadow.reported.<key>`` and ``shadow.desired.<key>`` read it directly.
+Without a shadow (no ``shadow:`` section) the bridge remembers each device's last reading of
+the points its expressions name instead, so inputs polled in different groups still combine.
 When a value is missing everywhere, or the arithmetic fails (a division by zero), the point is
 skipped for that message and counted; the rest of the message goes on.
 
 Quality: the worst quality of the inputs taken from the message, and ``uncertain`` when an
-input came from the shadow while the shadow says that point's last reading was not good.
+input came from the shadow (or the remembered readings) while that point's last reading was not
+good.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class ComputedPoints:
         self.computed = 0
         self.skipped = 0
         self._warned: set[str] = set()
+        self._inputs = frozenset(n for _, e in self._points for n in e.points)
+        # Without a shadow: device -> input point -> its last reading with a value.
+        self._last: dict[str, dict[str, Sample]] = {}
 
     def specs(self, device: str) -> list[PointSpec]:
         return [p.spec(device) for p, _ in self._points]
@@ -68,6 +74,12 @@ class ComputedPoints:
             return ()
         here = {s.point: s for s in samples}
         doc = self.state(device) if self.state is not None else None
+        last = None
+        if self.state is None:
+            last = self._last.setdefault(device, {})
+            for name in self._inputs & here.keys():
+                if here[name].value is not None:
+                    last[name] = here[name]
         out: list[Sample] = []
         for point, expr in self._points:
             if expr.points and not expr.points & here.keys():
@@ -89,6 +101,10 @@ class ComputedPoints:
                         quality = sample.quality
                     newest = max(newest, sample.source_ts)
                     return sample.value
+                if last is not None and (kept := last.get(name)) is not None:
+                    if kept.quality is not Quality.GOOD or sample is not None:  # now failing
+                        quality = max(quality, Quality.UNCERTAIN, key=_RANK.__getitem__)
+                    return kept.value
                 found = None if doc is None else doc.reported.get(name)
                 if found is None:
                     raise _Missing(name)

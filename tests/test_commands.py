@@ -74,6 +74,17 @@ async def test_refused_writes_never_reach_the_device(plant, point, value, status
     assert router.status()["refused"] == {status: 1}
 
 
+def test_a_range_refusal_says_the_unit_it_is_in(plant) -> None:
+    """A bridge converts the writer's value (degF on the way in) to the device's unit: the
+    refusal must say which unit its figures are in, and not show float noise."""
+    router, _, _ = plant
+    above = router.check("plc", "setpoint", (213 - 32) / 1.8)  # 100.555...
+    assert above.reason == "100.556 degC is above plc/setpoint's high 100 degC"
+    assert (
+        router.check("plc", "setpoint", -1).reason == "-1 degC is below plc/setpoint's low 0 degC"
+    )
+
+
 async def test_device_refusal_timeout_and_handler_bug_come_back_as_statuses(plant) -> None:
     router, written, _ = plant
     refused = await router.write("plc", "setpoint", 42, origin="test")

@@ -134,6 +134,20 @@ def test_no_fresh_input_no_value_and_failures_are_counted(
     assert "no value for inlet" in caplog.text
 
 
+def test_without_a_shadow_inputs_from_earlier_messages_are_remembered() -> None:
+    """Points polled in different groups arrive in different messages; without a shadow the
+    bridge keeps their last readings itself, or the computed point would never be computed."""
+    s = ComputedPoints([ComputedPoint(**HEAD)])  # no shadow: state stays None
+    assert s.apply("pump", (Sample("inlet", 104.0),)) == ()  # no outlet yet
+    out = s.apply("pump", (Sample("outlet", 300.0, source_ts=5.0),))
+    assert [(o.point, o.quality) for o in out] == [("head", Quality.GOOD)]
+    assert out[0].value == pytest.approx(20.0)  # inlet remembered from the first message
+    assert s.apply("other", (Sample("outlet", 300.0),)) == ()  # per device
+    failing = s.apply("pump", (Sample("inlet", None, Quality.BAD), Sample("outlet", 300.0)))
+    assert failing[0].value == pytest.approx(20.0)  # the last inlet with a value ...
+    assert failing[0].quality is Quality.UNCERTAIN  # ... which is stale now
+
+
 def test_desired_state_as_an_input() -> None:
     doc = ShadowDocument("pump", reported={"speed": 40}, desired={"speed": 50})
     s = stage(doc, {"name": "speed_error", "expr": "speed - shadow.desired.speed"})

@@ -275,6 +275,21 @@ def test_a_long_evaluate_says_how_far_it_is_on_stderr(
     assert lines[-1].startswith("hindsight_fixed 2/2: 2 episodes in ")
 
 
+def test_a_run_without_alarms_shows_no_alarm_latency(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Short episodes may see no alarm: the table says "-", the JSON null (not "None s")."""
+    d = tmp_path / "traces"
+    assert main(["optimizer", "traces", "--out", str(d), "--count", "1", "--duration", "30"]) == 0
+    capsys.readouterr()
+    argv = ["optimizer", "evaluate", "--traces", str(d), "--length", "20"]
+    assert main([*argv, "--policies", "immediate", "--seed", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    report = json.loads(out[-1])["policies"]["immediate"]
+    assert report["alarms"] == 0 and report["alarm_latency_p99_s"] is None  # 20 s, seed 3
+    assert "alarms p99 - misses 0/0" in out[0] and "None" not in out[0]
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [

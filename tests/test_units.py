@@ -170,3 +170,20 @@ def test_compatible(a: str, b: str, expected: bool) -> None:
 def test_compatible_unknown_unit_is_an_error() -> None:
     with pytest.raises(UnitError, match="unknown unit 'degF2'"):
         compatible("degF2", "degC")
+
+
+def test_a_bridge_labels_a_failed_read_in_the_unit_it_converts_to() -> None:
+    """A bad sample has no value to convert, but its unit must still say what the bridge
+    delivers, or a consumer sees degC among the degF readings of the same point."""
+    from gateway.bridge import PointTransform
+    from gateway.types import Quality, Sample
+
+    transform = PointTransform(("*",), {"room_temp": "degF"})
+    good = Sample("room_temp", 20.0, unit="degC")
+    bad = Sample("room_temp", None, Quality.BAD, unit="degC", reason="connection lost")
+    out = transform.apply((good, bad))
+    assert [(s.value, s.unit, s.quality) for s in out] == [
+        (68.0, "degF", Quality.GOOD),
+        (None, "degF", Quality.BAD),
+    ]
+    assert out[1].reason == "connection lost"

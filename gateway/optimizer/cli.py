@@ -385,7 +385,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(
             f"{name:<16} reward {summary['mean_reward']:>9.4f}  telemetry p50/p99 "
             f"{summary['telemetry_latency_p50_s']}/{summary['telemetry_latency_p99_s']} s  "
-            f"alarms p99 {summary['alarm_latency_p99_s']} s misses "
+            f"alarms p99 {_latency(summary['alarm_latency_p99_s'])} misses "
             f"{summary['alarm_deadline_misses']}/{summary['alarms']}  "
             f"{summary['bytes_per_sample']} B/sample  "
             f"{summary['energy_j_per_sample']} J/sample  loss {summary['loss_rate']}"
@@ -398,6 +398,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report["gain_note"] = "relative cost reduction per sample = relative rise of mean reward"
     print(json.dumps(report))
     return 0
+
+
+def _latency(seconds: float | None) -> str:
+    """A latency for the table; a run without alarms has none ("-", null in the JSON)."""
+    return "-" if seconds is None else f"{seconds} s"
 
 
 def _progress(total: int, what: str) -> Callable[[int], None]:

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from gateway.anomaly.core import WINDOW, Preprocessor, standardiser
 from models.anomaly.data import CALIBRATION_ROWS, DataError, csv_files, read_series
+from models.quiet import quiet_export
 
 SHIFT_SD = 3.0  # standard deviation of the level shifts the teacher learns to undo
 AFTER = 800  # rows after a random calibration chunk that are standardised with its statistics
@@ -233,10 +234,11 @@ def train(
     teacher_path, student_path = out / "teacher.onnx", out / "student.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         float_student = Path(tmp) / "student-float.onnx"
-        export(teacher, Path(tmp) / "teacher.onnx", window)
-        export(student, float_student, window)
         calib = torch.from_numpy(windows[rng.choice(len(windows), 2048)])
-        quantize(float_student, Path(tmp) / "student.onnx", corrupt(calib).numpy())
+        with quiet_export():
+            export(teacher, Path(tmp) / "teacher.onnx", window)
+            export(student, float_student, window)
+            quantize(float_student, Path(tmp) / "student.onnx", corrupt(calib).numpy())
         shutil.copyfile(Path(tmp) / "teacher.onnx", teacher_path)
         shutil.copyfile(Path(tmp) / "student.onnx", student_path)
         if keep_float:  # to measure what int8 costs (not shipped)

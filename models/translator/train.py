@@ -20,6 +20,7 @@ import numpy as np
 
 from gateway.translator.tokenize import BUCKETS, GRAMS, Batch, Point, encode
 from gateway.translator.vocab import MODEL_DIR, brick_classes
+from models.quiet import quiet_export
 from models.translator.corpus import Renderer
 
 
@@ -180,8 +181,9 @@ def run_member(
     # Kept outside the package: lets the export be redone without training again.
     checkpoint = Path(tempfile.gettempdir()) / f"translator-checkpoint-{cfg.seed}.pt"
     torch.save(net.state_dict(), checkpoint)
-    export_onnx(net, fp32)
-    quantize(fp32, int8)
+    with quiet_export():
+        export_onnx(net, fp32)
+        quantize(fp32, int8)
     points, labels = [p for p, _ in held_out], [k for _, k in held_out]
     acc_fp32 = synthetic_accuracy(fp32, points, labels)
     acc_int8 = synthetic_accuracy(int8, points, labels)

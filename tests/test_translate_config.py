@@ -1,0 +1,35 @@
+"""The ``translate:`` key as `gateway validate` reads it."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, load_config_text
+
+PLANT = (
+    "devices:\n"
+    "  pump: {protocol: modbus, host: h, points: [{name: temp, address: 0},"
+    " {name: speed_sp, address: 1, access: rw}]}\n"
+    "endpoints:\n  broker: {protocol: mqtt, host: h}\n"
+    "bridges:\n"
+)
+
+
+def test_two_points_mapped_to_one_name_are_refused_at_the_map() -> None:
+    """A write from the target to that name could not tell which of the two to write."""
+    text = PLANT + (
+        "  - name: up\n    from: pump\n    to: broker\n"
+        "    translate: {map: {temp: x, speed_sp: x}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml")
+    (p,) = info.value.problems
+    assert (p.dotted, p.line) == ("bridges[0].translate.map", 9)
+    assert "temp and speed_sp are both mapped to 'x'" in str(p)
+
+
+def test_distinct_names_are_fine() -> None:
+    text = (
+        PLANT + "  - {name: up, from: pump, to: broker, translate: {map: {temp: t, speed_sp: s}}}\n"
+    )
+    assert load_config_text(text, "gw.yaml").bridges[0].translate is not None
