@@ -28,7 +28,7 @@ def quiet_export() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             try:
-                from torch.jit import TracerWarning
+                from torch.jit import TracerWarning  # type: ignore[attr-defined]
             except ImportError:  # quantization alone runs without torch
                 pass
             else:

@@ -7,7 +7,7 @@ import logging
 import warnings
 
 import pytest
-from torch.jit import TracerWarning
+from torch.jit import TracerWarning  # type: ignore[attr-defined]
 
 from models.quiet import quiet_export
 
