@@ -47,9 +47,12 @@ __all__ = [
     "Format",
     "PayloadError",
     "decode",
+    "decode_for",
     "encode",
     "format_of",
     "load_json",
+    "pint_unit",
+    "senml_unit",
 ]
 
 Decoded: TypeAlias = tuple[str | None, Value, float | None, str | None]
@@ -124,6 +127,30 @@ def format_of(fmt: Format | int | str) -> Format:
         if found is not None:
             return found
     raise PayloadError(f"unsupported content format {fmt!r}; expected one of {', '.join(_BY_NAME)}")
+
+
+# Units that pint spells differently from SenML's registry (RFC 8428 section 12.1) and that
+# have an exact registered equivalent. Names both spell alike (K, Pa, W, V, A, Hz, l/s, ppm...)
+# need no entry; names with no registered equivalent (degF, l/min, bar) stay as they are.
+_SENML_UNITS = {
+    "degC": "Cel", "degree_Celsius": "Cel", "celsius": "Cel",
+    "percent": "%", "ohm": "Ohm", "degree": "deg",
+    "liter": "l", "litre": "l", "L": "l", "lux": "lx", "lumen": "lm",
+    "kelvin": "K", "pascal": "Pa", "watt": "W", "volt": "V", "ampere": "A", "hertz": "Hz",
+}  # fmt: skip
+# Registered names pint does not read as the same unit (pint has no "Cel"; its "Ohm" is none).
+_PINT_UNITS = {"Cel": "degC", "%": "percent", "Ohm": "ohm"}
+
+
+def senml_unit(unit: str | None) -> str | None:
+    """``unit`` as SenML registers it ("degC" -> "Cel"), for a strict SenML reader; a unit
+    with no exact registered equivalent as it is."""
+    return unit if unit is None else _SENML_UNITS.get(unit, unit)
+
+
+def pint_unit(unit: str | None) -> str | None:
+    """A SenML unit as the gateway (pint) spells it ("Cel" -> "degC"); others as they are."""
+    return unit if unit is None else _PINT_UNITS.get(unit, unit)
 
 
 # ---------------------------------------------------------------- encode
@@ -219,6 +246,21 @@ def decode(payload: bytes, fmt: Format | int | str) -> list[Decoded]:
     except RecursionError:  # _flatten, on objects nested nearly as deep as the parser allows
         raise PayloadError(_TOO_DEEP) from None
     return _from_senml(data, cbor=fmt is Format.SENML_CBOR)
+
+
+def decode_for(payload: bytes, fmt: Format | int | str, datatype: str) -> list[Decoded]:
+    """As `decode`, for a point of ``datatype``: text/plain for a ``string`` point is the text
+    itself, so that "1234", "true" or "1e3" stay text instead of becoming numbers. One trailing
+    line end (what ``echo`` or a file adds) is dropped; other whitespace is part of the text.
+    """
+    fmt = format_of(fmt)
+    if fmt is not Format.TEXT or datatype != "string":
+        return decode(payload, fmt)
+    if not payload:
+        raise PayloadError("empty payload")
+    text = _utf8(payload)
+    text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    return [(None, text, None, None)]
 
 
 _TOO_DEEP = "nested too deeply"

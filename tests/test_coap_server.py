@@ -91,7 +91,7 @@ async def test_get_negotiates_content_format(simulator: Simulator) -> None:
             "pump/",
             "temp",
             21.5,
-            "degC",
+            "Cel",  # SenML's registered name for pint's degC (RFC 8428 section 12.1)
         )
         assert await p.coap("-A", "0", path="/pump/temp") == (0, "21.5")
         _, out = await p.coap("-A", "50", path="/pump/level")

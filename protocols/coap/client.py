@@ -8,8 +8,16 @@ section 3.3.1: a restarted server has forgotten its observers and stays silent).
 point cannot be read it is published once with bad quality and the reason, and retried with
 backoff.
 
-Values: the response's Content-Format (or the point's ``format``) decodes the payload with
-`gateway.payloads`; ``senml_name`` or ``field`` picks one value out of a pack or an object.
+Values: a point with a ``format`` asks for it with Accept (RFC 7252 section 5.10.4), since a
+server that offers several (ours does) otherwise picks its own default. A server that answers
+4.06 Not Acceptable or 4.02 Bad Option to Accept is asked again without it, and from then on for
+that point. The point's ``format`` decodes the payload (it also overrides a missing or wrong
+Content-Format); when that yields no value and the response names another format it is decoded
+by that one (a server that ignores Accept, as libcoap's coap-server does, says what it sent).
+With ``format: auto`` no Accept is sent and the response's Content-Format decodes (text/plain
+when absent). ``senml_name`` or ``field`` picks one value out of a pack or an object; text/plain
+for a ``string`` point is the text itself. A point without ``unit`` takes SenML's, spelled as
+pint spells it ("Cel" becomes "degC").
 Writes PUT the value in the point's format (text/plain for ``auto``, JSON ``{field: value}``
 with ``field``, SenML with ``senml_name``), then read the resource back.
 """
@@ -29,7 +37,7 @@ from gateway.adapter import Adapter
 from gateway.backoff import BackoffTimer, sleep_backoff
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.limits import Limits
-from gateway.payloads import Format, PayloadError, decode, encode, format_of
+from gateway.payloads import Format, PayloadError, decode_for, encode, format_of, pint_unit
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapClient, CoapPoint
 from protocols.coap.server import oscore_credentials
@@ -38,6 +46,9 @@ log = logging.getLogger(__name__)
 
 OBSERVE_MARGIN = 3.0  # seconds past Max-Age before an observation counts as lost
 INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
+#: Answers to a GET with Accept that mean "ask again without it": the format is not offered
+#: (4.06), or the server does not know the option at all (Accept is critical: 4.02).
+ACCEPT_REFUSED = frozenset({Code.NOT_ACCEPTABLE, Code.BAD_OPTION})
 
 #: How the server's answer to a PUT is acked to the command router.
 PUT_STATUS: dict[Code, WriteStatus] = {
@@ -88,6 +99,33 @@ def pick(point: CoapPoint, records: list[tuple[str | None, Value, float | None, 
     return value, when, unit
 
 
+def formats(point: CoapPoint, content_format: int | None) -> list[Format]:
+    """The formats to decode a response by, in order: the point's own, then the response's
+    Content-Format when it names another known one; for ``auto`` only the response's."""
+    if point.format == "auto":
+        return [Format.TEXT if content_format is None else format_of(content_format)]
+    order = [format_of(point.format)]
+    if content_format is not None and content_format != order[0]:
+        with contextlib.suppress(PayloadError):  # a format we do not decode: the point's only
+            order.append(format_of(content_format))
+    return order
+
+
+def read_value(point: CoapPoint, payload: bytes, content_format: int | None) -> (
+    tuple[Value, float | None, str | None]
+):  # fmt: skip
+    """The point's value (in its type), time and unit from a response's payload."""
+    first: Exception | None = None
+    for fmt in formats(point, content_format):
+        try:
+            raw, when, unit = pick(point, decode_for(payload, fmt, point.type))
+            return as_type(raw, point.type), when, unit
+        except (ReadError, PayloadError) as exc:
+            first = first or exc
+    assert first is not None
+    raise first
+
+
 class CoapClientAdapter(Adapter):
     """Reads (observes or polls) and writes one CoAP server's resources."""
 
@@ -98,6 +136,7 @@ class CoapClientAdapter(Adapter):
         self._points = {p.name: p for p in config.points}
         self._limits = {p.name: Limits.of(p) for p in config.points}
         self._bad: set[str] = set()
+        self._no_accept: set[str] = set()  # points whose server refused Accept
         self._ctx: aiocoap.Context | None = None
         self.base = config.url.rstrip("/")
         self.notifications = 0
@@ -130,6 +169,28 @@ class CoapClientAdapter(Adapter):
     def _uri(self, point: CoapPoint) -> str:
         return f"{self.base}/{point.path.lstrip('/')}"
 
+    def _get_request(self, point: CoapPoint, *, observe: bool = False) -> aiocoap.Message:
+        """A GET (an Observe registration with ``observe``) asking for the point's format."""
+        request = aiocoap.Message(code=Code.GET, uri=self._uri(point))
+        if observe:
+            request.opt.observe = 0
+        if point.format != "auto" and point.name not in self._no_accept:
+            request.opt.accept = int(format_of(point.format))
+        return request
+
+    def _accept_refused(self, point: CoapPoint, response: aiocoap.Message) -> bool:
+        """Whether ``response`` refused the Accept this point sent; if so, stop sending it."""
+        if response.code not in ACCEPT_REFUSED or point.format == "auto":
+            return False
+        if point.name in self._no_accept:
+            return False
+        self._no_accept.add(point.name)
+        log.info(
+            "%s: %s answered %s to Accept %s; asking without it",
+            self.name, self._uri(point), response.code.dotted, point.format,
+        )  # fmt: skip
+        return True
+
     async def _request(self, request: aiocoap.Message) -> aiocoap.Message:
         assert self._ctx is not None
         try:
@@ -159,19 +220,17 @@ class CoapClientAdapter(Adapter):
         if not response.code.is_successful():
             reason = response.payload.decode(errors="replace")
             raise ReadError(f"{response.code.dotted} {reason}".strip())
-        if point.format != "auto":
-            fmt = format_of(point.format)
-        else:
-            number = response.opt.content_format
-            fmt = Format.TEXT if number is None else format_of(int(number))
-        raw, when, unit = pick(point, decode(response.payload, fmt))
+        number = response.opt.content_format
+        value, when, unit = read_value(
+            point, response.payload, None if number is None else int(number)
+        )
         now = time.time()
-        value = as_type(raw, point.type)
         quality, reason = Quality.GOOD, None
         limits = self._limits.get(point.name)
         if limits is not None:
             quality, reason = limits.check(value, quality, reason)
-        return Sample(point.name, value, quality, when or now, now, point.unit or unit, reason)
+        unit = point.unit or pint_unit(unit)  # SenML's "Cel" is pint's "degC"
+        return Sample(point.name, value, quality, when or now, now, unit, reason)
 
     async def _publish(self, sample: Sample) -> None:
         # A failed read is published once per outage; a reading marked Bad for being out of
@@ -206,7 +265,9 @@ class CoapClientAdapter(Adapter):
 
     async def _get(self, point: CoapPoint) -> None:
         try:
-            response = await self._request(aiocoap.Message(code=Code.GET, uri=self._uri(point)))
+            response = await self._request(self._get_request(point))
+            if self._accept_refused(point, response):
+                response = await self._request(self._get_request(point))
         except ReadError as exc:
             await self._bad_sample(point, str(exc))
             raise
@@ -225,7 +286,7 @@ class CoapClientAdapter(Adapter):
         """One registration, until it ends or goes silent (then return to register again)."""
         assert self._ctx is not None
         uri = self._uri(point)
-        request = self._ctx.request(aiocoap.Message(code=Code.GET, uri=uri, observe=0))
+        request = self._ctx.request(self._get_request(point, observe=True))
         try:
             try:
                 async with asyncio.timeout(self.config.timeout):
@@ -234,6 +295,8 @@ class CoapClientAdapter(Adapter):
                 reason = self._failure(uri, exc)
                 await self._bad_sample(point, reason)
                 raise ReadError(reason) from None
+            if self._accept_refused(point, first):
+                return  # register again at once, without Accept
             self.registrations += 1
             await self._read(point, first)
             backoff.reset()

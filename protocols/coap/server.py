@@ -9,7 +9,9 @@ them with ``rt`` (``protocol-brain.point.<datatype>`` or ``protocol-brain.device
 
 GET negotiates by Accept: SenML JSON (110) when there is none, else 110, 112 (SenML CBOR),
 50 (JSON ``{"point": value}``), 60 (CBOR) or, for a point, 0 (text/plain); anything else is
-4.06 Not Acceptable. Observe (RFC 7641) notifies on every change of value or quality.
+4.06 Not Acceptable. SenML units are the registered names (RFC 8428 section 12.1: ``Cel`` for
+``degC``, ``%`` for ``percent``) where one is exactly the point's unit, else the point's unit.
+Observe (RFC 7641) notifies on every change of value or quality.
 
 Bad quality. SenML has no record without a value (RFC 8428), so a point whose last sample is
 bad (or that has none yet) answers 5.03 Service Unavailable with the reason as diagnostic
@@ -19,7 +21,9 @@ left.
 
 Writes. PUT on a point goes through ``Bridge.write``, that is the command router's safety rules
 and the device's acknowledgement: 2.04 Changed only once the device acknowledged. The request's
-Content-Format (text/plain when absent) decodes the payload; the status mapping is `WRITE_CODES`.
+Content-Format (text/plain when absent) decodes the payload, by the point's type: text/plain for a
+``string`` point is the text as sent ("1234" stays text; one trailing line end is dropped), for
+other points a number or a boolean. The status mapping is `WRITE_CODES`.
 
 Learned types. A source may learn a point's type only once connected (an OPC UA device point
 without ``type:`` is float64 until the client reads the node's DataType, then re-declares it).
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -52,7 +57,7 @@ from gateway.adapter import Adapter
 from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
-from gateway.payloads import Format, PayloadError, decode, encode, format_of
+from gateway.payloads import Format, PayloadError, decode_for, encode, format_of, senml_unit
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
@@ -116,6 +121,14 @@ def coerce(value: Value, datatype: str) -> Value:
 
 def _refuse_type(value: Value, expected: str) -> Value:
     raise _Refused(Code.BAD_REQUEST, f"{value!r} is not {expected}")
+
+
+def payload(samples: list[Sample], fmt: Format, device: str) -> bytes:
+    """Samples as ``fmt``, named under ``device/``. SenML gets registered unit names ("Cel",
+    not pint's "degC": RFC 8428 section 12.1) where one means exactly the same unit."""
+    if fmt in (Format.SENML_JSON, Format.SENML_CBOR):
+        samples = [dataclasses.replace(s, unit=senml_unit(s.unit)) for s in samples]
+    return encode(samples, fmt, base_name=f"{device}/")
 
 
 def negotiate(request: aiocoap.Message, offered: tuple[Format, ...]) -> Format:
@@ -227,7 +240,7 @@ class _PointResource(_Guarded):
         if sample is None or sample.value is None or sample.quality is Quality.BAD:
             reason = "no value yet" if sample is None else f"bad: {sample.reason or 'no value'}"
             raise _Refused(Code.SERVICE_UNAVAILABLE, reason)
-        return self.server.content(encode([sample], fmt, base_name=f"{self.device}/"), fmt)
+        return self.server.content(payload([sample], fmt, self.device), fmt)
 
     async def render_put(self, request: aiocoap.Message) -> aiocoap.Message:
         name = f"{self.device}/{self.spec.name}"
@@ -239,7 +252,7 @@ class _PointResource(_Guarded):
         except PayloadError as exc:
             raise _Refused(Code.UNSUPPORTED_CONTENT_FORMAT, str(exc)) from None
         try:
-            records = decode(request.payload, fmt)
+            records = decode_for(request.payload, fmt, self.spec.datatype)
         except PayloadError as exc:
             raise _Refused(Code.BAD_REQUEST, str(exc)) from None
         mine = [r for r in records if r[0] in (None, self.spec.name, name)]
@@ -282,7 +295,7 @@ class _DeviceResource(_Guarded):
         ]  # fmt: skip
         if not samples:
             raise _Refused(Code.SERVICE_UNAVAILABLE, f"{self.device} has no good value")
-        return self.server.content(encode(samples, fmt, base_name=f"{self.device}/"), fmt)
+        return self.server.content(payload(samples, fmt, self.device), fmt)
 
 
 class _WellKnownCore(resource.WKCResource):  # type: ignore[misc]  # aiocoap: untyped base

@@ -1135,8 +1135,8 @@ class MqttAdapter(Adapter):
     # --- writes (points with access rw) ----------------------------------------------------------
 
     async def write(self, point: str, value: Value) -> None:
-        """Publish a write to the point's ``command_topic`` (QoS 1, a bare JSON value) and
-        return once the broker acknowledged it (PUBACK).
+        """Publish a write to the point's ``command_topic`` (QoS 1, in the point's format:
+        `codec.command_payload`) and return once the broker acknowledged it (PUBACK).
 
         Plain MQTT has no device acknowledgement, so the PUBACK is as far as a write can be
         confirmed: good means "the broker has it", not "the device applied it". A broker that
@@ -1146,13 +1146,13 @@ class MqttAdapter(Adapter):
             reason = f"{self.name}/{point} has no command_topic"
             raise WriteRefused(WriteStatus.NOT_WRITABLE, reason)
         try:
-            value = codec.convert(value, spec.datatype)
-        except ValueError as exc:
+            payload = codec.command_payload(spec, codec.convert(value, spec.datatype))
+        except ValueError as exc:  # SenML has no NaN, for one
             raise WriteRefused(WriteStatus.BAD_VALUE, str(exc)) from None
         client, loop, disconnected = self._client, self._loop, self._disconnected
         if not self._ready or client is None or loop is None or disconnected is None:
             raise WriteRefused(WriteStatus.UNREACHABLE, f"broker {self.address} is not connected")
-        info = client.publish(spec.command_topic, codec.json_value(value).encode(), 1, False)
+        info = client.publish(spec.command_topic, payload, 1, False)
         if info.rc != _SUCCESS:
             raise WriteRefused(WriteStatus.UNREACHABLE, paho.error_string(info.rc))
         acked: asyncio.Future[None] = loop.create_future()

@@ -58,6 +58,7 @@ __all__ = [
     "PayloadError",
     "PointDecoder",
     "TopicError",
+    "command_payload",
     "decode",
     "encode",
     "escape_level",
@@ -509,11 +510,12 @@ class _Missing(PayloadError):
 _JSON_KINDS = {bool: "bool", int: "number", float: "number", str: "string", list: "array"}
 
 
-def _dig(topic: str, data: object, field: str, point: str) -> object:
-    """The value at the dotted ``field``. A missing key, or null where an object belongs, is a
-    partial update (`_Missing`); a path through a number, string or array is not: the payload
-    has the wrong shape."""
+def _dig(topic: str, data: object, field: str, point: str) -> tuple[dict[str, Any], object]:
+    """The object the dotted ``field``'s last key is in, and the value at ``field``. A missing
+    key, or null where an object belongs, is a partial update (`_Missing`); a path through a
+    number, string or array is not: the payload has the wrong shape."""
     keys = field.split(".")
+    parent: dict[str, Any] = {}
     for i, key in enumerate(keys):
         if data is None and i > 0:  # an object said null (a device switched off): missing
             raise _Missing(
@@ -530,8 +532,30 @@ def _dig(topic: str, data: object, field: str, point: str) -> object:
             raise _Missing(
                 topic, f"JSON without the key {field!r}", "JSON without any of the keys", field
             )
+        parent = data
         data = data[key]
-    return data
+    return parent, data
+
+
+def _relayed(
+    top: dict[str, Any], parent: dict[str, Any], field: str
+) -> tuple[Quality, str | None] | None:
+    """The quality and reason another gateway gave the value read at ``field``, or None when
+    the payload does not say (the reading is then good). Our ``sample`` payloads carry
+    ``quality`` (and ``reason``) beside ``value``; ``device`` payloads a ``quality`` object
+    beside ``values`` naming the points that are not good. Only good/uncertain/bad count: a
+    device's own ``quality`` key meaning something else (a number, "high") is left alone."""
+    found: object = None
+    if parent is top.get("values") and isinstance(top.get("quality"), dict):  # device payload
+        found = top["quality"].get(field[len("values.") :], "good")  # it lists the not good
+        parent = {}  # it sends no reasons
+    elif "quality" in parent:  # sample payload
+        found = parent["quality"]
+    quality = _QUALITIES.get(found) if type(found) is str else None
+    if quality is None:
+        return None
+    reason = parent.get("reason") if quality is not _GOOD else None
+    return quality, reason if isinstance(reason, str) else None
 
 
 def _quoted(names: list[str], limit: int = 5) -> str:
@@ -545,6 +569,9 @@ class PointDecoder:
     Every point names a topic (exact, or a filter for SenML points picked by record name), a
     format and where its value is in the payload. One payload may fill several points (several
     fields of one JSON object, several records of a SenML pack); it is parsed once.
+
+    A reading relayed by another gateway keeps the quality that gateway gave it (`_relayed`):
+    otherwise a dead device upstream would be served here as its last value, Good.
     """
 
     def __init__(self, points: list[MqttPoint], device: str) -> None:
@@ -577,7 +604,8 @@ class PointDecoder:
         A point whose value is missing or unreadable is not published (it keeps its last
         value): one malformed payload says nothing about the device's health. A payload that
         carries only some of the points (a device publishing what changed) is a partial update,
-        not an error; one that carries none of them is one error naming what it lacks."""
+        not an error; one that carries none of them is one error naming what it lacks. A null
+        value that the payload says is bad is a reading (Bad, with its reason), not an error."""
         points = self.points_for(topic)
         received = time.time() if received is None else received
         samples: list[Sample] = []
@@ -586,7 +614,11 @@ class PointDecoder:
         parsed: dict[str, object] = {}
         for p in points:
             try:
-                value, ts, unit = self._read(topic, payload, p, parsed)
+                value, ts, unit, quality, reason = self._read(topic, payload, p, parsed)
+                if value is None and quality is _BAD:  # relayed by another gateway
+                    stamp = received if ts is None else ts
+                    samples.append(Sample(p.name, None, _BAD, stamp, received, unit, reason))
+                    continue
                 value = convert(value, p.datatype)
             except _Missing as exc:
                 missing.append(exc)
@@ -597,7 +629,6 @@ class PointDecoder:
             except ValueError as exc:
                 errors.append(PayloadError(topic, f"point {p.name}: {exc}"))
                 continue
-            quality, reason = _GOOD, None
             limits = self._limits[p.name]
             if limits is not None:
                 quality, reason = limits.check(value, quality, reason)
@@ -612,12 +643,14 @@ class PointDecoder:
 
     def _read(
         self, topic: str, payload: bytes, p: MqttPoint, parsed: dict[str, object]
-    ) -> tuple[Value, float | None, str | None]:
+    ) -> tuple[Value, float | None, str | None, Quality, str | None]:
+        """The point's value, source time, unit, and the quality and reason the payload gives
+        it (good, unless another gateway relayed a reading that was not)."""
         if p.format == "text":
             if p.datatype == "string":
-                return decode(topic, payload, "text"), None, p.unit
+                return decode(topic, payload, "text"), None, p.unit, _GOOD, None
             # A number (or true/false/on/off) as the shared text format reads it: finite only.
-            return _shared(topic, payload, "text")[0][1], None, p.unit
+            return _shared(topic, payload, "text")[0][1], None, p.unit, _GOOD, None
         if p.format == "senml":
             if "senml" not in parsed:
                 parsed["senml"] = senml_records(topic, payload)
@@ -638,19 +671,42 @@ class PointDecoder:
                 record = found[-1]  # the latest of a series
             # The declared unit wins: SenML's unit names ("Cel") are not pint's ("degC").
             _name, value, ts, _unit = record
-            return value, ts, p.unit
+            return value, ts, p.unit, _GOOD, None
         if "json" not in parsed:
             parsed["json"] = _json(topic, payload)
-        data = parsed["json"]
+        top = parsed["json"]
         ts = None
-        if isinstance(data, dict):
-            ts = _source_time(topic, data, "ts" if "ts" in data else "time")
-            data = _dig(topic, data, p.field or "value", p.name)
+        if isinstance(top, dict):
+            ts = _source_time(topic, top, "ts" if "ts" in top else "time")
+            field = p.field or "value"
+            parent, data = _dig(topic, top, field, p.name)
+            if "quality" in parent or "quality" in top:  # relayed by another gateway?
+                relayed = _relayed(top, parent, field)
+                if relayed is not None:
+                    if data is None and relayed[0] is _BAD:  # bad: it has no value to give
+                        return None, ts, p.unit, _BAD, relayed[1]
+                    if isinstance(data, _SCALARS) and data is not None:
+                        return data, ts, p.unit, *relayed
         elif p.field is not None:
             raise PayloadError(topic, f"expected a JSON object with {p.field!r}")
+        else:
+            data = top
         if not isinstance(data, _SCALARS) or data is None:
             raise PayloadError(topic, f"point {p.name}: {data!r} is not a scalar value")
-        return data, ts, p.unit
+        return data, ts, p.unit, _GOOD, None
+
+
+def command_payload(point: MqttPoint, value: Value) -> bytes:
+    """A write to ``point`` (``value`` already converted to its type), in the format the point
+    is read in, since that is what its device speaks: json a bare JSON value (``7.0``,
+    ``"on"``), text plain text (``7.0``, ``on``, ``true``), senml a pack of one record named
+    ``senml_name`` (or the point's name), without a unit (SenML's names are not pint's)."""
+    if point.format == "json":
+        return json_value(value).encode()
+    from gateway import payloads
+
+    sample = Sample(point.senml_name or point.name, value)
+    return payloads.encode((sample,), "text" if point.format == "text" else "senml+json")
 
 
 # --- keys (a subscription with points: keys) ----------------------------------------------------

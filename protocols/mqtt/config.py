@@ -6,7 +6,7 @@ import re
 import string
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.config.common import (
     Backoff,
@@ -158,7 +158,12 @@ class MqttPoint(PointLimits):
     )
     access: Access = Access.READ
     command_topic: str | None = Field(
-        None, description="where writes are published (QoS 1, a bare JSON value); rw needs it"
+        None,
+        description=(
+            "where writes are published (QoS 1), in the point's format: json a bare JSON"
+            " value, text plain text, senml a pack of one record (named senml_name); rw needs"
+            " it; not a topic the point reads"
+        ),
     )
     description: str = ""
     write_rate: float | None = Field(None, gt=0)
@@ -173,9 +178,17 @@ class MqttPoint(PointLimits):
 
     @field_validator("command_topic")
     @classmethod
-    def _command_topic(cls, v: str | None) -> str | None:
+    def _command_topic(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and check_publish_topic(v):
             raise ValueError("command_topic is a plain topic, without placeholders")
+        from gateway.bus import topic_matches
+
+        topic = info.data.get("topic")  # absent when it was refused itself
+        if v is not None and topic is not None and topic_matches(topic, v):
+            raise ValueError(
+                f"a topic the point does not read ({topic!r}):"
+                " it would read its writes back as the device's value"
+            )
         return v
 
     @model_validator(mode="after")
