@@ -313,7 +313,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     from gateway.translator.site import predict_site
-    from gateway.translator.suggest import bridge_yaml, match, points_yaml
+    from gateway.translator.suggest import bridge_yaml, confident, match, points_yaml
 
     browse = _browse_options(args)
     sources = _source("--source", args.source, browse)
@@ -340,10 +340,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         text += points_yaml(from_device, sources)
     with _written(args.out) as out:  # opened only now: a failure above leaves no file
         out.write(text)
-    confident = sum(1 for m in matches if m.target is not None and m.confidence >= args.threshold)
+    n_confident = sum(1 for m in matches if confident(m, args.threshold))
     print(
-        f"{args.out}: {confident} of {counted(len(matches), 'mapping')} confident, "
-        f"{len(matches) - confident} marked REVIEW; nothing applied (approved: false)"
+        f"{args.out}: {n_confident} of {counted(len(matches), 'mapping')} confident, "
+        f"{len(matches) - n_confident} marked REVIEW; nothing applied (approved: false)"
     )
     return 0
 
@@ -468,6 +468,7 @@ PICK_COLUMNS = ["name", "brick_class", "suggestion", "score", "description", "un
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
+    from gateway.translator import pick as picking
     from gateway.translator.model import top_k
     from gateway.translator.pointlist import read_points
     from gateway.translator.site import pick_site
@@ -479,6 +480,10 @@ def cmd_pick(args: argparse.Namespace) -> int:
     points = read_points(args.input)
     translator = _translator(args)
     examples = _examples(args)
+    listed = len(points)
+    # A name listed twice is one point to label (labels are kept by name): its first row only.
+    if len(keep := picking.first_of_each([p.name for p in points])) < listed:
+        points = [points[i] for i in keep]
     chosen, pred = pick_site(translator, points, args.count, examples, prior=args.site_prior)
     guesses = top_k(pred.probs[chosen], translator.classes, 1)
     with _csv_out(args.out) as w:
@@ -489,9 +494,18 @@ def cmd_pick(args: argparse.Namespace) -> int:
             p = points[i]
             guess, score = top[0]
             w.writerow([p.name, "", guess, f"{score:.3f}", p.description, p.unit, p.datatype])
+    labeled = {p.name for p, _ in examples}
+    todo = sum(1 for p in points if p.name not in labeled)
+    if len(chosen) < min(args.count, todo):  # only the candidate sample caps it
+        print(
+            f"{args.out or args.input}: --count {args.count} capped at {len(chosen)}: a list of "
+            f"more than {picking.CANDIDATES} points to label is picked from a seeded sample of "
+            f"{picking.CANDIDATES} of them",
+            file=sys.stderr,
+        )
     if args.out:
         print(
-            f"{args.out}: {len(chosen)} of {counted(len(points), 'point')} to label; fill in "
+            f"{args.out}: {len(chosen)} of {counted(listed, 'point')} to label; fill in "
             "brick_class (the suggestion is the model's guess), then use the rows as --examples",
             file=sys.stderr,
         )

@@ -12,6 +12,7 @@ first. Lazy greedy evaluation keeps it to a few model-free seconds for 20,000 po
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,18 @@ FLOOR = 0.5  # below this cosine a label says nothing about a point (the memory 
 BASE_WEIGHT = 0.2
 CANDIDATES = 4000  # larger lists choose among a seeded sample of their points
 BLOCK = 256  # candidates scored per matrix product: n x 256 floats at a time
+
+
+def first_of_each(names: Sequence[str]) -> list[int]:
+    """Indices of the first point of each distinct name, in list order. Labels are kept by name
+    (``--examples``), so a name listed twice is one point to label: pick among these only."""
+    seen: set[str] = set()
+    out = []
+    for i, name in enumerate(names):
+        if name not in seen:
+            seen.add(name)
+            out.append(i)
+    return out
 
 
 def pick(

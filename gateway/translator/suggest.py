@@ -6,8 +6,12 @@ distributions and (b) the cosine of the two embeddings, plus one "no match" key 
 similarity (a dustbin, as in SuperGlue), so a source unlike every target keeps its weight there
 instead of spreading it over whatever targets exist; the attention weight of a target is the
 confidence of that mapping. Targets are then assigned one-to-one, most confident first, so two
-sources never land on the same target. Nothing is applied: the bridge is written with
-``approved: false``, which `gateway validate` rejects until the user has reviewed it.
+sources never land on the same target. A high weight alone is not trusted: two vague class
+distributions (a made-up code reads as "some Sensor") overlap as well as two sure ones, so a
+mapping is written as confident only if the two sides' top classes agree (the same class, or one a
+Brick ancestor of the other short of a bare kind of point such as ``Sensor``) and each side's top
+class has at least ``UNSURE`` probability (`review_reason`). Nothing is applied: the bridge is
+written with ``approved: false``, which `gateway validate` rejects until the user has reviewed it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -24,11 +29,17 @@ import yaml
 
 from gateway.translator.model import Floats, Prediction, Translator
 from gateway.translator.tokenize import Point
+from gateway.translator.vocab import brick_classes, canonical, same_class
 
 TEMPERATURE = 0.05  # attention temperature over the combined similarity
 # Similarity of the "no match" key: about what the best unrelated target reaches (median best
 # other-class similarity 0.28 between two synthetic sites, models/translator/sites.py).
 NO_MATCH = 0.3
+# Below this top-class probability a side's class is a guess: a confident mapping needs both
+# sides at or above it. Chosen on synthetic data only (docs/translator.md, Matching): the made-up
+# codes that agreed on a specific class did so under 0.3 (``H9`` / ``H6``, both
+# Temperature_Sensor at 0.22), while few right pairs of two synthetic sites are that unsure.
+UNSURE = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +49,65 @@ class Match:
     confidence: float
     source_class: str
     target_class: str | None
+    source_prob: float = 0.0  # the probability of source_class (the source's top class)
+    target_prob: float = 0.0  # the probability of target_class
+
+
+@lru_cache(maxsize=1)
+def _ancestors() -> dict[str, frozenset[str]]:
+    """Brick point class -> all its ancestors (parents, their parents, ...)."""
+    parents = {c.name: c.parents for c in brick_classes()}
+    out: dict[str, frozenset[str]] = {}
+    for name in parents:
+        seen: set[str] = set()
+        todo = list(parents[name])
+        while todo:
+            p = todo.pop()
+            if p not in seen:
+                seen.add(p)
+                todo.extend(parents.get(p, ()))
+        out[name] = frozenset(seen)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _kinds() -> frozenset[str]:
+    """The bare kinds of point (``Sensor``, ``Command``, ``Status``, ...: Point's children),
+    what the model falls back to for a name it cannot read."""
+    return frozenset(c.name for c in brick_classes() if c.parents == ("Point",))
+
+
+def review_reason(m: Match) -> str | None:
+    """Why a mapping of any weight still needs review, or None: the two top classes differ
+    (neither the same nor one an ancestor of the other), agree only as a bare kind of point,
+    or a side's top class is under ``UNSURE`` probability."""
+    if m.target is None or m.target_class is None:
+        return "no matching target"
+    reasons = []
+    a, b = canonical(m.source_class), canonical(m.target_class)
+    anc = _ancestors()
+    if same_class(a, b):
+        general = a
+    elif b in anc.get(a, ()):
+        general = b
+    elif a in anc.get(b, ()):
+        general = a
+    else:
+        general = None
+        reasons.append("classes differ")
+    if general is not None and general in _kinds():
+        reasons.append(f"classes agree only as {general}")
+    unsure_s, unsure_t = m.source_prob < UNSURE, m.target_prob < UNSURE
+    if unsure_s or unsure_t:
+        side = "both" if unsure_s and unsure_t else "the source" if unsure_s else "the target"
+        reasons.append(f"unsure of {side}")
+    return ", ".join(reasons) or None
+
+
+def confident(m: Match, threshold: float) -> bool:
+    """Written as an active line: a target, a weight at ``threshold`` or more, and no reason
+    to review it (`review_reason`)."""
+    return m.target is not None and m.confidence >= threshold and review_reason(m) is None
 
 
 def attention(src: Prediction, tgt: Prediction) -> Floats:
@@ -135,6 +205,8 @@ def match(
     n_s, n_t = len(src.probs), len(tgt.probs)
     cls_s = src.probs.argmax(1)
     cls_t = tgt.probs.argmax(1)
+    top_s = src.probs.max(1)
+    top_t = tgt.probs.max(1)
     weights = _Weights(src, tgt)
     lists: dict[int, tuple[npt.NDArray[np.int32], Floats]] = {}  # live sources' candidates
     more: dict[int, bool] = {}  # source -> it has candidates past its list
@@ -210,11 +282,13 @@ def match(
     out = []
     for i, name in enumerate(sources):
         sc = translator.classes[int(cls_s[i])]
+        ps = float(top_s[i])
         if i in chosen:
             j, conf = chosen[i]
-            out.append(Match(name, targets[j], conf, sc, translator.classes[int(cls_t[j])]))
+            tc = translator.classes[int(cls_t[j])]
+            out.append(Match(name, targets[j], conf, sc, tc, ps, float(top_t[j])))
         else:
-            out.append(Match(name, None, 0.0, sc, None))
+            out.append(Match(name, None, 0.0, sc, None, ps))
     return out
 
 
@@ -255,9 +329,11 @@ def bridge_yaml(
         f"#   target: {_scalar(target)}",
         "# Nothing here is applied until you review it: check every mapping (the comment gives",
         "# the confidence and the Brick classes seen on both sides), fix or delete wrong ones,",
-        f"# uncomment the REVIEW lines you accept (confidence under {threshold:g}), set",
-        "# `from`/`to` to your devices, then `approved: true`, and paste the bridge into your",
-        "# config. `gateway validate` rejects it while `approved` is false.",
+        f"# uncomment the REVIEW lines you accept (confidence under {threshold:g}, or the reason",
+        "# given after the classes: they differ, agree only as a bare kind of point, or the",
+        "# model is unsure of a side's class), set `from`/`to` to your devices, then",
+        "# `approved: true`, and paste the bridge into your config. `gateway validate` rejects",
+        "# it while `approved` is false.",
         "bridges:",
         f"  - name: {_scalar(name)}",
         f"    from: {_scalar(from_device)}",
@@ -281,7 +357,12 @@ def bridge_yaml(
         entry = f"{_quote(m.source)}: {_quote(m.target)}"
         note = f"{m.confidence:.2f} {classes}"
         if m.confidence >= threshold:
-            lines.append(f"        {entry}  # {note}")
+            reason = review_reason(m)
+            if reason is None:
+                lines.append(f"        {entry}  # {note}")
+                continue
+            lines.append(f"        # REVIEW {entry}  # {note}; {reason}")
+            n_review += 1
         else:
             lines.append(f"        # REVIEW {entry}  # {note}")
             n_review += 1
