@@ -113,7 +113,8 @@ def test_run_names_an_unreadable_certificate_in_one_line(tmp_path: Path) -> None
     cert = tmp_path / "tls.yaml"
     cert.write_text(
         "devices:\n"
-        f"  plc: {{protocol: modbus, role: server, host: 127.0.0.1, port: {free_port()}}}\n"
+        f"  plc: {{protocol: modbus, host: 127.0.0.1, port: {free_port()},"
+        " points: [{name: a, address: 0}]}\n"
         "endpoints:\n"
         f"  cloud: {{protocol: mqtt, host: 127.0.0.1, port: 9, tls: {{ca_file: {tmp_path}/no.pem}}}}\n"
         "bridges:\n"

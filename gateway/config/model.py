@@ -7,8 +7,11 @@ Validation runs in three layers, and every layer reports all it finds before the
    config model of its protocol plugin, each bridge's own keys, and the options of a bridge
    against the route model of its target's protocol;
 3. references and semantics: each plugin model's ``check()``, names used twice, bridges naming
-   undefined devices or a target that cannot receive, point globs that select nothing, units that
-   are unknown or cannot be converted from the point's unit; and that a third-party plugin's
+   undefined devices or a target that cannot receive, a server as a source (it carries
+   nothing), point globs that select nothing, units that are unknown or cannot be converted
+   from the point's unit (or that it has none), points a server target would not serve (named
+   only at run time; its route model's ``check_carried``, the target's own start-up check);
+   and that a third-party plugin's
    adapter class can be imported (`ProtocolSpec.check_adapter`, as ``gateway run`` would).
 
 Some things are said as warnings, not problems: they do not stop the gateway. A plugin package
@@ -67,6 +70,7 @@ from gateway.config.translate import TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
 from gateway.plugins import PluginError, ProtocolSpec, Registry, load_registry
+from gateway.types import PointSpec
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +383,8 @@ class _Loader:
     # protocols whose registry error a problem already quotes: not said again as a warning
     quoted: set[str] = field(default_factory=set)
     adapters_checked: set[tuple[str, str]] = field(default_factory=set)
+    # target -> what its route model's ``check_carried`` keeps between that target's bridges
+    served_state: dict[str, dict[Any, Any]] = field(default_factory=dict)
     # target -> the (device, point) its enabled bridges let clients write (`write_warnings`)
     writable: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     disabled_bridges: list[str] = field(default_factory=list)
@@ -799,6 +805,8 @@ class _Loader:
         ok = self.computed(path, sources, got.get("computed", [])) and ok
         if sources is not None:
             ok = self.anomaly_points(path, sources, got) and ok
+        if live and sources and route is not None:
+            ok = self.served(path, sources, got, route) and ok
         translate = self.translate_files(path, got.get("translate"))
         anomaly = self.anomaly_files(path, got.get("anomaly"))
         if live and sources and route is not None and getattr(route, "writable", True) is True:
@@ -822,6 +830,96 @@ class _Loader:
             anomaly=anomaly,
             computed=tuple(keys.computed),
         )
+
+    def serves(self, name: str) -> bool:
+        """Whether ``name`` is a server target: it serves the points its bridges declare at
+        start (an address space, resources, a register map), and nothing learnt later."""
+        declared = self.declared.get(name)
+        spec = declared.spec if declared is not None else None
+        return (
+            declared is not None
+            and spec is not None
+            and declared.route_model is not None
+            and "serve" in spec.capabilities
+        )
+
+    def served(
+        self,
+        path: Path,
+        sources: tuple[str, ...],
+        got: dict[str, Any],
+        route: BaseModel,
+    ) -> bool:
+        """What a server target would refuse to serve of this enabled bridge: points its
+        sources name only at run time (MQTT ``points: keys``), and the route model's own
+        ``check_carried(target_config, points, shared)`` (the target's start-up check, given
+        the points the bridge carries, None when unknown; ``shared`` spans its bridges)."""
+        target = str(got.get("to"))
+        if not self.serves(target):
+            return True
+        ok = True
+        late = [s for s in sources if self.at_run_time(s)]
+        declared = self.declared_points(sources)
+        if late and declared is not None:
+            runtime = f"{listing([repr(s) for s in late])}, whose subscriptions with points: keys"
+            why = f"{target!r} serves only points declared at start (an MQTT target carries keys)"
+            if declared:
+                self.warn(
+                    (*path, "from"),
+                    f"{runtime} name points at run time: {why}, so those are not served",
+                )
+            else:
+                self.report(
+                    (*path, "from"),
+                    f"{runtime} name points only at run time, and no points: declared",
+                    f"a source with points: declared ({why})",
+                )
+                ok = False
+        entry = self.declared[target].entry
+        check = getattr(route, "check_carried", None)
+        if entry is None or not callable(check):
+            return ok
+        carried = self.carried(sources, got)
+        try:
+            problems = list(check(entry.config, carried, self.served_state.setdefault(target, {})))
+        except Exception as exc:  # a plugin's own code: reported, never a traceback
+            self.report(
+                (*path, "to"),
+                f"an error in {type(route).__name__}.check_carried(): {exc!r}",
+                "a config its protocol plugin can check (report this to its authors)",
+            )
+            return False
+        for problem in problems:
+            self.add(Finding.of(problem, path))
+        return ok and not problems
+
+    def carried(
+        self, sources: tuple[str, ...], got: dict[str, Any]
+    ) -> dict[str, list[PointSpec]] | None:
+        """The points the bridge hands its target at start, per source, as `Bridge.points`
+        makes them (selected, translated, computed ones added); None when only known later."""
+        translate = got.get("translate")
+        if isinstance(translate, TranslateConfig) and translate.mode == "auto":
+            return None
+        raw = got.get("points") or ("*",)
+        globs = (raw,) if isinstance(raw, str) else tuple(raw)
+        computed = [c for c in got.get("computed", []) if isinstance(c, ComputedPoint)]
+        out: dict[str, list[PointSpec]] = {}
+        for source in sources:
+            known = self.declared_points((source,))
+            if known is None:
+                return None
+            specs: list[PointSpec] = []
+            for p in known:
+                name: str | None = p.name
+                if not any(fnmatch.fnmatchcase(p.name, g) for g in globs):
+                    continue
+                if isinstance(translate, TranslateConfig):
+                    name = translate.map.get(p.name)
+                if name is not None:
+                    specs.append(PointSpec(f"{source}/{name}", name, p.datatype or "", p.unit))
+            out[source] = specs + [c.spec(source) for c in computed]
+        return out
 
     def note_writable(self, target: str, sources: tuple[str, ...], globs: tuple[str, ...]) -> None:
         """Remember the points declared writable (access w or rw) that a bridge to ``target``
@@ -946,7 +1044,23 @@ class _Loader:
                     choices(name, list(self.declared), "a device or endpoint name"),
                 )
                 ok = False
+            elif self.serves(name) and not self.has_points(name):
+                declared = self.declared[name]
+                what = f"{declared.spec.name if declared.spec else ''} {declared.role}"
+                self.report(
+                    where,
+                    f"{name!r}, a {what} {declared.section[:-1]}, which carries no points",
+                    "a device or endpoint whose points a bridge carries (a server is a bridge"
+                    " target: it serves points, it reads none)",
+                )
+                ok = False
         return tuple(name for _, name in items) if ok else None
+
+    def has_points(self, name: str) -> bool:
+        """Whether the config model of ``name``'s role has ``points`` (it can be a source)."""
+        declared = self.declared[name]
+        spec = declared.spec
+        return spec is not None and "points" in spec.model_for(declared.role).model_fields
 
     def route(self, path: Path, target: Any, options: dict[str, Any]) -> BaseModel | None:
         """Validate the target options of a bridge with its target protocol's route model."""
@@ -1081,13 +1195,23 @@ class _Loader:
         points only at run time (``points_at_run_time``: an MQTT subscription with ``points:
         keys``). An MQTT endpoint's other ``subscriptions`` do not count: they go on the bus as
         ``mqtt/<name>/<topic>``, which bridges do not carry."""
+        if any(self.at_run_time(s) for s in sources):
+            return None
+        return self.declared_points(sources)
+
+    def at_run_time(self, source: str) -> bool:
+        """Whether ``source`` names points only when data arrives (MQTT ``points: keys``)."""
+        entry = self.declared[source].entry
+        return entry is not None and getattr(entry.config, "points_at_run_time", False) is True
+
+    def declared_points(self, sources: tuple[str, ...]) -> list[_Point] | None:
+        """The points the config of ``sources`` declares (those named at run time left out:
+        what a server target is told at start), or None if one has no point list."""
         out: list[_Point] = []
         for source in sources:
             entry = self.declared[source].entry
             points = getattr(entry.config, "points", None) if entry is not None else None
             if entry is None or not isinstance(points, list | tuple):
-                return None
-            if getattr(entry.config, "points_at_run_time", False) is True:
                 return None
             for i, p in enumerate(points):
                 name, unit = getattr(p, "name", None), getattr(p, "unit", None)
@@ -1096,7 +1220,7 @@ class _Loader:
                     access = getattr(p, "access", None)
                     writable = getattr(access, "writable", False) is True
                     unit = unit if isinstance(unit, str) else None
-                    out.append(_Point(name, unit, where, writable))
+                    out.append(_Point(name, unit, where, writable, _datatype(p)))
         return out
 
     def units(self, path: Path, units: dict[str, str], selected: list[_Point]) -> bool:
@@ -1116,9 +1240,18 @@ class _Loader:
                 valid.add(glob)
         # The first glob matching a point decides its unit (as the bridge applies them).
         wrong: dict[str, list[str]] = {}
+        unconvertible: dict[str, list[str]] = {}
+        converts: set[str] = set()  # globs that match a point they convert
         for point in selected:
             rule = next((g for g in units if fnmatch.fnmatchcase(point.name, g)), None)
-            if rule is None or rule not in valid or point.unit is None:
+            if rule is None or rule not in valid:
+                continue
+            if point.datatype != "string" and point.unit is not None:
+                converts.add(rule)
+            if point.datatype == "string" or point.unit is None:
+                # The bridge converts a number from its unit; these it would only relabel.
+                why = "is a string" if point.datatype == "string" else "has no unit to convert from"
+                unconvertible.setdefault(rule, []).append(f"{point.name} {why}")
                 continue
             try:
                 fits = compatible(point.unit, units[rule])
@@ -1132,6 +1265,20 @@ class _Loader:
                 continue
             if not fits:
                 wrong.setdefault(rule, []).append(f"{point.name!r} ({point.unit})")
+        for glob, reasons in unconvertible.items():
+            if glob in converts:  # a wide glob (``*``): the points it converts are meant
+                self.warn(
+                    (*path, "units", glob),
+                    f"{listing(reasons)}: left as {'they are' if len(reasons) > 1 else 'it is'}",
+                )
+                continue
+            self.report(
+                (*path, "units", glob),
+                f"{units[glob]!r}, but {listing(reasons)}",
+                "a glob matching only numeric points with a unit (units: converts a point's"
+                " unit, it does not give one)",
+            )
+            ok = False
         for glob, bad in wrong.items():
             whose = "the points' units convert" if len(bad) > 1 else "the point's unit converts"
             self.report(
@@ -1154,6 +1301,17 @@ class _Point:
     unit: str | None
     path: Path  # of its unit, for a unit the bridge cannot convert
     writable: bool = False  # declared access w or rw
+    datatype: str | None = None  # None: learnt at run time (an OPC UA point without type)
+
+
+def _datatype(point: Any) -> str | None:
+    """A config point's value type as the bus carries it: ``datatype`` (MQTT), ``dtype``
+    (Modbus, its default filled in) or ``type``; None when only the device will tell."""
+    for attr in ("datatype", "dtype", "type"):
+        value = getattr(point, attr, None)
+        if isinstance(value, str):  # a StrEnum too
+            return str(value)
+    return None
 
 
 __all__ = [

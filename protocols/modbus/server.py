@@ -49,12 +49,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from gateway.adapter import Adapter, AdapterContext
 from gateway.commands import WriteStatus
+from gateway.config.common import Path, Problem
+from gateway.config.errors import format_path, listing
 from gateway.streak import FailureStreak
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
@@ -130,6 +132,141 @@ def bad_code(sample: Sample) -> ExceptionCode:
     return ExceptionCode.SERVER_DEVICE_FAILURE
 
 
+# -- the map's checks: `ModbusServerAdapter.attach` (gateway run) and `check_map` (gateway
+# validate, through `ModbusServerRoute.check_carried`) share them, so that both say the same.
+
+
+def route_unit(route: ModbusServerRoute, server: ModbusServer) -> int | Problem:
+    """The unit id a route's map is served at, or why the server serves none."""
+    unit_id = server.unit_ids[0] if route.unit_id is None else route.unit_id
+    if unit_id in server.unit_ids:
+        return unit_id
+    return Problem(
+        ("unit_id",),
+        f"{unit_id}, which is not one of the server's unit_ids {list(server.unit_ids)}",
+        f"one of the server's unit_ids: {listing([str(u) for u in server.unit_ids])}",
+    )
+
+
+def map_point(
+    i: int, cfg: MapEntry, points: Mapping[str, Sequence[PointSpec]]
+) -> tuple[str, PointSpec] | Problem:
+    """(device, spec) of map entry ``i``, or why it serves none: a point the bridge does not
+    carry, a name several sources have, or a string point in a numeric or bit entry."""
+    device, _, name = cfg.point.rpartition("/")
+    devices = [device] if device else list(points)
+    found = [(d, p) for d in devices for p in points.get(d, []) if p.name == name]
+    where: Path = ("map", i, "point")
+    if not found:
+        carried = [
+            f"{d}/{p.name}" if len(points) > 1 else p.name for d in points for p in points[d]
+        ]
+        return Problem(
+            where,
+            f"{cfg.point!r}: the bridge carries no point {cfg.point!r}",
+            f"a point the bridge carries: {listing(carried)}"
+            if carried
+            else "a point (the bridge carries none)",
+        )
+    if len(found) > 1:
+        return Problem(
+            where,
+            f"{cfg.point!r}: several sources have {name!r}",
+            f"device/{name}, one of: {listing([f'{d}/{name}' for d, _ in found])}",
+        )
+    if found[0][1].datatype == "string" and cfg.dtype is not DataType.STRING:
+        key = "type" if cfg.type is not None else "table" if cfg.table.is_bit else "point"
+        return Problem(
+            ("map", i, key),
+            f"{cfg.point!r}: {name} is a string, which a {cfg.dtype} in the {cfg.table} table"
+            " cannot hold",
+            "type: string (with length) in a holding or input register, for a string point",
+        )
+    return found[0]
+
+
+class Placed(Protocol):
+    """What `Space` needs of a map entry: its layout and the point it serves, in words."""
+
+    @property
+    def config(self) -> MapEntry: ...
+    @property
+    def label(self) -> str: ...
+
+
+E = TypeVar("E", bound=Placed)
+
+
+class Space(Generic[E]):
+    """Which entry holds each address of one table of one unit: the maps of every bridge to
+    one server share it, so that no two entries serve one register (bits of one excepted)."""
+
+    __slots__ = ("owners", "bits")
+
+    def __init__(self) -> None:
+        self.owners: dict[int, E] = {}
+        # registers shared by bool entries on different bits: address -> those entries
+        self.bits: dict[int, list[E]] = {}
+
+    def add(self, i: int, entry: E) -> Problem | None:
+        """Place map entry ``i``; why not, if its addresses are taken."""
+        cfg = entry.config
+        start, end = cfg.address, cfg.address + cfg.count
+        for address in range(start, end):
+            other = self.owners.get(address)
+            if other is None:
+                continue
+            if cfg.bit is None or other.config.bit is None:
+                why = f"{cfg.table} {address} is taken by {other.label}"
+            elif any(e.config.bit == cfg.bit for e in self.bits[address]):
+                why = f"bit {cfg.bit} of {cfg.table} {address} is taken by {other.label}"
+            else:
+                continue
+            return Problem(
+                ("map", i, "address"),
+                f"{cfg.address}: {why}",
+                "an address no other map to this server and unit id uses",
+            )
+        for address in range(start, end):
+            self.owners.setdefault(address, entry)
+        if cfg.bit is not None:
+            self.bits.setdefault(start, []).append(entry)
+        return None
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A map entry as ``gateway validate`` places it (no bridge, no values)."""
+
+    config: MapEntry
+    label: str
+
+
+def check_map(
+    route: ModbusServerRoute,
+    server: ModbusServer,
+    points: Mapping[str, Sequence[PointSpec]] | None,
+    spaces: dict[tuple[int, Table], Space[Any]],
+) -> list[Problem]:
+    """What `ModbusServerAdapter.attach` would refuse of ``route`` (``points``: what the bridge
+    carries, None when only known at run time); ``spaces`` carries the maps of the bridges
+    before it to the same server, as the server attaches them in file order."""
+    unit = route_unit(route, server)
+    if isinstance(unit, Problem):
+        return [unit]
+    problems: list[Problem] = []
+    for i, cfg in enumerate(route.map):
+        found = None if points is None else map_point(i, cfg, points)
+        if isinstance(found, Problem):
+            problems.append(found)
+            continue
+        label = cfg.point if found is None else f"{found[0]}/{found[1].name}"
+        taken = spaces.setdefault((unit, cfg.table), Space()).add(i, _Planned(cfg, label))
+        if taken is not None:
+            problems.append(taken)
+    return problems
+
+
 @dataclass(eq=False, slots=True)
 class _Entry:
     """One map entry bound to the point it serves."""
@@ -160,6 +297,10 @@ class _Entry:
     def count(self) -> int:
         return self.config.count
 
+    @property
+    def label(self) -> str:
+        return f"{self.device}/{self.spec.name}"
+
     def raw(self, value: Value) -> float | int | str:
         """Engineering value -> what the registers hold (before encoding)."""
         cfg = self.config
@@ -189,35 +330,23 @@ class _Entry:
         return value
 
 
-class _Table:
+class _Table(Space[_Entry]):
     """One table of one unit: values, a status byte per address, the entry at each address."""
 
-    __slots__ = ("values", "status", "owners", "bits")
+    __slots__ = ("values", "status")
 
     def __init__(self, table: Table) -> None:
+        super().__init__()
         self.values: list[int] = [0] * SIZE
         self.status = bytearray([UNMAPPED]) * SIZE
-        self.owners: dict[int, _Entry] = {}
-        # registers shared by bool entries on different bits: address -> those entries
-        self.bits: dict[int, list[_Entry]] = {}
 
-    def add(self, entry: _Entry) -> str | None:
-        """Place ``entry``; why not, if its addresses are taken."""
-        start, end = entry.address, entry.address + entry.count
-        for address in range(start, end):
-            other = self.owners.get(address)
-            if other is None:
-                continue
-            if entry.config.bit is None or other.config.bit is None:
-                return f"{entry.table} {address} is taken by {other.device}/{other.spec.name}"
-            if any(e.config.bit == entry.config.bit for e in self.bits[address]):
-                return f"bit {entry.config.bit} of {entry.table} {address} is taken"
-        for address in range(start, end):
-            self.owners.setdefault(address, entry)
-            self.status[address] = WAITING
-        if entry.config.bit is not None:
-            self.bits.setdefault(start, []).append(entry)
-        return None
+    def add(self, i: int, entry: _Entry) -> Problem | None:
+        taken = super().add(i, entry)
+        if taken is None:
+            self.status[entry.address : entry.address + entry.count] = (
+                bytes([WAITING]) * entry.count
+            )
+        return taken
 
     def update(self, entry: _Entry, sample: Sample) -> None:
         """Store a sample of ``entry``'s point (encoded) and its status."""
@@ -390,21 +519,17 @@ class ModbusServerAdapter(Adapter):
         if not isinstance(route, ModbusServerRoute):
             self._map_error(f"bridge {bridge.name} has no map")
             return
-        unit_id = self.config.unit_ids[0] if route.unit_id is None else route.unit_id
-        unit = self.units.get(unit_id)
-        if unit is None:
-            self._map_error(
-                f"bridge {bridge.name}: unit id {unit_id} is not one of the server's "
-                f"unit_ids {self.config.unit_ids}"
-            )
+        unit_id = route_unit(route, self.config)
+        if isinstance(unit_id, Problem):
+            self._map_problem(bridge.name, unit_id)
             return
+        unit = self.units[unit_id]
         points = bridge.points()
         table = self._routes.setdefault(id(route), {})
         for i, cfg in enumerate(route.map):
-            where = f"bridge {bridge.name} map[{i}] ({cfg.point})"
-            found = self._resolve(cfg.point, points)
-            if isinstance(found, str):
-                self._map_error(f"{where}: {found}")
+            found = map_point(i, cfg, points)
+            if isinstance(found, Problem):
+                self._map_problem(bridge.name, found)
                 continue
             device, spec = found
             entry = _Entry(
@@ -416,24 +541,17 @@ class ModbusServerAdapter(Adapter):
                 route.order_of(cfg),
                 writable=route.writable and spec.access.writable and cfg.table.writable,
             )
-            taken = unit.table(cfg.table).add(entry)
+            taken = unit.table(cfg.table).add(i, entry)
             if taken is not None:
-                self._map_error(f"{where}: {taken}")
+                self._map_problem(bridge.name, taken)
                 continue
             self.entries.append(entry)
             table.setdefault(device, {}).setdefault(spec.name, []).append(entry)
 
-    @staticmethod
-    def _resolve(point: str, points: dict[str, list[PointSpec]]) -> tuple[str, PointSpec] | str:
-        """(device, spec) of a map entry's ``point``, or why it names none."""
-        device, _, name = point.rpartition("/")
-        devices = [device] if device else list(points)
-        found = [(d, p) for d in devices for p in points.get(d, []) if p.name == name]
-        if len(found) == 1:
-            return found[0]
-        if found:
-            return f"several sources have {name!r}: write it as device/{name}"
-        return f"the bridge carries no point {point!r}"
+    def _map_problem(self, bridge: str, problem: Problem) -> None:
+        """In the words ``gateway validate`` uses for it (`check_map`)."""
+        where = f"bridge {bridge} {format_path(problem.path)}"
+        self._map_error(f"{where}: found {problem.found}; expected {problem.expected}")
 
     def _map_error(self, text: str) -> None:
         log.error("%s: %s; not served", self.name, text)

@@ -10,7 +10,7 @@ reported at the entry's ``address`` (``bridges[0].map[3].address``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
@@ -18,6 +18,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 from gateway.config.common import Problem, Strict
 from protocols.modbus.codec import ByteOrder, Table
 from protocols.modbus.config import RegisterLayout
+
+if TYPE_CHECKING:
+    from gateway.types import PointSpec
 
 POINT_PATTERN = r"^([A-Za-z0-9_][A-Za-z0-9_.\-]*/)?[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 
@@ -111,6 +114,20 @@ class ModbusServerRoute(Strict):
                 ],
             )
         return self
+
+    def check_carried(
+        self,
+        server: object,
+        points: dict[str, list[PointSpec]] | None,
+        shared: dict[Any, Any],
+    ) -> list[Problem]:
+        """``gateway validate``: what the server would refuse of this map when it starts (the
+        same check, `server.check_map`); ``shared`` holds the maps of earlier bridges to it."""
+        from protocols.modbus.server import check_map  # the adapter module: no library import
+
+        if not isinstance(server, ModbusServer):
+            return []
+        return check_map(self, server, points, shared)
 
     def order_of(self, entry: MapEntry) -> ByteOrder:
         return self.byte_order if entry.byte_order is None else entry.byte_order
