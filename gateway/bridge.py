@@ -206,7 +206,8 @@ class Bridge:
     ) -> WriteResult:
         """A write from the target side: back to source units, then the router's safety rules."""
         if self.translate is not None:
-            source_point = self.translate.source_name(point)
+            has = {p.name for p in self._sources.get(device, [])} or None
+            source_point = self.translate.source_name(point, has)
             if source_point is None:
                 return WriteResult(
                     WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {point}"

@@ -15,8 +15,9 @@ one of the points it names (so it follows fresh readings, and a point polled eve
 not hold back one polled every 100 ms). A named point missing from the message is taken from
 the device's shadow (``reported``: its last good or uncertain value), which is what makes the shadow
 context for bridges; ``shadow.reported.<key>`` and ``shadow.desired.<key>`` read it directly.
-Without a shadow (no ``shadow:`` section) the bridge remembers each device's last reading of
-the points its expressions name instead, so inputs polled in different groups still combine.
+Where the shadow has no value (no ``shadow:`` section, a device it does not keep) the bridge's
+own memory of each device's last reading of the points its expressions name serves instead, so
+inputs polled in different groups still combine.
 When a value is missing everywhere, or the arithmetic fails (a division by zero), the point is
 skipped for that message and counted; the rest of the message goes on.
 
@@ -74,12 +75,10 @@ class ComputedPoints:
             return ()
         here = {s.point: s for s in samples}
         doc = self.state(device) if self.state is not None else None
-        last = None
-        if self.state is None:
-            last = self._last.setdefault(device, {})
-            for name in self._inputs & here.keys():
-                if here[name].value is not None:
-                    last[name] = here[name]
+        last = self._last.setdefault(device, {})
+        for name in self._inputs & here.keys():
+            if here[name].value is not None:
+                last[name] = here[name]
         out: list[Sample] = []
         for point, expr in self._points:
             if expr.points and not expr.points & here.keys():
@@ -101,13 +100,14 @@ class ComputedPoints:
                         quality = sample.quality
                     newest = max(newest, sample.source_ts)
                     return sample.value
-                if last is not None and (kept := last.get(name)) is not None:
+                found = None if doc is None else doc.reported.get(name)
+                if found is None:  # no shadow (or none for this device): what this bridge saw
+                    kept = last.get(name)
+                    if kept is None:
+                        raise _Missing(name)
                     if kept.quality is not Quality.GOOD or sample is not None:  # now failing
                         quality = max(quality, Quality.UNCERTAIN, key=_RANK.__getitem__)
                     return kept.value
-                found = None if doc is None else doc.reported.get(name)
-                if found is None:
-                    raise _Missing(name)
                 if doc is not None and doc.quality.get(name, "good") != "good":
                     quality = max(quality, Quality.UNCERTAIN, key=_RANK.__getitem__)
                 return found

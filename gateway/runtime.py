@@ -54,6 +54,11 @@ QUIET_STATUS_S = 60.0
 SUPERVISOR_BACKOFF = Backoff(initial=1.0, max=60.0)
 
 
+def _status_every(interval: float) -> float:
+    """The reports' interval for ``status_interval``: 0 keeps the file (not the log line)."""
+    return interval or QUIET_STATUS_S
+
+
 class StartError(RuntimeError):
     """A part of the gateway could not start: its configuration cannot work on this machine
     (a port in use, an unreadable certificate, a state file that cannot be opened).
@@ -288,14 +293,14 @@ class Gateway:
     def status_every(self) -> float:
         """Seconds between status reports: the configured interval, or `QUIET_STATUS_S` for
         the file alone when the log's status lines are off."""
-        return self.config.gateway.status_interval or QUIET_STATUS_S
+        return _status_every(self.config.gateway.status_interval)
 
     async def _report(self, interval: float) -> None:
         """Every ``interval`` s: the status line in the log, systemd's STATUS and the status
         file; with ``interval`` 0, STATUS and the file every `QUIET_STATUS_S`, no log line."""
         streak = FailureStreak(log, "status report")
         lines = interval > 0
-        interval = interval or QUIET_STATUS_S
+        interval = _status_every(interval)
         # The first report soon after start: the one written at READY predates every
         # connection, and would say "down" for a whole interval (60 s by default).
         wait = min(interval, FIRST_REPORT_S)

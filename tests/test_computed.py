@@ -146,6 +146,9 @@ def test_without_a_shadow_inputs_from_earlier_messages_are_remembered() -> None:
     failing = s.apply("pump", (Sample("inlet", None, Quality.BAD), Sample("outlet", 300.0)))
     assert failing[0].value == pytest.approx(20.0)  # the last inlet with a value ...
     assert failing[0].quality is Quality.UNCERTAIN  # ... which is stale now
+    kept_elsewhere = stage(None, HEAD)  # a shadow that does not keep this device
+    assert kept_elsewhere.apply("pump", (Sample("inlet", 104.0),)) == ()
+    assert len(kept_elsewhere.apply("pump", (Sample("outlet", 300.0),))) == 1
 
 
 def test_desired_state_as_an_input() -> None:

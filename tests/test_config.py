@@ -876,18 +876,29 @@ def test_anomaly_globs_that_match_no_point_the_bridge_carries(
 @pytest.mark.parametrize(
     "extra",
     [
-        "anomaly: {points: [supply, kw], exclude: [sp]}, translate: {map: {temp: supply, speed_sp: sp}},"
-        " computed: [{name: kw, expr: 'flow * 2'}]",
-        # auto: names of new points are decided at run time
-        "anomaly: {points: ['Supply*']}, translate: {mode: auto}",
+        "anomaly: {points: [temp, kw], exclude: [speed_sp]}, translate: {map: {temp: supply,"
+        " speed_sp: sp}}, computed: [{name: kw, expr: 'flow * 2'}]",
+        "anomaly: {points: ['temp*']}, translate: {mode: auto}",
     ],
 )
-def test_anomaly_globs_see_translated_and_computed_names(registry: Registry, extra: str) -> None:
+def test_anomaly_globs_see_source_and_computed_names(registry: Registry, extra: str) -> None:
+    """The bridge scores before translate, by the source's own names (docs/anomaly.md)."""
     text = (
         f"devices:\n{PUMP_SP}{BROKER}bridges:\n"
         f"  - {{name: up, from: pump, to: broker, points: ['temp', 'speed*'], {extra}}}\n"
     )
     assert load_config_text(text, "gw.yaml", registry).bridges[0].anomaly is not None
+
+
+def test_anomaly_globs_by_translated_names_match_nothing(registry: Registry) -> None:
+    text = (
+        f"devices:\n{PUMP_SP}{BROKER}bridges:\n"
+        "  - {name: up, from: pump, to: broker, points: ['temp', 'speed*'],"
+        " anomaly: {points: [supply]}, translate: {map: {temp: supply, speed_sp: sp}}}\n"
+    )
+    p = only_problem(text, registry)
+    assert p.dotted == "bridges[0].anomaly.points[0]"
+    assert p.expected == "a glob matching some of: temp, speed_sp"
 
 
 def test_validate_warns_about_tls_and_certificate_files_that_are_not_here(

@@ -95,20 +95,25 @@ def test_d_e_a_string_point_as_a_number_or_a_coil() -> None:
     assert "label is a string" in found["bridges[0].map[1].table"][0]
 
 
-def test_f_units_for_a_point_without_a_unit_or_a_string() -> None:
+def test_f_units_for_a_string_is_an_error_for_a_point_without_a_unit_a_warning() -> None:
+    """A string never converts. A point without a unit in the config may get one from its
+    readings (SenML's u, a device's own): that is said, not refused."""
     found = problems(bridge("    units: {cnt: degF, label: degF}\n", to="broker"))
-    assert set(found) == {"bridges[0].units.cnt", "bridges[0].units.label"}
-    assert "cnt has no unit to convert from" in found["bridges[0].units.cnt"][0]
+    assert set(found) == {"bridges[0].units.label"}
     assert "label is a string" in found["bridges[0].units.label"][0]
+    config = load_config_text(BASE + bridge("    units: {cnt: degF}\n", to="broker"), "gw.yaml")
+    (warning,) = [w for w in config.warnings if "units" in w]
+    assert "cnt has no unit in the config: converted to degF only when its readings" in warning
     load_config_text(BASE + bridge("    units: {temp: degF}\n", to="broker"))
 
 
 def test_f_a_wide_units_glob_only_warns_about_what_it_cannot_convert() -> None:
     """``units: {'*': degF}`` meant the points it converts; the others are said, not refused."""
     config = load_config_text(BASE + bridge("    units: {'*': degF}\n", to="broker"), "gw.yaml")
-    (warning,) = [w for w in config.warnings if "units" in w]
-    assert "bridges[0].units['*']: " in warning and "label is a string" in warning
-    assert "cnt has no unit to convert from" in warning and "left as they are" in warning
+    warnings = [w for w in config.warnings if "bridges[0].units['*']: " in w]
+    assert len(warnings) == 2
+    assert "sw, cnt have no unit in the config" in warnings[0]
+    assert "label is a string: not converted" in warnings[1]
 
 
 def test_g_a_server_endpoint_is_no_source() -> None:

@@ -7,12 +7,13 @@ import logging
 import warnings
 
 import pytest
-from torch.jit import TracerWarning  # type: ignore[attr-defined]
 
 from models.quiet import quiet_export
 
 
 def test_only_the_two_known_hints_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    from torch.jit import TracerWarning  # type: ignore[attr-defined]  # the [train] extra
+
     caplog.set_level(logging.WARNING)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

@@ -25,7 +25,7 @@ def test_two_points_mapped_to_one_name_are_refused_at_the_map() -> None:
         load_config_text(text, "gw.yaml")
     (p,) = info.value.problems
     assert (p.dotted, p.line) == ("bridges[0].translate.map", 9)
-    assert "temp and speed_sp are both mapped to 'x'" in str(p)
+    assert "temp, speed_sp of pump all mapped to 'x'" in str(p)
 
 
 def test_distinct_names_are_fine() -> None:
@@ -33,3 +33,13 @@ def test_distinct_names_are_fine() -> None:
         PLANT + "  - {name: up, from: pump, to: broker, translate: {map: {temp: t, speed_sp: s}}}\n"
     )
     assert load_config_text(text, "gw.yaml").bridges[0].translate is not None
+
+
+def test_a_write_to_a_shared_name_reaches_the_point_its_device_has() -> None:
+    from gateway.config.translate import TranslateConfig
+    from gateway.translator.transform import Translate
+
+    translate = Translate(TranslateConfig(map={"temp": "t", "TEMP_1": "t"}))
+    assert translate.source_name("t", {"TEMP_1", "other"}) == "TEMP_1"
+    assert translate.source_name("t", {"temp"}) == "temp"
+    assert translate.source_name("t", {"x"}) is None

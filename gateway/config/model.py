@@ -805,6 +805,7 @@ class _Loader:
         ok = self.computed(path, sources, got.get("computed", [])) and ok
         if sources is not None:
             ok = self.anomaly_points(path, sources, got) and ok
+            ok = self.one_point_per_name(path, sources, got.get("translate")) and ok
         if live and sources and route is not None:
             ok = self.served(path, sources, got, route) and ok
         translate = self.translate_files(path, got.get("translate"))
@@ -1155,15 +1156,13 @@ class _Loader:
         return ok
 
     def anomaly_points(self, path: Path, sources: tuple[str, ...], got: dict[str, Any]) -> bool:
-        """``anomaly: points/exclude`` globs that match no point the bridge carries (scored
-        after the bridge's globs, translate and computed points), where those are known."""
+        """``anomaly: points/exclude`` globs that match no point the bridge scores (after the
+        bridge's globs and computed points, before translate: the source's own names), where
+        those are known."""
         options = got.get("anomaly")
-        translate = got.get("translate")
         known = self.points_of(sources)
         if not isinstance(options, AnomalyOptions) or known is None:
             return True
-        if isinstance(translate, TranslateConfig) and translate.mode == "auto":
-            return True  # names of new points are decided at run time
         raw = got.get("points") or ("*",)
         selects = (raw,) if isinstance(raw, str) else tuple(raw)
         names = [
@@ -1171,15 +1170,34 @@ class _Loader:
             for n in dict.fromkeys(p.name for p in known)
             if any(fnmatch.fnmatchcase(n, g) for g in selects)
         ]
-        if isinstance(translate, TranslateConfig):
-            names = [translate.map[n] for n in names if n in translate.map]
         names += [c.name for c in got.get("computed", []) if isinstance(c, ComputedPoint)]
         if not names:
-            return True  # the bridge carries nothing: its own globs or translate say so
+            return True  # the bridge carries nothing: its own globs say so
         whose = f"bridge {got.get('name') or f'bridges[{path[-1]}]'!r} carries"
         where = (*path, "anomaly")
         ok = self.globs((*where, "points"), options.points, names, whose)
         return self.globs((*where, "exclude"), options.exclude, names, whose) and ok
+
+    def one_point_per_name(self, path: Path, sources: tuple[str, ...], translate: Any) -> bool:
+        """Two points of one source mapped to one name: a write from the target to that name
+        could not tell which to write (points of different sources may share a name)."""
+        if not isinstance(translate, TranslateConfig):
+            return True
+        for source in sources:
+            known = self.declared_points((source,))
+            mapped: dict[str, list[str]] = {}
+            for p in known or []:
+                if p.name in translate.map:
+                    mapped.setdefault(translate.map[p.name], []).append(p.name)
+            for name, points in mapped.items():
+                if len(points) > 1:
+                    self.report(
+                        (*path, "translate", "map"),
+                        f"{listing(points)} of {source} all mapped to {name!r}",
+                        "one point of a device per target name",
+                    )
+                    return False
+        return True
 
     def unnamed_points(self, source: str) -> bool:
         """Whether the config of ``source`` lists points without a ``name`` attribute (a
@@ -1241,18 +1259,21 @@ class _Loader:
         # The first glob matching a point decides its unit (as the bridge applies them).
         wrong: dict[str, list[str]] = {}
         unconvertible: dict[str, list[str]] = {}
+        unitless: dict[str, list[str]] = {}
         converts: set[str] = set()  # globs that match a point they convert
         for point in selected:
             rule = next((g for g in units if fnmatch.fnmatchcase(point.name, g)), None)
             if rule is None or rule not in valid:
                 continue
-            if point.datatype != "string" and point.unit is not None:
-                converts.add(rule)
-            if point.datatype == "string" or point.unit is None:
-                # The bridge converts a number from its unit; these it would only relabel.
-                why = "is a string" if point.datatype == "string" else "has no unit to convert from"
-                unconvertible.setdefault(rule, []).append(f"{point.name} {why}")
+            if point.datatype == "string":
+                unconvertible.setdefault(rule, []).append(f"{point.name} is a string")
                 continue
+            if point.unit is None:
+                # Some readings bring their unit (SenML's u, a CoAP or OPC UA device's own):
+                # converted then; said, not refused.
+                unitless.setdefault(rule, []).append(point.name)
+                continue
+            converts.add(rule)
             try:
                 fits = compatible(point.unit, units[rule])
             except ValueError as exc:
@@ -1265,12 +1286,16 @@ class _Loader:
                 continue
             if not fits:
                 wrong.setdefault(rule, []).append(f"{point.name!r} ({point.unit})")
+        for glob, names in unitless.items():
+            self.warn(
+                (*path, "units", glob),
+                f"{listing(names)} {'have' if len(names) > 1 else 'has'} no unit in the config:"
+                f" converted to {units[glob]} only when {'their' if len(names) > 1 else 'its'}"
+                " readings bring a unit",
+            )
         for glob, reasons in unconvertible.items():
             if glob in converts:  # a wide glob (``*``): the points it converts are meant
-                self.warn(
-                    (*path, "units", glob),
-                    f"{listing(reasons)}: left as {'they are' if len(reasons) > 1 else 'it is'}",
-                )
+                self.warn((*path, "units", glob), f"{listing(reasons)}: not converted")
                 continue
             self.report(
                 (*path, "units", glob),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from gateway.config.common import Strict
 
@@ -38,21 +38,6 @@ class TranslateConfig(Strict):
         description="auto: CSV of name,brick_class from this site (few-shot); relative to the"
         " config file",
     )
-
-    @field_validator("map")
-    @classmethod
-    def _one_source_per_name(cls, mapping: dict[str, str]) -> dict[str, str]:
-        # A write from the target to a name two points share could not tell which to write.
-        sources: dict[str, list[str]] = {}
-        for source, name in mapping.items():
-            sources.setdefault(name, []).append(source)
-        for name, points in sources.items():
-            if len(points) > 1:
-                raise ValueError(
-                    f"{' and '.join(points)} are both mapped to {name!r}; each target name "
-                    "needs one source point"
-                )
-        return mapping
 
     @model_validator(mode="after")
     def _approved(self) -> TranslateConfig:

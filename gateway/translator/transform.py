@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -60,10 +60,12 @@ class Translate:
             return self.map[name]
         return self._decided.get(name) if self.auto else None
 
-    def source_name(self, name: str) -> str | None:
-        """The source point behind a target-side name (for writes), or None."""
+    def source_name(self, name: str, has: Container[str] | None = None) -> str | None:
+        """The source point behind a target-side name (for writes), or None; with ``has``
+        (the device's point names), the one that device has: devices of one bridge may
+        spell a point differently and share its target name."""
         for src, tgt in self.map.items():
-            if tgt == name:
+            if tgt == name and (has is None or src in has):
                 return src
         if self.auto:
             for src, decided in self._decided.items():

@@ -593,7 +593,12 @@ class PointDecoder:
 
         found = self._exact.get(topic, [])
         if self._wildcard:
-            found = found + [p for p in self._wildcard if topic_matches(p.topic, topic)]
+            # Not a point's own command topic: it would read its writes back as the device's.
+            found = found + [
+                p
+                for p in self._wildcard
+                if topic_matches(p.topic, topic) and p.command_topic != topic
+            ]
         return found
 
     def decode(

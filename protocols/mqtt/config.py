@@ -181,10 +181,10 @@ class MqttPoint(PointLimits):
     def _command_topic(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and check_publish_topic(v):
             raise ValueError("command_topic is a plain topic, without placeholders")
-        from gateway.bus import topic_matches
-
+        # A wildcard topic may cover its command topic (plant/# and plant/pump/set): the
+        # decoder skips that topic for the point. Only its own topic is refused.
         topic = info.data.get("topic")  # absent when it was refused itself
-        if v is not None and topic is not None and topic_matches(topic, v):
+        if v is not None and topic is not None and topic == v:
             raise ValueError(
                 f"a topic the point does not read ({topic!r}):"
                 " it would read its writes back as the device's value"
