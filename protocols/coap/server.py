@@ -161,12 +161,35 @@ def write_context_dir(oscore: Oscore, name: str) -> Path:
         settings["id-context_hex"] = oscore.id_context
     text = json.dumps(settings, indent=2, sort_keys=True)
     path = base / "settings.json"
-    if not path.exists() or path.read_text() != text:
-        # New key material: a stale sequence/replay state from other keys must not be reused.
-        (base / "sequence.json").unlink(missing_ok=True)
+    if not path.exists() or path.read_text(errors="replace") != text:
+        if _other_keys(path, settings):
+            # New key material: a stale sequence/replay state from other keys must not be reused.
+            (base / "sequence.json").unlink(missing_ok=True)
         path.touch(mode=0o600)
         path.write_text(text)
     return base
+
+
+def _other_keys(path: Path, settings: dict[str, str]) -> bool:
+    """Whether the settings file at ``path`` held other key material than ``settings``.
+    Unknown (missing) counts as other; an unreadable file does not: restarting the sequence
+    numbers under keys that may be the same would reuse nonces, which OSCORE must never do.
+    The peer's replay state is kept then, and the log says how to reset it."""
+    if not path.exists():
+        return True
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        old = None
+    if not isinstance(old, dict) or not {"secret_hex", "salt_hex"} <= old.keys():
+        log.warning(
+            "%s was damaged: rewritten from the config; %s kept, so no sequence number is"
+            " reused (if the peer's keys changed too, delete it to reset)",
+            path,
+            path.with_name("sequence.json"),
+        )
+        return False
+    return any(old.get(k) != v for k, v in settings.items())
 
 
 def oscore_credentials(oscore: Oscore, name: str, target: str) -> CredentialsMap:
