@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,15 +27,25 @@ log = logging.getLogger("gateway")
 def _setup_logging(level: str) -> None:
     from gateway.streak import throttle_noisy_loggers
 
-    chosen = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(
-        level=chosen,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
     )
+    _set_log_level(level)
     throttle_noisy_loggers()  # a flood of bad packets is a line every 10 s, not one each
-    if chosen > logging.DEBUG:  # asyncua says 'add_node: ... does not exists' per node at start
-        logging.getLogger("asyncua.server.address_space").setLevel(logging.WARNING)
+
+
+def _set_log_level(level: str) -> None:
+    chosen = getattr(logging, level.upper(), logging.INFO)
+    logging.getLogger().setLevel(chosen)
+    # asyncua says 'add_node: ... does not exists' per node at start
+    address_space = logging.DEBUG if chosen <= logging.DEBUG else logging.WARNING
+    logging.getLogger("asyncua.server.address_space").setLevel(address_space)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
 
 
 def _print_warnings(lines: Sequence[str]) -> None:
@@ -146,12 +157,6 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.paths import use_config_state_dir
@@ -174,27 +179,50 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         from gateway import livestatus
+        from gateway.reload import RunSignals
         from gateway.runtime import Gateway
         from gateway.sdnotify import Notifier, start_watchdog
 
-        stop = asyncio.Event()
-        install_stop_signals(stop)
         # Under a systemd Type=notify unit: READY=1 once started, STATUS= lines, STOPPING=1,
-        # and WATCHDOG=1 from a task on this loop (a blocked loop stops the pings).
+        # RELOADING=1 on SIGHUP, and WATCHDOG=1 from a task on this loop (a blocked loop
+        # stops the pings).
         notifier = Notifier.from_environ()
+        signals = RunSignals(lambda: load_config(args.file), notifier)
+        signals.install()
         watchdog = start_watchdog(notifier)
-        status_file = livestatus.status_path(config.gateway.name)
+        current, previous = config, None  # previous: the config that ran before a reload
         try:
-            try:
-                gateway = Gateway(
-                    config, notifier=notifier, status_file=status_file, config_file=config_file
-                )
-            except (PluginError, StartError) as exc:  # run() would have said "failed" itself
-                livestatus.record_refused(
-                    status_file, gateway=config.gateway.name, config=config_file, reason=str(exc)
-                )
-                raise
-            await gateway.run(stop)
+            while True:
+                status_file = livestatus.status_path(current.gateway.name)
+                try:
+                    try:
+                        gateway = Gateway(
+                            current, notifier=notifier, status_file=status_file,
+                            config_file=config_file,
+                        )  # fmt: skip
+                    except (PluginError, StartError) as exc:  # run() says "failed" itself
+                        livestatus.record_refused(
+                            status_file, gateway=current.gateway.name, config=config_file,
+                            reason=str(exc),
+                        )  # fmt: skip
+                        raise
+                    await gateway.run(signals.stop)
+                except (PluginError, StartError) as exc:
+                    if previous is None or signals.stop.is_set():
+                        raise
+                    # The reloaded config loads but cannot start here (a port in use, a
+                    # certificate missing): the one that ran before can, most likely.
+                    log.error(
+                        "the reloaded config could not start (%s); back to the one before", exc
+                    )
+                    current, previous = previous, None
+                    continue
+                reloaded = signals.next_config()
+                if reloaded is None:
+                    break
+                if args.log_level is None:
+                    _set_log_level(reloaded.gateway.log_level)
+                current, previous = reloaded, current
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -212,12 +240,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(1)
+        finished.set()
 
+    finished = threading.Event()
     try:
         asyncio.run(main())
     except (PluginError, StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # A second Ctrl-C after the shutdown finished (asyncio has put Python's handler back
+        # by then): the stop was clean, so say so.
+        if not finished.is_set():
+            raise
     return 0
 
 

@@ -153,7 +153,7 @@ class Gateway:
             except Exception as exc:
                 await self._write_status("failed", {}, str(exc) or type(exc).__name__)
                 raise
-            await self._write_status("stopped")
+            await self._write_status("stopped", line=self.summary(stopped=True))
         finally:
             if lock is not None:
                 lock.release()
@@ -245,19 +245,22 @@ class Gateway:
                 self.router.close()
         log.info("gateway %s stopped", self.config.gateway.name)
 
-    def summary(self, status: dict[str, Any] | None = None) -> str:
+    def summary(self, status: dict[str, Any] | None = None, *, stopped: bool = False) -> str:
         """One line for the log: what is connected, what flowed, what was dropped; the anomaly
         scorers' alarms and each uplink optimizer's policy where they are configured. From
-        ``status`` (`status`'s dict) when the caller has it already."""
+        ``status`` (`status`'s dict) when the caller has it already. ``stopped``: the line of
+        a run that ended cleanly: the totals, without the connections (all closed by then,
+        which is no news of a device being down)."""
         status = self.status() if status is None else status
         statuses: dict[str, dict[str, Any]] = status["adapters"]
         adapters = list(statuses.values())
         down = [n for n, a in statuses.items() if a.get("connected") is False]
         unknown = [n for n, a in statuses.items() if "status_error" in a]  # see _adapter_status
         bridges: list[dict[str, Any]] = list(status["bridges"].values())
+        connected = f"{len(adapters) - len(down) - len(unknown)}/{len(adapters)} connected, "
         text = (
-            f"{len(adapters) - len(down) - len(unknown)}/{len(adapters)} connected, "
-            f"{counted(self.bus.published, 'bus message')}, "
+            ("stopped: " if stopped else connected)
+            + f"{counted(self.bus.published, 'bus message')}, "
             f"{sum(b['forwarded'] for b in bridges)} forwarded, "
             f"{sum(b['dropped'] for b in bridges)} dropped in bridges, "
             f"{sum(int(a.get('dropped', 0)) for a in adapters)} dropped in adapters"
@@ -270,7 +273,7 @@ class Gateway:
         missed = sum(int(a.get("polls_missed", 0)) for a in adapters)
         if missed:  # a poll slower than its interval: readings never taken
             text += f", {counted(missed, 'poll')} skipped late"
-        if down:
+        if down and not stopped:
             text += f"; down: {', '.join(down[:10])}" + (" ..." if len(down) > 10 else "")
         if unknown:
             text += f"; status() failed: {', '.join(unknown[:10])}"

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Notifier:
         self._target: str | bytes | None = None
         self._sock: socket.socket | None = None
         self._warned = False
+        self._reloading = False
         self.sent = 0
         self.failed = 0
         if self.address is not None:
@@ -111,13 +113,27 @@ class Notifier:
         return True
 
     def ready(self, status: str | None = None) -> bool:
+        self._reloading = False
         return self.notify(READY=1, **({"STATUS": status} if status is not None else {}))
 
     def status(self, text: str) -> bool:
         return self.notify(STATUS=text)
 
     def stopping(self, status: str | None = None) -> bool:
+        if self._reloading:  # the run that ends is replaced: the service is not stopping
+            return self.status(status) if status is not None else False
         return self.notify(STOPPING=1, **({"STATUS": status} if status is not None else {}))
+
+    def reloading(self, status: str | None = None) -> bool:
+        """RELOADING=1 until the next `ready`; MONOTONIC_USEC as Type=notify-reload wants."""
+        self._reloading = True
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        fields: dict[str, str | int] = {"RELOADING": 1, "MONOTONIC_USEC": usec}
+        return self.notify(**fields, **({"STATUS": status} if status is not None else {}))
+
+    def cancel_reload(self) -> None:
+        """A stop for good came during a reload: `stopping` says STOPPING=1 again."""
+        self._reloading = False
 
     def watchdog(self) -> bool:
         return self.notify(WATCHDOG=1)

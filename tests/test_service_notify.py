@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import HOST, free_port, port_open, reaped
@@ -344,7 +346,115 @@ def test_the_example_unit_gives_the_gateway_the_time_its_own_timeouts_need() -> 
     service = unit["Service"]
     assert service["Type"] == "notify"
     assert service["ExecStart"].split()[1:3] == ["run", "/etc/protocol-brain/gateway.yaml"]
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # gateway run reloads on SIGHUP
     assert float(service["TimeoutStartSec"]) > runtime.START_TIMEOUT
     assert float(service["TimeoutStopSec"]) > runtime.DRAIN_TIMEOUT + 2 * runtime.CANCEL_TIMEOUT
     state = service["Environment"].removeprefix("PROTOCOL_BRAIN_STATE_DIR=")
     assert state == f"/var/lib/{service['StateDirectory']}" == service["WorkingDirectory"]
+
+
+def modbus_server_config(tmp_path: Path, port: int) -> Path:
+    return write_config(
+        tmp_path,
+        "gateway: {name: svc, status_interval: 0.3}\n"
+        "endpoints:\n"
+        f"  mb: {{protocol: modbus, role: server, host: {HOST}, port: {port}}}\n",
+    )
+
+
+def wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def test_sighup_restarts_from_the_edited_config(tmp_path: Path, listener: NotifyListener) -> None:
+    first, second = free_port(), free_port()
+    config = modbus_server_config(tmp_path, first)
+    with reaped(start_gateway(config, str(listener.sock.getsockname()))) as proc:
+        listener.wait("READY")
+        assert port_open(HOST, first)
+        modbus_server_config(tmp_path, second)  # the integrator edits the file ...
+        proc.send_signal(signal.SIGHUP)  # ... and runs `systemctl reload`
+        listener.wait("RELOADING")
+        wait_for(lambda: len(listener.times("READY")) == 2, "READY=1 after the reload")
+        assert port_open(HOST, second), "the reloaded config's server does not listen"
+        assert not port_open(HOST, first), "the old config's server still listens"
+        reloading = [f for _, f in listener.messages if f.get("RELOADING") == "1"][0]
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        assert proc.poll() is None
+        # Stopping the old run for a reload is not the service stopping.
+        assert not listener.times("STOPPING")
+        code, log = stop_gateway(proc, config)
+    assert code == 0, log
+    listener.wait("STOPPING", timeout=5)
+    assert "reloading: the config loads" in log
+
+
+def test_sighup_with_a_broken_config_keeps_the_running_one(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    port = free_port()
+    config = modbus_server_config(tmp_path, port)
+    with reaped(start_gateway(config, str(listener.sock.getsockname()))) as proc:
+        listener.wait("READY")
+        config.write_text("gateway: {name: svc}\nendpoints:\n  mb: {protocol: modbus, role: \n")
+        proc.send_signal(signal.SIGHUP)
+        log_file = config.with_suffix(".log")
+        wait_for(lambda: "reload refused" in log_file.read_text(), "the refusal in the log")
+        assert proc.poll() is None, "a config that does not load stopped the gateway"
+        assert port_open(HOST, port)
+        assert not listener.times("RELOADING")
+        code, log = stop_gateway(proc, config)
+    assert code == 0, log
+    assert len(listener.times("READY")) == 1
+
+
+def test_a_reloaded_config_that_cannot_start_falls_back_to_the_last_one(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    port = free_port()
+    config = modbus_server_config(tmp_path, port)
+    with socket.socket() as taken:  # the new config's port is in use
+        taken.bind((HOST, 0))
+        taken.listen()
+        with reaped(start_gateway(config, str(listener.sock.getsockname()))) as proc:
+            listener.wait("READY")
+            modbus_server_config(tmp_path, taken.getsockname()[1])
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(listener.times("READY")) == 2, "READY=1 after the fall-back")
+            assert proc.poll() is None
+            assert port_open(HOST, port), "the last config's server is not back"
+            code, log = stop_gateway(proc, config)
+    assert code == 0, log
+    assert "the reloaded config could not start" in log
+    assert "back to the one before" in log
+
+
+def test_a_clean_stop_leaves_the_totals_not_a_list_of_devices_down(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    config = write_config(
+        tmp_path,
+        "gateway: {name: svc, status_interval: 0.3}\n"
+        "endpoints:\n"
+        f"  mb: {{protocol: modbus, role: server, host: {HOST}, port: {free_port()}}}\n"
+        "devices:\n"
+        f"  plc: {{protocol: modbus, host: {HOST}, port: {free_port()}, timeout: 0.3,"
+        " points: [{name: t, address: 0}]}\n",
+    )
+    state = tmp_path / "state"
+    start = start_gateway(
+        config, str(listener.sock.getsockname()), PROTOCOL_BRAIN_STATE_DIR=str(state)
+    )
+    with reaped(start) as proc:
+        listener.wait("READY")
+        code, log = stop_gateway(proc, config)
+    assert code == 0, log
+    (status_file,) = state.rglob("svc.json")
+    snapshot = json.loads(status_file.read_text())
+    assert snapshot["state"] == "stopped"
+    assert snapshot["summary"].startswith("stopped: "), snapshot["summary"]
+    assert "down" not in snapshot["summary"] and "connected" not in snapshot["summary"]
