@@ -455,11 +455,15 @@ def senml_records(topic: str, payload: bytes) -> list[Record]:
     return _shared(topic, payload, "senml+json", "bad SenML: ")
 
 
-def _shared(topic: str, payload: bytes, fmt: str, prefix: str = "") -> list[Record]:
+def _shared(
+    topic: str, payload: bytes, fmt: str, prefix: str = "", *, datatype: str = ""
+) -> list[Record]:
+    """``payload`` by the shared codec (`payloads.decode_for`: ``datatype`` is the point's type,
+    which decides whether text is read as text); its errors become this module's."""
     from gateway import payloads
 
     try:
-        return payloads.decode(payload, fmt)
+        return payloads.decode_for(payload, fmt, datatype)
     except payloads.PayloadError as exc:
         raise PayloadError(topic, f"{prefix}{exc}") from None
 
@@ -652,10 +656,10 @@ class PointDecoder:
         """The point's value, source time, unit, and the quality and reason the payload gives
         it (good, unless another gateway relayed a reading that was not)."""
         if p.format == "text":
-            if p.datatype == "string":
-                return decode(topic, payload, "text"), None, p.unit, _GOOD, None
-            # A number (or true/false/on/off) as the shared text format reads it: finite only.
-            return _shared(topic, payload, "text")[0][1], None, p.unit, _GOOD, None
+            # The shared text reader, as CoAP's: a string point's text as sent ("1234" stays
+            # text), less one line end; a number (or true/false/on/off) otherwise, finite only.
+            value = _shared(topic, payload, "text", datatype=p.datatype)[0][1]
+            return value, None, p.unit, _GOOD, None
         if p.format == "senml":
             if "senml" not in parsed:
                 parsed["senml"] = senml_records(topic, payload)
@@ -704,10 +708,16 @@ class PointDecoder:
 def command_payload(point: MqttPoint, value: Value) -> bytes:
     """A write to ``point`` (``value`` already converted to its type), in the format the point
     is read in, since that is what its device speaks: json a bare JSON value (``7.0``,
-    ``"on"``), text plain text (``7.0``, ``on``, ``true``), senml a pack of one record named
-    ``senml_name`` (or the point's name), without a unit (SenML's names are not pint's)."""
+    ``"on"``), or with a ``field`` the object it is read from (``{"temp":7.0}``; a dotted field
+    nests, ``a.b`` gives ``{"a":{"b":7.0}}``, as `_dig` reads it), text plain text (``7.0``,
+    ``on``, ``true``), senml a pack of one record named ``senml_name`` (or the point's name),
+    without a unit (SenML's names are not pint's)."""
     if point.format == "json":
-        return json_value(value).encode()
+        text = json_value(value)
+        if point.field is not None:
+            for key in reversed(point.field.split(".")):
+                text = f"{{{_json_str(key)}:{text}}}"
+        return text.encode()
     from gateway import payloads
 
     sample = Sample(point.senml_name or point.name, value)

@@ -140,7 +140,9 @@ class MqttPoint(PointLimits):
     name: str = Field(pattern=NAME_PATTERN)
     topic: str = Field(min_length=1, description="topic to subscribe to")
     format: Literal["json", "senml", "text"] = Field(
-        "json", description="json: a bare JSON value or an object; senml: RFC 8428 JSON; text"
+        "json",
+        description="json: a bare JSON value or an object; senml: RFC 8428 JSON; text: plain"
+        " text (a string point's is the text as sent, less one trailing line end)",
     )
     field: str | None = Field(
         None,
@@ -161,8 +163,9 @@ class MqttPoint(PointLimits):
         None,
         description=(
             "where writes are published (QoS 1), in the point's format: json a bare JSON"
-            " value, text plain text, senml a pack of one record (named senml_name); rw needs"
-            " it; not a topic the point reads"
+            " value, or {field: value} with a field (a dotted field nests: {a: {b: value}}),"
+            " text plain text, senml a pack of one record (named senml_name); rw needs it;"
+            " not a topic the point reads"
         ),
     )
     description: str = ""
