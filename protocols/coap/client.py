@@ -146,10 +146,15 @@ class CoapClientAdapter(Adapter):
         return [PointSpec.of(self.name, p, p.type) for p in self.config.points]
 
     async def __aenter__(self) -> CoapClientAdapter:
-        self._ctx = await aiocoap.Context.create_client_context()
+        # The OSCORE state first: a damaged one stops the start, and __aexit__ is not called
+        # then, so a context made before it would keep its socket.
         oscore = self.config.security.oscore
+        credentials = None
         if oscore is not None:
-            self._ctx.client_credentials = oscore_credentials(oscore, self.name, f"{self.base}/*")
+            credentials = oscore_credentials(oscore, self.name, f"{self.base}/*")
+        self._ctx = await aiocoap.Context.create_client_context()
+        if credentials is not None:
+            self._ctx.client_credentials = credentials
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -145,11 +145,19 @@ def negotiate(request: aiocoap.Message, offered: tuple[Format, ...]) -> Format:
     )
 
 
+class OscoreStateError(ValueError):
+    """An OSCORE state folder that cannot be used; the message names the file and the way out."""
+
+
+# RFC 8613 7.2.1: the Partial IV (the sequence number) is at most 5 bytes
+MAX_SEQUENCE = 2**40 - 1
+
+
 def write_context_dir(oscore: Oscore, name: str) -> Path:
     """The OSCORE context folder aiocoap reads: settings.json from the config (rewritten when the
-    config changes, which also starts the sequence numbers again), sequence.json left alone."""
+    config changes, which also starts the sequence numbers again), sequence.json left alone but
+    checked (`OscoreStateError` when it is damaged)."""
     base = state_path(oscore.state_dir, name)
-    base.mkdir(parents=True, exist_ok=True)
     settings = {
         "sender-id_hex": oscore.sender_id,
         "recipient-id_hex": oscore.recipient_id,
@@ -161,13 +169,71 @@ def write_context_dir(oscore: Oscore, name: str) -> Path:
         settings["id-context_hex"] = oscore.id_context
     text = json.dumps(settings, indent=2, sort_keys=True)
     path = base / "settings.json"
-    if not path.exists() or path.read_text(errors="replace") != text:
-        if _other_keys(path, settings):
-            # New key material: a stale sequence/replay state from other keys must not be reused.
-            (base / "sequence.json").unlink(missing_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(text)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text(errors="replace") != text:
+            if _other_keys(path, settings):
+                # New key material: a stale sequence/replay state from other keys must not be
+                # reused.
+                (base / "sequence.json").unlink(missing_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(text)
+        _check_sequence(base / "sequence.json")
+    except OSError as exc:
+        where = exc.filename or base
+        raise OscoreStateError(
+            f"OSCORE state {where}: {exc.strerror or exc}; the gateway's user must be able to "
+            f"read and write the folder {base}"
+        ) from exc
     return base
+
+
+def _check_sequence(path: Path) -> None:
+    """Refuse a damaged sequence file before aiocoap reads it (its own error names no file, and
+    its half-loaded context prints an ignored AttributeError when collected).
+
+    The file is never reset: it holds the next sequence number to send, and any guess lower than
+    the lost one would reuse a nonce under the same keys. Only a damaged replay window is mended,
+    to "unknown": aiocoap's own state after an abnormal stop, which it recovers from with Echo
+    (RFC 8613 B.1.2)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return  # a fresh context (new keys): numbers start at 0
+    try:
+        state = json.loads(data)
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        state = None
+    send = state.get("next-to-send") if isinstance(state, dict) else None
+    if type(send) is not int or not 0 <= send <= MAX_SEQUENCE:
+        raise OscoreStateError(
+            f"OSCORE state {path} is damaged (no readable next-to-send number). It keeps the "
+            "next sequence number to send, and a number used twice under the same keys reuses "
+            "a nonce, so the gateway does not guess it. To recover, give this entry new key "
+            "material on both sides (a new master_secret, or new sender_id and recipient_id) "
+            "and delete this file; never delete it while the keys stay the same"
+        )
+    received = state.get("received")
+    if received == "unknown" or _replay_window(received):
+        return
+    state["received"] = "unknown"
+    tmp = path.with_name(".sequence-mended.json")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+    log.warning(
+        "OSCORE state %s: its replay window was damaged, set to unknown (the first request "
+        "from the peer is answered with Echo, RFC 8613 B.1.2); the sequence number is kept",
+        path,
+    )
+
+
+def _replay_window(received: object) -> bool:
+    """Whether ``received`` is a replay window as aiocoap persists it (both null: one it never
+    initialised, which it writes at shutdown and reads back as unknown)."""
+    if not isinstance(received, dict):
+        return False
+    values = received.get("index"), received.get("bitfield")
+    return values == (None, None) or all(type(v) is int and v >= 0 for v in values)
 
 
 def _other_keys(path: Path, settings: dict[str, str]) -> bool:
@@ -195,12 +261,20 @@ def _other_keys(path: Path, settings: dict[str, str]) -> bool:
 def oscore_credentials(oscore: Oscore, name: str, target: str) -> CredentialsMap:
     """aiocoap credentials that bind ``target`` (a URI pattern, or ``:name`` on a server) to the
     OSCORE context of ``oscore``."""
+    import filelock  # aiocoap's, for its context folder's lock
     from aiocoap.credentials import CredentialsMap
 
+    base = write_context_dir(oscore, name)
     credentials = CredentialsMap()
-    credentials.load_from_dict(
-        {target: {"oscore": {"basedir": str(write_context_dir(oscore, name)) + "/"}}}
-    )
+    try:
+        credentials.load_from_dict({target: {"oscore": {"basedir": f"{base}/"}}})
+    except filelock.Timeout as exc:
+        raise OscoreStateError(
+            f"OSCORE state {base} is in use ({exc.lock_file} is held): another entry or another "
+            "gateway process has the same state_dir; give each its own"
+        ) from None
+    except Exception as exc:  # aiocoap's LoadError and kin name no folder
+        raise OscoreStateError(f"OSCORE state {base} cannot be loaded: {exc}") from exc
     return credentials
 
 

@@ -75,6 +75,7 @@ from protocols.opcua.pki import (
     TrustList,
     ensure_certificate,
     load_certificate,
+    load_private_key,
     load_trust_store,
 )
 from protocols.opcua.types import INT_RANGES
@@ -421,6 +422,27 @@ class OpcuaClientAdapter(Adapter):
             if session is not None:
                 await self._close(session)
 
+    async def __aenter__(self) -> OpcuaClientAdapter:
+        # A damaged certificate or key is a start error naming the file, not a connect error
+        # retried for ever.
+        if self.config.security.policy != "None":
+            await self._own_keys()
+        return self
+
+    async def _own_keys(self) -> tuple[Path, Path, str]:
+        """Our certificate and key files (checked readable) and the application URI to use:
+        the configured certificate's own, or ours for the generated one."""
+        sec = self.config.security
+        if sec.certificate is not None and sec.private_key is not None:
+            cert, key = Path(sec.certificate), Path(sec.private_key)
+            uris = _certificate_uris(load_certificate(cert))
+            load_private_key(key)  # asyncua's own message would name no file
+            return cert, key, uris[0] if uris else self._application_uri
+        cert, key = await ensure_certificate(
+            state_path(sec.pki_dir, self.name), self._application_uri, socket.gethostname()
+        )
+        return cert, key, self._application_uri
+
     async def _new_client(self) -> Client:
         cfg = self.config
         # The watchdog reads ServerStatus every interval, with the interval as its timeout: a
@@ -439,15 +461,8 @@ class OpcuaClientAdapter(Adapter):
         if sec.policy == "None":
             return client
         pki_dir = state_path(sec.pki_dir, self.name)
-        if sec.certificate is not None and sec.private_key is not None:
-            cert, key = Path(sec.certificate), Path(sec.private_key)
-            uris = _certificate_uris(load_certificate(cert))
-            if uris:
-                client.application_uri = uris[0]
-        else:
-            cert, key = await ensure_certificate(
-                pki_dir, self._application_uri, socket.gethostname()
-            )
+        cert, key, uri = await self._own_keys()
+        client.application_uri = uri
         if sec.verify_server:
             if self._trust is None:
                 self._trust = load_trust_store(pki_dir, sec.trusted_servers, peer="server")

@@ -19,13 +19,14 @@ import asyncio
 import datetime
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from asyncua.common.utils import ServiceError
 from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -60,8 +61,10 @@ async def ensure_certificate(
 
     An existing pair is reused as long as it is still valid and names ``application_uri``
     (clients check that the certificate matches the URI the application announces); otherwise
-    a new certificate is made for the existing key. Key generation runs in a thread: RSA-2048
-    takes long enough to stall the event loop.
+    a new certificate is made for the existing key, also when the certificate file is damaged
+    (moved aside to ``cert.der.bad``). A damaged key is a `PkiError`, never replaced (see
+    `_own_key`). Key generation runs in a thread: RSA-2048 takes long enough to stall the event
+    loop.
     """
     return await asyncio.to_thread(_ensure_certificate, pki_dir, application_uri, hostname)
 
@@ -69,32 +72,84 @@ async def ensure_certificate(
 def _ensure_certificate(pki_dir: Path, application_uri: str, hostname: str) -> tuple[Path, Path]:
     cert_path, key_path = pki_dir / CERT_FILE, pki_dir / KEY_FILE
     if key_path.is_file():
-        key = load_private_key(key_path)
+        key = _own_key(key_path, cert_path)
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         key_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(
+        _write_atomic(
             key_path,
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ),
+            mode=0o600,
         )
         cert_path.unlink(missing_ok=True)  # a certificate for another key is useless
-    if cert_path.is_file() and _reusable(load_certificate(cert_path), key, application_uri):
+    cert = _own_certificate(cert_path) if cert_path.is_file() else None
+    if cert is not None and _reusable(cert, key, application_uri):
         return cert_path, key_path
     cert = _self_signed(key, application_uri, hostname)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.DER))
     log.info("generated application certificate %s for %s", cert_path, application_uri)
     return cert_path, key_path
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _own_key(key_path: Path, cert_path: Path) -> rsa.RSAPrivateKey:
+    """The gateway's own key, which is refused when damaged, not replaced like the certificate:
+    peers trust the certificate made from this key, so a new key would lock the gateway out of
+    each of them without a word. The operator chooses: restore a backup (the trusts hold) or
+    take a new key and have the peers trust its certificate."""
+    try:
+        return load_private_key(key_path)
+    except PkiError as exc:
+        raise PkiError(
+            f"{exc}. This is the gateway's own key: restore it from a backup, or move it aside "
+            f"(the next start makes a new key and certificate) and then trust the new {cert_path} "
+            "on every peer that trusted the old one"
+        ) from exc
+
+
+def _own_certificate(cert_path: Path) -> x509.Certificate | None:
+    """The gateway's own certificate, or None when it is damaged: then it was moved aside and the
+    caller makes a new one from the key. Safe, as the gateway made it from that key; a peer that
+    trusted the exact certificate must trust the new one, which the warning says."""
+    try:
+        return load_certificate(cert_path)
+    except PkiError as exc:
+        if isinstance(exc.__cause__, OSError):  # unreadable, not damaged: nothing to rebuild
+            raise
+        aside = _set_aside(cert_path)
+        log.warning(
+            "%s; moved to %s, a new certificate is made from the key (a peer that trusted the "
+            "old certificate itself must trust the new one)",
+            exc,
+            aside,
+        )
+        return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to NAME.bad (NAME.2.bad, ... when an earlier one is there: kept)."""
+    for n in range(1, 1000):
+        aside = path.with_name(f"{path.name}.bad" if n == 1 else f"{path.name}.{n}.bad")
+        if not aside.exists():
+            path.rename(aside)
+            return aside
+    raise PkiError(f"{path}: too many damaged copies beside it (*.bad); clean them up")
+
+
+def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    # Written in full or not at all: a crash mid-write must not leave a truncated key behind,
+    # which the next start would refuse.
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _reusable(cert: x509.Certificate, key: rsa.RSAPrivateKey, application_uri: str) -> bool:
@@ -163,23 +218,74 @@ def _self_signed(key: rsa.RSAPrivateKey, application_uri: str, hostname: str) ->
     )
 
 
+class PkiError(ValueError):
+    """A certificate or key file that cannot be used; the message names the file and the fix."""
+
+
 def load_certificate(path: Path) -> x509.Certificate:
-    data = path.read_bytes()
-    if data.lstrip().startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_certificate(data)
-    return x509.load_der_x509_certificate(data)
+    """An X.509 certificate, PEM or DER whatever the file is called; `PkiError` if it is not."""
+    data = _read(path, "certificate")
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise PkiError(
+            f"certificate {path} cannot be read: {_why(data, 'certificate', 'CERTIFICATE')}; "
+            "it must be an X.509 certificate, DER or PEM"
+        ) from exc
 
 
 def load_private_key(path: Path) -> rsa.RSAPrivateKey:
-    """An unencrypted RSA key, PEM or DER whatever the file is called."""
-    data = path.read_bytes()
-    if data.lstrip().startswith(b"-----BEGIN"):
-        key = serialization.load_pem_private_key(data, password=None)
-    else:
-        key = serialization.load_der_private_key(data, password=None)
+    """An unencrypted RSA key, PEM or DER whatever the file is called; `PkiError` if not."""
+    data = _read(path, "private key")
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_der_private_key(data, password=None)
+    except TypeError as exc:  # cryptography's word for "encrypted, and no password given"
+        raise PkiError(
+            f"private key {path} is encrypted; it must be unencrypted (keep the file mode 0600)"
+        ) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise PkiError(
+            f"private key {path} cannot be read: {_why(data, 'private key', 'PRIVATE KEY')}; "
+            "it must be an unencrypted RSA private key, PEM or DER"
+        ) from exc
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{path}: OPC UA needs an RSA private key")
+        raise PkiError(f"private key {path} is not an RSA key; OPC UA needs an RSA private key")
     return key
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PkiError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
+
+
+def _why(data: bytes, what: str, label: str) -> str:
+    """Why ``data`` did not parse as ``what``, in the words an operator can act on."""
+    if not data.strip():
+        return "the file is empty"
+    found = re.search(rb"-----BEGIN ([A-Z0-9 ]+)-----", data)
+    if found is None:
+        if label != "CERTIFICATE" and _der_certificate(data):
+            return f"it holds a certificate, not a {what} (the two files swapped?)"
+        return f"not a {what} in DER form (damaged, truncated, or another kind of file)"
+    name = found.group(1).decode()
+    if label not in name:
+        return f"it holds a PEM {name}, not a {what}"
+    return f"a damaged or truncated PEM {name}"
+
+
+def _der_certificate(data: bytes) -> bool:
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        return False
+    return True
 
 
 class TrustList:
