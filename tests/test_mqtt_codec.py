@@ -421,3 +421,22 @@ def test_keys_payload_errors() -> None:
     for payload, why in [(b"{", "invalid JSON"), (b"\xff", "not UTF-8"), (b'{"ts": 1e15}', "ts")]:
         samples, (error,) = decoder.decode("plant/ahu1", payload, 5.0)
         assert samples == [] and why in str(error)
+
+
+def test_wildcard_levels_are_what_plus_and_hash_matched() -> None:
+    from protocols.mqtt.codec import wildcard_levels
+
+    assert wildcard_levels("plant/+/status", "plant/ahu1/status") == ["ahu1"]
+    assert wildcard_levels("plant/#", "plant/b7/ahu1") == ["b7", "ahu1"]
+    assert wildcard_levels("plant/#", "plant") == []
+    assert wildcard_levels("plant/ahu1", "plant/ahu1") == []
+
+
+def test_keys_by_topic_name_bare_values_by_the_matched_levels() -> None:
+    decoder = KeyDecoder(["plant/#", "site/+/t"], by_topic=["plant/#", "site/+/t"])
+    assert keyed(3, "plant/b7/ahu1/temp", decoder=decoder)[0] == {"b7.ahu1.temp": 3}
+    assert keyed(4, "site/b7/t", decoder=decoder)[0] == {"b7.t": 4}
+    assert keyed(5, "plant", decoder=decoder)[0] == {"plant": 5}  # '#' matched no level
+    assert keyed({"a": {"b": 1}}, "plant/x", decoder=decoder)[0] == {"x.a.b": 1}
+    named, error = keyed({"t": 1}, "plant/bad level", decoder=decoder)
+    assert named == {} and "'bad level.t'" in error

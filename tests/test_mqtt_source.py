@@ -522,3 +522,55 @@ def test_max_keys_bounds_the_points_a_keys_subscription_creates(
     assert mqtt.status()["bad_payloads"] == 1
     with pytest.raises(ValidationError, match="max_keys"):
         MqttEndpoint.model_validate({"host": HOST, "max_keys": 0})
+
+
+async def test_keys_named_by_topic_keep_two_devices_apart(mosquitto: MosquittoBroker) -> None:
+    """``names: topic``: the same key on two devices' topics is two points (by key alone it
+    would be one point, each device overwriting the other's value)."""
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+
+    config = MqttEndpoint.model_validate(
+        {
+            "host": mosquitto.host,
+            "port": mosquitto.port,
+            "outbox": None,
+            "subscriptions": [
+                {"topic": "plant/+", "points": "keys", "names": "topic"},
+                {"topic": "site/+/temp", "points": "keys", "names": "topic"},
+                {"topic": "old/#", "points": "keys"},
+            ],
+        }
+    )
+    bus = Bus()
+    seen = bus.subscribe("telemetry/src", maxsize=100, name="test")
+    async with MqttAdapter("src", config, AdapterContext(bus, "gw")) as mqtt:
+        task = asyncio.create_task(mqtt.run())
+        try:
+            await wait_for(lambda: mqtt.status().get("connected") is True, timeout=10)
+            await pub(mosquitto, "plant/ahu1", '{"temp": 21.5, "fan": {"on": true}}')
+            await pub(mosquitto, "plant/ahu2", '{"temp": 19.0}')
+            await pub(mosquitto, "site/b7/temp", "23.5")
+            await pub(mosquitto, "old/ahu1", '{"temp": 1}')
+            got = set()
+            for _ in range(4):
+                message = await asyncio.wait_for(seen.get(), 10)
+                got |= {(s.point, s.value) for s in message.samples}
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert got == {
+        ("ahu1.temp", 21.5),
+        ("ahu1.fan.on", True),
+        ("ahu2.temp", 19.0),
+        ("b7.temp", 23.5),
+        ("temp", 1),  # names: key (the default) as before
+    }
+
+
+def test_names_topic_goes_with_points_keys() -> None:
+    with pytest.raises(ValidationError, match="names: topic needs points: keys"):
+        MqttEndpoint.model_validate(
+            {"host": HOST, "subscriptions": [{"topic": "a/#", "names": "topic"}]}
+        )

@@ -406,6 +406,7 @@ class MqttAdapter(Adapter):
             [s.topic for s in config.subscriptions if s.points == "keys"],
             limit=config.max_keys,
             reserved=self._point_by_name,
+            by_topic=[s.topic for s in config.subscriptions if s.names == "topic"],
         )
         self._write_futs: dict[int, asyncio.Future[None]] = {}
         self._points_bad = False  # bad samples published for this outage already

@@ -740,6 +740,19 @@ def flatten(data: Mapping[str, object], prefix: str = "") -> Iterator[tuple[str,
             yield name, value
 
 
+def wildcard_levels(pattern: str, topic: str) -> list[str]:
+    """The levels of ``topic`` (which ``pattern`` matches) that ``pattern``'s ``+`` and ``#``
+    stand for: ``plant/+/status`` on ``plant/ahu1/status`` gives ``["ahu1"]``."""
+    levels = topic.split("/")
+    found: list[str] = []
+    for i, level in enumerate(pattern.split("/")):
+        if level == "#":
+            return found + levels[i:]
+        if level == "+":
+            found.append(levels[i])
+    return found
+
+
 class KeyDecoder:
     """Payloads on ``points: keys`` subscriptions as samples, one per key. Sans-IO.
 
@@ -755,17 +768,39 @@ class KeyDecoder:
     """
 
     def __init__(
-        self, filters: Collection[str], *, limit: int = 10_000, reserved: Collection[str] = ()
+        self,
+        filters: Collection[str],
+        *,
+        limit: int = 10_000,
+        reserved: Collection[str] = (),
+        by_topic: Collection[str] = (),
     ) -> None:
         self.filters = list(filters)
         self.limit = limit
         self.reserved = frozenset(reserved)
+        # Filters (of ``filters``) whose keys are named after the topic too (`names: topic`):
+        # one key on many devices' topics (plant/ahu1, plant/ahu2) is then a point each.
+        self.by_topic = [f for f in self.filters if f in set(by_topic)]
         self.names: set[str] = set()  # distinct names published so far, at most `limit`
 
     def matches(self, topic: str) -> bool:
         from gateway.bus import topic_matches
 
         return any(topic_matches(f, topic) for f in self.filters)
+
+    def _topic_levels(self, topic: str) -> tuple[list[str], bool] | None:
+        """The levels of ``topic`` that a `by_topic` filter's wildcards matched, and whether
+        they include its last level; None when the first filter matching ``topic`` names by
+        key alone."""
+        from gateway.bus import topic_matches
+
+        for pattern in self.filters:
+            if topic_matches(pattern, topic):
+                if pattern not in self.by_topic:
+                    return None
+                levels = wildcard_levels(pattern, topic)
+                return levels, bool(levels) and pattern.rsplit("/", 1)[-1] in ("+", "#")
+        return None
 
     def decode(
         self, topic: str, payload: bytes, received: float | None = None
@@ -781,10 +816,16 @@ class KeyDecoder:
                 ts = _source_time(topic, data, key)
         except PayloadError as exc:
             return [], [exc]
+        levels, last_matched = self._topic_levels(topic) or ([], False)
         if isinstance(data, dict):
-            items = dict(flatten({k: v for k, v in data.items() if ts is None or k != key}))
+            prefix = "".join(f"{level}." for level in levels)
+            data = {k: v for k, v in data.items() if ts is None or k != key}
+            items = dict(flatten(data, prefix))
         elif isinstance(data, (bool, int, float, str)):
-            items = {topic.rsplit("/", 1)[-1]: data}
+            # A bare value is named by its topic's last level; by topic, after the levels
+            # the wildcards matched (plant/+/temp on plant/ahu1/temp: ahu1.temp).
+            last = [] if last_matched else [topic.rsplit("/", 1)[-1]]
+            items = {".".join([*levels, *last]): data}
         else:
             items = {}
         stamp = received if ts is None else ts

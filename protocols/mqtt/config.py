@@ -109,6 +109,21 @@ class Subscription(Strict):
         ),
     )
 
+    names: Literal["key", "topic"] = Field(
+        "key",
+        description=(
+            "with points: keys, how points are named: key: by the key alone (the same key on"
+            " two topics is one point); topic: the topic levels the filter's + and # matched,"
+            ' then the key, dotted (plant/+ on plant/ahu1 with {"temp": 21} gives ahu1.temp)'
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _names_need_keys(self) -> Subscription:
+        if self.names != "key" and self.points != "keys":
+            raise ValueError("names: topic needs points: keys")
+        return self
+
     @field_validator("topic")
     @classmethod
     def _filter(cls, v: str) -> str:
