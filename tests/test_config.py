@@ -1015,3 +1015,13 @@ def test_low_above_high_is_said_at_low(protocol: str) -> None:
     section = "endpoints" if protocol == "mqtt" else "devices"
     assert p.dotted == f"{section}.d.points[0].low", str(p)
     assert str(p).endswith("found 15.0; expected a number not above high (4.0)"), str(p)
+
+
+def test_a_name_yaml_reads_as_a_boolean_says_to_quote_it() -> None:
+    text = "devices:\n  plc: {protocol: modbus, host: h, points: [{name: on, address: 0}]}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "on.yaml")
+    assert str(info.value).splitlines()[0] == (
+        "on.yaml:2:52: devices.plc.points[0].name: found true (a boolean); "
+        "expected a string (on/off/yes/no unquoted are booleans in YAML: put it in quotes)"
+    )

@@ -322,6 +322,11 @@ def _found_expected(err: ErrorDetails) -> tuple[str, str]:
     if kind in _TYPE_EXPECTED:
         if kind == "int_from_float":
             return f"{show(value)} (a number with a fraction)", "an integer"
+        if kind == "string_type" and isinstance(value, bool):
+            # YAML reads on, off, yes, no, y and n unquoted as booleans: a point named on
+            return describe(
+                value
+            ), "a string (on/off/yes/no unquoted are booleans in YAML: put it in quotes)"
         return describe(value), _TYPE_EXPECTED[kind]
     if kind in ("literal_error", "enum"):
         return show(value), _one_of(str(ctx.get("expected", msg)))
