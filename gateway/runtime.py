@@ -268,7 +268,9 @@ class Gateway:
         if "shadow" in status:  # readings the shadow could not keep up with, not recorded
             shadow = status["shadow"]
             text += f", {shadow['dropped']} dropped in the shadow"
-            if shadow["history_paused"]:
+            if shadow.get("documents_paused"):  # below the outbox's room: see shadow.store
+                text += f" (disk low: {shadow['documents_unsaved']} documents kept in memory)"
+            elif shadow["history_paused"]:
                 text += " (history paused: disk below shadow.history.min_free)"
         missed = sum(int(a.get("polls_missed", 0)) for a in adapters)
         if missed:  # a poll slower than its interval: readings never taken

@@ -602,3 +602,9 @@ async def test_the_status_line_counts_what_the_shadow_dropped(tmp_path: Path) ->
     gw.shadow.status = behind  # type: ignore[method-assign]
     line = gw.summary()
     assert ", 7 dropped in the shadow (history paused: disk below shadow.history.min_free)" in line
+
+    def lower() -> dict[str, Any]:  # below the outbox's room: documents wait in memory too
+        return {**behind(), "documents_paused": True, "documents_unsaved": 3}
+
+    gw.shadow.status = lower  # type: ignore[method-assign]
+    assert "shadow (disk low: 3 documents kept in memory)" in gw.summary()

@@ -11,9 +11,10 @@ or clears, now and then while the level refresh moves its level, and when the br
 
 A record is used only if it was made with the same model bytes, window and calibration options,
 and for the same points; otherwise the device calibrates again and the log says why. A file
-that cannot be read is set aside (``.bad``) and logged; one that cannot be written (a full disk)
-is logged, and scoring goes on from memory. One process per file (an advisory lock, as for the
-outbox): a second gateway on the same state folder scores without keeping calibrations.
+that cannot be read is set aside (``.bad``, or ``.bad.1`` and on if taken) and logged; one that
+cannot be written (a full disk) is logged, and scoring goes on from memory. One process per file
+(an advisory lock, as for the outbox): a second gateway on the same state folder scores without
+keeping calibrations.
 
 Files are named by bridge, so a bridge renamed in the config finds nothing under its new name
 and its devices calibrate again. The stage cannot tell a rename from a new bridge, so it says
@@ -42,6 +43,7 @@ import numpy.typing as npt
 from gateway.anomaly.core import Calibration
 from gateway.config.anomaly import AnomalyOptions
 from gateway.paths import state_dir
+from gateway.storefiles import set_aside
 from gateway.streak import FailureStreak
 from gateway.uplink.lock import FileLock, OutboxInUse
 
@@ -248,10 +250,8 @@ class CalibrationStore:
         try:
             return read_records(self.path)
         except ValueError as exc:
-            aside = self.path.with_name(self.path.name + ".bad")
-            try:
-                os.replace(self.path, aside)
-                where = f"moved to {aside}"
+            try:  # never over an earlier bad file: that one may be the one worth a look
+                where = f"moved to {set_aside(self.path)}"
             except OSError:
                 where = "left in place"
             log.warning(

@@ -146,6 +146,7 @@ class ShadowService:
                 max_age=history.max_age,
                 max_rows=history.max_rows,
                 min_free=history.min_free,
+                set_aside=True,  # a damaged file must not stop the gateway: moved aside, logged
             )
         )
         self._seen = await self._call(self.store.desired_revisions)
@@ -486,6 +487,9 @@ class ShadowService:
             "writing": len(self._writes),
             "history_paused": store is not None and store.history_paused,
             "history_skipped": store.history_skipped if store is not None else 0,
+            # below the outbox's room on the disk: documents wait in memory (see the store)
+            "documents_paused": store is not None and store.documents_paused,
+            "documents_unsaved": store.unsaved if store is not None else 0,
             # readings the store could not keep up with (the telemetry queue's drop-oldest)
             "dropped": self._telemetry.counters.dropped if self._telemetry is not None else 0,
             "queued": len(self._telemetry) if self._telemetry is not None else 0,

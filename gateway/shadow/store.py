@@ -54,6 +54,24 @@ every reading. It starts again at ``min_free`` plus an eighth, so that it does n
 floor. The log (WAL) is cut back to 4 MiB after a checkpoint (SQLite's, every 1000 pages), so
 that a large retention run does not leave a big log on the disk; while paused, the log takes at
 most those 4 MiB. (Checkpointing more often cost a fsync every few readings on a large table.)
+
+The document stops too, lower down: below `DOCUMENT_FLOOR` (twice the outbox's spare file, so
+4 MiB; ``min_free`` if that is smaller) each reading still updates the document, but in memory
+(`documents_paused`, `unsaved`): writing it would grow the log into the room the outbox gives
+back when the disk fills. The log is checkpointed and cut back at once, and the documents kept in
+memory are written when the free space is back at that floor plus an eighth (or at `close`).
+`get` sees them meanwhile. A desired update (`update`, `set_error`) is still written at once:
+it is rare and small, and it is answered as accepted only once it is in the file.
+
+A bad file
+----------
+A file at ``path`` that is not a readable shadow store (not SQLite, damaged, another
+application's database) raises `ShadowFileError`, which says what to do; with
+``set_aside=True`` (the running gateway) it is moved aside to ``NAME.bad`` (``.bad.1`` and on if
+that is taken, never over an earlier one; its ``-wal`` and ``-shm`` along with it), logged as an
+error naming both paths, and the shadow starts empty. A folder at ``path`` is no damage but a
+mistake in the config, so it is never moved: `ShadowFileError` says to point ``shadow.path`` at a
+file. A zero-length file (a truncated one?) is used as a new store, with a warning.
 """
 
 from __future__ import annotations
@@ -65,12 +83,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from gateway import storefiles
+from gateway.storefiles import OUTBOX_RESERVE, Floor
 from gateway.text import counted
 
 #: The error status of a desired key that is no point of its device (`WriteStatus.UNKNOWN_POINT`,
@@ -81,6 +102,7 @@ __all__ = [
     "HistoryRow",
     "ShadowDocument",
     "ShadowError",
+    "ShadowFileError",
     "ShadowStore",
     "VersionConflict",
     "compute_delta",
@@ -92,10 +114,34 @@ log = logging.getLogger(__name__)
 REL_TOL = 1e-6
 SPACE_CHECK_INTERVAL = 1.0  # s between looks at the free space (statvfs)
 _WAL_KEEP_BYTES = 4 << 20  # the log file is cut back to this after a checkpoint
+#: Below this much free space documents are kept in memory (module docstring): the outbox's
+#: spare file and as much again, so the shadow has stopped before the disk is full.
+DOCUMENT_FLOOR = 2 * OUTBOX_RESERVE
+#: Columns a table of a shadow store must have; a file with other tables is not one.
+_COLUMNS = {
+    "shadows": {"device", "version", "desired_rev", "timestamp", "body"},
+    "history": {"id", "device", "point", "ts", "value", "quality"},
+}
 
 
 class ShadowError(Exception):
     """A shadow request that cannot be applied (bad shape)."""
+
+
+class ShadowFileError(Exception):
+    """The store's file cannot be used; the message names it and says what to do."""
+
+
+class _NotAShadowStore(Exception):
+    """A readable SQLite file whose tables are not a shadow store's."""
+
+
+def _is_damage(exc: Exception) -> bool:
+    """The file is not a (sound) SQLite database, as opposed to one that cannot be opened."""
+    if isinstance(exc, _NotAShadowStore):
+        return True
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT"))
 
 
 class VersionConflict(ShadowError):
@@ -253,6 +299,14 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+def _size(path: str) -> int | None:
+    """Bytes in the file at ``path``; None if there is none."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class HistoryRow:
     ts: float
@@ -275,6 +329,7 @@ class ShadowStore:
         min_free: int = 0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        set_aside: bool = False,
     ) -> None:
         self.path = path
         self.max_age = max_age
@@ -282,13 +337,108 @@ class ShadowStore:
         self.min_free = min_free  # bytes; 0: history is written whatever the free space
         self.clock = clock
         self.monotonic = monotonic
-        self.history_paused = False  # below min_free: no history rows
+        self._history_floor = Floor(min_free)  # below it: no history rows
+        self._document_floor = Floor(min(min_free, DOCUMENT_FLOOR))  # below it: no documents
         self.history_skipped = 0  # history rows not written because of min_free
         self._skipped_in_pause = 0
         self._space_checked: float | None = None
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
-        if path != ":memory:":
+        # device -> document changed while documents were paused, not in the file yet
+        self._unsaved: dict[str, ShadowDocument] = {}
+        self._written: list[str] = []  # devices whose document the open transaction writes
+        self.documents_deferred = 0  # readings whose document change waited in memory
+        self._open(set_aside)
+        # (device, point) -> rows in history; None until the first prune counts them (the CLI,
+        # which never prunes, does not pay for the count).
+        self._counts: dict[tuple[str, str], int] | None = None
+
+    @property
+    def history_paused(self) -> bool:
+        """Below ``min_free``: no history rows."""
+        return self._history_floor.low
+
+    @property
+    def documents_paused(self) -> bool:
+        """Below `DOCUMENT_FLOOR`: documents change in memory only (`unsaved`)."""
+        return self._document_floor.low
+
+    @property
+    def unsaved(self) -> int:
+        """Documents changed in memory and not written to the file yet."""
+        return len(self._unsaved)
+
+    def _open(self, set_aside: bool) -> None:
+        """Open (or create) the file; a bad one raises `ShadowFileError` or is set aside."""
+        path = self.path
+        if path == ":memory:":
+            self._connect()
+            return
+        if os.path.isdir(path):
+            raise ShadowFileError(
+                f"{path} is a folder, not a shadow store file: point shadow.path at a file "
+                f"(e.g. {os.path.join(path, 'shadow.db')}) or move the folder away"
+            )
+        was_empty = _size(path) == 0 and not _size(path + "-wal")
+        try:
+            with storefiles.wal_kept(Path(path)):  # set aside with the file, or left for the CLI
+                self._connect()
+        except (sqlite3.DatabaseError, _NotAShadowStore) as exc:
+            if not _is_damage(exc):
+                raise ShadowFileError(
+                    f"{path}: cannot open the shadow store ({exc}); check that its folder "
+                    "exists and that the gateway may write there"
+                ) from None
+            if not set_aside:
+                raise ShadowFileError(
+                    f"{path}: not a readable shadow store ({exc}); move it aside (with its "
+                    "-wal file) so that the shadow starts empty: `gateway run` does that itself"
+                ) from None
+            try:
+                aside = storefiles.set_aside(Path(path), storefiles.SQLITE_COMPANIONS)
+            except OSError as move:
+                raise ShadowFileError(
+                    f"{path}: not a readable shadow store ({exc}) and it cannot be moved aside "
+                    f"({move}); move or remove it"
+                ) from None
+            log.error(
+                "shadow: %s is not a readable shadow store (%s): moved aside to %s; the "
+                "shadow starts empty (reported state comes back with the next readings, "
+                "desired values must be set again)",
+                path,
+                exc,
+                aside,
+            )
+            self._connect()
+            return
+        if was_empty:
+            log.warning(
+                "shadow: %s was empty (0 bytes; it may have been truncated): the shadow "
+                "starts empty",
+                path,
+            )
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(
+            self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self.db = sqlite_utils.Database(conn)
+            self._create()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _create(self) -> None:
+        # Read before writing anything: another application's file is left as it was.
+        tables = set(self.db.table_names())
+        if tables and not tables & _COLUMNS.keys():
+            raise _NotAShadowStore(f"its tables are {', '.join(sorted(tables))}")
+        for name, needed in _COLUMNS.items():
+            if name in tables:
+                have = set(self.db.table(name).columns_dict)
+                if not needed <= have:
+                    missing = ", ".join(sorted(needed - have))
+                    raise _NotAShadowStore(f"its table {name} has no column {missing}")
+        if self.path != ":memory:":
             self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
@@ -315,17 +465,26 @@ class ShadowStore:
         self.db.execute(
             "CREATE INDEX IF NOT EXISTS history_point_ts ON history (device, point, ts)"
         )
-        # (device, point) -> rows in history; None until the first prune counts them (the CLI,
-        # which never prunes, does not pay for the count).
-        self._counts: dict[tuple[str, str], int] | None = None
 
     def close(self) -> None:
-        self.db.conn.close()
+        try:
+            if self._unsaved:
+                self._flush()
+        except sqlite3.Error as exc:
+            log.warning(
+                "shadow: %s kept in memory (low disk) not written to %s: %s",
+                counted(len(self._unsaved), "document"),
+                self.path,
+                exc,
+            )
+        finally:
+            self.db.conn.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
+        self._written = []
         try:
             yield conn
             conn.execute("COMMIT")
@@ -333,6 +492,10 @@ class ShadowStore:
             if conn.in_transaction:  # a failed COMMIT too; SQLite may have rolled back itself
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            written, self._written = self._written, []
+        for device in written:  # in the file now: memory need not keep them
+            self._unsaved.pop(device, None)
 
     def _load(self, conn: sqlite3.Connection, device: str) -> ShadowDocument:
         cur = conn.execute(
@@ -341,9 +504,19 @@ class ShadowStore:
         )
         row = cur.fetchone()
         if row is None:
-            return ShadowDocument(device)
-        names = [d[0] for d in cur.description]
-        return ShadowDocument._from_row(dict(zip(names, row, strict=True)))
+            doc = ShadowDocument(device)
+        else:
+            names = [d[0] for d in cur.description]
+            doc = ShadowDocument._from_row(dict(zip(names, row, strict=True)))
+        unsaved = self._unsaved.get(device)
+        if unsaved is not None:  # the readings are newer; desired may have changed elsewhere
+            doc.reported = unsaved.reported
+            doc.quality = unsaved.quality
+            doc.metadata["reported"] = unsaved.metadata.get("reported", {})
+            doc.version = max(doc.version, unsaved.version)
+            doc.timestamp = max(doc.timestamp, unsaved.timestamp)
+            self._clear_reached_errors(doc)
+        return doc
 
     def _save(self, conn: sqlite3.Connection, doc: ShadowDocument) -> None:
         conn.execute(
@@ -353,6 +526,13 @@ class ShadowStore:
             " body = excluded.body",
             (doc.device, doc.version, doc.desired_rev, doc.timestamp, doc._body()),
         )
+        self._written.append(doc.device)
+
+    def _flush(self) -> None:
+        """Write the documents kept in memory while the disk was low (one transaction)."""
+        with self._transaction() as conn:
+            for device in list(self._unsaved):
+                self._save(conn, self._load(conn, device))
 
     # -- documents ------------------------------------------------------------------------------
 
@@ -361,7 +541,8 @@ class ShadowStore:
         return self._load(self.db.conn, device)
 
     def devices(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT device FROM shadows ORDER BY device")]
+        stored = {r[0] for r in self.db.execute("SELECT device FROM shadows")}
+        return sorted(stored | self._unsaved.keys())
 
     def desired_revisions(self) -> dict[str, int]:
         """device -> desired revision: cheap to poll for desired changes made elsewhere."""
@@ -422,7 +603,7 @@ class ShadowStore:
         changed.
         """
         now = self.clock()
-        keep_history = self._room_for_history()
+        keep_history = self._check_space()
         with self._transaction() as conn:
             doc, points = self._report(conn, device, samples, now, keep_history)
         self._recorded(device, points, keep_history)
@@ -440,7 +621,7 @@ class ShadowStore:
         result.
         """
         now = self.clock()
-        keep_history = self._room_for_history()
+        keep_history = self._check_space()
         results: list[ShadowDocument | None | Exception] = []
         recorded: list[tuple[str, list[str]]] = []
         try:
@@ -512,7 +693,11 @@ class ShadowStore:
         self._clear_reached_errors(doc)
         doc.version += 1
         doc.timestamp = now
-        self._save(conn, doc)
+        if self.documents_paused:  # the outbox's room: kept in memory (module docstring)
+            self._unsaved[device] = doc
+            self.documents_deferred += 1
+        else:
+            self._save(conn, doc)
         return doc, [r[1] for r in rows]
 
     def _recorded(self, device: str, points: list[str], kept: bool) -> None:
@@ -527,23 +712,32 @@ class ShadowStore:
                 key = (device, point)
                 counts[key] = counts.get(key, 0) + 1
 
-    def _room_for_history(self) -> bool:
-        """False while the filesystem has less than ``min_free`` bytes free (see the module's
-        docstring); looks at most once every `SPACE_CHECK_INTERVAL` seconds."""
+    def _check_space(self) -> bool:
+        """Look at the free space (at most once every `SPACE_CHECK_INTERVAL` seconds; see the
+        module's docstring): pause or resume history and documents, write the documents kept
+        in memory once there is room. False while history is paused."""
         if self.min_free <= 0 or self.path == ":memory:":
             return True
         now = self.monotonic()
         if self._space_checked is not None and now - self._space_checked < SPACE_CHECK_INTERVAL:
             return not self.history_paused
         self._space_checked = now
-        folder = os.path.dirname(os.path.abspath(self.path))
-        try:
-            st = os.statvfs(folder)
-        except OSError:
+        free = storefiles.free_bytes(os.path.dirname(os.path.abspath(self.path)))
+        if free is None:
             return not self.history_paused
-        free = st.f_bavail * st.f_frsize
-        if not self.history_paused and free < self.min_free:
-            self.history_paused = True
+        if self._history_floor.update(free):
+            self._history_changed(free)
+        if self._document_floor.update(free):
+            self._documents_changed(free)
+        if self._unsaved and not self.documents_paused:
+            try:
+                self._flush()
+            except sqlite3.Error as exc:  # still no room: kept, tried again at the next look
+                log.debug("shadow: documents kept in memory not written yet: %s", exc)
+        return not self.history_paused
+
+    def _history_changed(self, free: int) -> None:
+        if self.history_paused:
             self._skipped_in_pause = 0
             log.warning(
                 "shadow: history paused: %s free on the filesystem of %s, under "
@@ -552,10 +746,9 @@ class ShadowStore:
                 _mib(free),
                 self.path,
                 _mib(self.min_free),
-                _mib(self._resume_at),
+                _mib(self._history_floor.resume),
             )
-        elif self.history_paused and free >= self._resume_at:
-            self.history_paused = False
+        else:
             log.warning(
                 "shadow: history recorded again: %s free on the filesystem of %s; %s not "
                 "recorded while paused",
@@ -563,11 +756,30 @@ class ShadowStore:
                 self.path,
                 counted(self._skipped_in_pause, "history row"),
             )
-        return not self.history_paused
 
-    @property
-    def _resume_at(self) -> int:
-        return self.min_free + self.min_free // 8
+    def _documents_changed(self, free: int) -> None:
+        floor = self._document_floor
+        if self.documents_paused:
+            # What the log holds goes into the file and the log is cut back: room for the outbox.
+            with suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.warning(
+                "shadow: documents paused: %s free on the filesystem of %s, under %s (the MQTT "
+                "outbox's spare room); reported state is kept in memory and written to the file "
+                "once %s are free",
+                _mib(free),
+                self.path,
+                _mib(floor.floor),
+                _mib(floor.resume),
+            )
+        else:
+            log.warning(
+                "shadow: documents written again: %s free on the filesystem of %s; %s kept in "
+                "memory meanwhile",
+                _mib(free),
+                self.path,
+                counted(len(self._unsaved), "document"),
+            )
 
     def set_error(
         self, device: str, key: str, value: Any, status: str, reason: str

@@ -35,7 +35,23 @@ not even drop its oldest rows. So it keeps a spare file beside the database (``-
 2 MiB, with the log checkpointed every ~1 MiB) and deletes it the first time the disk fills;
 that room lets ``drop_oldest`` checkpoint and delete. While the disk stays full, each append
 under ``drop_oldest`` first deletes as many bytes of the oldest rows as it adds, so the file
-does not grow. The spare file comes back once the disk has room for it twice over.
+does not grow. The outbox writes freely again, and makes its spare file again, once the disk has
+room for that file plus an eighth (2.25 MiB; looked at once a second at most), so that it has
+some room left after it. If the disk fills again within a minute of that, the outbox waits twice
+as long as the last time (from 1 s, up to a minute) before it looks for room again, so that a
+disk that hovers at the edge does not flip it in and out of the full state (each time costs a
+log line and, under ``drop_oldest``, a hundredth of the backlog). The shadow store, on the same
+disk as a rule, leaves this room to the outbox (`gateway.shadow.store`).
+
+A bad file
+----------
+The outbox holds publishes that were accepted and not sent yet, so it never moves or deletes
+its file by itself. A file it cannot open stops the endpoint with an error that names it and
+says what to do (move it aside and restart; its rows stay readable with ``sqlite3``). A log
+(``-wal``) left by a crash is applied by SQLite when the file opens; if it is damaged, SQLite
+drops what it cannot check without a word, so the outbox looks first: if SQLite applied fewer
+committed frames than the log holds, a warning says so and a copy of the log is kept
+(``-wal.bad``). A zero-length file (a truncated one?) starts an empty outbox with a warning.
 
 Time
 ----
@@ -60,7 +76,9 @@ import collections
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -71,6 +89,7 @@ from pydantic import Field
 
 from gateway.config.common import Strict
 from gateway.paths import state_path
+from gateway.storefiles import OUTBOX_RESERVE, free_bytes, free_name, resume_level, wal_kept
 from gateway.uplink.lock import FileLock, OutboxInUse
 
 log = logging.getLogger(__name__)
@@ -88,7 +107,9 @@ __all__ = [
 Policy = Literal["reject_new", "drop_oldest"]
 DROP_REASONS = ("full", "expired", "disk_full")
 _TAIL_MAX = 50_000  # rows kept in memory for the live path
-_RESERVE_BYTES = 2 << 20  # the spare file given back when the disk fills
+_RESERVE_BYTES = OUTBOX_RESERVE  # the spare file given back when the disk fills
+_HOLD_MIN_S, _HOLD_MAX_S = 1.0, 60.0  # time in the full state before a look for room
+_REFILL_S = 60.0  # full again this soon after it had room: the next hold doubles
 _WAL_PAGES = 256  # checkpoint every ~1 MiB of log (well inside the reserve)
 # `shrink`: a drained backlog leaves its pages free inside the file; past this many bytes of
 # them, and with few rows left to copy, they are given back to the disk (checked this often)
@@ -191,6 +212,44 @@ class SteadyClock:
         return time.time() - self()
 
 
+_WAL_MAGIC = (0x377F0682, 0x377F0683)  # checksums little-endian, big-endian
+
+
+def _wal_checksum(data: bytes, big_endian: bool, s0: int = 0, s1: int = 0) -> tuple[int, int]:
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _wal_frames(wal: Path) -> int | None:
+    """Committed frames an SQLite log (``-wal``) holds by its frame headers, or None if its own
+    header is damaged (SQLite then ignores the whole log). Frame checksums are not checked:
+    SQLite does that; the caller compares what it applied."""
+    with open(wal, "rb") as f:
+        head = f.read(32)
+        if len(head) < 32:
+            return None
+        magic, version, page, _seq, salt1, salt2, c1, c2 = struct.unpack(">8I", head)
+        if (
+            magic not in _WAL_MAGIC
+            or version != 3007000
+            or _wal_checksum(head[:24], magic == _WAL_MAGIC[1]) != (c1, c2)
+        ):
+            return None
+        committed = frames = 0
+        while len(frame := f.read(24)) == 24:
+            _page, commit, s1, s2 = struct.unpack(">4I", frame[:16])
+            if (s1, s2) != (salt1, salt2):  # from before the log last started again
+                break
+            frames += 1
+            if commit:
+                committed = frames
+            f.seek(page, os.SEEK_CUR)
+        return committed
+
+
 def _is_disk_full(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "full" in text  # "database or disk is full"
@@ -215,21 +274,55 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(self.path)  # raises OutboxInUse if another process has the file
         try:
-            self._open()
+            with wal_kept(self.path):  # a file SQLite cannot read: its log is not deleted
+                self._open()
         except sqlite3.Error as exc:  # damaged, not SQLite, a directory: say which file
             self._lock.release()
-            raise sqlite3.DatabaseError(f"{self.path}: {exc}") from exc
+            raise sqlite3.DatabaseError(
+                f"{self.path}: {exc}. The outbox cannot use this file; it may hold accepted "
+                "publishes not sent yet, so the gateway leaves it alone: move it aside (with "
+                "its -wal file) and restart to start with an empty outbox; its rows stay "
+                "readable with sqlite3 (table outbox: topic, payload)"
+            ) from exc
         except BaseException:
             self._lock.release()
             raise
 
     def _open(self) -> None:
+        wal = self.path.with_name(self.path.name + "-wal")
+        size = self.path.stat().st_size if self.path.is_file() else None
+        wal_size = wal.stat().st_size if wal.is_file() else 0
+        try:  # we hold the lock: no writer now
+            logged = _wal_frames(wal) if wal_size else 0
+        except OSError:  # unreadable: SQLite will say so itself
+            logged = 0
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = db
+        try:
+            self._prepare(wal, wal_size, logged, size == 0)
+            self._init_state()
+        except BaseException:
+            db.close()  # now, inside `wal_kept`, not whenever it is collected
+            raise
+
+    def _prepare(self, wal: Path, wal_size: int, logged: int | None, empty: bool) -> None:
+        db = self._db
         db.execute("PRAGMA journal_mode=WAL")
+        if wal_size:
+            self._check_wal(wal, logged)
+        elif empty:
+            log.warning(
+                "outbox %s: %s was empty (0 bytes; it may have been truncated): the outbox "
+                "starts empty",
+                self.name,
+                self.path,
+            )
         db.execute(f"PRAGMA synchronous={self.config.synchronous}")
         db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
         db.executescript(_SCHEMA)
-        self._db = db
+
+    def _init_state(self) -> None:
+        db = self._db
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         for key, value in db.execute("SELECT key, value FROM meta"):
             if key in self.dropped:
@@ -254,6 +347,9 @@ class Outbox:
         self._last_expiry = 0.0
         self.disk_full = False
         self._space_checked = 0.0
+        self._full_since = 0.0  # monotonic time the disk filled (`disk_full` set)
+        self._roomy_since = -float("inf")  # monotonic time it last had room again
+        self._hold = _HOLD_MIN_S  # seconds in the full state before a look for room
         self._reserve = self.path.with_name(self.path.name + "-reserve")
         self._make_reserve()
         self.appended = 0
@@ -283,6 +379,7 @@ class Outbox:
         dropped = dict(self.dropped)
         if self.disk_full and self._space_returned():
             self.disk_full = False
+            self._roomy_since = time.monotonic()
             self._make_reserve()
             log.warning("outbox %s: the disk has room again (%s)", self.name, self.path)
         try:
@@ -410,12 +507,18 @@ class Outbox:
 
     def _disk_full(self, rows: list[Row], exc: sqlite3.OperationalError) -> list[Row]:
         if not self.disk_full:
+            now = time.monotonic()
+            again = now - self._roomy_since < _REFILL_S  # hovering at the edge: wait longer
+            self._hold = min(2 * self._hold, _HOLD_MAX_S) if again else _HOLD_MIN_S
+            self._full_since = now
             log.error(
-                "outbox %s: %s (%s); policy %s applies until space returns",
+                "outbox %s: %s (%s); policy %s applies until %s are free%s",
                 self.name,
                 exc,
                 self.path,
                 self.config.policy,
+                f"{resume_level(_RESERVE_BYTES) / (1 << 20):.2f} MiB",
+                f" (full again soon after: looks again in {self._hold:.0f} s)" if again else "",
             )
         self.disk_full = True
         self._release_reserve()
@@ -455,16 +558,40 @@ class Outbox:
             log.warning("outbox %s: cannot remove %s: %s", self.name, self._reserve, exc)
 
     def _space_returned(self) -> bool:
-        """Room for the reserve twice over (checked at most once a second)."""
+        """Room for the reserve plus an eighth (module docstring), looked at most once a
+        second and not before the hold since the disk filled is over."""
         now = time.monotonic()
-        if now - self._space_checked < 1.0:
+        if now - self._space_checked < 1.0 or now - self._full_since < self._hold:
             return False
         self._space_checked = now
+        free = free_bytes(self.path.parent)
+        return free is not None and free >= resume_level(_RESERVE_BYTES)
+
+    def _check_wal(self, wal: Path, logged: int | None) -> None:
+        """Warn if SQLite did not apply every committed frame of the log left by a crash
+        (``logged``; None: its header is damaged) and keep a copy of the log."""
+        try:  # a passive checkpoint tells how many frames SQLite took as the log
+            _busy, applied, _done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.OperationalError:  # no room to checkpoint: cannot tell
+            return
+        if logged is not None and applied >= logged:
+            return
+        copy = free_name(wal, ".bad")
         try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return False
-        return st.f_bavail * st.f_frsize >= 2 * _RESERVE_BYTES
+            shutil.copyfile(wal, copy)
+            kept = f"a copy of the log is kept as {copy}"
+        except OSError as exc:
+            kept = f"no copy of the log could be kept ({exc})"
+        log.warning(
+            "outbox %s: the log %s left by the last run is damaged: SQLite applied %s of its "
+            "%s committed frames and dropped the rest (publishes stored last before the "
+            "gateway stopped are lost, not counted as dropped); %s",
+            self.name,
+            wal,
+            applied,
+            "?" if logged is None else logged,
+            kept,
+        )
 
     def _reload(self) -> None:
         """After a failed transaction that changed the bookkeeping: count again from the file."""
