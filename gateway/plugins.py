@@ -169,9 +169,9 @@ class ProtocolSpec:
                 raise PluginError(f"{what}: there is no module {module_name!r}") from None
             if exc.name and _top(exc.name) != _top(module_name):  # a library, not plugin code
                 raise self.needs(exc.name) from None
-            raise PluginError(f"{what}: module failed to import: {_describe(exc)}") from exc
+            raise PluginError(f"{what}: module failed to import: {describe_error(exc)}") from exc
         except Exception as exc:  # a broken adapter module: say where, in one line
-            raise PluginError(f"{what}: module failed to import: {_describe(exc)}") from exc
+            raise PluginError(f"{what}: module failed to import: {describe_error(exc)}") from exc
         obj: Any = module
         for part in attr.split("."):
             try:
@@ -200,9 +200,10 @@ def _distribution_of(targets: Iterable[str]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _describe(exc: BaseException) -> str:
-    """``Type: message (file:line)`` of an exception raised while importing plugin code."""
-    text = f"{type(exc).__name__}: {exc}"
+def describe_error(exc: BaseException, *, named: bool = True) -> str:
+    """``Type: message (file:line)`` of an exception raised in plugin code (the innermost
+    frame: where it was raised); without ``Type: `` when not ``named``."""
+    text = f"{type(exc).__name__}: {exc}" if named else str(exc)
     if isinstance(exc, SyntaxError):
         return text  # its message already names the file and line
     frames = traceback.extract_tb(exc.__traceback__)
@@ -290,10 +291,18 @@ def _load(ep: importlib.metadata.EntryPoint, dist: str | None) -> ProtocolSpec |
     except ImportError as exc:
         extras = _extras_of(ep)
         package = dist or "the plugin's package"
-        hint = f"pip install '{package}[{extras[0]}]'" if extras else f"reinstall {package}"
-        return f"{plugin} failed to import ({exc}); install it with: {hint}"
+        own = ep.value.split(":", 1)[0].split(".", 1)[0]
+        missing = getattr(exc, "name", None)
+        if extras:
+            hint = f"install it with: pip install '{package}[{extras[0]}]'"
+        elif missing and missing.split(".", 1)[0] != own:
+            # A library the package does not bring: reinstalling it would not help.
+            hint = f"{package} does not install {missing!r}: install that library (pip)"
+        else:
+            hint = f"install it with: reinstall {package}"
+        return f"{plugin} failed to import ({describe_error(exc, named=False)}); {hint}"
     except Exception as exc:  # a broken plugin must not take the others down
-        return f"{plugin} failed to load: {exc!r}"
+        return f"{plugin} failed to load: {describe_error(exc)}"
     if not isinstance(obj, ProtocolSpec):
         return f"{plugin} ({ep.value}) is a {type(obj).__name__}, not a ProtocolSpec"
     if obj.api_version != API_VERSION:

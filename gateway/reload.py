@@ -57,6 +57,11 @@ class RunSignals:
         self._pending = config
         self.stop.set()
 
+    @property
+    def quitting(self) -> bool:
+        """SIGINT or SIGTERM came: no run is to follow."""
+        return self._quit
+
     def next_config(self) -> GatewayConfig | None:
         """The config to run next after a run ended: a reloaded one, or None to exit."""
         config, self._pending = self._pending, None

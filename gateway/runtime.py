@@ -33,6 +33,7 @@ from gateway.config.common import Backoff
 from gateway.sdnotify import Notifier
 from gateway.streak import FailureStreak
 from gateway.text import counted
+from gateway.types import PointSpec
 from gateway.uplink.lock import FileLock, OutboxInUse
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ QUIET_STATUS_S = 60.0
 SUPERVISOR_BACKOFF = Backoff(initial=1.0, max=60.0)
 
 
+class _Returned(Exception):
+    """An adapter's run() that returned: not an error it raised, but the supervisor's word."""
+
+
 def _status_every(interval: float) -> float:
     """The reports' interval for ``status_interval``: 0 keeps the file (not the log line)."""
     return interval or QUIET_STATUS_S
@@ -67,9 +72,22 @@ class StartError(RuntimeError):
     A dead *device* is not a start error: adapters retry those in ``run``.
     """
 
-    def __init__(self, part: str, cause: BaseException) -> None:
-        super().__init__(f"{part} could not start: {str(cause) or type(cause).__name__}")
+    def __init__(self, part: str, cause: BaseException, doing: str = "") -> None:
+        super().__init__(f"{part} could not start: {doing}{_cause(cause)}")
         self.part = part
+
+
+# Exceptions that mean a bug (a plugin's, mostly) rather than a setting that cannot work here:
+# their message alone (KeyError's 'baudrate') says nothing, so their type and place are named.
+_BUGS = (AttributeError, IndexError, KeyError, NameError, TypeError, UnboundLocalError)
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, _BUGS):
+        from gateway.plugins import describe_error
+
+        return describe_error(exc)
+    return str(exc) or type(exc).__name__
 
 
 class Gateway:
@@ -99,14 +117,23 @@ class Gateway:
         self.router = CommandRouter(self.bus)
         self.context = AdapterContext(self.bus, config.gateway.name, self.router)
         self.adapters: dict[str, Adapter] = {}
+        # A plugin's constructor, points() and attach() run here: an exception from one is its
+        # bug, and stops the start with one line naming the entry, not a traceback.
         for name, entry in config.devices.items():
+            # A `requires` module missing is refused here as validate says it will be, even
+            # when the adapter's own import would not notice (it imports the module later).
+            entry.spec.check_adapter(entry.role, load=False)
             cls = entry.spec.adapter_class(entry.role)
             try:
                 self.adapters[name] = cls(name, entry.config, self.context)
-            except Exception as exc:  # a plugin's constructor: its bug, one line naming it
-                kind = "endpoint" if entry.section == "endpoints" else "device"
-                raise StartError(f"{kind} {name!r} ({entry.protocol})", exc) from exc
-        sources = {name: a.points() for name, a in self.adapters.items()}
+            except Exception as exc:
+                raise StartError(self._part(name), exc) from exc
+        sources: dict[str, list[PointSpec]] = {}
+        for name, adapter in self.adapters.items():
+            try:
+                sources[name] = adapter.points()
+            except Exception as exc:
+                raise StartError(self._part(name), exc, "points() failed: ") from exc
         for name, points in sources.items():
             self.router.declare(name, points)
         self.bridges = [
@@ -114,7 +141,11 @@ class Gateway:
             for b in config.bridges
         ]
         for bridge in self.bridges:
-            bridge.target.attach(bridge)
+            try:
+                bridge.target.attach(bridge)
+            except Exception as exc:
+                doing = f"attach(bridge {bridge.name!r}) failed: "
+                raise StartError(self._part(bridge.target.name), exc, doing) from exc
         self._targets = {b.target for b in config.bridges}
         # The device shadow (``shadow:`` in the config): reported/desired/delta per device.
         # Bridges read ``gateway.shadow.state(device)`` as context (computed points, topics).
@@ -126,6 +157,12 @@ class Gateway:
             for bridge in self.bridges:
                 bridge.use_shadow(self.shadow.state)
         self.started = asyncio.Event()
+
+    def _part(self, name: str) -> str:
+        """How a start error names the entry ``name``: ``device 'plc' (modbus)``."""
+        entry = self.config.devices[name]
+        kind = "endpoint" if entry.section == "endpoints" else "device"
+        return f"{kind} {name!r} ({entry.protocol})"
 
     def status(self) -> dict[str, Any]:
         return {
@@ -473,7 +510,7 @@ async def _supervise(
             attempt.set_name(f"{me.get_name()}/run")
         try:
             await attempt
-            failure: BaseException = RuntimeError("stopped by itself")
+            failure: BaseException = _Returned("run() returned by itself")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -485,7 +522,11 @@ async def _supervise(
             backoff.reset()
         failures += 1
         delay = backoff.next_delay()
-        why = f"{type(failure).__name__}: {failure}"
+        why = (
+            str(failure)
+            if isinstance(failure, _Returned)
+            else f"{type(failure).__name__}: {failure}"
+        )
         if failures == 1:
             log.error(
                 "%s failed; restarting it in %.1f s, the rest of the gateway keeps running: %s",

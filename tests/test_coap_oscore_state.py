@@ -1,4 +1,4 @@
-"""The OSCORE context folder across restarts: sequence numbers restart only under new keys.
+"""The OSCORE context folder across restarts: sequence numbers never go back.
 
 A reused sequence number under the same keys reuses a nonce (RFC 8613), so neither a damaged
 settings file nor a damaged sequence file may reset them."""
@@ -60,10 +60,22 @@ def test_the_same_keys_written_differently_keep_them(tmp_path: Path) -> None:
     assert (base / "sequence.json").read_text() == SEQUENCE
 
 
-def test_new_keys_restart_them(tmp_path: Path) -> None:
+def test_new_keys_keep_the_number_and_start_the_peers_window_empty(tmp_path: Path) -> None:
     base = started(tmp_path)
     write_context_dir(context("11" * 16), "coap")
-    assert not (base / "sequence.json").exists()
+    assert json.loads((base / "sequence.json").read_text()) == {
+        "next-to-send": 5000,  # going on from there is as good as fresh under new keys
+        "received": {"index": 0, "bitfield": 0},  # a new context's empty replay window
+    }
+
+
+def test_keys_that_come_back_never_start_at_zero(tmp_path: Path) -> None:
+    """Keys A, then B, then A again (an edit undone, a reload falling back to the config it
+    replaced): A must go on past the numbers it used, not restart (nonce reuse)."""
+    base = started(tmp_path)  # A, at 5000
+    write_context_dir(context("11" * 16), "coap")  # B
+    write_context_dir(context(), "coap")  # A again
+    assert json.loads((base / "sequence.json").read_text())["next-to-send"] >= 5000
 
 
 @pytest.mark.parametrize(
@@ -155,3 +167,29 @@ async def test_a_client_with_a_damaged_state_opens_no_socket(tmp_path: Path) -> 
     with pytest.raises(OscoreStateError):
         await adapter.__aenter__()
     assert adapter._ctx is None  # the runtime does not call __aexit__ after a failed enter
+
+
+async def test_a_closed_server_releases_its_state_folder_at_once(tmp_path: Path) -> None:
+    """A reload starts the new gateway while the old one's objects may not be collected yet
+    (reference cycles): closing must release the folder's lock itself."""
+    from conftest import free_port
+
+    from protocols.coap.config import CoapServer
+    from protocols.coap.server import CoapServerAdapter
+
+    config = CoapServer.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "security": {"oscore": {"sender_id": "01", "recipient_id": "02",
+                                     "master_secret": "00" * 16}},
+        }
+    )  # fmt: skip
+    first = CoapServerAdapter("cs", config, AdapterContext(Bus(), "gw"))
+    async with first:
+        pass
+    kept = first  # still referenced: its contexts are not collected
+    second = CoapServerAdapter("cs", config, AdapterContext(Bus(), "gw"))
+    async with second:  # before: OscoreStateError, the folder "in use"
+        pass
+    assert kept is first

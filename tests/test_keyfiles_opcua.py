@@ -86,7 +86,7 @@ async def test_an_earlier_damaged_copy_is_kept(pki: Path) -> None:
     await ensure_certificate(pki, URI, "localhost")
     own = pki / "own"
     assert (own / "cert.der.bad").read_bytes() == b"first"
-    assert (own / "cert.der.2.bad").read_bytes() == b"second"
+    assert (own / "cert.der.bad.1").read_bytes() == b"second"
 
 
 @pytest.mark.parametrize("damage", [*NAMES, "cert for key"])

@@ -323,7 +323,7 @@ def _found_expected(err: ErrorDetails) -> tuple[str, str]:
         if kind == "int_from_float":
             return f"{show(value)} (a number with a fraction)", "an integer"
         if kind == "string_type" and isinstance(value, bool):
-            # YAML reads on, off, yes, no, y and n unquoted as booleans: a point named on
+            # YAML 1.1 reads on, off, yes and no unquoted as booleans: a point named on
             return describe(
                 value
             ), "a string (on/off/yes/no unquoted are booleans in YAML: put it in quotes)"

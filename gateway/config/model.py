@@ -170,7 +170,8 @@ class ShadowHistory(Strict):
         64 << 20,
         ge=0,
         description="bytes; below this much free space on the store's filesystem no history "
-        "is written (reported state still is), so that the MQTT outbox keeps the room; 0: off",
+        "is written, so that the MQTT outbox keeps the room (reported state still is, down to "
+        "4 MiB free, or this much if less; below that it waits in memory); 0: off",
     )
 
 

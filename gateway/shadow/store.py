@@ -385,7 +385,8 @@ class ShadowStore:
             if not _is_damage(exc):
                 raise ShadowFileError(
                     f"{path}: cannot open the shadow store ({exc}); check that its folder "
-                    "exists and that the gateway may write there"
+                    "exists, that the gateway may write there and that the disk has room, and "
+                    "that no other process holds the file"
                 ) from None
             if not set_aside:
                 raise ShadowFileError(

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiocoap
 from aiocoap import Code
@@ -40,7 +40,10 @@ from gateway.limits import Limits
 from gateway.payloads import Format, PayloadError, decode_for, encode, format_of, pint_unit
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapClient, CoapPoint
-from protocols.coap.server import oscore_credentials
+from protocols.coap.server import oscore_credentials, release_credentials
+
+if TYPE_CHECKING:
+    from aiocoap.credentials import CredentialsMap
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,7 @@ class CoapClientAdapter(Adapter):
         self._bad: set[str] = set()
         self._no_accept: set[str] = set()  # points whose server refused Accept
         self._ctx: aiocoap.Context | None = None
+        self._credentials: CredentialsMap | None = None  # OSCORE, released at close
         self.base = config.url.rstrip("/")
         self.notifications = 0
         self.registrations = 0
@@ -152,9 +156,14 @@ class CoapClientAdapter(Adapter):
         credentials = None
         if oscore is not None:
             credentials = oscore_credentials(oscore, self.name, f"{self.base}/*")
-        self._ctx = await aiocoap.Context.create_client_context()
+        try:
+            self._ctx = await aiocoap.Context.create_client_context()
+        except BaseException:  # no __aexit__ follows: the OSCORE folder's lock must go now
+            release_credentials(credentials)
+            raise
         if credentials is not None:
             self._ctx.client_credentials = credentials
+        self._credentials = credentials
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -162,6 +171,8 @@ class CoapClientAdapter(Adapter):
             with contextlib.suppress(Exception):
                 await self._ctx.shutdown()
             self._ctx = None
+        release_credentials(self._credentials)
+        self._credentials = None
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -45,6 +45,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,9 +174,7 @@ def write_context_dir(oscore: Oscore, name: str) -> Path:
         base.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text(errors="replace") != text:
             if _other_keys(path, settings):
-                # New key material: a stale sequence/replay state from other keys must not be
-                # reused.
-                (base / "sequence.json").unlink(missing_ok=True)
+                _carry_sequence(base / "sequence.json")
             path.touch(mode=0o600)
             path.write_text(text)
         _check_sequence(base / "sequence.json")
@@ -217,14 +216,58 @@ def _check_sequence(path: Path) -> None:
     if received == "unknown" or _replay_window(received):
         return
     state["received"] = "unknown"
-    tmp = path.with_name(".sequence-mended.json")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)
+    _write_sequence(path, state)
     log.warning(
         "OSCORE state %s: its replay window was damaged, set to unknown (the first request "
         "from the peer is answered with Echo, RFC 8613 B.1.2); the sequence number is kept",
         path,
     )
+
+
+def _carry_sequence(path: Path) -> None:
+    """Under new key material: keep the next sequence number to send, and start the peer's
+    replay window empty, as a new context has it.
+
+    The number is never set back. Numbers that go on from where other keys stopped are as good
+    as fresh ones, while a reset is nonce reuse whenever keys come back: keys A, then B, then A
+    again (an edit undone, a reload falling back to the config before) would start A at 0. A
+    damaged file, which the error for it says to clear this way, is deleted."""
+    try:
+        state = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return
+    except ValueError:
+        state = None
+    send = state.get("next-to-send") if isinstance(state, dict) else None
+    if type(send) is not int or not 0 <= send <= MAX_SEQUENCE:
+        path.unlink()
+        return
+    _write_sequence(path, {"next-to-send": send, "received": {"index": 0, "bitfield": 0}})
+
+
+def _write_sequence(path: Path, state: dict[str, object]) -> None:
+    """Replace the sequence file, synced first: a power cut must not leave it empty (an empty
+    one is refused at the next start, and only new keys get past that)."""
+    tmp = path.with_name(".sequence-mended.json")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(state))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def release_credentials(credentials: CredentialsMap | None) -> None:
+    """Release the OSCORE contexts of ``credentials`` now: their folder lock, and the exact
+    sequence number written back. aiocoap does that only when a context is collected, which a
+    reference cycle can put off past a reload's new start (its lock still held then)."""
+    from aiocoap.oscore import FilesystemSecurityContext
+
+    for item in (credentials or {}).values():
+        if isinstance(item, FilesystemSecurityContext) and item.lockfile is not None:
+            try:
+                item._destroy()
+            except Exception:  # a damaged folder must not hold up the close
+                log.warning("OSCORE state %s: not released cleanly", item.basedir, exc_info=True)
 
 
 def _replay_window(received: object) -> bool:
@@ -423,6 +466,7 @@ class CoapServerAdapter(Adapter):
         context.router.on_declare(self.retype)  # a type a source learns once connected
         self.site = resource.Site()
         self._context: aiocoap.Context | None = None
+        self._credentials: CredentialsMap | None = None  # OSCORE, released at close
         self.requests = 0
         self.refused = 0
         self.notifications = 0
@@ -488,12 +532,17 @@ class CoapServerAdapter(Adapter):
 
             credentials = oscore_credentials(oscore, self.name, ":client")
             site = OscoreSiteWrapper(self.site, credentials)
-        self._context = await aiocoap.Context.create_server_context(
-            site,
-            bind=(self.config.host, self.config.port),
-            server_credentials=credentials,
-            transports=["udp6"],
-        )
+        try:
+            self._context = await aiocoap.Context.create_server_context(
+                site,
+                bind=(self.config.host, self.config.port),
+                server_credentials=credentials,
+                transports=["udp6"],
+            )
+        except BaseException:  # a port in use: no __aexit__ follows, the lock must go now
+            release_credentials(credentials)
+            raise
+        self._credentials = credentials
         log.info(
             "%s: CoAP server on %s:%d, %s%s",
             self.name,
@@ -519,6 +568,8 @@ class CoapServerAdapter(Adapter):
             with contextlib.suppress(Exception):
                 await self._context.shutdown()
             self._context = None
+        release_credentials(self._credentials)
+        self._credentials = None
 
     async def run(self) -> None:
         await asyncio.Event().wait()

@@ -131,13 +131,10 @@ def _own_certificate(cert_path: Path) -> x509.Certificate | None:
 
 
 def _set_aside(path: Path) -> Path:
-    """Rename ``path`` to NAME.bad (NAME.2.bad, ... when an earlier one is there: kept)."""
-    for n in range(1, 1000):
-        aside = path.with_name(f"{path.name}.bad" if n == 1 else f"{path.name}.{n}.bad")
-        if not aside.exists():
-            path.rename(aside)
-            return aside
-    raise PkiError(f"{path}: too many damaged copies beside it (*.bad); clean them up")
+    """Rename ``path`` to NAME.bad (NAME.bad.1, ... when an earlier one is there: kept)."""
+    from gateway.storefiles import set_aside
+
+    return set_aside(path)
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
