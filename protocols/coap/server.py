@@ -156,7 +156,8 @@ MAX_SEQUENCE = 2**40 - 1
 
 def write_context_dir(oscore: Oscore, name: str) -> Path:
     """The OSCORE context folder aiocoap reads: settings.json from the config (rewritten when the
-    config changes, which also starts the sequence numbers again), sequence.json left alone but
+    config changes, when sequence.json keeps its number and empties the peer's window: see
+    `_carry_sequence`), sequence.json otherwise left alone but
     checked (`OscoreStateError` when it is damaged)."""
     base = state_path(oscore.state_dir, name)
     settings = {
