@@ -1025,3 +1025,14 @@ def test_a_name_yaml_reads_as_a_boolean_says_to_quote_it() -> None:
         "on.yaml:2:52: devices.plc.points[0].name: found true (a boolean); "
         "expected a string (on/off/yes/no unquoted are booleans in YAML: put it in quotes)"
     )
+
+
+def test_a_misspelt_role_is_one_problem_not_the_other_roles_settings() -> None:
+    # Before: the role's error, and three more from checking a server's keys as a client's.
+    text = "endpoints:\n  mb: {protocol: modbus, role: servr, host: 127.0.0.1, port: 1502}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "role.yaml")
+    assert str(info.value).splitlines() == [
+        "role.yaml:2:32: endpoints.mb.role: found 'servr'; expected one of: client, server "
+        "(modbus has no other role)"
+    ]

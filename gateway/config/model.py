@@ -626,6 +626,8 @@ class _Loader:
                 show(role),
                 f"one of: {', '.join(spec.roles)} ({protocol} has no other role)",
             )
+            if spec.role_models:  # which role's settings were meant is unknown: no guessing
+                return None
         if role_ok:
             declared.role = str(role)
             if declared.enabled and self.check_adapters:
