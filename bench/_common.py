@@ -153,7 +153,9 @@ def run_bench(main: Callable[[], object]) -> int:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        raise KeyboardInterrupt
+        # As a Ctrl-C: inside asyncio.run that cancels the main task, which unwinds cleanly;
+        # a KeyboardInterrupt raised here could land inside any task (one "never retrieved").
+        signal.raise_signal(signal.SIGINT)
 
     signal.signal(signal.SIGTERM, interrupt)
     try:
