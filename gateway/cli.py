@@ -98,7 +98,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "name": name,
                 "roles": list(spec.roles),
                 "capabilities": list(spec.capabilities),
-                "target": spec.route_model is not None,
+                # a bridge's `to:` in some role (a server's route options are per role)
+                "target": any(spec.route_model_for(role) is not None for role in spec.roles),
                 "package": spec.dist,
                 "status": state,
                 "description": spec.description,
@@ -179,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         from gateway import livestatus
+        from gateway.looplag import start_loop_monitor
         from gateway.reload import RunSignals
         from gateway.runtime import Gateway
         from gateway.sdnotify import Notifier, start_watchdog
@@ -190,6 +192,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         signals = RunSignals(lambda: load_config(args.file), notifier)
         signals.install()
         watchdog = start_watchdog(notifier)
+        # Names the code that blocks the loop (a plugin's time.sleep); it never pings systemd.
+        loop_lag = start_loop_monitor()
         current, previous = config, None  # previous: the config that ran before a reload
         try:
             while True:
@@ -208,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         raise
                     await gateway.run(signals.stop)
                 except (PluginError, StartError) as exc:
-                    if previous is None or signals.stop.is_set():
+                    if previous is None or signals.quitting:
                         raise
                     # The reloaded config loads but cannot start here (a port in use, a
                     # certificate missing): the one that ran before can, most likely.
@@ -227,6 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if watchdog is not None:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)
+            await loop_lag.stop()
             notifier.close()
         stuck = await stuck_tasks()
         if stuck:

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
+import pytest
 from conftest import HOST, MosquittoBroker, find_binary, free_port, wait_for
 from test_coap_client import coap_put, coap_server
 from test_opcua_client import NODES, NodeOpcuaServer
 
-from gateway.adapter import Adapter
+from gateway.adapter import Adapter, AdapterContext
+from gateway.bridge import Bridge
+from gateway.config.common import Strict
+from gateway.plugins import ProtocolSpec
 from gateway.testing import ProtocolConformance
-from gateway.types import PointSpec, Value
+from gateway.types import Access, Message, PointSpec, Value
 from protocols.coap import SPEC as COAP
 from protocols.modbus import SPEC as MODBUS
 from protocols.modbus.simulator import SimulatedDevice, Simulator
@@ -189,3 +195,147 @@ class TestCoapServer(ProtocolConformance):
 
     def config(self, peer: None) -> dict[str, Any]:
         return {"host": HOST, "port": free_port()}
+
+
+# The kit itself: what it catches in a plugin (fake adapters of a protocol defined here; the
+# classes are not named Test... so pytest does not collect them, the tests call their checks).
+
+
+class FakePoint(Strict):
+    name: str
+    access: Access = Access.READ
+
+
+class FakeConfig(Strict):
+    points: list[FakePoint] = []
+    block: float = 0.0  # seconds run() blocks the loop on each cycle (time.sleep: the bug)
+    attach: str = "good"  # "broken": attach() reads bridge.points() as a list
+
+
+class FakeRoute(Strict):
+    pass
+
+
+class FakeAdapter(Adapter):
+    def __init__(self, name: str, config: FakeConfig, context: AdapterContext) -> None:
+        super().__init__(name, config, context)
+        self.config: FakeConfig = config
+        self.served: dict[str, set[str]] = {}
+
+    def points(self) -> list[PointSpec]:
+        return [
+            PointSpec(f"{self.name}/{p.name}", p.name, "float64", access=p.access)
+            for p in self.config.points
+        ]
+
+    def attach(self, bridge: Bridge) -> None:
+        if self.config.attach == "broken":
+            for point in bridge.points():  # the bug: a dict of device -> points
+                self.served.setdefault("", set()).add(point.name)  # type: ignore[attr-defined]
+        for device, specs in bridge.points().items():
+            self.served.setdefault(device, set()).update(p.name for p in specs)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            if self.config.block:
+                time.sleep(self.config.block)  # noqa: ASYNC251 (the bug the kit catches)
+
+    async def send(self, message: Message, route: Any) -> None:
+        served = self.served.get(message.device, set())
+        unknown = [s.point for s in message.samples if s.point not in served]
+        assert not unknown, f"send() before attach(): {unknown} not served"
+
+    def status(self) -> dict[str, Any]:
+        return {"connected": False}
+
+
+FAKE = ProtocolSpec(
+    name="fake",
+    description="a fake protocol for the kit's own tests",
+    config_model=FakeConfig,
+    adapters={"client": f"{__name__}:FakeAdapter", "server": f"{__name__}:FakeAdapter"},
+    route_models={"server": FakeRoute},
+)
+
+
+class FakeClient(ProtocolConformance):
+    spec = FAKE
+    role = "client"
+    options: ClassVar[dict[str, Any]] = {}
+
+    def config(self, peer: None) -> dict[str, Any]:
+        return {"points": [{"name": "t"}], **self.options}
+
+
+def run_check(cls: type[ProtocolConformance], check: str, tmp_path: Path) -> None:
+    kit = cls()
+    kit.tmp_path = tmp_path
+    getattr(kit, check)()
+
+
+def test_kit_fails_an_adapter_that_blocks_the_event_loop_naming_the_call(tmp_path: Path) -> None:
+    class Blocking(FakeClient):
+        options: ClassVar[dict[str, Any]] = {"block": 0.8}
+
+    with pytest.raises(pytest.fail.Exception) as failed:
+        run_check(Blocking, "test_enter_and_run_with_the_peer_down", tmp_path)
+    message = str(failed.value)
+    assert "the event loop was blocked for 0." in message, message
+    assert "(max_loop_block = 0.5 s)" in message
+    line = next(
+        i
+        for i, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+        if "time.sleep(self.config.block)" in text
+    )
+    assert f"in test_conformance.py:{line} run(): time.sleep(self.config.block)" in message
+    assert "asyncio.to_thread" in message
+    run_check(FakeClient, "test_enter_and_run_with_the_peer_down", tmp_path)  # no block: passes
+
+
+def test_kit_allows_a_block_below_max_loop_block(tmp_path: Path) -> None:
+    class Slow(FakeClient):
+        options: ClassVar[dict[str, Any]] = {"block": 0.8}
+        max_loop_block = 3.0
+
+    run_check(Slow, "test_enter_and_run_with_the_peer_down", tmp_path)
+
+
+class FakeServer(ProtocolConformance):
+    spec = FAKE
+    role = "server"
+    source = False
+    has_peer = False
+    options: ClassVar[dict[str, Any]] = {}
+
+    def config(self, peer: None) -> dict[str, Any]:
+        return dict(self.options)
+
+
+def test_kit_attaches_a_target_to_a_bridge_before_send(tmp_path: Path) -> None:
+    run_check(FakeServer, "test_target_accepts_telemetry", tmp_path)  # send() needs attach()
+
+    class BrokenAttach(FakeServer):
+        options: ClassVar[dict[str, Any]] = {"attach": "broken"}
+
+    with pytest.raises(AttributeError, match="'str' object has no attribute 'name'"):
+        run_check(BrokenAttach, "test_target_accepts_telemetry", tmp_path)
+
+
+def test_kit_checks_writes_when_the_example_has_rw_points() -> None:
+    class Peered(FakeClient):
+        @contextlib.asynccontextmanager
+        async def peer(self) -> AsyncIterator[None]:
+            yield None
+
+    class WithRw(Peered):
+        def config(self, peer: None) -> dict[str, Any]:
+            return {"points": [{"name": "t"}, {"name": "sp", "access": "rw"}]}
+
+    class OptedOut(WithRw):
+        writes = False
+
+    assert WithRw.writes is None and callable(WithRw.test_write_round_trip)
+    assert Peered.test_write_round_trip is None  # no rw point: nothing to check
+    assert OptedOut.test_write_round_trip is None  # declared: as before
+    assert callable(TestModbusClient.test_write_round_trip)

@@ -386,8 +386,11 @@ def test_validate_and_run_say_once_which_plugin_package_was_refused(
         "warning: protocol plugin 'modbus' from evil-modbus (evil_modbus:SPEC) is refused: "
         "'modbus' is a built-in protocol of protocol-brain, which is used. Uninstall "
         "evil-modbus or give its protocol another name.",
-        "warning: protocol plugin 'audit' from audit-jsonfile-protocol failed to import (No "
-        "module named 'vendor_sdk_xyz'); install it with: reinstall audit-jsonfile-protocol",
+        # where it failed, and that the package does not bring the library (not "reinstall")
+        "warning: protocol plugin 'audit' from audit-jsonfile-protocol failed to import "
+        "(No module named 'vendor_sdk_xyz' "
+        f"({site / 'audit_refused' / '__init__.py'}:1)); audit-jsonfile-protocol does not "
+        "install 'vendor_sdk_xyz': install that library (pip)",
     ]
     assert done.stdout.strip() == f"{config}: ok (1 device or endpoint, 1 point, 0 bridges)"
     code, log = run_until_running(site, config)
@@ -504,3 +507,91 @@ def test_a_plugin_whose_points_are_dicts_is_told_so(site: Path, tmp_path: Path) 
     assert "bridges[0].from: found d1, whose points are not models with name and unit" in (
         done.stderr
     )
+
+
+def test_run_refuses_a_missing_required_library_as_validate_says(
+    site: Path, tmp_path: Path
+) -> None:
+    # The adapter imports its library later (in run): before, `gateway run` started although
+    # validate said it would not.
+    install_plugin(site, "audit_req", requires=("vendor_sdk_xyz",), extra="vendor")
+    config = tmp_path / "plant.yaml"
+    config.write_text("devices:\n  dev1: {protocol: audit}\n")
+    done = run_gateway(site, "run", str(config))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: protocol 'audit' (from audit-jsonfile-protocol) needs vendor_sdk_xyz: "
+        "pip install 'audit-jsonfile-protocol[vendor]'"
+    )
+
+
+BUGGY_ADAPTER = """
+from gateway.adapter import Adapter
+
+
+class A(Adapter):
+    def __init__(self, name, config, context):
+        super().__init__(name, config, context)
+        {init}
+
+    def points(self):
+        {points}
+
+    def attach(self, bridge):
+        {attach}
+
+    async def run(self) -> None:
+        return None
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ("init", "device 'dev1' (audit) could not start: KeyError: 'baudrate' ("),
+        ("points", "device 'dev1' (audit) could not start: points() failed: no map"),
+        (
+            "attach",
+            "device 'dev1' (audit) could not start: attach(bridge 'down') failed: "
+            "AttributeError: 'str' object has no attribute 'id' (",
+        ),
+    ],
+)
+def test_a_plugins_bug_at_start_is_one_line_naming_the_entry(
+    site: Path, tmp_path: Path, where: str, said: str
+) -> None:
+    code = {
+        "init": "{}['baudrate']",
+        "points": "raise ValueError('no map')",
+        "attach": "[p.id for p in ['a']]",
+    }
+    body = {k: code[k] if k == where else ("return []" if k == "points" else "pass") for k in code}
+    pkg = f"audit_bug_{where}"
+    install_plugin(site, pkg, adapter_module=BUGGY_ADAPTER.format(**body))
+    spec = (site / pkg / "__init__.py").read_text()  # a target: it takes bridges (attach)
+    spec = spec.replace("    extra=None,\n", "    extra=None,\n    route_model=Device,\n")
+    (site / pkg / "__init__.py").write_text(spec)
+    config = tmp_path / "plant.yaml"
+    config.write_text(
+        f"devices:\n{PLC}  dev1: {{protocol: audit}}\n"
+        "bridges:\n  - {name: down, from: plc, to: dev1}\n"
+    )
+    done = run_gateway(site, "run", str(config))
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {said}"), done.stderr
+    assert "Traceback" not in done.stderr
+    if where != "points":  # a bug's type and place: the file and line it was raised at
+        assert f"audit_bug_{where}/adapter.py:" in last, last
+
+
+def test_gateway_plugins_json_says_which_protocols_can_be_a_bridge_target() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "plugins", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    rows = {row["name"]: row for row in json.loads(done.stdout)["plugins"]}
+    # servers take per-role route options (route_models), MQTT one for all roles
+    assert {name for name, row in rows.items() if row["target"]} >= {
+        "modbus", "opcua", "coap", "mqtt",
+    }  # fmt: skip

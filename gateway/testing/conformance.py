@@ -22,12 +22,15 @@ and runs while its peer is down (and says so: disconnected status or bad samples
 within `cancel_limit` seconds of a cancel, ``status()`` is JSON, a source's points are
 `PointSpec` with known datatypes, with the peer up a source publishes good telemetry for every
 point and a write to each ``rw`` point is acknowledged through ``serve_commands``, and a target
-accepts a telemetry message in ``send``.
+is attached to a real `Bridge` (``attach``) and accepts a telemetry message in ``send``. While
+an adapter runs, nothing may block the event loop for longer than `max_loop_block` seconds (the
+check names the code that did).
 
 Every check is a plain (synchronous) test that runs its own event loop with ``asyncio.run``, so
 the kit works whatever asyncio plugin mode the plugin's own pytest uses. A check that does not
 apply (no peer given, `writes` or `source` declared False, not a target) is removed from the
 subclass when it is defined: nothing is skipped at run time, and the declarations are checked.
+`writes` left at None is decided then too, from whether the example config has ``rw`` points.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import math
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -49,8 +52,11 @@ import pytest
 from pydantic import BaseModel
 
 from gateway.adapter import Adapter, AdapterContext
+from gateway.bridge import Bridge
 from gateway.bus import Bus, Subscription
 from gateway.commands import CommandRouter
+from gateway.config.model import BridgeConfig
+from gateway.looplag import LoopMonitor
 from gateway.plugins import API_VERSION, ENTRY_POINT_GROUP, ProtocolSpec
 from gateway.types import Message, PointSpec, Quality, Sample, Value, telemetry_topic
 
@@ -91,8 +97,11 @@ class ProtocolConformance:
     cancel_limit: ClassVar[float] = 2.0
     #: whether the role produces points (its telemetry is checked; False: it must have none)
     source: ClassVar[bool] = True
-    #: whether the example config has writable points (their round trip is checked)
-    writes: ClassVar[bool] = False
+    #: whether the example config has writable points (their round trip is checked); None:
+    #: decided when the class is defined, from the ``rw`` points of the example config
+    writes: ClassVar[bool | None] = None
+    #: seconds the event loop may be blocked at a time while the adapter runs
+    max_loop_block: ClassVar[float] = 0.5
 
     # Checks that cannot apply to a subclass are removed when it is defined, not skipped at run
     # time: every collected check asserts something. The declarations above are checked too.
@@ -109,13 +118,31 @@ class ProtocolConformance:
             drop.update(cls._PEER_UP_CHECKS)
         if not cls.source:
             drop.add("test_source_publishes_telemetry")
-        if not cls.writes:
-            drop.add("test_write_round_trip")
         spec = getattr(cls, "spec", None)
+        writes = cls.writes
+        if writes is None and spec is not None:
+            writes = cls._example_has_writable_points()
+        if writes is False:
+            drop.add("test_write_round_trip")
         if spec is not None and spec.route_model_for(cls.role) is None:
             drop.add("test_target_accepts_telemetry")
         for name in drop:
             setattr(cls, name, None)  # pytest collects callables only
+        for name in {*cls._PEER_UP_CHECKS, "test_target_accepts_telemetry"} - drop:
+            if getattr(cls, name) is None:  # removed from a base class, applies here
+                setattr(cls, name, getattr(ProtocolConformance, name))
+
+    @classmethod
+    def _example_has_writable_points(cls) -> bool | None:
+        """Whether ``config(None)`` has ``rw`` points, found when the class is defined; None
+        when that cannot be told then (the write check is kept, and says why it fails)."""
+        try:
+            with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
+                probe = cls()
+                probe.tmp_path = Path(tmp)
+                return any(p.access.writable for p in probe.adapter(None).points())
+        except Exception:
+            return None
 
     tmp_path: Path
 
@@ -140,6 +167,17 @@ class ProtocolConformance:
     def route(self) -> dict[str, Any]:
         """Bridge options for a target role (the route model must accept them)."""
         return {}
+
+    def bridge_points(self) -> dict[str, list[PointSpec]]:
+        """The source points of the bridge a target is attached to, per device (what
+        ``bridge.points()`` returns to ``attach``); the target check sends these points."""
+        return {
+            "conformance-device": [
+                PointSpec("conformance-device/temp", "temp", "float64", unit="degC"),
+                PointSpec("conformance-device/on", "on", "bool"),
+                PointSpec("conformance-device/lost", "lost", "float64"),
+            ]
+        }
 
     def write_value(self, point: PointSpec) -> Value:
         """A value to write to ``point`` in the write round trip: inside low..high."""
@@ -195,13 +233,35 @@ class ProtocolConformance:
 
     @contextlib.asynccontextmanager
     async def running(self, adapter: Adapter) -> AsyncIterator[asyncio.Task[None]]:
-        """``async with adapter``, ``run()`` as a task, cancelled (and checked) at the end."""
+        """``async with adapter``, ``run()`` as a task, cancelled (and checked) at the end;
+        the event loop must not be blocked longer than `max_loop_block` meanwhile."""
         async with adapter:
-            task = asyncio.create_task(adapter.run(), name=f"conformance:{adapter.name}")
-            try:
-                yield task
-            finally:
-                await self._stop(task)
+            async with self.loop_not_blocked():
+                task = asyncio.create_task(adapter.run(), name=f"conformance:{adapter.name}")
+                try:
+                    yield task
+                finally:
+                    await self._stop(task)
+
+    @contextlib.asynccontextmanager
+    async def loop_not_blocked(self) -> AsyncIterator[LoopMonitor]:
+        """Fails at the end if the event loop was blocked longer than `max_loop_block` at a
+        time inside, naming the code it was blocked in (a blocking call in an adapter stops
+        every device of a gateway)."""
+        limit = self.max_loop_block
+        monitor = LoopMonitor(limit / 2, interval=0.05, check=0.05, report=False)
+        monitor.start()
+        try:
+            yield monitor
+        finally:
+            await monitor.stop()
+        worst = monitor.worst
+        if worst is not None and (worst.length or 0.0) > limit:
+            pytest.fail(
+                f"the event loop was blocked for {worst.length:.2f} s (max_loop_block = "
+                f"{limit} s) in {worst.describe()}: a blocking call in an adapter stops every "
+                "device; run it with asyncio.to_thread (or loop.run_in_executor)"
+            )
 
     async def _stop(self, task: asyncio.Task[None]) -> float:
         """Cancel ``task``; how long it took. Fails if it raised or ignored the cancel."""
@@ -304,22 +364,26 @@ class ProtocolConformance:
                 entered = adapter.__aenter__()
                 await entered
             try:
-                task = asyncio.create_task(adapter.run())
-                await asyncio.sleep(self.down_period)
-                if task.done():
-                    await self._stop(task)  # raises what run() raised
-                json.dumps(adapter.status())
-                if self.has_peer:
-                    bad = [
-                        s for m in _drain(seen) for s in m.samples if s.quality is not Quality.GOOD
-                    ]
-                    status = adapter.status()
-                    assert status.get("connected") is False or bad, (
-                        "with its peer down the adapter should report status connected=False "
-                        f"or publish samples of bad quality; status: {status}"
-                    )
-                took = await self._stop(task)
-                assert took < self.cancel_limit
+                async with self.loop_not_blocked():
+                    task = asyncio.create_task(adapter.run())
+                    await asyncio.sleep(self.down_period)
+                    if task.done():
+                        await self._stop(task)  # raises what run() raised
+                    json.dumps(adapter.status())
+                    if self.has_peer:
+                        bad = [
+                            s
+                            for m in _drain(seen)
+                            for s in m.samples
+                            if s.quality is not Quality.GOOD
+                        ]
+                        status = adapter.status()
+                        assert status.get("connected") is False or bad, (
+                            "with its peer down the adapter should report status "
+                            f"connected=False or publish samples of bad quality; status: {status}"
+                        )
+                    took = await self._stop(task)
+                    assert took < self.cancel_limit
             finally:
                 await adapter.__aexit__(None, None, None)
 
@@ -426,7 +490,7 @@ class ProtocolConformance:
         async def body() -> None:
             async with self.peer() as peer:
                 adapter = self.adapter(peer)
-                async with adapter:
+                async with adapter, self.loop_not_blocked():
                     task = asyncio.create_task(adapter.run())
                     await asyncio.sleep(1.0)
                     json.dumps(adapter.status())
@@ -437,28 +501,53 @@ class ProtocolConformance:
 
     # --- targets ------------------------------------------------------------------------------
 
-    def test_target_accepts_telemetry(self) -> None:
+    def bridge(self, adapter: Adapter, bus: Bus, router: CommandRouter) -> Bridge:
+        """A bridge from `bridge_points` to ``adapter`` with the `route` options, built as
+        ``gateway run`` builds one."""
         route_model = self.spec.route_model_for(self.role)
-        assert route_model is not None  # the check is removed for roles that are not targets
-        route = route_model.model_validate(self.route())
+        assert route_model is not None
+        sources = self.bridge_points()
+        for device, points in sources.items():
+            router.declare(device, points)
+        config = BridgeConfig(
+            name="conformance",
+            sources=tuple(sources),
+            points=(),
+            target=adapter.name,
+            units={},
+            route=route_model.model_validate(self.route()),
+        )
+        return Bridge(config, bus, adapter, router=router, sources=sources)
+
+    def test_target_accepts_telemetry(self) -> None:
+        """``attach(bridge)`` (before the adapter is entered, as ``gateway run`` calls it),
+        then ``send`` of good, bool and bad samples of every source device's points."""
+        assert self.is_target()  # the check is removed for roles that are not targets
 
         async def body() -> None:
-            now = time.time()
-            message = Message.telemetry(
-                "conformance-device",
-                (
-                    Sample("temp", 21.5, Quality.GOOD, now, now, "degC"),
-                    Sample("on", True, Quality.GOOD, now, now),
-                    Sample("lost", None, Quality.BAD, now, now, reason="timeout"),
-                ),
-            )
             peer_cm = self.peer() if self._has_peer_factory() else contextlib.nullcontext()
             async with peer_cm as peer:
-                adapter = self.adapter(peer)
+                bus = Bus()
+                router = CommandRouter(bus)
+                adapter = self.adapter(peer, bus)
+                bridge = self.bridge(adapter, bus, router)
+                route = bridge.config.route
+                assert route is not None
+                adapter.attach(bridge)
                 async with self.running(adapter):
                     await asyncio.sleep(0.3)
-                    await adapter.send(message, route)
+                    for device, points in bridge.points().items():
+                        assert points, f"bridge_points() gives {device!r} no points"
+                        good = tuple(
+                            Sample.now(p.name, self.write_value(p), unit=p.unit) for p in points
+                        )
+                        last = points[-1]
+                        lost = Sample.now(last.name, None, Quality.BAD, reason="timeout")
+                        for samples in (good, (*good[:-1], lost)):  # all good; the last one bad
+                            message = Message.telemetry(device, samples)
+                            await adapter.send(message, route)
                     json.dumps(adapter.status())
+                router.close()
 
         self.run_async(body)
 
