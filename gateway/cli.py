@@ -192,8 +192,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         signals = RunSignals(lambda: load_config(args.file), notifier)
         signals.install()
         watchdog = start_watchdog(notifier)
-        # Names the code that blocks the loop (a plugin's time.sleep); it never pings systemd.
-        loop_lag = start_loop_monitor()
+        # Names the code that blocks the loop (a plugin's time.sleep) while a gateway runs
+        # (start and stop block it by design); it never pings systemd.
+        running: list[Gateway] = []  # the gateway of this run, once constructed
+        loop_lag = start_loop_monitor(
+            active=lambda: (
+                bool(running) and running[-1].started.is_set() and not signals.stop.is_set()
+            )
+        )
         current, previous = config, None  # previous: the config that ran before a reload
         try:
             while True:
@@ -210,6 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             reason=str(exc),
                         )  # fmt: skip
                         raise
+                    running[:] = [gateway]
                     await gateway.run(signals.stop)
                 except (PluginError, StartError) as exc:
                     if previous is None or signals.quitting:

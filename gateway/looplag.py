@@ -32,6 +32,7 @@ import sysconfig
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gateway
@@ -165,6 +166,7 @@ class LoopMonitor:
         throttle: float = 60.0,
         report: bool = True,
         keep: int = 20,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         self.threshold = threshold
         self.interval = interval
@@ -172,6 +174,9 @@ class LoopMonitor:
         self.long_stall = long_stall
         self.throttle = throttle
         self.report = report  # False: record stalls (`stalls`) without logging (a test kit)
+        # When stalls count: `gateway run` starts and stops adapters, loads models and builds
+        # address spaces in the loop by design; only a running gateway's stalls are news.
+        self.active = active or (lambda: True)
         self.stalls: list[Stall] = []  # the last `keep`
         self._keep = keep
         self._beat = time.monotonic()
@@ -226,7 +231,9 @@ class LoopMonitor:
                 self._beat = now
                 lag = now - due
                 stall, self._current = self._current, None
-                if stall is None and lag > self.threshold:
+                if not self.active():
+                    stall = None
+                elif stall is None and lag > self.threshold:
                     stall = self._record(Stall(due))  # too short for the thread to catch
                 if stall is not None:
                     stall.length = lag
@@ -244,7 +251,7 @@ class LoopMonitor:
             now = time.monotonic()
             with self._lock:
                 late = now - self._beat - self.interval
-                if late <= self.threshold:
+                if late <= self.threshold or not self.active():
                     continue
                 frame = sys._current_frames().get(self._loop_thread)
                 place = blocking_code(frame)
@@ -292,8 +299,11 @@ class LoopMonitor:
             log.warning("event loop blocked for %.1f s in %s: %s", length, stall.describe(), ADVICE)
 
 
-def start_loop_monitor(threshold: float = 1.0) -> LoopMonitor:
-    """A `LoopMonitor` on the running loop that logs stalls longer than ``threshold``."""
-    monitor = LoopMonitor(threshold)
+def start_loop_monitor(
+    threshold: float = 1.0, active: Callable[[], bool] | None = None
+) -> LoopMonitor:
+    """A `LoopMonitor` on the running loop that logs stalls longer than ``threshold`` (while
+    ``active()``, if given)."""
+    monitor = LoopMonitor(threshold, active=active)
     monitor.start()
     return monitor

@@ -187,6 +187,30 @@ def test_a_loop_that_keeps_up_logs_nothing(caplog: pytest.LogCaptureFixture) -> 
     assert caplog.records == [] and monitor.stalls == []
 
 
+def test_stalls_while_not_active_are_not_news(caplog: pytest.LogCaptureFixture) -> None:
+    """`gateway run` arms it once the gateway runs: start-up (models, address spaces) and
+    shutdown block the loop by design."""
+    active = threading.Event()
+
+    async def main() -> LoopMonitor:
+        monitor = LoopMonitor(0.3, interval=0.05, check=0.05, long_stall=0.4, active=active.is_set)
+        monitor.start()
+        await asyncio.sleep(0.1)
+        time.sleep(0.6)  # noqa: ASYNC251 (a start-up's block)
+        await asyncio.sleep(0.1)
+        active.set()
+        await asyncio.sleep(0.1)
+        time.sleep(0.5)  # noqa: ASYNC251 (a running gateway's block: news)
+        await asyncio.sleep(0.1)
+        await monitor.stop()
+        return monitor
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.looplag"):
+        monitor = asyncio.run(main())
+    assert len(monitor.stalls) == 1 and 0.35 < (monitor.stalls[0].length or 0) < 0.6
+    assert caplog.records  # the running one is said
+
+
 # `gateway run` with SIGUSR1 wired to a plugin function that blocks the loop for 1.5 s.
 BLOCKING_GATEWAY = """
 import asyncio, signal, sys
