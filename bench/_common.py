@@ -155,6 +155,9 @@ def run_bench(main: Callable[[], object]) -> int:
             return
         # As a Ctrl-C: inside asyncio.run that cancels the main task, which unwinds cleanly;
         # a KeyboardInterrupt raised here could land inside any task (one "never retrieved").
+        # With SIGINT ignored (a bench started with & by a script) there is no Ctrl-C to give.
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            raise KeyboardInterrupt
         signal.raise_signal(signal.SIGINT)
 
     signal.signal(signal.SIGTERM, interrupt)

@@ -217,7 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                         )  # fmt: skip
                         raise
                     running[:] = [gateway]
-                    await gateway.run(signals.stop)
+                    try:
+                        await gateway.run(signals.stop)
+                    finally:  # the next one's construction (a reload) is start-up too
+                        running.clear()
                 except (PluginError, StartError) as exc:
                     if previous is None or signals.quitting:
                         raise

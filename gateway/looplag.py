@@ -181,6 +181,7 @@ class LoopMonitor:
         self._keep = keep
         self._beat = time.monotonic()
         self._current: Stall | None = None
+        self._armed = False  # active() when the heartbeat's current wait began
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._loop_thread = 0
@@ -225,13 +226,17 @@ class LoopMonitor:
     async def _heartbeat(self) -> None:
         while True:
             due = time.monotonic() + self.interval
+            # Active at both ends of the wait: a stretch that ends by starting the gateway
+            # (gc.collect, then started.set()) is start-up, not a stall of a running gateway.
+            with self._lock:
+                self._armed = self.active()
             await asyncio.sleep(self.interval)
             now = time.monotonic()
             with self._lock:
                 self._beat = now
                 lag = now - due
                 stall, self._current = self._current, None
-                if not self.active():
+                if not (self._armed and self.active()):
                     stall = None
                 elif stall is None and lag > self.threshold:
                     stall = self._record(Stall(due))  # too short for the thread to catch
@@ -251,7 +256,7 @@ class LoopMonitor:
             now = time.monotonic()
             with self._lock:
                 late = now - self._beat - self.interval
-                if late <= self.threshold or not self.active():
+                if late <= self.threshold or not (self._armed and self.active()):
                     continue
                 frame = sys._current_frames().get(self._loop_thread)
                 place = blocking_code(frame)
@@ -264,10 +269,11 @@ class LoopMonitor:
                 say_now = self.report and late >= self.long_stall
                 if say_now and stall.said:
                     continue
+                if say_now:
+                    stall.said = True  # under the lock: the heartbeat's end line knows it
             if say_now:
                 # The loop may never come back (systemd's watchdog kills it then): where it is
                 # stuck is said now, whatever the minute's throttle held back.
-                stall.said = True
                 log.warning(
                     "event loop blocked for %.1f s so far in %s: %s", late, stall.describe(), ADVICE
                 )

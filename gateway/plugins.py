@@ -283,6 +283,25 @@ def load_registry(entry_points: Iterable[importlib.metadata.EntryPoint] | None =
     return Registry(specs, errors)
 
 
+def _not_installed(
+    exc: ImportError, ep: importlib.metadata.EntryPoint, dist: str | None
+) -> str | None:
+    """The top-level module ``exc`` says is missing when it is no part of the plugin and is not
+    installed at all (not a name missing from a module, not a built-in's own dependency)."""
+    import importlib.util
+
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name or _is_builtin(dist):
+        return None
+    top = exc.name.split(".", 1)[0]
+    if top == ep.value.split(":", 1)[0].split(".", 1)[0]:
+        return None
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else top
+
+
 def _load(ep: importlib.metadata.EntryPoint, dist: str | None) -> ProtocolSpec | str:
     """The spec an entry point names, or why it cannot be used (one line naming its package)."""
     plugin = f"protocol plugin {ep.name!r} from {dist or 'an unknown package'}"
@@ -291,13 +310,11 @@ def _load(ep: importlib.metadata.EntryPoint, dist: str | None) -> ProtocolSpec |
     except ImportError as exc:
         extras = _extras_of(ep)
         package = dist or "the plugin's package"
-        own = ep.value.split(":", 1)[0].split(".", 1)[0]
-        missing = getattr(exc, "name", None)
         if extras:
             hint = f"install it with: pip install '{package}[{extras[0]}]'"
-        elif missing and missing.split(".", 1)[0] != own:
+        elif (library := _not_installed(exc, ep, dist)) is not None:
             # A library the package does not bring: reinstalling it would not help.
-            hint = f"{package} does not install {missing!r}: install that library (pip)"
+            hint = f"{package} does not install {library!r}: install that library (pip)"
         else:
             hint = f"install it with: reinstall {package}"
         return f"{plugin} failed to import ({describe_error(exc, named=False)}); {hint}"

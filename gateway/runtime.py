@@ -416,7 +416,8 @@ class Gateway:
         """What the supervisor does when ``adapter``'s run fails: its points go Bad."""
 
         async def lost(exc: BaseException) -> None:
-            await adapter.points_lost(f"adapter failed: {type(exc).__name__}")
+            why = str(exc) if isinstance(exc, _Returned) else type(exc).__name__
+            await adapter.points_lost(f"adapter failed: {why}")
 
         return lost
 

@@ -195,3 +195,38 @@ def test_the_anomaly_bench_keeps_no_state_in_the_current_folder(tmp_path: Path) 
     assert isinstance(json.loads(out.stdout.strip().splitlines()[-1]), dict)
     assert list(cwd.iterdir()) == []  # no .protocol-brain/anomaly/bench.json, no .lock
     assert list(tmp.glob("pb-bench-anomaly-*")) == []
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_stops_a_bench_whatever_sigint_is(tmp_path: Path, sigint: str) -> None:
+    # A bench started with & by a script has SIGINT ignored: SIGTERM must still stop it.
+    script = _script(
+        tmp_path,
+        """
+        import asyncio
+
+        async def wait() -> None:
+            print("ready", flush=True)
+            await asyncio.sleep(60)
+
+        def main() -> None:
+            with bench_folder("pb-bench-test-"):
+                asyncio.run(wait())
+
+        sys.exit(run_bench(main))
+        """,
+    )
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint == "ignored" else None
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env={**os.environ, "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore,
+    )  # fmt: skip
+    with reaped(proc):
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        started = time.monotonic()
+        err = sigterm(proc, 30)
+    assert proc.returncode == 130 and time.monotonic() - started < 10, err
+    assert "Traceback" not in err and "never retrieved" not in err
+    assert list(tmp.iterdir()) == []

@@ -339,3 +339,35 @@ def test_kit_checks_writes_when_the_example_has_rw_points() -> None:
     assert Peered.test_write_round_trip is None  # no rw point: nothing to check
     assert OptedOut.test_write_round_trip is None  # declared: as before
     assert callable(TestModbusClient.test_write_round_trip)
+
+
+def test_a_check_set_to_none_by_the_class_itself_stays_out() -> None:
+    # pytest's way to leave a check out; the kit's own re-enabling must not bring it back
+    class NoPromptStop(FakeClient):
+        @contextlib.asynccontextmanager
+        async def peer(self) -> AsyncIterator[None]:
+            yield None
+
+        test_run_stops_promptly_with_the_peer_up = None  # type: ignore[assignment]
+
+    assert NoPromptStop.test_run_stops_promptly_with_the_peer_up is None
+
+
+def test_an_undeclared_write_check_without_rw_points_is_not_a_failure(tmp_path: Path) -> None:
+    # The example's points are known only once a fixture has run: the check is kept, and
+    # finds nothing to write, which writes = None (not declared) does not count as a failure.
+    class LateConfig(FakeClient):
+        fixture_ran = False
+
+        @contextlib.asynccontextmanager
+        async def peer(self) -> AsyncIterator[None]:
+            yield None
+
+        def config(self, peer: None) -> dict[str, Any]:
+            if not type(self).fixture_ran:
+                raise RuntimeError("set up by a fixture")
+            return {"points": [{"name": "t"}]}
+
+    assert callable(LateConfig.test_write_round_trip)
+    LateConfig.fixture_ran = True
+    run_check(LateConfig, "test_write_round_trip", tmp_path)

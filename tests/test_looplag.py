@@ -211,6 +211,26 @@ def test_stalls_while_not_active_are_not_news(caplog: pytest.LogCaptureFixture) 
     assert caplog.records  # the running one is said
 
 
+def test_a_block_that_ends_by_arming_it_is_start_up(caplog: pytest.LogCaptureFixture) -> None:
+    """`Gateway.run` ends its start with gc.collect(), then started.set(), in one stretch:
+    the heartbeat that wakes after it finds the monitor active, but the stretch was start-up."""
+    active = threading.Event()
+
+    async def main() -> LoopMonitor:
+        monitor = LoopMonitor(0.3, interval=0.05, check=0.05, long_stall=5, active=active.is_set)
+        monitor.start()
+        await asyncio.sleep(0.1)
+        time.sleep(0.6)  # noqa: ASYNC251 (the start's last stretch ...)
+        active.set()  # (... which ends by starting the gateway)
+        await asyncio.sleep(0.3)
+        await monitor.stop()
+        return monitor
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.looplag"):
+        monitor = asyncio.run(main())
+    assert monitor.stalls == [] and caplog.records == []
+
+
 # `gateway run` with SIGUSR1 wired to a plugin function that blocks the loop for 1.5 s.
 BLOCKING_GATEWAY = """
 import asyncio, signal, sys
@@ -251,9 +271,11 @@ def test_gateway_run_names_the_plugin_code_that_blocked_its_loop(
         )  # fmt: skip
     with reaped(proc):
         deadline = time.monotonic() + 30
-        while not port_open(HOST, port):
+        while " running: " not in log_file.read_text():  # the monitor speaks once it runs
             assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
             time.sleep(0.1)
+        assert port_open(HOST, port)
+        time.sleep(0.3)  # a heartbeat begun after the start
         proc.send_signal(signal.SIGUSR1)
         place = f"lagplugin/adapter.py:{line_of(plugin, 'time.sleep(seconds)')} block()"
         deadline = time.monotonic() + 15

@@ -595,3 +595,15 @@ def test_gateway_plugins_json_says_which_protocols_can_be_a_bridge_target() -> N
     assert {name for name, row in rows.items() if row["target"]} >= {
         "modbus", "opcua", "coap", "mqtt",
     }  # fmt: skip
+
+
+def test_a_name_missing_from_an_installed_module_is_not_called_a_missing_library(
+    site: Path,
+) -> None:
+    install_plugin(site, "audit_badname")
+    (site / "audit_badname" / "__init__.py").write_text("from json import does_not_exist\n")
+    done = run_gateway(site, "plugins")
+    assert done.returncode == 1
+    assert "cannot import name 'does_not_exist' from 'json'" in done.stdout, done.stdout
+    assert "does not install" not in done.stdout  # json is there: the plugin is broken
+    assert "install it with: reinstall audit-jsonfile-protocol" in done.stdout

@@ -608,3 +608,29 @@ async def test_the_status_line_counts_what_the_shadow_dropped(tmp_path: Path) ->
 
     gw.shadow.status = lower  # type: ignore[method-assign]
     assert "shadow (disk low: 3 documents kept in memory)" in gw.summary()
+
+
+async def test_a_source_whose_run_returns_says_so_in_its_points_reason(tmp_path: Path) -> None:
+    from gateway.config import load_config
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "devices:\n  plc: {protocol: modbus, host: 127.0.0.1, port: 1,"
+        " points: [{name: t, address: 0}]}\n"
+    )
+    gw = runtime.Gateway(load_config(path))
+
+    async def returns() -> None:
+        return None
+
+    gw.adapters["plc"].run = returns  # type: ignore[method-assign]
+    sub = gw.bus.subscribe("telemetry/plc")
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        message = await asyncio.wait_for(sub.get(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    # what consumers see (MQTT, OPC UA): not the supervisor's private exception class
+    assert message.samples[0].reason == "adapter failed: run() returned by itself"

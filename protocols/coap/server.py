@@ -156,7 +156,7 @@ MAX_SEQUENCE = 2**40 - 1
 
 def write_context_dir(oscore: Oscore, name: str) -> Path:
     """The OSCORE context folder aiocoap reads: settings.json from the config (rewritten when the
-    config changes, when sequence.json keeps its number and empties the peer's window: see
+    config changes, when sequence.json keeps its number and the peer's window becomes unknown: see
     `_carry_sequence`), sequence.json otherwise left alone but
     checked (`OscoreStateError` when it is damaged)."""
     base = state_path(oscore.state_dir, name)
@@ -226,8 +226,10 @@ def _check_sequence(path: Path) -> None:
 
 
 def _carry_sequence(path: Path) -> None:
-    """Under new key material: keep the next sequence number to send, and start the peer's
-    replay window empty, as a new context has it.
+    """Under new key material: keep the next sequence number to send, and set the peer's
+    replay window to unknown (the peer's first request is then checked with Echo, RFC 8613
+    B.1.2). An empty window would accept again every request the peer sent under keys that
+    come back.
 
     The number is never set back. Numbers that go on from where other keys stopped are as good
     as fresh ones, while a reset is nonce reuse whenever keys come back: keys A, then B, then A
@@ -243,7 +245,7 @@ def _carry_sequence(path: Path) -> None:
     if type(send) is not int or not 0 <= send <= MAX_SEQUENCE:
         path.unlink()
         return
-    _write_sequence(path, {"next-to-send": send, "received": {"index": 0, "bitfield": 0}})
+    _write_sequence(path, {"next-to-send": send, "received": "unknown"})
 
 
 def _write_sequence(path: Path, state: dict[str, object]) -> None:
