@@ -59,6 +59,11 @@ class _Returned(Exception):
     """An adapter's run() that returned: not an error it raised, but the supervisor's word."""
 
 
+def _raised(failure: BaseException) -> bool:
+    """Whether the run raised ``failure`` (its type is news), or returned (`_Returned`)."""
+    return not isinstance(failure, _Returned)
+
+
 def _status_every(interval: float) -> float:
     """The reports' interval for ``status_interval``: 0 keeps the file (not the log line)."""
     return interval or QUIET_STATUS_S
@@ -416,7 +421,7 @@ class Gateway:
         """What the supervisor does when ``adapter``'s run fails: its points go Bad."""
 
         async def lost(exc: BaseException) -> None:
-            why = str(exc) if isinstance(exc, _Returned) else type(exc).__name__
+            why = type(exc).__name__ if _raised(exc) else str(exc)
             await adapter.points_lost(f"adapter failed: {why}")
 
         return lost
@@ -523,11 +528,7 @@ async def _supervise(
             backoff.reset()
         failures += 1
         delay = backoff.next_delay()
-        why = (
-            str(failure)
-            if isinstance(failure, _Returned)
-            else f"{type(failure).__name__}: {failure}"
-        )
+        why = f"{type(failure).__name__}: {failure}" if _raised(failure) else str(failure)
         if failures == 1:
             log.error(
                 "%s failed; restarting it in %.1f s, the rest of the gateway keeps running: %s",

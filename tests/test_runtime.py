@@ -1,6 +1,7 @@
 import asyncio
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from gateway import runtime
 from gateway.adapter import raise_if_cancelling
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
+from gateway.types import Message
 
 
 async def test_swallowed_cancellation_is_raised_again() -> None:
@@ -342,6 +344,22 @@ async def test_supervisor_logs_one_traceback_then_one_line_and_calls_back(
     assert "plc failed again (2 times)" in records[1].getMessage()
 
 
+async def first_message_after_run_ends(
+    config: GatewayConfig, run: Callable[[], Awaitable[None]]
+) -> Message:
+    """The first telemetry of device plc in a gateway whose plc adapter runs ``run``."""
+    gw = runtime.Gateway(config)
+    gw.adapters["plc"].run = run  # type: ignore[method-assign]
+    sub = gw.bus.subscribe("telemetry/plc")
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        return await asyncio.wait_for(sub.get(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
 async def test_a_crashed_source_marks_its_points_bad(tmp_path: Path) -> None:
     from gateway.config import load_config
     from gateway.types import Quality
@@ -352,20 +370,11 @@ async def test_a_crashed_source_marks_its_points_bad(tmp_path: Path) -> None:
         "  plc: {protocol: modbus, host: 127.0.0.1, port: 1,\n"
         "        points: [{name: t, address: 0}, {name: sp, address: 1, access: rw}]}\n"
     )
-    gw = runtime.Gateway(load_config(path))
 
     async def crash() -> None:
         raise RuntimeError("plugin bug")
 
-    gw.adapters["plc"].run = crash  # type: ignore[method-assign]
-    sub = gw.bus.subscribe("telemetry/plc")
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    try:
-        message = await asyncio.wait_for(sub.get(), 10)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+    message = await first_message_after_run_ends(load_config(path), crash)
     assert {s.point for s in message.samples} == {"t", "sp"}
     assert all(s.quality is Quality.BAD for s in message.samples)
     assert message.samples[0].reason == "adapter failed: RuntimeError"
@@ -618,19 +627,10 @@ async def test_a_source_whose_run_returns_says_so_in_its_points_reason(tmp_path:
         "devices:\n  plc: {protocol: modbus, host: 127.0.0.1, port: 1,"
         " points: [{name: t, address: 0}]}\n"
     )
-    gw = runtime.Gateway(load_config(path))
 
     async def returns() -> None:
         return None
 
-    gw.adapters["plc"].run = returns  # type: ignore[method-assign]
-    sub = gw.bus.subscribe("telemetry/plc")
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    try:
-        message = await asyncio.wait_for(sub.get(), 10)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+    message = await first_message_after_run_ends(load_config(path), returns)
     # what consumers see (MQTT, OPC UA): not the supervisor's private exception class
     assert message.samples[0].reason == "adapter failed: run() returned by itself"

@@ -432,12 +432,12 @@ class Outbox:
             return rows
         if cfg.policy == "reject_new":
             kept: list[Row] = []
-            free_rows, free_bytes = cfg.max_rows - held_rows, cfg.max_bytes - held_bytes
+            room_rows, room_bytes = cfg.max_rows - held_rows, cfg.max_bytes - held_bytes
             for r in rows:
-                if free_rows >= 1 and free_bytes >= r.size:
+                if room_rows >= 1 and room_bytes >= r.size:
                     kept.append(r)
-                    free_rows -= 1
-                    free_bytes -= r.size
+                    room_rows -= 1
+                    room_bytes -= r.size
             self._count("full", len(rows) - len(kept))
             return kept
         # drop_oldest; a batch larger than the whole outbox keeps its newest part

@@ -196,16 +196,10 @@ def _check_sequence(path: Path) -> None:
     the lost one would reuse a nonce under the same keys. Only a damaged replay window is mended,
     to "unknown": aiocoap's own state after an abnormal stop, which it recovers from with Echo
     (RFC 8613 B.1.2)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         return  # a fresh context (new keys): numbers start at 0
-    try:
-        state = json.loads(data)
-    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
-        state = None
-    send = state.get("next-to-send") if isinstance(state, dict) else None
-    if type(send) is not int or not 0 <= send <= MAX_SEQUENCE:
+    state = _read_sequence(path)
+    if state is None:
         raise OscoreStateError(
             f"OSCORE state {path} is damaged (no readable next-to-send number). It keeps the "
             "next sequence number to send, and a number used twice under the same keys reuses "
@@ -235,17 +229,28 @@ def _carry_sequence(path: Path) -> None:
     as fresh ones, while a reset is nonce reuse whenever keys come back: keys A, then B, then A
     again (an edit undone, a reload falling back to the config before) would start A at 0. A
     damaged file, which the error for it says to clear this way, is deleted."""
-    try:
-        state = json.loads(path.read_bytes())
-    except FileNotFoundError:
+    if not path.exists():
         return
-    except ValueError:
-        state = None
-    send = state.get("next-to-send") if isinstance(state, dict) else None
-    if type(send) is not int or not 0 <= send <= MAX_SEQUENCE:
+    state = _read_sequence(path)
+    if state is None:
         path.unlink()
         return
-    _write_sequence(path, {"next-to-send": send, "received": "unknown"})
+    _write_sequence(path, {"next-to-send": state["next-to-send"], "received": "unknown"})
+
+
+def _read_sequence(path: Path) -> dict[str, Any] | None:
+    """The sequence file's state, or None when it has no readable next-to-send number (not
+    JSON, not UTF-8, not an object, a number out of range). OSError if it cannot be read."""
+    try:
+        state: object = json.loads(path.read_bytes())
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        return None
+    if not isinstance(state, dict):
+        return None
+    send = state.get("next-to-send")
+    if type(send) is not int or not 0 <= send <= MAX_SEQUENCE:
+        return None
+    return state
 
 
 def _write_sequence(path: Path, state: dict[str, object]) -> None:

@@ -794,6 +794,8 @@ class KeyDecoder:
         key alone."""
         from gateway.bus import topic_matches
 
+        if not self.by_topic:  # names: key everywhere (the default): no second match
+            return None
         for pattern in self.filters:
             if topic_matches(pattern, topic):
                 if pattern not in self.by_topic:

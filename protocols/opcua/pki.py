@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.storefiles import set_aside
+
 log = logging.getLogger(__name__)
 
 CERT_FILE = Path("own/cert.der")
@@ -120,7 +122,7 @@ def _own_certificate(cert_path: Path) -> x509.Certificate | None:
     except PkiError as exc:
         if isinstance(exc.__cause__, OSError):  # unreadable, not damaged: nothing to rebuild
             raise
-        aside = _set_aside(cert_path)
+        aside = set_aside(cert_path)  # cert.der.bad, .bad.1, ...: an earlier one is kept
         log.warning(
             "%s; moved to %s, a new certificate is made from the key (a peer that trusted the "
             "old certificate itself must trust the new one)",
@@ -128,13 +130,6 @@ def _own_certificate(cert_path: Path) -> x509.Certificate | None:
             aside,
         )
         return None
-
-
-def _set_aside(path: Path) -> Path:
-    """Rename ``path`` to NAME.bad (NAME.bad.1, ... when an earlier one is there: kept)."""
-    from gateway.storefiles import set_aside
-
-    return set_aside(path)
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
