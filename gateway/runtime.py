@@ -231,7 +231,7 @@ class Gateway:
             for bridge in self.bridges:
                 bridge.subscribe()
             if self.shadow is not None:  # entered last: closed before the adapters
-                where = f"the shadow store {self.shadow.config.path}"
+                where = f"the shadow store {self.shadow.config.file()}"
                 if not await _enter(stack, self.shadow, where, stop):
                     self.notifier.stopping("stopping (stopped while starting)")
                     return

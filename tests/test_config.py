@@ -936,18 +936,112 @@ def test_validate_warns_about_tls_and_certificate_files_that_are_not_here(
     assert f"tls.ca_file {missing}/ca.pem: no such file on this machine (gateway run" in ca_line
 
 
-def test_a_missing_relative_file_says_which_folder_it_was_looked_for_in(
+def test_a_relative_tls_file_is_looked_for_next_to_the_config(
     registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """gateway run opens it from its own working folder (a unit's WorkingDirectory), which
-    need not be where validate runs: the warning names the folder it looked in."""
-    monkeypatch.chdir(tmp_path)
+    """gateway run's working folder (a unit's WorkingDirectory) need not be the config's:
+    a relative path is relative to the config file, as shadow.path and model files are."""
+    site, elsewhere = tmp_path / "etc", tmp_path / "var"
+    (site / "certs").mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     text = "endpoints:\n  broker: {protocol: mqtt, host: h, tls: {ca_file: certs/ca.pem}}\n"
-    (warning,) = load_config_text(text, "gw.yaml", registry, check_adapters=True).warnings
+    (warning,) = load_config_text(
+        text, str(site / "gw.yaml"), registry, check_adapters=True
+    ).warnings
     assert (
-        f"tls.ca_file certs/ca.pem: no such file on this machine (looked for in {tmp_path},"
-        " the working folder) (gateway run refuses" in warning
+        f"tls.ca_file {site}/certs/ca.pem: no such file on this machine (gateway run refuses"
+        in warning
     )
+    (site / "certs" / "ca.pem").write_text("a CA bundle")
+    (elsewhere / "certs").mkdir()  # the old reading (the working folder) finds nothing here
+    config = load_config_text(text, str(site / "gw.yaml"), registry, check_adapters=True)
+    assert config.warnings == ()
+    assert config.devices["broker"].config.tls.ca_file == str(site / "certs" / "ca.pem")  # type: ignore[attr-defined]
+
+
+def test_every_path_key_of_the_protocols_is_relative_to_the_config(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """TLS files, OPC UA certificates, keys, pki and trust folders, OSCORE state folders and
+    outbox files: relative ones next to the config, absolute, ~ and {state} ones as written."""
+    secret = "00" * 16
+    text = (
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: h, outbox: {path: spool/out.db},"
+        " tls: {ca_file: ca.pem, cert_file: /abs/c.pem, key_file: ~/k.pem}}\n"
+        "  ua: {protocol: opcua, role: server, security: {certificate: s.der, private_key: s.pem,"
+        " pki_dir: 'pki/{name}', trusted_clients: trust}}\n"
+        "  res: {protocol: coap, role: server, security: {oscore: {sender_id: '01',"
+        f" recipient_id: '02', master_secret: '{secret}', state_dir: 'oscore/{{name}}'}}}}}}\n"
+        "devices:\n"
+        "  plc: {protocol: opcua, url: 'opc.tcp://h:4840', points: [{name: t, node_id: 'i=1'}],"
+        " security: {trusted_servers: servers}}\n"
+        "  meter: {protocol: coap, url: 'coap://h', points: [{name: p, path: a}],"
+        f" security: {{oscore: {{sender_id: '02', recipient_id: '01', master_secret: '{secret}'}}}}}}\n"
+    )
+    site = tmp_path / "site"
+    site.mkdir()
+    config = load_config_text(text, str(site / "gw.yaml"), registry)
+    got = {name: entry.config for name, entry in config.devices.items()}
+    broker, ua, res, plc, meter = (got[n] for n in ("broker", "ua", "res", "plc", "meter"))
+    assert broker.outbox.path == f"{site}/spool/out.db"  # type: ignore[attr-defined]
+    tls = broker.tls  # type: ignore[attr-defined]
+    assert (tls.ca_file, tls.cert_file) == (f"{site}/ca.pem", "/abs/c.pem")
+    assert tls.key_file == os.path.expanduser("~/k.pem")
+    sec = ua.security  # type: ignore[attr-defined]
+    assert (sec.certificate, sec.private_key) == (f"{site}/s.der", f"{site}/s.pem")
+    assert (sec.pki_dir, sec.trusted_clients) == (f"{site}/pki/{{name}}", f"{site}/trust")
+    assert res.security.oscore.state_dir == f"{site}/oscore/{{name}}"  # type: ignore[attr-defined]
+    assert plc.security.trusted_servers == f"{site}/servers"  # type: ignore[attr-defined]
+    assert plc.security.pki_dir == "{state}/pki/{name}"  # type: ignore[attr-defined]
+    assert meter.security.oscore.state_dir == "{state}/oscore/{name}"  # type: ignore[attr-defined]
+    assert got["broker"].tls.insecure is False  # type: ignore[attr-defined]  # the rest as loaded
+
+
+def test_a_plugin_config_declares_its_path_keys() -> None:
+    """`Strict.local_paths` is how a plugin's own file keys get the same reading, in
+    nested models, lists and dicts of them."""
+    from gateway.config.common import Strict, with_local_paths
+
+    class Cert(Strict):
+        local_paths = ("file",)
+        file: str | None = None
+        label: str = "x"
+
+    class Plugin(Strict):
+        local_paths = ("map_file",)
+        map_file: str
+        other: str = "keep.csv"
+        certs: list[Cert] = []
+        named: dict[str, Cert] = {}
+
+    config = Plugin(
+        map_file="map.csv", certs=[Cert(file="a.pem"), Cert()], named={"b": Cert(file="/b.pem")}
+    )
+    got = with_local_paths(config, lambda name: f"/site/{name}")
+    assert isinstance(got, Plugin)
+    assert (got.map_file, got.other) == ("/site/map.csv", "keep.csv")
+    assert [c.file for c in got.certs] == ["/site/a.pem", None]
+    assert got.named["b"].file == "/site//b.pem"  # what ``local`` does with it is its own call
+    assert with_local_paths(Cert(label="y"), lambda name: name) == Cert(label="y")
+
+
+def test_state_in_the_shadow_path_is_the_state_folder(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``{state}`` in shadow.path (as the example unit says) was taken as a folder named
+    "{state}" next to the config."""
+    monkeypatch.setenv("PROTOCOL_BRAIN_STATE_DIR", str(tmp_path / "state"))
+    text = (
+        "devices:\n  plc: {protocol: modbus, host: h, points: [{name: t, address: 0}]}\n"
+        "shadow: {path: '{state}/shadow.db'}\n"
+    )
+    config = load_config_text(text, str(tmp_path / "gw.yaml"), registry)
+    assert config.shadow is not None
+    assert config.shadow.file() == str(tmp_path / "state" / "shadow.db")
+    plain = load_config_text(text.replace("{state}/", "db/"), str(tmp_path / "gw.yaml"), registry)
+    assert plain.shadow is not None and plain.shadow.file() == str(tmp_path / "db" / "shadow.db")
 
 
 # -- point keys checked the same way for every protocol -------------------------------------------

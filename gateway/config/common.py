@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -31,6 +31,11 @@ class Strict(BaseModel):
     # allow_inf_nan: a .nan scale or an .inf interval in YAML is a mistake, never a setting
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
+    # Fields holding a file or folder path: the loader makes a relative one relative to the
+    # config file (`with_local_paths`), as shadow.path and model files are, so a service whose
+    # working folder is elsewhere finds them. A value starting with {state} is left as it is.
+    local_paths: ClassVar[tuple[str, ...]] = ()
+
     def check(self) -> list[Problem]:
         """Cross-field checks that need the whole model (overlaps, references)."""
         return []
@@ -45,20 +50,38 @@ class Strict(BaseModel):
 
 def missing_files(files: dict[Path, str | None]) -> list[tuple[Path, str]]:
     """`Strict.run_warnings` for the files of ``files`` (key path -> configured path) that do
-    not exist. Checked as ``gateway run`` opens them: as written, a relative path from the
-    working folder (no ``{state}`` template: these keys do not take one)."""
+    not exist. Checked as ``gateway run`` opens them: the loader has already made a relative
+    path relative to the config file (`with_local_paths`)."""
     return [
         (where, f"{'.'.join(map(str, where))} {name}: no such file on this machine"
-                f"{_relative_to(name)} (gateway run refuses to start this entry without it)")
+                " (gateway run refuses to start this entry without it)")
         for where, name in files.items()
         if name is not None and not os.path.isfile(name)
     ]  # fmt: skip
 
 
-def _relative_to(name: str) -> str:
-    """Where a relative path was looked for: gateway run looks from its own working folder
-    (a systemd unit's WorkingDirectory), which need not be the one validate runs in."""
-    return "" if os.path.isabs(name) else f" (looked for in {os.getcwd()}, the working folder)"
+def with_local_paths(model: BaseModel, local: Callable[[str], str]) -> BaseModel:
+    """``model`` with every `Strict.local_paths` field, in it and in the models it holds
+    (fields, lists, dict values), passed through ``local`` (a str value; None stays None)."""
+    update: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if name in getattr(model, "local_paths", ()) and isinstance(value, str):
+            new: Any = local(value)
+        elif isinstance(value, BaseModel):
+            new = with_local_paths(value, local)
+        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            new = [with_local_paths(v, local) if isinstance(v, BaseModel) else v for v in value]
+        elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+            new = {
+                k: with_local_paths(v, local) if isinstance(v, BaseModel) else v
+                for k, v in value.items()
+            }
+        else:
+            continue
+        if new != value:
+            update[name] = new
+    return model.model_copy(update=update) if update else model
 
 
 class Backoff(Strict):

@@ -50,7 +50,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, PydanticUserError, TypeAdapter, ValidationError
 
 from gateway.config.anomaly import AnomalyOptions
-from gateway.config.common import Path, Strict
+from gateway.config.common import Path, Strict, with_local_paths
 from gateway.config.computed import ComputedPoint
 from gateway.config.errors import (
     ConfigError,
@@ -69,6 +69,7 @@ from gateway.config.errors import (
 from gateway.config.translate import TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
+from gateway.paths import state_path
 from gateway.plugins import PluginError, ProtocolSpec, Registry, load_registry
 from gateway.types import PointSpec
 
@@ -179,7 +180,9 @@ class ShadowSection(Strict):
     """The optional ``shadow:`` section: device shadows (reported/desired/delta) and history."""
 
     path: str = Field(
-        "shadow.db", min_length=1, description="SQLite file; relative to the config file"
+        "shadow.db",
+        min_length=1,
+        description="SQLite file; relative to the config file; {state}: the state folder",
     )
     devices: list[str] | None = Field(
         None, description="devices that have a shadow; default every device with points"
@@ -196,6 +199,11 @@ class ShadowSection(Strict):
     )
     mqtt: ShadowMqtt | None = None
     history: ShadowHistory = Field(default_factory=ShadowHistory)
+
+    def file(self) -> str:
+        """The store's file: ``{state}`` filled in (the loader made a relative path relative
+        to the config file)."""
+        return str(state_path(self.path, "shadow"))
 
 
 BRIDGE_KEYS = tuple(info.alias or name for name, info in BridgeKeys.model_fields.items())
@@ -645,6 +653,7 @@ class _Loader:
             return None
         if optimizer is not None:
             config = config.model_copy(update={"optimizer": optimizer})
+        config = with_local_paths(config, self.local)
         if self.check_adapters and declared.enabled:
             self.run_warnings(path, config)
         return DeviceEntry(name, protocol, str(role), spec, config, section)
@@ -950,7 +959,10 @@ class _Loader:
                 self.warn((entry.section, name), text)
 
     def local(self, name: str) -> str:
-        """A path from the config: relative ones are relative to the config file."""
+        """A path from the config: relative ones are relative to the config file; one that
+        starts with ``{state}`` (the state folder, filled in where it is opened) is kept."""
+        if name.startswith("{state}"):
+            return name
         name = os.path.expanduser(name)
         if os.path.isabs(name) or self.filename == "<string>":
             return name

@@ -80,7 +80,9 @@ def register(subparsers: Any) -> None:
 def _config(config_file: str) -> GatewayConfig:
     """The config, which must have a shadow: section."""
     from gateway.config import ConfigError, load_config
+    from gateway.paths import use_config_state_dir
 
+    use_config_state_dir(config_file)  # {state} in shadow.path: the folder gateway run uses
     try:
         config = load_config(config_file)
     except ConfigError as exc:
@@ -94,7 +96,7 @@ def _open(config: GatewayConfig, *, must_exist: bool) -> Any:
     from gateway.shadow.store import ShadowStore
 
     assert config.shadow is not None  # _config checked it
-    path = config.shadow.path
+    path = config.shadow.file()
     if must_exist and not os.path.exists(path):
         raise CommandError(
             f"no shadow store at {path} yet (the gateway creates it when it runs)", 1

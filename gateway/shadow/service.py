@@ -142,7 +142,7 @@ class ShadowService:
         self.store = await self._call(
             partial(
                 ShadowStore,
-                self.config.path,
+                self.config.file(),
                 max_age=history.max_age,
                 max_rows=history.max_rows,
                 min_free=history.min_free,
@@ -293,7 +293,7 @@ class ShadowService:
                     "(%s queued); reported state and history miss them (counted in the "
                     "status, shadow.dropped, until the queue has room again)",
                     counted(dropped - self._dropped_seen, "reading"),
-                    self.config.path,
+                    self.config.file(),
                     len(queue),
                 )
             self._dropped_seen = dropped
@@ -311,7 +311,7 @@ class ShadowService:
         self.counters["record_errors"] += 1
         disk = isinstance(exc, sqlite3.Error)  # the message says it all; else a bug: traceback
         self._recording.failed(
-            f"cannot record readings of {device} in {self.config.path}: {exc}; readings still "
+            f"cannot record readings of {device} in {self.config.file()}: {exc}; readings still "
             "flow, the shadow misses them",
             traceback=False if disk else exc,
         )

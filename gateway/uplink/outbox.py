@@ -134,6 +134,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 class OutboxConfig(Strict):
     """``outbox:`` of an MQTT endpoint: where and how northbound publishes wait for the broker."""
 
+    local_paths = ("path",)
+
     enabled: bool = Field(True, description="false: an in-memory buffer (lost on restart)")
     path: str = Field(
         "{state}/outbox-{name}.db",

@@ -30,6 +30,8 @@ Algorithm = Literal["AES-CCM-16-64-128", "AES-CCM-16-128-128", "A128GCM", "A256G
 class Oscore(Strict):
     """One OSCORE security context (RFC 8613 section 3): the two ids, the master secret and salt."""
 
+    local_paths = ("state_dir",)
+
     sender_id: str = Field(pattern=HEX, max_length=14, description="our id, hex (may be empty)")
     recipient_id: str = Field(pattern=HEX, max_length=14, description="the peer's id, hex")
     master_secret: str = Field(pattern=HEX, min_length=32, description="hex, 16 bytes or more")

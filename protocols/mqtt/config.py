@@ -74,6 +74,8 @@ TLS_FILES = ("ca_file", "cert_file", "key_file")
 
 
 class Tls(Strict):
+    local_paths = TLS_FILES
+
     ca_file: str | None = Field(None, description="CA bundle that signed the broker certificate")
     cert_file: str | None = Field(None, description="client certificate (PEM)")
     key_file: str | None = Field(None, description="client private key (PEM)")

@@ -48,6 +48,8 @@ def _all_endpoints() -> list[Endpoint]:
 
 
 class ServerSecurity(Strict):
+    local_paths = ("certificate", "private_key", "pki_dir", "trusted_clients")
+
     endpoints: list[Endpoint] = Field(
         default_factory=_all_endpoints, description="secure endpoints offered (default: all six)"
     )
@@ -121,6 +123,8 @@ class OpcuaServerRoute(Strict):
 
 
 class ClientSecurity(Strict):
+    local_paths = ("certificate", "private_key", "pki_dir", "trusted_servers")
+
     policy: Policy | Literal["None"] = "Basic256Sha256"
     mode: Mode | Literal["None"] = "SignAndEncrypt"
     certificate: str | None = Field(None, description="our certificate; generated if unset")
