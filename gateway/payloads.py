@@ -178,6 +178,19 @@ def encode(samples: Iterable[Sample], fmt: Format | int | str, *, base_name: str
     return _dump_cbor([{_CBOR_KEYS[k]: v for k, v in r.items()} for r in records])
 
 
+def encode_field(field: str, value: Value, fmt: Format | int | str) -> bytes:
+    """One value as the JSON or CBOR object a point with ``field`` is read from: a dotted
+    field nests (``a.b`` gives ``{"a": {"b": value}}``, which `decode` flattens back to
+    ``a.b``), as MQTT's command payloads do."""
+    fmt = format_of(fmt)
+    if fmt not in (Format.JSON, Format.CBOR):
+        raise PayloadError(f"a field is written in JSON or CBOR, not {fmt.short}")
+    obj: Any = value
+    for key in reversed(field.split(".")):
+        obj = {key: obj}
+    return _dump_json(obj) if fmt is Format.JSON else _dump_cbor(obj)
+
+
 def _text(value: Value) -> str:
     if value is None:
         raise PayloadError("no value to write as text")

@@ -10,7 +10,8 @@ import json
 from collections.abc import AsyncIterator
 
 import cbor2
-from conftest import HOST, free_port, modbus_device_yaml, wait_for
+import pytest
+from conftest import HOST, find_binary, free_port, modbus_device_yaml, wait_for
 from test_coap_client import bad, client, coap_put, coap_server, values
 from test_coap_server import Plant, coap_client, plant
 from test_opcua_server import running_gateway
@@ -269,3 +270,44 @@ async def test_client_reads_registered_units_from_libcoap_as_pint_names() -> Non
 
 def units(seen: list[Message]) -> dict[str, str | None]:
     return {s.point: s.unit for m in seen for s in m.samples if s.quality == "good"}
+
+
+# -- a dotted field is written nested, as it is read and as MQTT writes it
+
+
+async def test_a_dotted_field_is_written_as_the_nested_object_it_is_read_from() -> None:
+    # Before, the client PUT {"a.b": 7.5}: a device serving {"a": {"b": ...}} got a key it
+    # does not have (libcoap's server stores the PUT as is, so the next GET read it back).
+    port = free_port()
+    cfg = {
+        "url": f"coap://{HOST}:{port}",
+        "timeout": 2,
+        "points": [
+            {"name": "nb", "path": "/nest", "format": "json", "field": "a.b", "poll": 0.2,
+             "access": "rw"},
+        ],
+    }  # fmt: skip
+    async with coap_server(port):
+        await coap_put(port, "/nest", '{"a": {"b": 3}}')
+        async with client(cfg) as (adapter, seen):
+            await wait_for(lambda: 3.0 in values(seen, "nb"))
+            await adapter.write_and_read_back("nb", 7.5)
+            await wait_for(lambda: values(seen, "nb")[-1] == 7.5)
+        get = await asyncio.create_subprocess_exec(
+            find_binary("coap-client-openssl", "/usr/bin/coap-client-openssl"),
+            "-m", "get", "-t", "0", f"coap://{HOST}:{port}/nest",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await get.communicate()
+    assert json.loads(out) == {"a": {"b": 7.5}}
+
+
+def test_a_dotted_field_in_cbor_nests_too() -> None:
+    from gateway.payloads import Format, PayloadError, decode, encode_field
+
+    body = encode_field("a.b", 7.5, Format.CBOR)
+    assert cbor2.loads(body) == {"a": {"b": 7.5}}
+    assert [d[:2] for d in decode(body, Format.CBOR)] == [("a.b", 7.5)]
+    assert encode_field("temp", True, "json") == b'{"temp":true}'
+    with pytest.raises(PayloadError, match="JSON or CBOR, not text"):
+        encode_field("a", 1.0, "text")

@@ -19,7 +19,8 @@ when absent). ``senml_name`` or ``field`` picks one value out of a pack or an ob
 for a ``string`` point is the text itself. A point without ``unit`` takes SenML's, spelled as
 pint spells it ("Cel" becomes "degC").
 Writes PUT the value in the point's format (text/plain for ``auto``, JSON ``{field: value}``
-with ``field``, SenML with ``senml_name``), then read the resource back.
+with ``field``, a dotted one nested as it is read, SenML with ``senml_name``), then read the
+resource back.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ from gateway.adapter import Adapter
 from gateway.backoff import BackoffTimer, sleep_backoff
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.limits import Limits
-from gateway.payloads import Format, PayloadError, decode_for, encode, format_of, pint_unit
+from gateway.payloads import (
+    Format,
+    PayloadError,
+    decode_for,
+    encode,
+    encode_field,
+    format_of,
+    pint_unit,
+)
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapClient, CoapPoint
 from protocols.coap.server import oscore_credentials, release_credentials
@@ -379,6 +388,8 @@ class CoapClientAdapter(Adapter):
             fmt = Format.TEXT
         name = point.senml_name or point.field or point.name
         try:
+            if point.field is not None and fmt in (Format.JSON, Format.CBOR):
+                return fmt, encode_field(point.field, value, fmt)
             return fmt, encode([Sample.now(name, value)], fmt)
         except PayloadError as exc:
             raise WriteRefused(WriteStatus.BAD_VALUE, str(exc)) from None
