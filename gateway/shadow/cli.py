@@ -134,9 +134,16 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def check_desired(config: GatewayConfig, device: str, desired: dict[str, Any]) -> list[str]:
+def check_desired(
+    config: GatewayConfig,
+    device: str,
+    desired: dict[str, Any],
+    texts: dict[str, str] | None = None,
+) -> list[str]:
     """Refuse now what the gateway would refuse to write (CommandError); returns the keys that
-    are not points of the device (kept as metadata, e.g. a site for topics)."""
+    are not points of the device (kept as metadata, e.g. a site for topics). With ``texts``
+    (each key's value as typed), a ``string`` point's value that read as JSON other than a
+    string or null is replaced in ``desired`` by the text: ``label=42`` is "42" there."""
     from gateway.runtime import Gateway
 
     gateway = Gateway(config)  # builds the points as `run` does; no I/O
@@ -146,9 +153,13 @@ def check_desired(config: GatewayConfig, device: str, desired: dict[str, Any]) -
         raise CommandError(f"{device!r} has no shadow in {config.path} (devices: {known})", 1)
     metadata = []
     for key, value in desired.items():
-        if (device, key) not in gateway.router.points:
+        spec = gateway.router.points.get((device, key))
+        if spec is None:
             metadata.append(key)
-        elif value is not None:  # null deletes the key
+            continue
+        if spec.datatype == "string" and texts and key in texts and value is not None:
+            value = desired[key] = texts[key] if not isinstance(value, str) else value
+        if value is not None:  # null deletes the key
             result = gateway.router.check(device, key, value)
             if not result.ok:
                 raise CommandError(f"{key}={json.dumps(value)}: {result.reason}", 1)
@@ -159,8 +170,9 @@ def cmd_set(args: argparse.Namespace) -> int:
     from gateway.shadow.store import ShadowError
 
     desired = parse_pairs(args.pairs)
+    texts = dict(pair.partition("=")[::2] for pair in args.pairs)
     config = _config(args.config)
-    for key in check_desired(config, args.device, desired):
+    for key in check_desired(config, args.device, desired, texts):
         print(
             f"note: {key} is not a point of {args.device}: kept in desired as metadata, "
             "never written to the device",
