@@ -208,3 +208,33 @@ async def test_the_client_refuses_to_start_on_its_own_damaged_key(pki: Path) -> 
     with pytest.raises(PkiError, match=str(pki / KEY_FILE)):
         async with adapter:
             pass
+
+
+def test_validate_warns_of_configured_files_that_run_would_refuse(
+    pki: Path, tmp_path: Path
+) -> None:
+    """validate only checked that a configured certificate and key exist: a damaged or
+    swapped pair passed, and run then refused the entry."""
+    from gateway.config import load_config_text
+
+    cert, key = pki / CERT_FILE, pki / KEY_FILE
+    swapped = f"{{certificate: {key}, private_key: {cert}}}"
+    text = (
+        "endpoints:\n"
+        f"  ua: {{protocol: opcua, role: server, security: {swapped}}}\n"
+        "devices:\n"
+        "  plc: {protocol: opcua, url: 'opc.tcp://h:4840', points: [{name: t, node_id: 'i=1'}],"
+        f" security: {{certificate: {cert}, private_key: {tmp_path}/empty.pem}}}}\n"
+    )
+    (tmp_path / "empty.pem").write_bytes(b"")
+    warnings = load_config_text(text, str(tmp_path / "gw.yaml"), check_adapters=True).warnings
+    said = "\n".join(warnings)
+    assert f"endpoints.ua.security.certificate: security.certificate: certificate {key}" in said
+    assert f"endpoints.ua.security.private_key: security.private_key: private key {cert}" in said
+    assert f"private key {tmp_path}/empty.pem cannot be read: the file is empty" in said
+    assert "refuses to start this entry with it" in said
+    assert len(warnings) == 3  # the client's good certificate is not mentioned
+    good = text.replace(swapped, f"{{certificate: {cert}, private_key: {key}}}").replace(
+        f"{tmp_path}/empty.pem", str(key)
+    )
+    assert load_config_text(good, str(tmp_path / "gw.yaml"), check_adapters=True).warnings == ()

@@ -38,6 +38,40 @@ ALL_POLICIES: tuple[Policy, ...] = (
 )
 
 
+def key_file_warnings(certificate: str | None, private_key: str | None) -> list[tuple[Path, str]]:
+    """`Strict.run_warnings` for a configured certificate and key: missing, or present but not
+    what ``gateway run`` can load (`pki.load_certificate`, `pki.load_private_key`: damaged,
+    swapped, encrypted, not RSA), each said as run would say it."""
+    files: dict[Path, str | None] = {
+        ("security", "certificate"): certificate,
+        ("security", "private_key"): private_key,
+    }
+    missing = missing_files(files)
+    if missing or certificate is None or private_key is None:
+        return missing
+    from pathlib import Path as FilePath
+
+    try:
+        from protocols.opcua.pki import PkiError, load_certificate, load_private_key
+    except ImportError:  # asyncua not installed: validate warns of that on its own
+        return []
+    found: list[tuple[Path, str]] = []
+    for where, name, load in (
+        (("security", "certificate"), certificate, load_certificate),
+        (("security", "private_key"), private_key, load_private_key),
+    ):
+        try:
+            load(FilePath(name))
+        except PkiError as exc:
+            found.append(
+                (
+                    where,
+                    f"security.{where[1]}: {exc} (gateway run refuses to start this entry with it)",
+                )
+            )
+    return found
+
+
 class Endpoint(Strict):
     policy: Policy
     mode: Mode = "SignAndEncrypt"
@@ -106,13 +140,7 @@ class OpcuaServer(Strict):
     write_timeout: float = Field(5.0, gt=0, le=60, description="seconds to wait for the device")
 
     def run_warnings(self) -> list[tuple[Path, str]]:
-        sec = self.security
-        return missing_files(
-            {
-                ("security", "certificate"): sec.certificate,
-                ("security", "private_key"): sec.private_key,
-            }
-        )
+        return key_file_warnings(self.security.certificate, self.security.private_key)
 
 
 class OpcuaServerRoute(Strict):
@@ -223,12 +251,7 @@ class OpcuaClient(Strict):
         units = unknown_units(self.points)
         if sec.policy == "None":  # no certificate is loaded
             return units
-        return units + missing_files(
-            {
-                ("security", "certificate"): sec.certificate,
-                ("security", "private_key"): sec.private_key,
-            }
-        )
+        return units + key_file_warnings(sec.certificate, sec.private_key)
 
     def check(self) -> list[Problem]:
         seen: dict[str, int] = {}
