@@ -818,6 +818,7 @@ class _Loader:
         if sources is not None:
             ok = self.anomaly_points(path, sources, got) and ok
             ok = self.one_point_per_name(path, sources, got.get("translate")) and ok
+            ok = self.map_keys(path, sources, got) and ok
         if live and sources and route is not None:
             ok = self.served(path, sources, got, route) and ok
         translate = self.translate_files(path, got.get("translate"))
@@ -1170,14 +1171,12 @@ class _Loader:
                 ok = False
         return ok
 
-    def anomaly_points(self, path: Path, sources: tuple[str, ...], got: dict[str, Any]) -> bool:
-        """``anomaly: points/exclude`` globs that match no point the bridge scores (after the
-        bridge's globs and computed points, before translate: the source's own names), where
-        those are known."""
-        options = got.get("anomaly")
+    def untranslated(self, sources: tuple[str, ...], got: dict[str, Any]) -> list[str] | None:
+        """The names of the points a bridge carries before translate: its sources' points its
+        globs select, then its computed points; None when a source names points at run time."""
         known = self.points_of(sources)
-        if not isinstance(options, AnomalyOptions) or known is None:
-            return True
+        if known is None:
+            return None
         raw = got.get("points") or ("*",)
         selects = (raw,) if isinstance(raw, str) else tuple(raw)
         names = [
@@ -1185,7 +1184,16 @@ class _Loader:
             for n in dict.fromkeys(p.name for p in known)
             if any(fnmatch.fnmatchcase(n, g) for g in selects)
         ]
-        names += [c.name for c in got.get("computed", []) if isinstance(c, ComputedPoint)]
+        return names + [c.name for c in got.get("computed", []) if isinstance(c, ComputedPoint)]
+
+    def anomaly_points(self, path: Path, sources: tuple[str, ...], got: dict[str, Any]) -> bool:
+        """``anomaly: points/exclude`` globs that match no point the bridge scores (after the
+        bridge's globs and computed points, before translate: the source's own names), where
+        those are known."""
+        options = got.get("anomaly")
+        names = self.untranslated(sources, got)
+        if not isinstance(options, AnomalyOptions) or names is None:
+            return True
         if not names:
             return True  # the bridge carries nothing: its own globs say so
         whose = f"bridge {got.get('name') or f'bridges[{path[-1]}]'!r} carries"
@@ -1213,6 +1221,25 @@ class _Loader:
                     )
                     return False
         return True
+
+    def map_keys(self, path: Path, sources: tuple[str, ...], got: dict[str, Any]) -> bool:
+        """``translate: map`` keys that name no point the bridge carries (its sources' points
+        its globs select, and its computed points), where those are known: a misspelt key
+        forwards nothing under that name, and in ``map`` mode drops the point it meant."""
+        translate, names = got.get("translate"), self.untranslated(sources, got)
+        if not isinstance(translate, TranslateConfig) or names is None:
+            return True
+        ok = True
+        for key in translate.map:
+            if key not in names:
+                self.report(
+                    (*path, "translate", "map", key),
+                    f"{key!r}, which is no point the bridge carries",
+                    choices(key, names, "a point of the bridge's sources"),
+                    where="key",
+                )
+                ok = False
+        return ok
 
     def unnamed_points(self, source: str) -> bool:
         """Whether the config of ``source`` lists points without a ``name`` attribute (a
