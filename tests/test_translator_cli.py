@@ -955,3 +955,31 @@ def test_point_lists_separated_by_semicolons_or_tabs(
     bad = _write(tmp_path / "bad.csv", f"point{sep}unit\nAHU1_SAT{sep}degF\n")
     assert main(["classify", str(bad)]) == 2
     assert "no column name in the header (found: point, unit)" in capsys.readouterr().err
+
+
+def test_classify_keeps_the_label_of_a_listed_point_an_example_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The audit's case: AHU1_DSP labeled Static_Pressure_Sensor in a name,brick_class file
+    came back as Duct_Air_Static_Pressure_Setpoint (0.66): the example was read by its name
+    alone while the list gives its description and unit, so the memory missed it."""
+    src = _write(
+        tmp_path / "in.csv",
+        "name,description,unit\nAHU1_DSP,Duct Static Pressure,inH2O\n"
+        "AHU2_DSP,Duct Static Pressure,inH2O\nAHU1_SAT,Supply Air Temp,degF\n"
+        "VAV_1_01_ZNT,Zone Temp,degF\n",
+    )
+    ex = _write(
+        tmp_path / "ex.csv",
+        "name,brick_class\nAHU1_DSP,Static_Pressure_Sensor\n"
+        "AHU1_SAT,Supply_Air_Temperature_Sensor\nVAV_1_01_ZNT,Zone_Air_Temperature_Sensor\n",
+    )
+    assert main(["classify", str(src), "--examples", str(ex), "--top", "2"]) == 0
+    rows = {r["name"]: r for r in csv.DictReader(capsys.readouterr().out.splitlines())}
+    assert (rows["AHU1_DSP"]["class"], rows["AHU1_DSP"]["score"]) == (
+        "Static_Pressure_Sensor",
+        "1.000",
+    )
+    assert rows["AHU1_SAT"]["class"] == "Supply_Air_Temperature_Sensor"
+    # the unlabeled twin learns from the example as the list shows it
+    assert rows["AHU2_DSP"]["class"] == "Static_Pressure_Sensor"

@@ -3,7 +3,7 @@ head), and choose which of its points to label next."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -22,8 +22,42 @@ def predict_site(
     prior: bool = True,
 ) -> Prediction:
     """Class distributions for ``points``, one site's list. With ``prior`` the examples' names
-    count in the site prior too (their labels only in the few-shot head)."""
-    return _adapt(translator, points, examples, *_site_pass(translator, points, examples, prior))
+    count in the site prior too (their labels only in the few-shot head). A listed point that
+    an example names keeps the example's label (probability 1): the user said what it is."""
+    examples = _described(points, examples)
+    pred = _adapt(translator, points, examples, *_site_pass(translator, points, examples, prior))
+    return _pinned(pred, points, examples, translator.index)
+
+
+def _described(
+    points: Sequence[Point], examples: Sequence[tuple[Point, str]]
+) -> list[tuple[Point, str]]:
+    """The examples, each one given only by name (a ``name,brick_class`` file) read with the
+    description, unit and datatype of the listed point of that name: the head then learns
+    from the point as the list shows it, not from a bare name the list never holds."""
+    listed = {p.name: p for p in points}
+    out = []
+    for point, label in examples:
+        row = listed.get(point.name)
+        bare = not (point.description or point.unit or point.datatype)
+        out.append((row if bare and row is not None else point, label))
+    return out
+
+
+def _pinned(
+    pred: Prediction,
+    points: Sequence[Point],
+    examples: Sequence[tuple[Point, str]],
+    index: Mapping[str, int],
+) -> Prediction:
+    """``pred`` with each point an example names set to that example's class."""
+    labels = {p.name: label for p, label in examples}
+    for i, point in enumerate(points):
+        label = labels.get(point.name)
+        if label is not None and label in index:
+            pred.probs[i] = 0.0
+            pred.probs[i, index[label]] = 1.0
+    return pred
 
 
 def pick_site(
