@@ -15,6 +15,7 @@ from gateway.bridge import Bridge
 from gateway.bus import Bus
 from gateway.config import BridgeConfig
 from gateway.config.translate import TranslateConfig
+from gateway.translator.transform import Translate
 from gateway.types import Message, Sample
 from protocols.mqtt.client import MqttAdapter
 
@@ -136,3 +137,28 @@ async def test_new_json_keys_on_a_keys_subscription_are_classified(
         assert not any(t.startswith("out/") and ("XQZ" in t or "ZN_T" in t) for t in topics)
     finally:
         collector.close()
+
+
+def test_many_new_names_in_one_message_are_one_log_line(caplog) -> None:  # type: ignore[no-untyped-def]
+    """A payload of 500 new keys was 500 INFO lines; a few new names are still one line each."""
+    import logging
+
+    def classify(names: list[str]) -> list[list[tuple[str, float]]]:
+        return [[("Run_Status", 0.9 if n.startswith("ok") else 0.2)] for n in names]
+
+    t = Translate(TranslateConfig(mode="auto"), classifier=classify)
+    with caplog.at_level(logging.INFO, logger="gateway.translator.transform"):
+        t.apply("ahu1", (Sample("ok_a", 1), Sample("zz", 2)))
+        assert [r.getMessage() for r in caplog.records] == [
+            "translate: ok_a -> Run_Status (0.90)",
+            "translate: zz needs review (best Run_Status 0.20)",
+        ]
+        caplog.clear()
+        many = tuple(Sample(f"{'ok' if i % 2 else 'k'}{i}", i) for i in range(500))
+        out = t.apply("ahu1", many)
+    assert len(out) == 250  # the decisions are as before
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(
+        "translate: 500 new points, 250 forwarded, 250 held for review; first 5: "
+        "k0 needs review (best Run_Status 0.20); ok1 -> Run_Status (0.90);"
+    )

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LOGGED_NAMES = 5  # new names said one line each; more in one batch are one summary line
+
 
 class Translate:
     def __init__(
@@ -97,15 +99,27 @@ class Translate:
         return classify
 
     def _decide(self, names: list[str]) -> None:
+        said: list[str] = []
+        held = 0
         for name, top in zip(names, self._classify(names), strict=True):
             cls, score = top[0]
             self.suggestions[name] = top
             if score >= self.config.threshold:
                 self._decided[name] = f"{cls}.{name}"
-                log.info("translate: %s -> %s (%.2f)", name, cls, score)
+                said.append(f"{name} -> {cls} ({score:.2f})")
             else:
                 self._decided[name] = None
-                log.info("translate: %s needs review (best %s %.2f)", name, cls, score)
+                held += 1
+                said.append(f"{name} needs review (best {cls} {score:.2f})")
+        # One line per batch of new names: a payload of 500 new keys was 500 log lines.
+        if len(said) <= LOGGED_NAMES:
+            for line in said:
+                log.info("translate: %s", line)
+            return
+        log.info(
+            "translate: %d new points, %d forwarded, %d held for review; first %d: %s",
+            len(said), len(said) - held, held, LOGGED_NAMES, "; ".join(said[:LOGGED_NAMES]),
+        )  # fmt: skip
 
     def apply(self, device: str, samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
         """The samples forwarded (renamed); held-back ones go to the bus as review events."""
