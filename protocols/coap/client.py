@@ -1,17 +1,21 @@
 """The gateway as a CoAP client (aiocoap): a device's resources become points.
 
-Each point is read on its own task, either by Observe (RFC 7641) or by a GET every ``poll``
-seconds; requests are confirmable, so aiocoap retransmits them (RFC 7252 section 4.2) until
-``timeout``. An observation is registered again when it ends (the server sent an error or
-cancelled it) and when no notification came for the response's Max-Age plus a margin (RFC 7641
-section 3.3.1: a restarted server has forgotten its observers and stays silent). While a
-point cannot be read it is published once with bad quality and the reason, and retried with
-backoff.
+Points read alike from one resource (the same path, Observe or the same ``poll`` interval, the
+same ``format`` and so the same Accept) form a group, read on its own task with one request: one
+Observe registration (RFC 7641 expects one per resource and client) or one GET every ``poll``
+seconds, so a constrained device answers once, not once per point. Each response is decoded for
+every point of the group and published as one message. Requests are confirmable, so aiocoap
+retransmits them (RFC 7252 section 4.2) until ``timeout``. An observation is registered again
+when it ends (the server sent an error or cancelled it) and when no notification came for the
+response's Max-Age plus a margin (RFC 7641 section 3.3.1: a restarted server has forgotten its
+observers and stays silent). While a point cannot be read (the request failed, or its value is
+missing from the response) it is published once with bad quality and the reason, and retried
+with backoff.
 
 Values: a point with a ``format`` asks for it with Accept (RFC 7252 section 5.10.4), since a
 server that offers several (ours does) otherwise picks its own default. A server that answers
 4.06 Not Acceptable or 4.02 Bad Option to Accept is asked again without it, and from then on for
-that point. The point's ``format`` decodes the payload (it also overrides a missing or wrong
+that group. The point's ``format`` decodes the payload (it also overrides a missing or wrong
 Content-Format); when that yields no value and the response names another format it is decoded
 by that one (a server that ignores Accept, as libcoap's coap-server does, says what it sent).
 With ``format: auto`` no Accept is sent and the response's Content-Format decodes (text/plain
@@ -29,6 +33,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiocoap
@@ -48,7 +54,7 @@ from gateway.payloads import (
     pint_unit,
 )
 from gateway.types import Message, PointSpec, Quality, Sample, Value
-from protocols.coap.config import CoapClient, CoapPoint
+from protocols.coap.config import CoapClient, CoapPoint, PointFormat
 from protocols.coap.server import oscore_credentials, release_credentials
 
 if TYPE_CHECKING:
@@ -138,6 +144,29 @@ def read_value(point: CoapPoint, payload: bytes, content_format: int | None) -> 
     raise first
 
 
+@dataclass(frozen=True)
+class Group:
+    """Points read by one request: one resource, asked for alike."""
+
+    path: str  # without the leading "/"
+    poll: float | None  # None: observed
+    format: PointFormat
+    points: tuple[CoapPoint, ...]
+
+    @property
+    def observing(self) -> bool:
+        return self.poll is None
+
+
+def groups(points: Iterable[CoapPoint]) -> list[Group]:
+    """The points by the request that reads them: points of one path with another poll interval
+    or format stay apart, since their requests differ."""
+    found: dict[tuple[str, float | None, PointFormat], list[CoapPoint]] = {}
+    for point in points:
+        found.setdefault((point.path.lstrip("/"), point.poll, point.format), []).append(point)
+    return [Group(path, poll, fmt, tuple(ps)) for (path, poll, fmt), ps in found.items()]
+
+
 class CoapClientAdapter(Adapter):
     """Reads (observes or polls) and writes one CoAP server's resources."""
 
@@ -147,8 +176,10 @@ class CoapClientAdapter(Adapter):
         super().__init__(name, config, context)
         self._points = {p.name: p for p in config.points}
         self._limits = {p.name: Limits.of(p) for p in config.points}
+        self._groups = groups(config.points)
+        self._group_of = {p.name: g for g in self._groups for p in g.points}
         self._bad: set[str] = set()
-        self._no_accept: set[str] = set()  # points whose server refused Accept
+        self._no_accept: set[str] = set()  # points whose server refused Accept (a group at once)
         self._ctx: aiocoap.Context | None = None
         self._credentials: CredentialsMap | None = None  # OSCORE, released at close
         self.base = config.url.rstrip("/")
@@ -186,33 +217,35 @@ class CoapClientAdapter(Adapter):
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(serve_commands(self.bus, self.name, self.write_and_read_back))
-            for point in self.config.points:
-                tg.create_task(self._observe(point) if point.observing else self._poll(point))
+            for group in self._groups:
+                tg.create_task(self._observe(group) if group.observing else self._poll(group))
 
     # -- reading
 
-    def _uri(self, point: CoapPoint) -> str:
-        return f"{self.base}/{point.path.lstrip('/')}"
+    def _uri(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
 
-    def _get_request(self, point: CoapPoint, *, observe: bool = False) -> aiocoap.Message:
-        """A GET (an Observe registration with ``observe``) asking for the point's format."""
-        request = aiocoap.Message(code=Code.GET, uri=self._uri(point))
+    def _get_request(self, group: Group, *, observe: bool = False) -> aiocoap.Message:
+        """A GET (an Observe registration with ``observe``) asking for the group's format."""
+        request = aiocoap.Message(code=Code.GET, uri=self._uri(group.path))
         if observe:
             request.opt.observe = 0
-        if point.format != "auto" and point.name not in self._no_accept:
-            request.opt.accept = int(format_of(point.format))
+        if self._sends_accept(group):
+            request.opt.accept = int(format_of(group.format))
         return request
 
-    def _accept_refused(self, point: CoapPoint, response: aiocoap.Message) -> bool:
-        """Whether ``response`` refused the Accept this point sent; if so, stop sending it."""
-        if response.code not in ACCEPT_REFUSED or point.format == "auto":
+    def _sends_accept(self, group: Group) -> bool:
+        # _no_accept holds point names (a group's all at once), as before groups
+        return group.format != "auto" and group.points[0].name not in self._no_accept
+
+    def _accept_refused(self, group: Group, response: aiocoap.Message) -> bool:
+        """Whether ``response`` refused the Accept this group sent; if so, stop sending it."""
+        if response.code not in ACCEPT_REFUSED or not self._sends_accept(group):
             return False
-        if point.name in self._no_accept:
-            return False
-        self._no_accept.add(point.name)
+        self._no_accept.update(p.name for p in group.points)
         log.info(
             "%s: %s answered %s to Accept %s; asking without it",
-            self.name, self._uri(point), response.code.dotted, point.format,
+            self.name, self._uri(group.path), response.code.dotted, group.format,
         )  # fmt: skip
         return True
 
@@ -257,84 +290,99 @@ class CoapClientAdapter(Adapter):
         unit = point.unit or pint_unit(unit)  # SenML's "Cel" is pint's "degC"
         return Sample(point.name, value, quality, when or now, now, unit, reason)
 
-    async def _publish(self, sample: Sample) -> None:
-        # A failed read is published once per outage; a reading marked Bad for being out of
-        # range (it has a value) is published like any other reading.
+    def _bad_sample(self, point: CoapPoint, reason: str) -> Sample:
+        now = time.time()
+        return Sample(point.name, None, Quality.BAD, now, now, point.unit, reason)
+
+    def _news(self, sample: Sample) -> bool:
+        """Whether to publish ``sample``: a failed read once per outage; a reading marked Bad
+        for being out of range (it has a value) like any other reading."""
         if sample.quality is Quality.BAD and sample.value is None:
             if sample.point in self._bad:
-                return  # once per outage
+                return False
             self._bad.add(sample.point)
             log.warning("%s: %s is bad: %s", self.name, sample.point, sample.reason)
         else:
             self._bad.discard(sample.point)
-        await self.bus.publish(Message.telemetry(self.name, (sample,)))
+        return True
 
-    async def _read(self, point: CoapPoint, response: aiocoap.Message) -> None:
-        try:
-            sample = self._sample(point, response)
-        except (ReadError, PayloadError) as exc:
-            await self._bad_sample(point, str(exc))
-            raise ReadError(str(exc)) from None
-        await self._publish(sample)
+    async def _publish(self, samples: Iterable[Sample]) -> None:
+        """One message for one reading of a resource: the samples that are news."""
+        news = tuple(s for s in samples if self._news(s))
+        if news:
+            await self.bus.publish(Message.telemetry(self.name, news))
 
-    async def _bad_sample(self, point: CoapPoint, reason: str) -> None:
-        now = time.time()
-        await self._publish(Sample(point.name, None, Quality.BAD, now, now, point.unit, reason))
+    async def _read(self, group: Group, response: aiocoap.Message) -> None:
+        """Publish the group's samples from one response: a point whose value is missing is bad
+        while the others are good. ReadError when none has a value (an observation is then
+        registered again, as it was for a lone point)."""
+        samples: list[Sample] = []
+        for point in group.points:
+            try:
+                samples.append(self._sample(point, response))
+            except (ReadError, PayloadError) as exc:
+                samples.append(self._bad_sample(point, str(exc)))
+        await self._publish(samples)
+        if all(s.value is None for s in samples):
+            raise ReadError(samples[0].reason)
 
-    async def _poll(self, point: CoapPoint) -> None:
-        assert point.poll is not None
+    async def _failed(self, group: Group, reason: str) -> None:
+        """The request failed: every point of the group is bad."""
+        await self._publish(self._bad_sample(p, reason) for p in group.points)
+
+    async def _poll(self, group: Group) -> None:
+        assert group.poll is not None
         while True:
             with contextlib.suppress(ReadError):
-                await self._get(point)
-            await asyncio.sleep(point.poll)
+                await self._get(group)
+            await asyncio.sleep(group.poll)
 
-    async def _get(self, point: CoapPoint) -> None:
+    async def _get(self, group: Group) -> None:
         try:
-            response = await self._request(self._get_request(point))
-            if self._accept_refused(point, response):
-                response = await self._request(self._get_request(point))
+            response = await self._request(self._get_request(group))
+            if self._accept_refused(group, response):
+                response = await self._request(self._get_request(group))
         except ReadError as exc:
-            await self._bad_sample(point, str(exc))
+            await self._failed(group, str(exc))
             raise
-        await self._read(point, response)
+        await self._read(group, response)
 
-    async def _observe(self, point: CoapPoint) -> None:
+    async def _observe(self, group: Group) -> None:
         backoff = BackoffTimer(self.config.reconnect)
         while True:
             try:
-                await self._observe_once(point, backoff)
+                await self._observe_once(group, backoff)
             except ReadError as exc:
-                log.info("%s: observing %s: %s; again soon", self.name, point.path, exc)
+                log.info("%s: observing %s: %s; again soon", self.name, group.path, exc)
                 await sleep_backoff(backoff)
 
-    async def _observe_once(self, point: CoapPoint, backoff: BackoffTimer) -> None:
+    async def _observe_once(self, group: Group, backoff: BackoffTimer) -> None:
         """One registration, until it ends or goes silent (then return to register again)."""
         assert self._ctx is not None
-        uri = self._uri(point)
-        request = self._ctx.request(self._get_request(point, observe=True))
+        request = self._ctx.request(self._get_request(group, observe=True))
         try:
             try:
                 async with asyncio.timeout(self.config.timeout):
                     first: aiocoap.Message = await request.response
             except (TimeoutError, aiocoap.error.Error) as exc:
-                reason = self._failure(uri, exc)
-                await self._bad_sample(point, reason)
+                reason = self._failure(self._uri(group.path), exc)
+                await self._failed(group, reason)
                 raise ReadError(reason) from None
-            if self._accept_refused(point, first):
+            if self._accept_refused(group, first):
                 return  # register again at once, without Accept
             self.registrations += 1
-            await self._read(point, first)
+            await self._read(group, first)
             backoff.reset()
             if first.opt.observe is None:
                 # Not observable: the response was a plain GET's. Read it again after Max-Age.
                 await asyncio.sleep(first.opt.max_age or 60)
                 return
-            await self._notifications(point, request, first)
+            await self._notifications(group, request, first)
         finally:
             if not request.observation.cancelled:
                 request.observation.cancel()
 
-    async def _notifications(self, point: CoapPoint, request: Any, first: aiocoap.Message) -> None:
+    async def _notifications(self, group: Group, request: Any, first: aiocoap.Message) -> None:
         silence = (first.opt.max_age or 60) + OBSERVE_MARGIN
         stream = aiter(request.observation)
         while True:
@@ -342,17 +390,17 @@ class CoapClientAdapter(Adapter):
                 async with asyncio.timeout(silence):
                     response = await anext(stream)
             except TimeoutError:
-                log.info("%s: no notification for %s in %g s", self.name, point.path, silence)
+                log.info("%s: no notification for %s in %g s", self.name, group.path, silence)
                 return
             except StopAsyncIteration:
                 return
             except aiocoap.error.Error as exc:
                 raise ReadError(
-                    f"observation ended: {self._failure(self._uri(point), exc)}"
+                    f"observation ended: {self._failure(self._uri(group.path), exc)}"
                 ) from None
             self.notifications += 1
             silence = (response.opt.max_age or 60) + OBSERVE_MARGIN
-            await self._read(point, response)
+            await self._read(group, response)
 
     # -- writing
 
@@ -364,7 +412,7 @@ class CoapClientAdapter(Adapter):
             raise WriteRefused(WriteStatus.NOT_WRITABLE, f"{self.name}/{name} is not writable")
         fmt, payload = self._payload(point, value)
         request = aiocoap.Message(
-            code=Code.PUT, uri=self._uri(point), payload=payload, content_format=int(fmt)
+            code=Code.PUT, uri=self._uri(point.path), payload=payload, content_format=int(fmt)
         )
         try:
             response = await self._request(request)
@@ -375,7 +423,7 @@ class CoapClientAdapter(Adapter):
             reason = f"{response.code.dotted} {response.payload.decode(errors='replace')}".strip()
             raise WriteRefused(PUT_STATUS.get(response.code, WriteStatus.DEVICE_ERROR), reason)
         with contextlib.suppress(ReadError):
-            await self._get(point)
+            await self._get(self._group_of[point.name])  # the whole group: one GET reads it
 
     def _payload(self, point: CoapPoint, value: Value) -> tuple[Format, bytes]:
         if point.format != "auto":
