@@ -22,7 +22,7 @@ from conftest import HOST, NODE_DIR, free_port, modbus_device_yaml, node_binary,
 
 from gateway.adapter import AdapterContext
 from gateway.bus import Bus
-from gateway.config import load_config_text
+from gateway.config import load_config, load_config_text
 from gateway.passwords import hash_password
 from gateway.runtime import Gateway
 from gateway.types import Message, Quality, Sample
@@ -90,8 +90,13 @@ def fill(device: SimulatedDevice) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(text: str) -> AsyncIterator[Gateway]:
-    gateway = Gateway(load_config_text(text, "plant.yaml"))
+async def running_gateway(config: str | Path) -> AsyncIterator[Gateway]:
+    """A gateway run in-process on config text, or on a config file (read as `gateway run`
+    reads it: relative paths next to it)."""
+    loaded = (
+        load_config(config) if isinstance(config, Path) else load_config_text(config, "plant.yaml")
+    )
+    gateway = Gateway(loaded)
     stop = asyncio.Event()
     task = asyncio.create_task(gateway.run(stop))
     started = asyncio.create_task(gateway.started.wait())

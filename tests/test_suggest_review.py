@@ -7,11 +7,14 @@ Brick ancestor of the other short of a bare kind of point) and neither side is u
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.cli import main
+from gateway.config import ConfigError, load_config_text
 from gateway.translator.suggest import Match, bridge_yaml
 
 
@@ -43,7 +46,7 @@ def test_the_audits_meaningless_names_are_review_lines(
     assert "classes differ" in review['"XQZ_77"']
     assert review['"P1"'].startswith('# REVIEW "P1": "bar"  # ')
     assert "classes agree only as Sensor" in review['"P1"']
-    assert lines[-1] == "{}  # no confident mapping; see the REVIEW lines"
+    assert lines[-1] == "# no confident mapping: the map is empty until you accept REVIEW lines"
 
 
 def test_a_clear_same_class_pair_stays_confident_beside_nonsense(
@@ -68,7 +71,7 @@ def _bridge(*matches: Match) -> list[str]:
         matches, source="s", target="t", from_device="a", to_device="b", threshold=0.5
     )
     lines = _map_lines(text.splitlines())
-    return [line for line in lines if not line.startswith("{}  # no confident mapping")]
+    return [line for line in lines if not line.startswith("# no confident mapping")]
 
 
 @pytest.mark.parametrize(
@@ -101,3 +104,121 @@ def test_a_high_weight_mapping_is_reviewed_for_a_reason(
 def test_a_low_weight_mapping_stays_review_without_a_reason() -> None:
     m = Match("A", "B", 0.3, "Sensor", "Command", 0.1, 0.1)
     assert _bridge(m) == ['# REVIEW "A": "B"  # 0.30 Sensor -> Command']
+
+
+# -- A REVIEW line accepted as the file says (`# REVIEW ` deleted) keeps the file a config -----
+
+
+def _config(bridge: str, sources: list[str]) -> str:
+    """The bridge as the user pastes it after review: devices named, approved."""
+    points = ", ".join(f"{{name: {json.dumps(n)}, address: {k}}}" for k, n in enumerate(sources))
+    bridge = bridge.replace("approved: false", "approved: true")
+    bridge = bridge.replace("from: SOURCE_DEVICE", "from: plc")
+    bridge = bridge.replace("    to: TARGET_ENDPOINT", "    to: broker\n    topic: x/{point}")
+    return (
+        f"devices:\n  plc: {{protocol: modbus, host: h, points: [{points}]}}\n"
+        "endpoints:\n  broker: {protocol: mqtt, host: h}\n" + bridge
+    )
+
+
+CASES = [
+    (["AHU1_SAT", "AHU1_RAT"], ["AHU-01 Supply Air Temp", "AHU-01 Return Air Temp"]),
+    (["XQZ_77", "foo", "P1", "AHU1_DSP"], ["ABC_12", "bar", "Q9"]),  # none confident
+    (["AHU1_SAT", "XQZ_77", "foo", "P1", "AHU1_DSP"], ["AHU-01 Supply Air Temp", "ABC_12"]),
+]
+
+
+def test_any_review_lines_accepted_leave_a_config_validate_reads(tmp_path: Path) -> None:
+    """All confident, none, some: with none, all, or any one of the REVIEW lines accepted the
+    file stays YAML; a source with no target is refused with the reason; the others load as
+    the lines say."""
+    for sources, targets in CASES:
+        _check_every_acceptance(tmp_path, sources, targets)
+
+
+def _check_every_acceptance(tmp_path: Path, sources: list[str], targets: list[str]) -> None:
+    text = "\n".join(_suggest(tmp_path, sources, targets)) + "\n"
+    review = [line for line in text.splitlines() if line.startswith("        # REVIEW ")]
+    subsets = [[], review, *([line] for line in review)]
+    for chosen in subsets:
+        edited = text
+        for line in chosen:
+            edited = edited.replace(line, line.replace("# REVIEW ", "", 1))
+        assert isinstance(yaml.safe_load(edited), dict)
+        config = _config(edited, sources)
+        active = yaml.safe_load(edited)["bridges"][0]["translate"]["map"] or {}
+        if "no matching target" in active.values():
+            with pytest.raises(ConfigError, match="placeholder of a suggested bridge") as info:
+                load_config_text(config, "c.yaml")
+            assert info.value.problems[0].dotted == "bridges[0].translate.map"
+        elif not active:
+            with pytest.raises(ConfigError, match=r"translate\.map: found an empty value"):
+                load_config_text(config, "c.yaml")
+        else:
+            translate = load_config_text(config, "c.yaml").bridges[0].translate
+            assert translate is not None and translate.map == active
+
+
+# -- What the names share beyond the class: equipment ids, the same name -------------------
+
+AUDIT_SOURCES = [
+    "fcu 3 discharge air temp",
+    "AHU2_SF_STS",
+    "AHU3_SAT",
+    "AHU2_SAT",
+    "AHU1_RAT",
+    "fcu 4 discharge air temp",
+    "AHU1_SF_STS",
+    "AHU1_SAT",
+    "AHU2_RAT",
+    "AHU1_MAT",
+]
+AUDIT_TARGETS = [
+    "ahu1/supply_air_temperature",
+    "ahu1/return_air_temperature",
+    "ahu1/mixed_air_temperature",
+    "ahu1/supply_fan_status",
+]
+
+
+def test_a_target_is_linked_to_the_source_of_its_own_equipment(tmp_path: Path) -> None:
+    lines = _map_lines(_suggest(tmp_path, AUDIT_SOURCES, AUDIT_TARGETS))
+    active = {line.split("  # ")[0] for line in lines if not line.startswith("#")}
+    assert active == {
+        '"AHU1_SAT": "ahu1/supply_air_temperature"',
+        '"AHU1_RAT": "ahu1/return_air_temperature"',
+        '"AHU1_MAT": "ahu1/mixed_air_temperature"',
+        '"AHU1_SF_STS": "ahu1/supply_fan_status"',
+    }
+
+
+def test_several_sources_of_a_class_for_a_target_naming_no_equipment_are_review(
+    tmp_path: Path,
+) -> None:
+    lines = _map_lines(_suggest(tmp_path, ["AHU2_SAT", "AHU1_SAT", "AHU3_SAT"], ["SAT"]))
+    (made,) = [line for line in lines if '"SAT"' in line]
+    assert made.startswith("# REVIEW ")
+    assert made.endswith("; 3 sources of this class; none names the target's equipment")
+
+
+def test_a_source_of_other_equipment_is_review(tmp_path: Path) -> None:
+    lines = _map_lines(_suggest(tmp_path, ["AHU2_SF_STS"], ["ahu1/supply_fan_status"]))
+    assert lines[0].startswith('# REVIEW "AHU2_SF_STS": "ahu1/supply_fan_status"  # ')
+    assert lines[0].endswith("other equipment (ahu2 / ahu1)")
+
+
+def test_a_list_matched_against_itself_pairs_every_name_with_itself_confidently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [f"{e}{n}_{p}" for e in ("AHU", "VAV") for n in (1, 2, 3) for p in ("SAT", "DPR")]
+    names += ["XQZ_77", "P1", "OAT"]
+    lines = _map_lines(_suggest(tmp_path, names, names))
+    assert f"{len(names)} of {len(names)} mappings confident" in capsys.readouterr().out
+    pairs = {line.split("  # ")[0] for line in lines}
+    assert pairs == {f'"{n}": "{n}"' for n in names}
+    # and spelled another way on the other side: separators, case, leading zeros
+    other = [n.lower().replace("1_", "-01 ").replace("_", " ") for n in names]
+    lines = _map_lines(_suggest(tmp_path, names, other))
+    assert f"{len(names)} of {len(names)} mappings confident" in capsys.readouterr().out
+    pairs = {line.split("  # ")[0] for line in lines}
+    assert pairs == {f'"{n}": "{o}"' for n, o in zip(names, other, strict=True)}

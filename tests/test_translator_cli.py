@@ -480,11 +480,11 @@ def test_suggest_from_an_mqtt_sample(tmp_path: Path) -> None:
     )
     tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\nOAT\nAHU1_SF_STS\n")
     text = _suggest(tmp_path, str(sample), str(tgt))
-    for key in ('"sat"', '"rat"', '"fan.sts"', '"site/ahu1/oat"'):
+    for key in ('"sat"', '"rat"', '"fan.sts"', '"oat"'):  # as gateway run names them
         assert key in text
 
 
-def test_suggest_reads_a_gateway_sample_payload_as_one_point_named_by_its_topic(
+def test_suggest_names_a_gateway_sample_payload_as_gateway_run_does(
     tmp_path: Path,
 ) -> None:
     from gateway.translator.sources import read_mqtt_sample
@@ -498,19 +498,20 @@ def test_suggest_reads_a_gateway_sample_payload_as_one_point_named_by_its_topic(
         'site/ahu3 {"value": 1, "setpoint": 2}',  # value is one field among others
     ]
     path = _write(tmp_path / "sample.txt", "\n".join(lines) + "\n")
+    # a points: keys subscription (codec.KeyDecoder): every key, ts (a time) excepted
     assert read_mqtt_sample(str(path)) == [
-        Point("site/ahu1/sat", unit="degC"),
-        Point("site/ahu1/rat"),
+        Point("id"),
+        Point("value"),
+        Point("quality"),
+        Point("unit"),
+        Point("timestamp"),
         Point("temperature"),
         Point("humidity"),
-        Point("value"),
         Point("setpoint"),
     ]
     tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\n")
     text = _suggest(tmp_path, str(path), str(tgt))
-    assert '"site/ahu1/sat"' in text and '"site/ahu1/rat"' in text
-    for field in ("id", "quality", "ts", "unit", "timestamp"):
-        assert f'"{field}"' not in text
+    assert "site/" not in text.split("map:")[1] and '"ts"' not in text
 
 
 def _suggest_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], src: str) -> str:
@@ -596,8 +597,10 @@ def test_suggest_threshold_is_a_fraction(
 def test_suggest_writes_names_as_yaml_reads_them(tmp_path: Path) -> None:
     import yaml
 
-    # a JSON key with a line break: a point name that must not break out of its line
-    sample = _write(tmp_path / "s.txt", 'site/ahu1 {"sat": 1, "odd\\nname: \\"x": 2}\n')
+    # a name with a line break (a register map's): it must not break out of its line
+    sample = _write(
+        tmp_path / "s.yaml", 'points:\n  - {name: sat}\n  - {name: "odd\\nname: \\"x"}\n'
+    )
     tgt = _write(tmp_path / "t.csv", 'name\n"AHU1_SAT: ""main"""\n')
     out = tmp_path / "bridge.yaml"
     args = ["suggest", "--source", str(sample), "--target", str(tgt), "--out", str(out)]
@@ -619,7 +622,7 @@ def test_suggest_from_a_json_lines_sample(tmp_path: Path) -> None:
     sample = _write(tmp_path / "sample.jsonl", text)
     tgt = _write(tmp_path / "t.csv", "name\nAHU1_SAT\nAHU1_RAT\nOAT\n")
     bridge = _suggest(tmp_path, str(sample), str(tgt))
-    for key in ('"sat"', '"fan.sts"', '"site/ahu1/rat"', '"oat"', '"site/ahu1/mat"'):
+    for key in ('"sat"', '"fan.sts"', '"rat"', '"oat"', '"mat"'):  # as gateway run names them
         assert key in bridge
     assert "{" not in bridge.split("map:")[1].replace("{}", "")
 

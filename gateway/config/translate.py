@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.config.common import Strict
+
+# What `gateway suggest` writes on the REVIEW line of a source it found no target for.
+NO_TARGET = "no matching target"
 
 
 class TranslateConfig(Strict):
@@ -38,6 +41,23 @@ class TranslateConfig(Strict):
         description="auto: CSV of name,brick_class from this site (few-shot); relative to the"
         " config file",
     )
+
+    @field_validator("map")
+    @classmethod
+    def _no_placeholder(cls, value: dict[str, str]) -> dict[str, str]:
+        """A REVIEW line of `gateway suggest` for a source it found no target for, uncommented
+        as it stands, maps the source to its placeholder: refuse it rather than publish on a
+        point named "no matching target"."""
+        unmatched = [k for k, v in value.items() if v.strip() == NO_TARGET]
+        if unmatched:
+            names = ", ".join(repr(k) for k in unmatched[:5]) + (
+                ", ..." if len(unmatched) > 5 else ""
+            )
+            raise ValueError(
+                f"{names}: '{NO_TARGET}' is the placeholder of a suggested bridge, not a point: "
+                "write the target's point name, or delete the line"
+            )
+        return value
 
     @model_validator(mode="after")
     def _approved(self) -> TranslateConfig:

@@ -9,9 +9,10 @@ words a refusal; `MqttAdapter` builds the TLS context and words a failed connect
 works therefore means `gateway run` connects too, and a refused server certificate lands in the
 same ``rejected`` folder the operator trusts it from.
 
-The entry is read leniently: ``points:`` is not read (while onboarding there are none yet), the
-rest is checked by the protocol's own config model, and the first problem is one line with its
-file, line and column. Like `gateway run`, the state folder defaults to ``.protocol-brain`` next
+The entry is read leniently: an OPC UA device's ``points:`` is not read (while onboarding there
+are none yet; an MQTT endpoint's are: its declared points keep their names), the rest is checked
+by the protocol's own config model, and the first problem is one line with its file, line and
+column. Like `gateway run`, the state folder defaults to ``.protocol-brain`` next
 to the config, so ``{state}`` in a pki folder is the one the running gateway uses.
 
 MQTT is sampled, never written to: no birth or will on the status topic, and a client id of its
@@ -35,7 +36,7 @@ from gateway.translator.sources import (
     MQTT_SECONDS,
     config_entry,
     read_yaml,
-    sample_broker,
+    sample_endpoint,
     walk_objects,
 )
 from gateway.translator.tokenize import Point
@@ -52,10 +53,12 @@ BROWSABLE = "--browse connects to OPC UA client devices and MQTT endpoints only"
 
 @dataclass(frozen=True, slots=True)
 class BrowseOptions:
-    """How an MQTT endpoint is sampled (an OPC UA server is browsed whole)."""
+    """How an MQTT endpoint is sampled (an OPC UA server is browsed whole); ``topic`` None: on
+    the filters the endpoint reads points from (its ``points: keys`` subscriptions, its declared
+    points' topics)."""
 
     seconds: float = MQTT_SECONDS
-    topic: str = "#"
+    topic: str | None = None
 
 
 def browse_device(path: str, device: str, options: BrowseOptions) -> list[Point]:
@@ -75,7 +78,9 @@ def browse_device(path: str, device: str, options: BrowseOptions) -> list[Point]
         else:
             kind = f"a {protocol} device (drop --browse to read its points:)"
         raise InputError(f"{where}: {kind} cannot be browsed; {BROWSABLE}")
-    settings = {k: v for k, v in entry.items() if k not in (*ENTRY_KEYS, "points")}
+    # An MQTT endpoint's points: are kept: declared points are named as declared at run time.
+    dropped = (*ENTRY_KEYS, "points") if protocol == "opcua" else ENTRY_KEYS
+    settings = {k: v for k, v in entry.items() if k not in dropped}
     at = Located(path, doc.marks)
     gateway = at.validate(GatewaySection, doc.data.get("gateway") or {}, ("gateway",)).name
     prefix = (section, device)
@@ -178,10 +183,11 @@ def _sample_mqtt(
             if config.tls.insecure:
                 client.tls_insecure_set(True)
 
-    return sample_broker(
+    return sample_endpoint(
         where,
-        config.host,
-        config.effective_port,
+        name,
+        config,
+        gateway,
         options.topic,
         options.seconds,
         prepare,

@@ -183,7 +183,8 @@ def _browse_flags(p: argparse.ArgumentParser) -> None:
         "--browse-topic",
         type=_topic_filter,
         metavar="FILTER",
-        help="with --browse, the topic filter to sample an MQTT endpoint on (default #)",
+        help="with --browse, the topic filter to sample an MQTT endpoint on (default: the "
+        "filters it reads points from: its points: keys subscriptions and declared points)",
     )
 
 

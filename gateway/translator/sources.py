@@ -4,25 +4,29 @@ browse (``opc.tcp://...``), an MQTT topic sample file, or a live MQTT subscripti
 device of a gateway config (``FILE.yaml#device``, gateway/translator/browse.py).
 
 Every reader returns plain `Point`s; protocol libraries are imported only when that kind of
-source is asked for.
+source is asked for. MQTT points are named by the MQTT endpoint's own decoders (`RuntimeNames`),
+as `gateway run` will name them: a map of other names would forward nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from gateway.text import counted
 from gateway.translator.pointlist import InputError, read_points
 from gateway.translator.tokenize import Point
 
 if TYPE_CHECKING:
     from gateway.config.yamlmarks import Document
     from gateway.translator.browse import BrowseOptions
+    from protocols.mqtt.config import MqttEndpoint
 
 OPCUA_DEPTH = 8  # folders below Objects that a browse walks
 OPCUA_PORT = 4840
@@ -157,38 +161,114 @@ def _point_list(path: str, where: str, value: Any) -> list[Any]:
     return value
 
 
-def _payload_points(topic: str, payload: str) -> list[Point]:
-    try:
-        value = json.loads(payload) if payload else None
-    except (ValueError, RecursionError):  # not JSON (or absurdly nested): the topic is the point
-        value = None
-    return _value_points(topic, value)
+class RuntimeNames:
+    """Names the points of MQTT payloads as an MQTT endpoint names them at run time: each
+    payload goes through the endpoint adapter's own decoders (`codec.PointDecoder` for its
+    declared ``points:``, `codec.KeyDecoder` for its ``points: keys`` subscriptions, with their
+    ``names:``), built by `MqttAdapter` from the endpoint's config, so `gateway suggest` and
+    `gateway run` cannot name a point differently. Declared points keep their declared names
+    (and units) whether or not a payload of theirs arrived."""
 
+    MAX_TOPICS = 1000  # topics remembered for the notes: a broker cannot grow memory
 
-# Keys that describe a sample rather than name a point: a gateway ``sample`` payload
-# ({"value": 21.5, "quality": "good", "ts": ..., "unit": "degC"}) is one point, its topic.
-_SAMPLE_KEYS = frozenset({"id", "quality", "ts", "unit", "time", "timestamp", "reason"})
+    def __init__(self, name: str, config: MqttEndpoint, gateway: str = "suggest") -> None:
+        from gateway.adapter import AdapterContext
+        from gateway.bus import Bus
+        from protocols.mqtt.client import MqttAdapter
 
+        self.config = config
+        self.adapter = MqttAdapter(name, config, AdapterContext(Bus(), gateway))
+        self.points: dict[str, Point] = {
+            p.name: Point(p.name, p.description, p.unit or "", p.datatype) for p in config.points
+        }
+        self.messages = 0
+        self.unnamed: dict[str, str] = {}  # topic -> why its payload named no point
+        self.unread: dict[str, None] = {}  # topics the endpoint reads no point from
 
-def _value_points(topic: str, value: Any) -> list[Point]:
-    if isinstance(value, dict) and "value" in value and set(value) - {"value"} <= _SAMPLE_KEYS:
-        unit = value.get("unit")
-        return [Point(topic, unit=unit if isinstance(unit, str) else "")]
-    if isinstance(value, dict):  # one point per JSON field; nested one level as a.b
-        out: list[Point] = []
-        for k, v in value.items():
-            if isinstance(v, dict):
-                out.extend(Point(f"{k}.{kk}") for kk in v)
-            else:
-                out.append(Point(str(k)))
+    def filters(self) -> list[str]:
+        """What the endpoint reads points from: its ``points: keys`` subscriptions and the
+        topics of its declared points."""
+        keys = [s.topic for s in self.config.subscriptions if s.points == "keys"]
+        return list(dict.fromkeys([*keys, *(p.topic for p in self.config.points)]))
+
+    def read(self, topic: str, payload: bytes) -> None:
+        """Name the points of one received payload as the running endpoint would."""
+        self.messages += 1
+        decoders = self.adapter.point_decoders(topic)
+        if not decoders:
+            self._remember(self.unread, topic, None)
+        for decoder in decoders:
+            samples, errors = decoder.decode(topic, payload)
+            for sample in samples:
+                self.points.setdefault(sample.point, Point(sample.point))
+            if errors:
+                self._remember(self.unnamed, topic, errors[0].reason)
+
+    def _remember(self, where: dict[str, Any], topic: str, value: Any) -> None:
+        if topic in where or len(where) < self.MAX_TOPICS:
+            where.setdefault(topic, value)
+
+    def named(self) -> list[Point]:
+        return list(self.points.values())
+
+    def notes(self) -> list[str]:
+        """What stderr says about payloads that named no point, or only some."""
+        out = []
+        if self.unnamed:
+            shown = "; ".join(f"{t}: {why}" for t, why in list(self.unnamed.items())[:5])
+            more = len(self.unnamed) - 5
+            out.append(
+                f"{counted(len(self.unnamed), 'topic')} whose payloads (or part of them) name"
+                f" no point at run time, so none is suggested for it: {shown}"
+                + (f" (and {more} more)" if more > 0 else "")
+            )
+        if self.unread:
+            shown = ", ".join(list(self.unread)[:5])
+            more = len(self.unread) - 5
+            out.append(
+                f"{counted(len(self.unread), 'topic')} that no points: keys subscription or"
+                f" declared point of the endpoint reads, left out: {shown}"
+                + (f" (and {more} more)" if more > 0 else "")
+            )
         return out
-    return [Point(topic)]
+
+
+def keys_endpoint(host: str, port: int, topic: str, names: str = "key") -> MqttEndpoint:
+    """An endpoint that subscribes to ``topic`` with ``points: keys`` (and ``names``): how a
+    sample without an endpoint config is named."""
+    from protocols.mqtt.config import MqttEndpoint, Subscription
+
+    subscription = Subscription.model_validate({"topic": topic, "points": "keys", "names": names})
+    return MqttEndpoint(host=host, port=port, outbox=None, subscriptions=[subscription])
+
+
+def assumed_naming(where: str, topic: str | None, names: str = "key") -> str:
+    """The stderr line saying which subscription the names assume: the map matches only
+    points named so at run time."""
+    how = (
+        "names: topic, the levels its + and # matched, then the key, dotted"
+        if names == "topic"
+        else "names: key, a JSON key by itself, a bare value by its topic's last level"
+    )
+    setting = "points: keys, names: topic" if names == "topic" else "points: keys"
+    sub = f'{{topic: "{topic}", {setting}}}' if topic is not None else f"{{{setting}}}"
+    on = f' to "{topic}"' if topic is not None else " to these topics"
+    return (
+        f"{where}: points named as gateway run names them for an MQTT endpoint subscription"
+        f" {sub} ({how}): for the map to match, the bridge's source endpoint must subscribe{on}"
+        f" with {setting}"
+    )
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def read_mqtt_sample(path: str) -> list[Point]:
-    """Lines of ``topic`` or ``topic payload`` (as ``mosquitto_sub -v`` prints them), or JSON
-    objects ``{"topic": ..., "payload": ...}`` (a JSON Lines capture)."""
-    seen: dict[str, Point] = {}
+    """Lines of ``topic payload`` (as ``mosquitto_sub -v`` prints them), or JSON objects
+    ``{"topic": ..., "payload": ...}`` (a JSON Lines capture), named as an endpoint
+    subscription with ``points: keys`` (names: key) names them at run time."""
+    names = RuntimeNames("sample", keys_endpoint("sample", MQTT_PORT, "#"))
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -196,16 +276,34 @@ def read_mqtt_sample(path: str) -> list[Point]:
         if line.startswith("{"):  # no real topic starts with '{': a JSON line
             topic, value = _json_message(path, number, line)
             # a payload given as the text that was published reads as in a mosquitto line
-            text = isinstance(value, str)
-            found = _payload_points(topic, value) if text else _value_points(topic, value)
+            if isinstance(value, str):
+                payload = value.encode()
+            else:
+                payload = b"" if value is None else json.dumps(value).encode()
         else:
-            topic, _, payload = line.partition(" ")
-            found = _payload_points(topic, payload.strip())
-        for p in found:
-            seen.setdefault(p.name, p)
-    if not seen:
+            topic, _, text = line.partition(" ")
+            payload = text.strip().encode()
+        names.read(topic, payload)
+    if not names.messages:
         raise InputError(f"{path}: no topics in the sample")
-    return list(seen.values())
+    if not names.points:
+        raise InputError(f"{path}: no point named in the sample: {_first_reason(names)}")
+    _note(assumed_naming(path, None))
+    for note in names.notes():
+        _note(f"{path}: {note}")
+    return names.named()
+
+
+def _first_reason(names: RuntimeNames) -> str:
+    """Why nothing was named, in a few words (the first topic's reason)."""
+    if names.unnamed:
+        topic, why = next(iter(names.unnamed.items()))
+        more = len(names.unnamed) - 1
+        return f"{topic}: {why}" + (f" (and {counted(more, 'topic')} more)" if more else "")
+    if names.unread:
+        topics = ", ".join(list(names.unread)[:3])
+        return f"no points: keys subscription or declared point of the endpoint reads {topics}"
+    return "nothing in them names a point"
 
 
 def _json_message(path: str, number: int, line: str) -> tuple[str, Any]:
@@ -262,9 +360,10 @@ def topic_filter(text: str) -> str:
     return text
 
 
-def _mqtt_url(url: str) -> tuple[str, int, str, float]:
-    """Host, port, topic filter and seconds of ``mqtt://host:port/filter?seconds=N``."""
-    form = "mqtt://host:port/topic-filter?seconds=N"
+def _mqtt_url(url: str) -> tuple[str, int, str, float, str]:
+    """Host, port, topic filter, seconds and naming of
+    ``mqtt://host:port/filter?seconds=N&names=key|topic``."""
+    form = "mqtt://host:port/topic-filter?seconds=N&names=key|topic"
     # Not urlparse: a topic filter's '#' would be read as a URL fragment.
     address, _, query = url.partition("://")[2].partition("?")
     netloc, _, raw_topic = address.partition("/")
@@ -274,7 +373,7 @@ def _mqtt_url(url: str) -> tuple[str, int, str, float]:
     except argparse.ArgumentTypeError as exc:
         raise InputError(f"{url}: {exc}") from None
     options = parse_qs(query, keep_blank_values=True)
-    unknown = set(options) - {"seconds"}
+    unknown = set(options) - {"seconds", "names"}
     if unknown:
         raise InputError(f"{url}: unknown option {', '.join(sorted(unknown))} ({form})")
     seconds = MQTT_SECONDS
@@ -283,46 +382,103 @@ def _mqtt_url(url: str) -> tuple[str, int, str, float]:
             seconds = sample_seconds(options["seconds"][-1])
         except argparse.ArgumentTypeError as exc:
             raise InputError(f"{url}: seconds {exc}") from None
-    return host, port, topic, seconds
+    names = options.get("names", ["key"])[-1]
+    if names not in ("key", "topic"):
+        raise InputError(f"{url}: names must be key or topic, not {names!r} ({form})")
+    return host, port, topic, seconds, names
 
 
 def sample_mqtt(url: str) -> list[Point]:
-    """Subscribe to ``mqtt://host:port/filter?seconds=N`` and collect what arrives."""
-    host, port, topic, seconds = _mqtt_url(url)
-    return sample_broker(url, host, port, topic, seconds)
+    """Subscribe to ``mqtt://host:port/filter?seconds=N`` and name what arrives as an endpoint
+    subscription ``{topic: filter, points: keys}`` (``names`` from the URL) names it."""
+    host, port, topic, seconds, how = _mqtt_url(url)
+    names = RuntimeNames("sample", keys_endpoint(host, port, topic, how))
+    points = sample_broker(url, host, port, [topic], seconds, names)
+    _note(assumed_naming(url, topic, how))
+    return points
+
+
+def sample_endpoint(
+    where: str,
+    name: str,
+    config: MqttEndpoint,
+    gateway: str,
+    topic: str | None,
+    seconds: float,
+    prepare: Callable[[Any], None] | None = None,
+    explain: Callable[[BaseException], str] | None = None,
+    login_hint: str = LOGIN_HINT,
+) -> list[Point]:
+    """The points MQTT endpoint ``name`` (``config``) will name at run time, sampled on its
+    own ``points: keys`` subscriptions and declared points' topics, or on ``topic``. An
+    endpoint that reads no points yet (onboarding) needs ``topic``: it is named as a ``points:
+    keys`` subscription on it would, which stderr says."""
+    keys = any(s.points == "keys" for s in config.subscriptions)
+    assumed = topic is not None and not keys
+    if topic is not None and not keys:  # onboarding: as a points: keys subscription on topic
+        added = keys_endpoint(config.host, 1, topic).subscriptions
+        config = config.model_copy(update={"subscriptions": [*config.subscriptions, *added]})
+    names = RuntimeNames(name, config, gateway)
+    filters = [topic] if topic is not None else names.filters()
+    if not filters:
+        others = ", ".join(s.topic for s in config.subscriptions)
+        why = (
+            f"its subscriptions ({others}) are without points: keys (a message on them is one"
+            f" sample on the bus topic mqtt/{name}/<topic>, which bridges do not carry)"
+            if others
+            else "it has no subscriptions"
+        )
+        raise InputError(
+            f"{where}: the endpoint reads no points: {why} and it declares no points:; add a"
+            " subscription with points: keys (subscriptions: [{topic: FILTER, points: keys}])"
+            " or give --browse-topic FILTER"
+        )
+    points = sample_broker(
+        where,
+        config.host,
+        config.effective_port,
+        filters,
+        seconds,
+        names,
+        prepare,
+        explain,
+        login_hint,
+    )
+    if assumed:
+        _note(assumed_naming(where, topic))
+    return points
 
 
 def sample_broker(
     where: str,
     host: str,
     port: int,
-    topic: str,
+    topics: list[str],
     seconds: float,
+    names: RuntimeNames,
     prepare: Callable[[Any], None] | None = None,
     explain: Callable[[BaseException], str] | None = None,
     login_hint: str = LOGIN_HINT,
 ) -> list[Point]:
-    """Points of what arrives on ``topic`` in ``seconds``. ``prepare`` sets up the paho client
-    before it connects (user, TLS), ``explain`` words a failed connect and ``login_hint`` a
-    refused login. Nothing is published."""
+    """Points of what arrives on ``topics`` in ``seconds``, named by ``names`` (the running
+    endpoint's decoders). ``prepare`` sets up the paho client before it connects (user, TLS),
+    ``explain`` words a failed connect and ``login_hint`` a refused login. Nothing is
+    published."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    seen: dict[str, Point] = {}
     refused: list[Any] = []
     over = threading.Event()  # refused: no need to wait out the seconds
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        payload = msg.payload.decode("utf-8", "replace")
-        for p in _payload_points(msg.topic, payload):
-            seen.setdefault(p.name, p)
+        names.read(msg.topic, bytes(msg.payload))
 
     def on_connect(c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
             refused.append(reason)
             over.set()
         else:
-            c.subscribe(topic)
+            c.subscribe([(t, 0) for t in topics])
 
     # paho's own client id (random): the device's id would make the broker drop the running
     # gateway's connection to let this one in.
@@ -338,40 +494,93 @@ def sample_broker(
         raise InputError(f"{where}: {why}") from None
     client.loop_start()
     over.wait(seconds)
-    client.loop_stop()
+    client.loop_stop()  # joins paho's thread: `names` is ours alone from here
     client.disconnect()
     if refused:
         # 134/135 (MQTT 5) are what 3.1.1's 4 and 5 become in paho's reason codes
         login = getattr(refused[0], "value", 0) in (134, 135)
         hint = f" ({login_hint})" if login else ""
         raise InputError(f"{where}: the broker refused the connection: {refused[0]}{hint}")
-    if not seen:
-        raise InputError(f"{where}: nothing arrived on {topic} in {seconds:g} s")
-    return list(seen.values())
+    on = ", ".join(topics)
+    if not names.points and not names.messages:
+        raise InputError(f"{where}: nothing arrived on {on} in {seconds:g} s")
+    if not names.points:
+        raise InputError(
+            f"{where}: no point named from what arrived on {on} in {seconds:g} s:"
+            f" {_first_reason(names)}"
+        )
+    for note in names.notes():
+        _note(f"{where}: {note}")
+    return names.named()
+
+
+# A server that wants a user or a certificate answers a session without one with one of these.
+_LOGIN_REFUSED = frozenset(
+    {
+        "BadIdentityTokenRejected",
+        "BadIdentityTokenInvalid",
+        "BadUserAccessDenied",
+        "BadUserSignatureInvalid",
+        "BadCertificateInvalid",
+        "BadSecurityChecksFailed",
+    }
+)
+BROWSE_CONFIG = (
+    "browse the device as a config entry with its username/password or certificate:"
+    " FILE.yaml#device --browse"
+)
+
+
+def opcua_url(url: str) -> str:
+    """``url`` with OPC UA's port (4840) when it names none; InputError when the host or port
+    is bad."""
+    parts = urlparse(url)
+    host, port = _host_port(url, parts.netloc, OPCUA_PORT, "opc.tcp://host:port")
+    if parts.port is None:  # asyncua would connect to port 0
+        url = parts._replace(netloc=f"{parts.netloc}:{port}").geturl()
+    return url
 
 
 def browse_opcua(url: str) -> list[Point]:
-    """Variables under the server's Objects folder, with description and engineering unit."""
+    """Variables under the server's Objects folder, with description and engineering unit.
+    Every failure (unreachable, refused, broken off) is an InputError: one line naming the URL
+    and what to do."""
     import asyncio
 
     from asyncua.ua.uaerrors import UaError
 
-    _host_port(url, urlparse(url).netloc, OPCUA_PORT, "opc.tcp://host:port")
+    given = url
+    url = opcua_url(url)
     try:
         return asyncio.run(_browse(url))
     except InputError:
         raise
     except (OSError, TimeoutError) as exc:
-        raise InputError(f"{url}: cannot browse: {exc or type(exc).__name__}") from None
-    except UaError as exc:
-        # asyncua's client picks the endpoint whose policy matches its own (None here: the
-        # browse has no certificate or user options); a server without one refuses it.
-        if not str(exc).startswith("No matching endpoints"):
-            raise
+        why = str(exc) or type(exc).__name__
         raise InputError(
-            f"{url}: cannot browse: the browse needs a server endpoint with security policy "
-            "None, and the server offers only secure ones"
+            f"{given}: cannot browse: {why} (is the server running and {url} its endpoint?)"
         ) from None
+    except UaError as exc:
+        raise InputError(f"{given}: cannot browse: {_ua_reason(exc)}") from None
+    except Exception as exc:  # asyncua's own failures are not all UaErrors (a bad reply)
+        why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        raise InputError(f"{given}: cannot browse: {why}") from None
+
+
+def _ua_reason(exc: Exception) -> str:
+    """What an asyncua error during a browse without security or user means, and what to do."""
+    kind = type(exc).__name__
+    if kind in _LOGIN_REFUSED:
+        return f"the server refused an anonymous session ({kind}): {BROWSE_CONFIG}"
+    # asyncua's client picks the endpoint whose policy matches its own (None here: the
+    # browse has no certificate or user options); a server without one refuses it.
+    if str(exc).startswith("No matching endpoints"):
+        return (
+            "the browse needs a server endpoint with security policy None, and the server offers"
+            f" only secure ones: {BROWSE_CONFIG}"
+        )
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{kind}: {text}".rstrip(": ") if text and text != kind else kind
 
 
 async def _browse(url: str) -> list[Point]:

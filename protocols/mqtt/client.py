@@ -1517,7 +1517,7 @@ class MqttAdapter(Adapter):
         """Declared points and ``points: keys`` subscriptions become the endpoint's telemetry
         (both, when a topic has both); other subscriptions one sample on mqtt/<name>/<topic>."""
         topic = msg.topic
-        decoders = [d for d in (self._points, self._keys) if self._takes(d, topic)]
+        decoders = self.point_decoders(topic)
         for decoder in decoders:
             samples, errors = decoder.decode(topic, bytes(msg.payload))
             if errors:
@@ -1548,6 +1548,12 @@ class MqttAdapter(Adapter):
                 device=self.name,
             )
         )
+
+    def point_decoders(self, topic: str) -> list[codec.PointDecoder | codec.KeyDecoder]:
+        """The decoders that make points of a message on ``topic`` (declared points, then
+        ``points: keys`` subscriptions): what names the endpoint's points, here and in
+        ``gateway suggest``."""
+        return [d for d in (self._points, self._keys) if self._takes(d, topic)]
 
     @staticmethod
     def _takes(decoder: codec.PointDecoder | codec.KeyDecoder, topic: str) -> bool:
