@@ -986,3 +986,38 @@ def test_classify_keeps_the_label_of_a_listed_point_an_example_names(
     assert rows["AHU1_SAT"]["class"] == "Supply_Air_Temperature_Sensor"
     # the unlabeled twin learns from the example as the list shows it
     assert rows["AHU2_DSP"]["class"] == "Static_Pressure_Sensor"
+
+
+def test_out_that_is_an_input_is_refused_before_it_is_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`suggest --out plant.yaml` replaced the config it read with the bridge snippet, and
+    `classify same.csv --out same.csv` the list it read."""
+    points = _write(tmp_path / "points.csv", "name\nAHU1_SAT\nAHU1_RAT\n")
+    labels = _write(
+        tmp_path / "labels.csv", "name,brick_class\nAHU1_SAT,Supply_Air_Temperature_Sensor\n"
+    )
+    plant = _write(
+        tmp_path / "plant.yaml",
+        "devices:\n  plc: {protocol: modbus, host: h, points: [{name: AHU1_SAT, address: 0}]}\n",
+    )
+    before = {p: p.read_bytes() for p in (points, labels, plant)}
+    for args, said in [
+        (["classify", str(points), "--out", str(points)], "is the input file"),
+        (["classify", str(points), "--examples", str(labels), "--out", str(labels)], "--examples"),
+        (["translator", "pick", str(points), "--count", "1", "--out", str(points)], "input"),
+        (
+            ["suggest", "--source", f"{plant}#plc", "--target", str(points), "--out", str(plant)],
+            "is the --source file",
+        ),
+        (
+            ["suggest", "--source", str(points), "--target", str(plant), "--out",
+             str(tmp_path / "." / "plant.yaml")],
+            "is the --target file",
+        ),
+    ]:  # fmt: skip
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code != 0 and said in err and "write elsewhere" in err, (args, err)
+    assert {p: p.read_bytes() for p in before} == before
+    assert main(["classify", str(points), "--out", str(tmp_path / "out.csv")]) == 0

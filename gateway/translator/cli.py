@@ -283,6 +283,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise CommandError("--top must be at least 1")
+    _not_overwritten(args.out, {"input": args.input, "--examples": args.examples})
     rows = read_point_rows(args.input)
     points = [p for _, p in rows if p.name]
     translator = _translator(args)
@@ -316,6 +317,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     from gateway.translator.site import predict_site
     from gateway.translator.suggest import bridge_yaml, confident, match, points_yaml
 
+    _not_overwritten(
+        args.out, {"--source": args.source, "--target": args.target, "--examples": args.examples}
+    )
     browse = _browse_options(args)
     sources = _source("--source", args.source, browse)
     targets = _source("--target", args.target, browse)
@@ -347,6 +351,21 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         f"{len(matches) - n_confident} marked REVIEW; nothing applied (approved: false)"
     )
     return 0
+
+
+def _not_overwritten(out: str | None, inputs: dict[str, str | None]) -> None:
+    """CommandError, before any work, when ``--out`` is one of the files the command reads
+    (``FILE.yaml#device`` is FILE): `suggest --out plant.yaml` replaced the config it read."""
+    if not out:
+        return
+    target = Path(out).resolve()
+    for what, spec in inputs.items():
+        if spec and spec != "-":
+            path = spec.partition("#")[0] if _config_entry(spec) else spec
+            if Path(path).resolve() == target:
+                raise CommandError(
+                    f"--out {out} is the {what} file, which it would overwrite: write elsewhere"
+                )
 
 
 def _config_entry(spec: str) -> str | None:
@@ -476,8 +495,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
     if args.count < 1:
         raise CommandError("--count must be at least 1")
-    if args.out and args.examples and Path(args.out).resolve() == Path(args.examples).resolve():
-        raise CommandError("--out would overwrite the --examples file; write the picks elsewhere")
+    _not_overwritten(args.out, {"input": args.input, "--examples": args.examples})
     points = read_points(args.input)
     translator = _translator(args)
     examples = _examples(args)
