@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.config import ConfigError, load_config_text
@@ -69,3 +71,44 @@ def test_a_map_key_that_names_no_carried_point_is_refused_at_the_key() -> None:
         "bridges:\n  - {name: up, from: plant, to: broker, translate: {map: {anything: a}}}\n"
     )
     assert load_config_text(keys, "gw.yaml").bridges[0].translate is not None
+
+
+def test_a_trained_model_is_used_at_run_time(tmp_path: Path) -> None:
+    """``translate: {model: DIR}`` takes what `gateway translator train --out DIR` wrote; there
+    was no way to run anything but the shipped model. ``classify --model DIR`` takes the folder
+    too (it said "is a directory")."""
+    import shutil
+
+    from gateway.cli import main
+    from gateway.translator.model import DEFAULT_MODEL
+    from gateway.translator.transform import Translate
+    from gateway.types import Sample
+
+    site = tmp_path / "site"
+    (site / "trained").mkdir(parents=True)
+    for name in (DEFAULT_MODEL.name, "meta.json"):
+        shutil.copy(DEFAULT_MODEL.with_name(name), site / "trained" / name)
+    bridge = "  - {name: up, from: pump, to: broker, translate: {mode: auto, model: %s}}\n"
+    config = load_config_text(PLANT + bridge % "trained", str(site / "gw.yaml"))
+    options = config.bridges[0].translate
+    assert options is not None and options.model == str(site / "trained")
+    translate = Translate(options)
+    translate.prepare()
+    (out,), _ = translate.route("ahu", (Sample("AHU1_SAT", 1.0),))
+    assert out.point == "Supply_Air_Temperature_Sensor.AHU1_SAT"
+    file = load_config_text(PLANT + bridge % "trained/translator.onnx", str(site / "gw.yaml"))
+    assert file.bridges[0].translate.model == str(site / "trained" / "translator.onnx")  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as info:
+        load_config_text(PLANT + bridge % "nowhere", str(site / "gw.yaml"))
+    (p,) = info.value.problems
+    assert p.dotted == "bridges[0].translate.model"
+    assert "'nowhere', which is neither a model file nor a folder with translator.onnx" in str(p)
+    points = site / "points.csv"
+    points.write_text("name\nAHU1_SAT\n")
+    out_csv = site / "out.csv"
+    assert (
+        main(["classify", str(points), "--model", str(site / "trained"), "--out", str(out_csv)])
+        == 0
+    )
+    assert "Supply_Air_Temperature_Sensor" in out_csv.read_text()
+    assert main(["classify", str(points), "--model", str(tmp_path), "--out", str(out_csv)]) == 2

@@ -972,18 +972,37 @@ class _Loader:
     def translate_files(
         self, path: Path, options: TranslateConfig | None
     ) -> TranslateConfig | None:
-        """``examples:`` found next to the config and readable now, not at the first new key."""
-        if options is None or options.examples is None:
+        """``examples:`` and ``model:`` found next to the config, and the examples readable,
+        now rather than at the first new key."""
+        if options is None:
             return options
-        from gateway.translator.pointlist import InputError, read_labeled
+        update: dict[str, Any] = {}
+        if options.model != "builtin":
+            model = self.local(options.model)
+            found = os.path.isfile(model) or os.path.isfile(os.path.join(model, "translator.onnx"))
+            if not found:
+                self.report(
+                    (*path, "translate", "model"),
+                    f"{options.model!r}, which is neither a model file nor a folder with"
+                    f" translator.onnx ({model})",
+                    "builtin, a translator .onnx file or the folder `gateway translator train"
+                    " --out` wrote",
+                )
+                return None
+            update["model"] = model
+        if options.examples is not None:
+            from gateway.translator.pointlist import InputError, read_labeled_known
 
-        examples = self.local(options.examples)
-        try:
-            read_labeled(examples)
-        except InputError as exc:
-            self.report((*path, "translate", "examples"), str(exc), "a CSV of name,brick_class")
-            return None
-        return options.model_copy(update={"examples": examples})
+            examples = self.local(options.examples)
+            try:
+                labeled = read_labeled_known(examples)
+            except InputError as exc:
+                self.report((*path, "translate", "examples"), str(exc), "a CSV of name,brick_class")
+                return None
+            if note := labeled.note(examples):  # as classify --examples: left out, said
+                self.warn((*path, "translate", "examples"), note)
+            update["examples"] = examples
+        return options.model_copy(update=update) if update else options
 
     def anomaly_files(self, path: Path, options: AnomalyOptions | None) -> AnomalyOptions | None:
         """A model given as a path must be a file (relative to the config file)."""

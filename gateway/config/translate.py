@@ -41,6 +41,12 @@ class TranslateConfig(Strict):
         description="auto: CSV of name,brick_class from this site (few-shot); relative to the"
         " config file",
     )
+    model: str = Field(
+        "builtin",
+        min_length=1,
+        description="auto: builtin (the shipped model), or a translator .onnx file or the"
+        " folder `gateway translator train --out` wrote; relative to the config file",
+    )
 
     @field_validator("map")
     @classmethod

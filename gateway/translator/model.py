@@ -46,11 +46,16 @@ class Translator:
         import onnxruntime as ort
 
         path = Path(path)
+        if path.is_dir():  # what `gateway translator train --out DIR` wrote
+            if not (path / DEFAULT_MODEL.name).is_file():
+                raise ModelError(
+                    f"{path} is a directory without {DEFAULT_MODEL.name}: give the model file,"
+                    f" or the folder `gateway translator train --out` wrote"
+                )
+            path = path / DEFAULT_MODEL.name
         meta_path = path.with_name("meta.json")
         if not path.exists():
             raise ModelError(f"no translator model at {path} (run: gateway translator train)")
-        if path.is_dir():
-            raise ModelError(f"{path} is a directory, not an ONNX model file")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
         except (OSError, ValueError) as exc:

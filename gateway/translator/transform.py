@@ -83,13 +83,17 @@ class Translate:
     def _load(self) -> Callable[[list[str]], list[list[tuple[str, float]]]]:
         from gateway.translator.fewshot import FewShot
         from gateway.translator.model import load, top_k
-        from gateway.translator.pointlist import read_labeled
+        from gateway.translator.pointlist import read_labeled_known
         from gateway.translator.tokenize import Point
 
-        translator = load()
+        model = self.config.model
+        translator = load() if model == "builtin" else load(model)
         adapt: Any = None
         if self.config.examples:
-            adapt = FewShot.fit(translator, read_labeled(self.config.examples))
+            labeled = read_labeled_known(self.config.examples)
+            if note := labeled.note(self.config.examples):
+                log.warning("translate: %s", note)
+            adapt = FewShot.fit(translator, labeled.points)
 
         def classify(names: list[str]) -> list[list[tuple[str, float]]]:
             points = [Point(n) for n in names]
