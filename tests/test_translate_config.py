@@ -112,3 +112,10 @@ def test_a_trained_model_is_used_at_run_time(tmp_path: Path) -> None:
     )
     assert "Supply_Air_Temperature_Sensor" in out_csv.read_text()
     assert main(["classify", str(points), "--model", str(tmp_path), "--out", str(out_csv)]) == 2
+
+
+@pytest.mark.parametrize("entry", ['"": x', 'temp: ""', "temp: ' '"])
+def test_an_empty_name_in_the_map_is_refused(entry: str) -> None:
+    text = PLANT + f"  - {{name: up, from: pump, to: broker, translate: {{map: {{{entry}}}}}}}\n"
+    with pytest.raises(ConfigError, match="an empty point name; write both names, or delete it"):
+        load_config_text(text, "gw.yaml")

@@ -54,6 +54,9 @@ class TranslateConfig(Strict):
         """A REVIEW line of `gateway suggest` for a source it found no target for, uncommented
         as it stands, maps the source to its placeholder: refuse it rather than publish on a
         point named "no matching target"."""
+        blank = [k for k, v in value.items() if not k.strip() or not v.strip()]
+        if blank:  # a point with no name cannot be read, written or published
+            raise ValueError(f"{blank[0]!r}: an empty point name; write both names, or delete it")
         unmatched = [k for k, v in value.items() if v.strip() == NO_TARGET]
         if unmatched:
             names = ", ".join(repr(k) for k in unmatched[:5]) + (
