@@ -1010,21 +1010,86 @@ def test_a_plugin_config_declares_its_path_keys() -> None:
         label: str = "x"
 
     class Plugin(Strict):
-        local_paths = ("map_file",)
+        local_paths = ("map_file", "spool", "extra")
+        state_paths = ("spool",)
         map_file: str
+        spool: str = "spool"
+        extra: list[str] = []
         other: str = "keep.csv"
         certs: list[Cert] = []
+        pair: tuple[Cert, ...] = ()
         named: dict[str, Cert] = {}
 
     config = Plugin(
-        map_file="map.csv", certs=[Cert(file="a.pem"), Cert()], named={"b": Cert(file="/b.pem")}
+        map_file="map.csv",
+        extra=["a.csv", "b.csv"],
+        certs=[Cert(file="a.pem"), Cert()],
+        pair=(Cert(file="t.pem"),),
+        named={"b": Cert(file="/b.pem")},
     )
-    got = with_local_paths(config, lambda name: f"/site/{name}")
+    told: list[tuple[object, str]] = []
+    got = with_local_paths(
+        config, lambda name: f"/site/{name}", lambda where, value: told.append((where, value))
+    )
     assert isinstance(got, Plugin)
-    assert (got.map_file, got.other) == ("/site/map.csv", "keep.csv")
+    assert (got.map_file, got.spool, got.other) == ("/site/map.csv", "/site/spool", "keep.csv")
+    assert got.extra == ["/site/a.csv", "/site/b.csv"]
     assert [c.file for c in got.certs] == ["/site/a.pem", None]
+    assert got.pair == (Cert(file="/site/t.pem"),)
     assert got.named["b"].file == "/site//b.pem"  # what ``local`` does with it is its own call
+    assert told == [(("spool",), "spool")]  # only state paths, where ``local`` changed them
     assert with_local_paths(Cert(label="y"), lambda name: name) == Cert(label="y")
+
+
+@pytest.mark.parametrize(
+    "entry, key, value, left",
+    [
+        ("endpoints", ("outbox", "path"), "outbox-{name}.db", "outbox-cloud.db"),
+        ("endpoints", ("security", "oscore", "state_dir"), "oscore/{name}", "oscore/cloud"),
+        ("endpoints", ("security", "pki_dir"), "pki/{name}", "pki/cloud"),
+    ],
+)
+def test_state_left_in_the_working_folder_is_refused_until_moved(
+    registry: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    entry: str,
+    key: tuple[str, ...],
+    value: str,
+    left: str,
+) -> None:
+    """Before 2026-11-22 a relative state path was read from the working folder. Starting
+    afresh next to the config would restart OSCORE sequence numbers under the same keys
+    (nonce reuse), leave an outbox's backlog behind, or make a new OPC UA certificate."""
+    site, work = tmp_path / "etc", tmp_path / "var"
+    site.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    secret = "00" * 16
+    body = {
+        ("outbox", "path"): f"{{protocol: mqtt, host: h, outbox: {{path: '{value}'}}}}",
+        ("security", "oscore", "state_dir"): "{protocol: coap, role: server, security: {oscore:"
+        f" {{sender_id: '01', recipient_id: '02', master_secret: '{secret}',"
+        f" state_dir: '{value}'}}}}}}",
+        (
+            "security",
+            "pki_dir",
+        ): f"{{protocol: opcua, role: server, security: {{pki_dir: '{value}'}}}}",
+    }[key]
+    text = f"{entry}:\n  cloud: {body}\n"
+    config = site / "gw.yaml"
+    assert load_config_text(text, str(config), registry).devices  # nothing anywhere: fine
+    (work / left).parent.mkdir(parents=True, exist_ok=True)
+    (work / left).write_text("state")
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, str(config), registry)
+    (p,) = info.value.problems
+    assert p.dotted == ".".join((entry, "cloud", *key))
+    assert f"now read next to the config file ({site / left}), but what it holds is at" in str(p)
+    assert f"mv {work / left} {site / left}" in str(p)
+    (site / left).parent.mkdir(parents=True, exist_ok=True)
+    (work / left).rename(site / left)
+    assert load_config_text(text, str(config), registry).devices  # moved: fine
 
 
 def test_state_in_the_shadow_path_is_the_state_folder(

@@ -373,6 +373,27 @@ async def test_mqtt_endpoint_with_tls_and_a_password(
     assert f"TLS certificate of {HOST}:{broker.port} rejected" in err and "tls.ca_file" in err
 
 
+async def test_a_relative_tls_file_is_read_next_to_the_config_as_run_reads_it(
+    secure_broker: Any,
+    tls_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The browse took `ca_file: ca.crt` from the working folder while validate and run took
+    it from the config's folder: run from elsewhere it said "no such file"."""
+    import shutil
+
+    site, elsewhere = tmp_path / "etc", tmp_path / "var"
+    site.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(tls_files["ca.crt"], site / "ca.crt")
+    config = mqtt_config(site, secure_broker.port, password="s3cret", tls="{ca_file: ca.crt}")
+    monkeypatch.chdir(elsewhere)
+    options = BrowseOptions(seconds=1, topic="site/#")
+    points = await asyncio.to_thread(browse_device, str(config), "broker", options)
+    assert {p.name for p in points} == {"SupplyAirTemp", "FanStatus"}
+
+
 async def test_a_broker_url_refused_for_want_of_a_user_points_to_browse(
     password_broker: Any,  # noqa: F811
     tmp_path: Path,

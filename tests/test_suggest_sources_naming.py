@@ -232,6 +232,38 @@ def test_a_sample_file_is_named_as_a_keys_subscription_and_says_so(
     assert "points: keys" in err and "must subscribe" in err
 
 
+def test_a_key_on_several_topics_is_said_and_names_topic_keeps_them_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Gateway sample payloads on many topics all name the points value/quality/unit (as
+    gateway run names them under names: key): said, with the way out; ``?names=topic`` after
+    a sample file names them by topic. A line with a topic alone names a point again (it was
+    refused as invalid JSON after the runtime naming came in)."""
+    from gateway.cli import main
+
+    sample = write(
+        tmp_path / "sample.txt",
+        'site/ahu1/sat {"value": 13.5, "quality": "good", "unit": "degC"}\n'
+        'site/ahu1/rat {"value": 22.0, "quality": "good", "unit": "degC"}\n'
+        "site/ahu1/fan_status\n",
+    )
+    code, bridge, _ = suggest(str(sample), tmp_path)
+    err = capsys.readouterr().err
+    assert code == 0 and suggested_names(bridge) == {"value", "quality", "unit", "fan_status"}
+    assert "3 points named alike on several topics (value: site/ahu1/sat, site/ahu1/rat" in err
+    assert "?names=topic after an mqtt:// URL or a sample file" in err
+    code, bridge, _ = suggest(f"{sample}?names=topic", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 0 and "named alike" not in err and "names: topic" in err
+    assert {"site.ahu1.sat.value", "site.ahu1.rat.value", "site.ahu1.fan_status"} <= (
+        suggested_names(bridge)
+    )
+    out = tmp_path / "b.yaml"
+    assert main(["suggest", "--source", f"{sample}?names=both", "--target", str(sample),
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "only ?names=key or ?names=topic" in capsys.readouterr().err
+
+
 async def test_endpoint_declared_points_keep_their_names_and_other_topics_are_said(
     mosquitto: MosquittoBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -35,6 +35,10 @@ class Strict(BaseModel):
     # config file (`with_local_paths`), as shadow.path and model files are, so a service whose
     # working folder is elsewhere finds them. A value starting with {state} is left as it is.
     local_paths: ClassVar[tuple[str, ...]] = ()
+    # Those of them that hold the gateway's own state (sequence numbers, a backlog, its
+    # certificate), {state} and {name} templates: before 2026-11-22 a relative one was read
+    # from the working folder, and state found only there must not be replaced by a fresh one.
+    state_paths: ClassVar[tuple[str, ...]] = ()
 
     def check(self) -> list[Problem]:
         """Cross-field checks that need the whole model (overlaps, references)."""
@@ -60,25 +64,79 @@ def missing_files(files: dict[Path, str | None]) -> list[tuple[Path, str]]:
     ]  # fmt: skip
 
 
-def with_local_paths(model: BaseModel, local: Callable[[str], str]) -> BaseModel:
-    """``model`` with every `Strict.local_paths` field, in it and in the models it holds
-    (fields, lists, dict values), passed through ``local`` (a str value; None stays None)."""
+def config_relative(config_file: str, name: str) -> str:
+    """A path from the config file ``config_file``: a relative one is relative to the config
+    file's folder, ``~`` is the home folder; one that starts with ``{state}`` is kept, to be
+    filled in where it is opened (`gateway.paths.state_path`)."""
+    if name.startswith("{state}"):
+        return name
+    name = os.path.expanduser(name)
+    if os.path.isabs(name) or config_file == "<string>":
+        return name
+    return os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+
+
+def left_behind(config_file: str, value: str, entry: str) -> tuple[str, str] | None:
+    """(old, new) when the state a relative state path names (`Strict.state_paths`, for entry
+    ``entry``) is still where the working folder put it before 2026-11-22 and not yet next
+    to the config file; None otherwise. Starting afresh there would restart OSCORE sequence
+    numbers under the same keys (nonce reuse), leave an outbox's backlog behind or make a new
+    OPC UA certificate."""
+    old = os.path.abspath(os.path.expanduser(value.replace("{name}", entry)))
+    new = config_relative(config_file, value).replace("{name}", entry)
+    if old != new and os.path.exists(old) and not os.path.exists(new):
+        return old, new
+    return None
+
+
+def left_behind_text(value: str, old: str, new: str) -> tuple[str, str]:
+    """Found / expected for a `left_behind` state path."""
+    return (
+        f"{value!r}, now read next to the config file ({new}), but what it holds is at {old},"
+        " where the working folder put it before",
+        f"that moved next to the config (mv {old} {new}), or its absolute path",
+    )
+
+
+def with_local_paths(
+    model: BaseModel,
+    local: Callable[[str], str],
+    relative_state: Callable[[Path, str], None] | None = None,
+    where: Path = (),
+) -> BaseModel:
+    """``model`` with every `Strict.local_paths` field (a str, or a list or tuple of str), in
+    it and in the models it holds (fields, lists, tuples, dict values), passed through
+    ``local``; None stays None. ``relative_state`` is told each `Strict.state_paths` value
+    that ``local`` changed (a relative one), with its key path under ``where``."""
     update: dict[str, Any] = {}
+    paths = getattr(model, "local_paths", ())
+    state = getattr(model, "state_paths", ())
     for name in type(model).model_fields:
         value = getattr(model, name)
-        if name in getattr(model, "local_paths", ()) and isinstance(value, str):
-            new: Any = local(value)
+        at = (*where, name)
+        new: Any = value
+        if name in paths and isinstance(value, str):
+            new = local(value)
+            if relative_state is not None and name in state and new != value:
+                relative_state(at, value)
+        elif name in paths and isinstance(value, list | tuple):
+            new = type(value)(local(v) if isinstance(v, str) else v for v in value)
         elif isinstance(value, BaseModel):
-            new = with_local_paths(value, local)
-        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
-            new = [with_local_paths(v, local) if isinstance(v, BaseModel) else v for v in value]
-        elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+            new = with_local_paths(value, local, relative_state, at)
+        elif isinstance(value, list | tuple):
+            new = type(value)(
+                with_local_paths(v, local, relative_state, (*at, i))
+                if isinstance(v, BaseModel)
+                else v
+                for i, v in enumerate(value)
+            )
+        elif isinstance(value, dict):
             new = {
-                k: with_local_paths(v, local) if isinstance(v, BaseModel) else v
+                k: with_local_paths(v, local, relative_state, (*at, k))
+                if isinstance(v, BaseModel)
+                else v
                 for k, v in value.items()
             }
-        else:
-            continue
         if new != value:
             update[name] = new
     return model.model_copy(update=update) if update else model

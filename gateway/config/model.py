@@ -43,14 +43,21 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, PydanticUserError, TypeAdapter, ValidationError
 
 from gateway.config.anomaly import AnomalyOptions
-from gateway.config.common import Path, Strict, with_local_paths
+from gateway.config.common import (
+    Path,
+    Strict,
+    config_relative,
+    left_behind,
+    left_behind_text,
+    with_local_paths,
+)
 from gateway.config.computed import ComputedPoint
 from gateway.config.errors import (
     ConfigError,
@@ -653,7 +660,7 @@ class _Loader:
             return None
         if optimizer is not None:
             config = config.model_copy(update={"optimizer": optimizer})
-        config = with_local_paths(config, self.local)
+        config = with_local_paths(config, self.local, self.state_left_behind(path, name))
         if self.check_adapters and declared.enabled:
             self.run_warnings(path, config)
         return DeviceEntry(name, protocol, str(role), spec, config, section)
@@ -960,14 +967,18 @@ class _Loader:
                 self.warn((entry.section, name), text)
 
     def local(self, name: str) -> str:
-        """A path from the config: relative ones are relative to the config file; one that
-        starts with ``{state}`` (the state folder, filled in where it is opened) is kept."""
-        if name.startswith("{state}"):
-            return name
-        name = os.path.expanduser(name)
-        if os.path.isabs(name) or self.filename == "<string>":
-            return name
-        return os.path.join(os.path.dirname(os.path.abspath(self.filename)), name)
+        """A path from the config (`common.config_relative`)."""
+        return config_relative(self.filename, name)
+
+    def state_left_behind(self, path: Path, entry: str) -> Callable[[Path, str], None]:
+        """`with_local_paths`'s ``relative_state`` for entry ``entry``: a state path that
+        `common.left_behind` finds is a problem at its key."""
+
+        def check(where: Path, value: str) -> None:
+            if moved := left_behind(self.filename, value, entry):
+                self.report((*path, *where), *left_behind_text(value, *moved))
+
+        return check
 
     def translate_files(
         self, path: Path, options: TranslateConfig | None

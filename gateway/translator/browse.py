@@ -87,10 +87,11 @@ def browse_device(path: str, device: str, options: BrowseOptions) -> list[Point]
     if protocol == "opcua":
         use_config_state_dir(path)
         config = at.validate(_onboarding_model(), settings, prefix, ENTRY_KEYS)
+        config = at.local(config, device, prefix)
         return asyncio.run(_browse_opcua(where, device, config, gateway))
     from protocols.mqtt.config import MqttEndpoint
 
-    mqtt = at.validate(MqttEndpoint, settings, prefix, ENTRY_KEYS)
+    mqtt = at.local(at.validate(MqttEndpoint, settings, prefix, ENTRY_KEYS), device, prefix)
     return _sample_mqtt(where, device, mqtt, gateway, options)
 
 
@@ -117,6 +118,26 @@ class Located:
                 raise InputError(f"{self.path}: {exc}") from None
             first = min(problems, key=lambda p: (p.line, p.column))
             raise InputError(str(first)) from None
+
+    def local(self, config: M, entry: str, prefix: tuple[str, ...]) -> M:
+        """``config`` (entry ``entry`` under ``prefix``) with its paths read as `gateway run`
+        reads them: relative to the config file; state left where the working folder put it
+        before is an InputError at its line, as run refuses it (`common.left_behind`)."""
+        from gateway.config.common import (
+            config_relative,
+            left_behind,
+            left_behind_text,
+            with_local_paths,
+        )
+        from gateway.config.errors import Finding, locate
+
+        def check(where: tuple[str | int, ...], value: str) -> None:
+            if moved := left_behind(self.path, value, entry):
+                found = Finding((*prefix, *where), *left_behind_text(value, *moved))
+                raise InputError(str(locate(self.path, self.marks, found)))
+
+        local = functools.partial(config_relative, self.path)
+        return with_local_paths(config, local, check)  # type: ignore[return-value]
 
 
 @functools.cache

@@ -51,14 +51,29 @@ def read_source(spec: str, browse: BrowseOptions | None = None) -> list[Point]:
     path, _, device = spec.partition("#")
     if Path(path).is_dir():
         raise InputError(f"{path}: is a directory; {_KINDS}")
+    sample, _, query = path.partition("?")  # a sample file may say ?names=topic, as a URL does
+    if query and Path(sample).suffix.lower() in SAMPLE_SUFFIXES:
+        return read_mqtt_sample(sample, _sample_names(spec, query))
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
         return read_points(path)
     if suffix in (".yaml", ".yml"):
         return read_register_map(path, device or None)
-    if suffix in (".txt", ".jsonl", ".log", ".mqtt"):
+    if suffix in SAMPLE_SUFFIXES:
         return read_mqtt_sample(path)
     raise InputError(f"{spec}: unknown source; {_KINDS}")
+
+
+SAMPLE_SUFFIXES = (".txt", ".jsonl", ".log", ".mqtt")
+
+
+def _sample_names(spec: str, query: str) -> str:
+    """``names`` of a sample file's ``?names=key|topic``."""
+    options = parse_qs(query, keep_blank_values=True)
+    names = options.get("names", [""])[-1]
+    if set(options) != {"names"} or names not in ("key", "topic"):
+        raise InputError(f"{spec}: after a sample file only ?names=key or ?names=topic")
+    return names
 
 
 def config_device(spec: str) -> tuple[str, str] | None:
@@ -184,6 +199,7 @@ class RuntimeNames:
         self.messages = 0
         self.unnamed: dict[str, str] = {}  # topic -> why its payload named no point
         self.unread: dict[str, None] = {}  # topics the endpoint reads no point from
+        self.topics_of: dict[str, list[str]] = {}  # point -> the first two topics it came on
 
     def filters(self) -> list[str]:
         """What the endpoint reads points from: its ``points: keys`` subscriptions and the
@@ -201,6 +217,9 @@ class RuntimeNames:
             samples, errors = decoder.decode(topic, payload)
             for sample in samples:
                 self.points.setdefault(sample.point, Point(sample.point))
+                seen = self.topics_of.setdefault(sample.point, [])
+                if len(seen) < 2 and topic not in seen:
+                    seen.append(topic)
             if errors:
                 self._remember(self.unnamed, topic, errors[0].reason)
 
@@ -221,6 +240,15 @@ class RuntimeNames:
                 f"{counted(len(self.unnamed), 'topic')} whose payloads (or part of them) name"
                 f" no point at run time, so none is suggested for it: {shown}"
                 + (f" (and {more} more)" if more > 0 else "")
+            )
+        shared = {p: t for p, t in self.topics_of.items() if len(t) > 1}
+        if shared:  # one point at run time, each topic overwriting the others
+            shown = "; ".join(f"{p}: {', '.join(t)}, ..." for p, t in list(shared.items())[:3])
+            out.append(
+                f"{counted(len(shared), 'point')} named alike on several topics ({shown}): at"
+                " run time each is one point, the topics overwriting one another; names: topic"
+                " puts the topic's levels first and keeps them apart (an endpoint subscription"
+                " with names: topic, or ?names=topic after an mqtt:// URL or a sample file)"
             )
         if self.unread:
             shown = ", ".join(list(self.unread)[:5])
@@ -264,11 +292,12 @@ def _note(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def read_mqtt_sample(path: str) -> list[Point]:
+def read_mqtt_sample(path: str, how: str = "key") -> list[Point]:
     """Lines of ``topic payload`` (as ``mosquitto_sub -v`` prints them), or JSON objects
     ``{"topic": ..., "payload": ...}`` (a JSON Lines capture), named as an endpoint
-    subscription with ``points: keys`` (names: key) names them at run time."""
-    names = RuntimeNames("sample", keys_endpoint("sample", MQTT_PORT, "#"))
+    subscription ``{topic: "#", points: keys, names: how}`` names them at run time. A line
+    with a topic alone (a list of topics) is named as a bare value on that topic would be."""
+    names = RuntimeNames("sample", keys_endpoint("sample", MQTT_PORT, "#", how))
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -282,13 +311,13 @@ def read_mqtt_sample(path: str) -> list[Point]:
                 payload = b"" if value is None else json.dumps(value).encode()
         else:
             topic, _, text = line.partition(" ")
-            payload = text.strip().encode()
+            payload = text.strip().encode() or b"0"  # a topic alone: as a bare value on it
         names.read(topic, payload)
     if not names.messages:
         raise InputError(f"{path}: no topics in the sample")
     if not names.points:
         raise InputError(f"{path}: no point named in the sample: {_first_reason(names)}")
-    _note(assumed_naming(path, None))
+    _note(assumed_naming(path, None, how))
     for note in names.notes():
         _note(f"{path}: {note}")
     return names.named()

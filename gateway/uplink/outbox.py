@@ -135,6 +135,7 @@ class OutboxConfig(Strict):
     """``outbox:`` of an MQTT endpoint: where and how northbound publishes wait for the broker."""
 
     local_paths = ("path",)
+    state_paths = ("path",)
 
     enabled: bool = Field(True, description="false: an in-memory buffer (lost on restart)")
     path: str = Field(

@@ -31,6 +31,7 @@ class Oscore(Strict):
     """One OSCORE security context (RFC 8613 section 3): the two ids, the master secret and salt."""
 
     local_paths = ("state_dir",)
+    state_paths = ("state_dir",)
 
     sender_id: str = Field(pattern=HEX, max_length=14, description="our id, hex (may be empty)")
     recipient_id: str = Field(pattern=HEX, max_length=14, description="the peer's id, hex")

@@ -83,6 +83,7 @@ def _all_endpoints() -> list[Endpoint]:
 
 class ServerSecurity(Strict):
     local_paths = ("certificate", "private_key", "pki_dir", "trusted_clients")
+    state_paths = ("pki_dir",)
 
     endpoints: list[Endpoint] = Field(
         default_factory=_all_endpoints, description="secure endpoints offered (default: all six)"
@@ -152,6 +153,7 @@ class OpcuaServerRoute(Strict):
 
 class ClientSecurity(Strict):
     local_paths = ("certificate", "private_key", "pki_dir", "trusted_servers")
+    state_paths = ("pki_dir",)
 
     policy: Policy | Literal["None"] = "Basic256Sha256"
     mode: Mode | Literal["None"] = "SignAndEncrypt"
