@@ -229,8 +229,8 @@ def test_validate_warns_of_configured_files_that_run_would_refuse(
     (tmp_path / "empty.pem").write_bytes(b"")
     warnings = load_config_text(text, str(tmp_path / "gw.yaml"), check_adapters=True).warnings
     said = "\n".join(warnings)
-    assert f"endpoints.ua.security.certificate: security.certificate: certificate {key}" in said
-    assert f"endpoints.ua.security.private_key: security.private_key: private key {cert}" in said
+    assert f"endpoints.ua.security.certificate: certificate {key}" in said
+    assert f"endpoints.ua.security.private_key: private key {cert}" in said
     assert f"private key {tmp_path}/empty.pem cannot be read: the file is empty" in said
     assert "refuses to start this entry with it" in said
     assert len(warnings) == 3  # the client's good certificate is not mentioned

@@ -356,3 +356,6 @@ def test_shadow_set_takes_a_string_point_s_value_as_typed(
     assert desired('label="4 2"')["label"] == "4 2"
     assert desired("label=[1,2]")["label"] == "[1,2]"
     assert "label" not in desired("label=null")
+    assert desired("label=NaN", "spare=1")["label"] == "NaN"  # text, not a number refused
+    code = main(["shadow", "set", "pump", "spare=1e999", "--config", str(cfg)])
+    assert code == 1 and "spare=1e999: 1e999 is not a finite number" in capsys.readouterr().err

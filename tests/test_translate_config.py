@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load_config_text
+from gateway.config.translate import TranslateConfig
 
 PLANT = (
     "devices:\n"
@@ -114,8 +115,50 @@ def test_a_trained_model_is_used_at_run_time(tmp_path: Path) -> None:
     assert main(["classify", str(points), "--model", str(tmp_path), "--out", str(out_csv)]) == 2
 
 
-@pytest.mark.parametrize("entry", ['"": x', 'temp: ""', "temp: ' '"])
-def test_an_empty_name_in_the_map_is_refused(entry: str) -> None:
+@pytest.mark.parametrize(
+    "entry, side", [('"": x', "source"), ('temp: ""', "target"), ("temp: ' '", "target")]
+)
+def test_an_empty_name_in_the_map_is_refused(entry: str, side: str) -> None:
     text = PLANT + f"  - {{name: up, from: pump, to: broker, translate: {{map: {{{entry}}}}}}}\n"
-    with pytest.raises(ConfigError, match="an empty point name; write both names, or delete it"):
+    with pytest.raises(ConfigError, match=f"an empty {side} point name; write both names"):
         load_config_text(text, "gw.yaml")
+
+
+def test_examples_of_a_class_the_model_does_not_score_are_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trained model whose class list lacks an example's class (trained on another Brick):
+    validate passed and the start failed in the few-shot head's ValueError; classify
+    --model --examples crashed the same way. Now those examples are left out and said."""
+    import json
+    import shutil
+
+    from gateway.cli import main
+    from gateway.translator.model import DEFAULT_MODEL
+    from gateway.translator.transform import Translate
+    from gateway.types import Sample
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    shutil.copy(DEFAULT_MODEL, trained / DEFAULT_MODEL.name)
+    meta = json.loads(DEFAULT_MODEL.with_name("meta.json").read_text())
+    meta["classes"] = ["Renamed_Run_Status" if c == "Run_Status" else c for c in meta["classes"]]
+    (trained / "meta.json").write_text(json.dumps(meta))
+    examples = tmp_path / "ex.csv"
+    examples.write_text(
+        "name,brick_class\nAHU1_SAT,Supply_Air_Temperature_Sensor\nAHU1_SF_STS,Run_Status\n"
+    )
+    options = TranslateConfig(mode="auto", model=str(trained), examples=str(examples))
+    translate = Translate(options)
+    with caplog.at_level("WARNING", logger="gateway.translator.transform"):
+        translate.prepare()
+    assert "classes the model does not score: Run_Status" in caplog.text
+    (out,), _ = translate.route("ahu", (Sample("AHU2_SAT", 1.0),))
+    assert out.point == "Supply_Air_Temperature_Sensor.AHU2_SAT"
+    points = tmp_path / "points.csv"
+    points.write_text("name\nAHU2_SAT\n")
+    args = ["classify", str(points), "--model", str(trained), "--examples", str(examples)]
+    assert main(args) == 0
+    out_text, err = capsys.readouterr()
+    assert "left out the examples of 1 class the model does not score: Run_Status" in err
+    assert "Supply_Air_Temperature_Sensor" in out_text

@@ -1019,5 +1019,9 @@ def test_out_that_is_an_input_is_refused_before_it_is_overwritten(
         code = main(args)
         err = capsys.readouterr().err
         assert code != 0 and said in err and "write elsewhere" in err, (args, err)
+    hard = tmp_path / "hard.csv"
+    hard.hardlink_to(points)  # the same file under another name
+    assert main(["classify", str(points), "--out", str(hard)]) != 0
+    assert "is the input file" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in before} == before
     assert main(["classify", str(points), "--out", str(tmp_path / "out.csv")]) == 0

@@ -73,7 +73,7 @@ from gateway.config.errors import (
     translate,
     unknown_key,
 )
-from gateway.config.translate import TranslateConfig
+from gateway.config.translate import MODEL_FILE, TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
 from gateway.paths import state_path
@@ -990,12 +990,12 @@ class _Loader:
         update: dict[str, Any] = {}
         if options.model != "builtin":
             model = self.local(options.model)
-            found = os.path.isfile(model) or os.path.isfile(os.path.join(model, "translator.onnx"))
+            found = os.path.isfile(model) or os.path.isfile(os.path.join(model, MODEL_FILE))
             if not found:
                 self.report(
                     (*path, "translate", "model"),
                     f"{options.model!r}, which is neither a model file nor a folder with"
-                    f" translator.onnx ({model})",
+                    f" {MODEL_FILE} ({model})",
                     "builtin, a translator .onnx file or the folder `gateway translator train"
                     " --out` wrote",
                 )
@@ -1257,8 +1257,8 @@ class _Loader:
         its globs select, and its computed points), where those are known: a misspelt key
         forwards nothing under that name, and in ``map`` mode drops the point it meant."""
         translate, names = got.get("translate"), self.untranslated(sources, got)
-        if not isinstance(translate, TranslateConfig) or names is None:
-            return True
+        if not isinstance(translate, TranslateConfig) or not names:
+            return True  # unknown until run time, or none: the points' own checks say so
         ok = True
         for key in translate.map:
             if key not in names:

@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.config.common import Strict
 
+# The model file `gateway translator train --out DIR` writes in DIR (and the shipped one's name).
+MODEL_FILE = "translator.onnx"
 # What `gateway suggest` writes on the REVIEW line of a source it found no target for.
 NO_TARGET = "no matching target"
 
@@ -54,9 +56,13 @@ class TranslateConfig(Strict):
         """A REVIEW line of `gateway suggest` for a source it found no target for, uncommented
         as it stands, maps the source to its placeholder: refuse it rather than publish on a
         point named "no matching target"."""
-        blank = [k for k, v in value.items() if not k.strip() or not v.strip()]
-        if blank:  # a point with no name cannot be read, written or published
-            raise ValueError(f"{blank[0]!r}: an empty point name; write both names, or delete it")
+        for key, name in value.items():  # a point with no name cannot be read or published
+            side = "source" if not key.strip() else "target" if not name.strip() else ""
+            if side:
+                raise ValueError(
+                    f"{key!r}: {name!r}: an empty {side} point name; write both names, or"
+                    " delete the line"
+                )
         unmatched = [k for k, v in value.items() if v.strip() == NO_TARGET]
         if unmatched:
             names = ", ".join(repr(k) for k in unmatched[:5]) + (

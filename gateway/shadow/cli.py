@@ -129,8 +129,6 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
             out[key] = text
-        if isinstance(out[key], float) and not math.isfinite(out[key]):  # NaN, 1e999
-            raise CommandError(f"{pair!r}: {text} is not a finite number", 1)
     return out
 
 
@@ -154,11 +152,15 @@ def check_desired(
     metadata = []
     for key, value in desired.items():
         spec = gateway.router.points.get((device, key))
+        if spec is not None and spec.datatype == "string" and texts and key in texts:
+            if value is not None and not isinstance(value, str):
+                value = desired[key] = texts[key]  # label=NaN is the text "NaN" too
+        if isinstance(value, float) and not math.isfinite(value):  # NaN, 1e999
+            shown = texts.get(key, value) if texts else value
+            raise CommandError(f"{key}={shown}: {shown} is not a finite number", 1)
         if spec is None:
             metadata.append(key)
             continue
-        if spec.datatype == "string" and texts and key in texts and value is not None:
-            value = desired[key] = texts[key] if not isinstance(value, str) else value
         if value is not None:  # null deletes the key
             result = gateway.router.check(device, key, value)
             if not result.ok:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,11 +237,21 @@ def _translator(args: argparse.Namespace) -> Any:
     return Translator(args.model or DEFAULT_MODEL)
 
 
-def _examples(args: argparse.Namespace) -> list[Any]:
-    """The --examples points; those of a class we do not know are left out, said on stderr."""
+def _examples(args: argparse.Namespace, translator: Any) -> list[Any]:
+    """The --examples points; those of a class we do not know, or that ``translator`` (a
+    --model trained on fewer classes) does not score, are left out, said on stderr."""
+    from gateway.translator.fewshot import known_to
+
     if not args.examples:
         return []
-    return _labeled(args.examples).points
+    kept, left = known_to(translator, _labeled(args.examples).points)
+    if left:
+        print(
+            f"{args.examples}: left out the examples of {counted(len(left), 'class', 'classes')}"
+            f" the model does not score: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''}",
+            file=sys.stderr,
+        )
+    return kept
 
 
 def _labeled(path: str) -> Labeled:
@@ -287,7 +298,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     rows = read_point_rows(args.input)
     points = [p for _, p in rows if p.name]
     translator = _translator(args)
-    pred = predict_site(translator, points, _examples(args), prior=args.site_prior)
+    pred = predict_site(translator, points, _examples(args, translator), prior=args.site_prior)
     ranked = iter(top_k(pred.probs, translator.classes, args.top))
     with _csv_out(args.out) as w:
         # One output row per input row, so that the two line up; a row without a name (a
@@ -324,7 +335,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     sources = _source("--source", args.source, browse)
     targets = _source("--target", args.target, browse)
     translator = _translator(args)
-    examples = _examples(args)  # read once, used for both lists
+    examples = _examples(args, translator)  # read once, used for both lists
     matches = match(
         translator,
         [p.name for p in sources],
@@ -361,8 +372,11 @@ def _not_overwritten(out: str | None, inputs: dict[str, str | None]) -> None:
     target = Path(out).resolve()
     for what, spec in inputs.items():
         if spec and spec != "-":
-            path = spec.partition("#")[0] if _config_entry(spec) else spec
-            if Path(path).resolve() == target:
+            path = Path(spec.partition("#")[0] if _config_entry(spec) else spec)
+            same = path.resolve() == target
+            with suppress(OSError):  # a hard link is the same file too
+                same = same or os.path.samefile(path, target)
+            if same:
                 raise CommandError(
                     f"--out {out} is the {what} file, which it would overwrite: write elsewhere"
                 )
@@ -498,7 +512,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     _not_overwritten(args.out, {"input": args.input, "--examples": args.examples})
     points = read_points(args.input)
     translator = _translator(args)
-    examples = _examples(args)
+    examples = _examples(args, translator)
     listed = len(points)
     # A name listed twice is one point to label (labels are kept by name): its first row only.
     if len(keep := picking.first_of_each([p.name for p in points])) < listed:

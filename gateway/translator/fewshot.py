@@ -51,6 +51,17 @@ def features(p: Point) -> list[str]:
     return sorted(feats)
 
 
+def known_to(
+    translator: Translator, examples: Sequence[tuple[Point, str]]
+) -> tuple[list[tuple[Point, str]], list[str]]:
+    """The examples whose class ``translator`` scores, and the labels of those it does not
+    (a model trained on fewer classes than Brick's): the head cannot learn a class the model
+    has no output for, so those are left out and said, as unknown labels are."""
+    kept = [(p, c) for p, c in examples if canonical(c) in translator.index]
+    left = sorted({c for _, c in examples if canonical(c) not in translator.index})
+    return kept, left
+
+
 class FewShot:
     """A translator adapted to one site by labeled examples (``name,brick_class``)."""
 

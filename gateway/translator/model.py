@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gateway.config.translate import MODEL_FILE
 from gateway.translator.tokenize import FEEDS, Point, encode
 from gateway.translator.vocab import MODEL_DIR
 
-DEFAULT_MODEL = MODEL_DIR / "translator.onnx"
+DEFAULT_MODEL = MODEL_DIR / MODEL_FILE
 CHUNK = 256  # points per ONNX Runtime call: big enough to amortize, small enough to pad little
 # Rows of an (N, classes) matrix that per-row work (ranking, softmax) takes at a time, so that its
 # temporaries are ROWS x 793 rather than N x 793 (an int64 argsort of 20,000 rows is 127 MB).

@@ -71,6 +71,7 @@ def pick_site(
     """Indices of the ``count`` points of ``points`` to label next, and the site's prediction.
     With ``examples`` (labeled so far) the uncertainty is the adapted model's, what they cover
     counts as covered, and a point whose name they label is never picked again."""
+    examples = _described(points, examples)
     own, shown = _site_pass(translator, points, examples, prior)
     pred = _adapt(translator, points, examples, own, shown)
     done = {p.name for p, _ in examples}

@@ -107,7 +107,9 @@ def review_reason(m: Match) -> str | None:
         return NO_TARGET
     if m.rivals:
         n = m.rivals + 1
-        whose = "all name its equipment" if m.equipment else "none names the target's equipment"
+        whose = (
+            "the names do not settle which" if m.equipment else "none names the target's equipment"
+        )
         return f"{n} sources of this class; {whose}"
     if m.same_name:
         return None  # the same point name on both sides: evidence enough, whatever the classes

@@ -81,7 +81,7 @@ class Translate:
         return self._classifier(names)
 
     def _load(self) -> Callable[[list[str]], list[list[tuple[str, float]]]]:
-        from gateway.translator.fewshot import FewShot
+        from gateway.translator.fewshot import FewShot, known_to
         from gateway.translator.model import load, top_k
         from gateway.translator.pointlist import read_labeled_known
         from gateway.translator.tokenize import Point
@@ -93,7 +93,16 @@ class Translate:
             labeled = read_labeled_known(self.config.examples)
             if note := labeled.note(self.config.examples):
                 log.warning("translate: %s", note)
-            adapt = FewShot.fit(translator, labeled.points)
+            kept, left = known_to(translator, labeled.points)
+            if left:
+                log.warning(
+                    "translate: %s: left out the examples of classes the model does not score:"
+                    " %s",
+                    self.config.examples, ", ".join(left[:5]),
+                )  # fmt: skip
+            if not kept:
+                raise ValueError(f"{self.config.examples}: no example of a class the model scores")
+            adapt = FewShot.fit(translator, kept)
 
         def classify(names: list[str]) -> list[list[tuple[str, float]]]:
             points = [Point(n) for n in names]

@@ -7,6 +7,7 @@ unless ``allow_none`` is set, and the client checks the server certificate unles
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -49,8 +50,6 @@ def key_file_warnings(certificate: str | None, private_key: str | None) -> list[
     missing = missing_files(files)
     if missing or certificate is None or private_key is None:
         return missing
-    from pathlib import Path as FilePath
-
     try:
         from protocols.opcua.pki import PkiError, load_certificate, load_private_key
     except ImportError:  # asyncua not installed: validate warns of that on its own
@@ -66,7 +65,7 @@ def key_file_warnings(certificate: str | None, private_key: str | None) -> list[
             found.append(
                 (
                     where,
-                    f"security.{where[1]}: {exc} (gateway run refuses to start this entry with it)",
+                    f"{exc} (gateway run refuses to start this entry with it)",
                 )
             )
     return found
