@@ -724,3 +724,37 @@ async def test_the_chunk_guard_adds_no_copy_of_what_is_buffered(tmp_path: Path) 
         assert proto.transport is not None and not proto.transport.is_closing()
         first.close()
         second.close()
+
+
+# -- clients that vanish ---------------------------------------------------------------------
+
+
+class _Quiet:
+    def datachange_notification(self, node: Any, value: Any, data: Any) -> None:
+        pass
+
+
+async def test_a_vanished_client_is_bounded_and_its_session_closed_with_the_server(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    """A client that drops its connection without CloseSession kept its session and its
+    subscriptions' queues (10,000 per item) for asyncua's 600 s, across a reload too: the
+    gateway grew 16 MB a minute for 50 such sessions. Now its session timeout is at most 60 s,
+    an item queues at most 100 changes, and stopping the server closes the sessions."""
+    from protocols.opcua.server import ITEM_QUEUE, SESSION_TIMEOUT_S
+
+    async with plant_gateway(simulator, tmp_path) as plant:
+        iserver = plant.gateway.adapters["opcua"].server.iserver  # type: ignore[attr-defined]
+        client = Client(plant.url)  # asks for a one-hour session
+        await client.connect()
+        assert client.session_timeout == SESSION_TIMEOUT_S * 1000
+        sub = await client.create_subscription(100, _Quiet())
+        await sub.subscribe_data_change(client.get_node(plant.node_id("temp")), queuesize=0)
+        (internal,) = iserver.subscription_service.subscriptions.values()
+        items = internal.monitored_item_srv._monitored_items.values()
+        assert [m.queue_size for m in items] == [ITEM_QUEUE]
+        client.uaclient.protocol.transport.abort()  # gone, without CloseSession
+        await asyncio.sleep(0.5)
+        assert len(iserver._external_sessions) == 1  # detached, waiting for its timeout
+    assert iserver._external_sessions == {}
+    assert iserver.subscription_service.subscriptions == {}
