@@ -451,11 +451,12 @@ def test_points_keys_goes_with_json_payloads() -> None:
         )
 
 
-async def test_points_learned_from_keys_go_bad_with_the_broker_and_after_a_crash(
-    mosquitto: MosquittoBroker,
-) -> None:
-    """A consumer must not keep a learned key's last value as Good when it is no longer
-    current: broker lost (once per outage) and run() crashed (the runtime's points_lost)."""
+@contextlib.asynccontextmanager
+async def keys_source(
+    mosquitto: MosquittoBroker, subscriptions: list[dict[str, str]]
+) -> AsyncIterator[tuple[MqttAdapter, Any]]:
+    """An MQTT endpoint ``src`` with ``subscriptions``, running and connected to
+    ``mosquitto``, and a subscription to its telemetry on the bus."""
     from gateway.adapter import AdapterContext
     from gateway.bus import Bus
 
@@ -465,7 +466,7 @@ async def test_points_learned_from_keys_go_bad_with_the_broker_and_after_a_crash
             "port": mosquitto.port,
             "outbox": None,
             "reconnect": {"initial": 0.05, "max": 0.2},
-            "subscriptions": [{"topic": "plant/#", "points": "keys"}],
+            "subscriptions": subscriptions,
         }
     )
     bus = Bus()
@@ -474,29 +475,39 @@ async def test_points_learned_from_keys_go_bad_with_the_broker_and_after_a_crash
         task = asyncio.create_task(mqtt.run())
         try:
             await wait_for(lambda: mqtt.status().get("connected") is True, timeout=10)
-            await pub(mosquitto, "plant/ahu1", '{"AHU1_SAT": 21.6, "fan": {"on": true}}')
-            good = await asyncio.wait_for(seen.get(), 10)
-            assert {(s.point, s.quality) for s in good.samples} == {
-                ("AHU1_SAT", Quality.GOOD),
-                ("fan.on", Quality.GOOD),
-            }
-            await mqtt.points_lost("adapter failed: RuntimeError")
-            crashed = await asyncio.wait_for(seen.get(), 10)
-            assert {(s.point, s.quality) for s in crashed.samples} == {
-                ("AHU1_SAT", Quality.BAD),
-                ("fan.on", Quality.BAD),
-            }
-            mosquitto.stop()
-            lost = await asyncio.wait_for(seen.get(), 10)
-            assert {(s.point, s.quality) for s in lost.samples} == {
-                ("AHU1_SAT", Quality.BAD),
-                ("fan.on", Quality.BAD),
-            }
-            assert {s.reason for s in lost.samples} != {"adapter failed: RuntimeError"}
+            yield mqtt, seen
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_points_learned_from_keys_go_bad_with_the_broker_and_after_a_crash(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """A consumer must not keep a learned key's last value as Good when it is no longer
+    current: broker lost (once per outage) and run() crashed (the runtime's points_lost)."""
+    subscriptions = [{"topic": "plant/#", "points": "keys"}]
+    async with keys_source(mosquitto, subscriptions) as (mqtt, seen):
+        await pub(mosquitto, "plant/ahu1", '{"AHU1_SAT": 21.6, "fan": {"on": true}}')
+        good = await asyncio.wait_for(seen.get(), 10)
+        assert {(s.point, s.quality) for s in good.samples} == {
+            ("AHU1_SAT", Quality.GOOD),
+            ("fan.on", Quality.GOOD),
+        }
+        await mqtt.points_lost("adapter failed: RuntimeError")
+        crashed = await asyncio.wait_for(seen.get(), 10)
+        assert {(s.point, s.quality) for s in crashed.samples} == {
+            ("AHU1_SAT", Quality.BAD),
+            ("fan.on", Quality.BAD),
+        }
+        mosquitto.stop()
+        lost = await asyncio.wait_for(seen.get(), 10)
+        assert {(s.point, s.quality) for s in lost.samples} == {
+            ("AHU1_SAT", Quality.BAD),
+            ("fan.on", Quality.BAD),
+        }
+        assert {s.reason for s in lost.samples} != {"adapter failed: RuntimeError"}
 
 
 def test_max_keys_bounds_the_points_a_keys_subscription_creates(
@@ -527,39 +538,20 @@ def test_max_keys_bounds_the_points_a_keys_subscription_creates(
 async def test_keys_named_by_topic_keep_two_devices_apart(mosquitto: MosquittoBroker) -> None:
     """``names: topic``: the same key on two devices' topics is two points (by key alone it
     would be one point, each device overwriting the other's value)."""
-    from gateway.adapter import AdapterContext
-    from gateway.bus import Bus
-
-    config = MqttEndpoint.model_validate(
-        {
-            "host": mosquitto.host,
-            "port": mosquitto.port,
-            "outbox": None,
-            "subscriptions": [
-                {"topic": "plant/+", "points": "keys", "names": "topic"},
-                {"topic": "site/+/temp", "points": "keys", "names": "topic"},
-                {"topic": "old/#", "points": "keys"},
-            ],
-        }
-    )
-    bus = Bus()
-    seen = bus.subscribe("telemetry/src", maxsize=100, name="test")
-    async with MqttAdapter("src", config, AdapterContext(bus, "gw")) as mqtt:
-        task = asyncio.create_task(mqtt.run())
-        try:
-            await wait_for(lambda: mqtt.status().get("connected") is True, timeout=10)
-            await pub(mosquitto, "plant/ahu1", '{"temp": 21.5, "fan": {"on": true}}')
-            await pub(mosquitto, "plant/ahu2", '{"temp": 19.0}')
-            await pub(mosquitto, "site/b7/temp", "23.5")
-            await pub(mosquitto, "old/ahu1", '{"temp": 1}')
-            got = set()
-            for _ in range(4):
-                message = await asyncio.wait_for(seen.get(), 10)
-                got |= {(s.point, s.value) for s in message.samples}
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    subscriptions = [
+        {"topic": "plant/+", "points": "keys", "names": "topic"},
+        {"topic": "site/+/temp", "points": "keys", "names": "topic"},
+        {"topic": "old/#", "points": "keys"},
+    ]
+    async with keys_source(mosquitto, subscriptions) as (_, seen):
+        await pub(mosquitto, "plant/ahu1", '{"temp": 21.5, "fan": {"on": true}}')
+        await pub(mosquitto, "plant/ahu2", '{"temp": 19.0}')
+        await pub(mosquitto, "site/b7/temp", "23.5")
+        await pub(mosquitto, "old/ahu1", '{"temp": 1}')
+        got = set()
+        for _ in range(4):
+            message = await asyncio.wait_for(seen.get(), 10)
+            got |= {(s.point, s.value) for s in message.samples}
     assert got == {
         ("ahu1.temp", 21.5),
         ("ahu1.fan.on", True),

@@ -118,30 +118,25 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_pairs(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` with VALUE as JSON (``42``, ``true``, ``null``) or else a plain string."""
-    out: dict[str, Any] = {}
+def parse_pairs(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs: each key's value as typed."""
+    out: dict[str, str] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise CommandError(f"{pair!r}: expected KEY=VALUE", 1)
-        try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = text
+        out[key] = text
     return out
 
 
 def check_desired(
-    config: GatewayConfig,
-    device: str,
-    desired: dict[str, Any],
-    texts: dict[str, str] | None = None,
-) -> list[str]:
-    """Refuse now what the gateway would refuse to write (CommandError); returns the keys that
-    are not points of the device (kept as metadata, e.g. a site for topics). With ``texts``
-    (each key's value as typed), a ``string`` point's value that read as JSON other than a
-    string or null is replaced in ``desired`` by the text: ``label=42`` is "42" there."""
+    config: GatewayConfig, device: str, texts: dict[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """The desired values of ``texts`` (each key's value as typed), refusing now what the
+    gateway would refuse to write (CommandError), and the keys that are not points of the
+    device (kept as metadata, e.g. a site for topics). A value reads as JSON (``42``, ``true``,
+    ``null``: deletes the key) or else as a plain string; for a ``string`` point it is the text
+    as typed unless JSON reads it as a string or null (``label=42`` is "42")."""
     from gateway.runtime import Gateway
 
     gateway = Gateway(config)  # builds the points as `run` does; no I/O
@@ -149,32 +144,36 @@ def check_desired(
     if device not in gateway.shadow.devices:
         known = ", ".join(sorted(gateway.shadow.devices)) or "none"
         raise CommandError(f"{device!r} has no shadow in {config.path} (devices: {known})", 1)
+    desired: dict[str, Any] = {}
     metadata = []
-    for key, value in desired.items():
+    for key, text in texts.items():
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
         spec = gateway.router.points.get((device, key))
-        if spec is not None and spec.datatype == "string" and texts and key in texts:
+        if spec is not None and spec.datatype == "string":
             if value is not None and not isinstance(value, str):
-                value = desired[key] = texts[key]  # label=NaN is the text "NaN" too
+                value = text  # label=NaN is the text "NaN" too
         if isinstance(value, float) and not math.isfinite(value):  # NaN, 1e999
-            shown = texts.get(key, value) if texts else value
-            raise CommandError(f"{key}={shown}: {shown} is not a finite number", 1)
+            raise CommandError(f"{key}={text}: {text} is not a finite number", 1)
+        desired[key] = value
         if spec is None:
             metadata.append(key)
-            continue
-        if value is not None:  # null deletes the key
+        elif value is not None:  # null deletes the key
             result = gateway.router.check(device, key, value)
             if not result.ok:
                 raise CommandError(f"{key}={json.dumps(value)}: {result.reason}", 1)
-    return metadata
+    return desired, metadata
 
 
 def cmd_set(args: argparse.Namespace) -> int:
     from gateway.shadow.store import ShadowError
 
-    desired = parse_pairs(args.pairs)
-    texts = dict(pair.partition("=")[::2] for pair in args.pairs)
+    texts = parse_pairs(args.pairs)
     config = _config(args.config)
-    for key in check_desired(config, args.device, desired, texts):
+    desired, metadata = check_desired(config, args.device, texts)
+    for key in metadata:
         print(
             f"note: {key} is not a point of {args.device}: kept in desired as metadata, "
             "never written to the device",

@@ -40,6 +40,9 @@ TEMPERATURE = 0.05  # attention temperature over the combined similarity
 # Similarity of the "no match" key: about what the best unrelated target reaches (median best
 # other-class similarity 0.28 between two synthetic sites, models/translator/sites.py).
 NO_MATCH = 0.3
+# A pair's similarity: OVERLAP x the overlap of the two class distributions + COSINE x the
+# cosine of the two embeddings.
+OVERLAP, COSINE = 0.7, 0.3
 # Below this top-class probability a side's class is a guess: a confident mapping needs both
 # sides at or above it. Chosen on synthetic data only (docs/translator.md, Matching): the made-up
 # codes that agreed on a specific class did so under 0.3 (``H9`` / ``H6``, both
@@ -153,9 +156,9 @@ def _similarity(src_root: Floats, src_emb: Floats, tgt_root: Floats, tgt_emb: Fl
     taken once for all the blocks of sources) and the embeddings."""
     # In place where it can be (the same numbers): 0.7 * overlap + 0.3 * cosine, and so on.
     sim = src_root @ tgt_root.T
-    sim *= 0.7
+    sim *= OVERLAP
     cosine = src_emb @ tgt_emb.T
-    cosine *= 0.3
+    cosine *= COSINE
     sim += cosine
     return sim
 
@@ -479,8 +482,8 @@ def _rivals(
     who = np.array(sorted(chosen), np.int64)
     cols = np.array([chosen[int(i)][0] for i in who], np.int64)
     src = weights.src
-    own = 0.7 * (np.sqrt(src.probs[who]) * weights.tgt_root[cols]).sum(1)
-    own += 0.3 * (src.embeddings[who] * weights.tgt_emb[cols]).sum(1)
+    own = OVERLAP * (np.sqrt(src.probs[who]) * weights.tgt_root[cols]).sum(1)
+    own += COSINE * (src.embeddings[who] * weights.tgt_emb[cols]).sum(1)
     if weights.names is not None:
         own += [weights.names.pair_bonus(int(i), int(j)) for i, j in zip(who, cols, strict=True)]
     floor = own - RIVAL
