@@ -4,6 +4,7 @@ list, users and passwords, with asyncua's client and node-opcua's (a peer we did
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from gateway.bus import Bus
 from gateway.passwords import hash_password
 from protocols.modbus.codec import ByteOrder, DataType, encode
 from protocols.modbus.simulator import Simulator
+from protocols.opcua import pki
 from protocols.opcua.config import OpcuaServer
 from protocols.opcua.pki import (
     CERT_FILE,
@@ -277,6 +279,49 @@ def test_trust_list_takes_exact_certificates_and_ca_issued_ones(tmp_path: Path) 
     (trust.trusted / "laptop.pem").write_bytes(stranger.public_bytes(serialization.Encoding.PEM))
     trust.check(stranger)  # an exact certificate, PEM this time
     assert (trust.accepted, trust.refused) == (1, 1)
+
+
+def test_a_scan_of_fresh_certificates_fills_neither_disk_nor_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each OpenSecureChannel can present a new self-signed certificate: the rejected folder
+    keeps the newest REJECTED_MAX, a retrying peer's file is not rewritten, an operator's own
+    file there stays, and the log says a burst of new ones in one line."""
+    monkeypatch.setattr(pki, "REJECTED_MAX", 5)
+    monkeypatch.setattr(pki, "WARN_BURST", 3)
+    clock = [1000.0]
+    monkeypatch.setattr(pki.time, "monotonic", lambda: clock[0])
+    key = rsa.generate_private_key(65537, 2048)
+    certs = [_certificate(f"scanner-{i}", key, None, ca=False) for i in range(12)]
+    trust = load_trust_store(tmp_path, None, peer="client")
+    (trust.rejected / "hmi-keep.der").write_bytes(b"the operator's")
+    for i, cert in enumerate(certs):
+        clock[0] += 1
+        saved = trust.rejected / f"{cert.fingerprint(hashes.SHA256()).hex()}.der"
+        with pytest.raises(ServiceError):
+            trust.check(cert)
+        os.utime(saved, (i, i))  # distinct mtimes, oldest first, whatever the filesystem's grain
+    by_name = {f"{c.fingerprint(hashes.SHA256()).hex()}.der": c for c in certs}
+    kept = sorted(p.name for p in trust.rejected.iterdir())
+    newest = sorted(list(by_name)[-5:])
+    assert kept == sorted([*newest, "hmi-keep.der"])
+
+    retrying = trust.rejected / newest[0]
+    before = retrying.stat().st_mtime_ns
+    retrying.write_bytes(b"marker")  # rewritten would put the certificate back
+    with pytest.raises(ServiceError):
+        trust.check(by_name[newest[0]])
+    assert retrying.read_bytes() == b"marker"
+    assert retrying.stat().st_mtime_ns > before  # the newest now, kept longest
+
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 3  # the burst; the other 9 counted
+    clock[0] += pki.WARN_WINDOW
+    with pytest.raises(ServiceError):
+        trust.check(_certificate("after", key, None, ca=False))
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"][3:]
+    assert len(said) == 2 and said[0].startswith("9 more untrusted client certificates refused")
+    assert said[1].startswith("refused untrusted client certificate CN=after")
 
 
 async def test_configured_certificate_pem_under_any_name(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Layout of a PKI folder (the usual OPC UA one, so operators recognise it)::
     {pki_dir}/own/private/key.pem    its private key (mode 0600)
     {pki_dir}/trusted/               peer certificates we accept (DER or PEM), or their CAs
     {pki_dir}/rejected/              peers we refused, saved so an operator can move one to trusted
+                                     (the newest REJECTED_MAX)
 
 Trust is decided per connection by `TrustList`, which asyncua calls as its
 ``certificate_validator``: a peer is trusted when its exact certificate is in the trusted folder
@@ -20,6 +21,7 @@ import datetime
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +42,13 @@ KEY_FILE = Path("own/private/key.pem")
 VALID_DAYS = 5 * 365
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 WARNED_MAX = 256  # refused certificates remembered as warned about (`TrustList.warned`)
+# A scan presenting a fresh certificate each time must not fill the disk or the log: the newest
+# REJECTED_MAX refused certificates are kept, and at most WARN_BURST new ones are warned about
+# per WARN_WINDOW seconds (the rest are counted, and said in one line when the window ends).
+REJECTED_MAX = 100
+WARN_BURST = 10
+WARN_WINDOW = 60.0
+_SAVED_NAME = re.compile(r"[0-9a-f]{64}\.der")  # what `_save_rejected` writes; nothing else
 
 
 def trusted_dir(pki_dir: Path, configured: str | None) -> Path:
@@ -302,6 +311,7 @@ class TrustList:
         # Refused certificates already warned about (SHA-256 -> refusals since): a peer retries
         # with the same certificate every few seconds, and the operator needs the line once.
         self.warned: dict[bytes, int] = {}
+        self._window: tuple[float, int, int] = (-WARN_WINDOW, 0, 0)  # start, warned, unsaid
         self._stamp: tuple[tuple[str, float, int], ...] | None = None
         self._certs: list[x509.Certificate] = []
         self._ders: set[bytes] = set()
@@ -363,23 +373,64 @@ class TrustList:
             if len(self.warned) >= WARNED_MAX:  # many peers (a scan): forget, do not grow
                 self.warned.clear()
             self.warned[thumbprint] = 0
-            log.warning("%s%s", what, why)
+            if self._may_warn():
+                log.warning("%s%s", what, why)
+            else:
+                log.debug("%s%s", what, why)
         else:
             self.warned[thumbprint] = repeats + 1
             log.debug("%s again (%d times since the warning)", what, repeats + 1)
 
+    def _may_warn(self) -> bool:
+        """At most `WARN_BURST` first-time warnings per `WARN_WINDOW`; a window that had to
+        keep some quiet says how many when the next one starts."""
+        now = time.monotonic()
+        start, warned, unsaid = self._window
+        if now - start >= WARN_WINDOW:
+            if unsaid:
+                log.warning(
+                    "%s more untrusted %s certificates refused in %.0f s without a line each "
+                    "(a scan?); the newest %d are kept in %s",
+                    unsaid,
+                    self.peer,
+                    now - start,
+                    REJECTED_MAX,
+                    self.rejected,
+                )
+            start, warned, unsaid = now, 0, 0
+        if warned < WARN_BURST:
+            self._window = (start, warned + 1, unsaid)
+            return True
+        self._window = (start, warned, unsaid + 1)
+        return False
+
     def _save_rejected(self, cert: x509.Certificate, thumbprint: bytes) -> None:
         if self.rejected is None:
             return
-        name = f"{thumbprint.hex()}.der"
+        path = self.rejected / f"{thumbprint.hex()}.der"
         try:
+            if path.exists():  # a peer retrying: mark it the newest, do not write it again
+                os.utime(path)
+                return
             self.rejected.mkdir(parents=True, exist_ok=True)
-            (self.rejected / name).write_bytes(cert.public_bytes(serialization.Encoding.DER))
+            path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+            saved = [p for p in self.rejected.iterdir() if _SAVED_NAME.fullmatch(p.name)]
+            if len(saved) > REJECTED_MAX:
+                saved.sort(key=_mtime)
+                for old in saved[: len(saved) - REJECTED_MAX]:
+                    old.unlink(missing_ok=True)
         except OSError as exc:  # a full disk must not turn a refusal into a crash
             log.warning("could not save rejected certificate: %s", exc)
 
     async def __call__(self, cert: x509.Certificate, app_description: object) -> None:
         self.check(cert)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile: first to go anyway
+        return 0.0
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
