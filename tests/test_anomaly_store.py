@@ -121,6 +121,26 @@ def test_an_alarm_active_at_shutdown_clears_once_after_the_restart(tmp_path: Pat
     assert read_records(path)["pump"].alarm is False
 
 
+def test_a_counter_raises_no_alarm_after_a_restart(tmp_path: Path) -> None:
+    """An energy counter climbs steadily: a slow point, judged against a running mean that lags
+    it by what calibration measured. The restarted stage began that mean at its first fresh
+    reading, with no lag, and alarmed on every counter for about a hundred readings (the gap
+    of each reload and restart); continuing without a restart raises nothing."""
+    rng = np.random.default_rng(3)
+    t = np.arange(CALIBRATION + 1200)
+    values = np.stack([1000 + 2.0 * t + rng.normal(0, 0.3, len(t)), rng.normal(0, 1, len(t))], 1)
+    names = ("energy", "vibration")
+    path = tmp_path / "up.json"
+    first = stage(path)
+    assert feed(first, rows_to_messages(values[: CALIBRATION + 600], names=names)) == []
+    assert first.devices["pump"].scorer.cal.slow.tolist() == [True, False]  # type: ignore[union-attr]
+    first.close()
+
+    second = stage(path)  # back after a gap of 300 readings
+    assert feed(second, rows_to_messages(values[CALIBRATION + 900 :], names=names)) == []
+    assert second.status()["restored"] == ["pump"]
+
+
 def test_a_calibration_of_other_options_or_points_is_not_used(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

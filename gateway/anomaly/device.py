@@ -99,7 +99,12 @@ class DeviceScorer:
         raised again)."""
         self.normal = normal
         cal = replace(cal, threshold=self.threshold_for(normal))
-        self._begin(cal, np.asarray(rows, dtype=np.float64), level)
+        x = np.asarray(rows, dtype=np.float64)
+        # A slow point's running mean lags a trend (a counter) by what calibration measured as
+        # its mean deviation; a few fresh rows cannot build that lag up again (SLOW_TAU is
+        # longer than a window), so it starts there, or every kept counter alarmed after a
+        # restart or reload.
+        self._begin(cal, x, level, start=x[0] - cal.slow_mean)
         assert self.alarm is not None
         self.alarm.active = active
 
@@ -114,9 +119,11 @@ class DeviceScorer:
         cal: Calibration,
         x: npt.NDArray[np.float64],
         level: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+        *,
+        start: npt.NDArray[np.float64] | None = None,
     ) -> None:
         self.cal = cal
-        self._pre = Preprocessor(cal, start=x[0])
+        self._pre = Preprocessor(cal, start=x[0] if start is None else start)
         if level is not None and self.refresh_tau > 0:
             self._pre.mean[:], self._pre.scale[:] = level
         z = self._pre.transform(x)  # warms the running means up and fills the window
