@@ -21,11 +21,17 @@ def state_dir() -> str:
     return os.environ.get(STATE_ENV) or STATE_FOLDER
 
 
+def config_state_dir(config_file: str | os.PathLike[str]) -> str:
+    """The state folder ``gateway run`` of ``config_file`` uses (`use_config_state_dir`),
+    without setting it: for ``gateway validate``, which runs nothing."""
+    folder = Path(os.path.abspath(config_file)).parent / STATE_FOLDER
+    return os.environ.get(STATE_ENV) or str(folder)
+
+
 def use_config_state_dir(config_file: str | os.PathLike[str]) -> None:
     """Default the state folder to ``.protocol-brain`` next to the config (an explicit
     ``$PROTOCOL_BRAIN_STATE_DIR`` wins)."""
-    folder = Path(os.path.abspath(config_file)).parent / STATE_FOLDER
-    os.environ.setdefault(STATE_ENV, str(folder))
+    os.environ[STATE_ENV] = config_state_dir(config_file)
 
 
 def state_path(template: str, name: str) -> Path:

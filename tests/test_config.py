@@ -960,6 +960,30 @@ def test_a_relative_tls_file_is_looked_for_next_to_the_config(
     assert config.devices["broker"].config.tls.ca_file == str(site / "certs" / "ca.pem")  # type: ignore[attr-defined]
 
 
+def test_two_outboxes_or_an_outbox_and_the_shadow_in_one_file_are_refused(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One path for two state files passed validate; at run the second outbox found the file
+    locked, or the outbox wrote its tables into the shadow store's file."""
+    monkeypatch.delenv("PROTOCOL_BRAIN_STATE_DIR", raising=False)
+    site = tmp_path / "site"
+    text = (
+        "endpoints:\n"
+        "  a: {protocol: mqtt, host: h, outbox: {path: '{state}/same.db'}}\n"
+        f"  b: {{protocol: mqtt, host: h, outbox: {{path: '{site}/.protocol-brain/same.db'}}}}\n"
+        "  c: {protocol: mqtt, host: h, outbox: {path: history.db}}\n"
+        "  d: {protocol: mqtt, host: h}\n"  # {state}/outbox-d.db
+        "  e: {protocol: mqtt, host: h, outbox: {enabled: false, path: history.db}}\n"
+        "shadow: {path: history.db}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, str(site / "gw.yaml"), registry)
+    found = {".".join(map(str, p.path)): p.found for p in info.value.problems}
+    assert set(found) == {"endpoints.b.outbox.path", "endpoints.c.outbox.path"}
+    assert found["endpoints.b.outbox.path"].endswith("the file of endpoints.a.outbox.path too")
+    assert found["endpoints.c.outbox.path"] == (f"'{site}/history.db', the file of shadow.path too")
+
+
 def test_every_path_key_of_the_protocols_is_relative_to_the_config(
     registry: Registry, tmp_path: Path
 ) -> None:

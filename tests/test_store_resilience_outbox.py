@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -90,6 +91,27 @@ def test_a_damaged_file_is_left_alone_and_the_error_says_what_to_do(tmp_path: Pa
     text = str(err.value)
     assert str(path) in text and "move it aside" in text and "sqlite3" in text
     assert path.read_bytes() == data
+
+
+def test_another_sqlite_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """outbox.path pointing at the shadow store (or any application's database) by a slip:
+    the outbox created its tables in it and went on; now it refuses, writing nothing."""
+    from gateway.shadow.store import ShadowStore
+
+    path = tmp_path / "shadow.db"
+    store = ShadowStore(str(path))
+    store.report("pump", {"flow": (1.0, "good", 1.0)})
+    store.close()
+    before = path.read_bytes()
+    with pytest.raises(sqlite3.DatabaseError) as err:
+        Outbox(path)
+    text = str(err.value)
+    assert str(path) in text and "not an outbox" in text and "history" in text
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "outbox" not in tables and "meta" not in tables
+    assert ShadowStore(str(path)).get("pump").reported == {"flow": 1.0}  # still the shadow's
 
 
 def test_the_log_of_a_damaged_file_is_not_deleted(tmp_path: Path) -> None:

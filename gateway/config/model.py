@@ -76,7 +76,7 @@ from gateway.config.errors import (
 from gateway.config.translate import MODEL_FILE, TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
-from gateway.paths import state_path
+from gateway.paths import config_state_dir, state_path
 from gateway.plugins import PluginError, ProtocolSpec, Registry, load_registry
 from gateway.types import PointSpec
 
@@ -472,6 +472,7 @@ class _Loader:
                 devices[name] = entry
         bridges = self.bridges(data.get("bridges"))
         shadow = self.shadow(data.get("shadow"), devices) if "shadow" in data else None
+        self.one_file_each(devices, shadow)
         if self.check_adapters:
             self.write_warnings(devices)
         if self.problems or not isinstance(gateway, GatewaySection):
@@ -486,6 +487,33 @@ class _Loader:
             disabled=disabled,
             disabled_bridges=tuple(self.disabled_bridges),
         )
+
+    def one_file_each(self, devices: dict[str, DeviceEntry], shadow: ShadowSection | None) -> None:
+        """Each outbox and the shadow store in a file of its own: the outbox refuses a file
+        with tables of something else, so one path for two would stop the gateway at start
+        (or, for two outboxes, one of them: the file is locked)."""
+        state = config_state_dir(self.filename)
+        owners: dict[str, str] = {}
+        claims: list[tuple[Path, str, str]] = []  # key path, configured, owner's name
+        if shadow is not None:
+            claims.append((("shadow", "path"), shadow.path, "shadow"))
+        for name, entry in devices.items():
+            outbox = getattr(entry.config, "outbox", None)
+            path = getattr(outbox, "path", None)
+            if getattr(outbox, "enabled", False) and isinstance(path, str):
+                claims.append(((entry.section, name, "outbox", "path"), path, name))
+        for where, configured, name in claims:
+            file = os.path.abspath(configured.replace("{state}", state).replace("{name}", name))
+            key = os.path.normcase(file)
+            if key in owners:
+                self.report(
+                    where,
+                    f"{configured!r}{'' if file == configured else f' ({file})'}, the file of"
+                    f" {owners[key]} too",
+                    "a file of its own for each outbox and for the shadow store",
+                )
+            else:
+                owners[key] = ".".join(map(str, where))
 
     # -- shadow -------------------------------------------------------------------------------
 

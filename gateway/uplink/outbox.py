@@ -253,6 +253,10 @@ def _wal_frames(wal: Path) -> int | None:
         return committed
 
 
+class _NotAnOutbox(sqlite3.DatabaseError):
+    """A readable SQLite file with tables, none of them ours."""
+
+
 def _is_disk_full(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "full" in text  # "database or disk is full"
@@ -279,6 +283,12 @@ class Outbox:
         try:
             with wal_kept(self.path):  # a file SQLite cannot read: its log is not deleted
                 self._open()
+        except _NotAnOutbox as exc:  # nothing of ours in it: say so, write nothing
+            self._lock.release()
+            raise sqlite3.DatabaseError(
+                f"{self.path} is a SQLite file of something else ({exc}), not an outbox: the "
+                "gateway leaves it as it is; give outbox.path a file of its own"
+            ) from exc
         except sqlite3.Error as exc:  # damaged, not SQLite, a directory: say which file
             self._lock.release()
             raise sqlite3.DatabaseError(
@@ -310,6 +320,11 @@ class Outbox:
 
     def _prepare(self, wal: Path, wal_size: int, logged: int | None, empty: bool) -> None:
         db = self._db
+        # Before anything writes: the shadow store's file, or another application's, must not
+        # get our tables (and a later outbox drain its rows) by a slip in outbox.path.
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "outbox" not in tables:
+            raise _NotAnOutbox(f"its tables are {', '.join(sorted(tables))}")
         db.execute("PRAGMA journal_mode=WAL")
         if wal_size:
             self._check_wal(wal, logged)
