@@ -46,9 +46,15 @@ def test_a_command_is_written_in_the_points_format(
     assert errors == [] and [s.value for s in samples] == [value]
 
 
-def test_senml_has_no_nan() -> None:
-    with pytest.raises(ValueError, match="JSON"):
-        command_payload(point(format="senml"), math.nan)
+@pytest.mark.parametrize(
+    "config", [{"format": "senml"}, {}, {"field": "set.temp"}, {"field": "temp"}]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_json_has_no_nan_or_infinity(config: dict[str, Any], value: float) -> None:
+    """A NaN write to a JSON point went out as ``null`` (bare or in its field), which a device
+    reads as "no value" or a type error: refused like SenML's, as the CoAP client refuses it."""
+    with pytest.raises(ValueError, match="JSON|NaN|nan|inf"):
+        command_payload(point(**config), value)
 
 
 async def test_writes_reach_the_broker_in_the_points_format(mosquitto: Any) -> None:

@@ -712,14 +712,14 @@ def command_payload(point: MqttPoint, value: Value) -> bytes:
     nests, ``a.b`` gives ``{"a":{"b":7.0}}``, as `_dig` reads it), text plain text (``7.0``,
     ``on``, ``true``), senml a pack of one record named ``senml_name`` (or the point's name),
     without a unit (SenML's names are not pint's)."""
-    if point.format == "json":
-        text = json_value(value)
-        if point.field is not None:
-            for key in reversed(point.field.split(".")):
-                text = f"{{{_json_str(key)}:{text}}}"
-        return text.encode()
     from gateway import payloads
 
+    if point.format == "json":
+        if point.field is not None:
+            return payloads.encode_field(point.field, value, "json")
+        if isinstance(value, float) and not math.isfinite(value):  # json_value would say null
+            raise ValueError(f"JSON has no {value!r}: nothing to write")
+        return json_value(value).encode()
     sample = Sample(point.senml_name or point.name, value)
     return payloads.encode((sample,), "text" if point.format == "text" else "senml+json")
 
