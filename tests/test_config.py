@@ -1171,6 +1171,21 @@ def test_an_unknown_unit_is_refused_on_modbus_and_warned_on_the_others(
     assert f": {section}.d.points[0].unit: 'blorps' is not a unit pint knows: " in warning
 
 
+def test_an_unknown_unit_of_a_computed_point_is_warned(registry: Registry) -> None:
+    """A computed point's unit went out unchecked (``kw`` for ``kW``), where a device point's
+    is warned about."""
+    text = (
+        _one_point("mqtt", "unit: kW")
+        + "  broker: {protocol: mqtt, host: h}\n"
+        + "bridges:\n"
+        + "  - {name: up, from: d, to: broker, topic: 'x/{point}', computed: ["
+        + "{name: a, expr: 'p * 2', unit: kw}, {name: b, expr: 'p * 3', unit: W}]}\n"
+    )
+    config = load_config_text(text, "gw.yaml", registry, check_adapters=True)
+    (warning,) = config.warnings
+    assert ": bridges[0].computed[0].unit: 'kw' is not a unit pint knows: " in warning
+
+
 @pytest.mark.parametrize("node_id", ["garbage", "ns=x;i=3", "ns=2;q=1", "g=not-a-guid"])
 def test_a_malformed_opcua_node_id_is_refused_at_its_key(node_id: str) -> None:
     text = (

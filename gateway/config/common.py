@@ -213,11 +213,12 @@ def _known_unit(name: str | None) -> str | None:
 Unit = Annotated[str | None, AfterValidator(_known_unit)]
 
 
-def unknown_units(points: Sequence[Any]) -> list[tuple[Path, str]]:
-    """`Strict.run_warnings` for the points whose ``unit:`` pint does not know. On OPC UA,
-    CoAP and MQTT points a unit is also a label a device or a site uses (``%RH``, ``NTU``):
-    it is published as written, and only a bridge's ``units:`` conversion needs pint to know
-    it (an error there), so validate warns instead of refusing the config."""
+def unknown_units(points: Sequence[Any], key: str = "points") -> list[tuple[Path, str]]:
+    """`Strict.run_warnings` for the points whose ``unit:`` pint does not know (at ``key``, i,
+    ``unit``). On OPC UA, CoAP and MQTT points and a bridge's computed points a unit is also
+    a label a device or a site uses (``%RH``, ``NTU``): it is published as written, and only a
+    ``units:`` conversion needs pint to know it (an error there), so validate warns instead
+    of refusing the config."""
     from gateway.units import UnitError, validate_unit  # pint loads on first use only
 
     out: list[tuple[Path, str]] = []
@@ -230,7 +231,7 @@ def unknown_units(points: Sequence[Any]) -> list[tuple[Path, str]]:
         except UnitError:
             out.append(
                 (
-                    ("points", i, "unit"),
+                    (key, i, "unit"),
                     f"{unit!r} is not a unit pint knows: published as written, and a bridge's"
                     " units: cannot convert it",
                 )

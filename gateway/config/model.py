@@ -56,6 +56,7 @@ from gateway.config.common import (
     config_relative,
     left_behind,
     left_behind_text,
+    unknown_units,
     with_local_paths,
 )
 from gateway.config.computed import ComputedPoint
@@ -1085,6 +1086,8 @@ class _Loader:
                     f"names of points of {owners}: {listing(sorted(names or ()))}",
                 )
                 ok = False
+        for where, text in unknown_units(items, key="computed"):  # a typo: "kw" for "kW"
+            self.warn((*path, *where), text)
         return ok
 
     def targets(self) -> list[str]:
