@@ -699,8 +699,11 @@ class OpcuaServerAdapter(Adapter):
         server, self.server = self.server, None
         if server is not None:
             # asyncua's stop leaves client sessions (and their subscriptions' queues) alive
-            # until they time out: across a reload, the old server with them.
-            for session in list(server.iserver._external_sessions.values()):
+            # until they time out: across a reload, the old server with them. A private
+            # attribute: should a later asyncua rename it, stopping still works (the sessions
+            # then time out, within SESSION_TIMEOUT_S), and tests/test_opcua_server.py fails.
+            sessions = getattr(server.iserver, "_external_sessions", {})
+            for session in list(sessions.values()):
                 with contextlib.suppress(Exception):
                     await session.close_session(delete_subs=True)
             await server.stop()
