@@ -160,6 +160,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
+    from gateway.fdlimit import raise_open_files
     from gateway.paths import use_config_state_dir
     from gateway.plugins import PluginError
     from gateway.runtime import StartError, stuck_tasks
@@ -175,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or config.gateway.log_level)
     for line in config.warnings:  # once, at warning level: the run goes on
         log.warning("%s", line)
+    raise_open_files()
 
     config_file = os.path.abspath(args.file)
 

@@ -76,6 +76,8 @@ class Throttle(logging.Filter):
 NOISY = (
     "asyncua.server.binary_server_asyncio",
     "asyncua.server.uaprocessor",  # a line per client connection closed
+    "asyncua.server.internal_session",  # lines per session: a scan of certificates, 5 each
+    "asyncua.server.internal_server",
     "protocols.opcua.transport",  # a line per oversized chunk refused
     "coap-server",
     "asyncio",

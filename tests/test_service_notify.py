@@ -353,6 +353,38 @@ def test_the_example_unit_gives_the_gateway_the_time_its_own_timeouts_need() -> 
     assert state == f"/var/lib/{service['StateDirectory']}" == service["WorkingDirectory"]
 
 
+def test_the_open_file_limit_is_raised_from_a_low_soft_limit(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    """Under systemd's default soft limit (1,024; 256 here) idle connections to one server took
+    every descriptor; `gateway run` raises it towards the hard limit, and the unit sets it."""
+    import resource
+
+    from gateway import fdlimit
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = fdlimit.WANTED if hard == resource.RLIM_INFINITY else min(fdlimit.WANTED, hard)
+    assert wanted > 256, "the hard limit of this box leaves nothing to raise"
+    low = (
+        "import resource, sys\n"
+        "n = resource.RLIMIT_NOFILE\n"
+        "resource.setrlimit(n, (256, resource.getrlimit(n)[1]))\n"
+        "from gateway.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    config = modbus_server_config(tmp_path, free_port())
+    with reaped(start_gateway(config, str(listener.sock.getsockname()), wrapper=low)) as proc:
+        listener.wait("READY")
+        limits = Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+        (line,) = [x for x in limits if x.startswith("Max open files")]
+        assert int(line.split()[3]) == wanted
+        stop_gateway(proc, config)
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(Path(__file__).parents[1] / "examples" / "protocol-brain.service")
+    assert int(unit["Service"]["LimitNOFILE"]) == fdlimit.WANTED
+
+
 def modbus_server_config(tmp_path: Path, port: int) -> Path:
     return write_config(
         tmp_path,
