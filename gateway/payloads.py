@@ -225,7 +225,7 @@ def _senml_records(samples: list[Sample], base_name: str) -> Iterator[dict[str, 
 
 def _dump_json(obj: Any) -> bytes:
     try:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
     except ValueError as exc:
         raise PayloadError(f"cannot write as JSON: {exc}") from None
 

@@ -412,7 +412,27 @@ def test_new_names_past_the_limit_are_dropped_known_ones_flow() -> None:
     values, error = keyed({"a": 3, "c": 4, "d": 5}, decoder=decoder)
     assert values == {"a": 3}
     assert error.endswith("2 distinct point names already, new keys dropped: 'c', 'd'")
-    assert decoder.names == {"a", "b"}
+    assert set(decoder.names) == {"a", "b"}
+
+
+def test_one_message_cannot_shut_new_names_out_for_good() -> None:
+    """Anyone who may publish to the broker sends names: a message of 200,000 keys filled the
+    table and every new key (a real sensor's) was dropped until a restart."""
+    now = [0.0]
+    decoder = KeyDecoder(["plant/#"], limit=3, per_message=4, idle=600.0, clock=lambda: now[0])
+    values, error = keyed({f"k{i}": i for i in range(5)}, decoder=decoder)
+    assert values == {} and error.endswith("5 keys in one message, over 4: refused whole")
+    assert decoder.names == {}
+    assert keyed({"a": 1, "b": 2, "c": 3}, decoder=decoder) == ({"a": 1, "b": 2, "c": 3}, "")
+    now[0] = 500.0
+    assert keyed({"a": 4}, decoder=decoder) == ({"a": 4}, "")  # a still flows
+    now[0] = 700.0  # b and c unseen for 700 s, a for 200 s
+    assert keyed({"temp": 21.5}, decoder=decoder) == ({"temp": 21.5}, "")
+    assert set(decoder.names) == {"a", "temp"}  # the idle ones made room
+    values, error = keyed({"d": 1, "e": 2}, decoder=decoder)
+    assert values == {"d": 1} and error.endswith("3 distinct point names already, new keys dropped: 'e'")
+    now[0] = 730.0  # full again, a minute has not passed: no second pass over the names
+    assert keyed({"f": 1}, decoder=decoder)[0] == {}
 
 
 def test_keys_payload_errors() -> None:

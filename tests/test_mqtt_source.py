@@ -535,6 +535,37 @@ def test_max_keys_bounds_the_points_a_keys_subscription_creates(
         MqttEndpoint.model_validate({"host": HOST, "max_keys": 0})
 
 
+def test_a_message_over_max_payload_is_dropped_unread(caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone who may publish to the broker could send 50 MB to a subscribed topic: decoded,
+    it held the event loop and its memory. Past max_payload it is counted and dropped."""
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+
+    config = MqttEndpoint.model_validate(
+        {
+            "host": HOST,
+            "max_payload": 64,
+            "subscriptions": [{"topic": "plant/#", "points": "keys"}, {"topic": "raw/#"}],
+            "points": [{"name": "sp", "topic": "dev/sp"}],
+        }
+    )
+    bus = Bus()
+    mqtt = MqttAdapter("src", config, AdapterContext(bus, "gw"))
+    seen = bus.subscribe("#")
+    big = json.dumps({f"k{i}": i for i in range(20)}).encode()
+    for topic, payload in [("plant/a", big), ("raw/x", b"1" * 65), ("dev/sp", b"7" * 65),
+                           ("plant/a", b'{"ok": 1}')]:  # fmt: skip
+        message = paho.MQTTMessage(topic=topic.encode())
+        message.payload = payload
+        mqtt._on_message(mqtt._client, None, message)  # type: ignore[arg-type]
+    got = []
+    while (m := seen.get_nowait()) is not None:
+        got.append([(s.point, s.value) for s in m.samples])
+    assert got == [[("ok", 1)]]
+    assert mqtt.status()["bad_payloads"] == 3
+    assert f"{len(big):,} bytes, over max_payload 64: dropped" in caplog.text
+
+
 async def test_keys_named_by_topic_keep_two_devices_apart(mosquitto: MosquittoBroker) -> None:
     """``names: topic``: the same key on two devices' topics is two points (by key alone it
     would be one point, each device overwriting the other's value)."""

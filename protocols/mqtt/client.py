@@ -1517,6 +1517,12 @@ class MqttAdapter(Adapter):
         """Declared points and ``points: keys`` subscriptions become the endpoint's telemetry
         (both, when a topic has both); other subscriptions one sample on mqtt/<name>/<topic>."""
         topic = msg.topic
+        size, most = len(msg.payload), self.config.max_payload
+        if size > most:
+            self._bad_payload(
+                codec.PayloadError(topic, f"{size:,} bytes, over max_payload {most:,}: dropped")
+            )
+            return
         decoders = self.point_decoders(topic)
         for decoder in decoders:
             samples, errors = decoder.decode(topic, bytes(msg.payload))

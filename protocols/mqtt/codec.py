@@ -727,6 +727,9 @@ def command_payload(point: MqttPoint, value: Value) -> bytes:
 # --- keys (a subscription with points: keys) ----------------------------------------------------
 
 _POINT_NAME = re.compile(NAME_PATTERN)
+KEYS_PER_MESSAGE = 2_000  # keys one payload may carry (`KeyDecoder`)
+KEY_IDLE_S = 3_600.0  # a learned name unseen this long may make room for a new one
+_SWEEP_EVERY_S = 60.0
 
 
 def flatten(data: Mapping[str, object], prefix: str = "") -> Iterator[tuple[str, Value]]:
@@ -765,6 +768,12 @@ class KeyDecoder:
     (``NAME_PATTERN``), and new names past ``limit`` distinct ones (names come from the
     broker: memory stays bounded; names already seen keep flowing). Names in ``reserved`` (the
     endpoint's declared points, which read their own fields) are skipped quietly.
+
+    Anyone who may publish to the broker can send names, so neither one message nor an old
+    burst may shut new names out for good: a payload with more than ``per_message`` keys is
+    refused whole (a device's object has tens or hundreds; 200,000 filled the table at once),
+    and once the table is full, names not seen for ``idle`` seconds are forgotten (looked for
+    at most once a minute) to make room; a forgotten name that comes back is new again.
     """
 
     def __init__(
@@ -774,14 +783,22 @@ class KeyDecoder:
         limit: int = 10_000,
         reserved: Collection[str] = (),
         by_topic: Collection[str] = (),
+        per_message: int = KEYS_PER_MESSAGE,
+        idle: float = KEY_IDLE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.filters = list(filters)
         self.limit = limit
+        self.per_message = per_message
+        self.idle = idle
+        self.clock = clock
+        self._swept = -_SWEEP_EVERY_S  # when names were last looked through for idle ones
         self.reserved = frozenset(reserved)
         # Filters (of ``filters``) whose keys are named after the topic too (`names: topic`):
         # one key on many devices' topics (plant/ahu1, plant/ahu2) is then a point each.
         self.by_topic = [f for f in self.filters if f in set(by_topic)]
-        self.names: set[str] = set()  # distinct names published so far, at most `limit`
+        # distinct names published, at most `limit`: when each was last seen (`clock`)
+        self.names: dict[str, float] = {}
 
     def matches(self, topic: str) -> bool:
         from gateway.bus import topic_matches
@@ -830,21 +847,30 @@ class KeyDecoder:
             items = {".".join([*levels, *last]): data}
         else:
             items = {}
+        if len(items) > self.per_message:
+            return [], [
+                PayloadError(
+                    topic,
+                    f"{len(items):,} keys in one message, over {self.per_message:,}: refused whole",
+                )
+            ]
         stamp = received if ts is None else ts
         samples: list[Sample] = []
         bad: list[str] = []
         over: list[str] = []
+        now = self.clock()
+        names = self.names
         for name, value in items.items():
             if name in self.reserved:
                 continue
-            if name not in self.names:
+            if name not in names:
                 if not _POINT_NAME.match(name):
                     bad.append(name)
                     continue
-                if len(self.names) >= self.limit:
+                if len(names) >= self.limit and not self._forget_idle(now):
                     over.append(name)
                     continue
-                self.names.add(name)
+            names[name] = now
             samples.append(Sample(name, value, _GOOD, stamp, received))
         reasons = []
         if bad:
@@ -856,3 +882,13 @@ class KeyDecoder:
         if not reasons and not samples and not (items.keys() & self.reserved):
             reasons.append("no number, bool or string in it")
         return samples, [PayloadError(topic, "; ".join(reasons))] if reasons else []
+
+    def _forget_idle(self, now: float) -> bool:
+        """The table is full: forget the names not seen for `idle` seconds (at most once a
+        minute, so a flood of new names costs no pass over the table each); whether there is
+        room now."""
+        if now - self._swept >= _SWEEP_EVERY_S:
+            self._swept = now
+            for name in [n for n, seen in self.names.items() if now - seen >= self.idle]:
+                del self.names[name]
+        return len(self.names) < self.limit

@@ -262,6 +262,14 @@ class MqttEndpoint(Strict):
             " are dropped (counted as bad payloads), so a broker cannot grow memory without limit"
         ),
     )
+    max_payload: int = Field(
+        1 << 20,
+        ge=1,
+        description=(
+            "bytes; a received message longer than this is dropped unread (counted as a bad"
+            " payload): decoding a 50 MB JSON object held the event loop and its memory"
+        ),
+    )
     outbox: OutboxConfig | None = Field(
         default_factory=OutboxConfig,
         description="durable outbox (SQLite) for every publish; null: in memory (max_queued)",
