@@ -205,6 +205,18 @@ class ShadowSection(Strict):
         description="seconds readings wait to be recorded together (one transaction: less "
         "written to the disk, e.g. an SD card); reported state lags by as much",
     )
+    max_desired_keys: int = Field(
+        1000,
+        ge=1,
+        description="keys at most at the top of a device's desired state (points to set and "
+        "metadata keys); an update past it is refused (MQTT 413, gateway shadow set exit 1)",
+    )
+    max_desired_bytes: int = Field(
+        65_536,
+        ge=1,
+        description="bytes at most of a device's desired state as compact JSON; an update "
+        "past it is refused (MQTT 413, gateway shadow set exit 1)",
+    )
     mqtt: ShadowMqtt | None = None
     history: ShadowHistory = Field(default_factory=ShadowHistory)
 

@@ -101,8 +101,12 @@ def _open(config: GatewayConfig, *, must_exist: bool) -> Any:
         raise CommandError(
             f"no shadow store at {path} yet (the gateway creates it when it runs)", 1
         )
-    try:
-        return ShadowStore(path)
+    try:  # the same limits on desired state as the gateway's (refused: ShadowLimitError)
+        return ShadowStore(
+            path,
+            max_desired_keys=config.shadow.max_desired_keys,
+            max_desired_bytes=config.shadow.max_desired_bytes,
+        )
     except Exception as exc:  # sqlite3 errors: not a database, no permission, ...
         raise CommandError(f"cannot open the shadow store {path}: {exc}", 1) from None
 

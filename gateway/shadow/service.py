@@ -20,15 +20,31 @@ Flow
 - Desired changes made while the gateway was not running are not written at start: a setpoint
   applied late is worse than none (see `gateway.commands`). Set it again to apply it.
 
+Desired keys that are no points, and the cost of an update
+----------------------------------------------------------
+A desired key that is no point of the device is metadata (a site for topics): it is recorded
+as ``unknown_point`` once per value and never written. Each write of an error loads and saves
+the whole document, so one transaction per key made 60 updates of 500 new keys quadratic (a
+2.3 MB document, 5 errors recorded a second, over an hour of work queued, a shutdown of 82 s).
+Now an update costs a fixed number of transactions whatever its keys: the store refuses a
+desired state past ``shadow.max_desired_keys`` / ``max_desired_bytes`` (413 over MQTT),
+`_apply` skips the keys already recorded (or being recorded) as ``unknown_point`` with the same
+value, and errors (and their clearing after a write that worked) are queued per device and
+recorded by one task in one `ShadowStore.set_errors` transaction for all that queued up
+meanwhile. At shutdown the writes are cancelled first (their queued store calls with them), the
+readings still queued are recorded for at most `SHUTDOWN_RECORDING` seconds, and the errors
+still queued in one transaction per device; desired state is in the file once accepted, so
+nothing of it waits for shutdown.
+
 MQTT (AWS IoT layout)
 ---------------------
 With ``shadow.mqtt`` the config loader adds the subscriptions ``{prefix}/+/shadow/get`` and
 ``{prefix}/+/shadow/update`` (payload text) to the named MQTT endpoint; the adapter turns them into
 bus messages ``mqtt/{endpoint}/{topic}``, which this service reads. Answers go out on
 ``.../get/accepted`` / ``.../get/rejected`` (404 when no shadow exists), ``.../update/accepted`` /
-``.../update/rejected`` (400 bad request, 409 version conflict) and ``.../update/delta`` (after an
-accepted update whose delta is not empty). Reported state is the device's to set, so an update
-with ``state.reported`` is rejected with 400.
+``.../update/rejected`` (400 bad request, 409 version conflict, 413 too large) and
+``.../update/delta`` (after an accepted update whose delta is not empty). Reported state is the
+device's to set, so an update with ``state.reported`` is rejected with 400.
 
 SQLite is blocking: every store call runs on one dedicated thread (the connection stays in
 that thread's hands), never on the event loop.
@@ -61,7 +77,13 @@ from gateway.commands import CommandRouter, WriteStatus
 from gateway.config.model import ShadowSection
 from gateway.payloads import load_json
 from gateway.shadow import shadow_topic
-from gateway.shadow.store import ShadowDocument, ShadowError, ShadowStore, VersionConflict
+from gateway.shadow.store import (
+    ShadowDocument,
+    ShadowError,
+    ShadowLimitError,
+    ShadowStore,
+    VersionConflict,
+)
 from gateway.streak import FailureStreak
 from gateway.text import counted
 from gateway.types import Message
@@ -78,6 +100,9 @@ MAX_BATCH = 500  # readings recorded in one transaction (the CLI waits at most t
 MAX_REQUEST_BYTES = 65_536
 MAX_DESIRED_KEYS = 500
 MAX_DEPTH = 6
+SHUTDOWN_RECORDING = 2.0  # s the readings still queued at shutdown may take to be recorded
+#: An error to record for a key, (value, status, reason), or None: clear the key's error.
+Error = tuple[Any, str, str] | None
 
 
 def _depth(value: Any) -> int:
@@ -120,6 +145,11 @@ class ShadowService:
         self._requests: Subscription | None = None
         self._seen: dict[str, int] = {}
         self._writes: set[asyncio.Task[None]] = set()
+        # device -> key -> error queued for the store, and those being recorded now (one
+        # task per device records them all at once: `_note`, `_record_errors`)
+        self._errors: dict[str, dict[str, Error]] = {}
+        self._recording_errors: dict[str, dict[str, Error]] = {}
+        self._error_tasks: dict[str, asyncio.Task[None]] = {}
         self.counters = {
             "reported": 0,
             "updates": 0,
@@ -146,6 +176,8 @@ class ShadowService:
                 max_age=history.max_age,
                 max_rows=history.max_rows,
                 min_free=history.min_free,
+                max_desired_keys=self.config.max_desired_keys,
+                max_desired_bytes=self.config.max_desired_bytes,
                 set_aside=True,  # a damaged file must not stop the gateway: moved aside, logged
             )
         )
@@ -160,26 +192,47 @@ class ShadowService:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # First the device writes and error recordings: cancelled, their store calls not yet
+        # started go with them, so nothing below waits behind a backlog (module docstring).
+        for task in list(self._writes):
+            task.cancel()
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=1.0)
         if self._telemetry is not None and self.store is not None:
             try:  # what is still queued (write_delay holds up to that much) is recorded
-                queue = self._telemetry
-                for _ in range(len(queue) // MAX_BATCH + 1):  # not what arrives meanwhile
-                    if not (batch := self._take_batch(queue.get_nowait())):
-                        break
-                    await self._record(batch)
+                await self._record_left(self._telemetry)
             except Exception:  # the file closes below all the same
                 log.exception("shadow: recording the last readings at shutdown failed")
         for sub in (self._telemetry, self._requests):
             if sub is not None:
                 sub.close()
-        for task in list(self._writes):
-            task.cancel()
-        if self._writes:
-            await asyncio.wait(self._writes, timeout=1.0)
         if self.store is not None:
+            for device in list(self._errors):  # one transaction each
+                try:
+                    await self._call(partial(self.store.set_errors, device, self._errors[device]))
+                except Exception as exc:
+                    log.warning("shadow: errors of %s not recorded at shutdown: %s", device, exc)
+            self._errors.clear()
             await self._call(self.store.close)
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _record_left(self, queue: Subscription) -> None:
+        """Record the readings queued at shutdown, for at most `SHUTDOWN_RECORDING` seconds
+        (a backlog must not hold up a stop: systemd kills after its stop timeout)."""
+        end = time.monotonic() + SHUTDOWN_RECORDING
+        for _ in range(len(queue) // MAX_BATCH + 1):  # not what arrives meanwhile
+            if time.monotonic() >= end:
+                log.warning(
+                    "shadow: up to %s still queued at shutdown not recorded (stopped after "
+                    "%.0f s); reported state and history miss them",
+                    counted(len(queue), "reading"),
+                    SHUTDOWN_RECORDING,
+                )
+                return
+            if not (batch := self._take_batch(queue.get_nowait())):
+                return
+            await self._record(batch)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -212,7 +265,8 @@ class ShadowService:
     async def update(
         self, device: str, desired: Mapping[str, Any], version: int | None = None
     ) -> ShadowDocument:
-        """Change desired state (`VersionConflict` if ``version`` is stale); write the delta."""
+        """Change desired state (`VersionConflict` if ``version`` is stale, `ShadowLimitError`
+        past the desired state's limits); write the delta."""
         doc = await self._call(
             partial(self._store().update, device, desired=desired, version=version)
         )
@@ -331,40 +385,82 @@ class ShadowService:
                     self._apply(doc)
 
     def _apply(self, doc: ShadowDocument) -> None:
-        """Write every key of the delta to the device, each in its own task."""
+        """Write every key of the delta to the device, each in its own task; record the keys
+        that are no points (metadata) as such, those not recorded yet with this value."""
+        device = doc.device
+        points = self.router.points
+        queued = {**self._recording_errors.get(device, {}), **self._errors.get(device, {})}
         # unreached, not delta: a metadata key is checked again (once a point, it is written)
         for key, value in doc.unreached.items():
-            task = asyncio.get_running_loop().create_task(
-                self._write(doc.device, key, value), name=f"shadow-write:{doc.device}/{key}"
-            )
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
-
-    async def _write(self, device: str, key: str, value: Any) -> None:
-        store = self._store()
-        if (device, key) not in self.router.points:
+            if (device, key) in points:
+                task = asyncio.get_running_loop().create_task(
+                    self._write(device, key, value), name=f"shadow-write:{device}/{key}"
+                )
+                self._writes.add(task)
+                task.add_done_callback(self._writes.discard)
+                continue
             # Metadata (a site for topics, say): recorded as unknown_point once per value, not
             # sent down the write path (a warning per key on every later update).
-            known = self.documents.get(device)
-            previous = known.errors.get(key) if known is not None else None
-            if previous is None or previous.get("value") != value:
-                reason = f"{device} has no point {key!r}: kept as metadata"
-                status = str(WriteStatus.UNKNOWN_POINT)
-                doc = await self._call(partial(store.set_error, device, key, value, status, reason))
-                self.documents[device] = doc
-            return
+            status = str(WriteStatus.UNKNOWN_POINT)
+            known = doc.errors.get(key)
+            if known is not None and known.get("status") == status and known["value"] == value:
+                continue
+            waiting = queued.get(key)
+            if waiting is not None and waiting[1] == status and waiting[0] == value:
+                continue
+            self._note(
+                device, key, (value, status, f"{device} has no point {key!r}: kept as metadata")
+            )
+
+    async def _write(self, device: str, key: str, value: Any) -> None:
         self.counters["writes"] += 1
         if isinstance(value, dict | list):
             status, reason = "bad_value", f"{device}/{key}: a point takes a scalar value"
         else:
             result = await self.router.write(device, key, value, origin="shadow")
             if result.ok:
-                await self._call(partial(store.clear_error, device, key))
+                self._note(device, key, None)
                 return
             status, reason = str(result.status), result.reason
         self.counters["refused"] += 1
-        doc = await self._call(partial(store.set_error, device, key, value, status, reason))
-        self.documents[device] = doc
+        self._note(device, key, (value, status, reason))
+
+    def _note(self, device: str, key: str, error: Error) -> None:
+        """Queue an error to record for ``key`` (None: clear it); one task per device records
+        all that are queued in one transaction (`_record_errors`)."""
+        self._errors.setdefault(device, {})[key] = error
+        if device not in self._error_tasks:
+            task = asyncio.get_running_loop().create_task(
+                self._record_errors(device), name=f"shadow-errors:{device}"
+            )
+            self._error_tasks[device] = task
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _record_errors(self, device: str) -> None:
+        store = self._store()
+        try:
+            while errors := self._errors.pop(device, None):
+                self._recording_errors[device] = errors
+                try:
+                    doc = await self._call(partial(store.set_errors, device, errors))
+                except asyncio.CancelledError:  # shutdown: recorded there, with what is newer
+                    self._errors[device] = {**errors, **self._errors.get(device, {})}
+                    raise
+                except Exception as exc:  # a full disk: the errors are lost, desired is kept
+                    log.warning(
+                        "shadow: cannot record write errors of %s in %s: %s",
+                        device,
+                        self.config.file(),
+                        exc,
+                        exc_info=not isinstance(exc, sqlite3.Error),
+                    )
+                    continue
+                finally:
+                    self._recording_errors.pop(device, None)
+                self.documents[device] = doc
+        finally:
+            self._error_tasks.pop(device, None)
 
     async def _prune(self) -> None:
         store = self._store()
@@ -437,6 +533,9 @@ class ShadowService:
             doc = await self.update(device, desired, body.get("version"))
         except VersionConflict:
             self._reject(device, action, token, 409, "Version conflict")
+            return
+        except ShadowLimitError as exc:  # the document would be too large, as AWS IoT says it
+            self._reject(device, action, token, 413, str(exc))
             return
         except ShadowError as exc:
             self._reject(device, action, token, 400, str(exc))

@@ -26,6 +26,20 @@ One document per device, shaped like an AWS IoT Device Shadow::
 - Reported updates that change nothing (same value, same quality) are not written at all, so a
   device polled ten times a second does not bump the version ten times a second.
 
+Limits on desired state
+-----------------------
+Every reading of a device loads and saves its whole document, so its size is paid on every
+reading: 60 updates of 500 new metadata keys each made a 2.3 MB document whose readings took
+30 ms each, and history lagged a minute behind. So `update` refuses (`ShadowLimitError`, before
+anything is written) a desired state past ``max_desired_keys`` keys at its top level (a point
+or a metadata key each) or ``max_desired_bytes`` bytes as compact JSON. An update that does not
+grow a document already past a limit (one from before the limit, or a limit lowered since) is
+let through, so that keys can still be deleted or changed. Reported state has no such limit: its
+keys are the device's points, bounded by the config (an MQTT ``points: keys`` source by its
+``max_keys``), and a reading is not refused. The errors of several keys (`set_errors`) are
+recorded in one transaction, so the errors of one update cost one load and one save of the
+document, not one per key.
+
 History
 -------
 One row per change of a point's reported value or quality (``history`` table, indexed by device,
@@ -85,7 +99,7 @@ The document stops too, lower down: below `DOCUMENT_FLOOR` (twice the outbox's s
 (`documents_paused`, `unsaved`): writing it would grow the log into the room the outbox gives
 back when the disk fills. The log is checkpointed and cut back at once, and the documents kept in
 memory are written when the free space is back at that floor plus an eighth (or at `close`).
-`get` sees them meanwhile. A desired update (`update`, `set_error`) is still written at once:
+`get` sees them meanwhile. A desired update (`update`, `set_errors`) is still written at once:
 it is rare and small, and it is answered as accepted only once it is in the file.
 
 A bad file
@@ -128,6 +142,7 @@ __all__ = [
     "ShadowDocument",
     "ShadowError",
     "ShadowFileError",
+    "ShadowLimitError",
     "ShadowStore",
     "VersionConflict",
     "compute_delta",
@@ -146,6 +161,10 @@ DOCUMENT_FLOOR = 2 * OUTBOX_RESERVE
 #: many are staged (module docstring: "History on the disk").
 MERGE_INTERVAL = 60.0
 MERGE_ROWS = 50_000
+#: Default limits on a device's desired state (module docstring, "Limits on desired state"); the
+#: config's ``shadow.max_desired_keys`` and ``shadow.max_desired_bytes`` have the same defaults.
+MAX_DESIRED_KEYS = 1000
+MAX_DESIRED_BYTES = 65_536
 _HISTORY_COLUMNS = {"id", "device", "point", "ts", "value", "quality"}
 #: Columns a table of a shadow store must have; a file with other tables is not one.
 _COLUMNS = {
@@ -159,6 +178,10 @@ _Key = tuple[float, int, int]
 
 class ShadowError(Exception):
     """A shadow request that cannot be applied (bad shape)."""
+
+
+class ShadowLimitError(ShadowError):
+    """An update would take a device's desired state past a limit (nothing was written)."""
 
 
 class ShadowFileError(Exception):
@@ -328,6 +351,11 @@ class ShadowDocument:
         )
 
 
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON (ASCII: other characters escaped)."""
+    return len(json.dumps(value, separators=(",", ":")))
+
+
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
@@ -365,8 +393,12 @@ class ShadowStore:
         set_aside: bool = False,
         merge_interval: float = MERGE_INTERVAL,
         merge_rows: int = MERGE_ROWS,
+        max_desired_keys: int = MAX_DESIRED_KEYS,
+        max_desired_bytes: int = MAX_DESIRED_BYTES,
     ) -> None:
         self.path = path
+        self.max_desired_keys = max_desired_keys
+        self.max_desired_bytes = max_desired_bytes
         self.max_age = max_age
         self.max_rows = max_rows
         self.min_free = min_free  # bytes; 0: history is written whatever the free space
@@ -625,7 +657,9 @@ class ShadowStore:
                 raise VersionConflict(device, version, doc.version)
             changed = False
             if desired:
+                before = (len(doc.desired), _json_size(doc.desired))
                 if merge(doc.desired, desired, doc.metadata.setdefault("desired", {}), now):
+                    self._check_limits(device, doc.desired, before)
                     doc.desired_rev += 1
                     changed = True
                     for key in desired:
@@ -641,6 +675,23 @@ class ShadowStore:
                 doc.timestamp = now
                 self._save(conn, doc)
         return doc
+
+    def _check_limits(
+        self, device: str, desired: Mapping[str, Any], before: tuple[int, int]
+    ) -> None:
+        """`ShadowLimitError` if ``desired`` (merged, not saved yet) is past a limit and larger
+        than it was (``before``: keys, bytes): a document already past one may still shrink."""
+        keys, size = len(desired), _json_size(desired)
+        if keys > self.max_desired_keys and keys > before[0]:
+            raise ShadowLimitError(
+                f"the desired state of {device} would have {keys} keys, over the limit of "
+                f"{self.max_desired_keys} (shadow.max_desired_keys); delete keys (null) first"
+            )
+        if size > self.max_desired_bytes and size > before[1]:
+            raise ShadowLimitError(
+                f"the desired state of {device} would be {size} bytes, over the limit of "
+                f"{self.max_desired_bytes} (shadow.max_desired_bytes); delete keys (null) first"
+            )
 
     @staticmethod
     def _clear_reached_errors(doc: ShadowDocument) -> None:
@@ -887,20 +938,46 @@ class ShadowStore:
     def set_error(
         self, device: str, key: str, value: Any, status: str, reason: str
     ) -> ShadowDocument:
-        """Record that the desired ``value`` of ``key`` could not be written (no version bump:
-        the state did not change)."""
+        """Record that the desired ``value`` of ``key`` could not be written (`set_errors`)."""
+        return self.set_errors(device, {key: (value, status, reason)})
+
+    def set_errors(
+        self, device: str, errors: Mapping[str, tuple[Any, str, str] | None]
+    ) -> ShadowDocument:
+        """Record the errors of several keys, ``key -> (value, status, reason)``, or clear a
+        key's error (None), in one transaction: one load and one save of the document however
+        many keys (no version bump: the state did not change).
+
+        An error for a value that is no longer the key's unreached desired value (desired
+        changed or was deleted meanwhile, which cleared the error) is not recorded: it would
+        stand for the new value."""
         now = self.clock()
         with self._transaction() as conn:
             doc = self._load(conn, device)
-            doc.errors[key] = {"value": value, "status": status, "reason": reason, "timestamp": now}
-            self._save(conn, doc)
+            changed = False
+            for key, error in errors.items():
+                if error is None:
+                    changed = doc.errors.pop(key, None) is not None or changed
+                    continue
+                value, status, reason = error
+                if key not in doc.desired:
+                    continue
+                want = compute_delta({key: doc.desired[key]}, doc.reported).get(key)
+                if want is None or not _same(want, value):
+                    continue
+                doc.errors[key] = {
+                    "value": value,
+                    "status": status,
+                    "reason": reason,
+                    "timestamp": now,
+                }
+                changed = True
+            if changed:
+                self._save(conn, doc)
         return doc
 
     def clear_error(self, device: str, key: str) -> None:
-        with self._transaction() as conn:
-            doc = self._load(conn, device)
-            if doc.errors.pop(key, None) is not None:
-                self._save(conn, doc)
+        self.set_errors(device, {key: None})
 
     # -- history --------------------------------------------------------------------------------
 
