@@ -37,12 +37,29 @@ while a write waits for the device, that connection's later requests wait too (r
 paused), other connections are served. A malformed MBAP header closes only its connection.
 
 Connections: a client that resets its connection has its queued requests dropped, unanswered (so
-that asyncio does not log a failed send per response). A connection with no complete request for
+that asyncio does not log a failed send per response). A connection with no request served for
 ``idle_timeout`` seconds is closed. When ``max_connections`` are open, a newcomer takes the slot
-of the connection idle longest if that one has had no request for ``idle_evict_after`` seconds
-(as many PLCs do: a SCADA client that reconnects is not locked out by the sockets it left
+of the connection idle longest if that one has had no request served for ``idle_evict_after``
+seconds (as many PLCs do: a SCADA client that reconnects is not locked out by the sockets it left
 behind); otherwise it is refused. Refusals and such evictions are logged once per run, and
 counted.
+
+Flow control: a client may pipeline requests, but it must read the answers. Reads are answered at
+once, so a client that sends without reading would otherwise grow the connection's write buffer
+(the gateway's memory) without bound, at full CPU. Each connection's write buffer has a high-water
+mark (`HIGH_WATER`): past it asyncio calls ``pause_writing`` and the connection stops reading the
+socket (its requests wait in the kernel, then in the client); once the client has read the buffer
+down to `LOW_WATER`, ``resume_writing`` serves the requests already received and reading goes on.
+While it waits no request is served, so a client that never reads is closed after
+``idle_timeout`` like an idle one (and is evictable after ``idle_evict_after``): idle means no
+progress, not no request. Memory per connection stays under one socket read (256 KiB, what the
+decoder may hold) plus the mark. A burst of pipelined requests is served `BURST` at a time, with
+the loop's other callbacks (other clients, the polls of the source devices) between bursts.
+
+Log: a connection closed for a malformed header or idleness is one INFO line, but a scanner or a
+broken client reconnecting in a loop must not write one per connection: the first `QUOTA` lines
+of each `QUOTA_INTERVAL` are logged, the rest counted and said in one line when it ends (the
+``frame_errors`` and ``connections_idle_closed`` counters have every one).
 """
 
 from __future__ import annotations
@@ -97,6 +114,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SIZE = 65536
+HIGH_WATER = 64 * 1024  # bytes of responses a connection may have unsent before it stops reading
+LOW_WATER = 16 * 1024  # ...and how far its client must read them down before it reads again
+BURST = 64  # requests served per callback before the loop's other callbacks run
+QUOTA = 5  # per-connection close lines logged per QUOTA_INTERVAL (and kind); the rest counted
+QUOTA_INTERVAL = 10.0
 UNMAPPED = 0xFF  # status byte of an address no entry covers
 GOOD = 0
 WAITING = ExceptionCode.GATEWAY_TARGET_FAILED  # no sample yet
@@ -479,6 +501,42 @@ class _Unit:
         return writes
 
 
+class _Quota:
+    """Per-connection log lines of one kind under a flood: the first `QUOTA` of a
+    `QUOTA_INTERVAL` (which starts at the first) are logged, the others counted, and said in one
+    line when it ends."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # the count line's start: "mb: connections closed for a malformed request"
+        self._logged = 0
+        self._dropped = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def info(self, message: str, *args: object) -> None:
+        if self._timer is None:
+            self._logged = 0
+            self._timer = asyncio.get_running_loop().call_later(QUOTA_INTERVAL, self.flush)
+        if self._logged < QUOTA:
+            self._logged += 1
+            log.info(message, *args)
+        else:
+            self._dropped += 1
+
+    def flush(self) -> None:
+        """End the interval now (and say how many went unlogged in it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._dropped:
+            log.info(
+                "%s: %d more in the last %g s, not logged one by one",
+                self.what,
+                self._dropped,
+                QUOTA_INTERVAL,
+            )
+        self._dropped = 0
+
+
 @dataclass
 class Counters:
     requests: int = 0
@@ -511,6 +569,8 @@ class ModbusServerAdapter(Adapter):
         # a client that cannot get in, or one closed for it, is a warning, not our error
         self._refusals = FailureStreak(log, f"{name}: new connections", level=logging.WARNING)
         self._evictions = FailureStreak(log, f"{name}: connection slots", level=logging.WARNING)
+        self.bad_frame_log = _Quota(f"{name}: connections closed for a malformed request")
+        self.idle_log = _Quota(f"{name}: connections closed for idleness")
 
     # -- the map
 
@@ -581,6 +641,8 @@ class ModbusServerAdapter(Adapter):
             server.close()
         for connection in list(self._connections):
             connection.abort()
+        self.bad_frame_log.flush()
+        self.idle_log.flush()
         if server is not None:
             await server.wait_closed()
 
@@ -713,7 +775,8 @@ class ModbusServerAdapter(Adapter):
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: frames answered in order, reads at once, writes when acked."""
+    """One client connection: frames answered in order, reads at once, writes when acked; reading
+    is paused while a write waits, while the client leaves too much unread, and between bursts."""
 
     def __init__(self, server: ModbusServerAdapter) -> None:
         self._server = server
@@ -721,9 +784,11 @@ class _Connection(asyncio.Protocol):
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
         self._writing: asyncio.Task[None] | None = None
+        self._stalled = False  # the write buffer passed HIGH_WATER, not yet back to LOW_WATER
+        self._more: asyncio.Handle | None = None  # _serve again, for requests already received
         self._idle_timer: asyncio.TimerHandle | None = None
         self.origin = "modbus"
-        # loop time of the latest complete request (or answered write, or connecting); None
+        # loop time of the latest request served (or answered write, or connecting); None
         # while a write waits for its device: that connection is busy, not idle
         self.idle_since: float | None = self._loop.time()
 
@@ -735,6 +800,7 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         self._transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         timeout = self._server.config.idle_timeout
         if timeout:
             self._idle_timer = self._loop.call_later(timeout, self._check_idle)
@@ -744,6 +810,9 @@ class _Connection(asyncio.Protocol):
         self._transport = None  # stops _serve: requests still queued are not answered
         if self._writing is not None:
             self._writing.cancel()
+        if self._more is not None:
+            self._more.cancel()
+            self._more = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
 
@@ -751,8 +820,31 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def pause_writing(self) -> None:
+        """The client leaves more than HIGH_WATER unread: read no more of its requests."""
+        self._stalled = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        """Read down to LOW_WATER: serve what was received meanwhile, then read again (from the
+        loop, not inside the transport's own callback)."""
+        self._stalled = False
+        if self._more is None and self._writing is None:
+            self._more = self._loop.call_soon(self._serve)
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        wanted = self._writing is None and not self._stalled and self._more is None
+        if wanted and not transport.is_reading():
+            transport.resume_reading()
+        elif not wanted and transport.is_reading():
+            transport.pause_reading()
+
     def _check_idle(self) -> None:
-        """Close the connection after idle_timeout without a request; else check again then."""
+        """Close the connection after idle_timeout with no request served (none came, or its
+        client does not read the answers); else check again then."""
         timeout = self._server.config.idle_timeout or 0.0
         since = self._loop.time() if self.idle_since is None else self.idle_since
         left = since + timeout - self._loop.time()
@@ -760,39 +852,55 @@ class _Connection(asyncio.Protocol):
             self._idle_timer = self._loop.call_later(left, self._check_idle)
             return
         self._idle_timer = None
-        self._server.counters.connections_idle_closed += 1
-        log.info("%s: closing %s: no request for %g s", self._server.name, self.origin, timeout)
+        server = self._server
+        server.counters.connections_idle_closed += 1
+        if self._stalled:
+            why = "it has not read its responses for %g s"
+        else:
+            why = "no request for %g s"
+        server.idle_log.info(f"%s: closing %s: {why}", server.name, self.origin, timeout)
         self.abort()
 
     def data_received(self, data: bytes) -> None:
         self._decoder.receive_data(data)
-        self._serve()
+        if self._more is None:  # else served by that call, soon
+            self._serve()
 
     def _serve(self) -> None:
-        """Answer every complete frame, until a write has to wait for its device or the
-        connection closes (a client that pipelined hundreds of requests and reset would
-        otherwise get a send, and asyncio a warning, per remaining response)."""
+        """Answer the complete frames received, up to BURST of them, until a write has to wait
+        for its device, the client leaves too much unread, or the connection closes (a client
+        that pipelined hundreds of requests and reset would otherwise get a send, and asyncio a
+        warning, per remaining response). Reading is paused until all that is over."""
         server = self._server
+        if self._more is not None:
+            self._more.cancel()
+            self._more = None
+        budget = BURST
         try:
-            while self._writing is None:
+            while self._writing is None and not self._stalled:
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
+                if budget == 0:  # let the others in; serve the rest next round
+                    self._more = self._loop.call_soon(self._serve)
+                    break
                 frame = self._decoder.next_frame()
                 if frame is None:
-                    return
+                    break
+                budget -= 1
                 self.idle_since = self._loop.time()
                 response = server.handle(frame, self.origin)
                 if isinstance(response, bytes):
-                    transport.write(response)
+                    transport.write(response)  # past HIGH_WATER, calls pause_writing
                     continue
                 self.idle_since = None
-                transport.pause_reading()  # back-pressure: this client waits for its write
                 self._writing = asyncio.ensure_future(self._finish(response))
         except FrameError as exc:
             server.counters.frame_errors += 1
-            log.info("%s: closing %s: %s", server.name, self.origin, exc)
+            server.bad_frame_log.info("%s: closing %s: %s", server.name, self.origin, exc)
             self.abort()
+            return
+        self._update_reading()
 
     async def _finish(self, response: Coroutine[Any, Any, bytes]) -> None:
         answer = await response
@@ -802,5 +910,4 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(answer)
-        transport.resume_reading()
         self._serve()

@@ -46,14 +46,14 @@ class ModbusServer(Strict):
     idle_evict_after: float = Field(
         10.0,
         gt=0,
-        description="seconds without a request after which a connection may be closed to make "
-        "room for a newcomer when max_connections are open; busier ones are never closed",
+        description="seconds without a request served after which a connection may be closed to "
+        "make room for a newcomer when max_connections are open; busier ones are never closed",
     )
     idle_timeout: float | None = Field(
         300.0,
         ge=0,
-        description="seconds without a request after which a connection is closed; 0 or null: "
-        "never",
+        description="seconds without a request served after which a connection is closed; 0 or "
+        "null: never",
     )
     write_timeout: float = Field(
         5.0, gt=0, le=60, description="seconds a write waits for the device's acknowledgement"
