@@ -138,6 +138,13 @@ class OpcuaServer(Strict):
     users: list[User] = Field(default_factory=list)
     anonymous: bool = Field(False, description="allow clients without a user (read only)")
     write_timeout: float = Field(5.0, gt=0, le=60, description="seconds to wait for the device")
+    max_connections: int = Field(
+        100,
+        ge=1,
+        le=10000,
+        description="TCP connections served at once, with or without a session; a newcomer "
+        "past them is closed at once",
+    )
 
     def run_warnings(self) -> list[tuple[Path, str]]:
         return key_file_warnings(self.security.certificate, self.security.private_key)

@@ -52,13 +52,35 @@ callable, but not by this user.
 Security: the secure endpoints from the config, the None endpoint only with ``allow_none``.
 The peer certificate of a secure channel must be in the trust list; asyncua only checks the
 certificate a client repeats in CreateSession, and only if it does, so we check the channel's own
-certificate when the session is activated (a client that leaves it out gets no session either).
+certificate (a client that leaves it out gets no session either; see below).
 Users log in with a name and a password checked against its scrypt hash; anonymous clients,
 when allowed, may read, browse and subscribe but not write or call methods. Their Write and Call
 requests are refused item by item (BadUserAccessDenied), not with a service fault: Part 4 gives
 operation-level errors per item, and so they too learn which nodes do not exist. The
 UserAccessLevel a client reads is that of its own user: without CurrentWrite for anonymous and
 read-only users.
+
+An untrusted channel certificate is refused at CreateSession, before a session exists
+(`_Processor`, with the status of the trust list: BadCertificateUntrusted, ...), and checked
+again at activation, in case the trust list changed meanwhile. Not earlier: asyncua has no hook
+when a secure channel opens (its ``certificate_validator`` runs in CreateSession, on the
+certificate a client repeats there), and an answer there would have to suit two kinds of
+clients: asyncua's client reports a refused OpenSecureChannel only from an Error message,
+node-opcua's only from a ServiceFault in an OpenSecureChannel response. So a client with any
+certificate still gets a secure channel; what it can make the server hold is bounded by the
+limits below.
+
+Resource limits (an audit: one Read of 95 MB held as much per connection, 12 of them 1.4 GB;
+1,100 idle connections took every file descriptor; a Read of 1,000,000 items stalled the event
+loop 11 s): a request is at most `MAX_MESSAGE` bytes (asyncua's default: 100 MB; the largest
+legitimate messages of a 10,000-point server measure 0.3-2.1 MB, see `MAX_MESSAGE`), a larger
+one is answered BadRequestTooLarge and its connection closed as soon as its chunks pass the
+limit; at most ``max_connections`` TCP connections at once (asyncua's: 1,000), more are closed
+as they are accepted; and the OperationLimits the server advertises (MaxNodesPerRead and the
+others, 10,000 each, which asyncua advertises but does not enforce) are enforced before the
+request is decoded: `_Processor` reads the count of a request's operations from its encoding
+and answers BadTooManyOperations without decoding the items (decoding alone cost 0.45 s per MB
+of small items), so what a logged-in client can make the server decode is bounded too.
 """
 
 from __future__ import annotations
@@ -77,15 +99,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from asyncua import ua
+from asyncua.common.connection import TransportLimits
+from asyncua.common.utils import Buffer, ServiceError
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
+from asyncua.server import binary_server_asyncio
 from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
 from asyncua.server.server import Server
+from asyncua.server.uaprocessor import UaProcessor
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.ua_binary import extensionobject_from_binary, struct_from_binary
 from cryptography import x509
 
 from gateway.adapter import Adapter, AdapterContext
@@ -116,6 +143,16 @@ log = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_S = 60  # longest session timeout a client is granted (asyncua's: 600 s)
 ITEM_QUEUE = 100  # data changes queued per monitored item at most (asyncua's: 10,000)
+# The largest request we accept, and the largest response an asyncua client accepts from us (it
+# takes the server's limits as its own). Measured for 10,000 points (`OPERATIONS_MAX` items in
+# one request, NodeIds of 40 characters): Read request 0.62 MB, its response 0.30 MB (Doubles),
+# 2.1 MB (10,000 Descriptions of 200 characters); CreateMonitoredItems 0.86 MB; a Browse of one
+# folder holding all 10,000 1.2 MB. asyncua's default is 100 MB.
+MAX_MESSAGE = 4 * 1024 * 1024
+# Chunks per message: enough for MAX_MESSAGE in chunks of the smallest buffer OPC UA allows
+# (8,192 bytes), so that the message size is the limit whatever buffer a client negotiates.
+MAX_CHUNKS = MAX_MESSAGE // 8192
+RECEIVE_BUFFER = 65535  # bytes per chunk (asyncua's default)
 
 Codes = StatusCodes
 VT = ua.VariantType
@@ -528,6 +565,13 @@ _DUMMY_HASH = (
 class _Session(InternalSession):
     adapter: OpcuaServerAdapter
 
+    async def create_session(
+        self, params: ua.CreateSessionParameters, sockname: tuple[str, int] | None = None
+    ) -> ua.CreateSessionResult:
+        result = await super().create_session(params, sockname=sockname)
+        result.MaxRequestMessageSize = cast("ua.UInt32", MAX_MESSAGE)  # asyncua says 65,536
+        return result
+
     def activate_session(
         self, params: ua.ActivateSessionParameters, peer_certificate: bytes | None
     ) -> ua.ActivateSessionResult:
@@ -603,6 +647,17 @@ class _InternalServer(InternalServer):
     def __init__(self, adapter: OpcuaServerAdapter, user_manager: UserManager) -> None:
         super().__init__(user_manager=user_manager)
         self.adapter = adapter
+        # request encoding id -> (most operations, how to reach their count); see `_Processor`
+        self.operation_limits: dict[int, tuple[int, _Skip]] = {}
+
+    def enforce_operation_limits(self) -> None:
+        """Enforce the OperationLimits the address space advertises (0: no limit)."""
+        self.operation_limits = {}
+        for request, (limit_node, skip) in OPERATIONS.items():
+            node = self.aspace.get(_node_id(limit_node))
+            limit = _value_of(node, AttributeIds.Value) if node is not None else None
+            if isinstance(limit, int) and limit > 0:
+                self.operation_limits[request] = (limit, skip)
 
     def create_session(
         self, name: str, user: User = ANONYMOUS, external: bool = False
@@ -613,6 +668,147 @@ class _InternalServer(InternalServer):
         session.adapter = self.adapter
         self.adapter.sessions.add(session)
         return session
+
+
+# -- certificates at CreateSession, limits of a request -------------------------------------
+
+
+_Skip = Callable[[Buffer], None]
+
+
+def _fixed(size: int) -> _Skip:
+    return lambda buf: buf.skip(size)
+
+
+def _after_view(buf: Buffer) -> None:
+    struct_from_binary(ua.ViewDescription, buf)  # View, then RequestedMaxReferencesPerNode
+    buf.skip(4)
+
+
+def _after_details(buf: Buffer) -> None:
+    extensionobject_from_binary(buf)  # HistoryReadDetails, TimestampsToReturn, Release...
+    buf.skip(5)
+
+
+_O = ObjectIds
+_LIMIT = "Server_ServerCapabilities_OperationLimits_"
+# request encoding id -> (the OperationLimits node that limits it, what precedes the array of
+# its operations in the request's parameters)
+OPERATIONS: dict[int, tuple[int, _Skip]] = {
+    _O.ReadRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+        _fixed(12),  # MaxAge, TimestampsToReturn
+    ),
+    _O.HistoryReadRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryReadData,
+        _after_details,
+    ),
+    _O.WriteRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerWrite,
+        _fixed(0),
+    ),
+    _O.HistoryUpdateRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryUpdateData,
+        _fixed(0),
+    ),
+    _O.CallRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerMethodCall,
+        _fixed(0),
+    ),
+    _O.BrowseRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+        _after_view,
+    ),
+    _O.BrowseNextRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+        _fixed(1),  # ReleaseContinuationPoints
+    ),
+    _O.RegisterNodesRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerRegisterNodes,
+        _fixed(0),
+    ),
+    _O.UnregisterNodesRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerRegisterNodes,
+        _fixed(0),
+    ),
+    _O.TranslateBrowsePathsToNodeIdsRequest_Encoding_DefaultBinary: (
+        _O.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
+        _fixed(0),
+    ),
+    **{
+        request: (_O.Server_ServerCapabilities_OperationLimits_MaxNodesPerNodeManagement, _fixed(0))
+        for request in (
+            _O.AddNodesRequest_Encoding_DefaultBinary,
+            _O.AddReferencesRequest_Encoding_DefaultBinary,
+            _O.DeleteNodesRequest_Encoding_DefaultBinary,
+            _O.DeleteReferencesRequest_Encoding_DefaultBinary,
+        )
+    },
+    **{
+        request: (_O.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall, skip)
+        for request, skip in (
+            # SubscriptionId, then TimestampsToReturn or MonitoringMode where there is one
+            (_O.CreateMonitoredItemsRequest_Encoding_DefaultBinary, _fixed(8)),
+            (_O.ModifyMonitoredItemsRequest_Encoding_DefaultBinary, _fixed(8)),
+            (_O.SetMonitoringModeRequest_Encoding_DefaultBinary, _fixed(8)),
+            (_O.DeleteMonitoredItemsRequest_Encoding_DefaultBinary, _fixed(4)),
+        )
+    },
+}
+_COUNT = struct.Struct("<i")
+
+
+def operation_count(skip: _Skip, parameters: Buffer) -> int:
+    """How many operations a request's encoded parameters hold, without decoding them (a null
+    array: 0). ``parameters`` is not consumed."""
+    buf = parameters.copy()
+    skip(buf)
+    return max(0, int(_COUNT.unpack(buf.read(4))[0]))
+
+
+class _Processor(UaProcessor):
+    """asyncua's message processor (one per connection), with the certificate of the secure
+    channel checked at CreateSession and the operation limits checked on the encoded request.
+    asyncua's binary server makes its processors by a module-level name, which
+    `OpcuaServerAdapter.__aenter__` points here (for every asyncua server in the process; the
+    additions only act for our `_InternalServer`)."""
+
+    async def _process_message(
+        self, typeid: ua.NodeId, requesthdr: ua.RequestHeader, seqhdr: Any, body: Buffer
+    ) -> Any:
+        iserver = self.iserver
+        if not isinstance(iserver, _InternalServer) or typeid.NamespaceIndex != 0:
+            return await super()._process_message(  # type: ignore[no-untyped-call]
+                typeid, requesthdr, seqhdr, body
+            )
+        session = self.session
+        if typeid.Identifier == _O.CreateSessionRequest_Encoding_DefaultBinary:
+            # raises ServiceError, which asyncua answers with a service fault
+            self._check_certificate(iserver)
+        elif session is not None:
+            found = iserver.operation_limits.get(cast("int", typeid.Identifier))
+            if found is not None and session.is_activated():
+                limit, skip = found
+                count = operation_count(skip, body)
+                if count > limit:
+                    log.warning(
+                        "refused a request of %d operations from %s (at most %d)",
+                        count,
+                        self.name,
+                        limit,
+                    )
+                    # a service fault, answered by asyncua's process_message
+                    raise ServiceError(Codes.BadTooManyOperations)
+        return await super()._process_message(  # type: ignore[no-untyped-call]
+            typeid, requesthdr, seqhdr, body
+        )
+
+    def _check_certificate(self, iserver: _InternalServer) -> None:
+        """Refuse a session to a secure channel whose certificate is not trusted."""
+        peer = self._connection.security_policy.peer_certificate
+        trust = iserver.adapter.trust
+        if peer and trust is not None:  # none on the None endpoint, which checks nothing
+            trust.check(x509.load_der_x509_certificate(peer))
 
 
 # -- the adapter ---------------------------------------------------------------------------
@@ -655,8 +851,17 @@ class OpcuaServerAdapter(Adapter):
         cfg = self.config
         gateway = self.context.gateway_name
         self._users = _Users(cfg)
-        server = Server(iserver=_InternalServer(self, self._users))
-        server.iserver.allow_remote_admin = False
+        iserver = _InternalServer(self, self._users)
+        server = Server(iserver=iserver)
+        iserver.allow_remote_admin = False
+        # See "Resource limits" in the module docstring.
+        server.limits = TransportLimits(
+            max_recv_buffer=RECEIVE_BUFFER,
+            max_send_buffer=RECEIVE_BUFFER,
+            max_chunk_count=MAX_CHUNKS,
+            max_message_size=MAX_MESSAGE,
+        )
+        iserver.max_connections = cfg.max_connections
         # A client that vanishes without CloseSession keeps its session, and the data changes
         # of its subscriptions queue for it, until the session timeout: asyncua's 600 s and
         # 10,000 per item grew the gateway by 16 MB a minute for 50 abandoned sessions of 20
@@ -665,6 +870,7 @@ class OpcuaServerAdapter(Adapter):
         server.iserver.max_session_timeout_ms = SESSION_TIMEOUT_S * 1000
         server.iserver.max_monitored_item_queue_size = ITEM_QUEUE
         await server.init()
+        iserver.enforce_operation_limits()
         app_uri = _render(cfg.application_uri, gateway=gateway, name=self.name)
         await server.set_application_uri(app_uri)
         server.set_server_name(f"Protocol Brain {gateway} ({self.name})")
@@ -681,6 +887,7 @@ class OpcuaServerAdapter(Adapter):
         quiet = Throttle(interval=0.0)
         logging.getLogger("asyncua.server.server").addFilter(quiet)
         transport.install()
+        binary_server_asyncio.UaProcessor = _Processor  # type: ignore[attr-defined]
         try:
             await server.start()
         finally:
