@@ -134,6 +134,19 @@ def modbus_devices_yaml(
     return lines
 
 
+def modbus_to_coap_yaml(port: int, registers: int, coap_port: int) -> str:
+    """A gateway serving device d0's registers (polled every second) on a CoAP server."""
+    lines = ["gateway: {name: bench, status_interval: 0}"]
+    lines += modbus_devices_yaml([port], registers, 1.0)
+    lines += [
+        "endpoints:",
+        f"  coap: {{protocol: coap, role: server, host: 127.0.0.1, port: {coap_port}}}",
+        "bridges:",
+        "  - {name: up, from: d0, to: coap}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def print_result(result: dict[str, object]) -> None:
     """The figures one per line on stderr, then, as the last line on stdout, one JSON object."""
     width = max((len(k) for k in result), default=0)

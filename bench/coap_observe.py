@@ -30,25 +30,13 @@ from _common import (  # noqa: E402
     bench_folder,
     cpu_seconds,
     free_port,
-    modbus_devices_yaml,
+    modbus_to_coap_yaml,
     print_result,
     run_bench,
     start_gateway,
     start_simulator,
     stop,
 )
-
-
-def config_text(port: int, registers: int, coap_port: int) -> str:
-    lines = ["gateway: {name: bench, status_interval: 0}"]
-    lines += modbus_devices_yaml([port], registers, 1.0)
-    lines += [
-        "endpoints:",
-        f"  coap: {{protocol: coap, role: server, host: 127.0.0.1, port: {coap_port}}}",
-        "bridges:",
-        "  - {name: up, from: d0, to: coap}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 async def observe(
@@ -109,7 +97,7 @@ def main() -> None:
             procs.append(sim)
             coap_port = free_port()
             config = workdir / "gateway.yaml"
-            config.write_text(config_text(ports[0], args.resources, coap_port))
+            config.write_text(modbus_to_coap_yaml(ports[0], args.resources, coap_port))
             gw = start_gateway(config, workdir / "gateway.log")
             procs.append(gw)
             time.sleep(3.0)  # the gateway loads and polls once

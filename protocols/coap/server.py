@@ -47,7 +47,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiocoap
 import aiocoap.resource as resource
@@ -62,6 +62,7 @@ from gateway.payloads import Format, PayloadError, decode_for, encode, format_of
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
+from protocols.coap.limits import FloodLimits
 
 if TYPE_CHECKING:
     from aiocoap.credentials import CredentialsMap
@@ -464,6 +465,8 @@ class CoapServerAdapter(Adapter):
     """Serves the points of the bridges that target it as CoAP resources."""
 
     config: CoapServer
+    #: `FloodLimits`' keyword arguments, its defaults where absent (tests make them small)
+    flood_limits: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, name: str, config: CoapServer, context: Any) -> None:
         super().__init__(name, config, context)
@@ -475,6 +478,7 @@ class CoapServerAdapter(Adapter):
         self.site = resource.Site()
         self._context: aiocoap.Context | None = None
         self._credentials: CredentialsMap | None = None  # OSCORE, released at close
+        self.limits: FloodLimits | None = None  # while running: see protocols/coap/limits.py
         self.requests = 0
         self.refused = 0
         self.notifications = 0
@@ -551,6 +555,8 @@ class CoapServerAdapter(Adapter):
             release_credentials(credentials)
             raise
         self._credentials = credentials
+        self.limits = FloodLimits(self.name, **self.flood_limits)
+        self.limits.install(self._context)
         log.info(
             "%s: CoAP server on %s:%d, %s%s",
             self.name,
@@ -576,6 +582,8 @@ class CoapServerAdapter(Adapter):
             with contextlib.suppress(Exception):
                 await self._context.shutdown()
             self._context = None
+        if self.limits is not None:
+            self.limits.close()
         release_credentials(self._credentials)
         self._credentials = None
 
@@ -625,4 +633,6 @@ class CoapServerAdapter(Adapter):
             "refused": self.refused,
             "notifications": self.notifications,
             "writes": dict(self.writes),
+            # requests dropped unanswered under a flood (protocols/coap/limits.py)
+            "dropped": sum(self.limits.dropped.values()) if self.limits is not None else 0,
         }

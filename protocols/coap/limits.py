@@ -1,0 +1,222 @@
+"""Bounds on what the CoAP server keeps per request it receives, so that a flood cannot grow it.
+
+Why. To answer a retransmitted CON with the response it already sent (RFC 7252 section 4.5),
+aiocoap's `MessageManager` (0.4.x) remembers every request by (remote, message ID) for
+EXCHANGE_LIFETIME (247 s): a dict entry that comes to hold the response (which refers to its
+request), and one loop timer per request to forget it. Nothing caps that, and source addresses
+can be spoofed: a flood of CONs with fresh message IDs holds arrival rate x 247 s of them
+(13 MB/s at one flood's rate), and Python keeps the memory for itself once they go.
+
+What instead. `FloodLimits.install` replaces that manager's two duplicate-detection methods
+(``_deduplicate_message``, ``_store_response_for_duplicates``; aiocoap's dict stays, empty).
+Requests are remembered in two insertion-ordered tables, so expiry takes entries off the front
+(one sweep timer in all, not one per request), each with its own cap:
+
+- safe requests (GET, FETCH): when full, the oldest entry is forgotten early. A retransmission
+  of it is then rendered again, which RFC 7252 section 4.5 allows for idempotent requests: the
+  client gets the current value. At the cap (10,000) that happens only to exchanges older than
+  cap / arrival rate, past a CON's retransmission span (45 s) below 222 GETs a second.
+- unsafe requests (PUT, POST, DELETE, PATCH, iPATCH): never forgotten before EXCHANGE_LIFETIME,
+  so a retransmitted PUT is never written twice. When full, a new one is dropped instead (no
+  ACK: a CON client retransmits it later). A GET flood cannot touch this table.
+
+And before either, a token bucket caps new requests for the whole server (not per address:
+addresses can be spoofed): beyond ``rate`` a second (``burst`` at once) a request is dropped
+unanswered. Duplicates, and the ACKs and RSTs to our notifications, do not count. Drops are
+counted (`FloodLimits.dropped`) and logged at most once per `LOG_INTERVAL`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from gateway.text import counted
+
+log = logging.getLogger(__name__)
+
+#: RFC 7252 section 4.8.2, as aiocoap's default TransportTuning
+EXCHANGE_LIFETIME = 247.0
+#: CoAP request codes that are safe (RFC 7252 section 5.8, RFC 8132 for FETCH)
+SAFE_CODES = frozenset({1, 5})  # GET, FETCH
+#: Seconds between two log lines about dropped requests
+LOG_INTERVAL = 10.0
+#: Seconds between two sweeps of expired entries (while any are held)
+SWEEP_INTERVAL = 5.0
+
+_Key = tuple[Any, int]  # (remote, message ID)
+
+
+class _Entry:
+    __slots__ = ("expires", "response")
+
+    def __init__(self, expires: float) -> None:
+        self.expires = expires
+        self.response: Any = None  # the aiocoap.Message sent in answer, once there is one
+
+
+class FloodLimits:
+    """Duplicate detection with capped tables, and a rate limit on new requests; installed on
+    the aiocoap message managers of one server context."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        rate: float = 2000.0,
+        burst: float = 2000.0,
+        safe_limit: int = 10_000,
+        unsafe_limit: int = 10_000,
+        lifetime: float = EXCHANGE_LIFETIME,
+    ) -> None:
+        self.name = name
+        self.rate = rate
+        self.burst = burst
+        self.lifetime = lifetime
+        self.limits = {True: safe_limit, False: unsafe_limit}
+        #: by safe (True) or unsafe (False): (remote, mid) -> entry, oldest first
+        self.tables: dict[bool, OrderedDict[_Key, _Entry]] = {
+            True: OrderedDict(),
+            False: OrderedDict(),
+        }
+        self.dropped = {"rate": 0, "full": 0}  # since start
+        self.forgotten = 0  # safe entries forgotten early, since start
+        self._loop = asyncio.get_running_loop()
+        self._tokens = burst
+        self._filled = self._loop.time()
+        self._unlogged = 0
+        self._log_timer: asyncio.TimerHandle | None = None
+        self._sweep_timer: asyncio.TimerHandle | None = None
+
+    def held(self) -> int:
+        """Requests remembered now, in both tables."""
+        return sum(len(t) for t in self.tables.values())
+
+    def install(self, context: Any) -> int:
+        """Take over duplicate detection in each of ``context``'s message managers (aiocoap
+        0.4.x); how many. One without the expected methods is left as it is, with a warning."""
+        from aiocoap.messagemanager import MessageManager
+
+        needed = ("_deduplicate_message", "_store_response_for_duplicates", "_send_initially")
+        count = 0
+        for interface in context.request_interfaces:
+            manager = getattr(interface, "token_interface", None)
+            if not isinstance(manager, MessageManager):
+                continue
+            if not all(hasattr(manager, a) for a in needed):
+                log.warning("%s: this aiocoap's duplicate detection is not bounded", self.name)
+                continue
+
+            def deduplicate(message: Any, manager: Any = manager) -> bool:
+                return self.deduplicate(manager, message)
+
+            manager._deduplicate_message = deduplicate
+            manager._store_response_for_duplicates = self.store
+            count += 1
+        return count
+
+    def close(self) -> None:
+        for timer in (self._sweep_timer, self._log_timer):
+            if timer is not None:
+                timer.cancel()
+        self._sweep_timer = self._log_timer = None
+        self._flush_log()
+        for table in self.tables.values():
+            table.clear()
+
+    # -- aiocoap's MessageManager calls these
+
+    def deduplicate(self, manager: Any, message: Any) -> bool:
+        """True when ``message`` (a request) goes no further: a duplicate (a CON's stored
+        response is sent again), or dropped. As aiocoap's ``_deduplicate_message``."""
+        from aiocoap.numbers.types import CON
+
+        now = self._loop.time()
+        key = (message.remote, message.mid)
+        safe = int(message.code) in SAFE_CODES
+        table = self.tables[safe]
+        entry = table.get(key)
+        if entry is not None and entry.expires > now:
+            if message.mtype is CON and entry.response is not None:
+                manager._send_initially(entry.response)  # its mid kept: not via send_message
+            return True
+        if not self._admit(now):
+            self._drop("rate")
+            return True
+        self._expire(table, now)
+        if len(table) >= self.limits[safe]:
+            if not safe:
+                self._drop("full")
+                return True
+            table.popitem(last=False)
+            self.forgotten += 1
+        table.pop(key, None)  # an expired one: the new entry goes to the end
+        table[key] = _Entry(now + self.lifetime)
+        if self._sweep_timer is None:
+            self._sweep_timer = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        return False
+
+    def store(self, message: Any) -> None:
+        """Keep a response for the duplicates of its request (as aiocoap's
+        ``_store_response_for_duplicates``: every message sent comes through here)."""
+        key = (message.remote, message.mid)
+        for table in self.tables.values():
+            entry = table.get(key)
+            if entry is not None:
+                entry.response = message
+                return
+
+    # -- inside
+
+    def _admit(self, now: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + (now - self._filled) * self.rate)
+        self._filled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _expire(self, table: OrderedDict[_Key, _Entry], now: float) -> None:
+        while table:
+            key, entry = next(iter(table.items()))
+            if entry.expires > now:
+                return
+            del table[key]
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        for table in self.tables.values():
+            self._expire(table, now)
+        self._sweep_timer = None
+        if self.held():
+            self._sweep_timer = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _drop(self, why: str) -> None:
+        self.dropped[why] += 1
+        self._unlogged += 1
+        if self._log_timer is None:  # the first of a flood is said now, the rest once per interval
+            self._flush_log()
+            self._log_timer = self._loop.call_later(LOG_INTERVAL, self._interval_over)
+
+    def _interval_over(self) -> None:
+        self._log_timer = None
+        if self._unlogged:
+            self._flush_log()
+            self._log_timer = self._loop.call_later(LOG_INTERVAL, self._interval_over)
+
+    def _flush_log(self) -> None:
+        if not self._unlogged:
+            return
+        log.warning(
+            "%s: %s dropped unanswered, a flood? Since start: %d over the limit of %g new"
+            " requests a second, %d PUTs (or other unsafe requests) with the most, %d, remembered",
+            self.name,
+            counted(self._unlogged, "CoAP request"),
+            self.dropped["rate"],
+            self.rate,
+            self.dropped["full"],
+            self.limits[False],
+        )
+        self._unlogged = 0

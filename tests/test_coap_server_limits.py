@@ -1,0 +1,142 @@
+"""The CoAP server under a flood of confirmable requests with fresh message IDs (a whole in-process
+gateway, raw UDP on 127.0.0.1, then libcoap's coap-client): what it remembers for duplicate
+detection stays within its caps, a GET flood does not make a retransmitted PUT run twice, new
+requests beyond the rate limit are dropped, and legitimate clients are served afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import aiocoap
+import pytest
+from conftest import HOST, wait_for
+from test_coap_server import Plant, plant
+
+from gateway.commands import WriteStatus
+from protocols.coap.server import CoapServerAdapter
+from protocols.modbus.codec import DataType
+from protocols.modbus.simulator import Simulator
+
+SAFE_LIMIT, UNSAFE_LIMIT = 200, 50
+
+
+@pytest.fixture
+def small_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"safe_limit": SAFE_LIMIT, "unsafe_limit": UNSAFE_LIMIT, "rate": 1e6, "burst": 1e6}
+    monkeypatch.setattr(CoapServerAdapter, "flood_limits", limits, raising=False)
+
+
+def con(code: int, mid: int, token: bytes, path: tuple[str, ...], payload: bytes = b"") -> bytes:
+    """A CON request datagram (RFC 7252 section 3), Uri-Path options only (text/plain)."""
+    data = bytes([0x40 | len(token), code]) + mid.to_bytes(2, "big") + token
+    delta = 11  # Uri-Path
+    for part in path:
+        data += bytes([(delta << 4) | len(part)]) + part.encode()
+        delta = 0
+    return data + (b"\xff" + payload if payload else b"")
+
+
+def remembered(server: CoapServerAdapter) -> int:
+    """Requests the server context remembers for duplicate detection: aiocoap's own table and
+    ours, in every message manager."""
+    context: Any = server._context
+    held = server.limits.held() if getattr(server, "limits", None) is not None else 0  # type: ignore[union-attr]
+    for interface in context.request_interfaces:
+        manager = getattr(interface, "token_interface", None)
+        held += len(getattr(manager, "_recent_messages", ()))
+    return held
+
+
+async def flood(p: Plant, count: int, sockets: int = 20, paced: bool = True) -> None:
+    """``count`` CON GETs of /pump/temp with fresh message IDs and tokens; no response read.
+    ``paced``: in batches the server answers before the next, so that the kernel's receive
+    buffer drops none of them."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sockets)]
+    start = p.server.requests
+    try:
+        for n in range(count):
+            s = socks[n % sockets]
+            s.sendto(con(1, n & 0xFFFF, n.to_bytes(4, "big"), ("pump", "temp")), (HOST, p.port))
+            if n % 100 == 99:
+                if paced:
+                    await wait_for(lambda n=n: p.server.requests >= start + n - 100, timeout=10)
+                else:
+                    await asyncio.sleep(0.005)
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def exchange(sock: socket.socket, data: bytes) -> aiocoap.Message:
+    """Send ``data``, and the response that comes back (its ACK, piggybacked)."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    await loop.sock_sendto(sock, data, sock.getpeername())
+    reply = await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
+    return aiocoap.Message.decode(reply)
+
+
+async def test_a_flood_of_fresh_message_ids_stays_within_the_caps(
+    simulator: Simulator, small_limits: None
+) -> None:
+    async with plant(simulator) as p:
+        loop = asyncio.get_running_loop()
+        timers = len(loop._scheduled)  # type: ignore[attr-defined]
+        await flood(p, 3000)
+        # one entry per request (and one timer each) for 247 s, before
+        assert remembered(p.server) <= SAFE_LIMIT
+        assert len(loop._scheduled) < timers + 100  # type: ignore[attr-defined]
+        # legitimate clients: GET, PUT, Observe
+        assert await p.coap("-A", "0", path="/pump/temp") == (0, "21.5")
+        assert await p.coap("-m", "put", "-e", "55.5", "-t", "0", path="/pump/level") == (0, "")
+        assert p.device.get_registers("holding", 20, 1) == [555]
+        observer = asyncio.create_task(p.coap("-s", "2", "-A", "0", path="/pump/temp", timeout=3))
+        await asyncio.sleep(0.8)
+        p.device.set_value("input", 0, 230, DataType.INT16)
+        assert (await observer)[1] == "21.523.0"
+        assert remembered(p.server) <= SAFE_LIMIT + UNSAFE_LIMIT
+
+
+async def test_a_retransmitted_put_is_answered_again_not_written_again(
+    simulator: Simulator, small_limits: None
+) -> None:
+    async with plant(simulator) as p:
+        put = con(3, 4242, b"pu", ("pump", "level"), b"55.5")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((HOST, p.port))
+            first = await exchange(sock, put)
+            assert (str(first.code), first.mid, first.token) == ("2.04 Changed", 4242, b"pu")
+            assert p.device.get_registers("holding", 20, 1) == [555]
+            p.device.set_value("holding", 20, 100, DataType.INT16)  # changed on the device since
+            # a GET flood past the cap of the table for safe requests
+            await flood(p, 3000)
+            assert remembered(p.server) <= SAFE_LIMIT + UNSAFE_LIMIT
+            again = await exchange(sock, put)  # the CON retransmitted: the same message ID
+            assert (str(again.code), again.mid, again.token) == ("2.04 Changed", 4242, b"pu")
+        assert p.device.get_registers("holding", 20, 1) == [100]  # not written a second time
+        assert p.server.status()["writes"] == {WriteStatus.GOOD: 1}
+
+
+async def test_new_requests_beyond_the_rate_are_dropped_and_logged_once(
+    simulator: Simulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(
+        CoapServerAdapter, "flood_limits", {"rate": 50.0, "burst": 50.0}, raising=False
+    )
+    async with plant(simulator) as p:
+        served = p.server.requests
+        started = asyncio.get_running_loop().time()
+        with caplog.at_level(logging.WARNING, logger="protocols.coap.limits"):
+            await flood(p, 2000, paced=False)
+            await asyncio.sleep(0.5)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert p.server.requests - served <= 50 + 50 * elapsed + 5
+        dropped = p.server.status()["dropped"]
+        assert dropped >= 1500, dropped  # the rest: the kernel's, a full receive buffer
+        logged = [r for r in caplog.records if "dropped unanswered" in r.getMessage()]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
+        # a client that retransmits gets through once the flood is over
+        assert await p.coap("-A", "0", path="/pump/temp") == (0, "21.5")
