@@ -63,8 +63,8 @@ async def flood(p: Plant, count: int, sockets: int = 20, paced: bool = True) -> 
             if n % 100 == 99:
                 if paced:
                     await wait_for(lambda n=n: p.server.requests >= start + n - 100, timeout=10)
-                else:
-                    await asyncio.sleep(0.005)
+                else:  # time for the loop to read them (the receive buffer holds ~200)
+                    await asyncio.sleep(0.02)
     finally:
         for s in socks:
             s.close()
@@ -93,8 +93,9 @@ async def test_a_flood_of_fresh_message_ids_stays_within_the_caps(
         assert await p.coap("-A", "0", path="/pump/temp") == (0, "21.5")
         assert await p.coap("-m", "put", "-e", "55.5", "-t", "0", path="/pump/level") == (0, "")
         assert p.device.get_registers("holding", 20, 1) == [555]
+        asked = p.server.requests
         observer = asyncio.create_task(p.coap("-s", "2", "-A", "0", path="/pump/temp", timeout=3))
-        await asyncio.sleep(0.8)
+        await wait_for(lambda: p.server.requests > asked, timeout=3)  # registered
         p.device.set_value("input", 0, 230, DataType.INT16)
         assert (await observer)[1] == "21.523.0"
         assert remembered(p.server) <= SAFE_LIMIT + UNSAFE_LIMIT
@@ -120,6 +121,37 @@ async def test_a_retransmitted_put_is_answered_again_not_written_again(
         assert p.server.status()["writes"] == {WriteStatus.GOOD: 1}
 
 
+async def test_an_unsafe_request_is_forgotten_early_only_past_its_retransmission_span() -> None:
+    """A full table of PUTs (or OSCORE requests, POST outside) dropped every new one for 247 s
+    (40 a second at the cap): one older than MAX_TRANSMIT_SPAN, which no client retransmits
+    any more, now makes room; a younger one is still never forgotten."""
+    from types import SimpleNamespace
+
+    from aiocoap.numbers.types import CON
+
+    from protocols.coap.limits import MAX_TRANSMIT_SPAN, FloodLimits
+
+    now = [100.0]
+    limits = FloodLimits("coap", unsafe_limit=2, rate=1e6, burst=1e6)
+    loop = asyncio.get_running_loop()
+    limits._loop = SimpleNamespace(time=lambda: now[0], call_later=loop.call_later)  # type: ignore[assignment]
+    limits._filled = now[0]  # the token bucket on the same clock
+
+    def put(mid: int) -> bool:  # True: goes no further (dropped or a duplicate)
+        return limits.deduplicate(None, SimpleNamespace(remote="a", mid=mid, code=3, mtype=CON))
+
+    try:
+        assert not put(1) and not put(2)
+        now[0] += MAX_TRANSMIT_SPAN - 1
+        assert put(3) and limits.dropped["full"] == 1  # 1 and 2 may still be retransmitted
+        now[0] += 2
+        assert not put(3)  # 1 is past its span: forgotten for 3
+        assert put(2)  # 2 is still remembered: a duplicate, not run again
+        assert list(limits.tables[False]) == [("a", 2), ("a", 3)]
+    finally:
+        limits.close()
+
+
 async def test_new_requests_beyond_the_rate_are_dropped_and_logged_once(
     simulator: Simulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -135,7 +167,9 @@ async def test_new_requests_beyond_the_rate_are_dropped_and_logged_once(
         elapsed = asyncio.get_running_loop().time() - started
         assert p.server.requests - served <= 50 + 50 * elapsed + 5
         dropped = p.server.status()["dropped"]
-        assert dropped >= 1500, dropped  # the rest: the kernel's, a full receive buffer
+        # most of the 2,000 reach the limiter (a loop stalled on a loaded box lets the kernel
+        # drop some first: not ours to count)
+        assert dropped >= 1000, dropped
         logged = [r for r in caplog.records if "dropped unanswered" in r.getMessage()]
         assert len(logged) == 1, [r.getMessage() for r in logged]
         # a client that retransmits gets through once the flood is over

@@ -421,16 +421,21 @@ def test_one_message_cannot_shut_new_names_out_for_good() -> None:
     now = [0.0]
     decoder = KeyDecoder(["plant/#"], limit=3, per_message=4, idle=600.0, clock=lambda: now[0])
     values, error = keyed({f"k{i}": i for i in range(5)}, decoder=decoder)
-    assert values == {} and error.endswith("5 keys in one message, over 4: refused whole")
+    assert values == {} and error.endswith("5 new keys in one message, over 4: dropped")
     assert decoder.names == {}
     assert keyed({"a": 1, "b": 2, "c": 3}, decoder=decoder) == ({"a": 1, "b": 2, "c": 3}, "")
+    # a device's large object: its known keys still flow beside a burst of new ones
+    values, error = keyed({"a": 5, **{f"k{i}": i for i in range(5)}}, decoder=decoder)
+    assert values == {"a": 5} and error.endswith("5 new keys in one message, over 4: dropped")
     now[0] = 500.0
     assert keyed({"a": 4}, decoder=decoder) == ({"a": 4}, "")  # a still flows
     now[0] = 700.0  # b and c unseen for 700 s, a for 200 s
     assert keyed({"temp": 21.5}, decoder=decoder) == ({"temp": 21.5}, "")
     assert set(decoder.names) == {"a", "temp"}  # the idle ones made room
     values, error = keyed({"d": 1, "e": 2}, decoder=decoder)
-    assert values == {"d": 1} and error.endswith("3 distinct point names already, new keys dropped: 'e'")
+    assert values == {"d": 1} and error.endswith(
+        "3 distinct point names already, new keys dropped: 'e'"
+    )
     now[0] = 730.0  # full again, a minute has not passed: no second pass over the names
     assert keyed({"f": 1}, decoder=decoder)[0] == {}
 

@@ -319,9 +319,14 @@ def test_a_scan_of_fresh_certificates_fills_neither_disk_nor_log(
     clock[0] += pki.WARN_WINDOW
     with pytest.raises(ServiceError):
         trust.check(_certificate("after", key, None, ca=False))
+    with pytest.raises(ServiceError):  # one kept quiet in the burst: its own line now
+        trust.check(certs[5])
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"][3:]
-    assert len(said) == 2 and said[0].startswith("9 more untrusted client certificates refused")
+    # 9 new ones and the retry of a quiet one (not marked as warned)
+    assert len(said) == 3 and said[0].startswith("10 more client certificates refused in")
+    assert "the newest 5 untrusted ones are kept in" in said[0]
     assert said[1].startswith("refused untrusted client certificate CN=after")
+    assert said[2].startswith("refused untrusted client certificate CN=scanner-5")
 
 
 async def test_configured_certificate_pem_under_any_name(tmp_path: Path) -> None:

@@ -238,6 +238,16 @@ def test_a_document_past_a_lowered_limit_can_still_shrink(tmp_path: Path) -> Non
     assert store.get("pump").desired["k1"] == 100
 
 
+def test_the_byte_limit_counts_utf8_not_escapes(tmp_path: Path) -> None:
+    """max_desired_bytes says bytes of compact JSON: text in another script counted 6 bytes a
+    character (\\uXXXX), so a label in Greek hit the limit at a third of its size."""
+    store = ShadowStore(str(tmp_path / "shadow.db"), max_desired_bytes=40)
+    label = "αντλία-1"  # 8 characters, 15 bytes in UTF-8
+    assert store.update("pump", desired={"label": label}).desired == {"label": label}
+    with pytest.raises(ShadowError, match="max_desired_bytes"):
+        store.update("pump", desired={"label": label * 3})
+
+
 def test_errors_of_many_keys_are_one_transaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from gateway.shadow.store import ShadowStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +107,34 @@ def test_merge_on_time_on_size_and_at_close(tmp_path: Path) -> None:
     store.report("pump", {"t": (5, "good", 107.0)})
     store.close()
     assert tables(path) == {"history": 13, "history_staged": 0}
+
+
+def test_a_failed_merge_waits_its_interval_even_past_merge_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past merge_rows a merge that failed (a lock, a full disk) was tried again at every
+    reading, each a warning and a pass over all the staged rows."""
+    mono = Clock()
+    store = ShadowStore(str(tmp_path / "s.db"), monotonic=mono, merge_interval=10.0, merge_rows=3)
+    tries = []
+
+    def locked() -> int:
+        tries.append(mono.now)
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "merge", locked)
+    for i in range(10):
+        store.report("pump", {"t": (i, "good", 100.0 + i)})
+    assert tries == [0.0]
+    mono.now = 10.5
+    store.report("pump", {"t": (10, "good", 110.0)})
+    assert tries == [0.0, 10.5]
+    assert len([r for r in caplog.records if "merging staged" in r.getMessage()]) == 2
+    monkeypatch.undo()
+    mono.now = 21.0
+    store.report("pump", {"t": (11, "good", 111.0)})
+    assert tables(tmp_path / "s.db") == {"history": 12, "history_staged": 0}
+    store.close()
 
 
 def test_a_reading_dirties_a_few_pages_not_one_per_point(tmp_path: Path) -> None:

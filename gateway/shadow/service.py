@@ -150,6 +150,7 @@ class ShadowService:
         self._errors: dict[str, dict[str, Error]] = {}
         self._recording_errors: dict[str, dict[str, Error]] = {}
         self._error_tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
         self.counters = {
             "reported": 0,
             "updates": 0,
@@ -194,6 +195,7 @@ class ShadowService:
     async def __aexit__(self, *exc: object) -> None:
         # First the device writes and error recordings: cancelled, their store calls not yet
         # started go with them, so nothing below waits behind a backlog (module docstring).
+        self._closing = True  # a write that outlives its cancel records nothing more (`_note`)
         for task in list(self._writes):
             task.cancel()
         if self._writes:
@@ -428,6 +430,8 @@ class ShadowService:
     def _note(self, device: str, key: str, error: Error) -> None:
         """Queue an error to record for ``key`` (None: clear it); one task per device records
         all that are queued in one transaction (`_record_errors`)."""
+        if self._closing:  # the store is closing or closed
+            return
         self._errors.setdefault(device, {})[key] = error
         if device not in self._error_tasks:
             task = asyncio.get_running_loop().create_task(

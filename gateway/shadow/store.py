@@ -68,7 +68,8 @@ document, so a committed row survives a crash like any other. `merge` moves the 
 into ``history`` in one transaction, sorted by device, point and time (each point's index page
 written once per merge, not once per reading), and empties the staging table; it runs after a
 recording once `merge_interval` (60 s) has passed since the last one or `merge_rows` (50,000)
-are staged, and at `close` (by the store that staged them: the CLI never merges). Not while
+are staged (after a merge that failed, `merge_interval` later either way: not at every reading),
+and at `close` (by the store that staged them: the CLI never merges). Not while
 history is paused for free space: a merge writes the index pages it saved, and staged rows lose
 nothing by waiting. Rows staged by a run that was killed stay staged and go with the next
 merge. Same bench: 2.0 kB per value at 0.1 (a shared 2-core box; docs/shadow.md).
@@ -352,8 +353,9 @@ class ShadowDocument:
 
 
 def _json_size(value: Any) -> int:
-    """Bytes of ``value`` as compact JSON (ASCII: other characters escaped)."""
-    return len(json.dumps(value, separators=(",", ":")))
+    """Bytes of ``value`` as compact JSON in UTF-8 (what the limit's text says)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", "surrogatepass"))  # JSON may carry a lone surrogate
 
 
 def _mib(n: int) -> str:
@@ -424,6 +426,7 @@ class ShadowStore:
         self.merge_rows = merge_rows
         self._staged_here = 0  # rows this store staged since its last merge
         self._merged_at = self.monotonic()
+        self._merge_failed = False  # the last merge failed: the next one waits its interval
         self.merges = 0  # merges done (tests, status)
 
     @property
@@ -838,15 +841,16 @@ class ShadowStore:
         visible to queries and retention, so nothing is lost meanwhile."""
         if not self._staged_here or self.history_paused:
             return
-        if (
-            self._staged_here < self.merge_rows
-            and self.monotonic() - self._merged_at < self.merge_interval
+        since = self.monotonic() - self._merged_at
+        if since < self.merge_interval and (
+            self._merge_failed or self._staged_here < self.merge_rows
         ):
-            return
+            return  # after a failure, not at every reading past merge_rows: at the next interval
         try:
             self.merge()
         except sqlite3.Error as exc:
-            self._merged_at = self.monotonic()  # not at every reading: at the next interval
+            self._merge_failed = True
+            self._merged_at = self.monotonic()
             log.warning("shadow: merging staged history rows in %s failed: %s", self.path, exc)
 
     def merge(self) -> int:
@@ -861,6 +865,7 @@ class ShadowStore:
             conn.execute("DELETE FROM history_staged")
         self._staged_here = 0
         self._merged_at = self.monotonic()
+        self._merge_failed = False
         self.merges += 1
         if self._staged is not None:
             self._staged.clear()

@@ -16,9 +16,12 @@ Requests are remembered in two insertion-ordered tables, so expiry takes entries
   of it is then rendered again, which RFC 7252 section 4.5 allows for idempotent requests: the
   client gets the current value. At the cap (10,000) that happens only to exchanges older than
   cap / arrival rate, past a CON's retransmission span (45 s) below 222 GETs a second.
-- unsafe requests (PUT, POST, DELETE, PATCH, iPATCH): never forgotten before EXCHANGE_LIFETIME,
-  so a retransmitted PUT is never written twice. When full, a new one is dropped instead (no
-  ACK: a CON client retransmits it later). A GET flood cannot touch this table.
+- unsafe requests (PUT, POST, DELETE, PATCH, iPATCH; and every OSCORE request, whose outer
+  code is POST or FETCH): never forgotten while a client may still retransmit them
+  (MAX_TRANSMIT_SPAN, 45 s), so a retransmitted PUT is never written twice. When full, the
+  oldest is forgotten if it is older than that, else a new one is dropped (no ACK: a CON client
+  retransmits it later): up to cap / 45 s (222) a second are served. A GET flood cannot touch
+  this table.
 
 And before either, a token bucket caps new requests for the whole server (not per address:
 addresses can be spoofed): beyond ``rate`` a second (``burst`` at once) a request is dropped
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: RFC 7252 section 4.8.2, as aiocoap's default TransportTuning
 EXCHANGE_LIFETIME = 247.0
+#: RFC 7252 section 4.8.2: after this long a client retransmits a CON no more
+MAX_TRANSMIT_SPAN = 45.0
 #: CoAP request codes that are safe (RFC 7252 section 5.8, RFC 8132 for FETCH)
 SAFE_CODES = frozenset({1, 5})  # GET, FETCH
 #: Seconds between two log lines about dropped requests
@@ -147,8 +152,9 @@ class FloodLimits:
             return True
         self._expire(table, now)
         if len(table) >= self.limits[safe]:
-            if not safe:
-                self._drop("full")
+            oldest = next(iter(table.values()))
+            if not safe and now - (oldest.expires - self.lifetime) < MAX_TRANSMIT_SPAN:
+                self._drop("full")  # it may still come again: it must not run twice
                 return True
             table.popitem(last=False)
             self.forgotten += 1

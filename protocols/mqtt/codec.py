@@ -770,10 +770,11 @@ class KeyDecoder:
     endpoint's declared points, which read their own fields) are skipped quietly.
 
     Anyone who may publish to the broker can send names, so neither one message nor an old
-    burst may shut new names out for good: a payload with more than ``per_message`` keys is
-    refused whole (a device's object has tens or hundreds; 200,000 filled the table at once),
-    and once the table is full, names not seen for ``idle`` seconds are forgotten (looked for
-    at most once a minute) to make room; a forgotten name that comes back is new again.
+    burst may shut new names out for good: of a payload with more than ``per_message`` new
+    keys none is learned (names already known still flow; one message of 200,000 filled the
+    table at once), and once the table is full, names not seen for ``idle`` seconds are
+    forgotten (looked for at most once a minute) to make room; a forgotten name that comes back
+    is new again, and is not among the points marked Bad when the broker is lost.
     """
 
     def __init__(
@@ -847,23 +848,20 @@ class KeyDecoder:
             items = {".".join([*levels, *last]): data}
         else:
             items = {}
-        if len(items) > self.per_message:
-            return [], [
-                PayloadError(
-                    topic,
-                    f"{len(items):,} keys in one message, over {self.per_message:,}: refused whole",
-                )
-            ]
         stamp = received if ts is None else ts
         samples: list[Sample] = []
         bad: list[str] = []
         over: list[str] = []
         now = self.clock()
         names = self.names
+        new = sum(1 for name in items if name not in names and name not in self.reserved)
+        burst = new > self.per_message  # one message may not fill the table: known names flow
         for name, value in items.items():
             if name in self.reserved:
                 continue
             if name not in names:
+                if burst:
+                    continue
                 if not _POINT_NAME.match(name):
                     bad.append(name)
                     continue
@@ -873,6 +871,8 @@ class KeyDecoder:
             names[name] = now
             samples.append(Sample(name, value, _GOOD, stamp, received))
         reasons = []
+        if burst:
+            reasons.append(f"{new:,} new keys in one message, over {self.per_message:,}: dropped")
         if bad:
             reasons.append(f"keys that are not point names skipped: {_quoted(bad)}")
         if over:

@@ -44,7 +44,8 @@ CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 WARNED_MAX = 256  # refused certificates remembered as warned about (`TrustList.warned`)
 # A scan presenting a fresh certificate each time must not fill the disk or the log: the newest
 # REJECTED_MAX refused certificates are kept, and at most WARN_BURST new ones are warned about
-# per WARN_WINDOW seconds (the rest are counted, and said in one line when the window ends).
+# per WARN_WINDOW seconds (the rest are counted, and said in one line with the first refusal
+# after the window; one kept quiet is warned about when it comes again after it).
 REJECTED_MAX = 100
 WARN_BURST = 10
 WARN_WINDOW = 60.0
@@ -370,13 +371,13 @@ class TrustList:
         self.refused += 1
         repeats = self.warned.get(thumbprint)
         if repeats is None:
+            if not self._may_warn():  # not marked as warned: its next refusal may be
+                log.debug("%s%s", what, why)
+                return
             if len(self.warned) >= WARNED_MAX:  # many peers (a scan): forget, do not grow
                 self.warned.clear()
             self.warned[thumbprint] = 0
-            if self._may_warn():
-                log.warning("%s%s", what, why)
-            else:
-                log.debug("%s%s", what, why)
+            log.warning("%s%s", what, why)
         else:
             self.warned[thumbprint] = repeats + 1
             log.debug("%s again (%d times since the warning)", what, repeats + 1)
@@ -388,14 +389,13 @@ class TrustList:
         start, warned, unsaid = self._window
         if now - start >= WARN_WINDOW:
             if unsaid:
+                kept = f"; the newest {REJECTED_MAX} untrusted ones are kept in {self.rejected}"
                 log.warning(
-                    "%s more untrusted %s certificates refused in %.0f s without a line each "
-                    "(a scan?); the newest %d are kept in %s",
+                    "%s more %s certificates refused in %.0f s without a line each (a scan?)%s",
                     unsaid,
                     self.peer,
                     now - start,
-                    REJECTED_MAX,
-                    self.rejected,
+                    kept if self.rejected is not None else "",
                 )
             start, warned, unsaid = now, 0, 0
         if warned < WARN_BURST:
