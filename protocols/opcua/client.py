@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
@@ -484,6 +485,15 @@ class OpcuaClientAdapter(Adapter):
             client.set_security(policy, str(cert), str(key), mode=mode), cfg.timeout * 2
         )
         raise_if_cancelling()
+        der = getattr(client.security_policy, "peer_certificate", None)
+        if self._trust is not None and sec.verify_server and der:
+            # Checked before the session as well: a server that refuses our certificate at
+            # CreateSession (ours does) answers before asyncua's check of its own, and the
+            # operator would not learn that we refuse it too, nor find it in rejected/.
+            try:
+                self._trust.check(x509.load_der_x509_certificate(der))
+            except ServiceError as exc:
+                raise UaStatusCodeError(exc.code) from None  # type: ignore[no-untyped-call]
         return client
 
     async def _end_session(self, session: _Session | None) -> None:
