@@ -29,10 +29,22 @@ def small_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CoapServerAdapter, "flood_limits", limits, raising=False)
 
 
-def con(code: int, mid: int, token: bytes, path: tuple[str, ...], payload: bytes = b"") -> bytes:
-    """A CON request datagram (RFC 7252 section 3), Uri-Path options only (text/plain)."""
+def con(
+    code: int,
+    mid: int,
+    token: bytes,
+    path: tuple[str, ...],
+    payload: bytes = b"",
+    observe: int | None = None,
+) -> bytes:
+    """A CON request datagram (RFC 7252 section 3), Uri-Path options (and Observe) only
+    (text/plain)."""
     data = bytes([0x40 | len(token), code]) + mid.to_bytes(2, "big") + token
     delta = 11  # Uri-Path
+    if observe is not None:  # option 6, before Uri-Path
+        value = observe.to_bytes((observe.bit_length() + 7) // 8, "big")  # 0: empty
+        data += bytes([(6 << 4) | len(value)]) + value
+        delta = 11 - 6
     for part in path:
         data += bytes([(delta << 4) | len(part)]) + part.encode()
         delta = 0
@@ -174,3 +186,135 @@ async def test_new_requests_beyond_the_rate_are_dropped_and_logged_once(
         assert len(logged) == 1, [r.getMessage() for r in logged]
         # a client that retransmits gets through once the flood is over
         assert await p.coap("-A", "0", path="/pump/temp") == (0, "21.5")
+
+
+# -- observations (RFC 7641): ObserveLimits in protocols/coap/limits.py
+
+OBSERVE_TOTAL, OBSERVE_PER_REMOTE = 20, 5
+#: an Accept option (17) of 0, text/plain, to append to `con`'s datagram (no payload, Uri-Path last)
+ACCEPT_TEXT = bytes([(17 - 11) << 4])
+
+
+@pytest.fixture
+def few_observations(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"total": OBSERVE_TOTAL, "per_remote": OBSERVE_PER_REMOTE}
+    monkeypatch.setattr(CoapServerAdapter, "observe_limits", limits, raising=False)
+
+
+def observed(server: CoapServerAdapter) -> int:
+    """Observations aiocoap's resources hold (their own sets, not our count of them)."""
+    resources = server.site._resources.values()
+    return sum(len(getattr(res, "_observations", ())) for res in resources)
+
+
+def held(server: CoapServerAdapter) -> tuple[int, int, int]:
+    """Observations held: by aiocoap's resources, by our count, by our counts per remote."""
+    observing = server.observing
+    return observed(server), observing.held(), sum(observing._by_remote.values())
+
+
+def connected(p: Plant) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((HOST, p.port))
+    return sock
+
+
+async def register(sock: socket.socket, mid: int, token: bytes, observe: int = 0) -> bool:
+    """An Observe GET of /pump/temp (``observe`` 1: a cancellation); whether its 2.05 answer
+    carries the Observe option, that is, whether the server registered it."""
+    request = con(1, mid, token, ("pump", "temp"), observe=observe) + ACCEPT_TEXT
+    response = await exchange(sock, request)
+    assert (str(response.code), response.payload) == ("2.05 Content", b"21.5"), response
+    return response.opt.observe is not None
+
+
+async def test_observations_beyond_the_cap_are_answered_without_observe(
+    simulator: Simulator, few_observations: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with plant(simulator) as p:
+        socks = [connected(p) for _ in range(2 * OBSERVE_TOTAL)]  # one per port: no per-remote cap
+        try:
+            with caplog.at_level(logging.WARNING, logger="protocols.coap.limits"):
+                accepted = [await register(s, n, b"ob%d" % n) for n, s in enumerate(socks)]
+            # every one was registered, before; each then cost a notification per change
+            assert accepted == [True] * OBSERVE_TOTAL + [False] * OBSERVE_TOTAL
+            assert held(p.server) == (OBSERVE_TOTAL,) * 3
+            status = p.server.status()
+            assert (status["observations"], status["observe_refused"]) == (20, 20)
+            logged = [r for r in caplog.records if "without Observe" in r.getMessage()]
+            assert len(logged) == 1, [r.getMessage() for r in logged]
+            # a legitimate client while the server is full: a value, and no registration
+            assert await p.coap("-s", "1", "-A", "0", path="/pump/temp", timeout=3) == (0, "21.5")
+            assert held(p.server) == (OBSERVE_TOTAL,) * 3
+            assert p.server.status()["observe_refused"] == OBSERVE_TOTAL + 1
+            # the flood ends (its observations cancelled): the client is notified again
+            for n, s in enumerate(socks[:OBSERVE_TOTAL]):
+                assert not await register(s, 1000 + n, b"ob%d" % n, observe=1)
+        finally:
+            for s in socks:
+                s.close()
+        await wait_for(lambda: held(p.server) == (0,) * 3, timeout=3)
+        asked = p.server.requests
+        observer = asyncio.create_task(p.coap("-s", "2", "-A", "0", path="/pump/temp", timeout=3))
+        await wait_for(lambda: p.server.requests > asked, timeout=3)  # registered
+        assert held(p.server) == (1,) * 3
+        p.device.set_value("input", 0, 230, DataType.INT16)
+        assert (await observer)[1] == "21.523.0"
+
+
+async def test_one_remote_holds_at_most_its_share_and_a_renewal_counts_once(
+    simulator: Simulator, few_observations: None
+) -> None:
+    async with plant(simulator) as p:
+        with connected(p) as greedy, connected(p) as other:
+            tokens = [b"t%d" % n for n in range(2 * OBSERVE_PER_REMOTE)]
+            accepted = [await register(greedy, n, token) for n, token in enumerate(tokens)]
+            assert accepted == [True] * OBSERVE_PER_REMOTE + [False] * OBSERVE_PER_REMOTE
+            # the same tokens again: renewals of the ones held (RFC 7641 section 4.1), no more
+            for n, token in enumerate(tokens):
+                assert await register(greedy, 100 + n, token) is (n < OBSERVE_PER_REMOTE)
+            await wait_for(lambda: held(p.server) == (OBSERVE_PER_REMOTE,) * 3, timeout=3)
+            # another address:port is served
+            assert await register(other, 1, b"t0")
+            assert held(p.server) == (OBSERVE_PER_REMOTE + 1,) * 3
+            status = p.server.status()
+            assert (status["observations"], status["observe_refused"]) == (6, 10)
+
+
+async def test_a_cancelled_observation_frees_its_slot(
+    simulator: Simulator, few_observations: None
+) -> None:
+    """Cancelled by a GET with Observe 1 and by an RST to a notification; the counts follow
+    aiocoap's, and a new registration is accepted after."""
+    async with plant(simulator) as p:
+        with connected(p) as sock:
+            tokens = [b"c%d" % n for n in range(OBSERVE_PER_REMOTE)]
+            assert all([await register(sock, n, token) for n, token in enumerate(tokens)])
+            assert not await register(sock, 10, b"late")  # full, for this remote
+            assert not await register(sock, 11, tokens[0], observe=1)  # deregistered
+            await wait_for(lambda: held(p.server) == (OBSERVE_PER_REMOTE - 1,) * 3, timeout=3)
+            assert await register(sock, 12, b"late")  # its slot, taken again
+            assert not await register(sock, 13, b"later")
+            # a change: a CON notification to each; an RST to one of them ends it
+            p.device.set_value("input", 0, 230, DataType.INT16)
+            loop = asyncio.get_running_loop()
+            notification = aiocoap.Message.decode(
+                await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
+            )
+            assert notification.opt.observe is not None and notification.payload == b"23.0"
+            rst = bytes([0x70, 0]) + notification.mid.to_bytes(2, "big")
+            await loop.sock_sendto(sock, rst, sock.getpeername())
+            await wait_for(lambda: held(p.server) == (OBSERVE_PER_REMOTE - 1,) * 3, timeout=3)
+            late = con(1, 14, b"later", ("pump", "temp"), observe=0) + ACCEPT_TEXT
+            await loop.sock_sendto(sock, late, sock.getpeername())
+
+            async def answered() -> aiocoap.Message:  # past the other notifications still coming
+                while True:
+                    reply = aiocoap.Message.decode(await loop.sock_recv(sock, 2048))
+                    if reply.mid == 14:
+                        return reply
+
+            reply = await asyncio.wait_for(answered(), 5)
+            assert reply.opt.observe is not None and reply.payload == b"23.0"
+            assert held(p.server) == (OBSERVE_PER_REMOTE,) * 3
+        assert p.server.status()["observe_refused"] == 2

@@ -27,6 +27,23 @@ And before either, a token bucket caps new requests for the whole server (not pe
 addresses can be spoofed): beyond ``rate`` a second (``burst`` at once) a request is dropped
 unanswered. Duplicates, and the ACKs and RSTs to our notifications, do not count. Drops are
 counted (`FloodLimits.dropped`) and logged at most once per `LOG_INTERVAL`.
+
+Observations (RFC 7641). aiocoap's `ObservableResource` keeps every observation it is asked for
+until the client cancels it or a confirmable notification to it fails: one registered with a NON
+request, or from an address that stays silent while the value does not change, stays for ever,
+and each costs a notification per change (10,000 took 29 MB). `ObserveLimits` caps them:
+``total`` (10,000) for the server and ``per_remote`` (100) per address and port, so that one
+client cannot take them all (spoofed addresses can still take the total: that is the bound). No
+cap per resource: the total already bounds what one change costs, and a flood would only spread
+over the resources. A registration beyond a cap is answered as a plain GET, without the Observe
+option (RFC 7641 section 4.1), so the client knows it is not registered; refusals are counted
+and logged as the drops are. A re-registration (the same token from the same endpoint, which
+aiocoap treats as replacing the old one) keeps its one slot (over OSCORE, whose inner request has
+no token, aiocoap ends the old one, which frees it, before the new one registers); an
+observation that ends for any reason (a GET with Observe 1, an RST or a failed CON notification,
+an error response, shutdown) frees its slot through aiocoap's cancellation callback.
+Observations are not expired by age: an idle one is legitimate, and only an unacknowledged CON
+notification (RFC 7641 section 4.5) tells a vanished client from a quiet one.
 """
 
 from __future__ import annotations
@@ -34,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.text import counted
@@ -52,6 +70,38 @@ LOG_INTERVAL = 10.0
 SWEEP_INTERVAL = 5.0
 
 _Key = tuple[Any, int]  # (remote, message ID)
+
+
+class _Quiet:
+    """Log lines about a flood: the first at once, then at most one per `LOG_INTERVAL`, with the
+    count since; ``say(count)`` writes the line."""
+
+    def __init__(self, say: Callable[[int], None]) -> None:
+        self._say = say
+        self._unlogged = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self) -> None:
+        self._unlogged += 1
+        if self._timer is None:  # the first of a flood is said now, the rest once per interval
+            self._interval_over()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._flush()
+
+    def _interval_over(self) -> None:
+        self._timer = None
+        if self._unlogged:
+            self._flush()
+            self._timer = asyncio.get_running_loop().call_later(LOG_INTERVAL, self._interval_over)
+
+    def _flush(self) -> None:
+        if self._unlogged:
+            self._say(self._unlogged)
+            self._unlogged = 0
 
 
 class _Entry:
@@ -91,8 +141,7 @@ class FloodLimits:
         self._loop = asyncio.get_running_loop()
         self._tokens = burst
         self._filled = self._loop.time()
-        self._unlogged = 0
-        self._log_timer: asyncio.TimerHandle | None = None
+        self._log = _Quiet(self._say)
         self._sweep_timer: asyncio.TimerHandle | None = None
 
     def held(self) -> int:
@@ -123,11 +172,10 @@ class FloodLimits:
         return count
 
     def close(self) -> None:
-        for timer in (self._sweep_timer, self._log_timer):
-            if timer is not None:
-                timer.cancel()
-        self._sweep_timer = self._log_timer = None
-        self._flush_log()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        self._log.close()
         for table in self.tables.values():
             table.clear()
 
@@ -201,28 +249,116 @@ class FloodLimits:
 
     def _drop(self, why: str) -> None:
         self.dropped[why] += 1
-        self._unlogged += 1
-        if self._log_timer is None:  # the first of a flood is said now, the rest once per interval
-            self._flush_log()
-            self._log_timer = self._loop.call_later(LOG_INTERVAL, self._interval_over)
+        self._log.note()
 
-    def _interval_over(self) -> None:
-        self._log_timer = None
-        if self._unlogged:
-            self._flush_log()
-            self._log_timer = self._loop.call_later(LOG_INTERVAL, self._interval_over)
-
-    def _flush_log(self) -> None:
-        if not self._unlogged:
-            return
+    def _say(self, count: int) -> None:
         log.warning(
             "%s: %s dropped unanswered, a flood? Since start: %d over the limit of %g new"
             " requests a second, %d PUTs (or other unsafe requests) with the most, %d, remembered",
             self.name,
-            counted(self._unlogged, "CoAP request"),
+            counted(count, "CoAP request"),
             self.dropped["rate"],
             self.rate,
             self.dropped["full"],
             self.limits[False],
         )
-        self._unlogged = 0
+
+
+class ObserveLimits:
+    """Caps on the observations one server holds, in all and per remote endpoint; see the module
+    docstring. The server's observable resources register through `add`."""
+
+    def __init__(self, name: str, *, total: int = 10_000, per_remote: int = 100) -> None:
+        self.name = name
+        self.total = total
+        self.per_remote = per_remote
+        self.refused = 0  # registrations answered without Observe, since start
+        #: (endpoint, token) -> the mark of the observation that holds the slot now
+        self._held: dict[tuple[Any, object], object] = {}
+        self._by_remote: dict[Any, int] = {}  # endpoint -> slots held
+        self._log = _Quiet(self._say)
+
+    def held(self) -> int:
+        """Observations held now."""
+        return len(self._held)
+
+    async def add(
+        self,
+        add: Callable[[Any, Any], Awaitable[None]],
+        request: Any,
+        serverobservation: Any,
+    ) -> None:
+        """Register ``serverobservation`` (aiocoap's) through ``add`` (the resource's own
+        ``add_observation``) if the caps allow; else let aiocoap answer without Observe."""
+        release = self.admit(request.remote, request.token)
+        if release is None:
+            # aiocoap 0.4.x: an early deregistration makes the first response the only one,
+            # without the Observe option (not accepting at all fails in aiocoap's cleanup)
+            serverobservation.accept(_nothing)
+            serverobservation.deregister()
+            return
+        try:
+            await add(request, serverobservation)
+        finally:
+            accepted = serverobservation._accepted
+            if not accepted:
+                release()
+        if not accepted:
+            return
+        cancel = serverobservation._cancellation_callback  # the resource's: it forgets the observer
+
+        def cancelled() -> None:
+            try:
+                cancel()
+            finally:
+                release()
+
+        serverobservation.accept(cancelled)
+
+    def admit(self, remote: Any, token: bytes) -> Callable[[], None] | None:
+        """Take a slot for an observation by ``remote`` with ``token``; the function that frees
+        it (any number of calls), or None when a cap is reached (counted and logged)."""
+        endpoint = getattr(remote, "underlying_address", None)  # OSCORE's: the UDP peer
+        if endpoint is None:
+            key: tuple[Any, object] = (remote, token)
+            endpoint = remote
+        else:  # OSCORE's inner request has no token (b""): each its own; aiocoap ends a renewed one
+            key = (endpoint, object())
+        if key not in self._held:  # else a re-registration: it takes over the slot
+            held = self._by_remote.get(endpoint, 0)
+            if len(self._held) >= self.total or held >= self.per_remote:
+                self.refused += 1
+                self._log.note()
+                return None
+            self._by_remote[endpoint] = held + 1
+        mark = self._held[key] = object()
+
+        def release() -> None:
+            if self._held.get(key) is not mark:  # freed already, or taken over
+                return
+            del self._held[key]
+            left = self._by_remote.pop(endpoint) - 1
+            if left:
+                self._by_remote[endpoint] = left
+
+        return release
+
+    def close(self) -> None:
+        self._log.close()
+        self._held.clear()
+        self._by_remote.clear()
+
+    def _say(self, count: int) -> None:
+        log.warning(
+            "%s: %s answered without Observe (a cap on observations reached), a flood?"
+            " Since start: %d refused; at most %d observations in all, %d per address and port",
+            self.name,
+            counted(count, "CoAP observe registration"),
+            self.refused,
+            self.total,
+            self.per_remote,
+        )
+
+
+def _nothing() -> None:
+    pass

@@ -11,7 +11,9 @@ GET negotiates by Accept: SenML JSON (110) when there is none, else 110, 112 (Se
 50 (JSON ``{"point": value}``), 60 (CBOR) or, for a point, 0 (text/plain); anything else is
 4.06 Not Acceptable. SenML units are the registered names (RFC 8428 section 12.1: ``Cel`` for
 ``degC``, ``%`` for ``percent``) where one is exactly the point's unit, else the point's unit.
-Observe (RFC 7641) notifies on every change of value or quality.
+Observe (RFC 7641) notifies on every change of value or quality. At most 10,000 observations are
+held, 100 per address and port; a registration beyond is answered as a plain GET, without Observe
+(`ObserveLimits` in protocols/coap/limits.py).
 
 Bad quality. SenML has no record without a value (RFC 8428), so a point whose last sample is
 bad (or that has none yet) answers 5.03 Service Unavailable with the reason as diagnostic
@@ -62,7 +64,7 @@ from gateway.payloads import Format, PayloadError, decode_for, encode, format_of
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
-from protocols.coap.limits import FloodLimits
+from protocols.coap.limits import FloodLimits, ObserveLimits
 
 if TYPE_CHECKING:
     from aiocoap.credentials import CredentialsMap
@@ -348,6 +350,9 @@ class _Guarded(resource.ObservableResource):  # type: ignore[misc]
             return refused.response
         return response
 
+    async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
+        await self.server.observing.add(super().add_observation, request, serverobservation)
+
 
 class _PointResource(_Guarded):
     def __init__(
@@ -467,6 +472,8 @@ class CoapServerAdapter(Adapter):
     config: CoapServer
     #: `FloodLimits`' keyword arguments, its defaults where absent (tests make them small)
     flood_limits: ClassVar[dict[str, Any]] = {}
+    #: `ObserveLimits`' keyword arguments, likewise
+    observe_limits: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, name: str, config: CoapServer, context: Any) -> None:
         super().__init__(name, config, context)
@@ -479,6 +486,7 @@ class CoapServerAdapter(Adapter):
         self._context: aiocoap.Context | None = None
         self._credentials: CredentialsMap | None = None  # OSCORE, released at close
         self.limits: FloodLimits | None = None  # while running: see protocols/coap/limits.py
+        self.observing = ObserveLimits(name, **self.observe_limits)  # caps on observations
         self.requests = 0
         self.refused = 0
         self.notifications = 0
@@ -584,6 +592,7 @@ class CoapServerAdapter(Adapter):
             self._context = None
         if self.limits is not None:
             self.limits.close()
+        self.observing.close()
         release_credentials(self._credentials)
         self._credentials = None
 
@@ -635,4 +644,6 @@ class CoapServerAdapter(Adapter):
             "writes": dict(self.writes),
             # requests dropped unanswered under a flood (protocols/coap/limits.py)
             "dropped": sum(self.limits.dropped.values()) if self.limits is not None else 0,
+            "observations": self.observing.held(),
+            "observe_refused": self.observing.refused,  # answered without Observe: at a cap
         }
