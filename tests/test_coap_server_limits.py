@@ -318,3 +318,14 @@ async def test_a_cancelled_observation_frees_its_slot(
             assert reply.opt.observe is not None and reply.payload == b"23.0"
             assert held(p.server) == (OBSERVE_PER_REMOTE,) * 3
         assert p.server.status()["observe_refused"] == 2
+
+
+async def test_the_limits_are_config_keys(simulator: Simulator) -> None:
+    """A site with more legitimate traffic than the defaults allow (300 PUTs a second waited
+    seconds each once 10,000 were remembered) raises them in the config."""
+    keys = ", max_request_rate: 50, max_exchanges: 7, max_observations: 9"
+    async with plant(simulator, server=keys + ", max_observations_per_client: 3") as p:
+        limits = p.server.limits
+        assert limits is not None
+        assert (limits.rate, limits.burst, limits.limits) == (50, 50, {True: 7, False: 7})
+        assert (p.server.observing.total, p.server.observing.per_remote) == (9, 3)

@@ -517,10 +517,16 @@ def test_max_keys_bounds_the_points_a_keys_subscription_creates(
     from gateway.bus import Bus
 
     config = MqttEndpoint.model_validate(
-        {"host": HOST, "max_keys": 3, "subscriptions": [{"topic": "plant/#", "points": "keys"}]}
+        {
+            "host": HOST,
+            "max_keys": 3,
+            "max_new_keys": 50,
+            "subscriptions": [{"topic": "plant/#", "points": "keys"}],
+        }
     )
     bus = Bus()
     mqtt = MqttAdapter("src", config, AdapterContext(bus, "gw"))
+    assert mqtt._keys.per_message == 50  # max_new_keys reaches the decoder
     seen = bus.subscribe("#")
     for payload in [b'{"a": 1, "b": 2}', b'{"c": 3, "d": 4, "e": 5}', b'{"a": 6}']:
         message = paho.MQTTMessage(topic=b"plant/ahu1")

@@ -23,7 +23,14 @@ from gateway.adapter import AdapterContext
 from gateway.bus import Bus
 from protocols.opcua.config import OpcuaServer
 from protocols.opcua.pki import ensure_certificate
-from protocols.opcua.server import OPERATIONS, OpcuaServerAdapter, operation_count
+from protocols.opcua.server import (
+    MAX_CHUNKS,
+    MAX_MESSAGE,
+    OPERATIONS,
+    OpcuaServerAdapter,
+    _RequestLimits,
+    operation_count,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_NODES_PER_READ = ua.NodeId(
@@ -191,6 +198,28 @@ async def test_connections_past_max_connections_are_refused(tmp_path: Path) -> N
             assert (await another.uaclient.read(_read(1)))[0].StatusCode.is_good()
         for _, w in idle[1:]:
             w.close()
+
+
+async def test_clients_are_not_told_our_request_limit_as_theirs_for_responses(
+    tmp_path: Path,
+) -> None:
+    """With 4 MiB in the Acknowledge, node-opcua and asyncua clients took it as the limit of our
+    responses: a Publish catching up a backlog (4.26 MB) cut the connection. The client keeps
+    its own limit (asyncua's and node-opcua's: none); requests are still held to ours."""
+    adapter = server(tmp_path)
+    async with adapter, Client(adapter.endpoint_url) as client:
+        protocol = client.uaclient.protocol
+        assert protocol is not None
+        limits = protocol._connection._limits
+        assert (limits.max_message_size, limits.max_chunk_count) == (0, 0)
+        assert (await client.uaclient.read(_read(1)))[0].StatusCode.is_good()
+    hello = ua.Hello()
+    hello.ReceiveBufferSize = hello.SendBufferSize = 65535
+    hello.MaxMessageSize, hello.MaxChunkCount = 16 << 20, 300
+    ours = _RequestLimits(65535, 65535, MAX_CHUNKS, MAX_MESSAGE)
+    ack = ours.create_acknowledge_and_set_limits(hello)
+    assert (ack.MaxMessageSize, ack.MaxChunkCount) == (16 << 20, 300)  # the client's own
+    assert (ours.max_message_size, ours.max_chunk_count) == (MAX_MESSAGE, 300)  # enforced
 
 
 # -- the size of a request ------------------------------------------------------------------

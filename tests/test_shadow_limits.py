@@ -161,7 +161,10 @@ async def test_an_update_past_a_limit_is_rejected_and_changes_nothing(
 
             over = [
                 ({"a": 1, "b": 2}, "would have 4 keys, over the limit of 3"),
-                ({"note": "x" * 300}, "over the limit of 300 (shadow.max_desired_bytes)"),
+                (
+                    {"note": "x" * 300},
+                    "over the limit of 300 (shadow.max_desired_bytes in the config)",
+                ),
             ]
             for i, (desired, said) in enumerate(over):
                 body = {"state": {"desired": desired}, "clientToken": f"t{i}"}
@@ -214,7 +217,9 @@ def test_the_store_refuses_a_desired_state_past_its_limits(store: ShadowStore) -
     before = store.get("pump")
     with pytest.raises(ShadowError, match=r"would have 4 keys, over the limit of 3"):
         store.update("pump", desired={"c": 3, "d": 4})
-    with pytest.raises(ShadowError, match=r"over the limit of 200 \(shadow.max_desired_bytes\)"):
+    with pytest.raises(
+        ShadowError, match=r"over the limit of 200 \(shadow.max_desired_bytes in the config\)"
+    ):
         store.update("pump", desired={"a": "x" * 200})
     with pytest.raises(ShadowError, match=r"over the limit"):  # nested keys count in bytes
         store.update("pump", desired={"c": {f"n{i}": i for i in range(40)}})
@@ -286,5 +291,7 @@ def test_shadow_set_refuses_past_the_limit(
     capsys.readouterr()
     assert main(["shadow", "set", "pump", "c=3", "--config", str(cfg)]) == 1
     err = capsys.readouterr().err
-    assert "would have 3 keys, over the limit of 2 (shadow.max_desired_keys)" in err, err
+    assert (
+        "would have 3 keys, over the limit of 2 (shadow.max_desired_keys in the config)" in err
+    ), err
     assert ShadowStore(str(tmp_path / "shadow.db")).get("pump").desired == {"a": 1, "b": 2}

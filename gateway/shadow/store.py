@@ -688,12 +688,14 @@ class ShadowStore:
         if keys > self.max_desired_keys and keys > before[0]:
             raise ShadowLimitError(
                 f"the desired state of {device} would have {keys} keys, over the limit of "
-                f"{self.max_desired_keys} (shadow.max_desired_keys); delete keys (null) first"
+                f"{self.max_desired_keys} (shadow.max_desired_keys in the config); delete keys"
+                " (null) first, or raise it"
             )
         if size > self.max_desired_bytes and size > before[1]:
             raise ShadowLimitError(
                 f"the desired state of {device} would be {size} bytes, over the limit of "
-                f"{self.max_desired_bytes} (shadow.max_desired_bytes); delete keys (null) first"
+                f"{self.max_desired_bytes} (shadow.max_desired_bytes in the config); delete keys"
+                " (null) first, or raise it"
             )
 
     @staticmethod

@@ -70,6 +70,21 @@ class CoapServer(Strict):
     write_timeout: float = Field(5.0, gt=0, le=60, description="seconds to wait for the device")
     max_age: int = Field(5, ge=0, description="Max-Age of GET responses, seconds")
     security: ServerSecurity = Field(default_factory=ServerSecurity)
+    # Bounds against a flood (protocols/coap/limits.py); a site with more legitimate traffic
+    # raises them.
+    max_request_rate: float = Field(
+        2000.0, gt=0, description="new requests a second in all; beyond, dropped unanswered"
+    )
+    max_exchanges: int = Field(
+        10_000,
+        ge=1,
+        description="requests remembered to answer a retransmission, GETs and PUTs each (a PUT"
+        " at least 45 s: max_exchanges / 45 PUTs a second at most)",
+    )
+    max_observations: int = Field(10_000, ge=1, description="Observe registrations held")
+    max_observations_per_client: int = Field(
+        100, ge=1, description="Observe registrations held per address and port"
+    )
 
     def write_warning(self, writable: int) -> str | None:
         """What to say when ``writable`` points can be written through this server by anyone

@@ -254,7 +254,8 @@ class FloodLimits:
     def _say(self, count: int) -> None:
         log.warning(
             "%s: %s dropped unanswered, a flood? Since start: %d over the limit of %g new"
-            " requests a second, %d PUTs (or other unsafe requests) with the most, %d, remembered",
+            " requests a second (max_request_rate), %d PUTs (or other unsafe requests) with the"
+            " most, %d, remembered (max_exchanges); legitimate traffic this high: raise them",
             self.name,
             counted(count, "CoAP request"),
             self.dropped["rate"],
@@ -351,7 +352,8 @@ class ObserveLimits:
     def _say(self, count: int) -> None:
         log.warning(
             "%s: %s answered without Observe (a cap on observations reached), a flood?"
-            " Since start: %d refused; at most %d observations in all, %d per address and port",
+            " Since start: %d refused; at most %d observations in all, %d per address and port"
+            " (max_observations, max_observations_per_client)",
             self.name,
             counted(count, "CoAP observe registration"),
             self.refused,

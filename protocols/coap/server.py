@@ -486,7 +486,14 @@ class CoapServerAdapter(Adapter):
         self._context: aiocoap.Context | None = None
         self._credentials: CredentialsMap | None = None  # OSCORE, released at close
         self.limits: FloodLimits | None = None  # while running: see protocols/coap/limits.py
-        self.observing = ObserveLimits(name, **self.observe_limits)  # caps on observations
+        self.observing = ObserveLimits(  # caps on observations (tests: observe_limits)
+            name,
+            **{
+                "total": config.max_observations,
+                "per_remote": config.max_observations_per_client,
+                **self.observe_limits,
+            },
+        )
         self.requests = 0
         self.refused = 0
         self.notifications = 0
@@ -563,7 +570,17 @@ class CoapServerAdapter(Adapter):
             release_credentials(credentials)
             raise
         self._credentials = credentials
-        self.limits = FloodLimits(self.name, **self.flood_limits)
+        cfg = self.config
+        self.limits = FloodLimits(
+            self.name,
+            **{
+                "rate": cfg.max_request_rate,
+                "burst": cfg.max_request_rate,
+                "safe_limit": cfg.max_exchanges,
+                "unsafe_limit": cfg.max_exchanges,
+                **self.flood_limits,
+            },
+        )
         self.limits.install(self._context)
         log.info(
             "%s: CoAP server on %s:%d, %s%s",

@@ -405,6 +405,7 @@ class MqttAdapter(Adapter):
         self._keys = codec.KeyDecoder(
             [s.topic for s in config.subscriptions if s.points == "keys"],
             limit=config.max_keys,
+            per_message=config.max_new_keys,
             reserved=self._point_by_name,
             by_topic=[s.topic for s in config.subscriptions if s.names == "topic"],
         )

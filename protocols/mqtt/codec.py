@@ -770,11 +770,12 @@ class KeyDecoder:
     endpoint's declared points, which read their own fields) are skipped quietly.
 
     Anyone who may publish to the broker can send names, so neither one message nor an old
-    burst may shut new names out for good: of a payload with more than ``per_message`` new
-    keys none is learned (names already known still flow; one message of 200,000 filled the
-    table at once), and once the table is full, names not seen for ``idle`` seconds are
-    forgotten (looked for at most once a minute) to make room; a forgotten name that comes back
-    is new again, and is not among the points marked Bad when the broker is lost.
+    burst may shut new names out for good: a payload learns at most ``per_message`` new keys
+    (the first; the next message learns more: a device's large object is whole after a few
+    messages, while one message of 200,000 filled the table at once), and once the table is
+    full, names not seen for ``idle`` seconds are forgotten (looked for at most once a minute)
+    to make room; a forgotten name that comes back is new again, and is not among the points
+    marked Bad when the broker is lost.
     """
 
     def __init__(
@@ -854,25 +855,30 @@ class KeyDecoder:
         over: list[str] = []
         now = self.clock()
         names = self.names
-        new = sum(1 for name in items if name not in names and name not in self.reserved)
-        burst = new > self.per_message  # one message may not fill the table: known names flow
+        learned = 0  # new names of this message: at most per_message (one may not fill the table)
+        burst: list[str] = []
         for name, value in items.items():
             if name in self.reserved:
                 continue
             if name not in names:
-                if burst:
-                    continue
                 if not _POINT_NAME.match(name):
                     bad.append(name)
+                    continue
+                if learned >= self.per_message:
+                    burst.append(name)
                     continue
                 if len(names) >= self.limit and not self._forget_idle(now):
                     over.append(name)
                     continue
+                learned += 1
             names[name] = now
             samples.append(Sample(name, value, _GOOD, stamp, received))
         reasons = []
         if burst:
-            reasons.append(f"{new:,} new keys in one message, over {self.per_message:,}: dropped")
+            reasons.append(
+                f"{learned + len(burst):,} new keys in one message, over max_new_keys"
+                f" ({self.per_message:,}): the first learned, {_quoted(burst)} dropped this time"
+            )
         if bad:
             reasons.append(f"keys that are not point names skipped: {_quoted(bad)}")
         if over:

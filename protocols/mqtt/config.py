@@ -262,6 +262,14 @@ class MqttEndpoint(Strict):
             " are dropped (counted as bad payloads), so a broker cannot grow memory without limit"
         ),
     )
+    max_new_keys: int = Field(
+        2_000,
+        ge=1,
+        description=(
+            "new point names one message of a 'points: keys' subscription may add (the first;"
+            " the next message adds more), so that one message cannot fill max_keys"
+        ),
+    )
     max_payload: int = Field(
         1 << 20,
         ge=1,

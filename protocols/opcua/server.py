@@ -143,8 +143,8 @@ log = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_S = 60  # longest session timeout a client is granted (asyncua's: 600 s)
 ITEM_QUEUE = 100  # data changes queued per monitored item at most (asyncua's: 10,000)
-# The largest request we accept, and the largest response an asyncua client accepts from us (it
-# takes the server's limits as its own). Measured for 10,000 points (`OPERATIONS_MAX` items in
+# The largest request we accept (`_RequestLimits`: only requests; a client's own Hello bounds
+# our responses). Measured for 10,000 points (`OPERATIONS_MAX` items in
 # one request, NodeIds of 40 characters): Read request 0.62 MB, its response 0.30 MB (Doubles),
 # 2.1 MB (10,000 Descriptions of 200 characters); CreateMonitoredItems 0.86 MB; a Browse of one
 # folder holding all 10,000 1.2 MB. asyncua's default is 100 MB.
@@ -670,6 +670,24 @@ class _InternalServer(InternalServer):
         return session
 
 
+class _RequestLimits(TransportLimits):
+    """asyncua's transport limits, with the Acknowledge telling the client only what it asked.
+
+    The Acknowledge's MaxMessageSize and MaxChunkCount bound the client's requests (OPC UA Part
+    6, 7.1.2.4), but node-opcua and asyncua clients take them as the bound of our responses
+    too: with 4 MiB there, a Publish catching up a backlog (10,000 items, 40 s) was 4.26 MB and
+    the client cut the connection. So the client is told its own values (its Hello's, which
+    bound our responses; 0: none), while requests are still held to ours here, as asyncua
+    enforces what this object keeps (the smaller of the two), and our CreateSession answer
+    states MaxRequestMessageSize."""
+
+    def create_acknowledge_and_set_limits(self, msg: ua.Hello) -> ua.Acknowledge:
+        ack = super().create_acknowledge_and_set_limits(msg)
+        ack.MaxMessageSize = msg.MaxMessageSize
+        ack.MaxChunkCount = msg.MaxChunkCount
+        return ack
+
+
 # -- certificates at CreateSession, limits of a request -------------------------------------
 
 
@@ -855,7 +873,7 @@ class OpcuaServerAdapter(Adapter):
         server = Server(iserver=iserver)
         iserver.allow_remote_admin = False
         # See "Resource limits" in the module docstring.
-        server.limits = TransportLimits(
+        server.limits = _RequestLimits(
             max_recv_buffer=RECEIVE_BUFFER,
             max_send_buffer=RECEIVE_BUFFER,
             max_chunk_count=MAX_CHUNKS,
