@@ -213,8 +213,10 @@ def held(server: CoapServerAdapter) -> tuple[int, int, int]:
     return observed(server), observing.held(), sum(observing._by_remote.values())
 
 
-def connected(p: Plant) -> socket.socket:
+def connected(p: Plant, host: str = HOST) -> socket.socket:
+    """A UDP socket to the server from ``host`` (another loopback address: another client)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
     sock.connect((HOST, p.port))
     return sock
 
@@ -232,7 +234,8 @@ async def test_observations_beyond_the_cap_are_answered_without_observe(
     simulator: Simulator, few_observations: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with plant(simulator) as p:
-        socks = [connected(p) for _ in range(2 * OBSERVE_TOTAL)]  # one per port: no per-remote cap
+        # clients on 8 hosts, each within its own cap: the total is what refuses
+        socks = [connected(p, f"127.0.0.{2 + n // OBSERVE_PER_REMOTE}") for n in range(40)]
         try:
             with caplog.at_level(logging.WARNING, logger="protocols.coap.limits"):
                 accepted = [await register(s, n, b"ob%d" % n) for n, s in enumerate(socks)]
@@ -266,7 +269,7 @@ async def test_one_remote_holds_at_most_its_share_and_a_renewal_counts_once(
     simulator: Simulator, few_observations: None
 ) -> None:
     async with plant(simulator) as p:
-        with connected(p) as greedy, connected(p) as other:
+        with connected(p) as greedy, connected(p) as same, connected(p, "127.0.0.2") as other:
             tokens = [b"t%d" % n for n in range(2 * OBSERVE_PER_REMOTE)]
             accepted = [await register(greedy, n, token) for n, token in enumerate(tokens)]
             assert accepted == [True] * OBSERVE_PER_REMOTE + [False] * OBSERVE_PER_REMOTE
@@ -274,11 +277,12 @@ async def test_one_remote_holds_at_most_its_share_and_a_renewal_counts_once(
             for n, token in enumerate(tokens):
                 assert await register(greedy, 100 + n, token) is (n < OBSERVE_PER_REMOTE)
             await wait_for(lambda: held(p.server) == (OBSERVE_PER_REMOTE,) * 3, timeout=3)
-            # another address:port is served
+            # another socket of the same host is that host still; another host is served
+            assert not await register(same, 1, b"s0")
             assert await register(other, 1, b"t0")
             assert held(p.server) == (OBSERVE_PER_REMOTE + 1,) * 3
             status = p.server.status()
-            assert (status["observations"], status["observe_refused"]) == (6, 10)
+            assert (status["observations"], status["observe_refused"]) == (6, 11)
 
 
 async def test_a_cancelled_observation_frees_its_slot(
@@ -329,3 +333,14 @@ async def test_the_limits_are_config_keys(simulator: Simulator) -> None:
         assert limits is not None
         assert (limits.rate, limits.burst, limits.limits) == (50, 50, {True: 7, False: 7})
         assert (p.server.observing.total, p.server.observing.per_remote) == (9, 3)
+
+
+def test_a_request_rate_below_one_is_refused() -> None:
+    """Its token bucket would never hold a whole token: every request dropped as a flood."""
+    from pydantic import ValidationError
+
+    from protocols.coap.config import CoapServer
+
+    assert CoapServer.model_validate({"max_request_rate": 1}).max_request_rate == 1
+    with pytest.raises(ValidationError, match="max_request_rate"):
+        CoapServer.model_validate({"max_request_rate": 0.5})

@@ -73,7 +73,7 @@ class CoapServer(Strict):
     # Bounds against a flood (protocols/coap/limits.py); a site with more legitimate traffic
     # raises them.
     max_request_rate: float = Field(
-        2000.0, gt=0, description="new requests a second in all; beyond, dropped unanswered"
+        2000.0, ge=1, description="new requests a second in all; beyond, dropped unanswered"
     )
     max_exchanges: int = Field(
         10_000,
@@ -83,7 +83,7 @@ class CoapServer(Strict):
     )
     max_observations: int = Field(10_000, ge=1, description="Observe registrations held")
     max_observations_per_client: int = Field(
-        100, ge=1, description="Observe registrations held per address and port"
+        100, ge=1, description="Observe registrations held per client host (address, any port)"
     )
 
     def write_warning(self, writable: int) -> str | None:

@@ -32,8 +32,10 @@ Observations (RFC 7641). aiocoap's `ObservableResource` keeps every observation 
 until the client cancels it or a confirmable notification to it fails: one registered with a NON
 request, or from an address that stays silent while the value does not change, stays for ever,
 and each costs a notification per change (10,000 took 29 MB). `ObserveLimits` caps them:
-``total`` (10,000) for the server and ``per_remote`` (100) per address and port, so that one
-client cannot take them all (spoofed addresses can still take the total: that is the bound). No
+``total`` (10,000) for the server and ``per_remote`` (100) per host (its address, whatever the
+port: one host opening many sockets is still one), so that one client cannot take them all
+(spoofed addresses can still take the total: that is the bound; and an observation registered
+with NON is never reclaimed, since its notifications cannot fail). No
 cap per resource: the total already bounds what one change costs, and a flood would only spread
 over the resources. A registration beyond a cap is answered as a plain GET, without the Observe
 option (RFC 7641 section 4.1), so the client knows it is not registered; refusals are counted
@@ -276,7 +278,7 @@ class ObserveLimits:
         self.refused = 0  # registrations answered without Observe, since start
         #: (endpoint, token) -> the mark of the observation that holds the slot now
         self._held: dict[tuple[Any, object], object] = {}
-        self._by_remote: dict[Any, int] = {}  # endpoint -> slots held
+        self._by_remote: dict[Any, int] = {}  # host -> slots held
         self._log = _Quiet(self._say)
 
     def held(self) -> int:
@@ -325,22 +327,24 @@ class ObserveLimits:
             endpoint = remote
         else:  # OSCORE's inner request has no token (b""): each its own; aiocoap ends a renewed one
             key = (endpoint, object())
+        sockaddr = getattr(endpoint, "sockaddr", None)
+        host = sockaddr[0] if isinstance(sockaddr, tuple) and sockaddr else endpoint
         if key not in self._held:  # else a re-registration: it takes over the slot
-            held = self._by_remote.get(endpoint, 0)
+            held = self._by_remote.get(host, 0)
             if len(self._held) >= self.total or held >= self.per_remote:
                 self.refused += 1
                 self._log.note()
                 return None
-            self._by_remote[endpoint] = held + 1
+            self._by_remote[host] = held + 1
         mark = self._held[key] = object()
 
         def release() -> None:
             if self._held.get(key) is not mark:  # freed already, or taken over
                 return
             del self._held[key]
-            left = self._by_remote.pop(endpoint) - 1
+            left = self._by_remote.pop(host) - 1
             if left:
-                self._by_remote[endpoint] = left
+                self._by_remote[host] = left
 
         return release
 
@@ -352,7 +356,7 @@ class ObserveLimits:
     def _say(self, count: int) -> None:
         log.warning(
             "%s: %s answered without Observe (a cap on observations reached), a flood?"
-            " Since start: %d refused; at most %d observations in all, %d per address and port"
+            " Since start: %d refused; at most %d observations in all, %d per host"
             " (max_observations, max_observations_per_client)",
             self.name,
             counted(count, "CoAP observe registration"),

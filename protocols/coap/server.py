@@ -11,9 +11,9 @@ GET negotiates by Accept: SenML JSON (110) when there is none, else 110, 112 (Se
 50 (JSON ``{"point": value}``), 60 (CBOR) or, for a point, 0 (text/plain); anything else is
 4.06 Not Acceptable. SenML units are the registered names (RFC 8428 section 12.1: ``Cel`` for
 ``degC``, ``%`` for ``percent``) where one is exactly the point's unit, else the point's unit.
-Observe (RFC 7641) notifies on every change of value or quality. At most 10,000 observations are
-held, 100 per address and port; a registration beyond is answered as a plain GET, without Observe
-(`ObserveLimits` in protocols/coap/limits.py).
+Observe (RFC 7641) notifies on every change of value or quality. At most ``max_observations``
+are held, ``max_observations_per_client`` per client host; a registration beyond is answered as
+a plain GET, without Observe (`ObserveLimits` in protocols/coap/limits.py).
 
 Bad quality. SenML has no record without a value (RFC 8428), so a point whose last sample is
 bad (or that has none yet) answers 5.03 Service Unavailable with the reason as diagnostic

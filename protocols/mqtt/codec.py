@@ -727,7 +727,7 @@ def command_payload(point: MqttPoint, value: Value) -> bytes:
 # --- keys (a subscription with points: keys) ----------------------------------------------------
 
 _POINT_NAME = re.compile(NAME_PATTERN)
-KEYS_PER_MESSAGE = 2_000  # keys one payload may carry (`KeyDecoder`)
+KEYS_PER_MESSAGE = 2_000  # new keys one payload may add (`KeyDecoder`; max_new_keys)
 KEY_IDLE_S = 3_600.0  # a learned name unseen this long may make room for a new one
 _SWEEP_EVERY_S = 60.0
 
