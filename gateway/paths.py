@@ -34,6 +34,8 @@ def use_config_state_dir(config_file: str | os.PathLike[str]) -> None:
     os.environ[STATE_ENV] = config_state_dir(config_file)
 
 
-def state_path(template: str, name: str) -> Path:
-    """A configured path template with ``{state}`` and ``{name}`` filled in."""
-    return Path(template.replace("{state}", state_dir()).replace("{name}", name)).expanduser()
+def state_path(template: str, name: str, state: str | None = None) -> Path:
+    """A configured path template with ``{state}`` (``state``, else `state_dir`) and ``{name}``
+    filled in."""
+    folder = state_dir() if state is None else state
+    return Path(template.replace("{state}", folder).replace("{name}", name)).expanduser()

@@ -516,7 +516,7 @@ class _Loader:
             if getattr(outbox, "enabled", False) and isinstance(path, str):
                 claims.append(((entry.section, name, "outbox", "path"), path, name))
         for where, configured, name in claims:
-            file = os.path.abspath(configured.replace("{state}", state).replace("{name}", name))
+            file = os.path.abspath(state_path(configured, name, state))
             key = os.path.normcase(file)
             if key in owners:
                 self.report(
