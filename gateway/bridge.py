@@ -24,6 +24,7 @@ from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
 from gateway.computed import ComputedPoints, ShadowState
 from gateway.extras import missing_library
+from gateway.globs import Globs
 from gateway.streak import FailureStreak
 from gateway.types import Message, PointSpec, Sample, Value, telemetry_topic
 
@@ -47,12 +48,12 @@ class PointTransform:
     """Selects points by glob and converts units; decisions cached per point name."""
 
     def __init__(self, points: tuple[str, ...], units: dict[str, str]) -> None:
-        self._globs = points or ("*",)
+        self._globs = Globs(points or ("*",))
         self._units = units
         self._plan: dict[tuple[str, str | None], Decision] = {}
 
     def _decide(self, point: str, unit: str | None) -> Decision:
-        if not any(fnmatch.fnmatchcase(point, g) for g in self._globs):
+        if point not in self._globs:
             return None
         for glob, target in self._units.items():
             if fnmatch.fnmatchcase(point, glob):
@@ -64,7 +65,7 @@ class PointTransform:
         return (unit, None)
 
     def selects(self, point: str) -> bool:
-        return any(fnmatch.fnmatchcase(point, g) for g in self._globs)
+        return point in self._globs
 
     def target_unit(self, point: str, unit: str | None) -> str | None:
         decision = self._decide(point, unit)

@@ -28,7 +28,6 @@ them, instead of calibrating again from scratch in silence.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import time
 import weakref
@@ -44,6 +43,7 @@ from gateway.anomaly.model import ModelError, OnnxScorer, shipped
 from gateway.anomaly.store import CalibrationStore, Record, devices_in, fingerprint, orphaned
 from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
+from gateway.globs import Globs
 from gateway.runtime import StartError
 from gateway.text import counted
 from gateway.types import Message, MessageKind, Quality, Sample
@@ -113,15 +113,13 @@ class AnomalyStage:
         self._orphans_told = False
         _STAGES.add(self)
         self._selected: dict[str, bool] = {}  # point name -> scored (points/exclude globs)
+        self._globs, self._excluded = Globs(options.points), Globs(options.exclude)
         self._unselected: set[str] = set()  # devices with numeric points, none selected
 
     def _selects(self, point: str) -> bool:
         known = self._selected.get(point)
         if known is None:
-            o = self.options
-            known = any(fnmatch.fnmatchcase(point, g) for g in o.points) and not any(
-                fnmatch.fnmatchcase(point, g) for g in o.exclude
-            )
+            known = point in self._globs and point not in self._excluded
             if len(self._selected) >= SELECTED_CACHE_MAX:
                 self._selected.clear()
             self._selected[point] = known

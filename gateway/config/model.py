@@ -77,6 +77,7 @@ from gateway.config.errors import (
 from gateway.config.translate import MODEL_FILE, TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
+from gateway.globs import Globs
 from gateway.paths import config_state_dir, state_path
 from gateway.plugins import PluginError, ProtocolSpec, Registry, load_registry
 from gateway.types import PointSpec
@@ -972,9 +973,10 @@ class _Loader:
             if known is None:
                 return None
             specs: list[PointSpec] = []
+            selects = Globs(globs)
             for p in known:
                 name: str | None = p.name
-                if not any(fnmatch.fnmatchcase(p.name, g) for g in globs):
+                if p.name not in selects:
                     continue
                 if isinstance(translate, TranslateConfig):
                     name = translate.map.get(p.name)
@@ -986,9 +988,10 @@ class _Loader:
     def note_writable(self, target: str, sources: tuple[str, ...], globs: tuple[str, ...]) -> None:
         """Remember the points declared writable (access w or rw) that a bridge to ``target``
         selects. A point whose access is learnt at run time is not counted here."""
+        selects = Globs(globs)
         for source in sources:
             for point in self.points_of((source,)) or []:
-                if point.writable and any(fnmatch.fnmatchcase(point.name, g) for g in globs):
+                if point.writable and point.name in selects:
                     self.writable.setdefault(target, set()).add((source, point.name))
 
     def write_warnings(self, devices: dict[str, DeviceEntry]) -> None:
@@ -1218,10 +1221,12 @@ class _Loader:
             )
             return self.units(path, units, []) and False
         ok = self.globs((*path, "points"), points, names, f"of {', '.join(sources)}")
-        selected = [p for p in known if any(fnmatch.fnmatchcase(p.name, g) for g in points)]
+        selects = Globs(points)
+        selected = [p for p in known if p.name in selects]
         chosen = list(dict.fromkeys(p.name for p in selected))
+        unused = set(Globs(units).unmatched(chosen))
         for glob in units:
-            if not any(fnmatch.fnmatchcase(n, glob) for n in chosen):
+            if glob in unused:
                 self.report(
                     (*path, "units", glob),
                     f"{glob!r}, which matches no point the bridge selects",
@@ -1234,8 +1239,9 @@ class _Loader:
     def globs(self, path: Path, globs: Collection[str], names: list[str], whose: str) -> bool:
         """False, and reported at each, when a glob of ``globs`` matches none of ``names``."""
         ok = True
+        unmatched = set(Globs(globs).unmatched(names))
         for j, glob in enumerate(globs):
-            if not fnmatch.filter(names, glob):
+            if glob in unmatched:
                 self.report(
                     (*path, j),
                     f"{glob!r}, which matches no point {whose}",
@@ -1252,11 +1258,8 @@ class _Loader:
             return None
         raw = got.get("points") or ("*",)
         selects = (raw,) if isinstance(raw, str) else tuple(raw)
-        names = [
-            n
-            for n in dict.fromkeys(p.name for p in known)
-            if any(fnmatch.fnmatchcase(n, g) for g in selects)
-        ]
+        chosen = Globs(selects)
+        names = [n for n in dict.fromkeys(p.name for p in known) if n in chosen]
         return names + [c.name for c in got.get("computed", []) if isinstance(c, ComputedPoint)]
 
     def anomaly_points(self, path: Path, sources: tuple[str, ...], got: dict[str, Any]) -> bool:
