@@ -314,6 +314,8 @@ class Gateway:
                 text += f" (disk low: {shadow['documents_unsaved']} documents kept in memory)"
             elif shadow["history_paused"]:
                 text += " (history paused: disk below shadow.history.min_free)"
+            if shadow.get("history_merge_failing"):  # rows stay staged, unindexed, not lost
+                text += f" (history merge failing: {shadow['history_staged']} rows staged)"
         missed = sum(int(a.get("polls_missed", 0)) for a in adapters)
         if missed:  # a poll slower than its interval: readings never taken
             text += f", {counted(missed, 'poll')} skipped late"

@@ -638,6 +638,14 @@ async def test_the_status_line_counts_what_the_shadow_dropped(tmp_path: Path) ->
 
     gw.shadow.status = lower  # type: ignore[method-assign]
     assert "shadow (disk low: 3 documents kept in memory)" in gw.summary()
+    assert "merge failing" not in gw.summary()
+    assert {"history_staged", "history_merges", "history_merge_failing"} <= status().keys()
+
+    def unmerged() -> dict[str, Any]:  # merges fail (a lock): rows wait in the staging table
+        return {**status(), "history_merge_failing": True, "history_staged": 1200}
+
+    gw.shadow.status = unmerged  # type: ignore[method-assign]
+    assert "shadow (history merge failing: 1200 rows staged)" in gw.summary()
 
 
 async def test_a_source_whose_run_returns_says_so_in_its_points_reason(tmp_path: Path) -> None:

@@ -130,10 +130,12 @@ def test_a_failed_merge_waits_its_interval_even_past_merge_rows(
     store.report("pump", {"t": (10, "good", 110.0)})
     assert tries == [0.0, 10.5]
     assert len([r for r in caplog.records if "merging staged" in r.getMessage()]) == 2
+    assert store.merge_failing and store.staged_rows == 11  # what the gateway's status shows
     monkeypatch.undo()
     mono.now = 21.0
     store.report("pump", {"t": (11, "good", 111.0)})
     assert tables(tmp_path / "s.db") == {"history": 12, "history_staged": 0}
+    assert not store.merge_failing and store.staged_rows == 0 and store.merges == 1
     store.close()
 
 

@@ -590,6 +590,10 @@ class ShadowService:
             "writing": len(self._writes),
             "history_paused": store is not None and store.history_paused,
             "history_skipped": store.history_skipped if store is not None else 0,
+            # staged rows wait unindexed for the next merge; a failing merge leaves them there
+            "history_staged": store.staged_rows if store is not None else 0,
+            "history_merges": store.merges if store is not None else 0,
+            "history_merge_failing": store is not None and store.merge_failing,
             # below the outbox's room on the disk: documents wait in memory (see the store)
             "documents_paused": store is not None and store.documents_paused,
             "documents_unsaved": store.unsaved if store is not None else 0,

@@ -855,6 +855,16 @@ class ShadowStore:
             self._merged_at = self.monotonic()
             log.warning("shadow: merging staged history rows in %s failed: %s", self.path, exc)
 
+    @property
+    def staged_rows(self) -> int:
+        """History rows this store staged and has not merged yet."""
+        return self._staged_here
+
+    @property
+    def merge_failing(self) -> bool:
+        """The last merge failed (tried again after `merge_interval`)."""
+        return self._merge_failed
+
     def merge(self) -> int:
         """Move the staged history rows into the indexed table, sorted by device, point and
         time, in one transaction (each point's index page written once); the rows moved."""
