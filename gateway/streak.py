@@ -9,6 +9,7 @@ logs once when an attempt succeeds again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -70,6 +71,80 @@ class Throttle(logging.Filter):
         record.msg, record.args = text, ()
         record.exc_info, record.exc_text = None, None
         return True
+
+
+class LogQuota:
+    """Lines of one kind under a flood (a scanner's connections, a burst of refused
+    certificates, dropped requests): the first ``quota`` of a window of ``interval`` seconds are
+    logged, the rest counted, and ``say_dropped(count)`` writes one line for them when the window
+    ends. The reader gets examples and a count instead of a line per event; the owner's counters
+    keep every one.
+
+    A window opens at the first line; it ends on a loop timer, so the count comes out even if
+    nothing follows (called outside a running loop, at the next line instead). A count line is
+    one of the next window's ``quota``, which opens at once: a flood gets at most ``quota`` lines
+    a window. `close` ends the window now (at shutdown: no count lost) and the next line opens a
+    fresh one.
+    """
+
+    def __init__(
+        self,
+        say_dropped: Callable[[int], None],
+        *,
+        quota: int,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.say_dropped = say_dropped
+        self.quota = quota
+        self.interval = interval
+        self.clock = clock  # of the window's start, for when no loop timer ends it
+        self.dropped = 0  # counted in this window, not said yet
+        self._used = 0  # lines this window logged, its count line included
+        self._start: float | None = None  # None: no window open
+        self._timer: asyncio.TimerHandle | None = None
+
+    def allow(self) -> bool:
+        """Whether to log this line now; if not, it is counted."""
+        if self._start is not None and self.clock() - self._start >= self.interval:
+            self._end()  # no loop to end it on time, or its timer is late
+        if self._start is None:
+            self._open(used=0)
+        if self._used < self.quota:
+            self._used += 1
+            return True
+        self.dropped += 1
+        return False
+
+    def close(self) -> None:
+        """End the window now, saying what it counted."""
+        self._stop()
+        self._say()
+
+    def _open(self, used: int) -> None:
+        self._start, self._used = self.clock(), used
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a sync caller): the next line ends the window
+            return
+        self._timer = loop.call_later(self.interval, self._end)
+
+    def _end(self) -> None:
+        self._stop()
+        if self.dropped:
+            self._say()
+            self._open(used=1)  # the count line is this window's first
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._start = None
+
+    def _say(self) -> None:
+        count, self.dropped = self.dropped, 0
+        if count:
+            self.say_dropped(count)
 
 
 # Loggers of the libraries under our adapters that log per bad packet or connection.

@@ -56,6 +56,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gateway.streak import LogQuota
 from gateway.text import counted
 
 log = logging.getLogger(__name__)
@@ -72,38 +73,6 @@ LOG_INTERVAL = 10.0
 SWEEP_INTERVAL = 5.0
 
 _Key = tuple[Any, int]  # (remote, message ID)
-
-
-class _Quiet:
-    """Log lines about a flood: the first at once, then at most one per `LOG_INTERVAL`, with the
-    count since; ``say(count)`` writes the line."""
-
-    def __init__(self, say: Callable[[int], None]) -> None:
-        self._say = say
-        self._unlogged = 0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def note(self) -> None:
-        self._unlogged += 1
-        if self._timer is None:  # the first of a flood is said now, the rest once per interval
-            self._interval_over()
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._flush()
-
-    def _interval_over(self) -> None:
-        self._timer = None
-        if self._unlogged:
-            self._flush()
-            self._timer = asyncio.get_running_loop().call_later(LOG_INTERVAL, self._interval_over)
-
-    def _flush(self) -> None:
-        if self._unlogged:
-            self._say(self._unlogged)
-            self._unlogged = 0
 
 
 class _Entry:
@@ -143,7 +112,8 @@ class FloodLimits:
         self._loop = asyncio.get_running_loop()
         self._tokens = burst
         self._filled = self._loop.time()
-        self._log = _Quiet(self._say)
+        # a flood's first line at once, then at most one per interval, with the count since
+        self._log = LogQuota(self._say, quota=1, interval=LOG_INTERVAL)
         self._sweep_timer: asyncio.TimerHandle | None = None
 
     def held(self) -> int:
@@ -251,7 +221,8 @@ class FloodLimits:
 
     def _drop(self, why: str) -> None:
         self.dropped[why] += 1
-        self._log.note()
+        if self._log.allow():
+            self._say(1)
 
     def _say(self, count: int) -> None:
         log.warning(
@@ -279,7 +250,7 @@ class ObserveLimits:
         #: (endpoint, token) -> the mark of the observation that holds the slot now
         self._held: dict[tuple[Any, object], object] = {}
         self._by_remote: dict[Any, int] = {}  # host -> slots held
-        self._log = _Quiet(self._say)
+        self._log = LogQuota(self._say, quota=1, interval=LOG_INTERVAL)
 
     def held(self) -> int:
         """Observations held now."""
@@ -333,7 +304,8 @@ class ObserveLimits:
             held = self._by_remote.get(host, 0)
             if len(self._held) >= self.total or held >= self.per_remote:
                 self.refused += 1
-                self._log.note()
+                if self._log.allow():
+                    self._say(1)
                 return None
             self._by_remote[host] = held + 1
         mark = self._held[key] = object()

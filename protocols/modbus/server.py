@@ -58,8 +58,9 @@ the loop's other callbacks (other clients, the polls of the source devices) betw
 
 Log: a connection closed for a malformed header or idleness is one INFO line, but a scanner or a
 broken client reconnecting in a loop must not write one per connection: the first `QUOTA` lines
-of each `QUOTA_INTERVAL` are logged, the rest counted and said in one line when it ends (the
-``frame_errors`` and ``connections_idle_closed`` counters have every one).
+of each `QUOTA_INTERVAL` are logged, the rest counted and said in one line when it ends, one of
+the next interval's `QUOTA` (the ``frame_errors`` and ``connections_idle_closed`` counters have
+every one).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ from gateway.adapter import Adapter, AdapterContext
 from gateway.commands import WriteStatus
 from gateway.config.common import Path, Problem
 from gateway.config.errors import format_path, listing
-from gateway.streak import FailureStreak
+from gateway.streak import FailureStreak, LogQuota
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.modbus.codec import (
@@ -501,40 +502,15 @@ class _Unit:
         return writes
 
 
-class _Quota:
-    """Per-connection log lines of one kind under a flood: the first `QUOTA` of a
-    `QUOTA_INTERVAL` (which starts at the first) are logged, the others counted, and said in one
-    line when it ends."""
+def _close_lines(what: str) -> LogQuota:
+    """Per-connection close lines of one kind under a flood; ``what`` starts the count line:
+    "mb: connections closed for a malformed request"."""
+    interval = QUOTA_INTERVAL  # read when the adapter is made (tests shorten it)
 
-    def __init__(self, what: str) -> None:
-        self.what = what  # the count line's start: "mb: connections closed for a malformed request"
-        self._logged = 0
-        self._dropped = 0
-        self._timer: asyncio.TimerHandle | None = None
+    def say(count: int) -> None:
+        log.info("%s: %d more in the last %g s, not logged one by one", what, count, interval)
 
-    def info(self, message: str, *args: object) -> None:
-        if self._timer is None:
-            self._logged = 0
-            self._timer = asyncio.get_running_loop().call_later(QUOTA_INTERVAL, self.flush)
-        if self._logged < QUOTA:
-            self._logged += 1
-            log.info(message, *args)
-        else:
-            self._dropped += 1
-
-    def flush(self) -> None:
-        """End the interval now (and say how many went unlogged in it)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._dropped:
-            log.info(
-                "%s: %d more in the last %g s, not logged one by one",
-                self.what,
-                self._dropped,
-                QUOTA_INTERVAL,
-            )
-        self._dropped = 0
+    return LogQuota(say, quota=QUOTA, interval=interval)
 
 
 @dataclass
@@ -569,8 +545,8 @@ class ModbusServerAdapter(Adapter):
         # a client that cannot get in, or one closed for it, is a warning, not our error
         self._refusals = FailureStreak(log, f"{name}: new connections", level=logging.WARNING)
         self._evictions = FailureStreak(log, f"{name}: connection slots", level=logging.WARNING)
-        self.bad_frame_log = _Quota(f"{name}: connections closed for a malformed request")
-        self.idle_log = _Quota(f"{name}: connections closed for idleness")
+        self.bad_frame_log = _close_lines(f"{name}: connections closed for a malformed request")
+        self.idle_log = _close_lines(f"{name}: connections closed for idleness")
 
     # -- the map
 
@@ -641,8 +617,8 @@ class ModbusServerAdapter(Adapter):
             server.close()
         for connection in list(self._connections):
             connection.abort()
-        self.bad_frame_log.flush()
-        self.idle_log.flush()
+        self.bad_frame_log.close()
+        self.idle_log.close()
         if server is not None:
             await server.wait_closed()
 
@@ -858,7 +834,8 @@ class _Connection(asyncio.Protocol):
             why = "it has not read its responses for %g s"
         else:
             why = "no request for %g s"
-        server.idle_log.info(f"%s: closing %s: {why}", server.name, self.origin, timeout)
+        if server.idle_log.allow():
+            log.info(f"%s: closing %s: {why}", server.name, self.origin, timeout)
         self.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -897,7 +874,8 @@ class _Connection(asyncio.Protocol):
                 self._writing = asyncio.ensure_future(self._finish(response))
         except FrameError as exc:
             server.counters.frame_errors += 1
-            server.bad_frame_log.info("%s: closing %s: %s", server.name, self.origin, exc)
+            if server.bad_frame_log.allow():
+                log.info("%s: closing %s: %s", server.name, self.origin, exc)
             self.abort()
             return
         self._update_reading()

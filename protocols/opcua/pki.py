@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.storefiles import set_aside
+from gateway.streak import LogQuota
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 WARNED_MAX = 256  # refused certificates remembered as warned about (`TrustList.warned`)
 # A scan presenting a fresh certificate each time must not fill the disk or the log: the newest
 # REJECTED_MAX refused certificates are kept, and at most WARN_BURST new ones are warned about
-# per WARN_WINDOW seconds (the rest are counted, and said in one line with the first refusal
-# after the window; one kept quiet is warned about when it comes again after it).
+# per WARN_WINDOW seconds (the rest are counted, and said in one line when the window ends; one
+# kept quiet is warned about when it comes again after it).
 REJECTED_MAX = 100
 WARN_BURST = 10
 WARN_WINDOW = 60.0
@@ -312,7 +313,10 @@ class TrustList:
         # Refused certificates already warned about (SHA-256 -> refusals since): a peer retries
         # with the same certificate every few seconds, and the operator needs the line once.
         self.warned: dict[bytes, int] = {}
-        self._window: tuple[float, int, int] = (-WARN_WINDOW, 0, 0)  # start, warned, unsaid
+        # the clock passed as it is now, not as at import: a test's fake one applies
+        self._warnings = LogQuota(
+            self._say_quiet, quota=WARN_BURST, interval=WARN_WINDOW, clock=time.monotonic
+        )
         self._stamp: tuple[tuple[str, float, int], ...] | None = None
         self._certs: list[x509.Certificate] = []
         self._ders: set[bytes] = set()
@@ -371,7 +375,7 @@ class TrustList:
         self.refused += 1
         repeats = self.warned.get(thumbprint)
         if repeats is None:
-            if not self._may_warn():  # not marked as warned: its next refusal may be
+            if not self._warnings.allow():  # not marked as warned: its next refusal may be
                 log.debug("%s%s", what, why)
                 return
             if len(self.warned) >= WARNED_MAX:  # many peers (a scan): forget, do not grow
@@ -382,27 +386,16 @@ class TrustList:
             self.warned[thumbprint] = repeats + 1
             log.debug("%s again (%d times since the warning)", what, repeats + 1)
 
-    def _may_warn(self) -> bool:
-        """At most `WARN_BURST` first-time warnings per `WARN_WINDOW`; a window that had to
-        keep some quiet says how many when the next one starts."""
-        now = time.monotonic()
-        start, warned, unsaid = self._window
-        if now - start >= WARN_WINDOW:
-            if unsaid:
-                kept = f"; the newest {REJECTED_MAX} untrusted ones are kept in {self.rejected}"
-                log.warning(
-                    "%s more %s certificates refused in %.0f s without a line each (a scan?)%s",
-                    unsaid,
-                    self.peer,
-                    now - start,
-                    kept if self.rejected is not None else "",
-                )
-            start, warned, unsaid = now, 0, 0
-        if warned < WARN_BURST:
-            self._window = (start, warned + 1, unsaid)
-            return True
-        self._window = (start, warned, unsaid + 1)
-        return False
+    def _say_quiet(self, count: int) -> None:
+        """The count line of a window that kept some first-time refusals quiet."""
+        kept = f"; the newest {REJECTED_MAX} untrusted ones are kept in {self.rejected}"
+        log.warning(
+            "%s more %s certificates refused in %.0f s without a line each (a scan?)%s",
+            count,
+            self.peer,
+            self._warnings.interval,
+            kept if self.rejected is not None else "",
+        )
 
     def _save_rejected(self, cert: x509.Certificate, thumbprint: bytes) -> None:
         if self.rejected is None:
