@@ -81,6 +81,12 @@ others, 10,000 each, which asyncua advertises but does not enforce) are enforced
 request is decoded: `_Processor` reads the count of a request's operations from its encoding
 and answers BadTooManyOperations without decoding the items (decoding alone cost 0.45 s per MB
 of small items), so what a logged-in client can make the server decode is bounded too.
+
+Publish responses: asyncua sends all a subscription has queued in one Publish response,
+whatever the client's MaxNotificationsPerPublish; a backlog could outgrow the client's message
+size and cost it its connection, again on every reconnect. Our session's subscriptions send at
+most that many notifications per response (at most `publish.PUBLISH_CAP`, 0 included), with
+MoreNotifications, and the rest in the next responses (`protocols.opcua.publish`).
 """
 
 from __future__ import annotations
@@ -124,7 +130,7 @@ from gateway.paths import state_path
 from gateway.streak import Throttle
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
-from protocols.opcua import transport
+from protocols.opcua import publish, transport
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
 from protocols.opcua.pki import (
     TrustList,
@@ -570,6 +576,25 @@ class _Session(InternalSession):
     ) -> ua.CreateSessionResult:
         result = await super().create_session(params, sockname=sockname)
         result.MaxRequestMessageSize = cast("ua.UInt32", MAX_MESSAGE)  # asyncua says 65,536
+        return result
+
+    async def create_subscription(
+        self,
+        params: ua.CreateSubscriptionParameters,
+        callback: Callable[..., Any],
+        request_callback: Callable[..., Any] | None = None,
+    ) -> ua.CreateSubscriptionResult:
+        result = await super().create_subscription(params, callback, request_callback)
+        subscriptions = getattr(self.subscription_service, "subscriptions", None)
+        publish.limit(subscriptions, result.SubscriptionId, params.MaxNotificationsPerPublish)
+        return result
+
+    def modify_subscription(
+        self, params: ua.ModifySubscriptionParameters
+    ) -> ua.ModifySubscriptionResult:
+        result = super().modify_subscription(params)
+        subscriptions = getattr(self.subscription_service, "subscriptions", None)
+        publish.limit(subscriptions, params.SubscriptionId, params.MaxNotificationsPerPublish)
         return result
 
     def activate_session(
