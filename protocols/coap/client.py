@@ -12,6 +12,18 @@ observers and stays silent). While a point cannot be read (the request failed, o
 missing from the response) it is published once with bad quality and the reason, and retried
 with backoff.
 
+Deregistration. aiocoap 0.4's ``ClientObservation.cancel()`` sends nothing: the next
+notification is still taken in (ACKed if CON), only a later CON one is answered with RST (a NON
+one never), and once the context is shut down its socket is gone, so a device would go on
+notifying a dead port (and retransmitting CONs). So an observation that ends on our side (stop,
+reload, restart, or one that went silent and is registered again) is deregistered as RFC 7641
+section 3.6 says: a GET with Observe 1 and the registration's token, sent (NON) through the
+context's message manager (aiocoap offers no way to choose a request's token) so that it leaves
+from the same socket. The server's answer ends the observation in aiocoap; ``__aexit__`` waits
+for those answers at most `DEREGISTER_TIMEOUT` in all (not at all when nothing is observed), so
+a dead device cannot hold up a stop. Over OSCORE or TCP it is not sent (the GET would have to be
+protected; closing a TCP connection ends its observations).
+
 Values: a point with a ``format`` asks for it with Accept (RFC 7252 section 5.10.4), since a
 server that offers several (ours does) otherwise picks its own default. A server that answers
 4.06 Not Acceptable or 4.02 Bad Option to Accept is asked again without it, and from then on for
@@ -39,6 +51,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiocoap
 from aiocoap import Code
+from aiocoap.messagemanager import MessageManager
+from aiocoap.numbers import Unreliable
+from aiocoap.tokenmanager import TokenManager
 
 from gateway.adapter import Adapter
 from gateway.backoff import BackoffTimer, sleep_backoff
@@ -63,6 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OBSERVE_MARGIN = 3.0  # seconds past Max-Age before an observation counts as lost
+DEREGISTER_TIMEOUT = 1.0  # seconds a stop waits for the servers to confirm deregistrations
 INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 #: Answers to a GET with Accept that mean "ask again without it": the format is not offered
 #: (4.06), or the server does not know the option at all (Accept is critical: 4.02).
@@ -183,6 +199,7 @@ class CoapClientAdapter(Adapter):
         self._ctx: aiocoap.Context | None = None
         self._credentials: CredentialsMap | None = None  # OSCORE, released at close
         self.base = config.url.rstrip("/")
+        self._leaving: set[asyncio.Task[None]] = set()  # deregistrations under way
         self.notifications = 0
         self.registrations = 0
 
@@ -207,6 +224,8 @@ class CoapClientAdapter(Adapter):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._leaving:  # each is bounded by itself; this bounds them all the same
+            await asyncio.wait(self._leaving, timeout=DEREGISTER_TIMEOUT)
         if self._ctx is not None:
             with contextlib.suppress(Exception):
                 await self._ctx.shutdown()
@@ -360,10 +379,11 @@ class CoapClientAdapter(Adapter):
         """One registration, until it ends or goes silent (then return to register again)."""
         assert self._ctx is not None
         request = self._ctx.request(self._get_request(group, observe=True))
+        first: aiocoap.Message | None = None
         try:
             try:
                 async with asyncio.timeout(self.config.timeout):
-                    first: aiocoap.Message = await request.response
+                    first = await request.response
             except (TimeoutError, aiocoap.error.Error) as exc:
                 reason = self._failure(self._uri(group.path), exc)
                 await self._failed(group, reason)
@@ -379,8 +399,51 @@ class CoapClientAdapter(Adapter):
                 return
             await self._notifications(group, request, first)
         finally:
-            if not request.observation.cancelled:
-                request.observation.cancel()
+            observation = request.observation
+            if observation.cancelled:  # the server ended it (or never started it)
+                pass
+            elif first is not None and first.opt.observe is not None:
+                self._leave(observation, first)
+            else:
+                observation.cancel()
+
+    def _leave(self, observation: Any, registration: aiocoap.Message) -> None:
+        """Deregister in a task of its own: this runs when a stop cancels the observing task,
+        and `__aexit__` waits for it."""
+        task = asyncio.get_running_loop().create_task(self._deregister(observation, registration))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    async def _deregister(self, observation: Any, registration: aiocoap.Message) -> None:
+        """Deregister ``observation`` (RFC 7641 section 3.6; see the module docstring) and wait
+        for the server's answer, which ends it, at most `DEREGISTER_TIMEOUT`."""
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        def end() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        observation.on_cancel(end)
+        message = registration.request.copy(mid=None)  # its token, options and remote
+        # NON: a CON would be retransmitted past the bound, and would hold up (NSTART 1) a
+        # registration made again right after it to a silent server
+        message.mtype = None
+        message.transport_tuning = Unreliable()
+        message.opt.observe = 1
+        try:
+            async with asyncio.timeout(DEREGISTER_TIMEOUT):
+                assert self._ctx is not None
+                interface = await self._ctx.find_remote_and_interface(message)
+                manager = getattr(interface, "token_interface", None)
+                if isinstance(interface, TokenManager) and isinstance(manager, MessageManager):
+                    manager.send_message(message, end)
+                    await ended
+        except (TimeoutError, aiocoap.error.Error) as exc:
+            log.debug("%s: deregistering %s: %r", self.name, message.get_request_uri(), exc)
+        finally:
+            if not observation.cancelled:
+                observation.cancel()
 
     async def _notifications(self, group: Group, request: Any, first: aiocoap.Message) -> None:
         silence = (first.opt.max_age or 60) + OBSERVE_MARGIN

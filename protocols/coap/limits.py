@@ -34,8 +34,8 @@ request, or from an address that stays silent while the value does not change, s
 and each costs a notification per change (10,000 took 29 MB). `ObserveLimits` caps them:
 ``total`` (10,000) for the server and ``per_remote`` (100) per host (its address, whatever the
 port: one host opening many sockets is still one), so that one client cannot take them all
-(spoofed addresses can still take the total: that is the bound; and an observation registered
-with NON is never reclaimed, since its notifications cannot fail). No
+(spoofed addresses can still take the total: that is the bound; a spoofed registration holds
+its slot until a CON notification to it fails, within `server.CONFIRM_INTERVAL`). No
 cap per resource: the total already bounds what one change costs, and a flood would only spread
 over the resources. A registration beyond a cap is answered as a plain GET, without the Observe
 option (RFC 7641 section 4.1), so the client knows it is not registered; refusals are counted
@@ -45,7 +45,9 @@ no token, aiocoap ends the old one, which frees it, before the new one registers
 observation that ends for any reason (a GET with Observe 1, an RST or a failed CON notification,
 an error response, shutdown) frees its slot through aiocoap's cancellation callback.
 Observations are not expired by age: an idle one is legitimate, and only an unacknowledged CON
-notification (RFC 7641 section 4.5) tells a vanished client from a quiet one.
+notification (RFC 7641 section 4.5) tells a vanished client from a quiet one, which is why the
+server sends one now and then to every observation, NON and quiet ones included (see
+protocols/coap/server.py, "Vanished observers").
 """
 
 from __future__ import annotations

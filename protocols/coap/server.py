@@ -15,6 +15,15 @@ Observe (RFC 7641) notifies on every change of value or quality. At most ``max_o
 are held, ``max_observations_per_client`` per client host; a registration beyond is answered as
 a plain GET, without Observe (`ObserveLimits` in protocols/coap/limits.py).
 
+Vanished observers. Only a CON notification that fails (no ACK, or an RST) tells aiocoap that
+an observer is gone; it then ends the observation, which frees its slot. aiocoap sends a
+notification as the registration was sent, so a NON registration's never fail, and a quiet
+value sends none at all: a vanished client would hold its slots for ever. RFC 7641 section 4.5
+asks for a CON notification at least every 24 hours. Here every `CONFIRM_EVERY`-th notification
+of a NON observation goes CON (aiocoap's ``Reliable`` transport tuning on the response), and an
+observation that had no CON notification for `CONFIRM_INTERVAL` seconds (a quiet value, CON or
+NON registration) is sent its current state again, as CON, by the sweep in `run`.
+
 Bad quality. SenML has no record without a value (RFC 8428), so a point whose last sample is
 bad (or that has none yet) answers 5.03 Service Unavailable with the reason as diagnostic
 payload; an observation ends with that notification (RFC 7641 section 3.2) and the client
@@ -48,12 +57,15 @@ import json
 import logging
 import math
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiocoap
 import aiocoap.resource as resource
 from aiocoap import Code
+from aiocoap.numbers import NON, Reliable
 from aiocoap.numbers.contentformat import ContentFormat
 
 from gateway.adapter import Adapter
@@ -85,6 +97,12 @@ WRITE_CODES: dict[WriteStatus, Code] = {
     WriteStatus.TIMEOUT: Code.GATEWAY_TIMEOUT,  # 5.04
     WriteStatus.DEVICE_ERROR: Code.BAD_GATEWAY,  # 5.02
 }
+
+#: A NON observation's every CONFIRM_EVERY-th notification goes CON (libcoap's choice too), and
+#: every observation gets one at least every CONFIRM_INTERVAL seconds (RFC 7641 4.5 asks for
+#: 24 h; an hour frees a vanished client's slot sooner, at one datagram per observation and hour).
+CONFIRM_EVERY = 5
+CONFIRM_INTERVAL = 3600.0
 
 POINT_FORMATS = (Format.SENML_JSON, Format.SENML_CBOR, Format.JSON, Format.CBOR, Format.TEXT)
 DEVICE_FORMATS = POINT_FORMATS[:-1]
@@ -332,13 +350,43 @@ def oscore_credentials(oscore: Oscore, name: str, target: str) -> CredentialsMap
     return credentials
 
 
+@dataclasses.dataclass(eq=False)
+class _Watch:
+    """An observation, so that a CON notification goes to it now and then (see the docstring)."""
+
+    observation: Any  # aiocoap's ServerObservation
+    reliable: bool  # registered with CON: aiocoap sends every notification CON
+    confirmed: float  # time.monotonic() of its last CON notification, or of its registration
+    unconfirmed: int = -1  # NON notifications since; -1 until the registration is answered
+    due: bool = False  # the next notification goes CON (the sweep asked for it)
+
+    def stamp(self, response: aiocoap.Message) -> None:
+        """Send ``response`` (this observation's next one) as CON when one is due."""
+        self.unconfirmed += 1
+        if self.unconfirmed == 0:
+            return  # the answer to the registration: sent as the request was
+        now = time.monotonic()
+        if (
+            self.reliable
+            or self.due
+            or self.unconfirmed >= CONFIRM_EVERY
+            or now - self.confirmed >= CONFIRM_INTERVAL
+        ):
+            response.transport_tuning = Reliable()  # aiocoap then sends it CON
+            self.confirmed, self.unconfirmed, self.due = now, 0, False
+
+
 # aiocoap ships no type information, so its base classes are Any to mypy
 class _Guarded(resource.ObservableResource):  # type: ignore[misc]
-    """A resource that refuses unprotected requests when the server requires OSCORE."""
+    """A resource that refuses unprotected requests when the server requires OSCORE, and sends
+    its observers a CON notification now and then."""
 
     def __init__(self, server: CoapServerAdapter) -> None:
         super().__init__()
         self.server = server
+        # id(request) -> its observation; aiocoap renders each notification from the same
+        # request object as the registration, and the entry goes when the observation ends
+        self.watches: dict[int, _Watch] = {}
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         self.server.requests += 1
@@ -348,10 +396,34 @@ class _Guarded(resource.ObservableResource):  # type: ignore[misc]
         except _Refused as refused:
             self.server.refused += 1
             return refused.response
+        watch = self.watches.get(id(request))
+        if watch is not None:
+            watch.stamp(response)
         return response
 
     async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
-        await self.server.observing.add(super().add_observation, request, serverobservation)
+        await self.server.observing.add(self._watched, request, serverobservation)
+
+    async def _watched(self, request: aiocoap.Message, serverobservation: Any) -> None:
+        await super().add_observation(request, serverobservation)
+        key = id(request)
+        reliable = request.mtype is not NON
+        self.watches[key] = _Watch(serverobservation, reliable, time.monotonic())
+        forget = serverobservation._cancellation_callback  # aiocoap's: it drops the observer
+
+        def ended() -> None:
+            self.watches.pop(key, None)
+            forget()
+
+        serverobservation.accept(ended)
+
+    def confirm_quiet(self, now: float) -> None:
+        """Send the current state as CON to each observation that had no CON notification for
+        `CONFIRM_INTERVAL` seconds (its value did not change)."""
+        for watch in self.watches.values():
+            if not watch.due and now - watch.confirmed >= CONFIRM_INTERVAL:
+                watch.due = True
+                watch.observation.trigger()
 
 
 class _PointResource(_Guarded):
@@ -614,7 +686,17 @@ class CoapServerAdapter(Adapter):
         self._credentials = None
 
     async def run(self) -> None:
-        await asyncio.Event().wait()
+        while True:  # the sweep for quiet observations (see the module docstring)
+            await asyncio.sleep(CONFIRM_INTERVAL / 4)
+            now = time.monotonic()
+            for res in self._observable():
+                res.confirm_quiet(now)
+
+    def _observable(self) -> Iterator[_Guarded]:
+        yield from self._devices.values()
+        for table in self._tables.values():
+            for points in table.values():
+                yield from points.values()
 
     def guard(self, request: aiocoap.Message) -> None:
         security = self.config.security
