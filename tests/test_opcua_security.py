@@ -342,3 +342,21 @@ async def test_configured_certificate_pem_under_any_name(tmp_path: Path) -> None
         found = await endpoints(adapter.endpoint_url)
     assert {e.ServerCertificate for e in found} == {cert.read_bytes()}
     assert not (tmp_path / CERT_FILE).exists()  # nothing generated
+
+
+def test_a_stop_says_the_count_of_a_burst_kept_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The count of first-time refusals kept quiet is said when the trust list is closed (the
+    adapter's stop), not lost with the window."""
+    monkeypatch.setattr(pki, "WARN_BURST", 2)
+    key = rsa.generate_private_key(65537, 2048)
+    trust = load_trust_store(tmp_path, None, peer="server")
+    for i in range(5):
+        with pytest.raises(ServiceError):
+            trust.check(_certificate(f"scanner-{i}", key, None, ca=False))
+    trust.close()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 3 and said[2].startswith("3 more server certificates refused in")
+    trust.close()  # said once
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 3

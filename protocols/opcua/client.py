@@ -318,6 +318,8 @@ class OpcuaClientAdapter(Adapter):
 
     async def __aexit__(self, *exc: object) -> None:
         await self._end_session(self._session)
+        if self._trust is not None:
+            self._trust.close()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

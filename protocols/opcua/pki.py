@@ -386,6 +386,10 @@ class TrustList:
             self.warned[thumbprint] = repeats + 1
             log.debug("%s again (%d times since the warning)", what, repeats + 1)
 
+    def close(self) -> None:
+        """Say the count of first-time refusals kept quiet in the window now open (at a stop)."""
+        self._warnings.close()
+
     def _say_quiet(self, count: int) -> None:
         """The count line of a window that kept some first-time refusals quiet."""
         kept = f"; the newest {REJECTED_MAX} untrusted ones are kept in {self.rejected}"

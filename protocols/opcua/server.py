@@ -959,6 +959,8 @@ class OpcuaServerAdapter(Adapter):
                 with contextlib.suppress(Exception):
                     await session.close_session(delete_subs=True)
             await server.stop()
+        if self.trust is not None:
+            self.trust.close()
 
     async def run(self) -> None:
         await asyncio.Event().wait()  # asyncua serves from its own tasks; nothing to poll
