@@ -37,9 +37,11 @@ def _setup_logging(level: str) -> None:
 def _set_log_level(level: str) -> None:
     chosen = getattr(logging, level.upper(), logging.INFO)
     logging.getLogger().setLevel(chosen)
-    # asyncua says 'add_node: ... does not exists' per node at start
-    address_space = logging.DEBUG if chosen <= logging.DEBUG else logging.WARNING
-    logging.getLogger("asyncua.server.address_space").setLevel(address_space)
+    # asyncua logs at INFO per node at start, per monitored item a client creates and twice a
+    # second per subscribed client ("publish request with acks"): 10,000 lines an hour for one
+    # client. Our adapters log what an operator needs; asyncua's own INFO is for debugging.
+    library = chosen if chosen <= logging.DEBUG else max(chosen, logging.WARNING)
+    logging.getLogger("asyncua").setLevel(library)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -210,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     try:
                         gateway = Gateway(
                             current, notifier=notifier, status_file=status_file,
-                            config_file=config_file,
+                            config_file=config_file, loop_monitor=loop_lag,
                         )  # fmt: skip
                     except (PluginError, StartError) as exc:  # run() says "failed" itself
                         livestatus.record_refused(

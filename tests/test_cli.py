@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import socket
 import subprocess
@@ -471,3 +472,26 @@ def test_validate_reports_disabled_ends_second_entries_and_periods_in_one_run(
         f"{bad}: ok (2 devices and endpoints, 1 point, 0 bridges; disabled: 1 device or "
         "endpoint, 1 bridge)"
     )
+
+
+@pytest.mark.parametrize(
+    ("level", "info", "warning"),
+    [("info", False, True), ("debug", True, True), ("error", False, False)],
+)
+def test_asyncua_logs_only_warnings_unless_debugging(level: str, info: bool, warning: bool) -> None:
+    """asyncua's INFO (a line per monitored item, two a second per subscribed client) is not
+    in the gateway's log at info level; with log_level debug it is, and at error its warnings
+    are not either (a record is filtered by its own logger's level, not by the root's)."""
+    from gateway.cli import _set_log_level
+
+    names = ("", "asyncua")
+    before = [logging.getLogger(n).level for n in names]
+    try:
+        _set_log_level(level)
+        library = logging.getLogger("asyncua.server.subscription_service")
+        assert library.isEnabledFor(logging.INFO) is info
+        assert library.isEnabledFor(logging.WARNING) is warning
+        assert logging.getLogger("gateway").isEnabledFor(logging.INFO) is (level != "error")
+    finally:
+        for name, was in zip(names, before, strict=True):
+            logging.getLogger(name).setLevel(was)
