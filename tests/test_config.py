@@ -1234,3 +1234,26 @@ def test_a_misspelt_role_is_one_problem_not_the_other_roles_settings() -> None:
         "role.yaml:2:32: endpoints.mb.role: found 'servr'; expected one of: client, server "
         "(modbus has no other role)"
     ]
+
+
+def test_points_left_to_a_missing_default_poll_group_are_one_problem(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """A device whose one poll group is named other than `default` left every point without
+    `poll:` an error of its own (1,000 lines for 1,000 points): one problem names them all,
+    and a point naming a group that does not exist is still its own."""
+    points = "\n".join(f"      - {{name: p{i}, address: {i}}}" for i in range(40))
+    path = tmp_path / "groups.yaml"
+    path.write_text(
+        "devices:\n  plc1:\n    protocol: modbus\n    host: 127.0.0.1\n"
+        "    poll_groups: {fast: {interval: 0.5}}\n    points:\n"
+        f"{points}\n      - {{name: typo, address: 99, poll: fats}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, registry)
+    problems = info.value.problems
+    assert len(problems) == 2, "\n".join(map(str, problems))
+    first = at(problems, "devices.plc1.points[0].poll")
+    assert "40 points without poll: (p0, p1" in first.found and "(40 in all)" in first.found
+    assert "a poll group named default" in first.expected
+    assert at(problems, "devices.plc1.points[40].poll").found == "'fats'"

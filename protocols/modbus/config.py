@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.common import Backoff, Deadband, PointLimits, Problem, Strict, Unit
+from gateway.config.errors import listing
+from gateway.text import counted
 from gateway.types import Access
 from protocols.modbus.codec import ByteOrder, DataType, Table, register_count
 
@@ -123,6 +125,7 @@ class ModbusDevice(Strict):
     def check(self) -> list[Problem]:
         problems: list[Problem] = []
         seen: dict[str, int] = {}
+        implicit: list[int] = []  # points without poll: while no group is named default
         for i, p in enumerate(self.points):
             if p.name in seen:
                 problems.append(
@@ -133,14 +136,29 @@ class ModbusDevice(Strict):
                     )
                 )
             seen.setdefault(p.name, i)
-            if p.poll not in self.poll_groups:
-                problems.append(
-                    Problem(
-                        ("points", i, "poll"),
-                        repr(p.poll),
-                        f"one of the poll_groups: {', '.join(sorted(self.poll_groups))}",
-                    )
+            if p.poll in self.poll_groups:
+                continue
+            if "poll" not in p.model_fields_set:  # said once below, not once per point
+                implicit.append(i)
+                continue
+            problems.append(
+                Problem(
+                    ("points", i, "poll"),
+                    repr(p.poll),
+                    f"one of the poll_groups: {', '.join(sorted(self.poll_groups))}",
                 )
+            )
+        if implicit:
+            names = [self.points[i].name for i in implicit]
+            problems.append(
+                Problem(
+                    ("points", implicit[0], "poll"),
+                    f"{counted(len(names), 'point')} without poll: ({listing(names)}), which go"
+                    " to poll group 'default', and there is none",
+                    f"poll: on each (one of the poll_groups: {', '.join(sorted(self.poll_groups))})"
+                    " or a poll group named default",
+                )
+            )
         problems.extend(self._overlaps())
         return problems
 
