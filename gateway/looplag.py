@@ -24,6 +24,7 @@ purpose, so that a blocked loop is killed).
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import os
@@ -178,6 +179,9 @@ class LoopMonitor:
         # address spaces in the loop by design; only a running gateway's stalls are news.
         self.active = active or (lambda: True)
         self.stalls: list[Stall] = []  # the last `keep`
+        self.stall_count = 0  # all of them
+        # the last minute's lags of an active loop (seconds), for the gateway's status
+        self._lags: collections.deque[float] = collections.deque(maxlen=round(60 / interval))
         self._keep = keep
         self._beat = time.monotonic()
         self._current: Stall | None = None
@@ -238,14 +242,31 @@ class LoopMonitor:
                 stall, self._current = self._current, None
                 if not (self._armed and self.active()):
                     stall = None
-                elif stall is None and lag > self.threshold:
-                    stall = self._record(Stall(due))  # too short for the thread to catch
+                else:
+                    self._lags.append(max(lag, 0.0))
+                    if stall is None and lag > self.threshold:
+                        stall = self._record(Stall(due))  # too short for the thread to catch
                 if stall is not None:
                     stall.length = lag
             if stall is not None and self.report and lag > self.threshold:
                 self._log_end(stall)
 
+    def figures(self) -> dict[str, float | int]:
+        """How late the loop ran in the last minute (ms: median, 99th percentile, most) and
+        how many stalls over the threshold there were since the start (the status file)."""
+        with self._lock:
+            lags = sorted(self._lags)
+        if not lags:
+            return {"stalls": self.stall_count}
+        return {
+            "lag_ms_p50": round(lags[len(lags) // 2] * 1000, 1),
+            "lag_ms_p99": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000, 1),
+            "lag_ms_max": round(lags[-1] * 1000, 1),
+            "stalls": self.stall_count,
+        }
+
     def _record(self, stall: Stall) -> Stall:
+        self.stall_count += 1
         self.stalls.append(stall)
         del self.stalls[: -self._keep]
         return stall

@@ -30,6 +30,7 @@ from gateway.bus import Bus
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
+from gateway.looplag import LoopMonitor
 from gateway.sdnotify import Notifier
 from gateway.streak import FailureStreak
 from gateway.text import counted
@@ -104,8 +105,10 @@ class Gateway:
         notifier: Notifier | None = None,
         status_file: Path | None = None,
         config_file: str = "",
+        loop_monitor: LoopMonitor | None = None,
     ) -> None:
         self.config = config
+        self.loop_monitor = loop_monitor  # its lag figures go in the status (``gateway run``)
         # ``gateway run`` keeps its status in a file for ``gateway status`` (gateway.livestatus).
         self.status_file = status_file
         self.config_file = config_file
@@ -176,6 +179,7 @@ class Gateway:
             "bus": {"published": self.bus.published, "unrouted": self.bus.unrouted},
             "writes": self.router.status(),
             **({"shadow": self.shadow.status()} if self.shadow is not None else {}),
+            **({"loop": self.loop_monitor.figures()} if self.loop_monitor is not None else {}),
         }
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -295,3 +295,31 @@ def test_gateway_run_names_the_plugin_code_that_blocked_its_loop(
     assert "blocked for 1." in blocked[0], blocked[0]
     assert "run it with asyncio.to_thread" in blocked[0]
     assert "blocked 1 more time(s)" in blocked[1] and place in blocked[1], blocked[1]
+
+
+def test_figures_give_the_last_minutes_lag_of_the_running_loop() -> None:
+    """The status file's `loop`: the lag of a loop blocked 40 ms at every turn shows in the
+    median, one longer block in the most and the stall count; a block while not active
+    (start-up, 0.8 s) is not counted."""
+    active = threading.Event()
+
+    async def main() -> tuple[dict[str, float | int], dict[str, float | int]]:
+        monitor = LoopMonitor(0.2, interval=0.02, check=0.02, report=False, active=active.is_set)
+        monitor.start()
+        await asyncio.sleep(0.05)
+        time.sleep(0.8)  # noqa: ASYNC251 (start-up: not counted)
+        await asyncio.sleep(0.05)
+        before = monitor.figures()
+        active.set()
+        for _ in range(30):
+            await asyncio.sleep(0)
+            time.sleep(0.04)  # noqa: ASYNC251 (a busy loop)
+        time.sleep(0.3)  # noqa: ASYNC251 (one stall)
+        await asyncio.sleep(0.1)
+        await monitor.stop()
+        return before, monitor.figures()
+
+    before, after = asyncio.run(main())
+    assert before == {"stalls": 0}
+    assert 20 <= after["lag_ms_p50"] <= 250, after  # a busy loop, not an idle one (~0)
+    assert 280 <= after["lag_ms_max"] <= 700 and after["stalls"] == 1, after  # not the 0.8 s

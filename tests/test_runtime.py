@@ -663,3 +663,14 @@ async def test_a_source_whose_run_returns_says_so_in_its_points_reason(tmp_path:
     message = await first_message_after_run_ends(load_config(path), returns)
     # what consumers see (MQTT, OPC UA): not the supervisor's private exception class
     assert message.samples[0].reason == "adapter failed: run() returned by itself"
+
+
+async def test_the_status_has_the_loop_monitors_figures(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from gateway.looplag import LoopMonitor
+
+    config = load_config(_uplink_file(tmp_path, "off"))
+    assert "loop" not in runtime.Gateway(config).status()
+    monitor = LoopMonitor()
+    monitor.stall_count = 2
+    assert runtime.Gateway(config, loop_monitor=monitor).status()["loop"] == {"stalls": 2}
