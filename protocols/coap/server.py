@@ -1,8 +1,8 @@
 """The gateway as a CoAP server (aiocoap): each bridged point is a resource, and each device too.
 
 Resources. A point lives at ``route.path`` (default ``{device}/{point}``) and a device at
-``route.device_path`` (default ``{device}``: all its points as one SenML pack, which aiocoap
-sends block-wise (RFC 7959) when it outgrows one datagram). ``/.well-known/core`` (RFC 6690) lists
+``route.device_path`` (default ``{device}``: all its points as one SenML pack, sent block-wise
+when it outgrows one block, see below). ``/.well-known/core`` (RFC 6690) lists
 them with ``rt`` (``protocol-brain.point.<datatype>`` or ``protocol-brain.device``), ``if``
 (``core.s`` for a read-only point, ``core.a`` for a writable one, ``core.b`` for a device),
 ``ct`` (the content formats a GET can ask for with Accept) and ``obs``.
@@ -14,6 +14,18 @@ GET negotiates by Accept: SenML JSON (110) when there is none, else 110, 112 (Se
 Observe (RFC 7641) notifies on every change of value or quality. At most ``max_observations``
 are held, ``max_observations_per_client`` per client host; a registration beyond is answered as
 a plain GET, without Observe (`ObserveLimits` in protocols/coap/limits.py).
+
+Block-wise (RFC 7959). aiocoap 0.4.17 cuts a GET's answer into blocks (its ``Block2Cache``) but
+renders an Observe registration's answer and every notification whole, a ~25 KB datagram for a
+500-point pack, which libcoap drops as too big. So `_Guarded` cuts GETs itself (it tells aiocoap
+``needs_blockwise_assembly`` False for GET), with a ``Block2Cache`` of its own: block 0 of a
+notification goes with Observe and Block2, the client GETs blocks 1.. without Observe
+(section 2.6), and the whole representation stays cached for those under the client's key. An
+ETag (a hash of the payload) tells representations apart. That cache holds one representation
+per client and resource, so a change notified while an observer still fetches blocks would
+swap the rest under it (aiocoap's client then fails with ResourceChanged): `updated_state`
+holds the change for such an observer until its last block went, or until it asked for no
+block for `TRANSFER_IDLE` seconds (RFC 7641 4.4 asks for the latest state, not every one).
 
 Vanished observers. Only a CON notification that fails (no ACK, or an RST) tells aiocoap that
 an observer is gone; it then ends the observation, which frees its slot. aiocoap sends a
@@ -53,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -65,6 +78,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiocoap
 import aiocoap.resource as resource
 from aiocoap import Code
+from aiocoap.blockwise import Block2Cache
 from aiocoap.numbers import NON, Reliable
 from aiocoap.numbers.contentformat import ContentFormat
 
@@ -103,6 +117,9 @@ WRITE_CODES: dict[WriteStatus, Code] = {
 #: 24 h; an hour frees a vanished client's slot sooner, at one datagram per observation and hour).
 CONFIRM_EVERY = 5
 CONFIRM_INTERVAL = 3600.0
+#: An observer that asked for no block of a block-wise notification for this long has left the
+#: transfer; a change held meanwhile (see `_Guarded.updated_state`) goes to it then.
+TRANSFER_IDLE = 5.0
 
 POINT_FORMATS = (Format.SENML_JSON, Format.SENML_CBOR, Format.JSON, Format.CBOR, Format.TEXT)
 DEVICE_FORMATS = POINT_FORMATS[:-1]
@@ -357,8 +374,40 @@ class _Watch:
     observation: Any  # aiocoap's ServerObservation
     reliable: bool  # registered with CON: aiocoap sends every notification CON
     confirmed: float  # time.monotonic() of its last CON notification, or of its registration
+    client: tuple[Any, Any]  # the registration's remote and Accept: its block GETs have both
     unconfirmed: int = -1  # NON notifications since; -1 until the registration is answered
     due: bool = False  # the next notification goes CON (the sweep asked for it)
+    fetching: float = 0.0  # time.monotonic() until which the client fetches its last blocks
+    held: bool = False  # a change came meanwhile: notify once the client has them all
+    timer: asyncio.TimerHandle | None = None  # sends a held change if the client stalls
+
+    def notify(self) -> None:
+        """Notify of a change, or hold it while the client still fetches the blocks of the
+        last notification (see `_Guarded.updated_state`)."""
+        self.held = True
+        wait = self.fetching - time.monotonic()
+        if wait <= 0:
+            self.release()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(wait, self._stalled)
+
+    def release(self) -> None:
+        """The client has all blocks (or has left the transfer): a held change goes now."""
+        self.fetching = 0.0
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.held:
+            self.held = False
+            self.observation.trigger()
+
+    def _stalled(self) -> None:
+        self.timer = None
+        wait = self.fetching - time.monotonic()
+        if wait > 0:  # it asked for a block meanwhile
+            self.timer = asyncio.get_running_loop().call_later(wait, self._stalled)
+        else:
+            self.release()
 
     def stamp(self, response: aiocoap.Message) -> None:
         """Send ``response`` (this observation's next one) as CON when one is due."""
@@ -387,18 +436,62 @@ class _Guarded(resource.ObservableResource):  # type: ignore[misc]
         # id(request) -> its observation; aiocoap renders each notification from the same
         # request object as the registration, and the entry goes when the observation ends
         self.watches: dict[int, _Watch] = {}
+        self.blocks = Block2Cache()  # GET answers larger than a block (see the docstring)
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return bool(request.code != Code.GET)  # GETs: `render` cuts the blocks itself
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         self.server.requests += 1
+        watch = self.watches.get(id(request))
+        if watch is not None and watch.unconfirmed >= 0:  # registration answered: a notification
+            self.server.notifications_sent += 1
         try:
             self.server.guard(request)
-            response: aiocoap.Message = await super().render(request)
+            if request.code == Code.GET:
+                response: aiocoap.Message = await self.blocks.extract_or_insert(
+                    request, lambda: self._whole(request)
+                )
+            else:
+                response = await super().render(request)
         except _Refused as refused:
             self.server.refused += 1
             return refused.response
-        watch = self.watches.get(id(request))
+        block = response.opt.block2
         if watch is not None:
             watch.stamp(response)
+            watch.fetching = time.monotonic() + TRANSFER_IDLE if block and block.more else 0.0
+        elif block is not None and block.block_number > 0:
+            self._fetched(request, more=bool(block.more))
+        return response
+
+    def _fetched(self, request: aiocoap.Message, *, more: bool) -> None:
+        """A block GET was answered: the notification it belongs to is still being fetched
+        (``more``), or complete."""
+        client = (request.remote, request.opt.accept)
+        for watch in self.watches.values():
+            if watch.fetching and watch.client == client:
+                if more:
+                    watch.fetching = time.monotonic() + TRANSFER_IDLE
+                else:
+                    watch.release()
+
+    def updated_state(self, response: aiocoap.Message | None = None) -> None:
+        """Notify the observers, but hold the change for one still fetching the blocks of its
+        last notification: it gets it once it has them all, or after `TRANSFER_IDLE` seconds
+        without a block GET (RFC 7641 4.4 asks for the latest state, not every one). A new
+        representation in between would replace what its next block GET gets (one cache entry
+        per client and resource), and its client would have to give up the transfer."""
+        if response is not None:  # not used here: aiocoap's own way
+            super().updated_state(response)
+            return
+        for watch in list(self.watches.values()):
+            watch.notify()
+
+    async def _whole(self, request: aiocoap.Message) -> aiocoap.Message:
+        response: aiocoap.Message = await super().render(request)
+        if response.code.is_successful():
+            response.opt.etag = hashlib.blake2s(response.payload, digest_size=8).digest()
         return response
 
     async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
@@ -408,11 +501,14 @@ class _Guarded(resource.ObservableResource):  # type: ignore[misc]
         await super().add_observation(request, serverobservation)
         key = id(request)
         reliable = request.mtype is not NON
-        self.watches[key] = _Watch(serverobservation, reliable, time.monotonic())
+        client = (request.remote, request.opt.accept)
+        self.watches[key] = _Watch(serverobservation, reliable, time.monotonic(), client)
         forget = serverobservation._cancellation_callback  # aiocoap's: it drops the observer
 
         def ended() -> None:
-            self.watches.pop(key, None)
+            watch = self.watches.pop(key, None)
+            if watch is not None and watch.timer is not None:
+                watch.timer.cancel()
             forget()
 
         serverobservation.accept(ended)
@@ -568,7 +664,8 @@ class CoapServerAdapter(Adapter):
         )
         self.requests = 0
         self.refused = 0
-        self.notifications = 0
+        self.notifications = 0  # changes of a point's value or quality (observed or not)
+        self.notifications_sent = 0  # notifications sent to observers (changes coalesce)
         self.writes: dict[str, int] = {}
 
     # -- address space
@@ -739,7 +836,8 @@ class CoapServerAdapter(Adapter):
         return {
             "requests": self.requests,
             "refused": self.refused,
-            "notifications": self.notifications,
+            "notifications": self.notifications,  # changes of a point's value or quality
+            "notifications_sent": self.notifications_sent,  # to observers, of points and packs
             "writes": dict(self.writes),
             # requests dropped unanswered under a flood (protocols/coap/limits.py)
             "dropped": sum(self.limits.dropped.values()) if self.limits is not None else 0,
