@@ -277,8 +277,10 @@ class Bridge:
                     staged.append(prepared)
             # Scored before translate: under the source's own point names (as `points`/
             # `exclude` and a kept calibration know them), held-back points included.
+            # A device's calibration runs in a worker thread: the loop goes on meanwhile, and
+            # this pump's next messages queue up behind it.
             scored = (
-                self.anomaly.process_batch([m for m, _ in staged])
+                await self.anomaly.process_batch_async([m for m, _ in staged])
                 if self.anomaly is not None
                 else [(m, []) for m, _ in staged]
             )

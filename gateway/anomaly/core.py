@@ -75,6 +75,42 @@ def running_mean(
     return out
 
 
+# Columns from which `running_means` steps all columns at once, row by row (a few numpy calls
+# per row); below, it goes column by column (`running_mean`, a Python float loop per value).
+VECTOR_COLUMNS = 8
+
+
+def running_means(
+    x: npt.NDArray[Any], tau: float, start: npt.NDArray[Any], limit: npt.NDArray[Any]
+) -> npt.NDArray[np.float64]:
+    """`running_mean` of each column of ``x`` ``[T, C]``, from ``start`` ``[C]`` with ``limit``
+    ``[C]``; bit for bit the same (a NaN's sign bit aside): the same float operations in the
+    same order, and Python's ``max``/``min`` (a NaN limit is no limit, a NaN reading makes the
+    mean NaN)."""
+    x = np.asarray(x, dtype=np.float64)
+    t, c = x.shape
+    hi = np.asarray(limit, dtype=np.float64)
+    if c < VECTOR_COLUMNS:
+        out = np.empty((t, c), dtype=np.float64)
+        for j in range(c):
+            out[:, j] = running_mean(x[:, j], tau, float(start[j]), float(hi[j]))
+        return out
+    a = 1.0 / tau
+    lo = -hi
+    m = np.array(start, dtype=np.float64)
+    out = np.empty((t, c), dtype=np.float64)
+    d = np.empty(c, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # as Python floats: inf - inf is NaN
+        for i in range(t):
+            np.subtract(x[i], m, out=d)
+            np.copyto(d, lo, where=lo > d)  # max(d, -limit): d unless -limit is greater
+            np.copyto(d, hi, where=hi < d)  # min(d, limit): d unless limit is smaller
+            d *= a
+            m += d
+            out[i] = m
+    return out
+
+
 @dataclass
 class Calibration:
     """What normal looks like for one device, learned on its clean period."""
@@ -108,12 +144,14 @@ class Preprocessor:
         cal = self.cal
         x = np.asarray(values, dtype=np.float64)
         z = (x - self.mean) / self.scale
-        if cal.slow.any():
-            for c in np.flatnonzero(cal.slow):
-                limit = abs(cal.slow_mean[c]) + FOLLOW * cal.slow_scale[c]
-                ema = running_mean(x[:, c], SLOW_TAU, float(self._ema[c]), limit)
-                self._ema[c] = ema[-1]
-                z[:, c] = (x[:, c] - ema - cal.slow_mean[c]) / cal.slow_scale[c]
+        if cal.slow.any() and len(x):
+            cols = np.flatnonzero(cal.slow)
+            mean, scale = cal.slow_mean[cols], cal.slow_scale[cols]
+            ema = running_means(
+                x[:, cols], SLOW_TAU, self._ema[cols], np.abs(mean) + FOLLOW * scale
+            )
+            self._ema[cols] = ema[-1]
+            z[:, cols] = (x[:, cols] - ema - mean) / scale
         return np.clip(z, -CLIP, CLIP).astype(np.float32)
 
 

@@ -18,6 +18,14 @@ queued up in the bridge, all devices, in one call), and:
 A point missing from a message keeps its last value; points that appear after calibration are
 not scored (the device must be recalibrated to include them).
 
+Calibrating a device runs the model over every window of its clean period (half a second of
+CPU for 250 points): the bridge's pump calls `process_batch_async`, which does that in a worker
+thread so the event loop goes on polling and sending meanwhile. The pump waits for it, so the
+messages that arrive meanwhile queue up behind it and are scored in order as before; the
+bridge's other pumps wait their turn (one call of the stage at a time). A stop or reload while a
+device calibrates waits for the thread, so the calibration is kept and written when the stage
+closes.
+
 Calibrations are kept across restarts (`store`): a device whose stored calibration still fits
 (same model, options and points) skips its clean period and is scored again once a window of
 fresh readings has arrived, with its alarm state as it was. Calibrations are kept under the
@@ -28,9 +36,11 @@ them, instead of calibrating again from scratch in silence.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,8 +48,9 @@ from typing import Any
 import numpy as np
 
 from gateway.anomaly.alarm import Transition
+from gateway.anomaly.core import Calibration
 from gateway.anomaly.device import DeviceScorer, Scored
-from gateway.anomaly.model import ModelError, OnnxScorer, shipped
+from gateway.anomaly.model import ModelError, shared, shipped
 from gateway.anomaly.store import CalibrationStore, Record, devices_in, fingerprint, orphaned
 from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
@@ -59,6 +70,11 @@ SELECTED_CACHE_MAX = 4096
 # The stages of this process: all bridges are built before any scores, so at a bridge's first
 # message this says which calibration files belong to a bridge of the running config.
 _STAGES: weakref.WeakSet[AnomalyStage] = weakref.WeakSet()
+
+Scoring = list[tuple[Message, list[Message]]]
+# `AnomalyStage._batch`: yields each calibration to run (where the caller likes: here or in a
+# worker thread), is sent its result, and returns the batch's scored messages.
+_Batch = Generator[Callable[[], Calibration], Calibration, Scoring]
 
 
 def anomaly_topic(device: str) -> str:
@@ -100,7 +116,7 @@ class AnomalyStage:
         self.bus = bus
         self.name = name
         try:
-            self.model = OnnxScorer(shipped(options.model), window=options.window)
+            self.model = shared(shipped(options.model), window=options.window)
         except ModelError as exc:  # no onnxruntime, or a file that is not a window model
             raise StartError(f"bridge {name!r}", exc) from None
         self.devices: dict[str, _Device] = {}
@@ -115,6 +131,7 @@ class AnomalyStage:
         self._selected: dict[str, bool] = {}  # point name -> scored (points/exclude globs)
         self._globs, self._excluded = Globs(options.points), Globs(options.exclude)
         self._unselected: set[str] = set()  # devices with numeric points, none selected
+        self._turn = asyncio.Lock()  # process_batch_async: one call at a time, in order
 
     def _selects(self, point: str) -> bool:
         known = self._selected.get(point)
@@ -226,9 +243,50 @@ class AnomalyStage:
         """Score one telemetry message: (the message with its score, events to send)."""
         return self.process_batch([message])[0]
 
-    def process_batch(self, messages: list[Message]) -> list[tuple[Message, list[Message]]]:
+    def process_batch(self, messages: list[Message]) -> Scoring:
         """Score messages in order, all calibrated devices' windows in one model call."""
-        out: list[tuple[Message, list[Message]]] = [(m, []) for m in messages]
+        batch = self._batch(messages)
+        try:
+            job = next(batch)
+            while True:
+                job = batch.send(job())
+        except StopIteration as done:
+            scored: Scoring = done.value
+            return scored
+
+    async def process_batch_async(self, messages: list[Message]) -> Scoring:
+        """`process_batch` for the event loop: a device's calibration runs in a worker thread.
+        Calls are taken one at a time, in the order they come. Cancelled while a device
+        calibrates, it waits for the thread and keeps that calibration (`close` writes it), then
+        leaves the rest of the batch and raises `CancelledError`."""
+        async with self._turn:
+            batch = self._batch(messages)
+            try:
+                job = next(batch)
+                while True:
+                    work = asyncio.ensure_future(asyncio.to_thread(job))
+                    try:
+                        result = await asyncio.shield(work)
+                    except asyncio.CancelledError:
+                        while not work.done():  # a second cancel (a reload during a stop)
+                            try:
+                                await asyncio.wait([work])
+                            except asyncio.CancelledError:
+                                pass
+                        if not work.cancelled() and work.exception() is None:
+                            try:
+                                batch.send(work.result())
+                            except StopIteration:
+                                pass
+                        batch.close()
+                        raise
+                    job = batch.send(result)
+            except StopIteration as done:
+                scored: Scoring = done.value
+                return scored
+
+    def _batch(self, messages: list[Message]) -> _Batch:
+        out: Scoring = [(m, []) for m in messages]
         pending: dict[str, list[tuple[int, list[float]]]] = {}
         for i, message in enumerate(messages):
             name = message.device or message.origin
@@ -258,7 +316,7 @@ class AnomalyStage:
             if dev.calibrated:
                 pending.setdefault(name, []).append((i, row))
             elif not self._calibrating(message, name, dev, row, self._clean(message, values, dev)):
-                self._calibrate(name, dev)
+                yield from self._calibrate(name, dev)
         if not pending:
             return out
         windows = [
@@ -337,11 +395,18 @@ class AnomalyStage:
                 ", ".join(sorted(dev.unclean)[:5]) or "a point",
             )
 
-    def _calibrate(self, device: str, dev: _Device) -> None:
+    def _calibrate(
+        self, device: str, dev: _Device
+    ) -> Generator[Callable[[], Calibration], Calibration, None]:
         rows = np.asarray(dev.rows, dtype=np.float64)
+        stored = dev.stored
+        if stored is None:
+            # The heavy part, the model over every window of the clean period: the caller runs
+            # it (`process_batch_async`: in a thread). The device is calibrating until it is done.
+            cal = yield lambda: dev.scorer.calibrate(rows)
         dev.rows = []
         dev.calibrated = True
-        stored, dev.stored = dev.stored, None
+        dev.stored = None
         if stored is not None:
             dev.scorer.restore(
                 stored.cal, rows, normal=stored.normal, level=stored.level, active=stored.alarm
@@ -358,7 +423,6 @@ class AnomalyStage:
                 " (alarm active)" if stored.alarm else "",
             )
             return
-        cal = dev.scorer.calibrate(rows)
         dev.calibrated_rows, dev.calibrated_at = len(rows), time.time()
         log.info(
             "anomaly %s: %s calibrated on %s of %s, threshold %.3g%s",
