@@ -180,8 +180,10 @@ class LoopMonitor:
         self.active = active or (lambda: True)
         self.stalls: list[Stall] = []  # the last `keep`
         self.stall_count = 0  # all of them
-        # the last minute's lags of an active loop (seconds), for the gateway's status
-        self._lags: collections.deque[float] = collections.deque(maxlen=round(60 / interval))
+        # the lags of an active loop's last minute of heartbeats (seconds), for the status
+        self._lags: collections.deque[float] = collections.deque(
+            maxlen=max(1, round(60 / interval))
+        )
         self._keep = keep
         self._beat = time.monotonic()
         self._current: Stall | None = None

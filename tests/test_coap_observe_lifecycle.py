@@ -78,7 +78,7 @@ async def test_a_stopping_client_deregisters_from_libcoap(tmp_path: Path) -> Non
     }
     assert f"{{{token}}} [ Observe:1, Uri-Path:time ]" in text, text[-3000:]
     assert f"with token '{token}'" in text.split("removed subscription", 1)[-1], text[-3000:]
-    assert took < 1.0
+    assert took < 2.0  # the answer ended it (a loaded box may take a while to stop)
 
 
 async def test_a_stopping_client_frees_its_observation_on_our_server(simulator: Simulator) -> None:
@@ -87,7 +87,7 @@ async def test_a_stopping_client_frees_its_observation_on_our_server(simulator: 
         took = await timed_stop(cfg, lambda seen: p.server.status()["observations"] == 1)
         # at once, not at the next notification (the value does not change here)
         await wait_for(lambda: p.server.status()["observations"] == 0, timeout=0.5)
-        assert took < 1.0
+        assert took < 2.0
 
 
 async def test_a_stop_is_bounded_when_the_server_is_silent(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ async def test_a_stop_is_bounded_when_the_server_is_silent(tmp_path: Path) -> No
             server.send_signal(signal.SIGSTOP)  # its socket stays open: no answer, no ICMP
             started = time.monotonic()
         took = time.monotonic() - started
-    assert 0.8 < took < 1.6  # DEREGISTER_TIMEOUT: it tried, and did not wait for more
+    assert 0.8 < took < 3.0  # DEREGISTER_TIMEOUT: it tried, and did not wait for more
 
 
 async def test_a_stop_without_observations_does_not_wait(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ async def test_a_stop_without_observations_does_not_wait(tmp_path: Path) -> None
         took = await timed_stop(
             observe_cfg(port, "time", type="string", poll=0.2), lambda seen: values(seen, "p")
         )
-    assert took < 0.3
+    assert took < 0.8  # not DEREGISTER_TIMEOUT
 
 
 # -- the server finds vanished NON observers

@@ -439,7 +439,7 @@ class CoapClientAdapter(Adapter):
                 if isinstance(interface, TokenManager) and isinstance(manager, MessageManager):
                     manager.send_message(message, end)
                     await ended
-        except (TimeoutError, aiocoap.error.Error) as exc:
+        except Exception as exc:  # a timeout, aiocoap's errors, a socket gone: never escapes
             log.debug("%s: deregistering %s: %r", self.name, message.get_request_uri(), exc)
         finally:
             if not observation.cancelled:

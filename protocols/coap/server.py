@@ -437,6 +437,12 @@ class _Guarded(resource.ObservableResource):  # type: ignore[misc]
         # request object as the registration, and the entry goes when the observation ends
         self.watches: dict[int, _Watch] = {}
         self.blocks = Block2Cache()  # GET answers larger than a block (see the docstring)
+        # aiocoap keeps a client's whole representation 93-186 s after its last block; a
+        # transfer is over (or abandoned) within TRANSFER_IDLE, so its copy goes 10-20 s later.
+        completes = getattr(self.blocks, "_completes", None)
+        if isinstance(getattr(completes, "timeout", None), float):
+            completes.timeout = 2 * TRANSFER_IDLE  # type: ignore[union-attr]
+        self.by_client: dict[tuple[Any, Any], set[_Watch]] = {}  # the watches of a client key
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
         return bool(request.code != Code.GET)  # GETs: `render` cuts the blocks itself
@@ -469,8 +475,8 @@ class _Guarded(resource.ObservableResource):  # type: ignore[misc]
         """A block GET was answered: the notification it belongs to is still being fetched
         (``more``), or complete."""
         client = (request.remote, request.opt.accept)
-        for watch in self.watches.values():
-            if watch.fetching and watch.client == client:
+        for watch in self.by_client.get(client, ()):  # not a scan of every observer per block
+            if watch.fetching:
                 if more:
                     watch.fetching = time.monotonic() + TRANSFER_IDLE
                 else:
@@ -502,12 +508,18 @@ class _Guarded(resource.ObservableResource):  # type: ignore[misc]
         key = id(request)
         reliable = request.mtype is not NON
         client = (request.remote, request.opt.accept)
-        self.watches[key] = _Watch(serverobservation, reliable, time.monotonic(), client)
+        watch = self.watches[key] = _Watch(serverobservation, reliable, time.monotonic(), client)
+        self.by_client.setdefault(client, set()).add(watch)
         forget = serverobservation._cancellation_callback  # aiocoap's: it drops the observer
 
         def ended() -> None:
-            watch = self.watches.pop(key, None)
-            if watch is not None and watch.timer is not None:
+            self.watches.pop(key, None)
+            same = self.by_client.get(client)
+            if same is not None:
+                same.discard(watch)
+                if not same:
+                    del self.by_client[client]
+            if watch.timer is not None:
                 watch.timer.cancel()
             forget()
 

@@ -394,7 +394,7 @@ class TrustList:
         """The count line of a window that kept some first-time refusals quiet."""
         kept = f"; the newest {REJECTED_MAX} untrusted ones are kept in {self.rejected}"
         log.warning(
-            "%s more %s certificates refused in %.0f s without a line each (a scan?)%s",
+            "%s more %s certificates refused in at most %.0f s without a line each (a scan?)%s",
             count,
             self.peer,
             self._warnings.interval,
