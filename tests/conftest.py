@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 import shutil
 import signal
 import socket
@@ -39,12 +40,49 @@ def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROTOCOL_BRAIN_STATE_DIR", str(tmp_path / "state"))
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' local ports."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_PORT_LOW = 10000 if _EPHEMERAL_LOW > 12000 else 1024
+_handed_out: set[int] = set()
+_pick = random.Random()
+
+
+def _bindable(host: str, port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
+    """A port free for TCP and UDP now, below the kernel's range for outgoing connections.
+
+    A peer a test stops and starts again must get its port back: the kernel's pick for port 0
+    lies in the outgoing range, where any client's connect (the gateway's reconnect attempts
+    included) may take it as its local port meanwhile and the restart fails with "Address
+    already in use". Ports handed out once are not handed out again in the session.
+    """
+    span = range(_PORT_LOW, _EPHEMERAL_LOW)
+    for _ in range(200):
+        port = _pick.choice(span)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    _handed_out.clear()  # a long session used the range up: the oldest tests are long done
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def modbus_device_yaml(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 
 from gateway.cli import main
 from gateway.config import load_config_text
@@ -657,13 +657,6 @@ def test_classify_refuses_a_model_that_is_not_the_translator(
     assert err.startswith(f"error: {model}") and message in err and err.count("\n") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def _opcua_server(setup: Callable[[Any, int], Awaitable[None]]) -> Iterator[int]:
     """An asyncua server on a free port, set up by ``setup(server, port)``; yields the port."""
@@ -671,7 +664,7 @@ def _opcua_server(setup: Callable[[Any, int], Awaitable[None]]) -> Iterator[int]
 
     from asyncua import Server
 
-    port = _free_port()
+    port = free_port()
     ready = threading.Event()
     stop = threading.Event()
 
