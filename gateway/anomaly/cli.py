@@ -227,7 +227,7 @@ def _scoring_bridges(
     from gateway.paths import use_config_state_dir
 
     try:
-        config = load_config(file)
+        config = load_config(file, keep_unresolved=True)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
     use_config_state_dir(file)

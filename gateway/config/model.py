@@ -61,6 +61,7 @@ from gateway.config.common import (
 )
 from gateway.config.computed import ComputedPoint
 from gateway.config.errors import (
+    MAX_SHOWN,
     ConfigError,
     Finding,
     LocatedProblem,
@@ -74,6 +75,7 @@ from gateway.config.errors import (
     translate,
     unknown_key,
 )
+from gateway.config.references import hide_values, process_lookup
 from gateway.config.translate import MODEL_FILE, TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
@@ -270,12 +272,16 @@ def load_config(
     registry: Registry | None = None,
     *,
     check_adapters: bool = False,
+    keep_unresolved: bool = False,
 ) -> GatewayConfig:
     """Read and validate a config file; `ConfigError` lists every problem found.
 
     ``check_adapters`` (``gateway validate``): also what ``gateway run`` would refuse about
     the adapters of the enabled entries (`_Loader.adapter`). ``gateway run`` itself leaves it
-    to the runtime, which imports them anyway and says the same `PluginError` once."""
+    to the runtime, which imports them anyway and says the same `PluginError` once.
+    ``keep_unresolved``: a ``${...}`` reference (`gateway.config.references`) that this
+    process cannot resolve is kept as written instead of being a problem (commands that only
+    read the gateway's state files, run from a shell without the service's secrets)."""
     filename = os.fspath(path)
     try:
         # A FIFO would block open() until a writer comes, /dev/zero would never end: only a
@@ -312,7 +318,9 @@ def load_config(
                 )
             ]
         ) from None
-    return load_config_text(text, filename, registry, check_adapters=check_adapters)
+    return load_config_text(
+        text, filename, registry, check_adapters=check_adapters, keep_unresolved=keep_unresolved
+    )
 
 
 def load_config_text(
@@ -321,9 +329,12 @@ def load_config_text(
     registry: Registry | None = None,
     *,
     check_adapters: bool = False,
+    keep_unresolved: bool = False,
 ) -> GatewayConfig:
-    """Validate config text; ``filename`` only names it in problems."""
-    document = parse_yaml(text)
+    """Validate config text; ``filename`` names it in problems, and its folder is where a
+    relative ``${file:PATH}`` is read from (the working folder for ``<string>``)."""
+    base = os.path.dirname(os.path.abspath(filename)) if filename != "<string>" else os.getcwd()
+    document = parse_yaml(text, process_lookup(base, keep_unresolved=keep_unresolved))
     if registry is None:
         registry = load_registry()
     loader = _Loader(filename, document.marks, registry, check_adapters=check_adapters)
@@ -340,6 +351,20 @@ def load_config_text(
         )
     config = loader.load(document.data, had_yaml_issues=bool(document.issues))
     warnings = loader.all_warnings()
+    if document.marks.references:  # a secret filled in must not reach a message or the log
+        refs = list(document.marks.references.values())
+        warnings = tuple(hide_values(w, refs, MAX_SHOWN) for w in warnings)
+        hidden = []
+        for p in loader.problems:
+            found = hide_values(p.found, refs, MAX_SHOWN)
+            if found != p.found:
+                found += " (as written; the value filled in is not shown)"
+            hidden.append(
+                dataclasses.replace(
+                    p, found=found, expected=hide_values(p.expected, refs, MAX_SHOWN)
+                )
+            )
+        loader.problems = hidden
     if loader.problems or config is None:
         raise ConfigError(loader.problems, warnings)
     return dataclasses.replace(config, warnings=warnings)

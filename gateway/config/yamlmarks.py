@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gateway.config.references import Lookup, UnresolvedReference, has_reference, resolve
+
 Key = str | int
 Path = tuple[Key, ...]
 
@@ -60,6 +62,10 @@ class Marks:
 
     values: dict[Path, Mark] = field(default_factory=dict)
     keys: dict[Path, Mark] = field(default_factory=dict)
+    # path -> (the value as written, as resolved) where it held ${...} (`references`)
+    references: dict[Path, tuple[str, str]] = field(default_factory=dict)
+    # path -> the references this process could not resolve, kept as written (keep_unresolved)
+    unresolved: dict[Path, list[str]] = field(default_factory=dict)
 
     def value(self, path: Path) -> Mark:
         """Position of the value at ``path``, or of its nearest written ancestor."""
@@ -97,8 +103,9 @@ class _TooLarge(Exception):
 
 
 class _Converter:
-    def __init__(self, loader: yaml.SafeLoader) -> None:
+    def __init__(self, loader: yaml.SafeLoader, lookup: Lookup | None) -> None:
         self.loader = loader
+        self.lookup = lookup
         self.marks = Marks()
         self.issues: list[YamlIssue] = []
         self.count = 0
@@ -113,7 +120,10 @@ class _Converter:
             raise _TooLarge
         self.marks.values[path] = _mark_of(node)
         if isinstance(node, ScalarNode):
-            return self.scalar(node, path)
+            value = self.scalar(node, path)
+            if self.lookup is not None and isinstance(value, str) and has_reference(value):
+                return self.resolve(value, node, path, self.lookup)
+            return value
         if id(node) in self.active:
             self.issue(
                 path,
@@ -151,6 +161,17 @@ class _Converter:
                 "a plain YAML value (no custom tags)",
             )
             return None
+
+    def resolve(self, value: str, node: ScalarNode, path: Path, lookup: Lookup) -> str | None:
+        try:
+            resolved = resolve(value, lookup)
+        except UnresolvedReference as exc:
+            self.issue(path, _mark_of(node), str(exc), exc.expected)
+            return None
+        self.marks.references[path] = (value, resolved.value)
+        if resolved.kept:
+            self.marks.unresolved[path] = resolved.kept
+        return resolved.value
 
     def key_of(self, node: Node, path: Path) -> str | None:
         if not isinstance(node, ScalarNode):
@@ -217,12 +238,13 @@ class _Converter:
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def parse_yaml(text: str) -> Document:
-    """Compose ``text`` and convert it; every problem comes back in ``Document.issues``."""
-    doc = _parse(text, _Loader)
+def parse_yaml(text: str, lookup: Lookup | None = None) -> Document:
+    """Compose ``text`` and convert it; every problem comes back in ``Document.issues``.
+    With ``lookup``, ``${...}`` references in values are resolved (`references`)."""
+    doc = _parse(text, _Loader, lookup)
     if doc.data is None and doc.issues and _Loader is not yaml.SafeLoader:
         # A broken file: parse again in Python, whose messages are the clearer ones.
-        return _parse(text, yaml.SafeLoader)
+        return _parse(text, yaml.SafeLoader, lookup)
     return doc
 
 
@@ -256,7 +278,7 @@ def flow_depth(text: str, limit: int = MAX_FLOW_DEPTH) -> int:
     return deepest
 
 
-def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> Document:
+def _parse(text: str, loader_class: type[yaml.SafeLoader], lookup: Lookup | None) -> Document:
     if flow_depth(text) > MAX_FLOW_DEPTH:
         return Document(None, Marks(), [_too_deep()])
     try:
@@ -270,7 +292,7 @@ def _parse(text: str, loader_class: type[yaml.SafeLoader]) -> Document:
             return Document(None, Marks(), [_yaml_issue(exc, text)])
         except RecursionError:
             return Document(None, Marks(), [_too_deep()])
-        converter = _Converter(loader)
+        converter = _Converter(loader, lookup)
         if root is None:
             return Document(None, converter.marks, [])
         try:

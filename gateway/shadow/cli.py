@@ -84,7 +84,7 @@ def _config(config_file: str) -> GatewayConfig:
 
     use_config_state_dir(config_file)  # {state} in shadow.path: the folder gateway run uses
     try:
-        config = load_config(config_file)
+        config = load_config(config_file, keep_unresolved=True)
     except ConfigError as exc:
         raise CommandError(str(exc), 1) from None
     if config.shadow is None:

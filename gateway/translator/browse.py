@@ -69,6 +69,14 @@ def browse_device(path: str, device: str, options: BrowseOptions) -> list[Point]
     doc = read_yaml(path)
     section, entry = config_entry(path, doc.data, device)
     where = f"{path}#{device}"
+    for at_path, kept in doc.marks.unresolved.items():  # the connection needs them filled in
+        if at_path[:2] == (section, device):
+            mark = doc.marks.value(at_path)
+            raise InputError(
+                f"{path}:{mark.line}:{mark.column}: {', '.join(kept)} cannot be filled in here "
+                "(a variable not set in this shell, or a file it cannot read); set it as "
+                "`gateway run` has it, to browse"
+            )
     protocol, role = entry.get("protocol"), entry.get("role", "client")
     if not isinstance(protocol, str):
         raise InputError(f"{where}: the entry says no protocol: (opcua, mqtt, ...)")
@@ -105,7 +113,8 @@ class Located:
     def validate(
         self, model: type[M], data: Any, prefix: tuple[str, ...], root_keys: tuple[str, ...] = ()
     ) -> M:
-        from gateway.config.errors import locate, translate
+        from gateway.config.errors import MAX_SHOWN, locate, translate
+        from gateway.config.references import hide_values
 
         try:
             return model.model_validate(data)
@@ -117,7 +126,8 @@ class Located:
             if not problems:
                 raise InputError(f"{self.path}: {exc}") from None
             first = min(problems, key=lambda p: (p.line, p.column))
-            raise InputError(str(first)) from None
+            refs = self.marks.references.values()  # a secret filled in is not shown
+            raise InputError(hide_values(str(first), refs, MAX_SHOWN)) from None
 
     def local(self, config: M, entry: str, prefix: tuple[str, ...]) -> M:
         """``config`` (entry ``entry`` under ``prefix``) with its paths read as `gateway run`

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -135,11 +136,17 @@ def read_register_map(path: str, device: str | None = None) -> list[Point]:
 
 def read_yaml(path: str) -> Document:
     """The document, read as `gateway validate` reads a config: keys are names (strings), and
-    broken, too deeply nested or alias-bomb files are one line, the first problem found."""
+    broken, too deeply nested or alias-bomb files are one line, the first problem found.
+
+    ``${...}`` references are filled in as `gateway run` fills them in; one this shell cannot
+    resolve (a service's secret) is kept as written and listed in ``marks.unresolved``."""
     from gateway.config.errors import LocatedProblem
+    from gateway.config.references import process_lookup
     from gateway.config.yamlmarks import parse_yaml
 
-    doc = parse_yaml(_read_text(path))
+    base = os.path.dirname(os.path.abspath(path))
+    lookup = process_lookup(base, keep_unresolved=True)
+    doc = parse_yaml(_read_text(path), lookup)
     if doc.issues:
         first = min(doc.issues, key=lambda i: i.mark)
         line, column = first.mark.line, first.mark.column

@@ -21,7 +21,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from gateway.uplink.outbox import OutboxConfig, read_status
 
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, keep_unresolved=True)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
