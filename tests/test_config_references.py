@@ -255,3 +255,18 @@ def test_the_gateway_logs_in_with_the_files_password_and_reads_it_again_on_sighu
         assert SECRET not in log_text and "an-old-password" not in log_text
     finally:
         broker.stop()
+
+
+def test_the_schema_lets_an_editor_accept_references_where_numbers_and_patterns_go() -> None:
+    from gateway.config.schema import REFERENCE, json_schema
+    from gateway.plugins import load_registry
+
+    entries = json_schema(load_registry())["$defs"]
+    port = entries["mqtt.entry"]["properties"]["port"]  # int | None: the int side takes one
+    assert REFERENCE in port["anyOf"][0]["anyOf"] and port["description"]
+    secret = entries["coap.Oscore"]["properties"]["master_secret"]  # a hex pattern
+    assert REFERENCE in secret["anyOf"] and secret["anyOf"][0]["pattern"]
+    assert entries["mqtt.entry"]["properties"]["protocol"] == {
+        "const": "mqtt",
+        "description": "protocol plugin 'mqtt'",
+    }  # what tells entries apart stays as it is

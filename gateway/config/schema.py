@@ -8,6 +8,10 @@ target a bridge names is only known from the file, so the schema cannot pick one
 Each plugin's ``$defs`` are moved into the root ``$defs`` under ``<protocol>.<Model>``, so that
 two plugins may both have a model called ``Backoff`` without clashing. Cross-references (a
 bridge naming a device, point globs, units) are left to ``gateway validate``.
+
+A number, a bool or a string with a pattern may also be written as a ``${...}`` reference
+(`gateway.config.references`), which only the load fills in: the schema accepts such text there
+too, so an editor does not flag ``port: ${MQTT_PORT}``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,23 @@ from gateway.config.model import (
 from gateway.plugins import Registry
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
+REFERENCE = {"type": "string", "pattern": r"\$\{", "description": "${NAME} or ${file:PATH}"}
+_KEPT_OUTSIDE = ("title", "description", "default", "examples")
+
+
+def _allow_references(node: Any) -> Any:
+    """``node`` with every number, bool and patterned string also accepting a reference."""
+    if isinstance(node, list):
+        return [_allow_references(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _allow_references(value) for key, value in node.items()}
+    kind = node.get("type")
+    if kind in ("integer", "number", "boolean") or (kind == "string" and "pattern" in node):
+        inner = {k: v for k, v in node.items() if k not in _KEPT_OUTSIDE}
+        outer = {k: v for k, v in node.items() if k in _KEPT_OUTSIDE}
+        return {**outer, "anyOf": [inner, REFERENCE]}
+    return node
 
 
 def _model_schema(model: type[BaseModel], namespace: str, defs: dict[str, Any]) -> dict[str, Any]:
@@ -121,17 +142,19 @@ def json_schema(registry: Registry) -> dict[str, Any]:
         "propertyNames": {"pattern": NAME_PATTERN},
         "additionalProperties": {"$ref": "#/$defs/entry"},
     }
-    return {
-        "$schema": DRAFT,
-        "title": "Protocol Brain configuration",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "gateway": _model_schema(GatewaySection, "gateway", defs),
-            "devices": {**section, "description": "connections that produce points"},
-            "endpoints": {**section, "description": "brokers and servers that consume points"},
-            "bridges": {"type": "array", "items": {"$ref": "#/$defs/bridge"}},
-            "shadow": _model_schema(ShadowSection, "shadow", defs),
-        },
-        "$defs": defs,
-    }
+    return _allow_references(
+        {
+            "$schema": DRAFT,
+            "title": "Protocol Brain configuration",
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "gateway": _model_schema(GatewaySection, "gateway", defs),
+                "devices": {**section, "description": "connections that produce points"},
+                "endpoints": {**section, "description": "brokers and servers that consume points"},
+                "bridges": {"type": "array", "items": {"$ref": "#/$defs/bridge"}},
+                "shadow": _model_schema(ShadowSection, "shadow", defs),
+            },
+            "$defs": defs,
+        }
+    )
