@@ -142,7 +142,7 @@ def json_schema(registry: Registry) -> dict[str, Any]:
         "propertyNames": {"pattern": NAME_PATTERN},
         "additionalProperties": {"$ref": "#/$defs/entry"},
     }
-    return _allow_references(
+    schema: dict[str, Any] = _allow_references(
         {
             "$schema": DRAFT,
             "title": "Protocol Brain configuration",
@@ -158,3 +158,4 @@ def json_schema(registry: Registry) -> dict[str, Any]:
             "$defs": defs,
         }
     )
+    return schema
