@@ -174,10 +174,17 @@ class ShadowMqtt(Strict):
 
 
 class ShadowHistory(Strict):
-    """Retention of the reported-value history (per point)."""
+    """Retention of the reported-value history (per point, and of the whole file)."""
 
     max_age: float | None = Field(7 * 86400.0, gt=0, description="seconds; null keeps all")
     max_rows: int | None = Field(100_000, ge=1, description="rows per point; null keeps all")
+    max_bytes: int | None = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="bytes in use in the store's file at most (history of all points, and the "
+        "documents); past it retention deletes the oldest rows down to 90 %; the file keeps "
+        "its size and reuses the room; null: no cap",
+    )
     min_free: int = Field(
         64 << 20,
         ge=0,

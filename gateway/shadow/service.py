@@ -177,6 +177,7 @@ class ShadowService:
                 max_age=history.max_age,
                 max_rows=history.max_rows,
                 min_free=history.min_free,
+                max_bytes=history.max_bytes,
                 max_desired_keys=self.config.max_desired_keys,
                 max_desired_bytes=self.config.max_desired_bytes,
                 set_aside=True,  # a damaged file must not stop the gateway: moved aside, logged
@@ -594,6 +595,8 @@ class ShadowService:
             "history_staged": store.staged_rows if store is not None else 0,
             "history_merges": store.merges if store is not None else 0,
             "history_merge_failing": store is not None and store.merge_failing,
+            # oldest rows deleted to keep the file under shadow.history.max_bytes
+            "history_capped": store.history_capped if store is not None else 0,
             # below the outbox's room on the disk: documents wait in memory (see the store)
             "documents_paused": store is not None and store.documents_paused,
             "documents_unsaved": store.unsaved if store is not None else 0,

@@ -28,9 +28,10 @@ One document per device, shaped like an AWS IoT Device Shadow::
 
 Limits on desired state
 -----------------------
-Every reading of a device loads and saves its whole document, so its size is paid on every
-reading: 60 updates of 500 new metadata keys each made a 2.3 MB document whose readings took
-30 ms each, and history lagged a minute behind. So `update` refuses (`ShadowLimitError`, before
+Every reading of a device saves its whole document, so its size is paid on every reading
+(less than before the cache, below, but still): 60 updates of 500 new metadata keys each made a
+2.3 MB document whose readings took 30 ms each, and history lagged a minute behind. So `update`
+refuses (`ShadowLimitError`, before
 anything is written) a desired state past ``max_desired_keys`` keys at its top level (a point
 or a metadata key each) or ``max_desired_bytes`` bytes as compact JSON. An update that does not
 grow a document already past a limit (one from before the limit, or a limit lowered since) is
@@ -39,6 +40,23 @@ keys are the device's points, bounded by the config (an MQTT ``points: keys`` so
 ``max_keys``), and a reading is not refused. The errors of several keys (`set_errors`) are
 recorded in one transaction, so the errors of one update cost one load and one save of the
 document, not one per key.
+
+The document cache
+------------------
+Decoding a document and encoding it again was most of a reading's cost (0.55 ms for a device of
+250 points, 4.4 ms for 2,000, 10 % of them changed per reading; ``bench/shadow_reports.py``). So
+the store keeps each device's document as the file has it (`_docs`: the last loaded or
+committed) and `_load` reads only the row's version, desired_rev and timestamp: while they are
+those of the kept document, and the file's ``PRAGMA data_version`` says no other connection
+committed since the last look (another process's `update`, or its `set_errors`, which changes
+the body alone), the document is a copy of the kept one (`_copy`: its maps its own), else it is
+decoded from the file. A document saved in a transaction is kept only once that commits (a
+rolled-back transaction, a savepoint of `report_many`, a `VersionConflict` or a
+`ShadowLimitError` leave the kept one as the file has it); `update` always decodes (`merge`
+changes nested objects in place). The body is encoded entry by entry (`BodyText`): an entry
+whose value (or timestamp) is the same object as at the last save keeps its text, so a save
+encodes what changed; the bytes are those of ``json.dumps`` (`ShadowDocument._body`), so other
+processes and older versions read the file as ever. Same bench: 0.21 ms and 1.7 ms.
 
 History
 -------
@@ -55,6 +73,14 @@ and `prune` only touches points over ``max_rows``, deleting their oldest excess 
 finds nothing when there is nothing to delete). Its cost is the rows deleted plus a seek per
 point. The counts assume that only this store writes history to the file (the gateway; the CLI
 only reads history), which is how the file is used.
+
+Per point, a week of 100,000 rows each lets the file grow to many GB (1,000 changing points at
+1 Hz wrote 3.9 MB a minute), up to ``min_free``. So ``max_bytes`` caps the bytes in use in the
+file (its pages less its free pages: history, indexes and documents; two pragmas, no scan):
+over it, `prune` deletes the oldest rows file-wide, merged then staged ones (`_cap`), down to
+`CAP_TARGET` of it, fixes the counts, counts the rows in `history_capped` and logs it at most
+once an hour. SQLite does not give freed pages back to the filesystem, it reuses them, so the
+file stays near its largest size, about ``max_bytes``.
 
 History on the disk: staged, then merged
 ----------------------------------------
@@ -131,6 +157,7 @@ from typing import Any
 import sqlite_utils
 
 from gateway import storefiles
+from gateway.shadow.bodytext import BodyText, scalar_text
 from gateway.storefiles import OUTBOX_RESERVE, Floor
 from gateway.text import counted
 
@@ -162,6 +189,11 @@ DOCUMENT_FLOOR = 2 * OUTBOX_RESERVE
 #: many are staged (module docstring: "History on the disk").
 MERGE_INTERVAL = 60.0
 MERGE_ROWS = 50_000
+#: Over ``max_bytes`` in use, history is cut down to this share of it (not cut at every
+#: retention pass), in at most this many deletes; a log line at most this often (s).
+CAP_TARGET = 0.9
+CAP_PASSES = 8
+CAP_LOG_INTERVAL = 3600.0
 #: Default limits on a device's desired state (module docstring, "Limits on desired state"); the
 #: config's ``shadow.max_desired_keys`` and ``shadow.max_desired_bytes`` have the same defaults.
 MAX_DESIRED_KEYS = 1000
@@ -175,6 +207,9 @@ _COLUMNS = {
 }
 #: A staged or merged history row of a point in the order of the history: (ts, staged, id).
 _Key = tuple[float, int, int]
+#: (device, point) -> its history rows (`ShadowStore._counts`), its staged rows' (ts, id).
+_Counts = dict[tuple[str, str], int]
+_StagedRows = dict[tuple[str, str], list[tuple[float, int]]]
 
 
 class ShadowError(Exception):
@@ -362,6 +397,30 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+def _key(doc: ShadowDocument) -> tuple[int, int, float]:
+    """The columns beside the body that every saved change of a document changes (one at
+    least; `_load` also watches the file's data version for a body-only change elsewhere)."""
+    return doc.version, doc.desired_rev, doc.timestamp
+
+
+def _copy(doc: ShadowDocument) -> ShadowDocument:
+    """A copy with maps of its own (reported, desired, metadata and its two maps, errors,
+    quality): what the store changes of a document loaded from its cache. The values in them
+    are shared: the store replaces a value, never changes one in place, except `merge` in
+    `ShadowStore.update`, which loads its document from the file (``fresh``)."""
+    return ShadowDocument(
+        device=doc.device,
+        reported=dict(doc.reported),
+        desired=dict(doc.desired),
+        metadata={k: dict(v) if isinstance(v, dict) else v for k, v in doc.metadata.items()},
+        errors=dict(doc.errors),
+        quality=dict(doc.quality),
+        version=doc.version,
+        timestamp=doc.timestamp,
+        desired_rev=doc.desired_rev,
+    )
+
+
 def _size(path: str) -> int | None:
     """Bytes in the file at ``path``; None if there is none."""
     try:
@@ -397,8 +456,10 @@ class ShadowStore:
         merge_rows: int = MERGE_ROWS,
         max_desired_keys: int = MAX_DESIRED_KEYS,
         max_desired_bytes: int = MAX_DESIRED_BYTES,
+        max_bytes: int | None = None,
     ) -> None:
         self.path = path
+        self.max_bytes = max_bytes  # bytes in use in the file at most (history retention)
         self.max_desired_keys = max_desired_keys
         self.max_desired_bytes = max_desired_bytes
         self.max_age = max_age
@@ -414,6 +475,14 @@ class ShadowStore:
         # device -> document changed while documents were paused, not in the file yet
         self._unsaved: dict[str, ShadowDocument] = {}
         self._written: list[str] = []  # devices whose document the open transaction writes
+        # device -> the document as in the file, the last this store loaded or committed
+        # (module docstring, "The document cache"); handed out as copies (`_copy`)
+        self._docs: dict[str, ShadowDocument] = {}
+        # device -> the document the open transaction saved: `_docs` once committed
+        self._pending: dict[str, ShadowDocument] = {}
+        self._data_version: int | None = None  # the file's, when `_docs` was last checked
+        self._texts: dict[str, BodyText] = {}  # device -> its body's text, entry by entry
+        self.decoded = 0  # documents decoded from the file (not taken from the cache)
         self.documents_deferred = 0  # readings whose document change waited in memory
         self._open(set_aside)
         # (device, point) -> rows in history, staged ones included; None until the first prune
@@ -428,6 +497,9 @@ class ShadowStore:
         self._merged_at = self.monotonic()
         self._merge_failed = False  # the last merge failed: the next one waits its interval
         self.merges = 0  # merges done (tests, status)
+        self.history_capped = 0  # history rows deleted by max_bytes (status)
+        self._capped_unlogged = 0  # of those, deleted since the last log line
+        self._capped_logged: float | None = None  # monotonic time of that line
 
     @property
     def history_paused(self) -> bool:
@@ -576,6 +648,7 @@ class ShadowStore:
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         self._written = []
+        self._pending = {}
         try:
             yield conn
             conn.execute("COMMIT")
@@ -585,25 +658,56 @@ class ShadowStore:
             raise
         finally:
             written, self._written = self._written, []
+            pending, self._pending = self._pending, {}  # rolled back: the cache is the file
         for device in written:  # in the file now: memory need not keep them
             self._unsaved.pop(device, None)
+        for device, doc in pending.items():  # a copy: the caller owns the document it got
+            self._docs[device] = _copy(doc)
 
-    def _load(self, conn: sqlite3.Connection, device: str) -> ShadowDocument:
-        cur = conn.execute(
-            "SELECT device, version, desired_rev, timestamp, body FROM shadows WHERE device = ?",
-            (device,),
-        )
-        row = cur.fetchone()
+    def _load(
+        self, conn: sqlite3.Connection, device: str, *, fresh: bool = False
+    ) -> ShadowDocument:
+        """The device's document, the caller's to change: a copy of the cached one while the
+        file's row has the same version, desired revision and timestamp and no other process
+        wrote the file meanwhile, else decoded from the file (``fresh``: always). Inside a
+        transaction, or `get`'s read transaction: the small columns and the data version are
+        of one snapshot."""
+        row = conn.execute(
+            "SELECT version, desired_rev, timestamp FROM shadows WHERE device = ?", (device,)
+        ).fetchone()
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self._data_version:  # another connection committed: trust nothing
+            self._data_version = data_version
+            self._docs.clear()
+        doc: ShadowDocument | None = None
         if row is None:
             doc = ShadowDocument(device)
-        else:
+            self._docs.pop(device, None)
+        elif not fresh:
+            kept = self._pending.get(device) or self._docs.get(device)
+            if kept is not None and _key(kept) == tuple(row):
+                doc = _copy(kept)
+        if doc is None:
+            cur = conn.execute(
+                "SELECT device, version, desired_rev, timestamp, body FROM shadows "
+                "WHERE device = ?",
+                (device,),
+            )
             names = [d[0] for d in cur.description]
-            doc = ShadowDocument._from_row(dict(zip(names, row, strict=True)))
+            found = cur.fetchone()
+            if found is None:  # gone since the first look (outside a transaction)
+                doc = ShadowDocument(device)
+            else:
+                doc = ShadowDocument._from_row(dict(zip(names, found, strict=True)))
+                self.decoded += 1
+                if not fresh and device not in self._pending:  # as committed: cached
+                    self._docs[device] = _copy(doc)
         unsaved = self._unsaved.get(device)
         if unsaved is not None:  # the readings are newer; desired may have changed elsewhere
-            doc.reported = unsaved.reported
-            doc.quality = unsaved.quality
-            doc.metadata["reported"] = unsaved.metadata.get("reported", {})
+            # copies: a reading rolled back must not have changed the one kept in memory
+            doc.reported = dict(unsaved.reported)
+            doc.quality = dict(unsaved.quality)
+            doc.metadata["reported"] = dict(unsaved.metadata.get("reported", {}))
             doc.version = max(doc.version, unsaved.version)
             doc.timestamp = max(doc.timestamp, unsaved.timestamp)
             self._clear_reached_errors(doc)
@@ -615,9 +719,18 @@ class ShadowStore:
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET version = excluded.version,"
             " desired_rev = excluded.desired_rev, timestamp = excluded.timestamp,"
             " body = excluded.body",
-            (doc.device, doc.version, doc.desired_rev, doc.timestamp, doc._body()),
+            (doc.device, doc.version, doc.desired_rev, doc.timestamp, self._body(doc)),
         )
         self._written.append(doc.device)
+        self._pending[doc.device] = doc
+
+    def _body(self, doc: ShadowDocument) -> str:
+        """`ShadowDocument._body`, the same bytes, encoding only the entries that changed since
+        the device's last save (`BodyText`)."""
+        text = self._texts.get(doc.device)
+        if text is None:
+            text = self._texts[doc.device] = BodyText()
+        return text.encode(doc)
 
     def _flush(self) -> None:
         """Write the documents kept in memory while the disk was low (one transaction)."""
@@ -629,7 +742,12 @@ class ShadowStore:
 
     def get(self, device: str) -> ShadowDocument:
         """The device's shadow (version 0 and empty if it has none yet)."""
-        return self._load(self.db.conn, device)
+        conn = self.db.conn
+        conn.execute("BEGIN")  # one snapshot for the look at the row and the data version
+        try:
+            return self._load(conn, device)
+        finally:
+            conn.execute("COMMIT")
 
     def devices(self) -> list[str]:
         stored = {r[0] for r in self.db.execute("SELECT device FROM shadows")}
@@ -655,7 +773,8 @@ class ShadowStore:
             raise ShadowError(f"version must be an integer, got {version!r}")
         now = self.clock()
         with self._transaction() as conn:
-            doc = self._load(conn, device)
+            # From the file, not the cache: `merge` changes nested objects in place (`_copy`).
+            doc = self._load(conn, device, fresh=True)
             if version is not None and version != doc.version:
                 raise VersionConflict(device, version, doc.version)
             changed = False
@@ -741,12 +860,19 @@ class ShadowStore:
             with self._transaction() as conn:
                 for device, samples in batch:
                     conn.execute("SAVEPOINT reading")
+                    saved, written = self._pending.get(device), len(self._written)
                     try:
                         doc, rows = self._report(conn, device, samples, now, keep_history)
                     except sqlite3.Error:
                         raise  # the file's trouble, not this item's: one by one, below
                     except Exception as exc:
                         conn.execute("ROLLBACK TO reading")
+                        # as the file: what an earlier item of the batch saved, or nothing
+                        del self._written[written:]
+                        if saved is None:
+                            self._pending.pop(device, None)
+                        else:
+                            self._pending[device] = saved
                         results.append(exc)
                     else:
                         results.append(doc)
@@ -796,7 +922,8 @@ class ShadowStore:
                 doc.quality.pop(point, None)
             else:
                 doc.quality[point] = quality
-            rows.append((device, point, ts or now, json.dumps(value), quality))
+            text = scalar_text(value)  # json.dumps's text, without its call (most values)
+            rows.append((device, point, ts or now, text or json.dumps(value), quality))
         if not rows:
             return None, []
         staged: list[tuple[str, float, int]] = []
@@ -1061,15 +1188,25 @@ class ShadowStore:
         return self._counts, self._staged
 
     def prune(self, now: float | None = None) -> int:
-        """Apply retention (by age, then by rows per point); returns the rows deleted.
+        """Apply retention (by age, then by rows per point, then by the bytes of the file);
+        returns the rows deleted.
 
         Costs the rows deleted plus one index seek per point, not a pass over the table: the
         staged rows to delete are found in memory (`_staged`), and deleted by id.
         """
         now = self.clock() if now is None else now
-        if self.max_age is None and self.max_rows is None:
+        if self.max_age is None and self.max_rows is None and self.max_bytes is None:
             return 0
         counts, staged = self._count()
+        deleted = 0
+        if self.max_age is not None or self.max_rows is not None:
+            deleted += self._retain(now, counts, staged)
+        if self.max_bytes is not None:
+            deleted += self._cap(self.max_bytes, counts, staged)
+        return deleted
+
+    def _retain(self, now: float, counts: _Counts, staged: _StagedRows) -> int:
+        """Retention by age and by rows per point; the rows deleted."""
         cutoff = None if self.max_age is None else now - self.max_age
         deleted: dict[tuple[str, str], int] = {}
         dropped: dict[tuple[str, str], set[int]] = {}  # staged ids deleted
@@ -1124,3 +1261,98 @@ class ShadowStore:
             else:
                 del staged[key]
         return sum(deleted.values())
+
+    def used_bytes(self) -> int:
+        """Bytes of the file in use: its pages less the free ones (the file does not shrink
+        after a delete; its free pages are reused)."""
+        conn = self.db.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def _cap(self, cap: int, counts: _Counts, staged: _StagedRows) -> int:
+        """Over ``max_bytes`` in use: delete the oldest history rows file-wide until the file
+        is at `CAP_TARGET` of it (not at every pass); the rows deleted.
+
+        Oldest by id: ids grow with insertion, and a merge moves every staged row at once, so
+        each row in ``history_staged`` was recorded after every row in ``history``: merged rows
+        go first, by id, then staged rows, by id. Within one merge the ids follow device,
+        point and time (`merge` sorts so), not time alone: a cut may keep a row up to one
+        merge interval older than one it deletes. How many rows to delete is estimated from
+        the bytes in use per row, then measured again (a delete frees whole pages only).
+        """
+        used = self.used_bytes()
+        if used <= cap:
+            return 0
+        target = int(cap * CAP_TARGET)
+        deleted = 0
+        for _ in range(CAP_PASSES):
+            rows = sum(counts.values())
+            if used <= target or rows <= 0:
+                break
+            excess = min(rows, max(1, math.ceil((used - target) * rows / used)))
+            deleted += self._delete_oldest(excess, counts, staged)
+            used = self.used_bytes()
+        if deleted:
+            self.history_capped += deleted
+            self._capped_unlogged += deleted
+            now = self.monotonic()
+            if self._capped_logged is None or now - self._capped_logged >= CAP_LOG_INTERVAL:
+                log.warning(
+                    "shadow: history over shadow.history.max_bytes (%s) in %s: %s deleted, "
+                    "the oldest (%s in all since the gateway started); %s in use now",
+                    _mib(cap),
+                    self.path,
+                    counted(self._capped_unlogged, "row"),
+                    counted(self.history_capped, "row"),
+                    _mib(used),
+                )
+                self._capped_logged = now
+                self._capped_unlogged = 0
+        return deleted
+
+    def _delete_oldest(self, n: int, counts: _Counts, staged: _StagedRows) -> int:
+        """Delete the ``n`` oldest history rows, merged first (`_cap`); the counts follow."""
+        gone: dict[tuple[str, str], int] = {}
+        staged_cut = 0  # staged ids up to this one are deleted
+        with self._transaction() as conn:
+            left = n
+            for table in ("history", "history_staged"):
+                if left <= 0:
+                    break
+                found = conn.execute(
+                    f"SELECT id FROM {table} ORDER BY id LIMIT 1 OFFSET ?", (left - 1,)
+                ).fetchone()
+                if found is None:  # fewer rows than that: all of them
+                    found = conn.execute(f"SELECT max(id) FROM {table}").fetchone()
+                cut = found[0] if found else None
+                if cut is None:  # an empty table
+                    continue
+                for device, point, k in conn.execute(
+                    f"SELECT device, point, count(*) FROM {table} WHERE id <= ? "
+                    "GROUP BY device, point",
+                    (cut,),
+                ):
+                    gone[device, point] = gone.get((device, point), 0) + k
+                    left -= k
+                conn.execute(f"DELETE FROM {table} WHERE id <= ?", (cut,))
+                if table == "history_staged":
+                    staged_cut = cut
+        for key, k in gone.items():  # committed: now the counts follow
+            left_rows = counts.get(key, 0) - k
+            if left_rows > 0:
+                counts[key] = left_rows
+            else:
+                counts.pop(key, None)
+        if staged_cut:
+            dropped = 0
+            for key in list(staged):
+                kept = [row for row in staged[key] if row[1] > staged_cut]
+                dropped += len(staged[key]) - len(kept)
+                if kept:
+                    staged[key] = kept
+                else:
+                    del staged[key]
+            self._staged_here = max(0, self._staged_here - dropped)
+        return sum(gone.values())
