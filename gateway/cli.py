@@ -163,7 +163,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.fdlimit import raise_open_files
-    from gateway.paths import use_config_state_dir
+    from gateway.paths import keep_from_others, use_config_state_dir
     from gateway.plugins import PluginError
     from gateway.runtime import StartError, stuck_tasks
     from gateway.text import counted
@@ -179,6 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in config.warnings:  # once, at warning level: the run goes on
         log.warning("%s", line)
     raise_open_files()
+    keep_from_others()
 
     config_file = os.path.abspath(args.file)
 

@@ -39,3 +39,15 @@ def state_path(template: str, name: str, state: str | None = None) -> Path:
     filled in."""
     folder = state_dir() if state is None else state
     return Path(template.replace("{state}", folder).replace("{name}", name)).expanduser()
+
+
+def keep_from_others() -> int:
+    """Make what this process creates from now on unreadable to other users (the umask gains
+    ``007``: 022 becomes 027, as the service unit's ``UMask=0027``); returns the old umask.
+
+    ``gateway run`` keeps queued payloads (outboxes), device state (the shadow), OSCORE
+    contexts and private keys in files it creates; started from a shell with the usual umask
+    022 they would be readable by every user of the box."""
+    old = os.umask(0o077)
+    os.umask(old | 0o007)
+    return old
