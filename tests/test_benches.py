@@ -164,6 +164,11 @@ def test_a_forked_worker_stopped_by_its_pool_ends_quietly(tmp_path: Path) -> Non
             + ["--shadow", "--changing"],
         ),
         ("translator_memory.py", ["--points", "120", "--shots", "0,10", "--seeds", "1"]),
+        (
+            "anomaly_memory.py",
+            ["--bridges", "1", "--points", "4", "--calibration", "60", "--messages", "10"],
+        ),
+        ("shadow_reports.py", ["--points", "20", "--readings", "20"]),
     ],
 )
 def test_a_short_run_prints_json_last_and_leaves_nothing(
