@@ -15,11 +15,20 @@ A store that finds a file it cannot read does not delete it: `set_aside` renames
 ``NAME.bad`` (``NAME.bad.1``, ``NAME.bad.2``, ... when that is taken: an earlier bad file is
 never overwritten), its SQLite companions (``-wal``, ``-shm``) along with it, so that the file
 can still be looked at, and the store starts again with a new one.
+
+Files written whole
+-------------------
+`write_atomic` writes a small file (a key, a certificate, OSCORE settings) in full or not at
+all, with the mode asked for whatever file was there before: a new file in the same folder,
+created with that mode (never a wider one in between), synced, then renamed over the old one.
+Rewriting an existing file in place would keep its mode: a copied or restored 0644 file would
+stay world-readable with a secret in it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -32,6 +41,7 @@ __all__ = [
     "resume_level",
     "set_aside",
     "wal_kept",
+    "write_atomic",
 ]
 
 OUTBOX_RESERVE = 2 << 20  # the outbox's spare file, given back when the disk fills
@@ -127,3 +137,26 @@ def set_aside(path: Path, companions: Sequence[str] = ()) -> Path:
         if os.path.lexists(old):
             os.rename(old, aside.with_name(aside.name + companion))
     return aside
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``, in full or not at all, as a file of ``mode`` (less what
+    the umask takes away) whatever the mode of the file it replaces (see the module docstring).
+    The temporary file (``.NAME.RANDOM.tmp`` beside it) is removed if anything fails."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            continue
+        break
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -21,8 +21,13 @@ is right); a disabled entry (``enabled: false``) whose protocol is not installed
 settings therefore cannot be checked. ``gateway validate`` only (``check_adapters``; ``gateway
 run`` says these itself when it starts the entry): files a model's ``run_warnings()`` names that
 are not on this machine (MQTT TLS files, OPC UA certificates: the file may be checked on
-another machine), and a target whose ``write_warning(n)`` says that anyone may write the ``n``
-points its bridges let clients write (a CoAP server without OSCORE).
+another machine; an MQTT password sent without TLS), a target whose ``write_warning(n)`` says
+that anyone may write the ``n`` points its bridges let clients write (a CoAP server without
+OSCORE, a Modbus TCP server), and a shadow whose MQTT update topic sets writable points
+(`ShadowSection.update_warning`).
+
+A value under a key in `SECRET_KEYS` (``password``, ``master_secret``, ``master_salt``) is never
+shown in a problem or warning, nor is one filled in from a ``${...}`` reference (`_hidden`).
 
 ``enabled: false`` switches an entry off without deleting it. It is not started and is left
 out of `GatewayConfig.devices`; its settings are still checked when its protocol is installed,
@@ -68,6 +73,7 @@ from gateway.config.errors import (
     Where,
     choices,
     describe,
+    kind_of,
     listing,
     locate,
     place,
@@ -82,6 +88,7 @@ from gateway.expressions import compile_expression
 from gateway.globs import Globs
 from gateway.paths import config_state_dir, state_path
 from gateway.plugins import PluginError, ProtocolSpec, Registry, load_registry
+from gateway.text import counted
 from gateway.types import PointSpec
 
 log = logging.getLogger(__name__)
@@ -235,6 +242,25 @@ class ShadowSection(Strict):
         to the config file)."""
         return str(state_path(self.path, "shadow"))
 
+    def update_warning(self, writable: Collection[tuple[str, str]], broker: object) -> str | None:
+        """What to say when the shadow's MQTT update topic can set the ``writable`` (device,
+        point) pairs: a desired value published there is written to the device, and only the
+        broker's ACLs say who may publish. ``broker``: the MQTT endpoint's config (its host and
+        port). None without ``mqtt:`` or without such points. ``gateway validate`` prints it,
+        the shadow service logs it at start."""
+        if self.mqtt is None or not writable:
+            return None
+        host = str(getattr(broker, "host", "?"))
+        port = getattr(broker, "effective_port", getattr(broker, "port", "?"))
+        at = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        devices = len({device for device, _ in writable})
+        return (
+            f"anyone who can publish on {self.mqtt.prefix}/+/shadow/update at broker {at} can "
+            f"write {counted(len(writable), 'point')} of {counted(devices, 'device')} (a desired "
+            "value is written to the device); restrict that topic with the broker's ACLs, see "
+            "docs/shadow.md"
+        )
+
 
 BRIDGE_KEYS = tuple(info.alias or name for name, info in BridgeKeys.model_fields.items())
 
@@ -357,24 +383,102 @@ def load_config_text(
             )
         )
     config = loader.load(document.data, had_yaml_issues=bool(document.issues))
-    warnings = loader.all_warnings()
-    if document.marks.references:  # a secret filled in must not reach a message or the log
-        refs = list(document.marks.references.values())
-        warnings = tuple(hide_values(w, refs, MAX_SHOWN) for w in warnings)
-        hidden = []
-        for p in loader.problems:
-            found = hide_values(p.found, refs, MAX_SHOWN)
-            if found != p.found:
-                found += " (as written; the value filled in is not shown)"
-            hidden.append(
-                dataclasses.replace(
-                    p, found=found, expected=hide_values(p.expected, refs, MAX_SHOWN)
-                )
-            )
-        loader.problems = hidden
+    references = dict(document.marks.references)
+    loader.problems, warnings = _hidden(
+        loader.problems, loader.all_warnings(), document.data, references
+    )
     if loader.problems or config is None:
         raise ConfigError(loader.problems, warnings)
     return dataclasses.replace(config, warnings=warnings)
+
+
+SECRET_KEYS = frozenset({"password", "master_secret", "master_salt"})
+SECRET_FOUND = "a value that is not shown (a secret)"
+SECRET_SHOWN = "<a secret>"  # a literal secret quoted elsewhere in a message, replaced by this
+_ABSENT = object()
+
+
+def _hidden(
+    problems: list[LocatedProblem],
+    warnings: tuple[str, ...],
+    data: Any,
+    references: Mapping[Path, tuple[str, str]],
+) -> tuple[list[LocatedProblem], tuple[str, ...]]:
+    """The problems and warnings with no secret in them.
+
+    A value filled in from a ``${...}`` reference is shown as written (`hide_values`). A value
+    under a key named in `SECRET_KEYS` (anywhere in the config, written literally or filled
+    in) is never shown: a problem at its path says `SECRET_FOUND` and its kind, with the
+    expected text (the reason) kept; a problem at a mapping or list that holds one and quotes
+    it says its kind only; any other quote of a literal secret (as messages quote values) is
+    replaced by `SECRET_SHOWN`."""
+    refs = list(references.values())
+    secrets = _secrets(data)
+    literal = [
+        (SECRET_SHOWN, value)
+        for path, value in secrets
+        if isinstance(value, str) and path not in references
+    ]
+    warnings = tuple(
+        hide_values(hide_values(w, refs, MAX_SHOWN), literal, MAX_SHOWN) for w in warnings
+    )
+    out = []
+    for p in problems:
+        value = _value_at(data, p.path)
+        if value is not _ABSENT and _quotes(p.found, value):
+            if any(key in SECRET_KEYS for key in p.path):
+                p = dataclasses.replace(p, found=f"{SECRET_FOUND}, {kind_of(value)}")
+            elif isinstance(value, Mapping | list) and _secrets(value):
+                p = dataclasses.replace(
+                    p, found=f"{kind_of(value)} that holds a secret (not shown)"
+                )
+        found = hide_values(p.found, refs, MAX_SHOWN)
+        if found != p.found:
+            found += " (as written; the value filled in is not shown)"
+        expected = hide_values(p.expected, refs, MAX_SHOWN)
+        out.append(
+            dataclasses.replace(
+                p,
+                found=hide_values(found, literal, MAX_SHOWN),
+                expected=hide_values(expected, literal, MAX_SHOWN),
+            )
+        )
+    return out, warnings
+
+
+def _secrets(data: Any, path: Path = ()) -> list[tuple[Path, Any]]:
+    """(path, value) of each value under a key in `SECRET_KEYS`, at any depth of ``data``."""
+    items = (
+        data.items()
+        if isinstance(data, Mapping)
+        else enumerate(data)
+        if isinstance(data, list)
+        else ()
+    )
+    out: list[tuple[Path, Any]] = []
+    for key, value in items:
+        if key in SECRET_KEYS:
+            out.append(((*path, key), value))
+        else:
+            out.extend(_secrets(value, (*path, key)))
+    return out
+
+
+def _value_at(data: Any, path: Path) -> Any:
+    """The value at ``path`` of the parsed YAML, or `_ABSENT`."""
+    for key in path:
+        if isinstance(data, Mapping) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data):
+            data = data[key]
+        else:
+            return _ABSENT
+    return data
+
+
+def _quotes(text: str, value: Any) -> bool:
+    """Whether ``text`` may quote ``value`` (as `show` writes it, its repr or its text)."""
+    return any(form in text for form in (show(value), repr(value), str(value)))
 
 
 def _fail(filename: str, found: str, expected: str) -> ConfigError:
@@ -521,6 +625,7 @@ class _Loader:
         self.one_file_each(devices, shadow)
         if self.check_adapters:
             self.write_warnings(devices)
+            self.shadow_warning(shadow, devices)
         if self.problems or not isinstance(gateway, GatewaySection):
             return None
         disabled = tuple(name for name, d in self.declared.items() if not d.enabled)
@@ -585,6 +690,25 @@ class _Loader:
             off = {name for name, d in self.declared.items() if not d.enabled}
             update["devices"] = [name for name in section.devices if name not in off]
         return section.model_copy(update=update)
+
+    def shadow_warning(self, shadow: ShadowSection | None, devices: dict[str, DeviceEntry]) -> None:
+        """``gateway validate``: who may write through the shadow's MQTT update topic
+        (`ShadowSection.update_warning`; the shadow service logs it at start). Its devices are
+        the listed ones, or every device with points; a point declared writable counts, one
+        whose access is learnt at run time does not."""
+        if shadow is None or shadow.mqtt is None or shadow.mqtt.endpoint not in devices:
+            return
+        listed = shadow.devices
+        shadowed = list(devices) if listed is None else [n for n in listed if n in devices]
+        writable = {
+            (name, point.name)
+            for name in shadowed
+            for point in self.points_of((name,)) or []
+            if point.writable
+        }
+        text = shadow.update_warning(writable, devices[shadow.mqtt.endpoint].config)
+        if text is not None:
+            self.warn(("shadow", "mqtt"), text)
 
     def shadow_endpoint(self, mqtt: ShadowMqtt, devices: dict[str, DeviceEntry]) -> None:
         """The shadow's MQTT endpoint must be an MQTT client; it subscribes to the requests."""
@@ -1028,8 +1152,9 @@ class _Loader:
 
     def write_warnings(self, devices: dict[str, DeviceEntry]) -> None:
         """``gateway validate``: what a target says at start about the points anyone may write
-        through it (a CoAP server without OSCORE): its config's ``write_warning(n)``, if it has
-        one, gives the line. ``gateway run`` leaves it to the adapter, which logs it once."""
+        through it (a CoAP server without OSCORE, a Modbus TCP server): its config's
+        ``write_warning(n)``, if it has one, gives the line. ``gateway run`` leaves it to the
+        adapter, which logs it once."""
         for name, points in self.writable.items():
             entry = devices.get(name)
             hook = getattr(entry.config, "write_warning", None) if entry is not None else None

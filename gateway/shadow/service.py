@@ -191,6 +191,15 @@ class ShadowService:
         if mqtt is not None:
             pattern = f"mqtt/{mqtt.endpoint}/{mqtt.prefix}/+/shadow/+"
             self._requests = self.bus.subscribe(pattern, maxsize=1000, name="shadow:requests")
+            writable = [
+                (device, point)
+                for (device, point), spec in self.router.points.items()
+                if device in self.devices and spec.access.writable
+            ]
+            broker = getattr(self.adapters.get(mqtt.endpoint), "config", None)
+            warning = self.config.update_warning(writable, broker)
+            if warning is not None:
+                log.warning("shadow: %s", warning)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -87,6 +87,7 @@ from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
 from gateway.payloads import Format, PayloadError, decode_for, encode, format_of, senml_unit
+from gateway.storefiles import write_atomic
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
@@ -211,11 +212,16 @@ def write_context_dir(oscore: Oscore, name: str) -> Path:
     path = base / "settings.json"
     try:
         base.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_text(errors="replace") != text:
+        if (
+            not path.exists()
+            or path.read_text(errors="replace") != text
+            or path.stat().st_mode & 0o077  # the same secret, but readable by others
+        ):
             if _other_keys(path, settings):
                 _carry_sequence(base / "sequence.json")
-            path.touch(mode=0o600)
-            path.write_text(text)
+            # a new file of mode 0600 renamed over the old one: an existing file (copied in,
+            # restored) keeps its wider mode if rewritten in place, with the secret in it
+            write_atomic(path, text.encode(), mode=0o600)
         _check_sequence(base / "sequence.json")
     except OSError as exc:
         where = exc.filename or base

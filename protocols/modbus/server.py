@@ -609,6 +609,10 @@ class ModbusServerAdapter(Adapter):
             ", ".join(map(str, self.units)),
             counted(len(self.entries), "map entry", "map entries"),
         )
+        writable = {(e.device, e.spec.name) for e in self.entries if e.writable}
+        warning = self.config.write_warning(len(writable))
+        if warning is not None:
+            log.warning("%s: %s", self.name, warning)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from gateway.config.common import Problem, Strict
+from gateway.text import counted
 from protocols.modbus.codec import ByteOrder, Table
 from protocols.modbus.config import RegisterLayout
 
@@ -67,6 +68,23 @@ class ModbusServer(Strict):
         if len(set(v)) != len(v):
             raise ValueError("each unit id once")
         return v
+
+    def write_warning(self, writable: int) -> str | None:
+        """What to say when ``writable`` points can be written through this server: Modbus TCP
+        has no authentication, so anyone who reaches the port can write them; None when none
+        can. The server logs it at start, ``gateway validate`` prints it (the config loader
+        calls this by name). The defaults (every interface, writable routes) are kept: changing
+        them would break running configs."""
+        if writable <= 0:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        every = " (every interface)" if self.host in ("0.0.0.0", "::", "") else ""
+        return (
+            f"Modbus has no authentication: anyone who can reach {host}:{self.port}{every} can "
+            f"write {counted(writable, 'point')} (functions 5, 6, 15 and 16 need no login); bind "
+            "host: to a trusted interface, set writable: false on the bridges to it, or "
+            "firewall the port"
+        )
 
 
 class MapEntry(RegisterLayout):

@@ -444,6 +444,9 @@ class MqttAdapter(Adapter):
         client.connect_timeout = self.connect_timeout
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
+        clear = cfg.password_warning()
+        if clear is not None:
+            log.warning("MQTT endpoint %s %s", self.name, clear)
         if cfg.tls is not None:
             client.tls_set_context(self._ssl_context())
             if cfg.tls.insecure:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
 from typing import Literal
@@ -22,6 +23,20 @@ from gateway.types import Access
 from gateway.uplink.outbox import OutboxConfig
 
 TEMPLATE_FIELDS = frozenset({"gateway", "device", "point", "kind"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only: 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z),
+    localhost and names under it (RFC 6761)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 # {shadow.reported.<key>} / {shadow.desired.<key>}: the device's shadow (the bridge attaches it)
@@ -302,7 +317,25 @@ class MqttEndpoint(Strict):
         files: dict[Path, str | None] = (
             {} if tls is None else {("tls", key): getattr(tls, key) for key in TLS_FILES}
         )
-        return missing_files(files) + unknown_units(self.points)
+        found = missing_files(files) + unknown_units(self.points)
+        clear = self.password_warning()
+        if clear is not None:
+            found.append((("password",), f"MQTT endpoint {clear}"))
+        return found
+
+    def password_warning(self) -> str | None:
+        """What to say when the password goes to the broker unencrypted (no ``tls:``, a broker
+        that is not on this machine); None otherwise. ``gateway validate`` prints it, the
+        adapter logs it at start. paho sends the password only with a username."""
+        if not self.password or self.username is None or self.tls is not None:
+            return None
+        if is_loopback(self.host):
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (
+            f"sends its password unencrypted to {host}:{self.effective_port} (anyone on the "
+            "path can read it); add tls: (the broker's TLS port, usually 8883)"
+        )
 
     def check(self) -> list[Problem]:
         problems = []
