@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -30,8 +31,29 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, HidePasswords) for f in handler.filters):
+            handler.addFilter(HidePasswords())
     _set_log_level(level)
     throttle_noisy_loggers()  # a flood of bad packets is a line every 10 s, not one each
+
+
+class HidePasswords(logging.Filter):
+    """On the log's handlers (a logger's filter would not see its children's records): at debug
+    level asyncua's client logs each request it sends, the ActivateSession request with the
+    user's password in it (``Password=b'...'``, in clear when the server's token policy does not
+    encrypt it). The password is replaced, the rest of the line kept."""
+
+    PASSWORD = re.compile(r"""(Password=)b?(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record: its handler reports it, as without this filter
+            return True
+        if "Password=" in text:
+            record.msg, record.args = self.PASSWORD.sub(r"\1<not shown>", text), ()
+        return True
 
 
 def _set_log_level(level: str) -> None:

@@ -718,3 +718,44 @@ async def test_wrong_password_is_reported(secure_peer: NodeOpcuaServer, tmp_path
         await wait_for(lambda: seen.last("temp") is not None, 20)
         assert seen.last("temp").reason == "user refused"  # type: ignore[union-attr]
         assert "operator" in adapter.status()["last_error"]
+
+
+async def test_a_password_over_policy_none_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """policy None with a username: the channel is not encrypted, and a server whose user
+    token policy is None gets the password in clear. Said once, at start, and by ``gateway
+    validate``."""
+    from test_opcua_logins import PASSWORD, users_server
+
+    from gateway.cli import main
+
+    caplog.set_level(logging.WARNING, logger="protocols.opcua.client")
+    async with users_server(tmp_path) as server:
+        config = client_config(
+            server.endpoint_url,
+            [{"name": "time", "node_id": "i=2258"}],
+            username="opcuser",
+            password=PASSWORD,
+        )
+        async with running(config) as (adapter, _):
+            await wait_for(lambda: adapter.status()["connected"], 10)
+    said = [r.getMessage() for r in caplog.records if "policy None with username" in r.getMessage()]
+    assert said == [
+        "plc: security.policy None with username 'opcuser': the channel is not encrypted, so "
+        "against a server whose user token policy does not encrypt it either, the password "
+        "crosses the network in clear; use a secure policy such as Basic256Sha256"
+    ]
+    assert PASSWORD not in caplog.text
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(gateway_config("opc.tcp://127.0.0.1:4840").replace(
+        "    timeout: 2\n", "    timeout: 2\n    username: opcuser\n    password: x\n"
+    ))  # fmt: skip
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "security.policy: policy None with username 'opcuser'" in err
+    secure = path.read_text().replace('{policy: "None", mode: "None"}', "{verify_server: true}")
+    path.write_text(secure)
+    assert main(["validate", str(path)]) == 0
+    assert "policy None" not in capsys.readouterr().err

@@ -241,11 +241,16 @@ async def test_node_opcua_secure_with_user_and_trust_list(
 
 
 def _certificate(
-    subject: str, key: rsa.RSAPrivateKey, issuer: tuple[str, rsa.RSAPrivateKey] | None, ca: bool
+    subject: str,
+    key: rsa.RSAPrivateKey,
+    issuer: tuple[str, rsa.RSAPrivateKey] | None,
+    ca: bool,
+    *,
+    cert_sign: bool | None = None,  # None: no KeyUsage extension
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     issuer_name, issuer_key = issuer or (subject, key)
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
@@ -254,8 +259,24 @@ def _certificate(
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA256())
     )
+    if cert_sign is not None:
+        usage = dict.fromkeys(
+            (
+                "content_commitment",
+                "key_encipherment",
+                "data_encipherment",
+                "key_agreement",
+                "crl_sign",
+                "encipher_only",
+                "decipher_only",
+            ),
+            False,
+        )
+        builder = builder.add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=cert_sign, **usage), critical=True
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def test_trust_list_takes_exact_certificates_and_ca_issued_ones(tmp_path: Path) -> None:
@@ -279,6 +300,41 @@ def test_trust_list_takes_exact_certificates_and_ca_issued_ones(tmp_path: Path) 
     (trust.trusted / "laptop.pem").write_bytes(stranger.public_bytes(serialization.Encoding.PEM))
     trust.check(stranger)  # an exact certificate, PEM this time
     assert (trust.accepted, trust.refused) == (1, 1)
+
+
+def test_a_trusted_application_certificate_issues_nothing(tmp_path: Path) -> None:
+    """Trusting a client's own certificate (CA:FALSE, as OPC UA application certificates are)
+    does not make what its key signs trusted: only a CA's (CA:TRUE, keyCertSign if it has a
+    KeyUsage) issued certificates are."""
+    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4)]
+    leaf_key, forged_key, ca_key, issued_key = keys
+    trust = load_trust_store(tmp_path, None, peer="client")
+
+    def only_trusted(name: str, cert: x509.Certificate) -> None:
+        """``cert`` the only file in trusted/ (a new name: the folder is re-read)."""
+        for old in trust.trusted.iterdir():
+            old.unlink()
+        (trust.trusted / name).write_bytes(cert.public_bytes(serialization.Encoding.DER))
+
+    forged = _certificate("scada-admin", forged_key, ("hmi-1", leaf_key), ca=False)
+    for i, cert_sign in enumerate((None, False, True)):  # a KeyUsage says nothing without CA
+        leaf = _certificate("hmi-1", leaf_key, None, ca=False, cert_sign=cert_sign)
+        only_trusted(f"hmi-1-{i}.der", leaf)
+        assert trust.is_trusted(leaf)  # trusted directly, as before
+        assert forged.verify_directly_issued_by(leaf) is None  # a valid signature, by the leaf
+        assert not trust.is_trusted(forged), cert_sign
+    with pytest.raises(ServiceError) as refused:
+        trust.check(forged)
+    assert refused.value.code == ua.StatusCodes.BadCertificateUntrusted
+
+    # A CA that may sign certificates: what it issues is trusted; a CA whose KeyUsage lacks
+    # keyCertSign may not sign certificates.
+    issued = _certificate("hmi-2", issued_key, ("Plant CA", ca_key), ca=False)
+    for i, (cert_sign, trusted) in enumerate(((True, True), (None, True), (False, False))):
+        only_trusted(
+            f"ca-{i}.der", _certificate("Plant CA", ca_key, None, ca=True, cert_sign=cert_sign)
+        )
+        assert trust.is_trusted(issued) is trusted, cert_sign
 
 
 def test_a_scan_of_fresh_certificates_fills_neither_disk_nor_log(

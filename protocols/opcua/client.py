@@ -430,6 +430,9 @@ class OpcuaClientAdapter(Adapter):
         # retried for ever.
         if self.config.security.policy != "None":
             await self._own_keys()
+        clear = self.config.password_in_clear()
+        if clear is not None:
+            log.warning("%s: security.%s", self.name, clear)
         return self
 
     async def _own_keys(self) -> tuple[Path, Path, str]:

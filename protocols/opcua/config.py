@@ -258,8 +258,21 @@ class OpcuaClient(Strict):
         sec = self.security
         units = unknown_units(self.points)
         if sec.policy == "None":  # no certificate is loaded
-            return units
+            clear = self.password_in_clear()
+            return units + ([(("security", "policy"), clear)] if clear else [])
         return units + key_file_warnings(sec.certificate, sec.private_key)
+
+    def password_in_clear(self) -> str | None:
+        """The warning for a password sent over policy None (validate's, and the client's at
+        start): the channel is not encrypted, and a server whose user token policy is None too
+        gets the password in clear (asyncua encrypts it only where the server's policy says)."""
+        if self.security.policy != "None" or self.username is None:
+            return None
+        return (
+            f"policy None with username {self.username!r}: the channel is not encrypted, so "
+            "against a server whose user token policy does not encrypt it either, the password "
+            "crosses the network in clear; use a secure policy such as Basic256Sha256"
+        )
 
     def check(self) -> list[Problem]:
         seen: dict[str, int] = {}

@@ -10,8 +10,11 @@ Layout of a PKI folder (the usual OPC UA one, so operators recognise it)::
 
 Trust is decided per connection by `TrustList`, which asyncua calls as its
 ``certificate_validator``: a peer is trusted when its exact certificate is in the trusted folder
-(the common case: self-signed application certificates), or when it chains to a CA certificate
-there. The folder is re-read when it changes, so trusting a peer needs no restart.
+(the common case: self-signed application certificates), or when it was issued directly by a CA
+certificate there (BasicConstraints CA:TRUE, and keyCertSign where it has a KeyUsage; one level:
+no chain through intermediates). Revocation lists are not read: to revoke a peer, remove its
+certificate (or its CA's) from the folder. The folder is re-read when it changes, so trusting a
+peer needs no restart.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.storefiles import set_aside
+from gateway.storefiles import set_aside, write_atomic
 from gateway.streak import LogQuota
 
 log = logging.getLogger(__name__)
@@ -89,7 +92,7 @@ def _ensure_certificate(pki_dir: Path, application_uri: str, hostname: str) -> t
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         key_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(
+        write_atomic(
             key_path,
             key.private_bytes(
                 serialization.Encoding.PEM,
@@ -104,7 +107,7 @@ def _ensure_certificate(pki_dir: Path, application_uri: str, hostname: str) -> t
         return cert_path, key_path
     cert = _self_signed(key, application_uri, hostname)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.DER))
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.DER))
     log.info("generated application certificate %s for %s", cert_path, application_uri)
     return cert_path, key_path
 
@@ -141,18 +144,6 @@ def _own_certificate(cert_path: Path) -> x509.Certificate | None:
             aside,
         )
         return None
-
-
-def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    # Written in full or not at all: a crash mid-write must not leave a truncated key behind,
-    # which the next start would refuse.
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _reusable(cert: x509.Certificate, key: rsa.RSAPrivateKey, application_uri: str) -> bool:
@@ -430,8 +421,23 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _may_issue(ca: x509.Certificate) -> bool:
+    """Whether ``ca`` is a CA that may sign certificates: BasicConstraints CA:TRUE, and
+    keyCertSign if it has a KeyUsage. A trusted application certificate (CA:FALSE, as OPC UA's
+    are) is trusted itself, but what its key signs is not: else any client we trust could
+    issue a certificate for anyone."""
+    try:
+        found = {type(e.value): e.value for e in ca.extensions}
+    except ValueError:  # a damaged extension: no authority to issue anything
+        return False
+    constraints, usage = found.get(x509.BasicConstraints), found.get(x509.KeyUsage)
+    if not isinstance(constraints, x509.BasicConstraints) or not constraints.ca:
+        return False
+    return not isinstance(usage, x509.KeyUsage) or usage.key_cert_sign
+
+
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    if cert.issuer != ca.subject or cert.issuer == cert.subject:
+    if cert.issuer != ca.subject or cert.issuer == cert.subject or not _may_issue(ca):
         return False
     try:
         cert.verify_directly_issued_by(ca)

@@ -53,7 +53,8 @@ Security: the secure endpoints from the config, the None endpoint only with ``al
 The peer certificate of a secure channel must be in the trust list; asyncua only checks the
 certificate a client repeats in CreateSession, and only if it does, so we check the channel's own
 certificate (a client that leaves it out gets no session either; see below).
-Users log in with a name and a password checked against its scrypt hash; anonymous clients,
+Users log in with a name and a password checked against its scrypt hash, in a worker thread,
+with a backoff per peer address after failed logins (`protocols.opcua.logins`); anonymous clients,
 when allowed, may read, browse and subscribe but not write or call methods. Their Write and Call
 requests are refused item by item (BadUserAccessDenied), not with a service fault: Part 4 gives
 operation-level errors per item, and so they too learn which nodes do not exist. The
@@ -125,12 +126,11 @@ from gateway.adapter import Adapter, AdapterContext
 from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.limits import exceeded
-from gateway.passwords import verify_password
 from gateway.paths import state_path
 from gateway.streak import Throttle
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
-from protocols.opcua import publish, transport
+from protocols.opcua import logins, publish, transport
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
 from protocols.opcua.pki import (
     TrustList,
@@ -539,10 +539,16 @@ def _may_call(user: User) -> bool:
 
 
 class _Users(UserManager):
+    """asyncua's user manager: names and passwords checked by `logins.Logins` (which sees the
+    peer's address and, for requests `_Processor` checked first, has the verdict already)."""
+
     def __init__(self, config: OpcuaServer) -> None:
-        self.hashes = {u.username: u.password_hash for u in config.users}
+        self.logins = logins.Logins({u.username: u.password_hash for u in config.users})
         self.anonymous = config.anonymous
-        self.refused = 0
+
+    @property
+    def refused(self) -> int:
+        return self.logins.refused
 
     def get_user(
         self,
@@ -553,19 +559,9 @@ class _Users(UserManager):
     ) -> User | None:
         if username is None:
             return User(role=UserRole.Anonymous) if self.anonymous else None
-        stored = self.hashes.get(username)
-        # A wrong name costs as much as a wrong password, so names cannot be probed by timing.
-        ok = verify_password(password or "", stored or _DUMMY_HASH) and stored is not None
-        if not ok:
-            self.refused += 1
-            log.warning("OPC UA login refused for user %r", username)
+        if not self.logins.login(username, password):
             return None
         return User(role=UserRole.User, name=username)
-
-
-_DUMMY_HASH = (
-    "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
-)
 
 
 class _Session(InternalSession):
@@ -830,6 +826,12 @@ class _Processor(UaProcessor):
         if typeid.Identifier == _O.CreateSessionRequest_Encoding_DefaultBinary:
             # raises ServiceError, which asyncua answers with a service fault
             self._check_certificate(iserver)
+        elif typeid.Identifier == _O.ActivateSessionRequest_Encoding_DefaultBinary:
+            verdict = await self._check_password(iserver, body)
+            with logins.activating(verdict):
+                return await super()._process_message(  # type: ignore[no-untyped-call]
+                    typeid, requesthdr, seqhdr, body
+                )
         elif session is not None:
             found = iserver.operation_limits.get(cast("int", typeid.Identifier))
             if found is not None and session.is_activated():
@@ -847,6 +849,26 @@ class _Processor(UaProcessor):
         return await super()._process_message(  # type: ignore[no-untyped-call]
             typeid, requesthdr, seqhdr, body
         )
+
+    async def _check_password(self, iserver: _InternalServer, body: Buffer) -> logins.Verdict:
+        """The password of an ActivateSession request, checked in a worker thread before
+        asyncua asks the user manager for it synchronously (see `logins`); in any case the
+        peer's address, which asyncua does not pass the user manager."""
+        name = self.name
+        peer = str(name[0]) if isinstance(name, tuple) and name else str(name)
+        users, session = iserver.user_manager, self.session
+        if not isinstance(users, _Users) or session is None:
+            return logins.Verdict(peer)
+        try:
+            token = struct_from_binary(ua.ActivateSessionParameters, body.copy()).UserIdentityToken
+            if not isinstance(token, ua.UserNameIdentityToken) or users.logins.blocked_for(peer):
+                return logins.Verdict(peer)
+            username, password = iserver.decrypt_user_token(session, token)
+        except Exception:  # asyncua decodes it again and answers what is wrong with it
+            return logins.Verdict(peer)
+        if username is None:  # anonymous, to asyncua
+            return logins.Verdict(peer)
+        return await users.logins.check(peer, username, password)
 
     def _check_certificate(self, iserver: _InternalServer) -> None:
         """Refuse a session to a secure channel whose certificate is not trusted."""
@@ -961,6 +983,8 @@ class OpcuaServerAdapter(Adapter):
             await server.stop()
         if self.trust is not None:
             self.trust.close()
+        if self._users is not None:
+            self._users.logins.close()
 
     async def run(self) -> None:
         await asyncio.Event().wait()  # asyncua serves from its own tasks; nothing to poll
