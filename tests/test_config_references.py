@@ -77,6 +77,20 @@ def test_variables_defaults_escapes_and_files_resolve() -> None:
         assert resolve(text, lookup(env, files)).value == expected, text
 
 
+def test_what_a_variable_or_a_file_holds_is_copied_as_it_is_never_read_again() -> None:
+    """A password may hold ``${``; a variable must not make the gateway read a file."""
+    env = {"PW": "s3cr${et-value", "B": "${file:/etc/shadow}", "E": "a$${b}", "DIR": "/run/c"}
+    files = {"/run/c/pw": "${B} from a file\n"}
+    for text, expected in {
+        "${PW}": "s3cr${et-value",
+        "${B}": "${file:/etc/shadow}",  # not read
+        "${E}": "a$${b}",
+        "x${PW}y": "xs3cr${et-valuey",
+        "${file:${DIR}/pw}": "${B} from a file",
+    }.items():
+        assert resolve(text, lookup(env, files)).value == expected, text
+
+
 @pytest.mark.parametrize(
     ("text", "found"),
     [

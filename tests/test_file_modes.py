@@ -52,3 +52,28 @@ def test_state_files_are_not_readable_by_other_users(tmp_path: Path) -> None:
         assert mode & 0o007 == 0, f"{path.relative_to(tmp_path)} is {oct(mode)}: others have access"
     # the owner and the group keep what the shell's umask gave them
     assert stat.S_IMODE((state / "outbox-broker.db").stat().st_mode) == 0o640
+
+
+def test_a_store_made_by_gateway_shadow_set_is_as_private(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {name: modes}\n"
+        "devices:\n"
+        f"  plc: {{protocol: modbus, host: {HOST}, port: {free_port()},"
+        " poll_groups: {default: {interval: 1}},"
+        " points: [{name: t, table: holding, address: 0, type: int16, access: rw}]}\n"
+        "shadow: {path: '{state}/shadow.db'}\n"
+    )
+    (tmp_path / ".protocol-brain").mkdir(mode=0o750)  # as a gateway run leaves it
+    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BRAIN_STATE_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "shadow", "set", "--config", str(config), "plc", "t=5"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=lambda: os.umask(0o022),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    made = [p for p in (tmp_path / ".protocol-brain").rglob("*")]
+    assert any(p.name == "shadow.db" for p in made), made
+    for path in [tmp_path / ".protocol-brain", *made]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o007 == 0, f"{path.relative_to(tmp_path)} is {oct(mode)}"

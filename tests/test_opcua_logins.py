@@ -9,6 +9,7 @@ import functools
 import io
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,10 +126,14 @@ async def test_a_flood_of_wrong_passwords_is_refused_unchecked(
     caplog.set_level(logging.WARNING, logger="protocols.opcua.server")
     monkeypatch.setattr(logins, "BACKOFF_MAX", 2.0)  # BACKOFF_FIRST 1 s, then 2 s
     checks: list[float] = []  # scrypt runs, old code or new
+    on_loop: list[float] = []  # those that ran on the event loop's thread (must be none)
+    loop_thread = threading.get_ident()
     scrypt = passwords._scrypt
 
     def counted(*args: Any) -> bytes:
         checks.append(time.monotonic())
+        if threading.get_ident() == loop_thread:
+            on_loop.append(checks[-1])
         return scrypt(*args)
 
     monkeypatch.setattr(passwords, "_scrypt", counted)
@@ -148,6 +153,7 @@ async def test_a_flood_of_wrong_passwords_is_refused_unchecked(
         bound = logins.FAILURES_ALLOWED + logins.CHECKS_AT_ONCE * (1 + int(elapsed))
         print(f"{len(answers)} attempts in {elapsed:.1f} s: {len(checks)} scrypt checks")
         assert len(checks) <= bound < len(answers), (len(checks), elapsed)
+        assert checks and not on_loop, f"{len(on_loop)} of {len(checks)} checks on the loop"
 
         guard = server._users.logins  # type: ignore[union-attr]
         while not guard.blocked_for("127.0.0.1"):  # the backoff may just have ended

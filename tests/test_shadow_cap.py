@@ -163,3 +163,29 @@ async def test_the_service_passes_the_cap_and_counts_it_in_its_status(tmp_path: 
         await shadow._call(store.merge)
         deleted = await shadow._call(store.prune)
         assert deleted > 0 and shadow.status()["history_capped"] == deleted
+
+
+def test_a_file_far_over_the_cap_comes_down_a_bounded_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store of an older version (no cap) may be many times over it: each prune deletes at
+    most CAP_PASSES transactions of CAP_BATCH rows, and later prunes go on."""
+    import gateway.shadow.store as store_module
+
+    monkeypatch.setattr(store_module, "CAP_BATCH", 100)
+    monkeypatch.setattr(store_module, "CAP_PASSES", 3)
+    path = tmp_path / "s.db"
+    store = ShadowStore(str(path), max_bytes=MiB, merge_rows=1 << 40, merge_interval=1e9)
+    store.prune()
+    for start in range(0, 800, 100):  # 3,200 rows, about 3 MiB, merged a minute's worth at a time
+        fill(store, start, 100)
+        store.merge()
+    prunes = []
+    while store.used_bytes() > MiB * CAP_TARGET and len(prunes) < 50:
+        prunes.append(store.prune())
+    assert store.used_bytes() <= MiB * CAP_TARGET
+    assert len(prunes) > 1 and all(0 < n <= 300 for n in prunes), prunes
+    assert store._counts == counted_in_file(path)
+    for point in POINTS:  # the newest of each point kept; the oldest went first
+        rows = kept(store, point)
+        assert rows and rows == list(range(rows[0], 800)) and rows[0] >= 500

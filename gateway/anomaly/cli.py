@@ -224,13 +224,14 @@ def _scoring_bridges(
     """Names of the config's bridges with ``anomaly:`` (state folder set as gateway run does);
     ``known`` gets every bridge name of the config, switched off ones too."""
     from gateway.config import ConfigError, load_config
-    from gateway.paths import use_config_state_dir
+    from gateway.paths import keep_from_others, use_config_state_dir
 
     try:
         config = load_config(file, keep_unresolved=True)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
     use_config_state_dir(file)
+    keep_from_others()  # calibration files it writes are as private as gateway run's
     names = [b.name for b in config.bridges if b.anomaly is not None]
     if known is not None:
         known += [*names, *config.disabled_bridges]

@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 
 MAX_FILE_BYTES = 64 * 1024  # a secret, a token or a certificate's text; not a data file
 
-# ${NAME}, ${NAME:-default}, ${file:PATH}; PATH and default stop at the first "}" (PATH's own
-# ${NAME} references are resolved first, innermost out).
+# ${NAME}, ${NAME:-default}, ${file:PATH}; a default stops at the first "}" or "$", a PATH at
+# the first "}" but for its own ${NAME} references.
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_VARIABLE = re.compile(r"\$\{(" + _NAME + r")(?::-([^$}]*))?\}")
-_FILE = re.compile(r"\$\{file:([^${}]+)\}")
-_FILE_UNRESOLVED = re.compile(r"\$\{file:[^}]*\$\{[^}]*\}[^}]*\}")
+_VAR = r"\$\{(?P<name>" + _NAME + r")(?::-(?P<default>[^$}]*))?\}"
+_VARIABLE = re.compile(_VAR)
+_REFERENCE = re.compile(
+    r"(?<!\$)(?:\$\{file:(?P<path>(?:[^${}]|\$\{" + _NAME + r"(?::-[^$}]*)?\})+)\}|" + _VAR + ")"
+)
 _ESCAPED = "$${"
-_HOLD = "\x00"  # stands in for an escaped "${" while references are resolved
+_HOLD = "\x00"  # stands in for an escaped "${" while the text is checked
 
 
 class UnresolvedReference(Exception):
@@ -75,67 +77,60 @@ def has_reference(text: str) -> bool:
 
 
 def resolve(text: str, lookup: Lookup) -> Resolved:
-    """``text`` with its references filled in; `UnresolvedReference` for one that cannot be."""
-    held = text.replace(_ESCAPED, _HOLD)
+    """``text`` with its references filled in; `UnresolvedReference` for one that cannot be.
+
+    One pass over the text as written: what a variable or a file holds is copied in as it is,
+    never read as config text again (a password may hold ``${``, and a variable cannot name a
+    file to read)."""
     references: list[str] = []
     kept: list[str] = []
-
-    def variable(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        references.append(match.group(0))
-        value = lookup.env(name)
-        if value is None or (value == "" and default is not None):
-            if default is not None:
-                return default
-            if lookup.keep_unresolved:
-                kept.append(match.group(0))
-                return match.group(0)
-            raise UnresolvedReference(
-                f"${{{name}}}: the environment variable {name} is not set",
-                f"{name} set in the gateway's environment, or a default: ${{{name}:-VALUE}}",
-            )
-        return value
-
-    def file(match: re.Match[str]) -> str:
-        references.append(match.group(0))
-        try:
-            return _one_line_end_off(lookup.read(match.group(1)))
-        except UnresolvedReference:
-            if lookup.keep_unresolved:
-                kept.append(match.group(0))
-                return match.group(0)
-            raise
-
-    # Variables first (they may name a file's folder), then files; a file's text is not
-    # searched for references again.
-    out = _VARIABLE.sub(variable, held)
     parts: list[str] = []
     last = 0
-    for match in _FILE.finditer(out):
-        parts += [_check_rest(out[last : match.start()], lookup), file(match)]
+    for match in _REFERENCE.finditer(text):
+        parts.append(_literal(text[last : match.start()]))
         last = match.end()
-    parts.append(_check_rest(out[last:], lookup))
-    for rest in _FILE_UNRESOLVED.findall(out):  # a file whose path holds a kept variable
-        kept.append(rest)
-    return Resolved("".join(parts).replace(_HOLD, "${"), references, kept)
+        written = match.group(0)
+        references.append(written)
+        try:
+            if match.group("path") is not None:  # ${file:PATH}, PATH's own ${NAME} filled in
+                path = _VARIABLE.sub(lambda m: _variable(m, lookup), match.group("path"))
+                parts.append(_one_line_end_off(lookup.read(path)))
+            else:
+                parts.append(_variable(match, lookup))
+        except UnresolvedReference:
+            if not lookup.keep_unresolved:
+                raise
+            kept.append(written)
+            parts.append(written)
+    parts.append(_literal(text[last:]))
+    return Resolved("".join(parts), references, kept)
 
 
-def _check_rest(text: str, lookup: Lookup) -> str:
-    """Text between references: a "${" left there is malformed, unless it is a reference kept
-    unresolved (`Lookup.keep_unresolved`)."""
-    start = text.find("${")
-    while start >= 0:
-        kept = lookup.keep_unresolved and (
-            _VARIABLE.match(text, start) or text.startswith("${file:", start)
+def _variable(match: re.Match[str], lookup: Lookup) -> str:
+    name, default = match.group("name"), match.group("default")
+    value = lookup.env(name)
+    if value is None or (value == "" and default is not None):
+        if default is not None:
+            return default
+        raise UnresolvedReference(
+            f"${{{name}}}: the environment variable {name} is not set",
+            f"{name} set in the gateway's environment, or a default: ${{{name}:-VALUE}}",
         )
-        if not kept:
-            shown = text[start : start + 40]
-            raise UnresolvedReference(
-                f"{shown!r}, which is not a reference",
-                "${NAME}, ${NAME:-default} or ${file:PATH}; $${ for a literal ${",
-            )
-        start = text.find("${", start + 2)
-    return text
+    return value
+
+
+def _literal(text: str) -> str:
+    """Text between references, as written: ``$${`` is a literal ``${``; any other ``${`` is
+    a malformed reference."""
+    held = text.replace(_ESCAPED, _HOLD)
+    start = held.find("${")
+    if start >= 0:
+        shown = held[start : start + 40].replace(_HOLD, "$${")
+        raise UnresolvedReference(
+            f"{shown!r}, which is not a reference",
+            "${NAME}, ${NAME:-default} or ${file:PATH}; $${ for a literal ${",
+        )
+    return held.replace(_HOLD, "${")
 
 
 def _one_line_end_off(text: str) -> str:

@@ -80,9 +80,10 @@ def register(subparsers: Any) -> None:
 def _config(config_file: str) -> GatewayConfig:
     """The config, which must have a shadow: section."""
     from gateway.config import ConfigError, load_config
-    from gateway.paths import use_config_state_dir
+    from gateway.paths import keep_from_others, use_config_state_dir
 
     use_config_state_dir(config_file)  # {state} in shadow.path: the folder gateway run uses
+    keep_from_others()  # a store this command creates is as private as gateway run's
     try:
         config = load_config(config_file, keep_unresolved=True)
     except ConfigError as exc:

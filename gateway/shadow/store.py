@@ -192,7 +192,8 @@ MERGE_ROWS = 50_000
 #: Over ``max_bytes`` in use, history is cut down to this share of it (not cut at every
 #: retention pass), in at most this many deletes; a log line at most this often (s).
 CAP_TARGET = 0.9
-CAP_PASSES = 8
+CAP_PASSES = 10  # at most this many deletes of at most CAP_BATCH rows per prune
+CAP_BATCH = 20_000  # rows per transaction: the write lock and the log stay short
 CAP_LOG_INTERVAL = 3600.0
 #: Default limits on a device's desired state (module docstring, "Limits on desired state"); the
 #: config's ``shadow.max_desired_keys`` and ``shadow.max_desired_bytes`` have the same defaults.
@@ -1280,7 +1281,10 @@ class ShadowStore:
         go first, by id, then staged rows, by id. Within one merge the ids follow device,
         point and time (`merge` sorts so), not time alone: a cut may keep a row up to one
         merge interval older than one it deletes. How many rows to delete is estimated from
-        the bytes in use per row, then measured again (a delete frees whole pages only).
+        the bytes in use per row, then measured again (a delete frees whole pages only). At
+        most `CAP_BATCH` rows a transaction and `CAP_PASSES` transactions a prune: a file far
+        over the cap (a store of an older version, which had none) comes down over several
+        prunes, without holding the write lock, the store's thread or the log for long.
         """
         used = self.used_bytes()
         if used <= cap:
@@ -1291,7 +1295,7 @@ class ShadowStore:
             rows = sum(counts.values())
             if used <= target or rows <= 0:
                 break
-            excess = min(rows, max(1, math.ceil((used - target) * rows / used)))
+            excess = min(rows, CAP_BATCH, max(1, math.ceil((used - target) * rows / used)))
             deleted += self._delete_oldest(excess, counts, staged)
             used = self.used_bytes()
         if deleted:
