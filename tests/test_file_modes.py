@@ -15,19 +15,34 @@ from pathlib import Path
 from conftest import HOST, free_port, reaped
 
 
-def test_state_files_are_not_readable_by_other_users(tmp_path: Path) -> None:
+def write_config(tmp_path: Path, more: str = "") -> Path:
+    """A gateway with one Modbus device and a shadow in the state folder, plus ``more``."""
     config = tmp_path / "gw.yaml"
     config.write_text(
         "gateway: {name: modes, status_interval: 0.3}\n"
         "devices:\n"
         f"  plc: {{protocol: modbus, host: {HOST}, port: {free_port()}, timeout: 0.2,"
         " poll_groups: {default: {interval: 1}},"
-        " points: [{name: t, table: holding, address: 0, type: int16}]}\n"
+        " points: [{name: t, table: holding, address: 0, type: int16, access: rw}]}\n"
+        "shadow: {path: '{state}/shadow.db'}\n"
+        f"{more}"
+    )
+    return config
+
+
+def assert_private(paths: list[Path], root: Path) -> None:
+    for path in paths:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o007 == 0, f"{path.relative_to(root)} is {oct(mode)}: others have access"
+
+
+def test_state_files_are_not_readable_by_other_users(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
         "endpoints:\n"
         f"  broker: {{protocol: mqtt, host: {HOST}, port: {free_port()}}}\n"
         "bridges:\n"
-        "  - {name: up, from: plc, to: broker, topic: 'p/{point}'}\n"
-        "shadow: {path: '{state}/shadow.db'}\n"
+        "  - {name: up, from: plc, to: broker, topic: 'p/{point}'}\n",
     )
     state = tmp_path / ".protocol-brain"
     env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BRAIN_STATE_DIR"}
@@ -47,23 +62,13 @@ def test_state_files_are_not_readable_by_other_users(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0
     made = [state, *state.rglob("*")]
     assert len(made) >= 5
-    for path in made:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        assert mode & 0o007 == 0, f"{path.relative_to(tmp_path)} is {oct(mode)}: others have access"
+    assert_private(made, tmp_path)
     # the owner and the group keep what the shell's umask gave them
     assert stat.S_IMODE((state / "outbox-broker.db").stat().st_mode) == 0o640
 
 
 def test_a_store_made_by_gateway_shadow_set_is_as_private(tmp_path: Path) -> None:
-    config = tmp_path / "gw.yaml"
-    config.write_text(
-        "gateway: {name: modes}\n"
-        "devices:\n"
-        f"  plc: {{protocol: modbus, host: {HOST}, port: {free_port()},"
-        " poll_groups: {default: {interval: 1}},"
-        " points: [{name: t, table: holding, address: 0, type: int16, access: rw}]}\n"
-        "shadow: {path: '{state}/shadow.db'}\n"
-    )
+    config = write_config(tmp_path)
     (tmp_path / ".protocol-brain").mkdir(mode=0o750)  # as a gateway run leaves it
     env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BRAIN_STATE_DIR"}
     done = subprocess.run(
@@ -74,6 +79,4 @@ def test_a_store_made_by_gateway_shadow_set_is_as_private(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     made = [p for p in (tmp_path / ".protocol-brain").rglob("*")]
     assert any(p.name == "shadow.db" for p in made), made
-    for path in [tmp_path / ".protocol-brain", *made]:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        assert mode & 0o007 == 0, f"{path.relative_to(tmp_path)} is {oct(mode)}"
+    assert_private([tmp_path / ".protocol-brain", *made], tmp_path)

@@ -419,9 +419,8 @@ def _hidden(
         for path, value in secrets
         if isinstance(value, str) and path not in references
     ]
-    warnings = tuple(
-        hide_values(hide_values(w, refs, MAX_SHOWN), literal, MAX_SHOWN) for w in warnings
-    )
+    shown = [*refs, *literal]  # references as written, then literal secrets as SECRET_SHOWN
+    warnings = tuple(hide_values(w, shown, MAX_SHOWN) for w in warnings)
     out = []
     for p in problems:
         value = _value_at(data, p.path)
@@ -435,12 +434,11 @@ def _hidden(
         found = hide_values(p.found, refs, MAX_SHOWN)
         if found != p.found:
             found += " (as written; the value filled in is not shown)"
-        expected = hide_values(p.expected, refs, MAX_SHOWN)
         out.append(
             dataclasses.replace(
                 p,
                 found=hide_values(found, literal, MAX_SHOWN),
-                expected=hide_values(expected, literal, MAX_SHOWN),
+                expected=hide_values(p.expected, shown, MAX_SHOWN),
             )
         )
     return out, warnings
