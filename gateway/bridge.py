@@ -243,6 +243,13 @@ class Bridge:
                 )
             )
 
+    def replay(self, message: Message) -> None:
+        """Queue ``message`` (a source's latest readings, `Bus.last`) as if just published:
+        a bridge a reload started from a source that kept running begins with them."""
+        for sub in self._subs:
+            if sub.pattern == message.topic:
+                sub.offer(message)
+
     async def run(self) -> None:
         if not self._subs:
             self.subscribe()
@@ -289,8 +296,9 @@ class Bridge:
             for event in reviews:
                 self._review(event)
 
-    def use_shadow(self, state: ShadowState) -> None:
-        """The runtime's shadow, for computed points and shadow placeholders in routes."""
+    def use_shadow(self, state: ShadowState | None) -> None:
+        """The runtime's shadow, for computed points and shadow placeholders in routes (None:
+        a reload left none)."""
         self._shadow_state = state
         if self.computed is not None:
             self.computed.state = state

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.types import Message
+from gateway.types import Message, MessageKind, Sample
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,24 @@ class Bus:
         self._routes: dict[str, tuple[Subscription, ...]] = {}
         self.published = 0
         self.unrouted = 0
+        # topic -> each point's newest sample, and the newest message itself: `keep_last`
+        self._last: dict[str, dict[str, Sample]] | None = None
+        self._envelopes: dict[str, Message] = {}
+
+    def keep_last(self) -> None:
+        """From now on keep each telemetry topic's newest sample of every point (`last`): a
+        bridge that a reload starts from a source that kept running begins with them, as a
+        restarted source would have read them again."""
+        if self._last is None:
+            self._last = {}
+
+    def last(self, topic: str) -> Message | None:
+        """The newest sample of each point published on ``topic`` since `keep_last`, as one
+        message in the envelope of the newest one; None if none was."""
+        if self._last is None or topic not in self._last:
+            return None
+        samples = tuple(self._last[topic].values())
+        return dataclasses.replace(self._envelopes[topic], samples=samples, meta={})
 
     def subscribe(
         self,
@@ -212,6 +231,15 @@ class Bus:
 
     def _targets(self, message: Message) -> tuple[Subscription, ...]:
         self.published += 1
+        last = self._last
+        if last is not None and message.kind is MessageKind.TELEMETRY:
+            topic = message.topic
+            points = last.get(topic)
+            if points is None:
+                points = last[topic] = {}
+            for sample in message.samples:
+                points[sample.point] = sample
+            self._envelopes[topic] = message
         subs = self._route(message.topic)
         if not subs:
             self.unrouted += 1

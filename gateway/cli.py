@@ -209,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from gateway import livestatus
         from gateway.looplag import start_loop_monitor
         from gateway.reload import RunSignals
-        from gateway.runtime import Gateway
+        from gateway.runtime import Carried, Gateway
         from gateway.sdnotify import Notifier, start_watchdog
 
         # Under a systemd Type=notify unit: READY=1 once started, STATUS= lines, STOPPING=1,
@@ -228,14 +228,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
         current, previous = config, None  # previous: the config that ran before a reload
+        carried: Carried | None = None  # what a reload kept running (gateway.handover)
         try:
             while True:
                 status_file = livestatus.status_path(current.gateway.name)
+                if carried is not None:
+                    await carried.narrow(current)
+                    if not carried.parts.adapters:
+                        await carried.close()
+                        carried = None
                 try:
                     try:
                         gateway = Gateway(
                             current, notifier=notifier, status_file=status_file,
-                            config_file=config_file, loop_monitor=loop_lag,
+                            config_file=config_file, loop_monitor=loop_lag, carried=carried,
                         )  # fmt: skip
                     except (PluginError, StartError) as exc:  # run() says "failed" itself
                         livestatus.record_refused(
@@ -245,9 +251,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                         raise
                     running[:] = [gateway]
                     try:
-                        await gateway.run(signals.stop)
+                        await gateway.run(signals.stop, signals.take)
                     finally:  # the next one's construction (a reload) is start-up too
                         running.clear()
+                        carried = gateway.handed
                 except (PluginError, StartError) as exc:
                     if previous is None or signals.quitting:
                         raise
@@ -258,13 +265,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                     )
                     current, previous = previous, None
                     continue
-                reloaded = signals.next_config()
+                reloaded = signals.next_run()
                 if reloaded is None:
                     break
                 if args.log_level is None:
                     _set_log_level(reloaded.gateway.log_level)
                 current, previous = reloaded, current
         finally:
+            if carried is not None:  # kept for a start that did not come: stopped now
+                await carried.close()
             if watchdog is not None:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)

@@ -184,6 +184,17 @@ class CommandRouter:
             except Exception:  # a target's bug must not stop the source declaring
                 log.exception("after %s declared its points", device)
 
+    def forget(self, device: str, owner: object) -> None:
+        """A reload stopped ``device`` (its adapter ``owner``): its points are no longer
+        declared, and the callbacks its adapter registered (bound methods of ``owner``) are
+        not called again; a new start of it declares and registers afresh."""
+        for key in [k for k in self.points if k[0] == device]:
+            del self.points[key]
+            self.limiters.pop(key, None)
+        self._on_declare = [
+            c for c in self._on_declare if getattr(c, "__self__", None) is not owner
+        ]
+
     def check(self, device: str, point: str, value: Value) -> WriteResult:
         """The safety rules, without writing: what `write` would refuse, and why."""
         spec = self.points.get((device, point))

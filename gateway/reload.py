@@ -3,8 +3,9 @@
 A reload reads the config file again first. A file that does not load is logged and the
 gateway goes on with the config it runs: a typo made while editing on the box must not take
 the plant's data path down. A file that loads ends the running gateway's run the clean way
-(bridges drained, unsent messages kept in the outboxes) and ``gateway run`` starts a new one
-from it, so every part (ports, devices, bridges) takes the new settings.
+(bridges drained, unsent messages kept in the outboxes) for every part whose settings changed,
+and ``gateway run`` starts a new one from it; the parts that did not change keep running, with
+their connections and sessions (`gateway.handover`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ log = logging.getLogger("gateway")
 
 class RunSignals:
     """What the signals asked for. ``stop`` ends the current run (either signal); after the
-    run, `next_config` says whether to start again and from which config."""
+    run, `next_run` says whether to start again and from which config."""
 
     def __init__(self, load: Callable[[], GatewayConfig], notifier: Notifier) -> None:
         self._load = load
@@ -30,6 +31,7 @@ class RunSignals:
         self.stop = asyncio.Event()
         self._quit = False
         self._pending: GatewayConfig | None = None
+        self._taken: GatewayConfig | None = None  # what the stopping run handed over to
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -52,7 +54,7 @@ class RunSignals:
             return
         for line in config.warnings:
             log.warning("%s", line)
-        log.info("reloading: the config loads; restarting the gateway from it")
+        log.info("reloading: the config loads; restarting what changed")
         self._notifier.reloading("reloading the config")
         self._pending = config
         self.stop.set()
@@ -62,10 +64,23 @@ class RunSignals:
         """SIGINT or SIGTERM came: no run is to follow."""
         return self._quit
 
-    def next_config(self) -> GatewayConfig | None:
-        """The config to run next after a run ended: a reloaded one, or None to exit."""
+    def take(self) -> GatewayConfig | None:
+        """The reloaded config the run that is stopping hands over to (its kept parts are
+        planned for it), or None when no run is to follow."""
         config, self._pending = self._pending, None
+        self._taken = None if self._quit else config
+        return self._taken
+
+    def next_run(self) -> GatewayConfig | None:
+        """After a run ended: the config it took (`take`) to run next, or None to exit. A
+        reload that came while the run was stopping is not lost: the next run stops at once
+        for it."""
+        config, self._taken = self._taken, None
+        if config is None:  # a reload during the start: the run stopped before it took it
+            config, self._pending = self._pending, None
         if self._quit or config is None:
             return None
         self.stop = asyncio.Event()
+        if self._pending is not None:
+            self.stop.set()
         return config

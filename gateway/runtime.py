@@ -19,10 +19,11 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import livestatus
+from gateway import handover, livestatus
 from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.bridge import Bridge
@@ -34,7 +35,7 @@ from gateway.looplag import LoopMonitor
 from gateway.sdnotify import Notifier
 from gateway.streak import FailureStreak
 from gateway.text import counted
-from gateway.types import PointSpec
+from gateway.types import PointSpec, telemetry_topic
 from gateway.uplink.lock import FileLock, OutboxInUse
 
 if TYPE_CHECKING:
@@ -96,6 +97,108 @@ def _cause(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+ExitFn = Callable[..., Awaitable[bool]]  # an entered part's __aexit__ (`_quiet_exit`)
+Upcoming = Callable[[], GatewayConfig | None]  # the config a reload runs next (`Gateway.run`)
+
+
+class Parts:
+    """A gateway's running adapters (entered, each with its supervised run task) and bridges
+    (each with its task)."""
+
+    def __init__(self) -> None:
+        self.adapters: dict[str, Adapter] = {}
+        self.exits: dict[str, ExitFn] = {}
+        self.order: list[str] = []  # adapters in the order they were entered
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.bridges: dict[str, Bridge] = {}
+        self.bridge_tasks: dict[str, asyncio.Task[None]] = {}
+
+    def copy(self) -> Parts:
+        other = Parts()
+        other.adapters, other.exits = dict(self.adapters), dict(self.exits)
+        other.order, other.tasks = list(self.order), dict(self.tasks)
+        other.bridges, other.bridge_tasks = dict(self.bridges), dict(self.bridge_tasks)
+        return other
+
+    def enter(self, adapter: Adapter, exit_: ExitFn) -> None:
+        self.adapters[adapter.name] = adapter
+        self.exits[adapter.name] = exit_
+        self.order.append(adapter.name)
+
+    async def stop(
+        self,
+        names: set[str],
+        router: CommandRouter,
+        *,
+        after_sources: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Stop the adapters ``names`` and the bridges into them, in the order that leaves
+        nothing half-written (module docstring): the pure sources' tasks, then
+        ``after_sources`` (the shadow), the bridges drained and stopped, the targets' tasks,
+        and every adapter's exit in the reverse order of entry."""
+        bridges = [b for b in self.bridges.values() if b.target.name in names]
+        targets = {b.target.name for b in self.bridges.values()}
+        await _cancel([self.tasks.pop(n) for n in names - targets if n in self.tasks])
+        if after_sources is not None:
+            await after_sources()
+        await _drain(bridges)
+        await _cancel(
+            [self.bridge_tasks.pop(b.name) for b in bridges if b.name in self.bridge_tasks]
+        )
+        for b in bridges:
+            del self.bridges[b.name]
+        await _cancel([self.tasks.pop(n) for n in names if n in self.tasks])
+        for name in reversed(self.order):
+            if name in names and name in self.exits:
+                await self.exits.pop(name)(None, None, None)
+        self.order = [n for n in self.order if n not in names]
+        for name in names:
+            adapter = self.adapters.pop(name, None)
+            if adapter is not None:
+                router.forget(name, adapter)
+
+
+@dataclass
+class Carried:
+    """What a gateway stopped for a reload leaves running for the next one: the parts the
+    reload keeps (`gateway.handover`), and the bus and write router they use. ``config``:
+    the config they were kept for."""
+
+    config: GatewayConfig
+    stamps: handover.Stamps  # its files, as the plan saw them
+    bus: Bus
+    router: CommandRouter
+    context: AdapterContext
+    parts: Parts
+
+    async def narrow(self, config: GatewayConfig) -> None:
+        """Fit them to ``config``, when another config than the one they were kept for runs
+        next (a reload during the start, or the fall-back to the config before): the parts
+        ``config`` would not keep are stopped."""
+        if config is self.config:
+            return
+        new = handover.stamps(config)
+        plan = handover.plan(self.config, self.stamps, config, new)
+        await self.parts.stop(set(self.parts.adapters) - plan.kept, self.router)
+        self.config, self.stamps = config, new
+
+    async def close(self) -> None:
+        """Stop them: no gateway took them over (a stop during the reload's start, or
+        neither the new config nor the old one could start)."""
+        await self.parts.stop(set(self.parts.adapters), self.router)
+        self.router.close()
+
+
+async def _drain(bridges: list[Bridge]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT
+    while any(b.status()["queued"] for b in bridges):
+        if loop.time() > deadline:
+            log.warning("shutdown: bridges still had messages queued after %.0f s", DRAIN_TIMEOUT)
+            return
+        await asyncio.sleep(0.02)
+
+
 class Gateway:
     def __init__(
         self,
@@ -106,6 +209,7 @@ class Gateway:
         status_file: Path | None = None,
         config_file: str = "",
         loop_monitor: LoopMonitor | None = None,
+        carried: Carried | None = None,
     ) -> None:
         self.config = config
         self.loop_monitor = loop_monitor  # its lag figures go in the status (``gateway run``)
@@ -121,13 +225,41 @@ class Gateway:
         self._started_at = time.time()
         # systemd's notify socket (``gateway run`` under a Type=notify unit); by default none.
         self.notifier = notifier or Notifier(None)
-        self.bus = bus or Bus()
-        self.router = CommandRouter(self.bus)
-        self.context = AdapterContext(self.bus, config.gateway.name, self.router)
+        # A reload's kept parts (`gateway.handover`): their bus, router and adapters go on.
+        if carried is not None and carried.config is not config:
+            raise ValueError("kept parts of another config: Carried.narrow them first")
+        self.carried = carried
+        self.handed: Carried | None = None  # what is still running after run(): see `run`
+        self.stamps = handover.stamps(config)
+        self.bus = carried.bus if carried is not None else bus or Bus()
+        self.bus.keep_last()  # for the bridges a reload starts (`Bridge.replay`)
+        self.router = carried.router if carried is not None else CommandRouter(self.bus)
+        self.context = (
+            carried.context
+            if carried is not None
+            else AdapterContext(self.bus, config.gateway.name, self.router)
+        )
+        self.parts = carried.parts.copy() if carried is not None else Parts()
+        kept = set(self.parts.adapters)
+        try:
+            self._build(config, kept)
+        except BaseException:
+            # A config that cannot be built leaves the kept parts as they were, for the
+            # config before it (`gateway run` falls back to it).
+            for name, adapter in self.adapters.items():
+                if name not in kept:
+                    self.router.forget(name, adapter)
+            raise
+        self.started = asyncio.Event()
+
+    def _build(self, config: GatewayConfig, kept: set[str]) -> None:
         self.adapters: dict[str, Adapter] = {}
         # A plugin's constructor, points() and attach() run here: an exception from one is its
         # bug, and stops the start with one line naming the entry, not a traceback.
         for name, entry in config.devices.items():
+            if name in kept:
+                self.adapters[name] = self.parts.adapters[name]
+                continue
             # A `requires` module missing is refused here as validate says it will be, even
             # when the adapter's own import would not notice (it imports the module later).
             entry.spec.check_adapter(entry.role, load=False)
@@ -143,12 +275,19 @@ class Gateway:
             except Exception as exc:
                 raise StartError(self._part(name), exc, "points() failed: ") from exc
         for name, points in sources.items():
-            self.router.declare(name, points)
-        self.bridges = [
-            Bridge(b, self.bus, self.adapters[b.target], router=self.router, sources=sources)
-            for b in config.bridges
-        ]
-        for bridge in self.bridges:
+            if name not in kept:  # a kept one's declarations are in the router still
+                self.router.declare(name, points)
+        self.bridges = []
+        self._new_bridges: list[Bridge] = []
+        for b in config.bridges:
+            bridge = self.parts.bridges.get(b.name) if b.target in kept else None
+            if bridge is None:
+                bridge = Bridge(
+                    b, self.bus, self.adapters[b.target], router=self.router, sources=sources
+                )
+                self._new_bridges.append(bridge)
+            self.bridges.append(bridge)
+        for bridge in self._new_bridges:
             try:
                 bridge.target.attach(bridge)
             except Exception as exc:
@@ -162,9 +301,8 @@ class Gateway:
             from gateway.shadow.service import ShadowService
 
             self.shadow = ShadowService(config.shadow, self.bus, self.router, self.adapters)
-            for bridge in self.bridges:
-                bridge.use_shadow(self.shadow.state)
-        self.started = asyncio.Event()
+        for bridge in self.bridges:  # a kept bridge takes the new shadow, or none
+            bridge.use_shadow(self.shadow.state if self.shadow is not None else None)
 
     def _part(self, name: str) -> str:
         """How a start error names the entry ``name``: ``device 'plc' (modbus)``."""
@@ -182,8 +320,13 @@ class Gateway:
             **({"loop": self.loop_monitor.figures()} if self.loop_monitor is not None else {}),
         }
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, upcoming: Upcoming | None = None) -> None:
         """Run until ``stop`` is set, then shut down in order.
+
+        ``upcoming`` (``gateway run``): called once ``stop`` is set, the config a reload runs
+        next, or None. The parts it keeps unchanged (`gateway.handover`) are not stopped but
+        left running in ``handed`` for the next gateway; after any run, ``handed`` holds what
+        is still running (a failed start hands back the kept parts it was given), or None.
 
         From here on the status file says ``starting``, then ``running``, ``failed`` (with the
         reason) if a part cannot start or the run ends on an error, and ``stopped`` after any
@@ -195,7 +338,7 @@ class Gateway:
                 "starting", {}, f"starting {counted(len(self.adapters), 'adapter')}"
             )
             try:
-                await self._run(stop)
+                await self._run(stop, upcoming)
             except Exception as exc:
                 await self._write_status("failed", {}, str(exc) or type(exc).__name__)
                 raise
@@ -219,45 +362,71 @@ class Gateway:
             log.debug("status folder: %s", exc)
         return None
 
-    async def _run(self, stop: asyncio.Event) -> None:
-        # Sinks are entered first so that they are exited last.
+    async def _run(self, stop: asyncio.Event, upcoming: Upcoming | None) -> None:
+        parts = self.parts
+        # Sinks are entered first so that they are exited last; kept ones are running already.
         order = sorted(self.adapters.values(), key=lambda a: a.name not in self._targets)
-        async with contextlib.AsyncExitStack() as stack:
+        entered: list[str] = []
+        shadow_exit: ExitFn | None = None
+        try:
             for adapter in order:
+                if adapter.name in parts.exits:
+                    continue
                 entry = self.config.devices.get(adapter.name)
                 kind = (
                     "endpoint" if entry is not None and entry.section == "endpoints" else "device"
                 )
-                if not await _enter(stack, adapter, f"{kind} {adapter.name!r}", stop):
+                exit_ = await _enter(adapter, f"{kind} {adapter.name!r}", stop)
+                if exit_ is None:
+                    await self._unwind(entered)
                     self.notifier.stopping("stopping (stopped while starting)")
                     log.info("gateway %s: stopped while starting", self.config.gateway.name)
                     return
-            for bridge in self.bridges:
+                parts.enter(adapter, exit_)
+                entered.append(adapter.name)
+            kept = self.carried.parts.adapters if self.carried is not None else {}
+            for bridge in self._new_bridges:
                 bridge.subscribe()
+                for source in bridge.config.sources:
+                    last = self.bus.last(telemetry_topic(source)) if source in kept else None
+                    if last is not None:
+                        bridge.replay(last)
             if self.shadow is not None:  # entered last: closed before the adapters
                 where = f"the shadow store {self.shadow.config.file()}"
-                if not await _enter(stack, self.shadow, where, stop):
+                shadow_exit = await _enter(self.shadow, where, stop)
+                if shadow_exit is None:
+                    await self._unwind(entered)
                     self.notifier.stopping("stopping (stopped while starting)")
                     return
-                shadow = [asyncio.create_task(_supervise("shadow", self.shadow.run), name="shadow")]
-            else:
-                shadow = []
-            sources = {
-                n: asyncio.create_task(
+        except BaseException:
+            await self._unwind(entered)
+            raise
+        shadow = (
+            [asyncio.create_task(_supervise("shadow", self.shadow.run), name="shadow")]
+            if self.shadow is not None
+            else []
+        )
+        for n, a in self.adapters.items():
+            if n not in parts.tasks:
+                parts.tasks[n] = asyncio.create_task(
                     _supervise(n, a.run, on_failure=self._points_lost(a)), name=f"adapter:{n}"
                 )
-                for n, a in self.adapters.items()
-            }
-            bridges = [
-                asyncio.create_task(_supervise(f"bridge {b.name}", b.run), name=f"bridge:{b.name}")
-                for b in self.bridges
-            ]
-            reporter = asyncio.create_task(self._report(self.config.gateway.status_interval))
-            # What exists now (an OPC UA address space: millions of objects) lives as long as
-            # the gateway: out of the collector's sight, full collections stay short.
-            gc.collect()
-            gc.freeze()
-            stack.callback(gc.unfreeze)
+        for b in self.bridges:
+            if b.name not in parts.bridge_tasks:
+                parts.bridges[b.name] = b
+                parts.bridge_tasks[b.name] = asyncio.create_task(
+                    _supervise(f"bridge {b.name}", b.run), name=f"bridge:{b.name}"
+                )
+        self.carried = None  # from here on this run owns them, and stops or hands them on
+        reporter = asyncio.create_task(self._report(self.config.gateway.status_interval))
+        # What exists now (an OPC UA address space: millions of objects) lives as long as
+        # the gateway: out of the collector's sight, full collections stay short.
+        gc.collect()
+        gc.freeze()
+        next_config: GatewayConfig | None = None
+        next_stamps = handover.Stamps()
+        keep: frozenset[str] = frozenset()
+        try:
             self.started.set()
             off = [*self.config.disabled, *(f"bridge {b}" for b in self.config.disabled_bridges)]
             running = (
@@ -277,19 +446,53 @@ class Gateway:
             if self._status_held:
                 log.warning("status file not written by this run: %s", self._status_held)
             await self._write_status("running")
-            try:
-                await stop.wait()
-            finally:
-                self.notifier.stopping("stopping")
-                log.info("gateway %s stopping", self.config.gateway.name)
-                await _cancel([reporter])
-                await _cancel([t for n, t in sources.items() if n not in self._targets])
+            await stop.wait()
+            next_config = upcoming() if upcoming is not None else None
+            if next_config is not None:
+                next_stamps = handover.stamps(next_config)
+                plan = handover.plan(self.config, self.stamps, next_config, next_stamps)
+                keep = plan.kept
+                log.info("reload: %s", plan.line())
+        finally:
+            self.notifier.stopping("stopping")
+            log.info(
+                "gateway %s stopping%s",
+                self.config.gateway.name,
+                " what the reload does not keep" if keep else "",
+            )
+            await _cancel([reporter])
+
+            async def close_shadow() -> None:
                 await _cancel(shadow)
-                await self._drain()
-                await _cancel(bridges)
-                await _cancel([t for n, t in sources.items() if n in self._targets])
+                if shadow_exit is not None:
+                    await shadow_exit(None, None, None)
+
+            await parts.stop(set(parts.adapters) - keep, self.router, after_sources=close_shadow)
+            gc.unfreeze()
+            if parts.adapters:
+                assert next_config is not None
+                self.handed = Carried(
+                    next_config, next_stamps, self.bus, self.router, self.context, parts
+                )
+            else:
                 self.router.close()
-        log.info("gateway %s stopped", self.config.gateway.name)
+        if self.handed is not None:
+            log.info("gateway %s: stopped what the reload does not keep", self.config.gateway.name)
+        else:
+            log.info("gateway %s stopped", self.config.gateway.name)
+
+    async def _unwind(self, entered: list[str]) -> None:
+        """A start that failed or was stopped: close what this run entered, in the reverse
+        order; the kept parts go on, handed back for the next start (`gateway run`)."""
+        for name in reversed(entered):
+            await self.parts.exits.pop(name)(None, None, None)
+        self.parts.order = [n for n in self.parts.order if n not in entered]
+        kept = self.carried.parts.adapters if self.carried is not None else {}
+        for name, adapter in self.adapters.items():
+            if name not in kept:
+                self.router.forget(name, adapter)
+                self.parts.adapters.pop(name, None)
+        self.handed = self.carried
 
     def summary(self, status: dict[str, Any] | None = None, *, stopped: bool = False) -> str:
         """One line for the log: what is connected, what flowed, what was dropped; the anomaly
@@ -432,17 +635,6 @@ class Gateway:
 
         return lost
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DRAIN_TIMEOUT
-        while any(b.status()["queued"] for b in self.bridges):
-            if loop.time() > deadline:
-                log.warning(
-                    "shutdown: bridges still had messages queued after %.0f s", DRAIN_TIMEOUT
-                )
-                return
-            await asyncio.sleep(0.02)
-
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
     """Mark a future's exception as seen: a caller cancelled while awaiting it cannot."""
@@ -451,14 +643,10 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
 
 
 async def _enter(
-    stack: contextlib.AsyncExitStack,
-    part: contextlib.AbstractAsyncContextManager[Any],
-    what: str,
-    stop: asyncio.Event,
-) -> bool:
-    """Enter ``part`` onto ``stack``; False if ``stop`` was set first (SIGTERM during start).
-    A part that fails, or has not started within START_TIMEOUT, is a StartError; the parts
-    entered before it are closed by the stack on the way out."""
+    part: contextlib.AbstractAsyncContextManager[Any], what: str, stop: asyncio.Event
+) -> ExitFn | None:
+    """Enter ``part``; its exit, or None if ``stop`` was set first (SIGTERM during start).
+    A part that fails, or has not started within START_TIMEOUT, is a StartError."""
     entering = asyncio.ensure_future(part.__aenter__())
     stopping = asyncio.ensure_future(stop.wait())
     try:
@@ -470,22 +658,19 @@ async def _enter(
     if not entering.done():
         await _cancel([entering], patience=5.0)
         if stop.is_set():
-            return False
+            return None
         raise StartError(what, TimeoutError(f"did not finish starting in {START_TIMEOUT:.0f} s"))
     if entering.cancelled():
         raise StartError(what, RuntimeError("its start was cancelled"))
     exc = entering.exception()
     if exc is not None:
         raise StartError(what, exc) from exc
-    stack.push_async_exit(_quiet_exit(part, what))
-    return True
+    return _quiet_exit(part, what)
 
 
-def _quiet_exit(
-    part: contextlib.AbstractAsyncContextManager[Any], what: str
-) -> Callable[..., Awaitable[bool]]:
-    """``part.__aexit__`` for the exit stack; a failure to close is one line and the next part
-    still closes (an adapter's bug in __aexit__ must not lose the others' last writes)."""
+def _quiet_exit(part: contextlib.AbstractAsyncContextManager[Any], what: str) -> ExitFn:
+    """``part.__aexit__``; a failure to close is one line and the next part still closes
+    (an adapter's bug in __aexit__ must not lose the others' last writes)."""
 
     async def exit_(*exc_info: Any) -> bool:
         try:

@@ -318,30 +318,29 @@ class _Part:
 async def test_a_start_that_hangs_times_out_or_gives_way_to_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import contextlib
-
     monkeypatch.setattr(runtime, "START_TIMEOUT", 0.2)
-    async with contextlib.AsyncExitStack() as stack:
-        with pytest.raises(runtime.StartError, match="device 'x' could not start: did not finish"):
-            await asyncio.wait_for(runtime._enter(stack, _Part("x", hang=True), "device 'x'",
-                                                  asyncio.Event()), 5)  # fmt: skip
+    with pytest.raises(runtime.StartError, match="device 'x' could not start: did not finish"):
+        await asyncio.wait_for(
+            runtime._enter(_Part("x", hang=True), "device 'x'", asyncio.Event()), 5
+        )
     monkeypatch.setattr(runtime, "START_TIMEOUT", 60.0)
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.1, stop.set)  # SIGTERM during start
-    async with contextlib.AsyncExitStack() as stack:
-        entered = await asyncio.wait_for(runtime._enter(stack, _Part("x", hang=True), "x", stop), 5)
-    assert entered is False
+    entered = await asyncio.wait_for(runtime._enter(_Part("x", hang=True), "x", stop), 5)
+    assert entered is None
 
 
 async def test_a_part_that_fails_to_close_does_not_stop_the_others_closing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import contextlib
-
     first, broken = _Part("first"), _Part("broken", fail_exit=True)
-    async with contextlib.AsyncExitStack() as stack:
-        for part in (first, broken):
-            assert await runtime._enter(stack, part, f"device {part.name!r}", asyncio.Event())
+    exits = []
+    for part in (first, broken):
+        exit_ = await runtime._enter(part, f"device {part.name!r}", asyncio.Event())
+        assert exit_ is not None
+        exits.append(exit_)
+    for exit_ in reversed(exits):
+        assert await exit_(None, None, None) is False  # no exception left the exit
     assert first.closed and broken.closed  # no exception left the stack
     assert "device 'broken' did not close cleanly: RuntimeError: close bug" in caplog.text
 
@@ -418,10 +417,10 @@ async def immortal():
             asyncio.current_task().uncancel()
 
 real_run = runtime.Gateway.run
-async def run(self, stop):
+async def run(self, stop, upcoming=None):
     asyncio.get_running_loop().create_task(immortal(), name="immortal")
     asyncio.get_running_loop().call_later(0.5, stop.set)
-    await real_run(self, stop)
+    await real_run(self, stop, upcoming)
 runtime.Gateway.run = run
 runtime.CANCEL_TIMEOUT = 0.5
 sys.exit(main(["run", sys.argv[1]]))

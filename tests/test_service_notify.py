@@ -497,24 +497,29 @@ def test_sighup_with_an_oscore_endpoint_restarts_it(
 ) -> None:
     # The old run's OSCORE context held its folder's lock until collected: the reload's new
     # start found it "in use", the fall-back too, and the gateway exited.
-    config = write_config(
-        tmp_path,
-        "gateway: {name: svc, status_interval: 0.3}\n"
-        "endpoints:\n"
-        f"  cs: {{protocol: coap, role: server, host: {HOST}, port: {free_port()},"
-        " security: {oscore: {sender_id: '01', recipient_id: '02',"
-        f" master_secret: '{'00' * 16}'}}}}}}\n",
-    )
+    def write(port: int) -> Path:
+        return write_config(
+            tmp_path,
+            "gateway: {name: svc, status_interval: 0.3}\n"
+            "endpoints:\n"
+            f"  cs: {{protocol: coap, role: server, host: {HOST}, port: {port},"
+            " security: {oscore: {sender_id: '01', recipient_id: '02',"
+            f" master_secret: '{'00' * 16}'}}}}}}\n",
+        )
+
+    config = write(free_port())
     state = tmp_path / "state"
     start = start_gateway(
         config, str(listener.sock.getsockname()), PROTOCOL_BRAIN_STATE_DIR=str(state)
     )
     with reaped(start) as proc:
         listener.wait("READY")
-        for reloads in (2, 3):  # the same config twice: each a full stop and start
+        for reloads in (2, 3):  # another port each time: the endpoint restarts
+            write(free_port())
             proc.send_signal(signal.SIGHUP)
             wait_for(lambda n=reloads: len(listener.times("READY")) == n, f"READY #{reloads}")
             assert proc.poll() is None, config.with_suffix(".log").read_text()
         code, log = stop_gateway(proc, config)
     assert code == 0, log
+    assert log.count("restarted: cs (its settings changed)") == 2, log
     assert "could not start" not in log

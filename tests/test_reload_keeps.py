@@ -1,0 +1,383 @@
+"""A reload (SIGHUP) keeps the parts whose settings did not change running, with their
+connections, and restarts only what changed (`gateway.handover`).
+
+The plan is checked on loaded configs; the running behaviour on a real ``gateway run``
+subprocess fed by a real mosquitto (mosquitto_pub), whose Modbus TCP server is read over one
+raw TCP connection held across the reloads: kept, it answers on it; restarted, it closes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import HOST, MosquittoBroker, find_binary, free_port, port_open, reaped
+
+from gateway import handover
+from gateway.config import GatewayConfig, load_config
+
+LOG_WAIT = 30.0
+
+
+def _config(
+    broker: tuple[str, int],
+    mb: int,
+    *,
+    extra_endpoint: str = "",
+    extra_bridge: str = "",
+    address: int = 0,
+    sensor_extra: str = "",
+    name: str = "rl",
+    log_level: str = "info",
+) -> str:
+    host, port = broker
+    return (
+        f"gateway: {{name: {name}, status_interval: 0.5, log_level: {log_level}}}\n"
+        "devices:\n"
+        "  sensor:\n"
+        "    protocol: mqtt\n"
+        f"    host: {host}\n"
+        f"    port: {port}\n"
+        "    client_id: rl-sensor\n"
+        f"    points: [{{name: t, topic: in/t, type: int16}}]{sensor_extra}\n"
+        "endpoints:\n"
+        f"  mb: {{protocol: modbus, role: server, host: {HOST}, port: {mb}}}\n"
+        f"{extra_endpoint}"
+        "bridges:\n"
+        f"  - {{name: serve, from: sensor, to: mb, map: [{{point: t, address: {address}}}]}}\n"
+        f"{extra_bridge}"
+    )
+
+
+def _second_server(port: int) -> tuple[str, str]:
+    """An endpoint and a bridge a reload adds: a second Modbus server fed by the sensor."""
+    return (
+        f"  mb2: {{protocol: modbus, role: server, host: {HOST}, port: {port}}}\n",
+        "  - {name: serve2, from: sensor, to: mb2, map: [{point: t, address: 3}]}\n",
+    )
+
+
+def _load(tmp_path: Path, text: str, file: str = "plant.yaml") -> GatewayConfig:
+    path = tmp_path / file
+    path.write_text(text)
+    return load_config(path)
+
+
+def _plan(old: GatewayConfig, new: GatewayConfig) -> handover.Plan:
+    return handover.plan(old, handover.stamps(old), new, handover.stamps(new))
+
+
+BROKER = (HOST, 1883)  # the plan tests connect to nothing
+
+
+def test_the_same_config_keeps_everything_and_live_settings_restart_nothing(
+    tmp_path: Path,
+) -> None:
+    old = _load(tmp_path, _config(BROKER, 5020))
+    assert _plan(old, old).kept == {"sensor", "mb"}
+    debug = _load(tmp_path, _config(BROKER, 5020, log_level="debug"), "debug.yaml")
+    plan = _plan(old, debug)
+    assert plan.kept == {"sensor", "mb"} and not plan.restarted
+    renamed = _load(tmp_path, _config(BROKER, 5020, name="other"), "renamed.yaml")
+    plan = _plan(old, renamed)
+    assert not plan.kept
+    assert plan.restarted == {n: "the gateway: section changed" for n in ("sensor", "mb")}
+
+
+def test_a_new_bridge_to_a_new_endpoint_keeps_the_rest(tmp_path: Path) -> None:
+    old = _load(tmp_path, _config(BROKER, 5020))
+    endpoint, bridge = _second_server(5021)
+    new = _load(
+        tmp_path, _config(BROKER, 5020, extra_endpoint=endpoint, extra_bridge=bridge), "b.yaml"
+    )
+    plan = _plan(old, new)
+    assert plan.kept == {"sensor", "mb"}
+    assert plan.added == ("mb2",) and plan.removed == () and not plan.restarted
+    assert plan.line() == "kept running: mb, sensor; new: mb2"
+    back = _plan(new, old)  # and the way back removes it
+    assert back.kept == {"sensor", "mb"} and back.removed == ("mb2",)
+
+
+def test_a_changed_bridge_or_source_restarts_the_target(tmp_path: Path) -> None:
+    old = _load(tmp_path, _config(BROKER, 5020))
+    moved = _load(tmp_path, _config(BROKER, 5020, address=5), "moved.yaml")
+    plan = _plan(old, moved)
+    assert plan.kept == {"sensor"}  # the source's own settings are the same
+    assert plan.restarted == {"mb": "bridge 'serve' into it changed"}
+    source = _load(
+        tmp_path, _config(BROKER, 5020, sensor_extra="\n    keepalive: 17"), "source.yaml"
+    )
+    plan = _plan(old, source)
+    assert not plan.kept
+    assert plan.restarted == {
+        "sensor": "its settings changed",
+        "mb": "source 'sensor' of bridge 'serve': its settings changed",
+    }
+
+
+def test_a_file_the_settings_name_counts_but_the_state_folder_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    monkeypatch.setenv("PROTOCOL_BRAIN_STATE_DIR", str(state))
+    ca = tmp_path / "ca.pem"
+    ca.write_text("first\n")
+    tls = "\n    tls: {ca_file: ca.pem}"
+    text = _config(BROKER, 5020, sensor_extra=tls)
+    old = _load(tmp_path, text)
+    before = handover.stamps(old)
+    (state / "outbox").mkdir(parents=True)
+    (state / "outbox" / "sensor.db").write_text("the gateway's own")  # named by no setting
+    assert handover.plan(old, before, old, handover.stamps(old)).kept == {"sensor", "mb"}
+    ca.write_text("second, longer\n")  # a renewed CA bundle
+    plan = handover.plan(old, before, old, handover.stamps(old))
+    assert plan.kept == set()
+    assert plan.restarted["sensor"] == f"{ca} changed"
+
+    # A trust list inside the state folder counts; the rest of a state folder does not.
+    pki = state / "pki" / "uas"
+    (pki / "own").mkdir(parents=True)
+    (pki / "trusted").mkdir()
+    server = (
+        "gateway: {name: rl}\n"
+        "endpoints:\n"
+        f"  uas: {{protocol: opcua, role: server, host: {HOST}, port: 4841,"
+        " security: {allow_none: true}, anonymous: true}\n"
+    )
+    opcua = _load(tmp_path, server, "opcua.yaml")
+    before = handover.stamps(opcua)
+    (pki / "own" / "cert.der").write_bytes(b"made by the gateway")
+    assert handover.plan(opcua, before, opcua, handover.stamps(opcua)).kept == {"uas"}
+    (pki / "trusted" / "client.der").write_bytes(b"a client the integrator trusts")
+    plan = handover.plan(opcua, before, opcua, handover.stamps(opcua))
+    assert plan.restarted == {"uas": f"{pki / 'trusted'} changed"}
+
+
+# -- a running gateway ------------------------------------------------------------------------
+
+
+def _read_register(sock: socket.socket, address: int, tid: int) -> int | None:
+    """Function 3, one holding register, on an open Modbus TCP connection; None for an
+    exception response (0x0B: no reading yet)."""
+    sock.sendall(struct.pack(">HHHBBHH", tid, 0, 6, 1, 3, address, 1))
+    head = _recv(sock, 7)
+    _tid, _proto, length, _unit = struct.unpack(">HHHB", head)
+    body = _recv(sock, length - 1)
+    if body[0] == 0x83:
+        return None
+    assert body[0] == 3, f"not a response to function 3: {body.hex()}"
+    return int(struct.unpack(">h", body[2:4])[0])
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        data += chunk
+    return data
+
+
+def _publish(broker: MosquittoBroker, value: int) -> None:
+    pub = find_binary("mosquitto_pub", "/usr/bin/mosquitto_pub")
+    subprocess.run(
+        [pub, "-h", broker.host, "-p", str(broker.port), "-t", "in/t", "-m", str(value), "-r"],
+        check=True,
+        timeout=10,
+    )
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = LOG_WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def _reads(sock: socket.socket, address: int, value: int) -> Callable[[], bool]:
+    tid = iter(range(1, 60_000))
+
+    def check() -> bool:
+        return _read_register(sock, address, next(tid)) == value
+
+    return check
+
+
+@pytest.fixture
+def gateway_run(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(config: Path) -> subprocess.Popen[str]:
+        with open(config.with_suffix(".log"), "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", str(config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, text=True,
+                env={**os.environ, "PROTOCOL_BRAIN_STATE_DIR": str(tmp_path / "state")},
+            )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        with reaped(proc):
+            pass
+
+
+def _log(config: Path) -> str:
+    return config.with_suffix(".log").read_text()
+
+
+def _reload(proc: subprocess.Popen[str], config: Path, text: str, nth: int) -> None:
+    """Write ``text`` to the config, SIGHUP, wait for the ``nth`` start to be running."""
+    config.write_text(text)
+    proc.send_signal(signal.SIGHUP)
+    _until(
+        lambda: _log(config).count("gateway rl running: ") >= nth, f"start #{nth}: {_log(config)}"
+    )
+    assert proc.poll() is None, _log(config)
+
+
+def test_a_reload_keeps_an_unchanged_server_and_its_connections(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    gateway_run: Callable[[Path], subprocess.Popen[str]],
+) -> None:
+    mb, mb2 = free_port(), free_port()
+    broker = (mosquitto.host, mosquitto.port)
+    config = tmp_path / "plant.yaml"
+    config.write_text(_config(broker, mb))
+    proc = gateway_run(config)
+    _until(lambda: port_open(HOST, mb), f"our Modbus server listens: {_log(config)}")
+    with socket.create_connection((HOST, mb), timeout=5) as sock:
+        _publish(mosquitto, 11)
+        _until(_reads(sock, 0, 11), "the first value read over the held connection")
+
+        # A reload that adds a second server and a bridge to it: mb and the sensor go on.
+        endpoint, bridge = _second_server(mb2)
+        added = _config(broker, mb, extra_endpoint=endpoint, extra_bridge=bridge)
+        _reload(proc, config, added, 2)
+        assert "reload: kept running: mb, sensor; new: mb2" in _log(config)
+        _publish(mosquitto, 22)
+        _until(_reads(sock, 0, 22), "a new value over the connection held across the reload")
+        with socket.create_connection((HOST, mb2), timeout=5) as other:
+            _until(_reads(other, 3, 22), "the added server serves the same reading")
+
+        # A reload that changes mb's bridge restarts mb: the held connection is closed.
+        moved = _config(broker, mb, address=5, extra_endpoint=endpoint, extra_bridge=bridge)
+        _reload(proc, config, moved, 3)
+        assert "restarted: mb (bridge 'serve' into it changed)" in _log(config)
+        with pytest.raises(OSError):
+            for tid in range(100):  # the server closed it: a read fails at once, or soon
+                _read_register(sock, 5, tid)
+                time.sleep(0.05)
+    with socket.create_connection((HOST, mb), timeout=5) as fresh:
+        _until(_reads(fresh, 5, 22), "the restarted server serves at the new address")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, _log(config)
+    assert not port_open(HOST, mb) and not port_open(HOST, mb2), "a kept server outlived stop"
+    assert "did not close cleanly" not in _log(config)
+
+
+def test_a_reload_that_cannot_start_leaves_the_kept_parts_running(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    gateway_run: Callable[[Path], subprocess.Popen[str]],
+) -> None:
+    mb = free_port()
+    broker = (mosquitto.host, mosquitto.port)
+    config = tmp_path / "plant.yaml"
+    config.write_text(_config(broker, mb))
+    proc = gateway_run(config)
+    _until(lambda: port_open(HOST, mb), f"our Modbus server listens: {_log(config)}")
+    with socket.socket() as taken, socket.create_connection((HOST, mb), timeout=5) as sock:
+        taken.bind((HOST, 0))  # the added server's port is in use
+        taken.listen()
+        _publish(mosquitto, 7)
+        _until(_reads(sock, 0, 7), "the first value")
+        endpoint, bridge = _second_server(taken.getsockname()[1])
+        config.write_text(_config(broker, mb, extra_endpoint=endpoint, extra_bridge=bridge))
+        proc.send_signal(signal.SIGHUP)
+        _until(lambda: "back to the one before" in _log(config), "the fall-back")
+        _until(lambda: _log(config).count("gateway rl running: ") >= 2, "the old config runs again")
+        assert proc.poll() is None, _log(config)
+        _publish(mosquitto, 8)
+        _until(_reads(sock, 0, 8), "the kept server answers on its held connection throughout")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, _log(config)
+    assert not port_open(HOST, mb)
+
+
+# -- in one process: the bus's latest readings, and kept parts fitted to another config ---------
+
+
+async def test_the_bus_keeps_each_points_newest_sample_per_telemetry_topic() -> None:
+    from gateway.bus import Bus
+    from gateway.types import Message, Quality, Sample
+
+    def sample(point: str, value: float) -> Sample:
+        return Sample(point, value, Quality.GOOD, 1.0, 1.0)
+
+    bus = Bus()
+    bus.publish_nowait(Message.telemetry("plc", (sample("a", 1),)))
+    assert bus.last("telemetry/plc") is None  # only from keep_last on
+    bus.keep_last()
+    bus.publish_nowait(Message.telemetry("plc", (sample("a", 2), sample("b", 3))))
+    newest = Message.telemetry("plc", (sample("a", 4),))
+    bus.publish_nowait(newest)
+    last = bus.last("telemetry/plc")
+    assert last is not None
+    assert {s.point: s.value for s in last.samples} == {"a": 4, "b": 3}
+    assert last.seq == newest.seq and last.topic == "telemetry/plc"
+    assert bus.last("telemetry/other") is None
+
+
+def _servers(tmp_path: Path, ports: dict[str, int], file: str) -> GatewayConfig:
+    lines = [f"  {n}: {{protocol: modbus, role: server, host: {HOST}, port: {p}}}" for n, p in ports.items()]  # fmt: skip
+    return _load(tmp_path, "gateway: {name: rl}\nendpoints:\n" + "\n".join(lines) + "\n", file)
+
+
+async def test_kept_parts_are_handed_on_and_fitted_to_the_config_that_runs_next(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from gateway.runtime import Gateway
+
+    a, b, b2, a2 = free_port(), free_port(), free_port(), free_port()
+    first = _servers(tmp_path, {"mb1": a, "mb2": b}, "first.yaml")
+    second = _servers(tmp_path, {"mb1": a, "mb2": b2}, "second.yaml")
+    gateway = Gateway(first)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gateway.run(stop, lambda: second))
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(run, 30)
+    carried = gateway.handed
+    assert carried is not None and set(carried.parts.adapters) == {"mb1"}
+    assert carried.config is second
+    assert port_open(HOST, a) and not port_open(HOST, b), "mb1 kept, mb2 stopped"
+
+    # Another config runs next (a reload during the start): what it would not keep stops.
+    third = _servers(tmp_path, {"mb1": a2, "mb2": b2}, "third.yaml")
+    await carried.narrow(third)
+    assert not carried.parts.adapters and not port_open(HOST, a)
+    with pytest.raises(ValueError, match="another config"):
+        Gateway(second, carried=carried)
+    nxt = Gateway(third, carried=carried)
+    stop = asyncio.Event()
+    run = asyncio.create_task(nxt.run(stop))
+    await asyncio.wait_for(nxt.started.wait(), 10)
+    assert port_open(HOST, a2) and port_open(HOST, b2)
+    stop.set()  # no reload to follow: everything stops
+    await asyncio.wait_for(run, 30)
+    assert nxt.handed is None
+    assert not port_open(HOST, a2) and not port_open(HOST, b2)
