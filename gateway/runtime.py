@@ -523,6 +523,8 @@ class Gateway:
                 text += " (history paused: disk below shadow.history.min_free)"
             if shadow.get("history_merge_failing"):  # rows stay staged, unindexed, not lost
                 text += f" (history merge failing: {shadow['history_staged']} rows staged)"
+            if shadow.get("history_capped"):  # shadow.history.max_bytes reached: oldest rows go
+                text += f" (history over max_bytes: {shadow['history_capped']} oldest rows deleted)"
         missed = sum(int(a.get("polls_missed", 0)) for a in adapters)
         if missed:  # a poll slower than its interval: readings never taken
             text += f", {counted(missed, 'poll')} skipped late"

@@ -648,6 +648,13 @@ async def test_the_status_line_counts_what_the_shadow_dropped(tmp_path: Path) ->
 
     gw.shadow.status = unmerged  # type: ignore[method-assign]
     assert "shadow (history merge failing: 1200 rows staged)" in gw.summary()
+    assert "max_bytes" not in gw.summary()
+
+    def capped() -> dict[str, Any]:  # the file reached shadow.history.max_bytes
+        return {**status(), "history_capped": 20000}
+
+    gw.shadow.status = capped  # type: ignore[method-assign]
+    assert "shadow (history over max_bytes: 20000 oldest rows deleted)" in gw.summary()
 
 
 async def test_a_source_whose_run_returns_says_so_in_its_points_reason(tmp_path: Path) -> None:
