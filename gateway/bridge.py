@@ -243,6 +243,13 @@ class Bridge:
                 )
             )
 
+    def unsubscribe(self) -> None:
+        """Leave the bus without having run (a start that failed): `run` does it otherwise."""
+        for sub in self._subs:
+            sub.close()
+        if self.anomaly is not None:
+            self.anomaly.close()
+
     def replay(self, message: Message) -> None:
         """Queue ``message`` (a source's latest readings, `Bus.last`) as if just published:
         a bridge a reload started from a source that kept running begins with them."""

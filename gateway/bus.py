@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.types import Message, MessageKind, Sample
+from gateway.types import Message, Sample, next_sequence
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,20 @@ class Bus:
 
     def last(self, topic: str) -> Message | None:
         """The newest sample of each point published on ``topic`` since `keep_last`, as one
-        message in the envelope of the newest one; None if none was."""
+        message in the envelope of the newest one (a sequence number of its own; the samples
+        keep their timestamps); None if none was."""
         if self._last is None or topic not in self._last:
             return None
         samples = tuple(self._last[topic].values())
-        return dataclasses.replace(self._envelopes[topic], samples=samples, meta={})
+        envelope = self._envelopes[topic]
+        seq = next_sequence(envelope.origin)  # a message of its own, as a new read would be
+        return dataclasses.replace(envelope, samples=samples, seq=seq, meta={})
+
+    def drop_last(self, topic: str) -> None:
+        """Forget ``topic``'s newest samples (its device stopped: removed or restarted)."""
+        if self._last is not None:
+            self._last.pop(topic, None)
+            self._envelopes.pop(topic, None)
 
     def subscribe(
         self,
@@ -232,8 +241,9 @@ class Bus:
     def _targets(self, message: Message) -> tuple[Subscription, ...]:
         self.published += 1
         last = self._last
-        if last is not None and message.kind is MessageKind.TELEMETRY:
-            topic = message.topic
+        topic = message.topic
+        # a device's own readings (telemetry/<device>), not an MQTT client's every topic
+        if last is not None and topic.startswith("telemetry/") and "/" not in topic[10:]:
             points = last.get(topic)
             if points is None:
                 points = last[topic] = {}

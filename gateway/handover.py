@@ -9,9 +9,10 @@ only what changed is stopped and started again. A part is kept when all of this 
   (which `gateway run` applies itself); otherwise everything restarts;
 - its entry resolves to the same settings (a `${file:...}` that now reads another password
   changes them), and no file or folder the settings name changed (size, time or, for a
-  folder, the files in it): a new certificate or trust list needs a new start. Files in the
-  state folder are the gateway's own (outboxes, sequence numbers, its certificates) and change
-  while it runs, so they do not count, except trust lists (``trusted`` folders);
+  folder, the files in it; an empty folder is as good as none): a new certificate or trust
+  list needs a new start. The settings that hold the part's own state (`Strict.state_paths`:
+  an outbox, a PKI or OSCORE folder), wherever they point, change while it runs and do not
+  count, but for the trust list in them (a ``trusted`` folder);
 - every bridge into it is the same (settings and files, in the same order), and so is every
   source those bridges read: a target builds what it serves (an OPC UA address space, a
   register map) from its bridges' points when it starts.
@@ -33,7 +34,7 @@ from pydantic import BaseModel
 
 from gateway.config import GatewayConfig
 from gateway.config.common import config_relative
-from gateway.paths import state_dir, state_path
+from gateway.paths import state_path
 
 # A folder is stamped by the files in it; past this many it is taken as changed (a folder
 # that large is no trust list) rather than listed on every reload.
@@ -171,9 +172,8 @@ def _files_change(old: tuple[Stamp, ...], new: tuple[Stamp, ...]) -> str | None:
 def _stamps(config_file: str, settings: Any, name: str) -> tuple[Stamp, ...]:
     """The stamps of the existing files and folders ``settings``' text values name."""
     found: dict[str, object] = {}
-    state = os.path.abspath(state_dir())
     home = os.path.dirname(os.path.abspath(config_file))
-    for text in _texts(settings):
+    for text, own in _texts(settings):
         if not text or len(text) > 4096 or "\n" in text or "\0" in text:
             continue
         where = str(state_path(config_relative(config_file, text), name))
@@ -182,19 +182,14 @@ def _stamps(config_file: str, settings: Any, name: str) -> tuple[Stamp, ...]:
         # a value naming it ("." as a prefix, say) is no file the part reads.
         if where == home or home.startswith(where.rstrip(os.sep) + os.sep):
             continue
+        if own:  # the part's own state: only a trust list in it is the integrator's
+            where = os.path.join(where, TRUST_FOLDER)
         if where in found or not os.path.exists(where):
             continue
-        if _inside(where, state):
-            trust = os.path.join(where, TRUST_FOLDER)
-            if os.path.isdir(trust):
-                found[trust] = _stamp(trust)
-            continue
-        found[where] = _stamp(where)
+        stamp = _stamp(where)
+        if stamp != ():  # an empty folder, as a part makes at its start, is none
+            found[where] = stamp
     return tuple(sorted(found.items()))
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _stamp(path: str) -> object:
@@ -218,21 +213,23 @@ def _stamp(path: str) -> object:
         return ("unreadable", type(exc).__name__)
 
 
-def _texts(value: Any) -> Iterator[str]:
-    """Every text value in a config model, dataclass, mapping or sequence."""
+def _texts(value: Any, own: bool = False) -> Iterator[tuple[str, bool]]:
+    """Every text value in a config model, dataclass, mapping or sequence, and whether it is
+    a `Strict.state_paths` field (the part's own state)."""
     if isinstance(value, str):
-        yield value
+        yield value, own
     elif isinstance(value, Path):
-        yield str(value)
+        yield str(value), own
     elif isinstance(value, BaseModel):
+        state = getattr(value, "state_paths", ())
         for key in type(value).model_fields:
-            yield from _texts(getattr(value, key))
+            yield from _texts(getattr(value, key), key in state)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
             yield from _texts(getattr(value, f.name))
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _texts(item)
+            yield from _texts(item, own)
     elif isinstance(value, list | tuple | set | frozenset):
         for item in value:
-            yield from _texts(item)
+            yield from _texts(item, own)

@@ -27,7 +27,7 @@ from gateway import handover, livestatus
 from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.bridge import Bridge
-from gateway.bus import Bus
+from gateway.bus import Bus, Subscription
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
@@ -120,15 +120,21 @@ class Parts:
         other.bridges, other.bridge_tasks = dict(self.bridges), dict(self.bridge_tasks)
         return other
 
-    def enter(self, adapter: Adapter, exit_: ExitFn) -> None:
+    def enter(self, adapter: Adapter, exit_: ExitFn, *, sink: bool) -> None:
+        """``adapter`` has been entered; a ``sink`` (a bridge's target) is exited after every
+        source, those a reload kept running included."""
         self.adapters[adapter.name] = adapter
         self.exits[adapter.name] = exit_
-        self.order.append(adapter.name)
+        if sink:
+            self.order.insert(0, adapter.name)
+        else:
+            self.order.append(adapter.name)
 
     async def stop(
         self,
         names: set[str],
         router: CommandRouter,
+        bus: Bus,
         *,
         after_sources: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -156,6 +162,7 @@ class Parts:
             adapter = self.adapters.pop(name, None)
             if adapter is not None:
                 router.forget(name, adapter)
+            bus.drop_last(telemetry_topic(name))
 
 
 @dataclass
@@ -170,6 +177,8 @@ class Carried:
     router: CommandRouter
     context: AdapterContext
     parts: Parts
+    # the kept sources' readings since the shadow service stopped (`ShadowService.pass_on`)
+    shadow_feed: Subscription | None = None
 
     async def narrow(self, config: GatewayConfig) -> None:
         """Fit them to ``config``, when another config than the one they were kept for runs
@@ -179,13 +188,15 @@ class Carried:
             return
         new = handover.stamps(config)
         plan = handover.plan(self.config, self.stamps, config, new)
-        await self.parts.stop(set(self.parts.adapters) - plan.kept, self.router)
+        await self.parts.stop(set(self.parts.adapters) - plan.kept, self.router, self.bus)
         self.config, self.stamps = config, new
 
     async def close(self) -> None:
         """Stop them: no gateway took them over (a stop during the reload's start, or
         neither the new config nor the old one could start)."""
-        await self.parts.stop(set(self.parts.adapters), self.router)
+        await self.parts.stop(set(self.parts.adapters), self.router, self.bus)
+        if self.shadow_feed is not None:
+            self.shadow_feed.close()
         self.router.close()
 
 
@@ -230,7 +241,9 @@ class Gateway:
             raise ValueError("kept parts of another config: Carried.narrow them first")
         self.carried = carried
         self.handed: Carried | None = None  # what is still running after run(): see `run`
-        self.stamps = handover.stamps(config)
+        # The files as the running parts read them: a kept part's are those the reload's plan
+        # saw (a file replaced since then is a change the next reload finds).
+        self.stamps = carried.stamps if carried is not None else handover.stamps(config)
         self.bus = carried.bus if carried is not None else bus or Bus()
         self.bus.keep_last()  # for the bridges a reload starts (`Bridge.replay`)
         self.router = carried.router if carried is not None else CommandRouter(self.bus)
@@ -300,7 +313,10 @@ class Gateway:
         if config.shadow is not None:
             from gateway.shadow.service import ShadowService
 
-            self.shadow = ShadowService(config.shadow, self.bus, self.router, self.adapters)
+            feed = self.carried.shadow_feed if self.carried is not None else None
+            self.shadow = ShadowService(
+                config.shadow, self.bus, self.router, self.adapters, telemetry=feed
+            )
         for bridge in self.bridges:  # a kept bridge takes the new shadow, or none
             bridge.use_shadow(self.shadow.state if self.shadow is not None else None)
 
@@ -382,7 +398,7 @@ class Gateway:
                     self.notifier.stopping("stopping (stopped while starting)")
                     log.info("gateway %s: stopped while starting", self.config.gateway.name)
                     return
-                parts.enter(adapter, exit_)
+                parts.enter(adapter, exit_, sink=adapter.name in self._targets)
                 entered.append(adapter.name)
             kept = self.carried.parts.adapters if self.carried is not None else {}
             for bridge in self._new_bridges:
@@ -417,6 +433,8 @@ class Gateway:
                 parts.bridge_tasks[b.name] = asyncio.create_task(
                     _supervise(f"bridge {b.name}", b.run), name=f"bridge:{b.name}"
                 )
+        if self.carried is not None and self.shadow is None and self.carried.shadow_feed:
+            self.carried.shadow_feed.close()  # no shadow service in this config to take it
         self.carried = None  # from here on this run owns them, and stops or hands them on
         reporter = asyncio.create_task(self._report(self.config.gateway.status_interval))
         # What exists now (an OPC UA address space: millions of objects) lives as long as
@@ -462,17 +480,24 @@ class Gateway:
             )
             await _cancel([reporter])
 
+            feed: Subscription | None = None
+
             async def close_shadow() -> None:
+                nonlocal feed
                 await _cancel(shadow)
+                if self.shadow is not None and keep and next_config is not None:
+                    if next_config.shadow is not None:  # kept sources' readings wait for it
+                        feed = self.shadow.pass_on()
                 if shadow_exit is not None:
                     await shadow_exit(None, None, None)
 
-            await parts.stop(set(parts.adapters) - keep, self.router, after_sources=close_shadow)
+            stopping = set(parts.adapters) - keep
+            await parts.stop(stopping, self.router, self.bus, after_sources=close_shadow)
             gc.unfreeze()
             if parts.adapters:
                 assert next_config is not None
                 self.handed = Carried(
-                    next_config, next_stamps, self.bus, self.router, self.context, parts
+                    next_config, next_stamps, self.bus, self.router, self.context, parts, feed
                 )
             else:
                 self.router.close()
@@ -484,9 +509,14 @@ class Gateway:
     async def _unwind(self, entered: list[str]) -> None:
         """A start that failed or was stopped: close what this run entered, in the reverse
         order; the kept parts go on, handed back for the next start (`gateway run`)."""
-        for name in reversed(entered):
-            await self.parts.exits.pop(name)(None, None, None)
-        self.parts.order = [n for n in self.parts.order if n not in entered]
+        for bridge in self._new_bridges:  # the bus outlives this start: no queue left on it
+            bridge.unsubscribe()
+        closing, entered[:] = list(entered), []  # once, should an exit raise
+        for name in reversed(closing):
+            exit_ = self.parts.exits.pop(name, None)
+            if exit_ is not None:
+                await exit_(None, None, None)
+        self.parts.order = [n for n in self.parts.order if n not in closing]
         kept = self.carried.parts.adapters if self.carried is not None else {}
         for name, adapter in self.adapters.items():
             if name not in kept:

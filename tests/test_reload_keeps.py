@@ -22,6 +22,7 @@ from conftest import HOST, MosquittoBroker, find_binary, free_port, port_open, r
 
 from gateway import handover
 from gateway.config import GatewayConfig, load_config
+from gateway.runtime import Carried
 
 LOG_WAIT = 30.0
 
@@ -75,6 +76,7 @@ def _plan(old: GatewayConfig, new: GatewayConfig) -> handover.Plan:
 
 
 BROKER = (HOST, 1883)  # the plan tests connect to nothing
+DEAD = free_port()  # a device that does not answer: one port for every config of a test
 
 
 def test_the_same_config_keeps_everything_and_live_settings_restart_nothing(
@@ -136,6 +138,17 @@ def test_a_file_the_settings_name_counts_but_the_state_folder_does_not(
     (state / "outbox").mkdir(parents=True)
     (state / "outbox" / "sensor.db").write_text("the gateway's own")  # named by no setting
     assert handover.plan(old, before, old, handover.stamps(old)).kept == {"sensor", "mb"}
+    # An outbox on a disk of its own is the part's own state too, wherever it is.
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    outbox = f"\n    outbox: {{path: '{spool}/outbox-{{name}}.db'}}"
+    spooled = _load(tmp_path, _config(BROKER, 5020, sensor_extra=outbox), "spool.yaml")
+    spooled_before = handover.stamps(spooled)
+    (spool / "outbox-sensor.db").write_bytes(b"a backlog written while it ran")
+    assert handover.plan(spooled, spooled_before, spooled, handover.stamps(spooled)).kept == {
+        "sensor",
+        "mb",
+    }
     ca.write_text("second, longer\n")  # a renewed CA bundle
     plan = handover.plan(old, before, old, handover.stamps(old))
     assert plan.kept == set()
@@ -143,8 +156,6 @@ def test_a_file_the_settings_name_counts_but_the_state_folder_does_not(
 
     # A trust list inside the state folder counts; the rest of a state folder does not.
     pki = state / "pki" / "uas"
-    (pki / "own").mkdir(parents=True)
-    (pki / "trusted").mkdir()
     server = (
         "gateway: {name: rl}\n"
         "endpoints:\n"
@@ -153,6 +164,8 @@ def test_a_file_the_settings_name_counts_but_the_state_folder_does_not(
     )
     opcua = _load(tmp_path, server, "opcua.yaml")
     before = handover.stamps(opcua)
+    (pki / "own").mkdir(parents=True)  # what the server makes at its first start
+    (pki / "trusted").mkdir()
     (pki / "own" / "cert.der").write_bytes(b"made by the gateway")
     assert handover.plan(opcua, before, opcua, handover.stamps(opcua)).kept == {"uas"}
     (pki / "trusted" / "client.der").write_bytes(b"a client the integrator trusts")
@@ -336,8 +349,28 @@ async def test_the_bus_keeps_each_points_newest_sample_per_telemetry_topic() -> 
     last = bus.last("telemetry/plc")
     assert last is not None
     assert {s.point: s.value for s in last.samples} == {"a": 4, "b": 3}
-    assert last.seq == newest.seq and last.topic == "telemetry/plc"
+    assert last.seq > newest.seq and last.topic == "telemetry/plc"  # a message of its own
     assert bus.last("telemetry/other") is None
+    # An MQTT client's own topics are telemetry too, but no device's: not kept.
+    bus.publish_nowait(Message("mqtt/cloud/req/1", last.kind, (sample("x", 1),), origin="cloud"))
+    assert bus.last("mqtt/cloud/req/1") is None
+    bus.drop_last("telemetry/plc")  # its device stopped
+    assert bus.last("telemetry/plc") is None
+
+
+async def _reloaded(first: GatewayConfig, second: GatewayConfig) -> Carried | None:
+    """Run ``first`` until started, then stop it for a reload to ``second``: what it hands on."""
+    import asyncio
+
+    from gateway.runtime import Gateway
+
+    gateway = Gateway(first)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gateway.run(stop, lambda: second))
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(run, 30)
+    return gateway.handed
 
 
 def _servers(tmp_path: Path, ports: dict[str, int], file: str) -> GatewayConfig:
@@ -355,13 +388,7 @@ async def test_kept_parts_are_handed_on_and_fitted_to_the_config_that_runs_next(
     a, b, b2, a2 = free_port(), free_port(), free_port(), free_port()
     first = _servers(tmp_path, {"mb1": a, "mb2": b}, "first.yaml")
     second = _servers(tmp_path, {"mb1": a, "mb2": b2}, "second.yaml")
-    gateway = Gateway(first)
-    stop = asyncio.Event()
-    run = asyncio.create_task(gateway.run(stop, lambda: second))
-    await asyncio.wait_for(gateway.started.wait(), 10)
-    stop.set()
-    await asyncio.wait_for(run, 30)
-    carried = gateway.handed
+    carried = await _reloaded(first, second)
     assert carried is not None and set(carried.parts.adapters) == {"mb1"}
     assert carried.config is second
     assert port_open(HOST, a) and not port_open(HOST, b), "mb1 kept, mb2 stopped"
@@ -373,6 +400,7 @@ async def test_kept_parts_are_handed_on_and_fitted_to_the_config_that_runs_next(
     with pytest.raises(ValueError, match="another config"):
         Gateway(second, carried=carried)
     nxt = Gateway(third, carried=carried)
+    assert nxt.stamps is carried.stamps  # a kept part's files as the plan saw them
     stop = asyncio.Event()
     run = asyncio.create_task(nxt.run(stop))
     await asyncio.wait_for(nxt.started.wait(), 10)
@@ -381,3 +409,132 @@ async def test_kept_parts_are_handed_on_and_fitted_to_the_config_that_runs_next(
     await asyncio.wait_for(run, 30)
     assert nxt.handed is None
     assert not port_open(HOST, a2) and not port_open(HOST, b2)
+
+
+def _plc_and_servers(tmp_path: Path, text: str, file: str) -> GatewayConfig:
+    dead = DEAD  # the device is down: its points exist, nothing is read
+    return _load(
+        tmp_path,
+        "gateway: {name: rl}\n"
+        "devices:\n"
+        f"  plc: {{protocol: modbus, host: {HOST}, port: {dead}, timeout: 0.2,"
+        " points: [{name: t, address: 0}]}\n" + text,
+        file,
+    )
+
+
+async def test_a_start_that_fails_leaves_no_queue_of_its_bridges_on_the_kept_bus(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from gateway.runtime import Gateway, StartError
+
+    mb1, mb2 = free_port(), free_port()
+    endpoints = (
+        f"endpoints:\n  mb1: {{protocol: modbus, role: server, host: {HOST}, port: {mb1}}}\n"
+    )
+    serve = "bridges:\n  - {name: serve, from: plc, to: mb1, map: [{point: t, address: 0}]}\n"
+    first = _plc_and_servers(tmp_path, endpoints + serve, "first.yaml")
+    (tmp_path / "folder").mkdir()  # a shadow store that cannot open: the start fails there
+    second = _plc_and_servers(
+        tmp_path,
+        endpoints
+        + f"  mb2: {{protocol: modbus, role: server, host: {HOST}, port: {mb2}}}\n"
+        + serve
+        + "  - {name: serve2, from: plc, to: mb2, map: [{point: t, address: 3}]}\n"
+        + f"shadow: {{path: '{tmp_path / 'folder'}'}}\n",
+        "second.yaml",
+    )
+    carried = await _reloaded(first, second)
+    assert carried is not None and set(carried.parts.adapters) == {"plc", "mb1"}
+    failing = Gateway(second, carried=carried)
+    with pytest.raises(StartError, match="shadow store"):
+        await asyncio.wait_for(failing.run(asyncio.Event()), 30)
+    assert failing.handed is carried
+    queues = [s.name for s in carried.bus.subscriptions()]
+    assert not [q for q in queues if "serve2" in q], queues
+    assert not port_open(HOST, mb2) and port_open(HOST, mb1)
+    await carried.narrow(first)  # the fall-back
+    back = Gateway(first, carried=carried)
+    stop = asyncio.Event()
+    run = asyncio.create_task(back.run(stop))
+    await asyncio.wait_for(back.started.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(run, 30)
+    assert not port_open(HOST, mb1) and back.bus.subscriptions() == []
+
+
+async def test_the_shadow_records_what_kept_sources_read_while_it_restarted(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from gateway.runtime import Gateway
+    from gateway.types import Message, Quality, Sample
+
+    mb1 = free_port()
+    text = (
+        f"endpoints:\n  mb1: {{protocol: modbus, role: server, host: {HOST}, port: {mb1}}}\n"
+        "bridges:\n  - {name: serve, from: plc, to: mb1, map: [{point: t, address: 0}]}\n"
+        f"shadow: {{path: '{tmp_path / 'shadow.db'}'}}\n"
+    )
+    first = _plc_and_servers(tmp_path, text, "first.yaml")
+    other = text.replace("shadow.db'}", "shadow.db', poll_interval: 0.25}")  # it restarts
+    assert other != text
+    second = _plc_and_servers(tmp_path, other, "second.yaml")
+    carried = await _reloaded(first, second)
+    assert carried is not None and carried.shadow_feed is not None
+    # plc kept running: a reading it takes between the two shadow services
+    reading = Sample("t", 42, Quality.GOOD, 5.0, 5.0)
+    await carried.bus.publish(Message.telemetry("plc", (reading,)))
+    nxt = Gateway(second, carried=carried)
+    stop = asyncio.Event()
+    run = asyncio.create_task(nxt.run(stop))
+    await asyncio.wait_for(nxt.started.wait(), 10)
+    assert nxt.shadow is not None
+    shadow = nxt.shadow
+
+    async def recorded() -> None:
+        while (doc := shadow.state("plc")) is None or doc.reported.get("t") != 42:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(recorded(), 10)
+    stop.set()
+    await asyncio.wait_for(run, 30)
+
+
+def test_a_reload_during_a_stop_or_a_start_is_not_lost() -> None:
+    import asyncio
+
+    from gateway.reload import RunSignals
+    from gateway.sdnotify import Notifier
+
+    class Named:  # a loaded config, as far as the signals look at one
+        warnings = ()
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __repr__(self) -> str:
+            return self.name
+
+    a, b, c = Named("A"), Named("B"), Named("C")
+    configs = iter([a, b, c])
+
+    async def main() -> list[object]:
+        signals = RunSignals(lambda: next(configs), Notifier(None))  # type: ignore[arg-type,return-value]
+        seen: list[object] = []
+        signals.reload()  # A stops the running run ...
+        seen.append(signals.take())  # ... which hands over to A
+        signals.reload()  # B comes while that run stops
+        seen.append(signals.next_run())  # A runs next, told to stop at once
+        seen.append(signals.stop.is_set())
+        seen.append(signals.next_run())  # that run stopped while starting: B, not taken
+        signals.reload()  # C; then SIGTERM: no run follows
+        signals.quit()
+        seen.append(signals.take())
+        seen.append(signals.next_run())
+        return seen
+
+    assert asyncio.run(main()) == [a, a, True, b, None, None]

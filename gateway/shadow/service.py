@@ -131,6 +131,8 @@ class ShadowService:
         bus: Bus,
         router: CommandRouter,
         adapters: Mapping[str, Any],
+        *,
+        telemetry: Subscription | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -141,6 +143,9 @@ class ShadowService:
         self.store: ShadowStore | None = None
         self.documents: dict[str, ShadowDocument] = {}
         self._executor: ThreadPoolExecutor | None = None
+        # The readings of a reload's kept sources, queued since the shadow before it stopped
+        # taking them (`pass_on`): recorded first, so no reading falls between the two.
+        self._feed = telemetry
         self._telemetry: Subscription | None = None
         self._requests: Subscription | None = None
         self._seen: dict[str, int] = {}
@@ -184,9 +189,7 @@ class ShadowService:
             )
         )
         self._seen = await self._call(self.store.desired_revisions)
-        self._telemetry = self.bus.subscribe(
-            "telemetry/#", maxsize=TELEMETRY_QUEUE, name="shadow:telemetry"
-        )
+        self._telemetry = self._feed if self._feed is not None else _subscribe(self.bus)
         mqtt = self.config.mqtt
         if mqtt is not None:
             pattern = f"mqtt/{mqtt.endpoint}/{mqtt.prefix}/+/shadow/+"
@@ -228,6 +231,16 @@ class ShadowService:
             await self._call(self.store.close)
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def pass_on(self) -> Subscription:
+        """A reload keeps sources running: from now on their readings queue for the next
+        shadow service (``telemetry=``), and this one records only what it has queued (its
+        ``__aexit__``). Both happen at once, so each reading is in exactly one queue. Call it
+        after cancelling `run` (a closed queue would end it), before ``__aexit__``."""
+        feed = _subscribe(self.bus)
+        if self._telemetry is not None:
+            self._telemetry.close()
+        return feed
 
     async def _record_left(self, queue: Subscription) -> None:
         """Record the readings queued at shutdown, for at most `SHUTDOWN_RECORDING` seconds
@@ -613,6 +626,10 @@ class ShadowService:
             "dropped": self._telemetry.counters.dropped if self._telemetry is not None else 0,
             "queued": len(self._telemetry) if self._telemetry is not None else 0,
         }
+
+
+def _subscribe(bus: Bus) -> Subscription:
+    return bus.subscribe("telemetry/#", maxsize=TELEMETRY_QUEUE, name="shadow:telemetry")
 
 
 def _lenient_body(text: Any) -> dict[str, Any]:
