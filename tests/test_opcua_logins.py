@@ -178,3 +178,27 @@ async def test_a_flood_of_wrong_passwords_is_refused_unchecked(
     (count,) = [line for line in lines if "more OPC UA logins refused" in line]
     assert count.startswith(f"{refused - logins.LOG_QUOTA} more OPC UA logins refused"), count
     assert f"from 127.0.0.1 ({refused - logins.LOG_QUOTA})" in count, count
+
+
+def test_a_request_refused_while_blocked_is_not_checked_when_the_block_ends_before_asyncua_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The processor saw the request while its address was blocked; asyncua asks the user
+    manager a moment later, after the block ended: the answer is the refusal, with no scrypt
+    check (it would run on the event loop; a clean-clone run caught one there)."""
+    now = [100.0]
+    guard = logins.Logins({"opcuser": hash_password(PASSWORD)}, clock=lambda: now[0])
+    for _ in range(logins.FAILURES_ALLOWED):
+        guard._counted("10.0.0.9", "opcuser", False)
+    assert guard.blocked_for("10.0.0.9") > 0
+    verdict = logins.Verdict("10.0.0.9", blocked=True)  # what the processor found
+    now[0] += 3600.0  # the block ends before asyncua calls get_user
+    assert guard.blocked_for("10.0.0.9") == 0
+    checked: list[str] = []
+    monkeypatch.setattr(guard, "_verify", lambda user, pw: checked.append(user) or True)
+    with logins.activating(verdict):
+        assert guard.login("opcuser", PASSWORD) is False
+    assert checked == []
+    with logins.activating(logins.Verdict("10.0.0.9")):  # not blocked, not seen: checked now
+        assert guard.login("opcuser", PASSWORD) is True
+    assert checked == ["opcuser"]

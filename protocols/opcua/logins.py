@@ -59,6 +59,9 @@ class Verdict:
     username: str | None = None
     password: str | None = None
     ok: bool | None = None  # None: not checked (a blocked address, or no user token)
+    # refused unchecked: the address was blocked when the request came (its block may end
+    # before asyncua asks, which must not then check on the loop)
+    blocked: bool = False
 
 
 # The login being activated by the task at hand: set by the message processor around its
@@ -108,7 +111,7 @@ class Logins:
             self._slots = asyncio.Semaphore(CHECKS_AT_ONCE)
         async with self._slots:
             if self.blocked_for(peer):  # again: it may have failed while this one waited
-                return Verdict(peer, username, password)
+                return Verdict(peer, username, password, blocked=True)
             ok = await asyncio.to_thread(self._verify, username, password)
         self._counted(peer, username, ok)
         return Verdict(peer, username, password, ok)
@@ -118,7 +121,9 @@ class Logins:
         request, or a check now, on the loop (a request the processor did not see first)."""
         verdict = CURRENT.get()
         peer = verdict.peer if verdict is not None else "an unknown address"
-        if verdict is not None and (verdict.username, verdict.password) == (username, password):
+        if verdict is not None and verdict.blocked:
+            ok = None
+        elif verdict is not None and (verdict.username, verdict.password) == (username, password):
             ok = verdict.ok
         else:
             ok = None if self.blocked_for(peer) else self._verify(username, password)

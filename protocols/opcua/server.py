@@ -861,8 +861,10 @@ class _Processor(UaProcessor):
             return logins.Verdict(peer)
         try:
             token = struct_from_binary(ua.ActivateSessionParameters, body.copy()).UserIdentityToken
-            if not isinstance(token, ua.UserNameIdentityToken) or users.logins.blocked_for(peer):
+            if not isinstance(token, ua.UserNameIdentityToken):
                 return logins.Verdict(peer)
+            if users.logins.blocked_for(peer):
+                return logins.Verdict(peer, blocked=True)
             username, password = iserver.decrypt_user_token(session, token)
         except Exception:  # asyncua decodes it again and answers what is wrong with it
             return logins.Verdict(peer)
