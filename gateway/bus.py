@@ -243,14 +243,14 @@ class Bus:
         last = self._last
         topic = message.topic
         # a device's own readings (telemetry/<device>), not an MQTT client's every topic
-        if last is not None and topic.startswith("telemetry/") and "/" not in topic[10:]:
+        if last is not None and topic.startswith("telemetry/") and topic.find("/", 10) < 0:
             points = last.get(topic)
             if points is None:
                 points = last[topic] = {}
             for sample in message.samples:
                 points[sample.point] = sample
             self._envelopes[topic] = message
-        subs = self._route(message.topic)
+        subs = self._route(topic)
         if not subs:
             self.unrouted += 1
         return subs

@@ -100,16 +100,13 @@ def plan(old: GatewayConfig, old_stamps: Stamps, new: GatewayConfig, new_stamps:
         return Plan(
             frozenset(), {n: "the gateway: section changed" for n in common}, added, removed
         )
-    changed: dict[str, str] = {}
-    for name in common:
-        why = _entry_change(old, old_stamps, new, new_stamps, name)
-        if why is not None:
-            changed[name] = why
+    settings = {n: _entry_change(old, old_stamps, new, new_stamps, n) for n in common}
+    changed = {n: why for n, why in settings.items() if why is not None}
     old_bridges = {b.name: b for b in old.bridges}
     for name in common:
         if name in changed:
             continue
-        why = _bridges_change(old, old_bridges, old_stamps, new, new_stamps, changed, name)
+        why = _bridges_change(old, old_bridges, old_stamps, new, new_stamps, settings, name)
         if why is not None:
             changed[name] = why
     kept = frozenset(n for n in common if n not in changed)
@@ -135,9 +132,11 @@ def _bridges_change(
     old_stamps: Stamps,
     new: GatewayConfig,
     new_stamps: Stamps,
-    changed: dict[str, str],
+    settings: dict[str, str | None],
     name: str,
 ) -> str | None:
+    """Why the bridges into ``name`` restart it, or None; ``settings``: each common entry's
+    own change (`_entry_change`)."""
     into_old = [b.name for b in old.bridges if b.target == name]
     into_new = [b for b in new.bridges if b.target == name]
     if into_old != [b.name for b in into_new]:
@@ -151,9 +150,9 @@ def _bridges_change(
         if why is not None:
             return f"bridge {bridge.name!r} into it: {why}"
         for source in bridge.sources:
-            if source not in old.devices or source not in new.devices:
+            if source not in settings:
                 return f"source {source!r} of bridge {bridge.name!r} came or went"
-            why = _entry_change(old, old_stamps, new, new_stamps, source)
+            why = settings[source]
             if why is not None:
                 return f"source {source!r} of bridge {bridge.name!r}: {why}"
     return None

@@ -259,9 +259,7 @@ class Gateway:
         except BaseException:
             # A config that cannot be built leaves the kept parts as they were, for the
             # config before it (`gateway run` falls back to it).
-            for name, adapter in self.adapters.items():
-                if name not in kept:
-                    self.router.forget(name, adapter)
+            self._forget_new()
             raise
         self.started = asyncio.Event()
 
@@ -517,12 +515,17 @@ class Gateway:
             if exit_ is not None:
                 await exit_(None, None, None)
         self.parts.order = [n for n in self.parts.order if n not in closing]
+        self._forget_new()
+        self.handed = self.carried
+
+    def _forget_new(self) -> None:
+        """The adapters this gateway made (not those it was handed) leave the router and the
+        parts: their start did not happen, or was undone."""
         kept = self.carried.parts.adapters if self.carried is not None else {}
         for name, adapter in self.adapters.items():
             if name not in kept:
                 self.router.forget(name, adapter)
                 self.parts.adapters.pop(name, None)
-        self.handed = self.carried
 
     def summary(self, status: dict[str, Any] | None = None, *, stopped: bool = False) -> str:
         """One line for the log: what is connected, what flowed, what was dropped; the anomaly
