@@ -76,6 +76,12 @@ class Adapter(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         return None
 
+    async def reloaded(self) -> None:
+        """Called on an adapter a reload kept running, once the new config runs: apply what
+        changed in the files its `Strict.live_paths` name (the OPC UA server closes the
+        connections of clients its trust list no longer holds)."""
+        return None
+
     @abc.abstractmethod
     async def run(self) -> None:
         """Do the I/O until cancelled. Must survive peer failures by itself."""

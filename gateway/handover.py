@@ -12,7 +12,9 @@ only what changed is stopped and started again. A part is kept when all of this 
   folder, the files in it; an empty folder is as good as none): a new certificate or trust
   list needs a new start. The settings that hold the part's own state (`Strict.state_paths`:
   an outbox, a PKI or OSCORE folder), wherever they point, change while it runs and do not
-  count, but for the trust list in them (a ``trusted`` folder);
+  count, but for the trust list in them (a ``trusted`` folder). Files a part reads again by
+  itself (`Strict.live_paths`: the OPC UA server's trust list) do not count either: the
+  part is kept and told of the reload (`Adapter.reloaded`);
 - every bridge into it is the same (settings and files, in the same order), and so is every
   source those bridges read: a target builds what it serves (an OPC UA address space, a
   register map) from its bridges' points when it starts.
@@ -221,8 +223,10 @@ def _texts(value: Any, own: bool = False) -> Iterator[tuple[str, bool]]:
         yield str(value), own
     elif isinstance(value, BaseModel):
         state = getattr(value, "state_paths", ())
+        live = getattr(value, "live_paths", ())
         for key in type(value).model_fields:
-            yield from _texts(getattr(value, key), key in state)
+            if key not in live:
+                yield from _texts(getattr(value, key), key in state)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for f in dataclasses.fields(value):
             yield from _texts(getattr(value, f.name))

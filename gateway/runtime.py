@@ -382,6 +382,7 @@ class Gateway:
         order = sorted(self.adapters.values(), key=lambda a: a.name not in self._targets)
         entered: list[str] = []
         shadow_exit: ExitFn | None = None
+        kept = self.carried.parts.adapters if self.carried is not None else {}
         try:
             for adapter in order:
                 if adapter.name in parts.exits:
@@ -398,7 +399,6 @@ class Gateway:
                     return
                 parts.enter(adapter, exit_, sink=adapter.name in self._targets)
                 entered.append(adapter.name)
-            kept = self.carried.parts.adapters if self.carried is not None else {}
             for bridge in self._new_bridges:
                 bridge.subscribe()
                 for source in bridge.config.sources:
@@ -434,6 +434,11 @@ class Gateway:
         if self.carried is not None and self.shadow is None and self.carried.shadow_feed:
             self.carried.shadow_feed.close()  # no shadow service in this config to take it
         self.carried = None  # from here on this run owns them, and stops or hands them on
+        for adapter in list(kept.values()):  # the files they read live may have changed
+            try:
+                await adapter.reloaded()
+            except Exception as exc:  # the part runs on as it was; the rest is not its concern
+                log.error("%s: applying the reload: %s", adapter.name, _cause(exc))
         reporter = asyncio.create_task(self._report(self.config.gateway.status_interval))
         # What exists now (an OPC UA address space: millions of objects) lives as long as
         # the gateway: out of the collector's sight, full collections stay short.

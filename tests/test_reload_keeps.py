@@ -154,23 +154,30 @@ def test_a_file_the_settings_name_counts_but_the_state_folder_does_not(
     assert plan.kept == set()
     assert plan.restarted["sensor"] == f"{ca} changed"
 
-    # A trust list inside the state folder counts; the rest of a state folder does not.
-    pki = state / "pki" / "uas"
-    server = (
+    # A trust list inside the state folder counts, the rest of a state folder does not; the
+    # OPC UA server reads its trust list live (`Strict.live_paths`): it is kept, its client not.
+    text = (
         "gateway: {name: rl}\n"
+        "devices:\n"
+        "  uac: {protocol: opcua, url: 'opc.tcp://127.0.0.1:4842',"
+        " points: [{name: p, node_id: 'ns=2;i=2'}]}\n"
         "endpoints:\n"
         f"  uas: {{protocol: opcua, role: server, host: {HOST}, port: 4841,"
         " security: {allow_none: true}, anonymous: true}\n"
     )
-    opcua = _load(tmp_path, server, "opcua.yaml")
+    opcua = _load(tmp_path, text, "opcua.yaml")
     before = handover.stamps(opcua)
-    (pki / "own").mkdir(parents=True)  # what the server makes at its first start
-    (pki / "trusted").mkdir()
-    (pki / "own" / "cert.der").write_bytes(b"made by the gateway")
-    assert handover.plan(opcua, before, opcua, handover.stamps(opcua)).kept == {"uas"}
-    (pki / "trusted" / "client.der").write_bytes(b"a client the integrator trusts")
+    for part in ("uas", "uac"):
+        pki = state / "pki" / part
+        (pki / "own").mkdir(parents=True)  # what a part makes at its first start
+        (pki / "trusted").mkdir()
+        (pki / "own" / "cert.der").write_bytes(b"made by the gateway")
+    assert handover.plan(opcua, before, opcua, handover.stamps(opcua)).kept == {"uas", "uac"}
+    for part in ("uas", "uac"):
+        (state / "pki" / part / "trusted" / "peer.der").write_bytes(b"a peer the integrator trusts")
     plan = handover.plan(opcua, before, opcua, handover.stamps(opcua))
-    assert plan.restarted == {"uas": f"{pki / 'trusted'} changed"}
+    assert plan.kept == {"uas"}
+    assert plan.restarted == {"uac": f"{state / 'pki' / 'uac' / 'trusted'} changed"}
 
 
 # -- a running gateway ------------------------------------------------------------------------
@@ -538,3 +545,72 @@ def test_a_reload_during_a_stop_or_a_start_is_not_lost() -> None:
         return seen
 
     assert asyncio.run(main()) == [a, a, True, b, None, None]
+
+
+async def test_a_reload_keeps_the_opcua_server_and_closes_only_clients_no_longer_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client removed from the server's trust list loses its connection at the reload, the
+    other client's session goes on; before, the trust list's change restarted the server and
+    every session dropped."""
+    import asyncio
+
+    from asyncua import Client, ua
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+    from gateway.runtime import Gateway
+    from protocols.opcua.pki import ensure_certificate
+
+    monkeypatch.setenv("PROTOCOL_BRAIN_STATE_DIR", str(tmp_path / "state"))
+    port = free_port()
+    text = (
+        "gateway: {name: rl}\n"
+        "endpoints:\n"
+        f"  uas: {{protocol: opcua, role: server, host: {HOST}, port: {port}, anonymous: true,"
+        " security: {endpoints: [{policy: Basic256Sha256, mode: SignAndEncrypt}]}}\n"
+    )
+    first = _load(tmp_path, text, "first.yaml")
+    trusted = tmp_path / "state" / "pki" / "uas" / "trusted"
+    gateway = Gateway(first)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gateway.run(stop, lambda: _load(tmp_path, text, "second.yaml")))
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    server = gateway.adapters["uas"]
+
+    clients = {}
+    for who in ("kept", "dropped"):
+        cert, key = await ensure_certificate(tmp_path / who, f"urn:test:{who}", "localhost")
+        (trusted / f"{who}.der").write_bytes(cert.read_bytes())
+        client = Client(f"opc.tcp://{HOST}:{port}/protocol-brain", timeout=5)
+        client.application_uri = f"urn:test:{who}"
+        await client.set_security(
+            SecurityPolicyBasic256Sha256, str(cert), str(key), mode=ua.MessageSecurityMode.SignAndEncrypt
+        )  # fmt: skip
+        await client.connect()
+        clients[who] = client
+    current_time = ua.NodeId(ua.ObjectIds.Server_ServerStatus_CurrentTime)
+    for client in clients.values():
+        assert await client.get_node(current_time).read_value() is not None
+
+    (trusted / "dropped.der").unlink()
+    stop.set()  # the reload: the same config, a file in the trust list gone
+    await asyncio.wait_for(run, 30)
+    carried = gateway.handed
+    assert carried is not None and carried.parts.adapters == {"uas": server}
+    nxt = Gateway(carried.config, carried=carried)
+    stop = asyncio.Event()
+    run = asyncio.create_task(nxt.run(stop))
+    await asyncio.wait_for(nxt.started.wait(), 10)
+    try:
+        assert await clients["kept"].get_node(current_time).read_value() is not None
+        with pytest.raises((ConnectionError, TimeoutError, ua.UaError)):
+            await clients["dropped"].get_node(current_time).read_value()
+        assert server.status()["sessions"] == 1
+        assert "closed the connection from 127.0.0.1: its certificate is no longer trusted" in (
+            caplog.text
+        )
+    finally:
+        await clients["kept"].disconnect()
+        clients["dropped"].disconnect_socket()
+        stop.set()
+        await asyncio.wait_for(run, 30)

@@ -39,6 +39,11 @@ class Strict(BaseModel):
     # certificate), {state} and {name} templates: before 2026-11-22 a relative one was read
     # from the working folder, and state found only there must not be replaced by a fresh one.
     state_paths: ClassVar[tuple[str, ...]] = ()
+    # Fields whose files the running part reads again by itself (a trust list, read at every
+    # check): a change there does not restart the part at a reload (`gateway.handover`); the
+    # adapter is told of the reload instead (`Adapter.reloaded`). A state field here is not
+    # stamped at all, its trust list included.
+    live_paths: ClassVar[tuple[str, ...]] = ()
 
     def check(self) -> list[Problem]:
         """Cross-field checks that need the whole model (overlaps, references)."""

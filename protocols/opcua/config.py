@@ -83,6 +83,9 @@ def _all_endpoints() -> list[Endpoint]:
 class ServerSecurity(Strict):
     local_paths = ("certificate", "private_key", "pki_dir", "trusted_clients")
     state_paths = ("pki_dir",)
+    # The trust list is read at every session's check: a reload keeps the server and its other
+    # sessions, and closes the connections of clients no longer trusted (`reloaded`).
+    live_paths = ("pki_dir", "trusted_clients")
 
     endpoints: list[Endpoint] = Field(
         default_factory=_all_endpoints, description="secure endpoints offered (default: all six)"

@@ -807,12 +807,43 @@ def operation_count(skip: _Skip, parameters: Buffer) -> int:
     return max(0, int(_COUNT.unpack(buf.read(4))[0]))
 
 
+def _address(peername: Any) -> str:
+    """The peer's address of a connection's ``peername`` (host, port[, ...])."""
+    return str(peername[0]) if isinstance(peername, tuple) and peername else str(peername)
+
+
 class _Processor(UaProcessor):
     """asyncua's message processor (one per connection), with the certificate of the secure
     channel checked at CreateSession and the operation limits checked on the encoded request.
     asyncua's binary server makes its processors by a module-level name, which
     `OpcuaServerAdapter.__aenter__` points here (for every asyncua server in the process; the
     additions only act for our `_InternalServer`)."""
+
+    def __init__(self, internal_server: InternalServer, transport: Any, limits: Any) -> None:
+        super().__init__(internal_server, transport, limits)
+        if isinstance(internal_server, _InternalServer):  # `OpcuaServerAdapter.reloaded`
+            internal_server.adapter.connections.add(self)
+
+    def distrusted(self, trust: TrustList) -> bool:
+        """Whether this connection's secure channel has a certificate ``trust`` now refuses;
+        ``check`` logs why and keeps a copy in rejected/, as for a newcomer."""
+        peer = self._connection.security_policy.peer_certificate
+        if self._closing or not peer:  # gone, or on the None endpoint, which checks nothing
+            return False
+        try:
+            trust.check(x509.load_der_x509_certificate(peer))
+        except ServiceError:
+            return True
+        return False
+
+    async def drop(self) -> None:
+        """Close this connection and its session, subscriptions included (a session with
+        subscriptions would otherwise outlive its connection, Part 4 6.7)."""
+        session = self.session
+        self._transport.close()
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.close_session(delete_subs=True)
 
     async def _process_message(
         self, typeid: ua.NodeId, requesthdr: ua.RequestHeader, seqhdr: Any, body: Buffer
@@ -854,8 +885,7 @@ class _Processor(UaProcessor):
         """The password of an ActivateSession request, checked in a worker thread before
         asyncua asks the user manager for it synchronously (see `logins`); in any case the
         peer's address, which asyncua does not pass the user manager."""
-        name = self.name
-        peer = str(name[0]) if isinstance(name, tuple) and name else str(name)
+        peer = _address(self.name)
         users, session = iserver.user_manager, self.session
         if not isinstance(users, _Users) or session is None:
             return logins.Verdict(peer)
@@ -897,6 +927,7 @@ class OpcuaServerAdapter(Adapter):
         # id(route) -> device -> point -> _Var: a bridge's samples reach only its own nodes
         self._tables: dict[int, dict[str, dict[str, _Var]]] = {}
         self.sessions: weakref.WeakSet[InternalSession] = weakref.WeakSet()
+        self.connections: weakref.WeakSet[_Processor] = weakref.WeakSet()
         self.server: Server | None = None
         self.trust: TrustList | None = None
         self._users: _Users | None = None
@@ -990,6 +1021,24 @@ class OpcuaServerAdapter(Adapter):
 
     async def run(self) -> None:
         await asyncio.Event().wait()  # asyncua serves from its own tasks; nothing to poll
+
+    async def reloaded(self) -> None:
+        """Close the connections whose client certificate the trust list no longer holds.
+
+        A client added to the trust list needs nothing (the list is read at every session's
+        check); one removed would keep its session until it reconnects: a reload (SIGHUP)
+        applies the removal now, and the other sessions go on."""
+        trust = self.trust
+        if trust is None:
+            return
+        for connection in list(self.connections):
+            if connection.distrusted(trust):
+                log.warning(
+                    "%s: closed the connection from %s: its certificate is no longer trusted",
+                    self.name,
+                    _address(connection.name),
+                )
+                await connection.drop()
 
     def _url(self) -> str:
         host = self.config.host
