@@ -412,6 +412,10 @@ class Gateway:
                     await self._unwind(entered)
                     self.notifier.stopping("stopping (stopped while starting)")
                     return
+                if self.carried is not None and self.carried.shadow_feed is None:
+                    for source in kept:  # a shadow the reload adds: what they last read
+                        if (last := self.bus.last(telemetry_topic(source))) is not None:
+                            self.shadow.replay(last)
         except BaseException:
             await self._unwind(entered)
             raise

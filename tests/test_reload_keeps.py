@@ -614,3 +614,48 @@ async def test_a_reload_keeps_the_opcua_server_and_closes_only_clients_no_longer
         clients["dropped"].disconnect_socket()
         stop.set()
         await asyncio.wait_for(run, 30)
+
+
+async def test_a_shadow_a_reload_adds_starts_with_what_kept_sources_last_read(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from gateway.runtime import Gateway
+    from gateway.types import Message, Quality, Sample
+
+    mb1 = free_port()
+    text = (
+        f"endpoints:\n  mb1: {{protocol: modbus, role: server, host: {HOST}, port: {mb1}}}\n"
+        "bridges:\n  - {name: serve, from: plc, to: mb1, map: [{point: t, address: 0}]}\n"
+    )
+    first = _plc_and_servers(tmp_path, text, "first.yaml")
+    shadow = f"shadow: {{path: '{tmp_path / 'shadow.db'}'}}\n"
+    second = _plc_and_servers(tmp_path, text + shadow, "second.yaml")
+    gateway = Gateway(first)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gateway.run(stop, lambda: second))
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    # an on-change source's one reading, before there was a shadow to record it (a point of
+    # its own: the dead device's Bad readings of t come and go meanwhile)
+    await gateway.bus.publish(Message.telemetry("plc", (Sample("u", 42, Quality.GOOD, 5.0, 5.0),)))
+    stop.set()
+    await asyncio.wait_for(run, 30)
+    carried = gateway.handed
+    assert carried is not None and "plc" in carried.parts.adapters and not carried.shadow_feed
+    nxt = Gateway(second, carried=carried)
+    stop = asyncio.Event()
+    run = asyncio.create_task(nxt.run(stop))
+    await asyncio.wait_for(nxt.started.wait(), 10)
+    assert nxt.shadow is not None
+    service = nxt.shadow
+
+    async def recorded() -> None:
+        while (doc := service.state("plc")) is None or doc.reported.get("u") != 42:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(recorded(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)

@@ -232,6 +232,13 @@ class ShadowService:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def replay(self, message: Message) -> None:
+        """Queue a running source's latest readings (`Bus.last`) as if just published: a
+        service a reload adds, with no queue handed on, would learn a source that kept running
+        only at its next reading, which for an on-change source may be hours away."""
+        if self._telemetry is not None:
+            self._telemetry.offer(message)
+
     def pass_on(self) -> Subscription:
         """A reload keeps sources running: from now on their readings queue for the next
         shadow service (``telemetry=``), and this one records only what it has queued (its
