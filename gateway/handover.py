@@ -5,8 +5,8 @@ bridge dropped every session to the gateway's servers and paused every poll. Now
 endpoint whose settings are unchanged keeps running, with its connections and sessions, and
 only what changed is stopped and started again. A part is kept when all of this holds:
 
-- the ``gateway:`` section is the same, apart from ``log_level`` and ``status_interval``
-  (which `gateway run` applies itself); otherwise everything restarts;
+- the ``gateway:`` section is the same, apart from ``log_level``, ``status_interval`` and
+  ``metrics`` (which each run applies itself); otherwise everything restarts;
 - its entry resolves to the same settings (a `${file:...}` that now reads another password
   changes them), and no file or folder the settings name changed (size, time or, for a
   folder, the files in it; an empty folder is as good as none): a new certificate or trust
@@ -42,8 +42,9 @@ from gateway.paths import state_path
 # that large is no trust list) rather than listed on every reload.
 MAX_FOLDER_FILES = 2_000
 TRUST_FOLDER = "trusted"
-# Settings a run applies without restarting anything (`gateway run` sets the log level).
-LIVE_KEYS = ("log_level", "status_interval")
+# Settings a run applies without restarting anything (`gateway run` sets the log level; the
+# metrics listener is opened again by every run).
+LIVE_KEYS = ("log_level", "status_interval", "metrics")
 
 Stamp = tuple[str, object]  # (path, what it looked like)
 

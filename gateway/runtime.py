@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import handover, livestatus
+from gateway import __version__, handover, livestatus, metrics
 from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.bridge import Bridge
@@ -444,6 +444,7 @@ class Gateway:
             except Exception as exc:  # the part runs on as it was; the rest is not its concern
                 log.error("%s: applying the reload: %s", adapter.name, _cause(exc))
         reporter = asyncio.create_task(self._report(self.config.gateway.status_interval))
+        metrics_server: metrics.MetricsServer | None = None
         # What exists now (an OPC UA address space: millions of objects) lives as long as
         # the gateway: out of the collector's sight, full collections stay short.
         gc.collect()
@@ -452,6 +453,7 @@ class Gateway:
         next_stamps = handover.Stamps()
         keep: frozenset[str] = frozenset()
         try:
+            metrics_server = await self._open_metrics()
             self.started.set()
             off = [*self.config.disabled, *(f"bridge {b}" for b in self.config.disabled_bridges)]
             running = (
@@ -486,6 +488,8 @@ class Gateway:
                 " what the reload does not keep" if keep else "",
             )
             await _cancel([reporter])
+            if metrics_server is not None:
+                await metrics_server.__aexit__(None, None, None)
 
             feed: Subscription | None = None
 
@@ -512,6 +516,37 @@ class Gateway:
             log.info("gateway %s: stopped what the reload does not keep", self.config.gateway.name)
         else:
             log.info("gateway %s stopped", self.config.gateway.name)
+
+    async def _open_metrics(self) -> metrics.MetricsServer | None:
+        """The Prometheus listener of ``gateway.metrics``, or None. One that cannot listen (its
+        port taken) is an error in the log, not a failed start: the gateway runs unwatched
+        rather than not at all."""
+        settings = self.config.gateway.metrics
+        if settings is None:
+            return None
+        entries = {n: (e.protocol, e.role) for n, e in self.config.devices.items()}
+
+        def page() -> str:
+            return metrics.exposition(
+                self.status(),
+                gateway=self.config.gateway.name,
+                version=__version__,
+                started=self._started_at,
+                entries=entries,
+                process=metrics.process_metrics(),
+            )
+
+        server = metrics.MetricsServer(settings.host, settings.port, page)
+        try:
+            return await server.__aenter__()
+        except OSError as exc:
+            log.error(
+                "metrics: cannot listen on %s:%d (%s); this run serves no metrics",
+                settings.host,
+                settings.port,
+                exc.strerror or exc,
+            )
+            return None
 
     async def _unwind(self, entered: list[str]) -> None:
         """A start that failed or was stopped: close what this run entered, in the reverse

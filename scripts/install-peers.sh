@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real peers the tests run against: mosquitto (MQTT broker), mosquitto-clients
 # (mosquitto_pub/_sub), mbpoll (a Modbus master we did not write) and libcoap3-bin
-# (coap-client-openssl/coap-server-openssl, libcoap's CoAP peers with DTLS) from Debian/Ubuntu
+# (coap-client-openssl/coap-server-openssl, libcoap's CoAP peers with DTLS), curl (an HTTP
+# client for the metrics endpoint) from Debian/Ubuntu
 # packages, and node-opcua (an OPC UA stack we did not write) from npm into tests/interop/node.
 # Idempotent: when every binary is already there it only checks and exits.
 set -euo pipefail
@@ -18,6 +19,7 @@ have mbpoll || missing+=(mbpoll)
 have coap-client-openssl || missing+=(libcoap3-bin)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
+have curl || missing+=(curl)
 
 npm_peers() {
     # npm ci is exact (package-lock.json) and skipped while node_modules matches the lock.
@@ -60,7 +62,7 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || fail "apt-get install failed"
 
-for bin in mosquitto mosquitto_pub mbpoll coap-client-openssl coap-server-openssl node npm; do
+for bin in mosquitto mosquitto_pub mbpoll coap-client-openssl coap-server-openssl node npm curl; do
     have "$bin" || fail "$bin still missing after apt-get install"
 done
 npm_peers

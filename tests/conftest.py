@@ -27,7 +27,7 @@ from protocols.modbus.simulator import Simulator
 HOST = "127.0.0.1"
 INSTALL_HINT = (
     "run scripts/install-peers.sh (installs mosquitto, mosquitto-clients, mbpoll, libcoap3-bin,"
-    " node-opcua)"
+    " curl, node-opcua)"
 )
 NODE_DIR = Path(__file__).parent / "interop" / "node"
 

@@ -109,6 +109,17 @@ _NAME = re.compile(NAME_PATTERN)
 TOP_EXPECTED = "a mapping with devices, endpoints and bridges"
 
 
+class MetricsSettings(Strict):
+    """``gateway.metrics``: Prometheus metrics over HTTP (`gateway.metrics`)."""
+
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address to listen on; no authentication: keep it local or behind a proxy",
+    )
+    port: int = Field(9464, ge=0, le=65535, description="GET http://host:port/metrics")
+
+
 class GatewaySection(Strict):
     """The optional ``gateway:`` section."""
 
@@ -124,6 +135,9 @@ class GatewaySection(Strict):
         description="seconds between status lines in the log, systemd's STATUS and the status "
         "file gateway status reads (the first comes 5 s after start, or sooner); 0 turns the "
         "log's lines off, and STATUS and the file are then refreshed every 60 s",
+    )
+    metrics: MetricsSettings | None = Field(
+        None, description="serve Prometheus metrics (the status file's figures) over HTTP"
     )
 
 

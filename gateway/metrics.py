@@ -1,0 +1,243 @@
+"""The running gateway's counters for Prometheus: ``GET /metrics`` (``gateway.metrics:``).
+
+The same figures as the status file (`gateway status`), scraped over HTTP in Prometheus' text
+format 0.0.4, so a fleet's gateways land in the dashboards and alerts its operators already
+have. Every number in an adapter's, a bridge's or a section's status becomes one sample:
+``protocol_brain_adapter_polls{adapter="plc",protocol="modbus",role="client"} 120``, a nested
+key joined with ``_`` (``protocol_brain_adapter_outbox_backlog``), true/false as 1/0; texts
+and lists are left out. The names follow the status keys, so a plugin's counters appear
+without code of its own. The types are ``untyped``: the status does not say which figures only
+grow. Plus the process' own (``process_resident_memory_bytes`` and the rest of the names
+Prometheus' client libraries use), read from /proc where there is one.
+
+Rendering (`exposition`) is free of I/O; `MetricsServer` is a small HTTP/1.1 responder on the
+event loop (the status is read where it changes, never from another thread), for one scraper
+or a few: at most `MAX_CLIENTS` connections at once, `READ_TIMEOUT` to send a request, a page
+computed at most once per `CACHE_S`. No authentication or TLS: it listens on 127.0.0.1 unless
+told otherwise (a reverse proxy or the firewall guards another address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+log = logging.getLogger("gateway.metrics")
+
+PREFIX = "protocol_brain_"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_REQUEST = 8192  # bytes of request line and headers; a scraper sends a few hundred
+READ_TIMEOUT = 5.0  # seconds for a request to arrive: a silent connection must not hold a slot
+MAX_CLIENTS = 8
+CACHE_S = 1.0  # scrapers in a burst (several Prometheus replicas) share one page
+
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
+Labels = tuple[tuple[str, str], ...]
+
+
+def exposition(
+    status: Mapping[str, Any],
+    *,
+    gateway: str,
+    version: str,
+    started: float,
+    entries: Mapping[str, tuple[str, str]],
+    process: Mapping[str, float] | None = None,
+) -> str:
+    """The text page for ``status`` (`Gateway.status`); ``entries``: each adapter's
+    (protocol, role) for its labels; ``process``: `process_metrics`."""
+    families: dict[str, list[tuple[Labels, float]]] = {}
+
+    def add(name: str, labels: Labels, value: float) -> None:
+        families.setdefault(name, []).append((labels, value))
+
+    add(PREFIX + "info", (("gateway", gateway), ("version", version)), 1)
+    add(PREFIX + "start_time_seconds", (), started)
+    for section, value in status.items():
+        if section == "adapters" and isinstance(value, Mapping):
+            for name, counters in value.items():
+                protocol, role = entries.get(name, ("", ""))
+                labels = (("adapter", name), ("protocol", protocol), ("role", role))
+                for key, number in _numbers(counters):
+                    add(f"{PREFIX}adapter_{key}", labels, number)
+        elif section == "bridges" and isinstance(value, Mapping):
+            for name, counters in value.items():
+                for key, number in _numbers(counters):
+                    add(f"{PREFIX}bridge_{key}", (("bridge", name),), number)
+        else:
+            for key, number in _numbers(value):
+                add(f"{PREFIX}{_name(section)}_{key}", (), number)
+    for name, number in (process or {}).items():
+        add(name, (), number)
+    lines = []
+    for name, samples in families.items():
+        lines.append(f"# TYPE {name} untyped")
+        lines.extend(f"{name}{_labels(labels)} {_value(v)}" for labels, v in samples)
+    return "\n".join(lines) + "\n"
+
+
+def _numbers(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    """(joined key, number) for every number or bool in a status value."""
+    if isinstance(value, bool):
+        if path:
+            yield path, float(value)
+    elif isinstance(value, int | float):
+        if path:
+            yield path, float(value)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _numbers(item, f"{path}_{_name(str(key))}" if path else _name(str(key)))
+
+
+def _name(text: str) -> str:
+    name = _NOT_NAME.sub("_", text)
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _value(number: float) -> str:
+    number = float(number)  # an int from a caller, in Python 3.11 without is_integer
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "+Inf" if number > 0 else "-Inf"
+    return repr(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
+
+
+def process_metrics() -> dict[str, float]:
+    """The process' memory, CPU time, file descriptors and start, under the names of
+    Prometheus' client libraries; empty where /proc is not there."""
+    found: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    found["process_resident_memory_bytes"] = int(line.split()[1]) * 1024
+                elif line.startswith("VmSize:"):
+                    found["process_virtual_memory_bytes"] = int(line.split()[1]) * 1024
+                elif line.startswith("Threads:"):
+                    found["process_threads"] = int(line.split()[1])
+        found["process_open_fds"] = len(os.listdir("/proc/self/fd"))
+        times = os.times()
+        found["process_cpu_seconds_total"] = times.user + times.system
+        with open("/proc/self/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    found["process_max_fds"] = int(line.split()[3])
+    return found
+
+
+class MetricsServer:
+    """Answers ``GET /metrics`` with ``page()``; anything else with 404 or 405."""
+
+    def __init__(self, host: str, port: int, page: Callable[[], str]) -> None:
+        self.host = host
+        self.port = port
+        self._page = page
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+        self._cached: tuple[float, bytes] = (-math.inf, b"")
+        self.scrapes = 0
+
+    async def __aenter__(self) -> MetricsServer:
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, limit=MAX_REQUEST
+        )
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.wait(self._clients, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._clients) >= MAX_CLIENTS or task is None:
+            writer.close()  # a scraper retries at its next interval
+            return
+        self._clients.add(task)
+        try:
+            await self._answer(reader, writer)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass  # the client went away or sent too much: nothing to answer
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(_read_head(reader), READ_TIMEOUT)
+        method, _, rest = head.partition(" ")
+        target = rest.partition(" ")[0].split("?", 1)[0]
+        if target != "/metrics":
+            await _respond(writer, "404 Not Found", b"only /metrics is here\n")
+        elif method not in ("GET", "HEAD"):
+            await _respond(writer, "405 Method Not Allowed", b"GET /metrics\n", allow=True)
+        else:
+            await _respond(writer, "200 OK", self._body(), head_only=method == "HEAD")
+
+    def _body(self) -> bytes:
+        now = time.monotonic()
+        at, body = self._cached
+        if now - at >= CACHE_S:
+            body = self._page().encode()
+            self._cached = (now, body)
+            self.scrapes += 1
+        return body
+
+
+async def _read_head(reader: asyncio.StreamReader) -> str:
+    """The request line of a request whose headers arrived whole (the reader's limit,
+    `MAX_REQUEST`, raises LimitOverrunError past it)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0].decode("latin-1")
+
+
+async def _respond(
+    writer: asyncio.StreamWriter,
+    status: str,
+    body: bytes,
+    *,
+    head_only: bool = False,
+    allow: bool = False,
+) -> None:
+    content = CONTENT_TYPE if status.startswith("200") else "text/plain; charset=utf-8"
+    lines = [
+        f"HTTP/1.1 {status}",
+        f"Content-Type: {content}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    if allow:
+        lines.append("Allow: GET, HEAD")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    if not head_only:
+        writer.write(body)
+    await writer.drain()

@@ -1,0 +1,194 @@
+"""Prometheus metrics (``gateway.metrics:``): the page as Prometheus' own parser reads it, and a
+running gateway scraped by curl, a client we did not write."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import HOST, find_binary, free_port, port_open
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import handover, metrics
+from gateway.config import GatewayConfig, load_config
+from gateway.runtime import Carried, Gateway
+from protocols.modbus.simulator import Simulator
+
+
+def _families(page: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus' parser's reading: name -> [(labels, value)] (it raises on a bad page)."""
+    return {
+        family.name: [(dict(s.labels), s.value) for s in family.samples]
+        for family in text_string_to_metric_families(page)
+    }
+
+
+def test_every_number_of_the_status_becomes_a_sample_prometheus_reads() -> None:
+    status = {
+        "adapters": {
+            'plc "7"\\': {"connected": True, "polls": 12, "last_error": "timeout", "hosts": [1]},
+            "broker": {"published": 3, "outbox": {"backlog": 5, "bytes": 1.5e9}, "optimizer": None},
+        },
+        "bridges": {"up": {"forwarded": 9, "computed": {"computed": 2}}},
+        "bus": {"published": 20},
+        "writes": {"refused": {"Bad-Type": 1, "9lives": 2}},
+        "loop": {"lag_s": float("nan")},
+    }
+    page = metrics.exposition(
+        status,
+        gateway="gw",
+        version="1.2",
+        started=1700000000.5,
+        entries={"broker": ("mqtt", "client")},
+        process={"process_open_fds": 7},
+    )
+    found = _families(page)
+    plc = {"adapter": 'plc "7"\\', "protocol": "", "role": ""}  # escaped, read back whole
+    broker = {"adapter": "broker", "protocol": "mqtt", "role": "client"}
+    assert found["protocol_brain_info"] == [({"gateway": "gw", "version": "1.2"}, 1.0)]
+    assert found["protocol_brain_start_time_seconds"] == [({}, 1700000000.5)]
+    assert found["protocol_brain_adapter_connected"] == [(plc, 1.0)]
+    assert found["protocol_brain_adapter_polls"] == [(plc, 12.0)]
+    assert found["protocol_brain_adapter_outbox_backlog"] == [(broker, 5.0)]
+    assert found["protocol_brain_adapter_outbox_bytes"] == [(broker, 1.5e9)]
+    assert found["protocol_brain_bridge_computed_computed"] == [({"bridge": "up"}, 2.0)]
+    assert found["protocol_brain_bus_published"] == [({}, 20.0)]
+    assert found["protocol_brain_writes_refused_Bad_Type"] == [({}, 1.0)]
+    assert found["protocol_brain_writes_refused__9lives"] == [({}, 2.0)]
+    assert found["process_open_fds"] == [({}, 7.0)]
+    (nan,) = found["protocol_brain_loop_lag_s"]
+    assert nan[1] != nan[1]
+    # texts, lists and nulls are no samples
+    names = set(found)
+    assert not {n for n in names if "last_error" in n or "hosts" in n or "optimizer" in n}
+    # one TYPE line per family, its samples together (the format requires it)
+    assert page.count("# TYPE protocol_brain_adapter_connected ") == 1
+
+
+def test_the_process_figures_are_read_from_proc() -> None:
+    found = metrics.process_metrics()
+    assert found["process_resident_memory_bytes"] > 10 * 2**20
+    assert found["process_open_fds"] >= 3 and found["process_max_fds"] >= found["process_open_fds"]
+    assert found["process_threads"] >= 1 and found["process_cpu_seconds_total"] > 0
+
+
+def _config(tmp_path: Path, device_port: int, metrics_port: int, name: str = "m.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        f"gateway: {{name: mx, metrics: {{host: {HOST}, port: {metrics_port}}}}}\n"
+        "devices:\n"
+        f"  plc: {{protocol: modbus, host: {HOST}, port: {device_port},"
+        " poll_groups: {fast: {interval: 0.05}}, points: [{name: t, address: 0, poll: fast}]}\n"
+    )
+    return path
+
+
+@pytest.fixture
+async def device_port(simulator: Simulator) -> AsyncIterator[int]:
+    device = await simulator.add_device()
+    yield device.port
+
+
+async def _curl(*args: str) -> subprocess.CompletedProcess[str]:
+    curl = find_binary("curl")
+    return await asyncio.to_thread(
+        subprocess.run, [curl, "-sS", "--max-time", "10", *args], capture_output=True, text=True
+    )
+
+
+async def _started(
+    config: GatewayConfig, carried: Carried | None = None
+) -> tuple[Gateway, asyncio.Event, asyncio.Task[None]]:
+    gateway = Gateway(config, carried=carried)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gateway.run(stop))
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    return gateway, stop, run
+
+
+async def test_a_running_gateway_serves_its_counters_to_curl(
+    tmp_path: Path, device_port: int
+) -> None:
+    port = free_port()
+    gateway, stop, run = await _started(load_config(_config(tmp_path, device_port, port)))
+    url = f"http://{HOST}:{port}/metrics"
+    try:
+        first = await _curl("-D", "-", url)
+        assert first.returncode == 0, first.stderr
+        head, _, body = first.stdout.partition("\n\n")  # text mode: \r\n read as \n
+        assert head.startswith("HTTP/1.1 200")
+        assert "Content-Type: text/plain; version=0.0.4" in head
+        polls = _families(body)["protocol_brain_adapter_polls"]
+        labels = {"adapter": "plc", "protocol": "modbus", "role": "client"}
+        assert [lab for lab, _ in polls] == [labels]
+        await asyncio.sleep(metrics.CACHE_S + 0.3)
+        later = _families((await _curl(url)).stdout)
+        assert later["protocol_brain_adapter_polls"][0][1] > polls[0][1], "counters move"
+        assert later["protocol_brain_adapter_connected"] == [(labels, 1.0)]
+        assert later["process_resident_memory_bytes"][0][1] > 0
+        # anything but GET /metrics
+        other = await _curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{HOST}:{port}/")
+        posted = await _curl("-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", url)
+        assert (other.stdout, posted.stdout) == ("404", "405")
+        # a connection that sends nothing does not hold the page from the others
+        idle = [socket.create_connection((HOST, port)) for _ in range(metrics.MAX_CLIENTS - 1)]
+        try:
+            assert (await _curl(url)).returncode == 0
+        finally:
+            for sock in idle:
+                sock.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)
+    assert not port_open(HOST, port), "closed with the run"
+    assert gateway.status()["adapters"]["plc"]["polls"] > 0
+
+
+async def test_a_taken_metrics_port_is_an_error_and_the_gateway_runs_on(
+    tmp_path: Path, device_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    taken = socket.create_server((HOST, 0))
+    port = taken.getsockname()[1]
+    try:
+        gateway, stop, run = await _started(load_config(_config(tmp_path, device_port, port)))
+        try:
+            await asyncio.sleep(0.3)
+            assert gateway.status()["adapters"]["plc"]["polls"] > 0
+            assert f"metrics: cannot listen on {HOST}:{port}" in caplog.text
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 30)
+    finally:
+        taken.close()
+
+
+async def test_a_reload_moving_the_metrics_port_keeps_the_devices(
+    tmp_path: Path, device_port: int
+) -> None:
+    old_port, new_port = free_port(), free_port()
+    first = load_config(_config(tmp_path, device_port, old_port, "first.yaml"))
+    second = load_config(_config(tmp_path, device_port, new_port, "second.yaml"))
+    assert handover.plan(first, handover.stamps(first), second, handover.stamps(second)).kept == {
+        "plc"
+    }
+    gateway = Gateway(first)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gateway.run(stop, lambda: second))
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    assert port_open(HOST, old_port)
+    stop.set()
+    await asyncio.wait_for(run, 30)
+    carried = gateway.handed
+    assert carried is not None and set(carried.parts.adapters) == {"plc"}
+    assert not port_open(HOST, old_port)
+    _, stop, run = await _started(second, carried)
+    try:
+        scraped = await _curl(f"http://{HOST}:{new_port}/metrics")
+        assert "protocol_brain_adapter_polls" in _families(scraped.stdout)
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)
