@@ -65,11 +65,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -652,6 +654,30 @@ class _WellKnownCore(resource.WKCResource):  # type: ignore[misc]  # aiocoap: un
         return response
 
 
+def port_free(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) when another socket holds UDP ``host:port``.
+
+    aiocoap binds its server socket with SO_REUSEPORT, so a port another process serves (a
+    second gateway with the same config) is shared rather than refused, and the kernel splits
+    the requests between the two. A bind without it, as aiocoap's (IPv6, v4-mapped), fails
+    whenever anyone holds the port; it is released at once."""
+    if port == 0:
+        return
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, socket.AF_INET6, socket.SOCK_DGRAM, flags=socket.AI_V4MAPPED
+    )[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise OSError(
+                errno.EADDRINUSE, f"UDP port {port} on {host} is in use by another socket"
+            ) from None
+
+
 class CoapServerAdapter(Adapter):
     """Serves the points of the bridges that target it as CoAP resources."""
 
@@ -747,6 +773,7 @@ class CoapServerAdapter(Adapter):
             credentials = oscore_credentials(oscore, self.name, ":client")
             site = OscoreSiteWrapper(self.site, credentials)
         try:
+            await asyncio.to_thread(port_free, self.config.host, self.config.port)
             self._context = await aiocoap.Context.create_server_context(
                 site,
                 bind=(self.config.host, self.config.port),
