@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -227,6 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 bool(running) and running[-1].started.is_set() and not signals.stop.is_set()
             )
         )
+        serving_since = time.time()
         current, previous = config, None  # previous: the config that ran before a reload
         carried: Carried | None = None  # what a reload kept running (gateway.handover)
         try:
@@ -242,6 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         gateway = Gateway(
                             current, notifier=notifier, status_file=status_file,
                             config_file=config_file, loop_monitor=loop_lag, carried=carried,
+                            started=serving_since,
                         )  # fmt: skip
                     except (PluginError, StartError) as exc:  # run() says "failed" itself
                         livestatus.record_refused(

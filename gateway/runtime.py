@@ -221,6 +221,7 @@ class Gateway:
         config_file: str = "",
         loop_monitor: LoopMonitor | None = None,
         carried: Carried | None = None,
+        started: float | None = None,
     ) -> None:
         self.config = config
         self.loop_monitor = loop_monitor  # its lag figures go in the status (``gateway run``)
@@ -232,8 +233,11 @@ class Gateway:
         )
         self._adapter_streaks: dict[str, FailureStreak] = {}
         self._status_held = ""  # the status file is another process's (see _lock_status_file)
+        self._connected_at_stop: dict[str, Any] = {}  # each adapter's, when the stop began
         self._status_write: asyncio.Future[None] | None = None  # the write in its thread
-        self._started_at = time.time()
+        # When serving began: `gateway run` passes its own start, so that a reload, which
+        # builds a new Gateway, does not look like a restart in `gateway status` ("up").
+        self._started_at = time.time() if started is None else started
         # systemd's notify socket (``gateway run`` under a Type=notify unit); by default none.
         self.notifier = notifier or Notifier(None)
         # A reload's kept parts (`gateway.handover`): their bus, router and adapters go on.
@@ -356,7 +360,7 @@ class Gateway:
             except Exception as exc:
                 await self._write_status("failed", {}, str(exc) or type(exc).__name__)
                 raise
-            await self._write_status("stopped", line=self.summary(stopped=True))
+            await self._write_status("stopped", self._stopped_status(), self.summary(stopped=True))
         finally:
             if lock is not None:
                 lock.release()
@@ -474,6 +478,9 @@ class Gateway:
                 log.warning("status file not written by this run: %s", self._status_held)
             await self._write_status("running")
             await stop.wait()
+            self._connected_at_stop = {
+                n: self._adapter_status(n, a).get("connected") for n, a in self.adapters.items()
+            }
             next_config = upcoming() if upcoming is not None else None
             if next_config is not None:
                 next_stamps = handover.stamps(next_config)
@@ -653,6 +660,17 @@ class Gateway:
                 log.info("status: %s", line)
             self.notifier.status(line)
             await self._write_status("running", status, line)
+
+    def _stopped_status(self) -> dict[str, Any]:
+        """The status after a clean stop: the final counters, and each adapter connected as it
+        was when the stop began (the stop itself disconnects every one: `gateway status`
+        listed them all as "was down")."""
+        status = self.status()
+        for name, connected in self._connected_at_stop.items():
+            info = status["adapters"].get(name)
+            if isinstance(info, dict) and "connected" in info:
+                info["connected"] = connected
+        return status
 
     async def _write_status(
         self, state: str, status: dict[str, Any] | None = None, line: str | None = None

@@ -459,3 +459,37 @@ async def test_a_run_beside_the_holder_of_the_file_says_so_once_up_and_leaves_it
         held.release()
     assert path.read_text() == before
     assert caplog.text.count("status file not written by this run: ") == 1, caplog.text
+
+
+async def test_a_clean_stop_lists_as_down_only_what_was_down_before_it(
+    tmp_path: Path, simulator: Any
+) -> None:
+    """The stop disconnects every adapter: the file it leaves said all of them were down."""
+    device = await simulator.add_device()
+    dead = free_port()
+    config_file = tmp_path / "gw.yaml"
+    config_file.write_text(
+        "gateway: {name: gw}\ndevices:\n"
+        f"  live: {{protocol: modbus, host: {HOST}, port: {device.port},"
+        " points: [{name: t, address: 0}]}\n"
+        f"  dead: {{protocol: modbus, host: {HOST}, port: {dead}, timeout: 0.2,"
+        " points: [{name: t, address: 0}]}\n"
+    )
+    path = tmp_path / "status" / "gw.json"
+    gateway = runtime.Gateway(load_config(config_file), status_file=path)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gateway.run(stop))
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    await wait_for(lambda: gateway.status()["adapters"]["live"]["connected"], message="connected")
+    stop.set()
+    await asyncio.wait_for(run, 30)
+    assert gateway.status()["adapters"]["live"]["connected"] is False  # the stop's doing
+    doc = livestatus.read(path)
+    assert doc is not None and doc["state"] == "stopped"
+    adapters = doc["status"]["adapters"]
+    assert (adapters["live"]["connected"], adapters["dead"]["connected"]) == (True, False)
+    assert adapters["live"]["polls"] >= 1  # the counters are the final ones
+    lines = _gateway_lines("gw", doc)
+    assert [line for line in lines if "was down" in line] == [
+        f"  was down: dead ({adapters['dead']['last_error']})"
+    ]

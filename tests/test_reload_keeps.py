@@ -7,6 +7,7 @@ raw TCP connection held across the reloads: kept, it answers on it; restarted, i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -284,6 +285,7 @@ def test_a_reload_keeps_an_unchanged_server_and_its_connections(
         # A reload that adds a second server and a bridge to it: mb and the sensor go on.
         endpoint, bridge = _second_server(mb2)
         added = _config(broker, mb, extra_endpoint=endpoint, extra_bridge=bridge)
+        before_reloads = time.time()
         _reload(proc, config, added, 2)
         assert "reload: kept running: mb, sensor; new: mb2" in _log(config)
         _publish(mosquitto, 22)
@@ -301,10 +303,15 @@ def test_a_reload_keeps_an_unchanged_server_and_its_connections(
                 time.sleep(0.05)
     with socket.create_connection((HOST, mb), timeout=5) as fresh:
         _until(_reads(fresh, 5, 22), "the restarted server serves at the new address")
+    status = tmp_path / "state" / "status" / "rl.json"
+    _until(lambda: '"state":"running"' in status.read_text(), "the status file says running")
+    started = json.loads(status.read_text())["started"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, _log(config)
     assert not port_open(HOST, mb) and not port_open(HOST, mb2), "a kept server outlived stop"
     assert "did not close cleanly" not in _log(config)
+    # `gateway status` says "up" since the process started: reloads are no restarts
+    assert started < before_reloads, (started, before_reloads)
 
 
 def test_a_reload_that_cannot_start_leaves_the_kept_parts_running(
