@@ -464,6 +464,44 @@ def test_one_wrong_key_does_not_hide_the_other_problems_of_its_section(tmp_path:
     assert at(problems, "bridges[2].name").found == "'up' again"
 
 
+def test_a_misspelt_key_does_not_hide_the_checks_across_its_entrys_fields(tmp_path: Path) -> None:
+    # Before, an entry with an unknown key was not checked further: its points' poll groups,
+    # and a bridge from it, came one validate run later (an audit).
+    text = (
+        "devices:\n"
+        "  plc:\n"
+        "    protocol: modbus\n"
+        "    host: h\n"
+        "    timout: 1.0\n"
+        "    poll_groups: {fast: {interval: 1}}\n"
+        "    points:\n"
+        "      - {name: a, address: 0, poll: fastt}\n"
+        "      - {name: b, address: 1, poll: fast, typ: int16}\n"
+        "endpoints:\n"
+        "  broker: {protocol: mqtt, host: h}\n"
+        "bridges:\n"
+        "  - {name: up, from: plc, to: broker, points: [nope]}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, str(tmp_path / "typo.yaml"))
+    problems = info.value.problems
+    assert [p.dotted for p in problems] == [
+        "devices.plc.timout",
+        "devices.plc.points[0].poll",
+        "devices.plc.points[1].typ",
+    ], str(info.value)
+    assert "did you mean 'timeout'?" in at(problems, "devices.plc.timout").expected
+    assert "fast" in at(problems, "devices.plc.points[0].poll").expected
+    # with the typo its only problem, the bridges from the entry are checked against it too
+    text = text.replace("poll: fastt", "poll: fast").replace(", typ: int16", "")
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, str(tmp_path / "typo.yaml"))
+    assert [p.dotted for p in info.value.problems] == [
+        "devices.plc.timout",
+        "bridges[0].points[0]",
+    ], str(info.value)
+
+
 def test_no_edit_of_the_good_file_escapes_as_another_exception(registry: Registry) -> None:
     lines = (CONFIGS / "good.yaml").read_text().splitlines(keepends=True)
     refused = 0

@@ -594,21 +594,42 @@ class _Loader:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            for f in translate(
-                exc.errors(include_url=False),
-                data,
-                model,
-                prefix=path,
-                root_keys=root_keys,
-                hints=hints,
-            ):
+            errors = exc.errors(include_url=False)
+            for f in translate(errors, data, model, prefix=path, root_keys=root_keys, hints=hints):
                 self.add(f)
+            if all(e["type"] == "extra_forbidden" for e in errors):
+                # Unknown keys (typos) alone: the rest is checked as if they were not there,
+                # so that one run also reports what the checks across fields find (a point's
+                # poll group), instead of those coming one fix later.
+                return self._without_unknown(model, data, path, errors, root_keys, hints)
         except Exception as exc:  # a plugin's validator crashed: report, do not propagate
             self.report(
                 path,
                 f"an error in the config model {model.__name__}: {exc!r}",
                 "a config its protocol plugin can read (report this to its authors)",
             )
+        return None
+
+    def _without_unknown(
+        self,
+        model: type[BaseModel],
+        data: Any,
+        path: Path,
+        errors: list[Any],
+        root_keys: tuple[str, ...],
+        hints: Mapping[str, str] | None,
+    ) -> BaseModel | None:
+        trimmed = _without(data, [tuple(e["loc"]) for e in errors])
+        try:
+            return model.model_validate(trimmed)
+        except ValidationError as exc:
+            again = exc.errors(include_url=False)
+            for f in translate(
+                again, trimmed, model, prefix=path, root_keys=root_keys, hints=hints
+            ):
+                self.add(f)
+        except Exception:  # a plugin's validator crashed: the first pass's problems stand
+            return None
         return None
 
     # -- top level ---------------------------------------------------------------------------
@@ -1639,3 +1660,25 @@ __all__ = [
     "load_config",
     "load_config_text",
 ]
+
+
+def _without(data: Any, locations: list[tuple[Any, ...]]) -> Any:
+    """``data`` (mappings and lists, as YAML gives them) with the key at the end of each
+    location removed; a location's steps that are no key of the data (a union's tag, as
+    pydantic adds them) are passed over. Copies what it changes."""
+    for location in locations:
+        data = _drop(data, location)
+    return data
+
+
+def _drop(node: Any, location: tuple[Any, ...]) -> Any:
+    if not location:
+        return node
+    step, rest = location[0], location[1:]
+    if isinstance(node, dict) and step in node:
+        if not rest:
+            return {k: v for k, v in node.items() if k != step}
+        return {**node, step: _drop(node[step], rest)}
+    if isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+        return [*node[:step], _drop(node[step], rest), *node[step + 1 :]]
+    return _drop(node, rest)  # a tag pydantic put in the location
