@@ -12,10 +12,12 @@ from conftest import HOST, wait_for
 from gateway.adapter import AdapterContext
 from gateway.bus import Bus, Subscription
 from gateway.types import Message, Quality, Sample
+from protocols.modbus import client
 from protocols.modbus.client import ModbusClientAdapter, ModbusWriteError
-from protocols.modbus.codec import ByteOrder, DataType
+from protocols.modbus.codec import ByteOrder, DataType, Table
 from protocols.modbus.config import ModbusDevice
-from protocols.modbus.simulator import SimulatedDevice, Simulator
+from protocols.modbus.frames import FUNCTION_TABLE, ExceptionCode, ModbusError, ReadRequest, Request
+from protocols.modbus.simulator import SimulatedDevice, Simulator, UnitTables
 
 
 def device_config(port: int, points: list[dict[str, Any]], **extra: Any) -> ModbusDevice:
@@ -131,18 +133,25 @@ async def test_publish_on_change_versus_always(device: SimulatedDevice, run_adap
 
 
 async def test_exception_response_marks_only_its_points_bad(
-    device: SimulatedDevice, run_adapter: Any
+    device: SimulatedDevice, run_adapter: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     points = [
         {"name": "ok", "address": 0},
         {"name": "missing", "address": 199, "type": "uint32"},  # runs past the 200 registers
     ]
-    r = await run_adapter(device_config(device.port, points, max_gap=0))
-    missing = await wait_for(lambda: r.latest("missing"))
+    with caplog.at_level("WARNING", logger="protocols.modbus.client"):
+        r = await run_adapter(device_config(device.port, points, max_gap=0))
+        missing = await wait_for(lambda: r.latest("missing"))
+        await asyncio.sleep(0.3)
     assert missing.quality is Quality.BAD
-    assert missing.reason == "exception 02 (illegal data address)"
+    assert missing.reason == "exception 02 (illegal data address) at holding 199..200"
     assert r.latest("ok").quality is Quality.GOOD  # type: ignore[union-attr]
     assert r.adapter.status()["connected"] is True
+    assert [m for m in caplog.messages if "refused" in m] == [
+        "dev: point missing (holding 199, unit 1) is refused by the device with exception 02"
+        " (illegal data address): it is Bad and read on its own every 60 s; the points around"
+        " it are read without it"
+    ]
 
 
 async def test_unreachable_device_is_bad_then_recovers(
@@ -320,3 +329,163 @@ async def test_ticks_while_the_device_is_down_are_not_late_polls(
         await wait_for(lambda: r.adapter.status()["polls"] >= polls + 5, timeout=5)
     assert r.adapter.status()["polls_missed"] == 0
     assert not [m for m in caplog.messages if "is late" in m]
+
+
+# -- addresses the device refuses (exception 02) inside a merged read ---------------------------
+
+
+def refuse_reads_of(monkeypatch: pytest.MonkeyPatch, table: str, *addresses: int) -> None:
+    """Gaps in the simulator's map: a read covering one of ``addresses`` is exception 02, as a
+    device answers for an address it lacks (the simulator alone only refuses past its end)."""
+    execute = UnitTables.execute
+    kind = Table(table)
+
+    def with_gaps(self: UnitTables, request: Request) -> bytes:
+        if isinstance(request, ReadRequest) and FUNCTION_TABLE[request.function] is kind:
+            span = range(request.address, request.address + request.count)
+            if any(a in span for a in addresses):
+                raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, request.function)
+        return execute(self, request)
+
+    monkeypatch.setattr(UnitTables, "execute", with_gaps)
+
+
+def good(r: Running, point: str) -> Sample | None:
+    s = r.latest(point)
+    return s if s is not None and s.quality is Quality.GOOD else None
+
+
+async def test_an_address_past_the_map_takes_only_its_own_point_bad(
+    simulator: Simulator, run_adapter: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The audit's case: 998 and 1000 merge into one read; the device has 1000 registers, so
+    # the read is refused, and before, r998 went Bad with it although it reads fine alone.
+    dev = await simulator.add_device(size=1000)
+    dev.set_registers("holding", 998, [42])
+    points = [{"name": "r998", "address": 998}, {"name": "r1000", "address": 1000}]
+    with caplog.at_level("INFO", logger="protocols.modbus.client"):
+        r = await run_adapter(device_config(dev.port, points))
+        r998 = await wait_for(lambda: good(r, "r998"), message="r998 Good")
+        assert r998.value == 42
+        r1000 = r.latest("r1000")
+        assert r1000 is not None and r1000.quality is Quality.BAD
+        assert r1000.reason == "exception 02 (illegal data address) at holding 1000"
+        status = r.adapter.status()
+        assert status["refused"] == 1
+        assert status["refused_points"] == ["r1000 (holding 1000 unit 1)"]
+        assert r.adapter.requests_per_poll() == {"default": 1}  # r998 alone from now on
+        # and r1000 is not asked for again before the retry interval (60 s)
+        before, polls = dev.requests, r.adapter.status()["polls"]
+        await wait_for(lambda: r.adapter.status()["polls"] >= polls + 5)
+        assert dev.requests - before == r.adapter.status()["polls"] - polls
+    refused = [m for m in caplog.messages if "refused" in m]
+    assert len(refused) == 1 and "point r1000 (holding 1000, unit 1)" in refused[0], refused
+    assert r.count("r998") == 1 and r.count("r1000") == 1  # each sent once, no flapping
+
+
+async def test_a_device_refusing_every_point_names_a_few_in_the_log_not_all(
+    simulator: Simulator, run_adapter: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wrong table or unit id makes every point refused: one warning each buried the cause.
+    dev = await simulator.add_device(size=100)
+    points = [{"name": f"p{a}", "address": a} for a in range(200, 240, 2)]  # 20, all past 100
+    with caplog.at_level("WARNING", logger="protocols.modbus.client"):
+        r = await run_adapter(device_config(dev.port, points))
+        await wait_for(lambda: r.adapter.status()["refused"] == 20, message="all 20 refused")
+    assert all(r.latest(p["name"]).quality is Quality.BAD for p in points)
+    named = [m for m in caplog.messages if m.startswith("dev: point ")]
+    assert len(named) == client.REFUSALS_LOGGED, named
+    assert sum("more points are refused" in m for m in caplog.messages) == 1
+
+
+@pytest.mark.parametrize(("table", "unit"), [("holding", 1), ("coil", 7), ("input", 7)])
+async def test_a_refused_point_in_the_middle_of_a_block(
+    device: SimulatedDevice,
+    run_adapter: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    table: str,
+    unit: int,
+) -> None:
+    refuse_reads_of(monkeypatch, table, 11)
+    bits = Table(table).is_bit
+    if bits:
+        device.set_bits(table, 10, [True, False, True], unit=unit)
+    else:
+        device.set_registers(table, 10, [5, 6, 7], unit=unit)
+    points = [
+        {"name": n, "table": table, "address": a, "unit_id": unit}
+        for n, a in (("a", 10), ("typo", 11), ("c", 12))
+    ]
+    with caplog.at_level("WARNING", logger="protocols.modbus.client"):
+        r = await run_adapter(device_config(device.port, points))
+        a = await wait_for(lambda: good(r, "a"))
+        c = await wait_for(lambda: good(r, "c"))
+    assert (a.value, c.value) == ((True, True) if bits else (5, 7))
+    typo = r.latest("typo")
+    assert typo is not None and typo.quality is Quality.BAD
+    assert typo.reason == f"exception 02 (illegal data address) at {table} 11"
+    assert r.adapter.requests_per_poll() == {"default": 2}  # a and c, each on its own
+    assert r.adapter.status()["refused_points"] == [f"typo ({table} 11 unit {unit})"]
+    refused = [m for m in caplog.messages if "refused" in m]
+    assert len(refused) == 1 and f"point typo ({table} 11, unit {unit})" in refused[0]
+
+
+async def test_a_gap_in_the_map_between_two_points_splits_the_read(
+    device: SimulatedDevice,
+    run_adapter: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No point is refused: the unused address between them is, which max_gap reads too.
+    refuse_reads_of(monkeypatch, "holding", 11)
+    device.set_registers("holding", 10, [5, 0, 7])
+    points = [{"name": "a", "address": 10}, {"name": "c", "address": 12}]
+    with caplog.at_level("WARNING", logger="protocols.modbus.client"):
+        r = await run_adapter(device_config(device.port, points))
+        await wait_for(lambda: good(r, "a") and good(r, "c"))
+    assert r.count("a") == 1 and r.count("c") == 1  # Good from the first poll on
+    assert r.adapter.requests_per_poll() == {"default": 2}
+    assert r.adapter.status()["refused"] == 0
+    assert any("holding 10+3 unit 1 is refused as one read" in m for m in caplog.messages)
+
+
+async def test_a_refused_point_reads_again_once_the_map_grows(
+    simulator: Simulator,
+    run_adapter: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("protocols.modbus.client.REFUSED_RETRY_S", 0.5)
+    dev = await simulator.add_device(size=1000)
+    points = [{"name": "r998", "address": 998}, {"name": "r1000", "address": 1000}]
+    with caplog.at_level("INFO", logger="protocols.modbus.client"):
+        r = await run_adapter(device_config(dev.port, points))
+        await wait_for(lambda: r.adapter.status()["refused"] == 1)
+        dev.add_unit(1, size=1100)  # a firmware update: the map grows, on the same port
+        dev.set_registers("holding", 998, [8, 0, 9])
+        r1000 = await wait_for(lambda: good(r, "r1000"), timeout=3)
+        assert r1000.value == 9
+        assert r.adapter.status()["refused"] == 0
+        assert r.adapter.requests_per_poll() == {"default": 1}  # merged again
+        await wait_for(lambda: (s := good(r, "r998")) and s.value == 8)
+    assert any("point r1000 (holding 1000, unit 1) reads again" in m for m in caplog.messages)
+    assert len([m for m in caplog.messages if "is refused" in m]) == 1
+
+
+async def test_no_extra_requests_when_nothing_is_refused(
+    device: SimulatedDevice, run_adapter: Any
+) -> None:
+    points = [
+        {"name": "a", "address": 0},
+        {"name": "b", "address": 5},
+        {"name": "c0", "table": "coil", "address": 0},
+        {"name": "c1", "table": "coil", "address": 3},
+    ]
+    r = await run_adapter(device_config(device.port, points))
+    assert r.adapter.requests_per_poll() == {"default": 2}
+    await wait_for(lambda: r.adapter.status()["polls"] >= 10)
+    status = r.adapter.status()  # a poll may be between its two requests
+    assert 2 * status["polls"] <= status["requests"] <= 2 * status["polls"] + 2
+    assert status["refused"] == 0 and status["refused_points"] == []
+    assert status["errors"] == 0

@@ -56,6 +56,12 @@ EXCEPTION_NAMES = {
 # Consecutive timeouts after which the connection is considered dead and re-opened: a single
 # slow answer is not worth a reconnect, a silent peer is.
 TIMEOUTS_BEFORE_RECONNECT = 3
+# Seconds between reads of a point the device refuses (exception 02), each on its own: a device
+# whose map grows (a firmware update) serves it again. A reconnect retries at once too.
+REFUSED_RETRY_S = 60.0
+# Refused points named in the log, per device; then one line: a wrong unit id or table can make
+# every point of a device refused, and hundreds of warnings would bury the one cause.
+REFUSALS_LOGGED = 5
 
 
 class _LatePolls:
@@ -105,6 +111,38 @@ class _LatePolls:
 
 def exception_reason(code: int) -> str:
     return f"exception {code:02d} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+
+
+# The one exception that is about addresses: 03, 04 and timeouts say nothing about which point.
+ADDRESS_REFUSED = exception_reason(2)
+
+_Request = ReadRequest[ReadItem]
+# One request's outcome: its registers or bits, or None and why.
+_Outcome = tuple[_Request, Sequence[Any] | None, str | None]
+
+
+@dataclass
+class _Group:
+    """One poll group: its points, the requests it reads them with, and the points the device
+    refuses (read apart, each with its own one-point request, every `REFUSED_RETRY_S`)."""
+
+    items: list[ReadItem]
+    plan: list[_Request]
+    refused: dict[int, _Request] = field(default_factory=dict)  # point index -> its request
+    retry_at: float = 0.0  # loop time of the next read of the refused points
+
+
+def _covering(req: _Request, items: Sequence[ReadItem]) -> _Request:
+    """A request like ``req`` for a subset of its items (which fit, since all of them did)."""
+    start = items[0].address  # items are sorted by address
+    end = max(it.address + it.count for it in items)
+    return ReadRequest(req.unit, req.table, start, end - start, tuple(items))
+
+
+def _refused_at(req: _Request) -> str:
+    last = req.address + req.count - 1
+    where = f"{req.address}" if req.count == 1 else f"{req.address}..{last}"
+    return f"{ADDRESS_REFUSED} at {req.table} {where}"
 
 
 class ModbusWriteError(WriteRefused):
@@ -158,7 +196,8 @@ class ModbusClientAdapter(Adapter):
                 )
             )
         self._by_name = {p.config.name: p for p in self._points}
-        self._plans: dict[str, list[ReadRequest[ReadItem]]] = {}
+        self._groups: dict[str, _Group] = {}
+        self._refusals_said = 0
         for group in config.poll_groups:
             items = [
                 ReadItem(p.unit, p.config.table, p.config.address, p.config.count, i)
@@ -166,12 +205,7 @@ class ModbusClientAdapter(Adapter):
                 if p.config.poll == group
             ]
             if items:
-                self._plans[group] = plan_reads(
-                    items,
-                    max_gap=config.max_gap,
-                    max_registers=config.max_registers,
-                    max_bits=config.max_bits,
-                )
+                self._groups[group] = _Group(items, self._plan(items))
         # One-request plans to read a point back right after writing it.
         self._readback = {
             p.config.name: plan_reads(
@@ -214,17 +248,31 @@ class ModbusClientAdapter(Adapter):
             return "float64" if p.config.dtype is not DataType.FLOAT32 else "float32"
         return str(p.config.dtype)
 
+    def _plan(self, items: Sequence[ReadItem]) -> list[_Request]:
+        cfg = self.config
+        return plan_reads(
+            items, max_gap=cfg.max_gap, max_registers=cfg.max_registers, max_bits=cfg.max_bits
+        )
+
     def requests_per_poll(self) -> dict[str, int]:
-        return {group: len(plan) for group, plan in self._plans.items()}
+        """Requests of each group's plan (the refused points' own reads, when due, apart)."""
+        return {group: len(g.plan) for group, g in self._groups.items()}
 
     def status(self) -> dict[str, Any]:
         # Connected means answering: a frozen device still accepts TCP connections (its
         # kernel does), so between reconnects it looked up while every request timed out.
         # A timeout counts until the next answer, across reconnects.
+        refused = [
+            f"{self._points[i].config.name} ({r.table} {r.address} unit {r.unit})"
+            for g in self._groups.values()
+            for i, r in g.refused.items()
+        ]
         return {
             "connected": self._connected.is_set() and not self._silent,
             "last_error": self.last_error,
             **self.counters,
+            "refused": len(refused),  # points whose address the device refuses (exception 02)
+            "refused_points": sorted(refused),
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -243,9 +291,9 @@ class ModbusClientAdapter(Adapter):
             tg.create_task(self._keep_connected())
             if self._readback:
                 tg.create_task(serve_commands(self.bus, self.name, self.write_and_read_back))
-            for group, plan in self._plans.items():
+            for group in self._groups:
                 interval = self.config.poll_groups[group].interval
-                tg.create_task(self._poll_forever(group, plan, interval))
+                tg.create_task(self._poll_forever(group, interval))
 
     async def _keep_connected(self) -> None:
         cfg = self.config
@@ -290,6 +338,8 @@ class ModbusClientAdapter(Adapter):
             self._timeouts = 0
             self._down_reason = "not connected"
             self._lost.clear()
+            for g in self._groups.values():
+                g.retry_at = 0.0  # a reconnect may follow a firmware update: ask again now
             self._connected.set()
             await self._watch(client)
             log.warning("%s: connection lost (%s); reconnecting", self.name, self.last_error)
@@ -328,9 +378,8 @@ class ModbusClientAdapter(Adapter):
 
     # -- polling --------------------------------------------------------------------------
 
-    async def _poll_forever(
-        self, group: str, plan: list[ReadRequest[ReadItem]], interval: float
-    ) -> None:
+    async def _poll_forever(self, group: str, interval: float) -> None:
+        g = self._groups[group]
         loop = asyncio.get_running_loop()
         # The first poll runs at once; the schedule after it gets a random phase, so that
         # hundreds of devices with one interval spread over it instead of all polling, and all
@@ -343,7 +392,9 @@ class ModbusClientAdapter(Adapter):
             # the points are Bad then. A device that answers slowly or times out makes them.
             counts = self._connected.is_set() and not first
             await self._connected.wait()
-            samples = await self.poll(plan)
+            samples = await self.poll(g.plan)  # g.plan changes when points are refused
+            if g.refused:
+                samples += await self._poll_refused(g)
             raise_if_cancelling()
             self.counters["polls"] += 1
             if samples:
@@ -364,33 +415,167 @@ class ModbusClientAdapter(Adapter):
             first = False
             await asyncio.sleep(next_t - now)
 
-    async def poll(self, plan: list[ReadRequest[ReadItem]]) -> list[Sample]:
+    async def poll(self, plan: list[_Request]) -> list[Sample]:
         """Read every request of ``plan``; returns the samples that pass their deadband."""
         out: list[Sample] = []
         for req in plan:
             values, reason = await self._read(req)
             raise_if_cancelling()
-            now = time.time()
-            for item in req.items:
-                p = self._points[cast(int, item.key)]
-                why: str | None
-                if values is None:
-                    value, quality, why = None, Quality.BAD, reason
-                else:
-                    try:
-                        value = p.decode(req.slice(values, item))
-                        quality, why = Quality.GOOD, None
-                        if p.limits is not None:
-                            quality, why = p.limits.check(value, quality, why)
-                    except CodecError as exc:
-                        value, quality, why = None, Quality.BAD, f"decode: {exc}"
-                # The filter runs even for "always" points so it tracks the last value sent;
-                # after the range check, so that a change of quality alone is sent.
-                if p.deadband.accept(value, quality) or p.always:
-                    out.append(Sample(p.config.name, value, quality, now, now, p.config.unit, why))
+            if values is None and reason == ADDRESS_REFUSED:  # tested only on a failed read
+                for outcome in await self._sort_out(req):
+                    self._samples(*outcome, out)
+                continue
+            self._samples(req, values, reason, out)
         return out
 
-    async def _read(self, req: ReadRequest[ReadItem]) -> tuple[Sequence[Any] | None, str | None]:
+    def _samples(
+        self, req: _Request, values: Sequence[Any] | None, reason: str | None, out: list[Sample]
+    ) -> None:
+        """Decode the items of ``req`` and append those that pass their deadband to ``out``."""
+        now = time.time()
+        for item in req.items:
+            p = self._points[cast(int, item.key)]
+            why: str | None
+            if values is None:
+                value, quality, why = None, Quality.BAD, reason
+            else:
+                try:
+                    value = p.decode(req.slice(values, item))
+                    quality, why = Quality.GOOD, None
+                    if p.limits is not None:
+                        quality, why = p.limits.check(value, quality, why)
+                except CodecError as exc:
+                    value, quality, why = None, Quality.BAD, f"decode: {exc}"
+            # The filter runs even for "always" points so it tracks the last value sent;
+            # after the range check, so that a change of quality alone is sent.
+            if p.deadband.accept(value, quality) or p.always:
+                out.append(Sample(p.config.name, value, quality, now, now, p.config.unit, why))
+
+    # -- points the device refuses (exception 02) -----------------------------------------
+
+    async def _sort_out(self, req: _Request) -> list[_Outcome]:
+        """``req`` got exception 02: find the points the device refuses by bisecting it, so that
+        one bad address (a typo, a gap in the device's map) takes only its own point Bad. The
+        refused points leave their group's plan, which reads the rest in the parts that worked
+        (not re-merged: the gap between two of them may be what the device refuses)."""
+        outcomes = await self._bisect(req)
+        kept: list[_Request] = []
+        refused = 0
+        for i, (part, values, reason) in enumerate(outcomes):
+            if reason == ADDRESS_REFUSED:  # a single point: _bisect splits all others
+                self._refuse(part)
+                outcomes[i] = (part, values, _refused_at(part))
+                refused += 1
+            else:
+                kept.append(part)
+        if self._replace(req, kept) and len(req.items) > 1 and not refused:
+            log.warning(
+                "%s: %s %s+%s unit %s is refused as one read (%s) though each of its points "
+                "reads: a gap in the device's map? now read as %s",
+                self.name,
+                req.table,
+                req.address,
+                req.count,
+                req.unit,
+                ADDRESS_REFUSED,
+                counted(len(kept), "request"),
+            )
+        return outcomes
+
+    async def _bisect(self, req: _Request) -> list[_Outcome]:
+        """The outcomes of reading the halves of refused ``req``, halved again while refused;
+        about 2 log2(n) requests for one refused point among n, once."""
+        if len(req.items) == 1:
+            return [(req, None, ADDRESS_REFUSED)]
+        outcomes: list[_Outcome] = []
+        mid = len(req.items) // 2
+        for half in (req.items[:mid], req.items[mid:]):
+            part = _covering(req, half)
+            values, reason = await self._read(part)
+            raise_if_cancelling()
+            if reason == ADDRESS_REFUSED and len(half) > 1:
+                outcomes += await self._bisect(part)
+            else:
+                outcomes.append((part, values, reason))
+        return outcomes
+
+    def _replace(self, req: _Request, parts: list[_Request]) -> bool:
+        """Put ``parts`` in place of ``req`` in its group's plan; False if it is in none (a
+        read-back, or a plan already changed by a concurrent poll)."""
+        p = self._points[cast(int, req.items[0].key)]
+        g = self._groups.get(p.config.poll)
+        if g is None or req not in g.plan:
+            return False
+        i = g.plan.index(req)
+        g.plan = g.plan[:i] + parts + g.plan[i + 1 :]  # a new list: a poll may be iterating it
+        return True
+
+    def _refuse(self, req: _Request) -> None:
+        """Point ``req`` (one item) is refused: read apart from now on, said once."""
+        index = cast(int, req.items[0].key)
+        p = self._points[index]
+        g = self._groups.get(p.config.poll)
+        if g is None or index in g.refused:
+            return
+        if not g.refused:
+            g.retry_at = asyncio.get_running_loop().time() + REFUSED_RETRY_S
+        g.refused[index] = req
+        p.deadband.reset()  # say the new reason even if the point was already Bad
+        self._refusals_said += 1
+        if self._refusals_said > REFUSALS_LOGGED:
+            if self._refusals_said == REFUSALS_LOGGED + 1:  # a device refusing everything
+                log.warning(
+                    "%s: more points are refused by the device (%s); `gateway status` lists "
+                    "them all (refused_points)",
+                    self.name,
+                    ADDRESS_REFUSED,
+                )
+            return
+        log.warning(
+            "%s: point %s (%s %s, unit %s) is refused by the device with %s: it is Bad and "
+            "read on its own every %g s; the points around it are read without it",
+            self.name,
+            p.config.name,
+            req.table,
+            req.address,
+            req.unit,
+            ADDRESS_REFUSED,
+            REFUSED_RETRY_S,
+        )
+
+    async def _poll_refused(self, g: _Group) -> list[Sample]:
+        """Each refused point of ``g``: read on its own when due (a point that reads again
+        rejoins the plan), else Bad again (which only "always" points publish)."""
+        out: list[Sample] = []
+        loop = asyncio.get_running_loop()
+        due = loop.time() >= g.retry_at
+        if due:
+            g.retry_at = loop.time() + REFUSED_RETRY_S
+        for index, req in list(g.refused.items()):
+            values, reason = await self._read(req) if due else (None, ADDRESS_REFUSED)
+            raise_if_cancelling()
+            if values is not None:
+                self._readmit(g, index, req)
+            elif reason == ADDRESS_REFUSED:
+                reason = _refused_at(req)
+            self._samples(req, values, reason, out)
+        return out
+
+    def _readmit(self, g: _Group, index: int, req: _Request) -> None:
+        del g.refused[index]
+        # Planned afresh: merged with its neighbours again; a gap of the device's map that the
+        # old plan stepped around is found again by the next poll (its points stay Good).
+        g.plan = self._plan([it for it in g.items if it.key not in g.refused])
+        log.info(
+            "%s: point %s (%s %s, unit %s) reads again; polled with the others",
+            self.name,
+            self._points[index].config.name,
+            req.table,
+            req.address,
+            req.unit,
+        )
+
+    async def _read(self, req: _Request) -> tuple[Sequence[Any] | None, str | None]:
         client = self._client
         if client is None or not self._connected.is_set():
             return None, self._down_reason
