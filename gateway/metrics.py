@@ -12,7 +12,8 @@ Prometheus' client libraries use), read from /proc where there is one.
 
 Rendering (`exposition`) is free of I/O; `MetricsServer` is a small HTTP/1.1 responder on the
 event loop (the status is read where it changes, never from another thread), for one scraper
-or a few: at most `MAX_CLIENTS` connections at once, `READ_TIMEOUT` to send a request, a page
+or a few: at most `MAX_CLIENTS` connections at once (a newcomer takes the place of one that
+has sent nothing), `READ_TIMEOUT` to send a request, `WRITE_TIMEOUT` to take the answer, a page
 computed at most once per `CACHE_S`. No authentication or TLS: it listens on 127.0.0.1 unless
 told otherwise (a reverse proxy or the firewall guards another address).
 """
@@ -34,7 +35,8 @@ log = logging.getLogger("gateway.metrics")
 PREFIX = "protocol_brain_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST = 8192  # bytes of request line and headers; a scraper sends a few hundred
-READ_TIMEOUT = 5.0  # seconds for a request to arrive: a silent connection must not hold a slot
+READ_TIMEOUT = 2.0  # seconds for a request to arrive (a scraper sends it at once)
+WRITE_TIMEOUT = 10.0  # seconds for the client to take the answer
 MAX_CLIENTS = 8
 CACHE_S = 1.0  # scrapers in a burst (several Prometheus replicas) share one page
 
@@ -145,14 +147,19 @@ def process_metrics() -> dict[str, float]:
 
 
 class MetricsServer:
-    """Answers ``GET /metrics`` with ``page()``; anything else with 404 or 405."""
+    """Answers ``GET /metrics`` with ``page()``; anything else with 404 or 405.
+
+    A connection that has not sent its request yet gives its place to a newcomer when all
+    `MAX_CLIENTS` are taken (the oldest such goes), so idle connections cannot lock scrapers
+    out; one whose answer the client does not take within `WRITE_TIMEOUT` is dropped."""
 
     def __init__(self, host: str, port: int, page: Callable[[], str]) -> None:
         self.host = host
         self.port = port
         self._page = page
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        # each connection's task -> its writer, and whether its request has arrived (oldest first)
+        self._clients: dict[asyncio.Task[None], tuple[asyncio.StreamWriter, bool]] = {}
         self._cached: tuple[float, bytes] = (-math.inf, b"")
         self.scrapes = 0
 
@@ -168,32 +175,42 @@ class MetricsServer:
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._clients):
-            task.cancel()
+        # Dropped, not cancelled: each task ends on its own (asyncio logs a cancelled one).
+        for writer, _ in list(self._clients.values()):
+            writer.transport.abort()
         if self._clients:
-            await asyncio.wait(self._clients, timeout=1.0)
+            await asyncio.wait(list(self._clients), timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._clients) >= MAX_CLIENTS or task is None:
-            writer.close()  # a scraper retries at its next interval
+        if task is None or not self._make_room():
+            writer.transport.abort()  # every place serves a request: a scraper retries later
             return
-        self._clients.add(task)
+        self._clients[task] = (writer, False)
         try:
-            await self._answer(reader, writer)
+            head = await asyncio.wait_for(_read_head(reader), READ_TIMEOUT)
+            self._clients[task] = (writer, True)
+            await asyncio.wait_for(self._answer(head, writer), WRITE_TIMEOUT)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            pass  # the client went away or sent too much: nothing to answer
+            writer.transport.abort()  # gone, too slow or too much: nothing more to say
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await asyncio.wait_for(_read_head(reader), READ_TIMEOUT)
+    def _make_room(self) -> bool:
+        if len(self._clients) < MAX_CLIENTS:
+            return True
+        for task, (writer, asked) in self._clients.items():
+            if not asked:
+                del self._clients[task]  # its place is the newcomer's now
+                writer.transport.abort()  # its read fails, and its task ends
+                return True
+        return False
+
+    async def _answer(self, head: str, writer: asyncio.StreamWriter) -> None:
         method, _, rest = head.partition(" ")
         target = rest.partition(" ")[0].split("?", 1)[0]
         if target != "/metrics":

@@ -134,9 +134,10 @@ async def test_a_running_gateway_serves_its_counters_to_curl(
         other = await _curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{HOST}:{port}/")
         posted = await _curl("-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", url)
         assert (other.stdout, posted.stdout) == ("404", "405")
-        # a connection that sends nothing does not hold the page from the others
-        idle = [socket.create_connection((HOST, port)) for _ in range(metrics.MAX_CLIENTS - 1)]
+        # connections that send nothing, as many as there are places, do not lock curl out
+        idle = [socket.create_connection((HOST, port)) for _ in range(metrics.MAX_CLIENTS)]
         try:
+            await asyncio.sleep(0.2)  # all of them accepted and waiting
             assert (await _curl(url)).returncode == 0
         finally:
             for sock in idle:
@@ -192,3 +193,29 @@ async def test_a_reload_moving_the_metrics_port_keeps_the_devices(
     finally:
         stop.set()
         await asyncio.wait_for(run, 30)
+
+
+async def test_clients_that_do_not_take_their_answer_are_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that asks and never reads held its place for good (a review: 8 of them, a
+    3 MB page, every scrape refused); and stopping with clients on logged asyncio errors."""
+    monkeypatch.setattr(metrics, "WRITE_TIMEOUT", 0.5)
+    page = "x 1\n" * 1_000_000  # 4 MB: more than the socket buffers take
+    async with metrics.MetricsServer(HOST, 0, lambda: page) as server:
+        stuck = []
+        for _ in range(metrics.MAX_CLIENTS):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((HOST, server.port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            stuck.append(sock)
+        await asyncio.sleep(1.5)  # past WRITE_TIMEOUT: their places are free again
+        scraped = await _curl("-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                              f"http://{HOST}:{server.port}/metrics")  # fmt: skip
+        assert scraped.stdout == f"200 {len(page)}", scraped.stderr
+        idle = socket.create_connection((HOST, server.port))
+        await asyncio.sleep(0.1)
+    for sock in [*stuck, idle]:
+        sock.close()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
