@@ -130,6 +130,7 @@ class _Group:
     plan: list[_Request]
     refused: dict[int, _Request] = field(default_factory=dict)  # point index -> its request
     retry_at: float = 0.0  # loop time of the next read of the refused points
+    fresh: set[int] = field(default_factory=set)  # refused by this poll: said once already
 
 
 def _covering(req: _Request, items: Sequence[ReadItem]) -> _Request:
@@ -271,7 +272,7 @@ class ModbusClientAdapter(Adapter):
             "connected": self._connected.is_set() and not self._silent,
             "last_error": self.last_error,
             **self.counters,
-            "refused": len(refused),  # points whose address the device refuses (exception 02)
+            "points_refused": len(refused),  # whose address the device refuses (exception 02)
             "refused_points": sorted(refused),
         }
 
@@ -340,6 +341,9 @@ class ModbusClientAdapter(Adapter):
             self._lost.clear()
             for g in self._groups.values():
                 g.retry_at = 0.0  # a reconnect may follow a firmware update: ask again now
+                # and what a refused read split apart is merged again (a gap may be gone too)
+                g.plan = self._plan([it for it in g.items if it.key not in g.refused])
+            self._refusals_said = 0
             self._connected.set()
             await self._watch(client)
             log.warning("%s: connection lost (%s); reconnecting", self.name, self.last_error)
@@ -457,21 +461,31 @@ class ModbusClientAdapter(Adapter):
         """``req`` got exception 02: find the points the device refuses by bisecting it, so that
         one bad address (a typo, a gap in the device's map) takes only its own point Bad. The
         refused points leave their group's plan, which reads the rest in the parts that worked
-        (not re-merged: the gap between two of them may be what the device refuses)."""
+        (not re-merged until a reconnect: the gap between two of them may be what the device
+        refuses). Only a request of a group's plan changes it, and only when every part either
+        read or was refused: a read-back is one Bad sample, and a part lost to a timeout or the
+        connection leaves the plan as it was for the next poll to ask again."""
         outcomes = await self._bisect(req)
+        g = self._group_of(req)
+        settled = all(v is not None or why == ADDRESS_REFUSED for _, v, why in outcomes)
         kept: list[_Request] = []
         refused = 0
         for i, (part, values, reason) in enumerate(outcomes):
             if reason == ADDRESS_REFUSED:  # a single point: _bisect splits all others
-                self._refuse(part)
                 outcomes[i] = (part, values, _refused_at(part))
-                refused += 1
+                if g is not None and settled:
+                    self._refuse(g, part)
+                    refused += 1
             else:
                 kept.append(part)
-        if self._replace(req, kept) and len(req.items) > 1 and not refused:
+        if g is None or not settled:
+            return outcomes
+        at = next(i for i, r in enumerate(g.plan) if r is req)
+        g.plan = g.plan[:at] + kept + g.plan[at + 1 :]  # a new list: a poll may be iterating it
+        if len(req.items) > 1 and not refused:
             log.warning(
                 "%s: %s %s+%s unit %s is refused as one read (%s) though each of its points "
-                "reads: a gap in the device's map? now read as %s",
+                "reads: a gap in the device's map? now read as %s until the next reconnect",
                 self.name,
                 req.table,
                 req.address,
@@ -499,27 +513,22 @@ class ModbusClientAdapter(Adapter):
                 outcomes.append((part, values, reason))
         return outcomes
 
-    def _replace(self, req: _Request, parts: list[_Request]) -> bool:
-        """Put ``parts`` in place of ``req`` in its group's plan; False if it is in none (a
-        read-back, or a plan already changed by a concurrent poll)."""
-        p = self._points[cast(int, req.items[0].key)]
-        g = self._groups.get(p.config.poll)
-        if g is None or req not in g.plan:
-            return False
-        i = g.plan.index(req)
-        g.plan = g.plan[:i] + parts + g.plan[i + 1 :]  # a new list: a poll may be iterating it
-        return True
+    def _group_of(self, req: _Request) -> _Group | None:
+        """The poll group whose plan holds ``req``; None for a read-back, or a request a
+        concurrent poll already replaced."""
+        g = self._groups.get(self._points[cast(int, req.items[0].key)].config.poll)
+        return g if g is not None and any(r is req for r in g.plan) else None
 
-    def _refuse(self, req: _Request) -> None:
-        """Point ``req`` (one item) is refused: read apart from now on, said once."""
+    def _refuse(self, g: _Group, req: _Request) -> None:
+        """Point ``req`` (one item) of ``g`` is refused: read apart from now on, said once."""
         index = cast(int, req.items[0].key)
         p = self._points[index]
-        g = self._groups.get(p.config.poll)
-        if g is None or index in g.refused:
+        if index in g.refused:
             return
         if not g.refused:
             g.retry_at = asyncio.get_running_loop().time() + REFUSED_RETRY_S
         g.refused[index] = req
+        g.fresh.add(index)
         p.deadband.reset()  # say the new reason even if the point was already Bad
         self._refusals_said += 1
         if self._refusals_said > REFUSALS_LOGGED:
@@ -551,7 +560,10 @@ class ModbusClientAdapter(Adapter):
         due = loop.time() >= g.retry_at
         if due:
             g.retry_at = loop.time() + REFUSED_RETRY_S
+        fresh, g.fresh = g.fresh, set()
         for index, req in list(g.refused.items()):
+            if index in fresh:  # refused by this very poll, which sent its sample
+                continue
             values, reason = await self._read(req) if due else (None, ADDRESS_REFUSED)
             raise_if_cancelling()
             if values is not None:
