@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 5.0
 CANCEL_TIMEOUT = 10.0
+# A kept adapter's `Adapter.reloaded` must not hold the reload's READY back for long.
+RELOADED_TIMEOUT = 10.0
 # An adapter's __aenter__ binds, loads certificates and builds address spaces; one that has not
 # finished in this time (a plugin awaiting a peer that never answers) would hold the whole
 # gateway in start-up. An OPC UA address space of 10,000 points builds in about 2 s here; the
@@ -442,11 +444,6 @@ class Gateway:
         if self.carried is not None and self.shadow is None and self.carried.shadow_feed:
             self.carried.shadow_feed.close()  # no shadow service in this config to take it
         self.carried = None  # from here on this run owns them, and stops or hands them on
-        for adapter in list(kept.values()):  # the files they read live may have changed
-            try:
-                await adapter.reloaded()
-            except Exception as exc:  # the part runs on as it was; the rest is not its concern
-                log.error("%s: applying the reload: %s", adapter.name, _cause(exc))
         reporter = asyncio.create_task(self._report(self.config.gateway.status_interval))
         metrics_server: metrics.MetricsServer | None = None
         # What exists now (an OPC UA address space: millions of objects) lives as long as
@@ -457,6 +454,8 @@ class Gateway:
         next_stamps = handover.Stamps()
         keep: frozenset[str] = frozenset()
         try:
+            for adapter in list(kept.values()):  # the files they read live may have changed
+                await _reloaded(adapter)
             metrics_server = await self._open_metrics()
             self.started.set()
             off = [*self.config.disabled, *(f"bridge {b}" for b in self.config.disabled_bridges)]
@@ -731,6 +730,17 @@ class Gateway:
             await adapter.points_lost(f"adapter failed: {why}")
 
         return lost
+
+
+async def _reloaded(adapter: Adapter) -> None:
+    """``adapter.reloaded()``, at most `RELOADED_TIMEOUT` s; a failure is logged and the
+    adapter runs on as it was."""
+    try:
+        await asyncio.wait_for(adapter.reloaded(), RELOADED_TIMEOUT)
+    except TimeoutError:
+        log.error("%s: applying the reload took over %g s; left", adapter.name, RELOADED_TIMEOUT)
+    except Exception as exc:
+        log.error("%s: applying the reload: %s", adapter.name, _cause(exc))
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

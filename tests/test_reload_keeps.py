@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HOST, MosquittoBroker, find_binary, free_port, port_open, reaped
+from conftest import (
+    HOST,
+    MosquittoBroker,
+    find_binary,
+    free_port,
+    port_open,
+    reaped,
+    wait_for,
+)
 
 from gateway import handover
 from gateway.config import GatewayConfig, load_config
@@ -482,9 +490,7 @@ async def test_a_start_that_fails_leaves_no_queue_of_its_bridges_on_the_kept_bus
 async def test_the_shadow_records_what_kept_sources_read_while_it_restarted(
     tmp_path: Path,
 ) -> None:
-    import asyncio
 
-    from gateway.runtime import Gateway
     from gateway.types import Message, Quality, Sample
 
     mb1 = free_port()
@@ -502,20 +508,31 @@ async def test_the_shadow_records_what_kept_sources_read_while_it_restarted(
     # plc kept running: a reading it takes between the two shadow services
     reading = Sample("t", 42, Quality.GOOD, 5.0, 5.0)
     await carried.bus.publish(Message.telemetry("plc", (reading,)))
-    nxt = Gateway(second, carried=carried)
+    await _shadow_records(second, carried, "t", 42)
+
+
+async def _shadow_records(config: GatewayConfig, carried: Carried, point: str, value: int) -> None:
+    """Run ``config`` with ``carried`` until its shadow reports ``value`` for plc's ``point``."""
+    import asyncio
+
+    from gateway.runtime import Gateway
+
+    nxt = Gateway(config, carried=carried)
     stop = asyncio.Event()
     run = asyncio.create_task(nxt.run(stop))
-    await asyncio.wait_for(nxt.started.wait(), 10)
-    assert nxt.shadow is not None
-    shadow = nxt.shadow
+    try:
+        await asyncio.wait_for(nxt.started.wait(), 10)
+        shadow = nxt.shadow
+        assert shadow is not None
 
-    async def recorded() -> None:
-        while (doc := shadow.state("plc")) is None or doc.reported.get("t") != 42:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        def reported() -> bool:
+            doc = shadow.state("plc")
+            return doc is not None and doc.reported.get(point) == value
 
-    await asyncio.wait_for(recorded(), 10)
-    stop.set()
-    await asyncio.wait_for(run, 30)
+        await wait_for(reported, timeout=10, message=f"the shadow reports {point} = {value}")
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)
 
 
 def test_a_reload_during_a_stop_or_a_start_is_not_lost() -> None:
@@ -626,9 +643,6 @@ async def test_a_reload_keeps_the_opcua_server_and_closes_only_clients_no_longer
 async def test_a_shadow_a_reload_adds_starts_with_what_kept_sources_last_read(
     tmp_path: Path,
 ) -> None:
-    import asyncio
-
-    from gateway.runtime import Gateway
     from gateway.types import Message, Quality, Sample
 
     mb1 = free_port()
@@ -639,30 +653,39 @@ async def test_a_shadow_a_reload_adds_starts_with_what_kept_sources_last_read(
     first = _plc_and_servers(tmp_path, text, "first.yaml")
     shadow = f"shadow: {{path: '{tmp_path / 'shadow.db'}'}}\n"
     second = _plc_and_servers(tmp_path, text + shadow, "second.yaml")
-    gateway = Gateway(first)
-    stop = asyncio.Event()
-    run = asyncio.create_task(gateway.run(stop, lambda: second))
-    await asyncio.wait_for(gateway.started.wait(), 10)
-    # an on-change source's one reading, before there was a shadow to record it (a point of
-    # its own: the dead device's Bad readings of t come and go meanwhile)
-    await gateway.bus.publish(Message.telemetry("plc", (Sample("u", 42, Quality.GOOD, 5.0, 5.0),)))
-    stop.set()
-    await asyncio.wait_for(run, 30)
-    carried = gateway.handed
+    carried = await _reloaded(first, second)
     assert carried is not None and "plc" in carried.parts.adapters and not carried.shadow_feed
-    nxt = Gateway(second, carried=carried)
-    stop = asyncio.Event()
-    run = asyncio.create_task(nxt.run(stop))
-    await asyncio.wait_for(nxt.started.wait(), 10)
-    assert nxt.shadow is not None
-    service = nxt.shadow
+    # an on-change source's one reading while there is no shadow to record it (a point of its
+    # own: the dead device's Bad readings of t come and go meanwhile)
+    await carried.bus.publish(Message.telemetry("plc", (Sample("u", 42, Quality.GOOD, 5.0, 5.0),)))
+    await _shadow_records(second, carried, "u", 42)
 
-    async def recorded() -> None:
-        while (doc := service.state("plc")) is None or doc.reported.get("u") != 42:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
-    try:
-        await asyncio.wait_for(recorded(), 10)
-    finally:
-        stop.set()
-        await asyncio.wait_for(run, 30)
+async def test_a_kept_adapters_reloaded_that_fails_or_hangs_is_logged_and_left(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from gateway import runtime
+    from gateway.adapter import Adapter, AdapterContext
+    from gateway.bus import Bus
+
+    class Plugin(Adapter):
+        def __init__(self, name: str, how: str) -> None:
+            super().__init__(name, None, AdapterContext(Bus(), "rl"))
+            self.how = how
+
+        async def run(self) -> None:
+            await asyncio.Event().wait()
+
+        async def reloaded(self) -> None:
+            if self.how == "raises":
+                raise KeyError("trusted")
+            await asyncio.sleep(60)
+
+    monkeypatch.setattr(runtime, "RELOADED_TIMEOUT", 0.2)
+    async with asyncio.timeout(5):
+        await runtime._reloaded(Plugin("broken", "raises"))
+        await runtime._reloaded(Plugin("slow", "hangs"))
+    assert "broken: applying the reload: KeyError" in caplog.text
+    assert "slow: applying the reload took over 0.2 s; left" in caplog.text
