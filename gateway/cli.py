@@ -191,6 +191,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.runtime import StartError, stuck_tasks
     from gateway.text import counted
 
+    # A SIGHUP before the event loop's handler is installed (a `systemctl reload` or a deploy
+    # script right after the start) would end the process, its default action: noted here
+    # and applied once the gateway runs.
+    early_hup: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: early_hup.append(signum))
     try:
         config = load_config(args.file)
     except ConfigError as exc:
@@ -219,6 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier = Notifier.from_environ()
         signals = RunSignals(lambda: load_config(args.file), notifier)
         signals.install()
+        if early_hup:
+            asyncio.get_running_loop().call_soon(signals.reload)
         watchdog = start_watchdog(notifier)
         # Names the code that blocks the loop (a plugin's time.sleep) while a gateway runs
         # (start and stop block it by design); it never pings systemd.

@@ -689,3 +689,34 @@ async def test_a_kept_adapters_reloaded_that_fails_or_hangs_is_logged_and_left(
         await runtime._reloaded(Plugin("slow", "hangs"))
     assert "broken: applying the reload: KeyError" in caplog.text
     assert "slow: applying the reload took over 0.2 s; left" in caplog.text
+
+
+def _catches_sighup(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & 1 << (signal.SIGHUP - 1))
+    return False
+
+
+def test_a_reload_asked_while_the_config_still_loads_is_applied_not_fatal(
+    tmp_path: Path, gateway_run: Callable[[Path], subprocess.Popen[str]]
+) -> None:
+    """A SIGHUP before the event loop's handler was installed ended the process (a soak run:
+    exit -1 for a reload 0.2 s after the start). A large config keeps it loading a while."""
+    points = ", ".join(f"{{name: p{i}, address: {i}}}" for i in range(250))
+    devices = [
+        f"  d{n}: {{protocol: modbus, host: {HOST}, port: {DEAD}, timeout: 0.2, points: [{points}]}}"
+        for n in range(120)
+    ]
+    config = tmp_path / "plant.yaml"
+    config.write_text("gateway: {name: rl}\ndevices:\n" + "\n".join(devices) + "\n")
+    proc = gateway_run(config)
+    deadline = time.monotonic() + 1.0  # the old code was still loading then (about 2 s)
+    while not _catches_sighup(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGHUP)
+    _until(lambda: "gateway rl running: " in _log(config) or proc.poll() is not None, "a start")
+    assert proc.poll() is None, f"exit {proc.returncode}: {_log(config)}"
+    _until(lambda: "reload: kept running: " in _log(config), f"the reload applied: {_log(config)}")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, _log(config)
