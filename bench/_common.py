@@ -91,6 +91,18 @@ def start_gateway(config: Path, log: Path) -> subprocess.Popen[str]:
     )
 
 
+def stop_gateway(gw: subprocess.Popen[str], timeout: float = 60.0) -> tuple[int | None, float]:
+    """SIGTERM ``gw`` and wait: its exit code (None if it outlived ``timeout``) and the
+    seconds its shutdown took."""
+    start = time.monotonic()
+    gw.send_signal(signal.SIGTERM)
+    try:
+        code: int | None = gw.wait(timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    return code, time.monotonic() - start
+
+
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(found).exists():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from _common import (  # noqa: E402
     start_gateway,
     start_simulator,
     stop,
+    stop_gateway,
     wait_port,
 )
 
@@ -213,13 +213,7 @@ def main() -> None:
             me_cpu = cpu_seconds(me) - me_cpu0
             counter.stop()
 
-            t_stop = time.monotonic()
-            gw.send_signal(signal.SIGTERM)
-            try:
-                gw_rc: int | None = gw.wait(60)
-            except subprocess.TimeoutExpired:
-                gw_rc = None
-            shutdown_s = time.monotonic() - t_stop
+            gw_rc, shutdown_s = stop_gateway(gw)
             expected = args.devices * args.registers / args.interval
             result = {
                 "devices": args.devices,

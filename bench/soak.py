@@ -67,6 +67,7 @@ from _common import (  # noqa: E402
     start_gateway,
     start_simulator,
     stop,
+    stop_gateway,
     wait_port,
 )
 
@@ -636,13 +637,7 @@ def main() -> None:
             missing = sub.missing(last_id)
             final_status = read_status(status_file) or {}
 
-            t_stop = time.monotonic()
-            gw.send_signal(signal.SIGTERM)
-            try:
-                gw_rc: int | None = gw.wait(60)
-            except subprocess.TimeoutExpired:
-                gw_rc = None
-            shutdown_s = time.monotonic() - t_stop
+            gw_rc, shutdown_s = stop_gateway(gw)
             samples_file.close()
             (folder / "events.json").write_text(json.dumps(events, indent=1))
 

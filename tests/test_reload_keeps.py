@@ -487,18 +487,20 @@ async def test_a_start_that_fails_leaves_no_queue_of_its_bridges_on_the_kept_bus
     assert not port_open(HOST, mb1) and back.bus.subscriptions() == []
 
 
+def _served_plc() -> str:
+    """A Modbus server endpoint fed by the (dead) plc of `_plc_and_servers`."""
+    return (
+        f"endpoints:\n  mb1: {{protocol: modbus, role: server, host: {HOST}, port: {free_port()}}}\n"
+        "bridges:\n  - {name: serve, from: plc, to: mb1, map: [{point: t, address: 0}]}\n"
+    )
+
+
 async def test_the_shadow_records_what_kept_sources_read_while_it_restarted(
     tmp_path: Path,
 ) -> None:
-
     from gateway.types import Message, Quality, Sample
 
-    mb1 = free_port()
-    text = (
-        f"endpoints:\n  mb1: {{protocol: modbus, role: server, host: {HOST}, port: {mb1}}}\n"
-        "bridges:\n  - {name: serve, from: plc, to: mb1, map: [{point: t, address: 0}]}\n"
-        f"shadow: {{path: '{tmp_path / 'shadow.db'}'}}\n"
-    )
+    text = _served_plc() + f"shadow: {{path: '{tmp_path / 'shadow.db'}'}}\n"
     first = _plc_and_servers(tmp_path, text, "first.yaml")
     other = text.replace("shadow.db'}", "shadow.db', poll_interval: 0.25}")  # it restarts
     assert other != text
@@ -645,11 +647,7 @@ async def test_a_shadow_a_reload_adds_starts_with_what_kept_sources_last_read(
 ) -> None:
     from gateway.types import Message, Quality, Sample
 
-    mb1 = free_port()
-    text = (
-        f"endpoints:\n  mb1: {{protocol: modbus, role: server, host: {HOST}, port: {mb1}}}\n"
-        "bridges:\n  - {name: serve, from: plc, to: mb1, map: [{point: t, address: 0}]}\n"
-    )
+    text = _served_plc()
     first = _plc_and_servers(tmp_path, text, "first.yaml")
     shadow = f"shadow: {{path: '{tmp_path / 'shadow.db'}'}}\n"
     second = _plc_and_servers(tmp_path, text + shadow, "second.yaml")
