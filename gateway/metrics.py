@@ -87,10 +87,7 @@ def exposition(
 
 def _numbers(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
     """(joined key, number) for every number or bool in a status value."""
-    if isinstance(value, bool):
-        if path:
-            yield path, float(value)
-    elif isinstance(value, int | float):
+    if isinstance(value, int | float):  # bools included, as 1 and 0
         if path:
             yield path, float(value)
     elif isinstance(value, Mapping):
@@ -124,7 +121,7 @@ def _value(number: float) -> str:
 
 
 def process_metrics() -> dict[str, float]:
-    """The process' memory, CPU time, file descriptors and start, under the names of
+    """The process' memory, threads, CPU time and file descriptors, under the names of
     Prometheus' client libraries; empty where /proc is not there."""
     found: dict[str, float] = {}
     with contextlib.suppress(OSError, ValueError, IndexError):

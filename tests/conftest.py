@@ -85,6 +85,21 @@ def free_port(host: str = HOST) -> int:
         return fallback
 
 
+def mqtt_endpoint_yaml(port: int | str, password: str, extra: str = "") -> str:
+    """An ``endpoints:`` section with one MQTT endpoint ``broker`` on 127.0.0.1 that logs in
+    as ``gateway`` with ``password``; ``extra``: more of its lines (4 spaces in)."""
+    return (
+        "endpoints:\n"
+        "  broker:\n"
+        "    protocol: mqtt\n"
+        f"    host: {HOST}\n"
+        f"    port: {port}\n"
+        "    username: gateway\n"
+        f"    password: {password}\n"
+        f"{extra}"
+    )
+
+
 def modbus_device_yaml(
     port: int,
     *,

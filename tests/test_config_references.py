@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HOST, MosquittoBroker, find_binary, reaped
+from conftest import HOST, MosquittoBroker, find_binary, mqtt_endpoint_yaml, reaped
 
 from gateway.cli import main
 from gateway.config import ConfigError, load_config
@@ -25,17 +25,7 @@ SECRET = "s3cret-from-the-vault"
 
 def endpoint_config(tmp_path: Path, password: str, port: str = "1883", extra: str = "") -> Path:
     config = tmp_path / "gw.yaml"
-    config.write_text(
-        "gateway: {name: refs}\n"
-        "endpoints:\n"
-        "  broker:\n"
-        "    protocol: mqtt\n"
-        f"    host: {HOST}\n"
-        f"    port: {port}\n"
-        "    username: gateway\n"
-        f"    password: {password}\n"
-        f"{extra}"
-    )
+    config.write_text("gateway: {name: refs}\n" + mqtt_endpoint_yaml(port, password, extra))
     return config
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import HOST, find_binary, free_port
+from conftest import HOST, find_binary, free_port, mqtt_endpoint_yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from test_mqtt_adapter import broker_factory, password_broker, tls_files  # noqa: F401 (fixtures)
 from test_opcua_client import NodeOpcuaServer
@@ -305,17 +305,7 @@ def publish_retained(port: int, ca: Path, messages: dict[str, Any]) -> None:
 
 def mqtt_config(tmp_path: Path, port: int, *, password: str, tls: str) -> Path:
     path = tmp_path / "plant.yaml"
-    path.write_text(
-        "endpoints:\n"
-        "  broker:\n"
-        "    protocol: mqtt\n"
-        f"    host: {HOST}\n"
-        f"    port: {port}\n"
-        "    username: gateway\n"
-        f"    password: {password}\n"
-        f"    tls: {tls}\n",
-        encoding="utf-8",
-    )
+    path.write_text(mqtt_endpoint_yaml(port, password, f"    tls: {tls}\n"), encoding="utf-8")
     return path
 
 

@@ -589,6 +589,8 @@ class _Loader:
         path: Path,
         root_keys: tuple[str, ...] = (),
         hints: Mapping[str, str] | None = None,
+        *,
+        retried: bool = False,
     ) -> BaseModel | None:
         """``model.model_validate(data)``; problems reported under ``path``."""
         try:
@@ -597,39 +599,18 @@ class _Loader:
             errors = exc.errors(include_url=False)
             for f in translate(errors, data, model, prefix=path, root_keys=root_keys, hints=hints):
                 self.add(f)
-            if all(e["type"] == "extra_forbidden" for e in errors):
+            if not retried and all(e["type"] == "extra_forbidden" for e in errors):
                 # Unknown keys (typos) alone: the rest is checked as if they were not there,
                 # so that one run also reports what the checks across fields find (a point's
                 # poll group), instead of those coming one fix later.
-                return self._without_unknown(model, data, path, errors, root_keys, hints)
+                trimmed = _without(data, [tuple(e["loc"]) for e in errors])
+                return self.validate(model, trimmed, path, root_keys, hints, retried=True)
         except Exception as exc:  # a plugin's validator crashed: report, do not propagate
             self.report(
                 path,
                 f"an error in the config model {model.__name__}: {exc!r}",
                 "a config its protocol plugin can read (report this to its authors)",
             )
-        return None
-
-    def _without_unknown(
-        self,
-        model: type[BaseModel],
-        data: Any,
-        path: Path,
-        errors: list[Any],
-        root_keys: tuple[str, ...],
-        hints: Mapping[str, str] | None,
-    ) -> BaseModel | None:
-        trimmed = _without(data, [tuple(e["loc"]) for e in errors])
-        try:
-            return model.model_validate(trimmed)
-        except ValidationError as exc:
-            again = exc.errors(include_url=False)
-            for f in translate(
-                again, trimmed, model, prefix=path, root_keys=root_keys, hints=hints
-            ):
-                self.add(f)
-        except Exception:  # a plugin's validator crashed: the first pass's problems stand
-            return None
         return None
 
     # -- top level ---------------------------------------------------------------------------
@@ -1647,21 +1628,6 @@ def _datatype(point: Any) -> str | None:
     return None
 
 
-__all__ = [
-    "BRIDGE_KEYS",
-    "BridgeConfig",
-    "BridgeKeys",
-    "DeviceEntry",
-    "GatewayConfig",
-    "GatewaySection",
-    "ShadowHistory",
-    "ShadowMqtt",
-    "ShadowSection",
-    "load_config",
-    "load_config_text",
-]
-
-
 def _without(data: Any, locations: list[tuple[Any, ...]]) -> Any:
     """``data`` (mappings and lists, as YAML gives them) with the key at the end of each
     location removed; a location's steps that are no key of the data (a union's tag, as
@@ -1682,3 +1648,18 @@ def _drop(node: Any, location: tuple[Any, ...]) -> Any:
     if isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
         return [*node[:step], _drop(node[step], rest), *node[step + 1 :]]
     return _drop(node, rest)  # a tag pydantic put in the location
+
+
+__all__ = [
+    "BRIDGE_KEYS",
+    "BridgeConfig",
+    "BridgeKeys",
+    "DeviceEntry",
+    "GatewayConfig",
+    "GatewaySection",
+    "ShadowHistory",
+    "ShadowMqtt",
+    "ShadowSection",
+    "load_config",
+    "load_config_text",
+]

@@ -341,8 +341,7 @@ class ModbusClientAdapter(Adapter):
             self._lost.clear()
             for g in self._groups.values():
                 g.retry_at = 0.0  # a reconnect may follow a firmware update: ask again now
-                # and what a refused read split apart is merged again (a gap may be gone too)
-                g.plan = self._plan([it for it in g.items if it.key not in g.refused])
+                self._replan(g)  # what a refused read split apart, merged again
             self._refusals_said = 0
             self._connected.set()
             await self._watch(client)
@@ -573,11 +572,15 @@ class ModbusClientAdapter(Adapter):
             self._samples(req, values, reason, out)
         return out
 
+    def _replan(self, g: _Group) -> None:
+        """Plan ``g``'s reads afresh, merging all but its refused points again: a gap of the
+        device's map that the old plan stepped around is found again by the next poll (its
+        points stay Good)."""
+        g.plan = self._plan([it for it in g.items if it.key not in g.refused])
+
     def _readmit(self, g: _Group, index: int, req: _Request) -> None:
         del g.refused[index]
-        # Planned afresh: merged with its neighbours again; a gap of the device's map that the
-        # old plan stepped around is found again by the next poll (its points stay Good).
-        g.plan = self._plan([it for it in g.items if it.key not in g.refused])
+        self._replan(g)
         log.info(
             "%s: point %s (%s %s, unit %s) reads again; polled with the others",
             self.name,
