@@ -251,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         gateway = Gateway(
                             current, notifier=notifier, status_file=status_file,
                             config_file=config_file, loop_monitor=loop_lag, carried=carried,
-                            started=serving_since,
+                            started=serving_since, exclusive=True,
                         )  # fmt: skip
                     except (PluginError, StartError) as exc:  # run() says "failed" itself
                         livestatus.record_refused(

@@ -224,8 +224,13 @@ class Gateway:
         loop_monitor: LoopMonitor | None = None,
         carried: Carried | None = None,
         started: float | None = None,
+        exclusive: bool = False,
     ) -> None:
         self.config = config
+        # ``gateway run``: a status file held by another process is a gateway of the same name
+        # and state folder already running; this one refuses to start (it would poll and
+        # write the same devices a second time) instead of running beside it.
+        self.exclusive = exclusive
         self.loop_monitor = loop_monitor  # its lag figures go in the status (``gateway run``)
         # ``gateway run`` keeps its status in a file for ``gateway status`` (gateway.livestatus).
         self.status_file = status_file
@@ -353,6 +358,15 @@ class Gateway:
         clean stop, one during start-up included. (``gateway run`` records a plugin or model
         refused before ``run`` as failed too: `livestatus.record_refused`.)"""
         lock = self._lock_status_file()
+        if self._status_held and self.exclusive:
+            await self._unwind([])
+            raise StartError(
+                f"gateway {self.config.gateway.name!r}",
+                RuntimeError(
+                    f"it is already running: {self._status_held}; stop it first, or give this"
+                    " config its own gateway.name"
+                ),
+            )
         try:
             await self._write_status(
                 "starting", {}, f"starting {counted(len(self.adapters), 'adapter')}"
@@ -368,9 +382,9 @@ class Gateway:
                 lock.release()
 
     def _lock_status_file(self) -> FileLock | None:
-        """The status file is this run's alone: a second ``gateway run`` of the same gateway
-        (refused a moment later by the outbox lock or a port in use, or running beside it)
-        must not write over what the running one says. Without the lock, no status file."""
+        """The status file is this run's alone: another process of the same gateway (refused
+        by `run` when ``exclusive``, else running beside it) must not write over what the
+        running one says. Without the lock, no status file."""
         if self.status_file is None:
             return None
         try:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -343,20 +344,85 @@ async def test_an_adapter_whose_status_fails_does_not_stop_the_file(
 
 
 def test_a_refused_second_run_leaves_the_running_gateways_status_alone(tmp_path: Path) -> None:
-    """The same gateway started twice: the second is refused (the MQTT outbox is the first's)
-    and must not write "failed" over the running one's file."""
+    """The same gateway started twice: the second is refused and must not write "failed"
+    over the running one's file."""
     config = write_config(tmp_path, interval=30)
     cmd = [sys.executable, "-m", "gateway", "run", str(config)]
     with reaped(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)) as first:
         assert wait_for_state(config, "running")["pid"] == first.pid
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        assert second.returncode == 1 and "could not start" in second.stderr, second.stderr
-        assert second.stderr.startswith("error: "), second.stderr  # refused: one line
+        assert second.returncode == 1, second.stderr
+        assert "gateway 'plant-7' could not start: it is already running: " in second.stderr, (
+            second.stderr
+        )
+        assert f"in use by another gateway process (pid {first.pid})" in second.stderr
+        assert second.stderr.startswith("error: ") and second.stderr.count("\n") == 1
         doc = wait_for_state(config, "running", timeout=1)
         assert doc["pid"] == first.pid
         assert status(config).stdout.startswith(f"gateway plant-7: running, pid {first.pid}")
         sigterm(first, timeout=30)
     assert wait_for_state(config, "stopped", timeout=1)["pid"] == first.pid
+
+
+async def test_a_second_run_of_a_config_of_clients_alone_is_refused_before_it_polls(
+    tmp_path: Path, simulator: Any
+) -> None:
+    """No server port and no outbox to collide on: before, the second one started and polled
+    (and wrote) the same device a second time beside the first."""
+    device = await simulator.add_device()
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {name: plant-7, status_interval: 30}\n"
+        "devices:\n"
+        f"{modbus_device_yaml(device.port, name='plc')}\n"
+        "    points:\n"
+        "      - {name: temp, table: holding, address: 0, type: int16, poll: fast}\n"
+    )
+    cmd = [sys.executable, "-m", "gateway", "run", str(config)]
+    started = await asyncio.to_thread(subprocess.Popen, cmd, stderr=subprocess.PIPE, text=True)
+    with reaped(started) as first:
+        await wait_for(lambda: device.connections == 1, 30)
+        most = [0]
+
+        async def watch() -> None:
+            while True:
+                most[0] = max(most[0], device.connections)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        second = await asyncio.to_thread(
+            subprocess.run, cmd, capture_output=True, text=True, timeout=60
+        )
+        watcher.cancel()
+        assert second.returncode == 1, second.stderr
+        assert "is already running" in second.stderr and "gateway.name" in second.stderr
+        assert most[0] == 1  # it never connected to the device
+        assert first.poll() is None and device.connections == 1
+        await asyncio.to_thread(sigterm, first, 30)
+
+
+def test_a_reload_onto_the_name_of_a_running_gateway_keeps_the_config_before(
+    tmp_path: Path,
+) -> None:
+    """The fall-back of any reload that cannot start: the name is another process's."""
+    taken = write_config(tmp_path, interval=30)  # plant-7
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(taken.read_text().replace("plant-7", "plant-8").replace("cloud", "edge"))
+    run = [sys.executable, "-m", "gateway", "run"]
+    with reaped(subprocess.Popen([*run, str(taken)], stderr=subprocess.PIPE, text=True)) as a:
+        wait_for_state(taken, "running")
+        with reaped(subprocess.Popen([*run, str(mine)], stderr=subprocess.PIPE, text=True)) as b:
+            assert wait_for_state(mine, "running")["pid"] == b.pid
+            mine.write_text(mine.read_text().replace("plant-8", "plant-7"))
+            b.send_signal(signal.SIGHUP)
+            time.sleep(3)
+            mine.write_text(mine.read_text().replace("plant-7", "plant-8"))
+            assert b.poll() is None and a.poll() is None
+            assert wait_for_state(mine, "running", timeout=1)["pid"] == b.pid
+            assert wait_for_state(taken, "running", timeout=1)["pid"] == a.pid
+            err = sigterm(b, timeout=30)
+        assert "could not start (gateway 'plant-7' could not start: it is already running" in err
+        sigterm(a, timeout=30)
 
 
 async def test_the_first_status_comes_soon_after_start(

@@ -328,10 +328,17 @@ def test_a_second_gateway_on_the_same_outbox_says_so_and_the_first_runs_on(
         deadline = time.monotonic() + 30
         while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        # Another gateway name in the same state folder: not refused as the same gateway
+        # (tests/test_live_status.py), but its outbox file is the first one's.
+        other = tmp_path / "other.yaml"
+        other.write_text("gateway: {name: other}\n" + config.read_text())
+        second = subprocess.run(
+            [*cmd[:-1], str(other)], env=env, capture_output=True, text=True, timeout=60
+        )
         assert second.returncode == 1
         assert second.stderr.startswith("error: ") and "Traceback" not in second.stderr
-        assert f"in use by another gateway process (pid {first.pid})" in second.stderr
+        assert "outbox-broker.db: in use by another gateway process" in second.stderr
+        assert f"(pid {first.pid})" in second.stderr
         assert first.poll() is None  # the first one is not disturbed
     finally:
         first.terminate()
