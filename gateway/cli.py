@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.cliargs import port, positive_float
+from gateway.cliargs import path_text, port, positive_float
 from gateway.extras import missing_library
 
 log = logging.getLogger("gateway")
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reported at once, with file, line and column, the key path, what was found and what "
         "was expected; exit 1 if there is any.",
     )
-    p.add_argument("file", help="the gateway's YAML config")
+    p.add_argument("file", type=path_text, help="the gateway's YAML config")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "certificates) is .protocol-brain next to the config unless $PROTOCOL_BRAIN_STATE_DIR "
         "says otherwise.",
     )
-    p.add_argument("file", help="the gateway's YAML config")
+    p.add_argument("file", type=path_text, help="the gateway's YAML config")
     p.add_argument(
         "--log-level", choices=LOG_LEVELS, help="default: the config's gateway.log_level (info)"
     )

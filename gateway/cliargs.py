@@ -67,6 +67,19 @@ def port(text: str) -> int:
     return value
 
 
+def path_text(text: str) -> str:
+    """A file or folder argument; an empty one (an unset shell variable) is refused rather
+    than read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """`path_text` as a Path."""
+    return Path(path_text(text))
+
+
 def output_file(path: str | Path) -> IO[str]:
     """``path`` opened to write UTF-8 text (newlines as written, as csv wants); a path that
     cannot be written (no such folder, a directory, read-only) is a CommandError."""
@@ -83,6 +96,8 @@ def check_output_dir(path: str | Path) -> Path:
     from gateway.cli import CommandError
 
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():  # mkdir would say only "File exists"
+        raise CommandError(f"cannot write into {folder}: it is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

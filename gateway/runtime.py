@@ -68,6 +68,35 @@ def _raised(failure: BaseException) -> bool:
     return not isinstance(failure, _Returned)
 
 
+def _inner(failure: BaseException) -> BaseException:
+    """The one exception inside ``failure``'s groups: a run written as a TaskGroup (as the
+    plugin guide's example is) fails with ``ExceptionGroup: unhandled errors in a TaskGroup (1
+    sub-exception)``, which says nothing of what failed."""
+    while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:
+        failure = failure.exceptions[0]
+    return failure
+
+
+def _why(failure: BaseException, *, typed: bool = True) -> str:
+    """What the log and the status say of a run's ``failure``: the type (with the message when
+    ``typed``) of what it raised, or why it returned."""
+    if not _raised(failure):
+        return str(failure)
+    inner = _inner(failure)
+    return f"{type(inner).__name__}: {inner}" if typed else type(inner).__name__
+
+
+@dataclass
+class RunHealth:
+    """What the supervisor knows of a run that an adapter's own status cannot say, its run
+    being the thing that failed: how often, why the last time, and whether it is waiting to
+    be restarted (then the adapter is down, whatever its last status said)."""
+
+    failures: int = 0
+    last_error: str = ""
+    restarting: bool = False
+
+
 def _status_every(interval: float) -> float:
     """The reports' interval for ``status_interval``: 0 keeps the file (not the log line)."""
     return interval or QUIET_STATUS_S
@@ -114,11 +143,13 @@ class Parts:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.bridges: dict[str, Bridge] = {}
         self.bridge_tasks: dict[str, asyncio.Task[None]] = {}
+        self.health: dict[str, RunHealth] = {}  # each adapter task's record (`_supervise`)
 
     def copy(self) -> Parts:
         other = Parts()
         other.adapters, other.exits = dict(self.adapters), dict(self.exits)
         other.order, other.tasks = list(self.order), dict(self.tasks)
+        other.health = dict(self.health)
         other.bridges, other.bridge_tasks = dict(self.bridges), dict(self.bridge_tasks)
         return other
 
@@ -446,8 +477,10 @@ class Gateway:
         )
         for n, a in self.adapters.items():
             if n not in parts.tasks:
+                health = parts.health[n] = RunHealth()
                 parts.tasks[n] = asyncio.create_task(
-                    _supervise(n, a.run, on_failure=self._points_lost(a)), name=f"adapter:{n}"
+                    _supervise(n, a.run, on_failure=self._points_lost(a), health=health),
+                    name=f"adapter:{n}",
                 )
         for b in self.bridges:
             if b.name not in parts.bridge_tasks:
@@ -733,6 +766,13 @@ class Gateway:
             streak.failed(f"failed: {exc!r}")
             return {"status_error": f"status() failed: {exc!r}"}
         streak.succeeded()
+        health = self.parts.health.get(name)
+        if health is not None and health.failures:
+            failed = {"run_failures": health.failures, "last_run_error": health.last_error}
+            status = {**status, **failed}
+            if health.restarting:  # its run() failed: down, whatever it said before
+                status["connected"] = False
+                status["last_error"] = f"run() failed, restarting: {health.last_error}"
         return status
 
     @staticmethod
@@ -740,8 +780,7 @@ class Gateway:
         """What the supervisor does when ``adapter``'s run fails: its points go Bad."""
 
         async def lost(exc: BaseException) -> None:
-            why = type(exc).__name__ if _raised(exc) else str(exc)
-            await adapter.points_lost(f"adapter failed: {why}")
+            await adapter.points_lost(f"adapter failed: {_why(exc, typed=False)}")
 
         return lost
 
@@ -808,10 +847,11 @@ async def _supervise(
     run: Callable[[], Awaitable[None]],
     *,
     on_failure: Callable[[BaseException], Awaitable[None]] | None = None,
+    health: RunHealth | None = None,
 ) -> None:
     """Run ``run`` for ever, restarting it after a failure with a backoff that starts over
     once a run has lasted longer than the longest delay. The first failure is logged with its
-    traceback, later ones in one line each."""
+    traceback, later ones in one line each; ``health`` records them for the status."""
     backoff = BackoffTimer(SUPERVISOR_BACKOFF)
     loop = asyncio.get_running_loop()
     me = asyncio.current_task()
@@ -840,7 +880,9 @@ async def _supervise(
             backoff.reset()
         failures += 1
         delay = backoff.next_delay()
-        why = f"{type(failure).__name__}: {failure}" if _raised(failure) else str(failure)
+        why = _why(failure)
+        if health is not None:
+            health.failures, health.last_error, health.restarting = failures, why, True
         if failures == 1:
             log.error(
                 "%s failed; restarting it in %.1f s, the rest of the gateway keeps running: %s",
@@ -859,6 +901,8 @@ async def _supervise(
             except Exception:
                 log.debug("%s: could not mark its points bad", name, exc_info=True)
         await asyncio.sleep(delay)
+        if health is not None:
+            health.restarting = False
 
 
 async def stuck_tasks(patience: float = 5.0) -> list[str]:

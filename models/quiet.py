@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 
-# ONNX Runtime's quantizer logs this on the root logger for every model; these graphs are
-# exported by torch already shape-inferred, and the int8 checks measure what quantization costs.
-_ORT_PREPROCESS = "Please consider to run pre-processing before quantization"
+# ONNX Runtime's quantizer logs this on the root logger for every model ("Please consider to
+# run pre-processing ..." from quantize_dynamic, "Please consider pre-processing ..." from
+# quantize_static); these graphs are exported by torch already shape-inferred, and the int8
+# checks measure what quantization costs.
+_ORT_PREPROCESS = re.compile(r"Please consider (to run )?pre-processing before quantization")
 
 
 class _DropPreprocessHint(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(_ORT_PREPROCESS)
+        return _ORT_PREPROCESS.match(record.getMessage()) is None
 
 
 @contextlib.contextmanager

@@ -218,6 +218,10 @@ def test_a_policy_file_that_is_not_there_is_named_before_its_json(tmp_path: Path
     onnx.with_suffix(".json").write_text("[1, 2]")
     with pytest.raises(PolicyError, match="not a policy description"):
         OnnxPolicy(onnx)
+    trace = tmp_path / "a.txt"  # a trace given as --model by mistake: its own name, no .json
+    trace.write_text("0\t1.0\n")
+    with pytest.raises(PolicyError, match=r"a\.txt: not a policy model \(the \.onnx file"):
+        OnnxPolicy(trace)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -389,7 +393,8 @@ def test_train_refuses_an_output_before_any_work(
     (tmp_path / "dir.onnx").mkdir()
     (tmp_path / "j" / "p.json").mkdir(parents=True)
     for out, needle in [
-        (blocker / "p.onnx", f"cannot create the output folder {blocker}"),
+        (blocker / "p.onnx", f"cannot write into {blocker}: it is a file, not a folder"),
+        (blocker / "sub" / "p.onnx", f"cannot create the output folder {blocker / 'sub'}: "),
         (tmp_path / "dir.onnx", "dir.onnx is a directory"),
         (tmp_path / "j" / "p.onnx", "p.json is a directory"),
         (tmp_path / "p.json", "must end in .onnx"),

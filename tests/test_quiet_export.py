@@ -11,7 +11,7 @@ import pytest
 from models.quiet import quiet_export
 
 
-def test_only_the_two_known_hints_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+def test_only_the_known_hints_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
     from torch.jit import TracerWarning  # type: ignore[attr-defined]  # the [train] extra
 
     caplog.set_level(logging.WARNING)
@@ -19,6 +19,7 @@ def test_only_the_two_known_hints_are_left_out(caplog: pytest.LogCaptureFixture)
         warnings.simplefilter("always")
         with quiet_export():
             logging.warning("Please consider to run pre-processing before quantization. Refer")
+            logging.warning("Please consider pre-processing before quantization. See https:")
             logging.warning("something else went wrong")
             warnings.warn("converting a tensor to a Python boolean", TracerWarning, stacklevel=1)
             warnings.warn("a real problem", UserWarning, stacklevel=1)

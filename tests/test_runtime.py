@@ -683,3 +683,52 @@ async def test_the_status_has_the_loop_monitors_figures(tmp_path: Path) -> None:
     monitor = LoopMonitor()
     monitor.stall_count = 2
     assert runtime.Gateway(config, loop_monitor=monitor).status()["loop"] == {"stalls": 2}
+
+
+async def test_an_adapter_waiting_to_restart_is_down_with_what_its_run_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own status() cannot say so (its run is what failed): before, a plugin's adapter in a
+    crash loop read as connected in the status line and `gateway status`, and its points' reason
+    said only `ExceptionGroup` when its run was a TaskGroup, as the plugin guide's is."""
+    from gateway.backoff import BackoffTimer
+    from gateway.types import Quality
+
+    delays = iter([1.5])
+    monkeypatch.setattr(BackoffTimer, "next_delay", lambda self: next(delays, 60.0))
+    gw = runtime.Gateway(_plc_config(tmp_path))
+    runs: list[int] = []
+
+    async def fails() -> None:
+        raise ValueError("plugin read bug")
+
+    async def run() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(fails())
+                tg.create_task(asyncio.sleep(10))
+        await asyncio.sleep(60)
+
+    gw.adapters["plc"].run = run  # type: ignore[method-assign]
+    gw.adapters["plc"].status = lambda: {"polls": 3}  # type: ignore[method-assign]
+    sub = gw.bus.subscribe("telemetry/plc")
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        message = await asyncio.wait_for(sub.get(), 10)
+        assert message.samples[0].quality is Quality.BAD
+        assert message.samples[0].reason == "adapter failed: ValueError"
+        status = gw.status()["adapters"]["plc"]
+        assert status["connected"] is False and status["polls"] == 3
+        assert status["last_error"] == "run() failed, restarting: ValueError: plugin read bug"
+        assert status["run_failures"] == 1
+        assert gw.summary().startswith("0/1 connected")
+        await wait_for(lambda: len(runs) == 2, timeout=5)  # restarted, running since
+        status = gw.status()["adapters"]["plc"]
+        assert "connected" not in status and status["run_failures"] == 1
+        assert status["last_run_error"] == "ValueError: plugin read bug"
+        assert gw.summary().startswith("1/1 connected")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)

@@ -838,7 +838,10 @@ def test_train_refuses_an_out_it_cannot_create_before_training(
 ) -> None:
     taken = _write(tmp_path / "taken", "a file, not a folder")
     assert main(["translator", "train", "--steps", "1", "--out", str(taken)]) == 2
-    assert "cannot create the output folder" in capsys.readouterr().err
+    assert f"cannot write into {taken}: it is a file, not a folder" in capsys.readouterr().err
+    assert main(["translator", "train", "--steps", "1", "--out", str(taken / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create the output folder {taken / 'sub'}: Not a directory" in err, err
 
 
 def test_suggest_names_the_config_devices_in_from_and_to(tmp_path: Path) -> None:

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from gateway.cli import CommandError
-from gateway.cliargs import check_output_dir, nonnegative_float, nonnegative_int, positive_int
+from gateway.cliargs import (
+    check_output_dir,
+    nonnegative_float,
+    nonnegative_int,
+    path_arg,
+    path_text,
+    positive_int,
+)
 from gateway.text import counted
 
 __all__ = ["register"]
@@ -43,11 +49,11 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--data",
         required=True,
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="SKAB-format CSVs (';', datetime, sensors): a file or a folder",
     )
-    t.add_argument("--out", type=Path, metavar="DIR", help="default: the shipped model folder")
+    t.add_argument("--out", type=path_arg, metavar="DIR", help="default: the shipped model folder")
     t.add_argument(
         "--teacher-steps",
         type=positive_int,
@@ -76,11 +82,11 @@ def register(subparsers: Any) -> None:
     e.add_argument(
         "--data",
         required=True,
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="labelled SKAB-format CSVs (anomaly, changepoint columns): a file or a folder",
     )
-    e.add_argument("--models", type=Path, metavar="DIR", help="default: the shipped models")
+    e.add_argument("--models", type=path_arg, metavar="DIR", help="default: the shipped models")
     e.add_argument(
         "--refresh",
         type=nonnegative_float,
@@ -98,7 +104,7 @@ def register(subparsers: Any) -> None:
         "alarm was active when last written), and the calibrations kept for bridges the config "
         "does not have (renamed or removed). Works while the gateway runs or after it stopped.",
     )
-    st.add_argument("file", help="the gateway's YAML config")
+    st.add_argument("file", type=path_text, help="the gateway's YAML config")
     st.add_argument("--json", action="store_true", help="print the calibrations as JSON")
     st.set_defaults(func=cmd_status)
 
@@ -110,7 +116,7 @@ def register(subparsers: Any) -> None:
         "change). Run it while that gateway is stopped: a running gateway holds the file and "
         "this command refuses.",
     )
-    r.add_argument("file", help="the gateway's YAML config")
+    r.add_argument("file", type=path_text, help="the gateway's YAML config")
     r.add_argument("--bridge", action="append", metavar="NAME", help="only this bridge (repeat)")
     r.add_argument("--device", action="append", metavar="NAME", help="only this device (repeat)")
     r.set_defaults(func=cmd_recalibrate)
@@ -124,7 +130,7 @@ def register(subparsers: Any) -> None:
         "again. A device's record under the old name replaces one under the new name. Run it "
         "while the gateway is stopped.",
     )
-    c.add_argument("file", help="the gateway's YAML config")
+    c.add_argument("file", type=path_text, help="the gateway's YAML config")
     c.add_argument("--from", dest="source", required=True, metavar="OLD", help="the old name")
     c.add_argument("--to", dest="target", required=True, metavar="NEW", help="a bridge of FILE")
     c.set_defaults(func=cmd_carry)

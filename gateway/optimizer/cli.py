@@ -21,6 +21,7 @@ from gateway.cliargs import (
     check_output_dir,
     nonnegative_float,
     nonnegative_int,
+    path_text,
     positive_float,
     positive_int,
 )
@@ -124,7 +125,10 @@ def register(subparsers: Any) -> None:
         help="environment steps, all environments together (%(default)s)",
     )
     t.add_argument(
-        "--fcc", metavar="DIR", help="trace folder to mix in (its held-out split kept out)"
+        "--fcc",
+        type=path_text,
+        metavar="DIR",
+        help="trace folder to mix in (its held-out split kept out)",
     )
     t.add_argument(
         "--holdout", type=_share, default=0.25, help="share of --fcc kept out (%(default)s)"
@@ -162,11 +166,13 @@ def register(subparsers: Any) -> None:
         "telemetry and alarm latency, deadline misses, bytes and energy per sample, loss. The "
         "last line is one JSON object.",
     )
-    e.add_argument("--traces", required=True, metavar="DIR", help=TRACES_HELP)
+    e.add_argument("--traces", required=True, type=path_text, metavar="DIR", help=TRACES_HELP)
     e.add_argument(
         "--policies", default="all", help=f"all, or a comma list of {','.join(POLICIES)}"
     )
-    e.add_argument("--model", default="builtin", help="builtin or a path to a policy.onnx")
+    e.add_argument(
+        "--model", default="builtin", type=path_text, help="builtin or a path to a policy.onnx"
+    )
     _episode_options(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -176,8 +182,10 @@ def register(subparsers: Any) -> None:
         description="Bound, in the simulator, the most any send policy could gain over the "
         "best fixed one on a folder of traces; prints one JSON object.",
     )
-    h.add_argument("--traces", required=True, metavar="DIR", help=TRACES_HELP)
-    h.add_argument("--model", default="builtin", help="whose policy.json names the best fixed")
+    h.add_argument("--traces", required=True, type=path_text, metavar="DIR", help=TRACES_HELP)
+    h.add_argument(
+        "--model", default="builtin", type=path_text, help="whose policy.json names the best fixed"
+    )
     _episode_options(h)
     h.set_defaults(func=cmd_headroom)
 
@@ -187,7 +195,9 @@ def register(subparsers: Any) -> None:
         description="Write bandwidth traces to a folder: synthetic mobile ones, or a copy of "
         "the held-out split of an FCC folder (the traces optimizer train keeps out).",
     )
-    g.add_argument("--out", required=True, metavar="DIR", help="the folder to write them in")
+    g.add_argument(
+        "--out", required=True, type=path_text, metavar="DIR", help="the folder to write them in"
+    )
     g.add_argument(
         "--kind",
         choices=["walk", "markov", "holdout"],
@@ -203,7 +213,9 @@ def register(subparsers: Any) -> None:
         default=600.0,
         help="seconds per synthetic trace (%(default)s)",
     )
-    g.add_argument("--fcc", metavar="DIR", help="FCC trace folder, for --kind holdout")
+    g.add_argument(
+        "--fcc", type=path_text, metavar="DIR", help="FCC trace folder, for --kind holdout"
+    )
     g.add_argument(
         "--holdout", type=_share, default=0.25, help="share of --fcc held out (%(default)s)"
     )

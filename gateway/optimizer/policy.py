@@ -38,6 +38,8 @@ class OnnxPolicy:
         path = Path(path)
         if not path.is_file():  # the model first: its .json is only missing because it is
             raise PolicyError(f"{path}: {'a directory' if path.is_dir() else 'no such file'}")
+        if path.suffix.lower() != ".onnx":  # else the error would name its .json, never given
+            raise PolicyError(f"{path}: not a policy model (the .onnx file that train writes)")
         meta_path = path.with_suffix(".json")
         try:
             self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))

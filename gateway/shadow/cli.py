@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli import CommandError
+from gateway.cliargs import path_text
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -44,7 +45,7 @@ def register(subparsers: Any) -> None:
         "state, per-key metadata, version and timestamp (and errors and quality if any).",
     )
     g.add_argument("device", help="a device with a shadow")
-    g.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
+    g.add_argument("--config", required=True, type=path_text, metavar="FILE", help=CONFIG_HELP)
     g.set_defaults(func=cmd_get)
 
     s = sub.add_parser(
@@ -57,7 +58,7 @@ def register(subparsers: Any) -> None:
     )
     s.add_argument("device", help="a device with a shadow")
     s.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="desired values (JSON or text)")
-    s.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
+    s.add_argument("--config", required=True, type=path_text, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--version", type=int, help="apply only if the shadow is at this version")
     s.set_defaults(func=cmd_set)
 
@@ -69,7 +70,7 @@ def register(subparsers: Any) -> None:
     )
     h.add_argument("device", help="a device with a shadow")
     h.add_argument("point", help="one of its points")
-    h.add_argument("--config", required=True, metavar="FILE", help=CONFIG_HELP)
+    h.add_argument("--config", required=True, type=path_text, metavar="FILE", help=CONFIG_HELP)
     h.add_argument("--last", type=int, metavar="N", help="the last N values")
     h.add_argument("--since", metavar="T", help=f"from this time: {TIME_HELP}")
     h.add_argument("--until", metavar="T", help=f"up to this time: {TIME_HELP}")

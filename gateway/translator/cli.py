@@ -22,6 +22,7 @@ from gateway.cliargs import (
     fraction,
     nonnegative_int,
     output_file,
+    path_text,
     positive_int,
 )
 from gateway.text import counted
@@ -47,15 +48,18 @@ def register(subparsers: Any) -> None:
         "semantic translator: a CSV of name, class, score and the next classes. The file is "
         "read as one site's list; labeled points of the site (--examples) teach it the site.",
     )
-    p.add_argument("input", metavar="IN.csv", help=POINTS_HELP)
+    p.add_argument("input", type=path_text, metavar="IN.csv", help=POINTS_HELP)
     p.add_argument(
-        "--examples", metavar="LABELED.csv", help="name,brick_class from this site (few-shot)"
+        "--examples",
+        type=path_text,
+        metavar="LABELED.csv",
+        help="name,brick_class from this site (few-shot)",
     )
     p.add_argument(
         "--top", type=int, default=3, metavar="K", help="classes per point (%(default)s)"
     )
-    p.add_argument("--out", metavar="OUT.csv", help="default: standard output")
-    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--out", type=path_text, metavar="OUT.csv", help="default: standard output")
+    p.add_argument("--model", type=path_text, help=MODEL_HELP)
     _prior_flag(p)
     p.set_defaults(func=_guard(cmd_classify))
 
@@ -67,9 +71,13 @@ def register(subparsers: Any) -> None:
         "--threshold commented out as REVIEW: gateway validate refuses it until you have "
         "reviewed it and set approved: true. Nothing is applied.",
     )
-    s.add_argument("--source", required=True, metavar="SRC", help=_SOURCE_HELP)
-    s.add_argument("--target", required=True, metavar="TGT", help="same kinds as --source")
-    s.add_argument("--out", required=True, metavar="bridge.yaml", help="the bridge to write")
+    s.add_argument("--source", required=True, type=path_text, metavar="SRC", help=_SOURCE_HELP)
+    s.add_argument(
+        "--target", required=True, type=path_text, metavar="TGT", help="same kinds as --source"
+    )
+    s.add_argument(
+        "--out", required=True, type=path_text, metavar="bridge.yaml", help="the bridge to write"
+    )
     _browse_flags(s)
     s.add_argument(
         "--from",
@@ -89,8 +97,10 @@ def register(subparsers: Any) -> None:
         default=0.5,
         help="mappings below it are marked REVIEW (%(default)s)",
     )
-    s.add_argument("--examples", metavar="LABELED.csv", help="name,brick_class (few-shot)")
-    s.add_argument("--model", help=MODEL_HELP)
+    s.add_argument(
+        "--examples", type=path_text, metavar="LABELED.csv", help="name,brick_class (few-shot)"
+    )
+    s.add_argument("--model", type=path_text, help=MODEL_HELP)
     _prior_flag(s)
     s.set_defaults(func=_guard(cmd_suggest))
 
@@ -121,7 +131,9 @@ def register(subparsers: Any) -> None:
         default=2,
         help="networks averaged in the shipped model (default %(default)s)",
     )
-    tr.add_argument("--out", metavar="DIR", help="default: the package's models/translator")
+    tr.add_argument(
+        "--out", type=path_text, metavar="DIR", help="default: the package's models/translator"
+    )
     tr.set_defaults(func=_guard(cmd_train))
 
     ev = sub.add_parser(
@@ -131,14 +143,16 @@ def register(subparsers: Any) -> None:
         "a rapidfuzz name-matching baseline, given 0, 10, 50... labeled examples from the same "
         "file (the rest scored), averaged over seeds. The last line is one JSON object.",
     )
-    ev.add_argument("--data", required=True, metavar="LABELED.csv", help="name,brick_class")
+    ev.add_argument(
+        "--data", required=True, type=path_text, metavar="LABELED.csv", help="name,brick_class"
+    )
     ev.add_argument(
         "--shots", default="0,10,50", help="example counts, comma-separated (%(default)s)"
     )
     ev.add_argument(
         "--seeds", type=int, default=5, help="random draws per example count (%(default)s)"
     )
-    ev.add_argument("--model", help=MODEL_HELP)
+    ev.add_argument("--model", type=path_text, help=MODEL_HELP)
     ev.add_argument(
         "--select",
         choices=("random", "pick"),
@@ -155,13 +169,16 @@ def register(subparsers: Any) -> None:
         "site's kinds of point, the uncertain ones first): a CSV with an empty brick_class "
         "column to fill in, then to pass to classify or suggest as --examples.",
     )
-    pk.add_argument("input", metavar="IN.csv", help=POINTS_HELP)
+    pk.add_argument("input", type=path_text, metavar="IN.csv", help=POINTS_HELP)
     pk.add_argument("--count", type=int, default=50, help="points to label (%(default)s)")
     pk.add_argument(
-        "--examples", metavar="LABELED.csv", help="points labeled so far: pick the next ones"
+        "--examples",
+        type=path_text,
+        metavar="LABELED.csv",
+        help="points labeled so far: pick the next ones",
     )
-    pk.add_argument("--out", metavar="LABELED.csv", help="default: standard output")
-    pk.add_argument("--model", help=MODEL_HELP)
+    pk.add_argument("--out", type=path_text, metavar="LABELED.csv", help="default: standard output")
+    pk.add_argument("--model", type=path_text, help=MODEL_HELP)
     _prior_flag(pk)
     pk.set_defaults(func=_guard(cmd_pick))
 

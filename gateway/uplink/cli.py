@@ -14,6 +14,8 @@ import sqlite3
 import sys
 from typing import Any
 
+from gateway.cliargs import path_text
+
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
@@ -139,6 +141,6 @@ def register(subparsers: Any) -> None:
         "gateway run finds them, so it works while the gateway runs or after it stopped. Exit "
         "1 if a file cannot be read.",
     )
-    p.add_argument("file", help="the gateway's YAML config")
+    p.add_argument("file", type=path_text, help="the gateway's YAML config")
     p.add_argument("--json", action="store_true", help="print the gateway and outboxes as JSON")
     p.set_defaults(func=cmd_status)
