@@ -197,18 +197,19 @@ def _quiet(logger: str) -> Iterator[None]:
 def _sample_mqtt(
     where: str, name: str, config: MqttEndpoint, gateway: str, options: BrowseOptions
 ) -> list[Point]:
-    from gateway.adapter import AdapterContext
-    from gateway.bus import Bus
-    from protocols.mqtt.client import MqttAdapter, MqttError
+    from protocols.mqtt.client import MqttError
+    from protocols.mqtt.link import describe_connect_error, tls_context
 
-    adapter = MqttAdapter(name, config, AdapterContext(Bus(), gateway))
+    address = f"{config.host}:{config.effective_port}"
+    mqtt_log = logging.getLogger("protocols.mqtt.client")  # where the endpoint says it
 
     def prepare(client: Any) -> None:
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
         if config.tls is not None:
             try:
-                client.tls_set_context(adapter._ssl_context())
+                what = f"MQTT endpoint {name!r}"
+                client.tls_set_context(tls_context(config.tls, what, address, MqttError, mqtt_log))
             except MqttError as exc:
                 raise InputError(f"{where}: {exc}") from None
             if config.tls.insecure:
@@ -222,6 +223,6 @@ def _sample_mqtt(
         options.topic,
         options.seconds,
         prepare,
-        adapter._describe_connect_error,
+        lambda exc: describe_connect_error(exc, address, config.host),
         "check the device's username and password",
     )

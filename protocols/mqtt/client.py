@@ -64,12 +64,11 @@ import collections
 import itertools
 import json
 import logging
-import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -98,6 +97,7 @@ from gateway.types import (
 from gateway.uplink.outbox import Outbox, Row
 from protocols.mqtt import codec
 from protocols.mqtt.config import MqttEndpoint, MqttRoute
+from protocols.mqtt.link import PahoOnLoop, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ def _state_payload(state: str, *, ts: bool = True) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-class MqttAdapter(Adapter):
+class MqttAdapter(PahoOnLoop, Adapter):
     """Publishes bridged bus messages to an MQTT broker and turns subscriptions into bus messages.
 
     ``async with MqttAdapter(name, endpoint, context) as mqtt:`` prepares the client (never
@@ -385,12 +385,7 @@ class MqttAdapter(Adapter):
         self._client: _Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._fd = -1
-        self._sock: Any = None
-        self._misc_timer: asyncio.TimerHandle | None = None
-        self._connect_fut: asyncio.Future[None] | None = None
-        self._disconnected: asyncio.Future[str] | None = None
-        self._connect_job: asyncio.Future[Any] | None = None
+        self._init_socket()
         self._sub_futs: dict[int, asyncio.Future[list[Any]]] = {}
         self._wake = asyncio.Event()
         self._ready_event = asyncio.Event()
@@ -448,7 +443,8 @@ class MqttAdapter(Adapter):
         if clear is not None:
             log.warning("MQTT endpoint %s %s", self.name, clear)
         if cfg.tls is not None:
-            client.tls_set_context(self._ssl_context())
+            what = f"MQTT endpoint {self.name!r}"
+            client.tls_set_context(tls_context(cfg.tls, what, self.address, MqttError, log))
             if cfg.tls.insecure:
                 client.tls_insecure_set(True)
         client.will_set(self.status_topic, _state_payload("offline", ts=False), qos=1, retain=True)
@@ -457,10 +453,7 @@ class MqttAdapter(Adapter):
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_socket_register_write
-        client.on_socket_unregister_write = self._on_socket_unregister_write
+        self.install(client)
         client.connect_async(cfg.host, cfg.effective_port, cfg.keepalive)  # no I/O yet
         self._client = client
         if cfg.outbox is not None and cfg.outbox.enabled and self._store is None:
@@ -485,30 +478,6 @@ class MqttAdapter(Adapter):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        tls = self.config.tls
-        assert tls is not None
-        files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file}
-        for key, path in files.items():  # ssl's own error does not say which file it was
-            if path is not None and not os.path.isfile(path):
-                raise MqttError(f"MQTT endpoint {self.name!r}: tls.{key} {path}: no such file")
-        try:
-            ctx = ssl.create_default_context(cafile=tls.ca_file)
-            if tls.cert_file is not None:
-                ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise MqttError(f"MQTT endpoint {self.name!r}: cannot load TLS files: {exc}") from None
-        if tls.insecure:
-            log.warning(
-                "MQTT endpoint %r: tls.insecure is set, the broker's certificate is NOT checked "
-                "(anyone on the path can impersonate %s)",
-                self.name,
-                self.address,
-            )
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
 
     def points(self) -> list[PointSpec]:
         """The configured ``points:`` (the endpoint as a source); empty for a pure target."""
@@ -570,52 +539,9 @@ class MqttAdapter(Adapter):
 
     async def _connect_once(self) -> None:
         """One connection attempt up to CONNACK; MqttError if it fails."""
-        loop, client = self._loop, self._client
-        assert loop is not None and client is not None
-        self._connect_fut = loop.create_future()
-        self._disconnected = loop.create_future()
-        client.socket_error = None
-        job = loop.run_in_executor(None, client.reconnect)
-        self._connect_job = job
-        try:
-            # shielded: a cancelled run() must still let close() wait for the thread to finish
-            rc = await asyncio.shield(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # OSError, ssl errors, CertificateError (a ValueError)
-            raise MqttError(self._describe_connect_error(exc)) from None
-        if rc != _SUCCESS:
-            self._drop_socket()
-            raise MqttError(f"cannot connect to {self.address}: {paho.error_string(rc)}")
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await self._connect_fut
-        except TimeoutError:
-            self._drop_socket()
-            raise MqttError(
-                f"{self.address} accepted TCP but sent no CONNACK within {self.connect_timeout} s"
-            ) from None
-
-    def _describe_connect_error(self, exc: BaseException) -> str:
-        addr = self.address
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            hint = (
-                "set tls.ca_file to the CA that signed it"
-                if "hostname" not in str(exc).lower() and "match" not in str(exc).lower()
-                else "connect with the host name or IP address the certificate was issued for"
-            )
-            return f"TLS certificate of {addr} rejected: {exc.verify_message or exc} ({hint})"
-        if isinstance(exc, ssl.SSLError):
-            return f"TLS handshake with {addr} failed: {exc.reason or exc}"
-        if isinstance(exc, ConnectionRefusedError):
-            return f"connection to {addr} refused (is the broker running?)"
-        if isinstance(exc, socket.gaierror):
-            return f"cannot resolve broker host {self.config.host!r}: {exc.strerror}"
-        if isinstance(exc, TimeoutError):
-            return f"timed out connecting to {addr}"
-        if isinstance(exc, OSError):
-            return f"cannot connect to {addr}: {exc.strerror or exc}"
-        return f"cannot connect to {addr}: {exc}"
+        assert self._client is not None
+        self._client.socket_error = None
+        await self._connect_paho(MqttError, self.config.host)
 
     async def _serve_connection(self) -> str:
         """Birth, subscriptions, then flush the outbox until the connection is lost."""
@@ -1274,10 +1200,7 @@ class MqttAdapter(Adapter):
             self._ready_event.clear()
             self._cancel_misc_timer()
             if client is not None:  # no callbacks into a closed adapter (paho's __del__ too)
-                client.on_socket_open = None
-                client.on_socket_close = None
-                client.on_socket_register_write = None
-                client.on_socket_unregister_write = None
+                self.uninstall(client)
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         deadline = loop.time() + self.drain_timeout
@@ -1318,117 +1241,12 @@ class MqttAdapter(Adapter):
                 self.drain_timeout,
             )
 
-    def _drop_socket(self) -> None:
-        """Close paho's socket without DISCONNECT (the broker will publish the will)."""
-        client = self._client
-        if client is not None and client.socket() is not None:
-            # paho has no public "abort"; _sock_close runs our on_socket_close and closes it.
-            client._sock_close()
-        self._detach_fd()
+    def _read_pending(self, client: paho.Client) -> bool:
+        return isinstance(client, _Client) and client.read_pending()  # our buffer, or TLS's
 
-    # --- paho socket callbacks (may run on the connect thread: hop to the loop) ------------------
-
-    def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        if threading.get_ident() == self._loop_thread:
-            fn(*args)
-        elif self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._attach, sock)
-
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._detach, sock)
-
-    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._add_writer, sock)
-
-    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._remove_writer, sock)
-
-    def _attach(self, sock: Any) -> None:
-        loop = self._loop
-        assert loop is not None
-        fd = sock.fileno()
-        if fd < 0:
-            return
-        self._detach_fd()
-        self._fd = fd
-        self._sock = sock
-        loop.add_reader(fd, self._on_readable)
-        self._schedule_misc()
-
-    def _detach(self, sock: Any) -> None:
-        if sock is self._sock:
-            self._detach_fd()
-
-    def _detach_fd(self) -> None:
-        fd, self._fd = self._fd, -1
-        self._sock = None
-        self._cancel_misc_timer()
-        if fd >= 0 and self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(fd)
-            self._loop.remove_writer(fd)
-
-    def _add_writer(self, sock: Any) -> None:
-        if sock is self._sock and self._loop is not None:
-            self._loop.add_writer(self._fd, self._on_writable)
-
-    def _remove_writer(self, sock: Any) -> None:
-        if sock is self._sock and self._loop is not None:
-            self._loop.remove_writer(self._fd)
-
-    def _on_readable(self) -> None:
-        client = self._client
-        if client is None:
-            return
-        try:
-            # Buffered bytes (ours, or TLS's) are invisible to select(): read until drained.
-            while client.loop_read() == _SUCCESS and client.read_pending():
-                pass
-        except Exception:
-            log.exception("MQTT %s: error reading from %s; reconnecting", self.name, self.address)
-            self._abort_connection("read error")
-
-    def _on_writable(self) -> None:
-        client = self._client
-        if client is None:
-            return
-        try:
-            client.loop_write()
-        except Exception:
-            log.exception("MQTT %s: error writing to %s; reconnecting", self.name, self.address)
-            self._abort_connection("write error")
-            return
+    def _wrote(self) -> None:
         if self._queued():  # the write backlog shrank: the flusher may go on
             self._wake.set()
-
-    def _schedule_misc(self) -> None:
-        if self._loop is not None:
-            self._misc_timer = self._loop.call_later(1.0, self._on_misc)
-
-    def _cancel_misc_timer(self) -> None:
-        timer, self._misc_timer = self._misc_timer, None
-        if timer is not None:
-            timer.cancel()
-
-    def _on_misc(self) -> None:
-        self._misc_timer = None
-        client = self._client
-        if client is None or self._fd < 0:
-            return
-        try:
-            client.loop_misc()  # keepalive: PINGREQ, and a dead peer detected
-        except Exception:
-            log.exception("MQTT %s: keepalive error", self.name)
-            self._abort_connection("keepalive error")
-            return
-        if self._fd >= 0 and self._misc_timer is None:
-            self._schedule_misc()
-
-    def _abort_connection(self, reason: str) -> None:
-        self._drop_socket()
-        self._connection_lost(reason)
 
     # --- paho protocol callbacks (loop thread) -------------------------------------------------
 

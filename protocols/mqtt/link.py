@@ -1,0 +1,273 @@
+"""paho-mqtt driven by the asyncio loop: what every MQTT-based adapter (the MQTT endpoint, the
+Sparkplug edge node) does the same way with its broker connection.
+
+paho's own network thread would call back into the gateway from another thread; instead its
+socket is registered with the event loop (``on_socket_*`` callbacks), read and written when the
+loop says it is ready, and ``loop_misc`` runs once a second for the keepalive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+
+from protocols.mqtt.config import Tls
+
+_SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def tls_context(
+    tls: Tls, what: str, address: str, error: type[Exception], log: logging.Logger
+) -> ssl.SSLContext:
+    """The TLS context of ``tls``; ``error`` (with ``what`` first) naming the file that is
+    wrong, which ssl's own error does not say."""
+    files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": tls.key_file}
+    for key, path in files.items():
+        if path is not None and not os.path.isfile(path):
+            raise error(f"{what}: tls.{key} {path}: no such file")
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file is not None:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise error(f"{what}: cannot load TLS files: {exc}") from None
+    if tls.insecure:
+        log.warning(
+            "%s: tls.insecure is set, the broker's certificate is NOT checked "
+            "(anyone on the path can impersonate %s)",
+            what,
+            address,
+        )
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def describe_connect_error(exc: BaseException, address: str, host: str) -> str:
+    """One line on why a connection to the broker at ``address`` failed, with what to check."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        hint = (
+            "set tls.ca_file to the CA that signed it"
+            if "hostname" not in str(exc).lower() and "match" not in str(exc).lower()
+            else "connect with the host name or IP address the certificate was issued for"
+        )
+        return f"TLS certificate of {address} rejected: {exc.verify_message or exc} ({hint})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {address} failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection to {address} refused (is the broker running?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve broker host {host!r}: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return f"timed out connecting to {address}"
+    if isinstance(exc, OSError):
+        return f"cannot connect to {address}: {exc.strerror or exc}"
+    return f"cannot connect to {address}: {exc}"
+
+
+class PahoOnLoop:
+    """Mixin: a paho client's socket served by the asyncio loop.
+
+    The class sets ``_client``, ``_loop`` and ``_loop_thread`` (the loop's thread, where the
+    socket callbacks may run directly; the connect thread hops over), names itself in
+    ``LABEL``, ``name`` and ``address`` for log lines, and implements `_connection_lost`;
+    `_wrote` is told when paho's write backlog shrank. `install` registers the callbacks."""
+
+    LABEL = "MQTT"
+    name: str
+    address: str
+    _client: paho.Client | None
+    _loop: asyncio.AbstractEventLoop | None
+    _loop_thread: int
+
+    connect_timeout: float
+
+    def _init_socket(self) -> None:
+        self._fd = -1
+        self._sock: Any = None
+        self._misc_timer: asyncio.TimerHandle | None = None
+        self._connect_fut: asyncio.Future[None] | None = None  # settled by the CONNACK
+        self._disconnected: asyncio.Future[str] | None = None  # the connection's end, why
+        self._connect_job: asyncio.Future[Any] | None = None  # paho's connect, in a thread
+
+    async def _connect_paho(self, error: type[Exception], host: str) -> None:
+        """One connection attempt up to CONNACK, whose callback settles ``_connect_fut``;
+        ``error`` with one line if it fails."""
+        loop, client = self._loop, self._client
+        assert loop is not None and client is not None
+        self._connect_fut = loop.create_future()
+        self._disconnected = loop.create_future()
+        job = loop.run_in_executor(None, client.reconnect)
+        self._connect_job = job
+        try:
+            # shielded: a cancelled run() must still let close() wait for the thread to finish
+            rc = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # OSError, ssl errors, CertificateError (a ValueError)
+            self._drop_socket()
+            raise error(describe_connect_error(exc, self.address, host)) from None
+        if rc != _SUCCESS:
+            self._drop_socket()
+            raise error(f"cannot connect to {self.address}: {paho.error_string(rc)}")
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self._connect_fut
+        except TimeoutError:
+            self._drop_socket()
+            raise error(
+                f"{self.address} accepted TCP but sent no CONNACK within {self.connect_timeout} s"
+            ) from None
+
+    def _connection_lost(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _wrote(self) -> None:
+        """paho wrote from its backlog: a writer waiting for room may go on."""
+
+    def _read_pending(self, client: paho.Client) -> bool:
+        """Received bytes not yet handed to paho (TLS's: the socket may not look readable)."""
+        sock = client.socket()
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    @property
+    def _log(self) -> logging.Logger:
+        return logging.getLogger(type(self).__module__)
+
+    def install(self, client: paho.Client) -> None:
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+
+    @staticmethod
+    def uninstall(client: paho.Client) -> None:
+        """No callbacks into a closed adapter (paho's __del__ closes the socket too)."""
+        client.on_socket_open = None
+        client.on_socket_close = None
+        client.on_socket_register_write = None
+        client.on_socket_unregister_write = None
+
+    def _drop_socket(self) -> None:
+        """Close paho's socket without DISCONNECT (the broker will publish the will)."""
+        client = self._client
+        if client is not None and client.socket() is not None:
+            # paho has no public "abort"; _sock_close runs our on_socket_close and closes it.
+            client._sock_close()
+        self._detach_fd()
+
+    # --- paho socket callbacks (may run on the connect thread: hop to the loop) ------------------
+
+    def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._attach, sock)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._detach, sock)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._add_writer, sock)
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._remove_writer, sock)
+
+    def _attach(self, sock: Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        self._detach_fd()
+        self._fd = fd
+        self._sock = sock
+        loop.add_reader(fd, self._on_readable)
+        self._schedule_misc()
+
+    def _detach(self, sock: Any) -> None:
+        if sock is self._sock:
+            self._detach_fd()
+
+    def _detach_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        self._sock = None
+        self._cancel_misc_timer()
+        if fd >= 0 and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+
+    def _add_writer(self, sock: Any) -> None:
+        if sock is self._sock and self._loop is not None:
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _remove_writer(self, sock: Any) -> None:
+        if sock is self._sock and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+
+    def _on_readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            # Buffered bytes (ours, or TLS's) are invisible to select(): read until drained.
+            while client.loop_read() == _SUCCESS and self._read_pending(client):
+                pass
+        except Exception:
+            self._log.exception(
+                "%s %s: error reading from %s; reconnecting", self.LABEL, self.name, self.address
+            )
+            self._abort_connection("read error")
+
+    def _on_writable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.loop_write()
+        except Exception:
+            self._log.exception(
+                "%s %s: error writing to %s; reconnecting", self.LABEL, self.name, self.address
+            )
+            self._abort_connection("write error")
+            return
+        self._wrote()
+
+    def _schedule_misc(self) -> None:
+        if self._loop is not None:
+            self._misc_timer = self._loop.call_later(1.0, self._on_misc)
+
+    def _cancel_misc_timer(self) -> None:
+        timer, self._misc_timer = self._misc_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _on_misc(self) -> None:
+        self._misc_timer = None
+        client = self._client
+        if client is None or self._fd < 0:
+            return
+        try:
+            client.loop_misc()  # keepalive: PINGREQ, and a dead peer detected
+        except Exception:
+            self._log.exception("%s %s: keepalive error", self.LABEL, self.name)
+            self._abort_connection("keepalive error")
+            return
+        if self._fd >= 0 and self._misc_timer is None:
+            self._schedule_misc()
+
+    def _abort_connection(self, reason: str) -> None:
+        self._drop_socket()
+        self._connection_lost(reason)

@@ -1,0 +1,485 @@
+"""Sparkplug B (Eclipse Sparkplug 3.0) payloads and topics, sans-IO.
+
+A hand-written subset of protobuf (proto2) for ``org.eclipse.tahu.protobuf.Payload``: the
+payload's timestamp (1), metrics (2) and seq (3); a metric's name (1), alias (2), timestamp (3),
+datatype (4), is_historical (5), is_transient (6), is_null (7), properties (9) and the scalar
+values int_value (10) ... string_value (15); a property set's keys (1) and values (2). Every other
+field (metadata, datasets, templates, bytes, a payload's uuid and body) is skipped when decoding
+and never written, so a host's richer payload still decodes.
+
+Integers follow Eclipse Tahu, not protobuf's zigzag: a signed value is stored as its unsigned
+two's complement (Int8/Int16/Int32 in the 32-bit ``int_value``, Int64 in the 64-bit
+``long_value``) and read back by the metric's datatype. UInt32 goes in ``long_value`` as both
+Tahu encoders (Java and JavaScript) put it there; the decoder takes it from either field, as the
+spec allows ``int_value``.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TypeAlias
+
+NAMESPACE = "spBv1.0"
+
+Value: TypeAlias = bool | int | float | str | None
+
+
+class CodecError(ValueError):
+    """A payload that is not a Sparkplug B payload we can read, or a value that does not fit."""
+
+
+class DataType(IntEnum):
+    """Sparkplug B datatypes (the scalar ones this codec reads and writes)."""
+
+    INT8 = 1
+    INT16 = 2
+    INT32 = 3
+    INT64 = 4
+    UINT8 = 5
+    UINT16 = 6
+    UINT32 = 7
+    UINT64 = 8
+    FLOAT = 9
+    DOUBLE = 10
+    BOOLEAN = 11
+    STRING = 12
+    DATETIME = 13
+    TEXT = 14
+    UUID = 15
+
+
+_SIGNED_BITS = {DataType.INT8: 8, DataType.INT16: 16, DataType.INT32: 32, DataType.INT64: 64}
+_UNSIGNED_BITS = {
+    DataType.UINT8: 8,
+    DataType.UINT16: 16,
+    DataType.UINT32: 32,
+    DataType.UINT64: 64,
+    DataType.DATETIME: 64,
+}
+_INT_FIELD = frozenset({DataType.INT8, DataType.INT16, DataType.INT32, DataType.UINT8})
+_INT_FIELD |= {DataType.UINT16}
+_LONG_FIELD = frozenset({DataType.INT64, DataType.UINT32, DataType.UINT64, DataType.DATETIME})
+_TEXT = frozenset({DataType.STRING, DataType.TEXT, DataType.UUID})
+
+#: the gateway's point datatypes (`gateway.types.PointSpec.datatype`) as Sparkplug datatypes
+POINT_TYPES: Mapping[str, DataType] = {
+    "bool": DataType.BOOLEAN,
+    "int16": DataType.INT16,
+    "uint16": DataType.UINT16,
+    "int32": DataType.INT32,
+    "uint32": DataType.UINT32,
+    "int64": DataType.INT64,
+    "uint64": DataType.UINT64,
+    "float32": DataType.FLOAT,
+    "float64": DataType.DOUBLE,
+    "string": DataType.STRING,
+}
+
+
+def datatype_of(point_type: str) -> DataType:
+    """The Sparkplug datatype of a gateway point datatype (an unknown one is a Double)."""
+    return POINT_TYPES.get(point_type, DataType.DOUBLE)
+
+
+#: Ignition's quality codes in a metric's ``Quality`` property (Int32)
+QUALITY_GOOD = 192
+QUALITY_UNCERTAIN = 64
+QUALITY_BAD = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PropertyValue:
+    type: DataType
+    value: Value = None  # None: is_null
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str | None = None
+    alias: int | None = None
+    timestamp: int | None = None  # ms since the epoch
+    datatype: DataType | None = None
+    value: Value = None
+    is_null: bool = False
+    is_historical: bool = False
+    is_transient: bool = False
+    properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    timestamp: int | None = None  # ms since the epoch
+    metrics: tuple[Metric, ...] = ()
+    seq: int | None = None
+
+
+# --- protobuf wire format -------------------------------------------------------------------
+
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_U64 = (1 << 64) - 1
+
+
+def _varint(value: int) -> bytes:
+    if value < 0 or value > _U64:
+        raise CodecError(f"{value} does not fit an unsigned 64-bit varint")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _varint(number << 3 | wire)
+
+
+def _len_field(number: int, data: bytes) -> bytes:
+    return _key(number, _LEN) + _varint(len(data)) + data
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise CodecError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result & _U64, pos
+        shift += 7
+        if shift >= 70:
+            raise CodecError("varint longer than 10 bytes")
+
+
+Field: TypeAlias = tuple[int, int, int | bytes]  # number, wire type, value
+
+
+def _fields(data: bytes) -> Iterator[Field]:
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise CodecError("field number 0")
+        if wire == _VARINT:
+            value, pos = _read_varint(data, pos)
+            yield number, wire, value
+        elif wire == _I64:
+            if pos + 8 > len(data):
+                raise CodecError("truncated 64-bit field")
+            yield number, wire, data[pos : pos + 8]
+            pos += 8
+        elif wire == _I32:
+            if pos + 4 > len(data):
+                raise CodecError("truncated 32-bit field")
+            yield number, wire, data[pos : pos + 4]
+            pos += 4
+        elif wire == _LEN:
+            size, pos = _read_varint(data, pos)
+            if pos + size > len(data):
+                raise CodecError("truncated length-delimited field")
+            yield number, wire, data[pos : pos + size]
+            pos += size
+        else:
+            raise CodecError(f"unsupported wire type {wire} (field {number})")
+
+
+def _int(value: int | bytes) -> int:
+    if isinstance(value, bytes):
+        raise CodecError("expected a varint")
+    return value
+
+
+def _bytes(value: int | bytes) -> bytes:
+    if not isinstance(value, bytes):
+        raise CodecError("expected a length-delimited field")
+    return value
+
+
+def _text(value: int | bytes) -> str:
+    try:
+        return _bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CodecError("a string field is not UTF-8") from None
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def _check_int(value: Value, datatype: DataType) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CodecError(f"{value!r} is not a {datatype.name} value")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise CodecError(f"{value!r} is not a whole number ({datatype.name})")
+        value = int(value)
+    if datatype in _SIGNED_BITS:
+        bits = _SIGNED_BITS[datatype]
+        low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    else:
+        bits = _UNSIGNED_BITS[datatype]
+        low, high = 0, (1 << bits) - 1
+    if not low <= value <= high:
+        raise CodecError(f"{value} is outside {datatype.name} ({low}..{high})")
+    return value
+
+
+def _encode_value(datatype: DataType, value: Value, base: int) -> bytes:
+    """The value field of a metric (``base`` 10: int_value is 10) or property value (base 3)."""
+    if datatype in _INT_FIELD:
+        return _key(base, _VARINT) + _varint(_check_int(value, datatype) & 0xFFFFFFFF)
+    if datatype in _LONG_FIELD:
+        return _key(base + 1, _VARINT) + _varint(_check_int(value, datatype) & _U64)
+    if datatype is DataType.FLOAT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CodecError(f"{value!r} is not a Float value")
+        try:
+            return _key(base + 2, _I32) + struct.pack("<f", value)
+        except OverflowError:
+            raise CodecError(f"{value!r} does not fit a Float") from None
+    if datatype is DataType.DOUBLE:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CodecError(f"{value!r} is not a Double value")
+        return _key(base + 3, _I64) + struct.pack("<d", value)
+    if datatype is DataType.BOOLEAN:
+        if not isinstance(value, bool):
+            raise CodecError(f"{value!r} is not a Boolean value")
+        return _key(base + 4, _VARINT) + _varint(int(value))
+    if datatype in _TEXT:
+        if not isinstance(value, str):
+            raise CodecError(f"{value!r} is not a {datatype.name} value")
+        return _len_field(base + 5, value.encode("utf-8"))
+    raise CodecError(f"datatype {datatype!r} is not supported")
+
+
+def _decode_value(datatype: DataType | None, raw: dict[int, int | bytes], base: int) -> Value:
+    """A metric's (base 10) or property value's (base 3) value, by its datatype."""
+    if datatype is None:
+        return None
+    if datatype in _SIGNED_BITS or datatype in _UNSIGNED_BITS:
+        # Tahu: Int8..Int32, UInt8, UInt16 in int_value; Int64, UInt32, UInt64, DateTime in
+        # long_value. Either field is read for any integer type (UInt32 comes in both).
+        number = base if datatype in _INT_FIELD else base + 1
+        got = raw.get(number, raw.get(base + 1 if number == base else base))
+        if got is None:
+            return None
+        value = _int(got)
+        if datatype in _SIGNED_BITS:
+            bits = _SIGNED_BITS[datatype]
+            value &= (1 << bits) - 1
+            return value - (1 << bits) if value >> (bits - 1) else value
+        return value & ((1 << _UNSIGNED_BITS[datatype]) - 1)
+    if datatype is DataType.FLOAT:
+        got = raw.get(base + 2)
+        return None if got is None else float(struct.unpack("<f", _bytes(got))[0])
+    if datatype is DataType.DOUBLE:
+        got = raw.get(base + 3)
+        return None if got is None else float(struct.unpack("<d", _bytes(got))[0])
+    if datatype is DataType.BOOLEAN:
+        got = raw.get(base + 4)
+        return None if got is None else bool(_int(got))
+    if datatype in _TEXT:
+        got = raw.get(base + 5)
+        return None if got is None else _text(got)
+    return None  # a datatype this codec does not read (DataSet, Bytes, Template, ...)
+
+
+def _datatype(number: int) -> DataType | None:
+    try:
+        return DataType(number)
+    except ValueError:
+        return None
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def _encode_properties(properties: Mapping[str, PropertyValue]) -> bytes:
+    out = bytearray()
+    for key in properties:
+        out += _len_field(1, key.encode("utf-8"))
+    for prop in properties.values():
+        body = _key(1, _VARINT) + _varint(int(prop.type))
+        if prop.value is None:
+            body += _key(2, _VARINT) + b"\x01"
+        else:
+            body += _encode_value(prop.type, prop.value, 3)
+        out += _len_field(2, body)
+    return bytes(out)
+
+
+def encode_metric(metric: Metric) -> bytes:
+    out = bytearray()
+    if metric.name is not None:
+        out += _len_field(1, metric.name.encode("utf-8"))
+    if metric.alias is not None:
+        out += _key(2, _VARINT) + _varint(metric.alias)
+    if metric.timestamp is not None:
+        out += _key(3, _VARINT) + _varint(metric.timestamp)
+    if metric.datatype is not None:
+        out += _key(4, _VARINT) + _varint(int(metric.datatype))
+    if metric.is_historical:
+        out += _key(5, _VARINT) + b"\x01"
+    if metric.is_transient:
+        out += _key(6, _VARINT) + b"\x01"
+    null = metric.is_null or metric.value is None
+    if null:
+        out += _key(7, _VARINT) + b"\x01"
+    if metric.properties:
+        out += _len_field(9, _encode_properties(metric.properties))
+    if not null:
+        if metric.datatype is None:
+            raise CodecError(f"metric {metric.name or metric.alias!r} has a value but no datatype")
+        out += _encode_value(metric.datatype, metric.value, 10)
+    return bytes(out)
+
+
+def encode_payload(payload: Payload) -> bytes:
+    out = bytearray()
+    if payload.timestamp is not None:
+        out += _key(1, _VARINT) + _varint(payload.timestamp)
+    for metric in payload.metrics:
+        out += _len_field(2, encode_metric(metric))
+    if payload.seq is not None:
+        out += _key(3, _VARINT) + _varint(payload.seq)
+    return bytes(out)
+
+
+def _decode_property_value(data: bytes) -> PropertyValue:
+    raw: dict[int, int | bytes] = {}
+    for number, _wire, value in _fields(data):
+        raw[number] = value
+    datatype = _datatype(_int(raw.get(1, 0)))
+    if datatype is None:
+        raise CodecError(f"property of unsupported type {raw.get(1)!r}")
+    if raw.get(2):
+        return PropertyValue(datatype, None)
+    return PropertyValue(datatype, _decode_value(datatype, raw, 3))
+
+
+def _decode_properties(data: bytes) -> dict[str, PropertyValue]:
+    keys: list[str] = []
+    values: list[PropertyValue | None] = []
+    for number, _wire, value in _fields(data):
+        if number == 1:
+            keys.append(_text(value))
+        elif number == 2:
+            try:
+                values.append(_decode_property_value(_bytes(value)))
+            except CodecError:
+                values.append(None)  # a nested property set or a type we do not read
+    if len(keys) != len(values):
+        raise CodecError(f"a property set with {len(keys)} keys and {len(values)} values")
+    return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+
+def decode_metric(data: bytes) -> Metric:
+    raw: dict[int, int | bytes] = {}
+    for number, _wire, value in _fields(data):
+        raw[number] = value
+    datatype = _datatype(_int(raw[4])) if 4 in raw else None
+    is_null = bool(_int(raw.get(7, 0)))
+    return Metric(
+        name=_text(raw[1]) if 1 in raw else None,
+        alias=_int(raw[2]) if 2 in raw else None,
+        timestamp=_int(raw[3]) if 3 in raw else None,
+        datatype=datatype,
+        value=None if is_null else _decode_value(datatype, raw, 10),
+        is_null=is_null,
+        is_historical=bool(_int(raw.get(5, 0))),
+        is_transient=bool(_int(raw.get(6, 0))),
+        properties=_decode_properties(_bytes(raw[9])) if 9 in raw else {},
+    )
+
+
+def decode_payload(data: bytes) -> Payload:
+    """A Sparkplug B payload; CodecError if ``data`` is not one."""
+    timestamp: int | None = None
+    seq: int | None = None
+    metrics: list[Metric] = []
+    for number, _wire, value in _fields(data):
+        if number == 1:
+            timestamp = _int(value)
+        elif number == 2:
+            metrics.append(decode_metric(_bytes(value)))
+        elif number == 3:
+            seq = _int(value)
+    return Payload(timestamp, tuple(metrics), seq)
+
+
+# --- sequence numbers -----------------------------------------------------------------------
+
+
+def next_seq(seq: int) -> int:
+    """The sequence number after ``seq``: 0..255, wrapping."""
+    return (seq + 1) % 256
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+NODE_TYPES = frozenset({"NBIRTH", "NDEATH", "NDATA", "NCMD"})
+DEVICE_TYPES = frozenset({"DBIRTH", "DDEATH", "DDATA", "DCMD"})
+_BAD_ID = re.compile(r"[/+#]")
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a Sparkplug group, edge node or device id; None if it can."""
+    if not value:
+        return "an empty id"
+    found = _BAD_ID.search(value)
+    if found is not None:
+        return f"{value!r} contains {found.group()!r}"
+    return None
+
+
+def check_id(value: str, what: str = "id") -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(f"a Sparkplug {what} without '/', '+' or '#' ({problem})")
+    return value
+
+
+def topic(group: str, message_type: str, node: str, device: str | None = None) -> str:
+    """``spBv1.0/{group}/{type}/{node}[/{device}]``; ValueError for a bad id or type."""
+    check_id(group, "group_id")
+    check_id(node, "edge_node_id")
+    if message_type in NODE_TYPES:
+        if device is not None:
+            raise ValueError(f"{message_type} is a node message: no device id")
+        return f"{NAMESPACE}/{group}/{message_type}/{node}"
+    if message_type in DEVICE_TYPES:
+        if device is None:
+            raise ValueError(f"{message_type} is a device message: it needs a device id")
+        check_id(device, "device_id")
+        return f"{NAMESPACE}/{group}/{message_type}/{node}/{device}"
+    raise ValueError(f"unknown Sparkplug message type {message_type!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    group: str
+    message_type: str
+    node: str
+    device: str | None = None
+
+
+def parse_topic(name: str) -> Topic:
+    """The parts of a Sparkplug B topic; ValueError if it is not one."""
+    parts = name.split("/")
+    if len(parts) not in (4, 5) or parts[0] != NAMESPACE:
+        raise ValueError(f"{name!r} is not a {NAMESPACE} edge node or device topic")
+    device = parts[4] if len(parts) == 5 else None
+    message_type = parts[2]
+    if (device is None) != (message_type in NODE_TYPES):
+        raise ValueError(f"{name!r}: {message_type} with the wrong number of levels")
+    topic(parts[1], message_type, parts[3], device)  # validates
+    return Topic(parts[1], message_type, parts[3], device)

@@ -1,0 +1,747 @@
+"""Sparkplug B edge node: bridged devices as Sparkplug devices of one edge node.
+
+Session (Sparkplug 3.0, section 7)
+----------------------------------
+Every connection attempt registers a will: NDEATH with the metric ``bdSeq`` (Int64), QoS 1, not
+retained; bdSeq counts attempts (0..255, wrapping), so a host can tell the NDEATH of an old
+session from the NBIRTH of a new one. On CONNACK the node subscribes to its NCMD and DCMD
+topics, publishes NBIRTH (seq 0, the same bdSeq, ``Node Control/Rebirth``) and one DBIRTH per
+device that is alive, with every metric (name, alias, datatype, the latest value or is_null).
+Telemetry then goes out as DDATA of the metrics that changed, by alias only. ``seq`` is one
+counter for NBIRTH, DBIRTH, DDATA and DDEATH of the session, 0..255 wrapping. A clean shutdown
+publishes NDEATH itself (the broker drops the will on DISCONNECT).
+
+Device life
+-----------
+A device is alive until a message leaves every one of its metrics Bad (the source publishes all
+its points Bad when it loses its device): then DDEATH. Its next message with a value that is not
+Bad publishes DBIRTH (with the current values) instead of DDATA. A point the device had not
+declared (a translator in auto mode names points at run time) gets an alias and the device is
+born again with it.
+
+Quality follows Ignition: a metric carries an Int32 ``Quality`` property (192 good, 64
+uncertain, 0 bad) in births and whenever it is not good or becomes good again; a Bad value is
+sent as is_null.
+
+While disconnected, telemetry is kept in a bounded deque (``buffer:``, oldest dropped and
+counted). After the births of the next session it is published as DDATA with is_historical on
+every metric; the births themselves carry the current values.
+
+paho is driven by the asyncio loop, as the MQTT endpoint does (see protocols.mqtt.client): its
+socket goes to ``add_reader``/``add_writer``, a 1 s timer runs keepalive, and the one blocking
+call (``reconnect``: DNS, TCP, TLS) runs in the default executor. No thread of our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from pydantic import BaseModel
+
+from gateway.adapter import Adapter, AdapterContext
+from gateway.backoff import BackoffTimer
+from gateway.types import Message, PointSpec, Quality, Sample, Value
+from protocols.mqtt.link import PahoOnLoop, tls_context
+from protocols.sparkplug import codec
+from protocols.sparkplug.codec import DataType, Metric, Payload, PropertyValue
+from protocols.sparkplug.config import SparkplugEndpoint
+
+if TYPE_CHECKING:
+    from gateway.bridge import Bridge
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SparkplugAdapter", "SparkplugError"]
+
+REBIRTH = "Node Control/Rebirth"
+BDSEQ = "bdSeq"
+_SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+_QUALITY = {
+    Quality.GOOD: codec.QUALITY_GOOD,
+    Quality.UNCERTAIN: codec.QUALITY_UNCERTAIN,
+    Quality.BAD: codec.QUALITY_BAD,
+}
+_INT_TYPES = frozenset(
+    {
+        DataType.INT8,
+        DataType.INT16,
+        DataType.INT32,
+        DataType.INT64,
+        DataType.UINT8,
+        DataType.UINT16,
+        DataType.UINT32,
+        DataType.UINT64,
+        DataType.DATETIME,
+    }
+)
+_TEXT_TYPES = frozenset({DataType.STRING, DataType.TEXT, DataType.UUID})
+#: a historical replay yields to the loop after this many messages
+_REPLAY_CHUNK = 200
+
+
+class SparkplugError(Exception):
+    """A connection problem, said so that the integrator knows what to fix."""
+
+
+def _ms(ts: float) -> int:
+    return int(round((ts if ts > 0 else time.time()) * 1000))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def wire_value(datatype: DataType, value: Value) -> Value:
+    """``value`` as the metric's datatype carries it; ValueError when it does not fit."""
+    if value is None:
+        return None
+    if datatype is DataType.BOOLEAN:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{value!r} is not a Boolean")
+    if datatype in _INT_TYPES:
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{value!r} is not a whole number")
+    if datatype in (DataType.FLOAT, DataType.DOUBLE):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{value!r} is not a number")
+    if datatype in _TEXT_TYPES:
+        return value if isinstance(value, str) else str(value)
+    raise ValueError(f"datatype {datatype.name} is not supported")
+
+
+def _guess_datatype(value: Value) -> DataType:
+    if isinstance(value, bool):
+        return DataType.BOOLEAN
+    if isinstance(value, int):
+        return DataType.INT64
+    if isinstance(value, str):
+        return DataType.STRING
+    return DataType.DOUBLE
+
+
+@dataclass(slots=True)
+class _MetricState:
+    """One metric of a device: what the DBIRTH declared, what the endpoint last saw."""
+
+    name: str
+    alias: int
+    datatype: DataType
+    spec: PointSpec | None
+    bridge: Bridge | None
+    last: Sample | None = None  # the latest sample seen
+    sent: tuple[Value, Quality] | None = None  # what the host has now (birth or data)
+
+
+@dataclass(slots=True)
+class _Device:
+    name: str
+    metrics: dict[str, _MetricState]
+    alive: bool = True  # not every metric Bad
+    born: bool = False  # DBIRTH published in this session (and no DDEATH since)
+
+
+class SparkplugAdapter(PahoOnLoop, Adapter):
+    """A Sparkplug B edge node on an MQTT broker; the bridges' source devices are its devices."""
+
+    config: SparkplugEndpoint
+    LABEL = "Sparkplug"
+
+    #: TCP connect + TLS handshake, and then CONNACK, each within this many seconds
+    connect_timeout: float = 10.0
+    #: on shutdown, how long to wait for the broker to acknowledge the NDEATH
+    drain_timeout: float = 2.0
+
+    def __init__(self, name: str, config: SparkplugEndpoint, context: AdapterContext) -> None:
+        super().__init__(name, config, context)
+        self.group = config.group
+        self.node = config.node or context.gateway_name
+        self.client_id = config.client_id or f"protocol-brain-{context.gateway_name}-{name}"
+        self.address = f"{config.host}:{config.effective_port}"
+        self._devices: dict[str, _Device] = {}
+        self._next_alias = 1
+        self._history: collections.deque[Message] = collections.deque()
+        self._bd_seq = -1  # bdSeq of the current (or last) connection attempt
+        self._seq = 0  # the next seq to publish
+        self._client: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._init_socket()
+        self._ndeath_mid: int | None = None
+        self._ndeath_acked: asyncio.Event | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        self._connected = False  # CONNACK received, connection not lost
+        self._ready = False  # births published: send() publishes DDATA
+        self._closing = False
+        self._close_task: asyncio.Future[None] | None = None
+        self.last_error: str | None = None
+        # counters
+        self.published = 0
+        self.births = 0  # NBIRTH and DBIRTH messages
+        self.deaths = 0  # DDEATH messages
+        self.rebirths = 0  # rebirth requests (NCMD) served
+        self.dropped = 0  # buffered messages dropped (buffer full)
+        self.historical = 0  # DDATA messages published from the buffer
+        self.encode_errors = 0
+        self.bad_commands = 0  # NCMD/DCMD payloads that did not decode
+        self.writes_ok = 0
+        self.writes_refused = 0
+        self.reconnects = 0
+        self._connections = 0
+
+    # --- attach: the devices and their metrics --------------------------------------------------
+
+    def attach(self, bridge: Bridge) -> None:
+        for device, specs in bridge.points().items():
+            problem = codec.id_problem(device)
+            if problem is not None:
+                raise ValueError(
+                    f"bridge {bridge.name!r}: source device {problem}: it cannot be a Sparkplug"
+                    " device_id (no '/', '+' or '#')"
+                )
+            state = self._device(device)
+            for spec in specs:
+                if spec.name not in state.metrics:
+                    self._add_metric(
+                        state, spec.name, codec.datatype_of(spec.datatype), spec, bridge
+                    )
+
+    def _device(self, name: str) -> _Device:
+        state = self._devices.get(name)
+        if state is None:
+            state = self._devices[name] = _Device(name, {})
+        return state
+
+    def _add_metric(
+        self,
+        device: _Device,
+        name: str,
+        datatype: DataType,
+        spec: PointSpec | None,
+        bridge: Bridge | None,
+    ) -> _MetricState:
+        metric = _MetricState(name, self._next_alias, datatype, spec, bridge)
+        self._next_alias += 1
+        device.metrics[name] = metric
+        return metric
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SparkplugAdapter:
+        """Prepare the paho client: identity, credentials, TLS. No network I/O."""
+        what = f"Sparkplug endpoint {self.name!r}"
+        problem = codec.id_problem(self.node)
+        if problem is not None:
+            raise SparkplugError(
+                f"{what}: the edge node id (node:, default gateway.name) is {problem};"
+                " set node: to an id without '/', '+' or '#'"
+            )
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        cfg = self.config
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=True,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,  # reconnecting is run()'s job, with our backoff
+        )
+        client.connect_timeout = self.connect_timeout
+        client.max_queued_messages_set(0)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        clear = cfg.password_warning()
+        if clear is not None:
+            log.warning("%s %s", what, clear)
+        if cfg.tls is not None:
+            client.tls_set_context(tls_context(cfg.tls, what, self.address, SparkplugError, log))
+            if cfg.tls.insecure:
+                client.tls_insecure_set(True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        self.install(client)
+        client.connect_async(cfg.host, cfg.effective_port, cfg.keepalive)  # no I/O yet
+        self._client = client
+        self._ndeath_acked = asyncio.Event()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def run(self) -> None:
+        """Connect, births, serve, reconnect with backoff after any loss; until cancelled."""
+        if self._client is None:
+            raise RuntimeError("use 'async with adapter:' before 'await adapter.run()'")
+        backoff = BackoffTimer(self.config.reconnect)
+        try:
+            while not self._closing:
+                try:
+                    await self._connect_once()
+                except SparkplugError as exc:
+                    if self._closing:
+                        break
+                    self.last_error = str(exc)
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "Sparkplug %s: %s; retry %d in %.2f s",
+                        self.name,
+                        exc,
+                        backoff.attempts,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+                reason = await self._serve_session()
+                if self._closing:
+                    break
+                self.last_error = f"connection lost: {reason}"
+                delay = backoff.next_delay()
+                log.warning(
+                    "Sparkplug %s: connection to %s lost (%s); reconnecting in %.2f s",
+                    self.name,
+                    self.address,
+                    reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        finally:
+            await self.close()
+
+    # --- connecting -------------------------------------------------------------------------
+
+    def _ndeath(self) -> bytes:
+        return codec.encode_payload(
+            Payload(_now_ms(), (Metric(BDSEQ, datatype=DataType.INT64, value=self._bd_seq),))
+        )
+
+    async def _connect_once(self) -> None:
+        """One connection attempt up to CONNACK, with a fresh bdSeq in its will."""
+        assert self._client is not None
+        self._bd_seq = (self._bd_seq + 1) % 256
+        self._client.will_set(self._topic("NDEATH"), self._ndeath(), qos=1, retain=False)
+        await self._connect_paho(SparkplugError, self.config.host)
+
+    async def _serve_session(self) -> str:
+        """Subscriptions, births, the historical backlog; then wait for the connection's end."""
+        client, disconnected = self._client, self._disconnected
+        assert client is not None and disconnected is not None
+        self._connections += 1
+        if self._connections > 1:
+            self.reconnects += 1
+        self.last_error = None
+        log.info(
+            "Sparkplug %s: connected to %s as edge node %s/%s (bdSeq %d)",
+            self.name,
+            self.address,
+            self.group,
+            self.node,
+            self._bd_seq,
+        )
+        client.subscribe(
+            [(self._topic("NCMD"), 1), (f"{codec.NAMESPACE}/{self.group}/DCMD/{self.node}/+", 1)]
+        )
+        self._births()
+        self._ready = True
+        await self._replay(disconnected)
+        return await disconnected
+
+    # --- publishing -------------------------------------------------------------------------
+
+    def _topic(self, message_type: str, device: str | None = None) -> str:
+        return codec.topic(self.group, message_type, self.node, device)
+
+    def _take_seq(self) -> int:
+        seq = self._seq
+        self._seq = codec.next_seq(seq)
+        return seq
+
+    def _publish(
+        self, message_type: str, device: str | None, metrics: Iterable[Metric], qos: int = 0
+    ) -> int | None:
+        """Encode and publish with the next seq; the paho mid, None when not connected."""
+        client = self._client
+        if client is None or not self._connected:
+            return None
+        payload = codec.encode_payload(Payload(_now_ms(), tuple(metrics), self._take_seq()))
+        info = client.publish(self._topic(message_type, device), payload, qos=qos)
+        if info.rc != _SUCCESS:
+            return None
+        self.published += 1
+        return info.mid
+
+    def _births(self) -> None:
+        """NBIRTH (seq 0) and a DBIRTH for every device that is alive."""
+        self._seq = 0
+        node_metrics = (
+            Metric(BDSEQ, datatype=DataType.INT64, value=self._bd_seq, timestamp=_now_ms()),
+            Metric(REBIRTH, datatype=DataType.BOOLEAN, value=False, timestamp=_now_ms()),
+        )
+        for device in self._devices.values():
+            device.born = False
+        if self._publish("NBIRTH", None, node_metrics) is None:
+            return
+        self.births += 1
+        for device in self._devices.values():
+            if device.alive:
+                self._birth(device)
+
+    def _birth(self, device: _Device) -> None:
+        metrics = [self._birth_metric(m) for m in device.metrics.values()]
+        if self._publish("DBIRTH", device.name, metrics) is not None:
+            self.births += 1
+            device.born = True
+
+    def _birth_metric(self, m: _MetricState) -> Metric:
+        props: dict[str, PropertyValue] = {}
+        spec = m.spec
+        if spec is not None and spec.unit:
+            props["engUnit"] = PropertyValue(DataType.STRING, spec.unit)
+        if spec is not None and spec.low is not None:
+            props["engLow"] = PropertyValue(DataType.DOUBLE, float(spec.low))
+        if spec is not None and spec.high is not None:
+            props["engHigh"] = PropertyValue(DataType.DOUBLE, float(spec.high))
+        last = m.last
+        if last is None:
+            m.sent = (None, Quality.BAD)
+            props["Quality"] = PropertyValue(DataType.INT32, codec.QUALITY_BAD)
+            return Metric(
+                m.name, m.alias, _now_ms(), m.datatype, None, is_null=True, properties=props
+            )
+        value = self._value(m, last)
+        props["Quality"] = PropertyValue(DataType.INT32, _QUALITY[last.quality])
+        m.sent = (value, last.quality)
+        return Metric(
+            m.name,
+            m.alias,
+            _ms(last.source_ts),
+            m.datatype,
+            value,
+            is_null=value is None,
+            properties=props,
+        )
+
+    def _value(self, m: _MetricState, sample: Sample) -> Value:
+        """The sample's value as the metric's datatype carries it; None for Bad or unfit."""
+        if sample.quality is Quality.BAD or sample.value is None:
+            return None
+        try:
+            value = wire_value(m.datatype, sample.value)
+            codec.encode_metric(Metric(datatype=m.datatype, value=value))  # range check
+        except ValueError as exc:
+            self.encode_errors += 1
+            log.warning(
+                "Sparkplug %s: %s of %s: %s (sent as null)", self.name, m.name, sample.point, exc
+            )
+            return None
+        return value
+
+    def _data_metric(
+        self, m: _MetricState, sample: Sample, *, historical: bool = False
+    ) -> Metric | None:
+        """The DDATA metric of ``sample`` (by alias), None when the host has it already."""
+        value = self._value(m, sample)
+        quality = sample.quality
+        previous = m.sent
+        if not historical:
+            if previous == (value, quality):
+                return None
+            m.sent = (value, quality)
+        props: dict[str, PropertyValue] = {}
+        if quality is not Quality.GOOD or (
+            previous is not None and previous[1] is not Quality.GOOD
+        ):
+            props["Quality"] = PropertyValue(DataType.INT32, _QUALITY[quality])
+        return Metric(
+            alias=m.alias,
+            timestamp=_ms(sample.source_ts),
+            datatype=m.datatype,
+            value=value,
+            is_null=value is None,
+            is_historical=historical,
+            properties=props,
+        )
+
+    # --- telemetry --------------------------------------------------------------------------
+
+    async def send(self, message: Message, route: BaseModel) -> None:
+        device_name = message.device or message.topic.rpartition("/")[2]
+        if codec.id_problem(device_name) is not None:
+            return
+        device = self._device(device_name)
+        new = False
+        for sample in message.samples:
+            m = device.metrics.get(sample.point)
+            if m is None:  # named at run time (translate: auto): born again with it
+                m = self._add_metric(
+                    device, sample.point, _guess_datatype(sample.value), None, None
+                )
+                new = True
+            m.last = sample
+        was_alive = device.alive
+        device.alive = not all(
+            m.last is not None and m.last.quality is Quality.BAD for m in device.metrics.values()
+        )
+        if not self._ready:
+            if self.config.buffer > 0:
+                if len(self._history) >= self.config.buffer:
+                    self._history.popleft()
+                    self._count_drop()
+                self._history.append(message)
+            return
+        if not device.alive:
+            if was_alive and device.born:
+                if self._publish("DDEATH", device.name, ()) is not None:
+                    self.deaths += 1
+                device.born = False
+                log.info("Sparkplug %s: device %s is down (DDEATH)", self.name, device.name)
+            return
+        if not device.born or new:
+            self._birth(device)
+            return
+        self._data(device, message.samples)
+
+    def _data(
+        self, device: _Device, samples: Iterable[Sample], *, historical: bool = False
+    ) -> None:
+        metrics = []
+        for sample in samples:
+            m = device.metrics.get(sample.point)
+            if m is None:
+                continue
+            metric = self._data_metric(m, sample, historical=historical)
+            if metric is not None:
+                metrics.append(metric)
+        if metrics and self._publish("DDATA", device.name, metrics) is not None and historical:
+            self.historical += 1
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning(
+                "Sparkplug %s: buffer of %d messages full while disconnected: %d dropped so far",
+                self.name,
+                self.config.buffer,
+                self.dropped,
+            )
+
+    async def _replay(self, disconnected: asyncio.Future[str]) -> None:
+        """The messages buffered while disconnected, as historical DDATA after the births."""
+        n = 0
+        while self._history and not disconnected.done():
+            message = self._history.popleft()
+            device = self._devices.get(message.device or "")
+            if device is not None and device.born:
+                self._data(device, message.samples, historical=True)
+            n += 1
+            if n % _REPLAY_CHUNK == 0:
+                await asyncio.sleep(0)
+        if n:
+            log.info("Sparkplug %s: %d buffered messages sent as historical DDATA", self.name, n)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            where = codec.parse_topic(msg.topic)
+            payload = codec.decode_payload(bytes(msg.payload))
+        except ValueError as exc:
+            self.bad_commands += 1
+            log.warning("Sparkplug %s: unreadable command on %s: %s", self.name, msg.topic, exc)
+            return
+        if where.message_type == "NCMD":
+            for metric in payload.metrics:
+                if metric.name == REBIRTH and metric.value is True:
+                    log.info("Sparkplug %s: rebirth requested (NCMD)", self.name)
+                    self.rebirths += 1
+                    if self._ready:
+                        self._births()
+                    return
+                log.warning("Sparkplug %s: NCMD metric %r not supported", self.name, metric.name)
+        elif where.message_type == "DCMD" and where.device is not None:
+            self._dcmd(where.device, payload)
+
+    def _dcmd(self, device_name: str, payload: Payload) -> None:
+        device = self._devices.get(device_name)
+        for metric in payload.metrics:
+            m: _MetricState | None = None
+            if device is not None:
+                if metric.name is not None:
+                    m = device.metrics.get(metric.name)
+                elif metric.alias is not None:
+                    m = next((x for x in device.metrics.values() if x.alias == metric.alias), None)
+            label = metric.name if metric.name is not None else f"alias {metric.alias}"
+            if m is None or m.bridge is None or m.spec is None:
+                self._refused(device_name, label, "no such metric")
+                continue
+            if not m.spec.access.writable:
+                self._refused(device_name, m.name, "read-only (access is not rw)")
+                continue
+            if metric.is_null or metric.value is None:
+                self._refused(device_name, m.name, "a null value")
+                continue
+            try:
+                value = wire_value(m.datatype, metric.value)
+            except ValueError as exc:
+                self._refused(device_name, m.name, str(exc))
+                continue
+            task = asyncio.ensure_future(self._write(m.bridge, device_name, m.name, value))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    def _refused(self, device: str, point: str, why: str) -> None:
+        self.writes_refused += 1
+        log.warning("Sparkplug %s: DCMD %s/%s refused: %s", self.name, device, point, why)
+
+    async def _write(self, bridge: Bridge, device: str, point: str, value: Value) -> None:
+        try:
+            result = await bridge.write(device, point, value, origin=f"sparkplug:{self.name}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._refused(device, point, f"{type(exc).__name__}: {exc}")
+            return
+        if result.ok:
+            self.writes_ok += 1
+            log.info("Sparkplug %s: DCMD %s/%s = %r written", self.name, device, point, value)
+        else:
+            self._refused(device, point, f"{result.status}: {result.reason}")
+
+    # --- closing ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """NDEATH, DISCONNECT, close; idempotent, not cut short by a second cancel."""
+        task = self._close_task
+        if task is None:
+            self._closing = True
+            task = self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(task)
+
+    async def _close(self) -> None:
+        loop, client = self._loop, self._client
+        try:
+            for write in list(self._writes):
+                write.cancel()
+            if loop is None or client is None:
+                return
+            job = self._connect_job
+            if job is not None and not job.done():  # a connect thread is still running
+                await asyncio.wait((job,), timeout=self.connect_timeout + 1)
+            if job is not None and job.done() and not job.cancelled():
+                job.exception()  # retrieved: run() may have been cancelled while it ran
+            if self._connected:
+                acked = self._ndeath_acked
+                self._ready = False
+                info = client.publish(self._topic("NDEATH"), self._ndeath(), qos=1)
+                self._ndeath_mid = info.mid
+                if acked is not None:
+                    try:
+                        async with asyncio.timeout(self.drain_timeout):
+                            await acked.wait()
+                    except TimeoutError:
+                        log.warning("Sparkplug %s: NDEATH not acknowledged", self.name)
+                disconnected = self._disconnected
+                client.disconnect()
+                if disconnected is not None:
+                    await asyncio.wait((disconnected,), timeout=1.0)
+            self._drop_socket()
+            self._connection_lost("adapter closed")
+        finally:
+            self._connected = False
+            self._ready = False
+            self._cancel_misc_timer()
+            if client is not None:
+                self.uninstall(client)
+
+    # --- paho protocol callbacks (loop thread) ------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        fut = self._connect_fut
+        if getattr(reason_code, "is_failure", False):
+            text = str(reason_code)
+            hint = " (check username and password)" if "auth" in text.lower() else ""
+            error = SparkplugError(f"{self.address} refused the connection: {text}{hint}")
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+                fut.exception()  # marked retrieved; _connect_once awaits it as a rule
+            return
+        self._connected = True
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        self._connection_lost(str(reason_code))
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        if mid == self._ndeath_mid and self._ndeath_acked is not None:
+            self._ndeath_acked.set()
+
+    def _connection_lost(self, reason: str) -> None:
+        self._connected = False
+        self._ready = False
+        for device in self._devices.values():
+            device.born = False
+        fut = self._connect_fut
+        if fut is not None and not fut.done():
+            fut.set_exception(SparkplugError(f"connection to {self.address} lost: {reason}"))
+            fut.exception()  # retrieved: nobody awaits it when run() was cancelled meanwhile
+        disconnected = self._disconnected
+        if disconnected is not None and not disconnected.done():
+            disconnected.set_result(reason)
+
+    # --- status -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "connected": self._connected,
+            "broker": self.address,
+            "group": self.group,
+            "node": self.node,
+            "bdSeq": self._bd_seq if self._bd_seq >= 0 else None,
+            "seq": self._seq,
+            "births": self.births,
+            "deaths": self.deaths,
+            "rebirths": self.rebirths,
+            "published": self.published,
+            "historical": self.historical,
+            "buffered": len(self._history),
+            "dropped": self.dropped,
+            "encode_errors": self.encode_errors,
+            "bad_commands": self.bad_commands,
+            "writes": {"ok": self.writes_ok, "refused": self.writes_refused},
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+            "devices": {
+                d.name: "online" if d.born else ("down" if not d.alive else "not born")
+                for d in self._devices.values()
+            },
+        }

@@ -1,0 +1,431 @@
+"""Sparkplug B edge node against a host we did not write: Eclipse Tahu's JavaScript codec
+(sparkplug-payload, with the mqtt package) in tests/interop/node/sparkplug_host.js, a real
+mosquitto, the real `gateway run` process and the Modbus simulator, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import HOST, NODE_DIR, MosquittoBroker, free_port, wait_for
+
+from protocols.modbus.codec import DataType
+from protocols.modbus.simulator import SimulatedDevice, Simulator
+
+GATEWAY = [sys.executable, "-m", "gateway"]
+GROUP, NODE = "plant1", "edge-01"
+Msg = dict[str, Any]
+
+
+class Host:
+    """The Tahu JS host script: every message it decoded, and commands to send."""
+
+    def __init__(self, port: int) -> None:
+        node = _node()
+        self.proc = subprocess.Popen(
+            [node, str(NODE_DIR / "sparkplug_host.js"), str(port), HOST],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[Msg] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(json.loads(line))
+
+    def messages(self, kind: str | None = None, device: str | None = None) -> list[Msg]:
+        with self._lock:
+            found = [m for m in self.lines if "type" in m]
+        return [
+            m
+            for m in found
+            if (kind is None or m["type"] == kind) and (device is None or m["device"] == device)
+        ]
+
+    def ready(self) -> bool:
+        with self._lock:
+            return any(m.get("ready") for m in self.lines)
+
+    def command(self, **command: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"group": GROUP, "node": NODE, **command}) + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _node() -> str:
+    import shutil
+
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "sparkplug-payload").is_dir():
+        pytest.fail(
+            f"node or sparkplug-payload missing in {NODE_DIR}: run scripts/install-peers.sh"
+        )
+    return node
+
+
+class Proxy:
+    """TCP between the gateway and the broker; ``down()`` refuses and cuts connections, so the
+    gateway loses its broker while the host stays subscribed."""
+
+    def __init__(self, target: int) -> None:
+        self.port = free_port()
+        self.target = target
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._serve, HOST, self.port, reuse_address=True)
+
+    async def down(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        if server is not None:
+            await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(HOST, self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def write_config(path: Path, broker_port: int, plc: SimulatedDevice) -> Path:
+    path.write_text(
+        f"""
+gateway: {{name: gw-sparkplug}}
+devices:
+  plc:
+    protocol: modbus
+    host: {HOST}
+    port: {plc.port}
+    timeout: 0.3
+    reconnect: {{initial: 0.05, max: 0.2}}
+    poll_groups: {{fast: {{interval: 0.1}}}}
+    points:
+      - {{name: temp, table: holding, address: 0, type: int16, unit: degC, poll: fast}}
+      - {{name: total, table: holding, address: 2, type: uint32, poll: fast}}
+      - {{name: offset, table: holding, address: 4, type: int32, poll: fast}}
+      - {{name: flow, table: holding, address: 6, type: float32, poll: fast}}
+      - {{name: big, table: holding, address: 8, type: int64, poll: fast}}
+      - {{name: running, table: coil, address: 0, poll: fast}}
+      - {{name: model, table: holding, address: 20, type: string, length: 4, poll: fast}}
+      - {{name: setpoint, table: holding, address: 30, type: uint16, access: rw, poll: fast}}
+endpoints:
+  ignition:
+    protocol: sparkplug
+    host: {HOST}
+    port: {broker_port}
+    group: {GROUP}
+    node: {NODE}
+    keepalive: 5
+    reconnect: {{initial: 0.1, max: 0.3}}
+    buffer: 1000
+bridges:
+  - {{name: up, from: plc, to: ignition}}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+async def plc(simulator: Simulator) -> SimulatedDevice:
+    dev = await simulator.add_device(name="plc")
+    dev.set_value("holding", 0, -5, DataType.INT16)
+    dev.set_value("holding", 2, 70000, DataType.UINT32)
+    dev.set_value("holding", 4, -100000, DataType.INT32)
+    dev.set_value("holding", 6, 12.5, DataType.FLOAT32)
+    dev.set_value("holding", 8, -7, DataType.INT64)
+    dev.set_bits("coil", 0, [True])
+    dev.set_value("holding", 20, "PB-7", DataType.STRING, length=4)
+    dev.set_registers("holding", 30, [10])
+    return dev
+
+
+@contextlib.asynccontextmanager
+async def running(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY, "run", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def host_on(port: int) -> AsyncIterator[Host]:
+    host = Host(port)
+    try:
+        await wait_for(host.ready, timeout=15, message="the Tahu JS host to subscribe")
+        yield host
+    finally:
+        host.close()
+
+
+def metrics_by_name(message: Msg) -> dict[str, Msg]:
+    return {m["name"]: m for m in message["payload"]["metrics"]}
+
+
+def ddata_with(host: Host, alias: int, pred: Callable[[Any], bool]) -> Callable[[], Msg | None]:
+    def find() -> Msg | None:
+        for m in host.messages("DDATA", "plc"):
+            for metric in m["payload"]["metrics"]:
+                if metric.get("alias") == alias and pred(metric.get("value")):
+                    return metric
+        return None
+
+    return find
+
+
+def seqs(host: Host) -> list[tuple[str, int]]:
+    return [
+        (m["type"], m["payload"]["seq"])
+        for m in host.messages()
+        if m["type"] in ("NBIRTH", "DBIRTH", "DDATA", "DDEATH")
+    ]
+
+
+def assert_seq_continuity(pairs: list[tuple[str, int]]) -> None:
+    assert pairs and pairs[0] == ("NBIRTH", 0), pairs[:3]
+    for (_, a), (kind, b) in zip(pairs, pairs[1:], strict=False):
+        if kind == "NBIRTH":
+            assert b == 0
+        else:
+            assert b == (a + 1) % 256, pairs
+
+
+async def test_births_data_rebirth_writes_and_will(
+    tmp_path: Path, mosquitto: MosquittoBroker, plc: SimulatedDevice
+) -> None:
+    async with host_on(mosquitto.port) as host:
+        config = write_config(tmp_path / "gw.yaml", mosquitto.port, plc)
+        async with running(config) as proc:
+            dbirth = await wait_for(
+                lambda: next(iter(host.messages("DBIRTH", "plc")), None), timeout=20
+            )
+            nbirth = host.messages("NBIRTH")[0]
+            assert nbirth["node"] == NODE and nbirth["group"] == GROUP
+            assert nbirth["payload"]["seq"] == 0
+            node_metrics = metrics_by_name(nbirth)
+            assert node_metrics["bdSeq"]["type"] == "Int64"
+            bd_seq = node_metrics["bdSeq"]["value"]
+            assert node_metrics["Node Control/Rebirth"] == {
+                **node_metrics["Node Control/Rebirth"],
+                "type": "Boolean",
+                "value": False,
+            }
+            assert dbirth["payload"]["seq"] == 1
+            born = metrics_by_name(dbirth)
+            assert {n: m["type"] for n, m in born.items()} == {
+                "temp": "Int16",
+                "total": "UInt32",
+                "offset": "Int32",
+                "flow": "Float",
+                "big": "Int64",
+                "running": "Boolean",
+                "model": "String",
+                "setpoint": "UInt16",
+            }
+            aliases = {n: m["alias"] for n, m in born.items()}
+            assert len(set(aliases.values())) == len(aliases)
+            assert born["temp"]["properties"]["engUnit"] == {"type": "String", "value": "degC"}
+
+            # Current values: in the DBIRTH if the first poll came first, else in DDATA.
+            expected = {
+                "temp": -5,
+                "total": 70000,
+                "offset": -100000,
+                "flow": 12.5,
+                "big": -7,
+                "running": True,
+                "model": "PB-7",
+                "setpoint": 10,
+            }
+            for name, value in expected.items():
+                if born[name]["value"] != value:
+                    await wait_for(
+                        ddata_with(host, aliases[name], lambda v, value=value: v == value),
+                        timeout=10,
+                        message=f"{name} = {value!r}",
+                    )
+                else:
+                    assert born[name]["properties"]["Quality"] == {"type": "Int32", "value": 192}
+
+            # A change on the device: DDATA by alias only, the source timestamp in ms.
+            before = time.time() * 1000
+            plc.set_value("holding", 0, -321, DataType.INT16)
+            metric = await wait_for(ddata_with(host, aliases["temp"], lambda v: v == -321))
+            assert "name" not in metric and metric["type"] == "Int16"
+            assert before - 1000 <= metric["timestamp"] <= time.time() * 1000 + 1000
+
+            # Rebirth on NCMD: NBIRTH with the same bdSeq and seq 0, then the DBIRTH again.
+            host.command(cmd="rebirth")
+            await wait_for(lambda: len(host.messages("NBIRTH")) == 2, timeout=10)
+            await wait_for(lambda: len(host.messages("DBIRTH")) == 2, timeout=10)
+            again = host.messages("NBIRTH")[1]
+            assert again["payload"]["seq"] == 0
+            assert metrics_by_name(again)["bdSeq"]["value"] == bd_seq
+            reborn = metrics_by_name(host.messages("DBIRTH")[1])
+            assert reborn["temp"]["value"] == -321  # current values
+            assert {n: m["alias"] for n, m in reborn.items()} == aliases  # stable
+
+            # DCMD by name to an rw point reaches the register; by alias too.
+            host.command(
+                cmd="dcmd",
+                device="plc",
+                metrics=[{"name": "setpoint", "type": "UInt16", "value": 77}],
+            )
+            await wait_for(lambda: plc.get_registers("holding", 30) == [77], timeout=10)
+            await wait_for(ddata_with(host, aliases["setpoint"], lambda v: v == 77), timeout=10)
+            host.command(
+                cmd="dcmd",
+                device="plc",
+                metrics=[{"alias": aliases["setpoint"], "type": "UInt16", "value": 78}],
+            )
+            await wait_for(lambda: plc.get_registers("holding", 30) == [78], timeout=10)
+            # A read-only point is refused: the register keeps its value.
+            host.command(
+                cmd="dcmd", device="plc", metrics=[{"name": "temp", "type": "Int16", "value": 1}]
+            )
+            await asyncio.sleep(1.0)
+            assert plc.get_registers("holding", 0) == [(-321) & 0xFFFF]
+
+            assert_seq_continuity(seqs(host))
+
+            # SIGKILL: the broker publishes the will, NDEATH with the NBIRTH's bdSeq.
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            ndeath = await wait_for(
+                lambda: next(iter(host.messages("NDEATH")), None),
+                timeout=20,  # keepalive 5 s: the broker notices at once on a closed socket
+            )
+            assert metrics_by_name(ndeath)["bdSeq"] == {
+                **metrics_by_name(ndeath)["bdSeq"],
+                "type": "Int64",
+                "value": bd_seq,
+            }
+
+
+async def test_device_down_is_ddeath_and_back_is_dbirth(
+    tmp_path: Path, mosquitto: MosquittoBroker, plc: SimulatedDevice, simulator: Simulator
+) -> None:
+    async with host_on(mosquitto.port) as host:
+        config = write_config(tmp_path / "gw.yaml", mosquitto.port, plc)
+        async with running(config):
+            await wait_for(lambda: host.messages("DBIRTH", "plc"), timeout=20)
+            await asyncio.sleep(0.5)  # first polls
+            await simulator.stop_device(plc)
+            await wait_for(lambda: host.messages("DDEATH", "plc"), timeout=10)
+            deaths = len(host.messages())
+            plc.set_value("holding", 0, 42, DataType.INT16)
+            await simulator.start_device(plc)
+            await wait_for(lambda: len(host.messages("DBIRTH", "plc")) == 2, timeout=10)
+            after = host.messages()[deaths:]
+            # nothing for the device between its DDEATH and its new DBIRTH
+            first = next(i for i, m in enumerate(after) if m["device"] == "plc")
+            assert after[first]["type"] == "DBIRTH"
+            reborn = metrics_by_name(after[first])
+            assert reborn["temp"]["value"] == 42
+            alias = reborn["temp"]["alias"]
+            plc.set_value("holding", 0, 43, DataType.INT16)
+            await wait_for(ddata_with(host, alias, lambda v: v == 43), timeout=10)
+            assert_seq_continuity(seqs(host))
+
+
+async def test_broker_lost_then_back_sends_births_then_historical_data(
+    tmp_path: Path, mosquitto: MosquittoBroker, plc: SimulatedDevice
+) -> None:
+    proxy = Proxy(mosquitto.port)
+    await proxy.up()
+    async with host_on(mosquitto.port) as host:
+        config = write_config(tmp_path / "gw.yaml", proxy.port, plc)
+        async with running(config):
+            await wait_for(lambda: host.messages("DBIRTH", "plc"), timeout=20)
+            bd_first = metrics_by_name(host.messages("NBIRTH")[0])["bdSeq"]["value"]
+            await proxy.down()
+            # the broker publishes the will of the lost session
+            await wait_for(lambda: host.messages("NDEATH"), timeout=20)
+            for value in (501, 502, 503):
+                plc.set_value("holding", 0, value, DataType.INT16)
+                await asyncio.sleep(0.4)
+            seen = len(host.messages())
+            await proxy.up()
+            await wait_for(lambda: len(host.messages("NBIRTH")) == 2, timeout=20)
+            await wait_for(
+                lambda: any(
+                    any(x.get("isHistorical") for x in m["payload"]["metrics"])
+                    for m in host.messages("DDATA")
+                ),
+                timeout=10,
+            )
+            await asyncio.sleep(0.5)
+            after = host.messages()[seen:]
+            kinds = [m["type"] for m in after]
+            assert kinds[:2] == ["NBIRTH", "DBIRTH"], kinds
+            nbirth = metrics_by_name(after[0])
+            assert nbirth["bdSeq"]["value"] > bd_first  # a new session, a new bdSeq
+            assert metrics_by_name(after[1])["temp"]["value"] == 503  # births: current
+            alias = metrics_by_name(after[1])["temp"]["alias"]
+            historical = [
+                x["value"]
+                for m in after[2:]
+                for x in m["payload"]["metrics"]
+                if x.get("isHistorical") and x.get("alias") == alias
+            ]
+            assert historical == [501, 502, 503]
+            assert_seq_continuity(seqs(host)[len(seqs(host)) - len(after) :])
+    await proxy.down()
+
+
+async def test_sigterm_publishes_ndeath_itself(
+    tmp_path: Path, mosquitto: MosquittoBroker, plc: SimulatedDevice
+) -> None:
+    async with host_on(mosquitto.port) as host:
+        config = write_config(tmp_path / "gw.yaml", mosquitto.port, plc)
+        async with running(config) as proc:
+            await wait_for(lambda: host.messages("DBIRTH", "plc"), timeout=20)
+            bd_seq = metrics_by_name(host.messages("NBIRTH")[0])["bdSeq"]["value"]
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+            ndeath = await wait_for(lambda: host.messages("NDEATH"), timeout=5)
+            assert len(ndeath) == 1  # ours; the broker drops the will on DISCONNECT
+            assert metrics_by_name(ndeath[0])["bdSeq"]["value"] == bd_seq
