@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import string
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -82,6 +82,43 @@ def check_publish_topic(template: str) -> set[str]:
     if "" in template.split("/") and template != "/":
         raise ValueError("topic has an empty level ('//' or a leading or trailing '/')")
     return fields
+
+
+class BrokerSettings(Protocol):
+    """What every MQTT-based entry (the MQTT endpoint, the Sparkplug node) says of its broker."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def tls(self) -> Tls | None: ...
+
+
+def broker_port(entry: BrokerSettings) -> int:
+    """The broker's port: ``port``, else MQTT's (1883) or MQTT over TLS's (8883)."""
+    if entry.port is not None:
+        return entry.port
+    return 8883 if entry.tls is not None else 1883
+
+
+def password_warning(entry: BrokerSettings) -> str | None:
+    """What to say when the password goes to the broker unencrypted (no ``tls:``, a broker
+    that is not on this machine); None otherwise. ``gateway validate`` prints it, the adapter
+    logs it at start. paho sends the password only with a username."""
+    if not entry.password or entry.username is None or entry.tls is not None:
+        return None
+    if is_loopback(entry.host):
+        return None
+    host = f"[{entry.host}]" if ":" in entry.host else entry.host
+    return (
+        f"sends its password unencrypted to {host}:{broker_port(entry)} (anyone on the "
+        "path can read it); add tls: (the broker's TLS port, usually 8883)"
+    )
 
 
 # the files the client opens at start (`gateway run` refuses the endpoint when one is missing)
@@ -324,18 +361,8 @@ class MqttEndpoint(Strict):
         return found
 
     def password_warning(self) -> str | None:
-        """What to say when the password goes to the broker unencrypted (no ``tls:``, a broker
-        that is not on this machine); None otherwise. ``gateway validate`` prints it, the
-        adapter logs it at start. paho sends the password only with a username."""
-        if not self.password or self.username is None or self.tls is not None:
-            return None
-        if is_loopback(self.host):
-            return None
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (
-            f"sends its password unencrypted to {host}:{self.effective_port} (anyone on the "
-            "path can read it); add tls: (the broker's TLS port, usually 8883)"
-        )
+        """`password_warning` of this endpoint's connection."""
+        return password_warning(self)
 
     def check(self) -> list[Problem]:
         problems = []
@@ -384,9 +411,7 @@ class MqttEndpoint(Strict):
 
     @property
     def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return 8883 if self.tls is not None else 1883
+        return broker_port(self)
 
 
 class MqttRoute(Strict):

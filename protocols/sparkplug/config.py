@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from gateway.config.common import Backoff, Path, Problem, Strict, missing_files
 from gateway.types import PointSpec
-from protocols.mqtt.config import TLS_FILES, Tls, is_loopback
+from protocols.mqtt.config import TLS_FILES, Tls, broker_port, password_warning
 from protocols.sparkplug.codec import check_id, id_problem
 
 
@@ -62,22 +62,12 @@ class SparkplugEndpoint(Strict):
         return found
 
     def password_warning(self) -> str | None:
-        """As `protocols.mqtt.config.MqttEndpoint.password_warning`."""
-        if not self.password or self.username is None or self.tls is not None:
-            return None
-        if is_loopback(self.host):
-            return None
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (
-            f"sends its password unencrypted to {host}:{self.effective_port} (anyone on the "
-            "path can read it); add tls: (the broker's TLS port, usually 8883)"
-        )
+        """`protocols.mqtt.config.password_warning` of this node's connection."""
+        return password_warning(self)
 
     @property
     def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return 8883 if self.tls is not None else 1883
+        return broker_port(self)
 
 
 class SparkplugRoute(Strict):
