@@ -247,15 +247,23 @@ class MosquittoBroker:
         return f"<MosquittoBroker {self.host}:{self.port} {'up' if self.running else 'down'}>"
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A started mosquitto broker (anonymous, no persistence), stopped at teardown."""
-    broker = MosquittoBroker(find_binary("mosquitto", "/usr/sbin/mosquitto"), tmp_path)
+@contextmanager
+def started_mosquitto(folder: Path) -> Iterator[MosquittoBroker]:
+    """A started mosquitto broker (anonymous, no persistence) keeping its files in ``folder``,
+    stopped on the way out."""
+    broker = MosquittoBroker(find_binary("mosquitto", "/usr/sbin/mosquitto"), folder)
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A started mosquitto broker (anonymous, no persistence), stopped at teardown."""
+    with started_mosquitto(tmp_path) as broker:
+        yield broker
 
 
 @pytest.fixture

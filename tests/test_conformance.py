@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import HOST, MosquittoBroker, find_binary, free_port, wait_for
+from conftest import HOST, MosquittoBroker, find_binary, free_port, started_mosquitto, wait_for
 from test_coap_client import coap_put, coap_server
 from test_opcua_client import NODES, NodeOpcuaServer
 
@@ -85,12 +85,8 @@ class TestMqttClient(ProtocolConformance):
 
     @contextlib.asynccontextmanager
     async def peer(self) -> AsyncIterator[MosquittoBroker]:
-        broker = MosquittoBroker(find_binary("mosquitto", "/usr/sbin/mosquitto"), self.tmp_path)
-        broker.start()
-        try:
+        with started_mosquitto(self.tmp_path) as broker:
             yield broker
-        finally:
-            broker.stop()
 
     async def stimulate(self, peer: MosquittoBroker, adapter: Adapter) -> None:
         for topic, payload in (("conf/temp", "21.5"), ("conf/sp", '{"value": 40}')):

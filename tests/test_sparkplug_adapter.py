@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HOST, MosquittoBroker, find_binary
+from conftest import HOST, MosquittoBroker, started_mosquitto
 
 from gateway.adapter import AdapterContext
 from gateway.bus import Bus
@@ -37,12 +37,8 @@ class TestSparkplugEdgeNode(ProtocolConformance):
 
     @contextlib.asynccontextmanager
     async def peer(self) -> AsyncIterator[MosquittoBroker]:
-        broker = MosquittoBroker(find_binary("mosquitto", "/usr/sbin/mosquitto"), self.tmp_path)
-        broker.start()
-        try:
+        with started_mosquitto(self.tmp_path) as broker:
             yield broker
-        finally:
-            broker.stop()
 
 
 def validate(

@@ -79,7 +79,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel
 
 from gateway.adapter import Adapter, AdapterContext
-from gateway.backoff import BackoffTimer
 from gateway.bus import topic_matches
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.optimizer.batch import encode_batch
@@ -338,6 +337,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
     """
 
     config: MqttEndpoint
+    LOG = log
 
     #: QoS 1/2 publishes handed to paho and not yet acknowledged
     max_inflight: int = 1000
@@ -418,7 +418,6 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self.bad_payloads = 0
         self.encode_errors = 0
         self.writes = 0
-        self._connections = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -492,44 +491,12 @@ class MqttAdapter(PahoOnLoop, Adapter):
         if any(p.access.writable for p in self.config.points):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(serve_commands(self.bus, self.name, self.write))
-                tg.create_task(self._run_connection())
+                tg.create_task(self._keep_connected(MqttError, self.config.reconnect))
         else:
-            await self._run_connection()
+            await self._keep_connected(MqttError, self.config.reconnect)
 
-    async def _run_connection(self) -> None:
-        backoff = BackoffTimer(self.config.reconnect)
-        try:
-            while not self._closing:
-                try:
-                    await self._connect_once()
-                except MqttError as exc:
-                    if self._closing:
-                        break
-                    self.last_error = str(exc)
-                    self._points_lost("broker unreachable")
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "MQTT %s: %s; retry %d in %.2f s", self.name, exc, backoff.attempts, delay
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                backoff.reset()
-                reason = await self._serve_connection()
-                if self._closing:
-                    break
-                self.last_error = f"connection lost: {reason}"
-                self._points_lost(f"connection lost: {reason}")
-                delay = backoff.next_delay()
-                log.warning(
-                    "MQTT %s: connection to %s lost (%s); reconnecting in %.2f s",
-                    self.name,
-                    self.address,
-                    reason,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-        finally:
-            await self.close()
+    def _unreachable(self, reason: str) -> None:
+        self._points_lost(reason)
 
     async def wait_connected(self) -> None:
         """Until connected with the birth message sent and subscriptions acknowledged."""
@@ -543,14 +510,10 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._client.socket_error = None
         await self._connect_paho(MqttError, self.config.host)
 
-    async def _serve_connection(self) -> str:
+    async def _serve_session(self) -> str:
         """Birth, subscriptions, then flush the outbox until the connection is lost."""
         client, disconnected = self._client, self._disconnected
         assert client is not None and disconnected is not None
-        self._connections += 1
-        if self._connections > 1:
-            self.reconnects += 1
-        self.last_error = None
         log.info("MQTT %s: connected to %s as %s", self.name, self.address, self.client_id)
         self._publish_internal(_state_payload("online"))
         await self._subscribe_all(disconnected)

@@ -8,6 +8,7 @@ loop says it is ready, and ``loop_misc`` runs once a second for the keepalive.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import os
@@ -20,6 +21,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
+from gateway.backoff import BackoffTimer
+from gateway.config.common import Backoff
 from protocols.mqtt.config import Tls
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -74,22 +77,26 @@ def describe_connect_error(exc: BaseException, address: str, host: str) -> str:
     return f"cannot connect to {address}: {exc}"
 
 
-class PahoOnLoop:
-    """Mixin: a paho client's socket served by the asyncio loop.
+class PahoOnLoop(abc.ABC):
+    """Mixin: a paho client's connection kept up and its socket served by the asyncio loop.
 
     The class sets ``_client``, ``_loop`` and ``_loop_thread`` (the loop's thread, where the
     socket callbacks may run directly; the connect thread hops over), names itself in
-    ``LABEL``, ``name`` and ``address`` for log lines, and implements `_connection_lost`;
-    `_wrote` is told when paho's write backlog shrank. `install` registers the callbacks."""
+    ``LABEL``, ``LOG``, ``name`` and ``address`` for log lines, and implements the abstract
+    steps: one connection attempt, serving it, its loss, closing. `_keep_connected` is the
+    reconnect loop; `install` registers the socket callbacks."""
 
     LABEL = "MQTT"
+    LOG = logging.getLogger(__name__)
     name: str
     address: str
+    connect_timeout: float
+    last_error: str | None
+    reconnects: int
     _client: paho.Client | None
     _loop: asyncio.AbstractEventLoop | None
     _loop_thread: int
-
-    connect_timeout: float
+    _closing: bool
 
     def _init_socket(self) -> None:
         self._fd = -1
@@ -98,6 +105,78 @@ class PahoOnLoop:
         self._connect_fut: asyncio.Future[None] | None = None  # settled by the CONNACK
         self._disconnected: asyncio.Future[str] | None = None  # the connection's end, why
         self._connect_job: asyncio.Future[Any] | None = None  # paho's connect, in a thread
+        self._connections = 0
+
+    @abc.abstractmethod
+    async def _connect_once(self) -> None:
+        """One connection attempt up to CONNACK (`_connect_paho`, after the class's own
+        preparation); the class's error if it fails."""
+
+    @abc.abstractmethod
+    async def _serve_session(self) -> str:
+        """Serve a connection that is up, until it is lost; why it was lost."""
+
+    @abc.abstractmethod
+    def _connection_lost(self, reason: str) -> None:
+        """The connection is gone (paho said so, or we dropped it): settle what waits on it."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect and close; idempotent."""
+
+    def _unreachable(self, reason: str) -> None:  # noqa: B027 - optional, nothing by default
+        """A connection attempt failed or the connection was lost (``reason``): what the class
+        marks before the backoff delay (the MQTT endpoint's points go Bad)."""
+
+    def _wrote(self) -> None:  # noqa: B027 - optional, nothing by default
+        """paho wrote from its backlog: a writer waiting for room may go on."""
+
+    async def _keep_connected(self, error: type[Exception], reconnect: Backoff) -> None:
+        """Connect, serve, reconnect with backoff after any loss; until cancelled or closed.
+        ``error``: what `_connect_once` raises for an attempt that failed."""
+        backoff = BackoffTimer(reconnect)
+        try:
+            while not self._closing:
+                try:
+                    await self._connect_once()
+                except error as exc:
+                    if self._closing:
+                        break
+                    self.last_error = str(exc)
+                    self._unreachable("broker unreachable")
+                    delay = backoff.next_delay()
+                    self.LOG.warning(
+                        "%s %s: %s; retry %d in %.2f s",
+                        self.LABEL,
+                        self.name,
+                        exc,
+                        backoff.attempts,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+                self._connections += 1
+                if self._connections > 1:
+                    self.reconnects += 1
+                self.last_error = None
+                reason = await self._serve_session()
+                if self._closing:
+                    break
+                self.last_error = f"connection lost: {reason}"
+                self._unreachable(f"connection lost: {reason}")
+                delay = backoff.next_delay()
+                self.LOG.warning(
+                    "%s %s: connection to %s lost (%s); reconnecting in %.2f s",
+                    self.LABEL,
+                    self.name,
+                    self.address,
+                    reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        finally:
+            await self.close()
 
     async def _connect_paho(self, error: type[Exception], host: str) -> None:
         """One connection attempt up to CONNACK, whose callback settles ``_connect_fut``;
@@ -128,20 +207,10 @@ class PahoOnLoop:
                 f"{self.address} accepted TCP but sent no CONNACK within {self.connect_timeout} s"
             ) from None
 
-    def _connection_lost(self, reason: str) -> None:
-        raise NotImplementedError
-
-    def _wrote(self) -> None:
-        """paho wrote from its backlog: a writer waiting for room may go on."""
-
     def _read_pending(self, client: paho.Client) -> bool:
         """Received bytes not yet handed to paho (TLS's: the socket may not look readable)."""
         sock = client.socket()
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-
-    @property
-    def _log(self) -> logging.Logger:
-        return logging.getLogger(type(self).__module__)
 
     def install(self, client: paho.Client) -> None:
         client.on_socket_open = self._on_socket_open
@@ -226,7 +295,7 @@ class PahoOnLoop:
             while client.loop_read() == _SUCCESS and self._read_pending(client):
                 pass
         except Exception:
-            self._log.exception(
+            self.LOG.exception(
                 "%s %s: error reading from %s; reconnecting", self.LABEL, self.name, self.address
             )
             self._abort_connection("read error")
@@ -238,7 +307,7 @@ class PahoOnLoop:
         try:
             client.loop_write()
         except Exception:
-            self._log.exception(
+            self.LOG.exception(
                 "%s %s: error writing to %s; reconnecting", self.LABEL, self.name, self.address
             )
             self._abort_connection("write error")
@@ -262,7 +331,7 @@ class PahoOnLoop:
         try:
             client.loop_misc()  # keepalive: PINGREQ, and a dead peer detected
         except Exception:
-            self._log.exception("%s %s: keepalive error", self.LABEL, self.name)
+            self.LOG.exception("%s %s: keepalive error", self.LABEL, self.name)
             self._abort_connection("keepalive error")
             return
         if self._fd >= 0 and self._misc_timer is None:

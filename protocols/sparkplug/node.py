@@ -48,7 +48,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from pydantic import BaseModel
 
 from gateway.adapter import Adapter, AdapterContext
-from gateway.backoff import BackoffTimer
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.mqtt.link import PahoOnLoop, tls_context
 from protocols.sparkplug import codec
@@ -163,6 +162,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
 
     config: SparkplugEndpoint
     LABEL = "Sparkplug"
+    LOG = log
 
     #: TCP connect + TLS handshake, and then CONNACK, each within this many seconds
     connect_timeout: float = 10.0
@@ -204,7 +204,6 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         self.writes_ok = 0
         self.writes_refused = 0
         self.reconnects = 0
-        self._connections = 0
 
     # --- attach: the devices and their metrics --------------------------------------------------
 
@@ -291,41 +290,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         """Connect, births, serve, reconnect with backoff after any loss; until cancelled."""
         if self._client is None:
             raise RuntimeError("use 'async with adapter:' before 'await adapter.run()'")
-        backoff = BackoffTimer(self.config.reconnect)
-        try:
-            while not self._closing:
-                try:
-                    await self._connect_once()
-                except SparkplugError as exc:
-                    if self._closing:
-                        break
-                    self.last_error = str(exc)
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "Sparkplug %s: %s; retry %d in %.2f s",
-                        self.name,
-                        exc,
-                        backoff.attempts,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                backoff.reset()
-                reason = await self._serve_session()
-                if self._closing:
-                    break
-                self.last_error = f"connection lost: {reason}"
-                delay = backoff.next_delay()
-                log.warning(
-                    "Sparkplug %s: connection to %s lost (%s); reconnecting in %.2f s",
-                    self.name,
-                    self.address,
-                    reason,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-        finally:
-            await self.close()
+        await self._keep_connected(SparkplugError, self.config.reconnect)
 
     # --- connecting -------------------------------------------------------------------------
 
@@ -345,10 +310,6 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         """Subscriptions, births, the historical backlog; then wait for the connection's end."""
         client, disconnected = self._client, self._disconnected
         assert client is not None and disconnected is not None
-        self._connections += 1
-        if self._connections > 1:
-            self.reconnects += 1
-        self.last_error = None
         log.info(
             "Sparkplug %s: connected to %s as edge node %s/%s (bdSeq %d)",
             self.name,
