@@ -25,7 +25,7 @@ from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
 from gateway.types import Message
 
-SLOW = 0.4  # seconds a calibration takes here, in the thread that runs it
+SLOW = 1.0  # seconds a calibration takes here, in the thread that runs it
 TICK = 0.05
 
 
@@ -96,9 +96,11 @@ async def test_the_loop_keeps_ticking_while_devices_calibrate_and_scores_are_unc
     assert outcome(got_pump) == expected["pump"]
     assert outcome(got_tank) == expected["tank"]
     assert any(score is not None for score, *_ in outcome(got_pump))
-    # Two calibrations of SLOW seconds each, and the loop never waited more than a few ticks.
+    # Two calibrations of SLOW seconds each, and the loop never waited for one: on the loop a
+    # calibration stalls it SLOW at least. The bound leaves room for a busy 2-core CI box, where
+    # a tick has been seen 0.2 s late while other work ran; the tick spacing itself is a bench's.
     assert sum(gaps) >= 2 * SLOW
-    assert max(gaps) < TICK + 0.1, max(gaps)
+    assert max(gaps) < SLOW / 2, max(gaps)
 
 
 async def test_messages_that_come_during_a_calibration_wait_for_it_in_order(
