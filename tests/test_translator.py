@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import cast
 
@@ -282,6 +283,24 @@ def test_few_shot_head_improves_a_synthetic_site() -> None:
     unseen = np.setdiff1d(np.arange(len(t.classes)), adapted.seen)[:50]
     ratio = after[:, unseen] / base[:, unseen]
     assert np.allclose(ratio, ratio[:, :1], rtol=1e-3)
+
+
+def test_an_equipment_site_names_every_point_after_its_equipment() -> None:
+    from models.translator.sites import equipment_site
+
+    data = equipment_site(3, points=200, classes=12, kinds=3)
+    assert data == equipment_site(3, points=200, classes=12, kinds=3)  # seeded
+    by_kind: dict[str, set[str]] = {}
+    for p, c in data:
+        first = pieces(p.name)[0]  # the equipment word: instance numbers are one '#' piece
+        by_kind.setdefault(first, set()).add(c)
+    assert len({c for _, c in data}) == 12
+    assert 2 <= len(by_kind) <= 3  # one id per kind of equipment (two kinds may share a word)
+    assert all(len(classes) >= 4 for classes in by_kind.values())  # shared by unlike points
+    # every instance of a kind has one point of each of its classes: the commonest kind's
+    # classes come again and again
+    counts = Counter(c for _, c in data)
+    assert max(counts.values()) >= 5
 
 
 def test_site_prior_is_the_smoothed_mean_prediction_of_the_list() -> None:

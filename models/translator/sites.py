@@ -9,13 +9,14 @@ be compared on data that is neither the training distribution nor the validation
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gateway.translator.tokenize import Point
-from models.translator.corpus import Renderer
+from models.translator.corpus import SEPARATORS, Renderer
 
 if TYPE_CHECKING:
     from _typeshed import SupportsLenAndGetItem
@@ -112,3 +113,34 @@ def sibling_site(seed: int, points: int = 500, stems: int = 15) -> list[tuple[Po
     pick.shuffle(used)
     weights = [1.0 / (rank + 1) ** 0.7 for rank in range(len(used))]
     return [(r.sample(k), r.classes[k].name) for k in pick.choices(used, weights, k=points)]
+
+
+def equipment_site(
+    seed: int, points: int = 500, classes: int = 40, kinds: int = 4
+) -> list[tuple[Point, str]]:
+    """Like `site`, but every point sits on a piece of equipment whose id leads its name
+    (``AHU-3_SAT``, ``AHU-3_SF_CMD``, ``VAV-12_ZN_T``), as BAS lists are written: the site's
+    classes are split among ``kinds`` kinds of equipment, every instance of a kind has one point
+    of each of its classes, and the kinds' instance counts are Zipf-like. A few examples then
+    share their equipment word (digits are one ``#`` piece) with many points of other classes."""
+    r = SiteRenderer(seed)
+    pick = random.Random(seed + 1)
+    used = pick.sample(range(len(r.classes)), classes)
+    groups = [used[i::kinds] for i in range(kinds)]
+    share = [1.0 / (rank + 1) for rank in range(kinds)]
+    total = sum(share)
+    outer = r.r.choice(["_", ".", "-", ":", "_", "."])
+    out: list[tuple[Point, str]] = []
+    for group, s in zip(groups, share, strict=True):
+        words = [w.lower() for w in r.classes[group[0]].name.split("_")]
+        kind = r._equipment(words)  # the kind's id, e.g. AHU-3: its instances renumber it
+        for n in range(max(1, round(points * s / total / len(group)))):
+            prefix = re.sub(r"\d+", str(n + 1), kind) if any(c.isdigit() for c in kind) else kind
+            for k in group:
+                cls = r.classes[k]
+                point, tag = r._point(cls)
+                core = tag if tag is not None else r._case(point, r.r.choice(SEPARATORS))
+                extras = r._extras(cls, [w.lower() for w in cls.name.split("_")])
+                out.append((Point(outer.join([prefix, core]), *extras), cls.name))
+    pick.shuffle(out)
+    return out
