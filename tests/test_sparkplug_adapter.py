@@ -73,7 +73,7 @@ bridges:
 
 
 def test_validate_accepts_a_good_endpoint(tmp_path: Path) -> None:
-    done = validate(tmp_path, "    group: plant1\n    node: edge-01")
+    done = validate(tmp_path, "    group: plant1\n    node: edge-01\n    primary_host: scada")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -84,6 +84,7 @@ def test_validate_accepts_a_good_endpoint(tmp_path: Path) -> None:
         ("    group: plant/1", "plant/1"),
         ("    group: plant1\n    node: 'edge+1'", "edge+1"),
         ("    group: '#'", "'#'"),
+        ("    group: plant1\n    primary_host: scada/main", "scada/main"),
     ],
 )
 def test_validate_refuses_bad_ids_and_a_missing_group(

@@ -200,3 +200,31 @@ def test_config_refuses_bad_ids_and_needs_a_group() -> None:
         SparkplugEndpoint.model_validate({"host": "h", "group": "a/b"})
     with pytest.raises(ValueError, match="edge_node_id"):
         SparkplugEndpoint.model_validate({"host": "h", "group": "g", "node": "n#"})
+
+
+def test_a_host_state_is_json_with_online_and_a_timestamp() -> None:
+    got = codec.decode_state(b'{"online": true, "timestamp": 1668114759262, "extra": 1}')
+    assert got == codec.HostState(True, 1668114759262)
+    assert codec.decode_state(b'{"timestamp": 7, "online": false}') == codec.HostState(False, 7)
+    assert codec.state_topic("scada-1") == "spBv1.0/STATE/scada-1"
+    with pytest.raises(ValueError, match="host_id"):
+        codec.state_topic("scada/1")
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"ONLINE", "not a JSON object"),  # Sparkplug 2.2's STATE
+        (b"\xff\xfe", "not a JSON object"),
+        (b"[true, 1]", "not a JSON object"),
+        (b'{"timestamp": 1}', "'online'"),
+        (b'{"online": "true", "timestamp": 1}', "'online'"),
+        (b'{"online": true}', "'timestamp'"),
+        (b'{"online": true, "timestamp": true}', "'timestamp'"),
+        (b'{"online": true, "timestamp": -5}', "'timestamp'"),
+        (b'{"online": true, "timestamp": 1.5}', "'timestamp'"),
+    ],
+)
+def test_a_host_state_that_is_not_one_says_why(data: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        codec.decode_state(data)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import HOST, NODE_DIR, MosquittoBroker, free_port, wait_for
@@ -30,10 +30,16 @@ Msg = dict[str, Any]
 class Host:
     """The Tahu JS host script: every message it decoded, and commands to send."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, primary: str | None = None) -> None:
         node = _node()
         self.proc = subprocess.Popen(
-            [node, str(NODE_DIR / "sparkplug_host.js"), str(port), HOST],
+            [
+                node,
+                str(NODE_DIR / "sparkplug_host.js"),
+                str(port),
+                HOST,
+                *([primary] if primary else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -126,7 +132,7 @@ class Proxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-def write_config(path: Path, broker_port: int, plc: SimulatedDevice) -> Path:
+def write_config(path: Path, broker_port: int, plc: SimulatedDevice, *, more: str = "") -> Path:
     path.write_text(
         f"""
 gateway: {{name: gw-sparkplug}}
@@ -157,6 +163,7 @@ endpoints:
     keepalive: 5
     reconnect: {{initial: 0.1, max: 0.3}}
     buffer: 1000
+{more}
 bridges:
   - {{name: up, from: plc, to: ignition}}
 """
@@ -192,8 +199,8 @@ async def running(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
 
 
 @contextlib.asynccontextmanager
-async def host_on(port: int) -> AsyncIterator[Host]:
-    host = Host(port)
+async def host_on(port: int, primary: str | None = None) -> AsyncIterator[Host]:
+    host = Host(port, primary)
     try:
         await wait_for(host.ready, timeout=15, message="the Tahu JS host to subscribe")
         yield host
@@ -429,3 +436,86 @@ async def test_sigterm_publishes_ndeath_itself(
             ndeath = await wait_for(lambda: host.messages("NDEATH"), timeout=5)
             assert len(ndeath) == 1  # ours; the broker drops the will on DISCONNECT
             assert metrics_by_name(ndeath[0])["bdSeq"]["value"] == bd_seq
+
+
+def node_status(tmp_path: Path) -> dict[str, Any]:
+    """The Sparkplug endpoint's primary host status from the gateway's status file ({} until
+    the file is there)."""
+    path = tmp_path / "state" / "status" / "gw-sparkplug.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    adapter = doc["status"].get("adapters", {}).get("ignition", {})
+    return cast("dict[str, Any]", adapter.get("primary_host", {}))
+
+
+async def test_a_primary_host_gates_the_births_and_its_offline_state_ends_the_session(
+    tmp_path: Path, mosquitto: MosquittoBroker, plc: SimulatedDevice
+) -> None:
+    config = write_config(tmp_path / "gw.yaml", mosquitto.port, plc, more="    primary_host: scada")
+    config.write_text(
+        config.read_text().replace(
+            "gateway: {name: gw-sparkplug}", "gateway: {name: gw-sparkplug, status_interval: 0.3}"
+        )
+    )
+    async with host_on(mosquitto.port) as watcher, running(config):
+        # Connected, but no primary host has said online: no births.
+        await wait_for(lambda: node_status(tmp_path).get("waiting") is True, timeout=20)
+        watcher.command(cmd="raw", topic="spBv1.0/STATE/scada", text="ONLINE")  # Sparkplug 2.2
+        await wait_for(lambda: node_status(tmp_path).get("bad_states") == 1, timeout=10)
+        assert not watcher.messages("NBIRTH")
+
+        async with host_on(mosquitto.port, primary="scada") as first:
+            nbirth = await wait_for(lambda: watcher.messages("NBIRTH"), timeout=20)
+            await wait_for(lambda: watcher.messages("DBIRTH", "plc"), timeout=10)
+            bd_first = metrics_by_name(nbirth[0])["bdSeq"]["value"]
+            await wait_for(lambda: node_status(tmp_path).get("online") is True, timeout=5)
+            alias = metrics_by_name(watcher.messages("DBIRTH", "plc")[0])["temp"]["alias"]
+
+            # An offline STATE older than the one accepted (a replay) is ignored.
+            stale = json.dumps({"online": False, "timestamp": 1})
+            watcher.command(cmd="raw", topic="spBv1.0/STATE/scada", text=stale)
+            await wait_for(lambda: node_status(tmp_path).get("stale_states") == 1, timeout=10)
+            plc.set_value("holding", 0, 42, DataType.INT16)
+            await wait_for(ddata_with(watcher, alias, lambda v: v == 42), timeout=10)
+            assert not watcher.messages("NDEATH")
+
+            # The primary host dies: the broker publishes its will (STATE offline, retained).
+            first.proc.kill()
+            ndeath = await wait_for(lambda: watcher.messages("NDEATH"), timeout=20)
+            assert metrics_by_name(ndeath[0])["bdSeq"]["value"] == bd_first  # the node's own
+        await wait_for(
+            lambda: (
+                node_status(tmp_path).get("sessions_ended") == 1
+                and node_status(tmp_path).get("waiting") is True
+            ),
+            timeout=20,
+        )  # a new session, waiting for the host again: the retained STATE says offline
+        for value in (501, 502):
+            plc.set_value("holding", 0, value, DataType.INT16)
+            await asyncio.sleep(0.4)
+        assert len(watcher.messages("NBIRTH")) == 1
+        seen = len(watcher.messages())
+
+        async with host_on(mosquitto.port, primary="scada"):
+            await wait_for(lambda: len(watcher.messages("NBIRTH")) == 2, timeout=20)
+            await wait_for(
+                lambda: any(
+                    x.get("isHistorical") and x.get("alias") == alias and x.get("value") == 502
+                    for m in watcher.messages("DDATA")
+                    for x in m["payload"]["metrics"]
+                ),
+                timeout=10,
+            )
+            after = [m for m in watcher.messages()[seen:] if m["type"] != "STATE"]
+            assert [m["type"] for m in after[:2]] == ["NBIRTH", "DBIRTH"]
+            assert metrics_by_name(after[0])["bdSeq"]["value"] != bd_first  # a new session
+            historical = [
+                x["value"]
+                for m in after[2:]
+                for x in m["payload"]["metrics"]
+                if x.get("isHistorical") and x.get("alias") == alias
+            ]
+            assert historical[-2:] == [501, 502]
+            assert len(watcher.messages("NDEATH")) == 1  # the will of the node never went out

@@ -16,6 +16,7 @@ spec allows ``int_value``.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from collections.abc import Iterator, Mapping
@@ -483,3 +484,39 @@ def parse_topic(name: str) -> Topic:
         raise ValueError(f"{name!r}: {message_type} with the wrong number of levels")
     topic(parts[1], message_type, parts[3], device)  # validates
     return Topic(parts[1], message_type, parts[3], device)
+
+
+# --- the Primary Host Application's STATE (Sparkplug 3.0, 6.4.1) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """A STATE message: whether the host is online, and when it said so (UTC ms, the host's
+    clock; its will carries the timestamp of the birth it follows)."""
+
+    online: bool
+    timestamp: int
+
+
+def state_topic(host_id: str) -> str:
+    """``spBv1.0/STATE/{host_id}``; ValueError for a bad id."""
+    check_id(host_id, "host_id")
+    return f"{NAMESPACE}/STATE/{host_id}"
+
+
+def decode_state(data: bytes) -> HostState:
+    """A STATE payload: UTF-8 JSON ``{"online": true|false, "timestamp": ms}`` (other keys
+    ignored); ValueError saying what is wrong otherwise. Sparkplug 2.2's plain ``ONLINE`` /
+    ``OFFLINE`` is refused as well: its hosts publish on ``STATE/{host_id}``, another topic."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("not a JSON object (Sparkplug 3.0 STATE)") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object (Sparkplug 3.0 STATE)")
+    online, stamp = doc.get("online"), doc.get("timestamp")
+    if not isinstance(online, bool):
+        raise ValueError("'online' is missing or not true/false")
+    if isinstance(stamp, bool) or not isinstance(stamp, int) or stamp < 0:
+        raise ValueError("'timestamp' is missing or not a UTC time in milliseconds")
+    return HostState(online, stamp)

@@ -31,6 +31,13 @@ class SparkplugEndpoint(Strict):
     keepalive: int = Field(30, ge=5, le=65535)
     tls: Tls | None = None
     reconnect: Backoff = Field(default_factory=Backoff)
+    primary_host: str | None = Field(
+        None,
+        description=(
+            "host_id of the Primary Host Application (no '/', '+' or '#'): the births wait for"
+            " its STATE online, and its STATE offline ends the session (NDEATH, reconnect, wait)"
+        ),
+    )
     buffer: int = Field(
         10_000,
         ge=0,
@@ -49,6 +56,11 @@ class SparkplugEndpoint(Strict):
     @classmethod
     def _node(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "edge_node_id")
+
+    @field_validator("primary_host")
+    @classmethod
+    def _primary_host(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "host_id")
 
     def run_warnings(self) -> list[tuple[Path, str]]:
         tls = self.tls

@@ -23,6 +23,15 @@ Quality follows Ignition: a metric carries an Int32 ``Quality`` property (192 go
 uncertain, 0 bad) in births and whenever it is not good or becomes good again; a Bad value is
 sent as is_null.
 
+Primary host (``primary_host:``, Sparkplug 3.0, 5.4 and 6.4.1)
+----------------------------------------------------------
+With a Primary Host Application named, the node also subscribes to ``spBv1.0/STATE/{host_id}``
+and holds its births until a STATE of this session says ``online: true``. A STATE whose timestamp
+is older than the last one accepted is ignored (a stale retained message or a replay); the will
+of the host carries its birth's timestamp, so it is accepted. A STATE ``online: false`` ends a
+session that is up: NDEATH, DISCONNECT, reconnect (the backoff's first delay) and wait again.
+Telemetry meanwhile goes to the buffer, as while disconnected.
+
 While disconnected, telemetry is kept in a bounded deque (``buffer:``, oldest dropped and
 counted). After the births of the next session it is published as DDATA with is_historical on
 every metric; the births themselves carry the current values.
@@ -39,7 +48,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -191,6 +200,13 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         self._ready = False  # births published: send() publishes DDATA
         self._closing = False
         self._close_task: asyncio.Future[None] | None = None
+        self.primary_host = config.primary_host
+        self._state_topic = (
+            None if config.primary_host is None else codec.state_topic(config.primary_host)
+        )
+        self._host: codec.HostState | None = None  # the last STATE accepted, of any session
+        self._host_live = False  # a STATE of this session said online, and no later one offline
+        self._host_news: asyncio.Event | None = None  # set when a STATE is accepted
         self.last_error: str | None = None
         # counters
         self.published = 0
@@ -201,6 +217,9 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         self.historical = 0  # DDATA messages published from the buffer
         self.encode_errors = 0
         self.bad_commands = 0  # NCMD/DCMD payloads that did not decode
+        self.bad_states = 0  # STATE payloads that did not decode
+        self.stale_states = 0  # STATE messages older than the last one accepted
+        self.host_leaves = 0  # sessions ended because the primary host went offline
         self.writes_ok = 0
         self.writes_refused = 0
         self.reconnects = 0
@@ -318,13 +337,89 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             self.node,
             self._bd_seq,
         )
-        client.subscribe(
-            [(self._topic("NCMD"), 1), (f"{codec.NAMESPACE}/{self.group}/DCMD/{self.node}/+", 1)]
+        topics = [
+            (self._topic("NCMD"), 1),
+            (f"{codec.NAMESPACE}/{self.group}/DCMD/{self.node}/+", 1),
+        ]
+        self._host_live = False  # this session must hear the host say online (5.4)
+        if self._state_topic is not None:
+            topics.append((self._state_topic, 1))
+        client.subscribe(topics)
+        if self._state_topic is None:
+            self._births()
+            self._ready = True
+            await self._replay(disconnected)
+            return await disconnected
+        log.info(
+            "Sparkplug %s: waiting for primary host %s to be online (STATE) before the births",
+            self.name,
+            self.primary_host,
         )
+        lost = await self._until(lambda: self._host_live, disconnected)
+        if lost is not None:
+            return lost
         self._births()
         self._ready = True
         await self._replay(disconnected)
-        return await disconnected
+        lost = await self._until(lambda: not self._host_live, disconnected)
+        if lost is not None:
+            return lost
+        return await self._leave(f"primary host {self.primary_host} is offline")
+
+    async def _until(
+        self, done: Callable[[], bool], disconnected: asyncio.Future[str]
+    ) -> str | None:
+        """Wait for STATE messages until ``done()``; None then, or why the connection ended
+        first."""
+        while not done():
+            news = self._host_news = asyncio.Event()
+            heard = asyncio.ensure_future(news.wait())
+            try:
+                await asyncio.wait((disconnected, heard), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                heard.cancel()
+            if disconnected.done():
+                return disconnected.result()
+        return None
+
+    async def _leave(self, why: str) -> str:
+        """End the session ourselves (the primary host went offline): NDEATH, DISCONNECT."""
+        self._ready = False
+        self.host_leaves += 1
+        log.warning(
+            "Sparkplug %s: %s: NDEATH and disconnect, then wait for it on a new session",
+            self.name,
+            why,
+        )
+        await self._goodbye()
+        if not self._disconnected_done():
+            self._drop_socket()
+            self._connection_lost(why)
+        return why
+
+    def _disconnected_done(self) -> bool:
+        disconnected = self._disconnected
+        return disconnected is None or disconnected.done()
+
+    async def _goodbye(self) -> None:
+        """NDEATH (QoS 1; its PUBACK awaited up to ``drain_timeout``), then DISCONNECT and
+        the connection's end (1 s at most)."""
+        client, acked = self._client, self._ndeath_acked
+        assert client is not None
+        if acked is not None:
+            acked.clear()
+        info = client.publish(self._topic("NDEATH"), self._ndeath(), qos=1)
+        self._ndeath_mid = info.mid
+        if acked is not None:
+            try:
+                async with asyncio.timeout(self.drain_timeout):
+                    await acked.wait()
+            except TimeoutError:
+                log.warning("Sparkplug %s: NDEATH not acknowledged", self.name)
+        disconnected = self._disconnected
+        client.disconnect()
+        if disconnected is not None:
+            await asyncio.wait((disconnected,), timeout=1.0)
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -508,7 +603,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
     async def _replay(self, disconnected: asyncio.Future[str]) -> None:
         """The messages buffered while disconnected, as historical DDATA after the births."""
         n = 0
-        while self._history and not disconnected.done():
+        while self._history and self._ready and not disconnected.done():
             message = self._history.popleft()
             device = self._devices.get(message.device or "")
             if device is not None and device.born:
@@ -522,6 +617,9 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
     # --- commands ---------------------------------------------------------------------------
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if msg.topic == self._state_topic:
+            self._state(bytes(msg.payload))
+            return
         try:
             where = codec.parse_topic(msg.topic)
             payload = codec.decode_payload(bytes(msg.payload))
@@ -540,6 +638,44 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
                 log.warning("Sparkplug %s: NCMD metric %r not supported", self.name, metric.name)
         elif where.message_type == "DCMD" and where.device is not None:
             self._dcmd(where.device, payload)
+
+    def _state(self, data: bytes) -> None:
+        """A STATE of the primary host: accepted unless older than the last one accepted."""
+        try:
+            state = codec.decode_state(data)
+        except ValueError as exc:
+            self.bad_states += 1
+            log.warning(
+                "Sparkplug %s: unreadable STATE of primary host %s ignored: %s",
+                self.name,
+                self.primary_host,
+                exc,
+            )
+            return
+        last = self._host
+        if last is not None and state.timestamp < last.timestamp:
+            self.stale_states += 1
+            log.info(
+                "Sparkplug %s: STATE of %s older than the last one (%d < %d) ignored",
+                self.name,
+                self.primary_host,
+                state.timestamp,
+                last.timestamp,
+            )
+            return
+        self._host = state
+        if state.online != self._host_live:
+            log.info(
+                "Sparkplug %s: primary host %s is %s",
+                self.name,
+                self.primary_host,
+                "online" if state.online else "offline",
+            )
+        self._host_live = state.online
+        if not state.online:
+            self._ready = False  # from now on telemetry waits in the buffer (6.4.1: at once)
+        if self._host_news is not None:
+            self._host_news.set()
 
     def _dcmd(self, device_name: str, payload: Payload) -> None:
         device = self._devices.get(device_name)
@@ -610,20 +746,8 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             if job is not None and job.done() and not job.cancelled():
                 job.exception()  # retrieved: run() may have been cancelled while it ran
             if self._connected:
-                acked = self._ndeath_acked
                 self._ready = False
-                info = client.publish(self._topic("NDEATH"), self._ndeath(), qos=1)
-                self._ndeath_mid = info.mid
-                if acked is not None:
-                    try:
-                        async with asyncio.timeout(self.drain_timeout):
-                            await acked.wait()
-                    except TimeoutError:
-                        log.warning("Sparkplug %s: NDEATH not acknowledged", self.name)
-                disconnected = self._disconnected
-                client.disconnect()
-                if disconnected is not None:
-                    await asyncio.wait((disconnected,), timeout=1.0)
+                await self._goodbye()
             self._drop_socket()
             self._connection_lost("adapter closed")
         finally:
@@ -698,6 +822,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             "dropped": self.dropped,
             "encode_errors": self.encode_errors,
             "bad_commands": self.bad_commands,
+            **self._host_status(),
             "writes": {"ok": self.writes_ok, "refused": self.writes_refused},
             "reconnects": self.reconnects,
             "last_error": self.last_error,
@@ -705,4 +830,20 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
                 d.name: "online" if d.born else ("down" if not d.alive else "not born")
                 for d in self._devices.values()
             },
+        }
+
+    def _host_status(self) -> dict[str, Any]:
+        if self.primary_host is None:
+            return {}
+        host = self._host
+        return {
+            "primary_host": {
+                "id": self.primary_host,
+                "online": self._host_live,
+                "timestamp": None if host is None else host.timestamp,
+                "waiting": self._connected and not self._ready,
+                "bad_states": self.bad_states,
+                "stale_states": self.stale_states,
+                "sessions_ended": self.host_leaves,
+            }
         }

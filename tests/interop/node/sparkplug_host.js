@@ -1,7 +1,12 @@
 // A minimal Sparkplug B host built on Eclipse Tahu's JavaScript codec (sparkplug-payload) and
 // the mqtt package: a peer we did not write, for tests/test_sparkplug_*.py.
 //
-//   node sparkplug_host.js PORT [HOST]
+//   node sparkplug_host.js PORT [HOST] [PRIMARY_HOST_ID]
+//
+// With PRIMARY_HOST_ID it is also a Primary Host Application as Sparkplug 3.0 (6.4.1) has one:
+// its will is spBv1.0/STATE/ID {"online": false, "timestamp": T}, retained, QoS 1, and once
+// subscribed it publishes {"online": true, "timestamp": T} there, retained, QoS 1 (the same T).
+// STATE messages are printed as {"topic": ..., "type": "STATE", "host": ID, "state": {...}}.
 //
 // Subscribes to spBv1.0/#, and prints one JSON line per message:
 //   {"topic": ..., "type": "NBIRTH", "group": ..., "node": ..., "device": ..., "payload": {...}}
@@ -11,6 +16,7 @@
 //   {"cmd": "rebirth", "group": G, "node": N}                         -> NCMD Node Control/Rebirth
 //   {"cmd": "dcmd", "group": G, "node": N, "device": D, "metrics": [{"name"|"alias", "type", "value"}]}
 //   {"cmd": "ncmd", "group": G, "node": N, "metrics": [...]}
+//   {"cmd": "raw", "topic": T, "text": S, "retain": true|false}      -> S as is, QoS 1
 // and prints {"sent": CMD} after each publish.
 "use strict";
 
@@ -20,6 +26,9 @@ const sparkplug = require("sparkplug-payload").get("spBv1.0");
 
 const port = Number(process.argv[2]);
 const host = process.argv[3] || "127.0.0.1";
+const primary = process.argv[4] || null;
+const stateTopic = primary === null ? null : `spBv1.0/STATE/${primary}`;
+const born = Date.now();
 
 function plain(value) {
     if (value !== null && typeof value === "object" && value.__isLong__ === true) {
@@ -50,8 +59,13 @@ function emit(obj) {
     process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
-const client = mqtt.connect({host, port, protocolVersion: 4, clean: true, reconnectPeriod: 200,
-                             clientId: "tahu-js-host-" + process.pid});
+const options = {host, port, protocolVersion: 4, clean: true, reconnectPeriod: 200,
+                 clientId: "tahu-js-host-" + process.pid};
+if (stateTopic !== null) {
+    options.will = {topic: stateTopic, payload: JSON.stringify({online: false, timestamp: born}),
+                    qos: 1, retain: true};
+}
+const client = mqtt.connect(options);
 
 client.on("connect", () => {
     client.subscribe("spBv1.0/#", {qos: 1}, (err) => {
@@ -59,7 +73,12 @@ client.on("connect", () => {
             emit({error: String(err)});
             return;
         }
-        emit({ready: true});
+        if (stateTopic === null) {
+            emit({ready: true});
+            return;
+        }
+        const online = JSON.stringify({online: true, timestamp: born});
+        client.publish(stateTopic, online, {qos: 1, retain: true}, () => emit({ready: true}));
     });
 });
 
@@ -67,6 +86,16 @@ client.on("error", (err) => emit({error: String(err)}));
 
 client.on("message", (topic, message) => {
     const parts = topic.split("/");
+    if (parts[1] === "STATE") {
+        let state = null;
+        try {
+            state = JSON.parse(message.toString("utf8"));
+        } catch (err) {
+            state = {unreadable: message.toString("utf8")};
+        }
+        emit({topic, type: "STATE", host: parts[2], state});
+        return;
+    }
     const out = {topic, group: parts[1], type: parts[2], node: parts[3], device: parts[4] || null};
     try {
         const payload = sparkplug.decodePayload(message);
@@ -98,6 +127,10 @@ rl.on("line", (line) => {
     } else if (command.cmd === "ncmd") {
         topic = `spBv1.0/${command.group}/NCMD/${command.node}`;
         metrics = command.metrics;
+    } else if (command.cmd === "raw") {
+        client.publish(command.topic, command.text, {qos: 1, retain: Boolean(command.retain)},
+                       () => emit({sent: command.cmd}));
+        return;
     } else if (command.cmd === "dcmd") {
         topic = `spBv1.0/${command.group}/DCMD/${command.node}/${command.device}`;
         metrics = command.metrics;
