@@ -98,7 +98,7 @@ async def test_a_client_that_does_not_read_is_paused_and_later_gets_every_answer
             for _ in range(5):
                 started = time.monotonic()
                 assert await good.call(ReadRequest(HOLDING, 0, 1)) == [42]
-                assert time.monotonic() - started < 0.5
+                assert time.monotonic() - started < 2.0  # not held behind the slow client
             # the slow client reads at last: every answer, in order, and nothing else
             decoder = FrameDecoder()
             tids: list[int] = []

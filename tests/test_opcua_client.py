@@ -448,7 +448,7 @@ async def test_writes_through_the_command_router(peer: NodeOpcuaServer) -> None:
         t0 = time.monotonic()
         down = await gateway.router.write("plc", "setpoint", 10.0, origin="test")
         assert down.status is WriteStatus.UNREACHABLE, down
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0  # half the request timeout (2 s)
 
 
 # -- server restart -------------------------------------------------------------------------
@@ -579,7 +579,7 @@ async def test_hung_server_is_detected_and_a_pending_write_times_out(
             with pytest.raises(WriteRefused) as refused:
                 await adapter.write("setpoint", 1.0)
             assert refused.value.status is WriteStatus.TIMEOUT, refused.value
-            assert 0.9 < time.monotonic() - t0 < 1.9
+            assert 0.9 < time.monotonic() - t0 < 3.0  # the timeout, not much more
             await wait_for(lambda: seen.last("setpoint").quality is Quality.BAD, 10)  # type: ignore[union-attr]
             assert seen.last("setpoint").reason == "connection lost"  # type: ignore[union-attr]
             with pytest.raises(WriteRefused) as refused:
