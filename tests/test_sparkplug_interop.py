@@ -438,16 +438,20 @@ async def test_sigterm_publishes_ndeath_itself(
             assert metrics_by_name(ndeath[0])["bdSeq"]["value"] == bd_seq
 
 
-def node_status(tmp_path: Path) -> dict[str, Any]:
-    """The Sparkplug endpoint's primary host status from the gateway's status file ({} until
-    the file is there)."""
+def adapter_status(tmp_path: Path) -> dict[str, Any]:
+    """The Sparkplug endpoint's status from the gateway's status file ({} until the file is
+    there)."""
     path = tmp_path / "state" / "status" / "gw-sparkplug.json"
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    adapter = doc["status"].get("adapters", {}).get("ignition", {})
-    return cast("dict[str, Any]", adapter.get("primary_host", {}))
+    return cast("dict[str, Any]", doc["status"].get("adapters", {}).get("ignition", {}))
+
+
+def node_status(tmp_path: Path) -> dict[str, Any]:
+    """The endpoint's primary host status ({} until the status file is there)."""
+    return cast("dict[str, Any]", adapter_status(tmp_path).get("primary_host", {}))
 
 
 async def test_a_primary_host_gates_the_births_and_its_offline_state_ends_the_session(
@@ -462,6 +466,9 @@ async def test_a_primary_host_gates_the_births_and_its_offline_state_ends_the_se
     async with host_on(mosquitto.port) as watcher, running(config):
         # Connected, but no primary host has said online: no births.
         await wait_for(lambda: node_status(tmp_path).get("waiting") is True, timeout=20)
+        waiting = adapter_status(tmp_path)
+        assert waiting["connected"] is False  # down for the status line: nothing published
+        assert "waiting for primary host scada" in waiting["last_error"]
         watcher.command(cmd="raw", topic="spBv1.0/STATE/scada", text="ONLINE")  # Sparkplug 2.2
         await wait_for(lambda: node_status(tmp_path).get("bad_states") == 1, timeout=10)
         assert not watcher.messages("NBIRTH")
@@ -470,7 +477,9 @@ async def test_a_primary_host_gates_the_births_and_its_offline_state_ends_the_se
             nbirth = await wait_for(lambda: watcher.messages("NBIRTH"), timeout=20)
             await wait_for(lambda: watcher.messages("DBIRTH", "plc"), timeout=10)
             bd_first = metrics_by_name(nbirth[0])["bdSeq"]["value"]
-            await wait_for(lambda: node_status(tmp_path).get("online") is True, timeout=5)
+            await wait_for(lambda: adapter_status(tmp_path).get("connected") is True, timeout=5)
+            assert adapter_status(tmp_path)["last_error"] is None
+            assert node_status(tmp_path)["online"] is True
             alias = metrics_by_name(watcher.messages("DBIRTH", "plc")[0])["temp"]["alias"]
 
             # An offline STATE older than the one accepted (a replay) is ignored.

@@ -207,6 +207,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         self._host: codec.HostState | None = None  # the last STATE accepted, of any session
         self._host_live = False  # a STATE of this session said online, and no later one offline
         self._host_news: asyncio.Event | None = None  # set when a STATE is accepted
+        self._waiting = False  # connected, births held until the primary host is online
         self.last_error: str | None = None
         # counters
         self.published = 0
@@ -355,9 +356,15 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             self.name,
             self.primary_host,
         )
-        lost = await self._until(lambda: self._host_live, disconnected)
+        self._waiting = True
+        self.last_error = f"waiting for primary host {self.primary_host} to be online (STATE)"
+        try:
+            lost = await self._until(lambda: self._host_live, disconnected)
+        finally:
+            self._waiting = False
         if lost is not None:
             return lost
+        self.last_error = None
         self._births()
         self._ready = True
         await self._replay(disconnected)
@@ -803,11 +810,13 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        """Connected and in a session hosts see: a node waiting for its primary host publishes
+        nothing, so it counts as down (``last_error`` says why)."""
+        return self._connected and not self._waiting
 
     def status(self) -> dict[str, Any]:
         return {
-            "connected": self._connected,
+            "connected": self.connected,
             "broker": self.address,
             "group": self.group,
             "node": self.node,
@@ -841,7 +850,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
                 "id": self.primary_host,
                 "online": self._host_live,
                 "timestamp": None if host is None else host.timestamp,
-                "waiting": self._connected and not self._ready,
+                "waiting": self._waiting,
                 "bad_states": self.bad_states,
                 "stale_states": self.stale_states,
                 "sessions_ended": self.host_leaves,
