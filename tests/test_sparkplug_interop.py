@@ -212,9 +212,11 @@ def metrics_by_name(message: Msg) -> dict[str, Msg]:
     return {m["name"]: m for m in message["payload"]["metrics"]}
 
 
-def ddata_with(host: Host, alias: int, pred: Callable[[Any], bool]) -> Callable[[], Msg | None]:
+def ddata_with(
+    host: Host, alias: int, pred: Callable[[Any], bool], device: str = "plc"
+) -> Callable[[], Msg | None]:
     def find() -> Msg | None:
-        for m in host.messages("DDATA", "plc"):
+        for m in host.messages("DDATA", device):
             for metric in m["payload"]["metrics"]:
                 if metric.get("alias") == alias and pred(metric.get("value")):
                     return metric
@@ -528,3 +530,52 @@ async def test_a_primary_host_gates_the_births_and_its_offline_state_ends_the_se
             ]
             assert historical[-2:] == [501, 502]
             assert len(watcher.messages("NDEATH")) == 1  # the will of the node never went out
+
+
+async def test_points_a_source_names_at_run_time_are_born_and_sent(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    # An MQTT source with `points: keys` names its points only when JSON comes; the node gives
+    # each new one an alias and births the device again (validate and run accept the bridge).
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"""
+gateway: {{name: gw-sparkplug}}
+endpoints:
+  broker:
+    protocol: mqtt
+    host: {HOST}
+    port: {mosquitto.port}
+    outbox: null
+    subscriptions: [{{topic: "plant/#", points: keys}}]
+  ignition:
+    protocol: sparkplug
+    host: {HOST}
+    port: {mosquitto.port}
+    group: {GROUP}
+    node: {NODE}
+bridges:
+  - {{name: up, from: broker, to: ignition}}
+"""
+    )
+    checked = await asyncio.create_subprocess_exec(
+        *GATEWAY, "validate", str(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(checked.communicate(), 60)
+    assert checked.returncode == 0, out.decode()
+    async with host_on(mosquitto.port) as host, running(config):
+        await wait_for(lambda: host.messages("NBIRTH"), timeout=20)
+        text = json.dumps({"temp": 21.5, "fan": {"on": True}})
+        # the subscription may not be there yet: publish until the device is born
+        for _ in range(40):
+            host.command(cmd="raw", topic="plant/ahu1", text=text)
+            if host.messages("DBIRTH", "broker"):
+                break
+            await asyncio.sleep(0.25)
+        births = await wait_for(lambda: host.messages("DBIRTH", "broker"), timeout=5)
+        metrics = metrics_by_name(births[-1])
+        assert metrics["temp"]["type"] == "Double" and metrics["temp"]["value"] == 21.5
+        assert metrics["fan.on"]["type"] == "Boolean" and metrics["fan.on"]["value"] is True
+        alias = metrics["temp"]["alias"]
+        host.command(cmd="raw", topic="plant/ahu1", text=json.dumps({"temp": 22.0}))
+        await wait_for(ddata_with(host, alias, lambda v: v == 22.0, "broker"), timeout=10)

@@ -1076,6 +1076,13 @@ class _Loader:
             and "serve" in spec.capabilities
         )
 
+    def learns(self, name: str) -> bool:
+        """Whether the server target ``name`` also carries points its sources name at run time
+        (capability ``learns``: a Sparkplug node births a device again with a new metric)."""
+        declared = self.declared.get(name)
+        spec = declared.spec if declared is not None else None
+        return spec is not None and "learns" in spec.capabilities
+
     def served(
         self,
         path: Path,
@@ -1091,7 +1098,7 @@ class _Loader:
         if not self.serves(target):
             return True
         ok = True
-        late = [s for s in sources if self.at_run_time(s)]
+        late = [] if self.learns(target) else [s for s in sources if self.at_run_time(s)]
         declared = self.declared_points(sources)
         if late and declared is not None:
             runtime = f"{listing([repr(s) for s in late])}, whose subscriptions with points: keys"

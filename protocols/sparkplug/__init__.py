@@ -10,7 +10,8 @@ SPEC = ProtocolSpec(
     config_model=SparkplugEndpoint,
     adapters={"client": "protocols.sparkplug.node:SparkplugAdapter"},
     route_model=SparkplugRoute,
-    capabilities=("publish", "serve", "write", "tls", "last-will"),
+    # "learns": a point a source names at run time gets an alias and a new DBIRTH
+    capabilities=("publish", "serve", "learns", "write", "tls", "last-will"),
     extra="mqtt",
     requires=("paho.mqtt",),
 )
