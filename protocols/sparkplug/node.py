@@ -327,7 +327,8 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         await self._connect_paho(SparkplugError, self.config.host)
 
     async def _serve_session(self) -> str:
-        """Subscriptions, births, the historical backlog; then wait for the connection's end."""
+        """Subscriptions, (the primary host's online STATE), births, the historical backlog;
+        then wait for the connection's end, or for the primary host's offline STATE."""
         client, disconnected = self._client, self._disconnected
         assert client is not None and disconnected is not None
         log.info(
@@ -346,11 +347,23 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         if self._state_topic is not None:
             topics.append((self._state_topic, 1))
         client.subscribe(topics)
+        if self._state_topic is not None:
+            lost = await self._wait_for_host(disconnected)
+            if lost is not None:
+                return lost
+        self._births()
+        self._ready = True
+        await self._replay(disconnected)
         if self._state_topic is None:
-            self._births()
-            self._ready = True
-            await self._replay(disconnected)
             return await disconnected
+        lost = await self._until(lambda: not self._host_live, disconnected)
+        if lost is not None:
+            return lost
+        return await self._leave(f"primary host {self.primary_host} is offline")
+
+    async def _wait_for_host(self, disconnected: asyncio.Future[str]) -> str | None:
+        """Hold the births until a STATE of this session says the primary host is online;
+        None then, or why the connection ended first. Meanwhile the node counts as down."""
         log.info(
             "Sparkplug %s: waiting for primary host %s to be online (STATE) before the births",
             self.name,
@@ -362,16 +375,9 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             lost = await self._until(lambda: self._host_live, disconnected)
         finally:
             self._waiting = False
-        if lost is not None:
-            return lost
-        self.last_error = None
-        self._births()
-        self._ready = True
-        await self._replay(disconnected)
-        lost = await self._until(lambda: not self._host_live, disconnected)
-        if lost is not None:
-            return lost
-        return await self._leave(f"primary host {self.primary_host} is offline")
+        if lost is None:
+            self.last_error = None
+        return lost
 
     async def _until(
         self, done: Callable[[], bool], disconnected: asyncio.Future[str]
