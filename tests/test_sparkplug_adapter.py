@@ -125,3 +125,26 @@ async def test_a_gateway_name_that_is_no_node_id_is_a_clear_start_error() -> Non
     with pytest.raises(SparkplugError, match="edge node id"):
         async with adapter:
             pass
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        (0, None),
+        (
+            134,
+            "b:1 refused the connection: Bad user name or password (check username and password)",
+        ),
+        (135, "b:1 refused the connection: Not authorized (check username and password)"),
+        (136, "b:1 refused the connection: Server unavailable"),
+    ],
+)
+def test_a_refused_connack_says_why_for_both_mqtt_adapters(code: int, said: str | None) -> None:
+    # One function for the MQTT endpoint and the Sparkplug node (the node's own copy missed
+    # the hint for "Bad user name or password").
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from protocols.mqtt.link import connack_refusal
+
+    assert connack_refusal("b:1", ReasonCode(PacketTypes.CONNACK, identifier=code)) == said

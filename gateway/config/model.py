@@ -1064,24 +1064,21 @@ class _Loader:
             computed=tuple(keys.computed),
         )
 
+    def capable(self, name: str, capability: str) -> bool:
+        """Whether the protocol of entry ``name`` lists ``capability`` in its spec."""
+        declared = self.declared.get(name)
+        spec = declared.spec if declared is not None else None
+        return spec is not None and capability in spec.capabilities
+
     def serves(self, name: str) -> bool:
         """Whether ``name`` is a server target: it serves the points its bridges declare at
         start (an address space, resources, a register map), and nothing learnt later."""
         declared = self.declared.get(name)
-        spec = declared.spec if declared is not None else None
         return (
             declared is not None
-            and spec is not None
             and declared.route_model is not None
-            and "serve" in spec.capabilities
+            and self.capable(name, "serve")
         )
-
-    def learns(self, name: str) -> bool:
-        """Whether the server target ``name`` also carries points its sources name at run time
-        (capability ``learns``: a Sparkplug node births a device again with a new metric)."""
-        declared = self.declared.get(name)
-        spec = declared.spec if declared is not None else None
-        return spec is not None and "learns" in spec.capabilities
 
     def served(
         self,
@@ -1098,7 +1095,8 @@ class _Loader:
         if not self.serves(target):
             return True
         ok = True
-        late = [] if self.learns(target) else [s for s in sources if self.at_run_time(s)]
+        # "learns": the target takes points named at run time (a Sparkplug node births them)
+        late = [] if self.capable(target, "learns") else [s for s in sources if self.at_run_time(s)]
         declared = self.declared_points(sources)
         if late and declared is not None:
             runtime = f"{listing([repr(s) for s in late])}, whose subscriptions with points: keys"

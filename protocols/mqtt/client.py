@@ -1125,11 +1125,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._write_unwritten()  # outbox.write_delay: what send() accepted is kept
             if loop is None or client is None:
                 return
-            job = self._connect_job
-            if job is not None and not job.done():  # a connect thread is still running
-                await asyncio.wait((job,), timeout=self.connect_timeout + 1)
-            if job is not None and job.done() and not job.cancelled():
-                job.exception()  # retrieved: run() may have been cancelled while it ran
+            await self._await_connect_job()
             if self._connected:
                 await self._drain(loop)
             discarded = self._outbox.clear()
@@ -1216,22 +1212,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
-        fut = self._connect_fut
-        if getattr(reason_code, "is_failure", False):
-            text = str(reason_code)
-            hint = ""
-            if getattr(reason_code, "value", 0) in (134, 135) or text in (
-                "Not authorized",
-                "Bad user name or password",
-            ):
-                hint = " (check username and password)"
-            error = MqttError(f"{self.address} refused the connection: {text}{hint}")
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-            return
-        self._connected = True
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        self._settle_connack(reason_code, MqttError)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -1243,18 +1224,11 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._connection_lost(reason)
 
     def _connection_lost(self, reason: str) -> None:
-        self._connected = False
         self._ready = False
         self._ready_event.clear()
-        fut = self._connect_fut
-        if fut is not None and not fut.done():
-            fut.set_exception(
-                MqttError(f"{self.address} closed the connection before CONNACK ({reason})")
-            )
-            fut.exception()  # retrieved here: the waiter may have given up already
-        disconnected = self._disconnected
-        if disconnected is not None and not disconnected.done():
-            disconnected.set_result(reason)
+        self._settle_lost(
+            reason, MqttError(f"{self.address} closed the connection before CONNACK ({reason})")
+        )
         self._wake.set()
 
     def _on_publish(

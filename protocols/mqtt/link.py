@@ -77,6 +77,21 @@ def describe_connect_error(exc: BaseException, address: str, host: str) -> str:
     return f"cannot connect to {address}: {exc}"
 
 
+def connack_refusal(address: str, reason_code: Any) -> str | None:
+    """Why the broker's CONNACK refused the connection, with what to check; None if it
+    accepted it."""
+    if not getattr(reason_code, "is_failure", False):
+        return None
+    text = str(reason_code)
+    hint = ""
+    if getattr(reason_code, "value", 0) in (134, 135) or text in (
+        "Not authorized",
+        "Bad user name or password",
+    ):
+        hint = " (check username and password)"
+    return f"{address} refused the connection: {text}{hint}"
+
+
 class PahoOnLoop(abc.ABC):
     """Mixin: a paho client's connection kept up and its socket served by the asyncio loop.
 
@@ -97,6 +112,7 @@ class PahoOnLoop(abc.ABC):
     _loop: asyncio.AbstractEventLoop | None
     _loop_thread: int
     _closing: bool
+    _connected: bool
 
     def _init_socket(self) -> None:
         self._fd = -1
@@ -206,6 +222,40 @@ class PahoOnLoop(abc.ABC):
             raise error(
                 f"{self.address} accepted TCP but sent no CONNACK within {self.connect_timeout} s"
             ) from None
+
+    def _settle_connack(self, reason_code: Any, error: type[Exception]) -> None:
+        """The CONNACK's verdict (paho's on_connect): ``_connect_fut`` done, and
+        ``_connected`` if the broker accepted; ``error`` saying why if it refused."""
+        fut = self._connect_fut
+        refusal = connack_refusal(self.address, reason_code)
+        if refusal is None:
+            self._connected = True
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif fut is not None and not fut.done():
+            fut.set_exception(error(refusal))
+            fut.exception()  # retrieved: the attempt may have been given up already
+
+    def _settle_lost(self, reason: str, before_connack: Exception) -> None:
+        """The connection is gone: a CONNACK still awaited fails with ``before_connack``, and
+        ``_disconnected`` says ``reason``."""
+        self._connected = False
+        fut = self._connect_fut
+        if fut is not None and not fut.done():
+            fut.set_exception(before_connack)
+            fut.exception()  # retrieved: nobody awaits it when run() was cancelled meanwhile
+        disconnected = self._disconnected
+        if disconnected is not None and not disconnected.done():
+            disconnected.set_result(reason)
+
+    async def _await_connect_job(self) -> None:
+        """On close: let a connect thread still running finish first (at most the connect
+        timeout and a second), so that paho is not closed under it."""
+        job = self._connect_job
+        if job is not None and not job.done():
+            await asyncio.wait((job,), timeout=self.connect_timeout + 1)
+        if job is not None and job.done() and not job.cancelled():
+            job.exception()  # retrieved: run() may have been cancelled while it ran
 
     def _read_pending(self, client: paho.Client) -> bool:
         """Received bytes not yet handed to paho (TLS's: the socket may not look readable)."""

@@ -405,14 +405,11 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             why,
         )
         await self._goodbye()
-        if not self._disconnected_done():
+        disconnected = self._disconnected
+        if disconnected is not None and not disconnected.done():  # no answer to DISCONNECT
             self._drop_socket()
             self._connection_lost(why)
         return why
-
-    def _disconnected_done(self) -> bool:
-        disconnected = self._disconnected
-        return disconnected is None or disconnected.done()
 
     async def _goodbye(self) -> None:
         """NDEATH (QoS 1; its PUBACK awaited up to ``drain_timeout``), then DISCONNECT and
@@ -753,11 +750,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
                 write.cancel()
             if loop is None or client is None:
                 return
-            job = self._connect_job
-            if job is not None and not job.done():  # a connect thread is still running
-                await asyncio.wait((job,), timeout=self.connect_timeout + 1)
-            if job is not None and job.done() and not job.cancelled():
-                job.exception()  # retrieved: run() may have been cancelled while it ran
+            await self._await_connect_job()
             if self._connected:
                 self._ready = False
                 await self._goodbye()
@@ -775,18 +768,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
-        fut = self._connect_fut
-        if getattr(reason_code, "is_failure", False):
-            text = str(reason_code)
-            hint = " (check username and password)" if "auth" in text.lower() else ""
-            error = SparkplugError(f"{self.address} refused the connection: {text}{hint}")
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-                fut.exception()  # marked retrieved; _connect_once awaits it as a rule
-            return
-        self._connected = True
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        self._settle_connack(reason_code, SparkplugError)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -800,17 +782,10 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             self._ndeath_acked.set()
 
     def _connection_lost(self, reason: str) -> None:
-        self._connected = False
         self._ready = False
         for device in self._devices.values():
             device.born = False
-        fut = self._connect_fut
-        if fut is not None and not fut.done():
-            fut.set_exception(SparkplugError(f"connection to {self.address} lost: {reason}"))
-            fut.exception()  # retrieved: nobody awaits it when run() was cancelled meanwhile
-        disconnected = self._disconnected
-        if disconnected is not None and not disconnected.done():
-            disconnected.set_result(reason)
+        self._settle_lost(reason, SparkplugError(f"connection to {self.address} lost: {reason}"))
 
     # --- status -----------------------------------------------------------------------------
 
