@@ -9,127 +9,17 @@ import contextlib
 import json
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import HOST, NODE_DIR, MosquittoBroker, free_port, wait_for
+from conftest import HOST, MosquittoBroker, wait_for
+from sparkplug_peers import GATEWAY, GROUP, NODE, Host, Msg, Proxy, running
 
 from protocols.modbus.codec import DataType
 from protocols.modbus.simulator import SimulatedDevice, Simulator
-
-GATEWAY = [sys.executable, "-m", "gateway"]
-GROUP, NODE = "plant1", "edge-01"
-Msg = dict[str, Any]
-
-
-class Host:
-    """The Tahu JS host script: every message it decoded, and commands to send."""
-
-    def __init__(self, port: int, primary: str | None = None) -> None:
-        node = _node()
-        self.proc = subprocess.Popen(
-            [
-                node,
-                str(NODE_DIR / "sparkplug_host.js"),
-                str(port),
-                HOST,
-                *([primary] if primary else []),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[Msg] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._lock:
-                self.lines.append(json.loads(line))
-
-    def messages(self, kind: str | None = None, device: str | None = None) -> list[Msg]:
-        with self._lock:
-            found = [m for m in self.lines if "type" in m]
-        return [
-            m
-            for m in found
-            if (kind is None or m["type"] == kind) and (device is None or m["device"] == device)
-        ]
-
-    def ready(self) -> bool:
-        with self._lock:
-            return any(m.get("ready") for m in self.lines)
-
-    def command(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"group": GROUP, "node": NODE, **command}) + "\n")
-        self.proc.stdin.flush()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-def _node() -> str:
-    import shutil
-
-    node = shutil.which("node")
-    if node is None or not (NODE_DIR / "node_modules" / "sparkplug-payload").is_dir():
-        pytest.fail(
-            f"node or sparkplug-payload missing in {NODE_DIR}: run scripts/install-peers.sh"
-        )
-    return node
-
-
-class Proxy:
-    """TCP between the gateway and the broker; ``down()`` refuses and cuts connections, so the
-    gateway loses its broker while the host stays subscribed."""
-
-    def __init__(self, target: int) -> None:
-        self.port = free_port()
-        self.target = target
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def up(self) -> None:
-        self._server = await asyncio.start_server(self._serve, HOST, self.port, reuse_address=True)
-
-    async def down(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        if server is not None:
-            await server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(HOST, self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 def write_config(path: Path, broker_port: int, plc: SimulatedDevice, *, more: str = "") -> Path:
@@ -183,19 +73,6 @@ async def plc(simulator: Simulator) -> SimulatedDevice:
     dev.set_value("holding", 20, "PB-7", DataType.STRING, length=4)
     dev.set_registers("holding", 30, [10])
     return dev
-
-
-@contextlib.asynccontextmanager
-async def running(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        *GATEWAY, "run", str(config), stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 @contextlib.asynccontextmanager

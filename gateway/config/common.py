@@ -218,6 +218,20 @@ def _known_unit(name: str | None) -> str | None:
 Unit = Annotated[str | None, AfterValidator(_known_unit)]
 
 
+def repeated_names(points: Sequence[Any], key: str = "points") -> list[Problem]:
+    """`Strict.check` for point names used twice in the list at ``key`` (one problem at each
+    repeat's ``name``)."""
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for i, point in enumerate(points):
+        if point.name in seen:
+            problems.append(
+                Problem((key, i, "name"), f"{point.name!r} again", "a point name used once")
+            )
+        seen.add(point.name)
+    return problems
+
+
 def unknown_units(points: Sequence[Any], key: str = "points") -> list[tuple[Path, str]]:
     """`Strict.run_warnings` for the points whose ``unit:`` pint does not know (at ``key``, i,
     ``unit``). On OPC UA, CoAP and MQTT points and a bridge's computed points a unit is also

@@ -85,7 +85,7 @@ from gateway.config.references import hide_values, process_lookup
 from gateway.config.translate import MODEL_FILE, TranslateConfig
 from gateway.config.yamlmarks import START, Marks, parse_yaml
 from gateway.expressions import compile_expression
-from gateway.globs import Globs
+from gateway.globs import Globs, is_pattern
 from gateway.paths import config_state_dir, state_path
 from gateway.plugins import PluginError, ProtocolSpec, Registry, load_registry
 from gateway.text import counted
@@ -1099,14 +1099,21 @@ class _Loader:
         late = [] if self.capable(target, "learns") else [s for s in sources if self.at_run_time(s)]
         declared = self.declared_points(sources)
         if late and declared is not None:
-            runtime = f"{listing([repr(s) for s in late])}, whose subscriptions with points: keys"
+            hows = dict.fromkeys(self.how_at_run_time(s) for s in late)
+            runtime = f"{listing([repr(s) for s in late])}, {' and '.join(hows)},"
             why = f"{target!r} serves only points declared at start (an MQTT target carries keys)"
-            if declared:
+            selection = got.get("points", "*")
+            names = [selection] if isinstance(selection, str) else selection
+            # points named one by one, none a glob: a learnt point is never among them
+            chosen = isinstance(names, list) and not any(
+                not isinstance(n, str) or is_pattern(n) for n in names
+            )
+            if declared and not chosen:
                 self.warn(
                     (*path, "from"),
                     f"{runtime} name points at run time: {why}, so those are not served",
                 )
-            else:
+            elif not declared:
                 self.report(
                     (*path, "from"),
                     f"{runtime} name points only at run time, and no points: declared",
@@ -1505,14 +1512,22 @@ class _Loader:
     def points_of(self, sources: tuple[str, ...]) -> list[_Point] | None:
         """The points of all ``sources``, or None if one of them has no point list or names
         points only at run time (``points_at_run_time``: an MQTT subscription with ``points:
-        keys``). An MQTT endpoint's other ``subscriptions`` do not count: they go on the bus as
-        ``mqtt/<name>/<topic>``, which bridges do not carry."""
+        keys``, a Sparkplug host that learns from births). An MQTT endpoint's other
+        ``subscriptions`` do not count: they go on the bus as ``mqtt/<name>/<topic>``, which
+        bridges do not carry."""
         if any(self.at_run_time(s) for s in sources):
             return None
         return self.declared_points(sources)
 
+    def how_at_run_time(self, source: str) -> str:
+        """What makes ``source`` name points at run time, in its config's words."""
+        entry = self.declared[source].entry
+        how = getattr(entry.config, "RUN_TIME_POINTS", None) if entry is not None else None
+        return how if isinstance(how, str) else "whose points learnt from the data"
+
     def at_run_time(self, source: str) -> bool:
-        """Whether ``source`` names points only when data arrives (MQTT ``points: keys``)."""
+        """Whether ``source`` names points only when data arrives (MQTT ``points: keys``, a
+        Sparkplug host's ``learn``)."""
         entry = self.declared[source].entry
         return entry is not None and getattr(entry.config, "points_at_run_time", False) is True
 

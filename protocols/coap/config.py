@@ -13,7 +13,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gateway.config.common import Backoff, Path, PointLimits, Problem, Strict, unknown_units
+from gateway.config.common import (
+    Backoff,
+    Path,
+    PointLimits,
+    Problem,
+    Strict,
+    repeated_names,
+    unknown_units,
+)
 from gateway.text import counted
 from gateway.types import Access
 
@@ -162,12 +170,4 @@ class CoapClient(Strict):
         return unknown_units(self.points)
 
     def check(self) -> list[Problem]:
-        seen: set[str] = set()
-        problems = []
-        for i, p in enumerate(self.points):
-            if p.name in seen:
-                problems.append(
-                    Problem(("points", i, "name"), f"{p.name!r} again", "a point name used once")
-                )
-            seen.add(p.name)
-        return problems
+        return repeated_names(self.points)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import string
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -16,6 +16,7 @@ from gateway.config.common import (
     Problem,
     Strict,
     missing_files,
+    repeated_names,
     unknown_units,
 )
 from gateway.optimizer.config import OptimizerConfig
@@ -123,6 +124,20 @@ def password_warning(entry: BrokerSettings) -> str | None:
 
 # the files the client opens at start (`gateway run` refuses the endpoint when one is missing)
 TLS_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def broker_warnings(entry: BrokerSettings, what: str) -> list[tuple[Path, str]]:
+    """`Strict.run_warnings` of a broker connection: TLS files that are not here, and a
+    password sent unencrypted (``what`` names the entry's kind: "MQTT endpoint")."""
+    tls = entry.tls
+    files: dict[Path, str | None] = (
+        {} if tls is None else {("tls", key): getattr(tls, key) for key in TLS_FILES}
+    )
+    found = missing_files(files)
+    clear = password_warning(entry)
+    if clear is not None:
+        found.append((("password",), f"{what} {clear}"))
+    return found
 
 
 class Tls(Strict):
@@ -290,6 +305,9 @@ class MqttPoint(PointLimits):
 
 
 class MqttEndpoint(Strict):
+    #: what `gateway validate` says of an endpoint whose points are named at run time
+    RUN_TIME_POINTS: ClassVar[str] = "whose subscriptions with points: keys"
+
     protocol: Literal["mqtt"] = "mqtt"
     host: str = Field(min_length=1)
     port: int | None = Field(None, ge=1, le=65535, description="1883, or 8883 with tls")
@@ -350,15 +368,7 @@ class MqttEndpoint(Strict):
     )
 
     def run_warnings(self) -> list[tuple[Path, str]]:
-        tls = self.tls
-        files: dict[Path, str | None] = (
-            {} if tls is None else {("tls", key): getattr(tls, key) for key in TLS_FILES}
-        )
-        found = missing_files(files) + unknown_units(self.points)
-        clear = self.password_warning()
-        if clear is not None:
-            found.append((("password",), f"MQTT endpoint {clear}"))
-        return found
+        return broker_warnings(self, "MQTT endpoint") + unknown_units(self.points)
 
     def password_warning(self) -> str | None:
         """`password_warning` of this endpoint's connection."""
@@ -376,14 +386,9 @@ class MqttEndpoint(Strict):
                     "outbox enabled with drain_order: strict (batches are cut from its rows)",
                 )
             )
-        names: set[str] = set()
+        problems.extend(repeated_names(self.points))
         keys: set[tuple[str, str | None, str | None]] = set()
         for i, p in enumerate(self.points):
-            if p.name in names:
-                problems.append(
-                    Problem(("points", i, "name"), f"{p.name!r} again", "a point name used once")
-                )
-            names.add(p.name)
             key = (p.topic, p.field, p.senml_name)
             if key in keys:
                 problems.append(

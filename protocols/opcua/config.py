@@ -20,6 +20,7 @@ from gateway.config.common import (
     Problem,
     Strict,
     missing_files,
+    repeated_names,
     unknown_units,
 )
 from gateway.passwords import parse_hash
@@ -278,12 +279,4 @@ class OpcuaClient(Strict):
         )
 
     def check(self) -> list[Problem]:
-        seen: dict[str, int] = {}
-        problems = []
-        for i, p in enumerate(self.points):
-            if p.name in seen:
-                problems.append(
-                    Problem(("points", i, "name"), f"{p.name!r} again", "a point name used once")
-                )
-            seen.setdefault(p.name, i)
-        return problems
+        return repeated_names(self.points)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TypeAlias
@@ -84,6 +84,49 @@ POINT_TYPES: Mapping[str, DataType] = {
 def datatype_of(point_type: str) -> DataType:
     """The Sparkplug datatype of a gateway point datatype (an unknown one is a Double)."""
     return POINT_TYPES.get(point_type, DataType.DOUBLE)
+
+
+INT_TYPES = frozenset(
+    {
+        DataType.INT8,
+        DataType.INT16,
+        DataType.INT32,
+        DataType.INT64,
+        DataType.UINT8,
+        DataType.UINT16,
+        DataType.UINT32,
+        DataType.UINT64,
+        DataType.DATETIME,
+    }
+)
+TEXT_TYPES = frozenset({DataType.STRING, DataType.TEXT, DataType.UUID})
+
+
+def wire_value(datatype: DataType, value: Value) -> Value:
+    """``value`` as the metric's datatype carries it; ValueError when it does not fit."""
+    if value is None:
+        return None
+    if datatype is DataType.BOOLEAN:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{value!r} is not a Boolean")
+    if datatype in INT_TYPES:
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{value!r} is not a whole number")
+    if datatype in (DataType.FLOAT, DataType.DOUBLE):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{value!r} is not a number")
+    if datatype in TEXT_TYPES:
+        return value if isinstance(value, str) else str(value)
+    raise ValueError(f"datatype {datatype.name} is not supported")
 
 
 #: Ignition's quality codes in a metric's ``Quality`` property (Int32)
@@ -383,15 +426,24 @@ def _decode_properties(data: bytes) -> dict[str, PropertyValue]:
     return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
 
-def decode_metric(data: bytes) -> Metric:
+#: a metric's datatype when its payload leaves it out (DATA messages may): by (name, alias),
+#: from the birth that declared it (a host keeps those)
+DatatypeLookup: TypeAlias = Callable[[str | None, int | None], "DataType | None"]
+
+
+def decode_metric(data: bytes, lookup: DatatypeLookup | None = None) -> Metric:
     raw: dict[int, int | bytes] = {}
     for number, _wire, value in _fields(data):
         raw[number] = value
+    name = _text(raw[1]) if 1 in raw else None
+    alias = _int(raw[2]) if 2 in raw else None
     datatype = _datatype(_int(raw[4])) if 4 in raw else None
+    if datatype is None and lookup is not None:
+        datatype = lookup(name, alias)
     is_null = bool(_int(raw.get(7, 0)))
     return Metric(
-        name=_text(raw[1]) if 1 in raw else None,
-        alias=_int(raw[2]) if 2 in raw else None,
+        name=name,
+        alias=alias,
         timestamp=_int(raw[3]) if 3 in raw else None,
         datatype=datatype,
         value=None if is_null else _decode_value(datatype, raw, 10),
@@ -402,8 +454,9 @@ def decode_metric(data: bytes) -> Metric:
     )
 
 
-def decode_payload(data: bytes) -> Payload:
-    """A Sparkplug B payload; CodecError if ``data`` is not one."""
+def decode_payload(data: bytes, lookup: DatatypeLookup | None = None) -> Payload:
+    """A Sparkplug B payload; CodecError if ``data`` is not one. ``lookup`` gives the
+    datatype of a metric that has none in the payload (else its value is None)."""
     timestamp: int | None = None
     seq: int | None = None
     metrics: list[Metric] = []
@@ -411,7 +464,7 @@ def decode_payload(data: bytes) -> Payload:
         if number == 1:
             timestamp = _int(value)
         elif number == 2:
-            metrics.append(decode_metric(_bytes(value)))
+            metrics.append(decode_metric(_bytes(value), lookup))
         elif number == 3:
             seq = _int(value)
     return Payload(timestamp, tuple(metrics), seq)
@@ -520,3 +573,11 @@ def decode_state(data: bytes) -> HostState:
     if isinstance(stamp, bool) or not isinstance(stamp, int) or stamp < 0:
         raise ValueError("'timestamp' is missing or not a UTC time in milliseconds")
     return HostState(online, stamp)
+
+
+def encode_state(state: HostState) -> bytes:
+    """The STATE payload a Primary Host Application publishes (retained, QoS 1): compact
+    UTF-8 JSON ``{"online": ..., "timestamp": ...}``."""
+    return json.dumps(
+        {"online": state.online, "timestamp": state.timestamp}, separators=(",", ":")
+    ).encode()

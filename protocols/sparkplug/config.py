@@ -1,28 +1,44 @@
-"""Config models of a Sparkplug B edge node endpoint and of a bridge that feeds it.
+"""Config models of a Sparkplug B edge node endpoint, of a bridge that feeds it, and of a host
+application (role ``host``) that reads other edge nodes.
 
 The broker connection (TLS, username and password, reconnect backoff) is the MQTT endpoint's:
 the same `Tls` and `Backoff` models and the same warnings."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from gateway.config.common import Backoff, Path, Problem, Strict, missing_files
-from gateway.types import PointSpec
-from protocols.mqtt.config import TLS_FILES, Tls, broker_port, password_warning
+from gateway.config.common import (
+    Backoff,
+    Path,
+    PointLimits,
+    Problem,
+    Strict,
+    repeated_names,
+)
+from gateway.types import Access, PointSpec
+from protocols.mqtt.config import (
+    NAME_PATTERN,
+    PointType,
+    Tls,
+    broker_port,
+    broker_warnings,
+    password_warning,
+)
 from protocols.sparkplug.codec import check_id, id_problem
 
 
-class SparkplugEndpoint(Strict):
+class SparkplugBroker(Strict):
+    """The broker connection and the group, the same for an edge node and a host."""
+
+    WHAT: ClassVar[str] = "Sparkplug endpoint"
+
     protocol: Literal["sparkplug"] = "sparkplug"
     host: str = Field(min_length=1)
     port: int | None = Field(None, ge=1, le=65535, description="1883, or 8883 with tls")
     group: str = Field(description="Sparkplug group_id (no '/', '+' or '#')")
-    node: str | None = Field(
-        None, description="Sparkplug edge_node_id (no '/', '+' or '#'); default: gateway.name"
-    )
     client_id: str | None = Field(
         None, description="MQTT client id; defaults to protocol-brain-{gateway}-{name}"
     )
@@ -31,6 +47,30 @@ class SparkplugEndpoint(Strict):
     keepalive: int = Field(30, ge=5, le=65535)
     tls: Tls | None = None
     reconnect: Backoff = Field(default_factory=Backoff)
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        return check_id(v, "group_id")
+
+    def run_warnings(self) -> list[tuple[Path, str]]:
+        return broker_warnings(self, self.WHAT)
+
+    def password_warning(self) -> str | None:
+        """`protocols.mqtt.config.password_warning` of this connection."""
+        return password_warning(self)
+
+    @property
+    def effective_port(self) -> int:
+        return broker_port(self)
+
+
+class SparkplugEndpoint(SparkplugBroker):
+    """An edge node (role ``client``): the bridges' source devices are its devices."""
+
+    node: str | None = Field(
+        None, description="Sparkplug edge_node_id (no '/', '+' or '#'); default: gateway.name"
+    )
     primary_host: str | None = Field(
         None,
         description=(
@@ -47,11 +87,6 @@ class SparkplugEndpoint(Strict):
         ),
     )
 
-    @field_validator("group")
-    @classmethod
-    def _group(cls, v: str) -> str:
-        return check_id(v, "group_id")
-
     @field_validator("node")
     @classmethod
     def _node(cls, v: str | None) -> str | None:
@@ -62,24 +97,109 @@ class SparkplugEndpoint(Strict):
     def _primary_host(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "host_id")
 
-    def run_warnings(self) -> list[tuple[Path, str]]:
-        tls = self.tls
-        files: dict[Path, str | None] = (
-            {} if tls is None else {("tls", key): getattr(tls, key) for key in TLS_FILES}
-        )
-        found = missing_files(files)
-        clear = self.password_warning()
-        if clear is not None:
-            found.append((("password",), f"Sparkplug endpoint {clear}"))
-        return found
 
-    def password_warning(self) -> str | None:
-        """`protocols.mqtt.config.password_warning` of this node's connection."""
-        return password_warning(self)
+class HostPoint(PointLimits):
+    """A metric of another edge node declared as a point of the host: known to server targets
+    from the start, typed, and with ``access: rw`` written by NCMD/DCMD."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    node: str = Field(description="the edge_node_id that births the metric")
+    device: str | None = Field(
+        None, description="the device_id (a DBIRTH's metric); none: a metric of the node itself"
+    )
+    metric: str = Field(min_length=1, description="the metric's name, as in the birth")
+    type: PointType = Field("float64", description="value type on the bus")
+    unit: str | None = Field(
+        None, description="engineering unit (a pint name converts; other text is passed on)"
+    )
+    access: Access = Access.READ
+    description: str = ""
+    write_rate: float | None = Field(None, gt=0)
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return check_id(v, "edge_node_id")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "device_id")
+
+    @model_validator(mode="after")
+    def _writable(self) -> HostPoint:
+        if self.access is Access.WRITE:
+            raise ValueError("access w: a Sparkplug metric is read from its births; use rw")
+        return self
+
+
+class SparkplugHost(SparkplugBroker):
+    """A Sparkplug host application (role ``host``): the metrics that other edge nodes of
+    ``group`` birth are points of this one source device."""
+
+    WHAT: ClassVar[str] = "Sparkplug host"
+    RUN_TIME_POINTS: ClassVar[str] = "whose metrics learnt from births (learn: true)"
+
+    host_id: str | None = Field(
+        None,
+        description=(
+            "publish STATE as this Primary Host Application (no '/', '+' or '#'): online"
+            " (retained) while connected, offline as its will; edge nodes configured with it"
+            " birth when it is online"
+        ),
+    )
+    learn: bool = Field(
+        True,
+        description=(
+            "every metric of every birth is a point named {node}.{device}.{metric} (a node"
+            " metric {node}.{metric}; '/' in a metric name becomes '.'): read-only, named at"
+            " run time; false: only the points declared"
+        ),
+    )
+    max_points: int = Field(
+        10_000, ge=1, description="learnt points at most (names come from the broker)"
+    )
+    rebirth_interval: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "seconds at least between two rebirth requests (NCMD) to one edge node, asked when"
+            " its data cannot be read in order (a seq gap, an alias or a node not born)"
+        ),
+    )
+    points: list[HostPoint] = Field(
+        default_factory=list, description="metrics declared as points (typed, writable)"
+    )
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "host_id")
+
+    def check(self) -> list[Problem]:
+        problems = repeated_names(self.points)
+        metrics: set[tuple[str, str | None, str]] = set()
+        for i, p in enumerate(self.points):
+            key = (p.node, p.device, p.metric)
+            if key in metrics:
+                problems.append(
+                    Problem(
+                        ("points", i, "metric"),
+                        f"{p.metric!r} of the same node and device as an earlier point",
+                        "one point per metric",
+                    )
+                )
+            metrics.add(key)
+        if not self.learn and not self.points:
+            problems.append(
+                Problem(("learn",), "false with no points:", "learn: true, or points declared")
+            )
+        return problems
 
     @property
-    def effective_port(self) -> int:
-        return broker_port(self)
+    def points_at_run_time(self) -> bool:
+        """Learnt points are named by the births, once they arrive."""
+        return self.learn
 
 
 class SparkplugRoute(Strict):

@@ -46,22 +46,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from pydantic import BaseModel
 
 from gateway.adapter import Adapter, AdapterContext
 from gateway.types import Message, PointSpec, Quality, Sample, Value
-from protocols.mqtt.link import PahoOnLoop, tls_context
 from protocols.sparkplug import codec
-from protocols.sparkplug.codec import DataType, Metric, Payload, PropertyValue
+from protocols.sparkplug.codec import DataType, Metric, Payload, PropertyValue, wire_value
 from protocols.sparkplug.config import SparkplugEndpoint
+from protocols.sparkplug.session import SparkplugError, SparkplugSession
 
 if TYPE_CHECKING:
     from gateway.bridge import Bridge
@@ -78,26 +77,8 @@ _QUALITY = {
     Quality.UNCERTAIN: codec.QUALITY_UNCERTAIN,
     Quality.BAD: codec.QUALITY_BAD,
 }
-_INT_TYPES = frozenset(
-    {
-        DataType.INT8,
-        DataType.INT16,
-        DataType.INT32,
-        DataType.INT64,
-        DataType.UINT8,
-        DataType.UINT16,
-        DataType.UINT32,
-        DataType.UINT64,
-        DataType.DATETIME,
-    }
-)
-_TEXT_TYPES = frozenset({DataType.STRING, DataType.TEXT, DataType.UUID})
 #: a historical replay yields to the loop after this many messages
 _REPLAY_CHUNK = 200
-
-
-class SparkplugError(Exception):
-    """A connection problem, said so that the integrator knows what to fix."""
 
 
 def _ms(ts: float) -> int:
@@ -106,33 +87,6 @@ def _ms(ts: float) -> int:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def wire_value(datatype: DataType, value: Value) -> Value:
-    """``value`` as the metric's datatype carries it; ValueError when it does not fit."""
-    if value is None:
-        return None
-    if datatype is DataType.BOOLEAN:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
-            return bool(value)
-        raise ValueError(f"{value!r} is not a Boolean")
-    if datatype in _INT_TYPES:
-        if isinstance(value, bool):
-            return int(value)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"{value!r} is not a whole number")
-    if datatype in (DataType.FLOAT, DataType.DOUBLE):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"{value!r} is not a number")
-    if datatype in _TEXT_TYPES:
-        return value if isinstance(value, str) else str(value)
-    raise ValueError(f"datatype {datatype.name} is not supported")
 
 
 def _guess_datatype(value: Value) -> DataType:
@@ -166,17 +120,11 @@ class _Device:
     born: bool = False  # DBIRTH published in this session (and no DDEATH since)
 
 
-class SparkplugAdapter(PahoOnLoop, Adapter):
+class SparkplugAdapter(SparkplugSession, Adapter):
     """A Sparkplug B edge node on an MQTT broker; the bridges' source devices are its devices."""
 
     config: SparkplugEndpoint
-    LABEL = "Sparkplug"
     LOG = log
-
-    #: TCP connect + TLS handshake, and then CONNACK, each within this many seconds
-    connect_timeout: float = 10.0
-    #: on shutdown, how long to wait for the broker to acknowledge the NDEATH
-    drain_timeout: float = 2.0
 
     def __init__(self, name: str, config: SparkplugEndpoint, context: AdapterContext) -> None:
         super().__init__(name, config, context)
@@ -189,17 +137,9 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
         self._history: collections.deque[Message] = collections.deque()
         self._bd_seq = -1  # bdSeq of the current (or last) connection attempt
         self._seq = 0  # the next seq to publish
-        self._client: paho.Client | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._init_socket()
-        self._ndeath_mid: int | None = None
-        self._ndeath_acked: asyncio.Event | None = None
+        self._init_session()
         self._writes: set[asyncio.Task[None]] = set()
-        self._connected = False  # CONNACK received, connection not lost
         self._ready = False  # births published: send() publishes DDATA
-        self._closing = False
-        self._close_task: asyncio.Future[None] | None = None
         self.primary_host = config.primary_host
         self._state_topic = (
             None if config.primary_host is None else codec.state_topic(config.primary_host)
@@ -272,35 +212,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
                 f"{what}: the edge node id (node:, default gateway.name) is {problem};"
                 " set node: to an id without '/', '+' or '#'"
             )
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        cfg = self.config
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=True,
-            protocol=MQTTProtocolVersion.MQTTv311,
-            reconnect_on_failure=False,  # reconnecting is run()'s job, with our backoff
-        )
-        client.connect_timeout = self.connect_timeout
-        client.max_queued_messages_set(0)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        clear = cfg.password_warning()
-        if clear is not None:
-            log.warning("%s %s", what, clear)
-        if cfg.tls is not None:
-            client.tls_set_context(tls_context(cfg.tls, what, self.address, SparkplugError, log))
-            if cfg.tls.insecure:
-                client.tls_insecure_set(True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        self.install(client)
-        client.connect_async(cfg.host, cfg.effective_port, cfg.keepalive)  # no I/O yet
-        self._client = client
-        self._ndeath_acked = asyncio.Event()
+        self._prepare(self.config, self.client_id, what)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -404,32 +316,12 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             self.name,
             why,
         )
-        await self._goodbye()
+        await self._goodbye(self._topic("NDEATH"), self._ndeath())
         disconnected = self._disconnected
         if disconnected is not None and not disconnected.done():  # no answer to DISCONNECT
             self._drop_socket()
             self._connection_lost(why)
         return why
-
-    async def _goodbye(self) -> None:
-        """NDEATH (QoS 1; its PUBACK awaited up to ``drain_timeout``), then DISCONNECT and
-        the connection's end (1 s at most)."""
-        client, acked = self._client, self._ndeath_acked
-        assert client is not None
-        if acked is not None:
-            acked.clear()
-        info = client.publish(self._topic("NDEATH"), self._ndeath(), qos=1)
-        self._ndeath_mid = info.mid
-        if acked is not None:
-            try:
-                async with asyncio.timeout(self.drain_timeout):
-                    await acked.wait()
-            except TimeoutError:
-                log.warning("Sparkplug %s: NDEATH not acknowledged", self.name)
-        disconnected = self._disconnected
-        client.disconnect()
-        if disconnected is not None:
-            await asyncio.wait((disconnected,), timeout=1.0)
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -735,15 +627,8 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
 
     # --- closing ----------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """NDEATH, DISCONNECT, close; idempotent, not cut short by a second cancel."""
-        task = self._close_task
-        if task is None:
-            self._closing = True
-            task = self._close_task = asyncio.ensure_future(self._close())
-        await asyncio.shield(task)
-
     async def _close(self) -> None:
+        """NDEATH, DISCONNECT, close."""
         loop, client = self._loop, self._client
         try:
             for write in list(self._writes):
@@ -753,7 +638,7 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             await self._await_connect_job()
             if self._connected:
                 self._ready = False
-                await self._goodbye()
+                await self._goodbye(self._topic("NDEATH"), self._ndeath())
             self._drop_socket()
             self._connection_lost("adapter closed")
         finally:
@@ -762,24 +647,6 @@ class SparkplugAdapter(PahoOnLoop, Adapter):
             self._cancel_misc_timer()
             if client is not None:
                 self.uninstall(client)
-
-    # --- paho protocol callbacks (loop thread) ------------------------------------------------
-
-    def _on_connect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
-        self._settle_connack(reason_code, SparkplugError)
-
-    def _on_disconnect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
-        self._connection_lost(str(reason_code))
-
-    def _on_publish(
-        self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
-    ) -> None:
-        if mid == self._ndeath_mid and self._ndeath_acked is not None:
-            self._ndeath_acked.set()
 
     def _connection_lost(self, reason: str) -> None:
         self._ready = False

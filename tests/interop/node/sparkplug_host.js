@@ -23,41 +23,13 @@
 const readline = require("readline");
 const mqtt = require("mqtt");
 const sparkplug = require("sparkplug-payload").get("spBv1.0");
+const {plain, emit} = require("./sparkplug_common");
 
 const port = Number(process.argv[2]);
 const host = process.argv[3] || "127.0.0.1";
 const primary = process.argv[4] || null;
 const stateTopic = primary === null ? null : `spBv1.0/STATE/${primary}`;
 const born = Date.now();
-
-function plain(value) {
-    if (value !== null && typeof value === "object" && value.__isLong__ === true) {
-        const text = value.toString();  // signed or unsigned, as the Long says
-        const number = Number(text);
-        return Number.isSafeInteger(number) ? number : text;
-    }
-    if (Buffer.isBuffer(value) || value instanceof Uint8Array) {
-        return Buffer.from(value).toString("hex");
-    }
-    if (Array.isArray(value)) {
-        return value.map(plain);
-    }
-    if (value !== null && typeof value === "object") {
-        const out = {};
-        for (const [k, v] of Object.entries(value)) {
-            out[k] = plain(v);
-        }
-        return out;
-    }
-    if (typeof value === "number" && !Number.isFinite(value)) {
-        return String(value);
-    }
-    return value;
-}
-
-function emit(obj) {
-    process.stdout.write(JSON.stringify(obj) + "\n");
-}
 
 const options = {host, port, protocolVersion: 4, clean: true, reconnectPeriod: 200,
                  clientId: "tahu-js-host-" + process.pid};

@@ -1,0 +1,308 @@
+"""Sparkplug B host application: other edge nodes' metrics as points of one source device.
+
+``role: host`` subscribes to ``spBv1.0/{group}/#`` and follows each edge node's session with
+`protocols.sparkplug.tracker.HostTracker`: births declare metrics, DATA updates them, deaths make
+them Bad, and data that cannot be read in order makes the host ask the node for a rebirth (NCMD
+``Node Control/Rebirth``). Every sample becomes the endpoint's telemetry, which bridges carry.
+
+Writes go down as commands: a declared point with ``access: rw`` is written by a DCMD (a
+device's metric) or an NCMD (a node's), by name, in the datatype its birth gave. Sparkplug has
+no acknowledgement of a command: a write is good once it is handed to the broker while its node
+(and device) is online; the new value comes back in the node's next DATA.
+
+With ``host_id`` the host is a Primary Host Application (Sparkplug 3.0, 5.4 and 6.4.1): its
+will is ``spBv1.0/STATE/{host_id}`` ``{"online": false, "timestamp": T}`` (retained, QoS 1), and
+once subscribed it publishes ``{"online": true, "timestamp": T}`` there (retained, QoS 1, the
+same T, new for every connection); a clean stop publishes the offline STATE itself.
+
+A lost broker makes every point Bad (the sessions cannot be followed across it); once
+connected again, the host asks each node that was online for a rebirth, so that points whose
+values do not change come back too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
+
+from gateway.adapter import Adapter, AdapterContext
+from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.types import Message, PointSpec, Quality, Sample, Value
+from protocols.sparkplug import codec
+from protocols.sparkplug.codec import DataType, HostState, Metric, Payload
+from protocols.sparkplug.config import SparkplugHost
+from protocols.sparkplug.session import SparkplugError, SparkplugSession
+from protocols.sparkplug.tracker import REBIRTH, HostTracker
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SparkplugHostAdapter"]
+
+_SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+#: at most one warning per this many seconds about messages that could not be read
+_LOG_EVERY_S = 10.0
+
+
+class SparkplugHostAdapter(SparkplugSession, Adapter):
+    """A Sparkplug host application on an MQTT broker: a source whose points are the metrics
+    of the group's edge nodes."""
+
+    config: SparkplugHost
+    LOG = log
+
+    def __init__(self, name: str, config: SparkplugHost, context: AdapterContext) -> None:
+        super().__init__(name, config, context)
+        self.group = config.group
+        self.client_id = config.client_id or f"protocol-brain-{context.gateway_name}-{name}"
+        self.address = f"{config.host}:{config.effective_port}"
+        self.tracker = HostTracker(
+            config.points,
+            learn=config.learn,
+            max_points=config.max_points,
+            rebirth_interval=config.rebirth_interval,
+        )
+        self._init_session()
+        self.host_id = config.host_id
+        self._state_topic = None if config.host_id is None else codec.state_topic(config.host_id)
+        self._state_ts = 0  # the STATE timestamp of the current connection (its will's too)
+        self._rejoin: set[str] = set()  # nodes to ask for a rebirth once connected again
+        self._points_bad = False  # Bad samples published for this outage already
+        self._said_at = -_LOG_EVERY_S
+        self._unsaid = 0
+        self.last_error: str | None = None
+        # counters
+        self.received = 0
+        self.bad_payloads = 0
+        self.rebirths_asked = 0
+        self.writes_ok = 0
+        self.writes_refused = 0
+        self.reconnects = 0
+
+    def points(self) -> list[PointSpec]:
+        """The declared points; learnt ones are named by births at run time."""
+        return [PointSpec.of(self.name, p, p.type) for p in self.config.points]
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SparkplugHostAdapter:
+        """Prepare the paho client: identity, credentials, TLS. No network I/O."""
+        self._prepare(self.config, self.client_id, f"Sparkplug host {self.name!r}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def run(self) -> None:
+        """Connect, follow the group, reconnect with backoff after any loss; with writable
+        points, serve their commands alongside."""
+        if self._client is None:
+            raise RuntimeError("use 'async with adapter:' before 'await adapter.run()'")
+        keep = self._keep_connected(SparkplugError, self.config.reconnect)
+        if not any(p.access.writable for p in self.config.points):
+            await keep
+            return
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(serve_commands(self.bus, self.name, self.write))
+            tg.create_task(keep)
+
+    async def _connect_once(self) -> None:
+        """One connection attempt up to CONNACK; with ``host_id`` its will is STATE offline
+        with this connection's timestamp."""
+        assert self._client is not None
+        if self._state_topic is not None:
+            self._state_ts = int(time.time() * 1000)
+            offline = codec.encode_state(HostState(False, self._state_ts))
+            self._client.will_set(self._state_topic, offline, qos=1, retain=True)
+        await self._connect_paho(SparkplugError, self.config.host)
+
+    async def _serve_session(self) -> str:
+        """Subscribe to the group, say STATE online, ask the nodes known before for a rebirth;
+        then wait for the connection's end."""
+        client, disconnected = self._client, self._disconnected
+        assert client is not None and disconnected is not None
+        log.info(
+            "Sparkplug %s: connected to %s as host of group %s%s",
+            self.name,
+            self.address,
+            self.group,
+            "" if self.host_id is None else f" (primary host {self.host_id})",
+        )
+        client.subscribe([(f"{codec.NAMESPACE}/{self.group}/#", 1)])
+        if self._state_topic is not None:  # after the subscription, as 6.4.1 orders
+            online = codec.encode_state(HostState(True, self._state_ts))
+            client.publish(self._state_topic, online, qos=1, retain=True)
+        rejoin, self._rejoin = sorted(self._rejoin), set()
+        for node in rejoin:
+            self._ask_rebirth(node)
+        return await disconnected
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            where = codec.parse_topic(msg.topic)
+        except ValueError:
+            return  # STATE and other namespaces' topics: not an edge node's
+        if where.group != self.group:
+            return
+        self.received += 1
+        try:
+            payload = codec.decode_payload(bytes(msg.payload), self.tracker.datatype(where))
+        except ValueError as exc:
+            self.bad_payloads += 1
+            self._say(f"unreadable {where.message_type} on {msg.topic}: {exc}")
+            return
+        outcome = self.tracker.receive(where, payload, time.time())
+        if outcome.samples:
+            self._points_bad = False
+            self.bus.publish_nowait(Message.telemetry(self.name, outcome.samples))
+        if outcome.problem is not None:
+            self._say(f"edge node {where.node}: {outcome.problem}")
+        if outcome.rebirth:
+            self._ask_rebirth(where.node)
+
+    def _say(self, line: str) -> None:
+        """A warning, at most one per `_LOG_EVERY_S` (a node's data can be unreadable at
+        every message); the others counted in the next one."""
+        now = time.monotonic()
+        if now - self._said_at < _LOG_EVERY_S:
+            self._unsaid += 1
+            return
+        more = f" (and {self._unsaid} more since the last such line)" if self._unsaid else ""
+        log.warning("Sparkplug %s: %s%s", self.name, line, more)
+        self._said_at, self._unsaid = now, 0
+
+    def _ask_rebirth(self, node: str) -> None:
+        """NCMD ``Node Control/Rebirth`` = true to ``node`` (QoS 0, as commands are)."""
+        metric = Metric(REBIRTH, datatype=DataType.BOOLEAN, value=True)
+        if self._command(node, None, metric):
+            self.rebirths_asked += 1
+            log.info("Sparkplug %s: asked edge node %s for a rebirth", self.name, node)
+
+    def _command(self, node: str, device: str | None, metric: Metric) -> bool:
+        """Publish an NCMD (``device`` None) or a DCMD with ``metric``; whether paho took it."""
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        kind = "NCMD" if device is None else "DCMD"
+        stamp = int(time.time() * 1000)
+        stamped = Metric(metric.name, timestamp=stamp, datatype=metric.datatype, value=metric.value)
+        payload = codec.encode_payload(Payload(stamp, (stamped,)))
+        info = client.publish(codec.topic(self.group, kind, node, device), payload, qos=0)
+        return info.rc == _SUCCESS
+
+    # --- writing ----------------------------------------------------------------------------
+
+    async def write(self, point: str, value: Value) -> None:
+        """A declared ``access: rw`` point's new value, as a DCMD (or NCMD) of its metric."""
+        try:
+            declared, known, online = self.tracker.where(point)
+        except KeyError:
+            reason = f"{self.name}/{point} is not declared"
+            raise WriteRefused(WriteStatus.NOT_WRITABLE, reason) from None
+        where = declared.node if declared.device is None else f"{declared.node}/{declared.device}"
+        if not self._connected:
+            raise self._refuse(WriteStatus.UNREACHABLE, f"broker {self.address} is not connected")
+        if not online:
+            raise self._refuse(WriteStatus.UNREACHABLE, f"{where} is not online (no birth)")
+        if known is None:
+            raise self._refuse(
+                WriteStatus.DEVICE_ERROR, f"the birth of {where} has no metric {declared.metric!r}"
+            )
+        datatype = known.datatype or codec.datatype_of(declared.type)
+        try:
+            wire = codec.wire_value(datatype, value)
+            metric = Metric(declared.metric, datatype=datatype, value=wire)
+            codec.encode_metric(metric)  # a value that does not fit (range) fails here
+        except ValueError as exc:
+            raise self._refuse(WriteStatus.BAD_VALUE, f"{declared.metric}: {exc}") from None
+        if not self._command(declared.node, declared.device, metric):
+            raise self._refuse(WriteStatus.UNREACHABLE, "the broker connection refused it")
+        self.writes_ok += 1
+        log.info("Sparkplug %s: %s %s = %r sent", self.name, where, declared.metric, wire)
+
+    def _refuse(self, status: WriteStatus, reason: str) -> WriteRefused:
+        self.writes_refused += 1
+        return WriteRefused(status, reason)
+
+    # --- losing the broker ------------------------------------------------------------------
+
+    def _unreachable(self, reason: str) -> None:
+        """Once per outage: every point is Bad (no session can be followed across it)."""
+        if self._points_bad:
+            return
+        samples = self.lost_samples(reason)
+        self._points_bad = True
+        if samples:
+            self.bus.publish_nowait(Message.telemetry(self.name, samples))
+
+    def lost_samples(self, reason: str) -> tuple[Sample, ...]:
+        """The declared points' Bad samples, and those of the points learnt from births."""
+        now = time.time()
+        declared = set(self.tracker.by_point)
+        learnt = tuple(
+            Sample(name, None, Quality.BAD, now, now, None, reason)
+            for name in sorted(self.tracker.learnt - declared)
+        )
+        return super().lost_samples(reason) + learnt
+
+    def _connection_lost(self, reason: str) -> None:
+        self._rejoin.update(self.tracker.forget())
+        self._settle_lost(reason, SparkplugError(f"connection to {self.address} lost: {reason}"))
+
+    # --- closing ----------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        """(STATE offline,) DISCONNECT, close."""
+        loop, client = self._loop, self._client
+        try:
+            if loop is None or client is None:
+                return
+            await self._await_connect_job()
+            if self._connected and self._state_topic is not None:
+                offline = codec.encode_state(HostState(False, self._state_ts))
+                await self._goodbye(self._state_topic, offline, retain=True)
+            elif self._connected:
+                await self._goodbye()
+            self._drop_socket()
+            self._connection_lost("adapter closed")
+        finally:
+            self._connected = False
+            self._cancel_misc_timer()
+            if client is not None:
+                self.uninstall(client)
+
+    # --- status -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def status(self) -> dict[str, Any]:
+        t = self.tracker
+        return {
+            "connected": self._connected,
+            "broker": self.address,
+            "group": self.group,
+            **({} if self.host_id is None else {"host_id": self.host_id}),
+            "nodes": t.online(),
+            "devices_online": t.devices_online(),
+            "points_learnt": len(t.learnt),
+            "received": self.received,
+            "bad_payloads": self.bad_payloads,
+            "seq_gaps": t.seq_gaps,
+            "not_born": t.unborn,
+            "unknown_metrics": t.unknown_metrics,
+            "stale_deaths": t.stale_deaths,
+            "type_errors": t.type_errors,
+            "over_max_points": t.over_limit,
+            "rebirths_asked": self.rebirths_asked,
+            "writes": {"ok": self.writes_ok, "refused": self.writes_refused},
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,141 @@
+"""The MQTT connection of a Sparkplug edge node or host: one paho client on the asyncio loop.
+
+What the two roles share: preparing the client (identity, credentials, TLS, callbacks), the
+CONNACK and the connection's end, and the goodbye of a clean stop, a QoS 1 message the broker
+must have before DISCONNECT (the node's NDEATH, the host's STATE offline), since DISCONNECT
+drops the will that would otherwise say the same."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from protocols.mqtt.link import PahoOnLoop, tls_context
+from protocols.sparkplug.config import SparkplugBroker
+
+__all__ = ["SparkplugError", "SparkplugSession"]
+
+
+class SparkplugError(Exception):
+    """A connection problem, said so that the integrator knows what to fix."""
+
+
+class SparkplugSession(PahoOnLoop):
+    """Mixin for a Sparkplug adapter: `_prepare` the client in ``__aenter__``, `_goodbye`
+    before closing."""
+
+    LABEL = "Sparkplug"
+    name: str
+    address: str
+
+    #: TCP connect + TLS handshake, and then CONNACK, each within this many seconds
+    connect_timeout: float = 10.0
+    #: on shutdown, how long to wait for the broker to acknowledge the goodbye message
+    drain_timeout: float = 2.0
+
+    def _init_session(self) -> None:
+        self._client = None
+        self._loop = None
+        self._loop_thread = 0
+        self._init_socket()
+        self._goodbye_mid: int | None = None
+        self._goodbye_acked: asyncio.Event | None = None
+        self._connected = False  # CONNACK received, connection not lost
+        self._closing = False
+        self._close_task: asyncio.Future[None] | None = None
+
+    def _prepare(self, cfg: SparkplugBroker, client_id: str, what: str) -> paho.Client:
+        """The paho client: identity, credentials, TLS, callbacks; no network I/O (the
+        class sets its will, if any, before each attempt)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,  # reconnecting is run()'s job, with our backoff
+        )
+        client.connect_timeout = self.connect_timeout
+        client.max_queued_messages_set(0)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        clear = cfg.password_warning()
+        if clear is not None:
+            self.LOG.warning("%s %s", what, clear)
+        if cfg.tls is not None:
+            client.tls_set_context(
+                tls_context(cfg.tls, what, self.address, SparkplugError, self.LOG)
+            )
+            if cfg.tls.insecure:
+                client.tls_insecure_set(True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        self.install(client)
+        client.connect_async(cfg.host, cfg.effective_port, cfg.keepalive)  # no I/O yet
+        self._client = client
+        self._goodbye_acked = asyncio.Event()
+        return client
+
+    async def _goodbye(
+        self, topic: str | None = None, payload: bytes = b"", *, retain: bool = False
+    ) -> None:
+        """``payload`` on ``topic``, if any (QoS 1; its PUBACK awaited up to
+        ``drain_timeout``), then DISCONNECT and the connection's end (1 s at most)."""
+        client, acked = self._client, self._goodbye_acked
+        assert client is not None
+        if acked is not None:
+            acked.clear()
+        if topic is not None:
+            info = client.publish(topic, payload, qos=1, retain=retain)
+            self._goodbye_mid = info.mid
+        if topic is not None and acked is not None:
+            try:
+                async with asyncio.timeout(self.drain_timeout):
+                    await acked.wait()
+            except TimeoutError:
+                self.LOG.warning("%s %s: %s not acknowledged", self.LABEL, self.name, topic)
+        disconnected = self._disconnected
+        client.disconnect()
+        if disconnected is not None:
+            await asyncio.wait((disconnected,), timeout=1.0)
+
+    async def close(self) -> None:
+        """`_close` once; idempotent, not cut short by a second cancel."""
+        task = self._close_task
+        if task is None:
+            self._closing = True
+            task = self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(task)
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Say goodbye (`_goodbye`), drop the connection, release the client."""
+
+    # --- paho protocol callbacks (loop thread) ------------------------------------------------
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        raise NotImplementedError
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        self._settle_connack(reason_code, SparkplugError)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        self._connection_lost(str(reason_code))
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        if mid == self._goodbye_mid and self._goodbye_acked is not None:
+            self._goodbye_acked.set()

@@ -1,0 +1,372 @@
+"""What a Sparkplug host application knows of the edge nodes it reads, sans-IO.
+
+`HostTracker.receive` takes one decoded message of the group (its `codec.Topic` and
+`codec.Payload`) and says what it means for the host's points: the samples to publish, whether to
+ask the node for a rebirth, and what was wrong with it. The adapter (`protocols.sparkplug.host`)
+does the I/O.
+
+The rules are Sparkplug 3.0's for a host (chapter 7):
+
+- An NBIRTH starts the node's session: its ``bdSeq``, its ``seq`` (0), its metrics (name, alias,
+  datatype). Its devices must be born again (DBIRTH) before their data is read.
+- NDATA, DBIRTH, DDATA and DDEATH must come with the seq after the last one (0..255,
+  wrapping). A gap means messages were lost (a QoS 0 data message the broker dropped): the data
+  is still read, since each metric carries its own value, and the node is asked to rebirth so
+  that every value is current again.
+- Data of a node or device that is not born (the host started or reconnected after the birth),
+  or a metric whose alias or name no birth declared, cannot be read: dropped, and the node is
+  asked to rebirth. Asks to one node are at least ``rebirth_interval`` seconds apart.
+- NDEATH counts only when its bdSeq is the one of the NBIRTH in force (else it is an old
+  session's will, which a broker may deliver after the new birth): then every point of the
+  node and its devices is Bad. DDEATH makes the device's points Bad.
+
+Points: a metric is a point when it is declared (`HostPoint`: node, device, metric) or, with
+``learn``, by a name made of its node, device and metric (`learnt_name`), up to ``max_points``
+learnt names (they come from the broker). Values are taken by the datatype the birth gave
+(a DATA message may leave it out); a metric's ``Quality`` property (Ignition's convention: 192
+good, 64 uncertain, below 64 bad) sets the sample's quality, a null value is Bad.
+A historical metric (``is_historical``) is published with its own timestamp, as any other.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gateway.types import Quality, Sample, Value
+from protocols.mqtt import codec as mqtt_codec
+from protocols.sparkplug import codec
+from protocols.sparkplug.codec import DataType, Metric, Payload, Topic
+from protocols.sparkplug.config import HostPoint
+
+__all__ = ["REBIRTH", "HostTracker", "Outcome", "learnt_name", "quality_of"]
+
+REBIRTH = "Node Control/Rebirth"
+BDSEQ = "bdSeq"
+#: metrics that are commands to the node or device, not readings: never learnt
+_CONTROL = ("Node Control/", "Device Control/")
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_\-]")
+#: nodes remembered for the rebirth interval while not born (their ids come from the broker)
+_MAX_ASKED = 10_000
+
+
+def learnt_name(node: str, device: str | None, metric: str) -> str:
+    """The point name of a learnt metric: ``{node}.{device}.{metric}`` (``{node}.{metric}``
+    for a node's own), a ``/`` of the metric's folders a ``.``, other characters that a point
+    name cannot hold ``_``."""
+    parts = [node, *([device] if device is not None else []), *metric.split("/")]
+    name = ".".join(_NOT_NAME.sub("_", part) or "_" for part in parts)
+    return name if name[0] != "-" else f"_{name}"
+
+
+def quality_of(metric: Metric) -> Quality:
+    """A metric's quality: Bad when null, else by its ``Quality`` property (192 and above
+    good, 64 to 191 uncertain, below 64 bad), good without one."""
+    if metric.is_null or metric.value is None:
+        return Quality.BAD
+    prop = metric.properties.get("Quality")
+    code = prop.value if prop is not None else None
+    if not isinstance(code, int) or isinstance(code, bool):
+        return Quality.GOOD
+    if code >= codec.QUALITY_GOOD:
+        return Quality.GOOD
+    return Quality.UNCERTAIN if code >= codec.QUALITY_UNCERTAIN else Quality.BAD
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one message means: samples to publish, whether to ask its node for a rebirth,
+    and a line saying what was wrong with it (None when nothing was)."""
+
+    samples: tuple[Sample, ...] = ()
+    rebirth: bool = False
+    problem: str | None = None
+
+
+@dataclass(slots=True)
+class _Metric:
+    name: str
+    datatype: DataType | None
+    point: str | None  # the point it feeds; None: not a point
+    declared: HostPoint | None
+
+
+@dataclass(slots=True)
+class _Holder:
+    """The metrics a birth declared: a node's own, or one device's."""
+
+    by_name: dict[str, _Metric] = field(default_factory=dict)
+    by_alias: dict[int, _Metric] = field(default_factory=dict)
+    online: bool = True
+
+    def find(self, metric: Metric) -> _Metric | None:
+        if metric.alias is not None and metric.alias in self.by_alias:
+            return self.by_alias[metric.alias]
+        return self.by_name.get(metric.name) if metric.name is not None else None
+
+
+@dataclass(slots=True)
+class _Node:
+    bd_seq: int | None
+    seq: int | None  # the last seq received
+    own: _Holder
+    devices: dict[str, _Holder] = field(default_factory=dict)
+    online: bool = True
+
+
+class HostTracker:
+    """The host's picture of one group's edge nodes. Sans-IO; times are ``time.time()``."""
+
+    def __init__(
+        self,
+        points: Iterable[HostPoint] = (),
+        *,
+        learn: bool = True,
+        max_points: int = 10_000,
+        rebirth_interval: float = 5.0,
+    ) -> None:
+        self.declared = {(p.node, p.device, p.metric): p for p in points}
+        self.by_point = {p.name: p for p in self.declared.values()}
+        self.learn = learn
+        self.max_points = max_points
+        self.rebirth_interval = rebirth_interval
+        self.nodes: dict[str, _Node] = {}
+        self.learnt: set[str] = set()  # learnt point names, at most max_points
+        self._asked: dict[str, float] = {}  # node -> when it was last asked to rebirth
+        # counters
+        self.seq_gaps = 0
+        self.unborn = 0  # data of a node or device not born: dropped
+        self.unknown_metrics = 0  # a metric no birth declared: dropped
+        self.stale_deaths = 0  # NDEATH of an older session: ignored
+        self.type_errors = 0  # a value that does not fit its declared point's type
+        self.over_limit = 0  # learnt names refused past max_points
+
+    # --- messages ---------------------------------------------------------------------------
+
+    def datatype(self, where: Topic) -> codec.DatatypeLookup:
+        """The `codec.decode_payload` lookup for a message on ``where``: the birth's datatype
+        of a metric a DATA message sends without one."""
+
+        def lookup(name: str | None, alias: int | None) -> DataType | None:
+            holder = self._holder(where)
+            found = holder.find(Metric(name, alias)) if holder is not None else None
+            return found.datatype if found is not None else None
+
+        return lookup
+
+    def _holder(self, where: Topic) -> _Holder | None:
+        node = self.nodes.get(where.node)
+        if node is None:
+            return None
+        return node.own if where.device is None else node.devices.get(where.device)
+
+    def receive(self, where: Topic, payload: Payload, now: float) -> Outcome:
+        """What the message ``payload`` on ``where`` (of this tracker's group) means."""
+        kind = where.message_type
+        if kind == "NBIRTH":
+            return self._nbirth(where, payload, now)
+        if kind == "NDEATH":
+            return self._ndeath(where, payload, now)
+        if kind in ("NCMD", "DCMD"):
+            return Outcome()  # commands (ours, or another host's) are not readings
+        node = self.nodes.get(where.node)
+        if node is None or not node.online:
+            self.unborn += 1
+            return self._ask(where.node, now, f"{kind} of edge node {where.node}, not born")
+        gap = self._gap(node, payload)
+        if kind == "DBIRTH":
+            outcome = self._dbirth(node, where, payload, now)
+        elif kind == "DDEATH":
+            outcome = self._ddeath(node, where, now)
+        else:  # NDATA, DDATA
+            outcome = self._data(node, where, payload, now)
+        if gap is None:
+            return outcome
+        asked = self._ask(where.node, now, gap)
+        return Outcome(outcome.samples, asked.rebirth, outcome.problem or gap)
+
+    def _gap(self, node: _Node, payload: Payload) -> str | None:
+        """Why the seq of ``payload`` is not the next one of its node's, None if it is."""
+        seq, last = payload.seq, node.seq
+        if seq is None:
+            return None
+        node.seq = seq
+        if last is None or seq == codec.next_seq(last):
+            return None
+        self.seq_gaps += 1
+        return f"seq {seq} after {last}: messages lost"
+
+    def _ask(self, node: str, now: float, problem: str) -> Outcome:
+        """Drop a message that cannot be read, and ask its node for a rebirth unless it was
+        asked less than ``rebirth_interval`` ago."""
+        last = self._asked.get(node, -math.inf)
+        if now - last < self.rebirth_interval:
+            return Outcome(problem=problem)
+        if len(self._asked) >= _MAX_ASKED:
+            self._asked.clear()
+        self._asked[node] = now
+        return Outcome(rebirth=True, problem=problem)
+
+    def _nbirth(self, where: Topic, payload: Payload, now: float) -> Outcome:
+        bd_seq = next(
+            (m.value for m in payload.metrics if m.name == BDSEQ and isinstance(m.value, int)),
+            None,
+        )
+        old = self.nodes.get(where.node)
+        node = _Node(bd_seq, payload.seq, _Holder())
+        if old is not None:  # devices are read again once born again: their points kept
+            node.devices = old.devices
+            for device in node.devices.values():
+                device.online = False
+        self.nodes[where.node] = node
+        self._asked.pop(where.node, None)
+        samples = self._declare(node.own, where.node, None, payload, now)
+        return Outcome(tuple(samples))
+
+    def _dbirth(self, node: _Node, where: Topic, payload: Payload, now: float) -> Outcome:
+        assert where.device is not None
+        holder = node.devices[where.device] = _Holder()
+        return Outcome(tuple(self._declare(holder, where.node, where.device, payload, now)))
+
+    def _declare(
+        self, holder: _Holder, node: str, device: str | None, payload: Payload, now: float
+    ) -> list[Sample]:
+        """A birth's metrics into ``holder``; the samples of those that are points."""
+        samples: list[Sample] = []
+        for metric in payload.metrics:
+            if metric.name is None:
+                continue  # a birth names every metric; a nameless one cannot be a point
+            declared = self.declared.get((node, device, metric.name))
+            point = declared.name if declared is not None else self._learn(node, device, metric)
+            known = _Metric(metric.name, metric.datatype, point, declared)
+            holder.by_name[metric.name] = known
+            if metric.alias is not None:
+                holder.by_alias[metric.alias] = known
+            sample = self._sample(known, metric, payload, now)
+            if sample is not None:
+                samples.append(sample)
+        return samples
+
+    def _learn(self, node: str, device: str | None, metric: Metric) -> str | None:
+        assert metric.name is not None
+        if not self.learn or metric.name == BDSEQ or metric.name.startswith(_CONTROL):
+            return None
+        name = learnt_name(node, device, metric.name)
+        if name in self.by_point:
+            return None  # a declared point's name: the declared metric feeds it
+        if name not in self.learnt:
+            if len(self.learnt) >= self.max_points:
+                self.over_limit += 1
+                return None
+            self.learnt.add(name)
+        return name
+
+    def _data(self, node: _Node, where: Topic, payload: Payload, now: float) -> Outcome:
+        holder = self._holder(where)
+        if holder is None or not holder.online:
+            self.unborn += 1
+            what = f"{where.message_type} of device {where.node}/{where.device}"
+            return self._ask(where.node, now, f"{what}, not born")
+        samples: list[Sample] = []
+        unknown: list[str] = []
+        for metric in payload.metrics:
+            known = holder.find(metric)
+            if known is None:
+                unknown.append(metric.name or f"alias {metric.alias}")
+                continue
+            sample = self._sample(known, metric, payload, now)
+            if sample is not None:
+                samples.append(sample)
+        if not unknown:
+            return Outcome(tuple(samples))
+        self.unknown_metrics += len(unknown)
+        problem = f"{where.message_type} metric not in the birth: {unknown[0]}"
+        asked = self._ask(where.node, now, problem)
+        return Outcome(tuple(samples), asked.rebirth, asked.problem)
+
+    def _sample(
+        self, known: _Metric, metric: Metric, payload: Payload, now: float
+    ) -> Sample | None:
+        if known.point is None:
+            return None
+        stamp = metric.timestamp if metric.timestamp is not None else payload.timestamp
+        ts = stamp / 1000 if stamp is not None else now
+        quality = quality_of(metric)
+        value: Value = None if quality is Quality.BAD else metric.value
+        reason = "null value" if metric.is_null or metric.value is None else None
+        if reason is None and quality is Quality.BAD:
+            reason = "bad quality at the edge node"
+        declared = known.declared
+        if declared is not None and value is not None:
+            try:
+                value = mqtt_codec.convert(value, declared.type)
+            except ValueError as exc:
+                self.type_errors += 1
+                value, quality, reason = None, Quality.BAD, f"not a {declared.type}: {exc}"
+        unit = declared.unit if declared is not None else None
+        return Sample(known.point, value, quality, ts, now, unit, reason)
+
+    def _ddeath(self, node: _Node, where: Topic, now: float) -> Outcome:
+        assert where.device is not None
+        holder = node.devices.get(where.device)
+        if holder is None:
+            return Outcome()
+        holder.online = False
+        return Outcome(tuple(_lost(holder, now, "device offline (DDEATH)")))
+
+    def _ndeath(self, where: Topic, payload: Payload, now: float) -> Outcome:
+        node = self.nodes.get(where.node)
+        if node is None or not node.online:
+            return Outcome()
+        bd_seq = next((m.value for m in payload.metrics if m.name == BDSEQ), None)
+        if node.bd_seq is not None and bd_seq is not None and bd_seq != node.bd_seq:
+            self.stale_deaths += 1
+            return Outcome(problem=f"NDEATH bdSeq {bd_seq} of an older session (now {node.bd_seq})")
+        node.online = False
+        samples = list(_lost(node.own, now, "edge node offline (NDEATH)"))
+        for device in node.devices.values():
+            if device.online:
+                device.online = False
+                samples.extend(_lost(device, now, "edge node offline (NDEATH)"))
+        return Outcome(tuple(samples))
+
+    # --- the adapter's questions ------------------------------------------------------------
+
+    def forget(self) -> list[str]:
+        """The broker connection is gone: no session can be followed across it. The nodes
+        that were online, to ask for a rebirth once connected again."""
+        online = [name for name, node in self.nodes.items() if node.online]
+        self.nodes.clear()
+        self._asked.clear()
+        return online
+
+    def where(self, point: str) -> tuple[HostPoint, _Metric | None, bool]:
+        """A declared point's metric: the declaration, what the birth in force said of it
+        (None before one), and whether its node (and device) is online; KeyError if
+        ``point`` is not declared."""
+        declared = self.by_point[point]
+        node = self.nodes.get(declared.node)
+        if node is None or not node.online:
+            return declared, None, False
+        holder = node.own if declared.device is None else node.devices.get(declared.device)
+        if holder is None:
+            return declared, None, False
+        return declared, holder.by_name.get(declared.metric), holder.online
+
+    def online(self) -> dict[str, str]:
+        """Each node seen in this connection: online or offline."""
+        return {name: "online" if n.online else "offline" for name, n in self.nodes.items()}
+
+    def devices_online(self) -> int:
+        return sum(
+            1 for n in self.nodes.values() if n.online for d in n.devices.values() if d.online
+        )
+
+
+def _lost(holder: _Holder, now: float, reason: str) -> Iterable[Sample]:
+    for known in holder.by_name.values():
+        if known.point is not None:
+            unit = known.declared.unit if known.declared is not None else None
+            yield Sample(known.point, None, Quality.BAD, now, now, unit, reason)

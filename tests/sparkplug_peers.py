@@ -1,0 +1,157 @@
+"""Sparkplug peers we did not write, as test helpers: Eclipse Tahu's JavaScript host codec
+(tests/interop/node/sparkplug_host.js) and edge node client (sparkplug_edge.js), each a node
+process that reads JSON commands on stdin and prints one JSON object per line; a TCP proxy
+that cuts the gateway's broker connection alone, and `gateway run` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import HOST, NODE_DIR, free_port
+
+GROUP, NODE = "plant1", "edge-01"
+GATEWAY = [sys.executable, "-m", "gateway"]
+Msg = dict[str, Any]
+
+
+class NodeScript:
+    """A node script's process: every line it printed, and JSON commands to send it."""
+
+    def __init__(self, script: str, *args: str) -> None:
+        node = shutil.which("node")
+        package = "sparkplug-client" if script == "sparkplug_edge.js" else "sparkplug-payload"
+        if node is None or not (NODE_DIR / "node_modules" / package).is_dir():
+            pytest.fail(f"node or {package} missing in {NODE_DIR}: run scripts/install-peers.sh")
+        self.proc = subprocess.Popen(
+            [node, str(NODE_DIR / script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[Msg] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(json.loads(line))
+
+    def printed(self) -> list[Msg]:
+        with self._lock:
+            return list(self.lines)
+
+    def ready(self) -> bool:
+        return any(m.get("ready") for m in self.printed())
+
+    def send(self, command: Msg) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Host(NodeScript):
+    """The Tahu JS host script: every message it decoded, and commands to send."""
+
+    def __init__(self, port: int, primary: str | None = None) -> None:
+        super().__init__("sparkplug_host.js", str(port), HOST, *([primary] if primary else []))
+
+    def messages(self, kind: str | None = None, device: str | None = None) -> list[Msg]:
+        return [
+            m
+            for m in self.printed()
+            if "type" in m
+            and (kind is None or m["type"] == kind)
+            and (device is None or m["device"] == device)
+        ]
+
+    def command(self, **command: Any) -> None:
+        self.send({"group": GROUP, "node": NODE, **command})
+
+
+class Edge(NodeScript):
+    """The Tahu JS edge node (sparkplug-client): births given at start, then commands; the
+    DCMD and NCMD it received are among what it printed (``events``)."""
+
+    def __init__(self, port: int, group: str, node: str, births: Msg) -> None:
+        super().__init__("sparkplug_edge.js", str(port), group, node, HOST)
+        self.send(births)
+
+    def events(self, kind: str) -> list[Msg]:
+        return [m for m in self.printed() if m.get("event") == kind]
+
+    def reborn(self) -> int:
+        """Births published again on a rebirth request (NCMD)."""
+        return sum(1 for m in self.printed() if m.get("sent") == "rebirth")
+
+
+class Proxy:
+    """TCP between the gateway and the broker; ``down()`` refuses and cuts connections, so the
+    gateway loses its broker while the host stays subscribed."""
+
+    def __init__(self, target: int) -> None:
+        self.port = free_port()
+        self.target = target
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._serve, HOST, self.port, reuse_address=True)
+
+    async def down(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        if server is not None:
+            await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(HOST, self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@contextlib.asynccontextmanager
+async def running(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY, "run", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
