@@ -555,3 +555,42 @@ class TestSparkplugHost(ProtocolConformance):
 
     async def stimulate(self, peer: tuple[MosquittoBroker, Edge], adapter: Adapter) -> None:
         peer[1].send({"cmd": "ndata", "metrics": [{"name": "Temp", "value": 21.5}]})
+
+
+def test_a_malformed_or_unreadable_message_is_counted_and_the_connection_kept() -> None:
+    """Garbage on a DDATA topic, and a message whose reading fails unexpectedly, are counted
+    and said; nothing escapes into paho (which would drop the connection for it)."""
+    import paho.mqtt.client as paho
+
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+    from protocols.sparkplug.config import SparkplugHost
+    from protocols.sparkplug.host import SparkplugHostAdapter
+
+    bus = Bus()
+    seen = bus.subscribe("telemetry/spb", maxsize=100, name="t")
+    config = SparkplugHost(host=HOST, group=GROUP)
+    adapter = SparkplugHostAdapter("spb", config, AdapterContext(bus, "gw"))
+
+    def message(topic: str, payload: bytes) -> paho.MQTTMessage:
+        msg = paho.MQTTMessage(topic=topic.encode())
+        msg.payload = payload
+        return msg
+
+    adapter._on_message(None, None, message(f"spBv1.0/{GROUP}/DDATA/{NODE}/pump1", b"\xff\x01"))
+    assert adapter.bad_payloads == 1
+    nbirth = codec.encode_payload(_nbirth())
+    adapter._on_message(None, None, message(f"spBv1.0/{GROUP}/NBIRTH/{NODE}", nbirth))
+    got = seen.get_nowait()
+    assert got is not None and [s.point for s in got.samples] == ["E1.Temp"]
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    adapter.tracker.receive = broken  # type: ignore[method-assign]
+    adapter._on_message(None, None, message(f"spBv1.0/{GROUP}/NDATA/{NODE}", nbirth))
+    assert adapter.bad_payloads == 2
+    # other groups' and other namespaces' messages are not this host's
+    adapter._on_message(None, None, message("spBv1.0/other/NBIRTH/x", b"\xff"))
+    adapter._on_message(None, None, message("spBv1.0/STATE/scada", b"{}"))
+    assert adapter.bad_payloads == 2 and adapter.received == 3

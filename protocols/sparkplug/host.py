@@ -145,6 +145,15 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
+            self._read(msg)
+        except Exception as exc:
+            # Last line of defence: paho drops the connection on an exception out of a
+            # callback, and a node's every message would then drop every reconnect.
+            self.bad_payloads += 1
+            self._say(f"message on {msg.topic} not read: {type(exc).__name__}: {exc}")
+
+    def _read(self, msg: paho.MQTTMessage) -> None:
+        try:
             where = codec.parse_topic(msg.topic)
         except ValueError:
             return  # STATE and other namespaces' topics: not an edge node's
