@@ -463,14 +463,18 @@ async def test_a_host_reads_a_tahu_edge_node_and_writes_it_through_a_modbus_serv
             # A null value is Bad; DDEATH makes the device's points Bad
             edge.send({"cmd": "null", "device": "pump1", "name": "Outputs/Run"})
             bad = await wait_for(_value(sub, "E1.pump1.Outputs.Run", lambda m: m["value"] is None))
-            assert bad["quality"] == "bad"
+            assert bad["quality"] == "bad" and bad["reason"] == "null value"
             edge.send({"cmd": "ddeath", "device": "pump2"})
-            await wait_for(_value(sub, "E1.pump2.Level", lambda m: m["quality"] == "bad"))
+            dead = await wait_for(_value(sub, "E1.pump2.Level", lambda m: m["quality"] == "bad"))
+            assert dead["reason"] == "device offline (DDEATH)"
 
             # The edge node dies: its will (NDEATH, the NBIRTH's bdSeq) makes every point Bad
             edge.send({"cmd": "kill"})
-            await wait_for(_value(sub, "temp", lambda m: m["quality"] == "bad"), timeout=15)
-            await wait_for(_value(sub, "setpoint", lambda m: m["quality"] == "bad"), timeout=5)
+            for point in ("temp", "setpoint", "speed", "E1.pump1.Outputs.Run"):
+                await wait_for(
+                    _value(sub, point, lambda m: m["quality"] == "bad" and m["value"] is None
+                           and m["reason"] == "edge node offline (NDEATH)"),
+                    timeout=15, message=f"{point} Bad after NDEATH")  # fmt: skip
 
             # A clean stop says STATE offline itself, with the timestamp of its online
             proc.send_signal(signal.SIGTERM)
