@@ -598,3 +598,38 @@ def test_a_malformed_or_unreadable_message_is_counted_and_the_connection_kept() 
     adapter._on_message(None, None, message("spBv1.0/other/NBIRTH/x", b"\xff"))
     adapter._on_message(None, None, message("spBv1.0/STATE/scada", b"{}"))
     assert adapter.bad_payloads == 2 and adapter.received == 3
+
+
+def test_historical_data_is_published_and_followed_by_the_current_value() -> None:
+    """A node sends what it buffered offline as historical DATA after its births: a target
+    that keeps the latest value must end on the birth's (current) one, not on the history."""
+    tracker = _born()  # Inputs/Speed 2.5 at 1.5 s (the birth)
+    where = _at("DDATA", "pump1")
+    old = Payload(
+        3000,
+        (
+            Metric(alias=10, timestamp=1200, value=1.0, is_historical=True),
+            Metric(alias=10, timestamp=1300, value=1.5, is_historical=True),
+            Metric(alias=11, timestamp=1300, value=-1, is_historical=True),
+        ),
+        2,
+    )
+    out = tracker.receive(where, old, 20.0)
+    got = [(s.point, s.value, s.source_ts) for s in out.samples]
+    assert got == [
+        ("E1.pump1.Inputs.Speed", 1.0, 1.2),
+        ("E1.pump1.Inputs.Speed", 1.5, 1.3),
+        ("E1.pump1.Setpoint", -1, 1.3),
+        ("E1.pump1.Inputs.Speed", 2.5, 1.5),  # the current value again, last
+        ("E1.pump1.Setpoint", -5, 2.0),  # its birth had no metric timestamp: the payload's
+    ]
+    # history newer than the current value (a node whose clock went on) is not followed
+    newer = Payload(3000, (Metric(alias=10, timestamp=9000, value=4.0, is_historical=True),), 3)
+    out = tracker.receive(where, newer, 21.0)
+    assert [(s.value, s.source_ts) for s in out.samples] == [(4.0, 9.0)]
+    # live data is the current value from then on
+    live = Payload(3000, (Metric(alias=10, timestamp=9500, value=5.0),), 4)
+    tracker.receive(where, live, 22.0)
+    out = tracker.receive(where, Payload(3000, (Metric(alias=10, timestamp=9100, value=4.5,
+                                                       is_historical=True),), 5), 23.0)  # fmt: skip
+    assert [s.value for s in out.samples] == [4.5, 5.0]

@@ -25,7 +25,11 @@ Points: a metric is a point when it is declared (`HostPoint`: node, device, metr
 learnt names (they come from the broker). Values are taken by the datatype the birth gave
 (a DATA message may leave it out); a metric's ``Quality`` property (Ignition's convention: 192
 good, 64 uncertain, below 64 bad) sets the sample's quality, a null value is Bad.
-A historical metric (``is_historical``) is published with its own timestamp, as any other.
+A historical metric (``is_historical``: what a node buffered while offline, sent after its
+births) is published with its own timestamp, and followed in the same message by the metric's
+current sample when that is newer, so a target that keeps the latest value (a server's
+register or variable) ends on the current one, and one that keeps every sample (MQTT) gets the
+history too.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class _Metric:
     datatype: DataType | None
     point: str | None  # the point it feeds; None: not a point
     declared: HostPoint | None
+    current: Sample | None = None  # the latest sample that was not historical
 
 
 @dataclass(slots=True)
@@ -271,6 +276,7 @@ class HostTracker:
             return self._ask(where.node, now, f"{what}, not born")
         samples: list[Sample] = []
         unknown: list[str] = []
+        past: dict[str, _Metric] = {}  # points that got a historical sample
         for metric in payload.metrics:
             known = holder.find(metric)
             if known is None:
@@ -279,6 +285,12 @@ class HostTracker:
             sample = self._sample(known, metric, payload, now)
             if sample is not None:
                 samples.append(sample)
+                if metric.is_historical:
+                    past[sample.point] = known
+        for point, known in past.items():
+            last = max((s.source_ts for s in samples if s.point == point), default=0.0)
+            if known.current is not None and known.current.source_ts > last:
+                samples.append(known.current)  # the target ends on the current value
         if not unknown:
             return Outcome(tuple(samples))
         self.unknown_metrics += len(unknown)
@@ -306,7 +318,10 @@ class HostTracker:
                 self.type_errors += 1
                 value, quality, reason = None, Quality.BAD, f"not a {declared.type}: {exc}"
         unit = declared.unit if declared is not None else None
-        return Sample(known.point, value, quality, ts, now, unit, reason)
+        sample = Sample(known.point, value, quality, ts, now, unit, reason)
+        if not metric.is_historical:
+            known.current = sample
+        return sample
 
     def _ddeath(self, node: _Node, where: Topic, now: float) -> Outcome:
         assert where.device is not None
@@ -369,4 +384,5 @@ def _lost(holder: _Holder, now: float, reason: str) -> Iterable[Sample]:
     for known in holder.by_name.values():
         if known.point is not None:
             unit = known.declared.unit if known.declared is not None else None
-            yield Sample(known.point, None, Quality.BAD, now, now, unit, reason)
+            known.current = Sample(known.point, None, Quality.BAD, now, now, unit, reason)
+            yield known.current
