@@ -266,25 +266,11 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
 
     # --- closing ----------------------------------------------------------------------------
 
-    async def _close(self) -> None:
-        """(STATE offline,) DISCONNECT, close."""
-        loop, client = self._loop, self._client
-        try:
-            if loop is None or client is None:
-                return
-            await self._await_connect_job()
-            if self._connected and self._state_topic is not None:
-                offline = codec.encode_state(HostState(False, self._state_ts))
-                await self._goodbye(self._state_topic, offline, retain=True)
-            elif self._connected:
-                await self._goodbye()
-            self._drop_socket()
-            self._connection_lost("adapter closed")
-        finally:
-            self._connected = False
-            self._cancel_misc_timer()
-            if client is not None:
-                self.uninstall(client)
+    def _last_words(self) -> tuple[str, bytes, bool] | None:
+        """STATE offline (retained) with this connection's timestamp, as a Primary Host."""
+        if self._state_topic is None:
+            return None
+        return self._state_topic, codec.encode_state(HostState(False, self._state_ts)), True
 
     # --- status -----------------------------------------------------------------------------
 

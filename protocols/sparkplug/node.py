@@ -316,7 +316,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             self.name,
             why,
         )
-        await self._goodbye(self._topic("NDEATH"), self._ndeath())
+        await self._goodbye(self._last_words())
         disconnected = self._disconnected
         if disconnected is not None and not disconnected.done():  # no answer to DISCONNECT
             self._drop_socket()
@@ -627,26 +627,13 @@ class SparkplugAdapter(SparkplugSession, Adapter):
 
     # --- closing ----------------------------------------------------------------------------
 
-    async def _close(self) -> None:
-        """NDEATH, DISCONNECT, close."""
-        loop, client = self._loop, self._client
-        try:
-            for write in list(self._writes):
-                write.cancel()
-            if loop is None or client is None:
-                return
-            await self._await_connect_job()
-            if self._connected:
-                self._ready = False
-                await self._goodbye(self._topic("NDEATH"), self._ndeath())
-            self._drop_socket()
-            self._connection_lost("adapter closed")
-        finally:
-            self._connected = False
-            self._ready = False
-            self._cancel_misc_timer()
-            if client is not None:
-                self.uninstall(client)
+    def _stopping(self) -> None:
+        self._ready = False  # send() buffers from now on
+        for write in list(self._writes):
+            write.cancel()
+
+    def _last_words(self) -> tuple[str, bytes, bool]:
+        return self._topic("NDEATH"), self._ndeath(), False
 
     def _connection_lost(self, reason: str) -> None:
         self._ready = False

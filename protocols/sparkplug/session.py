@@ -84,19 +84,15 @@ class SparkplugSession(PahoOnLoop):
         self._goodbye_acked = asyncio.Event()
         return client
 
-    async def _goodbye(
-        self, topic: str | None = None, payload: bytes = b"", *, retain: bool = False
-    ) -> None:
-        """``payload`` on ``topic``, if any (QoS 1; its PUBACK awaited up to
-        ``drain_timeout``), then DISCONNECT and the connection's end (1 s at most)."""
+    async def _goodbye(self, words: tuple[str, bytes, bool] | None) -> None:
+        """The last ``words`` (topic, payload, retain), if any: QoS 1, its PUBACK awaited up
+        to ``drain_timeout``; then DISCONNECT and the connection's end (1 s at most)."""
         client, acked = self._client, self._goodbye_acked
         assert client is not None
-        if acked is not None:
+        if words is not None and acked is not None:
             acked.clear()
-        if topic is not None:
-            info = client.publish(topic, payload, qos=1, retain=retain)
-            self._goodbye_mid = info.mid
-        if topic is not None and acked is not None:
+            topic, payload, retain = words
+            self._goodbye_mid = client.publish(topic, payload, qos=1, retain=retain).mid
             try:
                 async with asyncio.timeout(self.drain_timeout):
                     await acked.wait()
@@ -115,14 +111,38 @@ class SparkplugSession(PahoOnLoop):
             task = self._close_task = asyncio.ensure_future(self._close())
         await asyncio.shield(task)
 
-    @abc.abstractmethod
     async def _close(self) -> None:
-        """Say goodbye (`_goodbye`), drop the connection, release the client."""
+        """`_stopping`; the `_last_words` and DISCONNECT (`_goodbye`) while connected; the
+        connection dropped and the client released."""
+        loop, client = self._loop, self._client
+        try:
+            self._stopping()
+            if loop is None or client is None:
+                return
+            await self._await_connect_job()
+            if self._connected:
+                await self._goodbye(self._last_words())
+            self._drop_socket()
+            self._connection_lost("adapter closed")
+        finally:
+            self._connected = False
+            self._cancel_misc_timer()
+            if client is not None:
+                self.uninstall(client)
+
+    def _stopping(self) -> None:  # noqa: B027 - optional, nothing by default
+        """The close has begun: what the class stops first (before any I/O)."""
+
+    @abc.abstractmethod
+    def _last_words(self) -> tuple[str, bytes, bool] | None:
+        """What a clean stop publishes before DISCONNECT (topic, payload, retain), since
+        DISCONNECT drops the will that would say it; None: nothing."""
 
     # --- paho protocol callbacks (loop thread) ------------------------------------------------
 
+    @abc.abstractmethod
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        raise NotImplementedError
+        """A message on a subscribed topic: the node's commands and STATE, the host's group."""
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
