@@ -450,6 +450,8 @@ bridges:
                 break
             await asyncio.sleep(0.25)
         births = await wait_for(lambda: host.messages("DBIRTH", "broker"), timeout=5)
+        # no DBIRTH before the device has a metric (the source names none before its data)
+        assert all(b["payload"]["metrics"] for b in births), births
         metrics = metrics_by_name(births[-1])
         assert metrics["temp"]["type"] == "Double" and metrics["temp"]["value"] == 21.5
         assert metrics["fan.on"]["type"] == "Boolean" and metrics["fan.on"]["value"] is True

@@ -348,7 +348,8 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         return info.mid
 
     def _births(self) -> None:
-        """NBIRTH (seq 0) and a DBIRTH for every device that is alive."""
+        """NBIRTH (seq 0) and a DBIRTH for every device that is alive and has metrics (a
+        source that names its points at run time has none before its first data)."""
         self._seq = 0
         node_metrics = (
             Metric(BDSEQ, datatype=DataType.INT64, value=self._bd_seq, timestamp=_now_ms()),
@@ -360,7 +361,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             return
         self.births += 1
         for device in self._devices.values():
-            if device.alive:
+            if device.alive and device.metrics:
                 self._birth(device)
 
     def _birth(self, device: _Device) -> None:
