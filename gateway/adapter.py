@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
@@ -49,6 +50,11 @@ class AdapterContext:
 
 class Adapter(abc.ABC):
     """I/O for one protocol in one role, for one configured device or endpoint."""
+
+    # Prometheus' type of a `status` key: "counter" only grows, "gauge" goes both ways (a
+    # nested key takes the kind of its outermost part that has one). The gateway's own keys
+    # are typed in gateway.metrics.KINDS; a plugin's are untyped unless named here.
+    metric_kinds: ClassVar[Mapping[str, Literal["counter", "gauge"]]] = {}
 
     def __init__(self, name: str, config: Any, context: AdapterContext) -> None:
         self.name = name

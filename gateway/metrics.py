@@ -3,11 +3,14 @@
 The same figures as the status file (`gateway status`), scraped over HTTP in Prometheus' text
 format 0.0.4, so a fleet's gateways land in the dashboards and alerts its operators already
 have. Every number in an adapter's, a bridge's or a section's status becomes one sample:
-``protocol_brain_adapter_polls{adapter="plc",protocol="modbus",role="client"} 120``, a nested
-key joined with ``_`` (``protocol_brain_adapter_outbox_backlog``), true/false as 1/0; texts
-and lists are left out. The names follow the status keys, so a plugin's counters appear
-without code of its own. The types are ``untyped``: the status does not say which figures only
-grow. Plus the process' own (``process_resident_memory_bytes`` and the rest of the names
+``protocol_brain_adapter_polls_total{adapter="plc",protocol="modbus",role="client"} 120``, a
+nested key joined with ``_`` (``protocol_brain_adapter_outbox_backlog``), true/false as 1/0;
+texts and lists are left out. The names follow the status keys, so a plugin's counters appear
+without code of its own. Each family is typed from `KINDS`, the gateway's own status keys:
+``counter`` (it only grows, and its name ends in ``_total``; a restart of its part starts it
+again at zero, which ``rate()`` takes as a reset) or ``gauge``. A plugin's keys are typed by its
+adapter's ``metric_kinds``, and are ``untyped`` otherwise, as is a family whose samples
+disagree. Plus the process' own (``process_resident_memory_bytes`` and the rest of the names
 Prometheus' client libraries use), read from /proc where there is one.
 
 Rendering (`exposition`) is free of I/O; `MetricsServer` is a small HTTP/1.1 responder on the
@@ -28,7 +31,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger("gateway.metrics")
 
@@ -42,6 +45,40 @@ CACHE_S = 1.0  # scrapers in a burst (several Prometheus replicas) share one pag
 
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 Labels = tuple[tuple[str, str], ...]
+MetricKind = Literal["counter", "gauge"]
+
+# What the gateway's own status keys are. A sample takes the kind of the first part of its key
+# path found here, from the top: ``writes_refused`` covers its reasons and ``exceptions`` its
+# codes, while ``outbox`` and ``anomaly`` are not here so their keys speak for themselves.
+_COUNTERS = (
+    # adapters
+    "polls polls_missed requests errors timeouts reconnects samples writes published"
+    " acknowledged dropped lost encode_errors received bad_payloads connections_total"
+    " connections_refused connections_evicted connections_idle_closed exceptions frame_errors"
+    " writes_ok writes_refused registrations notifications notifications_sent refused"
+    " observe_refused create_requests publishes updates logins_refused certificates_refused"
+    " births deaths rebirths historical bad_commands bad_states stale_states sessions_ended"
+    " seq_gaps not_born unknown_metrics stale_deaths type_errors over_max_points rebirths_asked"
+    " name_collisions state_republished run_failures"
+    # outbox, optimizer, bridges, bus, shadow, loop
+    " dropped_by_reason decisions forwarded failed scored_samples alarms computed skipped"
+    " unrouted attempted succeeded reported rejected record_errors history_skipped"
+    " history_merges history_capped stalls"
+)
+_GAUGES = (
+    "connected inflight queued points_refused port connections map_entries map_errors"
+    " observations items sessions variables bdSeq seq buffered online timestamp waiting"
+    " nodes_online nodes_offline devices_online devices_offline points_learnt backlog"
+    " backlog_bytes oldest_age_s disk_full drain_rate"
+    " decision decide_ms_mean rows_per_publish_recent rtt_s devices writing history_paused"
+    " history_staged history_merge_failing documents_paused documents_unsaved lag_ms_p50"
+    " lag_ms_p99 lag_ms_max"
+)
+KINDS: dict[str, MetricKind] = {
+    **dict.fromkeys(_COUNTERS.split(), "counter"),
+    **dict.fromkeys(_GAUGES.split(), "gauge"),
+}
+_PROCESS_KINDS: dict[str, MetricKind] = {"process_cpu_seconds_total": "counter"}
 
 
 def exposition(
@@ -52,47 +89,66 @@ def exposition(
     started: float,
     entries: Mapping[str, tuple[str, str]],
     process: Mapping[str, float] | None = None,
+    kinds: Mapping[str, Mapping[str, MetricKind]] | None = None,
 ) -> str:
     """The text page for ``status`` (`Gateway.status`); ``entries``: each adapter's
-    (protocol, role) for its labels; ``process``: `process_metrics`."""
-    families: dict[str, list[tuple[Labels, float]]] = {}
+    (protocol, role) for its labels; ``process``: `process_metrics`; ``kinds``: an adapter's
+    own `KINDS` for its keys (``Adapter.metric_kinds``), looked up before ours."""
+    families: dict[str, list[tuple[Labels, float, MetricKind | None]]] = {}
 
-    def add(name: str, labels: Labels, value: float) -> None:
-        families.setdefault(name, []).append((labels, value))
+    def add(name: str, labels: Labels, value: float, kind: MetricKind | None) -> None:
+        families.setdefault(name, []).append((labels, value, kind))
 
-    add(PREFIX + "info", (("gateway", gateway), ("version", version)), 1)
-    add(PREFIX + "start_time_seconds", (), started)
+    add(PREFIX + "info", (("gateway", gateway), ("version", version)), 1, "gauge")
+    add(PREFIX + "start_time_seconds", (), started, "gauge")
     for section, value in status.items():
         if section == "adapters" and isinstance(value, Mapping):
             for name, counters in value.items():
                 protocol, role = entries.get(name, ("", ""))
                 labels = (("adapter", name), ("protocol", protocol), ("role", role))
-                for key, number in _numbers(counters):
-                    add(f"{PREFIX}adapter_{key}", labels, number)
+                own = (kinds or {}).get(name, {})
+                for path, number in _numbers(counters):
+                    add(f"{PREFIX}adapter_{_joined(path)}", labels, number, _kind(path, own))
         elif section == "bridges" and isinstance(value, Mapping):
             for name, counters in value.items():
-                for key, number in _numbers(counters):
-                    add(f"{PREFIX}bridge_{key}", (("bridge", name),), number)
-        else:
-            for key, number in _numbers(value):
-                add(f"{PREFIX}{_name(section)}_{key}", (), number)
+                for path, number in _numbers(counters):
+                    add(f"{PREFIX}bridge_{_joined(path)}", (("bridge", name),), number, _kind(path))
+        elif isinstance(value, Mapping):
+            for path, number in _numbers(value, (section,)):
+                add(PREFIX + _joined(path), (), number, _kind(path))
     for name, number in (process or {}).items():
-        add(name, (), number)
+        add(name, (), number, _PROCESS_KINDS.get(name, "gauge"))
     lines = []
     for name, samples in families.items():
-        lines.append(f"# TYPE {name} untyped")
-        lines.extend(f"{name}{_labels(labels)} {_value(v)}" for labels, v in samples)
+        found = {kind for _, _, kind in samples}
+        kind = found.pop() if len(found) == 1 else None
+        if kind == "counter" and not name.endswith("_total"):
+            name += "_total"  # the counters' suffix in Prometheus' conventions and OpenMetrics
+        lines.append(f"# TYPE {name} {kind or 'untyped'}")
+        lines.extend(f"{name}{_labels(labels)} {_value(v)}" for labels, v, _ in samples)
     return "\n".join(lines) + "\n"
 
 
-def _numbers(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
-    """(joined key, number) for every number or bool in a status value."""
+def _numbers(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:
+    """(key path, number) for every number or bool in a status value."""
     if isinstance(value, int | float):  # bools included, as 1 and 0
         if path:
             yield path, float(value)
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _numbers(item, f"{path}_{_name(str(key))}" if path else _name(str(key)))
+            yield from _numbers(item, (*path, str(key)))
+
+
+def _kind(path: tuple[str, ...], own: Mapping[str, MetricKind] | None = None) -> MetricKind | None:
+    for part in path:
+        kind = (own or {}).get(part) or KINDS.get(part)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _joined(path: tuple[str, ...]) -> str:
+    return "_".join(_name(part) for part in path)
 
 
 def _name(text: str) -> str:

@@ -587,6 +587,7 @@ class Gateway:
                 started=self._started_at,
                 entries=entries,
                 process=metrics.process_metrics(),
+                kinds={n: a.metric_kinds for n, a in self.adapters.items()},
             )
 
         server = metrics.MetricsServer(settings.host, settings.port, page)

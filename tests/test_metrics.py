@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import HOST, find_binary, free_port, port_open
+from conftest import HOST, MosquittoBroker, find_binary, free_port, port_open, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import handover, metrics
@@ -20,11 +20,18 @@ from protocols.modbus.simulator import Simulator
 
 
 def _families(page: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Prometheus' parser's reading: name -> [(labels, value)] (it raises on a bad page)."""
-    return {
-        family.name: [(dict(s.labels), s.value) for s in family.samples]
-        for family in text_string_to_metric_families(page)
-    }
+    """Prometheus' parser's reading: sample name -> [(labels, value)] (it raises on a bad
+    page)."""
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return found
+
+
+def _types(page: str) -> dict[str, str]:
+    """Prometheus' parser's reading: sample name -> its family's type ("unknown": untyped)."""
+    return {s.name: f.type for f in text_string_to_metric_families(page) for s in f.samples}
 
 
 def test_every_number_of_the_status_becomes_a_sample_prometheus_reads() -> None:
@@ -52,13 +59,13 @@ def test_every_number_of_the_status_becomes_a_sample_prometheus_reads() -> None:
     assert found["protocol_brain_info"] == [({"gateway": "gw", "version": "1.2"}, 1.0)]
     assert found["protocol_brain_start_time_seconds"] == [({}, 1700000000.5)]
     assert found["protocol_brain_adapter_connected"] == [(plc, 1.0)]
-    assert found["protocol_brain_adapter_polls"] == [(plc, 12.0)]
+    assert found["protocol_brain_adapter_polls_total"] == [(plc, 12.0)]
     assert found["protocol_brain_adapter_outbox_backlog"] == [(broker, 5.0)]
     assert found["protocol_brain_adapter_outbox_bytes"] == [(broker, 1.5e9)]
-    assert found["protocol_brain_bridge_computed_computed"] == [({"bridge": "up"}, 2.0)]
-    assert found["protocol_brain_bus_published"] == [({}, 20.0)]
-    assert found["protocol_brain_writes_refused_Bad_Type"] == [({}, 1.0)]
-    assert found["protocol_brain_writes_refused__9lives"] == [({}, 2.0)]
+    assert found["protocol_brain_bridge_computed_computed_total"] == [({"bridge": "up"}, 2.0)]
+    assert found["protocol_brain_bus_published_total"] == [({}, 20.0)]
+    assert found["protocol_brain_writes_refused_Bad_Type_total"] == [({}, 1.0)]
+    assert found["protocol_brain_writes_refused__9lives_total"] == [({}, 2.0)]
     assert found["process_open_fds"] == [({}, 7.0)]
     (nan,) = found["protocol_brain_loop_lag_s"]
     assert nan[1] != nan[1]
@@ -67,6 +74,43 @@ def test_every_number_of_the_status_becomes_a_sample_prometheus_reads() -> None:
     assert not {n for n in names if "last_error" in n or "hosts" in n or "optimizer" in n}
     # one TYPE line per family, its samples together (the format requires it)
     assert page.count("# TYPE protocol_brain_adapter_connected ") == 1
+    # counters are named with _total on the page itself (the parser would add it if not)
+    assert "\n# TYPE protocol_brain_adapter_polls_total counter\n" in page
+    assert "\nprotocol_brain_adapter_polls_total{" in page
+    assert "\nprotocol_brain_adapter_connected{" in page
+    types = _types(page)
+    assert types["protocol_brain_adapter_polls_total"] == "counter"
+    assert types["protocol_brain_adapter_connected"] == "gauge"
+    assert types["protocol_brain_adapter_outbox_backlog"] == "gauge"  # outbox: by its keys
+    assert types["protocol_brain_adapter_outbox_bytes"] == "unknown"  # no key of ours
+    assert types["protocol_brain_writes_refused_Bad_Type_total"] == "counter"  # by writes
+    assert types["protocol_brain_bridge_computed_computed_total"] == "counter"
+    assert types["protocol_brain_info"] == types["protocol_brain_start_time_seconds"] == "gauge"
+    assert types["process_open_fds"] == "gauge"
+
+
+def test_a_plugin_types_its_own_keys_and_a_family_that_disagrees_is_untyped() -> None:
+    status = {
+        "adapters": {
+            "a": {"frames": 4, "depth": 2, "misc": 1, "queued": 3},
+            "b": {"frames": 5, "queued": 1},
+        }
+    }
+    page = metrics.exposition(
+        status,
+        gateway="gw",
+        version="1",
+        started=0,
+        entries={},
+        kinds={"a": {"frames": "counter", "depth": "gauge", "queued": "counter"}},
+    )
+    types = _types(page)
+    assert types["protocol_brain_adapter_depth"] == "gauge"
+    assert types["protocol_brain_adapter_misc"] == "unknown"
+    # a's frames are a counter, b says nothing of its own: one family, two kinds of sample
+    assert types["protocol_brain_adapter_frames"] == "unknown"
+    assert "\nprotocol_brain_adapter_frames{" in page  # so no _total
+    assert types["protocol_brain_adapter_queued"] == "unknown"  # a's word against ours
 
 
 def test_the_process_figures_are_read_from_proc() -> None:
@@ -122,14 +166,16 @@ async def test_a_running_gateway_serves_its_counters_to_curl(
         head, _, body = first.stdout.partition("\n\n")  # text mode: \r\n read as \n
         assert head.startswith("HTTP/1.1 200")
         assert "Content-Type: text/plain; version=0.0.4" in head
-        polls = _families(body)["protocol_brain_adapter_polls"]
+        polls = _families(body)["protocol_brain_adapter_polls_total"]
         labels = {"adapter": "plc", "protocol": "modbus", "role": "client"}
         assert [lab for lab, _ in polls] == [labels]
         await asyncio.sleep(metrics.CACHE_S + 0.3)
         later = _families((await _curl(url)).stdout)
-        assert later["protocol_brain_adapter_polls"][0][1] > polls[0][1], "counters move"
+        assert later["protocol_brain_adapter_polls_total"][0][1] > polls[0][1], "counters move"
         assert later["protocol_brain_adapter_connected"] == [(labels, 1.0)]
         assert later["process_resident_memory_bytes"][0][1] > 0
+        assert later["process_cpu_seconds_total"][0][1] > 0
+        assert _types(body)["process_cpu_seconds_total"] == "counter"
         # anything but GET /metrics
         other = await _curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{HOST}:{port}/")
         posted = await _curl("-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", url)
@@ -189,7 +235,7 @@ async def test_a_reload_moving_the_metrics_port_keeps_the_devices(
     _, stop, run = await _started(second, carried)
     try:
         scraped = await _curl(f"http://{HOST}:{new_port}/metrics")
-        assert "protocol_brain_adapter_polls" in _families(scraped.stdout)
+        assert "protocol_brain_adapter_polls_total" in _families(scraped.stdout)
     finally:
         stop.set()
         await asyncio.wait_for(run, 30)
@@ -219,3 +265,87 @@ async def test_clients_that_do_not_take_their_answer_are_dropped(
     for sock in [*stuck, idle]:
         sock.close()
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+def _everything_config(tmp_path: Path, device_port: int, broker: MosquittoBroker) -> str:
+    """A gateway with every part of ours that has a status: its peers may be down, the keys
+    are there all the same."""
+    dead = free_port()
+    mqtt = f"host: {broker.host}, port: {broker.port}"
+    return f"""
+gateway: {{name: every, status_interval: 0}}
+devices:
+  plc:
+    protocol: modbus
+    host: {HOST}
+    port: {device_port}
+    poll_groups: {{default: {{interval: 0.05}}}}
+    points: [{{name: t, address: 0, unit: degC}}, {{name: sp, address: 1, access: rw}}]
+  ua: {{protocol: opcua, url: "opc.tcp://{HOST}:{dead}", points: [{{name: x, node_id: "i=1"}}],
+       security: {{policy: "None", mode: "None", pki_dir: "{tmp_path}/ua"}}}}
+  co: {{protocol: coap, url: "coap://{HOST}:{dead}", points: [{{name: x, path: x}}]}}
+  spb: {{protocol: sparkplug, role: host, {mqtt}, group: g1, host_id: scada}}
+endpoints:
+  cloud: {{protocol: mqtt, {mqtt}, outbox: {{path: "{tmp_path}/outbox.db"}},
+          optimizer: {{model: heuristic, interval: 0.2}}}}
+  node: {{protocol: sparkplug, {mqtt}, group: g1, node: n1, primary_host: scada}}
+  uas: {{protocol: opcua, role: server, host: {HOST}, port: {free_port()},
+        security: {{allow_none: true, pki_dir: "{tmp_path}/uas"}}, anonymous: true}}
+  cos: {{protocol: coap, role: server, host: {HOST}, port: {free_port()}}}
+  mbs: {{protocol: modbus, role: server, host: {HOST}, port: {free_port()}}}
+shadow: {{path: "{tmp_path}/shadow.db"}}
+bridges:
+  - name: up
+    from: plc
+    to: cloud
+    topic: "m/{{device}}/{{point}}"
+    computed: [{{name: f, expr: "t * 2"}}]
+    anomaly: {{model: student, calibration: 50}}
+  - {{name: spb, from: plc, to: node}}
+  - {{name: ua, from: plc, to: uas}}
+  - {{name: co, from: plc, to: cos}}
+  - {{name: mb, from: plc, to: mbs, map: [{{point: t, address: 0}}]}}
+"""
+
+
+async def test_every_figure_of_the_gateways_own_parts_has_a_type(
+    tmp_path: Path, device_port: int, mosquitto: MosquittoBroker
+) -> None:
+    """Every number a part of ours puts in its status is typed counter or gauge: a key added
+    without a kind in gateway.metrics.KINDS fails here."""
+    from gateway.config import load_config_text
+
+    config = load_config_text(_everything_config(tmp_path, device_port, mosquitto))
+    gateway, stop, run = await _started(config)
+    try:
+        await wait_for(lambda: gateway.status()["adapters"]["plc"]["polls"] > 5, 20)
+        status = gateway.status()
+        page = metrics.exposition(
+            status,
+            gateway="every",
+            version="1",
+            started=0,
+            entries={n: (e.protocol, e.role) for n, e in config.devices.items()},
+            process=metrics.process_metrics(),
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)
+    assert set(status["adapters"]) == {
+        "plc",
+        "ua",
+        "co",
+        "spb",
+        "cloud",
+        "node",
+        "uas",
+        "cos",
+        "mbs",
+    }
+    assert {"outbox", "optimizer"} <= set(status["adapters"]["cloud"])
+    assert {"anomaly", "computed"} <= set(status["bridges"]["up"])
+    assert "primary_host" in status["adapters"]["node"]
+    types = _types(page)
+    untyped = sorted(name for name, kind in types.items() if kind not in ("counter", "gauge"))
+    assert not untyped, untyped
+    assert len(types) > 100  # the whole of it, not a page that came out short

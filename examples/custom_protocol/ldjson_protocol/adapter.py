@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 class LdjsonAdapter(Adapter):
     config: LdjsonDevice
 
+    # The type /metrics gives bad_lines (connected and received are typed by the gateway).
+    metric_kinds = {"bad_lines": "counter"}
+
     def __init__(self, name: str, config: LdjsonDevice, context: AdapterContext) -> None:
         super().__init__(name, config, context)
         self._types = {p.name: p.type for p in config.points}
