@@ -142,7 +142,7 @@ def _numbers(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str
 def _kind(path: tuple[str, ...], own: Mapping[str, MetricKind] | None = None) -> MetricKind | None:
     for part in path:
         kind = (own or {}).get(part) or KINDS.get(part)
-        if kind is not None:
+        if kind in ("counter", "gauge"):  # a plugin's typo must not break the page
             return kind
     return None
 

@@ -102,11 +102,11 @@ def test_a_plugin_types_its_own_keys_and_a_family_that_disagrees_is_untyped() ->
         version="1",
         started=0,
         entries={},
-        kinds={"a": {"frames": "counter", "depth": "gauge", "queued": "counter"}},
+        kinds={"a": {"frames": "counter", "depth": "gauge", "queued": "counter", "misc": "hist"}},
     )
     types = _types(page)
     assert types["protocol_brain_adapter_depth"] == "gauge"
-    assert types["protocol_brain_adapter_misc"] == "unknown"
+    assert types["protocol_brain_adapter_misc"] == "unknown"  # no such kind: not on the page
     # a's frames are a counter, b says nothing of its own: one family, two kinds of sample
     assert types["protocol_brain_adapter_frames"] == "unknown"
     assert "\nprotocol_brain_adapter_frames{" in page  # so no _total
