@@ -5,16 +5,30 @@ Layout of a PKI folder (the usual OPC UA one, so operators recognise it)::
     {pki_dir}/own/cert.der           our application certificate (generated on first run)
     {pki_dir}/own/private/key.pem    its private key (mode 0600)
     {pki_dir}/trusted/               peer certificates we accept (DER or PEM), or their CAs
+    {pki_dir}/issuers/               intermediate CAs that complete a chain, not trusted alone
+    {pki_dir}/crl/                   revocation lists of those CAs (*.crl, *.der, *.pem)
     {pki_dir}/rejected/              peers we refused, saved so an operator can move one to trusted
                                      (the newest REJECTED_MAX)
 
 Trust is decided per connection by `TrustList`, which asyncua calls as its
-``certificate_validator``: a peer is trusted when its exact certificate is in the trusted folder
-(the common case: self-signed application certificates), or when it was issued directly by a CA
-certificate there (BasicConstraints CA:TRUE, and keyCertSign where it has a KeyUsage; one level:
-no chain through intermediates). Revocation lists are not read: to revoke a peer, remove its
-certificate (or its CA's) from the folder. The folder is re-read when it changes, so trusting a
-peer needs no restart.
+``certificate_validator``, as an OPC UA trust list does (Part 4 6.1.3, Part 12): a peer is
+trusted when its exact certificate is in the trusted folder (the common case: self-signed
+application certificates), or when it chains, signature by signature, through CA certificates
+of trusted or issuers to one in trusted (a plant PKI: root CA trusted, issuing CA in issuers).
+Each CA in the chain must be one (BasicConstraints CA:TRUE, keyCertSign where it has a KeyUsage,
+within its pathLenConstraint) and, as the peer's own certificate, within its validity; at most
+MAX_CHAIN CAs, none twice. A certificate in trusted that is a CA:FALSE application certificate
+is trusted itself, but issues nothing. The chain comes from our folders only: asyncua keeps the
+first certificate of a chain a peer sends and drops the rest.
+
+Revocation: a CRL in the crl folder counts when its signature verifies against a CA of trusted
+or issuers with its name (one that does not is ignored, with a warning); a certificate whose
+serial number it lists is refused ("revoked by CRL of <CA>"), a leaf or an intermediate CA
+alike, one in trusted too (the chain goes on past it while we hold its issuer), whatever the
+CRL's nextUpdate says. A CA with no CRL there is not checked: OPC UA would refuse
+its certificates (revocation unknown), but a small site often has none to publish. The folders
+are re-read when a file in them changes, at the next check (every new session), so trusting or
+revoking needs no restart.
 """
 
 from __future__ import annotations
@@ -45,6 +59,11 @@ CERT_FILE = Path("own/cert.der")
 KEY_FILE = Path("own/private/key.pem")
 VALID_DAYS = 5 * 365
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+CRL_SUFFIXES = (".crl", ".der", ".pem")
+# CA certificates above a peer's (a chain that needs more is refused), and chains tried per
+# certificate: a CA renewed under the same name and key gives two ways up at each level.
+MAX_CHAIN = 5
+MAX_CHAINS = 16
 WARNED_MAX = 256  # refused certificates remembered as warned about (`TrustList.warned`)
 # A scan presenting a fresh certificate each time must not fill the disk or the log: the newest
 # REJECTED_MAX refused certificates are kept, and at most WARN_BURST new ones are warned about
@@ -285,6 +304,8 @@ def _der_certificate(data: bytes) -> bool:
 class TrustList:
     """Validates peer certificates against a folder; an asyncua ``certificate_validator``.
 
+    ``issuers`` holds CA certificates that complete a chain but are not trusted by themselves,
+    ``crls`` the revocation lists of the CAs in either folder (see the module docstring).
     ``peer`` is the role of the other side (``"client"`` for a server's trust list), only used
     in log lines. Untrusted certificates are copied to ``rejected`` when given.
     """
@@ -293,10 +314,14 @@ class TrustList:
         self,
         trusted: Path,
         *,
+        issuers: Path | None = None,
+        crls: Path | None = None,
         rejected: Path | None = None,
         peer: Literal["client", "server"] = "client",
     ) -> None:
         self.trusted = trusted
+        self.issuers = issuers
+        self.crls = crls
         self.rejected = rejected
         self.peer = peer
         self.accepted = 0
@@ -309,57 +334,162 @@ class TrustList:
             self._say_quiet, quota=WARN_BURST, interval=WARN_WINDOW, clock=time.monotonic
         )
         self._stamp: tuple[tuple[str, float, int], ...] | None = None
-        self._certs: list[x509.Certificate] = []
-        self._ders: set[bytes] = set()
+        self._trusted_certs: set[x509.Certificate] = set()
+        # every certificate of trusted and issuers by subject: the candidates for an issuer
+        self._named: dict[x509.Name, list[x509.Certificate]] = {}
+        # revocation lists whose signature verified, by their CA's (subject, public key)
+        self._revocations: dict[tuple[x509.Name, bytes], list[x509.CertificateRevocationList]] = {}
 
     def _reload(self) -> None:
-        # Re-read only when a file was added, removed or replaced.
-        files = sorted(
-            p for p in self.trusted.glob("*") if p.suffix.lower() in CERT_SUFFIXES and p.is_file()
-        )
-        stamp = tuple((p.name, p.stat().st_mtime, p.stat().st_size) for p in files)
+        # Re-read only when a file was added, removed or replaced, in any of the folders.
+        trusted = _files(self.trusted, CERT_SUFFIXES)
+        issuers = _files(self.issuers, CERT_SUFFIXES)
+        crls = _files(self.crls, CRL_SUFFIXES)
+        stamp = tuple(s for s in map(_file_stamp, (*trusted, *issuers, *crls)) if s is not None)
         if stamp == self._stamp:
             return
-        certs = []
-        for p in files:
-            try:
-                certs.append(load_certificate(p))
-            except ValueError:
-                log.warning("trust list %s: %s is not a certificate, ignored", self.trusted, p.name)
-        self._certs = certs
-        self._ders = {c.public_bytes(serialization.Encoding.DER) for c in certs}
+        self._trusted_certs = set(_certificates(self.trusted, trusted))
+        self._named = {}
+        for cert in (*self._trusted_certs, *_certificates(self.issuers, issuers)):
+            self._named.setdefault(cert.subject, []).append(cert)
+        self._revocations = {}
+        for path in crls:
+            crl = _revocation_list(path)
+            if crl is None:
+                continue
+            named = self._named.get(crl.issuer, [])
+            signer = next((ca for ca in named if _signed_crl(ca, crl)), None)
+            if signer is None:  # a forgery, or the CA's certificate is missing
+                why = "its signature does not verify against any" if named else "there is no"
+                log.warning(
+                    "revocation list %s is ignored: %s CA named %s in %s or %s",
+                    path,
+                    why,
+                    _name(crl.issuer),
+                    self.trusted,
+                    self.issuers,
+                )
+                continue
+            self._revocations.setdefault((signer.subject, _key_of(signer)), []).append(crl)
         self._stamp = stamp
 
     def is_trusted(self, cert: x509.Certificate) -> bool:
-        """The exact certificate is in the folder, or it was issued by a CA that is."""
-        if self.trusted.is_dir():
-            self._reload()
-        else:
-            self._certs, self._ders, self._stamp = [], set(), None
-        if cert.public_bytes(serialization.Encoding.DER) in self._ders:
-            return True
-        return any(_issued_by(cert, ca) for ca in self._certs)
+        """Whether ``cert`` chains to the trusted folder: it is there itself, or it was issued,
+        through CAs of trusted or issuers, by a CA that is. Validity and revocation aside
+        (`check` says those)."""
+        self._reload()
+        return any(self._anchored(chain) for chain, _ in self._chains(cert))
 
     def check(self, cert: x509.Certificate) -> None:
         """Raise ``ServiceError`` with the OPC UA status that says why ``cert`` is refused."""
-        now = datetime.datetime.now(datetime.UTC)
         subject = cert.subject.rfc4514_string()
         thumbprint = cert.fingerprint(hashes.SHA256())
-        if not self.is_trusted(cert):
+        refusal = self._refusal(cert, datetime.datetime.now(datetime.UTC))
+        if refusal is None:
+            self.accepted += 1
+            self.warned.pop(thumbprint, None)  # accepted: a later refusal is news again
+            return
+        status, why = refusal
+        if status == StatusCodes.BadCertificateUntrusted:
             self._save_rejected(cert, thumbprint)
-            self._refuse(
-                thumbprint,
-                f"refused untrusted {self.peer} certificate {subject}",
-                f"; to accept it, put it in {self.trusted}",
-            )
-            raise ServiceError(StatusCodes.BadCertificateUntrusted)
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            self._refuse(
-                thumbprint, f"refused {self.peer} certificate {subject}", ": outside its validity"
-            )
-            raise ServiceError(StatusCodes.BadCertificateTimeInvalid)
-        self.accepted += 1
-        self.warned.pop(thumbprint, None)  # accepted: a later refusal is news again
+            if not why:  # self-signed: the common case
+                hint = f"; to accept it, put it in {self.trusted}"
+            else:
+                also = f" (intermediate CAs may go in {self.issuers})" if self.issuers else ""
+                hint = (
+                    f" ({why}); to accept it, put it or a CA of its chain in {self.trusted}{also}"
+                )
+            self._refuse(thumbprint, f"refused untrusted {self.peer} certificate {subject}", hint)
+        else:
+            self._refuse(thumbprint, f"refused {self.peer} certificate {subject}", f": {why}")
+        raise ServiceError(status)
+
+    def _refusal(self, cert: x509.Certificate, now: datetime.datetime) -> tuple[int, str] | None:
+        """None when ``cert`` is trusted at ``now``; else the OPC UA status and why (for the
+        log; empty for a self-signed certificate nobody trusted). Of several chains (a CA
+        renewed under the same name and key), one that passes is enough."""
+        self._reload()
+        chains = self._chains(cert)
+        anchored = [chain for chain, _ in chains if self._anchored(chain)]
+        if not anchored:
+            _, why = max(chains, key=lambda found: len(found[0]))
+            return StatusCodes.BadCertificateUntrusted, why
+        flaws = [self._flaw(chain, now) for chain in anchored]
+        if None in flaws:
+            return None
+        return flaws[0]
+
+    def _anchored(self, chain: list[x509.Certificate]) -> bool:
+        return any(c in self._trusted_certs for c in chain)
+
+    def _chains(self, cert: x509.Certificate) -> list[tuple[list[x509.Certificate], str]]:
+        """The chains from ``cert`` up through the CAs of trusted and issuers, each as far as
+        it goes (not only to the first trusted one: a trusted intermediate's own issuer may
+        have revoked it), with why it stops there (`_stop`). At most MAX_CHAIN CAs, none
+        twice (a loop), at most MAX_CHAINS chains."""
+        done: list[tuple[list[x509.Certificate], str]] = []
+        stack = [[cert]]
+        while stack and len(done) < MAX_CHAINS:
+            chain = stack.pop()
+            last = chain[-1]
+            above = [
+                ca
+                for ca in self._named.get(last.issuer, ())
+                if ca not in chain and _issued_by(last, ca)
+            ]
+            if not above:
+                done.append((chain, self._stop(last, chain)))
+            elif len(chain) > MAX_CHAIN:
+                done.append((chain, f"more than {MAX_CHAIN} CAs above it"))
+            else:
+                stack.extend([*chain, ca] for ca in reversed(above))
+        return done
+
+    def _stop(self, last: x509.Certificate, chain: list[x509.Certificate]) -> str:
+        """Why the chain ends at ``last``, which no certificate we hold issued."""
+        if last.issuer == last.subject:  # self-signed: a root, or an application certificate
+            return "" if last is chain[0] else f"its root {_name(last.subject)} is not trusted"
+        issuer = _name(last.issuer)
+        named = self._named.get(last.issuer, [])
+        if not named:
+            return f"{issuer}, the issuer of {_name(last.subject)}, not found"
+        if all(c in chain for c in named):
+            return f"its issuers loop back to {issuer}"
+        if not any(_may_issue(c) for c in named):
+            return f"{issuer} is not a CA that may sign certificates"
+        return f"{_name(last.subject)} is not signed by {issuer}"
+
+    def _flaw(
+        self, chain: list[x509.Certificate], now: datetime.datetime
+    ) -> tuple[int, str] | None:
+        """What refuses a trusted chain, leaf first: validity, then revocation."""
+        if not _valid(chain[0], now):
+            return StatusCodes.BadCertificateTimeInvalid, "outside its validity"
+        for below, ca in enumerate(chain[1:]):  # ``below``: the CAs between it and the leaf
+            if not _valid(ca, now):
+                return StatusCodes.BadCertificateIssuerTimeInvalid, (
+                    f"its issuer {_name(ca.subject)} is outside its validity"
+                )
+            limit = _path_length(ca)
+            if limit is not None and below > limit:
+                return StatusCodes.BadCertificateIssuerUseNotAllowed, (
+                    f"{_name(ca.subject)} may have at most {limit} CAs below it"
+                )
+        for cert, ca in zip(chain, chain[1:], strict=False):
+            if self._revoked(cert, ca):
+                if cert is chain[0]:
+                    return (
+                        StatusCodes.BadCertificateRevoked,
+                        f"revoked by CRL of {_name(ca.subject)}",
+                    )
+                return StatusCodes.BadCertificateIssuerRevoked, (
+                    f"its issuer {_name(cert.subject)} is revoked by CRL of {_name(ca.subject)}"
+                )
+        return None
+
+    def _revoked(self, cert: x509.Certificate, ca: x509.Certificate) -> bool:
+        crls = self._revocations.get((ca.subject, _key_of(ca)), ())
+        return any(c.get_revoked_certificate_by_serial_number(cert.serial_number) for c in crls)
 
     def _refuse(self, thumbprint: bytes, what: str, why: str) -> None:
         """Count a refusal; warn the first time for this certificate, then at debug level."""
@@ -421,11 +551,13 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _may_issue(ca: x509.Certificate) -> bool:
-    """Whether ``ca`` is a CA that may sign certificates: BasicConstraints CA:TRUE, and
-    keyCertSign if it has a KeyUsage. A trusted application certificate (CA:FALSE, as OPC UA's
-    are) is trusted itself, but what its key signs is not: else any client we trust could
-    issue a certificate for anyone."""
+def _may_issue(
+    ca: x509.Certificate, use: Literal["key_cert_sign", "crl_sign"] = "key_cert_sign"
+) -> bool:
+    """Whether ``ca`` is a CA that may sign certificates (or, with ``use="crl_sign"``,
+    revocation lists): BasicConstraints CA:TRUE, and that usage if it has a KeyUsage. A trusted
+    application certificate (CA:FALSE, as OPC UA's are) is trusted itself, but what its key
+    signs is not: else any client we trust could issue a certificate for anyone."""
     try:
         found = {type(e.value): e.value for e in ca.extensions}
     except ValueError:  # a damaged extension: no authority to issue anything
@@ -433,7 +565,7 @@ def _may_issue(ca: x509.Certificate) -> bool:
     constraints, usage = found.get(x509.BasicConstraints), found.get(x509.KeyUsage)
     if not isinstance(constraints, x509.BasicConstraints) or not constraints.ca:
         return False
-    return not isinstance(usage, x509.KeyUsage) or usage.key_cert_sign
+    return not isinstance(usage, x509.KeyUsage) or bool(getattr(usage, use))
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -441,13 +573,102 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
         return False
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
+
+
+def _signed_crl(ca: x509.Certificate, crl: x509.CertificateRevocationList) -> bool:
+    if crl.issuer != ca.subject or not _may_issue(ca, "crl_sign"):
+        return False
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # a key that signs no CRL (X25519)
+        return False
+
+
+def _path_length(ca: x509.Certificate) -> int | None:
+    """The pathLenConstraint of ``ca``: how many CAs may sit between it and a leaf."""
+    try:
+        return ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
+def _valid(cert: x509.Certificate, now: datetime.datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def _key_of(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _name(name: x509.Name) -> str:
+    return name.rfc4514_string()
+
+
+def _files(folder: Path | None, suffixes: tuple[str, ...]) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+
+def _file_stamp(path: Path) -> tuple[str, float, int] | None:
+    try:
+        info = path.stat()
+    except OSError:  # removed meanwhile: the next check reads the folder again
+        return None
+    return str(path), info.st_mtime, info.st_size
+
+
+def _certificates(folder: Path | None, files: list[Path]) -> list[x509.Certificate]:
+    certs = []
+    for path in files:
+        try:
+            certs.append(load_certificate(path))
+        except ValueError:
+            log.warning("trust list %s: %s is not a certificate, ignored", folder, path.name)
+    return certs
+
+
+def _revocation_list(path: Path) -> x509.CertificateRevocationList | None:
+    """A CRL, PEM or DER whatever the file is called; None (and a warning) if it is not one."""
+    try:
+        data = path.read_bytes()
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except (OSError, ValueError) as exc:
+        log.warning("revocation list %s is ignored: it cannot be read (%s)", path, exc)
+        return None
+
+
+def issuers_dir(pki_dir: Path) -> Path:
+    """``{pki_dir}/issuers``: CA certificates that complete chains, trusted only through a CA
+    in the trusted folder (OPC UA's issuer list); created if missing."""
+    folder = pki_dir / "issuers"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def crl_dir(pki_dir: Path) -> Path:
+    """``{pki_dir}/crl``: the revocation lists of the CAs in trusted and issuers."""
+    folder = pki_dir / "crl"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def load_trust_store(
     pki_dir: Path, configured: str | None, *, peer: Literal["client", "server"]
 ) -> TrustList:
-    """The trust list of one endpoint or device: its trusted folder, and ``{pki_dir}/rejected``."""
-    return TrustList(trusted_dir(pki_dir, configured), rejected=rejected_dir(pki_dir), peer=peer)
+    """The trust list of one endpoint or device: its trusted folder, and ``{pki_dir}/issuers``,
+    ``{pki_dir}/crl`` and ``{pki_dir}/rejected``."""
+    return TrustList(
+        trusted_dir(pki_dir, configured),
+        issuers=issuers_dir(pki_dir),
+        crls=crl_dir(pki_dir),
+        rejected=rejected_dir(pki_dir),
+        peer=peer,
+    )

@@ -7,6 +7,9 @@
 // The plan, one JSON object on stdin (every key but "pki" optional):
 //   {
 //     "pki": "/tmp/x/client-pki",            client certificate store (created on first use)
+//     "certificateFile": "/tmp/x/leaf.pem",  a certificate made elsewhere (a plant CA's), with
+//     "privateKeyFile": "/tmp/x/key.pem",    its key (PEM) and the URI in it; default: one of
+//     "applicationUri": "urn:plant:hmi-1",   the store's, self-signed
 //     "certificateOnly": true,               only create the certificate, print it, exit
 //     "url": "opc.tcp://127.0.0.1:4841/protocol-brain",
 //     "security": {"policy": "Basic256Sha256", "mode": "SignAndEncrypt"},   default: None
@@ -205,8 +208,16 @@ async function main() {
         automaticallyAcceptUnknownCertificate: true,
     });
     const security = plan.security || { policy: "None", mode: "None" };
+    const own = plan.certificateFile
+        ? {
+              applicationUri: plan.applicationUri,
+              certificateFile: plan.certificateFile,
+              privateKeyFile: plan.privateKeyFile,
+          }
+        : {};
     const client = OPCUAClient.create({
         applicationName: "ProtocolBrainInteropClient",
+        ...own,
         clientCertificateManager: certificateManager,
         securityMode: MessageSecurityMode[security.mode],
         securityPolicy: SecurityPolicy[security.policy],
@@ -216,7 +227,7 @@ async function main() {
         keepSessionAlive: false,
     });
     await certificateManager.initialize();
-    await client.createDefaultCertificate();
+    if (!plan.certificateFile) await client.createDefaultCertificate();
     print({ certificate: path.resolve(client.certificateFile) });
     if (plan.certificateOnly) {
         print({ done: true });
