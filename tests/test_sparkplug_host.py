@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -633,3 +634,284 @@ def test_historical_data_is_published_and_followed_by_the_current_value() -> Non
     out = tracker.receive(where, Payload(3000, (Metric(alias=10, timestamp=9100, value=4.5,
                                                        is_historical=True),), 5), 23.0)  # fmt: skip
     assert [s.value for s in out.samples] == [4.5, 5.0]
+
+
+# --- learnt names that collide, numbers for /metrics ------------------------------------------
+
+
+def test_a_learnt_name_is_the_first_metrics_and_a_collision_is_counted_and_said_once() -> None:
+    """A node's ``pump1/x`` and device pump1's ``x`` both make ``E1.pump1.x``: the first one
+    born keeps it, the other is not a point (else one point would flip between two metrics),
+    counted and said once, naming both, however often the node births again."""
+    tracker = HostTracker()
+    nbirth = Payload(1000, (Metric("pump1/x", 1, datatype=DataType.DOUBLE, value=1.0),), 0)
+    out = tracker.receive(_at("NBIRTH"), nbirth, 10.0)
+    assert _values(out.samples) == {"E1.pump1.x": 1.0} and out.notices == ()
+    dbirth = Payload(
+        2000,
+        (
+            Metric("x", 10, datatype=DataType.DOUBLE, value=2.0),
+            Metric("y", 11, datatype=DataType.DOUBLE, value=3.0),
+        ),
+        1,
+    )
+    out = tracker.receive(_at("DBIRTH", "pump1"), dbirth, 10.0)
+    assert _values(out.samples) == {"E1.pump1.y": 3.0}  # x is not learnt
+    (line,) = out.notices
+    assert "E1/pump1 metric 'x'" in line and "E1 metric 'pump1/x'" in line
+    assert "E1.pump1.x" in line
+    assert tracker.name_collisions == 1 and tracker.owners["E1.pump1.x"] == (NODE, None, "pump1/x")
+    # the device's x feeds nothing; the node's pump1/x still feeds the point
+    data = Payload(3000, (Metric(alias=10, value=9.0), Metric(alias=11, value=4.0)), 2)
+    out = tracker.receive(_at("DDATA", "pump1"), data, 11.0)
+    assert _values(out.samples) == {"E1.pump1.y": 4.0} and not out.rebirth
+    out = tracker.receive(_at("NDATA"), Payload(3000, (Metric(alias=1, value=5.0),), 3), 11.0)
+    assert _values(out.samples) == {"E1.pump1.x": 5.0}
+    # born again (a rebirth, a new connection): the same owner, no new count or line
+    tracker.forget()
+    tracker.receive(_at("NBIRTH"), nbirth, 20.0)
+    out = tracker.receive(_at("DBIRTH", "pump1"), dbirth, 20.0)
+    assert out.notices == () and tracker.name_collisions == 1
+    assert _values(out.samples) == {"E1.pump1.y": 3.0}
+    # characters a name cannot hold: "a b" and "a_b" of one birth are both E2.a_b
+    both = Payload(
+        1000,
+        (
+            Metric("a b", datatype=DataType.INT32, value=1),
+            Metric("a_b", datatype=DataType.INT32, value=2),
+        ),
+        0,
+    )
+    out = tracker.receive(_at("NBIRTH", node="E2"), both, 30.0)
+    assert _values(out.samples) == {"E2.a_b": 1} and len(out.notices) == 1
+    assert tracker.name_collisions == 2
+
+
+def test_a_learnt_name_that_is_a_declared_points_is_a_collision_too() -> None:
+    declared = [HostPoint(name="E1.Temp", node=NODE, device="pump1", metric="Setpoint")]
+    tracker = HostTracker(points=declared)
+    out = tracker.receive(_at("NBIRTH"), _nbirth(), 10.0)
+    assert out.samples == ()  # the node's Temp would be E1.Temp: the declared point's name
+    (line,) = out.notices
+    assert "declared point of E1/pump1 metric 'Setpoint'" in line and "E1 metric 'Temp'" in line
+    out = tracker.receive(_at("DBIRTH", "pump1"), _dbirth(), 10.0)
+    assert _values(out.samples)["E1.Temp"] == -5 and out.notices == ()
+    assert tracker.name_collisions == 1 and "E1.Temp" not in tracker.learnt
+
+
+def test_the_tracker_counts_nodes_and_devices_online_and_offline() -> None:
+    tracker = HostTracker()
+    zero = {"nodes_online": 0, "nodes_offline": 0, "devices_online": 0, "devices_offline": 0}
+    assert tracker.counts() == zero
+    tracker = _born()
+    tracker.receive(_at("DBIRTH", "pump2"), Payload(2000, (), 2), 10.0)
+    assert tracker.counts() == {
+        "nodes_online": 1,
+        "nodes_offline": 0,
+        "devices_online": 2,
+        "devices_offline": 0,
+    }
+    tracker.receive(_at("DDEATH", "pump2"), Payload(5000, (), 3), 11.0)
+    assert tracker.counts()["devices_online"] == 1 and tracker.counts()["devices_offline"] == 1
+    tracker.receive(_at("NBIRTH", node="E2"), _nbirth(), 12.0)
+    tracker.receive(_at("NDEATH"), Payload(5000, (Metric("bdSeq", value=0),)), 13.0)
+    assert tracker.counts() == {
+        "nodes_online": 1,
+        "nodes_offline": 1,
+        "devices_online": 0,
+        "devices_offline": 2,  # a device of a dead node is not online
+    }
+    tracker.forget()
+    assert tracker.counts() == zero
+
+
+def _adapter(**config: Any) -> Any:
+    from gateway.adapter import AdapterContext
+    from gateway.bus import Bus
+    from protocols.sparkplug.config import SparkplugHost
+    from protocols.sparkplug.host import SparkplugHostAdapter
+
+    host = SparkplugHost(host=HOST, group=GROUP, **config)
+    return SparkplugHostAdapter("spb", host, AdapterContext(Bus(), "gw"))
+
+
+def _message(topic: str, payload: bytes, retain: bool = False) -> Any:
+    import paho.mqtt.client as paho
+
+    msg = paho.MQTTMessage(topic=topic.encode())
+    msg.payload, msg.retain = payload, retain
+    return msg
+
+
+def test_the_hosts_status_has_numbers_for_metrics() -> None:
+    """/metrics exports only numbers: the nodes (texts in ``nodes``) are counted too, and the
+    collisions, for an alert to see."""
+    from gateway.metrics import exposition
+
+    adapter = _adapter()
+    births = [
+        ("NBIRTH", None, Payload(1000, (Metric("pump1/x", datatype=DataType.DOUBLE, value=1.0),), 0)),
+        ("DBIRTH", "pump1", Payload(1000, (Metric("x", datatype=DataType.DOUBLE, value=2.0),), 1)),
+        ("NBIRTH", None, _nbirth()),  # E2
+    ]  # fmt: skip
+    for i, (kind, device, payload) in enumerate(births):
+        node = "E2" if i == 2 else NODE
+        topic = codec.topic(GROUP, kind, node, device)
+        adapter._on_message(None, None, _message(topic, codec.encode_payload(payload)))
+    dead = codec.encode_payload(Payload(5000, (Metric("bdSeq", datatype=DataType.INT64, value=0),)))
+    adapter._on_message(None, None, _message(codec.topic(GROUP, "NDEATH", "E2"), dead))
+    status = adapter.status()
+    assert status["nodes"] == {NODE: "online", "E2": "offline"}
+    assert {k: status[k] for k in ("nodes_online", "nodes_offline", "name_collisions")} == {
+        "nodes_online": 1,
+        "nodes_offline": 1,
+        "name_collisions": 1,
+    }
+    assert status["devices_online"] == 1 and status["devices_offline"] == 0
+    assert "state_republished" not in status  # not a primary host
+    page = exposition(
+        {"adapters": {"spb": status}},
+        gateway="gw",
+        version="0",
+        started=0.0,
+        entries={"spb": ("sparkplug", "host")},
+        kinds={"spb": adapter.metric_kinds},
+    )
+    labels = '{adapter="spb",protocol="sparkplug",role="host"}'
+    for name, kind in [
+        ("nodes_online", "gauge"),
+        ("nodes_offline", "gauge"),
+        ("devices_online", "gauge"),
+        ("name_collisions_total", "counter"),
+    ]:
+        family = f"protocol_brain_adapter_{name}"
+        assert f"# TYPE {family} {kind}\n{family}{labels} 1\n" in page
+    assert "state_republished" in _adapter(host_id="scada").status()
+
+
+# --- its own STATE ------------------------------------------------------------------------------
+
+
+class _Client:
+    """What the host publishes, instead of a broker connection."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Msg, int, bool]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+        from paho.mqtt.enums import MQTTErrorCode
+
+        self.published.append((topic, json.loads(payload), qos, retain))
+        return type("Info", (), {"rc": MQTTErrorCode.MQTT_ERR_SUCCESS})()
+
+
+async def test_an_offline_state_of_its_own_is_answered_online_at_most_once_per_interval() -> None:
+    """Sans broker: what is answered (an offline STATE delivered while connected), what is
+    not (its own online back, a retained one held at the subscription, an unreadable one),
+    and a burst of offline answered once at once and once more when the interval is over."""
+    adapter = _adapter(host_id="scada")
+    topic = "spBv1.0/STATE/scada"
+    client = adapter._client = _Client()
+    adapter._loop = asyncio.get_running_loop()
+    adapter._connected = True
+    adapter._state_ts = 1_000  # this connection's will and online
+    adapter.state_every_s = 0.3
+
+    def state(online: bool, retain: bool = False) -> None:
+        payload = json.dumps({"online": online, "timestamp": 1_000}).encode()
+        adapter._on_message(None, None, _message(topic, payload, retain))
+
+    state(True)  # its own online, back
+    state(False, retain=True)  # what the broker held when the host subscribed
+    adapter._on_message(None, None, _message(topic, b"OFFLINE"))  # Sparkplug 2.2's
+    assert client.published == [] and adapter.bad_payloads == 1
+    before = int(time.time() * 1000)
+    state(False)
+    ((where, said, qos, retain),) = client.published
+    assert (where, said["online"], qos, retain) == (topic, True, 1, True)
+    assert said["timestamp"] >= before  # the current time, not the will's
+    assert adapter.status()["state_republished"] == 1
+    for _ in range(5):  # a burst within the interval: one more online, once it is over
+        state(False)
+    assert len(client.published) == 1
+    await wait_for(lambda: len(client.published) == 2, timeout=5, message="the second online")
+    assert client.published[1][1]["timestamp"] > said["timestamp"]
+    assert adapter.state_republished == 2
+    # a clean stop's offline is not older than the last online (nodes drop older STATEs)
+    words = adapter._last_words()
+    assert words is not None and json.loads(words[1]) == {
+        "online": False,
+        "timestamp": client.published[1][1]["timestamp"],
+    }
+    # closing: its own offline goodbye comes back, and must not be answered
+    adapter.state_every_s = 0.0
+    adapter._closing = True
+    state(False)
+    assert len(client.published) == 2 and adapter._state_timer is None
+    # not connected: nothing said, nothing due
+    adapter._closing = False
+    adapter._connected = False
+    adapter.state_every_s = 0.0
+    state(False)
+    assert len(client.published) == 2 and adapter._state_timer is None
+
+
+async def _publish(port: int, topic: str, payload: str, *extra: str) -> None:
+    args = [find_binary("mosquitto_pub"), "-h", HOST, "-p", str(port), "-t", topic, "-m", payload]
+    proc = await asyncio.create_subprocess_exec(
+        *args, "-q", "1", *extra, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+
+
+async def _retained(port: int, topic: str) -> Msg | None:
+    """The retained STATE on ``topic`` as a late subscriber (an edge node starting) sees it
+    (None if there is none within 5 s)."""
+    args = [find_binary("mosquitto_sub"), "-h", HOST, "-p", str(port), "-t", topic]
+    proc = await asyncio.create_subprocess_exec(
+        *args, "-C", "1", "-W", "5", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return json.loads(out) if proc.returncode == 0 and out else None
+
+
+async def test_a_primary_host_says_online_again_when_its_state_topic_says_offline(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """Another client (or an older session's will) puts STATE offline, retained, on the host's
+    topic while it is connected: edge nodes would not birth. The host reads its own topic and
+    publishes online again with a newer timestamp, which is what the broker then keeps."""
+    topic = "spBv1.0/STATE/scada"
+    sub = Subscriber(mosquitto.port, topic)
+    adapter = _adapter(port=mosquitto.port, host_id="scada", reconnect={"initial": 0.1, "max": 0.3})
+    adapter.state_every_s = 0.0  # answer at once (the interval is the test above's)
+    try:
+        async with adapter:
+            task = asyncio.create_task(adapter.run())
+            try:
+                first = await wait_for(lambda: sub.last(topic), timeout=10, message="online")
+                assert first["online"] is True
+                offline = json.dumps({"online": False, "timestamp": first["timestamp"]})
+                await _publish(mosquitto.port, topic, offline, "-r")
+                again = await wait_for(
+                    lambda: (m := sub.last(topic)) is not None and m["online"] and m,
+                    timeout=10,
+                    message="STATE online again",
+                )
+                assert again["timestamp"] > first["timestamp"]
+                assert [m["online"] for m in sub.on(topic)] == [True, False, True]
+                assert await _retained(mosquitto.port, topic) == again
+                assert adapter.status()["state_republished"] == 1
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # a clean stop: offline, with the timestamp of the last online; the host reads its
+        # own goodbye back before it disconnects, and must not answer it: offline is retained
+        goodbye = {"online": False, "timestamp": again["timestamp"]}
+        assert await _retained(mosquitto.port, topic) == goodbye
+        await wait_for(lambda: len(sub.on(topic)) >= 4, timeout=10, message="STATE offline")
+        assert sub.on(topic)[3:] == [goodbye]
+    finally:
+        sub.close()

@@ -95,7 +95,7 @@ from gateway.types import (
 )
 from gateway.uplink.outbox import Outbox, Row
 from protocols.mqtt import codec
-from protocols.mqtt.config import MqttEndpoint, MqttRoute
+from protocols.mqtt.config import MqttEndpoint, MqttRoute, brokers
 from protocols.mqtt.link import PahoOnLoop, tls_context
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,6 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self.gateway = gateway
         self.client_id = config.client_id or f"protocol-brain-{gateway}-{name}"
         self.status_topic = config.status_topic.format(gateway=codec.escape_level(gateway))
-        self.address = f"{config.host}:{config.effective_port}"
         self._outbox = MemoryOutbox(config.max_queued)
         # the durable outbox (config.outbox enabled): opened by __aenter__
         self._store: Outbox | None = None
@@ -386,6 +385,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._init_socket()
+        self._aim(brokers(config), config.keepalive)
         self._sub_futs: dict[int, asyncio.Future[list[Any]]] = {}
         self._wake = asyncio.Event()
         self._ready_event = asyncio.Event()
@@ -453,8 +453,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self.install(client)
-        client.connect_async(cfg.host, cfg.effective_port, cfg.keepalive)  # no I/O yet
         self._client = client
+        self._use_broker(self._broker)
         if cfg.outbox is not None and cfg.outbox.enabled and self._store is None:
             self._store = Outbox(cfg.outbox.file_for(self.name), cfg.outbox, name=self.name)
             # acknowledgements ride on the delayed appends rather than in a transaction between
@@ -508,7 +508,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         """One connection attempt up to CONNACK; MqttError if it fails."""
         assert self._client is not None
         self._client.socket_error = None
-        await self._connect_paho(MqttError, self.config.host)
+        await self._connect_paho(MqttError)
 
     async def _serve_session(self) -> str:
         """Birth, subscriptions, then flush the outbox until the connection is lost."""
@@ -1382,6 +1382,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             "lost": self.lost,
             "encode_errors": self.encode_errors,
             "reconnects": self.reconnects,
+            "failovers": self.failovers,
             "received": self.received,
             "bad_payloads": self.bad_payloads,
             "writes": self.writes,

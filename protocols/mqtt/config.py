@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import string
+from collections.abc import Sequence
 from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -98,6 +99,22 @@ class BrokerSettings(Protocol):
     def password(self) -> str | None: ...
     @property
     def tls(self) -> Tls | None: ...
+    @property
+    def failover(self) -> Sequence[FailoverBroker]: ...
+
+
+class FailoverBroker(Strict):
+    """Another broker of the same service (a cluster's node, a standby), tried when the one
+    in use cannot be reached; with the entry's credentials and TLS."""
+
+    host: str = Field(min_length=1)
+    port: int | None = Field(None, ge=1, le=65535, description="default: the entry's port")
+
+
+FAILOVER_DESCRIPTION = (
+    "brokers tried in turn, after host, when the one in use cannot be reached; the gateway "
+    "stays on the one that answers"
+)
 
 
 def broker_port(entry: BrokerSettings) -> int:
@@ -107,18 +124,39 @@ def broker_port(entry: BrokerSettings) -> int:
     return 8883 if entry.tls is not None else 1883
 
 
+def brokers(entry: BrokerSettings) -> list[tuple[str, int]]:
+    """Every broker of ``entry`` as (host, port), in the order tried: ``host``, then
+    ``failover``."""
+    port = broker_port(entry)
+    return [(entry.host, port), *((b.host, b.port or port) for b in entry.failover)]
+
+
+def repeated_brokers(entry: BrokerSettings) -> list[Problem]:
+    """A broker that ``entry`` names twice (a typo that halves the failover)."""
+    problems, seen = [], set()
+    for i, (host, port) in enumerate(brokers(entry)):
+        if (host.lower(), port) in seen:
+            problems.append(
+                Problem(("failover", i - 1, "host"), f"{host}:{port} again", "another broker")
+            )
+        seen.add((host.lower(), port))
+    return problems
+
+
 def password_warning(entry: BrokerSettings) -> str | None:
     """What to say when the password goes to the broker unencrypted (no ``tls:``, a broker
     that is not on this machine); None otherwise. ``gateway validate`` prints it, the adapter
     logs it at start. paho sends the password only with a username."""
     if not entry.password or entry.username is None or entry.tls is not None:
         return None
-    if is_loopback(entry.host):
+    remote = [(host, port) for host, port in brokers(entry) if not is_loopback(host)]
+    if not remote:
         return None
-    host = f"[{entry.host}]" if ":" in entry.host else entry.host
+    host, port = remote[0]
+    host = f"[{host}]" if ":" in host else host
     return (
-        f"sends its password unencrypted to {host}:{broker_port(entry)} (anyone on the "
-        "path can read it); add tls: (the broker's TLS port, usually 8883)"
+        f"sends its password unencrypted to {host}:{port} (anyone on the path can read it); "
+        "add tls: (the broker's TLS port, usually 8883)"
     )
 
 
@@ -311,6 +349,7 @@ class MqttEndpoint(Strict):
     protocol: Literal["mqtt"] = "mqtt"
     host: str = Field(min_length=1)
     port: int | None = Field(None, ge=1, le=65535, description="1883, or 8883 with tls")
+    failover: list[FailoverBroker] = Field(default_factory=list, description=FAILOVER_DESCRIPTION)
     client_id: str | None = Field(None, description="defaults to protocol-brain-{gateway}-{name}")
     username: str | None = None
     password: str | None = None
@@ -386,6 +425,7 @@ class MqttEndpoint(Strict):
                     "outbox enabled with drain_order: strict (batches are cut from its rows)",
                 )
             )
+        problems.extend(repeated_brokers(self))
         problems.extend(repeated_names(self.points))
         keys: set[tuple[str, str | None, str | None]] = set()
         for i, p in enumerate(self.points):

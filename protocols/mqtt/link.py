@@ -99,7 +99,8 @@ class PahoOnLoop(abc.ABC):
     socket callbacks may run directly; the connect thread hops over), names itself in
     ``LABEL``, ``LOG``, ``name`` and ``address`` for log lines, and implements the abstract
     steps: one connection attempt, serving it, its loss, closing. `_keep_connected` is the
-    reconnect loop; `install` registers the socket callbacks."""
+    reconnect loop; `install` registers the socket callbacks; `_aim` says which brokers there
+    are (the entry's ``host`` and ``failover``) and `_use_broker` sets the one tried next."""
 
     LABEL = "MQTT"
     LOG = logging.getLogger(__name__)
@@ -122,6 +123,38 @@ class PahoOnLoop(abc.ABC):
         self._disconnected: asyncio.Future[str] | None = None  # the connection's end, why
         self._connect_job: asyncio.Future[Any] | None = None  # paho's connect, in a thread
         self._connections = 0
+        self._brokers: list[tuple[str, int]] = []
+        self._broker = 0  # the index in _brokers of the one in use or tried next
+        self._keepalive = 60
+        self.failovers = 0  # moves to another broker
+        self._move_on = False  # the session that ended asked for the next broker
+
+    def _aim(self, brokers: list[tuple[str, int]], keepalive: int) -> None:
+        """The brokers to connect to, (host, port) in the order tried; the first in use."""
+        self._brokers, self._keepalive = brokers, keepalive
+        self._broker = 0
+        host, port = brokers[0]
+        self.address = f"{host}:{port}"
+
+    def _use_broker(self, index: int) -> None:
+        """Aim paho at broker ``index`` (no I/O: the next attempt connects there)."""
+        host, port = self._brokers[index]
+        self._broker = index
+        self.address = f"{host}:{port}"
+        if self._client is not None:
+            self._client.connect_async(host, port, self._keepalive)
+
+    @property
+    def _broker_host(self) -> str:
+        return self._brokers[self._broker][0]
+
+    def _next_broker(self) -> None:
+        """After a failed attempt, or a session that asked to move on (`_move_on`): the next
+        broker, if there is another. A lost connection is first retried where it was: a
+        broker's restart is the common case."""
+        if len(self._brokers) > 1:
+            self._use_broker((self._broker + 1) % len(self._brokers))
+            self.failovers += 1
 
     @abc.abstractmethod
     async def _connect_once(self) -> None:
@@ -161,13 +194,16 @@ class PahoOnLoop(abc.ABC):
                     self.last_error = str(exc)
                     self._unreachable("broker unreachable")
                     delay = backoff.next_delay()
+                    tried = self.address
+                    self._next_broker()
                     self.LOG.warning(
-                        "%s %s: %s; retry %d in %.2f s",
+                        "%s %s: %s; retry %d in %.2f s%s",
                         self.LABEL,
                         self.name,
                         exc,
                         backoff.attempts,
                         delay,
+                        "" if self.address == tried else f" with {self.address}",
                     )
                     await asyncio.sleep(delay)
                     continue
@@ -182,19 +218,24 @@ class PahoOnLoop(abc.ABC):
                 self.last_error = f"connection lost: {reason}"
                 self._unreachable(f"connection lost: {reason}")
                 delay = backoff.next_delay()
+                left = self.address
+                if self._move_on:
+                    self._move_on = False
+                    self._next_broker()
                 self.LOG.warning(
-                    "%s %s: connection to %s lost (%s); reconnecting in %.2f s",
+                    "%s %s: connection to %s lost (%s); reconnecting in %.2f s%s",
                     self.LABEL,
                     self.name,
-                    self.address,
+                    left,
                     reason,
                     delay,
+                    "" if self.address == left else f" with {self.address}",
                 )
                 await asyncio.sleep(delay)
         finally:
             await self.close()
 
-    async def _connect_paho(self, error: type[Exception], host: str) -> None:
+    async def _connect_paho(self, error: type[Exception]) -> None:
         """One connection attempt up to CONNACK, whose callback settles ``_connect_fut``;
         ``error`` with one line if it fails."""
         loop, client = self._loop, self._client
@@ -210,7 +251,7 @@ class PahoOnLoop(abc.ABC):
             raise
         except Exception as exc:  # OSError, ssl errors, CertificateError (a ValueError)
             self._drop_socket()
-            raise error(describe_connect_error(exc, self.address, host)) from None
+            raise error(describe_connect_error(exc, self.address, self._broker_host)) from None
         if rc != _SUCCESS:
             self._drop_socket()
             raise error(f"cannot connect to {self.address}: {paho.error_string(rc)}")

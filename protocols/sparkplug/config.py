@@ -20,12 +20,15 @@ from gateway.config.common import (
 )
 from gateway.types import Access, PointSpec
 from protocols.mqtt.config import (
+    FAILOVER_DESCRIPTION,
     NAME_PATTERN,
+    FailoverBroker,
     PointType,
     Tls,
     broker_port,
     broker_warnings,
     password_warning,
+    repeated_brokers,
 )
 from protocols.sparkplug.codec import check_id, id_problem
 
@@ -38,6 +41,7 @@ class SparkplugBroker(Strict):
     protocol: Literal["sparkplug"] = "sparkplug"
     host: str = Field(min_length=1)
     port: int | None = Field(None, ge=1, le=65535, description="1883, or 8883 with tls")
+    failover: list[FailoverBroker] = Field(default_factory=list, description=FAILOVER_DESCRIPTION)
     group: str = Field(description="Sparkplug group_id (no '/', '+' or '#')")
     client_id: str | None = Field(
         None, description="MQTT client id; defaults to protocol-brain-{gateway}-{name}"
@@ -55,6 +59,9 @@ class SparkplugBroker(Strict):
 
     def run_warnings(self) -> list[tuple[Path, str]]:
         return broker_warnings(self, self.WHAT)
+
+    def check(self) -> list[Problem]:
+        return repeated_brokers(self)
 
     def password_warning(self) -> str | None:
         """`protocols.mqtt.config.password_warning` of this connection."""
@@ -76,6 +83,14 @@ class SparkplugEndpoint(SparkplugBroker):
         description=(
             "host_id of the Primary Host Application (no '/', '+' or '#'): the births wait for"
             " its STATE online, and its STATE offline ends the session (NDEATH, reconnect, wait)"
+        ),
+    )
+    primary_host_wait: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "with failover: seconds to wait on a broker for the primary host's STATE online"
+            " before trying the next (a STATE offline moves on at once)"
         ),
     )
     buffer: int = Field(
@@ -177,7 +192,7 @@ class SparkplugHost(SparkplugBroker):
         return None if v is None else check_id(v, "host_id")
 
     def check(self) -> list[Problem]:
-        problems = repeated_names(self.points)
+        problems = super().check() + repeated_names(self.points)
         metrics: set[tuple[str, str | None, str]] = set()
         for i, p in enumerate(self.points):
             key = (p.node, p.device, p.metric)

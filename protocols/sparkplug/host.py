@@ -12,8 +12,18 @@ no acknowledgement of a command: a write is good once it is handed to the broker
 
 With ``host_id`` the host is a Primary Host Application (Sparkplug 3.0, 5.4 and 6.4.1): its
 will is ``spBv1.0/STATE/{host_id}`` ``{"online": false, "timestamp": T}`` (retained, QoS 1), and
-once subscribed it publishes ``{"online": true, "timestamp": T}`` there (retained, QoS 1, the
-same T, new for every connection); a clean stop publishes the offline STATE itself.
+once subscribed (to the group and to that topic) it publishes ``{"online": true,
+"timestamp": T}`` there (retained, QoS 1, the same T, new for every connection); a clean stop
+publishes the offline STATE itself, with the timestamp of the last online.
+
+An offline STATE delivered on that topic while connected (another client's, or the will of an
+older session that the broker fired late) would keep the edge nodes from birthing: the host
+says online again, retained, QoS 1, with the current time (Sparkplug 3.0's
+message-flow-hid-sparkplug-state-message-delivered), at most once per `state_every_s` seconds
+so that a client repeating offline cannot make it flood the broker. What the broker held when
+the host subscribed (a retained message) needs no answer: the online published after the
+subscription replaces it. The will cannot change without a new connection: it keeps T, older
+than an online said again, and an edge node that drops older STATEs would ignore it.
 
 A lost broker makes every point Bad (the sessions cannot be followed across it); once
 connected again, the host asks each node that was online for a rebirth, so that points whose
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -54,22 +65,26 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
 
     config: SparkplugHost
     LOG = log
+    #: at least this many seconds between two online STATEs said again (a client that says
+    #: offline in a loop cannot make the host flood the broker; the last one is answered)
+    state_every_s: float = 1.0
 
     def __init__(self, name: str, config: SparkplugHost, context: AdapterContext) -> None:
         super().__init__(name, config, context)
         self.group = config.group
         self.client_id = config.client_id or f"protocol-brain-{context.gateway_name}-{name}"
-        self.address = f"{config.host}:{config.effective_port}"
         self.tracker = HostTracker(
             config.points,
             learn=config.learn,
             max_points=config.max_points,
             rebirth_interval=config.rebirth_interval,
         )
-        self._init_session()
+        self._init_session(config)
         self.host_id = config.host_id
         self._state_topic = None if config.host_id is None else codec.state_topic(config.host_id)
-        self._state_ts = 0  # the STATE timestamp of the current connection (its will's too)
+        self._state_ts = 0  # the timestamp of the last STATE online (of the will at first)
+        self._state_said_at = -math.inf  # time.monotonic() of the last online said again
+        self._state_timer: asyncio.TimerHandle | None = None  # an online said again, due
         self._rejoin: set[str] = set()  # nodes to ask for a rebirth once connected again
         self._points_bad = False  # Bad samples published for this outage already
         self._said_at = -_LOG_EVERY_S
@@ -79,6 +94,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         self.received = 0
         self.bad_payloads = 0
         self.rebirths_asked = 0
+        self.state_republished = 0
         self.writes_ok = 0
         self.writes_refused = 0
         self.reconnects = 0
@@ -118,7 +134,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             self._state_ts = int(time.time() * 1000)
             offline = codec.encode_state(HostState(False, self._state_ts))
             self._client.will_set(self._state_topic, offline, qos=1, retain=True)
-        await self._connect_paho(SparkplugError, self.config.host)
+        await self._connect_paho(SparkplugError)
 
     async def _serve_session(self) -> str:
         """Subscribe to the group, say STATE online, ask the nodes known before for a rebirth;
@@ -132,8 +148,11 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             self.group,
             "" if self.host_id is None else f" (primary host {self.host_id})",
         )
-        client.subscribe([(f"{codec.NAMESPACE}/{self.group}/#", 1)])
-        if self._state_topic is not None:  # after the subscription, as 6.4.1 orders
+        topics = [(f"{codec.NAMESPACE}/{self.group}/#", 1)]
+        if self._state_topic is not None:  # its own STATE too, to answer an offline one
+            topics.append((self._state_topic, 1))
+        client.subscribe(topics)
+        if self._state_topic is not None:  # after the subscriptions, as 6.4.1 orders
             online = codec.encode_state(HostState(True, self._state_ts))
             client.publish(self._state_topic, online, qos=1, retain=True)
         rejoin, self._rejoin = sorted(self._rejoin), set()
@@ -153,6 +172,9 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             self._say(f"message on {msg.topic} not read: {type(exc).__name__}: {exc}")
 
     def _read(self, msg: paho.MQTTMessage) -> None:
+        if msg.topic == self._state_topic:
+            self._own_state(msg)
+            return
         try:
             where = codec.parse_topic(msg.topic)
         except ValueError:
@@ -167,6 +189,8 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             self._say(f"unreadable {where.message_type} on {msg.topic}: {exc}")
             return
         outcome = self.tracker.receive(where, payload, time.time())
+        for line in outcome.notices:  # once each: not through _say, which may skip them
+            log.warning("Sparkplug %s: %s", self.name, line)
         if outcome.samples:
             self._points_bad = False
             self.bus.publish_nowait(Message.telemetry(self.name, outcome.samples))
@@ -174,6 +198,53 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             self._say(f"edge node {where.node}: {outcome.problem}")
         if outcome.rebirth:
             self._ask_rebirth(where.node)
+
+    # --- its own STATE ----------------------------------------------------------------------
+
+    def _own_state(self, msg: paho.MQTTMessage) -> None:
+        """A STATE on the host's own topic: online again when it says offline."""
+        if msg.retain:
+            return  # held by the broker at the subscription: the online sent after replaces it
+        try:
+            state = codec.decode_state(bytes(msg.payload))
+        except ValueError as exc:
+            self.bad_payloads += 1
+            self._say(f"unreadable STATE on {msg.topic} ignored: {exc}")
+            return
+        if state.online:
+            return  # its own online, back from the broker
+        if self._closing:
+            return  # its own goodbye, back from the broker
+        if self._state_timer is not None:
+            return  # an online is due already
+        wait = self._state_said_at + self.state_every_s - time.monotonic()
+        if wait > 0 and self._loop is not None:
+            self._state_timer = self._loop.call_later(wait, self._online_again)
+        else:
+            self._online_again()
+
+    def _online_again(self) -> None:
+        """STATE online (retained, QoS 1) with the current time, never older than the last."""
+        self._state_timer = None
+        client = self._client
+        if client is None or not self._connected or self._closing or self._state_topic is None:
+            return
+        self._state_ts = max(int(time.time() * 1000), self._state_ts + 1)
+        online = codec.encode_state(HostState(True, self._state_ts))
+        self._state_said_at = time.monotonic()
+        if client.publish(self._state_topic, online, qos=1, retain=True).rc == _SUCCESS:
+            self.state_republished += 1
+            log.warning(
+                "Sparkplug %s: STATE of primary host %s said offline while connected (another"
+                " client, or an older session's will): online again",
+                self.name,
+                self.host_id,
+            )
+
+    def _cancel_online_again(self) -> None:
+        if self._state_timer is not None:
+            self._state_timer.cancel()
+            self._state_timer = None
 
     def _say(self, line: str) -> None:
         """A warning, at most one per `_LOG_EVERY_S` (a node's data can be unreadable at
@@ -261,13 +332,18 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         return super().lost_samples(reason) + learnt
 
     def _connection_lost(self, reason: str) -> None:
+        self._cancel_online_again()
         self._rejoin.update(self.tracker.forget())
         self._settle_lost(reason, SparkplugError(f"connection to {self.address} lost: {reason}"))
 
     # --- closing ----------------------------------------------------------------------------
 
+    def _stopping(self) -> None:
+        self._cancel_online_again()
+
     def _last_words(self) -> tuple[str, bytes, bool] | None:
-        """STATE offline (retained) with this connection's timestamp, as a Primary Host."""
+        """STATE offline (retained) with the timestamp of the last online, as a Primary Host
+        (not older, or an edge node that drops older STATEs would ignore it)."""
         if self._state_topic is None:
             return None
         return self._state_topic, codec.encode_state(HostState(False, self._state_ts)), True
@@ -286,8 +362,9 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             "group": self.group,
             **({} if self.host_id is None else {"host_id": self.host_id}),
             "nodes": t.online(),
-            "devices_online": t.devices_online(),
+            **t.counts(),
             "points_learnt": len(t.learnt),
+            "name_collisions": t.name_collisions,
             "received": self.received,
             "bad_payloads": self.bad_payloads,
             "seq_gaps": t.seq_gaps,
@@ -297,7 +374,9 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             "type_errors": t.type_errors,
             "over_max_points": t.over_limit,
             "rebirths_asked": self.rebirths_asked,
+            **({} if self.host_id is None else {"state_republished": self.state_republished}),
             "writes": {"ok": self.writes_ok, "refused": self.writes_refused},
             "reconnects": self.reconnects,
+            "failovers": self.failovers,
             "last_error": self.last_error,
         }

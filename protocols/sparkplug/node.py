@@ -131,13 +131,12 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         self.group = config.group
         self.node = config.node or context.gateway_name
         self.client_id = config.client_id or f"protocol-brain-{context.gateway_name}-{name}"
-        self.address = f"{config.host}:{config.effective_port}"
         self._devices: dict[str, _Device] = {}
         self._next_alias = 1
         self._history: collections.deque[Message] = collections.deque()
         self._bd_seq = -1  # bdSeq of the current (or last) connection attempt
         self._seq = 0  # the next seq to publish
-        self._init_session()
+        self._init_session(config)
         self._writes: set[asyncio.Task[None]] = set()
         self._ready = False  # births published: send() publishes DDATA
         self.primary_host = config.primary_host
@@ -148,6 +147,8 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         self._host_live = False  # a STATE of this session said online, and no later one offline
         self._host_news: asyncio.Event | None = None  # set when a STATE is accepted
         self._waiting = False  # connected, births held until the primary host is online
+        self._host_said_offline = False  # a STATE of this session said offline
+        self._host_wait = config.primary_host_wait
         self.last_error: str | None = None
         # counters
         self.published = 0
@@ -236,7 +237,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         assert self._client is not None
         self._bd_seq = (self._bd_seq + 1) % 256
         self._client.will_set(self._topic("NDEATH"), self._ndeath(), qos=1, retain=False)
-        await self._connect_paho(SparkplugError, self.config.host)
+        await self._connect_paho(SparkplugError)
 
     async def _serve_session(self) -> str:
         """Subscriptions, (the primary host's online STATE), births, the historical backlog;
@@ -256,6 +257,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             (f"{codec.NAMESPACE}/{self.group}/DCMD/{self.node}/+", 1),
         ]
         self._host_live = False  # this session must hear the host say online (5.4)
+        self._host_said_offline = False
         if self._state_topic is not None:
             topics.append((self._state_topic, 1))
         client.subscribe(topics)
@@ -263,6 +265,11 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             lost = await self._wait_for_host(disconnected)
             if lost is not None:
                 return lost
+            if not self._host_live:  # with failover: not online on this broker, walk on
+                return await self._leave(
+                    f"primary host {self.primary_host} is not online on {self.address}",
+                    born=False,
+                )
         self._births()
         self._ready = True
         await self._replay(disconnected)
@@ -275,7 +282,9 @@ class SparkplugAdapter(SparkplugSession, Adapter):
 
     async def _wait_for_host(self, disconnected: asyncio.Future[str]) -> str | None:
         """Hold the births until a STATE of this session says the primary host is online;
-        None then, or why the connection ended first. Meanwhile the node counts as down."""
+        None then, or why the connection ended first. Meanwhile the node counts as down.
+        With failover it also returns None, the host not online, after a STATE offline or
+        ``primary_host_wait`` seconds: Sparkplug's walk to the next broker (5.4)."""
         log.info(
             "Sparkplug %s: waiting for primary host %s to be online (STATE) before the births",
             self.name,
@@ -283,8 +292,14 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         )
         self._waiting = True
         self.last_error = f"waiting for primary host {self.primary_host} to be online (STATE)"
+        walk = len(self._brokers) > 1
         try:
-            lost = await self._until(lambda: self._host_live, disconnected)
+            async with asyncio.timeout(self._host_wait if walk else None):
+                lost = await self._until(
+                    lambda: self._host_live or (walk and self._host_said_offline), disconnected
+                )
+        except TimeoutError:
+            lost = None
         finally:
             self._waiting = False
         if lost is None:
@@ -307,16 +322,20 @@ class SparkplugAdapter(SparkplugSession, Adapter):
                 return disconnected.result()
         return None
 
-    async def _leave(self, why: str) -> str:
-        """End the session ourselves (the primary host went offline): NDEATH, DISCONNECT."""
+    async def _leave(self, why: str, *, born: bool = True) -> str:
+        """End the session ourselves (the primary host is offline): NDEATH if ``born``,
+        DISCONNECT; with failover the next session is on the next broker."""
         self._ready = False
         self.host_leaves += 1
+        self._move_on = len(self._brokers) > 1
         log.warning(
-            "Sparkplug %s: %s: NDEATH and disconnect, then wait for it on a new session",
+            "Sparkplug %s: %s: %sdisconnect, then wait for it on %s",
             self.name,
             why,
+            "NDEATH and " if born else "",
+            "the next broker" if self._move_on else "a new session",
         )
-        await self._goodbye(self._last_words())
+        await self._goodbye(self._last_words() if born else None)
         disconnected = self._disconnected
         if disconnected is not None and not disconnected.done():  # no answer to DISCONNECT
             self._drop_socket()
@@ -576,6 +595,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             )
         self._host_live = state.online
         if not state.online:
+            self._host_said_offline = True
             self._ready = False  # from now on telemetry waits in the buffer (6.4.1: at once)
         if self._host_news is not None:
             self._host_news.set()
@@ -670,6 +690,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             **self._host_status(),
             "writes": {"ok": self.writes_ok, "refused": self.writes_refused},
             "reconnects": self.reconnects,
+            "failovers": self.failovers,
             "last_error": self.last_error,
             "devices": {
                 d.name: "online" if d.born else ("down" if not d.alive else "not born")

@@ -15,6 +15,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from protocols.mqtt.config import brokers
 from protocols.mqtt.link import PahoOnLoop, tls_context
 from protocols.sparkplug.config import SparkplugBroker
 
@@ -38,11 +39,12 @@ class SparkplugSession(PahoOnLoop):
     #: on shutdown, how long to wait for the broker to acknowledge the goodbye message
     drain_timeout: float = 2.0
 
-    def _init_session(self) -> None:
+    def _init_session(self, cfg: SparkplugBroker) -> None:
         self._client = None
         self._loop = None
         self._loop_thread = 0
         self._init_socket()
+        self._aim(brokers(cfg), cfg.keepalive)
         self._goodbye_mid: int | None = None
         self._goodbye_acked: asyncio.Event | None = None
         self._connected = False  # CONNACK received, connection not lost
@@ -79,8 +81,8 @@ class SparkplugSession(PahoOnLoop):
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         self.install(client)
-        client.connect_async(cfg.host, cfg.effective_port, cfg.keepalive)  # no I/O yet
         self._client = client
+        self._use_broker(self._broker)
         self._goodbye_acked = asyncio.Event()
         return client
 

@@ -22,9 +22,13 @@ The rules are Sparkplug 3.0's for a host (chapter 7):
 
 Points: a metric is a point when it is declared (`HostPoint`: node, device, metric) or, with
 ``learn``, by a name made of its node, device and metric (`learnt_name`), up to ``max_points``
-learnt names (they come from the broker). Values are taken by the datatype the birth gave
-(a DATA message may leave it out); a metric's ``Quality`` property (Ignition's convention: 192
-good, 64 uncertain, below 64 bad) sets the sample's quality, a null value is Bad.
+learnt names (they come from the broker). Two metrics can make one name (a node's ``pump1/x``
+and device pump1's ``x`` are both ``E1.pump1.x``): the first to claim it keeps it for good,
+and the other is not learnt (one point fed by two metrics would flip between their values),
+counted once in ``name_collisions`` and said once in the outcome's ``notices``. Values are
+taken by the datatype the birth gave (a DATA message may leave it out); a metric's ``Quality``
+property (Ignition's convention: 192 good, 64 uncertain, below 64 bad) sets the sample's
+quality, a null value is Bad.
 A historical metric (``is_historical``: what a node buffered while offline, sent after its
 births) is published with its own timestamp, and followed in the same message by the metric's
 current sample when that is newer, so a target that keeps the latest value (a server's
@@ -37,7 +41,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.types import Quality, Sample, Value
 from protocols.mqtt import codec as mqtt_codec
@@ -54,6 +58,9 @@ _CONTROL = ("Node Control/", "Device Control/")
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_\-]")
 #: nodes remembered for the rebirth interval while not born (their ids come from the broker)
 _MAX_ASKED = 10_000
+
+#: where a metric comes from: (node, device or None, metric name)
+Source = tuple[str, str | None, str]
 
 
 def learnt_name(node: str, device: str | None, metric: str) -> str:
@@ -82,11 +89,13 @@ def quality_of(metric: Metric) -> Quality:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What one message means: samples to publish, whether to ask its node for a rebirth,
-    and a line saying what was wrong with it (None when nothing was)."""
+    a line saying what was wrong with it (None when nothing was), and lines worth saying
+    once each (a learnt name refused), which the rate limit of ``problem`` must not eat."""
 
     samples: tuple[Sample, ...] = ()
     rebirth: bool = False
     problem: str | None = None
+    notices: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -139,6 +148,9 @@ class HostTracker:
         self.rebirth_interval = rebirth_interval
         self.nodes: dict[str, _Node] = {}
         self.learnt: set[str] = set()  # learnt point names, at most max_points
+        # who claimed each learnt name first (kept, like the names, across lost brokers)
+        self.owners: dict[str, Source] = {}
+        self._collided: set[Source] = set()  # metrics refused their name, said once each
         self._asked: dict[str, float] = {}  # node -> when it was last asked to rebirth
         # counters
         self.seq_gaps = 0
@@ -147,6 +159,7 @@ class HostTracker:
         self.stale_deaths = 0  # NDEATH of an older session: ignored
         self.type_errors = 0  # a value that does not fit its declared point's type
         self.over_limit = 0  # learnt names refused past max_points
+        self.name_collisions = 0  # metrics not learnt: their name is another metric's
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -190,7 +203,7 @@ class HostTracker:
         if gap is None:
             return outcome
         asked = self._ask(where.node, now, gap)
-        return Outcome(outcome.samples, asked.rebirth, outcome.problem or gap)
+        return replace(outcome, rebirth=asked.rebirth, problem=outcome.problem or gap)
 
     def _gap(self, node: _Node, payload: Payload) -> str | None:
         """Why the seq of ``payload`` is not the next one of its node's, None if it is."""
@@ -227,24 +240,28 @@ class HostTracker:
                 device.online = False
         self.nodes[where.node] = node
         self._asked.pop(where.node, None)
-        samples = self._declare(node.own, where.node, None, payload, now)
-        return Outcome(tuple(samples))
+        return self._declare(node.own, where.node, None, payload, now)
 
     def _dbirth(self, node: _Node, where: Topic, payload: Payload, now: float) -> Outcome:
         assert where.device is not None
         holder = node.devices[where.device] = _Holder()
-        return Outcome(tuple(self._declare(holder, where.node, where.device, payload, now)))
+        return self._declare(holder, where.node, where.device, payload, now)
 
     def _declare(
         self, holder: _Holder, node: str, device: str | None, payload: Payload, now: float
-    ) -> list[Sample]:
-        """A birth's metrics into ``holder``; the samples of those that are points."""
+    ) -> Outcome:
+        """A birth's metrics into ``holder``: the samples of those that are points."""
         samples: list[Sample] = []
+        notices: list[str] = []
         for metric in payload.metrics:
             if metric.name is None:
                 continue  # a birth names every metric; a nameless one cannot be a point
             declared = self.declared.get((node, device, metric.name))
-            point = declared.name if declared is not None else self._learn(node, device, metric)
+            point = (
+                declared.name
+                if declared is not None
+                else self._learn((node, device, metric.name), notices)
+            )
             known = _Metric(metric.name, metric.datatype, point, declared)
             holder.by_name[metric.name] = known
             if metric.alias is not None:
@@ -252,21 +269,44 @@ class HostTracker:
             sample = self._sample(known, metric, payload, now)
             if sample is not None:
                 samples.append(sample)
-        return samples
+        return Outcome(tuple(samples), notices=tuple(notices))
 
-    def _learn(self, node: str, device: str | None, metric: Metric) -> str | None:
-        assert metric.name is not None
-        if not self.learn or metric.name == BDSEQ or metric.name.startswith(_CONTROL):
+    def _learn(self, source: Source, notices: list[str]) -> str | None:
+        """The learnt point name of the metric ``source``, None when it is not a point; a
+        line into ``notices`` the first time its name is found to be another metric's."""
+        node, device, metric = source
+        if not self.learn or metric == BDSEQ or metric.startswith(_CONTROL):
             return None
-        name = learnt_name(node, device, metric.name)
-        if name in self.by_point:
-            return None  # a declared point's name: the declared metric feeds it
-        if name not in self.learnt:
+        name = learnt_name(node, device, metric)
+        declared = self.by_point.get(name)
+        if declared is not None:  # a declared point's name is its metric's from the start
+            owner: Source | None = (declared.node, declared.device, declared.metric)
+        else:
+            owner = self.owners.get(name)
+        if owner is not None and owner != source:
+            self._collide(source, owner, name, notices)
+            return None
+        if owner is None:
             if len(self.learnt) >= self.max_points:
                 self.over_limit += 1
                 return None
             self.learnt.add(name)
+            self.owners[name] = source
         return name
+
+    def _collide(self, source: Source, owner: Source, name: str, notices: list[str]) -> None:
+        """``source`` is refused ``name``, which ``owner`` holds: counted and said once per
+        source (a node births again at every connection and rebirth)."""
+        if source in self._collided:
+            return
+        if len(self._collided) < self.max_points:  # the sources come from the broker
+            self._collided.add(source)
+        self.name_collisions += 1
+        how = "the declared point" if name in self.by_point else "the learnt point"
+        notices.append(
+            f"{_source(source)} is not learnt: its name {name} is {how} of {_source(owner)}"
+            " (declare it as a point under another name to read it)"
+        )
 
     def _data(self, node: _Node, where: Topic, payload: Payload, now: float) -> Outcome:
         holder = self._holder(where)
@@ -374,10 +414,25 @@ class HostTracker:
         """Each node seen in this connection: online or offline."""
         return {name: "online" if n.online else "offline" for name, n in self.nodes.items()}
 
-    def devices_online(self) -> int:
-        return sum(
-            1 for n in self.nodes.values() if n.online for d in n.devices.values() if d.online
-        )
+    def counts(self) -> dict[str, int]:
+        """The nodes and devices seen in this connection, online and not, as numbers (the
+        status' ``nodes`` is texts, which /metrics leaves out). A device is online while it
+        and its node are."""
+        nodes = self.nodes.values()
+        online = [n for n in nodes if n.online]
+        devices = sum(len(n.devices) for n in nodes)
+        devices_online = sum(1 for n in online for d in n.devices.values() if d.online)
+        return {
+            "nodes_online": len(online),
+            "nodes_offline": len(self.nodes) - len(online),
+            "devices_online": devices_online,
+            "devices_offline": devices - devices_online,
+        }
+
+
+def _source(source: Source) -> str:
+    node, device, metric = source
+    return f"{node if device is None else f'{node}/{device}'} metric {metric!r}"
 
 
 def _lost(holder: _Holder, now: float, reason: str) -> Iterable[Sample]:
