@@ -132,9 +132,7 @@ class PahoOnLoop(abc.ABC):
     def _aim(self, brokers: list[tuple[str, int]], keepalive: int) -> None:
         """The brokers to connect to, (host, port) in the order tried; the first in use."""
         self._brokers, self._keepalive = brokers, keepalive
-        self._broker = 0
-        host, port = brokers[0]
-        self.address = f"{host}:{port}"
+        self._use_broker(0)
 
     def _use_broker(self, index: int) -> None:
         """Aim paho at broker ``index`` (no I/O: the next attempt connects there)."""
