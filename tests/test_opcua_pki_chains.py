@@ -159,6 +159,14 @@ def trust_list(tmp_path: Path) -> TrustList:
     return load_trust_store(tmp_path, None, peer="client")
 
 
+def planted(tmp_path: Path, root: Issued, issuing: Issued) -> TrustList:
+    """A trust list with ``root`` in trusted and ``issuing`` in issuers: a plant's PKI."""
+    trust = trust_list(tmp_path)
+    put(trust.trusted, "root.der", root)
+    put(issuers(trust), "issuing.der", issuing)
+    return trust
+
+
 def issuers(trust: TrustList) -> Path:
     """``{pki_dir}/issuers`` (the folder, not ``trust.issuers``: these tests run on the code
     before it too, to show they fail there)."""
@@ -241,9 +249,7 @@ def test_a_wrong_signature_is_refused(
     tmp_path: Path, plant: tuple[Issued, Issued, Issued], caplog: pytest.LogCaptureFixture
 ) -> None:
     root, issuing, _ = plant
-    trust = trust_list(tmp_path)
-    put(trust.trusted, "root.der", root)
-    put(issuers(trust), "issuing.der", issuing)
+    trust = planted(tmp_path, root, issuing)
     # the issuing CA's name, another key's signature
     forged = issue("hmi-1", issuing, signer=key("intruder"))
     assert refusal(trust, forged) == "BadCertificateUntrusted"
@@ -259,18 +265,15 @@ def test_a_revoked_leaf_is_refused(
 ) -> None:
     root, issuing, leaf = plant
     other = issue("hmi-2", issuing)
-    trust = trust_list(tmp_path)
-    put(trust.trusted, "root.der", root)
-    put(issuers(trust), "issuing.der", issuing)
+    trust = planted(tmp_path, root, issuing)
     trust.check(leaf.cert)
     put(crls(trust), "issuing.crl", revocation_list(issuing, leaf))  # re-read: no restart
     assert refusal(trust, leaf) == "BadCertificateRevoked"
     assert warnings(caplog)[-1] == (
         "refused client certificate CN=hmi-1: revoked by CRL of CN=Plant Issuing CA"
     )
-    assert (
-        list((tmp_path / "rejected").iterdir()) == []
-    )  # nothing an operator should move to trusted
+    # nothing an operator should move to trusted
+    assert list((tmp_path / "rejected").iterdir()) == []
     trust.check(other.cert)  # not in the list
     # a PEM CRL under .pem; the exact certificate in trusted does not lift a revocation
     (crls(trust) / "issuing.crl").unlink()
@@ -285,9 +288,7 @@ def test_a_revoked_intermediate_is_refused(
     tmp_path: Path, plant: tuple[Issued, Issued, Issued], caplog: pytest.LogCaptureFixture
 ) -> None:
     root, issuing, leaf = plant
-    trust = trust_list(tmp_path)
-    put(trust.trusted, "root.der", root)
-    put(issuers(trust), "issuing.der", issuing)
+    trust = planted(tmp_path, root, issuing)
     put(crls(trust), "root.der", revocation_list(root, issuing))
     assert refusal(trust, leaf) == "BadCertificateIssuerRevoked"
     assert warnings(caplog)[-1].endswith(
@@ -302,9 +303,7 @@ def test_a_crl_whose_signature_does_not_verify_is_ignored(
     tmp_path: Path, plant: tuple[Issued, Issued, Issued], caplog: pytest.LogCaptureFixture
 ) -> None:
     root, issuing, leaf = plant
-    trust = trust_list(tmp_path)
-    put(trust.trusted, "root.der", root)
-    put(issuers(trust), "issuing.der", issuing)
+    trust = planted(tmp_path, root, issuing)
     put(crls(trust), "forged.crl", revocation_list(issuing, leaf, signer=key("intruder")))
     (crls(trust) / "junk.crl").write_bytes(b"not a CRL")
     trust.check(leaf.cert)

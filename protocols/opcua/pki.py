@@ -83,8 +83,11 @@ def trusted_dir(pki_dir: Path, configured: str | None) -> Path:
     return folder
 
 
-def rejected_dir(pki_dir: Path) -> Path:
-    folder = pki_dir / "rejected"
+def pki_folder(pki_dir: Path, name: Literal["issuers", "crl", "rejected"]) -> Path:
+    """``{pki_dir}/{name}``, created if missing: ``issuers`` holds CA certificates that complete
+    chains, trusted only through a CA in the trusted folder (OPC UA's issuer list); ``crl`` the
+    revocation lists of the CAs in trusted and issuers; ``rejected`` the refused peers."""
+    folder = pki_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -645,21 +648,6 @@ def _revocation_list(path: Path) -> x509.CertificateRevocationList | None:
         return None
 
 
-def issuers_dir(pki_dir: Path) -> Path:
-    """``{pki_dir}/issuers``: CA certificates that complete chains, trusted only through a CA
-    in the trusted folder (OPC UA's issuer list); created if missing."""
-    folder = pki_dir / "issuers"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def crl_dir(pki_dir: Path) -> Path:
-    """``{pki_dir}/crl``: the revocation lists of the CAs in trusted and issuers."""
-    folder = pki_dir / "crl"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def load_trust_store(
     pki_dir: Path, configured: str | None, *, peer: Literal["client", "server"]
 ) -> TrustList:
@@ -667,8 +655,8 @@ def load_trust_store(
     ``{pki_dir}/crl`` and ``{pki_dir}/rejected``."""
     return TrustList(
         trusted_dir(pki_dir, configured),
-        issuers=issuers_dir(pki_dir),
-        crls=crl_dir(pki_dir),
-        rejected=rejected_dir(pki_dir),
+        issuers=pki_folder(pki_dir, "issuers"),
+        crls=pki_folder(pki_dir, "crl"),
+        rejected=pki_folder(pki_dir, "rejected"),
         peer=peer,
     )

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field, replace
 
 from gateway.types import Quality, Sample, Value
@@ -147,8 +147,8 @@ class HostTracker:
         self.max_points = max_points
         self.rebirth_interval = rebirth_interval
         self.nodes: dict[str, _Node] = {}
-        self.learnt: set[str] = set()  # learnt point names, at most max_points
-        # who claimed each learnt name first (kept, like the names, across lost brokers)
+        # each learnt point name (at most max_points) and the metric that claimed it first,
+        # kept across lost brokers
         self.owners: dict[str, Source] = {}
         self._collided: set[Source] = set()  # metrics refused their name, said once each
         self._asked: dict[str, float] = {}  # node -> when it was last asked to rebirth
@@ -160,6 +160,11 @@ class HostTracker:
         self.type_errors = 0  # a value that does not fit its declared point's type
         self.over_limit = 0  # learnt names refused past max_points
         self.name_collisions = 0  # metrics not learnt: their name is another metric's
+
+    @property
+    def learnt(self) -> KeysView[str]:
+        """The learnt point names."""
+        return self.owners.keys()
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -287,10 +292,9 @@ class HostTracker:
             self._collide(source, owner, name, notices)
             return None
         if owner is None:
-            if len(self.learnt) >= self.max_points:
+            if len(self.owners) >= self.max_points:
                 self.over_limit += 1
                 return None
-            self.learnt.add(name)
             self.owners[name] = source
         return name
 
