@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from gateway.adapter import Adapter
     from gateway.anomaly.stage import AnomalyStage
     from gateway.config import BridgeConfig
+    from gateway.shadow.store import HistoryRow
     from gateway.translator.transform import Translate
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ ANOMALY_BATCH = 64  # messages scored in one model call when they queue up
 
 # Per (point, unit): None = filtered out, else (unit after, converter or None).
 Decision = tuple[str | None, Callable[[float], float] | None] | None
+
+
+class HistorySource(Protocol):
+    """Where a bridge finds its devices' past readings (the shadow service)."""
+
+    def keeps_history(self, device: str) -> bool: ...
+
+    async def history_page(self, device: str, point: str, **query: Any) -> list[HistoryRow]: ...
 
 
 class PointTransform:
@@ -145,6 +154,7 @@ class Bridge:
         # device's shadow document in meta["shadow"] (a reference, no copy).
         self._route_reads_shadow = "{shadow." in str(getattr(config.route, "topic", ""))
         self._shadow_state: ShadowState | None = None
+        self._history: HistorySource | None = None
         self.forwarded = 0
         self.failed = 0
         # a target that rejects everything is logged when that starts and ends, not per message
@@ -196,6 +206,49 @@ class Bridge:
             out[device] = specs
         return out
 
+    def _source_point(self, device: str, point: str) -> str | None:
+        """The source's name of the point the target calls ``point`` (translate undone);
+        None if this bridge does not carry it."""
+        if self.translate is not None:
+            has = {p.name for p in self._sources.get(device, [])} or None
+            source_point = self.translate.source_name(point, has)
+            if source_point is None:
+                return None
+            point = source_point
+        return point if self.transform.selects(point) else None
+
+    def historized(self, device: str, point: str) -> bool:
+        """Whether the past readings of the target's ``point`` are kept (a shadowed device's
+        own points; not computed ones, which exist only on the way to the target)."""
+        history = self._history
+        if history is None or device not in self.config.sources:
+            return False
+        if self.computed is not None and any(p.name == point for p in self.computed.specs(device)):
+            return False
+        return history.keeps_history(device) and self._source_point(device, point) is not None
+
+    async def history(self, device: str, point: str, **query: Any) -> list[HistoryRow]:
+        """`ShadowStore.history_page` for the target's ``point`` of a `historized` one, values
+        in the bridge's units (the target's)."""
+        source = self._source_point(device, point)
+        history = self._history
+        if source is None or history is None:
+            raise LookupError(f"bridge {self.name} keeps no history of {device}/{point}")
+        rows = await history.history_page(device, source, **query)
+        spec = next((p for p in self._sources.get(device, []) if p.name == source), None)
+        unit = self.transform.target_unit(source, spec.unit) if spec is not None else None
+        if spec is None or spec.unit is None or unit is None or unit == spec.unit:
+            return rows
+        from gateway.units import converter
+
+        conv = converter(spec.unit, unit)
+        return [
+            replace(r, value=conv(float(r.value)))
+            if isinstance(r.value, (int, float)) and not isinstance(r.value, bool)
+            else r
+            for r in rows
+        ]
+
     async def write(
         self,
         device: str,
@@ -206,21 +259,15 @@ class Bridge:
         ack_timeout: float | None = None,
     ) -> WriteResult:
         """A write from the target side: back to source units, then the router's safety rules."""
-        if self.translate is not None:
-            has = {p.name for p in self._sources.get(device, [])} or None
-            source_point = self.translate.source_name(point, has)
-            if source_point is None:
-                return WriteResult(
-                    WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {point}"
-                )
-            point = source_point
+        source_point = self._source_point(device, point)
+        if source_point is None:
+            return WriteResult(
+                WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {point}"
+            )
+        point = source_point
         if self.router is None or device not in self.config.sources:
             return WriteResult(
                 WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {device}"
-            )
-        if not self.transform.selects(point):
-            return WriteResult(
-                WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {point}"
             )
         spec = next((p for p in self._sources.get(device, []) if p.name == point), None)
         if spec is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -309,6 +356,10 @@ class Bridge:
         self._shadow_state = state
         if self.computed is not None:
             self.computed.state = state
+
+    def use_history(self, history: HistorySource | None) -> None:
+        """The runtime's shadow, for a server target's history reads (None: no shadow)."""
+        self._history = history
 
     def _prepare(self, message: Message) -> tuple[Message, int] | None:
         """Select, convert, compute; None when nothing of the message is left. With the

@@ -359,6 +359,7 @@ class Gateway:
             )
         for bridge in self.bridges:  # a kept bridge takes the new shadow, or none
             bridge.use_shadow(self.shadow.state if self.shadow is not None else None)
+            bridge.use_history(self.shadow)
 
     def _part(self, name: str) -> str:
         """How a start error names the entry ``name``: ``device 'plc' (modbus)``."""

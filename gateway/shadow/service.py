@@ -78,6 +78,7 @@ from gateway.config.model import ShadowSection
 from gateway.payloads import load_json
 from gateway.shadow import shadow_topic
 from gateway.shadow.store import (
+    HistoryRow,
     ShadowDocument,
     ShadowError,
     ShadowLimitError,
@@ -288,6 +289,14 @@ class ShadowService:
     def state(self, device: str) -> ShadowDocument | None:
         """The last document this service saw for ``device`` (no I/O; may lag the file)."""
         return self.documents.get(device)
+
+    def keeps_history(self, device: str) -> bool:
+        """Whether ``device``'s readings are kept in the history (it has a shadow)."""
+        return device in self.devices
+
+    async def history_page(self, device: str, point: str, **query: Any) -> list[HistoryRow]:
+        """`ShadowStore.history_page`, in the store's thread (for a server's history reads)."""
+        return await self._call(partial(self._store().history_page, device, point, **query))
 
     async def get(self, device: str) -> ShadowDocument:
         doc = await self._call(partial(self._store().get, device))

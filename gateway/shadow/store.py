@@ -1137,29 +1137,48 @@ class ShadowStore:
     ) -> list[HistoryRow]:
         """Rows oldest first: the ``last`` N, or those with ``since <= ts <= until``; the staged
         rows too (one statement, so one snapshot: a merge in between is never half seen)."""
-        where = "device = ? AND point = ?"
-        args: list[Any] = [device, point]
-        if since is not None:
-            where += " AND ts >= ?"
-            args.append(since)
-        if until is not None:
-            where += " AND ts <= ?"
-            args.append(until)
-        limit = ""
-        if last is not None:
-            limit = " LIMIT ?"
-            args.append(last)
-        # Of equal times, a staged row is the newer one: it was recorded after every merged row.
-        parts = [
-            f"SELECT * FROM (SELECT ts, value, quality, {staged} AS staged, id FROM {table} "
-            f"WHERE {where} ORDER BY ts DESC, id DESC{limit})"
-            for table, staged in (("history", 0), ("history_staged", 1))
-        ]
-        sql = f"{parts[0]} UNION ALL {parts[1]} ORDER BY 1 DESC, 4 DESC, 5 DESC{limit}"
-        params = args + args + ([last] if last is not None else [])
-        rows = [HistoryRow(r[0], json.loads(r[1]), r[2]) for r in self.db.execute(sql, params)]
+        rows = self.history_page(
+            device, point, low=since, high=until, newest_first=True, limit=last
+        )
         rows.reverse()
         return rows
+
+    def history_page(
+        self,
+        device: str,
+        point: str,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[HistoryRow]:
+        """At most ``limit`` rows with ``low <= ts <= high`` (``<`` where ``*_open``), in time
+        order or ``newest_first``; the staged rows too, in one statement (one snapshot)."""
+        where = "device = ? AND point = ?"
+        args: list[Any] = [device, point]
+        if low is not None:
+            where += " AND ts > ?" if low_open else " AND ts >= ?"
+            args.append(low)
+        if high is not None:
+            where += " AND ts < ?" if high_open else " AND ts <= ?"
+            args.append(high)
+        cap = ""
+        if limit is not None:
+            cap = " LIMIT ?"
+            args.append(limit)
+        # Of equal times, a staged row is the newer one: it was recorded after every merged row.
+        way = "DESC" if newest_first else "ASC"
+        parts = [
+            f"SELECT * FROM (SELECT ts, value, quality, {staged} AS staged, id FROM {table} "
+            f"WHERE {where} ORDER BY ts {way}, id {way}{cap})"
+            for table, staged in (("history", 0), ("history_staged", 1))
+        ]
+        sql = f"{parts[0]} UNION ALL {parts[1]} ORDER BY 1 {way}, 4 {way}, 5 {way}{cap}"
+        params = args + args + ([limit] if limit is not None else [])
+        return [HistoryRow(r[0], json.loads(r[1]), r[2]) for r in self.db.execute(sql, params)]
 
     def _count(
         self,

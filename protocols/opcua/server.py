@@ -132,6 +132,8 @@ from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua import logins, publish, transport
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
+from protocols.opcua.historian import Historian
+from protocols.opcua.history import MAX_VALUES
 from protocols.opcua.pki import (
     TrustList,
     ensure_certificate,
@@ -275,6 +277,7 @@ class _Var:
     vtype: ua.VariantType
     coerce: Callable[[Any], Any]
     writable: bool
+    historized: bool = False  # HistoryRead answered from the shadow's history
     attr: AttributeValue | None = None
 
 
@@ -367,6 +370,8 @@ class _Builder:
         access = ua.AccessLevel.CurrentRead.mask if spec.access.readable else 0
         if var.writable:
             access |= ua.AccessLevel.CurrentWrite.mask
+        if var.historized:
+            access |= ua.AccessLevel.HistoryRead.mask
         eu = eu_information(spec.unit) if var.vtype in NUMBERS else None
         has_range = var.vtype in NUMBERS and spec.low is not None and spec.high is not None
         analog = eu is not None or has_range
@@ -379,7 +384,7 @@ class _Builder:
             spec.name,
             spec.description or spec.name,
             kind,
-            self._variable_attributes(_node_id(var.vtype.value), access, value),
+            self._variable_attributes(_node_id(var.vtype.value), access, value, var.historized),
         )
         self._link(parent, var.nodeid, ObjectIds.Organizes)
         if eu is not None:
@@ -402,7 +407,7 @@ class _Builder:
 
     @staticmethod
     def _variable_attributes(
-        datatype: ua.NodeId, access: int, value: AttributeValue
+        datatype: ua.NodeId, access: int, value: AttributeValue, historizing: bool = False
     ) -> dict[AttributeIds, AttributeValue]:
         A = AttributeIds
         return {
@@ -412,7 +417,7 @@ class _Builder:
             A.AccessLevel: _const(access, VT.Byte),
             A.UserAccessLevel: _const(access, VT.Byte),
             A.MinimumSamplingInterval: _const(0.0, VT.Double),
-            A.Historizing: _const(False, VT.Boolean),
+            A.Historizing: _const(historizing, VT.Boolean),
         }
 
     def _node(
@@ -604,6 +609,9 @@ class _Session(InternalSession):
 
     async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
         return await self.adapter.client_write(self, params, super().write)
+
+    async def history_read(self, params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
+        return await self.adapter.history_read(params)
 
     async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
         results = await super().read(params)
@@ -936,6 +944,7 @@ class OpcuaServerAdapter(Adapter):
         self.updates = 0
         self.writes_ok = 0
         self.writes_refused: dict[str, int] = {}
+        self.historian = Historian(name, self.vars)
         self._read_only = frozenset(u.username for u in config.users if u.access == "read")
         self._ts_cache: tuple[float, ua.DateTime] = (
             0.0,
@@ -1103,6 +1112,7 @@ class OpcuaServerAdapter(Adapter):
         try:
             self._aspace = iserver.aspace
             self._build_nodes(_Builder(iserver.aspace, self.namespace_index))
+            self._history_capabilities(iserver.aspace)
         finally:
             if enabled:
                 gc.enable()
@@ -1142,7 +1152,26 @@ class OpcuaServerAdapter(Adapter):
             vtype=vtype,
             coerce=_coercer(vtype),
             writable=route.writable and spec.access.writable,
+            historized=spec.access.readable and bridge.historized(device, spec.name),
         )
+
+    async def history_read(self, params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
+        """HistoryRead (`protocols.opcua.historian`)."""
+        aspace = self._aspace
+        return await self.historian.read(params, lambda n: aspace is not None and n in aspace)
+
+    def _history_capabilities(self, aspace: AddressSpace) -> None:
+        """Say in the Server object what HistoryRead serves: raw data, a page's size, and
+        no limit of continuation points (they hold nothing: `protocols.opcua.history`)."""
+        raw = any(v.historized for v in self.vars.values())
+        for node, value, vtype in (
+            (ObjectIds.HistoryServerCapabilities_AccessHistoryDataCapability, raw, VT.Boolean),
+            (ObjectIds.HistoryServerCapabilities_MaxReturnDataValues, MAX_VALUES, VT.UInt32),
+            (ObjectIds.Server_ServerCapabilities_MaxHistoryContinuationPoints, 0, VT.UInt16),
+        ):
+            found = aspace.get(_node_id(node))
+            if found is not None:
+                found.attributes[AttributeIds.Value] = _const(value, vtype)
 
     # -- learned types
 
@@ -1320,4 +1349,5 @@ class OpcuaServerAdapter(Adapter):
             "writes_refused": dict(self.writes_refused),
             "logins_refused": self._users.refused if self._users is not None else 0,
             "certificates_refused": self.trust.refused if self.trust is not None else 0,
+            **self.historian.status(),
         }

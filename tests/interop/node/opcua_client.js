@@ -20,12 +20,16 @@
 //     "probe": ["ns=2;s=nope"],              per node: the status of a Value read and of a Browse,
 //                                            its AccessLevel and UserAccessLevel (unknown nodes too)
 //     "subscribe": {"nodes": [...], "count": 2, "timeout": 5000, "interval": 100},
-//     "write": [{"nodeId": "...", "dataType": "Double", "value": 212}]
+//     "write": [{"nodeId": "...", "dataType": "Double", "value": 212}],
+//     "history": {"nodes": [...], "start": ISO or null, "end": ISO or null,
+//                 "numValuesPerNode": 0, "returnBounds": false}   raw HistoryRead, following
+//                                            continuation points until every node is done
 //   }
 //
 // stdout, one JSON object per line, in this order as far as the plan goes:
 //   {"certificate": path}  {"connected": true}  {"browse": [...]}  {"read": [...]}  {"probe": [...]}
-//   {"change": {...}} per data change  {"write": [{"nodeId", "status"}]}  {"done": true}
+//   {"change": {...}} per data change  {"write": [{"nodeId", "status"}]}
+//   {"history": [{"nodeId", "status", "pages", "values": [dataValue...]}]}  {"done": true}
 // On failure: {"error": message, "status": "BadCertificateUntrusted"?} and exit code 1.
 "use strict";
 
@@ -193,6 +197,34 @@ async function write(session, writes) {
     return writes.map((w, i) => ({ nodeId: w.nodeId, status: statuses[i].name }));
 }
 
+async function history(session, spec) {
+    // One HistoryRead per page: the nodes that still have a continuation point are asked again.
+    const out = spec.nodes.map((nodeId) => ({ nodeId, status: null, pages: 0, values: [] }));
+    let left = spec.nodes.map((nodeId, i) => ({ i, nodeId, continuationPoint: undefined }));
+    const when = (t) => (t ? new Date(t) : null);
+    while (left.length) {
+        const results = await session.readHistoryValue(
+            left.map((n) => ({ nodeId: n.nodeId, continuationPoint: n.continuationPoint })),
+            when(spec.start),
+            when(spec.end),
+            { numValuesPerNode: spec.numValuesPerNode || 0, returnBounds: !!spec.returnBounds }
+        );
+        const next = [];
+        results.forEach((result, k) => {
+            const node = out[left[k].i];
+            node.status = result.statusCode.name;
+            node.pages += 1;
+            const values = (result.historyData && result.historyData.dataValues) || [];
+            for (const dv of values) node.values.push(dataValue(dv));
+            if (result.continuationPoint && result.continuationPoint.length) {
+                next.push({ ...left[k], continuationPoint: result.continuationPoint });
+            }
+        });
+        left = next;
+    }
+    return out;
+}
+
 function statusOf(err) {
     const text = String((err && err.message) || err);
     const match = text.match(/Bad[A-Za-z]+/);
@@ -250,6 +282,7 @@ async function main() {
         if (plan.probe) print({ probe: await probe(session, plan.probe) });
         if (plan.subscribe) await subscribe(session, plan.subscribe);
         if (plan.write) print({ write: await write(session, plan.write) });
+        if (plan.history) print({ history: await history(session, plan.history) });
         print({ done: true });
     } finally {
         if (session) await session.close().catch(() => undefined);
