@@ -54,7 +54,9 @@ The will (``{"state":"offline"}``, retained, QoS 1) on ``status_topic`` is regis
 CONNECT, so a broker publishes it if the gateway dies. On each connect a retained
 ``{"state":"online","ts":...}`` birth replaces it. A clean shutdown publishes a retained
 ``{"state":"offline","ts":...}`` itself, waits up to `MqttAdapter.drain_timeout` for outstanding
-publishes to be acknowledged, and sends DISCONNECT, so the broker discards the will.
+publishes to be acknowledged, and sends DISCONNECT, so the broker discards the will. A move back
+to the first broker (``failback``) leaves the same way, less the drain: what waits in the outbox
+then goes to the first broker, after its birth, in order.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ from gateway.types import (
 from gateway.uplink.outbox import Outbox, Row
 from protocols.mqtt import codec
 from protocols.mqtt.config import MqttEndpoint, MqttRoute, brokers
-from protocols.mqtt.link import PahoOnLoop, tls_context
+from protocols.mqtt.link import PahoOnLoop
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +387,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._init_socket()
-        self._aim(brokers(config), config.keepalive)
+        self._aim(brokers(config), config.keepalive, config.failback)
         self._sub_futs: dict[int, asyncio.Future[list[Any]]] = {}
         self._wake = asyncio.Event()
         self._ready_event = asyncio.Event()
@@ -436,16 +438,11 @@ class MqttAdapter(PahoOnLoop, Adapter):
         client.max_inflight_messages_set(0)  # our own window, see the module docstring
         client.max_queued_messages_set(0)
         client.connect_timeout = self.connect_timeout
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
         clear = cfg.password_warning()
         if clear is not None:
             log.warning("MQTT endpoint %s %s", self.name, clear)
-        if cfg.tls is not None:
-            what = f"MQTT endpoint {self.name!r}"
-            client.tls_set_context(tls_context(cfg.tls, what, self.address, MqttError, log))
-            if cfg.tls.insecure:
-                client.tls_insecure_set(True)
+        self._login(cfg, f"MQTT endpoint {self.name!r}", MqttError)
+        self._sign_in(client)
         client.will_set(self.status_topic, _state_payload("offline", ts=False), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -1018,13 +1015,16 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._mid_batches[mid] = ids
             opt.note_sent(mid, size, len(ids))
 
-    def _publish_internal(self, payload: bytes) -> None:
+    def _publish_internal(self, payload: bytes) -> int | None:
+        """The status (birth, offline), retained, QoS 1; its paho mid, None if paho refused."""
         client = self._client
         assert client is not None
         info = client.publish(self.status_topic, payload, qos=1, retain=True)
-        if info.rc == _SUCCESS:
-            self._inflight.add(info.mid)
-            self._internal_mids.add(info.mid)
+        if info.rc != _SUCCESS:
+            return None
+        self._inflight.add(info.mid)
+        self._internal_mids.add(info.mid)
+        return int(info.mid)
 
     # --- writes (points with access rw) ----------------------------------------------------------
 
@@ -1147,10 +1147,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
                     _publishes(discarded),
                 )
             if self._connected:
-                disconnected = self._disconnected
-                client.disconnect()
-                if disconnected is not None:
-                    await asyncio.wait((disconnected,), timeout=1.0)
+                await self._disconnect("adapter closed")
             self._drop_socket()
             self._connection_lost("adapter closed")  # wakes a run() still waiting on it
             log.info("MQTT %s: disconnected from %s", self.name, self.address)
@@ -1160,6 +1157,29 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._cancel_misc_timer()
             if client is not None:  # no callbacks into a closed adapter (paho's __del__ too)
                 self.uninstall(client)
+
+    async def _leave_for_first(self) -> None:
+        """Failback's planned move: nothing more handed to paho here (`send` keeps it in the
+        outbox, in order, for the first broker), the retained offline as a clean stop says it
+        (its PUBACK, up to drain_timeout, also acknowledges what was in flight before it:
+        QoS 1 is acknowledged in order), then DISCONNECT, so no "online" stays retained here."""
+        loop, disconnected = self._loop, self._disconnected
+        assert loop is not None and disconnected is not None
+        self._ready = False
+        self._ready_event.clear()
+        mid = self._publish_internal(_state_payload("offline"))
+        if mid is not None:
+            said = self._write_futs[mid] = loop.create_future()
+            try:
+                await asyncio.wait(
+                    (said, disconnected),
+                    timeout=self.drain_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                self._write_futs.pop(mid, None)
+        if not disconnected.done():
+            await self._disconnect("moved back to the first broker")
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         deadline = loop.time() + self.drain_timeout
@@ -1383,6 +1403,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             "encode_errors": self.encode_errors,
             "reconnects": self.reconnects,
             "failovers": self.failovers,
+            "failbacks": self.failbacks,
             "received": self.received,
             "bad_payloads": self.bad_payloads,
             "writes": self.writes,

@@ -113,8 +113,29 @@ class FailoverBroker(Strict):
 
 FAILOVER_DESCRIPTION = (
     "brokers tried in turn, after host, when the one in use cannot be reached; the gateway "
-    "stays on the one that answers"
+    "stays on the one that answers (see failback)"
 )
+
+FAILBACK_DESCRIPTION = (
+    "with failover: seconds between probes of host (a connection of its own: CONNECT with the "
+    "same credentials and TLS, then DISCONNECT) while connected to another broker; once host "
+    "accepts, the gateway leaves the other (status offline there, the outbox kept) for host. "
+    "null: stay on the broker that answers. Sparkplug entries do not take it (a node follows "
+    "its primary host's STATE)"
+)
+
+
+def failback_problem(entry: BrokerSettings, failback: float | None) -> list[Problem]:
+    """``failback`` with no ``failover`` brokers: there is nothing to come back from."""
+    if failback is None or entry.failover:
+        return []
+    return [
+        Problem(
+            ("failback",),
+            f"{failback:g} with no failover brokers",
+            "failover: [{host: ...}] to come back from, or no failback",
+        )
+    ]
 
 
 def broker_port(entry: BrokerSettings) -> int:
@@ -350,6 +371,7 @@ class MqttEndpoint(Strict):
     host: str = Field(min_length=1)
     port: int | None = Field(None, ge=1, le=65535, description="1883, or 8883 with tls")
     failover: list[FailoverBroker] = Field(default_factory=list, description=FAILOVER_DESCRIPTION)
+    failback: float | None = Field(None, gt=0, description=FAILBACK_DESCRIPTION)
     client_id: str | None = Field(None, description="defaults to protocol-brain-{gateway}-{name}")
     username: str | None = None
     password: str | None = None
@@ -426,6 +448,7 @@ class MqttEndpoint(Strict):
                 )
             )
         problems.extend(repeated_brokers(self))
+        problems.extend(failback_problem(self, self.failback))
         problems.extend(repeated_names(self.points))
         keys: set[tuple[str, str | None, str | None]] = set()
         for i, p in enumerate(self.points):

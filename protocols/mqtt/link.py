@@ -4,6 +4,14 @@ Sparkplug edge node) does the same way with its broker connection.
 paho's own network thread would call back into the gateway from another thread; instead its
 socket is registered with the event loop (``on_socket_*`` callbacks), read and written when the
 loop says it is ready, and ``loop_misc`` runs once a second for the keepalive.
+
+Failback (``failback:`` seconds, where the class passes it to `PahoOnLoop._aim`): while a session
+is up on a broker other than the first, the first is probed every so often with a connection of
+its own (same credentials and TLS, a client id of its own so that the session in use is not
+taken over, CONNECT, CONNACK, DISCONNECT; in the executor, since paho's connect blocks). Only an
+accepted CONNACK moves: the class ends its session as a clean stop would (`_leave_for_first`),
+and the next session is on the first broker at once, without the backoff delay. A probe that
+fails changes nothing and is logged once per outage of the first broker.
 """
 
 from __future__ import annotations
@@ -15,15 +23,16 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from gateway.backoff import BackoffTimer
 from gateway.config.common import Backoff
-from protocols.mqtt.config import Tls
+from protocols.mqtt.config import BrokerSettings, Tls
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -109,6 +118,7 @@ class PahoOnLoop(abc.ABC):
     connect_timeout: float
     last_error: str | None
     reconnects: int
+    client_id: str
     _client: paho.Client | None
     _loop: asyncio.AbstractEventLoop | None
     _loop_thread: int
@@ -128,11 +138,40 @@ class PahoOnLoop(abc.ABC):
         self._keepalive = 60
         self.failovers = 0  # moves to another broker
         self._move_on = False  # the session that ended asked for the next broker
+        self._failback: float | None = None  # seconds between probes of the first broker
+        self.failbacks = 0  # moves back to the first broker
+        self._failing_back = False  # the session that ended did so for the first broker
+        self._first_down_said = False  # a failed probe logged for this outage of the first
+        self._settings: BrokerSettings | None = None  # credentials, for `_sign_in`
+        self._tls: ssl.SSLContext | None = None
 
-    def _aim(self, brokers: list[tuple[str, int]], keepalive: int) -> None:
-        """The brokers to connect to, (host, port) in the order tried; the first in use."""
+    def _aim(
+        self, brokers: list[tuple[str, int]], keepalive: int, failback: float | None = None
+    ) -> None:
+        """The brokers to connect to, (host, port) in the order tried; the first in use. With
+        ``failback`` (seconds), a session on another broker moves back to the first once it
+        answers (the class implements `_leave_for_first`)."""
         self._brokers, self._keepalive = brokers, keepalive
+        self._failback = failback if len(brokers) > 1 else None
         self._use_broker(0)
+
+    def _login(self, cfg: BrokerSettings, what: str, error: type[Exception]) -> None:
+        """Keep the entry's credentials and TLS context (its files read once, ``error`` naming
+        a bad one) for `_sign_in`."""
+        self._settings = cfg
+        tls = cfg.tls
+        self._tls = None if tls is None else tls_context(tls, what, self.address, error, self.LOG)
+
+    def _sign_in(self, client: paho.Client) -> None:
+        """The entry's username, password and TLS on ``client``: the session's, or a probe's."""
+        cfg = self._settings
+        assert cfg is not None, "_login first"
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+            if cfg.tls is not None and cfg.tls.insecure:
+                client.tls_insecure_set(True)
 
     def _use_broker(self, index: int) -> None:
         """Aim paho at broker ``index`` (no I/O: the next attempt connects there)."""
@@ -210,9 +249,12 @@ class PahoOnLoop(abc.ABC):
                 if self._connections > 1:
                     self.reconnects += 1
                 self.last_error = None
-                reason = await self._serve_session()
+                reason = await self._serve_watched()
                 if self._closing:
                     break
+                if self._failing_back:  # a planned move: no outage, no delay
+                    self._back_to_first()
+                    continue
                 self.last_error = f"connection lost: {reason}"
                 self._unreachable(f"connection lost: {reason}")
                 delay = backoff.next_delay()
@@ -232,6 +274,118 @@ class PahoOnLoop(abc.ABC):
                 await asyncio.sleep(delay)
         finally:
             await self.close()
+
+    # --- failback ------------------------------------------------------------------------------
+
+    async def _serve_watched(self) -> str:
+        """`_serve_session`; with failback, on a broker other than the first, the first is
+        probed meanwhile and the session ended for it (`_leave_for_first`) once it answers."""
+        if self._failback is None or self._broker == 0:
+            return await self._serve_session()
+        serve = asyncio.ensure_future(self._serve_session())
+        answers = asyncio.ensure_future(self._first_answers(self._failback))
+        try:
+            await asyncio.wait((serve, answers), return_when=asyncio.FIRST_COMPLETED)
+            if not serve.done():
+                answers.result()  # a failing probe's own bug is raised, not taken for a yes
+                self._failing_back = True
+                await self._leave_for_first()
+            return await serve
+        finally:
+            answers.cancel()
+            serve.cancel()
+
+    async def _first_answers(self, every: float) -> None:
+        """Probe the first broker every ``every`` seconds; return once it accepts a CONNECT.
+        A refusal is logged once per outage of the first broker, not once per probe."""
+        loop = asyncio.get_running_loop()
+        host, port = self._brokers[0]
+        while True:
+            await asyncio.sleep(every)
+            why = await loop.run_in_executor(None, self._probe, host, port)
+            if why is None:
+                self._first_down_said = False
+                return
+            if not self._first_down_said:
+                self._first_down_said = True
+                self.LOG.info(
+                    "%s %s: staying on %s, the first broker does not answer yet (%s; "
+                    "probed every %g s, logged once)",
+                    self.LABEL,
+                    self.name,
+                    self.address,
+                    why,
+                    every,
+                )
+
+    def _probe(self, host: str, port: int) -> str | None:
+        """Whether the broker at host:port accepts this entry's CONNECT: None if it does (then
+        DISCONNECT), else why not. Blocking: the executor's. A client id of its own, since a
+        broker ends the older of two connections with one id (the session in use)."""
+        address = f"{host}:{port}"
+        probe = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{self.client_id}-probe",
+            clean_session=True,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        probe.connect_timeout = self.connect_timeout
+        self._sign_in(probe)
+        verdict: list[Any] = []
+        probe.on_connect = lambda _c, _u, _f, reason_code, _p: verdict.append(reason_code)
+        try:
+            probe.connect(host, port, self._keepalive)  # TCP, TLS and CONNECT sent
+            deadline = time.monotonic() + self.connect_timeout
+            rc = _SUCCESS
+            while not verdict and rc == _SUCCESS and time.monotonic() < deadline:
+                rc = probe.loop(0.1)
+            if not verdict:
+                return (
+                    f"{address} closed the connection before CONNACK ({paho.error_string(rc)})"
+                    if rc != _SUCCESS
+                    else f"{address} sent no CONNACK within {self.connect_timeout} s"
+                )
+            refusal = connack_refusal(address, verdict[0])
+            if refusal is None:
+                probe.disconnect()  # clean: nothing of the probe stays on the broker
+            return refusal
+        except Exception as exc:  # OSError, ssl errors, CertificateError (a ValueError)
+            return describe_connect_error(exc, address, host)
+        finally:
+            probe._reset_sockets()  # paho's own close (its __del__ would do it later)
+
+    async def _leave_for_first(self) -> None:
+        """End the session in use as a clean stop would (the class's offline words, what is
+        in flight acknowledged, DISCONNECT), for a move back to the first broker. Needed only
+        by a class that passes ``failback`` to `_aim`."""
+        raise NotImplementedError(f"{type(self).__name__} has no failback")
+
+    def _back_to_first(self) -> None:
+        """After `_leave_for_first`: the next attempt is on the first broker."""
+        self._failing_back = False
+        left = self.address
+        self._use_broker(0)
+        self.failbacks += 1
+        self.LOG.info(
+            "%s %s: the first broker %s answers again: left %s for it",
+            self.LABEL,
+            self.name,
+            self.address,
+            left,
+        )
+
+    async def _disconnect(self, why: str) -> None:
+        """DISCONNECT (the broker drops the will) and the connection's end, 1 s at most; the
+        socket dropped (``why``) if the broker does not close it by then."""
+        client, disconnected = self._client, self._disconnected
+        assert client is not None
+        client.disconnect()
+        if disconnected is not None:
+            await asyncio.wait((disconnected,), timeout=1.0)
+        if disconnected is None or not disconnected.done():
+            self._drop_socket()
+            self._connection_lost(why)
 
     async def _connect_paho(self, error: type[Exception]) -> None:
         """One connection attempt up to CONNACK, whose callback settles ``_connect_fut``;

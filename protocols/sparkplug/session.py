@@ -16,7 +16,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from protocols.mqtt.config import brokers
-from protocols.mqtt.link import PahoOnLoop, tls_context
+from protocols.mqtt.link import PahoOnLoop
 from protocols.sparkplug.config import SparkplugBroker
 
 __all__ = ["SparkplugError", "SparkplugSession"]
@@ -65,17 +65,11 @@ class SparkplugSession(PahoOnLoop):
         )
         client.connect_timeout = self.connect_timeout
         client.max_queued_messages_set(0)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
         clear = cfg.password_warning()
         if clear is not None:
             self.LOG.warning("%s %s", what, clear)
-        if cfg.tls is not None:
-            client.tls_set_context(
-                tls_context(cfg.tls, what, self.address, SparkplugError, self.LOG)
-            )
-            if cfg.tls.insecure:
-                client.tls_insecure_set(True)
+        self._login(cfg, what, SparkplugError)
+        self._sign_in(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
