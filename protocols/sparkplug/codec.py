@@ -2,10 +2,21 @@
 
 A hand-written subset of protobuf (proto2) for ``org.eclipse.tahu.protobuf.Payload``: the
 payload's timestamp (1), metrics (2) and seq (3); a metric's name (1), alias (2), timestamp (3),
-datatype (4), is_historical (5), is_transient (6), is_null (7), properties (9) and the scalar
-values int_value (10) ... string_value (15); a property set's keys (1) and values (2). Every other
-field (metadata, datasets, templates, bytes, a payload's uuid and body) is skipped when decoding
-and never written, so a host's richer payload still decodes.
+datatype (4), is_historical (5), is_transient (6), is_null (7), properties (9), the scalar
+values int_value (10) ... string_value (15), dataset_value (17) and template_value (18); a
+property set's keys (1) and values (2). Every other field (metadata, bytes, files, property set
+values, a payload's uuid and body) is skipped when decoding and never written, so a host's
+richer payload still decodes.
+
+Templates (Ignition's UDTs): a ``Template`` is a definition (``is_definition``, in an NBIRTH) or
+an instance (``template_ref`` naming its definition) with member metrics of its own, which may
+be templates again. They are decoded into `Metric.template`, never into `Metric.value` (which
+stays a scalar). Nesting is recursion, so it is bounded: a template deeper than
+`MAX_TEMPLATE_DEPTH` makes the payload a `CodecError`, as any other malformed input does. The
+number of members needs no limit of its own: each takes bytes of the payload, which the broker
+bounds. A DATA message may leave a member's datatype out as it may a metric's: the lookup is
+asked for it with the member's path below its top-level metric. DataSets (``DataSet``: column
+names, types and rows of scalar values) are decoded into `Metric.dataset` the same way.
 
 Integers follow Eclipse Tahu, not protobuf's zigzag: a signed value is stored as its unsigned
 two's complement (Int8/Int16/Int32 in the 32-bit ``int_value``, Int64 in the 64-bit
@@ -19,10 +30,10 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 NAMESPACE = "spBv1.0"
 
@@ -34,7 +45,9 @@ class CodecError(ValueError):
 
 
 class DataType(IntEnum):
-    """Sparkplug B datatypes (the scalar ones this codec reads and writes)."""
+    """Sparkplug B datatypes: the scalar ones this codec reads and writes, DataSet and Template
+    (read and written as `DataSet` and `Template`), and those it only names (a metric of one
+    of them has no value here)."""
 
     INT8 = 1
     INT16 = 2
@@ -51,6 +64,12 @@ class DataType(IntEnum):
     DATETIME = 13
     TEXT = 14
     UUID = 15
+    DATASET = 16
+    BYTES = 17
+    FILE = 18
+    TEMPLATE = 19
+    PROPERTYSET = 20
+    PROPERTYSETLIST = 21
 
 
 _SIGNED_BITS = {DataType.INT8: 8, DataType.INT16: 16, DataType.INT32: 32, DataType.INT64: 64}
@@ -65,6 +84,11 @@ _INT_FIELD = frozenset({DataType.INT8, DataType.INT16, DataType.INT32, DataType.
 _INT_FIELD |= {DataType.UINT16}
 _LONG_FIELD = frozenset({DataType.INT64, DataType.UINT32, DataType.UINT64, DataType.DATETIME})
 _TEXT = frozenset({DataType.STRING, DataType.TEXT, DataType.UUID})
+#: the datatypes whose value is a `Value` (what a property, parameter or dataset cell can be)
+SCALAR_TYPES = frozenset(DataType(n) for n in range(DataType.INT8, DataType.UUID + 1))
+#: templates nested deeper than this (a template member that is a template is one level more)
+#: make a payload unreadable: decoding them is recursion
+MAX_TEMPLATE_DEPTH = 8
 
 #: the gateway's point datatypes (`gateway.types.PointSpec.datatype`) as Sparkplug datatypes
 POINT_TYPES: Mapping[str, DataType] = {
@@ -142,16 +166,48 @@ class PropertyValue:
 
 
 @dataclass(frozen=True, slots=True)
+class Parameter:
+    """A template's parameter (Payload.Template.Parameter): a named scalar."""
+
+    name: str | None
+    type: DataType | None
+    value: Value = None
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A Template metric's value: a definition (``is_definition``, named by its metric) or an
+    instance of the definition ``template_ref``, with member metrics (templates too, maybe)."""
+
+    metrics: tuple[Metric, ...] = ()
+    template_ref: str | None = None
+    is_definition: bool = False
+    version: str | None = None
+    parameters: tuple[Parameter, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DataSet:
+    """A DataSet metric's value: named, typed columns and rows of their values."""
+
+    columns: tuple[str, ...] = ()
+    types: tuple[DataType | None, ...] = ()
+    rows: tuple[tuple[Value, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Metric:
     name: str | None = None
     alias: int | None = None
     timestamp: int | None = None  # ms since the epoch
     datatype: DataType | None = None
-    value: Value = None
+    value: Value = None  # a scalar; a Template's or a DataSet's is in `template` / `dataset`
     is_null: bool = False
     is_historical: bool = False
     is_transient: bool = False
     properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+    template: Template | None = None
+    dataset: DataSet | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,15 +431,72 @@ def encode_metric(metric: Metric) -> bytes:
         out += _key(5, _VARINT) + b"\x01"
     if metric.is_transient:
         out += _key(6, _VARINT) + b"\x01"
-    null = metric.is_null or metric.value is None
+    null = metric.is_null or (
+        metric.value is None and metric.template is None and metric.dataset is None
+    )
     if null:
         out += _key(7, _VARINT) + b"\x01"
     if metric.properties:
         out += _len_field(9, _encode_properties(metric.properties))
-    if not null:
-        if metric.datatype is None:
-            raise CodecError(f"metric {metric.name or metric.alias!r} has a value but no datatype")
-        out += _encode_value(metric.datatype, metric.value, 10)
+    if null:
+        return bytes(out)
+    what = repr(metric.name or metric.alias)
+    if metric.template is not None:
+        if metric.datatype is not DataType.TEMPLATE:
+            raise CodecError(f"metric {what} has a template but datatype {metric.datatype!r}")
+        return bytes(out + _len_field(18, encode_template(metric.template)))
+    if metric.dataset is not None:
+        if metric.datatype is not DataType.DATASET:
+            raise CodecError(f"metric {what} has a dataset but datatype {metric.datatype!r}")
+        return bytes(out + _len_field(17, encode_dataset(metric.dataset)))
+    if metric.datatype is None:
+        raise CodecError(f"metric {what} has a value but no datatype")
+    return bytes(out + _encode_value(metric.datatype, metric.value, 10))
+
+
+def encode_template(template: Template) -> bytes:
+    """A ``Payload.Template`` (a Template metric's ``template_value``)."""
+    out = bytearray()
+    if template.version is not None:
+        out += _len_field(1, template.version.encode("utf-8"))
+    for member in template.metrics:
+        out += _len_field(2, encode_metric(member))
+    for parameter in template.parameters:
+        body = bytearray()
+        if parameter.name is not None:
+            body += _len_field(1, parameter.name.encode("utf-8"))
+        if parameter.type is not None:
+            body += _key(2, _VARINT) + _varint(int(parameter.type))
+            if parameter.value is not None:
+                body += _encode_value(parameter.type, parameter.value, 3)
+        out += _len_field(3, bytes(body))
+    if template.template_ref is not None:
+        out += _len_field(4, template.template_ref.encode("utf-8"))
+    if template.is_definition:
+        out += _key(5, _VARINT) + b"\x01"
+    return bytes(out)
+
+
+def encode_dataset(dataset: DataSet) -> bytes:
+    """A ``Payload.DataSet``; a None cell is an element with no value (the proto has no null)."""
+    if len(dataset.types) != len(dataset.columns):
+        raise CodecError(f"{len(dataset.columns)} columns and {len(dataset.types)} types")
+    out = bytearray(_key(1, _VARINT) + _varint(len(dataset.columns)))
+    for column in dataset.columns:
+        out += _len_field(2, column.encode("utf-8"))
+    for datatype in dataset.types:
+        if datatype is None or datatype not in SCALAR_TYPES:
+            raise CodecError(f"a dataset column of type {datatype!r}")
+        out += _key(3, _VARINT) + _varint(int(datatype))
+    for row in dataset.rows:
+        if len(row) != len(dataset.types):
+            raise CodecError(f"a dataset row of {len(row)} values for {len(dataset.types)} columns")
+        body = bytearray()
+        for datatype, cell in zip(dataset.types, row, strict=True):
+            assert datatype is not None
+            element = b"" if cell is None else _encode_value(datatype, cell, 1)
+            body += _len_field(1, element)
+        out += _len_field(4, bytes(body))
     return bytes(out)
 
 
@@ -403,7 +516,7 @@ def _decode_property_value(data: bytes) -> PropertyValue:
     for number, _wire, value in _fields(data):
         raw[number] = value
     datatype = _datatype(_int(raw.get(1, 0)))
-    if datatype is None:
+    if datatype is None or datatype not in SCALAR_TYPES:
         raise CodecError(f"property of unsupported type {raw.get(1)!r}")
     if raw.get(2):
         return PropertyValue(datatype, None)
@@ -426,12 +539,39 @@ def _decode_properties(data: bytes) -> dict[str, PropertyValue]:
     return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
 
-#: a metric's datatype when its payload leaves it out (DATA messages may): by (name, alias),
-#: from the birth that declared it (a host keeps those)
-DatatypeLookup: TypeAlias = Callable[[str | None, int | None], "DataType | None"]
+class DatatypeLookup(Protocol):
+    """A metric's datatype when its payload leaves it out (DATA messages may), from the birth
+    that declared it (a host keeps those): by the top-level metric's name and alias, and for a
+    template's member the path of member names below it (``("Motor", "Amps")``)."""
+
+    def __call__(
+        self, name: str | None, alias: int | None, members: tuple[str, ...] = (), /
+    ) -> DataType | None: ...
+
+
+_Lookup: TypeAlias = "DatatypeLookup | None"
+
+
+def _members_of(lookup: DatatypeLookup | None, name: str | None, alias: int | None) -> _Lookup:
+    """The lookup of the members of the template metric (``name``, ``alias``): a member is
+    known by its name only."""
+    if lookup is None:
+        return None
+
+    def member(
+        sub: str | None, _alias: int | None, members: tuple[str, ...] = (), /
+    ) -> DataType | None:
+        return None if sub is None else lookup(name, alias, (sub, *members))
+
+    return member
 
 
 def decode_metric(data: bytes, lookup: DatatypeLookup | None = None) -> Metric:
+    """A metric; CodecError if ``data`` is not one (a template nested too deep among others)."""
+    return _decode_metric(data, lookup, 0)
+
+
+def _decode_metric(data: bytes, lookup: _Lookup, depth: int) -> Metric:
     raw: dict[int, int | bytes] = {}
     for number, _wire, value in _fields(data):
         raw[number] = value
@@ -441,6 +581,14 @@ def decode_metric(data: bytes, lookup: DatatypeLookup | None = None) -> Metric:
     if datatype is None and lookup is not None:
         datatype = lookup(name, alias)
     is_null = bool(_int(raw.get(7, 0)))
+    template = dataset = None
+    if not is_null and 18 in raw and datatype in (DataType.TEMPLATE, None):
+        members = _members_of(lookup, name, alias)
+        template = _decode_template(_bytes(raw[18]), members, depth + 1)
+        datatype = DataType.TEMPLATE
+    if not is_null and 17 in raw and datatype in (DataType.DATASET, None):
+        dataset = _decode_dataset(_bytes(raw[17]))
+        datatype = DataType.DATASET
     return Metric(
         name=name,
         alias=alias,
@@ -451,7 +599,77 @@ def decode_metric(data: bytes, lookup: DatatypeLookup | None = None) -> Metric:
         is_historical=bool(_int(raw.get(5, 0))),
         is_transient=bool(_int(raw.get(6, 0))),
         properties=_decode_properties(_bytes(raw[9])) if 9 in raw else {},
+        template=template,
+        dataset=dataset,
     )
+
+
+def _decode_template(data: bytes, lookup: _Lookup, depth: int) -> Template:
+    if depth > MAX_TEMPLATE_DEPTH:
+        raise CodecError(f"templates nested more than {MAX_TEMPLATE_DEPTH} deep")
+    metrics: list[Metric] = []
+    parameters: list[Parameter] = []
+    version = template_ref = None
+    is_definition = False
+    for number, _wire, value in _fields(data):
+        if number == 1:
+            version = _text(value)
+        elif number == 2:
+            metrics.append(_decode_metric(_bytes(value), lookup, depth))
+        elif number == 3:
+            parameters.append(_decode_parameter(_bytes(value)))
+        elif number == 4:
+            template_ref = _text(value)
+        elif number == 5:
+            is_definition = bool(_int(value))
+    return Template(tuple(metrics), template_ref, is_definition, version, tuple(parameters))
+
+
+def _decode_parameter(data: bytes) -> Parameter:
+    raw: dict[int, int | bytes] = {}
+    for number, _wire, value in _fields(data):
+        raw[number] = value
+    name = _text(raw[1]) if 1 in raw else None
+    datatype = _datatype(_int(raw[2])) if 2 in raw else None
+    return Parameter(name, datatype, _decode_value(datatype, raw, 3))
+
+
+def _decode_dataset(data: bytes) -> DataSet:
+    width: int | None = None
+    columns: list[str] = []
+    types: list[DataType | None] = []
+    rows: list[bytes] = []
+    for number, wire, value in _fields(data):
+        if number == 1:
+            width = _int(value)
+        elif number == 2:
+            columns.append(_text(value))
+        elif number == 3 and wire == _LEN:  # packed, as some encoders write repeated uint32
+            pos, packed = 0, _bytes(value)
+            while pos < len(packed):
+                code, pos = _read_varint(packed, pos)
+                types.append(_datatype(code))
+        elif number == 3:
+            types.append(_datatype(_int(value)))
+        elif number == 4:
+            rows.append(_bytes(value))
+    if width is None:
+        width = len(columns)
+    if len(columns) != width or len(types) != width:
+        raise CodecError(
+            f"a dataset of {width} columns with {len(columns)} names and {len(types)} types"
+        )
+    decoded: list[tuple[Value, ...]] = []
+    for row in rows:
+        cells = [_bytes(v) for number, _wire, v in _fields(row) if number == 1]
+        if len(cells) != width:
+            raise CodecError(f"a dataset row of {len(cells)} values for {width} columns")
+        values: list[Value] = []
+        for datatype, cell in zip(types, cells, strict=True):
+            raw = {number: v for number, _wire, v in _fields(cell)}
+            values.append(_decode_value(datatype, raw, 1))
+        decoded.append(tuple(values))
+    return DataSet(tuple(columns), tuple(types), tuple(decoded))
 
 
 def decode_payload(data: bytes, lookup: DatatypeLookup | None = None) -> Payload:

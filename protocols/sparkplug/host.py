@@ -8,7 +8,9 @@ them Bad, and data that cannot be read in order makes the host ask the node for 
 Writes go down as commands: a declared point with ``access: rw`` is written by a DCMD (a
 device's metric) or an NCMD (a node's), by name, in the datatype its birth gave. Sparkplug has
 no acknowledgement of a command: a write is good once it is handed to the broker while its node
-(and device) is online; the new value comes back in the node's next DATA.
+(and device) is online; the new value comes back in the node's next DATA. A template's member
+(a UDT instance's tag) is read but not written: Sparkplug would want the whole instance in the
+command, which this host does not build; such a write is refused as not writable.
 
 With ``host_id`` the host is a Primary Host Application (Sparkplug 3.0, 5.4 and 6.4.1): its
 will is ``spBv1.0/STATE/{host_id}`` ``{"online": false, "timestamp": T}`` (retained, QoS 1), and
@@ -293,6 +295,12 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         if known is None:
             raise self._refuse(
                 WriteStatus.DEVICE_ERROR, f"the birth of {where} has no metric {declared.metric!r}"
+            )
+        if known.member or known.members is not None:
+            what = "a template member" if known.member else "a template"
+            raise self._refuse(
+                WriteStatus.NOT_WRITABLE,
+                f"{declared.metric} of {where} is {what}: writing templates is not supported",
             )
         datatype = known.datatype or codec.datatype_of(declared.type)
         try:

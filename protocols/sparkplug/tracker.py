@@ -29,6 +29,18 @@ counted once in ``name_collisions`` and said once in the outcome's ``notices``. 
 taken by the datatype the birth gave (a DATA message may leave it out); a metric's ``Quality``
 property (Ignition's convention: 192 good, 64 uncertain, below 64 bad) sets the sample's
 quality, a null value is Bad.
+Templates (Ignition's UDTs): a template definition (``is_definition``, in an NBIRTH) is not a
+point; the node keeps its definitions only to give an instance's member the definition's
+datatype when the birth leaves it out. A template instance is not a point either: each of its
+members is, as the metric ``{metric}/{member}`` (``{metric}/{member}/{sub}`` in a nested
+template), declared or learnt as any metric of that name (``E1.pump1.Pump1.Speed``), in the
+member's own datatype. A DATA message carries the instance again, by the top-level metric's
+name or alias, with only the members that changed, by name; a member the birth did not have is
+an unknown metric. A member's quality is its own ``Quality`` property, else the instance's, and
+its timestamp its own, else the instance's, else the payload's. A member whose name a metric
+of the same birth has already (a metric ``Pump1/Speed`` beside a template ``Pump1`` with a
+member ``Speed``) is a name collision: the first in the birth keeps it. Members are not
+written: a declared ``rw`` point on one is refused by the adapter.
 A historical metric (``is_historical``: what a node buffered while offline, sent after its
 births) is published with its own timestamp, and followed in the same message by the metric's
 current sample when that is newer, so a target that keeps the latest value (a server's
@@ -40,13 +52,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, KeysView
+from collections.abc import Iterable, Iterator, KeysView, Mapping
 from dataclasses import dataclass, field, replace
 
 from gateway.types import Quality, Sample, Value
 from protocols.mqtt import codec as mqtt_codec
 from protocols.sparkplug import codec
-from protocols.sparkplug.codec import DataType, Metric, Payload, Topic
+from protocols.sparkplug.codec import DataType, Metric, Payload, Template, Topic
 from protocols.sparkplug.config import HostPoint
 
 __all__ = ["REBIRTH", "HostTracker", "Outcome", "learnt_name", "quality_of"]
@@ -100,11 +112,25 @@ class Outcome:
 
 @dataclass(slots=True)
 class _Metric:
-    name: str
+    name: str  # a template member's: its path, ``Pump1/Speed``
     datatype: DataType | None
     point: str | None  # the point it feeds; None: not a point
     declared: HostPoint | None
     current: Sample | None = None  # the latest sample that was not historical
+    members: dict[str, _Metric] | None = None  # a template instance's, by member name
+    member: bool = False  # a member of a template instance
+
+    def leaves(self) -> Iterator[_Metric]:
+        """The metric itself, or a template's members that are not templates, all levels."""
+        if self.members is None:
+            yield self
+            return
+        for member in self.members.values():
+            yield from member.leaves()
+
+
+#: a sample with the metric that made it and whether it is historical
+_Made = tuple[_Metric, Sample, bool]
 
 
 @dataclass(slots=True)
@@ -113,6 +139,7 @@ class _Holder:
 
     by_name: dict[str, _Metric] = field(default_factory=dict)
     by_alias: dict[int, _Metric] = field(default_factory=dict)
+    by_path: dict[str, _Metric] = field(default_factory=dict)  # template members, all levels
     online: bool = True
 
     def find(self, metric: Metric) -> _Metric | None:
@@ -128,6 +155,7 @@ class _Node:
     own: _Holder
     devices: dict[str, _Holder] = field(default_factory=dict)
     online: bool = True
+    definitions: dict[str, Template] = field(default_factory=dict)  # the NBIRTH's templates
 
 
 class HostTracker:
@@ -151,6 +179,7 @@ class HostTracker:
         # kept across lost brokers
         self.owners: dict[str, Source] = {}
         self._collided: set[Source] = set()  # metrics refused their name, said once each
+        self._said: set[Source] = set()  # template members refused, declared templates: said
         self._asked: dict[str, float] = {}  # node -> when it was last asked to rebirth
         # counters
         self.seq_gaps = 0
@@ -172,9 +201,15 @@ class HostTracker:
         """The `codec.decode_payload` lookup for a message on ``where``: the birth's datatype
         of a metric a DATA message sends without one."""
 
-        def lookup(name: str | None, alias: int | None) -> DataType | None:
+        def lookup(
+            name: str | None, alias: int | None, members: tuple[str, ...] = (), /
+        ) -> DataType | None:
             holder = self._holder(where)
             found = holder.find(Metric(name, alias)) if holder is not None else None
+            for member in members:  # a template's member, by its path below the metric
+                if found is None or found.members is None:
+                    return None
+                found = found.members.get(member)
             return found.datatype if found is not None else None
 
         return lookup
@@ -245,36 +280,87 @@ class HostTracker:
                 device.online = False
         self.nodes[where.node] = node
         self._asked.pop(where.node, None)
-        return self._declare(node.own, where.node, None, payload, now)
+        return self._declare(node.own, node, where, payload, now)
 
     def _dbirth(self, node: _Node, where: Topic, payload: Payload, now: float) -> Outcome:
         assert where.device is not None
         holder = node.devices[where.device] = _Holder()
-        return self._declare(holder, where.node, where.device, payload, now)
+        return self._declare(holder, node, where, payload, now)
 
     def _declare(
-        self, holder: _Holder, node: str, device: str | None, payload: Payload, now: float
+        self, holder: _Holder, node: _Node, where: Topic, payload: Payload, now: float
     ) -> Outcome:
         """A birth's metrics into ``holder``: the samples of those that are points."""
-        samples: list[Sample] = []
+        made: list[_Made] = []
         notices: list[str] = []
+        taken: dict[str, bool] = {}  # the birth's metric names and member paths: a member's?
+        for m in payload.metrics if where.device is None else ():  # NBIRTH: its definitions,
+            if m.name is not None and m.template is not None and m.template.is_definition:
+                node.definitions[m.name] = m.template  # before or after their instances
         for metric in payload.metrics:
             if metric.name is None:
                 continue  # a birth names every metric; a nameless one cannot be a point
-            declared = self.declared.get((node, device, metric.name))
-            point = (
-                declared.name
-                if declared is not None
-                else self._learn((node, device, metric.name), notices)
-            )
-            known = _Metric(metric.name, metric.datatype, point, declared)
+            if metric.template is not None and metric.template.is_definition:
+                continue  # a definition is not a point
+            source = (where.node, where.device, metric.name)
+            known = self._known(source, metric, node.definitions, taken, notices, holder)
             holder.by_name[metric.name] = known
             if metric.alias is not None:
                 holder.by_alias[metric.alias] = known
-            sample = self._sample(known, metric, payload, now)
-            if sample is not None:
-                samples.append(sample)
-        return Outcome(tuple(samples), notices=tuple(notices))
+            made.extend(self._samples(known, metric, payload.timestamp, now, []))
+        return Outcome(tuple(s for _, s, _ in made), notices=tuple(notices))
+
+    def _known(
+        self,
+        source: Source,
+        metric: Metric,
+        definitions: Mapping[str, Template],
+        taken: dict[str, bool],
+        notices: list[str],
+        holder: _Holder,
+        member: bool = False,
+    ) -> _Metric:
+        """What a birth's metric (or a template's member, ``member``, named by its path in
+        ``source``) is: a point, not one, or a template instance with its members."""
+        node, device, path = source
+        template = metric.template
+        if template is not None or metric.datatype is DataType.TEMPLATE:
+            if not member and self.declared.get(source) is not None:
+                line = f"{_source(source)} is a template: its members are the points"
+                self._say_once(source, notices, f"{line} ({path}/...), not the declared one")
+            members: dict[str, _Metric] = {}
+            definition = _definition(definitions, template)
+            for sub in template.metrics if template is not None else ():
+                name = sub.name
+                if name is None or name in members:
+                    continue
+                if sub.datatype is None and definition is not None:
+                    typed = next((m for m in definition.metrics if m.name == name), None)
+                    if typed is not None and typed.datatype is not None:
+                        sub = replace(sub, datatype=typed.datatype)
+                inner = (node, device, f"{path}/{name}")
+                child = self._known(inner, sub, definitions, taken, notices, holder, True)
+                members[name] = holder.by_path[child.name] = child
+            return _Metric(path, DataType.TEMPLATE, None, None, members=members, member=member)
+        point: str | None = None
+        if path in taken and (member or taken[path]):
+            if source not in self._said:
+                self.name_collisions += 1
+            line = f"{_source(source)} is not learnt: a metric or template member before it"
+            self._say_once(source, notices, f"{line} in the birth has that name")
+        else:
+            declared = self.declared.get(source)
+            point = declared.name if declared is not None else self._learn(source, notices)
+        taken.setdefault(path, member)
+        declared = self.declared.get(source) if point is not None else None
+        return _Metric(path, metric.datatype, point, declared, member=member)
+
+    def _say_once(self, source: Source, notices: list[str], line: str) -> None:
+        if source in self._said:
+            return
+        if len(self._said) < self.max_points:  # the sources come from the broker
+            self._said.add(source)
+        notices.append(line)
 
     def _learn(self, source: Source, notices: list[str]) -> str | None:
         """The learnt point name of the metric ``source``, None when it is not a point; a
@@ -318,19 +404,16 @@ class HostTracker:
             self.unborn += 1
             what = f"{where.message_type} of device {where.node}/{where.device}"
             return self._ask(where.node, now, f"{what}, not born")
-        samples: list[Sample] = []
+        made: list[_Made] = []
         unknown: list[str] = []
-        past: dict[str, _Metric] = {}  # points that got a historical sample
         for metric in payload.metrics:
             known = holder.find(metric)
             if known is None:
                 unknown.append(metric.name or f"alias {metric.alias}")
                 continue
-            sample = self._sample(known, metric, payload, now)
-            if sample is not None:
-                samples.append(sample)
-                if metric.is_historical:
-                    past[sample.point] = known
+            made.extend(self._samples(known, metric, payload.timestamp, now, unknown))
+        samples = [sample for _, sample, _ in made]
+        past = {sample.point: known for known, sample, historical in made if historical}
         for point, known in past.items():
             last = max((s.source_ts for s in samples if s.point == point), default=0.0)
             if known.current is not None and known.current.source_ts > last:
@@ -342,12 +425,51 @@ class HostTracker:
         asked = self._ask(where.node, now, problem)
         return Outcome(tuple(samples), asked.rebirth, asked.problem)
 
+    def _samples(
+        self,
+        known: _Metric,
+        metric: Metric,
+        stamp: int | None,
+        now: float,
+        unknown: list[str],
+        within: Metric | None = None,
+    ) -> list[_Made]:
+        """The samples of ``metric`` (``known`` as its birth declared it): one, or one per
+        member given of a template instance; members the birth did not have into ``unknown``.
+        ``stamp`` is the timestamp of what holds it (the payload's, or its template's) and
+        ``within`` the template instance it is a member of."""
+        if within is not None:  # a member: the instance's quality and history unless its own
+            inherited = {k: v for k, v in within.properties.items() if k == "Quality"}
+            metric = replace(
+                metric,
+                properties={**inherited, **metric.properties},
+                is_historical=metric.is_historical or within.is_historical,
+            )
+        if metric.timestamp is not None:
+            stamp = metric.timestamp
+        if known.members is None:
+            sample = self._sample(known, metric, stamp, now)
+            return [] if sample is None else [(known, sample, metric.is_historical)]
+        made: list[_Made] = []
+        if metric.is_null:  # a null instance: every member is null
+            for leaf in known.leaves():
+                sample = self._sample(leaf, metric, stamp, now)
+                if sample is not None:
+                    made.append((leaf, sample, metric.is_historical))
+            return made
+        for member in metric.template.metrics if metric.template is not None else ():
+            sub = known.members.get(member.name) if member.name is not None else None
+            if sub is None:
+                unknown.append(f"{known.name}/{member.name or '?'}")
+                continue
+            made.extend(self._samples(sub, member, stamp, now, unknown, metric))
+        return made
+
     def _sample(
-        self, known: _Metric, metric: Metric, payload: Payload, now: float
+        self, known: _Metric, metric: Metric, stamp: int | None, now: float
     ) -> Sample | None:
         if known.point is None:
             return None
-        stamp = metric.timestamp if metric.timestamp is not None else payload.timestamp
         ts = stamp / 1000 if stamp is not None else now
         quality = quality_of(metric)
         value: Value = None if quality is Quality.BAD else metric.value
@@ -412,7 +534,8 @@ class HostTracker:
         holder = node.own if declared.device is None else node.devices.get(declared.device)
         if holder is None:
             return declared, None, False
-        return declared, holder.by_name.get(declared.metric), holder.online
+        known = holder.by_name.get(declared.metric) or holder.by_path.get(declared.metric)
+        return declared, known, holder.online
 
     def online(self) -> dict[str, str]:
         """Each node seen in this connection: online or offline."""
@@ -434,13 +557,22 @@ class HostTracker:
         }
 
 
+def _definition(definitions: Mapping[str, Template], instance: Template | None) -> Template | None:
+    """The definition of a template instance: the NBIRTH metric its ``template_ref`` names
+    (Tahu's and Ignition's examples name it ``_types_/{ref}``)."""
+    ref = instance.template_ref if instance is not None else None
+    if not ref:
+        return None
+    return definitions.get(ref) or definitions.get(f"_types_/{ref}")
+
+
 def _source(source: Source) -> str:
     node, device, metric = source
     return f"{node if device is None else f'{node}/{device}'} metric {metric!r}"
 
 
 def _lost(holder: _Holder, now: float, reason: str) -> Iterable[Sample]:
-    for known in holder.by_name.values():
+    for known in (leaf for top in holder.by_name.values() for leaf in top.leaves()):
         if known.point is not None:
             unit = known.declared.unit if known.declared is not None else None
             known.current = Sample(known.point, None, Quality.BAD, now, now, unit, reason)
