@@ -71,7 +71,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -101,6 +101,7 @@ from protocols.mqtt.config import MqttEndpoint, MqttRoute, brokers
 from protocols.mqtt.link import PahoOnLoop
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["MemoryOutbox", "MqttAdapter", "MqttError", "Outgoing"]
 
@@ -604,16 +605,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         rc, mid = client.subscribe(topics)
         if rc != _SUCCESS or mid is None:
             return  # connection already gone: on_disconnect has resolved `disconnected`
-        fut: asyncio.Future[list[Any]] = loop.create_future()
-        self._sub_futs[mid] = fut
-        try:
-            await asyncio.wait(
-                (fut, disconnected),
-                timeout=self.subscribe_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            self._sub_futs.pop(mid, None)
+        fut = await self._answer(self._sub_futs, mid, self.subscribe_timeout, disconnected)
         if not fut.done():
             if not disconnected.done():
                 log.warning(
@@ -1049,18 +1041,10 @@ class MqttAdapter(PahoOnLoop, Adapter):
         info = client.publish(spec.command_topic, payload, 1, False)
         if info.rc != _SUCCESS:
             raise WriteRefused(WriteStatus.UNREACHABLE, paho.error_string(info.rc))
-        acked: asyncio.Future[None] = loop.create_future()
-        self._write_futs[info.mid] = acked
         self._inflight.add(info.mid)
         self._internal_mids.add(info.mid)  # not counted as bridged data
-        try:
-            await asyncio.wait(
-                (acked, disconnected),
-                timeout=self.config.write_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            self._write_futs.pop(info.mid, None)
+        timeout = self.config.write_timeout
+        acked = await self._answer(self._write_futs, info.mid, timeout, disconnected)
         if not acked.done():
             self._forget_write(info.mid)
             if disconnected.done():
@@ -1163,23 +1147,35 @@ class MqttAdapter(PahoOnLoop, Adapter):
         outbox, in order, for the first broker), the retained offline as a clean stop says it
         (its PUBACK, up to drain_timeout, also acknowledges what was in flight before it:
         QoS 1 is acknowledged in order), then DISCONNECT, so no "online" stays retained here."""
-        loop, disconnected = self._loop, self._disconnected
-        assert loop is not None and disconnected is not None
+        disconnected = self._disconnected
+        assert disconnected is not None
         self._ready = False
         self._ready_event.clear()
         mid = self._publish_internal(_state_payload("offline"))
         if mid is not None:
-            said = self._write_futs[mid] = loop.create_future()
-            try:
-                await asyncio.wait(
-                    (said, disconnected),
-                    timeout=self.drain_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                self._write_futs.pop(mid, None)
+            await self._answer(self._write_futs, mid, self.drain_timeout, disconnected)
         if not disconnected.done():
             await self._disconnect("moved back to the first broker")
+
+    @staticmethod
+    async def _answer(
+        waiting: dict[int, asyncio.Future[T]],
+        mid: int,
+        within: float,
+        disconnected: asyncio.Future[str],
+    ) -> asyncio.Future[T]:
+        """The broker's answer to message ``mid`` (its SUBACK or PUBACK callback sets the future
+        kept in ``waiting``), awaited until it comes, the connection ends or ``within`` s pass;
+        the future, done or not, no longer in ``waiting``."""
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        waiting[mid] = answer
+        try:
+            await asyncio.wait(
+                (answer, disconnected), timeout=within, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiting.pop(mid, None)
+        return answer
 
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         deadline = loop.time() + self.drain_timeout

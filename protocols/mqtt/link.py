@@ -356,10 +356,10 @@ class PahoOnLoop(abc.ABC):
             probe._reset_sockets()  # paho's own close (its __del__ would do it later)
 
     async def _leave_for_first(self) -> None:
-        """End the session in use as a clean stop would (the class's offline words, what is
-        in flight acknowledged, DISCONNECT), for a move back to the first broker. Needed only
-        by a class that passes ``failback`` to `_aim`."""
-        raise NotImplementedError(f"{type(self).__name__} has no failback")
+        """End the session in use for a move back to the first broker: here a DISCONNECT (the
+        broker drops the will); a class with offline words of its own says them first (the
+        MQTT endpoint's retained status)."""
+        await self._disconnect("moved back to the first broker")
 
     def _back_to_first(self) -> None:
         """After `_leave_for_first`: the next attempt is on the first broker."""
