@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from conftest import HOST, NODE_DIR, free_port
 
+from protocols.modbus.simulator import SimulatedDevice
+
 GROUP, NODE = "plant1", "edge-01"
 GATEWAY = [sys.executable, "-m", "gateway"]
 Msg = dict[str, Any]
@@ -105,11 +107,13 @@ class Edge(NodeScript):
 
 class Proxy:
     """TCP between the gateway and the broker; ``down()`` refuses and cuts connections, so the
-    gateway loses its broker while the host stays subscribed."""
+    gateway loses its broker while the host stays subscribed; ``black_hole``: what either side
+    sends is dropped, the connections left open (a link that died without a word)."""
 
     def __init__(self, target: int) -> None:
         self.port = free_port()
         self.target = target
+        self.black_hole = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -137,6 +141,8 @@ class Proxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, ConnectionError):
                 while data := await src.read(65536):
+                    if self.black_hole:
+                        continue
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
@@ -155,3 +161,51 @@ async def running(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def write_config(
+    path: Path,
+    broker_port: int,
+    plc: SimulatedDevice,
+    *,
+    more: str = "",
+    keep: str = "buffer: 1000",
+) -> Path:
+    """A gateway polling ``plc`` every 0.1 s, its points bridged to an edge node; ``keep``: how
+    the node keeps telemetry while disconnected, ``more``: lines added to the endpoint."""
+    path.write_text(
+        f"""
+gateway: {{name: gw-sparkplug}}
+devices:
+  plc:
+    protocol: modbus
+    host: {HOST}
+    port: {plc.port}
+    timeout: 0.3
+    reconnect: {{initial: 0.05, max: 0.2}}
+    poll_groups: {{fast: {{interval: 0.1}}}}
+    points:
+      - {{name: temp, table: holding, address: 0, type: int16, unit: degC, poll: fast}}
+      - {{name: total, table: holding, address: 2, type: uint32, poll: fast}}
+      - {{name: offset, table: holding, address: 4, type: int32, poll: fast}}
+      - {{name: flow, table: holding, address: 6, type: float32, poll: fast}}
+      - {{name: big, table: holding, address: 8, type: int64, poll: fast}}
+      - {{name: running, table: coil, address: 0, poll: fast}}
+      - {{name: model, table: holding, address: 20, type: string, length: 4, poll: fast}}
+      - {{name: setpoint, table: holding, address: 30, type: uint16, access: rw, poll: fast}}
+endpoints:
+  ignition:
+    protocol: sparkplug
+    host: {HOST}
+    port: {broker_port}
+    group: {GROUP}
+    node: {NODE}
+    keepalive: 5
+    reconnect: {{initial: 0.1, max: 0.3}}
+    {keep}
+{more}
+bridges:
+  - {{name: up, from: plc, to: ignition}}
+"""
+    )
+    return path

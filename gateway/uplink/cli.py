@@ -1,4 +1,5 @@
-"""``gateway status CONFIG``: the running gateway's status, and the outbox of every MQTT endpoint.
+"""``gateway status CONFIG``: the running gateway's status, and the outbox of every MQTT endpoint
+(and Sparkplug edge node) that has one.
 
 The gateway's part is the file ``gateway run`` rewrites every status interval
 (`gateway.livestatus`); the outboxes are read from their SQLite files directly (read-only). Both

@@ -19,6 +19,7 @@ from gateway.config.common import (
     repeated_names,
 )
 from gateway.types import Access, PointSpec
+from gateway.uplink.outbox import OutboxConfig
 from protocols.mqtt.config import (
     FAILOVER_DESCRIPTION,
     NAME_PATTERN,
@@ -101,11 +102,43 @@ class SparkplugEndpoint(SparkplugBroker):
             " after the births (the oldest dropped past it, counted and logged; 0: none kept)"
         ),
     )
+    outbox: OutboxConfig | None = Field(
+        None,
+        description=(
+            "keep that telemetry in a SQLite file instead (the MQTT endpoint's outbox: path,"
+            " synchronous, max_rows, max_bytes, max_age, policy, drain_rate), across restarts"
+        ),
+    )
 
     @field_validator("node")
     @classmethod
     def _node(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "edge_node_id")
+
+    def check(self) -> list[Problem]:
+        problems = super().check()
+        outbox = self.outbox
+        if outbox is None or not outbox.enabled:
+            return problems
+        if "buffer" in self.model_fields_set:
+            problems.append(
+                Problem(
+                    ("buffer",),
+                    "buffer beside an enabled outbox",
+                    "one of them (the outbox's max_rows bounds it)",
+                )
+            )
+        # the node writes only while disconnected, one message at a time, and sends the
+        # backlog marked historical beside live data: these two outbox settings do not apply
+        for key, why in (
+            ("write_delay", "each message is written as it arrives, only while disconnected"),
+            ("drain_order", "held messages go out as historical DDATA beside live data"),
+        ):
+            if key in outbox.model_fields_set:
+                problems.append(
+                    Problem(("outbox", key), f"{key} on a Sparkplug node", f"no {key} ({why})")
+                )
+        return problems
 
     @field_validator("primary_host")
     @classmethod

@@ -32,9 +32,11 @@ of the host carries its birth's timestamp, so it is accepted. A STATE ``online: 
 session that is up: NDEATH, DISCONNECT, reconnect (the backoff's first delay) and wait again.
 Telemetry meanwhile goes to the buffer, as while disconnected.
 
-While disconnected, telemetry is kept in a bounded deque (``buffer:``, oldest dropped and
-counted). After the births of the next session it is published as DDATA with is_historical on
-every metric; the births themselves carry the current values.
+While disconnected, telemetry is kept (`protocols.sparkplug.backlog`): in a bounded deque
+(``buffer:``, oldest dropped and counted), or with ``outbox:`` in the SQLite outbox, which keeps
+it across a restart. After the births of the next session it is published as DDATA with
+is_historical on every metric, at most ``outbox.drain_rate`` messages a second; the births
+themselves carry the current values.
 
 paho is driven by the asyncio loop, as the MQTT endpoint does (see protocols.mqtt.client): its
 socket goes to ``add_reader``/``add_writer``, a 1 s timer runs keepalive, and the one blocking
@@ -44,10 +46,9 @@ call (``reconnect``: DNS, TCP, TLS) runs in the default executor. No thread of o
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ from pydantic import BaseModel
 from gateway.adapter import Adapter, AdapterContext
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.sparkplug import codec
+from protocols.sparkplug.backlog import Backlog, DurableBacklog, Held, MemoryBacklog
 from protocols.sparkplug.codec import DataType, Metric, Payload, PropertyValue, wire_value
 from protocols.sparkplug.config import SparkplugEndpoint
 from protocols.sparkplug.session import SparkplugError, SparkplugSession
@@ -87,6 +89,14 @@ def _ms(ts: float) -> int:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _quality_property(quality: Quality, *, always: bool = False) -> dict[str, PropertyValue]:
+    """The ``Quality`` property Ignition reads: said when not good (or ``always``); absent means
+    good."""
+    if quality is Quality.GOOD and not always:
+        return {}
+    return {"Quality": PropertyValue(DataType.INT32, _QUALITY[quality])}
 
 
 def _guess_datatype(value: Value) -> DataType:
@@ -133,11 +143,12 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         self.client_id = config.client_id or f"protocol-brain-{context.gateway_name}-{name}"
         self._devices: dict[str, _Device] = {}
         self._next_alias = 1
-        self._history: collections.deque[Message] = collections.deque()
+        self._backlog: Backlog = MemoryBacklog(name, config.buffer)
         self._bd_seq = -1  # bdSeq of the current (or last) connection attempt
         self._seq = 0  # the next seq to publish
         self._init_session(config)
         self._writes: set[asyncio.Task[None]] = set()
+        self._barriers: dict[int, asyncio.Future[None]] = {}  # UNSUBSCRIBE mid -> its UNSUBACK
         self._ready = False  # births published: send() publishes DDATA
         self.primary_host = config.primary_host
         self._state_topic = (
@@ -155,8 +166,8 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         self.births = 0  # NBIRTH and DBIRTH messages
         self.deaths = 0  # DDEATH messages
         self.rebirths = 0  # rebirth requests (NCMD) served
-        self.dropped = 0  # buffered messages dropped (buffer full)
-        self.historical = 0  # DDATA messages published from the buffer
+        self.historical = 0  # DDATA messages published from the backlog
+        self.left_out = 0  # backlog messages of devices not born when they were due
         self.encode_errors = 0
         self.bad_commands = 0  # NCMD/DCMD payloads that did not decode
         self.bad_states = 0  # STATE payloads that did not decode
@@ -213,8 +224,25 @@ class SparkplugAdapter(SparkplugSession, Adapter):
                 f"{what}: the edge node id (node:, default gateway.name) is {problem};"
                 " set node: to an id without '/', '+' or '#'"
             )
-        self._prepare(self.config, self.client_id, what)
+        client = self._prepare(self.config, self.client_id, what)
+        client.on_unsubscribe = self._on_unsubscribe
+        outbox = self.config.outbox
+        if outbox is not None and outbox.enabled and not isinstance(self._backlog, DurableBacklog):
+            self._backlog = DurableBacklog(self.name, outbox.file_for(self.name), outbox)
+            if self._backlog:
+                log.info(
+                    "Sparkplug %s: %d messages from before the restart wait in %s",
+                    self.name,
+                    len(self._backlog),
+                    outbox.file_for(self.name),
+                )
         return self
+
+    async def close(self) -> None:
+        """The session's end (`SparkplugSession.close`), then the backlog's: a durable one
+        keeps what was not sent for the next start."""
+        await super().close()
+        self._backlog.close()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -433,30 +461,23 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             return None
         return value
 
-    def _data_metric(
-        self, m: _MetricState, sample: Sample, *, historical: bool = False
-    ) -> Metric | None:
+    def _data_metric(self, m: _MetricState, sample: Sample) -> Metric | None:
         """The DDATA metric of ``sample`` (by alias), None when the host has it already."""
         value = self._value(m, sample)
         quality = sample.quality
         previous = m.sent
-        if not historical:
-            if previous == (value, quality):
-                return None
-            m.sent = (value, quality)
-        props: dict[str, PropertyValue] = {}
-        if quality is not Quality.GOOD or (
-            previous is not None and previous[1] is not Quality.GOOD
-        ):
-            props["Quality"] = PropertyValue(DataType.INT32, _QUALITY[quality])
+        if previous == (value, quality):
+            return None
+        m.sent = (value, quality)
+        # once not good, the next good value says so too (the host keeps the last quality)
+        was_good = previous is None or previous[1] is Quality.GOOD
         return Metric(
             alias=m.alias,
             timestamp=_ms(sample.source_ts),
             datatype=m.datatype,
             value=value,
             is_null=value is None,
-            is_historical=historical,
-            properties=props,
+            properties=_quality_property(quality, always=not was_good),
         )
 
     # --- telemetry --------------------------------------------------------------------------
@@ -480,11 +501,9 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             m.last is not None and m.last.quality is Quality.BAD for m in device.metrics.values()
         )
         if not self._ready:
-            if self.config.buffer > 0:
-                if len(self._history) >= self.config.buffer:
-                    self._history.popleft()
-                    self._count_drop()
-                self._history.append(message)
+            held = self._held(device, message.samples)
+            if held is not None:
+                self._backlog.put(device.name, held)
             return
         if not device.alive:
             if was_alive and device.born:
@@ -498,43 +517,148 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             return
         self._data(device, message.samples)
 
-    def _data(
-        self, device: _Device, samples: Iterable[Sample], *, historical: bool = False
-    ) -> None:
-        metrics = []
+    @staticmethod
+    def _known(device: _Device, samples: Iterable[Sample]) -> Iterator[tuple[_MetricState, Sample]]:
+        """Each sample of a metric ``device`` has, with that metric."""
         for sample in samples:
             m = device.metrics.get(sample.point)
+            if m is not None:
+                yield m, sample
+
+    def _data(self, device: _Device, samples: Iterable[Sample]) -> None:
+        metrics = [
+            metric
+            for m, sample in self._known(device, samples)
+            if (metric := self._data_metric(m, sample)) is not None
+        ]
+        if metrics:
+            self._publish("DDATA", device.name, metrics)
+
+    def _held(self, device: _Device, samples: Iterable[Sample]) -> bytes | None:
+        """``samples`` as the backlog keeps them: named historical metrics (see
+        `protocols.sparkplug.backlog`); None when none is a metric of ``device``."""
+        metrics = []
+        for m, sample in self._known(device, samples):
+            value = self._value(m, sample)
+            metrics.append(
+                Metric(
+                    name=m.name,
+                    timestamp=_ms(sample.source_ts),
+                    datatype=m.datatype,
+                    value=value,
+                    is_null=value is None,
+                    is_historical=True,
+                    properties=_quality_property(sample.quality),
+                )
+            )
+        if not metrics:
+            return None
+        return codec.encode_payload(Payload(_now_ms(), tuple(metrics)))
+
+    def _aliased(self, device: _Device, held: Held) -> list[Metric]:
+        """A held message's metrics by this session's aliases. A metric the device no longer
+        has is left out; a value of a type that changed meanwhile (the config did) is converted,
+        or sent null (counted in encode_errors) when the new type cannot carry it."""
+        try:
+            payload = codec.decode_payload(held.payload)
+        except codec.CodecError as exc:  # not ours: a damaged or foreign row
+            self.encode_errors += 1
+            log.warning("Sparkplug %s: held message %d unreadable: %s", self.name, held.id, exc)
+            return []
+        out = []
+        for metric in payload.metrics:
+            m = device.metrics.get(metric.name or "")
             if m is None:
                 continue
-            metric = self._data_metric(m, sample, historical=historical)
-            if metric is not None:
-                metrics.append(metric)
-        if metrics and self._publish("DDATA", device.name, metrics) is not None and historical:
-            self.historical += 1
-
-    def _count_drop(self) -> None:
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.warning(
-                "Sparkplug %s: buffer of %d messages full while disconnected: %d dropped so far",
-                self.name,
-                self.config.buffer,
-                self.dropped,
+            value = metric.value
+            if value is not None and metric.datatype != m.datatype:
+                value = self._value(m, Sample(m.name, value, Quality.GOOD, 0.0))
+            out.append(
+                Metric(
+                    alias=m.alias,
+                    timestamp=metric.timestamp,
+                    datatype=m.datatype,
+                    value=value,
+                    is_null=value is None,
+                    is_historical=True,
+                    properties=metric.properties,
+                )
             )
+        return out
 
     async def _replay(self, disconnected: asyncio.Future[str]) -> None:
-        """The messages buffered while disconnected, as historical DDATA after the births."""
-        n = 0
-        while self._history and self._ready and not disconnected.done():
-            message = self._history.popleft()
-            device = self._devices.get(message.device or "")
-            if device is not None and device.born:
-                self._data(device, message.samples, historical=True)
-            n += 1
-            if n % _REPLAY_CHUNK == 0:
-                await asyncio.sleep(0)
-        if n:
-            log.info("Sparkplug %s: %d buffered messages sent as historical DDATA", self.name, n)
+        """The messages held while disconnected, as historical DDATA after the births, at
+        most ``outbox.drain_rate`` a second (unlimited from memory); messages of a device not
+        born now (it is down) are left out, counted."""
+        backlog = self._backlog
+        backlog.rewind()
+        outbox = self.config.outbox
+        rate = outbox.drain_rate if isinstance(backlog, DurableBacklog) and outbox else None
+        chunk = _REPLAY_CHUNK if rate is None else max(1, min(_REPLAY_CHUNK, int(rate / 10)))
+        sent = left_out = 0
+        connected = True
+        while connected and self._ready and not disconnected.done():
+            held = backlog.take(chunk)
+            if not held:
+                break
+            done = []
+            for h in held:
+                device = self._devices.get(h.device)
+                if device is None or not device.born:
+                    left_out += 1
+                elif self._historical(device, self._aliased(device, h)):
+                    sent += 1
+                else:  # the connection is gone: this and the rest go again next session
+                    connected = False
+                    break
+                done.append(h.id)
+            if connected and not await self._broker_has_all(disconnected):
+                connected = False
+            if connected:
+                backlog.done(done)
+            await asyncio.sleep(0 if rate is None else len(held) / rate)
+        backlog.commit()
+        self.left_out += left_out
+        if sent or left_out:
+            log.info(
+                "Sparkplug %s: %d held messages sent as historical DDATA%s",
+                self.name,
+                sent,
+                f", {left_out} of devices not online left out" if left_out else "",
+            )
+
+    async def _broker_has_all(self, disconnected: asyncio.Future[str]) -> bool:
+        """Whether the broker has read everything published so far: False if the connection
+        ended first. DDATA goes out at QoS 0 (Sparkplug says so), which no PUBACK confirms,
+        and what paho wrote to a connection that is already dead is lost. A broker handles a
+        connection's packets in order, so its UNSUBACK to an UNSUBSCRIBE sent after them says
+        it has read them; unsubscribing a filter never subscribed changes nothing (3.10.4)."""
+        client, loop = self._client, self._loop
+        if client is None or loop is None or not self._connected:
+            return False
+        rc, mid = client.unsubscribe(f"{codec.NAMESPACE}/{self.group}/NCMD/{self.node}/barrier")
+        if rc != _SUCCESS or mid is None:
+            return False
+        acked = self._barriers[mid] = loop.create_future()
+        try:
+            await asyncio.wait((acked, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._barriers.pop(mid, None)
+        return acked.done()
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, *args: Any) -> None:
+        barrier = self._barriers.get(mid)
+        if barrier is not None and not barrier.done():
+            barrier.set_result(None)
+
+    def _historical(self, device: _Device, metrics: list[Metric]) -> bool:
+        """Publish historical DDATA; False when not connected."""
+        if not metrics:
+            return True
+        if self._publish("DDATA", device.name, metrics) is None:
+            return False
+        self.historical += 1
+        return True
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -683,8 +807,10 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             "rebirths": self.rebirths,
             "published": self.published,
             "historical": self.historical,
-            "buffered": len(self._history),
-            "dropped": self.dropped,
+            "buffered": len(self._backlog),
+            "dropped": self._backlog.dropped,
+            "left_out": self.left_out,
+            "outbox": self._backlog.status(),
             "encode_errors": self.encode_errors,
             "bad_commands": self.bad_commands,
             **self._host_status(),
