@@ -5,6 +5,14 @@ make. Failures stay local: a timeout or exception marks only the points of that 
 connection marks every point of the device bad once and reconnects with capped, jittered
 exponential backoff. Nothing here can delay another device: every device has its own tasks and
 every request its own timeout.
+
+``framing: rtu`` speaks raw RTU frames (unit id, PDU, CRC16) to a serial-to-Ethernet converter in
+front of an RS-485 bus. RTU has no transaction id, so an answer is matched to the one request
+outstanding: `_io_lock` keeps it to one per connection (polls, writes and read-backs alike), and a
+unit that timed out is not asked again until `timeout` more seconds have passed, so a late answer
+to it lands while nothing of that unit waits and is dropped (answers of other units are told apart
+by their unit id). One dead unit costs one timeout per window, not one per request, and does not
+reconnect the converter while any other unit answers (see `_unanswered`).
 """
 
 from __future__ import annotations
@@ -12,13 +20,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
 
 from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
@@ -36,7 +48,8 @@ from protocols.modbus.codec import (
     encode,
     set_bit,
 )
-from protocols.modbus.config import ModbusDevice, ModbusPoint
+from protocols.modbus.config import Framing, ModbusDevice, ModbusPoint
+from protocols.modbus.frames import FunctionCode
 from protocols.modbus.planner import ReadItem, ReadRequest, plan_reads
 
 log = logging.getLogger(__name__)
@@ -54,8 +67,18 @@ EXCEPTION_NAMES = {
     11: "gateway target failed to respond",
 }
 # Consecutive timeouts after which the connection is considered dead and re-opened: a single
-# slow answer is not worth a reconnect, a silent peer is.
+# slow answer is not worth a reconnect, a silent peer is. With framing rtu the last request of
+# every unit id must have timed out too: behind a converter one unit that is off or misaddressed
+# times out while the link works, and a reconnect would only take the live units' points Bad.
 TIMEOUTS_BEFORE_RECONNECT = 3
+FRAMERS: dict[Framing, FramerType] = {"tcp": FramerType.SOCKET, "rtu": FramerType.RTU}
+# The function of each table's read: an answer of another function answers another request.
+READ_FUNCTION = {
+    Table.HOLDING: FunctionCode.READ_HOLDING_REGISTERS,
+    Table.INPUT: FunctionCode.READ_INPUT_REGISTERS,
+    Table.COIL: FunctionCode.READ_COILS,
+    Table.DISCRETE: FunctionCode.READ_DISCRETE_INPUTS,
+}
 # Seconds between reads of a point the device refuses (exception 02), each on its own: a device
 # whose map grows (a firmware update) serves it again. A reconnect retries at once too.
 REFUSED_RETRY_S = 60.0
@@ -140,6 +163,23 @@ def _covering(req: _Request, items: Sequence[ReadItem]) -> _Request:
     return ReadRequest(req.unit, req.table, start, end - start, tuple(items))
 
 
+def _mismatch(rr: ModbusPDU, req: _Request) -> str | None:
+    """Why ``rr`` cannot be the answer to read ``req``, or None: on RTU a late answer to an
+    earlier request of the same unit would otherwise pass for this one's."""
+    function = READ_FUNCTION[req.table]
+    if rr.function_code & 0x7F != function:
+        return f"wrong answer (function {rr.function_code & 0x7F} to a read of function {function})"
+    if rr.isError():
+        return None
+    if req.table.is_bit:
+        got, want = len(rr.bits), -(-req.count // 8) * 8  # bits come in whole bytes
+    else:
+        got, want = len(rr.registers), req.count
+    if got != want:
+        return f"wrong answer ({got} values to a read of {req.count})"
+    return None
+
+
 def _refused_at(req: _Request) -> str:
     last = req.address + req.count - 1
     where = f"{req.address}" if req.count == 1 else f"{req.address}..{last}"
@@ -221,6 +261,11 @@ class ModbusClientAdapter(Adapter):
         self._lost = asyncio.Event()
         self._timeouts = 0
         self._silent = False  # the last request timed out (kept across reconnects)
+        self._rtu = config.framing == "rtu"
+        self._units = frozenset(p.unit for p in self._points)
+        self._silent_units: set[int] = set()  # whose last request timed out
+        # rtu: unit -> (loop time, reason): not asked before then, its reads are Bad for reason
+        self._resting: dict[int, tuple[float, str]] = {}
         # Why the connection was dropped: the points of the requests still to come in the same
         # poll report this cause ("timeout"), not a vague "not connected".
         self._down_reason = "not connected"
@@ -269,7 +314,9 @@ class ModbusClientAdapter(Adapter):
             for i, r in g.refused.items()
         ]
         return {
-            "connected": self._connected.is_set() and not self._silent,
+            "connected": self._connected.is_set() and not self._unanswered(),
+            "framing": self.config.framing,
+            "silent_units": sorted(self._silent_units),  # whose last request timed out
             "last_error": self.last_error,
             **self.counters,
             "points_refused": len(refused),  # whose address the device refuses (exception 02)
@@ -303,12 +350,16 @@ class ModbusClientAdapter(Adapter):
         while True:
             client = AsyncModbusTcpClient(
                 cfg.host,
+                framer=FRAMERS[cfg.framing],
                 port=cfg.port,
                 timeout=cfg.timeout,
                 retries=0,
                 reconnect_delay=0,  # reconnecting is ours, with jitter and a cap
                 name=self.name,
             )
+            # pymodbus drops the connection itself after a few requests in a row go unanswered,
+            # one dead RTU unit's included: when to reconnect is decided here (`_unanswered`).
+            client.set_max_no_responses(sys.maxsize)
             try:
                 ok = await asyncio.wait_for(client.connect(), cfg.timeout + 1)
             except (TimeoutError, OSError, ModbusException) as exc:
@@ -591,29 +642,26 @@ class ModbusClientAdapter(Adapter):
         )
 
     async def _read(self, req: _Request) -> tuple[Sequence[Any] | None, str | None]:
-        client = self._client
-        if client is None or not self._connected.is_set():
-            return None, self._down_reason
-        self.counters["requests"] += 1
-        try:
-            if req.table is Table.HOLDING:
-                rr = await client.read_holding_registers(
-                    req.address, count=req.count, device_id=req.unit
-                )
-            elif req.table is Table.INPUT:
-                rr = await client.read_input_registers(
-                    req.address, count=req.count, device_id=req.unit
-                )
-            elif req.table is Table.COIL:
-                rr = await client.read_coils(req.address, count=req.count, device_id=req.unit)
-            else:
-                rr = await client.read_discrete_inputs(
-                    req.address, count=req.count, device_id=req.unit
-                )
-        except (ModbusException, OSError, TimeoutError) as exc:
-            return None, self._io_failed(exc)
-        self._timeouts = 0
-        self._silent = False
+        async with self._io_lock:
+            client = self._client
+            if client is None or not self._connected.is_set():
+                return None, self._down_reason
+            resting = self._rest_of(req.unit)
+            if resting is not None:
+                return None, resting[1]
+            self.counters["requests"] += 1
+            try:
+                rr = await self._send_read(client, req)
+            except (ModbusException, OSError, TimeoutError) as exc:
+                return None, self._io_failed(exc, req.unit)
+        self._answered(req.unit)
+        # Modbus TCP's transaction id already ties an answer to its request.
+        wrong = _mismatch(rr, req) if self._rtu else None
+        if wrong is not None:
+            self.counters["errors"] += 1
+            self.last_error = f"{req.table} {req.address}+{req.count} unit {req.unit}: {wrong}"
+            self._rest(req.unit, wrong)  # its own answer may still be on the way
+            return None, wrong
         if rr.isError():
             self.counters["errors"] += 1
             code = getattr(rr, "exception_code", 0)
@@ -624,7 +672,63 @@ class ModbusClientAdapter(Adapter):
             return rr.bits[: req.count], None
         return rr.registers, None
 
-    def _io_failed(self, exc: BaseException) -> str:
+    @staticmethod
+    async def _send_read(client: AsyncModbusTcpClient, req: _Request) -> ModbusPDU:
+        if req.table is Table.HOLDING:
+            return await client.read_holding_registers(
+                req.address, count=req.count, device_id=req.unit
+            )
+        if req.table is Table.INPUT:
+            return await client.read_input_registers(
+                req.address, count=req.count, device_id=req.unit
+            )
+        if req.table is Table.COIL:
+            return await client.read_coils(req.address, count=req.count, device_id=req.unit)
+        return await client.read_discrete_inputs(req.address, count=req.count, device_id=req.unit)
+
+    def _answered(self, unit: int) -> None:
+        self._timeouts = 0
+        self._silent = False
+        self._silent_units.discard(unit)
+
+    def _unanswered(self) -> bool:
+        """The connection looks dead: the last request timed out; with framing rtu the last
+        request of every unit id did (a dead unit on a live bus is not a dead link)."""
+        if self._rtu:
+            return self._silent_units >= self._units
+        return self._silent
+
+    def _rest(self, unit: int, reason: str) -> None:
+        """rtu: ask ``unit`` nothing for `timeout` seconds, so that a late answer of its last
+        request arrives while none of its requests waits, and is dropped."""
+        if self._rtu:
+            until = asyncio.get_running_loop().time() + self.config.timeout
+            self._resting[unit] = (until, reason)
+
+    def _rest_of(self, unit: int) -> tuple[float, str] | None:
+        """(seconds left, why) while ``unit`` rests, else None."""
+        until, reason = self._resting.get(unit, (0.0, ""))
+        left = until - asyncio.get_running_loop().time()
+        return (left, reason) if left > 0 else None
+
+    @asynccontextmanager
+    async def _exchange(self, unit: int) -> AsyncIterator[None]:
+        """The connection for one exchange with ``unit`` (a write, or a bit's read-modify-write),
+        once ``unit`` has rested: a write waits instead of failing at once like a read."""
+        while True:
+            resting = self._rest_of(unit)
+            if resting is not None:
+                await asyncio.sleep(resting[0])
+            await self._io_lock.acquire()
+            if self._rest_of(unit) is None:
+                break
+            self._io_lock.release()  # it timed out again meanwhile: wait once more
+        try:
+            yield
+        finally:
+            self._io_lock.release()
+
+    def _io_failed(self, exc: BaseException, unit: int) -> str:
         text = str(exc) or type(exc).__name__
         timeout = (
             isinstance(exc, TimeoutError)
@@ -635,8 +739,10 @@ class ModbusClientAdapter(Adapter):
             self.counters["timeouts"] += 1
             self._timeouts += 1
             self._silent = True
+            self._silent_units.add(unit)
             reason = "timeout"
-            if self._timeouts >= TIMEOUTS_BEFORE_RECONNECT:
+            self._rest(unit, reason)
+            if self._timeouts >= TIMEOUTS_BEFORE_RECONNECT and self._unanswered():
                 self._down_reason = reason
                 self._lost.set()
                 self._connected.clear()
@@ -660,7 +766,7 @@ class ModbusClientAdapter(Adapter):
             await self.bus.publish(Message.telemetry(self.name, tuple(samples)))
 
     async def write(self, point: str, value: bool | int | float | str) -> None:
-        """Write one point: reverse scaling and byte order, then the right function code."""
+        """Write one point (`_send_write`); refused at once while the device is unreachable."""
         p = self._by_name.get(point)
         if p is None:
             raise ModbusWriteError(WriteStatus.UNKNOWN_POINT, f"{self.name} has no point {point!r}")
@@ -669,45 +775,53 @@ class ModbusClientAdapter(Adapter):
             raise ModbusWriteError(WriteStatus.NOT_WRITABLE, f"{self.name}/{point} is not writable")
         if value is None or isinstance(value, (dict, list)):
             raise ModbusWriteError(WriteStatus.BAD_VALUE, f"{value!r} cannot be written to {point}")
-        client = self._client
-        if client is None or not self._connected.is_set():
-            raise ModbusWriteError(
-                WriteStatus.UNREACHABLE, f"{self.name} is unreachable ({self._down_reason})"
-            )
+        self._client_for_write()  # refused at once, not after a wait for the connection
         self.counters["writes"] += 1
         try:
-            if cfg.table is Table.COIL:
-                rr = await client.write_coil(cfg.address, bool(value), device_id=p.unit)
-            elif cfg.bit is not None:
-                async with self._io_lock:  # read-modify-write of one bit
-                    cur = await client.read_holding_registers(
-                        cfg.address, count=1, device_id=p.unit
-                    )
-                    if cur.isError():
-                        raise ModbusWriteError(
-                            WriteStatus.DEVICE_ERROR,
-                            f"reading {point} before setting its bit failed",
-                        )
-                    reg = set_bit(cur.registers[0], cfg.bit, bool(value))
-                    rr = await client.write_register(cfg.address, reg, device_id=p.unit)
-            else:
-                raw: bool | int | float | str = value
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    raw = p.scaling.invert(value)  # encode rounds for integer types
-                regs = encode(raw, cfg.dtype, p.order, length=cfg.length)
-                if len(regs) == 1:
-                    rr = await client.write_register(cfg.address, regs[0], device_id=p.unit)
-                else:
-                    rr = await client.write_registers(cfg.address, regs, device_id=p.unit)
+            async with self._exchange(p.unit):  # a bit's read-modify-write is one exchange
+                rr = await self._send_write(self._client_for_write(), p, value)
         except (ModbusException, OSError, TimeoutError) as exc:
-            reason = self._io_failed(exc)
+            reason = self._io_failed(exc, p.unit)
             status = WriteStatus.TIMEOUT if reason == "timeout" else WriteStatus.UNREACHABLE
             raise ModbusWriteError(status, f"{self.name}/{point}: {reason}") from None
         except (CodecError, ValueError, TypeError) as exc:
             raise ModbusWriteError(WriteStatus.BAD_VALUE, f"{self.name}/{point}: {exc}") from None
-        self._silent = False  # it answered
+        self._answered(p.unit)
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
             raise ModbusWriteError(
                 WriteStatus.DEVICE_ERROR, f"{self.name}/{point}: {exception_reason(code)}"
             )
+
+    def _client_for_write(self) -> AsyncModbusTcpClient:
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise ModbusWriteError(
+                WriteStatus.UNREACHABLE, f"{self.name} is unreachable ({self._down_reason})"
+            )
+        return client
+
+    @staticmethod
+    async def _send_write(
+        client: AsyncModbusTcpClient, p: _Point, value: bool | int | float | str
+    ) -> ModbusPDU:
+        """Reverse scaling and byte order, then the right function code."""
+        cfg = p.config
+        if cfg.table is Table.COIL:
+            return await client.write_coil(cfg.address, bool(value), device_id=p.unit)
+        if cfg.bit is not None:
+            cur = await client.read_holding_registers(cfg.address, count=1, device_id=p.unit)
+            if cur.isError():
+                raise ModbusWriteError(
+                    WriteStatus.DEVICE_ERROR,
+                    f"reading {cfg.name} before setting its bit failed",
+                )
+            reg = set_bit(cur.registers[0], cfg.bit, bool(value))
+            return await client.write_register(cfg.address, reg, device_id=p.unit)
+        raw: bool | int | float | str = value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raw = p.scaling.invert(value)  # encode rounds for integer types
+        regs = encode(raw, cfg.dtype, p.order, length=cfg.length)
+        if len(regs) == 1:
+            return await client.write_register(cfg.address, regs[0], device_id=p.unit)
+        return await client.write_registers(cfg.address, regs, device_id=p.unit)

@@ -13,6 +13,7 @@ from gateway.types import Access
 from protocols.modbus.codec import ByteOrder, DataType, Table, register_count
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+Framing = Literal["tcp", "rtu"]
 
 
 class PollGroup(Strict):
@@ -100,11 +101,17 @@ class ModbusPoint(RegisterLayout, PointLimits):
 
 
 class ModbusDevice(Strict):
-    """One Modbus TCP connection; points may address several unit ids behind it."""
+    """One Modbus TCP connection; points may address several unit ids behind it (with
+    ``framing: rtu``, the devices on the serial bus behind a converter)."""
 
     protocol: Literal["modbus"] = "modbus"
     host: str = Field(min_length=1)
     port: int = Field(502, ge=1, le=65535)
+    framing: Framing = Field(
+        "tcp",
+        description="tcp: Modbus TCP (MBAP header); rtu: raw RTU frames (unit id, PDU, CRC16) "
+        "through a serial-to-Ethernet converter in TCP server (raw) mode",
+    )
     unit_id: int = Field(1, ge=0, le=255, description="default unit id of the points")
     timeout: float = Field(1.0, gt=0, le=60, description="seconds per request")
     byte_order: ByteOrder = ByteOrder.ABCD
@@ -160,6 +167,30 @@ class ModbusDevice(Strict):
                 )
             )
         problems.extend(self._overlaps())
+        problems.extend(self._broadcast_reads())
+        return problems
+
+    def _broadcast_reads(self) -> list[Problem]:
+        """On a serial bus unit id 0 is broadcast: every device acts on it and none answers, so
+        a point read through it would only ever time out. Modbus TCP devices answer on 0."""
+        if self.framing != "rtu":
+            return []
+        expected = "a unit id 1-247 (0 is broadcast on a serial bus: no device answers a read)"
+        problems = [
+            Problem(("points", i, "unit_id"), "0 (framing: rtu)", expected)
+            for i, p in enumerate(self.points)
+            if p.unit_id == 0
+        ]
+        inherit = [p.name for p in self.points if p.unit_id is None]
+        if self.unit_id == 0 and inherit:
+            problems.append(
+                Problem(
+                    ("unit_id",),
+                    f"0 (framing: rtu), the unit id of {counted(len(inherit), 'point')}"
+                    f" ({listing(inherit)})",
+                    expected,
+                )
+            )
         return problems
 
     def _overlaps(self) -> list[Problem]:
