@@ -6,28 +6,34 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import HOST, MosquittoBroker, find_binary, modbus_device_yaml, wait_for
 from test_e2e_modbus_mqtt import Collector
+from test_mqtt_v5 import v5_messages
 from test_opcua_server import running_gateway
 
 from gateway.shadow.service import ShadowService
 from gateway.shadow.store import ShadowStore
 from protocols.modbus.codec import DataType
-from protocols.modbus.simulator import Simulator
+from protocols.modbus.simulator import SimulatedDevice, Simulator
 
 
 def config(
-    modbus_port: int, db: Path, mqtt: MosquittoBroker | None = None, min_free: int | None = None
+    modbus_port: int,
+    db: Path,
+    mqtt: MosquittoBroker | None = None,
+    min_free: int | None = None,
+    mqtt_keys: str = "",
 ) -> str:
     endpoints = shadow_mqtt = ""
     if mqtt is not None:
         endpoints = f"""
 endpoints:
-  broker: {{protocol: mqtt, host: {HOST}, port: {mqtt.port}, reconnect: {{initial: 0.05, max: 0.2}}}}
+  broker: {{protocol: mqtt, host: {HOST}, port: {mqtt.port}, reconnect: {{initial: 0.05, max: 0.2}}{mqtt_keys}}}
 """
         shadow_mqtt = '  mqtt: {endpoint: broker, prefix: "site/things"}\n'
     return f"""
@@ -95,52 +101,110 @@ async def test_reported_desired_delta_and_refusal(simulator: Simulator, tmp_path
     assert [r.value for r in history][:1] == [5] and 42 in [r.value for r in history]
 
 
-async def mosquitto_pub(broker: MosquittoBroker, topic: str, payload: dict[str, Any] | str) -> None:
+async def mosquitto_pub(
+    broker: MosquittoBroker, topic: str, payload: dict[str, Any] | str, *options: str
+) -> None:
     text = payload if isinstance(payload, str) else json.dumps(payload)
     proc = await asyncio.create_subprocess_exec(
         find_binary("mosquitto_pub", "/usr/bin/mosquitto_pub"),
-        "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", text,
+        "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", text, *options,
     )  # fmt: skip
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+@contextlib.asynccontextmanager
+async def pump_on_mqtt(
+    simulator: Simulator, mosquitto: MosquittoBroker, tmp_path: Path, mqtt_keys: str = ""
+) -> AsyncIterator[tuple[ShadowService, SimulatedDevice, Collector]]:
+    """A gateway shadowing device pump (speed 5) with ``shadow.mqtt`` on ``mosquitto``, once
+    it reported and subscribed; a collector of everything under the shadow's prefix."""
+    device = await simulator.add_device(name="pump")
+    device.set_registers("holding", 10, [5])
+    collector = Collector(mosquitto, "site/things/#")
+    text = config(device.port, tmp_path / "s.db", mosquitto, mqtt_keys=mqtt_keys)
+    try:
+        async with running_gateway(text) as gateway:
+            shadow = shadow_of(gateway)
+            await wait_for(lambda: (shadow.state("pump") or None) is not None, message="report")
+            await wait_for(lambda: gateway.adapters["broker"].status()["connected"])
+            await asyncio.sleep(0.3)  # the adapter's SUBACK
+            yield shadow, device, collector
+    finally:
+        collector.close()
 
 
 async def test_mqtt_topics(
     simulator: Simulator, mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
-    device = await simulator.add_device(name="pump")
-    device.set_registers("holding", 10, [5])
-    collector = Collector(mosquitto, "site/things/#")
     base = "site/things/pump/shadow"
+    async with pump_on_mqtt(simulator, mosquitto, tmp_path) as (shadow, device, collector):
+        version = (await shadow.get("pump")).version
+
+        await mosquitto_pub(mosquitto, f"{base}/get", {"clientToken": "g1"})
+        got = await wait_for(lambda: collector.last(f"{base}/get/accepted"), message="get")
+        assert got["clientToken"] == "g1" and got["state"]["reported"]["speed"] == 5
+
+        body = {"state": {"desired": {"speed": 33}}, "clientToken": "u1"}
+        await mosquitto_pub(mosquitto, f"{base}/update", body)
+        accepted = await wait_for(lambda: collector.last(f"{base}/update/accepted"))
+        assert accepted["clientToken"] == "u1"
+        assert accepted["state"] == {"desired": {"speed": 33}}
+        assert "timestamp" in accepted["metadata"]["desired"]["speed"]
+        delta = await wait_for(lambda: collector.last(f"{base}/update/delta"))
+        assert delta["state"] == {"speed": 33}
+        await wait_for(lambda: device.get_registers("holding", 10) == [33], message="write")
+
+        stale = {"state": {"desired": {"speed": 34}}, "version": version, "clientToken": "u2"}
+        await mosquitto_pub(mosquitto, f"{base}/update", stale)
+        rejected = await wait_for(lambda: collector.last(f"{base}/update/rejected"))
+        assert rejected["code"] == 409 and rejected["clientToken"] == "u2"
+        assert device.get_registers("holding", 10) == [33]
+        assert (await shadow.get("pump")).desired == {"speed": 33}
+
+
+def request_options(response_topic: str, correlation: str) -> tuple[str, ...]:
+    """mosquitto_pub options of an MQTT 5 request naming where its answer goes."""
+    return (
+        "-V", "mqttv5",
+        "-D", "publish", "response-topic", response_topic,
+        "-D", "publish", "correlation-data", correlation,
+    )  # fmt: skip
+
+
+async def test_mqtt_5_requests_get_their_answers_on_their_response_topic(
+    simulator: Simulator, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    base = "site/things/pump/shadow"
+    answers = asyncio.create_task(v5_messages(mosquitto.port, "answers/#", count=3))
+    v5 = ', version: "5"'
     try:
-        async with running_gateway(config(device.port, tmp_path / "s.db", mosquitto)) as gateway:
-            shadow = shadow_of(gateway)
-            await wait_for(lambda: (shadow.state("pump") or None) is not None, message="report")
-            await wait_for(lambda: gateway.adapters["broker"].status()["connected"])
-            await asyncio.sleep(0.3)  # the adapter's SUBACK
-            version = (await shadow.get("pump")).version
-
-            await mosquitto_pub(mosquitto, f"{base}/get", {"clientToken": "g1"})
-            got = await wait_for(lambda: collector.last(f"{base}/get/accepted"), message="get")
-            assert got["clientToken"] == "g1" and got["state"]["reported"]["speed"] == 5
-
-            body = {"state": {"desired": {"speed": 33}}, "clientToken": "u1"}
-            await mosquitto_pub(mosquitto, f"{base}/update", body)
-            accepted = await wait_for(lambda: collector.last(f"{base}/update/accepted"))
-            assert accepted["clientToken"] == "u1"
-            assert accepted["state"] == {"desired": {"speed": 33}}
-            assert "timestamp" in accepted["metadata"]["desired"]["speed"]
+        async with pump_on_mqtt(simulator, mosquitto, tmp_path, v5) as (_, _device, collector):
+            await mosquitto_pub(
+                mosquitto,
+                f"{base}/get",
+                {"clientToken": "g1"},
+                *request_options("answers/a", "c-1"),
+            )
+            reported = {"state": {"reported": {"speed": 1}}}  # refused: 400
+            await mosquitto_pub(
+                mosquitto, f"{base}/update", reported, *request_options("answers/b", "c-2")
+            )
+            desired = {"state": {"desired": {"speed": 33}}}
+            await mosquitto_pub(
+                mosquitto, f"{base}/update", desired, *request_options("answers/c", "c-3")
+            )
+            got = {topic: (corr, json.loads(body)) for topic, _e, _r, corr, body in await answers}
+            assert got["answers/a"][0] == "c-1" and got["answers/a"][1]["clientToken"] == "g1"
+            assert got["answers/a"][1]["state"]["reported"]["speed"] == 5
+            assert got["answers/b"][0] == "c-2" and got["answers/b"][1]["code"] == 400
+            assert got["answers/c"][0] == "c-3"
+            assert got["answers/c"][1]["state"] == {"desired": {"speed": 33}}
+            # the delta is no answer: it stays on its own topic, for every listener
             delta = await wait_for(lambda: collector.last(f"{base}/update/delta"))
             assert delta["state"] == {"speed": 33}
-            await wait_for(lambda: device.get_registers("holding", 10) == [33], message="write")
-
-            stale = {"state": {"desired": {"speed": 34}}, "version": version, "clientToken": "u2"}
-            await mosquitto_pub(mosquitto, f"{base}/update", stale)
-            rejected = await wait_for(lambda: collector.last(f"{base}/update/rejected"))
-            assert rejected["code"] == 409 and rejected["clientToken"] == "u2"
-            assert device.get_registers("holding", 10) == [33]
-            assert (await shadow.get("pump")).desired == {"speed": 33}
+            assert not [t for _, t, _ in collector.messages if t.endswith(("accepted", "rejected"))]
     finally:
-        collector.close()
+        answers.cancel()
 
 
 async def test_a_full_disk_under_the_shadow_is_said_once_and_readings_go_on(

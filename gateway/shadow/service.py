@@ -115,7 +115,15 @@ def _depth(value: Any) -> int:
 
 
 class _Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        reply_to: Mapping[str, Any] | None = None,
+    ) -> None: ...
 
 
 class ShadowService:
@@ -538,50 +546,55 @@ class ShadowService:
             body = _lenient_body(text)
         elif isinstance(text, str) and text.strip():
             if len(text) > MAX_REQUEST_BYTES:
-                self._reject(device, action, None, 413, f"over {MAX_REQUEST_BYTES} bytes")
+                self._reject(message, device, action, None, 413, f"over {MAX_REQUEST_BYTES} bytes")
                 return
             try:
                 # NaN, 1e999 and huge integers refused: the document is echoed back as JSON.
                 body = load_json(text)
             except ValueError as exc:  # json.JSONDecodeError or PayloadError
-                self._reject(device, action, None, 400, f"invalid JSON: {exc}")
+                self._reject(message, device, action, None, 400, f"invalid JSON: {exc}")
                 return
         token = body.get("clientToken") if isinstance(body, dict) else None
         if not isinstance(body, dict):
-            self._reject(device, action, token, 400, "the request must be a JSON object")
+            self._reject(message, device, action, token, 400, "the request must be a JSON object")
             return
         if device not in self.devices:
-            self._reject(device, action, token, 404, f"no shadow for {device!r}")
+            self._reject(message, device, action, token, 404, f"no shadow for {device!r}")
             return
         if action == "get":
             doc = await self.get(device)
-            self._publish(shadow_topic(self._prefix, device, "get/accepted"), doc.to_json(), token)
+            topic = shadow_topic(self._prefix, device, "get/accepted")
+            self._publish(topic, doc.to_json(), token, message.meta)
             return
         state = body.get("state")
         if not isinstance(state, dict) or set(state) - {"desired", "reported"}:
-            self._reject(device, action, token, 400, "expected {'state': {'desired': {...}}}")
+            self._reject(
+                message, device, action, token, 400, "expected {'state': {'desired': {...}}}"
+            )
             return
         if "reported" in state:
-            self._reject(device, action, token, 400, "reported state comes from the device")
+            self._reject(
+                message, device, action, token, 400, "reported state comes from the device"
+            )
             return
         desired = state.get("desired")
         if not isinstance(desired, dict):
-            self._reject(device, action, token, 400, "state.desired must be an object")
+            self._reject(message, device, action, token, 400, "state.desired must be an object")
             return
         if len(desired) > MAX_DESIRED_KEYS or _depth(desired) > MAX_DEPTH:
             why = f"state.desired: at most {MAX_DESIRED_KEYS} keys, nested at most {MAX_DEPTH} deep"
-            self._reject(device, action, token, 400, why)
+            self._reject(message, device, action, token, 400, why)
             return
         try:
             doc = await self.update(device, desired, body.get("version"))
         except VersionConflict:
-            self._reject(device, action, token, 409, "Version conflict")
+            self._reject(message, device, action, token, 409, "Version conflict")
             return
         except ShadowLimitError as exc:  # the document would be too large, as AWS IoT says it
-            self._reject(device, action, token, 413, str(exc))
+            self._reject(message, device, action, token, 413, str(exc))
             return
         except ShadowError as exc:
-            self._reject(device, action, token, 400, str(exc))
+            self._reject(message, device, action, token, 400, str(exc))
             return
         meta = {k: doc.metadata["desired"].get(k) for k in desired if k in doc.metadata["desired"]}
         accepted = {
@@ -591,7 +604,8 @@ class ShadowService:
             "timestamp": doc.timestamp,
         }
         self._rejections.succeeded()
-        self._publish(shadow_topic(self._prefix, device, "update/accepted"), accepted, token)
+        topic = shadow_topic(self._prefix, device, "update/accepted")
+        self._publish(topic, accepted, token, message.meta)
         # Not the keys that are no point of the device (metadata): its unknown_point error may
         # not be recorded yet (that write is a task of its own).
         points = self.router.points
@@ -605,13 +619,24 @@ class ShadowService:
         assert self.config.mqtt is not None
         return self.config.mqtt.prefix
 
-    def _reject(self, device: str, action: str, token: Any, code: int, text: str) -> None:
+    def _reject(
+        self, request: Message, device: str, action: str, token: Any, code: int, text: str
+    ) -> None:
         self.counters["rejected"] += 1  # a client sending garbage in a loop: not a log line each
         self._rejections.failed(f"{action} of {device} rejected: {code} {text}", traceback=False)
         body = {"code": code, "message": text, "timestamp": time.time()}
-        self._publish(shadow_topic(self._prefix, device, f"{action}/rejected"), body, token)
+        topic = shadow_topic(self._prefix, device, f"{action}/rejected")
+        self._publish(topic, body, token, request.meta)
 
-    def _publish(self, topic: str, body: dict[str, Any], token: Any) -> None:
+    def _publish(
+        self,
+        topic: str,
+        body: dict[str, Any],
+        token: Any,
+        reply_to: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Publish a reply (``reply_to``: the request's meta, so that an MQTT 5 request naming
+        a Response Topic gets it there) or a notification (update/delta: None)."""
         mqtt = self.config.mqtt
         assert mqtt is not None
         if token is not None:
@@ -619,7 +644,7 @@ class ShadowService:
         payload = json.dumps(body, separators=(",", ":")).encode()
         adapter = self.adapters[mqtt.endpoint]
         # The config loader made sure the endpoint is an MQTT client, which has publish().
-        cast(_Publisher, adapter).publish(topic, payload, mqtt.qos, False)
+        cast(_Publisher, adapter).publish(topic, payload, mqtt.qos, False, reply_to=reply_to)
 
     def status(self) -> dict[str, Any]:
         store = self.store

@@ -48,6 +48,18 @@ paho is also slow in exactly the places a gateway is busy (one ``send()`` per pa
 and every QoS 0 packet written), which capped it near 10,000 publishes/s on a 2-core box, below
 the 15,000/s the gateway must sustain. `_Client` narrows those few spots; see its docstring.
 
+MQTT 5 (``version: "5"``)
+-------------------------
+Clean start on every connect (as 3.1.1's clean session), and the window fits the broker's
+Receive Maximum. A refusal's reason code is named in errors, logs and ``last_error``
+(``Not authorized (135)``). A PUBACK (or PUBREC) >= 0x80 is never counted as delivered: a write
+fails with it, a publish the broker may take later (`TRANSIENT_REFUSALS`) is sent again after a
+pause, any other is counted in ``refused`` and dropped, its outbox rows deleted, so that it
+cannot hold up the outbox. ``message_expiry`` goes on every data publish, less the time it
+waited (outbox or memory buffer); one with nothing left is dropped and counted in ``expired``.
+A received message naming a Response Topic puts it, and its Correlation Data, in its bus
+message's meta; `MqttAdapter.publish` with that meta (``reply_to``) answers there.
+
 Birth and will
 --------------
 The will (``{"state":"offline"}``, retained, QoS 1) on ``status_topic`` is registered with the
@@ -70,17 +82,18 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel
 
 from gateway.adapter import Adapter, AdapterContext
+from gateway.backoff import BackoffTimer
 from gateway.bus import topic_matches
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.optimizer.batch import encode_batch
@@ -98,7 +111,7 @@ from gateway.types import (
 from gateway.uplink.outbox import Outbox, Row
 from protocols.mqtt import codec
 from protocols.mqtt.config import MqttEndpoint, MqttRoute, brokers
-from protocols.mqtt.link import PahoOnLoop
+from protocols.mqtt.link import PahoOnLoop, paho_client, reason_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,6 +132,29 @@ _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 # One publish waiting for the broker: topic, payload, qos, retain.
 Outgoing = tuple[str, bytes, int, bool]
 
+# MQTT 5 PUBACK/PUBREC reason codes >= 0x80 that a broker may not give again a moment later:
+# quota exceeded (0x97, a rate or queue limit) and packet identifier in use (0x91, a glitch
+# of the session's state). Such a publish is kept and sent again after a pause in which
+# nothing new goes out (the broker asked us to slow down). Every other refusal (not
+# authorized 0x87, topic name invalid 0x90, payload format invalid 0x99, implementation
+# specific 0x83, unspecified 0x80) would be repeated for the same publish: it is counted,
+# logged and dropped, since retrying it forever would hold up everything behind it.
+TRANSIENT_REFUSALS = frozenset({0x91, 0x97})
+
+
+class _Refused(NamedTuple):
+    """A publish the broker refused for now (`TRANSIENT_REFUSALS`), to send again: the outbox
+    rows it carries (none on the in-memory path) and, with message expiry, its lifetime left
+    when it was sent (``sent``: the monotonic clock then)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    rows: list[int]
+    expiry: int | None
+    sent: float
+
 
 def _publishes(n: int) -> str:
     return counted(n, "publish", "publishes")
@@ -129,9 +165,10 @@ class MqttError(Exception):
 
 
 class MemoryOutbox:
-    """Bounded FIFO of publishes waiting for the broker; when full, the oldest is dropped."""
+    """Bounded FIFO of publishes waiting for the broker; when full, the oldest is dropped.
+    Each item keeps when it was put (monotonic), for message expiry (`popleft_aged`)."""
 
-    __slots__ = ("maxlen", "dropped", "_items")
+    __slots__ = ("maxlen", "dropped", "_items", "_born")
 
     def __init__(self, maxlen: int) -> None:
         if maxlen < 1:
@@ -139,6 +176,7 @@ class MemoryOutbox:
         self.maxlen = maxlen
         self.dropped = 0
         self._items: collections.deque[Outgoing] = collections.deque()
+        self._born: collections.deque[float] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -147,19 +185,27 @@ class MemoryOutbox:
         """Append; False if the oldest item had to be dropped to make room."""
         items = self._items
         items.append(item)
+        self._born.append(time.monotonic())
         if len(items) > self.maxlen:
             items.popleft()
+            self._born.popleft()
             self.dropped += 1
             return False
         return True
 
     def popleft(self) -> Outgoing:
+        self._born.popleft()
         return self._items.popleft()
+
+    def popleft_aged(self) -> tuple[Outgoing, float]:
+        """The oldest item and how many seconds it waited here."""
+        return self._items.popleft(), time.monotonic() - self._born.popleft()
 
     def clear(self) -> int:
         """Forget everything; returns how many items were discarded."""
         n = len(self._items)
         self._items.clear()
+        self._born.clear()
         return n
 
 
@@ -281,6 +327,20 @@ class _Client(paho.Client):
                 return self._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
         return _SUCCESS
 
+    def _handle_pubrec(self) -> MQTTErrorCode:
+        # MQTT 5: a PUBREC with a reason code >= 0x80 ends a QoS 2 publish (4.3.3): the broker
+        # refused it. paho ignores the code and goes on to PUBREL, whose PUBCOMP then says
+        # Success (mosquitto's does), so a refused publish would pass for delivered.
+        packet = self._in_packet["packet"]
+        if self._protocol != MQTTProtocolVersion.MQTTv5 or len(packet) < 3 or packet[2] < 0x80:
+            return super()._handle_pubrec()
+        mid = (packet[0] << 8) | packet[1]
+        reason = ReasonCode(PacketTypes.PUBREC, identifier=packet[2])
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, reason, Properties(PacketTypes.PUBREC))  # type: ignore[no-untyped-call]
+        return _SUCCESS
+
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         # paho's version leaves the socket open when the handshake fails (an untrusted
         # certificate, every retry). The adapter's contexts check the host name themselves
@@ -312,6 +372,28 @@ class _Client(paho.Client):
         super()._sock_close()
 
 
+class LogEvery:
+    """At most one log line per ``interval`` seconds for a kind of event that may come in
+    floods (bad payloads, refused publishes): `due` says whether to log this one, and how
+    many were passed over since the last line."""
+
+    __slots__ = ("interval", "_last", "_since")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = 0.0
+        self._since = 0
+
+    def due(self) -> int | None:
+        """None: do not log this one; else how many went unlogged before it."""
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return None
+        more, self._since, self._last = self._since - 1, 0, now
+        return more
+
+
 def _describe_socket_error(exc: OSError) -> str:
     """Why a socket failed, with a hint for the TLS alerts people actually meet."""
     if isinstance(exc, ssl.SSLError):
@@ -322,6 +404,19 @@ def _describe_socket_error(exc: OSError) -> str:
             return f"TLS alert {code}: the broker rejected our client certificate"
         return f"TLS error {code}"
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _request_meta(msg: paho.MQTTMessage) -> dict[str, Any]:
+    """An MQTT 5 request's Response Topic and Correlation Data, as the meta of its bus message
+    (`codec.RESPONSE_TOPIC`); empty for a message that names no Response Topic."""
+    props = getattr(msg, "properties", None)
+    topic = getattr(props, "ResponseTopic", None)
+    if not topic:
+        return {}
+    return {
+        codec.RESPONSE_TOPIC: topic,
+        codec.CORRELATION_DATA: getattr(props, "CorrelationData", None),
+    }
 
 
 def _state_payload(state: str, *, ts: bool = True) -> bytes:
@@ -388,7 +483,19 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._init_socket()
-        self._aim(brokers(config), config.keepalive, config.failback)
+        self._aim(brokers(config), config.keepalive, config.failback, v5=config.v5)
+        # MQTT 5 message expiry: the Properties of a publish sent with its whole lifetime
+        self._expiry = config.message_expiry
+        self._full_life: Properties | None = None
+        if self._expiry is not None:
+            self._full_life = self._lifetime(self._expiry)
+        # publishes the broker refused for now (TRANSIENT_REFUSALS), sent again first once
+        # the pause (_held) in which nothing new goes out is over
+        self._retry: collections.deque[_Refused] = collections.deque()
+        self._held = False
+        self._pause = BackoffTimer(config.reconnect)
+        self._own_window: int | None = None  # max_inflight before a broker's Receive Maximum
+        self._refusal_log = LogEvery(10.0)
         self._sub_futs: dict[int, asyncio.Future[list[Any]]] = {}
         self._wake = asyncio.Event()
         self._ready_event = asyncio.Event()
@@ -407,10 +514,10 @@ class MqttAdapter(PahoOnLoop, Adapter):
             reserved=self._point_by_name,
             by_topic=[s.topic for s in config.subscriptions if s.names == "topic"],
         )
-        self._write_futs: dict[int, asyncio.Future[None]] = {}
+        # a write's (or the failback offline's) PUBACK: None, or why the broker refused it
+        self._write_futs: dict[int, asyncio.Future[str | None]] = {}
         self._points_bad = False  # bad samples published for this outage already
-        self._last_bad_log = 0.0
-        self._bad_since_log = 0
+        self._bad_log = LogEvery(self.bad_payload_log_interval)
         self.last_error: str | None = None
         # counters
         self.published = 0
@@ -421,6 +528,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self.bad_payloads = 0
         self.encode_errors = 0
         self.writes = 0
+        self.refused = 0  # MQTT 5: publishes the broker refused for good (dropped)
+        self.expired = 0  # MQTT 5: publishes past their message_expiry before they went out
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -429,13 +538,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         cfg = self.config
-        client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=True,
-            protocol=MQTTProtocolVersion.MQTTv311,
-            reconnect_on_failure=False,  # reconnecting is run()'s job, with our backoff
-        )
+        # reconnecting is run()'s job, with our backoff
+        client: _Client = paho_client(self.client_id, v5=cfg.v5, cls=_Client)
         client.max_inflight_messages_set(0)  # our own window, see the module docstring
         client.max_queued_messages_set(0)
         client.connect_timeout = self.connect_timeout
@@ -512,7 +616,13 @@ class MqttAdapter(PahoOnLoop, Adapter):
         """Birth, subscriptions, then flush the outbox until the connection is lost."""
         client, disconnected = self._client, self._disconnected
         assert client is not None and disconnected is not None
-        log.info("MQTT %s: connected to %s as %s", self.name, self.address, self.client_id)
+        log.info(
+            "MQTT %s: connected to %s as %s (MQTT %s)",
+            self.name,
+            self.address,
+            self.client_id,
+            self.config.version,
+        )
         self._publish_internal(_state_payload("online"))
         await self._subscribe_all(disconnected)
         if disconnected.done():
@@ -618,9 +728,10 @@ class MqttAdapter(PahoOnLoop, Adapter):
             return
         for (topic, _qos), code in zip(topics, fut.result(), strict=False):
             if getattr(code, "is_failure", False):
-                log.warning(
-                    "MQTT %s: broker refused subscription to %r: %s", self.name, topic, code
+                self.last_error = f"{self.address} refused subscription to {topic!r}: " + (
+                    reason_text(code)
                 )
+                log.warning("MQTT %s: %s", self.name, self.last_error)
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -652,11 +763,26 @@ class MqttAdapter(PahoOnLoop, Adapter):
             return
         self._enqueue(((topic, payload, qos, retain) for topic, payload in pairs))
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        reply_to: Mapping[str, Any] | None = None,
+    ) -> None:
         """Publish one message outside any bridge (shadow replies and the like), through the
         same outbox as bridge traffic: durable when the endpoint has one. With the optimizer it
         goes alone, at once, on its own topic: a client waiting for a shadow reply does not
-        read the batch topic."""
+        read the batch topic.
+
+        ``reply_to``: the meta of the bus message this answers. When that was an MQTT 5
+        request naming a Response Topic, the answer goes there instead of ``topic``, with the
+        request's Correlation Data (`_reply`)."""
+        if reply_to and reply_to.get(codec.RESPONSE_TOPIC):
+            self._reply(reply_to, payload, qos)
+            return
         store = self._store
         if store is not None:
             self._store_rows(store, [(topic, payload, qos, retain)], alone=True)
@@ -746,11 +872,17 @@ class MqttAdapter(PahoOnLoop, Adapter):
         if self._ready:
             self._wake.set()
 
-    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, age: float = 0.0
+    ) -> None:
+        """One publish of the in-memory path (``age``: seconds it waited in the buffer)."""
         client = self._client
         assert client is not None
+        props = self._expiry_props(age, self._expiry)
+        if props is False:
+            return
         try:
-            info = client.publish(topic, payload, qos, retain)
+            info = client.publish(topic, payload, qos, retain, props)
         except ValueError as exc:  # invalid topic, payload too large
             self.encode_errors += 1
             log.warning("MQTT %s: cannot publish to %r: %s", self.name, topic, exc)
@@ -870,8 +1002,14 @@ class MqttAdapter(PahoOnLoop, Adapter):
             store.ack(acked)  # deleted with the next append, or by run's commit
 
     def _publish_row(self, client: _Client, row: Row) -> int | None:
+        """Publish an outbox row (or a batch of them); its paho mid while it waits for the
+        broker, None when the row is done with (QoS 0 written, refused by paho, expired)."""
+        store = self._store
+        props = self._expiry_props(store.now() - row.ts if store else 0.0, self._expiry)
+        if props is False:
+            return None
         try:
-            info = client.publish(row.topic, row.payload, row.qos, row.retain)
+            info = client.publish(row.topic, row.payload, row.qos, row.retain, props)
         except ValueError as exc:  # invalid topic, payload too large: it never will go
             self.encode_errors += 1
             log.warning("MQTT %s: cannot publish to %r: %s", self.name, row.topic, exc)
@@ -889,7 +1027,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
     def _has_room(self, n: int) -> bool:
         client = self._client
         return (
-            len(self._inflight) + n <= self.max_inflight
+            not self._held
+            and len(self._inflight) + n <= self.max_inflight
             and client is not None
             and client.write_backlog < self.max_write_backlog
         )
@@ -898,16 +1037,21 @@ class MqttAdapter(PahoOnLoop, Adapter):
         """Hand queued publishes to paho, in order, as far as the window allows."""
         if self._store is not None:
             if self._ready:
+                if self._retry:
+                    self._send_refused_again()
                 if self._opt is not None:
                     self._flush_optimized(self._store)
                 else:
                     self._flush_store(self._store)
             return
+        if self._retry and self._ready:
+            self._send_refused_again()
         outbox = self._outbox
         publish = self._publish
         has_room = self._has_room
         while outbox and self._ready and has_room(1):
-            publish(*outbox.popleft())
+            item, age = outbox.popleft_aged()
+            publish(*item, age)
 
     # --- the packet optimizer ---------------------------------------------------------------------
 
@@ -1007,16 +1151,68 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._mid_batches[mid] = ids
             opt.note_sent(mid, size, len(ids))
 
-    def _publish_internal(self, payload: bytes) -> int | None:
-        """The status (birth, offline), retained, QoS 1; its paho mid, None if paho refused."""
+    def _publish_internal(
+        self,
+        payload: bytes,
+        topic: str | None = None,
+        qos: int = 1,
+        retain: bool = True,
+        properties: Properties | None = None,
+    ) -> int | None:
+        """A publish that is no bridged data: the status (birth, offline: the defaults), or a
+        reply to an MQTT 5 request; its paho mid (QoS 1/2), None if paho refused it."""
         client = self._client
         assert client is not None
-        info = client.publish(self.status_topic, payload, qos=1, retain=True)
-        if info.rc != _SUCCESS:
+        info = client.publish(topic or self.status_topic, payload, qos, retain, properties)
+        if info.rc != _SUCCESS or not qos:
             return None
         self._inflight.add(info.mid)
         self._internal_mids.add(info.mid)
         return int(info.mid)
+
+    # --- MQTT 5: request/response, message expiry, refused publishes -------------------------
+
+    def _reply(self, request: Mapping[str, Any], payload: bytes, qos: int) -> None:
+        """An answer to an MQTT 5 request, on its Response Topic with its Correlation Data. Not
+        through the outbox, whose rows keep no properties: the requester waits for it now, on
+        this connection; paho re-sends it (QoS 1/2) after a reconnect. Not retained: it is one
+        requester's. The requester picks the topic: the broker's ACL for the gateway's user is
+        what bounds where answers may go."""
+        topic = str(request[codec.RESPONSE_TOPIC])
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        correlation = request.get(codec.CORRELATION_DATA)
+        if correlation is not None:
+            props.CorrelationData = bytes(correlation)
+        if not self._connected or self._client is None:
+            self.lost += 1
+            log.warning("MQTT %s: reply to %r lost: not connected", self.name, topic)
+            return
+        try:
+            self._publish_internal(payload, topic, qos, False, props)
+        except ValueError as exc:  # a Response Topic with wildcards, too long
+            self.encode_errors += 1
+            log.warning("MQTT %s: cannot reply on %r: %s", self.name, topic, exc)
+
+    def _lifetime(self, seconds: int) -> Properties:
+        """PUBLISH properties with a Message Expiry Interval of ``seconds``."""
+        if seconds == self._expiry and self._full_life is not None:
+            return self._full_life  # the live path's: one object, never changed
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.MessageExpiryInterval = seconds
+        return props
+
+    def _expiry_props(self, age: float, expiry: int | None) -> Properties | None | Literal[False]:
+        """The properties of a data publish with ``expiry`` seconds of life (message_expiry,
+        or what a refused one had left) that waited ``age`` seconds to go out: None without
+        expiry, else its lifetime left (`codec.remaining_expiry`); False when nothing is left
+        (counted in 'expired': the caller drops it)."""
+        if expiry is None:
+            return None
+        left = codec.remaining_expiry(expiry, age)
+        if left is None:
+            self.expired += 1
+            return False
+        return self._lifetime(left)
 
     # --- writes (points with access rw) ----------------------------------------------------------
 
@@ -1052,6 +1248,9 @@ class MqttAdapter(PahoOnLoop, Adapter):
             raise WriteRefused(
                 WriteStatus.TIMEOUT, f"no PUBACK within {self.config.write_timeout:g} s"
             )
+        refusal = acked.result()
+        if refusal is not None:  # MQTT 5: the broker would not take it (not authorized...)
+            raise WriteRefused(WriteStatus.DEVICE_ERROR, f"the broker refused it: {refusal}")
         self.writes += 1
 
     def _forget_write(self, mid: int) -> None:
@@ -1113,6 +1312,9 @@ class MqttAdapter(PahoOnLoop, Adapter):
             if self._connected:
                 await self._drain(loop)
             discarded = self._outbox.clear()
+            if self._store is None:  # with the outbox, refused rows stay there for next time
+                discarded += len(self._retry)
+            self._retry.clear()
             store, self._store = self._store, None
             if store is not None:
                 store.commit()
@@ -1183,9 +1385,12 @@ class MqttAdapter(PahoOnLoop, Adapter):
         wake = self._wake
         offline_sent = False
         while self._connected and (disconnected is None or not disconnected.done()):
+            if self._retry:
+                self._send_refused_again()
             outbox = self._outbox
             while outbox and self._has_room(1):
-                self._publish(*outbox.popleft())
+                item, age = outbox.popleft_aged()
+                self._publish(*item, age)
             store = self._store
             if store is not None:
                 if self._opt is not None:
@@ -1228,14 +1433,28 @@ class MqttAdapter(PahoOnLoop, Adapter):
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
-        self._settle_connack(reason_code, MqttError)
+        if self._v5 and not reason_code.is_failure:
+            self._fit_window(properties)
+        self._settle_connack(reason_code, MqttError, properties)
+
+    def _fit_window(self, properties: Any) -> None:
+        """MQTT 5: the broker's Receive Maximum (CONNACK) bounds the QoS 1/2 publishes in
+        flight; more is a protocol error that brokers answer with DISCONNECT 0x93 (mosquitto
+        lets it pass, HiveMQ and EMQX do not)."""
+        if self._own_window is None:
+            self._own_window = self.max_inflight
+        limit = getattr(properties, "ReceiveMaximum", None)
+        self.max_inflight = min(self._own_window, limit or self._own_window)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         reason = str(reason_code)
         error = self._client.socket_error if self._client is not None else None
-        if error is not None:
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            # MQTT 5: the broker said why it ends the session (session taken over, ...)
+            reason = f"{self.address} sent DISCONNECT: {reason_text(reason_code, properties)}"
+        elif error is not None:
             reason = _describe_socket_error(error)
         self._connection_lost(reason)
 
@@ -1254,6 +1473,10 @@ class MqttAdapter(PahoOnLoop, Adapter):
         if mid not in inflight:
             return
         inflight.discard(mid)
+        if reason_code is not _PUBACK_SUCCESS and reason_code.is_failure:
+            self._refused(client, mid, reason_code, properties)
+            self._wake.set()
+            return
         row = self._mid_rows.pop(mid, None) if self._mid_rows else None
         if row is not None and self._store is not None:
             self._store.ack((row,))
@@ -1270,7 +1493,84 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 fut.set_result(None)
         else:
             self.acknowledged += 1
+            if self._pause.attempts:  # a publish went through: the next pause starts short
+                self._pause.reset()
         self._wake.set()
+
+    def _refused(self, client: paho.Client, mid: int, reason_code: Any, properties: Any) -> None:
+        """The broker answered publish ``mid`` with a reason code >= 0x80 (MQTT 5): never
+        counted as delivered. A write learns why; a data publish is sent again later
+        (`TRANSIENT_REFUSALS`) or counted in 'refused' and dropped, its outbox rows deleted."""
+        why = reason_text(reason_code, properties)
+        rows = [self._mid_rows.pop(mid)] if mid in self._mid_rows else []
+        batch = self._mid_batches.pop(mid, None)
+        rows += batch or []
+        msg = client._out_messages.get(mid)  # paho forgets it once this callback returns
+        topic = msg.topic if msg is not None else "?"
+        if mid in self._internal_mids:
+            self._internal_mids.discard(mid)
+            fut = self._write_futs.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(why)
+                return
+        elif msg is not None and reason_code.value in TRANSIENT_REFUSALS:
+            self._retry.append(
+                _Refused(
+                    topic, bytes(msg.payload), msg.qos, msg.retain, rows,
+                    getattr(msg.properties, "MessageExpiryInterval", None), time.monotonic(),
+                )
+            )  # fmt: skip
+            self._hold(f"{self.address} refused a publish to {topic!r} for now: {why}")
+            return
+        else:
+            if rows and self._store is not None:
+                self._store.ack(rows)  # an answer, if not the one hoped for: deleted
+            if batch is not None and self._opt is not None:
+                self._opt.note_ack(mid)  # the broker answered: its slot in the window is free
+        self.refused += 1
+        self.last_error = f"{self.address} refused a publish to {topic!r}: {why}"
+        more = self._refusal_log.due()
+        if more is not None:
+            log.warning(
+                "MQTT %s: %s; dropped (counted in status 'refused')%s",
+                self.name,
+                self.last_error,
+                f" ({more} more refused since the last report)" if more else "",
+            )
+
+    def _hold(self, why: str) -> None:
+        """Pause new publishes (the broker's quota is exhausted) for a backoff delay; the
+        refused ones go first once it is over."""
+        if self._held or self._loop is None:
+            return
+        self._held = True
+        delay = self._pause.next_delay()
+        self._loop.call_later(delay, self._release)
+        self.last_error = why
+        log.warning("MQTT %s: %s; publishing again in %.2f s", self.name, why, delay)
+
+    def _release(self) -> None:
+        self._held = False
+        self._wake.set()
+
+    def _send_refused_again(self) -> None:
+        """Publish again, first, what the broker refused for now, with its lifetime left."""
+        client, retry = self._client, self._retry
+        assert client is not None
+        while retry and self._has_room(1):
+            again = retry.popleft()
+            props = self._expiry_props(time.monotonic() - again.sent, again.expiry)
+            if props is False:
+                if again.rows and self._store is not None:
+                    self._store.ack(again.rows)
+                continue
+            info = client.publish(again.topic, again.payload, again.qos, again.retain, props)
+            if info.rc not in (_SUCCESS, _NO_CONN):
+                retry.appendleft(again)  # paho's queue is full: next time
+                return
+            self._inflight.add(info.mid)
+            if again.rows:
+                self._mid_batches[info.mid] = again.rows
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
@@ -1327,6 +1627,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 origin=self.name,
                 seq=next_sequence(self.name),
                 device=self.name,
+                meta=_request_meta(msg) if self._v5 else {},
             )
         )
 
@@ -1360,10 +1661,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
 
         ``unexpected``: not a `PayloadError` but a bug in reading it, logged with its traceback."""
         self.bad_payloads += 1
-        self._bad_since_log += 1
-        now = time.monotonic()
-        if now - self._last_bad_log >= self.bad_payload_log_interval:
-            more = self._bad_since_log - 1
+        more = self._bad_log.due()
+        if more is not None:
             log.warning(
                 "MQTT %s: %s%s%s",
                 self.name,
@@ -1372,8 +1671,6 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 f" ({more} more bad payloads since the last report)" if more else "",
                 exc_info=exc if unexpected else None,
             )
-            self._last_bad_log = now
-            self._bad_since_log = 0
 
     # --- status -------------------------------------------------------------------------------
 
@@ -1403,6 +1700,10 @@ class MqttAdapter(PahoOnLoop, Adapter):
             "received": self.received,
             "bad_payloads": self.bad_payloads,
             "writes": self.writes,
+            "refused": self.refused,
+            "expired": self.expired,
+            "retrying": len(self._retry),
+            "mqtt_version": self.config.version,
             "last_error": self.last_error,
             "outbox": None if self._store is None else self._store.status(),
             "optimizer": None if self._opt is None else self._opt.status(),

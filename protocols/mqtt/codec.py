@@ -72,6 +72,22 @@ __all__ = [
 PayloadMode = Literal["json", "text", "raw"]
 
 
+# MQTT 5 request/response: a bus message made of an MQTT message that named a Response Topic
+# carries it (and the Correlation Data, bytes or None) in its meta under these keys; whoever
+# answers passes that meta back to `MqttAdapter.publish` (``reply_to``) to send the answer there.
+RESPONSE_TOPIC = "response_topic"
+CORRELATION_DATA = "correlation_data"
+
+
+def remaining_expiry(expiry: int, age: float) -> int | None:
+    """The Message Expiry Interval of a publish that waited ``age`` seconds before it was sent:
+    what is left of ``expiry``, rounded up (a reading is never cut short by rounding); None once
+    nothing is left, and it must not be sent. MQTT 5 (3.3.2.3.3) has a forwarded message carry
+    the lifetime it has left, which is what a replay from the outbox is."""
+    left = expiry - max(0.0, age)
+    return math.ceil(left) if left > 0 else None
+
+
 class PayloadError(ValueError):
     """A received payload could not be decoded; ``topic`` says where it came from."""
 

@@ -363,11 +363,27 @@ class MqttPoint(PointLimits):
         return "+" in self.topic.split("/") or "#" in self.topic.split("/")
 
 
+MqttVersion = Literal["3.1.1", "5"]
+
+VERSION_DESCRIPTION = (
+    "MQTT protocol version: 3.1.1 (clean session), or 5 (clean start; refusals carry reason"
+    " codes, message_expiry, replies to a request's response topic); failover brokers and the"
+    " failback probe use the same"
+)
+
+MESSAGE_EXPIRY_DESCRIPTION = (
+    "MQTT 5: seconds a broker keeps each bridged publish (readings, alarms) and shadow reply"
+    " for a subscriber that is away; then it drops it. A publish replayed from the outbox"
+    " carries what is left of it, and one older than this is dropped (status 'expired')"
+)
+
+
 class MqttEndpoint(Strict):
     #: what `gateway validate` says of an endpoint whose points are named at run time
     RUN_TIME_POINTS: ClassVar[str] = "whose subscriptions with points: keys"
 
     protocol: Literal["mqtt"] = "mqtt"
+    version: MqttVersion = Field("3.1.1", description=VERSION_DESCRIPTION)
     host: str = Field(min_length=1)
     port: int | None = Field(None, ge=1, le=65535, description="1883, or 8883 with tls")
     failover: list[FailoverBroker] = Field(default_factory=list, description=FAILOVER_DESCRIPTION)
@@ -420,6 +436,9 @@ class MqttEndpoint(Strict):
     write_timeout: float = Field(
         5.0, gt=0, le=60, description="seconds to wait for the broker's PUBACK of a write"
     )
+    message_expiry: int | None = Field(
+        None, ge=1, le=0xFFFFFFFF, description=MESSAGE_EXPIRY_DESCRIPTION
+    )
     optimizer: OptimizerConfig | None = Field(
         None,
         description=(
@@ -449,6 +468,14 @@ class MqttEndpoint(Strict):
             )
         problems.extend(repeated_brokers(self))
         problems.extend(failback_problem(self, self.failback))
+        if self.message_expiry is not None and not self.v5:
+            problems.append(
+                Problem(
+                    ("message_expiry",),
+                    f"{self.message_expiry} with MQTT {self.version}",
+                    'version: "5" (message expiry is an MQTT 5 property), or no message_expiry',
+                )
+            )
         problems.extend(repeated_names(self.points))
         keys: set[tuple[str, str | None, str | None]] = set()
         for i, p in enumerate(self.points):
@@ -463,6 +490,16 @@ class MqttEndpoint(Strict):
                 )
             keys.add(key)
         return problems
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_number(cls, v: object) -> object:
+        # YAML reads `version: 5` as a number; 3.1.1 is text either way
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @property
+    def v5(self) -> bool:
+        return self.version == "5"
 
     @field_validator("status_topic")
     @classmethod

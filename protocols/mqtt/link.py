@@ -37,6 +37,25 @@ from protocols.mqtt.config import BrokerSettings, Tls
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
+def paho_client(client_id: str, *, v5: bool, cls: type[paho.Client] = paho.Client) -> Any:
+    """A paho client (``cls``) that reconnects only when told: MQTT 3.1.1 with a clean
+    session, or MQTT 5, whose clean start is a connect option (`PahoOnLoop._connect_options`)."""
+    if v5:
+        return cls(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,
+        )
+    return cls(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=True,
+        protocol=MQTTProtocolVersion.MQTTv311,
+        reconnect_on_failure=False,
+    )
+
+
 def tls_context(
     tls: Tls, what: str, address: str, error: type[Exception], log: logging.Logger
 ) -> ssl.SSLContext:
@@ -86,12 +105,23 @@ def describe_connect_error(exc: BaseException, address: str, host: str) -> str:
     return f"cannot connect to {address}: {exc}"
 
 
-def connack_refusal(address: str, reason_code: Any) -> str | None:
+def reason_text(reason_code: Any, properties: Any = None) -> str:
+    """An MQTT 5 reason code as an integrator reads it: ``Not authorized (135)``, with the
+    broker's reason string when it sent one (``Not authorized (135): ACL denied``)."""
+    text = f"{reason_code} ({getattr(reason_code, 'value', '?')})"
+    said = getattr(properties, "ReasonString", None)
+    return f"{text}: {said}" if said else text
+
+
+def connack_refusal(
+    address: str, reason_code: Any, properties: Any = None, *, v5: bool = False
+) -> str | None:
     """Why the broker's CONNACK refused the connection, with what to check; None if it
-    accepted it."""
+    accepted it. ``v5``: the code is the one on the wire, so it is named (`reason_text`);
+    paho translates a 3.1.1 return code into a text of its own."""
     if not getattr(reason_code, "is_failure", False):
         return None
-    text = str(reason_code)
+    text = reason_text(reason_code, properties) if v5 else str(reason_code)
     hint = ""
     if getattr(reason_code, "value", 0) in (134, 135) or text in (
         "Not authorized",
@@ -144,14 +174,20 @@ class PahoOnLoop(abc.ABC):
         self._first_down_said = False  # a failed probe logged for this outage of the first
         self._settings: BrokerSettings | None = None  # credentials, for `_sign_in`
         self._tls: ssl.SSLContext | None = None
+        self._v5 = False  # MQTT 5 (session, failover and probe alike), else 3.1.1
 
     def _aim(
-        self, brokers: list[tuple[str, int]], keepalive: int, failback: float | None = None
+        self,
+        brokers: list[tuple[str, int]],
+        keepalive: int,
+        failback: float | None = None,
+        *,
+        v5: bool = False,
     ) -> None:
         """The brokers to connect to, (host, port) in the order tried; the first in use. With
         ``failback`` (seconds), a session on another broker moves back to the first once it
-        answers (the class implements `_leave_for_first`)."""
-        self._brokers, self._keepalive = brokers, keepalive
+        answers (the class implements `_leave_for_first`). ``v5``: MQTT 5, else 3.1.1."""
+        self._brokers, self._keepalive, self._v5 = brokers, keepalive, v5
         self._failback = failback if len(brokers) > 1 else None
         self._use_broker(0)
 
@@ -179,7 +215,12 @@ class PahoOnLoop(abc.ABC):
         self._broker = index
         self.address = f"{host}:{port}"
         if self._client is not None:
-            self._client.connect_async(host, port, self._keepalive)
+            self._client.connect_async(host, port, self._keepalive, **self._connect_options())
+
+    def _connect_options(self) -> dict[str, Any]:
+        """MQTT 5: clean start on every connect, as 3.1.1's clean session (paho's default
+        would resume the session after the first), so no session outlives a connection."""
+        return {"clean_start": True} if self._v5 else {}
 
     @property
     def _broker_host(self) -> str:
@@ -323,19 +364,14 @@ class PahoOnLoop(abc.ABC):
         DISCONNECT), else why not. Blocking: the executor's. A client id of its own, since a
         broker ends the older of two connections with one id (the session in use)."""
         address = f"{host}:{port}"
-        probe = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{self.client_id}-probe",
-            clean_session=True,
-            protocol=MQTTProtocolVersion.MQTTv311,
-            reconnect_on_failure=False,
-        )
+        probe = paho_client(f"{self.client_id}-probe", v5=self._v5)
         probe.connect_timeout = self.connect_timeout
         self._sign_in(probe)
         verdict: list[Any] = []
-        probe.on_connect = lambda _c, _u, _f, reason_code, _p: verdict.append(reason_code)
+        probe.on_connect = lambda _c, _u, _f, code, props: verdict.append((code, props))
         try:
-            probe.connect(host, port, self._keepalive)  # TCP, TLS and CONNECT sent
+            # TCP, TLS and CONNECT sent
+            probe.connect(host, port, self._keepalive, **self._connect_options())
             deadline = time.monotonic() + self.connect_timeout
             rc = _SUCCESS
             while not verdict and rc == _SUCCESS and time.monotonic() < deadline:
@@ -346,7 +382,7 @@ class PahoOnLoop(abc.ABC):
                     if rc != _SUCCESS
                     else f"{address} sent no CONNACK within {self.connect_timeout} s"
                 )
-            refusal = connack_refusal(address, verdict[0])
+            refusal = connack_refusal(address, *verdict[0], v5=self._v5)
             if refusal is None:
                 probe.disconnect()  # clean: nothing of the probe stays on the broker
             return refusal
@@ -416,11 +452,13 @@ class PahoOnLoop(abc.ABC):
                 f"{self.address} accepted TCP but sent no CONNACK within {self.connect_timeout} s"
             ) from None
 
-    def _settle_connack(self, reason_code: Any, error: type[Exception]) -> None:
+    def _settle_connack(
+        self, reason_code: Any, error: type[Exception], properties: Any = None
+    ) -> None:
         """The CONNACK's verdict (paho's on_connect): ``_connect_fut`` done, and
         ``_connected`` if the broker accepted; ``error`` saying why if it refused."""
         fut = self._connect_fut
-        refusal = connack_refusal(self.address, reason_code)
+        refusal = connack_refusal(self.address, reason_code, properties, v5=self._v5)
         if refusal is None:
             self._connected = True
             if fut is not None and not fut.done():
