@@ -31,11 +31,15 @@ from protocols.mqtt.config import (
     password_warning,
     repeated_brokers,
 )
-from protocols.sparkplug.codec import check_id, id_problem
+from protocols.sparkplug.codec import NAMESPACE, check_id, id_problem
+
+#: ``group:`` of a host that reads every group (the MQTT wildcard, which no group_id can be)
+EVERY_GROUP = "+"
 
 
 class SparkplugBroker(Strict):
-    """The broker connection and the group, the same for an edge node and a host."""
+    """The broker connection, the same for an edge node and a host (each role declares its
+    ``group``: one for a node, one or several for a host)."""
 
     WHAT: ClassVar[str] = "Sparkplug endpoint"
 
@@ -43,7 +47,6 @@ class SparkplugBroker(Strict):
     host: str = Field(min_length=1)
     port: int | None = Field(None, ge=1, le=65535, description="1883, or 8883 with tls")
     failover: list[FailoverBroker] = Field(default_factory=list, description=FAILOVER_DESCRIPTION)
-    group: str = Field(description="Sparkplug group_id (no '/', '+' or '#')")
     client_id: str | None = Field(
         None, description="MQTT client id; defaults to protocol-brain-{gateway}-{name}"
     )
@@ -52,11 +55,6 @@ class SparkplugBroker(Strict):
     keepalive: int = Field(30, ge=5, le=65535)
     tls: Tls | None = None
     reconnect: Backoff = Field(default_factory=Backoff)
-
-    @field_validator("group")
-    @classmethod
-    def _group(cls, v: str) -> str:
-        return check_id(v, "group_id")
 
     def run_warnings(self) -> list[tuple[Path, str]]:
         return broker_warnings(self, self.WHAT)
@@ -76,6 +74,7 @@ class SparkplugBroker(Strict):
 class SparkplugEndpoint(SparkplugBroker):
     """An edge node (role ``client``): the bridges' source devices are its devices."""
 
+    group: str = Field(description="Sparkplug group_id (no '/', '+' or '#')")
     node: str | None = Field(
         None, description="Sparkplug edge_node_id (no '/', '+' or '#'); default: gateway.name"
     )
@@ -109,6 +108,11 @@ class SparkplugEndpoint(SparkplugBroker):
             " synchronous, max_rows, max_bytes, max_age, policy, drain_rate), across restarts"
         ),
     )
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        return check_id(v, "group_id")
 
     @field_validator("node")
     @classmethod
@@ -151,6 +155,13 @@ class HostPoint(PointLimits):
     from the start, typed, and with ``access: rw`` written by NCMD/DCMD."""
 
     name: str = Field(pattern=NAME_PATTERN)
+    group: str | None = Field(
+        None,
+        description=(
+            "the group_id of its edge node: required when the entry reads several groups"
+            " (group: a list, or '+'); else the entry's group, which it may repeat"
+        ),
+    )
     node: str = Field(description="the edge_node_id that births the metric")
     device: str | None = Field(
         None, description="the device_id (a DBIRTH's metric); none: a metric of the node itself"
@@ -163,6 +174,11 @@ class HostPoint(PointLimits):
     access: Access = Access.READ
     description: str = ""
     write_rate: float | None = Field(None, gt=0)
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "group_id")
 
     @field_validator("node")
     @classmethod
@@ -183,11 +199,20 @@ class HostPoint(PointLimits):
 
 class SparkplugHost(SparkplugBroker):
     """A Sparkplug host application (role ``host``): the metrics that other edge nodes of
-    ``group`` birth are points of this one source device."""
+    ``group`` birth are points of this one source device. ``group`` is one group_id, a list of
+    them, or `EVERY_GROUP`; with a list or every group the point names begin with the group,
+    so that one edge_node_id in two groups makes two sets of points."""
 
     WHAT: ClassVar[str] = "Sparkplug host"
     RUN_TIME_POINTS: ClassVar[str] = "whose metrics learnt from births (learn: true)"
 
+    group: str | list[str] = Field(
+        description=(
+            "Sparkplug group_id to read (no '/', '+' or '#'); or a list of group_ids, or '+'"
+            " for every group: then learnt point names begin with the group and declared"
+            " points name theirs"
+        )
+    )
     host_id: str | None = Field(
         None,
         description=(
@@ -200,8 +225,9 @@ class SparkplugHost(SparkplugBroker):
         True,
         description=(
             "every metric of every birth is a point named {node}.{device}.{metric} (a node"
-            " metric {node}.{metric}; '/' in a metric name becomes '.'): read-only, named at"
-            " run time; false: only the points declared"
+            " metric {node}.{metric}; '/' in a metric name becomes '.'; reading several groups,"
+            " {group}.{node}.{device}.{metric}): read-only, named at run time; false: only"
+            " the points declared"
         ),
     )
     max_points: int = Field(
@@ -219,16 +245,60 @@ class SparkplugHost(SparkplugBroker):
         default_factory=list, description="metrics declared as points (typed, writable)"
     )
 
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | list[str]) -> str | list[str]:
+        if v == EVERY_GROUP:  # '+' cannot be a group_id: no group is read another way
+            return v
+        if isinstance(v, str):
+            return check_id(v, "group_id")
+        if not v:
+            raise ValueError("an empty list: one group_id at least, or '+' for every group")
+        if EVERY_GROUP in v:
+            raise ValueError("'+' in a list: '+' alone reads every group")
+        return [check_id(group, "group_id") for group in v]
+
     @field_validator("host_id")
     @classmethod
     def _host_id(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "host_id")
 
+    @property
+    def several_groups(self) -> bool:
+        """Whether the entry reads several groups (a list, or every group): names and
+        declared points carry the group then. A list of one is several too, so that adding
+        a group to it later renames nothing."""
+        return isinstance(self.group, list) or self.group == EVERY_GROUP
+
+    @property
+    def one_group(self) -> str | None:
+        """The group_id when the entry reads exactly one given as ``group: ID``, else None."""
+        return None if self.several_groups else str(self.group)
+
+    def reads(self, group: str) -> bool:
+        """Whether a message of ``group`` is one of this entry's."""
+        if isinstance(self.group, list):
+            return group in self.group
+        return self.group in (EVERY_GROUP, group)
+
+    def topic_filters(self) -> list[str]:
+        """What the host subscribes to: ``spBv1.0/{group}/#`` for each group read, or
+        ``spBv1.0/+/#`` for every group."""
+        groups = self.group if isinstance(self.group, list) else [self.group]
+        return [f"{NAMESPACE}/{group}/#" for group in groups]
+
     def check(self) -> list[Problem]:
         problems = super().check() + repeated_names(self.points)
-        metrics: set[tuple[str, str | None, str]] = set()
+        if isinstance(self.group, list):
+            for i, group in enumerate(self.group):
+                if group in self.group[:i]:
+                    problems.append(Problem(("group", i), f"{group!r} again", "a group used once"))
+        metrics: set[tuple[str | None, str, str | None, str]] = set()
         for i, p in enumerate(self.points):
-            key = (p.node, p.device, p.metric)
+            problem = self._group_problem(p)
+            if problem is not None:
+                problems.append(Problem(("points", i, "group"), *problem))
+            key = (p.group or self.one_group, p.node, p.device, p.metric)
             if key in metrics:
                 problems.append(
                     Problem(
@@ -243,6 +313,19 @@ class SparkplugHost(SparkplugBroker):
                 Problem(("learn",), "false with no points:", "learn: true, or points declared")
             )
         return problems
+
+    def _group_problem(self, point: HostPoint) -> tuple[str, str] | None:
+        """What is wrong with a declared point's ``group`` (found, expected), None if
+        nothing is."""
+        if not self.several_groups:
+            if point.group is None or point.group == self.group:
+                return None
+            return f"{point.group!r}, not the entry's group", f"{self.group!r}, or no group"
+        if point.group is None:
+            return "no group, in an entry that reads several", "the group_id of its edge node"
+        if isinstance(self.group, list) and point.group not in self.group:
+            return f"{point.group!r}, a group the entry does not read", f"one of {self.group}"
+        return None
 
     @property
     def points_at_run_time(self) -> bool:

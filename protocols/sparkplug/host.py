@@ -1,9 +1,13 @@
 """Sparkplug B host application: other edge nodes' metrics as points of one source device.
 
-``role: host`` subscribes to ``spBv1.0/{group}/#`` and follows each edge node's session with
+``role: host`` subscribes to ``spBv1.0/{group}/#`` (each group of a list, or ``spBv1.0/+/#``
+for every group) and follows each edge node's session with
 `protocols.sparkplug.tracker.HostTracker`: births declare metrics, DATA updates them, deaths make
 them Bad, and data that cannot be read in order makes the host ask the node for a rebirth (NCMD
 ``Node Control/Rebirth``). Every sample becomes the endpoint's telemetry, which bridges carry.
+Reading several groups, a node is its group and edge_node_id (the tracker's key
+``{group}/{node}``): two groups may each have an edge node ``E1``, and every command (a rebirth
+request, a write) goes to the topic of the node's own group.
 
 Writes go down as commands: a declared point with ``access: rw`` is written by a DCMD (a
 device's metric) or an NCMD (a node's), by name, in the datatype its birth gave. Sparkplug has
@@ -48,9 +52,9 @@ from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.sparkplug import codec
 from protocols.sparkplug.codec import DataType, HostState, Metric, Payload
-from protocols.sparkplug.config import SparkplugHost
+from protocols.sparkplug.config import EVERY_GROUP, SparkplugHost
 from protocols.sparkplug.session import SparkplugError, SparkplugSession
-from protocols.sparkplug.tracker import REBIRTH, HostTracker
+from protocols.sparkplug.tracker import REBIRTH, HostTracker, split_key
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ _LOG_EVERY_S = 10.0
 
 class SparkplugHostAdapter(SparkplugSession, Adapter):
     """A Sparkplug host application on an MQTT broker: a source whose points are the metrics
-    of the group's edge nodes."""
+    of the edge nodes of the groups it reads."""
 
     config: SparkplugHost
     LOG = log
@@ -80,6 +84,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             learn=config.learn,
             max_points=config.max_points,
             rebirth_interval=config.rebirth_interval,
+            by_group=config.several_groups,
         )
         self._init_session(config)
         self.host_id = config.host_id
@@ -87,7 +92,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         self._state_ts = 0  # the timestamp of the last STATE online (of the will at first)
         self._state_said_at = -math.inf  # time.monotonic() of the last online said again
         self._state_timer: asyncio.TimerHandle | None = None  # an online said again, due
-        self._rejoin: set[str] = set()  # nodes to ask for a rebirth once connected again
+        self._rejoin: set[str] = set()  # node keys to ask for a rebirth once connected again
         self._points_bad = False  # Bad samples published for this outage already
         self._said_at = -_LOG_EVERY_S
         self._unsaid = 0
@@ -116,7 +121,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         await self.close()
 
     async def run(self) -> None:
-        """Connect, follow the group, reconnect with backoff after any loss; with writable
+        """Connect, follow the groups, reconnect with backoff after any loss; with writable
         points, serve their commands alongside."""
         if self._client is None:
             raise RuntimeError("use 'async with adapter:' before 'await adapter.run()'")
@@ -139,18 +144,18 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         await self._connect_paho(SparkplugError)
 
     async def _serve_session(self) -> str:
-        """Subscribe to the group, say STATE online, ask the nodes known before for a rebirth;
+        """Subscribe to the groups, say STATE online, ask the nodes known before for a rebirth;
         then wait for the connection's end."""
         client, disconnected = self._client, self._disconnected
         assert client is not None and disconnected is not None
         log.info(
-            "Sparkplug %s: connected to %s as host of group %s%s",
+            "Sparkplug %s: connected to %s as host of %s%s",
             self.name,
             self.address,
-            self.group,
+            _groups(self.config),
             "" if self.host_id is None else f" (primary host {self.host_id})",
         )
-        topics = [(f"{codec.NAMESPACE}/{self.group}/#", 1)]
+        topics = [(topic, 1) for topic in self.config.topic_filters()]
         if self._state_topic is not None:  # its own STATE too, to answer an offline one
             topics.append((self._state_topic, 1))
         client.subscribe(topics)
@@ -181,7 +186,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             where = codec.parse_topic(msg.topic)
         except ValueError:
             return  # STATE and other namespaces' topics: not an edge node's
-        if where.group != self.group:
+        if not self.config.reads(where.group):
             return
         self.received += 1
         try:
@@ -197,9 +202,9 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             self._points_bad = False
             self.bus.publish_nowait(Message.telemetry(self.name, outcome.samples))
         if outcome.problem is not None:
-            self._say(f"edge node {where.node}: {outcome.problem}")
+            self._say(f"edge node {self.tracker.key(where)}: {outcome.problem}")
         if outcome.rebirth:
-            self._ask_rebirth(where.node)
+            self._ask_rebirth(self.tracker.key(where))
 
     # --- its own STATE ----------------------------------------------------------------------
 
@@ -259,23 +264,27 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         log.warning("Sparkplug %s: %s%s", self.name, line, more)
         self._said_at, self._unsaid = now, 0
 
-    def _ask_rebirth(self, node: str) -> None:
-        """NCMD ``Node Control/Rebirth`` = true to ``node`` (QoS 0, as commands are)."""
+    def _ask_rebirth(self, key: str) -> None:
+        """NCMD ``Node Control/Rebirth`` = true to the node ``key`` (QoS 0, as commands are)."""
         metric = Metric(REBIRTH, datatype=DataType.BOOLEAN, value=True)
-        if self._command(node, None, metric):
+        if self._command(key, None, metric):
             self.rebirths_asked += 1
-            log.info("Sparkplug %s: asked edge node %s for a rebirth", self.name, node)
+            log.info("Sparkplug %s: asked edge node %s for a rebirth", self.name, key)
 
-    def _command(self, node: str, device: str | None, metric: Metric) -> bool:
-        """Publish an NCMD (``device`` None) or a DCMD with ``metric``; whether paho took it."""
+    def _command(self, key: str, device: str | None, metric: Metric) -> bool:
+        """Publish an NCMD (``device`` None) or a DCMD with ``metric`` to the node ``key``, in
+        its own group; whether paho took it."""
         client = self._client
         if client is None or not self._connected:
             return False
+        group, node = split_key(key)
+        group = group or self.config.one_group  # a key without one: the entry's only group
+        assert group is not None
         kind = "NCMD" if device is None else "DCMD"
         stamp = int(time.time() * 1000)
         stamped = Metric(metric.name, timestamp=stamp, datatype=metric.datatype, value=metric.value)
         payload = codec.encode_payload(Payload(stamp, (stamped,)))
-        info = client.publish(codec.topic(self.group, kind, node, device), payload, qos=0)
+        info = client.publish(codec.topic(group, kind, node, device), payload, qos=0)
         return info.rc == _SUCCESS
 
     # --- writing ----------------------------------------------------------------------------
@@ -287,7 +296,8 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         except KeyError:
             reason = f"{self.name}/{point} is not declared"
             raise WriteRefused(WriteStatus.NOT_WRITABLE, reason) from None
-        where = declared.node if declared.device is None else f"{declared.node}/{declared.device}"
+        key = self.tracker.key_of(declared)
+        where = key if declared.device is None else f"{key}/{declared.device}"
         if not self._connected:
             raise self._refuse(WriteStatus.UNREACHABLE, f"broker {self.address} is not connected")
         if not online:
@@ -309,7 +319,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             codec.encode_metric(metric)  # a value that does not fit (range) fails here
         except ValueError as exc:
             raise self._refuse(WriteStatus.BAD_VALUE, f"{declared.metric}: {exc}") from None
-        if not self._command(declared.node, declared.device, metric):
+        if not self._command(key, declared.device, metric):
             raise self._refuse(WriteStatus.UNREACHABLE, "the broker connection refused it")
         self.writes_ok += 1
         log.info("Sparkplug %s: %s %s = %r sent", self.name, where, declared.metric, wire)
@@ -388,3 +398,10 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             "failovers": self.failovers,
             "last_error": self.last_error,
         }
+
+
+def _groups(config: SparkplugHost) -> str:
+    """The groups an entry reads, for a log line."""
+    if isinstance(config.group, list):
+        return f"groups {', '.join(config.group)}"
+    return "every group" if config.group == EVERY_GROUP else f"group {config.group}"

@@ -1,9 +1,9 @@
 """What a Sparkplug host application knows of the edge nodes it reads, sans-IO.
 
-`HostTracker.receive` takes one decoded message of the group (its `codec.Topic` and
-`codec.Payload`) and says what it means for the host's points: the samples to publish, whether to
-ask the node for a rebirth, and what was wrong with it. The adapter (`protocols.sparkplug.host`)
-does the I/O.
+`HostTracker.receive` takes one decoded message of a group the host reads (its `codec.Topic`
+and `codec.Payload`) and says what it means for the host's points: the samples to publish,
+whether to ask the node for a rebirth, and what was wrong with it. The adapter
+(`protocols.sparkplug.host`) does the I/O.
 
 The rules are Sparkplug 3.0's for a host (chapter 7):
 
@@ -20,11 +20,17 @@ The rules are Sparkplug 3.0's for a host (chapter 7):
   session's will, which a broker may deliver after the new birth): then every point of the
   node and its devices is Bad. DDEATH makes the device's points Bad.
 
-Points: a metric is a point when it is declared (`HostPoint`: node, device, metric) or, with
-``learn``, by a name made of its node, device and metric (`learnt_name`), up to ``max_points``
-learnt names (they come from the broker). Two metrics can make one name (a node's ``pump1/x``
-and device pump1's ``x`` are both ``E1.pump1.x``): the first to claim it keeps it for good,
-and the other is not learnt (one point fed by two metrics would flip between their values),
+Several groups (``by_group``): one edge_node_id may be a node of two groups, two sessions
+that have nothing in common. Everything kept per node (session, seq, devices, the rebirth
+interval) is kept per node key, ``{group}/{node}``, and learnt names begin with the group.
+Reading one group, the key is the edge_node_id and the names are as they always were.
+
+Points: a metric is a point when it is declared (`HostPoint`: group, node, device, metric) or,
+with ``learn``, by a name made of its (group,) node, device and metric (`learnt_name`), up to
+``max_points`` learnt names (they come from the broker). Two metrics can make one name (a
+node's ``pump1/x`` and device pump1's ``x`` are both ``E1.pump1.x``; the node E1 of group
+``plant 1`` and of group ``plant_1``): the first to claim it keeps it for good, and the other
+is not learnt (one point fed by two metrics would flip between their values),
 counted once in ``name_collisions`` and said once in the outcome's ``notices``. Values are
 taken by the datatype the birth gave (a DATA message may leave it out); a metric's ``Quality``
 property (Ignition's convention: 192 good, 64 uncertain, below 64 bad) sets the sample's
@@ -61,7 +67,7 @@ from protocols.sparkplug import codec
 from protocols.sparkplug.codec import DataType, Metric, Payload, Template, Topic
 from protocols.sparkplug.config import HostPoint
 
-__all__ = ["REBIRTH", "HostTracker", "Outcome", "learnt_name", "quality_of"]
+__all__ = ["REBIRTH", "HostTracker", "Outcome", "learnt_name", "quality_of", "split_key"]
 
 REBIRTH = "Node Control/Rebirth"
 BDSEQ = "bdSeq"
@@ -71,15 +77,28 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_\-]")
 #: nodes remembered for the rebirth interval while not born (their ids come from the broker)
 _MAX_ASKED = 10_000
 
-#: where a metric comes from: (node, device or None, metric name)
+#: where a metric comes from: (node key, device or None, metric name); the node key is the
+#: edge_node_id, or ``{group}/{node}`` when the host reads several groups (`split_key`)
 Source = tuple[str, str | None, str]
 
 
-def learnt_name(node: str, device: str | None, metric: str) -> str:
+def split_key(key: str) -> tuple[str | None, str]:
+    """A node key's group (None in a tracker of one group) and edge_node_id: no id holds a
+    ``/``, so the key cannot be read two ways."""
+    group, _, node = key.rpartition("/")
+    return group or None, node
+
+
+def learnt_name(node: str, device: str | None, metric: str, group: str | None = None) -> str:
     """The point name of a learnt metric: ``{node}.{device}.{metric}`` (``{node}.{metric}``
-    for a node's own), a ``/`` of the metric's folders a ``.``, other characters that a point
-    name cannot hold ``_``."""
-    parts = [node, *([device] if device is not None else []), *metric.split("/")]
+    for a node's own; ``{group}.`` before it when the host reads several groups), a ``/`` of
+    the metric's folders a ``.``, other characters that a point name cannot hold ``_``."""
+    parts = [
+        *([group] if group is not None else []),
+        node,
+        *([device] if device is not None else []),
+        *metric.split("/"),
+    ]
     name = ".".join(_NOT_NAME.sub("_", part) or "_" for part in parts)
     return name if name[0] != "-" else f"_{name}"
 
@@ -159,7 +178,11 @@ class _Node:
 
 
 class HostTracker:
-    """The host's picture of one group's edge nodes. Sans-IO; times are ``time.time()``."""
+    """The host's picture of the edge nodes it reads. Sans-IO; times are ``time.time()``.
+
+    Nodes are known by a key: the edge_node_id when the host reads one group (the adapter
+    gives it that group's messages only), ``{group}/{node}`` with ``by_group`` (it reads
+    several), where learnt names begin with the group and declared points name theirs."""
 
     def __init__(
         self,
@@ -168,19 +191,21 @@ class HostTracker:
         learn: bool = True,
         max_points: int = 10_000,
         rebirth_interval: float = 5.0,
+        by_group: bool = False,
     ) -> None:
-        self.declared = {(p.node, p.device, p.metric): p for p in points}
+        self.by_group = by_group
+        self.declared = {(self.key_of(p), p.device, p.metric): p for p in points}
         self.by_point = {p.name: p for p in self.declared.values()}
         self.learn = learn
         self.max_points = max_points
         self.rebirth_interval = rebirth_interval
-        self.nodes: dict[str, _Node] = {}
+        self.nodes: dict[str, _Node] = {}  # by node key
         # each learnt point name (at most max_points) and the metric that claimed it first,
         # kept across lost brokers
         self.owners: dict[str, Source] = {}
         self._collided: set[Source] = set()  # metrics refused their name, said once each
         self._said: set[Source] = set()  # template members refused, declared templates: said
-        self._asked: dict[str, float] = {}  # node -> when it was last asked to rebirth
+        self._asked: dict[str, float] = {}  # node key -> when it was last asked to rebirth
         # counters
         self.seq_gaps = 0
         self.unborn = 0  # data of a node or device not born: dropped
@@ -194,6 +219,18 @@ class HostTracker:
     def learnt(self) -> KeysView[str]:
         """The learnt point names."""
         return self.owners.keys()
+
+    def key(self, where: Topic) -> str:
+        """The key of the node of a message."""
+        return f"{where.group}/{where.node}" if self.by_group else where.node
+
+    def key_of(self, point: HostPoint) -> str:
+        """The key of a declared point's node (the config requires its group with several)."""
+        if not self.by_group:
+            return point.node
+        if point.group is None:
+            raise ValueError(f"declared point {point.name!r} has no group (several are read)")
+        return f"{point.group}/{point.node}"
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -215,13 +252,14 @@ class HostTracker:
         return lookup
 
     def _holder(self, where: Topic) -> _Holder | None:
-        node = self.nodes.get(where.node)
+        node = self.nodes.get(self.key(where))
         if node is None:
             return None
         return node.own if where.device is None else node.devices.get(where.device)
 
     def receive(self, where: Topic, payload: Payload, now: float) -> Outcome:
-        """What the message ``payload`` on ``where`` (of this tracker's group) means."""
+        """What the message ``payload`` on ``where`` (of a group this tracker reads) means;
+        a rebirth it asks for is to the node `key` (``where``)."""
         kind = where.message_type
         if kind == "NBIRTH":
             return self._nbirth(where, payload, now)
@@ -229,10 +267,11 @@ class HostTracker:
             return self._ndeath(where, payload, now)
         if kind in ("NCMD", "DCMD"):
             return Outcome()  # commands (ours, or another host's) are not readings
-        node = self.nodes.get(where.node)
+        key = self.key(where)
+        node = self.nodes.get(key)
         if node is None or not node.online:
             self.unborn += 1
-            return self._ask(where.node, now, f"{kind} of edge node {where.node}, not born")
+            return self._ask(key, now, f"{kind} of edge node {key}, not born")
         gap = self._gap(node, payload)
         if kind == "DBIRTH":
             outcome = self._dbirth(node, where, payload, now)
@@ -242,7 +281,7 @@ class HostTracker:
             outcome = self._data(node, where, payload, now)
         if gap is None:
             return outcome
-        asked = self._ask(where.node, now, gap)
+        asked = self._ask(key, now, gap)
         return replace(outcome, rebirth=asked.rebirth, problem=outcome.problem or gap)
 
     def _gap(self, node: _Node, payload: Payload) -> str | None:
@@ -256,15 +295,15 @@ class HostTracker:
         self.seq_gaps += 1
         return f"seq {seq} after {last}: messages lost"
 
-    def _ask(self, node: str, now: float, problem: str) -> Outcome:
+    def _ask(self, key: str, now: float, problem: str) -> Outcome:
         """Drop a message that cannot be read, and ask its node for a rebirth unless it was
         asked less than ``rebirth_interval`` ago."""
-        last = self._asked.get(node, -math.inf)
+        last = self._asked.get(key, -math.inf)
         if now - last < self.rebirth_interval:
             return Outcome(problem=problem)
         if len(self._asked) >= _MAX_ASKED:
             self._asked.clear()
-        self._asked[node] = now
+        self._asked[key] = now
         return Outcome(rebirth=True, problem=problem)
 
     def _nbirth(self, where: Topic, payload: Payload, now: float) -> Outcome:
@@ -272,14 +311,15 @@ class HostTracker:
             (m.value for m in payload.metrics if m.name == BDSEQ and isinstance(m.value, int)),
             None,
         )
-        old = self.nodes.get(where.node)
+        key = self.key(where)
+        old = self.nodes.get(key)
         node = _Node(bd_seq, payload.seq, _Holder())
         if old is not None:  # devices are read again once born again: their points kept
             node.devices = old.devices
             for device in node.devices.values():
                 device.online = False
-        self.nodes[where.node] = node
-        self._asked.pop(where.node, None)
+        self.nodes[key] = node
+        self._asked.pop(key, None)
         return self._declare(node.own, node, where, payload, now)
 
     def _dbirth(self, node: _Node, where: Topic, payload: Payload, now: float) -> Outcome:
@@ -302,7 +342,7 @@ class HostTracker:
                 continue  # a birth names every metric; a nameless one cannot be a point
             if metric.template is not None and metric.template.is_definition:
                 continue  # a definition is not a point
-            source = (where.node, where.device, metric.name)
+            source = (self.key(where), where.device, metric.name)
             known = self._known(source, metric, node.definitions, taken, notices, holder)
             holder.by_name[metric.name] = known
             if metric.alias is not None:
@@ -365,13 +405,14 @@ class HostTracker:
     def _learn(self, source: Source, notices: list[str]) -> str | None:
         """The learnt point name of the metric ``source``, None when it is not a point; a
         line into ``notices`` the first time its name is found to be another metric's."""
-        node, device, metric = source
+        key, device, metric = source
         if not self.learn or metric == BDSEQ or metric.startswith(_CONTROL):
             return None
-        name = learnt_name(node, device, metric)
+        group, node = split_key(key)
+        name = learnt_name(node, device, metric, group)
         declared = self.by_point.get(name)
         if declared is not None:  # a declared point's name is its metric's from the start
-            owner: Source | None = (declared.node, declared.device, declared.metric)
+            owner: Source | None = (self.key_of(declared), declared.device, declared.metric)
         else:
             owner = self.owners.get(name)
         if owner is not None and owner != source:
@@ -402,8 +443,9 @@ class HostTracker:
         holder = self._holder(where)
         if holder is None or not holder.online:
             self.unborn += 1
-            what = f"{where.message_type} of device {where.node}/{where.device}"
-            return self._ask(where.node, now, f"{what}, not born")
+            key = self.key(where)
+            what = f"{where.message_type} of device {key}/{where.device}"
+            return self._ask(key, now, f"{what}, not born")
         made: list[_Made] = []
         unknown: list[str] = []
         for metric in payload.metrics:
@@ -422,7 +464,7 @@ class HostTracker:
             return Outcome(tuple(samples))
         self.unknown_metrics += len(unknown)
         problem = f"{where.message_type} metric not in the birth: {unknown[0]}"
-        asked = self._ask(where.node, now, problem)
+        asked = self._ask(self.key(where), now, problem)
         return Outcome(tuple(samples), asked.rebirth, asked.problem)
 
     def _samples(
@@ -498,7 +540,7 @@ class HostTracker:
         return Outcome(tuple(_lost(holder, now, "device offline (DDEATH)")))
 
     def _ndeath(self, where: Topic, payload: Payload, now: float) -> Outcome:
-        node = self.nodes.get(where.node)
+        node = self.nodes.get(self.key(where))
         if node is None or not node.online:
             return Outcome()
         bd_seq = next((m.value for m in payload.metrics if m.name == BDSEQ), None)
@@ -516,8 +558,8 @@ class HostTracker:
     # --- the adapter's questions ------------------------------------------------------------
 
     def forget(self) -> list[str]:
-        """The broker connection is gone: no session can be followed across it. The nodes
-        that were online, to ask for a rebirth once connected again."""
+        """The broker connection is gone: no session can be followed across it. The keys of
+        the nodes that were online, to ask for a rebirth once connected again."""
         online = [name for name, node in self.nodes.items() if node.online]
         self.nodes.clear()
         self._asked.clear()
@@ -528,7 +570,7 @@ class HostTracker:
         (None before one), and whether its node (and device) is online; KeyError if
         ``point`` is not declared."""
         declared = self.by_point[point]
-        node = self.nodes.get(declared.node)
+        node = self.nodes.get(self.key_of(declared))
         if node is None or not node.online:
             return declared, None, False
         holder = node.own if declared.device is None else node.devices.get(declared.device)
@@ -538,7 +580,8 @@ class HostTracker:
         return declared, known, holder.online
 
     def online(self) -> dict[str, str]:
-        """Each node seen in this connection: online or offline."""
+        """Each node seen in this connection, by key (``{group}/{node}`` with several
+        groups): online or offline."""
         return {name: "online" if n.online else "offline" for name, n in self.nodes.items()}
 
     def counts(self) -> dict[str, int]:

@@ -4,8 +4,9 @@
 //
 //   node sparkplug_edge.js PORT GROUP NODE [HOST]
 //
-// Connects to mqtt://HOST:PORT (HOST defaults to 127.0.0.1) as client id tahu-edge-NODE, version
-// spBv1.0, no username or password. The FIRST stdin line gives the births, a JSON object:
+// Connects to mqtt://HOST:PORT (HOST defaults to 127.0.0.1) as client id tahu-edge-GROUP-NODE
+// (one node id may be in two groups), version spBv1.0, no username or password. The FIRST
+// stdin line gives the births, a JSON object:
 //   {"node_metrics": [{"name": "Temp", "type": "Double", "value": 1.5, "alias": 1}, ...],
 //    "devices": {"pump1": [{"name": "Inputs/Speed", "type": "Float", "value": 2.5, "alias": 10}]}}
 // (Tahu type names: Int8..Int64, UInt8..UInt64, Float, Double, Boolean, String; "alias" is
@@ -270,7 +271,7 @@ function start(births) {
         password: null,
         groupId: group,
         edgeNode: node,
-        clientId: `tahu-edge-${node}`,
+        clientId: `tahu-edge-${group}-${node}`,
         version: "spBv1.0",
         mqttOptions: {reconnectPeriod: 200, queueQoSZero: false},
     });
