@@ -223,13 +223,14 @@ async def test_an_expired_reading_is_not_delivered_to_a_late_subscriber(
     for sub in ("late", "control"):
         rc, _, err = await run_cmd(*sub_args(mosquitto.port, "plant/#"), *session(sub), "-E")
         assert rc == 0, err
-    async with running(v5_adapter(mosquitto.port, message_expiry=1)) as mqtt:
+    # 3 s: the control session must come back within the reading's life on a busy machine
+    async with running(v5_adapter(mosquitto.port, message_expiry=3)) as mqtt:
         await mqtt.send(reading(1.0), ROUTE)
         await wait_for(lambda: mqtt.acknowledged == 1, 10, message="the PUBACK")
         # the control session reads it while it lives: the broker did keep it for a session
         control = await v5_messages(mosquitto.port, "plant/#", count=1, extra=session("control"))
         assert control[0][-1] == "1.0"
-        await asyncio.sleep(2.5)  # the reading's second is over
+        await asyncio.sleep(5.0)  # the reading's life is over (mosquitto counts whole seconds)
         rc, out, _ = await run_cmd(
             *sub_args(mosquitto.port, "plant/#"), *session("late"), "-C", "1", "-W", "3",
             limit_s=10,
@@ -257,9 +258,11 @@ async def test_the_outbox_sends_what_is_left_of_the_lifetime_and_drops_the_expir
         await long.send(reading(2.0), MqttRoute(topic="long/{point}", payload="value"))
         assert short.status()["queued"] == long.status()["queued"] == 1
         await asyncio.sleep(2.5)  # both waited: short's second is over, long lost two at least
-        tasks = [asyncio.create_task(a.run()) for a in (short, long)]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            # the subscriber first: the adapters publish their outbox as soon as they connect
             async with v5_subscriber(mosquitto.port, "long/#", "short/#") as got:
+                tasks += [asyncio.create_task(a.run()) for a in (short, long)]
                 [(topic, expiry, _rt, _cd, payload)] = await got
             assert (topic, payload) == ("long/temp", "2.0")
             assert 0 < int(expiry) <= 98, "the time in the outbox is taken off"
