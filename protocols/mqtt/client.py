@@ -98,6 +98,7 @@ from gateway.bus import topic_matches
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.optimizer.batch import encode_batch
 from gateway.optimizer.uplink import UplinkOptimizer
+from gateway.streak import LogQuota
 from gateway.text import counted
 from gateway.types import (
     Message,
@@ -140,6 +141,7 @@ Outgoing = tuple[str, bytes, int, bool]
 # specific 0x83, unspecified 0x80) would be repeated for the same publish: it is counted,
 # logged and dropped, since retrying it forever would hold up everything behind it.
 TRANSIENT_REFUSALS = frozenset({0x91, 0x97})
+REFUSAL_LOG_S = 10.0  # refused publishes: one line, then a count, per this many seconds
 
 
 class _Refused(NamedTuple):
@@ -372,28 +374,6 @@ class _Client(paho.Client):
         super()._sock_close()
 
 
-class LogEvery:
-    """At most one log line per ``interval`` seconds for a kind of event that may come in
-    floods (bad payloads, refused publishes): `due` says whether to log this one, and how
-    many were passed over since the last line."""
-
-    __slots__ = ("interval", "_last", "_since")
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last = 0.0
-        self._since = 0
-
-    def due(self) -> int | None:
-        """None: do not log this one; else how many went unlogged before it."""
-        self._since += 1
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            return None
-        more, self._since, self._last = self._since - 1, 0, now
-        return more
-
-
 def _describe_socket_error(exc: OSError) -> str:
     """Why a socket failed, with a hint for the TLS alerts people actually meet."""
     if isinstance(exc, ssl.SSLError):
@@ -495,7 +475,17 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._held = False
         self._pause = BackoffTimer(config.reconnect)
         self._own_window: int | None = None  # max_inflight before a broker's Receive Maximum
-        self._refusal_log = LogEvery(10.0)
+        # a broker may refuse every publish (an ACL): one line and then a count per window
+        self._refusal_log = LogQuota(
+            lambda n: log.warning(
+                "MQTT %s: %d more publishes refused in %g s (counted in status 'refused')",
+                self.name,
+                n,
+                REFUSAL_LOG_S,
+            ),
+            quota=1,
+            interval=REFUSAL_LOG_S,
+        )
         self._sub_futs: dict[int, asyncio.Future[list[Any]]] = {}
         self._wake = asyncio.Event()
         self._ready_event = asyncio.Event()
@@ -517,7 +507,16 @@ class MqttAdapter(PahoOnLoop, Adapter):
         # a write's (or the failback offline's) PUBACK: None, or why the broker refused it
         self._write_futs: dict[int, asyncio.Future[str | None]] = {}
         self._points_bad = False  # bad samples published for this outage already
-        self._bad_log = LogEvery(self.bad_payload_log_interval)
+        self._bad_log = LogQuota(
+            lambda n: log.warning(
+                "MQTT %s: %d more bad payloads in %g s (counted in status 'bad_payloads')",
+                self.name,
+                n,
+                self.bad_payload_log_interval,
+            ),
+            quota=1,
+            interval=self.bad_payload_log_interval,
+        )
         self.last_error: str | None = None
         # counters
         self.published = 0
@@ -1004,10 +1003,13 @@ class MqttAdapter(PahoOnLoop, Adapter):
     def _publish_row(self, client: _Client, row: Row) -> int | None:
         """Publish an outbox row (or a batch of them); its paho mid while it waits for the
         broker, None when the row is done with (QoS 0 written, refused by paho, expired)."""
-        store = self._store
-        props = self._expiry_props(store.now() - row.ts if store else 0.0, self._expiry)
-        if props is False:
-            return None
+        props: Properties | None = None
+        if self._expiry is not None:  # the clock is read only for an expiry to shorten
+            store = self._store
+            left = self._expiry_props(store.now() - row.ts if store else 0.0, self._expiry)
+            if left is False:
+                return None
+            props = left
         try:
             info = client.publish(row.topic, row.payload, row.qos, row.retain, props)
         except ValueError as exc:  # invalid topic, payload too large: it never will go
@@ -1341,6 +1343,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._connected = False
             self._ready_event.clear()
             self._cancel_misc_timer()
+            self._bad_log.close()  # the counts of the last windows, said now
+            self._refusal_log.close()
             if client is not None:  # no callbacks into a closed adapter (paho's __del__ too)
                 self.uninstall(client)
 
@@ -1529,13 +1533,9 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 self._opt.note_ack(mid)  # the broker answered: its slot in the window is free
         self.refused += 1
         self.last_error = f"{self.address} refused a publish to {topic!r}: {why}"
-        more = self._refusal_log.due()
-        if more is not None:
+        if self._refusal_log.allow():
             log.warning(
-                "MQTT %s: %s; dropped (counted in status 'refused')%s",
-                self.name,
-                self.last_error,
-                f" ({more} more refused since the last report)" if more else "",
+                "MQTT %s: %s; dropped (counted in status 'refused')", self.name, self.last_error
             )
 
     def _hold(self, why: str) -> None:
@@ -1657,18 +1657,16 @@ class MqttAdapter(PahoOnLoop, Adapter):
         return mode
 
     def _bad_payload(self, exc: Exception, *, unexpected: bool = False) -> None:
-        """Count a payload that could not be read; log at most once per log interval.
+        """Count a payload that could not be read; log one per log interval, then a count.
 
         ``unexpected``: not a `PayloadError` but a bug in reading it, logged with its traceback."""
         self.bad_payloads += 1
-        more = self._bad_log.due()
-        if more is not None:
+        if self._bad_log.allow():
             log.warning(
-                "MQTT %s: %s%s%s",
+                "MQTT %s: %s%s",
                 self.name,
                 f"unexpected {type(exc).__name__} reading a message: " if unexpected else "",
                 exc,
-                f" ({more} more bad payloads since the last report)" if more else "",
                 exc_info=exc if unexpected else None,
             )
 

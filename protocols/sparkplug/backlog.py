@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.streak import LogQuota
 from gateway.uplink.outbox import Outbox, OutboxConfig
 
 log = logging.getLogger(__name__)
@@ -83,24 +83,27 @@ class Backlog(Protocol):
 
 
 class _DropLog:
-    """Says how many messages the bound dropped: the first at once, then every 10 s at most."""
+    """A bound's drops in the log, through `LogQuota`: the first drop of a 10 s window says
+    the total at once, the rest of the window one more line with the total when it ends."""
 
-    def __init__(self, name: str, what: str, said: int = 0) -> None:
-        self.name, self.what = name, what
-        self._said = said  # a total already known (an earlier run's drops are not news)
-        self._at = 0.0
+    def __init__(self, name: str, what: str, total: Callable[[], int]) -> None:
+        self.name, self.what, self.total = name, what, total
+        self._quota = LogQuota(self._say, quota=1, interval=_DROP_LOG_S)
 
-    def __call__(self, total: int) -> None:
-        now = time.monotonic()
-        if total == self._said or (self._said and now - self._at < _DROP_LOG_S):
-            return
+    def dropped(self) -> None:
+        if self._quota.allow():
+            self._say()
+
+    def close(self) -> None:
+        self._quota.close()
+
+    def _say(self, _more: int = 0) -> None:
         log.warning(
             "Sparkplug %s: %s: %d messages held while disconnected dropped so far",
             self.name,
             self.what,
-            total,
+            self.total(),
         )
-        self._said, self._at = total, now
 
 
 class MemoryBacklog:
@@ -112,7 +115,7 @@ class MemoryBacklog:
         self._taken: dict[int, Held] = {}
         self._next_id = 1
         self._dropped = 0
-        self._log = _DropLog(name, f"buffer of {limit} messages full")
+        self._log = _DropLog(name, f"buffer of {limit} messages full", lambda: self._dropped)
 
     def put(self, device: str, payload: bytes) -> None:
         if self.limit <= 0:
@@ -123,7 +126,7 @@ class MemoryBacklog:
             else:  # all of it handed out: the oldest of those
                 self._taken.pop(next(iter(self._taken)))
             self._dropped += 1
-            self._log(self._dropped)
+            self._log.dropped()
         self._held.append(Held(self._next_id, device, payload))
         self._next_id += 1
 
@@ -154,6 +157,7 @@ class MemoryBacklog:
         return None
 
     def close(self) -> None:
+        self._log.close()
         self._held.clear()
         self._taken.clear()
 
@@ -164,9 +168,8 @@ class DurableBacklog:
     def __init__(self, name: str, path: Path, config: OutboxConfig) -> None:
         self.store: Outbox | None = Outbox(path, config, name=name)
         self.name = name
-        self._log = _DropLog(
-            name, f"outbox {path} (policy {config.policy})", self.store.total_dropped
-        )
+        # a drop logs the file's total (an earlier run's drops included, as status says)
+        self._log = _DropLog(name, f"outbox {path} (policy {config.policy})", lambda: self.dropped)
         self._refused = 0  # put after close: the endpoint is stopping, nothing can hold it
 
     def put(self, device: str, payload: bytes) -> None:
@@ -174,8 +177,10 @@ class DurableBacklog:
         if store is None:
             self._refused += 1
             return
+        before = store.total_dropped
         store.append(((device, payload, 0, False),))
-        self._log(store.total_dropped)
+        if store.total_dropped != before:
+            self._log.dropped()
 
     def take(self, n: int) -> list[Held]:
         store = self.store
@@ -209,6 +214,7 @@ class DurableBacklog:
         return None if self.store is None else self.store.status()
 
     def close(self) -> None:
+        self._log.close()
         store, self.store = self.store, None
         if store is None:
             return
