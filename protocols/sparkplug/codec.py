@@ -23,6 +23,11 @@ two's complement (Int8/Int16/Int32 in the 32-bit ``int_value``, Int64 in the 64-
 ``long_value``) and read back by the metric's datatype. UInt32 goes in ``long_value`` as both
 Tahu encoders (Java and JavaScript) put it there; the decoder takes it from either field, as the
 spec allows ``int_value``.
+
+A Primary Host Application's STATE has two forms: Sparkplug 3.0's JSON ``{"online", "timestamp"}``
+on ``spBv1.0/STATE/{host_id}`` and 2.2's plain ``ONLINE`` / ``OFFLINE`` on ``STATE/{host_id}``,
+with no timestamp. A `StateTopic` is one of them (topic, encode, decode), so that the node and
+the host follow either through the same code.
 """
 
 from __future__ import annotations
@@ -757,22 +762,32 @@ def parse_topic(name: str) -> Topic:
     return Topic(parts[1], message_type, parts[3], device)
 
 
-# --- the Primary Host Application's STATE (Sparkplug 3.0, 6.4.1) ---------------------------------
+# --- the Primary Host Application's STATE (Sparkplug 3.0, 6.4.1; and 2.2's) -----------------------
+
+#: ``state_version`` values: 3.0's JSON on ``spBv1.0/STATE/{id}``, 2.2's text on ``STATE/{id}``
+STATE_3_0, STATE_2_2 = "3.0", "2.2"
+STATE_VERSIONS = (STATE_3_0, STATE_2_2)
 
 
 @dataclass(frozen=True, slots=True)
 class HostState:
     """A STATE message: whether the host is online, and when it said so (UTC ms, the host's
-    clock; its will carries the timestamp of the birth it follows)."""
+    clock; its will carries the timestamp of the birth it follows). Sparkplug 2.2's STATE
+    has no timestamp: None."""
 
     online: bool
-    timestamp: int
+    timestamp: int | None
 
 
-def state_topic(host_id: str) -> str:
-    """``spBv1.0/STATE/{host_id}``; ValueError for a bad id."""
+def state_topic(host_id: str, version: str = STATE_3_0) -> str:
+    """``spBv1.0/STATE/{host_id}`` (3.0), or ``STATE/{host_id}`` (2.2, outside the
+    namespace); ValueError for a bad id or version."""
     check_id(host_id, "host_id")
-    return f"{NAMESPACE}/STATE/{host_id}"
+    if version == STATE_3_0:
+        return f"{NAMESPACE}/STATE/{host_id}"
+    if version == STATE_2_2:
+        return f"STATE/{host_id}"
+    raise ValueError(f"unknown STATE version {version!r}: one of {', '.join(STATE_VERSIONS)}")
 
 
 def decode_state(data: bytes) -> HostState:
@@ -796,6 +811,67 @@ def decode_state(data: bytes) -> HostState:
 def encode_state(state: HostState) -> bytes:
     """The STATE payload a Primary Host Application publishes (retained, QoS 1): compact
     UTF-8 JSON ``{"online": ..., "timestamp": ...}``."""
+    if state.timestamp is None:
+        raise ValueError("a Sparkplug 3.0 STATE needs a timestamp")
     return json.dumps(
         {"online": state.online, "timestamp": state.timestamp}, separators=(",", ":")
     ).encode()
+
+
+_STATE_2_2 = {"ONLINE": True, "OFFLINE": False}
+
+
+def decode_state_2_2(data: bytes) -> HostState:
+    """A Sparkplug 2.2 STATE payload: the UTF-8 text ``ONLINE`` or ``OFFLINE``, in capitals as
+    the 2.2 specification and its hosts write it (white space around it is tolerated: a shell
+    script's newline); no timestamp. ValueError saying what is wrong otherwise, a 3.0 JSON
+    STATE among them."""
+    try:
+        text = data.decode().strip()
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text (Sparkplug 2.2 STATE: ONLINE or OFFLINE)") from None
+    online = _STATE_2_2.get(text)
+    if online is not None:
+        return HostState(online, None)
+    if text.startswith("{"):
+        raise ValueError("a JSON object (Sparkplug 3.0's STATE), not ONLINE or OFFLINE (2.2)")
+    shown = text if len(text) <= 40 else f"{text[:40]}..."
+    raise ValueError(f"{shown!r}, not ONLINE or OFFLINE (Sparkplug 2.2 STATE)")
+
+
+@dataclass(frozen=True, slots=True)
+class StateTopic:
+    """One Primary Host Application's STATE in one Sparkplug version: its topic, and how its
+    payload is written and read. The adapters hold these, so that what differs between the
+    versions stays here."""
+
+    host_id: str
+    version: str = STATE_3_0
+    topic: str = field(init=False)
+
+    def __post_init__(self) -> None:  # ValueError for a bad id or version, at once
+        object.__setattr__(self, "topic", state_topic(self.host_id, self.version))
+
+    @property
+    def stamped(self) -> bool:
+        """Whether its payload carries a timestamp (3.0's), which orders STATEs."""
+        return self.version == STATE_3_0
+
+    def encode(self, online: bool, timestamp: int) -> bytes:
+        """The payload saying ``online``; 2.2's has no place for ``timestamp``."""
+        if self.version == STATE_2_2:
+            return b"ONLINE" if online else b"OFFLINE"
+        return encode_state(HostState(online, timestamp))
+
+    def decode(self, data: bytes) -> HostState:
+        """The payload read; ValueError saying what is wrong."""
+        if self.version == STATE_2_2:
+            return decode_state_2_2(data)
+        return decode_state(data)
+
+
+def state_topics(host_id: str, version: str) -> tuple[StateTopic, ...]:
+    """The STATEs a host with ``state_version: version`` publishes: one, or with ``both``
+    3.0's then 2.2's (the first is the one its will can say: see the host's docstring)."""
+    versions = STATE_VERSIONS if version == "both" else (version,)
+    return tuple(StateTopic(host_id, v) for v in versions)

@@ -37,6 +37,31 @@ from protocols.sparkplug.codec import NAMESPACE, check_id, id_problem
 EVERY_GROUP = "+"
 
 
+def _version_text(v: object) -> object:
+    """YAML reads ``state_version: 2.2`` unquoted as a float: take it as the text it was."""
+    return str(v) if isinstance(v, float) else v
+
+
+def _versions_as_numbers_too(schema: dict[str, Any]) -> None:
+    """The JSON Schema (editors) takes an unquoted 2.2 or 3.0 as the loader does."""
+    schema["enum"] = [*schema["enum"], *(float(v) for v in schema["enum"] if v != "both")]
+    schema.pop("type", None)
+
+
+def _lone_state_version(cfg: Strict, owner: str) -> list[Problem]:
+    """``state_version`` set without the key it qualifies (``primary_host`` or ``host_id``)
+    would do nothing: most likely that key is missing or on another entry, so say so."""
+    if "state_version" not in cfg.model_fields_set or getattr(cfg, owner) is not None:
+        return []
+    return [
+        Problem(
+            ("state_version",),
+            f"state_version without {owner}",
+            f"{owner}: ID beside it (the STATE version is that host's), or no state_version",
+        )
+    ]
+
+
 class SparkplugBroker(Strict):
     """The broker connection, the same for an edge node and a host (each role declares its
     ``group``: one for a node, one or several for a host)."""
@@ -85,6 +110,14 @@ class SparkplugEndpoint(SparkplugBroker):
             " its STATE online, and its STATE offline ends the session (NDEATH, reconnect, wait)"
         ),
     )
+    state_version: Literal["3.0", "2.2"] = Field(
+        "3.0",
+        description=(
+            "with primary_host: the Sparkplug version of its STATE; '3.0': JSON on"
+            " spBv1.0/STATE/{id}, '2.2': ONLINE/OFFLINE on STATE/{id} (older hosts)"
+        ),
+        json_schema_extra=_versions_as_numbers_too,
+    )
     primary_host_wait: float = Field(
         30.0,
         gt=0,
@@ -119,8 +152,10 @@ class SparkplugEndpoint(SparkplugBroker):
     def _node(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "edge_node_id")
 
+    _state_version = field_validator("state_version", mode="before")(_version_text)
+
     def check(self) -> list[Problem]:
-        problems = super().check()
+        problems = super().check() + _lone_state_version(self, "primary_host")
         outbox = self.outbox
         if outbox is None or not outbox.enabled:
             return problems
@@ -221,6 +256,15 @@ class SparkplugHost(SparkplugBroker):
             " birth when it is online"
         ),
     )
+    state_version: Literal["3.0", "2.2", "both"] = Field(
+        "3.0",
+        description=(
+            "with host_id: the Sparkplug version of the STATE it publishes; '3.0': JSON on"
+            " spBv1.0/STATE/{id}, '2.2': ONLINE/OFFLINE on STATE/{id} (older edge nodes),"
+            " 'both': each (its will is 3.0's; 2.2's stays ONLINE if it dies)"
+        ),
+        json_schema_extra=_versions_as_numbers_too,
+    )
     learn: bool = Field(
         True,
         description=(
@@ -287,8 +331,11 @@ class SparkplugHost(SparkplugBroker):
         groups = self.group if isinstance(self.group, list) else [self.group]
         return [f"{NAMESPACE}/{group}/#" for group in groups]
 
+    _state_version = field_validator("state_version", mode="before")(_version_text)
+
     def check(self) -> list[Problem]:
         problems = super().check() + repeated_names(self.points)
+        problems += _lone_state_version(self, "host_id")
         if isinstance(self.group, list):
             for i, group in enumerate(self.group):
                 if group in self.group[:i]:

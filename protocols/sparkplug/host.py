@@ -31,6 +31,15 @@ the host subscribed (a retained message) needs no answer: the online published a
 subscription replaces it. The will cannot change without a new connection: it keeps T, older
 than an online said again, and an edge node that drops older STATEs would ignore it.
 
+``state_version`` picks the STATE's form (`codec.StateTopic`): ``"2.2"`` publishes Sparkplug
+2.2's ``ONLINE`` / ``OFFLINE`` on ``STATE/{host_id}`` (no timestamp) through the same steps, for
+edge nodes that follow 2.2. ``"both"`` publishes each, for a fleet that has both during a
+migration; but MQTT 3.1.1 gives a connection one will, and it is 3.0's offline (the version
+edge nodes move to, and whose nodes would otherwise go on trusting a dead host's retained
+online). If the host dies, ``STATE/{host_id}`` keeps ``ONLINE`` retained until it is back:
+2.2 nodes go on publishing to nobody, and the host asks each for a rebirth when its first data
+after the restart cannot be read (``not_born``). A clean stop says ``OFFLINE`` on both.
+
 A lost broker makes every point Bad (the sessions cannot be followed across it); once
 connected again, the host asks each node that was online for a rebirth, so that points whose
 values do not change come back too.
@@ -51,7 +60,7 @@ from gateway.adapter import Adapter, AdapterContext
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.sparkplug import codec
-from protocols.sparkplug.codec import DataType, HostState, Metric, Payload
+from protocols.sparkplug.codec import DataType, Metric, Payload, StateTopic
 from protocols.sparkplug.config import EVERY_GROUP, SparkplugHost
 from protocols.sparkplug.session import SparkplugError, SparkplugSession
 from protocols.sparkplug.tracker import REBIRTH, HostTracker, split_key
@@ -61,8 +70,6 @@ log = logging.getLogger(__name__)
 __all__ = ["SparkplugHostAdapter"]
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
-#: at most one warning per this many seconds about messages that could not be read
-_LOG_EVERY_S = 10.0
 
 
 class SparkplugHostAdapter(SparkplugSession, Adapter):
@@ -88,14 +95,18 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         )
         self._init_session(config)
         self.host_id = config.host_id
-        self._state_topic = None if config.host_id is None else codec.state_topic(config.host_id)
-        self._state_ts = 0  # the timestamp of the last STATE online (of the will at first)
+        # its STATEs, one per version it publishes; the first is the will's
+        host_id, version = config.host_id, config.state_version
+        self._states = () if host_id is None else codec.state_topics(host_id, version)
+        self._state_by_topic = {state.topic: state for state in self._states}
+        self._state_ts = 0  # the timestamp of the last 3.0 STATE online (of the will at first)
         self._state_said_at = -math.inf  # time.monotonic() of the last online said again
         self._state_timer: asyncio.TimerHandle | None = None  # an online said again, due
+        self._state_due: set[StateTopic] = set()  # the STATEs that said offline, to answer
         self._rejoin: set[str] = set()  # node keys to ask for a rebirth once connected again
         self._points_bad = False  # Bad samples published for this outage already
-        self._said_at = -_LOG_EVERY_S
-        self._unsaid = 0
+        # a node's data can be unreadable at every message: one line, then a count per window
+        self._warnings = self._quota("such warnings", "gateway status")
         self.last_error: str | None = None
         # counters
         self.received = 0
@@ -120,6 +131,12 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def close(self) -> None:
+        """The session's end (`SparkplugSession.close`), then the count of the warnings not
+        said yet."""
+        await super().close()
+        self._warnings.close()
+
     async def run(self) -> None:
         """Connect, follow the groups, reconnect with backoff after any loss; with writable
         points, serve their commands alongside."""
@@ -135,12 +152,13 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
 
     async def _connect_once(self) -> None:
         """One connection attempt up to CONNACK; with ``host_id`` its will is STATE offline
-        with this connection's timestamp."""
+        with this connection's timestamp (3.0's, with ``state_version: both``: one will)."""
         assert self._client is not None
-        if self._state_topic is not None:
+        if self._states:
             self._state_ts = int(time.time() * 1000)
-            offline = codec.encode_state(HostState(False, self._state_ts))
-            self._client.will_set(self._state_topic, offline, qos=1, retain=True)
+            will = self._states[0]
+            offline = will.encode(False, self._state_ts)
+            self._client.will_set(will.topic, offline, qos=1, retain=True)
         await self._connect_paho(SparkplugError)
 
     async def _serve_session(self) -> str:
@@ -156,12 +174,11 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             "" if self.host_id is None else f" (primary host {self.host_id})",
         )
         topics = [(topic, 1) for topic in self.config.topic_filters()]
-        if self._state_topic is not None:  # its own STATE too, to answer an offline one
-            topics.append((self._state_topic, 1))
+        # its own STATE too, to answer an offline one
+        topics += [(state.topic, 1) for state in self._states]
         client.subscribe(topics)
-        if self._state_topic is not None:  # after the subscriptions, as 6.4.1 orders
-            online = codec.encode_state(HostState(True, self._state_ts))
-            client.publish(self._state_topic, online, qos=1, retain=True)
+        for state in self._states:  # after the subscriptions, as 6.4.1 orders
+            client.publish(state.topic, state.encode(True, self._state_ts), qos=1, retain=True)
         rejoin, self._rejoin = sorted(self._rejoin), set()
         for node in rejoin:
             self._ask_rebirth(node)
@@ -179,8 +196,9 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             self._say(f"message on {msg.topic} not read: {type(exc).__name__}: {exc}")
 
     def _read(self, msg: paho.MQTTMessage) -> None:
-        if msg.topic == self._state_topic:
-            self._own_state(msg)
+        own = self._state_by_topic.get(msg.topic)
+        if own is not None:
+            self._own_state(own, msg)
             return
         try:
             where = codec.parse_topic(msg.topic)
@@ -208,12 +226,12 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
 
     # --- its own STATE ----------------------------------------------------------------------
 
-    def _own_state(self, msg: paho.MQTTMessage) -> None:
-        """A STATE on the host's own topic: online again when it says offline."""
+    def _own_state(self, own: StateTopic, msg: paho.MQTTMessage) -> None:
+        """A STATE on one of the host's own topics: online again there when it says offline."""
         if msg.retain:
             return  # held by the broker at the subscription: the online sent after replaces it
         try:
-            state = codec.decode_state(bytes(msg.payload))
+            state = own.decode(bytes(msg.payload))
         except ValueError as exc:
             self.bad_payloads += 1
             self._say(f"unreadable STATE on {msg.topic} ignored: {exc}")
@@ -222,6 +240,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             return  # its own online, back from the broker
         if self._closing:
             return  # its own goodbye, back from the broker
+        self._state_due.add(own)
         if self._state_timer is not None:
             return  # an online is due already
         wait = self._state_said_at + self.state_every_s - time.monotonic()
@@ -231,38 +250,42 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             self._online_again()
 
     def _online_again(self) -> None:
-        """STATE online (retained, QoS 1) with the current time, never older than the last."""
+        """STATE online (retained, QoS 1) on each topic that said offline; 3.0's with the
+        current time, never older than the last. Only those: a 3.0 online said again would
+        leave the will older than it (see the module's docstring) for no reason."""
         self._state_timer = None
+        due, self._state_due = self._state_due, set()
         client = self._client
-        if client is None or not self._connected or self._closing or self._state_topic is None:
+        if client is None or not self._connected or self._closing:
             return
-        self._state_ts = max(int(time.time() * 1000), self._state_ts + 1)
-        online = codec.encode_state(HostState(True, self._state_ts))
+        if any(state.stamped for state in due):
+            self._state_ts = max(int(time.time() * 1000), self._state_ts + 1)
         self._state_said_at = time.monotonic()
-        if client.publish(self._state_topic, online, qos=1, retain=True).rc == _SUCCESS:
-            self.state_republished += 1
-            log.warning(
-                "Sparkplug %s: STATE of primary host %s said offline while connected (another"
-                " client, or an older session's will): online again",
-                self.name,
-                self.host_id,
-            )
+        for state in self._states:
+            if state not in due:
+                continue
+            online = state.encode(True, self._state_ts)
+            if client.publish(state.topic, online, qos=1, retain=True).rc == _SUCCESS:
+                self.state_republished += 1
+                log.warning(
+                    "Sparkplug %s: STATE of primary host %s said offline on %s while connected"
+                    " (another client, or an older session's will): online again",
+                    self.name,
+                    self.host_id,
+                    state.topic,
+                )
 
     def _cancel_online_again(self) -> None:
+        self._state_due.clear()
         if self._state_timer is not None:
             self._state_timer.cancel()
             self._state_timer = None
 
     def _say(self, line: str) -> None:
-        """A warning, at most one per `_LOG_EVERY_S` (a node's data can be unreadable at
-        every message); the others counted in the next one."""
-        now = time.monotonic()
-        if now - self._said_at < _LOG_EVERY_S:
-            self._unsaid += 1
-            return
-        more = f" (and {self._unsaid} more since the last such line)" if self._unsaid else ""
-        log.warning("Sparkplug %s: %s%s", self.name, line, more)
-        self._said_at, self._unsaid = now, 0
+        """A warning through `SparkplugSession._quota`: a node's data can be unreadable at
+        every message."""
+        if self._warnings.allow():
+            log.warning("Sparkplug %s: %s", self.name, line)
 
     def _ask_rebirth(self, key: str) -> None:
         """NCMD ``Node Control/Rebirth`` = true to the node ``key`` (QoS 0, as commands are)."""
@@ -359,12 +382,10 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
     def _stopping(self) -> None:
         self._cancel_online_again()
 
-    def _last_words(self) -> tuple[str, bytes, bool] | None:
-        """STATE offline (retained) with the timestamp of the last online, as a Primary Host
-        (not older, or an edge node that drops older STATEs would ignore it)."""
-        if self._state_topic is None:
-            return None
-        return self._state_topic, codec.encode_state(HostState(False, self._state_ts)), True
+    def _last_words(self) -> list[tuple[str, bytes, bool]]:
+        """STATE offline (retained) on each of its topics, 3.0's with the timestamp of the
+        last online (not older, or an edge node that drops older STATEs would ignore it)."""
+        return [(state.topic, state.encode(False, self._state_ts), True) for state in self._states]
 
     # --- status -----------------------------------------------------------------------------
 
@@ -378,7 +399,11 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             "connected": self._connected,
             "broker": self.address,
             "group": self.group,
-            **({} if self.host_id is None else {"host_id": self.host_id}),
+            **(
+                {}
+                if self.host_id is None
+                else {"host_id": self.host_id, "state_version": self.config.state_version}
+            ),
             "nodes": t.online(),
             **t.counts(),
             "points_learnt": len(t.learnt),

@@ -30,7 +30,9 @@ and holds its births until a STATE of this session says ``online: true``. A STAT
 is older than the last one accepted is ignored (a stale retained message or a replay); the will
 of the host carries its birth's timestamp, so it is accepted. A STATE ``online: false`` ends a
 session that is up: NDEATH, DISCONNECT, reconnect (the backoff's first delay) and wait again.
-Telemetry meanwhile goes to the buffer, as while disconnected.
+Telemetry meanwhile goes to the buffer, as while disconnected. With ``state_version: "2.2"`` the
+STATE is Sparkplug 2.2's instead (`codec.StateTopic`): ``ONLINE`` or ``OFFLINE`` on
+``STATE/{host_id}``, with no timestamp, so none is stale; the rest is the same.
 
 While disconnected, telemetry is kept (`protocols.sparkplug.backlog`): in a bounded deque
 (``buffer:``, oldest dropped and counted), or with ``outbox:`` in the SQLite outbox, which keeps
@@ -151,9 +153,14 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         self._barriers: dict[int, asyncio.Future[None]] = {}  # UNSUBSCRIBE mid -> its UNSUBACK
         self._ready = False  # births published: send() publishes DDATA
         self.primary_host = config.primary_host
-        self._state_topic = (
-            None if config.primary_host is None else codec.state_topic(config.primary_host)
+        self._primary = (  # the primary host's STATE: topic and version
+            None
+            if config.primary_host is None
+            else codec.StateTopic(config.primary_host, config.state_version)
         )
+        self._state_topic = None if self._primary is None else self._primary.topic
+        # a client can repeat a bad STATE at any rate: one line, then a count per window
+        self._bad_state_log = self._quota("unreadable STATEs", "'bad_states'")
         self._host: codec.HostState | None = None  # the last STATE accepted, of any session
         self._host_live = False  # a STATE of this session said online, and no later one offline
         self._host_news: asyncio.Event | None = None  # set when a STATE is accepted
@@ -243,6 +250,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         keeps what was not sent for the next start."""
         await super().close()
         self._backlog.close()
+        self._bad_state_log.close()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -319,7 +327,10 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             self.primary_host,
         )
         self._waiting = True
-        self.last_error = f"waiting for primary host {self.primary_host} to be online (STATE)"
+        self.last_error = (
+            f"waiting for primary host {self.primary_host} to be online (STATE on"
+            f" {self._state_topic})"
+        )
         walk = len(self._brokers) > 1
         try:
             async with asyncio.timeout(self._host_wait if walk else None):
@@ -363,7 +374,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             "NDEATH and " if born else "",
             "the next broker" if self._move_on else "a new session",
         )
-        await self._goodbye(self._last_words() if born else None)
+        await self._goodbye(self._last_words() if born else ())
         disconnected = self._disconnected
         if disconnected is not None and not disconnected.done():  # no answer to DISCONNECT
             self._drop_socket()
@@ -686,20 +697,28 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             self._dcmd(where.device, payload)
 
     def _state(self, data: bytes) -> None:
-        """A STATE of the primary host: accepted unless older than the last one accepted."""
+        """A STATE of the primary host: accepted unless older than the last one accepted
+        (Sparkplug 2.2's have no timestamp: each is accepted)."""
+        assert self._primary is not None
         try:
-            state = codec.decode_state(data)
+            state = self._primary.decode(data)
         except ValueError as exc:
             self.bad_states += 1
-            log.warning(
-                "Sparkplug %s: unreadable STATE of primary host %s ignored: %s",
-                self.name,
-                self.primary_host,
-                exc,
-            )
+            if self._bad_state_log.allow():
+                log.warning(
+                    "Sparkplug %s: unreadable STATE of primary host %s ignored: %s",
+                    self.name,
+                    self.primary_host,
+                    exc,
+                )
             return
         last = self._host
-        if last is not None and state.timestamp < last.timestamp:
+        if (
+            last is not None
+            and state.timestamp is not None
+            and last.timestamp is not None
+            and state.timestamp < last.timestamp
+        ):
             self.stale_states += 1
             log.info(
                 "Sparkplug %s: STATE of %s older than the last one (%d < %d) ignored",
@@ -777,8 +796,8 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         for write in list(self._writes):
             write.cancel()
 
-    def _last_words(self) -> tuple[str, bytes, bool]:
-        return self._topic("NDEATH"), self._ndeath(), False
+    def _last_words(self) -> list[tuple[str, bytes, bool]]:
+        return [(self._topic("NDEATH"), self._ndeath(), False)]
 
     def _connection_lost(self, reason: str) -> None:
         self._ready = False
@@ -825,12 +844,13 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         }
 
     def _host_status(self) -> dict[str, Any]:
-        if self.primary_host is None:
+        if self._primary is None:
             return {}
         host = self._host
         return {
             "primary_host": {
                 "id": self.primary_host,
+                "state_version": self._primary.version,
                 "online": self._host_live,
                 "timestamp": None if host is None else host.timestamp,
                 "waiting": self._waiting,

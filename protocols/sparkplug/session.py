@@ -1,25 +1,30 @@
 """The MQTT connection of a Sparkplug edge node or host: one paho client on the asyncio loop.
 
 What the two roles share: preparing the client (identity, credentials, TLS, callbacks), the
-CONNACK and the connection's end, and the goodbye of a clean stop, a QoS 1 message the broker
-must have before DISCONNECT (the node's NDEATH, the host's STATE offline), since DISCONNECT
-drops the will that would otherwise say the same."""
+CONNACK and the connection's end, and the goodbye of a clean stop, QoS 1 messages the broker
+must have before DISCONNECT (the node's NDEATH, the host's STATE offline, in each version it
+publishes), since DISCONNECT drops the will that would otherwise say the same."""
 
 from __future__ import annotations
 
 import abc
 import asyncio
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from gateway.streak import LogQuota
 from protocols.mqtt.config import brokers
 from protocols.mqtt.link import PahoOnLoop
 from protocols.sparkplug.config import SparkplugBroker
 
 __all__ = ["SparkplugError", "SparkplugSession"]
+
+#: the window of a warning a peer can repeat at every message: one line, then a count
+WARNING_WINDOW_S = 10.0
 
 
 class SparkplugError(Exception):
@@ -80,20 +85,40 @@ class SparkplugSession(PahoOnLoop):
         self._goodbye_acked = asyncio.Event()
         return client
 
-    async def _goodbye(self, words: tuple[str, bytes, bool] | None) -> None:
-        """The last ``words`` (topic, payload, retain), if any: QoS 1, its PUBACK awaited up
-        to ``drain_timeout``; then DISCONNECT and the connection's end (1 s at most)."""
+    def _quota(self, what: str, counted_in: str) -> LogQuota:
+        """For a warning a peer can repeat at every message: the first of a
+        `WARNING_WINDOW_S` window is logged, the others counted in one line (``what``: they,
+        in the plural) when it ends or at `LogQuota.close`."""
+        return LogQuota(
+            lambda n: self.LOG.warning(
+                "%s %s: %d more %s in %g s (counted in %s)",
+                self.LABEL,
+                self.name,
+                n,
+                what,
+                WARNING_WINDOW_S,
+                counted_in,
+            ),
+            quota=1,
+            interval=WARNING_WINDOW_S,
+        )
+
+    async def _goodbye(self, words: Sequence[tuple[str, bytes, bool]]) -> None:
+        """The last ``words`` (topic, payload, retain), if any: QoS 1, the last one's PUBACK
+        awaited up to ``drain_timeout`` (a broker acknowledges QoS 1 in the order it got them,
+        MQTT 4.6); then DISCONNECT and the connection's end (1 s at most)."""
         client, acked = self._client, self._goodbye_acked
         assert client is not None
-        if words is not None and acked is not None:
+        if words and acked is not None:
             acked.clear()
-            topic, payload, retain = words
-            self._goodbye_mid = client.publish(topic, payload, qos=1, retain=retain).mid
+            for topic, payload, retain in words:
+                self._goodbye_mid = client.publish(topic, payload, qos=1, retain=retain).mid
             try:
                 async with asyncio.timeout(self.drain_timeout):
                     await acked.wait()
             except TimeoutError:
-                self.LOG.warning("%s %s: %s not acknowledged", self.LABEL, self.name, topic)
+                topics = ", ".join(topic for topic, _, _ in words)
+                self.LOG.warning("%s %s: %s not acknowledged", self.LABEL, self.name, topics)
         disconnected = self._disconnected
         client.disconnect()
         if disconnected is not None:
@@ -130,9 +155,9 @@ class SparkplugSession(PahoOnLoop):
         """The close has begun: what the class stops first (before any I/O)."""
 
     @abc.abstractmethod
-    def _last_words(self) -> tuple[str, bytes, bool] | None:
+    def _last_words(self) -> Sequence[tuple[str, bytes, bool]]:
         """What a clean stop publishes before DISCONNECT (topic, payload, retain), since
-        DISCONNECT drops the will that would say it; None: nothing."""
+        DISCONNECT drops the will that would say it; empty: nothing."""
 
     # --- paho protocol callbacks (loop thread) ------------------------------------------------
 
