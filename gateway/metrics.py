@@ -60,7 +60,7 @@ _COUNTERS = (
     " births deaths rebirths historical bad_commands bad_states stale_states sessions_ended"
     " seq_gaps not_born unknown_metrics stale_deaths type_errors over_max_points rebirths_asked"
     " name_collisions state_republished failovers run_failures history_reads history_values"
-    " history_errors failbacks left_out expired"
+    " history_errors failbacks left_out expired too_large"
     # outbox, optimizer, bridges, bus, shadow, loop
     " dropped_by_reason decisions forwarded failed scored_samples alarms computed skipped"
     " unrouted attempted succeeded reported rejected record_errors history_skipped"
@@ -70,7 +70,8 @@ _GAUGES = (
     "connected inflight queued points_refused port connections map_entries map_errors"
     " observations items sessions variables bdSeq seq buffered online timestamp waiting"
     " nodes_online nodes_offline devices_online devices_offline points_learnt backlog"
-    " backlog_bytes oldest_age_s disk_full drain_rate retrying"
+    " backlog_bytes oldest_age_s disk_full drain_rate retrying max_qos retain_available"
+    " max_packet_size"
     " decision decide_ms_mean rows_per_publish_recent rtt_s devices writing history_paused"
     " history_staged history_merge_failing documents_paused documents_unsaved lag_ms_p50"
     " lag_ms_p99 lag_ms_max"

@@ -79,10 +79,15 @@ async def v5_subscriber(port: int, *topics: str) -> AsyncIterator[asyncio.Task[l
     try:
         yield task
     finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
+
+
+async def cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` if it still runs, and wait for it to end."""
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def session(client_id: str) -> tuple[str, ...]:

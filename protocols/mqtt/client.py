@@ -60,6 +60,16 @@ waited (outbox or memory buffer); one with nothing left is dropped and counted i
 A received message naming a Response Topic puts it, and its Correlation Data, in its bus
 message's meta; `MqttAdapter.publish` with that meta (``reply_to``) answers there.
 
+The CONNACK's Maximum QoS, Retain Available and Maximum Packet Size (`BrokerLimits`, each
+connection's own) bound every publish (`MqttAdapter._fit`): sending past them is a protocol
+error that ends the connection, and the publish that did it would come back after the reconnect
+(paho's re-send, the outbox) and end that one too, for ever. So a higher QoS goes at the
+broker's maximum, retain is left off, and a publish over the size is dropped (``too_large``,
+its outbox rows deleted; a write fails instead; an optimizer batch is halved until it fits).
+What paho kept from the last connection is fitted on the CONNACK, before paho sends it again
+(a failover broker may take less). A will the broker refuses (0x9A, 0x9B) goes as it takes it
+from the next CONNECT to that broker on.
+
 Birth and will
 --------------
 The will (``{"state":"offline"}``, retained, QoS 1) on ``status_topic`` is registered with the
@@ -112,7 +122,7 @@ from gateway.types import (
 from gateway.uplink.outbox import Outbox, Row
 from protocols.mqtt import codec
 from protocols.mqtt.config import MqttEndpoint, MqttRoute, brokers
-from protocols.mqtt.link import PahoOnLoop, paho_client, reason_text
+from protocols.mqtt.link import NO_LIMITS, BrokerLimits, PahoOnLoop, paho_client, reason_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -142,6 +152,7 @@ Outgoing = tuple[str, bytes, int, bool]
 # logged and dropped, since retrying it forever would hold up everything behind it.
 TRANSIENT_REFUSALS = frozenset({0x91, 0x97})
 REFUSAL_LOG_S = 10.0  # refused publishes: one line, then a count, per this many seconds
+WILL_QOS = 1  # the will's, where the broker takes it (`MqttAdapter._fit_will`)
 
 
 class _Refused(NamedTuple):
@@ -386,6 +397,15 @@ def _describe_socket_error(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+def _props_size(props: Properties | None, *, exact: bool = False) -> int:
+    """Bytes of a publish's encoded MQTT 5 properties, length included: 1 for none. Those of
+    a data publish hold a Message Expiry Interval at most (`codec.LIFETIME_SIZE`), so they are
+    not packed to be measured; ``exact``: any properties (replies, paho's kept publishes)."""
+    if props is None:
+        return 1
+    return len(props.pack()) if exact else codec.LIFETIME_SIZE  # type: ignore[no-untyped-call]
+
+
 def _request_meta(msg: paho.MQTTMessage) -> dict[str, Any]:
     """An MQTT 5 request's Response Topic and Correlation Data, as the meta of its bus message
     (`codec.RESPONSE_TOPIC`); empty for a message that names no Response Topic."""
@@ -475,10 +495,29 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._held = False
         self._pause = BackoffTimer(config.reconnect)
         self._own_window: int | None = None  # max_inflight before a broker's Receive Maximum
+        # MQTT 5: what this connection's broker takes (its CONNACK's Maximum QoS, Retain
+        # Available, Maximum Packet Size); whether a lowered QoS, a dropped retain were said
+        self._limits: BrokerLimits = NO_LIMITS
+        self._qos_said = False
+        self._retain_said = False
+        # the will (QoS, retain) of the next CONNECT, per broker index, where it cannot be the
+        # retained QoS 1 one (the broker refused it, or its last CONNACK's limits say so)
+        self._will_fit: dict[int, tuple[int, bool]] = {}
         # a broker may refuse every publish (an ACL): one line and then a count per window
         self._refusal_log = LogQuota(
             lambda n: log.warning(
                 "MQTT %s: %d more publishes refused in %g s (counted in status 'refused')",
+                self.name,
+                n,
+                REFUSAL_LOG_S,
+            ),
+            quota=1,
+            interval=REFUSAL_LOG_S,
+        )
+        self._too_large_log = LogQuota(
+            lambda n: log.warning(
+                "MQTT %s: %d more publishes over the broker's Maximum Packet Size in %g s "
+                "(counted in status 'too_large')",
                 self.name,
                 n,
                 REFUSAL_LOG_S,
@@ -529,6 +568,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self.writes = 0
         self.refused = 0  # MQTT 5: publishes the broker refused for good (dropped)
         self.expired = 0  # MQTT 5: publishes past their message_expiry before they went out
+        self.too_large = 0  # MQTT 5: publishes over the broker's Maximum Packet Size (dropped)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -547,7 +587,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             log.warning("MQTT endpoint %s %s", self.name, clear)
         self._login(cfg, f"MQTT endpoint {self.name!r}", MqttError)
         self._sign_in(client)
-        client.will_set(self.status_topic, _state_payload("offline", ts=False), qos=1, retain=True)
+        self._set_will(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -609,7 +649,15 @@ class MqttAdapter(PahoOnLoop, Adapter):
         """One connection attempt up to CONNACK; MqttError if it fails."""
         assert self._client is not None
         self._client.socket_error = None
+        self._set_will(self._client)
         await self._connect_paho(MqttError)
+
+    def _set_will(self, client: paho.Client) -> None:
+        """The will of the next CONNECT: the retained offline state at QoS 1, or as the broker
+        about to be tried takes it (`_fit_will`)."""
+        qos, retain = self._will_fit.get(self._broker, (WILL_QOS, True))
+        offline = _state_payload("offline", ts=False)
+        client.will_set(self.status_topic, offline, qos=qos, retain=retain)
 
     async def _serve_session(self) -> str:
         """Birth, subscriptions, then flush the outbox until the connection is lost."""
@@ -880,6 +928,11 @@ class MqttAdapter(PahoOnLoop, Adapter):
         props = self._expiry_props(age, self._expiry)
         if props is False:
             return
+        if self._limits is not NO_LIMITS:
+            fitted = self._fit(topic, payload, qos, retain, _props_size(props))
+            if fitted is None:
+                return
+            qos, retain = fitted
         try:
             info = client.publish(topic, payload, qos, retain, props)
         except ValueError as exc:  # invalid topic, payload too large
@@ -999,6 +1052,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._flush_backlog_lane(store, client, acked)
         if acked:
             store.ack(acked)  # deleted with the next append, or by run's commit
+            self._wake.set()  # run's commit sees them: a QoS 0 row has no PUBACK to wake it
 
     def _publish_row(self, client: _Client, row: Row) -> int | None:
         """Publish an outbox row (or a batch of them); its paho mid while it waits for the
@@ -1010,16 +1064,22 @@ class MqttAdapter(PahoOnLoop, Adapter):
             if left is False:
                 return None
             props = left
+        qos, retain = row.qos, row.retain
+        if self._limits is not NO_LIMITS:
+            fitted = self._fit(row.topic, row.payload, qos, retain, _props_size(props))
+            if fitted is None:  # too large: deleted, or it would come back after every reconnect
+                return None
+            qos, retain = fitted  # QoS 0: done once written, as any QoS 0 row
         try:
-            info = client.publish(row.topic, row.payload, row.qos, row.retain, props)
+            info = client.publish(row.topic, row.payload, qos, retain, props)
         except ValueError as exc:  # invalid topic, payload too large: it never will go
             self.encode_errors += 1
             log.warning("MQTT %s: cannot publish to %r: %s", self.name, row.topic, exc)
             return None
         rc = info.rc
-        if rc == _SUCCESS or (rc == _NO_CONN and row.qos):
+        if rc == _SUCCESS or (rc == _NO_CONN and qos):
             self.published += 1
-            if row.qos:
+            if qos:
                 self._inflight.add(info.mid)
                 return int(info.mid)
             return None
@@ -1117,6 +1177,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._send_rows(client, chunk, d.qos, d.compress, acked)
         if acked:
             store.ack(acked)  # deleted with the next append, or by run's commit
+            self._wake.set()  # run's commit sees them: a QoS 0 row has no PUBACK to wake it
 
     def _send_rows(
         self, client: _Client, rows: list[Row], qos: int, compress: bool, acked: list[int]
@@ -1137,6 +1198,13 @@ class MqttAdapter(PahoOnLoop, Adapter):
             cut = next((i for i, r in enumerate(rows) if r.retain or r.qos == 2), len(rows))
             batch, rows[:] = rows[:cut], rows[cut:]
             payload = encode_batch([(r.topic, r.payload) for r in batch], compress=compress)
+            props = 1 if self._expiry is None else codec.LIFETIME_SIZE
+            while len(batch) > 1 and self._over(self._batch_topic, payload, qos, props):
+                # over the broker's Maximum Packet Size: halved, the rest sent next, so that
+                # only a row too large on its own is dropped
+                half = len(batch) // 2
+                rows[:0], batch = batch[half:], batch[:half]
+                payload = encode_batch([(r.topic, r.payload) for r in batch], compress=compress)
             sent = Row(batch[-1].id, batch[-1].ts, self._batch_topic, payload, qos, False)
             self._track(client, [r.id for r in batch], sent, opt, acked)
 
@@ -1162,10 +1230,17 @@ class MqttAdapter(PahoOnLoop, Adapter):
         properties: Properties | None = None,
     ) -> int | None:
         """A publish that is no bridged data: the status (birth, offline: the defaults), or a
-        reply to an MQTT 5 request; its paho mid (QoS 1/2), None if paho refused it."""
+        reply to an MQTT 5 request; its paho mid (QoS 1/2), None if paho refused it, or it
+        went at QoS 0, or it was too large for the broker (`_fit`)."""
         client = self._client
         assert client is not None
-        info = client.publish(topic or self.status_topic, payload, qos, retain, properties)
+        topic = topic or self.status_topic
+        if self._limits is not NO_LIMITS:
+            fitted = self._fit(topic, payload, qos, retain, _props_size(properties, exact=True))
+            if fitted is None:
+                return None
+            qos, retain = fitted
+        info = client.publish(topic, payload, qos, retain, properties)
         if info.rc != _SUCCESS or not qos:
             return None
         self._inflight.add(info.mid)
@@ -1236,9 +1311,22 @@ class MqttAdapter(PahoOnLoop, Adapter):
         client, loop, disconnected = self._client, self._loop, self._disconnected
         if not self._ready or client is None or loop is None or disconnected is None:
             raise WriteRefused(WriteStatus.UNREACHABLE, f"broker {self.address} is not connected")
-        info = client.publish(spec.command_topic, payload, 1, False)
+        qos = 1
+        if self._limits is not NO_LIMITS:
+            qos = self._lower_qos(qos)
+            size = self._over(spec.command_topic, payload, qos, 1)
+            if size is not None:  # not counted in too_large: the writer is told
+                raise WriteRefused(
+                    WriteStatus.DEVICE_ERROR,
+                    f"{size:,} bytes, over the Maximum Packet Size of {self.address} "
+                    f"({self._limits.max_packet:,}): not sent",
+                )
+        info = client.publish(spec.command_topic, payload, qos, False)
         if info.rc != _SUCCESS:
             raise WriteRefused(WriteStatus.UNREACHABLE, paho.error_string(info.rc))
+        if not qos:  # a broker of QoS 0 only sends no PUBACK: written is as far as it goes
+            self.writes += 1
+            return
         self._inflight.add(info.mid)
         self._internal_mids.add(info.mid)  # not counted as bridged data
         timeout = self.config.write_timeout
@@ -1345,6 +1433,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._cancel_misc_timer()
             self._bad_log.close()  # the counts of the last windows, said now
             self._refusal_log.close()
+            self._too_large_log.close()
             if client is not None:  # no callbacks into a closed adapter (paho's __del__ too)
                 self.uninstall(client)
 
@@ -1439,6 +1528,9 @@ class MqttAdapter(PahoOnLoop, Adapter):
     ) -> None:
         if self._v5 and not reason_code.is_failure:
             self._fit_window(properties)
+            self._fit_limits(client, properties)
+        elif self._v5:
+            self._fit_will(reason_code, properties)
         self._settle_connack(reason_code, MqttError, properties)
 
     def _fit_window(self, properties: Any) -> None:
@@ -1449,6 +1541,156 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._own_window = self.max_inflight
         limit = getattr(properties, "ReceiveMaximum", None)
         self.max_inflight = min(self._own_window, limit or self._own_window)
+
+    # --- MQTT 5: the broker's limits (Maximum QoS, Retain Available, Maximum Packet Size) ------
+
+    def _fit_limits(self, client: paho.Client, properties: Any) -> None:
+        """The limits of this connection's CONNACK (`BrokerLimits`; each CONNACK's own: another
+        broker may take more or less), every publish fitted to them from now on (`_fit`), and
+        the next CONNECT's will to this broker (`_will_fit`). The publishes paho kept from the
+        last connection, which it sends again as soon as this callback returns, are fitted
+        here (`_fit_held`)."""
+        limits = self._limits = BrokerLimits.of(properties)
+        self._qos_said = self._retain_said = False
+        will = (min(WILL_QOS, limits.max_qos), limits.retain)
+        if will == (WILL_QOS, True):
+            self._will_fit.pop(self._broker, None)
+        else:
+            self._will_fit[self._broker] = will
+        if limits is not NO_LIMITS:
+            self._fit_held(client)
+
+    def _fit_will(self, reason_code: Any, properties: Any) -> None:
+        """A CONNACK that refused the CONNECT for its will: Retain not supported (0x9A) or QoS
+        not supported (0x9B, with the broker's Maximum QoS). The next CONNECT to this broker
+        carries the will as the broker takes it; otherwise no connection would ever be made.
+        The refusal itself is the failed attempt `_keep_connected` logs and retries."""
+        code = getattr(reason_code, "value", 0)
+        before = self._will_fit.get(self._broker, (WILL_QOS, True))
+        qos, retain = before
+        if code == 0x9A:
+            retain = False
+        elif code == 0x9B:
+            qos = min(qos, getattr(properties, "MaximumQoS", 0))
+        if (qos, retain) == before:
+            return
+        self._will_fit[self._broker] = (qos, retain)
+        log.warning(
+            "MQTT %s: %s refused the will on %r (%s): the next CONNECT there carries it at "
+            "QoS %d%s",
+            self.name,
+            self.address,
+            self.status_topic,
+            reason_text(reason_code, properties),
+            qos,
+            "" if retain else ", not retained",
+        )
+
+    def _fit(
+        self, topic: str, payload: bytes | bytearray, qos: int, retain: bool, props: int
+    ) -> tuple[int, bool] | None:
+        """A publish's QoS and retain flag under this connection's limits: QoS at most the
+        broker's Maximum QoS (the downgrade MQTT 5 3.2.2.3.4 asks of a client), no retain
+        where it keeps no retained messages; None if the packet (``props``: its encoded
+        properties' bytes) is over its Maximum Packet Size, counted in 'too_large' and
+        logged: the caller drops it. Sent, it would end the connection, and come back to
+        end the next one (paho's re-send, the outbox), holding up everything behind it."""
+        qos = self._lower_qos(qos)
+        if retain and not self._limits.retain:
+            retain = False
+            if not self._retain_said:
+                self._retain_said = True
+                log.warning(
+                    "MQTT %s: %s keeps no retained messages (Retain Available 0 in its "
+                    "CONNACK): publishing without retain (status 'retain_available'; said "
+                    "once per connection)",
+                    self.name,
+                    self.address,
+                )
+        size = self._over(topic, payload, qos, props)
+        if size is not None:
+            self.too_large += 1
+            self.last_error = (
+                f"a publish to {topic!r} is {size:,} bytes, over the Maximum Packet Size of "
+                f"{self.address} ({self._limits.max_packet:,})"
+            )
+            if self._too_large_log.allow():
+                log.warning(
+                    "MQTT %s: %s; dropped (counted in status 'too_large')",
+                    self.name,
+                    self.last_error,
+                )
+            return None
+        return qos, retain
+
+    def _lower_qos(self, qos: int) -> int:
+        """``qos``, at most the broker's Maximum QoS; the first lowered one is said."""
+        most = self._limits.max_qos
+        if qos <= most:
+            return qos
+        if not self._qos_said:
+            self._qos_said = True
+            log.warning(
+                "MQTT %s: %s takes QoS %d at most (Maximum QoS in its CONNACK): publishes of "
+                "a higher QoS go at QoS %d (status 'max_qos'; said once per connection)%s",
+                self.name,
+                self.address,
+                most,
+                most,
+                "; at QoS 0 a publish is done once written, with no PUBACK" if most == 0 else "",
+            )
+        return most
+
+    def _over(self, topic: str, payload: bytes | bytearray, qos: int, props: int) -> int | None:
+        """The size of a PUBLISH packet (`codec.publish_size`; ``props``: its encoded
+        properties' bytes) if it is over the broker's Maximum Packet Size, else None."""
+        most = self._limits.max_packet
+        # the cheap bound first, never below the real size: UTF-8 takes 4 bytes a character at
+        # most, the fixed header 5 and the topic's length and packet identifier 4
+        if most is None or len(payload) + 4 * len(topic) + props + 9 <= most:
+            return None
+        size = codec.publish_size(len(topic.encode()), len(payload), qos, props)
+        return size if size > most else None
+
+    def _fit_held(self, client: paho.Client) -> None:
+        """The QoS 1/2 publishes paho kept from the last connection, which it sends again after
+        this CONNACK, fitted to this broker's limits (`_fit`): one too large leaves paho and
+        the outbox ('too_large'); QoS and retain are lowered in place. Where the broker takes
+        QoS 0 only they leave paho's keeping (paho would send a kept QoS 0 publish again after
+        every reconnect, never done with it) and go now, in order, at QoS 0: done once
+        written, as a QoS 0 row is."""
+        store = self._store
+        now_zero: list[tuple[paho.MQTTMessage, bool, list[int]]] = []
+        with client._out_message_mutex:
+            for mid, msg in list(client._out_messages.items()):
+                props = _props_size(msg.properties, exact=True)
+                fitted = self._fit(msg.topic, msg.payload, msg.qos, msg.retain, props)
+                if fitted is not None and fitted[0]:
+                    msg.qos, msg.retain = fitted
+                    continue
+                del client._out_messages[mid]
+                rows = self._let_go(mid)
+                if fitted is not None:
+                    now_zero.append((msg, fitted[1], rows))
+                elif rows and store is not None:
+                    store.ack(rows)
+        for msg, retain, rows in now_zero:
+            client.publish(msg.topic, msg.payload, 0, retain, msg.properties)
+            if rows and store is not None:
+                store.ack(rows)
+
+    def _let_go(self, mid: int) -> list[int]:
+        """Forget publish ``mid`` (in flight, not to be acknowledged any more); its outbox
+        rows, for the caller to delete."""
+        self._inflight.discard(mid)
+        self._internal_mids.discard(mid)
+        rows = [self._mid_rows.pop(mid)] if mid in self._mid_rows else []
+        batch = self._mid_batches.pop(mid, None)
+        if batch is not None:
+            rows += batch
+            if self._opt is not None:
+                self._opt.note_ack(mid)  # its slot in the optimizer's window is free
+        return rows
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -1564,10 +1806,22 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 if again.rows and self._store is not None:
                     self._store.ack(again.rows)
                 continue
-            info = client.publish(again.topic, again.payload, again.qos, again.retain, props)
+            qos, retain = again.qos, again.retain
+            if self._limits is not NO_LIMITS:  # another broker's, maybe, since it was refused
+                fitted = self._fit(again.topic, again.payload, qos, retain, _props_size(props))
+                if fitted is None:
+                    if again.rows and self._store is not None:
+                        self._store.ack(again.rows)
+                    continue
+                qos, retain = fitted
+            info = client.publish(again.topic, again.payload, qos, retain, props)
             if info.rc not in (_SUCCESS, _NO_CONN):
                 retry.appendleft(again)  # paho's queue is full: next time
                 return
+            if not qos:  # done once written
+                if again.rows and self._store is not None:
+                    self._store.ack(again.rows)
+                continue
             self._inflight.add(info.mid)
             if again.rows:
                 self._mid_batches[info.mid] = again.rows
@@ -1700,8 +1954,12 @@ class MqttAdapter(PahoOnLoop, Adapter):
             "writes": self.writes,
             "refused": self.refused,
             "expired": self.expired,
+            "too_large": self.too_large,
             "retrying": len(self._retry),
             "mqtt_version": self.config.version,
+            "max_qos": self._limits.max_qos,
+            "retain_available": self._limits.retain,
+            "max_packet_size": self._limits.max_packet,
             "last_error": self.last_error,
             "outbox": None if self._store is None else self._store.status(),
             "optimizer": None if self._opt is None else self._opt.status(),

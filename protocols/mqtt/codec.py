@@ -65,6 +65,7 @@ __all__ = [
     "flatten",
     "format_ts",
     "json_value",
+    "publish_size",
     "render_topic",
     "unescape_level",
 ]
@@ -86,6 +87,24 @@ def remaining_expiry(expiry: int, age: float) -> int | None:
     the lifetime it has left, which is what a replay from the outbox is."""
     left = expiry - max(0.0, age)
     return math.ceil(left) if left > 0 else None
+
+
+# The properties of a publish that carries only a Message Expiry Interval, encoded (MQTT 5
+# 2.2.2): their length (1 byte), the identifier 0x02 and a four-byte integer, whatever the value.
+LIFETIME_SIZE = 6
+
+
+def publish_size(topic_bytes: int, payload: int, qos: int, properties: int = 0) -> int:
+    """Bytes of a PUBLISH packet on the wire (MQTT 3.3), what a broker's Maximum Packet Size
+    counts (MQTT 5 3.2.2.3.6): the fixed header (1 byte and the Remaining Length, 1 to 4), the
+    topic (its UTF-8 ``topic_bytes`` and their 2-byte length), the packet identifier (QoS 1/2),
+    the encoded ``properties`` (MQTT 5: their length included, so 1 for none; 0 for 3.1.1) and
+    the ``payload``'s bytes."""
+    remaining = 2 + topic_bytes + (2 if qos else 0) + properties + payload
+    length = 1
+    while remaining >= 128**length:
+        length += 1
+    return 1 + length + remaining
 
 
 class PayloadError(ValueError):

@@ -25,6 +25,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -129,6 +130,33 @@ def connack_refusal(
     ):
         hint = " (check username and password)"
     return f"{address} refused the connection: {text}{hint}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """What an MQTT 5 broker's CONNACK says it takes (3.2.2.3.4 to 3.2.2.3.6): QoS up to
+    ``max_qos``, retained messages only if ``retain``, packets of ``max_packet`` bytes at most
+    (None: no limit). A client that sends past them commits a protocol error, which brokers
+    answer with DISCONNECT. They hold for one connection: another broker (failover), or the
+    same one restarted, may say otherwise. `NO_LIMITS` is MQTT 3.1.1's (no such properties)."""
+
+    max_qos: int = 2
+    retain: bool = True
+    max_packet: int | None = None
+
+    @classmethod
+    def of(cls, properties: Any) -> BrokerLimits:
+        """The limits a CONNACK's properties (paho's) set; an absent property sets none, and
+        no limit at all is `NO_LIMITS` itself (callers may test ``is NO_LIMITS``)."""
+        limits = cls(
+            max_qos=getattr(properties, "MaximumQoS", 2),
+            retain=bool(getattr(properties, "RetainAvailable", 1)),
+            max_packet=getattr(properties, "MaximumPacketSize", None),
+        )
+        return NO_LIMITS if limits == NO_LIMITS else limits
+
+
+NO_LIMITS = BrokerLimits()
 
 
 class PahoOnLoop(abc.ABC):
