@@ -6,6 +6,7 @@ that cuts the gateway's broker connection alone, and `gateway run` as a process.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import shutil
@@ -152,15 +153,28 @@ class Proxy:
 
 @contextlib.asynccontextmanager
 async def running(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``gateway run config`` for the test's time. Its log is read all along (a pipe nobody
+    reads fills at 64 KiB and then blocks the gateway's logging, and with it its loop); the
+    last lines are printed at the end, which pytest shows for a failed test."""
     proc = await asyncio.create_subprocess_exec(
         *GATEWAY, "run", str(config), stderr=asyncio.subprocess.PIPE
     )
+    tail: collections.deque[bytes] = collections.deque(maxlen=4)
+    assert proc.stderr is not None
+    reader = asyncio.create_task(_collect(proc.stderr, tail))
     try:
         yield proc
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await reader
+        print("gateway run's log, its end:\n" + b"".join(tail)[-4000:].decode(errors="replace"))
+
+
+async def _collect(stream: asyncio.StreamReader, tail: collections.deque[bytes]) -> None:
+    while chunk := await stream.read(1 << 16):
+        tail.append(chunk)
 
 
 def write_config(
