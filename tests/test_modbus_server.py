@@ -85,7 +85,7 @@ bridges:
       - {{point: pump, address: 20, type: bool, bit: 3}}
       - {{point: pump, table: coil, address: 0}}
       - {{point: temp, table: input, address: 0, type: float32, scale: 1, offset: -273.15}}
-"""
+{map}"""
 
 
 @dataclass
@@ -97,8 +97,9 @@ class Plant:
 
 
 @contextlib.asynccontextmanager
-async def plant(simulator: Simulator, server: str = "") -> AsyncIterator[Plant]:
-    """The gateway serving the simulated device; ``server``: more lines of the server's config."""
+async def plant(simulator: Simulator, server: str = "", entries: str = "") -> AsyncIterator[Plant]:
+    """The gateway serving the simulated device; ``server``: more lines of the server's config,
+    ``entries``: more lines of the map (one entry each)."""
     device = await simulator.add_device(size=40, name="plc")
     device.set_registers(Table.HOLDING, 0, [42])
     device.set_value(Table.HOLDING, 1, -153, DataType.INT16)  # -15.3 degC
@@ -107,11 +108,14 @@ async def plant(simulator: Simulator, server: str = "") -> AsyncIterator[Plant]:
     device.set_value(Table.HOLDING, 6, -3.25, DataType.FLOAT32, ByteOrder.CDAB)
     device.set_value(Table.HOLDING, 8, 70000, DataType.UINT32)
     device.set_bits(Table.COIL, 0, [True])
-    text = CONFIG.format(device_port=device.port, server_port=free_port(), server=server)
+    text = CONFIG.format(
+        device_port=device.port, server_port=free_port(), server=server, map=entries
+    )
     async with running_gateway(text) as gateway:
         server = gateway.adapters["mb"]
         assert isinstance(server, ModbusServerAdapter)
-        await wait_for(lambda: server.status()["map_entries"] == 11)
+        mapped = 11 + len(entries.splitlines())
+        await wait_for(lambda: server.status()["map_entries"] == mapped)
         # served once every entry has a first value
         await wait_for(lambda: all(e.state == 0 for e in server.entries), message="first values")
         yield Plant(gateway, device, server, server.port)

@@ -25,6 +25,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Generic, TypeVar
 
 from protocols.modbus.codec import Table
 
@@ -112,11 +113,12 @@ FUNCTION_TABLE: dict[FunctionCode, Table] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One complete Modbus TCP ADU: the MBAP fields that matter and the PDU bytes."""
+class Adu:
+    """What an MBAP `Frame` and an RTU frame (`protocols.modbus.rtu.RtuFrame`) share: a unit id,
+    a PDU, and ``reply``, which frames a response PDU the same way. The server answers through
+    it, so only the framing differs between the two."""
 
-    transaction_id: int
+    __slots__ = ()
     unit_id: int
     pdu: bytes
 
@@ -125,7 +127,23 @@ class Frame:
         return self.pdu[0]
 
     def to_bytes(self) -> bytes:
-        return build_frame(self.transaction_id, self.unit_id, self.pdu)
+        return self.reply(self.pdu)
+
+    def reply(self, pdu: bytes) -> bytes:
+        """The frame carrying ``pdu`` in this frame's framing, with its ids."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Frame(Adu):
+    """One complete Modbus TCP ADU: the MBAP fields that matter and the PDU bytes."""
+
+    transaction_id: int
+    unit_id: int
+    pdu: bytes
+
+    def reply(self, pdu: bytes) -> bytes:
+        return build_frame(self.transaction_id, self.unit_id, pdu)
 
 
 def build_frame(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:
@@ -135,14 +153,17 @@ def build_frame(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:
     return _MBAP.pack(transaction_id & 0xFFFF, 0, len(pdu) + 1, unit_id & 0xFF) + pdu
 
 
-class FrameDecoder:
-    """Incremental MBAP deframer. ``receive_data`` then ``next_frame`` until it returns None."""
+F = TypeVar("F")
 
-    __slots__ = ("_buffer", "_error")
+
+class StreamDecoder(Generic[F]):
+    """A deframer fed whatever the transport delivered: ``receive_data`` then ``next_frame``
+    until it returns None. MBAP's (`FrameDecoder`) and RTU's (`protocols.modbus.rtu`)."""
+
+    __slots__ = ("_buffer",)
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._error: FrameError | None = None
 
     @property
     def pending(self) -> int:
@@ -151,6 +172,28 @@ class FrameDecoder:
 
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
+
+    def next_frame(self) -> F | None:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list[F]:
+        """``receive_data`` + every complete frame (raising what next_frame raises)."""
+        self.receive_data(data)
+        return list(self)
+
+    def __iter__(self) -> Iterator[F]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+
+class FrameDecoder(StreamDecoder[Frame]):
+    """Incremental MBAP deframer. ``receive_data`` then ``next_frame`` until it returns None."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._error: FrameError | None = None
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None when more bytes are needed.
@@ -175,15 +218,6 @@ class FrameDecoder:
         pdu = bytes(buf[MBAP_SIZE:end])
         del buf[:end]
         return Frame(tid, unit, pdu)
-
-    def feed(self, data: bytes) -> list[Frame]:
-        """``receive_data`` + every complete frame (raises :class:`FrameError` like next_frame)."""
-        self.receive_data(data)
-        return list(self)
-
-    def __iter__(self) -> Iterator[Frame]:
-        while (frame := self.next_frame()) is not None:
-            yield frame
 
 
 # --- requests ------------------------------------------------------------------------------

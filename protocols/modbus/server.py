@@ -1,5 +1,6 @@
 """The gateway as a Modbus TCP server: bridged points served as a register map, client writes sent
-back to the devices through the bridge and its safety rules.
+back to the devices through the bridge and its safety rules. It speaks Modbus TCP (MBAP header)
+or, with ``framing: rtu``, Modbus RTU over TCP (see below).
 
 The map (the ``map:`` of each bridge that targets the server, see `server_config`) places each
 point at an address of one of the four tables of one unit id, with a type, a byte order and a
@@ -56,11 +57,32 @@ progress, not no request. Memory per connection stays under one socket read (256
 decoder may hold) plus the mark. A burst of pipelined requests is served `BURST` at a time, with
 the loop's other callbacks (other clients, the polls of the source devices) between bursts.
 
+RTU over TCP (``framing: rtu``): for SCADA masters and HMIs set up to talk to a serial-to-Ethernet
+converter in raw mode, the same server answers RTU frames (unit id, PDU, CRC16, no MBAP header;
+`protocols.modbus.rtu` frames them, the PDUs are `frames`'s as for MBAP). The unit ids are those
+of the devices the gateway stands in for on the bus: served ones are answered as over MBAP, and a
+unit id not served gets 0A as over MBAP (a master learns at once that the unit is not there,
+rather than after its timeout). The differences are the serial line's:
+
+* no transaction id, so a master sends one request and waits for its answer; the answers come in
+  order anyway (see above), so a master that does pipeline is not confused by them;
+* unit id 0 is broadcast (and no unit may be 0 or 248-255, `ModbusServer.check`): a write is
+  executed by every served unit whose map takes it (in the order of unit_ids), none answering, not
+  even an exception; a broadcast read is ignored. The connection's next request waits until the
+  broadcast write is done, as it waits for any write. Counted in ``broadcasts``;
+* a frame with a bad CRC, or bytes that cannot start a request (a function code whose length
+  cannot be known: anything but 01-06, 15 and 16), are dropped unanswered, as an RTU slave drops
+  them, and the connection lives on: the decoder finds the next good frame. Each run of dropped
+  bytes counts in ``frame_errors`` and is logged under the quota below (for MBAP,
+  ``frame_errors`` counts the connections closed for a malformed header).
+
+Connection limits, the idle timeout and flow control are the same for both framings.
+
 Log: a connection closed for a malformed header or idleness is one INFO line, but a scanner or a
 broken client reconnecting in a loop must not write one per connection: the first `QUOTA` lines
 of each `QUOTA_INTERVAL` are logged, the rest counted and said in one line when it ends, one of
 the next interval's `QUOTA` (the ``frame_errors`` and ``connections_idle_closed`` counters have
-every one).
+every one). The RTU lines for dropped bytes have a quota of their own.
 """
 
 from __future__ import annotations
@@ -100,13 +122,13 @@ from protocols.modbus.frames import (
     WriteMultipleRegisters,
     WriteSingleCoil,
     WriteSingleRegister,
-    build_frame,
     exception_pdu,
     parse_request,
     read_bits_pdu,
     read_registers_pdu,
     write_response_pdu,
 )
+from protocols.modbus.rtu import RtuDecoder, RtuFrame
 from protocols.modbus.server_config import MapEntry, ModbusServer, ModbusServerRoute
 
 if TYPE_CHECKING:
@@ -519,7 +541,8 @@ class Counters:
     exceptions: dict[str, int] = field(default_factory=dict)  # "02" -> count
     writes_ok: int = 0
     writes_refused: dict[str, int] = field(default_factory=dict)  # WriteStatus -> count
-    frame_errors: int = 0
+    frame_errors: int = 0  # tcp: connections closed for a bad header; rtu: runs of bytes dropped
+    broadcasts: int = 0  # rtu: requests to unit id 0 (never answered)
     connections_total: int = 0
     connections_refused: int = 0
     connections_evicted: int = 0  # closed to make room for a newcomer
@@ -546,6 +569,7 @@ class ModbusServerAdapter(Adapter):
         self._refusals = FailureStreak(log, f"{name}: new connections", level=logging.WARNING)
         self._evictions = FailureStreak(log, f"{name}: connection slots", level=logging.WARNING)
         self.bad_frame_log = _close_lines(f"{name}: connections closed for a malformed request")
+        self.dropped_log = _close_lines(f"{name}: RTU requests dropped (bad CRC or not a frame)")
         self.idle_log = _close_lines(f"{name}: connections closed for idleness")
 
     # -- the map
@@ -602,8 +626,9 @@ class ModbusServerAdapter(Adapter):
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
-            "%s: Modbus TCP server on %s:%d, unit ids %s, %s",
+            "%s: Modbus %s server on %s:%d, unit ids %s, %s",
             self.name,
+            "RTU over TCP" if self.config.framing == "rtu" else "TCP",
             self.config.host,
             self.port,
             ", ".join(map(str, self.units)),
@@ -622,6 +647,7 @@ class ModbusServerAdapter(Adapter):
         for connection in list(self._connections):
             connection.abort()
         self.bad_frame_log.close()
+        self.dropped_log.close()
         self.idle_log.close()
         if server is not None:
             await server.wait_closed()
@@ -642,10 +668,15 @@ class ModbusServerAdapter(Adapter):
 
     # -- requests
 
-    def handle(self, frame: Frame, origin: str) -> bytes | Coroutine[Any, Any, bytes]:
-        """A response frame, or for a write a coroutine that returns it once acknowledged."""
+    def handle(
+        self, frame: Frame | RtuFrame, origin: str
+    ) -> bytes | Coroutine[Any, Any, bytes | None] | None:
+        """A response frame, or for a write a coroutine that returns it once acknowledged; None
+        (or a coroutine's None) where no answer is due: an RTU broadcast."""
         self.counters.requests += 1
         function = frame.function
+        if isinstance(frame, RtuFrame) and frame.unit_id == 0:
+            return self._broadcast(frame, origin)
         try:
             unit = self.units.get(frame.unit_id)
             if unit is None:
@@ -658,10 +689,36 @@ class ModbusServerAdapter(Adapter):
                 return self._write(frame, request, writes, f"{origin}/unit{frame.unit_id}")
         except ModbusError as exc:
             pdu = self._exception(function, exc.code)
-        return build_frame(frame.transaction_id, frame.unit_id, pdu)
+        return frame.reply(pdu)
+
+    def _broadcast(self, frame: RtuFrame, origin: str) -> Coroutine[Any, Any, None] | None:
+        """RTU unit id 0: as on a serial bus, every unit acts on a write and none answers; a
+        read, or a request a unit refuses, is ignored by it (an exception would be an answer)."""
+        self.counters.broadcasts += 1
+        try:
+            request = parse_request(frame.pdu)
+        except ModbusError:
+            return None
+        if isinstance(request, ReadRequest):
+            return None
+        plans: list[tuple[int, list[_Write]]] = []
+        for unit_id, unit in self.units.items():
+            try:
+                plans.append((unit_id, unit.plan_write(request)))
+            except ModbusError:
+                continue
+        if not plans:
+            return None
+        return self._write_everywhere(frame, request, plans, origin)
+
+    async def _write_everywhere(
+        self, frame: RtuFrame, request: Request, plans: list[tuple[int, list[_Write]]], origin: str
+    ) -> None:
+        for unit_id, writes in plans:  # the answer each unit would give is not sent
+            await self._write(frame, request, writes, f"{origin}/unit{unit_id}")
 
     async def _write(
-        self, frame: Frame, request: Request, writes: list[_Write], origin: str
+        self, frame: Frame | RtuFrame, request: Request, writes: list[_Write], origin: str
     ) -> bytes:
         pdu = write_response_pdu(request)
         for write in writes:
@@ -685,7 +742,7 @@ class ModbusServerAdapter(Adapter):
                 pdu = self._exception(request.function, code)
                 break
             self.counters.writes_ok += 1
-        return build_frame(frame.transaction_id, frame.unit_id, pdu)
+        return frame.reply(pdu)
 
     # -- connections
 
@@ -739,6 +796,7 @@ class ModbusServerAdapter(Adapter):
         c = self.counters
         return {
             "port": self.port,
+            "framing": self.config.framing,
             "connections": len(self._connections),
             "connections_total": c.connections_total,
             "connections_refused": c.connections_refused,
@@ -747,6 +805,7 @@ class ModbusServerAdapter(Adapter):
             "requests": c.requests,
             "exceptions": dict(c.exceptions),
             "frame_errors": c.frame_errors,
+            "broadcasts": c.broadcasts,
             "writes_ok": c.writes_ok,
             "writes_refused": dict(c.writes_refused),
             "map_entries": len(self.entries),
@@ -761,7 +820,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: ModbusServerAdapter) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
-        self._decoder = FrameDecoder()
+        rtu = server.config.framing == "rtu"
+        self._decoder: FrameDecoder | RtuDecoder = RtuDecoder() if rtu else FrameDecoder()
+        self._dropped = 0  # rtu: the decoder's errors already counted and logged
         self._transport: asyncio.Transport | None = None
         self._writing: asyncio.Task[None] | None = None
         self._stalled = False  # the write buffer passed HIGH_WATER, not yet back to LOW_WATER
@@ -865,12 +926,14 @@ class _Connection(asyncio.Protocol):
                 if budget == 0:  # let the others in; serve the rest next round
                     self._more = self._loop.call_soon(self._serve)
                     break
-                frame = self._decoder.next_frame()
+                frame = self._next_frame()
                 if frame is None:
                     break
                 budget -= 1
                 self.idle_since = self._loop.time()
                 response = server.handle(frame, self.origin)
+                if response is None:  # an RTU broadcast: not answered
+                    continue
                 if isinstance(response, bytes):
                     transport.write(response)  # past HIGH_WATER, calls pause_writing
                     continue
@@ -884,12 +947,31 @@ class _Connection(asyncio.Protocol):
             return
         self._update_reading()
 
-    async def _finish(self, response: Coroutine[Any, Any, bytes]) -> None:
+    def _next_frame(self) -> Frame | RtuFrame | None:
+        """The decoder's next frame; with rtu, the bytes it dropped on the way (a bad CRC,
+        garbage) are counted and logged under the quota, and the connection lives on."""
+        decoder = self._decoder
+        frame = decoder.next_frame()
+        if isinstance(decoder, RtuDecoder) and decoder.errors != self._dropped:
+            server = self._server
+            server.counters.frame_errors += decoder.errors - self._dropped
+            self._dropped = decoder.errors
+            if server.dropped_log.allow():
+                log.info(
+                    "%s: dropped bytes from %s, not answered: %s",
+                    server.name,
+                    self.origin,
+                    decoder.last_error,
+                )
+        return frame
+
+    async def _finish(self, response: Coroutine[Any, Any, bytes | None]) -> None:
         answer = await response
         self._writing = None
         self.idle_since = self._loop.time()
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.write(answer)
+        if answer is not None:
+            transport.write(answer)
         self._serve()

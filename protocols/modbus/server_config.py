@@ -1,5 +1,6 @@
-"""Config models of the Modbus TCP server role: the listener (`ModbusServer`, an endpoint with
-``role: server``) and the register map of a bridge that targets it (`ModbusServerRoute`).
+"""Config models of the Modbus server role (Modbus TCP, or RTU over TCP with ``framing: rtu``):
+the listener (`ModbusServer`, an endpoint with ``role: server``) and the register map of a bridge
+that targets it (`ModbusServerRoute`).
 
 A map entry places one bridged point at an address of one of the four tables, with the type,
 byte order, scale and offset a Modbus client expects there. The same point may appear more than
@@ -16,9 +17,10 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from gateway.config.common import Problem, Strict
+from gateway.config.errors import listing
 from gateway.text import counted
 from protocols.modbus.codec import ByteOrder, Table
-from protocols.modbus.config import RegisterLayout
+from protocols.modbus.config import Framing, RegisterLayout
 
 if TYPE_CHECKING:
     from gateway.types import PointSpec
@@ -27,11 +29,17 @@ POINT_PATTERN = r"^([A-Za-z0-9_][A-Za-z0-9_.\-]*/)?[A-Za-z0-9_][A-Za-z0-9_.\-]*$
 
 
 class ModbusServer(Strict):
-    """The gateway as a Modbus TCP server: bridged points served as a register map."""
+    """The gateway as a Modbus TCP (or RTU over TCP) server: bridged points as a register map."""
 
     protocol: Literal["modbus"] = "modbus"
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(502, ge=0, le=65535, description="TCP port (502 needs privileges)")
+    framing: Framing = Field(
+        "tcp",
+        description="tcp: Modbus TCP (MBAP header); rtu: Modbus RTU over TCP (unit id, PDU, "
+        "CRC16; no MBAP header), for masters set up to talk to a serial-to-Ethernet converter; "
+        "unit id 0 is then broadcast",
+    )
     unit_ids: list[int] = Field(
         default_factory=lambda: [1],
         min_length=1,
@@ -68,6 +76,23 @@ class ModbusServer(Strict):
         if len(set(v)) != len(v):
             raise ValueError("each unit id once")
         return v
+
+    def check(self) -> list[Problem]:
+        """With framing rtu the unit ids are those of a serial bus: 0 is broadcast (every device
+        acts on it, none answers) and 248-255 are reserved (Modbus over serial line, 2.2)."""
+        if self.framing != "rtu":
+            return []
+        wrong = [u for u in self.unit_ids if not 1 <= u <= 247]
+        if not wrong:
+            return []
+        return [
+            Problem(
+                ("unit_ids",),
+                f"{listing([str(u) for u in wrong])} (framing: rtu)",
+                "unit ids 1-247 (on a serial bus 0 is broadcast, which no device answers, and "
+                "248-255 are reserved), or framing: tcp",
+            )
+        ]
 
     def write_warning(self, writable: int) -> str | None:
         """What to say when ``writable`` points can be written through this server: Modbus TCP
