@@ -91,7 +91,7 @@ async def modbus_start_warnings(
     simulator: Simulator, caplog: pytest.LogCaptureFixture, text: str
 ) -> list[str]:
     device = await simulator.add_device(size=40, name="plc")
-    config = text.format(device_port=device.port, server_port=free_port(), server="")
+    config = text.format(device_port=device.port, server_port=free_port(), server="", map="")
     caplog.set_level(logging.WARNING)
     async with running_gateway(config) as gateway:
         server = gateway.adapters["mb"]
