@@ -37,30 +37,13 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
+# shellcheck source=scripts/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+apt_install install-peers "${missing[@]}"
+
 fail() {
-    echo "install-peers: cannot install ${missing[*]}: $1" >&2
-    echo "install-peers: install them by hand, e.g.: sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
+    apt_fail install-peers "$1" "${missing[@]}"
 }
-
-if ! command -v apt-get >/dev/null 2>&1; then
-    fail "apt-get not found (this script knows Debian/Ubuntu packages only)"
-fi
-
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        sudo=(sudo)
-    else
-        fail "not root and sudo is not available"
-    fi
-fi
-
-echo "install-peers: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -qq || fail "apt-get update failed"
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || fail "apt-get install failed"
 
 for bin in mosquitto mosquitto_pub mbpoll coap-client-openssl coap-server-openssl node npm curl; do
     have "$bin" || fail "$bin still missing after apt-get install"

@@ -23,10 +23,11 @@ from protocols.modbus.simulator import Simulator
 
 
 @contextlib.asynccontextmanager
-async def coap_server(port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+async def coap_server(port: int, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """libcoap's coap-server on ``port`` (and, with ``-k KEY`` in ``args``, coaps on port + 1)."""
     binary = find_binary("coap-server-openssl", "/usr/bin/coap-server-openssl")
     proc = await asyncio.create_subprocess_exec(
-        binary, "-A", HOST, "-p", str(port), "-d", "10",
+        binary, "-A", HOST, "-p", str(port), "-d", "10", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     await asyncio.sleep(0.3)

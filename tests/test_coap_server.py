@@ -57,17 +57,22 @@ class Plant:
 
     async def coap(self, *args: str, path: str, timeout: float = 5) -> tuple[int, str]:  # noqa: ASYNC109
         """Run coap-client; its exit status and output (stdout and stderr)."""
-        proc = await asyncio.create_subprocess_exec(
-            coap_client(),
-            "-B",
-            str(timeout),
-            *args,
-            f"coap://{HOST}:{self.port}{path}",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout + 10)
-        return proc.returncode or 0, out.decode(errors="replace").strip()
+        return await run_coap_client(f"coap://{HOST}:{self.port}{path}", *args, timeout=timeout)
+
+
+async def run_coap_client(url: str, *args: str, timeout: float = 5) -> tuple[int, str]:  # noqa: ASYNC109
+    """Run coap-client on ``url``; its exit status and output (stdout and stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        coap_client(),
+        "-B",
+        str(timeout),
+        *args,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout + 10)
+    return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
 @contextlib.asynccontextmanager

@@ -26,8 +26,9 @@ that anyone may write the ``n`` points its bridges let clients write (a CoAP ser
 OSCORE, a Modbus TCP server), and a shadow whose MQTT update topic sets writable points
 (`ShadowSection.update_warning`).
 
-A value under a key in `SECRET_KEYS` (``password``, ``master_secret``, ``master_salt``) is never
-shown in a problem or warning, nor is one filled in from a ``${...}`` reference (`_hidden`).
+A value under a key in `SECRET_KEYS` (``password``, ``master_secret``, ``master_salt``, a
+DTLS ``key`` or ``key_hex``) is never shown in a problem or warning, nor is one filled in from
+a ``${...}`` reference (`_hidden`).
 
 ``enabled: false`` switches an entry off without deleting it. It is not started and is left
 out of `GatewayConfig.devices`; its settings are still checked when its protocol is installed,
@@ -406,7 +407,7 @@ def load_config_text(
     return dataclasses.replace(config, warnings=warnings)
 
 
-SECRET_KEYS = frozenset({"password", "master_secret", "master_salt"})
+SECRET_KEYS = frozenset({"password", "master_secret", "master_salt", "key", "key_hex"})
 SECRET_FOUND = "a value that is not shown (a secret)"
 SECRET_SHOWN = "<a secret>"  # a literal secret quoted elsewhere in a message, replaced by this
 _ABSENT = object()

@@ -1,6 +1,7 @@
 """CoAP (RFC 7252) through aiocoap: client (a source of points, Observe or polling) and server
 (bridged points as resources with Observe, PUT writes and /.well-known/core). OSCORE (RFC 8613)
-protects either role. The spec is light: aiocoap is imported only by the adapters."""
+or DTLS with pre-shared keys (coaps://, the [dtls] extra) protects either role. The spec is
+light: aiocoap is imported only by the adapters."""
 
 from gateway.plugins import ProtocolSpec
 from protocols.coap.config import CoapClient, CoapServer, CoapServerRoute

@@ -37,6 +37,12 @@ pint spells it ("Cel" becomes "degC").
 Writes PUT the value in the point's format (text/plain for ``auto``, JSON ``{field: value}``
 with ``field``, a dotted one nested as it is read, SenML with ``senml_name``), then read the
 resource back.
+
+coaps:// (DTLS with a pre-shared key, ``security.dtls``): the context has aiocoap's tinydtls
+transport only, with the PSK for every coaps URI. A request that gets no answer in ``timeout``
+ends the DTLS session, so that the next one shakes hands afresh (a device that restarted has
+forgotten it), and its reason says when the handshake itself never completed: most servers
+answer a wrong key with silence (see protocols/coap/dtls.py).
 """
 
 from __future__ import annotations
@@ -70,6 +76,13 @@ from gateway.payloads import (
 )
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapClient, CoapPoint, PointFormat
+from protocols.coap.dtls import (
+    alert_reason,
+    client_credentials,
+    drop_sessions,
+    handshake_pending,
+    require_dtlssocket,
+)
 from protocols.coap.server import oscore_credentials, release_credentials
 
 if TYPE_CHECKING:
@@ -202,6 +215,7 @@ class CoapClientAdapter(Adapter):
         self._leaving: set[asyncio.Task[None]] = set()  # deregistrations under way
         self.notifications = 0
         self.registrations = 0
+        self.last_error = ""  # the reason of the last failed request while a point is bad
 
     def points(self) -> list[PointSpec]:
         return [PointSpec.of(self.name, p, p.type) for p in self.config.points]
@@ -209,6 +223,12 @@ class CoapClientAdapter(Adapter):
     async def __aenter__(self) -> CoapClientAdapter:
         # The OSCORE state first: a damaged one stops the start, and __aexit__ is not called
         # then, so a context made before it would keep its socket.
+        dtls = self.config.security.dtls
+        if dtls is not None:
+            require_dtlssocket(self.name)
+            self._ctx = await aiocoap.Context.create_client_context(transports=["tinydtls"])
+            self._ctx.client_credentials.load_from_dict(client_credentials(dtls))
+            return self
         oscore = self.config.security.oscore
         credentials = None
         if oscore is not None:
@@ -277,6 +297,11 @@ class CoapClientAdapter(Adapter):
             raise ReadError(self._failure(request.get_request_uri(), exc)) from None
         return response
 
+    def _timed_out(self) -> None:
+        """A request got no answer in time: over DTLS, end the session (see the docstring)."""
+        if self._ctx is not None and self.config.security.dtls is not None:
+            drop_sessions(self._ctx, f"no answer in {self.config.timeout:g} s")
+
     def _failure(self, uri: str, exc: Exception) -> str:
         """The reason a request to ``uri`` failed, for the sample and the log: what and why.
 
@@ -284,9 +309,24 @@ class CoapClientAdapter(Adapter):
         OSError: connection refused, host unreachable) is in its args and ``__cause__``.
         """
         if isinstance(exc, TimeoutError):
-            return f"{uri}: no response in {self.config.timeout:g} s"
+            reason = f"{uri}: no response in {self.config.timeout:g} s"
+            if self._ctx is not None and self.config.security.dtls is not None:
+                if handshake_pending(self._ctx):
+                    identity = self.config.security.dtls.identity
+                    reason = (
+                        f"{uri}: DTLS handshake not completed in {self.config.timeout:g} s"
+                        f" (wrong key for identity {identity!r}, an unknown identity, or no"
+                        " DTLS server there)"
+                    )
+                self._timed_out()
+            return reason
         if isinstance(exc, aiocoap.error.NetworkError):
             cause = exc.args[0] if exc.args else exc.__cause__
+            # aiocoap wraps a transport's error: its text in args, the error as the cause
+            dtls = self.config.security.dtls is not None
+            alert = alert_reason(exc.__cause__) if dtls else None
+            if alert is not None:
+                return f"{uri}: {alert}"
             what = (
                 "name resolution" if isinstance(exc, aiocoap.error.ResolutionError) else "network"
             )
@@ -320,9 +360,12 @@ class CoapClientAdapter(Adapter):
             if sample.point in self._bad:
                 return False
             self._bad.add(sample.point)
+            self.last_error = sample.reason or ""
             log.warning("%s: %s is bad: %s", self.name, sample.point, sample.reason)
         else:
             self._bad.discard(sample.point)
+            if not self._bad:
+                self.last_error = ""
         return True
 
     async def _publish(self, samples: Iterable[Sample]) -> None:
@@ -510,4 +553,5 @@ class CoapClientAdapter(Adapter):
             "registrations": self.registrations,
             "notifications": self.notifications,
             "bad": sorted(self._bad),
+            "last_error": self.last_error,
         }

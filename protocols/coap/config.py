@@ -4,11 +4,17 @@ Security is OSCORE (RFC 8613): an end-to-end protected request/response layer ov
 with a pre-shared master secret per peer pair. The static parameters come from the config; the
 sequence numbers and replay window live in ``state_dir`` and must survive restarts (a reused
 sequence number would reuse a nonce), so that folder is kept, never copied between machines.
-See docs/coap-security.md.
+
+Or DTLS 1.2 with a pre-shared key (``coaps://``, TLS_PSK_WITH_AES_128_CCM_8) through aiocoap's
+tinydtls transports. tinydtls bounds what a PSK may be: an identity of at most 32 bytes and a key
+of at most 16 (DTLSSocket copies a longer key over tinydtls' 16-byte buffer, so the limit is a
+hard one). A key is never quoted in a problem: its checks are in ``check()``, which says its
+length only. See docs/coap-security.md.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -27,6 +33,13 @@ from gateway.types import Access
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 HEX = r"^([0-9A-Fa-f]{2})*$"
+#: tinydtls' DTLS_PSK_MAX_CLIENT_IDENTITY_LEN and DTLS_PSK_MAX_KEY_LEN (crypto.h)
+MAX_IDENTITY = 32
+MAX_KEY = 16
+#: shorter keys are guessed offline from one recorded handshake
+MIN_KEY = 8
+#: addresses that mean "every address", which aiocoap's DTLS server cannot bind
+ANY_ADDRESS = frozenset({"", "::", "0.0.0.0"})
 
 PointType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32",
                     "float64", "string"]  # fmt: skip
@@ -62,11 +75,88 @@ class Oscore(Strict):
         return self
 
 
+class Psk(Strict):
+    """A DTLS pre-shared key: the client's identity and the key (text or hex, exactly one)."""
+
+    identity: str = Field(description=f"PSK identity, text, 1 to {MAX_IDENTITY} bytes")
+    key: str | None = Field(None, description=f"the key as text, {MIN_KEY} to {MAX_KEY} bytes")
+    key_hex: str | None = Field(None, description=f"the key as hex, {MIN_KEY} to {MAX_KEY} bytes")
+
+    def identity_bytes(self) -> bytes:
+        return self.identity.encode()
+
+    def key_bytes(self) -> bytes:
+        """The key; `check` said it is one (exactly one of key, key_hex; valid hex)."""
+        if self.key_hex is not None:
+            return bytes.fromhex(self.key_hex)
+        return (self.key or "").encode()
+
+    def check(self) -> list[Problem]:
+        """The identity and key as tinydtls takes them. The key's value is never quoted."""
+        problems: list[Problem] = []
+        identity = self.identity_bytes()
+        if not identity or len(identity) > MAX_IDENTITY or b"\0" in identity:
+            problems.append(
+                Problem(
+                    ("identity",),
+                    f"{len(identity)} bytes" if identity else "an empty identity",
+                    f"1 to {MAX_IDENTITY} bytes of text without NUL (tinydtls' limit)",
+                )
+            )
+        if (self.key is None) == (self.key_hex is None):
+            found = "neither" if self.key is None else "both"
+            problems.append(Problem((), f"{found} of key and key_hex", "exactly one of them"))
+            return problems
+        field = "key" if self.key is not None else "key_hex"
+        if self.key_hex is not None:
+            try:
+                bytes.fromhex(self.key_hex)
+            except ValueError:
+                problems.append(Problem((field,), "a value that is not hex", "hex digits"))
+                return problems
+        size = len(self.key_bytes())
+        if not MIN_KEY <= size <= MAX_KEY:
+            why = "tinydtls' limit" if size > MAX_KEY else "a shorter one is guessed offline"
+            problems.append(
+                Problem((field,), f"a key of {size} bytes", f"{MIN_KEY} to {MAX_KEY} bytes ({why})")
+            )
+        return problems
+
+
+class ServerDtls(Strict):
+    """coaps:// for the server: DTLS 1.2 with a pre-shared key per client identity."""
+
+    psk: list[Psk] = Field(min_length=1, description="the clients: identity and key each")
+    port: int = Field(5684, ge=1, le=65535, description="the coaps port")
+    plain_reads: bool = Field(
+        False,
+        description="also serve plain CoAP on the server's port, reads only (a PUT there is"
+        " 4.01 Unauthorized)",
+    )
+    max_sessions: int = Field(
+        256,
+        ge=1,
+        description="DTLS sessions held (one per client address); beyond, the idlest ends",
+    )
+
+    def check(self) -> list[Problem]:
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for i, psk in enumerate(self.psk):
+            problems += [Problem(("psk", i, *p.path), p.found, p.expected) for p in psk.check()]
+            if psk.identity in seen:
+                again = f"{psk.identity!r} again"
+                problems.append(Problem(("psk", i, "identity"), again, "an identity used once"))
+            seen.add(psk.identity)
+        return problems
+
+
 class ServerSecurity(Strict):
     oscore: Oscore | None = Field(None, description="the OSCORE context shared with the client")
     require: bool = Field(
         True, description="with oscore: answer unprotected requests with 4.01 Unauthorized"
     )
+    dtls: ServerDtls | None = Field(None, description="serve coaps:// (DTLS with PSK) instead")
 
 
 class CoapServer(Strict):
@@ -94,12 +184,43 @@ class CoapServer(Strict):
         100, ge=1, description="Observe registrations held per client host (address, any port)"
     )
 
+    def check(self) -> list[Problem]:
+        dtls = self.security.dtls
+        if dtls is None:
+            return []
+        at = ("security", "dtls")
+        problems = [Problem((*at, *p.path), p.found, p.expected) for p in dtls.check()]
+        if self.security.oscore is not None:
+            problems.append(
+                Problem(("security",), "both oscore and dtls", "one of them (oscore or dtls)")
+            )
+        if self.host in ANY_ADDRESS:
+            problems.append(
+                Problem(
+                    ("host",),
+                    f"{self.host!r} (every address)" if self.host else "an empty host",
+                    "with security.dtls, one address of this machine (aiocoap's DTLS server"
+                    " cannot listen on every address)",
+                )
+            )
+        if dtls.plain_reads and dtls.port == self.port:
+            problems.append(
+                Problem((*at, "port"), f"{dtls.port}, the plain port too", "another port than port")
+            )
+        return problems
+
+    def run_warnings(self) -> list[tuple[Path, str]]:
+        return dtls_missing(("security", "dtls")) if self.security.dtls is not None else []
+
     def write_warning(self, writable: int) -> str | None:
         """What to say when ``writable`` points can be written through this server by anyone
         (no OSCORE, or ``require: false``); None when none can. The server logs it at start,
         ``gateway validate`` prints it (the config loader calls this by name)."""
         security = self.security
-        if writable <= 0 or (security.oscore is not None and security.require):
+        # with dtls, writes need a DTLS session with a known identity (plain_reads or not)
+        if writable <= 0 or security.dtls is not None:
+            return None
+        if security.oscore is not None and security.require:
             return None
         host = f"[{self.host}]" if ":" in self.host else self.host
         how = "without OSCORE" if security.oscore is None else "with OSCORE not required"
@@ -121,6 +242,14 @@ class CoapServerRoute(Strict):
 
 class ClientSecurity(Strict):
     oscore: Oscore | None = Field(None, description="protect every request with OSCORE")
+    dtls: Psk | None = Field(None, description="with a coaps:// url: the PSK identity and key")
+
+
+def dtls_missing(at: Path) -> list[tuple[Path, str]]:
+    """`Strict.run_warnings` when DTLSSocket, which aiocoap's DTLS needs, is not installed."""
+    if importlib.util.find_spec("DTLSSocket") is not None:
+        return []
+    return [(at, "DTLSSocket is not installed: pip install 'protocol-brain[dtls]'")]
 
 
 class CoapPoint(PointLimits):
@@ -158,7 +287,9 @@ class CoapClient(Strict):
     """The gateway as a CoAP client: a device's resources become points."""
 
     protocol: Literal["coap"] = "coap"
-    url: str = Field(pattern=r"^coap://", description="coap://host:port")
+    url: str = Field(
+        pattern=r"^coaps?://", description="coap://host:port, or coaps://host:port with DTLS"
+    )
     timeout: float = Field(
         10.0, gt=0, le=300, description="seconds per request (retransmissions included)"
     )
@@ -167,7 +298,27 @@ class CoapClient(Strict):
     points: list[CoapPoint] = Field(min_length=1)
 
     def run_warnings(self) -> list[tuple[Path, str]]:
-        return unknown_units(self.points)
+        dtls = dtls_missing(("security", "dtls")) if self.security.dtls is not None else []
+        return [*dtls, *unknown_units(self.points)]
 
     def check(self) -> list[Problem]:
-        return repeated_names(self.points)
+        problems = repeated_names(self.points)
+        dtls = self.security.dtls
+        secure = self.url.startswith("coaps://")
+        if secure and dtls is None:
+            problems.append(
+                Problem(("security",), "no dtls", "security.dtls (identity, key) for a coaps url")
+            )
+        if dtls is not None:
+            if not secure:
+                problems.append(
+                    Problem(("security", "dtls"), "dtls with a coap:// url", "a coaps:// url")
+                )
+            problems += [
+                Problem(("security", "dtls", *p.path), p.found, p.expected) for p in dtls.check()
+            ]
+        if secure and self.security.oscore is not None:
+            problems.append(
+                Problem(("security",), "oscore with a coaps:// url", "dtls, or a coap:// url")
+            )
+        return problems

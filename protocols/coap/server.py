@@ -56,8 +56,11 @@ The router tells the resources when a device declares its points again
 
 Security: with ``security.oscore`` the site is wrapped in aiocoap's OSCORE site wrapper
 (RFC 8613) and, with ``security.require`` (the default), any unprotected request is 4.01.
-Without it anyone who reaches the server may PUT: the defaults stay (``::``, ``writable``), but a
-server with writable points and no required OSCORE says so in a warning at start.
+With ``security.dtls`` the server listens for coaps:// (DTLS 1.2, PSK) on ``dtls.port`` and, only
+with ``dtls.plain_reads``, for plain CoAP on ``port``, where anything but a GET is 4.01: writes
+need a DTLS session with a known identity (see protocols/coap/dtls.py).
+Without either anyone who reaches the server may PUT: the defaults stay (``::``, ``writable``),
+but a server with writable points and no required OSCORE or DTLS says so in a warning at start.
 """
 
 from __future__ import annotations
@@ -93,7 +96,14 @@ from gateway.storefiles import write_atomic
 from gateway.text import counted
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
-from protocols.coap.limits import FloodLimits, ObserveLimits
+from protocols.coap.dtls import (
+    identity_of,
+    require_dtlssocket,
+    serve,
+    server_credentials,
+    server_sessions,
+)
+from protocols.coap.limits import SAFE_CODES, FloodLimits, ObserveLimits
 
 if TYPE_CHECKING:
     from aiocoap.credentials import CredentialsMap
@@ -603,11 +613,15 @@ class _PointResource(_Guarded):
         if len(mine) != 1:
             raise _Refused(Code.BAD_REQUEST, f"expected one value for {name}, got {len(records)}")
         value = coerce(mine[0][1], self.spec.datatype)
+        identity = identity_of(request.remote)
+        origin = f"coap:{request.remote.hostinfo}"
+        if identity is not None:  # who wrote it: the PSK identity the session was made with
+            origin = f"coaps:{identity}@{request.remote.hostinfo}"
         result = await self.bridge.write(
             self.device,
             self.spec.name,
             value,
-            origin=f"coap:{request.remote.hostinfo}",
+            origin=origin,
             ack_timeout=self.server.config.write_timeout,
         )
         self.server.writes[result.status] = self.server.writes.get(result.status, 0) + 1
@@ -767,22 +781,27 @@ class CoapServerAdapter(Adapter):
         site: Any = self.site
         credentials = None
         oscore = self.config.security.oscore
-        if oscore is not None:
-            from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+        dtls = self.config.security.dtls
+        if dtls is not None:
+            await self._serve_dtls()
+        else:
+            if oscore is not None:
+                from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
-            credentials = oscore_credentials(oscore, self.name, ":client")
-            site = OscoreSiteWrapper(self.site, credentials)
-        try:
-            await asyncio.to_thread(port_free, self.config.host, self.config.port)
-            self._context = await aiocoap.Context.create_server_context(
-                site,
-                bind=(self.config.host, self.config.port),
-                server_credentials=credentials,
-                transports=["udp6"],
-            )
-        except BaseException:  # a port in use: no __aexit__ follows, the lock must go now
-            release_credentials(credentials)
-            raise
+                credentials = oscore_credentials(oscore, self.name, ":client")
+                site = OscoreSiteWrapper(self.site, credentials)
+            try:
+                await asyncio.to_thread(port_free, self.config.host, self.config.port)
+                self._context = await aiocoap.Context.create_server_context(
+                    site,
+                    bind=(self.config.host, self.config.port),
+                    server_credentials=credentials,
+                    transports=["udp6"],
+                )
+            except BaseException:  # a port in use: no __aexit__ follows, the lock must go now
+                release_credentials(credentials)
+                raise
+        assert self._context is not None
         self._credentials = credentials
         cfg = self.config
         self.limits = FloodLimits(
@@ -796,17 +815,22 @@ class CoapServerAdapter(Adapter):
             },
         )
         self.limits.install(self._context)
-        log.info(
-            "%s: CoAP server on %s:%d, %s%s",
-            self.name,
-            self.config.host,
-            self.config.port,
-            counted(
-                sum(len(points) for table in self._tables.values() for points in table.values()),
-                "resource",
-            ),
-            ", OSCORE" if oscore is not None else "",
+        resources = counted(
+            sum(len(points) for table in self._tables.values() for points in table.values()),
+            "resource",
         )
+        if dtls is not None:
+            plain = f", plain CoAP (reads) on port {cfg.port}" if dtls.plain_reads else ""
+            log.info(
+                "%s: CoAP server on %s: coaps (DTLS, PSK, %s) on port %d%s, %s",
+                self.name, cfg.host, counted(len(dtls.psk), "identity", "identities"),
+                dtls.port, plain, resources,
+            )  # fmt: skip
+        else:
+            log.info(
+                "%s: CoAP server on %s:%d, %s%s",
+                self.name, cfg.host, cfg.port, resources, ", OSCORE" if oscore is not None else "",
+            )  # fmt: skip
         writable = sum(
             res.writable for table in self._tables.values() for points in table.values()
             for res in points.values()
@@ -815,6 +839,26 @@ class CoapServerAdapter(Adapter):
         if warning is not None:
             log.warning("%s: %s", self.name, warning)
         return self
+
+    async def _serve_dtls(self) -> None:
+        """Listen for coaps:// (and plain CoAP reads with ``plain_reads``): see the docstring
+        of protocols/coap/dtls.py for why the context is built there."""
+        cfg = self.config
+        dtls = cfg.security.dtls
+        assert dtls is not None
+        require_dtlssocket(self.name)
+        plain = cfg.port if dtls.plain_reads else None
+        for port in (dtls.port, plain):
+            if port is not None:
+                await asyncio.to_thread(port_free, cfg.host, port)
+        self._context = await serve(
+            self.site,
+            server_credentials(dtls.psk),
+            host=cfg.host,
+            dtls_port=dtls.port,
+            plain_port=plain,
+            max_sessions=dtls.max_sessions,
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         if self._context is not None:
@@ -842,6 +886,12 @@ class CoapServerAdapter(Adapter):
 
     def guard(self, request: aiocoap.Message) -> None:
         security = self.config.security
+        if security.dtls is not None:
+            # over DTLS every request comes from a known identity (the handshake checked it);
+            # plain CoAP (plain_reads) may only read
+            if identity_of(request.remote) is None and int(request.code) not in SAFE_CODES:
+                raise _Refused(Code.UNAUTHORIZED, "DTLS required (coaps://) for anything but GET")
+            return
         if security.oscore is None or not security.require:
             return
         from aiocoap.transports.oscore import OSCOREAddress
@@ -888,4 +938,11 @@ class CoapServerAdapter(Adapter):
             "dropped": sum(self.limits.dropped.values()) if self.limits is not None else 0,
             "observations": self.observing.held(),
             "observe_refused": self.observing.refused,  # answered without Observe: at a cap
+            **self._dtls_status(),
         }
+
+    def _dtls_status(self) -> dict[str, Any]:
+        if self.config.security.dtls is None:
+            return {}
+        held = server_sessions(self._context) if self._context is not None else 0
+        return {"dtls": {"sessions": held}}
