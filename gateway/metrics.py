@@ -60,7 +60,7 @@ _COUNTERS = (
     " births deaths rebirths historical bad_commands bad_states stale_states sessions_ended"
     " seq_gaps not_born unknown_metrics stale_deaths type_errors over_max_points rebirths_asked"
     " name_collisions state_republished failovers run_failures history_reads history_values"
-    " history_errors failbacks left_out expired too_large broadcasts"
+    " history_errors failbacks left_out expired too_large broadcasts alarm_events"
     # outbox, optimizer, bridges, bus, shadow, loop
     " dropped_by_reason decisions forwarded failed scored_samples alarms computed skipped"
     " unrouted attempted succeeded reported rejected record_errors history_skipped"

@@ -83,6 +83,14 @@ request is decoded: `_Processor` reads the count of a request's operations from 
 and answers BadTooManyOperations without decoding the items (decoding alone cost 0.45 s per MB
 of small items), so what a logged-in client can make the server decode is bounded too.
 
+Anomaly alarms: each device of a bridge with ``anomaly:`` also gets the variables
+``<device>.anomaly`` and ``<device>.anomaly_score`` and fires an OffNormalAlarmType event when
+its alarm rises or clears, from its object and the Server object (`protocols.opcua.alarms`).
+`send` hands the bridge's EVENT messages and the verdict of scored messages
+(``meta["anomaly"]``) to it; an EVENT's samples never land in a point's variable. Built after
+the points: a point named like one of these variables keeps its node. Servers without such
+bridges get none of this.
+
 Publish responses: asyncua sends all a subscription has queued in one Publish response,
 whatever the client's MaxNotificationsPerPublish; a backlog could outgrow the client's message
 size and cost it its connection, again on every reconnect. Our session's subscriptions send at
@@ -129,8 +137,9 @@ from gateway.limits import exceeded
 from gateway.paths import state_path
 from gateway.streak import Throttle
 from gateway.text import counted
-from gateway.types import Message, PointSpec, Quality, Sample, Value
-from protocols.opcua import logins, publish, transport
+from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
+from protocols.opcua import alarms, logins, publish, transport
+from protocols.opcua.alarms import ALARM_VARIABLE, SCORE_VARIABLE, Alarms, DeviceAlarm
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
 from protocols.opcua.historian import Historian
 from protocols.opcua.history import MAX_VALUES
@@ -394,6 +403,34 @@ class _Builder:
             self._property(var.nodeid, "EURange", eurange, ObjectIds.Range)
         return value
 
+    def status_variable(
+        self,
+        nodeid: ua.NodeId,
+        description: str,
+        vtype: ua.VariantType,
+        initial: ua.DataValue,
+        parent: ua.NodeId,
+    ) -> AttributeValue:
+        """A read-only variable the gateway sets itself (an alarm's), under ``parent``; its
+        browse name is what follows the device in its NodeId."""
+        assert isinstance(nodeid.Identifier, str), "our variables have string NodeIds"
+        name = nodeid.Identifier.rpartition(".")[2]
+        value = AttributeValue(initial)
+        attrs = self._variable_attributes(
+            _node_id(vtype.value), ua.AccessLevel.CurrentRead.mask, value
+        )
+        self._node(
+            nodeid, ua.NodeClass.Variable, name, description, ObjectIds.BaseDataVariableType, attrs
+        )
+        self._link(parent, nodeid, ObjectIds.Organizes)
+        return value
+
+    def notifier(self, server: ua.NodeId, source: ua.NodeId) -> None:
+        """Make ``source`` an event notifier below the Server object."""
+        subscribe = ua.EventNotifier.SubscribeToEvents.mask
+        self.aspace[source].attributes[AttributeIds.EventNotifier] = _const(subscribe, VT.Byte)
+        self._link(server, source, ObjectIds.HasNotifier)
+
     def _property(self, owner: ua.NodeId, name: str, value: Any, datatype: int) -> None:
         assert isinstance(owner.Identifier, str), "our variables have string NodeIds"
         nodeid = _node_id(f"{owner.Identifier}.{name}", self.idx)
@@ -516,6 +553,26 @@ def _shared(value: Any, vtype: ua.VariantType) -> ua.DataValue:
 def _value_of(node: NodeData, attribute: AttributeIds) -> Any:
     found = node.attributes[attribute].value
     return None if found is None or found.Value is None else found.Value.Value
+
+
+# The alarm's variables: name, type, value and status before the first scored message, and
+# description.
+_ALARM_VARIABLES: tuple[tuple[str, ua.VariantType, bool | None, int, str], ...] = (
+    (
+        ALARM_VARIABLE,
+        VT.Boolean,
+        False,
+        Codes.UncertainInitialValue,
+        "anomaly alarm active (the gateway's anomaly scorer; see the device's events)",
+    ),
+    (
+        SCORE_VARIABLE,
+        VT.Double,
+        None,
+        Codes.BadWaitingForInitialData,
+        "anomaly score of the device's latest readings (the alarm rises over its threshold)",
+    ),
+)
 
 
 # -- sessions, users, permissions ----------------------------------------------------------
@@ -642,11 +699,16 @@ class _Session(InternalSession):
             code = Codes.BadNodeIdUnknown
         elif target is None or _value_of(target, AttributeIds.NodeClass) != ua.NodeClass.Method:
             code = Codes.BadMethodInvalid
-        elif not _may_call(self.user):
+        elif not _may_call(self.user) and not self._refresh(method):
             code = Codes.BadUserAccessDenied
         else:
             return None
         return ua.CallMethodResult(StatusCode=status(code))
+
+    def _refresh(self, method: ua.CallMethodRequest) -> bool:
+        """Whether ``method`` is a ConditionRefresh served by our alarms, which only sends the
+        caller's subscription its events again: read-only clients may call it."""
+        return self.adapter.alarms is not None and method.MethodId in _REFRESH_METHODS
 
     def _unknown(self, nodes: list[ua.NodeId], results: list[_R]) -> list[_R]:
         """asyncua says BadNodeIdInvalid (malformed) where the node does not exist."""
@@ -657,6 +719,7 @@ class _Session(InternalSession):
 
 
 _R = TypeVar("_R", ua.BrowseResult, ua.BrowsePathResult)
+_REFRESH_METHODS = frozenset(_node_id(m) for m in alarms.REFRESH_METHODS)
 _CURRENT_WRITE = ua.AccessLevel.CurrentWrite.mask
 
 
@@ -945,6 +1008,7 @@ class OpcuaServerAdapter(Adapter):
         self.writes_ok = 0
         self.writes_refused: dict[str, int] = {}
         self.historian = Historian(name, self.vars)
+        self.alarms: Alarms | None = None  # bridges with ``anomaly:`` (`protocols.opcua.alarms`)
         self._read_only = frozenset(u.username for u in config.users if u.access == "read")
         self._ts_cache: tuple[float, ua.DateTime] = (
             0.0,
@@ -991,6 +1055,9 @@ class OpcuaServerAdapter(Adapter):
             _render(cfg.namespace, gateway=gateway, name=self.name)
         )
         self._build(server.iserver)
+        if self.alarms is not None:
+            self.alarms.start(iserver.subscription_service, iserver.aspace)
+            alarms.install()
         # asyncua logs a failed start (a port in use) with its traceback, then raises the
         # error, which the gateway reports in one line (runtime.StartError): keep the message.
         quiet = Throttle(interval=0.0)
@@ -1111,7 +1178,9 @@ class OpcuaServerAdapter(Adapter):
         gc.disable()
         try:
             self._aspace = iserver.aspace
-            self._build_nodes(_Builder(iserver.aspace, self.namespace_index))
+            builder = _Builder(iserver.aspace, self.namespace_index)
+            self._build_nodes(builder)
+            self._build_alarms(builder)
             self._history_capabilities(iserver.aspace)
         finally:
             if enabled:
@@ -1141,6 +1210,57 @@ class OpcuaServerAdapter(Adapter):
                         continue
                     var.attr = builder.variable(var, folder)
                     self.vars[var.nodeid] = points[spec.name] = var
+
+    def _build_alarms(self, builder: _Builder) -> None:
+        """The anomaly alarm of each device of a bridge with ``anomaly:``
+        (`protocols.opcua.alarms`). Built after every point: a bridged point named ``anomaly``
+        or ``anomaly_score`` keeps its node, and the alarm goes without that variable."""
+        server_object = _node_id(ObjectIds.Server)
+        for bridge in self.bridges:
+            if bridge.config.anomaly is None:
+                continue
+            route = bridge.config.route
+            if not isinstance(route, OpcuaServerRoute):
+                route = OpcuaServerRoute()
+            if self.alarms is None:
+                self.alarms = Alarms(self.name, server_object)
+            for device in bridge.points():
+                folder = builder.folder(
+                    _render(route.folder, device=device, gateway=self.context.gateway_name)
+                )
+                ns = self.namespace_index
+                alarm = DeviceAlarm(device, folder, device, _node_id(f"{device}#anomaly", ns))
+                if not self.alarms.add(bridge.config.route, alarm):
+                    log.warning(
+                        "%s: the anomaly alarm of %s comes from an earlier bridge; bridge %s's"
+                        " is not served",
+                        self.name,
+                        device,
+                        bridge.name,
+                    )
+                    continue
+                builder.notifier(server_object, folder)
+                for name, vtype, value, code, description in _ALARM_VARIABLES:
+                    nodeid = _node_id(f"{device}.{name}", ns)
+                    if nodeid in builder.aspace:
+                        log.warning(
+                            "%s: %s has a point named %r: its variable keeps the NodeId %s and"
+                            " the anomaly alarm's %r variable is left out (rename the point,"
+                            " e.g. with the bridge's translate map, to have both)",
+                            self.name,
+                            device,
+                            name,
+                            nodeid.to_string(),
+                            name,
+                        )
+                        continue
+                    variant = ua.Variant(value, vtype if value is not None else VT.Null)
+                    initial = ua.DataValue(variant, status(code))
+                    attr = builder.status_variable(nodeid, description, vtype, initial, folder)
+                    if name == ALARM_VARIABLE:
+                        alarm.active_attr, alarm.input_node = attr, nodeid
+                    else:
+                        alarm.score_attr = attr
 
     def _var(self, bridge: Bridge, route: OpcuaServerRoute, device: str, spec: PointSpec) -> _Var:
         vtype = VARIANT_TYPES.get(spec.datatype, VT.Double)
@@ -1195,6 +1315,14 @@ class OpcuaServerAdapter(Adapter):
     # -- values (hot path)
 
     async def send(self, message: Message, route: Any) -> None:
+        if self.alarms is not None and (alarm := self.alarms.find(route, message.device or "")):
+            if message.kind is MessageKind.EVENT:
+                await self.alarms.event(alarm, message)
+                return
+            if "anomaly_score" in message.meta:
+                await self.alarms.scored(alarm, message)
+        if message.kind is MessageKind.EVENT:  # its samples are no point's values
+            return
         table = self._tables.get(id(route))
         points = table.get(message.device or "") if table is not None else None
         if not points:
@@ -1350,4 +1478,5 @@ class OpcuaServerAdapter(Adapter):
             "logins_refused": self._users.refused if self._users is not None else 0,
             "certificates_refused": self.trust.refused if self.trust is not None else 0,
             **self.historian.status(),
+            **(self.alarms.status() if self.alarms is not None else {}),
         }
