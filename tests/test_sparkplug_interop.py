@@ -311,7 +311,8 @@ async def test_a_primary_host_gates_the_births_and_its_offline_state_ends_the_se
         waiting = adapter_status(tmp_path)
         assert waiting["connected"] is False  # down for the status line: nothing published
         assert "waiting for primary host scada" in waiting["last_error"]
-        watcher.command(cmd="raw", topic="spBv1.0/STATE/scada", text="ONLINE")  # 2.2's word, 3.0's topic
+        # 2.2's word on 3.0's topic: unreadable
+        watcher.command(cmd="raw", topic="spBv1.0/STATE/scada", text="ONLINE")
         await wait_for(lambda: node_status(tmp_path).get("bad_states") == 1, timeout=10)
         assert not watcher.messages("NBIRTH")
 
