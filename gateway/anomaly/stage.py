@@ -52,6 +52,7 @@ from gateway.anomaly.core import Calibration
 from gateway.anomaly.device import DeviceScorer, Scored
 from gateway.anomaly.model import ModelError, shared, shipped
 from gateway.anomaly.store import CalibrationStore, Record, devices_in, fingerprint, orphaned
+from gateway.anomaly.verdict import ALARM_POINT, SCORE_POINT
 from gateway.bus import Bus
 from gateway.config.anomaly import AnomalyOptions
 from gateway.globs import Globs
@@ -61,8 +62,6 @@ from gateway.types import Message, MessageKind, Quality, Sample
 
 log = logging.getLogger(__name__)
 
-SCORE_POINT = "anomaly_score"
-ALARM_POINT = "anomaly"
 SAVE_EVERY = 600  # scored rows between saves of a device's refreshed level
 # point names whose points/exclude verdict is kept; names can come from data (MQTT
 # points: keys), so past this the cache starts again rather than grow without limit

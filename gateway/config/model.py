@@ -55,6 +55,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, PydanticUserError, TypeAdapter, ValidationError
 
+from gateway.anomaly.verdict import add_alarm_points
 from gateway.config.anomaly import AnomalyOptions
 from gateway.config.common import (
     Path,
@@ -1166,6 +1167,10 @@ class _Loader:
                 if name is not None:
                     specs.append(PointSpec(f"{source}/{name}", name, p.datatype or "", p.unit))
             out[source] = specs + [c.spec(source) for c in computed]
+        if isinstance(got.get("anomaly"), AnomalyOptions):
+            # a server target serves the alarm as two points of each device (its map may
+            # place them): `gateway.anomaly.verdict`
+            out = add_alarm_points(out)[0]
         return out
 
     def note_writable(self, target: str, sources: tuple[str, ...], globs: tuple[str, ...]) -> None:

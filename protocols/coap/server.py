@@ -7,6 +7,13 @@ them with ``rt`` (``protocol-brain.point.<datatype>`` or ``protocol-brain.device
 (``core.s`` for a read-only point, ``core.a`` for a writable one, ``core.b`` for a device),
 ``ct`` (the content formats a GET can ask for with Accept) and ``obs``.
 
+Anomaly alarms: a bridge with ``anomaly:`` adds two read-only, observable resources per
+device, the points ``anomaly`` (bool) and ``anomaly_score`` (float64) at ``route.path`` (by
+default ``<device>/anomaly``), set from each scored message's verdict and the rise/clear EVENT
+(`gateway.anomaly.verdict`); 5.03 before the first scored message, as any point with no value
+yet. An EVENT's samples are no point's values. A source point with one of those names keeps
+its resource (the alarm's is left out, with a warning).
+
 GET negotiates by Accept: SenML JSON (110) when there is none, else 110, 112 (SenML CBOR),
 50 (JSON ``{"point": value}``), 60 (CBOR) or, for a point, 0 (text/plain); anything else is
 4.06 Not Acceptable. SenML units are the registered names (RFC 8428 section 12.1: ``Cel`` for
@@ -88,13 +95,14 @@ from aiocoap.numbers import NON, Reliable
 from aiocoap.numbers.contentformat import ContentFormat
 
 from gateway.adapter import Adapter
+from gateway.anomaly.verdict import add_alarm_points, alarm_samples
 from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
 from gateway.payloads import Format, PayloadError, decode_for, encode, format_of, senml_unit
 from gateway.storefiles import write_atomic
 from gateway.text import counted
-from gateway.types import Message, PointSpec, Quality, Sample, Value
+from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
 from protocols.coap.dtls import (
     identity_of,
@@ -707,6 +715,8 @@ class CoapServerAdapter(Adapter):
         # id(route) -> device -> point -> resource: a bridge's samples reach only its resources
         self._tables: dict[int, dict[str, dict[str, _PointResource]]] = {}
         self._devices: dict[str, _DeviceResource] = {}
+        # id(route) -> device -> the anomaly alarm's points it serves (bridges with anomaly:)
+        self._alarms: dict[int, dict[str, frozenset[str]]] = {}
         context.router.on_declare(self.retype)  # a type a source learns once connected
         self.site = resource.Site()
         self._context: aiocoap.Context | None = None
@@ -738,7 +748,11 @@ class CoapServerAdapter(Adapter):
             if not isinstance(route, CoapServerRoute):
                 route = CoapServerRoute()
             table = self._tables.setdefault(id(bridge.config.route), {})
-            for device, specs in bridge.points().items():
+            points = bridge.points()
+            if bridge.config.anomaly is not None:  # the alarm as two read-only resources
+                points, added = add_alarm_points(points, self.name)
+                self._alarms.setdefault(id(bridge.config.route), {}).update(added)
+            for device, specs in points.items():
                 dev_path = self._path(route.device_path, device=device)
                 dev = self._devices.get(device)
                 if dev is None and dev_path not in used:
@@ -911,8 +925,12 @@ class CoapServerAdapter(Adapter):
         points = table.get(message.device or "") if table is not None else None
         if not points:
             return
+        samples = () if message.kind is MessageKind.EVENT else message.samples
+        alarm = self._alarms.get(id(route))
+        if alarm and (names := alarm.get(message.device or "")):
+            samples = (*samples, *alarm_samples(message, names))
         changed = False
-        for sample in message.samples:
+        for sample in samples:
             res = points.get(sample.point)
             if res is None:
                 continue

@@ -12,6 +12,12 @@ plain lists and no encoding: reads are answered in ``data_received``, with no ta
 like the project's simulator. Next to the values each table keeps one status byte per address:
 unmapped, good, or the exception code a read touching it gets.
 
+Anomaly alarms: on a bridge with ``anomaly:`` the map may also place the points ``anomaly``
+(bool) and ``anomaly_score`` (float64) of each device (`gateway.anomaly.verdict`), read-only,
+set from each scored message's verdict and from the rise/clear EVENT; before the first scored
+message they answer 0B like any point with no value. An EVENT's samples are no point's values.
+A source point with one of those names keeps it (the alarm's is left out, with a warning).
+
 Exceptions (Modbus application protocol v1.1b3, section 7):
 
 * 01 illegal function: a function other than 01/02/03/04/05/06/15/16 (input registers and
@@ -94,12 +100,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from gateway.adapter import Adapter, AdapterContext
+from gateway.anomaly.verdict import add_alarm_points, alarm_samples
 from gateway.commands import WriteStatus
 from gateway.config.common import Path, Problem
 from gateway.config.errors import format_path, listing
 from gateway.streak import FailureStreak, LogQuota
 from gateway.text import counted
-from gateway.types import Message, PointSpec, Quality, Sample, Value
+from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
 from protocols.modbus.codec import (
     ByteOrder,
     CodecError,
@@ -559,6 +566,8 @@ class ModbusServerAdapter(Adapter):
         self.units: dict[int, _Unit] = {u: _Unit() for u in config.unit_ids}
         # id(route) -> device -> point -> its entries: a bridge's samples reach its own map only
         self._routes: dict[int, dict[str, dict[str, list[_Entry]]]] = {}
+        # id(route) -> device -> the anomaly alarm's points it serves (bridges with anomaly:)
+        self._alarms: dict[int, dict[str, frozenset[str]]] = {}
         self.entries: list[_Entry] = []
         self.map_errors: list[str] = []
         self.counters = Counters()
@@ -585,6 +594,9 @@ class ModbusServerAdapter(Adapter):
             return
         unit = self.units[unit_id]
         points = bridge.points()
+        if bridge.config.anomaly is not None:  # the alarm's points may be mapped too
+            points, added = add_alarm_points(points, self.name)
+            self._alarms.setdefault(id(route), {}).update(added)
         table = self._routes.setdefault(id(route), {})
         for i, cfg in enumerate(route.map):
             found = map_point(i, cfg, points)
@@ -662,7 +674,11 @@ class ModbusServerAdapter(Adapter):
         points = devices.get(message.device or "") if devices is not None else None
         if not points:
             return
-        for sample in message.samples:
+        samples = () if message.kind is MessageKind.EVENT else message.samples
+        alarm = self._alarms.get(id(route))
+        if alarm and (names := alarm.get(message.device or "")):
+            samples = (*samples, *alarm_samples(message, names))
+        for sample in samples:
             for entry in points.get(sample.point, ()):
                 self.units[entry.unit].tables[entry.table].update(entry, sample)
 

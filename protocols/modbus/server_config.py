@@ -6,7 +6,9 @@ A map entry places one bridged point at an address of one of the four tables, wi
 byte order, scale and offset a Modbus client expects there. The same point may appear more than
 once (say as a float32 and as a scaled int16). Entries of one route must not share registers
 (different ``bit`` of one register excepted); this is checked when the config is loaded, and
-reported at the entry's ``address`` (``bridges[0].map[3].address``).
+reported at the entry's ``address`` (``bridges[0].map[3].address``). On a bridge with
+``anomaly:`` an entry may also name ``anomaly`` or ``anomaly_score``, the alarm's read-only
+points (`gateway.anomaly.verdict`).
 """
 
 from __future__ import annotations

@@ -55,12 +55,13 @@ from asyncua.server.subscription_service import SubscriptionService
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
+from gateway.anomaly.verdict import ALARM_POINT, SCORE_POINT, verdict
 from gateway.types import Message
 
 log = logging.getLogger(__name__)
 
-ALARM_VARIABLE = "anomaly"  # the stage's ALARM_POINT, without importing numpy here
-SCORE_VARIABLE = "anomaly_score"  # its SCORE_POINT
+ALARM_VARIABLE = ALARM_POINT  # `gateway.anomaly.verdict`: no numpy imported here
+SCORE_VARIABLE = SCORE_POINT
 CONDITION_NAME = "anomaly"
 SEVERITY_RAISED = 700  # Part 5's "high" band (701-1000 is reserved for safety alarms)
 SEVERITY_CLEARED = 100
@@ -154,12 +155,13 @@ class Alarms:
     async def scored(self, alarm: DeviceAlarm, message: Message) -> None:
         """A scored telemetry message: the variables, and a kept alarm announced (see the
         module docstring)."""
-        active = message.meta.get("anomaly")
-        score = message.meta.get("anomaly_score")
-        ts = max((s.source_ts for s in message.samples), default=0.0) or None
-        if isinstance(score, int | float):
-            await _set(alarm.score_attr, _dv(float(score), VT.Double, StatusCodes.Good, ts))
-        if not isinstance(active, bool):
+        found = verdict(message)
+        if found is None:
+            return
+        active, score, ts = found.active, found.score, found.ts
+        if score is not None:
+            await _set(alarm.score_attr, _dv(score, VT.Double, StatusCodes.Good, ts))
+        if active is None:
             return
         if alarm.restored:  # no event followed the message that said so: announce it now
             alarm.restored = False
@@ -175,18 +177,11 @@ class Alarms:
 
     async def event(self, alarm: DeviceAlarm, message: Message) -> None:
         """An ``event/<device>/anomaly`` message: the alarm rose or cleared."""
-        raised: bool | None = None
-        score: float | None = None
-        ts = None
-        for sample in message.samples:
-            if sample.point == ALARM_VARIABLE and isinstance(sample.value, bool):
-                raised, ts = sample.value, sample.source_ts or None
-            elif sample.point == SCORE_VARIABLE and isinstance(sample.value, int | float):
-                score = float(sample.value)
-        if raised is None:
+        found = verdict(message)
+        if found is None or not found.event or found.active is None:
             return
+        raised, score, ts, threshold = found.active, found.score, found.ts, found.threshold
         alarm.restored = False
-        threshold = message.meta.get("threshold")
         if score is not None:
             await _set(alarm.score_attr, _dv(score, VT.Double, StatusCodes.Good, ts))
         await self._active(alarm, raised, ts)

@@ -19,6 +19,14 @@ Bad publishes DBIRTH (with the current values) instead of DDATA. A point the dev
 declared (a translator in auto mode names points at run time) gets an alias and the device is
 born again with it.
 
+Anomaly alarms: a bridge with ``anomaly:`` births each device with two more metrics,
+``anomaly`` (Boolean) and ``anomaly_score`` (Double), null (Bad) until the first scored message,
+since a host takes in DDATA only the metrics a birth declared. They come from each scored
+message's verdict and the rise/clear EVENT (`gateway.anomaly.verdict`): the alarm goes out when
+it changes, the score with each scored message in the same DDATA as the readings (one more
+metric by alias, no publish of its own). They are read-only (a DCMD is refused) and do not
+count for the device's life (DDEATH). A source point with one of those names keeps it.
+
 Quality follows Ignition: a metric carries an Int32 ``Quality`` property (192 good, 64
 uncertain, 0 bad) in births and whenever it is not good or becomes good again; a Bad value is
 sent as is_null.
@@ -59,7 +67,8 @@ from paho.mqtt.enums import MQTTErrorCode
 from pydantic import BaseModel
 
 from gateway.adapter import Adapter, AdapterContext
-from gateway.types import Message, PointSpec, Quality, Sample, Value
+from gateway.anomaly.verdict import add_alarm_points, alarm_samples
+from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
 from protocols.sparkplug import codec
 from protocols.sparkplug.backlog import Backlog, DurableBacklog, Held, MemoryBacklog
 from protocols.sparkplug.codec import DataType, Metric, Payload, PropertyValue, wire_value
@@ -122,6 +131,7 @@ class _MetricState:
     bridge: Bridge | None
     last: Sample | None = None  # the latest sample seen
     sent: tuple[Value, Quality] | None = None  # what the host has now (birth or data)
+    alarm: bool = False  # the anomaly alarm's (`gateway.anomaly.verdict`), no source point
 
 
 @dataclass(slots=True)
@@ -187,7 +197,11 @@ class SparkplugAdapter(SparkplugSession, Adapter):
     # --- attach: the devices and their metrics --------------------------------------------------
 
     def attach(self, bridge: Bridge) -> None:
-        for device, specs in bridge.points().items():
+        points = bridge.points()
+        added: dict[str, frozenset[str]] = {}
+        if bridge.config.anomaly is not None:  # born with the alarm's metrics, null until scored
+            points, added = add_alarm_points(points, f"Sparkplug {self.name}")
+        for device, specs in points.items():
             problem = codec.id_problem(device)
             if problem is not None:
                 raise ValueError(
@@ -197,9 +211,10 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             state = self._device(device)
             for spec in specs:
                 if spec.name not in state.metrics:
-                    self._add_metric(
+                    m = self._add_metric(
                         state, spec.name, codec.datatype_of(spec.datatype), spec, bridge
                     )
+                    m.alarm = spec.name in added.get(device, ())
 
     def _device(self, name: str) -> _Device:
         state = self._devices.get(name)
@@ -498,8 +513,14 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         if codec.id_problem(device_name) is not None:
             return
         device = self._device(device_name)
+        samples = () if message.kind is MessageKind.EVENT else message.samples
+        alarms = [m.name for m in device.metrics.values() if m.alarm]
+        if alarms:  # the score rides in the same DDATA as the readings; the alarm on change
+            samples = (*samples, *alarm_samples(message, alarms))
+        if not samples:
+            return
         new = False
-        for sample in message.samples:
+        for sample in samples:
             m = device.metrics.get(sample.point)
             if m is None:  # named at run time (translate: auto): born again with it
                 m = self._add_metric(
@@ -508,11 +529,13 @@ class SparkplugAdapter(SparkplugSession, Adapter):
                 new = True
             m.last = sample
         was_alive = device.alive
-        device.alive = not all(
-            m.last is not None and m.last.quality is Quality.BAD for m in device.metrics.values()
+        device.alive = not all(  # the alarm's metrics follow the source's: not counted
+            m.last is not None and m.last.quality is Quality.BAD
+            for m in device.metrics.values()
+            if not m.alarm
         )
         if not self._ready:
-            held = self._held(device, message.samples)
+            held = self._held(device, samples)
             if held is not None:
                 self._backlog.put(device.name, held)
             return
@@ -526,7 +549,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         if not device.born or new:
             self._birth(device)
             return
-        self._data(device, message.samples)
+        self._data(device, samples)
 
     @staticmethod
     def _known(device: _Device, samples: Iterable[Sample]) -> Iterator[tuple[_MetricState, Sample]]:
