@@ -322,6 +322,11 @@ async def test_sparkplug_births_the_alarm_metrics_and_sends_the_alarm(
         )
         await wait_for(lambda: node.writes_refused == 1, timeout=10)
         assert "DCMD pump/anomaly refused: read-only" in caplog.text  # never sent to the pump
+        # the pump lost: its readings go Bad and it dies, though the alarm's metrics (which
+        # no lost device makes Bad) had values
+        assert not host.messages("DDEATH", "pump")
+        pump.device.online = False
+        await wait_for(lambda: host.messages("DDEATH", "pump"), timeout=20)
 
 
 async def test_sparkplug_without_anomaly_has_no_alarm_metrics(

@@ -354,6 +354,23 @@ async def test_a_server_without_anomaly_bridges_has_no_alarm_nodes(
         assert adapter.alarms is None and "alarm_events" not in adapter.status()
 
 
+async def test_an_event_to_a_bridge_without_anomaly_never_lands_in_a_point(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    # an EVENT reaching a server with no alarm for the device (another bridge's, a plugin's)
+    extra = "\n      - {name: anomaly, address: 8, type: int16, poll: fast}"
+    async with gateway_for(simulator, tmp_path, None, extra) as (gateway, adapter, pump):
+        pump.device.set_value("holding", 8, 42, DataType.INT16)
+        route = gateway.bridges[0].config.route
+        async with Client(adapter.endpoint_url) as client:
+            point = client.get_node(f"ns={adapter.namespace_index};s=pump.anomaly")
+            await wait_for(lambda: point.read_value(), timeout=10)
+            updates = adapter.updates
+            await adapter.send(event_message(True, 9.5, 1_700_000_000.0), route)
+            assert adapter.updates == updates
+            assert await point.read_value() == 42
+
+
 def event_message(raised: bool, score: float, ts: float) -> Message:
     """What the anomaly stage sends its target when the alarm rises or clears."""
     return Message(
