@@ -71,7 +71,7 @@ _GAUGES = (
     " observations items sessions variables bdSeq seq buffered online timestamp waiting"
     " nodes_online nodes_offline devices_online devices_offline points_learnt backlog"
     " backlog_bytes oldest_age_s disk_full drain_rate retrying max_qos retain_available"
-    " max_packet_size"
+    " max_packet_size topic_aliases topic_alias_max"
     " decision decide_ms_mean rows_per_publish_recent rtt_s devices writing history_paused"
     " history_staged history_merge_failing documents_paused documents_unsaved lag_ms_p50"
     " lag_ms_p99 lag_ms_max"

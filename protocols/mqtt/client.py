@@ -70,6 +70,18 @@ What paho kept from the last connection is fitted on the CONNACK, before paho se
 (a failover broker may take less). A will the broker refuses (0x9A, 0x9B) goes as it takes it
 from the next CONNECT to that broker on.
 
+``topic_alias: true``: data publishes carry MQTT 5 Topic Aliases, as many as the CONNACK's Topic
+Alias Maximum takes (`protocols.mqtt.alias`): a topic goes once per connection with its alias,
+then an empty topic and the alias (on a metered uplink the topic is most of a small publish).
+Aliases are the network connection's: the table starts empty on every CONNACK. What paho kept
+from the last connection may carry an empty topic and an alias the new one never saw, a
+protocol error (mosquitto sends DISCONNECT 0x82) that paho's re-send would repeat on every
+reconnect; so on the CONNACK, before paho sends them again, they get their full topic back and
+lose the alias (`_unalias_held`). The size checks count the packet that goes (`_wire`), an alias
+is taken only by a publish that goes, and outbox rows keep full topics (aliases are chosen as
+a row goes). Which topics get aliases when there are more than the broker takes: see
+`protocols.mqtt.alias.TopicAliases`.
+
 Birth and will
 --------------
 The will (``{"state":"offline"}``, retained, QoS 1) on ``status_topic`` is registered with the
@@ -121,6 +133,7 @@ from gateway.types import (
 )
 from gateway.uplink.outbox import Outbox, Row
 from protocols.mqtt import codec
+from protocols.mqtt.alias import ALIAS_SIZE, TopicAliases, alias_properties, without_alias
 from protocols.mqtt.config import MqttEndpoint, MqttRoute, brokers
 from protocols.mqtt.link import NO_LIMITS, BrokerLimits, PahoOnLoop, paho_client, reason_text
 
@@ -503,6 +516,11 @@ class MqttAdapter(PahoOnLoop, Adapter):
         # the will (QoS, retain) of the next CONNECT, per broker index, where it cannot be the
         # retained QoS 1 one (the broker refused it, or its last CONNACK's limits say so)
         self._will_fit: dict[int, tuple[int, bool]] = {}
+        # MQTT 5 topic_alias: this connection's aliases (reset on every CONNACK), and the full
+        # topic of each QoS 1/2 publish that went with an empty topic, by paho mid, until it is
+        # acknowledged: paho re-sends it after a reconnect, where the alias means nothing
+        self._aliases = TopicAliases()
+        self._alias_topics: dict[int, str] = {}
         # a broker may refuse every publish (an ACL): one line and then a count per window
         self._refusal_log = LogQuota(
             lambda n: log.warning(
@@ -928,17 +946,15 @@ class MqttAdapter(PahoOnLoop, Adapter):
         props = self._expiry_props(age, self._expiry)
         if props is False:
             return
-        if self._limits is not NO_LIMITS:
-            fitted = self._fit(topic, payload, qos, retain, _props_size(props))
-            if fitted is None:
-                return
-            qos, retain = fitted
         try:
-            info = client.publish(topic, payload, qos, retain, props)
+            sent = self._send_data(client, topic, payload, qos, retain, props)
         except ValueError as exc:  # invalid topic, payload too large
             self.encode_errors += 1
             log.warning("MQTT %s: cannot publish to %r: %s", self.name, topic, exc)
             return
+        if sent is None:  # too large for the broker
+            return
+        info, qos = sent
         rc = info.rc
         if rc == _SUCCESS:
             if qos:
@@ -1064,18 +1080,15 @@ class MqttAdapter(PahoOnLoop, Adapter):
             if left is False:
                 return None
             props = left
-        qos, retain = row.qos, row.retain
-        if self._limits is not NO_LIMITS:
-            fitted = self._fit(row.topic, row.payload, qos, retain, _props_size(props))
-            if fitted is None:  # too large: deleted, or it would come back after every reconnect
-                return None
-            qos, retain = fitted  # QoS 0: done once written, as any QoS 0 row
         try:
-            info = client.publish(row.topic, row.payload, qos, retain, props)
+            sent = self._send_data(client, row.topic, row.payload, row.qos, row.retain, props)
         except ValueError as exc:  # invalid topic, payload too large: it never will go
             self.encode_errors += 1
             log.warning("MQTT %s: cannot publish to %r: %s", self.name, row.topic, exc)
             return None
+        if sent is None:  # too large: deleted, or it would come back after every reconnect
+            return None
+        info, qos = sent  # a QoS lowered to 0: done once written, as any QoS 0 row
         rc = info.rc
         if rc == _SUCCESS or (rc == _NO_CONN and qos):
             self.published += 1
@@ -1198,8 +1211,10 @@ class MqttAdapter(PahoOnLoop, Adapter):
             cut = next((i for i, r in enumerate(rows) if r.retain or r.qos == 2), len(rows))
             batch, rows[:] = rows[:cut], rows[cut:]
             payload = encode_batch([(r.topic, r.payload) for r in batch], compress=compress)
-            props = 1 if self._expiry is None else codec.LIFETIME_SIZE
-            while len(batch) > 1 and self._over(self._batch_topic, payload, qos, props):
+            wire, props = self._wire(
+                self._batch_topic, 1 if self._expiry is None else codec.LIFETIME_SIZE
+            )
+            while len(batch) > 1 and self._over(wire, payload, qos, props):
                 # over the broker's Maximum Packet Size: halved, the rest sent next, so that
                 # only a row too large on its own is dropped
                 half = len(batch) // 2
@@ -1220,6 +1235,55 @@ class MqttAdapter(PahoOnLoop, Adapter):
         else:
             self._mid_batches[mid] = ids
             opt.note_sent(mid, size, len(ids))
+
+    def _send_data(
+        self,
+        client: paho.Client,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        props: Properties | None,
+    ) -> tuple[paho.MQTTMessageInfo, int] | None:
+        """One data publish, fitted to the broker's limits (`_fit`): paho's info and the QoS it
+        went at; None if it is too large (counted and logged: the caller drops it). ValueError
+        as paho's ``publish``. With topic_alias, where the broker takes aliases, the first
+        publish of ``topic`` on this connection carries it and its alias, the next ones the
+        alias and an empty topic. The size is checked on what goes (`_wire`), and an alias is
+        taken only by a publish that goes: a mapping paho did not send is forgotten, or the
+        next publish would name an alias the broker never saw (a protocol error: DISCONNECT
+        0x94 or, from mosquitto, 0x82)."""
+        if self._limits is not NO_LIMITS:
+            wire, size = self._wire(topic, _props_size(props))
+            fitted = self._fit(topic, payload, qos, retain, size, wire=wire)
+            if fitted is None:
+                return None
+            qos, retain = fitted
+        aliases = self._aliases
+        alias, known = aliases.use(topic) if aliases.maximum else (0, False)
+        if not alias:  # no aliases, or this topic not admitted (`TopicAliases`): as it is
+            return client.publish(topic, payload, qos, retain, props), qos
+        with_alias = aliases.properties(alias) if props is None else alias_properties(alias, props)
+        try:
+            info = client.publish("" if known else topic, payload, qos, retain, with_alias)
+        except ValueError:
+            aliases.forget(topic)
+            raise
+        rc = info.rc
+        if rc == _SUCCESS or (rc == _NO_CONN and qos):  # sent, or kept by paho to send again
+            if known and qos:
+                self._alias_topics[info.mid] = topic  # for `_unalias_held`, `_refused`
+        elif not known:
+            aliases.forget(topic)
+        return info, qos
+
+    def _wire(self, topic: str, props: int) -> tuple[str, int]:
+        """The topic a data publish of ``topic`` would carry now (empty once its alias is the
+        broker's) and its properties' bytes (``props``, the alias added where there is one)."""
+        aliased, known = self._aliases.lookup(topic)
+        if not aliased:
+            return topic, props
+        return ("" if known else topic), props + ALIAS_SIZE
 
     def _publish_internal(
         self,
@@ -1528,6 +1592,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
     ) -> None:
         if self._v5 and not reason_code.is_failure:
             self._fit_window(properties)
+            if self.config.topic_alias:
+                self._fit_aliases(client, properties)
             self._fit_limits(client, properties)
         elif self._v5:
             self._fit_will(reason_code, properties)
@@ -1541,6 +1607,33 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._own_window = self.max_inflight
         limit = getattr(properties, "ReceiveMaximum", None)
         self.max_inflight = min(self._own_window, limit or self._own_window)
+
+    # --- MQTT 5: topic aliases (topic_alias) --------------------------------------------------
+
+    def _fit_aliases(self, client: paho.Client, properties: Any) -> None:
+        """A new connection: no alias is the broker's yet, and it takes as many as its
+        CONNACK's Topic Alias Maximum (absent: none). What paho kept from the last connection,
+        which it sends again once this callback returns, goes with its full topic
+        (`_unalias_held`) before its limits are fitted (`_fit_held`: the size counts it)."""
+        self._unalias_held(client)
+        self._aliases.reset(getattr(properties, "TopicAliasMaximum", 0))
+
+    def _unalias_held(self, client: paho.Client) -> None:
+        """The kept QoS 1/2 publishes that carry a Topic Alias get their full topic back and
+        lose the alias: on this connection the alias is unknown (or another topic's), and an
+        empty topic with it is a protocol error (0x94; mosquitto: 0x82) that would end this
+        connection and, re-sent, every next one."""
+        topics = self._alias_topics
+        with client._out_message_mutex:
+            for mid, msg in client._out_messages.items():
+                props = msg.properties
+                if props is None or not hasattr(props, "TopicAlias"):
+                    continue
+                topic = topics.get(mid)
+                if topic is not None:
+                    msg.topic = topic.encode()  # paho keeps bytes (its setter takes them)
+                msg.properties = without_alias(props)
+        topics.clear()
 
     # --- MQTT 5: the broker's limits (Maximum QoS, Retain Available, Maximum Packet Size) ------
 
@@ -1587,14 +1680,22 @@ class MqttAdapter(PahoOnLoop, Adapter):
         )
 
     def _fit(
-        self, topic: str, payload: bytes | bytearray, qos: int, retain: bool, props: int
+        self,
+        topic: str,
+        payload: bytes | bytearray,
+        qos: int,
+        retain: bool,
+        props: int,
+        *,
+        wire: str | None = None,
     ) -> tuple[int, bool] | None:
         """A publish's QoS and retain flag under this connection's limits: QoS at most the
         broker's Maximum QoS (the downgrade MQTT 5 3.2.2.3.4 asks of a client), no retain
         where it keeps no retained messages; None if the packet (``props``: its encoded
         properties' bytes) is over its Maximum Packet Size, counted in 'too_large' and
         logged: the caller drops it. Sent, it would end the connection, and come back to
-        end the next one (paho's re-send, the outbox), holding up everything behind it."""
+        end the next one (paho's re-send, the outbox), holding up everything behind it.
+        ``wire``: the topic that goes, where it is not ``topic`` (an alias's empty one)."""
         qos = self._lower_qos(qos)
         if retain and not self._limits.retain:
             retain = False
@@ -1607,7 +1708,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
                     self.name,
                     self.address,
                 )
-        size = self._over(topic, payload, qos, props)
+        size = self._over(topic if wire is None else wire, payload, qos, props)
         if size is not None:
             self.too_large += 1
             self.last_error = (
@@ -1684,6 +1785,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         rows, for the caller to delete."""
         self._inflight.discard(mid)
         self._internal_mids.discard(mid)
+        self._alias_topics.pop(mid, None)
         rows = [self._mid_rows.pop(mid)] if mid in self._mid_rows else []
         batch = self._mid_batches.pop(mid, None)
         if batch is not None:
@@ -1723,6 +1825,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._refused(client, mid, reason_code, properties)
             self._wake.set()
             return
+        if self._alias_topics:
+            self._alias_topics.pop(mid, None)
         row = self._mid_rows.pop(mid, None) if self._mid_rows else None
         if row is not None and self._store is not None:
             self._store.ack((row,))
@@ -1752,7 +1856,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         batch = self._mid_batches.pop(mid, None)
         rows += batch or []
         msg = client._out_messages.get(mid)  # paho forgets it once this callback returns
-        topic = msg.topic if msg is not None else "?"
+        topic = self._alias_topics.pop(mid, None) or (msg.topic if msg is not None else "?")
         if mid in self._internal_mids:
             self._internal_mids.discard(mid)
             fut = self._write_futs.pop(mid, None)
@@ -1806,15 +1910,15 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 if again.rows and self._store is not None:
                     self._store.ack(again.rows)
                 continue
-            qos, retain = again.qos, again.retain
-            if self._limits is not NO_LIMITS:  # another broker's, maybe, since it was refused
-                fitted = self._fit(again.topic, again.payload, qos, retain, _props_size(props))
-                if fitted is None:
-                    if again.rows and self._store is not None:
-                        self._store.ack(again.rows)
-                    continue
-                qos, retain = fitted
-            info = client.publish(again.topic, again.payload, qos, retain, props)
+            # another broker's limits, maybe, since it was refused
+            sent = self._send_data(
+                client, again.topic, again.payload, again.qos, again.retain, props
+            )
+            if sent is None:
+                if again.rows and self._store is not None:
+                    self._store.ack(again.rows)
+                continue
+            info, qos = sent
             if info.rc not in (_SUCCESS, _NO_CONN):
                 retry.appendleft(again)  # paho's queue is full: next time
                 return
@@ -1960,6 +2064,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
             "max_qos": self._limits.max_qos,
             "retain_available": self._limits.retain,
             "max_packet_size": self._limits.max_packet,
+            "topic_aliases": len(self._aliases),
+            "topic_alias_max": self._aliases.maximum,
             "last_error": self.last_error,
             "outbox": None if self._store is None else self._store.status(),
             "optimizer": None if self._opt is None else self._opt.status(),

@@ -439,6 +439,14 @@ class MqttEndpoint(Strict):
     message_expiry: int | None = Field(
         None, ge=1, le=0xFFFFFFFF, description=MESSAGE_EXPIRY_DESCRIPTION
     )
+    topic_alias: bool = Field(
+        False,
+        description=(
+            "MQTT 5 Topic Aliases on data publishes: a topic goes once per connection with an"
+            " alias, then only the alias (as many as the broker's Topic Alias Maximum takes);"
+            " fewer bytes on a metered uplink"
+        ),
+    )
     optimizer: OptimizerConfig | None = Field(
         None,
         description=(
@@ -474,6 +482,14 @@ class MqttEndpoint(Strict):
                     ("message_expiry",),
                     f"{self.message_expiry} with MQTT {self.version}",
                     'version: "5" (message expiry is an MQTT 5 property), or no message_expiry',
+                )
+            )
+        if self.topic_alias and not self.v5:
+            problems.append(
+                Problem(
+                    ("topic_alias",),
+                    f"true with MQTT {self.version}",
+                    'version: "5" (topic aliases are an MQTT 5 property), or no topic_alias',
                 )
             )
         problems.extend(repeated_names(self.points))
