@@ -85,6 +85,14 @@ def alarm_samples(message: Message, names: Collection[str] = ALARM_POINTS) -> tu
     return tuple(out)
 
 
+def served_samples(message: Message, names: Collection[str]) -> tuple[Sample, ...]:
+    """What a server target sets from ``message`` for one device: its samples (none for an
+    EVENT, whose samples are no point's values) and, for the alarm's points it serves
+    (``names``; empty: none), their samples from the message's verdict (`alarm_samples`)."""
+    own = () if message.kind is MessageKind.EVENT else message.samples
+    return (*own, *alarm_samples(message, names)) if names else own
+
+
 def alarm_specs(device: str, names: Collection[str] = ALARM_POINTS) -> list[PointSpec]:
     """The alarm's points of ``device`` (read-only), those of ``names``."""
     return [

@@ -95,14 +95,14 @@ from aiocoap.numbers import NON, Reliable
 from aiocoap.numbers.contentformat import ContentFormat
 
 from gateway.adapter import Adapter
-from gateway.anomaly.verdict import add_alarm_points, alarm_samples
+from gateway.anomaly.verdict import add_alarm_points, served_samples
 from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
 from gateway.payloads import Format, PayloadError, decode_for, encode, format_of, senml_unit
 from gateway.storefiles import write_atomic
 from gateway.text import counted
-from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
+from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapServer, CoapServerRoute, Oscore
 from protocols.coap.dtls import (
     identity_of,
@@ -925,10 +925,9 @@ class CoapServerAdapter(Adapter):
         points = table.get(message.device or "") if table is not None else None
         if not points:
             return
-        samples = () if message.kind is MessageKind.EVENT else message.samples
         alarm = self._alarms.get(id(route))
-        if alarm and (names := alarm.get(message.device or "")):
-            samples = (*samples, *alarm_samples(message, names))
+        names = alarm.get(message.device or "", ()) if alarm else ()
+        samples = served_samples(message, names)
         changed = False
         for sample in samples:
             res = points.get(sample.point)

@@ -21,6 +21,7 @@ needs the server's table sizes, so it is the server's job, not this module's.
 
 from __future__ import annotations
 
+import abc
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ FUNCTION_TABLE: dict[FunctionCode, Table] = {
 }
 
 
-class Adu:
+class Adu(abc.ABC):
     """What an MBAP `Frame` and an RTU frame (`protocols.modbus.rtu.RtuFrame`) share: a unit id,
     a PDU, and ``reply``, which frames a response PDU the same way. The server answers through
     it, so only the framing differs between the two."""
@@ -129,9 +130,9 @@ class Adu:
     def to_bytes(self) -> bytes:
         return self.reply(self.pdu)
 
+    @abc.abstractmethod
     def reply(self, pdu: bytes) -> bytes:
         """The frame carrying ``pdu`` in this frame's framing, with its ids."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,7 @@ def build_frame(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:
 F = TypeVar("F")
 
 
-class StreamDecoder(Generic[F]):
+class StreamDecoder(abc.ABC, Generic[F]):
     """A deframer fed whatever the transport delivered: ``receive_data`` then ``next_frame``
     until it returns None. MBAP's (`FrameDecoder`) and RTU's (`protocols.modbus.rtu`)."""
 
@@ -173,8 +174,9 @@ class StreamDecoder(Generic[F]):
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
+    @abc.abstractmethod
     def next_frame(self) -> F | None:
-        raise NotImplementedError
+        """The next complete frame, or None while more bytes are needed."""
 
     def feed(self, data: bytes) -> list[F]:
         """``receive_data`` + every complete frame (raising what next_frame raises)."""

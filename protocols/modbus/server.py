@@ -100,13 +100,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from gateway.adapter import Adapter, AdapterContext
-from gateway.anomaly.verdict import add_alarm_points, alarm_samples
+from gateway.anomaly.verdict import add_alarm_points, served_samples
 from gateway.commands import WriteStatus
 from gateway.config.common import Path, Problem
 from gateway.config.errors import format_path, listing
 from gateway.streak import FailureStreak, LogQuota
 from gateway.text import counted
-from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
+from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.modbus.codec import (
     ByteOrder,
     CodecError,
@@ -674,11 +674,9 @@ class ModbusServerAdapter(Adapter):
         points = devices.get(message.device or "") if devices is not None else None
         if not points:
             return
-        samples = () if message.kind is MessageKind.EVENT else message.samples
         alarm = self._alarms.get(id(route))
-        if alarm and (names := alarm.get(message.device or "")):
-            samples = (*samples, *alarm_samples(message, names))
-        for sample in samples:
+        names = alarm.get(message.device or "", ()) if alarm else ()
+        for sample in served_samples(message, names):
             for entry in points.get(sample.point, ()):
                 self.units[entry.unit].tables[entry.table].update(entry, sample)
 

@@ -67,8 +67,8 @@ from paho.mqtt.enums import MQTTErrorCode
 from pydantic import BaseModel
 
 from gateway.adapter import Adapter, AdapterContext
-from gateway.anomaly.verdict import add_alarm_points, alarm_samples
-from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
+from gateway.anomaly.verdict import add_alarm_points, served_samples
+from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.sparkplug import codec
 from protocols.sparkplug.backlog import Backlog, DurableBacklog, Held, MemoryBacklog
 from protocols.sparkplug.codec import DataType, Metric, Payload, PropertyValue, wire_value
@@ -140,6 +140,7 @@ class _Device:
     metrics: dict[str, _MetricState]
     alive: bool = True  # not every metric Bad
     born: bool = False  # DBIRTH published in this session (and no DDEATH since)
+    alarms: frozenset[str] = frozenset()  # the anomaly alarm's metrics it has
 
 
 class SparkplugAdapter(SparkplugSession, Adapter):
@@ -215,6 +216,8 @@ class SparkplugAdapter(SparkplugSession, Adapter):
                         state, spec.name, codec.datatype_of(spec.datatype), spec, bridge
                     )
                     m.alarm = spec.name in added.get(device, ())
+                    if m.alarm:
+                        state.alarms |= {spec.name}
 
     def _device(self, name: str) -> _Device:
         state = self._devices.get(name)
@@ -513,10 +516,8 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         if codec.id_problem(device_name) is not None:
             return
         device = self._device(device_name)
-        samples = () if message.kind is MessageKind.EVENT else message.samples
-        alarms = [m.name for m in device.metrics.values() if m.alarm]
-        if alarms:  # the score rides in the same DDATA as the readings; the alarm on change
-            samples = (*samples, *alarm_samples(message, alarms))
+        # the score rides in the same DDATA as the readings; the alarm on change
+        samples = served_samples(message, device.alarms)
         if not samples:
             return
         new = False
