@@ -1,6 +1,9 @@
 """A bridge: one declared route from source devices to a target adapter, and back.
 
-Up: select (which points) -> transform (units) -> sink (the target adapter's ``send``).
+Up: select (``points``) -> convert (``units``) -> ``computed`` -> score (``anomaly``, on the raw
+readings under the source's names) -> rename (``translate``) -> summarise (``aggregate``, over
+the names the target sees) -> sink (the target adapter's ``send``), and ``heartbeat`` re-sends
+what went to the sink once it has been quiet (`gateway.aggregate`).
 Down: a target that serves the points (an OPC UA server) writes through ``Bridge.write``, which
 undoes the unit conversion and hands the write to the command router and its safety rules.
 
@@ -16,17 +19,19 @@ import contextlib
 import fnmatch
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from gateway.aggregate import TEXT_TYPES, Aggregator, Heartbeat
 from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
 from gateway.computed import ComputedPoints, ShadowState
 from gateway.extras import missing_library
 from gateway.globs import Globs
 from gateway.streak import FailureStreak
-from gateway.types import Message, PointSpec, Sample, Value, telemetry_topic
+from gateway.types import Message, MessageKind, PointSpec, Sample, Value, telemetry_topic
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ANOMALY_BATCH = 64  # messages scored in one model call when they queue up
+TICK = 1.0  # seconds between checks for windows to close and points to re-send, at most
 
 # Per (point, unit): None = filtered out, else (unit after, converter or None).
 Decision = tuple[str | None, Callable[[float], float] | None] | None
@@ -129,11 +135,13 @@ class Bridge:
         *,
         router: CommandRouter | None = None,
         sources: dict[str, list[PointSpec]] | None = None,
+        events: dict[str, list[str]] | None = None,
         queue_size: int = 10000,
     ) -> None:
         self.config = config
         self.router = router
         self._sources = sources or {}
+        self._events = events or {}  # device -> the samples its events carry (``event_points``)
         self.name = config.name
         self.bus = bus
         self.target = target
@@ -172,6 +180,31 @@ class Bridge:
             self.anomaly = AnomalyStage(
                 config.anomaly, bus, config.name, store=store_path(config.name)
             )
+        # ``aggregate:`` and ``heartbeat:``: after translate, on the names the target sees.
+        self.aggregate: Aggregator | None = None
+        self.heartbeat: Heartbeat | None = None
+        self._late_said = False
+        if config.aggregate is not None:
+            options = config.aggregate
+            # A failed read of a point declared as text passes through, not as a bad number.
+            text = [(d, p.name) for d, ps in self.points().items() for p in ps
+                    if p.datatype in TEXT_TYPES]  # fmt: skip
+            self.aggregate = Aggregator(
+                options.every, options.stats, points=options.points, grace=options.grace,
+                text=text, name=f"bridge:{self.name}",
+            )  # fmt: skip
+        if config.heartbeat is not None:
+            kept = [(d, p.name) for d, ps in self.points().items() for p in ps]
+            self.heartbeat = Heartbeat(config.heartbeat, kept=kept, name=f"bridge:{self.name}")
+
+    def event_devices(self) -> list[str]:
+        """The sources whose events this bridge carries (its ``points:`` select some of their
+        fields): a target that serves events sets them up at start, before the first one."""
+        return [
+            device
+            for device in self.config.sources
+            if any(self.transform.selects(name) for name in self._events.get(device, ()))
+        ]
 
     def points(self) -> dict[str, list[PointSpec]]:
         """The points this bridge carries, per source device, as the target sees them:
@@ -203,12 +236,16 @@ class Bridge:
                 specs.append(p)
             if self.computed is not None:
                 specs.extend(self.computed.specs(device))
+            if self.aggregate is not None:
+                specs = [summary for p in specs for summary in self.aggregate.specs(p)]
             out[device] = specs
         return out
 
     def _source_point(self, device: str, point: str) -> str | None:
         """The source's name of the point the target calls ``point`` (translate undone);
-        None if this bridge does not carry it."""
+        None if this bridge does not carry it (a summary of ``aggregate:`` has none)."""
+        if self.aggregate is not None and self.aggregate.summary_of(point) is not None:
+            return None
         if self.translate is not None:
             has = {p.name for p in self._sources.get(device, [])} or None
             source_point = self.translate.source_name(point, has)
@@ -259,6 +296,11 @@ class Bridge:
         ack_timeout: float | None = None,
     ) -> WriteResult:
         """A write from the target side: back to source units, then the router's safety rules."""
+        if self.aggregate is not None and (of := self.aggregate.summary_of(point)) is not None:
+            return WriteResult(
+                WriteStatus.NOT_WRITABLE,
+                f"{point} is a summary of {of} (bridge {self.name}'s aggregate:), not a point",
+            )
         source_point = self._source_point(device, point)
         if source_point is None:
             return WriteResult(
@@ -311,6 +353,14 @@ class Bridge:
             async with asyncio.TaskGroup() as tg:
                 for sub in self._subs:
                     tg.create_task(self._pump(sub))
+                if self.aggregate is not None or self.heartbeat is not None:
+                    tg.create_task(self._clock())
+        except asyncio.CancelledError:
+            if self.aggregate is not None:  # a stop or a reload: the open windows go out now
+                flush = self._send(self.aggregate.flush(time.time()), (), self.config.route)
+                # shielded: the runtime cancels again while a stop takes long
+                await asyncio.shield(asyncio.ensure_future(flush))
+            raise
         finally:
             for sub in self._subs:
                 sub.close()
@@ -340,13 +390,19 @@ class Bridge:
             # `exclude` and a kept calibration know them), held-back points included.
             # A device's calibration runs in a worker thread: the loop goes on meanwhile, and
             # this pump's next messages queue up behind it.
-            scored = (
-                await self.anomaly.process_batch_async([m for m, _ in staged])
-                if self.anomaly is not None
-                else [(m, []) for m, _ in staged]
+            # A device's events (an OPC UA client's alarms) are not scored: no readings.
+            readings = [m for m, _ in staged if m.kind is MessageKind.TELEMETRY]
+            scored = iter(
+                await self.anomaly.process_batch_async(readings)
+                if self.anomaly is not None and readings
+                else [(m, []) for m in readings]
             )
-            for (message, events), (_, plain) in zip(scored, staged, strict=True):
-                await self._send(self._translated(message, plain, reviews), events, route)
+            for message, plain in staged:
+                events: Sequence[Message] = ()
+                if message.kind is MessageKind.TELEMETRY:
+                    message, events = next(scored)
+                await self._send(self._summarised(self._translated(message, plain, reviews)),
+                                 events, route)  # fmt: skip
             for event in reviews:
                 self._review(event)
 
@@ -363,11 +419,14 @@ class Bridge:
 
     def _prepare(self, message: Message) -> tuple[Message, int] | None:
         """Select, convert, compute; None when nothing of the message is left. With the
-        number of its samples that are the source's own (the computed ones follow them)."""
+        number of its samples that are the source's own (the computed ones follow them) and
+        that translate routes: none of an event's (its fields are selected by ``points`` only:
+        they are neither inputs of computed points nor points to rename or classify)."""
         device = message.device or message.topic.rpartition("/")[2]
         samples = self.transform.apply(message.samples)
-        plain = len(samples)
-        if self.computed is not None:
+        reading = message.kind is MessageKind.TELEMETRY
+        plain = len(samples) if reading else 0
+        if self.computed is not None and reading:
             samples += self.computed.apply(device, message.samples)
         if not samples:
             return None
@@ -390,21 +449,68 @@ class Bridge:
         samples = routed + message.samples[plain:]
         return replace(message, samples=samples) if samples else None
 
+    def _summarised(self, message: Message | None) -> Sequence[Message]:
+        """What ``message`` sends now: itself, or with ``aggregate:`` the windows it closed
+        and its samples that are not summarised."""
+        if message is None:
+            return ()
+        if self.aggregate is None:
+            return (message,)
+        late = self.aggregate.late
+        out = self.aggregate.add(message, time.time())
+        if self.aggregate.late > late and not self._late_said:
+            self._late_said = True
+            log.warning(
+                "bridge %s: a reading of %s came after its window was sent and was dropped"
+                " (counted in aggregate.late; said once): a device clock behind by more than"
+                " aggregate.grace, or readings out of order",
+                self.name,
+                message.device or message.topic,
+            )
+        return out
+
+    async def _clock(self) -> None:
+        """Windows the clock closes, and points quiet for ``heartbeat`` seconds."""
+        route = self.config.route
+        aggregate, heartbeat = self.aggregate, self.heartbeat
+        periods = [TICK]
+        if aggregate is not None:
+            periods.append(aggregate.every / 4)
+        if heartbeat is not None:
+            periods.append(heartbeat.every / 4)
+        tick = max(0.05, min(periods))
+        while True:
+            await asyncio.sleep(tick)
+            if aggregate is not None:
+                await self._send(aggregate.due(time.time()), (), route)
+            if heartbeat is not None:
+                await self._send(heartbeat.due(time.monotonic()), (), route, repeat=True)
+
     async def _send(
-        self, message: Message | None, events: Sequence[Message], route: BaseModel | None
+        self,
+        messages: Sequence[Message],
+        events: Sequence[Message],
+        route: BaseModel | None,
+        *,
+        repeat: bool = False,
     ) -> None:
-        """``message`` (None: all of it held back) and then the alarm ``events`` it raised."""
-        try:
-            if message is not None:
-                await self.target.send(message, route)  # type: ignore[arg-type]
+        """``messages`` and then the alarm ``events`` they raised; ``repeat``: heartbeats."""
+        heartbeat = None if repeat else self.heartbeat
+        failed = False
+        for n, item in enumerate((*messages, *events)):  # alarms raised or cleared go too
+            try:
+                await self.target.send(item, route)  # type: ignore[arg-type]
+            except Exception as exc:  # one bad message must not stop the route
+                self.failed += 1
+                self._sending.failed(f"target {self.target.name} rejected a message: {exc!r}")
+                failed = True
+                continue
+            if n < len(messages):
                 self.forwarded += 1
-            for event in events:  # an alarm raised or cleared: the target carries it too
-                await self.target.send(event, route)  # type: ignore[arg-type]
-        except Exception as exc:  # one bad message must not stop the route
-            self.failed += 1
-            self._sending.failed(f"target {self.target.name} rejected a message: {exc!r}")
-            return
-        self._sending.succeeded()
+                if heartbeat is not None:
+                    heartbeat.sent(item, time.monotonic())
+        if not failed:
+            self._sending.succeeded()
 
     def _review(self, event: Message) -> None:
         """Points held back by translate, for whoever approves them: a target that publishes
@@ -433,6 +539,8 @@ class Bridge:
             "queued": sum(len(s) for s in self._subs),
             **({"anomaly": self.anomaly.status()} if self.anomaly is not None else {}),
             **({"computed": self.computed.status()} if self.computed is not None else {}),
+            **({"aggregate": self.aggregate.status()} if self.aggregate is not None else {}),
+            **({"heartbeat": self.heartbeat.status()} if self.heartbeat is not None else {}),
         }
 
 

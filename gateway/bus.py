@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.types import Message, Sample, next_sequence
+from gateway.types import Message, MessageKind, Sample, next_sequence
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,14 @@ class Bus:
         self.published += 1
         last = self._last
         topic = message.topic
-        # a device's own readings (telemetry/<device>), not an MQTT client's every topic
-        if last is not None and topic.startswith("telemetry/") and topic.find("/", 10) < 0:
+        # a device's own readings (telemetry/<device>), not an MQTT client's every topic, nor
+        # the events a device sends there (an OPC UA client's alarms): they are no reading
+        if (
+            last is not None
+            and topic.startswith("telemetry/")
+            and topic.find("/", 10) < 0
+            and message.kind is MessageKind.TELEMETRY
+        ):
             points = last.get(topic)
             if points is None:
                 points = last[topic] = {}

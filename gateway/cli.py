@@ -343,6 +343,7 @@ FEATURE_COMMANDS = (
     "gateway.translator.cli",
     "gateway.anomaly.cli",
     "gateway.optimizer.cli",
+    "gateway.scan",
 )
 
 

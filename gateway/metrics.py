@@ -15,23 +15,30 @@ Prometheus' client libraries use), read from /proc where there is one.
 
 Rendering (`exposition`) is free of I/O; `MetricsServer` is a small HTTP/1.1 responder on the
 event loop (the status is read where it changes, never from another thread), for one scraper
-or a few: at most `MAX_CLIENTS` connections at once (a newcomer takes the place of one that
-has sent nothing), `READ_TIMEOUT` to send a request, `WRITE_TIMEOUT` to take the answer, a page
-computed at most once per `CACHE_S`. No authentication or TLS: it listens on 127.0.0.1 unless
-told otherwise (a reverse proxy or the firewall guards another address).
+or a few, and for the container probes of `gateway.health` (``/health``, ``/ready``,
+``/status``) on the same port: at most `MAX_CLIENTS` connections at once (a newcomer takes the
+place of one that has sent nothing), `READ_TIMEOUT` to send a request, `WRITE_TIMEOUT` to take
+the answer, each answer computed at most once per `CACHE_S`. No authentication or TLS: it
+listens on 127.0.0.1 unless told otherwise (a reverse proxy or the firewall guards another
+address).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from http import HTTPStatus
+from typing import Any, Literal, NamedTuple
+from urllib.parse import parse_qsl
+
+from gateway.streak import FailureStreak
 
 log = logging.getLogger("gateway.metrics")
 
@@ -42,6 +49,9 @@ READ_TIMEOUT = 2.0  # seconds for a request to arrive (a scraper sends it at onc
 WRITE_TIMEOUT = 10.0  # seconds for the client to take the answer
 MAX_CLIENTS = 8
 CACHE_S = 1.0  # scrapers in a burst (several Prometheus replicas) share one page
+MAX_CACHED = 32  # answers kept for CACHE_S, one per path and query
+TEXT_TYPE = "text/plain; charset=utf-8"
+JSON_TYPE = "application/json"
 
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 Labels = tuple[tuple[str, str], ...]
@@ -60,7 +70,10 @@ _COUNTERS = (
     " births deaths rebirths historical bad_commands bad_states stale_states sessions_ended"
     " seq_gaps not_born unknown_metrics stale_deaths type_errors over_max_points rebirths_asked"
     " name_collisions state_republished failovers run_failures history_reads history_values"
-    " history_errors failbacks left_out expired too_large broadcasts alarm_events"
+    " history_errors failbacks left_out expired too_large broadcasts alarm_events sessions_lost"
+    " alarm_acks alarm_confirms events events_dropped condition_refreshes stale_updates"
+    " future_updates untimed_updates windows late resent forgotten user_property_errors"
+    " events_served"
     # outbox, optimizer, bridges, bus, shadow, loop
     " dropped_by_reason decisions forwarded failed scored_samples alarms computed skipped"
     " unrouted attempted succeeded reported rejected record_errors history_skipped"
@@ -71,7 +84,7 @@ _GAUGES = (
     " observations items sessions variables bdSeq seq buffered online timestamp waiting"
     " nodes_online nodes_offline devices_online devices_offline points_learnt backlog"
     " backlog_bytes oldest_age_s disk_full drain_rate retrying max_qos retain_available"
-    " max_packet_size topic_aliases topic_alias_max"
+    " max_packet_size topic_aliases topic_alias_max session_present open_windows tracked"
     " decision decide_ms_mean rows_per_publish_recent rtt_s devices writing history_paused"
     " history_staged history_merge_failing documents_paused documents_unsaved lag_ms_p50"
     " lag_ms_p99 lag_ms_max"
@@ -201,22 +214,47 @@ def process_metrics() -> dict[str, float]:
     return found
 
 
+class Answer(NamedTuple):
+    code: int  # the HTTP status
+    content_type: str
+    body: bytes
+
+
+# A path besides /metrics: the query's parameters -> the HTTP status and a JSON document.
+Route = Callable[[Mapping[str, str]], tuple[int, Mapping[str, Any]]]
+
+
 class MetricsServer:
-    """Answers ``GET /metrics`` with ``page()``; anything else with 404 or 405.
+    """Answers ``GET /metrics`` with ``page()``, and each path of ``routes`` with the JSON its
+    function returns (``/health``, ``/ready``, ``/status``: `gateway.health`); HEAD as GET
+    without the body, another path 404 (the body names those here), another method 405.
 
     A connection that has not sent its request yet gives its place to a newcomer when all
     `MAX_CLIENTS` are taken (the oldest such goes), so idle connections cannot lock scrapers
-    out; one whose answer the client does not take within `WRITE_TIMEOUT` is dropped."""
+    and probes out; one whose answer the client does not take within `WRITE_TIMEOUT` is
+    dropped. Each answer is computed at most once per `CACHE_S` (per path and query)."""
 
-    def __init__(self, host: str, port: int, page: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        page: Callable[[], str],
+        routes: Mapping[str, Route] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self._page = page
+        self._routes = dict(routes or {})
         self._server: asyncio.Server | None = None
         # each connection's task -> its writer, and whether its request has arrived (oldest first)
         self._clients: dict[asyncio.Task[None], tuple[asyncio.StreamWriter, bool]] = {}
-        self._cached: tuple[float, bytes] = (-math.inf, b"")
+        self._cached: dict[str, tuple[float, Answer]] = {}  # path?query -> (when, answer)
+        self._failing = FailureStreak(log, "metrics server")
         self.scrapes = 0
+
+    @property
+    def paths(self) -> list[str]:
+        return ["/metrics", *self._routes]
 
     async def __aenter__(self) -> MetricsServer:
         self._server = await asyncio.start_server(
@@ -224,7 +262,12 @@ class MetricsServer:
         )
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
-        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+        log.info(
+            "metrics on http://%s:%d/metrics%s",
+            self.host,
+            self.port,
+            f" (and {', '.join(self.paths[1:])})" if self._routes else "",
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -267,22 +310,38 @@ class MetricsServer:
 
     async def _answer(self, head: str, writer: asyncio.StreamWriter) -> None:
         method, _, rest = head.partition(" ")
-        target = rest.partition(" ")[0].split("?", 1)[0]
-        if target != "/metrics":
-            await _respond(writer, "404 Not Found", b"only /metrics is here\n")
+        target, _, query = rest.partition(" ")[0].partition("?")
+        if target not in self.paths:
+            here = f"not found; here: {' '.join(self.paths)}\n"
+            answer = Answer(404, TEXT_TYPE, here.encode())
         elif method not in ("GET", "HEAD"):
-            await _respond(writer, "405 Method Not Allowed", b"GET /metrics\n", allow=True)
+            answer = Answer(405, TEXT_TYPE, f"GET or HEAD {target}\n".encode())
         else:
-            await _respond(writer, "200 OK", self._body(), head_only=method == "HEAD")
+            answer = self._get(target, query)
+        await _respond(writer, answer, head_only=method == "HEAD")
 
-    def _body(self) -> bytes:
+    def _get(self, target: str, query: str) -> Answer:
+        key = f"{target}?{query}"
         now = time.monotonic()
-        at, body = self._cached
-        if now - at >= CACHE_S:
-            body = self._page().encode()
-            self._cached = (now, body)
-            self.scrapes += 1
-        return body
+        at, answer = self._cached.get(key, (-math.inf, None))
+        if answer is not None and now - at < CACHE_S:
+            return answer
+        try:
+            if target == "/metrics":
+                answer = Answer(200, CONTENT_TYPE, self._page().encode())
+                self.scrapes += 1
+            else:
+                code, doc = self._routes[target](dict(parse_qsl(query, keep_blank_values=True)))
+                body = json.dumps(doc, default=str, separators=(",", ":")) + "\n"
+                answer = Answer(code, JSON_TYPE, body.encode())
+        except Exception as exc:  # a bug of ours: this answer fails, the gateway goes on
+            self._failing.failed(f"GET {target} failed: {exc!r}")
+            return Answer(500, TEXT_TYPE, b"internal error: the gateway's log says which\n")
+        self._failing.succeeded()
+        if len(self._cached) >= MAX_CACHED:  # the queries are the clients' to choose
+            self._cached.clear()
+        self._cached[key] = (now, answer)
+        return answer
 
 
 async def _read_head(reader: asyncio.StreamReader) -> str:
@@ -292,24 +351,17 @@ async def _read_head(reader: asyncio.StreamReader) -> str:
     return head.split(b"\r\n", 1)[0].decode("latin-1")
 
 
-async def _respond(
-    writer: asyncio.StreamWriter,
-    status: str,
-    body: bytes,
-    *,
-    head_only: bool = False,
-    allow: bool = False,
-) -> None:
-    content = CONTENT_TYPE if status.startswith("200") else "text/plain; charset=utf-8"
+async def _respond(writer: asyncio.StreamWriter, answer: Answer, *, head_only: bool) -> None:
     lines = [
-        f"HTTP/1.1 {status}",
-        f"Content-Type: {content}",
-        f"Content-Length: {len(body)}",
+        f"HTTP/1.1 {answer.code} {HTTPStatus(answer.code).phrase}",
+        f"Content-Type: {answer.content_type}",
+        f"Content-Length: {len(answer.body)}",
+        "Cache-Control: no-store",  # a probe's answer is about now
         "Connection: close",
     ]
-    if allow:
+    if answer.code == 405:
         lines.append("Allow: GET, HEAD")
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     if not head_only:
-        writer.write(body)
+        writer.write(answer.body)
     await writer.drain()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import __version__, handover, livestatus, metrics
+from gateway import __version__, handover, health, livestatus, metrics
 from gateway.adapter import Adapter, AdapterContext
 from gateway.backoff import BackoffTimer
 from gateway.bridge import Bridge
@@ -31,6 +31,7 @@ from gateway.bus import Bus, Subscription
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig
 from gateway.config.common import Backoff
+from gateway.config.model import event_points
 from gateway.looplag import LoopMonitor
 from gateway.sdnotify import Notifier
 from gateway.streak import FailureStreak
@@ -332,11 +333,13 @@ class Gateway:
                 self.router.declare(name, points)
         self.bridges = []
         self._new_bridges: list[Bridge] = []
+        events = {name: event_points(entry.config) for name, entry in config.devices.items()}
         for b in config.bridges:
             bridge = self.parts.bridges.get(b.name) if b.target in kept else None
             if bridge is None:
+                target = self.adapters[b.target]
                 bridge = Bridge(
-                    b, self.bus, self.adapters[b.target], router=self.router, sources=sources
+                    b, self.bus, target, router=self.router, sources=sources, events=events
                 )
                 self._new_bridges.append(bridge)
             self.bridges.append(bridge)
@@ -400,9 +403,7 @@ class Gateway:
                 ),
             )
         try:
-            await self._write_status(
-                "starting", {}, f"starting {counted(len(self.adapters), 'adapter')}"
-            )
+            await self._write_status("starting", {}, self._starting_line())
             try:
                 await self._run(stop, upcoming)
             except Exception as exc:
@@ -429,6 +430,21 @@ class Gateway:
         return None
 
     async def _run(self, stop: asyncio.Event, upcoming: Upcoming | None) -> None:
+        # Listening from the start: /health answers and /ready says "starting" while the
+        # adapters start. A run closes it as its stop begins; a start that fails, here.
+        metrics_server = await self._open_metrics()
+        try:
+            await self._start_and_serve(stop, upcoming, metrics_server)
+        finally:
+            if metrics_server is not None:
+                await metrics_server.__aexit__(None, None, None)
+
+    async def _start_and_serve(
+        self,
+        stop: asyncio.Event,
+        upcoming: Upcoming | None,
+        metrics_server: metrics.MetricsServer | None,
+    ) -> None:
         parts = self.parts
         # Sinks are entered first so that they are exited last; kept ones are running already.
         order = sorted(self.adapters.values(), key=lambda a: a.name not in self._targets)
@@ -493,7 +509,6 @@ class Gateway:
             self.carried.shadow_feed.close()  # no shadow service in this config to take it
         self.carried = None  # from here on this run owns them, and stops or hands them on
         reporter = asyncio.create_task(self._report(self.config.gateway.status_interval))
-        metrics_server: metrics.MetricsServer | None = None
         # What exists now (an OPC UA address space: millions of objects) lives as long as
         # the gateway: out of the collector's sight, full collections stay short.
         gc.collect()
@@ -504,7 +519,6 @@ class Gateway:
         try:
             for adapter in list(kept.values()):  # the files they read live may have changed
                 await _reloaded(adapter)
-            metrics_server = await self._open_metrics()
             self.started.set()
             off = [*self.config.disabled, *(f"bridge {b}" for b in self.config.disabled_bridges)]
             running = (
@@ -582,7 +596,7 @@ class Gateway:
 
         def page() -> str:
             return metrics.exposition(
-                self.status(),
+                self.status() if self.started.is_set() else {},  # adapters not entered yet
                 gateway=self.config.gateway.name,
                 version=__version__,
                 started=self._started_at,
@@ -591,7 +605,15 @@ class Gateway:
                 kinds={n: a.metric_kinds for n, a in self.adapters.items()},
             )
 
-        server = metrics.MetricsServer(settings.host, settings.port, page)
+        probes = health.Probes(
+            gateway=self.config.gateway.name,
+            names=self.adapters,
+            started=self.started.is_set,
+            status=self.status,
+            snapshot=self._live_snapshot,
+            loop=self.loop_monitor.figures if self.loop_monitor is not None else None,
+        )
+        server = metrics.MetricsServer(settings.host, settings.port, page, probes.routes())
         try:
             return await server.__aenter__()
         except OSError as exc:
@@ -730,16 +752,7 @@ class Gateway:
         if self.status_file is None:
             return
         try:
-            status = self.status() if status is None else status
-            snapshot = livestatus.snapshot(
-                gateway=self.config.gateway.name,
-                config=self.config_file,
-                started=self._started_at,
-                state=state,
-                summary=self.summary(status) if line is None else line,
-                status=status,
-                interval=self.status_every,
-            )
+            snapshot = self._snapshot(state, status, line)
             # One write at a time, in order: a write whose reporter was cancelled goes on in
             # its thread, and must land before the "stopped" that follows it, not after.
             previous = self._status_write
@@ -755,6 +768,31 @@ class Gateway:
             self._status_streak.failed(f"not written: {exc!r}", traceback=False)
         else:
             self._status_streak.succeeded()
+
+    def _snapshot(
+        self, state: str, status: dict[str, Any] | None = None, line: str | None = None
+    ) -> dict[str, Any]:
+        """The status file's document (`livestatus.snapshot`): ``status`` and ``line`` as
+        of now where not given."""
+        status = self.status() if status is None else status
+        return livestatus.snapshot(
+            gateway=self.config.gateway.name,
+            config=self.config_file,
+            started=self._started_at,
+            state=state,
+            summary=self.summary(status) if line is None else line,
+            status=status,
+            interval=self.status_every,
+        )
+
+    def _live_snapshot(self) -> dict[str, Any]:
+        """``/status``: the document the status file would hold now."""
+        if self.started.is_set():
+            return self._snapshot("running")
+        return self._snapshot("starting", {}, self._starting_line())
+
+    def _starting_line(self) -> str:
+        return f"starting {counted(len(self.adapters), 'adapter')}"
 
     def _adapter_status(self, name: str, adapter: Adapter) -> dict[str, Any]:
         """``adapter.status()``; a failing one (a plugin's bug) is shown as such, and the

@@ -139,6 +139,15 @@ def set_aside(path: Path, companions: Sequence[str] = ()) -> Path:
     return aside
 
 
+def set_aside_said(path: Path) -> str:
+    """`set_aside` for a log line: "moved to NAME.bad[.N]", or "left in place" when even the
+    rename fails (never over an earlier bad file: that one may be the one worth a look)."""
+    try:
+        return f"moved to {set_aside(path)}"
+    except OSError:
+        return "left in place"
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data``, in full or not at all, as a file of ``mode`` (less what
     the umask takes away) whatever the mode of the file it replaces (see the module docstring).

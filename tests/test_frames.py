@@ -128,7 +128,7 @@ def test_requests_round_trip(pdu: str, request_: object) -> None:
     ("pdu", "code"),
     [
         ("07", ExceptionCode.ILLEGAL_FUNCTION),  # read exception status: not implemented
-        ("2B0E0100", ExceptionCode.ILLEGAL_FUNCTION),
+        ("2B0D0100", ExceptionCode.ILLEGAL_FUNCTION),  # FC 43 with MEI 13 (CANopen): not served
         ("0300000000", ExceptionCode.ILLEGAL_DATA_VALUE),  # count 0
         ("030000007E", ExceptionCode.ILLEGAL_DATA_VALUE),  # 126 registers
         ("040000007D", None),  # 125 registers: the limit

@@ -24,6 +24,7 @@ from conftest import HOST, free_port, modbus_device_yaml, reaped, sigterm, wait_
 from gateway import livestatus, runtime
 from gateway.config import load_config
 from gateway.text import duration
+from gateway.uplink.cli import _alive as status_check
 from gateway.uplink.cli import _gateway_lines
 
 
@@ -76,6 +77,7 @@ def test_a_running_file_not_rewritten_for_two_intervals_is_stale(tmp_path: Path)
     stale = livestatus.read(path, now=written + 20 + grace + 0.5)
     assert fresh is not None and not fresh["stale"]
     assert stale is not None and stale["stale"]
+    assert status_check(fresh) and not status_check(stale)  # `gateway status --check`
     livestatus.write(path, running_snapshot(interval_s=0))  # no reports: age says nothing
     assert not (livestatus.read(path, now=written + 1e6) or {})["stale"]
 
@@ -160,6 +162,7 @@ def test_status_of_a_running_then_stopped_gateway(tmp_path: Path) -> None:
     first = status(config)
     assert first.returncode == 0, first.stderr
     assert "gateway plant-7: never run with this state folder" in first.stdout
+    assert status(config, "--check").returncode == 1
     cmd = [sys.executable, "-m", "gateway", "run", str(config)]
     with reaped(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)) as proc:
         doc = wait_for_state(config, "running")
@@ -171,6 +174,7 @@ def test_status_of_a_running_then_stopped_gateway(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert f"gateway plant-7: running, pid {proc.pid}, up " in text
         assert "connected" in text.splitlines()[1]  # the status line the log has
+        assert status(config, "--check").returncode == 0  # running: a device down is no failure
         before = wait_for_state(config, "running")["written"]
         time.sleep(1.2)
         assert wait_for_state(config, "running")["written"] > before  # rewritten each interval
@@ -179,6 +183,7 @@ def test_status_of_a_running_then_stopped_gateway(tmp_path: Path) -> None:
     doc = wait_for_state(config, "stopped", timeout=1)
     text = status(config).stdout
     assert text.startswith("gateway plant-7: stopped (clean shutdown)")
+    assert status(config, "--check").returncode == 1 and status(config).returncode == 0
     assert "  was down: plc (" in text and "\n  down: " not in text  # as of the last status
     assert doc["config"] == str(config)
 
@@ -194,6 +199,7 @@ def test_status_of_a_killed_gateway_says_it_is_gone(tmp_path: Path) -> None:
     out = status(config)
     assert out.returncode == 0
     assert out.stdout.startswith(f"gateway plant-7: not running: pid {proc.pid} is gone"), out
+    assert status(config, "--check").returncode == 1
 
 
 def test_status_says_it_cannot_read_a_damaged_status_file(tmp_path: Path) -> None:

@@ -213,18 +213,22 @@ async def test_a_dead_unit_alone_on_the_wire_does_not_reconnect_the_converter(
     assert bad_samples(r, "live") == [] and good(r, "live") is not None
 
 
-async def test_unit_id_0_is_refused_for_rtu_reads_at_validate_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("bad", "other"), [(0, 0), (248, 255)])
+async def test_unit_ids_outside_1_247_are_refused_for_rtu_at_validate_time(
+    tmp_path: Path, bad: int, other: int
+) -> None:
+    """0 is broadcast (no device answers a read), 248-255 are reserved on a serial line."""
     text = (
         "devices:\n"
         "  bus:\n"
         "    protocol: modbus\n"
         "    host: 10.0.0.9\n"
         "    framing: rtu\n"
-        "    unit_id: 0\n"
+        f"    unit_id: {bad}\n"
         "    points:\n"
         "      - {name: a, address: 0}\n"
-        "      - {name: b, address: 1, unit_id: 0}\n"
-        "      - {name: c, address: 2, unit_id: 5}\n"
+        f"      - {{name: b, address: 1, unit_id: {other}}}\n"
+        "      - {name: c, address: 2, unit_id: 247}\n"
         "  typo:\n"
         "    protocol: modbus\n"
         "    host: 10.0.0.9\n"
@@ -234,23 +238,28 @@ async def test_unit_id_0_is_refused_for_rtu_reads_at_validate_time(tmp_path: Pat
     with pytest.raises(ConfigError) as info:
         load_config_text(text, "plant.yaml")
     found = {p.dotted: (p.line, p.found, p.expected) for p in info.value.problems}
-    broadcast = "a unit id 1-247 (0 is broadcast on a serial bus: no device answers a read)"
+    broadcast = (
+        "a unit id 1-247 (0 is broadcast on a serial bus: no device answers a read;"
+        " 248-255 are reserved)"
+    )
     assert found == {
-        "devices.bus.unit_id": (6, "0 (framing: rtu), the unit id of 1 point (a)", broadcast),
-        "devices.bus.points[1].unit_id": (9, "0 (framing: rtu)", broadcast),
+        "devices.bus.unit_id": (6, f"{bad} (framing: rtu), the unit id of 1 point (a)", broadcast),
+        "devices.bus.points[1].unit_id": (9, f"{other} (framing: rtu)", broadcast),
         "devices.typo.framing": (14, "'rtu-over-tcp'", "one of 'tcp', 'rtu'"),
     }
-    # unit id 0 stays allowed in Modbus TCP framing, the default, where devices answer on it
+    # any unit id stays allowed in Modbus TCP framing, the default, where devices answer on it
     tcp = load_config_text(
         text.replace("framing: rtu-over-tcp", "framing: tcp").replace("    framing: rtu\n", ""),
         "plant.yaml",
     )
     assert [d.config.framing for d in tcp.devices.values()] == ["tcp", "tcp"]
+    assert [d.config.unit_id for d in tcp.devices.values()][0] == bad
     file = tmp_path / "plant.yaml"
     file.write_text(text)
     out = gateway("validate", str(file))
     assert out.returncode == 1 and "3 problems" in out.stderr, out.stderr
-    assert f"{file}:9:40: devices.bus.points[1].unit_id: found 0 (framing: rtu)" in out.stderr
+    said = f"{file}:9:40: devices.bus.points[1].unit_id: found {other} (framing: rtu)"
+    assert said in out.stderr, out.stderr
 
 
 # -- against a device of our own: what a sound server never sends ----------------------------

@@ -229,7 +229,7 @@ async def test_unmapped_reads_and_other_units(simulator: Simulator) -> None:
             assert info.value.code is ExceptionCode.ILLEGAL_DATA_ADDRESS  # no discrete map
             client.writer.write(build_frame(77, 1, bytes.fromhex("0300000000")))  # count 0
             assert (await client.response())[2] == bytes((0x83, 3))
-            client.writer.write(build_frame(78, 1, bytes.fromhex("2B0E0100")))  # FC 43
+            client.writer.write(build_frame(78, 1, bytes.fromhex("2B0D0100")))  # FC 43, MEI 13
             assert (await client.response())[2] == bytes((0xAB, 1))
             assert await client.call(ReadRequest(HOLDING, 0, 1)) == [42]
         finally:

@@ -74,7 +74,13 @@ def test_request_sizes_follow_the_function_code() -> None:
     assert request_size(b"\x01\x10\x00\x00\x00") is None  # byte count not there yet
     assert request_size(bytes.fromhex("0110 0000 0002 04")) == 13
     assert request_size(bytes.fromhex("010F 0000 000A 02")) == 11
-    assert request_size(b"\x01\x2b") == 0  # FC 43: no length we can know
+    assert request_size(b"\x01\x16") == 10  # FC 22: address, and mask, or mask
+    assert request_size(bytes.fromhex("0117 0000 0001 0000 0002")) is None
+    assert request_size(bytes.fromhex("0117 0000 0001 0000 0002 04")) == 17  # FC 23
+    assert request_size(b"\x01\x2b") is None  # FC 43: the MEI type tells
+    assert request_size(b"\x01\x2b\x0e") == 7  # 43/14: read code, object id
+    assert request_size(b"\x01\x2b\x0d") == 0  # 43/13 (CANopen): no length we can know
+    assert request_size(b"\x01\x07") == 0  # read exception status: serial only, not framed
     assert request_size(b"\x01\x83") == 0  # a response, not a request
 
 

@@ -57,20 +57,24 @@ endpoints:
     role: server
     host: {host}
     port: {opcua}
-    anonymous: true
+    anonymous: true{server}
     security: {{allow_none: true, pki_dir: {pki}}}
 bridges:
   - {{name: up, from: pump, to: opcua, folder: "Plant/{{device}}"{anomaly}}}
 """
 
 
-def config(device: SimulatedDevice, tmp_path: Path, anomaly: str | None, extra: str = "") -> str:
+def config(
+    device: SimulatedDevice, tmp_path: Path, anomaly: str | None, extra: str = "", server: str = ""
+) -> str:
+    """The plant's config; ``extra``: more pump points, ``server``: more server settings."""
     return CONFIG.format(
         host=HOST,
         port=device.port,
         opcua=free_port(),
         pki=tmp_path / "pki",
         extra=extra,
+        server=server,
         anomaly=f", anomaly: {anomaly}" if anomaly is not None else "",
     )
 
@@ -132,10 +136,10 @@ def active(stage: AnomalyStage) -> bool:
 
 @contextlib.asynccontextmanager
 async def gateway_for(
-    simulator: Simulator, tmp_path: Path, anomaly: str | None, extra: str = ""
+    simulator: Simulator, tmp_path: Path, anomaly: str | None, extra: str = "", server: str = ""
 ) -> AsyncIterator[tuple[Gateway, OpcuaServerAdapter, Pump]]:
     device = await simulator.add_device(name="pump")
-    async with running_gateway(config(device, tmp_path, anomaly, extra)) as gateway:
+    async with running_gateway(config(device, tmp_path, anomaly, extra, server)) as gateway:
         adapter = gateway.adapters["opcua"]
         assert isinstance(adapter, OpcuaServerAdapter)
         pump = Pump(device, gateway.bridges[0])
@@ -144,7 +148,8 @@ async def gateway_for(
 
 
 class NodeEvents:
-    """tests/interop/node/opcua_events.js, its JSON lines read as they come."""
+    """tests/interop/node/opcua_events.js, its JSON lines read as they come. With
+    ``"interactive": true`` in the plan, stdin stays open after it, for `send`."""
 
     def __init__(self, plan: dict[str, Any]) -> None:
         self.plan = plan
@@ -162,8 +167,9 @@ class NodeEvents:
             stderr=asyncio.subprocess.PIPE,
         )
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(self.plan).encode())
-        self.proc.stdin.close()
+        self.proc.stdin.write(json.dumps(self.plan).encode() + b"\n")
+        if not self.plan.get("interactive"):
+            self.proc.stdin.close()
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -172,6 +178,11 @@ class NodeEvents:
         async for line in self.proc.stdout:
             if line.startswith(b"{"):
                 self.lines.append(json.loads(line))
+
+    async def send(self, command: dict[str, Any]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
+        await self.proc.stdin.drain()
 
     def events(self) -> list[dict[str, Any]]:
         return [ln["event"] for ln in self.lines if "event" in ln]
@@ -218,14 +229,16 @@ class Collector:
 
 async def alarm_filter(client: Client, etype: int) -> ua.EventFilter:
     """asyncua's filter for ``etype`` (its where clause OfType ``etype``, and the type's own
-    fields), plus ActiveState/Id, a field of a field that asyncua does not select."""
+    fields), plus ActiveState/Id and AckedState/Id, fields of a field that asyncua does not
+    select."""
     evfilter = await get_filter_from_event_type([client.get_node(etype)])
-    active_id = ua.SimpleAttributeOperand(
-        TypeDefinitionId=ua.NodeId(ua.ObjectIds.AlarmConditionType),
-        BrowsePath=[ua.QualifiedName("ActiveState"), ua.QualifiedName("Id")],
-        AttributeId=ua.AttributeIds.Value,
-    )
-    evfilter.SelectClauses.append(active_id)
+    for state in ("ActiveState", "AckedState"):
+        state_id = ua.SimpleAttributeOperand(
+            TypeDefinitionId=ua.NodeId(ua.ObjectIds.AlarmConditionType),
+            BrowsePath=[ua.QualifiedName(state), ua.QualifiedName("Id")],
+            AttributeId=ua.AttributeIds.Value,
+        )
+        evfilter.SelectClauses.append(state_id)
     return evfilter
 
 
@@ -306,7 +319,7 @@ async def test_raise_and_clear_reach_node_opcua_and_asyncua(
             assert event["SourceName"] == "pump"
             assert event["SourceNode"] == source.to_string()
             assert event["ConditionName"] == "anomaly"
-            assert event["AckedState.Id"] is True
+            assert event["AckedState.Id"] is False  # nobody acknowledged it
             assert event["ConditionId"] == f"ns={ns};s=pump#anomaly"
         assert raised["Message"].startswith("pump: anomaly score ")
         assert " over threshold " in raised["Message"]
@@ -314,9 +327,10 @@ async def test_raise_and_clear_reach_node_opcua_and_asyncua(
         assert before <= iso(raised["Time"]) <= raised_at  # the reading's source time
         assert again["EventId"] == raised["EventId"]  # the same event, refreshed
         assert cleared["Message"].startswith("pump: anomaly cleared")
+        # cleared, but kept in the alarm list until acknowledged (tests/test_opcua_alarm_ack.py)
         assert (cleared["Severity"], cleared["Retain"], cleared["ActiveState.Id"]) == (
             100,
-            False,
+            True,
             False,
         )
 
@@ -326,7 +340,9 @@ async def test_raise_and_clear_reach_node_opcua_and_asyncua(
             assert (up.Severity, up.SourceName, up.SourceNode) == (700, "pump", source)
             assert getattr(up, "ActiveState/Id") is True
             assert (down.Severity, getattr(down, "ActiveState/Id")) == (100, False)
+            assert getattr(up, "AckedState/Id") is getattr(down, "AckedState/Id") is False
             assert "over threshold" in up.Message.Text
+        assert [e.Retain for e in on_server.alarms()] == [True, True]  # unacknowledged
         assert on_server.alarms()[0].EventId == on_device.alarms()[0].EventId
         # the variable, subscribed: false (calibrating, then scored), true, false
         values = [v for v, _ in on_server.changes]
@@ -457,4 +473,6 @@ async def test_an_alarm_kept_from_before_a_restart_is_announced(
         up, down = collector.alarms()
         assert "active since before the gateway restarted" in up.Message.Text
         assert getattr(up, "ActiveState/Id") is True and up.Retain is True
-        assert getattr(down, "ActiveState/Id") is False and down.Retain is False
+        # the server kept no state of this alarm (a fresh state folder): it is unacknowledged
+        assert getattr(up, "AckedState/Id") is False
+        assert getattr(down, "ActiveState/Id") is False and down.Retain is True

@@ -90,16 +90,15 @@ class NodeOpcuaServer:
             "--users": self.users,
         }
         argv = [str(x) for pair in args.items() for x in pair]
+        await self._spawn(SERVER_JS, argv, patience, "node-opcua server")
+
+    async def _spawn(self, script: Path, argv: list[str], patience: float, what: str) -> None:
+        """Start ``script`` with ``argv`` and wait for its ready line (fail with its log)."""
         with self.log_file.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                self.node,
-                str(SERVER_JS),
-                *argv,
-                cwd=NODE_DIR,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-            )
+                self.node, str(script), *argv, cwd=NODE_DIR,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+            )  # fmt: skip
         ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read(self.process, ready))
         try:
@@ -107,7 +106,7 @@ class NodeOpcuaServer:
         except (TimeoutError, EOFError):
             await self.kill()
             tail = self.log_file.read_text(errors="replace")[-3000:]
-            pytest.fail(f"node-opcua server did not start on port {self.port}:\n{tail}")
+            pytest.fail(f"{what} did not start on port {self.port}:\n{tail}")
 
     async def _read(
         self, process: asyncio.subprocess.Process, ready: asyncio.Future[dict[str, Any]]

@@ -356,9 +356,9 @@ def test_a_reload_that_cannot_start_leaves_the_kept_parts_running(
 
 async def test_the_bus_keeps_each_points_newest_sample_per_telemetry_topic() -> None:
     from gateway.bus import Bus
-    from gateway.types import Message, Quality, Sample
+    from gateway.types import Message, MessageKind, Quality, Sample
 
-    def sample(point: str, value: float) -> Sample:
+    def sample(point: str, value: float | bool) -> Sample:
         return Sample(point, value, Quality.GOOD, 1.0, 1.0)
 
     bus = Bus()
@@ -376,6 +376,12 @@ async def test_the_bus_keeps_each_points_newest_sample_per_telemetry_topic() -> 
     # An MQTT client's own topics are telemetry too, but no device's: not kept.
     bus.publish_nowait(Message("mqtt/cloud/req/1", last.kind, (sample("x", 1),), origin="cloud"))
     assert bus.last("mqtt/cloud/req/1") is None
+    # A device's events (an OPC UA client's alarms) come on its topic too, and are no reading.
+    alarm = (sample("event.severity", 700), sample("event.active", True))
+    bus.publish_nowait(Message("telemetry/plc", MessageKind.EVENT, alarm, "plc", device="plc"))
+    last = bus.last("telemetry/plc")
+    assert last is not None and last.kind is MessageKind.TELEMETRY
+    assert {s.point: s.value for s in last.samples} == {"a": 4, "b": 3}
     bus.drop_last("telemetry/plc")  # its device stopped
     assert bus.last("telemetry/plc") is None
 

@@ -20,7 +20,7 @@ from gateway.config.model import ShadowSection
 from gateway.shadow import service as service_module
 from gateway.shadow.service import ShadowService
 from gateway.shadow.store import ShadowDocument, ShadowStore
-from gateway.types import Message, Quality, Sample
+from gateway.types import Message, MessageKind, Quality, Sample
 
 
 def commits(store: ShadowStore) -> list[str]:
@@ -178,3 +178,18 @@ async def test_write_delay_ends_early_once_a_batch_is_queued(
         for i in range(2, 7):  # a batch's worth: the queue must not wait 10 s and overflow
             bus.publish_nowait(reading(i))
         await wait_for(lambda: shadow.counters["reported"] == 6, timeout=5, message="all 6")
+
+
+async def test_a_devices_events_are_not_its_reported_state(tmp_path: Path) -> None:
+    """An OPC UA client's events and alarms come on the device's telemetry topic: the shadow
+    records its readings, not the events' fields."""
+    async with delayed_shadow(tmp_path / "s.db", 0.0) as (shadow, bus):
+        alarm = (Sample("event.severity", 700, Quality.GOOD, 2.0, 2.0),)
+        bus.publish_nowait(
+            Message("telemetry/pump", MessageKind.EVENT, alarm, "pump", device="pump")
+        )
+        bus.publish_nowait(reading(3))
+        await wait_for(lambda: shadow.counters["reported"] == 2, message="the reading after it")
+        doc = shadow.state("pump")
+        assert doc is not None and doc.reported == {"t": 3}
+        assert shadow.store is not None and shadow.store.history("pump", "event.severity") == []

@@ -43,7 +43,7 @@ import numpy.typing as npt
 from gateway.anomaly.core import Calibration
 from gateway.config.anomaly import AnomalyOptions
 from gateway.paths import state_dir
-from gateway.storefiles import set_aside
+from gateway.storefiles import set_aside_said
 from gateway.streak import FailureStreak
 from gateway.uplink.lock import FileLock, OutboxInUse
 
@@ -250,10 +250,7 @@ class CalibrationStore:
         try:
             return read_records(self.path)
         except ValueError as exc:
-            try:  # never over an earlier bad file: that one may be the one worth a look
-                where = f"moved to {set_aside(self.path)}"
-            except OSError:
-                where = "left in place"
+            where = set_aside_said(self.path)
             log.warning(
                 "%s: cannot read the stored calibrations (%s), %s; devices calibrate again",
                 self.path,

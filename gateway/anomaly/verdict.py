@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ALARM_POINT = "anomaly"  # bool: the alarm is active
 SCORE_POINT = "anomaly_score"  # float: the device's latest score
 ALARM_POINTS = (ALARM_POINT, SCORE_POINT)
+ANOMALY_EVENTS = frozenset({"anomaly", "anomaly_cleared"})  # meta["event"] of the stage's EVENTs
 
 _DESCRIPTIONS = {
     ALARM_POINT: "anomaly alarm active (the gateway's anomaly scorer)",
@@ -48,10 +49,19 @@ class Verdict:
     threshold: float | None = None  # an EVENT's
 
 
+def is_anomaly_event(message: Message) -> bool:
+    """Whether ``message`` is the anomaly stage's rise/clear EVENT (its ``meta["event"]``
+    says so). Other EVENTs travel too (an OPC UA client's events and alarms, translate's
+    reviews): whatever their samples are named, they are never taken for the alarm."""
+    return message.kind is MessageKind.EVENT and message.meta.get("event") in ANOMALY_EVENTS
+
+
 def verdict(message: Message) -> Verdict | None:
     """The verdict of a scored message or of an anomaly EVENT; None for any other message
     (a device not scored yet, still calibrating, or another kind of event)."""
     if message.kind is MessageKind.EVENT:
+        if not is_anomaly_event(message):
+            return None
         active: bool | None = None
         score: float | None = None
         ts: float | None = None
@@ -83,6 +93,35 @@ def alarm_samples(message: Message, names: Collection[str] = ALARM_POINTS) -> tu
     if found.score is not None and SCORE_POINT in names:
         out.append(Sample.now(SCORE_POINT, found.score, source_ts=found.ts))
     return tuple(out)
+
+
+class ForeignEvents:
+    """The EVENTs a server target drops that are not the anomaly alarm's (an OPC UA client's
+    events and alarms): a register or a variable holds a value, and an event is no value.
+    Counted (``events_dropped`` in the target's status); why is logged once per device."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.dropped = 0
+        self._told: set[str] = set()
+
+    def dropped_if_foreign(self, message: Message) -> bool:
+        """Whether ``message`` is such an event (then counted, and the target drops it)."""
+        if message.kind is not MessageKind.EVENT or is_anomaly_event(message):
+            return False
+        self.dropped += 1
+        device = message.device or message.origin
+        if device in self._told:
+            return True
+        self._told.add(device)
+        log.warning(
+            "%s: drops the events of %s (%s): this target serves values, not events; bridge "
+            "them to an MQTT endpoint (counted as events_dropped)",
+            self.target,
+            device,
+            message.meta.get("event", "event"),
+        )
+        return True
 
 
 def served_samples(message: Message, names: Collection[str]) -> tuple[Sample, ...]:

@@ -53,8 +53,16 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, PydanticUserError, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    PydanticUserError,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
+from gateway.aggregate import DEFAULT_STATS, Stat, summary_specs
 from gateway.anomaly.verdict import add_alarm_points
 from gateway.config.anomaly import AnomalyOptions
 from gateway.config.common import (
@@ -119,7 +127,9 @@ class MetricsSettings(Strict):
         min_length=1,
         description="address to listen on; no authentication: keep it local or behind a proxy",
     )
-    port: int = Field(9464, ge=0, le=65535, description="GET http://host:port/metrics")
+    port: int = Field(
+        9464, ge=0, le=65535, description="GET /metrics, /health, /ready, /status on host:port"
+    )
 
 
 class GatewaySection(Strict):
@@ -154,6 +164,36 @@ class EntryKeys(Strict):
     )
 
 
+class AggregateOptions(Strict):
+    """A bridge's ``aggregate:``: numeric points summarised per window (`gateway.aggregate`)."""
+
+    every: float = Field(
+        gt=0, description="seconds per window; windows start on multiples of it (60: the minute)"
+    )
+    stats: list[Stat] = Field(
+        default_factory=lambda: list(DEFAULT_STATS),
+        min_length=1,
+        description="statistics sent per point and window, each as <point>.<stat>",
+    )
+    points: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="globs over point names (after translate) to summarise; default all",
+    )
+    grace: float = Field(
+        2.0,
+        ge=0,
+        description="seconds past a window's end, and since its last reading, before it is sent",
+    )
+
+    @field_validator("stats")
+    @classmethod
+    def _once(cls, stats: list[Stat]) -> list[Stat]:
+        twice = sorted({s for s in stats if stats.count(s) > 1})
+        if twice:
+            raise ValueError(f"each statistic once ({', '.join(map(repr, twice))} twice or more)")
+        return stats
+
+
 class BridgeKeys(Strict):
     """The keys every bridge has, whatever its target; the others are the target's options."""
 
@@ -182,6 +222,14 @@ class BridgeKeys(Strict):
         default_factory=list,
         description="points computed from the device's points and shadow (gateway.computed)",
     )
+    aggregate: AggregateOptions | None = Field(
+        None, description="send per point and window statistics instead of every reading"
+    )
+    heartbeat: float | None = Field(
+        None,
+        gt=0,
+        description="seconds: a point not sent for this long is sent again, unchanged",
+    )
 
 
 class ShadowMqtt(Strict):
@@ -194,6 +242,28 @@ class ShadowMqtt(Strict):
         description="topics are {prefix}/{device}/shadow/get, .../update, .../update/delta, ...",
     )
     qos: Literal[0, 1, 2] = 1
+    # The late-update guard (gateway.shadow.freshness): a persistent session's broker queues
+    # updates while the gateway is away, and a setpoint carried out hours late is worse than none.
+    max_age: float | None = Field(
+        None,
+        gt=0,
+        description="seconds; an update whose top-level timestamp (epoch seconds) is older than "
+        "this when it arrives is rejected (400), not applied; null: off",
+    )
+    require_timestamp: bool = Field(
+        False,
+        description="with max_age: reject an update without a timestamp (default: accept it)",
+    )
+    max_skew: float = Field(
+        60.0,
+        ge=0,
+        description="seconds; with max_age: reject an update whose timestamp is more than this "
+        "ahead of the gateway's clock (a wrong clock would make its updates look fresh)",
+    )
+
+    def model_post_init(self, context: Any) -> None:
+        if self.require_timestamp and self.max_age is None:
+            raise ValueError("max_age with require_timestamp: true (without it the guard is off)")
 
 
 class ShadowHistory(Strict):
@@ -281,6 +351,13 @@ class ShadowSection(Strict):
 BRIDGE_KEYS = tuple(info.alias or name for name, info in BridgeKeys.model_fields.items())
 
 
+def event_points(config: object) -> list[str]:
+    """The names of the samples an entry's events carry (its config's ``event_points()``: an
+    OPC UA client's ``events:``); [] for an entry without events."""
+    names = getattr(config, "event_points", None)
+    return list(names()) if callable(names) else []
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     name: str
@@ -292,6 +369,8 @@ class BridgeConfig:
     translate: TranslateConfig | None = None
     anomaly: AnomalyOptions | None = None
     computed: tuple[ComputedPoint, ...] = ()
+    aggregate: AggregateOptions | None = None
+    heartbeat: float | None = None
 
 
 @dataclass(frozen=True)
@@ -1040,6 +1119,7 @@ class _Loader:
             ok = self.anomaly_points(path, sources, got) and ok
             ok = self.one_point_per_name(path, sources, got.get("translate")) and ok
             ok = self.map_keys(path, sources, got) and ok
+            ok = self.aggregated(path, sources, got) and ok
         if live and sources and route is not None:
             ok = self.served(path, sources, got, route) and ok
         translate = self.translate_files(path, got.get("translate"))
@@ -1064,6 +1144,8 @@ class _Loader:
             translate,
             anomaly=anomaly,
             computed=tuple(keys.computed),
+            aggregate=keys.aggregate,
+            heartbeat=keys.heartbeat,
         )
 
     def capable(self, name: str, capability: str) -> bool:
@@ -1140,11 +1222,40 @@ class _Loader:
             self.add(Finding.of(problem, path))
         return ok and not problems
 
+    def aggregated(self, path: Path, sources: tuple[str, ...], got: dict[str, Any]) -> bool:
+        """``aggregate: points`` globs that match no point the bridge carries (after translate)
+        and summaries named like a point the bridge carries, where those are known."""
+        options = got.get("aggregate")
+        carried = self.carried(sources, got, summarised=False)
+        if not isinstance(options, AggregateOptions) or not carried:
+            return True
+        names = list(dict.fromkeys(p.name for specs in carried.values() for p in specs))
+        if not names:
+            return True  # the bridge carries nothing: its own globs say so
+        whose = f"bridge {got.get('name') or f'bridges[{path[-1]}]'!r} carries"
+        ok = self.globs((*path, "aggregate", "points"), options.points, names, whose)
+        chosen = Globs(options.points)
+        for source, specs in carried.items():
+            have = {p.name for p in specs}
+            for spec in specs:
+                for summary in summary_specs(spec, options.stats, options.every, chosen):
+                    if summary is not spec and summary.name in have:
+                        self.report(
+                            (*path, "aggregate", "stats"),
+                            f"{summary.name!r}, a summary of {spec.name!r} and a point of "
+                            f"{source} too",
+                            "statistics whose <point>.<stat> names no point the bridge carries"
+                            " (or aggregate: points leaving one of them out)",
+                        )
+                        return False
+        return ok
+
     def carried(
-        self, sources: tuple[str, ...], got: dict[str, Any]
+        self, sources: tuple[str, ...], got: dict[str, Any], *, summarised: bool = True
     ) -> dict[str, list[PointSpec]] | None:
         """The points the bridge hands its target at start, per source, as `Bridge.points`
-        makes them (selected, translated, computed ones added); None when only known later."""
+        makes them (selected, translated, computed ones added, summaries instead of the points
+        they summarise unless not ``summarised``); None when only known later."""
         translate = got.get("translate")
         if isinstance(translate, TranslateConfig) and translate.mode == "auto":
             return None
@@ -1167,6 +1278,17 @@ class _Loader:
                 if name is not None:
                     specs.append(PointSpec(f"{source}/{name}", name, p.datatype or "", p.unit))
             out[source] = specs + [c.spec(source) for c in computed]
+        aggregate = got.get("aggregate")
+        if summarised and isinstance(aggregate, AggregateOptions):
+            chosen = Globs(aggregate.points)
+            out = {
+                source: [
+                    summary
+                    for p in specs
+                    for summary in summary_specs(p, aggregate.stats, aggregate.every, chosen)
+                ]
+                for source, specs in out.items()
+            }
         if isinstance(got.get("anomaly"), AnomalyOptions):
             # a server target serves the alarm as two points of each device (its map may
             # place them): `gateway.anomaly.verdict`
@@ -1375,7 +1497,14 @@ class _Loader:
                 f"a target whose protocol can receive ({yes}; {what} cannot yet)",
             )
             return None
-        return self.validate(route_model, options, path, BRIDGE_KEYS)
+        route = self.validate(route_model, options, path, BRIDGE_KEYS)
+        # what the target entry refuses of a route that is valid on its own (MQTT user
+        # properties on a 3.1.1 endpoint)
+        check = getattr(route, "check_target", None)
+        if callable(check) and declared.entry is not None:
+            for problem in check(declared.entry.config):
+                self.add(Finding.of(problem, path))
+        return route
 
     def selection(
         self,
@@ -1388,7 +1517,7 @@ class _Loader:
         known = self.points_of(sources)
         if known is None:  # points named at run time (MQTT points: keys): unknowable
             return self.units(path, units, [])
-        names = list(dict.fromkeys(p.name for p in known))
+        names = list(dict.fromkeys([*(p.name for p in known), *self.event_points(sources)]))
         unnamed = [s for s in sources if self.unnamed_points(s)]
         if not names and unnamed:
             self.report(
@@ -1514,6 +1643,16 @@ class _Loader:
         return isinstance(points, list | tuple) and any(
             not isinstance(getattr(p, "name", None), str) for p in points
         )
+
+    def event_points(self, sources: tuple[str, ...]) -> list[str]:
+        """The names of the samples the events of ``sources`` carry (an OPC UA client's
+        ``events:``): ``points:`` may select them, nothing else takes them for points."""
+        out: list[str] = []
+        for source in sources:
+            entry = self.declared[source].entry
+            if entry is not None:
+                out.extend(event_points(entry.config))
+        return out
 
     def points_of(self, sources: tuple[str, ...]) -> list[_Point] | None:
         """The points of all ``sources``, or None if one of them has no point list or names

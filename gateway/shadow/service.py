@@ -46,6 +46,12 @@ bus messages ``mqtt/{endpoint}/{topic}``, which this service reads. Answers go o
 ``.../update/delta`` (after an accepted update whose delta is not empty). Reported state is the
 device's to set, so an update with ``state.reported`` is rejected with 400.
 
+With ``shadow.mqtt.max_age`` an update is checked for lateness first (`gateway.shadow.freshness`):
+one whose ``timestamp`` is older than that, or ahead of the clock by more than ``max_skew``, or
+(``require_timestamp``) without one is rejected with 400. A late update is not a client's error
+but an outage's: after a reconnect they come in a burst, so each kind is counted and logged
+through a `LogQuota` (a few examples and a count a minute), not the bad-request streak.
+
 SQLite is blocking: every store call runs on one dedicated thread (the connection stays in
 that thread's hands), never on the event loop.
 
@@ -77,6 +83,7 @@ from gateway.commands import CommandRouter, WriteStatus
 from gateway.config.model import ShadowSection
 from gateway.payloads import load_json
 from gateway.shadow import shadow_topic
+from gateway.shadow.freshness import Refusal, check_age
 from gateway.shadow.store import (
     HistoryRow,
     ShadowDocument,
@@ -85,11 +92,12 @@ from gateway.shadow.store import (
     ShadowStore,
     VersionConflict,
 )
-from gateway.streak import FailureStreak
+from gateway.streak import FailureStreak, LogQuota
 from gateway.text import counted
-from gateway.types import Message
+from gateway.types import Message, MessageKind
 
 log = logging.getLogger(__name__)
+TELEMETRY = MessageKind.TELEMETRY
 
 T = TypeVar("T")
 Reported = tuple[str, dict[str, tuple[Any, str, float]]]  # device, point -> value, quality, ts
@@ -102,6 +110,7 @@ MAX_REQUEST_BYTES = 65_536
 MAX_DESIRED_KEYS = 500
 MAX_DEPTH = 6
 SHUTDOWN_RECORDING = 2.0  # s the readings still queued at shutdown may take to be recorded
+LATE_LOG_QUOTA = 5  # late updates logged a minute (`LogQuota`); the rest counted
 #: An error to record for a key, (value, status, reason), or None: clear the key's error.
 Error = tuple[Any, str, str] | None
 
@@ -172,12 +181,18 @@ class ShadowService:
             "writes": 0,
             "refused": 0,
             "record_errors": 0,
+            # the late-update guard (shadow.mqtt.max_age): updates rejected as older than it
+            # or ahead of the clock, and updates without a timestamp (rejected or not)
+            "stale_updates": 0,
+            "future_updates": 0,
+            "untimed_updates": 0,
         }
         self._recording = FailureStreak(log, "shadow")
         self._dropped_seen = 0  # the telemetry queue's drops when last looked at
         self._dropping_since = 0  # its drops when the current run of drops started
         self._dropping = False
         self._rejections = FailureStreak(log, "shadow", level=logging.INFO)
+        self._late_log = LogQuota(self._say_late, quota=LATE_LOG_QUOTA, interval=60.0)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -230,6 +245,7 @@ class ShadowService:
         for sub in (self._telemetry, self._requests):
             if sub is not None:
                 sub.close()
+        self._late_log.close()  # the count of late updates not logged yet
         if self.store is not None:
             for device in list(self._errors):  # one transaction each
                 try:
@@ -360,7 +376,8 @@ class ShadowService:
         message = first
         while message is not None:
             device = message.device or message.origin
-            if device in self.devices and message.samples:
+            # a device's events (an OPC UA client's alarms) are no reported state
+            if device in self.devices and message.samples and message.kind is TELEMETRY:
                 samples = {
                     s.point: (s.value, s.quality.value, s.source_ts or s.gateway_ts)
                     for s in message.samples
@@ -566,6 +583,10 @@ class ShadowService:
             topic = shadow_topic(self._prefix, device, "get/accepted")
             self._publish(topic, doc.to_json(), token, message.meta)
             return
+        if (late := self._check_late(body)) is not None:
+            quota = late.kind != "bad"  # else a malformed request, as any other
+            self._reject(message, device, action, token, 400, late.message, late=quota)
+            return
         state = body.get("state")
         if not isinstance(state, dict) or set(state) - {"desired", "reported"}:
             self._reject(
@@ -619,11 +640,48 @@ class ShadowService:
         assert self.config.mqtt is not None
         return self.config.mqtt.prefix
 
+    def _check_late(self, body: Mapping[str, Any]) -> Refusal | None:
+        """Why an update is refused by the late-update guard, or None (also when it is off)."""
+        mqtt = self.config.mqtt
+        if mqtt is None or mqtt.max_age is None:
+            return None
+        if body.get("timestamp") is None:
+            self.counters["untimed_updates"] += 1  # taken or not: who require_timestamp stops
+        refusal = check_age(
+            body,
+            time.time(),
+            max_age=mqtt.max_age,
+            max_skew=mqtt.max_skew,
+            require=mqtt.require_timestamp,
+        )
+        if refusal is not None and refusal.kind in ("stale", "future"):
+            self.counters[f"{refusal.kind}_updates"] += 1
+        return refusal
+
+    def _say_late(self, count: int) -> None:
+        log.warning(
+            "shadow: %s rejected by the late-update guard in the last minute (counted in the "
+            "status: stale_updates, future_updates, untimed_updates)",
+            counted(count, "more update"),
+        )
+
     def _reject(
-        self, request: Message, device: str, action: str, token: Any, code: int, text: str
+        self,
+        request: Message,
+        device: str,
+        action: str,
+        token: Any,
+        code: int,
+        text: str,
+        *,
+        late: bool = False,
     ) -> None:
         self.counters["rejected"] += 1  # a client sending garbage in a loop: not a log line each
-        self._rejections.failed(f"{action} of {device} rejected: {code} {text}", traceback=False)
+        what = f"{action} of {device} rejected: {code} {text}"
+        if not late:
+            self._rejections.failed(what, traceback=False)
+        elif self._late_log.allow():  # an outage's backlog, not a client's mistake
+            log.warning("shadow: %s", what)
         body = {"code": code, "message": text, "timestamp": time.time()}
         topic = shadow_topic(self._prefix, device, f"{action}/rejected")
         self._publish(topic, body, token, request.meta)

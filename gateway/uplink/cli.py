@@ -47,6 +47,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             row.update(path=str(path), backlog=0, oldest_age_s=None, dropped=0, missing=True)
         rows.append(row)
     failed = 1 if gateway_error or any("error" in r for r in rows) else 0
+    if args.check and not _alive(gateway):
+        failed = 1
     if args.json:
         doc: dict[str, Any] = {"gateway": gateway, "outboxes": rows}
         if gateway_error:
@@ -74,6 +76,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{r['path']}{' (not created yet)' if r.get('missing') else ''}"
         )
     return failed
+
+
+def _alive(status: dict[str, Any] | None) -> bool:
+    """``--check``: the gateway is starting or running, and rewrote its file in time (a
+    service manager's or a container's health check: a killed, stopped, failed or stuck
+    gateway fails it; a device that is down does not, as a restart would not bring it up)."""
+    return status is not None and status["state"] in ("starting", "running") and not status["stale"]
 
 
 def _gateway_status(name: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -140,8 +149,14 @@ def register(subparsers: Any) -> None:
         "gateway.status_interval), then the durable outbox of every MQTT endpoint: backlog, "
         "age of the oldest message, drops, drain rate and file. Files are read read-only, as "
         "gateway run finds them, so it works while the gateway runs or after it stopped. Exit "
-        "1 if a file cannot be read.",
+        "1 if a file cannot be read (and with --check if the gateway is not running).",
     )
     p.add_argument("file", type=path_text, help="the gateway's YAML config")
     p.add_argument("--json", action="store_true", help="print the gateway and outboxes as JSON")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 unless the gateway is starting or running and its status file is fresh"
+        " (a health check without HTTP; a device that is down does not fail it)",
+    )
     p.set_defaults(func=cmd_status)

@@ -17,14 +17,15 @@ path never reads back what it has just written; a backlog is read from the file 
 
 Bounds
 ------
-``max_rows``, ``max_bytes`` (topic + payload bytes) and ``max_age`` (seconds). When a batch does
-not fit, ``policy`` decides: ``reject_new`` refuses the new publishes, ``drop_oldest`` deletes the
-oldest rows (even ones handed out and not yet acknowledged) to make room. A full disk
-(``database or disk is full``) follows the same policy: the transaction is rolled back,
-``drop_oldest`` frees the oldest rows and tries once more, and whatever still does not fit is
-counted. Every drop is counted by reason (``full``, ``expired``, ``disk_full``) and the counters
-are kept in the file (table ``meta``) so ``gateway status`` can read them (while the disk is
-full they can only be written once space returns; the log has them at once).
+``max_rows``, ``max_bytes`` (topic + payload bytes, and user properties' names and values) and
+``max_age`` (seconds). When a batch does not fit, ``policy`` decides: ``reject_new`` refuses the
+new publishes, ``drop_oldest`` deletes the oldest rows (even ones handed out and not yet
+acknowledged) to make room. A full disk (``database or disk is full``) follows the same policy:
+the transaction is rolled back, ``drop_oldest`` frees the oldest rows and tries once more, and
+whatever still does not fit is counted. Every drop is counted by reason (``full``, ``expired``,
+``disk_full``) and the counters are kept in the file (table ``meta``) so ``gateway status`` can
+read them (while the disk is full they can only be written once space returns; the log has them
+at once).
 
 A full disk and the WAL
 -----------------------
@@ -74,6 +75,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -125,7 +127,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
     retain INTEGER NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    user_properties TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -158,7 +161,9 @@ class OutboxConfig(Strict):
             " this much; alarms and replies are written at once"
         ),
     )
-    max_bytes: int = Field(256 << 20, ge=1024, description="topic + payload bytes kept at most")
+    max_bytes: int = Field(
+        256 << 20, ge=1024, description="topic + payload (+ user properties) bytes kept at most"
+    )
     max_rows: int = Field(1_000_000, ge=1, description="publishes kept at most")
     max_age: float = Field(7 * 86400.0, gt=0, description="seconds; older publishes are dropped")
     policy: Policy = Field("drop_oldest", description="when full: reject_new or drop_oldest")
@@ -181,6 +186,11 @@ class OutboxFull(Exception):
     """Not raised by the outbox itself; for callers that want to turn a refusal into one."""
 
 
+# MQTT 5 user properties of a publish, (name, value) in order; () for none. Kept in the column
+# user_properties as a JSON array of pairs (NULL for none), added to files made before it.
+UserProperties = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     id: int
@@ -189,13 +199,31 @@ class Row:
     payload: bytes
     qos: int
     retain: bool
+    user_properties: UserProperties = ()
 
     @property
     def size(self) -> int:
-        return len(self.topic) + len(self.payload)
+        size = len(self.topic) + len(self.payload)
+        if self.user_properties:
+            size += sum(len(n) + len(v) for n, v in self.user_properties)
+        return size
 
 
 Item = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
+PropItem = tuple[str, bytes, int, bool, UserProperties]  # and its user properties
+
+
+def _props_json(props: UserProperties) -> str | None:
+    return json.dumps(props, ensure_ascii=False, separators=(",", ":")) if props else None
+
+
+def _props_of(text: str | None) -> UserProperties:
+    if not text:
+        return ()
+    return tuple((str(n), str(v)) for n, v in json.loads(text))
+
+
+_COLUMNS = "id, ts, topic, payload, qos, retain, user_properties"
 
 
 class SteadyClock:
@@ -260,6 +288,14 @@ class _NotAnOutbox(sqlite3.DatabaseError):
 def _is_disk_full(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "full" in text  # "database or disk is full"
+
+
+def _rows(cursor: Iterable[tuple[Any, ...]]) -> list[Row]:
+    """Rows as `_COLUMNS` reads them."""
+    return [
+        Row(i, ts, topic, bytes(payload), qos, bool(retain), _props_of(props))
+        for i, ts, topic, payload, qos, retain, props in cursor
+    ]
 
 
 class Outbox:
@@ -338,6 +374,9 @@ class Outbox:
         db.execute(f"PRAGMA synchronous={self.config.synchronous}")
         db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        if "user_properties" not in columns:  # a file from before user properties
+            db.execute("ALTER TABLE outbox ADD COLUMN user_properties TEXT")
 
     def _init_state(self) -> None:
         db = self._db
@@ -378,18 +417,24 @@ class Outbox:
     # --- writing ----------------------------------------------------------------------------
 
     def append(
-        self, items: Sequence[Item], stamp: Callable[[int, bytes], bytes] | None = None
+        self, items: Sequence[Item | PropItem], stamp: Callable[[int, bytes], bytes] | None = None
     ) -> int:
-        """Store ``items`` in one transaction; returns how many were kept (the rest counted)."""
+        """Store ``items`` (with their user properties, or without: none) in one transaction;
+        returns how many were kept (the rest counted)."""
         if not items:
             return 0
         now = self._clock()
         rows = []
         next_id = self._next_id
-        for topic, payload, qos, retain in items:
+        for item in items:
+            if len(item) == 4:
+                topic, payload, qos, retain = item
+                props: UserProperties = ()
+            else:
+                topic, payload, qos, retain, props = item
             if stamp is not None:
                 payload = stamp(next_id, payload)
-            rows.append(Row(next_id, now, topic, payload, qos, retain))
+            rows.append(Row(next_id, now, topic, payload, qos, retain, props))
             next_id += 1
         self._next_id = next_id
         need_rows = len(rows)
@@ -435,9 +480,20 @@ class Outbox:
     def _insert(self, rows: Sequence[Row]) -> None:
         if rows:
             self._db.executemany(
-                "INSERT INTO outbox (id, ts, topic, payload, qos, retain, size) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.id, r.ts, r.topic, r.payload, r.qos, int(r.retain), r.size) for r in rows],
+                f"INSERT INTO outbox ({_COLUMNS}, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.id,
+                        r.ts,
+                        r.topic,
+                        r.payload,
+                        r.qos,
+                        int(r.retain),
+                        _props_json(r.user_properties) if r.user_properties else None,
+                        r.size,
+                    )
+                    for r in rows
+                ],  # fmt: skip
             )
             self._inserted = True
 
@@ -630,14 +686,12 @@ class Outbox:
             tail = self._tail
             out = [tail.popleft() for _ in range(min(n, len(tail)))]
         else:
-            out = [
-                Row(i, ts, topic, bytes(payload), qos, bool(retain))
-                for i, ts, topic, payload, qos, retain in self._db.execute(
-                    "SELECT id, ts, topic, payload, qos, retain FROM outbox WHERE id > ? "
-                    "ORDER BY id LIMIT ?",
+            out = _rows(
+                self._db.execute(
+                    f"SELECT {_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                     (self._cursor, n),
                 )
-            ]
+            )
             if len(out) < n:  # caught up: from now on the tail has everything
                 self._tail_valid = True
                 self._tail.clear()
@@ -667,14 +721,12 @@ class Outbox:
         backlog lane of a live_first drain); they count as in flight like `take`'s."""
         if n <= 0 or after >= upto:
             return []
-        out = [
-            Row(i, ts, topic, bytes(payload), qos, bool(retain))
-            for i, ts, topic, payload, qos, retain in self._db.execute(
-                "SELECT id, ts, topic, payload, qos, retain FROM outbox WHERE id > ? AND id <= ? "
-                "ORDER BY id LIMIT ?",
+        out = _rows(
+            self._db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
                 (after, upto, n),
             )
-        ]
+        )
         taken = self._taken
         for r in out:
             taken[r.id] = r.size

@@ -95,7 +95,7 @@ from aiocoap.numbers import NON, Reliable
 from aiocoap.numbers.contentformat import ContentFormat
 
 from gateway.adapter import Adapter
-from gateway.anomaly.verdict import add_alarm_points, served_samples
+from gateway.anomaly.verdict import ForeignEvents, add_alarm_points, served_samples
 from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.paths import state_path
@@ -735,6 +735,7 @@ class CoapServerAdapter(Adapter):
         self.notifications = 0  # changes of a point's value or quality (observed or not)
         self.notifications_sent = 0  # notifications sent to observers (changes coalesce)
         self.writes: dict[str, int] = {}
+        self.foreign_events = ForeignEvents(f"CoAP server {name}")  # an OPC UA client's events
 
     # -- address space
 
@@ -921,6 +922,8 @@ class CoapServerAdapter(Adapter):
     # -- values
 
     async def send(self, message: Message, route: Any) -> None:
+        if self.foreign_events.dropped_if_foreign(message):
+            return
         table = self._tables.get(id(route))
         points = table.get(message.device or "") if table is not None else None
         if not points:
@@ -955,6 +958,7 @@ class CoapServerAdapter(Adapter):
             "dropped": sum(self.limits.dropped.values()) if self.limits is not None else 0,
             "observations": self.observing.held(),
             "observe_refused": self.observing.refused,  # answered without Observe: at a cap
+            "events_dropped": self.foreign_events.dropped,  # events it cannot serve
             **self._dtls_status(),
         }
 

@@ -13,6 +13,13 @@ unit that timed out is not asked again until `timeout` more seconds have passed,
 to it lands while nothing of that unit waits and is dropped (answers of other units are told apart
 by their unit id). One dead unit costs one timeout per window, not one per request, and does not
 reconnect the converter while any other unit answers (see `_unanswered`).
+
+Writes: one register with FC 06 and one coil with FC 05, or FC 16 / FC 15 carrying one value
+(``write_multiple``) for devices that implement only those; a device answering FC 06 / FC 05 with
+exception 01 gets the write again with FC 16 / FC 15, remembered (`WRITE_FALLBACK`). A bit of a
+register is read, changed and written back, or with ``bit_write: mask`` set by FC 22 in the
+device, which alone cannot lose a change the device makes to another bit meanwhile. Both framings
+write alike.
 """
 
 from __future__ import annotations
@@ -82,6 +89,15 @@ READ_FUNCTION = {
 # Seconds between reads of a point the device refuses (exception 02), each on its own: a device
 # whose map grows (a firmware update) serves it again. A reconnect retries at once too.
 REFUSED_RETRY_S = 60.0
+# A device that answers a single-value write with exception 01 (illegal function) did nothing, so
+# the write is safe to send again, once, with the multiple-value function carrying one value:
+# many PLCs and meters implement only those. Not FC 22 (mask write): read-modify-write instead
+# would give up the atomicity that `bit_write: mask` was chosen for.
+WRITE_FALLBACK = {
+    FunctionCode.WRITE_SINGLE_REGISTER: FunctionCode.WRITE_MULTIPLE_REGISTERS,
+    FunctionCode.WRITE_SINGLE_COIL: FunctionCode.WRITE_MULTIPLE_COILS,
+}
+ILLEGAL_FUNCTION = 1
 # Refused points named in the log, per device; then one line: a wrong unit id or table can make
 # every point of a device refused, and hundreds of warnings would bury the one cause.
 REFUSALS_LOGGED = 5
@@ -134,6 +150,10 @@ class _LatePolls:
 
 def exception_reason(code: int) -> str:
     return f"exception {code:02d} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+
+
+def _fc(function: int) -> str:
+    return f"FC {function:02d}"
 
 
 # The one exception that is about addresses: 03, 04 and timeouts say nothing about which point.
@@ -199,6 +219,8 @@ class _Point:
     deadband: DeadbandFilter
     always: bool  # publish every poll, not only changes
     limits: Limits | None  # low..high check of readings; None: nothing to check
+    write_multiple: bool  # one register or coil with FC 16 / FC 15
+    mask: bool  # a bit with FC 22 (bit_write: mask)
     _decode: Callable[[Sequence[int]], bool | int | float | str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -234,6 +256,8 @@ class ModbusClientAdapter(Adapter):
                     DeadbandFilter(db.absolute if db else None, db.percent if db else None, span),
                     config.publish_of(p) == "always",
                     Limits.of(p),
+                    config.write_multiple_of(p),
+                    config.bit_write_of(p) == "mask",
                 )
             )
         self._by_name = {p.config.name: p for p in self._points}
@@ -281,6 +305,9 @@ class ModbusClientAdapter(Adapter):
             "writes": 0,
         }
         self.last_error: str | None = None
+        # Single-write functions the device refused with exception 01 while their multiple-write
+        # function took the same write: not sent again (see `_write_one`).
+        self._fallen_back: set[FunctionCode] = set()
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -321,6 +348,11 @@ class ModbusClientAdapter(Adapter):
             **self.counters,
             "points_refused": len(refused),  # whose address the device refuses (exception 02)
             "refused_points": sorted(refused),
+            # what the device refused with exception 01 and is written with instead
+            "write_fallbacks": [
+                f"{_fc(single)} -> {_fc(WRITE_FALLBACK[single])}"
+                for single in sorted(self._fallen_back)
+            ],
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -789,8 +821,13 @@ class ModbusClientAdapter(Adapter):
         self._answered(p.unit)
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
+            function = rr.function_code & 0x7F
+            hint = ""
+            if code == ILLEGAL_FUNCTION and function == FunctionCode.MASK_WRITE_REGISTER:
+                hint = " (the device has no mask write: set bit_write: read_modify_write)"
             raise ModbusWriteError(
-                WriteStatus.DEVICE_ERROR, f"{self.name}/{point}: {exception_reason(code)}"
+                WriteStatus.DEVICE_ERROR,
+                f"{self.name}/{point}: {exception_reason(code)} to {_fc(function)}{hint}",
             )
 
     def _client_for_write(self) -> AsyncModbusTcpClient:
@@ -801,15 +838,22 @@ class ModbusClientAdapter(Adapter):
             )
         return client
 
-    @staticmethod
     async def _send_write(
-        client: AsyncModbusTcpClient, p: _Point, value: bool | int | float | str
+        self, client: AsyncModbusTcpClient, p: _Point, value: bool | int | float | str
     ) -> ModbusPDU:
         """Reverse scaling and byte order, then the right function code."""
         cfg = p.config
         if cfg.table is Table.COIL:
-            return await client.write_coil(cfg.address, bool(value), device_id=p.unit)
+            return await self._write_one(client, p, FunctionCode.WRITE_SINGLE_COIL, bool(value))
         if cfg.bit is not None:
+            if p.mask:  # the device changes only this bit: atomic, unlike the read below
+                bit = 1 << cfg.bit
+                return await client.mask_write_register(
+                    address=cfg.address,
+                    and_mask=0xFFFF ^ bit,
+                    or_mask=bit if value else 0,
+                    device_id=p.unit,
+                )
             cur = await client.read_holding_registers(cfg.address, count=1, device_id=p.unit)
             if cur.isError():
                 raise ModbusWriteError(
@@ -817,11 +861,51 @@ class ModbusClientAdapter(Adapter):
                     f"reading {cfg.name} before setting its bit failed",
                 )
             reg = set_bit(cur.registers[0], cfg.bit, bool(value))
-            return await client.write_register(cfg.address, reg, device_id=p.unit)
+            return await self._write_one(client, p, FunctionCode.WRITE_SINGLE_REGISTER, reg)
         raw: bool | int | float | str = value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             raw = p.scaling.invert(value)  # encode rounds for integer types
         regs = encode(raw, cfg.dtype, p.order, length=cfg.length)
         if len(regs) == 1:
-            return await client.write_register(cfg.address, regs[0], device_id=p.unit)
+            return await self._write_one(client, p, FunctionCode.WRITE_SINGLE_REGISTER, regs[0])
         return await client.write_registers(cfg.address, regs, device_id=p.unit)
+
+    async def _write_one(
+        self, client: AsyncModbusTcpClient, p: _Point, single: FunctionCode, value: int | bool
+    ) -> ModbusPDU:
+        """One register or coil: with ``single`` (FC 06, FC 05), or its multiple-value function
+        where the point asks for it or the device refused ``single`` (`WRITE_FALLBACK`)."""
+        multiple = WRITE_FALLBACK[single]
+        if p.write_multiple or single in self._fallen_back:
+            return await _send_one(client, multiple, p, value)
+        rr = await _send_one(client, single, p, value)
+        refused = rr.isError() and getattr(rr, "exception_code", 0) == ILLEGAL_FUNCTION
+        if not refused or not self.config.write_fallback:
+            return rr
+        retry = await _send_one(client, multiple, p, value)
+        # Learnt only when the other function works: a device refusing both (or 01 for a
+        # passing state of its own) keeps its single-value function.
+        if not retry.isError():
+            self._fallen_back.add(single)
+            log.warning(
+                "%s: the device does not take %s (exception 01, illegal function); writing "
+                "with %s from now on",
+                self.name,
+                _fc(single),
+                _fc(multiple),
+            )
+        return retry
+
+
+async def _send_one(
+    client: AsyncModbusTcpClient, function: FunctionCode, p: _Point, value: int | bool
+) -> ModbusPDU:
+    """Write one register or coil of ``p`` with ``function`` (05, 06, 15 or 16)."""
+    address, unit = p.config.address, p.unit
+    if function is FunctionCode.WRITE_SINGLE_COIL:
+        return await client.write_coil(address, bool(value), device_id=unit)
+    if function is FunctionCode.WRITE_MULTIPLE_COILS:
+        return await client.write_coils(address, [bool(value)], device_id=unit)
+    if function is FunctionCode.WRITE_SINGLE_REGISTER:
+        return await client.write_register(address, int(value), device_id=unit)
+    return await client.write_registers(address, [int(value)], device_id=unit)

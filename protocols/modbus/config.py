@@ -14,6 +14,18 @@ from protocols.modbus.codec import ByteOrder, DataType, Table, register_count
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 Framing = Literal["tcp", "rtu"]
+# How a bool at a bit of a holding register is written. read_modify_write (FC 03 then FC 06) works
+# on every device but is not atomic: a bit the device changes between the two is lost. mask
+# (FC 22, Mask Write Register) changes only that bit, in the device; many devices lack it.
+BitWrite = Literal["read_modify_write", "mask"]
+WRITE_MULTIPLE_HELP = (
+    "write one register with FC 16 and one coil with FC 15 instead of FC 06 and FC 05 "
+    "(for devices that implement only the multiple-write functions)"
+)
+BIT_WRITE_HELP = (
+    "read_modify_write: FC 03 then FC 06 (any device; a bit the device changes in between is "
+    "lost); mask: FC 22, atomic (devices that implement it)"
+)
 
 
 class PollGroup(Strict):
@@ -84,6 +96,8 @@ class ModbusPoint(RegisterLayout, PointLimits):
     write_rate: float | None = Field(
         None, gt=0, description="writes per second allowed (default 20), a safety limit"
     )
+    write_multiple: bool | None = Field(None, description="defaults to the device's")
+    bit_write: BitWrite | None = Field(None, description="defaults to the device's")
     description: str = ""
 
     @property
@@ -95,6 +109,8 @@ class ModbusPoint(RegisterLayout, PointLimits):
         problem = self.layout_problem()
         if problem is not None:
             raise ValueError(problem)
+        if self.bit_write is not None and self.bit is None:
+            raise ValueError("bit_write applies to points with bit (a bool in a register)")
         if self.access is not None and self.access.writable and not self.table.writable:
             raise ValueError(f"{self.table} points are read-only; access must be r")
         return self
@@ -127,6 +143,13 @@ class ModbusDevice(Strict):
         default_factory=lambda: {"default": PollGroup(interval=1.0)}
     )
     reconnect: Backoff = Field(default_factory=Backoff)
+    write_multiple: bool = Field(False, description=WRITE_MULTIPLE_HELP)
+    bit_write: BitWrite = Field("read_modify_write", description=BIT_WRITE_HELP)
+    write_fallback: bool = Field(
+        True,
+        description="a device answering FC 06 or FC 05 with exception 01 (illegal function, "
+        "so it did nothing) is written again at once with FC 16 or FC 15, and so from then on",
+    )
     points: list[ModbusPoint] = Field(min_length=1)
 
     def check(self) -> list[Problem]:
@@ -172,22 +195,26 @@ class ModbusDevice(Strict):
 
     def _broadcast_reads(self) -> list[Problem]:
         """On a serial bus unit id 0 is broadcast: every device acts on it and none answers, so
-        a point read through it would only ever time out. Modbus TCP devices answer on 0."""
+        a point read through it would only ever time out; 248-255 are reserved (Modbus over
+        serial line, 2.2), no device has them. Modbus TCP devices answer on any unit id."""
         if self.framing != "rtu":
             return []
-        expected = "a unit id 1-247 (0 is broadcast on a serial bus: no device answers a read)"
+        expected = (
+            "a unit id 1-247 (0 is broadcast on a serial bus: no device answers a read;"
+            " 248-255 are reserved)"
+        )
         problems = [
-            Problem(("points", i, "unit_id"), "0 (framing: rtu)", expected)
+            Problem(("points", i, "unit_id"), f"{p.unit_id} (framing: rtu)", expected)
             for i, p in enumerate(self.points)
-            if p.unit_id == 0
+            if p.unit_id is not None and not 1 <= p.unit_id <= 247
         ]
         inherit = [p.name for p in self.points if p.unit_id is None]
-        if self.unit_id == 0 and inherit:
+        if not 1 <= self.unit_id <= 247 and inherit:
             problems.append(
                 Problem(
                     ("unit_id",),
-                    f"0 (framing: rtu), the unit id of {counted(len(inherit), 'point')}"
-                    f" ({listing(inherit)})",
+                    f"{self.unit_id} (framing: rtu), the unit id of "
+                    f"{counted(len(inherit), 'point')} ({listing(inherit)})",
                     expected,
                 )
             )
@@ -231,3 +258,9 @@ class ModbusDevice(Strict):
 
     def order_of(self, point: ModbusPoint) -> ByteOrder:
         return self.byte_order if point.byte_order is None else point.byte_order
+
+    def write_multiple_of(self, point: ModbusPoint) -> bool:
+        return self.write_multiple if point.write_multiple is None else point.write_multiple
+
+    def bit_write_of(self, point: ModbusPoint) -> BitWrite:
+        return self.bit_write if point.bit_write is None else point.bit_write

@@ -36,12 +36,17 @@ MAX_READ_BITS = 2000
 MAX_READ_REGISTERS = 125
 MAX_WRITE_BITS = 1968
 MAX_WRITE_REGISTERS = 123
+MAX_READ_WRITE_REGISTERS = 121  # the write part of function 23 (its read part: 125)
+MEI_DEVICE_IDENTIFICATION = 0x0E  # the only MEI type of function 43 served
 COIL_ON = 0xFF00
 COIL_OFF = 0x0000
 
 _MBAP = struct.Struct(">HHHB")
 _ADDR_COUNT = struct.Struct(">BHH")  # function, address, count (or value)
 _WRITE_MULTI = struct.Struct(">BHHB")  # function, address, count, byte count
+_MASK_WRITE = struct.Struct(">BHHH")  # function, address, and mask, or mask
+_READ_WRITE = struct.Struct(">BHHHHB")  # function, read address/count, write address/count, bytes
+_MEI_REQUEST = struct.Struct(">BBBB")  # function, MEI type, read device id code, object id
 
 
 class FunctionCode(IntEnum):
@@ -53,6 +58,9 @@ class FunctionCode(IntEnum):
     WRITE_SINGLE_REGISTER = 0x06
     WRITE_MULTIPLE_COILS = 0x0F
     WRITE_MULTIPLE_REGISTERS = 0x10
+    MASK_WRITE_REGISTER = 0x16
+    READ_WRITE_MULTIPLE_REGISTERS = 0x17
+    ENCAPSULATED_INTERFACE = 0x2B  # MEI; type 0x0E: read device identification
 
     @property
     def is_bit(self) -> bool:
@@ -111,6 +119,8 @@ FUNCTION_TABLE: dict[FunctionCode, Table] = {
     FunctionCode.WRITE_SINGLE_REGISTER: Table.HOLDING,
     FunctionCode.WRITE_MULTIPLE_COILS: Table.COIL,
     FunctionCode.WRITE_MULTIPLE_REGISTERS: Table.HOLDING,
+    FunctionCode.MASK_WRITE_REGISTER: Table.HOLDING,
+    FunctionCode.READ_WRITE_MULTIPLE_REGISTERS: Table.HOLDING,
 }
 
 
@@ -262,12 +272,58 @@ class WriteMultipleRegisters:
     function: FunctionCode = FunctionCode.WRITE_MULTIPLE_REGISTERS
 
 
+@dataclass(frozen=True, slots=True)
+class MaskWriteRegister:
+    """Function 22: the register becomes (current AND and_mask) OR (or_mask AND NOT and_mask)."""
+
+    address: int
+    and_mask: int
+    or_mask: int
+    function: FunctionCode = FunctionCode.MASK_WRITE_REGISTER
+
+    def apply(self, current: int) -> int:
+        return (current & self.and_mask) | (self.or_mask & ~self.and_mask & 0xFFFF)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadWriteMultipleRegisters:
+    """Function 23: write ``values`` at ``write_address``, then read ``read_count`` registers
+    from ``read_address`` (the write is performed first)."""
+
+    read_address: int
+    read_count: int
+    write_address: int
+    values: tuple[int, ...]
+    function: FunctionCode = FunctionCode.READ_WRITE_MULTIPLE_REGISTERS
+
+
+class ReadDeviceIdCode(IntEnum):
+    """What a function 43/14 request asks for: a category (stream access) or one object."""
+
+    BASIC = 0x01
+    REGULAR = 0x02
+    EXTENDED = 0x03
+    INDIVIDUAL = 0x04
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDeviceIdentification:
+    """Function 43, MEI type 14: the identification objects from ``object_id`` on."""
+
+    read_code: ReadDeviceIdCode
+    object_id: int
+    function: FunctionCode = FunctionCode.ENCAPSULATED_INTERFACE
+
+
 Request = (
     ReadRequest
     | WriteSingleCoil
     | WriteSingleRegister
     | WriteMultipleCoils
     | WriteMultipleRegisters
+    | MaskWriteRegister
+    | ReadWriteMultipleRegisters
+    | ReadDeviceIdentification
 )
 
 
@@ -294,6 +350,14 @@ def parse_request(pdu: bytes) -> Request:
     if function is FunctionCode.WRITE_SINGLE_REGISTER:
         address, value = _fixed_fields(pdu, function)
         return WriteSingleRegister(address, value)
+    if function is FunctionCode.MASK_WRITE_REGISTER:
+        if len(pdu) != _MASK_WRITE.size:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+        return MaskWriteRegister(*_MASK_WRITE.unpack(pdu)[1:])
+    if function is FunctionCode.READ_WRITE_MULTIPLE_REGISTERS:
+        return _parse_read_write(pdu)
+    if function is FunctionCode.ENCAPSULATED_INTERFACE:
+        return _parse_mei(pdu)
     if len(pdu) < _WRITE_MULTI.size:
         raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
     _, address, count, byte_count = _WRITE_MULTI.unpack_from(pdu)
@@ -307,6 +371,37 @@ def parse_request(pdu: bytes) -> Request:
     if not 1 <= count <= MAX_WRITE_REGISTERS or byte_count != 2 * count or len(data) != byte_count:
         raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
     return WriteMultipleRegisters(address, struct.unpack(f">{count}H", data))
+
+
+def _parse_read_write(pdu: bytes) -> ReadWriteMultipleRegisters:
+    code = FunctionCode.READ_WRITE_MULTIPLE_REGISTERS
+    if len(pdu) < _READ_WRITE.size:
+        raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+    _, read_address, read_count, write_address, count, byte_count = _READ_WRITE.unpack_from(pdu)
+    data = pdu[_READ_WRITE.size :]
+    if (
+        not 1 <= read_count <= MAX_READ_REGISTERS
+        or not 1 <= count <= MAX_READ_WRITE_REGISTERS
+        or byte_count != 2 * count
+        or len(data) != byte_count
+    ):
+        raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+    values = struct.unpack(f">{count}H", data)
+    return ReadWriteMultipleRegisters(read_address, read_count, write_address, values)
+
+
+def _parse_mei(pdu: bytes) -> ReadDeviceIdentification:
+    """Function 43: only MEI type 14 (other types, CANopen's 13, are not served: 01)."""
+    code = FunctionCode.ENCAPSULATED_INTERFACE
+    if len(pdu) < 2 or pdu[1] != MEI_DEVICE_IDENTIFICATION:
+        raise ModbusError(ExceptionCode.ILLEGAL_FUNCTION, code)
+    if len(pdu) != _MEI_REQUEST.size:
+        raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code)
+    _, _, read_code, object_id = _MEI_REQUEST.unpack(pdu)
+    try:
+        return ReadDeviceIdentification(ReadDeviceIdCode(read_code), object_id)
+    except ValueError:  # the spec's flow chart: a read device id code not 01-04 is 03
+        raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, code) from None
 
 
 def _fixed_fields(pdu: bytes, function: FunctionCode) -> tuple[int, int]:
@@ -332,6 +427,23 @@ def encode_request(request: Request) -> bytes:
         case WriteMultipleRegisters(address=address, values=values):
             head = _WRITE_MULTI.pack(request.function, address, len(values), 2 * len(values))
             return head + struct.pack(f">{len(values)}H", *values)
+        case MaskWriteRegister(address=address, and_mask=and_mask, or_mask=or_mask):
+            return _MASK_WRITE.pack(request.function, address, and_mask, or_mask)
+        case ReadWriteMultipleRegisters(values=values):
+            n = len(values)
+            head = _READ_WRITE.pack(
+                request.function,
+                request.read_address,
+                request.read_count,
+                request.write_address,
+                n,
+                2 * n,
+            )
+            return head + struct.pack(f">{n}H", *values)
+        case ReadDeviceIdentification(read_code=read_code, object_id=object_id):
+            return _MEI_REQUEST.pack(
+                request.function, MEI_DEVICE_IDENTIFICATION, read_code, object_id
+            )
     raise TypeError(f"not a Modbus request: {request!r}")
 
 
@@ -364,9 +476,9 @@ def read_registers_pdu(function: int, values: Sequence[int]) -> bytes:
 
 
 def write_response_pdu(request: Request) -> bytes:
-    """Response PDU of functions 05/06 (an echo) and 15/16 (address and quantity)."""
+    """Response PDU of functions 05/06/22 (an echo) and 15/16 (address and quantity)."""
     match request:
-        case WriteSingleCoil() | WriteSingleRegister():
+        case WriteSingleCoil() | WriteSingleRegister() | MaskWriteRegister():
             return encode_request(request)
         case (
             WriteMultipleCoils(address=address, values=values)
@@ -383,7 +495,8 @@ def exception_pdu(function: int, code: ExceptionCode) -> bytes:
 def parse_response(request: Request, pdu: bytes) -> list[int] | list[bool] | None:
     """Check a response PDU against its request (client side).
 
-    Returns the values read (ints for registers, bools for bits), None for a write; raises
+    Returns the values read (ints for registers, bools for bits), None for a write (function
+    43 is not parsed here: its answer is no list of values); raises
     :class:`ModbusError` for an exception response and :class:`FrameError` for a response that
     does not match the request.
     """
@@ -396,13 +509,14 @@ def parse_response(request: Request, pdu: bytes) -> list[int] | list[bool] | Non
         raise ModbusError(code, function)
     if not pdu or pdu[0] != function:
         raise FrameError(f"response to function {pdu[:1].hex() or 'none'}, sent {function:#04x}")
-    if isinstance(request, ReadRequest):
-        size = (request.count + 7) // 8 if function.is_bit else 2 * request.count
+    if isinstance(request, ReadRequest | ReadWriteMultipleRegisters):
+        count = request.count if isinstance(request, ReadRequest) else request.read_count
+        size = (count + 7) // 8 if function.is_bit else 2 * count
         if len(pdu) != 2 + size or pdu[1] != size:
             raise FrameError(f"read response of {len(pdu)} bytes for {request}")
         if function.is_bit:
-            return unpack_bits(pdu[2:], request.count)
-        return list(struct.unpack(f">{request.count}H", pdu[2:]))
+            return unpack_bits(pdu[2:], count)
+        return list(struct.unpack(f">{count}H", pdu[2:]))
     if pdu != write_response_pdu(request):
         raise FrameError(f"write response {pdu.hex()} does not echo {request}")
     return None

@@ -3,8 +3,10 @@
 An RTU frame is unit id, PDU, CRC16 (Modbus: polynomial 0xA001 reflected, initial 0xFFFF, low
 byte first on the wire). On a serial line a frame ends with 3.5 characters of silence; over TCP
 there is no silence and no length field, so a request's length follows from its function code:
-01-06 are 8 bytes, 15/16 are 9 + the byte count at offset 6. Any other function code's length
-cannot be known, so such bytes cannot be a request we can frame: they are skipped like garbage.
+01-06 are 8 bytes, 22 (mask write) 10, 43 with MEI type 14 (read device identification) 7; 15/16
+are 9 + the byte count at offset 6, 23 (read/write registers) 13 + the byte count at offset 10.
+Any other function code's length (43 with another MEI type included) cannot be known, so such
+bytes cannot be a request we can frame: they are skipped like garbage.
 The PDU is then :mod:`protocols.modbus.frames`'s, parsed and built by the same functions as MBAP.
 
 Resynchronisation. A frame whose CRC does not match is dropped, as a real RTU slave drops it
@@ -20,16 +22,33 @@ reason (`last_error`), however many bytes it spanned (`skipped`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocols.modbus.frames import MAX_PDU_SIZE, Adu, FunctionCode, StreamDecoder
+from protocols.modbus.frames import (
+    MAX_PDU_SIZE,
+    MEI_DEVICE_IDENTIFICATION,
+    Adu,
+    FunctionCode,
+    StreamDecoder,
+)
 
 MIN_ADU = 4  # unit id, function, CRC: the shortest frame (an exception response is 5)
 MAX_ADU = 256  # unit id + 253 bytes of PDU + CRC
 FIXED_SIZE = 8  # unit id, function, address, count or value, CRC: functions 01-06
-_FIXED = frozenset(range(1, 7))
-_COUNTED = frozenset({FunctionCode.WRITE_MULTIPLE_COILS, FunctionCode.WRITE_MULTIPLE_REGISTERS})
-_COUNT_AT = 6  # offset of the byte count of functions 15/16 (after unit, function, addr, qty)
+# function -> frame size, for the other requests of fixed size
+_SIZES: dict[int, int] = {
+    **dict.fromkeys(range(1, 7), FIXED_SIZE),
+    FunctionCode.MASK_WRITE_REGISTER: 10,  # unit, function, address, and mask, or mask, CRC
+}
+MEI_SIZE = 7  # unit, function 43, MEI type, read device id code, object id, CRC
+# function -> (offset of its byte count, size of the frame without the bytes counted)
+_COUNTED: dict[int, tuple[int, int]] = {
+    FunctionCode.WRITE_MULTIPLE_COILS: (6, 9),  # unit, function, address, quantity, count, CRC
+    FunctionCode.WRITE_MULTIPLE_REGISTERS: (6, 9),
+    FunctionCode.READ_WRITE_MULTIPLE_REGISTERS: (10, 13),  # read and write address, quantity
+}
+HEAD_SIZE = 11  # bytes that tell any request's size (23's byte count is the 11th)
 
 
 def _crc_table() -> tuple[int, ...]:
@@ -79,21 +98,35 @@ def request_size(head: bytes | bytearray) -> int | None:
     if len(head) < 2:
         return None
     function = head[1]
-    if function in _FIXED:
-        return FIXED_SIZE
-    if function in _COUNTED:
-        return 9 + head[_COUNT_AT] if len(head) > _COUNT_AT else None
+    size = _SIZES.get(function)
+    if size is not None:
+        return size
+    counted = _COUNTED.get(function)
+    if counted is not None:
+        at, base = counted
+        return base + head[at] if len(head) > at else None
+    if function == FunctionCode.ENCAPSULATED_INTERFACE:
+        if len(head) < 3:
+            return None
+        return MEI_SIZE if head[2] == MEI_DEVICE_IDENTIFICATION else 0
     return 0
 
 
 class RtuDecoder(StreamDecoder[RtuFrame]):
     """Incremental RTU request deframer: ``receive_data`` then ``next_frame`` until None. It
-    never fails: what is not a frame is dropped and counted (see the module's docstring)."""
+    never fails: what is not a frame is dropped and counted (see the module's docstring).
 
-    __slots__ = ("_skipping", "errors", "skipped", "last_error")
+    ``size`` tells a frame's size from its first ``head`` bytes (0: no frame we take starts
+    so; None: more bytes needed): requests by default; `protocols.modbus.scan` deframes the
+    responses it asked for with its own."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_size", "_head", "_skipping", "errors", "skipped", "last_error")
+
+    def __init__(
+        self, size: Callable[[bytes | bytearray], int | None] = request_size, head: int = HEAD_SIZE
+    ) -> None:
         super().__init__()
+        self._size, self._head = size, head
         self._skipping = False  # inside a run of dropped bytes: one error for the whole run
         self.errors = 0
         self.skipped = 0
@@ -103,7 +136,7 @@ class RtuDecoder(StreamDecoder[RtuFrame]):
         """The next complete frame with a good CRC, or None when more bytes are needed."""
         buf = self._buffer
         while True:
-            size = request_size(buf)
+            size = self._size(buf)
             if size is None:
                 return None
             if size == 0:
@@ -132,7 +165,7 @@ class RtuDecoder(StreamDecoder[RtuFrame]):
         """The offset of a complete frame with a good CRC within MAX_ADU bytes, if any."""
         buf = self._buffer
         for start in range(1, min(len(buf), MAX_ADU) - MIN_ADU + 1):
-            size = request_size(buf[start : start + _COUNT_AT + 1])
+            size = self._size(buf[start : start + self._head])
             if size and start + size <= len(buf) and self._crc_ok(start, size):
                 return start
         return None

@@ -20,13 +20,18 @@ A source point with one of those names keeps it (the alarm's is left out, with a
 
 Exceptions (Modbus application protocol v1.1b3, section 7):
 
-* 01 illegal function: a function other than 01/02/03/04/05/06/15/16 (input registers and
-  discrete inputs have no write function, so they cannot be written at all);
-* 02 illegal data address: any address of the request is not in the map (or past 65535); a
-  write to a point that is not writable (declared ``r``, or the route has ``writable: false``);
-* 03 illegal data value: a bad count (frames.parse_request), a write that covers only part of a
-  multi-register value (a float32 must be written whole, with function 16), registers that do not
-  decode to a value, or a value the write rules refuse as out of range or of the wrong type;
+* 01 illegal function: a function other than 01/02/03/04/05/06/15/16/22/23 and 43 with MEI
+  type 14 (input registers and discrete inputs have no write function, so they cannot be
+  written at all);
+* 02 illegal data address: any address of the request is not in the map (or past 65535), 23's
+  read part included; a write to a point that is not writable (declared ``r``, or the route
+  has ``writable: false``); an identification object that individual access (43/14, read
+  code 04) asks for and the server does not hold;
+* 03 illegal data value: a bad count (frames.parse_request: 23 reads 1-125 and writes 1-121),
+  a read device id code other than 01-04, a write that covers only part of a multi-register
+  value (a float32 must be written whole, with function 16; 22 masks one register, so it never
+  writes one), registers that do not decode to a value, or a value the write rules refuse as out
+  of range or of the wrong type;
 * 04 server device failure: a read touching a point whose latest sample is bad for another reason
   than the device being unreachable (a device exception, a value that does not fit the entry's
   type); a write the device refused;
@@ -39,9 +44,29 @@ Exceptions (Modbus application protocol v1.1b3, section 7):
 An uncertain sample is served as its value (Modbus has no quality). Writes answer only after the
 device acknowledged (`Bridge.write`); a request writing several entries writes them in address
 order and stops at the first refusal, whose exception is the answer (those before it stay
-written: Modbus has no partial success to report). A connection handles its requests in order:
-while a write waits for the device, that connection's later requests wait too (reading is
-paused), other connections are served. A malformed MBAP header closes only its connection.
+written: Modbus has no partial success to report). An acknowledged write is served at once by
+every entry of the point (the device holds it now, as a device's registers would), until the
+device's next sample says otherwise: a read right after a write reads what was written. A
+connection handles its requests in order: while a write waits for the device, that connection's
+later requests wait too (reading is paused), other connections are served. A malformed MBAP
+header closes only its connection.
+
+Functions 22 and 23 are writes like 06 and 16, through the same path (`_Unit.plan_write`, then
+`ModbusServerAdapter._write`): the same rules, exceptions and answer after the acknowledgement.
+
+* 22 mask write register: the register becomes (current AND and_mask) OR (or_mask AND NOT
+  and_mask), "current" being the latest value served there (a sample of the device, or a write
+  acknowledged since); with none (no sample yet, a bad one) it is refused as a read of the
+  register would be (0B, 04). On a register shared by ``bit`` entries only the bits that change
+  are written. The answer is the request's echo.
+* 23 read/write multiple registers: the read range is checked first (02 if any of it is not
+  mapped: nothing is written), then the write is done, then the read, which sees it. A refused
+  write is the answer and nothing is read; a read refused after the write succeeded (a point with
+  no good value) is the answer too, the write done, as for 16's half-done writes.
+
+Function 43 / MEI type 14, read device identification, answers the server's ``identity:`` for
+every unit id served (`protocols.modbus.identity`: stream and individual access, conformity
+level, more-follows).
 
 Connections: a client that resets its connection has its queued requests dropped, unanswered (so
 that asyncio does not log a failed send per response). A connection with no request served for
@@ -74,13 +99,15 @@ rather than after its timeout). The differences are the serial line's:
   order anyway (see above), so a master that does pipeline is not confused by them;
 * unit id 0 is broadcast (and no unit may be 0 or 248-255, `ModbusServer.check`): a write is
   executed by every served unit whose map takes it (in the order of unit_ids), none answering, not
-  even an exception; a broadcast read is ignored. The connection's next request waits until the
-  broadcast write is done, as it waits for any write. Counted in ``broadcasts``;
+  even an exception; a broadcast read is ignored, and so are 23 (it reads: its write part is not
+  done either) and 43; 22 is a write, each unit masking its own register. The connection's next
+  request waits until the broadcast write is done, as it waits for any write. Counted in
+  ``broadcasts``;
 * a frame with a bad CRC, or bytes that cannot start a request (a function code whose length
-  cannot be known: anything but 01-06, 15 and 16), are dropped unanswered, as an RTU slave drops
-  them, and the connection lives on: the decoder finds the next good frame. Each run of dropped
-  bytes counts in ``frame_errors`` and is logged under the quota below (for MBAP,
-  ``frame_errors`` counts the connections closed for a malformed header).
+  cannot be known: anything but 01-06, 15, 16, 22, 23 and 43/14), are dropped unanswered, as an
+  RTU slave drops them, and the connection lives on: the decoder finds the next good frame.
+  Each run of dropped bytes counts in ``frame_errors`` and is logged under the quota below (for
+  MBAP, ``frame_errors`` counts the connections closed for a malformed header).
 
 Connection limits, the idle timeout and flow control are the same for both framings.
 
@@ -100,7 +127,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from gateway.adapter import Adapter, AdapterContext
-from gateway.anomaly.verdict import add_alarm_points, served_samples
+from gateway.anomaly.verdict import ForeignEvents, add_alarm_points, served_samples
 from gateway.commands import WriteStatus
 from gateway.config.common import Path, Problem
 from gateway.config.errors import format_path, listing
@@ -122,8 +149,11 @@ from protocols.modbus.frames import (
     Frame,
     FrameDecoder,
     FrameError,
+    MaskWriteRegister,
     ModbusError,
+    ReadDeviceIdentification,
     ReadRequest,
+    ReadWriteMultipleRegisters,
     Request,
     WriteMultipleCoils,
     WriteMultipleRegisters,
@@ -135,6 +165,7 @@ from protocols.modbus.frames import (
     read_registers_pdu,
     write_response_pdu,
 )
+from protocols.modbus.identity import device_identification_pdu
 from protocols.modbus.rtu import RtuDecoder, RtuFrame
 from protocols.modbus.server_config import MapEntry, ModbusServer, ModbusServerRoute
 
@@ -438,15 +469,33 @@ class _Table(Space[_Entry]):
         return encode(entry.raw(value), cfg.dtype, entry.order, length=cfg.length)
 
     def read(self, function: int, address: int, count: int) -> bytes:
+        """The answer to reading ``count`` from ``address`` (function 23's as 03's)."""
         end = address + count
         status = self.status[address:end]
         if end > SIZE or status != _ZEROS[:count]:
-            if end > SIZE or UNMAPPED in status:
-                raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, function)
+            self.check_mapped(function, address, count)
             raise ModbusError(ExceptionCode(next(s for s in status if s)), function)
         if function <= 2:
             return read_bits_pdu(function, self.values[address:end])
         return read_registers_pdu(function, self.values[address:end])
+
+    def check_mapped(self, function: int, address: int, count: int) -> None:
+        """02 unless every address of the range is in the map."""
+        end = address + count
+        if end > SIZE or UNMAPPED in self.status[address:end]:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, function)
+
+    def masked(self, request: MaskWriteRegister) -> int:
+        """Function 22's new register value, from the latest value served there (a sample, or
+        a write acknowledged since); refused as a read of it would be when there is none."""
+        function, address = request.function, request.address
+        entry = self.owners.get(address)
+        if entry is None:
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, function)
+        if entry.count > 1:  # a multi-register value is written whole, with function 16
+            raise ModbusError(ExceptionCode.ILLEGAL_DATA_VALUE, function)
+        self.read(function, address, 1)
+        return request.apply(self.values[address])
 
     def entries(self, function: int, address: int, values: Sequence[int]) -> list[_Entry]:
         """The entries a write of ``values`` at ``address`` covers, each one whole."""
@@ -493,9 +542,17 @@ class _Unit:
             raise ModbusError(ExceptionCode.ILLEGAL_DATA_ADDRESS, request.function)
         return table.read(request.function, request.address, request.count)
 
+    def answer(self, request: Request) -> bytes:
+        """The response PDU of a write request once its writes are done: function 23 reads
+        then, so that it reads what it wrote."""
+        if isinstance(request, ReadWriteMultipleRegisters):
+            table = self.table(Table.HOLDING)
+            return table.read(request.function, request.read_address, request.read_count)
+        return write_response_pdu(request)
+
     def plan_write(self, request: Request) -> list[_Write]:
         """The points a write request sets and their values; raises `ModbusError` for what must
-        be refused before anything is written."""
+        be refused before anything is written (function 23's read part unmapped included)."""
         function = request.function
         table = self.tables.get(FUNCTION_TABLE[function])
         if table is None:
@@ -511,6 +568,10 @@ class _Unit:
                 | WriteMultipleRegisters(address=address, values=values)
             ):
                 pass
+            case MaskWriteRegister(address=address):
+                values = (table.masked(request),)
+            case ReadWriteMultipleRegisters(write_address=address, values=values):
+                table.check_mapped(function, request.read_address, request.read_count)
             case _:
                 raise ModbusError(ExceptionCode.ILLEGAL_FUNCTION, function)
         writes: list[_Write] = []
@@ -571,6 +632,8 @@ class ModbusServerAdapter(Adapter):
         self.entries: list[_Entry] = []
         self.map_errors: list[str] = []
         self.counters = Counters()
+        self.identity = config.identity.objects(context.gateway_name)  # function 43/14
+        self.foreign_events = ForeignEvents(f"Modbus server {name}")  # an OPC UA client's events
         self.port = config.port
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -670,6 +733,8 @@ class ModbusServerAdapter(Adapter):
     # -- values
 
     async def send(self, message: Message, route: Any) -> None:
+        if self.foreign_events.dropped_if_foreign(message):
+            return
         devices = self._routes.get(id(route))
         points = devices.get(message.device or "") if devices is not None else None
         if not points:
@@ -698,27 +763,32 @@ class ModbusServerAdapter(Adapter):
             request = parse_request(frame.pdu)
             if isinstance(request, ReadRequest):
                 pdu = unit.read(request)
+            elif isinstance(request, ReadDeviceIdentification):
+                pdu = device_identification_pdu(self.identity, request)
             else:
                 writes = unit.plan_write(request)
-                return self._write(frame, request, writes, f"{origin}/unit{frame.unit_id}")
+                where = f"{origin}/unit{frame.unit_id}"
+                return self._write(frame, request, unit, writes, where)
         except ModbusError as exc:
             pdu = self._exception(function, exc.code)
         return frame.reply(pdu)
 
     def _broadcast(self, frame: RtuFrame, origin: str) -> Coroutine[Any, Any, None] | None:
         """RTU unit id 0: as on a serial bus, every unit acts on a write and none answers; a
-        read, or a request a unit refuses, is ignored by it (an exception would be an answer)."""
+        read, or a request a unit refuses, is ignored by it (an exception would be an answer).
+        Function 22 is a write (each unit masks its own register); 23 and 43 read, so they are
+        no broadcast: ignored whole, 23's write part included."""
         self.counters.broadcasts += 1
         try:
             request = parse_request(frame.pdu)
         except ModbusError:
             return None
-        if isinstance(request, ReadRequest):
+        if isinstance(request, ReadRequest | ReadWriteMultipleRegisters | ReadDeviceIdentification):
             return None
-        plans: list[tuple[int, list[_Write]]] = []
+        plans: list[tuple[int, _Unit, list[_Write]]] = []
         for unit_id, unit in self.units.items():
             try:
-                plans.append((unit_id, unit.plan_write(request)))
+                plans.append((unit_id, unit, unit.plan_write(request)))
             except ModbusError:
                 continue
         if not plans:
@@ -726,15 +796,25 @@ class ModbusServerAdapter(Adapter):
         return self._write_everywhere(frame, request, plans, origin)
 
     async def _write_everywhere(
-        self, frame: RtuFrame, request: Request, plans: list[tuple[int, list[_Write]]], origin: str
+        self,
+        frame: RtuFrame,
+        request: Request,
+        plans: list[tuple[int, _Unit, list[_Write]]],
+        origin: str,
     ) -> None:
-        for unit_id, writes in plans:  # the answer each unit would give is not sent
-            await self._write(frame, request, writes, f"{origin}/unit{unit_id}")
+        for unit_id, unit, writes in plans:  # the answer each unit would give is not sent
+            await self._write(frame, request, unit, writes, f"{origin}/unit{unit_id}")
 
     async def _write(
-        self, frame: Frame | RtuFrame, request: Request, writes: list[_Write], origin: str
+        self,
+        frame: Frame | RtuFrame,
+        request: Request,
+        unit: _Unit,
+        writes: list[_Write],
+        origin: str,
     ) -> bytes:
-        pdu = write_response_pdu(request)
+        """Write each point in address order, each once its device acknowledged the one before
+        (FC 05/06/15/16, 22 and 23's write part alike); the first refusal is the answer."""
         for write in writes:
             entry = write.entry
             try:
@@ -748,15 +828,29 @@ class ModbusServerAdapter(Adapter):
             except Exception:  # a bug behind the bridge: the client is told, the server lives
                 log.exception("%s: write %s/%s failed", self.name, entry.device, entry.spec.name)
                 pdu = self._exception(request.function, ExceptionCode.SERVER_DEVICE_FAILURE)
-                break
+                return frame.reply(pdu)
             if not result.ok:
                 refused = self.counters.writes_refused
                 refused[result.status] = refused.get(result.status, 0) + 1
                 code = WRITE_EXCEPTIONS.get(result.status, ExceptionCode.SERVER_DEVICE_FAILURE)
-                pdu = self._exception(request.function, code)
-                break
+                return frame.reply(self._exception(request.function, code))
             self.counters.writes_ok += 1
+            self._written(entry, write.value)
+        try:
+            pdu = unit.answer(request)
+        except ModbusError as exc:  # 23's read part: a point with no good value
+            pdu = self._exception(request.function, exc.code)
         return frame.reply(pdu)
+
+    def _written(self, entry: _Entry, value: Value) -> None:
+        """An acknowledged write: the device holds ``value`` now, so every entry of its point
+        serves it, as a device's registers would (a read right after, 23's read part, 22's
+        next mask), until the device's next sample says otherwise."""
+        route = entry.bridge.config.route
+        points = self._routes.get(id(route), {}).get(entry.device, {})
+        sample = Sample(entry.spec.name, value, Quality.GOOD)
+        for served in points.get(entry.spec.name, (entry,)):
+            self.units[served.unit].tables[served.table].update(served, sample)
 
     # -- connections
 
@@ -820,6 +914,7 @@ class ModbusServerAdapter(Adapter):
             "exceptions": dict(c.exceptions),
             "frame_errors": c.frame_errors,
             "broadcasts": c.broadcasts,
+            "events_dropped": self.foreign_events.dropped,  # events it cannot serve
             "writes_ok": c.writes_ok,
             "writes_refused": dict(c.writes_refused),
             "map_entries": len(self.entries),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
+from gateway import __version__
 from gateway.config.common import Problem, Strict
 from gateway.config.errors import listing
 from gateway.text import counted
@@ -28,6 +29,50 @@ if TYPE_CHECKING:
     from gateway.types import PointSpec
 
 POINT_PATTERN = r"^([A-Za-z0-9_][A-Za-z0-9_.\-]*/)?[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+# Device identification objects are ASCII strings; each must fit one response alone
+# (identity.MAX_OBJECT_SIZE: a 253-byte PDU less its 7-byte head and the object's id and length).
+IDENTITY_PATTERN = r"^[ -~]*$"
+IDENTITY_SIZE = 244
+
+
+def _identity_text(default: str | None, what: str) -> Any:
+    return Field(
+        default,
+        max_length=IDENTITY_SIZE,
+        pattern=IDENTITY_PATTERN,
+        description=f"{what} (printable ASCII, at most {IDENTITY_SIZE} characters)",
+    )
+
+
+class DeviceIdentity(Strict):
+    """What function 43/14 (Read Device Identification) answers, for every unit id served:
+    the basic objects (0x00-0x02) always, the regular ones (0x03-0x06) that are set."""
+
+    vendor_name: str = _identity_text("Protocol Brain", "object 0x00 VendorName")
+    product_code: str = _identity_text("protocol-brain", "object 0x01 ProductCode")
+    revision: str = _identity_text(__version__, "object 0x02 MajorMinorRevision")
+    vendor_url: str | None = _identity_text(None, "object 0x03 VendorUrl; null: none")
+    product_name: str | None = _identity_text(
+        "Protocol Brain gateway", "object 0x04 ProductName; null: none"
+    )
+    model_name: str | None = _identity_text(None, "object 0x05 ModelName; null: none")
+    user_application_name: str | None = _identity_text(
+        None, "object 0x06 UserApplicationName; null: the gateway's name"
+    )
+
+    def objects(self, gateway_name: str) -> dict[int, bytes]:
+        """Object id -> value, as function 43/14 serves them (the unset regular ones left out)."""
+        application = self.user_application_name
+        values = (
+            self.vendor_name,
+            self.product_code,
+            self.revision,
+            self.vendor_url,
+            self.product_name,
+            self.model_name,
+            gateway_name[:IDENTITY_SIZE] if application is None else application,
+        )
+        return {i: v.encode("ascii", "replace") for i, v in enumerate(values) if v is not None}
 
 
 class ModbusServer(Strict):
@@ -69,6 +114,10 @@ class ModbusServer(Strict):
     write_timeout: float = Field(
         5.0, gt=0, le=60, description="seconds a write waits for the device's acknowledgement"
     )
+    identity: DeviceIdentity = Field(
+        default_factory=DeviceIdentity,
+        description="what function 43/14 (Read Device Identification) answers",
+    )
 
     @field_validator("unit_ids")
     @classmethod
@@ -108,9 +157,9 @@ class ModbusServer(Strict):
         every = " (every interface)" if self.host in ("0.0.0.0", "::", "") else ""
         return (
             f"Modbus has no authentication: anyone who can reach {host}:{self.port}{every} can "
-            f"write {counted(writable, 'point')} (functions 5, 6, 15 and 16 need no login); bind "
-            "host: to a trusted interface, set writable: false on the bridges to it, or "
-            "firewall the port"
+            f"write {counted(writable, 'point')} (functions 5, 6, 15, 16, 22 and 23 need no "
+            "login); bind host: to a trusted interface, set writable: false on the bridges to "
+            "it, or firewall the port"
         )
 
 

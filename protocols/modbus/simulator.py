@@ -12,6 +12,8 @@ Behaviour worth knowing when a test leans on it:
   discrete). A request for another unit id gets exception 0x0B *gateway target device failed to
   respond* -- what a Modbus TCP gateway answers for an absent serial slave -- rather than
   silence, so a client fails fast instead of waiting for its timeout.
+* ``refuse_functions`` (function codes, settable) are answered with exception 01 and change
+  nothing, to play a picky device: a PLC that implements only FC 16, not FC 06.
 * Any address outside a table's configured size is exception 02; a count of 0 or above the
   protocol limit is 03; an unknown function is 01. A malformed MBAP header (protocol id not 0, a
   length no frame can have) closes that connection and only that one.
@@ -72,6 +74,13 @@ from protocols.modbus.frames import (
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 1000
+_SERVED = (
+    ReadRequest,
+    WriteSingleCoil,
+    WriteSingleRegister,
+    WriteMultipleCoils,
+    WriteMultipleRegisters,
+)
 
 
 class UnitTables:
@@ -95,6 +104,8 @@ class UnitTables:
     def execute(self, request: Request) -> bytes:
         """Apply one request; the response PDU, or :class:`ModbusError` (02) out of the table."""
         function = request.function
+        if not isinstance(request, _SERVED):  # functions 22, 23, 43: a simple device lacks them
+            raise ModbusError(ExceptionCode.ILLEGAL_FUNCTION, function)
         table = self.tables[FUNCTION_TABLE[function]]
         match request:
             case ReadRequest(address=address, count=count):
@@ -137,6 +148,7 @@ class SimulatedDevice:
         size: int | Mapping[Table | str, int] = DEFAULT_SIZE,
         delay: float = 0.0,
         name: str | None = None,
+        refuse_functions: Iterable[int] = (),
     ) -> None:
         ids = list(unit_ids)
         if not ids:
@@ -144,6 +156,7 @@ class SimulatedDevice:
         self.port = port
         self.name = name
         self.delay = delay
+        self.refuse_functions = frozenset(refuse_functions)
         self.default_unit = ids[0]
         self._size = size
         self._units: dict[int, UnitTables] = {}
@@ -275,6 +288,8 @@ class SimulatedDevice:
         try:
             if tables is None:
                 raise ModbusError(ExceptionCode.GATEWAY_TARGET_FAILED, function)
+            if function in self.refuse_functions:
+                raise ModbusError(ExceptionCode.ILLEGAL_FUNCTION, function)
             pdu = tables.execute(parse_request(frame.pdu))
         except ModbusError as exc:
             self.exceptions += 1

@@ -50,15 +50,15 @@ the 15,000/s the gateway must sustain. `_Client` narrows those few spots; see it
 
 MQTT 5 (``version: "5"``)
 -------------------------
-Clean start on every connect (as 3.1.1's clean session), and the window fits the broker's
-Receive Maximum. A refusal's reason code is named in errors, logs and ``last_error``
-(``Not authorized (135)``). A PUBACK (or PUBREC) >= 0x80 is never counted as delivered: a write
-fails with it, a publish the broker may take later (`TRANSIENT_REFUSALS`) is sent again after a
-pause, any other is counted in ``refused`` and dropped, its outbox rows deleted, so that it
-cannot hold up the outbox. ``message_expiry`` goes on every data publish, less the time it
-waited (outbox or memory buffer); one with nothing left is dropped and counted in ``expired``.
-A received message naming a Response Topic puts it, and its Correlation Data, in its bus
-message's meta; `MqttAdapter.publish` with that meta (``reply_to``) answers there.
+Clean start on every connect (as 3.1.1's clean session) unless ``session.persistent``, and the
+window fits the broker's Receive Maximum. A refusal's reason code is named in errors, logs and
+``last_error`` (``Not authorized (135)``). A PUBACK (or PUBREC) >= 0x80 is never counted as
+delivered: a write fails with it, a publish the broker may take later (`TRANSIENT_REFUSALS`) is
+sent again after a pause, any other is counted in ``refused`` and dropped, its outbox rows
+deleted, so that it cannot hold up the outbox. ``message_expiry`` goes on every data publish,
+less the time it waited (outbox or memory buffer); one with nothing left is dropped and counted
+in ``expired``. A received message naming a Response Topic puts it, and its Correlation Data, in
+its bus message's meta; `MqttAdapter.publish` with that meta (``reply_to``) answers there.
 
 The CONNACK's Maximum QoS, Retain Available and Maximum Packet Size (`BrokerLimits`, each
 connection's own) bound every publish (`MqttAdapter._fit`): sending past them is a protocol
@@ -81,6 +81,29 @@ lose the alias (`_unalias_held`). The size checks count the packet that goes (`_
 is taken only by a publish that goes, and outbox rows keep full topics (aliases are chosen as
 a row goes). Which topics get aliases when there are more than the broker takes: see
 `protocols.mqtt.alias.TopicAliases`.
+
+User properties (``user_properties:`` of the endpoint and of a bridge's route; MQTT 5 only):
+rendered per publish (`codec.PropertyTemplates`): the endpoint's go on everything it publishes
+(data, birth, offline and will, writes, replies), a route's after them on its data publishes,
+one of the same name replacing the endpoint's. They travel with the publish: in the memory
+buffer, in outbox rows (column ``user_properties``: a replay after an outage or a restart
+carries them), on a publish the broker refused for now, and under a topic alias; the size
+checks count them. An optimizer batch carries the endpoint's only (its rows differ). A received
+message's user properties go in its bus message's meta (``meta["user_properties"]``, a list of
+pairs; absent when there are none); a reply to it (`publish` with ``reply_to``) carries them
+back. A rendered value that is no MQTT string is left out, the publish goes, and it is counted
+in ``user_property_errors`` (logged once).
+
+Persistent sessions (``session: {persistent: true}``)
+----------------------------------------------------
+The broker keeps the subscriptions and queues QoS 1/2 messages for them while the gateway is
+away (`protocols.mqtt.link`). It sends what it queued right after the CONNACK, before the
+SUBSCRIBE of `_serve_session`: paho hands every message to the one ``on_message``, set before
+the first connect, and the bus consumers (shadow requests, bridges) subscribed before
+``run()`` connects, so nothing arrives ahead of its handler. The subscriptions are made again
+on every connect all the same (the config may have changed; a broker without the session
+needs them). A QoS 1 message the broker sent again (no PUBACK before the outage) may come
+twice: the shadow's desired state is idempotent, a reading is one more sample.
 
 Birth and will
 --------------
@@ -105,6 +128,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import paho.mqtt.client as paho
@@ -136,6 +160,7 @@ from protocols.mqtt import codec
 from protocols.mqtt.alias import ALIAS_SIZE, TopicAliases, alias_properties, without_alias
 from protocols.mqtt.config import MqttEndpoint, MqttRoute, brokers
 from protocols.mqtt.link import NO_LIMITS, BrokerLimits, PahoOnLoop, paho_client, reason_text
+from protocols.mqtt.props import PublishProperties
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,8 +178,10 @@ _NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)  # shared, never mutated
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
-# One publish waiting for the broker: topic, payload, qos, retain.
-Outgoing = tuple[str, bytes, int, bool]
+# One publish waiting for the broker: topic, payload, qos, retain, MQTT 5 user properties.
+Outgoing = tuple[str, bytes, int, bool, codec.UserProperties]
+NO_PROPERTIES: codec.UserProperties = ()
+_PROPS_CACHE_MAX = 4096
 
 # MQTT 5 PUBACK/PUBREC reason codes >= 0x80 that a broker may not give again a moment later:
 # quota exceeded (0x97, a rate or queue limit) and packet identifier in use (0x91, a glitch
@@ -180,6 +207,7 @@ class _Refused(NamedTuple):
     rows: list[int]
     expiry: int | None
     sent: float
+    user: codec.UserProperties
 
 
 def _publishes(n: int) -> str:
@@ -412,24 +440,32 @@ def _describe_socket_error(exc: OSError) -> str:
 
 def _props_size(props: Properties | None, *, exact: bool = False) -> int:
     """Bytes of a publish's encoded MQTT 5 properties, length included: 1 for none. Those of
-    a data publish hold a Message Expiry Interval at most (`codec.LIFETIME_SIZE`), so they are
-    not packed to be measured; ``exact``: any properties (replies, paho's kept publishes)."""
+    a data publish without user properties hold a Message Expiry Interval at most
+    (`codec.LIFETIME_SIZE`), so they are not packed to be measured; ``exact``: any properties
+    (replies, paho's kept publishes)."""
     if props is None:
         return 1
-    return len(props.pack()) if exact else codec.LIFETIME_SIZE  # type: ignore[no-untyped-call]
+    if exact or hasattr(props, "UserProperty"):
+        return len(props.pack())  # type: ignore[no-untyped-call]
+    return codec.LIFETIME_SIZE
 
 
-def _request_meta(msg: paho.MQTTMessage) -> dict[str, Any]:
-    """An MQTT 5 request's Response Topic and Correlation Data, as the meta of its bus message
-    (`codec.RESPONSE_TOPIC`); empty for a message that names no Response Topic."""
+def _received_meta(msg: paho.MQTTMessage) -> dict[str, Any]:
+    """An MQTT 5 message's user properties (`codec.USER_PROPERTIES`), and a request's Response
+    Topic and Correlation Data (`codec.RESPONSE_TOPIC`), as the meta of its bus message; empty
+    for a message with neither."""
     props = getattr(msg, "properties", None)
-    topic = getattr(props, "ResponseTopic", None)
-    if not topic:
+    if props is None:
         return {}
-    return {
-        codec.RESPONSE_TOPIC: topic,
-        codec.CORRELATION_DATA: getattr(props, "CorrelationData", None),
-    }
+    meta: dict[str, Any] = {}
+    user = getattr(props, "UserProperty", None)
+    if user:
+        meta[codec.USER_PROPERTIES] = list(user)
+    topic = getattr(props, "ResponseTopic", None)
+    if topic:
+        meta[codec.RESPONSE_TOPIC] = topic
+        meta[codec.CORRELATION_DATA] = getattr(props, "CorrelationData", None)
+    return meta
 
 
 def _state_payload(state: str, *, ts: bool = True) -> bytes:
@@ -496,12 +532,21 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._init_socket()
-        self._aim(brokers(config), config.keepalive, config.failback, v5=config.v5)
+        self._aim(
+            brokers(config), config.keepalive, config.failback, v5=config.v5, session=config.session
+        )
         # MQTT 5 message expiry: the Properties of a publish sent with its whole lifetime
         self._expiry = config.message_expiry
         self._full_life: Properties | None = None
         if self._expiry is not None:
             self._full_life = self._lifetime(self._expiry)
+        # MQTT 5 user properties: the endpoint's (every publish), each route's merged with
+        # them (by route object), and the Properties of publishes with some (by lifetime)
+        self._own = codec.PropertyTemplates(config.user_properties, {}, gateway)
+        self._own_props = self._own.render(self.name, "status") if config.v5 else NO_PROPERTIES
+        self._routes: dict[int, tuple[MqttRoute, codec.PropertyTemplates | None]] = {}
+        self._with_props: dict[tuple[codec.UserProperties, int | None], Properties] = {}
+        self._props_said = False  # a bad rendered value or a 3.1.1 route: logged once
         # publishes the broker refused for now (TRANSIENT_REFUSALS), sent again first once
         # the pause (_held) in which nothing new goes out is over
         self._retry: collections.deque[_Refused] = collections.deque()
@@ -587,6 +632,16 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self.refused = 0  # MQTT 5: publishes the broker refused for good (dropped)
         self.expired = 0  # MQTT 5: publishes past their message_expiry before they went out
         self.too_large = 0  # MQTT 5: publishes over the broker's Maximum Packet Size (dropped)
+        # publishes that went without user properties they were given: a rendered value that
+        # is no MQTT string (that property), a route's on MQTT 3.1.1 (all of them)
+        self.user_property_errors = 0
+        if self._own.errors:
+            self._property_error(self._own.errors, self._own.last_error)
+        full = self._data_props(self._own_props, 0.0, self._expiry)
+        # what the properties of an optimizer batch take (the endpoint's user properties only)
+        self._batch_props = _props_size(None if full is False else full)
+        # birth, offline, writes (and replies, with more): the endpoint's user properties
+        self._status_props = self._data_props(self._own_props, 0.0, None) or None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -596,7 +651,9 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._loop_thread = threading.get_ident()
         cfg = self.config
         # reconnecting is run()'s job, with our backoff
-        client: _Client = paho_client(self.client_id, v5=cfg.v5, cls=_Client)
+        client: _Client = paho_client(
+            self.client_id, v5=cfg.v5, cls=_Client, persistent=cfg.session.persistent
+        )
         client.max_inflight_messages_set(0)  # our own window, see the module docstring
         client.max_queued_messages_set(0)
         client.connect_timeout = self.connect_timeout
@@ -675,18 +732,23 @@ class MqttAdapter(PahoOnLoop, Adapter):
         about to be tried takes it (`_fit_will`)."""
         qos, retain = self._will_fit.get(self._broker, (WILL_QOS, True))
         offline = _state_payload("offline", ts=False)
-        client.will_set(self.status_topic, offline, qos=qos, retain=retain)
+        props = None
+        if self._own_props:
+            props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            props.UserProperty = list(self._own_props)
+        client.will_set(self.status_topic, offline, qos=qos, retain=retain, properties=props)
 
     async def _serve_session(self) -> str:
         """Birth, subscriptions, then flush the outbox until the connection is lost."""
         client, disconnected = self._client, self._disconnected
         assert client is not None and disconnected is not None
         log.info(
-            "MQTT %s: connected to %s as %s (MQTT %s)",
+            "MQTT %s: connected to %s as %s (MQTT %s%s)",
             self.name,
             self.address,
             self.client_id,
             self.config.version,
+            ", session present" if self.session_present else "",
         )
         self._publish_internal(_state_payload("online"))
         await self._subscribe_all(disconnected)
@@ -812,6 +874,9 @@ class MqttAdapter(PahoOnLoop, Adapter):
             return
         qos = route.qos
         retain = route.retain
+        users = None
+        if route.user_properties or self._own_props:
+            users = self._user_properties(message, route, len(pairs))
         store = self._store
         if store is not None:
             alarm = message.kind is MessageKind.EVENT
@@ -819,14 +884,66 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 self._opt.note_arrivals(len(pairs))
                 if alarm:  # QoS 1 at least, never batched
                     qos = max(qos, 1)
-            self._store_rows(store, [(t, p, qos, retain) for t, p in pairs], alone=alarm)
+            rows: list[Outgoing]
+            if users is None:
+                rows = [(t, p, qos, retain, NO_PROPERTIES) for t, p in pairs]
+            else:
+                rows = [(t, p, qos, retain, u) for (t, p), u in zip(pairs, users, strict=True)]
+            self._store_rows(store, rows, alone=alarm)
             return
         if self._ready and not self._outbox and self._has_room(len(pairs)):
             publish = self._publish
-            for topic, payload in pairs:
-                publish(topic, payload, qos, retain)
+            if users is None:
+                for topic, payload in pairs:
+                    publish(topic, payload, qos, retain)
+            else:
+                for (topic, payload), user in zip(pairs, users, strict=True):
+                    publish(topic, payload, qos, retain, user)
             return
-        self._enqueue(((topic, payload, qos, retain) for topic, payload in pairs))
+        if users is None:
+            self._enqueue((t, p, qos, retain, NO_PROPERTIES) for t, p in pairs)
+        else:
+            self._enqueue((t, p, qos, retain, u) for (t, p), u in zip(pairs, users, strict=True))
+
+    def _user_properties(
+        self, message: Message, route: MqttRoute, n: int
+    ) -> list[codec.UserProperties] | None:
+        """The user properties of each of the ``n`` publishes of ``message`` on ``route`` (the
+        endpoint's and the route's, `codec.PropertyTemplates`); None on MQTT 3.1.1, which has
+        none (`gateway validate` refuses such a route: counted and logged once here)."""
+        found = self._routes.get(id(route))
+        if found is None or found[0] is not route:
+            templates = None
+            if self._v5:
+                own = self.config.user_properties
+                templates = codec.PropertyTemplates(own, route.user_properties, self.gateway)
+            if len(self._routes) >= 1024:  # routes come from the config: a reload's leftovers
+                self._routes.clear()
+            found = self._routes[id(route)] = (route, templates)
+        templates = found[1]
+        if templates is None:
+            self._property_error(
+                n, f"MQTT {self.config.version} has no user properties (a bridge's user_properties)"
+            )
+            return None
+        before = templates.errors
+        users = templates.of(message, route.payload)
+        if templates.errors != before:
+            self._property_error(templates.errors - before, templates.last_error)
+        return users
+
+    def _property_error(self, n: int, why: str | None) -> None:
+        """``n`` publishes went without (some of) their user properties: counted; the first
+        logged."""
+        self.user_property_errors += n
+        if not self._props_said:
+            self._props_said = True
+            log.warning(
+                "MQTT %s: %s: the publish goes without it (counted in status"
+                " 'user_property_errors'; logged once)",
+                self.name,
+                why,
+            )
 
     def publish(
         self,
@@ -844,15 +961,21 @@ class MqttAdapter(PahoOnLoop, Adapter):
 
         ``reply_to``: the meta of the bus message this answers. When that was an MQTT 5
         request naming a Response Topic, the answer goes there instead of ``topic``, with the
-        request's Correlation Data (`_reply`)."""
+        request's Correlation Data (`_reply`). Either way an MQTT 5 reply carries the request's
+        user properties back (`codec.USER_PROPERTIES`), after the endpoint's: one of the same
+        name replaces the endpoint's."""
         if reply_to and reply_to.get(codec.RESPONSE_TOPIC):
             self._reply(reply_to, payload, qos)
             return
+        user = self._own_props
+        echo = reply_to.get(codec.USER_PROPERTIES) if reply_to and self._v5 else None
+        if echo:  # MQTT 5 request/response practice: the request's properties come back
+            user = codec.merge_properties(user, echo)
         store = self._store
         if store is not None:
-            self._store_rows(store, [(topic, payload, qos, retain)], alone=True)
+            self._store_rows(store, [(topic, payload, qos, retain, user)], alone=True)
             return
-        self._enqueue([(topic, payload, qos, retain)])
+        self._enqueue([(topic, payload, qos, retain, user)])
 
     def _store_rows(self, store: Outbox, rows: list[Outgoing], *, alone: bool) -> None:
         """Append to the outbox and flush; ``alone``: with the optimizer, each row is sent on
@@ -938,12 +1061,18 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._wake.set()
 
     def _publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool, age: float = 0.0
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        user: codec.UserProperties = NO_PROPERTIES,
+        age: float = 0.0,
     ) -> None:
         """One publish of the in-memory path (``age``: seconds it waited in the buffer)."""
         client = self._client
         assert client is not None
-        props = self._expiry_props(age, self._expiry)
+        props = self._data_props(user, age, self._expiry)
         if props is False:
             return
         try:
@@ -1074,9 +1203,12 @@ class MqttAdapter(PahoOnLoop, Adapter):
         """Publish an outbox row (or a batch of them); its paho mid while it waits for the
         broker, None when the row is done with (QoS 0 written, refused by paho, expired)."""
         props: Properties | None = None
-        if self._expiry is not None:  # the clock is read only for an expiry to shorten
+        user = row.user_properties
+        if self._expiry is not None or user:
             store = self._store
-            left = self._expiry_props(store.now() - row.ts if store else 0.0, self._expiry)
+            # the clock is read only for an expiry to shorten
+            age = store.now() - row.ts if store and self._expiry is not None else 0.0
+            left = self._data_props(user, age, self._expiry)
             if left is False:
                 return None
             props = left
@@ -1205,22 +1337,27 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 row = rows.pop(0)
                 self._urgent.discard(row.id)
                 row_qos = row.qos if (row.retain or row.qos != 1 or lone) else qos
-                sent = Row(row.id, row.ts, row.topic, row.payload, row_qos, row.retain)
+                sent = Row(
+                    row.id, row.ts, row.topic, row.payload, row_qos, row.retain,
+                    row.user_properties,
+                )  # fmt: skip
                 self._track(client, [row.id], sent, opt, acked)
                 continue
             cut = next((i for i, r in enumerate(rows) if r.retain or r.qos == 2), len(rows))
             batch, rows[:] = rows[:cut], rows[cut:]
             payload = encode_batch([(r.topic, r.payload) for r in batch], compress=compress)
-            wire, props = self._wire(
-                self._batch_topic, 1 if self._expiry is None else codec.LIFETIME_SIZE
-            )
+            wire, props = self._wire(self._batch_topic, self._batch_props)
             while len(batch) > 1 and self._over(wire, payload, qos, props):
                 # over the broker's Maximum Packet Size: halved, the rest sent next, so that
                 # only a row too large on its own is dropped
                 half = len(batch) // 2
                 rows[:0], batch = batch[half:], batch[:half]
                 payload = encode_batch([(r.topic, r.payload) for r in batch], compress=compress)
-            sent = Row(batch[-1].id, batch[-1].ts, self._batch_topic, payload, qos, False)
+            # a batch carries the endpoint's user properties only: its rows' own differ
+            sent = Row(
+                batch[-1].id, batch[-1].ts, self._batch_topic, payload, qos, False,
+                self._own_props,
+            )  # fmt: skip
             self._track(client, [r.id for r in batch], sent, opt, acked)
 
     def _track(
@@ -1299,6 +1436,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
         client = self._client
         assert client is not None
         topic = topic or self.status_topic
+        if properties is None:
+            properties = self._status_props
         if self._limits is not NO_LIMITS:
             fitted = self._fit(topic, payload, qos, retain, _props_size(properties, exact=True))
             if fitted is None:
@@ -1315,7 +1454,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
 
     def _reply(self, request: Mapping[str, Any], payload: bytes, qos: int) -> None:
         """An answer to an MQTT 5 request, on its Response Topic with its Correlation Data. Not
-        through the outbox, whose rows keep no properties: the requester waits for it now, on
+        through the outbox, whose rows keep no Correlation Data: the requester waits for it now, on
         this connection; paho re-sends it (QoS 1/2) after a reconnect. Not retained: it is one
         requester's. The requester picks the topic: the broker's ACL for the gateway's user is
         what bounds where answers may go."""
@@ -1324,6 +1463,9 @@ class MqttAdapter(PahoOnLoop, Adapter):
         correlation = request.get(codec.CORRELATION_DATA)
         if correlation is not None:
             props.CorrelationData = bytes(correlation)
+        user = codec.merge_properties(self._own_props, request.get(codec.USER_PROPERTIES) or ())
+        if user:
+            props.UserProperty = list(user)
         if not self._connected or self._client is None:
             self.lost += 1
             log.warning("MQTT %s: reply to %r lost: not connected", self.name, topic)
@@ -1355,6 +1497,26 @@ class MqttAdapter(PahoOnLoop, Adapter):
             return False
         return self._lifetime(left)
 
+    def _data_props(
+        self, user: codec.UserProperties, age: float, expiry: int | None
+    ) -> Properties | None | Literal[False]:
+        """`_expiry_props`, with ``user`` properties added where there are some (a Properties
+        object per set and lifetime, shared: paho only reads it)."""
+        props = self._expiry_props(age, expiry)
+        if not user or props is False:
+            return props
+        life: int | None = None if props is None else props.MessageExpiryInterval  # type: ignore[attr-defined]
+        found = self._with_props.get((user, life))
+        if found is None:
+            found = PublishProperties()  # light: one per point and lifetime left
+            if life is not None:
+                found.MessageExpiryInterval = life
+            found.UserProperty = list(user)
+            if len(self._with_props) >= _PROPS_CACHE_MAX:  # lifetimes left vary: stay bounded
+                self._with_props.clear()
+            self._with_props[(user, life)] = found
+        return found
+
     # --- writes (points with access rw) ----------------------------------------------------------
 
     async def write(self, point: str, value: Value) -> None:
@@ -1378,14 +1540,14 @@ class MqttAdapter(PahoOnLoop, Adapter):
         qos = 1
         if self._limits is not NO_LIMITS:
             qos = self._lower_qos(qos)
-            size = self._over(spec.command_topic, payload, qos, 1)
+            size = self._over(spec.command_topic, payload, qos, _props_size(self._status_props))
             if size is not None:  # not counted in too_large: the writer is told
                 raise WriteRefused(
                     WriteStatus.DEVICE_ERROR,
                     f"{size:,} bytes, over the Maximum Packet Size of {self.address} "
                     f"({self._limits.max_packet:,}): not sent",
                 )
-        info = client.publish(spec.command_topic, payload, qos, False)
+        info = client.publish(spec.command_topic, payload, qos, False, self._status_props)
         if info.rc != _SUCCESS:
             raise WriteRefused(WriteStatus.UNREACHABLE, paho.error_string(info.rc))
         if not qos:  # a broker of QoS 0 only sends no PUBACK: written is as far as it goes
@@ -1597,6 +1759,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._fit_limits(client, properties)
         elif self._v5:
             self._fit_will(reason_code, properties)
+        if not reason_code.is_failure:
+            self._note_session(bool(getattr(flags, "session_present", False)))
         self._settle_connack(reason_code, MqttError, properties)
 
     def _fit_window(self, properties: Any) -> None:
@@ -1868,6 +2032,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 _Refused(
                     topic, bytes(msg.payload), msg.qos, msg.retain, rows,
                     getattr(msg.properties, "MessageExpiryInterval", None), time.monotonic(),
+                    tuple(getattr(msg.properties, "UserProperty", ())),
                 )
             )  # fmt: skip
             self._hold(f"{self.address} refused a publish to {topic!r} for now: {why}")
@@ -1905,7 +2070,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         assert client is not None
         while retry and self._has_room(1):
             again = retry.popleft()
-            props = self._expiry_props(time.monotonic() - again.sent, again.expiry)
+            props = self._data_props(again.user, time.monotonic() - again.sent, again.expiry)
             if props is False:
                 if again.rows and self._store is not None:
                     self._store.ack(again.rows)
@@ -1962,7 +2127,11 @@ class MqttAdapter(PahoOnLoop, Adapter):
             if errors:
                 self._bad_payload(errors[0])
             if samples:
-                self.bus.publish_nowait(Message.telemetry(self.name, tuple(samples)))
+                message = Message.telemetry(self.name, tuple(samples))
+                user = getattr(msg.properties, "UserProperty", None) if self._v5 else None
+                if user:  # no meta built for the many messages without
+                    message = replace(message, meta={codec.USER_PROPERTIES: list(user)})
+                self.bus.publish_nowait(message)
         if decoders and not any(
             s.points is None and topic_matches(s.topic, topic) for s in self.config.subscriptions
         ):
@@ -1985,7 +2154,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 origin=self.name,
                 seq=next_sequence(self.name),
                 device=self.name,
-                meta=_request_meta(msg) if self._v5 else {},
+                meta=_received_meta(msg) if self._v5 else {},
             )
         )
 
@@ -2051,6 +2220,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
             "lost": self.lost,
             "encode_errors": self.encode_errors,
             "reconnects": self.reconnects,
+            "session_present": self.session_present,
+            "sessions_lost": self.sessions_lost,
             "failovers": self.failovers,
             "failbacks": self.failbacks,
             "received": self.received,
@@ -2059,6 +2230,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             "refused": self.refused,
             "expired": self.expired,
             "too_large": self.too_large,
+            "user_property_errors": self.user_property_errors,
             "retrying": len(self._retry),
             "mqtt_version": self.config.version,
             "max_qos": self._limits.max_qos,

@@ -12,6 +12,8 @@ Publishing (``encode``) turns one bus `Message` into ``(topic, payload)`` pairs 
   ``{"device":"boiler","ts":"...","seq":7,"values":{"temp":21.5},"quality":{"flow":"bad"}}``;
   ``ts`` is the newest source timestamp of the samples, ``quality`` lists only points that are not
   good and is left out when all are.
+- a record (``meta["record"]``: an OPC UA event) is one publish whatever the mode, one JSON
+  object of its fields; see `RECORD`.
 
 JSON is compact (``separators=(",", ":")``), UTF-8 (no ``\\uXXXX`` escapes for non-ASCII text),
 floats are JSON numbers in Python's shortest round-trip form, NaN and infinities become ``null``
@@ -45,18 +47,19 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import unquote
 
 from gateway.limits import Limits
 from gateway.types import Message, Quality, Sample, Value
-from protocols.mqtt.config import NAME_PATTERN, MqttPoint, MqttRoute
+from protocols.mqtt.config import NAME_PATTERN, MqttPoint, MqttRoute, string_problem
 
 __all__ = [
     "KeyDecoder",
     "PayloadError",
     "PointDecoder",
+    "PropertyTemplates",
     "TopicError",
     "command_payload",
     "decode",
@@ -68,6 +71,7 @@ __all__ = [
     "publish_size",
     "render_topic",
     "unescape_level",
+    "user_properties_size",
 ]
 
 PayloadMode = Literal["json", "text", "raw"]
@@ -78,6 +82,16 @@ PayloadMode = Literal["json", "text", "raw"]
 # answers passes that meta back to `MqttAdapter.publish` (``reply_to``) to send the answer there.
 RESPONSE_TOPIC = "response_topic"
 CORRELATION_DATA = "correlation_data"
+# MQTT 5 user properties of a received message, in order, as a list of (name, value) pairs in
+# its bus message's meta under this key (absent when it had none); a reply to it
+# (`MqttAdapter.publish` with ``reply_to``) carries them back.
+USER_PROPERTIES = "user_properties"
+# A message whose meta["record"] names a record (an OPC UA event: "event") is one record whose
+# samples are its fields: whatever the route's payload mode, it is published as one JSON object,
+# ``{"device":"plc","ts":...,"seq":7,"event":{"severity":700,"message":"..."}}``, on the route's
+# topic with {point} as the record's name. Split in one publish per field, an alarm would reach
+# its reader in pieces, and in any order.
+RECORD = "record"
 
 
 def remaining_expiry(expiry: int, age: float) -> int | None:
@@ -105,6 +119,12 @@ def publish_size(topic_bytes: int, payload: int, qos: int, properties: int = 0) 
     while remaining >= 128**length:
         length += 1
     return 1 + length + remaining
+
+
+def user_properties_size(pairs: Iterable[tuple[str, str]]) -> int:
+    """Bytes that user properties add to a packet's properties (MQTT 5 3.3.2.3.7): each is its
+    identifier and two UTF-8 strings with their 2-byte lengths."""
+    return sum(5 + len(name.encode()) + len(value.encode()) for name, value in pairs)
 
 
 class PayloadError(ValueError):
@@ -310,6 +330,23 @@ def _encode_device(message: Message, device: str) -> bytes:
     return (text + "}").encode()
 
 
+def _encode_record(message: Message, device: str, record: str) -> bytes:
+    """One record (an OPC UA event) as one object: ``{"device","ts","seq","<record>":{...}}``,
+    its fields named without the ``<record>.`` prefix of their samples."""
+    prefix = record + "."
+    cut = len(prefix)
+    fields = ",".join(
+        f"{_json_str(s.point[cut:] if s.point.startswith(prefix) else s.point)}:"
+        f"{json_value(s.value)}"
+        for s in message.samples
+    )
+    ts = max(_sample_ts(s) for s in message.samples)
+    return (
+        f'{{"device":{_json_str(device)},"ts":"{format_ts(ts)}","seq":{message.seq},'
+        f"{_json_str(record)}:{{{fields}}}}}"
+    ).encode()
+
+
 def _value_payload(s: Sample) -> bytes:
     return b"null" if s.quality is _BAD else json_value(s.value).encode()
 
@@ -326,6 +363,14 @@ def encode(message: Message, route: MqttRoute, gateway: str) -> list[tuple[str, 
     device = message.device or message.origin
     kind = message.kind.value
     mode = route.payload
+    meta = message.meta
+    if meta and type(record := meta.get(RECORD)) is str:
+        point = None if mode == "device" else record
+        where = render_topic(
+            template, gateway=gateway, device=device, point=point, kind=kind,
+            shadow=meta.get("shadow"),
+        )  # fmt: skip
+        return [(where, _encode_record(message, device, record))]
     if uses_shadow(template):
         shadow = message.meta.get("shadow")
         topics = [
@@ -364,6 +409,115 @@ def encode(message: Message, route: MqttRoute, gateway: str) -> list[tuple[str, 
         topic = render_topic(template, gateway=gateway, device=device, kind=kind)
         return [(topic, _encode_device(message, device))]
     raise ValueError(f"unknown payload mode {mode!r}")
+
+
+# --- MQTT 5 user properties --------------------------------------------------------------------
+
+UserProperties = tuple[tuple[str, str], ...]
+_PROPERTY_CACHE_MAX = 100_000
+
+
+def merge_properties(
+    base: Iterable[tuple[str, str]], over: Iterable[tuple[str, str]]
+) -> UserProperties:
+    """``base`` then ``over``, a name of ``over`` replacing ``base``'s of the same name (in
+    its place): two values of one name would reach a rule engine as an array."""
+    merged = dict(base)
+    merged.update(over)
+    return tuple(merged.items())
+
+
+class PropertyTemplates:
+    """The user properties of an endpoint's publishes on one route: the endpoint's, then the
+    route's (`merge_properties`), values rendered per publish. Sans-IO.
+
+    Values are text, not topic levels: nothing is escaped. A property whose placeholder has no
+    value (``{unit}`` of a sample without one; ``{unit}`` and ``{quality}`` of a record) is left
+    out; one whose rendered value is no MQTT string (a NUL, a lone surrogate, over 65,535 bytes)
+    is dropped and counted in ``errors`` (its text in ``last_error``): the publish goes without
+    it. Rendered sets are cached per (device, kind, point, unit, quality)."""
+
+    def __init__(self, endpoint: Mapping[str, str], route: Mapping[str, str], gateway: str) -> None:
+        self.gateway = gateway
+        templates = merge_properties(endpoint.items(), route.items())
+        self._static = all("{" not in t for _n, t in templates)
+        self._templates = templates
+        self._cache: dict[
+            tuple[str, str, str | None, str | None, str | None], tuple[UserProperties, int]
+        ] = {}
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def render(
+        self,
+        device: str,
+        kind: str,
+        point: str | None = None,
+        unit: str | None = None,
+        quality: str | None = None,
+    ) -> UserProperties:
+        """The properties of one publish."""
+        key = ("", "", None, None, None) if self._static else (device, kind, point, unit, quality)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._render(device, kind, point, unit, quality)
+            if len(self._cache) >= _PROPERTY_CACHE_MAX:  # names come from data: stay bounded
+                self._cache.clear()
+            self._cache[key] = found
+        props, bad = found
+        if bad:  # every publish that goes without them counts, not only the first rendering
+            self.errors += bad
+        return props
+
+    def _render(
+        self, device: str, kind: str, point: str | None, unit: str | None, quality: str | None
+    ) -> tuple[UserProperties, int]:
+        values = _Known(
+            gateway=self.gateway, device=device, kind=kind, point=point, unit=unit, quality=quality
+        )
+        out: list[tuple[str, str]] = []
+        bad = 0
+        for name, template in self._templates:
+            try:
+                value = template.format_map(values)
+            except _NoValue:
+                continue
+            problem = string_problem(value)
+            if problem is not None:
+                bad += 1
+                self.last_error = f"user property {name!r} of {device}: its value {problem}"
+                continue
+            out.append((name, value))
+        return tuple(out), bad
+
+    def of(self, message: Message, mode: str) -> list[UserProperties]:
+        """The properties of each publish `encode` makes of ``message`` (the same order)."""
+        samples = message.samples
+        if not samples:
+            return []
+        device = message.device or message.origin
+        kind = message.kind.value
+        meta = message.meta
+        if meta and type(record := meta.get(RECORD)) is str:
+            return [self.render(device, kind, None if mode == "device" else record)]
+        if mode == "device":
+            return [self.render(device, kind)]
+        render = self.render
+        return [render(device, kind, s.point, s.unit, s.quality.value) for s in samples]
+
+
+class _NoValue(KeyError):
+    """A placeholder whose value is unknown for this publish (`_Known`)."""
+
+
+class _Known(dict[str, str | None]):
+    """Placeholder values for ``str.format_map``; one that is None has no value (`_NoValue`)."""
+
+    def __getitem__(self, key: str) -> str:
+        value = super().__getitem__(key)
+        if value is None:
+            raise _NoValue(key)
+        return value
 
 
 # --- decode -----------------------------------------------------------------------------------

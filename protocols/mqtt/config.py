@@ -25,6 +25,13 @@ from gateway.types import Access
 from gateway.uplink.outbox import OutboxConfig
 
 TEMPLATE_FIELDS = frozenset({"gateway", "device", "point", "kind"})
+# MQTT 5 user properties (`codec.PropertyTemplates`): a route's values may name the topic's
+# placeholders and the sample's unit and quality; a device payload's only what is the same for
+# the whole message; the endpoint's apply to all it publishes (its status too): the gateway only
+PROPERTY_FIELDS = TEMPLATE_FIELDS | {"unit", "quality"}
+DEVICE_PROPERTY_FIELDS = frozenset({"gateway", "device", "kind"})
+ENDPOINT_PROPERTY_FIELDS = frozenset({"gateway"})
+MQTT_STRING_MAX = 65_535  # bytes of an MQTT UTF-8 string (1.5.4)
 
 
 def is_loopback(host: str) -> bool:
@@ -84,6 +91,60 @@ def check_publish_topic(template: str) -> set[str]:
     if "" in template.split("/") and template != "/":
         raise ValueError("topic has an empty level ('//' or a leading or trailing '/')")
     return fields
+
+
+def string_problem(text: str) -> str | None:
+    """Why ``text`` cannot be an MQTT UTF-8 string (1.5.4: well-formed UTF-8 with no U+0000,
+    65,535 bytes at most), or None."""
+    if "\0" in text:
+        return "contains the character U+0000 (NUL)"
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (a lone surrogate)"
+    if size > MQTT_STRING_MAX:
+        return f"is {size:,} bytes, over MQTT's {MQTT_STRING_MAX:,}"
+    return None
+
+
+def check_user_properties(
+    props: dict[str, str], allowed: frozenset[str], where: str = ""
+) -> dict[str, str]:
+    """Validate ``user_properties`` (name: value template): names are non-empty MQTT
+    strings, values templates naming only ``allowed`` placeholders (``where`` says why the
+    others are not)."""
+    for name, template in props.items():
+        if not name:
+            raise ValueError("a user property needs a name")
+        for what, text in (("name", name), ("value", template)):
+            problem = string_problem(text)
+            if problem is not None:
+                raise ValueError(f"user property {name[:40]!r}: its {what} {problem}")
+        try:
+            fields = template_fields(template)
+        except ValueError as exc:
+            raise ValueError(f"user property {name!r}: {exc}") from None
+        unknown = sorted(fields - allowed)
+        if unknown:
+            raise ValueError(
+                f"user property {name!r}: unknown placeholder {{{unknown[0]}}}{where}; use "
+                + ", ".join("{" + f + "}" for f in sorted(allowed))
+            )
+    return props
+
+
+USER_PROPERTIES_DESCRIPTION = (
+    "MQTT 5 user properties (name: value) on every publish of this endpoint: its data, status"
+    " (birth, offline, will), replies and writes; values may use {gateway}. A bridge's"
+    " user_properties replace the one of the same name"
+)
+
+ROUTE_PROPERTIES_DESCRIPTION = (
+    "MQTT 5 user properties (name: value template) on each publish of this bridge, after the"
+    " endpoint's (one of the same name replaces the endpoint's); values may use {gateway}"
+    " {device} {kind}, and per point {point} {unit} {quality} (a property whose placeholder"
+    " has no value, a point without a unit, is left out); payload device: not the per-point ones"
+)
 
 
 class BrokerSettings(Protocol):
@@ -363,10 +424,84 @@ class MqttPoint(PointLimits):
         return "+" in self.topic.split("/") or "#" in self.topic.split("/")
 
 
+# MQTT 5 Session Expiry Interval of a persistent session when none is given: a day rides out
+# a long outage or a weekend's maintenance, yet a gateway taken away for good does not leave
+# a session, and the commands queued in it, at the broker for ever (0xFFFFFFFF would)
+SESSION_EXPIRY_DEFAULT = 86_400
+SESSION_EXPIRY_NEVER = 0xFFFFFFFF
+
+
+class MqttSession(Strict):
+    """Whether the broker keeps the gateway's session (its subscriptions, and the QoS 1/2
+    messages published to them) while the gateway is away: disconnected, or restarting."""
+
+    persistent: bool = Field(
+        False,
+        description=(
+            "true: the broker keeps the session while the gateway is away and delivers what"
+            " came for its QoS 1/2 subscriptions (shadow updates, readings, commands) when it"
+            " is back, however late (MQTT 3.1.1 clean session false, MQTT 5 clean start"
+            " false); the session is the client id's: keep it the same across restarts and"
+            " unique to this gateway. false: a clean session on every connect"
+        ),
+    )
+    expiry: int | None = Field(
+        None,
+        ge=1,
+        le=SESSION_EXPIRY_NEVER,
+        description=(
+            f"MQTT 5: seconds the broker keeps the session after the connection ends (Session"
+            f" Expiry Interval); default {SESSION_EXPIRY_DEFAULT} (a day), {SESSION_EXPIRY_NEVER}:"
+            " never. MQTT 3.1.1 has none: the broker keeps the session until a clean connect"
+            " or its own limit (mosquitto: persistent_client_expiration)"
+        ),
+    )
+
+    @property
+    def expiry_s(self) -> int:
+        """The Session Expiry Interval an MQTT 5 CONNECT carries for a persistent session."""
+        return SESSION_EXPIRY_DEFAULT if self.expiry is None else self.expiry
+
+
+def session_problems(session: MqttSession, version: str) -> list[Problem]:
+    """An expiry with no persistent session, or with MQTT 3.1.1 (no such property)."""
+    if session.expiry is None:
+        return []
+    where, found = ("session", "expiry"), str(session.expiry)
+    if not session.persistent:
+        return [Problem(where, f"{found} with persistent false", "persistent: true, or no expiry")]
+    if version != "5":
+        return [
+            Problem(
+                where,
+                f"{found} with MQTT {version}",
+                'version: "5" (session expiry is an MQTT 5 property; a 3.1.1 broker keeps the'
+                " session until a clean connect), or no expiry",
+            )
+        ]
+    return []
+
+
+def session_warnings(entry: MqttEndpoint) -> list[tuple[Path, str]]:
+    """A persistent session's QoS 0 subscriptions: brokers queue nothing at QoS 0 for a
+    session that is away (mosquitto's queue_qos0_messages is off by default)."""
+    if not entry.session.persistent:
+        return []
+    return [
+        (
+            ("subscriptions", i, "qos"),
+            f"0 with session.persistent: the broker keeps nothing of {s.topic!r} while the"
+            " gateway is away; qos: 1 to get it after an outage",
+        )
+        for i, s in enumerate(entry.subscriptions)
+        if s.qos == 0
+    ]
+
+
 MqttVersion = Literal["3.1.1", "5"]
 
 VERSION_DESCRIPTION = (
-    "MQTT protocol version: 3.1.1 (clean session), or 5 (clean start; refusals carry reason"
+    "MQTT protocol version: 3.1.1, or 5 (session expiry; refusals carry reason"
     " codes, message_expiry, replies to a request's response topic); failover brokers and the"
     " failback probe use the same"
 )
@@ -388,11 +523,24 @@ class MqttEndpoint(Strict):
     port: int | None = Field(None, ge=1, le=65535, description="1883, or 8883 with tls")
     failover: list[FailoverBroker] = Field(default_factory=list, description=FAILOVER_DESCRIPTION)
     failback: float | None = Field(None, gt=0, description=FAILBACK_DESCRIPTION)
-    client_id: str | None = Field(None, description="defaults to protocol-brain-{gateway}-{name}")
+    client_id: str | None = Field(
+        None,
+        description=(
+            "defaults to protocol-brain-{gateway}-{name} (the same at every start, so a"
+            " persistent session survives restarts; give each gateway its own gateway.name)"
+        ),
+    )
     username: str | None = None
     password: str | None = None
     keepalive: int = Field(30, ge=5, le=65535)
     tls: Tls | None = None
+    session: MqttSession = Field(
+        default_factory=MqttSession,
+        description=(
+            "persistent: the broker keeps subscriptions and queued QoS 1/2 messages while the"
+            " gateway is away (default: a clean session on every connect)"
+        ),
+    )
     status_topic: str = Field(
         "protocol-brain/{gateway}/status",
         description="retained birth ('online') and last will ('offline') of the gateway",
@@ -454,9 +602,23 @@ class MqttEndpoint(Strict):
             " decided every interval (docs/optimizer.md); needs the durable outbox, strict order"
         ),
     )
+    user_properties: dict[str, str] = Field(
+        default_factory=dict, description=USER_PROPERTIES_DESCRIPTION
+    )
+
+    @field_validator("user_properties")
+    @classmethod
+    def _user_properties(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_user_properties(
+            v, ENDPOINT_PROPERTY_FIELDS, " (the endpoint's are the same for all it publishes)"
+        )
 
     def run_warnings(self) -> list[tuple[Path, str]]:
-        return broker_warnings(self, "MQTT endpoint") + unknown_units(self.points)
+        return (
+            broker_warnings(self, "MQTT endpoint")
+            + unknown_units(self.points)
+            + session_warnings(self)
+        )
 
     def password_warning(self) -> str | None:
         """`password_warning` of this endpoint's connection."""
@@ -476,6 +638,7 @@ class MqttEndpoint(Strict):
             )
         problems.extend(repeated_brokers(self))
         problems.extend(failback_problem(self, self.failback))
+        problems.extend(session_problems(self.session, self.version))
         if self.message_expiry is not None and not self.v5:
             problems.append(
                 Problem(
@@ -484,6 +647,8 @@ class MqttEndpoint(Strict):
                     'version: "5" (message expiry is an MQTT 5 property), or no message_expiry',
                 )
             )
+        if self.user_properties and not self.v5:
+            problems.append(user_properties_problem(("user_properties",), self.version))
         if self.topic_alias and not self.v5:
             problems.append(
                 Problem(
@@ -535,6 +700,16 @@ class MqttEndpoint(Strict):
         return broker_port(self)
 
 
+def user_properties_problem(where: Path, version: str) -> Problem:
+    """User properties asked of an MQTT 3.1.1 connection, which has no properties."""
+    return Problem(
+        where,
+        f"with MQTT {version}",
+        'version: "5" on the endpoint (user properties are an MQTT 5 property), or no'
+        " user_properties",
+    )
+
+
 class MqttRoute(Strict):
     """Bridge target options when the target is an MQTT endpoint."""
 
@@ -554,6 +729,15 @@ class MqttRoute(Strict):
     )
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
+    user_properties: dict[str, str] = Field(
+        default_factory=dict, description=ROUTE_PROPERTIES_DESCRIPTION
+    )
+
+    def check_target(self, endpoint: MqttEndpoint) -> list[Problem]:
+        """What the target endpoint refuses of this route: user properties on MQTT 3.1.1."""
+        if self.user_properties and not endpoint.v5:
+            return [user_properties_problem(("user_properties",), endpoint.version)]
+        return []
 
     @field_validator("topic")
     @classmethod
@@ -573,4 +757,9 @@ class MqttRoute(Strict):
             raise ValueError(
                 f"payload {self.payload!r} sends one message per point: the topic needs {{point}}"
             )
+        if self.payload == "device":
+            where = " (payload device: one publish per device, not per point)"
+            check_user_properties(self.user_properties, DEVICE_PROPERTY_FIELDS, where)
+        else:
+            check_user_properties(self.user_properties, PROPERTY_FIELDS)
         return self

@@ -12,6 +12,17 @@ taken over, CONNECT, CONNACK, DISCONNECT; in the executor, since paho's connect 
 accepted CONNACK moves: the class ends its session as a clean stop would (`_leave_for_first`),
 and the next session is on the first broker at once, without the backoff delay. A probe that
 fails changes nothing and is logged once per outage of the first broker.
+
+Sessions (``session: {persistent: true}``, where the class passes it to `PahoOnLoop._aim`):
+every connect asks the broker to keep the session (3.1.1 clean session false; MQTT 5 clean
+start false and a Session Expiry Interval), so what is published to its subscriptions while
+the gateway is away waits there. A clean stop's DISCONNECT carries no Session Expiry
+Interval: the CONNECT's holds, and the session outlives a restart. Each broker of ``failover``
+keeps a session of its own; the failback probe always asks for a clean one, under its own
+client id, so it neither takes the session nor leaves one behind. Each accepted CONNACK's
+Session Present flag is noted (`_note_session`): a broker that had none where this process
+had made one (restarted without persistence, or the expiry passed) is said once per CONNACK.
+Sparkplug never asks for a kept session (its specification requires clean ones).
 """
 
 from __future__ import annotations
@@ -30,17 +41,22 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.backoff import BackoffTimer
 from gateway.config.common import Backoff
-from protocols.mqtt.config import BrokerSettings, Tls
+from protocols.mqtt.config import BrokerSettings, MqttSession, Tls
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
-def paho_client(client_id: str, *, v5: bool, cls: type[paho.Client] = paho.Client) -> Any:
+def paho_client(
+    client_id: str, *, v5: bool, cls: type[paho.Client] = paho.Client, persistent: bool = False
+) -> Any:
     """A paho client (``cls``) that reconnects only when told: MQTT 3.1.1 with a clean
-    session, or MQTT 5, whose clean start is a connect option (`PahoOnLoop._connect_options`)."""
+    session (a kept one with ``persistent``), or MQTT 5, whose clean start is a connect option
+    (`PahoOnLoop._connect_options`)."""
     if v5:
         return cls(
             CallbackAPIVersion.VERSION2,
@@ -51,7 +67,7 @@ def paho_client(client_id: str, *, v5: bool, cls: type[paho.Client] = paho.Clien
     return cls(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        clean_session=True,
+        clean_session=not persistent,
         protocol=MQTTProtocolVersion.MQTTv311,
         reconnect_on_failure=False,
     )
@@ -203,6 +219,11 @@ class PahoOnLoop(abc.ABC):
         self._settings: BrokerSettings | None = None  # credentials, for `_sign_in`
         self._tls: ssl.SSLContext | None = None
         self._v5 = False  # MQTT 5 (session, failover and probe alike), else 3.1.1
+        self._persistent = False  # the broker keeps the session (`_aim`'s ``session``)
+        self._session_expiry = 0  # MQTT 5: the Session Expiry Interval of a kept session
+        self.session_present: bool | None = None  # the last accepted CONNACK's flag
+        self.sessions_lost = 0  # CONNACKs without the session this process had made there
+        self._kept_at: set[int] = set()  # brokers (index) where a kept session was made
 
     def _aim(
         self,
@@ -211,11 +232,16 @@ class PahoOnLoop(abc.ABC):
         failback: float | None = None,
         *,
         v5: bool = False,
+        session: MqttSession | None = None,
     ) -> None:
         """The brokers to connect to, (host, port) in the order tried; the first in use. With
         ``failback`` (seconds), a session on another broker moves back to the first once it
-        answers (the class implements `_leave_for_first`). ``v5``: MQTT 5, else 3.1.1."""
+        answers (the class implements `_leave_for_first`). ``v5``: MQTT 5, else 3.1.1.
+        ``session``: a persistent one is asked for on every connect; None: clean."""
         self._brokers, self._keepalive, self._v5 = brokers, keepalive, v5
+        if session is not None:
+            self._persistent = session.persistent
+            self._session_expiry = session.expiry_s
         self._failback = failback if len(brokers) > 1 else None
         self._use_broker(0)
 
@@ -247,8 +273,53 @@ class PahoOnLoop(abc.ABC):
 
     def _connect_options(self) -> dict[str, Any]:
         """MQTT 5: clean start on every connect, as 3.1.1's clean session (paho's default
-        would resume the session after the first), so no session outlives a connection."""
-        return {"clean_start": True} if self._v5 else {}
+        would resume the session after the first), so no session outlives a connection; a
+        persistent session's: no clean start, and its Session Expiry Interval (without it the
+        broker would end the session with the connection, MQTT 5 3.1.2.11.2)."""
+        if not self._v5:
+            return {}
+        if not self._persistent:
+            return {"clean_start": True}
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry
+        return {"clean_start": False, "properties": props}
+
+    def _note_session(self, present: bool) -> None:
+        """An accepted CONNACK's Session Present flag: kept for the status, and said when a
+        persistent session was asked for and the broker had none. After this process made one
+        there, that is a loss (messages sent meanwhile are gone): a warning, counted in
+        ``sessions_lost``; on the first connection to it, a note (first run, or the session
+        expired while the gateway was stopped). Either way the subscriptions are made anew."""
+        self.session_present = present
+        if not self._persistent:
+            return
+        made = self._broker in self._kept_at
+        self._kept_at.add(self._broker)
+        if present:
+            return
+        expiry = f" (session expiry {self._session_expiry} s)" if self._v5 else ""
+        if made:
+            self.sessions_lost += 1
+            self.LOG.warning(
+                "%s %s: %s has no session for %s any more (the broker restarted without"
+                " persistence, or the session expired%s): what was published for the gateway"
+                " meanwhile is lost; subscribing afresh",
+                self.LABEL,
+                self.name,
+                self.address,
+                self.client_id,
+                expiry,
+            )
+        else:
+            self.LOG.info(
+                "%s %s: %s has no session for %s (first connection, or it expired or was"
+                " lost while the gateway was stopped%s); subscribing afresh",
+                self.LABEL,
+                self.name,
+                self.address,
+                self.client_id,
+                expiry,
+            )
 
     @property
     def _broker_host(self) -> str:
@@ -398,8 +469,9 @@ class PahoOnLoop(abc.ABC):
         verdict: list[Any] = []
         probe.on_connect = lambda _c, _u, _f, code, props: verdict.append((code, props))
         try:
-            # TCP, TLS and CONNECT sent
-            probe.connect(host, port, self._keepalive, **self._connect_options())
+            # TCP, TLS and CONNECT sent; a clean session whatever ours: nothing of it stays
+            clean = {"clean_start": True} if self._v5 else {}
+            probe.connect(host, port, self._keepalive, **clean)
             deadline = time.monotonic() + self.connect_timeout
             rc = _SUCCESS
             while not verdict and rc == _SUCCESS and time.monotonic() < deadline:

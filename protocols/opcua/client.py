@@ -31,6 +31,12 @@ sends each item's current value first, so a change made while we were away, or r
 server came back, is not missed. asyncua's own auto-reconnect is off: it would retry on its own
 schedule, outside our backoff and our view of the points' quality.
 
+Events. With ``events:`` one more monitored item, on the notifier node's EventNotifier, with
+the event filter of `protocols.opcua.events`: each event is one EVENT message on the device's
+telemetry topic. After each subscribe ConditionRefresh has the server send its retained alarms
+again, marked ``event.refresh`` (RefreshStart..RefreshEnd). An item or where clause the server
+refuses is ``events_error`` in the status and a warning; the points go on without it.
+
 Security. ``verify_server`` (the default) hands asyncua the trust list of ``protocols.opcua.pki``
 as its certificate validator: the session is refused before our user credentials are sent if
 the server's certificate is not in the trusted folder (a copy lands in ``rejected`` for an
@@ -72,6 +78,16 @@ from gateway.text import counted
 from gateway.transform import DeadbandFilter
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.opcua.config import OpcuaClient, OpcuaPoint
+from protocols.opcua.events import (
+    QUEUE_OVERFLOW,
+    REFRESH_END,
+    REFRESH_START,
+    EventFields,
+    condition_refresh,
+    extra_fields,
+    filter_problem,
+    setup_problem,
+)
 from protocols.opcua.pki import (
     TrustList,
     ensure_certificate,
@@ -287,15 +303,24 @@ class OpcuaClientAdapter(Adapter):
         self._trust: TrustList | None = None
         self._application_uri = f"urn:protocol-brain:{context.gateway_name}:{name}"
         self._warned_insecure = False
+        self._events: EventFields | None = None
+        self._event_handle = len(self._points)  # after the points' handles
+        self._refreshing = False  # between a ConditionRefresh's RefreshStart and RefreshEnd
+        if config.events is not None:
+            self._events = EventFields(name, extra_fields(config.events.fields))
         self.counters = {
-            "items": 0,
+            "items": 0,  # monitored items: the points' and the event item
             "create_requests": 0,
             "publishes": 0,
             "notifications": 0,
             "reconnects": 0,
             "writes": 0,
+            "events": 0,  # forwarded to the bus
+            "events_dropped": 0,  # lost: the server's queue overflowed, or malformed
+            "condition_refreshes": 0,
         }
         self.last_error: str | None = None
+        self.events_error: str | None = None  # why events are not subscribed
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -312,6 +337,7 @@ class OpcuaClientAdapter(Adapter):
             "url": self.config.url,
             "last_error": self.last_error,
             **self.counters,
+            "events_error": self.events_error,
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -730,6 +756,102 @@ class OpcuaClientAdapter(Adapter):
                 failed[0].name,
                 failed[0].error,
             )
+        await self._subscribe_events(session)
+
+    async def _subscribe_events(self, session: _Session) -> None:
+        """The event item, then ConditionRefresh. What the server refuses is reported in
+        ``events_error``, not raised: the points go on without events."""
+        cfg, fields = self.config.events, self._events
+        if cfg is None or fields is None:
+            return
+        self._refreshing = False
+        node = ua.NodeId.from_string(cfg.node)
+        types = [ua.NodeId.from_string(t) for t in cfg.types]
+        uaclient = session.client.uaclient
+        read = await uaclient.read(
+            ua.ReadParameters(
+                NodesToRead=[
+                    ua.ReadValueId(NodeId=node, AttributeId=AttributeIds.EventNotifier),
+                    *(ua.ReadValueId(NodeId=t, AttributeId=AttributeIds.NodeClass) for t in types),
+                ]
+            )
+        )
+        raise_if_cancelling()
+        problem = setup_problem(node, types, read)
+        if problem is not None:
+            self._events_failed(problem)
+            return
+        event_filter = fields.event_filter(types, cfg.min_severity)
+        request = ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=node, AttributeId=AttributeIds.EventNotifier),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(
+                ClientHandle=self._event_handle,
+                SamplingInterval=0.0,
+                Filter=event_filter,
+                QueueSize=cfg.queue_size,
+                DiscardOldest=True,
+            ),
+        )
+        params = ua.CreateMonitoredItemsParameters(
+            SubscriptionId=session.subscription_id,
+            TimestampsToReturn=ua.TimestampsToReturn.Both,
+            ItemsToCreate=[request],
+        )
+        self.counters["create_requests"] += 1
+        try:
+            (result,) = await uaclient.create_monitored_items(params)
+        except UaStatusCodeError as exc:  # the whole request refused
+            raise_if_cancelling()
+            self._events_failed(f"the server refused the event item: {status_name(exc.code)}")
+            return
+        raise_if_cancelling()
+        problem = filter_problem(result.StatusCode, result.FilterResult, event_filter)
+        if problem is not None:
+            if result.StatusCode.is_good():  # it would deliver what the filter should keep out
+                with contextlib.suppress(UaStatusCodeError):
+                    await uaclient.delete_monitored_items(
+                        ua.DeleteMonitoredItemsParameters(
+                            SubscriptionId=session.subscription_id,
+                            MonitoredItemIds=[result.MonitoredItemId],
+                        )
+                    )
+                raise_if_cancelling()
+            self._events_failed(problem)
+            return
+        if self.events_error is not None:
+            log.info("%s: events of %s subscribed", self.name, cfg.node)  # again, after an error
+        self.events_error = None
+        self.counters["items"] += 1
+        if cfg.refresh:
+            await self._condition_refresh(session)
+
+    def _events_failed(self, problem: str) -> None:
+        text = f"events: {problem}"
+        # every reconnect finds it again: said once until it changes
+        level = logging.DEBUG if text == self.events_error else logging.WARNING
+        log.log(level, "%s: %s; the points go on without events", self.name, text)
+        self.events_error = text
+
+    async def _condition_refresh(self, session: _Session) -> None:
+        """Part 9 ConditionRefresh: the server's retained alarms come again (marked refresh)."""
+        assert session.subscription_id is not None
+        request = condition_refresh(session.subscription_id)
+        try:
+            (result,) = await session.client.uaclient.call([request])
+            code: ua.StatusCode = result.StatusCode
+        except UaStatusCodeError as exc:
+            code = ua.StatusCode(ua.UInt32(exc.code))
+        raise_if_cancelling()
+        if code.is_good():
+            self.counters["condition_refreshes"] += 1
+        else:
+            log.info(
+                "%s: ConditionRefresh refused (%s): alarms active before the subscription are "
+                "not sent again",
+                self.name,
+                code.name,
+            )
 
     async def _create_items(
         self, session: _Session, points: list[_Point], *, with_filter: bool
@@ -759,9 +881,12 @@ class OpcuaClientAdapter(Adapter):
         if not data:
             return  # keep-alive
         samples: list[Sample] = []
+        events: list[ua.EventFieldList] = []
         for notification in data:
             if type(notification) is ua.DataChangeNotification:
                 self._convert(notification.MonitoredItems, samples)
+            elif isinstance(notification, ua.EventNotificationList):
+                events.extend(notification.Events)
             elif isinstance(notification, ua.StatusChangeNotification):
                 status = notification.Status
                 if status is not None and not status.is_good():
@@ -770,6 +895,39 @@ class OpcuaClientAdapter(Adapter):
             self.counters["publishes"] += 1
             self.counters["notifications"] += len(samples)
             await self.bus.publish(Message.telemetry(self.name, tuple(samples)))
+        for event in events:
+            await self._on_event(event)
+
+    async def _on_event(self, event: ua.EventFieldList) -> None:
+        """One event: forwarded, or a refresh bracket, or word of lost events."""
+        fields = self._events
+        if fields is None or event.ClientHandle != self._event_handle:
+            return
+        values = event.EventFields
+        kind = fields.kind_of(values)
+        if kind == REFRESH_START or kind == REFRESH_END:
+            self._refreshing = kind == REFRESH_START
+            return
+        if kind == QUEUE_OVERFLOW:
+            self.counters["events_dropped"] += 1
+            log.warning(
+                "%s: the server's event queue overflowed: events were lost (raise "
+                "events.queue_size, or publish more often)",
+                self.name,
+            )
+            return
+        message = fields.message(values, refresh=self._refreshing)
+        if message is None:
+            self.counters["events_dropped"] += 1
+            log.warning(
+                "%s: an event with %d fields instead of the %d selected: dropped",
+                self.name,
+                len(values),
+                len(fields.fields),
+            )
+            return
+        self.counters["events"] += 1
+        await self.bus.publish(message)
 
     def _convert(self, items: list[ua.MonitoredItemNotification], out: list[Sample]) -> None:
         """Monitored item values -> samples (the per-value work: keep it flat and cheap)."""
@@ -816,6 +974,8 @@ class OpcuaClientAdapter(Adapter):
             return
         self._all_bad = True
         self.counters["items"] = 0
+        if not self._points:  # events only
+            return
         for p in self._points:
             p.monitored = False
             if p.local is not None:

@@ -72,6 +72,26 @@ def key_file_warnings(certificate: str | None, private_key: str | None) -> list[
     return found
 
 
+def node_id_syntax(v: str) -> str:
+    """``v`` if asyncua parses it as a node id, else ValueError saying what one looks like.
+    The client parses it at start; a malformed one would only fail then. asyncua is imported
+    here, lazily: this module loads without it (the check is then skipped and the client,
+    which needs asyncua anyway, reports it)."""
+    try:
+        from asyncua.ua import NodeId
+        from asyncua.ua.uaerrors import UaError
+    except ImportError:
+        return v
+    try:
+        NodeId.from_string(v)
+    except (ValueError, UaError):
+        raise ValueError(
+            'a node id such as "ns=2;s=Boiler.Temp" or "i=2258" (an optional ns=N; '
+            "then i=, s=, g= or b= and the identifier)"
+        ) from None
+    return v
+
+
 class Endpoint(Strict):
     policy: Policy
     mode: Mode = "SignAndEncrypt"
@@ -129,6 +149,16 @@ class User(Strict):
         return value
 
 
+class AlarmOptions(Strict):
+    """How the server's anomaly alarms are handled (`protocols.opcua.alarms`)."""
+
+    confirm: bool = Field(
+        False,
+        description="two-step alarms: an acknowledged alarm also waits for Confirm"
+        " (Part 9 ConfirmedState) before it leaves the alarm list",
+    )
+
+
 class OpcuaServer(Strict):
     """The gateway as an OPC UA server: bridged points appear as variables."""
 
@@ -148,6 +178,9 @@ class OpcuaServer(Strict):
         le=10000,
         description="TCP connections served at once, with or without a session; a newcomer "
         "past them is closed at once",
+    )
+    alarms: AlarmOptions = Field(
+        default_factory=AlarmOptions, description="anomaly alarms of bridges with anomaly:"
     )
 
     def run_warnings(self) -> list[tuple[Path, str]]:
@@ -217,24 +250,7 @@ class OpcuaPoint(PointLimits):
     @field_validator("node_id")
     @classmethod
     def _node_id_syntax(cls, v: str | None) -> str | None:
-        """The client parses it with asyncua at start; a malformed one would only fail then.
-        asyncua is imported here, lazily: this module loads without it (the check is then
-        skipped and the client, which needs asyncua anyway, reports it)."""
-        if v is None:
-            return v
-        try:
-            from asyncua.ua import NodeId
-            from asyncua.ua.uaerrors import UaError
-        except ImportError:
-            return v
-        try:
-            NodeId.from_string(v)
-        except (ValueError, UaError):
-            raise ValueError(
-                'a node id such as "ns=2;s=Boiler.Temp" or "i=2258" (an optional ns=N; '
-                "then i=, s=, g= or b= and the identifier)"
-            ) from None
-        return v
+        return None if v is None else node_id_syntax(v)
 
     @model_validator(mode="after")
     def _one_address(self) -> OpcuaPoint:
@@ -243,6 +259,60 @@ class OpcuaPoint(PointLimits):
         if self.deadband and self.deadband.absolute and self.deadband.percent:
             raise ValueError("OPC UA takes one deadband: absolute or percent")
         return self
+
+
+class Events(Strict):
+    """Events and alarms of the server (Part 9), each one bus message of kind EVENT."""
+
+    node: str = Field(
+        "i=2253", description="the notifier whose events are subscribed (default: the Server)"
+    )
+    types: list[str] = Field(
+        default_factory=list,
+        description='event type node ids, e.g. "i=2915" (AlarmConditionType) or "ns=2;i=1001": '
+        "only events of these types and their subtypes; default: all",
+    )
+    min_severity: int = Field(
+        0, ge=0, le=1000, description="only events of at least this severity (1..1000; 0: all)"
+    )
+    fields: list[str] = Field(
+        default_factory=list,
+        description='more event fields, as browse paths from the event, e.g. "2:Limits/2:High"'
+        " (sample event.Limits.High); the standard ones are always selected",
+    )
+    refresh: bool = Field(
+        True, description="call ConditionRefresh after each subscribe: active alarms come again"
+    )
+    queue_size: int = Field(
+        1000, ge=1, le=100000, description="events the server keeps between two publishes"
+    )
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return node_id_syntax(v)
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                node_id_syntax(item)
+            except ValueError as exc:
+                raise ValueError(f"{item!r}: {exc}") from None
+        if len(set(v)) != len(v):
+            raise ValueError("an event type is given twice")
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: list[str]) -> list[str]:
+        try:
+            from protocols.opcua.events import extra_fields
+        except ImportError:  # asyncua not installed: the client reports it
+            return v
+        extra_fields(v)
+        return v
 
 
 class OpcuaClient(Strict):
@@ -256,7 +326,21 @@ class OpcuaClient(Strict):
     timeout: float = Field(4.0, gt=0, le=60, description="seconds per request")
     subscription: Subscription = Field(default_factory=Subscription)
     reconnect: Backoff = Field(default_factory=Backoff)
-    points: list[OpcuaPoint] = Field(min_length=1)
+    points: list[OpcuaPoint] = Field(default_factory=list)
+    events: Events | None = Field(
+        None, description="subscribe to the server's events and alarms (Part 9)"
+    )
+
+    def event_points(self) -> list[str]:
+        """The names of the samples its events carry: a bridge's ``points:`` globs may select
+        them (`gateway validate`), though they are no points (nothing serves them)."""
+        if self.events is None:
+            return []
+        try:
+            from protocols.opcua.events import EventFields, extra_fields
+        except ImportError:  # asyncua not installed: the client reports it
+            return []
+        return EventFields("", extra_fields(self.events.fields)).sample_names()
 
     def run_warnings(self) -> list[tuple[Path, str]]:
         sec = self.security
@@ -279,4 +363,19 @@ class OpcuaClient(Strict):
         )
 
     def check(self) -> list[Problem]:
-        return repeated_names(self.points)
+        problems = repeated_names(self.points)
+        if not self.points and self.events is None:  # (`gateway suggest --browse` finds points)
+            problems.append(
+                Problem(("points",), "no points and no events", "give points, events, or both")
+            )
+        if self.events is not None:
+            problems += [
+                Problem(
+                    ("points", i, "name"),
+                    repr(p.name),
+                    "a name not starting with 'event.' (the events' samples are named so)",
+                )  # fmt: skip
+                for i, p in enumerate(self.points)
+                if p.name.startswith("event.")
+            ]
+        return problems

@@ -1,14 +1,21 @@
-"""The OPC UA server's HistoryRead service: raw values of the variables whose device has a
-shadow, read from the shadow's history through the variable's bridge (in the target's units
-and names), as `protocols.opcua.history` lays out.
+"""The OPC UA server's HistoryRead service: raw values, processed values (Part 13 aggregates)
+and values at given times of the variables whose device has a shadow, read from the shadow's
+history through the variable's bridge (in the target's units and names), as
+`protocols.opcua.history` lays out.
 
 Per node: Good with the values, GoodNoData when there are none, BadHistoryOperationUnsupported
 for a node without history (not ours, a computed point, a device without a shadow) and for
-what is not a raw read (processed, at-time, modified, events), BadHistoryOperationInvalid for a
-raw read with fewer than two of start, end and numValuesPerNode, BadNodeIdUnknown for a node
-that does not exist, BadContinuationPointInvalid, and BadInternalError when the history cannot
-be read (the shadow stopping, a damaged file; logged, at most once a minute). The whole request:
-BadNothingToDo without nodes, BadTimestampsToReturnInvalid for Neither.
+modified and event reads, BadHistoryOperationInvalid for a raw read with fewer than two of
+start, end and numValuesPerNode, a processed read without both times (or equal ones) or with a
+negative interval, an at-time read without times; BadAggregateListMismatch when a processed
+read does not give one AggregateType per node, BadAggregateNotSupported for an aggregate not in
+`protocols.opcua.aggregates.Aggregate`; BadNodeIdUnknown for a node that does not exist,
+BadContinuationPointInvalid, and BadInternalError when the history cannot be read (the shadow
+stopping, a damaged file; logged, at most once a minute). The whole request: BadNothingToDo
+without nodes, BadTimestampsToReturnInvalid for Neither.
+
+Aggregate results are Double (Average, TimeAverage, Delta, Range), Int32 (Count) or of the
+variable's type (Minimum, Maximum, Start, End, Interpolative).
 
 The shadow keeps one time per value, the source's: it is the SourceTimestamp, and the
 ServerTimestamp where one is asked for. Qualities: good -> Good, uncertain -> Uncertain, bad ->
@@ -19,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -28,6 +36,7 @@ from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes as Codes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
+from protocols.opcua.aggregates import KINDS, Aggregate, Kind, Result
 from protocols.opcua.history import (
     MAX_RESPONSE_VALUES,
     Continuations,
@@ -36,8 +45,14 @@ from protocols.opcua.history import (
     Item,
     NoBound,
     Position,
+    ProcessedPosition,
+    ProcessedQuery,
     RawQuery,
+    Reader,
+    read_at_times,
     read_page,
+    read_processed,
+    request_times,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +93,19 @@ class HistoryVar(Protocol):
     def spec(self) -> PointSpec: ...
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One node of a HistoryRead: the request, the node's place in it, its variable, how to
+    read its rows, and how many values the response still has room for."""
+
+    params: ua.HistoryReadParameters
+    n: int
+    item: ua.HistoryReadValueId
+    var: HistoryVar
+    rows: Reader
+    room: int
+
+
 class Historian:
     """Answers HistoryRead for one server; counts what it served."""
 
@@ -99,8 +127,8 @@ class Historian:
             raise UaStatusCodeError(Codes.BadTimestampsToReturnInvalid)  # type: ignore[no-untyped-call]
         room = MAX_RESPONSE_VALUES
         results = []
-        for item in params.NodesToRead:
-            result = await self._one(params, item, room, exists)
+        for n, item in enumerate(params.NodesToRead):
+            result = await self._one(params, n, item, room, exists)
             data = result.HistoryData
             room -= len(data.DataValues or ()) if isinstance(data, ua.HistoryData) else 0
             results.append(result)
@@ -109,12 +137,12 @@ class Historian:
     async def _one(
         self,
         params: ua.HistoryReadParameters,
+        n: int,
         item: ua.HistoryReadValueId,
         room: int,
         exists: Callable[[ua.NodeId], bool],
     ) -> ua.HistoryReadResult:
         var = self.variables.get(item.NodeId)
-        node = item.NodeId.to_string()
         details = params.HistoryReadDetails
         if var is None and not exists(item.NodeId):
             return _failed(Codes.BadNodeIdUnknown)
@@ -127,41 +155,100 @@ class Historian:
             return _failed(Codes.BadHistoryOperationUnsupported)
         if params.ReleaseContinuationPoints:
             return _failed(Codes.Good)  # nothing is held for a point: nothing to release
-        if not isinstance(details, ua.ReadRawModifiedDetails) or details.IsReadModified:
-            return _failed(Codes.BadHistoryOperationUnsupported)
-        try:
-            if item.ContinuationPoint:
-                query, at = self.continuations.open(node, item.ContinuationPoint)
-            else:
-                query = RawQuery.of(
-                    details.StartTime,
-                    details.EndTime,
-                    details.NumValuesPerNode,
-                    details.ReturnBounds,
-                )
-                at = Position()
-        except InvalidContinuation:
-            return _failed(Codes.BadContinuationPointInvalid)
-        except InvalidQuery:
-            return _failed(Codes.BadHistoryOperationInvalid)
-
         rows = partial(var.bridge.history, var.device, var.spec.name)
+        req = _Request(params, n, item, var, rows, room)
+        try:
+            if isinstance(details, ua.ReadProcessedDetails):
+                planned = self._processed(req)
+            elif isinstance(details, ua.ReadAtTimeDetails):
+                planned = self._at_times(req)
+            elif isinstance(details, ua.ReadRawModifiedDetails) and not details.IsReadModified:
+                planned = self._raw(req)
+            else:
+                planned = Codes.BadHistoryOperationUnsupported
+        except InvalidContinuation:
+            planned = Codes.BadContinuationPointInvalid
+        except InvalidQuery:
+            planned = Codes.BadHistoryOperationInvalid
+        if isinstance(planned, int):
+            return _failed(planned)
         self.reads += 1
         try:
-            items, after = await read_page(query, at, room, rows)
+            values, point = await planned()
         except Exception as exc:  # the shadow stopping (a reload), a damaged file
             self.errors += 1
             self._warn(f"{var.device}/{var.spec.name}: {exc}")
             return _failed(Codes.BadInternalError)
-        self.values += len(items)
-        stamps = params.TimestampsToReturn
-        values = [_data_value(var, i, stamps) for i in items]
-        code = Codes.Good if values or after is not None else Codes.GoodNoData
+        self.values += len(values)
+        code = Codes.Good if values or point else Codes.GoodNoData
         return ua.HistoryReadResult(
             StatusCode=ua.StatusCode(cast("ua.UInt32", code)),
-            ContinuationPoint=self.continuations.make(node, query, after) if after else None,
+            ContinuationPoint=point,
             HistoryData=ua.HistoryData(DataValues=values),
         )
+
+    # Each of these checks a request (raising InvalidQuery, InvalidContinuation, or giving the
+    # code it is refused with) and gives what reads it: the values and the next point.
+
+    def _raw(self, req: _Request) -> _Planned | int:
+        params, item, var, rows, room = req.params, req.item, req.var, req.rows, req.room
+        details, node = params.HistoryReadDetails, item.NodeId.to_string()
+        if item.ContinuationPoint:
+            query, at = self.continuations.open(node, item.ContinuationPoint)
+        else:
+            query = RawQuery.of(
+                details.StartTime, details.EndTime, details.NumValuesPerNode, details.ReturnBounds
+            )
+            at = Position()
+
+        async def read() -> _Read:
+            items, after = await read_page(query, at, room, rows)
+            values = [_data_value(var, i, params.TimestampsToReturn) for i in items]
+            return values, self.continuations.make(node, query, after) if after else None
+
+        return read
+
+    def _processed(self, req: _Request) -> _Planned | int:
+        params, item, var, rows, room = req.params, req.item, req.var, req.rows, req.room
+        details, node = params.HistoryReadDetails, item.NodeId.to_string()
+        if item.ContinuationPoint:
+            query, at = self.continuations.open_processed(node, item.ContinuationPoint)
+        else:
+            kinds = details.AggregateType or []
+            if len(kinds) != len(params.NodesToRead):
+                return Codes.BadAggregateListMismatch
+            aggregate = _AGGREGATES.get(kinds[req.n])
+            if aggregate is None:
+                return Codes.BadAggregateNotSupported
+            query = ProcessedQuery.of(
+                details.StartTime, details.EndTime, details.ProcessingInterval, aggregate
+            )
+            at = ProcessedPosition()
+        kind = KINDS.get(query.aggregate, Kind.SAME)
+
+        async def read() -> _Read:
+            results, after = await read_processed(query, at, room, rows, time.time())
+            values = [_result_value(var, r, kind, params.TimestampsToReturn) for r in results]
+            return values, self.continuations.make_processed(node, query, after) if after else None
+
+        return read
+
+    def _at_times(self, req: _Request) -> _Planned | int:
+        params, item, var, rows, room = req.params, req.item, req.var, req.rows, req.room
+        details, node = params.HistoryReadDetails, item.NodeId.to_string()
+        simple = bool(details.UseSimpleBounds)
+        times = request_times(list(details.ReqTimes or []))
+        index = 0
+        if item.ContinuationPoint:
+            index = self.continuations.open_at_times(node, item.ContinuationPoint, times, simple)
+
+        async def read() -> _Read:
+            results, after = await read_at_times(times, index, room, rows, time.time(), simple)
+            values = [_result_value(var, r, Kind.SAME, params.TimestampsToReturn) for r in results]
+            made = self.continuations.make_at_times
+            return values, made(node, times, simple, after) if after is not None else None
+
+        return read
 
     def _warn(self, what: str) -> None:
         now = time.monotonic()
@@ -181,8 +268,40 @@ def _failed(code: int) -> ua.HistoryReadResult:
     return ua.HistoryReadResult(StatusCode=ua.StatusCode(cast("ua.UInt32", code)))
 
 
+_Read = tuple[list[ua.DataValue], bytes | None]  # values, continuation point
+_Planned = Callable[[], Awaitable[_Read]]
+_AGGREGATES = {ua.NodeId(cast("ua.Int32", a.value)): a for a in Aggregate}
+_KIND_TYPES = {Kind.DOUBLE: (float, VT.Double), Kind.COUNT: (int, VT.Int32)}
+
+
+def _result_value(
+    var: HistoryVar, result: Result, kind: Kind, stamps: ua.TimestampsToReturn
+) -> ua.DataValue:
+    """An aggregate's or an at-time read's value as a DataValue."""
+    variant = ua.Variant(None, VT.Null)
+    code = result.status
+    if result.value is not None:
+        coerce, vtype = _KIND_TYPES.get(kind, (var.coerce, var.vtype))
+        try:
+            variant = ua.Variant(coerce(result.value), vtype)
+        except (TypeError, ValueError, OverflowError):
+            code = Codes.BadTypeMismatch
+    return _stamped(variant, code, result.ts, stamps)
+
+
+def _stamped(
+    variant: ua.Variant, code: int, ts: float, stamps: ua.TimestampsToReturn
+) -> ua.DataValue:
+    when = cast("ua.DateTime", datetime.fromtimestamp(ts, UTC))
+    return ua.DataValue(
+        Value=variant,
+        StatusCode=ua.StatusCode(cast("ua.UInt32", code)),
+        SourceTimestamp=when if stamps != ua.TimestampsToReturn.Server else None,
+        ServerTimestamp=when if stamps != ua.TimestampsToReturn.Source else None,
+    )
+
+
 def _data_value(var: HistoryVar, item: Item, stamps: ua.TimestampsToReturn) -> ua.DataValue:
-    when = cast("ua.DateTime", datetime.fromtimestamp(item.ts, UTC))
     variant = ua.Variant(None, VT.Null)
     if isinstance(item, NoBound):
         code = Codes.BadBoundNotFound
@@ -193,9 +312,4 @@ def _data_value(var: HistoryVar, item: Item, stamps: ua.TimestampsToReturn) -> u
                 variant = ua.Variant(var.coerce(item.value), var.vtype)
             except (TypeError, ValueError, OverflowError):
                 code = Codes.BadTypeMismatch
-    return ua.DataValue(
-        Value=variant,
-        StatusCode=ua.StatusCode(cast("ua.UInt32", code)),
-        SourceTimestamp=when if stamps != ua.TimestampsToReturn.Server else None,
-        ServerTimestamp=when if stamps != ua.TimestampsToReturn.Source else None,
-    )
+    return _stamped(variant, code, item.ts, stamps)

@@ -1,5 +1,7 @@
-"""HistoryRead of raw values (OPC UA Part 11, 6.5.3): which stored values a request asks for,
-in which order, with its bounding values, a page at a time behind continuation points.
+"""HistoryRead (OPC UA Part 11, 6.5): which stored values a request asks for, in which order,
+a page at a time behind continuation points: raw values (6.5.3) with their bounding values,
+processed values (6.5.4, Part 13's aggregates of `protocols.opcua.aggregates`) and the values
+at given times (6.5.5).
 
 The time domain (Part 11, 4.4 and 6.5.3.2): two of start, end and numValuesPerNode are given.
 Forward (start before end, or start alone) reads ``start <= ts < end``; backward (end before
@@ -10,13 +12,25 @@ null with Bad_BoundNotFound at that time when there is none; bounds count in
 numValuesPerNode. With both times, numValuesPerNode is the size of a page (the rest behind a
 continuation point); with one time it is the total.
 
+Processed: the intervals of ProcessingInterval from StartTime towards EndTime (going back when
+EndTime is earlier; the last one shorter where the span is not a multiple; 0: one interval),
+each over ``lo <= ts < hi``, reported at its start (its later end going back). A response
+carries at most `MAX_VALUES` intervals of a node and folds at most `MAX_ROWS` stored rows (the
+memory one response takes is a page of rows, whatever the span); the rest, even the middle of an
+interval (the fold's state travels in the point), is behind a continuation point.
+Interpolative is the value at each interval's time, as at-time reads give it: the row held
+then (a bad one passed over for the last usable one among the `_BOUND_SEARCH` before it).
+At-time points hold the index of the next time and a digest of the times: Part 11 has the
+client send the same request with them, and another one's is refused.
+
 Continuation points carry the whole position (the request, the time of the last value given
 and how many values at that time were given), signed with a key the server makes at start: no
 state is kept per session, so there is nothing to leak or to limit, and a point made by another
 server, or for another node, is refused (Bad_ContinuationPointInvalid). Values recorded while a
 client pages through come in the pages still to be read where their time falls there.
 
-No I/O here: `read_page` asks a `Reader` (the shadow's history, in the target's units).
+No I/O here: `read_page`, `read_processed` and `read_at_times` ask a `Reader` (the shadow's
+history, in the target's units).
 """
 
 from __future__ import annotations
@@ -24,19 +38,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from protocols.opcua.aggregates import SAME, Aggregate, Fold, Result, Sample, usable, value_at
+
 MAX_VALUES = 1000  # of one node in one response (advertised as MaxReturnDataValues)
 MAX_RESPONSE_VALUES = 10_000  # of all the nodes of one response (about 0.3 MB of doubles)
+MAX_ROWS = 100_000  # stored rows folded into aggregates for one response (about 0.5 s)
+_PAGE_ROWS = 1000  # stored rows read at a time
+# How far back a bad value held at a time is passed over for the last usable one
+_BOUND_SEARCH = 100
 _EPOCH_1601 = datetime(1601, 1, 1, tzinfo=UTC)
 _MAC = 16  # bytes of HMAC-SHA256 kept
-# A client sends back the times we gave it, rounded to the microsecond (datetime's resolution;
-# OPC UA's is 100 ns); a stored time is any float. Times this close are the same time.
-SAME = 0.5e-6
 
 
 class Row(Protocol):
@@ -253,6 +271,148 @@ def _after_skip(rows: list[Any], cursor: float, skip: int) -> list[Any]:
     return rows[dropped:]
 
 
+@dataclass(frozen=True)
+class ProcessedQuery:
+    """A ReadProcessedDetails for one node: its aggregate and intervals (times in seconds)."""
+
+    aggregate: Aggregate
+    start: float
+    end: float
+    step: float  # ProcessingInterval; 0: one interval over the whole span
+
+    @classmethod
+    def of(
+        cls, start: datetime | None, end: datetime | None, interval_ms: float, aggregate: Aggregate
+    ) -> ProcessedQuery:
+        low, high = _time(start), _time(end)
+        if low is None or high is None or abs(high - low) < SAME:
+            raise InvalidQuery("a processed read needs different startTime and endTime")
+        if not math.isfinite(interval_ms) or interval_ms < 0:
+            raise InvalidQuery(f"processingInterval {interval_ms} is not a duration")
+        return cls(aggregate, low, high, interval_ms / 1000)
+
+    @property
+    def span(self) -> float:
+        return abs(self.end - self.start)
+
+    @property
+    def length(self) -> float:
+        """An interval's full length (a shorter one is Partial)."""
+        return self.step if 0 < self.step < self.span else self.span
+
+    @property
+    def intervals(self) -> int:
+        # a span that is a multiple of the step, give or take the rounding of times (`SAME`),
+        # has no remnant
+        return max(1, math.ceil((self.span - SAME) / self.length))
+
+    def interval(self, i: int) -> tuple[float, float, float]:
+        """Interval ``i``: ``lo``, ``hi`` and the time it is reported at."""
+        if self.end > self.start:
+            lo = self.start + i * self.length
+            return lo, min(lo + self.length, self.end), lo
+        hi = self.start - i * self.length
+        return max(hi - self.length, self.end), hi, hi
+
+
+@dataclass(frozen=True)
+class ProcessedPosition:
+    """How far a processed read has come: the next interval, and within it (``fold`` not
+    None) the rows folded so far, up to ``ts`` less ``skip`` rows at exactly ``ts``."""
+
+    index: int = 0
+    ts: float | None = None
+    skip: int = 0
+    fold: list[Any] | None = None
+
+
+async def read_processed(
+    query: ProcessedQuery, at: ProcessedPosition, room: int, read: Reader, now: float
+) -> tuple[list[Result], ProcessedPosition | None]:
+    """The next results of ``query`` from ``at``, at most ``room`` (and `MAX_VALUES`), having
+    folded at most `MAX_ROWS` rows; with the position to go on from, None when complete."""
+    room, budget, step = min(room, MAX_VALUES), MAX_ROWS, query.length
+    out: list[Result] = []
+    index = at.index
+    fold = Fold.restore(at.fold) if at.fold is not None else None
+    cursor, skip = at.ts, at.skip
+    carried: tuple[float, Sample | None] | None = None  # the row held at a time, known
+    while index < query.intervals and len(out) < room:
+        lo, hi, stamp = query.interval(index)
+        if query.aggregate is Aggregate.INTERPOLATIVE:
+            held, good = await bound(read, stamp)
+            out.append(value_at(held, good, stamp, now, simple=False))
+            index += 1
+            continue
+        if fold is None:
+            if carried is not None and abs(carried[0] - lo) < SAME:
+                held = carried[1]
+            else:
+                rows = await _read(read, None, lo, False, True, True, 1)
+                held = _sample(rows[0]) if rows else None
+            fold, cursor, skip = Fold(lo, hi, held), lo, 0
+        while True:
+            if budget <= 0:
+                return out, ProcessedPosition(index, cursor, skip, fold.state())
+            wanted = min(_PAGE_ROWS, budget)
+            assert cursor is not None
+            rows = await _read(read, cursor, hi, False, True, False, skip + wanted + 1)
+            rows = _after_skip(rows, cursor, skip)
+            taken = rows[:wanted]
+            for row in taken:
+                fold.add(_sample(row))
+            budget -= len(taken)
+            if len(rows) <= len(taken):
+                break
+            last = taken[-1].ts
+            same = sum(1 for r in taken if abs(r.ts - last) < SAME)
+            skip = same + (skip if abs(cursor - last) < SAME else 0)
+            cursor = last
+        out.append(fold.result(query.aggregate, stamp, now, step))
+        carried, fold = (hi, fold.held), None
+        index += 1
+    return out, ProcessedPosition(index) if index < query.intervals else None
+
+
+async def read_at_times(
+    times: list[float], index: int, room: int, read: Reader, now: float, simple: bool
+) -> tuple[list[Result], int | None]:
+    """The values at ``times`` from ``index`` on, at most ``room`` (and `MAX_VALUES`); with
+    the index to go on from, None when complete."""
+    out: list[Result] = []
+    for t in times[index : index + min(room, MAX_VALUES)]:
+        held, good = await bound(read, t)
+        out.append(value_at(held, good, t, now, simple))
+    index += len(out)
+    return out, index if index < len(times) else None
+
+
+async def bound(read: Reader, t: float) -> tuple[Sample | None, Sample | None]:
+    """The row held at ``t`` (the last at or before it) and the last usable one (looked for
+    among the `_BOUND_SEARCH` rows before a bad one)."""
+    rows = await _read(read, None, t, False, False, True, 1)
+    if not rows:
+        return None, None
+    held = _sample(rows[0])
+    if usable(held[2]):
+        return held, held
+    rows = await _read(read, None, held[0], False, True, True, _BOUND_SEARCH)
+    good = next((_sample(r) for r in rows if usable(r.quality)), None)
+    return held, good
+
+
+def _sample(row: Row) -> Sample:
+    return (row.ts, row.value, row.quality)
+
+
+def request_times(times: list[datetime]) -> list[float]:
+    """ReadAtTimeDetails' ReqTimes in seconds; InvalidQuery where one is not given."""
+    out = [_time(t) for t in times]
+    if not out or any(t is None for t in out):
+        raise InvalidQuery("reqTimes must be given, each a time")
+    return [t for t in out if t is not None]
+
+
 class Continuations:
     """Makes and checks the continuation points of one server (a key of its own)."""
 
@@ -262,16 +422,54 @@ class Continuations:
     def _mac(self, node: str, body: bytes) -> bytes:
         return hmac.new(self._key, node.encode() + b"\0" + body, hashlib.sha256).digest()[:_MAC]
 
-    def make(self, node: str, query: RawQuery, at: Position) -> bytes:
-        body = json.dumps(
-            [query.start, query.end, query.count, query.bounds, at.phase, at.ts, at.skip, at.given],
-            separators=(",", ":"),
-        ).encode()
+    def seal(self, node: str, payload: list[Any]) -> bytes:
+        body = json.dumps(payload, separators=(",", ":")).encode()
         return self._mac(node, body) + body
 
-    def open(self, node: str, point: bytes) -> tuple[RawQuery, Position]:
+    def unseal(self, node: str, point: bytes, kind: str) -> list[Any]:
+        """The payload of a point of ``kind`` made by `seal` for ``node``."""
         mac, body = point[:_MAC], point[_MAC:]
         if len(mac) != _MAC or not hmac.compare_digest(mac, self._mac(node, body)):
             raise InvalidContinuation("not a continuation point of this server for this node")
-        start, end, count, bounds, phase, ts, skip, given = json.loads(body)
+        payload = json.loads(body)
+        if not isinstance(payload, list) or not payload or payload[0] != kind:
+            raise InvalidContinuation("a continuation point of another kind of read")
+        return payload[1:]
+
+    def make(self, node: str, query: RawQuery, at: Position) -> bytes:
+        q = query
+        return self.seal(
+            node, ["raw", q.start, q.end, q.count, q.bounds, at.phase, at.ts, at.skip, at.given]
+        )
+
+    def open(self, node: str, point: bytes) -> tuple[RawQuery, Position]:
+        start, end, count, bounds, phase, ts, skip, given = self.unseal(node, point, "raw")
         return RawQuery(start, end, count, bounds), Position(phase, ts, skip, given)
+
+    def make_processed(self, node: str, query: ProcessedQuery, at: ProcessedPosition) -> bytes:
+        q = query
+        return self.seal(
+            node,
+            ["processed", q.aggregate.name, q.start, q.end, q.step, at.index, at.ts, at.skip]
+            + [at.fold],
+        )
+
+    def open_processed(self, node: str, point: bytes) -> tuple[ProcessedQuery, ProcessedPosition]:
+        name, start, end, step, index, ts, skip, fold = self.unseal(node, point, "processed")
+        query = ProcessedQuery(Aggregate[name], start, end, step)
+        return query, ProcessedPosition(index, ts, skip, fold)
+
+    def make_at_times(self, node: str, times: list[float], simple: bool, index: int) -> bytes:
+        return self.seal(node, ["at", _digest(times, simple), index])
+
+    def open_at_times(self, node: str, point: bytes, times: list[float], simple: bool) -> int:
+        """The index a point goes on from; InvalidContinuation where the request resent with
+        it is not the one it was made for (Part 11: the same details come back with it)."""
+        digest, index = self.unseal(node, point, "at")
+        if digest != _digest(times, simple):
+            raise InvalidContinuation("the continuation point of another request")
+        return int(index)
+
+
+def _digest(times: list[float], simple: bool) -> str:
+    return hashlib.sha256(json.dumps([times, simple]).encode()).hexdigest()[:32]

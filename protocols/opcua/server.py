@@ -88,8 +88,24 @@ Anomaly alarms: each device of a bridge with ``anomaly:`` also gets the variable
 its alarm rises or clears, from its object and the Server object (`protocols.opcua.alarms`).
 `send` hands the bridge's EVENT messages and the verdict of scored messages
 (``meta["anomaly"]``) to it; an EVENT's samples never land in a point's variable. Built after
-the points: a point named like one of these variables keeps its node. Servers without such
-bridges get none of this.
+the points: a point named like one of these variables keeps its node. A Call on one of the
+alarms' ConditionIds (Acknowledge, AddComment) goes to the alarms, with the caller's user and
+whether they may write. Servers without such bridges get none of this.
+
+Re-served events (an aggregating server): an OPC UA client device with ``events:`` puts each
+upstream event and alarm on the bus (`protocols.opcua.events`); a bridge from it to this server
+makes `send` fire it again from the device's object and from the Server object, with the
+upstream's EventType (when standard), SourceName, Time, Severity, Message and, for a
+condition, ConditionName, ActiveState/Id, AckedState/Id and Retain as fields
+(`protocols.opcua.served_events`; the condition is no node of ours: its ConditionId is
+``<device>#<upstream ConditionId>``). At start, the object of each device whose events a
+bridge carries (`Bridge.event_devices`) becomes an event notifier (EventNotifier
+SubscribeToEvents, HasNotifier from the Server), the where clauses subtype-aware
+(`alarms.install`, existing items too) and ConditionRefresh ours (the retained upstream
+conditions, with the anomaly alarms if any); an event of a device not known so (a plugin's
+events) does so at its first event. Acknowledge and the other
+condition methods on a re-served condition answer BadNotSupported: they are not forwarded to
+the device. A server that gets no such event changes nothing (no notifier, no evaluator swap).
 
 Publish responses: asyncua sends all a subscription has queued in one Publish response,
 whatever the client's MaxNotificationsPerPublish; a backlog could outgrow the client's message
@@ -104,6 +120,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import socket
 import struct
 import weakref
@@ -114,6 +131,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from asyncua import ua
+from asyncua.common import event_objects
 from asyncua.common.connection import TransportLimits
 from asyncua.common.utils import Buffer, ServiceError
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
@@ -122,6 +140,7 @@ from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
 from asyncua.server.server import Server
+from asyncua.server.subscription_service import SubscriptionService
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
@@ -131,6 +150,7 @@ from asyncua.ua.ua_binary import extensionobject_from_binary, struct_from_binary
 from cryptography import x509
 
 from gateway.adapter import Adapter, AdapterContext
+from gateway.anomaly.verdict import ForeignEvents
 from gateway.bridge import respecified
 from gateway.commands import WriteStatus
 from gateway.limits import exceeded
@@ -138,7 +158,8 @@ from gateway.paths import state_path
 from gateway.streak import Throttle
 from gateway.text import counted
 from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
-from protocols.opcua import alarms, logins, publish, transport
+from protocols.opcua import alarms, logins, publish, served_events, transport
+from protocols.opcua.aggregates import Aggregate
 from protocols.opcua.alarms import ALARM_VARIABLE, SCORE_VARIABLE, Alarms, DeviceAlarm
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
 from protocols.opcua.historian import Historian
@@ -687,10 +708,26 @@ class _Session(InternalSession):
         return self._unknown([p.StartingNode for p in params], results)
 
     async def call(self, params: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
-        refused = [self._refuse_call(m) for m in params]
+        refused = [await self._answer_call(m) for m in params]
         allowed = [m for m, r in zip(params, refused, strict=True) if r is None]
         answered = iter(await super().call(allowed) if allowed else [])
         return [r if r is not None else next(answered) for r in refused]
+
+    async def _answer_call(self, method: ua.CallMethodRequest) -> ua.CallMethodResult | None:
+        """Our answer to a call, or None to let asyncua run it. A condition's Acknowledge and
+        AddComment are ours (`protocols.opcua.alarms`: its ConditionId is no node)."""
+        found, served = self.adapter.alarms, self.adapter.served
+        if served is not None and method.ObjectId in served.conditions:
+            # not forwarded to the device (yet): our server holds no state of its condition
+            return ua.CallMethodResult(StatusCode=status(Codes.BadNotSupported))
+        if found is not None and found.serves(method):
+            user = self.user.name or self.user.role.name.lower()
+            return await found.call(method, user, self.adapter.may_write(self.user))
+        refused = self._refuse_call(method)
+        if refused is None and found is not None and method.MethodId in alarms.CONDITION_ONLY:
+            # on another object (the Server, the condition's type): asyncua says BadNothingToDo
+            return ua.CallMethodResult(StatusCode=status(Codes.BadMethodInvalid))
+        return refused
 
     def _refuse_call(self, method: ua.CallMethodRequest) -> ua.CallMethodResult | None:
         """The result of a call that must not run, or None to let asyncua run it."""
@@ -708,7 +745,8 @@ class _Session(InternalSession):
     def _refresh(self, method: ua.CallMethodRequest) -> bool:
         """Whether ``method`` is a ConditionRefresh served by our alarms, which only sends the
         caller's subscription its events again: read-only clients may call it."""
-        return self.adapter.alarms is not None and method.MethodId in _REFRESH_METHODS
+        ours = self.adapter.alarms is not None or self.adapter.served is not None
+        return ours and method.MethodId in _REFRESH_METHODS
 
     def _unknown(self, nodes: list[ua.NodeId], results: list[_R]) -> list[_R]:
         """asyncua says BadNodeIdInvalid (malformed) where the node does not exist."""
@@ -984,6 +1022,56 @@ class _Processor(UaProcessor):
 # -- the adapter ---------------------------------------------------------------------------
 
 
+class _ServedEvents:
+    """The OPC UA client devices' events this server fires again
+    (`protocols.opcua.served_events`): their notifiers, conditions and retained events."""
+
+    def __init__(self, server_object: ua.NodeId, namespace: int) -> None:
+        self.server_object = server_object
+        self.namespace = namespace
+        self.notifiers: set[ua.NodeId] = set()
+        self.conditions: set[ua.NodeId] = set()  # our ConditionIds (no node)
+        self.kept = served_events.Retained()
+        self.count = 0
+
+    async def fire(
+        self, event: served_events.Upstream, source: ua.NodeId, subs: SubscriptionService
+    ) -> None:
+        condition = None
+        if event.condition is not None:
+            condition = _node_id(f"{event.device}#{event.key}", self.namespace)
+            self.conditions.add(condition)
+        made = _BASE_EVENT(sourcenode=source)
+        made.emitting_node = source
+        made.add_property("NodeId", None, VT.NodeId)  # asyncua's BaseEvent has no ConditionId
+        fields = served_events.fields(event, source, condition)
+        for name in fields:
+            if not hasattr(made, name):
+                made.add_property(name, None, _FIELD_TYPES.get(name, VT.Boolean))
+        alarms.set_fields(made, fields)
+        made.EventId = os.urandom(16)
+        copies = alarms.both(made, self.server_object)
+        self.kept.update(event, copies)
+        self.count += 1
+        await alarms.trigger(subs, copies)
+
+    def sources(self) -> list[ua.NodeId]:
+        return sorted(self.notifiers, key=lambda n: str(n.Identifier))
+
+    def retained(self) -> list[Any]:
+        return [e for copies in self.kept for e in copies]
+
+
+# asyncua's generated event classes are not annotated: made through this, they are Any.
+_BASE_EVENT: Callable[..., Any] = event_objects.BaseEvent
+_FIELD_TYPES = {
+    "ConditionName": VT.String,
+    "BranchId": VT.NodeId,
+    "ActiveState": VT.LocalizedText,
+    "AckedState": VT.LocalizedText,
+}
+
+
 class OpcuaServerAdapter(Adapter):
     """Serves the points of every bridge that targets it."""
 
@@ -1009,6 +1097,10 @@ class OpcuaServerAdapter(Adapter):
         self.writes_refused: dict[str, int] = {}
         self.historian = Historian(name, self.vars)
         self.alarms: Alarms | None = None  # bridges with ``anomaly:`` (`protocols.opcua.alarms`)
+        self.foreign_events = ForeignEvents(f"OPC UA server {name}")  # an OPC UA client's events
+        # id(route) -> device -> its object; an OPC UA client's events are re-served from it
+        self._objects: dict[int, dict[str, ua.NodeId]] = {}
+        self.served: _ServedEvents | None = None  # made at the first such event
         self._read_only = frozenset(u.username for u in config.users if u.access == "read")
         self._ts_cache: tuple[float, ua.DateTime] = (
             0.0,
@@ -1058,6 +1150,7 @@ class OpcuaServerAdapter(Adapter):
         if self.alarms is not None:
             self.alarms.start(iserver.subscription_service, iserver.aspace)
             alarms.install()
+        self._serve_events_of_bridges(iserver)
         # asyncua logs a failed start (a port in use) with its traceback, then raises the
         # error, which the gateway reports in one line (runtime.StartError): keep the message.
         quiet = Throttle(interval=0.0)
@@ -1181,7 +1274,7 @@ class OpcuaServerAdapter(Adapter):
             builder = _Builder(iserver.aspace, self.namespace_index)
             self._build_nodes(builder)
             self._build_alarms(builder)
-            self._history_capabilities(iserver.aspace)
+            self._history_capabilities(builder)
         finally:
             if enabled:
                 gc.enable()
@@ -1196,6 +1289,7 @@ class OpcuaServerAdapter(Adapter):
                 folder = builder.folder(
                     _render(route.folder, device=device, gateway=self.context.gateway_name)
                 )
+                self._objects.setdefault(id(bridge.config.route), {})[device] = folder
                 points = table.setdefault(device, {})
                 for spec in specs:
                     var = self._var(bridge, route, device, spec)
@@ -1223,7 +1317,7 @@ class OpcuaServerAdapter(Adapter):
             if not isinstance(route, OpcuaServerRoute):
                 route = OpcuaServerRoute()
             if self.alarms is None:
-                self.alarms = Alarms(self.name, server_object)
+                self.alarms = Alarms(self.name, server_object, self.config.alarms)
             for device in bridge.points():
                 folder = builder.folder(
                     _render(route.folder, device=device, gateway=self.context.gateway_name)
@@ -1280,9 +1374,11 @@ class OpcuaServerAdapter(Adapter):
         aspace = self._aspace
         return await self.historian.read(params, lambda n: aspace is not None and n in aspace)
 
-    def _history_capabilities(self, aspace: AddressSpace) -> None:
-        """Say in the Server object what HistoryRead serves: raw data, a page's size, and
-        no limit of continuation points (they hold nothing: `protocols.opcua.history`)."""
+    def _history_capabilities(self, builder: _Builder) -> None:
+        """Say in the Server object what HistoryRead serves: raw data, a page's size, no limit
+        of continuation points (they hold nothing: `protocols.opcua.history`), and the
+        aggregates of processed reads in both AggregateFunctions folders."""
+        aspace = builder.aspace
         raw = any(v.historized for v in self.vars.values())
         for node, value, vtype in (
             (ObjectIds.HistoryServerCapabilities_AccessHistoryDataCapability, raw, VT.Boolean),
@@ -1292,6 +1388,20 @@ class OpcuaServerAdapter(Adapter):
             found = aspace.get(_node_id(node))
             if found is not None:
                 found.attributes[AttributeIds.Value] = _const(value, vtype)
+        if not raw:
+            return
+        for folder in (
+            ObjectIds.Server_ServerCapabilities_AggregateFunctions,
+            ObjectIds.HistoryServerCapabilities_AggregateFunctions,
+        ):
+            found = aspace.get(_node_id(folder))
+            if found is None:
+                continue
+            listed = {r.NodeId for r in found.references if r.IsForward}
+            for aggregate in Aggregate:
+                function = _node_id(aggregate.value)
+                if function in aspace and function not in listed:
+                    builder._link(_node_id(folder), function, ObjectIds.Organizes)
 
     # -- learned types
 
@@ -1315,6 +1425,11 @@ class OpcuaServerAdapter(Adapter):
     # -- values (hot path)
 
     async def send(self, message: Message, route: Any) -> None:
+        if served_events.is_served(message):
+            await self._serve_event(message, route)
+            return
+        if self.foreign_events.dropped_if_foreign(message):
+            return
         if self.alarms is not None and (alarm := self.alarms.find(route, message.device or "")):
             if message.kind is MessageKind.EVENT:
                 await self.alarms.event(alarm, message)
@@ -1351,6 +1466,50 @@ class OpcuaServerAdapter(Adapter):
                 for handle, callback in list(attr.datachange_callbacks.items()):
                     await callback(handle, dv)
             self.updates += 1
+
+    async def _serve_event(self, message: Message, route: Any) -> None:
+        """An OPC UA client's event, fired again from the device's object and the Server
+        (`protocols.opcua.served_events`; the module docstring)."""
+        event = served_events.upstream(message)
+        source = self._objects.get(id(route), {}).get(event.device) if event else None
+        iserver = self.server.iserver if self.server is not None else None
+        if event is None or source is None or iserver is None:
+            self.foreign_events.dropped_if_foreign(message)  # not ours to serve: counted
+            return
+        served = self._notifying(iserver, source)
+        await served.fire(event, source, iserver.subscription_service)
+
+    def _notifying(self, iserver: InternalServer, source: ua.NodeId) -> _ServedEvents:
+        """``source`` (a device's object) as an event notifier; the first one makes the where
+        clauses subtype-aware and ConditionRefresh ours."""
+        served = self.served
+        if served is None:
+            served = self.served = _ServedEvents(_node_id(ObjectIds.Server), self.namespace_index)
+            self._refresh_both(iserver)
+            alarms.install(iserver.subscription_service)
+        if source not in served.notifiers:
+            _Builder(iserver.aspace, self.namespace_index).notifier(served.server_object, source)
+            served.notifiers.add(source)
+        return served
+
+    def _serve_events_of_bridges(self, iserver: InternalServer) -> None:
+        """The objects of the devices whose events the bridges carry are notifiers from the
+        start: a client may subscribe to one before its first event."""
+        for bridge in self.bridges:
+            objects = self._objects.get(id(bridge.config.route), {})
+            for device in bridge.event_devices():
+                if (source := objects.get(device)) is not None:
+                    self._notifying(iserver, source)
+
+    def _refresh_both(self, iserver: InternalServer) -> None:
+        """ConditionRefresh of the anomaly alarms' and the re-served conditions together."""
+        parts = [p for p in (self.alarms, self.served) if p is not None]
+
+        async def refresh(parent: ua.NodeId, *args: ua.Variant) -> ua.StatusCode:
+            return await alarms.refresh(parts, iserver.subscription_service, *args)
+
+        for method in alarms.REFRESH_METHODS:
+            iserver.aspace.add_method_callback(_node_id(method), refresh)
 
     def _source_time(self, ts: float) -> ua.DateTime:
         # The samples of one poll share a timestamp: convert it once.
@@ -1477,6 +1636,8 @@ class OpcuaServerAdapter(Adapter):
             "writes_refused": dict(self.writes_refused),
             "logins_refused": self._users.refused if self._users is not None else 0,
             "certificates_refused": self.trust.refused if self.trust is not None else 0,
+            "events_dropped": self.foreign_events.dropped,  # events it cannot serve
+            "events_served": self.served.count if self.served is not None else 0,
             **self.historian.status(),
             **(self.alarms.status() if self.alarms is not None else {}),
         }

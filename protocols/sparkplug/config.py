@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from gateway.config.common import (
     Backoff,
@@ -80,12 +81,25 @@ class SparkplugBroker(Strict):
     keepalive: int = Field(30, ge=5, le=65535)
     tls: Tls | None = None
     reconnect: Backoff = Field(default_factory=Backoff)
+    # an MQTT endpoint's option, named here only to be refused in words (`check`)
+    session: SkipJsonSchema[Any] = Field(None, exclude=True)
 
     def run_warnings(self) -> list[tuple[Path, str]]:
         return broker_warnings(self, self.WHAT)
 
     def check(self) -> list[Problem]:
-        return repeated_brokers(self)
+        problems = repeated_brokers(self)
+        if "session" in self.model_fields_set:
+            problems.append(
+                Problem(
+                    ("session",),
+                    f"session on a {self.WHAT}",
+                    "no session: Sparkplug requires a clean session on every connect (its"
+                    " NBIRTH/STATE rules start each session afresh); the outbox keeps readings"
+                    " across an outage",
+                )
+            )
+        return problems
 
     def password_warning(self) -> str | None:
         """`protocols.mqtt.config.password_warning` of this connection."""

@@ -67,7 +67,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from pydantic import BaseModel
 
 from gateway.adapter import Adapter, AdapterContext
-from gateway.anomaly.verdict import add_alarm_points, served_samples
+from gateway.anomaly.verdict import ForeignEvents, add_alarm_points, served_samples
 from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.sparkplug import codec
 from protocols.sparkplug.backlog import Backlog, DurableBacklog, Held, MemoryBacklog
@@ -188,6 +188,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
         self.left_out = 0  # backlog messages of devices not born when they were due
         self.encode_errors = 0
         self.bad_commands = 0  # NCMD/DCMD payloads that did not decode
+        self.foreign_events = ForeignEvents(f"Sparkplug node {name}")  # OPC UA client events
         self.bad_states = 0  # STATE payloads that did not decode
         self.stale_states = 0  # STATE messages older than the last one accepted
         self.host_leaves = 0  # sessions ended because the primary host went offline
@@ -512,6 +513,8 @@ class SparkplugAdapter(SparkplugSession, Adapter):
     # --- telemetry --------------------------------------------------------------------------
 
     async def send(self, message: Message, route: BaseModel) -> None:
+        if self.foreign_events.dropped_if_foreign(message):
+            return  # before the device is born: an events-only device has no metrics
         device_name = message.device or message.topic.rpartition("/")[2]
         if codec.id_problem(device_name) is not None:
             return
@@ -856,6 +859,7 @@ class SparkplugAdapter(SparkplugSession, Adapter):
             "outbox": self._backlog.status(),
             "encode_errors": self.encode_errors,
             "bad_commands": self.bad_commands,
+            "events_dropped": self.foreign_events.dropped,  # events it cannot serve
             **self._host_status(),
             "writes": {"ok": self.writes_ok, "refused": self.writes_refused},
             "reconnects": self.reconnects,

@@ -1,23 +1,36 @@
 #!/usr/bin/env node
-// A node-opcua CLIENT that subscribes to EVENTS: the peer the gateway's OPC UA alarms are tested
-// against (node-opcua builds its own event filter and decodes the fields its own way).
+// A node-opcua CLIENT that subscribes to EVENTS, and acknowledges alarms when told to: the peer
+// the gateway's OPC UA alarms are tested against (node-opcua builds its own event filter,
+// decodes the fields its own way, and acknowledges with its own `session.acknowledgeCondition`
+// and `session.confirmCondition`, which call AcknowledgeableConditionType's Acknowledge and
+// Confirm on the ConditionId when the condition has no such method of its own).
 //
-//   echo '<plan JSON>' | node opcua_events.js
+//   node opcua_events.js   (stdin: the plan on the first line; commands after it, if interactive)
 //
-// The plan, one JSON object on stdin (every key but "url" optional):
+// The plan, one JSON object on one line (every key but "url" optional):
 //   {
 //     "url": "opc.tcp://127.0.0.1:4841/protocol-brain",
 //     "node": "i=2253",          the notifier to monitor (default: the Server object)
 //     "ofType": "AlarmConditionType",   a where clause OfType (default: none)
 //     "count": 2,                 stop after this many events (RefreshStart/End not counted)
 //     "timeout": 20000,           ms to wait for them
-//     "refreshAfter": 1           call ConditionRefresh once this many events arrived
+//     "refreshAfter": 1,          call ConditionRefresh once this many events arrived
+//     "user": {"username": "op", "password": "secret"},      the session's user (else anonymous)
+//     "viewer": {"username": "viewer", "password": "look"},  a second session, for "as": "viewer"
+//     "interactive": true         no count: run the commands of the next lines until "quit"
 //   }
+// Commands (interactive), one JSON object per line:
+//   {"id": 1, "ack": {"conditionId": "ns=2;s=pump#anomaly", "eventId": "<hex>", "comment": "..."},
+//    "as": "viewer"}                    acknowledgeCondition (on the viewer's session if "as")
+//   {"id": 2, "confirm": {...the same keys as "ack"...}}   confirmCondition
+//   {"id": 3, "refresh": true}          ConditionRefresh of the subscription
+//   {"quit": true}
 //
 // stdout, one JSON object per line: {"subscribed": true} once the monitored item exists, then
 // {"event": {EventType, SourceName, SourceNode, Message, Severity, Time, ReceiveTime,
-// ConditionName, Retain, "ActiveState.Id", "AckedState.Id", ConditionId, EventId}} per event,
-// {"refresh": "Good"} with the status of a ConditionRefresh call, {"done": true}.
+// ConditionName, Retain, "ActiveState.Id", AckedState, "AckedState.Id", ConfirmedState,
+// "ConfirmedState.Id", Comment, ClientUserId, ConditionId, EventId}} per event, {"refresh": "Good"} with the status of a ConditionRefresh
+// call (refreshAfter), {"id": n, "status": "Good"} per command, {"done": true}.
 // On failure: {"error": message} and exit code 1.
 "use strict";
 
@@ -29,6 +42,7 @@ const {
     MessageSecurityMode,
     SecurityPolicy,
     TimestampsToReturn,
+    UserTokenType,
     constructEventFilter,
     ofType,
     resolveNodeId,
@@ -45,20 +59,18 @@ const FIELDS = [
     "ConditionName",
     "Retain",
     "ActiveState.Id",
+    "AckedState",
     "AckedState.Id",
+    "ConfirmedState",
+    "ConfirmedState.Id",
+    "Comment",
+    "ClientUserId",
     "ConditionId",
     "EventId",
 ];
 
 function print(obj) {
     process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-async function readPlan() {
-    const lines = [];
-    const rl = readline.createInterface({ input: process.stdin });
-    for await (const line of rl) lines.push(line);
-    return JSON.parse(lines.join("\n"));
 }
 
 function plain(variant) {
@@ -71,20 +83,68 @@ function plain(variant) {
     return v;
 }
 
-async function main() {
-    const plan = await readPlan();
-    const client = OPCUAClient.create({
-        applicationName: "ProtocolBrainInteropEvents",
-        securityMode: MessageSecurityMode.None,
-        securityPolicy: SecurityPolicy.None,
-        endpointMustExist: false,
-        connectionStrategy: { maxRetry: 0, initialDelay: 100, maxDelay: 200 },
-        requestedSessionTimeout: 30000,
-        keepSessionAlive: false,
+function identity(user) {
+    return user
+        ? { type: UserTokenType.UserName, userName: user.username, password: user.password }
+        : { type: UserTokenType.Anonymous };
+}
+
+async function refresh(session, subscription) {
+    const result = await session.call({
+        objectId: "ns=0;i=2782", // ConditionType
+        methodId: "ns=0;i=3875", // ConditionRefresh
+        inputArguments: [{ dataType: DataType.UInt32, value: subscription.subscriptionId }],
     });
-    await client.connect(plan.url);
-    const session = await client.createSession();
+    return result.statusCode;
+}
+
+// The commands of the lines after the plan, until "quit" or the end of stdin.
+async function commands(lines, sessions, subscription) {
+    for (;;) {
+        const { value, done } = await lines.next();
+        if (done) return;
+        if (!value.trim()) continue;
+        const command = JSON.parse(value);
+        if (command.quit) return;
+        let status;
+        const call = command.ack ? "acknowledgeCondition" : command.confirm ? "confirmCondition" : null;
+        if (call) {
+            const { conditionId, eventId, comment } = command.ack || command.confirm;
+            status = await sessions[command.as || "user"][call](
+                resolveNodeId(conditionId),
+                Buffer.from(eventId, "hex"),
+                comment
+            );
+        } else if (command.refresh) {
+            status = await refresh(sessions.user, subscription);
+        }
+        print({ id: command.id, status: status ? status.name : "unknown command" });
+    }
+}
+
+async function main() {
+    const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+    const plan = JSON.parse((await lines.next()).value);
+    // one connection per session: asyncua's server keeps one session per connection
+    const clients = [];
+    async function open(user) {
+        const client = OPCUAClient.create({
+            applicationName: "ProtocolBrainInteropEvents",
+            securityMode: MessageSecurityMode.None,
+            securityPolicy: SecurityPolicy.None,
+            endpointMustExist: false,
+            connectionStrategy: { maxRetry: 0, initialDelay: 100, maxDelay: 200 },
+            requestedSessionTimeout: 30000,
+            keepSessionAlive: false,
+        });
+        await client.connect(plan.url);
+        clients.push(client);
+        return await client.createSession(identity(user));
+    }
+    const sessions = {};
     try {
+        const session = (sessions.user = await open(plan.user));
+        if (plan.viewer) sessions.viewer = await open(plan.viewer);
         const subscription = await session.createSubscription2({
             requestedPublishingInterval: 100,
             requestedLifetimeCount: 600,
@@ -95,14 +155,16 @@ async function main() {
         });
         const where = plan.ofType ? ofType(resolveNodeId(plan.ofType)) : undefined;
         const filter = constructEventFilter(FIELDS, where);
-        const wanted = plan.count || 1;
+        const wanted = plan.interactive ? Infinity : plan.count || 1;
         let seen = 0;
         let refreshed = false;
         await new Promise((resolve, reject) => {
-            const timer = setTimeout(
-                () => reject(new Error(`only ${seen} of ${wanted} events`)),
-                plan.timeout || 20000
-            );
+            const timer = plan.interactive
+                ? undefined
+                : setTimeout(
+                      () => reject(new Error(`only ${seen} of ${wanted} events`)),
+                      plan.timeout || 20000
+                  );
             const item = subscription.monitor(
                 { nodeId: resolveNodeId(plan.node || "i=2253"), attributeId: AttributeIds.EventNotifier },
                 { samplingInterval: 0, discardOldest: true, queueSize: 100, filter },
@@ -118,15 +180,8 @@ async function main() {
                     if (!marker) seen += 1;
                     if (plan.refreshAfter && !refreshed && seen >= plan.refreshAfter) {
                         refreshed = true;
-                        session
-                            .call({
-                                objectId: "ns=0;i=2782", // ConditionType
-                                methodId: "ns=0;i=3875", // ConditionRefresh
-                                inputArguments: [
-                                    { dataType: DataType.UInt32, value: subscription.subscriptionId },
-                                ],
-                            })
-                            .then((result) => print({ refresh: result.statusCode.name }))
+                        refresh(session, subscription)
+                            .then((status) => print({ refresh: status.name }))
                             .catch(reject);
                     }
                     if (seen >= wanted) {
@@ -134,13 +189,14 @@ async function main() {
                         resolve();
                     }
                 });
+                if (plan.interactive) commands(lines, sessions, subscription).then(resolve, reject);
             }).catch(reject);
         });
         await subscription.terminate();
         print({ done: true });
     } finally {
-        await session.close().catch(() => undefined);
-        await client.disconnect();
+        for (const one of Object.values(sessions)) await one.close().catch(() => undefined);
+        for (const client of clients) await client.disconnect();
     }
 }
 
