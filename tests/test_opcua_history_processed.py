@@ -31,6 +31,7 @@ from protocols.opcua.aggregates import (
     INTERPOLATED,
     MULTI_VALUE,
     PARTIAL,
+    SAME,
     Aggregate,
     Fold,
     code,
@@ -341,6 +342,42 @@ def test_queries_and_their_points() -> None:
         keys.open_at_times(node, times_point, [T0, T0 + 2], True)  # another request's
 
 
+def test_intervals_tile_without_gap_or_overlap() -> None:
+    # start + i x interval, then + interval, lands a float's last bit off start + (i + 1) x
+    # interval about one time in seven at 0.2 ms: each end is counted from the start instead
+    for n in range(1_763_000_000_000, 1_763_000_000_000 + 40 * 7_919, 7_919):
+        at = datetime.fromtimestamp(n / 1000, UTC)
+        for end in (at + timedelta(milliseconds=100), at - timedelta(milliseconds=100)):
+            query = ProcessedQuery.of(at, end, 0.2, Aggregate.COUNT)
+            spans = [query.interval(i)[:2] for i in range(query.intervals)]
+            assert len(spans) == 500
+            if end < at:
+                spans.reverse()
+            assert spans[0][0] == min(query.start, query.end)
+            assert spans[-1][1] == max(query.start, query.end)
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+async def test_rows_about_every_boundary_are_counted_once(tmp_path: Path) -> None:
+    # every float from 5 of its last bits before each boundary to 5 after (rows within
+    # `SAME` of a limit count as at it): each row counted in one interval, none twice or never
+    at = datetime.fromtimestamp(1_763_000_000.123, UTC)
+    query = ProcessedQuery.of(at, at + timedelta(milliseconds=60), 0.2, Aggregate.COUNT)
+    start, step = query.start, query.step
+    tick = math.ulp(start)
+    assert 2 * tick < SAME < 3 * tick
+    times = sorted({start + k * step + j * tick for k in range(1, 300) for j in range(-5, 6)})
+    store = ShadowStore(str(tmp_path / "shadow.db"))
+    try:
+        for k, t in enumerate([start, *times]):
+            store.report("pump", {"temp": (float(k % 2), "good", t)})
+        got = await _all(store, query)
+    finally:
+        store.close()
+    assert len(got) == 300 and all(r.value >= 1 for r in got)
+    assert sum(r.value for r in got) == len(times) + 1
+
+
 async def test_work_is_bounded(tmp_path: Path) -> None:
     # a year at a 1 s ProcessingInterval: a page of intervals, the rest behind a point
     store = _store(tmp_path / "year.db", [(n, float(n % 7), "good") for n in range(2500)])
@@ -547,11 +584,11 @@ async def test_processed_and_at_time_reads_by_asyncua_and_node_opcua(
         assert set(names) <= set(functions)
         processed = next(line["processed"] for line in lines if "processed" in line)
         for name, ms in reads:
-            got = processed[name]
-            grid = [
-                (first + k * ms / 1000, min(first + (k + 1) * ms / 1000, last))
-                for k in range(math.ceil((last - first - 1e-6) * 1000 / ms))
-            ]
+            got, step = processed[name], ms / 1000
+            # the server's float arithmetic (start + k x interval): a row stored within a
+            # float's last bit of a boundary is on the side these same floats put it
+            cuts = [first + k * step for k in range(math.ceil((last - first - 1e-6) / step))]
+            grid = list(zip(cuts, [*cuts[1:], last], strict=True))
             assert got["status"] == "Good" and len(got["values"]) == len(grid), name
             want = [_figure(name, ts, degf, lo, hi) for lo, hi in grid]
             assert [v["value"] for v in got["values"]] == pytest.approx(want), name
@@ -565,7 +602,8 @@ def _iso(t: float) -> str:
 
 def _figure(name: str, ts: list[float], values: list[float], lo: float, hi: float) -> Any:
     """Count, Maximum or (stepped) TimeAverage of the rows over [lo, hi), as by hand."""
-    inside = [v for t, v in zip(ts, values, strict=True) if lo <= t < hi]
+    # the server's reading of a time within `SAME` of a limit: at it
+    inside = [v for t, v in zip(ts, values, strict=True) if lo - SAME <= t < hi - SAME]
     if name == "Count":
         return len(inside)
     if name == "Maximum":

@@ -308,11 +308,15 @@ class ProcessedQuery:
 
     def interval(self, i: int) -> tuple[float, float, float]:
         """Interval ``i``: ``lo``, ``hi`` and the time it is reported at."""
+        # both ends from the start, so that interval i ends exactly where i + 1 begins (lo +
+        # length can differ from it by a float's last bit: a row there counted twice, or
+        # never), and the last one at the end itself
+        last = i + 1 >= self.intervals
         if self.end > self.start:
             lo = self.start + i * self.length
-            return lo, min(lo + self.length, self.end), lo
+            return lo, self.end if last else self.start + (i + 1) * self.length, lo
         hi = self.start - i * self.length
-        return max(hi - self.length, self.end), hi, hi
+        return self.end if last else self.start - (i + 1) * self.length, hi, hi
 
 
 @dataclass(frozen=True)
