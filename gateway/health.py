@@ -7,16 +7,18 @@ checks), which read the status code: 2xx passes, anything else (or no answer) fa
 - ``/health``, liveness: a failure restarts the process, so it fails only where a restart
   helps. 200 while the gateway starts and runs: the answer itself proves the event loop turns.
   503 when the loop is pathologically late (`gateway.looplag`): the 99th percentile of its last
-  minute of heartbeats is `LIVE_LAG_MS` or more, a loop that spends its time in long stalls (a
-  plugin's blocking call, repeated) yet answers in between. A busy gateway, its loop a few
-  hundred ms late, passes: restarted, it would come back as busy, its sessions lost. A loop
-  blocked for good answers nothing, which the probe's own timeout counts as a failure.
-  A device that is down never fails it: that is readiness, and a restart does not bring it back.
+  minute of heartbeats is ``metrics.liveness_lag`` (10 s, `LIVE_LAG_MS`, by default) or more,
+  a loop that spends its time in long stalls (a plugin's blocking call, repeated) yet answers
+  in between. A busy gateway, its loop a few hundred ms late, passes: restarted, it would come
+  back as busy, its sessions lost. A loop blocked for good answers nothing, which the probe's
+  own timeout counts as a failure. A device that is down never fails it: that is readiness,
+  and a restart does not bring it back.
 - ``/ready``, readiness: 503 while the gateway starts (a reload's start too), then 200 when
-  every enabled device and endpoint is up as ``gateway status`` counts them (`down`), else 503
-  naming each that is down and why. ``?require=any`` (at least one up) or ``?require=none``
-  (started is enough) relax it; ``?only=a,b`` counts those entries alone. A name the gateway
-  does not have, or another ``require``, is a 400 that says so.
+  every enabled device and endpoint is up by the rule that ``gateway status`` and the status
+  line read too (`gateway.down`), else 503 naming each that is down and why.
+  ``?require=any`` (at least one up) or ``?require=none`` (started is enough) relax it;
+  ``?only=a,b`` counts those entries alone. A name the gateway does not have, or another
+  ``require``, is a 400 that says so.
 - ``/status``: the document the status file holds (``gateway status --json``), as of now.
 
 The verdicts are pure functions of the status; `Probes` binds them to a running gateway.
@@ -27,42 +29,34 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from gateway.down import down
 from gateway.metrics import Route
 
-# ms of event-loop lag, at the 99th percentile of the last minute, from which /health fails:
-# 6 heartbeats in 600 (or more) came 10 s late. systemd's watchdog kills a loop blocked 30 s.
+__all__ = ["LIVE_LAG_MS", "Probes", "down", "liveness", "readiness"]
+
+# ms of event-loop lag, at the 99th percentile of the last minute, from which /health fails
+# by default (``metrics.liveness_lag``): 6 heartbeats in 600 (or more) came 10 s late.
+# systemd's watchdog kills a loop blocked 30 s.
 LIVE_LAG_MS = 10_000.0
 REQUIRE = ("all", "any", "none")
 
 Verdict = tuple[int, dict[str, Any]]  # the HTTP status and the JSON body
 
 
-def down(adapters: Mapping[str, Any]) -> dict[str, str]:
-    """The adapters of a status (``status["adapters"]``) that are down, each with why ("" when
-    it does not say), counted as ``gateway status`` and the status line count them:
-    ``connected`` false, or a ``status()`` that failed (it cannot say it is up)."""
-    found: dict[str, str] = {}
-    for name, info in adapters.items():
-        if not isinstance(info, Mapping):
-            continue
-        if "status_error" in info:
-            found[name] = str(info["status_error"])
-        elif info.get("connected") is False:
-            found[name] = str(info.get("last_error") or info.get("reason") or "")
-    return found
-
-
-def liveness(started: bool, loop: Mapping[str, Any] | None) -> Verdict:
-    """``/health``: ``loop`` is `LoopMonitor.figures` (None without a monitor)."""
+def liveness(
+    started: bool, loop: Mapping[str, Any] | None, limit_ms: float = LIVE_LAG_MS
+) -> Verdict:
+    """``/health``: ``loop`` is `LoopMonitor.figures` (None without a monitor); ``limit_ms``,
+    the lag from which it fails."""
     doc: dict[str, Any] = {"status": "ok", "state": "running" if started else "starting"}
     if loop:
         doc["loop"] = dict(loop)
     lag = (loop or {}).get("lag_ms_p99")
-    if isinstance(lag, int | float) and lag >= LIVE_LAG_MS:
+    if isinstance(lag, int | float) and lag >= limit_ms:
         doc["status"] = "unhealthy"
         doc["reason"] = (
             f"the event loop ran {lag:.0f} ms late (99th percentile of its last minute; the"
-            f" limit is {LIVE_LAG_MS:.0f} ms): something blocks it again and again; the log"
+            f" limit is {limit_ms:.0f} ms): something blocks it again and again; the log"
             " names the code"
         )
         return 503, doc
@@ -109,7 +103,7 @@ class Probes:
     ``started``: whether every adapter has started; ``status``: the gateway's status (called
     only once started: before, an adapter has not entered and may not answer);
     ``loop``: the loop monitor's figures, if there is one; ``snapshot``: the status file's
-    document, as of now."""
+    document, as of now; ``live_lag_ms``: the lag from which ``/health`` fails."""
 
     def __init__(
         self,
@@ -120,6 +114,7 @@ class Probes:
         status: Callable[[], Mapping[str, Any]],
         snapshot: Callable[[], Mapping[str, Any]],
         loop: Callable[[], Mapping[str, Any]] | None = None,
+        live_lag_ms: float = LIVE_LAG_MS,
     ) -> None:
         self.gateway = gateway
         self.names = frozenset(names)
@@ -127,12 +122,14 @@ class Probes:
         self._status = status
         self._snapshot = snapshot
         self._loop = loop
+        self.live_lag_ms = live_lag_ms
 
     def routes(self) -> dict[str, Route]:
         return {"/health": self.health, "/ready": self.ready, "/status": self.status}
 
     def health(self, query: Mapping[str, str]) -> Verdict:
-        code, doc = liveness(self._started(), self._loop() if self._loop is not None else None)
+        loop = self._loop() if self._loop is not None else None
+        code, doc = liveness(self._started(), loop, self.live_lag_ms)
         return code, {"gateway": self.gateway, **doc}
 
     def ready(self, query: Mapping[str, str]) -> Verdict:

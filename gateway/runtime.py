@@ -612,6 +612,7 @@ class Gateway:
             status=self.status,
             snapshot=self._live_snapshot,
             loop=self.loop_monitor.figures if self.loop_monitor is not None else None,
+            live_lag_ms=settings.liveness_lag * 1000,
         )
         server = metrics.MetricsServer(settings.host, settings.port, page, probes.routes())
         try:
@@ -657,10 +658,9 @@ class Gateway:
         status = self.status() if status is None else status
         statuses: dict[str, dict[str, Any]] = status["adapters"]
         adapters = list(statuses.values())
-        down = [n for n, a in statuses.items() if a.get("connected") is False]
-        unknown = [n for n, a in statuses.items() if "status_error" in a]  # see _adapter_status
+        down = list(health.down(statuses))  # as /ready and gateway status count them
         bridges: list[dict[str, Any]] = list(status["bridges"].values())
-        connected = f"{len(adapters) - len(down) - len(unknown)}/{len(adapters)} connected, "
+        connected = f"{len(adapters) - len(down)}/{len(adapters)} connected, "
         text = (
             ("stopped: " if stopped else connected)
             + f"{counted(self.bus.published, 'bus message')}, "
@@ -684,8 +684,6 @@ class Gateway:
             text += f", {counted(missed, 'poll')} skipped late"
         if down and not stopped:
             text += f"; down: {', '.join(down[:10])}" + (" ..." if len(down) > 10 else "")
-        if unknown:
-            text += f"; status() failed: {', '.join(unknown[:10])}"
         scored = [b["anomaly"] for b in bridges if b.get("anomaly")]
         if scored:
             active = sorted({d for a in scored for d in a["active"]})

@@ -29,7 +29,7 @@ from conftest import (
 )
 
 from gateway import health, livestatus, metrics
-from gateway.config import load_config_text
+from gateway.config import ConfigError, load_config_text
 from gateway.looplag import LoopMonitor
 from gateway.runtime import Gateway
 from protocols.modbus.simulator import Simulator
@@ -326,6 +326,9 @@ def test_the_verdicts_and_what_counts_as_down() -> None:
     assert health.liveness(True, {"lag_ms_p99": limit - 0.1, "lag_ms_max": 60_000})[0] == 200
     code, doc = health.liveness(True, {"lag_ms_p99": limit, "lag_ms_p50": 1.0})
     assert code == 503 and doc["loop"]["lag_ms_p99"] == limit
+    assert health.liveness(True, {"lag_ms_p99": 249.9}, 250.0)[0] == 200  # a limit of its own
+    code, doc = health.liveness(True, {"lag_ms_p99": 250.0}, 250.0)
+    assert code == 503 and "the limit is 250 ms" in doc["reason"]
 
 
 async def test_gateway_run_answers_probes_as_gateway_status_sees_it(tmp_path: Path) -> None:
@@ -380,3 +383,34 @@ async def test_gateway_run_answers_probes_as_gateway_status_sees_it(tmp_path: Pa
             assert out.returncode == exit_code, (path, out.stderr[-500:])
         err = await asyncio.to_thread(sigterm, proc, 30)
         assert proc.returncode == 0, err
+
+
+async def test_the_liveness_limit_is_metrics_liveness_lag(simulator: Simulator) -> None:
+    """``metrics: {liveness_lag: S}``: /health fails from S s of lag at the 99th percentile
+    (10 s unless said); 0, a negative or an infinite limit is refused, naming the key."""
+    default = load_config_text("gateway: {metrics: {}}\n").gateway.metrics
+    assert default is not None and default.liveness_lag * 1000 == health.LIVE_LAG_MS
+    for bad, expected in (("0", "a number > 0"), ("-1", "a number > 0"), (".inf", "finite")):
+        with pytest.raises(ConfigError) as said:
+            load_config_text(f"gateway: {{metrics: {{liveness_lag: {bad}}}}}\n")
+        assert "gateway.metrics.liveness_lag: found " in str(said.value), said.value
+        assert expected in str(said.value), said.value
+
+    device = await simulator.add_device()
+    port = free_port()
+    monitor = LoopMonitor()  # not started: its figures are the test's
+    figures: dict[str, float] = {"lag_ms_p50": 1.0, "lag_ms_p99": 499.0, "stalls": 0}
+    monitor.figures = lambda: figures  # type: ignore[method-assign]
+    config = f"""
+gateway: {{name: hx, metrics: {{host: {HOST}, port: {port}, liveness_lag: 0.5}}}}
+devices:
+{modbus_device_yaml(device.port, name="plc")}
+    points: [{{name: t, address: 0, poll: fast}}]
+"""
+    gateway = Gateway(load_config_text(config), loop_monitor=monitor)
+    async with _running(gateway):
+        doc = await _answers(port, "/health", 200)
+        assert doc["loop"]["lag_ms_p99"] == 499.0
+        figures["lag_ms_p99"] = 500.0
+        doc = await _answers(port, "/health", 503)
+        assert doc["status"] == "unhealthy" and "the limit is 500 ms" in doc["reason"], doc

@@ -341,7 +341,11 @@ async def test_an_adapter_whose_status_fails_does_not_stop_the_file(
         adapters = doc["status"]["adapters"]
         assert adapters["plc"] == {"status_error": "status() failed: KeyError('plugin bug')"}
         assert adapters["cloud"]["connected"] is False  # the others as usual
-        assert "  plc: status() failed: KeyError('plugin bug')" in _gateway_lines("plant-7", doc)
+        # down, as /ready and the status line count it: a status that failed cannot say up
+        lines = _gateway_lines("plant-7", doc)
+        assert "  down: plc (status() failed: KeyError('plugin bug'))" in lines
+        summary = doc["summary"]
+        assert summary.startswith("0/2 connected") and "plc" in summary.split("; down: ")[1]
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

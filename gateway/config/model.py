@@ -130,6 +130,12 @@ class MetricsSettings(Strict):
     port: int = Field(
         9464, ge=0, le=65535, description="GET /metrics, /health, /ready, /status on host:port"
     )
+    liveness_lag: float = Field(
+        10.0,
+        gt=0,
+        description="seconds of event-loop lag (99th percentile over the last minute) from "
+        "which GET /health fails, so that the orchestrator restarts the gateway",
+    )
 
 
 class GatewaySection(Strict):

@@ -99,6 +99,7 @@ def _gateway_status(name: str) -> tuple[dict[str, Any] | None, str | None]:
 def _gateway_lines(name: str, status: dict[str, Any] | None) -> list[str]:
     """What ``gateway status`` prints about the gateway itself."""
     from gateway import livestatus
+    from gateway.down import down
     from gateway.text import duration
 
     if status is None:
@@ -129,14 +130,9 @@ def _gateway_lines(name: str, status: dict[str, Any] | None) -> list[str]:
     running = state in ("starting", "running")
     label = "" if running else "why: " if state == "failed" else "last status line: "
     lines = [head, f"  {label}{status['summary']}"]
-    adapters = status.get("status", {}).get("adapters", {})
-    for adapter, info in sorted(adapters.items()):
-        if isinstance(info, dict) and "status_error" in info:  # a plugin's status() bug
-            lines.append(f"  {adapter}: {info['status_error']}")
-        elif isinstance(info, dict) and info.get("connected") is False:
-            why = info.get("last_error") or info.get("reason")
-            down = "down" if running else "was down"
-            lines.append(f"  {down}: {adapter}" + (f" ({why})" if why else ""))
+    said = "down" if running else "was down"
+    for adapter, why in sorted(down(status.get("status", {}).get("adapters", {})).items()):
+        lines.append(f"  {said}: {adapter}" + (f" ({why})" if why else ""))
     return lines
 
 
