@@ -5,7 +5,9 @@ readings under the source's names) -> rename (``translate``) -> summarise (``agg
 the names the target sees) -> sink (the target adapter's ``send``), and ``heartbeat`` re-sends
 what went to the sink once it has been quiet (`gateway.aggregate`).
 Down: a target that serves the points (an OPC UA server) writes through ``Bridge.write``, which
-undoes the unit conversion and hands the write to the command router and its safety rules.
+undoes the unit conversion and hands the write to the command router and its safety rules; one
+that re-serves a device's alarms sends an operator's acknowledgement back through
+``Bridge.call_condition`` (`gateway.conditions`), only to a device whose events it carries.
 
 Each bridge has its own bus subscription, so a slow target only backs up its own queue. The
 queue drops the oldest message when full (live telemetry: the newest value wins) and counts it;
@@ -28,6 +30,7 @@ from gateway.aggregate import TEXT_TYPES, Aggregator, Heartbeat
 from gateway.bus import Bus, OverflowPolicy, Subscription
 from gateway.commands import CommandRouter, WriteResult, WriteStatus
 from gateway.computed import ComputedPoints, ShadowState
+from gateway.conditions import CallResult, ConditionCall, request
 from gateway.extras import missing_library
 from gateway.globs import Globs
 from gateway.streak import FailureStreak
@@ -319,6 +322,18 @@ class Bridge:
 
                 value = converter(unit, spec.unit)(float(value))
         return await self.router.write(device, point, value, origin=origin, ack_timeout=ack_timeout)
+
+    async def call_condition(
+        self, device: str, call: ConditionCall, *, ack_timeout: float | None = None
+    ) -> CallResult:
+        """An operator's call on an alarm of ``device`` from the target side (an OPC UA
+        server's re-served alarm), made by the device: only through a bridge that takes writes
+        (it has the router) and carries the device's events."""
+        if self.router is None or device not in self.event_devices():
+            return CallResult(
+                WriteStatus.UNKNOWN_POINT, f"bridge {self.name} does not carry {device}'s events"
+            )
+        return await request(self.bus, device, call, ack_timeout or self.router.timeout)
 
     def subscribe(self) -> None:
         """Subscribe before adapters start, so the first readings are not missed."""

@@ -73,7 +73,7 @@ _COUNTERS = (
     " history_errors failbacks left_out expired too_large broadcasts alarm_events sessions_lost"
     " alarm_acks alarm_confirms events events_dropped condition_refreshes stale_updates"
     " future_updates untimed_updates windows late resent forgotten user_property_errors"
-    " events_served"
+    " events_served acks_forwarded acks_refused conditions_gone condition_calls"
     # outbox, optimizer, bridges, bus, shadow, loop
     " dropped_by_reason decisions forwarded failed scored_samples alarms computed skipped"
     " unrouted attempted succeeded reported rejected record_errors history_skipped"

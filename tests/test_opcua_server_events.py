@@ -154,7 +154,7 @@ async def test_upstream_events_and_alarms_are_re_served_with_their_fields(
             await node.send({"id": 1, "refresh": True})
             await node.wait(lambda: any(ln.get("id") == 1 for ln in node.lines))
             await node.wait(lambda: len(node.events()) >= before + 3)
-            # Acknowledge is not forwarded to the PLC (yet): refused, as not supported
+            # Acknowledge goes to the PLC, but not for an anonymous client (read only)
             raised = next(e for e in node.alarms() if e["Severity"] == 800)
             await node.send(
                 {
@@ -168,7 +168,7 @@ async def test_upstream_events_and_alarms_are_re_served_with_their_fields(
             )
             await node.wait(lambda: any(ln.get("id") == 2 for ln in node.lines))
             answers = {ln["id"]: ln["status"] for ln in node.lines if "id" in ln}
-            assert answers == {1: "Good", 2: "BadNotSupported"}, answers
+            assert answers == {1: "Good", 2: "BadUserAccessDenied"}, answers
             refreshed = node.events()[before:]
 
         # asyncua on the Server object: every event, as the upstream sent it

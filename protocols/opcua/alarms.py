@@ -91,9 +91,11 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from gateway.anomaly.verdict import ALARM_POINT, SCORE_POINT, verdict
+from gateway.conditions import ACKNOWLEDGE, ADD_COMMENT, CONFIRM
 from gateway.types import Message
 from protocols.opcua.alarmstate import AlarmFile, KeptAlarm, alarm_file, moment, seconds
 from protocols.opcua.config import AlarmOptions
+from protocols.opcua.events import CONDITION_METHOD_IDS
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,6 @@ REFRESH_METHODS = (
     ObjectIds.ConditionType_ConditionRefresh,
     ObjectIds.ConditionType_ConditionRefresh2,
 )
-ACKNOWLEDGE = "Acknowledge"
-ADD_COMMENT = "AddComment"
-CONFIRM = "Confirm"
 RECENT_EVENTS = 32  # EventIds of a condition still known to its methods
 COMMENT_MAX = 1000  # characters of an operator's comment
 VT = ua.VariantType
@@ -471,7 +470,7 @@ class Alarms:
             return _result(StatusCodes.BadMethodInvalid)
         if not may_write:
             return _result(StatusCodes.BadUserAccessDenied)
-        args = _arguments(method.InputArguments)
+        args = arguments(method.InputArguments)
         if isinstance(args, ua.CallMethodResult):
             return args
         event_id, comment = args
@@ -542,11 +541,7 @@ class Alarms:
         }
 
 
-CONDITION_METHODS = {
-    _node_id(ObjectIds.AcknowledgeableConditionType_Acknowledge): ACKNOWLEDGE,
-    _node_id(ObjectIds.AcknowledgeableConditionType_Confirm): CONFIRM,
-    _node_id(ObjectIds.ConditionType_AddComment): ADD_COMMENT,
-}
+CONDITION_METHODS = {_node_id(i): name for name, i in CONDITION_METHOD_IDS.items()}
 # methods Part 9 calls on a ConditionId only
 CONDITION_ONLY = frozenset(CONDITION_METHODS)
 _DONE = {ACKNOWLEDGE: "acknowledged", CONFIRM: "confirmed", ADD_COMMENT: "commented on"}
@@ -654,7 +649,7 @@ def _result(code: int, args: Sequence[int] = ()) -> ua.CallMethodResult:
     )
 
 
-def _arguments(args: list[ua.Variant]) -> tuple[bytes, ua.LocalizedText] | ua.CallMethodResult:
+def arguments(args: list[ua.Variant]) -> tuple[bytes, ua.LocalizedText] | ua.CallMethodResult:
     """(EventId, Comment) of Acknowledge, Confirm and AddComment, or the result that refuses them.
     A comment may be a String or null too (some clients send one)."""
     if len(args) != 2:

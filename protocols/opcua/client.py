@@ -34,8 +34,12 @@ schedule, outside our backoff and our view of the points' quality.
 Events. With ``events:`` one more monitored item, on the notifier node's EventNotifier, with
 the event filter of `protocols.opcua.events`: each event is one EVENT message on the device's
 telemetry topic. After each subscribe ConditionRefresh has the server send its retained alarms
-again, marked ``event.refresh`` (RefreshStart..RefreshEnd). An item or where clause the server
-refuses is ``events_error`` in the status and a warning; the points go on without it.
+again, marked ``event.refresh`` (RefreshStart..RefreshEnd); a condition retained before that
+the refresh did not send again is gone, and goes out once more with ``event.retain`` false
+(`events.LiveConditions`, counted as ``conditions_gone``). An item or where clause the server
+refuses is ``events_error`` in the status and a warning; the points go on without it. An
+operator's Acknowledge, Confirm or AddComment on a re-served alarm (`gateway.conditions`) is
+called on the server's condition, with its answer; refused at once while disconnected.
 
 Security. ``verify_server`` (the default) hands asyncua the trust list of ``protocols.opcua.pki``
 as its certificate validator: the session is refused before our user credentials are sent if
@@ -72,6 +76,8 @@ from cryptography import x509
 from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
 from gateway.commands import WriteRefused, WriteStatus, serve_commands
+from gateway.conditions import CallResult, ConditionCall
+from gateway.conditions import serve as serve_condition_calls
 from gateway.limits import Limits
 from gateway.paths import state_path
 from gateway.text import counted
@@ -83,6 +89,8 @@ from protocols.opcua.events import (
     REFRESH_END,
     REFRESH_START,
     EventFields,
+    LiveConditions,
+    condition_call,
     condition_refresh,
     extra_fields,
     filter_problem,
@@ -306,6 +314,7 @@ class OpcuaClientAdapter(Adapter):
         self._events: EventFields | None = None
         self._event_handle = len(self._points)  # after the points' handles
         self._refreshing = False  # between a ConditionRefresh's RefreshStart and RefreshEnd
+        self._live = LiveConditions()  # the retained conditions forwarded, for the refresh
         if config.events is not None:
             self._events = EventFields(name, extra_fields(config.events.fields))
         self.counters = {
@@ -318,6 +327,8 @@ class OpcuaClientAdapter(Adapter):
             "events": 0,  # forwarded to the bus
             "events_dropped": 0,  # lost: the server's queue overflowed, or malformed
             "condition_refreshes": 0,
+            "conditions_gone": 0,  # retained before a reconnect, not sent again by its refresh
+            "condition_calls": 0,  # operators' Acknowledge/Confirm/AddComment made upstream
         }
         self.last_error: str | None = None
         self.events_error: str | None = None  # why events are not subscribed
@@ -352,6 +363,8 @@ class OpcuaClientAdapter(Adapter):
             tg.create_task(self._keep_subscribed())
             if self._writable:
                 tg.create_task(serve_commands(self.bus, self.name, self.write_and_read_back))
+            if self._events is not None:
+                tg.create_task(serve_condition_calls(self.bus, self.name, self.call_condition))
 
     async def _keep_subscribed(self) -> None:
         backoff = BackoffTimer(self.config.reconnect)
@@ -905,8 +918,15 @@ class OpcuaClientAdapter(Adapter):
             return
         values = event.EventFields
         kind = fields.kind_of(values)
-        if kind == REFRESH_START or kind == REFRESH_END:
-            self._refreshing = kind == REFRESH_START
+        if kind == REFRESH_START:
+            self._refreshing = True
+            self._live.start()
+            return
+        if kind == REFRESH_END:
+            self._refreshing = False
+            for gone in self._live.end():
+                self.counters["conditions_gone"] += 1
+                await self.bus.publish(gone)
             return
         if kind == QUEUE_OVERFLOW:
             self.counters["events_dropped"] += 1
@@ -927,6 +947,7 @@ class OpcuaClientAdapter(Adapter):
             )
             return
         self.counters["events"] += 1
+        self._live.note(message)
         await self.bus.publish(message)
 
     def _convert(self, items: list[ua.MonitoredItemNotification], out: list[Sample]) -> None:
@@ -1053,6 +1074,40 @@ class OpcuaClientAdapter(Adapter):
         code = results[0].value
         if code & SEVERITY:
             raise _refusal(self.name, point, code)
+
+    async def call_condition(self, call: ConditionCall) -> CallResult:
+        """An operator's call on one of the server's conditions (`gateway.conditions`), with
+        the server's status."""
+        session = self._session
+        if session is None:
+            return CallResult(
+                WriteStatus.UNREACHABLE, f"{self.name} is unreachable ({self._down_reason})"
+            )
+        try:
+            request = condition_call(call)
+        except (ValueError, UaError):
+            why = f"{call.condition!r} is no NodeId"
+            return CallResult(WriteStatus.DEVICE_ERROR, why, StatusCodes.BadNodeIdInvalid)
+        self.counters["condition_calls"] += 1
+        try:
+            results = await asyncio.wait_for(
+                session.client.uaclient.call([request]), self.config.timeout
+            )
+            code = results[0].StatusCode.value
+        except UaStatusCodeError as exc:
+            code = exc.code
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            raise_if_cancelling()
+            failed = self._write_failed(call.condition, exc)
+            return CallResult(failed.status, failed.reason)
+        raise_if_cancelling()
+        log.info(
+            "%s: %s on %s (event %s) from %s: %s", self.name, call.method, call.condition,
+            call.event_id.hex(), call.origin, status_name(code),
+        )  # fmt: skip
+        if code & SEVERITY and not code & UNCERTAIN:  # Bad
+            return CallResult(WriteStatus.DEVICE_ERROR, f"the answer of {self.name}", code)
+        return CallResult(WriteStatus.GOOD)
 
     def _write_failed(self, point: str, exc: Exception) -> OpcuaWriteError:
         where = f"{self.name}/{point}"

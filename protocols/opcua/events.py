@@ -19,13 +19,24 @@ source timestamp is the event's Time. ``meta["event"]`` is ``"opcua"`` (anomaly 
 Where clause: the configured types (OfType, any of them) and min_severity, OR'ed with
 RefreshStart, RefreshEnd and EventQueueOverflow so that the refresh's brackets and the word of
 lost events arrive whatever the filter; those are counted, never forwarded.
+
+Gone conditions (`LiveConditions`): after a reconnect, ConditionRefresh sends every condition
+the server still retains between RefreshStart and RefreshEnd. A condition we had forwarded as
+retained that does not come again between them is gone upstream (cleared and acknowledged while
+we were away, or the server restarted without it): its last message goes out once more with
+``event.retain`` false, so whoever keeps the alarm list (our OPC UA server, an MQTT consumer)
+drops it.
+
+Condition methods (`condition_call`): an operator's Acknowledge, Confirm or AddComment that
+`gateway.conditions` brings down is called as Part 9 allows for any condition, the type's
+method on the ConditionId, as node-opcua's ``acknowledgeCondition`` does.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +45,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIdNames, ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
+from gateway.conditions import ACKNOWLEDGE, ADD_COMMENT, CONFIRM, ConditionCall
 from gateway.types import Message, MessageKind, Quality, Sample, Value, next_sequence
 from gateway.types import telemetry_topic as device_topic
 
@@ -49,6 +61,12 @@ ALWAYS = (REFRESH_START, REFRESH_END, QUEUE_OVERFLOW)
 CONDITION_TYPE = ObjectIds.ConditionType
 SUBSCRIBE_TO_EVENTS = 1  # EventNotifier bit
 CONDITION_REFRESH = ObjectIds.ConditionType_ConditionRefresh
+# the condition methods an operator calls, by name (`gateway.conditions`): the type's method ids
+CONDITION_METHOD_IDS = {
+    ACKNOWLEDGE: ObjectIds.AcknowledgeableConditionType_Acknowledge,
+    CONFIRM: ObjectIds.AcknowledgeableConditionType_Confirm,
+    ADD_COMMENT: ObjectIds.ConditionType_AddComment,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,10 +370,76 @@ def condition_refresh(subscription_id: int) -> ua.CallMethodRequest:
     )
 
 
+def condition_call(call: ConditionCall) -> ua.CallMethodRequest:
+    """Part 9's ``call.method`` on the condition ``call.condition`` (ValueError: not a NodeId)."""
+    return ua.CallMethodRequest(
+        ObjectId=ua.NodeId.from_string(call.condition),
+        MethodId=ua.NodeId(ua.Int32(CONDITION_METHOD_IDS[call.method])),
+        InputArguments=[
+            ua.Variant(call.event_id, ua.VariantType.ByteString),
+            ua.Variant(ua.LocalizedText(call.comment), ua.VariantType.LocalizedText),
+        ],
+    )
+
+
+CONDITION_ID = PREFIX + "condition_id"
+CONDITION = PREFIX + "condition"
+RETAIN = PREFIX + "retain"
+EVENT_ID = PREFIX + "id"
+
+
+class LiveConditions:
+    """The conditions we forwarded as retained, to tell which are gone after a refresh (the
+    module docstring). Only a refresh that ends removes anything: one that never sends its
+    RefreshEnd (the connection lost again meanwhile, a server without the brackets) removes
+    nothing, since a condition it did not get to is not known to be gone; the next refresh
+    starts afresh."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, Message] = {}  # condition -> its latest message, while retained
+        self._seen: set[str] | None = None  # during a refresh: the conditions sent again
+
+    def start(self) -> None:
+        self._seen = set()
+
+    def note(self, message: Message) -> None:
+        """``message`` was forwarded."""
+        values = {s.point: s.value for s in message.samples}
+        key = values.get(CONDITION_ID) or values.get(CONDITION)
+        if not isinstance(key, str):
+            return
+        if values.get(RETAIN) is True:
+            self._kept[key] = message
+        else:
+            self._kept.pop(key, None)
+        if self._seen is not None:
+            self._seen.add(key)
+
+    def end(self, now: float | None = None) -> list[Message]:
+        """The refresh ended: the last messages of the conditions it did not send again, now
+        with ``event.retain`` false (and no EventId: the upstream sent no such event)."""
+        seen, self._seen = self._seen, None
+        if seen is None:
+            return []
+        now = time.time() if now is None else now
+        changed = {RETAIN: False, REFRESH: True, EVENT_ID: None}
+        gone = []
+        for key in [k for k in self._kept if k not in seen]:
+            last = self._kept.pop(key)
+            samples = tuple(
+                replace(s, value=changed.get(s.point, s.value), source_ts=now, gateway_ts=now)
+                for s in last.samples
+            )
+            gone.append(replace(last, samples=samples, seq=next_sequence(last.origin)))
+        return gone
+
+
 __all__ = [
     "STANDARD",
     "EventFields",
     "Field",
+    "LiveConditions",
+    "condition_call",
     "condition_refresh",
     "extra_fields",
     "field_value",

@@ -13,10 +13,17 @@ our server knows it, so a where clause OfType on it or a supertype works), else 
 set) is not a node of ours: its ConditionId is ``<device>#<upstream ConditionId>`` in our
 namespace, and its state travels as event fields (ConditionName, ActiveState/Id, AckedState/Id,
 Retain).
+
+Condition methods (Acknowledge, Confirm, AddComment) on such a ConditionId go to the device
+(`gateway.conditions`): a client acknowledges with the EventId we served, and the upstream
+knows its own, so `Condition` keeps, per condition, which upstream EventId each of ours stands
+for (the newest `RECENT_EVENTS`; an EventId we never served goes up unchanged, and the upstream
+answers it as unknown).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +37,7 @@ from protocols.opcua.events import ORIGIN_MARK, PREFIX
 
 BASE_EVENT = ua.NodeId(ua.Int32(ObjectIds.BaseEventType))
 SEVERITY_DEFAULT = 100  # an upstream event without one (Part 5: 1..1000, "low")
+RECENT_EVENTS = 32  # EventIds of a condition still taken by its methods (as our own alarms')
 
 
 def is_served(message: Message) -> bool:
@@ -53,6 +61,7 @@ class Upstream:
     acked: bool | None
     retain: bool
     refresh: bool  # sent again by the upstream's ConditionRefresh
+    event_id: bytes | None = None  # the upstream's EventId
 
     @property
     def key(self) -> str:
@@ -89,6 +98,7 @@ def upstream(message: Message) -> Upstream | None:
         acked=_flag(values.get("acked")),
         retain=values.get("retain") is True,
         refresh=values.get("refresh") is True,
+        event_id=_event_id(values.get("id")),
     )
 
 
@@ -144,6 +154,39 @@ class Retained:
 
     def __len__(self) -> int:
         return sum(len(c) for c in self._by_device.values())
+
+
+class Condition:
+    """An upstream condition we serve: whose it is, through which route, and the upstream
+    EventId of each of the events we fired for it."""
+
+    def __init__(self, device: str, upstream_id: str, route: object) -> None:
+        self.device = device
+        self.upstream_id = upstream_id  # the upstream's ConditionId ("": it sent none)
+        self.route = route
+        self._event_ids: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def served(self, ours: bytes, event: Upstream) -> None:
+        """We fired ``event`` with EventId ``ours``."""
+        if event.event_id is None:
+            return
+        self._event_ids[ours] = event.event_id
+        while len(self._event_ids) > RECENT_EVENTS:
+            self._event_ids.popitem(last=False)
+
+    def upstream_event(self, ours: bytes) -> bytes:
+        """The upstream's EventId for our ``ours`` (unchanged when we never served it)."""
+        return self._event_ids.get(ours, ours)
+
+
+def _event_id(value: object) -> bytes | None:
+    """The EventId an event message carries (hex, `protocols.opcua.events.field_value`)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
 
 
 def _text(value: object) -> str:

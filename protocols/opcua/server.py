@@ -103,9 +103,18 @@ bridge carries (`Bridge.event_devices`) becomes an event notifier (EventNotifier
 SubscribeToEvents, HasNotifier from the Server), the where clauses subtype-aware
 (`alarms.install`, existing items too) and ConditionRefresh ours (the retained upstream
 conditions, with the anomaly alarms if any); an event of a device not known so (a plugin's
-events) does so at its first event. Acknowledge and the other
-condition methods on a re-served condition answer BadNotSupported: they are not forwarded to
-the device. A server that gets no such event changes nothing (no notifier, no evaluator swap).
+events) does so at its first event. A server that gets no such event changes nothing (no
+notifier, no evaluator swap).
+
+Acknowledge, Confirm and AddComment on a re-served condition go down to the device, as writes
+do (`call_served`): the caller needs write access (else BadUserAccessDenied) and the bridge's
+route must let clients write (else BadNotExecutable); then `Bridge.call_condition` has the
+device's adapter call the same method on the upstream's ConditionId with the upstream's EventId
+(`served_events.Condition`) and the comment, and the caller gets the upstream's status, or the
+write path's (BadCommunicationError when the device is down, BadTimeout after
+``write_timeout``). The upstream's next event (AckedState true) updates the condition as any
+event does. Counted as ``acks_forwarded`` (the upstream said Good) and ``acks_refused``; a
+refusal is logged at warning level once per status, then at debug level.
 
 Publish responses: asyncua sends all a subscription has queued in one Publish response,
 whatever the client's MaxNotificationsPerPublish; a backlog could outgrow the client's message
@@ -153,6 +162,7 @@ from gateway.adapter import Adapter, AdapterContext
 from gateway.anomaly.verdict import ForeignEvents
 from gateway.bridge import respecified
 from gateway.commands import WriteStatus
+from gateway.conditions import ConditionCall
 from gateway.limits import exceeded
 from gateway.paths import state_path
 from gateway.streak import Throttle
@@ -717,9 +727,8 @@ class _Session(InternalSession):
         """Our answer to a call, or None to let asyncua run it. A condition's Acknowledge and
         AddComment are ours (`protocols.opcua.alarms`: its ConditionId is no node)."""
         found, served = self.adapter.alarms, self.adapter.served
-        if served is not None and method.ObjectId in served.conditions:
-            # not forwarded to the device (yet): our server holds no state of its condition
-            return ua.CallMethodResult(StatusCode=status(Codes.BadNotSupported))
+        if served is not None and (kept := served.conditions.get(method.ObjectId)) is not None:
+            return await self.adapter.call_served(self, method, kept)
         if found is not None and found.serves(method):
             user = self.user.name or self.user.role.name.lower()
             return await found.call(method, user, self.adapter.may_write(self.user))
@@ -759,6 +768,12 @@ class _Session(InternalSession):
 _R = TypeVar("_R", ua.BrowseResult, ua.BrowsePathResult)
 _REFRESH_METHODS = frozenset(_node_id(m) for m in alarms.REFRESH_METHODS)
 _CURRENT_WRITE = ua.AccessLevel.CurrentWrite.mask
+
+
+def _origin(session: InternalSession) -> str:
+    """Who writes or calls, for the log: ``opcua:<user>@<host>:<port>``."""
+    host, port = (list(session.name) + ["?", "?"])[:2] if session.name else ("?", "?")
+    return f"opcua:{session.user.name or 'anonymous'}@{host}:{port}"
 
 
 def _without_write_access(params: ua.ReadParameters, results: list[ua.DataValue]) -> None:
@@ -1030,17 +1045,27 @@ class _ServedEvents:
         self.server_object = server_object
         self.namespace = namespace
         self.notifiers: set[ua.NodeId] = set()
-        self.conditions: set[ua.NodeId] = set()  # our ConditionIds (no node)
+        # our ConditionIds (no node) -> the upstream condition
+        self.conditions: dict[ua.NodeId, served_events.Condition] = {}
         self.kept = served_events.Retained()
         self.count = 0
 
     async def fire(
-        self, event: served_events.Upstream, source: ua.NodeId, subs: SubscriptionService
+        self,
+        event: served_events.Upstream,
+        source: ua.NodeId,
+        subs: SubscriptionService,
+        route: object,
     ) -> None:
         condition = None
+        kept = None
         if event.condition is not None:
             condition = _node_id(f"{event.device}#{event.key}", self.namespace)
-            self.conditions.add(condition)
+            kept = self.conditions.get(condition)
+            if kept is None:
+                kept = served_events.Condition(event.device, event.condition_id, route)
+                self.conditions[condition] = kept
+            kept.route = route  # the bridge it came through last
         made = _BASE_EVENT(sourcenode=source)
         made.emitting_node = source
         made.add_property("NodeId", None, VT.NodeId)  # asyncua's BaseEvent has no ConditionId
@@ -1050,6 +1075,8 @@ class _ServedEvents:
                 made.add_property(name, None, _FIELD_TYPES.get(name, VT.Boolean))
         alarms.set_fields(made, fields)
         made.EventId = os.urandom(16)
+        if kept is not None:
+            kept.served(made.EventId, event)
         copies = alarms.both(made, self.server_object)
         self.kept.update(event, copies)
         self.count += 1
@@ -1095,6 +1122,9 @@ class OpcuaServerAdapter(Adapter):
         self.updates = 0
         self.writes_ok = 0
         self.writes_refused: dict[str, int] = {}
+        self.acks_forwarded = 0  # condition calls on re-served alarms the upstream took
+        self.acks_refused = 0  # ...refused, by us or by the upstream
+        self._refusals_said: set[str] = set()  # their statuses logged at warning level
         self.historian = Historian(name, self.vars)
         self.alarms: Alarms | None = None  # bridges with ``anomaly:`` (`protocols.opcua.alarms`)
         self.foreign_events = ForeignEvents(f"OPC UA server {name}")  # an OPC UA client's events
@@ -1477,7 +1507,7 @@ class OpcuaServerAdapter(Adapter):
             self.foreign_events.dropped_if_foreign(message)  # not ours to serve: counted
             return
         served = self._notifying(iserver, source)
-        await served.fire(event, source, iserver.subscription_service)
+        await served.fire(event, source, iserver.subscription_service, route)
 
     def _notifying(self, iserver: InternalServer, source: ua.NodeId) -> _ServedEvents:
         """``source`` (a device's object) as an event notifier; the first one makes the where
@@ -1582,8 +1612,7 @@ class OpcuaServerAdapter(Adapter):
                 "%s: write %s/%s refused: %s", self.name, var.device, var.spec.name, refused
             )
             return self._count(refused.code)
-        host, port = (list(session.name) + ["?", "?"])[:2] if session.name else ("?", "?")
-        origin = f"opcua:{session.user.name or 'anonymous'}@{host}:{port}"
+        origin = _origin(session)
         try:
             # The router times the device out itself, and the command carries the same deadline,
             # so a write reported as timed out is never applied later.
@@ -1598,6 +1627,61 @@ class OpcuaServerAdapter(Adapter):
             log.exception("%s: write %s/%s failed", self.name, var.device, var.spec.name)
             return self._count(Codes.BadInternalError)
         return self._count(WRITE_STATUS.get(result.status, Codes.BadInternalError))
+
+    async def call_served(
+        self, session: InternalSession, method: ua.CallMethodRequest, kept: served_events.Condition
+    ) -> ua.CallMethodResult:
+        """A condition method on a re-served alarm, made by its device (the module docstring)."""
+        name = alarms.CONDITION_METHODS.get(method.MethodId)
+        if name is None:
+            return self._call_refused(Codes.BadMethodInvalid, "that method", kept, "")
+        user = session.user.name or session.user.role.name.lower()
+        if not self.may_write(session.user):
+            why = f"{user} may only read"
+            return self._call_refused(Codes.BadUserAccessDenied, name, kept, why)
+        route = kept.route
+        bridge = next((b for b in self.bridges if b.config.route is route), None)
+        writable = route.writable if isinstance(route, OpcuaServerRoute) else True  # its default
+        if bridge is None or not writable:
+            why = "its bridge's route has writable: false"
+            return self._call_refused(Codes.BadNotExecutable, name, kept, why)
+        args = alarms.arguments(method.InputArguments)
+        if isinstance(args, ua.CallMethodResult):
+            return args
+        event_id, comment = args
+        upstream_event = kept.upstream_event(event_id)
+        origin = _origin(session)
+        call = ConditionCall(name, kept.upstream_id, upstream_event, comment.Text or "", origin)
+        try:
+            result = await bridge.call_condition(
+                kept.device, call, ack_timeout=self.config.write_timeout
+            )
+        except Exception:  # a bug behind the bridge must not fail the other calls
+            log.exception("%s: %s on %s failed", self.name, name, kept.device)
+            return self._call_refused(Codes.BadInternalError, name, kept, "internal error")
+        if not result.ok:  # the device's own status, else the write path's
+            code = result.code if result.code is not None else WRITE_STATUS[result.status]
+            return self._call_refused(code, name, kept, result.reason)
+        self.acks_forwarded += 1
+        log.info(
+            "%s: %s by %s on %s/%s forwarded: Good", self.name, name, user, kept.device,
+            kept.upstream_id,
+        )  # fmt: skip
+        return ua.CallMethodResult(StatusCode=status(Codes.Good))
+
+    def _call_refused(
+        self, code: int, name: str, kept: served_events.Condition, why: str
+    ) -> ua.CallMethodResult:
+        """Count and log (at warning level once per status) a refused condition call."""
+        self.acks_refused += 1
+        text = status(code).name
+        level = logging.DEBUG if text in self._refusals_said else logging.WARNING
+        self._refusals_said.add(text)
+        log.log(
+            level, "%s: %s on %s/%s refused: %s%s", self.name, name, kept.device,
+            kept.upstream_id, text, f" ({why})" if why else "",
+        )  # fmt: skip
+        return ua.CallMethodResult(StatusCode=status(code))
 
     def _check_write(self, session: InternalSession, var: _Var, wv: ua.WriteValue) -> Value:
         if wv.AttributeId not in session.aspace[var.nodeid].attributes:
@@ -1638,6 +1722,8 @@ class OpcuaServerAdapter(Adapter):
             "certificates_refused": self.trust.refused if self.trust is not None else 0,
             "events_dropped": self.foreign_events.dropped,  # events it cannot serve
             "events_served": self.served.count if self.served is not None else 0,
+            "acks_forwarded": self.acks_forwarded,
+            "acks_refused": self.acks_refused,
             **self.historian.status(),
             **(self.alarms.status() if self.alarms is not None else {}),
         }

@@ -4,6 +4,7 @@
 // filters, so it checks our client against someone else's reading of the specification).
 //
 //   node opcua_alarm_server.js --port P [--pki DIR] [--overheat on|off] [--severity N]
+//                              [--confirm on|off]
 //
 // Address space (namespace 1; fixed node ids, so a restarted server has the same ones):
 //   Objects/Tank                  an event source of the Server object (its events reach i=2253)
@@ -11,7 +12,8 @@
 //   Objects/Tank/OverheatInput    Boolean: the input of the alarm below
 //   Objects/Tank/Overheat         OffNormalAlarmType: active while OverheatInput is true
 // --overheat on starts with the alarm active (raised before any client can subscribe: only
-// ConditionRefresh shows it), at --severity (default 700).
+// ConditionRefresh shows it), at --severity (default 700). --confirm on gives the alarm the
+// optional ConfirmedState and Confirm (Part 9's two-step acknowledgement).
 //
 // stdout: one JSON line when ready ({"ready": true, "url", "nodes"}), then one per stdin answer.
 // stdin, one JSON object per line:
@@ -19,6 +21,9 @@
 //   {"alarm": true, "severity": 700, "message": "too hot"}   raise (false: clear) Overheat
 //   {"event": "SystemEventType", "severity": 100, "message": "door open"}   a plain event of
 //                                                    that standard type, from Tank, on Server
+//   {"state": true}   Overheat's own state, as this server holds it: {"state": {"active",
+//                     "acked", "confirmed" (null without --confirm), "retain", "comment",
+//                     "eventId" (hex, of its latest event)}}
 "use strict";
 
 const path = require("path");
@@ -36,7 +41,7 @@ const {
 } = require("node-opcua");
 
 function parseArgs(argv) {
-    const args = { port: 4840, pki: path.join(process.cwd(), "pki"), overheat: "off", severity: 700 };
+    const args = { port: 4840, pki: path.join(process.cwd(), "pki"), overheat: "off", severity: 700, confirm: "off" };
     for (let i = 0; i < argv.length; i += 2) {
         const key = argv[i].replace(/^--/, "");
         if (!(key in args)) {
@@ -107,6 +112,7 @@ async function main() {
         inputNode: input,
         normalState: normal,
         conditionName: "Overheat",
+        optionals: args.confirm === "on" ? ["ConfirmedState", "Confirm"] : [],
     });
     // The message and severity of the alarm's next state change (stdin sets them).
     let next = { severity: args.severity, message: "Tank overheat" };
@@ -145,6 +151,18 @@ async function main() {
                 next = { severity: cmd.severity ?? next.severity, message: cmd.message ?? next.message };
                 setInput(Boolean(cmd.alarm));
                 print({ alarm: Boolean(cmd.alarm), active: alarm.activeState.getValue() });
+            } else if (cmd.state) {
+                const branch = alarm.currentBranch();
+                print({
+                    state: {
+                        active: branch.getActiveState(),
+                        acked: branch.getAckedState(),
+                        confirmed: alarm.confirmedState ? branch.getConfirmedState() : null,
+                        retain: branch.getRetain(),
+                        comment: branch.getComment().text || "",
+                        eventId: branch.getEventId().toString("hex"),
+                    },
+                });
             } else if (cmd.event) {
                 serverObject.raiseEvent(cmd.event, {
                     sourceName: { dataType: DataType.String, value: "Tank" },
