@@ -1,7 +1,8 @@
-"""``gateway scan modbus HOST[:PORT]``: which units answer at a Modbus TCP (or RTU over TCP)
-address, what they are (43/14 device identification) and, with ``--registers``, which addresses
-of their tables answer; a table on stdout, ``--json`` for tools, ``--yaml OUT`` a starting
-``devices:`` config that ``gateway validate`` accepts.
+"""``gateway scan modbus HOST[:PORT]`` (or ``--serial PORT``): which units answer at a Modbus
+TCP (or RTU over TCP) address or on a local serial line, what they are (43/14 device
+identification) and, with ``--registers``, which addresses of their tables answer; a table on
+stdout, ``--json`` for tools, ``--yaml OUT`` a starting ``devices:`` config that ``gateway
+validate`` accepts.
 
 The probing is `protocols.modbus.scan` (read-only by construction, bounds in its docstring); this
 module only parses the command line and writes what was found. Exit 0 when the address was
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.cliargs import output_file, path_text, positive_float, positive_int
 
 if TYPE_CHECKING:
+    from protocols.modbus.config import Framing, SerialPort
     from protocols.modbus.scan import ScanOptions, ScanReport, UnitReport
 
 DEFAULT_PORT = 502
@@ -57,15 +59,17 @@ def cmd_scan_modbus(args: argparse.Namespace) -> int:
     from gateway.cli import CommandError
     from protocols.modbus.scan import ScanError, ScanOptions, parse_units, scan
 
-    host, port = args.target
+    serial = _serial_port(args)
+    host, port = args.target or ("", DEFAULT_PORT)
+    framing: Framing = "rtu" if serial is not None else args.framing
     try:
-        units = parse_units(args.units, args.framing)
+        units = parse_units(args.units, framing)
     except ValueError as exc:
         raise CommandError(f"--units: {exc}") from None
     options = ScanOptions(
-        host=host, port=port, framing=args.framing, units=tuple(units), timeout=args.timeout,
+        host=host, port=port, framing=framing, units=tuple(units), timeout=args.timeout,
         deadline=args.deadline, concurrency=args.concurrency, registers=args.registers,
-        limit=args.max_address,
+        limit=args.max_address, serial=serial,
     )  # fmt: skip
     out = output_file(args.yaml) if args.yaml else None  # a path it cannot write: before probing
     try:
@@ -93,9 +97,30 @@ def cmd_scan_modbus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serial_port(args: argparse.Namespace) -> SerialPort | None:
+    """--serial and its line settings, or None for HOST[:PORT]; exactly one of the two."""
+    from gateway.cli import CommandError
+    from protocols.modbus.config import SerialPort
+
+    if (args.target is None) == (args.serial is None):
+        raise CommandError("give HOST[:PORT] or --serial PORT (one of the two)", 2)
+    line = {"baudrate": args.baudrate, "parity": args.parity, "stopbits": args.stopbits}
+    if args.serial is None:
+        given = [f"--{k}" for k, v in line.items() if v is not None]
+        if given:
+            raise CommandError(f"{', '.join(given)}: only with --serial", 2)
+        return None
+    if args.framing == "tcp" and args.framing_given:
+        raise CommandError("--framing tcp: a serial line speaks RTU", 2)
+    try:
+        return SerialPort(port=args.serial, **{k: v for k, v in line.items() if v is not None})
+    except ValueError as exc:  # pydantic's ValidationError: the baud rate
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc)}
+        raise CommandError(f"--baudrate: {first['msg'].removeprefix('Value error, ')}", 2) from None
+
+
 def _target(options: ScanOptions) -> str:
-    host = f"[{options.host}]" if ":" in options.host else options.host
-    return f"{host}:{options.port}"
+    return options.target
 
 
 def _units_found(report: ScanReport) -> str:
@@ -215,9 +240,7 @@ def starting_config(report: ScanReport) -> str:
         entry = [
             head,
             "    protocol: modbus",
-            f"    host: {json.dumps(options.host)}",
-            f"    port: {options.port}",
-            *(["    framing: rtu"] if options.framing == "rtu" else []),
+            *_address_lines(options),
             f"    unit_id: {unit.unit}",
             f"    timeout: {options.timeout:g}",
             "    points:",
@@ -230,6 +253,20 @@ def starting_config(report: ScanReport) -> str:
             lines += ["#" + line for line in entry]
     lines.append("devices:" if devices else "devices: {}")
     return "\n".join(lines + devices) + "\n"
+
+
+def _address_lines(options: ScanOptions) -> list[str]:
+    serial = options.serial
+    if serial is not None:
+        return [
+            f"    serial: {{port: {json.dumps(serial.port)}, baudrate: {serial.baudrate}, "
+            f"parity: {serial.parity}, stopbits: {serial.stopbits}}}"
+        ]
+    return [
+        f"    host: {json.dumps(options.host)}",
+        f"    port: {options.port}",
+        *(["    framing: rtu"] if options.framing == "rtu" else []),
+    ]
 
 
 def _points(unit: UnitReport, probed: bool) -> list[str]:
@@ -247,6 +284,14 @@ def _points(unit: UnitReport, probed: bool) -> list[str]:
                 for i in range(a, b)
             ]
     return out
+
+
+class _Given(argparse.Action):
+    """Stores the value and notes that it was given (``framing_given``)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.framing_given = True
 
 
 def register(sub: Any) -> None:
@@ -267,8 +312,25 @@ def register(sub: Any) -> None:
         "reached, 1 when it could not be, 2 for bad options.",
     )
     p.add_argument(
-        "target", type=host_port, metavar="HOST[:PORT]", help="the device or gateway (port 502)"
+        "target",
+        type=host_port,
+        nargs="?",
+        metavar="HOST[:PORT]",
+        help="the device or gateway (port 502); or --serial",
     )
+    p.add_argument(
+        "--serial",
+        metavar="PORT",
+        help="scan a local serial line (RTU) instead, e.g. /dev/ttyUSB0",
+    )
+    p.add_argument(
+        "--baudrate",
+        type=positive_int,
+        metavar="BAUD",
+        help="with --serial: the line's baud rate (default 19200)",
+    )
+    p.add_argument("--parity", choices=["N", "E", "O"], help="with --serial: N, E or O (default E)")
+    p.add_argument("--stopbits", type=int, choices=[1, 2], help="with --serial: 1 or 2 (default 1)")
     p.add_argument(
         "--units",
         default="1-247",
@@ -277,6 +339,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--framing",
         choices=["tcp", "rtu"],
+        action=_Given,
         default="tcp",
         help="tcp: Modbus TCP (MBAP); rtu: RTU frames through a serial-to-Ethernet converter "
         "(default %(default)s)",
@@ -320,4 +383,4 @@ def register(sub: Any) -> None:
         help="write a starting devices: config (one entry per unit found) to this file",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_scan_modbus)
+    p.set_defaults(func=cmd_scan_modbus, framing_given=False)

@@ -2,7 +2,8 @@
 # Install the real peers the tests run against: mosquitto (MQTT broker), mosquitto-clients
 # (mosquitto_pub/_sub), mbpoll (a Modbus master we did not write) and libcoap3-bin
 # (coap-client-openssl/coap-server-openssl, libcoap's CoAP peers with DTLS), curl (an HTTP
-# client for the metrics endpoint) from Debian/Ubuntu
+# client for the metrics endpoint), socat (pseudo-terminal pairs: serial lines for Modbus RTU)
+# from Debian/Ubuntu
 # packages, and node-opcua (an OPC UA stack we did not write) from npm into tests/interop/node.
 # Idempotent: when every binary is already there it only checks and exits.
 set -euo pipefail
@@ -20,6 +21,7 @@ have coap-client-openssl || missing+=(libcoap3-bin)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 have curl || missing+=(curl)
+have socat || missing+=(socat)
 
 npm_peers() {
     # npm ci is exact (package-lock.json) and skipped while node_modules matches the lock.
@@ -45,7 +47,7 @@ fail() {
     apt_fail install-peers "$1" "${missing[@]}"
 }
 
-for bin in mosquitto mosquitto_pub mbpoll coap-client-openssl coap-server-openssl node npm curl; do
+for bin in mosquitto mosquitto_pub mbpoll coap-client-openssl coap-server-openssl node npm curl socat; do
     have "$bin" || fail "$bin still missing after apt-get install"
 done
 npm_peers

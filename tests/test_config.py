@@ -578,7 +578,8 @@ def test_json_schema_covers_every_protocol_and_route(registry: Registry) -> None
     consts = {e["properties"]["protocol"]["const"] for e in one_of}
     assert consts == set(registry.specs)
     modbus = defs["modbus.client.entry"]
-    assert modbus["required"][0] == "protocol" and "host" in modbus["required"]
+    assert modbus["required"][0] == "protocol"
+    assert modbus["anyOf"] == [{"required": ["host"]}, {"required": ["serial"]}]
     assert modbus["properties"]["role"]["enum"] == ["client"]
     assert modbus["additionalProperties"] is False
     bridge = defs["bridge"]

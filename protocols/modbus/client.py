@@ -1,4 +1,5 @@
-"""Modbus TCP client adapter: polls one device (one TCP connection, any unit ids behind it).
+"""Modbus client adapter: polls one device (one TCP connection or one serial line, any unit ids
+behind it).
 
 Each poll group runs on its own fixed-rate schedule and reads the fewest requests the planner can
 make. Failures stay local: a timeout or exception marks only the points of that request bad; a lost
@@ -13,6 +14,10 @@ unit that timed out is not asked again until `timeout` more seconds have passed,
 to it lands while nothing of that unit waits and is dropped (answers of other units are told apart
 by their unit id). One dead unit costs one timeout per window, not one per request, and does not
 reconnect the converter while any other unit answers (see `_unanswered`).
+
+``serial:`` speaks RTU on a local serial line (`protocols.modbus.serial_master`: the serial
+line's timing, same client API), with every rule above; "connected" is then the port open, and a
+port that cannot be opened or disappears (a USB adapter unplugged) is retried like a connection.
 
 Writes: one register with FC 06 and one coil with FC 05, or FC 16 / FC 15 carrying one value
 (``write_multiple``) for devices that implement only those; a device answering FC 06 / FC 05 with
@@ -58,6 +63,7 @@ from protocols.modbus.codec import (
 from protocols.modbus.config import Framing, ModbusDevice, ModbusPoint
 from protocols.modbus.frames import FunctionCode
 from protocols.modbus.planner import ReadItem, ReadRequest, plan_reads
+from protocols.modbus.serial_master import SerialRtuClient
 
 log = logging.getLogger(__name__)
 # pymodbus logs every failed connect and retry itself; this adapter reports them once, with the
@@ -101,6 +107,9 @@ ILLEGAL_FUNCTION = 1
 # Refused points named in the log, per device; then one line: a wrong unit id or table can make
 # every point of a device refused, and hundreds of warnings would bury the one cause.
 REFUSALS_LOGGED = 5
+# What the adapter talks through: pymodbus's TCP client, or the serial line's master; both have
+# pymodbus's client API.
+Client = AsyncModbusTcpClient | SerialRtuClient
 
 
 class _LatePolls:
@@ -183,12 +192,20 @@ def _covering(req: _Request, items: Sequence[ReadItem]) -> _Request:
     return ReadRequest(req.unit, req.table, start, end - start, tuple(items))
 
 
+def _wrong_function(rr: ModbusPDU, function: int, what: str) -> str | None:
+    """Why ``rr`` cannot answer a ``what`` ("read", "write") of ``function``, or None: on RTU a
+    late answer to an earlier request of the same unit would otherwise pass for this one's."""
+    got = rr.function_code & 0x7F
+    if got != function:
+        return f"wrong answer (function {got} to a {what} of function {function})"
+    return None
+
+
 def _mismatch(rr: ModbusPDU, req: _Request) -> str | None:
-    """Why ``rr`` cannot be the answer to read ``req``, or None: on RTU a late answer to an
-    earlier request of the same unit would otherwise pass for this one's."""
-    function = READ_FUNCTION[req.table]
-    if rr.function_code & 0x7F != function:
-        return f"wrong answer (function {rr.function_code & 0x7F} to a read of function {function})"
+    """Why ``rr`` cannot be the answer to read ``req``, or None (see `_wrong_function`)."""
+    wrong = _wrong_function(rr, READ_FUNCTION[req.table], "read")
+    if wrong is not None:
+        return wrong
     if rr.isError():
         return None
     if req.table.is_bit:
@@ -280,12 +297,12 @@ class ModbusClientAdapter(Adapter):
             for i, p in enumerate(self._points)
             if p.config.writable
         }
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: Client | None = None
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._timeouts = 0
         self._silent = False  # the last request timed out (kept across reconnects)
-        self._rtu = config.framing == "rtu"
+        self._rtu = config.rtu
         self._units = frozenset(p.unit for p in self._points)
         self._silent_units: set[int] = set()  # whose last request timed out
         # rtu: unit -> (loop time, reason): not asked before then, its reads are Bad for reason
@@ -342,7 +359,7 @@ class ModbusClientAdapter(Adapter):
         ]
         return {
             "connected": self._connected.is_set() and not self._unanswered(),
-            "framing": self.config.framing,
+            "framing": "rtu" if self._rtu else "tcp",
             "silent_units": sorted(self._silent_units),  # whose last request timed out
             "last_error": self.last_error,
             **self.counters,
@@ -380,18 +397,7 @@ class ModbusClientAdapter(Adapter):
         backoff = BackoffTimer(cfg.reconnect)
         first = True
         while True:
-            client = AsyncModbusTcpClient(
-                cfg.host,
-                framer=FRAMERS[cfg.framing],
-                port=cfg.port,
-                timeout=cfg.timeout,
-                retries=0,
-                reconnect_delay=0,  # reconnecting is ours, with jitter and a cap
-                name=self.name,
-            )
-            # pymodbus drops the connection itself after a few requests in a row go unanswered,
-            # one dead RTU unit's included: when to reconnect is decided here (`_unanswered`).
-            client.set_max_no_responses(sys.maxsize)
+            client = self._new_client()
             try:
                 ok = await asyncio.wait_for(client.connect(), cfg.timeout + 1)
             except (TimeoutError, OSError, ModbusException) as exc:
@@ -400,22 +406,24 @@ class ModbusClientAdapter(Adapter):
             raise_if_cancelling()
             if not ok:
                 client.close()
+                if isinstance(client, SerialRtuClient):
+                    self.last_error = client.last_error
                 self.last_error = self.last_error or "connect failed"
                 await self._mark_all_bad("unreachable")
                 delay = backoff.next_delay()
                 if first:
-                    log.warning(
-                        "%s: cannot connect to %s:%s; retrying with backoff",
-                        self.name,
-                        cfg.host,
-                        cfg.port,
-                    )
+                    if isinstance(client, SerialRtuClient):  # a box's own port: an error
+                        log.error("%s: %s; retrying with backoff", self.name, self.last_error)
+                    else:
+                        log.warning(
+                            "%s: cannot connect to %s; retrying with backoff", self.name, cfg.where
+                        )
                     first = False
                 await asyncio.sleep(delay)
                 self.counters["reconnects"] += 1
                 continue
             if not first:
-                log.info("%s: connected to %s:%s", self.name, cfg.host, cfg.port)
+                log.info("%s: connected to %s", self.name, cfg.where)
             first = False
             backoff.reset()
             self._client = client
@@ -433,15 +441,38 @@ class ModbusClientAdapter(Adapter):
             self._close()
             await self._mark_all_bad("connection lost")
 
-    async def _watch(self, client: AsyncModbusTcpClient) -> None:
+    def _new_client(self) -> Client:
+        cfg = self.config
+        if cfg.serial is not None:
+            return SerialRtuClient(cfg.serial, cfg.timeout)
+        assert cfg.host is not None  # ModbusDevice.check: host or serial
+        client = AsyncModbusTcpClient(
+            cfg.host,
+            framer=FRAMERS[cfg.framing],
+            port=cfg.port,
+            timeout=cfg.timeout,
+            retries=0,
+            reconnect_delay=0,  # reconnecting is ours, with jitter and a cap
+            name=self.name,
+        )
+        # pymodbus drops the connection itself after a few requests in a row go unanswered,
+        # one dead RTU unit's included: when to reconnect is decided here (`_unanswered`).
+        client.set_max_no_responses(sys.maxsize)
+        return client
+
+    async def _watch(self, client: Client) -> None:
         """Until the connection is lost: a failed request says so, and so does a device that
-        closes it between polls (noticed within a second, not at the next slow poll)."""
+        closes it between polls (noticed within a second, not at the next slow poll), or a
+        serial port that disappears (a USB adapter unplugged)."""
         while not self._lost.is_set():
             try:
                 await asyncio.wait_for(self._lost.wait(), 1.0)
             except TimeoutError:
                 if not client.connected:
-                    self._down_reason = "connection closed by the device"
+                    if isinstance(client, SerialRtuClient):
+                        self._down_reason = client.last_error or "serial port closed"
+                    else:
+                        self._down_reason = "connection closed by the device"
                     self.last_error = self._down_reason
                     self._connected.clear()
                     self._lost.set()
@@ -705,7 +736,7 @@ class ModbusClientAdapter(Adapter):
         return rr.registers, None
 
     @staticmethod
-    async def _send_read(client: AsyncModbusTcpClient, req: _Request) -> ModbusPDU:
+    async def _send_read(client: Client, req: _Request) -> ModbusPDU:
         if req.table is Table.HOLDING:
             return await client.read_holding_registers(
                 req.address, count=req.count, device_id=req.unit
@@ -830,7 +861,7 @@ class ModbusClientAdapter(Adapter):
                 f"{self.name}/{point}: {exception_reason(code)} to {_fc(function)}{hint}",
             )
 
-    def _client_for_write(self) -> AsyncModbusTcpClient:
+    def _client_for_write(self) -> Client:
         client = self._client
         if client is None or not self._connected.is_set():
             raise ModbusWriteError(
@@ -839,7 +870,7 @@ class ModbusClientAdapter(Adapter):
         return client
 
     async def _send_write(
-        self, client: AsyncModbusTcpClient, p: _Point, value: bool | int | float | str
+        self, client: Client, p: _Point, value: bool | int | float | str
     ) -> ModbusPDU:
         """Reverse scaling and byte order, then the right function code."""
         cfg = p.config
@@ -848,13 +879,16 @@ class ModbusClientAdapter(Adapter):
         if cfg.bit is not None:
             if p.mask:  # the device changes only this bit: atomic, unlike the read below
                 bit = 1 << cfg.bit
-                return await client.mask_write_register(
+                rr = await client.mask_write_register(
                     address=cfg.address,
                     and_mask=0xFFFF ^ bit,
                     or_mask=bit if value else 0,
                     device_id=p.unit,
                 )
+                return self._answering(rr, FunctionCode.MASK_WRITE_REGISTER, p)
             cur = await client.read_holding_registers(cfg.address, count=1, device_id=p.unit)
+            here: _Request = ReadRequest(p.unit, Table.HOLDING, cfg.address, 1, ())
+            self._answering(cur, FunctionCode.READ_HOLDING_REGISTERS, p, _mismatch(cur, here))
             if cur.isError():
                 raise ModbusWriteError(
                     WriteStatus.DEVICE_ERROR,
@@ -868,21 +902,39 @@ class ModbusClientAdapter(Adapter):
         regs = encode(raw, cfg.dtype, p.order, length=cfg.length)
         if len(regs) == 1:
             return await self._write_one(client, p, FunctionCode.WRITE_SINGLE_REGISTER, regs[0])
-        return await client.write_registers(cfg.address, regs, device_id=p.unit)
+        rr = await client.write_registers(cfg.address, regs, device_id=p.unit)
+        return self._answering(rr, FunctionCode.WRITE_MULTIPLE_REGISTERS, p)
+
+    def _answering(
+        self, rr: ModbusPDU, function: int, p: _Point, wrong: str | None = None
+    ) -> ModbusPDU:
+        """``rr``, unless over RTU it cannot answer ``function`` (``wrong``: the reason found
+        already): a late answer to an earlier request of the unit, as for reads (`_read`). The
+        write's fate is unknown, so the unit rests until its own answer has had its time."""
+        if not self._rtu:
+            return rr
+        if wrong is None:
+            wrong = _wrong_function(rr, function, "write")
+        if wrong is None:
+            return rr
+        self.counters["errors"] += 1
+        self.last_error = f"{p.config.name} unit {p.unit}: {wrong}"
+        self._rest(p.unit, wrong)
+        raise ModbusWriteError(WriteStatus.DEVICE_ERROR, f"{self.name}/{p.config.name}: {wrong}")
 
     async def _write_one(
-        self, client: AsyncModbusTcpClient, p: _Point, single: FunctionCode, value: int | bool
+        self, client: Client, p: _Point, single: FunctionCode, value: int | bool
     ) -> ModbusPDU:
         """One register or coil: with ``single`` (FC 06, FC 05), or its multiple-value function
         where the point asks for it or the device refused ``single`` (`WRITE_FALLBACK`)."""
         multiple = WRITE_FALLBACK[single]
         if p.write_multiple or single in self._fallen_back:
-            return await _send_one(client, multiple, p, value)
-        rr = await _send_one(client, single, p, value)
+            return self._answering(await _send_one(client, multiple, p, value), multiple, p)
+        rr = self._answering(await _send_one(client, single, p, value), single, p)
         refused = rr.isError() and getattr(rr, "exception_code", 0) == ILLEGAL_FUNCTION
         if not refused or not self.config.write_fallback:
             return rr
-        retry = await _send_one(client, multiple, p, value)
+        retry = self._answering(await _send_one(client, multiple, p, value), multiple, p)
         # Learnt only when the other function works: a device refusing both (or 01 for a
         # passing state of its own) keeps its single-value function.
         if not retry.isError():
@@ -898,7 +950,7 @@ class ModbusClientAdapter(Adapter):
 
 
 async def _send_one(
-    client: AsyncModbusTcpClient, function: FunctionCode, p: _Point, value: int | bool
+    client: Client, function: FunctionCode, p: _Point, value: int | bool
 ) -> ModbusPDU:
     """Write one register or coil of ``p`` with ``function`` (05, 06, 15 or 16)."""
     address, unit = p.config.address, p.unit

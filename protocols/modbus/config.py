@@ -1,10 +1,13 @@
-"""Config model of one Modbus TCP device (a `devices:` entry with ``protocol: modbus``)."""
+"""Config model of one Modbus device (a `devices:` entry with ``protocol: modbus``): over TCP
+(``host``), or an RTU slave on a local serial line (``serial``: RS-485 or RS-232)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from gateway.config.common import Backoff, Deadband, PointLimits, Problem, Strict, Unit
 from gateway.config.errors import listing
@@ -26,6 +29,51 @@ BIT_WRITE_HELP = (
     "read_modify_write: FC 03 then FC 06 (any device; a bit the device changes in between is "
     "lost); mask: FC 22, atomic (devices that implement it)"
 )
+
+
+# Modbus over serial line (V1.02) 2.5.1: 19200 and 9600 baud are required, the others usual.
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+class SerialPort(Strict):
+    """A local serial line (a USB RS-485 adapter, a board's UART) in RTU mode. The defaults are
+    the Modbus serial-line spec's (2.5.1): 19200 baud, 8 data bits, even parity, 1 stop bit."""
+
+    port: str = Field(min_length=1, description="the tty, e.g. /dev/ttyUSB0 or /dev/ttyAMA0")
+    baudrate: int = Field(19200, description=f"one of {', '.join(map(str, BAUDRATES))}")
+    parity: Literal["N", "E", "O"] = Field("E", description="N (none), E (even) or O (odd)")
+    stopbits: Literal[1, 2] = Field(1, description="1 or 2")
+    bytesize: Literal[8] = Field(8, description="8: RTU carries whole bytes")
+
+    @field_validator("baudrate")
+    @classmethod
+    def _usual_rate(cls, v: int) -> int:
+        if v not in BAUDRATES:
+            raise ValueError(f"baudrate {v}: expected one of {', '.join(map(str, BAUDRATES))}")
+        return v
+
+
+def serial_problems(
+    serial: SerialPort | None, framing_set: bool, framing: Framing, tcp_keys: Sequence[str]
+) -> list[Problem]:
+    """A ``serial:`` line speaks RTU and has no TCP address: said at the key that conflicts
+    (a device and the server's endpoint share this)."""
+    if serial is None:
+        return []
+    problems = [
+        Problem((key,), f"{key} with serial", f"either serial or {key}, not both")
+        for key in tcp_keys
+    ]
+    if framing_set and framing != "rtu":
+        problems.append(
+            Problem(
+                ("framing",),
+                f"{framing} with serial",
+                "framing: rtu or no framing (a serial line speaks Modbus RTU), or host/port "
+                "instead of serial for Modbus TCP",
+            )
+        )
+    return problems
 
 
 class PollGroup(Strict):
@@ -116,17 +164,29 @@ class ModbusPoint(RegisterLayout, PointLimits):
         return self
 
 
+_NO_HOST = object()  # neither host nor serial given: see ModbusDevice._host_or_serial
+
+
 class ModbusDevice(Strict):
-    """One Modbus TCP connection; points may address several unit ids behind it (with
-    ``framing: rtu``, the devices on the serial bus behind a converter)."""
+    """One Modbus connection: TCP (``host``) or a local serial line (``serial``); points may
+    address several unit ids behind it (with RTU, the devices on the serial bus)."""
+
+    # editors: one of the two (a file with neither is told "no 'host' key", `_host_or_serial`)
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["host"]}, {"required": ["serial"]}]}
+    )
 
     protocol: Literal["modbus"] = "modbus"
-    host: str = Field(min_length=1)
+    host: str | None = Field(None, min_length=1, description="address; or serial")
     port: int = Field(502, ge=1, le=65535)
+    serial: SerialPort | None = Field(
+        None, description="a local serial line (RTU) instead of host and port"
+    )
     framing: Framing = Field(
         "tcp",
         description="tcp: Modbus TCP (MBAP header); rtu: raw RTU frames (unit id, PDU, CRC16) "
-        "through a serial-to-Ethernet converter in TCP server (raw) mode",
+        "through a serial-to-Ethernet converter in TCP server (raw) mode; always rtu on a "
+        "serial line",
     )
     unit_id: int = Field(1, ge=0, le=255, description="default unit id of the points")
     timeout: float = Field(1.0, gt=0, le=60, description="seconds per request")
@@ -152,8 +212,42 @@ class ModbusDevice(Strict):
     )
     points: list[ModbusPoint] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _host_or_serial(cls, data: Any) -> Any:
+        """Neither: host is missing, said as for any required key (most devices are TCP), with
+        the device's other errors (an unknown key 'hots' above all): `_present`."""
+        if isinstance(data, dict) and "host" not in data and "serial" not in data:
+            return {**data, "host": _NO_HOST}
+        return data
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _present(cls, v: Any) -> Any:
+        if v is _NO_HOST:
+            raise PydanticCustomError("missing", "Field required")
+        return v
+
+    @property
+    def rtu(self) -> bool:
+        """RTU frames: on a serial line, or through a converter (``framing: rtu``)."""
+        return self.serial is not None or self.framing == "rtu"
+
+    @property
+    def where(self) -> str:
+        """The device's address in words, for the log."""
+        if self.serial is not None:
+            return f"serial port {self.serial.port}"
+        return f"{self.host}:{self.port}"
+
     def check(self) -> list[Problem]:
         problems: list[Problem] = []
+        if self.host is None and self.serial is None:  # host: null
+            problems.append(Problem(("host",), "null", "an address (Modbus TCP), or serial"))
+        tcp_keys = [k for k in ("host", "port") if k in self.model_fields_set]
+        problems += serial_problems(
+            self.serial, "framing" in self.model_fields_set, self.framing, tcp_keys
+        )
         seen: dict[str, int] = {}
         implicit: list[int] = []  # points without poll: while no group is named default
         for i, p in enumerate(self.points):
@@ -197,14 +291,15 @@ class ModbusDevice(Strict):
         """On a serial bus unit id 0 is broadcast: every device acts on it and none answers, so
         a point read through it would only ever time out; 248-255 are reserved (Modbus over
         serial line, 2.2), no device has them. Modbus TCP devices answer on any unit id."""
-        if self.framing != "rtu":
+        if not self.rtu:
             return []
         expected = (
             "a unit id 1-247 (0 is broadcast on a serial bus: no device answers a read;"
             " 248-255 are reserved)"
         )
+        how = "serial" if self.serial is not None else "framing: rtu"
         problems = [
-            Problem(("points", i, "unit_id"), f"{p.unit_id} (framing: rtu)", expected)
+            Problem(("points", i, "unit_id"), f"{p.unit_id} ({how})", expected)
             for i, p in enumerate(self.points)
             if p.unit_id is not None and not 1 <= p.unit_id <= 247
         ]
@@ -213,7 +308,7 @@ class ModbusDevice(Strict):
             problems.append(
                 Problem(
                     ("unit_id",),
-                    f"{self.unit_id} (framing: rtu), the unit id of "
+                    f"{self.unit_id} ({how}), the unit id of "
                     f"{counted(len(inherit), 'point')} ({listing(inherit)})",
                     expected,
                 )

@@ -49,6 +49,20 @@ _COUNTED: dict[int, tuple[int, int]] = {
     FunctionCode.READ_WRITE_MULTIPLE_REGISTERS: (10, 13),  # read and write address, quantity
 }
 HEAD_SIZE = 11  # bytes that tell any request's size (23's byte count is the 11th)
+# Responses: function -> frame size, for the answers of fixed size (a write's echo or summary)
+_RESPONSE_SIZES: dict[int, int] = {
+    **dict.fromkeys(range(5, 7), FIXED_SIZE),
+    FunctionCode.WRITE_MULTIPLE_COILS: FIXED_SIZE,  # unit, function, address, quantity, CRC
+    FunctionCode.WRITE_MULTIPLE_REGISTERS: FIXED_SIZE,
+    FunctionCode.MASK_WRITE_REGISTER: 10,  # the request's echo
+}
+# ...and those that carry a byte count (third byte) of values
+_COUNTED_RESPONSES = frozenset((1, 2, 3, 4, FunctionCode.READ_WRITE_MULTIPLE_REGISTERS))
+_REGISTER_RESPONSES = frozenset((3, 4, FunctionCode.READ_WRITE_MULTIPLE_REGISTERS))
+_REQUESTS = frozenset((*_SIZES, *_COUNTED, FunctionCode.ENCAPSULATED_INTERFACE))
+_MAX_READ_BYTES = 250  # 125 registers, 2000 bits
+EXCEPTION_SIZE = 5  # unit, function | 0x80, exception code, CRC
+_IDENT_OBJECTS = 8  # unit, 43, MEI type, read code, conformity, more, next id: then the count
 
 
 def _crc_table() -> tuple[int, ...]:
@@ -110,6 +124,37 @@ def request_size(head: bytes | bytearray) -> int | None:
             return None
         return MEI_SIZE if head[2] == MEI_DEVICE_IDENTIFICATION else 0
     return 0
+
+
+def response_size(head: bytes | bytearray) -> int | None:
+    """The size of the response frame ``head`` starts (unit id first) to any request
+    `request_size` knows, 0 when no such response starts so, None while more bytes are needed.
+    Reads and 23 carry a byte count, 43/14 its objects' lengths; writes are of fixed size."""
+    if len(head) < 3:
+        return None
+    function = head[1]
+    if function & 0x80:
+        return EXCEPTION_SIZE if function & 0x7F in _REQUESTS else 0
+    size = _RESPONSE_SIZES.get(function)
+    if size is not None:
+        return size
+    if function in _COUNTED_RESPONSES:
+        count = head[2]
+        if count > _MAX_READ_BYTES or (count % 2 and function in _REGISTER_RESPONSES):
+            return 0
+        return EXCEPTION_SIZE + count
+    if function != FunctionCode.ENCAPSULATED_INTERFACE or head[2] != MEI_DEVICE_IDENTIFICATION:
+        return 0
+    at = _IDENT_OBJECTS  # past the head: the first object
+    if len(head) < at:
+        return None
+    for _ in range(head[at - 1]):
+        if len(head) < at + 2:
+            return None
+        at += 2 + head[at + 1]
+        if at > MAX_ADU:
+            return 0
+    return at + 2
 
 
 class RtuDecoder(StreamDecoder[RtuFrame]):

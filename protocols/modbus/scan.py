@@ -16,7 +16,9 @@ Time is bounded three ways: each request has its timeout; up to ``concurrency`` 
 probe different unit ids at once (one request at a time on each, as some devices, pymodbus's
 server among them, drop pipelined requests); and the whole scan has a deadline, after which
 the units not yet probed are reported as such. RTU over TCP is one connection, one request at a
-time: a converter has one serial bus, where requests cannot overlap.
+time: a converter has one serial bus, where requests cannot overlap. So is a local serial line
+(``serial`` in the options, `SerialLink`), with the line's timing: t3.5 of silence before each
+request, the timeout counted from the end of sending.
 
 Register ranges (`find_ranges`): for each table, the first ``limit`` addresses are read in blocks
 of 100; a block refused is read again in blocks of 10, and a block of 10 refused address by
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from protocols.modbus.codec import Table
-from protocols.modbus.config import Framing
+from protocols.modbus.config import Framing, SerialPort
 from protocols.modbus.frames import (
     FUNCTION_TABLE,
     MEI_DEVICE_IDENTIFICATION,
@@ -56,7 +58,8 @@ from protocols.modbus.frames import (
     encode_request,
     parse_response,
 )
-from protocols.modbus.rtu import MAX_ADU, RtuDecoder, build_rtu_frame
+from protocols.modbus.rtu import MAX_ADU, RtuDecoder, build_rtu_frame, response_size
+from protocols.modbus.serial_line import SerialLine, SerialLineError
 from protocols.modbus.server_config import DeviceIdentity
 
 # Object ids 0x00-0x06 of 43/14 by the names the server's `identity:` gives them.
@@ -122,36 +125,13 @@ def parse_units(text: str, framing: Framing = "tcp") -> list[int]:
 
 def rtu_response_size(head: bytes | bytearray) -> int | None:
     """The size of the RTU response frame ``head`` starts (unit id first), 0 when no response
-    we ask for starts so, None while more bytes are needed. `rtu.request_size` sizes requests;
-    a response's size follows from its byte count (01-04) or its objects (43/14)."""
-    if len(head) < 3:
-        return None
-    function = head[1]
-    if function & 0x80:
-        return 5 if (function & 0x7F) in _ASKED else 0
-    if function in _READS:
-        count = head[2]
-        if count > _MAX_READ_BYTES or (count % 2 and function in _REGISTER_READS):
-            return 0
-        return 5 + count
-    if function != FunctionCode.ENCAPSULATED_INTERFACE or head[2] != MEI_DEVICE_IDENTIFICATION:
+    we ask for starts so (a write's answer never is), None while more bytes are needed."""
+    if len(head) >= 2 and (head[1] & 0x7F) not in _ASKED:
         return 0
-    at = 1 + _IDENT_HEAD.size  # past unit id and the head: the first object
-    if len(head) < at:
-        return None
-    for _ in range(head[at - 1]):
-        if len(head) < at + 2:
-            return None
-        at += 2 + head[at + 1]
-        if at > MAX_ADU:
-            return 0
-    return at + 2
+    return response_size(head)
 
 
-_READS = frozenset(READ_OF.values())
-_REGISTER_READS = frozenset((READ_OF[Table.HOLDING], READ_OF[Table.INPUT]))
-_MAX_READ_BYTES = 250  # 125 registers, 2000 bits
-_ASKED = _READS | {FunctionCode.ENCAPSULATED_INTERFACE}
+_ASKED = frozenset(READ_OF.values()) | {FunctionCode.ENCAPSULATED_INTERFACE}
 
 
 class RtuResponseDecoder(RtuDecoder):
@@ -260,6 +240,15 @@ class ScanOptions:
     concurrency: int = 8
     registers: bool = False
     limit: int = 200  # register probe: addresses 0..limit-1 of each table
+    serial: SerialPort | None = None  # a local serial line instead of host and port (RTU)
+
+    @property
+    def target(self) -> str:
+        """What is scanned, in words: HOST:PORT or the serial port."""
+        if self.serial is not None:
+            return self.serial.port
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 @dataclass
@@ -293,6 +282,8 @@ class Link:
     @classmethod
     async def open(cls, options: ScanOptions) -> Link:
         """Connected, or ScanError naming the address and the system's reason."""
+        if options.serial is not None:
+            return SerialLink.open_line(options, options.serial)
         where = f"{options.host}:{options.port}"
         try:
             async with asyncio.timeout(max(options.timeout, 3.0)):
@@ -371,6 +362,62 @@ class Link:
         if not data:
             self.closed = True
             raise LinkClosed("closed by the peer")
+        return data
+
+
+class SerialLink(Link):
+    """A local serial line: the RTU calls of `Link`, on `SerialLine` (t3.5 of silence before
+    each request; the answer's timeout counts from when the request's last byte has left)."""
+
+    def __init__(self, options: ScanOptions) -> None:
+        self.options = options
+        self.tid = 0
+        self.mbap = FrameDecoder()
+        self.closed = False
+        self.line: SerialLine | None = None
+        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the line failed
+        self._lost = ""
+
+    @classmethod
+    def open_line(cls, options: ScanOptions, settings: SerialPort) -> SerialLink:
+        link = cls(options)
+        try:
+            link.line = SerialLine.open(settings, link)
+        except SerialLineError as exc:
+            raise ScanError(f"cannot open serial port {settings.port}: {exc}") from None
+        return link
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.put_nowait(data)
+
+    def line_lost(self, reason: str) -> None:
+        self._lost = reason
+        self._chunks.put_nowait(None)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.line is not None:
+            self.line.close()
+
+    async def _send(self, data: bytes) -> None:
+        line = self.line
+        if self.closed or line is None or not line.is_open:
+            raise LinkClosed(self._lost or "closed")
+        await line.wait_quiet()
+        while not self._chunks.empty():  # a late answer to an earlier request: not this one's
+            self._chunks.get_nowait()
+        try:
+            done = line.write(data)
+        except ConnectionError as exc:
+            self.closed = True
+            raise LinkClosed(str(exc)) from None
+        await asyncio.sleep(max(0.0, done - asyncio.get_running_loop().time()))
+
+    async def _receive(self) -> bytes:
+        data = await self._chunks.get()
+        if data is None:
+            self.closed = True
+            raise LinkClosed(self._lost)
         return data
 
 
@@ -503,7 +550,8 @@ async def scan(options: ScanOptions) -> ScanReport:
     report = ScanReport(options, [UnitReport(u) for u in options.units])
     first = await Link.open(options)  # unreachable: say so now, not once per unit
     queue = list(reversed(report.units))
-    workers = 1 if options.framing == "rtu" else max(1, min(options.concurrency, len(queue)))
+    one = options.framing == "rtu" or options.serial is not None
+    workers = 1 if one else max(1, min(options.concurrency, len(queue)))
 
     async def worker(link: Link | None) -> None:
         while queue:
@@ -547,7 +595,7 @@ async def scan(options: ScanOptions) -> ScanReport:
 
 def probe_bounds(options: ScanOptions) -> str:
     """The probe's bounds in one line, for the report."""
-    if options.framing == "rtu":
+    if options.framing == "rtu" or options.serial is not None:
         at_once = "one request at a time (rtu)"
     else:
         at_once = f"up to {options.concurrency} connections at once"

@@ -111,6 +111,11 @@ rather than after its timeout). The differences are the serial line's:
 
 Connection limits, the idle timeout and flow control are the same for both framings.
 
+Serial line (``serial:``): the server is an RTU slave on a local RS-485 or RS-232 line, one
+slave among others: silent for the unit ids it does not serve, deaf to the other slaves'
+answers, resynchronised by the line's silences (`protocols.modbus.serial_slave`). Requests are
+served by the same `handle`, one at a time; there are no connections.
+
 Log: a connection closed for a malformed header or idleness is one INFO line, but a scanner or a
 broken client reconnecting in a loop must not write one per connection: the first `QUOTA` lines
 of each `QUOTA_INTERVAL` are logged, the rest counted and said in one line when it ends, one of
@@ -167,6 +172,7 @@ from protocols.modbus.frames import (
 )
 from protocols.modbus.identity import device_identification_pdu
 from protocols.modbus.rtu import RtuDecoder, RtuFrame
+from protocols.modbus.serial_slave import SerialSlave
 from protocols.modbus.server_config import MapEntry, ModbusServer, ModbusServerRoute
 
 if TYPE_CHECKING:
@@ -636,6 +642,7 @@ class ModbusServerAdapter(Adapter):
         self.foreign_events = ForeignEvents(f"Modbus server {name}")  # an OPC UA client's events
         self.port = config.port
         self._server: asyncio.Server | None = None
+        self._serial: SerialSlave | None = None
         self._connections: set[_Connection] = set()
         # a client that cannot get in, or one closed for it, is a warning, not our error
         self._refusals = FailureStreak(log, f"{name}: new connections", level=logging.WARNING)
@@ -695,17 +702,26 @@ class ModbusServerAdapter(Adapter):
     # -- lifecycle
 
     async def __aenter__(self) -> ModbusServerAdapter:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), self.config.host, self.config.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        serial = self.config.serial
+        if serial is not None:  # opened here, or by run() with backoff: the gateway runs on
+            self._serial = SerialSlave(self, serial)
+            why = self._serial.open()
+            if why is not None:
+                log.error("%s: %s; retrying with backoff", self.name, why)
+            kind, where = "RTU slave", f"serial port {serial.port} ({serial.baudrate} baud)"
+        else:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: _Connection(self), self.config.host, self.config.port, reuse_address=True
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            kind = "RTU over TCP" if self.config.framing == "rtu" else "TCP"
+            where = f"{self.config.host}:{self.port}"
         log.info(
-            "%s: Modbus %s server on %s:%d, unit ids %s, %s",
+            "%s: Modbus %s server on %s, unit ids %s, %s",
             self.name,
-            "RTU over TCP" if self.config.framing == "rtu" else "TCP",
-            self.config.host,
-            self.port,
+            kind,
+            where,
             ", ".join(map(str, self.units)),
             counted(len(self.entries), "map entry", "map entries"),
         )
@@ -719,6 +735,8 @@ class ModbusServerAdapter(Adapter):
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        if self._serial is not None:
+            self._serial.close()
         for connection in list(self._connections):
             connection.abort()
         self.bad_frame_log.close()
@@ -728,6 +746,8 @@ class ModbusServerAdapter(Adapter):
             await server.wait_closed()
 
     async def run(self) -> None:
+        if self._serial is not None:
+            await self._serial.run()
         await asyncio.Event().wait()  # the connections serve from the loop's callbacks
 
     # -- values
@@ -754,7 +774,7 @@ class ModbusServerAdapter(Adapter):
         (or a coroutine's None) where no answer is due: an RTU broadcast."""
         self.counters.requests += 1
         function = frame.function
-        if isinstance(frame, RtuFrame) and frame.unit_id == 0:
+        if isinstance(frame, RtuFrame) and frame.unit_id == 0:  # broadcast
             return self._broadcast(frame, origin)
         try:
             unit = self.units.get(frame.unit_id)
@@ -892,6 +912,13 @@ class ModbusServerAdapter(Adapter):
         seconds, victim = max(idle, key=lambda pair: pair[0])
         return (victim, seconds) if seconds >= self.config.idle_evict_after else None
 
+    def dropped(self, runs: int, origin: str, why: str) -> None:
+        """RTU: ``runs`` of bytes dropped unanswered (a bad CRC, garbage) from ``origin``, the
+        last for ``why``: counted, and logged under the quota."""
+        self.counters.frame_errors += runs
+        if self.dropped_log.allow():
+            log.info("%s: dropped bytes from %s, not answered: %s", self.name, origin, why)
+
     def _exception(self, function: int, code: int) -> bytes:
         key = f"{code:02X}"
         exceptions = self.counters.exceptions
@@ -902,9 +929,17 @@ class ModbusServerAdapter(Adapter):
 
     def status(self) -> dict[str, Any]:
         c = self.counters
+        serial = self._serial
+        line: dict[str, Any] = {}
+        if serial is not None:  # no port or connections: a line, open or not
+            line = {
+                "serial_port": serial.settings.port,
+                "line_open": serial.is_open,
+                "frames_ignored": serial.frames_ignored,
+            }
         return {
-            "port": self.port,
-            "framing": self.config.framing,
+            **({"port": self.port} if serial is None else line),
+            "framing": "rtu" if self.config.rtu else "tcp",
             "connections": len(self._connections),
             "connections_total": c.connections_total,
             "connections_refused": c.connections_refused,
@@ -1062,16 +1097,8 @@ class _Connection(asyncio.Protocol):
         decoder = self._decoder
         frame = decoder.next_frame()
         if isinstance(decoder, RtuDecoder) and decoder.errors != self._dropped:
-            server = self._server
-            server.counters.frame_errors += decoder.errors - self._dropped
+            self._server.dropped(decoder.errors - self._dropped, self.origin, decoder.last_error)
             self._dropped = decoder.errors
-            if server.dropped_log.allow():
-                log.info(
-                    "%s: dropped bytes from %s, not answered: %s",
-                    server.name,
-                    self.origin,
-                    decoder.last_error,
-                )
         return frame
 
     async def _finish(self, response: Coroutine[Any, Any, bytes | None]) -> None:

@@ -1,4 +1,5 @@
-"""Config models of the Modbus server role (Modbus TCP, or RTU over TCP with ``framing: rtu``):
+"""Config models of the Modbus server role (Modbus TCP, RTU over TCP with ``framing: rtu``, or
+an RTU slave on a local serial line with ``serial:``):
 the listener (`ModbusServer`, an endpoint with ``role: server``) and the register map of a bridge
 that targets it (`ModbusServerRoute`).
 
@@ -23,7 +24,7 @@ from gateway.config.common import Problem, Strict
 from gateway.config.errors import listing
 from gateway.text import counted
 from protocols.modbus.codec import ByteOrder, Table
-from protocols.modbus.config import Framing, RegisterLayout
+from protocols.modbus.config import Framing, RegisterLayout, SerialPort, serial_problems
 
 if TYPE_CHECKING:
     from gateway.types import PointSpec
@@ -76,11 +77,17 @@ class DeviceIdentity(Strict):
 
 
 class ModbusServer(Strict):
-    """The gateway as a Modbus TCP (or RTU over TCP) server: bridged points as a register map."""
+    """The gateway as a Modbus TCP (or RTU over TCP, or serial RTU slave) server: bridged points
+    as a register map."""
 
     protocol: Literal["modbus"] = "modbus"
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(502, ge=0, le=65535, description="TCP port (502 needs privileges)")
+    serial: SerialPort | None = Field(
+        None,
+        description="serve as an RTU slave on this serial line instead of listening on TCP "
+        "(silent for the unit ids it does not serve)",
+    )
     framing: Framing = Field(
         "tcp",
         description="tcp: Modbus TCP (MBAP header); rtu: Modbus RTU over TCP (unit id, PDU, "
@@ -90,7 +97,8 @@ class ModbusServer(Strict):
     unit_ids: list[int] = Field(
         default_factory=lambda: [1],
         min_length=1,
-        description="unit ids answered; a request for another gets exception 0A",
+        description="unit ids answered; a request for another gets exception 0A (on a serial "
+        "line, no answer: another slave's)",
     )
     max_connections: int = Field(
         64,
@@ -128,22 +136,32 @@ class ModbusServer(Strict):
             raise ValueError("each unit id once")
         return v
 
+    @property
+    def rtu(self) -> bool:
+        """RTU frames: on a serial line, or over TCP (``framing: rtu``)."""
+        return self.serial is not None or self.framing == "rtu"
+
     def check(self) -> list[Problem]:
-        """With framing rtu the unit ids are those of a serial bus: 0 is broadcast (every device
-        acts on it, none answers) and 248-255 are reserved (Modbus over serial line, 2.2)."""
-        if self.framing != "rtu":
-            return []
+        """``serial`` speaks RTU and does not listen on TCP. With RTU the unit ids are those of a
+        serial bus: 0 is broadcast (every device acts on it, none answers) and 248-255 are
+        reserved (Modbus over serial line, 2.2)."""
+        tcp_keys = [k for k in ("host", "port") if k in self.model_fields_set]
+        problems = serial_problems(
+            self.serial, "framing" in self.model_fields_set, self.framing, tcp_keys
+        )
         wrong = [u for u in self.unit_ids if not 1 <= u <= 247]
-        if not wrong:
-            return []
-        return [
+        if not self.rtu or not wrong:
+            return problems
+        how = "serial" if self.serial is not None else "framing: rtu"
+        problems.append(
             Problem(
                 ("unit_ids",),
-                f"{listing([str(u) for u in wrong])} (framing: rtu)",
+                f"{listing([str(u) for u in wrong])} ({how})",
                 "unit ids 1-247 (on a serial bus 0 is broadcast, which no device answers, and "
-                "248-255 are reserved), or framing: tcp",
+                "248-255 are reserved)" + ("" if self.serial is not None else ", or framing: tcp"),
             )
-        ]
+        )
+        return problems
 
     def write_warning(self, writable: int) -> str | None:
         """What to say when ``writable`` points can be written through this server: Modbus TCP
@@ -153,6 +171,12 @@ class ModbusServer(Strict):
         them would break running configs."""
         if writable <= 0:
             return None
+        if self.serial is not None:
+            return (
+                "Modbus has no authentication: any master on the serial line "
+                f"{self.serial.port} can write {counted(writable, 'point')} (functions 5, 6, 15, "
+                "16, 22 and 23); set writable: false on the bridges to it if it should not"
+            )
         host = f"[{self.host}]" if ":" in self.host else self.host
         every = " (every interface)" if self.host in ("0.0.0.0", "::", "") else ""
         return (
