@@ -74,6 +74,7 @@ _COUNTERS = (
     " alarm_acks alarm_confirms events events_dropped condition_refreshes stale_updates"
     " future_updates untimed_updates windows late resent forgotten user_property_errors"
     " events_served acks_forwarded acks_refused conditions_gone condition_calls frames_ignored"
+    " read_pauses unwanted unsubscribed requests_dropped"
     # outbox, optimizer, bridges, bus, shadow, loop
     " dropped_by_reason decisions forwarded failed scored_samples alarms computed skipped"
     " unrouted attempted succeeded reported rejected record_errors history_skipped"
@@ -87,7 +88,7 @@ _GAUGES = (
     " max_packet_size topic_aliases topic_alias_max session_present open_windows tracked"
     " decision decide_ms_mean rows_per_publish_recent rtt_s devices writing history_paused"
     " history_staged history_merge_failing documents_paused documents_unsaved lag_ms_p50"
-    " lag_ms_p99 lag_ms_max line_open"
+    " lag_ms_p99 lag_ms_max line_open requests_queued"
 )
 KINDS: dict[str, MetricKind] = {
     **dict.fromkeys(_COUNTERS.split(), "counter"),

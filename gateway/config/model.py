@@ -23,8 +23,9 @@ run`` says these itself when it starts the entry): files a model's ``run_warning
 are not on this machine (MQTT TLS files, OPC UA certificates: the file may be checked on
 another machine; an MQTT password sent without TLS), a target whose ``write_warning(n)`` says
 that anyone may write the ``n`` points its bridges let clients write (a CoAP server without
-OSCORE, a Modbus TCP server), and a shadow whose MQTT update topic sets writable points
-(`ShadowSection.update_warning`).
+OSCORE, a Modbus TCP server), a shadow whose MQTT update topic sets writable points
+(`ShadowSection.update_warning`), and shadow updates that a persistent session queues with no
+``max_age`` to refuse a late one, or a ``max_skew`` without it (`late_update_warnings`).
 
 A value under a key in `SECRET_KEYS` (``password``, ``master_secret``, ``master_salt``, a
 DTLS ``key`` or ``key_hex``) is never shown in a problem or warning, nor is one filled in from
@@ -727,6 +728,7 @@ class _Loader:
         if self.check_adapters:
             self.write_warnings(devices)
             self.shadow_warning(shadow, devices)
+            self.late_update_warnings(shadow, devices)
         if self.problems or not isinstance(gateway, GatewaySection):
             return None
         disabled = tuple(name for name, d in self.declared.items() if not d.enabled)
@@ -810,6 +812,18 @@ class _Loader:
         text = shadow.update_warning(writable, devices[shadow.mqtt.endpoint].config)
         if text is not None:
             self.warn(("shadow", "mqtt"), text)
+
+    def late_update_warnings(
+        self, shadow: ShadowSection | None, devices: dict[str, DeviceEntry]
+    ) -> None:
+        """``gateway validate``: the late-update guard's settings
+        (`gateway.shadow.freshness.guard_warnings`; the shadow service logs them at start)."""
+        if shadow is None or shadow.mqtt is None or shadow.mqtt.endpoint not in devices:
+            return
+        from gateway.shadow.freshness import guard_warnings
+
+        for key, text in guard_warnings(shadow.mqtt, devices[shadow.mqtt.endpoint].config):
+            self.warn(("shadow", "mqtt", key) if key else ("shadow", "mqtt"), text)
 
     def shadow_endpoint(self, mqtt: ShadowMqtt, devices: dict[str, DeviceEntry]) -> None:
         """The shadow's MQTT endpoint must be an MQTT client; it subscribes to the requests."""

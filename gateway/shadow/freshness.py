@@ -17,9 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.text import duration
+
+if TYPE_CHECKING:
+    from gateway.config.model import ShadowMqtt
 
 #: Why an update is refused: older than max_age, ahead of the clock, without a timestamp while
 #: one is required, or one that is no number (a malformed request, not a late one).
@@ -80,3 +83,33 @@ def check_age(
             f"shadow.mqtt.max_skew {duration(max_skew)}: check the clocks (NTP); not applied",
         )
     return None
+
+
+def guard_warnings(mqtt: ShadowMqtt, broker: object) -> list[tuple[str, str]]:
+    """What to say of the guard's settings, as (key under ``shadow.mqtt``, or "", text):
+    updates that a persistent session's broker queues (``broker``: the endpoint's config,
+    its ``session.persistent``) with no ``max_age`` to stop a late one, and a ``max_skew``
+    given without ``max_age``, where it does nothing. ``gateway validate`` prints them, the
+    shadow service logs them at start."""
+    if mqtt.max_age is not None:
+        return []
+    said: list[tuple[str, str]] = []
+    if getattr(getattr(broker, "session", None), "persistent", False):
+        said.append(
+            (
+                "",
+                f"endpoint {mqtt.endpoint!r} keeps a persistent session, so the broker queues"
+                " shadow updates while the gateway is away and they are carried out when it is"
+                " back, however late (a setpoint queued for hours is written hours late); set"
+                " max_age (seconds) and send updates with a timestamp to refuse late ones",
+            )
+        )
+    if "max_skew" in mqtt.model_fields_set:
+        said.append(
+            (
+                "max_skew",
+                "does nothing without max_age (the late-update guard is off); set max_age, or"
+                " leave out max_skew",
+            )
+        )
+    return said

@@ -52,6 +52,13 @@ one whose ``timestamp`` is older than that, or ahead of the clock by more than `
 but an outage's: after a reconnect they come in a burst, so each kind is counted and logged
 through a `LogQuota` (a few examples and a count a minute), not the bad-request streak.
 
+Requests wait in a bus subscription of their own (`REQUEST_QUEUE`). A persistent session's
+broker delivers all it queued at once after a restart, and thousands of desired updates must
+not lose any: the service asks the endpoint to stop reading from the broker while the queue
+is half full (`hold_reading`, `protocols.mqtt.link`), so the backlog waits at the broker
+instead. Should requests be dropped all the same (an endpoint without that hold), they are
+counted (``requests_dropped``) and logged.
+
 SQLite is blocking: every store call runs on one dedicated thread (the connection stays in
 that thread's hands), never on the event loop.
 
@@ -83,7 +90,7 @@ from gateway.commands import CommandRouter, WriteStatus
 from gateway.config.model import ShadowSection
 from gateway.payloads import load_json
 from gateway.shadow import shadow_topic
-from gateway.shadow.freshness import Refusal, check_age
+from gateway.shadow.freshness import Refusal, check_age, guard_warnings
 from gateway.shadow.store import (
     HistoryRow,
     ShadowDocument,
@@ -110,6 +117,8 @@ MAX_REQUEST_BYTES = 65_536
 MAX_DESIRED_KEYS = 500
 MAX_DEPTH = 6
 SHUTDOWN_RECORDING = 2.0  # s the readings still queued at shutdown may take to be recorded
+REQUEST_QUEUE = 1_000  # MQTT requests waiting; the endpoint stops reading at half of it
+REQUEST_DROPS_LOG_S = 10.0  # requests dropped all the same: a line at most this often
 LATE_LOG_QUOTA = 5  # late updates logged a minute (`LogQuota`); the rest counted
 #: An error to record for a key, (value, status, reason), or None: clear the key's error.
 Error = tuple[Any, str, str] | None
@@ -193,6 +202,8 @@ class ShadowService:
         self._dropping = False
         self._rejections = FailureStreak(log, "shadow", level=logging.INFO)
         self._late_log = LogQuota(self._say_late, quota=LATE_LOG_QUOTA, interval=60.0)
+        self._request_drops_said = 0  # the request queue's drops when last logged
+        self._request_drops_at = 0.0  # monotonic: not logged again before this
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -217,7 +228,12 @@ class ShadowService:
         mqtt = self.config.mqtt
         if mqtt is not None:
             pattern = f"mqtt/{mqtt.endpoint}/{mqtt.prefix}/+/shadow/+"
-            self._requests = self.bus.subscribe(pattern, maxsize=1000, name="shadow:requests")
+            self._requests = self.bus.subscribe(
+                pattern, maxsize=REQUEST_QUEUE, name="shadow:requests"
+            )
+            hold = getattr(self.adapters.get(mqtt.endpoint), "hold_reading", None)
+            if callable(hold):  # a backlog waits at the broker, not dropped here
+                hold(self._requests, REQUEST_QUEUE // 2)
             writable = [
                 (device, point)
                 for (device, point), spec in self.router.points.items()
@@ -227,6 +243,8 @@ class ShadowService:
             warning = self.config.update_warning(writable, broker)
             if warning is not None:
                 log.warning("shadow: %s", warning)
+            for key, text in guard_warnings(mqtt, broker):
+                log.warning("shadow.mqtt%s: %s", f".{key}" if key else "", text)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -545,6 +563,7 @@ class ShadowService:
         assert mqtt is not None
         base = f"mqtt/{mqtt.endpoint}/{mqtt.prefix}/"
         async for message in requests:
+            self._watch_request_drops(requests)
             parts = message.topic[len(base) :].split("/")
             if len(parts) != 3 or parts[1] != "shadow" or parts[2] not in ("get", "update"):
                 continue
@@ -553,6 +572,21 @@ class ShadowService:
                 await self._request(device, action, message)
             except Exception:
                 log.exception("shadow: %s request for %s failed", action, device)
+
+    def _watch_request_drops(self, requests: Subscription) -> None:
+        """Say requests the queue dropped (it drops its oldest when full): a line at most every
+        `REQUEST_DROPS_LOG_S`, with the count since the last."""
+        dropped = requests.counters.dropped
+        now = time.monotonic()
+        if dropped > self._request_drops_said and now >= self._request_drops_at:
+            self._request_drops_at = now + REQUEST_DROPS_LOG_S
+            log.warning(
+                "shadow: %s dropped, the request queue (%d) was full: the desired state they"
+                " carried is lost (counted in the status, shadow.requests_dropped)",
+                counted(dropped - self._request_drops_said, "MQTT request"),
+                requests.maxsize,
+            )
+            self._request_drops_said = dropped
 
     async def _request(self, device: str, action: str, message: Message) -> None:
         text = message.samples[0].value if message.samples else ""
@@ -705,7 +739,7 @@ class ShadowService:
         cast(_Publisher, adapter).publish(topic, payload, mqtt.qos, False, reply_to=reply_to)
 
     def status(self) -> dict[str, Any]:
-        store = self.store
+        store, requests = self.store, self._requests
         return {
             **self.counters,
             "devices": len(self.devices),
@@ -724,6 +758,10 @@ class ShadowService:
             # readings the store could not keep up with (the telemetry queue's drop-oldest)
             "dropped": self._telemetry.counters.dropped if self._telemetry is not None else 0,
             "queued": len(self._telemetry) if self._telemetry is not None else 0,
+            # MQTT requests (get, update) the request queue dropped: none while the endpoint
+            # holds the broker back (`REQUEST_QUEUE`)
+            "requests_dropped": requests.counters.dropped if requests is not None else 0,
+            "requests_queued": len(requests) if requests is not None else 0,
         }
 
 

@@ -105,6 +105,13 @@ on every connect all the same (the config may have changed; a broker without the
 needs them). A QoS 1 message the broker sent again (no PUBACK before the outage) may come
 twice: the shadow's desired state is idempotent, a reading is one more sample.
 
+The session also keeps filters the config no longer names. The endpoint remembers what it
+subscribed (`protocols.mqtt.subscribed`, one file per endpoint and broker) and, when the broker
+says the session is present, unsubscribes the remembered filters it no longer wants, right
+after subscribing the current ones (`_unsubscribe_leftovers`). A message that no filter of the
+config takes (one the broker queued for a leftover, or sent before the UNSUBSCRIBE) is dropped
+and counted in ``unwanted``, never a sample on mqtt/<name>/<topic>.
+
 Birth and will
 --------------
 The will (``{"state":"offline"}``, retained, QoS 1) on ``status_topic`` is registered with the
@@ -161,6 +168,7 @@ from protocols.mqtt.alias import ALIAS_SIZE, TopicAliases, alias_properties, wit
 from protocols.mqtt.config import MqttEndpoint, MqttRoute, brokers
 from protocols.mqtt.link import NO_LIMITS, BrokerLimits, PahoOnLoop, paho_client, reason_text
 from protocols.mqtt.props import PublishProperties
+from protocols.mqtt.subscribed import SessionFilters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -596,7 +604,20 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self._closing = False
         self._close_task: asyncio.Future[None] | None = None
         self._drop_logged = False
-        self._payload_modes: dict[str, str] = {}
+        self._payload_modes: dict[str, str | None] = {}  # None: no filter of ours takes it
+        # persistent sessions: what each broker's session holds, remembered (by host, port)
+        self._records: dict[tuple[str, int], SessionFilters] = {}
+        self._unwanted_log = LogQuota(
+            lambda n: log.warning(
+                "MQTT %s: %d more messages on topics no subscription of the config takes in"
+                " %g s (counted in status 'unwanted')",
+                self.name,
+                n,
+                REFUSAL_LOG_S,
+            ),
+            quota=1,
+            interval=REFUSAL_LOG_S,
+        )
         self._points = codec.PointDecoder(list(config.points), name)
         self._point_by_name = {p.name: p for p in config.points}
         self._keys = codec.KeyDecoder(
@@ -627,6 +648,8 @@ class MqttAdapter(PahoOnLoop, Adapter):
         self.reconnects = 0
         self.received = 0
         self.bad_payloads = 0
+        self.unwanted = 0  # messages no filter of the config takes (a session's leftovers)
+        self.unsubscribed = 0  # leftover filters unsubscribed from a persistent session
         self.encode_errors = 0
         self.writes = 0
         self.refused = 0  # MQTT 5: publishes the broker refused for good (dropped)
@@ -667,6 +690,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_subscribe  # an UNSUBACK settles its future alike
         client.on_message = self._on_message
         self.install(client)
         self._client = client
@@ -833,27 +857,89 @@ class MqttAdapter(PahoOnLoop, Adapter):
         return store.cursor < self._drain_mark
 
     async def _subscribe_all(self, disconnected: asyncio.Future[str]) -> None:
-        client, loop = self._client, self._loop
         topics: list[tuple[str, int]] = [(s.topic, s.qos) for s in self.config.subscriptions]
         subscribed = {t for t, _ in topics}
         topics += [(t, 1) for t in self._points.topics() if t not in subscribed]
-        if not topics or client is None or loop is None:
+        wanted = [t for t, _ in topics]
+        leftovers = await self._leftovers(wanted) if self._persistent else []
+        await self._subscribe(topics, disconnected)
+        if leftovers and not disconnected.done():
+            await self._unsubscribe_leftovers(leftovers, wanted, disconnected)
+
+    def _record(self) -> SessionFilters:
+        """The record of the session at the broker in use (`protocols.mqtt.subscribed`)."""
+        broker = self._brokers[self._broker]
+        record = self._records.get(broker)
+        if record is None:
+            record = self._records[broker] = SessionFilters(self.name, *broker, self.client_id)
+        return record
+
+    async def _leftovers(self, wanted: list[str]) -> list[str]:
+        """The filters the present session holds that are not ``wanted`` (as remembered);
+        the record written first to hold every filter the session may hold after the
+        SUBSCRIBE (the wanted ones, and the leftovers until they are unsubscribed)."""
+        record = self._record()
+        remembered = await asyncio.to_thread(record.load) if self.session_present else []
+        if remembered is None:
+            record.say_unknown(self.address)
+            remembered = []
+        leftovers = sorted(set(remembered) - set(wanted))
+        await asyncio.to_thread(record.save, [*wanted, *leftovers])
+        return leftovers
+
+    async def _unsubscribe_leftovers(
+        self, leftovers: list[str], wanted: list[str], disconnected: asyncio.Future[str]
+    ) -> None:
+        """UNSUBSCRIBE the session's filters that the config no longer names; once the broker
+        has answered, the record holds the wanted ones only (else they are tried again on the
+        next connection)."""
+        client = self._client
+        if client is None:
             return
-        rc, mid = client.subscribe(topics)
+        if await self._acked(client.unsubscribe(leftovers), "UNSUBACK", disconnected) is None:
+            return
+        self.unsubscribed += len(leftovers)
+        log.info(
+            "MQTT %s: unsubscribed from %s that the session at %s kept but the config no longer"
+            " names: %s",
+            self.name,
+            counted(len(leftovers), "topic filter"),
+            self.address,
+            ", ".join(map(repr, leftovers)),
+        )
+        await asyncio.to_thread(self._record().save, wanted)
+
+    async def _acked(
+        self, sent: tuple[MQTTErrorCode, int | None], what: str, disconnected: asyncio.Future[str]
+    ) -> list[Any] | None:
+        """The reason codes of the broker's ``what`` (SUBACK, UNSUBACK) to the packet paho
+        ``sent`` (its result, mid); None when the connection is gone or none came within
+        `subscribe_timeout` (logged)."""
+        rc, mid = sent
         if rc != _SUCCESS or mid is None:
-            return  # connection already gone: on_disconnect has resolved `disconnected`
+            return None  # connection already gone: on_disconnect has resolved `disconnected`
         fut = await self._answer(self._sub_futs, mid, self.subscribe_timeout, disconnected)
         if not fut.done():
             if not disconnected.done():
                 log.warning(
-                    "MQTT %s: no SUBACK from %s within %s s",
+                    "MQTT %s: no %s from %s within %s s",
                     self.name,
+                    what,
                     self.address,
                     self.subscribe_timeout,
                 )
             fut.cancel()
+            return None
+        return fut.result()
+
+    async def _subscribe(
+        self, topics: list[tuple[str, int]], disconnected: asyncio.Future[str]
+    ) -> None:
+        client, loop = self._client, self._loop
+        if not topics or client is None or loop is None:
             return
-        for (topic, _qos), code in zip(topics, fut.result(), strict=False):
+        codes = await self._acked(client.subscribe(topics), "SUBACK", disconnected)
+        for (topic, _qos), code in zip(topics, codes or (), strict=False):
             if getattr(code, "is_failure", False):
                 self.last_error = f"{self.address} refused subscription to {topic!r}: " + (
                     reason_text(code)
@@ -1660,6 +1746,7 @@ class MqttAdapter(PahoOnLoop, Adapter):
             self._bad_log.close()  # the counts of the last windows, said now
             self._refusal_log.close()
             self._too_large_log.close()
+            self._unwanted_log.close()
             if client is not None:  # no callbacks into a closed adapter (paho's __del__ too)
                 self.uninstall(client)
 
@@ -2132,17 +2219,13 @@ class MqttAdapter(PahoOnLoop, Adapter):
                 if user:  # no meta built for the many messages without
                     message = replace(message, meta={codec.USER_PROPERTIES: list(user)})
                 self.bus.publish_nowait(message)
-        if decoders and not any(
-            s.points is None and topic_matches(s.topic, topic) for s in self.config.subscriptions
-        ):
+        mode = self._payload_mode(topic)
+        if mode is None:  # no subscription without points takes it
+            if not decoders:  # nor a point: a filter the session kept (module docstring)
+                self._unwanted(topic)
             return
         try:
-            sample = codec.decode_sample(
-                topic,
-                msg.payload,
-                self._payload_mode(topic),  # type: ignore[arg-type]
-                time.time(),
-            )
+            sample = codec.decode_sample(topic, msg.payload, mode, time.time())  # type: ignore[arg-type]
         except (codec.PayloadError, UnicodeDecodeError) as exc:
             self._bad_payload(exc)
             return
@@ -2170,18 +2253,35 @@ class MqttAdapter(PahoOnLoop, Adapter):
             return bool(decoder.filters) and decoder.matches(topic)
         return bool(decoder.points) and bool(decoder.points_for(topic))
 
-    def _payload_mode(self, topic: str) -> str:
-        mode = self._payload_modes.get(topic)
-        if mode is None:
-            mode = "json"
-            for sub in self.config.subscriptions:
-                if sub.points is None and topic_matches(sub.topic, topic):
-                    mode = sub.payload
-                    break
-            if len(self._payload_modes) >= 10_000:  # topics come from the broker: stay bounded
-                self._payload_modes.clear()
-            self._payload_modes[topic] = mode
+    def _payload_mode(self, topic: str) -> str | None:
+        """The payload of the first subscription without points that takes ``topic``; None
+        when none does."""
+        modes = self._payload_modes
+        if topic in modes:
+            return modes[topic]
+        mode = next(
+            (
+                sub.payload
+                for sub in self.config.subscriptions
+                if sub.points is None and topic_matches(sub.topic, topic)
+            ),
+            None,
+        )
+        if len(modes) >= 10_000:  # topics come from the broker: stay bounded
+            modes.clear()
+        modes[topic] = mode
         return mode
+
+    def _unwanted(self, topic: str) -> None:
+        """A message no filter of the config takes: dropped, counted, the first logged."""
+        self.unwanted += 1
+        if self._unwanted_log.allow():
+            log.warning(
+                "MQTT %s: a message on %r, which no subscription of the config takes (a filter"
+                " the broker's session kept), dropped",
+                self.name,
+                topic,
+            )
 
     def _bad_payload(self, exc: Exception, *, unexpected: bool = False) -> None:
         """Count a payload that could not be read; log one per log interval, then a count.
@@ -2222,10 +2322,13 @@ class MqttAdapter(PahoOnLoop, Adapter):
             "reconnects": self.reconnects,
             "session_present": self.session_present,
             "sessions_lost": self.sessions_lost,
+            "read_pauses": self.read_pauses,
             "failovers": self.failovers,
             "failbacks": self.failbacks,
             "received": self.received,
             "bad_payloads": self.bad_payloads,
+            "unwanted": self.unwanted,
+            "unsubscribed": self.unsubscribed,
             "writes": self.writes,
             "refused": self.refused,
             "expired": self.expired,

@@ -23,6 +23,15 @@ client id, so it neither takes the session nor leaves one behind. Each accepted 
 Session Present flag is noted (`_note_session`): a broker that had none where this process
 had made one (restarted without persistence, or the expiry passed) is said once per CONNACK.
 Sparkplug never asks for a kept session (its specification requires clean ones).
+
+Holding the broker back (`PahoOnLoop.hold_reading`): a consumer that must drop nothing (the
+shadow's requests) names its bus queue and a high mark. Messages go to the bus without waiting
+(a paho callback cannot), so the queue is looked at before each packet is read: at the mark the
+socket is no longer read, until the queue is down to half of it (looked at every
+`HOLD_LOOK_S`). TCP then holds the broker back, and a broker keeps what it has not sent (a
+persistent session's backlog stays queued there). While held, nothing else of the connection
+is read either (acknowledgements, other subscriptions); held past the keepalive, paho takes the
+connection for dead and it is made again.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -49,6 +58,16 @@ from gateway.config.common import Backoff
 from protocols.mqtt.config import BrokerSettings, MqttSession, Tls
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+HOLD_LOOK_S = 0.01  # while reading is held: how often the queues are looked at again
+
+
+class HeldQueue(Protocol):
+    """What `PahoOnLoop.hold_reading` needs of a queue (a bus `Subscription` has it)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
 
 
 def paho_client(
@@ -224,6 +243,10 @@ class PahoOnLoop(abc.ABC):
         self.session_present: bool | None = None  # the last accepted CONNACK's flag
         self.sessions_lost = 0  # CONNACKs without the session this process had made there
         self._kept_at: set[int] = set()  # brokers (index) where a kept session was made
+        self._holds: list[tuple[HeldQueue, int]] = []  # (queue, high mark): `hold_reading`
+        self._read_held = False  # the socket is not read: a held queue is at its mark
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self.read_pauses = 0  # times reading was held for a full queue
 
     def _aim(
         self,
@@ -655,6 +678,7 @@ class PahoOnLoop(abc.ABC):
         fd, self._fd = self._fd, -1
         self._sock = None
         self._cancel_misc_timer()
+        self._end_read_hold()
         if fd >= 0 and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(fd)
             self._loop.remove_writer(fd)
@@ -667,14 +691,66 @@ class PahoOnLoop(abc.ABC):
         if sock is self._sock and self._loop is not None:
             self._loop.remove_writer(self._fd)
 
+    def hold_reading(self, queue: HeldQueue, high: int) -> None:
+        """Read nothing from the broker while ``queue`` holds ``high`` messages or more, until
+        it is down to half of that (module docstring); forgotten once the queue is closed.
+        Each packet read adds one message at most: a queue of ``high`` + 1 never overflows."""
+        self._holds.append((queue, max(1, high)))
+
+    def _queue_full(self, *, below: bool = False) -> bool:
+        """A queue at its high mark (``below``: still over half of it)."""
+        holds = self._holds
+        if not holds:
+            return False
+        if any(queue.closed for queue, _ in holds):
+            holds[:] = [(queue, high) for queue, high in holds if not queue.closed]
+        if below:
+            return any(len(queue) > high // 2 for queue, high in holds)
+        return any(len(queue) >= high for queue, high in holds)
+
+    def _pause_reading(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        if self._fd >= 0:
+            loop.remove_reader(self._fd)
+        self._read_held = True
+        self.read_pauses += 1
+        self.LOG.debug("%s %s: reading held (a consumer's queue is full)", self.LABEL, self.name)
+        self._hold_timer = loop.call_later(HOLD_LOOK_S, self._look_again)
+
+    def _look_again(self) -> None:
+        loop, client = self._loop, self._client
+        self._hold_timer = None
+        if not self._read_held or loop is None or client is None:
+            return
+        if self._queue_full(below=True):
+            self._hold_timer = loop.call_later(HOLD_LOOK_S, self._look_again)
+            return
+        self._read_held = False
+        if self._fd >= 0:
+            loop.add_reader(self._fd, self._on_readable)
+            if self._read_pending(client):  # read already, but not handed to paho yet
+                loop.call_soon(self._on_readable)
+
+    def _end_read_hold(self) -> None:
+        """A socket gone: a new one is read until a queue is at its mark again."""
+        self._read_held = False
+        timer, self._hold_timer = self._hold_timer, None
+        if timer is not None:
+            timer.cancel()
+
     def _on_readable(self) -> None:
         client = self._client
-        if client is None:
+        if client is None or self._read_held:
             return
         try:
             # Buffered bytes (ours, or TLS's) are invisible to select(): read until drained.
-            while client.loop_read() == _SUCCESS and self._read_pending(client):
-                pass
+            while True:
+                if self._queue_full():
+                    self._pause_reading()
+                    return
+                if client.loop_read() != _SUCCESS or not self._read_pending(client):
+                    return
         except Exception:
             self.LOG.exception(
                 "%s %s: error reading from %s; reconnecting", self.LABEL, self.name, self.address
