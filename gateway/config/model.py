@@ -315,6 +315,15 @@ class ShadowSection(Strict):
         description="seconds readings wait to be recorded together (one transaction: less "
         "written to the disk, e.g. an SD card); reported state lags by as much",
     )
+    retry_unreachable: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="seconds after a desired change during which a write refused because the "
+        "device was unreachable (not connected yet, or down) is made again as soon as the "
+        "device reports a reading; later, it stays refused (a setpoint applied late is worse "
+        "than none: set it again); 0: never",
+    )
     max_desired_keys: int = Field(
         1000,
         ge=1,

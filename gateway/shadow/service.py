@@ -19,6 +19,11 @@ Flow
   it. A desired key that is not a point of the device is refused the same way (unknown_point).
 - Desired changes made while the gateway was not running are not written at start: a setpoint
   applied late is worse than none (see `gateway.commands`). Set it again to apply it.
+- A write refused as unreachable (the device not connected yet: a persistent session's broker
+  delivers its queued updates right after a restart, before the devices have connected; or
+  down) is made again, once, when the device next reports a good or uncertain reading, if that
+  comes within ``retry_unreachable`` seconds of the write and the key still wants that value
+  (``retries`` in the status); later it stays refused, for the same reason.
 
 Desired keys that are no points, and the cost of an update
 ----------------------------------------------------------
@@ -183,12 +188,16 @@ class ShadowService:
         self._recording_errors: dict[str, dict[str, Error]] = {}
         self._error_tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        # device -> key -> (value, monotonic deadline): writes refused as unreachable, made
+        # again at the device's next usable reading before the deadline (`_retry_unreached`)
+        self._unreached: dict[str, dict[str, tuple[Any, float]]] = {}
         self.counters = {
             "reported": 0,
             "updates": 0,
             "rejected": 0,
             "writes": 0,
             "refused": 0,
+            "retries": 0,
             "record_errors": 0,
             # the late-update guard (shadow.mqtt.max_age): updates rejected as older than it
             # or ahead of the clock, and updates without a timestamp (rejected or not)
@@ -418,6 +427,27 @@ class ShadowService:
             if result is not None:
                 self.counters["reported"] += 1
                 self.documents[device] = result
+        for device, samples in batch:
+            if device in self._unreached and any(q != "bad" for _, q, _ in samples.values()):
+                self._retry_unreached(device)
+
+    def _retry_unreached(self, device: str) -> None:
+        """The device reads again: write what it was unreachable for, where still wanted."""
+        pending = self._unreached.pop(device)
+        doc = self.documents.get(device)
+        now = time.monotonic()
+        for key, (value, until) in pending.items():
+            if doc is None or key not in doc.unreached or doc.unreached[key] != value:
+                continue  # reached, or desired changed since (that change was written)
+            if now > until:
+                log.info(
+                    "shadow: %s/%s = %r not written: %s was unreachable for longer than"
+                    " retry_unreachable (%gs); set it again to apply it",
+                    device, key, value, device, self.config.retry_unreachable,
+                )  # fmt: skip
+                continue
+            self.counters["retries"] += 1
+            self._spawn_write(device, key, value, again=True)
 
     def _watch_drops(self, queue: Subscription) -> None:
         """Log once when the queue starts dropping readings and once when it has room again."""
@@ -477,11 +507,7 @@ class ShadowService:
         # unreached, not delta: a metadata key is checked again (once a point, it is written)
         for key, value in doc.unreached.items():
             if (device, key) in points:
-                task = asyncio.get_running_loop().create_task(
-                    self._write(device, key, value), name=f"shadow-write:{device}/{key}"
-                )
-                self._writes.add(task)
-                task.add_done_callback(self._writes.discard)
+                self._spawn_write(device, key, value)
                 continue
             # Metadata (a site for topics, say): recorded as unknown_point once per value, not
             # sent down the write path (a warning per key on every later update).
@@ -496,12 +522,24 @@ class ShadowService:
                 device, key, (value, status, f"{device} has no point {key!r}: kept as metadata")
             )
 
-    async def _write(self, device: str, key: str, value: Any) -> None:
+    def _spawn_write(self, device: str, key: str, value: Any, again: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._write(device, key, value, again), name=f"shadow-write:{device}/{key}"
+        )
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, device: str, key: str, value: Any, again: bool = False) -> None:
+        """Write ``value``; refused as unreachable, keep it for `_retry_unreached` (once:
+        ``again`` is that retry)."""
         self.counters["writes"] += 1
         if isinstance(value, dict | list):
             status, reason = "bad_value", f"{device}/{key}: a point takes a scalar value"
         else:
             result = await self.router.write(device, key, value, origin="shadow")
+            retry = self.config.retry_unreachable
+            if result.status is WriteStatus.UNREACHABLE and retry > 0 and not again:
+                self._unreached.setdefault(device, {})[key] = (value, time.monotonic() + retry)
             if result.ok:
                 self._note(device, key, None)
                 return
