@@ -9,8 +9,11 @@ update comes and started again after; the write goes through the whole in-proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_for
@@ -52,6 +55,21 @@ async def _refused_while_down(
     assert error["status"] == "unreachable" and error["value"] == value
 
 
+@contextlib.asynccontextmanager
+async def _refused(
+    simulator: Simulator, tmp_path: Path, retry: float | None
+) -> AsyncIterator[tuple[Any, ShadowService, SimulatedDevice]]:
+    """A gateway shadowing pump (speed 5), whose write of speed 42 was refused as unreachable:
+    the device stopped."""
+    device = await simulator.add_device(name="pump")
+    device.set_registers("holding", 10, [5])
+    async with running_gateway(_config(device.port, tmp_path / "s.db", retry)) as gateway:
+        shadow = shadow_of(gateway)
+        await wait_for(lambda: _reported(shadow, "speed") == 5, message="reported 5")
+        await _refused_while_down(simulator, shadow, device, 42)
+        yield gateway, shadow, device
+
+
 def _never() -> object:
     raise AssertionError("no shadow document")
 
@@ -60,12 +78,7 @@ def _never() -> object:
 async def test_written_when_the_device_reads_again(
     simulator: Simulator, tmp_path: Path, retry: float | None
 ) -> None:
-    device = await simulator.add_device(name="pump")
-    device.set_registers("holding", 10, [5])
-    async with running_gateway(_config(device.port, tmp_path / "s.db", retry)) as gateway:
-        shadow = shadow_of(gateway)
-        await wait_for(lambda: _reported(shadow, "speed") == 5, message="reported 5")
-        await _refused_while_down(simulator, shadow, device, 42)
+    async with _refused(simulator, tmp_path, retry) as (gateway, shadow, device):
         assert device.get_registers("holding", 10) == [5]
         # a bad reading says the device is still down: no retry
         bad = Sample.now("temp", None, Quality.BAD, reason="connection refused")
@@ -88,12 +101,7 @@ async def test_written_when_the_device_reads_again(
 async def test_a_later_desired_value_is_the_one_written(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    device = await simulator.add_device(name="pump")
-    device.set_registers("holding", 10, [5])
-    async with running_gateway(_config(device.port, tmp_path / "s.db", 30)) as gateway:
-        shadow = shadow_of(gateway)
-        await wait_for(lambda: _reported(shadow, "speed") == 5, message="reported 5")
-        await _refused_while_down(simulator, shadow, device, 42)
+    async with _refused(simulator, tmp_path, 30) as (gateway, shadow, device):
         await shadow.update("pump", {"speed": 43})  # refused too: the device is still down
         await wait_for(
             lambda: (shadow.state("pump") or _never()).errors.get("speed", {}).get("value") == 43,
@@ -109,12 +117,7 @@ async def test_not_written_when_off_or_too_late(
     simulator: Simulator, tmp_path: Path, retry: float, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.shadow.service")
-    device = await simulator.add_device(name="pump")
-    device.set_registers("holding", 10, [5])
-    async with running_gateway(_config(device.port, tmp_path / "s.db", retry)) as gateway:
-        shadow = shadow_of(gateway)
-        await wait_for(lambda: _reported(shadow, "speed") == 5, message="reported 5")
-        await _refused_while_down(simulator, shadow, device, 42)
+    async with _refused(simulator, tmp_path, retry) as (gateway, shadow, device):
         await asyncio.sleep(retry + 0.1)  # past the deadline (with 0.2 s)
         device.set_registers("holding", 10, [6])  # so a reading after the restart is told apart
         await simulator.start_device(device)
@@ -130,12 +133,7 @@ async def test_not_written_when_off_or_too_late(
 async def test_retried_once(
     simulator: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    device = await simulator.add_device(name="pump")
-    device.set_registers("holding", 10, [5])
-    async with running_gateway(_config(device.port, tmp_path / "s.db", 30)) as gateway:
-        shadow = shadow_of(gateway)
-        await wait_for(lambda: _reported(shadow, "speed") == 5, message="reported 5")
-        await _refused_while_down(simulator, shadow, device, 42)
+    async with _refused(simulator, tmp_path, 30) as (gateway, shadow, device):
 
         async def unreachable(*args: object, **kwargs: object) -> WriteResult:
             return WriteResult(WriteStatus.UNREACHABLE, "the link dropped again")
@@ -150,12 +148,7 @@ async def test_retried_once(
 
 
 async def test_not_written_when_desired_went_back(simulator: Simulator, tmp_path: Path) -> None:
-    device = await simulator.add_device(name="pump")
-    device.set_registers("holding", 10, [5])
-    async with running_gateway(_config(device.port, tmp_path / "s.db", 30)) as gateway:
-        shadow = shadow_of(gateway)
-        await wait_for(lambda: _reported(shadow, "speed") == 5, message="reported 5")
-        await _refused_while_down(simulator, shadow, device, 42)
+    async with _refused(simulator, tmp_path, 30) as (gateway, shadow, device):
         doc = await shadow.update("pump", {"speed": 5})  # what the device has: nothing to write
         assert doc.delta == {}
         device.set_registers("input", 0, [250])
