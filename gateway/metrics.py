@@ -75,6 +75,7 @@ _COUNTERS = (
     " future_updates untimed_updates windows late resent forgotten user_property_errors"
     " events_served acks_forwarded acks_refused conditions_gone condition_calls frames_ignored"
     " read_pauses unwanted unsubscribed requests_dropped retries"
+    " sessions_expired"
     # outbox, optimizer, bridges, bus, shadow, loop
     " dropped_by_reason decisions forwarded failed scored_samples alarms computed skipped"
     " unrouted attempted succeeded reported rejected record_errors history_skipped"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,13 +32,35 @@ async def coap_server(port: int, *args: str) -> AsyncIterator[asyncio.subprocess
         binary, "-A", HOST, "-p", str(port), "-d", "10", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    await asyncio.sleep(0.3)
     try:
+        await coap_ready(port, proc)
         yield proc
     finally:
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+
+
+async def coap_ready(port: int, proc: asyncio.subprocess.Process) -> None:
+    """Wait until ``proc``, a CoAP server, answers on ``port``: a CoAP ping (an empty CON,
+    RFC 7252 section 4.3) is answered with RST once it serves; each try waits 0.2 s."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((HOST, port))
+
+        async def pong() -> bool:
+            if proc.returncode is not None:
+                pytest.fail(f"the CoAP server on port {port} exited ({proc.returncode})")
+            mid = random.randrange(1 << 16).to_bytes(2, "big")
+            sock.send(b"\x40\x00" + mid)  # version 1, CON, no token, code 0.00
+            try:
+                answer = await asyncio.wait_for(loop.sock_recv(sock, 64), 0.2)
+            except (TimeoutError, ConnectionRefusedError):  # not bound yet: ICMP, or nothing
+                return False
+            return answer[:1] == b"\x70" and answer[2:4] == mid  # RST, the same message ID
+
+        await wait_for(pong, timeout=10, message=f"a CoAP server on port {port}")
 
 
 async def coap_put(port: int, path: str, payload: str) -> None:

@@ -78,6 +78,7 @@ from gateway.types import Message, PointSpec, Quality, Sample, Value
 from protocols.coap.config import CoapClient, CoapPoint, PointFormat
 from protocols.coap.dtls import (
     alert_reason,
+    client_context,
     client_credentials,
     drop_sessions,
     handshake_pending,
@@ -226,7 +227,7 @@ class CoapClientAdapter(Adapter):
         dtls = self.config.security.dtls
         if dtls is not None:
             require_dtlssocket(self.name)
-            self._ctx = await aiocoap.Context.create_client_context(transports=["tinydtls"])
+            self._ctx = await client_context()
             self._ctx.client_credentials.load_from_dict(client_credentials(dtls))
             return self
         oscore = self.config.security.oscore

@@ -138,6 +138,12 @@ class ServerDtls(Strict):
         ge=1,
         description="DTLS sessions held (one per client address); beyond, the idlest ends",
     )
+    idle_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="seconds a DTLS session may go unheard from before it ends (a session with"
+        " an observation or a request under way stays; an unfinished handshake: 30 s at most)",
+    )
 
     def check(self) -> list[Problem]:
         problems: list[Problem] = []

@@ -109,7 +109,7 @@ from protocols.coap.dtls import (
     require_dtlssocket,
     serve,
     server_credentials,
-    server_sessions,
+    server_status,
 )
 from protocols.coap.limits import SAFE_CODES, FloodLimits, ObserveLimits
 
@@ -873,6 +873,7 @@ class CoapServerAdapter(Adapter):
             dtls_port=dtls.port,
             plain_port=plain,
             max_sessions=dtls.max_sessions,
+            idle_timeout=dtls.idle_timeout,
         )
 
     async def __aexit__(self, *exc: object) -> None:
@@ -965,5 +966,5 @@ class CoapServerAdapter(Adapter):
     def _dtls_status(self) -> dict[str, Any]:
         if self.config.security.dtls is None:
             return {}
-        held = server_sessions(self._context) if self._context is not None else 0
-        return {"dtls": {"sessions": held}}
+        # sessions held (handshakes under way included), and ended for silence since start
+        return {"dtls": server_status(self._context)}
