@@ -734,6 +734,7 @@ class _Loader:
         bridges = self.bridges(data.get("bridges"))
         shadow = self.shadow(data.get("shadow"), devices) if "shadow" in data else None
         self.one_file_each(devices, shadow)
+        self.entry_references(devices)
         if self.check_adapters:
             self.write_warnings(devices)
             self.shadow_warning(shadow, devices)
@@ -777,6 +778,27 @@ class _Loader:
                 )
             else:
                 owners[key] = ".".join(map(str, where))
+
+    def entry_references(self, devices: dict[str, DeviceEntry]) -> None:
+        """Settings that name other entries (a Modbus server's ``passthrough`` devices): the
+        model's ``check_references(configs)`` says what is wrong, given every enabled entry's
+        config by name."""
+        configs = {name: entry.config for name, entry in devices.items()}
+        for name, entry in devices.items():
+            check = getattr(entry.config, "check_references", None)
+            if not callable(check):
+                continue
+            try:
+                problems = list(check(configs))
+            except Exception as exc:  # a plugin's own code: reported, never a traceback
+                self.report(
+                    (entry.section, name),
+                    f"an error in {type(entry.config).__name__}.check_references(): {exc!r}",
+                    "a config its protocol plugin can check (report this to its authors)",
+                )
+                continue
+            for problem in problems:
+                self.add(Finding.of(problem, (entry.section, name)))
 
     # -- shadow -------------------------------------------------------------------------------
 

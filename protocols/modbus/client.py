@@ -25,6 +25,10 @@ exception 01 gets the write again with FC 16 / FC 15, remembered (`WRITE_FALLBAC
 register is read, changed and written back, or with ``bit_write: mask`` set by FC 22 in the
 device, which alone cannot lose a change the device makes to another bit meanwhile. Both framings
 write alike.
+
+Pass-through (`forward`, `protocols.modbus.passthrough`): a Modbus server of the gateway sends
+requests of its ``passthrough`` unit ids through this device's connection, as they are, one at a
+time between the polls (`_io_lock`, as a write), and gets the device's answer back.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any, cast
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from gateway.adapter import Adapter, AdapterContext, raise_if_cancelling
 from gateway.backoff import BackoffTimer
@@ -61,7 +65,8 @@ from protocols.modbus.codec import (
     set_bit,
 )
 from protocols.modbus.config import Framing, ModbusDevice, ModbusPoint
-from protocols.modbus.frames import FunctionCode
+from protocols.modbus.frames import ExceptionCode, FunctionCode
+from protocols.modbus.passthrough import Forwarding, Unanswered, serve_line
 from protocols.modbus.planner import ReadItem, ReadRequest, plan_reads
 from protocols.modbus.serial_master import SerialRtuClient
 
@@ -107,6 +112,8 @@ ILLEGAL_FUNCTION = 1
 # Refused points named in the log, per device; then one line: a wrong unit id or table can make
 # every point of a device refused, and hundreds of warnings would bury the one cause.
 REFUSALS_LOGGED = 5
+# Pass-through request PDUs, as pymodbus's client sends them (`ModbusClientAdapter.forward`).
+_REQUESTS = DecodePDU(is_server=True)
 # What the adapter talks through: pymodbus's TCP client, or the serial line's master; both have
 # pymodbus's client API.
 Client = AsyncModbusTcpClient | SerialRtuClient
@@ -322,6 +329,7 @@ class ModbusClientAdapter(Adapter):
             "writes": 0,
         }
         self.last_error: str | None = None
+        self.forwarding = Forwarding()  # a Modbus server's pass-through requests (`forward`)
         # Single-write functions the device refused with exception 01 while their multiple-write
         # function took the same write: not sent again (see `_write_one`).
         self._fallen_back: set[FunctionCode] = set()
@@ -370,6 +378,7 @@ class ModbusClientAdapter(Adapter):
                 f"{_fc(single)} -> {_fc(WRITE_FALLBACK[single])}"
                 for single in sorted(self._fallen_back)
             ],
+            **self.forwarding.status(),
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -384,6 +393,10 @@ class ModbusClientAdapter(Adapter):
         self._connected.clear()
 
     async def run(self) -> None:
+        with serve_line(self.context, self.name, self):
+            await self._run()
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._keep_connected())
             if self._readback:
@@ -800,11 +813,14 @@ class ModbusClientAdapter(Adapter):
         )
         if timeout:
             self.counters["timeouts"] += 1
-            self._timeouts += 1
-            self._silent = True
             self._silent_units.add(unit)
             reason = "timeout"
             self._rest(unit, reason)
+            # A unit no point reads (one a pass-through asks) says nothing of the link: a
+            # SCADA asking an absent one must not reconnect it and take every point Bad.
+            if unit in self._units:
+                self._timeouts += 1
+                self._silent = True
             if self._timeouts >= TIMEOUTS_BEFORE_RECONNECT and self._unanswered():
                 self._down_reason = reason
                 self._lost.set()
@@ -817,6 +833,50 @@ class ModbusClientAdapter(Adapter):
             self._connected.clear()
         self.last_error = f"{reason}: {text}"
         return reason
+
+    # -- pass-through ---------------------------------------------------------------------
+
+    async def forward(self, unit: int, pdu: bytes, max_queued: int) -> bytes:
+        """Send a request PDU of a Modbus server's pass-through to ``unit`` and return the
+        answer's PDU (an exception PDU of the device included); `Unanswered` with the code the
+        gateway answers instead: 06 with ``max_queued`` requests waiting already, 0A without a
+        connection, 0B without an answer in time (or, on RTU, with one to something else)."""
+        with self.forwarding.place(max_queued):
+            async with self.forwarding.lock:  # one at a time: a poll waits for one at most
+                return await self._forward(unit, pdu)
+
+    async def _forward(self, unit: int, pdu: bytes) -> bytes:
+        request = _REQUESTS.decode(pdu)
+        if request is None:  # parse_request took it: a function pymodbus lacks
+            raise Unanswered(ExceptionCode.ILLEGAL_FUNCTION, f"pymodbus cannot send {pdu.hex()}")
+        request.dev_id = unit
+        try:
+            async with self._exchange(unit):  # as a write: a resting unit is waited for
+                client = self._client
+                if client is None or not self._connected.is_set():
+                    raise Unanswered(
+                        ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
+                        f"{self.name} is unreachable ({self._down_reason})",
+                    )
+                self.forwarding.requests += 1
+                rr = await client.execute(False, request)
+        except (ModbusException, OSError, TimeoutError) as exc:
+            reason = self._io_failed(exc, unit)
+            self.forwarding.errors += 1
+            if reason == "timeout":
+                raise Unanswered(ExceptionCode.GATEWAY_TARGET_FAILED, reason) from None
+            raise Unanswered(ExceptionCode.GATEWAY_PATH_UNAVAILABLE, reason) from None
+        except Unanswered:
+            self.forwarding.errors += 1
+            raise
+        self._answered(unit)
+        wrong = _wrong_function(rr, pdu[0], "pass-through") if self._rtu else None
+        if wrong is not None:  # a late answer to an earlier request: the unit rests
+            self.forwarding.errors += 1
+            self.last_error = f"pass-through to unit {unit}: {wrong}"
+            self._rest(unit, wrong)
+            raise Unanswered(ExceptionCode.GATEWAY_TARGET_FAILED, wrong)
+        return bytes((rr.function_code,)) + rr.encode()
 
     # -- writes (used by write-back paths of later releases) -------------------------------
 

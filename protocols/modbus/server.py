@@ -68,6 +68,13 @@ Function 43 / MEI type 14, read device identification, answers the server's ``id
 every unit id served (`protocols.modbus.identity`: stream and individual access, conformity
 level, more-follows).
 
+Pass-through (``passthrough:``, `protocols.modbus.passthrough`): a request for a unit id of a
+passthrough entry is not served from a map but forwarded, as it is, to that entry's Modbus client
+device, and its answer or exception returned; the gateway answers 01 (a write on a read-only
+entry, a function other than 01-06, 15, 16, 22, 23), 06 (the device's queue is full), 0A (the
+device's connection is down) and 0B (the device did not answer) itself. Like a write, the
+connection's next requests wait for the answer.
+
 Connections: a client that resets its connection has its queued requests dropped, unanswered (so
 that asyncio does not log a failed send per response). A connection with no request served for
 ``idle_timeout`` seconds is closed. When ``max_connections`` are open, a newcomer takes the slot
@@ -171,6 +178,7 @@ from protocols.modbus.frames import (
     write_response_pdu,
 )
 from protocols.modbus.identity import device_identification_pdu
+from protocols.modbus.passthrough import Passthroughs
 from protocols.modbus.rtu import RtuDecoder, RtuFrame
 from protocols.modbus.serial_slave import SerialSlave
 from protocols.modbus.server_config import MapEntry, ModbusServer, ModbusServerRoute
@@ -227,6 +235,12 @@ def bad_code(sample: Sample) -> ExceptionCode:
 
 def route_unit(route: ModbusServerRoute, server: ModbusServer) -> int | Problem:
     """The unit id a route's map is served at, or why the server serves none."""
+    if route.unit_id is None and not server.unit_ids:
+        return Problem(
+            ("unit_id",),
+            "none, and the server has no unit_ids (only passthrough)",
+            "unit_ids on the server for its maps, none of the passthrough's",
+        )
     unit_id = server.unit_ids[0] if route.unit_id is None else route.unit_id
     if unit_id in server.unit_ids:
         return unit_id
@@ -639,6 +653,7 @@ class ModbusServerAdapter(Adapter):
         self.map_errors: list[str] = []
         self.counters = Counters()
         self.identity = config.identity.objects(context.gateway_name)  # function 43/14
+        self.passthrough = Passthroughs(name, config.passthrough, context)
         self.foreign_events = ForeignEvents(f"Modbus server {name}")  # an OPC UA client's events
         self.port = config.port
         self._server: asyncio.Server | None = None
@@ -717,18 +732,26 @@ class ModbusServerAdapter(Adapter):
             self.port = self._server.sockets[0].getsockname()[1]
             kind = "RTU over TCP" if self.config.framing == "rtu" else "TCP"
             where = f"{self.config.host}:{self.port}"
+        forwarded = "".join(
+            f"; unit ids {', '.join(map(str, p.unit_ids))} passed through to {p.device}"
+            + (" (writable)" if p.writable else " (read-only)")
+            for p in self.config.passthrough
+        )
         log.info(
-            "%s: Modbus %s server on %s, unit ids %s, %s",
+            "%s: Modbus %s server on %s, unit ids %s, %s%s",
             self.name,
             kind,
             where,
-            ", ".join(map(str, self.units)),
+            ", ".join(map(str, self.units)) or "none",
             counted(len(self.entries), "map entry", "map entries"),
+            forwarded,
         )
         writable = {(e.device, e.spec.name) for e in self.entries if e.writable}
-        warning = self.config.write_warning(len(writable))
-        if warning is not None:
-            log.warning("%s: %s", self.name, warning)
+        warnings = [self.config.write_warning(len(writable))]
+        warnings += [self.config.passthrough_warning(p) for p in self.config.passthrough]
+        for warning in warnings:
+            if warning is not None:
+                log.warning("%s: %s", self.name, warning)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -776,6 +799,9 @@ class ModbusServerAdapter(Adapter):
         function = frame.function
         if isinstance(frame, RtuFrame) and frame.unit_id == 0:  # broadcast
             return self._broadcast(frame, origin)
+        passthrough = self.passthrough.by_unit.get(frame.unit_id)
+        if passthrough is not None:
+            return self.passthrough.handle(passthrough, frame, origin)
         try:
             unit = self.units.get(frame.unit_id)
             if unit is None:
@@ -954,6 +980,7 @@ class ModbusServerAdapter(Adapter):
             "writes_refused": dict(c.writes_refused),
             "map_entries": len(self.entries),
             "map_errors": len(self.map_errors),
+            **(self.passthrough.status() if self.config.passthrough else {}),
         }
 
 

@@ -10,21 +10,33 @@ once (say as a float32 and as a scaled int16). Entries of one route must not sha
 reported at the entry's ``address`` (``bridges[0].map[3].address``). On a bridge with
 ``anomaly:`` an entry may also name ``anomaly`` or ``anomaly_score``, the alarm's read-only
 points (`gateway.anomaly.verdict`).
+
+``passthrough:`` (`Passthrough`) makes the server a Modbus gateway besides: the requests for its
+unit ids go, as they are, to a Modbus client device of the same config (`protocols.modbus.
+passthrough`). Those unit ids are no map's: `ModbusServer.check` keeps them apart from
+``unit_ids``, and `ModbusServer.check_references` makes sure the device is a Modbus client.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from gateway import __version__
-from gateway.config.common import Problem, Strict
+from gateway.config.common import Path, Problem, Strict
 from gateway.config.errors import listing
 from gateway.text import counted
 from protocols.modbus.codec import ByteOrder, Table
-from protocols.modbus.config import Framing, RegisterLayout, SerialPort, serial_problems
+from protocols.modbus.config import (
+    Framing,
+    ModbusDevice,
+    RegisterLayout,
+    SerialPort,
+    serial_problems,
+)
 
 if TYPE_CHECKING:
     from gateway.types import PointSpec
@@ -76,6 +88,43 @@ class DeviceIdentity(Strict):
         return {i: v.encode("ascii", "replace") for i, v in enumerate(values) if v is not None}
 
 
+def unit_list(v: list[int], low: int, high: int, expected: str) -> list[int]:
+    """A validator's check of a list of unit ids: each in ``low``..``high``, each once."""
+    if any(not low <= u <= high for u in v):
+        raise ValueError(expected)
+    if len(set(v)) != len(v):
+        raise ValueError("each unit id once")
+    return v
+
+
+class Passthrough(Strict):
+    """Requests for ``unit_ids`` forwarded, as they are, to ``device`` (a Modbus client device
+    of this config), on its own connection or serial line between its polls."""
+
+    device: str = Field(description="a Modbus client device of this config (role client)")
+    unit_ids: list[int] = Field(
+        min_length=1,
+        description="unit ids forwarded to the device (1-247); none of the server's unit_ids",
+    )
+    writable: bool = Field(
+        False,
+        description="forward writes too (functions 5, 6, 15, 16, 22, 23): they bypass the "
+        "write rules of the points; else they get exception 01 and reach nothing",
+    )
+    max_queued: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="requests of this passthrough waiting for the device at once; more get "
+        "exception 06 (server busy)",
+    )
+
+    @field_validator("unit_ids")
+    @classmethod
+    def _units(cls, v: list[int]) -> list[int]:
+        return unit_list(v, 1, 247, "unit ids 1-247 (0 is broadcast, 248-255 are reserved)")
+
+
 class ModbusServer(Strict):
     """The gateway as a Modbus TCP (or RTU over TCP, or serial RTU slave) server: bridged points
     as a register map."""
@@ -96,9 +145,9 @@ class ModbusServer(Strict):
     )
     unit_ids: list[int] = Field(
         default_factory=lambda: [1],
-        min_length=1,
-        description="unit ids answered; a request for another gets exception 0A (on a serial "
-        "line, no answer: another slave's)",
+        description="unit ids answered from the maps; a request for another (and no "
+        "passthrough's) gets exception 0A (on a serial line, no answer: another slave's); "
+        "default [1], or none with passthrough",
     )
     max_connections: int = Field(
         64,
@@ -126,15 +175,25 @@ class ModbusServer(Strict):
         default_factory=DeviceIdentity,
         description="what function 43/14 (Read Device Identification) answers",
     )
+    passthrough: list[Passthrough] = Field(
+        default_factory=list,
+        description="unit ids whose requests go, as they are, to a Modbus client device of "
+        "this config (a Modbus gateway); read-only unless writable: true",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gateway_only(cls, data: Any) -> Any:
+        """With passthrough and no unit_ids, the server has no map of its own (a unit id 1 by
+        default would take one that is likely a device's)."""
+        if isinstance(data, dict) and data.get("passthrough") and "unit_ids" not in data:
+            return {**data, "unit_ids": []}
+        return data
 
     @field_validator("unit_ids")
     @classmethod
     def _units(cls, v: list[int]) -> list[int]:
-        if any(not 0 <= u <= 255 for u in v):
-            raise ValueError("unit ids 0..255")
-        if len(set(v)) != len(v):
-            raise ValueError("each unit id once")
-        return v
+        return unit_list(v, 0, 255, "unit ids 0..255")
 
     @property
     def rtu(self) -> bool:
@@ -149,6 +208,9 @@ class ModbusServer(Strict):
         problems = serial_problems(
             self.serial, "framing" in self.model_fields_set, self.framing, tcp_keys
         )
+        if not self.unit_ids and not self.passthrough:
+            problems.append(Problem(("unit_ids",), "[]", "at least one unit id (or passthrough)"))
+        problems += self._passthrough_problems()
         wrong = [u for u in self.unit_ids if not 1 <= u <= 247]
         if not self.rtu or not wrong:
             return problems
@@ -162,6 +224,67 @@ class ModbusServer(Strict):
             )
         )
         return problems
+
+    def _passthrough_problems(self) -> list[Problem]:
+        """A unit id is the map's or one device's: never both, never two devices'. Not on a
+        serial line: its slave answers only the map's unit ids."""
+        problems: list[Problem] = []
+        if self.passthrough and self.serial is not None:
+            problems.append(
+                Problem(
+                    ("passthrough",),
+                    "passthrough on a server with serial:",
+                    "passthrough on a TCP server (host/port, framing tcp or rtu) only",
+                )
+            )
+        owners = {u: "the server's own unit_ids" for u in self.unit_ids}
+        for i, entry in enumerate(self.passthrough):
+            for u in entry.unit_ids:
+                owner = owners.setdefault(u, f"passthrough[{i}] ({entry.device})")
+                if not owner.startswith(f"passthrough[{i}] "):
+                    problems.append(
+                        Problem(
+                            ("passthrough", i, "unit_ids"),
+                            f"unit id {u}, which is {owner} too",
+                            "unit ids that no map (unit_ids) and no other passthrough serves",
+                        )
+                    )
+        return problems
+
+    def check_references(self, entries: Mapping[str, BaseModel]) -> list[Problem]:
+        """Each passthrough device must be an (enabled) Modbus client device of the config;
+        ``entries``: every enabled device and endpoint's config by name."""
+        clients = sorted(n for n, c in entries.items() if isinstance(c, ModbusDevice))
+        return [
+            Problem(
+                ("passthrough", i, "device"),
+                f"{entry.device!r}, which is not an enabled Modbus client device of this config",
+                f"one of: {listing(clients)}" if clients else "a Modbus client device (none)",
+            )
+            for i, entry in enumerate(self.passthrough)
+            if not isinstance(entries.get(entry.device), ModbusDevice)
+        ]
+
+    def run_warnings(self) -> list[tuple[Path, str]]:
+        """``gateway validate``: a writable passthrough, which no write rule guards."""
+        return [
+            ((("passthrough", i, "writable"), text))
+            for i, entry in enumerate(self.passthrough)
+            if (text := self.passthrough_warning(entry)) is not None
+        ]
+
+    def passthrough_warning(self, entry: Passthrough) -> str | None:
+        """What to say of a writable passthrough: any client may write any register of its
+        units, past the write rules of the points (logged at start and by validate)."""
+        if not entry.writable:
+            return None
+        units = listing([str(u) for u in entry.unit_ids])
+        return (
+            f"passthrough to {entry.device} is writable: any client that reaches this server "
+            f"can write any register of unit ids {units} (functions 5, 6, 15, 16, 22 and 23, "
+            "past the write rules of the points; each write is logged); set writable: false "
+            "if it should not"
+        )
 
     def write_warning(self, writable: int) -> str | None:
         """What to say when ``writable`` points can be written through this server: Modbus TCP
