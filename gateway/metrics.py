@@ -76,7 +76,7 @@ _COUNTERS = (
     " events_served acks_forwarded acks_refused conditions_gone condition_calls frames_ignored"
     " read_pauses unwanted unsubscribed requests_dropped retries"
     " sessions_expired passthrough_requests passthrough_writes passthrough_refused"
-    " passthrough_busy passthrough_errors"
+    " passthrough_busy passthrough_errors alarm_shelves alarm_unshelves alarm_events_suppressed"
     # outbox, optimizer, bridges, bus, shadow, loop
     " dropped_by_reason decisions forwarded failed scored_samples alarms computed skipped"
     " unrouted attempted succeeded reported rejected record_errors history_skipped"
@@ -91,7 +91,7 @@ _GAUGES = (
     " decision decide_ms_mean rows_per_publish_recent rtt_s devices writing history_paused"
     " history_staged history_merge_failing documents_paused documents_unsaved lag_ms_p50"
     " lag_ms_p99 lag_ms_max line_open requests_queued"
-    " passthrough_queued"
+    " passthrough_queued alarms_shelved"
 )
 KINDS: dict[str, MetricKind] = {
     **dict.fromkeys(_COUNTERS.split(), "counter"),

@@ -26,6 +26,7 @@ from test_opcua_anomaly_events import (
     THRESHOLD,
     Collector,
     NodeEvents,
+    Pump,
     active,
     calibrated,
     event_message,
@@ -35,6 +36,7 @@ from test_opcua_anomaly_events import (
 )
 from test_opcua_server import SECRET_HASH, VIEWER_HASH
 
+from gateway.anomaly.stage import AnomalyStage
 from protocols.modbus.simulator import Simulator
 from protocols.opcua.server import OpcuaServerAdapter
 
@@ -106,6 +108,23 @@ async def serving(
         yield adapter, await started(node), gateway.bridges[0].config.route
 
 
+@contextlib.asynccontextmanager
+async def calibrated_pump(
+    simulator: Simulator, tmp_path: Path
+) -> AsyncIterator[tuple[OpcuaServerAdapter, Operator, Pump, AnomalyStage]]:
+    """A real alarm's gateway (a simulated pump, a bridge with ``anomaly:``), node-opcua
+    subscribed to its events, once the stage has calibrated: (the server, the operator, the
+    pump, the stage)."""
+    anomaly = f"{{model: student, calibration: {CALIBRATION}, threshold: {THRESHOLD}}}"
+    async with (
+        gateway_for(simulator, tmp_path, anomaly, server=USERS) as (gateway, adapter, pump),
+        NodeEvents(node_plan(adapter)) as node,
+    ):
+        operator, stage = await started(node), stage_of(gateway)
+        await pump.until(lambda: calibrated(stage), faulty=False, rows=400)
+        yield adapter, operator, pump, stage
+
+
 def state(event: dict[str, Any]) -> tuple[bool, bool, bool]:
     """(ActiveState/Id, AckedState/Id, Retain) of a node-opcua event."""
     return event["ActiveState.Id"], event["AckedState.Id"], event["Retain"]
@@ -115,13 +134,7 @@ async def test_node_opcua_acknowledges_a_raised_alarm(
     simulator: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="protocols.opcua.alarms")
-    anomaly = f"{{model: student, calibration: {CALIBRATION}, threshold: {THRESHOLD}}}"
-    async with (
-        gateway_for(simulator, tmp_path, anomaly, server=USERS) as (gateway, adapter, pump),
-        NodeEvents(node_plan(adapter)) as node,
-    ):
-        operator, stage = await started(node), stage_of(gateway)
-        await pump.until(lambda: calibrated(stage), faulty=False, rows=400)
+    async with calibrated_pump(simulator, tmp_path) as (adapter, operator, pump, stage):
         await pump.until(lambda: active(stage), faulty=True, rows=200)
         (raised,) = await operator.alarms(1)
         assert state(raised) == (True, False, True)

@@ -39,19 +39,38 @@ method as the MethodId (node-opcua's ``acknowledgeCondition`` does so when the c
   BadUserAccessDenied. Without the option Confirm answers BadMethodInvalid and ConfirmedState
   is left out of the events (null): a condition without it needs no confirmation.
 
-Enable/Disable and shelving are not served (BadMethodInvalid). Retain is true while the alarm
-is active, unacknowledged or (with ``confirm``) unconfirmed, so a cleared alarm nobody
-acknowledged stays in the alarm list. ConditionRefresh and ConditionRefresh2 send the retained
-conditions (their latest event, same EventId) again to the caller's subscription between a
-RefreshStartEvent and a RefreshEndEvent (asyncua has both methods, but binds them only when
-asked to, and keeps only one copy of each condition).
+- Shelving (Part 9, 5.8.10; rules and codes in `protocols.opcua.shelving`): TimedShelve
+  (ShelvingTime, ms), OneShotShelve and Unshelve, the ShelvedStateMachineType's methods (or
+  AlarmConditionType's ShelvingState's) called on the ConditionId, as Part 9 lets clients do
+  where a server exposes no condition instance; write access needed (BadUserAccessDenied).
+  Each shelve and unshelve fires an event. While shelved the alarm's raises and clears are
+  tracked (ActiveState, and a raise still sets AckedState false: shelving does not change
+  acknowledgement, so a raise while shelved waits to be acknowledged once unshelved) and
+  become its latest event, which ConditionRefresh sends with SuppressedOrShelved true, but
+  they are not sent (counted: ``alarm_events_suppressed``); events of what operators do
+  (Acknowledge, AddComment, Confirm) are sent. A timed shelve ends by itself at its
+  UnshelveTime, a one-shot one when the alarm next clears (that clear is sent, unshelved) or
+  at the latest after ``max_time_shelved``: an event says so. The ``<device>.anomaly``
+  variable is process data, not a notification: it follows the alarm, shelved or not.
+  Events carry ShelvingState/CurrentState (and its Id), LastTransition, UnshelveTime (the ms
+  left when the event was made), SuppressedOrShelved and MaxTimeShelved.
+
+Enable/Disable are not served (BadMethodInvalid). Retain is true while the alarm is active,
+unacknowledged, (with ``confirm``) unconfirmed or shelved, so a cleared alarm nobody
+acknowledged stays in the alarm list, and a client that connects later sees what is shelved.
+ConditionRefresh and ConditionRefresh2 send the retained conditions (their latest event, same
+EventId) again to the caller's subscription between a RefreshStartEvent and a RefreshEndEvent
+(asyncua has both methods, but binds them only when asked to, and keeps only one copy of each
+condition).
 
 Each condition's latest state is kept across a restart (`protocols.opcua.alarmstate`,
 ``{state}/alarms/<endpoint>.json``): an alarm still active and acknowledged stays acknowledged
 (no new raise), one that cleared unacknowledged (or unconfirmed) is still in the alarm list, and
 ConditionRefresh sends the event clients saw last, with its EventId, which Acknowledge and
-Confirm still take. Nothing is fired at the start: no client is subscribed yet, and a client
-that connects calls ConditionRefresh.
+Confirm still take; a shelve goes on until it would have ended, and one that ended while the
+gateway was stopped ends at the start (a new latest event, which ConditionRefresh sends).
+Nothing is fired at the start: no client is subscribed yet, and a client that connects calls
+ConditionRefresh.
 
 A stage that restarts with an active alarm kept (`gateway.anomaly.store`) sends no event for
 it; its first scored message says ``meta["anomaly"]`` true. If that differs from what clients
@@ -71,6 +90,7 @@ through any where clause (for every asyncua server of the process, like the serv
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -96,6 +116,16 @@ from gateway.types import Message
 from protocols.opcua.alarmstate import AlarmFile, KeptAlarm, alarm_file, moment, seconds
 from protocols.opcua.config import AlarmOptions
 from protocols.opcua.events import CONDITION_METHOD_IDS
+from protocols.opcua.shelving import METHODS as SHELVING_METHODS
+from protocols.opcua.shelving import (
+    ONE_SHOT,
+    ONE_SHOT_SHELVE,
+    TIMED,
+    UNSHELVE,
+    UNSHELVED,
+    Refusal,
+    Shelving,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +206,14 @@ class DeviceAlarm:
     ackable: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     confirmable: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     recent: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+    shelving: Shelving = field(default_factory=Shelving)
+    unshelving: asyncio.Task[None] | None = None  # ends a shelve at its ``until``
 
     @property
     def retain(self) -> bool:
-        """Part 9's Retain: the alarm list keeps it while active, unacknowledged or
-        unconfirmed."""
-        return bool(self.announced) or not self.acked or not self.confirmed
+        """Part 9's Retain: the alarm list keeps it while active, unacknowledged,
+        unconfirmed or shelved (a client that connects later sees what is shelved, till when)."""
+        return bool(self.announced) or not self.acked or not self.confirmed or self.shelving.shelved
 
     def answer(self, method: str, event_id: bytes) -> int:
         """The status of calling ``method`` (`ACKNOWLEDGE`, `CONFIRM`, `ADD_COMMENT`) with
@@ -202,10 +234,10 @@ class DeviceAlarm:
         """What a restart needs of it (`protocols.opcua.alarmstate`); None before its first
         event."""
         latest = self.last
-        if self.announced is None or latest is None:
+        if latest is None:
             return None
         return KeptAlarm(
-            active=self.announced,
+            active=bool(self.announced),  # None: shelved before its first raise
             active_at=seconds(self.active_at),
             acked=self.acked,
             acked_at=seconds(self.acked_at),
@@ -222,6 +254,10 @@ class DeviceAlarm:
             ackable=[e.hex() for e in self.ackable],
             confirmable=[e.hex() for e in self.confirmable],
             recent=[e.hex() for e in self.recent],
+            shelving=self.shelving.state,
+            shelving_transition=self.shelving.transition,
+            shelving_at=seconds(self.shelving.at),
+            unshelve_at=seconds(self.shelving.until),
         )
 
     def restore(self, kept: KeptAlarm) -> None:
@@ -238,6 +274,10 @@ class DeviceAlarm:
         self.ackable.extend(bytes.fromhex(e) for e in kept.ackable)
         self.confirmable.extend(bytes.fromhex(e) for e in kept.confirmable if self.confirming)
         self.recent.extend(bytes.fromhex(e) for e in kept.recent)
+        self.shelving = Shelving(
+            kept.shelving, kept.shelving_transition, moment(kept.shelving_at), None
+        )
+        self.shelving.until = moment(kept.unshelve_at) if self.shelving.shelved else None
 
 
 class Alarms:
@@ -261,6 +301,10 @@ class Alarms:
         self.events = 0
         self.acks = 0
         self.confirms = 0
+        self.shelves = 0
+        self.unshelves = 0
+        self.suppressed = 0  # events of raises and clears not sent: the alarm was shelved
+        self.most_ms = self.options.max_time_shelved * 1000  # MaxTimeShelved
 
     def add(self, route: object, alarm: DeviceAlarm) -> bool:
         """Keep ``alarm`` for the messages of ``route``; False if its device has one already
@@ -300,6 +344,7 @@ class Alarms:
             event.EventId, event.ReceiveTime = bytes.fromhex(record.event_id), at
             alarm.severity = event.Severity
             self._latest(alarm, event)
+            self._restore_shelving(alarm)
             if alarm.retain:
                 log.info(
                     "%s: the anomaly alarm of %s is kept from before the restart (%s, %s%s)",
@@ -316,6 +361,39 @@ class Alarms:
                 self.name,
                 ", ".join(sorted(self.others)),
             )
+
+    def _restore_shelving(self, alarm: DeviceAlarm) -> None:
+        """A kept shelve goes on until it would have ended; one that ended while the gateway
+        was stopped ends now, with a new latest event (sent to nobody: no client is
+        subscribed yet; ConditionRefresh sends it)."""
+        shelving = alarm.shelving
+        if not shelving.shelved:
+            return
+        now = datetime.now(UTC)
+        if shelving.until is not None and shelving.until > now:
+            log.info(
+                "%s: the anomaly alarm of %s stays shelved (%s) until %s, as before the restart",
+                self.name,
+                alarm.device,
+                shelving.state,
+                shelving.until.isoformat(timespec="seconds"),
+            )
+            self._unshelve_at(alarm)
+            return
+        shelving.end(UNSHELVED, now)
+        self.unshelves += 1
+        text = f"{alarm.device}: anomaly alarm unshelved: its shelving ended while stopped"
+        log.info("%s: %s", self.name, text)
+        self._record(alarm, text, now)
+        self.save()
+
+    def close(self) -> None:
+        """Stop the timers of shelved alarms (the server stops; their ends are kept)."""
+        for devices in self.devices.values():
+            for alarm in devices.values():
+                if alarm.unshelving is not None:
+                    alarm.unshelving.cancel()
+                    alarm.unshelving = None
 
     def save(self) -> None:
         kept = dict(self.others)
@@ -387,10 +465,30 @@ class Alarms:
                 alarm.confirmed, alarm.confirmed_at = True, at
             alarm.confirmable.clear()
         alarm.announced, alarm.active_at = active, at
+        shelving = alarm.shelving
+        if not active and shelving.state == ONE_SHOT:  # Part 9: shelved until it clears
+            self._stop_unshelving(alarm)
+            shelving.end(UNSHELVED, at)
+            self.unshelves += 1
+            text += "; its one-shot shelving ended"
+            log.info("%s: %s", self.name, text)
+        if shelving.shelved:  # tracked, kept for ConditionRefresh, not sent
+            self.suppressed += 1
+            log.debug("%s: %s (not sent: the alarm is shelved)", self.name, text)
+            self._record(alarm, text, at)
+            self.save()
+            return
         await self._emit(alarm, text, at)
 
     async def _emit(self, alarm: DeviceAlarm, text: str, at: datetime) -> None:
         """The condition's state as a new event, from the device's object and the Server."""
+        copies = self._record(alarm, text, at)
+        self.events += 1
+        self.save()
+        await trigger(self.subscriptions, copies)
+
+    def _record(self, alarm: DeviceAlarm, text: str, at: datetime) -> list[Event]:
+        """The condition's state as its new latest event (not sent): its copies."""
         event = self._event(alarm, text, at)
         alarm.recent.append(event.EventId)
         if not alarm.acked:
@@ -398,10 +496,7 @@ class Alarms:
         if not alarm.confirmed:
             alarm.confirmable.append(event.EventId)
         alarm.severity = event.Severity
-        copies = self._latest(alarm, event)
-        self.events += 1
-        self.save()
-        await trigger(self.subscriptions, copies)
+        return self._latest(alarm, event)
 
     def _latest(self, alarm: DeviceAlarm, event: Any) -> list[Event]:
         """``event`` as the condition's latest: its copies from the device's object and the
@@ -447,10 +542,11 @@ class Alarms:
             "ActiveState/Id": active,
             "ActiveState/TransitionTime": alarm.active_at or at,
             "InputNode": alarm.input_node or ua.NodeId(),
-            "SuppressedOrShelved": False,
             "NormalState": ua.NodeId(),
         }
         set_fields(event, fields)
+        for name, (value, vtype) in alarm.shelving.fields(now, self.most_ms).items():
+            event.add_property(name, value, vtype)
         return event
 
     # -- condition methods
@@ -465,6 +561,9 @@ class Alarms:
         """A method of a condition (ObjectId: its ConditionId; see the module docstring),
         called by ``user``."""
         alarm = self.conditions[method.ObjectId]
+        shelve = SHELVING_METHODS.get(method.MethodId)
+        if shelve is not None:
+            return await self._shelve(alarm, shelve, method.InputArguments, user, may_write)
         name = CONDITION_METHODS.get(method.MethodId)
         if name is None or (name == CONFIRM and not alarm.confirming):
             return _result(StatusCodes.BadMethodInvalid)
@@ -516,6 +615,73 @@ class Alarms:
         await self._emit(alarm, text, now)
         return _result(StatusCodes.Good)
 
+    async def _shelve(
+        self,
+        alarm: DeviceAlarm,
+        method: str,
+        args: list[ua.Variant],
+        user: str,
+        may_write: bool,
+    ) -> ua.CallMethodResult:
+        """TimedShelve, OneShotShelve or Unshelve (`protocols.opcua.shelving`)."""
+        if not may_write:  # as for Acknowledge: the operator changes what others see
+            return _result(StatusCodes.BadUserAccessDenied)
+        found = alarm.shelving.answer(method, list(args), self.most_ms)
+        if isinstance(found, Refusal):
+            log.info(
+                "%s: %s by %s on the anomaly alarm of %s refused: %s",
+                self.name,
+                method,
+                user,
+                alarm.device,
+                ua.StatusCode(cast("ua.UInt32", found.code)).name,
+            )
+            return _result(found.code, found.args)
+        now = datetime.now(UTC)
+        self._stop_unshelving(alarm)
+        alarm.shelving.move(method, now, found)
+        if method == UNSHELVE:
+            self.unshelves += 1
+            text = f"{alarm.device}: anomaly alarm unshelved by {user}"
+        else:
+            self.shelves += 1
+            self._unshelve_at(alarm)
+            until = "until it clears, at most " if method == ONE_SHOT_SHELVE else ""
+            text = f"{alarm.device}: anomaly alarm shelved by {user} {until}for {found / 1000:g} s"
+        log.info("%s: %s", self.name, text)
+        await self._emit(alarm, text, now)
+        return _result(StatusCodes.Good)
+
+    def _unshelve_at(self, alarm: DeviceAlarm) -> None:
+        """End the shelve of ``alarm`` at its ``until`` (wall clock: it may have been kept
+        across a restart)."""
+        until = alarm.shelving.until
+        delay = (until - datetime.now(UTC)).total_seconds() if until is not None else 0.0
+        task = asyncio.get_running_loop().create_task(self._expire(alarm, max(delay, 0.0)))
+        alarm.unshelving = task
+
+    def _stop_unshelving(self, alarm: DeviceAlarm) -> None:
+        task, alarm.unshelving = alarm.unshelving, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _expire(self, alarm: DeviceAlarm, delay: float) -> None:
+        await asyncio.sleep(delay)
+        alarm.unshelving = None
+        shelving = alarm.shelving
+        if not shelving.shelved:
+            return
+        why = "shelving time" if shelving.state == TIMED else "longest shelving time (one-shot)"
+        now = datetime.now(UTC)
+        shelving.end(UNSHELVED, now)
+        self.unshelves += 1
+        text = f"{alarm.device}: anomaly alarm unshelved: its {why} ended"
+        log.info("%s: %s", self.name, text)
+        try:
+            await self._emit(alarm, text, now)
+        except Exception:  # a task of its own: nobody else would hear of it
+            log.exception("%s: the event of %s's unshelving failed", self.name, alarm.device)
+
     async def condition_refresh(
         self, parent: ua.NodeId, subscription_id: ua.Variant, *rest: ua.Variant
     ) -> ua.StatusCode:
@@ -538,12 +704,18 @@ class Alarms:
             "alarm_events": self.events,
             "alarm_acks": self.acks,
             "alarm_confirms": self.confirms,
+            "alarm_shelves": self.shelves,
+            "alarm_unshelves": self.unshelves,
+            "alarm_events_suppressed": self.suppressed,
+            "alarms_shelved": sum(
+                a.shelving.shelved for devices in self.devices.values() for a in devices.values()
+            ),
         }
 
 
 CONDITION_METHODS = {_node_id(i): name for name, i in CONDITION_METHOD_IDS.items()}
-# methods Part 9 calls on a ConditionId only
-CONDITION_ONLY = frozenset(CONDITION_METHODS)
+# methods Part 9 calls on a ConditionId (or on the condition's ShelvingState) only
+CONDITION_ONLY = frozenset(CONDITION_METHODS) | frozenset(SHELVING_METHODS)
 _DONE = {ACKNOWLEDGE: "acknowledged", CONFIRM: "confirmed", ADD_COMMENT: "commented on"}
 _ALREADY_ACKED = StatusCodes.BadConditionBranchAlreadyAcked
 _ALREADY_CONFIRMED = StatusCodes.BadConditionBranchAlreadyConfirmed

@@ -5,7 +5,7 @@ as unacknowledged, and a cleared alarm nobody had acknowledged vanished from the
 an alarm no operator had seen was lost. Each OPC UA server endpoint keeps one JSON file,
 ``{state}/alarms/<endpoint>.json`` (`alarm_file`), rewritten whole (`write_atomic`: temporary
 file, fsync, rename) whenever a condition changes: a rise, a clear, an Acknowledge, a Confirm,
-an AddComment.
+an AddComment, a shelve or unshelve.
 
 Why its own file and not the anomaly store's (``{state}/anomaly/<bridge>.json``): that file is
 the anomaly stage's, per bridge, written from the stage's thread of work and locked by it; the
@@ -15,7 +15,10 @@ two servers fed by one bridge acknowledge separately.
 A record keeps what a client saw last: the states (active, acked, confirmed, with their times),
 the comment and its user, the latest event (EventId, time, message, LastSeverity) and the
 EventIds the condition's methods still know, so that after a restart ConditionRefresh sends
-that same event and an Acknowledge or Confirm with its EventId works as before.
+that same event and an Acknowledge or Confirm with its EventId works as before; and its
+shelving (`protocols.opcua.shelving`: the state, the last transition and when the shelving ends
+by itself, wall-clock seconds, so that a timed shelve ends when it would have, restart or not).
+Files written before shelving was served have no shelving fields: the alarm is unshelved.
 
 A file that cannot be read is set aside (``.bad``, ``.bad.1``, ...) and logged; the alarms
 start afresh. One that cannot be written (a full disk) is logged once per failure streak and
@@ -35,6 +38,7 @@ from typing import Any
 from gateway.paths import state_dir
 from gateway.storefiles import set_aside_said, write_atomic
 from gateway.streak import FailureStreak
+from protocols.opcua.shelving import STATES, TRANSITIONS, UNSHELVED
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,10 @@ class KeptAlarm:
     ackable: list[str] = field(default_factory=list)
     confirmable: list[str] = field(default_factory=list)
     recent: list[str] = field(default_factory=list)
+    shelving: str = UNSHELVED
+    shelving_transition: str = ""
+    shelving_at: float | None = None
+    unshelve_at: float | None = None  # when a shelve ends by itself
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -88,6 +96,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+_SHELVING = ("shelving", "shelving_transition", "shelving_at", "unshelve_at")  # may be absent
+
+
 def from_json(doc: Any) -> KeptAlarm:
     """A record read back; ValueError naming the first field that is wrong."""
     if not isinstance(doc, dict):
@@ -99,13 +110,20 @@ def from_json(doc: Any) -> KeptAlarm:
     for name in ("ackable", "confirmable", "recent"):
         if not all(isinstance(x, str) and _hex(x) for x in doc[name]):
             raise ValueError(f"field {name!r}: not a list of hex EventIds")
-    for name in ("active_at", "acked_at", "confirmed_at", "comment_at"):
+    if doc.get("shelving", UNSHELVED) not in STATES:
+        raise ValueError(f"field 'shelving': {doc['shelving']!r}")
+    if doc.get("shelving_transition", "") not in ("", *TRANSITIONS):
+        raise ValueError(f"field 'shelving_transition': {doc['shelving_transition']!r}")
+    times = ("active_at", "acked_at", "confirmed_at", "comment_at", "shelving_at", "unshelve_at")
+    for name in times:
         value = doc.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ValueError(f"field {name!r}: {value!r}")
     if not _hex(doc["event_id"]):
         raise ValueError(f"field 'event_id': {doc['event_id']!r}")
-    fields: dict[str, Any] = {k: doc.get(k) for k in KeptAlarm.__dataclass_fields__}
+    fields: dict[str, Any] = {
+        k: doc.get(k) for k in KeptAlarm.__dataclass_fields__ if k in doc or k not in _SHELVING
+    }
     return KeptAlarm(**fields)
 
 

@@ -157,6 +157,13 @@ class AlarmOptions(Strict):
         description="two-step alarms: an acknowledged alarm also waits for Confirm"
         " (Part 9 ConfirmedState) before it leaves the alarm list",
     )
+    max_time_shelved: float = Field(
+        8 * 3600,
+        gt=0,
+        le=31 * 86400,
+        description="seconds: the longest an operator may shelve an alarm (Part 9"
+        " MaxTimeShelved; a TimedShelve asking more is refused, a OneShotShelve ends then)",
+    )
 
 
 class OpcuaServer(Strict):

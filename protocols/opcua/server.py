@@ -89,8 +89,9 @@ its alarm rises or clears, from its object and the Server object (`protocols.opc
 `send` hands the bridge's EVENT messages and the verdict of scored messages
 (``meta["anomaly"]``) to it; an EVENT's samples never land in a point's variable. Built after
 the points: a point named like one of these variables keeps its node. A Call on one of the
-alarms' ConditionIds (Acknowledge, AddComment) goes to the alarms, with the caller's user and
-whether they may write. Servers without such bridges get none of this.
+alarms' ConditionIds (Acknowledge, AddComment, Confirm, and the shelving methods TimedShelve,
+OneShotShelve, Unshelve) goes to the alarms, with the caller's user and whether they may
+write. Servers without such bridges get none of this.
 
 Re-served events (an aggregating server): an OPC UA client device with ``events:`` puts each
 upstream event and alarm on the bus (`protocols.opcua.events`); a bridge from it to this server
@@ -1203,6 +1204,8 @@ class OpcuaServerAdapter(Adapter):
 
     async def __aexit__(self, *exc: object) -> None:
         server, self.server = self.server, None
+        if self.alarms is not None:
+            self.alarms.close()  # shelves' timers; their ends are kept in the alarm state
         if server is not None:
             # asyncua's stop leaves client sessions (and their subscriptions' queues) alive
             # until they time out: across a reload, the old server with them. A private

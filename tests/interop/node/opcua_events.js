@@ -24,12 +24,18 @@
 //    "as": "viewer"}                    acknowledgeCondition (on the viewer's session if "as")
 //   {"id": 2, "confirm": {...the same keys as "ack"...}}   confirmCondition
 //   {"id": 3, "refresh": true}          ConditionRefresh of the subscription
+//   {"id": 4, "shelve": {"conditionId": "ns=2;s=pump#anomaly", "method": "TimedShelve",
+//    "shelvingTime": 60000}, "as": "viewer"}   TimedShelve (ms), OneShotShelve or Unshelve:
+//                                       Part 9's ShelvedStateMachineType method called on the
+//                                       ConditionId (the server exposes no condition instance)
 //   {"quit": true}
 //
 // stdout, one JSON object per line: {"subscribed": true} once the monitored item exists, then
 // {"event": {EventType, SourceName, SourceNode, Message, Severity, Time, ReceiveTime,
 // ConditionName, Retain, "ActiveState.Id", AckedState, "AckedState.Id", ConfirmedState,
-// "ConfirmedState.Id", Comment, ClientUserId, ConditionId, EventId}} per event, {"refresh": "Good"} with the status of a ConditionRefresh
+// "ConfirmedState.Id", Comment, ClientUserId, ConditionId, EventId, SuppressedOrShelved,
+// "ShelvingState.CurrentState", "ShelvingState.CurrentState.Id", "ShelvingState.UnshelveTime",
+// MaxTimeShelved}} per event, {"refresh": "Good"} with the status of a ConditionRefresh
 // call (refreshAfter), {"id": n, "status": "Good"} per command, {"done": true}.
 // On failure: {"error": message} and exit code 1.
 "use strict";
@@ -40,6 +46,7 @@ const {
     AttributeIds,
     DataType,
     MessageSecurityMode,
+    MethodIds,
     SecurityPolicy,
     TimestampsToReturn,
     UserTokenType,
@@ -67,6 +74,11 @@ const FIELDS = [
     "ClientUserId",
     "ConditionId",
     "EventId",
+    "SuppressedOrShelved",
+    "ShelvingState.CurrentState",
+    "ShelvingState.CurrentState.Id",
+    "ShelvingState.UnshelveTime",
+    "MaxTimeShelved",
 ];
 
 function print(obj) {
@@ -87,6 +99,20 @@ function identity(user) {
     return user
         ? { type: UserTokenType.UserName, userName: user.username, password: user.password }
         : { type: UserTokenType.Anonymous };
+}
+
+// Part 9 5.8.10.3: "some Servers do not expose Condition instances in the AddressSpace.
+// Therefore all Servers shall also allow Clients to call the TimedShelve Method by specifying
+// ConditionId as the ObjectId"; the MethodId is then the ShelvedStateMachineType's.
+async function shelve(session, { conditionId, method, shelvingTime }) {
+    const inputArguments =
+        method === "TimedShelve" ? [{ dataType: DataType.Double, value: shelvingTime }] : [];
+    const result = await session.call({
+        objectId: resolveNodeId(conditionId),
+        methodId: resolveNodeId(MethodIds[`ShelvedStateMachineType_${method}`]),
+        inputArguments,
+    });
+    return result.statusCode;
 }
 
 async function refresh(session, subscription) {
@@ -115,6 +141,8 @@ async function commands(lines, sessions, subscription) {
                 Buffer.from(eventId, "hex"),
                 comment
             );
+        } else if (command.shelve) {
+            status = await shelve(sessions[command.as || "user"], command.shelve);
         } else if (command.refresh) {
             status = await refresh(sessions.user, subscription);
         }
