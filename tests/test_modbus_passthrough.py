@@ -23,8 +23,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import SimDevice
-from test_modbus_rtu_over_tcp import _tables
+from test_modbus_rtu_over_tcp import DEAD, pymodbus_units
 from test_modbus_serial import Socat, pymodbus_server, socat  # noqa: F401
 from test_opcua_server import running_gateway
 from test_simulator import RawClient, mbpoll, mbpoll_read
@@ -37,7 +36,6 @@ from protocols.modbus.frames import build_frame
 from protocols.modbus.server import ModbusServerAdapter
 
 HOLDING, COILS = 3, 1  # the function codes pymodbus's datastore is addressed by
-DEAD = 3  # a unit on the bus that never answers
 MAPPED_UNIT = 100  # the server's own map
 
 CONFIG = """
@@ -92,27 +90,10 @@ class Device:
 
 @contextlib.asynccontextmanager
 async def device(framing: str) -> AsyncIterator[Device]:
-    dead = asyncio.Event()  # set at teardown only: the dead unit's requests wait until then
-
-    async def never_answers(*_: Any) -> None:
-        await dead.wait()
-
-    units = [SimDevice(u, simdata=_tables()) for u in (1, 2)]
-    units.append(SimDevice(DEAD, simdata=_tables(), action=never_answers))
-    port = free_port()
-    peer = Device(None, port)  # type: ignore[arg-type]
-    peer.server = ModbusTcpServer(
-        units,
-        framer=FramerType.RTU if framing == "rtu" else FramerType.SOCKET,
-        address=(HOST, port),
-        trace_pdu=peer.trace,
-    )
-    await peer.server.serve_forever(background=True)
-    try:
+    peer = Device(None, 0)  # type: ignore[arg-type]
+    framer = FramerType.RTU if framing == "rtu" else FramerType.SOCKET
+    async with pymodbus_units(framer, peer.trace) as (peer.server, peer.port):
         yield peer
-    finally:
-        dead.set()
-        await peer.server.shutdown()
 
 
 @dataclass

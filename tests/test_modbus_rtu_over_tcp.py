@@ -6,6 +6,7 @@ whose CRC does not match, an answer of the wrong size)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -52,8 +53,12 @@ class Bus:
         return list(await self.server.async_getValues(unit, function, address, count))
 
 
-@pytest.fixture
-async def bus() -> AsyncIterator[Bus]:
+@contextlib.asynccontextmanager
+async def pymodbus_units(
+    framer: FramerType = FramerType.RTU, trace_pdu: Any = None
+) -> AsyncIterator[tuple[ModbusTcpServer, int]]:
+    """pymodbus's TCP server (and its port) with units 1 and 2, and unit `DEAD`, which never
+    answers; ``trace_pdu`` is pymodbus's hook on each request and answer."""
     dead = asyncio.Event()  # set at teardown only: the dead unit's requests wait until then
 
     async def never_answers(*_: Any) -> None:
@@ -62,13 +67,19 @@ async def bus() -> AsyncIterator[Bus]:
     units = [SimDevice(u, simdata=_tables()) for u in (1, 2)]
     units.append(SimDevice(DEAD, simdata=_tables(), action=never_answers))
     port = free_port()
-    server = ModbusTcpServer(units, framer=FramerType.RTU, address=(HOST, port))
+    server = ModbusTcpServer(units, framer=framer, address=(HOST, port), trace_pdu=trace_pdu)
     await server.serve_forever(background=True)
     try:
-        yield Bus(server, port)
+        yield server, port
     finally:
         dead.set()
         await server.shutdown()
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[Bus]:
+    async with pymodbus_units() as (server, port):
+        yield Bus(server, port)
 
 
 Start = Callable[..., Awaitable[Running]]
