@@ -90,7 +90,7 @@ _GAUGES = (
     " max_packet_size topic_aliases topic_alias_max session_present open_windows tracked"
     " decision decide_ms_mean rows_per_publish_recent rtt_s devices writing history_paused"
     " history_staged history_merge_failing documents_paused documents_unsaved lag_ms_p50"
-    " lag_ms_p99 lag_ms_max line_open requests_queued"
+    " lag_ms_p99 lag_ms_max line_open requests_queued state_will_up"
     " passthrough_queued alarms_shelved"
 )
 KINDS: dict[str, MetricKind] = {

@@ -453,12 +453,47 @@ async def test_a_host_with_both_says_each_and_its_will_is_3_0s(
         "OFFLINE",
         {"online": False, "timestamp": new()[0]["timestamp"]},
     )
-    # killed: one will, 3.0's; 2.2's topic keeps ONLINE (see docs/sparkplug.md)
+    # killed: each version's will, 3.0's from the host's connection, 2.2's from the second
+    # one that carries it (protocols/sparkplug/statewill.py)
     await _run(config, lambda: len(old()) == 3 and len(new()) == 3, kill=True)
-    await wait_for(lambda: len(new()) == 4, 10, message="the will")
+    await wait_for(lambda: len(new()) == 4 and len(old()) == 4, 10, message="the wills")
     assert [m["online"] for m in new()[2:]] == [True, False]
-    assert await _retained_text(mosquitto.port, STATE22) == "ONLINE"
-    assert old()[2:] == ["ONLINE"]
+    assert old()[2:] == ["ONLINE", "OFFLINE"]
+    assert await _retained_text(mosquitto.port, STATE22) == "OFFLINE"
+
+
+HOST_ID = "protocol-brain-gw-templates-spb"  # the test host's client id (its default)
+
+
+async def test_with_both_the_2_2_will_follows_the_hosts_session_and_comes_back_when_lost(
+    tmp_path: Path, mosquitto: MosquittoBroker, states: Subscriber
+) -> None:
+    """The host's session ends (another client takes its client id): 2.2's will connection
+    says OFFLINE and ends with it, the next session says ONLINE. The will's connection alone
+    is taken over: its will fires, the host says ONLINE again, and it reconnects, so a crash
+    after that still says OFFLINE."""
+    port = mosquitto.port
+    config = _host_yaml(tmp_path / "gw.yaml", port, "both")
+    old = lambda: states.texts(STATE22)  # noqa: E731
+
+    async def sessions() -> None:
+        await _publish(port, "test/takeover", "x", "-i", HOST_ID)  # the host's session ends
+        await wait_for(lambda: old()[-1:] == ["ONLINE"] and len(old()) >= 3, 20, message="again")
+        assert old()[:3] == ["ONLINE", "OFFLINE", "ONLINE"]
+        assert await _retained_text(port, STATE22) == "ONLINE"
+        seen, will = len(old()), f"{HOST_ID}-will22"
+        connects = lambda: mosquitto.log.read_text().count(f" as {will} ")  # noqa: E731
+        before = connects()
+        await _publish(port, "test/takeover", "x", "-i", will)  # the will's own connection
+        await wait_for(lambda: len(old()) >= seen + 2, 20, message="its will, then online")
+        assert old()[seen : seen + 2] == ["OFFLINE", "ONLINE"]
+        assert await _retained_text(port, STATE22) == "ONLINE"
+        # mosquitto_pub's connection counts once; then the will's connection is back
+        await wait_for(lambda: connects() >= before + 2, 20, message="the will reconnected")
+
+    await _run(config, lambda: old() == ["ONLINE"], sessions, kill=True)
+    await wait_for(lambda: old()[-1] == "OFFLINE", 10, message="the 2.2 will after the kill")
+    assert await _retained_text(port, STATE22) == "OFFLINE"
 
 
 async def test_our_2_2_host_and_our_2_2_node_meet_through_mosquitto(

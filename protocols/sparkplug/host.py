@@ -34,11 +34,9 @@ than an online said again, and an edge node that drops older STATEs would ignore
 ``state_version`` picks the STATE's form (`codec.StateTopic`): ``"2.2"`` publishes Sparkplug
 2.2's ``ONLINE`` / ``OFFLINE`` on ``STATE/{host_id}`` (no timestamp) through the same steps, for
 edge nodes that follow 2.2. ``"both"`` publishes each, for a fleet that has both during a
-migration; but MQTT 3.1.1 gives a connection one will, and it is 3.0's offline (the version
-edge nodes move to, and whose nodes would otherwise go on trusting a dead host's retained
-online). If the host dies, ``STATE/{host_id}`` keeps ``ONLINE`` retained until it is back:
-2.2 nodes go on publishing to nobody, and the host asks each for a rebirth when its first data
-after the restart cannot be read (``not_born``). A clean stop says ``OFFLINE`` on both.
+migration. MQTT 3.1.1 gives a connection one will: the host's own is 3.0's offline, and 2.2's
+``OFFLINE`` rides on a second connection per session (`protocols.sparkplug.statewill`), so a
+host that dies says offline on both. A clean stop says ``OFFLINE`` on both.
 
 A lost broker makes every point Bad (the sessions cannot be followed across it); once
 connected again, the host asks each node that was online for a rebirth, so that points whose
@@ -63,6 +61,7 @@ from protocols.sparkplug import codec
 from protocols.sparkplug.codec import DataType, Metric, Payload, StateTopic
 from protocols.sparkplug.config import EVERY_GROUP, SparkplugHost
 from protocols.sparkplug.session import SparkplugError, SparkplugSession
+from protocols.sparkplug.statewill import StateWill
 from protocols.sparkplug.tracker import REBIRTH, HostTracker, split_key
 
 log = logging.getLogger(__name__)
@@ -100,6 +99,10 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         self._states = () if host_id is None else codec.state_topics(host_id, version)
         self._state_by_topic = {state.topic: state for state in self._states}
         self._state_ts = 0  # the timestamp of the last 3.0 STATE online (of the will at first)
+        # with ``both``, 2.2's will rides on a second connection, one per session (statewill)
+        self._will_state = self._states[1] if len(self._states) > 1 else None
+        self._will: StateWill | None = None
+        self._will_stops: set[asyncio.Task[None]] = set()
         self._state_said_at = -math.inf  # time.monotonic() of the last online said again
         self._state_timer: asyncio.TimerHandle | None = None  # an online said again, due
         self._state_due: set[StateTopic] = set()  # the STATEs that said offline, to answer
@@ -135,6 +138,9 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         """The session's end (`SparkplugSession.close`), then the count of the warnings not
         said yet."""
         await super().close()
+        self._end_will(say_offline=False)
+        if self._will_stops:
+            await asyncio.gather(*self._will_stops)
         self._warnings.close()
 
     async def run(self) -> None:
@@ -177,12 +183,40 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
         # its own STATE too, to answer an offline one
         topics += [(state.topic, 1) for state in self._states]
         client.subscribe(topics)
+        await self._open_will()
         for state in self._states:  # after the subscriptions, as 6.4.1 orders
             client.publish(state.topic, state.encode(True, self._state_ts), qos=1, retain=True)
         rejoin, self._rejoin = sorted(self._rejoin), set()
         for node in rejoin:
             self._ask_rebirth(node)
         return await disconnected
+
+    async def _open_will(self) -> None:
+        """With ``state_version: both``: 2.2's will on its own connection to this broker
+        (`protocols.sparkplug.statewill`) before the host says online; a keeper that cannot
+        connect in time keeps trying, and the host says online without waiting for it."""
+        if self._will_state is None:
+            return
+        will = self._will = StateWill(self.name, self.config, self.client_id, self._will_state)
+        broker = self._brokers[self._broker]
+        if not await will.start(broker, self.config.reconnect, self.connect_timeout):
+            log.warning(
+                "Sparkplug %s: the connection for 2.2's STATE will is not up yet (%s): until it"
+                " is, a crash leaves STATE/%s saying ONLINE",
+                self.name,
+                will.last_error or "no CONNACK",
+                self.host_id,
+            )
+
+    def _end_will(self, *, say_offline: bool) -> None:
+        """End the session's 2.2 will connection: saying OFFLINE (the session was lost) or
+        not (a clean stop, whose goodbye said it)."""
+        will, self._will = self._will, None
+        if will is None:
+            return
+        task = asyncio.ensure_future(will.stop(say_offline=say_offline))
+        self._will_stops.add(task)
+        task.add_done_callback(self._will_stops.discard)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -374,6 +408,7 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
 
     def _connection_lost(self, reason: str) -> None:
         self._cancel_online_again()
+        self._end_will(say_offline=not self._closing)
         self._rejoin.update(self.tracker.forget())
         self._settle_lost(reason, SparkplugError(f"connection to {self.address} lost: {reason}"))
 
@@ -418,6 +453,12 @@ class SparkplugHostAdapter(SparkplugSession, Adapter):
             "over_max_points": t.over_limit,
             "rebirths_asked": self.rebirths_asked,
             **({} if self.host_id is None else {"state_republished": self.state_republished}),
+            # with ``both``: whether 2.2's will is registered (its connection is up)
+            **(
+                {}
+                if self._will_state is None
+                else {"state_will_up": self._will is not None and self._will.connected}
+            ),
             "writes": {"ok": self.writes_ok, "refused": self.writes_refused},
             "reconnects": self.reconnects,
             "failovers": self.failovers,
