@@ -92,7 +92,10 @@ checks count them. An optimizer batch carries the endpoint's only (its rows diff
 message's user properties go in its bus message's meta (``meta["user_properties"]``, a list of
 pairs; absent when there are none); a reply to it (`publish` with ``reply_to``) carries them
 back. A rendered value that is no MQTT string is left out, the publish goes, and it is counted
-in ``user_property_errors`` (logged once).
+in ``user_property_errors`` (logged once). A route's ``relay_user_properties`` puts a received
+message's (that meta) on its publishes too, before the endpoint's and the route's, and its
+``{property:<name>}`` names one of them (`codec.PropertyTemplates`): a bridge from one broker to
+another carries them across, through the outbox as any others.
 
 Persistent sessions (``session: {persistent: true}``)
 ----------------------------------------------------
@@ -961,7 +964,11 @@ class MqttAdapter(PahoOnLoop, Adapter):
         qos = route.qos
         retain = route.retain
         users = None
-        if route.user_properties or self._own_props:
+        if (
+            route.user_properties
+            or self._own_props
+            or (route.relay_user_properties and codec.USER_PROPERTIES in message.meta)
+        ):
             users = self._user_properties(message, route, len(pairs))
         store = self._store
         if store is not None:
@@ -1002,14 +1009,18 @@ class MqttAdapter(PahoOnLoop, Adapter):
             templates = None
             if self._v5:
                 own = self.config.user_properties
-                templates = codec.PropertyTemplates(own, route.user_properties, self.gateway)
+                templates = codec.PropertyTemplates(
+                    own, route.user_properties, self.gateway, route.relay_user_properties
+                )
             if len(self._routes) >= 1024:  # routes come from the config: a reload's leftovers
                 self._routes.clear()
             found = self._routes[id(route)] = (route, templates)
         templates = found[1]
         if templates is None:
             self._property_error(
-                n, f"MQTT {self.config.version} has no user properties (a bridge's user_properties)"
+                n,
+                f"MQTT {self.config.version} has no user properties (a bridge's user_properties"
+                " or relay_user_properties)",
             )
             return None
         before = templates.errors

@@ -46,14 +46,22 @@ from __future__ import annotations
 import json
 import math
 import re
+import string
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from gateway.globs import Globs
 from gateway.limits import Limits
 from gateway.types import Message, Quality, Sample, Value
-from protocols.mqtt.config import NAME_PATTERN, MqttPoint, MqttRoute, string_problem
+from protocols.mqtt.config import (
+    NAME_PATTERN,
+    PROPERTY_REF,
+    MqttPoint,
+    MqttRoute,
+    string_problem,
+)
 
 __all__ = [
     "KeyDecoder",
@@ -435,15 +443,35 @@ class PropertyTemplates:
     value (``{unit}`` of a sample without one; ``{unit}`` and ``{quality}`` of a record) is left
     out; one whose rendered value is no MQTT string (a NUL, a lone surrogate, over 65,535 bytes)
     is dropped and counted in ``errors`` (its text in ``last_error``): the publish goes without
-    it. Rendered sets are cached per (device, kind, point, unit, quality)."""
+    it. Rendered sets are cached per (device, kind, point, unit, quality, referenced properties).
 
-    def __init__(self, endpoint: Mapping[str, str], route: Mapping[str, str], gateway: str) -> None:
+    The received message's user properties (``meta[USER_PROPERTIES]``, a bridge from an MQTT
+    source): ``{property:<name>}`` renders the first of that name (a property without it is left
+    out and counted: the route expected it); ``relay`` (True, or names and globs) publishes them
+    too, first, as received (order and repeated names kept, as a broker forwards them), less
+    the names the endpoint or the route set: those are the config's, which a rule engine routes
+    on, and a device must not be able to send its own ``site``. Content Type, Response Topic
+    and the other properties are the received message's only and are not relayed."""
+
+    def __init__(
+        self,
+        endpoint: Mapping[str, str],
+        route: Mapping[str, str],
+        gateway: str,
+        relay: bool | Collection[str] = False,
+    ) -> None:
         self.gateway = gateway
         templates = merge_properties(endpoint.items(), route.items())
         self._static = all("{" not in t for _n, t in templates)
         self._templates = templates
+        # the received properties the templates name, in a fixed order (part of the cache key)
+        self._refs = tuple(dict.fromkeys(r for _n, t in templates for r in _property_refs(t)))
+        self._relay = None if relay is False else Globs(("*",) if relay is True else relay)
+        self._own_names = frozenset(n for n, _t in templates)
+        self._relays: dict[str, bool] = {}  # received name -> relayed (names come from data)
         self._cache: dict[
-            tuple[str, str, str | None, str | None, str | None], tuple[UserProperties, int]
+            tuple[str, str, str | None, str | None, str | None, tuple[str | None, ...]],
+            tuple[UserProperties, int],
         ] = {}
         self.errors = 0
         self.last_error: str | None = None
@@ -455,12 +483,18 @@ class PropertyTemplates:
         point: str | None = None,
         unit: str | None = None,
         quality: str | None = None,
+        received: tuple[str | None, ...] = (),
     ) -> UserProperties:
-        """The properties of one publish."""
-        key = ("", "", None, None, None) if self._static else (device, kind, point, unit, quality)
+        """The properties of one publish; ``received``: the values of the received properties
+        the templates name (`_refs`, None for one the message lacks)."""
+        key = (
+            ("", "", None, None, None, ())
+            if self._static
+            else (device, kind, point, unit, quality, received)
+        )
         found = self._cache.get(key)
         if found is None:
-            found = self._render(device, kind, point, unit, quality)
+            found = self._render(device, kind, point, unit, quality, received)
             if len(self._cache) >= _PROPERTY_CACHE_MAX:  # names come from data: stay bounded
                 self._cache.clear()
             self._cache[key] = found
@@ -470,17 +504,32 @@ class PropertyTemplates:
         return props
 
     def _render(
-        self, device: str, kind: str, point: str | None, unit: str | None, quality: str | None
+        self,
+        device: str,
+        kind: str,
+        point: str | None,
+        unit: str | None,
+        quality: str | None,
+        received: tuple[str | None, ...],
     ) -> tuple[UserProperties, int]:
         values = _Known(
             gateway=self.gateway, device=device, kind=kind, point=point, unit=unit, quality=quality
         )
+        if self._refs:
+            values[PROPERTY_REF] = _Received(dict(zip(self._refs, received, strict=True)))
         out: list[tuple[str, str]] = []
         bad = 0
         for name, template in self._templates:
             try:
                 value = template.format_map(values)
             except _NoValue:
+                continue
+            except _Absent as absent:
+                bad += 1
+                self.last_error = (
+                    f"user property {name!r} of {device}: the received message has no user"
+                    f" property {absent.args[0]!r}"
+                )
                 continue
             problem = string_problem(value)
             if problem is not None:
@@ -497,23 +546,94 @@ class PropertyTemplates:
             return []
         device = message.device or message.origin
         kind = message.kind.value
-        meta = message.meta
+        meta, relay = message.meta, self._relay
+        reads = meta and (self._refs or relay is not None)
+        pairs = _received_pairs(meta.get(USER_PROPERTIES)) if reads else ()
+        got = self._referenced(pairs) if self._refs else ()
+        relayed = self._relayed(pairs, relay) if relay is not None and pairs else ()
         if meta and type(record := meta.get(RECORD)) is str:
-            return [self.render(device, kind, None if mode == "device" else record)]
-        if mode == "device":
-            return [self.render(device, kind)]
-        render = self.render
-        return [render(device, kind, s.point, s.unit, s.quality.value) for s in samples]
+            props = [self.render(device, kind, None if mode == "device" else record, received=got)]
+        elif mode == "device":
+            props = [self.render(device, kind, received=got)]
+        else:
+            render = self.render
+            props = [render(device, kind, s.point, s.unit, s.quality.value, got) for s in samples]
+        if relayed:
+            return [relayed + p for p in props]
+        return props
+
+    def _referenced(self, pairs: UserProperties) -> tuple[str | None, ...]:
+        """The value of each received property the templates name: the first of its name."""
+        first: dict[str, str] = {}
+        for name, value in pairs:
+            first.setdefault(name, value)
+        return tuple(first.get(ref) for ref in self._refs)
+
+    def _relayed(self, pairs: UserProperties, relay: Globs) -> UserProperties:
+        """The received properties this route relays (names matching ``relay``), in order."""
+        relays = self._relays
+        out: list[tuple[str, str]] = []
+        for pair in pairs:
+            name = pair[0]
+            taken = relays.get(name)
+            if taken is None:
+                taken = name not in self._own_names and name in relay
+                if len(relays) >= _PROPERTY_CACHE_MAX:
+                    relays.clear()
+                relays[name] = taken
+            if taken:
+                out.append(pair)
+        return tuple(out)
+
+
+def _received_pairs(found: object) -> UserProperties:
+    """``meta[USER_PROPERTIES]`` as (name, value) pairs; what is not a pair of strings is
+    skipped (a plugin's meta may hold anything)."""
+    if not isinstance(found, list | tuple):
+        return ()
+    return tuple(
+        (p[0], p[1])
+        for p in found
+        if isinstance(p, list | tuple) and len(p) == 2 and type(p[0]) is str and type(p[1]) is str
+    )
+
+
+def _property_refs(template: str) -> list[str]:
+    """The received user properties a template names, ``{property:<name>}``."""
+    return [
+        spec
+        for _literal, field, spec, _conv in string.Formatter().parse(template)
+        if field == PROPERTY_REF and spec
+    ]
 
 
 class _NoValue(KeyError):
     """A placeholder whose value is unknown for this publish (`_Known`)."""
 
 
-class _Known(dict[str, str | None]):
+class _Absent(Exception):
+    """``{property:<name>}`` of a received message without that user property (`_Received`)."""
+
+
+class _Received:
+    """``{property:<name>}``: ``str.format`` hands the name to ``__format__`` as the spec."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: dict[str, str | None]) -> None:
+        self.values = values
+
+    def __format__(self, name: str) -> str:
+        value = self.values.get(name)
+        if value is None:
+            raise _Absent(name)
+        return value
+
+
+class _Known(dict[str, object]):
     """Placeholder values for ``str.format_map``; one that is None has no value (`_NoValue`)."""
 
-    def __getitem__(self, key: str) -> str:
+    def __getitem__(self, key: str) -> object:
         value = super().__getitem__(key)
         if value is None:
             raise _NoValue(key)

@@ -27,9 +27,11 @@ from gateway.uplink.outbox import OutboxConfig
 TEMPLATE_FIELDS = frozenset({"gateway", "device", "point", "kind"})
 # MQTT 5 user properties (`codec.PropertyTemplates`): a route's values may name the topic's
 # placeholders and the sample's unit and quality; a device payload's only what is the same for
-# the whole message; the endpoint's apply to all it publishes (its status too): the gateway only
-PROPERTY_FIELDS = TEMPLATE_FIELDS | {"unit", "quality"}
-DEVICE_PROPERTY_FIELDS = frozenset({"gateway", "device", "kind"})
+# the whole message; the endpoint's apply to all it publishes (its status too): the gateway only.
+# A route's may also name a user property of the received message, {property:<name>}.
+PROPERTY_REF = "property"
+PROPERTY_FIELDS = TEMPLATE_FIELDS | {"unit", "quality", PROPERTY_REF}
+DEVICE_PROPERTY_FIELDS = frozenset({"gateway", "device", "kind", PROPERTY_REF})
 ENDPOINT_PROPERTY_FIELDS = frozenset({"gateway"})
 MQTT_STRING_MAX = 65_535  # bytes of an MQTT UTF-8 string (1.5.4)
 
@@ -53,10 +55,19 @@ SHADOW_FIELD = re.compile(r"^shadow\.(reported|desired)\.[A-Za-z_][A-Za-z0-9_]*$
 
 
 def template_fields(template: str) -> set[str]:
-    """Placeholders of a ``str.format`` template; ValueError if it is malformed."""
+    """Placeholders of a ``str.format`` template; ValueError if it is malformed.
+    ``{property:<name>}`` reads as the placeholder ``property`` (`PROPERTY_REF`)."""
     fields: set[str] = set()
     for _literal, name, spec, conv in string.Formatter().parse(template):
         if name is None:
+            continue
+        if name == PROPERTY_REF:
+            fields.add(name)
+            if not spec or conv or "{" in spec or "}" in spec:
+                raise ValueError(
+                    f"{template!r} names a received user property as {{property:<name>}}"
+                    " (a name without braces)"
+                )
             continue
         if name and SHADOW_FIELD.match(name):
             fields.add(name)
@@ -128,7 +139,10 @@ def check_user_properties(
         if unknown:
             raise ValueError(
                 f"user property {name!r}: unknown placeholder {{{unknown[0]}}}{where}; use "
-                + ", ".join("{" + f + "}" for f in sorted(allowed))
+                + ", ".join(
+                    "{property:<name>}" if f == PROPERTY_REF else "{" + f + "}"
+                    for f in sorted(allowed)
+                )
             )
     return props
 
@@ -143,8 +157,30 @@ ROUTE_PROPERTIES_DESCRIPTION = (
     "MQTT 5 user properties (name: value template) on each publish of this bridge, after the"
     " endpoint's (one of the same name replaces the endpoint's); values may use {gateway}"
     " {device} {kind}, and per point {point} {unit} {quality} (a property whose placeholder"
-    " has no value, a point without a unit, is left out); payload device: not the per-point ones"
+    " has no value, a point without a unit, is left out); payload device: not the per-point ones;"
+    " {property:<name>}: the received MQTT message's user property of that name (the first;"
+    " without it the property is left out and counted in user_property_errors)"
 )
+
+RELAY_DESCRIPTION = (
+    "MQTT 5: publish the user properties of the received MQTT message too (a bridge from an"
+    " MQTT endpoint), in their order, repeated names kept, before the endpoint's and the"
+    " route's; true for all, or a list of names and globs (fnmatch, case-sensitive) to relay."
+    " A name the endpoint's or the route's user_properties set is never relayed (theirs go)"
+)
+
+
+def check_relay(relay: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
+    """Validate ``relay_user_properties``: true/false, or names and globs to relay."""
+    if isinstance(relay, bool):
+        return relay
+    if not relay:
+        raise ValueError("true for all, or a list of names and globs (an empty one relays none)")
+    for glob in relay:
+        problem = string_problem(glob) if glob else "is empty"
+        if problem is not None:
+            raise ValueError(f"names and globs of user properties: {glob[:40]!r} {problem}")
+    return relay
 
 
 class BrokerSettings(Protocol):
@@ -705,8 +741,7 @@ def user_properties_problem(where: Path, version: str) -> Problem:
     return Problem(
         where,
         f"with MQTT {version}",
-        'version: "5" on the endpoint (user properties are an MQTT 5 property), or no'
-        " user_properties",
+        f'version: "5" on the endpoint (user properties are an MQTT 5 property), or no {where[-1]}',
     )
 
 
@@ -732,12 +767,22 @@ class MqttRoute(Strict):
     user_properties: dict[str, str] = Field(
         default_factory=dict, description=ROUTE_PROPERTIES_DESCRIPTION
     )
+    relay_user_properties: bool | tuple[str, ...] = Field(False, description=RELAY_DESCRIPTION)
 
     def check_target(self, endpoint: MqttEndpoint) -> list[Problem]:
         """What the target endpoint refuses of this route: user properties on MQTT 3.1.1."""
-        if self.user_properties and not endpoint.v5:
-            return [user_properties_problem(("user_properties",), endpoint.version)]
-        return []
+        if endpoint.v5:
+            return []
+        return [
+            user_properties_problem((key,), endpoint.version)
+            for key in ("user_properties", "relay_user_properties")
+            if getattr(self, key)
+        ]
+
+    @field_validator("relay_user_properties")
+    @classmethod
+    def _relay(cls, v: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
+        return check_relay(v)
 
     @field_validator("topic")
     @classmethod
