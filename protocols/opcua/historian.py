@@ -9,10 +9,15 @@ modified and event reads, BadHistoryOperationInvalid for a raw read with fewer t
 start, end and numValuesPerNode, a processed read without both times (or equal ones) or with a
 negative interval, an at-time read without times; BadAggregateListMismatch when a processed
 read does not give one AggregateType per node, BadAggregateNotSupported for an aggregate not in
-`protocols.opcua.aggregates.Aggregate`; BadNodeIdUnknown for a node that does not exist,
-BadContinuationPointInvalid, and BadInternalError when the history cannot be read (the shadow
-stopping, a damaged file; logged, at most once a minute). The whole request: BadNothingToDo
-without nodes, BadTimestampsToReturnInvalid for Neither.
+`protocols.opcua.aggregates.Aggregate`, BadAggregateInvalidInputs for an AggregateConfiguration
+Part 13 refuses (`protocols.opcua.aggregates.Config.problem`); BadNodeIdUnknown for a node that
+does not exist, BadContinuationPointInvalid, and BadInternalError when the history cannot be
+read (the shadow stopping, a damaged file; logged, at most once a minute). The whole request:
+BadNothingToDo without nodes, BadTimestampsToReturnInvalid for Neither.
+
+A processed read's AggregateConfiguration applies where its UseServerCapabilitiesDefaults is
+false; otherwise the server's defaults (`protocols.opcua.aggregates.DEFAULT`, served in the
+Server object's DefaultHAConfiguration) do.
 
 Aggregate results are Double (Average, TimeAverage, Delta, Range), Int32 (Count) or of the
 variable's type (Minimum, Maximum, Start, End, Interpolative).
@@ -36,7 +41,7 @@ from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes as Codes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from protocols.opcua.aggregates import KINDS, Aggregate, Kind, Result
+from protocols.opcua.aggregates import DEFAULT, KINDS, Aggregate, Config, Kind, Result
 from protocols.opcua.history import (
     MAX_RESPONSE_VALUES,
     Continuations,
@@ -220,8 +225,11 @@ class Historian:
             aggregate = _AGGREGATES.get(kinds[req.n])
             if aggregate is None:
                 return Codes.BadAggregateNotSupported
+            config = aggregate_config(details.AggregateConfiguration)
+            if config.problem() is not None:
+                return Codes.BadAggregateInvalidInputs
             query = ProcessedQuery.of(
-                details.StartTime, details.EndTime, details.ProcessingInterval, aggregate
+                details.StartTime, details.EndTime, details.ProcessingInterval, aggregate, config
             )
             at = ProcessedPosition()
         kind = KINDS.get(query.aggregate, Kind.SAME)
@@ -262,6 +270,19 @@ class Historian:
             "history_values": self.values,
             "history_errors": self.errors,
         }
+
+
+def aggregate_config(given: ua.AggregateConfiguration | None) -> Config:
+    """The configuration a processed read asks for: its own, or with
+    UseServerCapabilitiesDefaults (or none given) the server's."""
+    if given is None or given.UseServerCapabilitiesDefaults:
+        return DEFAULT
+    return Config(
+        uncertain_bad=bool(given.TreatUncertainAsBad),
+        percent_bad=int(given.PercentDataBad),
+        percent_good=int(given.PercentDataGood),
+        sloped=bool(given.UseSlopedExtrapolation),
+    )
 
 
 def _failed(code: int) -> ua.HistoryReadResult:

@@ -17,9 +17,11 @@ EndTime is earlier; the last one shorter where the span is not a multiple; 0: on
 each over ``lo <= ts < hi``, reported at its start (its later end going back). A response
 carries at most `MAX_VALUES` intervals of a node and folds at most `MAX_ROWS` stored rows (the
 memory one response takes is a page of rows, whatever the span); the rest, even the middle of an
-interval (the fold's state travels in the point), is behind a continuation point.
-Interpolative is the value at each interval's time, as at-time reads give it: the row held
-then (a bad one passed over for the last usable one among the `_BOUND_SEARCH` before it).
+interval (the fold's state travels in the point, as does the request's AggregateConfiguration),
+is behind a continuation point. Interpolative is the value at each interval's time, as at-time
+reads give it: the row held then (one the AggregateConfiguration does not use, a bad one or an
+uncertain one under TreatUncertainAsBad, passed over for the last one it uses among the
+`_BOUND_SEARCH` before it).
 At-time points hold the index of the next time and a digest of the times: Part 11 has the
 client send the same request with them, and another one's is refused.
 
@@ -45,7 +47,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from protocols.opcua.aggregates import SAME, Aggregate, Fold, Result, Sample, usable, value_at
+from protocols.opcua.aggregates import (
+    DEFAULT,
+    SAME,
+    Aggregate,
+    Config,
+    Fold,
+    Result,
+    Sample,
+    value_at,
+)
 
 MAX_VALUES = 1000  # of one node in one response (advertised as MaxReturnDataValues)
 MAX_RESPONSE_VALUES = 10_000  # of all the nodes of one response (about 0.3 MB of doubles)
@@ -273,23 +284,30 @@ def _after_skip(rows: list[Any], cursor: float, skip: int) -> list[Any]:
 
 @dataclass(frozen=True)
 class ProcessedQuery:
-    """A ReadProcessedDetails for one node: its aggregate and intervals (times in seconds)."""
+    """A ReadProcessedDetails for one node: its aggregate, intervals (times in seconds) and
+    AggregateConfiguration."""
 
     aggregate: Aggregate
     start: float
     end: float
     step: float  # ProcessingInterval; 0: one interval over the whole span
+    config: Config = DEFAULT
 
     @classmethod
     def of(
-        cls, start: datetime | None, end: datetime | None, interval_ms: float, aggregate: Aggregate
+        cls,
+        start: datetime | None,
+        end: datetime | None,
+        interval_ms: float,
+        aggregate: Aggregate,
+        config: Config = DEFAULT,
     ) -> ProcessedQuery:
         low, high = _time(start), _time(end)
         if low is None or high is None or abs(high - low) < SAME:
             raise InvalidQuery("a processed read needs different startTime and endTime")
         if not math.isfinite(interval_ms) or interval_ms < 0:
             raise InvalidQuery(f"processingInterval {interval_ms} is not a duration")
-        return cls(aggregate, low, high, interval_ms / 1000)
+        return cls(aggregate, low, high, interval_ms / 1000, config)
 
     @property
     def span(self) -> float:
@@ -335,7 +353,7 @@ async def read_processed(
 ) -> tuple[list[Result], ProcessedPosition | None]:
     """The next results of ``query`` from ``at``, at most ``room`` (and `MAX_VALUES`), having
     folded at most `MAX_ROWS` rows; with the position to go on from, None when complete."""
-    room, budget, step = min(room, MAX_VALUES), MAX_ROWS, query.length
+    room, budget, step, config = min(room, MAX_VALUES), MAX_ROWS, query.length, query.config
     out: list[Result] = []
     index = at.index
     fold = Fold.restore(at.fold) if at.fold is not None else None
@@ -344,8 +362,8 @@ async def read_processed(
     while index < query.intervals and len(out) < room:
         lo, hi, stamp = query.interval(index)
         if query.aggregate is Aggregate.INTERPOLATIVE:
-            held, good = await bound(read, stamp)
-            out.append(value_at(held, good, stamp, now, simple=False))
+            held, good = await bound(read, stamp, config)
+            out.append(value_at(held, good, stamp, now, False, config))
             index += 1
             continue
         if fold is None:
@@ -364,7 +382,7 @@ async def read_processed(
             rows = _after_skip(rows, cursor, skip)
             taken = rows[:wanted]
             for row in taken:
-                fold.add(_sample(row))
+                fold.add(_sample(row), config)
             budget -= len(taken)
             if len(rows) <= len(taken):
                 break
@@ -372,7 +390,7 @@ async def read_processed(
             same = sum(1 for r in taken if abs(r.ts - last) < SAME)
             skip = same + (skip if abs(cursor - last) < SAME else 0)
             cursor = last
-        out.append(fold.result(query.aggregate, stamp, now, step))
+        out.append(fold.result(query.aggregate, stamp, now, step, config))
         carried, fold = (hi, fold.held), None
         index += 1
     return out, ProcessedPosition(index) if index < query.intervals else None
@@ -391,17 +409,19 @@ async def read_at_times(
     return out, index if index < len(times) else None
 
 
-async def bound(read: Reader, t: float) -> tuple[Sample | None, Sample | None]:
-    """The row held at ``t`` (the last at or before it) and the last usable one (looked for
-    among the `_BOUND_SEARCH` rows before a bad one)."""
+async def bound(
+    read: Reader, t: float, config: Config = DEFAULT
+) -> tuple[Sample | None, Sample | None]:
+    """The row held at ``t`` (the last at or before it) and the last one ``config`` uses
+    (looked for among the `_BOUND_SEARCH` rows before one it does not)."""
     rows = await _read(read, None, t, False, False, True, 1)
     if not rows:
         return None, None
     held = _sample(rows[0])
-    if usable(held[2]):
+    if config.used(held[2]):
         return held, held
     rows = await _read(read, None, held[0], False, True, True, _BOUND_SEARCH)
-    good = next((_sample(r) for r in rows if usable(r.quality)), None)
+    good = next((_sample(r) for r in rows if config.used(r.quality)), None)
     return held, good
 
 
@@ -451,16 +471,18 @@ class Continuations:
         return RawQuery(start, end, count, bounds), Position(phase, ts, skip, given)
 
     def make_processed(self, node: str, query: ProcessedQuery, at: ProcessedPosition) -> bytes:
-        q = query
+        q, c = query, query.config
         return self.seal(
             node,
             ["processed", q.aggregate.name, q.start, q.end, q.step, at.index, at.ts, at.skip]
-            + [at.fold],
+            + [at.fold, [c.uncertain_bad, c.percent_bad, c.percent_good, c.sloped]],
         )
 
     def open_processed(self, node: str, point: bytes) -> tuple[ProcessedQuery, ProcessedPosition]:
-        name, start, end, step, index, ts, skip, fold = self.unseal(node, point, "processed")
-        query = ProcessedQuery(Aggregate[name], start, end, step)
+        name, start, end, step, index, ts, skip, fold, config = self.unseal(
+            node, point, "processed"
+        )
+        query = ProcessedQuery(Aggregate[name], start, end, step, Config(*config))
         return query, ProcessedPosition(index, ts, skip, fold)
 
     def make_at_times(self, node: str, times: list[float], simple: bool, index: int) -> bytes:

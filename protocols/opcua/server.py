@@ -170,7 +170,7 @@ from gateway.streak import Throttle
 from gateway.text import counted
 from gateway.types import Message, MessageKind, PointSpec, Quality, Sample, Value
 from protocols.opcua import alarms, logins, publish, served_events, transport
-from protocols.opcua.aggregates import Aggregate
+from protocols.opcua.aggregates import DEFAULT, Aggregate
 from protocols.opcua.alarms import ALARM_VARIABLE, SCORE_VARIABLE, Alarms, DeviceAlarm
 from protocols.opcua.config import OpcuaServer, OpcuaServerRoute
 from protocols.opcua.historian import Historian
@@ -1409,14 +1409,30 @@ class OpcuaServerAdapter(Adapter):
 
     def _history_capabilities(self, builder: _Builder) -> None:
         """Say in the Server object what HistoryRead serves: raw data, a page's size, no limit
-        of continuation points (they hold nothing: `protocols.opcua.history`), and the
-        aggregates of processed reads in both AggregateFunctions folders."""
+        of continuation points (they hold nothing: `protocols.opcua.history`), the aggregates
+        of processed reads in the AggregateFunctions folders, and in DefaultHAConfiguration
+        (Part 11, 5.7.3: our variables have no configuration of their own) that they are
+        Stepped and the AggregateConfiguration a processed read gets by default."""
         aspace = builder.aspace
         raw = any(v.historized for v in self.vars.values())
+        uncertain, bad, good, sloped = (
+            getattr(ObjectIds, f"DefaultHAConfiguration_AggregateConfiguration_{name}")
+            for name in (
+                "TreatUncertainAsBad",
+                "PercentDataBad",
+                "PercentDataGood",
+                "UseSlopedExtrapolation",
+            )
+        )
         for node, value, vtype in (
             (ObjectIds.HistoryServerCapabilities_AccessHistoryDataCapability, raw, VT.Boolean),
             (ObjectIds.HistoryServerCapabilities_MaxReturnDataValues, MAX_VALUES, VT.UInt32),
             (ObjectIds.Server_ServerCapabilities_MaxHistoryContinuationPoints, 0, VT.UInt16),
+            (ObjectIds.DefaultHAConfiguration_Stepped, True, VT.Boolean),
+            (uncertain, DEFAULT.uncertain_bad, VT.Boolean),
+            (bad, DEFAULT.percent_bad, VT.Byte),
+            (good, DEFAULT.percent_good, VT.Byte),
+            (sloped, DEFAULT.sloped, VT.Boolean),
         ):
             found = aspace.get(_node_id(node))
             if found is not None:
@@ -1426,6 +1442,7 @@ class OpcuaServerAdapter(Adapter):
         for folder in (
             ObjectIds.Server_ServerCapabilities_AggregateFunctions,
             ObjectIds.HistoryServerCapabilities_AggregateFunctions,
+            ObjectIds.DefaultHAConfiguration_AggregateFunctions,
         ):
             found = aspace.get(_node_id(folder))
             if found is None:

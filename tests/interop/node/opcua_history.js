@@ -14,13 +14,20 @@
 //     "node": "ns=2;s=pump.temp",
 //     "start": ISO, "end": ISO,
 //     "reads": [{"aggregate": "Average", "interval": 1000}, ...]   AggregateFunction name and
-//                                                  ProcessingInterval (ms), one read each
+//                                                  ProcessingInterval (ms), one read each;
+//                 optional "config": {"useServerCapabilitiesDefaults": false,
+//                 "treatUncertainAsBad": true, "percentDataBad": 50, "percentDataGood": 50,
+//                 "useSlopedExtrapolation": false} (the AggregateConfiguration sent; without
+//                 it node-opcua's default), and "label" (the read's key in the output)
+//     "values": ["i=32639", ...]                   optional: Values to read (Read service)
 //   }
 //
 // stdout, one JSON object per line:
 //   {"functions": [browse names]}  (what the folder organizes)
+//   {"values": {"i=32639": value, ...}}  (when "values" is given)
 //   {"processed": {"Average": {"status", "pages",
-//                              "values": [{value, code, sourceTimestamp}]}}}
+//                              "values": [{value, code, sourceTimestamp}]}}}  (keyed by label
+//                              or aggregate name)
 //   {"done": true};  on failure {"error": message} and exit code 1.
 "use strict";
 
@@ -64,13 +71,16 @@ async function processed(session, plan) {
         if (fn === undefined) throw new Error(`node-opcua knows no aggregate ${read.aggregate}`);
         const got = { status: null, pages: 0, values: [] };
         let continuationPoint;
+        // node-opcua's readAggregateValue takes an AggregateConfiguration after the interval
+        const config = read.config === undefined ? [] : [read.config];
         do {
             const result = await session.readAggregateValue(
                 { nodeId: plan.node, continuationPoint },
                 new Date(plan.start),
                 new Date(plan.end),
                 fn,
-                read.interval
+                read.interval,
+                ...config
             );
             got.status = result.statusCode.name;
             got.pages += 1;
@@ -86,7 +96,7 @@ async function processed(session, plan) {
                 ? result.continuationPoint
                 : undefined;
         } while (continuationPoint);
-        out[read.aggregate] = got;
+        out[read.label || read.aggregate] = got;
     }
     return out;
 }
@@ -112,6 +122,12 @@ async function main() {
     try {
         session = await client.createSession();
         await print({ functions: await functions(session, plan) });
+        if (plan.values) {
+            const read = await session.read(plan.values.map((nodeId) => ({ nodeId })));
+            const values = {};
+            plan.values.forEach((nodeId, i) => (values[nodeId] = read[i].value.value));
+            await print({ values });
+        }
         await print({ processed: await processed(session, plan) });
         await print({ done: true });
     } finally {
